@@ -1,0 +1,236 @@
+/* Errors, checked allocation, arenas, threads and the named-weight table. */
+#include "ovs/ovs.h"
+#include "core/blas.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* ---------------------------------------------------------------- errors */
+static _Thread_local char tls_error[1024];
+
+int ovs_set_error(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tls_error, sizeof tls_error, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+const char *ovs_last_error(void) { return tls_error; }
+
+const char *ovs_status_name(int code) {
+    switch (code) {
+    case OVS_OK: return "ok";
+    case OVS_ERR_ARG: return "bad argument";
+    case OVS_ERR_NOMEM: return "out of memory";
+    case OVS_ERR_IO: return "I/O error";
+    case OVS_ERR_FORMAT: return "bad file format";
+    case OVS_ERR_SHAPE: return "shape mismatch";
+    case OVS_ERR_MISSING: return "missing weight";
+    case OVS_ERR_UNSUPPORTED: return "unsupported";
+    case OVS_ERR_OVERFLOW: return "size overflow";
+    default: return "unknown error";
+    }
+}
+
+/* ---------------------------------------------------------------- memory */
+/* Failure injection: countdown of allocations until one fails (0 = off). Test-only, so a
+ * plain atomic counter is enough. */
+static int64_t fail_countdown;
+static int64_t alloc_count;
+
+int64_t ovs_debug_fail_alloc(int64_t n) {
+    int64_t made = __atomic_exchange_n(&alloc_count, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&fail_countdown, n > 0 ? n : 0, __ATOMIC_SEQ_CST);
+    return made;
+}
+
+static int injected_failure(void) {
+    __atomic_add_fetch(&alloc_count, 1, __ATOMIC_RELAXED);
+    int64_t c = __atomic_load_n(&fail_countdown, __ATOMIC_RELAXED);
+    if (c <= 0) return 0;
+    return __atomic_sub_fetch(&fail_countdown, 1, __ATOMIC_SEQ_CST) == 0;
+}
+
+void *ovs_malloc(size_t bytes) {
+    if (injected_failure()) {
+        ovs_set_error(OVS_ERR_NOMEM, "out of memory (injected failure, %zu bytes)", bytes);
+        return NULL;
+    }
+    void *p = NULL;
+    /* 64-byte alignment keeps SIMD loads aligned and avoids false sharing between threads. */
+    size_t rounded = (bytes + 63) & ~(size_t)63;
+    if (rounded < bytes || posix_memalign(&p, 64, rounded ? rounded : 64) != 0) {
+        ovs_set_error(OVS_ERR_NOMEM, "out of memory allocating %zu bytes", bytes);
+        return NULL;
+    }
+    return p;
+}
+
+void *ovs_calloc(size_t count, size_t size) {
+    size_t bytes;
+    if (ovs_mul_size(&bytes, count, size)) {
+        ovs_set_error(OVS_ERR_OVERFLOW, "allocation of %zu x %zu bytes overflows", count, size);
+        return NULL;
+    }
+    void *p = ovs_malloc(bytes);
+    if (p) memset(p, 0, bytes);
+    return p;
+}
+
+void ovs_free(void *ptr) { free(ptr); }
+
+int ovs_mul_size(size_t *out, size_t a, size_t b) {
+    if (__builtin_mul_overflow(a, b, out)) return OVS_ERR_OVERFLOW;
+    return 0;
+}
+
+int ovs_mul3_size(size_t *out, size_t a, size_t b, size_t c) {
+    size_t t;
+    if (__builtin_mul_overflow(a, b, &t) || __builtin_mul_overflow(t, c, out))
+        return OVS_ERR_OVERFLOW;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- arena */
+struct ovs_arena_chunk {
+    ovs_arena_chunk *next;
+    size_t size;    /* usable bytes after the header */
+    size_t used;
+    /* data follows, 64-byte aligned */
+};
+
+#define CHUNK_HEADER ((sizeof(ovs_arena_chunk) + 63) & ~(size_t)63)
+
+void ovs_arena_init(ovs_arena *a) { memset(a, 0, sizeof *a); }
+
+static ovs_arena_chunk *chunk_new(size_t size) {
+    ovs_arena_chunk *c = ovs_malloc(CHUNK_HEADER + size);
+    if (!c) return NULL;
+    c->next = NULL;
+    c->size = size;
+    c->used = 0;
+    return c;
+}
+
+float *ovs_arena_floats(ovs_arena *a, size_t count) {
+    size_t bytes;
+    if (ovs_mul_size(&bytes, count, sizeof(float)) || bytes > SIZE_MAX - 128) {
+        ovs_set_error(OVS_ERR_OVERFLOW, "workspace request of %zu floats overflows", count);
+        return NULL;
+    }
+    bytes = (bytes + 63) & ~(size_t)63;
+    if (bytes == 0) bytes = 64;
+    ovs_arena_chunk *c = a->chunks;
+    if (!c || c->size - c->used < bytes) {
+        size_t want = bytes;
+        if (!a->chunks && a->peak > want) want = a->peak;
+        c = chunk_new(want);
+        if (!c) return NULL;
+        c->next = a->chunks;
+        a->chunks = c;
+    }
+    float *p = (float *)((char *)c + CHUNK_HEADER + c->used);
+    c->used += bytes;
+    a->used += bytes;
+    if (a->used > a->peak) a->peak = a->used;
+    return p;
+}
+
+void ovs_arena_reset(ovs_arena *a) {
+    ovs_arena_chunk *c = a->chunks;
+    if (c && c->next) {
+        /* Several chunks were needed: replace them by one chunk of the peak size. */
+        while (c) {
+            ovs_arena_chunk *n = c->next;
+            ovs_free(c);
+            c = n;
+        }
+        a->chunks = chunk_new(a->peak); /* may fail: the next request then allocates */
+    } else if (c) {
+        c->used = 0;
+    }
+    a->used = 0;
+}
+
+void ovs_arena_free(ovs_arena *a) {
+    ovs_arena_chunk *c = a->chunks;
+    while (c) {
+        ovs_arena_chunk *n = c->next;
+        ovs_free(c);
+        c = n;
+    }
+    memset(a, 0, sizeof *a);
+}
+
+/* ---------------------------------------------------------------- threads */
+static int num_threads_setting;
+
+void ovs_set_num_threads(int n) {
+    if (n <= 0) {
+#ifdef _OPENMP
+        n = omp_get_num_procs();
+#else
+        n = 1;
+#endif
+    }
+    num_threads_setting = n;
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#endif
+    OVS_BLAS(openblas_set_num_threads)(n);
+}
+
+int ovs_get_num_threads(void) {
+    if (num_threads_setting > 0) return num_threads_setting;
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* ---------------------------------------------------------------- named weights */
+const ovs_tensor *ovs_tensor_map_find(const ovs_tensor_map *map, const char *name) {
+    for (int64_t i = 0; i < map->count; i++)
+        if (strcmp(map->items[i].name, name) == 0) return &map->items[i];
+    return NULL;
+}
+
+int64_t ovs_tensor_numel(const ovs_tensor *t) {
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+    return n;
+}
+
+static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
+    size_t at = 0;
+    at += snprintf(buf + at, cap - at, "(");
+    for (int i = 0; i < ndim && at < cap; i++)
+        at += snprintf(buf + at, cap - at, i ? ", %lld" : "%lld", (long long)shape[i]);
+    if (at < cap) snprintf(buf + at, cap - at, ")");
+}
+
+int ovs_tensor_map_get(const ovs_tensor **out, const ovs_tensor_map *map, const char *name,
+                       int ndim, const int64_t *shape) {
+    const ovs_tensor *t = ovs_tensor_map_find(map, name);
+    *out = NULL;
+    if (!t) return ovs_set_error(OVS_ERR_MISSING, "weight '%s' is missing from the state dict", name);
+    int ok = t->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++)
+        if (shape[i] >= 0 && t->shape[i] != shape[i]) ok = 0;
+    if (!ok) {
+        char want[160], got[160];
+        shape_str(want, sizeof want, ndim, shape);
+        shape_str(got, sizeof got, t->ndim, t->shape);
+        return ovs_set_error(OVS_ERR_SHAPE, "weight '%s' has shape %s, expected %s (-1 = any)",
+                             name, got, want);
+    }
+    *out = t;
+    return OVS_OK;
+}

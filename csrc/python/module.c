@@ -1,0 +1,127 @@
+/* The ovs._core extension module: creates the exception types and lets each part register. */
+#define OVS_PY_MODULE_C
+#include "python/pyovs.h"
+
+PyObject *ovs_py_Error = NULL;
+PyObject *ovs_py_WeightError = NULL;
+
+PyObject *ovs_py_raise(int status) {
+    const char *msg = ovs_last_error();
+    if (!msg || !*msg) msg = ovs_status_name(status);
+    PyObject *type;
+    switch (status) {
+    case OVS_ERR_NOMEM: type = PyExc_MemoryError; break;
+    case OVS_ERR_IO: type = PyExc_OSError; break;
+    case OVS_ERR_FORMAT: type = ovs_py_WeightError; break;
+    case OVS_ERR_MISSING: type = PyExc_KeyError; break;
+    case OVS_ERR_ARG:
+    case OVS_ERR_SHAPE:
+    case OVS_ERR_OVERFLOW: type = PyExc_ValueError; break;
+    case OVS_ERR_UNSUPPORTED: type = PyExc_NotImplementedError; break;
+    default: type = ovs_py_Error; break;
+    }
+    PyErr_SetString(type, msg);
+    return NULL;
+}
+
+PyArrayObject *ovs_py_float_array(PyObject *obj, int ndim, const char *what) {
+    if (!PyArray_Check(obj) && !PySequence_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a numpy array, got %.100s", what,
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    if (PyArray_Check(obj)) {
+        int tn = PyArray_TYPE((PyArrayObject *)obj);
+        if (!(PyTypeNum_ISFLOAT(tn) || PyTypeNum_ISINTEGER(tn)) || tn == NPY_LONGDOUBLE) {
+            PyErr_Format(PyExc_TypeError, "%s must have a real numeric dtype, got %R", what,
+                         (PyObject *)PyArray_DESCR((PyArrayObject *)obj));
+            return NULL;
+        }
+    }
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(obj, NPY_FLOAT32, 0, 0,
+                                                        NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
+    if (!a) return NULL;
+    if (ndim >= 0 && PyArray_NDIM(a) != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s must have %d dimensions, got %d", what, ndim,
+                     PyArray_NDIM(a));
+        Py_DECREF(a);
+        return NULL;
+    }
+    return a;
+}
+
+static PyObject *py_last_error(PyObject *self, PyObject *args) {
+    (void)self; (void)args;
+    return PyUnicode_FromString(ovs_last_error());
+}
+
+static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
+    (void)self;
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 0 || n > 1024) {
+        PyErr_Format(PyExc_ValueError, "number of threads must be in 0..1024 (0 = all cores), got %ld", n);
+        return NULL;
+    }
+    ovs_set_num_threads((int)n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_num_threads(PyObject *self, PyObject *args) {
+    (void)self; (void)args;
+    return PyLong_FromLong(ovs_get_num_threads());
+}
+
+static PyObject *py_debug_fail_alloc(PyObject *self, PyObject *arg) {
+    (void)self;
+    long long n = PyLong_AsLongLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    return PyLong_FromLongLong(ovs_debug_fail_alloc(n));
+}
+
+static PyObject *py_build_info(PyObject *self, PyObject *args) {
+    (void)self; (void)args;
+#ifdef _OPENMP
+    int omp = 1;
+#else
+    int omp = 0;
+#endif
+    return Py_BuildValue("{s:s,s:O}", "blas", OVS_BLAS_NAME, "openmp", omp ? Py_True : Py_False);
+}
+
+static PyMethodDef core_methods[] = {
+    {"last_error", py_last_error, METH_NOARGS, "Message of the last C error on this thread."},
+    {"set_num_threads", py_set_num_threads, METH_O, "Set threads for OpenBLAS and ovs loops."},
+    {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads in use."},
+    {"debug_fail_alloc", py_debug_fail_alloc, METH_O,
+     "Test hook: make the n-th allocation from now fail (0 = off); returns allocations made."},
+    {"build_info", py_build_info, METH_NOARGS, "How the extension was built."},
+    {NULL, NULL, 0, NULL},
+};
+
+int ovs_py_register_core(PyObject *m) { return PyModule_AddFunctions(m, core_methods); }
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "ovs._core", "ovs C engine.", -1, NULL, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__core(void) {
+    import_array();
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    ovs_py_Error = PyErr_NewException("ovs.OvsError", PyExc_RuntimeError, NULL);
+    ovs_py_WeightError = PyErr_NewException("ovs.WeightFileError", PyExc_ValueError, NULL);
+    if (!ovs_py_Error || !ovs_py_WeightError) goto error;
+    Py_INCREF(ovs_py_Error);
+    Py_INCREF(ovs_py_WeightError);
+    if (PyModule_AddObject(m, "OvsError", ovs_py_Error) < 0) goto error;
+    if (PyModule_AddObject(m, "WeightFileError", ovs_py_WeightError) < 0) goto error;
+    if (ovs_py_register_core(m) < 0 || ovs_py_register_ops(m) < 0 || ovs_py_register_io(m) < 0 ||
+        ovs_py_register_models(m) < 0 || ovs_py_register_text(m) < 0 ||
+        ovs_py_register_methods(m) < 0 || ovs_py_register_tokenizer(m) < 0)
+        goto error;
+    return m;
+error:
+    Py_DECREF(m);
+    return NULL;
+}

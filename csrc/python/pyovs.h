@@ -1,0 +1,43 @@
+/* Shared helpers of the CPython boundary (csrc/python/*.c). Each part of the extension
+ * registers its functions and types with ovs_py_register_<part>(module); module.c calls them.
+ * Rules at this boundary (pydata/bottleneck style): new references to inputs, one `goto error`
+ * exit, outputs allocated before the GIL is released, pure C work without the GIL. */
+#ifndef OVS_PYOVS_H
+#define OVS_PYOVS_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#ifndef NPY_NO_DEPRECATED_API
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#endif
+#ifndef PY_ARRAY_UNIQUE_SYMBOL
+#define PY_ARRAY_UNIQUE_SYMBOL ovs_ARRAY_API
+#endif
+#ifndef OVS_PY_MODULE_C
+#define NO_IMPORT_ARRAY
+#endif
+#include <numpy/arrayobject.h>
+
+#include "ovs/ovs.h"
+
+/* Exception types created in module.c. */
+extern PyObject *ovs_py_Error;          /* ovs.OvsError (RuntimeError) */
+extern PyObject *ovs_py_WeightError;    /* ovs.WeightFileError (ValueError): bad weight files */
+
+/* Turn an ovs_status into a Python exception carrying ovs_last_error(); returns NULL. */
+PyObject *ovs_py_raise(int status);
+
+/* A new reference to `obj` as a C-contiguous, aligned float32 array of `ndim` dims
+ * (ndim < 0: any), converting dtype/order when needed (a copy only then). NULL + TypeError or
+ * ValueError naming `what` otherwise. */
+PyArrayObject *ovs_py_float_array(PyObject *obj, int ndim, const char *what);
+
+int ovs_py_register_core(PyObject *m);
+int ovs_py_register_ops(PyObject *m);
+int ovs_py_register_io(PyObject *m);
+int ovs_py_register_models(PyObject *m);
+int ovs_py_register_text(PyObject *m);
+int ovs_py_register_methods(PyObject *m);
+int ovs_py_register_tokenizer(PyObject *m);
+
+#endif

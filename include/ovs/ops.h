@@ -1,0 +1,186 @@
+/*
+ * ovs ops: one function per op, float32, C-contiguous, NCHW for images.
+ *
+ * Argument order: outputs, inputs, weights, sizes, options, scratch.
+ * Dimension letters used in this header and in csrc/ops/:
+ *   N batch   C input channels   H, W input height/width
+ *   K output channels (conv) / output features (linear)
+ *   R, S kernel height/width   P, Q output height/width
+ *   M rows of a matrix operand (tokens, pixels)   D feature width
+ *   T tokens (query side)   U tokens (key side)   E heads   F head width (D = E*F)
+ *
+ * Every fast kernel has a plain reference `*_naive` with the same signature (minus scratch)
+ * kept for tests. Ops never allocate: callers pass scratch sized by the matching
+ * `*_scratch_floats` function. Unless stated, `out` must not alias an input.
+ *
+ * Example (a 3x3 conv with fused ReLU):
+ *
+ *     ovs_matrix w = ovs_matrix_dense(weights, K, C * 3 * 3);
+ *     ovs_conv2d_params p = ovs_conv2d_defaults(); p.pad_h = p.pad_w = 1;
+ *     size_t n = ovs_conv2d_scratch_floats(C, H, W, K, 3, 3, &p);
+ *     float *scratch = ovs_arena_floats(&arena, n);
+ *     ovs_conv2d_forward(out, in, &w, bias, NULL, N, C, H, W, K, 3, 3, &p, OVS_ACT_RELU, scratch);
+ */
+#ifndef OVS_OPS_H
+#define OVS_OPS_H
+
+#include "ovs/ovs.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- weights as matrices */
+/* A weight seen as a (rows, cols) matrix: a linear weight (K, C) or a conv weight
+ * (K, C/groups*R*S). Ops take this rather than a bare pointer so that a sparse (CSR) format can
+ * be chosen per layer later without changing op signatures. */
+typedef enum {
+    OVS_MATRIX_DENSE = 0,     /* data: (rows, cols) row-major */
+} ovs_matrix_format;
+
+typedef struct {
+    ovs_matrix_format format;
+    const float *data;        /* dense: (rows, cols) */
+    int64_t rows, cols;
+} ovs_matrix;
+
+ovs_matrix ovs_matrix_dense(const float *data, int64_t rows, int64_t cols);
+
+/* out (M, K) = alpha * a (M, C) @ w^T (C -> K) + beta * out. Dense via OpenBLAS sgemm.
+ * lda/ldo are row strides of a and out (>= C and >= K). */
+int ovs_matmul_wt(float *out, int64_t ldo, const float *a, int64_t lda, const ovs_matrix *w,
+                  int64_t M, float alpha, float beta);
+
+/* ---------------------------------------------------------------- activations */
+typedef enum {
+    OVS_ACT_NONE = 0,
+    OVS_ACT_RELU = 1,
+    OVS_ACT_GELU = 2,         /* exact, 0.5 x (1 + erf(x / sqrt 2)) as torch.nn.GELU() */
+    OVS_ACT_QUICKGELU = 3,    /* x * sigmoid(1.702 x) as open_clip QuickGELU */
+} ovs_act;
+
+/* x (n,) = act(x), in place. */
+int ovs_act_forward(float *x, int64_t n, ovs_act act);
+int ovs_act_forward_naive(float *x, int64_t n, ovs_act act);
+
+/* ---------------------------------------------------------------- linear */
+/* out (M, K) = act(in (M, C) @ weight^T + bias (K,) [+ residual (M, K)]).
+ * bias and residual may be NULL; residual may alias out. */
+int ovs_linear_forward(float *out, const float *in, const ovs_matrix *weight, const float *bias,
+                       const float *residual, int64_t M, int64_t C, int64_t K, ovs_act act);
+int ovs_linear_forward_naive(float *out, const float *in, const ovs_matrix *weight,
+                             const float *bias, const float *residual, int64_t M, int64_t C,
+                             int64_t K, ovs_act act);
+
+/* ---------------------------------------------------------------- conv2d */
+typedef struct {
+    int64_t stride_h, stride_w;
+    int64_t pad_h, pad_w;     /* zero padding on each side */
+    int64_t dil_h, dil_w;
+    int64_t groups;           /* C and K divisible by groups */
+} ovs_conv2d_params;
+
+ovs_conv2d_params ovs_conv2d_defaults(void);   /* stride 1, pad 0, dilation 1, groups 1 */
+/* Output extent along one axis, or -1 if the kernel does not fit. */
+int64_t ovs_conv2d_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil);
+/* Scratch floats ovs_conv2d_forward needs (0 for 1x1 stride-1 unpadded convs). */
+size_t ovs_conv2d_scratch_floats(int64_t C, int64_t H, int64_t W, int64_t K, int64_t R,
+                                 int64_t S, const ovs_conv2d_params *p);
+
+/* out (N, K, P, Q) = act(conv(in (N, C, H, W), weight (K, C/groups, R, S)) + bias (K,)
+ *                         [+ residual (N, K, P, Q)]).
+ * weight is the (K, C/groups*R*S) matrix view; bias, residual may be NULL.
+ * im2col + GEMM in general, GEMM directly on the input for 1x1 stride-1 convs. */
+int ovs_conv2d_forward(float *out, const float *in, const ovs_matrix *weight, const float *bias,
+                       const float *residual, int64_t N, int64_t C, int64_t H, int64_t W,
+                       int64_t K, int64_t R, int64_t S, const ovs_conv2d_params *p, ovs_act act,
+                       float *scratch);
+int ovs_conv2d_forward_naive(float *out, const float *in, const ovs_matrix *weight,
+                             const float *bias, const float *residual, int64_t N, int64_t C,
+                             int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
+                             const ovs_conv2d_params *p, ovs_act act);
+
+/* Fold an inference BatchNorm that follows a conv into the conv's weight and bias:
+ *   w'[k] = w[k] * gamma[k] / sqrt(var[k] + eps);  b'[k] = (b[k] - mean[k]) * that + beta[k].
+ * w_out (K, L) and b_out (K,) are written; conv_bias may be NULL (treated as 0).
+ * w_out may alias conv_w. */
+int ovs_batchnorm_fold(float *w_out, float *b_out, const float *conv_w, const float *conv_bias,
+                       const float *gamma, const float *beta, const float *mean, const float *var,
+                       float eps, int64_t K, int64_t L);
+
+/* ---------------------------------------------------------------- pooling */
+/* out (N*C, P, Q) = average over kernel (R, S) windows with stride and zero padding, as
+ * torch.nn.AvgPool2d(kernel, stride, padding, ceil_mode=False, count_include_pad). */
+int ovs_avgpool2d_forward(float *out, const float *in, int64_t NC, int64_t H, int64_t W,
+                          int64_t R, int64_t S, int64_t stride_h, int64_t stride_w,
+                          int64_t pad_h, int64_t pad_w, int count_include_pad);
+int ovs_avgpool2d_forward_naive(float *out, const float *in, int64_t NC, int64_t H, int64_t W,
+                                int64_t R, int64_t S, int64_t stride_h, int64_t stride_w,
+                                int64_t pad_h, int64_t pad_w, int count_include_pad);
+/* out (N*C, P, Q) as torch.nn.AdaptiveAvgPool2d((P, Q)). */
+int ovs_adaptive_avgpool2d_forward(float *out, const float *in, int64_t NC, int64_t H, int64_t W,
+                                   int64_t P, int64_t Q);
+
+/* ---------------------------------------------------------------- normalisation */
+/* out (M, D) = (x - mean) / sqrt(var + eps) * weight + bias, per row. out may alias in.
+ * weight/bias may be NULL (1 / 0). */
+int ovs_layernorm_forward(float *out, const float *in, const float *weight, const float *bias,
+                          int64_t M, int64_t D, float eps);
+int ovs_layernorm_forward_naive(float *out, const float *in, const float *weight,
+                                const float *bias, int64_t M, int64_t D, float eps);
+/* out (N, C, HW) = GroupNorm(G groups) of in, as torch.nn.GroupNorm. out may alias in. */
+int ovs_groupnorm_forward(float *out, const float *in, const float *weight, const float *bias,
+                          int64_t N, int64_t C, int64_t HW, int64_t G, float eps);
+
+/* ---------------------------------------------------------------- softmax */
+/* x (M, D) = softmax over each row, in place (max-subtracted). */
+int ovs_softmax_forward(float *x, int64_t M, int64_t D);
+int ovs_softmax_forward_naive(float *x, int64_t M, int64_t D);
+
+/* ---------------------------------------------------------------- attention */
+/* probs (T, U) = softmax(scale * a (T, F) @ b (U, F)^T + mask (T, U)) for one head.
+ * a and b are strided: row r of a starts at a + r*lda. mask may be NULL; causal != 0 masks
+ * u > t with -inf (requires T == U). */
+int ovs_attention_probs(float *probs, const float *a, int64_t lda, const float *b, int64_t ldb,
+                        int64_t T, int64_t U, int64_t F, float scale, const float *mask,
+                        int causal);
+
+/* Multi-head scaled dot-product attention, heads interleaved as in torch.nn.MultiheadAttention:
+ *   out (T, E*F): out[:, h*F:(h+1)*F] = softmax(q_h k_h^T * scale + mask) v_h
+ * q (T, *) row stride ldq, k and v (U, *) row strides ldk/ldv; head h of q is columns
+ * [h*F, (h+1)*F). mask (T, U) additive or NULL; causal as above. scratch: T*U floats. */
+int ovs_attention_forward(float *out, const float *q, int64_t ldq, const float *k, int64_t ldk,
+                          const float *v, int64_t ldv, int64_t T, int64_t U, int64_t E,
+                          int64_t F, float scale, const float *mask, int causal, float *scratch);
+int ovs_attention_forward_naive(float *out, const float *q, int64_t ldq, const float *k,
+                                int64_t ldk, const float *v, int64_t ldv, int64_t T, int64_t U,
+                                int64_t E, int64_t F, float scale, const float *mask,
+                                int causal);
+
+/* ---------------------------------------------------------------- resize */
+/* out (NC, P, Q) from in (NC, H, W), as torch.nn.functional.interpolate(mode="bilinear" or
+ * "bicubic" (A = -0.75), antialias=False) with the given align_corners. */
+int ovs_resize_bilinear(float *out, const float *in, int64_t NC, int64_t H, int64_t W, int64_t P,
+                        int64_t Q, int align_corners);
+int ovs_resize_bicubic(float *out, const float *in, int64_t NC, int64_t H, int64_t W, int64_t P,
+                       int64_t Q, int align_corners);
+
+/* out (P, Q, 3) uint8 from in (H, W, 3) uint8 with Pillow's antialiased resampling
+ * (Image.resize(..., BICUBIC) : a = -0.5, support scaled by the downscale factor, 8-bit
+ * fixed-point coefficients, horizontal pass then vertical), bit-exact with Pillow.
+ * Input rows may be strided (in_row_stride bytes, in_pixel_stride bytes per pixel). */
+int ovs_resize_u8_pil_bicubic(uint8_t *out, const uint8_t *in, int64_t H, int64_t W,
+                              int64_t in_row_stride, int64_t in_pixel_stride, int64_t P,
+                              int64_t Q);
+
+/* out (3, P, Q) float = ((in[y0+i, x0+j, c] / 255) - mean[c]) / std[c] for a (P, Q) crop at
+ * (y0, x0) of an (H, W, 3) uint8 image with the given strides. scale255 != 0 keeps 0..255 input
+ * range (detectron2-style mean/std in pixel units). */
+int ovs_normalize_u8(float *out, const uint8_t *in, int64_t H, int64_t W, int64_t in_row_stride,
+                     int64_t in_pixel_stride, int64_t y0, int64_t x0, int64_t P, int64_t Q,
+                     const float mean[3], const float std[3], int scale255);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* OVS_OPS_H */

@@ -1,0 +1,119 @@
+/*
+ * ovs — open-vocabulary segmentation engine: core definitions.
+ *
+ * Usage (C):
+ *
+ *     ovs_tensor_map weights = ...;              // names follow open_clip's state dict
+ *     ovs_resnet *net = NULL;
+ *     if (ovs_resnet_create(&net, &cfg, &weights) != OVS_OK)
+ *         fprintf(stderr, "%s\n", ovs_last_error());
+ *     ...
+ *     ovs_resnet_free(net);
+ *
+ * Conventions used throughout the C core:
+ * - every function that can fail returns an ovs_status (0 = OVS_OK) and, on failure, leaves a
+ *   message for the calling thread in ovs_last_error(); nothing calls exit(), abort() or assert()
+ *   on user input;
+ * - element counts and offsets are int64_t / size_t, products are checked for overflow;
+ * - tensors are float32, C-contiguous, row-major; images are NCHW;
+ * - all heap memory goes through ovs_malloc/ovs_free so tests can inject allocation failures.
+ */
+#ifndef OVS_OVS_H
+#define OVS_OVS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- status codes */
+typedef enum {
+    OVS_OK = 0,
+    OVS_ERR_ARG = 1,          /* a bad argument: size, range, inconsistent dims */
+    OVS_ERR_NOMEM = 2,        /* an allocation failed */
+    OVS_ERR_IO = 3,           /* open/read/mmap of a file failed */
+    OVS_ERR_FORMAT = 4,       /* a file is corrupt, truncated or not what it claims */
+    OVS_ERR_SHAPE = 5,        /* a weight has the wrong shape for the architecture */
+    OVS_ERR_MISSING = 6,      /* a required weight is absent */
+    OVS_ERR_UNSUPPORTED = 7,  /* valid but not supported (dtype, layout, ...) */
+    OVS_ERR_OVERFLOW = 8,     /* a size computation would overflow */
+} ovs_status;
+
+/* Record an error message for the calling thread and return `code`. printf-style. */
+int ovs_set_error(int code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+/* The message of the last error raised on this thread ("" if none). */
+const char *ovs_last_error(void);
+/* A short name for a status code ("bad argument", "out of memory", ...). */
+const char *ovs_status_name(int code);
+
+/* ---------------------------------------------------------------- memory */
+void *ovs_malloc(size_t bytes);                 /* NULL on failure (never aborts) */
+void *ovs_calloc(size_t count, size_t size);    /* zeroed, overflow-checked */
+void ovs_free(void *ptr);
+/* Failure injection for tests: the n-th allocation from now fails (n >= 1); 0 disables.
+ * Returns the number of allocations made since the last call. Process-wide, test use only. */
+int64_t ovs_debug_fail_alloc(int64_t n);
+
+/* Overflow-checked size arithmetic: return 0 on success, OVS_ERR_OVERFLOW otherwise. */
+int ovs_mul_size(size_t *out, size_t a, size_t b);
+int ovs_mul3_size(size_t *out, size_t a, size_t b, size_t c);
+
+/* A bump allocator reused across calls. Allocations come from chunks; ovs_arena_reset() makes
+ * everything available again and, if more than one chunk was needed, replaces the chunks with
+ * one chunk of the peak size, so steady-state calls make no allocations at all. */
+typedef struct ovs_arena_chunk ovs_arena_chunk;
+typedef struct {
+    ovs_arena_chunk *chunks;  /* newest first */
+    size_t used;              /* bytes handed out since the last reset */
+    size_t peak;              /* largest `used` seen */
+} ovs_arena;
+
+void ovs_arena_init(ovs_arena *a);
+/* 64-byte aligned float buffer of `count` floats; NULL (with error set) on failure. */
+float *ovs_arena_floats(ovs_arena *a, size_t count);
+void ovs_arena_reset(ovs_arena *a);
+void ovs_arena_free(ovs_arena *a);
+
+/* ---------------------------------------------------------------- threads */
+/* Threads used by OpenBLAS and by ovs's own parallel loops (OpenMP). n <= 0 means all cores. */
+void ovs_set_num_threads(int n);
+int ovs_get_num_threads(void);
+
+/* ---------------------------------------------------------------- named weights */
+#define OVS_MAX_DIMS 8
+
+/* One float32 tensor borrowed from its owner (an mmap'd file, a NumPy array). */
+typedef struct {
+    const char *name;              /* open_clip state-dict name, e.g. "visual.layer1.0.conv1.weight" */
+    const float *data;             /* C-contiguous float32 data */
+    int ndim;
+    int64_t shape[OVS_MAX_DIMS];
+} ovs_tensor;
+
+/* A read-only name -> tensor table. Not owned: models copy what they transform (folded BN)
+ * and borrow the rest, so the owner must outlive every model built from it. */
+typedef struct {
+    const ovs_tensor *items;  /* (count,) */
+    int64_t count;
+} ovs_tensor_map;
+
+/* The tensor called `name`, or NULL. */
+const ovs_tensor *ovs_tensor_map_find(const ovs_tensor_map *map, const char *name);
+/* Look up `name` and check its shape against `shape[0..ndim)` (-1 = any extent).
+ * On success *out points at the tensor; otherwise OVS_ERR_MISSING / OVS_ERR_SHAPE with a
+ * message naming the weight and both shapes. */
+int ovs_tensor_map_get(const ovs_tensor **out, const ovs_tensor_map *map, const char *name,
+                       int ndim, const int64_t *shape);
+/* Element count of a tensor (product of its shape). */
+int64_t ovs_tensor_numel(const ovs_tensor *t);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* OVS_OVS_H */
