@@ -1,4 +1,10 @@
-"""ovs: open-vocabulary semantic segmentation with a C engine (CLIP on the CPU, no PyTorch)."""
+"""ovs: open-vocabulary semantic segmentation with a C engine (CLIP on the CPU, no PyTorch).
+
+    >>> import ovs
+    >>> model = ovs.load("ViT-B-16")                  # OpenAI weights, downloaded once
+    >>> seg = ovs.Segmenter(model)                    # NACLIP by default for ViTs
+    >>> labels = seg.segment(image, ["cat", "sofa, couch", "floor"])   # int32 (H, W)
+"""
 from __future__ import annotations
 
 from . import _blas
@@ -7,6 +13,9 @@ _blas.preload()
 
 from . import _core  # noqa: E402
 from ._core import OvsError, WeightFileError  # noqa: E402
+from .model import Model, infer_config, load  # noqa: E402
+from .segment import METHODS, Segmenter  # noqa: E402
+from .tokenizer import tokenize  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -21,4 +30,5 @@ def get_num_threads() -> int:
     return _core.get_num_threads()
 
 
-__all__ = ["OvsError", "WeightFileError", "set_num_threads", "get_num_threads"]
+__all__ = ["Model", "load", "infer_config", "Segmenter", "METHODS", "tokenize", "OvsError",
+           "WeightFileError", "set_num_threads", "get_num_threads"]

@@ -1,4 +1,249 @@
-/* Python bindings: methods (placeholder until this part lands). */
-#include "python/pyovs.h"
+/* Python bindings of the segmentation heads: _core.Segmenter, _core.seg_labels, _core.seg_upsample. */
+#include "python/py_models.h"
+#include "ovs/methods.h"
 
-int ovs_py_register_methods(PyObject *m) { (void)m; return 0; }
+#include <math.h>
+#include <string.h>
+
+typedef struct {
+    PyObject_HEAD
+    ovs_py_model *model;      /* strong reference: the tower the segmenter borrows */
+    ovs_segmenter *seg;
+} ovs_py_segmenter;
+
+static void segmenter_dealloc(ovs_py_segmenter *self) {
+    ovs_segmenter_free(self->seg);
+    Py_XDECREF(self->model);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int segmenter_init(ovs_py_segmenter *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"model", "head", "crop", "stride", "sigma", NULL};
+    PyObject *model;
+    const char *head;
+    long long crop = 0, stride = 0;
+    double sigma = 5.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Os|LLd", kwlist, &model, &head, &crop, &stride, &sigma))
+        return -1;
+    if (self->seg) {
+        PyErr_SetString(PyExc_RuntimeError, "segmenter already initialised");
+        return -1;
+    }
+    if (!PyObject_TypeCheck(model, &ovs_py_ResNetType) && !PyObject_TypeCheck(model, &ovs_py_ViTType)) {
+        PyErr_Format(PyExc_TypeError, "model must be an ovs._core.ResNet or ViT, got %.100s", Py_TYPE(model)->tp_name);
+        return -1;
+    }
+    ovs_py_model *pm = (ovs_py_model *)model;
+    if (!pm->kind) {
+        PyErr_SetString(PyExc_RuntimeError, "model not initialised");
+        return -1;
+    }
+    ovs_seg_config cfg = {.crop = crop, .stride = stride, .sigma = (float)sigma};
+    if (!strcmp(head, "maskclip")) cfg.head = OVS_HEAD_MASKCLIP;
+    else if (!strcmp(head, "sclip")) cfg.head = OVS_HEAD_SCLIP;
+    else if (!strcmp(head, "clearclip")) cfg.head = OVS_HEAD_CLEARCLIP;
+    else if (!strcmp(head, "naclip")) cfg.head = OVS_HEAD_NACLIP;
+    else {
+        PyErr_Format(PyExc_ValueError, "unknown head '%s' (maskclip, sclip, clearclip, naclip)", head);
+        return -1;
+    }
+    int rc = ovs_segmenter_create(&self->seg, pm->kind == OVS_PY_RESNET ? pm->m.resnet : NULL,
+                                  pm->kind == OVS_PY_VIT ? pm->m.vit : NULL, &cfg);
+    if (rc) {
+        ovs_py_raise(rc);
+        return -1;
+    }
+    Py_INCREF(model);
+    self->model = pm;
+    return 0;
+}
+
+static int get_mean_std(PyObject *obj, float out[3], const char *what) {
+    PyArrayObject *a = ovs_py_float_array(obj, 1, what);
+    if (!a) return -1;
+    if (PyArray_DIM(a, 0) != 3) {
+        PyErr_Format(PyExc_ValueError, "%s must have 3 values", what);
+        Py_DECREF(a);
+        return -1;
+    }
+    memcpy(out, PyArray_DATA(a), 3 * sizeof(float));
+    Py_DECREF(a);
+    return 0;
+}
+
+static PyObject *segmenter_logits(ovs_py_segmenter *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"image", "out_h", "out_w", "mean", "std", "classifier", NULL};
+    PyObject *img_obj, *mean_obj, *std_obj, *cls_obj, *out = NULL;
+    PyArrayObject *img = NULL, *cls = NULL;
+    long long Hp, Wp;
+    float mean[3], std[3];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLLOOO", kwlist, &img_obj, &Hp, &Wp, &mean_obj,
+                                     &std_obj, &cls_obj))
+        return NULL;
+    if (get_mean_std(mean_obj, mean, "mean") < 0 || get_mean_std(std_obj, std, "std") < 0) return NULL;
+    for (int i = 0; i < 3; i++)
+        if (!(std[i] > 0) || !isfinite(mean[i]))
+            return PyErr_Format(PyExc_ValueError, "std must be positive and mean finite");
+    if (!PyArray_Check(img_obj) || PyArray_TYPE((PyArrayObject *)img_obj) != NPY_UINT8)
+        return PyErr_Format(PyExc_TypeError, "image must be a uint8 numpy array (H, W, 3)");
+    img = (PyArrayObject *)PyArray_FROMANY(img_obj, NPY_UINT8, 3, 3, NPY_ARRAY_CARRAY_RO);
+    if (!img) return NULL;
+    if (PyArray_DIM(img, 2) != 3 || PyArray_DIM(img, 0) == 0 || PyArray_DIM(img, 1) == 0) {
+        PyErr_SetString(PyExc_ValueError, "image must be a non-empty (H, W, 3) array");
+        goto error;
+    }
+    if (Hp <= 0 || Wp <= 0 || Hp > 65536 || Wp > 65536) {
+        PyErr_Format(PyExc_ValueError, "processing size must be in 1..65536, got %lldx%lld", Hp, Wp);
+        goto error;
+    }
+    if (!(cls = ovs_py_float_array(cls_obj, 2, "classifier (C, E)"))) goto error;
+    int64_t C = PyArray_DIM(cls, 0), E = ovs_segmenter_embed_dim(self->seg);
+    if (C == 0 || PyArray_DIM(cls, 1) != E) {
+        PyErr_Format(PyExc_ValueError, "classifier must be (C >= 1, %lld), got (%zd, %zd)", (long long)E,
+                     (Py_ssize_t)C, (Py_ssize_t)PyArray_DIM(cls, 1));
+        goto error;
+    }
+    npy_intp dims[3] = {C, Hp, Wp};
+    if (!(out = PyArray_SimpleNew(3, dims, NPY_FLOAT32))) goto error;
+    int rc;
+    const uint8_t *px = PyArray_DATA(img);
+    const float *cd = PyArray_DATA(cls);
+    float *o = PyArray_DATA((PyArrayObject *)out);
+    int64_t H = PyArray_DIM(img, 0), W = PyArray_DIM(img, 1);
+    Py_BEGIN_ALLOW_THREADS
+    OVS_MODEL_LOCK(self->model);
+    rc = ovs_seg_logits(self->seg, o, px, H, W, W * 3, 3, Hp, Wp, mean, std, cd, C);
+    OVS_MODEL_UNLOCK(self->model);
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        ovs_py_raise(rc);
+        goto error;
+    }
+    Py_DECREF(img);
+    Py_DECREF(cls);
+    return out;
+error:
+    Py_XDECREF(img);
+    Py_XDECREF(cls);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+static PyObject *segmenter_dense(ovs_py_segmenter *self, PyObject *arg) {
+    PyArrayObject *x = ovs_py_images(arg);
+    PyObject *out = NULL;
+    if (!x) return NULL;
+    if (PyArray_DIM(x, 0) != 1) {
+        PyErr_SetString(PyExc_ValueError, "dense_features takes one image (1, 3, H, W)");
+        goto error;
+    }
+    int64_t H = PyArray_DIM(x, 2), W = PyArray_DIM(x, 3), p = ovs_segmenter_patch(self->seg);
+    if (H % p || W % p) {
+        PyErr_Format(PyExc_ValueError, "image sides must be multiples of %lld, got %lldx%lld", (long long)p,
+                     (long long)H, (long long)W);
+        goto error;
+    }
+    npy_intp dims[3] = {H / p, W / p, ovs_segmenter_embed_dim(self->seg)};
+    if (!(out = PyArray_SimpleNew(3, dims, NPY_FLOAT32))) goto error;
+    int rc;
+    const float *xd = PyArray_DATA(x);
+    float *o = PyArray_DATA((PyArrayObject *)out);
+    Py_BEGIN_ALLOW_THREADS
+    OVS_MODEL_LOCK(self->model);
+    rc = ovs_seg_dense_features(self->seg, o, xd, H, W);
+    OVS_MODEL_UNLOCK(self->model);
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        ovs_py_raise(rc);
+        goto error;
+    }
+    Py_DECREF(x);
+    return out;
+error:
+    Py_DECREF(x);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+static PyMethodDef segmenter_methods[] = {
+    {"logits", (PyCFunction)(void (*)(void))segmenter_logits, METH_VARARGS | METH_KEYWORDS,
+     "logits(image uint8 (H,W,3), out_h, out_w, mean, std, classifier (C,E)) -> (C, out_h, out_w) cosine logits"},
+    {"dense_features", (PyCFunction)segmenter_dense, METH_O,
+     "dense_features(x float32 (1,3,H,W)) -> (H/p, W/p, E) unnormalised dense features"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ovs_py_SegmenterType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ovs._core.Segmenter",
+    .tp_basicsize = sizeof(ovs_py_segmenter),
+    .tp_dealloc = (destructor)segmenter_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Segmenter(model, head, crop=0, stride=0, sigma=5.0)",
+    .tp_methods = segmenter_methods,
+    .tp_init = (initproc)segmenter_init,
+    .tp_new = PyType_GenericNew,
+};
+
+static PyObject *py_seg_final(PyObject *args, PyObject *kw, int labels_mode) {
+    static char *kwlist[] = {"logits", "out_h", "out_w", "logit_scale", "bg_threshold", "bg_label", "softmax", NULL};
+    PyObject *obj, *out = NULL;
+    long long H, W;
+    double scale = 1.0, thr = 0.0;
+    int bg_label = -1, softmax = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLL|ddip", kwlist, &obj, &H, &W, &scale, &thr, &bg_label, &softmax))
+        return NULL;
+    PyArrayObject *lg = ovs_py_float_array(obj, 3, "logits (C, h, w)");
+    if (!lg) return NULL;
+    if (H <= 0 || W <= 0 || H > 65536 || W > 65536) {
+        PyErr_Format(PyExc_ValueError, "output size must be in 1..65536, got %lldx%lld", H, W);
+        goto error;
+    }
+    int64_t C = PyArray_DIM(lg, 0), h = PyArray_DIM(lg, 1), w = PyArray_DIM(lg, 2);
+    if (C == 0 || h == 0 || w == 0) {
+        PyErr_SetString(PyExc_ValueError, "logits must not be empty");
+        goto error;
+    }
+    npy_intp d3[3] = {C, H, W}, d2[2] = {H, W};
+    out = labels_mode ? PyArray_SimpleNew(2, d2, NPY_INT32) : PyArray_SimpleNew(3, d3, NPY_FLOAT32);
+    if (!out) goto error;
+    int rc;
+    const float *ld = PyArray_DATA(lg);
+    void *od = PyArray_DATA((PyArrayObject *)out);
+    Py_BEGIN_ALLOW_THREADS
+    if (labels_mode)
+        rc = ovs_seg_labels(od, ld, C, h, w, H, W, (float)scale, (float)thr, bg_label);
+    else
+        rc = ovs_seg_upsample(od, ld, C, h, w, H, W, (float)scale, softmax);
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        ovs_py_raise(rc);
+        goto error;
+    }
+    Py_DECREF(lg);
+    return out;
+error:
+    Py_DECREF(lg);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+static PyObject *py_seg_labels(PyObject *self, PyObject *args, PyObject *kw) { return py_seg_final(args, kw, 1); }
+static PyObject *py_seg_upsample(PyObject *self, PyObject *args, PyObject *kw) { return py_seg_final(args, kw, 0); }
+
+static PyMethodDef methods_functions[] = {
+    {"seg_labels", (PyCFunction)(void (*)(void))py_seg_labels, METH_VARARGS | METH_KEYWORDS,
+     "seg_labels(logits (C,h,w), out_h, out_w, logit_scale=1, bg_threshold=0, bg_label=-1) -> int32 (H, W)"},
+    {"seg_upsample", (PyCFunction)(void (*)(void))py_seg_upsample, METH_VARARGS | METH_KEYWORDS,
+     "seg_upsample(logits (C,h,w), out_h, out_w, logit_scale=1, softmax=True) -> float32 (C, H, W)"},
+    {NULL, NULL, 0, NULL},
+};
+
+int ovs_py_register_methods(PyObject *m) {
+    if (PyType_Ready(&ovs_py_SegmenterType) < 0) return -1;
+    Py_INCREF(&ovs_py_SegmenterType);
+    if (PyModule_AddObject(m, "Segmenter", (PyObject *)&ovs_py_SegmenterType) < 0) {
+        Py_DECREF(&ovs_py_SegmenterType);
+        return -1;
+    }
+    return PyModule_AddFunctions(m, methods_functions);
+}

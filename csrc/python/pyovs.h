@@ -1,4 +1,4 @@
-/* Shared helpers of the CPython boundary (csrc/python/*.c). Each part of the extension
+/* Shared helpers of the CPython boundary (csrc/python/py_*.c files). Each part of the extension
  * registers its functions and types with ovs_py_register_<part>(module); module.c calls them.
  * Rules at this boundary (pydata/bottleneck style): new references to inputs, one `goto error`
  * exit, outputs allocated before the GIL is released, pure C work without the GIL. */

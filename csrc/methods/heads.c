@@ -1,0 +1,174 @@
+/* Dense-feature heads: MaskCLIP (ResNet and ViT), SCLIP, ClearCLIP, NACLIP.
+ * Each runs the tower up to its last block and replaces that block as
+ * tests/reference/SEGMENTATION_SPEC.md specifies. */
+#include "methods/internal.h"
+#include "core/blas.h"
+
+#include <math.h>
+#include <string.h>
+
+int ovs_segmenter_create(ovs_segmenter **out, ovs_resnet *resnet, ovs_vit *vit,
+                         const ovs_seg_config *cfg) {
+    *out = NULL;
+    if (!!resnet == !!vit) return ovs_set_error(OVS_ERR_ARG, "give exactly one tower (ResNet or ViT)");
+    if (cfg->head < OVS_HEAD_MASKCLIP || cfg->head > OVS_HEAD_NACLIP)
+        return ovs_set_error(OVS_ERR_ARG, "unknown head %d", (int)cfg->head);
+    if (resnet && cfg->head != OVS_HEAD_MASKCLIP)
+        return ovs_set_error(OVS_ERR_ARG, "ResNet towers support only the MaskCLIP head");
+    if (resnet && !resnet->cfg.has_attnpool)
+        return ovs_set_error(OVS_ERR_ARG, "MaskCLIP on a ResNet needs its attention pool weights");
+    if (vit && vit->cfg.embed_dim <= 0)
+        return ovs_set_error(OVS_ERR_ARG, "the ViT has no projection (visual.proj)");
+    if (cfg->crop < 0 || (cfg->crop > 0 && (cfg->stride <= 0 || cfg->stride > cfg->crop)))
+        return ovs_set_error(OVS_ERR_ARG, "window needs 0 < stride <= crop, got crop %lld stride %lld",
+                             (long long)cfg->crop, (long long)cfg->stride);
+    if (cfg->head == OVS_HEAD_NACLIP && !(cfg->sigma > 0 && isfinite(cfg->sigma)))
+        return ovs_set_error(OVS_ERR_ARG, "NACLIP sigma must be positive, got %g", (double)cfg->sigma);
+    ovs_segmenter *s = ovs_calloc(1, sizeof *s);
+    if (!s) return OVS_ERR_NOMEM;
+    s->resnet = resnet;
+    s->vit = vit;
+    s->cfg = *cfg;
+    ovs_arena_init(&s->arena);
+    ovs_arena_init(&s->work);
+    *out = s;
+    return OVS_OK;
+}
+
+void ovs_segmenter_free(ovs_segmenter *s) {
+    if (!s) return;
+    ovs_free(s->omega);
+    ovs_arena_free(&s->arena);
+    ovs_arena_free(&s->work);
+    ovs_free(s);
+}
+
+int64_t ovs_segmenter_embed_dim(const ovs_segmenter *s) {
+    return s->vit ? s->vit->cfg.embed_dim : s->resnet->cfg.embed_dim;
+}
+
+int64_t ovs_segmenter_patch(const ovs_segmenter *s) { return s->vit ? s->vit->cfg.patch : 32; }
+
+/* NACLIP prior Omega (T, T): 0 on the class row/column, exp(-d^2 / (2 sigma^2)) between patches. */
+static int naclip_omega(ovs_segmenter *s, int64_t gh, int64_t gw) {
+    if (s->omega && s->omega_gh == gh && s->omega_gw == gw) return OVS_OK;
+    const int64_t G = gh * gw, T = 1 + G;
+    size_t n;
+    if (ovs_mul_size(&n, (size_t)T, (size_t)T) || n > ((size_t)1 << 32))
+        return ovs_set_error(OVS_ERR_OVERFLOW, "NACLIP prior for a %lldx%lld grid is too large", (long long)gh, (long long)gw);
+    float *om = ovs_malloc(n * sizeof(float));
+    if (!om) return OVS_ERR_NOMEM;
+    const double inv = 1.0 / (2.0 * (double)s->cfg.sigma * (double)s->cfg.sigma);
+#pragma omp parallel for schedule(static) if (T > 256)
+    for (int64_t a = 0; a < T; a++) {
+        float *row = om + (size_t)a * T;
+        if (a == 0) {
+            memset(row, 0, (size_t)T * sizeof(float));
+            continue;
+        }
+        const int64_t ia = (a - 1) / gw, ja = (a - 1) % gw;
+        row[0] = 0.0f;
+        for (int64_t b = 1; b < T; b++) {
+            const int64_t di = ia - (b - 1) / gw, dj = ja - (b - 1) % gw;
+            row[b] = (float)exp(-(double)(di * di + dj * dj) * inv);
+        }
+    }
+    ovs_free(s->omega);
+    s->omega = om;
+    s->omega_gh = gh;
+    s->omega_gw = gw;
+    return OVS_OK;
+}
+
+/* The replaced last block on x (T, D), written to xo (T, D). */
+static int vit_last_block(ovs_segmenter *s, float *xo, float *x, int64_t T, int64_t gh, int64_t gw) {
+    ovs_vit *m = s->vit;
+    const ovs_transformer *tf = &m->tf;
+    const ovs_block *blk = &tf->blocks[tf->layers - 1];
+    const int64_t D = tf->width, E = tf->heads, F = D / E, Dm = tf->mlp;
+    const ovs_head head = s->cfg.head;
+    float *y = ovs_arena_floats(&s->work, (size_t)T * D);          /* (T, D) ln_1(x) */
+    float *qkv = ovs_arena_floats(&s->work, (size_t)T * 3 * D);    /* (T, 3D) */
+    float *o = ovs_arena_floats(&s->work, (size_t)T * D);          /* (T, D) heads concatenated */
+    float *p1 = ovs_arena_floats(&s->work, (size_t)T * T);         /* (T, T) */
+    float *p2 = ovs_arena_floats(&s->work, (size_t)T * T);         /* (T, T) */
+    if (!y || !qkv || !o || !p1 || !p2) return OVS_ERR_NOMEM;
+    int rc;
+    if ((rc = ovs_layernorm_forward(y, x, blk->ln1_w, blk->ln1_b, T, D, 1e-5f))) return rc;
+    if ((rc = ovs_linear_forward(qkv, y, &blk->in_proj, blk->in_proj_b, NULL, T, D, 3 * D, OVS_ACT_NONE)))
+        return rc;
+    const float scale = 1.0f / sqrtf((float)F);
+    const int64_t ld = 3 * D;
+    if (head == OVS_HEAD_NACLIP && (rc = naclip_omega(s, gh, gw))) return rc;
+    if (T > INT32_MAX / 4 || ld > INT32_MAX) return ovs_set_error(OVS_ERR_OVERFLOW, "too many tokens");
+    for (int64_t h = 0; h < E; h++) {
+        const float *q = qkv + h * F, *k = qkv + D + h * F, *v = qkv + 2 * D + h * F;
+        float *oh = o + h * F;
+        if (head == OVS_HEAD_MASKCLIP) {
+            for (int64_t t = 0; t < T; t++) memcpy(oh + t * D, v + t * ld, (size_t)F * sizeof(float));
+            continue;
+        }
+        if (head == OVS_HEAD_SCLIP) {
+            if ((rc = ovs_attention_probs(p1, q, ld, q, ld, T, T, F, scale, NULL, 0)) ||
+                (rc = ovs_attention_probs(p2, k, ld, k, ld, T, T, F, scale, NULL, 0)))
+                return rc;
+            const int64_t n = T * T;
+#pragma omp parallel for schedule(static) if (n > 65536)
+            for (int64_t i = 0; i < n; i++) p1[i] += p2[i];
+        } else if (head == OVS_HEAD_CLEARCLIP) {
+            if ((rc = ovs_attention_probs(p1, q, ld, q, ld, T, T, F, scale, NULL, 0))) return rc;
+        } else {
+            if ((rc = ovs_attention_probs(p1, k, ld, k, ld, T, T, F, scale, s->omega, 0))) return rc;
+        }
+        /* oh (T, F) = P (T, T) @ v_h (T, F), written into the strided head columns */
+        ovs_sgemm(OVS_CBLAS_ROW_MAJOR, OVS_CBLAS_NO_TRANS, OVS_CBLAS_NO_TRANS, (int)T, (int)F, (int)T,
+                  1.0f, p1, (int)T, v, (int)ld, 0.0f, oh, (int)D);
+    }
+    const int keep_residual = head == OVS_HEAD_MASKCLIP || head == OVS_HEAD_SCLIP;
+    if (!keep_residual)
+        return ovs_linear_forward(xo, o, &blk->out_proj, blk->out_proj_b, NULL, T, D, D, OVS_ACT_NONE);
+    /* x1 = x + out_proj(o); xo = x1 + mlp(ln_2(x1)) */
+    if ((rc = ovs_linear_forward(x, o, &blk->out_proj, blk->out_proj_b, x, T, D, D, OVS_ACT_NONE))) return rc;
+    float *hidden = ovs_arena_floats(&s->work, (size_t)T * Dm); /* (T, Dm) */
+    if (!hidden) return OVS_ERR_NOMEM;
+    if ((rc = ovs_layernorm_forward(y, x, blk->ln2_w, blk->ln2_b, T, D, 1e-5f))) return rc;
+    if ((rc = ovs_linear_forward(hidden, y, &blk->fc, blk->fc_b, NULL, T, D, Dm, tf->act))) return rc;
+    memcpy(xo, x, (size_t)T * D * sizeof(float));
+    return ovs_linear_forward(xo, hidden, &blk->proj, blk->proj_b, xo, T, Dm, D, OVS_ACT_NONE);
+}
+
+int ovs_seg_dense_features(ovs_segmenter *s, float *feats, const float *image, int64_t H, int64_t W) {
+    const int64_t p = ovs_segmenter_patch(s);
+    if (H < p || W < p || H % p || W % p)
+        return ovs_set_error(OVS_ERR_ARG, "dense features need sides that are positive multiples of %lld, got %lldx%lld",
+                             (long long)p, (long long)H, (long long)W);
+    const int64_t gh = H / p, gw = W / p, G = gh * gw;
+    ovs_arena_reset(&s->work);
+    int rc;
+    if (s->resnet) {
+        ovs_resnet *m = s->resnet;
+        ovs_arena_reset(&m->arena);
+        float *r5;
+        int64_t C5, h5, w5;
+        if ((rc = ovs_resnet_trunk(m, image, 1, H, W, NULL, &r5, &C5, &h5, &w5))) return rc;
+        if (h5 * w5 != G) return ovs_set_error(OVS_ERR_ARG, "unexpected res5 grid %lldx%lld", (long long)h5, (long long)w5);
+        float *tok = ovs_arena_floats(&s->work, (size_t)G * C5);  /* (G, C5) positions as rows */
+        float *v = ovs_arena_floats(&s->work, (size_t)G * C5);    /* (G, C5) v_proj */
+        if (!tok || !v) return OVS_ERR_NOMEM;
+#pragma omp parallel for schedule(static)
+        for (int64_t g = 0; g < G; g++)
+            for (int64_t c = 0; c < C5; c++) tok[g * C5 + c] = r5[c * G + g];
+        if ((rc = ovs_linear_forward(v, tok, &m->v, m->vb, NULL, G, C5, C5, OVS_ACT_NONE))) return rc;
+        return ovs_linear_forward(feats, v, &m->c, m->cb, NULL, G, C5, m->cfg.embed_dim, OVS_ACT_NONE);
+    }
+    ovs_vit *m = s->vit;
+    const int64_t D = m->cfg.width, T = 1 + G, L = m->tf.layers, E = m->cfg.embed_dim;
+    float *x = ovs_arena_floats(&s->work, (size_t)T * D);   /* (T, D) tokens entering the last block */
+    float *xo = ovs_arena_floats(&s->work, (size_t)T * D);  /* (T, D) last block output */
+    if (!x || !xo) return OVS_ERR_NOMEM;
+    ovs_vit_outputs out = {.tokens = x};
+    if ((rc = ovs_vit_forward(m, image, 1, H, W, L - 1, &out))) return rc;
+    if ((rc = vit_last_block(s, xo, x, T, gh, gw))) return rc;
+    if ((rc = ovs_layernorm_forward(xo + D, xo + D, m->ln_post_w, m->ln_post_b, G, D, 1e-5f))) return rc;
+    return ovs_linear_forward(feats, xo + D, &m->proj, NULL, NULL, G, D, E, OVS_ACT_NONE);
+}

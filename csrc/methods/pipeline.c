@@ -1,0 +1,230 @@
+/* The segmentation pipeline: normalise, resize, slide windows, cosine logits, upsample, average;
+ * then the final resize to the input size fused with softmax / argmax. */
+#include "methods/internal.h"
+#include "core/blas.h"
+
+#include <math.h>
+#include <string.h>
+
+/* Bilinear source indices and weights along one axis as PyTorch's upsample_bilinear2d
+ * (align_corners=False, size given): src = (dst + 0.5) * in/out - 0.5, clamped at 0. */
+static void linear_coeffs(int64_t in, int64_t out, int64_t n, int64_t *i0, int64_t *i1, float *l0,
+                          float *l1) {
+    const float scale = (float)in / (float)out;
+    for (int64_t d = 0; d < n; d++) {
+        float src = scale * ((float)d + 0.5f) - 0.5f;
+        if (src < 0) src = 0;
+        int64_t a = (int64_t)src;
+        if (a > in - 1) a = in - 1;
+        float lam = src - (float)a;
+        if (lam < 0) lam = 0;
+        if (lam > 1) lam = 1;
+        i0[d] = a;
+        i1[d] = a + (a < in - 1 ? 1 : 0);
+        l1[d] = lam;
+        l0[d] = 1.0f - lam;
+    }
+}
+
+typedef struct {
+    int64_t *y0, *y1, *x0, *x1;  /* (H,), (H,), (W,), (W,) */
+    float *ly0, *ly1, *lx0, *lx1;
+} coeffs;
+
+static int coeffs_alloc(coeffs *c, ovs_arena *a, int64_t in_h, int64_t in_w, int64_t out_h,
+                        int64_t out_w, int64_t H, int64_t W) {
+    /* int64 arrays are carved from float buffers (2 floats each) */
+    c->y0 = (int64_t *)ovs_arena_floats(a, (size_t)H * 2);
+    c->y1 = (int64_t *)ovs_arena_floats(a, (size_t)H * 2);
+    c->x0 = (int64_t *)ovs_arena_floats(a, (size_t)W * 2);
+    c->x1 = (int64_t *)ovs_arena_floats(a, (size_t)W * 2);
+    c->ly0 = ovs_arena_floats(a, (size_t)H);
+    c->ly1 = ovs_arena_floats(a, (size_t)H);
+    c->lx0 = ovs_arena_floats(a, (size_t)W);
+    c->lx1 = ovs_arena_floats(a, (size_t)W);
+    if (!c->y0 || !c->y1 || !c->x0 || !c->x1 || !c->ly0 || !c->ly1 || !c->lx0 || !c->lx1)
+        return OVS_ERR_NOMEM;
+    linear_coeffs(in_h, out_h, H, c->y0, c->y1, c->ly0, c->ly1);
+    linear_coeffs(in_w, out_w, W, c->x0, c->x1, c->lx0, c->lx1);
+    return OVS_OK;
+}
+
+static inline float interp(const float *plane, int64_t w, const coeffs *c, int64_t Y, int64_t X) {
+    const float *r0 = plane + c->y0[Y] * w, *r1 = plane + c->y1[Y] * w;
+    return c->ly0[Y] * (c->lx0[X] * r0[c->x0[X]] + c->lx1[X] * r0[c->x1[X]]) +
+           c->ly1[Y] * (c->lx0[X] * r1[c->x0[X]] + c->lx1[X] * r1[c->x1[X]]);
+}
+
+int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_t H, int64_t W,
+                   int64_t row_stride, int64_t pixel_stride, int64_t Hp, int64_t Wp,
+                   const float mean[3], const float std[3], const float *classifier, int64_t C) {
+    if (H <= 0 || W <= 0 || Hp <= 0 || Wp <= 0 || C <= 0)
+        return ovs_set_error(OVS_ERR_ARG, "empty image or class list (%lldx%lld -> %lldx%lld, %lld classes)",
+                             (long long)H, (long long)W, (long long)Hp, (long long)Wp, (long long)C);
+    if (C > INT32_MAX / 4) return ovs_set_error(OVS_ERR_OVERFLOW, "too many classes");
+    const int64_t p = ovs_segmenter_patch(s), E = ovs_segmenter_embed_dim(s);
+    int rc;
+    ovs_arena *a = &s->arena;
+    ovs_arena_reset(a);
+    float *img = ovs_arena_floats(a, (size_t)3 * H * W);            /* (3, H, W) normalised */
+    if (!img) return OVS_ERR_NOMEM;
+    if ((rc = ovs_normalize_u8(img, image, H, W, row_stride, pixel_stride, 0, 0, H, W, mean, std, 0)))
+        return rc;
+    float *src = img;                                                /* (3, Hp, Wp) */
+    if (Hp != H || Wp != W) {
+        if (!(src = ovs_arena_floats(a, (size_t)3 * Hp * Wp))) return OVS_ERR_NOMEM;
+        if ((rc = ovs_resize_bilinear(src, img, 3, H, W, Hp, Wp, 0))) return rc;
+    }
+    /* window grid (mmseg slide_inference); a window never exceeds the image */
+    const int64_t crop = s->cfg.crop, stride = s->cfg.stride;
+    const int64_t grids_h = crop > 0 ? (Hp - crop + stride - 1 > 0 ? Hp - crop + stride - 1 : 0) / stride + 1 : 1;
+    const int64_t grids_w = crop > 0 ? (Wp - crop + stride - 1 > 0 ? Wp - crop + stride - 1 : 0) / stride + 1 : 1;
+    const int64_t max_h = crop > 0 && crop < Hp ? crop : Hp, max_w = crop > 0 && crop < Wp ? crop : Wp;
+    const int64_t ph = (max_h + p - 1) / p * p, pw = (max_w + p - 1) / p * p;
+    const int64_t G_max = (ph / p) * (pw / p);
+    float *count = ovs_arena_floats(a, (size_t)Hp * Wp);             /* (Hp, Wp) windows per pixel */
+    float *win = ovs_arena_floats(a, (size_t)3 * ph * pw);           /* (3, ph, pw) padded window */
+    float *feats = ovs_arena_floats(a, (size_t)G_max * E);           /* (G, E) */
+    float *small = ovs_arena_floats(a, (size_t)C * G_max);           /* (C, G) window logits */
+    coeffs cy;
+    if (!count || !win || !feats || !small) return OVS_ERR_NOMEM;
+    memset(logits, 0, (size_t)C * Hp * Wp * sizeof(float));
+    memset(count, 0, (size_t)Hp * Wp * sizeof(float));
+    for (int64_t gi = 0; gi < grids_h; gi++) {
+        for (int64_t gj = 0; gj < grids_w; gj++) {
+            int64_t y1 = 0, x1 = 0, y2 = Hp, x2 = Wp;
+            if (crop > 0) {
+                y2 = gi * stride + crop < Hp ? gi * stride + crop : Hp;
+                x2 = gj * stride + crop < Wp ? gj * stride + crop : Wp;
+                y1 = y2 - crop > 0 ? y2 - crop : 0;
+                x1 = x2 - crop > 0 ? x2 - crop : 0;
+            }
+            const int64_t h = y2 - y1, w = x2 - x1;
+            const int64_t wh = (h + p - 1) / p * p, ww = (w + p - 1) / p * p, gh = wh / p, gw = ww / p, G = gh * gw;
+            /* copy the window, zero-padded bottom/right */
+            for (int64_t c = 0; c < 3; c++)
+                for (int64_t y = 0; y < wh; y++) {
+                    float *dst = win + ((size_t)c * wh + y) * ww;
+                    if (y < h) {
+                        memcpy(dst, src + ((size_t)c * Hp + y1 + y) * Wp + x1, (size_t)w * sizeof(float));
+                        memset(dst + w, 0, (size_t)(ww - w) * sizeof(float));
+                    } else {
+                        memset(dst, 0, (size_t)ww * sizeof(float));
+                    }
+                }
+            if ((rc = ovs_seg_dense_features(s, feats, win, wh, ww))) return rc;
+            /* L2-normalise each position, then small (C, G) = classifier (C, E) @ feats^T */
+#pragma omp parallel for schedule(static) if (G * E > 65536)
+            for (int64_t g = 0; g < G; g++) {
+                float *f = feats + g * E;
+                double ss = 0;
+                for (int64_t e = 0; e < E; e++) ss += (double)f[e] * f[e];
+                const float inv = (float)(1.0 / fmax(sqrt(ss), 1e-12));
+                for (int64_t e = 0; e < E; e++) f[e] *= inv;
+            }
+            ovs_sgemm(OVS_CBLAS_ROW_MAJOR, OVS_CBLAS_NO_TRANS, OVS_CBLAS_TRANS, (int)C, (int)G, (int)E,
+                      1.0f, classifier, (int)E, feats, (int)E, 0.0f, small, (int)G);
+            /* upsample (C, gh, gw) -> (C, wh, ww) bilinearly, crop to (h, w), accumulate */
+            if ((rc = coeffs_alloc(&cy, &s->work, gh, gw, wh, ww, h, w))) return rc;
+#pragma omp parallel for schedule(static)
+            for (int64_t c = 0; c < C; c++) {
+                const float *plane = small + c * G;
+                float *acc = logits + (size_t)c * Hp * Wp;
+                for (int64_t y = 0; y < h; y++) {
+                    float *row = acc + (y1 + y) * Wp + x1;
+                    for (int64_t x = 0; x < w; x++) row[x] += interp(plane, gw, &cy, y, x);
+                }
+            }
+            for (int64_t y = 0; y < h; y++)
+                for (int64_t x = 0; x < w; x++) count[(y1 + y) * Wp + x1 + x] += 1.0f;
+        }
+    }
+    const int64_t HW = Hp * Wp;
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < C; c++) {
+        float *acc = logits + (size_t)c * HW;
+        for (int64_t i = 0; i < HW; i++) acc[i] /= count[i];
+    }
+    return OVS_OK;
+}
+
+static int check_up(int64_t C, int64_t h, int64_t w, int64_t H, int64_t W, float logit_scale) {
+    if (C <= 0 || h <= 0 || w <= 0 || H <= 0 || W <= 0)
+        return ovs_set_error(OVS_ERR_ARG, "empty logits or output size");
+    if (!isfinite(logit_scale)) return ovs_set_error(OVS_ERR_ARG, "logit_scale must be finite");
+    return OVS_OK;
+}
+
+int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w,
+                   int64_t H, int64_t W, float logit_scale, float bg_threshold, int32_t bg_label) {
+    int rc = check_up(C, h, w, H, W, logit_scale);
+    if (rc) return rc;
+    ovs_arena a;
+    ovs_arena_init(&a);
+    coeffs c;
+    if ((rc = coeffs_alloc(&c, &a, h, w, H, W, H, W))) goto done;
+    const int64_t hw = h * w;
+    int failed = 0;
+#pragma omp parallel
+    {
+        float *row = ovs_malloc((size_t)C * W * sizeof(float)); /* (C, W) interpolated row */
+        if (!row) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t Y = 0; Y < H; Y++) {
+            if (!row) continue;
+            for (int64_t k = 0; k < C; k++) {
+                const float *plane = logits + (size_t)k * hw;
+                float *r = row + k * W;
+                for (int64_t X = 0; X < W; X++) r[X] = interp(plane, w, &c, Y, X);
+            }
+            int32_t *out = labels + Y * W;
+            for (int64_t X = 0; X < W; X++) {
+                float best = row[X];
+                int32_t arg = 0;
+                for (int64_t k = 1; k < C; k++)
+                    if (row[k * W + X] > best) { best = row[k * W + X]; arg = (int32_t)k; }
+                if (bg_threshold > 0) {
+                    double sum = 0;
+                    for (int64_t k = 0; k < C; k++) sum += exp((double)logit_scale * (row[k * W + X] - best));
+                    if (1.0 / sum < bg_threshold) arg = bg_label;
+                }
+                out[X] = arg;
+            }
+        }
+        ovs_free(row);
+    }
+    if (failed) rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for a row buffer");
+done:
+    ovs_arena_free(&a);
+    return rc;
+}
+
+int ovs_seg_upsample(float *out, const float *logits, int64_t C, int64_t h, int64_t w, int64_t H,
+                     int64_t W, float logit_scale, int softmax) {
+    int rc = check_up(C, h, w, H, W, logit_scale);
+    if (rc) return rc;
+    if (h == H && w == W) memcpy(out, logits, (size_t)C * H * W * sizeof(float));
+    else if ((rc = ovs_resize_bilinear(out, logits, C, h, w, H, W, 0))) return rc;
+    if (!softmax) return OVS_OK;
+    const int64_t HW = H * W;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < HW; i++) {
+        float mx = -INFINITY;
+        for (int64_t k = 0; k < C; k++) {
+            float v = logit_scale * out[(size_t)k * HW + i];
+            if (v > mx) mx = v;
+        }
+        double sum = 0;
+        for (int64_t k = 0; k < C; k++) {
+            float e = expf(logit_scale * out[(size_t)k * HW + i] - mx);
+            out[(size_t)k * HW + i] = e;
+            sum += e;
+        }
+        const float inv = (float)(1.0 / sum);
+        for (int64_t k = 0; k < C; k++) out[(size_t)k * HW + i] *= inv;
+    }
+    return OVS_OK;
+}

@@ -1,0 +1,83 @@
+/* Helpers shared by the towers: weight binding and positional-embedding resizing. */
+#include "models/internal.h"
+
+#include <string.h>
+
+int ovs_bind_vec(const float **out, const ovs_tensor_map *w, const char *name, int64_t n) {
+    const ovs_tensor *t;
+    int64_t shape[1] = {n};
+    int rc = ovs_tensor_map_get(&t, w, name, 1, shape);
+    if (rc) return rc;
+    *out = t->data;
+    return OVS_OK;
+}
+
+int ovs_bind_mat(ovs_matrix *out, const ovs_tensor_map *w, const char *name, int64_t rows,
+                 int64_t cols) {
+    const ovs_tensor *t;
+    int64_t shape[2] = {rows, cols};
+    int rc = ovs_tensor_map_get(&t, w, name, 2, shape);
+    if (rc) return rc;
+    *out = ovs_matrix_dense(t->data, t->shape[0], t->shape[1]);
+    return OVS_OK;
+}
+
+int ovs_bind_transposed(float **out, int64_t *rows, int64_t *cols, const ovs_tensor_map *w,
+                        const char *name, int64_t want_rows, int64_t want_cols) {
+    const ovs_tensor *t;
+    int64_t shape[2] = {want_rows, want_cols};
+    int rc = ovs_tensor_map_get(&t, w, name, 2, shape);
+    if (rc) return rc;
+    int64_t R = t->shape[0], C = t->shape[1];
+    float *d = ovs_malloc((size_t)R * (size_t)C * sizeof(float) + 1);
+    if (!d) return OVS_ERR_NOMEM;
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t c = 0; c < C; c++) d[c * R + r] = t->data[r * C + c];
+    *out = d;
+    *rows = R;
+    *cols = C;
+    return OVS_OK;
+}
+
+int ovs_pos_embed_for_grid(const float **out, ovs_pos_cache *cache, const float *pos, int64_t g,
+                           int64_t D, int64_t gh, int64_t gw) {
+    if (gh == g && gw == g) {
+        *out = pos;
+        return OVS_OK;
+    }
+    if (cache->data && cache->gh == gh && cache->gw == gw) {
+        *out = cache->data;
+        return OVS_OK;
+    }
+    size_t n = (size_t)(1 + gh * gw) * (size_t)D;
+    float *dst = ovs_malloc(n * sizeof(float));
+    float *grid_in = ovs_malloc((size_t)D * (size_t)(g * g) * sizeof(float));   /* (D, g, g) */
+    float *grid_out = ovs_malloc((size_t)D * (size_t)(gh * gw) * sizeof(float)); /* (D, gh, gw) */
+    int rc = OVS_OK;
+    if (!dst || !grid_in || !grid_out) {
+        rc = OVS_ERR_NOMEM;
+        goto done;
+    }
+    for (int64_t i = 0; i < g * g; i++)
+        for (int64_t d = 0; d < D; d++) grid_in[d * g * g + i] = pos[(1 + i) * D + d];
+    if ((rc = ovs_resize_bicubic(grid_out, grid_in, D, g, g, gh, gw, 0))) goto done;
+    memcpy(dst, pos, (size_t)D * sizeof(float));
+    for (int64_t i = 0; i < gh * gw; i++)
+        for (int64_t d = 0; d < D; d++) dst[(1 + i) * D + d] = grid_out[d * gh * gw + i];
+    ovs_free(cache->data);
+    cache->data = dst;
+    cache->gh = gh;
+    cache->gw = gw;
+    dst = NULL;
+    *out = cache->data;
+done:
+    ovs_free(dst);
+    ovs_free(grid_in);
+    ovs_free(grid_out);
+    return rc;
+}
+
+void ovs_pos_cache_free(ovs_pos_cache *cache) {
+    ovs_free(cache->data);
+    memset(cache, 0, sizeof *cache);
+}

@@ -1,0 +1,88 @@
+/* Model internals shared by csrc/models/ and the segmentation heads in csrc/methods/. */
+#ifndef OVS_MODELS_INTERNAL_H
+#define OVS_MODELS_INTERNAL_H
+
+#include "ovs/models.h"
+
+/* A convolution with its BatchNorm folded in (owned weight and bias). */
+typedef struct {
+    float *weight;            /* (K, C*R*S) folded */
+    float *bias;              /* (K,) folded */
+    ovs_matrix w;             /* matrix view of weight */
+    int64_t K, C, R, S;
+    ovs_conv2d_params p;
+} ovs_convbn;
+
+typedef struct {
+    ovs_convbn conv1, conv2, conv3, down;
+    int has_down;
+    int64_t inplanes, planes, stride;
+} ovs_bottleneck;
+
+/* A positional embedding resized for one grid, cached until the grid changes. */
+typedef struct {
+    float *data;              /* (1 + gh*gw, D) */
+    int64_t gh, gw;
+} ovs_pos_cache;
+
+struct ovs_resnet {
+    ovs_resnet_config cfg;
+    char prefix[128];
+    ovs_convbn stem[3];
+    ovs_bottleneck *blocks;   /* (nblocks,) stage by stage */
+    int64_t nblocks;
+    /* attention pool (has_attnpool) */
+    int64_t channels;         /* C = 32 * width */
+    const float *pos;         /* (1 + grid*grid, C) */
+    ovs_matrix q, k, v, c;    /* (C, C) x3, (embed_dim, C) */
+    const float *qb, *kb, *vb, *cb;
+    ovs_pos_cache pos_cache;
+    ovs_arena arena;
+};
+
+struct ovs_vit {
+    ovs_vit_config cfg;
+    char prefix[128];
+    ovs_matrix patch;         /* (D, 3*p*p) conv1 weight */
+    const float *cls;         /* (D,) */
+    const float *pos;         /* (1 + grid*grid, D) */
+    const float *ln_pre_w, *ln_pre_b, *ln_post_w, *ln_post_b;  /* (D,) */
+    float *proj_t;            /* (embed_dim, D) owned transpose of proj (D, embed_dim) */
+    ovs_matrix proj;          /* view of proj_t */
+    ovs_transformer tf;
+    ovs_pos_cache pos_cache;
+    ovs_arena arena;
+};
+
+struct ovs_text {
+    ovs_text_config cfg;
+    char prefix[128];
+    const float *tok;         /* (vocab, D) */
+    const float *pos;         /* (context, D) */
+    const float *ln_w, *ln_b; /* (D,) */
+    float *proj_t;            /* (embed_dim, D) owned */
+    ovs_matrix proj;
+    ovs_transformer tf;
+    ovs_arena arena;
+};
+
+/* Positional embedding pos (1 + g*g, D) resized to (gh, gw) as
+ * F.interpolate(mode="bicubic", align_corners=False) on the spatial part; class row kept.
+ * Returns a pointer to the cache (or `pos` itself when the grid matches). */
+int ovs_pos_embed_for_grid(const float **out, ovs_pos_cache *cache, const float *pos, int64_t g,
+                           int64_t D, int64_t gh, int64_t gw);
+void ovs_pos_cache_free(ovs_pos_cache *cache);
+
+/* Shared bind helpers (models/common.c). */
+int ovs_bind_vec(const float **out, const ovs_tensor_map *w, const char *name, int64_t n);
+int ovs_bind_mat(ovs_matrix *out, const ovs_tensor_map *w, const char *name, int64_t rows,
+                 int64_t cols);
+/* Owned (cols, rows) transpose of a (rows, cols) weight named `name`; rows/cols -1 = any. */
+int ovs_bind_transposed(float **out, int64_t *rows, int64_t *cols, const ovs_tensor_map *w,
+                        const char *name, int64_t want_rows, int64_t want_cols);
+
+/* Run the ResNet stem and stages; res[s] receives stage outputs, last gets res5 in the arena. */
+int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, int64_t W,
+                     float **res_out, float **res5, int64_t *C5, int64_t *h5, int64_t *w5);
+
+#endif

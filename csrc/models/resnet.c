@@ -1,0 +1,313 @@
+/* CLIP ModifiedResNet (open_clip layout): 3-conv stem, anti-aliased bottlenecks (AvgPool before
+ * the stride), attention pooling. Every BatchNorm is folded into its conv at load. */
+#include "models/internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+static int convbn_init(ovs_convbn *cb, const ovs_tensor_map *w, const char *conv, const char *bn,
+                       int64_t K, int64_t C, int64_t R, int64_t stride, int64_t pad) {
+    char name[512];
+    const ovs_tensor *t;
+    int64_t wshape[4] = {K, C, R, R};
+    int rc;
+    memset(cb, 0, sizeof *cb);
+    snprintf(name, sizeof name, "%s.weight", conv);
+    if ((rc = ovs_tensor_map_get(&t, w, name, 4, wshape))) return rc;
+    const float *g, *b, *mean, *var;
+#define BN(field, suffix) (snprintf(name, sizeof name, "%s." suffix, bn), ovs_bind_vec(&field, w, name, K))
+    if ((rc = BN(g, "weight")) || (rc = BN(b, "bias")) || (rc = BN(mean, "running_mean")) ||
+        (rc = BN(var, "running_var")))
+        return rc;
+#undef BN
+    size_t L = (size_t)C * R * R;
+    cb->weight = ovs_malloc((size_t)K * L * sizeof(float));
+    cb->bias = ovs_malloc((size_t)K * sizeof(float));
+    if (!cb->weight || !cb->bias) return OVS_ERR_NOMEM;
+    if ((rc = ovs_batchnorm_fold(cb->weight, cb->bias, t->data, NULL, g, b, mean, var, 1e-5f, K,
+                                 (int64_t)L)))
+        return rc;
+    cb->w = ovs_matrix_dense(cb->weight, K, (int64_t)L);
+    cb->K = K;
+    cb->C = C;
+    cb->R = cb->S = R;
+    cb->p = ovs_conv2d_defaults();
+    cb->p.stride_h = cb->p.stride_w = stride;
+    cb->p.pad_h = cb->p.pad_w = pad;
+    return OVS_OK;
+}
+
+static void convbn_release(ovs_convbn *cb) {
+    ovs_free(cb->weight);
+    ovs_free(cb->bias);
+    cb->weight = cb->bias = NULL;
+}
+
+int ovs_resnet_create(ovs_resnet **out, const ovs_resnet_config *cfg, const ovs_tensor_map *w) {
+    *out = NULL;
+    if (!cfg->prefix || strlen(cfg->prefix) >= 100)
+        return ovs_set_error(OVS_ERR_ARG, "ResNet weight prefix missing or too long");
+    if (cfg->width <= 0 || cfg->width % 2)
+        return ovs_set_error(OVS_ERR_ARG, "ResNet width must be positive and even, got %lld", (long long)cfg->width);
+    int64_t total = 0;
+    for (int s = 0; s < 4; s++) {
+        if (cfg->layers[s] <= 0 || cfg->layers[s] > 1000)
+            return ovs_set_error(OVS_ERR_ARG, "ResNet stage %d has %lld blocks", s + 1, (long long)cfg->layers[s]);
+        total += cfg->layers[s];
+    }
+    ovs_resnet *m = ovs_calloc(1, sizeof *m);
+    if (!m) return OVS_ERR_NOMEM;
+    m->cfg = *cfg;
+    snprintf(m->prefix, sizeof m->prefix, "%s", cfg->prefix);
+    m->cfg.prefix = m->prefix;
+    ovs_arena_init(&m->arena);
+    int rc;
+    char conv[256], bn[256];
+    const int64_t wd = cfg->width;
+    const int64_t stem_k[3] = {wd / 2, wd / 2, wd}, stem_c[3] = {3, wd / 2, wd / 2};
+    for (int i = 0; i < 3; i++) {
+        snprintf(conv, sizeof conv, "%sconv%d", m->prefix, i + 1);
+        snprintf(bn, sizeof bn, "%sbn%d", m->prefix, i + 1);
+        if ((rc = convbn_init(&m->stem[i], w, conv, bn, stem_k[i], stem_c[i], 3, i == 0 ? 2 : 1, 1)))
+            goto error;
+    }
+    m->blocks = ovs_calloc((size_t)total, sizeof(ovs_bottleneck));
+    if (!m->blocks) { rc = OVS_ERR_NOMEM; goto error; }
+    m->nblocks = total;
+    int64_t inplanes = wd, bi = 0;
+    for (int s = 0; s < 4; s++) {
+        int64_t planes = wd << s;
+        for (int64_t j = 0; j < cfg->layers[s]; j++, bi++) {
+            ovs_bottleneck *b = &m->blocks[bi];
+            b->inplanes = inplanes;
+            b->planes = planes;
+            b->stride = (j == 0 && s > 0) ? 2 : 1;
+            char base[160];
+            snprintf(base, sizeof base, "%slayer%d.%lld", m->prefix, s + 1, (long long)j);
+#define CB(dst, c, n, K, C, R, st, pad) \
+    (snprintf(conv, sizeof conv, "%s." c, base), snprintf(bn, sizeof bn, "%s." n, base), \
+     convbn_init(dst, w, conv, bn, K, C, R, st, pad))
+            if ((rc = CB(&b->conv1, "conv1", "bn1", planes, inplanes, 1, 1, 0)) ||
+                (rc = CB(&b->conv2, "conv2", "bn2", planes, planes, 3, 1, 1)) ||
+                (rc = CB(&b->conv3, "conv3", "bn3", planes * 4, planes, 1, 1, 0)))
+                goto error;
+            b->has_down = b->stride > 1 || inplanes != planes * 4;
+            if (b->has_down && (rc = CB(&b->down, "downsample.0", "downsample.1", planes * 4, inplanes, 1, 1, 0)))
+                goto error;
+#undef CB
+            inplanes = planes * 4;
+        }
+    }
+    m->channels = inplanes;
+    if (cfg->has_attnpool) {
+        const int64_t C = inplanes, g = cfg->grid;
+        char name[512];
+        const ovs_tensor *t;
+        int64_t pos_shape[2] = {1 + g * g, C};
+        if (g <= 0 || cfg->heads <= 0 || C % cfg->heads) {
+            rc = ovs_set_error(OVS_ERR_ARG, "attention pool needs grid > 0 and heads dividing %lld", (long long)C);
+            goto error;
+        }
+        snprintf(name, sizeof name, "%sattnpool.positional_embedding", m->prefix);
+        if ((rc = ovs_tensor_map_get(&t, w, name, 2, pos_shape))) goto error;
+        m->pos = t->data;
+#define LIN(mat, bias, proj, nrows) \
+    (snprintf(name, sizeof name, "%sattnpool." proj ".weight", m->prefix), \
+     (rc = ovs_bind_mat(&mat, w, name, nrows, C)) ? rc : \
+     (snprintf(name, sizeof name, "%sattnpool." proj ".bias", m->prefix), ovs_bind_vec(&bias, w, name, (mat).rows)))
+        if ((rc = LIN(m->q, m->qb, "q_proj", C)) || (rc = LIN(m->k, m->kb, "k_proj", C)) ||
+            (rc = LIN(m->v, m->vb, "v_proj", C)) ||
+            (rc = LIN(m->c, m->cb, "c_proj", cfg->embed_dim > 0 ? cfg->embed_dim : -1)))
+            goto error;
+#undef LIN
+        m->cfg.embed_dim = m->c.rows;
+    }
+    *out = m;
+    return OVS_OK;
+error:
+    ovs_resnet_free(m);
+    return rc;
+}
+
+void ovs_resnet_free(ovs_resnet *m) {
+    if (!m) return;
+    for (int i = 0; i < 3; i++) convbn_release(&m->stem[i]);
+    for (int64_t i = 0; m->blocks && i < m->nblocks; i++) {
+        convbn_release(&m->blocks[i].conv1);
+        convbn_release(&m->blocks[i].conv2);
+        convbn_release(&m->blocks[i].conv3);
+        convbn_release(&m->blocks[i].down);
+    }
+    ovs_free(m->blocks);
+    ovs_pos_cache_free(&m->pos_cache);
+    ovs_arena_free(&m->arena);
+    ovs_free(m);
+}
+
+const ovs_resnet_config *ovs_resnet_get_config(const ovs_resnet *m) { return &m->cfg; }
+
+/* Spatial size after the stem (conv s2 p1, two convs s1, avgpool 2) and per stage. */
+static void stage_sizes(int64_t H, int64_t W, int64_t hs[5], int64_t ws[5]) {
+    int64_t h = ovs_conv2d_out_size(H, 3, 2, 1, 1), w = ovs_conv2d_out_size(W, 3, 2, 1, 1);
+    hs[0] = h / 2;
+    ws[0] = w / 2;
+    for (int s = 1; s < 5; s++) {
+        hs[s] = s == 1 ? hs[0] : hs[s - 1] / 2;
+        ws[s] = s == 1 ? ws[0] : ws[s - 1] / 2;
+    }
+}
+
+int ovs_resnet_feature_shape(const ovs_resnet *m, int stage, int64_t H, int64_t W, int64_t *C,
+                             int64_t *h, int64_t *w) {
+    if (stage < 0 || stage > 3) return ovs_set_error(OVS_ERR_ARG, "stage must be 0..3 (res2..res5)");
+    if (H < 32 || W < 32)
+        return ovs_set_error(OVS_ERR_ARG, "ResNet input must be at least 32x32, got %lldx%lld", (long long)H, (long long)W);
+    int64_t hs[5], ws[5];
+    stage_sizes(H, W, hs, ws);
+    *C = 4 * (m->cfg.width << stage);
+    *h = hs[stage + 1];
+    *w = ws[stage + 1];
+    return OVS_OK;
+}
+
+static int convbn_forward(const ovs_convbn *cb, float *out, const float *in, const float *residual,
+                          int64_t N, int64_t H, int64_t W, ovs_act act, float *scratch) {
+    return ovs_conv2d_forward(out, in, &cb->w, cb->bias, residual, N, cb->C, H, W, cb->K, cb->R,
+                              cb->S, &cb->p, act, scratch);
+}
+
+int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, int64_t W,
+                     float **res_out, float **res5, int64_t *C5, int64_t *h5, int64_t *w5) {
+    if (N <= 0) return ovs_set_error(OVS_ERR_ARG, "batch size must be positive, got %lld", (long long)N);
+    if (H < 32 || W < 32)
+        return ovs_set_error(OVS_ERR_ARG, "ResNet input must be at least 32x32, got %lldx%lld", (long long)H, (long long)W);
+    const int64_t wd = m->cfg.width;
+    int64_t hs[5], ws[5];
+    stage_sizes(H, W, hs, ws);
+    const int64_t h1 = ovs_conv2d_out_size(H, 3, 2, 1, 1), w1 = ovs_conv2d_out_size(W, 3, 2, 1, 1);
+    /* Plan: the largest activation of each kind decides its buffer. */
+    size_t big = (size_t)N * wd * h1 * w1;            /* stem activations */
+    size_t scratch_n = ovs_conv2d_scratch_floats(3, H, W, wd / 2, 3, 3, &m->stem[0].p);
+    size_t t = ovs_conv2d_scratch_floats(wd / 2, h1, w1, wd, 3, 3, &m->stem[1].p);
+    if (t > scratch_n) scratch_n = t;
+    for (int64_t i = 0; i < m->nblocks; i++) {
+        const ovs_bottleneck *b = &m->blocks[i];
+        /* input size of this block */
+        int64_t s = 0, acc = 0;
+        while (acc + m->cfg.layers[s] <= i) acc += m->cfg.layers[s++];
+        int64_t hi = (i == acc && s > 0) ? hs[s] : hs[s + 1], wi = (i == acc && s > 0) ? ws[s] : ws[s + 1];
+        size_t a = (size_t)N * b->inplanes * hi * wi, o = (size_t)N * 4 * b->planes * hi * wi;
+        if (a > big) big = a;
+        if (o > big) big = o;
+        t = ovs_conv2d_scratch_floats(b->planes, hi, wi, b->planes, 3, 3, &b->conv2.p);
+        if (t > scratch_n) scratch_n = t;
+    }
+    float *X0 = ovs_arena_floats(&m->arena, big), *X1 = ovs_arena_floats(&m->arena, big);
+    float *T1 = ovs_arena_floats(&m->arena, big), *T2 = ovs_arena_floats(&m->arena, big);
+    float *T3 = ovs_arena_floats(&m->arena, big), *SC = ovs_arena_floats(&m->arena, big);
+    float *scratch = ovs_arena_floats(&m->arena, scratch_n ? scratch_n : 1);
+    if (!X0 || !X1 || !T1 || !T2 || !T3 || !SC || !scratch) return OVS_ERR_NOMEM;
+    int rc;
+    /* stem */
+    if ((rc = convbn_forward(&m->stem[0], T1, images, NULL, N, H, W, OVS_ACT_RELU, scratch)) ||
+        (rc = convbn_forward(&m->stem[1], T2, T1, NULL, N, h1, w1, OVS_ACT_RELU, scratch)) ||
+        (rc = convbn_forward(&m->stem[2], T1, T2, NULL, N, h1, w1, OVS_ACT_RELU, scratch)) ||
+        (rc = ovs_avgpool2d_forward(X0, T1, N * wd, h1, w1, 2, 2, 2, 2, 0, 0, 1)))
+        return rc;
+    float *x = X0, *y = X1;
+    int64_t h = hs[0], w = ws[0], bi = 0;
+    for (int s = 0; s < 4; s++) {
+        for (int64_t j = 0; j < m->cfg.layers[s]; j++, bi++) {
+            const ovs_bottleneck *b = &m->blocks[bi];
+            const int64_t st = b->stride, ho = h / st, wo = w / st, P = b->planes;
+            if ((rc = convbn_forward(&b->conv1, T1, x, NULL, N, h, w, OVS_ACT_RELU, scratch)) ||
+                (rc = convbn_forward(&b->conv2, T2, T1, NULL, N, h, w, OVS_ACT_RELU, scratch)))
+                return rc;
+            const float *mid = T2;
+            if (st > 1) {
+                if ((rc = ovs_avgpool2d_forward(T3, T2, N * P, h, w, st, st, st, st, 0, 0, 1))) return rc;
+                mid = T3;
+            }
+            const float *shortcut = x;
+            if (b->has_down) {
+                const float *src = x;
+                if (st > 1) {
+                    if ((rc = ovs_avgpool2d_forward(T1, x, N * b->inplanes, h, w, st, st, st, st, 0, 0, 1)))
+                        return rc;
+                    src = T1;
+                }
+                if ((rc = convbn_forward(&b->down, SC, src, NULL, N, ho, wo, OVS_ACT_NONE, scratch))) return rc;
+                shortcut = SC;
+            }
+            if ((rc = convbn_forward(&b->conv3, y, mid, shortcut, N, ho, wo, OVS_ACT_RELU, scratch))) return rc;
+            float *tmp = x; x = y; y = tmp;
+            h = ho;
+            w = wo;
+        }
+        if (res_out && res_out[s])
+            memcpy(res_out[s], x, (size_t)N * 4 * (wd << s) * h * w * sizeof(float));
+    }
+    *res5 = x;
+    *C5 = m->channels;
+    *h5 = h;
+    *w5 = w;
+    return OVS_OK;
+}
+
+int ovs_resnet_forward(ovs_resnet *m, const float *images, int64_t N, int64_t H, int64_t W,
+                       ovs_resnet_outputs *out) {
+    if (out->embed && !m->cfg.has_attnpool)
+        return ovs_set_error(OVS_ERR_ARG, "this ResNet has no attention pool: no embedding");
+    ovs_arena_reset(&m->arena);
+    float *x;
+    int64_t C, h, w;
+    int rc = ovs_resnet_trunk(m, images, N, H, W, out->res, &x, &C, &h, &w);
+    if (rc || !out->embed) return rc;
+    /* Attention pooling: tokens = [mean; positions] + pos, one query (the mean token). */
+    const int64_t T = 1 + h * w, E = m->cfg.heads, F = C / E;
+    const float *pos;
+    if ((rc = ovs_pos_embed_for_grid(&pos, &m->pos_cache, m->pos, m->cfg.grid, C, h, w))) return rc;
+    float *tok = ovs_arena_floats(&m->arena, (size_t)N * T * C);   /* (N, T, C) */
+    float *kv = ovs_arena_floats(&m->arena, (size_t)N * T * 2 * C);  /* (N, T, 2C): k | v */
+    float *q = ovs_arena_floats(&m->arena, (size_t)N * C);         /* (N, C) */
+    float *att = ovs_arena_floats(&m->arena, (size_t)N * C);       /* (N, C) */
+    float *probs = ovs_arena_floats(&m->arena, (size_t)T);
+    if (!tok || !kv || !q || !att || !probs) return OVS_ERR_NOMEM;
+    const int64_t G = h * w;
+#pragma omp parallel for schedule(static)
+    for (int64_t nc = 0; nc < N * C; nc++) {
+        int64_t n = nc / C, c = nc % C;
+        const float *src = x + (size_t)nc * G;
+        float *dst = tok + (size_t)n * T * C + c;
+        double sum = 0;
+        for (int64_t i = 0; i < G; i++) {
+            dst[(1 + i) * C] = src[i] + pos[(1 + i) * C + c];
+            sum += src[i];
+        }
+        dst[0] = (float)(sum / (double)G) + pos[c];
+    }
+    /* k and v of every token (one GEMM each over all images), q of the first token only */
+    for (int64_t n = 0; n < N; n++)
+        memcpy(att + n * C, tok + (size_t)n * T * C, (size_t)C * sizeof(float));
+    if ((rc = ovs_linear_forward(q, att, &m->q, m->qb, NULL, N, C, C, OVS_ACT_NONE))) return rc;
+    if ((rc = ovs_matmul_wt(kv, 2 * C, tok, C, &m->k, N * T, 1.0f, 0.0f)) ||
+        (rc = ovs_matmul_wt(kv + C, 2 * C, tok, C, &m->v, N * T, 1.0f, 0.0f)))
+        return rc;
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < N * T; r++) {
+        float *row = kv + (size_t)r * 2 * C;
+        for (int64_t c = 0; c < C; c++) {
+            row[c] += m->kb[c];
+            row[C + c] += m->vb[c];
+        }
+    }
+    const float scale = 1.0f / sqrtf((float)F);
+    for (int64_t n = 0; n < N; n++) {
+        const float *kvn = kv + (size_t)n * T * 2 * C;
+        if ((rc = ovs_attention_forward(att + n * C, q + n * C, C, kvn, 2 * C, kvn + C, 2 * C, 1, T,
+                                        E, F, scale, NULL, 0, probs)))
+            return rc;
+    }
+    return ovs_linear_forward(out->embed, att, &m->c, m->cb, NULL, N, C, m->cfg.embed_dim, OVS_ACT_NONE);
+}

@@ -1,0 +1,97 @@
+/* Pre-LN residual attention blocks shared by the ViT image tower and the text tower. */
+#include "models/internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+int ovs_transformer_init(ovs_transformer *t, const char *prefix, int64_t heads, ovs_act act,
+                         const ovs_tensor_map *w) {
+    char name[512];
+    memset(t, 0, sizeof *t);
+    int64_t L = 0;
+    for (;; L++) {
+        snprintf(name, sizeof name, "%sresblocks.%lld.ln_1.weight", prefix, (long long)L);
+        if (!ovs_tensor_map_find(w, name)) break;
+    }
+    if (L == 0)
+        return ovs_set_error(OVS_ERR_MISSING, "no transformer blocks found: '%sresblocks.0.ln_1.weight' is missing", prefix);
+    snprintf(name, sizeof name, "%sresblocks.0.ln_1.weight", prefix);
+    const ovs_tensor *ln = ovs_tensor_map_find(w, name);
+    if (ln->ndim != 1 || ln->shape[0] <= 0)
+        return ovs_set_error(OVS_ERR_SHAPE, "'%s' must be 1-D", name);
+    int64_t D = ln->shape[0];
+    snprintf(name, sizeof name, "%sresblocks.0.mlp.c_fc.weight", prefix);
+    const ovs_tensor *fc = ovs_tensor_map_find(w, name);
+    if (!fc) return ovs_set_error(OVS_ERR_MISSING, "weight '%s' is missing from the state dict", name);
+    if (fc->ndim != 2) return ovs_set_error(OVS_ERR_SHAPE, "'%s' must be 2-D", name);
+    int64_t Dm = fc->shape[0];
+    if (heads <= 0 || D % heads != 0)
+        return ovs_set_error(OVS_ERR_ARG, "width %lld is not divisible by %lld heads", (long long)D, (long long)heads);
+    t->blocks = ovs_calloc((size_t)L, sizeof(ovs_block));
+    if (!t->blocks) return OVS_ERR_NOMEM;
+    t->width = D;
+    t->heads = heads;
+    t->mlp = Dm;
+    t->layers = L;
+    t->act = act;
+    for (int64_t i = 0; i < L; i++) {
+        ovs_block *b = &t->blocks[i];
+        int rc = 0;
+#define P(suffix) (snprintf(name, sizeof name, "%sresblocks.%lld." suffix, prefix, (long long)i), name)
+        if ((rc = ovs_bind_vec(&b->ln1_w, w, P("ln_1.weight"), D)) ||
+            (rc = ovs_bind_vec(&b->ln1_b, w, P("ln_1.bias"), D)) ||
+            (rc = ovs_bind_mat(&b->in_proj, w, P("attn.in_proj_weight"), 3 * D, D)) ||
+            (rc = ovs_bind_vec(&b->in_proj_b, w, P("attn.in_proj_bias"), 3 * D)) ||
+            (rc = ovs_bind_mat(&b->out_proj, w, P("attn.out_proj.weight"), D, D)) ||
+            (rc = ovs_bind_vec(&b->out_proj_b, w, P("attn.out_proj.bias"), D)) ||
+            (rc = ovs_bind_vec(&b->ln2_w, w, P("ln_2.weight"), D)) ||
+            (rc = ovs_bind_vec(&b->ln2_b, w, P("ln_2.bias"), D)) ||
+            (rc = ovs_bind_mat(&b->fc, w, P("mlp.c_fc.weight"), Dm, D)) ||
+            (rc = ovs_bind_vec(&b->fc_b, w, P("mlp.c_fc.bias"), Dm)) ||
+            (rc = ovs_bind_mat(&b->proj, w, P("mlp.c_proj.weight"), D, Dm)) ||
+            (rc = ovs_bind_vec(&b->proj_b, w, P("mlp.c_proj.bias"), D))) {
+            ovs_transformer_release(t);
+            return rc;
+        }
+#undef P
+    }
+    return OVS_OK;
+}
+
+void ovs_transformer_release(ovs_transformer *t) {
+    ovs_free(t->blocks);
+    t->blocks = NULL;
+    t->layers = 0;
+}
+
+size_t ovs_block_scratch_floats(const ovs_transformer *t, int64_t B, int64_t T) {
+    int64_t D = t->width, wide = 3 * D > t->mlp ? 3 * D : t->mlp;
+    size_t M = (size_t)B * (size_t)T;
+    return M * (size_t)D + M * (size_t)wide + (size_t)T * (size_t)T;
+}
+
+int ovs_block_forward(const ovs_transformer *t, const ovs_block *blk, float *x, int64_t B,
+                      int64_t T, int causal, float *scratch) {
+    const int64_t D = t->width, Dm = t->mlp, E = t->heads, F = D / E, M = B * T;
+    float *h = scratch;                      /* (M, D): ln_1(x), then attention output, then ln_2(x) */
+    float *wide = h + (size_t)M * D;         /* (M, 3D) q|k|v, later (M, Dm) MLP hidden */
+    float *probs = wide + (size_t)M * (3 * D > Dm ? 3 * D : Dm); /* (T, T) */
+    int rc;
+    if ((rc = ovs_layernorm_forward(h, x, blk->ln1_w, blk->ln1_b, M, D, 1e-5f))) return rc;
+    if ((rc = ovs_linear_forward(wide, h, &blk->in_proj, blk->in_proj_b, NULL, M, D, 3 * D,
+                                 OVS_ACT_NONE)))
+        return rc;
+    const float scale = 1.0f / sqrtf((float)F);
+    for (int64_t b = 0; b < B; b++) {
+        const float *qkv = wide + (size_t)b * T * 3 * D;
+        rc = ovs_attention_forward(h + (size_t)b * T * D, qkv, 3 * D, qkv + D, 3 * D, qkv + 2 * D,
+                                   3 * D, T, T, E, F, scale, NULL, causal, probs);
+        if (rc) return rc;
+    }
+    if ((rc = ovs_linear_forward(x, h, &blk->out_proj, blk->out_proj_b, x, M, D, D, OVS_ACT_NONE)))
+        return rc;
+    if ((rc = ovs_layernorm_forward(h, x, blk->ln2_w, blk->ln2_b, M, D, 1e-5f))) return rc;
+    if ((rc = ovs_linear_forward(wide, h, &blk->fc, blk->fc_b, NULL, M, D, Dm, t->act))) return rc;
+    return ovs_linear_forward(x, wide, &blk->proj, blk->proj_b, x, M, Dm, D, OVS_ACT_NONE);
+}

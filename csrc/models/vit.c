@@ -1,0 +1,139 @@
+/* CLIP VisionTransformer (open_clip layout): patch conv, class token, positional embedding
+ * (resized for other grids), ln_pre, pre-LN blocks, ln_post, projection. */
+#include "models/internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define NAME(buf, m, suffix) (snprintf(buf, sizeof buf, "%s" suffix, (m)->prefix), buf)
+
+int ovs_vit_create(ovs_vit **out, const ovs_vit_config *cfg, const ovs_tensor_map *w) {
+    *out = NULL;
+    if (!cfg->prefix || strlen(cfg->prefix) >= 100)
+        return ovs_set_error(OVS_ERR_ARG, "ViT weight prefix missing or too long");
+    if (cfg->width <= 0 || cfg->heads <= 0 || cfg->patch <= 0 || cfg->grid <= 0)
+        return ovs_set_error(OVS_ERR_ARG, "ViT config needs positive width, heads, patch and grid");
+    ovs_vit *m = ovs_calloc(1, sizeof *m);
+    if (!m) return OVS_ERR_NOMEM;
+    m->cfg = *cfg;
+    snprintf(m->prefix, sizeof m->prefix, "%s", cfg->prefix);
+    m->cfg.prefix = m->prefix;
+    ovs_arena_init(&m->arena);
+    const int64_t D = cfg->width, p = cfg->patch, g = cfg->grid;
+    char name[512];
+    const ovs_tensor *t;
+    int rc;
+    int64_t conv_shape[4] = {D, 3, p, p}, pos_shape[2] = {1 + g * g, D};
+    if ((rc = ovs_tensor_map_get(&t, w, NAME(name, m, "conv1.weight"), 4, conv_shape))) goto error;
+    m->patch = ovs_matrix_dense(t->data, D, 3 * p * p);
+    if ((rc = ovs_bind_vec(&m->cls, w, NAME(name, m, "class_embedding"), D))) goto error;
+    if ((rc = ovs_tensor_map_get(&t, w, NAME(name, m, "positional_embedding"), 2, pos_shape))) goto error;
+    m->pos = t->data;
+    if ((rc = ovs_bind_vec(&m->ln_pre_w, w, NAME(name, m, "ln_pre.weight"), D)) ||
+        (rc = ovs_bind_vec(&m->ln_pre_b, w, NAME(name, m, "ln_pre.bias"), D)) ||
+        (rc = ovs_bind_vec(&m->ln_post_w, w, NAME(name, m, "ln_post.weight"), D)) ||
+        (rc = ovs_bind_vec(&m->ln_post_b, w, NAME(name, m, "ln_post.bias"), D)))
+        goto error;
+    if (cfg->embed_dim > 0) {
+        int64_t rows, cols;
+        if ((rc = ovs_bind_transposed(&m->proj_t, &rows, &cols, w, NAME(name, m, "proj"), D,
+                                      cfg->embed_dim)))
+            goto error;
+        m->proj = ovs_matrix_dense(m->proj_t, cols, rows);
+    }
+    snprintf(name, sizeof name, "%stransformer.", m->prefix);
+    if ((rc = ovs_transformer_init(&m->tf, name, cfg->heads, cfg->act, w))) goto error;
+    if (m->tf.width != D) {
+        rc = ovs_set_error(OVS_ERR_SHAPE, "transformer width %lld != conv1 width %lld",
+                           (long long)m->tf.width, (long long)D);
+        goto error;
+    }
+    m->cfg.layers = m->tf.layers;
+    *out = m;
+    return OVS_OK;
+error:
+    ovs_vit_free(m);
+    return rc;
+}
+
+void ovs_vit_free(ovs_vit *m) {
+    if (!m) return;
+    ovs_transformer_release(&m->tf);
+    ovs_free(m->proj_t);
+    ovs_pos_cache_free(&m->pos_cache);
+    ovs_arena_free(&m->arena);
+    ovs_free(m);
+}
+
+const ovs_vit_config *ovs_vit_get_config(const ovs_vit *m) { return &m->cfg; }
+const ovs_transformer *ovs_vit_transformer(const ovs_vit *m) { return &m->tf; }
+ovs_arena *ovs_vit_arena(ovs_vit *m) { return &m->arena; }
+
+void ovs_vit_head(const ovs_vit *m, const float **ln_w, const float **ln_b, const ovs_matrix **proj) {
+    *ln_w = m->ln_post_w;
+    *ln_b = m->ln_post_b;
+    *proj = m->cfg.embed_dim > 0 ? &m->proj : NULL;
+}
+
+int ovs_vit_forward(ovs_vit *m, const float *images, int64_t N, int64_t H, int64_t W,
+                    int64_t blocks, ovs_vit_outputs *out) {
+    const int64_t D = m->cfg.width, p = m->cfg.patch, L = m->tf.layers;
+    if (N <= 0) return ovs_set_error(OVS_ERR_ARG, "batch size must be positive, got %lld", (long long)N);
+    if (H < p || W < p)
+        return ovs_set_error(OVS_ERR_ARG, "image %lldx%lld is smaller than one %lldx%lld patch",
+                             (long long)H, (long long)W, (long long)p, (long long)p);
+    if (blocks < 0 || blocks > L)
+        return ovs_set_error(OVS_ERR_ARG, "blocks must be in 0..%lld, got %lld", (long long)L, (long long)blocks);
+    if (out->embed && blocks != L)
+        return ovs_set_error(OVS_ERR_ARG, "the embedding needs all %lld blocks", (long long)L);
+    const int64_t gh = H / p, gw = W / p, T = 1 + gh * gw;
+    ovs_conv2d_params cp = ovs_conv2d_defaults();
+    cp.stride_h = cp.stride_w = p;
+    int rc;
+    const float *pos;
+    if ((rc = ovs_pos_embed_for_grid(&pos, &m->pos_cache, m->pos, m->cfg.grid, D, gh, gw))) return rc;
+
+    ovs_arena_reset(&m->arena);
+    size_t scratch_n = ovs_conv2d_scratch_floats(3, H, W, D, p, p, &cp);
+    size_t block_n = ovs_block_scratch_floats(&m->tf, N, T);
+    float *pe = ovs_arena_floats(&m->arena, (size_t)N * D * gh * gw);       /* (N, D, gh, gw) */
+    float *x = ovs_arena_floats(&m->arena, (size_t)N * T * D);              /* (N, T, D) */
+    float *scratch = ovs_arena_floats(&m->arena, scratch_n > block_n ? scratch_n : block_n);
+    if (!pe || !x || !scratch) return OVS_ERR_NOMEM;
+
+    if ((rc = ovs_conv2d_forward(pe, images, &m->patch, NULL, NULL, N, 3, H, W, D, p, p, &cp,
+                                 OVS_ACT_NONE, scratch)))
+        return rc;
+    const int64_t G = gh * gw;
+#pragma omp parallel for schedule(static) if (N * T * D > 65536)
+    for (int64_t nt = 0; nt < N * T; nt++) {
+        int64_t n = nt / T, i = nt % T;
+        float *row = x + (size_t)nt * D;
+        const float *pr = pos + (size_t)i * D;
+        if (i == 0) {
+            for (int64_t d = 0; d < D; d++) row[d] = m->cls[d] + pr[d];
+        } else {
+            const float *src = pe + (size_t)n * D * G + (i - 1);
+            for (int64_t d = 0; d < D; d++) row[d] = src[(size_t)d * G] + pr[d];
+        }
+    }
+    if ((rc = ovs_layernorm_forward(x, x, m->ln_pre_w, m->ln_pre_b, N * T, D, 1e-5f))) return rc;
+    for (int64_t l = 0; l < blocks; l++) {
+        if ((rc = ovs_block_forward(&m->tf, &m->tf.blocks[l], x, N, T, 0, scratch))) return rc;
+        if (out->block_tokens)
+            memcpy(out->block_tokens + (size_t)l * N * T * D, x, (size_t)N * T * D * sizeof(float));
+    }
+    if (out->tokens) memcpy(out->tokens, x, (size_t)N * T * D * sizeof(float));
+    if (out->embed) {
+        float *cls = scratch; /* (N, D) class tokens after ln_post */
+        for (int64_t n = 0; n < N; n++)
+            memcpy(cls + n * D, x + (size_t)n * T * D, (size_t)D * sizeof(float));
+        if ((rc = ovs_layernorm_forward(cls, cls, m->ln_post_w, m->ln_post_b, N, D, 1e-5f))) return rc;
+        if (m->cfg.embed_dim > 0)
+            rc = ovs_linear_forward(out->embed, cls, &m->proj, NULL, NULL, N, D, m->cfg.embed_dim,
+                                    OVS_ACT_NONE);
+        else
+            memcpy(out->embed, cls, (size_t)N * D * sizeof(float));
+    }
+    return rc;
+}

@@ -1,0 +1,41 @@
+/* Activations: ReLU, exact GELU, QuickGELU, elementwise and in place.
+ * The per-row kernel ops_act_inplace is what linear/conv epilogues call inside their own
+ * parallel loops; ovs_act_forward parallelises it over chunks. */
+#include "ops/ops_internal.h"
+
+void ops_act_inplace(float *x, int64_t n, ovs_act act) {
+    switch (act) {
+    case OVS_ACT_RELU:
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) x[i] = ops_relu(x[i]);
+        break;
+    case OVS_ACT_GELU:
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) x[i] = ops_gelu(x[i]);
+        break;
+    case OVS_ACT_QUICKGELU:
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) x[i] = ops_quickgelu(x[i]);
+        break;
+    case OVS_ACT_NONE:
+        break;
+    }
+}
+
+int ovs_act_forward(float *x, int64_t n, ovs_act act) {
+    static const char op[] = "ovs_act_forward";
+    int st;
+    if ((st = ops_check_nonneg(op, "n", n)) || (st = ops_check_act(op, act)) ||
+        (st = ops_check_ptr(op, "x", x, n)))
+        return st;
+    if (act == OVS_ACT_NONE || n == 0) return OVS_OK;
+    /* Chunks of 4096 floats (16 KiB) keep each thread's slice in L1 and aligned to lines. */
+    const int64_t chunk = 4096;
+    int64_t nchunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) if (n >= OPS_PAR_MIN)
+    for (int64_t c = 0; c < nchunks; c++) {
+        int64_t lo = c * chunk, len = n - lo < chunk ? n - lo : chunk;
+        ops_act_inplace(x + lo, len, act);
+    }
+    return OVS_OK;
+}

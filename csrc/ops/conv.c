@@ -1,0 +1,216 @@
+/* 2-D convolution as im2col + one sgemm per image and group, and BatchNorm folding.
+ * Dimension letters: N batch, C/K input/output channels, H, W input and P, Q output extents,
+ * R, S kernel extents, G groups (Cg = C/G, Kg = K/G), L = Cg*R*S (a column of the im2col
+ * matrix, a row of the weight matrix).
+ *
+ * Per image n and group g:  out[n, g*Kg:(g+1)*Kg] (Kg, P*Q) = W_g (Kg, L) @ col (L, P*Q)
+ * where col is the im2col matrix of the group's channels, or, for a 1x1 stride-1 unpadded
+ * conv, the input planes themselves (Cg, H*W) used directly as the GEMM operand. */
+#include "ops/ops_internal.h"
+
+#include <stdint.h>
+
+ovs_conv2d_params ovs_conv2d_defaults(void) {
+    ovs_conv2d_params p;
+    p.stride_h = p.stride_w = 1;
+    p.pad_h = p.pad_w = 0;
+    p.dil_h = p.dil_w = 1;
+    p.groups = 1;
+    return p;
+}
+
+int64_t ovs_conv2d_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil) {
+    if (in < 0 || k < 1 || stride < 1 || pad < 0 || dil < 1) return -1;
+    int64_t eff, span;
+    if (__builtin_mul_overflow(dil, k - 1, &eff) || __builtin_add_overflow(eff, 1, &eff) ||
+        __builtin_mul_overflow(pad, 2, &span) || __builtin_add_overflow(span, in, &span))
+        return -1;
+    if (span < eff) return -1;
+    return (span - eff) / stride + 1;
+}
+
+static int conv_is_pointwise(int64_t R, int64_t S, const ovs_conv2d_params *p) {
+    return R == 1 && S == 1 && p->stride_h == 1 && p->stride_w == 1 && p->pad_h == 0 &&
+           p->pad_w == 0;
+}
+
+size_t ovs_conv2d_scratch_floats(int64_t C, int64_t H, int64_t W, int64_t K, int64_t R,
+                                 int64_t S, const ovs_conv2d_params *p) {
+    (void)K;
+    if (!p || p->groups < 1 || C < 0 || C % p->groups != 0) return 0;
+    if (conv_is_pointwise(R, S, p)) return 0;
+    int64_t P = ovs_conv2d_out_size(H, R, p->stride_h, p->pad_h, p->dil_h);
+    int64_t Q = ovs_conv2d_out_size(W, S, p->stride_w, p->pad_w, p->dil_w);
+    if (P < 0 || Q < 0) return 0;
+    size_t n;
+    if (ovs_mul3_size(&n, (size_t)(C / p->groups), (size_t)R, (size_t)S) ||
+        ovs_mul3_size(&n, n, (size_t)P, (size_t)Q))
+        return SIZE_MAX;  /* no allocation of this size can succeed; the arena reports it */
+    return n;
+}
+
+/* Shared argument checks of the fast and naive versions; *P_out, *Q_out get the output size. */
+int ops_conv2d_check(const char *op, float *out, const float *in, const ovs_matrix *weight,
+                     int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
+                     const ovs_conv2d_params *p, ovs_act act, int64_t *P_out, int64_t *Q_out) {
+    int st;
+    if (!p) return ovs_set_error(OVS_ERR_ARG, "%s: params is NULL", op);
+    if ((st = ops_check_nonneg(op, "N", N)) || (st = ops_check_nonneg(op, "C", C)) ||
+        (st = ops_check_nonneg(op, "H", H)) || (st = ops_check_nonneg(op, "W", W)) ||
+        (st = ops_check_nonneg(op, "K", K)) || (st = ops_check_pos(op, "R", R)) ||
+        (st = ops_check_pos(op, "S", S)) || (st = ops_check_pos(op, "stride_h", p->stride_h)) ||
+        (st = ops_check_pos(op, "stride_w", p->stride_w)) ||
+        (st = ops_check_nonneg(op, "pad_h", p->pad_h)) ||
+        (st = ops_check_nonneg(op, "pad_w", p->pad_w)) ||
+        (st = ops_check_pos(op, "dil_h", p->dil_h)) || (st = ops_check_pos(op, "dil_w", p->dil_w)) ||
+        (st = ops_check_pos(op, "groups", p->groups)) || (st = ops_check_act(op, act)))
+        return st;
+    if (C % p->groups != 0 || K % p->groups != 0)
+        return ovs_set_error(OVS_ERR_ARG, "%s: C = %lld and K = %lld must be divisible by groups = %lld",
+                             op, (long long)C, (long long)K, (long long)p->groups);
+    int64_t P = ovs_conv2d_out_size(H, R, p->stride_h, p->pad_h, p->dil_h);
+    int64_t Q = ovs_conv2d_out_size(W, S, p->stride_w, p->pad_w, p->dil_w);
+    if (P < 0 || Q < 0)
+        return ovs_set_error(OVS_ERR_ARG,
+                             "%s: kernel %lldx%lld (dilation %lldx%lld) does not fit the padded "
+                             "input %lldx%lld (padding %lldx%lld)",
+                             op, (long long)R, (long long)S, (long long)p->dil_h,
+                             (long long)p->dil_w, (long long)H, (long long)W, (long long)p->pad_h,
+                             (long long)p->pad_w);
+    int64_t L, nc, nchw, pq, nk, nkpq;
+    if ((st = ops_mul(&L, op, C / p->groups, R)) || (st = ops_mul(&L, op, L, S)) ||
+        (st = ops_mul(&nc, op, N, C)) || (st = ops_mul(&nchw, op, nc, H)) ||
+        (st = ops_mul(&nchw, op, nchw, W)) || (st = ops_mul(&pq, op, P, Q)) ||
+        (st = ops_mul(&nk, op, N, K)) || (st = ops_mul(&nkpq, op, nk, pq)) ||
+        (st = ops_check_matrix(op, weight, K, L)) || (st = ops_check_ptr(op, "out", out, nkpq)) ||
+        (st = ops_check_ptr(op, "in", in, nkpq > 0 ? nchw : 0)))
+        return st;
+    *P_out = P;
+    *Q_out = Q;
+    return OVS_OK;
+}
+
+/* ceil(a / b) and floor(a / b) for b > 0 and any sign of a. */
+static int64_t div_ceil(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
+static int64_t div_floor(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+/* col (Cg*R*S, P*Q) from in (Cg, H, W): row (c, r, s), column (p, q) holds
+ * in[c, p*sh - ph + r*dh, q*sw - pw + s*dw] or 0 outside the input. Parallel over rows. */
+static void im2col(float *col, const float *in, int64_t Cg, int64_t H, int64_t W, int64_t R,
+                   int64_t S, int64_t P, int64_t Q, const ovs_conv2d_params *p) {
+    const int64_t rows = Cg * R * S, PQ = P * Q, HW = H * W;
+    const int64_t sh = p->stride_h, sw = p->stride_w, ph = p->pad_h, pw = p->pad_w;
+    const int64_t dh = p->dil_h, dw = p->dil_w;
+#pragma omp parallel for schedule(static) if (rows * PQ >= OPS_PAR_MIN && rows > 1)
+    for (int64_t row = 0; row < rows; row++) {
+        int64_t c = row / (R * S), r = (row / S) % R, s = row % S;
+        float *dst = col + row * PQ;
+        const float *plane = in + c * HW;
+        int64_t off_w = s * dw - pw;       /* iw = q*sw + off_w */
+        int64_t q_lo = div_ceil(-off_w, sw);
+        int64_t q_hi = div_floor(W - 1 - off_w, sw) + 1;
+        if (q_lo < 0) q_lo = 0;
+        if (q_hi > Q) q_hi = Q;
+        if (q_hi < q_lo) q_hi = q_lo;
+        for (int64_t pp = 0; pp < P; pp++) {
+            float *d = dst + pp * Q;
+            int64_t ih = pp * sh - ph + r * dh;
+            if (ih < 0 || ih >= H || q_lo >= q_hi) {
+                memset(d, 0, (size_t)Q * sizeof(float));
+                continue;
+            }
+            const float *src = plane + ih * W;
+            for (int64_t q = 0; q < q_lo; q++) d[q] = 0.0f;
+            if (sw == 1) {
+                memcpy(d + q_lo, src + q_lo + off_w, (size_t)(q_hi - q_lo) * sizeof(float));
+            } else {
+                for (int64_t q = q_lo; q < q_hi; q++) d[q] = src[q * sw + off_w];
+            }
+            for (int64_t q = q_hi; q < Q; q++) d[q] = 0.0f;
+        }
+    }
+}
+
+/* x (PQ,) = act(x + b [+ res (PQ,)]). */
+static void conv_epilogue_plane(float *x, float b, const float *res, int64_t PQ, ovs_act act) {
+    if (res) {
+#pragma omp simd
+        for (int64_t i = 0; i < PQ; i++) x[i] = (x[i] + b) + res[i];
+    } else if (b != 0.0f) {
+#pragma omp simd
+        for (int64_t i = 0; i < PQ; i++) x[i] += b;
+    }
+    ops_act_inplace(x, PQ, act);
+}
+
+int ovs_conv2d_forward(float *out, const float *in, const ovs_matrix *weight, const float *bias,
+                       const float *residual, int64_t N, int64_t C, int64_t H, int64_t W,
+                       int64_t K, int64_t R, int64_t S, const ovs_conv2d_params *p, ovs_act act,
+                       float *scratch) {
+    static const char op[] = "ovs_conv2d_forward";
+    int64_t P, Q;
+    int st = ops_conv2d_check(op, out, in, weight, N, C, H, W, K, R, S, p, act, &P, &Q);
+    if (st) return st;
+    const int64_t PQ = P * Q, HW = H * W, G = p->groups, Cg = C / G, Kg = K / G;
+    const int64_t L = Cg * R * S;
+    if (N == 0 || K == 0 || PQ == 0) return OVS_OK;
+    const int pointwise = conv_is_pointwise(R, S, p);
+    if (!pointwise && L > 0 && !scratch)
+        return ovs_set_error(OVS_ERR_ARG, "%s: scratch is NULL but %zu floats are needed", op,
+                             ovs_conv2d_scratch_floats(C, H, W, K, R, S, p));
+    const int fold_residual = residual == out;  /* out holds the residual: sgemm beta = 1 */
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t g = 0; g < G; g++) {
+            const float *src = in + (n * C + g * Cg) * HW;       /* (Cg, H, W) */
+            const float *cols = src;                            /* (L, PQ) */
+            if (!pointwise && L > 0) {
+                im2col(scratch, src, Cg, H, W, R, S, P, Q, p);
+                cols = scratch;
+            }
+            st = ops_sgemm(op, 0, Kg, PQ, L, 1.0f, weight->data + g * Kg * L, L, cols, PQ,
+                           fold_residual ? 1.0f : 0.0f, out + (n * K + g * Kg) * PQ, PQ);
+            if (st) return st;
+        }
+    }
+    const float *res = fold_residual ? NULL : residual;
+    if (!bias && !res && act == OVS_ACT_NONE) return OVS_OK;
+    const int64_t planes = N * K;
+#pragma omp parallel for schedule(static) if (planes * PQ >= OPS_PAR_MIN && planes > 1)
+    for (int64_t i = 0; i < planes; i++)
+        conv_epilogue_plane(out + i * PQ, bias ? bias[i % K] : 0.0f, res ? res + i * PQ : NULL,
+                            PQ, act);
+    return OVS_OK;
+}
+
+int ovs_batchnorm_fold(float *w_out, float *b_out, const float *conv_w, const float *conv_bias,
+                       const float *gamma, const float *beta, const float *mean, const float *var,
+                       float eps, int64_t K, int64_t L) {
+    static const char op[] = "ovs_batchnorm_fold";
+    int st;
+    int64_t KL;
+    if ((st = ops_check_nonneg(op, "K", K)) || (st = ops_check_nonneg(op, "L", L)) ||
+        (st = ops_mul(&KL, op, K, L)) || (st = ops_check_ptr(op, "w_out", w_out, KL)) ||
+        (st = ops_check_ptr(op, "conv_w", conv_w, KL)) ||
+        (st = ops_check_ptr(op, "b_out", b_out, K)) ||
+        (st = ops_check_ptr(op, "gamma", gamma, K)) || (st = ops_check_ptr(op, "beta", beta, K)) ||
+        (st = ops_check_ptr(op, "mean", mean, K)) || (st = ops_check_ptr(op, "var", var, K)))
+        return st;
+    if (!(eps >= 0.0f)) return ovs_set_error(OVS_ERR_ARG, "%s: eps must be >= 0, got %g", op, eps);
+    /* Validate everything before writing: w_out may alias conv_w. */
+    for (int64_t k = 0; k < K; k++)
+        if (!((double)var[k] + (double)eps > 0.0))
+            return ovs_set_error(OVS_ERR_ARG,
+                                 "%s: running_var[%lld] + eps = %g must be > 0 (a corrupt "
+                                 "BatchNorm?)",
+                                 op, (long long)k, (double)var[k] + (double)eps);
+#pragma omp parallel for schedule(static) if (KL >= OPS_PAR_MIN && K > 1)
+    for (int64_t k = 0; k < K; k++) {
+        float f = (float)((double)gamma[k] / sqrt((double)var[k] + (double)eps));
+        float b = conv_bias ? conv_bias[k] : 0.0f;
+        b_out[k] = (b - mean[k]) * f + beta[k];
+        const float *src = conv_w + k * L;
+        float *dst = w_out + k * L;
+        for (int64_t j = 0; j < L; j++) dst[j] = src[j] * f;
+    }
+    return OVS_OK;
+}

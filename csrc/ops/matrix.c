@@ -1,0 +1,121 @@
+/* Weight matrices, the checked sgemm wrapper every op goes through, and argument checks.
+ * Dimension letters as in include/ovs/ops.h. */
+#include "ops/ops_internal.h"
+#include "core/blas.h"
+
+#include <limits.h>
+
+/* ---------------------------------------------------------------- argument checks */
+int ops_check_nonneg(const char *op, const char *name, int64_t v) {
+    if (v < 0)
+        return ovs_set_error(OVS_ERR_ARG, "%s: %s must be >= 0, got %lld", op, name, (long long)v);
+    return OVS_OK;
+}
+
+int ops_check_pos(const char *op, const char *name, int64_t v) {
+    if (v < 1)
+        return ovs_set_error(OVS_ERR_ARG, "%s: %s must be >= 1, got %lld", op, name, (long long)v);
+    return OVS_OK;
+}
+
+int ops_check_ptr(const char *op, const char *name, const void *ptr, int64_t count) {
+    if (!ptr && count > 0)
+        return ovs_set_error(OVS_ERR_ARG, "%s: %s is NULL but %lld elements are needed", op, name,
+                             (long long)count);
+    return OVS_OK;
+}
+
+int ops_mul(int64_t *out, const char *op, int64_t a, int64_t b) {
+    if (__builtin_mul_overflow(a, b, out))
+        return ovs_set_error(OVS_ERR_OVERFLOW, "%s: size %lld x %lld overflows", op, (long long)a,
+                             (long long)b);
+    return OVS_OK;
+}
+
+int ops_check_matrix(const char *op, const ovs_matrix *w, int64_t rows, int64_t cols) {
+    if (!w) return ovs_set_error(OVS_ERR_ARG, "%s: weight matrix is NULL", op);
+    if (w->format != OVS_MATRIX_DENSE)
+        return ovs_set_error(OVS_ERR_UNSUPPORTED, "%s: weight format %d is not supported", op,
+                             (int)w->format);
+    if (w->rows != rows || w->cols != cols)
+        return ovs_set_error(OVS_ERR_ARG, "%s: weight is (%lld, %lld), expected (%lld, %lld)", op,
+                             (long long)w->rows, (long long)w->cols, (long long)rows,
+                             (long long)cols);
+    if (!w->data && rows > 0 && cols > 0)
+        return ovs_set_error(OVS_ERR_ARG, "%s: weight data is NULL", op);
+    return OVS_OK;
+}
+
+int ops_check_act(const char *op, ovs_act act) {
+    switch (act) {
+    case OVS_ACT_NONE: case OVS_ACT_RELU: case OVS_ACT_GELU: case OVS_ACT_QUICKGELU:
+        return OVS_OK;
+    }
+    return ovs_set_error(OVS_ERR_ARG, "%s: unknown activation %d", op, (int)act);
+}
+
+/* ---------------------------------------------------------------- sgemm */
+static int blas_int(const char *op, const char *name, int64_t v) {
+    if (v > INT_MAX)
+        return ovs_set_error(OVS_ERR_OVERFLOW,
+                             "%s: %s = %lld does not fit in a BLAS int (max %d); split the work",
+                             op, name, (long long)v, INT_MAX);
+    return OVS_OK;
+}
+
+int ops_sgemm(const char *op, int trans_b, int64_t M, int64_t N, int64_t Kd, float alpha,
+              const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+              int64_t ldc) {
+    if (M == 0 || N == 0) return OVS_OK;
+    int st;
+    if ((st = blas_int(op, "M", M)) || (st = blas_int(op, "N", N)) ||
+        (st = blas_int(op, "K", Kd)) || (st = blas_int(op, "ldc", ldc)))
+        return st;
+    if (Kd == 0) {
+        /* BLAS implementations disagree on whether k = 0 still applies beta; do it here. */
+        for (int64_t i = 0; i < M; i++) {
+            float *row = C + i * ldc;
+            if (beta == 0.0f) memset(row, 0, (size_t)N * sizeof(float));
+            else if (beta != 1.0f)
+                for (int64_t j = 0; j < N; j++) row[j] *= beta;
+        }
+        return OVS_OK;
+    }
+    if ((st = blas_int(op, "lda", lda)) || (st = blas_int(op, "ldb", ldb))) return st;
+    ovs_sgemm(OVS_CBLAS_ROW_MAJOR, OVS_CBLAS_NO_TRANS, trans_b ? OVS_CBLAS_TRANS : OVS_CBLAS_NO_TRANS,
+              (int)M, (int)N, (int)Kd, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+    return OVS_OK;
+}
+
+/* ---------------------------------------------------------------- weight matrices */
+ovs_matrix ovs_matrix_dense(const float *data, int64_t rows, int64_t cols) {
+    ovs_matrix m;
+    m.format = OVS_MATRIX_DENSE;
+    m.data = data;
+    m.rows = rows;
+    m.cols = cols;
+    return m;
+}
+
+int ovs_matmul_wt(float *out, int64_t ldo, const float *a, int64_t lda, const ovs_matrix *w,
+                  int64_t M, float alpha, float beta) {
+    static const char op[] = "ovs_matmul_wt";
+    int st;
+    if (!w) return ovs_set_error(OVS_ERR_ARG, "%s: weight matrix is NULL", op);
+    int64_t K = w->rows, C = w->cols;
+    if ((st = ops_check_nonneg(op, "M", M)) || (st = ops_check_nonneg(op, "weight rows (K)", K)) ||
+        (st = ops_check_nonneg(op, "weight cols (C)", C)) || (st = ops_check_matrix(op, w, K, C)))
+        return st;
+    if (M == 0 || K == 0) return OVS_OK;
+    if (lda < C)
+        return ovs_set_error(OVS_ERR_ARG, "%s: lda = %lld is smaller than C = %lld", op,
+                             (long long)lda, (long long)C);
+    if (ldo < K)
+        return ovs_set_error(OVS_ERR_ARG, "%s: ldo = %lld is smaller than K = %lld", op,
+                             (long long)ldo, (long long)K);
+    int64_t out_span, a_span;
+    if ((st = ops_mul(&out_span, op, M, ldo)) || (st = ops_mul(&a_span, op, M, lda))) return st;
+    if ((st = ops_check_ptr(op, "out", out, out_span)) || (st = ops_check_ptr(op, "a", a, C > 0 ? a_span : 0)))
+        return st;
+    return ops_sgemm(op, 1, M, K, C, alpha, a, lda, w->data, C, beta, out, ldo);
+}

@@ -1,0 +1,186 @@
+/* Plain reference versions of the fast kernels, for tests: direct loops straight from each
+ * op's definition, double accumulation, libm math, one thread, no BLAS, no scratch.
+ * They take the same arguments and run the same argument checks as their fast twins.
+ * Dimension letters as in include/ovs/ops.h. */
+#include "ops/ops_internal.h"
+
+static float act_naive(float x, ovs_act act) {
+    switch (act) {
+    case OVS_ACT_RELU: return x < 0.0f ? 0.0f : x;
+    case OVS_ACT_GELU: return (float)(0.5 * (double)x * erfc(-(double)x / sqrt(2.0)));
+    case OVS_ACT_QUICKGELU: return (float)((double)x / (1.0 + exp(-1.702 * (double)x)));
+    case OVS_ACT_NONE: break;
+    }
+    return x;
+}
+
+int ovs_act_forward_naive(float *x, int64_t n, ovs_act act) {
+    static const char op[] = "ovs_act_forward_naive";
+    int st;
+    if ((st = ops_check_nonneg(op, "n", n)) || (st = ops_check_act(op, act)) ||
+        (st = ops_check_ptr(op, "x", x, n)))
+        return st;
+    for (int64_t i = 0; i < n; i++) x[i] = act_naive(x[i], act);
+    return OVS_OK;
+}
+
+int ovs_linear_forward_naive(float *out, const float *in, const ovs_matrix *weight,
+                             const float *bias, const float *residual, int64_t M, int64_t C,
+                             int64_t K, ovs_act act) {
+    int st = ops_linear_check("ovs_linear_forward_naive", out, in, weight, M, C, K, act);
+    if (st) return st;
+    const float *w = weight->data;   /* (K, C) */
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t k = 0; k < K; k++) {
+            double acc = 0.0;
+            for (int64_t c = 0; c < C; c++) acc += (double)in[i * C + c] * (double)w[k * C + c];
+            if (bias) acc += bias[k];
+            if (residual) acc += residual[i * K + k];   /* read before out[i, k] is written */
+            out[i * K + k] = act_naive((float)acc, act);
+        }
+    return OVS_OK;
+}
+
+int ovs_conv2d_forward_naive(float *out, const float *in, const ovs_matrix *weight,
+                             const float *bias, const float *residual, int64_t N, int64_t C,
+                             int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
+                             const ovs_conv2d_params *p, ovs_act act) {
+    int64_t P, Q;
+    int st = ops_conv2d_check("ovs_conv2d_forward_naive", out, in, weight, N, C, H, W, K, R, S,
+                              p, act, &P, &Q);
+    if (st) return st;
+    const int64_t Cg = C / p->groups, Kg = K / p->groups;
+    const float *w = weight->data;   /* (K, Cg, R, S) */
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t k = 0; k < K; k++) {
+            const int64_t g = k / Kg;
+            for (int64_t y = 0; y < P; y++)
+                for (int64_t x = 0; x < Q; x++) {
+                    double acc = 0.0;
+                    for (int64_t c = 0; c < Cg; c++)
+                        for (int64_t r = 0; r < R; r++)
+                            for (int64_t s = 0; s < S; s++) {
+                                int64_t ih = y * p->stride_h - p->pad_h + r * p->dil_h;
+                                int64_t iw = x * p->stride_w - p->pad_w + s * p->dil_w;
+                                if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                                acc += (double)in[((n * C + g * Cg + c) * H + ih) * W + iw] *
+                                       (double)w[((k * Cg + c) * R + r) * S + s];
+                            }
+                    int64_t o = ((n * K + k) * P + y) * Q + x;
+                    if (bias) acc += bias[k];
+                    if (residual) acc += residual[o];
+                    out[o] = act_naive((float)acc, act);
+                }
+        }
+    return OVS_OK;
+}
+
+int ovs_avgpool2d_forward_naive(float *out, const float *in, int64_t NC, int64_t H, int64_t W,
+                                int64_t R, int64_t S, int64_t stride_h, int64_t stride_w,
+                                int64_t pad_h, int64_t pad_w, int count_include_pad) {
+    int64_t P, Q;
+    int st = ops_avgpool2d_check("ovs_avgpool2d_forward_naive", out, in, NC, H, W, R, S, stride_h,
+                                 stride_w, pad_h, pad_w, &P, &Q);
+    if (st) return st;
+    for (int64_t nc = 0; nc < NC; nc++)
+        for (int64_t y = 0; y < P; y++)
+            for (int64_t x = 0; x < Q; x++) {
+                /* Every tap of the window over the zero-padded input. */
+                double sum = 0.0;
+                int64_t inside = 0, padded = 0;
+                for (int64_t r = 0; r < R; r++)
+                    for (int64_t s = 0; s < S; s++) {
+                        int64_t ih = y * stride_h - pad_h + r, iw = x * stride_w - pad_w + s;
+                        if (ih >= H + pad_h || iw >= W + pad_w) continue;   /* beyond padding */
+                        padded++;
+                        if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                        inside++;
+                        sum += in[(nc * H + ih) * W + iw];
+                    }
+                int64_t div = count_include_pad ? padded : inside;
+                out[(nc * P + y) * Q + x] = (float)(sum / (double)div);
+            }
+    return OVS_OK;
+}
+
+int ovs_layernorm_forward_naive(float *out, const float *in, const float *weight,
+                                const float *bias, int64_t M, int64_t D, float eps) {
+    int st = ops_layernorm_check("ovs_layernorm_forward_naive", out, in, weight, bias, M, D, eps);
+    if (st) return st;
+    for (int64_t i = 0; i < M; i++) {
+        const float *x = in + i * D;
+        double mean = 0.0, var = 0.0;
+        for (int64_t j = 0; j < D; j++) mean += x[j];
+        mean /= (double)D;
+        for (int64_t j = 0; j < D; j++) var += (x[j] - mean) * (x[j] - mean);
+        var /= (double)D;
+        double rstd = 1.0 / sqrt(var + (double)eps);
+        for (int64_t j = 0; j < D; j++) {
+            double y = (x[j] - mean) * rstd;
+            if (weight) y *= weight[j];
+            if (bias) y += bias[j];
+            out[i * D + j] = (float)y;
+        }
+    }
+    return OVS_OK;
+}
+
+int ovs_softmax_forward_naive(float *x, int64_t M, int64_t D) {
+    int st = ops_softmax_check("ovs_softmax_forward_naive", x, M, D);
+    if (st) return st;
+    for (int64_t i = 0; i < M; i++) {
+        float *row = x + i * D;
+        double m = -INFINITY, s = 0.0;
+        for (int64_t j = 0; j < D; j++) m = row[j] > m ? row[j] : m;
+        if (m == -INFINITY) {   /* all -inf: zeros, as the fast version */
+            for (int64_t j = 0; j < D; j++) row[j] = 0.0f;
+            continue;
+        }
+        for (int64_t j = 0; j < D; j++) s += exp(row[j] - m);
+        for (int64_t j = 0; j < D; j++) row[j] = (float)(exp(row[j] - m) / s);
+    }
+    return OVS_OK;
+}
+
+int ovs_attention_forward_naive(float *out, const float *q, int64_t ldq, const float *k,
+                                int64_t ldk, const float *v, int64_t ldv, int64_t T, int64_t U,
+                                int64_t E, int64_t F, float scale, const float *mask,
+                                int causal) {
+    int st = ops_attention_forward_check("ovs_attention_forward_naive", out, q, ldq, k, ldk, v,
+                                         ldv, T, U, E, F, causal);
+    if (st) return st;
+    const int64_t D = E * F;
+    /* The logits are recomputed in each of three passes (max, normaliser, weighted sum) so
+     * that no buffer is needed; the output row accumulates in place. */
+    for (int64_t h = 0; h < E; h++)
+        for (int64_t t = 0; t < T; t++) {
+            const float *qt = q + t * ldq + h * F;
+#define LOGIT(u, dst)                                                                      \
+    do {                                                                                   \
+        const float *ku = k + (u) * ldk + h * F;                                           \
+        double dot = 0.0;                                                                  \
+        for (int64_t f = 0; f < F; f++) dot += (double)qt[f] * (double)ku[f];              \
+        dst = dot * scale + (mask ? mask[t * U + (u)] : 0.0);                              \
+        if (causal && (u) > t) dst = -INFINITY;                                            \
+    } while (0)
+            double m = -INFINITY, s = 0.0, l;
+            for (int64_t u = 0; u < U; u++) {
+                LOGIT(u, l);
+                if (l > m) m = l;
+            }
+            float *o = out + t * D + h * F;
+            for (int64_t f = 0; f < F; f++) o[f] = 0.0f;
+            if (m == -INFINITY) continue;   /* fully masked row: zeros */
+            for (int64_t u = 0; u < U; u++) {
+                LOGIT(u, l);
+                s += exp(l - m);
+            }
+            for (int64_t u = 0; u < U; u++) {
+                LOGIT(u, l);
+                double pu = exp(l - m) / s;
+                for (int64_t f = 0; f < F; f++) o[f] += (float)(pu * v[u * ldv + h * F + f]);
+            }
+#undef LOGIT
+        }
+    return OVS_OK;
+}

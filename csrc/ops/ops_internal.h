@@ -1,0 +1,119 @@
+/* Helpers shared by the op kernels in csrc/ops/: argument checks, the checked sgemm wrapper,
+ * the threading threshold and vectorisable scalar math (exp, GELU, QuickGELU).
+ * Dimension letters as in include/ovs/ops.h. */
+#ifndef OVS_OPS_INTERNAL_H
+#define OVS_OPS_INTERNAL_H
+
+#include "ovs/ops.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Loops touching fewer elements than this stay on one thread: below it the fork/join of an
+ * OpenMP region costs more than the work (a few microseconds on this machine). */
+#define OPS_PAR_MIN ((int64_t)1 << 15)
+
+/* OVS_ERR_ARG unless v >= 0. */
+int ops_check_nonneg(const char *op, const char *name, int64_t v);
+/* OVS_ERR_ARG unless v >= 1. */
+int ops_check_pos(const char *op, const char *name, int64_t v);
+/* OVS_ERR_ARG if ptr is NULL while `count` elements are to be read or written through it. */
+int ops_check_ptr(const char *op, const char *name, const void *ptr, int64_t count);
+/* *out = a * b (both >= 0), OVS_ERR_OVERFLOW if it does not fit in int64. */
+int ops_mul(int64_t *out, const char *op, int64_t a, int64_t b);
+/* OVS_ERR_UNSUPPORTED unless w is a dense (rows, cols) matrix with data. */
+int ops_check_matrix(const char *op, const ovs_matrix *w, int64_t rows, int64_t cols);
+/* OVS_ERR_ARG unless act is one of the ovs_act values. */
+int ops_check_act(const char *op, ovs_act act);
+
+/* Row-major C (M, N) = alpha * A (M, Kd) @ op(B) + beta * C with op(B) = B (Kd, N) or, with
+ * trans_b, B (N, Kd)^T. M == 0 or N == 0 is a no-op; Kd == 0 scales C by beta (0 clears it).
+ * Every extent and leading dimension must fit in a BLAS int (OVS_ERR_OVERFLOW otherwise).
+ * Must not be called inside an OpenMP parallel region: OpenBLAS threads itself. */
+int ops_sgemm(const char *op, int trans_b, int64_t M, int64_t N, int64_t Kd, float alpha,
+              const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+              int64_t ldc);
+
+/* x (n,) = act(x) on one thread; callers parallelise over rows. */
+void ops_act_inplace(float *x, int64_t n, ovs_act act);
+
+/* x (D,) = softmax(x + mask (D,)) over x[0:valid] and zeros in x[valid:D]; one thread.
+ * mask may be NULL. A row with no finite entry becomes zeros. */
+void ops_softmax_row(float *x, int64_t D, const float *mask, int64_t valid);
+
+/* Argument checks shared by each fast op and its naive twin (same messages, same codes). */
+int ops_linear_check(const char *op, float *out, const float *in, const ovs_matrix *weight,
+                     int64_t M, int64_t C, int64_t K, ovs_act act);
+int ops_conv2d_check(const char *op, float *out, const float *in, const ovs_matrix *weight,
+                     int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
+                     const ovs_conv2d_params *p, ovs_act act, int64_t *P_out, int64_t *Q_out);
+int ops_avgpool2d_check(const char *op, float *out, const float *in, int64_t NC, int64_t H,
+                        int64_t W, int64_t R, int64_t S, int64_t stride_h, int64_t stride_w,
+                        int64_t pad_h, int64_t pad_w, int64_t *P_out, int64_t *Q_out);
+int ops_layernorm_check(const char *op, float *out, const float *in, const float *weight,
+                        const float *bias, int64_t M, int64_t D, float eps);
+int ops_softmax_check(const char *op, float *x, int64_t M, int64_t D);
+int ops_attention_forward_check(const char *op, float *out, const float *q, int64_t ldq,
+                                const float *k, int64_t ldk, const float *v, int64_t ldv,
+                                int64_t T, int64_t U, int64_t E, int64_t F, int causal);
+
+/* ---------------------------------------------------------------- vectorisable math */
+/* Written without branches (selects only) and fully inlined so that gcc turns loops over them
+ * into AVX2 code; libm's expf/erff are scalar calls and would not vectorise. */
+
+/* exp(x), relative error below 2e-7 over the float range; 0 below -87, inf above 88.7.
+ * exp(x) = 2^n e^r with n = round(x / ln 2) and |r| <= ln2 / 2 (Cody-Waite split of ln 2);
+ * e^r by its degree-7 Taylor polynomial (truncation error < 6e-9 on that interval). */
+static inline float ops_expf(float x) {
+    float xc = x < -87.0f ? -87.0f : x;
+    xc = xc > 88.0f ? 88.0f : xc;
+    /* Adding and removing 1.5 * 2^23 rounds to the nearest integer (|t| < 2^22 here). */
+    float t = xc * 1.44269504088896341f;
+    float n = (t + 12582912.0f) - 12582912.0f;
+    float r = xc - n * 0.693359375f;          /* 0.693359375 has 9 bits: the product is exact */
+    r = r + n * 2.12194440e-4f;               /* ln 2 = 0.693359375 - 2.12194440e-4 */
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    float y = p * scale;
+    y = x < -87.0f ? 0.0f : y;
+    y = x > 88.7f ? INFINITY : y;
+    return x != x ? x : y;
+}
+
+/* x * Phi(x) with Phi the standard normal CDF (torch.nn.GELU(), approximate="none").
+ * Phi(x) = erfc(-x / sqrt 2) / 2, erfc(z) for z >= 0 by Abramowitz & Stegun 7.1.26
+ * (absolute error <= 1.5e-7); using erfc on |x| avoids the cancellation in 1 + erf(x) for
+ * negative x. */
+static inline float ops_gelu(float x) {
+    float z = fabsf(x) * 0.70710678118654752f;
+    float t = 1.0f / (1.0f + 0.3275911f * z);
+    float poly = 1.061405429f;
+    poly = poly * t - 1.453152027f;
+    poly = poly * t + 1.421413741f;
+    poly = poly * t - 0.284496736f;
+    poly = poly * t + 0.254829592f;
+    poly = poly * t;
+    float half_erfc = 0.5f * poly * ops_expf(-z * z);
+    float cdf = x >= 0.0f ? 1.0f - half_erfc : half_erfc;
+    return x * cdf;
+}
+
+/* x * sigmoid(1.702 x), as open_clip's QuickGELU. */
+static inline float ops_quickgelu(float x) {
+    return x * (1.0f / (1.0f + ops_expf(-1.702f * x)));
+}
+
+/* max(x, 0), NaN kept as torch.relu keeps it. */
+static inline float ops_relu(float x) { return x < 0.0f ? 0.0f : x; }
+
+#endif

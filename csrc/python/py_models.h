@@ -1,0 +1,39 @@
+/* Python objects wrapping the C towers (shared with the segmentation-head bindings). */
+#ifndef OVS_PY_MODELS_H
+#define OVS_PY_MODELS_H
+
+#include "python/pyovs.h"
+#include "ovs/models.h"
+#include <pythread.h>
+
+/* A name -> array table borrowed from Python: keeps the arrays and names alive. */
+typedef struct {
+    PyObject *keep;           /* list of the float32 arrays and name strings we point into */
+    ovs_tensor *items;        /* (count,) */
+    ovs_tensor_map map;
+} ovs_py_weights;
+
+typedef struct {
+    PyObject_HEAD
+    ovs_py_weights weights;
+    PyThread_type_lock lock;  /* one forward at a time on this model */
+    int kind;                 /* OVS_PY_RESNET / OVS_PY_VIT / OVS_PY_TEXT */
+    union {
+        ovs_resnet *resnet;
+        ovs_vit *vit;
+        ovs_text *text;
+    } m;
+} ovs_py_model;
+
+enum { OVS_PY_RESNET = 1, OVS_PY_VIT = 2, OVS_PY_TEXT = 3 };
+
+extern PyTypeObject ovs_py_ResNetType, ovs_py_ViTType, ovs_py_TextType;
+
+/* Lock a model around pure-C work; call with the GIL released. */
+#define OVS_MODEL_LOCK(obj) PyThread_acquire_lock((obj)->lock, WAIT_LOCK)
+#define OVS_MODEL_UNLOCK(obj) PyThread_release_lock((obj)->lock)
+
+/* (N, 3, H, W) float32 images from any array-like; NULL with an exception otherwise. */
+PyArrayObject *ovs_py_images(PyObject *obj);
+
+#endif

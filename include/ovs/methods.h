@@ -1,0 +1,76 @@
+/*
+ * Training-free open-vocabulary segmentation heads over the CLIP towers, and the sliding-window
+ * pipeline that turns an image and a text classifier into per-class logits.
+ * The exact behaviour of each head is specified in tests/reference/SEGMENTATION_SPEC.md.
+ *
+ * Usage:
+ *
+ *     ovs_segmenter *s;
+ *     ovs_seg_config cfg = {.head = OVS_HEAD_SCLIP, .short_side = 336, .crop = 224, .stride = 112};
+ *     ovs_segmenter_create(&s, NULL, vit, &cfg);
+ *     ovs_seg_logits(s, lowres, img, H, W, H * W * 3, 3, Hp, Wp, mean, std, cls, C);  // (C, Hp, Wp)
+ *     ovs_seg_labels(labels, lowres, C, Hp, Wp, H, W, 40.0f, 0.0f, -1);          // (H, W)
+ *     ovs_segmenter_free(s);
+ */
+#ifndef OVS_METHODS_H
+#define OVS_METHODS_H
+
+#include "ovs/models.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    OVS_HEAD_MASKCLIP = 0,    /* RN50: v_proj, c_proj per position; ViT: value path only */
+    OVS_HEAD_SCLIP = 1,       /* ViT: softmax(qq^T) + softmax(kk^T), residual and FFN kept */
+    OVS_HEAD_CLEARCLIP = 2,   /* ViT: softmax(qq^T), no residual, no FFN */
+    OVS_HEAD_NACLIP = 3,      /* ViT: softmax(kk^T + Gaussian prior), no residual, no FFN */
+} ovs_head;
+
+typedef struct {
+    ovs_head head;
+    int64_t crop, stride;     /* sliding window on the resized image; crop 0 = whole image */
+    float sigma;              /* NACLIP neighbourhood std in patches (5) */
+} ovs_seg_config;
+
+typedef struct ovs_segmenter ovs_segmenter;
+
+/* Exactly one of resnet / vit is non-NULL. The segmenter borrows the tower (and its
+ * workspace): callers serialise use of the tower and the segmenter. */
+int ovs_segmenter_create(ovs_segmenter **out, ovs_resnet *resnet, ovs_vit *vit,
+                         const ovs_seg_config *cfg);
+void ovs_segmenter_free(ovs_segmenter *s);
+/* Output dim of the dense features (the embedding dim of the tower). */
+int64_t ovs_segmenter_embed_dim(const ovs_segmenter *s);
+/* Side multiple the tower needs: the ViT patch size, 32 for ResNets. */
+int64_t ovs_segmenter_patch(const ovs_segmenter *s);
+
+/* Dense features (gh*gw, E), not normalised, of one normalised image (1, 3, H, W) whose sides
+ * are multiples of the patch size (16/32): gh = H / p, gw = W / p. */
+int ovs_seg_dense_features(ovs_segmenter *s, float *feats, const float *image, int64_t H,
+                           int64_t W);
+
+/* Cosine logits (C, Hp, Wp) at the processing resolution for a uint8 RGB image (H, W, 3) with
+ * byte strides (row_stride, pixel_stride; channels contiguous): normalise with mean/std,
+ * bilinear-resize to (Hp, Wp) (no resize when equal), slide windows, pad each to the patch size,
+ * dense features, L2-normalise, dot with classifier (C, E) rows (expected L2-normalised),
+ * bilinear-upsample, average overlapping windows. */
+int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_t H, int64_t W,
+                   int64_t row_stride, int64_t pixel_stride, int64_t Hp, int64_t Wp,
+                   const float mean[3], const float std[3], const float *classifier, int64_t C);
+
+/* From low-resolution logits (C, h, w) to the output size (H, W) with bilinear interpolation
+ * (align_corners=False), without materialising (C, H, W):
+ *   labels (H, W) = argmax over classes; where bg_threshold > 0 and the largest
+ *   softmax(logit_scale * logits) probability is below it, bg_label instead. */
+int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w,
+                   int64_t H, int64_t W, float logit_scale, float bg_threshold, int32_t bg_label);
+/* out (C, H, W) = upsampled logits; with softmax != 0, softmax(logit_scale * logits) over C. */
+int ovs_seg_upsample(float *out, const float *logits, int64_t C, int64_t h, int64_t w, int64_t H,
+                     int64_t W, float logit_scale, int softmax);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* OVS_METHODS_H */

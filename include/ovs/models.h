@@ -1,0 +1,152 @@
+/*
+ * CLIP towers: ModifiedResNet and VisionTransformer image encoders, the causal text transformer.
+ *
+ * Usage:
+ *
+ *     ovs_resnet_config cfg = {.prefix = "visual.", .layers = {3, 4, 6, 3}, .width = 64,
+ *                              .embed_dim = 1024, .heads = 32, .grid = 7, .has_attnpool = 1};
+ *     ovs_resnet *net;
+ *     if (ovs_resnet_create(&net, &cfg, &weights)) { puts(ovs_last_error()); return; }
+ *     float embed[1024];
+ *     ovs_resnet_outputs out = {.embed = embed};
+ *     ovs_resnet_forward(net, image, 1, 224, 224, &out);   // image (1, 3, 224, 224)
+ *     ovs_resnet_free(net);
+ *
+ * Weights come from an ovs_tensor_map with open_clip names below cfg.prefix. Models borrow
+ * every tensor they use unchanged (the map's owner must outlive the model) and own the ones they
+ * transform (BatchNorm folded into convs, transposed projections, resized positional embeddings).
+ * A model keeps one workspace arena reused across calls; a model must not be used by two threads
+ * at once (the Python layer holds a per-model lock). Two models never share state.
+ */
+#ifndef OVS_MODELS_H
+#define OVS_MODELS_H
+
+#include "ovs/ops.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- ModifiedResNet */
+typedef struct {
+    const char *prefix;       /* name prefix, e.g. "visual." */
+    int64_t layers[4];        /* bottlenecks per stage: RN50 {3,4,6,3}, RN101 {3,4,23,3} */
+    int64_t width;            /* stem width: stage s has planes width<<s, output 4*(width<<s) */
+    int64_t embed_dim;        /* attention-pool output dim (c_proj rows) */
+    int64_t heads;            /* attention-pool heads */
+    int64_t grid;             /* attention-pool positional grid side (image_size / 32) */
+    int has_attnpool;         /* 0: stop at res5 (backbone use) */
+} ovs_resnet_config;
+
+typedef struct ovs_resnet ovs_resnet;
+
+/* Every pointer may be NULL (not computed/copied). Shapes for input (N, 3, H, W): */
+typedef struct {
+    float *res[4];            /* res2..res5: (N, 4*(width<<s), H/(4<<s), W/(4<<s)) */
+    float *embed;             /* (N, embed_dim) attention-pooled embedding */
+} ovs_resnet_outputs;
+
+int ovs_resnet_create(ovs_resnet **out, const ovs_resnet_config *cfg, const ovs_tensor_map *w);
+void ovs_resnet_free(ovs_resnet *m);
+const ovs_resnet_config *ovs_resnet_get_config(const ovs_resnet *m);
+/* Channels and spatial size of res2..res5 for an (H, W) input; H, W must be >= 32 and the
+ * strided convs/pools truncate like PyTorch's. */
+int ovs_resnet_feature_shape(const ovs_resnet *m, int stage, int64_t H, int64_t W, int64_t *C,
+                             int64_t *h, int64_t *w);
+/* images (N, 3, H, W) normalised float32. */
+int ovs_resnet_forward(ovs_resnet *m, const float *images, int64_t N, int64_t H, int64_t W,
+                       ovs_resnet_outputs *out);
+
+/* ---------------------------------------------------------------- transformer blocks */
+/* A pre-LN residual attention block as open_clip's ResidualAttentionBlock:
+ *   x = x + out_proj(MHA(ln_1(x)));  x = x + c_proj(act(c_fc(ln_2(x)))) */
+typedef struct {
+    const float *ln1_w, *ln1_b;   /* (D,) */
+    ovs_matrix in_proj;           /* (3D, D): q, k, v stacked */
+    const float *in_proj_b;       /* (3D,) */
+    ovs_matrix out_proj;          /* (D, D) */
+    const float *out_proj_b;      /* (D,) */
+    const float *ln2_w, *ln2_b;   /* (D,) */
+    ovs_matrix fc;                /* (Dm, D) */
+    const float *fc_b;            /* (Dm,) */
+    ovs_matrix proj;              /* (D, Dm) */
+    const float *proj_b;          /* (D,) */
+} ovs_block;
+
+typedef struct {
+    int64_t width;            /* D */
+    int64_t heads;            /* E; head width F = D / E */
+    int64_t mlp;              /* Dm */
+    int64_t layers;           /* L */
+    ovs_act act;              /* OVS_ACT_QUICKGELU for OpenAI weights, OVS_ACT_GELU otherwise */
+    ovs_block *blocks;        /* (L,) */
+} ovs_transformer;
+
+/* Bind blocks "<prefix>resblocks.<i>.*" (layers counted from the map), check shapes. */
+int ovs_transformer_init(ovs_transformer *t, const char *prefix, int64_t heads, ovs_act act,
+                         const ovs_tensor_map *w);
+void ovs_transformer_release(ovs_transformer *t);
+/* Workspace floats one block needs for B sequences of T tokens. */
+size_t ovs_block_scratch_floats(const ovs_transformer *t, int64_t B, int64_t T);
+/* x (B, T, D) <- block(x), in place. causal != 0 applies the causal mask. */
+int ovs_block_forward(const ovs_transformer *t, const ovs_block *blk, float *x, int64_t B,
+                      int64_t T, int causal, float *scratch);
+
+/* ---------------------------------------------------------------- VisionTransformer */
+typedef struct {
+    const char *prefix;       /* e.g. "visual." */
+    int64_t width;            /* D */
+    int64_t layers;           /* L */
+    int64_t heads;            /* E */
+    int64_t patch;            /* p */
+    int64_t grid;             /* positional-embedding grid side (image_size / p) */
+    int64_t embed_dim;        /* proj columns; 0 if no proj */
+    ovs_act act;
+} ovs_vit_config;
+
+typedef struct ovs_vit ovs_vit;
+
+typedef struct {
+    float *tokens;            /* (N, T, D) tokens after `blocks` blocks, T = 1 + gh*gw */
+    float *block_tokens;      /* (L, N, T, D) output of every block run (optional) */
+    float *embed;             /* (N, embed_dim): ln_post + proj of the class token (needs all L) */
+} ovs_vit_outputs;
+
+int ovs_vit_create(ovs_vit **out, const ovs_vit_config *cfg, const ovs_tensor_map *w);
+void ovs_vit_free(ovs_vit *m);
+const ovs_vit_config *ovs_vit_get_config(const ovs_vit *m);
+const ovs_transformer *ovs_vit_transformer(const ovs_vit *m);
+/* Final LayerNorm (D,) and projection as a (embed_dim, D) matrix for heads that project patches. */
+void ovs_vit_head(const ovs_vit *m, const float **ln_w, const float **ln_b, const ovs_matrix **proj);
+/* Run the stem and the first `blocks` blocks (0..L) on images (N, 3, H, W); H, W multiples of
+ * the patch size. */
+int ovs_vit_forward(ovs_vit *m, const float *images, int64_t N, int64_t H, int64_t W,
+                    int64_t blocks, ovs_vit_outputs *out);
+/* The model's workspace, for heads that run the last block their own way (hold the model). */
+ovs_arena *ovs_vit_arena(ovs_vit *m);
+
+/* ---------------------------------------------------------------- text transformer */
+typedef struct {
+    const char *prefix;       /* "" for CLIP's top-level text keys */
+    int64_t width, layers, heads;
+    int64_t context;          /* positional-embedding rows (77) */
+    int64_t vocab;            /* token-embedding rows (49408) */
+    int64_t embed_dim;        /* text_projection columns */
+    ovs_act act;
+} ovs_text_config;
+
+typedef struct ovs_text ovs_text;
+
+int ovs_text_create(ovs_text **out, const ovs_text_config *cfg, const ovs_tensor_map *w);
+void ovs_text_free(ovs_text *m);
+const ovs_text_config *ovs_text_get_config(const ovs_text *m);
+/* out (N, embed_dim) = text embeddings of ids (N, S), S <= context. The end-of-text position of
+ * each row is argmax(ids[n]) (as CLIP); with truncate != 0 only positions up to the batch's
+ * largest such position are computed (identical result: attention is causal). */
+int ovs_text_forward(ovs_text *m, float *out, const int32_t *ids, int64_t N, int64_t S,
+                     int truncate);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* OVS_MODELS_H */

@@ -1,0 +1,183 @@
+"""Command line: `ovs segment IMAGE --classes "cat,dog,grass" --out mask.png [--overlay o.png]`.
+
+Also available as `python -m ovs`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def palette(n: int) -> np.ndarray:
+    """(n, 3) uint8 colours: the Pascal VOC bit-interleaved palette (index 0 black)."""
+    out = np.zeros((max(n, 1), 3), np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        out[i] = (r, g, b)
+    return out
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """uint8 (H, W, 3) RGB from any Pillow-readable file (grayscale, palette, RGBA converted;
+    EXIF orientation applied)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"image file not found: {p}")
+    try:
+        with Image.open(p) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("RGBA", "LA", "P"):
+                im = im.convert("RGBA")
+                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(bg, im)
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except UnidentifiedImageError:
+        raise ValueError(f"{p} is not an image file Pillow can read") from None
+
+
+def save_label_png(labels: np.ndarray, path: str | os.PathLike, n_classes: int) -> None:
+    """Indexed PNG: pixel value = class index (255 = background/ignored), VOC palette."""
+    from PIL import Image
+
+    if n_classes > 255:
+        arr = np.where(labels < 0, 65535, labels).astype(np.uint16)
+        Image.fromarray(arr).save(path)
+        return
+    arr = np.where(labels < 0, 255, labels).astype(np.uint8)
+    im = Image.fromarray(arr, mode="P")
+    pal = np.zeros((256, 3), np.uint8)
+    pal[:n_classes] = palette(n_classes + 1)[1:]
+    pal[255] = (0, 0, 0)
+    im.putpalette(pal.reshape(-1).tolist())
+    im.save(path)
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, names: list[str], alpha: float = 0.5):
+    """An RGB PIL image: the photo blended with class colours, plus a legend of the classes
+    present (with their pixel share)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    pal = palette(len(names) + 1)[1:].astype(np.float32)
+    valid = labels >= 0
+    colour = np.zeros_like(image, dtype=np.float32)
+    colour[valid] = pal[labels[valid]]
+    blend = image.astype(np.float32)
+    blend[valid] = (1 - alpha) * blend[valid] + alpha * colour[valid]
+    base = Image.fromarray(blend.round().astype(np.uint8))
+    present = [(k, int((labels == k).sum())) for k in range(len(names))]
+    present = [(k, n) for k, n in present if n > 0]
+    present.sort(key=lambda kn: -kn[1])
+    font = ImageFont.load_default()
+    row = 16
+    legend_w = 8 + max([len(f"{names[k]} {100 * n / labels.size:.1f}%") for k, n in present] + [10]) * 7
+    canvas = Image.new("RGB", (base.width + legend_w, max(base.height, row * len(present) + 8)),
+                       (255, 255, 255))
+    canvas.paste(base, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, (k, n) in enumerate(present):
+        y = 4 + i * row
+        draw.rectangle([base.width + 4, y, base.width + 16, y + 12],
+                       fill=tuple(int(v) for v in pal[k]), outline=(0, 0, 0))
+        draw.text((base.width + 20, y), f"{names[k]} {100 * n / labels.size:.1f}%", fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def _parse_classes(text: str) -> list[str]:
+    """"cat,dog,grass" or "sofa|couch; table" style lists: ';' separates classes when present
+    (so ',' can carry synonyms), otherwise ','."""
+    sep = ";" if ";" in text else ","
+    names = [c.strip() for c in text.split(sep) if c.strip()]
+    if not names:
+        raise SystemExit("ovs: --classes is empty; give class names like --classes \"cat,dog,grass\"")
+    return names
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    import ovs
+
+    names = _parse_classes(args.classes)
+    paths = args.images
+    if len(paths) > 1 and not os.path.isdir(args.out if args.out else ""):
+        if args.out and not args.out.endswith(os.sep):
+            raise SystemExit("ovs: with several images, --out must be an existing folder")
+    if args.threads is not None:
+        ovs.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    print(f"ovs: loading model {args.model} ...", file=sys.stderr, flush=True)
+    model = ovs.load(args.model, act=args.act)
+    kwargs = {}
+    if args.short_side is not None:
+        kwargs["short_side"] = args.short_side or None
+    if args.window is not None:
+        kwargs["window"] = None if args.window == "whole" else tuple(int(v) for v in args.window.split(","))
+    seg = ovs.Segmenter(model, method=args.method, templates=args.templates,
+                        bg_threshold=args.bg_threshold, logit_scale=args.logit_scale, **kwargs)
+    print(f"ovs: {model!r}\novs: {seg!r} (model ready in {time.perf_counter() - t0:.1f}s)",
+          file=sys.stderr, flush=True)
+    for i, path in enumerate(paths):
+        image = read_image(path)
+        t1 = time.perf_counter()
+        labels = seg.segment(image, names)
+        dt = time.perf_counter() - t1
+        stem = Path(path).stem
+        out = Path(args.out) / f"{stem}_mask.png" if len(paths) > 1 else Path(args.out)
+        save_label_png(labels, out, len(names))
+        msg = f"ovs: [{i + 1}/{len(paths)}] {path} {image.shape[1]}x{image.shape[0]} -> {out} ({dt:.2f}s)"
+        if args.overlay:
+            ov = Path(args.overlay) if len(paths) == 1 else Path(args.overlay) / f"{stem}_overlay.png"
+            overlay(image, labels, names).save(ov)
+            msg += f", overlay {ov}"
+        print(msg, file=sys.stderr, flush=True)
+        counts = np.bincount(labels[labels >= 0].ravel(), minlength=len(names))
+        share = ", ".join(f"{names[k]} {100 * counts[k] / labels.size:.1f}%"
+                          for k in np.argsort(-counts) if counts[k])
+        print(f"{path}: {share}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ovs", description="Open-vocabulary semantic segmentation on the CPU.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("segment", help="segment images with class names you choose")
+    s.add_argument("images", nargs="+", help="image file(s) (JPEG, PNG, ...; grayscale/RGBA converted)")
+    s.add_argument("--classes", required=True, help='class names, e.g. "cat,dog,grass" (use ";" to separate classes if names hold commas for synonyms)')
+    s.add_argument("--model", default=os.environ.get("OVS_MODEL", "ViT-B-16"),
+                   help="RN50 | ViT-B-16 (downloaded once) | path to an open_clip .safetensors/.pt file (default: $OVS_MODEL or ViT-B-16)")
+    s.add_argument("--method", choices=["maskclip", "sclip", "clearclip", "naclip"], default=None,
+                   help="default: naclip for ViT, maskclip for RN50")
+    s.add_argument("--out", required=True, help="label PNG to write (a folder with several images)")
+    s.add_argument("--overlay", help="colour overlay PNG with a legend (a folder with several images)")
+    s.add_argument("--templates", default=None, help="imagenet80 | vild | simple | bare (default: the method's)")
+    s.add_argument("--short-side", type=int, default=None, help="resize the shorter side (0 = keep)")
+    s.add_argument("--window", default=None, help='"crop,stride" or "whole"')
+    s.add_argument("--logit-scale", type=float, default=None)
+    s.add_argument("--bg-threshold", type=float, default=None, help="low-confidence pixels become background/ignored")
+    s.add_argument("--act", choices=["quickgelu", "gelu"], default=None, help="MLP activation of the weights (default quickgelu = OpenAI)")
+    s.add_argument("--threads", type=int, default=None)
+    s.set_defaults(func=cmd_segment)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, OSError, KeyError) as exc:
+        print(f"ovs: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

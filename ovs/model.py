@@ -1,0 +1,347 @@
+"""CLIP models on the ovs C engine: load weights, infer the architecture, encode images and text.
+
+    >>> import ovs
+    >>> model = ovs.load("RN50")                 # or a path to an open_clip state dict
+    >>> emb = model.encode_image(image_uint8)    # (1, 1024) float32
+    >>> cls = model.text_classifier(["cat", "dog"], templates="imagenet80")
+
+Weights stay addressed by their open_clip names (``model.state_dict``) and can be swapped one
+tensor at a time (``model.set_weight``); the affected tower is rebuilt in C.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from . import _core
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+_ACTS = ("quickgelu", "gelu")
+
+
+def _count_blocks(keys: Iterable[str], prefix: str) -> int:
+    pat = re.compile(re.escape(prefix) + r"resblocks\.(\d+)\.")
+    idx = {int(m.group(1)) for k in keys if (m := pat.match(k))}
+    return max(idx) + 1 if idx else 0
+
+
+def infer_config(sd: Mapping[str, np.ndarray], *, vision_heads: int | None = None,
+                 text_heads: int | None = None) -> dict[str, Any]:
+    """The CLIP architecture implied by an open_clip state dict's names and shapes (the rules of
+    open_clip's ``build_model_from_openai_state_dict``: heads = width // 64 for ViTs and text,
+    width * 32 // 64 for the ResNet attention pool, unless given)."""
+    def shape(name: str) -> tuple[int, ...]:
+        if name not in sd:
+            raise KeyError(f"state dict has no '{name}': not an open_clip CLIP model "
+                           f"(first keys: {sorted(sd)[:5]})")
+        return tuple(int(s) for s in np.shape(sd[name]))
+
+    cfg: dict[str, Any] = {}
+    keys = list(sd)
+    if "visual.proj" in sd or "visual.class_embedding" in sd:
+        width, _, patch, _ = shape("visual.conv1.weight")
+        npos = shape("visual.positional_embedding")[0]
+        grid = int(round(math.sqrt(npos - 1)))
+        if grid * grid + 1 != npos:
+            raise ValueError(f"visual.positional_embedding has {npos} rows, not 1 + a square grid")
+        embed = shape("visual.proj")[1] if "visual.proj" in sd else 0
+        cfg["vision"] = dict(arch="vit", width=width, patch=patch, grid=grid, embed_dim=embed,
+                             layers=_count_blocks(keys, "visual.transformer."),
+                             heads=vision_heads or max(1, width // 64), image_size=patch * grid)
+    elif "visual.conv1.weight" in sd and "visual.layer1.0.conv1.weight" in sd:
+        layers = []
+        for b in range(1, 5):
+            pat = re.compile(rf"visual\.layer{b}\.(\d+)\.")
+            idx = {int(m.group(1)) for k in keys if (m := pat.match(k))}
+            if not idx:
+                raise KeyError(f"state dict has no visual.layer{b}.*: not a CLIP ModifiedResNet")
+            layers.append(max(idx) + 1)
+        width = shape("visual.layer1.0.conv1.weight")[0]
+        attnpool = "visual.attnpool.positional_embedding" in sd
+        grid = embed = 0
+        if attnpool:
+            npos = shape("visual.attnpool.positional_embedding")[0]
+            grid = int(round(math.sqrt(npos - 1)))
+            if grid * grid + 1 != npos:
+                raise ValueError(f"visual.attnpool.positional_embedding has {npos} rows, not 1 + a square grid")
+            embed = shape("visual.attnpool.c_proj.weight")[0]
+        cfg["vision"] = dict(arch="resnet", layers=tuple(layers), width=width, grid=grid,
+                             embed_dim=embed, attnpool=attnpool,
+                             heads=vision_heads or max(1, width * 32 // 64),
+                             image_size=grid * 32 if grid else 224)
+    if "token_embedding.weight" in sd:
+        vocab, width = shape("token_embedding.weight")
+        cfg["text"] = dict(width=width, vocab=vocab, context=shape("positional_embedding")[0],
+                           embed_dim=shape("text_projection")[1],
+                           layers=_count_blocks(keys, "transformer."),
+                           heads=text_heads or max(1, width // 64))
+    if not cfg:
+        raise ValueError("the state dict holds neither a CLIP image tower (visual.*) nor a text "
+                         f"tower (token_embedding.weight); first keys: {sorted(sd)[:5]}")
+    return cfg
+
+
+class Model:
+    """A CLIP model (image tower and/or text tower) running on the ovs C engine."""
+
+    def __init__(self, state_dict: Mapping[str, np.ndarray], *, act: str = "quickgelu",
+                 vision_heads: int | None = None, text_heads: int | None = None,
+                 name: str | None = None):
+        if act not in _ACTS:
+            raise ValueError(f"act must be one of {_ACTS}, got {act!r}")
+        self._sd: dict[str, np.ndarray] = {}
+        for k, v in state_dict.items():
+            if str(k).endswith("attn_mask"):
+                continue  # a TorchScript/open_clip buffer (-inf above the diagonal), rebuilt in C
+            a = np.asarray(v)
+            if a.dtype.kind == "f":
+                a = np.ascontiguousarray(a, dtype=np.float32)
+                if a.flags.writeable and a is v:
+                    a = a.copy()
+                a.setflags(write=False)
+            self._sd[str(k)] = a
+        self.act = act
+        self.name = name
+        self.config = infer_config(self._sd, vision_heads=vision_heads, text_heads=text_heads)
+        self.mean = np.array(CLIP_MEAN, np.float32)
+        self.std = np.array(CLIP_STD, np.float32)
+        v, t = self.config.get("vision"), self.config.get("text")
+        if v and t and v["embed_dim"] and v["embed_dim"] != t["embed_dim"]:
+            raise ValueError(f"image embedding dim {v['embed_dim']} != text embedding dim "
+                             f"{t['embed_dim']} (visual projection vs text_projection shapes)")
+        self._visual = self._build_visual() if "vision" in self.config else None
+        self._text = self._build_text() if "text" in self.config else None
+        self._digest: str | None = None
+        self._text_cache: dict[tuple, np.ndarray] = {}
+
+    # ------------------------------------------------------------ construction
+    def _build_visual(self):
+        v = self.config["vision"]
+        if v["arch"] == "vit":
+            return _core.ViT(self._sd, "visual.", v["width"], v["heads"], v["patch"], v["grid"],
+                             v["embed_dim"], self.act)
+        return _core.ResNet(self._sd, "visual.", v["layers"], v["width"], v["embed_dim"],
+                            v["heads"], v["grid"], v["attnpool"])
+
+    def _build_text(self):
+        t = self.config["text"]
+        return _core.TextTower(self._sd, "", t["width"], t["heads"], t["context"], t["vocab"],
+                               t["embed_dim"], self.act)
+
+    @property
+    def state_dict(self) -> Mapping[str, np.ndarray]:
+        """The weights by open_clip name (read-only arrays)."""
+        return dict(self._sd)
+
+    def set_weight(self, name: str, value: np.ndarray) -> None:
+        """Replace one weight (same shape) and rebuild the tower that uses it."""
+        if name not in self._sd:
+            raise KeyError(f"no weight named {name!r}")
+        old = self._sd[name]
+        a = np.array(value, dtype=np.float32, copy=True)
+        if a.shape != old.shape:
+            raise ValueError(f"{name}: new shape {a.shape} != current shape {old.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name}: the new value contains NaN or infinity")
+        a.setflags(write=False)
+        self._sd[name] = a
+        try:
+            if name.startswith("visual."):
+                self._visual = self._build_visual()
+            else:
+                self._text = self._build_text()
+                self._digest = None
+                self._text_cache.clear()
+        except Exception:
+            self._sd[name] = old
+            raise
+
+    # ------------------------------------------------------------ properties
+    @property
+    def arch(self) -> str:
+        return self.config["vision"]["arch"] if "vision" in self.config else "text"
+
+    @property
+    def embed_dim(self) -> int:
+        if "vision" in self.config and self.config["vision"]["embed_dim"]:
+            return int(self.config["vision"]["embed_dim"])
+        return int(self.config["text"]["embed_dim"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config["vision"]["image_size"])
+
+    @property
+    def patch_size(self) -> int:
+        """Input sides must be multiples of this (the ViT patch, 32 for ResNets)."""
+        v = self.config["vision"]
+        return int(v["patch"]) if v["arch"] == "vit" else 32
+
+    def __repr__(self) -> str:
+        parts = []
+        v = self.config.get("vision")
+        if v and v["arch"] == "vit":
+            parts.append(f"ViT(width={v['width']}, layers={v['layers']}, heads={v['heads']}, "
+                         f"patch={v['patch']}, image_size={v['image_size']})")
+        elif v:
+            parts.append(f"ModifiedResNet(layers={list(v['layers'])}, width={v['width']}, "
+                         f"attnpool_heads={v['heads']}, image_size={v['image_size']})")
+        t = self.config.get("text")
+        if t:
+            parts.append(f"TextTransformer(width={t['width']}, layers={t['layers']}, "
+                         f"heads={t['heads']})")
+        name = f"{self.name!r}, " if self.name else ""
+        return f"ovs.Model({name}{', '.join(parts)}, embed_dim={self.embed_dim}, act={self.act!r})"
+
+    # ------------------------------------------------------------ images
+    def _need_visual(self):
+        if self._visual is None:
+            raise ValueError("this model has no image tower (no visual.* weights)")
+        return self._visual
+
+    def preprocess(self, images) -> np.ndarray:
+        """CLIP preprocessing in C, equal to open_clip's on a PIL image: bicubic resize (Pillow's
+        antialiased filter) of the shorter side to image_size, centre crop, /255, mean/std.
+        Accepts uint8 (H, W, 3), (N, H, W, 3) or a list of (H, W, 3); returns (N, 3, S, S)."""
+        from .image import as_uint8_images, clip_preprocess
+
+        imgs = as_uint8_images(images)
+        return clip_preprocess(imgs, self.image_size, self.mean, self.std)
+
+    def _as_input(self, x, preprocess: bool) -> np.ndarray:
+        if preprocess:
+            return self.preprocess(x)
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"with preprocess=False the input must be a float32 numpy array "
+                            f"(N, 3, H, W), got {type(x).__name__}")
+        if x.dtype.kind != "f":
+            raise TypeError(f"with preprocess=False the input must be float (N, 3, H, W) "
+                            f"normalised images, got dtype {x.dtype}")
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected (N, 3, H, W) float images, got shape {x.shape}")
+        if x.shape[0] == 0:
+            raise ValueError("the image batch is empty (N = 0)")
+        p = self.patch_size
+        h, w = x.shape[2], x.shape[3]
+        if h < p or w < p or h % p or w % p:
+            raise ValueError(f"image sides must be positive multiples of {p} for this "
+                             f"{self.arch} model, got {h}x{w}; pad or resize, or use "
+                             "preprocess=True on uint8 images")
+        return x
+
+    def encode_image(self, images, preprocess: bool = True) -> np.ndarray:
+        """Image embeddings (N, embed_dim), not normalised (as open_clip's encode_image)."""
+        vis = self._need_visual()
+        x = self._as_input(images, preprocess)
+        if self.config["vision"]["arch"] == "resnet" and not self.config["vision"]["attnpool"]:
+            raise ValueError("this ResNet has no attention pool: use image_features()")
+        return vis.forward(x)["embed"]
+
+    def image_features(self, images, preprocess: bool = False) -> dict[str, np.ndarray]:
+        """Intermediate features. ResNets: res2..res5 (N, C, h, w) and embed; ViTs: tokens
+        (L, N, 1 + gh*gw, width), the output of every block, and embed."""
+        vis = self._need_visual()
+        x = self._as_input(images, preprocess)
+        if self.config["vision"]["arch"] == "vit":
+            out = vis.forward(x, all_tokens=True)
+            return {"tokens": out["block_tokens"], "embed": out["embed"]}
+        return vis.forward(x, features=True)
+
+    # ------------------------------------------------------------ text
+    def _need_text(self):
+        if self._text is None:
+            raise ValueError("this model has no text tower (no token_embedding.weight)")
+        return self._text
+
+    def encode_tokens(self, ids, *, truncate: bool = True, batch_size: int = 256) -> np.ndarray:
+        """Text embeddings (N, embed_dim) of token ids (N, context), not normalised. Rows are
+        processed in length-sorted chunks of batch_size, each only up to its longest
+        end-of-text position (identical to full-length computation)."""
+        text = self._need_text()
+        ids = np.asarray(ids)
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2:
+            raise ValueError(f"token ids must be (N, context), got shape {ids.shape}")
+        ctx = self.config["text"]["context"]
+        if ids.shape[1] == 0 or ids.shape[1] > ctx:
+            raise ValueError(f"token ids must have 1..{ctx} columns, got {ids.shape[1]}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.config["text"]["vocab"]):
+            raise ValueError(f"token ids must be in 0..{self.config['text']['vocab'] - 1}, "
+                             f"got range {ids.min()}..{ids.max()}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        ids = np.ascontiguousarray(ids, dtype=np.int32)
+        out = np.empty((ids.shape[0], self.embed_dim_text), np.float32)
+        if ids.shape[0] == 0:
+            return out
+        order = np.argsort(ids.argmax(axis=1), kind="stable")
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            out[rows] = text.forward(np.ascontiguousarray(ids[rows]), truncate)
+        return out
+
+    @property
+    def embed_dim_text(self) -> int:
+        return int(self.config["text"]["embed_dim"])
+
+    def encode_text(self, texts: str | Sequence[str], **kw) -> np.ndarray:
+        """Text embeddings (N, embed_dim) of raw strings, not normalised."""
+        from .tokenizer import tokenize
+
+        return self.encode_tokens(tokenize(texts, context_length=self.config["text"]["context"]), **kw)
+
+    def weights_digest(self) -> str:
+        """sha256 over the text tower's weights (names, shapes, bytes): the cache key."""
+        if self._digest is None:
+            import hashlib
+
+            h = hashlib.sha256()
+            for k in sorted(self._sd):
+                if k.startswith("visual."):
+                    continue
+                a = self._sd[k]
+                h.update(k.encode())
+                h.update(str(a.shape).encode())
+                h.update(np.ascontiguousarray(a).data)
+            h.update(self.act.encode())
+            self._digest = h.hexdigest()
+        return self._digest
+
+    def text_classifier(self, class_names: Sequence[str], templates="imagenet80", *,
+                        cache_dir: str | os.PathLike | None = None) -> np.ndarray:
+        """Zero-shot classifier (C, embed_dim): per class, every synonym ("sofa, couch") in every
+        template is encoded and L2-normalised, the mean taken and L2-normalised again. Embeddings
+        are cached per (weights digest, template set, class name) in memory and, with
+        cache_dir (or $OVS_CACHE_DIR/text when set), on disk."""
+        from .text import build_classifier
+
+        return build_classifier(self, class_names, templates, cache_dir=cache_dir)
+
+
+def load(name_or_path: str | os.PathLike, *, act: str | None = None,
+         vision_heads: int | None = None, text_heads: int | None = None,
+         cache_dir: str | os.PathLike | None = None, progress: bool = True) -> Model:
+    """Load a CLIP model.
+
+    name_or_path: "RN50" or "ViT-B-16" (OpenAI weights, downloaded once from the Hugging Face hub
+    into the cache and verified), or a path to a .safetensors / .pt / .pth / .bin file holding an
+    open_clip CLIP state dict. act: "quickgelu" (default: OpenAI weights use it) or "gelu".
+    Offline, a WeightsUnavailableError says which file to fetch and where to put it
+    ($OVS_WEIGHTS_DIR) or how to pass its path.
+    """
+    from .hub import resolve_weights
+    from .weights import load_state_dict
+
+    path = resolve_weights(name_or_path, cache_dir=cache_dir, progress=progress)
+    sd = load_state_dict(path)
+    return Model(sd, act=act or "quickgelu", vision_heads=vision_heads, text_heads=text_heads,
+                 name=str(name_or_path))
