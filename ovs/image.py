@@ -9,19 +9,19 @@ from . import _core
 
 
 def as_uint8_image(img, what: str = "image") -> np.ndarray:
-    """Validate one uint8 image: (H, W, 3), or (H, W) / (H, W, 1) grayscale (replicated to RGB,
-    as open_clip's convert-to-RGB does). Strided and Fortran-ordered arrays are accepted."""
+    """Validate one uint8 RGB image (H, W, 3). Strided and Fortran-ordered arrays are accepted;
+    grayscale and RGBA arrays are refused with a hint (the CLI converts such files)."""
     if not isinstance(img, np.ndarray):
         raise TypeError(f"{what} must be a numpy uint8 array (H, W, 3), got {type(img).__name__}")
     if img.dtype != np.uint8:
         raise TypeError(f"{what} must have dtype uint8 (0..255 RGB), got {img.dtype}; "
                         "convert float images in 0..1 with (img * 255).round().astype(np.uint8)")
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[:, :, 0]
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
     if img.ndim != 3 or img.shape[2] != 3:
-        hint = " (drop the alpha channel: img[..., :3])" if img.ndim == 3 and img.shape[2] == 4 else ""
+        hint = ""
+        if img.ndim == 3 and img.shape[2] == 4:
+            hint = " (drop the alpha channel: img[..., :3])"
+        elif img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
+            hint = " (grayscale: replicate it, np.dstack([g, g, g]))"
         raise ValueError(f"{what} must be (H, W, 3) RGB, got shape {img.shape}{hint}")
     if img.shape[0] == 0 or img.shape[1] == 0:
         raise ValueError(f"{what} is empty: shape {img.shape}")

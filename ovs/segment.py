@@ -193,7 +193,7 @@ class Segmenter:
         """Cosine logits (C, H, W) float32 (before the softmax), at the input's size."""
         def finish(im, lr):
             H, W = self._out_size(im)
-            return _core.seg_upsample(lr, H, W, 1.0, False)
+            return _core.seg_upsample(lr, H, W, logit_scale=1.0, softmax=False)
         return self._run(image, class_names, finish)
 
     def predict(self, image, class_names: Sequence[str]):
@@ -201,7 +201,7 @@ class Segmenter:
         A list or (N, H, W, 3) batch gives a list / stacked array."""
         def finish(im, lr):
             H, W = self._out_size(im)
-            return _core.seg_upsample(lr, H, W, self.logit_scale, True)
+            return _core.seg_upsample(lr, H, W, logit_scale=self.logit_scale, softmax=True)
         return self._run(image, class_names, finish)
 
     def segment(self, image, class_names: Sequence[str]):
@@ -213,5 +213,6 @@ class Segmenter:
         def finish(im, lr):
             H, W = self._out_size(im)
             thr = float(self.bg_threshold or 0.0)
-            return _core.seg_labels(lr, H, W, self.logit_scale, thr, self._bg_label(names))
+            return _core.seg_labels(lr, H, W, logit_scale=self.logit_scale, bg_threshold=thr,
+                                    bg_label=self._bg_label(names))
         return self._run(image, names, finish)

@@ -183,7 +183,9 @@ void ovs_set_num_threads(int n) {
 #ifdef _OPENMP
     omp_set_num_threads(n);
 #endif
-    OVS_BLAS(openblas_set_num_threads)(n);
+    /* OpenBLAS stays single-threaded: ovs splits each sgemm over its own OpenMP threads
+     * (ops_sgemm), so the two thread pools never compete for the cores. */
+    OVS_BLAS(openblas_set_num_threads)(1);
 }
 
 int ovs_get_num_threads(void) {

@@ -272,7 +272,7 @@ int ovs_resnet_forward(ovs_resnet *m, const float *images, int64_t N, int64_t H,
     float *kv = ovs_arena_floats(&m->arena, (size_t)N * T * 2 * C);  /* (N, T, 2C): k | v */
     float *q = ovs_arena_floats(&m->arena, (size_t)N * C);         /* (N, C) */
     float *att = ovs_arena_floats(&m->arena, (size_t)N * C);       /* (N, C) */
-    float *probs = ovs_arena_floats(&m->arena, (size_t)T);
+    float *probs = ovs_arena_floats(&m->arena, (size_t)E * T); /* (E, 1, T) */
     if (!tok || !kv || !q || !att || !probs) return OVS_ERR_NOMEM;
     const int64_t G = h * w;
 #pragma omp parallel for schedule(static)

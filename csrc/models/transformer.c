@@ -68,7 +68,7 @@ void ovs_transformer_release(ovs_transformer *t) {
 size_t ovs_block_scratch_floats(const ovs_transformer *t, int64_t B, int64_t T) {
     int64_t D = t->width, wide = 3 * D > t->mlp ? 3 * D : t->mlp;
     size_t M = (size_t)B * (size_t)T;
-    return M * (size_t)D + M * (size_t)wide + (size_t)T * (size_t)T;
+    return M * (size_t)D + M * (size_t)wide + (size_t)t->heads * (size_t)T * (size_t)T;
 }
 
 int ovs_block_forward(const ovs_transformer *t, const ovs_block *blk, float *x, int64_t B,
@@ -76,7 +76,7 @@ int ovs_block_forward(const ovs_transformer *t, const ovs_block *blk, float *x, 
     const int64_t D = t->width, Dm = t->mlp, E = t->heads, F = D / E, M = B * T;
     float *h = scratch;                      /* (M, D): ln_1(x), then attention output, then ln_2(x) */
     float *wide = h + (size_t)M * D;         /* (M, 3D) q|k|v, later (M, Dm) MLP hidden */
-    float *probs = wide + (size_t)M * (3 * D > Dm ? 3 * D : Dm); /* (T, T) */
+    float *probs = wide + (size_t)M * (3 * D > Dm ? 3 * D : Dm); /* (E, T, T) */
     int rc;
     if ((rc = ovs_layernorm_forward(h, x, blk->ln1_w, blk->ln1_b, M, D, 1e-5f))) return rc;
     if ((rc = ovs_linear_forward(wide, h, &blk->in_proj, blk->in_proj_b, NULL, M, D, 3 * D,

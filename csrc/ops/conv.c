@@ -1,11 +1,13 @@
-/* 2-D convolution as im2col + one sgemm per image and group, and BatchNorm folding.
+/* 2-D convolution as im2col + sgemm per image, group and band of output rows, and BatchNorm
+ * folding.
  * Dimension letters: N batch, C/K input/output channels, H, W input and P, Q output extents,
  * R, S kernel extents, G groups (Cg = C/G, Kg = K/G), L = Cg*R*S (a column of the im2col
  * matrix, a row of the weight matrix).
  *
  * Per image n and group g:  out[n, g*Kg:(g+1)*Kg] (Kg, P*Q) = W_g (Kg, L) @ col (L, P*Q)
- * where col is the im2col matrix of the group's channels, or, for a 1x1 stride-1 unpadded
- * conv, the input planes themselves (Cg, H*W) used directly as the GEMM operand. */
+ * where col is the im2col matrix of the group's channels (built and multiplied one band of
+ * output rows at a time, see CONV_TILE_FLOATS), or, for a 1x1 stride-1 unpadded conv, the
+ * input planes themselves (Cg, H*W) used directly as the GEMM operand. */
 #include "ops/ops_internal.h"
 
 #include <stdint.h>
@@ -29,6 +31,20 @@ int64_t ovs_conv2d_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, 
     return (span - eff) / stride + 1;
 }
 
+/* The im2col matrix is built and multiplied a band of output rows at a time, a band being
+ * as many rows as fit CONV_TILE_FLOATS (at least one): the band stays in L2 between im2col
+ * writing it and sgemm packing it, instead of a (L, P*Q) matrix going through DRAM twice. */
+#ifndef CONV_TILE_FLOATS
+#define CONV_TILE_FLOATS ((int64_t)1 << 17)   /* 512 KiB */
+#endif
+
+static int64_t conv_band_rows(int64_t L, int64_t P, int64_t Q) {
+    int64_t per_row = L * Q;
+    int64_t rows = per_row > 0 ? CONV_TILE_FLOATS / per_row : P;
+    if (rows < 1) rows = 1;
+    return rows < P ? rows : P;
+}
+
 static int conv_is_pointwise(int64_t R, int64_t S, const ovs_conv2d_params *p) {
     return R == 1 && S == 1 && p->stride_h == 1 && p->stride_w == 1 && p->pad_h == 0 &&
            p->pad_w == 0;
@@ -42,9 +58,9 @@ size_t ovs_conv2d_scratch_floats(int64_t C, int64_t H, int64_t W, int64_t K, int
     int64_t P = ovs_conv2d_out_size(H, R, p->stride_h, p->pad_h, p->dil_h);
     int64_t Q = ovs_conv2d_out_size(W, S, p->stride_w, p->pad_w, p->dil_w);
     if (P < 0 || Q < 0) return 0;
-    size_t n;
-    if (ovs_mul3_size(&n, (size_t)(C / p->groups), (size_t)R, (size_t)S) ||
-        ovs_mul3_size(&n, n, (size_t)P, (size_t)Q))
+    size_t L, n;
+    if (ovs_mul3_size(&L, (size_t)(C / p->groups), (size_t)R, (size_t)S) || L > INT64_MAX ||
+        ovs_mul3_size(&n, L, (size_t)conv_band_rows((int64_t)L, P, Q), (size_t)Q))
         return SIZE_MAX;  /* no allocation of this size can succeed; the arena reports it */
     return n;
 }
@@ -62,12 +78,14 @@ int ops_conv2d_check(const char *op, float *out, const float *in, const ovs_matr
         (st = ops_check_pos(op, "stride_w", p->stride_w)) ||
         (st = ops_check_nonneg(op, "pad_h", p->pad_h)) ||
         (st = ops_check_nonneg(op, "pad_w", p->pad_w)) ||
-        (st = ops_check_pos(op, "dil_h", p->dil_h)) || (st = ops_check_pos(op, "dil_w", p->dil_w)) ||
+        (st = ops_check_pos(op, "dil_h", p->dil_h)) ||
+        (st = ops_check_pos(op, "dil_w", p->dil_w)) ||
         (st = ops_check_pos(op, "groups", p->groups)) || (st = ops_check_act(op, act)))
         return st;
     if (C % p->groups != 0 || K % p->groups != 0)
-        return ovs_set_error(OVS_ERR_ARG, "%s: C = %lld and K = %lld must be divisible by groups = %lld",
-                             op, (long long)C, (long long)K, (long long)p->groups);
+        return ovs_set_error(OVS_ERR_ARG,
+                             "%s: C = %lld and K = %lld must be divisible by groups = %lld", op,
+                             (long long)C, (long long)K, (long long)p->groups);
     int64_t P = ovs_conv2d_out_size(H, R, p->stride_h, p->pad_h, p->dil_h);
     int64_t Q = ovs_conv2d_out_size(W, S, p->stride_w, p->pad_w, p->dil_w);
     if (P < 0 || Q < 0)
@@ -94,11 +112,12 @@ int ops_conv2d_check(const char *op, float *out, const float *in, const ovs_matr
 static int64_t div_ceil(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
 static int64_t div_floor(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
-/* col (Cg*R*S, P*Q) from in (Cg, H, W): row (c, r, s), column (p, q) holds
- * in[c, p*sh - ph + r*dh, q*sw - pw + s*dw] or 0 outside the input. Parallel over rows. */
+/* col (Cg*R*S, NP*Q) for output rows [p0, p0 + NP) from in (Cg, H, W): row (c, r, s),
+ * column (p - p0, q) holds in[c, p*sh - ph + r*dh, q*sw - pw + s*dw] or 0 outside the input.
+ * Parallel over rows. */
 static void im2col(float *col, const float *in, int64_t Cg, int64_t H, int64_t W, int64_t R,
-                   int64_t S, int64_t P, int64_t Q, const ovs_conv2d_params *p) {
-    const int64_t rows = Cg * R * S, PQ = P * Q, HW = H * W;
+                   int64_t S, int64_t p0, int64_t NP, int64_t Q, const ovs_conv2d_params *p) {
+    const int64_t rows = Cg * R * S, PQ = NP * Q, HW = H * W;
     const int64_t sh = p->stride_h, sw = p->stride_w, ph = p->pad_h, pw = p->pad_w;
     const int64_t dh = p->dil_h, dw = p->dil_w;
 #pragma omp parallel for schedule(static) if (rows * PQ >= OPS_PAR_MIN && rows > 1)
@@ -112,9 +131,9 @@ static void im2col(float *col, const float *in, int64_t Cg, int64_t H, int64_t W
         if (q_lo < 0) q_lo = 0;
         if (q_hi > Q) q_hi = Q;
         if (q_hi < q_lo) q_hi = q_lo;
-        for (int64_t pp = 0; pp < P; pp++) {
+        for (int64_t pp = 0; pp < NP; pp++) {
             float *d = dst + pp * Q;
-            int64_t ih = pp * sh - ph + r * dh;
+            int64_t ih = (p0 + pp) * sh - ph + r * dh;
             if (ih < 0 || ih >= H || q_lo >= q_hi) {
                 memset(d, 0, (size_t)Q * sizeof(float));
                 continue;
@@ -159,17 +178,26 @@ int ovs_conv2d_forward(float *out, const float *in, const ovs_matrix *weight, co
         return ovs_set_error(OVS_ERR_ARG, "%s: scratch is NULL but %zu floats are needed", op,
                              ovs_conv2d_scratch_floats(C, H, W, K, R, S, p));
     const int fold_residual = residual == out;  /* out holds the residual: sgemm beta = 1 */
+    const float beta = fold_residual ? 1.0f : 0.0f;
+    const int64_t band = pointwise || L == 0 ? P : conv_band_rows(L, P, Q);
     for (int64_t n = 0; n < N; n++) {
         for (int64_t g = 0; g < G; g++) {
             const float *src = in + (n * C + g * Cg) * HW;       /* (Cg, H, W) */
-            const float *cols = src;                            /* (L, PQ) */
-            if (!pointwise && L > 0) {
-                im2col(scratch, src, Cg, H, W, R, S, P, Q, p);
-                cols = scratch;
+            const float *w_g = weight->data + g * Kg * L;       /* (Kg, L) */
+            float *dst = out + (n * K + g * Kg) * PQ;           /* (Kg, PQ) */
+            if (pointwise || L == 0) {
+                /* The input planes are the (L, PQ) operand. */
+                st = ops_sgemm(op, 0, Kg, PQ, L, 1.0f, w_g, L, src, PQ, beta, dst, PQ);
+                if (st) return st;
+                continue;
             }
-            st = ops_sgemm(op, 0, Kg, PQ, L, 1.0f, weight->data + g * Kg * L, L, cols, PQ,
-                           fold_residual ? 1.0f : 0.0f, out + (n * K + g * Kg) * PQ, PQ);
-            if (st) return st;
+            for (int64_t p0 = 0; p0 < P; p0 += band) {
+                const int64_t np = P - p0 < band ? P - p0 : band;
+                im2col(scratch, src, Cg, H, W, R, S, p0, np, Q, p);   /* (L, np*Q) */
+                st = ops_sgemm(op, 0, Kg, np * Q, L, 1.0f, w_g, L, scratch, np * Q, beta,
+                               dst + p0 * Q, PQ);
+                if (st) return st;
+            }
         }
     }
     const float *res = fold_residual ? NULL : residual;

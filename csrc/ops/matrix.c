@@ -4,6 +4,9 @@
 #include "core/blas.h"
 
 #include <limits.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* ---------------------------------------------------------------- argument checks */
 int ops_check_nonneg(const char *op, const char *name, int64_t v) {
@@ -55,6 +58,45 @@ int ops_check_act(const char *op, ovs_act act) {
 }
 
 /* ---------------------------------------------------------------- sgemm */
+/* One sgemm, spread over ovs's OpenMP threads by output blocks. OpenBLAS itself runs single-
+ * threaded (ovs_set_num_threads keeps it at 1): mixing its spinning worker threads with
+ * OpenMP's oversubscribes the cores. Each element is still computed by one sgemm over the full
+ * K, so the result does not depend on the number of threads. */
+static void sgemm_block(int trans_b, int64_t M, int64_t N, int64_t Kd, float alpha, const float *A,
+                        int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+    ovs_sgemm(OVS_CBLAS_ROW_MAJOR, OVS_CBLAS_NO_TRANS, trans_b ? OVS_CBLAS_TRANS : OVS_CBLAS_NO_TRANS,
+              (int)M, (int)N, (int)Kd, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+}
+
+static void sgemm_parallel(int trans_b, int64_t M, int64_t N, int64_t Kd, float alpha,
+                           const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                           float *C, int64_t ldc) {
+    int threads = 1;
+#ifdef _OPENMP
+    if (!omp_in_parallel() && (double)M * (double)N * (double)Kd >= 2.0e6)
+        threads = omp_get_max_threads();
+#endif
+    if (threads <= 1) {
+        sgemm_block(trans_b, M, N, Kd, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    /* split the longer output side into chunks (multiples of 16) */
+    const int split_m = M >= N;
+    const int64_t len = split_m ? M : N;
+    int64_t chunk = (len + threads - 1) / threads;
+    chunk = (chunk + 15) / 16 * 16;
+    const int64_t nchunks = (len + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t c = 0; c < nchunks; c++) {
+        const int64_t lo = c * chunk, n = lo + chunk < len ? chunk : len - lo;
+        if (split_m)
+            sgemm_block(trans_b, n, N, Kd, alpha, A + lo * lda, lda, B, ldb, beta, C + lo * ldc, ldc);
+        else
+            sgemm_block(trans_b, M, n, Kd, alpha, A, lda, trans_b ? B + lo * ldb : B + lo, ldb, beta,
+                        C + lo, ldc);
+    }
+}
+
 static int blas_int(const char *op, const char *name, int64_t v) {
     if (v > INT_MAX)
         return ovs_set_error(OVS_ERR_OVERFLOW,
@@ -82,8 +124,7 @@ int ops_sgemm(const char *op, int trans_b, int64_t M, int64_t N, int64_t Kd, flo
         return OVS_OK;
     }
     if ((st = blas_int(op, "lda", lda)) || (st = blas_int(op, "ldb", ldb))) return st;
-    ovs_sgemm(OVS_CBLAS_ROW_MAJOR, OVS_CBLAS_NO_TRANS, trans_b ? OVS_CBLAS_TRANS : OVS_CBLAS_NO_TRANS,
-              (int)M, (int)N, (int)Kd, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+    sgemm_parallel(trans_b, M, N, Kd, alpha, A, lda, B, ldb, beta, C, ldc);
     return OVS_OK;
 }
 
@@ -115,7 +156,8 @@ int ovs_matmul_wt(float *out, int64_t ldo, const float *a, int64_t lda, const ov
                              (long long)ldo, (long long)K);
     int64_t out_span, a_span;
     if ((st = ops_mul(&out_span, op, M, ldo)) || (st = ops_mul(&a_span, op, M, lda))) return st;
-    if ((st = ops_check_ptr(op, "out", out, out_span)) || (st = ops_check_ptr(op, "a", a, C > 0 ? a_span : 0)))
+    if ((st = ops_check_ptr(op, "out", out, out_span)) ||
+        (st = ops_check_ptr(op, "a", a, C > 0 ? a_span : 0)))
         return st;
     return ops_sgemm(op, 1, M, K, C, alpha, a, lda, w->data, C, beta, out, ldo);
 }

@@ -18,29 +18,45 @@ int ops_layernorm_check(const char *op, float *out, const float *in, const float
     return OVS_OK;
 }
 
-/* Sum of x (n,) in float with SIMD partial sums, chunked into a double total so that long
- * reductions (a GroupNorm group) keep their precision. */
-static double sum_f(const float *x, int64_t n) {
+/* Mean of x (n >= 1,): float SIMD partial sums of x - x[0] (small numbers even when the
+ * values share a large offset, so float sums stay accurate), chunked into a double total so
+ * that long reductions (a GroupNorm group) keep their precision. */
+static double mean_f(const float *x, int64_t n) {
+    const float shift = x[0];
     double total = 0.0;
     for (int64_t lo = 0; lo < n; lo += 4096) {
         int64_t hi = n - lo < 4096 ? n : lo + 4096;
         float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-        for (int64_t i = lo; i < hi; i++) s += x[i];
+        for (int64_t i = lo; i < hi; i++) s += x[i] - shift;
         total += s;
     }
-    return total;
+    return (double)shift + total / (double)n;
 }
 
-/* Sum of (x - m)^2 over x (n,), as sum_f. */
-static double sumsq_dev_f(const float *x, int64_t n, float m) {
+/* The mean as an unevaluated float sum hi + lo: x - hi is exact for x near the mean
+ * (Sterbenz), so (x - hi) - lo centres with almost double precision even when the mean is
+ * large against the spread, at the cost of one subtraction. */
+typedef struct {
+    float hi, lo;
+} mean2f;
+
+static mean2f mean2f_of(double mean) {
+    mean2f m;
+    m.hi = (float)mean;
+    m.lo = (float)(mean - (double)m.hi);
+    return m;
+}
+
+/* Sum of (x - m)^2 over x (n,), chunked as mean_f. */
+static double sumsq_dev_f(const float *x, int64_t n, mean2f m) {
     double total = 0.0;
     for (int64_t lo = 0; lo < n; lo += 4096) {
         int64_t hi = n - lo < 4096 ? n : lo + 4096;
         float s = 0.0f;
 #pragma omp simd reduction(+ : s)
         for (int64_t i = lo; i < hi; i++) {
-            float d = x[i] - m;
+            float d = (x[i] - m.hi) - m.lo;
             s += d * d;
         }
         total += s;
@@ -58,21 +74,22 @@ int ovs_layernorm_forward(float *out, const float *in, const float *weight, cons
     for (int64_t i = 0; i < M; i++) {
         const float *x = in + i * D;   /* (D,) */
         float *y = out + i * D;        /* (D,), may be x */
-        float mean = (float)(sum_f(x, D) / (double)D);
-        float var = (float)(sumsq_dev_f(x, D, mean) / (double)D);
-        float rstd = 1.0f / sqrtf(var + eps);
+        const mean2f m = mean2f_of(mean_f(x, D));
+        const float var = (float)(sumsq_dev_f(x, D, m) / (double)D);
+        const float rstd = 1.0f / sqrtf(var + eps), mh = m.hi, ml = m.lo;
         if (weight && bias) {
 #pragma omp simd
-            for (int64_t j = 0; j < D; j++) y[j] = (x[j] - mean) * rstd * weight[j] + bias[j];
+            for (int64_t j = 0; j < D; j++)
+                y[j] = ((x[j] - mh) - ml) * rstd * weight[j] + bias[j];
         } else if (weight) {
 #pragma omp simd
-            for (int64_t j = 0; j < D; j++) y[j] = (x[j] - mean) * rstd * weight[j];
+            for (int64_t j = 0; j < D; j++) y[j] = ((x[j] - mh) - ml) * rstd * weight[j];
         } else if (bias) {
 #pragma omp simd
-            for (int64_t j = 0; j < D; j++) y[j] = (x[j] - mean) * rstd + bias[j];
+            for (int64_t j = 0; j < D; j++) y[j] = ((x[j] - mh) - ml) * rstd + bias[j];
         } else {
 #pragma omp simd
-            for (int64_t j = 0; j < D; j++) y[j] = (x[j] - mean) * rstd;
+            for (int64_t j = 0; j < D; j++) y[j] = ((x[j] - mh) - ml) * rstd;
         }
     }
     return OVS_OK;
@@ -98,19 +115,19 @@ int ovs_groupnorm_forward(float *out, const float *in, const float *weight, cons
     for (int64_t ng = 0; ng < NG; ng++) {
         const float *x = in + ng * group;   /* (Cg, HW) */
         float *y = out + ng * group;        /* (Cg, HW), may be x */
-        float mean = (float)(sum_f(x, group) / (double)group);
-        float var = (float)(sumsq_dev_f(x, group, mean) / (double)group);
-        float rstd = 1.0f / sqrtf(var + eps);
+        const mean2f m = mean2f_of(mean_f(x, group));
+        const float var = (float)(sumsq_dev_f(x, group, m) / (double)group);
+        const float rstd = 1.0f / sqrtf(var + eps), mh = m.hi, ml = m.lo;
         int64_t c0 = (ng % G) * Cg;
         for (int64_t c = 0; c < Cg; c++) {
-            /* Centre before scaling: x * scale + (b - mean * scale) loses digits when the
-             * mean is large against the spread. */
+            /* Centre before scaling: x * scale + (b - mean * scale) would lose digits when
+             * the mean is large against the spread. */
             float scale = rstd * (weight ? weight[c0 + c] : 1.0f);
             float shift = bias ? bias[c0 + c] : 0.0f;
             const float *xc = x + c * HW;
             float *yc = y + c * HW;
 #pragma omp simd
-            for (int64_t j = 0; j < HW; j++) yc[j] = (xc[j] - mean) * scale + shift;
+            for (int64_t j = 0; j < HW; j++) yc[j] = ((xc[j] - mh) - ml) * scale + shift;
         }
     }
     return OVS_OK;

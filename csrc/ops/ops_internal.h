@@ -62,48 +62,46 @@ int ops_attention_forward_check(const char *op, float *out, const float *q, int6
 /* Written without branches (selects only) and fully inlined so that gcc turns loops over them
  * into AVX2 code; libm's expf/erff are scalar calls and would not vectorise. */
 
-/* exp(x), relative error below 2e-7 over the float range; 0 below -87, inf above 88.7.
- * exp(x) = 2^n e^r with n = round(x / ln 2) and |r| <= ln2 / 2 (Cody-Waite split of ln 2);
- * e^r by its degree-7 Taylor polynomial (truncation error < 6e-9 on that interval). */
+/* exp(x), relative error below 2e-7 over the float range; 0 below -87, inf above 88.7, NaN
+ * for NaN. exp(x) = 2^n e^r with n = round(x / ln 2) and |r| <= ln2 / 2 (Cody-Waite split of
+ * ln 2); e^r by its degree-7 Taylor polynomial (truncation error < 6e-9 on that interval).
+ * fmaf maps to one FMA instruction (the build is ISO C, so a*b+c is never contracted). */
 static inline float ops_expf(float x) {
     float xc = x < -87.0f ? -87.0f : x;
     xc = xc > 88.0f ? 88.0f : xc;
     /* Adding and removing 1.5 * 2^23 rounds to the nearest integer (|t| < 2^22 here). */
-    float t = xc * 1.44269504088896341f;
-    float n = (t + 12582912.0f) - 12582912.0f;
-    float r = xc - n * 0.693359375f;          /* 0.693359375 has 9 bits: the product is exact */
-    r = r + n * 2.12194440e-4f;               /* ln 2 = 0.693359375 - 2.12194440e-4 */
+    float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = fmaf(n, -0.693359375f, xc);     /* 0.693359375 has 9 bits: exact product */
+    r = fmaf(n, 2.12194440e-4f, r);           /* ln 2 = 0.693359375 - 2.12194440e-4 */
     float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    p = fmaf(p, r, 1.0f / 720.0f);
+    p = fmaf(p, r, 1.0f / 120.0f);
+    p = fmaf(p, r, 1.0f / 24.0f);
+    p = fmaf(p, r, 1.0f / 6.0f);
+    p = fmaf(p, r, 0.5f);
+    p = fmaf(p, r, 1.0f);
+    p = fmaf(p, r, 1.0f);
     int32_t bits = ((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    float y = p * scale;
+    float y = p * scale;                      /* NaN input: r and so y are NaN already */
     y = x < -87.0f ? 0.0f : y;
-    y = x > 88.7f ? INFINITY : y;
-    return x != x ? x : y;
+    return x > 88.7f ? INFINITY : y;
 }
 
 /* x * Phi(x) with Phi the standard normal CDF (torch.nn.GELU(), approximate="none").
  * Phi(x) = erfc(-x / sqrt 2) / 2, erfc(z) for z >= 0 by Abramowitz & Stegun 7.1.26
- * (absolute error <= 1.5e-7); using erfc on |x| avoids the cancellation in 1 + erf(x) for
- * negative x. */
+ * (absolute error <= 1.5e-7, the formula torch's vectorised erf uses too); using erfc on |x|
+ * avoids the cancellation in 1 + erf(x) for negative x. */
 static inline float ops_gelu(float x) {
     float z = fabsf(x) * 0.70710678118654752f;
-    float t = 1.0f / (1.0f + 0.3275911f * z);
+    float t = 1.0f / fmaf(0.3275911f, z, 1.0f);
     float poly = 1.061405429f;
-    poly = poly * t - 1.453152027f;
-    poly = poly * t + 1.421413741f;
-    poly = poly * t - 0.284496736f;
-    poly = poly * t + 0.254829592f;
-    poly = poly * t;
-    float half_erfc = 0.5f * poly * ops_expf(-z * z);
+    poly = fmaf(poly, t, -1.453152027f);
+    poly = fmaf(poly, t, 1.421413741f);
+    poly = fmaf(poly, t, -0.284496736f);
+    poly = fmaf(poly, t, 0.254829592f);
+    float half_erfc = 0.5f * poly * t * ops_expf(-z * z);
     float cdf = x >= 0.0f ? 1.0f - half_erfc : half_erfc;
     return x * cdf;
 }

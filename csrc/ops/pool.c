@@ -16,7 +16,8 @@ int ops_avgpool2d_check(const char *op, float *out, const float *in, int64_t NC,
     /* As torch: a window must always overlap the input, so the divisor is never 0. */
     if (pad_h > R / 2 || pad_w > S / 2)
         return ovs_set_error(OVS_ERR_ARG,
-                             "%s: padding (%lld, %lld) must be at most half the kernel (%lld, %lld)",
+                             "%s: padding (%lld, %lld) must be at most half the kernel "
+                             "(%lld, %lld)",
                              op, (long long)pad_h, (long long)pad_w, (long long)R, (long long)S);
     int64_t P = ovs_conv2d_out_size(H, R, stride_h, pad_h, 1);
     int64_t Q = ovs_conv2d_out_size(W, S, stride_w, pad_w, 1);

@@ -112,6 +112,7 @@ PyMODINIT_FUNC PyInit__core(void) {
     ovs_py_Error = PyErr_NewException("ovs.OvsError", PyExc_RuntimeError, NULL);
     ovs_py_WeightError = PyErr_NewException("ovs.WeightFileError", PyExc_ValueError, NULL);
     if (!ovs_py_Error || !ovs_py_WeightError) goto error;
+    ovs_set_num_threads(0); /* all cores for ovs's loops, OpenBLAS single-threaded */
     Py_INCREF(ovs_py_Error);
     Py_INCREF(ovs_py_WeightError);
     if (PyModule_AddObject(m, "OvsError", ovs_py_Error) < 0) goto error;

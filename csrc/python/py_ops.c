@@ -109,9 +109,14 @@ static PyArrayObject *rows_array(PyObject *obj, const char *what, int64_t *ld) {
  * place when it is, copied to C order otherwise. New reference; strides in bytes. */
 static PyArrayObject *image_array(PyObject *obj, const char *what, int64_t *row_stride,
                                   int64_t *pix_stride) {
-    if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != NPY_UINT8) {
+    if (!PyArray_Check(obj)) {
         PyErr_Format(PyExc_TypeError, "%s must be a uint8 numpy array, got %.100s", what,
-                     PyArray_Check(obj) ? "another dtype" : Py_TYPE(obj)->tp_name);
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    if (PyArray_TYPE((PyArrayObject *)obj) != NPY_UINT8) {
+        PyErr_Format(PyExc_TypeError, "%s must have dtype uint8, got %R", what,
+                     (PyObject *)PyArray_DESCR((PyArrayObject *)obj));
         return NULL;
     }
     PyArrayObject *a = (PyArrayObject *)obj;
@@ -737,7 +742,7 @@ static PyObject *py_op_attention(PyObject *self, PyObject *args, PyObject *kw) {
     }
     npy_intp dims[2] = {T, D};
     if (!(out = new_float(2, dims))) goto error;
-    if (!naive && alloc_scratch((size_t)T * (size_t)U, &scratch)) goto error;
+    if (!naive && alloc_scratch((size_t)E * (size_t)T * (size_t)U, &scratch)) goto error;
     int st;
     Py_BEGIN_ALLOW_THREADS
     if (naive)

@@ -10,8 +10,11 @@
  *   T tokens (query side)   U tokens (key side)   E heads   F head width (D = E*F)
  *
  * Every fast kernel has a plain reference `*_naive` with the same signature (minus scratch)
- * kept for tests. Ops never allocate: callers pass scratch sized by the matching
- * `*_scratch_floats` function. Unless stated, `out` must not alias an input.
+ * kept for tests. Ops never allocate (one exception: ovs_resize_u8_pil_bicubic): callers
+ * pass scratch sized by the matching `*_scratch_floats` function. Unless stated, `out` must
+ * not alias an input. Zero-sized work is a no-op; negative sizes and inconsistent arguments
+ * give OVS_ERR_ARG, sizes whose products overflow (or a BLAS dimension above INT_MAX)
+ * OVS_ERR_OVERFLOW, each with a message naming the op and the argument.
  *
  * Example (a 3x3 conv with fused ReLU):
  *
@@ -83,14 +86,18 @@ typedef struct {
 ovs_conv2d_params ovs_conv2d_defaults(void);   /* stride 1, pad 0, dilation 1, groups 1 */
 /* Output extent along one axis, or -1 if the kernel does not fit. */
 int64_t ovs_conv2d_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil);
-/* Scratch floats ovs_conv2d_forward needs (0 for 1x1 stride-1 unpadded convs). */
+/* Scratch floats ovs_conv2d_forward needs: the im2col matrix of one band of output rows,
+ * (C/groups)*R*S x (rows fitting 512 KiB, at least 1) x Q; 0 for 1x1 stride-1 unpadded convs
+ * (and for invalid arguments, which the forward reports); SIZE_MAX if it overflows. */
 size_t ovs_conv2d_scratch_floats(int64_t C, int64_t H, int64_t W, int64_t K, int64_t R,
                                  int64_t S, const ovs_conv2d_params *p);
 
 /* out (N, K, P, Q) = act(conv(in (N, C, H, W), weight (K, C/groups, R, S)) + bias (K,)
  *                         [+ residual (N, K, P, Q)]).
- * weight is the (K, C/groups*R*S) matrix view; bias, residual may be NULL.
- * im2col + GEMM in general, GEMM directly on the input for 1x1 stride-1 convs. */
+ * weight is the (K, C/groups*R*S) matrix view; bias, residual may be NULL; residual may
+ * alias out (it is then accumulated by the GEMM, beta = 1).
+ * im2col + GEMM per image, group and band of output rows in general, GEMM directly on the
+ * input for 1x1 stride-1 unpadded convs. */
 int ovs_conv2d_forward(float *out, const float *in, const ovs_matrix *weight, const float *bias,
                        const float *residual, int64_t N, int64_t C, int64_t H, int64_t W,
                        int64_t K, int64_t R, int64_t S, const ovs_conv2d_params *p, ovs_act act,
@@ -110,7 +117,8 @@ int ovs_batchnorm_fold(float *w_out, float *b_out, const float *conv_w, const fl
 
 /* ---------------------------------------------------------------- pooling */
 /* out (N*C, P, Q) = average over kernel (R, S) windows with stride and zero padding, as
- * torch.nn.AvgPool2d(kernel, stride, padding, ceil_mode=False, count_include_pad). */
+ * torch.nn.AvgPool2d(kernel, stride, padding, ceil_mode=False, count_include_pad).
+ * As torch, padding must be at most half the kernel. */
 int ovs_avgpool2d_forward(float *out, const float *in, int64_t NC, int64_t H, int64_t W,
                           int64_t R, int64_t S, int64_t stride_h, int64_t stride_w,
                           int64_t pad_h, int64_t pad_w, int count_include_pad);
@@ -133,14 +141,16 @@ int ovs_groupnorm_forward(float *out, const float *in, const float *weight, cons
                           int64_t N, int64_t C, int64_t HW, int64_t G, float eps);
 
 /* ---------------------------------------------------------------- softmax */
-/* x (M, D) = softmax over each row, in place (max-subtracted). */
+/* x (M, D) = softmax over each row, in place (max-subtracted). A row whose entries are all
+ * -inf becomes all zeros (torch.softmax gives NaN there). */
 int ovs_softmax_forward(float *x, int64_t M, int64_t D);
 int ovs_softmax_forward_naive(float *x, int64_t M, int64_t D);
 
 /* ---------------------------------------------------------------- attention */
 /* probs (T, U) = softmax(scale * a (T, F) @ b (U, F)^T + mask (T, U)) for one head.
  * a and b are strided: row r of a starts at a + r*lda. mask may be NULL; causal != 0 masks
- * u > t with -inf (requires T == U). */
+ * u > t with -inf (requires T == U). A fully masked row gives zeros, as
+ * torch.nn.functional.scaled_dot_product_attention. */
 int ovs_attention_probs(float *probs, const float *a, int64_t lda, const float *b, int64_t ldb,
                         int64_t T, int64_t U, int64_t F, float scale, const float *mask,
                         int causal);
@@ -148,7 +158,8 @@ int ovs_attention_probs(float *probs, const float *a, int64_t lda, const float *
 /* Multi-head scaled dot-product attention, heads interleaved as in torch.nn.MultiheadAttention:
  *   out (T, E*F): out[:, h*F:(h+1)*F] = softmax(q_h k_h^T * scale + mask) v_h
  * q (T, *) row stride ldq, k and v (U, *) row strides ldk/ldv; head h of q is columns
- * [h*F, (h+1)*F). mask (T, U) additive or NULL; causal as above. scratch: T*U floats. */
+ * [h*F, (h+1)*F). mask (T, U) additive or NULL; causal as above. scratch: E*T*U floats (heads run in
+ * parallel, each with its own (T, U) block). */
 int ovs_attention_forward(float *out, const float *q, int64_t ldq, const float *k, int64_t ldk,
                           const float *v, int64_t ldv, int64_t T, int64_t U, int64_t E,
                           int64_t F, float scale, const float *mask, int causal, float *scratch);
@@ -166,16 +177,21 @@ int ovs_resize_bicubic(float *out, const float *in, int64_t NC, int64_t H, int64
                        int64_t Q, int align_corners);
 
 /* out (P, Q, 3) uint8 from in (H, W, 3) uint8 with Pillow's antialiased resampling
- * (Image.resize(..., BICUBIC) : a = -0.5, support scaled by the downscale factor, 8-bit
- * fixed-point coefficients, horizontal pass then vertical), bit-exact with Pillow.
- * Input rows may be strided (in_row_stride bytes, in_pixel_stride bytes per pixel). */
+ * (Image.resize((Q, P), BICUBIC): a = -0.5, support scaled by the downscale factor, 22-bit
+ * fixed-point coefficients, two separable passes with 8-bit clipping in between), bit-exact
+ * with Pillow 13 (which runs the vertical pass first when the height loses more than twice
+ * as many pixels as the width; Pillow <= 12 always ran the horizontal pass first).
+ * Input rows may be strided (in_row_stride bytes, in_pixel_stride >= 3 bytes per pixel, the
+ * 3 channels adjacent). Unlike the other ops it allocates its workspace (coefficients and one
+ * intermediate image) with ovs_malloc: OVS_ERR_NOMEM if that fails. */
 int ovs_resize_u8_pil_bicubic(uint8_t *out, const uint8_t *in, int64_t H, int64_t W,
                               int64_t in_row_stride, int64_t in_pixel_stride, int64_t P,
                               int64_t Q);
 
 /* out (3, P, Q) float = ((in[y0+i, x0+j, c] / 255) - mean[c]) / std[c] for a (P, Q) crop at
  * (y0, x0) of an (H, W, 3) uint8 image with the given strides. scale255 != 0 keeps 0..255 input
- * range (detectron2-style mean/std in pixel units). */
+ * range (detectron2-style mean/std in pixel units). Float32 operations in torchvision's order
+ * (ToTensor then Normalize), so results are identical to it; std must be non-zero. */
 int ovs_normalize_u8(float *out, const uint8_t *in, int64_t H, int64_t W, int64_t in_row_stride,
                      int64_t in_pixel_stride, int64_t y0, int64_t x0, int64_t P, int64_t Q,
                      const float mean[3], const float std[3], int scale255);
