@@ -135,3 +135,16 @@ def test_bad_token_ids_raise(name, load_model, reference, manifest):
             pytest.fail(f"{label} accepted")
     with pytest.raises(TypeError):
         model.encode_text(["a cat", 3])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_full_length_path_matches_end_token_truncation(name, load_model, reference):
+    """The naive path (all 77 positions, truncate=False) against open_clip, and against the
+    default path that stops at each chunk's last end-of-text token."""
+    ref = reference(f"{name}_text.npz")
+    model = load_model(name)
+    rows = slice(None) if name in TINY else slice(0, 8)
+    full = model.encode_tokens(ref["tokens"][rows], truncate=False)
+    assert_close(full, ref["embed"][rows], name=f"{name}/encode_tokens(truncate=False)")
+    short = model.encode_tokens(ref["tokens"][rows], truncate=True)
+    assert_close(short, full, name=f"{name}/truncated vs full length")
