@@ -7,7 +7,14 @@
 """
 from __future__ import annotations
 
-from . import _blas
+import os as _os
+
+# OpenMP threads sleep instead of spinning between parallel regions: on a machine whose cores
+# are shared with other processes, spinning threads made 2-thread runs many times slower than
+# 1-thread runs. Set before the extension (and its libgomp) loads; the caller's setting wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from . import _blas  # noqa: E402
 
 _blas.preload()
 

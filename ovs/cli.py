@@ -38,13 +38,31 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(p) as im:
             im = ImageOps.exif_transpose(im)
-            if im.mode in ("RGBA", "LA", "P"):
+            if im.mode.startswith("I") or im.mode == "F":
+                return _gray_to_rgb8(np.asarray(im), im.mode, p)
+            if im.mode in ("RGBA", "LA", "P", "PA"):
                 im = im.convert("RGBA")
                 bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(bg, im)
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except UnidentifiedImageError:
         raise ValueError(f"{p} is not an image file Pillow can read") from None
+
+
+def _gray_to_rgb8(a: np.ndarray, mode: str, path: Path) -> np.ndarray:
+    """uint8 RGB from a 16/32-bit integer or float grayscale image (Pillow's convert("RGB")
+    would clip such values to 255, saturating the image): 16-bit data (mode I;16*, or mode I
+    with values above 255) is scaled by 255/65535, float data in [0, 1] by 255."""
+    if mode == "F":
+        a = a.astype(np.float32)
+        if not np.isfinite(a).all():
+            raise ValueError(f"{path} holds NaN or infinite pixel values")
+        if a.size and a.min() >= 0 and a.max() <= 1:
+            a = a * 255
+    elif mode.startswith("I;16") or (a.size and a.max() > 255):
+        a = a.astype(np.float64) * (255 / 65535)
+    g = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    return np.repeat(g[:, :, None], 3, axis=2)
 
 
 def save_label_png(labels: np.ndarray, path: str | os.PathLike, n_classes: int) -> None:
@@ -104,14 +122,36 @@ def _parse_classes(text: str) -> list[str]:
     return names
 
 
+def _output_folder(arg: str, option: str, n_images: int) -> Path | None:
+    """The folder that receives <stem>_mask.png / <stem>_overlay.png files, or None when `arg`
+    names one output file. A folder is an existing directory or a path ending in a separator
+    (created); several images need one."""
+    if os.path.isdir(arg):
+        return Path(arg)
+    if arg.endswith(("/", os.sep)):
+        Path(arg).mkdir(parents=True, exist_ok=True)
+        return Path(arg)
+    if n_images > 1:
+        raise SystemExit(f"ovs: with several images, {option} must be a folder (an existing "
+                         f"one, or a path ending in '/' to create it), got {arg!r}")
+    return None
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     import ovs
 
     names = _parse_classes(args.classes)
     paths = args.images
-    if len(paths) > 1 and not os.path.isdir(args.out if args.out else ""):
-        if args.out and not args.out.endswith(os.sep):
-            raise SystemExit("ovs: with several images, --out must be an existing folder")
+    for path in paths:  # before loading the model: fail fast on a typo
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image file not found: {path}")
+    out_dir = _output_folder(args.out, "--out", len(paths))
+    overlay_dir = _output_folder(args.overlay, "--overlay", len(paths)) if args.overlay else None
+    stems = [Path(p).stem for p in paths]
+    if (out_dir or overlay_dir) and len(set(stems)) < len(stems):
+        dup = sorted({s for s in stems if stems.count(s) > 1})
+        raise SystemExit(f"ovs: several images are named {', '.join(dup)}: their outputs in the "
+                         "folder would overwrite each other; rename or run them separately")
     if args.threads is not None:
         ovs.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -132,11 +172,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
         labels = seg.segment(image, names)
         dt = time.perf_counter() - t1
         stem = Path(path).stem
-        out = Path(args.out) / f"{stem}_mask.png" if len(paths) > 1 else Path(args.out)
+        out = out_dir / f"{stem}_mask.png" if out_dir else Path(args.out)
         save_label_png(labels, out, len(names))
         msg = f"ovs: [{i + 1}/{len(paths)}] {path} {image.shape[1]}x{image.shape[0]} -> {out} ({dt:.2f}s)"
         if args.overlay:
-            ov = Path(args.overlay) if len(paths) == 1 else Path(args.overlay) / f"{stem}_overlay.png"
+            ov = overlay_dir / f"{stem}_overlay.png" if overlay_dir else Path(args.overlay)
             overlay(image, labels, names).save(ov)
             msg += f", overlay {ov}"
         print(msg, file=sys.stderr, flush=True)
@@ -157,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="RN50 | ViT-B-16 (downloaded once) | path to an open_clip .safetensors/.pt file (default: $OVS_MODEL or ViT-B-16)")
     s.add_argument("--method", choices=["maskclip", "sclip", "clearclip", "naclip"], default=None,
                    help="default: naclip for ViT, maskclip for RN50")
-    s.add_argument("--out", required=True, help="label PNG to write (a folder with several images)")
-    s.add_argument("--overlay", help="colour overlay PNG with a legend (a folder with several images)")
+    s.add_argument("--out", required=True, help="label PNG to write, or a folder (an existing one or "
+                   "a path ending in '/') for <name>_mask.png files; a folder with several images")
+    s.add_argument("--overlay", help="colour overlay PNG with a legend, or a folder as for --out")
     s.add_argument("--templates", default=None, help="imagenet80 | vild | simple | bare (default: the method's)")
     s.add_argument("--short-side", type=int, default=None, help="resize the shorter side (0 = keep)")
     s.add_argument("--window", default=None, help='"crop,stride" or "whole"')

@@ -43,11 +43,19 @@ def default_method(model: Model) -> str:
     return "naclip" if model.arch == "vit" else "maskclip"
 
 
+#: Longest processing side: the originals resize with mmseg's Resize(scale=(2048, short_side),
+#: keep_ratio=True), which also caps the long side. Only images more elongated than
+#: 2048 / short_side (about 6:1) are affected; without the cap a 3x200 strip would be
+#: processed at 336x22400.
+MAX_LONG_SIDE = 2048
+
+
 def processing_size(h: int, w: int, short_side: int | None) -> tuple[int, int]:
-    """(H', W') after resizing the shorter side to short_side (int(x * scale + 0.5))."""
+    """(H', W') after resizing the shorter side to short_side, the longer one to at most
+    max(2048, short_side) (mmcv's rescale_size: int(x * scale + 0.5))."""
     if not short_side:
         return h, w
-    scale = short_side / min(h, w)
+    scale = min(short_side / min(h, w), max(MAX_LONG_SIDE, short_side) / max(h, w))
     return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
 
@@ -71,7 +79,8 @@ class Segmenter:
     model: an ovs.Model (ViT for every method; ResNet for "maskclip").
     method: "maskclip" | "sclip" | "clearclip" | "naclip" (default: naclip for ViT, maskclip
         for ResNet).
-    short_side: resize so the shorter side has this length before windowing (None: keep).
+    short_side: resize so the shorter side has this length before windowing (None: keep);
+        the longer side is capped at max(2048, short_side), as in the original methods.
     window: (crop, stride) sliding window on the resized image, or None for the whole image.
     logit_scale: temperature of the softmax over classes (predict, bg_threshold).
     templates: "imagenet80" | "vild" | "simple" | "bare" | a list of "{}" templates.

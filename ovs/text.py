@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -71,8 +73,8 @@ def build_classifier(model: "Model", class_names: Sequence[str], templates="imag
                         cache[key] = v.astype(np.float32)
                         out[i] = cache[key]
                         continue
-                except (OSError, ValueError):
-                    pass  # unreadable cache entry: recompute and overwrite
+                except (OSError, ValueError, EOFError):
+                    pass  # unreadable (e.g. truncated) cache entry: recompute and overwrite
         missing.setdefault(name, []).append(i)
     if missing:
         prompts: list[str] = []
@@ -88,11 +90,26 @@ def build_classifier(model: "Model", class_names: Sequence[str], templates="imag
             cache[(tkey, name)] = v
             for i in missing[name]:
                 out[i] = v
-            if disk is not None:
-                d = disk / digest / tkey
-                d.mkdir(parents=True, exist_ok=True)
-                f = d / (hashlib.sha1(name.encode()).hexdigest() + ".npy")
-                tmp = f.with_suffix(f".{os.getpid()}.tmp.npy")
-                np.save(tmp, v)
-                os.replace(tmp, f)
+            if disk is not None and not _save_entry(disk / digest / tkey, name, v):
+                disk = None  # the disk cache is an optimisation: keep going without it
     return out
+
+
+def _save_entry(folder: Path, name: str, v: np.ndarray) -> bool:
+    """Write one cache entry atomically (unique temporary name per process and thread, then
+    rename); False, with a warning, if the folder cannot be written."""
+    f = folder / (hashlib.sha1(name.encode()).hexdigest() + ".npy")
+    tmp = f.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp.npy")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(tmp, v)
+        os.replace(tmp, f)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        warnings.warn(f"ovs: cannot write the text-embedding cache in {folder} ({exc}); "
+                      "continuing without it", RuntimeWarning, stacklevel=4)
+        return False
+    return True

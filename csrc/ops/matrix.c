@@ -80,13 +80,20 @@ static void sgemm_parallel(int trans_b, int64_t M, int64_t N, int64_t Kd, float 
         sgemm_block(trans_b, M, N, Kd, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    /* split the longer output side into chunks (multiples of 16) */
+    /* Split the longer output side into a few chunks per thread (multiples of 16, at least
+     * 64) handed out dynamically: a thread the OS deschedules on a busy machine then delays
+     * the call by one chunk, not by half of the work. */
     const int split_m = M >= N;
     const int64_t len = split_m ? M : N;
-    int64_t chunk = (len + threads - 1) / threads;
+    int64_t chunk = (len + 3 * threads - 1) / (3 * threads);
     chunk = (chunk + 15) / 16 * 16;
+    if (chunk < 64) chunk = 64;
     const int64_t nchunks = (len + chunk - 1) / chunk;
-#pragma omp parallel for schedule(static) num_threads(threads)
+    if (nchunks < 2) {
+        sgemm_block(trans_b, M, N, Kd, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
     for (int64_t c = 0; c < nchunks; c++) {
         const int64_t lo = c * chunk, n = lo + chunk < len ? chunk : len - lo;
         if (split_m)
