@@ -95,6 +95,9 @@ class Model:
                  name: str | None = None):
         if act not in _ACTS:
             raise ValueError(f"act must be one of {_ACTS}, got {act!r}")
+        if not isinstance(state_dict, Mapping):
+            raise TypeError("state_dict must be a mapping of open_clip names to arrays, got "
+                            f"{type(state_dict).__name__} (use ovs.load(path) for files)")
         self._sd: dict[str, np.ndarray] = {}
         for k, v in state_dict.items():
             if str(k).endswith("attn_mask"):

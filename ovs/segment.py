@@ -119,14 +119,19 @@ class Segmenter:
         self.output_size = output_size
         self.progress = progress
         if self.short_side is not None and (not isinstance(self.short_side, (int, np.integer))
+                                            or isinstance(self.short_side, bool)
                                             or self.short_side < 1):
             raise ValueError(f"short_side must be a positive int or None, got {self.short_side!r}")
         crop = stride = 0
         if self.window is not None:
             try:
-                crop, stride = (int(v) for v in self.window)
+                crop, stride = self.window
+                if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                           for v in (crop, stride)):
+                    raise TypeError
+                crop, stride = int(crop), int(stride)
             except (TypeError, ValueError):
-                raise ValueError(f"window must be (crop, stride) or None, got {self.window!r}") from None
+                raise ValueError(f"window must be (crop, stride) ints or None, got {self.window!r}") from None
             if crop < 1 or not 1 <= stride <= crop:
                 raise ValueError(f"window needs crop >= 1 and 1 <= stride <= crop, got {self.window!r}")
             self.window = (crop, stride)

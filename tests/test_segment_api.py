@@ -386,3 +386,14 @@ def test_set_weight_updates_segmenter(fixtures_dir):
     ref = ovs.Segmenter(ref_model, method="naclip", short_side=None, window=None).logits(image, NAMES)
     assert np.abs(after_text - after).max() > 1e-3, "the segmenter still uses the old text weights"
     np.testing.assert_allclose(after_text, ref, rtol=0, atol=1e-6)
+
+
+def test_setting_types_are_checked(load_model):
+    model = load_model("vit_tiny")
+    for bad in [dict(short_side=True), dict(short_side=3.5), dict(window=(32.7, 16)),
+                dict(window=(32, True)), dict(window="32,16")]:
+        with pytest.raises(ValueError):
+            ovs.Segmenter(model, method="naclip", **bad)
+            pytest.fail(f"{bad} accepted")
+    with pytest.raises(TypeError):
+        ovs.Model([1, 2])
