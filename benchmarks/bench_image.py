@@ -1,0 +1,337 @@
+"""Image towers: ovs vs open_clip on the same weights, batch 1, plus the conv GFLOP/s.
+
+    python benchmarks/bench_image.py [--threads 2] [--repeat 7] [--out FILE] [--cases ...]
+
+Groups (each in a fresh pair of workers, see _harness.py):
+  rn50_224    RN50 encode_image at 224^2 (ours: model.encode_image(x, preprocess=False); peer:
+              open_clip model.encode_image(x) under torch.no_grad()), and the trunk alone
+              (stem + layer1..4: ours model._visual.forward(x, features=True, embed=False)).
+  rn50_448    the same at 448^2 on a 448 model: the peer resizes the attention pool's positional
+              embedding (7x7 -> 14x14, bicubic, class position kept), builds open_clip's RN50 with
+              force_image_size=448, loads it strictly and writes the state dict to a temporary
+              safetensors file that ours then loads: both sides hold identical weights.
+  vitb16_224  ViT-B/16 encode_image at 224^2.
+  kernels     every conv layer of RN50 at 224^2 and at 448^2 (shapes from resnet_conv_layers,
+              checked against the weight file), random BN-folded weights + bias + ReLU, timed
+              layer by layer (ours _core.op_conv2d, peer torch conv2d + relu_), and a
+              2048x2048x2048 sgemm (ours _core.op_linear = our OpenBLAS, peer torch F.linear =
+              MKL), in the same workers and the same interleaved run. Reported: conv GFLOP/s and
+              its % of the sgemm rate of the same side.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import _harness as H
+
+RN50_LAYERS = (3, 4, 6, 3)
+RN50_WIDTH = 64
+SGEMM_N = 2048
+SEED = 1234
+
+
+# ---------------------------------------------------------------------------- FLOP counting
+def resnet_conv_layers(layers=RN50_LAYERS, width: int = RN50_WIDTH, image_size: int = 224) -> list[dict]:
+    """Every conv of open_clip's ModifiedResNet (3-conv stem, anti-aliased bottlenecks: the
+    stride is an AvgPool after conv2 / before the downsample conv) for an image_size^2 input.
+    Each entry: name (open_clip module path below "visual."), C, K, R, S, stride, pad, groups,
+    input H, W, output P, Q, flops = 2*K*(C/groups)*R*S*P*Q (batch 1)."""
+    convs: list[dict] = []
+
+    def add(name, c, k, r, stride, pad, h, w):
+        p, q = (h + 2 * pad - r) // stride + 1, (w + 2 * pad - r) // stride + 1
+        convs.append(dict(name=name, C=c, K=k, R=r, S=r, stride=stride, pad=pad, groups=1,
+                          H=h, W=w, P=p, Q=q, flops=2 * k * c * r * r * p * q))
+        return p, q
+
+    h = w = image_size
+    h, w = add("conv1", 3, width // 2, 3, 2, 1, h, w)
+    add("conv2", width // 2, width // 2, 3, 1, 1, h, w)
+    add("conv3", width // 2, width, 3, 1, 1, h, w)
+    h, w = h // 2, w // 2  # stem AvgPool2d(2)
+    inplanes = width
+    for li, (blocks, stride) in enumerate(zip(layers, (1, 2, 2, 2)), start=1):
+        planes = width * 2 ** (li - 1)
+        for b in range(blocks):
+            s = stride if b == 0 else 1
+            pre = f"layer{li}.{b}."
+            add(pre + "conv1", inplanes, planes, 1, 1, 0, h, w)
+            add(pre + "conv2", planes, planes, 3, 1, 1, h, w)
+            ho, wo = h // s, w // s  # AvgPool2d(s)
+            add(pre + "conv3", planes, planes * 4, 1, 1, 0, ho, wo)
+            if s > 1 or inplanes != planes * 4:
+                add(pre + "downsample.0", inplanes, planes * 4, 1, 1, 0, ho, wo)
+            inplanes, h, w = planes * 4, ho, wo
+    return convs
+
+
+def check_conv_layers(convs: list[dict], state_dict) -> None:
+    """The conv list must name exactly the 4-d conv weights of the file's trunk, same shapes."""
+    trunk = {k[len("visual."):-len(".weight")]: tuple(v.shape) for k, v in state_dict.items()
+             if k.startswith("visual.") and k.endswith(".weight") and len(v.shape) == 4
+             and not k.startswith("visual.attnpool")}
+    mine = {c["name"]: (c["K"], c["C"], c["R"], c["S"]) for c in convs}
+    if mine != trunk:
+        diff = sorted(set(mine.items()) ^ set(trunk.items()))
+        raise RuntimeError(f"conv layer list does not match the weight file: {diff[:6]}")
+
+
+def folded_conv_weights(convs: list[dict], seed: int = SEED) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Random He-initialised conv weights with a random BatchNorm folded in: (w', b') per conv,
+    identical on both sides (numpy only)."""
+    out = []
+    for i, c in enumerate(convs):
+        rng = np.random.default_rng(seed + i)
+        fan_in = c["C"] * c["R"] * c["S"]
+        w = rng.standard_normal((c["K"], c["C"], c["R"], c["S"]), dtype=np.float32) * math.sqrt(2.0 / fan_in)
+        gamma = rng.uniform(0.5, 1.5, c["K"]).astype(np.float32)
+        beta = rng.normal(0, 0.1, c["K"]).astype(np.float32)
+        mean = rng.normal(0, 0.1, c["K"]).astype(np.float32)
+        var = rng.uniform(0.5, 1.5, c["K"]).astype(np.float32)
+        scale = gamma / np.sqrt(var + 1e-5)
+        out.append((np.ascontiguousarray(w * scale[:, None, None, None]),
+                    (beta - mean * scale).astype(np.float32)))
+    return out
+
+
+def conv_inputs(convs: list[dict], seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((1, c["C"], c["H"], c["W"]), dtype=np.float32) for c in convs]
+
+
+def image_input(size: int, seed: int = SEED) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((1, 3, size, size), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------- worker side
+def _open_clip_model(name: str, path: str, image_size: int | None = None):
+    import open_clip
+    from safetensors.torch import load_file
+
+    kw = {"force_image_size": image_size} if image_size else {}
+    model = open_clip.create_model(H.OPEN_CLIP_NAMES[name], pretrained=None, **kw)
+    model.load_state_dict(load_file(path), strict=True)
+    return model.eval()
+
+
+def _rn50_448_weights(path: str, out_dir: str):
+    """Peer: the 224 RN50 state dict with the attnpool positional embedding resized to 14x14;
+    returns (open_clip model at 448, path of the written safetensors)."""
+    import torch
+    import torch.nn.functional as F
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(path)
+    key = "visual.attnpool.positional_embedding"
+    pos = sd[key]  # (1 + g*g, width)
+    g = int(round(math.sqrt(pos.shape[0] - 1)))
+    n = 448 // 32
+    grid = pos[1:].reshape(1, g, g, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(n, n), mode="bicubic", align_corners=False)
+    sd[key] = torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(n * n, -1)]).contiguous()
+    out = str(Path(out_dir) / "rn50_448.safetensors")
+    save_file(sd, out)
+    return _open_clip_model("rn50", out, image_size=448), out
+
+
+def setup(side: str, group: str, params: dict):
+    if group in ("rn50_224", "rn50_448", "vitb16_224"):
+        return _setup_tower(side, group, params)
+    if group == "kernels":
+        return _setup_kernels(side, params)
+    raise ValueError(f"unknown group {group!r}")
+
+
+def _setup_tower(side: str, group: str, params: dict):
+    name, size = group.split("_")
+    size = int(size)
+    x = image_input(size)
+    info = {}
+    if side == "ours":
+        import ovs
+
+        path = params["peer_info"]["weights"] if size == 448 else params["weights"][name]
+        model = ovs.load(path, progress=False)
+        if model.image_size != size:
+            raise RuntimeError(f"{path}: image size {model.image_size}, expected {size}")
+        cases = {group: H.Case(lambda: model.encode_image(x, preprocess=False))}
+        if name == "rn50":
+            vis = model._visual
+            cases[group + "_trunk"] = H.Case(lambda: vis.forward(x, features=True, embed=False)["res5"])
+        return cases
+    import torch
+
+    if size == 448:
+        model, path = _rn50_448_weights(params["weights"][name], params["tmpdir"])
+        info["weights"] = path
+    else:
+        model = _open_clip_model(name, params["weights"][name])
+    xt = torch.from_numpy(x)
+
+    def encode():
+        with torch.no_grad():
+            return model.encode_image(xt)
+
+    cases = {group: H.Case(encode)}
+    if name == "rn50":
+        visual = model.visual
+
+        def trunk():
+            with torch.no_grad():
+                t = visual.stem(xt)
+                for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
+                    t = layer(t)
+                return t
+        cases[group + "_trunk"] = H.Case(trunk)
+    return cases, info
+
+
+def _setup_kernels(side: str, params: dict):
+    sizes = params["conv_sizes"]
+    convs = resnet_conv_layers(image_size=sizes[0])
+    weights = folded_conv_weights(convs)
+    rng = np.random.default_rng(SEED + 99)
+    a = rng.standard_normal((SGEMM_N, SGEMM_N), dtype=np.float32)
+    b = rng.standard_normal((SGEMM_N, SGEMM_N), dtype=np.float32)
+    per_size = {s: (resnet_conv_layers(image_size=s), conv_inputs(resnet_conv_layers(image_size=s), SEED + s))
+                for s in sizes}
+    cases = {}
+    if side == "ours":
+        from ovs import _core
+        from ovs.weights import load_state_dict
+
+        check_conv_layers(convs, load_state_dict(params["weights"]["rn50"]))
+        for s, (cl, xs) in per_size.items():
+            def run(cl=cl, xs=xs):
+                parts = []
+                y = None
+                for c, x, (w, bias) in zip(cl, xs, weights):
+                    t0 = time.perf_counter()
+                    y = _core.op_conv2d(x, w, bias, stride=c["stride"], padding=c["pad"], act="relu")
+                    parts.append(time.perf_counter() - t0)
+                return H.Parts(y, parts)
+            cases[f"conv_rn50_{s}"] = H.Case(run)
+        cases["sgemm_2048"] = H.Case(lambda: _core.op_linear(a, b))
+        return cases
+    import torch
+    import torch.nn.functional as F
+
+    tw = [(torch.from_numpy(w), torch.from_numpy(bias)) for w, bias in weights]
+    for s, (cl, xs) in per_size.items():
+        txs = [torch.from_numpy(x) for x in xs]
+
+        def run(cl=cl, txs=txs):
+            parts = []
+            y = None
+            with torch.no_grad():
+                for c, x, (w, bias) in zip(cl, txs, tw):
+                    t0 = time.perf_counter()
+                    y = torch.relu_(F.conv2d(x, w, bias, stride=c["stride"], padding=c["pad"]))
+                    parts.append(time.perf_counter() - t0)
+            return H.Parts(y, parts)
+        cases[f"conv_rn50_{s}"] = H.Case(run)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+
+    def sgemm():
+        with torch.no_grad():
+            return F.linear(ta, tb)
+    cases["sgemm_2048"] = H.Case(sgemm)
+    return cases
+
+
+# ---------------------------------------------------------------------------- parent side
+def build_groups(weights: dict, tmpdir: str, conv_sizes=(224, 448)) -> list[H.Group]:
+    rn = {s: resnet_conv_layers(image_size=s) for s in conv_sizes}
+    conv_meta = {f"conv_rn50_{s}": {"flops": sum(c["flops"] for c in rn[s]), "image_size": s,
+                                    "layers": rn[s]} for s in conv_sizes}
+    conv_meta["sgemm_2048"] = {"flops": 2 * SGEMM_N ** 3, "shape": [SGEMM_N] * 3}
+    trunk_flops = {s: sum(c["flops"] for c in resnet_conv_layers(image_size=s)) for s in (224, 448)}
+    p = {"weights": weights, "tmpdir": tmpdir}
+    return [
+        H.Group("rn50_224", p, repeated=["rn50_224", "rn50_224_trunk"],
+                meta={"rn50_224": {"batch": 1, "image_size": 224},
+                      "rn50_224_trunk": {"batch": 1, "image_size": 224, "conv_flops": trunk_flops[224]}}),
+        H.Group("rn50_448", p, repeated=["rn50_448", "rn50_448_trunk"], peer_first=True,
+                meta={"rn50_448": {"batch": 1, "image_size": 448},
+                      "rn50_448_trunk": {"batch": 1, "image_size": 448, "conv_flops": trunk_flops[448]}}),
+        H.Group("vitb16_224", p, repeated=["vitb16_224"], meta={"vitb16_224": {"batch": 1, "image_size": 224}}),
+        H.Group("kernels", dict(p, conv_sizes=list(conv_sizes)),
+                repeated=[f"conv_rn50_{s}" for s in conv_sizes] + ["sgemm_2048"], meta=conv_meta),
+    ]
+
+
+def derive(cases: list[dict]) -> dict:
+    """GFLOP/s of the conv lists, the trunks and sgemm; conv % of the same side's sgemm rate."""
+    by = {c["case"]: c for c in cases}
+    out: dict = {}
+    sg = by.get("sgemm_2048")
+    if sg:
+        out["sgemm_gflops"] = {s: sg["flops"] / sg[s]["median_s"] / 1e9 for s in H.SIDES}
+    for name, c in by.items():
+        if name.startswith("conv_rn50_"):
+            d = {s: c["flops"] / c[s]["median_s"] / 1e9 for s in H.SIDES}
+            if sg:
+                d["ours_pct_of_ours_sgemm"] = 100 * d["ours"] / out["sgemm_gflops"]["ours"]
+                d["peer_pct_of_peer_sgemm"] = 100 * d["peer"] / out["sgemm_gflops"]["peer"]
+                d["target_pct"] = 70
+            layers = []
+            for i, layer in enumerate(c["layers"]):
+                to, tp = c["ours"]["parts_median_s"][i], c["peer"]["parts_median_s"][i]
+                layers.append({"name": layer["name"], "shape": f"{layer['C']}->{layer['K']} "
+                               f"{layer['R']}x{layer['S']}/{layer['stride']} @{layer['H']}x{layer['W']}",
+                               "gflops_ours": layer["flops"] / to / 1e9,
+                               "gflops_peer": layer["flops"] / tp / 1e9, "ratio": to / tp})
+            d["layers"] = layers
+            out[name + "_gflops"] = d
+        if name.endswith("_trunk"):
+            out[name + "_conv_gflops"] = {s: c["conv_flops"] / c[s]["median_s"] / 1e9 for s in H.SIDES}
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    H.common_args(ap)
+    args = ap.parse_args(argv)
+    weights = H.resolve_weights(args.weights, ["rn50", "vitb16"])
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ovs-bench-image-") as tmp:
+        groups = H.select_groups(build_groups(weights, tmp), args.cases)
+        res = H.run_groups(Path(__file__).resolve(), groups, threads=args.threads,
+                           repeat=args.repeat, warmup=args.warmup, env=H.worker_env(args))
+    derived = derive(res["cases"])
+    report = {"script": "bench_image", "machine": H.machine_info(args.threads, res["workers"], H.worker_env(args)),
+              "settings": {"repeat": args.repeat, "warmup": args.warmup, "threads": args.threads,
+                           "weights": weights, "order": "ABAB (ours then peer, per case)",
+                           "wall_s": time.perf_counter() - t0},
+              "workers": res["workers"], "cases": res["cases"], "derived": derived}
+    path = H.write_json(report, args.out, "bench_image")
+    print()
+    print(H.fmt_table(H.case_rows(res["cases"]), H.CASE_HEADER))
+    rows = []
+    if "sgemm_gflops" in derived:
+        rows.append(["sgemm 2048^3", f"{derived['sgemm_gflops']['ours']:.1f}",
+                     f"{derived['sgemm_gflops']['peer']:.1f}", "100", "100"])
+    for k, d in derived.items():
+        if k.startswith("conv_rn50_"):
+            rows.append([k[:-len("_gflops")] + " (all convs)", f"{d['ours']:.1f}", f"{d['peer']:.1f}",
+                         f"{d.get('ours_pct_of_ours_sgemm', float('nan')):.0f}",
+                         f"{d.get('peer_pct_of_peer_sgemm', float('nan')):.0f}"])
+        elif k.endswith("_trunk_conv_gflops"):
+            rows.append([k[:-len("_conv_gflops")] + " (conv FLOPs / trunk time)", f"{d['ours']:.1f}",
+                         f"{d['peer']:.1f}", "", ""])
+    if rows:
+        print()
+        print(H.fmt_table(rows, ["GFLOP/s", "ours", "peer", "ours % sgemm", "peer % sgemm"]))
+    print(f"\nwrote {path}  ({time.perf_counter() - t0:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

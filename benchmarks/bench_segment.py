@@ -1,0 +1,179 @@
+"""Segmentation: ovs.Segmenter vs the PyTorch reference (tests/reference/seg_reference.py) on the
+same weights, one 512x512 image, the 150 ADE20K class names.
+
+    python benchmarks/bench_segment.py [--threads 2] [--repeat 7] [--cold none|all|GROUP,...]
+
+Image: ovs/data/example_cat.jpg resized to 512x512 (Pillow bicubic). Classes: the first synonym
+of each ADE20K-150 class. Each method runs with its defaults (ovs.segment.DEFAULTS: short side,
+window, logit scale, templates; NACLIP sigma 5), one group (a fresh worker pair) per method:
+maskclip_rn50, maskclip_vitb16, sclip_vitb16, clearclip_vitb16, naclip_vitb16.
+
+(a) image side, "<group>": the logits call with the text classifier already computed, timed
+    --repeat times, interleaved. ours: seg.logits(image, classes) (classifier cached in the
+    model); peer: seg_reference.reference_logits(model, image, classifier, method, short_side,
+    window, dtype=torch.float32) with the classifier precomputed. Both return (150, 512, 512)
+    float32 cosine logits. Targets: ours <= 0.8x the time and <= 0.5x the peak RSS.
+(b) cold call, "<group>_cold" (groups named by --cold): the first call of a fresh model, text
+    classifier included, with the method's templates (imagenet80: 150 x 80 = 12,000 prompts),
+    run once per side before (a). ours: seg.logits(image, classes) on an empty text cache; peer:
+    seg_reference.text_classifier(model, classes, templates, torch.float32) + reference_logits.
+    The classifier it builds is then the one (a) uses. In groups without a cold call, (a) uses a
+    classifier built untimed at setup with templates "simple" (the image side does not depend
+    on which templates built the (C, D) classifier); the JSON records which ("classifier").
+A cold call costs minutes (2 x 12,000 prompts through a text tower, ~2-5 min per group on 2
+cores), so the default run has none (about 5 minutes in all); --cold naclip_vitb16 adds the
+package's default method, --cold all every group.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import _harness as H
+
+IMAGE_SIZE = 512
+GROUPS = {  # group -> (model, method)
+    "maskclip_rn50": ("rn50", "maskclip"),
+    "maskclip_vitb16": ("vitb16", "maskclip"),
+    "sclip_vitb16": ("vitb16", "sclip"),
+    "clearclip_vitb16": ("vitb16", "clearclip"),
+    "naclip_vitb16": ("vitb16", "naclip"),
+}
+DEFAULT_COLD = "none"
+
+
+def make_image(path: Path) -> Path:
+    """The example photo resized to IMAGE_SIZE^2, saved as .npy for both sides."""
+    from PIL import Image
+
+    src = H.REPO_ROOT / "ovs" / "data" / "example_cat.jpg"
+    with Image.open(src) as im:
+        img = np.asarray(im.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC))
+    np.save(path, np.ascontiguousarray(img, dtype=np.uint8))
+    return path
+
+
+def class_names() -> list[str]:
+    from ovs.classnames import load_classnames
+
+    return [syn[0] for syn in load_classnames("ade20k_150")]
+
+
+# ---------------------------------------------------------------------------- worker side
+def setup(side: str, group: str, params: dict):
+    name, method = GROUPS[group]
+    path = params["weights"][name]
+    image = np.load(params["image"])
+    names = params["classes"]
+    d = params["settings"]
+    cold = params["cold"]
+    window = tuple(d["window"]) if d["window"] else None
+    if side == "ours":
+        import ovs
+
+        model = ovs.load(path, progress=False)
+        seg = ovs.Segmenter(model, method)  # the method's defaults
+        if (seg.short_side, seg.window, seg.templates) != (d["short_side"], window, d["templates"]):
+            raise RuntimeError(f"Segmenter defaults {seg!r} differ from {d}")
+        cases = {}
+        if cold:
+            cases[group + "_cold"] = H.Case(lambda: seg.logits(image, names))
+            run_seg = seg
+        else:
+            run_seg = ovs.Segmenter(model, method, templates="simple")
+            run_seg.classifier(names)  # cached in the model: not timed
+        cases[group] = H.Case(lambda: run_seg.logits(image, names))
+        return cases
+    import torch
+
+    sys.path.insert(0, str(H.REPO_ROOT / "tests" / "reference"))
+    import seg_reference as R
+    from bench_image import _open_clip_model
+
+    model = _open_clip_model(name, path)
+    state: dict = {}
+
+    def logits():
+        return R.reference_logits(model, image, state["cls"], method, d["short_side"], window,
+                                  dtype=torch.float32)
+
+    def cold_call():
+        state["cls"] = R.text_classifier(model, names, d["templates"], torch.float32)
+        return logits()
+
+    cases = {}
+    if cold:
+        cases[group + "_cold"] = H.Case(cold_call)
+    else:
+        # templates "simple", single-synonym names: one prompt per class, so the reference
+        # classifier is the L2-normalised embedding; encoded in one batch (seg_reference's
+        # per-class loop gives the same rows, only slower).
+        import open_clip
+
+        tmpl = R.template_set("simple")[0]
+        emb = R._encode_text(model, open_clip.tokenize([tmpl.format(n) for n in names]), torch.float32)
+        state["cls"] = emb / emb.norm(dim=-1, keepdim=True)
+    cases[group] = H.Case(logits)
+    return cases
+
+
+# ---------------------------------------------------------------------------- parent side
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    H.common_args(ap)
+    ap.add_argument("--cold", default=DEFAULT_COLD,
+                    help=f"groups that also get the cold call (b): comma list, 'all' or 'none' "
+                         f"(default {DEFAULT_COLD})")
+    args = ap.parse_args(argv)
+    from ovs.segment import DEFAULTS
+
+    cold = set(GROUPS) if args.cold == "all" else set() if args.cold == "none" else \
+        {c.strip() for c in args.cold.split(",") if c.strip()}
+    if cold - set(GROUPS):
+        raise SystemExit(f"--cold: unknown {sorted(cold - set(GROUPS))}; valid: {', '.join(GROUPS)}, all, none")
+    names = class_names()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ovs-bench-seg-") as tmp:
+        image = make_image(Path(tmp) / "image.npy")
+        groups = []
+        for g, (model, method) in GROUPS.items():
+            d = {k: v for k, v in DEFAULTS[method].items()}
+            d["window"] = list(d["window"]) if d["window"] else None
+            cls_tmpl = d["templates"] if g in cold else "simple"
+            meta = {"model": model, "method": method, "settings": d, "image": [IMAGE_SIZE, IMAGE_SIZE],
+                    "classes": len(names)}
+            groups.append(H.Group(
+                g, {"weights": None, "image": str(image), "classes": names, "settings": d,
+                    "cold": g in cold},
+                repeated=[g], once=[g + "_cold"] if g in cold else [],
+                meta={g: dict(meta, part="image side (classifier cached)", classifier=cls_tmpl,
+                              target_ratio=0.8, target_peak_rss_ratio=0.5),
+                      g + "_cold": dict(meta, part="cold call incl. text classifier",
+                                        classifier=d["templates"])}))
+        groups = H.select_groups(groups, args.cases)
+        weights = H.resolve_weights(args.weights, sorted({GROUPS[g.name][0] for g in groups}))
+        for g in groups:
+            g.params["weights"] = weights
+        res = H.run_groups(Path(__file__).resolve(), groups, threads=args.threads,
+                           repeat=args.repeat, warmup=args.warmup, env=H.worker_env(args))
+    report = {"script": "bench_segment", "machine": H.machine_info(args.threads, res["workers"], H.worker_env(args)),
+              "settings": {"repeat": args.repeat, "warmup": args.warmup, "threads": args.threads,
+                           "weights": weights, "image": "ovs/data/example_cat.jpg resized to 512x512",
+                           "classes": "ade20k_150 first synonyms", "cold": sorted(cold),
+                           "order": "ABAB", "wall_s": time.perf_counter() - t0},
+              "workers": res["workers"], "cases": res["cases"]}
+    path = H.write_json(report, args.out, "bench_segment")
+    print()
+    print(H.fmt_table(H.case_rows(res["cases"]), H.CASE_HEADER))
+    print("targets (a): time ratio <= 0.8, peak RSS ratio <= 0.5")
+    print(f"\nwrote {path}  ({time.perf_counter() - t0:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
