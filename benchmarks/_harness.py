@@ -434,8 +434,9 @@ def _case_report(g: Group, case: str, rec: dict, setup: dict) -> dict:
         # when the machine was busy (or the call is serial).
         s["cpu_per_wall"] = statistics.median(r["cpu_s"] / max(r["time_s"], 1e-9) for r in runs)
         if all(r["others_cpu_s"] is not None for r in runs):
-            # cores' worth of CPU other processes took meanwhile: 0 = quiet machine
-            s["others_cores"] = statistics.median(r["others_cpu_s"] / max(r["time_s"], 1e-9) for r in runs)
+            # cores' worth of CPU other processes took meanwhile, over all runs: 0 = quiet.
+            # /proc/stat counts clock ticks, so calls much shorter than a second read noisily.
+            s["others_cores"] = sum(r["others_cpu_s"] for r in runs) / max(sum(times), 1e-9)
         s.update(rss_import_mb=_mb(setup[side]["rss_import_kb"]), rss_base_mb=_mb(base),
                  maxrss_setup_mb=_mb(setup[side]["maxrss_setup_kb"]), peak_rss_mb=_mb(peak),
                  delta_rss_mb=_mb(peak - base), setup_s=setup[side]["setup_s"],

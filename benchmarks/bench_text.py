@@ -8,7 +8,7 @@ trimmed from 1,050 to exactly 1,000.
 
 Per tower (--towers: RN50's and/or ViT-B/16's text transformer, each group in a fresh pair of
 workers; the two have the same architecture, 12 layers of width 512, so the default runs only
-ViT-B/16's to keep the run near 5 minutes: the peer needs ~30-80 s per 1,000 prompts here):
+ViT-B/16's to keep the run near 5 minutes: the peer needs ~60-110 s per 1,000 prompts here):
   ours  model.encode_text(prompts): ovs's tokenizer + tower (length-sorted chunks of 256 rows,
         each run only up to its longest end-of-text token);
   peer  open_clip.get_tokenizer(name)(prompts) + model.encode_text(ids) under torch.no_grad(),
