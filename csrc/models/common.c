@@ -29,7 +29,10 @@ int ovs_bind_transposed(float **out, int64_t *rows, int64_t *cols, const ovs_ten
     int rc = ovs_tensor_map_get(&t, w, name, 2, shape);
     if (rc) return rc;
     int64_t R = t->shape[0], C = t->shape[1];
-    float *d = ovs_malloc((size_t)R * (size_t)C * sizeof(float) + 1);
+    size_t n;
+    if (ovs_mul3_size(&n, (size_t)R, (size_t)C, sizeof(float)))
+        return ovs_set_error(OVS_ERR_OVERFLOW, "weight '%s' is too large to transpose", name);
+    float *d = ovs_malloc(n);
     if (!d) return OVS_ERR_NOMEM;
     for (int64_t r = 0; r < R; r++)
         for (int64_t c = 0; c < C; c++) d[c * R + r] = t->data[r * C + c];

@@ -75,8 +75,7 @@ static ovs_act parse_act(const char *s, int *ok) {
     if (!strcmp(s, "gelu")) return OVS_ACT_GELU;
     if (!strcmp(s, "relu")) return OVS_ACT_RELU;
     *ok = 0;
-    PyErr_Format(PyExc_ValueError, "act must be 'quickgelu', 'gelu' or 'relu', got %R",
-                 PyUnicode_FromString(s));
+    PyErr_Format(PyExc_ValueError, "act must be 'quickgelu', 'gelu' or 'relu', got '%s'", s);
     return OVS_ACT_NONE;
 }
 
