@@ -263,9 +263,13 @@ class Model:
         return self._text
 
     def encode_tokens(self, ids, *, truncate: bool = True, batch_size: int = 256) -> np.ndarray:
-        """Text embeddings (N, embed_dim) of token ids (N, context), not normalised. Rows are
-        processed in length-sorted chunks of batch_size, each only up to its longest
-        end-of-text position (identical to full-length computation)."""
+        """Text embeddings (N, embed_dim) of token ids (N, context), not normalised.
+
+        With truncate (the default), rows are grouped by their end-of-text position and each
+        group runs in chunks of batch_size only up to that position (identical to full-length
+        computation: attention is causal). A row is therefore always computed at its own
+        length, whatever else is in the call, so its embedding does not depend on the batch it
+        came with (the GEMM kernels give each row the same arithmetic at any batch size)."""
         text = self._need_text()
         ids = np.asarray(ids)
         if ids.dtype.kind not in "iu":
@@ -286,10 +290,13 @@ class Model:
         out = np.empty((ids.shape[0], self.embed_dim_text), np.float32)
         if ids.shape[0] == 0:
             return out
-        order = np.argsort(ids.argmax(axis=1), kind="stable")
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            out[rows] = text.forward(np.ascontiguousarray(ids[rows]), truncate)
+        eot = ids.argmax(axis=1)
+        order = np.argsort(eot, kind="stable")
+        bounds = np.flatnonzero(np.diff(eot[order])) + 1 if truncate else np.empty(0, np.intp)
+        for group in np.split(order, bounds):
+            for start in range(0, len(group), batch_size):
+                rows = group[start:start + batch_size]
+                out[rows] = text.forward(np.ascontiguousarray(ids[rows]), truncate)
         return out
 
     @property

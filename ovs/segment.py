@@ -73,6 +73,27 @@ def as_rgb_uint8(image, what: str = "image") -> np.ndarray:
     return as_uint8_image(image, what)
 
 
+def _distinct_classes(class_names) -> tuple[list[str], np.ndarray | None]:
+    """The classes to score once each, and the row of each given class among them (None when
+    all are distinct). Two entries with the same synonyms after splitting and stripping ("cat",
+    " cat") are one class: they are encoded and scored once and their rows copied, so duplicate
+    classes get bit-identical scores whatever the GEMM blocking does with row positions."""
+    from .classnames import split_synonyms
+    from .text import _check_class_names
+
+    names = _check_class_names(class_names)
+    first: dict[tuple[str, ...], int] = {}
+    distinct: list[str] = []
+    rows = np.empty(len(names), np.intp)
+    for i, name in enumerate(names):
+        key = tuple(split_synonyms(name))
+        if key not in first:
+            first[key] = len(distinct)
+            distinct.append(name)
+        rows[i] = first[key]
+    return distinct, (None if len(distinct) == len(names) else rows)
+
+
 class Segmenter:
     """Segment images with class names invented at call time.
 
@@ -185,11 +206,15 @@ class Segmenter:
         if batch and not items:
             raise ValueError("the image batch is empty")
         imgs = [as_rgb_uint8(im, f"images[{i}]" if batch else "image") for i, im in enumerate(items)]
-        cls = self.classifier(class_names)
+        distinct, rows = _distinct_classes(class_names)
+        cls = self.classifier(distinct)
         out = []
         t0 = time.perf_counter()
         for i, im in enumerate(imgs):
-            out.append(finish(im, self._lowres(im, cls)))
+            lr = self._lowres(im, cls)
+            if rows is not None:  # duplicate classes: copies of one scored row, identical by construction
+                lr = lr[rows]
+            out.append(finish(im, lr))
             if self.progress:
                 print(f"\rovs: segmented {i + 1}/{len(imgs)} image(s) "
                       f"({im.shape[1]}x{im.shape[0]}) in {time.perf_counter() - t0:.1f}s",

@@ -384,9 +384,39 @@ def test_no_reference_leaks():
 
 
 def test_unicode_tables_are_current():
+    """The committed tables equal what the recorded regex release (pinned by the test extra)
+    produces. A new regex on PyPI cannot change this: the script refuses another version."""
     script = os.path.join(ROOT, "scripts", "gen_unicode_tables.py")
     res = subprocess.run([sys.executable, script, "--check"], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def _table_runs():
+    """The (lo, hi) runs of the three tables in csrc/text/unicode_tables.h."""
+    import re
+
+    with open(os.path.join(ROOT, "csrc", "text", "unicode_tables.h"), encoding="utf-8") as f:
+        text = f.read()
+    runs = {}
+    for name in ("ovs_letter_ranges", "ovs_number_ranges", "ovs_skip_ranges"):
+        body = text.split(name, 1)[1].split("};", 1)[0]
+        runs[name] = [(int(a, 16), int(b, 16)) for a, b in re.findall(r"\{0x([0-9A-F]+), 0x([0-9A-F]+)\}", body)]
+    return runs
+
+
+def test_every_table_run_tokenizes_like_open_clip():
+    """One code point from each end of every run of every class (and the code point after it,
+    which belongs to another class), inside letters, digits and punctuation, tokenised by ovs and
+    by open_clip with the installed regex: the tables must agree with regex on every boundary."""
+    cps = set()
+    for runs in _table_runs().values():
+        for lo, hi in runs:
+            cps.update((lo, hi, hi + 1, max(lo - 1, 0)))
+    chars = [chr(c) for c in sorted(cps) if c < 0x110000 and not 0xD800 <= c < 0xE000 and c > 0x20]
+    texts = [f"a{ch}b {ch}{ch}7 x{ch}'s" for ch in chars]
+    ref = open_clip.tokenize(texts).numpy()
+    got = ovs.tokenize(texts)
+    assert np.array_equal(ref, got), _describe_mismatches(texts, ref, got)
 
 
 # ---------------------------------------------------------------- templates
