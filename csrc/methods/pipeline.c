@@ -3,6 +3,7 @@
 #include "methods/internal.h"
 #include "core/blas.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -155,7 +156,8 @@ static int check_up(int64_t C, int64_t h, int64_t w, int64_t H, int64_t W, float
     return OVS_OK;
 }
 
-int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w,
+/* The plain label stage: every class at every pixel. The naive twin of ovs_seg_labels. */
+int ovs_seg_labels_naive(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w,
                    int64_t H, int64_t W, float logit_scale, float bg_threshold, int32_t bg_label) {
     int rc = check_up(C, h, w, H, W, logit_scale);
     if (rc) return rc;
@@ -197,6 +199,173 @@ int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, i
         ovs_free(row);
     }
     if (failed) rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for a row buffer");
+done:
+    ovs_arena_free(&a);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- label stage
+ * Exact argmax without evaluating every class at every pixel. Output pixel (Y, X) interpolates
+ * the four corners of one low-resolution cell (y0[Y], x0[X]) with convex weights, so for class k
+ * its value v_k lies in [cmin_k - m, cmax_k + m], cmin/cmax over the cell's corners and m a bound
+ * on the float rounding of the interpolation. With ref = max_k cmin_k, the pixel's best value is
+ * >= ref - m; a class with cmax_k + m < ref - m can be neither the argmax nor tie with it. So per
+ * cell we keep the candidate classes (ascending, so ties still go to the lowest index) and
+ * evaluate only them per pixel, with the same interp() as the naive kernel: bit-identical labels.
+ * For bg_threshold the softmax denominator sum_k exp(s (v_k - best)) is bracketed per cell from
+ * the non-candidates' corner ranges; only where the bracket straddles the threshold is the sum
+ * evaluated over all classes, in the naive kernel's order. A cell with a non-finite corner keeps
+ * every class (the naive kernel's NaN/inf semantics). Work is parallel over cell rows; a thread's
+ * buffers are (C, w) like the naive kernel's (C, W) row. */
+#define CELL_MARGIN (16.0f * FLT_EPSILON) /* relative to the cell's largest |corner| */
+
+typedef struct {
+    float *ref, *margin;   /* (w,) max_k cmin_k, rounding margin per cell */
+    int32_t *count;        /* (w,) candidates per cell */
+    int32_t *cand;         /* (w, C) candidate classes per cell, ascending */
+    double *s_lo, *s_hi;   /* (w,) bracket of sum over non-candidates of exp(s v_k - s ref) */
+} cell_row;
+
+static inline float min4(float a, float b, float c, float d) {
+    const float x = a < b ? a : b, y = c < d ? c : d;
+    return x < y ? x : y;
+}
+static inline float max4(float a, float b, float c, float d) {
+    const float x = a > b ? a : b, y = c > d ? c : d;
+    return x > y ? x : y;
+}
+
+/* Candidates of every cell of cell row i (rows i and min(i + 1, h - 1) of each plane). Plain
+ * comparisons (not fminf) so the class-major loops vectorise; NaN is caught by the sum below. */
+static void cell_row_build(cell_row *cr, const float *logits, int64_t C, int64_t h, int64_t w,
+                           int64_t i, float s, int bg) {
+    const int64_t hw = h * w, i1 = i + 1 < h ? i + 1 : h - 1, last = w - 1;
+    float *ref = cr->ref, *mag = cr->margin;
+    for (int64_t j = 0; j < w; j++) {
+        ref[j] = -INFINITY;
+        mag[j] = 0.0f; /* largest |corner|, then the margin; NaN marks a non-finite cell */
+        cr->count[j] = 0;
+        cr->s_lo[j] = cr->s_hi[j] = 0.0;
+    }
+    for (int64_t k = 0; k < C; k++) {
+        const float *r0 = logits + (size_t)k * hw + i * w, *r1 = logits + (size_t)k * hw + i1 * w;
+        for (int64_t j = 0; j < last; j++) {
+            const float a = r0[j], b = r0[j + 1], c = r1[j], d = r1[j + 1];
+            const float mn = min4(a, b, c, d), mx = max4(fabsf(a), fabsf(b), fabsf(c), fabsf(d));
+            ref[j] = mn > ref[j] ? mn : ref[j];
+            /* inf - inf or NaN anywhere: the cell keeps every class */
+            mag[j] = (mx > mag[j] ? mx : mag[j]) + 0.0f * (a + b + c + d);
+        }
+        const float a = r0[last], c = r1[last];
+        const float mn = a < c ? a : c, mx = fabsf(a) > fabsf(c) ? fabsf(a) : fabsf(c);
+        ref[last] = mn > ref[last] ? mn : ref[last];
+        mag[last] = (mx > mag[last] ? mx : mag[last]) + 0.0f * (a + c);
+    }
+    for (int64_t j = 0; j < w; j++)
+        mag[j] = (isfinite(mag[j]) && isfinite(ref[j])) ? mag[j] * CELL_MARGIN : NAN;
+    for (int64_t k = 0; k < C; k++) {
+        const float *r0 = logits + (size_t)k * hw + i * w, *r1 = logits + (size_t)k * hw + i1 * w;
+        for (int64_t j = 0; j < w; j++) {
+            const int64_t j1 = j < last ? j + 1 : last;
+            const float m = mag[j], a = r0[j], b = r0[j1], c = r1[j], d = r1[j1];
+            const float mx = max4(a, b, c, d);
+            if (!(m == m) || mx + m >= ref[j] - m) {
+                cr->cand[j * C + cr->count[j]++] = (int32_t)k;
+            } else if (bg) {
+                /* s > 0 here: exp(s (v - ref)) over v in [mn - m, mx + m], both exponents < 0 */
+                const float mn = min4(a, b, c, d);
+                cr->s_hi[j] += exp((double)s * ((double)mx + m - ref[j]));
+                cr->s_lo[j] += exp((double)s * ((double)mn - m - ref[j]));
+            }
+        }
+    }
+    for (int64_t j = 0; j < w; j++) /* cannot happen (the class giving ref is kept); be safe */
+        if (cr->count[j] == 0) {
+            for (int64_t k = 0; k < C; k++) cr->cand[j * C + k] = (int32_t)k;
+            cr->count[j] = (int32_t)C;
+            cr->s_lo[j] = cr->s_hi[j] = 0.0;
+        }
+}
+
+int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w,
+                   int64_t H, int64_t W, float logit_scale, float bg_threshold, int32_t bg_label) {
+    int rc = check_up(C, h, w, H, W, logit_scale);
+    if (rc) return rc;
+    const int bg = bg_threshold > 0;
+    /* Few output pixels per cell (downsampling), or a softmax bracket that needs s > 0: the
+     * naive kernel is as fast or the bracket does not apply. */
+    if (H * W < 4 * h * w || C <= 2 || (bg && !(logit_scale > 0)))
+        return ovs_seg_labels_naive(labels, logits, C, h, w, H, W, logit_scale, bg_threshold, bg_label);
+    ovs_arena a;
+    ovs_arena_init(&a);
+    coeffs c;
+    if ((rc = coeffs_alloc(&c, &a, h, w, H, W, H, W))) goto done;
+    const int64_t hw = h * w;
+    const double inv_thr = bg ? 1.0 / (double)bg_threshold : 0.0;
+    int failed = 0;
+#pragma omp parallel
+    {
+        cell_row cr = {0};
+        size_t bytes = (size_t)w * (2 * sizeof(float) + sizeof(int32_t) + 2 * sizeof(double)) +
+                       (size_t)w * (size_t)C * sizeof(int32_t);
+        char *buf = ovs_malloc(bytes);
+        if (!buf) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+            cr.s_lo = (double *)buf;
+            cr.s_hi = cr.s_lo + w;
+            cr.ref = (float *)(cr.s_hi + w);
+            cr.margin = cr.ref + w;
+            cr.count = (int32_t *)(cr.margin + w);
+            cr.cand = cr.count + w;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t i = 0; i < h; i++) {
+            if (!buf) continue;
+            /* output rows whose top source row is i: a contiguous range (y0 is non-decreasing) */
+            int64_t Y0 = 0, Y1;
+            { int64_t lo = 0, hi = H; while (lo < hi) { int64_t mid = (lo + hi) / 2; if (c.y0[mid] < i) lo = mid + 1; else hi = mid; } Y0 = lo; }
+            for (Y1 = Y0; Y1 < H && c.y0[Y1] == i; Y1++) {}
+            if (Y0 == Y1) continue;
+            cell_row_build(&cr, logits, C, h, w, i, logit_scale, bg);
+            for (int64_t Y = Y0; Y < Y1; Y++) {
+                int32_t *out = labels + Y * W;
+                for (int64_t X = 0; X < W; X++) {
+                    const int64_t j = c.x0[X];
+                    const int32_t *cand = cr.cand + j * C, n = cr.count[j];
+                    float best = interp(logits + (size_t)cand[0] * hw, w, &c, Y, X);
+                    int32_t arg = cand[0];
+                    for (int32_t t = 1; t < n; t++) {
+                        const float v = interp(logits + (size_t)cand[t] * hw, w, &c, Y, X);
+                        if (v > best) { best = v; arg = cand[t]; }
+                    }
+                    if (bg) {
+                        double sum = 0;
+                        for (int32_t t = 0; t < n; t++)
+                            sum += exp((double)logit_scale *
+                                       (interp(logits + (size_t)cand[t] * hw, w, &c, Y, X) - best));
+                        const double scale = exp((double)logit_scale * ((double)cr.ref[j] - best));
+                        const double lo = sum + cr.s_lo[j] * scale, hi = sum + cr.s_hi[j] * scale;
+                        int below; /* the naive test: 1 / sum < bg_threshold */
+                        if (n == C) below = 1.0 / sum < bg_threshold;
+                        else if (lo > inv_thr * (1 + 1e-9)) below = 1;
+                        else if (hi < inv_thr * (1 - 1e-9)) below = 0;
+                        else { /* too close to call: the naive kernel's sum over every class */
+                            double all = 0;
+                            for (int64_t k = 0; k < C; k++)
+                                all += exp((double)logit_scale * (interp(logits + (size_t)k * hw, w, &c, Y, X) - best));
+                            below = 1.0 / all < bg_threshold;
+                        }
+                        if (below) arg = bg_label;
+                    }
+                    out[X] = arg;
+                }
+            }
+        }
+        ovs_free(buf);
+    }
+    if (failed) rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for the label stage's cell buffers");
 done:
     ovs_arena_free(&a);
     return rc;

@@ -210,7 +210,9 @@ static PyObject *py_seg_final(PyObject *args, PyObject *kw, int labels_mode) {
     const float *ld = PyArray_DATA(lg);
     void *od = PyArray_DATA((PyArrayObject *)out);
     Py_BEGIN_ALLOW_THREADS
-    if (labels_mode)
+    if (labels_mode == 2)
+        rc = ovs_seg_labels_naive(od, ld, C, h, w, H, W, (float)scale, (float)thr, bg_label);
+    else if (labels_mode)
         rc = ovs_seg_labels(od, ld, C, h, w, H, W, (float)scale, (float)thr, bg_label);
     else
         rc = ovs_seg_upsample(od, ld, C, h, w, H, W, (float)scale, softmax);
@@ -229,10 +231,13 @@ error:
 
 static PyObject *py_seg_labels(PyObject *self, PyObject *args, PyObject *kw) { return py_seg_final(args, kw, 1); }
 static PyObject *py_seg_upsample(PyObject *self, PyObject *args, PyObject *kw) { return py_seg_final(args, kw, 0); }
+static PyObject *py_seg_labels_naive(PyObject *self, PyObject *args, PyObject *kw) { return py_seg_final(args, kw, 2); }
 
 static PyMethodDef methods_functions[] = {
     {"seg_labels", (PyCFunction)(void (*)(void))py_seg_labels, METH_VARARGS | METH_KEYWORDS,
      "seg_labels(logits (C,h,w), out_h, out_w, logit_scale=1, bg_threshold=0, bg_label=-1) -> int32 (H, W)"},
+    {"seg_labels_naive", (PyCFunction)(void (*)(void))py_seg_labels_naive, METH_VARARGS | METH_KEYWORDS,
+     "Test twin of seg_labels: every class at every pixel (same arguments, same labels)."},
     {"seg_upsample", (PyCFunction)(void (*)(void))py_seg_upsample, METH_VARARGS | METH_KEYWORDS,
      "seg_upsample(logits (C,h,w), out_h, out_w, logit_scale=1, softmax=True) -> float32 (C, H, W)"},
     {NULL, NULL, 0, NULL},

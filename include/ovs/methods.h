@@ -66,6 +66,10 @@ int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_
  *   softmax(logit_scale * logits) probability is below it, bg_label instead. */
 int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w,
                    int64_t H, int64_t W, float logit_scale, float bg_threshold, int32_t bg_label);
+/* The same labels, every class evaluated at every pixel (the naive twin: ovs_seg_labels keeps
+ * per low-resolution cell only the classes that can win there, and gives identical labels). */
+int ovs_seg_labels_naive(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w,
+                         int64_t H, int64_t W, float logit_scale, float bg_threshold, int32_t bg_label);
 /* out (C, H, W) = upsampled logits; with softmax != 0, softmax(logit_scale * logits) over C. */
 int ovs_seg_upsample(float *out, const float *logits, int64_t C, int64_t h, int64_t w, int64_t H,
                      int64_t W, float logit_scale, int softmax);

@@ -1,0 +1,82 @@
+"""The label stage alone: low-resolution logits (C, h, w) -> label map (H, W).
+
+    python benchmarks/bench_labels.py [--threads 2] [--repeat 5] [--classes 10,150,847]
+
+Logits are smooth like real ones: per class a random 21x28 patch grid (std 0.03 plus a per-class
+offset of std 0.02, the spread of CLIP cosine logits), bilinearly upsampled to 336x448 (the
+processing size of a 3:4 photo at short side 336). Outputs 512x683 and 2048x2731 (the photo's own
+size), with and without bg_threshold. Compared in one interleaved run:
+  fast   _core.seg_labels        (candidate classes per low-resolution cell; exact)
+  naive  _core.seg_labels_naive  (every class at every pixel; what ovs did before)
+  torch  F.interpolate(bilinear, align_corners=False) + argmax, if torch is installed
+         (skipped above 150 classes at 2048: it needs C x H x W floats, 19 GB for 847)
+Every repetition checks fast == naive. Ratios are medians of per-repetition ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import _harness as H
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--classes", default="10,150,847")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    import ovs
+    from ovs import _core
+
+    ovs.set_num_threads(args.threads)
+    try:
+        import torch
+        torch.set_num_threads(args.threads)
+    except ImportError:
+        torch = None
+    rng = np.random.default_rng(0)
+    cases = []
+    for C in [int(c) for c in args.classes.split(",")]:
+        grid = (rng.standard_normal((C, 21, 28)) * 0.03 + rng.standard_normal((C, 1, 1)) * 0.02).astype(np.float32)
+        lr = _core.seg_upsample(grid, 336, 448, logit_scale=1.0, softmax=False)
+        for H_, W_ in ((512, 683), (2048, 2731)):
+            for thr in (0.0, 0.3):
+                sides = {"fast": lambda: _core.seg_labels(lr, H_, W_, logit_scale=40.0, bg_threshold=thr),
+                         "naive": lambda: _core.seg_labels_naive(lr, H_, W_, logit_scale=40.0, bg_threshold=thr)}
+                if torch is not None and thr == 0 and C * H_ * W_ <= 150 * 2048 * 2731:
+                    t = torch.from_numpy(lr)[None]
+                    sides["torch"] = lambda: torch.nn.functional.interpolate(
+                        t, size=(H_, W_), mode="bilinear", align_corners=False)[0].argmax(0)
+                times = {k: [] for k in sides}
+                for _ in range(args.repeat):
+                    out = {}
+                    for k, f in sides.items():  # interleaved
+                        t0 = time.perf_counter()
+                        out[k] = f()
+                        times[k].append(time.perf_counter() - t0)
+                    assert np.array_equal(out["fast"], out["naive"]), "fast and naive labels differ"
+                rec = {"classes": C, "out": [H_, W_], "bg_threshold": thr,
+                       "median_s": {k: statistics.median(v) for k, v in times.items()},
+                       "fast_over": {k: statistics.median(a / b for a, b in zip(times["fast"], v))
+                                     for k, v in times.items() if k != "fast"}}
+                cases.append(rec)
+                print(f"C={C:4d} {H_}x{W_} thr={thr}: " + "  ".join(
+                    f"{k} {v:.3f}s" for k, v in rec["median_s"].items()) + "  fast/" + " fast/".join(
+                    f"{k} {v:.3f}" for k, v in rec["fast_over"].items()), flush=True)
+    for H_ in (512, 2048):
+        for thr in (0.0, 0.3):
+            sel = {c["classes"]: c["median_s"]["fast"] for c in cases if c["out"][0] == H_ and c["bg_threshold"] == thr}
+            if 10 in sel and 847 in sel:
+                print(f"{H_} thr={thr}: 847 classes / 10 classes = {sel[847] / sel[10]:.2f} (target 1.5)")
+    report = {"benchmark": "labels", "machine": H.machine_info(args.threads, {}), "cases": cases}
+    print("wrote", H.write_json(report, args.out, "bench_labels"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

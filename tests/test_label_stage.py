@@ -1,0 +1,76 @@
+"""The label stage (ovs_seg_labels keeps per low-resolution cell only the classes that can win
+there) against its naive twin (every class at every pixel): labels must be identical, bit for
+bit, including ties, near-ties, all-equal logits, non-finite values and the background threshold.
+"""
+import numpy as np
+import pytest
+
+from ovs import _core
+
+SIZES = [(7, 9, 50, 61), (20, 30, 97, 83), (1, 1, 5, 5), (1, 8, 3, 40), (33, 17, 200, 100),
+         (12, 12, 12, 12), (40, 30, 20, 15)]
+
+
+def _both(lr, H, W, **kw):
+    fast = _core.seg_labels(lr, H, W, **kw)
+    naive = _core.seg_labels_naive(lr, H, W, **kw)
+    bad = np.argwhere(fast != naive)
+    assert not bad.size, (f"{len(bad)} pixels differ, first at {tuple(bad[0])}: fast "
+                          f"{fast[tuple(bad[0])]} naive {naive[tuple(bad[0])]} ({lr.shape} -> {H}x{W}, {kw})")
+    return fast
+
+
+def _cases(rng, C, h, w):
+    noise = rng.standard_normal((C, h, w)).astype(np.float32)
+    smooth_grid = rng.standard_normal((C, max(h // 4, 1), max(w // 4, 1))).astype(np.float32) * 0.03
+    smooth = _core.seg_upsample(smooth_grid, h, w, logit_scale=1.0, softmax=False)
+    ties = np.round(noise * 2) / 2
+    near = noise.copy()
+    near[1] = near[0]
+    near[2] = np.nextafter(near[0], np.float32(np.inf))
+    near[-1] = np.nextafter(near[0], np.float32(-np.inf))
+    return {"noise": noise, "smooth": smooth, "ties": ties, "equal": np.zeros_like(noise),
+            "near-ties": near}
+
+
+@pytest.mark.parametrize("C", [3, 10, 151])
+@pytest.mark.parametrize("size", SIZES)
+def test_labels_equal_naive(C, size):
+    h, w, H, W = size
+    rng = np.random.default_rng(C * 1000 + h)
+    for name, lr in _cases(rng, C, h, w).items():
+        _both(lr, H, W)
+        _both(lr, H, W, logit_scale=40.0, bg_threshold=0.3, bg_label=-1)
+        _both(lr, H, W, logit_scale=50.0, bg_threshold=0.05, bg_label=0)
+        _both(lr * 10, H, W, logit_scale=100.0, bg_threshold=0.9, bg_label=-1)
+
+
+def test_bg_threshold_decisions_close_to_the_threshold():
+    """Pixels whose top probability sits right at the threshold take the exact path."""
+    rng = np.random.default_rng(3)
+    lr = rng.standard_normal((20, 10, 12)).astype(np.float32) * 0.01
+    naive = _core.seg_labels_naive(lr, 90, 96, logit_scale=40.0)
+    probs = _core.seg_upsample(lr, 90, 96, logit_scale=40.0, softmax=True).max(axis=0)
+    for thr in np.quantile(probs, [0.1, 0.5, 0.9]):
+        labels = _both(lr, 90, 96, logit_scale=40.0, bg_threshold=float(thr), bg_label=-1)
+        assert 0 < (labels == -1).mean() < 1
+        assert np.array_equal(labels[labels >= 0], naive[labels >= 0])
+
+
+def test_non_finite_cells_fall_back_to_every_class():
+    rng = np.random.default_rng(4)
+    lr = rng.standard_normal((6, 8, 9)).astype(np.float32)
+    lr[0, 0, 0] = np.nan
+    lr[3, 4, 4] = np.inf
+    lr[5, 7, 8] = -np.inf
+    _both(lr, 64, 72)
+    _both(lr, 64, 72, logit_scale=40.0, bg_threshold=0.5, bg_label=-1)
+
+
+def test_many_classes_large_output():
+    """847 classes (ADE-847) at a large output: the regime the cell bound is for."""
+    rng = np.random.default_rng(5)
+    grid = (rng.standard_normal((847, 6, 8)) * 0.03 + rng.standard_normal((847, 1, 1)) * 0.02).astype(np.float32)
+    lr = _core.seg_upsample(grid, 48, 64, logit_scale=1.0, softmax=False)
+    _both(lr, 480, 640, logit_scale=40.0)
+    _both(lr, 480, 640, logit_scale=40.0, bg_threshold=0.2, bg_label=-1)
