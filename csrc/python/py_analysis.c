@@ -27,10 +27,14 @@ static PyObject *py_analyze_layers(PyObject *self, PyObject *args) {
     PyObject *seq_in;
     ovs_esd_options opt;
     ovs_esd_options_default(&opt);
-    if (!PyArg_ParseTuple(args, "Odddi", &seq_in, &opt.evals_thresh, &opt.conv_scale, &opt.max_aspect,
-                          &opt.xmin_mode))
+    if (!PyArg_ParseTuple(args, "Odddi|i", &seq_in, &opt.evals_thresh, &opt.conv_scale, &opt.max_aspect,
+                          &opt.xmin_mode, &opt.method))
         return NULL;
     if (parse_mode(opt.xmin_mode) < 0) return NULL;
+    if (opt.method != OVS_ESD_GRAM && opt.method != OVS_ESD_SVD) {
+        PyErr_Format(PyExc_ValueError, "method must be 0 (Gram) or 1 (SVD), got %d", opt.method);
+        return NULL;
+    }
     PyObject *seq = PySequence_Fast(seq_in, "layers must be a sequence of (name, array) pairs");
     if (!seq) return NULL;
     Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
@@ -112,7 +116,12 @@ static PyObject *py_esd(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *w_in;
     double conv_scale;
-    if (!PyArg_ParseTuple(args, "Od", &w_in, &conv_scale)) return NULL;
+    int method = OVS_ESD_GRAM;
+    if (!PyArg_ParseTuple(args, "Od|i", &w_in, &conv_scale, &method)) return NULL;
+    if (method != OVS_ESD_GRAM && method != OVS_ESD_SVD) {
+        PyErr_Format(PyExc_ValueError, "method must be 0 (Gram) or 1 (SVD), got %d", method);
+        return NULL;
+    }
     if (!isfinite(conv_scale) || !(conv_scale > 0)) {
         PyErr_Format(PyExc_ValueError, "conv_scale must be a finite number > 0, got %g", conv_scale);
         return NULL;
@@ -133,7 +142,7 @@ static PyObject *py_esd(PyObject *self, PyObject *args) {
     if (!out) goto error;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = ovs_esd_compute((double *)PyArray_DATA(out), &t, conv_scale);
+    rc = ovs_esd_compute((double *)PyArray_DATA(out), &t, conv_scale, method);
     Py_END_ALLOW_THREADS
     if (rc) { ovs_py_raise(rc); goto error; }
     Py_DECREF(a);
@@ -174,8 +183,8 @@ static PyObject *py_layer_status_name(PyObject *self, PyObject *arg) {
 
 static PyMethodDef analysis_methods[] = {
     {"analyze_layers", py_analyze_layers, METH_VARARGS,
-     "analyze_layers(layers, evals_thresh, conv_scale, max_aspect, xmin_mode) -> per-layer tuples"},
-    {"esd", py_esd, METH_VARARGS, "esd(weight, conv_scale) -> all eigenvalues, ascending (float64)"},
+     "analyze_layers(layers, evals_thresh, conv_scale, max_aspect, xmin_mode, method=0) -> per-layer tuples"},
+    {"esd", py_esd, METH_VARARGS, "esd(weight, conv_scale, method=0) -> all eigenvalues, ascending (float64); method 0 Gram, 1 SVD"},
     {"powerlaw_fit", py_powerlaw_fit, METH_VARARGS,
      "powerlaw_fit(evals, xmin_mode, naive) -> (status, alpha, xmin, D, sigma, num_tail, num_candidates, peak)"},
     {"layer_status_name", py_layer_status_name, METH_O, "Description of a per-layer status code."},

@@ -28,8 +28,9 @@
  *   λ_{N-1}. Which λ_i are candidates depends on xmin_mode (ovs_xmin_mode).
  * - Reported: α, xmin, D, σ = (α-1)/sqrt(n), λmax, α·log10(λmax), log10(λmax).
  *
- * Singular values come from LAPACK dgesdd (values only, float64, as WeightWatcher's float64
- * SVD) in the linked OpenBLAS. Layers are analysed in parallel (OpenMP, one layer per thread,
+ * Eigenvalues come from LAPACK in the linked OpenBLAS, in float64 like WeightWatcher's SVD:
+ * by default as the eigenvalues of the smaller Gram matrix (dsyrk + dsyevd), or as squared
+ * singular values (dgesdd, values only), the reference twin. Layers are analysed in parallel (OpenMP, one layer per thread,
  * OpenBLAS single-threaded inside). Problems of one layer (non-finite weights, fewer than 2
  * eigenvalues above the threshold, no valid fit) are reported in that layer's status; they
  * never fail the call.
@@ -54,11 +55,18 @@ typedef enum {
                                     the largest such candidate dropped, >= 2 candidates left */
 } ovs_xmin_mode;
 
+/* How eigenvalues are computed; both in float64 from the float32 weights. */
+typedef enum {
+    OVS_ESD_GRAM = 0, /* eigenvalues of the min-side Gram matrix (dsyrk + dsyevd): fast */
+    OVS_ESD_SVD = 1,  /* squared singular values (dgesdd, values only): the reference twin */
+} ovs_esd_method;
+
 typedef struct {
     double evals_thresh; /* drop λ <= this; default 1e-5 */
     double conv_scale;   /* conv slices are multiplied by this before the SVD; default sqrt(0.5) */
     double max_aspect;   /* skip a linear with max/min dim >= this; <= 0 never skips; default 8 */
     int xmin_mode;       /* ovs_xmin_mode; default OVS_XMIN_PEAK */
+    int method;          /* ovs_esd_method; default OVS_ESD_GRAM */
 } ovs_esd_options;
 
 void ovs_esd_options_default(ovs_esd_options *opt);
@@ -97,10 +105,12 @@ int ovs_powerlaw_fit_naive(ovs_powerlaw *out, const double *evals, int64_t n, in
  * weight, kh*kw*min(out,in) for a 4-D one; -1 (error set) for another shape or overflow. */
 int64_t ovs_esd_size(const ovs_tensor *w);
 
-/* All eigenvalues of w's spectrum, ascending, into evals[0..ovs_esd_size(w)). conv_scale as in
- * ovs_esd_options. OVS_ERR_ARG (bad shape), OVS_ERR_NOMEM, OVS_ERR_UNSUPPORTED (LAPACK failed
- * to converge). Non-finite weights are not checked here (ovs_analyze_layers does). */
-int ovs_esd_compute(double *evals, const ovs_tensor *w, double conv_scale);
+/* All eigenvalues of w's spectrum, ascending, into evals[0..ovs_esd_size(w)). conv_scale and
+ * method as in ovs_esd_options. OVS_ERR_ARG (bad shape/method), OVS_ERR_NOMEM,
+ * OVS_ERR_UNSUPPORTED (LAPACK failed to converge). Non-finite weights are not checked here
+ * (ovs_analyze_layers does). With OVS_ESD_GRAM, eigenvalues at the roundoff level (~1e-16 λmax)
+ * may come out slightly negative; they fall under any threshold > 0 like the SVD's zeros. */
+int ovs_esd_compute(double *evals, const ovs_tensor *w, double conv_scale, int method);
 
 typedef struct {
     int status;              /* ovs_layer_status */
