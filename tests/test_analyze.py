@@ -489,13 +489,19 @@ def test_layer_flops_match_torch_hooks(arch, size):
     model = open_clip.create_model(arch, pretrained=None)
     # open_clip's AttentionPool2d passes its q/k/v/c weights to F.multi_head_attention_forward
     # (no Linear call, no hook): the RN50 comparison covers the 53 convolutions
-    ref = _torch_flops(model.visual, size)
-    assert len(ref) >= (53 if arch == "RN50" else 37)
     sd = {("visual." + k): v for k, v in model.visual.state_dict().items()}
+    if arch == "RN50":
+        model.visual.attnpool = torch.nn.Identity()  # its positional embedding fixes 224 input
+    ref = _torch_flops(model.visual, size)
+    assert len(ref) >= (53 if arch == "RN50" else 25)  # ViT: patch conv + 24 MLP linears
     recs = oa.alphas(sd, image_size=size)
     fl = {r.key: r.flops for r in recs}
     for name, f in ref.items():
         assert fl["visual." + name + ".weight"] == pytest.approx(f, rel=1e-12), name
+    if arch == "ViT-B-16":  # attention projections run inside F.multi_head_attention_forward
+        tokens = (size // 16) ** 2 + 1
+        assert fl["visual.transformer.resblocks.3.attn.in_proj_weight[k]"] == 2.0 * 768 * 768 * tokens
+        assert fl["visual.transformer.resblocks.3.attn.out_proj.weight"] == 2.0 * 768 * 768 * tokens
 
 
 # --------------------------------------------------------------------------- README snippet, CLI
