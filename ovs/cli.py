@@ -187,6 +187,60 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- ovs analyze
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from . import analyze as oa
+
+    if args.threads is not None:
+        from . import set_num_threads
+        set_num_threads(args.threads)
+    recs = oa.alphas(args.file, prefix=args.prefix or None, xmin=args.xmin,
+                     max_aspect=args.max_aspect, image_size=args.image_size)
+    if not recs:
+        raise ValueError(f"{args.file}: no 2-D/4-D weight parameters"
+                         + (f" under prefix {args.prefix!r}" if args.prefix else ""))
+    sel = None
+    if args.select:
+        sel = oa.select_layers(recs, args.select, fraction=args.fraction, budget=args.budget,
+                               naming=args.naming)
+    print(oa.format_table(recs))
+    ok = [r for r in recs if r.ok]
+    print(f"\n{len(recs)} layers, {len(ok)} fitted"
+          + (f", median alpha {sorted(r.alpha for r in ok)[len(ok) // 2]:.4g}" if ok else ""))
+    if sel is not None:
+        f = sel.flops
+        print(f"selection ({sel.rule}): freeze {len(sel.frozen_layers)} layers "
+              f"({len(sel.freeze)} parameters), train {len(sel.train)}; training FLOPs of the "
+              f"analysed layers {f['total'] / 1e9:.2f} G/sample -> {f['remaining'] / 1e9:.2f} G "
+              f"(saving {100 * f['saving']:.1f}%)")
+    if args.json:
+        oa.to_json(recs, args.json, selection=sel)
+        print(f"wrote {args.json}")
+    if args.plot:
+        oa.plot_alphas(recs, args.plot, selection=sel)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _add_analyze_parser(sub) -> None:
+    a = sub.add_parser("analyze", help="power-law alpha of every weight layer (heavy-tailed spectral analysis)")
+    a.add_argument("file", help="weight file (.safetensors, .pt, .pth)")
+    a.add_argument("--prefix", default="", help='analyse only parameters starting with this, e.g. "visual."')
+    a.add_argument("--xmin", choices=["peak", "peak_reference", "all"], default="peak",
+                   help="xmin candidates: peak (default), peak_reference (the paper's code), all")
+    a.add_argument("--max-aspect", type=float, default=8.0, help="skip linears with max/min dim >= this (<= 0: never)")
+    a.add_argument("--image-size", type=int, default=224, help="input size for the FLOPs of the selection")
+    a.add_argument("--select", choices=["median", "fraction", "budget"], default=None,
+                   help="also choose the layers to freeze")
+    a.add_argument("--fraction", type=float, default=0.5, help="for --select fraction")
+    a.add_argument("--budget", type=float, default=None, help="for --select budget: training-FLOPs fraction to keep")
+    a.add_argument("--naming", choices=["open_clip", "detectron2"], default="open_clip")
+    a.add_argument("--json", default=None, help="write the records (and selection) as JSON")
+    a.add_argument("--plot", default=None, help="plot alpha per layer to this image (needs matplotlib)")
+    a.add_argument("--threads", type=int, default=None)
+    a.set_defaults(func=cmd_analyze)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ovs", description="Open-vocabulary semantic segmentation on the CPU.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -208,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--act", choices=["quickgelu", "gelu"], default=None, help="MLP activation of the weights (default quickgelu = OpenAI)")
     s.add_argument("--threads", type=int, default=None)
     s.set_defaults(func=cmd_segment)
+    _add_analyze_parser(sub)
     return p
 
 
