@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--act", choices=["quickgelu", "gelu"], default=None, help="MLP activation of the weights (default quickgelu = OpenAI)")
     s.add_argument("--threads", type=int, default=None)
     s.set_defaults(func=cmd_segment)
+    from .evaluate import add_eval_parser
+
+    add_eval_parser(sub)
     return p
 
 
