@@ -298,3 +298,26 @@ def test_no_reference_leak():
         _core.confusion_scores(conf, 3, 0)
     assert (sys.getrefcount(pred), sys.getrefcount(gt), sys.getrefcount(conf)) == before
     assert conf[0, 0] == 64 * 1000
+
+
+def test_allocation_failure_is_a_clean_error():
+    """The threaded path's private matrices come from ovs_calloc: a failed allocation raises
+    MemoryError and leaves the matrix untouched."""
+    from ovs import _core
+    old = ovs.get_num_threads()
+    try:
+        ovs.set_num_threads(2)
+        g = np.zeros((1024, 1024), np.uint8)
+        p = np.zeros((1024, 1024), np.int32)
+        conf = np.zeros((11, 11), np.int64)
+        _core.debug_fail_alloc(1)
+        try:
+            with pytest.raises(MemoryError, match="private matrices"):
+                _core.confusion_accumulate(conf, p, g, 10, 255)
+        finally:
+            _core.debug_fail_alloc(0)
+        assert (conf == 0).all()
+        _core.confusion_accumulate(conf, p, g, 10, 255)
+        assert conf[0, 0] == g.size
+    finally:
+        ovs.set_num_threads(old)
