@@ -154,10 +154,16 @@ def _proc_run(i: int) -> dict:
 
 
 def _run_serial(spec: dict, todo: list[int], info: dict) -> Iterator[dict]:
-    w = _Worker(spec)
-    info.update(w.describe())
-    for i in todo:
-        yield w.run(i)
+    import ovs
+
+    threads = ovs.get_num_threads()  # the caller's setting comes back afterwards
+    try:
+        w = _Worker(spec)
+        info.update(w.describe())
+        for i in todo:
+            yield w.run(i)
+    finally:
+        ovs.set_num_threads(threads)
 
 
 def _run_processes(spec: dict, todo: list[int], workers: int, info: dict) -> Iterator[dict]:

@@ -174,6 +174,8 @@ def test_bad_options(tmp_path, data_root, fixtures_dir, manifest, capsys):
     assert "dataset root directory not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["eval", "--dataset", "coco", "--model", path])
-    # --limit evaluates the first N images only
-    rep = ovs.evaluate("voc-21", path, method, root=data_root, act=act, limit=1, threads=1, **FAST_KW)
-    assert rep["timing"]["images"] == 1
+    # --limit evaluates the first N images only; the caller's thread setting is restored
+    before = ovs.get_num_threads()
+    rep = ovs.evaluate("voc-21", path, method, root=data_root, act=act, limit=1, threads=before + 1, **FAST_KW)
+    assert rep["timing"]["images"] == 1 and rep["timing"]["threads_per_worker"] == before + 1
+    assert ovs.get_num_threads() == before
