@@ -263,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None)
     s.set_defaults(func=cmd_segment)
     _add_analyze_parser(sub)
+    from .evaluate import add_eval_parser
+
+    add_eval_parser(sub)
     return p
 
 
