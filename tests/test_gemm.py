@@ -86,6 +86,8 @@ def test_naive_twin_against_float64(rng, M, C, K):
     fast = _core.op_matmul_wt(a, w, packed=True)
     assert_close(fast, ref, name="packed fast")
     assert np.array_equal(fast, naive), "fast packed GEMM differs bitwise from its naive twin"
+    prepacked = _core.op_gemm_packed(a, _core.op_matrix_pack(w), K)
+    assert np.array_equal(prepacked, naive), "op_gemm_packed on a pre-packed weight"
 
 
 @pytest.mark.parametrize("C,K", [(37, 40), (768, 200)])

@@ -34,9 +34,10 @@ error:
     return NULL;
 }
 
-/* op_gemm_packed_naive(a (M, C), packed (P, C, NR), K) -> (M, K). */
-static PyObject *py_op_gemm_packed_naive(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
+/* op_gemm_packed_naive(a (M, C), packed (P, C, NR), K, fast=False) -> (M, K); with fast the
+ * packed-weight GEMM itself (ovs_matmul_wt on the packed matrix: weights packed once, for
+ * benchmarks). */
+static PyObject *gemm_packed(PyObject *args, PyObject *kw, int fast) {
     static char *kwlist[] = {"a", "packed", "K", NULL};
     PyObject *a_obj, *p_obj;
     long long K;
@@ -59,8 +60,14 @@ static PyObject *py_op_gemm_packed_naive(PyObject *self, PyObject *args, PyObjec
     if (!(out = (PyArrayObject *)PyArray_EMPTY(2, dims, NPY_FLOAT32, 0))) goto error;
     int st;
     Py_BEGIN_ALLOW_THREADS
-    st = ovs_gemm_packed_naive((float *)PyArray_DATA(out), (const float *)PyArray_DATA(a),
-                               (const float *)PyArray_DATA(p), M, C, K);
+    if (fast) {
+        ovs_matrix wm = ovs_matrix_packed((const float *)PyArray_DATA(p), K, C);
+        st = ovs_matmul_wt((float *)PyArray_DATA(out), K, (const float *)PyArray_DATA(a), C, &wm,
+                           M, 1.0f, 0.0f);
+    } else {
+        st = ovs_gemm_packed_naive((float *)PyArray_DATA(out), (const float *)PyArray_DATA(a),
+                                   (const float *)PyArray_DATA(p), M, C, K);
+    }
     Py_END_ALLOW_THREADS
     if (st) {
         ovs_py_raise(st);
@@ -74,6 +81,16 @@ error:
     Py_XDECREF(p);
     Py_XDECREF(out);
     return NULL;
+}
+
+static PyObject *py_op_gemm_packed_naive(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    return gemm_packed(args, kw, 0);
+}
+
+static PyObject *py_op_gemm_packed(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    return gemm_packed(args, kw, 1);
 }
 
 static PyObject *py_gemm_set_isa(PyObject *self, PyObject *arg) {
@@ -111,6 +128,8 @@ static PyMethodDef gemm_methods[] = {
      "op_matrix_pack(w) -> w (K, C) packed as (ceil(K/16), C, 16) panels for the GEMM kernels."},
     {"op_gemm_packed_naive", (PyCFunction)py_op_gemm_packed_naive, KW,
      "op_gemm_packed_naive(a, packed, K) -> a @ W.T from the packed W, one fmaf chain per element."},
+    {"op_gemm_packed", (PyCFunction)py_op_gemm_packed, KW,
+     "op_gemm_packed(a, packed, K) -> a @ W.T with the packed-weight GEMM on an already packed W."},
     {"gemm_set_isa", py_gemm_set_isa, METH_O,
      "gemm_set_isa(name) -> name in use; 'auto', 'portable', 'avx2' or 'avx512' (test hook, "
      "process-wide; RuntimeError-like OvsError if the CPU lacks it)."},
