@@ -614,6 +614,10 @@ def ort_session(model_path: str, threads: int):
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Same waiting behaviour as ours (OMP_WAIT_POLICY=PASSIVE unless set): ORT's intra-op
+    # threads spin by default, which on a busy machine measures the other processes.
+    if os.environ.get("OMP_WAIT_POLICY", "PASSIVE").upper() != "ACTIVE":
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"])
 
 
