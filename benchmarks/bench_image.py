@@ -223,6 +223,9 @@ def _ort_tower_cases(group: str, name: str, model, x: np.ndarray, params: dict) 
     if name == "rn50":
         modules[group + "_trunk"] = Trunk(model.visual).eval()
     cases = {}
+    # nn.MultiheadAttention's inference fast path (aten::_native_multi_head_attention) has no
+    # ONNX export: trace the plain path (same weights, same function).
+    torch.backends.mha.set_fastpath_enabled(False)
     for case, module in modules.items():
         path = str(Path(params["tmpdir"]) / f"{case}.onnx")
         with torch.no_grad():
