@@ -137,6 +137,14 @@ def _side_imports(side: str, threads: int) -> dict:
         import open_clip
         import torch
 
+        if os.environ.get("OVS_BENCH_PEER") == "ort":
+            import onnx
+            import onnxruntime
+
+            info.update(peer_engine="onnxruntime", onnxruntime=onnxruntime.__version__,
+                        onnx=onnx.__version__, ort_providers=onnxruntime.get_available_providers())
+        else:
+            info.update(peer_engine="torch")
         torch.set_num_threads(threads)
         info.update(torch=torch.__version__, open_clip=open_clip.__version__,
                     torch_threads=torch.get_num_threads(),
@@ -574,6 +582,11 @@ def common_args(parser, *, repeat: int = 7) -> None:
                              "vitb16=FILE (repeatable); default tests/_generated (fixtures are "
                              "generated if missing)")
     parser.add_argument("--cases", default=None, help="comma-separated subset of case groups to run")
+    parser.add_argument("--peer", choices=("torch", "ort"), default="torch",
+                        help="the peer engine: torch/open_clip (default) or ONNX Runtime running "
+                             "models exported from the same open_clip weights with "
+                             "torch.onnx.export, intra_op_num_threads = --threads "
+                             "(pip install onnxruntime onnx)")
     parser.add_argument("--omp-wait-policy", choices=("inherit", "passive", "active"), default="inherit",
                         help="OMP_WAIT_POLICY for both workers (default: inherit the environment). "
                              "On a busy machine, spinning OpenMP threads can slow a 2-thread run "
@@ -582,7 +595,30 @@ def common_args(parser, *, repeat: int = 7) -> None:
 
 def worker_env(args) -> dict:
     """Extra environment for both workers from the common arguments."""
-    return {} if args.omp_wait_policy == "inherit" else {"OMP_WAIT_POLICY": args.omp_wait_policy.upper()}
+    env = {} if args.omp_wait_policy == "inherit" else {"OMP_WAIT_POLICY": args.omp_wait_policy.upper()}
+    env["OVS_BENCH_PEER"] = getattr(args, "peer", "torch")
+    return env
+
+
+def peer_is_ort() -> bool:
+    """In a worker: whether the peer side runs ONNX Runtime (--peer ort)."""
+    return os.environ.get("OVS_BENCH_PEER") == "ort"
+
+
+def ort_session(model_path: str, threads: int):
+    """An ONNX Runtime CPU session with `threads` intra-op threads, all graph optimisations."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Same waiting behaviour as ours (OMP_WAIT_POLICY=PASSIVE unless set): ORT's intra-op
+    # threads spin by default, which on a busy machine measures the other processes.
+    if os.environ.get("OMP_WAIT_POLICY", "PASSIVE").upper() != "ACTIVE":
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"])
 
 
 FIXTURE_DIR = REPO_ROOT / "tests" / "_generated"

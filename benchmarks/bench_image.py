@@ -1,6 +1,11 @@
-"""Image towers: ovs vs open_clip on the same weights, batch 1, plus the conv GFLOP/s.
+"""Image towers: ovs vs open_clip (or ONNX Runtime) on the same weights, batch 1, plus the conv
+and GEMM GFLOP/s.
 
-    python benchmarks/bench_image.py [--threads 2] [--repeat 7] [--out FILE] [--cases ...]
+    python benchmarks/bench_image.py [--threads 2] [--repeat 7] [--peer torch|ort] [--out FILE] [--cases ...]
+
+--peer ort: the peer worker exports the same open_clip modules with torch.onnx.export and runs
+them with ONNX Runtime (intra_op_num_threads = --threads); the kernel cases become one-node ONNX
+graphs (Conv+Relu per layer, MatMul with a constant weight, which ORT prepacks).
 
 Groups (each in a fresh pair of workers, see _harness.py):
   rn50_224    RN50 encode_image at 224^2 (ours: model.encode_image(x, preprocess=False); peer:
@@ -16,7 +21,9 @@ Groups (each in a fresh pair of workers, see _harness.py):
               layer by layer (ours _core.op_conv2d, peer torch conv2d + relu_), and a
               2048x2048x2048 sgemm (ours _core.op_linear = our OpenBLAS, peer torch F.linear =
               MKL), in the same workers and the same interleaved run. Reported: conv GFLOP/s and
-              its % of the sgemm rate of the same side.
+              its % of the sgemm rate of the same side. Also the GEMM shapes the models run
+              (GEMM_SHAPES): ours with the weight packed once (_core.op_gemm_packed), peer
+              F.linear / ORT MatMul with a constant weight.
 """
 from __future__ import annotations
 
@@ -174,6 +181,8 @@ def _setup_tower(side: str, group: str, params: dict):
     else:
         model = _open_clip_model(name, params["weights"][name])
     xt = torch.from_numpy(x)
+    if H.peer_is_ort():
+        return _ort_tower_cases(group, name, model, x, params), info
 
     def encode():
         with torch.no_grad():
@@ -193,6 +202,59 @@ def _setup_tower(side: str, group: str, params: dict):
     return cases, info
 
 
+def _ort_tower_cases(group: str, name: str, model, x: np.ndarray, params: dict) -> dict:
+    """ONNX Runtime peer: the open_clip tower (and the RN50 trunk) exported with
+    torch.onnx.export from the same weights, run by an InferenceSession."""
+    import torch
+
+    class Trunk(torch.nn.Module):
+        def __init__(self, visual):
+            super().__init__()
+            self.visual = visual
+
+        def forward(self, t):
+            v = self.visual
+            t = v.stem(t)
+            for layer in (v.layer1, v.layer2, v.layer3, v.layer4):
+                t = layer(t)
+            return t
+
+    modules = {group: model.visual}
+    if name == "rn50":
+        modules[group + "_trunk"] = Trunk(model.visual).eval()
+    cases = {}
+    # nn.MultiheadAttention's inference fast path (aten::_native_multi_head_attention) has no
+    # ONNX export: trace the plain path (same weights, same function).
+    torch.backends.mha.set_fastpath_enabled(False)
+    for case, module in modules.items():
+        path = str(Path(params["tmpdir"]) / f"{case}.onnx")
+        with torch.no_grad():
+            torch.onnx.export(module, (torch.from_numpy(x),), path, input_names=["x"],
+                              output_names=["y"], opset_version=17, dynamo=False)
+        sess = H.ort_session(path, params["threads"])
+        cases[case] = H.Case(lambda sess=sess: sess.run(None, {"x": x})[0])
+    return cases
+
+
+def _onnx_single_node(path: str, op: str, inputs: dict, consts: dict, out_shape, **attrs) -> str:
+    """Write a one-node ONNX graph (op over the named inputs, weights as initialisers)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    node = helper.make_node(op, list(inputs) + list(consts), ["y"], **attrs)
+    graph = helper.make_graph(
+        [node], op,
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, list(v)) for k, v in inputs.items()],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+# GEMM shapes the models run (M x C x K): a ViT-B/16 block's QKV, a RN50 3x3 conv as a GEMM.
+GEMM_SHAPES = [(197, 768, 2304), (784, 1152, 128)]
+
+
 def _setup_kernels(side: str, params: dict):
     sizes = params["conv_sizes"]
     convs = resnet_conv_layers(image_size=sizes[0])
@@ -202,6 +264,9 @@ def _setup_kernels(side: str, params: dict):
     b = rng.standard_normal((SGEMM_N, SGEMM_N), dtype=np.float32)
     per_size = {s: (resnet_conv_layers(image_size=s), conv_inputs(resnet_conv_layers(image_size=s), SEED + s))
                 for s in sizes}
+    gemm_data = [(rng.standard_normal((M, C), dtype=np.float32),
+                  rng.standard_normal((K, C), dtype=np.float32) / np.float32(math.sqrt(C)))
+                 for M, C, K in GEMM_SHAPES]
     cases = {}
     if side == "ours":
         from ovs import _core
@@ -219,7 +284,13 @@ def _setup_kernels(side: str, params: dict):
                 return H.Parts(y, parts)
             cases[f"conv_rn50_{s}"] = H.Case(run)
         cases["sgemm_2048"] = H.Case(lambda: _core.op_linear(a, b))
+        for (M, C, K), (ga, gw) in zip(GEMM_SHAPES, gemm_data):
+            packed = _core.op_matrix_pack(gw)   # packed once, as a model does at load
+            cases[f"gemm_{M}x{C}x{K}"] = H.Case(lambda ga=ga, packed=packed, K=K:
+                                                _core.op_gemm_packed(ga, packed, K))
         return cases
+    if H.peer_is_ort():
+        return _ort_kernel_cases(params, per_size, weights, a, b, gemm_data)
     import torch
     import torch.nn.functional as F
 
@@ -243,17 +314,72 @@ def _setup_kernels(side: str, params: dict):
         with torch.no_grad():
             return F.linear(ta, tb)
     cases["sgemm_2048"] = H.Case(sgemm)
+    for (M, C, K), (ga, gw) in zip(GEMM_SHAPES, gemm_data):
+        tga, tgw = torch.from_numpy(ga), torch.from_numpy(gw)
+
+        def gemm(tga=tga, tgw=tgw):
+            with torch.no_grad():
+                return F.linear(tga, tgw)
+        cases[f"gemm_{M}x{C}x{K}"] = H.Case(gemm)
+    return cases
+
+
+def _ort_kernel_cases(params, per_size, weights, a, b, gemm_data) -> dict:
+    """ONNX Runtime peer of the kernels group: one single-node session per conv layer (Conv with
+    bias, then Relu applied by a second node) and MatMul sessions with the weight constant."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    tmp, threads = Path(params["tmpdir"]), params["threads"]
+    cases = {}
+    for s, (cl, xs) in per_size.items():
+        sessions = []
+        for i, (c, x, (w, bias)) in enumerate(zip(cl, xs, weights)):
+            path = str(tmp / f"conv_{s}_{i}.onnx")
+            nodes = [helper.make_node("Conv", ["x", "w", "b"], ["t"], strides=[c["stride"]] * 2,
+                                      pads=[c["pad"]] * 4, kernel_shape=[c["R"], c["S"]]),
+                     helper.make_node("Relu", ["t"], ["y"])]
+            graph = helper.make_graph(
+                nodes, "conv",
+                [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c["K"], c["P"], c["Q"]])],
+                [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")])
+            onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+            sessions.append(H.ort_session(path, threads))
+
+        def run(sessions=sessions, xs=xs):
+            parts = []
+            y = None
+            for sess, x in zip(sessions, xs):
+                t0 = time.perf_counter()
+                y = sess.run(None, {"x": x})[0]
+                parts.append(time.perf_counter() - t0)
+            return H.Parts(y, parts)
+        cases[f"conv_rn50_{s}"] = H.Case(run)
+
+    def matmul_case(name, x, w_t):
+        # y = x @ w_t with w_t (C, K) constant: ORT prepacks it at session creation.
+        path = _onnx_single_node(str(tmp / f"{name}.onnx"), "MatMul", {"x": x.shape}, {"w": w_t},
+                                 (x.shape[0], w_t.shape[1]))
+        sess = H.ort_session(path, threads)
+        return H.Case(lambda: sess.run(None, {"x": x})[0])
+
+    cases["sgemm_2048"] = matmul_case("sgemm_2048", a, np.ascontiguousarray(b.T))
+    for (M, C, K), (ga, gw) in zip(GEMM_SHAPES, gemm_data):
+        cases[f"gemm_{M}x{C}x{K}"] = matmul_case(f"gemm_{M}x{C}x{K}", ga, np.ascontiguousarray(gw.T))
     return cases
 
 
 # ---------------------------------------------------------------------------- parent side
-def build_groups(weights: dict, tmpdir: str, conv_sizes=(224, 448)) -> list[H.Group]:
+def build_groups(weights: dict, tmpdir: str, conv_sizes=(224, 448), threads: int = 2) -> list[H.Group]:
     rn = {s: resnet_conv_layers(image_size=s) for s in conv_sizes}
     conv_meta = {f"conv_rn50_{s}": {"flops": sum(c["flops"] for c in rn[s]), "image_size": s,
                                     "layers": rn[s]} for s in conv_sizes}
     conv_meta["sgemm_2048"] = {"flops": 2 * SGEMM_N ** 3, "shape": [SGEMM_N] * 3}
+    for M, C, K in GEMM_SHAPES:
+        conv_meta[f"gemm_{M}x{C}x{K}"] = {"flops": 2 * M * C * K, "shape": [M, C, K]}
     trunk_flops = {s: sum(c["flops"] for c in resnet_conv_layers(image_size=s)) for s in (224, 448)}
-    p = {"weights": weights, "tmpdir": tmpdir}
+    p = {"weights": weights, "tmpdir": tmpdir, "threads": threads}
     return [
         H.Group("rn50_224", p, repeated=["rn50_224", "rn50_224_trunk"],
                 meta={"rn50_224": {"batch": 1, "image_size": 224},
@@ -263,7 +389,8 @@ def build_groups(weights: dict, tmpdir: str, conv_sizes=(224, 448)) -> list[H.Gr
                       "rn50_448_trunk": {"batch": 1, "image_size": 448, "conv_flops": trunk_flops[448]}}),
         H.Group("vitb16_224", p, repeated=["vitb16_224"], meta={"vitb16_224": {"batch": 1, "image_size": 224}}),
         H.Group("kernels", dict(p, conv_sizes=list(conv_sizes)),
-                repeated=[f"conv_rn50_{s}" for s in conv_sizes] + ["sgemm_2048"], meta=conv_meta),
+                repeated=[f"conv_rn50_{s}" for s in conv_sizes] + ["sgemm_2048"]
+                + [f"gemm_{M}x{C}x{K}" for M, C, K in GEMM_SHAPES], meta=conv_meta),
     ]
 
 
@@ -274,6 +401,9 @@ def derive(cases: list[dict]) -> dict:
     sg = by.get("sgemm_2048")
     if sg:
         out["sgemm_gflops"] = {s: sg["flops"] / sg[s]["median_s"] / 1e9 for s in H.SIDES}
+    for name, c in by.items():
+        if name.startswith("gemm_"):
+            out[name + "_gflops"] = {s: c["flops"] / c[s]["median_s"] / 1e9 for s in H.SIDES}
     for name, c in by.items():
         if name.startswith("conv_rn50_"):
             d = {s: c["flops"] / c[s]["median_s"] / 1e9 for s in H.SIDES}
@@ -302,7 +432,7 @@ def main(argv=None) -> int:
     weights = H.resolve_weights(args.weights, ["rn50", "vitb16"])
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ovs-bench-image-") as tmp:
-        groups = H.select_groups(build_groups(weights, tmp), args.cases)
+        groups = H.select_groups(build_groups(weights, tmp, threads=args.threads), args.cases)
         res = H.run_groups(Path(__file__).resolve(), groups, threads=args.threads,
                            repeat=args.repeat, warmup=args.warmup, env=H.worker_env(args))
     derived = derive(res["cases"])
@@ -323,6 +453,9 @@ def main(argv=None) -> int:
             rows.append([k[:-len("_gflops")] + " (all convs)", f"{d['ours']:.1f}", f"{d['peer']:.1f}",
                          f"{d.get('ours_pct_of_ours_sgemm', float('nan')):.0f}",
                          f"{d.get('peer_pct_of_peer_sgemm', float('nan')):.0f}"])
+        elif k.startswith("gemm_"):
+            rows.append([k[:-len("_gflops")] + (" (ours packed once)"), f"{d['ours']:.1f}",
+                         f"{d['peer']:.1f}", "", ""])
         elif k.endswith("_trunk_conv_gflops"):
             rows.append([k[:-len("_conv_gflops")] + " (conv FLOPs / trunk time)", f"{d['ours']:.1f}",
                          f"{d['peer']:.1f}", "", ""])

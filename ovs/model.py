@@ -124,17 +124,24 @@ class Model:
         self._text_cache: dict[tuple, np.ndarray] = {}
 
     # ------------------------------------------------------------ construction
+    # Each tower gets only its own tensors: building a tower reads (checks, packs) every tensor
+    # it is given, and a tower built later must not page back in the weights an earlier one
+    # packed and released.
+    def _tower_weights(self, visual: bool) -> dict[str, np.ndarray]:
+        return {k: a for k, a in self._sd.items() if k.startswith("visual.") == visual}
+
     def _build_visual(self):
         v = self.config["vision"]
+        sd = self._tower_weights(True)
         if v["arch"] == "vit":
-            return _core.ViT(self._sd, "visual.", v["width"], v["heads"], v["patch"], v["grid"],
+            return _core.ViT(sd, "visual.", v["width"], v["heads"], v["patch"], v["grid"],
                              v["embed_dim"], self.act)
-        return _core.ResNet(self._sd, "visual.", v["layers"], v["width"], v["embed_dim"],
+        return _core.ResNet(sd, "visual.", v["layers"], v["width"], v["embed_dim"],
                             v["heads"], v["grid"], v["attnpool"])
 
     def _build_text(self):
         t = self.config["text"]
-        return _core.TextTower(self._sd, "", t["width"], t["heads"], t["context"], t["vocab"],
+        return _core.TextTower(self._tower_weights(False), "", t["width"], t["heads"], t["context"], t["vocab"],
                                t["embed_dim"], self.act)
 
     @property

@@ -1,7 +1,53 @@
 /* Helpers shared by the towers: weight binding and positional-embedding resizing. */
+#define _DEFAULT_SOURCE   /* madvise, MADV_PAGEOUT, sysconf */
 #include "models/internal.h"
 
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+void ovs_release_pages(const void *p, size_t bytes) {
+#ifdef MADV_PAGEOUT
+    long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0 || !p) return;
+    uintptr_t lo = ((uintptr_t)p + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+    uintptr_t hi = ((uintptr_t)p + bytes) & ~((uintptr_t)page - 1);
+    if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_PAGEOUT);  /* a hint; errors harmless */
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
+int ovs_bind_packed(ovs_matrix *out, float *dst, const ovs_tensor_map *w, const char *name,
+                    int64_t rows, int64_t cols) {
+    const ovs_tensor *t;
+    int64_t shape[2] = {rows, cols};
+    int rc = ovs_tensor_map_get(&t, w, name, 2, shape);
+    if (rc) return rc;
+    if ((rc = ovs_matrix_pack(dst, t->data, rows, cols))) return rc;
+    ovs_release_pages(t->data, (size_t)rows * (size_t)cols * sizeof(float));
+    *out = ovs_matrix_packed(dst, rows, cols);
+    return OVS_OK;
+}
+
+int ovs_pack_owned(float **data, ovs_matrix *m, int64_t rows, int64_t cols) {
+    size_t n = ovs_matrix_packed_floats(rows, cols);
+    if (n == SIZE_MAX || n > SIZE_MAX / sizeof(float))
+        return ovs_set_error(OVS_ERR_OVERFLOW, "packed (%lld, %lld) weight is too large",
+                             (long long)rows, (long long)cols);
+    float *packed = ovs_malloc(n ? n * sizeof(float) : 1);
+    if (!packed) return OVS_ERR_NOMEM;
+    int rc = ovs_matrix_pack(packed, *data, rows, cols);
+    if (rc) {
+        ovs_free(packed);
+        return rc;
+    }
+    ovs_free(*data);
+    *data = packed;
+    *m = ovs_matrix_packed(packed, rows, cols);
+    return OVS_OK;
+}
 
 int ovs_bind_vec(const float **out, const ovs_tensor_map *w, const char *name, int64_t n) {
     const ovs_tensor *t;

@@ -34,7 +34,8 @@ struct ovs_resnet {
     /* attention pool (has_attnpool) */
     int64_t channels;         /* C = 32 * width */
     const float *pos;         /* (1 + grid*grid, C) */
-    ovs_matrix q, k, v, c;    /* (C, C) x3, (embed_dim, C) */
+    ovs_matrix q, k, v, c;    /* (C, C) x3, (embed_dim, C), packed into attn_packed */
+    float *attn_packed;       /* packed q | k | v | c, owned */
     const float *qb, *kb, *vb, *cb;
     ovs_pos_cache pos_cache;
     ovs_arena arena;
@@ -47,8 +48,8 @@ struct ovs_vit {
     const float *cls;         /* (D,) */
     const float *pos;         /* (1 + grid*grid, D) */
     const float *ln_pre_w, *ln_pre_b, *ln_post_w, *ln_post_b;  /* (D,) */
-    float *proj_t;            /* (embed_dim, D) owned transpose of proj (D, embed_dim) */
-    ovs_matrix proj;          /* view of proj_t */
+    float *proj_t;            /* owned packed (embed_dim, D) transpose of proj (D, embed_dim) */
+    ovs_matrix proj;          /* packed view of proj_t */
     ovs_transformer tf;
     ovs_pos_cache pos_cache;
     ovs_arena arena;
@@ -60,8 +61,8 @@ struct ovs_text {
     const float *tok;         /* (vocab, D) */
     const float *pos;         /* (context, D) */
     const float *ln_w, *ln_b; /* (D,) */
-    float *proj_t;            /* (embed_dim, D) owned */
-    ovs_matrix proj;
+    float *proj_t;            /* (embed_dim, D) owned, packed */
+    ovs_matrix proj;          /* packed view of proj_t */
     ovs_transformer tf;
     ovs_arena arena;
 };
@@ -74,6 +75,19 @@ int ovs_pos_embed_for_grid(const float **out, ovs_pos_cache *cache, const float 
 void ovs_pos_cache_free(ovs_pos_cache *cache);
 
 /* Shared bind helpers (models/common.c). */
+/* Pack weight `name` (rows, cols) into dst (ovs_matrix_packed_floats(rows, cols) floats, owned
+ * by the model) and make *out the packed matrix. The raw tensor is not read again afterwards:
+ * its pages go back to the kernel (ovs_release_pages), so the packed copy replaces it in memory
+ * instead of doubling it. */
+int ovs_bind_packed(ovs_matrix *out, float *dst, const ovs_tensor_map *w, const char *name,
+                    int64_t rows, int64_t cols);
+/* Replace the owned dense (rows, cols) matrix *data by its packed form (freeing the dense one);
+ * *m becomes the packed matrix view. */
+int ovs_pack_owned(float **data, ovs_matrix *m, int64_t rows, int64_t cols);
+/* Hint that the whole pages inside [p, p + bytes) will not be read soon (MADV_PAGEOUT where the
+ * system has it, else nothing). Contents are kept: a file-backed page is dropped from memory and
+ * read again from the file if touched, an anonymous one may be swapped out. */
+void ovs_release_pages(const void *p, size_t bytes);
 int ovs_bind_vec(const float **out, const ovs_tensor_map *w, const char *name, int64_t n);
 int ovs_bind_mat(ovs_matrix *out, const ovs_tensor_map *w, const char *name, int64_t rows,
                  int64_t cols);

@@ -44,6 +44,30 @@ static void convbn_release(ovs_convbn *cb) {
     cb->weight = cb->bias = NULL;
 }
 
+/* Pack the attention pool's four projections (bound dense above) into one owned block. */
+static int attnpool_pack(ovs_resnet *m) {
+    ovs_matrix *mats[4] = {&m->q, &m->k, &m->v, &m->c};
+    size_t off[5] = {0}, total;
+    for (int i = 0; i < 4; i++) {
+        size_t n = ovs_matrix_packed_floats(mats[i]->rows, mats[i]->cols);
+        if (n == SIZE_MAX || __builtin_add_overflow(off[i], n, &off[i + 1]))
+            return ovs_set_error(OVS_ERR_OVERFLOW, "attention-pool weights are too large");
+    }
+    if (ovs_mul_size(&total, off[4], sizeof(float)))
+        return ovs_set_error(OVS_ERR_OVERFLOW, "attention-pool weights are too large");
+    m->attn_packed = ovs_malloc(total ? total : 1);
+    if (!m->attn_packed) return OVS_ERR_NOMEM;
+    for (int i = 0; i < 4; i++) {
+        const float *raw = mats[i]->data;
+        int64_t rows = mats[i]->rows, cols = mats[i]->cols;
+        int rc = ovs_matrix_pack(m->attn_packed + off[i], raw, rows, cols);
+        if (rc) return rc;
+        ovs_release_pages(raw, (size_t)rows * (size_t)cols * sizeof(float));
+        *mats[i] = ovs_matrix_packed(m->attn_packed + off[i], rows, cols);
+    }
+    return OVS_OK;
+}
+
 int ovs_resnet_create(ovs_resnet **out, const ovs_resnet_config *cfg, const ovs_tensor_map *w) {
     *out = NULL;
     if (!cfg->prefix || strlen(cfg->prefix) >= 100)
@@ -122,6 +146,7 @@ int ovs_resnet_create(ovs_resnet **out, const ovs_resnet_config *cfg, const ovs_
             goto error;
 #undef LIN
         m->cfg.embed_dim = m->c.rows;
+        if ((rc = attnpool_pack(m))) goto error;
     }
     *out = m;
     return OVS_OK;
@@ -140,6 +165,7 @@ void ovs_resnet_free(ovs_resnet *m) {
         convbn_release(&m->blocks[i].down);
     }
     ovs_free(m->blocks);
+    ovs_free(m->attn_packed);
     ovs_pos_cache_free(&m->pos_cache);
     ovs_arena_free(&m->arena);
     ovs_free(m);

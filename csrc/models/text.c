@@ -36,7 +36,7 @@ int ovs_text_create(ovs_text **out, const ovs_text_config *cfg, const ovs_tensor
     if ((rc = ovs_bind_transposed(&m->proj_t, &rows, &cols, w, NAME(name, m, "text_projection"), D,
                                   cfg->embed_dim > 0 ? cfg->embed_dim : -1)))
         goto error;
-    m->proj = ovs_matrix_dense(m->proj_t, cols, rows);
+    if ((rc = ovs_pack_owned(&m->proj_t, &m->proj, cols, rows))) goto error;
     m->cfg.embed_dim = cols;
     snprintf(name, sizeof name, "%stransformer.", m->prefix);
     if ((rc = ovs_transformer_init(&m->tf, name, cfg->heads, cfg->act, w))) goto error;

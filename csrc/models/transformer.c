@@ -28,8 +28,24 @@ int ovs_transformer_init(ovs_transformer *t, const char *prefix, int64_t heads, 
     int64_t Dm = fc->shape[0];
     if (heads <= 0 || D % heads != 0)
         return ovs_set_error(OVS_ERR_ARG, "width %lld is not divisible by %lld heads", (long long)D, (long long)heads);
+    /* One allocation for all packed weights: in_proj (3D, D), out_proj (D, D), fc (Dm, D),
+     * proj (D, Dm) per block. */
+    const size_t n_in = ovs_matrix_packed_floats(3 * D, D), n_out = ovs_matrix_packed_floats(D, D);
+    const size_t n_fc = ovs_matrix_packed_floats(Dm, D), n_proj = ovs_matrix_packed_floats(D, Dm);
+    size_t per_block = n_in, total;
+    if (n_in == SIZE_MAX || n_out == SIZE_MAX || n_fc == SIZE_MAX || n_proj == SIZE_MAX ||
+        __builtin_add_overflow(per_block, n_out, &per_block) ||
+        __builtin_add_overflow(per_block, n_fc, &per_block) ||
+        __builtin_add_overflow(per_block, n_proj, &per_block) ||
+        ovs_mul3_size(&total, per_block, (size_t)L, sizeof(float)))
+        return ovs_set_error(OVS_ERR_OVERFLOW, "transformer weights (%lld layers, width %lld) are too large",
+                             (long long)L, (long long)D);
     t->blocks = ovs_calloc((size_t)L, sizeof(ovs_block));
-    if (!t->blocks) return OVS_ERR_NOMEM;
+    t->packed = ovs_malloc(total ? total : 1);
+    if (!t->blocks || !t->packed) {
+        ovs_transformer_release(t);
+        return OVS_ERR_NOMEM;
+    }
     t->width = D;
     t->heads = heads;
     t->mlp = Dm;
@@ -37,19 +53,20 @@ int ovs_transformer_init(ovs_transformer *t, const char *prefix, int64_t heads, 
     t->act = act;
     for (int64_t i = 0; i < L; i++) {
         ovs_block *b = &t->blocks[i];
+        float *pk = t->packed + (size_t)i * per_block;
         int rc = 0;
 #define P(suffix) (snprintf(name, sizeof name, "%sresblocks.%lld." suffix, prefix, (long long)i), name)
         if ((rc = ovs_bind_vec(&b->ln1_w, w, P("ln_1.weight"), D)) ||
             (rc = ovs_bind_vec(&b->ln1_b, w, P("ln_1.bias"), D)) ||
-            (rc = ovs_bind_mat(&b->in_proj, w, P("attn.in_proj_weight"), 3 * D, D)) ||
+            (rc = ovs_bind_packed(&b->in_proj, pk, w, P("attn.in_proj_weight"), 3 * D, D)) ||
             (rc = ovs_bind_vec(&b->in_proj_b, w, P("attn.in_proj_bias"), 3 * D)) ||
-            (rc = ovs_bind_mat(&b->out_proj, w, P("attn.out_proj.weight"), D, D)) ||
+            (rc = ovs_bind_packed(&b->out_proj, pk + n_in, w, P("attn.out_proj.weight"), D, D)) ||
             (rc = ovs_bind_vec(&b->out_proj_b, w, P("attn.out_proj.bias"), D)) ||
             (rc = ovs_bind_vec(&b->ln2_w, w, P("ln_2.weight"), D)) ||
             (rc = ovs_bind_vec(&b->ln2_b, w, P("ln_2.bias"), D)) ||
-            (rc = ovs_bind_mat(&b->fc, w, P("mlp.c_fc.weight"), Dm, D)) ||
+            (rc = ovs_bind_packed(&b->fc, pk + n_in + n_out, w, P("mlp.c_fc.weight"), Dm, D)) ||
             (rc = ovs_bind_vec(&b->fc_b, w, P("mlp.c_fc.bias"), Dm)) ||
-            (rc = ovs_bind_mat(&b->proj, w, P("mlp.c_proj.weight"), D, Dm)) ||
+            (rc = ovs_bind_packed(&b->proj, pk + n_in + n_out + n_fc, w, P("mlp.c_proj.weight"), D, Dm)) ||
             (rc = ovs_bind_vec(&b->proj_b, w, P("mlp.c_proj.bias"), D))) {
             ovs_transformer_release(t);
             return rc;
@@ -61,7 +78,9 @@ int ovs_transformer_init(ovs_transformer *t, const char *prefix, int64_t heads, 
 
 void ovs_transformer_release(ovs_transformer *t) {
     ovs_free(t->blocks);
+    ovs_free(t->packed);
     t->blocks = NULL;
+    t->packed = NULL;
     t->layers = 0;
 }
 

@@ -39,7 +39,7 @@ int ovs_vit_create(ovs_vit **out, const ovs_vit_config *cfg, const ovs_tensor_ma
         if ((rc = ovs_bind_transposed(&m->proj_t, &rows, &cols, w, NAME(name, m, "proj"), D,
                                       cfg->embed_dim)))
             goto error;
-        m->proj = ovs_matrix_dense(m->proj_t, cols, rows);
+        if ((rc = ovs_pack_owned(&m->proj_t, &m->proj, cols, rows))) goto error;
     }
     snprintf(name, sizeof name, "%stransformer.", m->prefix);
     if ((rc = ovs_transformer_init(&m->tf, name, cfg->heads, cfg->act, w))) goto error;

@@ -173,6 +173,9 @@ int ovs_conv2d_forward(float *out, const float *in, const ovs_matrix *weight, co
     const int64_t PQ = P * Q, HW = H * W, G = p->groups, Cg = C / G, Kg = K / G;
     const int64_t L = Cg * R * S;
     if (N == 0 || K == 0 || PQ == 0) return OVS_OK;
+    if (weight->format != OVS_MATRIX_DENSE)
+        return ovs_set_error(OVS_ERR_UNSUPPORTED, "%s: weight format %d is not supported", op,
+                             (int)weight->format);
     const int pointwise = conv_is_pointwise(R, S, p);
     if (!pointwise && L > 0 && !scratch)
         return ovs_set_error(OVS_ERR_ARG, "%s: scratch is NULL but %zu floats are needed", op,

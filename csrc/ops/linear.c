@@ -1,4 +1,5 @@
-/* Linear layer: one sgemm, then bias + residual + activation fused into one pass over the
+/* Linear layer. Packed weights: the packed-weight GEMM with the epilogue fused per tile.
+ * Dense weights: one sgemm, then bias + residual + activation fused into one pass over the
  * output rows. A residual that aliases out is folded into the sgemm (beta = 1) instead.
  * Dimension letters: M rows, C input features, K output features. */
 #include "ops/ops_internal.h"
@@ -39,6 +40,8 @@ int ovs_linear_forward(float *out, const float *in, const ovs_matrix *weight, co
     int st = ops_linear_check(op, out, in, weight, M, C, K, act);
     if (st) return st;
     if (M == 0 || K == 0) return OVS_OK;
+    if (weight->format == OVS_MATRIX_PACKED)
+        return ops_gemm_packed(op, out, K, in, C, weight, M, 1.0f, 0.0f, bias, residual, K, act);
     int fold_residual = residual == out;  /* out already holds the residual: beta = 1 */
     st = ops_sgemm(op, 1, M, K, C, 1.0f, in, C, weight->data, C, fold_residual ? 1.0f : 0.0f,
                    out, K);

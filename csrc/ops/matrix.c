@@ -37,7 +37,7 @@ int ops_mul(int64_t *out, const char *op, int64_t a, int64_t b) {
 
 int ops_check_matrix(const char *op, const ovs_matrix *w, int64_t rows, int64_t cols) {
     if (!w) return ovs_set_error(OVS_ERR_ARG, "%s: weight matrix is NULL", op);
-    if (w->format != OVS_MATRIX_DENSE)
+    if (w->format != OVS_MATRIX_DENSE && w->format != OVS_MATRIX_PACKED)
         return ovs_set_error(OVS_ERR_UNSUPPORTED, "%s: weight format %d is not supported", op,
                              (int)w->format);
     if (w->rows != rows || w->cols != cols)
@@ -166,5 +166,8 @@ int ovs_matmul_wt(float *out, int64_t ldo, const float *a, int64_t lda, const ov
     if ((st = ops_check_ptr(op, "out", out, out_span)) ||
         (st = ops_check_ptr(op, "a", a, C > 0 ? a_span : 0)))
         return st;
+    if (w->format == OVS_MATRIX_PACKED)
+        return ops_gemm_packed(op, out, ldo, a, lda, w, M, alpha, beta, NULL, NULL, 0,
+                               OVS_ACT_NONE);
     return ops_sgemm(op, 1, M, K, C, alpha, a, lda, w->data, C, beta, out, ldo);
 }

@@ -29,11 +29,11 @@ int ovs_linear_forward_naive(float *out, const float *in, const ovs_matrix *weig
                              int64_t K, ovs_act act) {
     int st = ops_linear_check("ovs_linear_forward_naive", out, in, weight, M, C, K, act);
     if (st) return st;
-    const float *w = weight->data;   /* (K, C) */
     for (int64_t i = 0; i < M; i++)
         for (int64_t k = 0; k < K; k++) {
             double acc = 0.0;
-            for (int64_t c = 0; c < C; c++) acc += (double)in[i * C + c] * (double)w[k * C + c];
+            for (int64_t c = 0; c < C; c++)
+                acc += (double)in[i * C + c] * (double)ops_matrix_at(weight, k, c);
             if (bias) acc += bias[k];
             if (residual) acc += residual[i * K + k];   /* read before out[i, k] is written */
             out[i * K + k] = act_naive((float)acc, act);
@@ -50,7 +50,7 @@ int ovs_conv2d_forward_naive(float *out, const float *in, const ovs_matrix *weig
                               p, act, &P, &Q);
     if (st) return st;
     const int64_t Cg = C / p->groups, Kg = K / p->groups;
-    const float *w = weight->data;   /* (K, Cg, R, S) */
+    /* weight (K, Cg, R, S) */
     for (int64_t n = 0; n < N; n++)
         for (int64_t k = 0; k < K; k++) {
             const int64_t g = k / Kg;
@@ -64,7 +64,7 @@ int ovs_conv2d_forward_naive(float *out, const float *in, const ovs_matrix *weig
                                 int64_t iw = x * p->stride_w - p->pad_w + s * p->dil_w;
                                 if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
                                 acc += (double)in[((n * C + g * Cg + c) * H + ih) * W + iw] *
-                                       (double)w[((k * Cg + c) * R + r) * S + s];
+                                       (double)ops_matrix_at(weight, k, (c * R + r) * S + s);
                             }
                     int64_t o = ((n * K + k) * P + y) * Q + x;
                     if (bias) acc += bias[k];

@@ -35,6 +35,21 @@ int ops_sgemm(const char *op, int trans_b, int64_t M, int64_t N, int64_t Kd, flo
               const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
               int64_t ldc);
 
+/* The packed-weight GEMM (csrc/ops/gemm.c): out (M, K) with row stride ldo =
+ *   act(alpha * (a (M, C) @ W^T) [+ beta * out] [+ bias (K,)] [+ res (M, K), row stride ldr])
+ * for w packed (K, C), applied in that order per element; res may alias out. Arguments are
+ * checked by the caller. */
+int ops_gemm_packed(const char *op, float *out, int64_t ldo, const float *a, int64_t lda,
+                    const ovs_matrix *w, int64_t M, float alpha, float beta, const float *bias,
+                    const float *res, int64_t ldr, ovs_act act);
+
+/* W[k, c] of a dense or packed (checked) weight matrix; for naive reference loops. */
+static inline float ops_matrix_at(const ovs_matrix *w, int64_t k, int64_t c) {
+    if (w->format == OVS_MATRIX_PACKED)
+        return w->data[((k / OVS_PACK_NR) * w->cols + c) * OVS_PACK_NR + k % OVS_PACK_NR];
+    return w->data[k * w->cols + c];
+}
+
 /* x (n,) = act(x) on one thread; callers parallelise over rows. */
 void ops_act_inplace(float *x, int64_t n, ovs_act act);
 

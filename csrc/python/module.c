@@ -120,7 +120,8 @@ PyMODINIT_FUNC PyInit__core(void) {
     if (ovs_py_register_core(m) < 0 || ovs_py_register_ops(m) < 0 || ovs_py_register_io(m) < 0 ||
         ovs_py_register_models(m) < 0 || ovs_py_register_text(m) < 0 ||
         ovs_py_register_methods(m) < 0 || ovs_py_register_tokenizer(m) < 0 ||
-        ovs_py_register_analysis(m) < 0 || ovs_py_register_metrics(m) < 0)
+        ovs_py_register_analysis(m) < 0 || ovs_py_register_metrics(m) < 0 ||
+        ovs_py_register_gemm(m) < 0)
         goto error;
     return m;
 error:

@@ -169,15 +169,44 @@ static int alloc_scratch(size_t n, float **out) {
 #define F32(a) ((float *)PyArray_DATA(a))
 #define F32_OR_NULL(a) ((a) ? (float *)PyArray_DATA(a) : NULL)
 
+/* ---------------------------------------------------------------- weight matrices */
+/* *wm = w (K, C) as a dense matrix, or, with packed != 0, as a packed copy in *buf (an
+ * ovs_malloc'd block the caller frees after the op). Called with the GIL held. */
+static int weight_matrix(ovs_matrix *wm, float **buf, PyArrayObject *w, npy_intp K, npy_intp C,
+                         int packed) {
+    *buf = NULL;
+    if (!packed) {
+        *wm = ovs_matrix_dense(F32(w), K, C);
+        return 0;
+    }
+    size_t n = ovs_matrix_packed_floats(K, C);
+    if (n == SIZE_MAX || n > SIZE_MAX / sizeof(float) ||
+        !(*buf = ovs_malloc((n ? n : 1) * sizeof(float)))) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int st = ovs_matrix_pack(*buf, F32(w), K, C);
+    if (st) {
+        ovs_free(*buf);
+        *buf = NULL;
+        ovs_py_raise(st);
+        return -1;
+    }
+    *wm = ovs_matrix_packed(*buf, K, C);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- matmul */
 static PyObject *py_op_matmul_wt(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"a", "w", "alpha", "beta", "out", NULL};
+    static char *kwlist[] = {"a", "w", "alpha", "beta", "out", "packed", NULL};
     PyObject *a_obj, *w_obj, *out_obj = Py_None;
     float alpha = 1.0f, beta = 0.0f;
+    int packed = 0;
+    float *wbuf = NULL;
     PyArrayObject *a = NULL, *w = NULL, *out = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|ffO", kwlist, &a_obj, &w_obj, &alpha, &beta,
-                                     &out_obj))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|ffOp", kwlist, &a_obj, &w_obj, &alpha, &beta,
+                                     &out_obj, &packed))
         return NULL;
     int64_t lda, ldo;
     if (!(a = rows_array(a_obj, "a", &lda)) || !(w = ovs_py_float_array(w_obj, 2, "w")))
@@ -212,7 +241,8 @@ static PyObject *py_op_matmul_wt(PyObject *self, PyObject *args, PyObject *kw) {
         }
         ldo = s0 / (npy_intp)sizeof(float);
     }
-    ovs_matrix wm = ovs_matrix_dense(F32(w), K, C);
+    ovs_matrix wm;
+    if (weight_matrix(&wm, &wbuf, w, K, C, packed)) goto error;
     int st;
     Py_BEGIN_ALLOW_THREADS
     st = ovs_matmul_wt(F32(out), ldo, F32(a), lda, &wm, M, alpha, beta);
@@ -221,10 +251,12 @@ static PyObject *py_op_matmul_wt(PyObject *self, PyObject *args, PyObject *kw) {
         ovs_py_raise(st);
         goto error;
     }
+    ovs_free(wbuf);
     Py_DECREF(a);
     Py_DECREF(w);
     return (PyObject *)out;
 error:
+    ovs_free(wbuf);
     Py_XDECREF(a);
     Py_XDECREF(w);
     Py_XDECREF(out);
@@ -259,14 +291,16 @@ static PyObject *py_op_act(PyObject *self, PyObject *args, PyObject *kw) {
 /* ---------------------------------------------------------------- linear */
 static PyObject *py_op_linear(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"x", "w", "b", "residual", "act", "naive", "residual_alias", NULL};
+    static char *kwlist[] = {"x", "w", "b", "residual", "act", "naive", "residual_alias",
+                             "packed", NULL};
     PyObject *x_obj, *w_obj, *b_obj = Py_None, *r_obj = Py_None;
     const char *act_name = "none";
-    int naive = 0, alias = 0;
+    int naive = 0, alias = 0, packed = 0;
+    float *wbuf = NULL;
     ovs_act act;
     PyArrayObject *x = NULL, *w = NULL, *b = NULL, *r = NULL, *out = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOspp", kwlist, &x_obj, &w_obj, &b_obj, &r_obj,
-                                     &act_name, &naive, &alias))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOsppp", kwlist, &x_obj, &w_obj, &b_obj,
+                                     &r_obj, &act_name, &naive, &alias, &packed))
         return NULL;
     if (parse_act(act_name, &act)) return NULL;
     if (!(x = ovs_py_float_array(x_obj, -1, "x")) || !(w = ovs_py_float_array(w_obj, 2, "w")) ||
@@ -293,7 +327,8 @@ static PyObject *py_op_linear(PyObject *self, PyObject *args, PyObject *kw) {
         memcpy(F32(out), F32(r), (size_t)PyArray_NBYTES(r));
         res = F32(out);
     }
-    ovs_matrix wm = ovs_matrix_dense(F32(w), K, C);
+    ovs_matrix wm;
+    if (weight_matrix(&wm, &wbuf, w, K, C, packed)) goto error;
     int st;
     Py_BEGIN_ALLOW_THREADS
     st = (naive ? ovs_linear_forward_naive : ovs_linear_forward)(F32(out), F32(x), &wm,
@@ -303,12 +338,14 @@ static PyObject *py_op_linear(PyObject *self, PyObject *args, PyObject *kw) {
         ovs_py_raise(st);
         goto error;
     }
+    ovs_free(wbuf);
     Py_DECREF(x);
     Py_DECREF(w);
     Py_XDECREF(b);
     Py_XDECREF(r);
     return (PyObject *)out;
 error:
+    ovs_free(wbuf);
     Py_XDECREF(x);
     Py_XDECREF(w);
     Py_XDECREF(b);
@@ -1084,11 +1121,13 @@ error:
 #define KW (METH_VARARGS | METH_KEYWORDS)
 static PyMethodDef ops_methods[] = {
     {"op_matmul_wt", (PyCFunction)py_op_matmul_wt, KW,
-     "op_matmul_wt(a, w, alpha=1.0, beta=0.0, out=None): out = alpha a @ w.T + beta out."},
+     "op_matmul_wt(a, w, alpha=1.0, beta=0.0, out=None, packed=False): out = alpha a @ w.T + "
+     "beta out; packed=True packs w first and runs the packed-weight GEMM."},
     {"op_act", (PyCFunction)py_op_act, KW,
      "op_act(x, act, naive=False): act in 'none', 'relu', 'gelu', 'quickgelu'."},
     {"op_linear", (PyCFunction)py_op_linear, KW,
-     "op_linear(x, w, b=None, residual=None, act='none', naive=False, residual_alias=False)."},
+     "op_linear(x, w, b=None, residual=None, act='none', naive=False, residual_alias=False, "
+     "packed=False)."},
     {"op_conv2d", (PyCFunction)py_op_conv2d, KW,
      "op_conv2d(x, w, b=None, residual=None, stride=1, padding=0, dilation=1, groups=1, "
      "act='none', naive=False, residual_alias=False)."},

@@ -80,9 +80,11 @@ typedef struct {
     int64_t layers;           /* L */
     ovs_act act;              /* OVS_ACT_QUICKGELU for OpenAI weights, OVS_ACT_GELU otherwise */
     ovs_block *blocks;        /* (L,) */
+    float *packed;            /* owned: every block's in_proj | out_proj | fc | proj, packed */
 } ovs_transformer;
 
-/* Bind blocks "<prefix>resblocks.<i>.*" (layers counted from the map), check shapes. */
+/* Bind blocks "<prefix>resblocks.<i>.*" (layers counted from the map), check shapes, pack the
+ * four weight matrices of each block for the packed-weight GEMM. */
 int ovs_transformer_init(ovs_transformer *t, const char *prefix, int64_t heads, ovs_act act,
                          const ovs_tensor_map *w);
 void ovs_transformer_release(ovs_transformer *t);

@@ -39,18 +39,53 @@ extern "C" {
  * be chosen per layer later without changing op signatures. */
 typedef enum {
     OVS_MATRIX_DENSE = 0,     /* data: (rows, cols) row-major */
+    OVS_MATRIX_PACKED = 2,    /* data: panels for the GEMM micro-kernels, see ovs_matrix_pack */
 } ovs_matrix_format;
 
 typedef struct {
     ovs_matrix_format format;
-    const float *data;        /* dense: (rows, cols) */
+    const float *data;        /* dense: (rows, cols); packed: (ceil(rows/NR), cols, NR) */
     int64_t rows, cols;
 } ovs_matrix;
 
 ovs_matrix ovs_matrix_dense(const float *data, int64_t rows, int64_t cols);
 
-/* out (M, K) = alpha * a (M, C) @ w^T (C -> K) + beta * out. Dense via OpenBLAS sgemm.
- * lda/ldo are row strides of a and out (>= C and >= K). */
+/* ---------------------------------------------------------------- packed weights */
+/* A fixed weight W (rows = K output features, cols = C input features) packed once, at model
+ * build, into the layout the GEMM micro-kernels stream: ceil(K/NR) panels, panel p a (C, NR)
+ * block with packed[(p*C + c)*NR + j] = W[p*NR + j, c] (zeros for p*NR + j >= K).
+ * Linear layers and ovs_matmul_wt accept packed matrices; every output element is then one
+ * fmaf chain over c = 0..C-1 in increasing order (bias, residual, activation applied after), so
+ * a row's result is bitwise the same whatever M, the row's position, the thread count or the
+ * CPU's kernel (portable / AVX2+FMA / AVX-512F, chosen at run time). */
+#define OVS_PACK_NR 16
+
+/* Floats of the packed form of a (rows, cols) matrix; SIZE_MAX if that overflows. */
+size_t ovs_matrix_packed_floats(int64_t rows, int64_t cols);
+/* dst (ovs_matrix_packed_floats(rows, cols),) = packed form of src (rows, cols). */
+int ovs_matrix_pack(float *dst, const float *src, int64_t rows, int64_t cols);
+ovs_matrix ovs_matrix_packed(const float *packed, int64_t rows, int64_t cols);
+
+/* Naive twin of the packed GEMM: out (M, K) = a (M, C) @ W^T, each element one fmaf chain in
+ * increasing c, read straight from the packed layout. */
+int ovs_gemm_packed_naive(float *out, const float *a, const float *packed, int64_t M, int64_t C,
+                          int64_t K);
+
+/* Micro-kernel family of the packed GEMM. AUTO picks the best the CPU supports (the default);
+ * forcing one (tests, benchmarks) fails with OVS_ERR_UNSUPPORTED if the CPU lacks it. Process-
+ * wide; do not change it while another thread runs a model. */
+typedef enum {
+    OVS_GEMM_ISA_AUTO = -1,
+    OVS_GEMM_ISA_PORTABLE = 0,
+    OVS_GEMM_ISA_AVX2 = 1,    /* AVX2 + FMA */
+    OVS_GEMM_ISA_AVX512 = 2,  /* AVX-512F */
+} ovs_gemm_isa_kind;
+int ovs_gemm_set_isa(ovs_gemm_isa_kind kind);
+/* "portable", "avx2" or "avx512": the kernels in use. */
+const char *ovs_gemm_isa_name(void);
+
+/* out (M, K) = alpha * a (M, C) @ w^T (C -> K) + beta * out. Dense via OpenBLAS sgemm, packed
+ * via the packed-weight GEMM. lda/ldo are row strides of a and out (>= C and >= K). */
 int ovs_matmul_wt(float *out, int64_t ldo, const float *a, int64_t lda, const ovs_matrix *w,
                   int64_t M, float alpha, float beta);
 
@@ -68,7 +103,8 @@ int ovs_act_forward_naive(float *x, int64_t n, ovs_act act);
 
 /* ---------------------------------------------------------------- linear */
 /* out (M, K) = act(in (M, C) @ weight^T + bias (K,) [+ residual (M, K)]).
- * bias and residual may be NULL; residual may alias out. */
+ * bias and residual may be NULL; residual may alias out. weight dense (OpenBLAS) or packed
+ * (the packed-weight GEMM, bias/residual/activation fused into its tile epilogue). */
 int ovs_linear_forward(float *out, const float *in, const ovs_matrix *weight, const float *bias,
                        const float *residual, int64_t M, int64_t C, int64_t K, ovs_act act);
 int ovs_linear_forward_naive(float *out, const float *in, const ovs_matrix *weight,

@@ -1,0 +1,244 @@
+/* Packed-weight GEMM for fixed weights: out (M, K) = epilogue(a (M, C) @ W^T), W (K, C) packed
+ * once at model build into panels of NR = OVS_PACK_NR output features (layout in ops.h).
+ * Dimension letters as in include/ovs/ops.h.
+ *
+ * Determinism by construction: every output element is one fmaf chain over c = 0..C-1 in
+ * increasing order (see ops/gemm.h), computed whole by one micro-kernel call; the epilogue
+ * (alpha, beta, bias, residual, activation) is applied after, element by element, by code shared
+ * by all ISAs. A row's result therefore does not depend on M, on the row's position, on the
+ * tiling, on the thread count or on the ISA path (portable / AVX2 / AVX-512).
+ *
+ * Work split: the output is cut into tasks of (up to GEMM_ROW_BLOCK rows) x (a group of panels);
+ * OpenMP threads take tasks dynamically. Inside a task each panel (C, NR) is streamed once per
+ * micro-tile of rows while the task's rows of `a` stay in L2. */
+#include "ops/gemm.h"
+
+#include <stdatomic.h>
+#include <stdint.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* ---------------------------------------------------------------- portable kernel */
+#define PORTABLE_MR 4
+
+static void portable_kernel(int64_t mr, int64_t C, const float *a, int64_t lda, const float *panel,
+                            float *tile) {
+    float acc[PORTABLE_MR][OVS_PACK_NR];
+    for (int64_t r = 0; r < mr; r++)
+        for (int j = 0; j < OVS_PACK_NR; j++) acc[r][j] = 0.0f;
+    for (int64_t c = 0; c < C; c++) {
+        const float *b = panel + c * OVS_PACK_NR;
+        for (int64_t r = 0; r < mr; r++) {
+            const float av = a[r * lda + c];
+            for (int j = 0; j < OVS_PACK_NR; j++) acc[r][j] = fmaf(av, b[j], acc[r][j]);
+        }
+    }
+    for (int64_t r = 0; r < mr; r++)
+        for (int j = 0; j < OVS_PACK_NR; j++) tile[r * OVS_PACK_NR + j] = acc[r][j];
+}
+
+const ops_gemm_isa ops_gemm_portable = {"portable", PORTABLE_MR, portable_kernel};
+
+/* ---------------------------------------------------------------- ISA choice */
+/* -1: not chosen yet; otherwise an ovs_gemm_isa_kind. Forced by ovs_gemm_set_isa (tests). */
+static _Atomic int gemm_isa_kind = -1;
+
+static int cpu_has(ovs_gemm_isa_kind kind) {
+    switch (kind) {
+    case OVS_GEMM_ISA_PORTABLE: return 1;
+#if defined(__x86_64__) || defined(__i386__)
+    case OVS_GEMM_ISA_AVX2:
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case OVS_GEMM_ISA_AVX512:
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f");
+#endif
+    default: return 0;
+    }
+}
+
+static const ops_gemm_isa *isa_table(int kind) {
+    switch (kind) {
+    case OVS_GEMM_ISA_AVX2: return &ops_gemm_avx2;
+    case OVS_GEMM_ISA_AVX512: return &ops_gemm_avx512;
+    default: return &ops_gemm_portable;
+    }
+}
+
+static int best_isa(void) {
+    if (cpu_has(OVS_GEMM_ISA_AVX512)) return OVS_GEMM_ISA_AVX512;
+    if (cpu_has(OVS_GEMM_ISA_AVX2)) return OVS_GEMM_ISA_AVX2;
+    return OVS_GEMM_ISA_PORTABLE;
+}
+
+static const ops_gemm_isa *current_isa(void) {
+    int kind = atomic_load(&gemm_isa_kind);
+    if (kind < 0) {
+        kind = best_isa();
+        atomic_store(&gemm_isa_kind, kind);
+    }
+    return isa_table(kind);
+}
+
+int ovs_gemm_set_isa(ovs_gemm_isa_kind kind) {
+    if (kind == OVS_GEMM_ISA_AUTO) {
+        atomic_store(&gemm_isa_kind, best_isa());
+        return OVS_OK;
+    }
+    if (kind != OVS_GEMM_ISA_PORTABLE && kind != OVS_GEMM_ISA_AVX2 && kind != OVS_GEMM_ISA_AVX512)
+        return ovs_set_error(OVS_ERR_ARG, "ovs_gemm_set_isa: unknown ISA %d", (int)kind);
+    if (!cpu_has(kind))
+        return ovs_set_error(OVS_ERR_UNSUPPORTED,
+                             "ovs_gemm_set_isa: this CPU does not support the %s kernels",
+                             isa_table(kind)->name);
+    atomic_store(&gemm_isa_kind, (int)kind);
+    return OVS_OK;
+}
+
+const char *ovs_gemm_isa_name(void) { return current_isa()->name; }
+
+/* ---------------------------------------------------------------- packing */
+size_t ovs_matrix_packed_floats(int64_t rows, int64_t cols) {
+    if (rows < 0 || cols < 0) return 0;
+    size_t panels = (size_t)(rows + OVS_PACK_NR - 1) / OVS_PACK_NR, n;
+    if (ovs_mul3_size(&n, panels, (size_t)OVS_PACK_NR, (size_t)cols)) return SIZE_MAX;
+    return n;
+}
+
+int ovs_matrix_pack(float *dst, const float *src, int64_t rows, int64_t cols) {
+    static const char op[] = "ovs_matrix_pack";
+    int st;
+    int64_t n;
+    if ((st = ops_check_nonneg(op, "rows", rows)) || (st = ops_check_nonneg(op, "cols", cols)) ||
+        (st = ops_mul(&n, op, rows, cols)) || (st = ops_check_ptr(op, "src", src, n)))
+        return st;
+    size_t packed = ovs_matrix_packed_floats(rows, cols);
+    if (packed == SIZE_MAX || packed > (size_t)INT64_MAX)
+        return ovs_set_error(OVS_ERR_OVERFLOW, "%s: packed size of (%lld, %lld) overflows", op,
+                             (long long)rows, (long long)cols);
+    if ((st = ops_check_ptr(op, "dst", dst, (int64_t)packed))) return st;
+    const int64_t panels = (rows + OVS_PACK_NR - 1) / OVS_PACK_NR;
+#pragma omp parallel for schedule(static) if (n >= OPS_PAR_MIN && panels > 1)
+    for (int64_t p = 0; p < panels; p++) {
+        float *d = dst + p * cols * OVS_PACK_NR;       /* (cols, NR) */
+        for (int j = 0; j < OVS_PACK_NR; j++) {
+            const int64_t k = p * OVS_PACK_NR + j;
+            if (k < rows) {
+                const float *s = src + k * cols;
+                for (int64_t c = 0; c < cols; c++) d[c * OVS_PACK_NR + j] = s[c];
+            } else {
+                for (int64_t c = 0; c < cols; c++) d[c * OVS_PACK_NR + j] = 0.0f;
+            }
+        }
+    }
+    return OVS_OK;
+}
+
+ovs_matrix ovs_matrix_packed(const float *packed, int64_t rows, int64_t cols) {
+    ovs_matrix m;
+    m.format = OVS_MATRIX_PACKED;
+    m.data = packed;
+    m.rows = rows;
+    m.cols = cols;
+    return m;
+}
+
+/* ---------------------------------------------------------------- driver */
+/* Rows of `a` a task keeps hot in L2 (about 192 KiB of them, at least one micro-tile). */
+static int64_t gemm_row_block(int64_t C, int64_t mr) {
+    int64_t rows = C > 0 ? ((int64_t)48 << 10) / C : 96;
+    if (rows > 96) rows = 96;
+    rows = rows / mr * mr;
+    return rows < mr ? mr : rows;
+}
+
+/* out[i, j] for j < nj of one tile row: the shared epilogue, the same code for every ISA. */
+static void gemm_epilogue_row(float *o, const float *acc, int64_t nj, float alpha, float beta,
+                              const float *bias, const float *res, ovs_act act) {
+    float v[OVS_PACK_NR];
+    for (int64_t j = 0; j < nj; j++) {
+        float x = acc[j];
+        if (alpha != 1.0f) x = alpha * x;
+        if (beta != 0.0f) x = beta == 1.0f ? x + o[j] : x + beta * o[j];
+        if (bias) x = x + bias[j];
+        if (res) x = x + res[j];
+        v[j] = x;
+    }
+    ops_act_inplace(v, nj, act);
+    for (int64_t j = 0; j < nj; j++) o[j] = v[j];
+}
+
+int ops_gemm_packed(const char *op, float *out, int64_t ldo, const float *a, int64_t lda,
+                    const ovs_matrix *w, int64_t M, float alpha, float beta, const float *bias,
+                    const float *res, int64_t ldr, ovs_act act) {
+    const int64_t K = w->rows, C = w->cols;
+    if (M == 0 || K == 0) return OVS_OK;
+    (void)op;
+    const ops_gemm_isa *isa = current_isa();
+    const int64_t mr = isa->mr_max;
+    const int64_t rb = gemm_row_block(C, mr);
+    const int64_t panels = (K + OVS_PACK_NR - 1) / OVS_PACK_NR;
+    const int64_t row_blocks = (M + rb - 1) / rb;
+    int threads = 1;
+#ifdef _OPENMP
+    if (!omp_in_parallel() && (double)M * (double)K * (double)C >= 1.0e6)
+        threads = omp_get_max_threads();
+#endif
+    /* Panel groups: enough tasks for ~4 per thread, each at least 2 panels wide. */
+    int64_t group = panels;
+    if (threads > 1) {
+        int64_t want = 4 * (int64_t)threads;
+        int64_t groups = (want + row_blocks - 1) / row_blocks;
+        group = (panels + groups - 1) / groups;
+        if (group < 2) group = 2;
+    }
+    const int64_t groups = (panels + group - 1) / group;
+    const int64_t tasks = row_blocks * groups;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && tasks > 1)
+    for (int64_t t = 0; t < tasks; t++) {
+        const int64_t i0 = (t / groups) * rb, p0 = (t % groups) * group;
+        const int64_t i1 = i0 + rb < M ? i0 + rb : M, p1 = p0 + group < panels ? p0 + group : panels;
+        float tile[16 * OVS_PACK_NR];   /* (mr, NR), mr <= 16 */
+        for (int64_t p = p0; p < p1; p++) {
+            const float *panel = w->data + p * C * OVS_PACK_NR;
+            const int64_t j0 = p * OVS_PACK_NR;
+            const int64_t nj = K - j0 < OVS_PACK_NR ? K - j0 : OVS_PACK_NR;
+            for (int64_t i = i0; i < i1; i += mr) {
+                const int64_t m = i1 - i < mr ? i1 - i : mr;
+                if (C > 0) {
+                    isa->kernel(m, C, a + i * lda, lda, panel, tile);
+                } else {
+                    for (int64_t q = 0; q < m * OVS_PACK_NR; q++) tile[q] = 0.0f;
+                }
+                for (int64_t r = 0; r < m; r++)
+                    gemm_epilogue_row(out + (i + r) * ldo + j0, tile + r * OVS_PACK_NR, nj, alpha,
+                                      beta, bias ? bias + j0 : NULL,
+                                      res ? res + (i + r) * ldr + j0 : NULL, act);
+            }
+        }
+    }
+    return OVS_OK;
+}
+
+int ovs_gemm_packed_naive(float *out, const float *a, const float *packed, int64_t M, int64_t C,
+                          int64_t K) {
+    static const char op[] = "ovs_gemm_packed_naive";
+    int st;
+    int64_t mk, mc;
+    if ((st = ops_check_nonneg(op, "M", M)) || (st = ops_check_nonneg(op, "C", C)) ||
+        (st = ops_check_nonneg(op, "K", K)) || (st = ops_mul(&mk, op, M, K)) ||
+        (st = ops_mul(&mc, op, M, C)) || (st = ops_check_ptr(op, "out", out, mk)) ||
+        (st = ops_check_ptr(op, "a", a, mk > 0 ? mc : 0)) ||
+        (st = ops_check_ptr(op, "packed", packed, mk > 0 && C > 0 ? 1 : 0)))
+        return st;
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t k = 0; k < K; k++) {
+            const float *col = packed + (k / OVS_PACK_NR) * C * OVS_PACK_NR + k % OVS_PACK_NR;
+            float acc = 0.0f;
+            for (int64_t c = 0; c < C; c++) acc = fmaf(a[i * C + c], col[c * OVS_PACK_NR], acc);
+            out[i * K + k] = acc;
+        }
+    return OVS_OK;
+}
