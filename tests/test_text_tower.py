@@ -148,3 +148,33 @@ def test_full_length_path_matches_end_token_truncation(name, load_model, referen
     assert_close(full, ref["embed"][rows], name=f"{name}/encode_tokens(truncate=False)")
     short = model.encode_tokens(ref["tokens"][rows], truncate=True)
     assert_close(short, full, name=f"{name}/truncated vs full length")
+
+
+@pytest.mark.parametrize("name", ["rn_tiny", "vitb16"])
+def test_embeddings_do_not_depend_on_the_batch_or_call_history(fixtures_dir, manifest, name):
+    """A prompt's embedding is the same bits whether it is encoded alone, among prompts of other
+    lengths, at another position, with another thread count, or after other calls; so the
+    classifier cache cannot make results depend on which call came first."""
+    path, act = fixtures_dir / f"{name}.safetensors", manifest["models"][name]["act"]
+    model = ovs.load(path, act=act)
+    target = "a photo of a traffic cone."
+    others = ["cat", "a very long prompt " * 6 + "with many tokens in it", "a photo of a dog.",
+              "wet asphalt", target, "x"] * 7
+    alone = model.encode_text([target])[0]
+    threads = ovs.get_num_threads()
+    try:
+        for n_threads in (1, 2):
+            ovs.set_num_threads(n_threads)
+            for batch in ([target] + others, others + [target], others[:3] + [target] + others[3:]):
+                emb = model.encode_text(batch)
+                for row in np.flatnonzero(np.array(batch) == target):
+                    assert np.array_equal(emb[row], alone), (
+                        f"{n_threads} threads, row {row} of {len(batch)}: max diff "
+                        f"{np.abs(emb[row] - alone).max():.3e}")
+    finally:
+        ovs.set_num_threads(threads)
+    first = ovs.load(path, act=act).text_classifier(["traffic cone", "cat"], templates="simple")
+    other = ovs.load(path, act=act)
+    other.text_classifier(["cat", "dog", "wet asphalt"], templates="simple")
+    later = other.text_classifier(["dog", "traffic cone"], templates="simple")
+    assert np.array_equal(first[0], later[1]), "the classifier depends on the call history"
