@@ -54,6 +54,13 @@ def _members_of(zip_bytes: bytes) -> bytes:
 
 
 # --------------------------------------------------------------------------- safetensors
+def _st_write(folder: str, name: str, data: bytes) -> None:
+    """Both encodings of targets.safetensors_file: raw, and header + data (length recomputed)."""
+    _write(folder, name, b"\0" + data)
+    n = int.from_bytes(data[:8], "little")
+    _write(folder, name + ".split", b"\1" + data[8:8 + n] + b"\n" + data[8 + n:])
+
+
 def safetensors_seeds(out: str) -> None:
     import torch
     from safetensors.torch import save as st_save
@@ -76,19 +83,21 @@ def safetensors_seeds(out: str) -> None:
         "rank8": {"r": torch.randn(*(1, 2, 1, 2, 1, 2, 1, 2), generator=g)},
     }
     for name, tensors in sets.items():
-        _write(out, f"st_{name}.safetensors", st_save(tensors))
-        _write(out, f"st_{name}_meta.safetensors",
+        _st_write(out, f"st_{name}.safetensors", st_save(tensors))
+        _st_write(out, f"st_{name}_meta.safetensors",
                st_save(tensors, metadata={"format": "pt", "note": "seed ✓"}))
     # ovs's own writer (ordering and padding as the reference), via a temporary file
     tmp = os.path.join(out, ".tmp.safetensors")
     save_safetensors({"a": np.arange(6, dtype=np.float32).reshape(2, 3),
                       "b": np.array([1, 2], np.int64)}, tmp, metadata={"k": "v"})
-    os.replace(tmp, os.path.join(out, "ovs_writer.safetensors"))
+    with open(tmp, "rb") as f:
+        _st_write(out, "ovs_writer.safetensors", f.read())
+    os.unlink(tmp)
     # hand-made: a gap between tensors and a header padded with spaces
     header = json.dumps({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
                          "y": {"dtype": "U8", "shape": [3], "data_offsets": [16, 19]}}).encode()
     header += b" " * (-len(header) % 8)
-    _write(out, "gap.safetensors", len(header).to_bytes(8, "little") + header + bytes(19))
+    _st_write(out, "gap.safetensors", len(header).to_bytes(8, "little") + header + bytes(19))
 
 
 # --------------------------------------------------------------------------- torch.save

@@ -15,7 +15,8 @@ exit status is non-zero. Defaults: -timeout=20 (seconds per input: a hang is a f
 finding: an unexpected Python exception is recorded (one reproducer and traceback per distinct
 exception type and raising line, in OUT_DIR) and fuzzing continues in the same process; a hard
 finding (crash, sanitizer report, timeout, out-of-memory) ends the process, its reproducer is kept
-and the run resumes from the grown corpus. OUT_DIR/summary.json holds the executions, time and
+and the run resumes from the grown corpus. SIGTERM stops it early, keeping the count.
+OUT_DIR/summary.json holds the executions, time and
 findings (the README's table comes from these files).
 
 --all SECONDS runs the targets one after another in child processes, each for its share of the
@@ -29,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import time
 import traceback
 import subprocess
@@ -157,32 +159,44 @@ def _long(name: str, runs: int, out_dir: str) -> int:
         with open(summary_path) as f:
             summary = json.load(f)
     env = dict(os.environ, OVS_FUZZ_KEEP_GOING=out_dir)
-    while summary["executions"] < runs:
+    stop = []
+
+    def on_term(signum, frame):  # stop early: let the child print its final stats first
+        stop.append(signum)
+        if child:
+            child[0].send_signal(signal.SIGINT)
+
+    child: list = []
+    signal.signal(signal.SIGTERM, on_term)
+    while summary["executions"] < runs and not stop:
         t0 = time.time()
         cmd = [sys.executable, os.path.abspath(__file__), name, corpus,
                f"-runs={runs - summary['executions']}", "-print_final_stats=1",
                f"-artifact_prefix={out_dir}/"]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=env, preexec_fn=_limit_address_space)
-        with open(os.path.join(out_dir, "log.txt"), "a") as f:
-            f.write(proc.stdout[-20000:])
-        m = re.findall(r"stat::number_of_executed_units:\s*(\d+)", proc.stdout)
+        log = os.path.join(out_dir, f"run-{summary['restarts']:03d}.log")
+        with open(log, "w") as f:
+            child[:] = [subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env,
+                                         preexec_fn=_limit_address_space)]
+            rc = child[0].wait()
+            child.clear()
+        with open(log, errors="replace") as f:
+            out = f.read()
+        m = re.findall(r"stat::number_of_executed_units:\s*(\d+)", out)
         summary["executions"] += int(m[-1]) if m else 0
         summary["seconds"] += time.time() - t0
-        if proc.returncode != 0:
-            art = re.findall(r"Test unit written to (\S+)", proc.stdout)
-            kind = re.findall(r"ERROR: libFuzzer: ([\w -]+)|ERROR: AddressSanitizer: ([\w-]+)",
-                              proc.stdout)
+        if rc != 0 and not stop:
+            art = re.findall(r"Test unit written to (\S+)", out)
+            kind = re.findall(r"ERROR: libFuzzer: ([\w -]+)|ERROR: AddressSanitizer: ([\w-]+)", out)
             summary["hard"].append({"reproducer": art[-1] if art else None,
                                     "kind": " ".join(k for k in (kind[0] if kind else ()) if k),
-                                    "exit": proc.returncode,
-                                    "after": summary["executions"]})
+                                    "exit": rc, "after": summary["executions"]})
             summary["restarts"] += 1
             if summary["restarts"] > 50 or not m:
-                print(proc.stdout[-5000:])
+                print(out[-5000:])
                 break
         with open(summary_path, "w") as f:
             json.dump(summary, f, indent=1)
+    summary["stopped_early"] = bool(stop)
     py = os.path.join(out_dir, "python-findings.json")
     summary["python_findings"] = json.load(open(py)) if os.path.exists(py) else {}
     with open(summary_path, "w") as f:

@@ -4,7 +4,8 @@ Each target is a function ``target(data: bytes) -> None`` run by atheris (see fu
 target calls ovs the way a user would and treats only the documented failures as fine:
 
     safetensors  ovs._core.SafeTensorsFile (C reader) on the bytes, every tensor read back,
-                 and ovs.load_state_dict on the same bytes as a file.        WeightFileError
+                 and ovs.load_state_dict on the same bytes as a file (see safetensors_file:
+                 raw files, or header + data with the length prefix recomputed). WeightFileError
     torch        ovs.load_state_dict on a torch.save zip checkpoint whose members (data.pkl,
                  data/<key>, byteorder, ...) come from the input; the zip itself is rebuilt
                  around them so CRCs stay valid and the fuzzer reaches the pickle reader.
@@ -107,7 +108,20 @@ def build_zip(members: list[tuple[str, bytes]]) -> bytes:
 
 
 # ----------------------------------------------------------------------------- safetensors
+def safetensors_file(data: bytes) -> bytes:
+    """The file a safetensors input stands for. First byte even: the rest is the file as is.
+    Odd: the rest is `<JSON header>\n<data region>` and the 8-byte header length is computed, so
+    mutations that grow or shrink the header still reach the JSON and tensor checks."""
+    if not data:
+        return data
+    if data[0] & 1 == 0:
+        return data[1:]
+    header, _, payload = data[1:].partition(b"\n")
+    return len(header).to_bytes(8, "little") + header + payload
+
+
 def target_safetensors(data: bytes) -> None:
+    data = safetensors_file(data)
     try:
         f = _core.SafeTensorsFile.from_buffer(data)
     except WeightFileError:
