@@ -5,6 +5,7 @@
     python fuzz/run.py --all 60                        # every target, 60 s in total (CI)
     python fuzz/run.py tokenizer crash-1234abcd        # replay a reproducer
     python fuzz/run.py --long torch 1000000 OUT_DIR    # a long run that counts findings
+    python fuzz/run.py --table OUT_DIR...              # its results as a Markdown table
 
 With one target, the corpus directory fuzz/_corpus/<target> is used (and grown) unless a path is
 given; findings are written as crash-*/timeout-*/oom-* files in the current directory, and the
@@ -205,7 +206,29 @@ def _long(name: str, runs: int, out_dir: str) -> int:
     return 0 if not summary["hard"] and not summary["python_findings"] else 1
 
 
+def _table(dirs: list[str]) -> int:
+    """The README's long-run table from --long output directories."""
+    print("| target | executions | time (rate) | unexpected exceptions | crashes | hangs / OOM |")
+    print("|---|---|---|---|---|---|")
+    for d in dirs:
+        with open(os.path.join(d, "summary.json")) as f:
+            s = json.load(f)
+        py = s.get("python_findings")
+        if py is None and os.path.exists(os.path.join(d, "python-findings.json")):
+            with open(os.path.join(d, "python-findings.json")) as f:
+                py = json.load(f)
+        exc = "; ".join(f"{k} ×{v['count']}" for k, v in (py or {}).items()) or "0"
+        crashes = sum(1 for h in s["hard"] if "timeout" not in h["kind"] and "memory" not in h["kind"])
+        hangs = sum(1 for h in s["hard"] if "timeout" in h["kind"] or "memory" in h["kind"])
+        rate = s["executions"] / max(s["seconds"], 1e-9)
+        print(f"| {s['target']} | {s['executions']:,} | {s['seconds'] / 60:.0f} min ({rate:.0f}/s) "
+              f"| {exc} | {crashes} | {hangs} |")
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) >= 2 and argv[0] == "--table":
+        return _table(argv[1:])
     if len(argv) >= 1 and argv[0] == "--long":
         if len(argv) != 4 or argv[1] not in ORDER:
             print(__doc__)
