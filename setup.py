@@ -4,6 +4,12 @@ BLAS source (environment variable OVS_BLAS):
   unset / "scipy-openblas32"  the pinned scipy-openblas32 wheel (default; works with only pip)
   "system"                    a system OpenBLAS found by pkg-config (package "openblas")
 OVS_PORTABLE=1 drops -march=native (for wheels meant for other machines).
+OVS_SANITIZE=address,undefined builds with those sanitizers (-O1 -g, frame pointers kept, every
+UBSan report fatal). Run it with the sanitizer runtime preloaded, e.g.
+  LD_PRELOAD=$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so) \
+  ASAN_OPTIONS=detect_leaks=0 python -m pytest ...
+(CPython itself is not instrumented, so the runtime must be loaded before the interpreter; leak
+detection is off because CPython keeps objects alive until exit by design). See .ci/sanitize.
 """
 import glob
 import os
@@ -42,6 +48,16 @@ def blas_config():
                                ("OVS_BLAS_NAME", '"scipy-openblas32"')])
 
 
+def sanitizers():
+    """The sanitizers asked for by OVS_SANITIZE (comma-separated), checked against a short list."""
+    names = [n.strip() for n in os.environ.get("OVS_SANITIZE", "").split(",") if n.strip()]
+    allowed = ("address", "undefined", "leak")
+    for n in names:
+        if n not in allowed:
+            sys.exit(f"OVS_SANITIZE: unknown sanitizer {n!r} (allowed: {', '.join(allowed)})")
+    return names
+
+
 def extension():
     blas = blas_config()
     sources = sorted(glob.glob("csrc/**/*.c", recursive=True))
@@ -52,6 +68,14 @@ def extension():
         cflags.append("-march=native")
     if os.environ.get("OVS_DEBUG") == "1":
         cflags += ["-O1", "-g", "-fno-omit-frame-pointer"]
+    ldflags = ["-fopenmp"]
+    sanitize = sanitizers()
+    if sanitize:
+        flags = ["-fsanitize=" + ",".join(sanitize), "-fno-omit-frame-pointer", "-g", "-O1"]
+        if "undefined" in sanitize:
+            flags.append("-fno-sanitize-recover=undefined")
+        cflags += flags
+        ldflags += flags
     return Extension(
         "ovs._core",
         sources=sources,
@@ -61,7 +85,7 @@ def extension():
         runtime_library_dirs=blas["runtime_library_dirs"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")] + blas["define_macros"],
         extra_compile_args=cflags,
-        extra_link_args=["-fopenmp"],
+        extra_link_args=ldflags,
     )
 
 

@@ -17,8 +17,9 @@ void ops_softmax_row(float *x, int64_t D, const float *mask, int64_t valid) {
     }
     if (m == -INFINITY) {
         /* Every entry is masked: no distribution to speak of. Zeros, as torch's
-         * scaled_dot_product_attention, rather than 0/0. */
-        memset(x, 0, (size_t)D * sizeof(float));
+         * scaled_dot_product_attention, rather than 0/0. (D may be 0 with x NULL: no memset,
+         * whose pointer must not be NULL even for 0 bytes.) */
+        if (D > 0) memset(x, 0, (size_t)D * sizeof(float));
         return;
     }
     float s = 0.0f;

@@ -1,0 +1,1 @@
+"""atheris fuzz targets for ovs (see targets.py, run.py, make_seeds.py)."""
