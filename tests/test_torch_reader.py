@@ -566,3 +566,68 @@ def test_copyreg_extension_opcodes_are_refused(tmp_path):
     write_checkpoint_zip(p, b"\x80\x02\x82\x01.")  # EXT1 1
     with pytest.raises(WeightFileError, match="extension"):
         load_state_dict(p)
+
+
+# --------------------------------------------------------------------------- ovs.load end to end
+def _tiny_openai_clip(arch):
+    """A tiny open_clip CLIP with QuickGELU (as OpenAI's), random weights, eval mode."""
+    from open_clip.model import CLIP
+
+    torch.manual_seed(3)
+    text_cfg = dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=2)
+    if arch == "vit":
+        vision_cfg = dict(layers=2, width=64, head_width=64, patch_size=8, image_size=32)
+    else:
+        vision_cfg = dict(layers=[1, 1, 1, 1], width=16, head_width=64, image_size=64)
+    model = CLIP(embed_dim=32, vision_cfg=vision_cfg, text_cfg=text_cfg, quick_gelu=True).eval()
+    with torch.no_grad():  # open_clip zero-initialises some tensors: make every one count
+        for name, t in model.named_parameters():
+            if t.ndim == 1 and ("bias" in name or "ln" in name or "bn" in name):
+                t.add_(0.1 * torch.randn_like(t))
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.mark.parametrize("arch", ["vit", "resnet"])
+def test_ovs_load_pt_and_torchscript_clip_end_to_end(tmp_path, arch):
+    """ovs.load on a torch.save state dict and on an OpenAI-style TorchScript archive
+    (torch.jit.script of the whole CLIP model, as OpenAI's ViT-B-16.pt is): the same weights as
+    the safetensors route, the same outputs, and open_clip's outputs within tolerance."""
+    import safetensors.torch
+
+    model = _tiny_openai_clip(arch)
+    sd = model.state_dict()
+    st, pt, jit = tmp_path / "m.safetensors", tmp_path / "m.pt", tmp_path / "openai.pt"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, str(st))
+    torch.save(sd, pt)
+    torch.jit.save(torch.jit.script(model), str(jit))
+    assert detect_format(jit) == "zip"
+
+    size = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) \
+        else model.visual.image_size
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, size, size)).astype(np.float32)
+    texts = ["a photo of a cat", "a diagram"]
+    import open_clip
+
+    with torch.no_grad():
+        want_image = model.encode_image(torch.from_numpy(x)).numpy()
+        want_text = model.encode_text(open_clip.tokenize(texts)).numpy()
+
+    models = {route: ovs.load(path) for route, path in
+              [("safetensors", st), ("torch.save", pt), ("torchscript", jit)]}
+    ref = models["safetensors"]
+    assert ref.arch == arch
+    for route, m in models.items():
+        assert m.arch == arch, route
+        for name, w in ref.state_dict.items():
+            assert_same(m.state_dict[name], w, f"{route}: {name}")
+        img = m.encode_image(x, preprocess=False)
+        txt = m.encode_text(texts)
+        assert_same(img, ref.encode_image(x, preprocess=False), f"{route}: image")
+        assert_same(txt, ref.encode_text(texts), f"{route}: text")
+        assert_close(img, want_image, name=f"{route}: image vs open_clip")
+        assert_close(txt, want_text, name=f"{route}: text vs open_clip")
