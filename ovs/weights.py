@@ -19,10 +19,9 @@ and bool tensors keep their dtype.
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 
@@ -103,53 +102,40 @@ def load_state_dict(path: str | os.PathLike, *, key: str | None = None,
 
 def save_safetensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike,
                      metadata: Mapping[str, str] | None = None) -> None:
-    """Write ``tensors`` as a safetensors file, atomically (temporary file + rename).
+    """Write ``tensors`` as a safetensors file through the ``safetensors`` package (its NumPy
+    API), atomically: a temporary file in the same folder, flushed, then renamed into place.
 
-    Layout as the reference implementation writes it: tensors ordered by decreasing item size,
-    then name (so every tensor is aligned to its item size), the JSON header padded with spaces
-    to a multiple of 8 bytes. Arrays may be non-contiguous or big-endian; they are written
-    C-ordered little-endian. bool, (u)int8-64, float16/32/64 and ml_dtypes.bfloat16 are allowed.
+    Arrays may be non-contiguous, Fortran-ordered or big-endian; they are written C-ordered
+    little-endian. bool, (u)int8-64, float16/32/64 and ml_dtypes.bfloat16 are allowed; names
+    must be str, metadata a dict of str to str.
     """
+    import safetensors.numpy
+
     path = os.fspath(path)
     if metadata is not None:
         if not isinstance(metadata, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
             raise TypeError("metadata must be a dict of str to str")
-    arrays = []
+        metadata = dict(metadata)
+    arrays = {}
     for name, value in tensors.items():
         if not isinstance(name, str):
             raise TypeError(f"tensor names must be str, got {type(name).__name__}")
         if name == "__metadata__" or "\0" in name:
             raise ValueError(f"invalid tensor name {name!r}")
         arr = np.asarray(value)
-        code = _safetensors_dtype(arr.dtype, name)
-        # (np.ascontiguousarray would turn 0-d arrays into 1-d ones)
-        arr = np.asarray(arr, dtype=arr.dtype.newbyteorder("<")
-                         if arr.dtype.byteorder == ">" else arr.dtype, order="C")
-        arrays.append((name, code, arr))
-    arrays.sort(key=lambda t: (-t[2].dtype.itemsize, t[0]))
-
-    header: dict[str, Any] = {}
-    if metadata:
-        header["__metadata__"] = dict(metadata)
-    offset = 0
-    for name, code, arr in arrays:
-        header[name] = {"dtype": code, "shape": list(arr.shape),
-                        "data_offsets": [offset, offset + arr.nbytes]}
-        offset += arr.nbytes
-    text = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
+        _safetensors_dtype(arr.dtype, name)
+        # The package writes each array's buffer as is: it must be C-contiguous (and is
+        # byte-swapped by the package when big-endian). np.ascontiguousarray would turn 0-d
+        # arrays into 1-d ones.
+        arrays[name] = np.asarray(arr, order="C")
 
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(len(text).to_bytes(8, "little"))
-            f.write(text)
-            for _, _, arr in arrays:
-                if arr.nbytes:
-                    f.write(arr.reshape(-1).view(np.uint8).data)
-            f.flush()
+        os.close(fd)
+        safetensors.numpy.save_file(arrays, tmp, metadata=metadata)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
