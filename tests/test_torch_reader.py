@@ -631,3 +631,32 @@ def test_ovs_load_pt_and_torchscript_clip_end_to_end(tmp_path, arch):
         assert_same(txt, ref.encode_text(texts), f"{route}: text")
         assert_close(img, want_image, name=f"{route}: image vs open_clip")
         assert_close(txt, want_text, name=f"{route}: text vs open_clip")
+
+
+def _expect_load_error(path, match):
+    with pytest.raises(ovs.WeightFileError, match=match) as info:
+        ovs.load(path, act="gelu")
+    assert path.name in str(info.value), f"the message does not name the file: {info.value}"
+    return info.value
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_load_malicious_pickle(tmp_path):
+    marker = tmp_path / "pwned"
+    p = tmp_path / "evil.pt"
+    with zipfile.ZipFile(p, "w") as zf:
+        zf.writestr("archive/data.pkl", pickle.dumps({"visual.proj": _Evil(marker)}, protocol=2))
+        zf.writestr("archive/version", "3\n")
+    err = _expect_load_error(p, match="system")
+    assert not marker.exists(), "the pickle's payload was executed"
+    assert "executed" in str(err)
+    p.write_bytes(pickle.dumps(_Evil(marker)))  # a bare pickle, not a zip
+    _expect_load_error(p, match="pickle")
+    assert not marker.exists(), "the pickle's payload was executed"
