@@ -1,17 +1,23 @@
-"""Find model weights by name: local folders, a cache, or a download from the Hugging Face hub.
+"""Find model weights by name: local folders, the Hugging Face cache, or a download from the hub.
 
 ``resolve_weights("RN50")`` returns the path of ``open_clip_model.safetensors`` for OpenAI's
 CLIP RN50 (Hugging Face repo ``timm/resnet50_clip.openai``), looking in order at:
 
 1. ``$OVS_WEIGHTS_DIR/<name>.safetensors`` or ``$OVS_WEIGHTS_DIR/<org>--<repo>/<file>``;
-2. the ovs cache, ``<cache>/<org>/<repo>/<file>`` with cache = ``cache_dir`` argument,
-   ``$OVS_CACHE_DIR`` or ``~/.cache/ovs/weights`` (a ``<file>.sha256`` sidecar records the
-   digest and size of a verified download);
-3. a Hugging Face hub cache that already holds the file (``$HF_HUB_CACHE``, ``$HF_HOME/hub`` or
-   ``~/.cache/huggingface/hub``, as left by open_clip / huggingface_hub);
-4. a download from ``{$HF_ENDPOINT or https://huggingface.co}/<repo>/resolve/main/<file>``:
-   streamed to a temporary file in the cache folder while hashing, checked against the sha256
-   the server announces, checked to parse as safetensors, then renamed into place.
+2. the Hugging Face hub cache (``cache_dir`` argument, ``$HF_HUB_CACHE``, ``$HF_HOME/hub`` or
+   ``~/.cache/huggingface/hub``) -- the cache open_clip and timm share, so weights they already
+   downloaded are not downloaded again;
+3. a download through ``huggingface_hub.hf_hub_download``, which brings its cache layout,
+   ``HF_TOKEN``, ``HF_ENDPOINT`` mirrors and ``HF_HUB_OFFLINE``. ovs then checks the file's
+   sha256 against the digest the hub announced (the blob's name in the cache) and that it
+   parses as safetensors; a file failing either is removed from the cache.
+
+Downloads that stall are abandoned: if no progress is seen for ``timeout`` seconds (progress is
+reported by huggingface_hub per 10 MB chunk; single network reads also time out after
+``$HF_HUB_DOWNLOAD_TIMEOUT``, 10 s by default) a :class:`WeightsUnavailableError` is raised.
+huggingface_hub downloads into ``blobs/<etag>.<random>.incomplete`` and removes that file when a
+download fails; a file left behind by a killed process is never reused, so ovs removes such
+leftovers of the repo it downloads once they are older than :data:`STALE_INCOMPLETE_SECONDS`.
 
 Offline mode (``offline=True``, ``OVS_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``) and network failures
 raise :class:`WeightsUnavailableError` explaining how to supply the file by hand.
@@ -23,20 +29,18 @@ import hashlib
 import os
 import re
 import sys
-import tempfile
+import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Callable
 
 __all__ = ["KNOWN_WEIGHTS", "KnownWeights", "WeightsUnavailableError", "resolve_weights",
-           "weights_url", "cache_root"]
+           "weights_url", "hf_cache_dir"]
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+DEFAULT_STALL_TIMEOUT = 120.0      # seconds without download progress before giving up
+STALE_INCOMPLETE_SECONDS = 3600.0  # age after which a repo's *.incomplete leftovers are removed
 _CHUNK = 1 << 20
-_PROGRESS_MIN_BYTES = 8 << 20  # progress=True prints only for downloads at least this large
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,19 +89,28 @@ def _is_offline(offline: bool | None) -> bool:
     return _truthy(os.environ.get("OVS_OFFLINE")) or _truthy(os.environ.get("HF_HUB_OFFLINE"))
 
 
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The ovs weight cache folder: ``cache_dir``, ``$OVS_CACHE_DIR`` or ~/.cache/ovs/weights."""
+
+
+def hf_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The Hugging Face hub cache: ``cache_dir``, ``$HF_HUB_CACHE``, ``$HF_HOME/hub`` or
+    ``~/.cache/huggingface/hub`` (read at each call, so setting them at run time works)."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
-    env = os.environ.get("OVS_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path("~/.cache/ovs/weights").expanduser()
+    hub = os.environ.get("HF_HUB_CACHE")
+    if not hub:
+        home = os.environ.get("HF_HOME")
+        hub = os.path.join(home, "hub") if home else "~/.cache/huggingface/hub"
+    return Path(hub).expanduser()
+
+
+def _endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
 
 
 def weights_url(spec: KnownWeights) -> str:
-    endpoint = (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-    return f"{endpoint}/{spec.repo}/resolve/main/{urllib.parse.quote(spec.filename)}"
+    from urllib.parse import quote
+
+    return f"{_endpoint()}/{spec.repo}/resolve/main/{quote(spec.filename)}"
 
 
 def _looks_like_path(s: str) -> bool:
@@ -109,17 +122,19 @@ def _looks_like_path(s: str) -> bool:
 def resolve_weights(name_or_path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
                     offline: bool | None = None, verify: bool = False,
                     progress: bool | ProgressCallback = False,
-                    timeout: float = 30.0) -> Path:
+                    timeout: float = DEFAULT_STALL_TIMEOUT) -> Path:
     """The local path of a weight file, downloading known weights when needed.
 
     name_or_path: an existing file (returned as is), or a name from KNOWN_WEIGHTS ("RN50",
                   "ViT-B-16", or an alias such as "ViT-B/16").
-    cache_dir:    the ovs cache folder (default $OVS_CACHE_DIR or ~/.cache/ovs/weights).
+    cache_dir:    the Hugging Face hub cache folder (default $HF_HUB_CACHE, $HF_HOME/hub or
+                  ~/.cache/huggingface/hub).
     offline:      never use the network (default: $OVS_OFFLINE or $HF_HUB_OFFLINE).
-    verify:       re-hash a cached file against its recorded sha256 instead of checking its size.
-    progress:     True prints a progress line to stderr for large downloads; a callable gets
+    verify:       also re-hash an already cached file against the digest it was stored under
+                  (a fresh download is always checked).
+    progress:     True shows huggingface_hub's progress bar on stderr; a callable gets
                   (bytes_done, bytes_total or None) after every chunk.
-    timeout:      seconds for connecting and for each network read.
+    timeout:      seconds without download progress after which the download is abandoned.
 
     Raises FileNotFoundError for a path that does not exist, ValueError for an unknown name and
     WeightsUnavailableError when the weights are neither local nor downloadable.
@@ -140,32 +155,37 @@ def resolve_weights(name_or_path: str | os.PathLike, *, cache_dir: str | os.Path
             raise FileNotFoundError(f"weight file {raw!r} does not exist (known names: "
                                     f"{_known_names()})")
         raise ValueError(f"unknown weights {raw!r}: pass a file path or one of {_known_names()}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
 
     local = _find_local(spec, raw)
     if local is not None:
         return local
 
-    final = cache_root(cache_dir) / spec.repo / spec.filename
-    cached = _check_cached(final, verify)
-    if cached == "ok":
-        return final
+    from huggingface_hub import try_to_load_from_cache
 
-    hf = _find_hf_cache(spec)
-    if hf is not None:
-        return hf
-
+    cache = hf_cache_dir(cache_dir)
     url = weights_url(spec)
+    cached = try_to_load_from_cache(spec.repo, spec.filename, cache_dir=cache)
+    problem = ""
+    if isinstance(cached, str) and os.path.isfile(cached):
+        problem = _check_file(Path(cached), spec.filename, verify)
+        if not problem:
+            return Path(cached)
+        _remove_cached(Path(cached))
     if _is_offline(offline):
         reason = "offline mode is on (offline=True, OVS_OFFLINE or HF_HUB_OFFLINE)"
-        if cached:
-            reason += f"; the cached copy {final} failed its check ({cached})"
-        raise WeightsUnavailableError(_unavailable_message(spec, raw, url, reason, final))
-    try:
-        _download(url, final, progress=progress, timeout=timeout)
-    except _DownloadError as exc:
-        raise WeightsUnavailableError(
-            _unavailable_message(spec, raw, url, str(exc), final)) from exc.__cause__
-    return final
+        if problem:
+            reason += f"; the cached copy failed its check ({problem}) and was removed"
+        raise WeightsUnavailableError(_unavailable_message(spec, raw, url, reason))
+    path = _download(spec, cache, progress=progress, timeout=float(timeout), url=url, name=raw)
+    problem = _check_file(path, spec.filename, verify=True)
+    if problem:
+        _remove_cached(path)
+        raise WeightsUnavailableError(_unavailable_message(
+            spec, raw, url, f"the downloaded file failed its check: {problem}; it was removed "
+            "from the cache"))
+    return path
 
 
 def _known_names() -> str:
@@ -176,15 +196,13 @@ def _known_names() -> str:
     return ", ".join(repr(n) for n in names)
 
 
-def _unavailable_message(spec: KnownWeights, name: str, url: str, reason: str,
-                         final: Path) -> str:
+def _unavailable_message(spec: KnownWeights, name: str, url: str, reason: str) -> str:
     return (
         f"cannot get weights {name!r} ({spec.repo}/{spec.filename}) from {url}: {reason}.\n"
         f"To supply the file by hand, download {spec.filename} from {url} on a machine with "
         f"network access, then either\n"
         f"  - pass its path: ovs.load(\"/path/{spec.filename}\") (CLI: --model /path/{spec.filename}),"
-        f"\n  - or put it at $OVS_WEIGHTS_DIR/{spec.name}.safetensors and set OVS_WEIGHTS_DIR,"
-        f"\n  - or copy it to {final}."
+        f"\n  - or put it at $OVS_WEIGHTS_DIR/{spec.name}.safetensors and set OVS_WEIGHTS_DIR."
     )
 
 
@@ -204,71 +222,8 @@ def _find_local(spec: KnownWeights, given: str) -> Path | None:
     return None
 
 
-def _find_hf_cache(spec: KnownWeights) -> Path | None:
-    hub = os.environ.get("HF_HUB_CACHE")
-    if not hub:
-        home = os.environ.get("HF_HOME")
-        hub = os.path.join(home, "hub") if home else "~/.cache/huggingface/hub"
-    repo_dir = Path(hub).expanduser() / ("models--" + spec.repo.replace("/", "--"))
-    snapshots = repo_dir / "snapshots"
-    if not snapshots.is_dir():
-        return None
-    ref = repo_dir / "refs" / "main"
-    order = []
-    try:
-        if ref.is_file():
-            order.append(snapshots / ref.read_text().strip() / spec.filename)
-        order.extend(sorted(snapshots.glob(f"*/{spec.filename}")))
-    except OSError:
-        return None
-    for c in order:
-        if c.is_file():
-            return c
-    return None
-
-
-# --------------------------------------------------------------------------- cache records
-def _sidecar(final: Path) -> Path:
-    return final.with_name(final.name + ".sha256")
-
-
-def _read_sidecar(final: Path) -> tuple[str, int | None] | None:
-    try:
-        text = _sidecar(final).read_text()
-    except OSError:
-        return None
-    digest, size = None, None
-    for line in text.splitlines():
-        m = re.match(r"^([0-9a-f]{64})\s", line)
-        if m and digest is None:
-            digest = m.group(1)
-        m = re.match(r"^#\s*size\s+(\d+)\s*$", line)
-        if m:
-            size = int(m.group(1))
-    return (digest, size) if digest else None
-
-
-def _write_sidecar(final: Path, digest: str, size: int) -> None:
-    # sha256sum-compatible first line (`sha256sum -c` skips the '#' comment).
-    _atomic_write_text(_sidecar(final), f"{digest}  {final.name}\n# size {size}\n")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(tmp)
-        raise
-
-
-def _unlink(path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+# --------------------------------------------------------------------------- checks
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def _sha256_file(path: Path) -> str:
@@ -282,180 +237,129 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _check_cached(final: Path, verify: bool) -> str:
-    """"ok" if `final` is usable, "" if absent, else the reason it is not."""
-    if not final.is_file():
-        return ""
-    record = _read_sidecar(final)
-    size = final.stat().st_size
-    if record is None:
-        # Put there by hand (or an old download): accept it if it is a valid safetensors file,
-        # and record its digest so later calls can check it.
-        problem = _validate_file(final, final.name)
-        if problem:
-            return problem
-        try:
-            _write_sidecar(final, _sha256_file(final), size)
-        except OSError:
-            pass
-        return "ok"
-    digest, want_size = record
-    if want_size is not None and size != want_size:
-        return f"size {size} bytes, recorded {want_size}"
+def _check_file(path: Path, filename: str, verify: bool) -> str:
+    """"" if the cached file is usable, else the problem. The hub stores an LFS file under its
+    sha256 (blobs/<sha256>): with verify, the content must hash to that name."""
     if verify:
-        got = _sha256_file(final)
-        if got != digest:
-            return f"sha256 {got} does not match the recorded {digest}"
-    return "ok"
+        blob = os.path.basename(os.path.realpath(path))
+        if _SHA256_RE.fullmatch(blob):
+            got = _sha256_file(path)
+            if got != blob:
+                return (f"sha256 mismatch: the hub announced {blob}, the file has {got} "
+                        "(corrupted transfer or proxy)")
+    if filename.endswith(".safetensors"):
+        from . import _core
 
-
-def _validate_file(path: Path, name: str) -> str:
-    """"" if `path` parses as safetensors (or `name` is not one), else the problem."""
-    if not name.endswith(".safetensors"):
-        return ""
-    from . import _core
-
-    try:
-        with _core.SafeTensorsFile(str(path)):
-            pass
-    except (OSError, ValueError) as exc:
-        return f"not a valid safetensors file: {exc}"
+        try:
+            with _core.SafeTensorsFile(str(path)):
+                pass
+        except (OSError, ValueError) as exc:
+            return f"not a valid safetensors file: {exc}"
     return ""
 
 
-# --------------------------------------------------------------------------- download
-class _DownloadError(Exception):
-    pass
+def _remove_cached(path: Path) -> None:
+    """Remove a bad file from the hub cache: the blob and the snapshot link to it."""
+    blob = os.path.realpath(path)
+    for p in (blob, path):
+        try:
+            os.unlink(p)
+        except OSError:
+            pass
 
 
-_SHA256_RE = re.compile(r'^(?:W/)?"?([0-9a-fA-F]{64})"?$')
-
-
-def _announced_sha256(value: str | None) -> str | None:
-    if not value:
-        return None
-    m = _SHA256_RE.match(value.strip())
-    return m.group(1).lower() if m else None
-
-
-class _RecordingRedirectHandler(urllib.request.HTTPRedirectHandler):
-    """Keeps X-Linked-Etag / X-Linked-Size from redirect responses: the hub sends them on the
-    302 to its CDN, and the CDN's own ETag is not the file's sha256."""
-
-    def __init__(self):
-        super().__init__()
-        self.linked_etag: str | None = None
-        self.linked_size: str | None = None
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        self.linked_etag = headers.get("X-Linked-Etag") or self.linked_etag
-        self.linked_size = headers.get("X-Linked-Size") or self.linked_size
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def _download(url: str, final: Path, *, progress, timeout: float) -> None:
+def _remove_stale_incomplete(cache: Path, spec: KnownWeights) -> None:
+    """Remove ``*.incomplete`` files of this repo left by killed downloads (huggingface_hub
+    gives each download a unique one and never reuses it)."""
+    blobs = cache / ("models--" + spec.repo.replace("/", "--")) / "blobs"
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _DownloadError(f"cannot create the cache folder {final.parent}: {exc}") from exc
-    redirects = _RecordingRedirectHandler()
-    opener = urllib.request.build_opener(redirects)
-    request = urllib.request.Request(url, headers={"User-Agent": "ovs-weights/0.1",
-                                                   "Accept-Encoding": "identity"})
-    try:
-        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=final.name + ".", suffix=".part")
-    except OSError as exc:
-        raise _DownloadError(f"cannot write to the cache folder {final.parent}: {exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                response = opener.open(request, timeout=timeout)
-            except urllib.error.HTTPError as exc:
-                raise _DownloadError(f"HTTP {exc.code} {exc.reason}") from exc
-            except (urllib.error.URLError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                raise _DownloadError(f"network error: {reason}") from exc
-            with response:
-                headers = response.headers
-                expected = (_announced_sha256(headers.get("X-Linked-Etag"))
-                            or _announced_sha256(redirects.linked_etag)
-                            or _announced_sha256(headers.get("ETag")))
-                length = headers.get("Content-Length")
-                total = int(length) if length and length.isdigit() else None
-                linked = redirects.linked_size or headers.get("X-Linked-Size")
-                if total is None and linked and linked.isdigit():
-                    total = int(linked)
-                digest, done = _stream(response, out, total, url, progress)
-            out.flush()
-            os.fsync(out.fileno())
-        if total is not None and done != total:
-            raise _DownloadError(f"download truncated: got {done} of {total} bytes")
-        if expected and digest != expected:
-            raise _DownloadError(f"sha256 mismatch: the server announced {expected}, the "
-                                 f"downloaded file has {digest} (corrupted transfer or proxy)")
-        problem = _validate_file(Path(tmp), final.name)
-        if problem:
-            raise _DownloadError(f"the downloaded file is {problem}")
-        os.replace(tmp, final)
-    except BaseException:
-        _unlink(tmp)
-        raise
-    try:
-        _write_sidecar(final, digest, done)
+        entries = list(os.scandir(blobs))
     except OSError:
-        pass  # the file itself is valid; the digest is recomputed next time
-
-
-def _stream(response, out, total: int | None, url: str, progress) -> tuple[str, int]:
-    h = hashlib.sha256()
-    done = 0
-    callback = progress if callable(progress) else None
-    printer = _ProgressLine(url, total) if progress is True and (
-        total is None or total >= _PROGRESS_MIN_BYTES) else None
-    try:
-        while True:
+        return
+    now = time.time()
+    for e in entries:
+        if e.name.endswith(".incomplete"):
             try:
-                chunk = response.read(_CHUNK)
-            except Exception as exc:  # IncompleteRead, timeouts, resets
-                raise _DownloadError(f"download interrupted after {done} bytes: "
-                                     f"{type(exc).__name__}: {exc}") from exc
-            if not chunk:
-                break
-            h.update(chunk)
-            out.write(chunk)
-            done += len(chunk)
-            if callback:
-                callback(done, total)
-            if printer:
-                printer.update(done)
-    finally:
-        if printer:
-            printer.finish(done)
-    return h.hexdigest(), done
+                if now - e.stat(follow_symlinks=False).st_mtime > STALE_INCOMPLETE_SECONDS:
+                    os.unlink(e.path)
+            except OSError:
+                pass
 
 
-class _ProgressLine:
-    def __init__(self, url: str, total: int | None):
-        self.name = url.rsplit("/", 1)[-1]
-        self.total = total
-        self.start = time.monotonic()
-        self.last = 0.0
+# --------------------------------------------------------------------------- download
+def _download(spec: KnownWeights, cache: Path, *, progress, timeout: float, url: str,
+              name: str) -> Path:
+    """hf_hub_download in a worker thread, abandoned when it makes no progress for `timeout`
+    seconds (huggingface_hub's own timeouts are per network read: a server trickling one
+    byte a second would hold it forever)."""
+    from huggingface_hub import hf_hub_download
+    from tqdm import tqdm
 
-    def _line(self, done: int) -> str:
-        mb = done / 1e6
-        rate = mb / max(time.monotonic() - self.start, 1e-6)
-        if self.total:
-            return (f"\rdownloading {self.name}: {mb:.1f}/{self.total / 1e6:.1f} MB "
-                    f"({100 * done / self.total:.0f}%, {rate:.1f} MB/s)")
-        return f"\rdownloading {self.name}: {mb:.1f} MB ({rate:.1f} MB/s)"
+    _remove_stale_incomplete(cache, spec)
+    state = {"last": time.monotonic(), "result": None, "error": None}
+    callback = progress if callable(progress) else None
 
-    def update(self, done: int) -> None:
-        now = time.monotonic()
-        if now - self.last >= 0.5:
-            self.last = now
-            sys.stderr.write(self._line(done))
-            sys.stderr.flush()
+    class Watch(tqdm):
+        """Progress bar hook: records the time of the last progress, forwards it."""
 
-    def finish(self, done: int) -> None:
-        sys.stderr.write(self._line(done) + "\n")
-        sys.stderr.flush()
+        def __init__(self, *args, **kwargs):
+            kwargs.pop("name", None)
+            kwargs["disable"] = progress is not True
+            kwargs.setdefault("file", sys.stderr)
+            super().__init__(*args, **kwargs)
+            self.done = int(kwargs.get("initial") or 0)  # self.n stays 0 when disabled
+            state["last"] = time.monotonic()
+
+        def update(self, n=1):
+            state["last"] = time.monotonic()
+            self.done += int(n or 0)
+            super().update(n)
+            if callback is not None:
+                callback(self.done, int(self.total) if self.total else None)
+
+    def work():
+        try:
+            state["result"] = hf_hub_download(
+                spec.repo, spec.filename, cache_dir=cache, endpoint=_endpoint(),
+                tqdm_class=Watch, library_name="ovs",
+                library_version=_version())
+        except BaseException as exc:  # noqa: BLE001 -- handed to the calling thread
+            state["error"] = exc
+
+    worker = threading.Thread(target=work, name="ovs-download", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)
+        if worker.is_alive() and time.monotonic() - state["last"] > timeout:
+            raise WeightsUnavailableError(_unavailable_message(
+                spec, name, url, f"no progress for {timeout:g} s (the hub did not answer "
+                "or the transfer stalled; resolve_weights(timeout=...) sets the limit)"))
+    exc = state["error"]
+    if exc is not None:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise exc
+        raise WeightsUnavailableError(_unavailable_message(
+            spec, name, url, _describe(exc))) from exc
+    return Path(state["result"])
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("ovs")
+    except Exception:  # noqa: BLE001 -- running from a source tree
+        return "dev"
+
+
+def _describe(exc: BaseException) -> str:
+    """A short reason for a huggingface_hub / httpx failure."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    if isinstance(exc, HfHubHTTPError) and getattr(exc, "response", None) is not None:
+        return f"HTTP {exc.response.status_code} {exc.response.reason_phrase}"
+    if isinstance(exc, LocalEntryNotFoundError):
+        cause = exc.__cause__ or exc.__context__
+        detail = f": {type(cause).__name__}: {cause}" if cause is not None else ""
+        return f"network error (the hub cannot be reached{detail})"
+    return f"network error: {type(exc).__name__}: {exc}"

@@ -173,7 +173,7 @@ def test_heap_and_plain_merge_loops_agree(corpus):
         assert heap.encode(t) == ref.encode(t), repr(t[:80])
 
 
-# ---------------------------------------------------------------- ftfy replacement
+# ---------------------------------------------------------------- mojibake and odd text
 _WORDS = ["café", "naïve", "señor", "Straße", "déjà vu", "über", "“quoted”", "it’s", "résumé",
           "€100", "Ελληνικά", "русский", "日本", "😀", "—", "…", "Ångström", "piñata", "açaí", "Æsir"]
 _ENCODINGS = ["latin-1", "sloppy-windows-1252", "sloppy-windows-1251", "sloppy-windows-1250",
@@ -195,7 +195,12 @@ def _mojibake(rng, text):
 
 def _fuzz_strings(seed, n):
     rng = random.Random(seed)
-    cats = "".join(sorted(set("".join(tk._CAT.values()).replace("-", ""))))
+    # Characters from the classes ftfy's mojibake heuristic looks at (accented Latin, box
+    # drawing, C1 controls, currency, punctuation, Greek/Cyrillic, ...).
+    cats = ("ÀÁÂÃÄÅÆÇÈÉÊËÌÍÎÏÐÑÒÓÔÕÖ×ØÙÚÛÜÝÞßàáâãäåæçèéêëìíîïðñòóôõö÷øùúûüýþÿ"
+            "ŒœŠšŸŽžƒˆ˜‚„†‡‰‹›•–—™¡¢£¤¥¦§¨©ª«¬®¯°±²³´µ¶·¸¹º»¼½¾¿"
+            "\x80\x81\x8d\x8f\x90\x9d\xa0\xad│┤╡╢╖╕╣║╗╝╜╛┐└┴┬├─┼╞╟╚╔╩╦╠═╬╧╨╤╥╙╘╒╓╫╪┘┌█▄▌▐▀"
+            "ΑΒΓΔαβγδАБВГабвгЂЃѓЉЊЌЋЏђљњќћџЎўЈҐЁЄЇІіґёєјЅѕї")
     out = []
     for _ in range(n):
         r = rng.random()
@@ -211,16 +216,19 @@ def _fuzz_strings(seed, n):
     return out
 
 
-def test_fix_text_equals_ftfy(corpus):
-    from ftfy.badness import is_bad
-    texts = corpus + _fuzz_strings(6, 6000)
+def test_mojibake_and_odd_text_equal_open_clip(corpus):
+    """Generated mojibake (UTF-8 read in eleven single-byte encodings, nested, lossy) and
+    strings of the characters ftfy's heuristic weighs: ovs's cleaning and ids equal open_clip's
+    (both run ftfy.fix_text), and ftfy really changes many of them."""
+    texts = _fuzz_strings(6, 3000)
     changed = 0
     for s in texts:
-        want = ftfy.fix_text(s)
-        assert tk.fix_text(s) == want, f"{s[:120]!r}: ftfy {want[:120]!r}"
-        assert tk._is_bad(s) == is_bad(s), repr(s[:120])
-        changed += want != s
-    assert changed > 1000, changed  # the fuzz really exercises the fixers
+        assert tk.clean_text(s) == oc_tok._clean_lower(s), repr(s[:120])
+        changed += ftfy.fix_text(s) != s
+    assert changed > 500, changed  # the fuzz really exercises the fixers
+    ref = open_clip.tokenize(texts).numpy()
+    got = tk.tokenize(texts)
+    assert (ref == got).all(), _describe_mismatches(texts, ref, got)
 
 
 # ---------------------------------------------------------------- API and inputs
