@@ -114,7 +114,7 @@ int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_
                 }
             if ((rc = ovs_seg_dense_features(s, feats, win, wh, ww))) return rc;
             /* L2-normalise each position, then small (C, G) = classifier (C, E) @ feats^T */
-#pragma omp parallel for schedule(static) if (G * E > 65536)
+#pragma omp parallel for schedule(static) if (G * E > 65536) num_threads(ovs_get_num_threads())
             for (int64_t g = 0; g < G; g++) {
                 float *f = feats + g * E;
                 double ss = 0;
@@ -126,7 +126,7 @@ int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_
                       1.0f, classifier, (int)E, feats, (int)E, 0.0f, small, (int)G);
             /* upsample (C, gh, gw) -> (C, wh, ww) bilinearly, crop to (h, w), accumulate */
             if ((rc = coeffs_alloc(&cy, &s->work, gh, gw, wh, ww, h, w))) return rc;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(ovs_get_num_threads())
             for (int64_t c = 0; c < C; c++) {
                 const float *plane = small + c * G;
                 float *acc = logits + (size_t)c * Hp * Wp;
@@ -140,7 +140,7 @@ int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_
         }
     }
     const int64_t HW = Hp * Wp;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(ovs_get_num_threads())
     for (int64_t c = 0; c < C; c++) {
         float *acc = logits + (size_t)c * HW;
         for (int64_t i = 0; i < HW; i++) acc[i] /= count[i];
@@ -165,7 +165,7 @@ int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, i
     if ((rc = coeffs_alloc(&c, &a, h, w, H, W, H, W))) goto done;
     const int64_t hw = h * w;
     int failed = 0;
-#pragma omp parallel
+#pragma omp parallel num_threads(ovs_get_num_threads())
     {
         float *row = ovs_malloc((size_t)C * W * sizeof(float)); /* (C, W) interpolated row */
         if (!row) {
@@ -210,7 +210,7 @@ int ovs_seg_upsample(float *out, const float *logits, int64_t C, int64_t h, int6
     else if ((rc = ovs_resize_bilinear(out, logits, C, h, w, H, W, 0))) return rc;
     if (!softmax) return OVS_OK;
     const int64_t HW = H * W;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(ovs_get_num_threads())
     for (int64_t i = 0; i < HW; i++) {
         float mx = -INFINITY;
         for (int64_t k = 0; k < C; k++) {

@@ -90,7 +90,7 @@ int ovs_resize_bilinear(float *out, const float *in, int64_t NC, int64_t H, int6
         for (int64_t j = 0; j < nq; j++)
             linear_taps(resize_source(sw, q0 + j, align_corners, 0), W, &x0[j], &x1[j], &wx0[j],
                         &wx1[j]);
-#pragma omp parallel for schedule(static) if (rows * nq >= OPS_PAR_MIN && rows > 1)
+#pragma omp parallel for schedule(static) if (rows * nq >= OPS_PAR_MIN && rows > 1) num_threads(ovs_get_num_threads())
         for (int64_t row = 0; row < rows; row++) {
             const int64_t plane = row / P, p = row % P;
             int64_t y0, y1;
@@ -120,7 +120,7 @@ int ovs_resize_bicubic(float *out, const float *in, int64_t NC, int64_t H, int64
         const int64_t nq = Q - q0 < RESIZE_CHUNK ? Q - q0 : RESIZE_CHUNK;
         for (int64_t j = 0; j < nq; j++)
             cubic_taps(resize_source(sw, q0 + j, align_corners, 1), W, xi[j], wx[j]);
-#pragma omp parallel for schedule(static) if (rows * nq >= OPS_PAR_MIN / 4 && rows > 1)
+#pragma omp parallel for schedule(static) if (rows * nq >= OPS_PAR_MIN / 4 && rows > 1) num_threads(ovs_get_num_threads())
         for (int64_t row = 0; row < rows; row++) {
             const int64_t plane = row / P, p = row % P;
             int64_t yi[4];
