@@ -342,8 +342,11 @@ def load(name_or_path: str | os.PathLike, *, act: str | None = None,
     ($OVS_WEIGHTS_DIR) or how to pass its path.
     """
     from .hub import resolve_weights
-    from .weights import load_state_dict
+    from .weights import load_state_dict, require_regular_file
 
+    raw = os.path.expanduser(os.fspath(name_or_path))
+    if os.path.exists(raw) and not os.path.isfile(raw) and not os.path.isdir(raw):
+        require_regular_file(raw)  # a FIFO or a device: say so (not "does not exist")
     path = resolve_weights(name_or_path, cache_dir=cache_dir, progress=progress)
     sd = load_state_dict(path)
     return Model(sd, act=act or "quickgelu", vision_heads=vision_heads, text_heads=text_heads,

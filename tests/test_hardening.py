@@ -78,3 +78,74 @@ def test_set_num_threads_is_process_wide():
     assert got == {(1, "main"): (0, 1), (3, "main"): (2, 3), (4, "worker"): (3, 4)}, (
         "(extra OS threads started by a worker thread's parallel region, get_num_threads()) "
         f"after set_num_threads(n) on the main thread or on the worker: {got}")
+
+
+# ------------------------------------------------------------------------------ weight files
+@pytest.fixture(scope="module")
+def vit_path(fixtures_dir) -> Path:
+    return fixtures_dir / "vit_tiny.safetensors"
+
+
+@pytest.mark.parametrize("change", ["truncate", "overwrite"])
+def test_weight_file_changed_after_load(vit_path, tmp_path, change):
+    """A loaded model keeps its weights when the file is truncated (with a mapping: SIGBUS on
+    the next call, which kills the interpreter) or rewritten in place (with a mapping: silently
+    different results)."""
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(vit_path.read_bytes())
+    proc = run_script(f"""
+        import os, numpy as np, ovs
+        path = {str(path)!r}
+        model = ovs.load(path, act="gelu")
+        sd = model.state_dict
+        img = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+        seg = ovs.Segmenter(model, short_side=None, window=None)
+        names = ["cat", "grass"]
+        before = (model.encode_image(img), seg.logits(img, names))
+        size = os.path.getsize(path)
+        if {change!r} == "truncate":
+            os.truncate(path, 4096)
+        else:
+            with open(path, "r+b") as f:  # same inode, every data byte changed
+                f.seek(4096)
+                f.write(os.urandom(size - 4096))
+        after = (model.encode_image(img), seg.logits(img, names))
+        assert all(np.array_equal(a, b) for a, b in zip(before, after)), "results changed"
+        assert all(np.array_equal(sd[k], model.state_dict[k]) for k in sd), "weights changed"
+        print("ok")
+    """)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", (
+        f"after {change} of the weight file: exit code {proc.returncode} "
+        f"(negative = killed by signal {-proc.returncode if proc.returncode < 0 else ''})\n"
+        f"{proc.stderr[-2000:]}")
+
+
+@pytest.mark.parametrize("call", ["ovs.load", "load_state_dict", "SafeTensorsFile"])
+def test_fifo_weight_path_refused(tmp_path, call):
+    """A FIFO without a writer made open() block forever, and ovs.load called it "does not
+    exist": it is refused at once, naming what it is. Run in a subprocess with a timeout so
+    that a regression hangs one test, not the suite."""
+    fifo = tmp_path / "weights.safetensors"
+    os.mkfifo(fifo)
+    proc = run_script(f"""
+        import ovs
+        from ovs.weights import load_state_dict, SafeTensorsFile
+        try:
+            {call}({str(fifo)!r})
+        except OSError as exc:
+            print(type(exc).__name__, exc)
+    """, timeout=60)
+    out = check(proc)
+    assert out.startswith("OSError") and "FIFO (named pipe)" in out and "regular file" in out, out
+
+
+@pytest.mark.parametrize("call", ["ovs.load", "load_state_dict", "SafeTensorsFile"])
+def test_device_and_directory_weight_paths_refused(tmp_path, call):
+    fn = {"ovs.load": ovs.load, "load_state_dict": load_state_dict,
+          "SafeTensorsFile": ovs.weights.SafeTensorsFile}[call]
+    with pytest.raises(OSError, match=r"/dev/zero.*character device.*regular file"):
+        fn("/dev/zero")
+    with pytest.raises(IsADirectoryError, match="directory"):
+        fn(tmp_path)
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        fn(tmp_path / "nope.safetensors")
