@@ -149,3 +149,95 @@ def test_device_and_directory_weight_paths_refused(tmp_path, call):
         fn(tmp_path)
     with pytest.raises(FileNotFoundError, match="nope.safetensors"):
         fn(tmp_path / "nope.safetensors")
+
+
+# ------------------------------------------------------------------------------ messages
+@pytest.fixture(scope="module")
+def vit(vit_path):
+    return ovs.load(vit_path, act="gelu")
+
+
+@pytest.fixture(scope="module")
+def vit_sd(vit_path):
+    return load_state_dict(vit_path)
+
+
+IMG = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("size", [5, (2.7, 3.9), (0, 4), (4,), "ab", (True, 3)])
+def test_output_size_validated(vit, size):
+    import re
+
+    with pytest.raises(ValueError, match=re.escape(f"two positive ints, got {size!r}")):
+        ovs.Segmenter(vit, output_size=size)
+
+
+@pytest.mark.parametrize("names,match", [(None, "list of str, got NoneType"),
+                                         ("cat", "list of str, got str 'cat'"),
+                                         (["cat", 3], "must be str, got 3")])
+@pytest.mark.parametrize("call", ["segment", "predict", "logits"])
+def test_class_names_validated(vit, names, match, call):
+    seg = ovs.Segmenter(vit, short_side=None, window=None)
+    with pytest.raises(TypeError, match=match):
+        getattr(seg, call)(IMG, names)
+
+
+def _save(sd, tmp_path, name="m.safetensors"):
+    p = tmp_path / name
+    save_safetensors(sd, p)
+    return p
+
+
+def test_zero_row_positional_embedding(vit_sd, tmp_path):
+    sd = dict(vit_sd)
+    sd["visual.positional_embedding"] = np.zeros((0, vit_sd["visual.positional_embedding"].shape[1]),
+                                                 np.float32)
+    with pytest.raises(ValueError, match=r"visual\.positional_embedding has 0 rows, not 1 \+ a square grid"):
+        ovs.load(_save(sd, tmp_path), act="gelu")
+
+
+def test_int_tensor_under_float_name(vit_sd, tmp_path):
+    sd = dict(vit_sd)
+    sd["visual.ln_post.weight"] = np.ones(vit_sd["visual.ln_post.weight"].shape, np.int64)
+    with pytest.raises(TypeError, match=r"'visual\.ln_post\.weight' has dtype int64; CLIP weights "
+                                        "must be floating point"):
+        ovs.load(_save(sd, tmp_path), act="gelu")
+
+
+def test_stray_block_index(vit_sd, tmp_path):
+    sd = dict(vit_sd)
+    sd["visual.transformer.resblocks.99.ln_1.weight"] = np.ones(4, np.float32)
+    with pytest.raises(ValueError, match=r"visual\.transformer\.resblocks: block indices .* are "
+                                         r"not 0\.\.99 .*resblocks\.99"):
+        ovs.load(_save(sd, tmp_path), act="gelu")
+
+
+def test_overflowing_weights_raise(vit_sd, tmp_path):
+    """3e38 in a projection: predict/segment/encode_image returned NaN silently."""
+    sd = dict(vit_sd)
+    proj = np.array(vit_sd["visual.proj"])
+    proj[:] = 3e38
+    sd["visual.proj"] = proj
+    model = ovs.load(_save(sd, tmp_path), act="gelu")
+    seg = ovs.Segmenter(model, short_side=None, window=None, templates="bare")
+    for call in (seg.predict, seg.segment, seg.logits):
+        with pytest.raises(ValueError, match="NaN or infinite.*overflow float32"):
+            call(IMG, ["cat", "dog"])
+    with pytest.raises(ValueError, match="NaN or infinity.*overflow float32"):
+        model.encode_image(IMG)
+
+
+def test_encode_image_accepts_float_rgb(vit):
+    """The README: float RGB in [0, 1] is accepted (rounded to uint8, as segment() does)."""
+    f = IMG.astype(np.float64) / 255
+    np.testing.assert_array_equal(vit.encode_image(f), vit.encode_image(IMG))
+    np.testing.assert_array_equal(vit.encode_image(f.astype(np.float32)[None]),
+                                  vit.encode_image(IMG[None]))
+    np.testing.assert_array_equal(vit.encode_image([f, f]), vit.encode_image([IMG, IMG]))
+    with pytest.raises(ValueError, match=r"\[0, 1\] \(got range 0\.\.255\)"):
+        vit.encode_image(IMG.astype(np.float32))
+    bad = f.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        vit.encode_image(bad)
