@@ -73,13 +73,16 @@ def as_rgb_uint8(image, what: str = "image") -> np.ndarray:
     return as_uint8_image(image, what)
 
 
-def _check_names(class_names) -> None:
-    if isinstance(class_names, str) or not isinstance(class_names, (Sequence, np.ndarray)):
+def _check_names(class_names) -> list[str]:
+    """class_names as a list of str (any iterable of str but a plain string), else TypeError."""
+    if isinstance(class_names, (str, bytes)) or not hasattr(class_names, "__iter__"):
         raise TypeError(f"class_names must be a list of str, got {type(class_names).__name__}"
-                        + (f" {class_names!r}" if isinstance(class_names, str) else ""))
-    bad = [n for n in class_names if not isinstance(n, str)]
+                        + (f" {class_names!r}" if isinstance(class_names, (str, bytes)) else ""))
+    names = list(class_names)
+    bad = [n for n in names if not isinstance(n, str)]
     if bad:
         raise TypeError(f"class_names must be str, got {bad[0]!r} ({type(bad[0]).__name__})")
+    return names
 
 
 def _check_finite(a: np.ndarray, what: str) -> None:
@@ -185,8 +188,7 @@ class Segmenter:
 
     def classifier(self, class_names: Sequence[str]) -> np.ndarray:
         """The (C, D) text classifier for class_names (cached per model)."""
-        _check_names(class_names)
-        return self.model.text_classifier(class_names, self.templates)
+        return self.model.text_classifier(_check_names(class_names), self.templates)
 
     def _lowres(self, image: np.ndarray, cls: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
@@ -209,6 +211,7 @@ class Segmenter:
         if batch and not items:
             raise ValueError("the image batch is empty")
         imgs = [as_rgb_uint8(im, f"images[{i}]" if batch else "image") for i, im in enumerate(items)]
+        class_names = _check_names(class_names)
         cls = self.classifier(class_names)
         _check_finite(cls, "the text classifier")
         out = []
@@ -247,8 +250,7 @@ class Segmenter:
         """Label map (H, W) int32: index into class_names of each pixel's best class; with
         bg_threshold, low-confidence pixels get 0 (first class named "background") or -1.
         Never materialises (C, H, W): memory stays bounded for large images."""
-        _check_names(class_names)
-        names = list(class_names)
+        names = _check_names(class_names)
 
         def finish(im, lr):
             H, W = self._out_size(im)
