@@ -241,3 +241,66 @@ def test_encode_image_accepts_float_rgb(vit):
     bad[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         vit.encode_image(bad)
+
+
+# ------------------------------------------------------------------------------ huge inputs
+def test_huge_image_memory_bounded(vit_path):
+    """predict(10000 x 10000 image, output_size=(100, 100)) converted the whole input to float
+    before resizing (1.2 GB here, 4.8 GB at 20000 x 20000): the resize now reads the uint8 input
+    directly. The image is np.zeros, whose pages only count once touched, so the peak RSS growth
+    measures what ovs itself touches."""
+    out = check(run_script(f"""
+        import resource, numpy as np, ovs
+        model = ovs.load({str(vit_path)!r}, act="gelu")
+        seg = ovs.Segmenter(model, short_side=64, window=None, templates="bare",
+                            output_size=(100, 100))
+        seg.predict(np.zeros((64, 64, 3), np.uint8), ["cat", "dog"])  # warm up
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        probs = seg.predict(np.zeros((10000, 10000, 3), np.uint8), ["cat", "dog"])
+        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
+        print(grown // 1024, *probs.shape)
+    """))
+    grown_mb, c, h, w = (int(v) for v in out.split())
+    assert (c, h, w) == (2, 100, 100)
+    assert grown_mb < 200, f"peak RSS grew by {grown_mb} MB for a (100, 100) result"
+
+
+# ------------------------------------------------------------------------------ untested API
+def test_set_weight_errors(vit_path):
+    model = ovs.load(vit_path, act="gelu")
+    w = model.state_dict["visual.proj"]
+    with pytest.raises(KeyError, match="no weight named 'visual.nope'"):
+        model.set_weight("visual.nope", w)
+    with pytest.raises(ValueError, match=r"visual\.proj: new shape \(3, 4\) != current shape"):
+        model.set_weight("visual.proj", np.zeros((3, 4), np.float32))
+    bad = np.array(w)
+    bad[0, 0] = np.inf
+    with pytest.raises(ValueError, match="visual.proj: the new value contains NaN or infinity"):
+        model.set_weight("visual.proj", bad)
+    np.testing.assert_array_equal(model.state_dict["visual.proj"], w)  # unchanged after errors
+
+
+def test_progress_and_classifier(vit, capsys):
+    names = ["cat", "sofa, couch"]
+    seg = ovs.Segmenter(vit, short_side=None, window=None, templates="simple", progress=True)
+    seg.segment([IMG, IMG[:20]], names)
+    err = capsys.readouterr().err
+    assert "segmented 2/2 image(s)" in err and "(56x40)" in err, err
+    cls = seg.classifier(names)
+    np.testing.assert_array_equal(cls, vit.text_classifier(names, templates="simple"))
+    # Independent of the cache: the mean of the L2-normalised prompt embeddings, normalised.
+    emb = vit.encode_text(["a photo of a sofa.", "a photo of a couch."])
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    want = emb.mean(0) / np.linalg.norm(emb.mean(0))
+    np.testing.assert_allclose(cls[1], want, atol=1e-6)
+    quiet = ovs.Segmenter(vit, short_side=None, window=None, templates="simple")
+    quiet.segment(IMG, names)
+    assert capsys.readouterr().err == ""
+
+
+def test_sigma_reaches_naclip_only(vit):
+    names = ["cat", "grass"]
+    a, b = (ovs.Segmenter(vit, method="naclip", short_side=None, window=None, sigma=s,
+                          templates="bare").logits(IMG, names) for s in (1.0, 50.0))
+    assert np.abs(a - b).max() > 1e-4, "sigma does not change NACLIP's logits"
+    assert ovs.Segmenter(vit, method="naclip").sigma == 5.0
