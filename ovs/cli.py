@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +38,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if not p.is_file():
         raise FileNotFoundError(f"image file not found: {p}")
     try:
-        with Image.open(p) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(p)
+        with im:
             im = ImageOps.exif_transpose(im)
             if im.mode.startswith("I") or im.mode == "F":
                 return _gray_to_rgb8(np.asarray(im), im.mode, p)
@@ -47,6 +52,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except UnidentifiedImageError:
         raise ValueError(f"{p} is not an image file Pillow can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValueError(f"{p} declares an image too large to decode safely ({exc}); "
+                         "downscale it first or raise PIL.Image.MAX_IMAGE_PIXELS") from None
 
 
 def _gray_to_rgb8(a: np.ndarray, mode: str, path: Path) -> np.ndarray:
@@ -65,13 +73,31 @@ def _gray_to_rgb8(a: np.ndarray, mode: str, path: Path) -> np.ndarray:
     return np.repeat(g[:, :, None], 3, axis=2)
 
 
+def _save_atomic(image, path: str | os.PathLike) -> None:
+    """Save a PIL image as PNG through a temporary file in the same folder and a rename: an
+    interrupted or failed save never leaves a truncated or half-written file at `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".",
+                               prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def save_label_png(labels: np.ndarray, path: str | os.PathLike, n_classes: int) -> None:
     """Indexed PNG: pixel value = class index (255 = background/ignored), VOC palette."""
     from PIL import Image
 
     if n_classes > 255:
         arr = np.where(labels < 0, 65535, labels).astype(np.uint16)
-        Image.fromarray(arr).save(path)
+        _save_atomic(Image.fromarray(arr), path)
         return
     arr = np.where(labels < 0, 255, labels).astype(np.uint8)
     im = Image.fromarray(arr, mode="P")
@@ -79,7 +105,7 @@ def save_label_png(labels: np.ndarray, path: str | os.PathLike, n_classes: int) 
     pal[:n_classes] = palette(n_classes + 1)[1:]
     pal[255] = (0, 0, 0)
     im.putpalette(pal.reshape(-1).tolist())
-    im.save(path)
+    _save_atomic(im, path)
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, names: list[str], alpha: float = 0.5):
@@ -137,6 +163,36 @@ def _output_folder(arg: str, option: str, n_images: int) -> Path | None:
     return None
 
 
+def _same_file(a: Path, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_outputs(outputs: dict, inputs: list[str]) -> None:
+    """Before any work: no output may be an input image (it would be replaced by a mask) or
+    name the same file as another output, and every output folder must exist and be writable."""
+    seen = {}
+    for out, option in outputs.items():
+        for src in inputs:
+            if _same_file(out, src):
+                raise SystemExit(f"ovs: {option} {str(out)!r} is the input image {src!r}; refusing "
+                                 "to overwrite it (choose another output path)")
+        real = os.path.realpath(out)
+        if real in seen and seen[real] != option:
+            raise SystemExit(f"ovs: --out and --overlay both write {str(out)!r}")
+        seen[real] = option
+        folder = out.parent if str(out.parent) else Path(".")
+        if not folder.is_dir():
+            raise SystemExit(f"ovs: the folder of {option} {str(out)!r} does not exist: {str(folder)!r}")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise SystemExit(f"ovs: cannot write {option} {str(out)!r}: folder {str(folder)!r} is "
+                             "not writable")
+        if out.is_dir():
+            raise SystemExit(f"ovs: {option} {str(out)!r} is a directory")
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     import ovs
 
@@ -148,6 +204,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     out_dir = _output_folder(args.out, "--out", len(paths))
     overlay_dir = _output_folder(args.overlay, "--overlay", len(paths)) if args.overlay else None
     stems = [Path(p).stem for p in paths]
+    outputs = {}  # every file this run will write -> the option that names it
+    for stem in stems:
+        outputs[out_dir / f"{stem}_mask.png" if out_dir else Path(args.out)] = "--out"
+        if args.overlay:
+            outputs[overlay_dir / f"{stem}_overlay.png" if overlay_dir else Path(args.overlay)] = "--overlay"
+    _check_outputs(outputs, paths)
     if (out_dir or overlay_dir) and len(set(stems)) < len(stems):
         dup = sorted({s for s in stems if stems.count(s) > 1})
         raise SystemExit(f"ovs: several images are named {', '.join(dup)}: their outputs in the "
@@ -177,7 +239,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         msg = f"ovs: [{i + 1}/{len(paths)}] {path} {image.shape[1]}x{image.shape[0]} -> {out} ({dt:.2f}s)"
         if args.overlay:
             ov = overlay_dir / f"{stem}_overlay.png" if overlay_dir else Path(args.overlay)
-            overlay(image, labels, names).save(ov)
+            _save_atomic(overlay(image, labels, names), ov)
             msg += f", overlay {ov}"
         print(msg, file=sys.stderr, flush=True)
         counts = np.bincount(labels[labels >= 0].ravel(), minlength=len(names))

@@ -28,8 +28,24 @@ def as_uint8_image(img, what: str = "image") -> np.ndarray:
     return img
 
 
+def float_to_uint8(img: np.ndarray, what: str = "image") -> np.ndarray:
+    """uint8 from float RGB in [0, 1] (rounded to nearest); ValueError outside [0, 1] or NaN."""
+    if not np.isfinite(img).all():
+        raise ValueError(f"{what} contains NaN or infinity")
+    if img.size and (img.min() < 0 or img.max() > 1):
+        raise ValueError(f"float {what} must be RGB in [0, 1] (got range "
+                         f"{img.min():g}..{img.max():g}); pass uint8 for 0..255 data")
+    return np.rint(img * 255).astype(np.uint8)
+
+
 def as_uint8_images(images) -> list[np.ndarray]:
-    """A batch as a list of (H, W, 3) uint8 images: accepts (H, W, 3), (N, H, W, 3) or a list."""
+    """A batch as a list of (H, W, 3) uint8 images: accepts (H, W, 3), (N, H, W, 3) or a list,
+    uint8 or float RGB in [0, 1]."""
+    if isinstance(images, np.ndarray) and images.dtype.kind == "f":
+        images = float_to_uint8(images, "images")
+    elif isinstance(images, (list, tuple)):
+        images = [float_to_uint8(im, f"images[{i}]") if isinstance(im, np.ndarray)
+                  and im.dtype.kind == "f" else im for i, im in enumerate(images)]
     if isinstance(images, np.ndarray):
         if images.dtype == np.uint8 and images.ndim == 4:
             if images.shape[0] == 0:

@@ -28,7 +28,28 @@ _ACTS = ("quickgelu", "gelu")
 def _count_blocks(keys: Iterable[str], prefix: str) -> int:
     pat = re.compile(re.escape(prefix) + r"resblocks\.(\d+)\.")
     idx = {int(m.group(1)) for k in keys if (m := pat.match(k))}
-    return max(idx) + 1 if idx else 0
+    return _contiguous(idx, prefix + "resblocks")
+
+
+def _contiguous(idx: set[int], what: str) -> int:
+    """len(idx) when idx is {0, ..., n-1}; otherwise a ValueError naming the gap."""
+    if not idx:
+        return 0
+    n = max(idx) + 1
+    if len(idx) != n:
+        gaps = sorted(set(range(n)) - idx)
+        raise ValueError(f"{what}: block indices {sorted(idx)[:8]}{'...' if len(idx) > 8 else ''} "
+                         f"are not 0..{n - 1} (missing {gaps[:8]}); a stray or misnamed key such "
+                         f"as '{what}.{max(idx)}.*'?")
+    return n
+
+
+def _grid_rows(npos: int, name: str) -> int:
+    """The square grid side g of a positional embedding with 1 + g*g rows."""
+    grid = int(round(math.sqrt(npos - 1))) if npos >= 2 else 0
+    if grid < 1 or grid * grid + 1 != npos:
+        raise ValueError(f"{name} has {npos} rows, not 1 + a square grid (e.g. 50 = 1 + 7*7)")
+    return grid
 
 
 def infer_config(sd: Mapping[str, np.ndarray], *, vision_heads: int | None = None,
@@ -46,10 +67,7 @@ def infer_config(sd: Mapping[str, np.ndarray], *, vision_heads: int | None = Non
     keys = list(sd)
     if "visual.proj" in sd or "visual.class_embedding" in sd:
         width, _, patch, _ = shape("visual.conv1.weight")
-        npos = shape("visual.positional_embedding")[0]
-        grid = int(round(math.sqrt(npos - 1)))
-        if grid * grid + 1 != npos:
-            raise ValueError(f"visual.positional_embedding has {npos} rows, not 1 + a square grid")
+        grid = _grid_rows(shape("visual.positional_embedding")[0], "visual.positional_embedding")
         embed = shape("visual.proj")[1] if "visual.proj" in sd else 0
         cfg["vision"] = dict(arch="vit", width=width, patch=patch, grid=grid, embed_dim=embed,
                              layers=_count_blocks(keys, "visual.transformer."),
@@ -61,15 +79,13 @@ def infer_config(sd: Mapping[str, np.ndarray], *, vision_heads: int | None = Non
             idx = {int(m.group(1)) for k in keys if (m := pat.match(k))}
             if not idx:
                 raise KeyError(f"state dict has no visual.layer{b}.*: not a CLIP ModifiedResNet")
-            layers.append(max(idx) + 1)
+            layers.append(_contiguous(idx, f"visual.layer{b}"))
         width = shape("visual.layer1.0.conv1.weight")[0]
         attnpool = "visual.attnpool.positional_embedding" in sd
         grid = embed = 0
         if attnpool:
-            npos = shape("visual.attnpool.positional_embedding")[0]
-            grid = int(round(math.sqrt(npos - 1)))
-            if grid * grid + 1 != npos:
-                raise ValueError(f"visual.attnpool.positional_embedding has {npos} rows, not 1 + a square grid")
+            grid = _grid_rows(shape("visual.attnpool.positional_embedding")[0],
+                              "visual.attnpool.positional_embedding")
             embed = shape("visual.attnpool.c_proj.weight")[0]
         cfg["vision"] = dict(arch="resnet", layers=tuple(layers), width=width, grid=grid,
                              embed_dim=embed, attnpool=attnpool,
@@ -109,6 +125,7 @@ class Model:
                     a = a.copy()
                 a.setflags(write=False)
             self._sd[str(k)] = a
+        self._non_float = {k: a.dtype for k, a in self._sd.items() if a.dtype.kind != "f"}
         self.act = act
         self.name = name
         self.config = infer_config(self._sd, vision_heads=vision_heads, text_heads=text_heads)
@@ -118,8 +135,8 @@ class Model:
         if v and t and v["embed_dim"] and v["embed_dim"] != t["embed_dim"]:
             raise ValueError(f"image embedding dim {v['embed_dim']} != text embedding dim "
                              f"{t['embed_dim']} (visual projection vs text_projection shapes)")
-        self._visual = self._build_visual() if "vision" in self.config else None
-        self._text = self._build_text() if "text" in self.config else None
+        self._visual = self._explain(self._build_visual) if "vision" in self.config else None
+        self._text = self._explain(self._build_text) if "text" in self.config else None
         self._digest: str | None = None
         self._text_cache: dict[tuple, np.ndarray] = {}
 
@@ -129,6 +146,17 @@ class Model:
     # packed and released.
     def _tower_weights(self, visual: bool) -> dict[str, np.ndarray]:
         return {k: a for k, a in self._sd.items() if k.startswith("visual.") == visual}
+    def _explain(self, build):
+        """build(); a weight the C model reports missing that is present with an integer or
+        bool dtype becomes a TypeError saying so (the C side only sees float tensors)."""
+        try:
+            return build()
+        except KeyError as exc:
+            m = re.search(r"'([^']+)' is missing", str(exc))
+            if m and m.group(1) in self._non_float:
+                raise TypeError(f"weight {m.group(1)!r} has dtype {self._non_float[m.group(1)]}; "
+                                "CLIP weights must be floating point") from None
+            raise
 
     def _build_visual(self):
         v = self.config["vision"]
@@ -218,7 +246,8 @@ class Model:
     def preprocess(self, images) -> np.ndarray:
         """CLIP preprocessing in C, equal to open_clip's on a PIL image: bicubic resize (Pillow's
         antialiased filter) of the shorter side to image_size, centre crop, /255, mean/std.
-        Accepts uint8 (H, W, 3), (N, H, W, 3) or a list of (H, W, 3); returns (N, 3, S, S)."""
+        Accepts uint8 (H, W, 3), (N, H, W, 3) or a list of (H, W, 3), or the same as float RGB in
+        [0, 1] (rounded to uint8 first); returns (N, 3, S, S)."""
         from .image import as_uint8_images, clip_preprocess
 
         imgs = as_uint8_images(images)
@@ -251,7 +280,12 @@ class Model:
         x = self._as_input(images, preprocess)
         if self.config["vision"]["arch"] == "resnet" and not self.config["vision"]["attnpool"]:
             raise ValueError("this ResNet has no attention pool: use image_features()")
-        return vis.forward(x)["embed"]
+        out = vis.forward(x)["embed"]
+        if not np.isfinite(out).all():
+            raise ValueError("the image embeddings contain NaN or infinity: the model's "
+                                     "weights overflow float32 (e.g. huge values in a projection "
+                                     "or norm); check the weight file")
+        return out
 
     def image_features(self, images, preprocess: bool = False) -> dict[str, np.ndarray]:
         """Intermediate features. ResNets: res2..res5 (N, C, h, w) and embed; ViTs: tokens
@@ -356,8 +390,11 @@ def load(name_or_path: str | os.PathLike, *, act: str | None = None,
     ($OVS_WEIGHTS_DIR) or how to pass its path.
     """
     from .hub import resolve_weights
-    from .weights import load_state_dict
+    from .weights import load_state_dict, require_regular_file
 
+    raw = os.path.expanduser(os.fspath(name_or_path))
+    if os.path.exists(raw) and not os.path.isfile(raw) and not os.path.isdir(raw):
+        require_regular_file(raw)  # a FIFO or a device: say so (not "does not exist")
     path = resolve_weights(name_or_path, cache_dir=cache_dir, progress=progress)
     sd = load_state_dict(path)
     return Model(sd, act=act or "quickgelu", vision_heads=vision_heads, text_heads=text_heads,

@@ -92,6 +92,25 @@ def _distinct_classes(class_names) -> tuple[list[str], np.ndarray | None]:
             distinct.append(name)
         rows[i] = first[key]
     return distinct, (None if len(distinct) == len(names) else rows)
+def _check_names(class_names) -> list[str]:
+    """class_names as a list of str (any iterable of str but a plain string), else TypeError."""
+    if isinstance(class_names, (str, bytes)) or not hasattr(class_names, "__iter__"):
+        raise TypeError(f"class_names must be a list of str, got {type(class_names).__name__}"
+                        + (f" {class_names!r}" if isinstance(class_names, (str, bytes)) else ""))
+    names = list(class_names)
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise TypeError(f"class_names must be str, got {bad[0]!r} ({type(bad[0]).__name__})")
+    return names
+
+
+def _check_finite(a: np.ndarray, what: str) -> None:
+    """Non-finite values would turn into NaN probabilities and arbitrary labels, silently."""
+    if not np.isfinite(a).all():
+        n = int((~np.isfinite(a)).sum())
+        raise ValueError(
+            f"{what} contain {n} NaN or infinite value(s) of {a.size}: the model's weights "
+            "overflow float32 (e.g. huge values in a projection or norm); check the weight file")
 
 
 class Segmenter:
@@ -161,8 +180,11 @@ class Segmenter:
         if bg_threshold is not None and not 0 <= float(bg_threshold) <= 1:
             raise ValueError(f"bg_threshold must be in [0, 1], got {bg_threshold!r}")
         if output_size is not None:
-            if (len(output_size) != 2 or any(int(v) < 1 for v in output_size)):
-                raise ValueError(f"output_size must be (H, W) with positive sides, got {output_size!r}")
+            ok = (isinstance(output_size, (tuple, list)) and len(output_size) == 2
+                  and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+                          for v in output_size))
+            if not ok:
+                raise ValueError(f"output_size must be (H, W), two positive ints, got {output_size!r}")
             self.output_size = (int(output_size[0]), int(output_size[1]))
         from .templates import get_templates
 
@@ -185,13 +207,15 @@ class Segmenter:
 
     def classifier(self, class_names: Sequence[str]) -> np.ndarray:
         """The (C, D) text classifier for class_names (cached per model)."""
-        return self.model.text_classifier(class_names, self.templates)
+        return self.model.text_classifier(_check_names(class_names), self.templates)
 
     def _lowres(self, image: np.ndarray, cls: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
         hp, wp = processing_size(h, w, self.short_side)
-        return self._core_seg().logits(np.ascontiguousarray(image), hp, wp, self.model.mean,
-                                       self.model.std, cls)
+        lr = self._core_seg().logits(np.ascontiguousarray(image), hp, wp, self.model.mean,
+                                     self.model.std, cls)
+        _check_finite(lr, "the image features")
+        return lr
 
     def _out_size(self, image: np.ndarray) -> tuple[int, int]:
         return self.output_size or image.shape[:2]
@@ -206,8 +230,10 @@ class Segmenter:
         if batch and not items:
             raise ValueError("the image batch is empty")
         imgs = [as_rgb_uint8(im, f"images[{i}]" if batch else "image") for i, im in enumerate(items)]
+        class_names = _check_names(class_names)
         distinct, rows = _distinct_classes(class_names)
         cls = self.classifier(distinct)
+        _check_finite(cls, "the text classifier")
         out = []
         t0 = time.perf_counter()
         for i, im in enumerate(imgs):
@@ -247,7 +273,7 @@ class Segmenter:
         """Label map (H, W) int32: index into class_names of each pixel's best class; with
         bg_threshold, low-confidence pixels get 0 (first class named "background") or -1.
         Never materialises (C, H, W): memory stays bounded for large images."""
-        names = list(class_names) if not isinstance(class_names, str) else class_names
+        names = _check_names(class_names)
 
         def finish(im, lr):
             H, W = self._out_size(im)

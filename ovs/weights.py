@@ -2,8 +2,9 @@
 
 ``load_state_dict(path)`` reads, chosen by the file's magic bytes (never its suffix):
 
-* **safetensors** through the C reader (``_core.SafeTensorsFile``): aligned float32 tensors come
-  back as read-only zero-copy views of the memory-mapped file;
+* **safetensors** through the C reader (``_core.SafeTensorsFile``), which reads the file into
+  private memory (a loaded model never depends on the file staying unchanged): aligned float32
+  tensors come back as read-only zero-copy views of that copy;
 * **PyTorch zip checkpoints** (``torch.save`` since torch 1.6: ``.pt``/``.pth``/``.bin``) and
   **TorchScript archives** (``torch.jit.save``, e.g. OpenAI's CLIP ``.pt`` files) through a
   restricted unpickler that can only rebuild tensors and plain containers (``ovs.torch_reader``,
@@ -20,6 +21,7 @@ and bool tensors keep their dtype.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from typing import Mapping
 
@@ -36,11 +38,43 @@ _LEGACY_TORCH_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 
 # --------------------------------------------------------------------------- format detection
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+def require_regular_file(path: str | os.PathLike, what: str = "weights") -> None:
+    """Raise FileNotFoundError, IsADirectoryError or OSError(EINVAL) naming the kind of file
+    unless ``path`` is a regular file (checked with stat, before any open: opening a FIFO blocks
+    until a writer appears and a device such as /dev/zero never ends)."""
+    path = os.fspath(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, f"{what} file {path!r} does not exist") from None
+    if stat.S_ISREG(mode):
+        return
+    kind = next((k for test, k in _FILE_KINDS if test(mode)), "not a regular file")
+    exc = IsADirectoryError if stat.S_ISDIR(mode) else OSError
+    raise exc(errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL,
+              f"cannot read {what} from {path!r}: it is {kind}; pass a regular file")
+
+
+def _open_nonblocking(path, flags):
+    """open() that cannot block on a FIFO swapped in after require_regular_file's stat."""
+    fd = os.open(path, flags | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"cannot read {path!r}: not a regular file")
+    return fd
+
+
 def detect_format(path: str | os.PathLike) -> str:
     """The container format of ``path`` from its first bytes: ``"safetensors"``, ``"zip"`` (a
     torch.save checkpoint or TorchScript archive), ``"legacy-torch"``, ``"pickle"`` or
-    ``"unknown"``. Raises OSError if the file cannot be read."""
-    with open(path, "rb") as f:
+    ``"unknown"``. Raises OSError if the file cannot be read or is not a regular file."""
+    require_regular_file(path)
+    with open(path, "rb", opener=_open_nonblocking) as f:
         head = f.read(16)
         size = os.fstat(f.fileno()).st_size
     if len(head) >= 9 and head[8:9] == b"{":

@@ -165,12 +165,139 @@ def test_more_than_255_classes(model_path, tmp_path):
                    "--templates", "bare", "--threads", "1")
     assert_ok(proc)
     with Image.open(tmp_path / "m.png") as im:
+        assert im.mode == "I;16", f"mode {im.mode}: not a 16-bit PNG"
         assert im.size == (40, 24)
         values = np.asarray(im)
-    assert values.max() < 300 and values.min() >= 0, (values.min(), values.max())
+    model = ovs.load(model_path, act="gelu")
+    seg = ovs.Segmenter(model, short_side=None, window=None, templates="bare")
+    labels = seg.segment(read_image(img), classes.split(";"))
+    assert labels.max() > 255, "the case does not exercise labels above 255"
+    assert np.array_equal(values.astype(np.int64), labels), "PNG labels differ from the API's"
+
+
+def test_options_reach_the_segmenter(model_path, tmp_path):
+    """--method, --logit-scale and --bg-threshold (-1 -> 255 in the PNG) give the API's labels."""
+    img = tmp_path / "img.png"
+    rgb = np.random.default_rng(4).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(img)
+    model = ovs.load(model_path, act="gelu")
+    names = CLASSES.split(",")
+    opts = ["--short-side", "0", "--window", "whole", "--templates", "bare"]
+    probs = ovs.Segmenter(model, method="clearclip", short_side=None, window=None,
+                          templates="bare", logit_scale=7.0).predict(rgb, names)
+    thr = float(np.median(probs.max(0)))  # about half of the pixels fall below it
+    api = ovs.Segmenter(model, method="clearclip", short_side=None, window=None,
+                        templates="bare", logit_scale=7.0, bg_threshold=thr).segment(rgb, names)
+    assert 0 < (api == -1).mean() < 1
+    proc = run_cli(*segment_args(model_path, img, out=tmp_path / "m.png",
+                                 extra=[*opts, "--method", "clearclip", "--logit-scale", "7",
+                                        "--bg-threshold", repr(thr)]))
+    assert_ok(proc)
+    png = check_mask(tmp_path / "m.png", (56, 40), 3).astype(np.int64)
+    assert np.array_equal(png, np.where(api < 0, 255, api)), "CLI labels differ from the API's"
+    assert "method='clearclip'" in proc.stderr and "logit_scale=7.0" in proc.stderr, proc.stderr
+
+
+def test_ovs_model_environment_default(model_path, tmp_path):
+    """Without --model, $OVS_MODEL names the weights."""
+    proc = run_cli("segment", CAT, "--classes", CLASSES, "--act", "gelu", "--out",
+                   tmp_path / "m.png", "--threads", "1", env={"OVS_MODEL": str(model_path)})
+    assert_ok(proc)
+    assert f"loading model {model_path}" in proc.stderr, proc.stderr
+    with Image.open(CAT) as im:
+        check_mask(tmp_path / "m.png", im.size, 3)
+
+
+def test_console_script_entry_point(model_path, tmp_path):
+    """The `ovs` console script's target (pyproject: ovs.cli:main) run as a program."""
+    code = "import sys; from ovs.cli import main; sys.exit(main())"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, segment_args(
+        model_path, CAT, out=tmp_path / "m.png"))], capture_output=True, text=True, env=env,
+        timeout=300)
+    assert_ok(proc)
+    proc = subprocess.run([sys.executable, "-c", code, "segment", str(tmp_path / "nope.jpg"),
+                           "--classes", "a", "--out", str(tmp_path / "x.png")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2 and "not found" in proc.stderr, (proc.returncode, proc.stderr)
 
 
 # ------------------------------------------------------------------------------ failures
+def test_refuses_to_overwrite_the_input(model_path, tmp_path):
+    """--out/--overlay naming an input image (or a link to it) is refused before any work and
+    the photo is left intact (it was replaced by the mask, or truncated to 0 bytes)."""
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(CAT.read_bytes())
+    link = tmp_path / "link.jpg"
+    link.symlink_to(photo)
+    png = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(png)
+    original = png.read_bytes()
+    for img, out, extra in ((photo, photo, []), (photo, link, []), (png, png, []),
+                            (photo, tmp_path / "m.png", ["--overlay", str(photo)])):
+        before = img.read_bytes()
+        proc = run_cli(*segment_args(model_path, img, out=out, extra=extra))
+        assert_fails(proc, "refusing to overwrite", str(img.name))
+        assert "loading model" not in proc.stderr, "the check came after loading the model"
+        assert img.read_bytes() == before, f"{img} was modified"
+    assert png.read_bytes() == original
+
+
+def test_output_written_atomically(model_path, tmp_path, monkeypatch):
+    """An existing output is replaced only by a complete file: when the save fails, the old file
+    is intact and no temporary file remains."""
+    old = tmp_path / "old.jpg"
+    old.write_bytes(CAT.read_bytes())
+    before = old.read_bytes()
+    # A .jpg output: PNG data is written under that name (the format is PNG, never truncated).
+    proc = run_cli(*segment_args(model_path, CAT, out=old))
+    assert_ok(proc)
+    with Image.open(old) as im:
+        assert im.format == "PNG"
+    old.write_bytes(before)
+    from ovs import cli
+
+    def disk_full(self, fp, *args, **kw):  # half a file written, then an error
+        fp.write(b"\x89PNG partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        cli.save_label_png(np.zeros((8, 8), np.int32), old, 3)
+    assert old.read_bytes() == before, "a failed save damaged the existing file"
+    assert [p.name for p in tmp_path.iterdir()] == ["old.jpg"], list(tmp_path.iterdir())
+
+
+def test_output_folder_checked_before_work(model_path, tmp_path):
+    proc = run_cli(*segment_args(model_path, CAT, out=tmp_path / "missing" / "m.png"))
+    assert_fails(proc, "does not exist", "missing")
+    assert "loading model" not in proc.stderr
+    proc = run_cli(*segment_args(model_path, CAT, out=tmp_path / "m.png",
+                                 extra=["--overlay", str(tmp_path / "nodir" / "o.png")]))
+    assert_fails(proc, "nodir")
+    assert "loading model" not in proc.stderr
+
+
+def test_decompression_bomb_png(model_path, tmp_path):
+    """A small PNG declaring 20000 x 20000 pixels: a clear error, not Pillow's traceback."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    assert bomb.stat().st_size < 200
+    with pytest.raises(ValueError, match=r"bomb\.png.*too large"):
+        read_image(bomb)
+    proc = run_cli(*segment_args(model_path, bomb, out=tmp_path / "m.png"))
+    assert_fails(proc, "bomb.png", "too large")
+    assert proc.returncode == 2
+
+
 def test_missing_image(model_path, tmp_path):
     proc = run_cli(*segment_args(model_path, tmp_path / "nope.jpg", out=tmp_path / "m.png"))
     assert_fails(proc, "nope.jpg", "not found")

@@ -106,13 +106,16 @@ def test_bad_images_raise(load_model, pre):
     model = load_model("rn_tiny")
     img = pre["sq224_image"]
 
-    for label, bad in {"float32 image": img.astype(np.float32),
-                       "float64 image": img.astype(np.float64) / 255,
-                       "int64 image": img.astype(np.int64),
+    for label, bad in {"int64 image": img.astype(np.int64),
                        "uint16 image": img.astype(np.uint16)}.items():
-        with pytest.raises(TypeError):
+        with pytest.raises(TypeError, match=f"uint8.*got {bad.dtype}"):
             model.encode_image(bad, preprocess=True)
             pytest.fail(f"{label} accepted with preprocess=True")
+    # Float RGB must be in [0, 1] (the README's contract); 0..255 floats are refused.
+    with pytest.raises(ValueError, match=r"\[0, 1\] \(got range"):
+        model.encode_image(img.astype(np.float32), preprocess=True)
+    np.testing.assert_array_equal(model.encode_image(img.astype(np.float64) / 255),
+                                  model.encode_image(img))
 
     for label, bad in {"4 channels": np.concatenate([img, img[..., :1]], axis=-1),
                        "2 channels": img[..., :2],

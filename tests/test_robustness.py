@@ -597,13 +597,14 @@ def test_text_cache_concurrent_writers(vit_path, tmp_path, monkeypatch):
     """Two threads (separate models, same weights) writing the same entry at the same time."""
     barrier = threading.Barrier(2)
     orig_save = np.save
+    waited = set()
 
     def lockstep_save(*args, **kw):
         orig_save(*args, **kw)
-        try:
-            barrier.wait(timeout=5)  # both temporary files written before either is renamed
-        except threading.BrokenBarrierError:
-            pass
+        me = threading.get_ident()
+        if me not in waited:  # the entry's save: both temporary files exist before either rename
+            waited.add(me)
+            barrier.wait(timeout=30)  # a BrokenBarrierError fails the test: no concurrency
 
     monkeypatch.setattr(np, "save", lockstep_save)
     models = [ovs.load(vit_path, act="gelu") for _ in range(2)]

@@ -7,6 +7,8 @@ its own size) so that each call takes milliseconds.
 """
 from __future__ import annotations
 
+import re
+
 import json
 import os
 import subprocess
@@ -185,13 +187,14 @@ def test_duplicate_names(fast):
     assert (labels == probs.argmax(0)).all()
 
 
-@pytest.mark.parametrize("names,exc", [([], ValueError), (["cat", 3], TypeError),
-                                       (["cat", None], TypeError), ("cat", TypeError),
-                                       ("cat,dog", TypeError), (None, TypeError),
-                                       (["cat", "  "], ValueError), (42, TypeError)])
-def test_bad_class_names(fast, names, exc):
+@pytest.mark.parametrize("names,exc,match", [
+    ([], ValueError, "empty"), (["cat", 3], TypeError, "got 3 "),
+    (["cat", None], TypeError, "got None "), ("cat", TypeError, "got str 'cat'"),
+    ("cat,dog", TypeError, "got str 'cat,dog'"), (None, TypeError, "got NoneType"),
+    (["cat", "  "], ValueError, r"class_names\[1\] is empty"), (42, TypeError, "got int")])
+def test_bad_class_names(fast, names, exc, match):
     for call in (fast.segment, fast.predict, fast.logits):
-        with pytest.raises(exc):
+        with pytest.raises(exc, match=match):
             call(_img(8, 8), names)
 
 
@@ -274,8 +277,8 @@ def test_output_size(vit):
     np.testing.assert_allclose(probs, soft / soft.sum(0), atol=1e-5)
     batch = seg.segment([image, _img(50, 9)], NAMES)
     assert [b.shape for b in batch] == [(7, 90), (7, 90)]
-    for bad in ((0, 5), (5,), (5, -1), "ab"):
-        with pytest.raises((ValueError, TypeError)):
+    for bad in ((0, 5), (5,), (5, -1), "ab", 5, (2.7, 3.9)):
+        with pytest.raises(ValueError, match=re.escape(f"got {bad!r}")):
             ovs.Segmenter(vit, output_size=bad)
 
 

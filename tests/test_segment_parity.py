@@ -10,6 +10,7 @@ allowed logit error (closer pixels are ties within tolerance); label maps have t
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -206,26 +207,26 @@ IMG = np.full((64, 96, 3), 128, np.uint8)
 
 @pytest.mark.parametrize("call", ["predict", "segment", "logits"])
 def test_empty_class_list(cheap, call):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="empty"):
         getattr(cheap, call)(IMG, [])
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.uint16, np.int8, np.bool_])
 def test_non_uint8_image(cheap, dtype):
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=f"uint8.*got {np.dtype(dtype)}"):
         cheap.segment(IMG.astype(dtype), ["cat", "dog"])
 
 
 def test_nan_float_image(cheap):
     img = IMG.astype(np.float32)
     img[3, 5, 1] = np.nan
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="NaN or infinity"):
         cheap.segment(img, ["cat", "dog"])
 
 
 @pytest.mark.parametrize("shape", [(64, 96), (64 * 96 * 3,), (64, 96, 4), (64, 96, 1)])
 def test_wrong_shape(cheap, shape):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape(f"got shape {shape}")):
         cheap.segment(np.zeros(shape, np.uint8), ["cat", "dog"])
 
 
@@ -239,6 +240,73 @@ def test_unknown_method_lists_valid(models):
 
 @pytest.mark.parametrize("method", ref.VIT_ONLY_METHODS)
 def test_vit_only_method_on_resnet(models, method):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"method '{method}' needs a ViT model"):
         ovs.Segmenter(models("rn50"), method=method)
 
+
+
+# ----------------------------------------------------------------------------------------------
+# Defaults and the fixtures themselves
+# ----------------------------------------------------------------------------------------------
+
+DEFAULT_CASES = [c for c in CASES if c.endswith("_defaults")]
+
+
+def test_every_method_has_a_defaults_fixture():
+    assert sorted(ref.fixture_cases()[CASES.index(n)]["method"] for n in DEFAULT_CASES) == \
+        sorted(["maskclip", "maskclip", "sclip", "clearclip", "naclip"]), DEFAULT_CASES
+
+
+@pytest.mark.parametrize("name", DEFAULT_CASES)
+def test_defaults_match_reference(models, fixture, name):
+    """Segmenter(model, method) with no settings: the published defaults (short side, window,
+    logit scale, the 80 ImageNet templates) of the reference, and its probabilities."""
+    fx = fixture(name)
+    seg = ovs.Segmenter(models(fx["model"]), method=fx["method"])
+    got = (seg.short_side, seg.window, seg.logit_scale, seg.templates)
+    want = (fx["short_side"], fx["window"], fx["logit_scale"], fx["templates"])
+    assert got == want, f"{fx['method']} defaults {got} != reference {want}"
+    assert fx["templates"] == "imagenet80"
+    if name not in _logits_cache:  # shared with test_logits_match_reference (CI time)
+        _logits_cache[name] = seg.logits(fx["image"], fx["class_names"])
+    logits = _logits_cache[name].astype(np.float64)
+    err = rel_err(logits, fx["logits"])
+    assert err <= REL_TOL, f"{name}: logits max rel error {err:.3g} > {REL_TOL}"
+    z = seg.logit_scale * logits
+    probs = np.exp(z - z.max(0))
+    probs /= probs.sum(0)
+    err = rel_err(probs, fx["probs"])
+    assert err <= REL_TOL, f"{name}: probs max rel error {err:.3g} > {REL_TOL}"
+
+
+def test_readme_defaults_table():
+    """The README's method table states the defaults that Segmenter uses."""
+    readme = (HERE.parent / "README.md").read_text()
+    rows = re.findall(r"^\| `(\w+)`[^|]*\|[^|]*\| (\d+) \| (\d+) / (\d+) \| (\d+) \| (\w+) \|$",
+                      readme, re.M)
+    table = {m: (int(s), (int(c), int(st)), float(ls), t) for m, s, c, st, ls, t in rows}
+    assert set(table) == set(ovs.METHODS), f"README table rows: {sorted(table)}"
+    for method, (short, window, scale, templates) in table.items():
+        d = ref.DEFAULTS[method]
+        assert (d["short_side"], d["window"], d["logit_scale"], d["templates"]) == \
+            (short, window, scale, templates), f"README row for {method} != reference defaults"
+
+
+def test_fixture_weights_have_no_constant_tensor(seg_dir):
+    """Every weight of the parity models is random (open_clip zero-initialises the attention
+    biases: a head that dropped a q/k/v/out bias would still match)."""
+    from ovs.weights import load_state_dict
+
+    for tag in ("vitb16", "rn50"):
+        sd = load_state_dict(seg_dir / f"seg_{tag}.safetensors")
+        const = [k for k, v in sd.items()
+                 if v.dtype.kind == "f" and v.size > 1 and np.all(v == v.flat[0])]
+        assert not const, f"seg_{tag}: constant tensors {const}"
+        assert np.abs(sd["visual.attnpool.v_proj.bias" if tag == "rn50" else
+                         "visual.transformer.resblocks.11.attn.in_proj_bias"]).min() > 0
+
+
+def test_rn50_reference_labels_not_constant(fixture):
+    for name in ("maskclip_rn50_synth_win", "maskclip_rn50_synth_whole", "maskclip_rn50_odd_whole"):
+        share = np.bincount(fixture(name)["labels"].ravel()).max() / fixture(name)["labels"].size
+        assert share < 0.9, f"{name}: one class covers {share * 100:.1f}% of the reference map"

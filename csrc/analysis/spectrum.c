@@ -257,7 +257,7 @@ int ovs_analyze_layers(ovs_layer_alpha *out, const ovs_tensor *layers, int64_t c
         codes[i] = OVS_OK;
     }
     qsort(order, (size_t)count, sizeof *order, cmp_cost_desc);
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(ovs_get_num_threads())
     for (int64_t t = 0; t < count; t++) {
         int64_t i = order[t].index;
         codes[i] = analyze_one(&out[i], &layers[i], opt);

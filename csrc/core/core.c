@@ -169,7 +169,10 @@ void ovs_arena_free(ovs_arena *a) {
 }
 
 /* ---------------------------------------------------------------- threads */
-static int num_threads_setting;
+/* One process-wide count read by every parallel region (num_threads(ovs_get_num_threads())).
+ * omp_set_num_threads alone would only change the calling thread's setting: other Python
+ * threads would keep the old count. */
+static int num_threads_setting;  /* atomic; 0 until the first ovs_set_num_threads */
 
 void ovs_set_num_threads(int n) {
     if (n <= 0) {
@@ -179,17 +182,15 @@ void ovs_set_num_threads(int n) {
         n = 1;
 #endif
     }
-    num_threads_setting = n;
-#ifdef _OPENMP
-    omp_set_num_threads(n);
-#endif
+    __atomic_store_n(&num_threads_setting, n, __ATOMIC_RELAXED);
     /* OpenBLAS stays single-threaded: ovs splits each sgemm over its own OpenMP threads
      * (ops_sgemm), so the two thread pools never compete for the cores. */
     OVS_BLAS(openblas_set_num_threads)(1);
 }
 
 int ovs_get_num_threads(void) {
-    if (num_threads_setting > 0) return num_threads_setting;
+    int n = __atomic_load_n(&num_threads_setting, __ATOMIC_RELAXED);
+    if (n > 0) return n;
 #ifdef _OPENMP
     return omp_get_max_threads();
 #else

@@ -1,4 +1,5 @@
-/* safetensors reader: mmap + strict header validation + dtype conversion (see ovs/io.h). */
+/* safetensors reader: private copy of the file + strict header validation + dtype conversion
+ * (see ovs/io.h). */
 #include "ovs/io.h"
 
 #include "io/json.h"
@@ -8,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -19,7 +19,7 @@
 struct ovs_safetensors {
     const unsigned char *base;          /* (size,) whole file or caller buffer */
     size_t size;
-    void *map;                          /* our mmap of the file, NULL for a caller buffer */
+    unsigned char *owned;               /* (size,) our copy of the file, NULL for a caller buffer */
     size_t header_size;                 /* JSON bytes after the 8-byte length */
     const unsigned char *data;          /* (data_size,) = base + 8 + header_size */
     size_t data_size;
@@ -482,31 +482,48 @@ int ovs_safetensors_parse(ovs_safetensors **out, const void *buf, size_t size) {
     return parse_image(out, buf ? buf : empty, size);
 }
 
+/* What a non-regular file is, for messages. */
+static const char *file_kind(mode_t mode) {
+    if (S_ISDIR(mode)) return "a directory";
+    if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
+    if (S_ISCHR(mode)) return "a character device";
+    if (S_ISBLK(mode)) return "a block device";
+    if (S_ISSOCK(mode)) return "a socket";
+    return "not a regular file";
+}
+
+static int refuse_kind(const char *path, mode_t mode) {
+    int e = S_ISDIR(mode) ? EISDIR : EINVAL;
+    ovs_set_error(OVS_ERR_IO, "cannot read '%.512s': it is %s; weights must be a regular file",
+                  path, file_kind(mode));
+    errno = e;
+    return OVS_ERR_IO;
+}
+
+static int io_error(const char *what, const char *path, int e) {
+    ovs_set_error(OVS_ERR_IO, "cannot %s '%.512s': %s", what, path, strerror(e));
+    errno = e;
+    return OVS_ERR_IO;
+}
+
 int ovs_safetensors_open(ovs_safetensors **out, const char *path) {
     if (!out || !path) return ovs_set_error(OVS_ERR_ARG, "ovs_safetensors_open: NULL argument");
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        ovs_set_error(OVS_ERR_IO, "cannot open '%.512s': %s", path, strerror(e));
-        errno = e;
-        return OVS_ERR_IO;
-    }
+    /* stat before open: opening a FIFO blocks until a writer appears, /dev/zero never ends. */
     struct stat sb;
+    if (stat(path, &sb) != 0) return io_error("open", path, errno);
+    if (!S_ISREG(sb.st_mode)) return refuse_kind(path, sb.st_mode);
+    /* O_NONBLOCK: if the path was swapped for a FIFO after the stat, open still returns. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return io_error("open", path, errno);
     if (fstat(fd, &sb) != 0) {
         int e = errno;
         close(fd);
-        ovs_set_error(OVS_ERR_IO, "cannot stat '%.512s': %s", path, strerror(e));
-        errno = e;
-        return OVS_ERR_IO;
+        return io_error("stat", path, e);
     }
     if (!S_ISREG(sb.st_mode)) {
-        int e = S_ISDIR(sb.st_mode) ? EISDIR : EINVAL;
         close(fd);
-        ovs_set_error(OVS_ERR_IO, "cannot read '%.512s': %s", path,
-                      e == EISDIR ? "is a directory" : "not a regular file");
-        errno = e;
-        return OVS_ERR_IO;
+        return refuse_kind(path, sb.st_mode);
     }
     size_t size = (size_t)sb.st_size;
     if (size < 8) {
@@ -515,19 +532,40 @@ int ovs_safetensors_open(ovs_safetensors **out, const char *path) {
                              "'%.512s' is not a safetensors file: %zu bytes, shorter than the "
                              "8-byte header length", path, size);
     }
-    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    int map_errno = errno;
-    close(fd);  /* the mapping keeps the file referenced */
-    if (map == MAP_FAILED) {
-        ovs_set_error(OVS_ERR_IO, "cannot mmap '%.512s' (%zu bytes): %s", path, size,
-                      strerror(map_errno));
-        errno = map_errno;
-        return OVS_ERR_IO;
+    /* The whole file is read into private memory rather than mapped: with a mapping, another
+     * process truncating the file kills this one with SIGBUS at the next access, and rewriting
+     * it in place silently changes a loaded model's weights. */
+    unsigned char *buf = ovs_malloc(size);
+    if (!buf) {
+        close(fd);
+        return ovs_set_error(OVS_ERR_NOMEM, "out of memory reading '%.512s' (%zu bytes)", path,
+                             size);
+    }
+    size_t done = 0;
+    while (done < size) {
+        size_t want = size - done < ((size_t)1 << 30) ? size - done : ((size_t)1 << 30);
+        ssize_t got = pread(fd, buf + done, want, (off_t)done);
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            int e = errno;
+            close(fd);
+            ovs_free(buf);
+            return io_error("read", path, e);
+        }
+        if (got == 0) break;
+        done += (size_t)got;
+    }
+    close(fd);
+    if (done != size) {
+        ovs_free(buf);
+        return ovs_set_error(OVS_ERR_IO, "cannot read '%.512s': the file shrank from %zu to %zu "
+                                         "bytes while being read (is it being written?)",
+                             path, size, done);
     }
     ovs_safetensors *st = NULL;
-    int err = parse_image(&st, map, size);
+    int err = parse_image(&st, buf, size);
     if (err) {
-        munmap(map, size);
+        ovs_free(buf);
         if (err == OVS_ERR_FORMAT) {
             char msg[1024];
             snprintf(msg, sizeof msg, "%s", ovs_last_error());
@@ -535,17 +573,14 @@ int ovs_safetensors_open(ovs_safetensors **out, const char *path) {
         }
         return err;
     }
-    st->map = map;
-#ifdef MADV_WILLNEED
-    madvise(map, size, MADV_WILLNEED);  /* weights are read front to back once: prefetch */
-#endif
+    st->owned = buf;
     *out = st;
     return OVS_OK;
 }
 
 void ovs_safetensors_close(ovs_safetensors *st) {
     if (!st) return;
-    if (st->map) munmap(st->map, st->size);
+    ovs_free(st->owned);
     ovs_free(st->entries);
     ovs_free(st->by_name);
     ovs_free(st->meta);

@@ -59,7 +59,7 @@ static int naclip_omega(ovs_segmenter *s, int64_t gh, int64_t gw) {
     float *om = ovs_malloc(n * sizeof(float));
     if (!om) return OVS_ERR_NOMEM;
     const double inv = 1.0 / (2.0 * (double)s->cfg.sigma * (double)s->cfg.sigma);
-#pragma omp parallel for schedule(static) if (T > 256)
+#pragma omp parallel for schedule(static) if (T > 256) num_threads(ovs_get_num_threads())
     for (int64_t a = 0; a < T; a++) {
         float *row = om + (size_t)a * T;
         if (a == 0) {
@@ -113,7 +113,7 @@ static int vit_last_block(ovs_segmenter *s, float *xo, float *x, int64_t T, int6
                 (rc = ovs_attention_probs(p2, k, ld, k, ld, T, T, F, scale, NULL, 0)))
                 return rc;
             const int64_t n = T * T;
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for schedule(static) if (n > 65536) num_threads(ovs_get_num_threads())
             for (int64_t i = 0; i < n; i++) p1[i] += p2[i];
         } else if (head == OVS_HEAD_CLEARCLIP) {
             if ((rc = ovs_attention_probs(p1, q, ld, q, ld, T, T, F, scale, NULL, 0))) return rc;
@@ -155,7 +155,7 @@ int ovs_seg_dense_features(ovs_segmenter *s, float *feats, const float *image, i
         float *tok = ovs_arena_floats(&s->work, (size_t)G * C5);  /* (G, C5) positions as rows */
         float *v = ovs_arena_floats(&s->work, (size_t)G * C5);    /* (G, C5) v_proj */
         if (!tok || !v) return OVS_ERR_NOMEM;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(ovs_get_num_threads())
         for (int64_t g = 0; g < G; g++)
             for (int64_t c = 0; c < C5; c++) tok[g * C5 + c] = r5[c * G + g];
         if ((rc = ovs_linear_forward(v, tok, &m->v, m->vb, NULL, G, C5, C5, OVS_ACT_NONE))) return rc;

@@ -67,15 +67,16 @@ int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_
     int rc;
     ovs_arena *a = &s->arena;
     ovs_arena_reset(a);
-    float *img = ovs_arena_floats(a, (size_t)3 * H * W);            /* (3, H, W) normalised */
-    if (!img) return OVS_ERR_NOMEM;
-    if ((rc = ovs_normalize_u8(img, image, H, W, row_stride, pixel_stride, 0, 0, H, W, mean, std, 0)))
-        return rc;
-    float *src = img;                                                /* (3, Hp, Wp) */
-    if (Hp != H || Wp != W) {
-        if (!(src = ovs_arena_floats(a, (size_t)3 * Hp * Wp))) return OVS_ERR_NOMEM;
-        if ((rc = ovs_resize_bilinear(src, img, 3, H, W, Hp, Wp, 0))) return rc;
-    }
+    /* (3, Hp, Wp) normalised and resized. Resized straight from the uint8 input: a (3, H, W)
+     * float copy of a 20000 x 20000 photo would take 4.8 GB for a 336-pixel result. */
+    float *src = ovs_arena_floats(a, (size_t)3 * Hp * Wp);
+    if (!src) return OVS_ERR_NOMEM;
+    if (Hp != H || Wp != W)
+        rc = ovs_resize_bilinear_u8_normalize(src, image, H, W, row_stride, pixel_stride, Hp, Wp,
+                                              mean, std);
+    else
+        rc = ovs_normalize_u8(src, image, H, W, row_stride, pixel_stride, 0, 0, H, W, mean, std, 0);
+    if (rc) return rc;
     /* window grid (mmseg slide_inference); a window never exceeds the image */
     const int64_t crop = s->cfg.crop, stride = s->cfg.stride;
     const int64_t grids_h = crop > 0 ? (Hp - crop + stride - 1 > 0 ? Hp - crop + stride - 1 : 0) / stride + 1 : 1;
@@ -115,7 +116,7 @@ int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_
                 }
             if ((rc = ovs_seg_dense_features(s, feats, win, wh, ww))) return rc;
             /* L2-normalise each position, then small (C, G) = classifier (C, E) @ feats^T */
-#pragma omp parallel for schedule(static) if (G * E > 65536)
+#pragma omp parallel for schedule(static) if (G * E > 65536) num_threads(ovs_get_num_threads())
             for (int64_t g = 0; g < G; g++) {
                 float *f = feats + g * E;
                 double ss = 0;
@@ -127,7 +128,7 @@ int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_
                       1.0f, classifier, (int)E, feats, (int)E, 0.0f, small, (int)G);
             /* upsample (C, gh, gw) -> (C, wh, ww) bilinearly, crop to (h, w), accumulate */
             if ((rc = coeffs_alloc(&cy, &s->work, gh, gw, wh, ww, h, w))) return rc;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(ovs_get_num_threads())
             for (int64_t c = 0; c < C; c++) {
                 const float *plane = small + c * G;
                 float *acc = logits + (size_t)c * Hp * Wp;
@@ -141,7 +142,7 @@ int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_
         }
     }
     const int64_t HW = Hp * Wp;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(ovs_get_num_threads())
     for (int64_t c = 0; c < C; c++) {
         float *acc = logits + (size_t)c * HW;
         for (int64_t i = 0; i < HW; i++) acc[i] /= count[i];
@@ -167,7 +168,7 @@ int ovs_seg_labels_naive(int32_t *labels, const float *logits, int64_t C, int64_
     if ((rc = coeffs_alloc(&c, &a, h, w, H, W, H, W))) goto done;
     const int64_t hw = h * w;
     int failed = 0;
-#pragma omp parallel
+#pragma omp parallel num_threads(ovs_get_num_threads())
     {
         float *row = ovs_malloc((size_t)C * W * sizeof(float)); /* (C, W) interpolated row */
         if (!row) {
@@ -303,7 +304,7 @@ int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, i
     const int64_t hw = h * w;
     const double inv_thr = bg ? 1.0 / (double)bg_threshold : 0.0;
     int failed = 0;
-#pragma omp parallel
+#pragma omp parallel num_threads(ovs_get_num_threads())
     {
         cell_row cr = {0};
         size_t bytes = (size_t)w * (2 * sizeof(float) + sizeof(int32_t) + 2 * sizeof(double)) +
@@ -379,7 +380,7 @@ int ovs_seg_upsample(float *out, const float *logits, int64_t C, int64_t h, int6
     else if ((rc = ovs_resize_bilinear(out, logits, C, h, w, H, W, 0))) return rc;
     if (!softmax) return OVS_OK;
     const int64_t HW = H * W;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(ovs_get_num_threads())
     for (int64_t i = 0; i < HW; i++) {
         float mx = -INFINITY;
         for (int64_t k = 0; k < C; k++) {

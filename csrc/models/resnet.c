@@ -301,7 +301,7 @@ int ovs_resnet_forward(ovs_resnet *m, const float *images, int64_t N, int64_t H,
     float *probs = ovs_arena_floats(&m->arena, (size_t)E * T); /* (E, 1, T) */
     if (!tok || !kv || !q || !att || !probs) return OVS_ERR_NOMEM;
     const int64_t G = h * w;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(ovs_get_num_threads())
     for (int64_t nc = 0; nc < N * C; nc++) {
         int64_t n = nc / C, c = nc % C;
         const float *src = x + (size_t)nc * G;
@@ -320,7 +320,7 @@ int ovs_resnet_forward(ovs_resnet *m, const float *images, int64_t N, int64_t H,
     if ((rc = ovs_matmul_wt(kv, 2 * C, tok, C, &m->k, N * T, 1.0f, 0.0f)) ||
         (rc = ovs_matmul_wt(kv + C, 2 * C, tok, C, &m->v, N * T, 1.0f, 0.0f)))
         return rc;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(ovs_get_num_threads())
     for (int64_t r = 0; r < N * T; r++) {
         float *row = kv + (size_t)r * 2 * C;
         for (int64_t c = 0; c < C; c++) {

@@ -91,7 +91,7 @@ int ovs_text_forward(ovs_text *m, float *out, const int32_t *ids, int64_t N, int
     float *scratch = ovs_arena_floats(&m->arena, ovs_block_scratch_floats(&m->tf, N, T));
     float *pooled = ovs_arena_floats(&m->arena, (size_t)N * D);         /* (N, D) */
     if (!x || !scratch || !pooled) return OVS_ERR_NOMEM;
-#pragma omp parallel for schedule(static) if (N * T * D > 65536)
+#pragma omp parallel for schedule(static) if (N * T * D > 65536) num_threads(ovs_get_num_threads())
     for (int64_t nt = 0; nt < N * T; nt++) {
         int64_t n = nt / T, s = nt % T;
         const float *e = m->tok + (size_t)ids[n * S + s] * D, *p = m->pos + (size_t)s * D;

@@ -105,7 +105,7 @@ int ovs_vit_forward(ovs_vit *m, const float *images, int64_t N, int64_t H, int64
                                  OVS_ACT_NONE, scratch)))
         return rc;
     const int64_t G = gh * gw;
-#pragma omp parallel for schedule(static) if (N * T * D > 65536)
+#pragma omp parallel for schedule(static) if (N * T * D > 65536) num_threads(ovs_get_num_threads())
     for (int64_t nt = 0; nt < N * T; nt++) {
         int64_t n = nt / T, i = nt % T;
         float *row = x + (size_t)nt * D;

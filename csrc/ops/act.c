@@ -32,7 +32,7 @@ int ovs_act_forward(float *x, int64_t n, ovs_act act) {
     /* Chunks of 4096 floats (16 KiB) keep each thread's slice in L1 and aligned to lines. */
     const int64_t chunk = 4096;
     int64_t nchunks = (n + chunk - 1) / chunk;
-#pragma omp parallel for schedule(static) if (n >= OPS_PAR_MIN)
+#pragma omp parallel for schedule(static) if (n >= OPS_PAR_MIN) num_threads(ovs_get_num_threads())
     for (int64_t c = 0; c < nchunks; c++) {
         int64_t lo = c * chunk, len = n - lo < chunk ? n - lo : chunk;
         ops_act_inplace(x + lo, len, act);

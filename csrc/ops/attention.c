@@ -45,7 +45,7 @@ int ops_attention_forward_check(const char *op, float *out, const float *q, int6
 /* probs (T, U) = softmax(probs + mask) row by row, the causal rows cut at t + 1. */
 static void attention_softmax_rows(float *probs, int64_t T, int64_t U, const float *mask,
                                    int causal) {
-#pragma omp parallel for schedule(static) if (T * U >= OPS_PAR_MIN && T > 1)
+#pragma omp parallel for schedule(static) if (T * U >= OPS_PAR_MIN && T > 1) num_threads(ovs_get_num_threads())
     for (int64_t t = 0; t < T; t++)
         ops_softmax_row(probs + t * U, U, mask ? mask + t * U : NULL, causal ? t + 1 : U);
 }
@@ -83,7 +83,7 @@ int ovs_attention_forward(float *out, const float *q, int64_t ldq, const float *
     /* Heads run in parallel, one head per thread with single-threaded sgemms: one parallel
      * region per call instead of three per head. */
     int failed = 0;
-#pragma omp parallel for schedule(dynamic, 1) if (E > 1 && tu * F >= OPS_PAR_MIN)
+#pragma omp parallel for schedule(dynamic, 1) if (E > 1 && tu * F >= OPS_PAR_MIN) num_threads(ovs_get_num_threads())
     for (int64_t h = 0; h < E; h++) {
         float *probs = scratch + h * tu;   /* (T, U) of head h */
         int hs = ops_sgemm(op, 1, T, U, F, scale, q + h * F, ldq, k + h * F, ldk, 0.0f, probs, U);

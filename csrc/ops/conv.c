@@ -120,7 +120,7 @@ static void im2col(float *col, const float *in, int64_t Cg, int64_t H, int64_t W
     const int64_t rows = Cg * R * S, PQ = NP * Q, HW = H * W;
     const int64_t sh = p->stride_h, sw = p->stride_w, ph = p->pad_h, pw = p->pad_w;
     const int64_t dh = p->dil_h, dw = p->dil_w;
-#pragma omp parallel for schedule(static) if (rows * PQ >= OPS_PAR_MIN && rows > 1)
+#pragma omp parallel for schedule(static) if (rows * PQ >= OPS_PAR_MIN && rows > 1) num_threads(ovs_get_num_threads())
     for (int64_t row = 0; row < rows; row++) {
         int64_t c = row / (R * S), r = (row / S) % R, s = row % S;
         float *dst = col + row * PQ;
@@ -206,7 +206,7 @@ int ovs_conv2d_forward(float *out, const float *in, const ovs_matrix *weight, co
     const float *res = fold_residual ? NULL : residual;
     if (!bias && !res && act == OVS_ACT_NONE) return OVS_OK;
     const int64_t planes = N * K;
-#pragma omp parallel for schedule(static) if (planes * PQ >= OPS_PAR_MIN && planes > 1)
+#pragma omp parallel for schedule(static) if (planes * PQ >= OPS_PAR_MIN && planes > 1) num_threads(ovs_get_num_threads())
     for (int64_t i = 0; i < planes; i++)
         conv_epilogue_plane(out + i * PQ, bias ? bias[i % K] : 0.0f, res ? res + i * PQ : NULL,
                             PQ, act);
@@ -234,7 +234,7 @@ int ovs_batchnorm_fold(float *w_out, float *b_out, const float *conv_w, const fl
                                  "%s: running_var[%lld] + eps = %g must be > 0 (a corrupt "
                                  "BatchNorm?)",
                                  op, (long long)k, (double)var[k] + (double)eps);
-#pragma omp parallel for schedule(static) if (KL >= OPS_PAR_MIN && K > 1)
+#pragma omp parallel for schedule(static) if (KL >= OPS_PAR_MIN && K > 1) num_threads(ovs_get_num_threads())
     for (int64_t k = 0; k < K; k++) {
         float f = (float)((double)gamma[k] / sqrt((double)var[k] + (double)eps));
         float b = conv_bias ? conv_bias[k] : 0.0f;

@@ -120,7 +120,7 @@ int ovs_matrix_pack(float *dst, const float *src, int64_t rows, int64_t cols) {
                              (long long)rows, (long long)cols);
     if ((st = ops_check_ptr(op, "dst", dst, (int64_t)packed))) return st;
     const int64_t panels = (rows + OVS_PACK_NR - 1) / OVS_PACK_NR;
-#pragma omp parallel for schedule(static) if (n >= OPS_PAR_MIN && panels > 1)
+#pragma omp parallel for schedule(static) if (n >= OPS_PAR_MIN && panels > 1) num_threads(ovs_get_num_threads())
     for (int64_t p = 0; p < panels; p++) {
         float *d = dst + p * cols * OVS_PACK_NR;       /* (cols, NR) */
         for (int j = 0; j < OVS_PACK_NR; j++) {
@@ -184,7 +184,7 @@ int ops_gemm_packed(const char *op, float *out, int64_t ldo, const float *a, int
     int threads = 1;
 #ifdef _OPENMP
     if (!omp_in_parallel() && (double)M * (double)K * (double)C >= 1.0e6)
-        threads = omp_get_max_threads();
+        threads = ovs_get_num_threads();
 #endif
     /* Panel groups: enough tasks for ~4 per thread, each at least 2 panels wide. */
     int64_t group = panels;

@@ -77,7 +77,7 @@ static inline uint8_t pil_clip8(int32_t acc) {
 static void pil_horizontal(uint8_t *dst, const uint8_t *src, int64_t row_stride,
                            int64_t pix_stride, int64_t rows, int64_t Q, const int32_t *kk,
                            const int64_t *bounds, int64_t ksize) {
-#pragma omp parallel for schedule(static) if (rows * Q * ksize >= OPS_PAR_MIN && rows > 1)
+#pragma omp parallel for schedule(static) if (rows * Q * ksize >= OPS_PAR_MIN && rows > 1) num_threads(ovs_get_num_threads())
     for (int64_t y = 0; y < rows; y++) {
         const uint8_t *line = src + y * row_stride;
         uint8_t *d = dst + y * Q * 3;
@@ -105,7 +105,7 @@ static void pil_vertical(uint8_t *dst, const uint8_t *src, int64_t row_stride, i
                          const int64_t *bounds, int64_t ksize) {
     const int64_t CC = cols * 3;
     enum { BLOCK = 512 };
-#pragma omp parallel for schedule(static) if (P * CC * ksize >= OPS_PAR_MIN && P > 1)
+#pragma omp parallel for schedule(static) if (P * CC * ksize >= OPS_PAR_MIN && P > 1) num_threads(ovs_get_num_threads())
     for (int64_t yy = 0; yy < P; yy++) {
         const int32_t *k = kk + yy * ksize;
         const int64_t ymin = bounds[2 * yy] - first, n = bounds[2 * yy + 1];
@@ -265,7 +265,7 @@ int ovs_normalize_u8(float *out, const uint8_t *in, int64_t H, int64_t W, int64_
             float x = scale255 ? (float)v : (float)v / 255.0f;
             lut[c][v] = (x - mean[c]) / std[c];
         }
-#pragma omp parallel for schedule(static) if (pq * 3 >= OPS_PAR_MIN && P > 1)
+#pragma omp parallel for schedule(static) if (pq * 3 >= OPS_PAR_MIN && P > 1) num_threads(ovs_get_num_threads())
     for (int64_t i = 0; i < P; i++) {
         const uint8_t *src = in + (y0 + i) * in_row_stride + x0 * in_pixel_stride;
         float *o0 = out + i * Q, *o1 = o0 + pq, *o2 = o1 + pq;   /* channel planes (P, Q) */

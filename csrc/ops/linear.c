@@ -48,7 +48,7 @@ int ovs_linear_forward(float *out, const float *in, const ovs_matrix *weight, co
     if (st) return st;
     const float *res = fold_residual ? NULL : residual;
     if (!bias && !res && act == OVS_ACT_NONE) return OVS_OK;
-#pragma omp parallel for schedule(static) if (M * K >= OPS_PAR_MIN && M > 1)
+#pragma omp parallel for schedule(static) if (M * K >= OPS_PAR_MIN && M > 1) num_threads(ovs_get_num_threads())
     for (int64_t i = 0; i < M; i++)
         linear_epilogue_row(out + i * K, bias, res ? res + i * K : NULL, K, act);
     return OVS_OK;

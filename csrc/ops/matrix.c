@@ -74,7 +74,7 @@ static void sgemm_parallel(int trans_b, int64_t M, int64_t N, int64_t Kd, float 
     int threads = 1;
 #ifdef _OPENMP
     if (!omp_in_parallel() && (double)M * (double)N * (double)Kd >= 2.0e6)
-        threads = omp_get_max_threads();
+        threads = ovs_get_num_threads();
 #endif
     if (threads <= 1) {
         sgemm_block(trans_b, M, N, Kd, alpha, A, lda, B, ldb, beta, C, ldc);

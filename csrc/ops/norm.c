@@ -70,7 +70,7 @@ int ovs_layernorm_forward(float *out, const float *in, const float *weight, cons
     int st = ops_layernorm_check(op, out, in, weight, bias, M, D, eps);
     if (st) return st;
     if (M == 0 || D == 0) return OVS_OK;
-#pragma omp parallel for schedule(static) if (M * D >= OPS_PAR_MIN && M > 1)
+#pragma omp parallel for schedule(static) if (M * D >= OPS_PAR_MIN && M > 1) num_threads(ovs_get_num_threads())
     for (int64_t i = 0; i < M; i++) {
         const float *x = in + i * D;   /* (D,) */
         float *y = out + i * D;        /* (D,), may be x */
@@ -111,7 +111,7 @@ int ovs_groupnorm_forward(float *out, const float *in, const float *weight, cons
     if (!(eps >= 0.0f)) return ovs_set_error(OVS_ERR_ARG, "%s: eps must be >= 0, got %g", op, eps);
     if (total == 0) return OVS_OK;
     const int64_t Cg = C / G, group = Cg * HW, NG = N * G;
-#pragma omp parallel for schedule(static) if (total >= OPS_PAR_MIN && NG > 1)
+#pragma omp parallel for schedule(static) if (total >= OPS_PAR_MIN && NG > 1) num_threads(ovs_get_num_threads())
     for (int64_t ng = 0; ng < NG; ng++) {
         const float *x = in + ng * group;   /* (Cg, HW) */
         float *y = out + ng * group;        /* (Cg, HW), may be x */

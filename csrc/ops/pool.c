@@ -48,7 +48,7 @@ int ovs_avgpool2d_forward(float *out, const float *in, int64_t NC, int64_t H, in
     if (st) return st;
     const int64_t HW = H * W, PQ = P * Q;
     if (NC == 0 || PQ == 0) return OVS_OK;
-#pragma omp parallel for schedule(static) if (NC * PQ * R * S >= OPS_PAR_MIN && NC > 1)
+#pragma omp parallel for schedule(static) if (NC * PQ * R * S >= OPS_PAR_MIN && NC > 1) num_threads(ovs_get_num_threads())
     for (int64_t plane = 0; plane < NC; plane++) {
         const float *x = in + plane * HW;     /* (H, W) */
         float *y = out + plane * PQ;          /* (P, Q) */
@@ -95,7 +95,7 @@ int ovs_adaptive_avgpool2d_forward(float *out, const float *in, int64_t NC, int6
     /* Also guards (p + 1) * H below. */
     int64_t tmp;
     if ((st = ops_mul(&tmp, op, P + 1, H)) || (st = ops_mul(&tmp, op, Q + 1, W))) return st;
-#pragma omp parallel for schedule(static) if (n_in >= OPS_PAR_MIN && NC > 1)
+#pragma omp parallel for schedule(static) if (n_in >= OPS_PAR_MIN && NC > 1) num_threads(ovs_get_num_threads())
     for (int64_t plane = 0; plane < NC; plane++) {
         const float *x = in + plane * hw;     /* (H, W) */
         float *y = out + plane * pq;          /* (P, Q) */

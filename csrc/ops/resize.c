@@ -90,7 +90,7 @@ int ovs_resize_bilinear(float *out, const float *in, int64_t NC, int64_t H, int6
         for (int64_t j = 0; j < nq; j++)
             linear_taps(resize_source(sw, q0 + j, align_corners, 0), W, &x0[j], &x1[j], &wx0[j],
                         &wx1[j]);
-#pragma omp parallel for schedule(static) if (rows * nq >= OPS_PAR_MIN && rows > 1)
+#pragma omp parallel for schedule(static) if (rows * nq >= OPS_PAR_MIN && rows > 1) num_threads(ovs_get_num_threads())
         for (int64_t row = 0; row < rows; row++) {
             const int64_t plane = row / P, p = row % P;
             int64_t y0, y1;
@@ -101,6 +101,62 @@ int ovs_resize_bilinear(float *out, const float *in, int64_t NC, int64_t H, int6
             for (int64_t j = 0; j < nq; j++)
                 dst[j] = wy0 * (wx0[j] * r0[x0[j]] + wx1[j] * r0[x1[j]]) +
                          wy1 * (wx0[j] * r1[x0[j]] + wx1[j] * r1[x1[j]]);
+        }
+    }
+    return OVS_OK;
+}
+
+int ovs_resize_bilinear_u8_normalize(float *out, const uint8_t *in, int64_t H, int64_t W,
+                                     int64_t in_row_stride, int64_t in_pixel_stride, int64_t P,
+                                     int64_t Q, const float mean[3], const float std[3]) {
+    static const char op[] = "ovs_resize_bilinear_u8_normalize";
+    int st;
+    int64_t pq, span;
+    if ((st = ops_check_nonneg(op, "H", H)) || (st = ops_check_nonneg(op, "W", W)) ||
+        (st = ops_check_nonneg(op, "P", P)) || (st = ops_check_nonneg(op, "Q", Q)) ||
+        (st = ops_mul(&pq, op, P, Q)) || (st = ops_check_ptr(op, "out", out, pq)) ||
+        (st = ops_check_ptr(op, "mean", mean, 3)) || (st = ops_check_ptr(op, "std", std, 3)))
+        return st;
+    if (pq == 0) return OVS_OK;
+    if (H == 0 || W == 0 || !in)
+        return ovs_set_error(OVS_ERR_ARG, "%s: cannot resize an empty %lldx%lld input", op,
+                             (long long)H, (long long)W);
+    if (in_pixel_stride < 3 || in_row_stride < 1)
+        return ovs_set_error(OVS_ERR_ARG, "%s: strides must be positive with >= 3 bytes per "
+                             "pixel, got row stride %lld, pixel stride %lld", op,
+                             (long long)in_row_stride, (long long)in_pixel_stride);
+    if ((st = ops_mul(&span, op, H - 1, in_row_stride)) ||
+        (st = ops_mul(&span, op, W - 1, in_pixel_stride)))
+        return st;
+    for (int c = 0; c < 3; c++)
+        if (!(std[c] != 0.0f))
+            return ovs_set_error(OVS_ERR_ARG, "%s: std[%d] must be non-zero, got %g", op, c,
+                                 (double)std[c]);
+    float lut[3][256];  /* as ovs_normalize_u8 (scale255 = 0): (v / 255 - mean) / std */
+    for (int c = 0; c < 3; c++)
+        for (int v = 0; v < 256; v++) lut[c][v] = ((float)v / 255.0f - mean[c]) / std[c];
+    const float sh = resize_scale(H, P, 0), sw = resize_scale(W, Q, 0);
+    const int64_t rows = 3 * P;
+    int64_t x0[RESIZE_CHUNK], x1[RESIZE_CHUNK];   /* (chunk,) column taps */
+    float wx0[RESIZE_CHUNK], wx1[RESIZE_CHUNK];   /* (chunk,) their weights */
+    for (int64_t q0 = 0; q0 < Q; q0 += RESIZE_CHUNK) {
+        const int64_t nq = Q - q0 < RESIZE_CHUNK ? Q - q0 : RESIZE_CHUNK;
+        for (int64_t j = 0; j < nq; j++)
+            linear_taps(resize_source(sw, q0 + j, 0, 0), W, &x0[j], &x1[j], &wx0[j], &wx1[j]);
+#pragma omp parallel for schedule(static) if (rows * nq >= OPS_PAR_MIN && rows > 1) num_threads(ovs_get_num_threads())
+        for (int64_t row = 0; row < rows; row++) {
+            const int64_t c = row / P, p = row % P;
+            int64_t y0, y1;
+            float wy0, wy1;
+            linear_taps(resize_source(sh, p, 0, 0), H, &y0, &y1, &wy0, &wy1);
+            const uint8_t *r0 = in + y0 * in_row_stride + c, *r1 = in + y1 * in_row_stride + c;
+            const float *t = lut[c];
+            float *dst = out + row * Q + q0;
+            for (int64_t j = 0; j < nq; j++) {
+                const int64_t a = x0[j] * in_pixel_stride, b = x1[j] * in_pixel_stride;
+                dst[j] = wy0 * (wx0[j] * t[r0[a]] + wx1[j] * t[r0[b]]) +
+                         wy1 * (wx0[j] * t[r1[a]] + wx1[j] * t[r1[b]]);
+            }
         }
     }
     return OVS_OK;
@@ -120,7 +176,7 @@ int ovs_resize_bicubic(float *out, const float *in, int64_t NC, int64_t H, int64
         const int64_t nq = Q - q0 < RESIZE_CHUNK ? Q - q0 : RESIZE_CHUNK;
         for (int64_t j = 0; j < nq; j++)
             cubic_taps(resize_source(sw, q0 + j, align_corners, 1), W, xi[j], wx[j]);
-#pragma omp parallel for schedule(static) if (rows * nq >= OPS_PAR_MIN / 4 && rows > 1)
+#pragma omp parallel for schedule(static) if (rows * nq >= OPS_PAR_MIN / 4 && rows > 1) num_threads(ovs_get_num_threads())
         for (int64_t row = 0; row < rows; row++) {
             const int64_t plane = row / P, p = row % P;
             int64_t yi[4];

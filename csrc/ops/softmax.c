@@ -49,7 +49,7 @@ int ovs_softmax_forward(float *x, int64_t M, int64_t D) {
     int st = ops_softmax_check(op, x, M, D);
     if (st) return st;
     if (M == 0 || D == 0) return OVS_OK;
-#pragma omp parallel for schedule(static) if (M * D >= OPS_PAR_MIN && M > 1)
+#pragma omp parallel for schedule(static) if (M * D >= OPS_PAR_MIN && M > 1) num_threads(ovs_get_num_threads())
     for (int64_t i = 0; i < M; i++) ops_softmax_row(x + i * D, D, NULL, D);
     return OVS_OK;
 }

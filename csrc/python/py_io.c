@@ -1,5 +1,7 @@
 /* Python bindings: io. `_core.SafeTensorsFile`, a read-only safetensors file.
  *
+ * The C reader holds a private copy of the file (no mmap: see ovs/io.h).
+ *
  * Lifetime: the C object lives in a small internal owner (`_SafeTensorsMapping`). The file object
  * holds one reference to it and every zero-copy array view holds another as its numpy base, so
  * close() only drops the file's reference: the mapping goes away when the last view dies, and a
@@ -429,7 +431,8 @@ static PyTypeObject FileType = {
     .tp_repr = (reprfunc)file_repr,
     .tp_as_sequence = &file_as_sequence,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "SafeTensorsFile(path): a memory-mapped, validated safetensors file.\n\n"
+    .tp_doc = "SafeTensorsFile(path): a validated safetensors file, read into private memory (later\n"
+              "changes to the file on disk do not affect it).\n\n"
               "Raises OSError when the file cannot be read and ovs.WeightFileError when it is\n"
               "malformed. Tensors come out as NumPy arrays: get() float32, get_raw() as stored.",
     .tp_iter = (getiterfunc)file_iter,

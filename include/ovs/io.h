@@ -32,9 +32,11 @@
  * and errno keeps the cause), OVS_ERR_FORMAT (malformed; the message says what and where),
  * OVS_ERR_NOMEM.
  *
- * The mapping is MAP_PRIVATE and read-only: if another process truncates the file while it is
- * open, touching the lost pages raises SIGBUS (inherent to mmap; do not shrink weight files in
- * place).
+ * ovs_safetensors_open reads the whole file into private memory (no mmap): a loaded model never
+ * depends on the file staying unchanged, so truncating or rewriting it afterwards can neither
+ * crash the process (SIGBUS) nor change its weights. Non-regular files (directories, FIFOs,
+ * devices) are refused before they are opened, so a FIFO cannot block and /dev/zero cannot be
+ * read forever.
  */
 #ifndef OVS_IO_H
 #define OVS_IO_H
@@ -89,9 +91,9 @@ typedef struct {
 
 typedef struct ovs_safetensors ovs_safetensors;
 
-/* Open `path` (open + fstat + read-only mmap) and validate its header.
+/* Read `path` into private memory and validate its header.
  * out:  receives the file (NULL on failure)
- * path: a regular file */
+ * path: a regular file (others: OVS_ERR_IO with errno EISDIR / EINVAL) */
 int ovs_safetensors_open(ovs_safetensors **out, const char *path);
 
 /* Validate a safetensors image held by the caller (no copy). The buffer must stay valid and
@@ -100,7 +102,7 @@ int ovs_safetensors_open(ovs_safetensors **out, const char *path);
  * buf:  (size,) bytes of a whole file */
 int ovs_safetensors_parse(ovs_safetensors **out, const void *buf, size_t size);
 
-/* Unmap (if opened from a path) and free. NULL is allowed. */
+/* Free (with the copy of the file, if opened from a path). NULL is allowed. */
 void ovs_safetensors_close(ovs_safetensors *st);
 
 /* Number of tensors. */

