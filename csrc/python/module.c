@@ -119,7 +119,8 @@ PyMODINIT_FUNC PyInit__core(void) {
     if (PyModule_AddObject(m, "WeightFileError", ovs_py_WeightError) < 0) goto error;
     if (ovs_py_register_core(m) < 0 || ovs_py_register_ops(m) < 0 || ovs_py_register_io(m) < 0 ||
         ovs_py_register_models(m) < 0 || ovs_py_register_text(m) < 0 ||
-        ovs_py_register_methods(m) < 0 || ovs_py_register_tokenizer(m) < 0)
+        ovs_py_register_methods(m) < 0 || ovs_py_register_tokenizer(m) < 0 ||
+        ovs_py_register_sparse(m) < 0)
         goto error;
     return m;
 error:

@@ -39,5 +39,6 @@ int ovs_py_register_models(PyObject *m);
 int ovs_py_register_text(PyObject *m);
 int ovs_py_register_methods(PyObject *m);
 int ovs_py_register_tokenizer(PyObject *m);
+int ovs_py_register_sparse(PyObject *m);
 
 #endif
