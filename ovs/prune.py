@@ -349,10 +349,10 @@ def save_masks(mask_dict: Mapping[str, np.ndarray], path: str | os.PathLike, *,
     path = os.fspath(path)
     items = {n: _as_mask(n, m) for n, m in mask_dict.items()}
     if path.endswith(".safetensors"):
-        from safetensors.numpy import save_file
+        from .weights import save_safetensors
 
-        save_file({n: np.ascontiguousarray(m, dtype=np.uint8) for n, m in items.items()}, path,
-                  metadata={"format": "ovs-masks"})
+        save_safetensors({n: np.ascontiguousarray(m, dtype=np.uint8) for n, m in items.items()},
+                         path, metadata={"format": "ovs-masks"})
         return
     if not path.endswith((".pth", ".pt")):
         raise ValueError(f"mask file must end in .safetensors, .pth or .pt, got {path!r}")

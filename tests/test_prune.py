@@ -164,14 +164,7 @@ def test_apply_and_errors():
         P.magnitude(sd, names=["visual.x"])
 
 
-def _rn50_names():
-    import open_clip
-
-    m = open_clip.create_model("RN50", pretrained=None)
-    return {k: tuple(v.shape) for k, v in m.state_dict().items()}
-
-
-def test_transfer_between_layouts(load_model):
+def test_transfer_between_layouts(load_model, fixtures_dir):
     model = load_model("rn_tiny")
     masks = P.masks(P.magnitude(model, sparsity=0.9))
     # the paper's scope on RN50-like layout: 2 stem convs + 3 per block + 1 shortcut per stage
@@ -191,7 +184,8 @@ def test_transfer_between_layouts(load_model):
     assert "backbone.clip_model.visual.layer4.0.downsample.0.weight" in fc
     # a target model: the open_clip RN50 state dict under FC-CLIP's names has other shapes than
     # rn_tiny, and the mismatch names the parameter
-    target = {"backbone.clip_model." + k: np.zeros(s, np.float32) for k, s in _rn50_names().items()}
+    rn50 = load_state_dict(fixtures_dir / "rn50.safetensors")   # open_clip RN50's state dict
+    target = {"backbone.clip_model." + k: v for k, v in rn50.items()}
     with pytest.raises(ValueError, match=r"shape mismatch for 'backbone\.clip_model\.visual\.conv2\.weight'"):
         P.transfer(masks, target)
     with pytest.raises(ValueError, match="unknown layout"):
