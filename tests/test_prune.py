@@ -229,3 +229,30 @@ def test_pruned_model_is_a_model_and_loads_from_pth(load_model, reference, tmp_p
     assert np.array_equal(loaded.encode_image(x, preprocess=False), emb) or \
         np.abs(loaded.encode_image(x, preprocess=False) - emb).max() <= 1e-5 * np.abs(emb).max()
     assert loaded._sparse_mode == "auto"
+
+
+def test_cli_prune_and_flops(fixtures_dir, tmp_path, capsys):
+    import json
+
+    from ovs.cli import main
+
+    src = str(fixtures_dir / "rn_tiny.safetensors")
+    masks_path, out_path = tmp_path / "m.pth", tmp_path / "pruned.safetensors"
+    assert main(["prune", src, "--sparsity", "0.8", "--masks", str(masks_path),
+                 "--out", str(out_path)]) == 0
+    sd = load_state_dict(src)
+    want = P.masks(P.magnitude(sd, sparsity=0.8))
+    got = P.load_masks(masks_path)
+    assert set(got) == set(want) and all(np.array_equal(got[k], want[k]) for k in want)
+    loaded = torch.load(masks_path, weights_only=True)        # torch reads what we wrote
+    k0 = next(iter(want))[: -len(".weight")]
+    assert np.array_equal(loaded[k0 + ".weight_orig"].numpy(), sd[k0 + ".weight"])
+    capsys.readouterr()
+    assert main(["flops", str(out_path), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    import ovs.flops as F
+
+    rows = F.count(load_state_dict(out_path))
+    assert rep["total"] == F.total(rows) and rep["total_sparse"] == F.total(rows, sparse=True)
+    assert rep["total_sparse"] < rep["total"]
+    assert main(["prune", src, "--sparsity", "2"]) == 2      # a clear error, exit code 2
