@@ -328,7 +328,85 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluate import add_eval_parser
 
     add_eval_parser(sub)
+    add_efficiency_commands(sub)
     return p
+
+
+# ------------------------------------------------------------------ ovs flops / ovs prune
+def _load_state_dict_any(src: str):
+    from .hub import resolve_weights
+    from .prune import fold_pruned
+    from .weights import load_state_dict
+
+    sd = load_state_dict(resolve_weights(src))
+    return fold_pruned(sd) if any(k.endswith(".weight_orig") for k in sd) else sd
+
+
+def cmd_flops(args) -> int:
+    from . import flops
+
+    sd = _load_state_dict_any(args.model)
+    rows = flops.count(sd, image_size=args.size, batch=args.batch, num_texts=args.texts,
+                       head=args.head, num_classes=args.classes)
+    if args.json:
+        import json
+
+        print(json.dumps({"convention": "1 MAC = 1 FLOP (fvcore)",
+                          "total": flops.total(rows), "total_sparse": flops.total(rows, sparse=True),
+                          "total_fvcore": flops.total(rows, fvcore=True),
+                          "params": flops.params(rows), "params_nonzero": flops.params(rows, sparse=True),
+                          "layers": [dict(name=r.name, kind=r.kind, macs=r.macs, params=r.params,
+                                          density=r.density, sparse_macs=r.sparse_macs) for r in rows]},
+                         indent=1))
+    else:
+        print(flops.table(rows, per_layer=not args.summary))
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from . import prune
+    from .weights import save_safetensors
+
+    sd = _load_state_dict_any(args.model)
+    if args.rounds:
+        pruned, hist = prune.iterative(sd, amount=args.amount, rounds=args.rounds, scope=args.scope)
+        for i, h in enumerate(hist, 1):
+            print(f"round {i}: sparsity {h:.4f}", file=sys.stderr)
+    else:
+        pruned = prune.magnitude(sd, sparsity=args.sparsity, scope=args.scope)
+    masks = prune.masks(pruned)
+    if args.masks:
+        out_masks = prune.transfer(masks, args.layout) if args.layout else masks
+        prune.save_masks(out_masks, args.masks, weights=None if args.layout else sd)
+        print(f"wrote {len(out_masks)} masks to {args.masks}", file=sys.stderr)
+    if args.out:
+        save_safetensors({k: np.asarray(v) for k, v in pruned.items()}, args.out)
+        print(f"wrote the pruned model to {args.out}", file=sys.stderr)
+    print(f"sparsity {prune.sparsity(masks):.4f} over {len(masks)} convs")
+    return 0
+
+
+def add_efficiency_commands(sub) -> None:
+    f = sub.add_parser("flops", help="multiply-accumulates and parameters per layer (1 MAC = 1 FLOP)")
+    f.add_argument("model", help="RN50 | ViT-B-16 | path to an open_clip weight file (pruned ones too)")
+    f.add_argument("--size", type=int, default=None, help="image side (default: the model's)")
+    f.add_argument("--batch", type=int, default=1)
+    f.add_argument("--texts", type=int, default=0, help="also count the text tower for this many prompts")
+    f.add_argument("--head", choices=["maskclip", "sclip", "clearclip", "naclip"], default=None)
+    f.add_argument("--classes", type=int, default=0, help="classes for --head's classifier")
+    f.add_argument("--summary", action="store_true", help="totals only")
+    f.add_argument("--json", action="store_true")
+    f.set_defaults(func=cmd_flops)
+    p = sub.add_parser("prune", help="global/layer-wise magnitude pruning of the image tower's convs")
+    p.add_argument("model", help="RN50 | path to an open_clip weight file")
+    p.add_argument("--sparsity", type=float, default=0.9, help="one-shot sparsity (default 0.9)")
+    p.add_argument("--rounds", type=int, default=0, help="iterative: this many rounds of --amount")
+    p.add_argument("--amount", type=float, default=0.1, help="fraction of remaining weights per round")
+    p.add_argument("--scope", choices=["global", "layer"], default="global")
+    p.add_argument("--masks", help="write masks (.pth: torch.nn.utils.prune format, .safetensors: plain)")
+    p.add_argument("--layout", default=None, help="rename masks for a framework: fc-clip | han | deeplab")
+    p.add_argument("--out", help="write the pruned open_clip state dict (.safetensors)")
+    p.set_defaults(func=cmd_prune)
 
 
 def main(argv: list[str] | None = None) -> int:

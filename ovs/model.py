@@ -108,7 +108,7 @@ class Model:
 
     def __init__(self, state_dict: Mapping[str, np.ndarray], *, act: str = "quickgelu",
                  vision_heads: int | None = None, text_heads: int | None = None,
-                 name: str | None = None):
+                 name: str | None = None, sparse: str = "auto"):
         if act not in _ACTS:
             raise ValueError(f"act must be one of {_ACTS}, got {act!r}")
         if not isinstance(state_dict, Mapping):
@@ -135,6 +135,9 @@ class Model:
         if v and t and v["embed_dim"] and v["embed_dim"] != t["embed_dim"]:
             raise ValueError(f"image embedding dim {v['embed_dim']} != text embedding dim "
                              f"{t['embed_dim']} (visual projection vs text_projection shapes)")
+        if sparse not in ("auto", "dense", "all"):
+            raise ValueError(f"sparse must be 'auto', 'dense' or 'all', got {sparse!r}")
+        self._sparse_mode = sparse
         self._visual = self._explain(self._build_visual) if "vision" in self.config else None
         self._text = self._explain(self._build_text) if "text" in self.config else None
         self._digest: str | None = None
@@ -164,8 +167,33 @@ class Model:
         if v["arch"] == "vit":
             return _core.ViT(sd, "visual.", v["width"], v["heads"], v["patch"], v["grid"],
                              v["embed_dim"], self.act)
-        return _core.ResNet(sd, "visual.", v["layers"], v["width"], v["embed_dim"],
-                            v["heads"], v["grid"], v["attnpool"])
+        net = _core.ResNet(sd, "visual.", v["layers"], v["width"], v["embed_dim"],
+                           v["heads"], v["grid"], v["attnpool"])
+        from .prune import auto_sparse_mode
+
+        mode = auto_sparse_mode(self._sd, self._sparse_mode)
+        if mode != "dense":
+            net.sparsify(mode, v["image_size"], v["image_size"])
+        return net
+
+    def sparsify(self, mode: str = "auto", size: int | None = None) -> list[dict]:
+        """Choose per conv of a ResNet image tower between the dense and the sparse (CSR) kernel:
+        "auto" times both on this CPU at the conv's input size for a size x size image (default
+        the model's image size) and keeps the faster; "all" makes every stride-1 conv sparse;
+        "dense" reverts. Returns the per-conv table (name, shape, nnz, sparse, weight_bytes,
+        dense_ms, sparse_ms). Models are built with sparse="auto", which calls this when the
+        image tower's convs are at least 30% zeros."""
+        vis = self._need_visual()
+        if self.config["vision"]["arch"] != "resnet":
+            raise ValueError("sparse kernels are implemented for ResNet image towers only")
+        if mode not in ("auto", "dense", "all"):
+            raise ValueError(f"mode must be 'auto', 'dense' or 'all', got {mode!r}")
+        size = int(size or self.image_size)
+        if not 32 <= size <= 8192:
+            raise ValueError(f"size must be in 32..8192, got {size}")
+        vis.sparsify(mode, size, size)
+        self._sparse_mode = mode
+        return vis.convs()
 
     def _build_text(self):
         t = self.config["text"]
@@ -397,5 +425,9 @@ def load(name_or_path: str | os.PathLike, *, act: str | None = None,
         require_regular_file(raw)  # a FIFO or a device: say so (not "does not exist")
     path = resolve_weights(name_or_path, cache_dir=cache_dir, progress=progress)
     sd = load_state_dict(path)
+    if any(k.endswith(".weight_orig") for k in sd):
+        from .prune import fold_pruned
+
+        sd = fold_pruned(sd)  # a checkpoint fine-tuned with torch.nn.utils.prune masks
     return Model(sd, act=act or "quickgelu", vision_heads=vision_heads, text_heads=text_heads,
                  name=str(name_or_path))

@@ -4,11 +4,17 @@
 
 #include "ovs/models.h"
 
-/* A convolution with its BatchNorm folded in (owned weight and bias). */
+/* A convolution with its BatchNorm folded in (owned weight and bias). The weight is held
+ * either dense (`weight`) or sparse (`csr`, and then `weight` is NULL), never both. */
 typedef struct {
-    float *weight;            /* (K, C*R*S) folded */
+    float *weight;            /* (K, C*R*S) folded, NULL while sparse */
     float *bias;              /* (K,) folded */
     ovs_matrix w;             /* matrix view of weight */
+    ovs_csr csr;              /* (K, C*R*S) non-zeros of the folded weight when sparse */
+    int sparse;               /* 1: run ovs_conv2d_sparse_forward on csr */
+    int64_t nnz;              /* non-zeros of the folded weight */
+    double dense_ms, sparse_ms;  /* last calibration timings (0 if not measured) */
+    char name[96];            /* the conv's weight name without ".weight" */
     int64_t K, C, R, S;
     ovs_conv2d_params p;
 } ovs_convbn;

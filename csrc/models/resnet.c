@@ -29,6 +29,8 @@ static int convbn_init(ovs_convbn *cb, const ovs_tensor_map *w, const char *conv
                                  (int64_t)L)))
         return rc;
     cb->w = ovs_matrix_dense(cb->weight, K, (int64_t)L);
+    for (size_t i = 0; i < (size_t)K * L; i++) cb->nnz += cb->weight[i] != 0.0f;
+    snprintf(cb->name, sizeof cb->name, "%s", conv);
     cb->K = K;
     cb->C = C;
     cb->R = cb->S = R;
@@ -39,6 +41,7 @@ static int convbn_init(ovs_convbn *cb, const ovs_tensor_map *w, const char *conv
 }
 
 static void convbn_release(ovs_convbn *cb) {
+    ovs_csr_free(&cb->csr);
     ovs_free(cb->weight);
     ovs_free(cb->bias);
     cb->weight = cb->bias = NULL;
@@ -199,8 +202,15 @@ int ovs_resnet_feature_shape(const ovs_resnet *m, int stage, int64_t H, int64_t 
 
 static int convbn_forward(const ovs_convbn *cb, float *out, const float *in, const float *residual,
                           int64_t N, int64_t H, int64_t W, ovs_act act, float *scratch) {
+    if (cb->sparse)
+        return ovs_conv2d_sparse_forward(out, in, &cb->csr, cb->bias, residual, N, cb->C, H, W,
+                                         cb->K, cb->R, cb->S, &cb->p, act, scratch);
     return ovs_conv2d_forward(out, in, &cb->w, cb->bias, residual, N, cb->C, H, W, cb->K, cb->R,
                               cb->S, &cb->p, act, scratch);
+}
+
+static size_t convbn_sparse_scratch(const ovs_convbn *cb, int64_t H, int64_t W) {
+    return cb->sparse ? ovs_conv2d_sparse_scratch_floats(cb->C, H, W, cb->K, cb->R, cb->S, &cb->p) : 0;
 }
 
 int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, int64_t W,
@@ -217,6 +227,10 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
     size_t scratch_n = ovs_conv2d_scratch_floats(3, H, W, wd / 2, 3, 3, &m->stem[0].p);
     size_t t = ovs_conv2d_scratch_floats(wd / 2, h1, w1, wd, 3, 3, &m->stem[1].p);
     if (t > scratch_n) scratch_n = t;
+    t = convbn_sparse_scratch(&m->stem[1], h1, w1);
+    if (t > scratch_n) scratch_n = t;
+    t = convbn_sparse_scratch(&m->stem[2], h1, w1);
+    if (t > scratch_n) scratch_n = t;
     for (int64_t i = 0; i < m->nblocks; i++) {
         const ovs_bottleneck *b = &m->blocks[i];
         /* input size of this block */
@@ -228,6 +242,13 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
         if (o > big) big = o;
         t = ovs_conv2d_scratch_floats(b->planes, hi, wi, b->planes, 3, 3, &b->conv2.p);
         if (t > scratch_n) scratch_n = t;
+        const int64_t ho = hi / b->stride, wo = wi / b->stride;
+        const size_t ts[4] = {convbn_sparse_scratch(&b->conv1, hi, wi),
+                              convbn_sparse_scratch(&b->conv2, hi, wi),
+                              convbn_sparse_scratch(&b->conv3, ho, wo),
+                              b->has_down ? convbn_sparse_scratch(&b->down, ho, wo) : 0};
+        for (int q = 0; q < 4; q++)
+            if (ts[q] > scratch_n) scratch_n = ts[q];
     }
     float *X0 = ovs_arena_floats(&m->arena, big), *X1 = ovs_arena_floats(&m->arena, big);
     float *T1 = ovs_arena_floats(&m->arena, big), *T2 = ovs_arena_floats(&m->arena, big);

@@ -228,7 +228,61 @@ static PyObject *resnet_config(ovs_py_model *self, PyObject *unused) {
                          (long long)c->grid, "attnpool", c->has_attnpool ? Py_True : Py_False);
 }
 
+/* sparsify(mode, H=224, W=224): mode "dense", "all" or "auto" (time both kernels per conv at
+ * an (H, W) input and keep the faster). */
+static PyObject *resnet_sparsify(ovs_py_model *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"mode", "H", "W", NULL};
+    const char *mode_name;
+    long long H = 224, W = 224;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|LL", kwlist, &mode_name, &H, &W)) return NULL;
+    if (self->kind != OVS_PY_RESNET) return PyErr_Format(PyExc_RuntimeError, "model not initialised");
+    ovs_sparse_mode mode;
+    if (!strcmp(mode_name, "dense")) mode = OVS_SPARSE_DENSE;
+    else if (!strcmp(mode_name, "all")) mode = OVS_SPARSE_ALL;
+    else if (!strcmp(mode_name, "auto")) mode = OVS_SPARSE_AUTO;
+    else return PyErr_Format(PyExc_ValueError, "mode must be 'dense', 'all' or 'auto', got '%s'", mode_name);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    OVS_MODEL_LOCK(self);
+    rc = ovs_resnet_sparsify(self->m.resnet, mode, H, W);
+    OVS_MODEL_UNLOCK(self);
+    Py_END_ALLOW_THREADS
+    if (rc) return ovs_py_raise(rc);
+    Py_RETURN_NONE;
+}
+
+/* convs() -> list of dicts: name, shape, nnz, sparse, weight_bytes, dense_ms, sparse_ms */
+static PyObject *resnet_convs(ovs_py_model *self, PyObject *unused) {
+    if (self->kind != OVS_PY_RESNET) return PyErr_Format(PyExc_RuntimeError, "model not initialised");
+    int64_t n = ovs_resnet_conv_count(self->m.resnet);
+    PyObject *list = PyList_New(0);
+    if (!list) return NULL;
+    for (int64_t i = 0; i < n; i++) {
+        ovs_conv_info c;
+        int rc = ovs_resnet_conv_info(self->m.resnet, i, &c);
+        if (rc) {
+            Py_DECREF(list);
+            return ovs_py_raise(rc);
+        }
+        PyObject *d = Py_BuildValue("{s:s,s:(LLLL),s:L,s:O,s:n,s:d,s:d}", "name", c.name, "shape",
+                                    (long long)c.K, (long long)c.C, (long long)c.R, (long long)c.S,
+                                    "nnz", (long long)c.nnz, "sparse", c.sparse ? Py_True : Py_False,
+                                    "weight_bytes", (Py_ssize_t)c.weight_bytes, "dense_ms", c.dense_ms,
+                                    "sparse_ms", c.sparse_ms);
+        if (!d || PyList_Append(list, d) < 0) {
+            Py_XDECREF(d);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(d);
+    }
+    return list;
+}
+
 static PyMethodDef resnet_methods[] = {
+    {"sparsify", (PyCFunction)(void (*)(void))resnet_sparsify, METH_VARARGS | METH_KEYWORDS,
+     "sparsify(mode, H=224, W=224): hold each conv dense or sparse ('dense', 'all', 'auto')"},
+    {"convs", (PyCFunction)resnet_convs, METH_NOARGS, "Per-conv storage and calibration as dicts."},
     {"forward", (PyCFunction)(void (*)(void))resnet_forward, METH_VARARGS | METH_KEYWORDS,
      "forward(images, features=False, embed=True) -> dict of res2..res5 (N, C, h, w) and embed (N, D)"},
     {"config", (PyCFunction)resnet_config, METH_NOARGS, "The architecture as a dict."},

@@ -42,5 +42,6 @@ int ovs_py_register_tokenizer(PyObject *m);
 int ovs_py_register_analysis(PyObject *m);
 int ovs_py_register_metrics(PyObject *m);
 int ovs_py_register_gemm(PyObject *m);
+int ovs_py_register_sparse(PyObject *m);
 
 #endif

@@ -57,6 +57,35 @@ int ovs_resnet_feature_shape(const ovs_resnet *m, int stage, int64_t H, int64_t 
 int ovs_resnet_forward(ovs_resnet *m, const float *images, int64_t N, int64_t H, int64_t W,
                        ovs_resnet_outputs *out);
 
+/* Sparse execution. Each conv of the model holds its (BatchNorm-folded) weight dense or as CSR
+ * and runs ovs_conv2d_forward or ovs_conv2d_sparse_forward accordingly; results agree to float
+ * rounding. Modes:
+ *   OVS_SPARSE_DENSE  every conv dense (the state after create)
+ *   OVS_SPARSE_ALL    every conv the sparse kernel can run (stride 1) sparse
+ *   OVS_SPARSE_AUTO   per conv, time both kernels on this CPU at the conv's input size for an
+ *                     (H, W) image (batch 1, current thread count) and keep the faster; convs
+ *                     with more than 70% non-zeros stay dense without timing.
+ * A sparse conv frees its dense weight (memory proportional to the non-zeros). */
+typedef enum {
+    OVS_SPARSE_DENSE = 0,
+    OVS_SPARSE_ALL = 1,
+    OVS_SPARSE_AUTO = 2,
+} ovs_sparse_mode;
+
+typedef struct {
+    const char *name;         /* weight name without ".weight", e.g. "visual.layer1.0.conv2" */
+    int64_t K, C, R, S;       /* weight (K, C, R, S) */
+    int64_t nnz;              /* non-zeros after BatchNorm folding */
+    int sparse;               /* 1 if the sparse kernel runs this conv */
+    size_t weight_bytes;      /* bytes of the weight as held now */
+    double dense_ms, sparse_ms;  /* calibration timings of OVS_SPARSE_AUTO (0 if not timed) */
+} ovs_conv_info;
+
+int ovs_resnet_sparsify(ovs_resnet *m, ovs_sparse_mode mode, int64_t H, int64_t W);
+/* Convs in order: stem conv1..3, then per bottleneck conv1, conv2, conv3 and downsample. */
+int64_t ovs_resnet_conv_count(const ovs_resnet *m);
+int ovs_resnet_conv_info(const ovs_resnet *m, int64_t i, ovs_conv_info *info);
+
 /* ---------------------------------------------------------------- transformer blocks */
 /* A pre-LN residual attention block as open_clip's ResidualAttentionBlock:
  *   x = x + out_proj(MHA(ln_1(x)));  x = x + c_proj(act(c_fc(ln_2(x)))) */

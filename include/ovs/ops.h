@@ -151,6 +151,58 @@ int ovs_batchnorm_fold(float *w_out, float *b_out, const float *conv_w, const fl
                        const float *gamma, const float *beta, const float *mean, const float *var,
                        float eps, int64_t K, int64_t L);
 
+/* ---------------------------------------------------------------- sparse weights */
+/* A weight matrix (rows, cols) in compressed sparse rows: the non-zeros of row r are
+ * val[row_ptr[r]:row_ptr[r+1]] at columns col[...] (ascending). For a conv weight
+ * (K, C, R, S) the matrix is (K, L = C*R*S) and column l = (c*R + r)*S + s. Column indices are
+ * 16-bit (cols <= 65536), so a non-zero costs 6 bytes against 4 per dense entry: the weight
+ * memory of a layer is 6 * nnz + 8 * (rows + 1) bytes.
+ *
+ *     ovs_csr w;
+ *     ovs_csr_from_dense(&w, dense, K, C * 3 * 3);       // allocates, keeps exact zeros out
+ *     size_t n = ovs_conv2d_sparse_scratch_floats(C, H, W, K, 3, 3, &p);
+ *     ovs_conv2d_sparse_forward(out, in, &w, bias, NULL, N, C, H, W, K, 3, 3, &p, OVS_ACT_RELU, scratch);
+ *     ovs_csr_free(&w);
+ */
+typedef struct {
+    int64_t rows, cols;       /* K, L */
+    int64_t nnz;              /* stored non-zeros */
+    int64_t *row_ptr;         /* (rows + 1) */
+    uint16_t *col;            /* (nnz) column of each non-zero */
+    float *val;               /* (nnz) value of each non-zero */
+} ovs_csr;
+
+/* out <- the non-zeros of dense (rows, cols); allocates (ovs_csr_free releases). cols must be
+ * in 1..65536 (OVS_ERR_UNSUPPORTED otherwise). */
+int ovs_csr_from_dense(ovs_csr *out, const float *dense, int64_t rows, int64_t cols);
+/* dense (rows, cols) <- the matrix, zeros included. */
+int ovs_csr_to_dense(float *dense, const ovs_csr *m);
+void ovs_csr_free(ovs_csr *m);
+/* Bytes held by the matrix (row pointers, indices, values). */
+size_t ovs_csr_bytes(const ovs_csr *m);
+
+/* Scratch floats ovs_conv2d_sparse_forward needs: one zero-padded input image (C, H+2ph,
+ * W+2pw) plus slack and an offset table, or only the offset table for 1x1 unpadded convs;
+ * SIZE_MAX on overflow. */
+size_t ovs_conv2d_sparse_scratch_floats(int64_t C, int64_t H, int64_t W, int64_t K, int64_t R,
+                                        int64_t S, const ovs_conv2d_params *p);
+/* As ovs_conv2d_forward with a CSR weight (K, C*R*S):
+ *   out[n,k,p,q] = act(bias[k] + sum_{(c,r,s) in row k} w * in[n, c, p - ph + r*dh, q - pw + s*dw]
+ *                  [+ residual[n,k,p,q]])
+ * Fast version: stride 1 and groups 1 only (OVS_ERR_UNSUPPORTED otherwise: keep such a layer
+ * dense). Each non-zero is one broadcast multiply-add over a run of 64 output pixels of the
+ * padded grid, so the work is proportional to the non-zeros; threads split (pixel tile,
+ * output channel) pairs. residual may alias out. */
+int ovs_conv2d_sparse_forward(float *out, const float *in, const ovs_csr *weight,
+                              const float *bias, const float *residual, int64_t N, int64_t C,
+                              int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
+                              const ovs_conv2d_params *p, ovs_act act, float *scratch);
+/* Plain loops over the definition; any stride and padding, groups 1. */
+int ovs_conv2d_sparse_forward_naive(float *out, const float *in, const ovs_csr *weight,
+                                    const float *bias, const float *residual, int64_t N,
+                                    int64_t C, int64_t H, int64_t W, int64_t K, int64_t R,
+                                    int64_t S, const ovs_conv2d_params *p, ovs_act act);
+
 /* ---------------------------------------------------------------- pooling */
 /* out (N*C, P, Q) = average over kernel (R, S) windows with stride and zero padding, as
  * torch.nn.AvgPool2d(kernel, stride, padding, ceil_mode=False, count_include_pad).

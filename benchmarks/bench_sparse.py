@@ -1,0 +1,178 @@
+"""Sparse kernels on a globally magnitude-pruned RN50 image tower: ours-sparse vs ours-dense
+(same zeroed weights) vs PyTorch dense, interleaved, medians, JSON (+ a plot with --plot).
+
+    python benchmarks/bench_sparse.py --sizes 224 448 --sparsity 0 0.5 0.7 0.8 0.9 0.95 --threads 1 2
+
+Weights: open_clip RN50 random init (seed 0; BatchNorm gammas/variances randomised, since open_clip
+zero-initialises bn3) unless --weights gives an open_clip state dict.
+Pruning: ovs.prune.magnitude(scope="global"), the paper's scope (every conv but the stem's
+first). "ours-sparse" is the model with sparse="auto" (each conv timed dense vs sparse on this
+CPU at the benchmark's input size, the faster kept); "ours-dense" the same weights with
+sparse="dense". 224: the whole tower with the attention pool; 448: the trunk (res5), since
+open_clip's attention pool accepts only its training grid.
+
+Method: one process; for each (size, sparsity, threads) the three callables run in turn
+(ours-sparse, ours-dense, torch, ours-sparse, ...) `--repeat` times after a warm-up, so the
+machine's drift hits all alike; the report gives each median and the median of per-round
+ratios. torch and ovs share the process (both OpenMP, same thread count); ovs's OpenMP threads
+sleep between regions (OMP_WAIT_POLICY=PASSIVE) so they do not steal torch's cores. ONNX
+Runtime is the dense anchor in benchmarks/bench_image.py (the "speed" work); this script does
+not duplicate its export.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _cpu() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[224, 448])
+    ap.add_argument("--sparsity", type=float, nargs="+", default=[0.0, 0.5, 0.7, 0.8, 0.9, 0.95])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--weights", default=None, help="open_clip RN50 state dict (default: random init)")
+    ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch dense peer")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/sparse-<time>.json)")
+    ap.add_argument("--plot", default=None, help="write a PNG plot of the ratios (matplotlib)")
+    args = ap.parse_args(argv)
+
+    import ovs
+    import ovs.prune
+
+    torch = None
+    if args.weights:
+        from ovs.weights import load_state_dict
+
+        sd = dict(load_state_dict(args.weights))
+    else:
+        import open_clip
+        import torch
+
+        torch.manual_seed(0)
+        sd = {k: v.detach().numpy().copy()
+              for k, v in open_clip.create_model("RN50", pretrained=None).state_dict().items()}
+        # open_clip initialises every bn3 gamma to 0, which would make the folded conv3 weights
+        # all zero (and trivially sparse) even unpruned: give the BatchNorms trained-like values
+        g = np.random.default_rng(1)
+        for k in sd:
+            if k.startswith("visual.") and ".bn" in k or ".downsample.1." in k:
+                if k.endswith(".weight"):
+                    sd[k] = g.uniform(0.5, 1.5, sd[k].shape).astype(np.float32)
+                elif k.endswith(".running_var"):
+                    sd[k] = g.uniform(0.5, 2.0, sd[k].shape).astype(np.float32)
+    if not args.no_torch and torch is None:
+        import torch
+    if not args.no_torch:
+        import open_clip
+
+        ref = open_clip.create_model("RN50", pretrained=None).eval()
+    rng = np.random.default_rng(0)
+    results = []
+    for p in args.sparsity:
+        pruned = ovs.prune.magnitude(sd, sparsity=p) if p > 0 else sd
+        if not args.no_torch:
+            ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in pruned.items()})
+            visual = ref.visual
+        for size in args.sizes:
+            x = rng.standard_normal((1, 3, size, size)).astype(np.float32)
+            for th in args.threads:
+                ovs.set_num_threads(th)
+                dense = ovs.Model(pruned, sparse="dense")
+                sparse = ovs.Model(pruned, sparse="dense")
+                t0 = time.perf_counter()
+                table = sparse.sparsify("auto", size=size)
+                calib = time.perf_counter() - t0
+                n_sparse = sum(c["sparse"] for c in table)
+                embed = size == 224
+                fns = {"ours_sparse": lambda m=sparse: m._visual.forward(x, features=not embed, embed=embed),
+                       "ours_dense": lambda m=dense: m._visual.forward(x, features=not embed, embed=embed)}
+                if not args.no_torch:
+                    torch.set_num_threads(th)
+                    xt = torch.from_numpy(x)
+
+                    def run_torch(v=visual):
+                        with torch.no_grad():
+                            if embed:
+                                return v(xt)
+                            y = v.act3(v.bn3(v.conv3(v.act2(v.bn2(v.conv2(v.act1(v.bn1(v.conv1(xt)))))))))
+                            y = v.avgpool(y)
+                            return v.layer4(v.layer3(v.layer2(v.layer1(y))))
+                    fns["torch_dense"] = run_torch
+                a = fns["ours_sparse"](); b = fns["ours_dense"]()
+                key = "embed" if embed else "res5"
+                err = float(np.abs(a[key] - b[key]).max() / np.abs(b[key]).max())
+                for f in fns.values():
+                    f()
+                times = {k: [] for k in fns}
+                for _ in range(args.repeat):
+                    for k, f in fns.items():
+                        t = time.perf_counter()
+                        f()
+                        times[k].append(time.perf_counter() - t)
+                med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+                ratio = {"sparse_over_dense": statistics.median(
+                    s / d for s, d in zip(times["ours_sparse"], times["ours_dense"]))}
+                if "torch_dense" in times:
+                    ratio["sparse_over_torch"] = statistics.median(
+                        s / d for s, d in zip(times["ours_sparse"], times["torch_dense"]))
+                    ratio["dense_over_torch"] = statistics.median(
+                        s / d for s, d in zip(times["ours_dense"], times["torch_dense"]))
+                rec = dict(sparsity=p, size=size, threads=th, median_ms=med, ratios=ratio,
+                           sparse_convs=n_sparse, convs=len(table), calibration_s=calib,
+                           sparse_vs_dense_max_rel_err=err, loadavg=os.getloadavg())
+                results.append(rec)
+                print(f"sparsity {p:.2f} {size}px {th}t: " +
+                      " ".join(f"{k} {v:.1f}ms" for k, v in med.items()) + " | " +
+                      " ".join(f"{k} {v:.3f}" for k, v in ratio.items()) +
+                      f" | {n_sparse}/{len(table)} convs sparse, err {err:.1e}", flush=True)
+    report = dict(cpu=_cpu(), python=platform.python_version(), results=results,
+                  time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    out = Path(args.out) if args.out else (Path(__file__).parent / "results" /
+                                           f"sparse-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {out}")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for size in args.sizes:
+            for th in args.threads:
+                rs = [r for r in results if r["size"] == size and r["threads"] == th]
+                ax.plot([r["sparsity"] for r in rs], [r["ratios"]["sparse_over_dense"] for r in rs],
+                        marker="o", label=f"{size}px {th} thread(s): sparse / dense")
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xlabel("global magnitude sparsity")
+        ax.set_ylabel("time ratio")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

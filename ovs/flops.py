@@ -1,0 +1,236 @@
+"""Multiply-accumulates and parameters per layer of the CLIP towers and the training-free heads.
+
+Convention (fvcore's, which the paper's FLOP numbers use): one multiply-accumulate is counted
+as one FLOP. Counted as fvcore counts them: convolutions (K*C/groups*R*S per output element),
+linear layers and matmuls (in*out per row), BatchNorm (2 per element: affine inference),
+LayerNorm (5 per element). Not counted, as in fvcore: activations, additions, pooling, softmax, and the
+attention products (`aten::scaled_dot_product_attention` is not in fvcore's table); ovs lists
+those products as "attention" rows, left out of the fvcore-comparable total (`fvcore=True`).
+The towers are counted as open_clip defines them (the ResNet attention pool projects all
+tokens, ln_post sees every ViT token), so the totals equal fvcore's on open_clip's modules.
+
+    >>> import ovs, ovs.flops
+    >>> rows = ovs.flops.count(ovs.load("RN50"), image_size=224)   # list of Layer
+    >>> print(ovs.flops.table(rows))
+    >>> ovs.flops.total(rows), ovs.flops.total(rows, sparse=True)  # dense / non-zeros only
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["Layer", "count", "total", "params", "table"]
+
+
+@dataclass
+class Layer:
+    name: str            # parameter-name prefix (open_clip), e.g. "visual.layer1.0.conv2"
+    kind: str            # conv, linear, matmul, batch_norm, layer_norm, attention
+    macs: int            # dense multiply-accumulates for the whole input batch
+    params: int          # parameters of the layer (weights + biases)
+    density: float = 1.0  # non-zero fraction of the weight (1 for a dense layer)
+
+    @property
+    def sparse_macs(self) -> int:
+        return int(round(self.macs * self.density)) if self.kind == "conv" or self.kind == "linear" \
+            else self.macs
+
+
+def _sd_and_config(model):
+    from .model import Model, infer_config
+
+    if isinstance(model, Model):
+        return model.state_dict, model.config
+    if isinstance(model, Mapping):
+        return model, infer_config(model)
+    raise TypeError(f"expected an ovs.Model or an open_clip state dict, got {type(model).__name__}")
+
+
+def _density(sd, name) -> float:
+    w = sd.get(name + ".weight")
+    if w is None:
+        return 1.0
+    return float(np.count_nonzero(w)) / max(np.size(w), 1)
+
+
+def _nparams(sd, name) -> int:
+    return sum(int(np.size(sd[k])) for k in (name + ".weight", name + ".bias") if k in sd)
+
+
+def _resnet(sd, v, N, H, W) -> list[Layer]:
+    rows: list[Layer] = []
+
+    def conv_bn(name, bn, K, C, R, h, w):   # h, w: output extent
+        rows.append(Layer(name, "conv", N * K * h * w * C * R * R, _nparams(sd, name), _density(sd, name)))
+        rows.append(Layer(bn, "batch_norm", 2 * N * K * h * w, _nparams(sd, bn)))
+
+    wd = v["width"]
+    h, w = (H + 1) // 2, (W + 1) // 2   # 3x3 s2 p1
+    conv_bn("visual.conv1", "visual.bn1", wd // 2, 3, 3, h, w)
+    conv_bn("visual.conv2", "visual.bn2", wd // 2, wd // 2, 3, h, w)
+    conv_bn("visual.conv3", "visual.bn3", wd, wd // 2, 3, h, w)
+    h, w = h // 2, w // 2
+    inplanes = wd
+    for s, nblocks in enumerate(v["layers"]):
+        planes = wd << s
+        for b in range(nblocks):
+            stride = 2 if (b == 0 and s > 0) else 1
+            p = f"visual.layer{s + 1}.{b}"
+            conv_bn(p + ".conv1", p + ".bn1", planes, inplanes, 1, h, w)
+            conv_bn(p + ".conv2", p + ".bn2", planes, planes, 3, h, w)
+            ho, wo = h // stride, w // stride
+            conv_bn(p + ".conv3", p + ".bn3", planes * 4, planes, 1, ho, wo)
+            if stride > 1 or inplanes != planes * 4:
+                conv_bn(p + ".downsample.0", p + ".downsample.1", planes * 4, inplanes, 1, ho, wo)
+            inplanes, h, w = planes * 4, ho, wo
+    if v["attnpool"]:
+        C, T, E = inplanes, 1 + h * w, v["embed_dim"]
+        rows.append(Layer("visual.attnpool.positional_embedding", "add", 0,
+                          int(np.size(sd.get("visual.attnpool.positional_embedding", 0)))))
+        for proj in ("q_proj", "k_proj", "v_proj"):
+            n = f"visual.attnpool.{proj}"
+            rows.append(Layer(n, "linear", N * T * C * C, _nparams(sd, n), _density(sd, n)))
+        rows.append(Layer("visual.attnpool.attention", "attention", 2 * N * T * T * C, 0))
+        n = "visual.attnpool.c_proj"
+        rows.append(Layer(n, "linear", N * T * C * E, _nparams(sd, n), _density(sd, n)))
+    return rows
+
+
+def _transformer(sd, prefix, N, T, D, layers, mlp, causal=False) -> list[Layer]:
+    rows = []
+    for i in range(layers):
+        p = f"{prefix}resblocks.{i}"
+        rows.append(Layer(p + ".ln_1", "layer_norm", 5 * N * T * D, _nparams(sd, p + ".ln_1")))
+        n = p + ".attn.in_proj"
+        rows.append(Layer(n, "linear", N * T * D * 3 * D,
+                          int(np.size(sd.get(n + "_weight", 0)) + np.size(sd.get(n + "_bias", 0))),
+                          float(np.count_nonzero(sd[n + "_weight"])) / sd[n + "_weight"].size
+                          if n + "_weight" in sd else 1.0))
+        rows.append(Layer(p + ".attn.attention", "attention", 2 * N * T * T * D, 0))
+        n = p + ".attn.out_proj"
+        rows.append(Layer(n, "linear", N * T * D * D, _nparams(sd, n), _density(sd, n)))
+        rows.append(Layer(p + ".ln_2", "layer_norm", 5 * N * T * D, _nparams(sd, p + ".ln_2")))
+        for n, k, m in ((p + ".mlp.c_fc", D, mlp), (p + ".mlp.c_proj", mlp, D)):
+            rows.append(Layer(n, "linear", N * T * k * m, _nparams(sd, n), _density(sd, n)))
+    return rows
+
+
+def _vit(sd, v, N, H, W) -> list[Layer]:
+    D, p = v["width"], v["patch"]
+    g = (H // p) * (W // p)
+    T = 1 + g
+    rows = [Layer("visual.conv1", "conv", N * D * g * 3 * p * p, _nparams(sd, "visual.conv1"),
+                  _density(sd, "visual.conv1"))]
+    extra = int(sum(np.size(sd[k]) for k in ("visual.class_embedding", "visual.positional_embedding")
+                    if k in sd))
+    rows.append(Layer("visual.embeddings", "add", 0, extra))
+    rows.append(Layer("visual.ln_pre", "layer_norm", 5 * N * T * D, _nparams(sd, "visual.ln_pre")))
+    mlp = int(np.shape(sd["visual.transformer.resblocks.0.mlp.c_fc.weight"])[0])
+    rows += _transformer(sd, "visual.transformer.", N, T, D, v["layers"], mlp)
+    rows.append(Layer("visual.ln_post", "layer_norm", 5 * N * T * D, _nparams(sd, "visual.ln_post")))
+    if v["embed_dim"]:
+        rows.append(Layer("visual.proj", "matmul", N * D * v["embed_dim"], int(np.size(sd["visual.proj"]))))
+    return rows
+
+
+def _text(sd, t, N, S) -> list[Layer]:
+    D = t["width"]
+    mlp = int(np.shape(sd["transformer.resblocks.0.mlp.c_fc.weight"])[0])
+    rows = [Layer("token_embedding", "embedding", 0,
+                  int(np.size(sd["token_embedding.weight"]) + np.size(sd["positional_embedding"])))]
+    rows += _transformer(sd, "transformer.", N, S, D, t["layers"], mlp, causal=True)
+    rows.append(Layer("ln_final", "layer_norm", 5 * N * S * D, _nparams(sd, "ln_final")))
+    rows.append(Layer("text_projection", "matmul", N * D * t["embed_dim"],
+                      int(np.size(sd["text_projection"]))))
+    return rows
+
+
+HEADS = ("maskclip", "sclip", "clearclip", "naclip")
+
+
+def _head(cfg, head: str, N: int, H: int, W: int, num_classes: int) -> list[Layer]:
+    """Extra work of a training-free head over the image tower's trunk: the patch projection
+    into the embedding space and the cosine classifier (per patch x class)."""
+    v = cfg["vision"]
+    if v["arch"] == "resnet":
+        if head != "maskclip":
+            raise ValueError(f"head {head!r} needs a ViT; ResNets have 'maskclip'")
+        C, E = 32 * v["width"], v["embed_dim"]
+        g = (H // 32) * (W // 32)
+        return [Layer("head.v_proj", "conv", N * g * C * C, 0),
+                Layer("head.c_proj", "conv", N * g * C * E, 0),
+                Layer("head.classifier", "matmul", N * g * E * num_classes, 0)]
+    D, E, p = v["width"], v["embed_dim"], v["patch"]
+    g = (H // p) * (W // p)
+    return [Layer("head.proj", "matmul", N * g * D * E, 0),
+            Layer("head.classifier", "matmul", N * g * E * num_classes, 0)]
+
+
+def count(model, *, image_size: int | Sequence[int] | None = None, batch: int = 1,
+          text_tokens: int | None = None, num_texts: int = 0, head: str | None = None,
+          num_classes: int = 0) -> list[Layer]:
+    """Per-layer MACs and parameters. image_size: side or (H, W) of the image tower's input
+    (default the model's); num_texts > 0 adds the text tower for that many prompts of
+    text_tokens tokens (default the context, 77); head adds a training-free head's projection
+    and classifier for num_classes classes."""
+    sd, cfg = _sd_and_config(model)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    rows: list[Layer] = []
+    v = cfg.get("vision")
+    if v is not None:
+        if image_size is None:
+            H = W = int(v["image_size"])
+        elif isinstance(image_size, (int, np.integer)):
+            H = W = int(image_size)
+        else:
+            H, W = (int(s) for s in image_size)
+        mult = 32 if v["arch"] == "resnet" else v["patch"]
+        if H < mult or W < mult or H % mult or W % mult:
+            raise ValueError(f"image size must be positive multiples of {mult} for this model, "
+                             f"got {H}x{W}")
+        rows += _resnet(sd, v, batch, H, W) if v["arch"] == "resnet" else _vit(sd, v, batch, H, W)
+        if head is not None:
+            if head not in HEADS:
+                raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+            if num_classes < 1:
+                raise ValueError(f"num_classes must be >= 1 with a head, got {num_classes}")
+            rows += _head(cfg, head, batch, H, W, num_classes)
+    if num_texts:
+        t = cfg.get("text")
+        if t is None:
+            raise ValueError("this model has no text tower")
+        S = t["context"] if text_tokens is None else int(text_tokens)
+        if not 1 <= S <= t["context"]:
+            raise ValueError(f"text_tokens must be in 1..{t['context']}, got {S}")
+        rows += _text(sd, t, int(num_texts), S)
+    return rows
+
+
+def total(rows: Sequence[Layer], *, sparse: bool = False, fvcore: bool = False) -> int:
+    """Sum of MACs (= FLOPs by the convention above); sparse counts non-zero weights only;
+    fvcore leaves out the attention products as fvcore does."""
+    return sum(r.sparse_macs if sparse else r.macs for r in rows
+               if not (fvcore and r.kind == "attention"))
+
+
+def params(rows: Sequence[Layer], *, sparse: bool = False) -> int:
+    return sum(int(round(r.params * r.density)) if sparse else r.params for r in rows)
+
+
+def table(rows: Sequence[Layer], *, per_layer: bool = True) -> str:
+    """A text table: one line per layer (per_layer) and the totals."""
+    lines = [f"{'layer':<44} {'kind':<10} {'params':>11} {'density':>7} {'GMACs':>9} {'sparse GMACs':>12}"]
+    if per_layer:
+        for r in rows:
+            lines.append(f"{r.name:<44} {r.kind:<10} {r.params:>11,} {r.density:>7.3f} "
+                         f"{r.macs / 1e9:>9.4f} {r.sparse_macs / 1e9:>12.4f}")
+    lines.append(f"{'total':<44} {'':<10} {params(rows):>11,} {'':>7} {total(rows) / 1e9:>9.4f} "
+                 f"{total(rows, sparse=True) / 1e9:>12.4f}")
+    lines.append(f"{'total (fvcore: no attention products)':<44} {'':<10} {params(rows, sparse=True):>11,} "
+                 f"{'':>7} {total(rows, fvcore=True) / 1e9:>9.4f} {total(rows, sparse=True, fvcore=True) / 1e9:>12.4f}")
+    lines.append("1 MAC counted as 1 FLOP (fvcore's convention); sparse = non-zero weights only; "
+                 "last line's params column: non-zero parameters")
+    return "\n".join(lines)
