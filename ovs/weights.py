@@ -20,6 +20,7 @@ and bool tensors keep their dtype.
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
