@@ -46,6 +46,7 @@ import math
 import os
 import pickle
 import re
+import struct
 import zipfile
 from typing import Any
 
@@ -289,6 +290,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
         super().__init__(io.BytesIO(data))
         self._archive = archive
         self._ops = 0
+        self._size = len(data)
 
     def find_class(self, module: str, name: str):
         a = self._archive
@@ -334,8 +336,20 @@ class _RestrictedUnpickler(pickle._Unpickler):
     def _refuse_ext(self):
         raise _Refused("copyreg extension opcode")
 
+    def load_bytearray8(self):
+        # pickle.py allocates the declared length before reading it: bound it by the pickle.
+        (n,) = struct.unpack("<Q", self.read(8))
+        if n > self._size:
+            raise self._archive._fail(
+                f"corrupt pickle: BYTEARRAY8 declares {n} bytes in a {self._size}-byte pickle")
+        b = bytearray(n)
+        if self.readinto(b) != n:
+            raise pickle.UnpicklingError("pickle data was truncated")
+        self.append(b)
+
     dispatch = {k: _counted(f) for k, f in pickle._Unpickler.dispatch.items()}
     dispatch[pickle.BUILD[0]] = _counted(load_build)
+    dispatch[pickle.BYTEARRAY8[0]] = _counted(load_bytearray8)
     for _op in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
         dispatch[_op[0]] = _refuse_ext
     del _op
@@ -633,16 +647,26 @@ class _TorchZip:
             self._charge(numel * 4 if dtype in ("bf16", "f2", "f8") else numel * npdtype.itemsize,
                          f"converting the tensor on storage {key!r} (size {size}) to "
                          + ("float32" if dtype in ("bf16", "f2", "f8") else "native byte order"))
-        return _to_output_dtype(arr, dtype)
+        return _to_output_dtype(arr, dtype, self._fail, key)
 
 
-def _to_output_dtype(arr: np.ndarray, dtype: str) -> np.ndarray:
+def _to_output_dtype(arr: np.ndarray, dtype: str, fail=WeightFileError, key: str = "?") -> np.ndarray:
     """float16/bfloat16/float64 -> float32; other types native byte order, unchanged."""
     if dtype == "bf16":
         bits = arr.astype(np.uint32) << 16
         return bits.view(np.float32)
-    if dtype in ("f2", "f8"):
+    if dtype == "f2":
         return arr.astype(np.float32)
+    if dtype == "f8":
+        with np.errstate(over="ignore"):
+            out = arr.astype(np.float32)
+        bad = np.isinf(out) & np.isfinite(arr)
+        if bad.any():
+            v = arr[bad].flat[0]
+            raise fail(
+                f"the float64 tensor on storage {key!r} holds {int(bad.sum())} finite value(s) beyond float32's range "
+                f"(e.g. {v!r}); ovs computes in float32 and would turn them into infinity")
+        return out
     if not arr.dtype.isnative:
         return arr.astype(arr.dtype.newbyteorder("="))
     return arr

@@ -15,8 +15,9 @@
 
 Legacy (pre-1.6, non-zip) ``torch.save`` files and plain pickles are refused.
 
-Floating-point tensors are returned as float32 (float16 / bfloat16 / float64 converted); integer
-and bool tensors keep their dtype.
+Floating-point tensors are returned as float32 (float16 / bfloat16 / float64 converted, rounding
+to nearest; a finite float64 value that would round to infinity is refused with WeightFileError,
+stored infinities stay); integer and bool tensors keep their dtype.
 """
 from __future__ import annotations
 

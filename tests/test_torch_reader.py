@@ -568,6 +568,43 @@ def test_copyreg_extension_opcodes_are_refused(tmp_path):
         load_state_dict(p)
 
 
+@pytest.mark.parametrize("declared", [1 << 40, (1 << 64) - 1, 100])
+def test_bytearray8_length_is_bounded_by_the_pickle(tmp_path, declared):
+    # PROTO 5, BYTEARRAY8 <declared> with 3 bytes following: pickle.py would allocate the
+    # declared length first (a 1 TiB bytearray -> MemoryError; found by fuzz/run.py torch).
+    p = tmp_path / "ba8.pt"
+    write_checkpoint_zip(p, b"\x80\x05\x96" + struct.pack("<Q", declared) + b"abc.")
+    err, peak = _peak_bytes(lambda: load_state_dict(p))
+    assert isinstance(err, WeightFileError), err
+    assert peak < 8 << 20, f"peak {peak >> 20} MiB while refusing"
+
+
+def test_bytearray8_that_fits_still_loads(tmp_path):
+    p = tmp_path / "ba8ok.pt"
+    # {"w": <tensor>} is what a state dict holds; here a plain bytearray is not a tensor, so the
+    # reader refuses the container later, not the opcode: the message says what it holds.
+    write_checkpoint_zip(p, b"\x80\x05\x96" + struct.pack("<Q", 3) + b"abc.")
+    with pytest.raises(WeightFileError) as exc:
+        load_state_dict(p)
+    assert "BYTEARRAY8" not in str(exc.value)
+
+
+def test_float64_beyond_float32_range_is_refused(tmp_path):
+    p = tmp_path / "f64.pt"
+    torch.save({"w": torch.tensor([1.0, 1e300], dtype=torch.float64)}, p)
+    with pytest.raises(WeightFileError, match="beyond float32"):
+        load_state_dict(p)
+    # Infinities stored as such are data (e.g. an attention mask), not an overflow.
+    torch.save({"m": torch.tensor([0.0, -float("inf")], dtype=torch.float64)}, p)
+    assert_same(load_state_dict(p)["m"], np.array([0.0, -np.inf], np.float32), "inf mask")
+    st = tmp_path / "f64.safetensors"
+    save_safetensors({"w": np.array([1.0, -1e39], np.float64)}, st)
+    with pytest.raises(WeightFileError, match="beyond float32"):
+        load_state_dict(st)
+    save_safetensors({"m": np.array([3.0e38, -np.inf], np.float64)}, st)
+    assert_same(load_state_dict(st)["m"], np.array([3.0e38, -np.inf], np.float32), "in range")
+
+
 # --------------------------------------------------------------------------- ovs.load end to end
 def _tiny_openai_clip(arch):
     """A tiny open_clip CLIP with QuickGELU (as OpenAI's), random weights, eval mode."""

@@ -167,8 +167,8 @@ def test_f16_and_bf16_conversion_every_bit_pattern(tmp_path):
 def test_f64_and_int64_rounding_like_numpy_astype(tmp_path):
     rng = np.random.default_rng(1)
     f64 = np.concatenate([
-        rng.standard_normal(1000) * 10.0 ** rng.integers(-50, 50, 1000),
-        [1e300, -1e300, 1e-300, 3.4028235e38, 3.4028236e38, 1.401298464324817e-45 / 2,
+        rng.standard_normal(1000) * 10.0 ** rng.integers(-50, 38, 1000),
+        [1e-300, 3.4028235e38, -3.40282356e38, 1.401298464324817e-45 / 2,
          1.401298464324817e-45 * 0.75, 1 + 2 ** -24, 1 + 3 * 2 ** -24, np.inf, -np.inf, np.nan,
          -0.0, 2 ** -149 * 1.5]])
     i64 = np.concatenate([rng.integers(-2 ** 63, 2 ** 63 - 1, 1000, dtype=np.int64),
@@ -181,6 +181,11 @@ def test_f64_and_int64_rounding_like_numpy_astype(tmp_path):
         assert_same(f.get("d"), f64.astype(np.float32), "f64 -> f32")
         assert_same(f.get("i"), i64.astype(np.float32), "i64 -> f32")
         assert_same(f.get("u"), u64.astype(np.float32), "u64 -> f32")
+    # A finite float64 that rounds past float32's largest value is refused, not made infinite.
+    for big in (1e300, -1e300, 3.4028236e38, 2.0 ** 128):
+        safetensors.numpy.save_file({"d": np.array([0.0, big])}, str(p))
+        with SafeTensorsFile(p) as f, pytest.raises(WeightFileError, match="beyond float32"):
+            f.get("d")
 
 
 def test_bool_bytes_other_than_one_are_true(tmp_path):

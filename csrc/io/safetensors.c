@@ -6,6 +6,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <float.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -678,7 +680,21 @@ int ovs_safetensors_read_f32(float *out, const ovs_safetensors *st, int64_t inde
     case OVS_DTYPE_F32: if (n) memcpy(out, src, e->nbytes); break;
     case OVS_DTYPE_F16: CONVERT_LOOP(uint16_t, f16_to_f32(v)); break;
     case OVS_DTYPE_BF16: CONVERT_LOOP(uint16_t, bf16_to_f32(v)); break;
-    case OVS_DTYPE_F64: CONVERT_LOOP(double, (float)v); break;
+    case OVS_DTYPE_F64:
+        for (int64_t i = 0; i < n; i++) {
+            double v;
+            memcpy(&v, src + (size_t)i * sizeof(double), sizeof(double));
+            /* Round to nearest like a cast, but a finite value that rounds past FLT_MAX is
+             * refused rather than turned into infinity. */
+            if (isfinite(v) && fabs(v) >= 0x1.ffffffp127)
+                return ovs_set_error(OVS_ERR_FORMAT,
+                                     "safetensors: F64 tensor '%.200s' holds the finite value %g "
+                                     "(element %lld) beyond float32's range; ovs computes in "
+                                     "float32 and would turn it into infinity",
+                                     e->name, v, (long long)i);
+            out[i] = (float)v;
+        }
+        break;
     case OVS_DTYPE_I64: CONVERT_LOOP(int64_t, (float)v); break;
     case OVS_DTYPE_I32: CONVERT_LOOP(int32_t, (float)v); break;
     case OVS_DTYPE_I16: CONVERT_LOOP(int16_t, (float)v); break;
