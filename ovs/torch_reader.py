@@ -519,7 +519,7 @@ class _TorchZip:
             state = obj._state if isinstance(obj._state, dict) else {}
             info = self._classes.get(obj._qualname)
             names = list(info[0]) + list(info[1]) if info is not None else [
-                k for k, v in state.items() if isinstance(v, np.ndarray)]
+                k for k, v in state.items() if isinstance(k, str) and isinstance(v, np.ndarray)]
             steps -= 1 + len(state) + len(names) * (1 + len(prefix))
             if steps < 0:
                 raise self._fail("the TorchScript module tree has too many paths for the size of "

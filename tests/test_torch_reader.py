@@ -561,6 +561,44 @@ def test_shared_submodules_cannot_make_the_walk_exponential(tmp_path):
     assert time.perf_counter() - start < 5.0
 
 
+def test_script_module_state_with_non_string_keys(tmp_path, monkeypatch):
+    # A TorchScript module object whose class is not in code/ and whose state dict has a
+    # non-string key next to a tensor (found by fuzz/run.py torchscript: TypeError while naming
+    # the entries). Non-string keys are not parameter names: skipped.
+    import types
+
+    mod = types.ModuleType("__torch__")
+
+    class M:
+        pass
+    M.__module__, M.__qualname__ = "__torch__", "M"
+    mod.M = M
+    monkeypatch.setitem(__import__("sys").modules, "__torch__", mod)
+
+    tensor = Evil(torch._utils._rebuild_tensor_v2, ("storage", torch.FloatStorage, "0", "cpu", 2),
+                  0, (2,), (1,), False, collections.OrderedDict())
+
+    class Obj:
+        def __reduce__(self):
+            return M, (), {7: tensor, "w": tensor}
+
+    class StoragePickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return obj if isinstance(obj, tuple) and obj and obj[0] == "storage" else None
+
+    buf = io.BytesIO()
+    StoragePickler(buf, protocol=2).dump(Obj())
+    p = tmp_path / "keys.pt"
+    with zipfile.ZipFile(p, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("model/data.pkl", buf.getvalue())
+        z.writestr("model/code/__torch__.py", "class Other(Module):\n  __parameters__ = []\n")
+        z.writestr("model/data/0", np.array([1.5, -2.0], np.float32).tobytes())
+        z.writestr("model/version", "3\n")
+    sd = load_state_dict(p)
+    assert list(sd) == ["w"]
+    assert_same(sd["w"], np.array([1.5, -2.0], np.float32), "w")
+
+
 def test_copyreg_extension_opcodes_are_refused(tmp_path):
     p = tmp_path / "ext.pt"
     write_checkpoint_zip(p, b"\x80\x02\x82\x01.")  # EXT1 1
