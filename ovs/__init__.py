@@ -18,7 +18,17 @@ from . import _blas  # noqa: E402
 
 _blas.preload()
 
-from . import _core  # noqa: E402
+try:
+    from . import _core  # noqa: E402
+except ImportError as _exc:
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    if _os.path.exists(_os.path.join(_os.path.dirname(_here), "setup.py")) and not any(
+            f.startswith("_core.") for f in _os.listdir(_here)):
+        raise ImportError(
+            f"ovs is being imported from its source tree ({_here}), where the C extension "
+            "ovs._core has not been built. Either run Python from another directory so that the "
+            "installed ovs is imported, or build it in place with `pip install -e .`") from None
+    raise ImportError(f"ovs's C extension failed to load: {_exc}") from _exc
 from ._core import OvsError, WeightFileError  # noqa: E402
 from .model import Model, infer_config, load  # noqa: E402
 from .segment import METHODS, Segmenter  # noqa: E402

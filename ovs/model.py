@@ -103,6 +103,14 @@ def infer_config(sd: Mapping[str, np.ndarray], *, vision_heads: int | None = Non
     return cfg
 
 
+class StateDict(dict):
+    """A plain dict of the weights that can also be called, so that ``model.state_dict()`` (the
+    torch / open_clip spelling) and ``model.state_dict[name]`` both work."""
+
+    def __call__(self) -> "StateDict":
+        return self
+
+
 class Model:
     """A CLIP model (image tower and/or text tower) running on the ovs C engine."""
 
@@ -201,9 +209,10 @@ class Model:
                                t["embed_dim"], self.act)
 
     @property
-    def state_dict(self) -> Mapping[str, np.ndarray]:
-        """The weights by open_clip name (read-only arrays)."""
-        return dict(self._sd)
+    def state_dict(self) -> "StateDict":
+        """The weights by open_clip name (read-only arrays): ``model.state_dict()`` as in torch /
+        open_clip (``model.state_dict[name]`` works too)."""
+        return StateDict(self._sd)
 
     def set_weight(self, name: str, value: np.ndarray) -> None:
         """Replace one weight (same shape) and rebuild the tower that uses it."""
