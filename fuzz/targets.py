@@ -133,7 +133,11 @@ def target_safetensors(data: bytes) -> None:
             for name in f.keys():
                 dtype, shape = f.info(name)
                 raw = f.get_raw(name)
-                arr = f.get(name)
+                try:
+                    arr = f.get(name)
+                except WeightFileError as exc:  # the one refusal a parsed header still allows
+                    assert dtype == "F64" and "beyond float32's range" in str(exc), exc
+                    continue
                 assert tuple(arr.shape) == tuple(shape) == raw.shape, (name, shape, arr.shape)
                 assert arr.dtype == np.float32, (name, arr.dtype)
     # The file path: magic-byte detection, open + fstat + mmap, dtype conversion.

@@ -41,7 +41,11 @@ typedef enum {
     OVS_ERR_OVERFLOW = 8,     /* a size computation would overflow */
 } ovs_status;
 
-/* Record an error message for the calling thread and return `code`. printf-style. */
+/* Record an error message for the calling thread and return `code`. printf-style.
+ * The message is per thread: inside an OpenMP parallel region it would land in a worker's
+ * buffer and the caller would never see it. Parallel regions therefore only raise a flag
+ * (`#pragma omp atomic write failed = 1`) and the code after the region, on the calling thread,
+ * calls ovs_set_error (see ovs_seg_labels in csrc/methods/pipeline.c). */
 int ovs_set_error(int code, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 2, 3)))
