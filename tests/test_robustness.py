@@ -509,14 +509,17 @@ def test_templates_validation(vit):
 
 
 def _encode_text_calls(monkeypatch):
+    """Prompts encoded by text_classifier (which encodes through Model.encode_prompts)."""
+    from ovs.templates import get_templates
+
     calls = []
-    orig = ovs.Model.encode_text
+    orig = ovs.Model.encode_prompts
 
-    def counting(self, texts, **kw):
-        calls.append(len(texts))
-        return orig(self, texts, **kw)
+    def counting(self, names, templates="imagenet80", **kw):
+        calls.append(len(names) * len(get_templates(templates)))
+        return orig(self, names, templates, **kw)
 
-    monkeypatch.setattr(ovs.Model, "encode_text", counting)
+    monkeypatch.setattr(ovs.Model, "encode_prompts", counting)
     return calls
 
 
