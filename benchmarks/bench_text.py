@@ -145,13 +145,20 @@ def main(argv=None) -> int:
               for t in towers]
     n_cls = len(classifier_names())
     scale = n_cls / args.peer_classes
+    from ovs.text import token_positions
+
+    positions = token_positions(classifier_names(), "imagenet80")
+    width, mlp, layers = 512, 2048, 12   # both CLIP text towers
+    gflop = {k: 2 * (4 * width * width + 2 * width * mlp) * layers * positions[k] / 1e9
+             for k in ("full_context", "end_of_text", "shared_prefix")}
     if args.classifier:
         groups += [H.Group(f"classifier_{t}", {"weights": weights, "peer_classes": args.peer_classes},
                            repeated=[f"classifier_{t}"],
                            meta={f"classifier_{t}": {
                                "prompts": n_cls * N_CLASSIFIER_TEMPLATES, "classes": n_cls,
                                "templates": N_CLASSIFIER_TEMPLATES, "peer_classes": args.peer_classes,
-                               "peer_time_scale": scale, "target_ratio": 0.05}})
+                               "peer_time_scale": scale, "target_ratio": 0.05,
+                               "token_positions": positions, "linear_gflop": gflop}})
                    for t in towers]
     groups = H.select_groups(groups, args.cases)
     res = H.run_groups(Path(__file__).resolve(), groups, threads=args.threads, repeat=args.repeat,
@@ -174,6 +181,12 @@ def main(argv=None) -> int:
               f"peer {n / c['peer']['median_s']:.0f} (target ratio <= {c['target_ratio']})"
               + (f"; peer timed on {c['peer_classes']} classes and scaled x{c['peer_time_scale']:g}"
                  if "peer_time_scale" in c else ""))
+        if "token_positions" in c:
+            tp, g = c["token_positions"], c["linear_gflop"]
+            print(f"  token positions: open_clip {tp['full_context']:,}, end-of-text truncation "
+                  f"{tp['end_of_text']:,}, shared prefixes {tp['shared_prefix']:,} "
+                  f"({1 - tp['shared_prefix'] / tp['end_of_text']:.0%} fewer); linear-layer GFLOP "
+                  f"{g['full_context']:.0f} / {g['end_of_text']:.0f} / {g['shared_prefix']:.0f}")
     print(f"\nwrote {path}  ({time.perf_counter() - t0:.0f}s)")
     return 0
 

@@ -78,8 +78,30 @@ def prefix_plan(model: "Model", names: Sequence[str], templates="imagenet80") ->
 
     tmpl = get_templates(templates)
     names = _check_prompt_names(names)
-    ids = _tokenize_prompts(model, names, tmpl)
-    return _plan(model, ids, tmpl)[0].reshape(len(names), len(tmpl))
+    context = model.config["text"]["context"]
+    ids = _tokenize_prompts(context, names, tmpl)
+    return _plan(context, ids, tmpl)[0].reshape(len(names), len(tmpl))
+
+
+def token_positions(names: Sequence[str], templates="imagenet80", context: int = 77) -> dict:
+    """How many token positions the text tower runs for every prompt template.format(name):
+    "full_context" (every prompt at all `context` positions, as open_clip), "end_of_text" (each
+    prompt up to its end-of-text token: ovs's plain path) and "shared_prefix" (each template's
+    prefix once plus the rest of each prompt: encode_prompts). The work of the linear layers,
+    2 * (4 * width^2 + 2 * width * mlp) FLOPs per position and layer, scales with these counts
+    (attention adds 4 * width * queries * keys per layer, small at these lengths)."""
+    from .templates import get_templates
+
+    tmpl = get_templates(templates)
+    names = _check_prompt_names(names)
+    ids = _tokenize_prompts(context, names, tmpl)
+    plan, _, eot = _plan(context, ids, tmpl)
+    j = np.arange(len(ids)) % len(tmpl)
+    prefixes = {(int(a), int(p)) for a, p in zip(j, plan) if p > 0}
+    return {"prompts": len(ids), "full_context": len(ids) * context,
+            "end_of_text": int((eot + 1).sum()),
+            "shared_prefix": int((eot + 1 - plan).sum()) + sum(p for _, p in prefixes),
+            "prefixes": len(prefixes), "plain_path_prompts": int((plan == 0).sum())}
 
 
 def _check_prompt_names(names) -> list[str]:
@@ -97,15 +119,14 @@ def _check_prompt_names(names) -> list[str]:
     return out
 
 
-def _tokenize_prompts(model: "Model", names: list[str], tmpl: list[str]) -> np.ndarray:
+def _tokenize_prompts(context: int, names: list[str], tmpl: list[str]) -> np.ndarray:
     """(len(names) * len(tmpl), context) ids, name-major: row i*len(tmpl) + j = tmpl[j] with names[i]."""
     from .tokenizer import tokenize
 
-    return tokenize([t.format(n) for n in names for t in tmpl],
-                    context_length=model.config["text"]["context"])
+    return tokenize([t.format(n) for n in names for t in tmpl], context_length=context)
 
 
-def _plan(model: "Model", ids: np.ndarray, tmpl: list[str]):
+def _plan(context: int, ids: np.ndarray, tmpl: list[str]):
     """Per row of ids (name-major over tmpl): the prefix length P taken from its template's cache
     (0 = plain path), and the templates' candidate prefixes.
 
@@ -114,7 +135,6 @@ def _plan(model: "Model", ids: np.ndarray, tmpl: list[str]):
     call: results do not depend on the batch), is compared on tokens (a name whose first token
     would merge with the template's text before "{}" shortens it), and stops before the prompt's
     end-of-text token (its largest id), which must stay in the part that is run per prompt."""
-    context = model.config["text"]["context"]
     nt = len(tmpl)
     eot = ids.argmax(axis=1)
     plan = np.zeros(len(ids), np.int64)
@@ -149,10 +169,11 @@ def encode_prompts(model: "Model", names: Sequence[str], templates="imagenet80",
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     text = model._need_text()
-    ids = _tokenize_prompts(model, names, tmpl)
+    context = model.config["text"]["context"]
+    ids = _tokenize_prompts(context, names, tmpl)
     out = np.empty((len(ids), model.embed_dim_text), np.float32)
     if share_prefix:
-        plan, cands, eot = _plan(model, ids, tmpl)
+        plan, cands, eot = _plan(context, ids, tmpl)
     else:
         plan, cands, eot = np.zeros(len(ids), np.int64), [], ids.argmax(axis=1)
     bar = _progress_bar(len(ids), progress)

@@ -200,3 +200,15 @@ def test_bad_inputs_raise(model):
     with pytest.raises(ValueError, match=r"token id -1 at \[0, 1\]"):
         text.forward_prefixed(kv, np.array([[2368, -1]], np.int32))
     assert text.forward_prefixed(kv, suffix[:0]).shape == (0, model.embed_dim_text)
+
+
+def test_token_positions():
+    """Positions the tower runs: 'a photo of a cat.' is <start_of_text> a photo of a | cat . <end>
+    (5 shared + 3), "{}" has nothing to share."""
+    names, templates = ["cat", "traffic cone"], ["a photo of a {}.", "{}"]
+    lengths = [int(r.argmax()) + 1 for r in ovs.tokenize([t.format(n) for n in names for t in templates])]
+    assert lengths == [8, 3, 9, 4], lengths
+    got = ovs.text.token_positions(names, templates)
+    assert got == {"prompts": 4, "full_context": 4 * 77, "end_of_text": 24,
+                   "shared_prefix": 5 + (8 - 5) + (9 - 5) + 3 + 4, "prefixes": 1,
+                   "plain_path_prompts": 2}, got
