@@ -404,15 +404,30 @@ class Model:
             self._digest = h.hexdigest()
         return self._digest
 
+    def encode_prompts(self, names: Sequence[str], templates="imagenet80", *,
+                       share_prefix: bool = True, batch_size: int = 256,
+                       progress: bool = False) -> np.ndarray:
+        """Text embeddings (len(names), len(templates), embed_dim) of every prompt
+        template.format(name), not normalised: encode_text of those prompts, with each template's
+        shared leading tokens ("<start_of_text> a photo of a") computed once and only the rest of
+        each prompt run per prompt (share_prefix=False: the plain path). See ovs.text."""
+        from .text import encode_prompts
+
+        return encode_prompts(self, names, templates, share_prefix=share_prefix,
+                              batch_size=batch_size, progress=progress)
+
     def text_classifier(self, class_names: Sequence[str], templates="imagenet80", *,
-                        cache_dir: str | os.PathLike | None = None) -> np.ndarray:
+                        cache_dir: str | os.PathLike | None = None,
+                        progress: bool = True) -> np.ndarray:
         """Zero-shot classifier (C, embed_dim): per class, every synonym ("sofa, couch") in every
         template is encoded and L2-normalised, the mean taken and L2-normalised again. Embeddings
         are cached per (weights digest, template set, class name) in memory and, with
-        cache_dir (or $OVS_CACHE_DIR/text when set), on disk."""
+        cache_dir (or $OVS_CACHE_DIR/text when set), on disk. Prompts are encoded with
+        encode_prompts (shared template prefixes run once). progress: a tqdm bar on stderr when
+        encoding takes more than a few seconds and stderr is a terminal."""
         from .text import build_classifier
 
-        return build_classifier(self, class_names, templates, cache_dir=cache_dir)
+        return build_classifier(self, class_names, templates, cache_dir=cache_dir, progress=progress)
 
 
 def load(name_or_path: str | os.PathLike, *, act: str | None = None,

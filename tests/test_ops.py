@@ -479,6 +479,25 @@ def test_attention_cross_and_layouts(rng):
                                     mask), ref, "attention converted inputs")
 
 
+@pytest.mark.parametrize("T,U", [(1, 1), (1, 7), (3, 9), (6, 6), (5, 40)])
+def test_attention_causal_after_cached_keys(rng, T, U):
+    """causal with T <= U: the T queries are the last T of U positions (query t sees keys
+    0..U-T+t), as when a prompt's suffix attends to a cached prefix; the reference is torch's
+    sdpa with that mask written out (its is_causal aligns T < U top-left)."""
+    heads, F_ = 4, 8
+    D = heads * F_
+    q, k, v = rand(rng, T, D), rand(rng, U, D), rand(rng, U, D)
+    mask = np.triu(np.full((T, U), -np.inf, np.float32), U - T + 1)
+    ref = sdpa_ref(q, k, v, heads, 0.3, mask)
+    for naive in (False, True):
+        assert_close(_core.op_attention(q, k, v, heads, 0.3, None, True, naive=naive), ref,
+                     f"causal T={T} U={U} naive={naive}")
+    a = rand(rng, T, 16)
+    b = rand(rng, U, 16)
+    ref_p = torch.softmax(0.5 * torch.from_numpy(a @ b.T) + torch.from_numpy(mask), -1)
+    assert_close(_core.op_attention_probs(a, b, 0.5, causal=True), ref_p, f"probs causal T={T} U={U}")
+
+
 def test_attention_fully_masked_row(rng):
     T, heads, F_ = 4, 2, 8
     D = heads * F_
@@ -510,8 +529,8 @@ def test_attention_edges_and_errors(rng):
     assert _core.op_attention(np.zeros((0, 8), np.float32), q, q, 2, 1.0).shape == (0, 8)
     with pytest.raises(ValueError, match="heads must be >= 1 and divide"):
         _core.op_attention(q, q, q, 3, 1.0)
-    with pytest.raises(ValueError, match="causal attention needs"):
-        _core.op_attention(q, rand(rng, 4, 8), rand(rng, 4, 8), 2, 1.0, causal=True)
+    with pytest.raises(ValueError, match="causal attention needs at most as many queries"):
+        _core.op_attention(rand(rng, 4, 8), q, q, 2, 1.0, causal=True)  # 4 queries, 3 keys
     with pytest.raises(ValueError, match=r"mask must have shape \(3, 3\)"):
         _core.op_attention(q, q, q, 2, 1.0, rand(rng, 3, 4))
     with pytest.raises(ValueError, match=r"v must have shape \(3, 8\)"):

@@ -316,6 +316,10 @@ def test_refcounts_unchanged(vit, rn, image, one_thread):
         fresh(vit.encode_tokens(ids), "encode_tokens")
         fresh(vit._text.forward(ids, True), "TextTower.forward")
         fresh(vit.encode_text(texts), "encode_text")
+        fresh(vit._text.prefix(ids[0, :3]), "TextTower.prefix")
+        kv = vit._text.prefix(ids[0, :3])
+        fresh(vit._text.forward_prefixed(kv, ids[:, 3:]), "TextTower.forward_prefixed")
+        fresh(vit.encode_prompts(["cat", "dog"], "simple"), "encode_prompts")
         fresh(ovs.tokenize(texts), "tokenize")
         fresh(seg.segment(image, names), "segment")
         fresh(seg.predict(image, names), "predict")
@@ -327,7 +331,9 @@ def test_refcounts_unchanged(vit, rn, image, one_thread):
         for bad in (lambda: vit.encode_image(bad_img), lambda: seg.segment(bad_img, names),
                     lambda: vit.encode_image(x[:, :, :30], preprocess=False),
                     lambda: _core.seg_labels(low, 0, 5), lambda: seg.segment(image, ["a", 1]),
-                    lambda: vit.encode_text(["a", None]), lambda: rn.image_features(bad_x)):
+                    lambda: vit.encode_text(["a", None]), lambda: rn.image_features(bad_x),
+                    lambda: vit._text.forward_prefixed(kv[:, :, 1:], ids[:, 3:]),
+                    lambda: vit._text.prefix(ids[0, :0])):
             try:
                 bad()
             except (TypeError, ValueError):
@@ -509,14 +515,17 @@ def test_templates_validation(vit):
 
 
 def _encode_text_calls(monkeypatch):
+    """Prompts encoded by text_classifier (which encodes through Model.encode_prompts)."""
+    from ovs.templates import get_templates
+
     calls = []
-    orig = ovs.Model.encode_text
+    orig = ovs.Model.encode_prompts
 
-    def counting(self, texts, **kw):
-        calls.append(len(texts))
-        return orig(self, texts, **kw)
+    def counting(self, names, templates="imagenet80", **kw):
+        calls.append(len(names) * len(get_templates(templates)))
+        return orig(self, names, templates, **kw)
 
-    monkeypatch.setattr(ovs.Model, "encode_text", counting)
+    monkeypatch.setattr(ovs.Model, "encode_prompts", counting)
     return calls
 
 

@@ -1,6 +1,9 @@
 /* CLIP text transformer: token + positional embedding, causal pre-LN blocks, ln_final,
  * end-of-text pooling, projection. Only positions up to the batch's last end-of-text token are
- * computed when `truncate` is set: attention is causal, so later positions cannot change them. */
+ * computed when `truncate` is set: attention is causal, so later positions cannot change them.
+ * For the same reason a prefix shared by many prompts ("a photo of a") can run once: its keys and
+ * values per layer are cached (ovs_text_prefix) and each prompt's remaining tokens attend to them
+ * (ovs_text_forward_prefixed). */
 #include "models/internal.h"
 
 #include <stdio.h>
@@ -63,46 +66,128 @@ void ovs_text_free(ovs_text *m) {
 
 const ovs_text_config *ovs_text_get_config(const ovs_text *m) { return &m->cfg; }
 
-int ovs_text_forward(ovs_text *m, float *out, const int32_t *ids, int64_t N, int64_t S,
-                     int truncate) {
-    const int64_t D = m->cfg.width, V = m->cfg.vocab;
-    if (N < 0 || S <= 0 || S > m->cfg.context)
-        return ovs_set_error(OVS_ERR_ARG, "token ids must be (N, S) with 1 <= S <= %lld, got (%lld, %lld)",
-                             (long long)m->cfg.context, (long long)N, (long long)S);
-    if (N == 0) return OVS_OK;
-    ovs_arena_reset(&m->arena);
-    int64_t *eot = (int64_t *)ovs_arena_floats(&m->arena, (size_t)N * 2); /* (N,) */
-    if (!eot) return OVS_ERR_NOMEM;
+static int check_ids(const ovs_text *m, const int32_t *ids, int64_t N, int64_t S) {
+    const int64_t V = m->cfg.vocab;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t s = 0; s < S; s++) {
+            int32_t id = ids[n * S + s];
+            if (id < 0 || id >= V)
+                return ovs_set_error(OVS_ERR_ARG, "token id %d at [%lld, %lld] is outside 0..%lld",
+                                     id, (long long)n, (long long)s, (long long)(V - 1));
+        }
+    return OVS_OK;
+}
+
+/* eot (N,) = argmax of each row of ids (N, S) (the first maximum, as torch.argmax); returns the
+ * number of positions up to the last of them. */
+static int64_t end_of_text(int64_t *eot, const int32_t *ids, int64_t N, int64_t S) {
     int64_t T = 1;
     for (int64_t n = 0; n < N; n++) {
         const int32_t *row = ids + n * S;
         int64_t best = 0;
-        for (int64_t s = 0; s < S; s++) {
-            if (row[s] < 0 || row[s] >= V)
-                return ovs_set_error(OVS_ERR_ARG, "token id %d at [%lld, %lld] is outside 0..%lld",
-                                     row[s], (long long)n, (long long)s, (long long)(V - 1));
+        for (int64_t s = 0; s < S; s++)
             if (row[s] > row[best]) best = s;
-        }
         eot[n] = best;
         if (best + 1 > T) T = best + 1;
     }
+    return T;
+}
+
+/* x (N, T, D) = token embedding of ids (N, S)[:, :T] + positional embedding of positions
+ * P..P+T-1. */
+static void embed_tokens(const ovs_text *m, float *x, const int32_t *ids, int64_t N, int64_t S,
+                         int64_t T, int64_t P) {
+    const int64_t D = m->cfg.width;
+#pragma omp parallel for schedule(static) if (N * T * D > 65536) num_threads(ovs_get_num_threads())
+    for (int64_t nt = 0; nt < N * T; nt++) {
+        int64_t n = nt / T, s = nt % T;
+        const float *e = m->tok + (size_t)ids[n * S + s] * D, *p = m->pos + (size_t)(P + s) * D;
+        float *row = x + (size_t)nt * D;
+        for (int64_t d = 0; d < D; d++) row[d] = e[d] + p[d];
+    }
+}
+
+/* out (N, embed_dim) = ln_final(x[n, eot[n]]) @ text_projection; pooled (N, D) workspace. */
+static int text_head(ovs_text *m, float *out, const float *x, int64_t N, int64_t T,
+                     const int64_t *eot, float *pooled) {
+    const int64_t D = m->cfg.width;
+    int rc;
+    for (int64_t n = 0; n < N; n++)
+        memcpy(pooled + n * D, x + ((size_t)n * T + eot[n]) * D, (size_t)D * sizeof(float));
+    if ((rc = ovs_layernorm_forward(pooled, pooled, m->ln_w, m->ln_b, N, D, 1e-5f))) return rc;
+    return ovs_linear_forward(out, pooled, &m->proj, NULL, NULL, N, D, m->cfg.embed_dim, OVS_ACT_NONE);
+}
+
+int ovs_text_forward(ovs_text *m, float *out, const int32_t *ids, int64_t N, int64_t S,
+                     int truncate) {
+    const int64_t D = m->cfg.width;
+    if (N < 0 || S <= 0 || S > m->cfg.context)
+        return ovs_set_error(OVS_ERR_ARG, "token ids must be (N, S) with 1 <= S <= %lld, got (%lld, %lld)",
+                             (long long)m->cfg.context, (long long)N, (long long)S);
+    if (N == 0) return OVS_OK;
+    int rc;
+    if ((rc = check_ids(m, ids, N, S))) return rc;
+    ovs_arena_reset(&m->arena);
+    int64_t *eot = (int64_t *)ovs_arena_floats(&m->arena, (size_t)N * 2); /* (N,) */
+    if (!eot) return OVS_ERR_NOMEM;
+    int64_t T = end_of_text(eot, ids, N, S);
     if (!truncate) T = S;
     float *x = ovs_arena_floats(&m->arena, (size_t)N * T * D);          /* (N, T, D) */
     float *scratch = ovs_arena_floats(&m->arena, ovs_block_scratch_floats(&m->tf, N, T));
     float *pooled = ovs_arena_floats(&m->arena, (size_t)N * D);         /* (N, D) */
     if (!x || !scratch || !pooled) return OVS_ERR_NOMEM;
-#pragma omp parallel for schedule(static) if (N * T * D > 65536) num_threads(ovs_get_num_threads())
-    for (int64_t nt = 0; nt < N * T; nt++) {
-        int64_t n = nt / T, s = nt % T;
-        const float *e = m->tok + (size_t)ids[n * S + s] * D, *p = m->pos + (size_t)s * D;
-        float *row = x + (size_t)nt * D;
-        for (int64_t d = 0; d < D; d++) row[d] = e[d] + p[d];
-    }
-    int rc;
+    embed_tokens(m, x, ids, N, S, T, 0);
     for (int64_t l = 0; l < m->tf.layers; l++)
         if ((rc = ovs_block_forward(&m->tf, &m->tf.blocks[l], x, N, T, 1, scratch))) return rc;
-    for (int64_t n = 0; n < N; n++)
-        memcpy(pooled + n * D, x + ((size_t)n * T + eot[n]) * D, (size_t)D * sizeof(float));
-    if ((rc = ovs_layernorm_forward(pooled, pooled, m->ln_w, m->ln_b, N, D, 1e-5f))) return rc;
-    return ovs_linear_forward(out, pooled, &m->proj, NULL, NULL, N, D, m->cfg.embed_dim, OVS_ACT_NONE);
+    return text_head(m, out, x, N, T, eot, pooled);
+}
+
+size_t ovs_text_prefix_floats(const ovs_text *m, int64_t P) {
+    return (size_t)m->tf.layers * (size_t)(P > 0 ? P : 0) * 2 * (size_t)m->cfg.width;
+}
+
+int ovs_text_prefix(ovs_text *m, float *kv, const int32_t *ids, int64_t P) {
+    const int64_t D = m->cfg.width;
+    int rc;
+    if (P < 1 || P >= m->cfg.context)
+        return ovs_set_error(OVS_ERR_ARG, "a prefix must have 1..%lld tokens (one position stays "
+                             "for the end-of-text token), got %lld",
+                             (long long)(m->cfg.context - 1), (long long)P);
+    if ((rc = check_ids(m, ids, 1, P))) return rc;
+    ovs_arena_reset(&m->arena);
+    float *x = ovs_arena_floats(&m->arena, (size_t)P * D);              /* (P, D) */
+    float *scratch = ovs_arena_floats(&m->arena, ovs_block_prefixed_scratch_floats(&m->tf, 1, P, 0));
+    if (!x || !scratch) return OVS_ERR_NOMEM;
+    embed_tokens(m, x, ids, 1, P, P, 0);
+    for (int64_t l = 0; l < m->tf.layers; l++)
+        if ((rc = ovs_block_forward_prefixed(&m->tf, &m->tf.blocks[l], x, 1, P, NULL, 0,
+                                             kv + (size_t)l * P * 2 * D, scratch)))
+            return rc;
+    return OVS_OK;
+}
+
+int ovs_text_forward_prefixed(ovs_text *m, float *out, const float *kv, int64_t P,
+                              const int32_t *ids, int64_t N, int64_t S) {
+    const int64_t D = m->cfg.width;
+    int rc;
+    if (P < 0 || N < 0 || S <= 0 || P + S > m->cfg.context || (P > 0 && !kv))
+        return ovs_set_error(OVS_ERR_ARG, "a prefix of %lld tokens and suffixes (%lld, %lld) do "
+                             "not fit: need P >= 0, S >= 1, P + S <= %lld and the prefix cache",
+                             (long long)P, (long long)N, (long long)S, (long long)m->cfg.context);
+    if (N == 0) return OVS_OK;
+    if ((rc = check_ids(m, ids, N, S))) return rc;
+    ovs_arena_reset(&m->arena);
+    int64_t *eot = (int64_t *)ovs_arena_floats(&m->arena, (size_t)N * 2); /* (N,) within the suffix */
+    if (!eot) return OVS_ERR_NOMEM;
+    const int64_t T = end_of_text(eot, ids, N, S);
+    float *x = ovs_arena_floats(&m->arena, (size_t)N * T * D);          /* (N, T, D) */
+    float *scratch = ovs_arena_floats(&m->arena, ovs_block_prefixed_scratch_floats(&m->tf, N, T, P));
+    float *pooled = ovs_arena_floats(&m->arena, (size_t)N * D);         /* (N, D) */
+    if (!x || !scratch || !pooled) return OVS_ERR_NOMEM;
+    embed_tokens(m, x, ids, N, S, T, P);
+    for (int64_t l = 0; l < m->tf.layers; l++)
+        if ((rc = ovs_block_forward_prefixed(&m->tf, &m->tf.blocks[l], x, N, T,
+                                             P ? kv + (size_t)l * P * 2 * D : NULL, P, NULL, scratch)))
+            return rc;
+    return text_head(m, out, x, N, T, eot, pooled);
 }

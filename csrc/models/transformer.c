@@ -90,6 +90,19 @@ size_t ovs_block_scratch_floats(const ovs_transformer *t, int64_t B, int64_t T) 
     return M * (size_t)D + M * (size_t)wide + (size_t)t->heads * (size_t)T * (size_t)T;
 }
 
+/* The second half of a block, shared by both forwards: x += out_proj(h) (h holds the
+ * attention output), then x += c_proj(act(c_fc(ln_2(x)))). */
+static int block_tail(const ovs_transformer *t, const ovs_block *blk, float *x, int64_t M,
+                      float *h, float *wide) {
+    const int64_t D = t->width, Dm = t->mlp;
+    int rc;
+    if ((rc = ovs_linear_forward(x, h, &blk->out_proj, blk->out_proj_b, x, M, D, D, OVS_ACT_NONE)))
+        return rc;
+    if ((rc = ovs_layernorm_forward(h, x, blk->ln2_w, blk->ln2_b, M, D, 1e-5f))) return rc;
+    if ((rc = ovs_linear_forward(wide, h, &blk->fc, blk->fc_b, NULL, M, D, Dm, t->act))) return rc;
+    return ovs_linear_forward(x, wide, &blk->proj, blk->proj_b, x, M, Dm, D, OVS_ACT_NONE);
+}
+
 int ovs_block_forward(const ovs_transformer *t, const ovs_block *blk, float *x, int64_t B,
                       int64_t T, int causal, float *scratch) {
     const int64_t D = t->width, Dm = t->mlp, E = t->heads, F = D / E, M = B * T;
@@ -108,9 +121,49 @@ int ovs_block_forward(const ovs_transformer *t, const ovs_block *blk, float *x, 
                                    3 * D, T, T, E, F, scale, NULL, causal, probs);
         if (rc) return rc;
     }
-    if ((rc = ovs_linear_forward(x, h, &blk->out_proj, blk->out_proj_b, x, M, D, D, OVS_ACT_NONE)))
+    return block_tail(t, blk, x, M, h, wide);
+}
+
+size_t ovs_block_prefixed_scratch_floats(const ovs_transformer *t, int64_t B, int64_t T,
+                                         int64_t P) {
+    int64_t D = t->width, wide = 3 * D > t->mlp ? 3 * D : t->mlp;
+    size_t M = (size_t)B * (size_t)T, U = (size_t)P + (size_t)T;
+    return M * (size_t)D + M * (size_t)wide + (size_t)t->heads * (size_t)T * U + U * 2 * (size_t)D;
+}
+
+int ovs_block_forward_prefixed(const ovs_transformer *t, const ovs_block *blk, float *x,
+                               int64_t B, int64_t T, const float *past, int64_t P, float *save,
+                               float *scratch) {
+    const int64_t D = t->width, Dm = t->mlp, E = t->heads, F = D / E, M = B * T, U = P + T;
+    if (B < 0 || T < 0 || P < 0 || (P > 0 && !past))
+        return ovs_set_error(OVS_ERR_ARG, "ovs_block_forward_prefixed: bad sizes B = %lld, "
+                             "T = %lld, P = %lld (past %s)", (long long)B, (long long)T,
+                             (long long)P, past ? "given" : "NULL");
+    if (M == 0) return OVS_OK;
+    float *h = scratch;                      /* (M, D): ln_1(x), then attention output, then ln_2(x) */
+    float *wide = h + (size_t)M * D;         /* (M, 3D) q|k|v, later (M, Dm) MLP hidden */
+    float *probs = wide + (size_t)M * (3 * D > Dm ? 3 * D : Dm); /* (E, T, U) */
+    float *kv = probs + (size_t)E * T * U;   /* (U, 2D): the prefix's k|v, then one sequence's */
+    int rc;
+    if ((rc = ovs_layernorm_forward(h, x, blk->ln1_w, blk->ln1_b, M, D, 1e-5f))) return rc;
+    if ((rc = ovs_linear_forward(wide, h, &blk->in_proj, blk->in_proj_b, NULL, M, D, 3 * D,
+                                 OVS_ACT_NONE)))
         return rc;
-    if ((rc = ovs_layernorm_forward(h, x, blk->ln2_w, blk->ln2_b, M, D, 1e-5f))) return rc;
-    if ((rc = ovs_linear_forward(wide, h, &blk->fc, blk->fc_b, NULL, M, D, Dm, t->act))) return rc;
-    return ovs_linear_forward(x, wide, &blk->proj, blk->proj_b, x, M, Dm, D, OVS_ACT_NONE);
+    if (save)
+        for (int64_t r = 0; r < M; r++)
+            memcpy(save + (size_t)r * 2 * D, wide + (size_t)r * 3 * D + D, (size_t)2 * D * sizeof(float));
+    /* Every sequence sees the same P cached rows: copy them once; only the T rows after them
+     * change from sequence to sequence. */
+    if (P > 0) memcpy(kv, past, (size_t)P * 2 * D * sizeof(float));
+    const float scale = 1.0f / sqrtf((float)F);
+    for (int64_t b = 0; b < B; b++) {
+        const float *qkv = wide + (size_t)b * T * 3 * D;
+        for (int64_t s = 0; s < T; s++)
+            memcpy(kv + (size_t)(P + s) * 2 * D, qkv + (size_t)s * 3 * D + D,
+                   (size_t)2 * D * sizeof(float));
+        rc = ovs_attention_forward(h + (size_t)b * T * D, qkv, 3 * D, kv, 2 * D, kv + D, 2 * D,
+                                   T, U, E, F, scale, NULL, 1, probs);
+        if (rc) return rc;
+    }
+    return block_tail(t, blk, x, M, h, wide);
 }

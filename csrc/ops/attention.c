@@ -14,8 +14,8 @@ static int attention_check(const char *op, int64_t T, int64_t U, int64_t F, int6
     if (lda < F || ldb < F)
         return ovs_set_error(OVS_ERR_ARG, "%s: row strides (%lld, %lld) must be >= the width %lld",
                              op, (long long)lda, (long long)ldb, (long long)F);
-    if (causal && T != U)
-        return ovs_set_error(OVS_ERR_ARG, "%s: a causal mask needs T == U, got T = %lld, U = %lld",
+    if (causal && T > U)
+        return ovs_set_error(OVS_ERR_ARG, "%s: a causal mask needs T <= U, got T = %lld, U = %lld",
                              op, (long long)T, (long long)U);
     return OVS_OK;
 }
@@ -42,12 +42,14 @@ int ops_attention_forward_check(const char *op, float *out, const float *q, int6
     return OVS_OK;
 }
 
-/* probs (T, U) = softmax(probs + mask) row by row, the causal rows cut at t + 1. */
+/* probs (T, U) = softmax(probs + mask) row by row, the causal rows cut at U - T + t + 1 (the T
+ * queries are the last T of the U positions: T == U is the usual square mask, T < U queries
+ * that follow U - T earlier keys, e.g. a cached prompt prefix). */
 static void attention_softmax_rows(float *probs, int64_t T, int64_t U, const float *mask,
                                    int causal) {
 #pragma omp parallel for schedule(static) if (T * U >= OPS_PAR_MIN && T > 1) num_threads(ovs_get_num_threads())
     for (int64_t t = 0; t < T; t++)
-        ops_softmax_row(probs + t * U, U, mask ? mask + t * U : NULL, causal ? t + 1 : U);
+        ops_softmax_row(probs + t * U, U, mask ? mask + t * U : NULL, causal ? U - T + t + 1 : U);
 }
 
 int ovs_attention_probs(float *probs, const float *a, int64_t lda, const float *b, int64_t ldb,

@@ -161,7 +161,7 @@ int ovs_attention_forward_naive(float *out, const float *q, int64_t ldq, const f
         double dot = 0.0;                                                                  \
         for (int64_t f = 0; f < F; f++) dot += (double)qt[f] * (double)ku[f];              \
         dst = dot * scale + (mask ? mask[t * U + (u)] : 0.0);                              \
-        if (causal && (u) > t) dst = -INFINITY;                                            \
+        if (causal && (u) > U - T + t) dst = -INFINITY;                                          \
     } while (0)
             double m = -INFINITY, s = 0.0, l;
             for (int64_t u = 0; u < U; u++) {

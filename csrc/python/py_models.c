@@ -482,6 +482,98 @@ error:
     return NULL;
 }
 
+/* Integer ids as an int32 C array of rank nd, or NULL with a TypeError/ValueError. */
+static PyArrayObject *text_ids(PyObject *obj, int nd, const char *what) {
+    if (!PyArray_Check(obj) || !PyTypeNum_ISINTEGER(PyArray_TYPE((PyArrayObject *)obj))) {
+        PyErr_Format(PyExc_TypeError, "%s must be an integer numpy array", what);
+        return NULL;
+    }
+    if (PyArray_NDIM((PyArrayObject *)obj) != nd) {
+        PyErr_Format(PyExc_ValueError, "%s must have %d dimension(s), got %d", what, nd,
+                     PyArray_NDIM((PyArrayObject *)obj));
+        return NULL;
+    }
+    return (PyArrayObject *)PyArray_FROMANY(obj, NPY_INT32, nd, nd,
+                                            NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
+}
+
+static PyObject *text_prefix(ovs_py_model *self, PyObject *args) {
+    PyObject *obj, *out = NULL;
+    if (!PyArg_ParseTuple(args, "O", &obj)) return NULL;
+    if (self->kind != OVS_PY_TEXT) return PyErr_Format(PyExc_RuntimeError, "model not initialised");
+    PyArrayObject *ids = text_ids(obj, 1, "prefix ids");
+    if (!ids) return NULL;
+    const ovs_text_config *cfg = ovs_text_get_config(self->m.text);
+    int64_t P = PyArray_DIM(ids, 0);
+    if (P < 1 || P >= cfg->context) {
+        PyErr_Format(PyExc_ValueError, "a prefix must have 1..%lld tokens, got %lld",
+                     (long long)(cfg->context - 1), (long long)P);
+        goto error;
+    }
+    npy_intp dims[3] = {cfg->layers, P, 2 * cfg->width};
+    if (!(out = new_array(3, dims))) goto error;
+    int rc;
+    const int32_t *data = PyArray_DATA(ids);
+    float *o = PyArray_DATA((PyArrayObject *)out);
+    Py_BEGIN_ALLOW_THREADS
+    OVS_MODEL_LOCK(self);
+    rc = ovs_text_prefix(self->m.text, o, data, P);
+    OVS_MODEL_UNLOCK(self);
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        ovs_py_raise(rc);
+        goto error;
+    }
+    Py_DECREF(ids);
+    return out;
+error:
+    Py_DECREF(ids);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+static PyObject *text_forward_prefixed(ovs_py_model *self, PyObject *args) {
+    PyObject *kv_obj, *obj, *out = NULL;
+    PyArrayObject *kv = NULL, *ids = NULL;
+    if (!PyArg_ParseTuple(args, "OO", &kv_obj, &obj)) return NULL;
+    if (self->kind != OVS_PY_TEXT) return PyErr_Format(PyExc_RuntimeError, "model not initialised");
+    const ovs_text_config *cfg = ovs_text_get_config(self->m.text);
+    if (!PyArray_Check(kv_obj) || PyArray_TYPE((PyArrayObject *)kv_obj) != NPY_FLOAT32 ||
+        PyArray_NDIM((PyArrayObject *)kv_obj) != 3 ||
+        PyArray_DIM((PyArrayObject *)kv_obj, 0) != cfg->layers ||
+        PyArray_DIM((PyArrayObject *)kv_obj, 2) != 2 * cfg->width)
+        return PyErr_Format(PyExc_ValueError, "the prefix cache must be float32 (%lld, P, %lld) "
+                            "as returned by prefix()", (long long)cfg->layers,
+                            (long long)(2 * cfg->width));
+    if (!(kv = (PyArrayObject *)PyArray_FROMANY(kv_obj, NPY_FLOAT32, 3, 3, NPY_ARRAY_CARRAY_RO)))
+        return NULL;
+    if (!(ids = text_ids(obj, 2, "suffix ids"))) goto error;
+    int64_t P = PyArray_DIM(kv, 1), N = PyArray_DIM(ids, 0), S = PyArray_DIM(ids, 1);
+    npy_intp dims[2] = {N, cfg->embed_dim};
+    if (!(out = new_array(2, dims))) goto error;
+    int rc;
+    const int32_t *data = PyArray_DATA(ids);
+    const float *cache = PyArray_DATA(kv);
+    float *o = PyArray_DATA((PyArrayObject *)out);
+    Py_BEGIN_ALLOW_THREADS
+    OVS_MODEL_LOCK(self);
+    rc = ovs_text_forward_prefixed(self->m.text, o, cache, P, data, N, S);
+    OVS_MODEL_UNLOCK(self);
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        ovs_py_raise(rc);
+        goto error;
+    }
+    Py_DECREF(kv);
+    Py_DECREF(ids);
+    return out;
+error:
+    Py_XDECREF(kv);
+    Py_XDECREF(ids);
+    Py_XDECREF(out);
+    return NULL;
+}
+
 static PyObject *text_config(ovs_py_model *self, PyObject *unused) {
     if (self->kind != OVS_PY_TEXT) return PyErr_Format(PyExc_RuntimeError, "model not initialised");
     const ovs_text_config *c = ovs_text_get_config(self->m.text);
@@ -495,6 +587,12 @@ static PyObject *text_config(ovs_py_model *self, PyObject *unused) {
 static PyMethodDef text_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))text_forward, METH_VARARGS | METH_KEYWORDS,
      "forward(ids int (N, S), truncate=True) -> float32 (N, embed_dim)"},
+    {"prefix", (PyCFunction)text_prefix, METH_VARARGS,
+     "prefix(ids int (P,)) -> float32 (layers, P, 2*width): each layer's keys|values of a "
+     "shared prompt prefix"},
+    {"forward_prefixed", (PyCFunction)text_forward_prefixed, METH_VARARGS,
+     "forward_prefixed(kv, ids int (N, S)) -> float32 (N, embed_dim): embeddings of the prompts "
+     "prefix + ids[n], the prefix given by its cache kv from prefix()"},
     {"config", (PyCFunction)text_config, METH_NOARGS, "The architecture as a dict."},
     {NULL, NULL, 0, NULL},
 };

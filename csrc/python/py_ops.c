@@ -772,9 +772,9 @@ static PyObject *py_op_attention(PyObject *self, PyObject *args, PyObject *kw) {
     if (check_shape(k, "k", 2, kshape) || check_shape(v, "v", 2, kshape) ||
         (m && check_shape(m, "mask", 2, mshape)))
         goto error;
-    if (causal && T != U) {
-        PyErr_Format(PyExc_ValueError, "causal attention needs as many queries as keys, got %lld "
-                     "and %lld", (long long)T, (long long)U);
+    if (causal && T > U) {
+        PyErr_Format(PyExc_ValueError, "causal attention needs at most as many queries as keys, "
+                     "got %lld and %lld", (long long)T, (long long)U);
         goto error;
     }
     npy_intp dims[2] = {T, D};
@@ -826,9 +826,9 @@ static PyObject *py_op_attention_probs(PyObject *self, PyObject *args, PyObject 
     npy_intp T = PyArray_DIM(a, 0), F = PyArray_DIM(a, 1), U = PyArray_DIM(b, 0);
     npy_intp bshape[2] = {U, F}, mshape[2] = {T, U};
     if (check_shape(b, "b", 2, bshape) || (m && check_shape(m, "mask", 2, mshape))) goto error;
-    if (causal && T != U) {
-        PyErr_Format(PyExc_ValueError, "causal attention needs as many queries as keys, got %lld "
-                     "and %lld", (long long)T, (long long)U);
+    if (causal && T > U) {
+        PyErr_Format(PyExc_ValueError, "causal attention needs at most as many queries as keys, "
+                     "got %lld and %lld", (long long)T, (long long)U);
         goto error;
     }
     if (!(out = new_float(2, mshape))) goto error;

@@ -122,6 +122,17 @@ size_t ovs_block_scratch_floats(const ovs_transformer *t, int64_t B, int64_t T);
 /* x (B, T, D) <- block(x), in place. causal != 0 applies the causal mask. */
 int ovs_block_forward(const ovs_transformer *t, const ovs_block *blk, float *x, int64_t B,
                       int64_t T, int causal, float *scratch);
+/* Causal blocks over a shared, cached prefix (prompt ensembles: "a photo of a {}." for many
+ * class names). The B sequences of x (B, T, D) are the tokens at positions P..P+T-1 that follow
+ * one common prefix of P tokens whose keys|values at this block are past (P, 2D) (row p = k_p
+ * then v_p; NULL when P == 0): each query attends to the P prefix keys and to its own sequence's
+ * keys up to itself. save (B*T, 2D), when not NULL, receives the keys|values of x's tokens at
+ * this block (the cache that a later call passes as past). Equal to ovs_block_forward with
+ * causal = 1 on the concatenated sequences, restricted to the last T positions. */
+size_t ovs_block_prefixed_scratch_floats(const ovs_transformer *t, int64_t B, int64_t T, int64_t P);
+int ovs_block_forward_prefixed(const ovs_transformer *t, const ovs_block *blk, float *x,
+                               int64_t B, int64_t T, const float *past, int64_t P, float *save,
+                               float *scratch);
 
 /* ---------------------------------------------------------------- VisionTransformer */
 typedef struct {
@@ -176,6 +187,25 @@ const ovs_text_config *ovs_text_get_config(const ovs_text *m);
  * largest such position are computed (identical result: attention is causal). */
 int ovs_text_forward(ovs_text *m, float *out, const int32_t *ids, int64_t N, int64_t S,
                      int truncate);
+
+/* Prompts that share a token prefix (a template's "<start_of_text> a photo of a" before each
+ * class name), computed once for the prefix:
+ *
+ *     float *kv = malloc(ovs_text_prefix_floats(m, P) * sizeof(float));
+ *     ovs_text_prefix(m, kv, prefix_ids, P);                    // once per template
+ *     ovs_text_forward_prefixed(m, out, kv, P, suffix_ids, N, S); // any number of batches
+ *
+ * equals ovs_text_forward on the rows prefix_ids + suffix_ids[n] (float rounding aside), when
+ * each row's end-of-text token (the largest id) is in its suffix.
+ *   kv          (layers, P, 2*width): each layer's keys|values of the prefix tokens
+ *   prefix_ids  (P,), 1 <= P < context: the tokens at positions 0..P-1
+ *   suffix_ids  (N, S), P + S <= context: the tokens at positions P..P+S-1; the end-of-text
+ *               position of row n is argmax(suffix_ids[n]), and positions after the last
+ *               one in the batch are not computed. */
+size_t ovs_text_prefix_floats(const ovs_text *m, int64_t P);
+int ovs_text_prefix(ovs_text *m, float *kv, const int32_t *prefix_ids, int64_t P);
+int ovs_text_forward_prefixed(ovs_text *m, float *out, const float *kv, int64_t P,
+                              const int32_t *suffix_ids, int64_t N, int64_t S);
 
 #ifdef __cplusplus
 }

@@ -237,7 +237,9 @@ int ovs_softmax_forward_naive(float *x, int64_t M, int64_t D);
 /* ---------------------------------------------------------------- attention */
 /* probs (T, U) = softmax(scale * a (T, F) @ b (U, F)^T + mask (T, U)) for one head.
  * a and b are strided: row r of a starts at a + r*lda. mask may be NULL; causal != 0 masks
- * u > t with -inf (requires T == U). A fully masked row gives zeros, as
+ * u > U - T + t with -inf (requires T <= U: the T queries are the last T of U positions, so
+ * T == U is the usual lower-triangular mask and T < U lets queries follow U - T cached keys;
+ * torch's is_causal aligns T < U top-left instead). A fully masked row gives zeros, as
  * torch.nn.functional.scaled_dot_product_attention. */
 int ovs_attention_probs(float *probs, const float *a, int64_t lda, const float *b, int64_t ldb,
                         int64_t T, int64_t U, int64_t F, float scale, const float *mask,
