@@ -343,19 +343,22 @@ def _randomise_constants(model) -> None:
 
 
 def _center_rn50_values(model) -> None:
-    """A random ModifiedResNet's res5 features (after ReLU) share one large mean: every patch's
-    MaskCLIP feature then points the same way and the reference label maps are constant, which
-    proves little about segment(). Set the attention pool's value bias to cancel the mean res5
-    feature of the synthetic fixture images (plus noise), so the features vary across the image."""
+    """A random ModifiedResNet's res5 features (after ReLU) share one large mean, and the
+    attention pool's c_proj bias adds a constant of the same size: every patch's MaskCLIP feature
+    then points the same way and the reference label maps are nearly constant (99.7% one class on
+    the VOC photo), which proves little about segment(). Set the value bias to cancel the mean
+    res5 feature and the c_proj bias to cancel the mean projected feature, both over every
+    fixture image at its native size (plus noise), so the features vary across each image and
+    the label maps hold several classes."""
     visual = model.visual
     ap = visual.attnpool
-    feats = []
     with torch.no_grad():
-        for seed, (h, w) in ((11, (224, 288)), (12, (256, 256))):
-            x = preprocess(synthetic_image(h, w, seed), None, torch.float32)
-            feats.append(resnet_res5(visual, x).flatten(1))
-        mu = torch.cat(feats, 1).mean(1)
-        ap.v_proj.bias.copy_(-(ap.v_proj.weight @ mu) + 0.02 * torch.randn_like(ap.v_proj.bias))
+        feats = torch.cat([resnet_res5(visual, preprocess(image, None, torch.float32)).flatten(1).T
+                           for image in fixture_images().values()])  # (pixels, 2048)
+        ap.v_proj.bias.copy_(-(ap.v_proj.weight @ feats.mean(0))
+                             + 0.02 * torch.randn_like(ap.v_proj.bias))
+        out = (feats @ ap.v_proj.weight.T + ap.v_proj.bias) @ ap.c_proj.weight.T
+        ap.c_proj.bias.copy_(-out.mean(0) + 0.1 * out.std(0).mean() * torch.randn_like(ap.c_proj.bias))
 
 
 def build_models() -> dict:
