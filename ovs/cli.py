@@ -392,7 +392,7 @@ def add_efficiency_commands(sub) -> None:
     f.add_argument("--size", type=int, default=None, help="image side (default: the model's)")
     f.add_argument("--batch", type=int, default=1)
     f.add_argument("--texts", type=int, default=0, help="also count the text tower for this many prompts")
-    f.add_argument("--head", choices=["maskclip", "sclip", "clearclip", "naclip"], default=None)
+    f.add_argument("--head", choices=["maskclip", "sclip", "clearclip", "naclip", "scclip"], default=None)
     f.add_argument("--classes", type=int, default=0, help="classes for --head's classifier")
     f.add_argument("--summary", action="store_true", help="totals only")
     f.add_argument("--json", action="store_true")
