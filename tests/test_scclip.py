@@ -209,8 +209,11 @@ def test_scclip_logits_match_reference(narrow_pair, name):
 
 def test_scclip_vitb16_matches_reference():
     """The published backbone's shape (ViT-B/16: width 768, 12 heads), random weights."""
-    torch.manual_seed(0)
-    m = _randomised(open_clip.create_model("ViT-B-16-quickgelu", pretrained=None))
+    torch.manual_seed(0)  # the ViT-B/16 image tower; a small text tower keeps the test quick
+    m = _randomised(open_clip.CLIP(
+        embed_dim=512, quick_gelu=True,
+        vision_cfg=dict(layers=12, width=768, head_width=64, patch_size=16, image_size=224),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=1)))
     om = _to_ovs(m)
     image = R.synthetic_image(100, 150, seed=4)
     seg = ovs.Segmenter(om, method="scclip", short_side=None, window=None, templates="simple")
@@ -228,3 +231,19 @@ def test_scclip_defaults_and_errors(narrow_pair):
     shallow = _to_ovs(_narrow_vit(10))
     with pytest.raises(ValueError, match="SC-CLIP needs a ViT with at least 11 blocks.*has 10"):
         ovs.Segmenter(shallow, method="scclip")
+
+
+def test_scclip_thread_count_only_rounds(narrow_pair):
+    _, om = narrow_pair
+    seg = ovs.Segmenter(om, method="scclip", short_side=None, window=None, templates="simple")
+    image = R.synthetic_image(150, 200, seed=5)  # a 10 x 13 grid after padding
+    n = ovs.get_num_threads()
+    try:
+        ovs.set_num_threads(1)
+        one = seg.logits(image, NAMES)
+        ovs.set_num_threads(2)
+        two = seg.logits(image, NAMES)
+    finally:
+        ovs.set_num_threads(n)
+    err = float(np.abs(one - two).max() / np.abs(one).max())
+    assert err <= 1e-5, f"1 vs 2 threads: {err:.3g}"
