@@ -205,7 +205,11 @@ static int scclip_features(ovs_segmenter *s, float *feats, const float *bt, int6
     ovs_vit *m = s->vit;
     const int64_t D = m->cfg.width, L = m->tf.layers, E = m->cfg.embed_dim, G = gh * gw, T = 1 + G;
     const size_t TD = (size_t)T * D;
-    if (G > INT32_MAX / 4 || 3 * D > INT32_MAX) return ovs_set_error(OVS_ERR_OVERFLOW, "too many tokens");
+    if (G > INT32_MAX / 4 || 3 * D > INT32_MAX || (uint64_t)G * (uint64_t)G > ((uint64_t)1 << 31))
+        return ovs_set_error(OVS_ERR_OVERFLOW,
+                             "SC-CLIP on a %lldx%lld patch grid needs (G, G) similarity maps of over "
+                             "2^31 entries; use a sliding window or a smaller short side",
+                             (long long)gh, (long long)gw);
     const float *xl = bt + (size_t)(L - 2) * TD;                         /* (T, D) block L-2 output */
     float *mask_f = ovs_arena_floats(&s->work, (size_t)G / 4 + 1);       /* (G,) bytes */
     double *lof = (double *)ovs_arena_floats(&s->work, 2 * (size_t)G);  /* (G,) */
