@@ -156,6 +156,11 @@ def narrow_pair():
     return m.double(), om
 
 
+@pytest.fixture(scope="module")
+def narrow_sd():
+    return {k: v.detach().numpy().copy() for k, v in _narrow_vit(12).state_dict().items()}
+
+
 CASES = {
     # name: (image, short_side, window); windows of 224 x 224 -> square 14 x 14 grids
     "synth_win": (lambda: R.synthetic_image(240, 320, seed=1), 224, (224, 112)),
@@ -247,3 +252,44 @@ def test_scclip_thread_count_only_rounds(narrow_pair):
         ovs.set_num_threads(n)
     err = float(np.abs(one - two).max() / np.abs(one).max())
     assert err <= 1e-5, f"1 vs 2 threads: {err:.3g}"
+
+
+def test_scclip_allocation_failures(narrow_sd):
+    """Every C allocation of one SC-CLIP logits call fails in turn (a fresh segmenter each time,
+    its arenas empty): each failure is a MemoryError or is recovered from with the same result."""
+    image = R.synthetic_image(100, 150, seed=2)
+    base = ovs.Model(narrow_sd, act="quickgelu")
+    cls = ovs.Segmenter(base, method="scclip", templates="simple").classifier(NAMES)
+
+    def fresh():
+        seg = ovs.Segmenter(ovs.Model(narrow_sd, act="quickgelu"), method="scclip",
+                            short_side=None, window=None, templates="simple")
+        return seg._core_seg()
+
+    def call(core):
+        return core.logits(image, 100, 150, base.mean, base.std, cls)
+
+    threads = ovs.get_num_threads()
+    ovs.set_num_threads(1)
+    try:
+        core = fresh()
+        _core.debug_fail_alloc(0)
+        ref = call(core)
+        n = _core.debug_fail_alloc(0)
+        assert n >= 1
+        failed = 0
+        for i in range(1, n + 1):
+            core = fresh()
+            _core.debug_fail_alloc(i)
+            try:
+                out = call(core)
+            except MemoryError:
+                failed += 1
+                continue
+            finally:
+                _core.debug_fail_alloc(0)
+            assert np.array_equal(out, ref), f"allocation {i}/{n} failed, result changed"
+        assert failed > 0, f"none of the {n} injected failures was reported"
+    finally:
+        _core.debug_fail_alloc(0)
+        ovs.set_num_threads(threads)
