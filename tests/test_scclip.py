@@ -293,3 +293,24 @@ def test_scclip_allocation_failures(narrow_sd):
     finally:
         _core.debug_fail_alloc(0)
         ovs.set_num_threads(threads)
+
+
+def test_scclip_cli(narrow_sd, tmp_path):
+    """`ovs segment --method scclip` end to end: the label PNG equals Segmenter.segment."""
+    from PIL import Image
+    from safetensors.numpy import save_file
+
+    from ovs.cli import main, read_image
+
+    weights = tmp_path / "narrow.safetensors"
+    save_file({k: np.ascontiguousarray(v) for k, v in narrow_sd.items()}, str(weights))
+    src = Path(ovs.__file__).parent / "data" / "example_cat.jpg"
+    out = tmp_path / "mask.png"
+    assert main(["segment", str(src), "--classes", "cat,sofa,floor", "--model", str(weights),
+                 "--method", "scclip", "--templates", "simple", "--short-side", "224",
+                 "--out", str(out)]) == 0
+    labels = np.asarray(Image.open(out))
+    seg = ovs.Segmenter(ovs.Model(narrow_sd, act="quickgelu"), method="scclip", templates="simple",
+                        short_side=224)
+    want = seg.segment(read_image(str(src)), ["cat", "sofa", "floor"])
+    assert labels.shape == want.shape and np.array_equal(labels.astype(np.int32), want)
