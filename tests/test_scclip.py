@@ -16,13 +16,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import pytest
+import torch
 
 import ovs
 from ovs import _core
-
-torch = pytest.importorskip("torch")
-open_clip = pytest.importorskip("open_clip")
 
 HERE = Path(__file__).resolve().parent
 REL_TOL = 1e-4

@@ -5,7 +5,7 @@
 
 #include <stdlib.h>
 
-/* Bytes of scratch (in floats) for the LOF ops: distances (M, M) double, k-distances (M,)
+/* Scratch floats the LOF ops need: distances (M, M) double, k-distances (M,)
  * double, neighbour indices (M, k) int64, scores as float32 (M,). */
 size_t ovs_lof_scratch_floats(int64_t M, int64_t k) {
     if (M < 0 || k < 0) return 0;
