@@ -6,7 +6,8 @@ same weights, one 512x512 image, the 150 ADE20K class names.
 Image: ovs/data/example_cat.jpg resized to 512x512 (Pillow bicubic). Classes: the first synonym
 of each ADE20K-150 class. Each method runs with its defaults (ovs.segment.DEFAULTS: short side,
 window, logit scale, templates; NACLIP sigma 5), one group (a fresh worker pair) per method:
-maskclip_rn50, maskclip_vitb16, sclip_vitb16, clearclip_vitb16, naclip_vitb16.
+maskclip_rn50, maskclip_vitb16, sclip_vitb16, clearclip_vitb16, naclip_vitb16, scclip_vitb16
+(peer: tests/reference/scclip_reference.py, SC-CLIP's own functions re-typed in torch).
 
 (a) image side, "<group>": the logits call with the text classifier already computed, timed
     --repeat times, interleaved. ours: seg.logits(image, classes) (classifier cached in the
@@ -43,6 +44,7 @@ GROUPS = {  # group -> (model, method)
     "sclip_vitb16": ("vitb16", "sclip"),
     "clearclip_vitb16": ("vitb16", "clearclip"),
     "naclip_vitb16": ("vitb16", "naclip"),
+    "scclip_vitb16": ("vitb16", "scclip"),
 }
 DEFAULT_COLD = "none"
 
@@ -99,6 +101,11 @@ def setup(side: str, group: str, params: dict):
     state: dict = {}
 
     def logits():
+        if method == "scclip":
+            import scclip_reference as SR
+
+            return SR.reference_logits(model, image, state["cls"], d["short_side"], window,
+                                       dtype=torch.float32)
         return R.reference_logits(model, image, state["cls"], method, d["short_side"], window,
                                   dtype=torch.float32)
 

@@ -147,7 +147,7 @@ def _text(sd, t, N, S) -> list[Layer]:
     return rows
 
 
-HEADS = ("maskclip", "sclip", "clearclip", "naclip")
+HEADS = ("maskclip", "sclip", "clearclip", "naclip", "scclip")
 
 
 def _head(cfg, head: str, N: int, H: int, W: int, num_classes: int) -> list[Layer]:
@@ -164,8 +164,18 @@ def _head(cfg, head: str, N: int, H: int, W: int, num_classes: int) -> list[Laye
                 Layer("head.classifier", "matmul", N * g * E * num_classes, 0)]
     D, E, p = v["width"], v["embed_dim"], v["patch"]
     g = (H // p) * (W // p)
-    return [Layer("head.proj", "matmul", N * g * D * E, 0),
-            Layer("head.classifier", "matmul", N * g * E * num_classes, 0)]
+    rows = []
+    if head == "scclip":
+        # on top of the trunk's one last block: LOF distances, two cosine similarity maps,
+        # three (g, g) aggregations and the second pass of the replaced attention (the fusion)
+        rows = [Layer("head.scclip.lof_distances", "matmul", N * g * g * D, 0),
+                Layer("head.scclip.similarity", "matmul", 2 * N * g * g * D, 0),
+                Layer("head.scclip.aggregate", "matmul", 3 * N * g * g * D, 0),
+                Layer("head.scclip.fusion.in_proj", "linear", N * g * D * 3 * D, 0),
+                Layer("head.scclip.fusion.attention", "attention", 2 * N * g * g * D, 0),
+                Layer("head.scclip.fusion.out_proj", "linear", N * g * D * D, 0)]
+    return rows + [Layer("head.proj", "matmul", N * g * D * E, 0),
+                   Layer("head.classifier", "matmul", N * g * E * num_classes, 0)]
 
 
 def count(model, *, image_size: int | Sequence[int] | None = None, batch: int = 1,

@@ -5,7 +5,7 @@
     >>> labels = seg.segment(image, ["cat", "grass", "sky"])     # int32 (H, W)
     >>> probs = seg.predict(image, ["cat", "grass", "sky"])      # float32 (C, H, W)
 
-Methods ("maskclip", "sclip", "clearclip", "naclip") and the pipeline (resize, sliding windows,
+Methods ("maskclip", "sclip", "clearclip", "naclip", "scclip") and the pipeline (resize, sliding windows,
 padding, cosine logits, upsampling) are specified in tests/reference/SEGMENTATION_SPEC.md; the
 pixel work runs in C.
 """
@@ -20,7 +20,7 @@ import numpy as np
 from . import _core
 from .model import Model
 
-METHODS = ("maskclip", "sclip", "clearclip", "naclip")
+METHODS = ("maskclip", "sclip", "clearclip", "naclip", "scclip")
 VIT_METHODS = METHODS
 RESNET_METHODS = ("maskclip",)
 
@@ -32,6 +32,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "clearclip": dict(short_side=448, window=(448, 224), logit_scale=50.0, templates="imagenet80"),
     "naclip": dict(short_side=336, window=(224, 112), logit_scale=40.0, templates="imagenet80",
                    sigma=5.0),
+    # SC-CLIP configs/base_config.py + cfg_*.py: Resize(scale=(2048, 336)), slide 224 / 112,
+    # logit_scale 40 (VOC-21 50, COCO-Object 55), openai_imagenet_template.
+    "scclip": dict(short_side=336, window=(224, 112), logit_scale=40.0, templates="imagenet80"),
 }
 
 _UNSET: Any = object()
@@ -117,8 +120,8 @@ class Segmenter:
     """Segment images with class names invented at call time.
 
     model: an ovs.Model (ViT for every method; ResNet for "maskclip").
-    method: "maskclip" | "sclip" | "clearclip" | "naclip" (default: naclip for ViT, maskclip
-        for ResNet).
+    method: "maskclip" | "sclip" | "clearclip" | "naclip" | "scclip" (default: naclip for ViT,
+        maskclip for ResNet). "scclip" needs a ViT of at least 11 blocks (ViT-B/16 has 12).
     short_side: resize so the shorter side has this length before windowing (None: keep);
         the longer side is capped at max(2048, short_side), as in the original methods.
     window: (crop, stride) sliding window on the resized image, or None for the whole image.

@@ -102,6 +102,8 @@ def test_heads_and_errors(fixtures_dir):
     g = (448 // 32) ** 2
     extra = g * 2048 * 2048 + g * 2048 * 1024 + g * 1024 * 150
     assert F.total(rows) - base == extra
+    with pytest.raises(ValueError, match="needs a ViT"):
+        F.count(sd, head="scclip", num_classes=3)
     with pytest.raises(ValueError, match="multiples of 32"):
         F.count(sd, image_size=200)
     with pytest.raises(ValueError, match="needs a ViT"):
@@ -111,3 +113,21 @@ def test_heads_and_errors(fixtures_dir):
     with pytest.raises(TypeError, match="ovs.Model or an open_clip state dict"):
         F.count([1, 2])
     assert "total" in F.table(rows)
+
+
+def test_scclip_head_extra_work():
+    """SC-CLIP's rows over a ViT/16 trunk: LOF + 2 similarity maps + 3 aggregations (6 g^2 D),
+    the fusion attention pass (g D 3D + 2 g^2 D + g D^2), projection, classifier."""
+    import open_clip
+
+    m = open_clip.CLIP(embed_dim=64, vision_cfg=dict(layers=12, width=128, head_width=64,
+                                                     patch_size=16, image_size=224),
+                       text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1,
+                                     layers=1))
+    sd = {k: v.detach().numpy() for k, v in m.state_dict().items()}
+    base = F.total(F.count(sd, image_size=224))
+    g, D, E, C = 196, 128, 64, 5
+    naclip = F.total(F.count(sd, image_size=224, head="naclip", num_classes=C)) - base
+    assert naclip == g * D * E + g * E * C
+    scclip = F.total(F.count(sd, image_size=224, head="scclip", num_classes=C)) - base
+    assert scclip - naclip == 6 * g * g * D + g * D * 3 * D + 2 * g * g * D + g * D * D

@@ -287,8 +287,12 @@ def test_readme_defaults_table():
                       readme, re.M)
     table = {m: (int(s), (int(c), int(st)), float(ls), t) for m, s, c, st, ls, t in rows}
     assert set(table) == set(ovs.METHODS), f"README table rows: {sorted(table)}"
+    spec = importlib.util.spec_from_file_location("scclip_reference",
+                                                  HERE / "reference" / "scclip_reference.py")
+    scclip_ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scclip_ref)  # SC-CLIP's defaults (its configs), tests/test_scclip.py
     for method, (short, window, scale, templates) in table.items():
-        d = ref.DEFAULTS[method]
+        d = scclip_ref.DEFAULTS if method == "scclip" else ref.DEFAULTS[method]
         assert (d["short_side"], d["window"], d["logit_scale"], d["templates"]) == \
             (short, window, scale, templates), f"README row for {method} != reference defaults"
 

@@ -1,4 +1,4 @@
-/* Dense-feature heads: MaskCLIP (ResNet and ViT), SCLIP, ClearCLIP, NACLIP.
+/* Dense-feature heads: MaskCLIP (ResNet and ViT), SCLIP, ClearCLIP, NACLIP, SC-CLIP.
  * Each runs the tower up to its last block and replaces that block as
  * tests/reference/SEGMENTATION_SPEC.md specifies. */
 #include "methods/internal.h"
@@ -7,11 +7,18 @@
 #include <math.h>
 #include <string.h>
 
+/* SC-CLIP (github.com/SuleBai/SC-CLIP, clip/model.py, configs/base_config.py defaults), with
+ * blocks numbered from 0: block outputs 3..9 are fused, block 8 calibrates before the last
+ * block, block 3 after it; anomalies are found in the output of block L-2. */
+#define SCCLIP_MIN_LAYERS 11
+enum { SCCLIP_PRE = 8, SCCLIP_POST = 3, SCCLIP_MULTI_START = 3, SCCLIP_MULTI_END = 10, SCCLIP_KNN = 30 };
+static const float SCCLIP_RES_CLS = 0.3f, SCCLIP_BETA = 0.4f, SCCLIP_CONTAMINATION = 0.05f;
+
 int ovs_segmenter_create(ovs_segmenter **out, ovs_resnet *resnet, ovs_vit *vit,
                          const ovs_seg_config *cfg) {
     *out = NULL;
     if (!!resnet == !!vit) return ovs_set_error(OVS_ERR_ARG, "give exactly one tower (ResNet or ViT)");
-    if (cfg->head < OVS_HEAD_MASKCLIP || cfg->head > OVS_HEAD_NACLIP)
+    if (cfg->head < OVS_HEAD_MASKCLIP || cfg->head > OVS_HEAD_SCCLIP)
         return ovs_set_error(OVS_ERR_ARG, "unknown head %d", (int)cfg->head);
     if (resnet && cfg->head != OVS_HEAD_MASKCLIP)
         return ovs_set_error(OVS_ERR_ARG, "ResNet towers support only the MaskCLIP head");
@@ -19,6 +26,11 @@ int ovs_segmenter_create(ovs_segmenter **out, ovs_resnet *resnet, ovs_vit *vit,
         return ovs_set_error(OVS_ERR_ARG, "MaskCLIP on a ResNet needs its attention pool weights");
     if (vit && vit->cfg.embed_dim <= 0)
         return ovs_set_error(OVS_ERR_ARG, "the ViT has no projection (visual.proj)");
+    if (vit && cfg->head == OVS_HEAD_SCCLIP && vit->tf.layers < SCCLIP_MIN_LAYERS)
+        return ovs_set_error(OVS_ERR_ARG,
+                             "SC-CLIP needs a ViT with at least %d blocks (it reads blocks 3..9 and "
+                             "the output of block L-2, as on ViT-B/16), this one has %lld",
+                             SCCLIP_MIN_LAYERS, (long long)vit->tf.layers);
     if (cfg->crop < 0 || (cfg->crop > 0 && (cfg->stride <= 0 || cfg->stride > cfg->crop)))
         return ovs_set_error(OVS_ERR_ARG, "window needs 0 < stride <= crop, got crop %lld stride %lld",
                              (long long)cfg->crop, (long long)cfg->stride);
@@ -137,6 +149,119 @@ static int vit_last_block(ovs_segmenter *s, float *xo, float *x, int64_t T, int6
     return ovs_linear_forward(xo, hidden, &blk->proj, blk->proj_b, xo, T, Dm, D, OVS_ACT_NONE);
 }
 
+/* SC-CLIP's custom_attn over G patch tokens xin (G, D) (no class token), plus res_cls * cls:
+ *   out = out_proj(concat_h ((pmid + softmax(s k_h k_h^T)) / 2) v_h) + 0.3 * cls (D,)
+ * pmid (G, G): the softmax of the thresholded mid-layer similarity, shared by every head. */
+static int scclip_attn(ovs_segmenter *s, float *out, const float *xin, const float *pmid,
+                       const float *cls, int64_t G) {
+    const ovs_transformer *tf = &s->vit->tf;
+    const ovs_block *blk = &tf->blocks[tf->layers - 1];
+    const int64_t D = tf->width, E = tf->heads, F = D / E, ld = 3 * D;
+    float *y = ovs_arena_floats(&s->work, (size_t)G * D);        /* (G, D) ln_1(xin) */
+    float *qkv = ovs_arena_floats(&s->work, (size_t)G * 3 * D);  /* (G, 3D) */
+    float *o = ovs_arena_floats(&s->work, (size_t)G * D);        /* (G, D) heads concatenated */
+    float *p = ovs_arena_floats(&s->work, (size_t)G * G);        /* (G, G) one head's weights */
+    if (!y || !qkv || !o || !p) return OVS_ERR_NOMEM;
+    int rc;
+    if ((rc = ovs_layernorm_forward(y, xin, blk->ln1_w, blk->ln1_b, G, D, 1e-5f))) return rc;
+    if ((rc = ovs_linear_forward(qkv, y, &blk->in_proj, blk->in_proj_b, NULL, G, D, 3 * D, OVS_ACT_NONE)))
+        return rc;
+    const float scale = 1.0f / sqrtf((float)F);
+    const int64_t n = G * G;
+    for (int64_t h = 0; h < E; h++) {
+        const float *k = qkv + D + h * F, *v = qkv + 2 * D + h * F;
+        if ((rc = ovs_attention_probs(p, k, ld, k, ld, G, G, F, scale, NULL, 0))) return rc;
+#pragma omp parallel for schedule(static) if (n > 65536) num_threads(ovs_get_num_threads())
+        for (int64_t i = 0; i < n; i++) p[i] = (pmid[i] + p[i]) * 0.5f;
+        ovs_sgemm(OVS_CBLAS_ROW_MAJOR, OVS_CBLAS_NO_TRANS, OVS_CBLAS_NO_TRANS, (int)G, (int)F, (int)G,
+                  1.0f, p, (int)G, v, (int)ld, 0.0f, o + h * F, (int)D);
+    }
+    if ((rc = ovs_linear_forward(out, o, &blk->out_proj, blk->out_proj_b, NULL, G, D, D, OVS_ACT_NONE)))
+        return rc;
+#pragma omp parallel for schedule(static) if (G * D > 65536) num_threads(ovs_get_num_threads())
+    for (int64_t t = 0; t < G; t++)
+        for (int64_t c = 0; c < D; c++) out[t * D + c] += SCCLIP_RES_CLS * cls[c];
+    return OVS_OK;
+}
+
+/* sim (G, G) = cosine similarities of the rows of f (G, D), row stride ld; fn (G, D) scratch. */
+static int cosine_gram(float *sim, float *fn, const float *f, int64_t ld, int64_t G, int64_t D) {
+#pragma omp parallel for schedule(static) if (G * D > 65536) num_threads(ovs_get_num_threads())
+    for (int64_t t = 0; t < G; t++) {
+        const float *r = f + t * ld;
+        double ss = 0.0;
+        for (int64_t c = 0; c < D; c++) ss += (double)r[c] * r[c];
+        const float nrm = (float)sqrt(ss);
+        for (int64_t c = 0; c < D; c++) fn[t * D + c] = r[c] / nrm;
+    }
+    ovs_sgemm(OVS_CBLAS_ROW_MAJOR, OVS_CBLAS_NO_TRANS, OVS_CBLAS_TRANS, (int)G, (int)G, (int)D, 1.0f,
+              fn, (int)D, fn, (int)D, 0.0f, sim, (int)G);
+    return OVS_OK;
+}
+
+/* SC-CLIP's VisionTransformer.forward(return_all=True) after the standard blocks:
+ * bt (L-1, T, D) the output of every block but the last -> feats (G, E). */
+static int scclip_features(ovs_segmenter *s, float *feats, const float *bt, int64_t gh, int64_t gw) {
+    ovs_vit *m = s->vit;
+    const int64_t D = m->cfg.width, L = m->tf.layers, E = m->cfg.embed_dim, G = gh * gw, T = 1 + G;
+    const size_t TD = (size_t)T * D;
+    if (G > INT32_MAX / 4 || 3 * D > INT32_MAX || (uint64_t)G * (uint64_t)G > ((uint64_t)1 << 31))
+        return ovs_set_error(OVS_ERR_OVERFLOW,
+                             "SC-CLIP on a %lldx%lld patch grid needs (G, G) similarity maps of over "
+                             "2^31 entries; use a sliding window or a smaller short side",
+                             (long long)gh, (long long)gw);
+    const float *xl = bt + (size_t)(L - 2) * TD;                         /* (T, D) block L-2 output */
+    float *mask_f = ovs_arena_floats(&s->work, (size_t)G / 4 + 1);       /* (G,) bytes */
+    double *lof = (double *)ovs_arena_floats(&s->work, 2 * (size_t)G);  /* (G,) */
+    float *lsc = ovs_arena_floats(&s->work, ovs_lof_scratch_floats(G, SCCLIP_KNN));
+    float *xa = ovs_arena_floats(&s->work, (size_t)G * D);   /* (G, D) patches, anomalies repaired */
+    float *fm = ovs_arena_floats(&s->work, (size_t)G * D);   /* (G, D) block-8 / normalised rows */
+    float *fn = ovs_arena_floats(&s->work, (size_t)G * D);   /* (G, D) normalised rows */
+    float *mid = ovs_arena_floats(&s->work, (size_t)G * G);  /* (G, G) block-8 similarity */
+    float *corr = ovs_arena_floats(&s->work, (size_t)G * G); /* (G, G) aggregation weights */
+    float *pmid = ovs_arena_floats(&s->work, (size_t)G * G); /* (G, G) softmax of thresholded mid */
+    float *xb = ovs_arena_floats(&s->work, (size_t)G * D);   /* (G, D) */
+    float *re = ovs_arena_floats(&s->work, TD);              /* (T, D) fused blocks 3..9 */
+    if (!mask_f || !lof || !lsc || !xa || !fm || !fn || !mid || !corr || !pmid || !xb || !re)
+        return OVS_ERR_NOMEM;
+    uint8_t *mask = (uint8_t *)mask_f;
+    int rc;
+    /* anomalies in the block L-2 patches, repaired there and in block 8's patches */
+    if ((rc = ovs_lof_outliers(mask, lof, xl + D, G, D, SCCLIP_KNN, SCCLIP_CONTAMINATION, lsc))) return rc;
+    if ((rc = ovs_neighbour_fill(xa, xl + D, D, mask, gh, gw, D))) return rc;
+    if ((rc = ovs_neighbour_fill(fm, bt + (size_t)SCCLIP_PRE * TD + D, D, mask, gh, gw, D))) return rc;
+    /* mid = cos(block 8); x = aggregate(x, mid >= beta) */
+    cosine_gram(mid, fn, fm, D, G, D);
+    memcpy(corr, mid, (size_t)G * G * sizeof(float));
+    if ((rc = ovs_similarity_aggregate(xb, xa, D, corr, G, D, SCCLIP_BETA))) return rc;
+    /* pmid = softmax((mid - mean(mid)) * 3, entries < 0 masked) */
+    double msum = 0.0;
+    for (int64_t i = 0; i < G * G; i++) msum += mid[i];
+    const double mmean = msum / (double)(G * G);
+#pragma omp parallel for schedule(static) if (G * G > 65536) num_threads(ovs_get_num_threads())
+    for (int64_t i = 0; i < G * G; i++) {
+        const float v = (float)(((double)mid[i] - mmean) * 3.0);
+        pmid[i] = v < 0.0f ? -INFINITY : v;
+    }
+    if ((rc = ovs_softmax_forward(pmid, G, G))) return rc;
+    /* x = attn(x) + 0.3 cls; x = aggregate(x, cos(block 3) >= beta) */
+    if ((rc = scclip_attn(s, xa, xb, pmid, xl, G))) return rc;
+    cosine_gram(corr, fn, bt + (size_t)SCCLIP_POST * TD + D, D, G, D);
+    if ((rc = ovs_similarity_aggregate(xb, xa, D, corr, G, D, SCCLIP_BETA))) return rc;
+    /* multi-level: re = sum of blocks 3..9 (class token included); x += aggregate(attn(re)) */
+    memset(re, 0, TD * sizeof(float));
+    for (int64_t l = SCCLIP_MULTI_START; l < SCCLIP_MULTI_END; l++) {
+        const float *b = bt + (size_t)l * TD;
+        for (size_t i = 0; i < TD; i++) re[i] += b[i];
+    }
+    if ((rc = scclip_attn(s, xa, re + D, pmid, re, G))) return rc;
+    /* corr already holds the thresholded, row-normalised block-3 weights */
+    ovs_sgemm(OVS_CBLAS_ROW_MAJOR, OVS_CBLAS_NO_TRANS, OVS_CBLAS_NO_TRANS, (int)G, (int)D, (int)G, 1.0f,
+              corr, (int)G, xa, (int)D, 1.0f, xb, (int)D);
+    if ((rc = ovs_layernorm_forward(xb, xb, m->ln_post_w, m->ln_post_b, G, D, 1e-5f))) return rc;
+    return ovs_linear_forward(feats, xb, &m->proj, NULL, NULL, G, D, E, OVS_ACT_NONE);
+}
+
 int ovs_seg_dense_features(ovs_segmenter *s, float *feats, const float *image, int64_t H, int64_t W) {
     const int64_t p = ovs_segmenter_patch(s);
     if (H < p || W < p || H % p || W % p)
@@ -163,6 +288,13 @@ int ovs_seg_dense_features(ovs_segmenter *s, float *feats, const float *image, i
     }
     ovs_vit *m = s->vit;
     const int64_t D = m->cfg.width, T = 1 + G, L = m->tf.layers, E = m->cfg.embed_dim;
+    if (s->cfg.head == OVS_HEAD_SCCLIP) {
+        float *bt = ovs_arena_floats(&s->work, (size_t)(L - 1) * T * D); /* (L-1, T, D) block outputs */
+        if (!bt) return OVS_ERR_NOMEM;
+        ovs_vit_outputs bout = {.block_tokens = bt};
+        if ((rc = ovs_vit_forward(m, image, 1, H, W, L - 1, &bout))) return rc;
+        return scclip_features(s, feats, bt, gh, gw);
+    }
     float *x = ovs_arena_floats(&s->work, (size_t)T * D);   /* (T, D) tokens entering the last block */
     float *xo = ovs_arena_floats(&s->work, (size_t)T * D);  /* (T, D) last block output */
     if (!x || !xo) return OVS_ERR_NOMEM;

@@ -43,8 +43,9 @@ static int segmenter_init(ovs_py_segmenter *self, PyObject *args, PyObject *kw) 
     else if (!strcmp(head, "sclip")) cfg.head = OVS_HEAD_SCLIP;
     else if (!strcmp(head, "clearclip")) cfg.head = OVS_HEAD_CLEARCLIP;
     else if (!strcmp(head, "naclip")) cfg.head = OVS_HEAD_NACLIP;
+    else if (!strcmp(head, "scclip")) cfg.head = OVS_HEAD_SCCLIP;
     else {
-        PyErr_Format(PyExc_ValueError, "unknown head '%s' (maskclip, sclip, clearclip, naclip)", head);
+        PyErr_Format(PyExc_ValueError, "unknown head '%s' (maskclip, sclip, clearclip, naclip, scclip)", head);
         return -1;
     }
     int rc = ovs_segmenter_create(&self->seg, pm->kind == OVS_PY_RESNET ? pm->m.resnet : NULL,

@@ -745,6 +745,132 @@ static PyObject *py_op_softmax(PyObject *self, PyObject *args, PyObject *kw) {
     return (PyObject *)y;
 }
 
+/* ---------------------------------------------------------------- SC-CLIP calibration */
+/* op_lof_outliers(x (M, D), k=30, contamination=0.05, naive=False) -> (outlier bool (M,),
+ * lof float64 (M,)) */
+static PyObject *py_op_lof_outliers(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "k", "contamination", "naive", NULL};
+    PyObject *x_obj;
+    long long k = 30;
+    float contamination = 0.05f;
+    int naive = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|Lfp", kwlist, &x_obj, &k, &contamination, &naive))
+        return NULL;
+    PyArrayObject *x = ovs_py_float_array(x_obj, 2, "x"), *mask = NULL, *lof = NULL;
+    float *scratch = NULL;
+    if (!x) return NULL;
+    const int64_t M = PyArray_DIM(x, 0), D = PyArray_DIM(x, 1);
+    if (k < 1) {
+        PyErr_Format(PyExc_ValueError, "k must be >= 1, got %lld", k);
+        goto error;
+    }
+    if (!(contamination >= 0.0f && contamination <= 1.0f)) {
+        char buf[64];
+        snprintf(buf, sizeof buf, "%g", (double)contamination);
+        PyErr_Format(PyExc_ValueError, "contamination must be in [0, 1], got %s", buf);
+        goto error;
+    }
+    npy_intp dims[1] = {(npy_intp)M};
+    mask = (PyArrayObject *)PyArray_ZEROS(1, dims, NPY_BOOL, 0);
+    lof = (PyArrayObject *)PyArray_ZEROS(1, dims, NPY_FLOAT64, 0);
+    if (!mask || !lof) goto error;
+    const size_t n = ovs_lof_scratch_floats(M, k);
+    scratch = ovs_malloc((n ? n : 1) * sizeof(float));
+    if (!scratch) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = (naive ? ovs_lof_outliers_naive : ovs_lof_outliers)(
+        (uint8_t *)PyArray_DATA(mask), (double *)PyArray_DATA(lof), F32(x), M, D, k, contamination, scratch);
+    Py_END_ALLOW_THREADS
+    ovs_free(scratch);
+    scratch = NULL;
+    if (st) {
+        ovs_py_raise(st);
+        goto error;
+    }
+    Py_DECREF(x);
+    return Py_BuildValue("(NN)", mask, lof);
+error:
+    ovs_free(scratch);
+    Py_XDECREF(x);
+    Py_XDECREF(mask);
+    Py_XDECREF(lof);
+    return NULL;
+}
+
+/* op_neighbour_fill(x (H, W, D), outlier bool (H, W)) -> (H, W, D) */
+static PyObject *py_op_neighbour_fill(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "outlier", NULL};
+    PyObject *x_obj, *m_obj;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &x_obj, &m_obj)) return NULL;
+    PyArrayObject *x = ovs_py_float_array(x_obj, 3, "x"), *m = NULL, *out = NULL;
+    if (!x) return NULL;
+    m = (PyArrayObject *)PyArray_FROMANY(m_obj, NPY_BOOL, 2, 2, NPY_ARRAY_IN_ARRAY);
+    if (!m) goto error;
+    npy_intp want[2] = {PyArray_DIM(x, 0), PyArray_DIM(x, 1)};
+    if (check_shape(m, "outlier", 2, want)) goto error;
+    out = (PyArrayObject *)PyArray_ZEROS(3, PyArray_DIMS(x), NPY_FLOAT32, 0);
+    if (!out) goto error;
+    int st;
+    const int64_t H = want[0], W = want[1], D = PyArray_DIM(x, 2);
+    Py_BEGIN_ALLOW_THREADS
+    st = ovs_neighbour_fill(F32(out), F32(x), D, (const uint8_t *)PyArray_DATA(m), H, W, D);
+    Py_END_ALLOW_THREADS
+    if (st) {
+        ovs_py_raise(st);
+        goto error;
+    }
+    Py_DECREF(x);
+    Py_DECREF(m);
+    return (PyObject *)out;
+error:
+    Py_XDECREF(x);
+    Py_XDECREF(m);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+/* op_similarity_aggregate(x (M, D), corr (M, M), beta, naive=False) -> (M, D) */
+static PyObject *py_op_similarity_aggregate(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "corr", "beta", "naive", NULL};
+    PyObject *x_obj, *c_obj;
+    float beta;
+    int naive = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOf|p", kwlist, &x_obj, &c_obj, &beta, &naive))
+        return NULL;
+    PyArrayObject *x = ovs_py_float_array(x_obj, 2, "x"), *c = NULL, *out = NULL;
+    if (!x) return NULL;
+    c = float_copy(c_obj, "corr");
+    if (!c) goto error;
+    const int64_t M = PyArray_DIM(x, 0), D = PyArray_DIM(x, 1);
+    npy_intp want[2] = {(npy_intp)M, (npy_intp)M};
+    if (check_shape(c, "corr", 2, want)) goto error;
+    out = (PyArrayObject *)PyArray_ZEROS(2, PyArray_DIMS(x), NPY_FLOAT32, 0);
+    if (!out) goto error;
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = (naive ? ovs_similarity_aggregate_naive : ovs_similarity_aggregate)(F32(out), F32(x), D, F32(c), M, D, beta);
+    Py_END_ALLOW_THREADS
+    if (st) {
+        ovs_py_raise(st);
+        goto error;
+    }
+    Py_DECREF(x);
+    Py_DECREF(c);
+    return (PyObject *)out;
+error:
+    Py_XDECREF(x);
+    Py_XDECREF(c);
+    Py_XDECREF(out);
+    return NULL;
+}
+
 /* ---------------------------------------------------------------- attention */
 static PyObject *py_op_attention(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
@@ -1120,6 +1246,12 @@ error:
 /* ---------------------------------------------------------------- registration */
 #define KW (METH_VARARGS | METH_KEYWORDS)
 static PyMethodDef ops_methods[] = {
+    {"op_lof_outliers", (PyCFunction)py_op_lof_outliers, KW,
+     "op_lof_outliers(x (M, D), k=30, contamination=0.05, naive=False) -> (outlier bool, lof float64)"},
+    {"op_neighbour_fill", (PyCFunction)py_op_neighbour_fill, KW,
+     "op_neighbour_fill(x (H, W, D), outlier bool (H, W)) -> (H, W, D)"},
+    {"op_similarity_aggregate", (PyCFunction)py_op_similarity_aggregate, KW,
+     "op_similarity_aggregate(x (M, D), corr (M, M), beta, naive=False) -> (M, D)"},
     {"op_matmul_wt", (PyCFunction)py_op_matmul_wt, KW,
      "op_matmul_wt(a, w, alpha=1.0, beta=0.0, out=None, packed=False): out = alpha a @ w.T + "
      "beta out; packed=True packs w first and runs the packed-weight GEMM."},

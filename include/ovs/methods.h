@@ -26,6 +26,9 @@ typedef enum {
     OVS_HEAD_SCLIP = 1,       /* ViT: softmax(qq^T) + softmax(kk^T), residual and FFN kept */
     OVS_HEAD_CLEARCLIP = 2,   /* ViT: softmax(qq^T), no residual, no FFN */
     OVS_HEAD_NACLIP = 3,      /* ViT: softmax(kk^T + Gaussian prior), no residual, no FFN */
+    OVS_HEAD_SCCLIP = 4,      /* ViT (>= 11 blocks): SC-CLIP's anomaly repair, mid-layer
+                               * similarity calibration and multi-level fusion, see
+                               * tests/reference/scclip_reference.py */
 } ovs_head;
 
 typedef struct {

@@ -258,6 +258,36 @@ int ovs_attention_forward_naive(float *out, const float *q, int64_t ldq, const f
                                 int64_t E, int64_t F, float scale, const float *mask,
                                 int causal);
 
+/* ---------------------------------------------------------------- SC-CLIP calibration */
+/* Anomalous tokens by SC-CLIP's local outlier factor (its `lof_pytorch`): with d the squared
+ * Euclidean distances between the rows of x (M, D) (accumulated in double), kd[i] the k-th
+ * smallest d[i, j] over j != i and nb(i) those k rows,
+ *   lof[i] = kd[i] * mean_{j in nb(i)} 1 / kd[j]
+ * (SC-CLIP's reach distance max(d[i, j], kd[i]) is always kd[i], so its lrd is k / kd[i]);
+ * outlier[i] = lof[i] > the (1 - contamination) quantile of lof as float32 (torch.quantile,
+ * linear interpolation). k is capped at M - 1; M < 2, or a k-distance of 0 (duplicate rows),
+ * marks nothing. scratch: ovs_lof_scratch_floats(M, k) floats, 8-byte aligned.
+ * The naive twin computes all M*M distances with one plain sum each and selects neighbours by
+ * repeated minimum. */
+size_t ovs_lof_scratch_floats(int64_t M, int64_t k);
+int ovs_lof_outliers(uint8_t *outlier, double *lof, const float *x, int64_t M, int64_t D,
+                     int64_t k, float contamination, float *scratch);
+int ovs_lof_outliers_naive(uint8_t *outlier, double *lof, const float *x, int64_t M, int64_t D,
+                           int64_t k, float contamination, float *scratch);
+/* SC-CLIP's `mean_interpolation`: tokens x (H*W, D) on an (H, W) grid, row stride ldx ->
+ * out (H*W, D); a token marked in outlier (H*W,) becomes the mean of its unmarked
+ * 8-neighbours inside the grid (kept if it has none); others are copied. out must not alias x
+ * unless nothing is marked. (A plain loop: it is its own reference.) */
+int ovs_neighbour_fill(float *out, const float *x, int64_t ldx, const uint8_t *outlier,
+                       int64_t H, int64_t W, int64_t D);
+/* SC-CLIP's `adaptively_aggregate` with its threshold: corr (M, M) is overwritten with
+ * corr' = where(corr < beta, 0, corr) / (row sum + 1e-6), then out (M, D) = corr' @ x (M, D),
+ * x with row stride ldx. */
+int ovs_similarity_aggregate(float *out, const float *x, int64_t ldx, float *corr, int64_t M,
+                             int64_t D, float beta);
+int ovs_similarity_aggregate_naive(float *out, const float *x, int64_t ldx, float *corr,
+                                   int64_t M, int64_t D, float beta);
+
 /* ---------------------------------------------------------------- resize */
 /* out (NC, P, Q) from in (NC, H, W), as torch.nn.functional.interpolate(mode="bilinear" or
  * "bicubic" (A = -0.75), antialias=False) with the given align_corners. */
