@@ -126,6 +126,8 @@ int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_
             }
             ovs_sgemm(OVS_CBLAS_ROW_MAJOR, OVS_CBLAS_NO_TRANS, OVS_CBLAS_TRANS, (int)C, (int)G, (int)E,
                       1.0f, classifier, (int)E, feats, (int)E, 0.0f, small, (int)G);
+            if (s->cfg.pd_thresh > 0 && (rc = ovs_seg_prompt_denoise(small, C, G, 100.0f, s->cfg.pd_thresh)))
+                return rc;
             /* upsample (C, gh, gw) -> (C, wh, ww) bilinearly, crop to (h, w), accumulate */
             if ((rc = coeffs_alloc(&cy, &s->work, gh, gw, wh, ww, h, w))) return rc;
 #pragma omp parallel for schedule(static) num_threads(ovs_get_num_threads())
@@ -370,6 +372,237 @@ int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, i
 done:
     ovs_arena_free(&a);
     return rc;
+}
+
+/* ---------------------------------------------------------------- grouped label stage
+ * SCLIP's postprocess_result: softmax over queries, max over each class's queries, area filter,
+ * probability threshold. See include/ovs/methods.h. */
+static int check_groups(const int32_t *qc, int64_t Q, int64_t C) {
+    if (C <= 0 || C > Q) return ovs_set_error(OVS_ERR_ARG, "need 1 <= classes <= queries, got %lld classes for %lld queries",
+                                              (long long)C, (long long)Q);
+    if (C > INT32_MAX) return ovs_set_error(OVS_ERR_OVERFLOW, "too many classes");
+    unsigned char *seen = ovs_malloc((size_t)C);
+    if (!seen) return ovs_set_error(OVS_ERR_NOMEM, "out of memory");
+    memset(seen, 0, (size_t)C);
+    int rc = OVS_OK;
+    for (int64_t q = 0; q < Q && !rc; q++) {
+        if (qc[q] < 0 || qc[q] >= C)
+            rc = ovs_set_error(OVS_ERR_ARG, "query %lld maps to class %d, outside 0..%lld", (long long)q, (int)qc[q],
+                               (long long)C - 1);
+        else seen[qc[q]] = 1;
+    }
+    for (int64_t c = 0; c < C && !rc; c++)
+        if (!seen[c]) rc = ovs_set_error(OVS_ERR_ARG, "class %lld has no query", (long long)c);
+    ovs_free(seen);
+    return rc;
+}
+
+/* Class probabilities (C,) of one pixel from its query logits v (strided by vstride): softmax of
+ * s * v over queries (float exps, double sum, as ovs_seg_upsample), then max per class. */
+static inline void class_probs(float *P, const float *v, int64_t vstride, int64_t Q, const int32_t *qc,
+                               int64_t C, float s) {
+    float mx = -INFINITY;
+    for (int64_t q = 0; q < Q; q++) {
+        const float t = s * v[q * vstride];
+        if (t > mx) mx = t;
+    }
+    double sum = 0;
+    for (int64_t q = 0; q < Q; q++) sum += expf(s * v[q * vstride] - mx);
+    const float inv = (float)(1.0 / sum);
+    for (int64_t c = 0; c < C; c++) P[c] = 0.0f; /* probabilities are >= 0: 0 is max's identity */
+    for (int64_t q = 0; q < Q; q++) {
+        const float p = expf(s * v[q * vstride] - mx) * inv;
+        if (p > P[qc[q]]) P[qc[q]] = p;
+    }
+}
+
+static inline int32_t argmax_first(const float *P, int64_t C, float *best) {
+    int32_t arg = 0;
+    float b = P[0];
+    for (int64_t c = 1; c < C; c++)
+        if (P[c] > b) { b = P[c]; arg = (int32_t)c; }
+    *best = b;
+    return arg;
+}
+
+/* keep[c] for classes c >= 1 from their argmax areas (SCLIP: area > area_thd * sum of areas,
+ * in float32 as torch computes it); keep[0] = 1. Returns the number of removed classes. */
+static int64_t area_keep(unsigned char *keep, const int64_t *area, int64_t C, float area_thd) {
+    int64_t total = 0, removed = 0;
+    for (int64_t c = 1; c < C; c++) total += area[c];
+    const float lim = area_thd * (float)total;
+    keep[0] = 1;
+    for (int64_t c = 1; c < C; c++) {
+        keep[c] = (float)area[c] > lim;
+        removed += !keep[c];
+    }
+    return removed;
+}
+
+int ovs_seg_labels_grouped_naive(int32_t *labels, const float *logits, int64_t Q, int64_t h,
+                                 int64_t w, int64_t H, int64_t W, const int32_t *qc, int64_t C,
+                                 float s, float prob_thd, int32_t bg_label, float area_thd) {
+    int rc = check_up(Q, h, w, H, W, s);
+    if (rc || (rc = check_groups(qc, Q, C))) return rc;
+    const int64_t HW = H * W;
+    float *probs = ovs_malloc((size_t)Q * HW * sizeof(float));
+    float *P = ovs_malloc((size_t)C * HW * sizeof(float));
+    int64_t *area = ovs_malloc((size_t)C * sizeof(int64_t));
+    unsigned char *keep = ovs_malloc((size_t)C);
+    if (!probs || !P || !area || !keep) {
+        rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for (%lld, %lld, %lld) probabilities", (long long)Q,
+                           (long long)H, (long long)W);
+        goto done;
+    }
+    /* seg_logits = softmax(logit_scale * logits) over queries */
+    if ((rc = ovs_seg_upsample(probs, logits, Q, h, w, H, W, s, 1))) goto done;
+    /* seg_logits = (seg_logits * one_hot(query_idx)).max(1): class max over its queries */
+    for (int64_t c = 0; c < C; c++) memset(P + (size_t)c * HW, 0, (size_t)HW * sizeof(float));
+    for (int64_t q = 0; q < Q; q++) {
+        float *dst = P + (size_t)qc[q] * HW;
+        const float *src = probs + (size_t)q * HW;
+        for (int64_t i = 0; i < HW; i++)
+            if (src[i] > dst[i]) dst[i] = src[i];
+    }
+    if (area_thd >= 0) { /* area of each class's argmax; zero the small foreground classes */
+        memset(area, 0, (size_t)C * sizeof(int64_t));
+        for (int64_t i = 0; i < HW; i++) {
+            int32_t arg = 0;
+            float b = P[i];
+            for (int64_t c = 1; c < C; c++)
+                if (P[(size_t)c * HW + i] > b) { b = P[(size_t)c * HW + i]; arg = (int32_t)c; }
+            area[arg]++;
+        }
+        area_keep(keep, area, C, area_thd);
+        for (int64_t c = 1; c < C; c++)
+            if (!keep[c]) memset(P + (size_t)c * HW, 0, (size_t)HW * sizeof(float));
+    }
+    /* seg_pred = argmax; seg_pred[max < prob_thd] = bg */
+    for (int64_t i = 0; i < HW; i++) {
+        int32_t arg = 0;
+        float b = P[i];
+        for (int64_t c = 1; c < C; c++)
+            if (P[(size_t)c * HW + i] > b) { b = P[(size_t)c * HW + i]; arg = (int32_t)c; }
+        labels[i] = b < prob_thd ? bg_label : arg;
+    }
+done:
+    ovs_free(probs);
+    ovs_free(P);
+    ovs_free(area);
+    ovs_free(keep);
+    return rc;
+}
+
+int ovs_seg_labels_grouped(int32_t *labels, const float *logits, int64_t Q, int64_t h, int64_t w,
+                           int64_t H, int64_t W, const int32_t *qc, int64_t C, float s,
+                           float prob_thd, int32_t bg_label, float area_thd) {
+    int rc = check_up(Q, h, w, H, W, s);
+    if (rc || (rc = check_groups(qc, Q, C))) return rc;
+    ovs_arena a;
+    ovs_arena_init(&a);
+    coeffs c;
+    const int64_t hw = h * w, HW = H * W;
+    unsigned char *below = ovs_malloc((size_t)HW), *keep = ovs_malloc((size_t)C);
+    int64_t *area = ovs_malloc((size_t)C * sizeof(int64_t));
+    int failed = 0;
+    int64_t removed = 0;
+    if (!below || !keep || !area) {
+        rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for the grouped label stage");
+        goto done;
+    }
+    if ((rc = coeffs_alloc(&c, &a, h, w, H, W, H, W))) goto done;
+    memset(area, 0, (size_t)C * sizeof(int64_t));
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) {
+            if (area_thd < 0 || !(removed = area_keep(keep, area, C, area_thd))) break;
+        }
+#pragma omp parallel num_threads(ovs_get_num_threads())
+        {
+            /* (Q, W) interpolated row, (C,) class probabilities, (C,) local areas */
+            float *row = ovs_malloc(((size_t)Q * W + (size_t)C) * sizeof(float));
+            int64_t *la = pass == 0 ? ovs_malloc((size_t)C * sizeof(int64_t)) : NULL;
+            if (!row || (pass == 0 && !la)) {
+#pragma omp atomic write
+                failed = 1;
+            } else if (la) {
+                memset(la, 0, (size_t)C * sizeof(int64_t));
+            }
+            float *P = row ? row + (size_t)Q * W : NULL;
+#pragma omp for schedule(dynamic, 4)
+            for (int64_t Y = 0; Y < H; Y++) {
+                if (!row || (pass == 0 && !la)) continue;
+                int32_t *out = labels + Y * W;
+                if (pass == 1) { /* only rows holding a removed class's pixel */
+                    int64_t X = 0;
+                    while (X < W && keep[out[X]]) X++;
+                    if (X == W) continue;
+                }
+                for (int64_t q = 0; q < Q; q++) {
+                    const float *plane = logits + (size_t)q * hw;
+                    float *r = row + q * W;
+                    for (int64_t X = 0; X < W; X++) r[X] = interp(plane, w, &c, Y, X);
+                }
+                for (int64_t X = 0; X < W; X++) {
+                    if (pass == 1 && keep[out[X]]) continue;
+                    class_probs(P, row + X, W, Q, qc, C, s);
+                    if (pass == 1)
+                        for (int64_t k = 1; k < C; k++)
+                            if (!keep[k]) P[k] = 0.0f;
+                    float best;
+                    const int32_t arg = argmax_first(P, C, &best);
+                    out[X] = arg;
+                    below[Y * W + X] = best < prob_thd;
+                    if (la) la[arg]++;
+                }
+            }
+            if (la) {
+#pragma omp critical(ovs_grouped_area)
+                for (int64_t k = 0; k < C; k++) area[k] += la[k];
+            }
+            ovs_free(row);
+            ovs_free(la);
+        }
+        if (failed) {
+            rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for a row buffer");
+            goto done;
+        }
+    }
+    if (prob_thd > 0)
+        for (int64_t i = 0; i < HW; i++)
+            if (below[i]) labels[i] = bg_label;
+done:
+    ovs_arena_free(&a);
+    ovs_free(below);
+    ovs_free(keep);
+    ovs_free(area);
+    return rc;
+}
+
+int ovs_seg_prompt_denoise(float *logits, int64_t C, int64_t n, float scale, float thresh) {
+    if (C <= 0 || n <= 0) return ovs_set_error(OVS_ERR_ARG, "empty logits (%lld, %lld)", (long long)C, (long long)n);
+    if (!isfinite(scale) || !isfinite(thresh)) return ovs_set_error(OVS_ERR_ARG, "scale and thresh must be finite");
+    float *mx = ovs_malloc((size_t)C * sizeof(float));
+    if (!mx) return ovs_set_error(OVS_ERR_NOMEM, "out of memory");
+    for (int64_t k = 0; k < C; k++) mx[k] = 0.0f;
+    for (int64_t g = 0; g < n; g++) {
+        float m = -INFINITY;
+        for (int64_t k = 0; k < C; k++) {
+            const float t = scale * logits[k * n + g];
+            if (t > m) m = t;
+        }
+        double sum = 0;
+        for (int64_t k = 0; k < C; k++) sum += expf(scale * logits[k * n + g] - m);
+        const float inv = (float)(1.0 / sum);
+        for (int64_t k = 0; k < C; k++) {
+            const float p = expf(scale * logits[k * n + g] - m) * inv;
+            if (p > mx[k]) mx[k] = p;
+        }
+    }
+    for (int64_t k = 0; k < C; k++)
+        if (mx[k] < thresh)
+            for (int64_t g = 0; g < n; g++) logits[k * n + g] = -100.0f;
+    ovs_free(mx);
+    return OVS_OK;
 }
 
 int ovs_seg_upsample(float *out, const float *logits, int64_t C, int64_t h, int64_t w, int64_t H,
