@@ -22,7 +22,7 @@ Explicit Segmenter keyword arguments override a preset. Keys:
 - bg_label: 0 where the originals write `seg_pred[max_prob < prob_thd] = 0` on datasets whose
   class 0 is the background (VOC-21, Context-60, COCO-Object);
 - area_threshold: SCLIP's `area_thd`;
-- synonyms: "max" = each synonym is its own query and a class scores the max probability of its
+- synonym_mode: "max" = each synonym is its own query and a class scores the max probability of its
   queries (SCLIP / ClearCLIP / NACLIP `postprocess_result`);
 - sigma: NACLIP's `gaussian_std`;
 - pamr: PAMR iterations (NACLIP's `pamr_steps=10`). Passed to Segmenter only when the installed
@@ -62,15 +62,15 @@ def _e(**kw) -> dict[str, Any]:
 
 # --- SCLIP: CLIPForSegmentation defaults (clip_segmentor.py:19-21), configs/cfg_*.py overrides
 _SC = f"{_S} clip_segmentor.py"
-_sclip_common = dict(window=((224, 112), f"{_SC}:21"), synonyms=("max", f"{_SC}:159"))
+_sclip_common = dict(window=((224, 112), f"{_SC}:21"), synonym_mode=("max", f"{_SC}:159"))
 # --- ClearCLIP: ClearCLIPSegmentation defaults (clearclip_segmentor.py:22-23)
 _CC = f"{_C} clearclip_segmentor.py"
 _clear_common = dict(window=((448, 224), f"{_CC}:23"), logit_scale=(50.0, f"{_CC}:23"),
-                     synonyms=("max", f"{_CC}:227"))
+                     synonym_mode=("max", f"{_CC}:227"))
 # --- NACLIP: NACLIP defaults (naclip.py:20-22)
 _NC = f"{_N} naclip.py"
 _na_common = dict(logit_scale=(40.0, f"{_NC}:22"), sigma=(5.0, f"{_NC}:21"), pamr=(10, f"{_NC}:21"),
-                  synonyms=("max", f"{_NC}:149"))
+                  synonym_mode=("max", f"{_NC}:149"))
 _na_slide = dict(window=((224, 112), f"{_NC}:22"))
 
 TABLE: dict[tuple[str, str], dict[str, Any]] = {

@@ -161,7 +161,7 @@ class Segmenter:
     preset: a dataset name from ovs.presets.PRESETS ("ade20k-150", "voc-21", ...): the method's
         published settings for that dataset (ovs/presets.py, each cited from its repository);
         explicit keyword arguments override it.
-    synonyms: "mean" (default: a class "sofa, couch" is one query, its synonyms' embeddings
+    synonym_mode: "mean" (default: a class "sofa, couch" is one query, its synonyms' embeddings
         averaged, as FC-CLIP) or "max" (each synonym is a query; softmax over all queries, a
         class scores its best synonym: SCLIP / ClearCLIP / NACLIP).
     area_threshold: SCLIP's area_thd: foreground classes (index >= 1; class 0 is the
@@ -178,7 +178,7 @@ class Segmenter:
                  window=_UNSET, logit_scale: float | None = None, templates=None,
                  bg_threshold: float | None = None, sigma: float | None = None,
                  output_size: tuple[int, int] | None = None, progress: bool = False,
-                 preset: str | None = None, synonyms: str | None = None,
+                 preset: str | None = None, synonym_mode: str | None = None,
                  area_threshold: float | None = None, bg_label: int | None = None,
                  prompt_denoise: float | None = None):
         if not isinstance(model, Model):
@@ -201,19 +201,19 @@ class Segmenter:
             if "pamr" in ps:  # PAMR lands separately: pass it only to a Segmenter that takes it
                 self.preset_skipped["pamr"] = ps.pop("pamr")
             given = dict(short_side=short_side, window=window, logit_scale=logit_scale,
-                         bg_threshold=bg_threshold, sigma=sigma, synonyms=synonyms,
+                         bg_threshold=bg_threshold, sigma=sigma, synonym_mode=synonym_mode,
                          area_threshold=area_threshold, bg_label=bg_label, prompt_denoise=prompt_denoise)
             for k, v in ps.items():  # explicit None is a setting for short_side / window
                 if given[k] is _UNSET or (given[k] is None and k not in ("short_side", "window")):
                     given[k] = v
             short_side, window, logit_scale = given["short_side"], given["window"], given["logit_scale"]
-            bg_threshold, sigma, synonyms = given["bg_threshold"], given["sigma"], given["synonyms"]
+            bg_threshold, sigma, synonym_mode = given["bg_threshold"], given["sigma"], given["synonym_mode"]
             area_threshold, bg_label = given["area_threshold"], given["bg_label"]
             prompt_denoise = given["prompt_denoise"]
-        self.synonyms = "mean" if synonyms is None else synonyms
-        if self.synonyms not in ("mean", "max"):
-            raise ValueError(f"synonyms must be 'mean' (average the synonyms' embeddings) or 'max' "
-                             f"(one query per synonym, max probability), got {synonyms!r}")
+        self.synonym_mode = "mean" if synonym_mode is None else synonym_mode
+        if self.synonym_mode not in ("mean", "max"):
+            raise ValueError(f"synonym_mode must be 'mean' (average the synonyms' embeddings) or 'max' "
+                             f"(one query per synonym, max probability), got {synonym_mode!r}")
         self.area_threshold = None if area_threshold is None else _fraction(area_threshold, "area_threshold")
         self.prompt_denoise = None if prompt_denoise is None else _fraction(prompt_denoise, "prompt_denoise")
         if bg_label is not None and (isinstance(bg_label, bool) or not isinstance(bg_label, (int, np.integer))
@@ -268,8 +268,8 @@ class Segmenter:
     def __repr__(self) -> str:
         extra = "".join(f", {k}={getattr(self, k)!r}" for k in ("preset", "area_threshold", "bg_label", "prompt_denoise")
                         if getattr(self, k) is not None)
-        if self.synonyms != "mean":
-            extra += f", synonyms={self.synonyms!r}"
+        if self.synonym_mode != "mean":
+            extra += f", synonym_mode={self.synonym_mode!r}"
         return (f"ovs.Segmenter(method={self.method!r}, short_side={self.short_side}, "
                 f"window={self.window}, logit_scale={self.logit_scale}, "
                 f"templates={self.templates!r}, bg_threshold={self.bg_threshold}{extra})")
@@ -304,10 +304,10 @@ class Segmenter:
 
     def _plan(self, names: list[str]):
         """(texts to encode, row of each scored logit plane among them or None, query -> class
-        map or None). synonyms="mean": one text per class; "max": one per synonym (SCLIP's
+        map or None). synonym_mode="mean": one text per class; "max": one per synonym (SCLIP's
         get_cls_idx). Duplicate classes are scored once and their planes copied."""
         distinct, rows = _distinct_classes(names)
-        if self.synonyms == "mean":
+        if self.synonym_mode == "mean":
             return distinct, rows, None
         queries, owner = _queries(distinct)
         if rows is None:
@@ -356,7 +356,7 @@ class Segmenter:
     # ------------------------------------------------------------ API
     def logits(self, image, class_names: Sequence[str]):
         """Cosine logits (C, H, W) float32 (before the softmax), at the input's size. With
-        synonyms="max", a class's logit is the max over its synonyms' logits (the softmax is
+        synonym_mode="max", a class's logit is the max over its synonyms' logits (the softmax is
         monotone, so its argmax is the class of the largest synonym probability)."""
         C = len(_check_names(class_names))
 
@@ -368,7 +368,7 @@ class Segmenter:
 
     def predict(self, image, class_names: Sequence[str]):
         """Class probabilities (C, H, W) float32: softmax(logit_scale * logits) over classes.
-        synonyms="max": softmax over every synonym query, then each class's max (SCLIP's
+        synonym_mode="max": softmax over every synonym query, then each class's max (SCLIP's
         seg_logits; they sum to <= 1). area_threshold: small foreground classes' probabilities
         are zeroed as SCLIP does. A list or (N, H, W, 3) batch gives a list / stacked array."""
         C = len(_check_names(class_names))
@@ -386,7 +386,7 @@ class Segmenter:
     def segment(self, image, class_names: Sequence[str]):
         """Label map (H, W) int32: index into class_names of each pixel's best class; with
         bg_threshold, low-confidence pixels get bg_label (default: 0 when the first class is
-        named "background", otherwise -1). synonyms="max" and area_threshold follow SCLIP's
+        named "background", otherwise -1). synonym_mode="max" and area_threshold follow SCLIP's
         postprocess_result. Never materialises (C, H, W): memory stays bounded for large images."""
         names = _check_names(class_names)
 

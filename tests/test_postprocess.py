@@ -186,7 +186,7 @@ def test_segmenter_synonym_max_end_to_end(vit, method, scale, prob_thd, area_thd
     # per-query cosine logits: one class per query, nothing grouped
     q_logits = ovs.Segmenter(vit, method, **base).logits(img, queries)
     probs_ref, labels_ref = sclip_postprocess(torch.from_numpy(q_logits).double(), owner, scale, prob_thd, area_thd)
-    seg = ovs.Segmenter(vit, method, synonyms="max", logit_scale=scale, bg_threshold=prob_thd or None,
+    seg = ovs.Segmenter(vit, method, synonym_mode="max", logit_scale=scale, bg_threshold=prob_thd or None,
                         area_threshold=area_thd, bg_label=0, **base)
     labels = seg.segment(img, CLASSES)
     assert labels.shape == img.shape[:2]
@@ -201,7 +201,7 @@ def test_segmenter_synonym_max_end_to_end(vit, method, scale, prob_thd, area_thd
     np.testing.assert_array_equal(seg.segment(img, lists), labels)
     # a duplicated class scores exactly as its twin and the first index wins (without thresholds:
     # the twin's queries join the softmax denominator, as they would in SCLIP)
-    argmax_only = ovs.Segmenter(vit, method, synonyms="max", **base)
+    argmax_only = ovs.Segmenter(vit, method, synonym_mode="max", **base)
     np.testing.assert_array_equal(argmax_only.segment(img, CLASSES + [CLASSES[2]]),
                                   argmax_only.segment(img, CLASSES))
 
@@ -233,8 +233,8 @@ def test_segmenter_prompt_denoise_end_to_end(vit):
 
 # ----------------------------------------------------------------------------- errors
 def test_postprocess_errors(vit):
-    with pytest.raises(ValueError, match="synonyms must be 'mean'.*got 'min'"):
-        ovs.Segmenter(vit, "sclip", synonyms="min")
+    with pytest.raises(ValueError, match="synonym_mode must be 'mean'.*got 'min'"):
+        ovs.Segmenter(vit, "sclip", synonym_mode="min")
     with pytest.raises(ValueError, match=r"area_threshold must be a number in \[0, 1\], got 1.5"):
         ovs.Segmenter(vit, "sclip", area_threshold=1.5)
     with pytest.raises(ValueError, match=r"prompt_denoise must be a number in \[0, 1\], got -0.1"):

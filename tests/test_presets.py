@@ -106,7 +106,7 @@ def _expected_original(method: str, preset: str) -> dict:
     out: dict = {"short_side": _resize_short(repo, cfg), "logit_scale": float(d["logit_scale"]),
                  "window": None if d["slide_crop"] == 0 else (d["slide_crop"], d["slide_stride"])}
     if "cls_index).max(1)" in seg_lines:
-        out["synonyms"] = "max"
+        out["synonym_mode"] = "max"
     if d.get("prob_thd", 0) > 0:
         out["bg_threshold"] = d["prob_thd"]
         if re.search(r"seg_pred\[seg_(logits|probs)\.max\(0, keepdim=True\)\[0\] < self\.prob_thd\] = 0", seg_lines):
@@ -187,7 +187,7 @@ def _value_tokens(key: str, value) -> list[str]:
         return [f"area_thd={value:g}"]
     if key == "bg_label":
         return ["< self.prob_thd] = 0"]
-    if key == "synonyms":
+    if key == "synonym_mode":
         return ["cls_index).max(1)"]
     if key == "sigma":
         return [f"gaussian_std={value:g}."]
@@ -224,7 +224,7 @@ def vit(fixtures_dir):
 def test_segmenter_applies_presets(vit):
     seg = ovs.Segmenter(vit, "sclip", preset="voc-21")
     assert (seg.short_side, seg.window, seg.logit_scale, seg.bg_threshold, seg.area_threshold, seg.bg_label,
-            seg.synonyms) == (336, (224, 112), 65.0, 0.1, 0.1, 0, "max")
+            seg.synonym_mode) == (336, (224, 112), 65.0, 0.1, 0.1, 0, "max")
     assert "preset='voc-21'" in repr(seg)
     seg = ovs.Segmenter(vit, "naclip", preset="voc-20")
     assert seg.window is None and seg.short_side == 336 and seg.sigma == 5.0
@@ -237,8 +237,8 @@ def test_segmenter_applies_presets(vit):
         assert seg.preset_skipped == {"pamr": 10}
     # explicit keywords override, explicit None included
     seg = ovs.Segmenter(vit, "sclip", preset="voc-21", short_side=None, window=None, logit_scale=10,
-                        bg_threshold=0.3, area_threshold=0.5, synonyms="mean", bg_label=-1)
-    assert (seg.short_side, seg.window, seg.logit_scale, seg.bg_threshold, seg.area_threshold, seg.synonyms,
+                        bg_threshold=0.3, area_threshold=0.5, synonym_mode="mean", bg_label=-1)
+    assert (seg.short_side, seg.window, seg.logit_scale, seg.bg_threshold, seg.area_threshold, seg.synonym_mode,
             seg.bg_label) == (None, None, 10.0, 0.3, 0.5, "mean", -1)
     # a method without a config for the dataset keeps its defaults
     seg = ovs.Segmenter(vit, "maskclip", preset="voc-21")
@@ -248,7 +248,7 @@ def test_segmenter_applies_presets(vit):
     names = ["background, sky, wall", "cat, kitty", "dog", "grass"]
     a = ovs.Segmenter(vit, "clearclip", preset="voc-21", short_side=48, window=(32, 16)).segment(img, names)
     b = ovs.Segmenter(vit, "clearclip", short_side=48, window=(32, 16), logit_scale=50, bg_threshold=0.5,
-                      bg_label=0, synonyms="max").segment(img, names)
+                      bg_label=0, synonym_mode="max").segment(img, names)
     np.testing.assert_array_equal(a, b)
 
 
@@ -260,3 +260,62 @@ def test_preset_errors(vit):
         presets.settings("sclip", 3)
     with pytest.raises(ValueError, match="unknown method 'segformer'"):
         presets.settings("segformer", "voc-21")
+
+
+# ----------------------------------------------------------------------------- CLI and eval
+def test_cli_segment_with_preset(fixtures_dir, vit, tmp_path):
+    """`ovs segment --preset voc-21 --method sclip` writes the labels of
+    Segmenter(model, "sclip", preset="voc-21") on the example photo."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from ovs.cli import read_image
+
+    repo = Path(ovs.__file__).resolve().parent.parent
+    cat = repo / "ovs" / "data" / "example_cat.jpg"
+    env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("OVS_MODEL", None)
+    classes = "background, sky, wall; cat, kitty; grass"
+    out = tmp_path / "mask.png"
+    base = [sys.executable, "-m", "ovs", "segment", str(cat), "--classes", classes, "--model",
+            str(fixtures_dir / "vit_tiny.safetensors"), "--act", "gelu", "--method", "sclip", "--threads", "1"]
+    proc = subprocess.run(base + ["--preset", "voc-21", "--out", str(out)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "preset='voc-21'" in proc.stderr and "area_threshold=0.1" in proc.stderr
+    with Image.open(out) as im:
+        got = np.asarray(im)
+    names = ["background, sky, wall", "cat, kitty", "grass"]
+    ref = ovs.Segmenter(vit, "sclip", preset="voc-21").segment(read_image(cat), names)
+    np.testing.assert_array_equal(got, np.where(ref < 0, 255, ref))
+    proc = subprocess.run(base + ["--preset", "voc21", "--out", str(out)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "unknown preset 'voc21'; valid presets: ade20k-150" in proc.stderr
+
+
+def test_eval_preset_options(tmp_path, fixtures_dir, vit):
+    import importlib.util
+    import sys
+
+    here = Path(__file__).resolve().parent
+    spec = importlib.util.spec_from_file_location("ovs_tests_make_datasets_p", here / "data" / "make_datasets.py")
+    gen = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = gen
+    spec.loader.exec_module(gen)
+    gen.make(tmp_path, "voc-21", images=1, size=(20, 28))
+    kw = dict(root=tmp_path, model=str(fixtures_dir / "vit_tiny.safetensors"), method="sclip", act="gelu",
+              templates="bare", short_side=32, window="whole", progress=False, threads=1)
+    default = ovs.evaluate("voc-21", **kw)
+    assert default["settings"]["segmenter"]["preset"] == "voc-21"
+    assert "area_threshold=0.1" in default["model"]["segmenter"]
+    plain = ovs.evaluate("voc-21", preset="none", **kw)
+    assert plain["settings"]["segmenter"]["preset"] is None
+    assert "area_threshold" not in plain["model"]["segmenter"]
+    other = ovs.evaluate("voc-21", preset="pascal-context-60", **kw)
+    assert "logit_scale=50.0" in other["model"]["segmenter"]
+    with pytest.raises(ValueError, match="unknown preset 'voc'; valid presets"):
+        ovs.evaluate("voc-21", preset="voc", **kw)
