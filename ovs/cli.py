@@ -227,7 +227,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     seg = ovs.Segmenter(model, method=args.method, templates=args.templates,
                         bg_threshold=args.bg_threshold, logit_scale=args.logit_scale,
                         preset=args.preset, synonym_mode=args.synonym_mode, area_threshold=args.area_threshold,
-                        bg_label=args.bg_label, prompt_denoise=args.prompt_denoise, **kwargs)
+                        bg_label=args.bg_label, prompt_denoise=args.prompt_denoise,
+                        key_smoothing=args.key_smoothing, **kwargs)
     if seg.preset_skipped:
         print(f"ovs: preset {args.preset!r} also sets {seg.preset_skipped}, which this ovs does not "
               "support yet", file=sys.stderr)
@@ -336,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bg-label", type=int, default=None, help="label of low-confidence pixels (default 0 if the "
                    "first class is 'background', else -1 = 255 in the PNG)")
     s.add_argument("--prompt-denoise", type=float, default=None, help="MaskCLIP's pd_thresh (e.g. 0.5)")
+    s.add_argument("--key-smoothing", type=float, default=None, help="MaskCLIP's ks_thresh (e.g. 1.0; --method maskclip)")
     s.add_argument("--act", choices=["quickgelu", "gelu"], default=None, help="MLP activation of the weights (default quickgelu = OpenAI)")
     s.add_argument("--threads", type=int, default=None)
     s.set_defaults(func=cmd_segment)

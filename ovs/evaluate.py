@@ -48,7 +48,7 @@ __all__ = ["evaluate", "add_eval_parser", "cmd_eval"]
 
 FORMAT = "ovs-eval-images/1"
 _SEG_OPTIONS = ("templates", "short_side", "window", "logit_scale", "bg_threshold", "preset", "synonym_mode",
-                "area_threshold", "bg_label", "prompt_denoise")
+                "area_threshold", "bg_label", "prompt_denoise", "key_smoothing")
 
 
 def _cores() -> int:

@@ -25,6 +25,7 @@ Explicit Segmenter keyword arguments override a preset. Keys:
 - synonym_mode: "max" = each synonym is its own query and a class scores the max probability of its
   queries (SCLIP / ClearCLIP / NACLIP `postprocess_result`);
 - sigma: NACLIP's `gaussian_std`;
+- prompt_denoise / key_smoothing: MaskCLIP's pd_thresh / ks_thresh (0 = off, its default);
 - pamr: PAMR iterations (NACLIP's `pamr_steps=10`). Passed to Segmenter only when the installed
   Segmenter takes a `pamr` keyword (PAMR lands separately); otherwise recorded in
   `Segmenter.preset_skipped`.
@@ -137,18 +138,22 @@ TABLE: dict[tuple[str, str], dict[str, Any]] = {
     # MaskClipHead(ks_thresh=0., pd_thresh=0.))
     ("maskclip", "ade20k-150"): _e(short_side=(512, f"{_M} configs/_base_/datasets/ade20k.py:23"),
                                    window=(None, f"{_M} configs/_base_/models/maskclip_r50.py:26"),
-                                   prompt_denoise=(0.0, f"{_M} mmseg/models/decode_heads/maskclip_head.py:15")),
+                                   prompt_denoise=(0.0, f"{_M} mmseg/models/decode_heads/maskclip_head.py:15"),
+                                   key_smoothing=(0.0, f"{_M} mmseg/models/decode_heads/maskclip_head.py:15")),
     ("maskclip", "voc-20"): _e(short_side=(512, f"{_M} configs/_base_/datasets/pascal_voc12_aug_20.py:23"),
                                window=(None, f"{_M} configs/_base_/models/maskclip_vit16.py:51"),
-                               prompt_denoise=(0.0, f"{_M} mmseg/models/decode_heads/maskclip_head.py:15")),
+                               prompt_denoise=(0.0, f"{_M} mmseg/models/decode_heads/maskclip_head.py:15"),
+                               key_smoothing=(0.0, f"{_M} mmseg/models/decode_heads/maskclip_head.py:15")),
     ("maskclip", "coco-stuff"): _e(short_side=(512, f"{_M} configs/_base_/datasets/coco-stuff164k.py:23"),
                                    window=(None, f"{_M} configs/_base_/models/maskclip_vit16.py:51"),
-                                   prompt_denoise=(0.0, f"{_M} mmseg/models/decode_heads/maskclip_head.py:15")),
+                                   prompt_denoise=(0.0, f"{_M} mmseg/models/decode_heads/maskclip_head.py:15"),
+                                   key_smoothing=(0.0, f"{_M} mmseg/models/decode_heads/maskclip_head.py:15")),
     # img_scale=(1024, 512): short side 512 with the long side capped at 1024; on Cityscapes'
     # 2048x1024 images that is exactly short side 512
     ("maskclip", "cityscapes"): _e(short_side=(512, f"{_M} configs/maskclip/maskclip_vit16_1024x512_cityscapes.py:22"),
                                    window=(None, f"{_M} configs/_base_/models/maskclip_vit16.py:51"),
-                                   prompt_denoise=(0.0, f"{_M} mmseg/models/decode_heads/maskclip_head.py:15")),
+                                   prompt_denoise=(0.0, f"{_M} mmseg/models/decode_heads/maskclip_head.py:15"),
+                                   key_smoothing=(0.0, f"{_M} mmseg/models/decode_heads/maskclip_head.py:15")),
 }
 
 

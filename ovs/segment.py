@@ -171,6 +171,10 @@ class Segmenter:
         "background", else -1); the originals use 0 (their class 0 is the background).
     prompt_denoise: MaskCLIP's pd_thresh (0.5 in its docs): per window, a class whose largest
         softmax(100 * logits) probability over the window's patches is below it gets logit -100.
+    key_smoothing: MaskCLIP's ks_thresh (1.0 in its docs; method "maskclip" only): per window,
+        the logits become softmax(100 * logits) probabilities, and patches whose top probability
+        is below it take the key-similarity-weighted sum of all patches' probabilities (keys of
+        the last attention layer). logits() then returns these mixed probabilities.
     Class names may also be lists of synonyms (as ovs.classnames.load_classnames returns).
     """
 
@@ -180,7 +184,7 @@ class Segmenter:
                  output_size: tuple[int, int] | None = None, progress: bool = False,
                  preset: str | None = None, synonym_mode: str | None = None,
                  area_threshold: float | None = None, bg_label: int | None = None,
-                 prompt_denoise: float | None = None):
+                 prompt_denoise: float | None = None, key_smoothing: float | None = None):
         if not isinstance(model, Model):
             raise TypeError(f"model must be an ovs.Model (from ovs.load), got {type(model).__name__}")
         if model._visual is None or model._text is None:
@@ -202,20 +206,24 @@ class Segmenter:
                 self.preset_skipped["pamr"] = ps.pop("pamr")
             given = dict(short_side=short_side, window=window, logit_scale=logit_scale,
                          bg_threshold=bg_threshold, sigma=sigma, synonym_mode=synonym_mode,
-                         area_threshold=area_threshold, bg_label=bg_label, prompt_denoise=prompt_denoise)
+                         area_threshold=area_threshold, bg_label=bg_label, prompt_denoise=prompt_denoise,
+                         key_smoothing=key_smoothing)
             for k, v in ps.items():  # explicit None is a setting for short_side / window
                 if given[k] is _UNSET or (given[k] is None and k not in ("short_side", "window")):
                     given[k] = v
             short_side, window, logit_scale = given["short_side"], given["window"], given["logit_scale"]
             bg_threshold, sigma, synonym_mode = given["bg_threshold"], given["sigma"], given["synonym_mode"]
             area_threshold, bg_label = given["area_threshold"], given["bg_label"]
-            prompt_denoise = given["prompt_denoise"]
+            prompt_denoise, key_smoothing = given["prompt_denoise"], given["key_smoothing"]
         self.synonym_mode = "mean" if synonym_mode is None else synonym_mode
         if self.synonym_mode not in ("mean", "max"):
             raise ValueError(f"synonym_mode must be 'mean' (average the synonyms' embeddings) or 'max' "
                              f"(one query per synonym, max probability), got {synonym_mode!r}")
         self.area_threshold = None if area_threshold is None else _fraction(area_threshold, "area_threshold")
         self.prompt_denoise = None if prompt_denoise is None else _fraction(prompt_denoise, "prompt_denoise")
+        self.key_smoothing = None if key_smoothing is None else _fraction(key_smoothing, "key_smoothing")
+        if self.key_smoothing and method != "maskclip":
+            raise ValueError(f"key_smoothing is MaskCLIP's refinement: it needs method='maskclip', got {method!r}")
         if bg_label is not None and (isinstance(bg_label, bool) or not isinstance(bg_label, (int, np.integer))
                                      or bg_label < -1):
             raise ValueError(f"bg_label must be -1 (ignore) or a class index >= 0, got {bg_label!r}")
@@ -262,11 +270,13 @@ class Segmenter:
         from .templates import get_templates
 
         get_templates(self.templates)  # validate now, not at the first call
-        self._seg = _core.Segmenter(model._visual, method, crop, stride, self.sigma, self.prompt_denoise or 0.0)
+        self._seg = _core.Segmenter(model._visual, method, crop, stride, self.sigma, self.prompt_denoise or 0.0,
+                                    self.key_smoothing or 0.0)
         self._seg_visual = model._visual
 
     def __repr__(self) -> str:
-        extra = "".join(f", {k}={getattr(self, k)!r}" for k in ("preset", "area_threshold", "bg_label", "prompt_denoise")
+        extra = "".join(f", {k}={getattr(self, k)!r}" for k in ("preset", "area_threshold", "bg_label", "prompt_denoise",
+                                                            "key_smoothing")
                         if getattr(self, k) is not None)
         if self.synonym_mode != "mean":
             extra += f", synonym_mode={self.synonym_mode!r}"
@@ -279,7 +289,7 @@ class Segmenter:
         if self._seg_visual is not self.model._visual:  # weights were swapped: rebuild
             crop, stride = self.window or (0, 0)
             self._seg = _core.Segmenter(self.model._visual, self.method, crop, stride, self.sigma,
-                                        self.prompt_denoise or 0.0)
+                                        self.prompt_denoise or 0.0, self.key_smoothing or 0.0)
             self._seg_visual = self.model._visual
         return self._seg
 

@@ -177,7 +177,7 @@ CLASSES = ["background, sky, wall, floor", "cat, kitty", "dog", "grass, lawn, me
                                                             ("clearclip", 50.0, 0.0, 0.2)])
 def test_segmenter_synonym_max_end_to_end(vit, method, scale, prob_thd, area_thd):
     img = _img(72, 104, seed=1)
-    base = dict(short_side=None, window=(48, 32))
+    base = dict(short_side=None, window=(48, 32), templates="simple")
     queries, owner = [], []
     for c, name in enumerate(CLASSES):
         syn = split_synonyms(name)
@@ -211,7 +211,7 @@ def test_segmenter_prompt_denoise_end_to_end(vit):
     logits, then the bilinear upsampling (one whole-image window, sides multiples of 16)."""
     img = _img(64, 96, seed=2)
     names = ["cat", "dog", "grass", "sky", "car", "road", "tree", "person"]
-    plain = ovs.Segmenter(vit, "maskclip", short_side=None, window=None)
+    plain = ovs.Segmenter(vit, "maskclip", short_side=None, window=None, templates="simple")
     cls = vit.text_classifier(names, plain.templates)
     x = ((img.astype(np.float32) / 255 - np.asarray(vit.mean, np.float32)) / np.asarray(vit.std, np.float32))
     f = plain._core_seg().dense_features(np.ascontiguousarray(x.transpose(2, 0, 1)[None]))
@@ -223,12 +223,100 @@ def test_segmenter_prompt_denoise_end_to_end(vit):
     assert 0 < t < 1
     ref = F.interpolate(maskclip_prompt_denoise(grid, t), size=img.shape[:2], mode="bilinear",
                         align_corners=False)[0].numpy()
-    seg = ovs.Segmenter(vit, "maskclip", short_side=None, window=None, prompt_denoise=t)
+    seg = ovs.Segmenter(vit, "maskclip", short_side=None, window=None, prompt_denoise=t, templates="simple")
     ours = seg.logits(img, names)
     suppressed = (ref == -100).all((1, 2))
     assert suppressed.any() and (~suppressed).any()
     assert _rel(ours, ref) <= 1e-4
     assert _agree(seg.segment(img, names), ref.argmax(0)) >= 0.999
+
+
+def maskclip_refine(output: torch.Tensor, k: torch.Tensor, pd_thresh: float, ks_thresh: float) -> torch.Tensor:
+    """MaskClipHead.refine_output (both branches) as in chongzhou96/MaskCLIP; output (N, C, H, W)
+    cosine logits, k (N, HW, Dk) keys."""
+    output = maskclip_prompt_denoise(output, pd_thresh)
+    if k is not None and ks_thresh > 0:
+        output = F.softmax(output * 100, dim=1)
+        N, C, H, W = output.shape
+        output = output.view(N, C, -1).transpose(-2, -1)
+        k = F.normalize(k, p=2)
+        weight = k @ k.transpose(-2, -1)
+        selected_pos = (output.max(dim=-1, keepdim=True)[0] < ks_thresh)
+        selected_pos = selected_pos.expand(-1, -1, C)
+        weighted_output = weight @ output
+        output[selected_pos] = weighted_output[selected_pos]
+        output = output.transpose(-2, -1).view(N, C, H, W)
+    return output
+
+
+def _torch_model(name: str, fixtures_dir):
+    """The open_clip module of a fixture model with its saved weights, float64."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    here = Path(__file__).resolve().parent / "reference"
+    mods = {}
+    for mod in ("make_fixtures", "seg_reference"):
+        key = f"ovs_tests_pp_{mod}"
+        if key not in sys.modules:
+            spec = importlib.util.spec_from_file_location(key, here / f"{mod}.py")
+            m = importlib.util.module_from_spec(spec)
+            sys.modules[key] = m
+            spec.loader.exec_module(m)
+        mods[mod] = sys.modules[key]
+    model, _ = mods["make_fixtures"]._build(name)
+    model.load_state_dict(load_file(str(fixtures_dir / f"{name}.safetensors")))
+    return model.double().eval(), mods["seg_reference"]
+
+
+@pytest.mark.parametrize("name", ["vit_tiny", "rn_tiny"])
+def test_segmenter_key_smoothing_end_to_end(fixtures_dir, name):
+    """Segmenter(method="maskclip", prompt_denoise=pd, key_smoothing=ks).logits equals MaskCLIP's
+    refine_output on the window's grid logits with the last attention layer's keys (computed
+    here with torch from the open_clip module), bilinearly upsampled."""
+    model, ref_mod = _torch_model(name, fixtures_dir)
+    ovs_model = ovs.load(fixtures_dir / f"{name}.safetensors", act="gelu")
+    p = 8 if name == "vit_tiny" else 32
+    img = _img(4 * p, 6 * p, seed=4)
+    names = ["cat", "dog", "grass", "sky", "car", "road"]
+    cls = torch.from_numpy(ovs_model.text_classifier(names, "simple")).double()
+    x = ((img.astype(np.float64) / 255 - np.asarray(ovs_model.mean)) / np.asarray(ovs_model.std))
+    x = torch.from_numpy(x.transpose(2, 0, 1)[None].copy())
+    with torch.no_grad():
+        f = ref_mod.dense_features(model, x, "maskclip")  # (gh, gw, E)
+        gh, gw, E = f.shape
+        grid = (F.normalize(f.reshape(-1, E), dim=-1) @ cls.T).T.reshape(1, len(names), gh, gw)
+        if name == "vit_tiny":
+            blk = model.visual.transformer.resblocks[-1]
+            t = ref_mod.vit_tokens_before_last(model.visual, x)
+            D = t.shape[-1]
+            k = F.linear(blk.ln_1(t), blk.attn.in_proj_weight, blk.attn.in_proj_bias)[1:, D:2 * D]
+        else:
+            r = ref_mod.resnet_res5(model.visual, x).permute(1, 2, 0).reshape(gh * gw, -1)
+            ap = model.visual.attnpool
+            k = F.linear(r, ap.k_proj.weight, ap.k_proj.bias)
+        probs = F.softmax(grid * 100, dim=1).view(len(names), -1).max(0)[0].numpy()
+        ks = float(np.quantile(probs, 0.5))  # half the positions smoothed: both branches
+        ref = maskclip_refine(grid, k[None], 0.0, ks)
+        ref_up = F.interpolate(ref, size=img.shape[:2], mode="bilinear", align_corners=False)[0].numpy()
+    smoothed = (probs < ks)
+    assert smoothed.any() and (~smoothed).any()
+    plain = F.interpolate(F.softmax(grid * 100, dim=1), size=img.shape[:2], mode="bilinear", align_corners=False)
+    assert _rel(plain[0].numpy(), ref_up) > 1e-2, "smoothing changed nothing: weak case"
+    seg = ovs.Segmenter(ovs_model, "maskclip", short_side=None, window=None, key_smoothing=ks, templates="simple")
+    ours = seg.logits(img, names)
+    assert _rel(ours, ref_up) <= 1e-4
+    assert _agree(seg.segment(img, names), ref_up.argmax(0)) >= 0.999
+    # the kernel alone, on random data, with prompt denoising first as in refine_output
+    rng = np.random.default_rng(5)
+    g = (0.02 * rng.standard_normal((5, 30))).astype(np.float32)
+    kk = rng.standard_normal((30, 16)).astype(np.float32)
+    r = maskclip_refine(torch.from_numpy(g).view(1, 5, 5, 6), torch.from_numpy(kk)[None], 0.5, 0.9)
+    o = _core.seg_key_smooth(_core.seg_prompt_denoise(g, 0.5), kk, 0.9)
+    assert _rel(o, r.view(5, 30).numpy()) <= 1e-5
 
 
 # ----------------------------------------------------------------------------- errors
@@ -261,5 +349,11 @@ def test_postprocess_errors(vit):
         _core.seg_labels_grouped(lr, 8, 8, np.array([0, 1, 2], np.int32), 3, area_thd=2.0)
     with pytest.raises(ValueError, match="empty logits"):
         _core.seg_prompt_denoise(np.zeros((0, 4), np.float32), 0.5)
-    with pytest.raises(ValueError, match=r"pd_thresh must be in \[0, 1\], got 2"):
+    with pytest.raises(ValueError, match=r"pd_thresh and ks_thresh must be in \[0, 1\], got 2, 0"):
         _core.Segmenter(vit._visual, "maskclip", 0, 0, 5.0, 2.0)
+    with pytest.raises(ValueError, match="key_smoothing is MaskCLIP's refinement: it needs method='maskclip', got 'sclip'"):
+        ovs.Segmenter(vit, "sclip", key_smoothing=1.0)
+    with pytest.raises(ValueError, match=r"key_smoothing must be a number in \[0, 1\], got 3"):
+        ovs.Segmenter(vit, "maskclip", key_smoothing=3)
+    with pytest.raises(ValueError, match=r"keys must have one row per position \(4\), got 3"):
+        _core.seg_key_smooth(np.zeros((2, 4), np.float32), np.zeros((3, 5), np.float32), 0.5)

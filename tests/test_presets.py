@@ -133,7 +133,7 @@ def _expected_maskclip(preset: str) -> dict:
     mode = " ".join(FILES[(repo, model_file)].values())
     head = _kwargs(" ".join(FILES[(repo, "mmseg/models/decode_heads/maskclip_head.py")].values()))
     return {"short_side": short, "window": None if "mode='whole'" in mode else "slide",
-            "prompt_denoise": float(head["pd_thresh"])}
+            "prompt_denoise": float(head["pd_thresh"]), "key_smoothing": float(head["ks_thresh"])}
 
 
 def test_excerpts_are_complete():
@@ -195,6 +195,8 @@ def _value_tokens(key: str, value) -> list[str]:
         return [f"pamr_steps={value}"]
     if key == "prompt_denoise":
         return [f"pd_thresh={value:g}."]
+    if key == "key_smoothing":
+        return [f"ks_thresh={value:g}."]
     raise AssertionError(f"no citation rule for {key}")
 
 

@@ -128,6 +128,10 @@ int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_
                       1.0f, classifier, (int)E, feats, (int)E, 0.0f, small, (int)G);
             if (s->cfg.pd_thresh > 0 && (rc = ovs_seg_prompt_denoise(small, C, G, 100.0f, s->cfg.pd_thresh)))
                 return rc;
+            if (s->cfg.ks_thresh > 0) {
+                if (!s->keys) return ovs_set_error(OVS_ERR_ARG, "key smoothing needs the maskclip head");
+                if ((rc = ovs_seg_key_smooth(small, C, G, s->keys, s->keys_dim, 100.0f, s->cfg.ks_thresh))) return rc;
+            }
             /* upsample (C, gh, gw) -> (C, wh, ww) bilinearly, crop to (h, w), accumulate */
             if ((rc = coeffs_alloc(&cy, &s->work, gh, gw, wh, ww, h, w))) return rc;
 #pragma omp parallel for schedule(static) num_threads(ovs_get_num_threads())
@@ -603,6 +607,64 @@ int ovs_seg_prompt_denoise(float *logits, int64_t C, int64_t n, float scale, flo
             for (int64_t g = 0; g < n; g++) logits[k * n + g] = -100.0f;
     ovs_free(mx);
     return OVS_OK;
+}
+
+
+int ovs_seg_key_smooth(float *logits, int64_t C, int64_t n, const float *keys, int64_t Dk, float scale,
+                       float thresh) {
+    if (C <= 0 || n <= 0 || Dk <= 0)
+        return ovs_set_error(OVS_ERR_ARG, "empty logits or keys (%lld, %lld, %lld)", (long long)C, (long long)n,
+                             (long long)Dk);
+    if (!isfinite(scale) || !isfinite(thresh)) return ovs_set_error(OVS_ERR_ARG, "scale and thresh must be finite");
+    if (n > INT32_MAX / 4 || C > INT32_MAX / 4 || Dk > INT32_MAX / 4)
+        return ovs_set_error(OVS_ERR_OVERFLOW, "key smoothing sizes too large");
+    size_t nn;
+    if (ovs_mul_size(&nn, (size_t)n, (size_t)n)) return ovs_set_error(OVS_ERR_OVERFLOW, "key smoothing: %lld positions", (long long)n);
+    float *kn = ovs_malloc((size_t)n * Dk * sizeof(float));  /* (n, Dk) normalised keys */
+    float *w = ovs_malloc(nn * sizeof(float));                /* (n, n) similarities */
+    float *p = ovs_malloc((size_t)C * n * sizeof(float));     /* (C, n) probabilities */
+    float *sm = ovs_malloc((size_t)C * n * sizeof(float));    /* (C, n) p @ W^T */
+    int rc = OVS_OK;
+    if (!kn || !w || !p || !sm) {
+        rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for key smoothing over %lld positions", (long long)n);
+        goto done;
+    }
+    /* p = softmax(scale * logits) over classes, per position */
+    for (int64_t g = 0; g < n; g++) {
+        float m = -INFINITY;
+        for (int64_t k = 0; k < C; k++) {
+            const float t = scale * logits[k * n + g];
+            if (t > m) m = t;
+        }
+        double sum = 0;
+        for (int64_t k = 0; k < C; k++) sum += expf(scale * logits[k * n + g] - m);
+        const float inv = (float)(1.0 / sum);
+        for (int64_t k = 0; k < C; k++) p[k * n + g] = expf(scale * logits[k * n + g] - m) * inv;
+    }
+    /* each key channel L2-normalised over the positions (F.normalize(k, p=2), dim 1, eps 1e-12) */
+    for (int64_t d = 0; d < Dk; d++) {
+        double ss = 0;
+        for (int64_t g = 0; g < n; g++) ss += (double)keys[g * Dk + d] * keys[g * Dk + d];
+        const float inv = (float)(1.0 / fmax(sqrt(ss), 1e-12));
+        for (int64_t g = 0; g < n; g++) kn[g * Dk + d] = keys[g * Dk + d] * inv;
+    }
+    /* W = kn kn^T; sm (C, n) = p (C, n) @ W^T (W is symmetric) */
+    ovs_sgemm(OVS_CBLAS_ROW_MAJOR, OVS_CBLAS_NO_TRANS, OVS_CBLAS_TRANS, (int)n, (int)n, (int)Dk, 1.0f, kn, (int)Dk,
+              kn, (int)Dk, 0.0f, w, (int)n);
+    ovs_sgemm(OVS_CBLAS_ROW_MAJOR, OVS_CBLAS_NO_TRANS, OVS_CBLAS_TRANS, (int)C, (int)n, (int)n, 1.0f, p, (int)n,
+              w, (int)n, 0.0f, sm, (int)n);
+    for (int64_t g = 0; g < n; g++) {
+        float mx = p[g];
+        for (int64_t k = 1; k < C; k++) mx = p[k * n + g] > mx ? p[k * n + g] : mx;
+        const int sel = mx < thresh;
+        for (int64_t k = 0; k < C; k++) logits[k * n + g] = sel ? sm[k * n + g] : p[k * n + g];
+    }
+done:
+    ovs_free(kn);
+    ovs_free(w);
+    ovs_free(p);
+    ovs_free(sm);
+    return rc;
 }
 
 int ovs_seg_upsample(float *out, const float *logits, int64_t C, int64_t h, int64_t w, int64_t H,

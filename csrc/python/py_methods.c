@@ -19,18 +19,22 @@ static void segmenter_dealloc(ovs_py_segmenter *self) {
 }
 
 static int segmenter_init(ovs_py_segmenter *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"model", "head", "crop", "stride", "sigma", "pd_thresh", NULL};
+    static char *kwlist[] = {"model", "head", "crop", "stride", "sigma", "pd_thresh", "ks_thresh", NULL};
     PyObject *model;
     const char *head;
     long long crop = 0, stride = 0;
-    double sigma = 5.0, pd_thresh = 0.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Os|LLdd", kwlist, &model, &head, &crop, &stride, &sigma,
-                                     &pd_thresh))
+    double sigma = 5.0, pd_thresh = 0.0, ks_thresh = 0.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Os|LLddd", kwlist, &model, &head, &crop, &stride, &sigma,
+                                     &pd_thresh, &ks_thresh))
         return -1;
-    if (!(pd_thresh >= 0.0 && pd_thresh <= 1.0)) {
-        char msg[96];
-        snprintf(msg, sizeof msg, "pd_thresh must be in [0, 1], got %g", pd_thresh);
+    if (!(pd_thresh >= 0.0 && pd_thresh <= 1.0) || !(ks_thresh >= 0.0 && ks_thresh <= 1.0)) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "pd_thresh and ks_thresh must be in [0, 1], got %g, %g", pd_thresh, ks_thresh);
         PyErr_SetString(PyExc_ValueError, msg);
+        return -1;
+    }
+    if (ks_thresh > 0 && strcmp(head, "maskclip")) {
+        PyErr_Format(PyExc_ValueError, "key smoothing (ks_thresh) is MaskCLIP's: it needs head 'maskclip', got '%s'", head);
         return -1;
     }
     if (self->seg) {
@@ -46,7 +50,8 @@ static int segmenter_init(ovs_py_segmenter *self, PyObject *args, PyObject *kw) 
         PyErr_SetString(PyExc_RuntimeError, "model not initialised");
         return -1;
     }
-    ovs_seg_config cfg = {.crop = crop, .stride = stride, .sigma = (float)sigma, .pd_thresh = (float)pd_thresh};
+    ovs_seg_config cfg = {.crop = crop, .stride = stride, .sigma = (float)sigma, .pd_thresh = (float)pd_thresh,
+                          .ks_thresh = (float)ks_thresh};
     if (!strcmp(head, "maskclip")) cfg.head = OVS_HEAD_MASKCLIP;
     else if (!strcmp(head, "sclip")) cfg.head = OVS_HEAD_SCLIP;
     else if (!strcmp(head, "clearclip")) cfg.head = OVS_HEAD_CLEARCLIP;
@@ -186,7 +191,7 @@ static PyTypeObject ovs_py_SegmenterType = {
     .tp_basicsize = sizeof(ovs_py_segmenter),
     .tp_dealloc = (destructor)segmenter_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Segmenter(model, head, crop=0, stride=0, sigma=5.0, pd_thresh=0.0)",
+    .tp_doc = "Segmenter(model, head, crop=0, stride=0, sigma=5.0, pd_thresh=0.0, ks_thresh=0.0)",
     .tp_methods = segmenter_methods,
     .tp_init = (initproc)segmenter_init,
     .tp_new = PyType_GenericNew,
@@ -325,7 +330,48 @@ static PyObject *py_seg_prompt_denoise(PyObject *self, PyObject *args, PyObject 
     return out;
 }
 
+static PyObject *py_seg_key_smooth(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"logits", "keys", "thresh", "scale", NULL};
+    PyObject *obj, *kobj, *out = NULL;
+    double thresh, scale = 100.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOd|d", kwlist, &obj, &kobj, &thresh, &scale)) return NULL;
+    PyArrayObject *lg = ovs_py_float_array(obj, 2, "logits (C, n)");
+    if (!lg) return NULL;
+    PyArrayObject *ka = ovs_py_float_array(kobj, 2, "keys (n, Dk)");
+    if (!ka) {
+        Py_DECREF(lg);
+        return NULL;
+    }
+    if (PyArray_DIM(ka, 0) != PyArray_DIM(lg, 1)) {
+        PyErr_Format(PyExc_ValueError, "keys must have one row per position (%zd), got %zd",
+                     (Py_ssize_t)PyArray_DIM(lg, 1), (Py_ssize_t)PyArray_DIM(ka, 0));
+        goto error;
+    }
+    if (!(out = PyArray_NewCopy(lg, NPY_CORDER))) goto error;
+    int rc;
+    float *o = PyArray_DATA((PyArrayObject *)out);
+    const float *kd = PyArray_DATA(ka);
+    int64_t C = PyArray_DIM(lg, 0), n = PyArray_DIM(lg, 1), Dk = PyArray_DIM(ka, 1);
+    Py_BEGIN_ALLOW_THREADS
+    rc = ovs_seg_key_smooth(o, C, n, kd, Dk, (float)scale, (float)thresh);
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        ovs_py_raise(rc);
+        goto error;
+    }
+    Py_DECREF(lg);
+    Py_DECREF(ka);
+    return out;
+error:
+    Py_DECREF(lg);
+    Py_DECREF(ka);
+    Py_XDECREF(out);
+    return NULL;
+}
+
 static PyMethodDef methods_functions[] = {
+    {"seg_key_smooth", (PyCFunction)(void (*)(void))py_seg_key_smooth, METH_VARARGS | METH_KEYWORDS,
+     "seg_key_smooth(logits (C, n), keys (n, Dk), thresh, scale=100) -> copy with MaskCLIP's key smoothing applied"},
     {"seg_labels_grouped", (PyCFunction)(void (*)(void))py_seg_labels_grouped, METH_VARARGS | METH_KEYWORDS,
      "seg_labels_grouped(logits (Q,h,w), out_h, out_w, query_class (Q,), num_classes, logit_scale=1, prob_thd=0, "
      "bg_label=0, area_thd=-1) -> int32 (H, W): SCLIP's synonym max, area filter and probability threshold"},

@@ -34,6 +34,8 @@ typedef struct {
     float sigma;              /* NACLIP neighbourhood std in patches (5) */
     float pd_thresh;          /* MaskCLIP prompt denoising per window (0 = off; MaskCLIP 0.5):
                                * see ovs_seg_prompt_denoise */
+    float ks_thresh;          /* MaskCLIP key smoothing per window (0 = off; MaskCLIP 1.0), head
+                               * OVS_HEAD_MASKCLIP only: see ovs_seg_key_smooth */
 } ovs_seg_config;
 
 typedef struct ovs_segmenter ovs_segmenter;
@@ -96,6 +98,16 @@ int ovs_seg_labels_grouped_naive(int32_t *labels, const float *logits, int64_t Q
  * (MaskCLIP: scale 100); a class whose largest p over all positions is < thresh gets every
  * logit set to -100. */
 int ovs_seg_prompt_denoise(float *logits, int64_t C, int64_t n, float scale, float thresh);
+
+/* MaskCLIP's key smoothing (MaskClipHead.refine_output, ks_thresh), in place on logits (C, n):
+ * p = softmax(scale * logits) over classes at each of the n grid positions; keys (n, Dk) are the
+ * last attention layer's keys of the positions (ViT: ln_1(x) W_k + b_k of the patch tokens;
+ * ResNet: attnpool k_proj of res5), each channel L2-normalised over the n positions (the
+ * original's F.normalize(k, p=2) on (N, HW, C) normalises dim 1, the positions);
+ * W = k k^T (n, n); positions whose largest p is < thresh get p := W p (all positions' p
+ * mixed by key similarity). logits := p (probabilities) everywhere afterwards. */
+int ovs_seg_key_smooth(float *logits, int64_t C, int64_t n, const float *keys, int64_t Dk, float scale,
+                       float thresh);
 
 /* out (C, H, W) = upsampled logits; with softmax != 0, softmax(logit_scale * logits) over C. */
 int ovs_seg_upsample(float *out, const float *logits, int64_t C, int64_t h, int64_t w, int64_t H,
