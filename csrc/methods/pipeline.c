@@ -401,21 +401,24 @@ static int check_groups(const int32_t *qc, int64_t Q, int64_t C) {
     return rc;
 }
 
-/* Class probabilities (C,) of one pixel from its query logits v (strided by vstride): softmax of
- * s * v over queries (float exps, double sum, as ovs_seg_upsample), then max per class. */
-static inline void class_probs(float *P, const float *v, int64_t vstride, int64_t Q, const int32_t *qc,
-                               int64_t C, float s) {
+/* Class probabilities (C,) of one pixel from its Q contiguous query logits v: softmax of s * v
+ * over queries (float exps, double sum, as ovs_seg_upsample), then max per class. e: (Q,) scratch. */
+static inline void class_probs(float *P, float *e, const float *v, int64_t Q, const int32_t *qc, int64_t C,
+                               float s) {
     float mx = -INFINITY;
     for (int64_t q = 0; q < Q; q++) {
-        const float t = s * v[q * vstride];
+        const float t = s * v[q];
         if (t > mx) mx = t;
     }
     double sum = 0;
-    for (int64_t q = 0; q < Q; q++) sum += expf(s * v[q * vstride] - mx);
+    for (int64_t q = 0; q < Q; q++) {
+        e[q] = expf(s * v[q] - mx);
+        sum += e[q];
+    }
     const float inv = (float)(1.0 / sum);
     for (int64_t c = 0; c < C; c++) P[c] = 0.0f; /* probabilities are >= 0: 0 is max's identity */
     for (int64_t q = 0; q < Q; q++) {
-        const float p = expf(s * v[q * vstride] - mx) * inv;
+        const float p = e[q] * inv;
         if (p > P[qc[q]]) P[qc[q]] = p;
     }
 }
@@ -522,8 +525,9 @@ int ovs_seg_labels_grouped(int32_t *labels, const float *logits, int64_t Q, int6
         }
 #pragma omp parallel num_threads(ovs_get_num_threads())
         {
-            /* (Q, W) interpolated row, (C,) class probabilities, (C,) local areas */
-            float *row = ovs_malloc(((size_t)Q * W + (size_t)C) * sizeof(float));
+            /* (W, Q) interpolated row (each pixel's queries contiguous), (C,) class probabilities,
+             * (Q,) exps, (C,) local areas */
+            float *row = ovs_malloc(((size_t)Q * W + (size_t)C + (size_t)Q) * sizeof(float));
             int64_t *la = pass == 0 ? ovs_malloc((size_t)C * sizeof(int64_t)) : NULL;
             if (!row || (pass == 0 && !la)) {
 #pragma omp atomic write
@@ -531,7 +535,7 @@ int ovs_seg_labels_grouped(int32_t *labels, const float *logits, int64_t Q, int6
             } else if (la) {
                 memset(la, 0, (size_t)C * sizeof(int64_t));
             }
-            float *P = row ? row + (size_t)Q * W : NULL;
+            float *P = row ? row + (size_t)Q * W : NULL, *ex = P ? P + C : NULL;
 #pragma omp for schedule(dynamic, 4)
             for (int64_t Y = 0; Y < H; Y++) {
                 if (!row || (pass == 0 && !la)) continue;
@@ -543,12 +547,11 @@ int ovs_seg_labels_grouped(int32_t *labels, const float *logits, int64_t Q, int6
                 }
                 for (int64_t q = 0; q < Q; q++) {
                     const float *plane = logits + (size_t)q * hw;
-                    float *r = row + q * W;
-                    for (int64_t X = 0; X < W; X++) r[X] = interp(plane, w, &c, Y, X);
+                    for (int64_t X = 0; X < W; X++) row[X * Q + q] = interp(plane, w, &c, Y, X);
                 }
                 for (int64_t X = 0; X < W; X++) {
                     if (pass == 1 && keep[out[X]]) continue;
-                    class_probs(P, row + X, W, Q, qc, C, s);
+                    class_probs(P, ex, row + X * Q, Q, qc, C, s);
                     if (pass == 1)
                         for (int64_t k = 1; k < C; k++)
                             if (!keep[k]) P[k] = 0.0f;
