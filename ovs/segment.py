@@ -185,6 +185,7 @@ class Segmenter:
                  preset: str | None = None, synonym_mode: str | None = None,
                  area_threshold: float | None = None, bg_label: int | None = None,
                  prompt_denoise: float | None = None, key_smoothing: float | None = None):
+        given_args = dict(locals())  # every keyword as passed (for preset=), before anything changes
         if not isinstance(model, Model):
             raise TypeError(f"model must be an ovs.Model (from ovs.load), got {type(model).__name__}")
         if model._visual is None or model._text is None:
@@ -196,25 +197,29 @@ class Segmenter:
         if method not in valid:
             raise ValueError(f"method {method!r} needs a ViT model; for a {model.arch} model use "
                              f"one of: {', '.join(valid)}")
-        self.preset = preset
-        self.preset_skipped: dict[str, Any] = {}
-        if preset is not None:  # the preset fills what the caller left unset
+        if preset is not None:
+            # the preset fills every keyword the caller left at its default (explicit None counts
+            # for short_side / window), then __init__ runs again with the merged keywords; a
+            # setting this Segmenter has no keyword for (e.g. "pamr" before PAMR lands) is kept
+            # in preset_skipped
+            import inspect
+
             from .presets import settings as _preset_settings
 
-            ps = _preset_settings(method, preset)
-            if "pamr" in ps:  # PAMR lands separately: pass it only to a Segmenter that takes it
-                self.preset_skipped["pamr"] = ps.pop("pamr")
-            given = dict(short_side=short_side, window=window, logit_scale=logit_scale,
-                         bg_threshold=bg_threshold, sigma=sigma, synonym_mode=synonym_mode,
-                         area_threshold=area_threshold, bg_label=bg_label, prompt_denoise=prompt_denoise,
-                         key_smoothing=key_smoothing)
-            for k, v in ps.items():  # explicit None is a setting for short_side / window
-                if given[k] is _UNSET or (given[k] is None and k not in ("short_side", "window")):
-                    given[k] = v
-            short_side, window, logit_scale = given["short_side"], given["window"], given["logit_scale"]
-            bg_threshold, sigma, synonym_mode = given["bg_threshold"], given["sigma"], given["synonym_mode"]
-            area_threshold, bg_label = given["area_threshold"], given["bg_label"]
-            prompt_denoise, key_smoothing = given["prompt_denoise"], given["key_smoothing"]
+            params = inspect.signature(Segmenter.__init__).parameters
+            merged = {k: v for k, v in given_args.items() if k not in ("self", "model", "method", "preset")}
+            skipped = {}
+            for k, v in _preset_settings(method, preset).items():
+                if k not in params:
+                    skipped[k] = v
+                elif merged[k] is params[k].default:
+                    merged[k] = v
+            self.__init__(model, method, **merged)
+            self.preset = preset
+            self.preset_skipped = skipped
+            return
+        self.preset = None
+        self.preset_skipped: dict[str, Any] = {}
         self.synonym_mode = "mean" if synonym_mode is None else synonym_mode
         if self.synonym_mode not in ("mean", "max"):
             raise ValueError(f"synonym_mode must be 'mean' (average the synonyms' embeddings) or 'max' "
