@@ -527,7 +527,7 @@ int ovs_seg_labels_grouped(int32_t *labels, const float *logits, int64_t Q, int6
         {
             /* (W, Q) interpolated row (each pixel's queries contiguous), (C,) class probabilities,
              * (Q,) exps, (C,) local areas */
-            float *row = ovs_malloc(((size_t)Q * W + (size_t)C + (size_t)Q) * sizeof(float));
+            float *row = ovs_malloc(((size_t)Q * W + (size_t)C + (size_t)Q + (size_t)Q * 64) * sizeof(float));
             int64_t *la = pass == 0 ? ovs_malloc((size_t)C * sizeof(int64_t)) : NULL;
             if (!row || (pass == 0 && !la)) {
 #pragma omp atomic write
@@ -545,9 +545,25 @@ int ovs_seg_labels_grouped(int32_t *labels, const float *logits, int64_t Q, int6
                     while (X < W && keep[out[X]]) X++;
                     if (X == W) continue;
                 }
-                for (int64_t q = 0; q < Q; q++) {
-                    const float *plane = logits + (size_t)q * hw;
-                    for (int64_t X = 0; X < W; X++) row[X * Q + q] = interp(plane, w, &c, Y, X);
+                {   /* (Q, W) rows, vectorisable, then transposed to (W, Q) in cache-sized blocks */
+                    float *tmp = ex + Q; /* (Q, TB) */
+                    const int64_t TB = 64;
+                    for (int64_t X0 = 0; X0 < W; X0 += TB) {
+                        const int64_t nb = W - X0 < TB ? W - X0 : TB;
+                        const float ly0 = c.ly0[Y], ly1 = c.ly1[Y];
+                        for (int64_t q = 0; q < Q; q++) {
+                            const float *plane = logits + (size_t)q * hw;
+                            const float *r0 = plane + c.y0[Y] * w, *r1 = plane + c.y1[Y] * w;
+                            float *t = tmp + q * TB;
+                            for (int64_t b = 0; b < nb; b++) {
+                                const int64_t X = X0 + b;
+                                t[b] = ly0 * (c.lx0[X] * r0[c.x0[X]] + c.lx1[X] * r0[c.x1[X]]) +
+                                       ly1 * (c.lx0[X] * r1[c.x0[X]] + c.lx1[X] * r1[c.x1[X]]);
+                            }
+                        }
+                        for (int64_t b = 0; b < nb; b++)
+                            for (int64_t q = 0; q < Q; q++) row[(X0 + b) * Q + q] = tmp[q * TB + b];
+                    }
                 }
                 for (int64_t X = 0; X < W; X++) {
                     if (pass == 1 && keep[out[X]]) continue;
