@@ -34,6 +34,7 @@ from .model import Model, infer_config, load  # noqa: E402
 from .segment import METHODS, Segmenter  # noqa: E402
 from .tokenizer import tokenize  # noqa: E402
 from . import metrics  # noqa: E402
+from . import classnames, presets  # noqa: E402
 from .evaluate import evaluate  # noqa: E402  (the function; the module stays sys.modules["ovs.evaluate"])
 
 __version__ = "0.1.0"
@@ -50,4 +51,4 @@ def get_num_threads() -> int:
 
 
 __all__ = ["Model", "load", "infer_config", "Segmenter", "METHODS", "tokenize", "OvsError",
-           "WeightFileError", "set_num_threads", "get_num_threads", "evaluate", "metrics"]
+           "WeightFileError", "set_num_threads", "get_num_threads", "evaluate", "metrics", "presets", "classnames"]

@@ -225,7 +225,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.window is not None:
         kwargs["window"] = None if args.window == "whole" else tuple(int(v) for v in args.window.split(","))
     seg = ovs.Segmenter(model, method=args.method, templates=args.templates,
-                        bg_threshold=args.bg_threshold, logit_scale=args.logit_scale, **kwargs)
+                        bg_threshold=args.bg_threshold, logit_scale=args.logit_scale,
+                        preset=args.preset, synonym_mode=args.synonym_mode, area_threshold=args.area_threshold,
+                        bg_label=args.bg_label, prompt_denoise=args.prompt_denoise,
+                        key_smoothing=args.key_smoothing, **kwargs)
+    if seg.preset_skipped:
+        print(f"ovs: preset {args.preset!r} also sets {seg.preset_skipped}, which this ovs does not "
+              "support yet", file=sys.stderr)
     print(f"ovs: {model!r}\novs: {seg!r} (model ready in {time.perf_counter() - t0:.1f}s)",
           file=sys.stderr, flush=True)
     for i, path in enumerate(paths):
@@ -321,6 +327,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--window", default=None, help='"crop,stride" or "whole"')
     s.add_argument("--logit-scale", type=float, default=None)
     s.add_argument("--bg-threshold", type=float, default=None, help="low-confidence pixels become background/ignored")
+    s.add_argument("--preset", default=None, metavar="DATASET",
+                   help="the method's published settings for a dataset (see ovs.presets): "
+                        "ade20k-150, cityscapes, coco-object, coco-stuff, pascal-context-59, pascal-context-60, "
+                        "voc-20, voc-21; explicit options override it")
+    s.add_argument("--synonym-mode", choices=["mean", "max"], default=None,
+                   help="'a, b' classes: average the synonyms' embeddings (mean) or score the best synonym (max, SCLIP)")
+    s.add_argument("--area-threshold", type=float, default=None, help="SCLIP's area_thd (class 0 = background)")
+    s.add_argument("--bg-label", type=int, default=None, help="label of low-confidence pixels (default 0 if the "
+                   "first class is 'background', else -1 = 255 in the PNG)")
+    s.add_argument("--prompt-denoise", type=float, default=None, help="MaskCLIP's pd_thresh (e.g. 0.5)")
+    s.add_argument("--key-smoothing", type=float, default=None, help="MaskCLIP's ks_thresh (e.g. 1.0; --method maskclip)")
     s.add_argument("--act", choices=["quickgelu", "gelu"], default=None, help="MLP activation of the weights (default quickgelu = OpenAI)")
     s.add_argument("--threads", type=int, default=None)
     s.set_defaults(func=cmd_segment)

@@ -8,8 +8,11 @@ Command line (same options): ``ovs eval --dataset ade20k-150 --root $DETECTRON2_
 --model RN50 --method maskclip [--limit N] [--workers N] [--ray [ADDRESS]] --out results.json``.
 
 What happens:
-- every image is segmented with the dataset's class list (synonyms averaged, as FC-CLIP) at the
-  image's resolution, which is the ground truth's (a size mismatch is an error naming both
+- every image is segmented with the dataset's class list at the image's resolution, with the
+  method's published settings for that dataset (``ovs.presets``: short side, window, logit
+  scale, thresholds, synonyms scored as the method's code does) when the dataset has a preset
+  (``preset="none"``: the method's defaults, synonyms averaged as FC-CLIP; explicit options
+  override single values), which is the ground truth's (a size mismatch is an error naming both
   files), and its confusion matrix (ovs.metrics, C) added to the total;
 - with ``out``: each image's result (its sparse confusion counts) is appended to
   ``<out stem>.images.jsonl`` as soon as it is done; a run that was interrupted resumes from
@@ -44,7 +47,8 @@ from .metrics import ConfusionMatrix, format_table, scores
 __all__ = ["evaluate", "add_eval_parser", "cmd_eval"]
 
 FORMAT = "ovs-eval-images/1"
-_SEG_OPTIONS = ("templates", "short_side", "window", "logit_scale", "bg_threshold")
+_SEG_OPTIONS = ("templates", "short_side", "window", "logit_scale", "bg_threshold", "preset", "synonym_mode",
+                "area_threshold", "bg_label", "prompt_denoise", "key_smoothing")
 
 
 def _cores() -> int:
@@ -300,6 +304,18 @@ def evaluate(dataset: str | Dataset, model: str | os.PathLike = "ViT-B-16", meth
         raise TypeError(f"model must be a model name or a weights path (workers load it themselves), "
                         f"got {type(model).__name__}")
     preset = dataset if isinstance(dataset, str) else None
+    # the method's published settings for this dataset (ovs.presets) unless the caller names
+    # another preset or "none"; explicit settings override single values of it
+    from . import presets as _presets
+
+    seg_preset = segmenter_options.get("preset")
+    if seg_preset is None:
+        seg_preset = preset if preset in _presets.PRESETS else None
+    elif seg_preset == "none":
+        seg_preset = None
+    else:
+        _presets.check_preset(seg_preset)
+    segmenter_options["preset"] = seg_preset
     ds = load_dataset(dataset, root) if preset else dataset
     if not isinstance(ds, Dataset):
         raise TypeError(f"dataset must be a preset name or an ovs.datasets.Dataset, got {type(dataset).__name__}")
@@ -466,6 +482,12 @@ def add_eval_parser(sub) -> None:
     e.add_argument("--short-side", type=int, default=None)
     e.add_argument("--window", default=None, help='"crop,stride" or "whole"')
     e.add_argument("--logit-scale", type=float, default=None)
+    e.add_argument("--preset", default=None, help="the method's published settings for a dataset (ovs.presets); "
+                   "default: the one named like --dataset, when there is one; 'none' for the method's defaults")
+    e.add_argument("--synonym-mode", choices=["mean", "max"], default=None,
+                   help="average synonyms' embeddings (mean) or score the best synonym (max); default: the preset's")
+    e.add_argument("--bg-threshold", type=float, default=None)
+    e.add_argument("--area-threshold", type=float, default=None)
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=cmd_eval)
 
@@ -491,4 +513,6 @@ def _evaluate_cli(args, window):
                     threads=args.threads, out=args.out, resume=not args.restart, ray=args.ray,
                     progress=not args.no_progress, convention=args.convention, sparsity=args.sparsity,
                     synonyms=not args.no_synonyms, act=args.act, templates=args.templates,
-                    short_side=args.short_side, window=window, logit_scale=args.logit_scale)
+                    short_side=args.short_side, window=window, logit_scale=args.logit_scale,
+                    preset=args.preset, synonym_mode=args.synonym_mode, bg_threshold=args.bg_threshold,
+                    area_threshold=args.area_threshold)

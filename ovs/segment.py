@@ -96,11 +96,20 @@ def _distinct_classes(class_names) -> tuple[list[str], np.ndarray | None]:
         rows[i] = first[key]
     return distinct, (None if len(distinct) == len(names) else rows)
 def _check_names(class_names) -> list[str]:
-    """class_names as a list of str (any iterable of str but a plain string), else TypeError."""
+    """class_names as a list of str (any iterable of str but a plain string), else TypeError.
+    A class may also be a list of synonyms (as ovs.classnames.load_classnames gives them):
+    ["person", "man"] is the class "person, man"."""
     if isinstance(class_names, (str, bytes)) or not hasattr(class_names, "__iter__"):
         raise TypeError(f"class_names must be a list of str, got {type(class_names).__name__}"
                         + (f" {class_names!r}" if isinstance(class_names, (str, bytes)) else ""))
     names = list(class_names)
+    for i, n in enumerate(names):
+        if isinstance(n, (list, tuple)):
+            if not n or not all(isinstance(s, str) for s in n):
+                raise TypeError(f"class_names[{i}] must be a str or a non-empty list of str synonyms, got {n!r}")
+            if any("," in s for s in n):
+                raise ValueError(f"class_names[{i}]: a synonym may not contain ',' (the synonym separator), got {n!r}")
+            names[i] = ", ".join(n)
     bad = [n for n in names if not isinstance(n, str)]
     if bad:
         raise TypeError(f"class_names must be str, got {bad[0]!r} ({type(bad[0]).__name__})")
@@ -114,6 +123,25 @@ def _check_finite(a: np.ndarray, what: str) -> None:
         raise ValueError(
             f"{what} contain {n} NaN or infinite value(s) of {a.size}: the model's weights "
             "overflow float32 (e.g. huge values in a projection or norm); check the weight file")
+
+
+def _fraction(v, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not 0 <= float(v) <= 1:
+        raise ValueError(f"{what} must be a number in [0, 1], got {v!r}")
+    return float(v)
+
+
+def _queries(names: list[str]) -> tuple[list[str], np.ndarray]:
+    """SCLIP's get_cls_idx: every synonym of every class is one query; (queries, class of each)."""
+    from .classnames import split_synonyms
+
+    queries: list[str] = []
+    owner: list[int] = []
+    for c, name in enumerate(names):
+        syn = split_synonyms(name)
+        queries += syn
+        owner += [c] * len(syn)
+    return queries, np.asarray(owner, np.int32)
 
 
 class Segmenter:
@@ -133,12 +161,34 @@ class Segmenter:
     output_size: (H, W) of the outputs instead of the input's size (e.g. to bound memory of
         predict() on very large images).
     progress: print per-image progress to stderr.
+    preset: a dataset name from ovs.presets.PRESETS ("ade20k-150", "voc-21", ...): the method's
+        published settings for that dataset (ovs/presets.py, each cited from its repository);
+        explicit keyword arguments override it.
+    synonym_mode: "mean" (default: a class "sofa, couch" is one query, its synonyms' embeddings
+        averaged, as FC-CLIP) or "max" (each synonym is a query; softmax over all queries, a
+        class scores its best synonym: SCLIP / ClearCLIP / NACLIP).
+    area_threshold: SCLIP's area_thd: foreground classes (index >= 1; class 0 is the
+        background) whose predicted area is <= this fraction of the predicted foreground area are
+        dropped (their probabilities zeroed) before the labels are taken.
+    bg_label: label of pixels below bg_threshold (default: 0 if the first class is named
+        "background", else -1); the originals use 0 (their class 0 is the background).
+    prompt_denoise: MaskCLIP's pd_thresh (0.5 in its docs): per window, a class whose largest
+        softmax(100 * logits) probability over the window's patches is below it gets logit -100.
+    key_smoothing: MaskCLIP's ks_thresh (1.0 in its docs; method "maskclip" only): per window,
+        the logits become softmax(100 * logits) probabilities, and patches whose top probability
+        is below it take the key-similarity-weighted sum of all patches' probabilities (keys of
+        the last attention layer). logits() then returns these mixed probabilities.
+    Class names may also be lists of synonyms (as ovs.classnames.load_classnames returns).
     """
 
     def __init__(self, model: Model, method: str | None = None, *, short_side=_UNSET,
                  window=_UNSET, logit_scale: float | None = None, templates=None,
                  bg_threshold: float | None = None, sigma: float | None = None,
-                 output_size: tuple[int, int] | None = None, progress: bool = False):
+                 output_size: tuple[int, int] | None = None, progress: bool = False,
+                 preset: str | None = None, synonym_mode: str | None = None,
+                 area_threshold: float | None = None, bg_label: int | None = None,
+                 prompt_denoise: float | None = None, key_smoothing: float | None = None):
+        given_args = dict(locals())  # every keyword as passed (for preset=), before anything changes
         if not isinstance(model, Model):
             raise TypeError(f"model must be an ovs.Model (from ovs.load), got {type(model).__name__}")
         if model._visual is None or model._text is None:
@@ -150,6 +200,42 @@ class Segmenter:
         if method not in valid:
             raise ValueError(f"method {method!r} needs a ViT model; for a {model.arch} model use "
                              f"one of: {', '.join(valid)}")
+        if preset is not None:
+            # the preset fills every keyword the caller left at its default (explicit None counts
+            # for short_side / window), then __init__ runs again with the merged keywords; a
+            # setting this Segmenter has no keyword for (e.g. "pamr" before PAMR lands) is kept
+            # in preset_skipped
+            import inspect
+
+            from .presets import settings as _preset_settings
+
+            params = inspect.signature(Segmenter.__init__).parameters
+            merged = {k: v for k, v in given_args.items() if k not in ("self", "model", "method", "preset")}
+            skipped = {}
+            for k, v in _preset_settings(method, preset).items():
+                if k not in params:
+                    skipped[k] = v
+                elif merged[k] is params[k].default:
+                    merged[k] = v
+            self.__init__(model, method, **merged)
+            self.preset = preset
+            self.preset_skipped = skipped
+            return
+        self.preset = None
+        self.preset_skipped: dict[str, Any] = {}
+        self.synonym_mode = "mean" if synonym_mode is None else synonym_mode
+        if self.synonym_mode not in ("mean", "max"):
+            raise ValueError(f"synonym_mode must be 'mean' (average the synonyms' embeddings) or 'max' "
+                             f"(one query per synonym, max probability), got {synonym_mode!r}")
+        self.area_threshold = None if area_threshold is None else _fraction(area_threshold, "area_threshold")
+        self.prompt_denoise = None if prompt_denoise is None else _fraction(prompt_denoise, "prompt_denoise")
+        self.key_smoothing = None if key_smoothing is None else _fraction(key_smoothing, "key_smoothing")
+        if self.key_smoothing and method != "maskclip":
+            raise ValueError(f"key_smoothing is MaskCLIP's refinement: it needs method='maskclip', got {method!r}")
+        if bg_label is not None and (isinstance(bg_label, bool) or not isinstance(bg_label, (int, np.integer))
+                                     or bg_label < -1):
+            raise ValueError(f"bg_label must be -1 (ignore) or a class index >= 0, got {bg_label!r}")
+        self.bg_label = None if bg_label is None else int(bg_label)
         d = DEFAULTS[method]
         self.model = model
         self.method = method
@@ -192,19 +278,26 @@ class Segmenter:
         from .templates import get_templates
 
         get_templates(self.templates)  # validate now, not at the first call
-        self._seg = _core.Segmenter(model._visual, method, crop, stride, self.sigma)
+        self._seg = _core.Segmenter(model._visual, method, crop, stride, self.sigma, self.prompt_denoise or 0.0,
+                                    self.key_smoothing or 0.0)
         self._seg_visual = model._visual
 
     def __repr__(self) -> str:
+        extra = "".join(f", {k}={getattr(self, k)!r}" for k in ("preset", "area_threshold", "bg_label", "prompt_denoise",
+                                                            "key_smoothing")
+                        if getattr(self, k) is not None)
+        if self.synonym_mode != "mean":
+            extra += f", synonym_mode={self.synonym_mode!r}"
         return (f"ovs.Segmenter(method={self.method!r}, short_side={self.short_side}, "
                 f"window={self.window}, logit_scale={self.logit_scale}, "
-                f"templates={self.templates!r}, bg_threshold={self.bg_threshold})")
+                f"templates={self.templates!r}, bg_threshold={self.bg_threshold}{extra})")
 
     # ------------------------------------------------------------ internals
     def _core_seg(self):
         if self._seg_visual is not self.model._visual:  # weights were swapped: rebuild
             crop, stride = self.window or (0, 0)
-            self._seg = _core.Segmenter(self.model._visual, self.method, crop, stride, self.sigma)
+            self._seg = _core.Segmenter(self.model._visual, self.method, crop, stride, self.sigma,
+                                        self.prompt_denoise or 0.0, self.key_smoothing or 0.0)
             self._seg_visual = self.model._visual
         return self._seg
 
@@ -227,6 +320,28 @@ class Segmenter:
         first = class_names[0].replace(", ", ",").split(",")[0].strip().lower()
         return 0 if first == "background" else -1
 
+    def _plan(self, names: list[str]):
+        """(texts to encode, row of each scored logit plane among them or None, query -> class
+        map or None). synonym_mode="mean": one text per class; "max": one per synonym (SCLIP's
+        get_cls_idx). Duplicate classes are scored once and their planes copied."""
+        distinct, rows = _distinct_classes(names)
+        if self.synonym_mode == "mean":
+            return distinct, rows, None
+        queries, owner = _queries(distinct)
+        if rows is None:
+            return queries, None, owner
+        per = [np.flatnonzero(owner == d) for d in range(len(distinct))]
+        idx = np.concatenate([per[r] for r in rows])
+        qc = np.concatenate([np.full(len(per[r]), i, np.int32) for i, r in enumerate(rows)])
+        return queries, idx, qc
+
+    def _resolve_bg_label(self, names: list[str]) -> int:
+        if self.bg_label is None:
+            return self._bg_label(names)
+        if self.bg_label >= len(names):
+            raise ValueError(f"bg_label {self.bg_label} is not a class index for {len(names)} classes")
+        return self.bg_label
+
     def _run(self, images, class_names, finish):
         batch = isinstance(images, (list, tuple)) or (isinstance(images, np.ndarray) and images.ndim == 4)
         items = list(images) if batch else [images]
@@ -234,8 +349,8 @@ class Segmenter:
             raise ValueError("the image batch is empty")
         imgs = [as_rgb_uint8(im, f"images[{i}]" if batch else "image") for i, im in enumerate(items)]
         class_names = _check_names(class_names)
-        distinct, rows = _distinct_classes(class_names)
-        cls = self.classifier(distinct)
+        texts, rows, qc = self._plan(class_names)
+        cls = self.classifier(texts)
         _check_finite(cls, "the text classifier")
         out = []
         t0 = time.perf_counter()
@@ -243,7 +358,7 @@ class Segmenter:
             lr = self._lowres(im, cls)
             if rows is not None:  # duplicate classes: copies of one scored row, identical by construction
                 lr = lr[rows]
-            out.append(finish(im, lr))
+            out.append(finish(im, lr, qc))
             if self.progress:
                 print(f"\rovs: segmented {i + 1}/{len(imgs)} image(s) "
                       f"({im.shape[1]}x{im.shape[0]}) in {time.perf_counter() - t0:.1f}s",
@@ -258,29 +373,70 @@ class Segmenter:
 
     # ------------------------------------------------------------ API
     def logits(self, image, class_names: Sequence[str]):
-        """Cosine logits (C, H, W) float32 (before the softmax), at the input's size."""
-        def finish(im, lr):
+        """Cosine logits (C, H, W) float32 (before the softmax), at the input's size. With
+        synonym_mode="max", a class's logit is the max over its synonyms' logits (the softmax is
+        monotone, so its argmax is the class of the largest synonym probability)."""
+        C = len(_check_names(class_names))
+
+        def finish(im, lr, qc):
             H, W = self._out_size(im)
-            return _core.seg_upsample(lr, H, W, logit_scale=1.0, softmax=False)
+            up = _core.seg_upsample(lr, H, W, logit_scale=1.0, softmax=False)
+            return up if qc is None else _group_max(up, qc, C, -np.inf)
         return self._run(image, class_names, finish)
 
     def predict(self, image, class_names: Sequence[str]):
         """Class probabilities (C, H, W) float32: softmax(logit_scale * logits) over classes.
-        A list or (N, H, W, 3) batch gives a list / stacked array."""
-        def finish(im, lr):
+        synonym_mode="max": softmax over every synonym query, then each class's max (SCLIP's
+        seg_logits; they sum to <= 1). area_threshold: small foreground classes' probabilities
+        are zeroed as SCLIP does. A list or (N, H, W, 3) batch gives a list / stacked array."""
+        C = len(_check_names(class_names))
+
+        def finish(im, lr, qc):
             H, W = self._out_size(im)
-            return _core.seg_upsample(lr, H, W, logit_scale=self.logit_scale, softmax=True)
+            p = _core.seg_upsample(lr, H, W, logit_scale=self.logit_scale, softmax=True)
+            if qc is not None:
+                p = _group_max(p, qc, C, 0.0)
+            if self.area_threshold is not None:
+                p = area_filter(p, self.area_threshold)
+            return p
         return self._run(image, class_names, finish)
 
     def segment(self, image, class_names: Sequence[str]):
         """Label map (H, W) int32: index into class_names of each pixel's best class; with
-        bg_threshold, low-confidence pixels get 0 (first class named "background") or -1.
-        Never materialises (C, H, W): memory stays bounded for large images."""
+        bg_threshold, low-confidence pixels get bg_label (default: 0 when the first class is
+        named "background", otherwise -1). synonym_mode="max" and area_threshold follow SCLIP's
+        postprocess_result. Never materialises (C, H, W): memory stays bounded for large images."""
         names = _check_names(class_names)
 
-        def finish(im, lr):
+        def finish(im, lr, qc):
             H, W = self._out_size(im)
+            bg = self._resolve_bg_label(names)  # here: after _run has validated the names
             thr = float(self.bg_threshold or 0.0)
-            return _core.seg_labels(lr, H, W, logit_scale=self.logit_scale, bg_threshold=thr,
-                                    bg_label=self._bg_label(names))
+            if qc is None and self.area_threshold is None:
+                return _core.seg_labels(lr, H, W, logit_scale=self.logit_scale, bg_threshold=thr, bg_label=bg)
+            if qc is None:
+                qc = np.arange(len(names), dtype=np.int32)
+            area = -1.0 if self.area_threshold is None else self.area_threshold
+            return _core.seg_labels_grouped(lr, H, W, qc, len(names), logit_scale=self.logit_scale,
+                                            prob_thd=thr, bg_label=bg, area_thd=area)
         return self._run(image, names, finish)
+
+
+def _group_max(x: np.ndarray, qc: np.ndarray, C: int, init: float) -> np.ndarray:
+    """(C, H, W) max over the query planes of each class (x is (Q, H, W))."""
+    out = np.full((C,) + x.shape[1:], init, np.float32)
+    for q, c in enumerate(qc):
+        np.maximum(out[c], x[q], out=out[c])
+    return out
+
+
+def area_filter(probs: np.ndarray, area_threshold: float) -> np.ndarray:
+    """SCLIP's area filter on class probabilities (C, H, W), class 0 the background: classes
+    c >= 1 whose argmax area is <= area_threshold times the argmax area of all classes >= 1 get
+    probability 0 (a copy is returned)."""
+    C = probs.shape[0]
+    area = np.bincount(probs.argmax(0).ravel(), minlength=C)[1:].astype(np.float32)
+    keep = area > np.float32(area_threshold) * area.sum(dtype=np.float32)
+    out = probs.copy()
+    out[1:][~keep] = 0
+    return out

@@ -72,7 +72,10 @@ def test_cli_end_to_end(tmp_path, data_root, fixtures_dir, manifest, load_model,
     rep = json.loads(out.read_text())
     conf = np.load(tmp_path / "res.confusion.npy")
     ds = ovs.datasets.load_dataset(dataset, data_root)
-    seg = ovs.Segmenter(load_model(MODELS[kind][0]), method=method, templates="bare", short_side=64, window=None)
+    # ovs eval applies the method's preset for the dataset (ovs.presets); explicit options win
+    preset = dataset if dataset in ovs.presets.PRESETS else None
+    seg = ovs.Segmenter(load_model(MODELS[kind][0]), method=method, templates="bare", short_side=64, window=None,
+                        preset=preset)
     ref = np.zeros_like(conf)
     for i in range(len(ds)):
         image, gt = ds[i]

@@ -111,6 +111,12 @@ static int vit_last_block(ovs_segmenter *s, float *xo, float *x, int64_t T, int6
         return rc;
     const float scale = 1.0f / sqrtf((float)F);
     const int64_t ld = 3 * D;
+    if (head == OVS_HEAD_MASKCLIP && s->cfg.ks_thresh > 0) { /* patch tokens' keys, all heads */
+        if (!(s->keys = ovs_arena_floats(&s->work, (size_t)(T - 1) * D))) return OVS_ERR_NOMEM;
+        for (int64_t t = 1; t < T; t++)
+            memcpy(s->keys + (t - 1) * D, qkv + t * ld + D, (size_t)D * sizeof(float));
+        s->keys_dim = D;
+    }
     if (head == OVS_HEAD_NACLIP && (rc = naclip_omega(s, gh, gw))) return rc;
     if (T > INT32_MAX / 4 || ld > INT32_MAX) return ovs_set_error(OVS_ERR_OVERFLOW, "too many tokens");
     for (int64_t h = 0; h < E; h++) {
@@ -269,6 +275,7 @@ int ovs_seg_dense_features(ovs_segmenter *s, float *feats, const float *image, i
                              (long long)p, (long long)H, (long long)W);
     const int64_t gh = H / p, gw = W / p, G = gh * gw;
     ovs_arena_reset(&s->work);
+    s->keys = NULL;
     int rc;
     if (s->resnet) {
         ovs_resnet *m = s->resnet;
@@ -284,6 +291,11 @@ int ovs_seg_dense_features(ovs_segmenter *s, float *feats, const float *image, i
         for (int64_t g = 0; g < G; g++)
             for (int64_t c = 0; c < C5; c++) tok[g * C5 + c] = r5[c * G + g];
         if ((rc = ovs_linear_forward(v, tok, &m->v, m->vb, NULL, G, C5, C5, OVS_ACT_NONE))) return rc;
+        if (s->cfg.ks_thresh > 0) { /* k_proj of res5, for key smoothing */
+            if (!(s->keys = ovs_arena_floats(&s->work, (size_t)G * C5))) return OVS_ERR_NOMEM;
+            if ((rc = ovs_linear_forward(s->keys, tok, &m->k, m->kb, NULL, G, C5, C5, OVS_ACT_NONE))) return rc;
+            s->keys_dim = C5;
+        }
         return ovs_linear_forward(feats, v, &m->c, m->cb, NULL, G, C5, m->cfg.embed_dim, OVS_ACT_NONE);
     }
     ovs_vit *m = s->vit;

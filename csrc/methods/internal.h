@@ -13,6 +13,8 @@ struct ovs_segmenter {
     int64_t omega_gh, omega_gw;
     ovs_arena arena;          /* pipeline buffers (image, accumulators) for one call */
     ovs_arena work;           /* per-window buffers, reset for every window */
+    float *keys;              /* (G, keys_dim) last window's keys (in work) when cfg.ks_thresh > 0 */
+    int64_t keys_dim;
 };
 
 

@@ -126,6 +126,12 @@ int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_
             }
             ovs_sgemm(OVS_CBLAS_ROW_MAJOR, OVS_CBLAS_NO_TRANS, OVS_CBLAS_TRANS, (int)C, (int)G, (int)E,
                       1.0f, classifier, (int)E, feats, (int)E, 0.0f, small, (int)G);
+            if (s->cfg.pd_thresh > 0 && (rc = ovs_seg_prompt_denoise(small, C, G, 100.0f, s->cfg.pd_thresh)))
+                return rc;
+            if (s->cfg.ks_thresh > 0) {
+                if (!s->keys) return ovs_set_error(OVS_ERR_ARG, "key smoothing needs the maskclip head");
+                if ((rc = ovs_seg_key_smooth(small, C, G, s->keys, s->keys_dim, 100.0f, s->cfg.ks_thresh))) return rc;
+            }
             /* upsample (C, gh, gw) -> (C, wh, ww) bilinearly, crop to (h, w), accumulate */
             if ((rc = coeffs_alloc(&cy, &s->work, gh, gw, wh, ww, h, w))) return rc;
 #pragma omp parallel for schedule(static) num_threads(ovs_get_num_threads())
@@ -369,6 +375,314 @@ int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, i
     if (failed) rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for the label stage's cell buffers");
 done:
     ovs_arena_free(&a);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- grouped label stage
+ * SCLIP's postprocess_result: softmax over queries, max over each class's queries, area filter,
+ * probability threshold. See include/ovs/methods.h. */
+static int check_groups(const int32_t *qc, int64_t Q, int64_t C) {
+    if (C <= 0 || C > Q) return ovs_set_error(OVS_ERR_ARG, "need 1 <= classes <= queries, got %lld classes for %lld queries",
+                                              (long long)C, (long long)Q);
+    if (C > INT32_MAX) return ovs_set_error(OVS_ERR_OVERFLOW, "too many classes");
+    unsigned char *seen = ovs_malloc((size_t)C);
+    if (!seen) return ovs_set_error(OVS_ERR_NOMEM, "out of memory");
+    memset(seen, 0, (size_t)C);
+    int rc = OVS_OK;
+    for (int64_t q = 0; q < Q && !rc; q++) {
+        if (qc[q] < 0 || qc[q] >= C)
+            rc = ovs_set_error(OVS_ERR_ARG, "query %lld maps to class %d, outside 0..%lld", (long long)q, (int)qc[q],
+                               (long long)C - 1);
+        else seen[qc[q]] = 1;
+    }
+    for (int64_t c = 0; c < C && !rc; c++)
+        if (!seen[c]) rc = ovs_set_error(OVS_ERR_ARG, "class %lld has no query", (long long)c);
+    ovs_free(seen);
+    return rc;
+}
+
+/* Class probabilities (C,) of one pixel from its Q contiguous query logits v: softmax of s * v
+ * over queries (float exps, double sum, as ovs_seg_upsample), then max per class. e: (Q,) scratch. */
+static inline void class_probs(float *P, float *e, const float *v, int64_t Q, const int32_t *qc, int64_t C,
+                               float s) {
+    float mx = -INFINITY;
+    for (int64_t q = 0; q < Q; q++) {
+        const float t = s * v[q];
+        if (t > mx) mx = t;
+    }
+    double sum = 0;
+    for (int64_t q = 0; q < Q; q++) {
+        e[q] = expf(s * v[q] - mx);
+        sum += e[q];
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int64_t c = 0; c < C; c++) P[c] = 0.0f; /* probabilities are >= 0: 0 is max's identity */
+    for (int64_t q = 0; q < Q; q++) {
+        const float p = e[q] * inv;
+        if (p > P[qc[q]]) P[qc[q]] = p;
+    }
+}
+
+static inline int32_t argmax_first(const float *P, int64_t C, float *best) {
+    int32_t arg = 0;
+    float b = P[0];
+    for (int64_t c = 1; c < C; c++)
+        if (P[c] > b) { b = P[c]; arg = (int32_t)c; }
+    *best = b;
+    return arg;
+}
+
+/* keep[c] for classes c >= 1 from their argmax areas (SCLIP: area > area_thd * sum of areas,
+ * in float32 as torch computes it); keep[0] = 1. Returns the number of removed classes. */
+static int64_t area_keep(unsigned char *keep, const int64_t *area, int64_t C, float area_thd) {
+    int64_t total = 0, removed = 0;
+    for (int64_t c = 1; c < C; c++) total += area[c];
+    const float lim = area_thd * (float)total;
+    keep[0] = 1;
+    for (int64_t c = 1; c < C; c++) {
+        keep[c] = (float)area[c] > lim;
+        removed += !keep[c];
+    }
+    return removed;
+}
+
+int ovs_seg_labels_grouped_naive(int32_t *labels, const float *logits, int64_t Q, int64_t h,
+                                 int64_t w, int64_t H, int64_t W, const int32_t *qc, int64_t C,
+                                 float s, float prob_thd, int32_t bg_label, float area_thd) {
+    int rc = check_up(Q, h, w, H, W, s);
+    if (rc || (rc = check_groups(qc, Q, C))) return rc;
+    const int64_t HW = H * W;
+    float *probs = ovs_malloc((size_t)Q * HW * sizeof(float));
+    float *P = ovs_malloc((size_t)C * HW * sizeof(float));
+    int64_t *area = ovs_malloc((size_t)C * sizeof(int64_t));
+    unsigned char *keep = ovs_malloc((size_t)C);
+    if (!probs || !P || !area || !keep) {
+        rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for (%lld, %lld, %lld) probabilities", (long long)Q,
+                           (long long)H, (long long)W);
+        goto done;
+    }
+    /* seg_logits = softmax(logit_scale * logits) over queries */
+    if ((rc = ovs_seg_upsample(probs, logits, Q, h, w, H, W, s, 1))) goto done;
+    /* seg_logits = (seg_logits * one_hot(query_idx)).max(1): class max over its queries */
+    for (int64_t c = 0; c < C; c++) memset(P + (size_t)c * HW, 0, (size_t)HW * sizeof(float));
+    for (int64_t q = 0; q < Q; q++) {
+        float *dst = P + (size_t)qc[q] * HW;
+        const float *src = probs + (size_t)q * HW;
+        for (int64_t i = 0; i < HW; i++)
+            if (src[i] > dst[i]) dst[i] = src[i];
+    }
+    if (area_thd >= 0) { /* area of each class's argmax; zero the small foreground classes */
+        memset(area, 0, (size_t)C * sizeof(int64_t));
+        for (int64_t i = 0; i < HW; i++) {
+            int32_t arg = 0;
+            float b = P[i];
+            for (int64_t c = 1; c < C; c++)
+                if (P[(size_t)c * HW + i] > b) { b = P[(size_t)c * HW + i]; arg = (int32_t)c; }
+            area[arg]++;
+        }
+        area_keep(keep, area, C, area_thd);
+        for (int64_t c = 1; c < C; c++)
+            if (!keep[c]) memset(P + (size_t)c * HW, 0, (size_t)HW * sizeof(float));
+    }
+    /* seg_pred = argmax; seg_pred[max < prob_thd] = bg */
+    for (int64_t i = 0; i < HW; i++) {
+        int32_t arg = 0;
+        float b = P[i];
+        for (int64_t c = 1; c < C; c++)
+            if (P[(size_t)c * HW + i] > b) { b = P[(size_t)c * HW + i]; arg = (int32_t)c; }
+        labels[i] = b < prob_thd ? bg_label : arg;
+    }
+done:
+    ovs_free(probs);
+    ovs_free(P);
+    ovs_free(area);
+    ovs_free(keep);
+    return rc;
+}
+
+int ovs_seg_labels_grouped(int32_t *labels, const float *logits, int64_t Q, int64_t h, int64_t w,
+                           int64_t H, int64_t W, const int32_t *qc, int64_t C, float s,
+                           float prob_thd, int32_t bg_label, float area_thd) {
+    int rc = check_up(Q, h, w, H, W, s);
+    if (rc || (rc = check_groups(qc, Q, C))) return rc;
+    ovs_arena a;
+    ovs_arena_init(&a);
+    coeffs c;
+    const int64_t hw = h * w, HW = H * W;
+    unsigned char *below = ovs_malloc((size_t)HW), *keep = ovs_malloc((size_t)C);
+    int64_t *area = ovs_malloc((size_t)C * sizeof(int64_t));
+    int failed = 0;
+    int64_t removed = 0;
+    if (!below || !keep || !area) {
+        rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for the grouped label stage");
+        goto done;
+    }
+    if ((rc = coeffs_alloc(&c, &a, h, w, H, W, H, W))) goto done;
+    memset(area, 0, (size_t)C * sizeof(int64_t));
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) {
+            if (area_thd < 0 || !(removed = area_keep(keep, area, C, area_thd))) break;
+        }
+#pragma omp parallel num_threads(ovs_get_num_threads())
+        {
+            /* (W, Q) interpolated row (each pixel's queries contiguous), (C,) class probabilities,
+             * (Q,) exps, (C,) local areas */
+            float *row = ovs_malloc(((size_t)Q * W + (size_t)C + (size_t)Q + (size_t)Q * 64) * sizeof(float));
+            int64_t *la = pass == 0 ? ovs_malloc((size_t)C * sizeof(int64_t)) : NULL;
+            if (!row || (pass == 0 && !la)) {
+#pragma omp atomic write
+                failed = 1;
+            } else if (la) {
+                memset(la, 0, (size_t)C * sizeof(int64_t));
+            }
+            float *P = row ? row + (size_t)Q * W : NULL, *ex = P ? P + C : NULL;
+#pragma omp for schedule(dynamic, 4)
+            for (int64_t Y = 0; Y < H; Y++) {
+                if (!row || (pass == 0 && !la)) continue;
+                int32_t *out = labels + Y * W;
+                if (pass == 1) { /* only rows holding a removed class's pixel */
+                    int64_t X = 0;
+                    while (X < W && keep[out[X]]) X++;
+                    if (X == W) continue;
+                }
+                {   /* (Q, W) rows, vectorisable, then transposed to (W, Q) in cache-sized blocks */
+                    float *tmp = ex + Q; /* (Q, TB) */
+                    const int64_t TB = 64;
+                    for (int64_t X0 = 0; X0 < W; X0 += TB) {
+                        const int64_t nb = W - X0 < TB ? W - X0 : TB;
+                        const float ly0 = c.ly0[Y], ly1 = c.ly1[Y];
+                        for (int64_t q = 0; q < Q; q++) {
+                            const float *plane = logits + (size_t)q * hw;
+                            const float *r0 = plane + c.y0[Y] * w, *r1 = plane + c.y1[Y] * w;
+                            float *t = tmp + q * TB;
+                            for (int64_t b = 0; b < nb; b++) {
+                                const int64_t X = X0 + b;
+                                t[b] = ly0 * (c.lx0[X] * r0[c.x0[X]] + c.lx1[X] * r0[c.x1[X]]) +
+                                       ly1 * (c.lx0[X] * r1[c.x0[X]] + c.lx1[X] * r1[c.x1[X]]);
+                            }
+                        }
+                        for (int64_t b = 0; b < nb; b++)
+                            for (int64_t q = 0; q < Q; q++) row[(X0 + b) * Q + q] = tmp[q * TB + b];
+                    }
+                }
+                for (int64_t X = 0; X < W; X++) {
+                    if (pass == 1 && keep[out[X]]) continue;
+                    class_probs(P, ex, row + X * Q, Q, qc, C, s);
+                    if (pass == 1)
+                        for (int64_t k = 1; k < C; k++)
+                            if (!keep[k]) P[k] = 0.0f;
+                    float best;
+                    const int32_t arg = argmax_first(P, C, &best);
+                    out[X] = arg;
+                    below[Y * W + X] = best < prob_thd;
+                    if (la) la[arg]++;
+                }
+            }
+            if (la) {
+#pragma omp critical(ovs_grouped_area)
+                for (int64_t k = 0; k < C; k++) area[k] += la[k];
+            }
+            ovs_free(row);
+            ovs_free(la);
+        }
+        if (failed) {
+            rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for a row buffer");
+            goto done;
+        }
+    }
+    if (prob_thd > 0)
+        for (int64_t i = 0; i < HW; i++)
+            if (below[i]) labels[i] = bg_label;
+done:
+    ovs_arena_free(&a);
+    ovs_free(below);
+    ovs_free(keep);
+    ovs_free(area);
+    return rc;
+}
+
+int ovs_seg_prompt_denoise(float *logits, int64_t C, int64_t n, float scale, float thresh) {
+    if (C <= 0 || n <= 0) return ovs_set_error(OVS_ERR_ARG, "empty logits (%lld, %lld)", (long long)C, (long long)n);
+    if (!isfinite(scale) || !isfinite(thresh)) return ovs_set_error(OVS_ERR_ARG, "scale and thresh must be finite");
+    float *mx = ovs_malloc((size_t)C * sizeof(float));
+    if (!mx) return ovs_set_error(OVS_ERR_NOMEM, "out of memory");
+    for (int64_t k = 0; k < C; k++) mx[k] = 0.0f;
+    for (int64_t g = 0; g < n; g++) {
+        float m = -INFINITY;
+        for (int64_t k = 0; k < C; k++) {
+            const float t = scale * logits[k * n + g];
+            if (t > m) m = t;
+        }
+        double sum = 0;
+        for (int64_t k = 0; k < C; k++) sum += expf(scale * logits[k * n + g] - m);
+        const float inv = (float)(1.0 / sum);
+        for (int64_t k = 0; k < C; k++) {
+            const float p = expf(scale * logits[k * n + g] - m) * inv;
+            if (p > mx[k]) mx[k] = p;
+        }
+    }
+    for (int64_t k = 0; k < C; k++)
+        if (mx[k] < thresh)
+            for (int64_t g = 0; g < n; g++) logits[k * n + g] = -100.0f;
+    ovs_free(mx);
+    return OVS_OK;
+}
+
+
+int ovs_seg_key_smooth(float *logits, int64_t C, int64_t n, const float *keys, int64_t Dk, float scale,
+                       float thresh) {
+    if (C <= 0 || n <= 0 || Dk <= 0)
+        return ovs_set_error(OVS_ERR_ARG, "empty logits or keys (%lld, %lld, %lld)", (long long)C, (long long)n,
+                             (long long)Dk);
+    if (!isfinite(scale) || !isfinite(thresh)) return ovs_set_error(OVS_ERR_ARG, "scale and thresh must be finite");
+    if (n > INT32_MAX / 4 || C > INT32_MAX / 4 || Dk > INT32_MAX / 4)
+        return ovs_set_error(OVS_ERR_OVERFLOW, "key smoothing sizes too large");
+    size_t nn;
+    if (ovs_mul_size(&nn, (size_t)n, (size_t)n)) return ovs_set_error(OVS_ERR_OVERFLOW, "key smoothing: %lld positions", (long long)n);
+    float *kn = ovs_malloc((size_t)n * Dk * sizeof(float));  /* (n, Dk) normalised keys */
+    float *w = ovs_malloc(nn * sizeof(float));                /* (n, n) similarities */
+    float *p = ovs_malloc((size_t)C * n * sizeof(float));     /* (C, n) probabilities */
+    float *sm = ovs_malloc((size_t)C * n * sizeof(float));    /* (C, n) p @ W^T */
+    int rc = OVS_OK;
+    if (!kn || !w || !p || !sm) {
+        rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for key smoothing over %lld positions", (long long)n);
+        goto done;
+    }
+    /* p = softmax(scale * logits) over classes, per position */
+    for (int64_t g = 0; g < n; g++) {
+        float m = -INFINITY;
+        for (int64_t k = 0; k < C; k++) {
+            const float t = scale * logits[k * n + g];
+            if (t > m) m = t;
+        }
+        double sum = 0;
+        for (int64_t k = 0; k < C; k++) sum += expf(scale * logits[k * n + g] - m);
+        const float inv = (float)(1.0 / sum);
+        for (int64_t k = 0; k < C; k++) p[k * n + g] = expf(scale * logits[k * n + g] - m) * inv;
+    }
+    /* each key channel L2-normalised over the positions (F.normalize(k, p=2), dim 1, eps 1e-12) */
+    for (int64_t d = 0; d < Dk; d++) {
+        double ss = 0;
+        for (int64_t g = 0; g < n; g++) ss += (double)keys[g * Dk + d] * keys[g * Dk + d];
+        const float inv = (float)(1.0 / fmax(sqrt(ss), 1e-12));
+        for (int64_t g = 0; g < n; g++) kn[g * Dk + d] = keys[g * Dk + d] * inv;
+    }
+    /* W = kn kn^T; sm (C, n) = p (C, n) @ W^T (W is symmetric) */
+    ovs_sgemm(OVS_CBLAS_ROW_MAJOR, OVS_CBLAS_NO_TRANS, OVS_CBLAS_TRANS, (int)n, (int)n, (int)Dk, 1.0f, kn, (int)Dk,
+              kn, (int)Dk, 0.0f, w, (int)n);
+    ovs_sgemm(OVS_CBLAS_ROW_MAJOR, OVS_CBLAS_NO_TRANS, OVS_CBLAS_TRANS, (int)C, (int)n, (int)n, 1.0f, p, (int)n,
+              w, (int)n, 0.0f, sm, (int)n);
+    for (int64_t g = 0; g < n; g++) {
+        float mx = p[g];
+        for (int64_t k = 1; k < C; k++) mx = p[k * n + g] > mx ? p[k * n + g] : mx;
+        const int sel = mx < thresh;
+        for (int64_t k = 0; k < C; k++) logits[k * n + g] = sel ? sm[k * n + g] : p[k * n + g];
+    }
+done:
+    ovs_free(kn);
+    ovs_free(w);
+    ovs_free(p);
+    ovs_free(sm);
     return rc;
 }
 

@@ -3,6 +3,7 @@
 #include "ovs/methods.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 typedef struct {
@@ -18,13 +19,24 @@ static void segmenter_dealloc(ovs_py_segmenter *self) {
 }
 
 static int segmenter_init(ovs_py_segmenter *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"model", "head", "crop", "stride", "sigma", NULL};
+    static char *kwlist[] = {"model", "head", "crop", "stride", "sigma", "pd_thresh", "ks_thresh", NULL};
     PyObject *model;
     const char *head;
     long long crop = 0, stride = 0;
-    double sigma = 5.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Os|LLd", kwlist, &model, &head, &crop, &stride, &sigma))
+    double sigma = 5.0, pd_thresh = 0.0, ks_thresh = 0.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Os|LLddd", kwlist, &model, &head, &crop, &stride, &sigma,
+                                     &pd_thresh, &ks_thresh))
         return -1;
+    if (!(pd_thresh >= 0.0 && pd_thresh <= 1.0) || !(ks_thresh >= 0.0 && ks_thresh <= 1.0)) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "pd_thresh and ks_thresh must be in [0, 1], got %g, %g", pd_thresh, ks_thresh);
+        PyErr_SetString(PyExc_ValueError, msg);
+        return -1;
+    }
+    if (ks_thresh > 0 && strcmp(head, "maskclip")) {
+        PyErr_Format(PyExc_ValueError, "key smoothing (ks_thresh) is MaskCLIP's: it needs head 'maskclip', got '%s'", head);
+        return -1;
+    }
     if (self->seg) {
         PyErr_SetString(PyExc_RuntimeError, "segmenter already initialised");
         return -1;
@@ -38,7 +50,8 @@ static int segmenter_init(ovs_py_segmenter *self, PyObject *args, PyObject *kw) 
         PyErr_SetString(PyExc_RuntimeError, "model not initialised");
         return -1;
     }
-    ovs_seg_config cfg = {.crop = crop, .stride = stride, .sigma = (float)sigma};
+    ovs_seg_config cfg = {.crop = crop, .stride = stride, .sigma = (float)sigma, .pd_thresh = (float)pd_thresh,
+                          .ks_thresh = (float)ks_thresh};
     if (!strcmp(head, "maskclip")) cfg.head = OVS_HEAD_MASKCLIP;
     else if (!strcmp(head, "sclip")) cfg.head = OVS_HEAD_SCLIP;
     else if (!strcmp(head, "clearclip")) cfg.head = OVS_HEAD_CLEARCLIP;
@@ -179,7 +192,7 @@ static PyTypeObject ovs_py_SegmenterType = {
     .tp_basicsize = sizeof(ovs_py_segmenter),
     .tp_dealloc = (destructor)segmenter_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Segmenter(model, head, crop=0, stride=0, sigma=5.0)",
+    .tp_doc = "Segmenter(model, head, crop=0, stride=0, sigma=5.0, pd_thresh=0.0, ks_thresh=0.0)",
     .tp_methods = segmenter_methods,
     .tp_init = (initproc)segmenter_init,
     .tp_new = PyType_GenericNew,
@@ -234,7 +247,139 @@ static PyObject *py_seg_labels(PyObject *self, PyObject *args, PyObject *kw) { r
 static PyObject *py_seg_upsample(PyObject *self, PyObject *args, PyObject *kw) { return py_seg_final(args, kw, 0); }
 static PyObject *py_seg_labels_naive(PyObject *self, PyObject *args, PyObject *kw) { return py_seg_final(args, kw, 2); }
 
+/* seg_labels_grouped(logits (Q,h,w), out_h, out_w, query_class (Q,) int32, num_classes, ...) */
+static PyObject *py_seg_grouped(PyObject *args, PyObject *kw, int naive) {
+    static char *kwlist[] = {"logits", "out_h", "out_w", "query_class", "num_classes", "logit_scale",
+                             "prob_thd", "bg_label", "area_thd", NULL};
+    PyObject *obj, *qobj, *out = NULL;
+    PyArrayObject *lg = NULL, *qa = NULL;
+    long long H, W, C;
+    double scale = 1.0, thr = 0.0, area = -1.0;
+    int bg_label = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLLOL|ddid", kwlist, &obj, &H, &W, &qobj, &C, &scale, &thr,
+                                     &bg_label, &area))
+        return NULL;
+    if (!(lg = ovs_py_float_array(obj, 3, "logits (Q, h, w)"))) return NULL;
+    if (H <= 0 || W <= 0 || H > 65536 || W > 65536) {
+        PyErr_Format(PyExc_ValueError, "output size must be in 1..65536, got %lldx%lld", H, W);
+        goto error;
+    }
+    int64_t Q = PyArray_DIM(lg, 0), h = PyArray_DIM(lg, 1), w = PyArray_DIM(lg, 2);
+    if (Q == 0 || h == 0 || w == 0) {
+        PyErr_SetString(PyExc_ValueError, "logits must not be empty");
+        goto error;
+    }
+    if (!(qa = (PyArrayObject *)PyArray_FROMANY(qobj, NPY_INT32, 1, 1, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST)))
+        goto error;
+    if (PyArray_DIM(qa, 0) != Q) {
+        PyErr_Format(PyExc_ValueError, "query_class must have one entry per query (%lld), got %zd", (long long)Q,
+                     (Py_ssize_t)PyArray_DIM(qa, 0));
+        goto error;
+    }
+    if (!isfinite(thr) || !isfinite(area) || area > 1.0) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "prob_thd must be finite and area_thd <= 1 (negative = off), got %g, %g", thr, area);
+        PyErr_SetString(PyExc_ValueError, msg);
+        goto error;
+    }
+    npy_intp d2[2] = {H, W};
+    if (!(out = PyArray_SimpleNew(2, d2, NPY_INT32))) goto error;
+    int rc;
+    const float *ld = PyArray_DATA(lg);
+    const int32_t *qd = PyArray_DATA(qa);
+    int32_t *od = PyArray_DATA((PyArrayObject *)out);
+    Py_BEGIN_ALLOW_THREADS
+    rc = (naive ? ovs_seg_labels_grouped_naive : ovs_seg_labels_grouped)(od, ld, Q, h, w, H, W, qd, C, (float)scale,
+                                                                         (float)thr, bg_label, (float)area);
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        ovs_py_raise(rc);
+        goto error;
+    }
+    Py_DECREF(lg);
+    Py_DECREF(qa);
+    return out;
+error:
+    Py_XDECREF(lg);
+    Py_XDECREF(qa);
+    Py_XDECREF(out);
+    return NULL;
+}
+static PyObject *py_seg_labels_grouped(PyObject *self, PyObject *args, PyObject *kw) { return py_seg_grouped(args, kw, 0); }
+static PyObject *py_seg_labels_grouped_naive(PyObject *self, PyObject *args, PyObject *kw) { return py_seg_grouped(args, kw, 1); }
+
+static PyObject *py_seg_prompt_denoise(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"logits", "thresh", "scale", NULL};
+    PyObject *obj;
+    double thresh, scale = 100.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Od|d", kwlist, &obj, &thresh, &scale)) return NULL;
+    PyArrayObject *lg = ovs_py_float_array(obj, 2, "logits (C, n)");
+    if (!lg) return NULL;
+    PyObject *out = PyArray_NewCopy(lg, NPY_CORDER);
+    Py_DECREF(lg);
+    if (!out) return NULL;
+    int rc;
+    float *o = PyArray_DATA((PyArrayObject *)out);
+    int64_t C = PyArray_DIM((PyArrayObject *)out, 0), n = PyArray_DIM((PyArrayObject *)out, 1);
+    Py_BEGIN_ALLOW_THREADS
+    rc = ovs_seg_prompt_denoise(o, C, n, (float)scale, (float)thresh);
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        Py_DECREF(out);
+        return ovs_py_raise(rc), NULL;
+    }
+    return out;
+}
+
+static PyObject *py_seg_key_smooth(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"logits", "keys", "thresh", "scale", NULL};
+    PyObject *obj, *kobj, *out = NULL;
+    double thresh, scale = 100.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOd|d", kwlist, &obj, &kobj, &thresh, &scale)) return NULL;
+    PyArrayObject *lg = ovs_py_float_array(obj, 2, "logits (C, n)");
+    if (!lg) return NULL;
+    PyArrayObject *ka = ovs_py_float_array(kobj, 2, "keys (n, Dk)");
+    if (!ka) {
+        Py_DECREF(lg);
+        return NULL;
+    }
+    if (PyArray_DIM(ka, 0) != PyArray_DIM(lg, 1)) {
+        PyErr_Format(PyExc_ValueError, "keys must have one row per position (%zd), got %zd",
+                     (Py_ssize_t)PyArray_DIM(lg, 1), (Py_ssize_t)PyArray_DIM(ka, 0));
+        goto error;
+    }
+    if (!(out = PyArray_NewCopy(lg, NPY_CORDER))) goto error;
+    int rc;
+    float *o = PyArray_DATA((PyArrayObject *)out);
+    const float *kd = PyArray_DATA(ka);
+    int64_t C = PyArray_DIM(lg, 0), n = PyArray_DIM(lg, 1), Dk = PyArray_DIM(ka, 1);
+    Py_BEGIN_ALLOW_THREADS
+    rc = ovs_seg_key_smooth(o, C, n, kd, Dk, (float)scale, (float)thresh);
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        ovs_py_raise(rc);
+        goto error;
+    }
+    Py_DECREF(lg);
+    Py_DECREF(ka);
+    return out;
+error:
+    Py_DECREF(lg);
+    Py_DECREF(ka);
+    Py_XDECREF(out);
+    return NULL;
+}
+
 static PyMethodDef methods_functions[] = {
+    {"seg_key_smooth", (PyCFunction)(void (*)(void))py_seg_key_smooth, METH_VARARGS | METH_KEYWORDS,
+     "seg_key_smooth(logits (C, n), keys (n, Dk), thresh, scale=100) -> copy with MaskCLIP's key smoothing applied"},
+    {"seg_labels_grouped", (PyCFunction)(void (*)(void))py_seg_labels_grouped, METH_VARARGS | METH_KEYWORDS,
+     "seg_labels_grouped(logits (Q,h,w), out_h, out_w, query_class (Q,), num_classes, logit_scale=1, prob_thd=0, "
+     "bg_label=0, area_thd=-1) -> int32 (H, W): SCLIP's synonym max, area filter and probability threshold"},
+    {"seg_labels_grouped_naive", (PyCFunction)(void (*)(void))py_seg_labels_grouped_naive, METH_VARARGS | METH_KEYWORDS,
+     "Test twin of seg_labels_grouped: materialises every probability (same arguments)."},
+    {"seg_prompt_denoise", (PyCFunction)(void (*)(void))py_seg_prompt_denoise, METH_VARARGS | METH_KEYWORDS,
+     "seg_prompt_denoise(logits (C, n), thresh, scale=100) -> copy with MaskCLIP's prompt denoising applied"},
     {"seg_labels", (PyCFunction)(void (*)(void))py_seg_labels, METH_VARARGS | METH_KEYWORDS,
      "seg_labels(logits (C,h,w), out_h, out_w, logit_scale=1, bg_threshold=0, bg_label=-1) -> int32 (H, W)"},
     {"seg_labels_naive", (PyCFunction)(void (*)(void))py_seg_labels_naive, METH_VARARGS | METH_KEYWORDS,

@@ -35,6 +35,10 @@ typedef struct {
     ovs_head head;
     int64_t crop, stride;     /* sliding window on the resized image; crop 0 = whole image */
     float sigma;              /* NACLIP neighbourhood std in patches (5) */
+    float pd_thresh;          /* MaskCLIP prompt denoising per window (0 = off; MaskCLIP 0.5):
+                               * see ovs_seg_prompt_denoise */
+    float ks_thresh;          /* MaskCLIP key smoothing per window (0 = off; MaskCLIP 1.0), head
+                               * OVS_HEAD_MASKCLIP only: see ovs_seg_key_smooth */
 } ovs_seg_config;
 
 typedef struct ovs_segmenter ovs_segmenter;
@@ -73,6 +77,41 @@ int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, i
  * per low-resolution cell only the classes that can win there, and gives identical labels). */
 int ovs_seg_labels_naive(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w,
                          int64_t H, int64_t W, float logit_scale, float bg_threshold, int32_t bg_label);
+/* Labels for classes that are groups of queries (SCLIP / ClearCLIP / NACLIP postprocess_result),
+ * without materialising (Q, H, W). logits (Q, h, w) are one row per query (a synonym of a
+ * class); query_class (Q,) maps each query to its class 0..C-1 (every class has >= 1 query):
+ *   p_q = softmax over the Q queries of logit_scale * bilinear(logits) at each output pixel;
+ *   P_c = max of p_q over the queries of class c;
+ *   area_thd >= 0 (SCLIP area_thd): classes c >= 1 whose argmax area is <= area_thd times the
+ *     total argmax area of classes >= 1 get P_c = 0 (class 0 is the background);
+ *   label = argmax_c P_c (first on ties); where max_c P_c < prob_thd, bg_label instead.
+ * area_thd < 0: no area filter; prob_thd <= 0: no threshold. Two passes over the image; the
+ * second recomputes only pixels whose label was a removed class. Extra memory: (H, W) bytes. */
+int ovs_seg_labels_grouped(int32_t *labels, const float *logits, int64_t Q, int64_t h, int64_t w,
+                           int64_t H, int64_t W, const int32_t *query_class, int64_t C,
+                           float logit_scale, float prob_thd, int32_t bg_label, float area_thd);
+/* The naive twin: materialises (Q, H, W) probabilities and (C, H, W) class probabilities and
+ * follows SCLIP's code step by step (same arguments, same labels up to float rounding ties). */
+int ovs_seg_labels_grouped_naive(int32_t *labels, const float *logits, int64_t Q, int64_t h,
+                                 int64_t w, int64_t H, int64_t W, const int32_t *query_class,
+                                 int64_t C, float logit_scale, float prob_thd, int32_t bg_label,
+                                 float area_thd);
+/* MaskCLIP's prompt denoising (MaskClipHead.refine_output, pd_thresh), in place on cosine logits
+ * (C, n) over n grid positions: per position p = softmax(scale * logits[:, g]) over classes
+ * (MaskCLIP: scale 100); a class whose largest p over all positions is < thresh gets every
+ * logit set to -100. */
+int ovs_seg_prompt_denoise(float *logits, int64_t C, int64_t n, float scale, float thresh);
+
+/* MaskCLIP's key smoothing (MaskClipHead.refine_output, ks_thresh), in place on logits (C, n):
+ * p = softmax(scale * logits) over classes at each of the n grid positions; keys (n, Dk) are the
+ * last attention layer's keys of the positions (ViT: ln_1(x) W_k + b_k of the patch tokens;
+ * ResNet: attnpool k_proj of res5), each channel L2-normalised over the n positions (the
+ * original's F.normalize(k, p=2) on (N, HW, C) normalises dim 1, the positions);
+ * W = k k^T (n, n); positions whose largest p is < thresh get p := W p (all positions' p
+ * mixed by key similarity). logits := p (probabilities) everywhere afterwards. */
+int ovs_seg_key_smooth(float *logits, int64_t C, int64_t n, const float *keys, int64_t Dk, float scale,
+                       float thresh);
+
 /* out (C, H, W) = upsampled logits; with softmax != 0, softmax(logit_scale * logits) over C. */
 int ovs_seg_upsample(float *out, const float *logits, int64_t C, int64_t h, int64_t w, int64_t H,
                      int64_t W, float logit_scale, int softmax);
