@@ -285,3 +285,23 @@ def test_prune_a_deeplab_model(pair):
     sparse = DeepLabModel(pruned.state_dict, sparse="all")
     x = np.random.default_rng(5).standard_normal((1, 3, 64, 96)).astype(np.float32)
     assert_close(sparse.embed(x), dense.embed(x), rtol=1e-5, name="sparse vs dense trunk")
+
+
+def test_failed_allocations_are_clean_errors(pair):
+    """Every C allocation of building the head and of a forward on a fresh head fails in turn:
+    a MemoryError each time (or, where the code recovers, the same result), never a crash."""
+    from test_robustness import _inject
+
+    _, model, _ = pair
+    n = ovs.get_num_threads()
+    ovs.set_num_threads(1)
+    try:
+        vis = {k: v for k, v in model.state_dict.items()
+               if k.startswith(("visual.", "aspp.", "decoder.", "embed_proj."))}
+        trunk = _core.ResNet(vis, "visual.", (3, 4, 6, 3), 16, 0, 0, 0, False, style="deeplab",
+                             output_stride=16)
+        x = np.random.default_rng(7).standard_normal((1, 3, 64, 64)).astype(np.float32)
+        _inject(lambda: _core.DeepLabHead(trunk).forward(x), "DeepLabHead build + forward")
+        _inject(lambda h: h.forward(x), "DeepLabHead.forward", setup=lambda: _core.DeepLabHead(trunk))
+    finally:
+        ovs.set_num_threads(n)
