@@ -287,9 +287,10 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
     }
     float *X0 = ovs_arena_floats(&m->arena, big), *X1 = ovs_arena_floats(&m->arena, big);
     float *T1 = ovs_arena_floats(&m->arena, big), *T2 = ovs_arena_floats(&m->arena, big);
-    float *T3 = ovs_arena_floats(&m->arena, big), *SC = ovs_arena_floats(&m->arena, big);
+    /* T3 holds the pooled 3x3 output of the CLIP bottleneck; the DeepLab one strides in the conv */
+    float *T3 = clip ? ovs_arena_floats(&m->arena, big) : NULL, *SC = ovs_arena_floats(&m->arena, big);
     float *scratch = ovs_arena_floats(&m->arena, scratch_n ? scratch_n : 1);
-    if (!X0 || !X1 || !T1 || !T2 || !T3 || !SC || !scratch) return OVS_ERR_NOMEM;
+    if (!X0 || !X1 || !T1 || !T2 || (clip && !T3) || !SC || !scratch) return OVS_ERR_NOMEM;
     int rc;
     /* stem: CLIP has a ReLU after each conv; the DeepLab trunk only after the pool */
     const ovs_act sa = clip ? OVS_ACT_RELU : OVS_ACT_NONE;
