@@ -317,8 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--classes", required=True, help='class names, e.g. "cat,dog,grass" (use ";" to separate classes if names hold commas for synonyms)')
     s.add_argument("--model", default=os.environ.get("OVS_MODEL", "ViT-B-16"),
                    help="RN50 | ViT-B-16 (downloaded once) | path to an open_clip .safetensors/.pt file (default: $OVS_MODEL or ViT-B-16)")
-    s.add_argument("--method", choices=["maskclip", "sclip", "clearclip", "naclip", "scclip"], default=None,
-                   help="default: naclip for ViT, maskclip for RN50")
+    s.add_argument("--method", choices=["maskclip", "sclip", "clearclip", "naclip", "scclip", "deeplab"], default=None,
+                   help="default: naclip for ViT, maskclip for RN50, the framework of a converted file")
     s.add_argument("--out", required=True, help="label PNG to write, or a folder (an existing one or "
                    "a path ending in '/') for <name>_mask.png files; a folder with several images")
     s.add_argument("--overlay", help="colour overlay PNG with a legend, or a folder as for --out")
@@ -346,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_parser(sub)
     add_efficiency_commands(sub)
+    from .convert import add_convert_parser
+
+    add_convert_parser(sub)
     return p
 
 

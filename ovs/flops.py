@@ -1,4 +1,6 @@
-"""Multiply-accumulates and parameters per layer of the CLIP towers and the training-free heads.
+"""Multiply-accumulates and parameters per layer of the CLIP towers, the training-free heads and
+the trained frameworks (DeepLabV3-OVS: count(ovs.load(converted), image_size=(H, W),
+num_classes=C)).
 
 Convention (fvcore's, which the paper's FLOP numbers use): one multiply-accumulate is counted
 as one FLOP. Counted as fvcore counts them: convolutions (K*C/groups*R*S per output element),
@@ -39,8 +41,13 @@ class Layer:
 
 
 def _sd_and_config(model):
+    from .frameworks import FrameworkModel, detect
     from .model import Model, infer_config
 
+    if isinstance(model, FrameworkModel):
+        return model.state_dict, {"framework": model.framework.name}
+    if isinstance(model, Mapping) and detect(model) is not None:
+        return model, {"framework": detect(model).name}
     if isinstance(model, Model):
         return model.state_dict, model.config
     if isinstance(model, Mapping):
@@ -147,6 +154,65 @@ def _text(sd, t, N, S) -> list[Layer]:
     return rows
 
 
+def _deeplab(sd, N, H, W, num_classes) -> list[Layer]:
+    """DeepLabV3-OVS as OpenTrans runs it (tests/reference/deeplab_reference.py): the DeepLab
+    ResNet trunk at output stride 16, ASPP (whose unused pooling branch still runs, and whose
+    fifth branch is a same-size bilinear interpolation of res5), decoder, embed_proj and the
+    per-pixel bmm with C + 1 text rows. fvcore counts upsample_bilinear2d as 4 and
+    adaptive_avg_pool2d as 1 FLOP per output / input element; its trace drops the OpenTrans
+    pooling branch, whose result is unused."""
+    rows: list[Layer] = []
+
+    def conv_bn(name, bn, K, C, R, h, w):
+        rows.append(Layer(name, "conv", N * K * h * w * C * R * R, _nparams(sd, name), _density(sd, name)))
+        rows.append(Layer(bn, "batch_norm", 2 * N * K * h * w, _nparams(sd, bn)))
+
+    wd = int(np.shape(sd["visual.layer1.0.conv1.weight"])[1])
+    layers = [sum(1 for k in sd if k.startswith(f"visual.layer{s + 1}.") and k.endswith(".conv1.weight"))
+              for s in range(4)]
+    h, w = (H + 1) // 2, (W + 1) // 2
+    conv_bn("visual.conv1", "visual.bn1", wd // 2, 3, 3, h, w)
+    conv_bn("visual.conv2", "visual.bn2", wd // 2, wd // 2, 3, h, w)
+    conv_bn("visual.conv3", "visual.bn3", wd, wd // 2, 3, h, w)
+    h, w = h // 2, w // 2
+    inplanes, strides = wd, (1, 2, 2, 1)
+    hl = wl = 0
+    for s, nblocks in enumerate(layers):
+        planes = wd << s
+        for b in range(nblocks):
+            st = strides[s] if b == 0 else 1
+            p = f"visual.layer{s + 1}.{b}"
+            ho, wo = (h - 1) // st + 1, (w - 1) // st + 1
+            conv_bn(p + ".conv1", p + ".bn1", planes, inplanes, 1, h, w)
+            conv_bn(p + ".conv2", p + ".bn2", planes, planes, 3, ho, wo)
+            conv_bn(p + ".conv3", p + ".bn3", planes * 4, planes, 1, ho, wo)
+            if b == 0:
+                conv_bn(p + ".downsample.0", p + ".downsample.1", planes * 4, inplanes, 1, ho, wo)
+            inplanes, h, w = planes * 4, ho, wo
+        if s == 0:
+            hl, wl = h, w
+    C5, A = inplanes, int(np.shape(sd["aspp.aspp1.atrous_conv.weight"])[0])
+    for i in range(4):
+        conv_bn(f"aspp.aspp{i + 1}.atrous_conv", f"aspp.aspp{i + 1}.bn", A, C5, 1 if i == 0 else 3, h, w)
+    ccat = int(np.shape(sd["aspp.conv1.weight"])[1])
+    opentrans = ccat != 5 * A
+    if not opentrans:   # OpenTrans discards the pooling branch's output: dead code, not counted
+        rows.append(Layer("aspp.global_avg_pool.0", "pool", N * C5 * h * w, 0))
+        conv_bn("aspp.global_avg_pool.1", "aspp.global_avg_pool.2", A, C5, 1, 1, 1)
+    rows.append(Layer("aspp.interpolate", "upsample", 4 * N * (C5 if opentrans else A) * h * w, 0))
+    conv_bn("aspp.conv1", "aspp.bn1", A, ccat, 1, h, w)
+    conv_bn("decoder.conv1", "decoder.bn1", 48, 4 * wd, 1, hl, wl)
+    rows.append(Layer("decoder.interpolate", "upsample", 4 * N * A * hl * wl, 0))
+    conv_bn("decoder.last_conv.0", "decoder.last_conv.1", A, A + 48, 3, hl, wl)
+    conv_bn("decoder.last_conv.4", "decoder.last_conv.5", A, A, 3, hl, wl)
+    E = int(np.shape(sd["embed_proj.weight"])[0])
+    rows.append(Layer("embed_proj", "linear", N * hl * wl * A * E, _nparams(sd, "embed_proj"),
+                      _density(sd, "embed_proj")))
+    if num_classes:
+        rows.append(Layer("classifier", "matmul", N * hl * wl * E * (num_classes + 1), 0))
+    return rows
+
+
 HEADS = ("maskclip", "sclip", "clearclip", "naclip", "scclip")
 
 
@@ -188,6 +254,26 @@ def count(model, *, image_size: int | Sequence[int] | None = None, batch: int = 
     sd, cfg = _sd_and_config(model)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive int, got {batch!r}")
+    if "framework" in cfg:  # a trained framework: image pipeline + per-pixel classifier
+        if head is not None:
+            raise ValueError(f"head={head!r} is for CLIP models; a {cfg['framework']} model has its "
+                             "own head (pass num_classes)")
+        H, W = (512, 512) if image_size is None else (
+            (int(image_size),) * 2 if isinstance(image_size, (int, np.integer)) else
+            tuple(int(s) for s in image_size))
+        if H < 32 or W < 32 or H % 32 or W % 32:
+            raise ValueError(f"image size must be positive multiples of 32, got {H}x{W}")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        rows = _deeplab(sd, batch, H, W, int(num_classes))
+        if num_texts:
+            from .frameworks import _text_model
+
+            tm = _text_model(sd)
+            t = tm.config["text"]
+            S = t["context"] if text_tokens is None else int(text_tokens)
+            rows += _text(tm.state_dict, t, int(num_texts), S)
+        return rows
     rows: list[Layer] = []
     v = cfg.get("vision")
     if v is not None:

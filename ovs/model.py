@@ -437,7 +437,8 @@ def load(name_or_path: str | os.PathLike, *, act: str | None = None,
 
     name_or_path: "RN50" or "ViT-B-16" (OpenAI weights, downloaded once from the Hugging Face hub
     into the cache and verified), or a path to a .safetensors / .pt / .pth / .bin file holding an
-    open_clip CLIP state dict. act: "quickgelu" (default: OpenAI weights use it) or "gelu".
+    open_clip CLIP state dict, or a framework file written by `ovs convert` (then the framework's
+    model, e.g. ovs.frameworks.DeepLabModel, is returned). act: "quickgelu" (default: OpenAI weights use it) or "gelu".
     Offline, a WeightsUnavailableError says which file to fetch and where to put it
     ($OVS_WEIGHTS_DIR) or how to pass its path.
     """
@@ -453,5 +454,10 @@ def load(name_or_path: str | os.PathLike, *, act: str | None = None,
         from .prune import fold_pruned
 
         sd = fold_pruned(sd)  # a checkpoint fine-tuned with torch.nn.utils.prune masks
+    from .frameworks import detect
+
+    fw = detect(sd)
+    if fw is not None:  # a file written by `ovs convert`: that framework's model
+        return fw.model(sd, name=str(name_or_path))
     return Model(sd, act=act or "quickgelu", vision_heads=vision_heads, text_heads=text_heads,
                  name=str(name_or_path))

@@ -112,9 +112,10 @@ def detect_layout(names) -> str:
 
 # ------------------------------------------------------------------ selecting and pruning
 def _state_dict_of(obj) -> Mapping[str, Any]:
+    from .frameworks import FrameworkModel
     from .model import Model
 
-    if isinstance(obj, Model):
+    if isinstance(obj, (Model, FrameworkModel)):
         return obj.state_dict
     if isinstance(obj, Mapping):
         return obj
@@ -184,7 +185,11 @@ def _prune_round(weights: list[np.ndarray], current: list[np.ndarray], amount: f
 
 
 def _rebuild(model, sd: dict[str, np.ndarray]):
+    from .frameworks import FrameworkModel
     from .model import Model
+
+    if isinstance(model, FrameworkModel):   # e.g. a DeepLab whose trunk was pruned
+        return model._with_weights(sd)
 
     if isinstance(model, Model):
         v, t = model.config.get("vision"), model.config.get("text")

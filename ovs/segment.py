@@ -147,9 +147,14 @@ def _queries(names: list[str]) -> tuple[list[str], np.ndarray]:
 class Segmenter:
     """Segment images with class names invented at call time.
 
-    model: an ovs.Model (ViT for every method; ResNet for "maskclip").
+    model: an ovs.Model (ViT for every method; ResNet for "maskclip"), or a trained framework
+        loaded from an `ovs convert` file (ovs.frameworks), e.g. DeepLabV3-OVS.
     method: "maskclip" | "sclip" | "clearclip" | "naclip" | "scclip" (default: naclip for ViT,
         maskclip for ResNet). "scclip" needs a ViT of at least 11 blocks (ViT-B/16 has 12).
+        "deeplab" for a DeepLab model (its default), which runs the framework's own
+        preprocessing (short_side, default 800, longer side capped at 1333, padding to 32) and
+        inference (learned temperature and no-object embedding; window, logit_scale,
+        bg_threshold, sigma and the training-free post-processing do not apply).
     short_side: resize so the shorter side has this length before windowing (None: keep);
         the longer side is capped at max(2048, short_side), as in the original methods.
     window: (crop, stride) sliding window on the resized image, or None for the whole image.
@@ -189,6 +194,26 @@ class Segmenter:
                  area_threshold: float | None = None, bg_label: int | None = None,
                  prompt_denoise: float | None = None, key_smoothing: float | None = None):
         given_args = dict(locals())  # every keyword as passed (for preset=), before anything changes
+        from .frameworks import FRAMEWORKS, FrameworkModel
+
+        if isinstance(model, FrameworkModel):
+            if preset is not None:  # valid, but no preset holds framework settings
+                from .presets import check_preset
+                check_preset(preset)
+            for name in ("synonym_mode", "area_threshold", "bg_label", "prompt_denoise",
+                         "key_smoothing"):
+                if given_args[name] is not None:
+                    raise ValueError(f"{name} does not apply to the {model.framework.name} "
+                                     f"framework (it has its own inference), got {given_args[name]!r}")
+            self._init_framework(model, method, short_side, window, logit_scale, templates,
+                                 bg_threshold, sigma, output_size, progress)
+            self.preset = preset
+            return
+        self._framework = None
+        if method in FRAMEWORKS:
+            raise ValueError(f"method {method!r} needs a {method} model converted with "
+                             f"`ovs convert --framework {method}` and loaded with ovs.load, "
+                             f"not a CLIP model")
         if not isinstance(model, Model):
             raise TypeError(f"model must be an ovs.Model (from ovs.load), got {type(model).__name__}")
         if model._visual is None or model._text is None:
@@ -282,7 +307,57 @@ class Segmenter:
                                     self.key_smoothing or 0.0)
         self._seg_visual = model._visual
 
+    def _init_framework(self, model, method, short_side, window, logit_scale, templates,
+                        bg_threshold, sigma, output_size, progress):
+        """A trained framework (ovs.frameworks): its own preprocessing (detectron2 resize of the
+        shorter side with a cap on the longer, padding to a multiple of 32), its learned
+        temperature and no-object embedding; no sliding window."""
+        fw = model.framework
+        if method is not None and method != fw.name:
+            raise ValueError(f"this is a {fw.name} model: use method={fw.name!r} (or None), "
+                             f"got {method!r}")
+        for name, value in (("window", window if window is not _UNSET else None),
+                            ("logit_scale", logit_scale), ("bg_threshold", bg_threshold),
+                            ("sigma", sigma)):
+            if value is not None:
+                raise ValueError(f"{name} does not apply to the {fw.name} framework (it has its "
+                                 f"own inference), got {value!r}")
+        d = fw.defaults
+        self.model = model
+        self.method = fw.name
+        self._framework = fw
+        self.short_side = d["short_side"] if short_side is _UNSET or short_side is None else short_side
+        if isinstance(self.short_side, bool) or not isinstance(self.short_side, (int, np.integer)) \
+                or self.short_side < 32:
+            raise ValueError(f"short_side must be an int >= 32, got {self.short_side!r}")
+        self.short_side = int(self.short_side)
+        self.max_size = max(int(d["max_size"]), self.short_side)
+        self.window = None
+        self.logit_scale = model.logit_scale
+        self.templates = d["templates"] if templates is None else templates
+        self.bg_threshold = None
+        self.sigma = None
+        self.preset, self.preset_skipped = None, {}
+        self.synonym_mode, self.area_threshold, self.bg_label = "mean", None, None
+        self.prompt_denoise = self.key_smoothing = None
+        self.progress = progress
+        self.output_size = None
+        if output_size is not None:
+            ok = (isinstance(output_size, (tuple, list)) and len(output_size) == 2
+                  and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+                          for v in output_size))
+            if not ok:
+                raise ValueError(f"output_size must be (H, W), two positive ints, got {output_size!r}")
+            self.output_size = (int(output_size[0]), int(output_size[1]))
+        from .templates import get_templates
+
+        get_templates(self.templates)
+
     def __repr__(self) -> str:
+        if self._framework is not None:
+            return (f"ovs.Segmenter(method={self.method!r}, short_side={self.short_side}, "
+                    f"max_size={self.max_size}, templates={self.templates!r}, "
+                    f"logit_scale={self.logit_scale:.4g} (learned))")
         extra = "".join(f", {k}={getattr(self, k)!r}" for k in ("preset", "area_threshold", "bg_label", "prompt_denoise",
                                                             "key_smoothing")
                         if getattr(self, k) is not None)
@@ -302,10 +377,18 @@ class Segmenter:
         return self._seg
 
     def classifier(self, class_names: Sequence[str]) -> np.ndarray:
-        """The (C, D) text classifier for class_names (cached per model)."""
+        """The (C, D) text classifier for class_names (cached per model); for a framework
+        with a no-object embedding, (C + 1, D) with it last."""
+        if self._framework is not None:
+            return self.model.text_rows(_check_names(class_names), self.templates)
         return self.model.text_classifier(_check_names(class_names), self.templates)
 
-    def _lowres(self, image: np.ndarray, cls: np.ndarray) -> np.ndarray:
+    def _lowres(self, image: np.ndarray, cls: np.ndarray, kind: str = "logits") -> np.ndarray:
+        if self._framework is not None:
+            lr = self.model.lowres(image, cls, kind, short=self.short_side,
+                                   max_size=self.max_size, divisor=self._framework.defaults["divisor"])
+            _check_finite(lr, "the image features")
+            return lr
         h, w = image.shape[:2]
         hp, wp = processing_size(h, w, self.short_side)
         lr = self._core_seg().logits(np.ascontiguousarray(image), hp, wp, self.model.mean,
@@ -342,7 +425,7 @@ class Segmenter:
             raise ValueError(f"bg_label {self.bg_label} is not a class index for {len(names)} classes")
         return self.bg_label
 
-    def _run(self, images, class_names, finish):
+    def _run(self, images, class_names, finish, kind: str = "logits"):
         batch = isinstance(images, (list, tuple)) or (isinstance(images, np.ndarray) and images.ndim == 4)
         items = list(images) if batch else [images]
         if batch and not items:
@@ -355,7 +438,7 @@ class Segmenter:
         out = []
         t0 = time.perf_counter()
         for i, im in enumerate(imgs):
-            lr = self._lowres(im, cls)
+            lr = self._lowres(im, cls, kind)
             if rows is not None:  # duplicate classes: copies of one scored row, identical by construction
                 lr = lr[rows]
             out.append(finish(im, lr, qc))
@@ -391,6 +474,12 @@ class Segmenter:
         are zeroed as SCLIP does. A list or (N, H, W, 3) batch gives a list / stacked array."""
         C = len(_check_names(class_names))
 
+        if self._framework is not None:  # probabilities at low resolution, then resized
+            def finish_fw(im, lr, qc):
+                H, W = self._out_size(im)
+                return _core.seg_upsample(lr, H, W, logit_scale=1.0, softmax=False)
+            return self._run(image, class_names, finish_fw, "probs")
+
         def finish(im, lr, qc):
             H, W = self._out_size(im)
             p = _core.seg_upsample(lr, H, W, logit_scale=self.logit_scale, softmax=True)
@@ -407,6 +496,12 @@ class Segmenter:
         named "background", otherwise -1). synonym_mode="max" and area_threshold follow SCLIP's
         postprocess_result. Never materialises (C, H, W): memory stays bounded for large images."""
         names = _check_names(class_names)
+
+        if self._framework is not None:  # argmax of the resized probabilities
+            def finish_fw(im, lr, qc):
+                H, W = self._out_size(im)
+                return _core.seg_labels(lr, H, W, logit_scale=1.0, bg_threshold=0.0, bg_label=-1)
+            return self._run(image, names, finish_fw, "probs")
 
         def finish(im, lr, qc):
             H, W = self._out_size(im)

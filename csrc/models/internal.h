@@ -22,7 +22,7 @@ typedef struct {
 typedef struct {
     ovs_convbn conv1, conv2, conv3, down;
     int has_down;
-    int64_t inplanes, planes, stride;
+    int64_t inplanes, planes, stride, dilation;
 } ovs_bottleneck;
 
 /* A positional embedding resized for one grid, cached until the grid changes. */
@@ -100,6 +100,18 @@ int ovs_bind_mat(ovs_matrix *out, const ovs_tensor_map *w, const char *name, int
 /* Owned (cols, rows) transpose of a (rows, cols) weight named `name`; rows/cols -1 = any. */
 int ovs_bind_transposed(float **out, int64_t *rows, int64_t *cols, const ovs_tensor_map *w,
                         const char *name, int64_t want_rows, int64_t want_cols);
+
+/* A conv (K, C, R, R) named `conv` with the BatchNorm `bn` (eps 1e-5) folded in; padding and
+ * dilation as torch's Conv2d. ovs_convbn_forward runs the dense or the sparse kernel. */
+int ovs_convbn_init(ovs_convbn *cb, const ovs_tensor_map *w, const char *conv, const char *bn,
+                    int64_t K, int64_t C, int64_t R, int64_t stride, int64_t pad, int64_t dil);
+void ovs_convbn_release(ovs_convbn *cb);
+int ovs_convbn_forward(const ovs_convbn *cb, float *out, const float *in, const float *residual,
+                       int64_t N, int64_t H, int64_t W, ovs_act act, float *scratch);
+/* Scratch floats ovs_convbn_forward needs on an (H, W) input (dense or sparse kernel). */
+size_t ovs_convbn_scratch(const ovs_convbn *cb, int64_t H, int64_t W);
+/* Output extent of bottleneck b on an input extent h (per the model's style). */
+int64_t ovs_bottleneck_out_size(const ovs_resnet *m, const ovs_bottleneck *b, int64_t h);
 
 /* Run the ResNet stem and stages; res[s] receives stage outputs, last gets res5 in the arena. */
 int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, int64_t W,

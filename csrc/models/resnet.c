@@ -1,13 +1,15 @@
 /* CLIP ModifiedResNet (open_clip layout): 3-conv stem, anti-aliased bottlenecks (AvgPool before
- * the stride), attention pooling. Every BatchNorm is folded into its conv at load. */
+ * the stride), attention pooling; and the DeepLab variant of the same weights (ovs_resnet_style:
+ * strided/dilated 3x3s, strided 1x1 shortcuts, output stride 16 or 8). Every BatchNorm is folded
+ * into its conv at load. */
 #include "models/internal.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
-static int convbn_init(ovs_convbn *cb, const ovs_tensor_map *w, const char *conv, const char *bn,
-                       int64_t K, int64_t C, int64_t R, int64_t stride, int64_t pad) {
+int ovs_convbn_init(ovs_convbn *cb, const ovs_tensor_map *w, const char *conv, const char *bn,
+                    int64_t K, int64_t C, int64_t R, int64_t stride, int64_t pad, int64_t dil) {
     char name[512];
     const ovs_tensor *t;
     int64_t wshape[4] = {K, C, R, R};
@@ -37,10 +39,11 @@ static int convbn_init(ovs_convbn *cb, const ovs_tensor_map *w, const char *conv
     cb->p = ovs_conv2d_defaults();
     cb->p.stride_h = cb->p.stride_w = stride;
     cb->p.pad_h = cb->p.pad_w = pad;
+    cb->p.dil_h = cb->p.dil_w = dil;
     return OVS_OK;
 }
 
-static void convbn_release(ovs_convbn *cb) {
+void ovs_convbn_release(ovs_convbn *cb) {
     ovs_csr_free(&cb->csr);
     ovs_free(cb->weight);
     ovs_free(cb->bias);
@@ -83,9 +86,29 @@ int ovs_resnet_create(ovs_resnet **out, const ovs_resnet_config *cfg, const ovs_
             return ovs_set_error(OVS_ERR_ARG, "ResNet stage %d has %lld blocks", s + 1, (long long)cfg->layers[s]);
         total += cfg->layers[s];
     }
+    /* per stage: stride of its first block and dilation of its 3x3s (times the multi-grid) */
+    int64_t st[4] = {1, 2, 2, 2}, dil[4] = {1, 1, 1, 1};
+    const int64_t os = cfg->output_stride ? cfg->output_stride : 32;
+    if (cfg->style == OVS_RESNET_CLIP) {
+        if (os != 32)
+            return ovs_set_error(OVS_ERR_ARG, "a CLIP-style ResNet has output stride 32, got %lld", (long long)os);
+    } else if (cfg->style == OVS_RESNET_DEEPLAB) {
+        if (os == 16) { st[3] = 1; dil[3] = 2; }
+        else if (os == 8) { st[2] = st[3] = 1; dil[2] = 2; dil[3] = 4; }
+        else if (os != 32)
+            return ovs_set_error(OVS_ERR_ARG, "DeepLab ResNet output stride must be 8, 16 or 32, got %lld", (long long)os);
+        if (os != 32 && cfg->layers[3] != 3)
+            return ovs_set_error(OVS_ERR_ARG, "the DeepLab multi-grid last stage has 3 blocks, got %lld",
+                                 (long long)cfg->layers[3]);
+    } else {
+        return ovs_set_error(OVS_ERR_ARG, "unknown ResNet style %d", cfg->style);
+    }
+    if (cfg->has_attnpool && cfg->style != OVS_RESNET_CLIP)
+        return ovs_set_error(OVS_ERR_ARG, "only a CLIP-style ResNet has an attention pool");
     ovs_resnet *m = ovs_calloc(1, sizeof *m);
     if (!m) return OVS_ERR_NOMEM;
     m->cfg = *cfg;
+    m->cfg.output_stride = os;
     snprintf(m->prefix, sizeof m->prefix, "%s", cfg->prefix);
     m->cfg.prefix = m->prefix;
     ovs_arena_init(&m->arena);
@@ -96,7 +119,7 @@ int ovs_resnet_create(ovs_resnet **out, const ovs_resnet_config *cfg, const ovs_
     for (int i = 0; i < 3; i++) {
         snprintf(conv, sizeof conv, "%sconv%d", m->prefix, i + 1);
         snprintf(bn, sizeof bn, "%sbn%d", m->prefix, i + 1);
-        if ((rc = convbn_init(&m->stem[i], w, conv, bn, stem_k[i], stem_c[i], 3, i == 0 ? 2 : 1, 1)))
+        if ((rc = ovs_convbn_init(&m->stem[i], w, conv, bn, stem_k[i], stem_c[i], 3, i == 0 ? 2 : 1, 1, 1)))
             goto error;
     }
     m->blocks = ovs_calloc((size_t)total, sizeof(ovs_bottleneck));
@@ -109,18 +132,22 @@ int ovs_resnet_create(ovs_resnet **out, const ovs_resnet_config *cfg, const ovs_
             ovs_bottleneck *b = &m->blocks[bi];
             b->inplanes = inplanes;
             b->planes = planes;
-            b->stride = (j == 0 && s > 0) ? 2 : 1;
+            static const int64_t grid[3] = {1, 2, 4};   /* zs3 _make_MG_unit blocks */
+            b->stride = j == 0 ? st[s] : 1;
+            b->dilation = dil[s] * (s == 3 && os != 32 ? grid[j] : 1);
+            const int deeplab = cfg->style == OVS_RESNET_DEEPLAB;
+            const int64_t cst = deeplab ? b->stride : 1, d = b->dilation;
             char base[160];
             snprintf(base, sizeof base, "%slayer%d.%lld", m->prefix, s + 1, (long long)j);
-#define CB(dst, c, n, K, C, R, st, pad) \
+#define CB(dst, c, n, K, C, R, st, pad, dl) \
     (snprintf(conv, sizeof conv, "%s." c, base), snprintf(bn, sizeof bn, "%s." n, base), \
-     convbn_init(dst, w, conv, bn, K, C, R, st, pad))
-            if ((rc = CB(&b->conv1, "conv1", "bn1", planes, inplanes, 1, 1, 0)) ||
-                (rc = CB(&b->conv2, "conv2", "bn2", planes, planes, 3, 1, 1)) ||
-                (rc = CB(&b->conv3, "conv3", "bn3", planes * 4, planes, 1, 1, 0)))
+     ovs_convbn_init(dst, w, conv, bn, K, C, R, st, pad, dl))
+            if ((rc = CB(&b->conv1, "conv1", "bn1", planes, inplanes, 1, 1, 0, 1)) ||
+                (rc = CB(&b->conv2, "conv2", "bn2", planes, planes, 3, cst, d, d)) ||
+                (rc = CB(&b->conv3, "conv3", "bn3", planes * 4, planes, 1, 1, 0, 1)))
                 goto error;
             b->has_down = b->stride > 1 || inplanes != planes * 4;
-            if (b->has_down && (rc = CB(&b->down, "downsample.0", "downsample.1", planes * 4, inplanes, 1, 1, 0)))
+            if (b->has_down && (rc = CB(&b->down, "downsample.0", "downsample.1", planes * 4, inplanes, 1, cst, 0, 1)))
                 goto error;
 #undef CB
             inplanes = planes * 4;
@@ -160,12 +187,12 @@ error:
 
 void ovs_resnet_free(ovs_resnet *m) {
     if (!m) return;
-    for (int i = 0; i < 3; i++) convbn_release(&m->stem[i]);
+    for (int i = 0; i < 3; i++) ovs_convbn_release(&m->stem[i]);
     for (int64_t i = 0; m->blocks && i < m->nblocks; i++) {
-        convbn_release(&m->blocks[i].conv1);
-        convbn_release(&m->blocks[i].conv2);
-        convbn_release(&m->blocks[i].conv3);
-        convbn_release(&m->blocks[i].down);
+        ovs_convbn_release(&m->blocks[i].conv1);
+        ovs_convbn_release(&m->blocks[i].conv2);
+        ovs_convbn_release(&m->blocks[i].conv3);
+        ovs_convbn_release(&m->blocks[i].down);
     }
     ovs_free(m->blocks);
     ovs_free(m->attn_packed);
@@ -176,14 +203,24 @@ void ovs_resnet_free(ovs_resnet *m) {
 
 const ovs_resnet_config *ovs_resnet_get_config(const ovs_resnet *m) { return &m->cfg; }
 
-/* Spatial size after the stem (conv s2 p1, two convs s1, avgpool 2) and per stage. */
-static void stage_sizes(int64_t H, int64_t W, int64_t hs[5], int64_t ws[5]) {
+int64_t ovs_bottleneck_out_size(const ovs_resnet *m, const ovs_bottleneck *b, int64_t h) {
+    if (m->cfg.style == OVS_RESNET_DEEPLAB) return (h - 1) / b->stride + 1;  /* strided 3x3, pad = dil */
+    return h / b->stride;                                                   /* AvgPool(stride) */
+}
+
+/* Spatial size after the stem (conv s2 p1, two convs s1, avgpool 2) and after each stage. */
+static void stage_sizes(const ovs_resnet *m, int64_t H, int64_t W, int64_t hs[5], int64_t ws[5]) {
     int64_t h = ovs_conv2d_out_size(H, 3, 2, 1, 1), w = ovs_conv2d_out_size(W, 3, 2, 1, 1);
     hs[0] = h / 2;
     ws[0] = w / 2;
-    for (int s = 1; s < 5; s++) {
-        hs[s] = s == 1 ? hs[0] : hs[s - 1] / 2;
-        ws[s] = s == 1 ? ws[0] : ws[s - 1] / 2;
+    int64_t bi = 0;
+    for (int s = 0; s < 4; s++) {
+        hs[s + 1] = hs[s];
+        ws[s + 1] = ws[s];
+        for (int64_t j = 0; j < m->cfg.layers[s]; j++, bi++) {
+            hs[s + 1] = ovs_bottleneck_out_size(m, &m->blocks[bi], hs[s + 1]);
+            ws[s + 1] = ovs_bottleneck_out_size(m, &m->blocks[bi], ws[s + 1]);
+        }
     }
 }
 
@@ -193,14 +230,14 @@ int ovs_resnet_feature_shape(const ovs_resnet *m, int stage, int64_t H, int64_t 
     if (H < 32 || W < 32)
         return ovs_set_error(OVS_ERR_ARG, "ResNet input must be at least 32x32, got %lldx%lld", (long long)H, (long long)W);
     int64_t hs[5], ws[5];
-    stage_sizes(H, W, hs, ws);
+    stage_sizes(m, H, W, hs, ws);
     *C = 4 * (m->cfg.width << stage);
     *h = hs[stage + 1];
     *w = ws[stage + 1];
     return OVS_OK;
 }
 
-static int convbn_forward(const ovs_convbn *cb, float *out, const float *in, const float *residual,
+int ovs_convbn_forward(const ovs_convbn *cb, float *out, const float *in, const float *residual,
                           int64_t N, int64_t H, int64_t W, ovs_act act, float *scratch) {
     if (cb->sparse)
         return ovs_conv2d_sparse_forward(out, in, &cb->csr, cb->bias, residual, N, cb->C, H, W,
@@ -209,8 +246,10 @@ static int convbn_forward(const ovs_convbn *cb, float *out, const float *in, con
                               cb->S, &cb->p, act, scratch);
 }
 
-static size_t convbn_sparse_scratch(const ovs_convbn *cb, int64_t H, int64_t W) {
-    return cb->sparse ? ovs_conv2d_sparse_scratch_floats(cb->C, H, W, cb->K, cb->R, cb->S, &cb->p) : 0;
+size_t ovs_convbn_scratch(const ovs_convbn *cb, int64_t H, int64_t W) {
+    if (cb->sparse)
+        return ovs_conv2d_sparse_scratch_floats(cb->C, H, W, cb->K, cb->R, cb->S, &cb->p);
+    return ovs_conv2d_scratch_floats(cb->C, H, W, cb->K, cb->R, cb->S, &cb->p);
 }
 
 int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, int64_t W,
@@ -219,75 +258,78 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
     if (H < 32 || W < 32)
         return ovs_set_error(OVS_ERR_ARG, "ResNet input must be at least 32x32, got %lldx%lld", (long long)H, (long long)W);
     const int64_t wd = m->cfg.width;
+    const int clip = m->cfg.style == OVS_RESNET_CLIP;
     int64_t hs[5], ws[5];
-    stage_sizes(H, W, hs, ws);
+    stage_sizes(m, H, W, hs, ws);
     const int64_t h1 = ovs_conv2d_out_size(H, 3, 2, 1, 1), w1 = ovs_conv2d_out_size(W, 3, 2, 1, 1);
     /* Plan: the largest activation of each kind decides its buffer. */
     size_t big = (size_t)N * wd * h1 * w1;            /* stem activations */
-    size_t scratch_n = ovs_conv2d_scratch_floats(3, H, W, wd / 2, 3, 3, &m->stem[0].p);
-    size_t t = ovs_conv2d_scratch_floats(wd / 2, h1, w1, wd, 3, 3, &m->stem[1].p);
-    if (t > scratch_n) scratch_n = t;
-    t = convbn_sparse_scratch(&m->stem[1], h1, w1);
-    if (t > scratch_n) scratch_n = t;
-    t = convbn_sparse_scratch(&m->stem[2], h1, w1);
-    if (t > scratch_n) scratch_n = t;
-    for (int64_t i = 0; i < m->nblocks; i++) {
-        const ovs_bottleneck *b = &m->blocks[i];
-        /* input size of this block */
-        int64_t s = 0, acc = 0;
-        while (acc + m->cfg.layers[s] <= i) acc += m->cfg.layers[s++];
-        int64_t hi = (i == acc && s > 0) ? hs[s] : hs[s + 1], wi = (i == acc && s > 0) ? ws[s] : ws[s + 1];
-        size_t a = (size_t)N * b->inplanes * hi * wi, o = (size_t)N * 4 * b->planes * hi * wi;
-        if (a > big) big = a;
-        if (o > big) big = o;
-        t = ovs_conv2d_scratch_floats(b->planes, hi, wi, b->planes, 3, 3, &b->conv2.p);
-        if (t > scratch_n) scratch_n = t;
-        const int64_t ho = hi / b->stride, wo = wi / b->stride;
-        const size_t ts[4] = {convbn_sparse_scratch(&b->conv1, hi, wi),
-                              convbn_sparse_scratch(&b->conv2, hi, wi),
-                              convbn_sparse_scratch(&b->conv3, ho, wo),
-                              b->has_down ? convbn_sparse_scratch(&b->down, ho, wo) : 0};
-        for (int q = 0; q < 4; q++)
-            if (ts[q] > scratch_n) scratch_n = ts[q];
+    size_t scratch_n = ovs_convbn_scratch(&m->stem[0], H, W), t;
+    for (int i = 1; i < 3; i++)
+        if ((t = ovs_convbn_scratch(&m->stem[i], h1, w1)) > scratch_n) scratch_n = t;
+    {
+        int64_t hi = hs[0], wi = ws[0];
+        for (int64_t i = 0; i < m->nblocks; i++) {
+            const ovs_bottleneck *b = &m->blocks[i];
+            const int64_t ho = ovs_bottleneck_out_size(m, b, hi), wo = ovs_bottleneck_out_size(m, b, wi);
+            size_t a = (size_t)N * b->inplanes * hi * wi, o = (size_t)N * 4 * b->planes * hi * wi;
+            if (a > big) big = a;
+            if (o > big) big = o;
+            const size_t ts[4] = {ovs_convbn_scratch(&b->conv1, hi, wi),
+                                  ovs_convbn_scratch(&b->conv2, hi, wi),
+                                  ovs_convbn_scratch(&b->conv3, ho, wo),
+                                  b->has_down ? ovs_convbn_scratch(&b->down, clip ? ho : hi, clip ? wo : wi) : 0};
+            for (int q = 0; q < 4; q++)
+                if (ts[q] > scratch_n) scratch_n = ts[q];
+            hi = ho;
+            wi = wo;
+        }
     }
     float *X0 = ovs_arena_floats(&m->arena, big), *X1 = ovs_arena_floats(&m->arena, big);
     float *T1 = ovs_arena_floats(&m->arena, big), *T2 = ovs_arena_floats(&m->arena, big);
-    float *T3 = ovs_arena_floats(&m->arena, big), *SC = ovs_arena_floats(&m->arena, big);
+    /* T3 holds the pooled 3x3 output of the CLIP bottleneck; the DeepLab one strides in the conv */
+    float *T3 = clip ? ovs_arena_floats(&m->arena, big) : NULL, *SC = ovs_arena_floats(&m->arena, big);
     float *scratch = ovs_arena_floats(&m->arena, scratch_n ? scratch_n : 1);
-    if (!X0 || !X1 || !T1 || !T2 || !T3 || !SC || !scratch) return OVS_ERR_NOMEM;
+    if (!X0 || !X1 || !T1 || !T2 || (clip && !T3) || !SC || !scratch) return OVS_ERR_NOMEM;
     int rc;
-    /* stem */
-    if ((rc = convbn_forward(&m->stem[0], T1, images, NULL, N, H, W, OVS_ACT_RELU, scratch)) ||
-        (rc = convbn_forward(&m->stem[1], T2, T1, NULL, N, h1, w1, OVS_ACT_RELU, scratch)) ||
-        (rc = convbn_forward(&m->stem[2], T1, T2, NULL, N, h1, w1, OVS_ACT_RELU, scratch)) ||
+    /* stem: CLIP has a ReLU after each conv; the DeepLab trunk only after the pool */
+    const ovs_act sa = clip ? OVS_ACT_RELU : OVS_ACT_NONE;
+    if ((rc = ovs_convbn_forward(&m->stem[0], T1, images, NULL, N, H, W, sa, scratch)) ||
+        (rc = ovs_convbn_forward(&m->stem[1], T2, T1, NULL, N, h1, w1, sa, scratch)) ||
+        (rc = ovs_convbn_forward(&m->stem[2], T1, T2, NULL, N, h1, w1, sa, scratch)) ||
         (rc = ovs_avgpool2d_forward(X0, T1, N * wd, h1, w1, 2, 2, 2, 2, 0, 0, 1)))
         return rc;
+    if (!clip && (rc = ovs_act_forward(X0, N * wd * hs[0] * ws[0], OVS_ACT_RELU))) return rc;
     float *x = X0, *y = X1;
     int64_t h = hs[0], w = ws[0], bi = 0;
     for (int s = 0; s < 4; s++) {
         for (int64_t j = 0; j < m->cfg.layers[s]; j++, bi++) {
             const ovs_bottleneck *b = &m->blocks[bi];
-            const int64_t st = b->stride, ho = h / st, wo = w / st, P = b->planes;
-            if ((rc = convbn_forward(&b->conv1, T1, x, NULL, N, h, w, OVS_ACT_RELU, scratch)) ||
-                (rc = convbn_forward(&b->conv2, T2, T1, NULL, N, h, w, OVS_ACT_RELU, scratch)))
+            const int64_t st = b->stride, P = b->planes;
+            const int64_t ho = ovs_bottleneck_out_size(m, b, h), wo = ovs_bottleneck_out_size(m, b, w);
+            if ((rc = ovs_convbn_forward(&b->conv1, T1, x, NULL, N, h, w, OVS_ACT_RELU, scratch)) ||
+                (rc = ovs_convbn_forward(&b->conv2, T2, T1, NULL, N, h, w, OVS_ACT_RELU, scratch)))
                 return rc;
             const float *mid = T2;
-            if (st > 1) {
+            if (clip && st > 1) {
                 if ((rc = ovs_avgpool2d_forward(T3, T2, N * P, h, w, st, st, st, st, 0, 0, 1))) return rc;
                 mid = T3;
             }
             const float *shortcut = x;
             if (b->has_down) {
                 const float *src = x;
-                if (st > 1) {
+                int64_t hd = h, wdn = w;   /* the shortcut conv's input extent */
+                if (clip && st > 1) {
                     if ((rc = ovs_avgpool2d_forward(T1, x, N * b->inplanes, h, w, st, st, st, st, 0, 0, 1)))
                         return rc;
                     src = T1;
+                    hd = ho;
+                    wdn = wo;
                 }
-                if ((rc = convbn_forward(&b->down, SC, src, NULL, N, ho, wo, OVS_ACT_NONE, scratch))) return rc;
+                if ((rc = ovs_convbn_forward(&b->down, SC, src, NULL, N, hd, wdn, OVS_ACT_NONE, scratch))) return rc;
                 shortcut = SC;
             }
-            if ((rc = convbn_forward(&b->conv3, y, mid, shortcut, N, ho, wo, OVS_ACT_RELU, scratch))) return rc;
+            if ((rc = ovs_convbn_forward(&b->conv3, y, mid, shortcut, N, ho, wo, OVS_ACT_RELU, scratch))) return rc;
             float *tmp = x; x = y; y = tmp;
             h = ho;
             w = wo;

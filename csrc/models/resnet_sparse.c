@@ -30,12 +30,14 @@ static int64_t conv_sites(ovs_resnet *m, int64_t H, int64_t W, conv_site *sites)
     for (int s = 0; s < 4; s++)
         for (int64_t j = 0; j < m->cfg.layers[s]; j++, bi++) {
             ovs_bottleneck *b = &m->blocks[bi];
-            const int64_t ho = h / b->stride, wo = w / b->stride;
+            const int64_t ho = ovs_bottleneck_out_size(m, b, h), wo = ovs_bottleneck_out_size(m, b, w);
+            /* the CLIP shortcut pools before its 1x1; the DeepLab one strides in it */
+            const int clip = m->cfg.style == OVS_RESNET_CLIP;
             if (sites) {
                 sites[n] = (conv_site){&b->conv1, h, w};
                 sites[n + 1] = (conv_site){&b->conv2, h, w};
                 sites[n + 2] = (conv_site){&b->conv3, ho, wo};
-                if (b->has_down) sites[n + 3] = (conv_site){&b->down, ho, wo};
+                if (b->has_down) sites[n + 3] = (conv_site){&b->down, clip ? ho : h, clip ? wo : w};
             }
             n += 3 + (b->has_down != 0);
             h = ho;

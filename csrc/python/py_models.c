@@ -141,18 +141,26 @@ static PyObject *new_array(int nd, npy_intp *dims) {
 /* ---------------------------------------------------------------- ResNet */
 static int resnet_init(ovs_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"weights", "prefix", "layers", "width", "embed_dim", "heads", "grid",
-                             "attnpool", NULL};
+                             "attnpool", "style", "output_stride", NULL};
     PyObject *weights;
-    const char *prefix = "visual.";
-    long long l[4], width, embed = 0, heads = 0, grid = 0;
+    const char *prefix = "visual.", *style = "clip";
+    long long l[4], width, embed = 0, heads = 0, grid = 0, os = 32;
     int attnpool = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Os(LLLL)L|LLLp", kwlist, &weights, &prefix, &l[0],
-                                     &l[1], &l[2], &l[3], &width, &embed, &heads, &grid, &attnpool))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Os(LLLL)L|LLLpsL", kwlist, &weights, &prefix, &l[0],
+                                     &l[1], &l[2], &l[3], &width, &embed, &heads, &grid, &attnpool,
+                                     &style, &os))
         return -1;
+    int st;
+    if (!strcmp(style, "clip")) st = OVS_RESNET_CLIP;
+    else if (!strcmp(style, "deeplab")) st = OVS_RESNET_DEEPLAB;
+    else {
+        PyErr_Format(PyExc_ValueError, "style must be 'clip' or 'deeplab', got '%s'", style);
+        return -1;
+    }
     if (model_prepare(self, weights) < 0) return -1;
     ovs_resnet_config cfg = {.prefix = prefix, .layers = {l[0], l[1], l[2], l[3]}, .width = width,
                              .embed_dim = embed, .heads = heads, .grid = grid,
-                             .has_attnpool = attnpool};
+                             .has_attnpool = attnpool, .style = st, .output_stride = os};
     int rc = ovs_resnet_create(&self->m.resnet, &cfg, &self->weights.map);
     if (rc) {
         ovs_py_raise(rc);
@@ -221,11 +229,13 @@ error:
 static PyObject *resnet_config(ovs_py_model *self, PyObject *unused) {
     if (self->kind != OVS_PY_RESNET) return PyErr_Format(PyExc_RuntimeError, "model not initialised");
     const ovs_resnet_config *c = ovs_resnet_get_config(self->m.resnet);
-    return Py_BuildValue("{s:s,s:(LLLL),s:L,s:L,s:L,s:L,s:O}", "prefix", c->prefix, "layers",
+    return Py_BuildValue("{s:s,s:(LLLL),s:L,s:L,s:L,s:L,s:O,s:s,s:L}", "prefix", c->prefix, "layers",
                          (long long)c->layers[0], (long long)c->layers[1], (long long)c->layers[2],
                          (long long)c->layers[3], "width", (long long)c->width, "embed_dim",
                          (long long)c->embed_dim, "heads", (long long)c->heads, "grid",
-                         (long long)c->grid, "attnpool", c->has_attnpool ? Py_True : Py_False);
+                         (long long)c->grid, "attnpool", c->has_attnpool ? Py_True : Py_False,
+                         "style", c->style == OVS_RESNET_DEEPLAB ? "deeplab" : "clip",
+                         "output_stride", (long long)c->output_stride);
 }
 
 /* sparsify(mode, H=224, W=224): mode "dense", "all" or "auto" (time both kernels per conv at
@@ -294,7 +304,7 @@ PyTypeObject ovs_py_ResNetType = {
     .tp_basicsize = sizeof(ovs_py_model),
     .tp_dealloc = (destructor)model_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "ResNet(weights, prefix, layers, width, embed_dim=0, heads=0, grid=0, attnpool=True)",
+    .tp_doc = "ResNet(weights, prefix, layers, width, embed_dim=0, heads=0, grid=0, attnpool=True, style='clip', output_stride=32)",
     .tp_methods = resnet_methods,
     .tp_init = (initproc)resnet_init,
     .tp_new = PyType_GenericNew,

@@ -36,13 +36,31 @@ typedef struct {
     int64_t heads;            /* attention-pool heads */
     int64_t grid;             /* attention-pool positional grid side (image_size / 32) */
     int has_attnpool;         /* 0: stop at res5 (backbone use) */
+    int style;                /* ovs_resnet_style; 0 = CLIP */
+    int64_t output_stride;    /* res5 stride: 32 (0 means 32); DEEPLAB style also 16 or 8 */
 } ovs_resnet_config;
+
+/* Two bottleneck layouts share the weights' names and shapes (so a CLIP RN50 mask or pruned
+ * weights transfer between them):
+ *   OVS_RESNET_CLIP     open_clip's ModifiedResNet: stem conv-BN-ReLU x3, AvgPool 2; bottleneck
+ *                       strides by an AvgPool after the 3x3, shortcut AvgPool -> 1x1 -> BN.
+ *   OVS_RESNET_DEEPLAB  the ZS3/OpenTrans DeepLab trunk (zs3/modeling/backbone/resnet.py): the
+ *                       same 3-conv stem with no ReLU between the convs (conv-BN x3, AvgPool 2,
+ *                       ReLU); torchvision-style bottleneck striding in the 3x3 (padding =
+ *                       dilation), shortcut strided 1x1 -> BN. output_stride 16: stage strides
+ *                       1,2,2,1, res5 dilations 2,4,8 (multi-grid 1,2,4); 8: strides 1,2,1,1,
+ *                       res4 dilation 2, res5 4,8,16. The last stage must have 3 blocks. */
+typedef enum {
+    OVS_RESNET_CLIP = 0,
+    OVS_RESNET_DEEPLAB = 1,
+} ovs_resnet_style;
 
 typedef struct ovs_resnet ovs_resnet;
 
 /* Every pointer may be NULL (not computed/copied). Shapes for input (N, 3, H, W): */
 typedef struct {
-    float *res[4];            /* res2..res5: (N, 4*(width<<s), H/(4<<s), W/(4<<s)) */
+    float *res[4];            /* res2..res5: (N, 4*(width<<s), H/(4<<s), W/(4<<s)) for CLIP style;
+                                 any style: ovs_resnet_feature_shape */
     float *embed;             /* (N, embed_dim) attention-pooled embedding */
 } ovs_resnet_outputs;
 
@@ -85,6 +103,48 @@ int ovs_resnet_sparsify(ovs_resnet *m, ovs_sparse_mode mode, int64_t H, int64_t 
 /* Convs in order: stem conv1..3, then per bottleneck conv1, conv2, conv3 and downsample. */
 int64_t ovs_resnet_conv_count(const ovs_resnet *m);
 int ovs_resnet_conv_info(const ovs_resnet *m, int64_t i, ovs_conv_info *info);
+
+/* ---------------------------------------------------------------- DeepLabV3+ head (OpenTrans) */
+/* The DeepLabV3-OVS head of OpenTrans (mask2former/Deeplabv3.py with zs3/modeling/aspp.py and
+ * decoder.py) on a DEEPLAB-style ResNet trunk (res2 = low-level feature, res5 at stride 16):
+ *   ASPP: branches 1x1 and 3x3 at dilations 6, 12, 18 (rate x 16 / output stride), each
+ *         conv-BN-ReLU to A (256) channels, and a fifth branch that is either
+ *           image pooling: global average -> 1x1 conv-BN-ReLU -> broadcast (DeepLabV3+), or
+ *           res5 itself, as OpenTrans' ASPP.forward does (it interpolates x, not the pooled
+ *           branch, hence its 3072-input projection; the pooling weights are then unused);
+ *         the variant follows the projection's input width (5A or 4A + C5). Concat -> 1x1
+ *         conv-BN-ReLU (dropout is the identity at inference).
+ *   decoder: res2 -> 1x1 conv-BN-ReLU (48); ASPP output bilinearly upsampled
+ *         (align_corners=True) to res2's size; concat [aspp, low] -> (3x3 conv-BN-ReLU) x 2.
+ *   embedding: ReLU -> Linear(A -> E) per pixel (OpenTrans embed_proj), E = 1024 for RN50.
+ * Weight names (below cfg.prefix): aspp.aspp{1..4}.atrous_conv / .bn, aspp.global_avg_pool.1
+ * / .2, aspp.conv1 / aspp.bn1, decoder.conv1 / decoder.bn1, decoder.last_conv.{0,1,4,5},
+ * embed_proj.weight / .bias. BatchNorms are folded at load. */
+typedef struct {
+    const char *prefix;       /* head weight prefix ("" for the names above) */
+} ovs_deeplab_config;
+
+typedef struct ovs_deeplab ovs_deeplab;
+
+/* The head borrows the trunk (which must outlive it and not be run concurrently). */
+int ovs_deeplab_create(ovs_deeplab **out, ovs_resnet *trunk, const ovs_deeplab_config *cfg,
+                       const ovs_tensor_map *w);
+void ovs_deeplab_free(ovs_deeplab *m);
+int64_t ovs_deeplab_embed_dim(const ovs_deeplab *m);
+int ovs_deeplab_image_pool(const ovs_deeplab *m);   /* 1: pooling branch; 0: res5 branch */
+/* Extent (h, w) of the per-pixel embedding for an (H, W) input: res2's, about H/4 x W/4. */
+int ovs_deeplab_out_shape(const ovs_deeplab *m, int64_t H, int64_t W, int64_t *h, int64_t *w);
+/* embed (N, E, h, w) for images (N, 3, H, W) normalised float32 (H, W >= 32). */
+int ovs_deeplab_forward(ovs_deeplab *m, float *embed, const float *images, int64_t N, int64_t H,
+                        int64_t W);
+/* Per-pixel text classification of embeddings, as OpenTrans' inference:
+ *   out[t, p] = scale * <text[t], embed[:, p]> / (||embed[:, p]|| + 1e-7)
+ * then, with softmax != 0, softmax over t at each pixel. embed (E, P) channel-major, text (T, E)
+ * (rows L2-normalised by the caller), out (T, P). */
+int ovs_pixel_classify(float *out, const float *embed, int64_t E, int64_t P, const float *text,
+                       int64_t T, float scale, int softmax);
+int ovs_pixel_classify_naive(float *out, const float *embed, int64_t E, int64_t P,
+                             const float *text, int64_t T, float scale, int softmax);
 
 /* ---------------------------------------------------------------- transformer blocks */
 /* A pre-LN residual attention block as open_clip's ResidualAttentionBlock:

@@ -1,0 +1,164 @@
+"""The paper's frameworks end to end: ovs vs the PyTorch reference on the same weights.
+
+    python benchmarks/bench_frameworks.py [--repeat 5] [--threads 2]
+
+DeepLabV3-OVS (OpenTrans, RN50 sizes: trunk width 64, ASPP 256, embedding 1024, CLIP text
+tower 512 x 12) with random weights (tests/reference/deeplab_reference.py `full(seed=0)`,
+every parameter and BatchNorm statistic random). The peer worker builds the PyTorch model and
+saves it as a detectron2 checkpoint with OpenTrans' key names; the ours worker converts that
+file with ovs.convert (as `ovs convert --framework deeplab`) and loads the result.
+
+Cases, 150 classes (the ADE20K-150 names, first synonym), one image each:
+  deeplab_512   a 512 x 512 image, short side 512 (no resize, no padding)
+  deeplab_640   a 640 x 853 (4:3) image at short side 640 (padded to 640 x 864)
+Timed call: image (uint8) -> class probabilities (150, H, W) at the image's size, i.e.
+detectron2 preprocessing, the network, the per-pixel cosine classifier, softmax with the
+no-object embedding and the resize back. ours: ovs.Segmenter(model, "deeplab").predict;
+peer: the reference's `semantic()` path with the class text embeddings computed once (ours
+caches them too). Both sides use the same thread count (--threads). FLOPs: ovs.flops (fvcore's
+convention; equal to fvcore on the reference, tests/test_deeplab.py) next to the paper's dense
+figure for DeepLabV3 (241.3 G, DESIGN.md §6).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _harness as H
+
+CASES = {"deeplab_512": ((512, 512), 512), "deeplab_640": ((640, 853), 640)}
+MAX_SIZE = 1333
+PAPER_GFLOPS = {"deeplab": 241.3}
+
+
+def _image(hw):
+    import numpy as np
+
+    h, w = hw
+    yy, xx = np.mgrid[0:h, 0:w]
+    rng = np.random.default_rng(0)
+    img = np.stack([np.sin(yy / 23.0) * 100 + 128, np.cos(xx / 31.0) * 100 + 128,
+                    (yy + 2 * xx) % 256], -1) + rng.normal(0, 12, (h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _reference():
+    import importlib.util
+
+    path = H.REPO_ROOT / "tests" / "reference" / "deeplab_reference.py"
+    spec = importlib.util.spec_from_file_location("deeplab_reference", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# ---------------------------------------------------------------------------- worker side
+def setup(side: str, group: str, params: dict):
+    names = params["names"]
+    if side == "peer":
+        import torch
+        import torch.nn.functional as F
+
+        R = _reference()
+        model = R.full(seed=0)
+        ck = Path(params["dir"]) / "deeplab_rn50_random.pth"
+        R.save_checkpoint(model, ck)
+        with torch.no_grad():
+            text = model.text_encoder.encode(names)
+
+        def run(hw, short):
+            img = _image(hw)
+
+            def call():
+                with torch.no_grad():
+                    x, size = R.preprocess(img, short, MAX_SIZE)
+                    cls, (h, w) = model.logits(x, text)
+                    p = F.softmax(cls[0], dim=-1)[..., :-1]
+                    r = p.reshape(h, w, -1).permute(2, 0, 1)[:, : size[0], : size[1]]
+                    return F.interpolate(r[None], size=img.shape[:2], mode="bilinear",
+                                         align_corners=False)[0]
+            return call
+        cases = {c: H.Case(run(hw, s)) for c, (hw, s) in CASES.items()}
+        return cases, {"checkpoint": str(ck)}
+
+    import ovs
+    import ovs.convert
+
+    info = params["peer_info"]
+    out = Path(params["dir"]) / "deeplab_rn50_random.safetensors"
+    t0 = time.perf_counter()
+    ovs.convert.convert(info["checkpoint"], "deeplab", out)
+    t_convert = time.perf_counter() - t0
+    model = ovs.load(out)
+    segs = {}
+    for c, (hw, short) in CASES.items():
+        seg = ovs.Segmenter(model, "deeplab", short_side=short)
+        seg.classifier(names)   # the text embeddings once, as the peer
+        segs[c] = (seg, _image(hw))
+    cases = {c: H.Case(lambda s=s, im=im: s.predict(im, names)) for c, (s, im) in segs.items()}
+    return cases, {"convert_s": t_convert}
+
+
+def flops_table(converted: Path, n_classes: int) -> dict:
+    """Analytic FLOPs (fvcore convention) of each case's padded input, from the weights alone."""
+    import ovs.flops
+    from ovs.frameworks import resize_shortest_edge
+    from ovs.weights import load_state_dict
+
+    sd = load_state_dict(converted)
+    out = {}
+    for c, (hw, short) in CASES.items():
+        nh, nw = resize_shortest_edge(*hw, short, MAX_SIZE)
+        padded = (-(-nh // 32) * 32, -(-nw // 32) * 32)
+        rows = ovs.flops.count(sd, image_size=padded, num_classes=n_classes)
+        out[c] = {"input": list(padded), "gflops_fvcore": ovs.flops.total(rows, fvcore=True) / 1e9,
+                  "mparams": ovs.flops.params(rows) / 1e6}
+    return out
+
+
+# ---------------------------------------------------------------------------- parent side
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    H.common_args(ap, repeat=5)
+    args = ap.parse_args(argv)
+    if args.peer != "torch":
+        raise SystemExit("--peer: only torch (the reference is not exported to ONNX here)")
+    from ovs.classnames import load_classnames
+
+    names = [syn[0] for syn in load_classnames("ade20k_150")]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ovs-bench-frameworks-") as tmp:
+        groups = [H.Group("deeplab", {"names": names, "dir": tmp}, repeated=list(CASES),
+                          peer_first=True,
+                          meta={c: {"image": list(hw), "short_side": s, "max_size": MAX_SIZE,
+                                    "classes": len(names), "paper_dense_gflops": PAPER_GFLOPS["deeplab"]}
+                                for c, (hw, s) in CASES.items()})]
+        groups = H.select_groups(groups, args.cases)
+        res = H.run_groups(Path(__file__).resolve(), groups, threads=args.threads, repeat=args.repeat,
+                           warmup=args.warmup, env=H.worker_env(args))
+        flops = flops_table(Path(tmp) / "deeplab_rn50_random.safetensors", len(names))
+    for c in res["cases"]:
+        c["flops"] = flops.get(c["case"])
+    report = {"script": "bench_frameworks",
+              "machine": H.machine_info(args.threads, res["workers"], H.worker_env(args)),
+              "settings": {"repeat": args.repeat, "warmup": args.warmup, "threads": args.threads,
+                           "classes": len(names), "order": "ABAB", "wall_s": time.perf_counter() - t0},
+              "workers": res["workers"], "cases": res["cases"]}
+    path = H.write_json(report, args.out, "bench_frameworks")
+    print()
+    print(H.fmt_table(H.case_rows(res["cases"]), H.CASE_HEADER))
+    for c in res["cases"]:
+        fl = c.get("flops")
+        if fl:
+            print(f"{c['case']}: input {fl['input'][0]}x{fl['input'][1]}: {fl['gflops_fvcore']:.1f} GFLOPs "
+                  f"(fvcore convention), {fl['mparams']:.1f} M params; paper (dense DeepLabV3): "
+                  f"{PAPER_GFLOPS['deeplab']} G")
+    print(f"\nwrote {path}  ({time.perf_counter() - t0:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+/* Python bindings of the paper's frameworks: _core.DeepLabHead (on a _core.ResNet trunk) and
+ * _core.pixel_classify. */
+#include "python/py_models.h"
+
+#include <string.h>
+
+typedef struct {
+    PyObject_HEAD
+    ovs_py_model *trunk;      /* strong reference: the ResNet the head borrows (and its lock) */
+    ovs_deeplab *head;
+} ovs_py_deeplab;
+
+static void deeplab_dealloc(ovs_py_deeplab *self) {
+    ovs_deeplab_free(self->head);
+    Py_XDECREF(self->trunk);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* DeepLabHead(trunk, prefix=""): the head's weights come from the trunk's weight table (the
+ * dict the ResNet was built from must hold them too); the head borrows them from there, so the
+ * trunk, which it references, keeps them alive. */
+static int deeplab_init(ovs_py_deeplab *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"trunk", "prefix", NULL};
+    PyObject *trunk;
+    const char *prefix = "";
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|s", kwlist, &trunk, &prefix)) return -1;
+    if (self->head) {
+        PyErr_SetString(PyExc_RuntimeError, "DeepLabHead already initialised");
+        return -1;
+    }
+    if (!PyObject_TypeCheck(trunk, &ovs_py_ResNetType) || !((ovs_py_model *)trunk)->kind) {
+        PyErr_Format(PyExc_TypeError, "trunk must be an initialised ovs._core.ResNet, got %.100s",
+                     Py_TYPE(trunk)->tp_name);
+        return -1;
+    }
+    ovs_py_model *pm = (ovs_py_model *)trunk;
+    ovs_deeplab_config cfg = {.prefix = prefix};
+    int rc = ovs_deeplab_create(&self->head, pm->m.resnet, &cfg, &pm->weights.map);
+    if (rc) {
+        ovs_py_raise(rc);
+        return -1;
+    }
+    Py_INCREF(trunk);
+    self->trunk = pm;
+    return 0;
+}
+
+static PyObject *deeplab_forward(ovs_py_deeplab *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"images", NULL};
+    PyObject *obj;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &obj)) return NULL;
+    if (!self->head) return PyErr_Format(PyExc_RuntimeError, "DeepLabHead not initialised");
+    PyArrayObject *x = ovs_py_images(obj);
+    if (!x) return NULL;
+    npy_intp N = PyArray_DIM(x, 0), H = PyArray_DIM(x, 2), W = PyArray_DIM(x, 3);
+    int64_t h, w;
+    int rc = ovs_deeplab_out_shape(self->head, H, W, &h, &w);
+    if (rc) {
+        Py_DECREF(x);
+        return ovs_py_raise(rc);
+    }
+    npy_intp dims[4] = {N, ovs_deeplab_embed_dim(self->head), h, w};
+    PyObject *out = PyArray_SimpleNew(4, dims, NPY_FLOAT32);
+    if (!out) {
+        Py_DECREF(x);
+        return NULL;
+    }
+    const float *data = PyArray_DATA(x);
+    float *dst = PyArray_DATA((PyArrayObject *)out);
+    Py_BEGIN_ALLOW_THREADS
+    OVS_MODEL_LOCK(self->trunk);
+    rc = ovs_deeplab_forward(self->head, dst, data, N, H, W);
+    OVS_MODEL_UNLOCK(self->trunk);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(x);
+    if (rc) {
+        Py_DECREF(out);
+        return ovs_py_raise(rc);
+    }
+    return out;
+}
+
+static PyObject *deeplab_info(ovs_py_deeplab *self, PyObject *unused) {
+    if (!self->head) return PyErr_Format(PyExc_RuntimeError, "DeepLabHead not initialised");
+    return Py_BuildValue("{s:L,s:O}", "embed_dim", (long long)ovs_deeplab_embed_dim(self->head),
+                         "image_pool", ovs_deeplab_image_pool(self->head) ? Py_True : Py_False);
+}
+
+static PyMethodDef deeplab_methods[] = {
+    {"forward", (PyCFunction)(void (*)(void))deeplab_forward, METH_VARARGS | METH_KEYWORDS,
+     "forward(images (N, 3, H, W)) -> per-pixel embeddings (N, E, h, w), h, w = res2's extent"},
+    {"info", (PyCFunction)deeplab_info, METH_NOARGS, "embed_dim and the ASPP fifth-branch variant"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ovs_py_DeepLabType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ovs._core.DeepLabHead",
+    .tp_basicsize = sizeof(ovs_py_deeplab),
+    .tp_dealloc = (destructor)deeplab_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "DeepLabHead(trunk, prefix=''): ASPP + DeepLabV3+ decoder + embedding on a "
+              "ResNet(style='deeplab') trunk built from the same weights dict",
+    .tp_methods = deeplab_methods,
+    .tp_init = (initproc)deeplab_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* pixel_classify(embed (E, h, w), text (T, E), scale, softmax=False, naive=False) -> (T, h, w) */
+static PyObject *py_pixel_classify(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"embed", "text", "scale", "softmax", "naive", NULL};
+    PyObject *eo, *to, *out = NULL;
+    double scale;
+    int softmax = 0, naive = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOd|pp", kwlist, &eo, &to, &scale, &softmax, &naive))
+        return NULL;
+    PyArrayObject *e = ovs_py_float_array(eo, 3, "embed (E, h, w)"), *t = NULL;
+    if (!e) return NULL;
+    if (!(t = ovs_py_float_array(to, 2, "text (T, E)"))) goto done;
+    npy_intp E = PyArray_DIM(e, 0), h = PyArray_DIM(e, 1), w = PyArray_DIM(e, 2), T = PyArray_DIM(t, 0);
+    if (PyArray_DIM(t, 1) != E) {
+        PyErr_Format(PyExc_ValueError, "text has %zd columns, the embeddings %zd channels",
+                     (Py_ssize_t)PyArray_DIM(t, 1), (Py_ssize_t)E);
+        goto done;
+    }
+    if (T == 0 || E == 0) {
+        PyErr_Format(PyExc_ValueError, "need at least one text row and one channel, got T=%zd, E=%zd",
+                     (Py_ssize_t)T, (Py_ssize_t)E);
+        goto done;
+    }
+    npy_intp dims[3] = {T, h, w};
+    if (!(out = PyArray_SimpleNew(3, dims, NPY_FLOAT32))) goto done;
+    const float *ed = PyArray_DATA(e), *td = PyArray_DATA(t);
+    float *od = PyArray_DATA((PyArrayObject *)out);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = (naive ? ovs_pixel_classify_naive : ovs_pixel_classify)(od, ed, E, (int64_t)h * w, td, T,
+                                                                (float)scale, softmax);
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        Py_CLEAR(out);
+        ovs_py_raise(rc);
+    }
+done:
+    Py_DECREF(e);
+    Py_XDECREF(t);
+    return out;
+}
+
+static PyMethodDef framework_functions[] = {
+    {"pixel_classify", (PyCFunction)(void (*)(void))py_pixel_classify, METH_VARARGS | METH_KEYWORDS,
+     "pixel_classify(embed (E, h, w), text (T, E), scale, softmax=False, naive=False) -> (T, h, w): "
+     "scale * cosine of each pixel's embedding with the (L2-normalised) text rows, optionally "
+     "softmaxed over T"},
+    {NULL, NULL, 0, NULL},
+};
+
+int ovs_py_register_frameworks(PyObject *m) {
+    if (PyType_Ready(&ovs_py_DeepLabType) < 0) return -1;
+    Py_INCREF(&ovs_py_DeepLabType);
+    if (PyModule_AddObject(m, "DeepLabHead", (PyObject *)&ovs_py_DeepLabType) < 0) {
+        Py_DECREF(&ovs_py_DeepLabType);
+        return -1;
+    }
+    return PyModule_AddFunctions(m, framework_functions);
+}

@@ -1,0 +1,373 @@
+"""The paper's trained OVS frameworks on the ovs C engine (DESIGN.md §3).
+
+A framework checkpoint is first converted once (``ovs convert``, ovs/convert.py) into a
+safetensors file with ovs's names; ``ovs.load`` recognises such a file and returns the
+framework's model, which ``ovs.Segmenter(model, "<framework>")`` runs with the framework's own
+preprocessing and inference:
+
+    >>> model = ovs.load("deeplab_rn50.safetensors")        # from `ovs convert ... --framework deeplab`
+    >>> seg = ovs.Segmenter(model, "deeplab")
+    >>> labels = seg.segment(image, ["wall", "floor", "ceiling"])
+
+One table (FRAMEWORKS) lists each framework once: the key that identifies its converted files,
+its model class, the checkpoint converter (names and expected shapes) and its inference
+defaults. FC-CLIP and Han et al. are further entries of the same table.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from . import _core
+
+IMAGENET_MEAN_255 = (123.675, 116.280, 103.530)   # detectron2 MODEL.PIXEL_MEAN (RGB, 0..255)
+IMAGENET_STD_255 = (58.395, 57.120, 57.375)       # detectron2 MODEL.PIXEL_STD
+
+
+class ConversionError(ValueError):
+    """A checkpoint does not hold the tensors a framework needs (names and shapes in the message)."""
+
+
+@dataclass(frozen=True)
+class Framework:
+    name: str
+    signature: str                          # a converted file holds this tensor name
+    model: Callable[..., Any]               # model class: model(state_dict, name=...)
+    expected: Callable[[Mapping[str, np.ndarray]], dict[str, tuple[int, ...]]]
+    rename: tuple[tuple[str, str], ...]     # checkpoint prefix -> ovs prefix, first match wins
+    ignore: tuple[str, ...] = ()            # regexes of checkpoint names dropped silently
+    defaults: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+# ------------------------------------------------------------------ preprocessing
+def resize_shortest_edge(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
+    """detectron2 ResizeShortestEdge.get_output_shape: the shorter side to `short`, the longer
+    capped at max_size, each rounded with int(x + 0.5)."""
+    scale = short / min(h, w)
+    newh, neww = (short, scale * w) if h < w else (scale * h, short)
+    if max(newh, neww) > max_size:
+        s = max_size / max(newh, neww)
+        newh, neww = newh * s, neww * s
+    return int(newh + 0.5), int(neww + 0.5)
+
+
+def detectron2_preprocess(image: np.ndarray, short: int, max_size: int, divisor: int,
+                          mean: Sequence[float], std: Sequence[float]):
+    """As detectron2's test-time DatasetMapper + model: ResizeShortestEdge with Pillow's bilinear
+    filter on the uint8 image (ResizeTransform), (x - mean) / std on 0..255 values, zero padding
+    at the bottom and right to a multiple of `divisor` (ImageList.from_tensors).
+    Returns ((1, 3, Hp, Wp) float32, (h, w) resized extent)."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    nh, nw = resize_shortest_edge(h, w, short, max_size) if short else (h, w)
+    if (nh, nw) != (h, w):
+        image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+    x = _core.op_normalize_u8(np.ascontiguousarray(image), None, np.asarray(mean, np.float32),
+                              np.asarray(std, np.float32), True)
+    hp = -(-nh // divisor) * divisor
+    wp = -(-nw // divisor) * divisor
+    out = np.zeros((1, 3, hp, wp), np.float32)
+    out[0, :, :nh, :nw] = x
+    return out, (nh, nw)
+
+
+# ------------------------------------------------------------------ shared model plumbing
+def _float32(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in sd.items():
+        a = np.asarray(v)
+        if a.dtype.kind == "f":
+            a = np.ascontiguousarray(a, dtype=np.float32)
+            a.setflags(write=False)
+        out[str(k)] = a
+    return out
+
+
+def _count(keys, prefix: str) -> int:
+    """Number of contiguous integer children prefix.<i>.* (ValueError naming a gap)."""
+    pat = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+    idx = {int(m.group(1)) for k in keys if (m := pat.match(k))}
+    if not idx:
+        return 0
+    n = max(idx) + 1
+    if len(idx) != n:
+        raise ConversionError(f"{prefix}: blocks {sorted(set(range(n)) - idx)} are missing "
+                              f"(found {sorted(idx)})")
+    return n
+
+
+def _text_model(sd: Mapping[str, np.ndarray], prefix: str = ""):
+    """The CLIP text tower of a framework file, as a text-only ovs.Model (its classifier cache
+    and tokenizer come with it)."""
+    from .model import Model
+
+    text = {k[len(prefix):]: v for k, v in sd.items()
+            if k.startswith(prefix) and not k[len(prefix):].startswith(("visual.",))
+            and k[len(prefix):].split(".")[0] in ("token_embedding", "positional_embedding",
+                                                  "transformer", "ln_final", "text_projection")}
+    return Model(text)
+
+
+class FrameworkModel:
+    """Base of the framework models: weights by ovs name, the framework's table entry."""
+    framework: Framework
+
+    def __init__(self, state_dict: Mapping[str, np.ndarray], *, name: str | None = None):
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping of names to arrays, got "
+                            f"{type(state_dict).__name__}")
+        self._sd = _float32(state_dict)
+        self.name = name
+        check_expected(self._sd, self.framework.expected(self._sd), what="weights")
+
+    @property
+    def state_dict(self) -> Mapping[str, np.ndarray]:
+        return dict(self._sd)
+
+    def _with_weights(self, sd: Mapping[str, np.ndarray]):
+        """A new model of the same framework on other weights (ovs.prune rebuilds with it)."""
+        return type(self)(sd, name=self.name)
+
+
+# ------------------------------------------------------------------ DeepLabV3-OVS
+RN50_LAYERS = (3, 4, 6, 3)
+_BN = ("weight", "bias", "running_mean", "running_var")
+
+
+def _bn(out: dict, name: str, n: int) -> None:
+    for s in _BN:
+        out[f"{name}.{s}"] = (n,)
+
+
+def _clip_text_expected(sd: Mapping[str, np.ndarray], prefix: str, embed: int) -> dict:
+    """Names and shapes of an OpenAI CLIP text tower (mask2former/clip_models.py
+    CLIPTextEncoder, open_clip names) below prefix."""
+    out: dict[str, tuple[int, ...]] = {}
+    tok = f"{prefix}token_embedding.weight"
+    if tok not in sd:
+        return {tok: ("V", "D")}
+    vocab, d = np.shape(sd[tok])
+    ctx = np.shape(sd.get(f"{prefix}positional_embedding", np.empty((77, d))))[0]
+    out[tok] = (vocab, d)
+    out[f"{prefix}positional_embedding"] = (ctx, d)
+    out[f"{prefix}ln_final.weight"] = out[f"{prefix}ln_final.bias"] = (d,)
+    out[f"{prefix}text_projection"] = (d, embed)
+    layers = _count(sd, f"{prefix}transformer.resblocks")
+    for i in range(max(layers, 1)):
+        b = f"{prefix}transformer.resblocks.{i}."
+        out[b + "attn.in_proj_weight"] = (3 * d, d)
+        out[b + "attn.in_proj_bias"] = (3 * d,)
+        out[b + "attn.out_proj.weight"] = (d, d)
+        out[b + "attn.out_proj.bias"] = (d,)
+        for ln in ("ln_1", "ln_2"):
+            out[b + ln + ".weight"] = out[b + ln + ".bias"] = (d,)
+        out[b + "mlp.c_fc.weight"] = (4 * d, d)
+        out[b + "mlp.c_fc.bias"] = (4 * d,)
+        out[b + "mlp.c_proj.weight"] = (d, 4 * d)
+        out[b + "mlp.c_proj.bias"] = (d,)
+    return out
+
+
+def _dim(sd, name: str, axis: int, default: int) -> int:
+    a = sd.get(name)
+    return int(np.shape(a)[axis]) if a is not None and np.ndim(a) > axis else default
+
+
+def deeplab_expected(sd: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a converted DeepLabV3-OVS file with its shape. The architecture is read
+    from a few anchor shapes (trunk width, ASPP width, embedding dim, text width); everything
+    else must agree with them."""
+    out: dict[str, tuple[int, ...]] = {}
+    w = _dim(sd, "visual.layer1.0.conv1.weight", 1, 64)
+    layers = [_count(sd, f"visual.layer{s + 1}") or RN50_LAYERS[s] for s in range(4)]
+    for i, (k, c) in enumerate(((w // 2, 3), (w // 2, w // 2), (w, w // 2))):
+        out[f"visual.conv{i + 1}.weight"] = (k, c, 3, 3)
+        _bn(out, f"visual.bn{i + 1}", k)
+    inplanes = w
+    for s in range(4):
+        planes = w << s
+        for j in range(layers[s]):
+            b = f"visual.layer{s + 1}.{j}"
+            out[f"{b}.conv1.weight"] = (planes, inplanes, 1, 1)
+            out[f"{b}.conv2.weight"] = (planes, planes, 3, 3)
+            out[f"{b}.conv3.weight"] = (4 * planes, planes, 1, 1)
+            _bn(out, f"{b}.bn1", planes)
+            _bn(out, f"{b}.bn2", planes)
+            _bn(out, f"{b}.bn3", 4 * planes)
+            if j == 0:
+                out[f"{b}.downsample.0.weight"] = (4 * planes, inplanes, 1, 1)
+                _bn(out, f"{b}.downsample.1", 4 * planes)
+            inplanes = 4 * planes
+    c5 = inplanes
+    a = _dim(sd, "aspp.aspp1.atrous_conv.weight", 0, 256)
+    for i in range(4):
+        out[f"aspp.aspp{i + 1}.atrous_conv.weight"] = (a, c5, 1, 1) if i == 0 else (a, c5, 3, 3)
+        _bn(out, f"aspp.aspp{i + 1}.bn", a)
+    out["aspp.global_avg_pool.1.weight"] = (a, c5, 1, 1)
+    _bn(out, "aspp.global_avg_pool.2", a)
+    ccat = _dim(sd, "aspp.conv1.weight", 1, 4 * a + c5)
+    if ccat not in (5 * a, 4 * a + c5):
+        ccat = 4 * a + c5   # report the OpenTrans width as the expected one
+    out["aspp.conv1.weight"] = (a, ccat, 1, 1)
+    _bn(out, "aspp.bn1", a)
+    out["decoder.conv1.weight"] = (48, 4 * w, 1, 1)
+    _bn(out, "decoder.bn1", 48)
+    out["decoder.last_conv.0.weight"] = (a, a + 48, 3, 3)
+    _bn(out, "decoder.last_conv.1", a)
+    out["decoder.last_conv.4.weight"] = (a, a, 3, 3)
+    _bn(out, "decoder.last_conv.5", a)
+    e = _dim(sd, "embed_proj.weight", 0, 1024)
+    out["embed_proj.weight"] = (e, a)
+    out["embed_proj.bias"] = (e,)
+    out["non_object_embedding"] = (1, e)
+    # a 0-d parameter; readers and writers may store it as (1,)
+    ls = sd.get("logit_scale")
+    out["logit_scale"] = tuple(np.shape(ls)) if ls is not None and np.size(ls) == 1 and np.ndim(ls) <= 1 else ()
+    out.update(_clip_text_expected(sd, "", e))
+    return out
+
+
+class DeepLabModel(FrameworkModel):
+    """DeepLabV3-OVS (OpenTrans ``OpenSegDeeplabv3Text``): the ZS3 DeepLab ResNet-50 trunk with
+    the CLIP-style 3-conv stem at output stride 16, ASPP, DeepLabV3+ decoder, per-pixel
+    embedding (ReLU, Linear 256 -> 1024), cosine with CLIP text embeddings of the bare class
+    names plus a learned no-object embedding, times exp(logit_scale)."""
+
+    def __init__(self, state_dict, *, name: str | None = None, sparse: str = "auto",
+                 output_stride: int = 16):
+        self.framework = FRAMEWORKS["deeplab"]
+        super().__init__(state_dict, name=name)
+        sd = self._sd
+        if sparse not in ("auto", "dense", "all"):
+            raise ValueError(f"sparse must be 'auto', 'dense' or 'all', got {sparse!r}")
+        if output_stride not in (8, 16):
+            raise ValueError(f"output_stride must be 8 or 16 (OpenTrans uses 16), got {output_stride!r}")
+        self.width = int(sd["visual.layer1.0.conv1.weight"].shape[1])
+        self.layers = tuple(_count(sd, f"visual.layer{s + 1}") for s in range(4))
+        self.output_stride = output_stride
+        vis = {k: v for k, v in sd.items()
+               if k.startswith(("visual.", "aspp.", "decoder.", "embed_proj."))}
+        self._trunk = _core.ResNet(vis, "visual.", self.layers, self.width, 0, 0, 0, False,
+                                   style="deeplab", output_stride=output_stride)
+        self._head = _core.DeepLabHead(self._trunk, "")
+        self.embed_dim = int(self._head.info()["embed_dim"])
+        self.text = _text_model(sd)
+        if self.text.embed_dim_text != self.embed_dim:
+            raise ValueError(f"text_projection gives {self.text.embed_dim_text}-d embeddings, "
+                             f"embed_proj {self.embed_dim}-d")
+        self.no_object = np.ascontiguousarray(sd["non_object_embedding"].reshape(1, -1))
+        self.logit_scale = float(np.exp(np.float64(sd["logit_scale"].reshape(()))))
+        if not math.isfinite(self.logit_scale):
+            raise ValueError(f"logit_scale {float(sd['logit_scale'])!r} overflows exp()")
+        from .prune import auto_sparse_mode
+
+        self._sparse_mode = sparse
+        mode = auto_sparse_mode(sd, sparse)
+        if mode != "dense":
+            self._trunk.sparsify(mode, 512, 512)
+
+    arch = "deeplab"
+    act = "quickgelu"   # the CLIP text tower's MLP activation (OpenAI weights)
+
+    def __repr__(self) -> str:
+        pool = "image pooling" if self._head.info()["image_pool"] else "res5 (OpenTrans)"
+        name = f"{self.name!r}, " if self.name else ""
+        return (f"ovs.DeepLabModel({name}ResNet(layers={list(self.layers)}, width={self.width}, "
+                f"output_stride={self.output_stride}), ASPP fifth branch {pool}, "
+                f"embed_dim={self.embed_dim})")
+
+    def sparsify(self, mode: str = "auto", size: int = 512) -> list[dict]:
+        """Dense or sparse kernel per trunk conv, as ovs.Model.sparsify."""
+        if mode not in ("auto", "dense", "all"):
+            raise ValueError(f"mode must be 'auto', 'dense' or 'all', got {mode!r}")
+        if not 32 <= int(size) <= 8192:
+            raise ValueError(f"size must be in 32..8192, got {size}")
+        self._trunk.sparsify(mode, int(size), int(size))
+        self._sparse_mode = mode
+        return self._trunk.convs()
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Per-pixel embeddings (N, E, H/4, W/4) of normalised, padded images (N, 3, H, W)."""
+        if not isinstance(images, np.ndarray) or images.dtype.kind != "f":
+            raise TypeError("images must be a float numpy array (N, 3, H, W)")
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected (N, 3, H, W) images, got shape {images.shape}")
+        if images.shape[2] < 32 or images.shape[3] < 32:
+            raise ValueError(f"image sides must be at least 32, got {images.shape[2]}x{images.shape[3]}")
+        return self._head.forward(np.ascontiguousarray(images, dtype=np.float32))
+
+    def text_rows(self, class_names: Sequence[str], templates="bare") -> np.ndarray:
+        """(C + 1, E): the classes' text embeddings then the no-object embedding, each divided by
+        (its norm + 1e-7) as OpenTrans does."""
+        cls = self.text.text_classifier(list(class_names), templates)
+        rows = np.concatenate([cls, self.no_object], axis=0).astype(np.float64)
+        rows /= np.linalg.norm(rows, axis=1, keepdims=True) + 1e-7
+        return np.ascontiguousarray(rows, dtype=np.float32)
+
+    def lowres(self, image: np.ndarray, text: np.ndarray, kind: str, *, short: int,
+               max_size: int, divisor: int) -> np.ndarray:
+        """(C, h, w) at stride 4 of the padded input: "logits" (exp(logit_scale) * cosine) or
+        "probs" (softmax over the classes and no-object, no-object dropped)."""
+        x, _ = detectron2_preprocess(image, short, max_size, divisor, IMAGENET_MEAN_255,
+                                     IMAGENET_STD_255)
+        emb = self.embed(x)[0]
+        out = _core.pixel_classify(emb, text, self.logit_scale, softmax=(kind == "probs"))
+        return out[:-1]
+
+
+# ------------------------------------------------------------------ checks shared by convert and load
+def check_expected(sd: Mapping[str, np.ndarray], expected: Mapping[str, tuple], *,
+                   what: str = "checkpoint", renamed: Mapping[str, str] | None = None) -> None:
+    """ConversionError listing every missing tensor, every wrong shape and every unexpected name
+    (by the checkpoint's own name when `renamed` maps ovs names back to it)."""
+    back = renamed or {}
+    src = lambda k: f"{back[k]!r} (-> {k!r})" if k in back and back[k] != k else repr(k)  # noqa: E731
+    missing = [k for k in expected if k not in sd]
+    shapes = [f"{src(k)}: {tuple(np.shape(sd[k]))}, expected {tuple(expected[k])}"
+              for k in expected if k in sd and tuple(np.shape(sd[k])) != tuple(expected[k])]
+    unexpected = [k for k in sd if k not in expected]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing: " + ", ".join(src(k) for k in missing[:12])
+                        + (" ..." if len(missing) > 12 else ""))
+    if shapes:
+        problems.append(f"{len(shapes)} with the wrong shape: " + "; ".join(shapes[:12])
+                        + (" ..." if len(shapes) > 12 else ""))
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected: " + ", ".join(src(k) for k in unexpected[:12])
+                        + (" ..." if len(unexpected) > 12 else ""))
+    if problems:
+        raise ConversionError(f"{what} does not match the expected tensors: " + "; ".join(problems))
+
+
+FRAMEWORKS: dict[str, Framework] = {
+    "deeplab": Framework(
+        name="deeplab",
+        signature="aspp.conv1.weight",
+        model=DeepLabModel,
+        expected=deeplab_expected,
+        # OpenTrans OpenSegDeeplabv3Text state dict (mask2former/Deeplabv3.py)
+        rename=(("backbone.", "visual."), ("aspp.", "aspp."), ("sem_seg_head.", "decoder."),
+                ("embed_proj.1.", "embed_proj."), ("text_encoder.", ""),
+                ("non_object_embedding", "non_object_embedding"), ("logit_scale", "logit_scale")),
+        ignore=(r".*\.num_batches_tracked", r"pixel_(mean|std)"),
+        # detectron2 defaults (INPUT.MIN_SIZE_TEST 800, MAX_SIZE_TEST 1333: the DeepLab config
+        # sets neither), MASK_FORMER.SIZE_DIVISIBILITY 32, bare class names as OpenTrans tokenizes
+        defaults=dict(short_side=800, max_size=1333, divisor=32, templates="bare"),
+        description="DeepLabV3-OVS (OpenTrans OpenSegDeeplabv3Text), RN50 trunk, output stride 16",
+    ),
+}
+
+
+def detect(sd: Mapping[str, Any]) -> Framework | None:
+    """The framework whose converted files hold sd's signature tensor, if any."""
+    for fw in FRAMEWORKS.values():
+        if fw.signature in sd:
+            return fw
+    return None

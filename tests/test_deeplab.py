@@ -1,0 +1,333 @@
+"""DeepLabV3-OVS (OpenTrans) on ovs against the PyTorch reference re-typed from OpenTrans
+(tests/reference/deeplab_reference.py), on identical random weights saved as a detectron2
+checkpoint with OpenTrans' real key names and converted with `ovs convert`."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import ovs  # noqa: E402
+import ovs.convert  # noqa: E402
+import ovs.flops  # noqa: E402
+import ovs.weights  # noqa: E402
+from ovs.cli import main as cli_main  # noqa: E402
+from ovs import _core  # noqa: E402
+from ovs.frameworks import ConversionError, DeepLabModel  # noqa: E402
+
+from conftest import assert_close  # noqa: E402
+
+SHORT, MAX = 128, 192   # small detectron2 resize for speed (the framework default is 800 / 1333)
+NAMES = ["cat", "dog", "grass", "sky", "road"]
+
+
+def _ref_module():
+    name = "ovs_tests_deeplab_reference"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parent / "reference" / "deeplab_reference.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+R = _ref_module()
+
+
+def _convert(tmp, ref, stem):
+    ck, out = tmp / f"{stem}.pth", tmp / f"{stem}.safetensors"
+    R.save_checkpoint(ref, ck)
+    assert cli_main(["convert", str(ck), "--framework", "deeplab", "-o", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("deeplab")
+    ref = R.small(seed=0)
+    path = _convert(tmp, ref, "opentrans")
+    return ref, ovs.load(path), path
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    # 150x200: resized to 128x171, padded to 128x192; 300x90: long side capped by MAX (192x58 -> 64)
+    base = [rng.integers(0, 256, (150, 200, 3), dtype=np.uint8),
+            rng.integers(0, 256, (300, 90, 3), dtype=np.uint8)]
+    # smooth structure so that classes are well separated over regions, not per-pixel noise
+    yy, xx = np.mgrid[0:150, 0:200]
+    smooth = np.stack([(np.sin(yy / 9.0) * 120 + 128), (np.cos(xx / 13.0) * 120 + 128),
+                       ((yy + xx) % 256)], -1).astype(np.uint8)
+    return base + [smooth]
+
+
+def test_load_gives_the_framework_model(pair):
+    ref, model, _ = pair
+    assert isinstance(model, DeepLabModel)
+    assert "res5 (OpenTrans)" in repr(model)
+    assert model.embed_dim == 64 and model.layers == (3, 4, 6, 3)
+    assert model.logit_scale == pytest.approx(float(ref.logit_scale.detach().exp()), rel=1e-6)
+
+
+def test_embeddings_match_pytorch(pair):
+    ref, model, _ = pair
+    for img in _images()[:1]:
+        x, _ = R.preprocess(img, SHORT, MAX)
+        with torch.no_grad():
+            emb, (h, w) = ref.pixel_embeddings(x)
+        ours = model.embed(x.numpy())
+        assert ours.shape == (1, 64, h, w)
+        assert_close(ours[0].reshape(64, -1).T, emb[0].numpy(), name="pixel embeddings")
+
+
+def test_segmenter_matches_opentrans_inference(pair):
+    ref, model, _ = pair
+    seg = ovs.Segmenter(model, "deeplab", short_side=SHORT)
+    seg.max_size = MAX
+    for i, img in enumerate(_images()[1:]):
+        probs, logits, lowres, x = R.semantic(ref, img, NAMES, SHORT, MAX)
+        ours_x, _ = ovs.frameworks.detectron2_preprocess(img, SHORT, MAX, 32, R.PIXEL_MEAN, R.PIXEL_STD)
+        np.testing.assert_array_equal(ours_x, x.numpy())   # Pillow resize, same float32 arithmetic
+        if i == 0:
+            cls = seg.classifier(NAMES)
+            assert_close(model.lowres(img, cls, "logits", short=SHORT, max_size=MAX, divisor=32),
+                         logits.numpy(), name="low-res logits")
+            lg = seg.logits(img, NAMES)
+            assert lg.shape == (len(NAMES),) + img.shape[:2]
+        p = seg.predict(img, NAMES)
+        assert_close(p, probs.numpy(), name="probabilities")
+        labels = seg.segment(img, NAMES)
+        agree = float((labels == probs.numpy().argmax(0)).mean())
+        assert agree >= 0.999, f"label maps agree on {agree:.4%} of pixels"
+
+
+@pytest.fixture(scope="module")
+def pool_ref():
+    return R.small(seed=1, opentrans_aspp=False)
+
+
+def test_image_pooling_variant(tmp_path, pool_ref):
+    """The standard DeepLabV3+ ASPP (pooled fifth branch, 5A-input projection)."""
+    ref = pool_ref
+    model = ovs.load(_convert(tmp_path, ref, "pool"))
+    assert "image pooling" in repr(model)
+    img = _images()[2]
+    probs, _, _, _ = R.semantic(ref, img, NAMES, SHORT, MAX)
+    seg = ovs.Segmenter(model, "deeplab", short_side=SHORT)
+    seg.max_size = MAX
+    assert_close(seg.predict(img, NAMES), probs.numpy(), name="probabilities (image pooling)")
+
+
+def test_pruned_backbone_runs_sparse(tmp_path):
+    """A DeepLab whose trunk convs are 90% zeros (as a transferred subnetwork) runs its trunk
+    through the sparse kernels and still matches PyTorch on the same pruned weights."""
+    ref = R.small(seed=2)
+    with torch.no_grad():
+        for name, p in ref.backbone.named_parameters():
+            if p.ndim == 4 and name != "conv1.weight":
+                k = int(0.9 * p.numel())
+                thr = p.abs().flatten().kthvalue(k).values
+                p.mul_((p.abs() > thr).to(p.dtype))
+    path = _convert(tmp_path, ref, "pruned")
+    model = DeepLabModel(ovs.weights.load_state_dict(path), sparse="all")
+    convs = model._trunk.convs()
+    assert sum(c["sparse"] for c in convs) >= len(convs) - 8   # strided convs stay dense
+    img = _images()[2]
+    probs, _, _, x = R.semantic(ref, img, NAMES, SHORT, MAX)
+    with torch.no_grad():
+        emb, _ = ref.pixel_embeddings(x)
+    assert_close(model.embed(x.numpy())[0].reshape(64, -1).T, emb[0].numpy(), name="sparse trunk")
+    seg = ovs.Segmenter(model, "deeplab", short_side=SHORT)
+    seg.max_size = MAX
+    assert_close(seg.predict(img, NAMES), probs.numpy(), name="probabilities (sparse)")
+
+
+@pytest.mark.parametrize("os_", [16, 8])
+def test_deeplab_trunk_features(pair, os_):
+    """res2..res5 of the DEEPLAB-style ResNet (strided/dilated 3x3, strided shortcut, stem
+    without inner ReLUs) against zs3's ResNet at output stride 16 and 8."""
+    ref, model, _ = pair
+    trunk = R.ResNet((3, 4, 6, 3), os_, 16)
+    trunk.load_state_dict(ref.backbone.state_dict())
+    trunk.eval()
+    sd = {k: v for k, v in model.state_dict.items() if k.startswith("visual.")}
+    net = _core.ResNet(sd, "visual.", (3, 4, 6, 3), 16, 0, 0, 0, False, style="deeplab",
+                       output_stride=os_)
+    x = torch.randn(1, 3, 96, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        feats, t = [], x
+        t = trunk.relu(trunk.Avgpool(trunk.bn3(trunk.conv3(trunk.bn2(trunk.conv2(trunk.bn1(trunk.conv1(t))))))))
+        for layer in (trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4):
+            t = layer(t)
+            feats.append(t.numpy())
+    out = net.forward(x.numpy(), features=True)
+    for s, f in enumerate(feats):
+        assert_close(out[f"res{s + 2}"], f, name=f"res{s + 2} (OS {os_})")
+
+
+def test_pixel_classify_fast_equals_naive():
+    rng = np.random.default_rng(0)
+    for E, h, w, T in [(64, 7, 45, 6), (16, 1, 1, 1), (33, 17, 19, 151)]:
+        emb = rng.standard_normal((E, h, w)).astype(np.float32)
+        emb[:, 0, 0] = 0   # an all-zero pixel: the 1e-7 keeps it finite
+        text = rng.standard_normal((T, E)).astype(np.float32)
+        for softmax in (False, True):
+            a = _core.pixel_classify(emb, text, 14.3, softmax=softmax)
+            b = _core.pixel_classify(emb, text, 14.3, softmax=softmax, naive=True)
+            assert_close(a, b, rtol=1e-5, name=f"pixel_classify softmax={softmax}")
+            if softmax:
+                np.testing.assert_allclose(a.sum(0), 1, rtol=1e-5)
+    with pytest.raises(ValueError, match="text has 3 columns"):
+        _core.pixel_classify(np.zeros((4, 2, 2), np.float32), np.zeros((2, 3), np.float32), 1.0)
+    with pytest.raises(ValueError, match="T=0"):
+        _core.pixel_classify(np.zeros((4, 2, 2), np.float32), np.zeros((0, 4), np.float32), 1.0)
+
+
+def test_convert_reports_bad_checkpoints(pair, tmp_path):
+    ref, _, _ = pair
+    sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+    ovs.convert.convert_state_dict(sd, "deeplab")   # the good one converts
+
+    bad = dict(sd)
+    del bad["aspp.aspp2.bn.running_var"]
+    with pytest.raises(ConversionError, match=r"missing: .aspp.aspp2.bn.running_var. \(-> .aspp.aspp2.bn.running_var.\)|missing: .aspp.aspp2.bn.running_var."):
+        ovs.convert.convert_state_dict(bad, "deeplab")
+    bad = dict(sd)
+    bad["sem_seg_head.last_conv.0.weight"] = np.zeros((64, 100, 3, 3), np.float32)
+    with pytest.raises(ConversionError, match=r"'sem_seg_head.last_conv.0.weight' \(-> 'decoder.last_conv.0.weight'\): \(64, 100, 3, 3\), expected \(64, 112, 3, 3\)"):
+        ovs.convert.convert_state_dict(bad, "deeplab")
+    bad = dict(sd)
+    bad["criterion.empty_weight"] = np.ones(3, np.float32)
+    with pytest.raises(ConversionError, match="unexpected tensor.*'criterion.empty_weight'"):
+        ovs.convert.convert_state_dict(bad, "deeplab")
+    bad = dict(sd)
+    bad["aspp.extra.weight"] = np.ones(3, np.float32)
+    with pytest.raises(ConversionError, match="unexpected: 'aspp.extra.weight'"):
+        ovs.convert.convert_state_dict(bad, "deeplab")
+    bad = dict(sd)
+    del bad["backbone.layer3.2.conv1.weight"], bad["backbone.layer3.2.bn1.weight"]
+    with pytest.raises(ConversionError, match=r"'backbone.layer3.2.conv1.weight' \(-> 'visual.layer3.2.conv1.weight'\)"):
+        ovs.convert.convert_state_dict(bad, "deeplab")
+    bad = dict(sd)
+    bad["logit_scale"] = np.array(np.nan, np.float32)
+    with pytest.raises(ConversionError, match="'logit_scale' contains NaN"):
+        ovs.convert.convert_state_dict(bad, "deeplab")
+    with pytest.raises(ValueError, match="unknown framework 'maskformer'"):
+        ovs.convert.convert_state_dict(sd, "maskformer")
+    with pytest.raises(ConversionError, match="no tensors"):
+        ovs.convert.convert_state_dict({}, "deeplab")
+    # through the CLI: exit code 2 and the key named
+    R.save_checkpoint(ref, tmp_path / "ok.pth")
+    rc = cli_main(["convert", str(tmp_path / "missing.pth"), "--framework", "deeplab",
+                       "-o", str(tmp_path / "x.safetensors")])
+    assert rc == 2
+
+
+def test_segmenter_and_cli(pair, tmp_path, capsys):
+    ref, model, path = pair
+    with pytest.raises(ValueError, match="window does not apply"):
+        ovs.Segmenter(model, "deeplab", window=(224, 112))
+    with pytest.raises(ValueError, match="bg_threshold does not apply"):
+        ovs.Segmenter(model, "deeplab", bg_threshold=0.5)
+    with pytest.raises(ValueError, match="use method='deeplab'"):
+        ovs.Segmenter(model, "naclip")
+    with pytest.raises(ValueError, match="short_side must be an int >= 32, got 8"):
+        ovs.Segmenter(model, "deeplab", short_side=8)
+    with pytest.raises(TypeError, match="images must be a float numpy array"):
+        model.embed(np.zeros((1, 3, 64, 64), np.uint8))
+    with pytest.raises(ValueError, match="at least 32, got 16x64"):
+        model.embed(np.zeros((1, 3, 16, 64), np.float32))
+    from PIL import Image
+
+    img = _images()[2]
+    Image.fromarray(img).save(tmp_path / "im.png")
+    rc = cli_main(["segment", str(tmp_path / "im.png"), "--model", str(path), "--method",
+                       "deeplab", "--classes", ",".join(NAMES), "--short-side", "128",
+                       "--out", str(tmp_path / "mask.png")])
+    assert rc == 0
+    got = np.asarray(Image.open(tmp_path / "mask.png"))
+    seg = ovs.Segmenter(model, "deeplab", short_side=128)
+    np.testing.assert_array_equal(got, seg.segment(img, NAMES).astype(got.dtype))
+
+
+def test_flops_equal_fvcore(pair, pool_ref):
+    from fvcore.nn import FlopCountAnalysis
+
+    ref, model, _ = pair
+    for opentrans, m in ((True, ref), (False, pool_ref)):
+        H, W = 64, 96
+        fa = FlopCountAnalysis(m, (torch.zeros(1, 3, H, W), torch.zeros(len(NAMES), 64)))
+        fa.unsupported_ops_warnings(False)
+        fa.uncalled_modules_warnings(False)
+        sd = {k: v.detach().numpy() for k, v in m.state_dict().items()}
+        conv, _ = ovs.convert.convert_state_dict(sd, "deeplab")
+        rows = ovs.flops.count(conv, image_size=(H, W), num_classes=len(NAMES))
+        assert ovs.flops.total(rows, fvcore=True) == fa.total(), f"opentrans={opentrans}"
+
+
+def test_prune_a_deeplab_model(pair):
+    """ovs.prune works on a DeepLab model (its trunk has open_clip names): the result is a
+    DeepLab model whose trunk runs sparse where faster, equal to the dense run of the same
+    weights."""
+    import ovs.prune
+
+    _, model, _ = pair
+    pruned = ovs.prune.magnitude(model, sparsity=0.9)
+    assert isinstance(pruned, DeepLabModel)
+    assert 0.89 < ovs.prune.sparsity(ovs.prune.masks(pruned)) < 0.91
+    dense = DeepLabModel(pruned.state_dict, sparse="dense")
+    sparse = DeepLabModel(pruned.state_dict, sparse="all")
+    x = np.random.default_rng(5).standard_normal((1, 3, 64, 96)).astype(np.float32)
+    assert_close(sparse.embed(x), dense.embed(x), rtol=1e-5, name="sparse vs dense trunk")
+
+
+def test_failed_allocations_are_clean_errors(pair):
+    """Every C allocation of building the head and of a forward on a fresh head fails in turn:
+    a MemoryError each time (or, where the code recovers, the same result), never a crash."""
+    from test_robustness import _inject
+
+    _, model, _ = pair
+    n = ovs.get_num_threads()
+    ovs.set_num_threads(1)
+    try:
+        vis = {k: v for k, v in model.state_dict.items()
+               if k.startswith(("visual.", "aspp.", "decoder.", "embed_proj."))}
+        trunk = _core.ResNet(vis, "visual.", (3, 4, 6, 3), 16, 0, 0, 0, False, style="deeplab",
+                             output_stride=16)
+        x = np.random.default_rng(7).standard_normal((1, 3, 64, 64)).astype(np.float32)
+        _inject(lambda: _core.DeepLabHead(trunk).forward(x), "DeepLabHead build + forward")
+        _inject(lambda h: h.forward(x), "DeepLabHead.forward", setup=lambda: _core.DeepLabHead(trunk))
+    finally:
+        ovs.set_num_threads(n)
+
+
+def test_eval_runs_the_framework(pair, tmp_path):
+    """`ovs eval --method deeplab` on a converted file: the confusion matrix is the one of
+    Segmenter.segment over the dataset (tiny detectron2-layout data, tests/data/make_datasets.py)."""
+    import json
+
+    from test_eval import _gen
+    from test_metrics import d2_confusion
+
+    _, model, path = pair
+    _gen().make(tmp_path / "d2", "voc-20", images=2, size=(20, 28))
+    out = tmp_path / "res.json"
+    rc = cli_main(["eval", "--dataset", "voc-20", "--root", str(tmp_path / "d2"), "--model", str(path),
+                   "--method", "deeplab", "--templates", "bare", "--short-side", "64",
+                   "--out", str(out), "--threads", "1", "--no-progress"])
+    assert rc == 0
+    conf = np.load(tmp_path / "res.confusion.npy")
+    ds = ovs.datasets.load_dataset("voc-20", tmp_path / "d2")
+    seg = ovs.Segmenter(model, "deeplab", short_side=64)
+    ref = np.zeros_like(conf)
+    for i in range(len(ds)):
+        image, gt = ds[i]
+        ref += d2_confusion(seg.segment(image, ds.prompts()), gt, ds.num_classes, ds.ignore_label)
+    np.testing.assert_array_equal(conf, ref)
+    assert json.loads(out.read_text())["settings"]["method"] == "deeplab"
