@@ -36,6 +36,25 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 _UNSET: Any = object()
 
+#: PAMR as NACLIP runs it (pamr_steps=10, pamr_stride=(8, 16)): Segmenter(pamr=True).
+PAMR_STEPS = 10
+PAMR_DILATIONS = (8, 16)
+
+
+def pamr_steps(pamr) -> int:
+    """Segmenter's pamr= as a step count: False/None -> 0 (off), True -> 10, an int >= 0 ->
+    itself. Anything else (a negative or non-integer number, a string) is a ValueError."""
+    if pamr is None or pamr is False or (isinstance(pamr, np.bool_) and not pamr):
+        return 0
+    if pamr is True or isinstance(pamr, np.bool_):
+        return PAMR_STEPS
+    if isinstance(pamr, (int, np.integer)):
+        if pamr < 0:
+            raise ValueError(f"pamr must be True, False or a number of steps >= 0, got {pamr!r}")
+        return int(pamr)
+    raise ValueError(f"pamr must be True, False or a number of steps (int >= 0), got {pamr!r} "
+                     f"({type(pamr).__name__})")
+
 
 def default_method(model: Model) -> str:
     """NACLIP for ViTs (the best published training-free numbers among ours), MaskCLIP for
@@ -130,12 +149,16 @@ class Segmenter:
     output_size: (H, W) of the outputs instead of the input's size (e.g. to bound memory of
         predict() on very large images).
     progress: print per-image progress to stderr.
+    pamr: pixel-adaptive mask refinement of the cosine logits at the output size, as NACLIP
+        applies it: True = 10 steps at dilations (8, 16), an int = that many steps, False/0 =
+        off. logits(), predict() and segment() all see the refined logits.
     """
 
     def __init__(self, model: Model, method: str | None = None, *, short_side=_UNSET,
                  window=_UNSET, logit_scale: float | None = None, templates=None,
                  bg_threshold: float | None = None, sigma: float | None = None,
-                 output_size: tuple[int, int] | None = None, progress: bool = False):
+                 output_size: tuple[int, int] | None = None, progress: bool = False,
+                 pamr: bool | int = False):
         if not isinstance(model, Model):
             raise TypeError(f"model must be an ovs.Model (from ovs.load), got {type(model).__name__}")
         if model._visual is None or model._text is None:
@@ -158,6 +181,7 @@ class Segmenter:
         self.sigma = float(d.get("sigma", 5.0) if sigma is None else sigma)
         self.output_size = output_size
         self.progress = progress
+        self.pamr = pamr_steps(pamr)  # steps, 0 = off
         if self.short_side is not None and (not isinstance(self.short_side, (int, np.integer))
                                             or isinstance(self.short_side, bool)
                                             or self.short_side < 1):
@@ -195,7 +219,7 @@ class Segmenter:
     def __repr__(self) -> str:
         return (f"ovs.Segmenter(method={self.method!r}, short_side={self.short_side}, "
                 f"window={self.window}, logit_scale={self.logit_scale}, "
-                f"templates={self.templates!r}, bg_threshold={self.bg_threshold})")
+                f"templates={self.templates!r}, bg_threshold={self.bg_threshold}, pamr={self.pamr})")
 
     # ------------------------------------------------------------ internals
     def _core_seg(self):
@@ -219,6 +243,22 @@ class Segmenter:
 
     def _out_size(self, image: np.ndarray) -> tuple[int, int]:
         return self.output_size or image.shape[:2]
+
+    def _pamr_guide(self, image: np.ndarray, H: int, W: int) -> np.ndarray:
+        """The image PAMR's affinities come from, as NACLIP feeds it: the normalised image at
+        the processing size, bilinearly resized to the output size. (3, H, W) float32."""
+        hp, wp = processing_size(image.shape[0], image.shape[1], self.short_side)
+        x = _core.op_resize_u8_normalize(np.ascontiguousarray(image), (hp, wp), self.model.mean,
+                                         self.model.std)
+        return x if (hp, wp) == (H, W) else _core.op_resize(x, (H, W))
+
+    def _refined(self, im: np.ndarray, lr: np.ndarray) -> np.ndarray:
+        """Cosine logits (C, H, W) at the output size, PAMR-refined when pamr is on."""
+        H, W = self._out_size(im)
+        up = _core.seg_upsample(lr, H, W, logit_scale=1.0, softmax=False)
+        if not self.pamr:
+            return up
+        return _core.op_pamr(up, self._pamr_guide(im, H, W), self.pamr, PAMR_DILATIONS)
 
     def _bg_label(self, class_names: Sequence[str]) -> int:
         first = class_names[0].replace(", ", ",").split(",")[0].strip().lower()
@@ -256,16 +296,16 @@ class Segmenter:
     # ------------------------------------------------------------ API
     def logits(self, image, class_names: Sequence[str]):
         """Cosine logits (C, H, W) float32 (before the softmax), at the input's size."""
-        def finish(im, lr):
-            H, W = self._out_size(im)
-            return _core.seg_upsample(lr, H, W, logit_scale=1.0, softmax=False)
-        return self._run(image, class_names, finish)
+        return self._run(image, class_names, self._refined)
 
     def predict(self, image, class_names: Sequence[str]):
         """Class probabilities (C, H, W) float32: softmax(logit_scale * logits) over classes.
         A list or (N, H, W, 3) batch gives a list / stacked array."""
         def finish(im, lr):
             H, W = self._out_size(im)
+            if self.pamr:  # softmax(logit_scale * refined cosine logits), as NACLIP
+                return _core.seg_upsample(self._refined(im, lr), H, W,
+                                          logit_scale=self.logit_scale, softmax=True)
             return _core.seg_upsample(lr, H, W, logit_scale=self.logit_scale, softmax=True)
         return self._run(image, class_names, finish)
 
@@ -278,6 +318,10 @@ class Segmenter:
         def finish(im, lr):
             H, W = self._out_size(im)
             thr = float(self.bg_threshold or 0.0)
+            if self.pamr:  # class blocks refined and folded in: still never (C, H, W)
+                return _core.seg_labels_pamr(lr, self._pamr_guide(im, H, W), self.pamr,
+                                             PAMR_DILATIONS, logit_scale=self.logit_scale,
+                                             bg_threshold=thr, bg_label=self._bg_label(names))
             return _core.seg_labels(lr, H, W, logit_scale=self.logit_scale, bg_threshold=thr,
                                     bg_label=self._bg_label(names))
         return self._run(image, names, finish)
