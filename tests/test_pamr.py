@@ -258,3 +258,109 @@ def test_segmenter_pamr_matches_reference_pipeline(seg_dir, name):
     probs = seg.predict(fx["image"], names)
     want = torch.softmax(float(fx["logit_scale"]) * torch.from_numpy(ref), 0).numpy()
     assert rel_err(probs, want) <= REL_TOL * float(fx["logit_scale"]), rel_err(probs, want)
+
+
+# ---------------------------------------------------------------- CLI
+def _cli(*args):
+    import os
+    import subprocess
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(HERE.parent) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("OVS_MODEL", None)
+    return subprocess.run([sys.executable, "-m", "ovs", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def test_cli_pamr(fixtures_dir, vit, tmp_path):
+    from PIL import Image
+
+    rgb = np.random.default_rng(6).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "img.png")
+    names = ["cat", "grass", "sky"]
+    common = ["segment", tmp_path / "img.png", "--classes", ",".join(names), "--model",
+              fixtures_dir / "vit_tiny.safetensors", "--act", "gelu", "--threads", "1",
+              "--short-side", "24", "--window", "whole", "--method", "naclip"]
+    for flag, steps in ((["--pamr"], 10), (["--pamr", "3"], 3)):
+        out = tmp_path / f"m{steps}.png"
+        proc = _cli(*common, "--out", out, *flag)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"pamr={steps})" in proc.stderr, proc.stderr
+        api = ovs.Segmenter(vit, "naclip", short_side=24, window=None,
+                            pamr=steps).segment(rgb, names)
+        with Image.open(out) as im:
+            assert np.array_equal(np.asarray(im), api), "CLI labels differ from the API's"
+    proc = _cli(*common, "--out", tmp_path / "bad.png", "--pamr", "-1")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "pamr must be" in proc.stderr and "-1" in proc.stderr, proc.stderr
+    assert not (tmp_path / "bad.png").exists()
+
+
+# ---------------------------------------------------------------- memory
+MEMORY_CODE = r"""
+import json, resource, sys
+import numpy as np
+from ovs import _core
+C, Hh, Ww = 150, 768, 1024
+rng = np.random.default_rng(0)
+lowres = (0.1 * rng.standard_normal((C, 168, 224))).astype(np.float32)
+guide = rng.standard_normal((3, Hh, Ww)).astype(np.float32)
+try:  # reset the high-water mark; without it ru_maxrss is the lifetime peak (inputs included)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+labels = _core.seg_labels_pamr(lowres, guide, 1, (8, 16), logit_scale=40.0)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"delta": (peak - base) * 1024, "shape": list(labels.shape)}))
+"""
+
+
+def test_label_stage_memory_is_bounded():
+    """segment(pamr=...)'s label stage at 1024 x 768 with 150 classes stays within the bound
+    documented in include/ovs/methods.h (affinity + two class blocks + 12 bytes a pixel), far
+    below pamr.py's (C, 16, H, W) neighbour tensor (7.5 GB) and below (C, H, W) (472 MB).
+    Peak RSS delta of the call in a fresh process (the steps do not change the memory)."""
+    import json
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent))
+    proc = subprocess.run([sys.executable, "-c", MEMORY_CODE], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    C, HW = 150, 768 * 1024
+    block = min(C, max(1, (1 << 25) // HW))
+    bound = 4 * HW * (16 + 2 * block) + 12 * HW + (32 << 20)  # + 32 MB for the allocator, labels
+    assert res["shape"] == [768, 1024]
+    assert res["delta"] <= bound, (res["delta"] / 2**20, bound / 2**20)
+    assert res["delta"] < 4 * C * HW, res["delta"] / 2**20
+
+
+@pytest.mark.parametrize("what", ["op_pamr", "op_pamr naive", "seg_labels_pamr"])
+def test_allocation_failures_raise_memoryerror(what):
+    """Fail each C allocation in turn (_core.debug_fail_alloc): a MemoryError every time, and
+    the next call gives the same result again."""
+    mask, image = random_case(3, 3, 20, 24, seed=9)
+    calls = {
+        "op_pamr": lambda: _core.op_pamr(mask, image, 3),
+        "op_pamr naive": lambda: _core.op_pamr(mask, image, 3, naive=True),
+        "seg_labels_pamr": lambda: _core.seg_labels_pamr(mask[:, ::2, ::2].copy(), image, 3,
+                                                         logit_scale=5.0, bg_threshold=0.5),
+    }
+    call = calls[what]
+    try:
+        _core.debug_fail_alloc(0)
+        ref = call()
+        n = _core.debug_fail_alloc(0)
+        assert n >= 1
+        for i in range(1, n + 1):
+            _core.debug_fail_alloc(i)
+            with pytest.raises(MemoryError):
+                call()
+            _core.debug_fail_alloc(0)
+        np.testing.assert_array_equal(call(), ref)
+    finally:
+        _core.debug_fail_alloc(0)
