@@ -168,6 +168,16 @@ def test_op_errors():
         _core.seg_labels_pamr(mask, image, -3)
 
 
+def test_c_layer_argument_checks():
+    """The C entry points validate their own arguments (the bindings pre-empt most of this)."""
+    msgs = {c[0]: (c[2], c[3]) for c in _core.op_debug_invalid_calls() if c[0].startswith("pamr")}
+    assert {k: v[0] for k, v in msgs.items()} == dict.fromkeys(msgs, "bad argument") and len(msgs) == 9
+    assert "steps must be >= 0, got -1" in msgs["pamr steps<0"][1]
+    assert "dilations must be >= 1, got 0" in msgs["pamr dilation 0"][1]
+    assert "need 1..16 dilations, got 0" in msgs["pamr no dilations"][1]
+    assert msgs["pamr_naive C<0"][1].startswith("ovs_pamr_forward_naive: C must be >= 0")
+
+
 @pytest.fixture(scope="module")
 def vit(fixtures_dir):
     return ovs.load(fixtures_dir / "vit_tiny.safetensors", act="gelu")

@@ -1144,6 +1144,17 @@ static PyObject *py_op_debug_invalid_calls(PyObject *self, PyObject *noargs) {
                                                        std1, 0));
     CASE("normalize_u8 std 0", ovs_normalize_u8(buf, img, 4, 4, 12, 3, 0, 0, 2, 2, mean, std0,
                                                 0));
+    const int64_t dil2[2] = {8, 16}, dil0[2] = {8, 0};
+    CASE("pamr H<0", ovs_pamr_forward(buf, buf, buf, 1, 3, -1, 4, dil2, 2, 10, buf));
+    CASE("pamr steps<0", ovs_pamr_forward(buf, buf, buf, 1, 3, 2, 2, dil2, 2, -1, buf));
+    CASE("pamr dilation 0", ovs_pamr_forward(buf, buf, buf, 1, 3, 2, 2, dil0, 2, 1, buf));
+    CASE("pamr no dilations", ovs_pamr_forward(buf, buf, buf, 1, 3, 2, 2, dil2, 0, 1, buf));
+    CASE("pamr K=0", ovs_pamr_forward(buf, buf, buf, 1, 0, 2, 2, dil2, 2, 1, buf));
+    CASE("pamr scratch NULL", ovs_pamr_forward(buf, buf, buf, 1, 3, 2, 2, dil2, 2, 1, NULL));
+    CASE("pamr_propagate scratch NULL", ovs_pamr_propagate(buf, buf, buf, 1, 2, 2, dil2, 2, 1,
+                                                           NULL));
+    CASE("pamr_affinity W<0", ovs_pamr_affinity(buf, buf, 3, 2, -2, dil2, 2));
+    CASE("pamr_naive C<0", ovs_pamr_forward_naive(buf, buf, buf, -1, 3, 2, 2, dil2, 2, 1));
 #undef CASE
     return list;
 error:
