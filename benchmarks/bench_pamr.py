@@ -9,7 +9,7 @@
     each step forms a (C, 16, H, W) tensor, 150 * 16 * 2048 * 1536 * 4 bytes = 30 GB.
 
     python benchmarks/bench_pamr.py                 # (a), ~5 min on 2 quiet cores (the peer is slow)
-    python benchmarks/bench_pamr.py --memory        # (a) and (b); (b) ~1 min on 2 quiet cores
+    python benchmarks/bench_pamr.py --memory        # (a) and (b); (b) ~15 s on 2 quiet cores
 """
 from __future__ import annotations
 
