@@ -295,7 +295,8 @@ class Segmenter:
 
     # ------------------------------------------------------------ API
     def logits(self, image, class_names: Sequence[str]):
-        """Cosine logits (C, H, W) float32 (before the softmax), at the input's size."""
+        """Cosine logits (C, H, W) float32 (before the softmax), at the input's size;
+        PAMR-refined when pamr is on."""
         return self._run(image, class_names, self._refined)
 
     def predict(self, image, class_names: Sequence[str]):
