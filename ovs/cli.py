@@ -214,6 +214,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
         dup = sorted({s for s in stems if stems.count(s) > 1})
         raise SystemExit(f"ovs: several images are named {', '.join(dup)}: their outputs in the "
                          "folder would overwrite each other; rename or run them separately")
+    if args.pamr is not None:  # before loading the model: fail fast on --pamr -1
+        from ovs.segment import pamr_steps
+
+        pamr_steps(args.pamr)
     if args.threads is not None:
         ovs.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -222,6 +226,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     kwargs = {}
     if args.short_side is not None:
         kwargs["short_side"] = args.short_side or None
+    if args.pamr is not None:
+        kwargs["pamr"] = args.pamr
     if args.window is not None:
         kwargs["window"] = None if args.window == "whole" else tuple(int(v) for v in args.window.split(","))
     seg = ovs.Segmenter(model, method=args.method, templates=args.templates,
@@ -338,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "first class is 'background', else -1 = 255 in the PNG)")
     s.add_argument("--prompt-denoise", type=float, default=None, help="MaskCLIP's pd_thresh (e.g. 0.5)")
     s.add_argument("--key-smoothing", type=float, default=None, help="MaskCLIP's ks_thresh (e.g. 1.0; --method maskclip)")
+    s.add_argument("--pamr", nargs="?", type=int, const=10, default=None, metavar="STEPS",
+                   help="refine the logits with PAMR at dilations (8, 16), NACLIP's setting "
+                        "(default 10 steps)")
     s.add_argument("--act", choices=["quickgelu", "gelu"], default=None, help="MLP activation of the weights (default quickgelu = OpenAI)")
     s.add_argument("--threads", type=int, default=None)
     s.set_defaults(func=cmd_segment)

@@ -39,6 +39,25 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 _UNSET: Any = object()
 
+#: PAMR as NACLIP runs it (pamr_steps=10, pamr_stride=(8, 16)): Segmenter(pamr=True).
+PAMR_STEPS = 10
+PAMR_DILATIONS = (8, 16)
+
+
+def pamr_steps(pamr) -> int:
+    """Segmenter's pamr= as a step count: False/None -> 0 (off), True -> 10, an int >= 0 ->
+    itself. Anything else (a negative or non-integer number, a string) is a ValueError."""
+    if pamr is None or pamr is False or (isinstance(pamr, np.bool_) and not pamr):
+        return 0
+    if pamr is True or isinstance(pamr, np.bool_):
+        return PAMR_STEPS
+    if isinstance(pamr, (int, np.integer)):
+        if pamr < 0:
+            raise ValueError(f"pamr must be True, False or a number of steps >= 0, got {pamr!r}")
+        return int(pamr)
+    raise ValueError(f"pamr must be True, False or a number of steps (int >= 0), got {pamr!r} "
+                     f"({type(pamr).__name__})")
+
 
 def default_method(model: Model) -> str:
     """NACLIP for ViTs (the best published training-free numbers among ours), MaskCLIP for
@@ -184,6 +203,9 @@ class Segmenter:
         is below it take the key-similarity-weighted sum of all patches' probabilities (keys of
         the last attention layer). logits() then returns these mixed probabilities.
     Class names may also be lists of synonyms (as ovs.classnames.load_classnames returns).
+    pamr: pixel-adaptive mask refinement of the cosine logits at the output size, as NACLIP
+        applies it: True = 10 steps at dilations (8, 16), an int = that many steps, False/0 =
+        off. logits(), predict() and segment() all see the refined logits.
     """
 
     def __init__(self, model: Model, method: str | None = None, *, short_side=_UNSET,
@@ -192,7 +214,8 @@ class Segmenter:
                  output_size: tuple[int, int] | None = None, progress: bool = False,
                  preset: str | None = None, synonym_mode: str | None = None,
                  area_threshold: float | None = None, bg_label: int | None = None,
-                 prompt_denoise: float | None = None, key_smoothing: float | None = None):
+                 prompt_denoise: float | None = None, key_smoothing: float | None = None,
+                 pamr: bool | int | None = None):
         given_args = dict(locals())  # every keyword as passed (for preset=), before anything changes
         from .frameworks import FRAMEWORKS, FrameworkModel
 
@@ -201,8 +224,8 @@ class Segmenter:
                 from .presets import check_preset
                 check_preset(preset)
             for name in ("synonym_mode", "area_threshold", "bg_label", "prompt_denoise",
-                         "key_smoothing"):
-                if given_args[name] is not None:
+                         "key_smoothing", "pamr"):
+                if given_args[name] is not None and given_args[name] is not False:
                     raise ValueError(f"{name} does not apply to the {model.framework.name} "
                                      f"framework (it has its own inference), got {given_args[name]!r}")
             self._init_framework(model, method, short_side, window, logit_scale, templates,
@@ -272,6 +295,7 @@ class Segmenter:
         self.sigma = float(d.get("sigma", 5.0) if sigma is None else sigma)
         self.output_size = output_size
         self.progress = progress
+        self.pamr = pamr_steps(pamr)  # steps, 0 = off
         if self.short_side is not None and (not isinstance(self.short_side, (int, np.integer))
                                             or isinstance(self.short_side, bool)
                                             or self.short_side < 1):
@@ -340,6 +364,7 @@ class Segmenter:
         self.preset, self.preset_skipped = None, {}
         self.synonym_mode, self.area_threshold, self.bg_label = "mean", None, None
         self.prompt_denoise = self.key_smoothing = None
+        self.pamr = 0
         self.progress = progress
         self.output_size = None
         if output_size is not None:
@@ -365,7 +390,7 @@ class Segmenter:
             extra += f", synonym_mode={self.synonym_mode!r}"
         return (f"ovs.Segmenter(method={self.method!r}, short_side={self.short_side}, "
                 f"window={self.window}, logit_scale={self.logit_scale}, "
-                f"templates={self.templates!r}, bg_threshold={self.bg_threshold}{extra})")
+                f"templates={self.templates!r}, bg_threshold={self.bg_threshold}, pamr={self.pamr}{extra})")
 
     # ------------------------------------------------------------ internals
     def _core_seg(self):
@@ -398,6 +423,22 @@ class Segmenter:
 
     def _out_size(self, image: np.ndarray) -> tuple[int, int]:
         return self.output_size or image.shape[:2]
+
+    def _pamr_guide(self, image: np.ndarray, H: int, W: int) -> np.ndarray:
+        """The image PAMR's affinities come from, as NACLIP feeds it: the normalised image at
+        the processing size, bilinearly resized to the output size. (3, H, W) float32."""
+        hp, wp = processing_size(image.shape[0], image.shape[1], self.short_side)
+        x = _core.op_resize_u8_normalize(np.ascontiguousarray(image), (hp, wp), self.model.mean,
+                                         self.model.std)
+        return x if (hp, wp) == (H, W) else _core.op_resize(x, (H, W))
+
+    def _refined(self, im: np.ndarray, lr: np.ndarray) -> np.ndarray:
+        """Cosine logits (C, H, W) at the output size, PAMR-refined when pamr is on."""
+        H, W = self._out_size(im)
+        up = _core.seg_upsample(lr, H, W, logit_scale=1.0, softmax=False)
+        if not self.pamr:
+            return up
+        return _core.op_pamr(up, self._pamr_guide(im, H, W), self.pamr, PAMR_DILATIONS)
 
     def _bg_label(self, class_names: Sequence[str]) -> int:
         first = class_names[0].replace(", ", ",").split(",")[0].strip().lower()
@@ -456,14 +497,14 @@ class Segmenter:
 
     # ------------------------------------------------------------ API
     def logits(self, image, class_names: Sequence[str]):
-        """Cosine logits (C, H, W) float32 (before the softmax), at the input's size. With
-        synonym_mode="max", a class's logit is the max over its synonyms' logits (the softmax is
-        monotone, so its argmax is the class of the largest synonym probability)."""
+        """Cosine logits (C, H, W) float32 (before the softmax), at the input's size;
+        PAMR-refined when pamr is on. With synonym_mode="max", a class's logit is the max over
+        its synonyms' logits (the softmax is monotone, so its argmax is the class of the largest
+        synonym probability)."""
         C = len(_check_names(class_names))
 
         def finish(im, lr, qc):
-            H, W = self._out_size(im)
-            up = _core.seg_upsample(lr, H, W, logit_scale=1.0, softmax=False)
+            up = self._refined(im, lr)
             return up if qc is None else _group_max(up, qc, C, -np.inf)
         return self._run(image, class_names, finish)
 
@@ -482,7 +523,10 @@ class Segmenter:
 
         def finish(im, lr, qc):
             H, W = self._out_size(im)
-            p = _core.seg_upsample(lr, H, W, logit_scale=self.logit_scale, softmax=True)
+            # PAMR refines the cosine logits at the output size first, as NACLIP (seg_upsample
+            # is then an identity resize); then the softmax and SCLIP's grouping / area filter
+            src = self._refined(im, lr) if self.pamr else lr
+            p = _core.seg_upsample(src, H, W, logit_scale=self.logit_scale, softmax=True)
             if qc is not None:
                 p = _group_max(p, qc, C, 0.0)
             if self.area_threshold is not None:
@@ -508,9 +552,15 @@ class Segmenter:
             bg = self._resolve_bg_label(names)  # here: after _run has validated the names
             thr = float(self.bg_threshold or 0.0)
             if qc is None and self.area_threshold is None:
+                if self.pamr:  # class blocks refined and folded in: still never (C, H, W)
+                    return _core.seg_labels_pamr(lr, self._pamr_guide(im, H, W), self.pamr,
+                                                 PAMR_DILATIONS, logit_scale=self.logit_scale,
+                                                 bg_threshold=thr, bg_label=bg)
                 return _core.seg_labels(lr, H, W, logit_scale=self.logit_scale, bg_threshold=thr, bg_label=bg)
             if qc is None:
                 qc = np.arange(len(names), dtype=np.int32)
+            if self.pamr:  # NACLIP's order: refine the (Q, H, W) query logits, then SCLIP's steps
+                lr = self._refined(im, lr)
             area = -1.0 if self.area_threshold is None else self.area_threshold
             return _core.seg_labels_grouped(lr, H, W, qc, len(names), logit_scale=self.logit_scale,
                                             prob_thd=thr, bg_label=bg, area_thd=area)

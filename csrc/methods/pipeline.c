@@ -2,6 +2,7 @@
  * then the final resize to the input size fused with softmax / argmax. */
 #include "methods/internal.h"
 #include "core/blas.h"
+#include "ops/ops_internal.h"
 
 #include <float.h>
 #include <math.h>
@@ -711,4 +712,71 @@ int ovs_seg_upsample(float *out, const float *logits, int64_t C, int64_t h, int6
         for (int64_t k = 0; k < C; k++) out[(size_t)k * HW + i] *= inv;
     }
     return OVS_OK;
+}
+
+/* ---------------------------------------------------------------- label stage with PAMR
+ * The class logits are refined at the output size (NACLIP's order: upsample, PAMR, softmax),
+ * a block of classes at a time: upsample the block, propagate it, fold it into a running
+ * per-pixel maximum, argmax and softmax denominator. Memory: the affinity (P, H, W), two
+ * block buffers and (H, W) running state, never (C, H, W). */
+int ovs_seg_labels_pamr(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w,
+                        const float *guide, int64_t K, int64_t H, int64_t W,
+                        const int64_t *dilations, int64_t ND, int64_t steps, float logit_scale,
+                        float bg_threshold, int32_t bg_label) {
+    int rc = check_up(C, h, w, H, W, logit_scale);
+    if (rc) return rc;
+    if ((rc = ops_pamr_check("ovs_seg_labels_pamr", C, K, H, W, dilations, ND, steps))) return rc;
+    const int bg = bg_threshold > 0;
+    const int64_t HW = H * W, P = 8 * ND, B = ovs_pamr_block(C, H, W);
+    float *aff = ovs_malloc((size_t)P * HW * sizeof(float));   /* (P, H, W) */
+    float *blk = ovs_malloc((size_t)B * HW * sizeof(float));   /* (B, H, W) upsampled, refined */
+    float *tmp = ovs_malloc((size_t)B * HW * sizeof(float));   /* (B, H, W) ping-pong */
+    float *best = ovs_malloc((size_t)HW * sizeof(float));      /* (H, W) running max */
+    double *den = bg ? ovs_malloc((size_t)HW * sizeof(double)) : NULL; /* (H, W) sum exp(s (v - best)) */
+    if (!aff || !blk || !tmp || !best || (bg && !den)) {
+        rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for PAMR on %lldx%lld pixels "
+                           "(%lld bytes of affinity)", (long long)H, (long long)W,
+                           (long long)(P * HW * 4));
+        goto done;
+    }
+    if ((rc = ovs_pamr_affinity(aff, guide, K, H, W, dilations, ND))) goto done;
+    const double s = logit_scale;
+    for (int64_t c0 = 0; c0 < C; c0 += B) {
+        const int64_t nb = C - c0 < B ? C - c0 : B;
+        if (h == H && w == W) memcpy(blk, logits + c0 * HW, (size_t)nb * HW * sizeof(float));
+        else if ((rc = ovs_resize_bilinear(blk, logits + c0 * h * w, nb, h, w, H, W, 0))) goto done;
+        if ((rc = ovs_pamr_propagate(blk, blk, aff, nb, H, W, dilations, ND, steps, tmp))) goto done;
+#pragma omp parallel for schedule(static) num_threads(ovs_get_num_threads())
+        for (int64_t i = 0; i < HW; i++) {
+            int64_t k = 0;
+            if (c0 == 0) { /* class 0 opens the running state */
+                best[i] = blk[i];
+                labels[i] = 0;
+                if (bg) den[i] = 1.0;
+                k = 1;
+            }
+            for (; k < nb; k++) {
+                const float v = blk[k * HW + i];
+                if (v > best[i]) {
+                    if (bg) den[i] = den[i] * exp(s * ((double)best[i] - v)) + 1.0;
+                    best[i] = v;
+                    labels[i] = (int32_t)(c0 + k);
+                } else if (bg) {
+                    den[i] += exp(s * ((double)v - best[i]));
+                }
+            }
+        }
+    }
+    if (bg) {
+#pragma omp parallel for schedule(static) num_threads(ovs_get_num_threads())
+        for (int64_t i = 0; i < HW; i++)
+            if (1.0 / den[i] < bg_threshold) labels[i] = bg_label;
+    }
+done:
+    ovs_free(aff);
+    ovs_free(blk);
+    ovs_free(tmp);
+    ovs_free(best);
+    ovs_free(den);
+    return rc;
 }

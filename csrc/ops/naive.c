@@ -184,3 +184,82 @@ int ovs_attention_forward_naive(float *out, const float *q, int64_t ldq, const f
         }
     return OVS_OK;
 }
+
+/* PAMR straight from pamr.py's definition, in double, one class plane at a time. */
+int ovs_pamr_forward_naive(float *out, const float *mask, const float *image, int64_t C,
+                           int64_t K, int64_t H, int64_t W, const int64_t *dilations, int64_t ND,
+                           int64_t steps) {
+    static const char op[] = "ovs_pamr_forward_naive";
+    static const int dy[8] = {-1, -1, -1, 0, 0, 1, 1, 1}, dx[8] = {-1, 0, 1, -1, 1, -1, 0, 1};
+    int st = ops_pamr_check(op, C, K, H, W, dilations, ND, steps);
+    if (st) return st;
+    if (C == 0 || H == 0 || W == 0) return OVS_OK;
+    const int64_t P = 8 * ND, HW = H * W, n = 9 * ND;
+    double *aff = ovs_malloc((size_t)P * HW * sizeof(double));   /* (P, H, W) */
+    double *cur = ovs_malloc((size_t)HW * sizeof(double));       /* (H, W) */
+    double *nxt = ovs_malloc((size_t)HW * sizeof(double));       /* (H, W) */
+    double *vals = ovs_malloc((size_t)n * sizeof(double));       /* (9 * ND,) */
+    if (!aff || !cur || !nxt || !vals) {
+        st = ovs_set_error(OVS_ERR_NOMEM, "%s: out of memory", op);
+        goto done;
+    }
+#define CL(v, hi) ((v) < 0 ? 0 : ((v) > (hi) ? (hi) : (v)))
+    for (int64_t y = 0; y < H; y++)
+        for (int64_t x = 0; x < W; x++) {
+            for (int64_t p = 0; p < P; p++) aff[p * HW + y * W + x] = 0.0;
+            for (int64_t k = 0; k < K; k++) {
+                const float *pl = image + k * HW;
+                double mean = 0.0, ss = 0.0;
+                for (int64_t i = 0; i < ND; i++)
+                    for (int a = 0; a < 3; a++)
+                        for (int b = 0; b < 3; b++) {
+                            const int64_t yy = CL(y + (a - 1) * dilations[i], H - 1);
+                            const int64_t xx = CL(x + (b - 1) * dilations[i], W - 1);
+                            vals[i * 9 + a * 3 + b] = pl[yy * W + xx];
+                            mean += pl[yy * W + xx];
+                        }
+                mean /= (double)n;
+                for (int64_t i = 0; i < n; i++) ss += (vals[i] - mean) * (vals[i] - mean);
+                const double sd = sqrt(ss / (double)(n - 1));
+                for (int64_t i = 0; i < ND; i++)
+                    for (int q = 0; q < 8; q++) {
+                        const int64_t yy = CL(y + dy[q] * dilations[i], H - 1);
+                        const int64_t xx = CL(x + dx[q] * dilations[i], W - 1);
+                        aff[(i * 8 + q) * HW + y * W + x] +=
+                            -fabs((double)pl[y * W + x] - (double)pl[yy * W + xx]) / (1e-8 + 0.1 * sd) / (double)K;
+                    }
+            }
+            double mx = -INFINITY, sum = 0.0;
+            for (int64_t p = 0; p < P; p++) mx = fmax(mx, aff[p * HW + y * W + x]);
+            for (int64_t p = 0; p < P; p++) sum += exp(aff[p * HW + y * W + x] - mx);
+            for (int64_t p = 0; p < P; p++)
+                aff[p * HW + y * W + x] = exp(aff[p * HW + y * W + x] - mx) / sum;
+        }
+    for (int64_t c = 0; c < C; c++) {
+        for (int64_t i = 0; i < HW; i++) cur[i] = mask[c * HW + i];
+        for (int64_t s = 0; s < steps; s++) {
+            for (int64_t y = 0; y < H; y++)
+                for (int64_t x = 0; x < W; x++) {
+                    double acc = 0.0;
+                    for (int64_t i = 0; i < ND; i++)
+                        for (int q = 0; q < 8; q++) {
+                            const int64_t yy = CL(y + dy[q] * dilations[i], H - 1);
+                            const int64_t xx = CL(x + dx[q] * dilations[i], W - 1);
+                            acc += aff[(i * 8 + q) * HW + y * W + x] * cur[yy * W + xx];
+                        }
+                    nxt[y * W + x] = acc;
+                }
+            double *t = cur;
+            cur = nxt;
+            nxt = t;
+        }
+        for (int64_t i = 0; i < HW; i++) out[c * HW + i] = (float)cur[i];
+    }
+#undef CL
+done:
+    ovs_free(aff);
+    ovs_free(cur);
+    ovs_free(nxt);
+    ovs_free(vals);
+    return st;
+}

@@ -26,6 +26,9 @@ int ops_mul(int64_t *out, const char *op, int64_t a, int64_t b);
 int ops_check_matrix(const char *op, const ovs_matrix *w, int64_t rows, int64_t cols);
 /* OVS_ERR_ARG unless act is one of the ovs_act values. */
 int ops_check_act(const char *op, ovs_act act);
+/* The argument checks shared by the PAMR kernels and their naive twin (csrc/ops/pamr.c). */
+int ops_pamr_check(const char *op, int64_t C, int64_t K, int64_t H, int64_t W,
+                   const int64_t *dilations, int64_t ND, int64_t steps);
 
 /* Row-major C (M, N) = alpha * A (M, Kd) @ op(B) + beta * C with op(B) = B (Kd, N) or, with
  * trans_b, B (N, Kd)^T. M == 0 or N == 0 is a no-op; Kd == 0 scales C by beta (0 clears it).

@@ -50,6 +50,39 @@ PyArrayObject *ovs_py_float_array(PyObject *obj, int ndim, const char *what) {
     return a;
 }
 
+int ovs_py_int64_seq(PyObject *obj, const char *what, int64_t *out, int max, int64_t *n) {
+    if (!obj) return 0;
+    PyObject *seq = PySequence_Check(obj) && !PyUnicode_Check(obj) ? PySequence_Fast(obj, what) : NULL;
+    if (!seq) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s must be a sequence of ints, got %R", what, obj);
+        return -1;
+    }
+    Py_ssize_t len = PySequence_Fast_GET_SIZE(seq);
+    if (len < 1 || len > max) {
+        PyErr_Format(PyExc_ValueError, "%s must hold 1..%d ints, got %R", what, max, obj);
+        Py_DECREF(seq);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < len; i++) {
+        PyObject *v = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyLong_Check(v) || PyBool_Check(v)) {
+            PyErr_Format(PyExc_TypeError, "%s must be ints, got %R", what, obj);
+            Py_DECREF(seq);
+            return -1;
+        }
+        long long x = PyLong_AsLongLong(v);
+        if (x == -1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        out[i] = x;
+    }
+    *n = len;
+    Py_DECREF(seq);
+    return 0;
+}
+
 static PyObject *py_last_error(PyObject *self, PyObject *args) {
     (void)self; (void)args;
     return PyUnicode_FromString(ovs_last_error());

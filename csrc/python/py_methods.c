@@ -247,6 +247,53 @@ static PyObject *py_seg_labels(PyObject *self, PyObject *args, PyObject *kw) { r
 static PyObject *py_seg_upsample(PyObject *self, PyObject *args, PyObject *kw) { return py_seg_final(args, kw, 0); }
 static PyObject *py_seg_labels_naive(PyObject *self, PyObject *args, PyObject *kw) { return py_seg_final(args, kw, 2); }
 
+static PyObject *py_seg_labels_pamr(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"logits", "guide", "steps", "dilations", "logit_scale",
+                             "bg_threshold", "bg_label", NULL};
+    PyObject *l_obj, *g_obj, *d_obj = NULL, *out = NULL;
+    long long steps;
+    double scale = 1.0, thr = 0.0;
+    int bg_label = -1;
+    int64_t dil[16] = {8, 16}, nd = 2;
+    PyArrayObject *lg = NULL, *gd = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOL|Oddi", kwlist, &l_obj, &g_obj, &steps, &d_obj,
+                                     &scale, &thr, &bg_label))
+        return NULL;
+    if (ovs_py_int64_seq(d_obj, "dilations", dil, 16, &nd)) return NULL;
+    if (!(lg = ovs_py_float_array(l_obj, 3, "logits (C, h, w)")) ||
+        !(gd = ovs_py_float_array(g_obj, 3, "guide (K, H, W)")))
+        goto error;
+    const int64_t C = PyArray_DIM(lg, 0), h = PyArray_DIM(lg, 1), w = PyArray_DIM(lg, 2);
+    const int64_t K = PyArray_DIM(gd, 0), H = PyArray_DIM(gd, 1), W = PyArray_DIM(gd, 2);
+    if (C == 0 || h == 0 || w == 0 || K == 0 || H == 0 || W == 0) {
+        PyErr_SetString(PyExc_ValueError, "logits and guide must not be empty");
+        goto error;
+    }
+    npy_intp d2[2] = {H, W};
+    if (!(out = PyArray_SimpleNew(2, d2, NPY_INT32))) goto error;
+    int rc;
+    int32_t *od = PyArray_DATA((PyArrayObject *)out);
+    const float *ld = PyArray_DATA(lg), *gdd = PyArray_DATA(gd);
+    Py_BEGIN_ALLOW_THREADS
+    rc = ovs_seg_labels_pamr(od, ld, C, h, w, gdd, K, H, W, dil, nd, steps, (float)scale,
+                             (float)thr, bg_label);
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        ovs_py_raise(rc);
+        goto error;
+    }
+    Py_DECREF(lg);
+    Py_DECREF(gd);
+    return out;
+error:
+    Py_XDECREF(lg);
+    Py_XDECREF(gd);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+
 /* seg_labels_grouped(logits (Q,h,w), out_h, out_w, query_class (Q,) int32, num_classes, ...) */
 static PyObject *py_seg_grouped(PyObject *args, PyObject *kw, int naive) {
     static char *kwlist[] = {"logits", "out_h", "out_w", "query_class", "num_classes", "logit_scale",
@@ -384,6 +431,9 @@ static PyMethodDef methods_functions[] = {
      "seg_labels(logits (C,h,w), out_h, out_w, logit_scale=1, bg_threshold=0, bg_label=-1) -> int32 (H, W)"},
     {"seg_labels_naive", (PyCFunction)(void (*)(void))py_seg_labels_naive, METH_VARARGS | METH_KEYWORDS,
      "Test twin of seg_labels: every class at every pixel (same arguments, same labels)."},
+    {"seg_labels_pamr", (PyCFunction)(void (*)(void))py_seg_labels_pamr, METH_VARARGS | METH_KEYWORDS,
+     "seg_labels_pamr(logits (C,h,w), guide (K,H,W), steps, dilations=(8, 16), logit_scale=1, "
+     "bg_threshold=0, bg_label=-1) -> int32 (H, W): seg_labels after PAMR at the guide's size"},
     {"seg_upsample", (PyCFunction)(void (*)(void))py_seg_upsample, METH_VARARGS | METH_KEYWORDS,
      "seg_upsample(logits (C,h,w), out_h, out_w, logit_scale=1, softmax=True) -> float32 (C, H, W)"},
     {NULL, NULL, 0, NULL},

@@ -1132,6 +1132,40 @@ error:
     return NULL;
 }
 
+static PyObject *py_op_resize_u8_normalize(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"img", "size", "mean", "std", NULL};
+    PyObject *img_obj, *size_obj, *mean_obj, *std_obj;
+    float mean[3], std[3];
+    int64_t rs, ps, size[2];
+    PyArrayObject *img = NULL, *out = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO", kwlist, &img_obj, &size_obj, &mean_obj,
+                                     &std_obj))
+        return NULL;
+    if (parse_pair(size_obj, "size", 1, size) || parse_rgb(mean_obj, "mean", mean) ||
+        parse_rgb(std_obj, "std", std))
+        return NULL;
+    if (!(img = image_array(img_obj, "img", &rs, &ps))) return NULL;
+    npy_intp dims[3] = {3, size[0], size[1]};
+    if (!(out = new_float(3, dims))) goto error;
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = ovs_resize_bilinear_u8_normalize(F32(out), (const uint8_t *)PyArray_DATA(img),
+                                          PyArray_DIM(img, 0), PyArray_DIM(img, 1), rs, ps,
+                                          size[0], size[1], mean, std);
+    Py_END_ALLOW_THREADS
+    if (st) {
+        ovs_py_raise(st);
+        goto error;
+    }
+    Py_DECREF(img);
+    return (PyObject *)out;
+error:
+    Py_XDECREF(img);
+    Py_XDECREF(out);
+    return NULL;
+}
+
 /* ---------------------------------------------------------------- argument errors */
 static int add_case(PyObject *list, const char *label, int st) {
     PyObject *t = Py_BuildValue("(siss)", label, st, ovs_status_name(st),
@@ -1236,6 +1270,17 @@ static PyObject *py_op_debug_invalid_calls(PyObject *self, PyObject *noargs) {
                                                        std1, 0));
     CASE("normalize_u8 std 0", ovs_normalize_u8(buf, img, 4, 4, 12, 3, 0, 0, 2, 2, mean, std0,
                                                 0));
+    const int64_t dil2[2] = {8, 16}, dil0[2] = {8, 0};
+    CASE("pamr H<0", ovs_pamr_forward(buf, buf, buf, 1, 3, -1, 4, dil2, 2, 10, buf));
+    CASE("pamr steps<0", ovs_pamr_forward(buf, buf, buf, 1, 3, 2, 2, dil2, 2, -1, buf));
+    CASE("pamr dilation 0", ovs_pamr_forward(buf, buf, buf, 1, 3, 2, 2, dil0, 2, 1, buf));
+    CASE("pamr no dilations", ovs_pamr_forward(buf, buf, buf, 1, 3, 2, 2, dil2, 0, 1, buf));
+    CASE("pamr K=0", ovs_pamr_forward(buf, buf, buf, 1, 0, 2, 2, dil2, 2, 1, buf));
+    CASE("pamr scratch NULL", ovs_pamr_forward(buf, buf, buf, 1, 3, 2, 2, dil2, 2, 1, NULL));
+    CASE("pamr_propagate scratch NULL", ovs_pamr_propagate(buf, buf, buf, 1, 2, 2, dil2, 2, 1,
+                                                           NULL));
+    CASE("pamr_affinity W<0", ovs_pamr_affinity(buf, buf, 3, 2, -2, dil2, 2));
+    CASE("pamr_naive C<0", ovs_pamr_forward_naive(buf, buf, buf, -1, 3, 2, 2, dil2, 2, 1));
 #undef CASE
     return list;
 error:
@@ -1245,6 +1290,56 @@ error:
 
 /* ---------------------------------------------------------------- registration */
 #define KW (METH_VARARGS | METH_KEYWORDS)
+/* ---------------------------------------------------------------- PAMR */
+static PyObject *py_op_pamr(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"mask", "image", "steps", "dilations", "naive", NULL};
+    PyObject *m_obj, *i_obj, *d_obj = NULL;
+    long long steps;
+    int naive = 0;
+    int64_t dil[16] = {8, 16}, nd = 2;
+    PyArrayObject *m = NULL, *img = NULL, *out = NULL;
+    float *scratch = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOL|Op", kwlist, &m_obj, &i_obj, &steps, &d_obj,
+                                     &naive))
+        return NULL;
+    if (ovs_py_int64_seq(d_obj, "dilations", dil, 16, &nd)) return NULL;
+    if (!(m = ovs_py_float_array(m_obj, 3, "mask (C, H, W)")) ||
+        !(img = ovs_py_float_array(i_obj, 3, "image (K, H, W)")))
+        goto error;
+    const int64_t C = PyArray_DIM(m, 0), H = PyArray_DIM(m, 1), W = PyArray_DIM(m, 2),
+                  K = PyArray_DIM(img, 0);
+    if (PyArray_DIM(img, 1) != H || PyArray_DIM(img, 2) != W) {
+        PyErr_Format(PyExc_ValueError, "image (K, H, W) must have the mask's size %lldx%lld, got "
+                     "%lldx%lld", (long long)H, (long long)W, (long long)PyArray_DIM(img, 1),
+                     (long long)PyArray_DIM(img, 2));
+        goto error;
+    }
+    if (!(out = new_like_planes(m, H, W))) goto error;
+    if (!naive && alloc_scratch(ovs_pamr_scratch_floats(C, H, W, nd), &scratch)) goto error;
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    if (naive)
+        st = ovs_pamr_forward_naive(F32(out), F32(m), F32(img), C, K, H, W, dil, nd, steps);
+    else
+        st = ovs_pamr_forward(F32(out), F32(m), F32(img), C, K, H, W, dil, nd, steps, scratch);
+    Py_END_ALLOW_THREADS
+    if (st) {
+        ovs_py_raise(st);
+        goto error;
+    }
+    ovs_free(scratch);
+    Py_DECREF(m);
+    Py_DECREF(img);
+    return (PyObject *)out;
+error:
+    ovs_free(scratch);
+    Py_XDECREF(m);
+    Py_XDECREF(img);
+    Py_XDECREF(out);
+    return NULL;
+}
+
 static PyMethodDef ops_methods[] = {
     {"op_lof_outliers", (PyCFunction)py_op_lof_outliers, KW,
      "op_lof_outliers(x (M, D), k=30, contamination=0.05, naive=False) -> (outlier bool, lof float64)"},
@@ -1279,6 +1374,12 @@ static PyMethodDef ops_methods[] = {
      "k and v (U, D), rows may be strided (column slices)."},
     {"op_attention_probs", (PyCFunction)py_op_attention_probs, KW,
      "op_attention_probs(a, b, scale, mask=None, causal=False) -> softmax(scale a b^T + mask)."},
+    {"op_pamr", (PyCFunction)py_op_pamr, KW,
+     "op_pamr(mask (C,H,W), image (K,H,W), steps, dilations=(8, 16), naive=False) -> (C,H,W): "
+     "pamr.PAMR(steps, dilations)(image[None], mask[None])[0]."},
+    {"op_resize_u8_normalize", (PyCFunction)py_op_resize_u8_normalize, KW,
+     "op_resize_u8_normalize(img uint8 (H,W,3), size (P,Q), mean, std) -> float32 (3,P,Q): "
+     "op_resize(op_normalize_u8(img, None, mean, std), size) without the (3,H,W) copy."},
     {"op_resize", (PyCFunction)py_op_resize, KW,
      "op_resize(x, size, mode='bilinear', align_corners=False); x (..., H, W), size (P, Q)."},
     {"op_resize_u8_pil", (PyCFunction)py_op_resize_u8_pil, KW,

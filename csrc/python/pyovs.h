@@ -32,6 +32,10 @@ PyObject *ovs_py_raise(int status);
  * ValueError naming `what` otherwise. */
 PyArrayObject *ovs_py_float_array(PyObject *obj, int ndim, const char *what);
 
+/* A sequence of 1..max ints into out[0..*n); NULL-safe: obj NULL keeps out and *n. -1 + TypeError /
+ * ValueError naming `what` otherwise. */
+int ovs_py_int64_seq(PyObject *obj, const char *what, int64_t *out, int max, int64_t *n);
+
 int ovs_py_register_core(PyObject *m);
 int ovs_py_register_ops(PyObject *m);
 int ovs_py_register_io(PyObject *m);

@@ -77,6 +77,15 @@ int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, i
  * per low-resolution cell only the classes that can win there, and gives identical labels). */
 int ovs_seg_labels_naive(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w,
                          int64_t H, int64_t W, float logit_scale, float bg_threshold, int32_t bg_label);
+/* Labels as ovs_seg_labels after PAMR (ovs_pamr_forward, include/ovs/ops.h) of the upsampled
+ * logits, NACLIP's order: upsample (C, h, w) to (H, W), refine with the affinity of guide
+ * (K, H, W) (the normalised image at the output size), then argmax / background threshold.
+ * Refines a block of classes at a time: working memory is the affinity (8 * ND * H * W floats)
+ * plus 2 * ovs_pamr_block(C, H, W) planes and 12 bytes a pixel, not (C, H, W). */
+int ovs_seg_labels_pamr(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w,
+                        const float *guide, int64_t K, int64_t H, int64_t W,
+                        const int64_t *dilations, int64_t ND, int64_t steps, float logit_scale,
+                        float bg_threshold, int32_t bg_label);
 /* Labels for classes that are groups of queries (SCLIP / ClearCLIP / NACLIP postprocess_result),
  * without materialising (Q, H, W). logits (Q, h, w) are one row per query (a synonym of a
  * class); query_class (Q,) maps each query to its class 0..C-1 (every class has >= 1 query):

@@ -324,6 +324,55 @@ int ovs_normalize_u8(float *out, const uint8_t *in, int64_t H, int64_t W, int64_
                      int64_t in_pixel_stride, int64_t y0, int64_t x0, int64_t P, int64_t Q,
                      const float mean[3], const float std[3], int scale255);
 
+/* ---------------------------------------------------------------- PAMR */
+/* Pixel-adaptive mask refinement (Araslanov & Roth, CVPR 2020) exactly as the NACLIP and SCLIP
+ * repositories' pamr.py, PAMR(num_iter=steps, dilations)(image, mask), for a mask already at the
+ * image's size. Letters: C mask channels, K image channels, H, W size, ND dilations,
+ * P = 8 * ND neighbours. Every shift below clamps to the image (replicate padding).
+ *
+ *   neighbours N(y, x): for each dilation d (in order), (y + i d, x + j d) for (i, j) in
+ *     (-1,-1) (-1,0) (-1,1) (0,-1) (0,1) (1,-1) (1,0) (1,1)
+ *   std_k(y, x) = unbiased std (n - 1 = 9 ND - 1) of the 3 x 3 grid at every dilation
+ *     (the centre once per dilation) of image channel k
+ *   aff[p](y, x) = softmax over p of mean over k of -|I_k(y, x) - I_k(N_p)| / (1e-8 + 0.1 std_k)
+ *   mask <- sum_p aff[p](y, x) * mask(N_p(y, x)), `steps` times, every class independently
+ *
+ * torch: pamr.PAMR(steps, dilations)(image[None], mask[None])[0]. The refinement is invariant
+ * (up to the 1e-8) to a per-channel affine change of the image, so any normalisation works.
+ *
+ * Working memory: the affinity, P * H * W floats (64 bytes a pixel for the usual (8, 16)), plus
+ * a ping-pong block of B = ovs_pamr_block(C, H, W) class planes (B * H * W floats, at most
+ * max(OVS_PAMR_BLOCK_FLOATS, H * W) floats = 128 MB for planes up to 32 M pixels), never
+ * pamr.py's C * P * H * W neighbour tensor: 2048 x 1536 pixels with 150 classes take 201 MB
+ * of affinity + 126 MB of block besides the mask and output (1.9 GB each).
+ * Threads split rows within a step; each value is one fixed-order sum, so results do not
+ * depend on the thread count or the block size. */
+#define OVS_PAMR_BLOCK_FLOATS ((int64_t)1 << 25)
+
+/* Class planes propagated together: min(C, max(1, OVS_PAMR_BLOCK_FLOATS / (H * W))). */
+int64_t ovs_pamr_block(int64_t C, int64_t H, int64_t W);
+/* Scratch of ovs_pamr_forward: (P + ovs_pamr_block(C, H, W)) * H * W floats. */
+size_t ovs_pamr_scratch_floats(int64_t C, int64_t H, int64_t W, int64_t ND);
+
+/* out (C, H, W) = the refined mask; mask (C, H, W); image (K, H, W); dilations (ND,), each
+ * >= 1 (up to 16 of them); steps >= 0 (0 copies the mask). out may alias mask. */
+int ovs_pamr_forward(float *out, const float *mask, const float *image, int64_t C, int64_t K,
+                     int64_t H, int64_t W, const int64_t *dilations, int64_t ND, int64_t steps,
+                     float *scratch);
+/* The two halves of ovs_pamr_forward, for callers that refine classes in pieces (the label
+ * stage of a segmenter): aff (P, H, W) from image (K, H, W); then out (C, H, W) from mask
+ * (C, H, W) (out may alias mask) with scratch of ovs_pamr_block(C, H, W) * H * W floats. */
+int ovs_pamr_affinity(float *aff, const float *image, int64_t K, int64_t H, int64_t W,
+                      const int64_t *dilations, int64_t ND);
+int ovs_pamr_propagate(float *out, const float *mask, const float *aff, int64_t C, int64_t H,
+                       int64_t W, const int64_t *dilations, int64_t ND, int64_t steps,
+                       float *scratch);
+/* Naive twin of ovs_pamr_forward: direct loops, double precision, allocates its buffers
+ * (OVS_ERR_NOMEM on failure); out must not alias mask. */
+int ovs_pamr_forward_naive(float *out, const float *mask, const float *image, int64_t C,
+                           int64_t K, int64_t H, int64_t W, const int64_t *dilations, int64_t ND,
+                           int64_t steps);
+
 #ifdef __cplusplus
 }
 #endif
