@@ -416,3 +416,49 @@ def test_thread_count_independent(rng, pixel_decoder):
     finally:
         ovs.set_num_threads(old)
     assert_close(one[0], two[0], "mask features 1 vs 2 threads", 1e-6)
+
+
+# ---------------------------------------------------------------- failure injection
+def test_fail_every_allocation(rng, pixel_decoder):
+    """Fail the i-th C allocation of build + forward for every i: a MemoryError each time (or
+    the unchanged result), never a crash."""
+    _, w, _ = pixel_decoder
+    feats = features(rng, 1, [(8, 10), (4, 5), (2, 3), (1, 2)])
+    kw = dict(conv_dim=PD["D"], mask_dim=PD["MD"], enc_layers=PD["layers"], heads=PD["heads"],
+              ffn_dim=PD["ffn"])
+
+    def run():
+        pd = _m2f.PixelDecoder(w, CHANNELS, **kw)
+        mf, ms = pd(*feats)
+        dec = _m2f.TransformerDecoder(dw, prefix="p.", in_channels=PD["D"], hidden_dim=PD["D"],
+                                      queries=3, heads=PD["heads"], ffn_dim=DEC["ffn"], layers=2,
+                                      mask_dim=PD["MD"])
+        return mf, dec(ms, mf)[2]
+
+    mod = hf.Mask2FormerTransformerModule(
+        in_features=PD["D"], config=hf_config(num_queries=3, decoder_layers=3,
+                                              dim_feedforward=DEC["ffn"])).eval()
+    randomize(mod, 6)
+    dw = predictor_weights(mod, "p.", 2)
+    old = ovs.get_num_threads()
+    ovs.set_num_threads(1)
+    try:
+        _core.debug_fail_alloc(0)
+        ref = run()
+        n = _core.debug_fail_alloc(0)
+        assert n >= 4
+        failed = 0
+        for i in range(1, n + 1):
+            _core.debug_fail_alloc(i)
+            try:
+                got = run()
+            except MemoryError:
+                failed += 1
+                continue
+            finally:
+                _core.debug_fail_alloc(0)
+            assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
+        assert failed > 0
+    finally:
+        _core.debug_fail_alloc(0)
+        ovs.set_num_threads(old)
