@@ -57,6 +57,55 @@ static int bind_linear(ovs_matrix *wm, const float **b, const ovs_tensor_map *w,
     return OVS_OK;
 }
 
+/* Packed copies of the linear weights a block owns (one buffer each), freed with the block. */
+typedef struct {
+    float **bufs;             /* (n,) */
+    int64_t n, cap;
+} m2f_owned;
+
+/* *out = a new buffer of o for the packed form of a (rows, cols) matrix. */
+static int owned_alloc(float **out, m2f_owned *o, int64_t rows, int64_t cols) {
+    size_t n = ovs_matrix_packed_floats(rows, cols);
+    if (n == SIZE_MAX || n > SIZE_MAX / sizeof(float))
+        return ovs_set_error(OVS_ERR_OVERFLOW, "packed (%lld, %lld) weight is too large",
+                             (long long)rows, (long long)cols);
+    if (o->n == o->cap) {
+        int64_t cap = o->cap ? 2 * o->cap : 32;
+        float **b = ovs_malloc((size_t)cap * sizeof *b);
+        if (!b) return OVS_ERR_NOMEM;
+        if (o->n) memcpy(b, o->bufs, (size_t)o->n * sizeof *b);
+        ovs_free(o->bufs);
+        o->bufs = b;
+        o->cap = cap;
+    }
+    float *buf = ovs_malloc((n ? n : 1) * sizeof(float));
+    if (!buf) return OVS_ERR_NOMEM;
+    o->bufs[o->n++] = buf;
+    *out = buf;
+    return OVS_OK;
+}
+
+static void owned_free(m2f_owned *o) {
+    for (int64_t i = 0; i < o->n; i++) ovs_free(o->bufs[i]);
+    ovs_free(o->bufs);
+    memset(o, 0, sizeof *o);
+}
+
+/* As bind_linear, the weight packed into a buffer of o (the threaded packed GEMM, results
+ * independent of the thread count), or borrowed dense when o is NULL. */
+static int bind_linear_p(m2f_owned *o, ovs_matrix *wm, const float **b, const ovs_tensor_map *w,
+                         const char *prefix, const char *what, int64_t K, int64_t C) {
+    if (!o) return bind_linear(wm, b, w, prefix, what, K, C);
+    char nm[320];
+    int rc;
+    float *dst = NULL;
+    if ((rc = owned_alloc(&dst, o, K, C)) || (rc = wname(nm, sizeof nm, prefix, "%s.weight", what)) ||
+        (rc = ovs_bind_packed(wm, dst, w, nm, K, C)) ||
+        (rc = wname(nm, sizeof nm, prefix, "%s.bias", what)) || (rc = ovs_bind_vec(b, w, nm, K)))
+        return rc;
+    return OVS_OK;
+}
+
 /* prefix + what + ".weight" (n,) and ".bias" (n,). */
 static int bind_norm(const float **g, const float **b, const ovs_tensor_map *w,
                      const char *prefix, const char *what, int64_t n) {
@@ -85,8 +134,8 @@ static int check_pos(const char *what, int64_t v) {
 }
 
 /* ---------------------------------------------------------------- MSDeformAttn */
-int ovs_msdeform_attn_bind(ovs_msdeform_attn *m, const ovs_tensor_map *w, const char *prefix,
-                           int64_t D, int64_t E, int64_t L, int64_t P) {
+static int msdeform_bind(ovs_msdeform_attn *m, m2f_owned *o, const ovs_tensor_map *w,
+                         const char *prefix, int64_t D, int64_t E, int64_t L, int64_t P) {
     int rc;
     memset(m, 0, sizeof *m);
     if ((rc = check_pos("msdeform_attn D", D)) || (rc = check_pos("msdeform_attn heads", E)) ||
@@ -99,14 +148,19 @@ int ovs_msdeform_attn_bind(ovs_msdeform_attn *m, const ovs_tensor_map *w, const 
         return ovs_set_error(OVS_ERR_OVERFLOW, "msdeform_attn: heads * levels * points overflows");
     m->D = D, m->E = E, m->L = L, m->P = P;
     const int64_t n = E * L * P;
-    if ((rc = bind_linear(&m->sampling_offsets, &m->sampling_offsets_b, w, prefix,
-                          "sampling_offsets", 2 * n, D)) ||
-        (rc = bind_linear(&m->attention_weights, &m->attention_weights_b, w, prefix,
-                          "attention_weights", n, D)) ||
-        (rc = bind_linear(&m->value_proj, &m->value_proj_b, w, prefix, "value_proj", D, D)) ||
-        (rc = bind_linear(&m->output_proj, &m->output_proj_b, w, prefix, "output_proj", D, D)))
+    if ((rc = bind_linear_p(o, &m->sampling_offsets, &m->sampling_offsets_b, w, prefix,
+                            "sampling_offsets", 2 * n, D)) ||
+        (rc = bind_linear_p(o, &m->attention_weights, &m->attention_weights_b, w, prefix,
+                            "attention_weights", n, D)) ||
+        (rc = bind_linear_p(o, &m->value_proj, &m->value_proj_b, w, prefix, "value_proj", D, D)) ||
+        (rc = bind_linear_p(o, &m->output_proj, &m->output_proj_b, w, prefix, "output_proj", D, D)))
         return rc;
     return OVS_OK;
+}
+
+int ovs_msdeform_attn_bind(ovs_msdeform_attn *m, const ovs_tensor_map *w, const char *prefix,
+                           int64_t D, int64_t E, int64_t L, int64_t P) {
+    return msdeform_bind(m, NULL, w, prefix, D, E, L, P);
 }
 
 size_t ovs_msdeform_attn_scratch_floats(const ovs_msdeform_attn *m, int64_t Q, int64_t S) {
@@ -183,6 +237,7 @@ struct ovs_m2f_pixel_decoder {
     m2f_enc_layer *layers;                         /* (enc_layers,) */
     ovs_matrix lateral, output, mask;              /* (D, C2), (D, D*9), (mask_dim, D) */
     const float *lateral_gn_w, *lateral_gn_b, *output_gn_w, *output_gn_b, *mask_b;
+    m2f_owned owned;                               /* packed linear weights */
     ovs_arena arena;
 };
 
@@ -200,6 +255,7 @@ const ovs_m2f_pixel_decoder_config *ovs_m2f_pixel_decoder_get_config(const ovs_m
 void ovs_m2f_pixel_decoder_free(ovs_m2f_pixel_decoder *m) {
     if (!m) return;
     ovs_free(m->layers);
+    owned_free(&m->owned);
     ovs_arena_free(&m->arena);
     ovs_free(m);
 }
@@ -265,11 +321,13 @@ int ovs_m2f_pixel_decoder_create(ovs_m2f_pixel_decoder **out,
         m2f_enc_layer *ly = &m->layers[j];
         snprintf(sub, sizeof sub, "%stransformer.encoder.layers.%lld.", prefix, (long long)j);
         if ((rc = wname(nm, sizeof nm, sub, "self_attn.")) ||
-            (rc = ovs_msdeform_attn_bind(&ly->attn, w, nm, D, c.heads, M2F_LEVELS, c.points)) ||
+            (rc = msdeform_bind(&ly->attn, &m->owned, w, nm, D, c.heads, M2F_LEVELS, c.points)) ||
             (rc = bind_norm(&ly->norm1_w, &ly->norm1_b, w, sub, "norm1", D)) ||
             (rc = bind_norm(&ly->norm2_w, &ly->norm2_b, w, sub, "norm2", D)) ||
-            (rc = bind_linear(&ly->linear1, &ly->linear1_b, w, sub, "linear1", c.ffn_dim, D)) ||
-            (rc = bind_linear(&ly->linear2, &ly->linear2_b, w, sub, "linear2", D, c.ffn_dim)))
+            (rc = bind_linear_p(&m->owned, &ly->linear1, &ly->linear1_b, w, sub, "linear1",
+                                c.ffn_dim, D)) ||
+            (rc = bind_linear_p(&m->owned, &ly->linear2, &ly->linear2_b, w, sub, "linear2", D,
+                                c.ffn_dim)))
             goto fail;
     }
     if ((rc = bind_conv(&m->lateral, w, prefix, "adapter_1.weight", D, c.in_channels[0], 1, 1)) ||
@@ -426,6 +484,7 @@ struct ovs_m2f_decoder {
     m2f_dec_layer *layers;                                 /* (layers,) */
     const float *norm_w, *norm_b;                          /* decoder_norm (D,) */
     m2f_mlp mask_embed, class_embed;
+    m2f_owned owned;                                       /* packed linear weights */
     ovs_arena arena;
 };
 
@@ -443,12 +502,13 @@ const ovs_m2f_decoder_config *ovs_m2f_decoder_get_config(const ovs_m2f_decoder *
 void ovs_m2f_decoder_free(ovs_m2f_decoder *m) {
     if (!m) return;
     ovs_free(m->layers);
+    owned_free(&m->owned);
     ovs_arena_free(&m->arena);
     ovs_free(m);
 }
 
-static int bind_mha(m2f_mha *h, const ovs_tensor_map *w, const char *prefix, const char *attn,
-                    int64_t D) {
+static int bind_mha(m2f_mha *h, m2f_owned *o, const ovs_tensor_map *w, const char *prefix,
+                    const char *attn, int64_t D) {
     char nm[320];
     const ovs_tensor *t;
     int rc;
@@ -456,23 +516,28 @@ static int bind_mha(m2f_mha *h, const ovs_tensor_map *w, const char *prefix, con
     if ((rc = wname(nm, sizeof nm, prefix, "%s.in_proj_weight", attn)) ||
         (rc = ovs_tensor_map_get(&t, w, nm, 2, s2)))
         return rc;
-    h->wq = ovs_matrix_dense(t->data, D, D);
-    h->wk = ovs_matrix_dense(t->data + D * D, D, D);
-    h->wv = ovs_matrix_dense(t->data + 2 * D * D, D, D);
+    ovs_matrix *qkv[3] = {&h->wq, &h->wk, &h->wv};
+    for (int i = 0; i < 3; i++) {   /* rows [i*D, (i+1)*D) of in_proj_weight, packed */
+        float *dst = NULL;
+        if ((rc = owned_alloc(&dst, o, D, D)) ||
+            (rc = ovs_matrix_pack(dst, t->data + i * D * D, D, D)))
+            return rc;
+        *qkv[i] = ovs_matrix_packed(dst, D, D);
+    }
     if ((rc = wname(nm, sizeof nm, prefix, "%s.in_proj_bias", attn)) ||
         (rc = ovs_tensor_map_get(&t, w, nm, 1, s1)))
         return rc;
     h->bq = t->data, h->bk = t->data + D, h->bv = t->data + 2 * D;
     if ((rc = wname(nm, sizeof nm, prefix, "%s.out_proj", attn)) ||
-        (rc = bind_linear(&h->wo, &h->bo, w, "", nm, D, D)) ||
+        (rc = bind_linear_p(o, &h->wo, &h->bo, w, "", nm, D, D)) ||
         (rc = bind_norm(&h->norm_w, &h->norm_b, w, prefix, "norm", D)))
         return rc;
     return OVS_OK;
 }
 
 /* An MLP "<what>.layers.{k}" (n > 1) or a Linear "<what>" (n == 1): D -> D ... -> out_dim. */
-static int bind_mlp(m2f_mlp *mlp, const ovs_tensor_map *w, const char *prefix, const char *what,
-                    int64_t n, int64_t D, int64_t out_dim) {
+static int bind_mlp(m2f_mlp *mlp, m2f_owned *o, const ovs_tensor_map *w, const char *prefix,
+                    const char *what, int64_t n, int64_t D, int64_t out_dim) {
     char nm[320];
     int rc;
     if (n < 1 || n > 8)
@@ -483,7 +548,8 @@ static int bind_mlp(m2f_mlp *mlp, const ovs_tensor_map *w, const char *prefix, c
         mlp->out[k] = k == n - 1 ? out_dim : D;
         if (n == 1) snprintf(nm, sizeof nm, "%s", what);
         else snprintf(nm, sizeof nm, "%s.layers.%lld", what, (long long)k);
-        if ((rc = bind_linear(&mlp->w[k], &mlp->b[k], w, prefix, nm, mlp->out[k], D))) return rc;
+        if ((rc = bind_linear_p(o, &mlp->w[k], &mlp->b[k], w, prefix, nm, mlp->out[k], D)))
+            return rc;
     }
     return OVS_OK;
 }
@@ -567,19 +633,22 @@ int ovs_m2f_decoder_create(ovs_m2f_decoder **out, const ovs_m2f_decoder_config *
     for (int64_t i = 0; i < c.layers; i++) {
         m2f_dec_layer *ly = &m->layers[i];
         snprintf(sub, sizeof sub, "%stransformer_cross_attention_layers.%lld.", prefix, (long long)i);
-        if ((rc = bind_mha(&ly->cross, w, sub, "multihead_attn", D))) goto fail;
+        if ((rc = bind_mha(&ly->cross, &m->owned, w, sub, "multihead_attn", D))) goto fail;
         snprintf(sub, sizeof sub, "%stransformer_self_attention_layers.%lld.", prefix, (long long)i);
-        if ((rc = bind_mha(&ly->self, w, sub, "self_attn", D))) goto fail;
+        if ((rc = bind_mha(&ly->self, &m->owned, w, sub, "self_attn", D))) goto fail;
         snprintf(sub, sizeof sub, "%stransformer_ffn_layers.%lld.", prefix, (long long)i);
-        if ((rc = bind_linear(&ly->linear1, &ly->linear1_b, w, sub, "linear1", c.ffn_dim, D)) ||
-            (rc = bind_linear(&ly->linear2, &ly->linear2_b, w, sub, "linear2", D, c.ffn_dim)) ||
+        if ((rc = bind_linear_p(&m->owned, &ly->linear1, &ly->linear1_b, w, sub, "linear1",
+                                c.ffn_dim, D)) ||
+            (rc = bind_linear_p(&m->owned, &ly->linear2, &ly->linear2_b, w, sub, "linear2", D,
+                                c.ffn_dim)) ||
             (rc = bind_norm(&ly->norm_w, &ly->norm_b, w, sub, "norm", D)))
             goto fail;
     }
     if ((rc = bind_norm(&m->norm_w, &m->norm_b, w, prefix, "decoder_norm", D)) ||
-        (rc = bind_mlp(&m->mask_embed, w, prefix, "mask_embed", 3, D, c.mask_dim)) ||
+        (rc = bind_mlp(&m->mask_embed, &m->owned, w, prefix, "mask_embed", 3, D, c.mask_dim)) ||
         (c.class_layers > 0 &&
-         (rc = bind_mlp(&m->class_embed, w, prefix, "class_embed", c.class_layers, D, c.class_dim))))
+         (rc = bind_mlp(&m->class_embed, &m->owned, w, prefix, "class_embed", c.class_layers, D,
+                        c.class_dim))))
         goto fail;
     *out = m;
     return OVS_OK;
@@ -636,6 +705,9 @@ int ovs_m2f_decoder_forward(ovs_m2f_decoder *m, const float *const feats[3],
     float *kin = arena_get(a, S * D);            /* (S, D) src + positional embedding */
     float *map = m->has_input_proj ? arena_get(a, D * maxhw) : NULL;   /* (D, h, w) */
     float *mfT = arena_get(a, HW * MD);          /* (HW, mask_dim) */
+    size_t npk = ovs_matrix_packed_floats(HW, MD);
+    if (npk == SIZE_MAX) return ovs_set_error(OVS_ERR_OVERFLOW, "%s: mask features too large", op);
+    float *mfp = arena_get(a, (int64_t)npk);     /* mfT packed for the mask GEMM */
     float *x = arena_get(a, Q * D);              /* (Q, D) queries */
     float *qin = arena_get(a, Q * D);            /* (Q, D) x + query_embed */
     float *hn = arena_get(a, Q * D);             /* (Q, D) decoder_norm(x) */
@@ -647,7 +719,7 @@ int ovs_m2f_decoder_forward(ovs_m2f_decoder *m, const float *const feats[3],
     float *cur = arena_get(a, Q * HW);           /* (Q, H, W) current mask logits */
     float *small = arena_get(a, Q * maxhw);      /* (Q, h, w) resized logits -> additive mask */
     float *ascr = arena_get(a, E * Q * big);     /* attention probabilities */
-    if (!src || !kin || (m->has_input_proj && !map) || !mfT || !x || !qin || !hn || !qp ||
+    if (!src || !kin || (m->has_input_proj && !map) || !mfT || !mfp || !x || !qin || !hn || !qp ||
         !att || !kp || !vp || !hid || !me || !cur || !small || !ascr)
         return OVS_ERR_NOMEM;
     int rc;
@@ -669,13 +741,14 @@ int ovs_m2f_decoder_forward(ovs_m2f_decoder *m, const float *const feats[3],
         for (int64_t i = 0; i < h * w * D; i++) k[i] += s[i];
     }
     transpose(mfT, mask_features, MD, HW);
+    if ((rc = ovs_matrix_pack(mfp, mfT, HW, MD))) return rc;
+    const ovs_matrix mf = ovs_matrix_packed(mfp, HW, MD);
     memcpy(x, m->query_feat, (size_t)(Q * D) * sizeof(float));
     for (int64_t i = 0; i <= NL; i++) {
         /* prediction i (from the queries after i layers) */
         float *hslot = out->hidden ? out->hidden + i * Q * D : hn;
         float *mslot = out->masks_all ? out->masks_all + i * Q * HW
                        : (i == NL && out->masks ? out->masks : cur);
-        ovs_matrix mf = ovs_matrix_dense(mfT, HW, MD);
         if ((rc = ovs_layernorm_forward(hslot, x, m->norm_w, m->norm_b, Q, D, M2F_EPS)) ||
             (rc = mlp_forward(&m->mask_embed, me, hslot, Q, D, hid)) ||
             (rc = ovs_matmul_wt(mslot, HW, me, MD, &mf, Q, 1.0f, 0.0f)))
