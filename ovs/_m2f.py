@@ -38,9 +38,11 @@ Transformer decoder (``Mask2FormerTransformerModule`` -> ``MultiScaleMaskedTrans
     decoder.mask_predictor.mask_embedder.{k}.0.*     mask_embed.layers.{k}.*
     (class head, outside the module)                 class_embed.* (Linear) or class_embed.layers.{k}.* (MLP)
 
-FC-CLIP's class head (mask pooling + ``_mask_pooling_proj`` + ``class_embed`` MLP against CLIP
-text embeddings) is not part of these blocks: :class:`TransformerDecoder` returns the
-``decoder_norm`` outputs and mask logits of every prediction from which it is computed.
+FC-CLIP's class head (``fcclip_class_head=True``): ``class_embed`` reads ``decoder_norm(x) +
+_mask_pooling_proj(mask pooling of mask_features)``, with ``_mask_pooling_proj.{0,1}.*`` (LayerNorm,
+Linear) below the predictor prefix; the returned class embeddings are before
+``get_classification_logits`` (L2 normalisation, logit scale, max over templates), which needs
+the text classifier and is left to the framework.
 """
 from __future__ import annotations
 
@@ -111,9 +113,10 @@ class TransformerDecoder:
     def __init__(self, weights: Mapping[str, np.ndarray], *, prefix: str = PREDICTOR_PREFIX,
                  in_channels: int = 256, hidden_dim: int = 256, queries: int = 100,
                  heads: int = 8, ffn_dim: int = 2048, layers: int = 9, mask_dim: int = 256,
-                 class_layers: int = 0, class_dim: int = 0):
+                 class_layers: int = 0, class_dim: int = 0, fcclip_class_head: bool = False):
         self._block = _core.M2FDecoder(dict(weights), prefix, in_channels, hidden_dim, queries,
-                                       heads, ffn_dim, layers, mask_dim, class_layers, class_dim)
+                                       heads, ffn_dim, layers, mask_dim, class_layers, class_dim,
+                                       bool(fcclip_class_head))
 
     def forward(self, ms, mask_features, all_masks: bool = False):
         return self._block.forward(list(ms), mask_features, all_masks=all_masks)

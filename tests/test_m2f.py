@@ -357,6 +357,67 @@ def test_transformer_decoder(rng, in_channels, class_layers):
     assert np.array_equal(hid2, hid) and np.array_equal(last, masks[:, -1])
 
 
+class FcclipClassHead(torch.nn.Module):
+    """FC-CLIP's class-embedding path, re-typed from fc-clip's fcclip_transformer_decoder.py
+    (MaskPooling from ODISE, _mask_pooling_proj, class_embed MLP), before the text logits."""
+
+    def __init__(self, D, out_dim):
+        super().__init__()
+        self._mask_pooling_proj = torch.nn.Sequential(torch.nn.LayerNorm(D), torch.nn.Linear(D, D))
+        self.class_embed = torch.nn.ModuleList(
+            [torch.nn.Linear(D, D), torch.nn.Linear(D, D), torch.nn.Linear(D, out_dim)])
+
+    @staticmethod
+    def mask_pooling(x, mask):
+        if not x.shape[-2:] == mask.shape[-2:]:
+            mask = F.interpolate(mask, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        mask = (mask > 0).to(mask.dtype)
+        denorm = mask.sum(dim=(-1, -2), keepdim=True) + 1e-8
+        return torch.einsum("bchw,bqhw->bqc", x, mask / denorm)
+
+    def forward(self, decoder_output, mask_features, outputs_mask):
+        pooled = self._mask_pooling_proj(self.mask_pooling(mask_features, outputs_mask))
+        x = pooled + decoder_output
+        for i, layer in enumerate(self.class_embed):
+            x = F.relu(layer(x)) if i < 2 else layer(x)
+        return x
+
+
+def test_transformer_decoder_fcclip_class_head(rng):
+    D, E = PD["D"], PD["heads"]
+    cfg = Mask2FormerConfig(feature_size=D, mask_feature_size=D, hidden_dim=D,
+                            num_attention_heads=E, num_queries=5, decoder_layers=3,
+                            dim_feedforward=DEC["ffn"], dropout=0.0)
+    mod = hf.Mask2FormerTransformerModule(in_features=D, config=cfg).eval()
+    randomize(mod, 7)
+    head = FcclipClassHead(D, 24).eval()
+    randomize(head, 8)
+    w = predictor_weights(mod, "sem_seg_head.predictor.", 2)
+    w.update({"sem_seg_head.predictor." + k.replace("class_embed.", "class_embed.layers."): v.numpy().copy()
+              for k, v in head.state_dict().items()})
+    sizes, HW = [(2, 2), (3, 4), (5, 6)], (10, 12)
+    ms = [rng.standard_normal((1, D, h, w_)).astype(np.float32) for h, w_ in sizes]
+    mf = rng.standard_normal((1, D) + HW).astype(np.float32)
+    with torch.no_grad():
+        ref = mod([torch.from_numpy(m) for m in ms], torch.from_numpy(mf))
+        cls_ref = torch.stack([head(h.transpose(0, 1), torch.from_numpy(mf), m)
+                               for h, m in zip(ref.intermediate_hidden_states,
+                                               ref.masks_queries_logits)], 1)
+    dec = _m2f.TransformerDecoder(w, in_channels=D, hidden_dim=D, queries=5, heads=E,
+                                  ffn_dim=DEC["ffn"], layers=2, mask_dim=D, class_layers=3,
+                                  class_dim=24, fcclip_class_head=True)
+    _, cls, _ = dec(ms, mf)
+    assert_close(cls, cls_ref, "FC-CLIP class embeddings", 1e-4)
+    with pytest.raises(ValueError, match="mask_dim == hidden_dim"):
+        _m2f.TransformerDecoder(w, in_channels=D, hidden_dim=D, queries=5, heads=E, layers=2,
+                                mask_dim=32, class_layers=3, class_dim=24, fcclip_class_head=True)
+    del w["sem_seg_head.predictor._mask_pooling_proj.1.bias"]
+    with pytest.raises(KeyError, match=r"_mask_pooling_proj\.1\.bias"):
+        _m2f.TransformerDecoder(w, in_channels=D, hidden_dim=D, queries=5, heads=E,
+                                ffn_dim=DEC["ffn"], layers=2, mask_dim=D, class_layers=3,
+                                class_dim=24, fcclip_class_head=True)
+
+
 def test_transformer_decoder_fallback_all_masked(rng):
     """Every query masked everywhere (the last mask-embedding layer outputs -1 and the mask
     features are ones, so every logit is -mask_dim): the fallback must unmask whole rows as HF

@@ -484,6 +484,9 @@ struct ovs_m2f_decoder {
     m2f_dec_layer *layers;                                 /* (layers,) */
     const float *norm_w, *norm_b;                          /* decoder_norm (D,) */
     m2f_mlp mask_embed, class_embed;
+    const float *pool_ln_w, *pool_ln_b;                    /* _mask_pooling_proj.0 (D,) */
+    ovs_matrix pool_proj;                                  /* _mask_pooling_proj.1 (D, D) */
+    const float *pool_proj_b;
     m2f_owned owned;                                       /* packed linear weights */
     ovs_arena arena;
 };
@@ -587,6 +590,11 @@ int ovs_m2f_decoder_create(ovs_m2f_decoder **out, const ovs_m2f_decoder_config *
                              "of heads = %lld", (long long)c.hidden_dim, (long long)c.heads);
     if (c.layers > 1000)
         return ovs_set_error(OVS_ERR_ARG, "decoder: layers = %lld is too large", (long long)c.layers);
+    if (c.fcclip_class_head && (c.class_layers < 1 || c.mask_dim != c.hidden_dim))
+        return ovs_set_error(OVS_ERR_ARG, "decoder: FC-CLIP's class head needs class_layers >= 1 "
+                             "(got %lld) and mask_dim == hidden_dim (got %lld, %lld)",
+                             (long long)c.class_layers, (long long)c.mask_dim,
+                             (long long)c.hidden_dim);
     if (c.class_layers < 0 || c.class_layers > 8 || (c.class_layers > 0 && c.class_dim < 1))
         return ovs_set_error(OVS_ERR_ARG, "decoder: class_layers must be in 0..8 (got %lld) and "
                              "class_dim >= 1 with a class head (got %lld)",
@@ -648,7 +656,11 @@ int ovs_m2f_decoder_create(ovs_m2f_decoder **out, const ovs_m2f_decoder_config *
         (rc = bind_mlp(&m->mask_embed, &m->owned, w, prefix, "mask_embed", 3, D, c.mask_dim)) ||
         (c.class_layers > 0 &&
          (rc = bind_mlp(&m->class_embed, &m->owned, w, prefix, "class_embed", c.class_layers, D,
-                        c.class_dim))))
+                        c.class_dim))) ||
+        (c.fcclip_class_head &&
+         ((rc = bind_norm(&m->pool_ln_w, &m->pool_ln_b, w, prefix, "_mask_pooling_proj.0", D)) ||
+          (rc = bind_linear_p(&m->owned, &m->pool_proj, &m->pool_proj_b, w, prefix,
+                              "_mask_pooling_proj.1", D, D)))))
         goto fail;
     *out = m;
     return OVS_OK;
@@ -719,8 +731,14 @@ int ovs_m2f_decoder_forward(ovs_m2f_decoder *m, const float *const feats[3],
     float *cur = arena_get(a, Q * HW);           /* (Q, H, W) current mask logits */
     float *small = arena_get(a, Q * maxhw);      /* (Q, h, w) resized logits -> additive mask */
     float *ascr = arena_get(a, E * Q * big);     /* attention probabilities */
+    const int pool = c->fcclip_class_head && c->class_layers > 0 && out->classes;
+    float *bin = pool ? arena_get(a, Q * HW) : NULL;        /* (Q, HW) normalised binary masks */
+    float *pooled = pool ? arena_get(a, Q * MD) : NULL;     /* (Q, mask_dim) */
+    size_t npk2 = pool ? ovs_matrix_packed_floats(MD, HW) : 0;
+    if (npk2 == SIZE_MAX) return ovs_set_error(OVS_ERR_OVERFLOW, "%s: mask features too large", op);
+    float *mfp2 = pool ? arena_get(a, (int64_t)npk2) : NULL;  /* mask_features packed (MD, HW) */
     if (!src || !kin || (m->has_input_proj && !map) || !mfT || !mfp || !x || !qin || !hn || !qp ||
-        !att || !kp || !vp || !hid || !me || !cur || !small || !ascr)
+        !att || !kp || !vp || !hid || !me || !cur || !small || !ascr || (pool && (!bin || !pooled || !mfp2)))
         return OVS_ERR_NOMEM;
     int rc;
     for (int l = 0; l < M2F_LEVELS; l++) {
@@ -743,6 +761,8 @@ int ovs_m2f_decoder_forward(ovs_m2f_decoder *m, const float *const feats[3],
     transpose(mfT, mask_features, MD, HW);
     if ((rc = ovs_matrix_pack(mfp, mfT, HW, MD))) return rc;
     const ovs_matrix mf = ovs_matrix_packed(mfp, HW, MD);
+    if (pool && (rc = ovs_matrix_pack(mfp2, mask_features, MD, HW))) return rc;
+    const ovs_matrix mfc = ovs_matrix_packed(pool ? mfp2 : mfp, pool ? MD : HW, pool ? HW : MD);
     memcpy(x, m->query_feat, (size_t)(Q * D) * sizeof(float));
     for (int64_t i = 0; i <= NL; i++) {
         /* prediction i (from the queries after i layers) */
@@ -753,8 +773,26 @@ int ovs_m2f_decoder_forward(ovs_m2f_decoder *m, const float *const feats[3],
             (rc = mlp_forward(&m->mask_embed, me, hslot, Q, D, hid)) ||
             (rc = ovs_matmul_wt(mslot, HW, me, MD, &mf, Q, 1.0f, 0.0f)))
             return rc;
-        if (c->class_layers > 0 && out->classes &&
-            (rc = mlp_forward(&m->class_embed, out->classes + i * Q * c->class_dim, hslot, Q, D, hid)))
+        if (pool) {
+            /* FC-CLIP: class_embed(decoder_norm(x) + proj(mask pooling of mask_features)) */
+            for (int64_t qq = 0; qq < Q; qq++) {
+                const float *lg = mslot + qq * HW;
+                float *bq = bin + qq * HW, cnt = 0.0f;
+                for (int64_t k = 0; k < HW; k++) cnt += lg[k] > 0.0f ? 1.0f : 0.0f;
+                const float inv = 1.0f / (cnt + 1e-8f);
+                for (int64_t k = 0; k < HW; k++) bq[k] = lg[k] > 0.0f ? inv : 0.0f;
+            }
+            if ((rc = ovs_matmul_wt(pooled, MD, bin, HW, &mfc, Q, 1.0f, 0.0f)) ||
+                (rc = ovs_layernorm_forward(pooled, pooled, m->pool_ln_w, m->pool_ln_b, Q, D,
+                                            M2F_EPS)) ||
+                (rc = ovs_linear_forward(qp, pooled, &m->pool_proj, m->pool_proj_b, hslot, Q, D,
+                                         D, OVS_ACT_NONE)) ||
+                (rc = mlp_forward(&m->class_embed, out->classes + i * Q * c->class_dim, qp, Q, D,
+                                  hid)))
+                return rc;
+        } else if (c->class_layers > 0 && out->classes &&
+                   (rc = mlp_forward(&m->class_embed, out->classes + i * Q * c->class_dim, hslot,
+                                     Q, D, hid)))
             return rc;
         if (i == NL) {
             if (out->masks && mslot != out->masks)

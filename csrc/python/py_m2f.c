@@ -325,19 +325,22 @@ done:
 
 static int dec_init(py_m2f_block *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"weights", "prefix", "in_channels", "hidden_dim", "queries", "heads",
-                             "ffn_dim", "layers", "mask_dim", "class_layers", "class_dim", NULL};
+                             "ffn_dim", "layers", "mask_dim", "class_layers", "class_dim",
+                             "fcclip_class_head", NULL};
     PyObject *weights;
     const char *prefix;
     ovs_m2f_decoder_config c = ovs_m2f_decoder_defaults();
     long long ic = c.in_channels, hd = c.hidden_dim, q = c.queries, h = c.heads, ff = c.ffn_dim,
               ly = c.layers, md = c.mask_dim, cl = c.class_layers, cd = c.class_dim;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Os|LLLLLLLLL", kwlist, &weights, &prefix, &ic, &hd,
-                                     &q, &h, &ff, &ly, &md, &cl, &cd))
+    int fc = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Os|LLLLLLLLLp", kwlist, &weights, &prefix, &ic,
+                                     &hd, &q, &h, &ff, &ly, &md, &cl, &cd, &fc))
         return -1;
     if (block_prepare(self, weights) < 0) return -1;
     c.prefix = prefix;
     c.in_channels = ic, c.hidden_dim = hd, c.queries = q, c.heads = h, c.ffn_dim = ff,
     c.layers = ly, c.mask_dim = md, c.class_layers = cl, c.class_dim = cd;
+    c.fcclip_class_head = fc;
     int st = ovs_m2f_decoder_create(&self->dec, &c, &self->weights.map);
     if (st) {
         ovs_py_raise(st);
@@ -458,7 +461,8 @@ static PyTypeObject DecoderType = {
     .tp_basicsize = sizeof(py_m2f_block),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "M2FDecoder(weights, prefix, in_channels=256, hidden_dim=256, queries=100, "
-              "heads=8, ffn_dim=2048, layers=9, mask_dim=256, class_layers=0, class_dim=0)",
+              "heads=8, ffn_dim=2048, layers=9, mask_dim=256, class_layers=0, class_dim=0, "
+              "fcclip_class_head=False)",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)dec_init,
     .tp_dealloc = (destructor)block_dealloc,

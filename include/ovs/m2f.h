@@ -124,7 +124,14 @@ int ovs_m2f_pixel_decoder_forward(ovs_m2f_pixel_decoder *m, const float *const f
  *   decoder_norm.weight (D,) .bias
  *   mask_embed.layers.{0,1,2}.weight ((D, D), (D, D), (mask_dim, D)) .bias
  *   class_embed.weight (class_dim, D) .bias                  when class_layers == 1
- *   class_embed.layers.{k}.weight ... (last (class_dim, D))   when class_layers > 1 */
+ *   class_embed.layers.{k}.weight ... (last (class_dim, D))   when class_layers > 1
+ *   _mask_pooling_proj.0.weight (D,) .bias, _mask_pooling_proj.1.weight (D, D) .bias
+ *                                                             when fcclip_class_head
+ * FC-CLIP's class head (fcclip_class_head = 1; needs mask_dim == D and class_layers >= 1):
+ * the class head reads decoder_norm(x) + Linear(LayerNorm(mask pooling)), where mask pooling
+ * averages mask_features over the pixels whose mask logit is > 0:
+ *   pooled[q, c] = sum_p mask_features[c, p] [logit[q, p] > 0] / (#{p: logit[q, p] > 0} + 1e-8).
+ * Without it, the class head reads decoder_norm(x) (Mask2Former, Han et al.). */
 typedef struct {
     const char *prefix;       /* e.g. "sem_seg_head.predictor." */
     int64_t in_channels;      /* channels of the multi-scale maps (the pixel decoder's D) */
@@ -136,6 +143,7 @@ typedef struct {
     int64_t mask_dim;         /* mask feature channels (256) */
     int64_t class_layers;     /* 0: no class head; 1: a Linear; k > 1: a k-layer ReLU MLP */
     int64_t class_dim;        /* class head output width (ignored when class_layers == 0) */
+    int fcclip_class_head;    /* 1: FC-CLIP's mask-pooled class head input (see above) */
 } ovs_m2f_decoder_config;
 
 /* in_channels 256, hidden 256, 100 queries, 8 heads, ffn 2048, 9 layers, mask_dim 256,
