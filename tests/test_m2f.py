@@ -12,6 +12,7 @@ Tolerances: ops 1e-5 * max(1, max |ref|); blocks 1e-4 * max(1, max |ref|).
 from __future__ import annotations
 
 import re
+import sys
 import zlib
 
 import numpy as np
@@ -468,15 +469,36 @@ def test_transformer_decoder_errors(rng):
 def test_thread_count_independent(rng, pixel_decoder):
     _, _, ours = pixel_decoder
     feats = features(rng, 1, [(16, 20), (8, 10), (4, 5), (2, 3)])
+    mod = hf.Mask2FormerTransformerModule(
+        in_features=PD["D"], config=hf_config(num_queries=5, decoder_layers=4,
+                                              dim_feedforward=DEC["ffn"])).eval()
+    randomize(mod, 9)
+    dec = _m2f.TransformerDecoder(predictor_weights(mod, "p.", 3), prefix="p.",
+                                  in_channels=PD["D"], hidden_dim=PD["D"], queries=5,
+                                  heads=PD["heads"], ffn_dim=DEC["ffn"], layers=3,
+                                  mask_dim=PD["MD"])
     old = ovs.get_num_threads()
+    runs = []
     try:
-        ovs.set_num_threads(1)
-        one = ours(*feats)
-        ovs.set_num_threads(2)
-        two = ours(*feats)
+        for n in (1, 2, 3):
+            ovs.set_num_threads(n)
+            mf, ms = ours(*feats)
+            runs.append((mf, dec(ms, mf, all_masks=True)[2]))
     finally:
         ovs.set_num_threads(old)
-    assert_close(one[0], two[0], "mask features 1 vs 2 threads", 1e-6)
+    for n, (mf, masks) in zip((2, 3), runs[1:]):
+        assert_close(mf, runs[0][0], f"mask features 1 vs {n} threads", 1e-6)
+        assert_close(masks, runs[0][1], f"decoder masks 1 vs {n} threads", 1e-6)
+
+
+def test_refcounts_unchanged(rng, pixel_decoder):
+    _, _, ours = pixel_decoder
+    feats = features(rng, 1, [(8, 8), (4, 4), (2, 2), (1, 1)])
+    ours(*feats)
+    before = [sys.getrefcount(f) for f in feats]
+    for _ in range(20):
+        ours(*feats)
+    assert [sys.getrefcount(f) for f in feats] == before
 
 
 # ---------------------------------------------------------------- failure injection
