@@ -298,6 +298,12 @@ def test_pixel_decoder_errors(rng, pixel_decoder):
         ours(feats[0], feats[2], feats[2], feats[3])
     with pytest.raises(ValueError, match="in_channels"):
         _m2f.PixelDecoder(w, CHANNELS[:3])
+    nan = feats[1].copy()
+    nan[0, 3, 1, 1] = np.nan
+    with pytest.raises(ValueError, match=r"res3 contains NaN or infinity \(flat index"):
+        ours(feats[0], nan, feats[2], feats[3])
+    with pytest.raises(ValueError, match="res2 must not be empty"):
+        ours(feats[0][:, :, :0], feats[1], feats[2], feats[3])
     bad = dict(w)
     name = "sem_seg_head.pixel_decoder.transformer.encoder.layers.1.linear2.weight"
     bad[name] = bad[name][:, :5]
@@ -457,6 +463,8 @@ def test_transformer_decoder_errors(rng):
         _m2f.TransformerDecoder(w, **{**kw, "class_layers": 1})
     dec = _m2f.TransformerDecoder(w, **kw)
     ms = [np.zeros((1, D, 2, 2), np.float32)] * 3
+    with pytest.raises(ValueError, match="mask_features contains NaN"):
+        dec(ms, np.full((1, PD["MD"], 4, 4), np.inf, np.float32))
     with pytest.raises(ValueError, match="3 arrays"):
         dec(ms[:2], np.zeros((1, PD["MD"], 4, 4), np.float32))
     with pytest.raises(ValueError, match=r"mask_features must have shape \(\*, 48, \*, \*\)"):

@@ -8,6 +8,7 @@
 
 #include "ovs/m2f.h"
 
+#include <math.h>
 #include <string.h>
 
 #define F32(a) ((float *)PyArray_DATA(a))
@@ -70,6 +71,19 @@ static int expect_dims(PyArrayObject *a, const char *what, int nd, const npy_int
     exp[sizeof exp - 1] = got[sizeof got - 1] = 0;
     PyErr_Format(PyExc_ValueError, "%s must have shape (%s), got (%s)", what, exp, got);
     return -1;
+}
+
+/* ValueError if a has a NaN or infinity (it would silently poison every output). */
+static int check_finite(PyArrayObject *a, const char *what) {
+    const float *d = PyArray_DATA(a);
+    npy_intp n = PyArray_SIZE(a);
+    for (npy_intp i = 0; i < n; i++)
+        if (!isfinite(d[i])) {
+            PyErr_Format(PyExc_ValueError, "%s contains NaN or infinity (flat index %zd)", what,
+                         (Py_ssize_t)i);
+            return -1;
+        }
+    return 0;
 }
 
 /* ---------------------------------------------------------------- ops */
@@ -286,6 +300,7 @@ static PyObject *pd_forward(py_m2f_block *self, PyObject *args) {
             PyErr_Format(PyExc_ValueError, "%s must not be empty", names[s]);
             goto done;
         }
+        if (check_finite(f[s], names[s])) goto done;
     }
     npy_intp N = PyArray_DIM(f[0], 0);
     npy_intp md[4] = {N, c->mask_dim, PyArray_DIM(f[0], 2), PyArray_DIM(f[0], 3)};
@@ -380,6 +395,7 @@ static PyObject *dec_forward(py_m2f_block *self, PyObject *args, PyObject *kw) {
         PyErr_SetString(PyExc_ValueError, "mask_features must not be empty");
         goto done;
     }
+    if (check_finite(mf, "mask_features")) goto done;
     int64_t sizes[3][2];
     for (int l = 0; l < 3; l++) {
         static const char *names[3] = {"ms[0]", "ms[1]", "ms[2]"};
@@ -391,6 +407,7 @@ static PyObject *dec_forward(py_m2f_block *self, PyObject *args, PyObject *kw) {
             PyErr_Format(PyExc_ValueError, "%s must not be empty", names[l]);
             goto done;
         }
+        if (check_finite(f[l], names[l])) goto done;
     }
     const npy_intp P = c->layers + 1, Q = c->queries, D = c->hidden_dim;
     npy_intp hd[4] = {N, P, Q, D};
