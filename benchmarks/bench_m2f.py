@@ -16,6 +16,8 @@ Cases (one group, one pair of workers):
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import sys
 import tempfile
 import time
@@ -68,6 +70,8 @@ def setup(side: str, group: str, params: dict):
     w.update(T.predictor_weights(tm, "sem_seg_head.predictor.", 9))
     path = Path(tempfile.mkdtemp(prefix="bench_m2f_")) / "weights.npz"
     np.savez(path, **w)
+    # ours reads the file during its setup, long before this worker exits
+    atexit.register(shutil.rmtree, path.parent, ignore_errors=True)
     tf = [torch.from_numpy(f) for f in feats]
     with torch.no_grad():
         o = pd(tf)
