@@ -263,3 +263,39 @@ done:
     ovs_free(vals);
     return st;
 }
+
+int ovs_groupnorm_forward_naive(float *out, const float *in, const float *weight,
+                                const float *bias, int64_t N, int64_t C, int64_t HW, int64_t G,
+                                float eps) {
+    static const char op[] = "ovs_groupnorm_forward_naive";
+    int st;
+    int64_t nc, total;
+    if ((st = ops_check_nonneg(op, "N", N)) || (st = ops_check_nonneg(op, "C", C)) ||
+        (st = ops_check_nonneg(op, "HW", HW)) || (st = ops_check_pos(op, "G", G)) ||
+        (st = ops_mul(&nc, op, N, C)) || (st = ops_mul(&total, op, nc, HW)) ||
+        (st = ops_check_ptr(op, "out", out, total)) || (st = ops_check_ptr(op, "in", in, total)))
+        return st;
+    if (C % G != 0)
+        return ovs_set_error(OVS_ERR_ARG, "%s: C = %lld is not divisible by G = %lld groups", op,
+                             (long long)C, (long long)G);
+    if (!(eps >= 0.0f)) return ovs_set_error(OVS_ERR_ARG, "%s: eps must be >= 0, got %g", op, eps);
+    const int64_t Cg = C / G;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t g = 0; g < G; g++) {
+            const float *x = in + (n * C + g * Cg) * HW;   /* (Cg, HW) */
+            double mean = 0.0, var = 0.0;
+            for (int64_t j = 0; j < Cg * HW; j++) mean += x[j];
+            mean /= (double)(Cg * HW);
+            for (int64_t j = 0; j < Cg * HW; j++) var += (x[j] - mean) * (x[j] - mean);
+            var /= (double)(Cg * HW);
+            double rstd = 1.0 / sqrt(var + (double)eps);
+            for (int64_t c = 0; c < Cg; c++)
+                for (int64_t j = 0; j < HW; j++) {
+                    double y = (x[c * HW + j] - mean) * rstd;
+                    if (weight) y *= weight[g * Cg + c];
+                    if (bias) y += bias[g * Cg + c];
+                    out[(n * C + g * Cg + c) * HW + j] = (float)y;
+                }
+        }
+    return OVS_OK;
+}

@@ -155,7 +155,8 @@ PyMODINIT_FUNC PyInit__core(void) {
         ovs_py_register_methods(m) < 0 || ovs_py_register_tokenizer(m) < 0 ||
         ovs_py_register_analysis(m) < 0 || ovs_py_register_metrics(m) < 0 ||
         ovs_py_register_gemm(m) < 0 || ovs_py_register_sparse(m) < 0 ||
-        ovs_py_register_frameworks(m) < 0)
+        ovs_py_register_frameworks(m) < 0 ||
+        ovs_py_register_m2f(m) < 0)
         goto error;
     return m;
 error:

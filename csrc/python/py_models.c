@@ -5,7 +5,7 @@
 #include <string.h>
 
 /* ---------------------------------------------------------------- weights table */
-static void weights_clear(ovs_py_weights *w) {
+void ovs_py_weights_clear(ovs_py_weights *w) {
     Py_CLEAR(w->keep);
     PyMem_Free(w->items);
     w->items = NULL;
@@ -15,7 +15,7 @@ static void weights_clear(ovs_py_weights *w) {
 
 /* Build the table from a dict {name: array}; float arrays become C-contiguous float32
  * (zero-copy when they already are); other values are ignored. */
-static int weights_from_dict(ovs_py_weights *w, PyObject *dict) {
+int ovs_py_weights_from_dict(ovs_py_weights *w, PyObject *dict) {
     memset(w, 0, sizeof *w);
     if (!PyDict_Check(dict)) {
         PyErr_Format(PyExc_TypeError, "weights must be a dict of name -> numpy array, got %.100s",
@@ -65,7 +65,7 @@ static int weights_from_dict(ovs_py_weights *w, PyObject *dict) {
     w->map.count = i;
     return 0;
 error:
-    weights_clear(w);
+    ovs_py_weights_clear(w);
     return -1;
 }
 
@@ -88,7 +88,7 @@ static void model_dealloc(ovs_py_model *self) {
     default: break;
     }
     if (self->lock) PyThread_free_lock(self->lock);
-    weights_clear(&self->weights);
+    ovs_py_weights_clear(&self->weights);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -97,7 +97,7 @@ static int model_prepare(ovs_py_model *self, PyObject *weights) {
         PyErr_SetString(PyExc_RuntimeError, "model already initialised");
         return -1;
     }
-    if (weights_from_dict(&self->weights, weights) < 0) return -1;
+    if (ovs_py_weights_from_dict(&self->weights, weights) < 0) return -1;
     self->lock = PyThread_allocate_lock();
     if (!self->lock) {
         PyErr_NoMemory();

@@ -25,6 +25,12 @@ typedef struct {
     } m;
 } ovs_py_model;
 
+/* Fill *w from a dict {name: array} (float arrays become C-contiguous float32, zero-copy when
+ * they already are; non-float values are skipped; NaN/inf raise ValueError). -1 with an
+ * exception on failure (w is then empty). ovs_py_weights_clear releases it. */
+int ovs_py_weights_from_dict(ovs_py_weights *w, PyObject *dict);
+void ovs_py_weights_clear(ovs_py_weights *w);
+
 enum { OVS_PY_RESNET = 1, OVS_PY_VIT = 2, OVS_PY_TEXT = 3 };
 
 extern PyTypeObject ovs_py_ResNetType, ovs_py_ViTType, ovs_py_TextType;

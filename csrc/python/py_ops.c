@@ -674,13 +674,14 @@ error:
 
 static PyObject *py_op_groupnorm(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"x", "groups", "weight", "bias", "eps", NULL};
+    static char *kwlist[] = {"x", "groups", "weight", "bias", "eps", "naive", NULL};
     PyObject *x_obj, *w_obj = Py_None, *b_obj = Py_None;
     long long G;
     float eps = 1e-5f;
+    int naive = 0;
     PyArrayObject *x = NULL, *w = NULL, *b = NULL, *out = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OL|OOf", kwlist, &x_obj, &G, &w_obj, &b_obj,
-                                     &eps))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OL|OOfp", kwlist, &x_obj, &G, &w_obj, &b_obj,
+                                     &eps, &naive))
         return NULL;
     if (!(x = ovs_py_float_array(x_obj, -1, "x")) || opt_array(w_obj, 1, "weight", &w) ||
         opt_array(b_obj, 1, "bias", &b))
@@ -703,7 +704,8 @@ static PyObject *py_op_groupnorm(PyObject *self, PyObject *args, PyObject *kw) {
         goto error;
     int st;
     Py_BEGIN_ALLOW_THREADS
-    st = ovs_groupnorm_forward(F32(out), F32(x), F32_OR_NULL(w), F32_OR_NULL(b), N, C, HW, G, eps);
+    st = (naive ? ovs_groupnorm_forward_naive : ovs_groupnorm_forward)(
+        F32(out), F32(x), F32_OR_NULL(w), F32_OR_NULL(b), N, C, HW, G, eps);
     Py_END_ALLOW_THREADS
     if (st) {
         ovs_py_raise(st);
@@ -1367,7 +1369,7 @@ static PyMethodDef ops_methods[] = {
     {"op_layernorm", (PyCFunction)py_op_layernorm, KW,
      "op_layernorm(x, weight=None, bias=None, eps=1e-5, naive=False) over the last dim."},
     {"op_groupnorm", (PyCFunction)py_op_groupnorm, KW,
-     "op_groupnorm(x, groups, weight=None, bias=None, eps=1e-5) for x (N, C, ...)."},
+     "op_groupnorm(x, groups, weight=None, bias=None, eps=1e-5, naive=False) for x (N, C, ...)."},
     {"op_softmax", (PyCFunction)py_op_softmax, KW, "op_softmax(x, naive=False) over the last dim."},
     {"op_attention", (PyCFunction)py_op_attention, KW,
      "op_attention(q, k, v, heads, scale, mask=None, causal=False, naive=False); q (T, D), "

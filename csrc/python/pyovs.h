@@ -48,5 +48,6 @@ int ovs_py_register_metrics(PyObject *m);
 int ovs_py_register_gemm(PyObject *m);
 int ovs_py_register_sparse(PyObject *m);
 int ovs_py_register_frameworks(PyObject *m);
+int ovs_py_register_m2f(PyObject *m);
 
 #endif

@@ -227,6 +227,9 @@ int ovs_layernorm_forward_naive(float *out, const float *in, const float *weight
 /* out (N, C, HW) = GroupNorm(G groups) of in, as torch.nn.GroupNorm. out may alias in. */
 int ovs_groupnorm_forward(float *out, const float *in, const float *weight, const float *bias,
                           int64_t N, int64_t C, int64_t HW, int64_t G, float eps);
+int ovs_groupnorm_forward_naive(float *out, const float *in, const float *weight,
+                                const float *bias, int64_t N, int64_t C, int64_t HW, int64_t G,
+                                float eps);
 
 /* ---------------------------------------------------------------- softmax */
 /* x (M, D) = softmax over each row, in place (max-subtracted). A row whose entries are all
@@ -372,6 +375,36 @@ int ovs_pamr_propagate(float *out, const float *mask, const float *aff, int64_t 
 int ovs_pamr_forward_naive(float *out, const float *mask, const float *image, int64_t C,
                            int64_t K, int64_t H, int64_t W, const int64_t *dilations, int64_t ND,
                            int64_t steps);
+
+/* ---------------------------------------------------------------- Mask2Former ops */
+/* Sine positional encoding of DETR / Mask2Former (PositionEmbeddingSine with normalize=True,
+ * scale 2 pi, num_pos_feats = D/2, no padding mask), token-major:
+ *   out (H, W, D): with e_y = (y+1) / (H + 1e-6) * 2 pi, e_x = (x+1) / (W + 1e-6) * 2 pi,
+ *   t_k = temperature^(2 floor(k/2) / (D/2)) for k < D/2,
+ *   out[y, x, k] = sin(e_y / t_k) (k even) or cos(e_y / t_k) (k odd), k < D/2,
+ *   out[y, x, D/2 + k] = the same with e_x.
+ * torch's module returns (N, D, H, W): out is its permute(0, 2, 3, 1)[0]. D must be a
+ * multiple of 4; temperature 10000 in Mask2Former. */
+int ovs_pos_embed_sine(float *out, int64_t D, int64_t H, int64_t W, float temperature);
+int ovs_pos_embed_sine_naive(float *out, int64_t D, int64_t H, int64_t W, float temperature);
+
+/* Core of multi-scale deformable attention (Deformable DETR's ms_deform_attn_core_pytorch,
+ * one image), the sampling being exactly grid_sample(mode="bilinear", padding_mode="zeros",
+ * align_corners=False) on each level's value map:
+ *   out[q, e*F + f] = sum_{l, p} attn[q, e, l, p] *
+ *                     bilinear(value_l[:, e*F + f], loc[q, e, l, p]),
+ * value (S, E*F): the tokens of L levels concatenated, level l an (H_l, W_l) row-major map
+ *   (shapes (L, 2) = (H_l, W_l) pairs, each >= 1; S = sum H_l W_l);
+ * loc (Q, E, L, P, 2): (x, y) sampling locations normalised to [0, 1] over the level's map
+ *   (pixel coordinate x * W_l - 1/2; taps outside the map read zero);
+ * attn (Q, E, L, P): attention weights (softmax-normalised by the caller);
+ * out (Q, E*F). Threads split the queries. */
+int ovs_msdeform_attn_core(float *out, const float *value, const int64_t *shapes, int64_t L,
+                           const float *loc, const float *attn, int64_t Q, int64_t E, int64_t F,
+                           int64_t P);
+int ovs_msdeform_attn_core_naive(float *out, const float *value, const int64_t *shapes,
+                                 int64_t L, const float *loc, const float *attn, int64_t Q,
+                                 int64_t E, int64_t F, int64_t P);
 
 #ifdef __cplusplus
 }
