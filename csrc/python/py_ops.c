@@ -1251,8 +1251,8 @@ static PyObject *py_op_debug_invalid_calls(PyObject *self, PyObject *noargs) {
     CASE("attention_probs T<0", ovs_attention_probs(buf, buf, 2, buf, 2, -1, 2, 2, 1.0f, NULL, 0));
     CASE("attention_probs lda<F", ovs_attention_probs(buf, buf, 1, buf, 2, 2, 2, 2, 1.0f, NULL,
                                                       0));
-    CASE("attention_probs causal T!=U", ovs_attention_probs(buf, buf, 2, buf, 2, 2, 3, 2, 1.0f,
-                                                            NULL, 1));
+    CASE("attention_probs causal T>U", ovs_attention_probs(buf, buf, 2, buf, 2, 3, 2, 2, 1.0f,
+                                                           NULL, 1));
     CASE("attention E<0", ovs_attention_forward(buf, buf, 4, buf, 4, buf, 4, 2, 2, -2, 2, 1.0f,
                                                 NULL, 0, buf));
     CASE("attention ldv<D", ovs_attention_forward(buf, buf, 4, buf, 4, buf, 3, 2, 2, 2, 2, 1.0f,
