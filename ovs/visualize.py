@@ -98,7 +98,9 @@ def _check_labels(labels, shape, n_classes: int, ignore_index) -> np.ndarray:
         raise ValueError(f"labels hold class index {v} but only {n_classes} class names were given "
                          f"(valid 0..{n_classes - 1}; negative values"
                          + (f" and {ignore_index}" if ignore_index is not None else "")
-                         + " mean ignored)")
+                         + " mean ignored)"
+                         + (f"; for a mask PNG read back pass ignore_index={v}" if v in (IGNORE_8BIT, IGNORE_16BIT)
+                            and ignore_index is None else ""))
     return np.where(lab < 0, -1, lab)
 
 

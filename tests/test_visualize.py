@@ -158,6 +158,8 @@ def test_bad_inputs():
         overlay(img, lab, ["a"], font_size=2)
     with pytest.raises(ValueError, match="max_legend must be an int >= 1, got 0"):
         overlay(img, lab, ["a"], max_legend=0)
+    with pytest.raises(ValueError, match="pass ignore_index=255"):
+        overlay(img, np.full((40, 60), 255, np.uint8), ["a"])
     # a mask read back from a PNG: 255 = ignored
     ok = overlay(img, np.full((40, 60), 255, np.uint8), ["a"], ignore_index=255)
     assert ok.width > 60
