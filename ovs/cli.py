@@ -246,8 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="RN50 | ViT-B-16 (downloaded once) | path to an open_clip .safetensors/.pt file (default: $OVS_MODEL or ViT-B-16)")
     s.add_argument("--method", choices=["maskclip", "sclip", "clearclip", "naclip"], default=None,
                    help="default: naclip for ViT, maskclip for RN50")
-    s.add_argument("--out", required=True, help="label PNG to write, or a folder (an existing one or "
-                   "a path ending in '/') for <name>_mask.png files; a folder with several images")
+    s.add_argument("--out", required=True, help="label PNG to write (pixel = class index, 255 = ignored, "
+                   "VOC palette shifted by one; 16-bit with 65535 = ignored above 255 classes), or a "
+                   "folder (an existing one or a path ending in '/') for <name>_mask.png files; a "
+                   "folder with several images")
     s.add_argument("--overlay", help="colour overlay PNG with a legend, or a folder as for --out")
     s.add_argument("--templates", default=None, help="imagenet80 | vild | simple | bare (default: the method's)")
     s.add_argument("--short-side", type=int, default=None, help="resize the shorter side (0 = keep)")
