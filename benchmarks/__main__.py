@@ -54,7 +54,7 @@ BENCHES: list[Bench] = [
           ["--repeat", "3", "--cases", "rn50_224,vitb16_224"], ("torch", "open_clip")),
     Bench("segment", "bench_segment.py", "PyTorch reference heads (tests/reference/seg_reference.py)",
           ["--repeat", "2", "--cases", "maskclip_rn50,naclip_vitb16", "--cold", "none"], ("torch", "open_clip")),
-    Bench("text", "bench_text.py", "PyTorch/open_clip", ["--repeat", "2", "--warmup", "0"],
+    Bench("text", "bench_text.py", "PyTorch/open_clip", ["--repeat", "2", "--warmup", "0", "--prompts", "128"],
           ("torch", "open_clip")),
     Bench("alpha", "bench_alpha.py", "WeightWatcher 0.7.7", ["--repeat", "1", "--cases", "alpha_rn50"],
           ("weightwatcher",)),
