@@ -76,6 +76,10 @@ def _cpuinfo() -> dict:
             for line in f:
                 if line.startswith("model name") and info["model"] in ("unknown", platform.processor()):
                     info["model"] = line.split(":", 1)[1].strip()
+                elif line.startswith("cpu family") and "family" not in info:
+                    info["family"] = line.split(":", 1)[1].strip()
+                elif line.startswith("model\t") and "model_number" not in info:
+                    info["model_number"] = line.split(":", 1)[1].strip()
                 elif line.startswith("flags"):
                     info["flags"] = line.split(":", 1)[1].split()
                     break
@@ -124,6 +128,7 @@ def machine_info() -> dict:
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(), "platform": platform.platform(), "cpu_model": cpu["model"],
+        "cpu_family": cpu.get("family"), "cpu_model_number": cpu.get("model_number"),
         "logical_cores": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "mem_gb": mem_gb,
         "isa": isa, "loadavg_start": list(os.getloadavg()),
         "python": platform.python_version(), "ovs": ovs_info,
@@ -253,7 +258,12 @@ def summary_markdown(record: dict, heading: str = "###") -> str:
              f"Machine: {machine_line(m)}. Commit {m['git'].get('commit', '')[:10]}"
              + (" (uncommitted changes)" if m['git'].get('dirty') else "") + ".", "",
              "ratio = ovs time / peer time, medians of interleaved runs in the same run (< 1: ovs "
-             "faster); `others` = cores used by other processes during the calls (0 = quiet).", "",
+             "faster); `others` = cores used by other processes during the calls (0 = quiet)."
+             + (" **A quick run** (few repetitions, a subset of cases): a smoke test and a rough "
+                "picture, not figures to quote." if record["mode"] == "quick" else "")
+             + (f" The machine was busy (load average {m['loadavg_start'][0]:.1f} on "
+                f"{m['logical_cores']} cores at the start): ratios with `others` well above 0 are "
+                "indicative only." if m["loadavg_start"][0] > 1.5 * (m["logical_cores"] or 1) else ""), "",
              "| benchmark | case | peer | ovs s | peer s | ratio | others |", "|---|---|---|---|---|---|---|"]
     for name, entry in record["benchmarks"].items():
         if entry["status"] != "ok":
