@@ -1,6 +1,6 @@
 """The label stage alone: low-resolution logits (C, h, w) -> label map (H, W).
 
-    python benchmarks/bench_labels.py [--threads 2] [--repeat 5] [--classes 10,150,847]
+    python benchmarks/bench_labels.py [--threads 2] [--repeat 5] [--classes 10,150,847] [--outputs 512x683,2048x2731]
 
 Logits are smooth like real ones: per class a random 21x28 patch grid (std 0.03 plus a per-class
 offset of std 0.02, the spread of CLIP cosine logits), bilinearly upsampled to 336x448 (the
@@ -23,13 +23,20 @@ import numpy as np
 import _harness as H
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--classes", default="10,150,847")
+    ap.add_argument("--outputs", default="512x683,2048x2731", help="output sizes HxW, comma-separated")
     ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    try:
+        outputs = [tuple(int(v) for v in o.lower().split("x")) for o in args.outputs.split(",")]
+        if not all(len(o) == 2 and min(o) >= 1 for o in outputs):
+            raise ValueError
+    except ValueError:
+        raise SystemExit(f"--outputs: expected sizes like 512x683,2048x2731, got {args.outputs!r}") from None
     import ovs
     from ovs import _core
 
@@ -44,7 +51,7 @@ def main() -> int:
     for C in [int(c) for c in args.classes.split(",")]:
         grid = (rng.standard_normal((C, 21, 28)) * 0.03 + rng.standard_normal((C, 1, 1)) * 0.02).astype(np.float32)
         lr = _core.seg_upsample(grid, 336, 448, logit_scale=1.0, softmax=False)
-        for H_, W_ in ((512, 683), (2048, 2731)):
+        for H_, W_ in outputs:
             for thr in (0.0, 0.3):
                 sides = {"fast": lambda: _core.seg_labels(lr, H_, W_, logit_scale=40.0, bg_threshold=thr),
                          "naive": lambda: _core.seg_labels_naive(lr, H_, W_, logit_scale=40.0, bg_threshold=thr)}
@@ -68,7 +75,7 @@ def main() -> int:
                 print(f"C={C:4d} {H_}x{W_} thr={thr}: " + "  ".join(
                     f"{k} {v:.3f}s" for k, v in rec["median_s"].items()) + "  fast/" + " fast/".join(
                     f"{k} {v:.3f}" for k, v in rec["fast_over"].items()), flush=True)
-    for H_ in (512, 2048):
+    for H_ in sorted({o[0] for o in outputs}):
         for thr in (0.0, 0.3):
             sel = {c["classes"]: c["median_s"]["fast"] for c in cases if c["out"][0] == H_ and c["bg_threshold"] == thr}
             if 10 in sel and 847 in sel:

@@ -128,15 +128,19 @@ def main(argv=None) -> int:
                     help="also time the cold imagenet80 x ADE-150 classifier (12,000 prompts)")
     ap.add_argument("--peer-classes", type=int, default=10,
                     help="classes the peer encodes in the classifier case (time scaled to 150)")
+    ap.add_argument("--prompts", type=int, default=N_PROMPTS,
+                    help=f"the first N of the {N_PROMPTS} prompts (default all; python -m benchmarks --quick: 128)")
     args = ap.parse_args(argv)
     if not 1 <= args.peer_classes <= 150:
         raise SystemExit(f"--peer-classes must be in 1..150, got {args.peer_classes}")
+    if not 1 <= args.prompts <= N_PROMPTS:
+        raise SystemExit(f"--prompts must be in 1..{N_PROMPTS}, got {args.prompts}")
     towers = [t.strip() for t in args.towers.split(",") if t.strip()]
     bad = [t for t in towers if t not in H.MODEL_FILES]
     if bad or not towers:
         raise SystemExit(f"--towers: unknown {bad}; valid: rn50, vitb16")
     weights = H.resolve_weights(args.weights, towers)
-    prompts = make_prompts()
+    prompts = make_prompts()[: args.prompts]
     t0 = time.perf_counter()
     groups = [H.Group(f"text_{t}", {"weights": weights, "prompts": prompts, "peer_batch": args.peer_batch},
                       repeated=[f"text_{t}"],

@@ -4,6 +4,8 @@
     >>> model = ovs.load("ViT-B-16")                  # OpenAI weights, downloaded once
     >>> seg = ovs.Segmenter(model)                    # NACLIP by default for ViTs
     >>> labels = seg.segment(image, ["cat", "sofa, couch", "floor"])   # int32 (H, W)
+    >>> ovs.overlay(image, labels, ["cat", "sofa, couch", "floor"])    # PIL image with a legend
+    >>> seg.show(image, ["cat", "sofa, couch", "floor"])               # the same, in one call
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ except ImportError as _exc:
 from ._core import OvsError, WeightFileError  # noqa: E402
 from .model import Model, infer_config, load  # noqa: E402
 from .segment import METHODS, Segmenter  # noqa: E402
+from .visualize import overlay  # noqa: E402
 from .tokenizer import tokenize  # noqa: E402
 from . import metrics  # noqa: E402
 from . import classnames, presets  # noqa: E402
@@ -51,4 +54,5 @@ def get_num_threads() -> int:
 
 
 __all__ = ["Model", "load", "infer_config", "Segmenter", "METHODS", "tokenize", "OvsError",
-           "WeightFileError", "set_num_threads", "get_num_threads", "evaluate", "metrics", "presets", "classnames"]
+           "WeightFileError", "overlay", "set_num_threads", "get_num_threads", "evaluate", "metrics",
+           "presets", "classnames"]

@@ -566,6 +566,22 @@ class Segmenter:
                                             prob_thd=thr, bg_label=bg, area_thd=area)
         return self._run(image, names, finish)
 
+    def show(self, image, class_names: Sequence[str], **overlay_kw):
+        """Segment one image and return ovs.overlay(image, labels, class_names) as an RGB PIL
+        image (a notebook cell ending in it displays it inline). image: as for segment(), or a
+        PIL image or an image file path. overlay_kw: alpha, legend, font_size, max_legend,
+        boundaries (see ovs.overlay)."""
+        from .visualize import _as_rgb, overlay
+
+        if isinstance(image, (list, tuple)) or (isinstance(image, np.ndarray) and image.ndim == 4):
+            raise ValueError("show() takes one image, not a batch; call it per image")
+        img = _as_rgb(image)
+        names = _check_names(class_names)
+        labels = self.segment(img, names)
+        if labels.shape != img.shape[:2]:   # output_size set: show the photo at the labels' size
+            from PIL import Image
+            img = np.asarray(Image.fromarray(img).resize(labels.shape[::-1], Image.BILINEAR))
+        return overlay(img, labels, names, **overlay_kw)
 
 def _group_max(x: np.ndarray, qc: np.ndarray, C: int, init: float) -> np.ndarray:
     """(C, H, W) max over the query planes of each class (x is (Q, H, W))."""

@@ -32,7 +32,7 @@ import numpy as np
 from ._core import SafeTensorsFile, WeightFileError
 from .torch_reader import read_torch_zip
 
-__all__ = ["load_state_dict", "save_safetensors", "detect_format", "SafeTensorsFile",
+__all__ = ["load_state_dict", "save_safetensors", "random_state_dict", "detect_format", "SafeTensorsFile",
            "WeightFileError"]
 
 _FLOAT_KINDS = ("F32", "F16", "BF16", "F64")
@@ -218,3 +218,108 @@ def _strip_module_prefix(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if state and all(k.startswith(prefix) for k in state):
         return {k[len(prefix):]: v for k, v in state.items()}
     return state
+
+
+# --------------------------------------------------------------------------- generated weights
+#: Architectures random_state_dict can generate, as open_clip configures them.
+RANDOM_ARCHS: dict[str, dict] = {
+    "RN50": dict(vision="resnet", layers=(3, 4, 6, 3), width=64, heads=32, image_size=224,
+                 embed_dim=1024),
+    "ViT-B-16": dict(vision="vit", layers=12, width=768, patch=16, image_size=224, embed_dim=512),
+}
+_TEXT = dict(layers=12, width=512, context=77, vocab=49408)
+
+
+def random_state_dict(name: str = "ViT-B-16", *, seed: int = 0) -> dict[str, np.ndarray]:
+    """A randomly initialised CLIP state dict with open_clip's names and shapes for `name`
+    ("RN50" or "ViT-B-16"): the same tensors open_clip.create_model(name).state_dict() holds.
+
+    For demonstrations and speed/FLOPs measurements where the real weights cannot be
+    downloaded: the model runs at the real architecture's cost, but its outputs (labels,
+    embeddings, α of its layers) mean nothing. Values are drawn uniformly with zero mean and
+    standard deviation 1/sqrt(fan_in) for matrices, sqrt(2/fan_in) for convolutions (He), the
+    scales open_clip uses for embeddings; norms identity (bottleneck bn3 scale 0.5 to keep the
+    residual stream tame), biases 0; float32, ~0.6 GB for ViT-B-16.
+    """
+    if name not in RANDOM_ARCHS:
+        raise ValueError(f"no generator for architecture {name!r}; known: {sorted(RANDOM_ARCHS)}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    cfg = RANDOM_ARCHS[name]
+    rng = np.random.default_rng(int(seed))
+    sd: dict[str, np.ndarray] = {}
+
+    def normal(shape, std):   # uniform with standard deviation std: 2-3x faster to draw
+        a = rng.random(shape, dtype=np.float32)
+        a -= np.float32(0.5)
+        a *= np.float32(std * 12 ** 0.5)
+        return a
+
+    def linear(n, out_f, in_f, bias=True):
+        sd[n + ".weight"] = normal((out_f, in_f), in_f ** -0.5)
+        if bias:
+            sd[n + ".bias"] = np.zeros(out_f, np.float32)
+
+    def norm(n, c, bn=False, scale=1.0):
+        sd[n + ".weight"] = np.full(c, scale, np.float32)
+        sd[n + ".bias"] = np.zeros(c, np.float32)
+        if bn:
+            sd[n + ".running_mean"] = np.zeros(c, np.float32)
+            sd[n + ".running_var"] = np.ones(c, np.float32)
+            sd[n + ".num_batches_tracked"] = np.zeros((), np.int64)
+
+    def conv(n, k, c, r):
+        sd[n + ".weight"] = normal((k, c, r, r), (2.0 / (c * r * r)) ** 0.5)
+
+    def transformer(prefix, layers, width):
+        for i in range(layers):
+            p = f"{prefix}resblocks.{i}."
+            norm(p + "ln_1", width)
+            sd[p + "attn.in_proj_weight"] = normal((3 * width, width), width ** -0.5)
+            sd[p + "attn.in_proj_bias"] = np.zeros(3 * width, np.float32)
+            linear(p + "attn.out_proj", width, width)
+            norm(p + "ln_2", width)
+            linear(p + "mlp.c_fc", 4 * width, width)
+            linear(p + "mlp.c_proj", width, 4 * width)
+
+    # text tower (same for both): open_clip's order of tensors
+    T = _TEXT
+    sd["positional_embedding"] = normal((T["context"], T["width"]), 0.01)
+    sd["text_projection"] = normal((T["width"], cfg["embed_dim"]), T["width"] ** -0.5)
+    sd["logit_scale"] = np.array(np.log(1 / 0.07), np.float32)
+    if cfg["vision"] == "resnet":
+        w = cfg["width"]
+        conv("visual.conv1", w // 2, 3, 3); norm("visual.bn1", w // 2, bn=True)
+        conv("visual.conv2", w // 2, w // 2, 3); norm("visual.bn2", w // 2, bn=True)
+        conv("visual.conv3", w, w // 2, 3); norm("visual.bn3", w, bn=True)
+        inplanes = w
+        for s, blocks in enumerate(cfg["layers"]):
+            planes = w << s
+            for b in range(blocks):
+                p = f"visual.layer{s + 1}.{b}."
+                conv(p + "conv1", planes, inplanes, 1); norm(p + "bn1", planes, bn=True)
+                conv(p + "conv2", planes, planes, 3); norm(p + "bn2", planes, bn=True)
+                conv(p + "conv3", planes * 4, planes, 1); norm(p + "bn3", planes * 4, bn=True, scale=0.5)
+                if b == 0:   # stride 2 or a channel change: projection shortcut
+                    conv(p + "downsample.0", planes * 4, inplanes, 1)
+                    norm(p + "downsample.1", planes * 4, bn=True)
+                inplanes = planes * 4
+        C, g = inplanes, cfg["image_size"] // 32
+        sd["visual.attnpool.positional_embedding"] = normal((g * g + 1, C), C ** -0.5)
+        for proj in ("k_proj", "q_proj", "v_proj"):
+            linear(f"visual.attnpool.{proj}", C, C)
+        linear("visual.attnpool.c_proj", cfg["embed_dim"], C)
+    else:
+        D, P = cfg["width"], cfg["patch"]
+        g = cfg["image_size"] // P
+        sd["visual.class_embedding"] = normal((D,), D ** -0.5)
+        sd["visual.positional_embedding"] = normal((g * g + 1, D), D ** -0.5)
+        sd["visual.proj"] = normal((D, cfg["embed_dim"]), D ** -0.5)
+        sd["visual.conv1.weight"] = normal((D, 3, P, P), (3 * P * P) ** -0.5)
+        norm("visual.ln_pre", D)
+        transformer("visual.transformer.", cfg["layers"], D)
+        norm("visual.ln_post", D)
+    transformer("transformer.", T["layers"], T["width"])
+    sd["token_embedding.weight"] = normal((T["vocab"], T["width"]), 0.02)
+    norm("ln_final", T["width"])
+    return sd
