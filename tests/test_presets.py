@@ -321,3 +321,38 @@ def test_eval_preset_options(tmp_path, fixtures_dir, vit):
     assert "logit_scale=50.0" in other["model"]["segmenter"]
     with pytest.raises(ValueError, match="unknown preset 'voc'; valid presets"):
         ovs.evaluate("voc-21", preset="voc", **kw)
+
+
+def test_preset_and_pamr_together(fixtures_dir, vit, tmp_path):
+    """NACLIP's presets turn PAMR on (10 steps); an explicit pamr= wins, False included; and
+    `ovs segment --pamr 3 --preset voc-21` on the example photo writes the labels of
+    Segmenter(model, "naclip", preset="voc-21", pamr=3)."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from ovs.cli import read_image
+
+    assert ovs.Segmenter(vit, "naclip", preset="voc-21").pamr == 10
+    assert ovs.Segmenter(vit, "naclip", preset="voc-21", pamr=False).pamr == 0
+    assert ovs.Segmenter(vit, "naclip", preset="voc-21", pamr=3).pamr == 3
+    assert ovs.Segmenter(vit, "sclip", preset="voc-21").pamr == 0  # SCLIP's configs: no PAMR
+
+    repo = Path(ovs.__file__).resolve().parent.parent
+    cat = repo / "ovs" / "data" / "example_cat.jpg"
+    env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("OVS_MODEL", None)
+    out = tmp_path / "mask.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ovs", "segment", str(cat), "--classes", "background; cat, kitty; grass",
+         "--model", str(fixtures_dir / "vit_tiny.safetensors"), "--act", "gelu", "--method", "naclip",
+         "--threads", "1", "--preset", "voc-21", "--pamr", "3", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(out) as im:
+        got = np.asarray(im)
+    seg = ovs.Segmenter(vit, "naclip", preset="voc-21", pamr=3)
+    ref = seg.segment(read_image(cat), ["background", "cat, kitty", "grass"])
+    np.testing.assert_array_equal(got, np.where(ref < 0, 255, ref))
