@@ -13,52 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .image import read_image  # noqa: F401  (ovs.cli.read_image, as before)
+
 
 from .visualize import _save_atomic, overlay, palette, save_label_png  # noqa: F401 (re-exported)
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """uint8 (H, W, 3) RGB from any Pillow-readable file (grayscale, palette, RGBA converted;
-    EXIF orientation applied)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"image file not found: {p}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(p)
-        with im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode.startswith("I") or im.mode == "F":
-                return _gray_to_rgb8(np.asarray(im), im.mode, p)
-            if im.mode in ("RGBA", "LA", "P", "PA"):
-                im = im.convert("RGBA")
-                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(bg, im)
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except UnidentifiedImageError:
-        raise ValueError(f"{p} is not an image file Pillow can read") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ValueError(f"{p} declares an image too large to decode safely ({exc}); "
-                         "downscale it first or raise PIL.Image.MAX_IMAGE_PIXELS") from None
-
-
-def _gray_to_rgb8(a: np.ndarray, mode: str, path: Path) -> np.ndarray:
-    """uint8 RGB from a 16/32-bit integer or float grayscale image (Pillow's convert("RGB")
-    would clip such values to 255, saturating the image): 16-bit data (mode I;16*, or mode I
-    with values above 255) is scaled by 255/65535, float data in [0, 1] by 255."""
-    if mode == "F":
-        a = a.astype(np.float32)
-        if not np.isfinite(a).all():
-            raise ValueError(f"{path} holds NaN or infinite pixel values")
-        if a.size and a.min() >= 0 and a.max() <= 1:
-            a = a * 255
-    elif mode.startswith("I;16") or (a.size and a.max() > 255):
-        a = a.astype(np.float64) * (255 / 65535)
-    g = np.clip(np.rint(a), 0, 255).astype(np.uint8)
-    return np.repeat(g[:, :, None], 3, axis=2)
 
 
 def _parse_classes(text: str) -> list[str]:

@@ -1,6 +1,9 @@
 """Image input checks and CLIP preprocessing (the pixel work runs in C)."""
 from __future__ import annotations
 
+import os
+import warnings
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -8,9 +11,79 @@ import numpy as np
 from . import _core
 
 
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """uint8 (H, W, 3) RGB from any Pillow-readable file (grayscale, palette, RGBA converted;
+    EXIF orientation applied)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"image file not found: {p}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(p)
+        with im:
+            return pil_to_rgb8(ImageOps.exif_transpose(im), str(p))
+    except UnidentifiedImageError:
+        raise ValueError(f"{p} is not an image file Pillow can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValueError(f"{p} declares an image too large to decode safely ({exc}); "
+                         "downscale it first or raise PIL.Image.MAX_IMAGE_PIXELS") from None
+
+
+def pil_to_rgb8(im, what: str = "image") -> np.ndarray:
+    """uint8 (H, W, 3) RGB from a PIL image: 16/32-bit and float grayscale scaled (not clipped),
+    transparency composited on white, palette and other modes converted."""
+    from PIL import Image
+
+    if im.mode.startswith("I") or im.mode == "F":
+        return _gray_to_rgb8(np.asarray(im), im.mode, what)
+    if im.mode in ("RGBA", "LA", "P", "PA"):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _gray_to_rgb8(a: np.ndarray, mode: str, what: str) -> np.ndarray:
+    """uint8 RGB from a 16/32-bit integer or float grayscale image (Pillow's convert("RGB")
+    would clip such values to 255, saturating the image): 16-bit data (mode I;16*, or mode I
+    with values above 255) is scaled by 255/65535, float data in [0, 1] by 255."""
+    if mode == "F":
+        a = a.astype(np.float32)
+        if not np.isfinite(a).all():
+            raise ValueError(f"{what} holds NaN or infinite pixel values")
+        if a.size and a.min() >= 0 and a.max() <= 1:
+            a = a * 255
+    elif mode.startswith("I;16") or (a.size and a.max() > 255):
+        a = a.astype(np.float64) * (255 / 65535)
+    g = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    return np.repeat(g[:, :, None], 3, axis=2)
+
+
+def _is_pil(img) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow is a dependency
+        return False
+    return isinstance(img, Image.Image)
+
+
+def from_file_or_pil(img, what: str = "image"):
+    """An image file path or a PIL image as uint8 (H, W, 3); anything else unchanged."""
+    if isinstance(img, (str, os.PathLike)):
+        return read_image(img)
+    if _is_pil(img):
+        return pil_to_rgb8(img, what)
+    return img
+
+
 def as_uint8_image(img, what: str = "image") -> np.ndarray:
-    """Validate one uint8 RGB image (H, W, 3). Strided and Fortran-ordered arrays are accepted;
-    grayscale and RGBA arrays are refused with a hint (the CLI converts such files)."""
+    """Validate one uint8 RGB image (H, W, 3); an image file path or a PIL image is read /
+    converted first. Strided and Fortran-ordered arrays are accepted; grayscale and RGBA arrays
+    are refused with a hint (files and PIL images of those modes are converted)."""
+    img = from_file_or_pil(img, what)
     if not isinstance(img, np.ndarray):
         raise TypeError(f"{what} must be a numpy uint8 array (H, W, 3), got {type(img).__name__}")
     if img.dtype != np.uint8:
@@ -40,7 +113,11 @@ def float_to_uint8(img: np.ndarray, what: str = "image") -> np.ndarray:
 
 def as_uint8_images(images) -> list[np.ndarray]:
     """A batch as a list of (H, W, 3) uint8 images: accepts (H, W, 3), (N, H, W, 3) or a list,
-    uint8 or float RGB in [0, 1]."""
+    uint8 or float RGB in [0, 1]; image file paths and PIL images are read / converted."""
+    if not isinstance(images, (np.ndarray, list, tuple)):
+        images = from_file_or_pil(images)
+    elif isinstance(images, (list, tuple)):
+        images = [from_file_or_pil(im, f"images[{i}]") for i, im in enumerate(images)]
     if isinstance(images, np.ndarray) and images.dtype.kind == "f":
         images = float_to_uint8(images, "images")
     elif isinstance(images, (list, tuple)):

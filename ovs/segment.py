@@ -37,7 +37,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "scclip": dict(short_side=336, window=(224, 112), logit_scale=40.0, templates="imagenet80"),
 }
 
-_UNSET: Any = object()
+class _MethodDefault:
+    """The default of short_side / window: the method's own value (DEFAULTS), shown as such in
+    help(ovs.Segmenter)."""
+
+    def __repr__(self) -> str:
+        return "<method default>"
+
+
+_UNSET: Any = _MethodDefault()
 
 #: PAMR as NACLIP runs it (pamr_steps=10, pamr_stride=(8, 16)): Segmenter(pamr=True).
 PAMR_STEPS = 10
@@ -390,7 +398,8 @@ class Segmenter:
             extra += f", synonym_mode={self.synonym_mode!r}"
         return (f"ovs.Segmenter(method={self.method!r}, short_side={self.short_side}, "
                 f"window={self.window}, logit_scale={self.logit_scale}, "
-                f"templates={self.templates!r}, bg_threshold={self.bg_threshold}, pamr={self.pamr}{extra})")
+                f"templates={self.templates!r}, bg_threshold={self.bg_threshold}, "
+                f"sigma={self.sigma}, pamr={self.pamr}{extra})")
 
     # ------------------------------------------------------------ internals
     def _core_seg(self):

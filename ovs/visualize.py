@@ -65,18 +65,9 @@ def overlay_palette(n: int) -> np.ndarray:
 
 def _as_rgb(image) -> np.ndarray:
     """uint8 (H, W, 3) from an array (uint8 RGB, grayscale, float RGB in [0, 1]), a PIL image
-    or an image file path."""
+    or an image file path (ovs.segment.as_rgb_uint8)."""
     from .segment import as_rgb_uint8
 
-    if isinstance(image, (str, os.PathLike)):
-        from .cli import read_image
-        return read_image(image)
-    try:
-        from PIL import Image
-        if isinstance(image, Image.Image):
-            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-    except ImportError:  # pragma: no cover - Pillow is a dependency
-        pass
     return as_rgb_uint8(image)
 
 

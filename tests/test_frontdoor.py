@@ -5,6 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 import ovs
 
 PKG = Path(ovs.__file__).resolve().parent
@@ -36,3 +39,42 @@ def test_state_dict_is_called_as_in_torch(load_model):
     # The torch spelling round-trips through ovs.Model.
     again = ovs.Model(model.state_dict(), act=model.act)
     assert again.state_dict().keys() == sd.keys()
+
+
+def test_images_as_paths_and_pil_images(load_model, tmp_path):
+    """segment/predict/logits and encode_image take a file path or a PIL image too (open_clip
+    users pass PIL images); they give exactly what the decoded array gives."""
+    from PIL import Image
+
+    model = load_model("vit_tiny")
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    path = tmp_path / "x.png"
+    Image.fromarray(arr).save(path)
+    pil = Image.open(path)
+    seg = ovs.Segmenter(model, "maskclip", short_side=None, window=None)
+    names = ["cat", "dog"]
+    want = seg.segment(arr, names)
+    for im in (str(path), path, pil, pil.convert("RGBA"), pil.convert("P")):
+        if getattr(im, "mode", "RGB") == "P":  # palette quantisation changes the pixels
+            continue
+        np.testing.assert_array_equal(seg.segment(im, names), want)
+    np.testing.assert_array_equal(seg.predict(path, names), seg.predict(arr, names))
+    np.testing.assert_array_equal(seg.segment([path, arr], names)[0], want)
+    np.testing.assert_array_equal(model.encode_image(pil), model.encode_image(arr))
+    np.testing.assert_array_equal(model.encode_image([str(path), arr])[0], model.encode_image(arr)[0])
+    with pytest.raises(FileNotFoundError, match="image file not found"):
+        seg.segment(tmp_path / "missing.png", names)
+    (tmp_path / "not.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="not an image file Pillow can read"):
+        seg.segment(tmp_path / "not.png", names)
+
+
+def test_segmenter_help_and_repr_say_what_the_defaults_are(load_model):
+    import pydoc
+
+    text = pydoc.render_doc(ovs.Segmenter, renderer=pydoc.plaintext)
+    assert "short_side=<method default>" in text and "object object at" not in text
+    seg = ovs.Segmenter(load_model("vit_tiny"), "naclip")
+    r = repr(seg)
+    assert "sigma=5.0" in r and "short_side=336" in r and "window=(224, 112)" in r

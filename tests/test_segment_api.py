@@ -220,9 +220,11 @@ def test_bad_images(fast):
         fast.segment(image.astype(np.float32), NAMES)  # 0..255 floats
     with pytest.raises(TypeError, match="int16"):
         fast.segment(image.astype(np.int16), NAMES)
-    for bad in (None, image.tolist(), "image.png"):
+    for bad in (None, image.tolist()):
         with pytest.raises(TypeError):
             fast.segment(bad, NAMES)
+    with pytest.raises(FileNotFoundError, match="image file not found: no-such-image.png"):
+        fast.segment("no-such-image.png", NAMES)  # a str is a path (as a PIL image is an image)
     for bad in (image[..., 0], image[..., :2], np.dstack([image, image[..., :1]]),
                 image[:0], image[:, :0], np.zeros((0, 8, 8, 3), np.uint8)):
         with pytest.raises(ValueError):
