@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .flops import HEADS
 from .image import read_image  # noqa: F401  (ovs.cli.read_image, as before)
+from .segment import method_choices
 
 
 from .visualize import _save_atomic, overlay, palette, save_label_png  # noqa: F401 (re-exported)
@@ -214,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--classes", required=True, help='class names, e.g. "cat,dog,grass" (use ";" to separate classes if names hold commas for synonyms)')
     s.add_argument("--model", default=os.environ.get("OVS_MODEL", "ViT-B-16"),
                    help="RN50 | ViT-B-16 (downloaded once) | path to an open_clip .safetensors/.pt file (default: $OVS_MODEL or ViT-B-16)")
-    s.add_argument("--method", choices=["maskclip", "sclip", "clearclip", "naclip", "scclip", "deeplab"], default=None,
+    s.add_argument("--method", choices=method_choices(), default=None,
                    help="default: naclip for ViT, maskclip for RN50, the framework of a converted file")
     s.add_argument("--out", required=True, help="label PNG to write (pixel = class index, 255 = ignored, "
                    "VOC palette shifted by one; 16-bit with 65535 = ignored above 255 classes), or a "
@@ -314,7 +316,7 @@ def add_efficiency_commands(sub) -> None:
     f.add_argument("--size", type=int, default=None, help="image side (default: the model's)")
     f.add_argument("--batch", type=int, default=1)
     f.add_argument("--texts", type=int, default=0, help="also count the text tower for this many prompts")
-    f.add_argument("--head", choices=["maskclip", "sclip", "clearclip", "naclip", "scclip"], default=None)
+    f.add_argument("--head", choices=list(HEADS), default=None)
     f.add_argument("--classes", type=int, default=0, help="classes for --head's classifier")
     f.add_argument("--summary", action="store_true", help="totals only")
     f.add_argument("--json", action="store_true")

@@ -67,6 +67,14 @@ def pamr_steps(pamr) -> int:
                      f"({type(pamr).__name__})")
 
 
+def method_choices() -> list[str]:
+    """Every method name Segmenter takes: the training-free heads (METHODS), then the trained
+    frameworks (ovs.frameworks.FRAMEWORKS). The CLI's --method choices come from here."""
+    from .frameworks import FRAMEWORKS
+
+    return list(METHODS) + list(FRAMEWORKS)
+
+
 def default_method(model: Model) -> str:
     """NACLIP for ViTs (the best published training-free numbers among ours), MaskCLIP for
     ResNets (the only head that fits an attention-pooled ResNet)."""

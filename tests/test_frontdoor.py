@@ -78,3 +78,25 @@ def test_segmenter_help_and_repr_say_what_the_defaults_are(load_model):
     seg = ovs.Segmenter(load_model("vit_tiny"), "naclip")
     r = repr(seg)
     assert "sigma=5.0" in r and "short_side=336" in r and "window=(224, 112)" in r
+
+
+def test_every_method_is_everywhere_it_must_be():
+    """A head is one METHODS/DEFAULTS entry plus its C function: the CLI's choices, the FLOP
+    counter and the README table must all know it (the CLI reads the tables)."""
+    import re
+
+    from ovs import flops, segment
+    from ovs.cli import build_parser
+    from ovs.frameworks import FRAMEWORKS
+
+    assert set(segment.DEFAULTS) == set(segment.METHODS)
+    assert set(flops.HEADS) == set(segment.METHODS)
+    assert segment.method_choices() == list(segment.METHODS) + list(FRAMEWORKS)
+    help_text = build_parser().parse_known_args(["segment", "x", "--classes", "a", "--out", "o"])
+    assert help_text  # parses
+    sub = build_parser()._subparsers._group_actions[0].choices["segment"]
+    method = next(a for a in sub._actions if a.dest == "method")
+    assert list(method.choices) == segment.method_choices()
+    readme = (PKG.parent / "README.md").read_text()
+    for m in segment.METHODS:
+        assert re.search(rf"^\| `{m}`", readme, re.M), f"README methods table lacks {m}"
