@@ -328,7 +328,7 @@ def add_efficiency_commands(sub) -> None:
     p.add_argument("--amount", type=float, default=0.1, help="fraction of remaining weights per round")
     p.add_argument("--scope", choices=["global", "layer"], default="global")
     p.add_argument("--masks", help="write masks (.pth: torch.nn.utils.prune format, .safetensors: plain)")
-    p.add_argument("--layout", default=None, help="rename masks for a framework: fc-clip | han | deeplab")
+    p.add_argument("--layout", default=None, help="rename masks for a framework: fc-clip | han | deeplab (OpenTrans, named as han) | detectron2")
     p.add_argument("--out", help="write the pruned open_clip state dict (.safetensors)")
     p.set_defaults(func=cmd_prune)
 

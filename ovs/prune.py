@@ -46,11 +46,16 @@ LAYOUTS: dict[str, dict[str, str]] = {
     "han": {"stem": "backbone.conv{i}.weight",
             "conv": "backbone.layer{s}.{b}.conv{j}.weight",
             "down": "backbone.layer{s}.{b}.downsample.0.weight"},
-    # DeepLabV3 on detectron2's ResNet with the 3-conv DeepLab stem: stages res2..res5, the
-    # projection shortcut is `shortcut` (a Conv2d with its norm inside)
-    "deeplab": {"stem": "backbone.stem.conv{i}.weight",
-                "conv": "backbone.res{s1}.{b}.conv{j}.weight",
-                "down": "backbone.res{s1}.{b}.shortcut.weight"},
+    # DeepLabV3-OVS of OpenTrans (OpenSegDeeplabv3Text): zs3's ResNet as `model.backbone`, the
+    # same parameter names as "han" (so detect_layout reports "han" for both)
+    "deeplab": {"stem": "backbone.conv{i}.weight",
+                "conv": "backbone.layer{s}.{b}.conv{j}.weight",
+                "down": "backbone.layer{s}.{b}.downsample.0.weight"},
+    # detectron2's own ResNet with the 3-conv DeepLab stem (e.g. its DeepLab project): stages
+    # res2..res5, the projection shortcut is `shortcut` (a Conv2d with its norm inside)
+    "detectron2": {"stem": "backbone.stem.conv{i}.weight",
+                   "conv": "backbone.res{s1}.{b}.conv{j}.weight",
+                   "down": "backbone.res{s1}.{b}.shortcut.weight"},
 }
 
 
@@ -93,7 +98,8 @@ def _name_of(role: tuple, layout: str) -> str:
 
 def detect_layout(names) -> str:
     """The layout in LAYOUTS that names every conv-role parameter in `names` (a layout name, an
-    iterable of parameter names, a state dict or a Model)."""
+    iterable of parameter names, a state dict or a Model). Layouts with the same names ("han" and
+    "deeplab") are reported as the first of them in LAYOUTS."""
     if isinstance(names, str):
         if names not in LAYOUTS:
             raise ValueError(f"unknown layout {names!r}; known: {sorted(LAYOUTS)}")

@@ -170,15 +170,22 @@ def test_transfer_between_layouts(load_model, fixtures_dir):
     # the paper's scope on RN50-like layout: 2 stem convs + 3 per block + 1 shortcut per stage
     v = model.config["vision"]
     assert len(masks) == 2 + 3 * sum(v["layers"]) + 4
-    for layout in ("fc-clip", "han", "deeplab"):
+    for layout in ("fc-clip", "han", "deeplab", "detectron2"):
         moved = P.transfer(masks, layout)
-        assert P.detect_layout(list(moved)) == layout
+        assert P.detect_layout(list(moved)) == ("han" if layout == "deeplab" else layout)
         back = P.transfer(moved, "open_clip")
         assert set(back) == set(masks)
         assert all(np.array_equal(back[k], masks[k]) for k in masks)
+    d2 = P.transfer(masks, "detectron2")
+    assert "backbone.res2.0.shortcut.weight" in d2 and "backbone.stem.conv2.weight" in d2
+    assert np.array_equal(d2["backbone.res3.0.shortcut.weight"],
+                          masks["visual.layer2.0.downsample.0.weight"])
+    # OpenTrans' DeepLabV3-OVS checkpoint names (tests/reference/deeplab_reference.py builds
+    # the module): its backbone is zs3's ResNet under `backbone.`, as Han et al.'s
     dl = P.transfer(masks, "deeplab")
-    assert "backbone.res2.0.shortcut.weight" in dl and "backbone.stem.conv2.weight" in dl
-    assert np.array_equal(dl["backbone.res3.0.shortcut.weight"],
+    assert dl.keys() == P.transfer(masks, "han").keys()
+    assert "backbone.conv2.weight" in dl and "backbone.layer1.0.downsample.0.weight" in dl
+    assert np.array_equal(dl["backbone.layer2.0.downsample.0.weight"],
                           masks["visual.layer2.0.downsample.0.weight"])
     fc = P.transfer(masks, "fc-clip")
     assert "backbone.clip_model.visual.layer4.0.downsample.0.weight" in fc
@@ -256,3 +263,25 @@ def test_cli_prune_and_flops(fixtures_dir, tmp_path, capsys):
     assert rep["total"] == F.total(rows) and rep["total_sparse"] == F.total(rows, sparse=True)
     assert rep["total_sparse"] < rep["total"]
     assert main(["prune", src, "--sparsity", "2"]) == 2      # a clear error, exit code 2
+
+
+def test_deeplab_layout_names_opentrans_checkpoints(load_model):
+    """Masks moved to the "deeplab" layout name parameters of OpenTrans' DeepLabV3-OVS module
+    (the reference built from its code), with the same shapes as the CLIP RN50 trunk's."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    spec = importlib.util.spec_from_file_location("ovs_tests_deeplab_reference_p",
+                                                  here / "reference" / "deeplab_reference.py")
+    ref = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = ref
+    spec.loader.exec_module(ref)
+    ckpt = {k: tuple(v.shape) for k, v in ref.full().state_dict().items()}
+    rn50 = {k: v for k, v in load_model("rn50").state_dict().items()}
+    masks = {k: np.ones(v.shape, bool) for k, v in rn50.items() if k in P.prunable(rn50)}
+    dl = P.transfer(masks, "deeplab")
+    missing = [k for k in dl if k not in ckpt]
+    assert not missing, missing[:5]
+    assert all(ckpt[k] == dl[k].shape for k in dl)
