@@ -588,11 +588,11 @@ class Segmenter:
         image (a notebook cell ending in it displays it inline). image: as for segment(), or a
         PIL image or an image file path. overlay_kw: alpha, legend, font_size, max_legend,
         boundaries (see ovs.overlay)."""
-        from .visualize import _as_rgb, overlay
+        from .visualize import overlay
 
         if isinstance(image, (list, tuple)) or (isinstance(image, np.ndarray) and image.ndim == 4):
             raise ValueError("show() takes one image, not a batch; call it per image")
-        img = _as_rgb(image)
+        img = as_rgb_uint8(image)
         names = _check_names(class_names)
         labels = self.segment(img, names)
         if labels.shape != img.shape[:2]:   # output_size set: show the photo at the labels' size

@@ -22,22 +22,29 @@ if TYPE_CHECKING:
     from .model import Model
 
 
-def _check_class_names(class_names) -> list[str]:
-    if isinstance(class_names, str):
-        raise TypeError("class_names must be a list of strings, not one string "
-                        f"(did you mean [{class_names!r}] or {class_names.split(',')!r}?)")
+def _str_list(values, what: str, hint: str, blank_ok: bool) -> list[str]:
+    """values as a non-empty list of str; TypeError / ValueError naming `what` and the entry."""
+    if isinstance(values, str):
+        raise TypeError(f"{what} must be a list of strings, not one string (did you mean {hint})")
     try:
-        names = list(class_names)
+        out = list(values)
     except TypeError:
-        raise TypeError(f"class_names must be a list of strings, got {type(class_names).__name__}") from None
-    if not names:
-        raise ValueError("class_names is empty: give at least one class name")
-    for i, n in enumerate(names):
+        raise TypeError(f"{what} must be a list of strings, got {type(values).__name__}") from None
+    if not out:
+        raise ValueError(f"{what} is empty: give at least one {what[:-1].replace('_', ' ')}")
+    for i, n in enumerate(out):
         if not isinstance(n, str):
-            raise TypeError(f"class_names[{i}] must be str, got {type(n).__name__}: {n!r}")
-        if not n.strip():
-            raise ValueError(f"class_names[{i}] is empty or whitespace")
-    return names
+            raise TypeError(f"{what}[{i}] must be str, got {type(n).__name__}: {n!r}")
+        if not blank_ok and not n.strip():
+            raise ValueError(f"{what}[{i}] is empty or whitespace")
+    return out
+
+
+def _check_class_names(class_names) -> list[str]:
+    hint = (f"[{class_names!r}] or {class_names.split(',')!r}?" if isinstance(class_names, str)
+            else "")
+    return _str_list(class_names, "class_names", hint, blank_ok=False)
+
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -105,18 +112,8 @@ def token_positions(names: Sequence[str], templates="imagenet80", context: int =
 
 
 def _check_prompt_names(names) -> list[str]:
-    if isinstance(names, str):
-        raise TypeError(f"names must be a list of strings, not one string (did you mean [{names!r}]?)")
-    try:
-        out = list(names)
-    except TypeError:
-        raise TypeError(f"names must be a list of strings, got {type(names).__name__}") from None
-    if not out:
-        raise ValueError("names is empty: give at least one name")
-    for i, n in enumerate(out):
-        if not isinstance(n, str):
-            raise TypeError(f"names[{i}] must be str, got {type(n).__name__}: {n!r}")
-    return out
+    hint = f"[{names!r}]?" if isinstance(names, str) else ""
+    return _str_list(names, "names", hint, blank_ok=True)
 
 
 def _tokenize_prompts(context: int, names: list[str], tmpl: list[str]) -> np.ndarray:

@@ -63,14 +63,6 @@ def overlay_palette(n: int) -> np.ndarray:
     return out
 
 
-def _as_rgb(image) -> np.ndarray:
-    """uint8 (H, W, 3) from an array (uint8 RGB, grayscale, float RGB in [0, 1]), a PIL image
-    or an image file path (ovs.segment.as_rgb_uint8)."""
-    from .segment import as_rgb_uint8
-
-    return as_rgb_uint8(image)
-
-
 def _check_labels(labels, shape, n_classes: int, ignore_index) -> np.ndarray:
     """int64 (H, W) labels with ignored pixels as -1; ValueError for values outside the class
     range (other than negative values and ignore_index)."""
@@ -133,7 +125,9 @@ def overlay(image, labels: np.ndarray, class_names: Sequence[str], *, alpha: flo
     """
     from PIL import Image, ImageDraw
 
-    img = _as_rgb(image)
+    from .segment import as_rgb_uint8
+
+    img = as_rgb_uint8(image)
     names = list(class_names) if not isinstance(class_names, str) else None
     if names is None or not all(isinstance(n, str) for n in names):
         raise TypeError(f"class_names must be a list of str, got {class_names!r}")
