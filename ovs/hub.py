@@ -51,6 +51,7 @@ class KnownWeights:
     repo: str                       # "timm/resnet50_clip.openai"
     filename: str                   # "open_clip_model.safetensors"
     aliases: tuple[str, ...] = ()   # other accepted names
+    act: str = "quickgelu"          # the MLP activation these weights were trained with
 
 
 KNOWN_WEIGHTS: dict[str, KnownWeights] = {
@@ -68,7 +69,8 @@ class WeightsUnavailableError(OSError):
 ProgressCallback = Callable[[int, "int | None"], None]
 
 
-def _lookup(name: str) -> KnownWeights | None:
+def known_weights(name: str) -> KnownWeights | None:
+    """The KNOWN_WEIGHTS entry a name or alias (any case) refers to, or None."""
     for spec in KNOWN_WEIGHTS.values():
         if name == spec.name or name in spec.aliases:
             return spec
@@ -145,7 +147,7 @@ def resolve_weights(name_or_path: str | os.PathLike, *, cache_dir: str | os.Path
     expanded = os.path.expanduser(raw)
     if os.path.isfile(expanded):
         return Path(expanded)
-    spec = None if isinstance(name_or_path, os.PathLike) else _lookup(raw)
+    spec = None if isinstance(name_or_path, os.PathLike) else known_weights(raw)
     if spec is None:
         if isinstance(name_or_path, os.PathLike) or _looks_like_path(raw):
             if os.path.isdir(expanded):

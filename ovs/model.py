@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -438,14 +439,23 @@ def load(name_or_path: str | os.PathLike, *, act: str | None = None,
     name_or_path: "RN50" or "ViT-B-16" (OpenAI weights, downloaded once from the Hugging Face hub
     into the cache and verified), or a path to a .safetensors / .pt / .pth / .bin file holding an
     open_clip CLIP state dict, or a framework file written by `ovs convert` (then the framework's
-    model, e.g. ovs.frameworks.DeepLabModel, is returned). act: "quickgelu" (default: OpenAI weights use it) or "gelu".
+    model, e.g. ovs.frameworks.DeepLabModel, is returned).
+    act: the MLP activation, "quickgelu" or "gelu". Known hub names record theirs (OpenAI's RN50 and
+    ViT-B-16: "quickgelu"; another act for them warns); for a file the default is "quickgelu" (as
+    OpenAI's weights and open_clip's "-quickgelu" models); weights of open_clip models without
+    "-quickgelu" in their name (e.g. LAION's ViT-B-16) need act="gelu". The weights cannot tell: the
+    wrong one gives silently different outputs. `repr(model)` shows the one in use.
     Offline, a WeightsUnavailableError says which file to fetch and where to put it
     ($OVS_WEIGHTS_DIR) or how to pass its path.
     """
-    from .hub import resolve_weights
+    from .hub import known_weights, resolve_weights
     from .weights import load_state_dict, require_regular_file
 
     raw = os.path.expanduser(os.fspath(name_or_path))
+    spec = None if os.path.exists(raw) or isinstance(name_or_path, os.PathLike) else known_weights(raw)
+    if spec is not None and act is not None and act != spec.act:
+        warnings.warn(f"{spec.name} weights were trained with act={spec.act!r}; act={act!r} gives "
+                      "different (wrong) outputs", stacklevel=2)
     if os.path.exists(raw) and not os.path.isfile(raw) and not os.path.isdir(raw):
         require_regular_file(raw)  # a FIFO or a device: say so (not "does not exist")
     path = resolve_weights(name_or_path, cache_dir=cache_dir, progress=progress)
@@ -459,5 +469,5 @@ def load(name_or_path: str | os.PathLike, *, act: str | None = None,
     fw = detect(sd)
     if fw is not None:  # a file written by `ovs convert`: that framework's model
         return fw.model(sd, name=str(name_or_path))
-    return Model(sd, act=act or "quickgelu", vision_heads=vision_heads, text_heads=text_heads,
+    return Model(sd, act=act or (spec.act if spec is not None else "quickgelu"), vision_heads=vision_heads, text_heads=text_heads,
                  name=str(name_or_path))

@@ -158,7 +158,7 @@ def test_known_names_and_aliases():
         assert spec.filename == FILE
     for alias, name in [("RN50-quickgelu", "RN50"), ("ViT-B/16", "ViT-B-16"),
                         ("ViT-B-16-quickgelu", "ViT-B-16"), ("rn50", "RN50")]:
-        assert hub._lookup(alias) is KNOWN_WEIGHTS[name]
+        assert hub.known_weights(alias) is KNOWN_WEIGHTS[name]
 
 
 @pytest.mark.parametrize("mode", ["ok", "direct"])
@@ -381,8 +381,14 @@ def test_load_from_weights_dir(offline_env, fixtures_dir, monkeypatch):
     wdir.mkdir()
     (wdir / "RN50.safetensors").symlink_to(rn_path)
     monkeypatch.setenv("OVS_WEIGHTS_DIR", str(wdir))
-    model = ovs.load("RN50", act="gelu")
+    model = ovs.load("RN50")
     assert model.arch == "resnet"
+    assert model.act == KNOWN_WEIGHTS["RN50"].act == "quickgelu"   # recorded with the hub name
+    assert "act='quickgelu'" in repr(model)
     image = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
-    want = ovs.load(rn_path, act="gelu").encode_image(image)
+    want = ovs.load(rn_path, act="quickgelu").encode_image(image)
     assert np.array_equal(model.encode_image(image), want)
+    # Another activation for weights whose activation is known: allowed, but not silently.
+    with pytest.warns(UserWarning, match=r"RN50 weights were trained with act='quickgelu'; act='gelu'"):
+        other = ovs.load("RN50", act="gelu")
+    assert other.act == "gelu"
