@@ -39,6 +39,7 @@ __all__ = ["KNOWN_WEIGHTS", "KnownWeights", "WeightsUnavailableError", "resolve_
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_STALL_TIMEOUT = 120.0      # seconds without download progress before giving up
+CONNECT_TIMEOUT = 10.0             # seconds to open a first connection to the hub
 STALE_INCOMPLETE_SECONDS = 3600.0  # age after which a repo's *.incomplete leftovers are removed
 _CHUNK = 1 << 20
 
@@ -180,6 +181,9 @@ def resolve_weights(name_or_path: str | os.PathLike, *, cache_dir: str | os.Path
         if problem:
             reason += f"; the cached copy failed its check ({problem}) and was removed"
         raise WeightsUnavailableError(_unavailable_message(spec, raw, url, reason))
+    unreachable = _unreachable(timeout=min(float(timeout), CONNECT_TIMEOUT))
+    if unreachable:
+        raise WeightsUnavailableError(_unavailable_message(spec, raw, url, unreachable))
     path = _download(spec, cache, progress=progress, timeout=float(timeout), url=url, name=raw)
     problem = _check_file(path, spec.filename, verify=True)
     if problem:
@@ -289,6 +293,34 @@ def _remove_stale_incomplete(cache: Path, spec: KnownWeights) -> None:
 
 
 # --------------------------------------------------------------------------- download
+_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy")
+
+
+def _unreachable(timeout: float) -> str:
+    """Why the hub endpoint cannot be reached at all ("" if a TCP connection opens, or if a proxy
+    is configured and the endpoint's host is not ours to test). huggingface_hub retries a refused
+    connection or a failed name lookup with back-off for ~25 s; this answers in one attempt."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(v) or os.environ.get(v.upper()) for v in _PROXY_VARS):
+        return ""
+    parts = urlsplit(_endpoint())
+    host = parts.hostname
+    if not host:
+        return ""
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return ""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return (f"network error (cannot connect to {host}:{port}: {exc}; if this machine has no "
+                "network, set OVS_OFFLINE=1 to skip the attempt)")
+    return ""
+
+
 def _download(spec: KnownWeights, cache: Path, *, progress, timeout: float, url: str,
               name: str) -> Path:
     """hf_hub_download in a worker thread, abandoned when it makes no progress for `timeout`

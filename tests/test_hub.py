@@ -291,15 +291,33 @@ def check_unavailable_message(msg):
 
 
 def test_unreachable_endpoint(env, tmp_path):
-    # huggingface_hub retries a refused connection for ~25 s; the stall limit answers first.
-    url = f"http://127.0.0.1:{closed_port()}"
+    # huggingface_hub retries a refused connection for ~25 s; ovs answers after one attempt.
+    port = closed_port()
+    url = f"http://127.0.0.1:{port}"
     env.setenv("HF_ENDPOINT", url)
+    t0 = time.monotonic()
     with pytest.raises(WeightsUnavailableError) as info:
-        resolve_weights("RN50", timeout=2)
+        resolve_weights("RN50")
+    assert time.monotonic() - t0 < 10
     msg = str(info.value)
     check_unavailable_message(msg)
-    assert f"{url}{PATH}" in msg and "no progress for 2 s" in msg and "did not answer" in msg
+    assert f"{url}{PATH}" in msg and f"cannot connect to 127.0.0.1:{port}" in msg
+    assert "OVS_OFFLINE=1" in msg
     assert isinstance(info.value, OSError)
+
+
+def test_unanswering_endpoint_hits_the_stall_limit(env, tmp_path):
+    # A server that accepts the connection and never answers: the stall limit gives up.
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    try:
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        env.setenv("HF_ENDPOINT", url)
+        with pytest.raises(WeightsUnavailableError, match="no progress for 2 s.*did not answer"):
+            resolve_weights("RN50", timeout=2)
+    finally:
+        sock.close()
 
 
 @pytest.mark.parametrize("how", ["OVS_OFFLINE", "HF_HUB_OFFLINE", "argument"])
