@@ -21,6 +21,10 @@ maskclip_rn50, maskclip_vitb16, sclip_vitb16, clearclip_vitb16, naclip_vitb16, s
     The classifier it builds is then the one (a) uses. In groups without a cold call, (a) uses a
     classifier built untimed at setup with templates "simple" (the image side does not depend
     on which templates built the (C, D) classifier); the JSON records which ("classifier").
+--peer ort: the peer's per-window image tower (seg_reference.dense_features with the method's
+last block) runs in ONNX Runtime (exported with torch.onnx.export from the same weights,
+intra_op_num_threads = --threads), the window loop, class products and interpolation stay in
+torch; image side only (--cold none), SC-CLIP's group left out (its reference does not export).
 A cold call costs minutes (2 x 12,000 prompts through a text tower, ~2-5 min per group on 2
 cores), so the default run has none (about 5 minutes in all); --cold naclip_vitb16 adds the
 package's default method, --cold all every group.
@@ -99,6 +103,10 @@ def setup(side: str, group: str, params: dict):
 
     model = _open_clip_model(name, path)
     state: dict = {}
+    if H.peer_is_ort():
+        if method == "scclip":
+            raise RuntimeError("--peer ort: SC-CLIP's reference does not export (run it with --peer torch)")
+        _ort_dense_features(R, model, params)
 
     def logits():
         if method == "scclip":
@@ -129,6 +137,44 @@ def setup(side: str, group: str, params: dict):
     return cases
 
 
+def _ort_dense_features(R, model, params: dict) -> None:
+    """--peer ort: the reference's per-window tower (seg_reference.dense_features: the image
+    tower with the method's last block, padded window -> (gh, gw, D)) runs in ONNX Runtime,
+    exported with torch.onnx.export from the same weights, one session per window shape
+    (exported on first use, i.e. in the warm-up run). The rest of reference_logits (windows,
+    normalisation, class products, interpolation) stays in torch: this worker process swaps
+    R.dense_features for the ORT-backed one."""
+    import torch
+
+    torch_features = R.dense_features
+    sessions: dict = {}
+
+    class Tower(torch.nn.Module):
+        def __init__(self, method):
+            super().__init__()
+            self.visual = model.visual  # registers the weights
+            self.method = method
+
+        def forward(self, x):
+            return torch_features(model, x, self.method)
+
+    # nn.MultiheadAttention's inference fast path has no ONNX export: trace the plain path.
+    torch.backends.mha.set_fastpath_enabled(False)
+
+    def ort_features(model_, x, method, body_cache=None, key=None):
+        k = (method, tuple(x.shape))
+        if k not in sessions:
+            path = str(Path(params["tmpdir"]) / f"{method}_{'x'.join(map(str, x.shape))}.onnx")
+            with torch.no_grad():
+                torch.onnx.export(Tower(method).eval(), (x.float(),), path, input_names=["x"],
+                                  output_names=["f"], opset_version=17, dynamo=False)
+            sessions[k] = H.ort_session(path, params["threads"])
+        out = sessions[k].run(None, {"x": np.ascontiguousarray(x.numpy(), dtype=np.float32)})[0]
+        return torch.from_numpy(out).to(x.dtype)
+
+    R.dense_features = ort_features
+
+
 # ---------------------------------------------------------------------------- parent side
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -145,6 +191,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"--cold: unknown {sorted(cold - set(GROUPS))}; valid: {', '.join(GROUPS)}, all, none")
     names = class_names()
     t0 = time.perf_counter()
+    peer = getattr(args, "peer", "torch")
     with tempfile.TemporaryDirectory(prefix="ovs-bench-seg-") as tmp:
         image = make_image(Path(tmp) / "image.npy")
         groups = []
@@ -156,13 +203,17 @@ def main(argv=None) -> int:
                     "classes": len(names)}
             groups.append(H.Group(
                 g, {"weights": None, "image": str(image), "classes": names, "settings": d,
-                    "cold": g in cold},
+                    "cold": g in cold, "tmpdir": tmp, "threads": args.threads},
                 repeated=[g], once=[g + "_cold"] if g in cold else [],
                 meta={g: dict(meta, part="image side (classifier cached)", classifier=cls_tmpl,
                               target_ratio=0.8, target_peak_rss_ratio=0.5),
                       g + "_cold": dict(meta, part="cold call incl. text classifier",
                                         classifier=d["templates"])}))
         groups = H.select_groups(groups, args.cases)
+        if peer == "ort":  # SC-CLIP's reference (LOF, attention rewiring) is not exported
+            groups = [g for g in groups if GROUPS[g.name][1] != "scclip"]
+            if cold:
+                raise SystemExit("--peer ort times the image side only: use --cold none")
         weights = H.resolve_weights(args.weights, sorted({GROUPS[g.name][0] for g in groups}))
         for g in groups:
             g.params["weights"] = weights
