@@ -16,8 +16,9 @@ Method: one process; for each (size, sparsity, threads) the three callables run 
 machine's drift hits all alike; the report gives each median and the median of per-round
 ratios. torch and ovs share the process (both OpenMP, same thread count); ovs's OpenMP threads
 sleep between regions (OMP_WAIT_POLICY=PASSIVE) so they do not steal torch's cores. ONNX
-Runtime is the dense anchor in benchmarks/bench_image.py (the "speed" work); this script does
-not duplicate its export.
+Runtime dense ("ort_dense", when onnxruntime and onnx are installed; --no-ort skips it) runs the
+same zeroed weights exported with torch.onnx.export (the tower at 224, the trunk otherwise),
+intra_op_num_threads = the thread count, spinning off.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,6 +47,40 @@ def _cpu() -> str:
     return platform.processor()
 
 
+def _have_ort() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        print("onnxruntime/onnx not installed: no ONNX Runtime peer (pip install onnxruntime onnx)")
+        return False
+    return True
+
+
+def _export_onnx(visual, size: int, sparsity: float, folder: str) -> str:
+    """The dense tower (224: the whole image tower; other sizes: the trunk to res5, as the torch
+    peer runs) exported with torch.onnx.export from the same zeroed weights."""
+    import torch
+
+    class Trunk(torch.nn.Module):
+        def __init__(self, v):
+            super().__init__()
+            self.v = v
+
+        def forward(self, t):
+            v = self.v
+            t = v.act3(v.bn3(v.conv3(v.act2(v.bn2(v.conv2(v.act1(v.bn1(v.conv1(t)))))))))
+            return v.layer4(v.layer3(v.layer2(v.layer1(v.avgpool(t)))))
+
+    module = visual if size == 224 else Trunk(visual).eval()
+    torch.backends.mha.set_fastpath_enabled(False)  # the MHA fast path has no ONNX export
+    path = str(Path(folder) / f"rn50_{size}_{sparsity:.2f}.onnx")
+    with torch.no_grad():
+        torch.onnx.export(module, (torch.zeros(1, 3, size, size),), path, input_names=["x"],
+                          output_names=["y"], opset_version=17, dynamo=False)
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[224, 448])
@@ -53,6 +89,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--weights", default=None, help="open_clip RN50 state dict (default: random init)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch dense peer")
+    ap.add_argument("--no-ort", action="store_true",
+                    help="skip the ONNX Runtime dense peer (on by default when onnxruntime and onnx "
+                         "are installed; it needs torch for the export)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/sparse-<time>.json)")
     ap.add_argument("--plot", default=None, help="write a PNG plot of the ratios (matplotlib)")
     args = ap.parse_args(argv)
@@ -87,6 +126,8 @@ def main(argv=None) -> int:
         import open_clip
 
         ref = open_clip.create_model("RN50", pretrained=None).eval()
+    use_ort = not args.no_torch and not args.no_ort and _have_ort()
+    tmp = tempfile.TemporaryDirectory(prefix="ovs-bench-sparse-")
     rng = np.random.default_rng(0)
     results = []
     for p in args.sparsity:
@@ -96,6 +137,7 @@ def main(argv=None) -> int:
             visual = ref.visual
         for size in args.sizes:
             x = rng.standard_normal((1, 3, size, size)).astype(np.float32)
+            onnx_path = _export_onnx(visual, size, p, tmp.name) if use_ort else None
             for th in args.threads:
                 ovs.set_num_threads(th)
                 dense = ovs.Model(pruned, sparse="dense")
@@ -119,6 +161,11 @@ def main(argv=None) -> int:
                             y = v.avgpool(y)
                             return v.layer4(v.layer3(v.layer2(v.layer1(y))))
                     fns["torch_dense"] = run_torch
+                if onnx_path:
+                    import _harness as H
+
+                    sess = H.ort_session(onnx_path, th)
+                    fns["ort_dense"] = lambda sess=sess: sess.run(None, {"x": x})[0]
                 a = fns["ours_sparse"](); b = fns["ours_dense"]()
                 key = "embed" if embed else "res5"
                 err = float(np.abs(a[key] - b[key]).max() / np.abs(b[key]).max())
@@ -138,6 +185,11 @@ def main(argv=None) -> int:
                         s / d for s, d in zip(times["ours_sparse"], times["torch_dense"]))
                     ratio["dense_over_torch"] = statistics.median(
                         s / d for s, d in zip(times["ours_dense"], times["torch_dense"]))
+                if "ort_dense" in times:
+                    ratio["sparse_over_ort"] = statistics.median(
+                        s / d for s, d in zip(times["ours_sparse"], times["ort_dense"]))
+                    ratio["dense_over_ort"] = statistics.median(
+                        s / d for s, d in zip(times["ours_dense"], times["ort_dense"]))
                 rec = dict(sparsity=p, size=size, threads=th, median_ms=med, ratios=ratio,
                            sparse_convs=n_sparse, convs=len(table), calibration_s=calib,
                            sparse_vs_dense_max_rel_err=err, loadavg=os.getloadavg())
@@ -146,7 +198,9 @@ def main(argv=None) -> int:
                       " ".join(f"{k} {v:.1f}ms" for k, v in med.items()) + " | " +
                       " ".join(f"{k} {v:.3f}" for k, v in ratio.items()) +
                       f" | {n_sparse}/{len(table)} convs sparse, err {err:.1e}", flush=True)
+    tmp.cleanup()
     report = dict(cpu=_cpu(), python=platform.python_version(), results=results,
+                  peers=["torch_dense"] * (not args.no_torch) + ["ort_dense"] * use_ort,
                   time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     out = Path(args.out) if args.out else (Path(__file__).parent / "results" /
                                            f"sparse-{time.strftime('%Y%m%d-%H%M%S')}.json")
@@ -165,6 +219,9 @@ def main(argv=None) -> int:
                 rs = [r for r in results if r["size"] == size and r["threads"] == th]
                 ax.plot([r["sparsity"] for r in rs], [r["ratios"]["sparse_over_dense"] for r in rs],
                         marker="o", label=f"{size}px {th} thread(s): sparse / dense")
+                if rs and "sparse_over_ort" in rs[0]["ratios"]:
+                    ax.plot([r["sparsity"] for r in rs], [r["ratios"]["sparse_over_ort"] for r in rs],
+                            marker="s", ls="--", label=f"{size}px {th} thread(s): sparse / ORT dense")
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.set_xlabel("global magnitude sparsity")
         ax.set_ylabel("time ratio")
