@@ -62,7 +62,7 @@ BENCHES: list[Bench] = [
           ["--repeat", "3", "--cases", "ade150_blocky"]),
     Bench("labels", "bench_labels.py", "PyTorch interpolate+argmax / ovs naive twin",
           ["--repeat", "3", "--classes", "10,150", "--outputs", "512x683"]),
-    Bench("sparse", "bench_sparse.py", "ovs dense kernels / PyTorch dense",
+    Bench("sparse", "bench_sparse.py", "ovs dense kernels / PyTorch dense / ONNX Runtime dense",
           ["--sizes", "224", "--sparsity", "0", "0.9", "--repeat", "3"], ("torch", "open_clip")),
     Bench("pamr", "bench_pamr.py", "PyTorch PAMR (NACLIP's pamr.py)",
           ["--repeat", "1", "--warmup", "0", "--cases", "pamr_ade150_224x298"],
@@ -247,7 +247,8 @@ def rows_of(name: str, entry: dict) -> list[dict]:
             case = f"RN50 {r['size']}px sparsity {r['sparsity']:.2f}, {r['threads']} thr"
             med = r["median_ms"]
             pairs = (("sparse_over_dense", "ours_dense", "ovs dense kernels"),
-                     ("sparse_over_torch", "torch_dense", "PyTorch dense"))
+                     ("sparse_over_torch", "torch_dense", "PyTorch dense"),
+                     ("sparse_over_ort", "ort_dense", "ONNX Runtime dense"))
             for key, peer_key, peer in pairs:
                 if key in r["ratios"]:
                     rows.append(dict(bench=name, case=case, peer=peer, ours_s=med["ours_sparse"] / 1e3,
