@@ -213,26 +213,41 @@ done:
 }
 
 /* ---------------------------------------------------------------- label stage
- * Exact argmax without evaluating every class at every pixel. Output pixel (Y, X) interpolates
- * the four corners of one low-resolution cell (y0[Y], x0[X]) with convex weights, so for class k
- * its value v_k lies in [cmin_k - m, cmax_k + m], cmin/cmax over the cell's corners and m a bound
- * on the float rounding of the interpolation. With ref = max_k cmin_k, the pixel's best value is
- * >= ref - m; a class with cmax_k + m < ref - m can be neither the argmax nor tie with it. So per
- * cell we keep the candidate classes (ascending, so ties still go to the lowest index) and
- * evaluate only them per pixel, with the same interp() as the naive kernel: bit-identical labels.
- * For bg_threshold the softmax denominator sum_k exp(s (v_k - best)) is bracketed per cell from
- * the non-candidates' corner ranges; only where the bracket straddles the threshold is the sum
- * evaluated over all classes, in the naive kernel's order. A cell with a non-finite corner keeps
- * every class (the naive kernel's NaN/inf semantics). Work is parallel over cell rows; a thread's
- * buffers are (C, w) like the naive kernel's (C, W) row. */
-#define CELL_MARGIN (16.0f * FLT_EPSILON) /* relative to the cell's largest |corner| */
+ * Exact argmax without evaluating every class at every pixel, in time sub-linear in the class
+ * count. Output pixel (Y, X) interpolates the four corners of one low-resolution cell
+ * (y0[Y], x0[X]) with convex weights, so for class k its value v_k lies in [lo_k - m, hi_k + m]
+ * for lo/hi the min/max of k over any set of values containing the cell's corners, and m a bound
+ * on the float rounding of the interpolation. With ref = max_k lo_k the pixel's best value is
+ * >= ref - m, so a class with hi_k + m < ref - m can be neither the argmax nor tie with it.
+ * Two levels of that bound:
+ *   block: LB x LB cells (their (LB+1)^2 corner values): one streaming pass over the logits
+ *          (per class a column max/min over the block's rows, then per block over its columns)
+ *          keeps per block the classes that can win anywhere in it;
+ *   cell:  the four corners of each cell, only over its block's candidates;
+ * then per pixel only the cell's candidates (ascending, so ties still go to the lowest index)
+ * are evaluated with the same interp() as the naive kernel: bit-identical labels.
+ * The margin m is 16 ulp of the largest |value| of the block (of the block's candidates at the
+ * cell level: the class giving the cell's ref is one of them).
+ * For bg_threshold the softmax denominator sum_k exp(s (v_k - best)) is bracketed: over the
+ * classes dropped at either level from their [lo - m, hi + m] ranges (exps in float with a 1e-5
+ * relative slack), exactly over the cell's candidates. A block or cell whose lower bracket,
+ * taken at the largest possible best, already exceeds 1 / bg_threshold is background
+ * throughout; a pixel whose bracket straddles the threshold takes the naive kernel's sum over
+ * every class. A block or cell with a non-finite value keeps every class (the naive kernel's
+ * NaN/inf semantics). Work is parallel over block rows; buffers are per thread, O(C w). */
+#define CELL_MARGIN (16.0f * FLT_EPSILON) /* relative to the largest |value| in the bound */
+#define LB 8                              /* cells per block side */
+#define EXP_SLACK 1e-5                    /* relative error of exp_up / exp_lo, see there */
+#define THR_SLACK 1e-9                    /* bracket vs 1 / bg_threshold: too close to call */
 
-typedef struct {
-    float *ref, *margin;   /* (w,) max_k cmin_k, rounding margin per cell */
-    int32_t *count;        /* (w,) candidates per cell */
-    int32_t *cand;         /* (w, C) candidate classes per cell, ascending */
-    double *s_lo, *s_hi;   /* (w,) bracket of sum over non-candidates of exp(s v_k - s ref) */
-} cell_row;
+/* Bounds of exp(x) for x <= 0 from the float expf (error < 1 ulp, 1.2e-7 relative) of x rounded
+ * to float (|x| <= 87 after the clamp: argument error <= 87 * 6e-8 = 5.2e-6 relative in exp). */
+static inline double exp_up(double x) {
+    return (double)expf((float)(x > -87.0 ? x : -87.0)) * (1.0 + EXP_SLACK);
+}
+static inline double exp_lo(double x) {
+    return x > -87.0 ? (double)expf((float)x) * (1.0 - EXP_SLACK) : 0.0;
+}
 
 static inline float min4(float a, float b, float c, float d) {
     const float x = a < b ? a : b, y = c < d ? c : d;
@@ -243,56 +258,186 @@ static inline float max4(float a, float b, float c, float d) {
     return x > y ? x : y;
 }
 
-/* Candidates of every cell of cell row i (rows i and min(i + 1, h - 1) of each plane). Plain
- * comparisons (not fminf) so the class-major loops vectorise; NaN is caught by the sum below. */
-static void cell_row_build(cell_row *cr, const float *logits, int64_t C, int64_t h, int64_t w,
-                           int64_t i, float s, int bg) {
-    const int64_t hw = h * w, i1 = i + 1 < h ? i + 1 : h - 1, last = w - 1;
-    float *ref = cr->ref, *mag = cr->margin;
-    for (int64_t j = 0; j < w; j++) {
-        ref[j] = -INFINITY;
-        mag[j] = 0.0f; /* largest |corner|, then the margin; NaN marks a non-finite cell */
-        cr->count[j] = 0;
-        cr->s_lo[j] = cr->s_hi[j] = 0.0;
+typedef struct {
+    int64_t C, h, w, nb; /* nb blocks per block row */
+    float s;             /* logit scale (> 0 with bg) */
+    int bg;
+    double inv_thr;      /* 1 / bg_threshold */
+    /* block row */
+    float *colmax, *colmin, *colnan; /* (w,) one class's column max / min / non-finite flag */
+    float *bmax, *bmin;              /* (C, nb) */
+    float *bref, *bmarg;             /* (nb,) max_k bmin_k; margin (NaN: non-finite block) */
+    int32_t *bcount, *bcand;         /* (nb,), (nb, C) candidates, ascending */
+    double *bs_lo, *bs_hi;           /* (nb,) bracket of sum over dropped classes of exp(s (v - bref)) */
+    unsigned char *ball_bg;          /* (nb,) background throughout */
+    /* cell row */
+    float *cref;                     /* (w,) */
+    int32_t *ccount, *ccand;         /* (w,), (w, C) */
+    double *cs_lo, *cs_hi;           /* (w,) bracket of sum over dropped classes of exp(s (v - cref)) */
+    unsigned char *call_bg;          /* (w,) */
+} label_work;
+
+static void label_work_free(label_work *lw) {
+    ovs_free(lw->colmax), ovs_free(lw->bmax), ovs_free(lw->bref), ovs_free(lw->bcount);
+    ovs_free(lw->bs_lo), ovs_free(lw->ball_bg), ovs_free(lw->cref), ovs_free(lw->ccount);
+    ovs_free(lw->cs_lo), ovs_free(lw->call_bg);
+}
+
+static int label_work_alloc(label_work *lw) {
+    const size_t C = (size_t)lw->C, w = (size_t)lw->w, nb = (size_t)lw->nb;
+    lw->colmax = ovs_malloc(3 * w * sizeof(float));
+    lw->bmax = ovs_malloc(2 * C * nb * sizeof(float));
+    lw->bref = ovs_malloc(2 * nb * sizeof(float));
+    lw->bcount = ovs_malloc((nb + nb * C) * sizeof(int32_t));
+    lw->bs_lo = ovs_malloc(2 * nb * sizeof(double));
+    lw->ball_bg = ovs_malloc(nb);
+    lw->cref = ovs_malloc(w * sizeof(float));
+    lw->ccount = ovs_malloc((w + w * C) * sizeof(int32_t));
+    lw->cs_lo = ovs_malloc(2 * w * sizeof(double));
+    lw->call_bg = ovs_malloc(w);
+    if (!lw->colmax || !lw->bmax || !lw->bref || !lw->bcount || !lw->bs_lo || !lw->ball_bg || !lw->cref ||
+        !lw->ccount || !lw->cs_lo || !lw->call_bg)
+        return 0;
+    lw->colmin = lw->colmax + w, lw->colnan = lw->colmin + w;
+    lw->bmin = lw->bmax + C * nb;
+    lw->bmarg = lw->bref + nb;
+    lw->bcand = lw->bcount + nb;
+    lw->bs_hi = lw->bs_lo + nb;
+    lw->ccand = lw->ccount + w;
+    lw->cs_hi = lw->cs_lo + w;
+    return 1;
+}
+
+/* Candidates of every block of block row ib: cell rows [ib LB, ib LB + LB), value rows
+ * [ib LB, min(ib LB + LB, h - 1)]; block jb likewise over columns. Plain comparisons (not fminf)
+ * so the class-major loops vectorise; 0 * v flags NaN and inf. */
+static void block_row_build(label_work *lw, const float *logits, int64_t ib) {
+    const int64_t C = lw->C, h = lw->h, w = lw->w, nb = lw->nb, hw = h * w;
+    const int64_t r0 = ib * LB, r1 = r0 + LB < h - 1 ? r0 + LB : h - 1;
+    float *cmx = lw->colmax, *cmn = lw->colmin, *cnan = lw->colnan;
+    for (int64_t b = 0; b < nb; b++) {
+        lw->bref[b] = -INFINITY;
+        lw->bmarg[b] = 0.0f; /* largest |value|, then the margin */
+        lw->bcount[b] = 0;
+        lw->bs_lo[b] = lw->bs_hi[b] = 0.0;
+        lw->ball_bg[b] = 0;
     }
+    const int64_t span = (r1 - r0 + 1) * w; /* contiguous floats per class */
     for (int64_t k = 0; k < C; k++) {
-        const float *r0 = logits + (size_t)k * hw + i * w, *r1 = logits + (size_t)k * hw + i1 * w;
-        for (int64_t j = 0; j < last; j++) {
-            const float a = r0[j], b = r0[j + 1], c = r1[j], d = r1[j + 1];
-            const float mn = min4(a, b, c, d), mx = max4(fabsf(a), fabsf(b), fabsf(c), fabsf(d));
-            ref[j] = mn > ref[j] ? mn : ref[j];
-            /* inf - inf or NaN anywhere: the cell keeps every class */
-            mag[j] = (mx > mag[j] ? mx : mag[j]) + 0.0f * (a + b + c + d);
-        }
-        const float a = r0[last], c = r1[last];
-        const float mn = a < c ? a : c, mx = fabsf(a) > fabsf(c) ? fabsf(a) : fabsf(c);
-        ref[last] = mn > ref[last] ? mn : ref[last];
-        mag[last] = (mx > mag[last] ? mx : mag[last]) + 0.0f * (a + c);
-    }
-    for (int64_t j = 0; j < w; j++)
-        mag[j] = (isfinite(mag[j]) && isfinite(ref[j])) ? mag[j] * CELL_MARGIN : NAN;
-    for (int64_t k = 0; k < C; k++) {
-        const float *r0 = logits + (size_t)k * hw + i * w, *r1 = logits + (size_t)k * hw + i1 * w;
+        const float *p = logits + (size_t)k * hw + r0 * w;
+        if (k + 1 < C) /* the next class's rows: a new stream every span floats */
+            for (int64_t o = 0; o < span; o += 16) __builtin_prefetch(p + hw + o);
         for (int64_t j = 0; j < w; j++) {
-            const int64_t j1 = j < last ? j + 1 : last;
-            const float m = mag[j], a = r0[j], b = r0[j1], c = r1[j], d = r1[j1];
-            const float mx = max4(a, b, c, d);
-            if (!(m == m) || mx + m >= ref[j] - m) {
-                cr->cand[j * C + cr->count[j]++] = (int32_t)k;
-            } else if (bg) {
-                /* s > 0 here: exp(s (v - ref)) over v in [mn - m, mx + m], both exponents < 0 */
-                const float mn = min4(a, b, c, d);
-                cr->s_hi[j] += exp((double)s * ((double)mx + m - ref[j]));
-                cr->s_lo[j] += exp((double)s * ((double)mn - m - ref[j]));
+            cmx[j] = cmn[j] = p[j];
+            cnan[j] = 0.0f * p[j];
+        }
+        for (int64_t r = 1; r <= r1 - r0; r++) {
+            const float *q = p + r * w;
+            for (int64_t j = 0; j < w; j++) {
+                const float v = q[j];
+                cmx[j] = v > cmx[j] ? v : cmx[j];
+                cmn[j] = v < cmn[j] ? v : cmn[j];
+                cnan[j] += 0.0f * v;
+            }
+        }
+        float *bx = lw->bmax + k * nb, *bn = lw->bmin + k * nb;
+        for (int64_t b = 0; b < nb; b++) {
+            const int64_t c0 = b * LB, c1 = c0 + LB < w - 1 ? c0 + LB : w - 1;
+            float mx = cmx[c0], mn = cmn[c0], nan = cnan[c0];
+            for (int64_t j = c0 + 1; j <= c1; j++) {
+                mx = cmx[j] > mx ? cmx[j] : mx;
+                mn = cmn[j] < mn ? cmn[j] : mn;
+                nan += cnan[j];
+            }
+            bx[b] = mx, bn[b] = mn;
+            lw->bref[b] = mn > lw->bref[b] ? mn : lw->bref[b];
+            const float mag = fabsf(mx) > fabsf(mn) ? fabsf(mx) : fabsf(mn);
+            lw->bmarg[b] = (mag > lw->bmarg[b] ? mag : lw->bmarg[b]) + nan;
+        }
+    }
+    for (int64_t b = 0; b < nb; b++)
+        lw->bmarg[b] = isfinite(lw->bmarg[b]) ? lw->bmarg[b] * CELL_MARGIN : NAN;
+    const double s = lw->s;
+    for (int64_t k = 0; k < C; k++) {
+        const float *bx = lw->bmax + k * nb, *bn = lw->bmin + k * nb;
+        for (int64_t b = 0; b < nb; b++) {
+            const float m = lw->bmarg[b], ref = lw->bref[b];
+            if (!(m == m) || bx[b] + m >= ref - m) {
+                lw->bcand[b * C + lw->bcount[b]++] = (int32_t)k;
+            } else if (lw->bg) { /* s > 0 here: both exponents < 0 */
+                lw->bs_hi[b] += exp_up(s * ((double)bx[b] + m - ref));
+                lw->bs_lo[b] += exp_lo(s * ((double)bn[b] - m - ref));
             }
         }
     }
-    for (int64_t j = 0; j < w; j++) /* cannot happen (the class giving ref is kept); be safe */
-        if (cr->count[j] == 0) {
-            for (int64_t k = 0; k < C; k++) cr->cand[j * C + k] = (int32_t)k;
-            cr->count[j] = (int32_t)C;
-            cr->s_lo[j] = cr->s_hi[j] = 0.0;
+    if (!lw->bg) return;
+    for (int64_t b = 0; b < nb; b++) { /* background throughout: lower bracket at the largest best */
+        const float m = lw->bmarg[b], ref = lw->bref[b];
+        if (!(m == m)) continue;
+        double lo = lw->bs_lo[b];
+        float top = -INFINITY;
+        for (int32_t t = 0; t < lw->bcount[b]; t++) {
+            const int64_t k = lw->bcand[b * C + t];
+            lo += exp_lo(s * ((double)lw->bmin[k * nb + b] - m - ref));
+            top = lw->bmax[k * nb + b] > top ? lw->bmax[k * nb + b] : top;
         }
+        lw->ball_bg[b] = lo * exp_lo(s * ((double)ref - top - m)) > lw->inv_thr * (1 + THR_SLACK);
+    }
+}
+
+/* Candidates of every cell of cell row i among its block's, and the cell's brackets. */
+static void cell_row_build(label_work *lw, const float *logits, int64_t i) {
+    const int64_t C = lw->C, h = lw->h, w = lw->w, hw = h * w, last = w - 1;
+    const int64_t i1 = i + 1 < h ? i + 1 : h - 1;
+    const double s = lw->s;
+    for (int64_t j = 0; j < w; j++) {
+        const int64_t b = j / LB, j1 = j < last ? j + 1 : last;
+        lw->cs_lo[j] = lw->cs_hi[j] = 0.0;
+        lw->ccount[j] = 0;
+        lw->call_bg[j] = lw->ball_bg[b];
+        if (lw->call_bg[j]) continue;
+        const int32_t *bc = lw->bcand + b * C, nbc = lw->bcount[b];
+        float ref = -INFINITY, mag = 0.0f;
+        for (int32_t t = 0; t < nbc; t++) {
+            const float *r0 = logits + (size_t)bc[t] * hw + i * w, *r1 = r0 + (i1 - i) * w;
+            const float a = r0[j], bb = r0[j1], c = r1[j], d = r1[j1];
+            const float mn = min4(a, bb, c, d), mx = max4(fabsf(a), fabsf(bb), fabsf(c), fabsf(d));
+            ref = mn > ref ? mn : ref;
+            mag = (mx > mag ? mx : mag) + 0.0f * (a + bb + c + d);
+        }
+        const float m = isfinite(mag) ? mag * CELL_MARGIN : NAN;
+        int32_t *cc = lw->ccand + j * C, n = 0;
+        double lo = 0, hi = 0, lo_all;
+        float top = -INFINITY;
+        for (int32_t t = 0; t < nbc; t++) {
+            const float *r0 = logits + (size_t)bc[t] * hw + i * w, *r1 = r0 + (i1 - i) * w;
+            const float a = r0[j], bb = r0[j1], c = r1[j], d = r1[j1];
+            const float mx = max4(a, bb, c, d);
+            if (!(m == m) || mx + m >= ref - m) {
+                cc[n++] = bc[t];
+                top = mx > top ? mx : top;
+            } else if (lw->bg) {
+                hi += exp_up(s * ((double)mx + m - ref));
+                lo += exp_lo(s * ((double)min4(a, bb, c, d) - m - ref));
+            }
+        }
+        if (n == 0) { /* cannot happen (the class giving ref is kept); be safe */
+            for (int64_t k = 0; k < C; k++) cc[k] = (int32_t)k;
+            n = (int32_t)C;
+        }
+        lw->ccount[j] = n;
+        lw->cref[j] = ref;
+        if (!lw->bg || !(m == m) || n == C) continue;
+        /* the block's dropped classes, rescaled from bref to ref (>= bref: exponents <= 0) */
+        lw->cs_lo[j] = lo + lw->bs_lo[b] * exp_lo(s * ((double)lw->bref[b] - ref));
+        lw->cs_hi[j] = hi + lw->bs_hi[b] * exp_up(s * ((double)lw->bref[b] - ref));
+        lo_all = lw->cs_lo[j];
+        for (int32_t t = 0; t < n; t++) {
+            const float *r0 = logits + (size_t)cc[t] * hw + i * w, *r1 = r0 + (i1 - i) * w;
+            lo_all += exp_lo(s * ((double)min4(r0[j], r0[j1], r1[j], r1[j1]) - m - ref));
+        }
+        lw->call_bg[j] = lo_all * exp_lo(s * ((double)ref - top - m)) > lw->inv_thr * (1 + THR_SLACK);
+    }
 }
 
 int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w,
@@ -300,80 +445,85 @@ int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, i
     int rc = check_up(C, h, w, H, W, logit_scale);
     if (rc) return rc;
     const int bg = bg_threshold > 0;
-    /* Few output pixels per cell (downsampling), or a softmax bracket that needs s > 0: the
+    /* Fewer output pixels than cells (downsampling), or a softmax bracket that needs s > 0: the
      * naive kernel is as fast or the bracket does not apply. */
-    if (H * W < 4 * h * w || C <= 2 || (bg && !(logit_scale > 0)))
+    if (H * W < h * w || C <= 2 || (bg && !(logit_scale > 0)))
         return ovs_seg_labels_naive(labels, logits, C, h, w, H, W, logit_scale, bg_threshold, bg_label);
     ovs_arena a;
     ovs_arena_init(&a);
     coeffs c;
     if ((rc = coeffs_alloc(&c, &a, h, w, H, W, H, W))) goto done;
-    const int64_t hw = h * w;
+    /* output rows whose top source row is i: [ys[i], ys[i + 1]) (y0 is non-decreasing) */
+    int64_t *ys = (int64_t *)ovs_arena_floats(&a, (size_t)(h + 1) * 2);
+    if (!ys) { rc = OVS_ERR_NOMEM; goto done; }
+    for (int64_t i = 0, Y = 0; i <= h; i++) {
+        while (Y < H && c.y0[Y] < i) Y++;
+        ys[i] = Y;
+    }
+    const int64_t hw = h * w, nbr = (h + LB - 1) / LB;
     const double inv_thr = bg ? 1.0 / (double)bg_threshold : 0.0;
     int failed = 0;
 #pragma omp parallel num_threads(ovs_get_num_threads())
     {
-        cell_row cr = {0};
-        size_t bytes = (size_t)w * (2 * sizeof(float) + sizeof(int32_t) + 2 * sizeof(double)) +
-                       (size_t)w * (size_t)C * sizeof(int32_t);
-        char *buf = ovs_malloc(bytes);
-        if (!buf) {
+        label_work lw = {.C = C, .h = h, .w = w, .nb = (w + LB - 1) / LB, .s = logit_scale, .bg = bg,
+                         .inv_thr = inv_thr};
+        const int ok = label_work_alloc(&lw);
+        if (!ok) {
 #pragma omp atomic write
             failed = 1;
-        } else {
-            cr.s_lo = (double *)buf;
-            cr.s_hi = cr.s_lo + w;
-            cr.ref = (float *)(cr.s_hi + w);
-            cr.margin = cr.ref + w;
-            cr.count = (int32_t *)(cr.margin + w);
-            cr.cand = cr.count + w;
         }
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t i = 0; i < h; i++) {
-            if (!buf) continue;
-            /* output rows whose top source row is i: a contiguous range (y0 is non-decreasing) */
-            int64_t Y0 = 0, Y1;
-            { int64_t lo = 0, hi = H; while (lo < hi) { int64_t mid = (lo + hi) / 2; if (c.y0[mid] < i) lo = mid + 1; else hi = mid; } Y0 = lo; }
-            for (Y1 = Y0; Y1 < H && c.y0[Y1] == i; Y1++) {}
-            if (Y0 == Y1) continue;
-            cell_row_build(&cr, logits, C, h, w, i, logit_scale, bg);
-            for (int64_t Y = Y0; Y < Y1; Y++) {
-                int32_t *out = labels + Y * W;
-                for (int64_t X = 0; X < W; X++) {
-                    const int64_t j = c.x0[X];
-                    const int32_t *cand = cr.cand + j * C, n = cr.count[j];
-                    float best = interp(logits + (size_t)cand[0] * hw, w, &c, Y, X);
-                    int32_t arg = cand[0];
-                    for (int32_t t = 1; t < n; t++) {
-                        const float v = interp(logits + (size_t)cand[t] * hw, w, &c, Y, X);
-                        if (v > best) { best = v; arg = cand[t]; }
-                    }
-                    if (bg) {
-                        double sum = 0;
-                        for (int32_t t = 0; t < n; t++)
-                            sum += exp((double)logit_scale *
-                                       (interp(logits + (size_t)cand[t] * hw, w, &c, Y, X) - best));
-                        const double scale = exp((double)logit_scale * ((double)cr.ref[j] - best));
-                        const double lo = sum + cr.s_lo[j] * scale, hi = sum + cr.s_hi[j] * scale;
-                        int below; /* the naive test: 1 / sum < bg_threshold */
-                        if (n == C) below = 1.0 / sum < bg_threshold;
-                        else if (lo > inv_thr * (1 + 1e-9)) below = 1;
-                        else if (hi < inv_thr * (1 - 1e-9)) below = 0;
-                        else { /* too close to call: the naive kernel's sum over every class */
-                            double all = 0;
-                            for (int64_t k = 0; k < C; k++)
-                                all += exp((double)logit_scale * (interp(logits + (size_t)k * hw, w, &c, Y, X) - best));
-                            below = 1.0 / all < bg_threshold;
+        for (int64_t ib = 0; ib < nbr; ib++) {
+            const int64_t i_end = ib * LB + LB < h ? ib * LB + LB : h;
+            if (!ok || ys[ib * LB] == ys[i_end]) continue; /* no output row in this block row */
+            block_row_build(&lw, logits, ib);
+            for (int64_t i = ib * LB; i < i_end; i++) {
+                if (ys[i] == ys[i + 1]) continue;
+                cell_row_build(&lw, logits, i);
+                for (int64_t Y = ys[i]; Y < ys[i + 1]; Y++) {
+                    int32_t *out = labels + Y * W;
+                    for (int64_t X = 0; X < W; X++) {
+                        const int64_t j = c.x0[X];
+                        if (lw.call_bg[j]) { out[X] = bg_label; continue; }
+                        const int32_t *cand = lw.ccand + j * C, n = lw.ccount[j];
+                        float best = interp(logits + (size_t)cand[0] * hw, w, &c, Y, X);
+                        int32_t arg = cand[0];
+                        for (int32_t t = 1; t < n; t++) {
+                            const float v = interp(logits + (size_t)cand[t] * hw, w, &c, Y, X);
+                            if (v > best) { best = v; arg = cand[t]; }
                         }
-                        if (below) arg = bg_label;
+                        if (bg) {
+                            double sum = 0;
+                            for (int32_t t = 0; t < n; t++)
+                                sum += exp((double)logit_scale *
+                                           (interp(logits + (size_t)cand[t] * hw, w, &c, Y, X) - best));
+                            int below; /* the naive test: 1 / sum < bg_threshold */
+                            if (n == C) {
+                                below = 1.0 / sum < bg_threshold;
+                            } else {
+                                /* best >= cref - m: the rescale is at most exp(s m), about 1 */
+                                const double scale = exp((double)logit_scale * ((double)lw.cref[j] - best));
+                                const double lo = sum + lw.cs_lo[j] * scale, hi = sum + lw.cs_hi[j] * scale;
+                                if (lo > inv_thr * (1 + THR_SLACK)) below = 1;
+                                else if (hi < inv_thr * (1 - THR_SLACK)) below = 0;
+                                else { /* too close to call: the naive kernel's sum over every class */
+                                    double all = 0;
+                                    for (int64_t k = 0; k < C; k++)
+                                        all += exp((double)logit_scale *
+                                                   (interp(logits + (size_t)k * hw, w, &c, Y, X) - best));
+                                    below = 1.0 / all < bg_threshold;
+                                }
+                            }
+                            if (below) arg = bg_label;
+                        }
+                        out[X] = arg;
                     }
-                    out[X] = arg;
                 }
             }
         }
-        ovs_free(buf);
+        label_work_free(&lw);
     }
-    if (failed) rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for the label stage's cell buffers");
+    if (failed) rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for the label stage's block buffers");
 done:
     ovs_arena_free(&a);
     return rc;
