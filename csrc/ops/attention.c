@@ -1,6 +1,7 @@
-/* Scaled dot-product attention, one head at a time: scores by sgemm on the strided q/k
- * columns of the head (alpha = scale), mask + causal + softmax in one pass per row, then an
- * sgemm of the probabilities with the head's v columns straight into the strided output.
+/* Scaled dot-product attention, heads in parallel (one head per thread, single-threaded
+ * sgemms inside the region): per head, scores by sgemm on the strided q/k columns of the head
+ * (alpha = scale), mask + causal + softmax in one pass per row, then an sgemm of the
+ * probabilities with the head's v columns straight into the strided output.
  * Dimension letters: T query tokens, U key tokens, E heads, F head width, D = E*F. */
 #include "ops/ops_internal.h"
 
@@ -52,10 +53,9 @@ static void attention_softmax_rows(float *probs, int64_t T, int64_t U, const flo
         ops_softmax_row(probs + t * U, U, mask ? mask + t * U : NULL, causal ? U - T + t + 1 : U);
 }
 
-int ovs_attention_probs(float *probs, const float *a, int64_t lda, const float *b, int64_t ldb,
-                        int64_t T, int64_t U, int64_t F, float scale, const float *mask,
-                        int causal) {
-    static const char op[] = "ovs_attention_probs";
+int ops_attention_probs_check(const char *op, float *probs, const float *a, int64_t lda,
+                              const float *b, int64_t ldb, int64_t T, int64_t U, int64_t F,
+                              int causal) {
     int st;
     int64_t tu, ta, ub;
     if ((st = attention_check(op, T, U, F, lda, ldb, causal)) || (st = ops_mul(&tu, op, T, U)) ||
@@ -64,6 +64,15 @@ int ovs_attention_probs(float *probs, const float *a, int64_t lda, const float *
         (st = ops_check_ptr(op, "a", a, tu > 0 && F > 0 ? ta : 0)) ||
         (st = ops_check_ptr(op, "b", b, tu > 0 && F > 0 ? ub : 0)))
         return st;
+    return OVS_OK;
+}
+
+int ovs_attention_probs(float *probs, const float *a, int64_t lda, const float *b, int64_t ldb,
+                        int64_t T, int64_t U, int64_t F, float scale, const float *mask,
+                        int causal) {
+    static const char op[] = "ovs_attention_probs";
+    int st = ops_attention_probs_check(op, probs, a, lda, b, ldb, T, U, F, causal);
+    if (st) return st;
     if (T == 0) return OVS_OK;
     if ((st = ops_sgemm(op, 1, T, U, F, scale, a, lda, b, ldb, 0.0f, probs, U))) return st;
     attention_softmax_rows(probs, T, U, mask, causal);

@@ -145,10 +145,10 @@ ovs_matrix ovs_matrix_dense(const float *data, int64_t rows, int64_t cols) {
     return m;
 }
 
-int ovs_matmul_wt(float *out, int64_t ldo, const float *a, int64_t lda, const ovs_matrix *w,
-                  int64_t M, float alpha, float beta) {
-    static const char op[] = "ovs_matmul_wt";
+int ops_matmul_wt_check(const char *op, float *out, int64_t ldo, const float *a, int64_t lda,
+                        const ovs_matrix *w, int64_t M, int *empty) {
     int st;
+    *empty = 1;
     if (!w) return ovs_set_error(OVS_ERR_ARG, "%s: weight matrix is NULL", op);
     int64_t K = w->rows, C = w->cols;
     if ((st = ops_check_nonneg(op, "M", M)) || (st = ops_check_nonneg(op, "weight rows (K)", K)) ||
@@ -166,6 +166,17 @@ int ovs_matmul_wt(float *out, int64_t ldo, const float *a, int64_t lda, const ov
     if ((st = ops_check_ptr(op, "out", out, out_span)) ||
         (st = ops_check_ptr(op, "a", a, C > 0 ? a_span : 0)))
         return st;
+    *empty = 0;
+    return OVS_OK;
+}
+
+int ovs_matmul_wt(float *out, int64_t ldo, const float *a, int64_t lda, const ovs_matrix *w,
+                  int64_t M, float alpha, float beta) {
+    static const char op[] = "ovs_matmul_wt";
+    int empty;
+    int st = ops_matmul_wt_check(op, out, ldo, a, lda, w, M, &empty);
+    if (st || empty) return st;
+    const int64_t K = w->rows, C = w->cols;
     if (w->format == OVS_MATRIX_PACKED)
         return ops_gemm_packed(op, out, ldo, a, lda, w, M, alpha, beta, NULL, NULL, 0,
                                OVS_ACT_NONE);

@@ -14,6 +14,13 @@ static float act_naive(float x, ovs_act act) {
     return x;
 }
 
+/* sum_f a[f] b[f] in double. */
+static double dot_naive(const float *a, const float *b, int64_t F) {
+    double acc = 0.0;
+    for (int64_t f = 0; f < F; f++) acc += (double)a[f] * (double)b[f];
+    return acc;
+}
+
 int ovs_act_forward_naive(float *x, int64_t n, ovs_act act) {
     static const char op[] = "ovs_act_forward_naive";
     int st;
@@ -297,5 +304,143 @@ int ovs_groupnorm_forward_naive(float *out, const float *in, const float *weight
                     out[(n * C + g * Cg + c) * HW + j] = (float)y;
                 }
         }
+    return OVS_OK;
+}
+
+int ovs_matmul_wt_naive(float *out, int64_t ldo, const float *a, int64_t lda,
+                        const ovs_matrix *w, int64_t M, float alpha, float beta) {
+    int empty;
+    int st = ops_matmul_wt_check("ovs_matmul_wt_naive", out, ldo, a, lda, w, M, &empty);
+    if (st || empty) return st;
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t k = 0; k < w->rows; k++) {
+            double acc = 0.0;
+            for (int64_t c = 0; c < w->cols; c++)
+                acc += (double)a[i * lda + c] * (double)ops_matrix_at(w, k, c);
+            /* beta == 0 ignores out (it may hold NaN), as BLAS does */
+            double y = (double)alpha * acc;
+            if (beta != 0.0f) y += (double)beta * (double)out[i * ldo + k];
+            out[i * ldo + k] = (float)y;
+        }
+    return OVS_OK;
+}
+
+int ovs_adaptive_avgpool2d_forward_naive(float *out, const float *in, int64_t NC, int64_t H,
+                                         int64_t W, int64_t P, int64_t Q) {
+    int64_t n_out;
+    int st = ops_adaptive_avgpool2d_check("ovs_adaptive_avgpool2d_forward_naive", out, in, NC, H,
+                                          W, P, Q, &n_out);
+    if (st || n_out == 0) return st;
+    /* torch's adaptive windows: [floor(p H / P), ceil((p + 1) H / P)) by floor/ceil in double */
+    for (int64_t nc = 0; nc < NC; nc++)
+        for (int64_t p = 0; p < P; p++)
+            for (int64_t q = 0; q < Q; q++) {
+                const int64_t h0 = (int64_t)floor((double)p * H / P);
+                const int64_t h1 = (int64_t)ceil((double)(p + 1) * H / P);
+                const int64_t w0 = (int64_t)floor((double)q * W / Q);
+                const int64_t w1 = (int64_t)ceil((double)(q + 1) * W / Q);
+                double sum = 0.0;
+                for (int64_t y = h0; y < h1; y++)
+                    for (int64_t x = w0; x < w1; x++) sum += in[(nc * H + y) * W + x];
+                out[(nc * P + p) * Q + q] = (float)(sum / (double)((h1 - h0) * (w1 - w0)));
+            }
+    return OVS_OK;
+}
+
+/* Source coordinate of output index d along an axis of `in` inputs and `n` outputs, as torch's
+ * area_pixel_compute_source_index, in float as torch computes it for float tensors (the
+ * coordinate is part of the definition: in double it would move by ~1e-7 of the index);
+ * bilinear clamps negative coordinates to 0, bicubic does not. */
+static float resize_source_naive(int64_t in, int64_t n, int64_t d, int align_corners, int cubic) {
+    if (align_corners) return n > 1 ? (float)(in - 1) / (float)(n - 1) * (float)d : 0.0f;
+    float s = (float)in / (float)n * ((float)d + 0.5f) - 0.5f;
+    return (!cubic && s < 0.0f) ? 0.0f : s;
+}
+
+static int64_t clamp_index(int64_t i, int64_t n) { return i < 0 ? 0 : (i > n - 1 ? n - 1 : i); }
+
+/* Interpolation weights (in double) of the taps i - 1 .. i + 2 (cubic) or i .. i + 1 (linear)
+ * around the source coordinate s; *i0 = floor(s) (kept inside the input), t its fractional
+ * offset (float, as torch). */
+static void resize_weights_naive(float s, int64_t in, int cubic, int64_t *i0, double w[4]) {
+    int64_t i = (int64_t)floorf(s);
+    if (i > in - 1) i = in - 1;
+    float tf = s - (float)i;
+    const double t = tf < 0.0f ? 0.0 : (tf > 1.0f ? 1.0 : (double)tf);
+    *i0 = i;
+    if (!cubic) {
+        w[0] = 1.0 - t;
+        w[1] = t;
+        return;
+    }
+    /* Keys' cubic convolution kernel with A = -0.75 at distances 1 + t, t, 1 - t, 2 - t */
+    const double A = -0.75, d[4] = {1.0 + t, t, 1.0 - t, 2.0 - t};
+    for (int j = 0; j < 4; j++) {
+        const double x = d[j];
+        w[j] = x <= 1.0 ? ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                        : ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+    }
+}
+
+static int resize_naive(const char *op, float *out, const float *in, int64_t NC, int64_t H,
+                        int64_t W, int64_t P, int64_t Q, int align_corners, int cubic) {
+    int64_t n_out;
+    int st = ops_planes_check(op, "resize", out, in, NC, H, W, P, Q, &n_out);
+    if (st || n_out == 0) return st;
+    const int taps = cubic ? 4 : 2, first = cubic ? -1 : 0;
+    for (int64_t nc = 0; nc < NC; nc++)
+        for (int64_t p = 0; p < P; p++)
+            for (int64_t q = 0; q < Q; q++) {
+                int64_t y0, x0;
+                double wy[4], wx[4];
+                resize_weights_naive(resize_source_naive(H, P, p, align_corners, cubic), H, cubic,
+                                     &y0, wy);
+                resize_weights_naive(resize_source_naive(W, Q, q, align_corners, cubic), W, cubic,
+                                     &x0, wx);
+                double acc = 0.0;
+                for (int i = 0; i < taps; i++)
+                    for (int j = 0; j < taps; j++) {
+                        const int64_t y = clamp_index(y0 + first + i, H);
+                        const int64_t x = clamp_index(x0 + first + j, W);
+                        acc += wy[i] * wx[j] * (double)in[(nc * H + y) * W + x];
+                    }
+                out[(nc * P + p) * Q + q] = (float)acc;
+            }
+    return OVS_OK;
+}
+
+int ovs_resize_bilinear_naive(float *out, const float *in, int64_t NC, int64_t H, int64_t W,
+                              int64_t P, int64_t Q, int align_corners) {
+    return resize_naive("ovs_resize_bilinear_naive", out, in, NC, H, W, P, Q, align_corners, 0);
+}
+
+int ovs_resize_bicubic_naive(float *out, const float *in, int64_t NC, int64_t H, int64_t W,
+                             int64_t P, int64_t Q, int align_corners) {
+    return resize_naive("ovs_resize_bicubic_naive", out, in, NC, H, W, P, Q, align_corners, 1);
+}
+
+int ovs_attention_probs_naive(float *probs, const float *a, int64_t lda, const float *b,
+                              int64_t ldb, int64_t T, int64_t U, int64_t F, float scale,
+                              const float *mask, int causal) {
+    int st = ops_attention_probs_check("ovs_attention_probs_naive", probs, a, lda, b, ldb, T, U,
+                                       F, causal);
+    if (st) return st;
+    for (int64_t t = 0; t < T; t++) {
+        float *row = probs + t * U;
+        /* logits in double into the row's own floats would round them; compute each twice */
+#define LOGIT(u)                                                                         \
+    (causal && (u) > U - T + t ? -INFINITY : dot_naive(a + t * lda, b + (u) * ldb, F) *   \
+                                                     (double)scale +                     \
+                                                 (mask ? (double)mask[t * U + (u)] : 0.0))
+        double m = -INFINITY, s = 0.0;
+        for (int64_t u = 0; u < U; u++) m = fmax(m, LOGIT(u));
+        if (m == -INFINITY) {   /* fully masked row: zeros */
+            for (int64_t u = 0; u < U; u++) row[u] = 0.0f;
+            continue;
+        }
+        for (int64_t u = 0; u < U; u++) s += exp(LOGIT(u) - m);
+        for (int64_t u = 0; u < U; u++) row[u] = (float)(exp(LOGIT(u) - m) / s);
+#undef LOGIT
+    }
     return OVS_OK;
 }

@@ -33,7 +33,10 @@ int ops_pamr_check(const char *op, int64_t C, int64_t K, int64_t H, int64_t W,
 /* Row-major C (M, N) = alpha * A (M, Kd) @ op(B) + beta * C with op(B) = B (Kd, N) or, with
  * trans_b, B (N, Kd)^T. M == 0 or N == 0 is a no-op; Kd == 0 scales C by beta (0 clears it).
  * Every extent and leading dimension must fit in a BLAS int (OVS_ERR_OVERFLOW otherwise).
- * Must not be called inside an OpenMP parallel region: OpenBLAS threads itself. */
+ * Large products outside a parallel region are split over ovs_get_num_threads() threads
+ * (single-threaded OpenBLAS calls on row/column chunks); inside a parallel region (attention's
+ * per-head loop) the call runs whole on the calling thread, so it may be called there. An error
+ * it sets lands in that thread's buffer: keep the status and report after the region. */
 int ops_sgemm(const char *op, int trans_b, int64_t M, int64_t N, int64_t Kd, float alpha,
               const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
               int64_t ldc);
@@ -72,6 +75,18 @@ int ops_avgpool2d_check(const char *op, float *out, const float *in, int64_t NC,
 int ops_layernorm_check(const char *op, float *out, const float *in, const float *weight,
                         const float *bias, int64_t M, int64_t D, float eps);
 int ops_softmax_check(const char *op, float *x, int64_t M, int64_t D);
+int ops_attention_probs_check(const char *op, float *probs, const float *a, int64_t lda,
+                              const float *b, int64_t ldb, int64_t T, int64_t U, int64_t F,
+                              int causal);
+/* *empty = 1 when there is nothing to compute (M == 0 or no weight rows). */
+int ops_matmul_wt_check(const char *op, float *out, int64_t ldo, const float *a, int64_t lda,
+                        const ovs_matrix *w, int64_t M, int *empty);
+/* Checks of an op mapping planes in (NC, H, W) to out (NC, P, Q) (resize, adaptive pooling);
+ * *n_out = NC * P * Q; an empty input with a non-empty output is an error ("cannot <verb> ..."). */
+int ops_planes_check(const char *op, const char *verb, float *out, const float *in, int64_t NC,
+                     int64_t H, int64_t W, int64_t P, int64_t Q, int64_t *n_out);
+int ops_adaptive_avgpool2d_check(const char *op, float *out, const float *in, int64_t NC,
+                                 int64_t H, int64_t W, int64_t P, int64_t Q, int64_t *n_out);
 int ops_attention_forward_check(const char *op, float *out, const float *q, int64_t ldq,
                                 const float *k, int64_t ldk, const float *v, int64_t ldv,
                                 int64_t T, int64_t U, int64_t E, int64_t F, int causal);

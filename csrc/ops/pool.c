@@ -76,25 +76,23 @@ int ovs_avgpool2d_forward(float *out, const float *in, int64_t NC, int64_t H, in
     return OVS_OK;
 }
 
+int ops_adaptive_avgpool2d_check(const char *op, float *out, const float *in, int64_t NC,
+                                 int64_t H, int64_t W, int64_t P, int64_t Q, int64_t *n_out) {
+    int st = ops_planes_check(op, "pool", out, in, NC, H, W, P, Q, n_out);
+    if (st || *n_out == 0) return st;
+    /* Also guards (p + 1) * H in the window bounds. */
+    int64_t tmp;
+    if ((st = ops_mul(&tmp, op, P + 1, H)) || (st = ops_mul(&tmp, op, Q + 1, W))) return st;
+    return OVS_OK;
+}
+
 int ovs_adaptive_avgpool2d_forward(float *out, const float *in, int64_t NC, int64_t H, int64_t W,
                                    int64_t P, int64_t Q) {
     static const char op[] = "ovs_adaptive_avgpool2d_forward";
-    int st;
-    int64_t hw, pq, n_in, n_out;
-    if ((st = ops_check_nonneg(op, "NC", NC)) || (st = ops_check_nonneg(op, "H", H)) ||
-        (st = ops_check_nonneg(op, "W", W)) || (st = ops_check_nonneg(op, "P", P)) ||
-        (st = ops_check_nonneg(op, "Q", Q)) || (st = ops_mul(&hw, op, H, W)) ||
-        (st = ops_mul(&pq, op, P, Q)) || (st = ops_mul(&n_in, op, NC, hw)) ||
-        (st = ops_mul(&n_out, op, NC, pq)) || (st = ops_check_ptr(op, "out", out, n_out)) ||
-        (st = ops_check_ptr(op, "in", in, n_out > 0 ? n_in : 0)))
-        return st;
-    if (n_out == 0) return OVS_OK;
-    if (H == 0 || W == 0)
-        return ovs_set_error(OVS_ERR_ARG, "%s: cannot pool an empty %lldx%lld input to %lldx%lld",
-                             op, (long long)H, (long long)W, (long long)P, (long long)Q);
-    /* Also guards (p + 1) * H below. */
-    int64_t tmp;
-    if ((st = ops_mul(&tmp, op, P + 1, H)) || (st = ops_mul(&tmp, op, Q + 1, W))) return st;
+    int64_t n_out;
+    int st = ops_adaptive_avgpool2d_check(op, out, in, NC, H, W, P, Q, &n_out);
+    if (st || n_out == 0) return st;
+    const int64_t hw = H * W, pq = P * Q, n_in = NC * hw;
 #pragma omp parallel for schedule(static) if (n_in >= OPS_PAR_MIN && NC > 1) num_threads(ovs_get_num_threads())
     for (int64_t plane = 0; plane < NC; plane++) {
         const float *x = in + plane * hw;     /* (H, W) */

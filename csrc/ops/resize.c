@@ -58,8 +58,8 @@ static void cubic_taps(float real, int64_t in, int64_t idx[4], float w[4]) {
     }
 }
 
-static int resize_check(const char *op, float *out, const float *in, int64_t NC, int64_t H,
-                        int64_t W, int64_t P, int64_t Q, int64_t *n_out) {
+int ops_planes_check(const char *op, const char *verb, float *out, const float *in, int64_t NC,
+                     int64_t H, int64_t W, int64_t P, int64_t Q, int64_t *n_out) {
     int st;
     int64_t hw, pq, n_in;
     if ((st = ops_check_nonneg(op, "NC", NC)) || (st = ops_check_nonneg(op, "H", H)) ||
@@ -70,8 +70,8 @@ static int resize_check(const char *op, float *out, const float *in, int64_t NC,
         (st = ops_check_ptr(op, "in", in, *n_out > 0 ? n_in : 0)))
         return st;
     if (*n_out > 0 && (H == 0 || W == 0))
-        return ovs_set_error(OVS_ERR_ARG, "%s: cannot resize an empty %lldx%lld input to %lldx%lld",
-                             op, (long long)H, (long long)W, (long long)P, (long long)Q);
+        return ovs_set_error(OVS_ERR_ARG, "%s: cannot %s an empty %lldx%lld input to %lldx%lld",
+                             op, verb, (long long)H, (long long)W, (long long)P, (long long)Q);
     return OVS_OK;
 }
 
@@ -79,7 +79,7 @@ int ovs_resize_bilinear(float *out, const float *in, int64_t NC, int64_t H, int6
                         int64_t Q, int align_corners) {
     static const char op[] = "ovs_resize_bilinear";
     int64_t n_out;
-    int st = resize_check(op, out, in, NC, H, W, P, Q, &n_out);
+    int st = ops_planes_check(op, "resize", out, in, NC, H, W, P, Q, &n_out);
     if (st || n_out == 0) return st;
     const float sh = resize_scale(H, P, align_corners), sw = resize_scale(W, Q, align_corners);
     const int64_t rows = NC * P;
@@ -166,7 +166,7 @@ int ovs_resize_bicubic(float *out, const float *in, int64_t NC, int64_t H, int64
                        int64_t Q, int align_corners) {
     static const char op[] = "ovs_resize_bicubic";
     int64_t n_out;
-    int st = resize_check(op, out, in, NC, H, W, P, Q, &n_out);
+    int st = ops_planes_check(op, "resize", out, in, NC, H, W, P, Q, &n_out);
     if (st || n_out == 0) return st;
     const float sh = resize_scale(H, P, align_corners), sw = resize_scale(W, Q, align_corners);
     const int64_t rows = NC * P;

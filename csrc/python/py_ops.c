@@ -199,14 +199,14 @@ static int weight_matrix(ovs_matrix *wm, float **buf, PyArrayObject *w, npy_intp
 /* ---------------------------------------------------------------- matmul */
 static PyObject *py_op_matmul_wt(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"a", "w", "alpha", "beta", "out", "packed", NULL};
+    static char *kwlist[] = {"a", "w", "alpha", "beta", "out", "packed", "naive", NULL};
     PyObject *a_obj, *w_obj, *out_obj = Py_None;
     float alpha = 1.0f, beta = 0.0f;
-    int packed = 0;
+    int packed = 0, naive = 0;
     float *wbuf = NULL;
     PyArrayObject *a = NULL, *w = NULL, *out = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|ffOp", kwlist, &a_obj, &w_obj, &alpha, &beta,
-                                     &out_obj, &packed))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|ffOpp", kwlist, &a_obj, &w_obj, &alpha, &beta,
+                                     &out_obj, &packed, &naive))
         return NULL;
     int64_t lda, ldo;
     if (!(a = rows_array(a_obj, "a", &lda)) || !(w = ovs_py_float_array(w_obj, 2, "w")))
@@ -245,7 +245,8 @@ static PyObject *py_op_matmul_wt(PyObject *self, PyObject *args, PyObject *kw) {
     if (weight_matrix(&wm, &wbuf, w, K, C, packed)) goto error;
     int st;
     Py_BEGIN_ALLOW_THREADS
-    st = ovs_matmul_wt(F32(out), ldo, F32(a), lda, &wm, M, alpha, beta);
+    st = (naive ? ovs_matmul_wt_naive : ovs_matmul_wt)(F32(out), ldo, F32(a), lda, &wm, M, alpha,
+                                                       beta);
     Py_END_ALLOW_THREADS
     if (st) {
         ovs_py_raise(st);
@@ -594,18 +595,21 @@ error:
 
 static PyObject *py_op_adaptive_avgpool2d(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"x", "size", NULL};
+    static char *kwlist[] = {"x", "size", "naive", NULL};
     PyObject *x_obj, *size_obj;
+    int naive = 0;
     int64_t size[2], NC, H, W;
     PyArrayObject *x = NULL, *out = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &x_obj, &size_obj)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|p", kwlist, &x_obj, &size_obj, &naive))
+        return NULL;
     if (parse_pair(size_obj, "size", 0, size)) return NULL;
     if (!(x = ovs_py_float_array(x_obj, -1, "x")) || planes_hw(x, "x", &NC, &H, &W) ||
         !(out = new_like_planes(x, size[0], size[1])))
         goto error;
     int st;
     Py_BEGIN_ALLOW_THREADS
-    st = ovs_adaptive_avgpool2d_forward(F32(out), F32(x), NC, H, W, size[0], size[1]);
+    st = (naive ? ovs_adaptive_avgpool2d_forward_naive : ovs_adaptive_avgpool2d_forward)(
+        F32(out), F32(x), NC, H, W, size[0], size[1]);
     Py_END_ALLOW_THREADS
     if (st) {
         ovs_py_raise(st);
@@ -939,14 +943,14 @@ error:
 
 static PyObject *py_op_attention_probs(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"a", "b", "scale", "mask", "causal", NULL};
+    static char *kwlist[] = {"a", "b", "scale", "mask", "causal", "naive", NULL};
     PyObject *a_obj, *b_obj, *m_obj = Py_None;
     float scale;
-    int causal = 0;
+    int causal = 0, naive = 0;
     int64_t lda, ldb;
     PyArrayObject *a = NULL, *b = NULL, *m = NULL, *out = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOf|Op", kwlist, &a_obj, &b_obj, &scale, &m_obj,
-                                     &causal))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOf|Opp", kwlist, &a_obj, &b_obj, &scale, &m_obj,
+                                     &causal, &naive))
         return NULL;
     if (!(a = rows_array(a_obj, "a", &lda)) || !(b = rows_array(b_obj, "b", &ldb)) ||
         opt_array(m_obj, 2, "mask", &m))
@@ -962,8 +966,8 @@ static PyObject *py_op_attention_probs(PyObject *self, PyObject *args, PyObject 
     if (!(out = new_float(2, mshape))) goto error;
     int st;
     Py_BEGIN_ALLOW_THREADS
-    st = ovs_attention_probs(F32(out), F32(a), lda, F32(b), ldb, T, U, F, scale, F32_OR_NULL(m),
-                             causal);
+    st = (naive ? ovs_attention_probs_naive : ovs_attention_probs)(
+        F32(out), F32(a), lda, F32(b), ldb, T, U, F, scale, F32_OR_NULL(m), causal);
     Py_END_ALLOW_THREADS
     if (st) {
         ovs_py_raise(st);
@@ -984,13 +988,14 @@ error:
 /* ---------------------------------------------------------------- resize, images */
 static PyObject *py_op_resize(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"x", "size", "mode", "align_corners", NULL};
+    static char *kwlist[] = {"x", "size", "mode", "align_corners", "naive", NULL};
     PyObject *x_obj, *size_obj;
     const char *mode = "bilinear";
-    int align = 0;
+    int align = 0, naive = 0;
     int64_t size[2], NC, H, W;
     PyArrayObject *x = NULL, *out = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|sp", kwlist, &x_obj, &size_obj, &mode, &align))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|spp", kwlist, &x_obj, &size_obj, &mode, &align,
+                                     &naive))
         return NULL;
     int cubic;
     if (!strcmp(mode, "bilinear")) cubic = 0;
@@ -1005,8 +1010,12 @@ static PyObject *py_op_resize(PyObject *self, PyObject *args, PyObject *kw) {
         goto error;
     int st;
     Py_BEGIN_ALLOW_THREADS
-    st = (cubic ? ovs_resize_bicubic : ovs_resize_bilinear)(F32(out), F32(x), NC, H, W, size[0],
-                                                           size[1], align);
+    if (naive)
+        st = (cubic ? ovs_resize_bicubic_naive : ovs_resize_bilinear_naive)(
+            F32(out), F32(x), NC, H, W, size[0], size[1], align);
+    else
+        st = (cubic ? ovs_resize_bicubic : ovs_resize_bilinear)(F32(out), F32(x), NC, H, W,
+                                                               size[0], size[1], align);
     Py_END_ALLOW_THREADS
     if (st) {
         ovs_py_raise(st);
@@ -1241,6 +1250,14 @@ static PyObject *py_op_debug_invalid_calls(PyObject *self, PyObject *noargs) {
                                                            1));
     CASE("adaptive_avgpool P<0", ovs_adaptive_avgpool2d_forward(buf, buf, 1, 4, 4, -1, 2));
     CASE("adaptive_avgpool empty input", ovs_adaptive_avgpool2d_forward(buf, buf, 1, 0, 4, 2, 2));
+    CASE("adaptive_avgpool_naive Q<0", ovs_adaptive_avgpool2d_forward_naive(buf, buf, 1, 4, 4, 2,
+                                                                            -1));
+    CASE("matmul_wt_naive lda<C", ovs_matmul_wt_naive(buf, 2, buf, 1, &w22, 2, 1.0f, 0.0f));
+    CASE("attention_probs_naive causal T>U", ovs_attention_probs_naive(buf, buf, 2, buf, 2, 3, 2,
+                                                                       2, 1.0f, NULL, 1));
+    CASE("resize_bilinear_naive empty input", ovs_resize_bilinear_naive(buf, buf, 1, 0, 4, 2, 2,
+                                                                        0));
+    CASE("resize_bicubic_naive P<0", ovs_resize_bicubic_naive(buf, buf, 1, 4, 4, -1, 2, 0));
     CASE("layernorm D<0", ovs_layernorm_forward(buf, buf, NULL, NULL, 2, -1, 1e-5f));
     CASE("layernorm eps<0", ovs_layernorm_forward(buf, buf, NULL, NULL, 2, 2, -1.0f));
     CASE("layernorm_naive M<0", ovs_layernorm_forward_naive(buf, buf, NULL, NULL, -2, 2, 1e-5f));
@@ -1351,7 +1368,8 @@ static PyMethodDef ops_methods[] = {
      "op_similarity_aggregate(x (M, D), corr (M, M), beta, naive=False) -> (M, D)"},
     {"op_matmul_wt", (PyCFunction)py_op_matmul_wt, KW,
      "op_matmul_wt(a, w, alpha=1.0, beta=0.0, out=None, packed=False): out = alpha a @ w.T + "
-     "beta out; packed=True packs w first and runs the packed-weight GEMM."},
+     "beta out; packed=True packs w first and runs the packed-weight GEMM; naive=True the naive "
+     "twin."},
     {"op_act", (PyCFunction)py_op_act, KW,
      "op_act(x, act, naive=False): act in 'none', 'relu', 'gelu', 'quickgelu'."},
     {"op_linear", (PyCFunction)py_op_linear, KW,
@@ -1365,7 +1383,7 @@ static PyMethodDef ops_methods[] = {
     {"op_avgpool2d", (PyCFunction)py_op_avgpool2d, KW,
      "op_avgpool2d(x, kernel, stride=None, padding=0, count_include_pad=True, naive=False)."},
     {"op_adaptive_avgpool2d", (PyCFunction)py_op_adaptive_avgpool2d, KW,
-     "op_adaptive_avgpool2d(x, size)."},
+     "op_adaptive_avgpool2d(x, size, naive=False)."},
     {"op_layernorm", (PyCFunction)py_op_layernorm, KW,
      "op_layernorm(x, weight=None, bias=None, eps=1e-5, naive=False) over the last dim."},
     {"op_groupnorm", (PyCFunction)py_op_groupnorm, KW,
@@ -1375,7 +1393,8 @@ static PyMethodDef ops_methods[] = {
      "op_attention(q, k, v, heads, scale, mask=None, causal=False, naive=False); q (T, D), "
      "k and v (U, D), rows may be strided (column slices)."},
     {"op_attention_probs", (PyCFunction)py_op_attention_probs, KW,
-     "op_attention_probs(a, b, scale, mask=None, causal=False) -> softmax(scale a b^T + mask)."},
+     "op_attention_probs(a, b, scale, mask=None, causal=False, naive=False) -> "
+     "softmax(scale a b^T + mask)."},
     {"op_pamr", (PyCFunction)py_op_pamr, KW,
      "op_pamr(mask (C,H,W), image (K,H,W), steps, dilations=(8, 16), naive=False) -> (C,H,W): "
      "pamr.PAMR(steps, dilations)(image[None], mask[None])[0]."},
@@ -1383,7 +1402,8 @@ static PyMethodDef ops_methods[] = {
      "op_resize_u8_normalize(img uint8 (H,W,3), size (P,Q), mean, std) -> float32 (3,P,Q): "
      "op_resize(op_normalize_u8(img, None, mean, std), size) without the (3,H,W) copy."},
     {"op_resize", (PyCFunction)py_op_resize, KW,
-     "op_resize(x, size, mode='bilinear', align_corners=False); x (..., H, W), size (P, Q)."},
+     "op_resize(x, size, mode='bilinear', align_corners=False, naive=False); x (..., H, W), "
+     "size (P, Q)."},
     {"op_resize_u8_pil", (PyCFunction)py_op_resize_u8_pil, KW,
      "op_resize_u8_pil(img, size): uint8 (H, W, 3) -> (P, Q, 3), size = (P, Q) = (height, "
      "width), as PIL Image.resize((Q, P), BICUBIC)."},

@@ -10,7 +10,9 @@
  *   T tokens (query side)   U tokens (key side)   E heads   F head width (D = E*F)
  *
  * Every fast kernel has a plain reference `*_naive` with the same signature (minus scratch)
- * kept for tests. Ops never allocate (one exception: ovs_resize_u8_pil_bicubic): callers
+ * kept for tests (csrc/ops/naive.c, checked against its twin by tests/test_ops_twins.py);
+ * ops that are plain loops already (batchnorm fold, neighbour fill, normalize_u8, the u8
+ * resizes, the positional encoding's table) are their own reference. Ops never allocate (one exception: ovs_resize_u8_pil_bicubic): callers
  * pass scratch sized by the matching `*_scratch_floats` function. Unless stated, `out` must
  * not alias an input. Zero-sized work is a no-op; negative sizes and inconsistent arguments
  * give OVS_ERR_ARG, sizes whose products overflow (or a BLAS dimension above INT_MAX)
@@ -88,6 +90,8 @@ const char *ovs_gemm_isa_name(void);
  * via the packed-weight GEMM. lda/ldo are row strides of a and out (>= C and >= K). */
 int ovs_matmul_wt(float *out, int64_t ldo, const float *a, int64_t lda, const ovs_matrix *w,
                   int64_t M, float alpha, float beta);
+int ovs_matmul_wt_naive(float *out, int64_t ldo, const float *a, int64_t lda,
+                        const ovs_matrix *w, int64_t M, float alpha, float beta);
 
 /* ---------------------------------------------------------------- activations */
 typedef enum {
@@ -216,6 +220,8 @@ int ovs_avgpool2d_forward_naive(float *out, const float *in, int64_t NC, int64_t
 /* out (N*C, P, Q) as torch.nn.AdaptiveAvgPool2d((P, Q)). */
 int ovs_adaptive_avgpool2d_forward(float *out, const float *in, int64_t NC, int64_t H, int64_t W,
                                    int64_t P, int64_t Q);
+int ovs_adaptive_avgpool2d_forward_naive(float *out, const float *in, int64_t NC, int64_t H,
+                                         int64_t W, int64_t P, int64_t Q);
 
 /* ---------------------------------------------------------------- normalisation */
 /* out (M, D) = (x - mean) / sqrt(var + eps) * weight + bias, per row. out may alias in.
@@ -247,6 +253,9 @@ int ovs_softmax_forward_naive(float *x, int64_t M, int64_t D);
 int ovs_attention_probs(float *probs, const float *a, int64_t lda, const float *b, int64_t ldb,
                         int64_t T, int64_t U, int64_t F, float scale, const float *mask,
                         int causal);
+int ovs_attention_probs_naive(float *probs, const float *a, int64_t lda, const float *b,
+                              int64_t ldb, int64_t T, int64_t U, int64_t F, float scale,
+                              const float *mask, int causal);
 
 /* Multi-head scaled dot-product attention, heads interleaved as in torch.nn.MultiheadAttention:
  *   out (T, E*F): out[:, h*F:(h+1)*F] = softmax(q_h k_h^T * scale + mask) v_h
@@ -298,6 +307,12 @@ int ovs_resize_bilinear(float *out, const float *in, int64_t NC, int64_t H, int6
                         int64_t Q, int align_corners);
 int ovs_resize_bicubic(float *out, const float *in, int64_t NC, int64_t H, int64_t W, int64_t P,
                        int64_t Q, int align_corners);
+/* Naive twins: per output element, source coordinates and weights in double from torch's
+ * definitions (clamped taps), no tables. */
+int ovs_resize_bilinear_naive(float *out, const float *in, int64_t NC, int64_t H, int64_t W,
+                              int64_t P, int64_t Q, int align_corners);
+int ovs_resize_bicubic_naive(float *out, const float *in, int64_t NC, int64_t H, int64_t W,
+                             int64_t P, int64_t Q, int align_corners);
 
 /* out (3, P, Q) = ovs_resize_bilinear(ovs_normalize_u8(in), align_corners = 0), bit for bit,
  * without the (3, H, W) float copy of the input: each output reads its 2 x 2 source pixels
