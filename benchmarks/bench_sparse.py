@@ -147,8 +147,8 @@ def main(argv=None) -> int:
                 calib = time.perf_counter() - t0
                 n_sparse = sum(c["sparse"] for c in table)
                 embed = size == 224
-                fns = {"ours_sparse": lambda m=sparse: m._visual.forward(x, features=not embed, embed=embed),
-                       "ours_dense": lambda m=dense: m._visual.forward(x, features=not embed, embed=embed)}
+                fns = {"ours_sparse": lambda m=sparse: m.visual.forward(x, features=not embed, embed=embed),
+                       "ours_dense": lambda m=dense: m.visual.forward(x, features=not embed, embed=embed)}
                 if not args.no_torch:
                     torch.set_num_threads(th)
                     xt = torch.from_numpy(x)

@@ -68,7 +68,7 @@ def setup_classifier(side: str, name: str, path: str, params: dict):
         model = ovs.load(path, progress=False)
 
         def cold(subset):
-            model._text_cache.clear()
+            model.text_cache.clear()
             return model.text_classifier(subset, "imagenet80", progress=False)
 
         return H.Case(lambda: cold(names)[:k], lambda: cold(names[:k]))

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from . import _core
+from . import text as _text
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -240,6 +241,25 @@ class Model:
 
     # ------------------------------------------------------------ properties
     @property
+    def visual(self):
+        """The image tower in C (``_core.ViT`` or ``_core.ResNet``), None for a text-only
+        model. Rebuilt (a new object) when set_weight changes an image weight."""
+        return self._visual
+
+    @property
+    def text(self):
+        """The text tower in C (``_core.TextTower``: forward, prefix, forward_prefixed, config),
+        None for an image-only model; what the ``ovs.text`` functions take. Rebuilt (a new
+        object) when set_weight changes a text weight."""
+        return self._text
+
+    @property
+    def text_cache(self) -> dict:
+        """The in-memory text-embedding cache of text_classifier: {(template-set key, class
+        name): (embed_dim,) float32}. Cleared when a text weight changes."""
+        return self._text_cache
+
+    @property
     def arch(self) -> str:
         return self.config["vision"]["arch"] if "vision" in self.config else "text"
 
@@ -349,34 +369,7 @@ class Model:
         computation: attention is causal). A row is therefore always computed at its own
         length, whatever else is in the call, so its embedding does not depend on the batch it
         came with (the GEMM kernels give each row the same arithmetic at any batch size)."""
-        text = self._need_text()
-        ids = np.asarray(ids)
-        if ids.dtype.kind not in "iu":
-            raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
-        if ids.ndim == 1:
-            ids = ids[None]
-        if ids.ndim != 2:
-            raise ValueError(f"token ids must be (N, context), got shape {ids.shape}")
-        ctx = self.config["text"]["context"]
-        if ids.shape[1] == 0 or ids.shape[1] > ctx:
-            raise ValueError(f"token ids must have 1..{ctx} columns, got {ids.shape[1]}")
-        if ids.size and (ids.min() < 0 or ids.max() >= self.config["text"]["vocab"]):
-            raise ValueError(f"token ids must be in 0..{self.config['text']['vocab'] - 1}, "
-                             f"got range {ids.min()}..{ids.max()}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        ids = np.ascontiguousarray(ids, dtype=np.int32)
-        out = np.empty((ids.shape[0], self.embed_dim_text), np.float32)
-        if ids.shape[0] == 0:
-            return out
-        eot = ids.argmax(axis=1)
-        order = np.argsort(eot, kind="stable")
-        bounds = np.flatnonzero(np.diff(eot[order])) + 1 if truncate else np.empty(0, np.intp)
-        for group in np.split(order, bounds):
-            for start in range(0, len(group), batch_size):
-                rows = group[start:start + batch_size]
-                out[rows] = text.forward(np.ascontiguousarray(ids[rows]), truncate)
-        return out
+        return _text.encode_tokens(self._need_text(), ids, truncate=truncate, batch_size=batch_size)
 
     @property
     def embed_dim_text(self) -> int:
@@ -412,10 +405,8 @@ class Model:
         template.format(name), not normalised: encode_text of those prompts, with each template's
         shared leading tokens ("<start_of_text> a photo of a") computed once and only the rest of
         each prompt run per prompt (share_prefix=False: the plain path). See ovs.text."""
-        from .text import encode_prompts
-
-        return encode_prompts(self, names, templates, share_prefix=share_prefix,
-                              batch_size=batch_size, progress=progress)
+        return _text.encode_prompts(self._need_text(), names, templates, share_prefix=share_prefix,
+                                    batch_size=batch_size, progress=progress)
 
     def text_classifier(self, class_names: Sequence[str], templates="imagenet80", *,
                         cache_dir: str | os.PathLike | None = None,
@@ -426,9 +417,9 @@ class Model:
         cache_dir (or $OVS_CACHE_DIR/text when set), on disk. Prompts are encoded with
         encode_prompts (shared template prefixes run once). progress: a tqdm bar on stderr when
         encoding takes more than a few seconds and stderr is a terminal."""
-        from .text import build_classifier
-
-        return build_classifier(self, class_names, templates, cache_dir=cache_dir, progress=progress)
+        return _text.build_classifier(self._need_text(), class_names, templates, cache=self._text_cache,
+                                      digest=self.weights_digest(), cache_dir=cache_dir,
+                                      progress=progress)
 
 
 def load(name_or_path: str | os.PathLike, *, act: str | None = None,

@@ -255,7 +255,7 @@ class Segmenter:
                              f"not a CLIP model")
         if not isinstance(model, Model):
             raise TypeError(f"model must be an ovs.Model (from ovs.load), got {type(model).__name__}")
-        if model._visual is None or model._text is None:
+        if model.visual is None or model.text is None:
             raise ValueError("segmentation needs a CLIP model with both image and text towers")
         method = default_method(model) if method is None else method
         if method not in METHODS:
@@ -343,9 +343,9 @@ class Segmenter:
         from .templates import get_templates
 
         get_templates(self.templates)  # validate now, not at the first call
-        self._seg = _core.Segmenter(model._visual, method, crop, stride, self.sigma, self.prompt_denoise or 0.0,
+        self._seg = _core.Segmenter(model.visual, method, crop, stride, self.sigma, self.prompt_denoise or 0.0,
                                     self.key_smoothing or 0.0)
-        self._seg_visual = model._visual
+        self._seg_visual = model.visual
 
     def _init_framework(self, model, method, short_side, window, logit_scale, templates,
                         bg_threshold, sigma, output_size, progress):
@@ -411,11 +411,11 @@ class Segmenter:
 
     # ------------------------------------------------------------ internals
     def _core_seg(self):
-        if self._seg_visual is not self.model._visual:  # weights were swapped: rebuild
+        if self._seg_visual is not self.model.visual:  # weights were swapped: rebuild
             crop, stride = self.window or (0, 0)
-            self._seg = _core.Segmenter(self.model._visual, self.method, crop, stride, self.sigma,
+            self._seg = _core.Segmenter(self.model.visual, self.method, crop, stride, self.sigma,
                                         self.prompt_denoise or 0.0, self.key_smoothing or 0.0)
-            self._seg_visual = self.model._visual
+            self._seg_visual = self.model.visual
         return self._seg
 
     def classifier(self, class_names: Sequence[str]) -> np.ndarray:

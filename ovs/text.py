@@ -5,6 +5,12 @@ tokens <start_of_text> a photo of a, and with causal attention those tokens' hid
 not depend on what follows. ``encode_prompts`` runs each template's prefix once (keeping every
 layer's keys and values) and then only the class-name, suffix and end-of-text tokens of each
 prompt, in batches, against that cache.
+
+The functions take what they use explicitly, as open_clip's ``build_zero_shot_classifier`` takes
+its model and tokenizer: ``text`` is a C text tower (``model.text``: ``forward``, ``prefix``,
+``forward_prefixed``, ``config``), and ``build_classifier`` gets the embedding cache and the
+weights' digest that keys it. This module does not know ``ovs.Model``; ``Model.encode_tokens``,
+``encode_prompts`` and ``text_classifier`` call it with their own tower and cache.
 """
 from __future__ import annotations
 
@@ -14,12 +20,9 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from .model import Model
 
 
 def _str_list(values, what: str, hint: str, blank_ok: bool) -> list[str]:
@@ -77,15 +80,14 @@ def template_prefix(template: str, context: int) -> np.ndarray:
     return ids[:int(ids.argmax())]
 
 
-def prefix_plan(model: "Model", names: Sequence[str], templates="imagenet80") -> np.ndarray:
+def prefix_plan(names: Sequence[str], templates="imagenet80", context: int = 77) -> np.ndarray:
     """(len(names), len(templates)) int: the number of leading tokens of each prompt
     template.format(name) that encode_prompts takes from the template's shared prefix cache (0:
-    the prompt runs the plain path)."""
+    the prompt runs the plain path), for a text tower of `context` positions."""
     from .templates import get_templates
 
     tmpl = get_templates(templates)
     names = _check_prompt_names(names)
-    context = model.config["text"]["context"]
     ids = _tokenize_prompts(context, names, tmpl)
     return _plan(context, ids, tmpl)[0].reshape(len(names), len(tmpl))
 
@@ -150,12 +152,51 @@ def _plan(context: int, ids: np.ndarray, tmpl: list[str]):
     return plan, cands, eot
 
 
-def encode_prompts(model: "Model", names: Sequence[str], templates="imagenet80", *,
+def encode_tokens(text: Any, ids, *, truncate: bool = True, batch_size: int = 256) -> np.ndarray:
+    """Text embeddings (N, embed_dim) of token ids (N, context) by the text tower `text`, not
+    normalised.
+
+    With truncate (the default), rows are grouped by their end-of-text position and each
+    group runs in chunks of batch_size only up to that position (identical to full-length
+    computation: attention is causal). A row is therefore always computed at its own
+    length, whatever else is in the call, so its embedding does not depend on the batch it
+    came with (the GEMM kernels give each row the same arithmetic at any batch size)."""
+    cfg = text.config()
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2:
+        raise ValueError(f"token ids must be (N, context), got shape {ids.shape}")
+    ctx = cfg["context"]
+    if ids.shape[1] == 0 or ids.shape[1] > ctx:
+        raise ValueError(f"token ids must have 1..{ctx} columns, got {ids.shape[1]}")
+    if ids.size and (ids.min() < 0 or ids.max() >= cfg["vocab"]):
+        raise ValueError(f"token ids must be in 0..{cfg['vocab'] - 1}, "
+                         f"got range {ids.min()}..{ids.max()}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ids = np.ascontiguousarray(ids, dtype=np.int32)
+    out = np.empty((ids.shape[0], cfg["embed_dim"]), np.float32)
+    if ids.shape[0] == 0:
+        return out
+    eot = ids.argmax(axis=1)
+    order = np.argsort(eot, kind="stable")
+    bounds = np.flatnonzero(np.diff(eot[order])) + 1 if truncate else np.empty(0, np.intp)
+    for group in np.split(order, bounds):
+        for start in range(0, len(group), batch_size):
+            rows = group[start:start + batch_size]
+            out[rows] = text.forward(np.ascontiguousarray(ids[rows]), truncate)
+    return out
+
+
+def encode_prompts(text: Any, names: Sequence[str], templates="imagenet80", *,
                    share_prefix: bool = True, batch_size: int = 256,
                    progress: bool = False) -> np.ndarray:
-    """(len(names), len(templates), embed_dim) float32: the text embedding of every prompt
-    template.format(name), not normalised; equal to model.encode_text of the prompts (float
-    rounding aside). With share_prefix, each template's leading tokens run once and only the
+    """(len(names), len(templates), embed_dim) float32: the embedding by the text tower `text`
+    of every prompt template.format(name), not normalised; equal to encode_tokens of the
+    tokenized prompts (float rounding aside). With share_prefix, each template's leading tokens run once and only the
     rest of each prompt runs per prompt (see prefix_plan); share_prefix=False is the plain path.
     progress: a tqdm bar on stderr when this takes over PROGRESS_DELAY_S seconds (never when
     stderr is not a terminal)."""
@@ -165,10 +206,10 @@ def encode_prompts(model: "Model", names: Sequence[str], templates="imagenet80",
     names = _check_prompt_names(names)
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    text = model._need_text()
-    context = model.config["text"]["context"]
+    cfg = text.config()
+    context = cfg["context"]
     ids = _tokenize_prompts(context, names, tmpl)
-    out = np.empty((len(ids), model.embed_dim_text), np.float32)
+    out = np.empty((len(ids), cfg["embed_dim"]), np.float32)
     if share_prefix:
         plan, cands, eot = _plan(context, ids, tmpl)
     else:
@@ -177,7 +218,7 @@ def encode_prompts(model: "Model", names: Sequence[str], templates="imagenet80",
     try:
         plain = np.flatnonzero(plan == 0)
         for rows in _chunks(plain, eot, batch_size):
-            out[rows] = model.encode_tokens(ids[rows], batch_size=batch_size)
+            out[rows] = encode_tokens(text, ids[rows], batch_size=batch_size)
             bar.update(len(rows))
         nt = len(tmpl)
         for j in range(nt):
@@ -213,18 +254,22 @@ def _progress_bar(total: int, progress: bool):
                 disable=None if progress else True)
 
 
-def build_classifier(model: "Model", class_names: Sequence[str], templates="imagenet80", *,
-                     cache_dir=None, progress: bool = True) -> np.ndarray:
+def build_classifier(text: Any, class_names: Sequence[str], templates="imagenet80", *,
+                     cache: dict, digest: str, cache_dir=None, progress: bool = True) -> np.ndarray:
+    """Zero-shot classifier (C, embed_dim) by the text tower `text` (see Model.text_classifier).
+    cache: the in-memory embeddings, {(template-set key, class name): (embed_dim,) float32},
+    filled here; digest: the text weights' digest (Model.weights_digest), which keys the disk
+    cache under cache_dir (or $OVS_CACHE_DIR/text when set)."""
     from .classnames import split_synonyms
     from .templates import get_templates
 
     names = _check_class_names(class_names)
     tmpl = get_templates(templates)
     tkey = hashlib.sha256("\x1f".join(tmpl).encode()).hexdigest()[:16]
-    digest = model.weights_digest()[:16]
+    digest = digest[:16]
+    dim = text.config()["embed_dim"]
     disk = _disk_dir(cache_dir)
-    cache = model._text_cache
-    out = np.empty((len(names), model.embed_dim_text), np.float32)
+    out = np.empty((len(names), dim), np.float32)
     missing: dict[str, list[int]] = {}
     for i, name in enumerate(names):
         key = (tkey, name)
@@ -236,7 +281,7 @@ def build_classifier(model: "Model", class_names: Sequence[str], templates="imag
             if f.is_file():
                 try:
                     v = np.load(f)
-                    if v.shape == (model.embed_dim_text,) and np.isfinite(v).all():
+                    if v.shape == (dim,) and np.isfinite(v).all():
                         cache[key] = v.astype(np.float32)
                         out[i] = cache[key]
                         continue
@@ -248,7 +293,7 @@ def build_classifier(model: "Model", class_names: Sequence[str], templates="imag
         unique = list(dict.fromkeys(s for syn in synonyms.values() for s in syn))
         index = {s: i for i, s in enumerate(unique)}
         # (synonyms, templates, E): each prompt L2-normalised
-        emb = _normalize(model.encode_prompts(unique, tmpl, progress=progress))
+        emb = _normalize(encode_prompts(text, unique, tmpl, progress=progress))
         for name, syn in synonyms.items():
             rows = emb[[index[s] for s in syn]].reshape(-1, emb.shape[-1])  # synonym-major
             v = _normalize(rows.mean(axis=0)).astype(np.float32)

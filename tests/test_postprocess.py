@@ -350,7 +350,7 @@ def test_postprocess_errors(vit):
     with pytest.raises(ValueError, match="empty logits"):
         _core.seg_prompt_denoise(np.zeros((0, 4), np.float32), 0.5)
     with pytest.raises(ValueError, match=r"pd_thresh and ks_thresh must be in \[0, 1\], got 2, 0"):
-        _core.Segmenter(vit._visual, "maskclip", 0, 0, 5.0, 2.0)
+        _core.Segmenter(vit.visual, "maskclip", 0, 0, 5.0, 2.0)
     with pytest.raises(ValueError, match="key_smoothing is MaskCLIP's refinement: it needs method='maskclip', got 'sclip'"):
         ovs.Segmenter(vit, "sclip", key_smoothing=1.0)
     with pytest.raises(ValueError, match=r"key_smoothing must be a number in \[0, 1\], got 3"):

@@ -214,7 +214,7 @@ def test_fail_alloc_segment(state_dicts, image, name, method, threads, restore_t
             # padding) runs in milliseconds. The classifier is cached, so that the count
             # covers the image pipeline.
             for n, row in zip(names, cls):
-                model._text_cache[(_templates_key("imagenet80"), n)] = row
+                model.text_cache[(_templates_key("imagenet80"), n)] = row
             return ovs.Segmenter(model, method=method, **kw)
         return build
 
@@ -312,13 +312,13 @@ def test_refcounts_unchanged(vit, rn, image, one_thread):
         fresh(vit.encode_image(x, preprocess=False), "encode_image(float)")
         fresh(vit.encode_image(xf, preprocess=False), "encode_image(Fortran)")
         fresh(rn.image_features(x), "image_features")
-        fresh(vit._visual.forward(x, all_tokens=True, tokens=True), "ViT.forward")
+        fresh(vit.visual.forward(x, all_tokens=True, tokens=True), "ViT.forward")
         fresh(vit.encode_tokens(ids), "encode_tokens")
-        fresh(vit._text.forward(ids, True), "TextTower.forward")
+        fresh(vit.text.forward(ids, True), "TextTower.forward")
         fresh(vit.encode_text(texts), "encode_text")
-        fresh(vit._text.prefix(ids[0, :3]), "TextTower.prefix")
-        kv = vit._text.prefix(ids[0, :3])
-        fresh(vit._text.forward_prefixed(kv, ids[:, 3:]), "TextTower.forward_prefixed")
+        fresh(vit.text.prefix(ids[0, :3]), "TextTower.prefix")
+        kv = vit.text.prefix(ids[0, :3])
+        fresh(vit.text.forward_prefixed(kv, ids[:, 3:]), "TextTower.forward_prefixed")
         fresh(vit.encode_prompts(["cat", "dog"], "simple"), "encode_prompts")
         fresh(ovs.tokenize(texts), "tokenize")
         fresh(seg.segment(image, names), "segment")
@@ -332,8 +332,8 @@ def test_refcounts_unchanged(vit, rn, image, one_thread):
                     lambda: vit.encode_image(x[:, :, :30], preprocess=False),
                     lambda: _core.seg_labels(low, 0, 5), lambda: seg.segment(image, ["a", 1]),
                     lambda: vit.encode_text(["a", None]), lambda: rn.image_features(bad_x),
-                    lambda: vit._text.forward_prefixed(kv[:, :, 1:], ids[:, 3:]),
-                    lambda: vit._text.prefix(ids[0, :0])):
+                    lambda: vit.text.forward_prefixed(kv[:, :, 1:], ids[:, 3:]),
+                    lambda: vit.text.prefix(ids[0, :0])):
             try:
                 bad()
             except (TypeError, ValueError):
@@ -354,8 +354,8 @@ def test_refcounts_unchanged(vit, rn, image, one_thread):
             finally:
                 _core.debug_fail_alloc(0)
 
-    objs = [image, x, xf, ids, texts, names, low, low_cls, bad_img, bad_x, vit, rn, seg, vit._visual,
-            vit._text, seg._seg] + names + texts
+    objs = [image, x, xf, ids, texts, names, low, low_cls, bad_img, bad_x, vit, rn, seg, vit.visual,
+            vit.text, seg._seg] + names + texts
     calls()
     before = _refcounts(objs)
     for _ in range(20):
@@ -515,17 +515,18 @@ def test_templates_validation(vit):
 
 
 def _encode_text_calls(monkeypatch):
-    """Prompts encoded by text_classifier (which encodes through Model.encode_prompts)."""
+    """Prompts encoded by text_classifier (which encodes through ovs.text.encode_prompts)."""
+    import ovs.text
     from ovs.templates import get_templates
 
     calls = []
-    orig = ovs.Model.encode_prompts
+    orig = ovs.text.encode_prompts
 
-    def counting(self, names, templates="imagenet80", **kw):
+    def counting(text, names, templates="imagenet80", **kw):
         calls.append(len(names) * len(get_templates(templates)))
-        return orig(self, names, templates, **kw)
+        return orig(text, names, templates, **kw)
 
-    monkeypatch.setattr(ovs.Model, "encode_prompts", counting)
+    monkeypatch.setattr(ovs.text, "encode_prompts", counting)
     return calls
 
 

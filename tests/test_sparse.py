@@ -128,7 +128,7 @@ def test_rn50_sparse_equals_dense_of_zeroed_weights(rn50_sd, reference):
             assert c["weight_bytes"] == 6 * c["nnz"] + 8 * (c["shape"][0] + 1), c
     # and back to dense gives the same weights (rebuilt from the CSR)
     sparse.sparsify("dense")
-    assert not any(c["sparse"] for c in sparse._visual.convs())
+    assert not any(c["sparse"] for c in sparse.visual.convs())
     assert np.array_equal(sparse.image_features(x)["embed"], a["embed"])
 
 

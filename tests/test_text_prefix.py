@@ -72,7 +72,7 @@ def test_prefix_plan_follows_the_tokens(model):
     "{}" has nothing to share (plain path)."""
     templates = ["a photo of a {}.", "a photo of a{}.", "word " * 80 + "{}.", "a ({})", "{}"]
     names = ["cat", "'s garden", "-shaped thing", "", "very " * 60 + "long name"]
-    plan = ovs.text.prefix_plan(model, names, templates)
+    plan = ovs.text.prefix_plan(names, templates, model.config["text"]["context"])
     expected = np.array([[5, 4, 76, 3, 0],
                          [5, 5, 76, 2, 0],
                          [5, 5, 76, 2, 0],
@@ -92,7 +92,7 @@ def test_encode_prompts_matches_open_clip(model, open_clip_reference):
     ref = open_clip_reference(prompts).reshape(len(NAMES), len(OPEN_CLIP_TEMPLATES), -1)
     got = model.encode_prompts(NAMES, OPEN_CLIP_TEMPLATES)
     assert got.dtype == np.float32 and got.shape == ref.shape, (got.dtype, got.shape)
-    shared = ovs.text.prefix_plan(model, NAMES, OPEN_CLIP_TEMPLATES) > 0
+    shared = ovs.text.prefix_plan(NAMES, OPEN_CLIP_TEMPLATES, model.config["text"]["context"]) > 0
     assert shared.mean() > 0.9, f"only {shared.mean():.0%} of the prompts took the prefix path"
     assert_close(got, ref, rtol=RTOL, name="encode_prompts vs open_clip")
     for i, name in enumerate(NAMES):   # per name: a bad row must not hide in the global scale
@@ -177,7 +177,7 @@ def test_bad_inputs_raise(model):
         model.encode_prompts(["cat"], ["no placeholder"])
     with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
         model.encode_prompts(["cat"], batch_size=0)
-    text = model._text
+    text = model.text
     with pytest.raises(ValueError, match="a prefix must have 1..76 tokens, got 77"):
         text.prefix(np.zeros(77, np.int32))
     with pytest.raises(ValueError, match="a prefix must have 1..76 tokens, got 0"):

@@ -6,6 +6,7 @@
  * A row-major (O, C) slice is, read column-major, the (C, O) matrix Wᵀ with leading dimension C;
  * it has the same singular values, so slices go to LAPACK without a transpose. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -209,7 +210,12 @@ static int analyze_one(ovs_layer_alpha *r, const ovs_tensor *w, const ovs_esd_op
     r->num_kept = E - first;
     if (r->num_kept < 2) { r->status = OVS_LAYER_TOO_FEW; r->fit.status = OVS_LAYER_TOO_FEW; goto done; }
     st = ovs_powerlaw_fit(&r->fit, evals + first, r->num_kept, opt->xmin_mode);
-    if (st) goto done;
+    if (st) {   /* name the layer in the fit's message */
+        char msg[OVS_ERROR_CAP];
+        snprintf(msg, sizeof msg, "%s", ovs_last_error());
+        ovs_set_error(st, "%s: %s", w->name ? w->name : "layer", msg);
+        goto done;
+    }
     r->status = r->fit.status;
     if (r->status == OVS_LAYER_OK) r->alpha_weighted = r->fit.alpha * r->log_spectral_norm;
 done:
@@ -240,11 +246,10 @@ int ovs_analyze_layers(ovs_layer_alpha *out, const ovs_tensor *layers, int64_t c
     if (opt->xmin_mode < OVS_XMIN_ALL || opt->xmin_mode > OVS_XMIN_PEAK_REFERENCE)
         return ovs_set_error(OVS_ERR_ARG, "xmin_mode must be 0, 1 or 2, got %d", opt->xmin_mode);
     size_t bytes;
-    if (ovs_mul_size(&bytes, (size_t)count, sizeof(layer_order) + sizeof(int)))
+    if (ovs_mul_size(&bytes, (size_t)count, sizeof(layer_order)))
         return ovs_set_error(OVS_ERR_OVERFLOW, "%lld layers: size overflows", (long long)count);
-    layer_order *order = ovs_malloc(bytes); /* (count,) biggest SVD first, then (count,) codes */
+    layer_order *order = ovs_malloc(bytes); /* (count,) biggest SVD first */
     if (!order) return ovs_set_error(OVS_ERR_NOMEM, "out of memory for %lld layers", (long long)count);
-    int *codes = (int *)(order + count);
     for (int64_t i = 0; i < count; i++) {
         int64_t O = 0, C = 0, S = 0;
         double cost = 0.0;
@@ -254,22 +259,17 @@ int ovs_analyze_layers(ovs_layer_alpha *out, const ovs_tensor *layers, int64_t c
         }
         order[i].cost = cost;
         order[i].index = i;
-        codes[i] = OVS_OK;
     }
     qsort(order, (size_t)count, sizeof *order, cmp_cost_desc);
+    /* A worker's failure (with its message naming the layer) reaches this thread through re. */
+    ovs_region_error re = OVS_REGION_ERROR_INIT;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(ovs_get_num_threads())
     for (int64_t t = 0; t < count; t++) {
+        if (ovs_region_failed(&re)) continue;
         int64_t i = order[t].index;
-        codes[i] = analyze_one(&out[i], &layers[i], opt);
+        ovs_region_keep(&re, analyze_one(&out[i], &layers[i], opt));
     }
-    int st = OVS_OK;
-    for (int64_t i = 0; i < count && !st; i++) {
-        if (codes[i] == OVS_OK) continue;
-        st = codes[i];
-        /* the message was left on a worker thread; set it again on this one */
-        ovs_set_error(st, "%s: %s while analysing the layer", layers[i].name ? layers[i].name : "layer",
-                      ovs_status_name(st));
-    }
+    int st = ovs_region_finish(&re);
     ovs_free(order);
     return st;
 }

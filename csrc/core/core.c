@@ -11,7 +11,7 @@
 #endif
 
 /* ---------------------------------------------------------------- errors */
-static _Thread_local char tls_error[1024];
+static _Thread_local char tls_error[OVS_ERROR_CAP];
 
 int ovs_set_error(int code, const char *fmt, ...) {
     va_list ap;
@@ -36,6 +36,42 @@ const char *ovs_status_name(int code) {
     case OVS_ERR_OVERFLOW: return "size overflow";
     default: return "unknown error";
     }
+}
+
+/* ---------------------------------------------------------------- errors from parallel regions */
+/* The slot is claimed with a compare-and-swap, so exactly one thread writes the message; it
+ * publishes the status with release order after the message. ovs_region_finish runs after the
+ * region's closing barrier, which orders every write of the region before it. */
+static int region_claim(ovs_region_error *re) {
+    int expected = 0;
+    return __atomic_compare_exchange_n(&re->claimed, &expected, 1, 0, __ATOMIC_ACQ_REL,
+                                       __ATOMIC_RELAXED);
+}
+
+int ovs_region_fail(ovs_region_error *re, int status, const char *fmt, ...) {
+    if (status == OVS_OK || !region_claim(re)) return status;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(re->message, sizeof re->message, fmt, ap);
+    va_end(ap);
+    __atomic_store_n(&re->status, status, __ATOMIC_RELEASE);
+    return status;
+}
+
+int ovs_region_keep(ovs_region_error *re, int status) {
+    if (status == OVS_OK) return status;
+    const char *msg = tls_error[0] ? tls_error : ovs_status_name(status);
+    return ovs_region_fail(re, status, "%s", msg);
+}
+
+int ovs_region_failed(const ovs_region_error *re) {
+    return __atomic_load_n(&re->claimed, __ATOMIC_RELAXED) != 0;
+}
+
+int ovs_region_finish(const ovs_region_error *re) {
+    int status = __atomic_load_n(&re->status, __ATOMIC_ACQUIRE);
+    if (status == OVS_OK) return OVS_OK;
+    return ovs_set_error(status, "%s", re->message);
 }
 
 /* ---------------------------------------------------------------- memory */

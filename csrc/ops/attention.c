@@ -93,7 +93,7 @@ int ovs_attention_forward(float *out, const float *q, int64_t ldq, const float *
         return st;
     /* Heads run in parallel, one head per thread with single-threaded sgemms: one parallel
      * region per call instead of three per head. */
-    int failed = 0;
+    ovs_region_error re = OVS_REGION_ERROR_INIT;
 #pragma omp parallel for schedule(dynamic, 1) if (E > 1 && tu * F >= OPS_PAR_MIN) num_threads(ovs_get_num_threads())
     for (int64_t h = 0; h < E; h++) {
         float *probs = scratch + h * tu;   /* (T, U) of head h */
@@ -102,11 +102,7 @@ int ovs_attention_forward(float *out, const float *q, int64_t ldq, const float *
             attention_softmax_rows(probs, T, U, mask, causal);
             hs = ops_sgemm(op, 0, T, F, U, 1.0f, probs, U, v + h * F, ldv, 0.0f, out + h * F, D);
         }
-        if (hs) {
-#pragma omp atomic write
-            failed = hs;
-        }
+        if (hs) ovs_region_keep(&re, hs);
     }
-    if (failed) return failed;
-    return OVS_OK;
+    return ovs_region_finish(&re);
 }

@@ -43,9 +43,9 @@ typedef enum {
 
 /* Record an error message for the calling thread and return `code`. printf-style.
  * The message is per thread: inside an OpenMP parallel region it would land in a worker's
- * buffer and the caller would never see it. Parallel regions therefore only raise a flag
- * (`#pragma omp atomic write failed = 1`) and the code after the region, on the calling thread,
- * calls ovs_set_error (see ovs_seg_labels in csrc/methods/pipeline.c). */
+ * buffer and the caller would never see it. Parallel regions therefore report through an
+ * ovs_region_error (below), which carries the first failure's status and message back to the
+ * calling thread. */
 int ovs_set_error(int code, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 2, 3)))
@@ -55,6 +55,51 @@ int ovs_set_error(int code, const char *fmt, ...)
 const char *ovs_last_error(void);
 /* A short name for a status code ("bad argument", "out of memory", ...). */
 const char *ovs_status_name(int code);
+
+/* ---------------------------------------------------------------- errors from parallel regions */
+/* Capacity of an error message, terminating NUL included (longer messages are truncated). */
+#define OVS_ERROR_CAP 1024
+
+/* The first error raised by any thread of one OpenMP parallel region. Usage:
+ *
+ *     ovs_region_error re = OVS_REGION_ERROR_INIT;
+ *     #pragma omp parallel for ...
+ *     for (int64_t i = 0; i < n; i++) {
+ *         if (ovs_region_failed(&re)) continue;              // optional: skip the rest
+ *         float *buf = ovs_malloc(bytes);
+ *         if (!buf) { ovs_region_fail(&re, OVS_ERR_NOMEM, "row %lld: out of memory", (long long)i); continue; }
+ *         int st = some_ovs_function(...);                   // left its message on this thread
+ *         if (st) ovs_region_keep(&re, st);
+ *         ...
+ *     }
+ *     return ovs_region_finish(&re);   // after the region, on the calling thread
+ *
+ * The first failure wins (claimed atomically; later ones are dropped), whichever thread raises
+ * it. ovs_region_finish copies its message into the calling thread's ovs_last_error() and
+ * returns its status (OVS_OK if nothing failed). */
+typedef struct {
+    int status;                   /* OVS_OK until a failure is published */
+    int claimed;                  /* 1 once a thread has taken the slot */
+    char message[OVS_ERROR_CAP];
+} ovs_region_error;
+
+#define OVS_REGION_ERROR_INIT {OVS_OK, 0, {0}}
+
+/* Record `status` with a printf-style message unless an earlier failure is recorded; returns
+ * `status`. Thread-safe; callable from any thread of the region. */
+int ovs_region_fail(ovs_region_error *re, int status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+/* Record `status` with the message this thread's last ovs_set_error left (the callee raised
+ * it); does nothing for OVS_OK. Returns `status`. */
+int ovs_region_keep(ovs_region_error *re, int status);
+/* Nonzero once some thread has recorded a failure (for skipping the remaining work). */
+int ovs_region_failed(const ovs_region_error *re);
+/* On the calling thread, after the region: set ovs_last_error() to the recorded message and
+ * return the recorded status, or return OVS_OK if nothing failed. */
+int ovs_region_finish(const ovs_region_error *re);
 
 /* ---------------------------------------------------------------- memory */
 void *ovs_malloc(size_t bytes);                 /* NULL on failure (never aborts) */
