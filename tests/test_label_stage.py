@@ -74,3 +74,82 @@ def test_many_classes_large_output():
     lr = _core.seg_upsample(grid, 48, 64, logit_scale=1.0, softmax=False)
     _both(lr, 480, 640, logit_scale=40.0)
     _both(lr, 480, 640, logit_scale=40.0, bg_threshold=0.2, bg_label=-1)
+
+
+# ---- the block level (8 x 8 cells): bounds across block edges, spikes, odd sizes, threads
+BLOCK_SIZES = [(37, 29, 150, 121), (17, 64, 35, 300), (1, 30, 5, 200), (30, 1, 200, 5), (40, 30, 41, 30),
+               (9, 9, 100, 100), (24, 40, 24, 41)]
+
+
+def _spiky(rng, C, h, w):
+    """Smooth logits where single values (often on block-edge rows / columns, shared by two
+    blocks) of random classes jump above every other class: the block bound must keep them."""
+    lr = rng.standard_normal((C, h, w)).astype(np.float32) * 0.01
+    lr += rng.standard_normal((C, 1, 1)).astype(np.float32) * 0.05
+    for _ in range(12):
+        k = rng.integers(C)
+        y = min(8 * rng.integers(0, h // 8 + 1), h - 1) if rng.random() < 0.6 else rng.integers(h)
+        x = min(8 * rng.integers(0, w // 8 + 1), w - 1) if rng.random() < 0.6 else rng.integers(w)
+        lr[k, y, x] = lr[:, y, x].max() + np.float32(rng.choice([1e-6, 1e-3, 0.5]))
+    return lr
+
+
+@pytest.mark.parametrize("size", BLOCK_SIZES)
+def test_block_bounds_equal_naive(size):
+    h, w, H, W = size
+    rng = np.random.default_rng(h * 100 + w)
+    cases = dict(_cases(rng, 40, h, w), spiky=_spiky(rng, 40, h, w), spiky_many=_spiky(rng, 300, h, w))
+    for name, lr in cases.items():
+        _both(lr, H, W)
+        _both(lr, H, W, logit_scale=40.0, bg_threshold=0.3, bg_label=-1)
+        _both(lr, H, W, logit_scale=100.0, bg_threshold=0.02, bg_label=7)
+
+
+def test_spike_class_wins_where_it_peaks():
+    """A class that exceeds the rest at one low-resolution value only (on a block corner row and
+    column) is the label at the output pixel closest to it."""
+    rng = np.random.default_rng(8)
+    lr = rng.standard_normal((200, 33, 41)).astype(np.float32) * 0.01
+    lr[123, 16, 24] = 1.0
+    labels = _both(lr, 132, 164)
+    assert labels[16 * 4 + 1, 24 * 4 + 1] == 123 and (labels == 123).sum() < 200
+
+
+def test_non_finite_values_in_large_maps():
+    rng = np.random.default_rng(9)
+    lr = rng.standard_normal((50, 30, 44)).astype(np.float32)
+    lr[3, 17, 33] = np.nan
+    lr[10, 8, 8] = np.inf
+    lr[20, 29, 43] = -np.inf
+    lr[:, 0:2, 20:23] = np.inf  # inf - inf in every class of a few cells
+    _both(lr, 121, 177)
+    _both(lr, 121, 177, logit_scale=40.0, bg_threshold=0.4, bg_label=-1)
+
+
+def test_background_blocks_and_close_calls_in_large_maps():
+    """Many classes: whole blocks and cells below the threshold (the shortcut), and thresholds at
+    quantiles of the true top probability (the exact path near the threshold)."""
+    rng = np.random.default_rng(10)
+    grid = (rng.standard_normal((120, 5, 7)) * 0.05 + rng.standard_normal((120, 1, 1)) * 0.03).astype(np.float32)
+    lr = _core.seg_upsample(grid, 40, 56, logit_scale=1.0, softmax=False)
+    probs = _core.seg_upsample(lr, 160, 224, logit_scale=40.0, softmax=True).max(axis=0)
+    for thr in [*np.quantile(probs, [0.02, 0.5, 0.98]), 0.99]:
+        labels = _both(lr, 160, 224, logit_scale=40.0, bg_threshold=float(thr), bg_label=-1)
+        assert np.array_equal(labels == -1, probs < thr) or abs((labels == -1).mean() - (probs < thr).mean()) < 1e-3
+
+
+def test_thread_count_does_not_change_labels():
+    import ovs
+
+    rng = np.random.default_rng(11)
+    lr = _spiky(rng, 150, 50, 70)
+    before = ovs.get_num_threads()
+    try:
+        out = {}
+        for t in (1, 2):
+            ovs.set_num_threads(t)
+            out[t] = (_core.seg_labels(lr, 230, 310), _core.seg_labels(lr, 230, 310, logit_scale=40.0, bg_threshold=0.2))
+    finally:
+        ovs.set_num_threads(before)
+    assert all(np.array_equal(a, b) for a, b in zip(out[1], out[2]))
+    _both(lr, 230, 310, logit_scale=40.0, bg_threshold=0.2)

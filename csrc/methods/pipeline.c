@@ -271,6 +271,7 @@ typedef struct {
     double *bs_lo, *bs_hi;           /* (nb,) bracket of sum over dropped classes of exp(s (v - bref)) */
     unsigned char *ball_bg;          /* (nb,) background throughout */
     /* cell row */
+    float *cmin, *cmax;              /* (C, LB) one block's cells' corner min / max per candidate */
     float *cref;                     /* (w,) */
     int32_t *ccount, *ccand;         /* (w,), (w, C) */
     double *cs_lo, *cs_hi;           /* (w,) bracket of sum over dropped classes of exp(s (v - cref)) */
@@ -280,7 +281,7 @@ typedef struct {
 static void label_work_free(label_work *lw) {
     ovs_free(lw->colmax), ovs_free(lw->bmax), ovs_free(lw->bref), ovs_free(lw->bcount);
     ovs_free(lw->bs_lo), ovs_free(lw->ball_bg), ovs_free(lw->cref), ovs_free(lw->ccount);
-    ovs_free(lw->cs_lo), ovs_free(lw->call_bg);
+    ovs_free(lw->cs_lo), ovs_free(lw->call_bg), ovs_free(lw->cmin);
 }
 
 static int label_work_alloc(label_work *lw) {
@@ -295,7 +296,8 @@ static int label_work_alloc(label_work *lw) {
     lw->ccount = ovs_malloc((w + w * C) * sizeof(int32_t));
     lw->cs_lo = ovs_malloc(2 * w * sizeof(double));
     lw->call_bg = ovs_malloc(w);
-    if (!lw->colmax || !lw->bmax || !lw->bref || !lw->bcount || !lw->bs_lo || !lw->ball_bg || !lw->cref ||
+    lw->cmin = ovs_malloc(2 * C * LB * sizeof(float));
+    if (!lw->cmin || !lw->colmax || !lw->bmax || !lw->bref || !lw->bcount || !lw->bs_lo || !lw->ball_bg || !lw->cref ||
         !lw->ccount || !lw->cs_lo || !lw->call_bg)
         return 0;
     lw->colmin = lw->colmax + w, lw->colnan = lw->colmin + w;
@@ -305,6 +307,7 @@ static int label_work_alloc(label_work *lw) {
     lw->bs_hi = lw->bs_lo + nb;
     lw->ccand = lw->ccount + w;
     lw->cs_hi = lw->cs_lo + w;
+    lw->cmax = lw->cmin + C * LB;
     return 1;
 }
 
@@ -385,58 +388,85 @@ static void block_row_build(label_work *lw, const float *logits, int64_t ib) {
     }
 }
 
-/* Candidates of every cell of cell row i among its block's, and the cell's brackets. */
+/* Min and max over the four corners of cells c0 .. c0 + nc - 1 of one class (rows r0, r1 of its
+ * plane), and ref / mag of those cells updated; 0 * corners flags NaN and inf in mag. A full
+ * block away from the right edge has a fixed trip count (vectorised). */
+static inline void cell_corners(const float *r0, const float *r1, int64_t c0, int64_t nc, int64_t last,
+                                float *mn, float *mx, float *ref, float *mag) {
+    if (nc == LB && c0 + LB <= last) {
+        for (int q = 0; q < LB; q++) {
+            const int64_t j = c0 + q;
+            const float a = r0[j], b = r0[j + 1], c = r1[j], d = r1[j + 1];
+            const float lo = min4(a, b, c, d), hi = max4(a, b, c, d);
+            const float am = fabsf(lo) > fabsf(hi) ? fabsf(lo) : fabsf(hi);
+            mn[q] = lo, mx[q] = hi;
+            ref[q] = lo > ref[q] ? lo : ref[q];
+            mag[q] = (am > mag[q] ? am : mag[q]) + 0.0f * (a + b + c + d);
+        }
+        return;
+    }
+    for (int64_t q = 0; q < nc; q++) {
+        const int64_t j = c0 + q, j1 = j < last ? j + 1 : last;
+        const float a = r0[j], b = r0[j1], c = r1[j], d = r1[j1];
+        const float lo = min4(a, b, c, d), hi = max4(a, b, c, d);
+        const float am = fabsf(lo) > fabsf(hi) ? fabsf(lo) : fabsf(hi);
+        mn[q] = lo, mx[q] = hi;
+        ref[q] = lo > ref[q] ? lo : ref[q];
+        mag[q] = (am > mag[q] ? am : mag[q]) + 0.0f * (a + b + c + d);
+    }
+}
+
+/* Candidates of every cell of cell row i among its block's, and the cell's brackets. Per block,
+ * class-major over the block's candidates (contiguous corners), into (candidates, LB) scratch. */
 static void cell_row_build(label_work *lw, const float *logits, int64_t i) {
     const int64_t C = lw->C, h = lw->h, w = lw->w, hw = h * w, last = w - 1;
     const int64_t i1 = i + 1 < h ? i + 1 : h - 1;
     const double s = lw->s;
-    for (int64_t j = 0; j < w; j++) {
-        const int64_t b = j / LB, j1 = j < last ? j + 1 : last;
-        lw->cs_lo[j] = lw->cs_hi[j] = 0.0;
-        lw->ccount[j] = 0;
-        lw->call_bg[j] = lw->ball_bg[b];
-        if (lw->call_bg[j]) continue;
+    for (int64_t b = 0; b < lw->nb; b++) {
+        const int64_t c0 = b * LB, nc = c0 + LB < w ? LB : w - c0;
+        for (int64_t q = 0; q < nc; q++) {
+            lw->cs_lo[c0 + q] = lw->cs_hi[c0 + q] = 0.0;
+            lw->ccount[c0 + q] = 0;
+            lw->call_bg[c0 + q] = lw->ball_bg[b];
+        }
+        if (lw->ball_bg[b]) continue;
         const int32_t *bc = lw->bcand + b * C, nbc = lw->bcount[b];
-        float ref = -INFINITY, mag = 0.0f;
+        float ref[LB], mag[LB];
+        for (int q = 0; q < LB; q++) ref[q] = -INFINITY, mag[q] = 0.0f;
         for (int32_t t = 0; t < nbc; t++) {
-            const float *r0 = logits + (size_t)bc[t] * hw + i * w, *r1 = r0 + (i1 - i) * w;
-            const float a = r0[j], bb = r0[j1], c = r1[j], d = r1[j1];
-            const float mn = min4(a, bb, c, d), mx = max4(fabsf(a), fabsf(bb), fabsf(c), fabsf(d));
-            ref = mn > ref ? mn : ref;
-            mag = (mx > mag ? mx : mag) + 0.0f * (a + bb + c + d);
+            const float *r0 = logits + (size_t)bc[t] * hw + i * w;
+            cell_corners(r0, r0 + (i1 - i) * w, c0, nc, last, lw->cmin + t * LB, lw->cmax + t * LB, ref, mag);
         }
-        const float m = isfinite(mag) ? mag * CELL_MARGIN : NAN;
-        int32_t *cc = lw->ccand + j * C, n = 0;
-        double lo = 0, hi = 0, lo_all;
-        float top = -INFINITY;
-        for (int32_t t = 0; t < nbc; t++) {
-            const float *r0 = logits + (size_t)bc[t] * hw + i * w, *r1 = r0 + (i1 - i) * w;
-            const float a = r0[j], bb = r0[j1], c = r1[j], d = r1[j1];
-            const float mx = max4(a, bb, c, d);
-            if (!(m == m) || mx + m >= ref - m) {
-                cc[n++] = bc[t];
-                top = mx > top ? mx : top;
-            } else if (lw->bg) {
-                hi += exp_up(s * ((double)mx + m - ref));
-                lo += exp_lo(s * ((double)min4(a, bb, c, d) - m - ref));
+        for (int64_t q = 0; q < nc; q++) {
+            const int64_t j = c0 + q;
+            const float m = isfinite(mag[q]) ? mag[q] * CELL_MARGIN : NAN, r = ref[q];
+            int32_t *cc = lw->ccand + j * C, n = 0;
+            double lo = 0, hi = 0, lo_all = 0;
+            float top = -INFINITY;
+            for (int32_t t = 0; t < nbc; t++) {
+                const float mx = lw->cmax[t * LB + q], mn = lw->cmin[t * LB + q];
+                if (!(m == m) || mx + m >= r - m) {
+                    cc[n++] = bc[t];
+                    top = mx > top ? mx : top;
+                    if (lw->bg) lo_all += exp_lo(s * ((double)mn - m - r));
+                } else if (lw->bg) {
+                    hi += exp_up(s * ((double)mx + m - r));
+                    lo += exp_lo(s * ((double)mn - m - r));
+                }
             }
+            if (n == 0) { /* cannot happen (the class giving ref is kept); be safe */
+                for (int64_t k = 0; k < C; k++) cc[k] = (int32_t)k;
+                n = (int32_t)C;
+            }
+            lw->ccount[j] = n;
+            lw->cref[j] = r;
+            if (!lw->bg || !(m == m) || n == C) continue;
+            /* the block's dropped classes, rescaled from bref to r (>= bref: exponents <= 0) */
+            lw->cs_lo[j] = lo + lw->bs_lo[b] * exp_lo(s * ((double)lw->bref[b] - r));
+            lw->cs_hi[j] = hi + lw->bs_hi[b] * exp_up(s * ((double)lw->bref[b] - r));
+            lo_all += lw->cs_lo[j];
+            lw->call_bg[j] = lo_all * exp_lo(s * ((double)r - top - m)) > lw->inv_thr * (1 + THR_SLACK);
         }
-        if (n == 0) { /* cannot happen (the class giving ref is kept); be safe */
-            for (int64_t k = 0; k < C; k++) cc[k] = (int32_t)k;
-            n = (int32_t)C;
-        }
-        lw->ccount[j] = n;
-        lw->cref[j] = ref;
-        if (!lw->bg || !(m == m) || n == C) continue;
-        /* the block's dropped classes, rescaled from bref to ref (>= bref: exponents <= 0) */
-        lw->cs_lo[j] = lo + lw->bs_lo[b] * exp_lo(s * ((double)lw->bref[b] - ref));
-        lw->cs_hi[j] = hi + lw->bs_hi[b] * exp_up(s * ((double)lw->bref[b] - ref));
-        lo_all = lw->cs_lo[j];
-        for (int32_t t = 0; t < n; t++) {
-            const float *r0 = logits + (size_t)cc[t] * hw + i * w, *r1 = r0 + (i1 - i) * w;
-            lo_all += exp_lo(s * ((double)min4(r0[j], r0[j1], r1[j], r1[j1]) - m - ref));
-        }
-        lw->call_bg[j] = lo_all * exp_lo(s * ((double)ref - top - m)) > lw->inv_thr * (1 + THR_SLACK);
     }
 }
 
