@@ -111,6 +111,14 @@ def float_to_uint8(img: np.ndarray, what: str = "image") -> np.ndarray:
     return np.rint(img * 255).astype(np.uint8)
 
 
+def as_rgb_uint8(image, what: str = "image") -> np.ndarray:
+    """One image as uint8 (H, W, 3): uint8 RGB, float RGB in [0, 1], an image file path or a PIL
+    image; the checks and messages of as_uint8_image (which the C bindings share)."""
+    if isinstance(image, np.ndarray) and image.dtype.kind == "f":
+        image = float_to_uint8(image, what)
+    return as_uint8_image(image, what)
+
+
 def as_uint8_images(images) -> list[np.ndarray]:
     """A batch as a list of (H, W, 3) uint8 images: accepts (H, W, 3), (N, H, W, 3) or a list,
     uint8 or float RGB in [0, 1]; image file paths and PIL images are read / converted."""

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import _core
+from .image import as_rgb_uint8
 from .model import Model
 
 METHODS = ("maskclip", "sclip", "clearclip", "naclip", "scclip")
@@ -95,20 +96,6 @@ def processing_size(h: int, w: int, short_side: int | None) -> tuple[int, int]:
         return h, w
     scale = min(short_side / min(h, w), max(MAX_LONG_SIDE, short_side) / max(h, w))
     return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
-
-
-def as_rgb_uint8(image, what: str = "image") -> np.ndarray:
-    """uint8 (H, W, 3) from uint8 RGB, grayscale (H, W), or float RGB in [0, 1]."""
-    from .image import as_uint8_image
-
-    if isinstance(image, np.ndarray) and image.dtype.kind == "f":
-        if not np.isfinite(image).all():
-            raise ValueError(f"{what} contains NaN or infinity")
-        if image.size and (image.min() < 0 or image.max() > 1):
-            raise ValueError(f"float {what} must be RGB in [0, 1] (got range "
-                             f"{image.min():g}..{image.max():g}); pass uint8 for 0..255 data")
-        image = np.rint(image * 255).astype(np.uint8)
-    return as_uint8_image(image, what)
 
 
 def _distinct_classes(class_names) -> tuple[list[str], np.ndarray | None]:

@@ -125,7 +125,7 @@ def overlay(image, labels: np.ndarray, class_names: Sequence[str], *, alpha: flo
     """
     from PIL import Image, ImageDraw
 
-    from .segment import as_rgb_uint8
+    from .image import as_rgb_uint8
 
     img = as_rgb_uint8(image)
     names = list(class_names) if not isinstance(class_names, str) else None

@@ -71,6 +71,25 @@ def test_matmul_wt_strided_alpha_beta(rng):
     assert_close(out2, ref, "matmul_wt naive")
 
 
+def test_matmul_strided_alpha_beta(rng):
+    M, K, N = 33, 41, 27
+    a = rand(rng, M, K + 6)[:, 2:2 + K]         # rows strided by K + 6
+    b = rand(rng, K, N + 4)[:, 1:1 + N]         # rows strided by N + 4
+    start = rand(rng, M, N)
+    ref = 0.5 * a.astype(np.float64) @ b.astype(np.float64) + 2.0 * start
+    for naive in (False, True):
+        out = start.copy()
+        _core.op_matmul(a, b, 0.5, 2.0, out, naive=naive)
+        assert_close(out, ref, f"matmul naive={naive}")
+        assert_close(_core.op_matmul(a, b, naive=naive), a.astype(np.float64) @ b,
+                     f"matmul fresh out naive={naive}")
+    assert _core.op_matmul(np.zeros((3, 0), np.float32), np.zeros((0, 4), np.float32)).shape == (3, 4)
+    with pytest.raises(ValueError, match="b must have 41 rows"):
+        _core.op_matmul(a, b[:40])
+    with pytest.raises(ValueError, match="out must have shape"):
+        _core.op_matmul(a, b, out=np.zeros((M, N + 1), np.float32))
+
+
 def test_matmul_wt_empty():
     w = np.ones((3, 4), np.float32)
     assert _core.op_matmul_wt(np.zeros((0, 4), np.float32), w).shape == (0, 3)
@@ -645,12 +664,16 @@ def test_resize_u8_pil_strided_inputs():
 def test_resize_u8_pil_errors():
     img = np.zeros((4, 5, 3), np.uint8)
     assert _core.op_resize_u8_pil(img, (0, 3)).shape == (0, 3, 3)
-    with pytest.raises(TypeError, match=r"dtype uint8, got dtype\('float32'\)"):
+    with pytest.raises(TypeError, match=r"img must have dtype uint8 \(0..255 RGB\), got float32"):
         _core.op_resize_u8_pil(img.astype(np.float32), (2, 2))
     with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
         _core.op_resize_u8_pil(np.zeros((4, 5, 4), np.uint8), (2, 2))
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match=r"img is empty: shape \(0, 5, 3\)"):
         _core.op_resize_u8_pil(np.zeros((0, 5, 3), np.uint8), (2, 2))
+    with pytest.raises(ValueError, match=r"\(drop the alpha channel"):
+        _core.op_normalize_u8(np.zeros((4, 5, 4), np.uint8), None, (0, 0, 0), (1, 1, 1))
+    with pytest.raises(TypeError, match="img must be a numpy uint8 array"):
+        _core.op_resize_u8_normalize([[1, 2, 3]], (2, 2), (0, 0, 0), (1, 1, 1))
 
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -97,6 +97,9 @@ TWINS = [
           lambda r, p=p: ((strided_cols(r, 300, 120), rand(r, 80, 120, scale=0.1), 0.5, 2.0,
                            rand(r, 300, 80)), dict(packed=p)), blas=not p)
       for fmt, p in (("dense", False), ("packed", True))],
+    row("matmul", _core.op_matmul,
+        lambda r: ((strided_cols(r, 300, 120), strided_cols(r, 120, 70), 0.5, 2.0,
+                    rand(r, 300, 70)), {}), blas=True),
     row("gemm_packed", _core.op_gemm_packed, lambda r: gemm_packed_case(r, 200, 70, 37),
         naive=_core.op_gemm_packed_naive),
     row("conv2d-3x3-relu", _core.op_conv2d,

@@ -2,7 +2,6 @@
  * Each runs the tower up to its last block and replaces that block as
  * tests/reference/SEGMENTATION_SPEC.md specifies. */
 #include "methods/internal.h"
-#include "core/blas.h"
 
 #include <math.h>
 #include <string.h>
@@ -139,8 +138,7 @@ static int vit_last_block(ovs_segmenter *s, float *xo, float *x, int64_t T, int6
             if ((rc = ovs_attention_probs(p1, k, ld, k, ld, T, T, F, scale, s->omega, 0))) return rc;
         }
         /* oh (T, F) = P (T, T) @ v_h (T, F), written into the strided head columns */
-        ovs_sgemm(OVS_CBLAS_ROW_MAJOR, OVS_CBLAS_NO_TRANS, OVS_CBLAS_NO_TRANS, (int)T, (int)F, (int)T,
-                  1.0f, p1, (int)T, v, (int)ld, 0.0f, oh, (int)D);
+        if ((rc = ovs_matmul(oh, D, p1, T, v, ld, T, T, F, 1.0f, 0.0f))) return rc;
     }
     const int keep_residual = head == OVS_HEAD_MASKCLIP || head == OVS_HEAD_SCLIP;
     if (!keep_residual)
@@ -179,8 +177,7 @@ static int scclip_attn(ovs_segmenter *s, float *out, const float *xin, const flo
         if ((rc = ovs_attention_probs(p, k, ld, k, ld, G, G, F, scale, NULL, 0))) return rc;
 #pragma omp parallel for schedule(static) if (n > 65536) num_threads(ovs_get_num_threads())
         for (int64_t i = 0; i < n; i++) p[i] = (pmid[i] + p[i]) * 0.5f;
-        ovs_sgemm(OVS_CBLAS_ROW_MAJOR, OVS_CBLAS_NO_TRANS, OVS_CBLAS_NO_TRANS, (int)G, (int)F, (int)G,
-                  1.0f, p, (int)G, v, (int)ld, 0.0f, o + h * F, (int)D);
+        if ((rc = ovs_matmul(o + h * F, D, p, G, v, ld, G, G, F, 1.0f, 0.0f))) return rc;
     }
     if ((rc = ovs_linear_forward(out, o, &blk->out_proj, blk->out_proj_b, NULL, G, D, D, OVS_ACT_NONE)))
         return rc;
@@ -200,9 +197,8 @@ static int cosine_gram(float *sim, float *fn, const float *f, int64_t ld, int64_
         const float nrm = (float)sqrt(ss);
         for (int64_t c = 0; c < D; c++) fn[t * D + c] = r[c] / nrm;
     }
-    ovs_sgemm(OVS_CBLAS_ROW_MAJOR, OVS_CBLAS_NO_TRANS, OVS_CBLAS_TRANS, (int)G, (int)G, (int)D, 1.0f,
-              fn, (int)D, fn, (int)D, 0.0f, sim, (int)G);
-    return OVS_OK;
+    const ovs_matrix fm = ovs_matrix_dense(fn, G, D);
+    return ovs_matmul_wt(sim, G, fn, D, &fm, G, 1.0f, 0.0f);
 }
 
 /* SC-CLIP's VisionTransformer.forward(return_all=True) after the standard blocks:
@@ -237,7 +233,7 @@ static int scclip_features(ovs_segmenter *s, float *feats, const float *bt, int6
     if ((rc = ovs_neighbour_fill(xa, xl + D, D, mask, gh, gw, D))) return rc;
     if ((rc = ovs_neighbour_fill(fm, bt + (size_t)SCCLIP_PRE * TD + D, D, mask, gh, gw, D))) return rc;
     /* mid = cos(block 8); x = aggregate(x, mid >= beta) */
-    cosine_gram(mid, fn, fm, D, G, D);
+    if ((rc = cosine_gram(mid, fn, fm, D, G, D))) return rc;
     memcpy(corr, mid, (size_t)G * G * sizeof(float));
     if ((rc = ovs_similarity_aggregate(xb, xa, D, corr, G, D, SCCLIP_BETA))) return rc;
     /* pmid = softmax((mid - mean(mid)) * 3, entries < 0 masked) */
@@ -252,7 +248,7 @@ static int scclip_features(ovs_segmenter *s, float *feats, const float *bt, int6
     if ((rc = ovs_softmax_forward(pmid, G, G))) return rc;
     /* x = attn(x) + 0.3 cls; x = aggregate(x, cos(block 3) >= beta) */
     if ((rc = scclip_attn(s, xa, xb, pmid, xl, G))) return rc;
-    cosine_gram(corr, fn, bt + (size_t)SCCLIP_POST * TD + D, D, G, D);
+    if ((rc = cosine_gram(corr, fn, bt + (size_t)SCCLIP_POST * TD + D, D, G, D))) return rc;
     if ((rc = ovs_similarity_aggregate(xb, xa, D, corr, G, D, SCCLIP_BETA))) return rc;
     /* multi-level: re = sum of blocks 3..9 (class token included); x += aggregate(attn(re)) */
     memset(re, 0, TD * sizeof(float));
@@ -262,8 +258,7 @@ static int scclip_features(ovs_segmenter *s, float *feats, const float *bt, int6
     }
     if ((rc = scclip_attn(s, xa, re + D, pmid, re, G))) return rc;
     /* corr already holds the thresholded, row-normalised block-3 weights */
-    ovs_sgemm(OVS_CBLAS_ROW_MAJOR, OVS_CBLAS_NO_TRANS, OVS_CBLAS_NO_TRANS, (int)G, (int)D, (int)G, 1.0f,
-              corr, (int)G, xa, (int)D, 1.0f, xb, (int)D);
+    if ((rc = ovs_matmul(xb, D, corr, G, xa, D, G, G, D, 1.0f, 1.0f))) return rc;
     if ((rc = ovs_layernorm_forward(xb, xb, m->ln_post_w, m->ln_post_b, G, D, 1e-5f))) return rc;
     return ovs_linear_forward(feats, xb, &m->proj, NULL, NULL, G, D, E, OVS_ACT_NONE);
 }

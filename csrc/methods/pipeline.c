@@ -1,33 +1,14 @@
 /* The segmentation pipeline: normalise, resize, slide windows, cosine logits, upsample, average;
  * then the final resize to the input size fused with softmax / argmax. */
 #include "methods/internal.h"
-#include "core/blas.h"
 #include "ops/ops_internal.h"
 
 #include <float.h>
 #include <math.h>
 #include <string.h>
 
-/* Bilinear source indices and weights along one axis as PyTorch's upsample_bilinear2d
- * (align_corners=False, size given): src = (dst + 0.5) * in/out - 0.5, clamped at 0. */
-static void linear_coeffs(int64_t in, int64_t out, int64_t n, int64_t *i0, int64_t *i1, float *l0,
-                          float *l1) {
-    const float scale = (float)in / (float)out;
-    for (int64_t d = 0; d < n; d++) {
-        float src = scale * ((float)d + 0.5f) - 0.5f;
-        if (src < 0) src = 0;
-        int64_t a = (int64_t)src;
-        if (a > in - 1) a = in - 1;
-        float lam = src - (float)a;
-        if (lam < 0) lam = 0;
-        if (lam > 1) lam = 1;
-        i0[d] = a;
-        i1[d] = a + (a < in - 1 ? 1 : 0);
-        l1[d] = lam;
-        l0[d] = 1.0f - lam;
-    }
-}
-
+/* The bilinear taps (ovs_resize_bilinear_taps, as ovs_resize_bilinear with align_corners=False)
+ * of the first H rows and W columns of an (in_h, in_w) -> (out_h, out_w) upsampling. */
 typedef struct {
     int64_t *y0, *y1, *x0, *x1;  /* (H,), (H,), (W,), (W,) */
     float *ly0, *ly1, *lx0, *lx1;
@@ -46,9 +27,8 @@ static int coeffs_alloc(coeffs *c, ovs_arena *a, int64_t in_h, int64_t in_w, int
     c->lx1 = ovs_arena_floats(a, (size_t)W);
     if (!c->y0 || !c->y1 || !c->x0 || !c->x1 || !c->ly0 || !c->ly1 || !c->lx0 || !c->lx1)
         return OVS_ERR_NOMEM;
-    linear_coeffs(in_h, out_h, H, c->y0, c->y1, c->ly0, c->ly1);
-    linear_coeffs(in_w, out_w, W, c->x0, c->x1, c->lx0, c->lx1);
-    return OVS_OK;
+    int rc = ovs_resize_bilinear_taps(c->y0, c->y1, c->ly0, c->ly1, in_h, out_h, H, 0);
+    return rc ? rc : ovs_resize_bilinear_taps(c->x0, c->x1, c->lx0, c->lx1, in_w, out_w, W, 0);
 }
 
 static inline float interp(const float *plane, int64_t w, const coeffs *c, int64_t Y, int64_t X) {
@@ -125,8 +105,8 @@ int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_
                 const float inv = (float)(1.0 / fmax(sqrt(ss), 1e-12));
                 for (int64_t e = 0; e < E; e++) f[e] *= inv;
             }
-            ovs_sgemm(OVS_CBLAS_ROW_MAJOR, OVS_CBLAS_NO_TRANS, OVS_CBLAS_TRANS, (int)C, (int)G, (int)E,
-                      1.0f, classifier, (int)E, feats, (int)E, 0.0f, small, (int)G);
+            const ovs_matrix fm = ovs_matrix_dense(feats, G, E);
+            if ((rc = ovs_matmul_wt(small, G, classifier, E, &fm, C, 1.0f, 0.0f))) return rc;
             if (s->cfg.pd_thresh > 0 && (rc = ovs_seg_prompt_denoise(small, C, G, 100.0f, s->cfg.pd_thresh)))
                 return rc;
             if (s->cfg.ks_thresh > 0) {
@@ -586,22 +566,10 @@ static int check_groups(const int32_t *qc, int64_t Q, int64_t C) {
  * over queries (float exps, double sum, as ovs_seg_upsample), then max per class. e: (Q,) scratch. */
 static inline void class_probs(float *P, float *e, const float *v, int64_t Q, const int32_t *qc, int64_t C,
                                float s) {
-    float mx = -INFINITY;
-    for (int64_t q = 0; q < Q; q++) {
-        const float t = s * v[q];
-        if (t > mx) mx = t;
-    }
-    double sum = 0;
-    for (int64_t q = 0; q < Q; q++) {
-        e[q] = expf(s * v[q] - mx);
-        sum += e[q];
-    }
-    const float inv = (float)(1.0 / sum);
+    ovs_softmax_scaled_vec(e, 1, v, 1, Q, s);
     for (int64_t c = 0; c < C; c++) P[c] = 0.0f; /* probabilities are >= 0: 0 is max's identity */
-    for (int64_t q = 0; q < Q; q++) {
-        const float p = e[q] * inv;
-        if (p > P[qc[q]]) P[qc[q]] = p;
-    }
+    for (int64_t q = 0; q < Q; q++)
+        if (e[q] > P[qc[q]]) P[qc[q]] = e[q];
 }
 
 static inline int32_t argmax_first(const float *P, int64_t C, float *best) {
@@ -785,22 +753,14 @@ done:
 int ovs_seg_prompt_denoise(float *logits, int64_t C, int64_t n, float scale, float thresh) {
     if (C <= 0 || n <= 0) return ovs_set_error(OVS_ERR_ARG, "empty logits (%lld, %lld)", (long long)C, (long long)n);
     if (!isfinite(scale) || !isfinite(thresh)) return ovs_set_error(OVS_ERR_ARG, "scale and thresh must be finite");
-    float *mx = ovs_malloc((size_t)C * sizeof(float));
+    float *mx = ovs_malloc((size_t)2 * C * sizeof(float)); /* (C,) max probability, (C,) one column */
     if (!mx) return ovs_set_error(OVS_ERR_NOMEM, "out of memory");
+    float *p = mx + C;
     for (int64_t k = 0; k < C; k++) mx[k] = 0.0f;
     for (int64_t g = 0; g < n; g++) {
-        float m = -INFINITY;
-        for (int64_t k = 0; k < C; k++) {
-            const float t = scale * logits[k * n + g];
-            if (t > m) m = t;
-        }
-        double sum = 0;
-        for (int64_t k = 0; k < C; k++) sum += expf(scale * logits[k * n + g] - m);
-        const float inv = (float)(1.0 / sum);
-        for (int64_t k = 0; k < C; k++) {
-            const float p = expf(scale * logits[k * n + g] - m) * inv;
-            if (p > mx[k]) mx[k] = p;
-        }
+        ovs_softmax_scaled_vec(p, 1, logits + g, n, C, scale);
+        for (int64_t k = 0; k < C; k++)
+            if (p[k] > mx[k]) mx[k] = p[k];
     }
     for (int64_t k = 0; k < C; k++)
         if (mx[k] < thresh)
@@ -830,17 +790,7 @@ int ovs_seg_key_smooth(float *logits, int64_t C, int64_t n, const float *keys, i
         goto done;
     }
     /* p = softmax(scale * logits) over classes, per position */
-    for (int64_t g = 0; g < n; g++) {
-        float m = -INFINITY;
-        for (int64_t k = 0; k < C; k++) {
-            const float t = scale * logits[k * n + g];
-            if (t > m) m = t;
-        }
-        double sum = 0;
-        for (int64_t k = 0; k < C; k++) sum += expf(scale * logits[k * n + g] - m);
-        const float inv = (float)(1.0 / sum);
-        for (int64_t k = 0; k < C; k++) p[k * n + g] = expf(scale * logits[k * n + g] - m) * inv;
-    }
+    for (int64_t g = 0; g < n; g++) ovs_softmax_scaled_vec(p + g, n, logits + g, n, C, scale);
     /* each key channel L2-normalised over the positions (F.normalize(k, p=2), dim 1, eps 1e-12) */
     for (int64_t d = 0; d < Dk; d++) {
         double ss = 0;
@@ -849,10 +799,10 @@ int ovs_seg_key_smooth(float *logits, int64_t C, int64_t n, const float *keys, i
         for (int64_t g = 0; g < n; g++) kn[g * Dk + d] = keys[g * Dk + d] * inv;
     }
     /* W = kn kn^T; sm (C, n) = p (C, n) @ W^T (W is symmetric) */
-    ovs_sgemm(OVS_CBLAS_ROW_MAJOR, OVS_CBLAS_NO_TRANS, OVS_CBLAS_TRANS, (int)n, (int)n, (int)Dk, 1.0f, kn, (int)Dk,
-              kn, (int)Dk, 0.0f, w, (int)n);
-    ovs_sgemm(OVS_CBLAS_ROW_MAJOR, OVS_CBLAS_NO_TRANS, OVS_CBLAS_TRANS, (int)C, (int)n, (int)n, 1.0f, p, (int)n,
-              w, (int)n, 0.0f, sm, (int)n);
+    const ovs_matrix km = ovs_matrix_dense(kn, n, Dk), wm = ovs_matrix_dense(w, n, n);
+    if ((rc = ovs_matmul_wt(w, n, kn, Dk, &km, n, 1.0f, 0.0f)) ||
+        (rc = ovs_matmul_wt(sm, n, p, n, &wm, C, 1.0f, 0.0f)))
+        goto done;
     for (int64_t g = 0; g < n; g++) {
         float mx = p[g];
         for (int64_t k = 1; k < C; k++) mx = p[k * n + g] > mx ? p[k * n + g] : mx;
@@ -876,21 +826,7 @@ int ovs_seg_upsample(float *out, const float *logits, int64_t C, int64_t h, int6
     if (!softmax) return OVS_OK;
     const int64_t HW = H * W;
 #pragma omp parallel for schedule(static) num_threads(ovs_get_num_threads())
-    for (int64_t i = 0; i < HW; i++) {
-        float mx = -INFINITY;
-        for (int64_t k = 0; k < C; k++) {
-            float v = logit_scale * out[(size_t)k * HW + i];
-            if (v > mx) mx = v;
-        }
-        double sum = 0;
-        for (int64_t k = 0; k < C; k++) {
-            float e = expf(logit_scale * out[(size_t)k * HW + i] - mx);
-            out[(size_t)k * HW + i] = e;
-            sum += e;
-        }
-        const float inv = (float)(1.0 / sum);
-        for (int64_t k = 0; k < C; k++) out[(size_t)k * HW + i] *= inv;
-    }
+    for (int64_t i = 0; i < HW; i++) ovs_softmax_scaled_vec(out + i, HW, out + i, HW, C, logit_scale);
     return OVS_OK;
 }
 

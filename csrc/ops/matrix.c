@@ -182,3 +182,32 @@ int ovs_matmul_wt(float *out, int64_t ldo, const float *a, int64_t lda, const ov
                                OVS_ACT_NONE);
     return ops_sgemm(op, 1, M, K, C, alpha, a, lda, w->data, C, beta, out, ldo);
 }
+
+int ops_matmul_check(const char *op, float *out, int64_t ldo, const float *a, int64_t lda,
+                     const float *b, int64_t ldb, int64_t M, int64_t K, int64_t N) {
+    int st;
+    if ((st = ops_check_nonneg(op, "M", M)) || (st = ops_check_nonneg(op, "K", K)) ||
+        (st = ops_check_nonneg(op, "N", N)))
+        return st;
+    if (lda < K || ldb < N || ldo < N)
+        return ovs_set_error(OVS_ERR_ARG, "%s: row strides lda = %lld, ldb = %lld, ldo = %lld must "
+                             "be >= K = %lld, N = %lld, N", op, (long long)lda, (long long)ldb,
+                             (long long)ldo, (long long)K, (long long)N);
+    int64_t out_span, a_span, b_span;
+    const int64_t work = M > 0 && N > 0 ? 1 : 0;
+    if ((st = ops_mul(&out_span, op, M, ldo)) || (st = ops_mul(&a_span, op, M, lda)) ||
+        (st = ops_mul(&b_span, op, K, ldb)) ||
+        (st = ops_check_ptr(op, "out", out, work ? out_span : 0)) ||
+        (st = ops_check_ptr(op, "a", a, work && K ? a_span : 0)) ||
+        (st = ops_check_ptr(op, "b", b, work && K ? b_span : 0)))
+        return st;
+    return OVS_OK;
+}
+
+int ovs_matmul(float *out, int64_t ldo, const float *a, int64_t lda, const float *b, int64_t ldb,
+               int64_t M, int64_t K, int64_t N, float alpha, float beta) {
+    static const char op[] = "ovs_matmul";
+    int st = ops_matmul_check(op, out, ldo, a, lda, b, ldb, M, K, N);
+    if (st) return st;
+    return ops_sgemm(op, 0, M, N, K, alpha, a, lda, b, ldb, beta, out, ldo);
+}

@@ -325,6 +325,21 @@ int ovs_matmul_wt_naive(float *out, int64_t ldo, const float *a, int64_t lda,
     return OVS_OK;
 }
 
+int ovs_matmul_naive(float *out, int64_t ldo, const float *a, int64_t lda, const float *b,
+                     int64_t ldb, int64_t M, int64_t K, int64_t N, float alpha, float beta) {
+    int st = ops_matmul_check("ovs_matmul_naive", out, ldo, a, lda, b, ldb, M, K, N);
+    if (st) return st;
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) {
+            double acc = 0.0;
+            for (int64_t k = 0; k < K; k++) acc += (double)a[i * lda + k] * (double)b[k * ldb + j];
+            double y = (double)alpha * acc;
+            if (beta != 0.0f) y += (double)beta * (double)out[i * ldo + j];
+            out[i * ldo + j] = (float)y;
+        }
+    return OVS_OK;
+}
+
 int ovs_adaptive_avgpool2d_forward_naive(float *out, const float *in, int64_t NC, int64_t H,
                                          int64_t W, int64_t P, int64_t Q) {
     int64_t n_out;

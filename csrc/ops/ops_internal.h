@@ -79,6 +79,8 @@ int ops_attention_probs_check(const char *op, float *probs, const float *a, int6
                               const float *b, int64_t ldb, int64_t T, int64_t U, int64_t F,
                               int causal);
 /* *empty = 1 when there is nothing to compute (M == 0 or no weight rows). */
+int ops_matmul_check(const char *op, float *out, int64_t ldo, const float *a, int64_t lda,
+                     const float *b, int64_t ldb, int64_t M, int64_t K, int64_t N);
 int ops_matmul_wt_check(const char *op, float *out, int64_t ldo, const float *a, int64_t lda,
                         const ovs_matrix *w, int64_t M, int *empty);
 /* Checks of an op mapping planes in (NC, H, W) to out (NC, P, Q) (resize, adaptive pooling);

@@ -106,6 +106,25 @@ int ovs_resize_bilinear(float *out, const float *in, int64_t NC, int64_t H, int6
     return OVS_OK;
 }
 
+int ovs_resize_bilinear_taps(int64_t *i0, int64_t *i1, float *w0, float *w1, int64_t in,
+                             int64_t out, int64_t n, int align_corners) {
+    static const char op[] = "ovs_resize_bilinear_taps";
+    int st;
+    if ((st = ops_check_pos(op, "in", in)) || (st = ops_check_nonneg(op, "out", out)) ||
+        (st = ops_check_nonneg(op, "n", n)))
+        return st;
+    if (n > out)
+        return ovs_set_error(OVS_ERR_ARG, "%s: n = %lld taps asked of an axis of %lld outputs", op,
+                             (long long)n, (long long)out);
+    if ((st = ops_check_ptr(op, "i0", i0, n)) || (st = ops_check_ptr(op, "i1", i1, n)) ||
+        (st = ops_check_ptr(op, "w0", w0, n)) || (st = ops_check_ptr(op, "w1", w1, n)))
+        return st;
+    const float scale = resize_scale(in, out, align_corners);
+    for (int64_t d = 0; d < n; d++)
+        linear_taps(resize_source(scale, d, align_corners, 0), in, &i0[d], &i1[d], &w0[d], &w1[d]);
+    return OVS_OK;
+}
+
 int ovs_resize_bilinear_u8_normalize(float *out, const uint8_t *in, int64_t H, int64_t W,
                                      int64_t in_row_stride, int64_t in_pixel_stride, int64_t P,
                                      int64_t Q, const float mean[3], const float std[3]) {

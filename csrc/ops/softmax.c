@@ -53,3 +53,20 @@ int ovs_softmax_forward(float *x, int64_t M, int64_t D) {
     for (int64_t i = 0; i < M; i++) ops_softmax_row(x + i * D, D, NULL, D);
     return OVS_OK;
 }
+
+void ovs_softmax_scaled_vec(float *out, int64_t out_stride, const float *x, int64_t x_stride,
+                            int64_t D, float scale) {
+    float m = -INFINITY;
+    for (int64_t j = 0; j < D; j++) {
+        const float t = scale * x[j * x_stride];
+        if (t > m) m = t;
+    }
+    double sum = 0.0;
+    for (int64_t j = 0; j < D; j++) {
+        const float e = expf(scale * x[j * x_stride] - m);
+        out[j * out_stride] = e;
+        sum += e;
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int64_t j = 0; j < D; j++) out[j * out_stride] *= inv;
+}

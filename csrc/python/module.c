@@ -50,6 +50,56 @@ PyArrayObject *ovs_py_float_array(PyObject *obj, int ndim, const char *what) {
     return a;
 }
 
+/* "(a, b, c)" of an array's shape. */
+static void shape_str(char *buf, size_t cap, PyArrayObject *a) {
+    const int nd = PyArray_NDIM(a);
+    size_t at = (size_t)snprintf(buf, cap, "(");
+    for (int i = 0; i < nd && at < cap; i++)
+        at += (size_t)snprintf(buf + at, cap - at, i ? ", %lld" : "%lld",
+                               (long long)PyArray_DIM(a, i));
+    if (at < cap) snprintf(buf + at, cap - at, nd == 1 ? ",)" : ")");
+}
+
+PyArrayObject *ovs_py_uint8_image(PyObject *obj, const char *what, int64_t *row_stride,
+                                  int64_t *pixel_stride) {
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a numpy uint8 array (H, W, 3), got %.100s", what,
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (PyArray_TYPE(a) != NPY_UINT8) {
+        PyErr_Format(PyExc_TypeError, "%s must have dtype uint8 (0..255 RGB), got %S; convert float "
+                     "images in 0..1 with (img * 255).round().astype(np.uint8)", what,
+                     (PyObject *)PyArray_DESCR(a));
+        return NULL;
+    }
+    char shape[160];
+    shape_str(shape, sizeof shape, a);
+    const int nd = PyArray_NDIM(a);
+    if (nd != 3 || PyArray_DIM(a, 2) != 3) {
+        const char *hint = "";
+        if (nd == 3 && PyArray_DIM(a, 2) == 4) hint = " (drop the alpha channel: img[..., :3])";
+        else if (nd == 2 || (nd == 3 && PyArray_DIM(a, 2) == 1))
+            hint = " (grayscale: replicate it, np.dstack([g, g, g]))";
+        PyErr_Format(PyExc_ValueError, "%s must be (H, W, 3) RGB, got shape %s%s", what, shape, hint);
+        return NULL;
+    }
+    if (PyArray_DIM(a, 0) == 0 || PyArray_DIM(a, 1) == 0) {
+        PyErr_Format(PyExc_ValueError, "%s is empty: shape %s", what, shape);
+        return NULL;
+    }
+    if (PyArray_STRIDE(a, 2) == 1 && PyArray_STRIDE(a, 1) >= 3 && PyArray_STRIDE(a, 0) >= 1) {
+        Py_INCREF(a);
+    } else {   /* channels not adjacent, or negative / zero strides: a C-ordered copy */
+        a = (PyArrayObject *)PyArray_FROMANY(obj, NPY_UINT8, 3, 3, NPY_ARRAY_CARRAY_RO);
+        if (!a) return NULL;
+    }
+    *row_stride = PyArray_STRIDE(a, 0);
+    *pixel_stride = PyArray_STRIDE(a, 1);
+    return a;
+}
+
 int ovs_py_int64_seq(PyObject *obj, const char *what, int64_t *out, int max, int64_t *n) {
     if (!obj) return 0;
     PyObject *seq = PySequence_Check(obj) && !PyUnicode_Check(obj) ? PySequence_Fast(obj, what) : NULL;
@@ -151,7 +201,7 @@ PyMODINIT_FUNC PyInit__core(void) {
     if (PyModule_AddObject(m, "OvsError", ovs_py_Error) < 0) goto error;
     if (PyModule_AddObject(m, "WeightFileError", ovs_py_WeightError) < 0) goto error;
     if (ovs_py_register_core(m) < 0 || ovs_py_register_ops(m) < 0 || ovs_py_register_io(m) < 0 ||
-        ovs_py_register_models(m) < 0 || ovs_py_register_text(m) < 0 ||
+        ovs_py_register_models(m) < 0 ||
         ovs_py_register_methods(m) < 0 || ovs_py_register_tokenizer(m) < 0 ||
         ovs_py_register_analysis(m) < 0 || ovs_py_register_metrics(m) < 0 ||
         ovs_py_register_gemm(m) < 0 || ovs_py_register_sparse(m) < 0 ||

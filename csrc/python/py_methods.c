@@ -98,14 +98,8 @@ static PyObject *segmenter_logits(ovs_py_segmenter *self, PyObject *args, PyObje
     for (int i = 0; i < 3; i++)
         if (!(std[i] > 0) || !isfinite(mean[i]))
             return PyErr_Format(PyExc_ValueError, "std must be positive and mean finite");
-    if (!PyArray_Check(img_obj) || PyArray_TYPE((PyArrayObject *)img_obj) != NPY_UINT8)
-        return PyErr_Format(PyExc_TypeError, "image must be a uint8 numpy array (H, W, 3)");
-    img = (PyArrayObject *)PyArray_FROMANY(img_obj, NPY_UINT8, 3, 3, NPY_ARRAY_CARRAY_RO);
-    if (!img) return NULL;
-    if (PyArray_DIM(img, 2) != 3 || PyArray_DIM(img, 0) == 0 || PyArray_DIM(img, 1) == 0) {
-        PyErr_SetString(PyExc_ValueError, "image must be a non-empty (H, W, 3) array");
-        goto error;
-    }
+    int64_t rs, ps;
+    if (!(img = ovs_py_uint8_image(img_obj, "image", &rs, &ps))) return NULL;
     if (Hp <= 0 || Wp <= 0 || Hp > 65536 || Wp > 65536) {
         PyErr_Format(PyExc_ValueError, "processing size must be in 1..65536, got %lldx%lld", Hp, Wp);
         goto error;
@@ -126,7 +120,7 @@ static PyObject *segmenter_logits(ovs_py_segmenter *self, PyObject *args, PyObje
     int64_t H = PyArray_DIM(img, 0), W = PyArray_DIM(img, 1);
     Py_BEGIN_ALLOW_THREADS
     OVS_MODEL_LOCK(self->model);
-    rc = ovs_seg_logits(self->seg, o, px, H, W, W * 3, 3, Hp, Wp, mean, std, cd, C);
+    rc = ovs_seg_logits(self->seg, o, px, H, W, rs, ps, Hp, Wp, mean, std, cd, C);
     OVS_MODEL_UNLOCK(self->model);
     Py_END_ALLOW_THREADS
     if (rc) {

@@ -105,38 +105,6 @@ static PyArrayObject *rows_array(PyObject *obj, const char *what, int64_t *ld) {
     return a;
 }
 
-/* A uint8 (H, W, 3) image with channels adjacent in memory and positive strides: used in
- * place when it is, copied to C order otherwise. New reference; strides in bytes. */
-static PyArrayObject *image_array(PyObject *obj, const char *what, int64_t *row_stride,
-                                  int64_t *pix_stride) {
-    if (!PyArray_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a uint8 numpy array, got %.100s", what,
-                     Py_TYPE(obj)->tp_name);
-        return NULL;
-    }
-    if (PyArray_TYPE((PyArrayObject *)obj) != NPY_UINT8) {
-        PyErr_Format(PyExc_TypeError, "%s must have dtype uint8, got %R", what,
-                     (PyObject *)PyArray_DESCR((PyArrayObject *)obj));
-        return NULL;
-    }
-    PyArrayObject *a = (PyArrayObject *)obj;
-    if (PyArray_NDIM(a) != 3 || PyArray_DIM(a, 2) != 3) {
-        char got[128];
-        shape_repr(got, sizeof got, PyArray_NDIM(a), PyArray_DIMS(a));
-        PyErr_Format(PyExc_ValueError, "%s must have shape (H, W, 3), got %s", what, got);
-        return NULL;
-    }
-    if (PyArray_STRIDE(a, 2) == 1 && PyArray_STRIDE(a, 1) >= 3 && PyArray_STRIDE(a, 0) >= 1) {
-        Py_INCREF(a);
-    } else {
-        a = (PyArrayObject *)PyArray_FROMANY(obj, NPY_UINT8, 3, 3, NPY_ARRAY_CARRAY_RO);
-        if (!a) return NULL;
-    }
-    *row_stride = PyArray_STRIDE(a, 0);
-    *pix_stride = PyArray_STRIDE(a, 1);
-    return a;
-}
-
 static PyArrayObject *new_float(int nd, const npy_intp *dims) {
     return (PyArrayObject *)PyArray_SimpleNew(nd, (npy_intp *)dims, NPY_FLOAT32);
 }
@@ -197,24 +165,34 @@ static int weight_matrix(ovs_matrix *wm, float **buf, PyArrayObject *w, npy_intp
 }
 
 /* ---------------------------------------------------------------- matmul */
-static PyObject *py_op_matmul_wt(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
-    static char *kwlist[] = {"a", "w", "alpha", "beta", "out", "packed", "naive", NULL};
+/* op_matmul_wt (transposed != 0: out = alpha a @ w.T + beta out, w dense or packed) and op_matmul
+ * (out = alpha a @ b + beta out, b's rows may be strided). */
+static PyObject *matmul_binding(PyObject *args, PyObject *kw, int transposed) {
+    static char *kw_wt[] = {"a", "w", "alpha", "beta", "out", "packed", "naive", NULL};
+    static char *kw_ab[] = {"a", "b", "alpha", "beta", "out", "naive", NULL};
     PyObject *a_obj, *w_obj, *out_obj = Py_None;
     float alpha = 1.0f, beta = 0.0f;
-    int packed = 0, naive = 0;
+    int packed = 0, naive = 0, ok;
     float *wbuf = NULL;
     PyArrayObject *a = NULL, *w = NULL, *out = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|ffOpp", kwlist, &a_obj, &w_obj, &alpha, &beta,
-                                     &out_obj, &packed, &naive))
-        return NULL;
-    int64_t lda, ldo;
-    if (!(a = rows_array(a_obj, "a", &lda)) || !(w = ovs_py_float_array(w_obj, 2, "w")))
+    if (transposed)
+        ok = PyArg_ParseTupleAndKeywords(args, kw, "OO|ffOpp", kw_wt, &a_obj, &w_obj, &alpha,
+                                         &beta, &out_obj, &packed, &naive);
+    else
+        ok = PyArg_ParseTupleAndKeywords(args, kw, "OO|ffOp", kw_ab, &a_obj, &w_obj, &alpha,
+                                         &beta, &out_obj, &naive);
+    if (!ok) return NULL;
+    int64_t lda, ldb = 0, ldo;
+    if (!(a = rows_array(a_obj, "a", &lda)) ||
+        !(w = transposed ? ovs_py_float_array(w_obj, 2, "w") : rows_array(w_obj, "b", &ldb)))
         goto error;
-    npy_intp M = PyArray_DIM(a, 0), C = PyArray_DIM(a, 1), K = PyArray_DIM(w, 0);
-    if (PyArray_DIM(w, 1) != C) {
-        PyErr_Format(PyExc_ValueError, "w must have %lld columns (a's width), got %lld",
-                     (long long)C, (long long)PyArray_DIM(w, 1));
+    /* a (M, C); w (K, C) or b (C, K); out (M, K) */
+    npy_intp M = PyArray_DIM(a, 0), C = PyArray_DIM(a, 1);
+    npy_intp K = PyArray_DIM(w, transposed ? 0 : 1), Cw = PyArray_DIM(w, transposed ? 1 : 0);
+    if (Cw != C) {
+        PyErr_Format(PyExc_ValueError, "%s must have %lld %s (a's width), got %lld",
+                     transposed ? "w" : "b", (long long)C, transposed ? "columns" : "rows",
+                     (long long)Cw);
         goto error;
     }
     if (out_obj == Py_None) {
@@ -242,11 +220,15 @@ static PyObject *py_op_matmul_wt(PyObject *self, PyObject *args, PyObject *kw) {
         ldo = s0 / (npy_intp)sizeof(float);
     }
     ovs_matrix wm;
-    if (weight_matrix(&wm, &wbuf, w, K, C, packed)) goto error;
+    if (transposed && weight_matrix(&wm, &wbuf, w, K, C, packed)) goto error;
     int st;
     Py_BEGIN_ALLOW_THREADS
-    st = (naive ? ovs_matmul_wt_naive : ovs_matmul_wt)(F32(out), ldo, F32(a), lda, &wm, M, alpha,
-                                                       beta);
+    if (transposed)
+        st = (naive ? ovs_matmul_wt_naive : ovs_matmul_wt)(F32(out), ldo, F32(a), lda, &wm, M,
+                                                           alpha, beta);
+    else
+        st = (naive ? ovs_matmul_naive : ovs_matmul)(F32(out), ldo, F32(a), lda, F32(w), ldb, M,
+                                                     C, K, alpha, beta);
     Py_END_ALLOW_THREADS
     if (st) {
         ovs_py_raise(st);
@@ -262,6 +244,16 @@ error:
     Py_XDECREF(w);
     Py_XDECREF(out);
     return NULL;
+}
+
+static PyObject *py_op_matmul_wt(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    return matmul_binding(args, kw, 1);
+}
+
+static PyObject *py_op_matmul(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    return matmul_binding(args, kw, 0);
 }
 
 /* ---------------------------------------------------------------- activations */
@@ -1037,7 +1029,7 @@ static PyObject *py_op_resize_u8_pil(PyObject *self, PyObject *args, PyObject *k
     PyArrayObject *img = NULL, *out = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &img_obj, &size_obj)) return NULL;
     if (parse_pair(size_obj, "size", 0, size)) return NULL;
-    if (!(img = image_array(img_obj, "img", &rs, &ps))) return NULL;
+    if (!(img = ovs_py_uint8_image(img_obj, "img", &rs, &ps))) return NULL;
     npy_intp dims[3] = {size[0], size[1], 3};
     if (!(out = (PyArrayObject *)PyArray_SimpleNew(3, dims, NPY_UINT8))) goto error;
     int st;
@@ -1091,7 +1083,7 @@ static PyObject *py_op_normalize_u8(PyObject *self, PyObject *args, PyObject *kw
                                      &std_obj, &scale255))
         return NULL;
     if (parse_rgb(mean_obj, "mean", mean) || parse_rgb(std_obj, "std", std)) return NULL;
-    if (!(img = image_array(img_obj, "img", &rs, &ps))) return NULL;
+    if (!(img = ovs_py_uint8_image(img_obj, "img", &rs, &ps))) return NULL;
     int64_t H = PyArray_DIM(img, 0), W = PyArray_DIM(img, 1);
     if (box_obj == Py_None) {
         box[0] = box[1] = 0;
@@ -1156,7 +1148,7 @@ static PyObject *py_op_resize_u8_normalize(PyObject *self, PyObject *args, PyObj
     if (parse_pair(size_obj, "size", 1, size) || parse_rgb(mean_obj, "mean", mean) ||
         parse_rgb(std_obj, "std", std))
         return NULL;
-    if (!(img = image_array(img_obj, "img", &rs, &ps))) return NULL;
+    if (!(img = ovs_py_uint8_image(img_obj, "img", &rs, &ps))) return NULL;
     npy_intp dims[3] = {3, size[0], size[1]};
     if (!(out = new_float(3, dims))) goto error;
     int st;
@@ -1215,6 +1207,10 @@ static PyObject *py_op_debug_invalid_calls(PyObject *self, PyObject *noargs) {
     CASE("matmul_wt lda<C", ovs_matmul_wt(buf, 2, buf, 1, &w22, 2, 1.0f, 0.0f));
     CASE("matmul_wt out NULL", ovs_matmul_wt(NULL, 2, buf, 2, &w22, 2, 1.0f, 0.0f));
     CASE("matmul_wt format", ovs_matmul_wt(buf, 2, buf, 2, &w_bad, 2, 1.0f, 0.0f));
+    CASE("matmul K<0", ovs_matmul(buf, 2, buf, 2, buf, 2, 2, -1, 2, 1.0f, 0.0f));
+    CASE("matmul ldb<N", ovs_matmul(buf, 2, buf, 2, buf, 1, 2, 2, 2, 1.0f, 0.0f));
+    CASE("matmul b NULL", ovs_matmul(buf, 2, buf, 2, NULL, 2, 2, 2, 2, 1.0f, 0.0f));
+    CASE("matmul_naive M<0", ovs_matmul_naive(buf, 2, buf, 2, buf, 2, -2, 2, 2, 1.0f, 0.0f));
     CASE("act n<0", ovs_act_forward(buf, -1, OVS_ACT_RELU));
     CASE("act unknown", ovs_act_forward(buf, 4, (ovs_act)99));
     CASE("act_naive n<0", ovs_act_forward_naive(buf, -1, OVS_ACT_GELU));
@@ -1370,6 +1366,9 @@ static PyMethodDef ops_methods[] = {
      "op_matmul_wt(a, w, alpha=1.0, beta=0.0, out=None, packed=False): out = alpha a @ w.T + "
      "beta out; packed=True packs w first and runs the packed-weight GEMM; naive=True the naive "
      "twin."},
+    {"op_matmul", (PyCFunction)py_op_matmul, KW,
+     "op_matmul(a, b, alpha=1.0, beta=0.0, out=None, naive=False): out = alpha a @ b + beta out; "
+     "a's and b's rows may be strided (column slices)."},
     {"op_act", (PyCFunction)py_op_act, KW,
      "op_act(x, act, naive=False): act in 'none', 'relu', 'gelu', 'quickgelu'."},
     {"op_linear", (PyCFunction)py_op_linear, KW,

@@ -32,6 +32,14 @@ PyObject *ovs_py_raise(int status);
  * ValueError naming `what` otherwise. */
 PyArrayObject *ovs_py_float_array(PyObject *obj, int ndim, const char *what);
 
+/* The one validator of uint8 RGB images (H, W, 3) at the C boundary, with ovs/image.py's
+ * messages (as_uint8_image): TypeError for a non-array or another dtype, ValueError for another
+ * shape (hints for RGBA and grayscale) or an empty image. A new reference, used in place when
+ * its channels are adjacent and its strides positive (strided views, Fortran order), a C-ordered
+ * copy otherwise; *row_stride and *pixel_stride in bytes. */
+PyArrayObject *ovs_py_uint8_image(PyObject *obj, const char *what, int64_t *row_stride,
+                                  int64_t *pixel_stride);
+
 /* A sequence of 1..max ints into out[0..*n); NULL-safe: obj NULL keeps out and *n. -1 + TypeError /
  * ValueError naming `what` otherwise. */
 int ovs_py_int64_seq(PyObject *obj, const char *what, int64_t *out, int max, int64_t *n);
@@ -40,7 +48,6 @@ int ovs_py_register_core(PyObject *m);
 int ovs_py_register_ops(PyObject *m);
 int ovs_py_register_io(PyObject *m);
 int ovs_py_register_models(PyObject *m);
-int ovs_py_register_text(PyObject *m);
 int ovs_py_register_methods(PyObject *m);
 int ovs_py_register_tokenizer(PyObject *m);
 int ovs_py_register_analysis(PyObject *m);

@@ -8,7 +8,7 @@
  *     ovs_segmenter *s;
  *     ovs_seg_config cfg = {.head = OVS_HEAD_SCLIP, .short_side = 336, .crop = 224, .stride = 112};
  *     ovs_segmenter_create(&s, NULL, vit, &cfg);
- *     ovs_seg_logits(s, lowres, img, H, W, H * W * 3, 3, Hp, Wp, mean, std, cls, C);  // (C, Hp, Wp)
+ *     ovs_seg_logits(s, lowres, img, H, W, W * 3, 3, Hp, Wp, mean, std, cls, C);  // (C, Hp, Wp)
  *     ovs_seg_labels(labels, lowres, C, Hp, Wp, H, W, 40.0f, 0.0f, -1);          // (H, W)
  *     ovs_segmenter_free(s);
  */

@@ -93,6 +93,14 @@ int ovs_matmul_wt(float *out, int64_t ldo, const float *a, int64_t lda, const ov
 int ovs_matmul_wt_naive(float *out, int64_t ldo, const float *a, int64_t lda,
                         const ovs_matrix *w, int64_t M, float alpha, float beta);
 
+/* out (M, N) = alpha * a (M, K) @ b (K, N) + beta * out (beta == 0 ignores out), via OpenBLAS;
+ * lda, ldb, ldo are row strides (>= K, N, N): a product of activations (attention weights
+ * times values, a similarity matrix times features). */
+int ovs_matmul(float *out, int64_t ldo, const float *a, int64_t lda, const float *b, int64_t ldb,
+               int64_t M, int64_t K, int64_t N, float alpha, float beta);
+int ovs_matmul_naive(float *out, int64_t ldo, const float *a, int64_t lda, const float *b,
+                     int64_t ldb, int64_t M, int64_t K, int64_t N, float alpha, float beta);
+
 /* ---------------------------------------------------------------- activations */
 typedef enum {
     OVS_ACT_NONE = 0,
@@ -242,6 +250,13 @@ int ovs_groupnorm_forward_naive(float *out, const float *in, const float *weight
  * -inf becomes all zeros (torch.softmax gives NaN there). */
 int ovs_softmax_forward(float *x, int64_t M, int64_t D);
 int ovs_softmax_forward_naive(float *x, int64_t M, int64_t D);
+/* out[j * out_stride] = softmax(scale * x[j * x_stride]) over j < D, one vector on the calling
+ * thread: the max of scale * x in float, e_j = expf(scale * x_j - max) (libm), their sum in
+ * double, out_j = e_j * (float)(1 / sum), as torch's float softmax to rounding. A building block
+ * for loops over pixels (class probabilities of segmentation logits): no argument checks, D >= 1;
+ * out may alias x when the strides are equal. */
+void ovs_softmax_scaled_vec(float *out, int64_t out_stride, const float *x, int64_t x_stride,
+                            int64_t D, float scale);
 
 /* ---------------------------------------------------------------- attention */
 /* probs (T, U) = softmax(scale * a (T, F) @ b (U, F)^T + mask (T, U)) for one head.
@@ -307,6 +322,12 @@ int ovs_resize_bilinear(float *out, const float *in, int64_t NC, int64_t H, int6
                         int64_t Q, int align_corners);
 int ovs_resize_bicubic(float *out, const float *in, int64_t NC, int64_t H, int64_t W, int64_t P,
                        int64_t Q, int align_corners);
+/* The taps ovs_resize_bilinear uses along one axis (`in` samples resized to `out`), for output
+ * indices d = 0..n-1 (n <= out): value d = w0[d] * x[i0[d]] + w1[d] * x[i1[d]]. For callers that
+ * fuse the interpolation into their own loops (the segmenter's window accumulation and label
+ * stage): their results are then bit for bit those of ovs_resize_bilinear. */
+int ovs_resize_bilinear_taps(int64_t *i0, int64_t *i1, float *w0, float *w1, int64_t in,
+                             int64_t out, int64_t n, int align_corners);
 /* Naive twins: per output element, source coordinates and weights in double from torch's
  * definitions (clamped taps), no tables. */
 int ovs_resize_bilinear_naive(float *out, const float *in, int64_t NC, int64_t H, int64_t W,
