@@ -536,6 +536,30 @@ def write_json(report: dict, out: str | None, stem: str) -> Path:
     return path
 
 
+def run(script: str, groups: list[Group], args) -> dict:
+    """run_groups for a bench script's main: its file, its parsed --threads/--repeat/--warmup."""
+    return run_groups(Path(script).resolve(), groups, threads=args.threads, repeat=args.repeat,
+                      warmup=args.warmup, env=worker_env(args))
+
+
+def report(name: str, args, res: dict, t0: float, settings: dict, **extra) -> dict:
+    """The JSON report of a bench script: script, machine, settings (repeat, warmup, threads, the
+    order of the runs, "ABAB" unless `settings` says otherwise, then `settings` and the wall time
+    since t0), workers, cases, then `extra`."""
+    return {"script": name, "machine": machine_info(args.threads, res["workers"], worker_env(args)),
+            "settings": {"repeat": args.repeat, "warmup": args.warmup, "threads": args.threads,
+                         "order": "ABAB", **settings, "wall_s": time.perf_counter() - t0},
+            "workers": res["workers"], "cases": res["cases"], **extra}
+
+
+def publish(report: dict, out: str | None) -> Path:
+    """Write the report (write_json) and print its table of cases; returns the JSON's path."""
+    path = write_json(report, out, report["script"])
+    print()
+    print(fmt_table(case_rows(report["cases"]), CASE_HEADER))
+    return path
+
+
 def fmt_table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
     line = lambda r: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)  # noqa: E731

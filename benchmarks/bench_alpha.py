@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import _harness as H
 
@@ -74,15 +73,9 @@ def main(argv=None) -> int:
                                            "peer": "weightwatcher 0.7.7 xmin_peak"}})
               for t in TOWERS]
     groups = H.select_groups(groups, args.cases)
-    res = H.run_groups(Path(__file__).resolve(), groups, threads=args.threads, repeat=args.repeat,
-                       warmup=args.warmup, env=H.worker_env(args))
-    report = {"script": "bench_alpha", "machine": H.machine_info(args.threads, res["workers"], H.worker_env(args)),
-              "settings": {"repeat": args.repeat, "warmup": args.warmup, "threads": args.threads,
-                           "weights": weights, "order": "ABAB", "wall_s": time.perf_counter() - t0},
-              "workers": res["workers"], "cases": res["cases"]}
-    path = H.write_json(report, args.out, "bench_alpha")
-    print()
-    print(H.fmt_table(H.case_rows(res["cases"]), H.CASE_HEADER))
+    res = H.run(__file__, groups, args)
+    report = H.report("bench_alpha", args, res, t0, {"weights": weights})
+    path = H.publish(report, args.out)
     print(f"\nwrote {path}  ({time.perf_counter() - t0:.0f}s)")
     return 0
 

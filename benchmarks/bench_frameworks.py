@@ -137,19 +137,12 @@ def main(argv=None) -> int:
                                     "classes": len(names), "paper_dense_gflops": PAPER_GFLOPS["deeplab"]}
                                 for c, (hw, s) in CASES.items()})]
         groups = H.select_groups(groups, args.cases)
-        res = H.run_groups(Path(__file__).resolve(), groups, threads=args.threads, repeat=args.repeat,
-                           warmup=args.warmup, env=H.worker_env(args))
+        res = H.run(__file__, groups, args)
         flops = flops_table(Path(tmp) / "deeplab_rn50_random.safetensors", len(names))
     for c in res["cases"]:
         c["flops"] = flops.get(c["case"])
-    report = {"script": "bench_frameworks",
-              "machine": H.machine_info(args.threads, res["workers"], H.worker_env(args)),
-              "settings": {"repeat": args.repeat, "warmup": args.warmup, "threads": args.threads,
-                           "classes": len(names), "order": "ABAB", "wall_s": time.perf_counter() - t0},
-              "workers": res["workers"], "cases": res["cases"]}
-    path = H.write_json(report, args.out, "bench_frameworks")
-    print()
-    print(H.fmt_table(H.case_rows(res["cases"]), H.CASE_HEADER))
+    report = H.report("bench_frameworks", args, res, t0, {"classes": len(names)})
+    path = H.publish(report, args.out)
     for c in res["cases"]:
         fl = c.get("flops")
         if fl:

@@ -433,17 +433,11 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ovs-bench-image-") as tmp:
         groups = H.select_groups(build_groups(weights, tmp, threads=args.threads), args.cases)
-        res = H.run_groups(Path(__file__).resolve(), groups, threads=args.threads,
-                           repeat=args.repeat, warmup=args.warmup, env=H.worker_env(args))
+        res = H.run(__file__, groups, args)
     derived = derive(res["cases"])
-    report = {"script": "bench_image", "machine": H.machine_info(args.threads, res["workers"], H.worker_env(args)),
-              "settings": {"repeat": args.repeat, "warmup": args.warmup, "threads": args.threads,
-                           "weights": weights, "order": "ABAB (ours then peer, per case)",
-                           "wall_s": time.perf_counter() - t0},
-              "workers": res["workers"], "cases": res["cases"], "derived": derived}
-    path = H.write_json(report, args.out, "bench_image")
-    print()
-    print(H.fmt_table(H.case_rows(res["cases"]), H.CASE_HEADER))
+    report = H.report("bench_image", args, res, t0,
+                      {"weights": weights, "order": "ABAB (ours then peer, per case)"}, derived=derived)
+    path = H.publish(report, args.out)
     rows = []
     if "sgemm_gflops" in derived:
         rows.append(["sgemm 2048^3", f"{derived['sgemm_gflops']['ours']:.1f}",

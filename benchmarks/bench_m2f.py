@@ -98,17 +98,10 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     groups = [H.Group(f"m2f_{args.side}", {"side": args.side}, repeated=["pixel_decoder", "decoder"],
                       peer_first=True)]
-    res = H.run_groups(Path(__file__).resolve(), groups, threads=args.threads, repeat=args.repeat,
-                       warmup=args.warmup, env=H.worker_env(args))
-    report = {"script": "bench_m2f",
-              "machine": H.machine_info(args.threads, res["workers"], H.worker_env(args)),
-              "settings": {"repeat": args.repeat, "warmup": args.warmup, "threads": args.threads,
-                           "side": args.side, "queries": 250, "decoder_layers": 9,
-                           "order": "ABAB", "wall_s": time.perf_counter() - t0},
-              "workers": res["workers"], "cases": res["cases"]}
-    path = H.write_json(report, args.out, "bench_m2f")
-    print()
-    print(H.fmt_table(H.case_rows(res["cases"]), H.CASE_HEADER))
+    res = H.run(__file__, groups, args)
+    report = H.report("bench_m2f", args, res, t0,
+                      {"side": args.side, "queries": 250, "decoder_layers": 9})
+    path = H.publish(report, args.out)
     print(f"\nwrote {path}  ({time.perf_counter() - t0:.0f}s)")
     return 0
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import _harness as H
 
@@ -78,15 +77,9 @@ def main(argv=None) -> int:
     groups = [H.Group(name, {}, repeated=[name], meta={name: {"pixels": SIDE * SIDE, "classes": CASES[name][0]}})
               for name in CASES]
     groups = H.select_groups(groups, args.cases)
-    res = H.run_groups(Path(__file__).resolve(), groups, threads=args.threads, repeat=args.repeat,
-                       warmup=args.warmup, env=H.worker_env(args))
-    report = {"script": "bench_metrics", "machine": H.machine_info(args.threads, res["workers"], H.worker_env(args)),
-              "settings": {"repeat": args.repeat, "warmup": args.warmup, "threads": args.threads,
-                           "side": SIDE, "order": "ABAB", "wall_s": time.perf_counter() - t0},
-              "workers": res["workers"], "cases": res["cases"]}
-    path = H.write_json(report, args.out, "bench_metrics")
-    print()
-    print(H.fmt_table(H.case_rows(res["cases"]), H.CASE_HEADER))
+    res = H.run(__file__, groups, args)
+    report = H.report("bench_metrics", args, res, t0, {"side": SIDE})
+    path = H.publish(report, args.out)
     for c in res["cases"]:
         px = SIDE * SIDE
         print(f"{c['case']}: Mpixel/s ours {px / c['ours']['median_s'] / 1e6:.0f}, "

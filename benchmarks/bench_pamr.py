@@ -19,7 +19,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -110,18 +109,11 @@ def main(argv=None) -> int:
             "classes": C, "size": [Hh, Ww], "steps": STEPS, "dilations": list(DILATIONS),
             "target_ratio": 0.5}}))
     groups = H.select_groups(groups, args.cases)
-    res = H.run_groups(Path(__file__).resolve(), groups, threads=args.threads,
-                       repeat=args.repeat, warmup=args.warmup, env=H.worker_env(args))
+    res = H.run(__file__, groups, args)
     memory = memory_check(args.threads) if args.memory else None
-    report = {"script": "bench_pamr",
-              "machine": H.machine_info(args.threads, res["workers"], H.worker_env(args)),
-              "settings": {"repeat": args.repeat, "warmup": args.warmup, "threads": args.threads,
-                           "steps": STEPS, "dilations": list(DILATIONS), "order": "ABAB",
-                           "wall_s": time.perf_counter() - t0},
-              "workers": res["workers"], "cases": res["cases"], "memory": memory}
-    path = H.write_json(report, args.out, "bench_pamr")
-    print()
-    print(H.fmt_table(H.case_rows(res["cases"]), H.CASE_HEADER))
+    report = H.report("bench_pamr", args, res, t0, {"steps": STEPS, "dilations": list(DILATIONS)},
+                      memory=memory)
+    path = H.publish(report, args.out)
     print("target (a): time ratio <= 0.5")
     if memory:
         print(f"(b) seg_labels_pamr 2048x1536, 150 classes, {args.threads} thread(s): peak RSS "

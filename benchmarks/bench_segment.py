@@ -267,17 +267,11 @@ def main(argv=None) -> int:
         weights = H.resolve_weights(args.weights, sorted({GROUPS[g.name][0] for g in groups if g.name in GROUPS}))
         for g in groups:
             g.params["weights"] = weights
-        res = H.run_groups(Path(__file__).resolve(), groups, threads=args.threads,
-                           repeat=args.repeat, warmup=args.warmup, env=H.worker_env(args))
-    report = {"script": "bench_segment", "machine": H.machine_info(args.threads, res["workers"], H.worker_env(args)),
-              "settings": {"repeat": args.repeat, "warmup": args.warmup, "threads": args.threads,
-                           "weights": weights, "image": "ovs/data/example_cat.jpg resized to 512x512",
-                           "classes": "ade20k_150 first synonyms", "cold": sorted(cold),
-                           "order": "ABAB", "wall_s": time.perf_counter() - t0},
-              "workers": res["workers"], "cases": res["cases"]}
-    path = H.write_json(report, args.out, "bench_segment")
-    print()
-    print(H.fmt_table(H.case_rows(res["cases"]), H.CASE_HEADER))
+        res = H.run(__file__, groups, args)
+    report = H.report("bench_segment", args, res, t0,
+                      {"weights": weights, "image": "ovs/data/example_cat.jpg resized to 512x512",
+                       "classes": "ade20k_150 first synonyms", "cold": sorted(cold)})
+    path = H.publish(report, args.out)
     print("targets (a): time ratio <= 0.8, peak RSS ratio <= 0.5; (c) labels: 847 classes <= 1.5x 10 classes")
     print(f"\nwrote {path}  ({time.perf_counter() - t0:.0f}s)")
     return 0

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import _harness as H
 
@@ -165,20 +164,14 @@ def main(argv=None) -> int:
                                "token_positions": positions, "linear_gflop": gflop}})
                    for t in towers]
     groups = H.select_groups(groups, args.cases)
-    res = H.run_groups(Path(__file__).resolve(), groups, threads=args.threads, repeat=args.repeat,
-                       warmup=args.warmup, env=H.worker_env(args))
-    report = {"script": "bench_text", "machine": H.machine_info(args.threads, res["workers"], H.worker_env(args)),
-              "settings": {"repeat": args.repeat, "warmup": args.warmup, "threads": args.threads,
-                           "weights": weights, "prompts": len(prompts), "first_prompts": prompts[:3],
-                           "peer_batch": args.peer_batch or len(prompts), "order": "ABAB",
-                           "warmup_prompts": WARMUP_PROMPTS, "wall_s": time.perf_counter() - t0},
-              "workers": res["workers"], "cases": res["cases"]}
+    res = H.run(__file__, groups, args)
+    report = H.report("bench_text", args, res, t0,
+                      {"weights": weights, "prompts": len(prompts), "first_prompts": prompts[:3],
+                       "peer_batch": args.peer_batch or len(prompts), "warmup_prompts": WARMUP_PROMPTS})
     for c in res["cases"]:
         if c["case"].startswith("classifier_"):
             _scale_peer(c, scale)
-    path = H.write_json(report, args.out, "bench_text")
-    print()
-    print(H.fmt_table(H.case_rows(res["cases"]), H.CASE_HEADER))
+    path = H.publish(report, args.out)
     for c in res["cases"]:
         n = c.get("prompts", len(prompts))
         print(f"{c['case']}: prompts/s ours {n / c['ours']['median_s']:.0f}, "

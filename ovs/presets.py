@@ -65,6 +65,20 @@ def _e(**kw) -> dict[str, Any]:
 # --- SCLIP: CLIPForSegmentation defaults (clip_segmentor.py:19-21), configs/cfg_*.py overrides
 _SC = f"{_S} clip_segmentor.py"
 _sclip_common = dict(window=((224, 112), f"{_SC}:21"), synonym_mode=("max", f"{_SC}:159"))
+
+
+def _sclip(cfg: str, short_side: int, line: int, bg=None, area=None) -> dict[str, Any]:
+    """An SCLIP entry from configs/<cfg>: the short side at `line`; the default logit scale, or
+    with bg=(logit_scale, bg_threshold) those two at the config's lines 6 and 7 and background
+    label 0; area=area_threshold at line 8."""
+    c = f"{_S} configs/{cfg}"
+    kw = dict(short_side=(short_side, f"{c}:{line}"), logit_scale=(40.0, f"{_SC}:20"))
+    if bg is not None:
+        kw.update(logit_scale=(bg[0], f"{c}:6"), bg_threshold=(bg[1], f"{c}:7"))
+        if area is not None:
+            kw["area_threshold"] = (area, f"{c}:8")
+        kw["bg_label"] = (0, f"{_SC}:170")
+    return _e(**kw, **_sclip_common)
 # --- ClearCLIP: ClearCLIPSegmentation defaults (clearclip_segmentor.py:22-23)
 _CC = f"{_C} clearclip_segmentor.py"
 _clear_common = dict(window=((448, 224), f"{_CC}:23"), logit_scale=(50.0, f"{_CC}:23"),
@@ -77,29 +91,14 @@ _na_slide = dict(window=((224, 112), f"{_NC}:22"))
 
 TABLE: dict[tuple[str, str], dict[str, Any]] = {
     # ------------------------------------------------------------------ SCLIP
-    ("sclip", "ade20k-150"): _e(short_side=(336, f"{_S} configs/cfg_ade20k.py:14"),
-                                logit_scale=(40.0, f"{_SC}:20"), **_sclip_common),
-    ("sclip", "cityscapes"): _e(short_side=(560, f"{_S} configs/cfg_city_scapes.py:14"),
-                                logit_scale=(40.0, f"{_SC}:20"), **_sclip_common),
-    ("sclip", "coco-object"): _e(short_side=(336, f"{_S} configs/cfg_coco_object.py:16"),
-                                 logit_scale=(50.0, f"{_S} configs/cfg_coco_object.py:6"),
-                                 bg_threshold=(0.1, f"{_S} configs/cfg_coco_object.py:7"),
-                                 bg_label=(0, f"{_SC}:170"), **_sclip_common),
-    ("sclip", "coco-stuff"): _e(short_side=(448, f"{_S} configs/cfg_coco_stuff164k.py:14"),
-                                logit_scale=(40.0, f"{_SC}:20"), **_sclip_common),
-    ("sclip", "pascal-context-59"): _e(short_side=(336, f"{_S} configs/cfg_context59.py:14"),
-                                       logit_scale=(40.0, f"{_SC}:20"), **_sclip_common),
-    ("sclip", "pascal-context-60"): _e(short_side=(336, f"{_S} configs/cfg_context60.py:16"),
-                                       logit_scale=(50.0, f"{_S} configs/cfg_context60.py:6"),
-                                       bg_threshold=(0.1, f"{_S} configs/cfg_context60.py:7"),
-                                       bg_label=(0, f"{_SC}:170"), **_sclip_common),
-    ("sclip", "voc-20"): _e(short_side=(336, f"{_S} configs/cfg_voc20.py:14"),
-                            logit_scale=(40.0, f"{_SC}:20"), **_sclip_common),
-    ("sclip", "voc-21"): _e(short_side=(336, f"{_S} configs/cfg_voc21.py:17"),
-                            logit_scale=(65.0, f"{_S} configs/cfg_voc21.py:6"),
-                            bg_threshold=(0.1, f"{_S} configs/cfg_voc21.py:7"),
-                            area_threshold=(0.1, f"{_S} configs/cfg_voc21.py:8"),
-                            bg_label=(0, f"{_SC}:170"), **_sclip_common),
+    ("sclip", "ade20k-150"): _sclip("cfg_ade20k.py", 336, 14),
+    ("sclip", "cityscapes"): _sclip("cfg_city_scapes.py", 560, 14),
+    ("sclip", "coco-object"): _sclip("cfg_coco_object.py", 336, 16, bg=(50.0, 0.1)),
+    ("sclip", "coco-stuff"): _sclip("cfg_coco_stuff164k.py", 448, 14),
+    ("sclip", "pascal-context-59"): _sclip("cfg_context59.py", 336, 14),
+    ("sclip", "pascal-context-60"): _sclip("cfg_context60.py", 336, 16, bg=(50.0, 0.1)),
+    ("sclip", "voc-20"): _sclip("cfg_voc20.py", 336, 14),
+    ("sclip", "voc-21"): _sclip("cfg_voc21.py", 336, 17, bg=(65.0, 0.1), area=0.1),
     # ------------------------------------------------------------------ ClearCLIP
     ("clearclip", "ade20k-150"): _e(short_side=(448, f"{_C} configs/cfg_ade20k.py:14"), **_clear_common),
     ("clearclip", "cityscapes"): _e(short_side=(448, f"{_C} configs/cfg_city_scapes.py:15"),

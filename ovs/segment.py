@@ -166,6 +166,15 @@ def _queries(names: list[str]) -> tuple[list[str], np.ndarray]:
     return queries, np.asarray(owner, np.int32)
 
 
+def _check_output_size(output_size) -> tuple[int, int]:
+    ok = (isinstance(output_size, (tuple, list)) and len(output_size) == 2
+          and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+                  for v in output_size))
+    if not ok:
+        raise ValueError(f"output_size must be (H, W), two positive ints, got {output_size!r}")
+    return int(output_size[0]), int(output_size[1])
+
+
 class Segmenter:
     """Segment images with class names invented at call time.
 
@@ -321,12 +330,7 @@ class Segmenter:
         if bg_threshold is not None and not 0 <= float(bg_threshold) <= 1:
             raise ValueError(f"bg_threshold must be in [0, 1], got {bg_threshold!r}")
         if output_size is not None:
-            ok = (isinstance(output_size, (tuple, list)) and len(output_size) == 2
-                  and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
-                          for v in output_size))
-            if not ok:
-                raise ValueError(f"output_size must be (H, W), two positive ints, got {output_size!r}")
-            self.output_size = (int(output_size[0]), int(output_size[1]))
+            self.output_size = _check_output_size(output_size)
         from .templates import get_templates
 
         get_templates(self.templates)  # validate now, not at the first call
@@ -371,12 +375,7 @@ class Segmenter:
         self.progress = progress
         self.output_size = None
         if output_size is not None:
-            ok = (isinstance(output_size, (tuple, list)) and len(output_size) == 2
-                  and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
-                          for v in output_size))
-            if not ok:
-                raise ValueError(f"output_size must be (H, W), two positive ints, got {output_size!r}")
-            self.output_size = (int(output_size[0]), int(output_size[1]))
+            self.output_size = _check_output_size(output_size)
         from .templates import get_templates
 
         get_templates(self.templates)

@@ -208,22 +208,9 @@ def overlay(image, labels: np.ndarray, class_names: Sequence[str], *, alpha: flo
 def _save_atomic(image, path: str | os.PathLike) -> None:
     """Save a PIL image as PNG through a temporary file in the same folder and a rename: an
     interrupted or failed save never leaves a truncated or half-written file at `path`."""
-    import tempfile
-    from pathlib import Path
+    from ._files import write_atomic
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".",
-                               prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def label_image(labels: np.ndarray, n_classes: int):

@@ -24,12 +24,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import tempfile
 from typing import Mapping
 
 import numpy as np
 
 from ._core import SafeTensorsFile, WeightFileError
+from ._files import write_atomic
 from .torch_reader import read_torch_zip
 
 __all__ = ["load_state_dict", "save_safetensors", "random_state_dict", "detect_format", "SafeTensorsFile",
@@ -166,20 +166,8 @@ def save_safetensors(tensors: Mapping[str, np.ndarray], path: str | os.PathLike,
         # arrays into 1-d ones.
         arrays[name] = np.asarray(arr, order="C")
 
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        os.close(fd)
-        safetensors.numpy.save_file(arrays, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(path, lambda tmp: safetensors.numpy.save_file(arrays, tmp, metadata=metadata),
+                 fsync=True)
 
 
 _NUMPY_TO_SAFETENSORS = {

@@ -30,15 +30,20 @@ GENERATED_DIR = TESTS_DIR / "_generated"
 RTOL = 1e-4
 
 
-def _make_fixtures_module():
-    name = "ovs_tests_make_fixtures"
+def load_test_module(relpath: str, name: str):
+    """The Python file tests/<relpath> (a reference implementation, a data generator) as the
+    module `name`, loaded once per session (cached in sys.modules)."""
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, TESTS_DIR / "reference" / "make_fixtures.py")
+    spec = importlib.util.spec_from_file_location(name, TESTS_DIR / relpath)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _make_fixtures_module():
+    return load_test_module("reference/make_fixtures.py", "ovs_tests_make_fixtures")
 
 
 def assert_close(ours, ref, rtol: float = RTOL, name: str = "tensor") -> None:
@@ -62,6 +67,76 @@ def assert_close(ours, ref, rtol: float = RTOL, name: str = "tensor") -> None:
             f"{name}: max |ours - ref| = {max_abs:.3e} at index {tuple(map(int, worst))} "
             f"(ours {float(ours[worst]):.6g}, ref {float(ref[worst]):.6g}); scale max|ref| = "
             f"{scale:.4g}; relative error {rel:.3e} > {rtol:.1e}")
+
+
+def assert_same(got, want, what: str = "") -> None:
+    """Identical results: same shape, dtype and values (NaN equals NaN); dicts key by key. For
+    the same code path on the same data (a reloaded file, a retried call)."""
+    if isinstance(got, dict):
+        assert got.keys() == want.keys(), f"{what}: keys {sorted(got)} != {sorted(want)}"
+        for k in got:
+            assert_same(got[k], want[k], f"{what}[{k}]")
+        return
+    got = np.asarray(got)
+    want = np.asarray(want)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
+    if got.dtype.kind in "fc":
+        bad = ~((got == want) | (np.isnan(got) & np.isnan(want)))
+    else:
+        bad = got != want
+    if bad.any():
+        diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+        raise AssertionError(f"{what}: {int(bad.sum())} of {bad.size} elements differ, max "
+                             f"difference {np.nanmax(diff) if diff.size else 0:.3e}")
+
+
+def inject_alloc_failures(fn, what: str, result=lambda r: r, setup=None) -> int:
+    """Fail every C allocation of fn() in turn; returns their count.
+
+    ``_core.debug_fail_alloc(i)`` makes the i-th C allocation from now fail (0 = off) and returns
+    how many allocations were made since the previous call. We count the allocations N of one
+    call, then fail each of the N in turn: the call must either succeed with the same result
+    (result(out), compared with assert_same) or raise MemoryError -- never crash, never raise
+    anything else -- and a normal call afterwards must give the first run's result again.
+
+    setup: builds fn's argument before every run, outside the counted region (e.g. a fresh
+    model, whose workspace arenas are still empty: a warmed-up model reuses its arenas and
+    allocates nothing, so failing "its" allocations would test nothing)."""
+    from ovs import _core
+
+    def run():
+        if setup is None:
+            _core.debug_fail_alloc(0)
+            return fn()
+        arg = setup()
+        _core.debug_fail_alloc(0)
+        return fn(arg)
+
+    _core.debug_fail_alloc(0)
+    try:
+        ref = result(run())
+        n = _core.debug_fail_alloc(0)
+        assert n >= 1, f"{what}: no C allocation counted: nothing to inject"
+        failed = 0
+        for i in range(1, n + 1):
+            arg = setup() if setup is not None else None
+            _core.debug_fail_alloc(i)
+            try:
+                out = fn(arg) if setup is not None else fn()
+            except MemoryError:
+                failed += 1
+                continue
+            finally:
+                _core.debug_fail_alloc(0)
+            # A failure the code recovered from (e.g. an arena it could not shrink) must not
+            # change the result.
+            assert_same(result(out), ref, f"{what} (allocation {i}/{n} failed, call succeeded)")
+        assert failed > 0, f"{what}: none of the {n} injected allocation failures was reported"
+        assert_same(result(run()), ref, f"{what} after {n} injected failures")
+        return n
+    finally:
+        _core.debug_fail_alloc(0)
 
 
 def load_npz(path) -> dict:

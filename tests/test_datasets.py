@@ -4,9 +4,6 @@ generator tests/data/make_datasets.py), a real Pascal VOC image with its ground 
 clear errors naming the file."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,17 +13,12 @@ from ovs import datasets as D
 from ovs import metrics as M
 from ovs.classnames import load_classnames
 
-HERE = Path(__file__).resolve().parent
+from conftest import load_test_module
+
 
 
 def _gen():
-    name = "ovs_tests_make_datasets"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, HERE / "data" / "make_datasets.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
+    return load_test_module("data/make_datasets.py", "ovs_tests_make_datasets")
 
 
 EXPECT = {  # preset -> (classnames key, C, ignore, label dtype)

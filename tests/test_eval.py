@@ -29,6 +29,8 @@ import ovs
 from ovs import cli
 from ovs import metrics as M
 
+from conftest import load_test_module
+
 HERE = Path(__file__).resolve().parent
 FAST = ["--templates", "bare", "--short-side", "64", "--window", "whole", "--no-progress"]
 FAST_KW = dict(templates="bare", short_side=64, window="whole", progress=False)
@@ -36,13 +38,7 @@ MODELS = {"vit": ("vit_tiny", "naclip"), "rn": ("rn_tiny", "maskclip")}
 
 
 def _gen():
-    name = "ovs_tests_make_datasets"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, HERE / "data" / "make_datasets.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
+    return load_test_module("data/make_datasets.py", "ovs_tests_make_datasets")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ whose reference top-2 gap exceeds twice the allowed logit error.
 """
 from __future__ import annotations
 
-import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -22,16 +21,14 @@ import torch.nn.functional as F
 import ovs
 from ovs import _core
 
+from conftest import load_test_module
+
 HERE = Path(__file__).resolve().parent
 REL_TOL = 1e-4
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(name, HERE / "reference" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_test_module(f"reference/{name}.py", name)
 
 
 R = _load("pamr_reference")

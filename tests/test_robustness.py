@@ -1,19 +1,17 @@
 """Robustness: allocation-failure injection, reference and memory leaks, threads, text input
-edge cases and the text-embedding cache (memory, disk, damaged, concurrent), corrupt
-safetensors files through ovs.load. Segmenter API edge cases are in test_segment_api.py, the
-command line in test_cli.py, torch/TorchScript files in test_torch_reader.py, weights by name
-(hub, offline, $OVS_WEIGHTS_DIR) in test_hub.py.
+edge cases and the text-embedding cache (memory, disk, damaged, concurrent). Segmenter API edge
+cases are in test_segment_api.py, the command line in test_cli.py, weight files (safetensors,
+corrupt or incomplete files through ovs.load) in test_weights.py, torch/TorchScript files in
+test_torch_reader.py, weights by name (hub, offline, $OVS_WEIGHTS_DIR) in test_hub.py.
 
-Failure injection: ``_core.debug_fail_alloc(i)`` makes the i-th C allocation from now fail
-(0 = off) and returns how many allocations were made since the previous call. For each public
-entry point we count the allocations N of one call, then fail each of the N allocations in turn:
-the call must either succeed with the correct result or raise MemoryError -- never crash, never
-raise anything else -- and a normal call afterwards must give the first run's result again.
+Failure injection: conftest.inject_alloc_failures(fn) fails each C allocation of one call of
+fn in turn (``_core.debug_fail_alloc``): the call must either succeed with the same result or
+raise MemoryError -- never crash, never raise anything else -- and a normal call afterwards must
+give the first run's result again.
 """
 from __future__ import annotations
 
 import os
-import struct
 import sys
 import threading
 from pathlib import Path
@@ -23,7 +21,9 @@ import pytest
 
 import ovs
 from ovs import _core
-from ovs.weights import load_state_dict, save_safetensors
+from ovs.weights import load_state_dict
+
+from conftest import assert_same, inject_alloc_failures
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -62,64 +62,7 @@ def _rel(a, b) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12)) if a.size else 0.0
 
 
-def _same(a, b, what: str) -> None:
-    """Bit-identical results (same code path, same threads, same data)."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), f"{what}: keys {sorted(a)} != {sorted(b)}"
-        for k in a:
-            _same(a[k], b[k], f"{what}[{k}]")
-        return
-    a = np.asarray(a)
-    b = np.asarray(b)
-    assert a.shape == b.shape and a.dtype == b.dtype, \
-        f"{what}: {a.shape} {a.dtype} != {b.shape} {b.dtype}"
-    if not np.array_equal(a, b):
-        diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
-        raise AssertionError(f"{what}: results differ, max |diff| = {diff.max():.3e} "
-                             f"({int((diff > 0).sum())} of {diff.size} elements)")
-
-
 # ------------------------------------------------------------------------------ 1. failure injection
-def _inject(fn, what: str, result=lambda r: r, setup=None) -> int:
-    """Fail every allocation of fn() in turn (see the module docstring); returns the count.
-
-    setup: builds fn's argument before every run, outside the counted region (e.g. a fresh
-    model, whose workspace arenas are still empty: a warmed-up model reuses its arenas and
-    allocates nothing, so failing "its" allocations would test nothing)."""
-    def run():
-        if setup is None:
-            _core.debug_fail_alloc(0)
-            return fn()
-        arg = setup()
-        _core.debug_fail_alloc(0)
-        return fn(arg)
-
-    _core.debug_fail_alloc(0)
-    try:
-        ref = result(run())
-        n = _core.debug_fail_alloc(0)
-        assert n >= 1, f"{what}: no C allocation counted: nothing to inject"
-        failed = 0
-        for i in range(1, n + 1):
-            arg = setup() if setup is not None else None
-            _core.debug_fail_alloc(i)
-            try:
-                out = fn(arg) if setup is not None else fn()
-            except MemoryError:
-                failed += 1
-                continue
-            finally:
-                _core.debug_fail_alloc(0)
-            # A failure the code recovered from (e.g. an arena it could not shrink) must not
-            # change the result.
-            _same(result(out), ref, f"{what} (allocation {i}/{n} failed, call succeeded)")
-        assert failed > 0, f"{what}: none of the {n} injected allocation failures was reported"
-        _same(result(run()), ref, f"{what} after {n} injected failures")
-        return n
-    finally:
-        _core.debug_fail_alloc(0)
-
-
 @pytest.fixture
 def restore_threads():
     n = ovs.get_num_threads()
@@ -162,8 +105,8 @@ def test_fail_alloc_model_build(fixtures_dir, state_dicts, name, image, one_thre
     def outputs(m):
         return {"image": m.encode_image(image), "text": m.encode_text(words)}
 
-    _inject(lambda: ovs.Model(sd, act="gelu"), f"ovs.Model({name})", outputs)
-    _inject(lambda: ovs.load(path, act="gelu"), f"ovs.load({name})", outputs)
+    inject_alloc_failures(lambda: ovs.Model(sd, act="gelu"), f"ovs.Model({name})", outputs)
+    inject_alloc_failures(lambda: ovs.load(path, act="gelu"), f"ovs.load({name})", outputs)
 
 
 @pytest.mark.parametrize("name", ["vit_tiny", "rn_tiny"])
@@ -172,10 +115,10 @@ def test_fail_alloc_encode(state_dicts, name, image, one_thread):
     fresh = lambda: ovs.Model(sd, act="gelu")  # noqa: E731
     batch = np.stack([image, image[::-1]])
     x = np.random.default_rng(1).standard_normal((1, 3, 64, 64)).astype(np.float32)
-    _inject(lambda m: m.encode_image(batch), f"{name}.encode_image", setup=fresh)
-    _inject(lambda m: m.image_features(x), f"{name}.image_features", setup=fresh)
+    inject_alloc_failures(lambda m: m.encode_image(batch), f"{name}.encode_image", setup=fresh)
+    inject_alloc_failures(lambda m: m.image_features(x), f"{name}.image_features", setup=fresh)
     texts = ["a photo of a cat.", "a dog", ""]
-    _inject(lambda m: m.encode_text(texts), f"{name}.encode_text", setup=fresh)
+    inject_alloc_failures(lambda m: m.encode_text(texts), f"{name}.encode_text", setup=fresh)
     # A warmed-up model allocates nothing for an input that fits its arenas, and a bigger
     # input grows them: fail those allocations too.
     def warm():
@@ -184,14 +127,14 @@ def test_fail_alloc_encode(state_dicts, name, image, one_thread):
         return m
 
     big = np.random.default_rng(2).standard_normal((3, 3, 96, 128)).astype(np.float32)
-    _inject(lambda m: m.image_features(big), f"{name}.image_features (arena growth)", setup=warm)
+    inject_alloc_failures(lambda m: m.image_features(big), f"{name}.image_features (arena growth)", setup=warm)
 
 
 def test_fail_alloc_text_classifier(state_dicts, one_thread):
     def setup():
         return ovs.Model(state_dicts["vit_tiny"], act="gelu")  # empty text cache and arenas
 
-    _inject(lambda m: m.text_classifier(["cat", "sofa, couch"], templates="simple"),
+    inject_alloc_failures(lambda m: m.text_classifier(["cat", "sofa, couch"], templates="simple"),
             "text_classifier", setup=setup)
 
 
@@ -219,15 +162,15 @@ def test_fail_alloc_segment(state_dicts, image, name, method, threads, restore_t
         return build
 
     win = setup(short_side=48, window=(32, 16))
-    _inject(lambda s: s.segment(image, names), f"{method}.segment", setup=win)
+    inject_alloc_failures(lambda s: s.segment(image, names), f"{method}.segment", setup=win)
     if threads > 1:
         return  # the rest is thread-independent; slow when other processes share the cores
-    _inject(lambda s: s.predict(image, names), f"{method}.predict", setup=win)
+    inject_alloc_failures(lambda s: s.predict(image, names), f"{method}.predict", setup=win)
     whole = setup(short_side=None, window=None)
-    _inject(lambda s: s.logits(image, names), f"{method}.logits (whole image)", setup=whole)
+    inject_alloc_failures(lambda s: s.logits(image, names), f"{method}.logits (whole image)", setup=whole)
     # Segmenter construction itself (C head objects).
     model = ovs.Model(state_dicts[name], act="gelu")
-    _inject(lambda: ovs.Segmenter(model, method=method, short_side=48, window=(32, 16)),
+    inject_alloc_failures(lambda: ovs.Segmenter(model, method=method, short_side=48, window=(32, 16)),
             f"Segmenter({method})", lambda s: s.segment(image, names))
 
 
@@ -242,28 +185,10 @@ def _templates_key(templates) -> str:
 def test_fail_alloc_tokenize(one_thread):
     long_word = "x" * 5000  # longer than the tokenizer's stack buffer: heap path
     texts = ["a photo of a cat.", "ünïcödé text &amp; more", long_word, ""]
-    _inject(lambda: ovs.tokenize(texts), "tokenize")
+    inject_alloc_failures(lambda: ovs.tokenize(texts), "tokenize")
     from ovs.tokenizer import Tokenizer
 
-    _inject(lambda: Tokenizer().encode("a photo of a cat"), "Tokenizer()")
-
-
-def test_fail_alloc_safetensors(vit_path, one_thread):
-    def read():
-        with _core.SafeTensorsFile(str(vit_path)) as f:
-            return {k: np.array(f.get(k)) for k in f.keys()[:6]}
-
-    _inject(read, "SafeTensorsFile")
-    data = vit_path.read_bytes()
-
-    def read_buffer():
-        f = _core.SafeTensorsFile.from_buffer(data)
-        try:
-            return {k: np.array(f.get(k)) for k in f.keys()[-3:]}
-        finally:
-            f.close()
-
-    _inject(read_buffer, "SafeTensorsFile.from_buffer")
+    inject_alloc_failures(lambda: Tokenizer().encode("a photo of a cat"), "Tokenizer()")
 
 
 # ------------------------------------------------------------------------------ 2. leaks
@@ -450,7 +375,7 @@ def test_two_threads_same_model(vit, image):
     got = _concurrent(jobs)
     for k, (exp, res) in enumerate(zip(expected, got)):
         for r in res:
-            _same(r, exp, f"job {k} run concurrently")
+            assert_same(r, exp, f"job {k} run concurrently")
 
 
 def test_two_models_do_not_interfere(vit_path, rn_path, image):
@@ -465,10 +390,10 @@ def test_two_models_do_not_interfere(vit_path, rn_path, image):
     c = ovs.load(vit_path, act="gelu")  # a third model: loading it must not disturb the others
     c.set_weight("visual.ln_post.weight", np.zeros_like(c.state_dict["visual.ln_post.weight"]))
     for k, job in enumerate(jobs):
-        _same(job(), expected[k], f"job {k} after loading another model")
+        assert_same(job(), expected[k], f"job {k} after loading another model")
     for k, res in enumerate(_concurrent(jobs)):
         for r in res:
-            _same(r, expected[k], f"job {k} run concurrently with another model")
+            assert_same(r, expected[k], f"job {k} run concurrently with another model")
 
 
 # ------------------------------------------------------------------------------ 5. text
@@ -496,9 +421,9 @@ def test_text_100kb(vit):
     assert len(text) == 100_000
     ids = ovs.tokenize(text)
     head = ovs.tokenize(" ".join(words[:200]))  # the first 75 tokens come from these words
-    _same(ids, head, "tokenize(100 kB) vs its first words")
+    assert_same(ids, head, "tokenize(100 kB) vs its first words")
     assert ids[0, -1] == 49407, "a truncated text must end with <end_of_text>"
-    _same(vit.encode_text(text), vit.encode_text(" ".join(words[:200])), "encode_text(100 kB)")
+    assert_same(vit.encode_text(text), vit.encode_text(" ".join(words[:200])), "encode_text(100 kB)")
     uni = "".join(chr(c) for c in rng.integers(0x20, 0x3000, 100_000))
     assert ovs.tokenize(uni).shape == (1, 77)
 
@@ -544,7 +469,7 @@ def test_text_cache(vit_path, tmp_path, monkeypatch, one_thread):
     t2 = time.perf_counter()
     assert sum(calls) == 150 * 80, f"encode_text saw {sum(calls)} prompts, expected 12,000"
     assert first.shape == (150, model.embed_dim)
-    _same(second, first, "second text_classifier call")
+    assert_same(second, first, "second text_classifier call")
     assert (t1 - t0) > 5 * (t2 - t1), \
         f"cached call took {t2 - t1:.3f}s vs {t1 - t0:.3f}s: the memory cache is not used"
     n_calls = len(calls)
@@ -553,7 +478,7 @@ def test_text_cache(vit_path, tmp_path, monkeypatch, one_thread):
     fresh = ovs.load(vit_path, act="gelu")
     from_disk = fresh.text_classifier(names, templates="imagenet80", cache_dir=tmp_path)
     assert len(calls) == n_calls, "a fresh model re-encoded text despite the disk cache"
-    _same(from_disk, first, "classifier from the disk cache")
+    assert_same(from_disk, first, "classifier from the disk cache")
     # $OVS_CACHE_DIR/text is the default disk location.
     monkeypatch.setenv("OVS_CACHE_DIR", str(tmp_path / "env"))
     fresh.text_classifier(["a class not seen yet"], templates="imagenet80")
@@ -591,16 +516,16 @@ def test_text_cache_damaged_or_unwritable(vit_path, tmp_path):
     np.save(files[3], np.zeros(3, np.float32))  # wrong shape
     fresh = ovs.load(vit_path, act="gelu")
     got = fresh.text_classifier(names, templates="simple", cache_dir=tmp_path / "c")
-    _same(got, ref, "classifier with damaged cache entries")
+    assert_same(got, ref, "classifier with damaged cache entries")
     again = ovs.load(vit_path, act="gelu").text_classifier(names, templates="simple",
                                                            cache_dir=tmp_path / "c")
-    _same(again, ref, "classifier from the rewritten entries")
+    assert_same(again, ref, "classifier from the rewritten entries")
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     with pytest.warns(RuntimeWarning, match="cache"):
         got = ovs.load(vit_path, act="gelu").text_classifier(names, templates="simple",
                                                              cache_dir=blocker)
-    _same(got, ref, "classifier with an unwritable cache folder")
+    assert_same(got, ref, "classifier with an unwritable cache folder")
 
 
 def test_text_cache_concurrent_writers(vit_path, tmp_path, monkeypatch):
@@ -623,77 +548,5 @@ def test_text_cache_concurrent_writers(vit_path, tmp_path, monkeypatch):
     results = _concurrent([lambda m=m: m.text_classifier(["zebra"], templates="simple",
                                                          cache_dir=tmp_path) for m in models],
                           repeats=1)
-    _same(results[0][0], results[1][0], "concurrent classifiers")
+    assert_same(results[0][0], results[1][0], "concurrent classifiers")
     assert not list(tmp_path.rglob("*.tmp.npy")), "temporary files left behind"
-
-
-# ------------------------------------------------------------------------------ 6. weight files
-def _header(tensors: dict) -> bytes:
-    import json
-
-    h = json.dumps(tensors).encode()
-    return struct.pack("<Q", len(h)) + h
-
-
-@pytest.fixture(scope="module")
-def vit_sd(vit_path):
-    return load_state_dict(vit_path)
-
-
-def _expect_load_error(path, types, match=None):
-    with pytest.raises(types, match=match) as info:
-        ovs.load(path, act="gelu")
-    assert str(path.name) in str(info.value) or not isinstance(info.value, ovs.WeightFileError), \
-        f"the message does not name the file: {info.value}"
-    return info.value
-
-
-def test_load_truncated_safetensors(vit_path, tmp_path):
-    raw = vit_path.read_bytes()
-    for cut in (4, 8, 20, len(raw) // 2, len(raw) - 1):
-        p = tmp_path / f"cut{cut}.safetensors"
-        p.write_bytes(raw[:cut])
-        _expect_load_error(p, ovs.WeightFileError)
-
-
-def test_load_header_outside_file(tmp_path):
-    p = tmp_path / "outside.safetensors"
-    p.write_bytes(_header({"visual.proj": {"dtype": "F32", "shape": [4, 4],
-                                           "data_offsets": [0, 64]}}) + b"\0" * 16)
-    _expect_load_error(p, ovs.WeightFileError, match="beyond|outside|exceed|trunc")
-    p.write_bytes(_header({"a": {"dtype": "F32", "shape": [2**40, 2**40],
-                                 "data_offsets": [0, 16]}}) + b"\0" * 16)
-    _expect_load_error(p, ovs.WeightFileError)
-    p.write_bytes(struct.pack("<Q", 10**12) + b'{"a": 1}')
-    _expect_load_error(p, (ovs.WeightFileError,))
-    p.write_bytes(_header({"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}) + b"\0" * 8)
-    _expect_load_error(p, ovs.WeightFileError)
-
-
-def test_load_random_bytes(tmp_path):
-    rng = np.random.default_rng(5)
-    for k, size in enumerate((0, 1, 100, 100_000)):
-        p = tmp_path / f"random{k}.safetensors"
-        p.write_bytes(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
-        _expect_load_error(p, ovs.WeightFileError)
-
-
-@pytest.mark.parametrize("name", ["visual.conv1.weight", "visual.transformer.resblocks.1.mlp.c_fc.weight",
-                                  "ln_final.weight", "transformer.resblocks.0.attn.in_proj_bias"])
-def test_load_bad_state_dict(vit_sd, tmp_path, name):
-    missing = {k: v for k, v in vit_sd.items() if k != name}
-    p = tmp_path / "missing.safetensors"
-    save_safetensors(missing, p)
-    with pytest.raises(KeyError, match=name.replace(".", r"\.")):
-        ovs.load(p, act="gelu")
-    wrong = dict(vit_sd)
-    wrong[name] = np.zeros(vit_sd[name].shape[:-1] + (vit_sd[name].shape[-1] + 1,), np.float32)
-    save_safetensors(wrong, p)
-    with pytest.raises(ValueError, match="shape"):
-        ovs.load(p, act="gelu")
-    nan = dict(vit_sd)
-    nan[name] = np.array(vit_sd[name])
-    nan[name].flat[nan[name].size // 2] = np.nan
-    save_safetensors(nan, p)
-    with pytest.raises(ValueError, match="NaN"):
-        ovs.load(p, act="gelu")

@@ -11,8 +11,6 @@ message reports the smallest margin the reference saw at each decision.
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,19 +21,14 @@ import torch
 import ovs
 from ovs import _core
 
-HERE = Path(__file__).resolve().parent
+from conftest import load_test_module
+
 REL_TOL = 1e-4
 MIN_AGREEMENT = 0.999
 
 
 def _load(name):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, HERE / "reference" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_test_module(f"reference/{name}.py", name)
 
 
 R = _load("seg_reference")

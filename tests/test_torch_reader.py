@@ -24,25 +24,10 @@ import ovs
 from ovs import torch_reader
 from ovs.weights import WeightFileError, detect_format, load_state_dict, save_safetensors
 
-from conftest import assert_close
+from conftest import assert_close, assert_same
 
 # torch.jit.* warn that they are deprecated; they are still the way these archives are made.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
-
-
-def assert_same(got, want, what=""):
-    got = np.asarray(got)
-    want = np.asarray(want)
-    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
-    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
-    if got.dtype.kind == "f":
-        bad = ~((got == want) | (np.isnan(got) & np.isnan(want)))
-    else:
-        bad = got != want
-    if bad.any():
-        diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
-        raise AssertionError(f"{what}: {int(bad.sum())} elements differ, max difference "
-                             f"{np.nanmax(diff) if diff.size else 0}")
 
 
 # --------------------------------------------------------------------------- torch checkpoints

@@ -1,5 +1,6 @@
-"""Weight files: the C safetensors reader and save_safetensors (the restricted torch-zip /
-TorchScript reader is tested in test_torch_reader.py).
+"""Weight files: the C safetensors reader and save_safetensors, and corrupt or incomplete model
+files through ovs.load (the restricted torch-zip / TorchScript reader is tested in
+test_torch_reader.py, weights by name in test_hub.py).
 
 References are independent implementations computed here: the `safetensors` package, NumPy's
 and torch's dtype conversions.
@@ -17,28 +18,16 @@ import safetensors.numpy
 import safetensors.torch
 import torch
 
+import ovs
 from ovs import _core
 from ovs.weights import WeightFileError, detect_format, load_state_dict, save_safetensors
+
+from conftest import assert_same, inject_alloc_failures
 
 SafeTensorsFile = _core.SafeTensorsFile
 
 
 # --------------------------------------------------------------------------- helpers
-def assert_same(got, want, what=""):
-    got = np.asarray(got)
-    want = np.asarray(want)
-    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
-    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
-    if got.dtype.kind == "f":
-        bad = ~((got == want) | (np.isnan(got) & np.isnan(want)))
-    else:
-        bad = got != want
-    if bad.any():
-        diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
-        raise AssertionError(f"{what}: {int(bad.sum())} elements differ, max difference "
-                             f"{np.nanmax(diff) if diff.size else 0}")
-
-
 def st_bytes(header, data=b"", *, raw_header=None, pad=True):
     """A safetensors image from a header object (or raw header bytes) and a data region."""
     text = raw_header if raw_header is not None else json.dumps(header).encode()
@@ -571,3 +560,91 @@ def test_load_state_dict_safetensors(tmp_path):
     assert detect_format(p) == "safetensors"
     with pytest.raises(WeightFileError, match="key"):
         load_state_dict(p, key="model")
+
+
+# --------------------------------------------------------------------------- model files
+@pytest.fixture(scope="module")
+def vit_path(fixtures_dir):
+    return fixtures_dir / "vit_tiny.safetensors"
+
+
+def test_fail_alloc_reading_a_model_file(vit_path):
+    def read():
+        with _core.SafeTensorsFile(str(vit_path)) as f:
+            return {k: np.array(f.get(k)) for k in f.keys()[:6]}
+
+    inject_alloc_failures(read, "SafeTensorsFile")
+    data = vit_path.read_bytes()
+
+    def read_buffer():
+        f = _core.SafeTensorsFile.from_buffer(data)
+        try:
+            return {k: np.array(f.get(k)) for k in f.keys()[-3:]}
+        finally:
+            f.close()
+
+    inject_alloc_failures(read_buffer, "SafeTensorsFile.from_buffer")
+
+
+@pytest.fixture(scope="module")
+def vit_sd(vit_path):
+    return load_state_dict(vit_path)
+
+
+def _expect_load_error(path, types, match=None):
+    with pytest.raises(types, match=match) as info:
+        ovs.load(path, act="gelu")
+    assert str(path.name) in str(info.value) or not isinstance(info.value, ovs.WeightFileError), \
+        f"the message does not name the file: {info.value}"
+    return info.value
+
+
+def test_load_truncated_safetensors(vit_path, tmp_path):
+    raw = vit_path.read_bytes()
+    for cut in (4, 8, 20, len(raw) // 2, len(raw) - 1):
+        p = tmp_path / f"cut{cut}.safetensors"
+        p.write_bytes(raw[:cut])
+        _expect_load_error(p, ovs.WeightFileError)
+
+
+def test_load_header_outside_file(tmp_path):
+    p = tmp_path / "outside.safetensors"
+    p.write_bytes(st_bytes({"visual.proj": {"dtype": "F32", "shape": [4, 4],
+                                           "data_offsets": [0, 64]}}, b"\0" * 16, pad=False))
+    _expect_load_error(p, ovs.WeightFileError, match="beyond|outside|exceed|trunc")
+    p.write_bytes(st_bytes({"a": {"dtype": "F32", "shape": [2**40, 2**40],
+                                 "data_offsets": [0, 16]}}, b"\0" * 16, pad=False))
+    _expect_load_error(p, ovs.WeightFileError)
+    p.write_bytes(struct.pack("<Q", 10**12) + b'{"a": 1}')
+    _expect_load_error(p, (ovs.WeightFileError,))
+    p.write_bytes(st_bytes({"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, b"\0" * 8, pad=False))
+    _expect_load_error(p, ovs.WeightFileError)
+
+
+def test_load_random_bytes(tmp_path):
+    rng = np.random.default_rng(5)
+    for k, size in enumerate((0, 1, 100, 100_000)):
+        p = tmp_path / f"random{k}.safetensors"
+        p.write_bytes(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+        _expect_load_error(p, ovs.WeightFileError)
+
+
+@pytest.mark.parametrize("name", ["visual.conv1.weight", "visual.transformer.resblocks.1.mlp.c_fc.weight",
+                                  "ln_final.weight", "transformer.resblocks.0.attn.in_proj_bias"])
+def test_load_bad_state_dict(vit_sd, tmp_path, name):
+    missing = {k: v for k, v in vit_sd.items() if k != name}
+    p = tmp_path / "missing.safetensors"
+    save_safetensors(missing, p)
+    with pytest.raises(KeyError, match=name.replace(".", r"\.")):
+        ovs.load(p, act="gelu")
+    wrong = dict(vit_sd)
+    wrong[name] = np.zeros(vit_sd[name].shape[:-1] + (vit_sd[name].shape[-1] + 1,), np.float32)
+    save_safetensors(wrong, p)
+    with pytest.raises(ValueError, match="shape"):
+        ovs.load(p, act="gelu")
+    nan = dict(vit_sd)
+    nan[name] = np.array(vit_sd[name])
+    nan[name].flat[nan[name].size // 2] = np.nan
+    save_safetensors(nan, p)
+    with pytest.raises(ValueError, match="NaN"):
+        ovs.load(p, act="gelu")

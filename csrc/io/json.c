@@ -259,6 +259,13 @@ int ovs_json_null(ovs_json *j) {
     return 1;
 }
 
+int ovs_json_member_end(ovs_json *j) {
+    int c = ovs_json_peek(j);
+    if (c != ',' && c != '}') return -1;
+    j->pos++;
+    return c == ',';
+}
+
 int ovs_json_skip(ovs_json *j) {
     char stack[OVS_JSON_MAX_DEPTH];  /* closing bracket of each open container */
     int depth = 0;

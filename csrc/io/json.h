@@ -47,6 +47,10 @@ int ovs_json_skip(ovs_json *j);
 /* Consume the literal `null` if it comes next: 1 if consumed, 0 otherwise. */
 int ovs_json_null(ovs_json *j);
 
+/* After an object member: consume a ',' (returns 1: another member follows) or the closing '}'
+ * (returns 0); returns -1, consuming nothing, for anything else (the caller reports it). */
+int ovs_json_member_end(ovs_json *j);
+
 /* OK if only whitespace remains, OVS_ERR_FORMAT otherwise. */
 int ovs_json_end(ovs_json *j);
 

@@ -204,15 +204,9 @@ static int parse_tensor(parser *p, const char *name) {
                 if ((err = ovs_json_skip(j))) return err;  /* unknown field: ignored */
             }
             if (seen) *seen = 1;
-            int c = ovs_json_peek(j);
-            if (c == ',') {
-                j->pos++;
-                continue;
-            }
-            if (c == '}') {
-                j->pos++;
-                break;
-            }
+            int more = ovs_json_member_end(j);
+            if (more > 0) continue;
+            if (more == 0) break;
             return ovs_set_error(OVS_ERR_FORMAT,
                                  "safetensors header: tensor '%.200s': expected ',' or '}' at byte "
                                  "%zu", name, j->pos);
@@ -297,15 +291,9 @@ static int parse_metadata(parser *p) {
                                                  "'%.200s' contains a NUL character", m.key);
         if ((err = grow((void **)&st->meta, st->meta_count, &p->meta_cap, sizeof m))) return err;
         st->meta[st->meta_count++] = m;
-        int c = ovs_json_peek(j);
-        if (c == ',') {
-            j->pos++;
-            continue;
-        }
-        if (c == '}') {
-            j->pos++;
-            return OVS_OK;
-        }
+        int more = ovs_json_member_end(j);
+        if (more > 0) continue;
+        if (more == 0) return OVS_OK;
         return ovs_set_error(OVS_ERR_FORMAT, "safetensors header: \"__metadata__\": expected ',' "
                                              "or '}' at byte %zu", j->pos);
     }
@@ -336,15 +324,9 @@ static int parse_header(parser *p) {
             else
                 err = parse_tensor(p, name);
             if (err) return err;
-            int c = ovs_json_peek(j);
-            if (c == ',') {
-                j->pos++;
-                continue;
-            }
-            if (c == '}') {
-                j->pos++;
-                break;
-            }
+            int more = ovs_json_member_end(j);
+            if (more > 0) continue;
+            if (more == 0) break;
             return ovs_set_error(OVS_ERR_FORMAT, "safetensors header: expected ',' or '}' after "
                                                  "tensor '%.200s' at byte %zu", name, j->pos);
         }

@@ -65,10 +65,12 @@ size_t ovs_conv2d_scratch_floats(int64_t C, int64_t H, int64_t W, int64_t K, int
     return n;
 }
 
-/* Shared argument checks of the fast and naive versions; *P_out, *Q_out get the output size. */
-int ops_conv2d_check(const char *op, float *out, const float *in, const ovs_matrix *weight,
-                     int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
-                     const ovs_conv2d_params *p, ovs_act act, int64_t *P_out, int64_t *Q_out) {
+/* The checks every 2-D convolution makes (dense or sparse): sizes, strides, padding, dilations,
+ * activation, and that the kernel fits the padded input; *P_out, *Q_out get the output size.
+ * Groups are the caller's (the sparse kernel supports only 1). */
+int ops_conv2d_geometry(const char *op, int64_t N, int64_t C, int64_t H, int64_t W, int64_t K,
+                        int64_t R, int64_t S, const ovs_conv2d_params *p, ovs_act act,
+                        int64_t *P_out, int64_t *Q_out) {
     int st;
     if (!p) return ovs_set_error(OVS_ERR_ARG, "%s: params is NULL", op);
     if ((st = ops_check_nonneg(op, "N", N)) || (st = ops_check_nonneg(op, "C", C)) ||
@@ -79,13 +81,8 @@ int ops_conv2d_check(const char *op, float *out, const float *in, const ovs_matr
         (st = ops_check_nonneg(op, "pad_h", p->pad_h)) ||
         (st = ops_check_nonneg(op, "pad_w", p->pad_w)) ||
         (st = ops_check_pos(op, "dil_h", p->dil_h)) ||
-        (st = ops_check_pos(op, "dil_w", p->dil_w)) ||
-        (st = ops_check_pos(op, "groups", p->groups)) || (st = ops_check_act(op, act)))
+        (st = ops_check_pos(op, "dil_w", p->dil_w)) || (st = ops_check_act(op, act)))
         return st;
-    if (C % p->groups != 0 || K % p->groups != 0)
-        return ovs_set_error(OVS_ERR_ARG,
-                             "%s: C = %lld and K = %lld must be divisible by groups = %lld", op,
-                             (long long)C, (long long)K, (long long)p->groups);
     int64_t P = ovs_conv2d_out_size(H, R, p->stride_h, p->pad_h, p->dil_h);
     int64_t Q = ovs_conv2d_out_size(W, S, p->stride_w, p->pad_w, p->dil_w);
     if (P < 0 || Q < 0)
@@ -95,6 +92,22 @@ int ops_conv2d_check(const char *op, float *out, const float *in, const ovs_matr
                              op, (long long)R, (long long)S, (long long)p->dil_h,
                              (long long)p->dil_w, (long long)H, (long long)W, (long long)p->pad_h,
                              (long long)p->pad_w);
+    *P_out = P;
+    *Q_out = Q;
+    return OVS_OK;
+}
+
+/* Shared argument checks of the fast and naive versions; *P_out, *Q_out get the output size. */
+int ops_conv2d_check(const char *op, float *out, const float *in, const ovs_matrix *weight,
+                     int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
+                     const ovs_conv2d_params *p, ovs_act act, int64_t *P_out, int64_t *Q_out) {
+    int64_t P = 0, Q = 0;
+    int st = ops_conv2d_geometry(op, N, C, H, W, K, R, S, p, act, &P, &Q);
+    if (st || (st = ops_check_pos(op, "groups", p->groups))) return st;
+    if (C % p->groups != 0 || K % p->groups != 0)
+        return ovs_set_error(OVS_ERR_ARG,
+                             "%s: C = %lld and K = %lld must be divisible by groups = %lld", op,
+                             (long long)C, (long long)K, (long long)p->groups);
     int64_t L, nc, nchw, pq, nk, nkpq;
     if ((st = ops_mul(&L, op, C / p->groups, R)) || (st = ops_mul(&L, op, L, S)) ||
         (st = ops_mul(&nc, op, N, C)) || (st = ops_mul(&nchw, op, nc, H)) ||

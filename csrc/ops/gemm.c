@@ -137,12 +137,7 @@ int ovs_matrix_pack(float *dst, const float *src, int64_t rows, int64_t cols) {
 }
 
 ovs_matrix ovs_matrix_packed(const float *packed, int64_t rows, int64_t cols) {
-    ovs_matrix m;
-    m.format = OVS_MATRIX_PACKED;
-    m.data = packed;
-    m.rows = rows;
-    m.cols = cols;
-    return m;
+    return (ovs_matrix){.format = OVS_MATRIX_PACKED, .data = packed, .rows = rows, .cols = cols};
 }
 
 /* ---------------------------------------------------------------- driver */

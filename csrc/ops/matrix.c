@@ -137,12 +137,7 @@ int ops_sgemm(const char *op, int trans_b, int64_t M, int64_t N, int64_t Kd, flo
 
 /* ---------------------------------------------------------------- weight matrices */
 ovs_matrix ovs_matrix_dense(const float *data, int64_t rows, int64_t cols) {
-    ovs_matrix m;
-    m.format = OVS_MATRIX_DENSE;
-    m.data = data;
-    m.rows = rows;
-    m.cols = cols;
-    return m;
+    return (ovs_matrix){.format = OVS_MATRIX_DENSE, .data = data, .rows = rows, .cols = cols};
 }
 
 int ops_matmul_wt_check(const char *op, float *out, int64_t ldo, const float *a, int64_t lda,

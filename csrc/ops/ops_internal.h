@@ -66,6 +66,10 @@ void ops_softmax_row(float *x, int64_t D, const float *mask, int64_t valid);
 /* Argument checks shared by each fast op and its naive twin (same messages, same codes). */
 int ops_linear_check(const char *op, float *out, const float *in, const ovs_matrix *weight,
                      int64_t M, int64_t C, int64_t K, ovs_act act);
+/* Sizes, params, activation and the output size of any 2-D convolution (groups not checked). */
+int ops_conv2d_geometry(const char *op, int64_t N, int64_t C, int64_t H, int64_t W, int64_t K,
+                        int64_t R, int64_t S, const ovs_conv2d_params *p, ovs_act act,
+                        int64_t *P_out, int64_t *Q_out);
 int ops_conv2d_check(const char *op, float *out, const float *in, const ovs_matrix *weight,
                      int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
                      const ovs_conv2d_params *p, ovs_act act, int64_t *P_out, int64_t *Q_out);

@@ -38,6 +38,17 @@ int ops_avgpool2d_check(const char *op, float *out, const float *in, int64_t NC,
     return OVS_OK;
 }
 
+/* The window of output index i along one axis (kernel k, input extent n): [*lo, *hi) clipped to
+ * the input; returns its extent clipped only to the padded input (count_include_pad's divisor). */
+static inline int64_t pool_window(int64_t i, int64_t stride, int64_t pad, int64_t k, int64_t n,
+                                  int64_t *lo, int64_t *hi) {
+    int64_t a = i * stride - pad, b = a + k;
+    if (b > n + pad) b = n + pad;
+    *lo = a < 0 ? 0 : a;
+    *hi = b > n ? n : b;
+    return b - a;
+}
+
 int ovs_avgpool2d_forward(float *out, const float *in, int64_t NC, int64_t H, int64_t W,
                           int64_t R, int64_t S, int64_t stride_h, int64_t stride_w,
                           int64_t pad_h, int64_t pad_w, int count_include_pad) {
@@ -53,18 +64,11 @@ int ovs_avgpool2d_forward(float *out, const float *in, int64_t NC, int64_t H, in
         const float *x = in + plane * HW;     /* (H, W) */
         float *y = out + plane * PQ;          /* (P, Q) */
         for (int64_t p = 0; p < P; p++) {
-            /* The window clipped to the padded input, then to the input itself. */
-            int64_t h0 = p * stride_h - pad_h, h1 = h0 + R;
-            if (h1 > H + pad_h) h1 = H + pad_h;
-            int64_t pool_h = h1 - h0;
-            if (h0 < 0) h0 = 0;
-            if (h1 > H) h1 = H;
+            int64_t h0, h1;
+            const int64_t pool_h = pool_window(p, stride_h, pad_h, R, H, &h0, &h1);
             for (int64_t q = 0; q < Q; q++) {
-                int64_t w0 = q * stride_w - pad_w, w1 = w0 + S;
-                if (w1 > W + pad_w) w1 = W + pad_w;
-                int64_t pool_w = w1 - w0;
-                if (w0 < 0) w0 = 0;
-                if (w1 > W) w1 = W;
+                int64_t w0, w1;
+                const int64_t pool_w = pool_window(q, stride_w, pad_w, S, W, &w0, &w1);
                 float sum = 0.0f;
                 for (int64_t ih = h0; ih < h1; ih++)
                     for (int64_t iw = w0; iw < w1; iw++) sum += x[ih * W + iw];

@@ -92,19 +92,10 @@ static int sparse_check(const char *op, float *out, const float *in, const ovs_c
                         int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R,
                         int64_t S, const ovs_conv2d_params *p, ovs_act act, int64_t *P_out,
                         int64_t *Q_out) {
-    int st;
-    if (!p) return ovs_set_error(OVS_ERR_ARG, "%s: params is NULL", op);
     if (!w || !w->row_ptr) return ovs_set_error(OVS_ERR_ARG, "%s: weight is NULL or empty", op);
-    if ((st = ops_check_nonneg(op, "N", N)) || (st = ops_check_nonneg(op, "C", C)) ||
-        (st = ops_check_nonneg(op, "H", H)) || (st = ops_check_nonneg(op, "W", W)) ||
-        (st = ops_check_nonneg(op, "K", K)) || (st = ops_check_pos(op, "R", R)) ||
-        (st = ops_check_pos(op, "S", S)) || (st = ops_check_pos(op, "stride_h", p->stride_h)) ||
-        (st = ops_check_pos(op, "stride_w", p->stride_w)) ||
-        (st = ops_check_nonneg(op, "pad_h", p->pad_h)) ||
-        (st = ops_check_nonneg(op, "pad_w", p->pad_w)) ||
-        (st = ops_check_pos(op, "dil_h", p->dil_h)) || (st = ops_check_pos(op, "dil_w", p->dil_w)) ||
-        (st = ops_check_act(op, act)))
-        return st;
+    int64_t P = 0, Q = 0;
+    int st = ops_conv2d_geometry(op, N, C, H, W, K, R, S, p, act, &P, &Q);
+    if (st) return st;
     if (p->groups != 1)
         return ovs_set_error(OVS_ERR_UNSUPPORTED, "%s: groups must be 1, got %lld", op,
                              (long long)p->groups);
@@ -113,11 +104,6 @@ static int sparse_check(const char *op, float *out, const float *in, const ovs_c
     if (w->rows != K || w->cols != L)
         return ovs_set_error(OVS_ERR_ARG, "%s: weight is %lld x %lld, expected K x C*R*S = %lld x %lld",
                              op, (long long)w->rows, (long long)w->cols, (long long)K, (long long)L);
-    int64_t P = ovs_conv2d_out_size(H, R, p->stride_h, p->pad_h, p->dil_h);
-    int64_t Q = ovs_conv2d_out_size(W, S, p->stride_w, p->pad_w, p->dil_w);
-    if (P < 0 || Q < 0)
-        return ovs_set_error(OVS_ERR_ARG, "%s: kernel %lldx%lld does not fit the padded %lldx%lld input",
-                             op, (long long)R, (long long)S, (long long)H, (long long)W);
     int64_t nin, nout;
     if ((st = ops_mul(&nin, op, N, C)) || (st = ops_mul(&nin, op, nin, H)) ||
         (st = ops_mul(&nin, op, nin, W)) || (st = ops_mul(&nout, op, N, K)) ||
@@ -139,7 +125,7 @@ int ovs_conv2d_sparse_forward_naive(float *out, const float *in, const ovs_csr *
                                     const float *bias, const float *residual, int64_t N,
                                     int64_t C, int64_t H, int64_t W, int64_t K, int64_t R,
                                     int64_t S, const ovs_conv2d_params *p, ovs_act act) {
-    int64_t P, Q;
+    int64_t P = 0, Q = 0;
     int st = sparse_check("conv2d_sparse_forward_naive", out, in, w, N, C, H, W, K, R, S, p, act,
                           &P, &Q);
     if (st) return st;
@@ -265,7 +251,7 @@ int ovs_conv2d_sparse_forward(float *out, const float *in, const ovs_csr *w, con
                               int64_t K, int64_t R, int64_t S, const ovs_conv2d_params *p,
                               ovs_act act, float *scratch) {
     const char *op = "conv2d_sparse_forward";
-    int64_t P, Q;
+    int64_t P = 0, Q = 0;
     int st = sparse_check(op, out, in, w, N, C, H, W, K, R, S, p, act, &P, &Q);
     if (st) return st;
     if (p->stride_h != 1 || p->stride_w != 1)

@@ -3,13 +3,29 @@ itself from github.com/visinf/1-stage-wseg, Apache-2.0; SCLIP's pamr.py is the s
 independent reference for ovs's C PAMR. Only the module structure is kept; the computation is
 theirs line for line: shift kernels as dilated 3 x 3 convolutions on a replicate-padded input,
 unbiased std over the concatenated 3 x 3 grids, softmax over all neighbours of all dilations,
-and `num_iter` propagation steps.
+and `num_iter` propagation steps. (The shift kernels are built from one list of the 3 x 3 positions
+instead of their nine explicit assignments per kernel: the same tensors.)
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+# The 3 x 3 grid positions in the original kernels' order: the 8 neighbours (row-major, centre
+# skipped), and all 9 for the standard deviation.
+NEIGHBOURS = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)]
+GRID = [(r, c) for r in range(3) for c in range(3)]
+
+
+def _shift_kernels(positions, value=1.0, centre=0.0):
+    """(len(positions), 1, 3, 3): kernel i is `centre` at (1, 1) and `value` at positions[i]."""
+    weight = torch.zeros(len(positions), 1, 3, 3)
+    for i, (r, c) in enumerate(positions):
+        weight[i, 0, 1, 1] = centre
+        weight[i, 0, r, c] = value
+    return weight
 
 
 class LocalAffinity(nn.Module):
@@ -19,18 +35,7 @@ class LocalAffinity(nn.Module):
         self.register_buffer("kernel", self._init_aff())
 
     def _init_aff(self):
-        weight = torch.zeros(8, 1, 3, 3)
-        for i in range(weight.size(0)):
-            weight[i, 0, 1, 1] = 1
-        weight[0, 0, 0, 0] = -1
-        weight[1, 0, 0, 1] = -1
-        weight[2, 0, 0, 2] = -1
-        weight[3, 0, 1, 0] = -1
-        weight[4, 0, 1, 2] = -1
-        weight[5, 0, 2, 0] = -1
-        weight[6, 0, 2, 1] = -1
-        weight[7, 0, 2, 2] = -1
-        return weight
+        return _shift_kernels(NEIGHBOURS, value=-1.0, centre=1.0)
 
     def forward(self, x):
         B, K, H, W = x.size()
@@ -46,31 +51,12 @@ class LocalAffinity(nn.Module):
 
 class LocalAffinityCopy(LocalAffinity):
     def _init_aff(self):
-        weight = torch.zeros(8, 1, 3, 3)
-        weight[0, 0, 0, 0] = 1
-        weight[1, 0, 0, 1] = 1
-        weight[2, 0, 0, 2] = 1
-        weight[3, 0, 1, 0] = 1
-        weight[4, 0, 1, 2] = 1
-        weight[5, 0, 2, 0] = 1
-        weight[6, 0, 2, 1] = 1
-        weight[7, 0, 2, 2] = 1
-        return weight
+        return _shift_kernels(NEIGHBOURS)
 
 
 class LocalStDev(LocalAffinity):
     def _init_aff(self):
-        weight = torch.zeros(9, 1, 3, 3)
-        weight[0, 0, 0, 0] = 1
-        weight[1, 0, 0, 1] = 1
-        weight[2, 0, 0, 2] = 1
-        weight[3, 0, 1, 0] = 1
-        weight[4, 0, 1, 1] = 1
-        weight[5, 0, 1, 2] = 1
-        weight[6, 0, 2, 0] = 1
-        weight[7, 0, 2, 1] = 1
-        weight[8, 0, 2, 2] = 1
-        return weight
+        return _shift_kernels(GRID)
 
     def forward(self, x):
         x = super().forward(x)
