@@ -4,6 +4,7 @@ identical random weights saved as a detectron2 checkpoint with OpenTrans' real k
 converted with `ovs convert`."""
 from __future__ import annotations
 
+import copy
 import re
 import sys
 from pathlib import Path
@@ -196,12 +197,12 @@ def test_segmenter_and_cli(pair, tmp_path):
     np.testing.assert_array_equal(got, seg.segment(img, NAMES).astype(got.dtype))
 
 
-def test_pruned_backbone_transfers_and_runs_sparse(tmp_path):
+def test_pruned_backbone_transfers_and_runs_sparse(pair, tmp_path):
     """A subnetwork found on CLIP RN50 (open_clip names) transfers to OpenTrans' names with
     ovs.prune.transfer(..., "han"); the masked checkpoint converts, its trunk runs through the
-    sparse kernels and matches PyTorch on the same pruned weights; ovs.prune works on the
-    converted model too."""
-    ref = R.small(seed=2)
+    sparse kernels and matches PyTorch on the same pruned weights; ovs.prune reads the same
+    masks back from the converted model."""
+    ref = copy.deepcopy(pair[0])
     clip_sd = {f"visual.{k}": v.numpy() for k, v in ref.backbone.state_dict().items()}
     masks = ovs.prune.masks(ovs.prune.magnitude(clip_sd, sparsity=0.9))
     han_masks = ovs.prune.transfer(masks, "han")
@@ -222,9 +223,8 @@ def test_pruned_backbone_transfers_and_runs_sparse(tmp_path):
     probs, _, _, _ = R.semantic(ref, img, NAMES, SHORT, MAX)
     assert_close(_segmenter(model).predict(img, NAMES), probs.numpy(), rtol=1e-4,
                  name="semantic scores (sparse trunk)")
-    pruned = ovs.prune.magnitude(model, sparsity=0.95)
-    assert isinstance(pruned, HanModel)
-    assert 0.94 < ovs.prune.sparsity(ovs.prune.masks(pruned)) < 0.96
+    back = ovs.prune.masks(model)   # the converted model's trunk has open_clip's names again
+    assert {k: v.tolist() for k, v in back.items()} == {k: v.tolist() for k, v in masks.items()}
 
 
 def test_eval_runs_the_framework(pair, tmp_path):
@@ -248,3 +248,37 @@ def test_eval_runs_the_framework(pair, tmp_path):
         image, gt = ds[i]
         expect += d2_confusion(seg.segment(image, ds.prompts()), gt, ds.num_classes, ds.ignore_label)
     np.testing.assert_array_equal(conf, expect)
+
+
+def test_flops_count_every_conv_and_linear(pair):
+    """ovs.flops rows for han: the conv / linear MACs equal the ones of every Conv2d, Linear and
+    MultiheadAttention projection the reference runs (forward hooks), and the parameters are
+    the reference's image-side parameters."""
+    import ovs.flops
+
+    ref, model, _ = pair
+    macs = [0]
+
+    def hook(m, args, kwargs, out):
+        if isinstance(m, torch.nn.Conv2d):
+            macs[0] += out.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, torch.nn.MultiheadAttention):   # in_proj (q, k, v) and out_proj
+            q, k = kwargs.get("query", args[0] if args else None), kwargs.get("key", args[1] if len(args) > 1 else None)
+            macs[0] += (2 * q.shape[0] * q.shape[1] + 2 * k.shape[0] * k.shape[1]) * m.embed_dim ** 2
+        elif isinstance(m, torch.nn.Linear):
+            macs[0] += out.numel() * m.in_features
+
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for n, m in ref.named_modules()
+               if not n.startswith("text_encoder")
+               and isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.MultiheadAttention))]
+    try:
+        with torch.no_grad():
+            ref(torch.zeros(1, 3, 64, 96))
+    finally:
+        for h in handles:
+            h.remove()
+    rows = ovs.flops.count(model, image_size=(64, 96), num_classes=len(NAMES))
+    assert sum(r.macs for r in rows if r.kind in ("conv", "linear")) == macs[0]
+    n_ref = sum(p.numel() for n, p in ref.named_parameters() if not n.startswith("text_encoder"))
+    assert ovs.flops.params(rows) == n_ref
+    assert ovs.flops.total(rows, fvcore=True) > macs[0]   # + einsums, norms, resizes

@@ -130,12 +130,11 @@ class HanOVS(nn.Module):
 
 
 @torch.no_grad()
-def semantic(model, image_uint8, class_names, short=800, max_size=1333):
-    """OpenTrans inference for one image: (semantic scores (C, H, W) at the image's size,
-    the same at the resized extent before sem_seg_postprocess's resize (C, h, w), class
-    logits (Q, C + 1), padded input)."""
+def semantic_from_text(model, image_uint8, text, short=800, max_size=1333):
+    """OpenTrans inference for one image with the class text embeddings (C, E) given: (semantic
+    scores (C, H, W) at the image's size, the same at the resized extent before
+    sem_seg_postprocess's resize (C, h, w), class logits (Q, C + 1), padded input)."""
     x, image_size = preprocess(image_uint8, short, max_size)
-    text = model.text_encoder.encode(class_names)
     vision_ebmd, mask_pred_results = model(x)
     mask_cls_result = model.class_logits(vision_ebmd, text)[0]
     mask_pred_results = F.interpolate(mask_pred_results, size=(x.shape[-2], x.shape[-1]),
@@ -151,6 +150,13 @@ def semantic(model, image_uint8, class_names, short=800, max_size=1333):
     r = F.interpolate(r.expand(1, -1, -1, -1), size=(height, width), mode="bilinear",
                       align_corners=False)[0]
     return r, cropped, mask_cls_result, x
+
+
+@torch.no_grad()
+def semantic(model, image_uint8, class_names, short=800, max_size=1333):
+    """semantic_from_text with the text embeddings of the bare class names."""
+    return semantic_from_text(model, image_uint8, model.text_encoder.encode(class_names), short,
+                              max_size)
 
 
 @torch.no_grad()
