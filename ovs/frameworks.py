@@ -11,7 +11,8 @@ preprocessing and inference:
 
 One table (FRAMEWORKS) lists each framework once: the key that identifies its converted files,
 its model class, the checkpoint converter (names and expected shapes) and its inference
-defaults. FC-CLIP and Han et al. are further entries of the same table.
+defaults: DeepLabV3-OVS ("deeplab") and Han et al. ("han", the Mask2Former blocks of ovs._m2f
+composed in Python).
 """
 from __future__ import annotations
 
