@@ -131,6 +131,26 @@ class FrameworkModel:
     def state_dict(self) -> Mapping[str, np.ndarray]:
         return dict(self._sd)
 
+    def _init_classifier(self, sparse: str) -> None:
+        """The CLIP text tower, the no-object embedding and exp(logit_scale) (after
+        self.embed_dim is set); the trunk (self._trunk) starts dense or sparse as
+        ovs.prune.auto_sparse_mode says."""
+        from .prune import auto_sparse_mode
+
+        sd = self._sd
+        self.text = _text_model(sd)
+        if self.text.embed_dim_text != self.embed_dim:
+            raise ValueError(f"text_projection gives {self.text.embed_dim_text}-d embeddings, "
+                             f"embed_proj {self.embed_dim}-d")
+        self.no_object = np.ascontiguousarray(sd["non_object_embedding"].reshape(1, -1))
+        self.logit_scale = float(np.exp(np.float64(sd["logit_scale"].reshape(()))))
+        if not math.isfinite(self.logit_scale):
+            raise ValueError(f"logit_scale {float(sd['logit_scale'])!r} overflows exp()")
+        self._sparse_mode = sparse
+        mode = auto_sparse_mode(sd, sparse)
+        if mode != "dense":
+            self._trunk.sparsify(mode, 512, 512)
+
     def _with_weights(self, sd: Mapping[str, np.ndarray]):
         """A new model of the same framework on other weights (ovs.prune rebuilds with it)."""
         return type(self)(sd, name=self.name)
@@ -271,20 +291,7 @@ class DeepLabModel(FrameworkModel):
                                    style="deeplab", output_stride=output_stride)
         self._head = _core.DeepLabHead(self._trunk, "")
         self.embed_dim = int(self._head.info()["embed_dim"])
-        self.text = _text_model(sd)
-        if self.text.embed_dim_text != self.embed_dim:
-            raise ValueError(f"text_projection gives {self.text.embed_dim_text}-d embeddings, "
-                             f"embed_proj {self.embed_dim}-d")
-        self.no_object = np.ascontiguousarray(sd["non_object_embedding"].reshape(1, -1))
-        self.logit_scale = float(np.exp(np.float64(sd["logit_scale"].reshape(()))))
-        if not math.isfinite(self.logit_scale):
-            raise ValueError(f"logit_scale {float(sd['logit_scale'])!r} overflows exp()")
-        from .prune import auto_sparse_mode
-
-        self._sparse_mode = sparse
-        mode = auto_sparse_mode(sd, sparse)
-        if mode != "dense":
-            self._trunk.sparsify(mode, 512, 512)
+        self._init_classifier(sparse)
 
     arch = "deeplab"
     act = "quickgelu"   # the CLIP text tower's MLP activation (OpenAI weights)
@@ -426,7 +433,6 @@ class HanModel(FrameworkModel):
 
     def __init__(self, state_dict, *, name: str | None = None, sparse: str = "auto"):
         from ._m2f import PixelDecoder, TransformerDecoder
-        from .prune import auto_sparse_mode
 
         self.framework = FRAMEWORKS["han"]
         super().__init__(state_dict, name=name)
@@ -452,18 +458,7 @@ class HanModel(FrameworkModel):
         self.embed_dim = a["embed_dim"]
         self._proj_w = np.ascontiguousarray(sd["embed_proj.weight"])
         self._proj_b = np.ascontiguousarray(sd["embed_proj.bias"])
-        self.text = _text_model(sd)
-        if self.text.embed_dim_text != self.embed_dim:
-            raise ValueError(f"text_projection gives {self.text.embed_dim_text}-d embeddings, "
-                             f"embed_proj {self.embed_dim}-d")
-        self.no_object = np.ascontiguousarray(sd["non_object_embedding"].reshape(1, -1))
-        self.logit_scale = float(np.exp(np.float64(sd["logit_scale"].reshape(()))))
-        if not math.isfinite(self.logit_scale):
-            raise ValueError(f"logit_scale {float(sd['logit_scale'])!r} overflows exp()")
-        self._sparse_mode = sparse
-        mode = auto_sparse_mode(sd, sparse)
-        if mode != "dense":
-            self._trunk.sparsify(mode, 512, 512)
+        self._init_classifier(sparse)
 
     def __repr__(self) -> str:
         a = self.arch_config

@@ -29,7 +29,6 @@ Run as a script to write a random detectron2 checkpoint ({"model": state_dict}):
 from __future__ import annotations
 
 import importlib.util
-import math
 import sys
 from pathlib import Path
 
