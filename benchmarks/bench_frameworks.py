@@ -1,23 +1,28 @@
 """The paper's frameworks end to end: ovs vs the PyTorch reference on the same weights.
 
-    python benchmarks/bench_frameworks.py [--repeat 5] [--threads 2]
+    python benchmarks/bench_frameworks.py [--repeat 5] [--threads 2] [--cases deeplab,han]
 
-DeepLabV3-OVS (OpenTrans, RN50 sizes: trunk width 64, ASPP 256, embedding 1024, CLIP text
-tower 512 x 12) with random weights (tests/reference/deeplab_reference.py `full(seed=0)`,
-every parameter and BatchNorm statistic random). The peer worker builds the PyTorch model and
-saves it as a detectron2 checkpoint with OpenTrans' key names; the ours worker converts that
-file with ovs.convert (as `ovs convert --framework deeplab`) and loads the result.
+Each framework at its real sizes with random weights (every parameter and BatchNorm statistic
+random), from its reference's `full(seed=0)`:
+  deeplab  DeepLabV3-OVS (OpenTrans; trunk width 64, ASPP 256, embedding 1024, CLIP text tower
+           512 x 12), tests/reference/deeplab_reference.py
+  han      Han et al. (OpenTrans OpenSegMaskFormer; CLIP RN50 trunk, MSDeformAttn pixel decoder
+           256-d x 6 layers, 100 queries x 9 decoder layers, embedding 1024, CLIP text 512 x 12),
+           tests/reference/han_reference.py (open_clip + transformers modules)
+The peer worker builds the PyTorch model and saves it as a detectron2 checkpoint with OpenTrans'
+key names; the ours worker converts that file with ovs.convert (as `ovs convert --framework
+<name>`) and loads the result.
 
 Cases, 150 classes (the ADE20K-150 names, first synonym), one image each:
-  deeplab_512   a 512 x 512 image, short side 512 (no resize, no padding)
-  deeplab_640   a 640 x 853 (4:3) image at short side 640 (padded to 640 x 864)
-Timed call: image (uint8) -> class probabilities (150, H, W) at the image's size, i.e.
-detectron2 preprocessing, the network, the per-pixel cosine classifier, softmax with the
-no-object embedding and the resize back. ours: ovs.Segmenter(model, "deeplab").predict;
-peer: the reference's `semantic()` path with the class text embeddings computed once (ours
-caches them too). Both sides use the same thread count (--threads). FLOPs: ovs.flops (fvcore's
-convention; equal to fvcore on the reference, tests/test_deeplab.py) next to the paper's dense
-figure for DeepLabV3 (241.3 G, DESIGN.md §6).
+  <name>_512   a 512 x 512 image, short side 512 (no resize, no padding)
+  <name>_640   a 640 x 853 (4:3) image at short side 640 (padded to 640 x 864)
+Timed call: image (uint8) -> class scores (150, H, W) at the image's size, i.e. detectron2
+preprocessing, the network, the classifier (DeepLab: per-pixel cosine and softmax with the
+no-object embedding; Han: per-query cosine, softmax, sum_q softmax * sigmoid(upsampled mask))
+and the resize back. ours: ovs.Segmenter(model, name).predict; peer: the reference's
+`semantic()` path with the class text embeddings computed once (ours caches them too). Both
+sides use the same thread count (--threads). FLOPs: ovs.flops (fvcore's convention) next to the
+paper's dense figure (DeepLabV3 241.3 G, Han et al. 268.2 G; DESIGN.md §6).
 """
 from __future__ import annotations
 
@@ -29,9 +34,14 @@ from pathlib import Path
 
 import _harness as H
 
-CASES = {"deeplab_512": ((512, 512), 512), "deeplab_640": ((640, 853), 640)}
+FRAMEWORKS = ("deeplab", "han")
+SIZES = {"512": ((512, 512), 512), "640": ((640, 853), 640)}
 MAX_SIZE = 1333
-PAPER_GFLOPS = {"deeplab": 241.3}
+PAPER_GFLOPS = {"deeplab": 241.3, "han": 268.2}
+
+
+def _cases(fw: str) -> dict:
+    return {f"{fw}_{k}": v for k, v in SIZES.items()}
 
 
 def _image(hw):
@@ -45,12 +55,13 @@ def _image(hw):
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _reference():
+def _reference(fw: str):
     import importlib.util
 
-    path = H.REPO_ROOT / "tests" / "reference" / "deeplab_reference.py"
-    spec = importlib.util.spec_from_file_location("deeplab_reference", path)
+    path = H.REPO_ROOT / "tests" / "reference" / f"{fw}_reference.py"
+    spec = importlib.util.spec_from_file_location(f"{fw}_reference", path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     return mod
 
@@ -58,13 +69,14 @@ def _reference():
 # ---------------------------------------------------------------------------- worker side
 def setup(side: str, group: str, params: dict):
     names = params["names"]
+    fw = group
     if side == "peer":
         import torch
         import torch.nn.functional as F
 
-        R = _reference()
+        R = _reference(fw)
         model = R.full(seed=0)
-        ck = Path(params["dir"]) / "deeplab_rn50_random.pth"
+        ck = Path(params["dir"]) / f"{fw}_rn50_random.pth"
         R.save_checkpoint(model, ck)
         with torch.no_grad():
             text = model.text_encoder.encode(names)
@@ -72,7 +84,7 @@ def setup(side: str, group: str, params: dict):
         def run(hw, short):
             img = _image(hw)
 
-            def call():
+            def call_deeplab():
                 with torch.no_grad():
                     x, size = R.preprocess(img, short, MAX_SIZE)
                     cls, (h, w) = model.logits(x, text)
@@ -80,29 +92,32 @@ def setup(side: str, group: str, params: dict):
                     r = p.reshape(h, w, -1).permute(2, 0, 1)[:, : size[0], : size[1]]
                     return F.interpolate(r[None], size=img.shape[:2], mode="bilinear",
                                          align_corners=False)[0]
-            return call
-        cases = {c: H.Case(run(hw, s)) for c, (hw, s) in CASES.items()}
+
+            def call_han():
+                return R.semantic_from_text(model, img, text, short, MAX_SIZE)[0]
+            return call_han if fw == "han" else call_deeplab
+        cases = {c: H.Case(run(hw, s)) for c, (hw, s) in _cases(fw).items()}
         return cases, {"checkpoint": str(ck)}
 
     import ovs
     import ovs.convert
 
     info = params["peer_info"]
-    out = Path(params["dir"]) / "deeplab_rn50_random.safetensors"
+    out = Path(params["dir"]) / f"{fw}_rn50_random.safetensors"
     t0 = time.perf_counter()
-    ovs.convert.convert(info["checkpoint"], "deeplab", out)
+    ovs.convert.convert(info["checkpoint"], fw, out)
     t_convert = time.perf_counter() - t0
     model = ovs.load(out)
     segs = {}
-    for c, (hw, short) in CASES.items():
-        seg = ovs.Segmenter(model, "deeplab", short_side=short)
+    for c, (hw, short) in _cases(fw).items():
+        seg = ovs.Segmenter(model, fw, short_side=short)
         seg.classifier(names)   # the text embeddings once, as the peer
         segs[c] = (seg, _image(hw))
     cases = {c: H.Case(lambda s=s, im=im: s.predict(im, names)) for c, (s, im) in segs.items()}
     return cases, {"convert_s": t_convert}
 
 
-def flops_table(converted: Path, n_classes: int) -> dict:
+def flops_table(converted: Path, n_classes: int, fw: str) -> dict:
     """Analytic FLOPs (fvcore convention) of each case's padded input, from the weights alone."""
     import ovs.flops
     from ovs.frameworks import resize_shortest_edge
@@ -110,7 +125,7 @@ def flops_table(converted: Path, n_classes: int) -> dict:
 
     sd = load_state_dict(converted)
     out = {}
-    for c, (hw, short) in CASES.items():
+    for c, (hw, short) in _cases(fw).items():
         nh, nw = resize_shortest_edge(*hw, short, MAX_SIZE)
         padded = (-(-nh // 32) * 32, -(-nw // 32) * 32)
         rows = ovs.flops.count(sd, image_size=padded, num_classes=n_classes)
@@ -131,14 +146,17 @@ def main(argv=None) -> int:
     names = [syn[0] for syn in load_classnames("ade20k_150")]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ovs-bench-frameworks-") as tmp:
-        groups = [H.Group("deeplab", {"names": names, "dir": tmp}, repeated=list(CASES),
+        groups = [H.Group(fw, {"names": names, "dir": tmp}, repeated=list(_cases(fw)),
                           peer_first=True,
                           meta={c: {"image": list(hw), "short_side": s, "max_size": MAX_SIZE,
-                                    "classes": len(names), "paper_dense_gflops": PAPER_GFLOPS["deeplab"]}
-                                for c, (hw, s) in CASES.items()})]
+                                    "classes": len(names), "paper_dense_gflops": PAPER_GFLOPS[fw]}
+                                for c, (hw, s) in _cases(fw).items()})
+                  for fw in FRAMEWORKS]
         groups = H.select_groups(groups, args.cases)
         res = H.run(__file__, groups, args)
-        flops = flops_table(Path(tmp) / "deeplab_rn50_random.safetensors", len(names))
+        flops = {}
+        for g in groups:
+            flops.update(flops_table(Path(tmp) / f"{g.name}_rn50_random.safetensors", len(names), g.name))
     for c in res["cases"]:
         c["flops"] = flops.get(c["case"])
     report = H.report("bench_frameworks", args, res, t0, {"classes": len(names)})
@@ -147,8 +165,8 @@ def main(argv=None) -> int:
         fl = c.get("flops")
         if fl:
             print(f"{c['case']}: input {fl['input'][0]}x{fl['input'][1]}: {fl['gflops_fvcore']:.1f} GFLOPs "
-                  f"(fvcore convention), {fl['mparams']:.1f} M params; paper (dense DeepLabV3): "
-                  f"{PAPER_GFLOPS['deeplab']} G")
+                  f"(fvcore convention), {fl['mparams']:.1f} M params; paper (dense): "
+                  f"{PAPER_GFLOPS[c['case'].split('_')[0]]} G")
     print(f"\nwrote {path}  ({time.perf_counter() - t0:.0f}s)")
     return 0
 

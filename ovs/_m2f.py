@@ -122,3 +122,76 @@ class TransformerDecoder:
         return self._block.forward(list(ms), mask_features, all_masks=all_masks)
 
     __call__ = forward
+
+
+# ------------------------------------------------------------------ expected tensors (ovs convert)
+def _ln(out: dict, name: str, n: int) -> None:
+    out[f"{name}.weight"] = out[f"{name}.bias"] = (n,)
+
+
+def _linear(out: dict, name: str, o: int, i: int) -> None:
+    out[f"{name}.weight"] = (o, i)
+    out[f"{name}.bias"] = (o,)
+
+
+def pixel_decoder_expected(prefix: str, in_channels: Sequence[int], *, conv_dim: int,
+                           mask_dim: int, enc_layers: int, heads: int, points: int,
+                           ffn_dim: int, levels: int = 3) -> dict[str, tuple[int, ...]]:
+    """Every tensor ``MSDeformAttnPixelDecoder`` (detectron2 Mask2Former names) holds below
+    prefix, with its shape; in_channels: res2..res5."""
+    out: dict[str, tuple[int, ...]] = {}
+    D = conv_dim
+    for i, c in enumerate(reversed(in_channels[1:])):   # input_proj.0 reads res5
+        out[f"{prefix}input_proj.{i}.0.weight"] = (D, c, 1, 1)
+        out[f"{prefix}input_proj.{i}.0.bias"] = (D,)
+        _ln(out, f"{prefix}input_proj.{i}.1", D)
+    out[f"{prefix}transformer.level_embed"] = (levels, D)
+    for j in range(enc_layers):
+        b = f"{prefix}transformer.encoder.layers.{j}."
+        _linear(out, b + "self_attn.sampling_offsets", heads * levels * points * 2, D)
+        _linear(out, b + "self_attn.attention_weights", heads * levels * points, D)
+        _linear(out, b + "self_attn.value_proj", D, D)
+        _linear(out, b + "self_attn.output_proj", D, D)
+        _ln(out, b + "norm1", D)
+        _linear(out, b + "linear1", ffn_dim, D)
+        _linear(out, b + "linear2", D, ffn_dim)
+        _ln(out, b + "norm2", D)
+    out[f"{prefix}mask_features.weight"] = (mask_dim, D, 1, 1)
+    out[f"{prefix}mask_features.bias"] = (mask_dim,)
+    out[f"{prefix}adapter_1.weight"] = (D, in_channels[0], 1, 1)
+    _ln(out, f"{prefix}adapter_1.norm", D)
+    out[f"{prefix}layer_1.weight"] = (D, D, 3, 3)
+    _ln(out, f"{prefix}layer_1.norm", D)
+    return out
+
+
+def decoder_expected(prefix: str, *, in_channels: int, hidden_dim: int, queries: int,
+                     ffn_dim: int, layers: int, mask_dim: int, class_dim: int = 0,
+                     levels: int = 3) -> dict[str, tuple[int, ...]]:
+    """Every tensor ``MultiScaleMaskedTransformerDecoder`` holds below prefix, with its shape
+    (a Linear ``class_embed`` hidden_dim -> class_dim when class_dim > 0)."""
+    out: dict[str, tuple[int, ...]] = {}
+    D = hidden_dim
+    out[f"{prefix}query_feat.weight"] = out[f"{prefix}query_embed.weight"] = (queries, D)
+    out[f"{prefix}level_embed.weight"] = (levels, D)
+    if in_channels != D:
+        for l in range(levels):
+            out[f"{prefix}input_proj.{l}.weight"] = (D, in_channels, 1, 1)
+            out[f"{prefix}input_proj.{l}.bias"] = (D,)
+    for i in range(layers):
+        for kind, attn in (("self", "self_attn"), ("cross", "multihead_attn")):
+            b = f"{prefix}transformer_{kind}_attention_layers.{i}."
+            out[b + attn + ".in_proj_weight"] = (3 * D, D)
+            out[b + attn + ".in_proj_bias"] = (3 * D,)
+            _linear(out, b + attn + ".out_proj", D, D)
+            _ln(out, b + "norm", D)
+        b = f"{prefix}transformer_ffn_layers.{i}."
+        _linear(out, b + "linear1", ffn_dim, D)
+        _linear(out, b + "linear2", D, ffn_dim)
+        _ln(out, b + "norm", D)
+    _ln(out, f"{prefix}decoder_norm", D)
+    if class_dim:
+        _linear(out, f"{prefix}class_embed", class_dim, D)
+    for k in range(3):
+        _linear(out, f"{prefix}mask_embed.layers.{k}", mask_dim if k == 2 else D, D)
+    return out

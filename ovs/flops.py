@@ -1,5 +1,5 @@
 """Multiply-accumulates and parameters per layer of the CLIP towers, the training-free heads and
-the trained frameworks (DeepLabV3-OVS: count(ovs.load(converted), image_size=(H, W),
+the trained frameworks (DeepLabV3-OVS, Han et al.: count(ovs.load(converted), image_size=(H, W),
 num_classes=C)).
 
 Convention (fvcore's, which the paper's FLOP numbers use): one multiply-accumulate is counted
@@ -213,6 +213,109 @@ def _deeplab(sd, N, H, W, num_classes) -> list[Layer]:
     return rows
 
 
+def _han(sd, N, H, W, num_classes) -> list[Layer]:
+    """Han et al. (OpenTrans OpenSegMaskFormer) on an (H, W) padded input: the CLIP trunk
+    without its attention pool, the MSDeformAttn pixel decoder, the masked-attention decoder
+    with a prediction (decoder_norm, mask_embed, mask einsum, attention-mask resize) before the
+    first layer and after each, class_embed and embed_proj on the last, the classifier against
+    C + 1 text rows, and the semantic inference (mask logits resized to the input, the
+    softmax * sigmoid einsum). Convention as above (GroupNorm and LayerNorm 5 per element,
+    bilinear resizes 4 per output element as fvcore); the deformable sampling (grid_sample,
+    not in fvcore's table) and the attention products are "attention" rows."""
+    from .frameworks import HAN_HEADS, HAN_PD, HAN_PRED, _han_arch
+
+    a = _han_arch(sd)
+    layers = [sum(1 for k in sd if k.startswith(f"visual.layer{s + 1}.") and k.endswith(".conv1.weight"))
+              for s in range(4)]
+    rows = _resnet(sd, {"width": int(np.shape(sd["visual.layer1.0.conv1.weight"])[1]),
+                        "layers": layers, "attnpool": False, "embed_dim": 0}, N, H, W)
+    D, MD, Q, hid = a["conv_dim"], a["mask_dim"], a["queries"], a["hidden"]
+
+    def lin(name, n_rows, i, o, kind="linear", shared=False):   # shared: params counted elsewhere
+        rows.append(Layer(name, kind, N * n_rows * i * o, 0 if shared else _nparams(sd, name),
+                          _density(sd, name)))
+
+    def norm(name, n, kind="layer_norm", shared=False):
+        rows.append(Layer(name, kind, 5 * N * n, 0 if shared else _nparams(sd, name)))
+
+    # the trunk's strides: res2 /4 ... res5 /32 (the stem halves with rounding up, then floors)
+    hs, ws = [], []
+    h, w = (H + 1) // 2 // 2, (W + 1) // 2 // 2
+    for s in range(4):
+        if s:
+            h, w = h // 2, w // 2
+        hs.append(h)
+        ws.append(w)
+    chans = a["in_channels"]
+    lv = [(hs[3 - i], ws[3 - i]) for i in range(3)]     # input_proj.0 reads res5
+    for i, (h, w) in enumerate(lv):
+        lin(f"{HAN_PD}input_proj.{i}.0", h * w, chans[3 - i], D, "conv")
+        norm(f"{HAN_PD}input_proj.{i}.1", h * w * D, "group_norm")
+    S = sum(h * w for h, w in lv)
+    LP = 3 * a["points"] * HAN_HEADS
+    for j in range(a["enc_layers"]):
+        b = f"{HAN_PD}transformer.encoder.layers.{j}."
+        lin(b + "self_attn.sampling_offsets", S, D, 2 * LP)
+        lin(b + "self_attn.attention_weights", S, D, LP)
+        lin(b + "self_attn.value_proj", S, D, D)
+        rows.append(Layer(b + "self_attn.sampling", "attention", N * S * LP * (D // HAN_HEADS), 0))
+        lin(b + "self_attn.output_proj", S, D, D)
+        norm(b + "norm1", S * D)
+        lin(b + "linear1", S, D, a["enc_ffn"])
+        lin(b + "linear2", S, a["enc_ffn"], D)
+        norm(b + "norm2", S * D)
+    h2, w2 = hs[0], ws[0]
+    lin(f"{HAN_PD}adapter_1", h2 * w2, chans[0], D, "conv")
+    norm(f"{HAN_PD}adapter_1.norm", h2 * w2 * D, "group_norm")
+    rows.append(Layer(f"{HAN_PD}fpn.interpolate", "upsample", 4 * N * D * h2 * w2, 0))
+    lin(f"{HAN_PD}layer_1", h2 * w2, 9 * D, D, "conv")
+    norm(f"{HAN_PD}layer_1.norm", h2 * w2 * D, "group_norm")
+    lin(f"{HAN_PD}mask_features", h2 * w2, D, MD, "conv")
+
+    def predict(i, target):   # the prediction heads' weights are shared by the 1 + layers calls
+        norm(f"{HAN_PRED}decoder_norm", Q * hid, shared=i > 0)
+        for k in range(3):
+            lin(f"{HAN_PRED}mask_embed.layers.{k}", Q, hid, MD if k == 2 else hid, shared=i > 0)
+        rows.append(Layer(f"{HAN_PRED}mask_einsum.{i}", "matmul", N * Q * MD * h2 * w2, 0))
+        rows.append(Layer(f"{HAN_PRED}attn_mask.interpolate.{i}", "upsample",
+                          4 * N * Q * target[0] * target[1], 0))
+
+    predict(0, lv[0])
+    for i in range(a["dec_layers"]):
+        hl, wl = lv[i % 3]
+        b = f"{HAN_PRED}transformer_cross_attention_layers.{i}."
+        rows.append(Layer(b + "multihead_attn.in_proj", "linear", N * (Q + 2 * hl * wl) * hid * hid,
+                          int(np.size(sd[b + "multihead_attn.in_proj_weight"])
+                              + np.size(sd[b + "multihead_attn.in_proj_bias"]))))
+        rows.append(Layer(b + "multihead_attn.attention", "attention", 2 * N * Q * hl * wl * hid, 0))
+        lin(b + "multihead_attn.out_proj", Q, hid, hid)
+        norm(b + "norm", Q * hid)
+        b = f"{HAN_PRED}transformer_self_attention_layers.{i}."
+        rows.append(Layer(b + "self_attn.in_proj", "linear", N * Q * hid * 3 * hid,
+                          int(np.size(sd[b + "self_attn.in_proj_weight"])
+                              + np.size(sd[b + "self_attn.in_proj_bias"]))))
+        rows.append(Layer(b + "self_attn.attention", "attention", 2 * N * Q * Q * hid, 0))
+        lin(b + "self_attn.out_proj", Q, hid, hid)
+        norm(b + "norm", Q * hid)
+        b = f"{HAN_PRED}transformer_ffn_layers.{i}."
+        lin(b + "linear1", Q, hid, a["dec_ffn"])
+        lin(b + "linear2", Q, a["dec_ffn"], hid)
+        norm(b + "norm", Q * hid)
+        predict(i + 1, lv[(i + 1) % 3])
+    extra = int(sum(np.size(sd[f"{HAN_PRED}{k}.weight"]) for k in ("query_feat", "query_embed", "level_embed"))
+                + np.size(sd[f"{HAN_PD}transformer.level_embed"]) + np.size(sd["non_object_embedding"])
+                + np.size(sd["logit_scale"]))
+    rows.append(Layer(f"{HAN_PRED}embeddings", "add", 0, extra))
+    lin(f"{HAN_PRED}class_embed", Q, hid, hid)
+    E = a["embed_dim"]
+    lin("embed_proj", Q, hid, E)
+    if num_classes:
+        rows.append(Layer("classifier", "matmul", N * Q * E * (num_classes + 1), 0))
+        rows.append(Layer("semantic.mask_interpolate", "upsample", 4 * N * Q * H * W, 0))
+        rows.append(Layer("semantic.einsum", "matmul", N * Q * num_classes * H * W, 0))
+    return rows
+
+
 HEADS = ("maskclip", "sclip", "clearclip", "naclip", "scclip")
 
 
@@ -265,7 +368,8 @@ def count(model, *, image_size: int | Sequence[int] | None = None, batch: int = 
             raise ValueError(f"image size must be positive multiples of 32, got {H}x{W}")
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-        rows = _deeplab(sd, batch, H, W, int(num_classes))
+        build = _han if cfg["framework"] == "han" else _deeplab
+        rows = build(sd, batch, H, W, int(num_classes))
         if num_texts:
             from .frameworks import _text_model
 

@@ -11,7 +11,8 @@ preprocessing and inference:
 
 One table (FRAMEWORKS) lists each framework once: the key that identifies its converted files,
 its model class, the checkpoint converter (names and expected shapes) and its inference
-defaults. FC-CLIP and Han et al. are further entries of the same table.
+defaults: DeepLabV3-OVS ("deeplab") and Han et al. ("han", the Mask2Former blocks of ovs._m2f
+composed in Python).
 """
 from __future__ import annotations
 
@@ -130,6 +131,26 @@ class FrameworkModel:
     def state_dict(self) -> Mapping[str, np.ndarray]:
         return dict(self._sd)
 
+    def _init_classifier(self, sparse: str) -> None:
+        """The CLIP text tower, the no-object embedding and exp(logit_scale) (after
+        self.embed_dim is set); the trunk (self._trunk) starts dense or sparse as
+        ovs.prune.auto_sparse_mode says."""
+        from .prune import auto_sparse_mode
+
+        sd = self._sd
+        self.text = _text_model(sd)
+        if self.text.embed_dim_text != self.embed_dim:
+            raise ValueError(f"text_projection gives {self.text.embed_dim_text}-d embeddings, "
+                             f"embed_proj {self.embed_dim}-d")
+        self.no_object = np.ascontiguousarray(sd["non_object_embedding"].reshape(1, -1))
+        self.logit_scale = float(np.exp(np.float64(sd["logit_scale"].reshape(()))))
+        if not math.isfinite(self.logit_scale):
+            raise ValueError(f"logit_scale {float(sd['logit_scale'])!r} overflows exp()")
+        self._sparse_mode = sparse
+        mode = auto_sparse_mode(sd, sparse)
+        if mode != "dense":
+            self._trunk.sparsify(mode, 512, 512)
+
     def _with_weights(self, sd: Mapping[str, np.ndarray]):
         """A new model of the same framework on other weights (ovs.prune rebuilds with it)."""
         return type(self)(sd, name=self.name)
@@ -179,21 +200,21 @@ def _dim(sd, name: str, axis: int, default: int) -> int:
     return int(np.shape(a)[axis]) if a is not None and np.ndim(a) > axis else default
 
 
-def deeplab_expected(sd: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
-    """Every tensor of a converted DeepLabV3-OVS file with its shape. The architecture is read
-    from a few anchor shapes (trunk width, ASPP width, embedding dim, text width); everything
-    else must agree with them."""
-    out: dict[str, tuple[int, ...]] = {}
-    w = _dim(sd, "visual.layer1.0.conv1.weight", 1, 64)
-    layers = [_count(sd, f"visual.layer{s + 1}") or RN50_LAYERS[s] for s in range(4)]
+def _clip_resnet_expected(sd, prefix: str, out: dict) -> int:
+    """Names and shapes of a CLIP ModifiedResNet trunk (3-conv stem, bottlenecks with a
+    ``downsample.0`` conv / ``downsample.1`` BN shortcut; also zs3's DeepLab ResNet) below
+    prefix, without the attention pool; the width and block counts are read from sd.
+    Returns the res5 channel count."""
+    w = _dim(sd, f"{prefix}layer1.0.conv1.weight", 1, 64)
+    layers = [_count(sd, f"{prefix}layer{s + 1}") or RN50_LAYERS[s] for s in range(4)]
     for i, (k, c) in enumerate(((w // 2, 3), (w // 2, w // 2), (w, w // 2))):
-        out[f"visual.conv{i + 1}.weight"] = (k, c, 3, 3)
-        _bn(out, f"visual.bn{i + 1}", k)
+        out[f"{prefix}conv{i + 1}.weight"] = (k, c, 3, 3)
+        _bn(out, f"{prefix}bn{i + 1}", k)
     inplanes = w
     for s in range(4):
         planes = w << s
         for j in range(layers[s]):
-            b = f"visual.layer{s + 1}.{j}"
+            b = f"{prefix}layer{s + 1}.{j}"
             out[f"{b}.conv1.weight"] = (planes, inplanes, 1, 1)
             out[f"{b}.conv2.weight"] = (planes, planes, 3, 3)
             out[f"{b}.conv3.weight"] = (4 * planes, planes, 1, 1)
@@ -204,7 +225,22 @@ def deeplab_expected(sd: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]
                 out[f"{b}.downsample.0.weight"] = (4 * planes, inplanes, 1, 1)
                 _bn(out, f"{b}.downsample.1", 4 * planes)
             inplanes = 4 * planes
-    c5 = inplanes
+    return inplanes
+
+
+def _logit_scale_shape(sd) -> tuple:
+    """A 0-d parameter; readers and writers may store it as (1,)."""
+    ls = sd.get("logit_scale")
+    return tuple(np.shape(ls)) if ls is not None and np.size(ls) == 1 and np.ndim(ls) <= 1 else ()
+
+
+def deeplab_expected(sd: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a converted DeepLabV3-OVS file with its shape. The architecture is read
+    from a few anchor shapes (trunk width, ASPP width, embedding dim, text width); everything
+    else must agree with them."""
+    out: dict[str, tuple[int, ...]] = {}
+    w = _dim(sd, "visual.layer1.0.conv1.weight", 1, 64)
+    c5 = _clip_resnet_expected(sd, "visual.", out)
     a = _dim(sd, "aspp.aspp1.atrous_conv.weight", 0, 256)
     for i in range(4):
         out[f"aspp.aspp{i + 1}.atrous_conv.weight"] = (a, c5, 1, 1) if i == 0 else (a, c5, 3, 3)
@@ -226,9 +262,7 @@ def deeplab_expected(sd: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]
     out["embed_proj.weight"] = (e, a)
     out["embed_proj.bias"] = (e,)
     out["non_object_embedding"] = (1, e)
-    # a 0-d parameter; readers and writers may store it as (1,)
-    ls = sd.get("logit_scale")
-    out["logit_scale"] = tuple(np.shape(ls)) if ls is not None and np.size(ls) == 1 and np.ndim(ls) <= 1 else ()
+    out["logit_scale"] = _logit_scale_shape(sd)
     out.update(_clip_text_expected(sd, "", e))
     return out
 
@@ -257,20 +291,7 @@ class DeepLabModel(FrameworkModel):
                                    style="deeplab", output_stride=output_stride)
         self._head = _core.DeepLabHead(self._trunk, "")
         self.embed_dim = int(self._head.info()["embed_dim"])
-        self.text = _text_model(sd)
-        if self.text.embed_dim_text != self.embed_dim:
-            raise ValueError(f"text_projection gives {self.text.embed_dim_text}-d embeddings, "
-                             f"embed_proj {self.embed_dim}-d")
-        self.no_object = np.ascontiguousarray(sd["non_object_embedding"].reshape(1, -1))
-        self.logit_scale = float(np.exp(np.float64(sd["logit_scale"].reshape(()))))
-        if not math.isfinite(self.logit_scale):
-            raise ValueError(f"logit_scale {float(sd['logit_scale'])!r} overflows exp()")
-        from .prune import auto_sparse_mode
-
-        self._sparse_mode = sparse
-        mode = auto_sparse_mode(sd, sparse)
-        if mode != "dense":
-            self._trunk.sparsify(mode, 512, 512)
+        self._init_classifier(sparse)
 
     arch = "deeplab"
     act = "quickgelu"   # the CLIP text tower's MLP activation (OpenAI weights)
@@ -321,6 +342,175 @@ class DeepLabModel(FrameworkModel):
         return out[:-1]
 
 
+# ------------------------------------------------------------------ Han et al. (OpenSegMaskFormer)
+HAN_PD = "sem_seg_head.pixel_decoder."
+HAN_PRED = "sem_seg_head.predictor."
+HAN_HEADS = 8   # MASK_FORMER.NHEADS: the deformable encoder's and the decoder's attention heads
+
+
+def _han_arch(sd: Mapping[str, np.ndarray]) -> dict:
+    """The Han et al. architecture read from anchor shapes (defaults: OpenTrans' config
+    maskformer2_R50_bs16_50ep_voca_ground_perRegion.yaml)."""
+    w = _dim(sd, "visual.layer1.0.conv1.weight", 1, 64)
+    conv_dim = _dim(sd, HAN_PD + "input_proj.0.0.weight", 0, 256)
+    aw = _dim(sd, HAN_PD + "transformer.encoder.layers.0.self_attn.attention_weights.weight", 0,
+              HAN_HEADS * 3 * 4)
+    hidden = _dim(sd, HAN_PRED + "query_feat.weight", 1, 256)
+    return dict(
+        in_channels=(4 * w, 8 * w, 16 * w, 32 * w), conv_dim=conv_dim,
+        mask_dim=_dim(sd, HAN_PD + "mask_features.weight", 0, 256),
+        enc_layers=_count(sd, HAN_PD + "transformer.encoder.layers") or 6,
+        enc_ffn=_dim(sd, HAN_PD + "transformer.encoder.layers.0.linear1.weight", 0, 1024),
+        points=max(aw // (HAN_HEADS * 3), 1),
+        hidden=hidden, queries=_dim(sd, HAN_PRED + "query_feat.weight", 0, 100),
+        dec_layers=_count(sd, HAN_PRED + "transformer_ffn_layers") or 9,
+        dec_ffn=_dim(sd, HAN_PRED + "transformer_ffn_layers.0.linear1.weight", 0, 2048),
+        embed_dim=_dim(sd, "embed_proj.weight", 0, 1024))
+
+
+def han_expected(sd: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a converted Han et al. file with its shape: the CLIP RN50 trunk without
+    its attention pool, the MSDeformAttn pixel decoder, the masked-attention decoder with the
+    ``class_embed`` Linear (VISION_FEATURE "queryClass"), embed_proj, the no-object embedding,
+    logit_scale and the CLIP text tower."""
+    from ._m2f import decoder_expected, pixel_decoder_expected
+
+    a = _han_arch(sd)
+    out: dict[str, tuple[int, ...]] = {}
+    _clip_resnet_expected(sd, "visual.", out)
+    out.update(pixel_decoder_expected(HAN_PD, a["in_channels"], conv_dim=a["conv_dim"],
+                                      mask_dim=a["mask_dim"], enc_layers=a["enc_layers"],
+                                      heads=HAN_HEADS, points=a["points"], ffn_dim=a["enc_ffn"]))
+    out.update(decoder_expected(HAN_PRED, in_channels=a["conv_dim"], hidden_dim=a["hidden"],
+                                queries=a["queries"], ffn_dim=a["dec_ffn"], layers=a["dec_layers"],
+                                mask_dim=a["mask_dim"], class_dim=a["hidden"]))
+    e = a["embed_dim"]
+    out["embed_proj.weight"] = (e, a["hidden"])
+    out["embed_proj.bias"] = (e,)
+    out["non_object_embedding"] = (1, e)
+    out["logit_scale"] = _logit_scale_shape(sd)
+    out.update(_clip_text_expected(sd, "", e))
+    return out
+
+
+def mask_semantic(masks: np.ndarray, probs: np.ndarray, h: int, w: int,
+                  rows: int = 64) -> np.ndarray:
+    """MaskFormer's semantic_inference after the upsampling, cropped as sem_seg_postprocess:
+    masks (Q, hm, wm) mask logits at stride 4 of the padded input, probs (Q, C) class
+    probabilities -> (C, h, w) = sum_q probs[q, c] * sigmoid(up(masks[q]))[:h, :w], with `up`
+    the bilinear x4 upsampling (align_corners=False) to the padded size. Computed in blocks of
+    output rows (one input row of halo each side, so every value is the full upsampling's)
+    without materialising the (Q, 4 hm, 4 wm) upsampled logits."""
+    Q, hm, wm = masks.shape
+    C = probs.shape[1]
+    if not (0 < h <= 4 * hm and 0 < w <= 4 * wm) or probs.shape[0] != Q:
+        raise ValueError(f"bad shapes: masks {masks.shape}, probs {probs.shape}, crop {h}x{w}")
+    pt = np.ascontiguousarray(probs.T, dtype=np.float32)
+    out = np.empty((C, h, w), np.float32)
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        a, b = max(0, y0 // 4 - 1), min(hm, (y1 - 1) // 4 + 2)
+        up = _core.op_resize(np.ascontiguousarray(masks[:, a:b]), (4 * (b - a), 4 * wm))
+        s = np.ascontiguousarray(up[:, y0 - 4 * a:y1 - 4 * a, :w])
+        np.negative(s, out=s)
+        np.exp(s, out=s)
+        s += 1.0
+        np.reciprocal(s, out=s)
+        np.matmul(pt, s.reshape(Q, -1), out=out[:, y0:y1].reshape(C, -1))
+    return out
+
+
+class HanModel(FrameworkModel):
+    """Han et al.'s open-vocabulary MaskFormer (OpenTrans ``OpenSegMaskFormer``, VISION_FEATURE
+    "queryClass"): the CLIP RN50 trunk without its attention pool (res2..res5), the MSDeformAttn
+    pixel decoder, the masked-attention transformer decoder (100 queries, 9 layers), the last
+    layer's ``class_embed`` (Linear 256 -> 256) then embed_proj (ReLU, Linear 256 -> 1024);
+    cosine with the CLIP text embeddings of the bare class names plus a learned no-object
+    embedding, times exp(logit_scale); semantic map sum_q softmax(class) * sigmoid(mask)."""
+
+    arch = "han"
+    act = "quickgelu"   # the CLIP text tower's MLP activation (OpenAI weights)
+
+    def __init__(self, state_dict, *, name: str | None = None, sparse: str = "auto"):
+        from ._m2f import PixelDecoder, TransformerDecoder
+
+        self.framework = FRAMEWORKS["han"]
+        super().__init__(state_dict, name=name)
+        sd = self._sd
+        if sparse not in ("auto", "dense", "all"):
+            raise ValueError(f"sparse must be 'auto', 'dense' or 'all', got {sparse!r}")
+        a = self.arch_config = _han_arch(sd)
+        self.width = int(sd["visual.layer1.0.conv1.weight"].shape[1])
+        self.layers = tuple(_count(sd, f"visual.layer{s + 1}") for s in range(4))
+        self.queries = a["queries"]
+        vis = {k: v for k, v in sd.items() if k.startswith("visual.")}
+        self._trunk = _core.ResNet(vis, "visual.", self.layers, self.width, 0, 0, 0, False)
+        head = {k: v for k, v in sd.items() if k.startswith("sem_seg_head.")}
+        self._pixel_decoder = PixelDecoder(head, a["in_channels"], prefix=HAN_PD,
+                                           conv_dim=a["conv_dim"], mask_dim=a["mask_dim"],
+                                           enc_layers=a["enc_layers"], heads=HAN_HEADS,
+                                           points=a["points"], ffn_dim=a["enc_ffn"])
+        self._decoder = TransformerDecoder(head, prefix=HAN_PRED, in_channels=a["conv_dim"],
+                                           hidden_dim=a["hidden"], queries=a["queries"],
+                                           heads=HAN_HEADS, ffn_dim=a["dec_ffn"],
+                                           layers=a["dec_layers"], mask_dim=a["mask_dim"],
+                                           class_layers=1, class_dim=a["hidden"])
+        self.embed_dim = a["embed_dim"]
+        self._proj_w = np.ascontiguousarray(sd["embed_proj.weight"])
+        self._proj_b = np.ascontiguousarray(sd["embed_proj.bias"])
+        self._init_classifier(sparse)
+
+    def __repr__(self) -> str:
+        a = self.arch_config
+        name = f"{self.name!r}, " if self.name else ""
+        return (f"ovs.HanModel({name}ResNet(layers={list(self.layers)}, width={self.width}), "
+                f"MSDeformAttn pixel decoder ({a['enc_layers']} layers), "
+                f"{a['dec_layers']}-layer decoder, queries={a['queries']}, "
+                f"embed_dim={self.embed_dim})")
+
+    sparsify = DeepLabModel.sparsify
+    text_rows = DeepLabModel.text_rows
+
+    def forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised, padded images (N, 3, H, W) -> (query embeddings (N, Q, E) after
+        embed_proj, mask logits (N, Q, H/4, W/4))."""
+        if not isinstance(images, np.ndarray) or images.dtype.kind != "f":
+            raise TypeError("images must be a float numpy array (N, 3, H, W)")
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected (N, 3, H, W) images, got shape {images.shape}")
+        if images.shape[2] < 32 or images.shape[3] < 32:
+            raise ValueError(f"image sides must be at least 32, got {images.shape[2]}x{images.shape[3]}")
+        f = self._trunk.forward(np.ascontiguousarray(images, dtype=np.float32), features=True,
+                                embed=False)
+        mask_features, ms = self._pixel_decoder(f["res2"], f["res3"], f["res4"], f["res5"])
+        _, cls, masks = self._decoder(ms, mask_features)
+        q = np.ascontiguousarray(cls[:, -1])                    # (N, Q, D): the last layer's class_embed
+        N, Q, D = q.shape
+        emb = _core.op_linear(np.maximum(q, 0).reshape(N * Q, D), self._proj_w, self._proj_b)
+        return emb.reshape(N, Q, -1), masks
+
+    def class_logits(self, emb: np.ndarray, text: np.ndarray) -> np.ndarray:
+        """(Q, T): exp(logit_scale) * cosine of the query embeddings (Q, E), each divided by
+        (its norm + 1e-7), with the text rows."""
+        v = emb.astype(np.float64)
+        v /= np.linalg.norm(v, axis=1, keepdims=True) + 1e-7
+        return (self.logit_scale * (v @ text.astype(np.float64).T)).astype(np.float32)
+
+    def lowres(self, image: np.ndarray, text: np.ndarray, kind: str, *, short: int,
+               max_size: int, divisor: int) -> np.ndarray:
+        """(C, h, w) semantic scores at the resized image's extent (padding cropped): the sum
+        over queries of softmax(class logits) without no-object times sigmoid(mask logits
+        upsampled to the padded input). "logits" and "probs" are the same scores here (a
+        mask-classification model has no per-pixel logits)."""
+        x, (h, w) = detectron2_preprocess(image, short, max_size, divisor, IMAGENET_MEAN_255,
+                                          IMAGENET_STD_255)
+        emb, masks = self.forward(x)
+        lg = self.class_logits(emb[0], text).astype(np.float64)
+        p = np.exp(lg - lg.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        return mask_semantic(masks[0], p[:, :-1].astype(np.float32), h, w)
+
+
 # ------------------------------------------------------------------ checks shared by convert and load
 def check_expected(sd: Mapping[str, np.ndarray], expected: Mapping[str, tuple], *,
                    what: str = "checkpoint", renamed: Mapping[str, str] | None = None) -> None:
@@ -361,6 +551,25 @@ FRAMEWORKS: dict[str, Framework] = {
         # sets neither), MASK_FORMER.SIZE_DIVISIBILITY 32, bare class names as OpenTrans tokenizes
         defaults=dict(short_side=800, max_size=1333, divisor=32, templates="bare"),
         description="DeepLabV3-OVS (OpenTrans OpenSegDeeplabv3Text), RN50 trunk, output stride 16",
+    ),
+    "han": Framework(
+        name="han",
+        signature="sem_seg_head.predictor.query_feat.weight",
+        model=HanModel,
+        expected=han_expected,
+        # OpenTrans OpenSegMaskFormer state dict (mask2former/maskformer_model_voca.py):
+        # CLIPResNetWithAttention as `backbone` (attnpool removed: VISION_FEATURE "queryClass"),
+        # MaskFormerHead as `sem_seg_head`, CLIPTextEncoder as `text_encoder`
+        rename=(("backbone.", "visual."), ("sem_seg_head.", "sem_seg_head."),
+                ("embed_proj.1.", "embed_proj."), ("text_encoder.", ""),
+                ("non_object_embedding", "non_object_embedding"), ("logit_scale", "logit_scale")),
+        # the SetCriterion's class weights and an attention pool a checkpoint may still hold
+        ignore=(r".*\.num_batches_tracked", r"pixel_(mean|std)", r"criterion\.empty_weight",
+                r"backbone\.attnpool\..*"),
+        # detectron2 defaults (the config sets no INPUT.MIN/MAX_SIZE_TEST), SIZE_DIVISIBILITY
+        # 32, TEXT_ENCODER.PROMPT "{}" (bare class names)
+        defaults=dict(short_side=800, max_size=1333, divisor=32, templates="bare"),
+        description="Han et al. (OpenTrans OpenSegMaskFormer), CLIP RN50, Mask2Former head, 100 queries",
     ),
 }
 

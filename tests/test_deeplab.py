@@ -308,26 +308,8 @@ def test_failed_allocations_are_clean_errors(pair):
 
 
 def test_eval_runs_the_framework(pair, tmp_path):
-    """`ovs eval --method deeplab` on a converted file: the confusion matrix is the one of
-    Segmenter.segment over the dataset (tiny detectron2-layout data, tests/data/make_datasets.py)."""
-    import json
-
-    from test_eval import _gen
-    from test_metrics import d2_confusion
+    """`ovs eval --method deeplab` on a converted file equals Segmenter.segment's confusion."""
+    from test_eval import check_framework_eval
 
     _, model, path = pair
-    _gen().make(tmp_path / "d2", "voc-20", images=2, size=(20, 28))
-    out = tmp_path / "res.json"
-    rc = cli_main(["eval", "--dataset", "voc-20", "--root", str(tmp_path / "d2"), "--model", str(path),
-                   "--method", "deeplab", "--templates", "bare", "--short-side", "64",
-                   "--out", str(out), "--threads", "1", "--no-progress"])
-    assert rc == 0
-    conf = np.load(tmp_path / "res.confusion.npy")
-    ds = ovs.datasets.load_dataset("voc-20", tmp_path / "d2")
-    seg = ovs.Segmenter(model, "deeplab", short_side=64)
-    ref = np.zeros_like(conf)
-    for i in range(len(ds)):
-        image, gt = ds[i]
-        ref += d2_confusion(seg.segment(image, ds.prompts()), gt, ds.num_classes, ds.ignore_label)
-    np.testing.assert_array_equal(conf, ref)
-    assert json.loads(out.read_text())["settings"]["method"] == "deeplab"
+    check_framework_eval(tmp_path, model, path, "deeplab")

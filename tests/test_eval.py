@@ -41,6 +41,28 @@ def _gen():
     return load_test_module("data/make_datasets.py", "ovs_tests_make_datasets")
 
 
+def check_framework_eval(tmp_path, model, path, method: str) -> None:
+    """`ovs eval --method <framework>` on a converted file: the confusion matrix is the one of
+    Segmenter.segment over the dataset (tiny detectron2-layout data, tests/data/make_datasets.py)."""
+    from test_metrics import d2_confusion
+
+    _gen().make(tmp_path / "d2", "voc-20", images=2, size=(20, 28))
+    out = tmp_path / "res.json"
+    rc = cli.main(["eval", "--dataset", "voc-20", "--root", str(tmp_path / "d2"), "--model", str(path),
+                   "--method", method, "--templates", "bare", "--short-side", "64",
+                   "--out", str(out), "--threads", "1", "--no-progress"])
+    assert rc == 0
+    conf = np.load(tmp_path / "res.confusion.npy")
+    ds = ovs.datasets.load_dataset("voc-20", tmp_path / "d2")
+    seg = ovs.Segmenter(model, method, short_side=64)
+    ref = np.zeros_like(conf)
+    for i in range(len(ds)):
+        image, gt = ds[i]
+        ref += d2_confusion(seg.segment(image, ds.prompts()), gt, ds.num_classes, ds.ignore_label)
+    np.testing.assert_array_equal(conf, ref)
+    assert json.loads(out.read_text())["settings"]["method"] == method
+
+
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("d2")

@@ -1,0 +1,91 @@
+"""Weight-name mapping between Hugging Face transformers' Mask2Former modules and the
+detectron2 / Mask2Former names (fc-clip, OpenTrans), and random weights for them; shared by
+tests/test_m2f.py and the framework references (tests/reference/han_reference.py). The mapping
+is also the docstring of ovs/_m2f.py."""
+from __future__ import annotations
+
+import re
+
+import torch
+
+
+def randomize(module: torch.nn.Module, seed: int, offset_bias: float = 2.0):
+    """Random weights with unit-scale activations; sampling-offset biases of a few pixels so
+    that some samples fall outside the maps (zero padding is exercised)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim >= 2:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=g) / fan_in ** 0.5)
+            elif "norm" in name and name.endswith("weight") or re.search(r"\.1\.weight$", name):
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
+            elif "sampling_offsets" in name:
+                p.copy_(offset_bias * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+            if name.endswith("level_embed"):
+                p.copy_(torch.randn(p.shape, generator=g))
+
+
+# ---------------------------------------------------------------- name mapping (HF -> fc-clip)
+HF_TO_FCCLIP_PIXEL_DECODER = [
+    (r"^input_projections\.(\d)\.", r"input_proj.\1."),
+    (r"^level_embed$", "transformer.level_embed"),
+    (r"^encoder\.layers\.(\d+)\.self_attn_layer_norm\.", r"transformer.encoder.layers.\1.norm1."),
+    (r"^encoder\.layers\.(\d+)\.final_layer_norm\.", r"transformer.encoder.layers.\1.norm2."),
+    (r"^encoder\.layers\.(\d+)\.fc1\.", r"transformer.encoder.layers.\1.linear1."),
+    (r"^encoder\.layers\.(\d+)\.fc2\.", r"transformer.encoder.layers.\1.linear2."),
+    (r"^encoder\.layers\.(\d+)\.self_attn\.", r"transformer.encoder.layers.\1.self_attn."),
+    (r"^adapter_1\.0\.", "adapter_1."),
+    (r"^adapter_1\.1\.", "adapter_1.norm."),
+    (r"^layer_1\.0\.", "layer_1."),
+    (r"^layer_1\.1\.", "layer_1.norm."),
+    (r"^mask_projection\.", "mask_features."),
+]
+
+HF_TO_FCCLIP_PREDICTOR = [
+    (r"^queries_features\.", "query_feat."),
+    (r"^queries_embedder\.", "query_embed."),
+    (r"^level_embed\.", "level_embed."),
+    (r"^input_projections\.(\d)\.", r"input_proj.\1."),
+    (r"^decoder\.layers\.(\d+)\.cross_attn\.", r"transformer_cross_attention_layers.\1.multihead_attn."),
+    (r"^decoder\.layers\.(\d+)\.cross_attn_layer_norm\.", r"transformer_cross_attention_layers.\1.norm."),
+    (r"^decoder\.layers\.(\d+)\.self_attn\.out_proj\.", r"transformer_self_attention_layers.\1.self_attn.out_proj."),
+    (r"^decoder\.layers\.(\d+)\.self_attn_layer_norm\.", r"transformer_self_attention_layers.\1.norm."),
+    (r"^decoder\.layers\.(\d+)\.fc1\.", r"transformer_ffn_layers.\1.linear1."),
+    (r"^decoder\.layers\.(\d+)\.fc2\.", r"transformer_ffn_layers.\1.linear2."),
+    (r"^decoder\.layers\.(\d+)\.final_layer_norm\.", r"transformer_ffn_layers.\1.norm."),
+    (r"^decoder\.layernorm\.", "decoder_norm."),
+    (r"^decoder\.mask_predictor\.mask_embedder\.(\d)\.0\.", r"mask_embed.layers.\1."),
+]
+
+
+def map_names(state, table, prefix):
+    out = {}
+    for name, t in state.items():
+        for pat, rep in table:
+            new, n = re.subn(pat, rep, name)
+            if n:
+                out[prefix + new] = t.detach().numpy().copy()
+                break
+        else:
+            raise AssertionError(f"unmapped HF weight {name}")
+    return out
+
+
+def predictor_weights(module, prefix, layers):
+    sd = dict(module.state_dict())
+    # HF's self-attention has separate q/k/v projections; nn.MultiheadAttention packs them.
+    for i in range(layers):
+        p = f"decoder.layers.{i}.self_attn."
+        for kind in ("weight", "bias"):
+            packed = torch.cat([sd.pop(f"{p}{x}_proj.{kind}") for x in "qkv"])
+            sd[f"__packed{i}.{kind}"] = packed
+    w = map_names({k: v for k, v in sd.items() if not k.startswith("__packed")},
+                  HF_TO_FCCLIP_PREDICTOR, prefix)
+    for i in range(layers):
+        for kind in ("weight", "bias"):
+            w[f"{prefix}transformer_self_attention_layers.{i}.self_attn.in_proj_{kind}"] = \
+                sd[f"__packed{i}.{kind}"].detach().numpy().copy()
+    return w

@@ -1,0 +1,269 @@
+"""Han et al. (OpenTrans OpenSegMaskFormer) on ovs against the PyTorch reference assembled from
+open_clip / transformers modules following OpenTrans (tests/reference/han_reference.py), on
+identical random weights saved as a detectron2 checkpoint with OpenTrans' real key names and
+converted with `ovs convert`."""
+from __future__ import annotations
+
+import copy
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("open_clip")
+
+import torch.nn.functional as F  # noqa: E402
+
+import ovs  # noqa: E402
+import ovs.convert  # noqa: E402
+import ovs.prune  # noqa: E402
+import ovs.weights  # noqa: E402
+from ovs.cli import main as cli_main  # noqa: E402
+from ovs.frameworks import ConversionError, HanModel, mask_semantic  # noqa: E402
+
+from conftest import assert_close  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "reference"))
+import han_reference as R  # noqa: E402
+
+SHORT, MAX = 128, 192   # small detectron2 resize for speed (the framework default is 800 / 1333)
+NAMES = ["cat", "dog", "grass", "sky", "road"]
+
+
+def _convert(tmp, ref, stem):
+    ck, out = tmp / f"{stem}.pth", tmp / f"{stem}.safetensors"
+    R.save_checkpoint(ref, ck)
+    assert cli_main(["convert", str(ck), "--framework", "han", "-o", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("han")
+    ref = R.small(seed=0)
+    path = _convert(tmp, ref, "opentrans")
+    return ref, ovs.load(path), path
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:150, 0:200]
+    smooth = np.stack([(np.sin(yy / 9.0) * 120 + 128), (np.cos(xx / 13.0) * 120 + 128),
+                       ((yy + xx) % 256)], -1).astype(np.uint8)
+    # 150x200: resized to 128x171, padded to 128x192; 300x90: long side capped by MAX (192x58 -> 64)
+    return [smooth, rng.integers(0, 256, (300, 90, 3), dtype=np.uint8)]
+
+
+def _segmenter(model):
+    seg = ovs.Segmenter(model, "han", short_side=SHORT)
+    seg.max_size = MAX
+    return seg
+
+
+def test_load_gives_the_framework_model(pair):
+    ref, model, _ = pair
+    assert isinstance(model, HanModel)
+    assert "queries=12" in repr(model) and "4-layer decoder" in repr(model)
+    assert model.embed_dim == 64 and model.layers == (3, 4, 6, 3)
+    assert model.logit_scale == pytest.approx(float(ref.logit_scale.detach().exp()), rel=1e-6)
+
+
+def test_queries_and_masks_match_pytorch(pair):
+    ref, model, _ = pair
+    x, _ = R.preprocess(_images()[0], SHORT, MAX)
+    with torch.no_grad():
+        emb_ref, masks_ref = ref(x)
+    emb, masks = model.forward(x.numpy())
+    assert_close(emb, emb_ref.numpy(), rtol=1e-4, name="query embeddings (embed_proj)")
+    assert_close(masks, masks_ref.numpy(), rtol=1e-4, name="mask logits")
+
+
+def test_segmenter_matches_opentrans_inference(pair):
+    ref, model, _ = pair
+    seg = _segmenter(model)
+    for i, img in enumerate(_images()):
+        probs, cropped, cls, x = R.semantic(ref, img, NAMES, SHORT, MAX)
+        if i == 0:
+            text = seg.classifier(NAMES)
+            emb, _ = model.forward(x.numpy())
+            assert_close(model.class_logits(emb[0], text), cls.numpy(), rtol=1e-4, name="class logits")
+            lr = model.lowres(img, text, "probs", short=SHORT, max_size=MAX, divisor=32)
+            assert_close(lr, cropped.numpy(), rtol=1e-4, name="semantic scores (resized extent)")
+        p = seg.predict(img, NAMES)
+        assert_close(p, probs.numpy(), rtol=1e-4, name="semantic scores")
+        assert_close(seg.logits(img, NAMES), probs.numpy(), rtol=1e-4, name="logits() = scores")
+        labels = seg.segment(img, NAMES)
+        ref_labels = probs.numpy().argmax(0)
+        agree = float((labels == ref_labels).mean())
+        assert agree >= 0.999, f"label maps agree on {agree:.4%} of pixels"
+        if i == 0:   # the check has teeth: several classes win somewhere
+            assert len(np.unique(ref_labels)) >= 2
+
+
+def _torch_semantic(masks, probs, h, w):
+    up = F.interpolate(torch.from_numpy(masks)[None], scale_factor=4, mode="bilinear",
+                       align_corners=False)[0]
+    return torch.einsum("qc,qhw->chw", torch.from_numpy(probs), up.sigmoid())[:, :h, :w].numpy()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 64])
+def test_mask_semantic_blocks_equal_torch(rows):
+    rng = np.random.default_rng(rows)
+    masks = (rng.standard_normal((7, 9, 13)) * 3).astype(np.float32)
+    probs = rng.random((7, 5)).astype(np.float32)
+    for h, w in [(36, 52), (33, 50), (1, 1), (17, 3)]:
+        assert_close(mask_semantic(masks, probs, h, w, rows=rows), _torch_semantic(masks, probs, h, w),
+                     rtol=1e-5, name=f"mask_semantic {h}x{w} rows={rows}")
+    with pytest.raises(ValueError, match="bad shapes"):
+        mask_semantic(masks, probs, 37, 52)
+    with pytest.raises(ValueError, match="bad shapes"):
+        mask_semantic(masks, probs[:3], 36, 52)
+
+
+def test_thread_count_independent(pair):
+    _, model, _ = pair
+    img = _images()[0]
+    n = ovs.get_num_threads()
+    try:
+        ovs.set_num_threads(1)
+        one = _segmenter(model).predict(img, NAMES)
+        ovs.set_num_threads(2)
+        two = _segmenter(model).predict(img, NAMES)
+    finally:
+        ovs.set_num_threads(n)
+    assert_close(one, two, rtol=1e-5, name="1 vs 2 threads")
+
+
+def test_convert_reports_bad_checkpoints(pair):
+    ref, _, _ = pair
+    sd = {k: v.numpy() for k, v in ref.opentrans_state_dict().items()}
+    _, rep = ovs.convert.convert_state_dict(sd, "han")
+    assert "criterion.empty_weight" in rep["ignored"]
+
+    bad = dict(sd)
+    name = "sem_seg_head.predictor.transformer_cross_attention_layers.2.norm.bias"
+    del bad[name]
+    with pytest.raises(ConversionError, match=f"1 missing: '{re.escape(name)}'"):
+        ovs.convert.convert_state_dict(bad, "han")
+    bad = dict(sd)
+    name = "sem_seg_head.pixel_decoder.transformer.encoder.layers.1.linear1.weight"
+    bad[name] = np.zeros((95, 64), np.float32)
+    with pytest.raises(ConversionError, match=re.escape(f"'{name}': (95, 64), expected (96, 64)")):
+        ovs.convert.convert_state_dict(bad, "han")
+    bad = dict(sd)
+    bad["embed_proj.1.weight"] = np.zeros((64, 32), np.float32)
+    with pytest.raises(ConversionError, match=re.escape("'embed_proj.1.weight' (-> 'embed_proj.weight'): (64, 32), expected (64, 64)")):
+        ovs.convert.convert_state_dict(bad, "han")
+    bad = dict(sd)
+    del bad["backbone.layer2.1.bn2.running_mean"]
+    with pytest.raises(ConversionError, match=re.escape("'backbone.layer2.1.bn2.running_mean' (-> 'visual.layer2.1.bn2.running_mean')")):
+        ovs.convert.convert_state_dict(bad, "han")
+    bad = dict(sd)
+    bad["sem_seg_head.predictor.extra.weight"] = np.ones(3, np.float32)
+    with pytest.raises(ConversionError, match="unexpected: 'sem_seg_head.predictor.extra.weight'"):
+        ovs.convert.convert_state_dict(bad, "han")
+    bad = dict(sd)
+    bad["grounding_head.w"] = np.ones(3, np.float32)
+    with pytest.raises(ConversionError, match="unexpected tensor.*'grounding_head.w'"):
+        ovs.convert.convert_state_dict(bad, "han")
+    with pytest.raises(ConversionError, match="does not match"):   # a DeepLab file is not a Han one
+        HanModel({k: v for k, v in ovs.convert.convert_state_dict(sd, "han")[0].items()
+                  if not k.startswith("sem_seg_head.predictor.class_embed")})
+
+
+def test_segmenter_and_cli(pair, tmp_path):
+    _, model, path = pair
+    with pytest.raises(ValueError, match="window does not apply"):
+        ovs.Segmenter(model, "han", window=(224, 112))
+    with pytest.raises(ValueError, match="use method='han'"):
+        ovs.Segmenter(model, "deeplab")
+    with pytest.raises(TypeError, match="images must be a float numpy array"):
+        model.forward(np.zeros((1, 3, 64, 64), np.uint8))
+    with pytest.raises(ValueError, match="at least 32, got 16x64"):
+        model.forward(np.zeros((1, 3, 16, 64), np.float32))
+    from PIL import Image
+
+    img = _images()[0]
+    Image.fromarray(img).save(tmp_path / "im.png")
+    rc = cli_main(["segment", str(tmp_path / "im.png"), "--model", str(path), "--method", "han",
+                   "--classes", ",".join(NAMES), "--short-side", "128", "--out", str(tmp_path / "mask.png")])
+    assert rc == 0
+    got = np.asarray(Image.open(tmp_path / "mask.png"))
+    seg = ovs.Segmenter(model, "han", short_side=128)
+    np.testing.assert_array_equal(got, seg.segment(img, NAMES).astype(got.dtype))
+
+
+def test_pruned_backbone_transfers_and_runs_sparse(pair, tmp_path):
+    """A subnetwork found on CLIP RN50 (open_clip names) transfers to OpenTrans' names with
+    ovs.prune.transfer(..., "han"); the masked checkpoint converts, its trunk runs through the
+    sparse kernels and matches PyTorch on the same pruned weights; ovs.prune reads the same
+    masks back from the converted model."""
+    ref = copy.deepcopy(pair[0])
+    clip_sd = {f"visual.{k}": v.numpy() for k, v in ref.backbone.state_dict().items()}
+    masks = ovs.prune.masks(ovs.prune.magnitude(clip_sd, sparsity=0.9))
+    han_masks = ovs.prune.transfer(masks, "han")
+    ck = ref.opentrans_state_dict()
+    assert set(han_masks) <= set(ck)
+    with torch.no_grad():
+        for name, m in han_masks.items():
+            getattr_path = name[len("backbone."):].split(".")
+            mod = ref.backbone
+            for part in getattr_path[:-1]:
+                mod = getattr(mod, part)
+            getattr(mod, getattr_path[-1]).mul_(torch.from_numpy(m).to(torch.float32))
+    path = _convert(tmp_path, ref, "pruned")
+    model = HanModel(ovs.weights.load_state_dict(path), sparse="all")
+    convs = model._trunk.convs()
+    assert sum(c["sparse"] for c in convs) >= len(convs) - 8   # strided convs stay dense
+    img = _images()[0]
+    probs, _, _, _ = R.semantic(ref, img, NAMES, SHORT, MAX)
+    assert_close(_segmenter(model).predict(img, NAMES), probs.numpy(), rtol=1e-4,
+                 name="semantic scores (sparse trunk)")
+    back = ovs.prune.masks(model)   # the converted model's trunk has open_clip's names again
+    assert {k: v.tolist() for k, v in back.items()} == {k: v.tolist() for k, v in masks.items()}
+
+
+def test_eval_runs_the_framework(pair, tmp_path):
+    """`ovs eval --method han` on a converted file equals Segmenter.segment's confusion."""
+    from test_eval import check_framework_eval
+
+    _, model, path = pair
+    check_framework_eval(tmp_path, model, path, "han")
+
+
+def test_flops_count_every_conv_and_linear(pair):
+    """ovs.flops rows for han: the conv / linear MACs equal the ones of every Conv2d, Linear and
+    MultiheadAttention projection the reference runs (forward hooks), and the parameters are
+    the reference's image-side parameters."""
+    import ovs.flops
+
+    ref, model, _ = pair
+    macs = [0]
+
+    def hook(m, args, kwargs, out):
+        if isinstance(m, torch.nn.Conv2d):
+            macs[0] += out.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, torch.nn.MultiheadAttention):   # in_proj (q, k, v) and out_proj
+            q, k = kwargs.get("query", args[0] if args else None), kwargs.get("key", args[1] if len(args) > 1 else None)
+            macs[0] += (2 * q.shape[0] * q.shape[1] + 2 * k.shape[0] * k.shape[1]) * m.embed_dim ** 2
+        elif isinstance(m, torch.nn.Linear):
+            macs[0] += out.numel() * m.in_features
+
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for n, m in ref.named_modules()
+               if not n.startswith("text_encoder")
+               and isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.MultiheadAttention))]
+    try:
+        with torch.no_grad():
+            ref(torch.zeros(1, 3, 64, 96))
+    finally:
+        for h in handles:
+            h.remove()
+    rows = ovs.flops.count(model, image_size=(64, 96), num_classes=len(NAMES))
+    assert sum(r.macs for r in rows if r.kind in ("conv", "linear")) == macs[0]
+    n_ref = sum(p.numel() for n, p in ref.named_parameters() if not n.startswith("text_encoder"))
+    assert ovs.flops.params(rows) == n_ref
+    assert ovs.flops.total(rows, fvcore=True) > macs[0]   # + einsums, norms, resizes
