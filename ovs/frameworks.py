@@ -413,7 +413,8 @@ def mask_semantic(masks: np.ndarray, probs: np.ndarray, h: int, w: int,
         up = _core.op_resize(np.ascontiguousarray(masks[:, a:b]), (4 * (b - a), 4 * wm))
         s = np.ascontiguousarray(up[:, y0 - 4 * a:y1 - 4 * a, :w])
         np.negative(s, out=s)
-        np.exp(s, out=s)
+        with np.errstate(over="ignore"):   # exp(-x) = inf for x < -88: sigmoid 0, as torch's
+            np.exp(s, out=s)
         s += 1.0
         np.reciprocal(s, out=s)
         np.matmul(pt, s.reshape(Q, -1), out=out[:, y0:y1].reshape(C, -1))
