@@ -115,6 +115,17 @@ def _text_model(sd: Mapping[str, np.ndarray], prefix: str = ""):
     return Model(text)
 
 
+def _check_images(images) -> np.ndarray:
+    """A normalised, padded float32 (N, 3, H, W) batch with sides of at least 32."""
+    if not isinstance(images, np.ndarray) or images.dtype.kind != "f":
+        raise TypeError("images must be a float numpy array (N, 3, H, W)")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected (N, 3, H, W) images, got shape {images.shape}")
+    if images.shape[2] < 32 or images.shape[3] < 32:
+        raise ValueError(f"image sides must be at least 32, got {images.shape[2]}x{images.shape[3]}")
+    return np.ascontiguousarray(images, dtype=np.float32)
+
+
 class FrameworkModel:
     """Base of the framework models: weights by ovs name, the framework's table entry."""
     framework: Framework
@@ -315,13 +326,7 @@ class DeepLabModel(FrameworkModel):
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Per-pixel embeddings (N, E, H/4, W/4) of normalised, padded images (N, 3, H, W)."""
-        if not isinstance(images, np.ndarray) or images.dtype.kind != "f":
-            raise TypeError("images must be a float numpy array (N, 3, H, W)")
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected (N, 3, H, W) images, got shape {images.shape}")
-        if images.shape[2] < 32 or images.shape[3] < 32:
-            raise ValueError(f"image sides must be at least 32, got {images.shape[2]}x{images.shape[3]}")
-        return self._head.forward(np.ascontiguousarray(images, dtype=np.float32))
+        return self._head.forward(_check_images(images))
 
     def text_rows(self, class_names: Sequence[str], templates="bare") -> np.ndarray:
         """(C + 1, E): the classes' text embeddings then the no-object embedding, each divided by
@@ -413,7 +418,8 @@ def mask_semantic(masks: np.ndarray, probs: np.ndarray, h: int, w: int,
         up = _core.op_resize(np.ascontiguousarray(masks[:, a:b]), (4 * (b - a), 4 * wm))
         s = np.ascontiguousarray(up[:, y0 - 4 * a:y1 - 4 * a, :w])
         np.negative(s, out=s)
-        np.exp(s, out=s)
+        with np.errstate(over="ignore"):   # exp(-x) = inf for x < -88: sigmoid 0, as torch's
+            np.exp(s, out=s)
         s += 1.0
         np.reciprocal(s, out=s)
         np.matmul(pt, s.reshape(Q, -1), out=out[:, y0:y1].reshape(C, -1))
@@ -474,14 +480,7 @@ class HanModel(FrameworkModel):
     def forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Normalised, padded images (N, 3, H, W) -> (query embeddings (N, Q, E) after
         embed_proj, mask logits (N, Q, H/4, W/4))."""
-        if not isinstance(images, np.ndarray) or images.dtype.kind != "f":
-            raise TypeError("images must be a float numpy array (N, 3, H, W)")
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected (N, 3, H, W) images, got shape {images.shape}")
-        if images.shape[2] < 32 or images.shape[3] < 32:
-            raise ValueError(f"image sides must be at least 32, got {images.shape[2]}x{images.shape[3]}")
-        f = self._trunk.forward(np.ascontiguousarray(images, dtype=np.float32), features=True,
-                                embed=False)
+        f = self._trunk.forward(_check_images(images), features=True, embed=False)
         mask_features, ms = self._pixel_decoder(f["res2"], f["res3"], f["res4"], f["res5"])
         _, cls, masks = self._decoder(ms, mask_features)
         q = np.ascontiguousarray(cls[:, -1])                    # (N, Q, D): the last layer's class_embed
