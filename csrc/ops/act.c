@@ -22,12 +22,17 @@ void ops_act_inplace(float *x, int64_t n, ovs_act act) {
     }
 }
 
-int ovs_act_forward(float *x, int64_t n, ovs_act act) {
-    static const char op[] = "ovs_act_forward";
+int ops_act_check(const char *op, float *x, int64_t n, ovs_act act) {
     int st;
     if ((st = ops_check_nonneg(op, "n", n)) || (st = ops_check_act(op, act)) ||
         (st = ops_check_ptr(op, "x", x, n)))
         return st;
+    return OVS_OK;
+}
+
+int ovs_act_forward(float *x, int64_t n, ovs_act act) {
+    int st = ops_act_check("ovs_act_forward", x, n, act);
+    if (st) return st;
     if (act == OVS_ACT_NONE || n == 0) return OVS_OK;
     /* Chunks of 4096 floats (16 KiB) keep each thread's slice in L1 and aligned to lines. */
     const int64_t chunk = 4096;

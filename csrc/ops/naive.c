@@ -22,11 +22,8 @@ static double dot_naive(const float *a, const float *b, int64_t F) {
 }
 
 int ovs_act_forward_naive(float *x, int64_t n, ovs_act act) {
-    static const char op[] = "ovs_act_forward_naive";
-    int st;
-    if ((st = ops_check_nonneg(op, "n", n)) || (st = ops_check_act(op, act)) ||
-        (st = ops_check_ptr(op, "x", x, n)))
-        return st;
+    int st = ops_act_check("ovs_act_forward_naive", x, n, act);
+    if (st) return st;
     for (int64_t i = 0; i < n; i++) x[i] = act_naive(x[i], act);
     return OVS_OK;
 }
@@ -274,18 +271,9 @@ done:
 int ovs_groupnorm_forward_naive(float *out, const float *in, const float *weight,
                                 const float *bias, int64_t N, int64_t C, int64_t HW, int64_t G,
                                 float eps) {
-    static const char op[] = "ovs_groupnorm_forward_naive";
-    int st;
-    int64_t nc, total;
-    if ((st = ops_check_nonneg(op, "N", N)) || (st = ops_check_nonneg(op, "C", C)) ||
-        (st = ops_check_nonneg(op, "HW", HW)) || (st = ops_check_pos(op, "G", G)) ||
-        (st = ops_mul(&nc, op, N, C)) || (st = ops_mul(&total, op, nc, HW)) ||
-        (st = ops_check_ptr(op, "out", out, total)) || (st = ops_check_ptr(op, "in", in, total)))
-        return st;
-    if (C % G != 0)
-        return ovs_set_error(OVS_ERR_ARG, "%s: C = %lld is not divisible by G = %lld groups", op,
-                             (long long)C, (long long)G);
-    if (!(eps >= 0.0f)) return ovs_set_error(OVS_ERR_ARG, "%s: eps must be >= 0, got %g", op, eps);
+    int64_t total;
+    int st = ops_groupnorm_check("ovs_groupnorm_forward_naive", out, in, N, C, HW, G, eps, &total);
+    if (st) return st;
     const int64_t Cg = C / G;
     for (int64_t n = 0; n < N; n++)
         for (int64_t g = 0; g < G; g++) {

@@ -95,21 +95,27 @@ int ovs_layernorm_forward(float *out, const float *in, const float *weight, cons
     return OVS_OK;
 }
 
-int ovs_groupnorm_forward(float *out, const float *in, const float *weight, const float *bias,
-                          int64_t N, int64_t C, int64_t HW, int64_t G, float eps) {
-    static const char op[] = "ovs_groupnorm_forward";
+int ops_groupnorm_check(const char *op, float *out, const float *in, int64_t N, int64_t C,
+                        int64_t HW, int64_t G, float eps, int64_t *total) {
     int st;
-    int64_t nc, total;
+    int64_t nc;
     if ((st = ops_check_nonneg(op, "N", N)) || (st = ops_check_nonneg(op, "C", C)) ||
         (st = ops_check_nonneg(op, "HW", HW)) || (st = ops_check_pos(op, "G", G)) ||
-        (st = ops_mul(&nc, op, N, C)) || (st = ops_mul(&total, op, nc, HW)) ||
-        (st = ops_check_ptr(op, "out", out, total)) || (st = ops_check_ptr(op, "in", in, total)))
+        (st = ops_mul(&nc, op, N, C)) || (st = ops_mul(total, op, nc, HW)) ||
+        (st = ops_check_ptr(op, "out", out, *total)) || (st = ops_check_ptr(op, "in", in, *total)))
         return st;
     if (C % G != 0)
         return ovs_set_error(OVS_ERR_ARG, "%s: C = %lld is not divisible by G = %lld groups", op,
                              (long long)C, (long long)G);
     if (!(eps >= 0.0f)) return ovs_set_error(OVS_ERR_ARG, "%s: eps must be >= 0, got %g", op, eps);
-    if (total == 0) return OVS_OK;
+    return OVS_OK;
+}
+
+int ovs_groupnorm_forward(float *out, const float *in, const float *weight, const float *bias,
+                          int64_t N, int64_t C, int64_t HW, int64_t G, float eps) {
+    int64_t total;
+    int st = ops_groupnorm_check("ovs_groupnorm_forward", out, in, N, C, HW, G, eps, &total);
+    if (st || total == 0) return st;
     const int64_t Cg = C / G, group = Cg * HW, NG = N * G;
 #pragma omp parallel for schedule(static) if (total >= OPS_PAR_MIN && NG > 1) num_threads(ovs_get_num_threads())
     for (int64_t ng = 0; ng < NG; ng++) {

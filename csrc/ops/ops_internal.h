@@ -79,6 +79,10 @@ int ops_avgpool2d_check(const char *op, float *out, const float *in, int64_t NC,
 int ops_layernorm_check(const char *op, float *out, const float *in, const float *weight,
                         const float *bias, int64_t M, int64_t D, float eps);
 int ops_softmax_check(const char *op, float *x, int64_t M, int64_t D);
+int ops_act_check(const char *op, float *x, int64_t n, ovs_act act);
+/* *total = N * C * HW */
+int ops_groupnorm_check(const char *op, float *out, const float *in, int64_t N, int64_t C,
+                        int64_t HW, int64_t G, float eps, int64_t *total);
 int ops_attention_probs_check(const char *op, float *probs, const float *a, int64_t lda,
                               const float *b, int64_t ldb, int64_t T, int64_t U, int64_t F,
                               int causal);
