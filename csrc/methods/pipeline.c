@@ -393,31 +393,29 @@ static void block_row_build(label_work *lw, const float *logits, int64_t ib) {
     }
 }
 
-/* Min and max over the four corners of cells c0 .. c0 + nc - 1 of one class (rows r0, r1 of its
- * plane), and ref / mag of those cells updated; 0 * corners flags NaN and inf in mag. A full
+/* One cell's corners a, b, c, d of one class: their min and max, and the cell's ref / mag updated;
+ * 0 * corners flags NaN and inf in mag. */
+static inline void corner_bounds(float a, float b, float c, float d, float *mn, float *mx, float *ref,
+                                 float *mag) {
+    const float lo = min4(a, b, c, d), hi = max4(a, b, c, d);
+    const float am = fabsf(lo) > fabsf(hi) ? fabsf(lo) : fabsf(hi);
+    *mn = lo, *mx = hi;
+    *ref = lo > *ref ? lo : *ref;
+    *mag = (am > *mag ? am : *mag) + 0.0f * (a + b + c + d);
+}
+
+/* corner_bounds of cells c0 .. c0 + nc - 1 of one class (rows r0, r1 of its plane). A full
  * block away from the right edge has a fixed trip count (vectorised). */
 static inline void cell_corners(const float *r0, const float *r1, int64_t c0, int64_t nc, int64_t last,
                                 float *mn, float *mx, float *ref, float *mag) {
     if (nc == LB && c0 + LB <= last) {
-        for (int q = 0; q < LB; q++) {
-            const int64_t j = c0 + q;
-            const float a = r0[j], b = r0[j + 1], c = r1[j], d = r1[j + 1];
-            const float lo = min4(a, b, c, d), hi = max4(a, b, c, d);
-            const float am = fabsf(lo) > fabsf(hi) ? fabsf(lo) : fabsf(hi);
-            mn[q] = lo, mx[q] = hi;
-            ref[q] = lo > ref[q] ? lo : ref[q];
-            mag[q] = (am > mag[q] ? am : mag[q]) + 0.0f * (a + b + c + d);
-        }
+        for (int q = 0; q < LB; q++)
+            corner_bounds(r0[c0 + q], r0[c0 + q + 1], r1[c0 + q], r1[c0 + q + 1], mn + q, mx + q, ref + q, mag + q);
         return;
     }
     for (int64_t q = 0; q < nc; q++) {
         const int64_t j = c0 + q, j1 = j < last ? j + 1 : last;
-        const float a = r0[j], b = r0[j1], c = r1[j], d = r1[j1];
-        const float lo = min4(a, b, c, d), hi = max4(a, b, c, d);
-        const float am = fabsf(lo) > fabsf(hi) ? fabsf(lo) : fabsf(hi);
-        mn[q] = lo, mx[q] = hi;
-        ref[q] = lo > ref[q] ? lo : ref[q];
-        mag[q] = (am > mag[q] ? am : mag[q]) + 0.0f * (a + b + c + d);
+        corner_bounds(r0[j], r0[j1], r1[j], r1[j1], mn + q, mx + q, ref + q, mag + q);
     }
 }
 
