@@ -57,14 +57,18 @@ def test_bg_threshold_decisions_close_to_the_threshold():
         assert np.array_equal(labels[labels >= 0], naive[labels >= 0])
 
 
-def test_non_finite_cells_fall_back_to_every_class():
-    rng = np.random.default_rng(4)
-    lr = rng.standard_normal((6, 8, 9)).astype(np.float32)
-    lr[0, 0, 0] = np.nan
-    lr[3, 4, 4] = np.inf
-    lr[5, 7, 8] = -np.inf
-    _both(lr, 64, 72)
-    _both(lr, 64, 72, logit_scale=40.0, bg_threshold=0.5, bg_label=-1)
+@pytest.mark.parametrize("shape,out,nan,pinf,ninf", [
+    ((6, 8, 9), (64, 72), (0, 0, 0), (3, 4, 4), (5, 7, 8)),
+    ((50, 30, 44), (121, 177), (3, 17, 33), (10, 8, 8), (20, 29, 43)),  # several blocks
+])
+def test_non_finite_cells_fall_back_to_every_class(shape, out, nan, pinf, ninf):
+    rng = np.random.default_rng(shape[0])
+    lr = rng.standard_normal(shape).astype(np.float32)
+    lr[nan], lr[pinf], lr[ninf] = np.nan, np.inf, -np.inf
+    if shape[0] > 6:
+        lr[:, 0:2, 20:23] = np.inf  # inf - inf in every class of a few cells
+    _both(lr, *out)
+    _both(lr, *out, logit_scale=40.0, bg_threshold=0.5, bg_label=-1)
 
 
 def test_many_classes_large_output():
@@ -113,17 +117,6 @@ def test_spike_class_wins_where_it_peaks():
     lr[123, 16, 24] = 1.0
     labels = _both(lr, 132, 164)
     assert labels[16 * 4 + 1, 24 * 4 + 1] == 123 and (labels == 123).sum() < 200
-
-
-def test_non_finite_values_in_large_maps():
-    rng = np.random.default_rng(9)
-    lr = rng.standard_normal((50, 30, 44)).astype(np.float32)
-    lr[3, 17, 33] = np.nan
-    lr[10, 8, 8] = np.inf
-    lr[20, 29, 43] = -np.inf
-    lr[:, 0:2, 20:23] = np.inf  # inf - inf in every class of a few cells
-    _both(lr, 121, 177)
-    _both(lr, 121, 177, logit_scale=40.0, bg_threshold=0.4, bg_label=-1)
 
 
 def test_background_blocks_and_close_calls_in_large_maps():

@@ -217,11 +217,13 @@ done:
  * NaN/inf semantics). Work is parallel over block rows; buffers are per thread, O(C w). */
 #define CELL_MARGIN (16.0f * FLT_EPSILON) /* relative to the largest |value| in the bound */
 #define LB 8                              /* cells per block side */
-#define EXP_SLACK 1e-5                    /* relative error of exp_up / exp_lo, see there */
+#define EXP_SLACK 3e-5                    /* relative error of exp_up / exp_lo, see there */
 #define THR_SLACK 1e-9                    /* bracket vs 1 / bg_threshold: too close to call */
 
 /* Bounds of exp(x) for x <= 0 from the float expf (error < 1 ulp, 1.2e-7 relative) of x rounded
- * to float (|x| <= 87 after the clamp: argument error <= 87 * 6e-8 = 5.2e-6 relative in exp). */
+ * to float (|x| <= 87 after the clamp: argument error <= 87 * 6e-8 = 5.2e-6 relative in exp),
+ * with room for the naive kernel's own float rounding of v - best (another 5.2e-6); terms below
+ * exp(-87) are negligible against the sum (>= 1, the argmax's term). */
 static inline double exp_up(double x) {
     return (double)expf((float)(x > -87.0 ? x : -87.0)) * (1.0 + EXP_SLACK);
 }
@@ -255,6 +257,7 @@ typedef struct {
     float *cref;                     /* (w,) */
     int32_t *ccount, *ccand;         /* (w,), (w, C) */
     double *cs_lo, *cs_hi;           /* (w,) bracket of sum over dropped classes of exp(s (v - cref)) */
+    double *cs_lo_min, *cs_hi_max;   /* (w,) the same times the extremes of exp(s (cref - best)) */
     unsigned char *call_bg;          /* (w,) */
 } label_work;
 
@@ -274,7 +277,7 @@ static int label_work_alloc(label_work *lw) {
     lw->ball_bg = ovs_malloc(nb);
     lw->cref = ovs_malloc(w * sizeof(float));
     lw->ccount = ovs_malloc((w + w * C) * sizeof(int32_t));
-    lw->cs_lo = ovs_malloc(2 * w * sizeof(double));
+    lw->cs_lo = ovs_malloc(4 * w * sizeof(double));
     lw->call_bg = ovs_malloc(w);
     lw->cmin = ovs_malloc(2 * C * LB * sizeof(float));
     if (!lw->cmin || !lw->colmax || !lw->bmax || !lw->bref || !lw->bcount || !lw->bs_lo || !lw->ball_bg || !lw->cref ||
@@ -287,6 +290,8 @@ static int label_work_alloc(label_work *lw) {
     lw->bs_hi = lw->bs_lo + nb;
     lw->ccand = lw->ccount + w;
     lw->cs_hi = lw->cs_lo + w;
+    lw->cs_lo_min = lw->cs_hi + w;
+    lw->cs_hi_max = lw->cs_lo_min + w;
     lw->cmax = lw->cmin + C * LB;
     return 1;
 }
@@ -368,31 +373,29 @@ static void block_row_build(label_work *lw, const float *logits, int64_t ib) {
     }
 }
 
-/* Min and max over the four corners of cells c0 .. c0 + nc - 1 of one class (rows r0, r1 of its
- * plane), and ref / mag of those cells updated; 0 * corners flags NaN and inf in mag. A full
+/* One cell's corners a, b, c, d of one class: their min and max, and the cell's ref / mag updated;
+ * 0 * corners flags NaN and inf in mag. */
+static inline void corner_bounds(float a, float b, float c, float d, float *mn, float *mx, float *ref,
+                                 float *mag) {
+    const float lo = min4(a, b, c, d), hi = max4(a, b, c, d);
+    const float am = fabsf(lo) > fabsf(hi) ? fabsf(lo) : fabsf(hi);
+    *mn = lo, *mx = hi;
+    *ref = lo > *ref ? lo : *ref;
+    *mag = (am > *mag ? am : *mag) + 0.0f * (a + b + c + d);
+}
+
+/* corner_bounds of cells c0 .. c0 + nc - 1 of one class (rows r0, r1 of its plane). A full
  * block away from the right edge has a fixed trip count (vectorised). */
 static inline void cell_corners(const float *r0, const float *r1, int64_t c0, int64_t nc, int64_t last,
                                 float *mn, float *mx, float *ref, float *mag) {
     if (nc == LB && c0 + LB <= last) {
-        for (int q = 0; q < LB; q++) {
-            const int64_t j = c0 + q;
-            const float a = r0[j], b = r0[j + 1], c = r1[j], d = r1[j + 1];
-            const float lo = min4(a, b, c, d), hi = max4(a, b, c, d);
-            const float am = fabsf(lo) > fabsf(hi) ? fabsf(lo) : fabsf(hi);
-            mn[q] = lo, mx[q] = hi;
-            ref[q] = lo > ref[q] ? lo : ref[q];
-            mag[q] = (am > mag[q] ? am : mag[q]) + 0.0f * (a + b + c + d);
-        }
+        for (int q = 0; q < LB; q++)
+            corner_bounds(r0[c0 + q], r0[c0 + q + 1], r1[c0 + q], r1[c0 + q + 1], mn + q, mx + q, ref + q, mag + q);
         return;
     }
     for (int64_t q = 0; q < nc; q++) {
         const int64_t j = c0 + q, j1 = j < last ? j + 1 : last;
-        const float a = r0[j], b = r0[j1], c = r1[j], d = r1[j1];
-        const float lo = min4(a, b, c, d), hi = max4(a, b, c, d);
-        const float am = fabsf(lo) > fabsf(hi) ? fabsf(lo) : fabsf(hi);
-        mn[q] = lo, mx[q] = hi;
-        ref[q] = lo > ref[q] ? lo : ref[q];
-        mag[q] = (am > mag[q] ? am : mag[q]) + 0.0f * (a + b + c + d);
+        corner_bounds(r0[j], r0[j1], r1[j], r1[j1], mn + q, mx + q, ref + q, mag + q);
     }
 }
 
@@ -445,7 +448,11 @@ static void cell_row_build(label_work *lw, const float *logits, int64_t i) {
             lw->cs_lo[j] = lo + lw->bs_lo[b] * exp_lo(s * ((double)lw->bref[b] - r));
             lw->cs_hi[j] = hi + lw->bs_hi[b] * exp_up(s * ((double)lw->bref[b] - r));
             lo_all += lw->cs_lo[j];
-            lw->call_bg[j] = lo_all * exp_lo(s * ((double)r - top - m)) > lw->inv_thr * (1 + THR_SLACK);
+            /* best in [r - m, top + m] */
+            const double sc_min = exp_lo(s * ((double)r - top - m));
+            lw->call_bg[j] = lo_all * sc_min > lw->inv_thr * (1 + THR_SLACK);
+            lw->cs_lo_min[j] = lw->cs_lo[j] * sc_min;
+            lw->cs_hi_max[j] = lw->cs_hi[j] * exp(s * (double)m) * (1.0 + EXP_SLACK);
         }
     }
 }
@@ -503,25 +510,38 @@ int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, i
                             if (v > best) { best = v; arg = cand[t]; }
                         }
                         if (bg) {
-                            double sum = 0;
-                            for (int32_t t = 0; t < n; t++)
-                                sum += exp((double)logit_scale *
-                                           (interp(logits + (size_t)cand[t] * hw, w, &c, Y, X) - best));
                             int below; /* the naive test: 1 / sum < bg_threshold */
-                            if (n == C) {
+                            if (n == C) { /* every class: the naive kernel's sum, in its order */
+                                double sum = 0;
+                                for (int32_t t = 0; t < n; t++)
+                                    sum += exp((double)logit_scale *
+                                               (interp(logits + (size_t)cand[t] * hw, w, &c, Y, X) - best));
                                 below = 1.0 / sum < bg_threshold;
                             } else {
-                                /* best >= cref - m: the rescale is at most exp(s m), about 1 */
-                                const double scale = exp((double)logit_scale * ((double)lw.cref[j] - best));
-                                const double lo = sum + lw.cs_lo[j] * scale, hi = sum + lw.cs_hi[j] * scale;
-                                if (lo > inv_thr * (1 + THR_SLACK)) below = 1;
-                                else if (hi < inv_thr * (1 - THR_SLACK)) below = 0;
-                                else { /* too close to call: the naive kernel's sum over every class */
-                                    double all = 0;
-                                    for (int64_t k = 0; k < C; k++)
-                                        all += exp((double)logit_scale *
-                                                   (interp(logits + (size_t)k * hw, w, &c, Y, X) - best));
-                                    below = 1.0 / all < bg_threshold;
+                                /* the candidates' terms bracketed (the argmax's is exp(0) = 1), the
+                                 * dropped classes' first at the cell's extremes of best, then at
+                                 * this pixel's; the naive kernel's sum only if still too close */
+                                double plo = 1.0, phi = 1.0;
+                                for (int32_t t = 0; t < n; t++) {
+                                    if (cand[t] == arg) continue;
+                                    const double d = (double)logit_scale *
+                                                     (interp(logits + (size_t)cand[t] * hw, w, &c, Y, X) - best);
+                                    plo += exp_lo(d), phi += exp_up(d);
+                                }
+                                const double hi_thr = inv_thr * (1 + THR_SLACK), lo_thr = inv_thr * (1 - THR_SLACK);
+                                if (plo + lw.cs_lo_min[j] > hi_thr) below = 1;
+                                else if (phi + lw.cs_hi_max[j] < lo_thr) below = 0;
+                                else {
+                                    const double scale = exp((double)logit_scale * ((double)lw.cref[j] - best));
+                                    if (plo + lw.cs_lo[j] * scale * (1 - THR_SLACK) > hi_thr) below = 1;
+                                    else if (phi + lw.cs_hi[j] * scale * (1 + THR_SLACK) < lo_thr) below = 0;
+                                    else {
+                                        double all = 0;
+                                        for (int64_t k = 0; k < C; k++)
+                                            all += exp((double)logit_scale *
+                                                       (interp(logits + (size_t)k * hw, w, &c, Y, X) - best));
+                                        below = 1.0 / all < bg_threshold;
+                                    }
                                 }
                             }
                             if (below) arg = bg_label;

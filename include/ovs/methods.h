@@ -74,7 +74,8 @@ int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_
 int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w,
                    int64_t H, int64_t W, float logit_scale, float bg_threshold, int32_t bg_label);
 /* The same labels, every class evaluated at every pixel (the naive twin: ovs_seg_labels keeps
- * per low-resolution cell only the classes that can win there, and gives identical labels). */
+ * per block of 8x8 low-resolution cells, then per cell, only the classes that can win there,
+ * brackets the softmax denominator for bg_threshold, and gives identical labels). */
 int ovs_seg_labels_naive(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w,
                          int64_t H, int64_t W, float logit_scale, float bg_threshold, int32_t bg_label);
 /* Labels as ovs_seg_labels after PAMR (ovs_pamr_forward, include/ovs/ops.h) of the upsampled
