@@ -443,27 +443,26 @@ static PyObject *flop_rows(const ovs_head_flop_row *f) {
 
 static PyObject *head_row(int64_t i, const void *table) {
     const ovs_head_info *h = (const ovs_head_info *)table + i;
-    PyObject *towers = towers_tuple(h->towers), *dflt = towers_tuple(h->default_for);
-    PyObject *rows = flop_rows(h->flops);
-    PyObject *window = h->crop ? Py_BuildValue("(LL)", (long long)h->crop, (long long)h->stride)
-                               : Py_NewRef(Py_None);
-    PyObject *sigma = (h->flags & OVS_HEAD_SIGMA) ? PyFloat_FromDouble(h->sigma) : Py_NewRef(Py_None);
+    enum { TOWERS, DEFAULT_FOR, FLOPS, WINDOW, SIGMA, NPARTS };
+    PyObject *v[NPARTS] = {
+        [TOWERS] = towers_tuple(h->towers),
+        [DEFAULT_FOR] = towers_tuple(h->default_for),
+        [FLOPS] = flop_rows(h->flops),
+        [WINDOW] = h->crop ? Py_BuildValue("(LL)", (long long)h->crop, (long long)h->stride) : Py_NewRef(Py_None),
+        [SIGMA] = (h->flags & OVS_HEAD_SIGMA) ? PyFloat_FromDouble(h->sigma) : Py_NewRef(Py_None),
+    };
     PyObject *d = NULL;
-    if (towers && dflt && rows && window && sigma)
+    if (v[TOWERS] && v[DEFAULT_FOR] && v[FLOPS] && v[WINDOW] && v[SIGMA])
         d = Py_BuildValue("{s:s,s:s,s:s,s:O,s:O,s:L,s:z,s:O,s:O,s:L,s:O,s:d,s:O,s:s,s:O}",
                           "name", h->name, "title", h->title, "summary", h->summary,
-                          "towers", towers, "default_for", dflt,
+                          "towers", v[TOWERS], "default_for", v[DEFAULT_FOR],
                           "min_layers", (long long)h->min_layers, "min_layers_why", h->min_layers_why,
                           "keep_residual", (h->flags & OVS_HEAD_KEEP_RESIDUAL) ? Py_True : Py_False,
                           "key_smoothing", (h->flags & OVS_HEAD_KEY_SMOOTHING) ? Py_True : Py_False,
-                          "short_side", (long long)h->short_side, "window", window,
-                          "logit_scale", (double)h->logit_scale, "sigma", sigma,
-                          "templates", h->templates, "flops", rows);
-    Py_XDECREF(towers);
-    Py_XDECREF(dflt);
-    Py_XDECREF(rows);
-    Py_XDECREF(window);
-    Py_XDECREF(sigma);
+                          "short_side", (long long)h->short_side, "window", v[WINDOW],
+                          "logit_scale", (double)h->logit_scale, "sigma", v[SIGMA],
+                          "templates", h->templates, "flops", v[FLOPS]);
+    for (int k = 0; k < NPARTS; k++) Py_XDECREF(v[k]);
     return d;
 }
 
