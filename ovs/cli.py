@@ -14,11 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from .flops import HEADS
+from .hub import KNOWN_WEIGHTS
 from .image import read_image  # noqa: F401  (ovs.cli.read_image, as before)
+from .model import ACTIVATIONS
 from .segment import method_choices
-
-
+from .templates import NAMES as TEMPLATE_NAMES
 from .visualize import _save_atomic, overlay, palette, save_label_png  # noqa: F401 (re-exported)
+
+_ARCHS = " | ".join(KNOWN_WEIGHTS)  # the named architectures, for --model's help
 
 
 def _parse_classes(text: str) -> list[str]:
@@ -215,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("images", nargs="+", help="image file(s) (JPEG, PNG, ...; grayscale/RGBA converted)")
     s.add_argument("--classes", required=True, help='class names, e.g. "cat,dog,grass" (use ";" to separate classes if names hold commas for synonyms)')
     s.add_argument("--model", default=os.environ.get("OVS_MODEL", "ViT-B-16"),
-                   help="RN50 | ViT-B-16 (downloaded once) | path to an open_clip .safetensors/.pt file (default: $OVS_MODEL or ViT-B-16)")
+                   help=f"{_ARCHS} (downloaded once) | path to an open_clip .safetensors/.pt file (default: $OVS_MODEL or ViT-B-16)")
     s.add_argument("--method", choices=method_choices(), default=None,
                    help="default: naclip for ViT, maskclip for RN50, the framework of a converted file")
     s.add_argument("--out", required=True, help="label PNG to write (pixel = class index, 255 = ignored, "
@@ -223,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "folder (an existing one or a path ending in '/') for <name>_mask.png files; a "
                    "folder with several images")
     s.add_argument("--overlay", help="colour overlay PNG with a legend, or a folder as for --out")
-    s.add_argument("--templates", default=None, help="imagenet80 | vild | simple | bare (default: the method's)")
+    s.add_argument("--templates", default=None, help=f"{' | '.join(TEMPLATE_NAMES)} (default: the method's)")
     s.add_argument("--short-side", type=int, default=None, help="resize the shorter side (0 = keep)")
     s.add_argument("--window", default=None, help='"crop,stride" or "whole"')
     s.add_argument("--logit-scale", type=float, default=None)
@@ -242,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pamr", nargs="?", type=int, const=10, default=None, metavar="STEPS",
                    help="refine the logits with PAMR at dilations (8, 16), NACLIP's setting "
                         "(default 10 steps)")
-    s.add_argument("--act", choices=["quickgelu", "gelu"], default=None, help="MLP activation of the weights (default quickgelu = OpenAI)")
+    s.add_argument("--act", choices=ACTIVATIONS, default=None, help="MLP activation of the weights (default quickgelu = OpenAI)")
     s.add_argument("--threads", type=int, default=None)
     s.set_defaults(func=cmd_segment)
     _add_analyze_parser(sub)
@@ -312,7 +315,7 @@ def cmd_prune(args) -> int:
 
 def add_efficiency_commands(sub) -> None:
     f = sub.add_parser("flops", help="multiply-accumulates and parameters per layer (1 MAC = 1 FLOP)")
-    f.add_argument("model", help="RN50 | ViT-B-16 | path to an open_clip weight file (pruned ones too)")
+    f.add_argument("model", help=f"{_ARCHS} | path to an open_clip weight file (pruned ones too)")
     f.add_argument("--size", type=int, default=None, help="image side (default: the model's)")
     f.add_argument("--batch", type=int, default=1)
     f.add_argument("--texts", type=int, default=0, help="also count the text tower for this many prompts")

@@ -43,6 +43,8 @@ import numpy as np
 
 from .datasets import Dataset, load_dataset
 from .metrics import ConfusionMatrix, format_table, scores
+from .hub import KNOWN_WEIGHTS
+from .model import ACTIVATIONS
 from .segment import method_choices
 
 __all__ = ["evaluate", "add_eval_parser", "cmd_eval"]
@@ -465,9 +467,9 @@ def add_eval_parser(sub) -> None:
     e.add_argument("--dataset", required=True, choices=sorted(PRESETS), help="benchmark preset")
     e.add_argument("--root", default=None, help=f"datasets root (default $DETECTRON2_DATASETS, now {default_root()!r})")
     e.add_argument("--model", default=os.environ.get("OVS_MODEL", "ViT-B-16"),
-                   help="RN50 | ViT-B-16 | path to weights (default $OVS_MODEL or ViT-B-16)")
+                   help=f"{' | '.join(KNOWN_WEIGHTS)} | path to weights (default $OVS_MODEL or ViT-B-16)")
     e.add_argument("--method", choices=method_choices(), default=None)
-    e.add_argument("--act", choices=["quickgelu", "gelu"], default=None)
+    e.add_argument("--act", choices=ACTIVATIONS, default=None)
     e.add_argument("--sparsity", type=float, default=None, help="prune the image tower first (needs ovs.prune)")
     e.add_argument("--limit", type=int, default=None, help="only the first N images")
     e.add_argument("--workers", type=int, default=1, help="processes (or Ray actors) evaluating images")

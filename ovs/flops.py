@@ -18,6 +18,7 @@ tokens, ln_post sees every ViT token), so the totals equal fvcore's on open_clip
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -316,16 +317,27 @@ def _han(sd, N, H, W, num_classes) -> list[Layer]:
     return rows
 
 
-HEADS = ("maskclip", "sclip", "clearclip", "naclip", "scclip")
+def _head_table() -> dict[str, dict]:
+    from . import _core
+
+    return {h["name"]: h for h in _core.heads()}
+
+
+#: The training-free heads (the C heads table, csrc/methods/heads.c, through _core.heads()).
+HEADS = tuple(_head_table())
 
 
 def _head(cfg, head: str, N: int, H: int, W: int, num_classes: int) -> list[Layer]:
     """Extra work of a training-free head over the image tower's trunk: the patch projection
-    into the embedding space and the cosine classifier (per patch x class)."""
+    into the embedding space and the cosine classifier (per patch x class), and on a ViT the
+    head's own rows from its table entry (flops: (name, kind, mult, dims), MACs = mult * N *
+    the product of dims: g patch positions, D tower width, E embedding dim)."""
     v = cfg["vision"]
+    table = _head_table()
     if v["arch"] == "resnet":
-        if head != "maskclip":
-            raise ValueError(f"head {head!r} needs a ViT; ResNets have 'maskclip'")
+        if "resnet" not in table[head]["towers"]:
+            have = ", ".join(repr(m) for m, h in table.items() if "resnet" in h["towers"])
+            raise ValueError(f"head {head!r} needs a ViT; ResNets have {have}")
         C, E = 32 * v["width"], v["embed_dim"]
         g = (H // 32) * (W // 32)
         return [Layer("head.v_proj", "conv", N * g * C * C, 0),
@@ -333,16 +345,9 @@ def _head(cfg, head: str, N: int, H: int, W: int, num_classes: int) -> list[Laye
                 Layer("head.classifier", "matmul", N * g * E * num_classes, 0)]
     D, E, p = v["width"], v["embed_dim"], v["patch"]
     g = (H // p) * (W // p)
-    rows = []
-    if head == "scclip":
-        # on top of the trunk's one last block: LOF distances, two cosine similarity maps,
-        # three (g, g) aggregations and the second pass of the replaced attention (the fusion)
-        rows = [Layer("head.scclip.lof_distances", "matmul", N * g * g * D, 0),
-                Layer("head.scclip.similarity", "matmul", 2 * N * g * g * D, 0),
-                Layer("head.scclip.aggregate", "matmul", 3 * N * g * g * D, 0),
-                Layer("head.scclip.fusion.in_proj", "linear", N * g * D * 3 * D, 0),
-                Layer("head.scclip.fusion.attention", "attention", 2 * N * g * g * D, 0),
-                Layer("head.scclip.fusion.out_proj", "linear", N * g * D * D, 0)]
+    size = {"g": g, "D": D, "E": E}
+    rows = [Layer(f"head.{head}.{name}", kind, mult * N * math.prod(size[c] for c in dims), 0)
+            for name, kind, mult, dims in table[head]["flops"]]
     return rows + [Layer("head.proj", "matmul", N * g * D * E, 0),
                    Layer("head.classifier", "matmul", N * g * E * num_classes, 0)]
 

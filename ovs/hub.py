@@ -46,20 +46,28 @@ _CHUNK = 1 << 20
 
 @dataclasses.dataclass(frozen=True)
 class KnownWeights:
-    """A named set of public weights on the Hugging Face hub."""
+    """A named set of public weights on the Hugging Face hub, and its architecture."""
 
     name: str                       # canonical name, e.g. "RN50"
     repo: str                       # "timm/resnet50_clip.openai"
     filename: str                   # "open_clip_model.safetensors"
     aliases: tuple[str, ...] = ()   # other accepted names
+    #: the architecture as open_clip configures it (ovs.weights.random_state_dict builds it)
+    config: dict = dataclasses.field(default_factory=dict, compare=False)
     act: str = "quickgelu"          # the MLP activation these weights were trained with
 
 
+#: The named architectures, the one table of them: ovs.load(name), the CLI's --model help,
+#: ovs.weights.random_state_dict (RANDOM_ARCHS).
 KNOWN_WEIGHTS: dict[str, KnownWeights] = {
     "RN50": KnownWeights("RN50", "timm/resnet50_clip.openai", "open_clip_model.safetensors",
-                         ("RN50-quickgelu",)),
+                         ("RN50-quickgelu",),
+                         dict(vision="resnet", layers=(3, 4, 6, 3), width=64, heads=32,
+                              image_size=224, embed_dim=1024)),
     "ViT-B-16": KnownWeights("ViT-B-16", "timm/vit_base_patch16_clip_224.openai",
-                             "open_clip_model.safetensors", ("ViT-B/16", "ViT-B-16-quickgelu")),
+                             "open_clip_model.safetensors", ("ViT-B/16", "ViT-B-16-quickgelu"),
+                             dict(vision="vit", layers=12, width=768, patch=16, image_size=224,
+                                  embed_dim=512)),
 }
 
 

@@ -24,7 +24,9 @@ from . import text as _text
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-_ACTS = ("quickgelu", "gelu")
+#: The MLP activations of the CLIP towers (Model(act=), the CLI's --act), from the C activations
+#: table (csrc/ops/act.c): "quickgelu" (OpenAI weights), "gelu".
+ACTIVATIONS = tuple(a["name"] for a in _core.activations() if a["tower_mlp"])
 
 
 def _count_blocks(keys: Iterable[str], prefix: str) -> int:
@@ -119,8 +121,8 @@ class Model:
     def __init__(self, state_dict: Mapping[str, np.ndarray], *, act: str = "quickgelu",
                  vision_heads: int | None = None, text_heads: int | None = None,
                  name: str | None = None, sparse: str = "auto"):
-        if act not in _ACTS:
-            raise ValueError(f"act must be one of {_ACTS}, got {act!r}")
+        if act not in ACTIVATIONS:
+            raise ValueError(f"act must be one of {ACTIVATIONS}, got {act!r}")
         if not isinstance(state_dict, Mapping):
             raise TypeError("state_dict must be a mapping of open_clip names to arrays, got "
                             f"{type(state_dict).__name__} (use ovs.load(path) for files)")

@@ -5,9 +5,9 @@
     >>> labels = seg.segment(image, ["cat", "grass", "sky"])     # int32 (H, W)
     >>> probs = seg.predict(image, ["cat", "grass", "sky"])      # float32 (C, H, W)
 
-Methods ("maskclip", "sclip", "clearclip", "naclip", "scclip") and the pipeline (resize, sliding windows,
-padding, cosine logits, upsampling) are specified in tests/reference/SEGMENTATION_SPEC.md; the
-pixel work runs in C.
+The methods (METHODS: the C heads table, csrc/methods/heads.c, read through _core.heads()) and
+the pipeline (resize, sliding windows, padding, cosine logits, upsampling) are specified in
+tests/reference/SEGMENTATION_SPEC.md; the pixel work runs in C.
 """
 from __future__ import annotations
 
@@ -21,22 +21,25 @@ from . import _core
 from .image import as_rgb_uint8
 from .model import Model
 
-METHODS = ("maskclip", "sclip", "clearclip", "naclip", "scclip")
-VIT_METHODS = METHODS
-RESNET_METHODS = ("maskclip",)
+#: The training-free heads, name -> entry of the C heads table (csrc/methods/heads.c, the one
+#: place a head is named): towers, default_for, published defaults, key_smoothing, summary, ...
+HEAD_TABLE: dict[str, dict[str, Any]] = {h["name"]: h for h in _core.heads()}
+METHODS = tuple(HEAD_TABLE)
+VIT_METHODS = tuple(m for m, h in HEAD_TABLE.items() if "vit" in h["towers"])
+RESNET_METHODS = tuple(m for m, h in HEAD_TABLE.items() if "resnet" in h["towers"])
 
-#: Published defaults of each method (SEGMENTATION_SPEC.md §3); MaskCLIP uses the common
-#: protocol under which SCLIP/ClearCLIP/NACLIP re-evaluate it.
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "maskclip": dict(short_side=336, window=(224, 112), logit_scale=40.0, templates="imagenet80"),
-    "sclip": dict(short_side=336, window=(224, 112), logit_scale=40.0, templates="imagenet80"),
-    "clearclip": dict(short_side=448, window=(448, 224), logit_scale=50.0, templates="imagenet80"),
-    "naclip": dict(short_side=336, window=(224, 112), logit_scale=40.0, templates="imagenet80",
-                   sigma=5.0),
-    # SC-CLIP configs/base_config.py + cfg_*.py: Resize(scale=(2048, 336)), slide 224 / 112,
-    # logit_scale 40 (VOC-21 50, COCO-Object 55), openai_imagenet_template.
-    "scclip": dict(short_side=336, window=(224, 112), logit_scale=40.0, templates="imagenet80"),
-}
+
+def _defaults(h: dict[str, Any]) -> dict[str, Any]:
+    d = dict(short_side=h["short_side"], window=h["window"], logit_scale=h["logit_scale"],
+             templates=h["templates"])
+    if h["sigma"] is not None:
+        d["sigma"] = h["sigma"]
+    return d
+
+
+#: Published defaults of each method (SEGMENTATION_SPEC.md §3), from the heads table; MaskCLIP
+#: uses the common protocol under which SCLIP/ClearCLIP/NACLIP re-evaluate it.
+DEFAULTS: dict[str, dict[str, Any]] = {m: _defaults(h) for m, h in HEAD_TABLE.items()}
 
 class _MethodDefault:
     """The default of short_side / window: the method's own value (DEFAULTS), shown as such in
@@ -77,9 +80,10 @@ def method_choices() -> list[str]:
 
 
 def default_method(model: Model) -> str:
-    """NACLIP for ViTs (the best published training-free numbers among ours), MaskCLIP for
-    ResNets (the only head that fits an attention-pooled ResNet)."""
-    return "naclip" if model.arch == "vit" else "maskclip"
+    """The head whose table entry is the default for the model's tower (default_for): NACLIP
+    for ViTs (the best published training-free numbers among ours), MaskCLIP for ResNets (the
+    only head that fits an attention-pooled ResNet)."""
+    return next(m for m, h in HEAD_TABLE.items() if model.arch in h["default_for"])
 
 
 #: Longest processing side: the originals resize with mmseg's Resize(scale=(2048, short_side),
@@ -290,8 +294,10 @@ class Segmenter:
         self.area_threshold = None if area_threshold is None else _fraction(area_threshold, "area_threshold")
         self.prompt_denoise = None if prompt_denoise is None else _fraction(prompt_denoise, "prompt_denoise")
         self.key_smoothing = None if key_smoothing is None else _fraction(key_smoothing, "key_smoothing")
-        if self.key_smoothing and method != "maskclip":
-            raise ValueError(f"key_smoothing is MaskCLIP's refinement: it needs method='maskclip', got {method!r}")
+        if self.key_smoothing and not HEAD_TABLE[method]["key_smoothing"]:
+            have = [h for h in HEAD_TABLE.values() if h["key_smoothing"]]
+            raise ValueError(f"key_smoothing is {' / '.join(h['title'] for h in have)}'s refinement: it needs "
+                             f"method={' or '.join(repr(h['name']) for h in have)}, got {method!r}")
         if bg_label is not None and (isinstance(bg_label, bool) or not isinstance(bg_label, (int, np.integer))
                                      or bg_label < -1):
             raise ValueError(f"bg_label must be -1 (ignore) or a class index >= 0, got {bg_label!r}")

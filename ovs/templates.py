@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Sequence
 
 __all__ = ["IMAGENET_TEMPLATES", "VILD_TEMPLATES", "SIMPLE_TEMPLATES", "BARE_TEMPLATES",
-           "get_templates"]
+           "NAMES", "get_templates"]
 
 IMAGENET_TEMPLATES: tuple[str, ...] = (
     "a bad photo of a {}.",
@@ -129,6 +129,8 @@ _NAMED = {
     "none": BARE_TEMPLATES,
     "bare": BARE_TEMPLATES,
 }
+#: The template set names get_templates takes (the one table of them: _NAMED above).
+NAMES: tuple[str, ...] = tuple(_NAMED)
 
 
 def get_templates(name_or_list: str | Sequence[str]) -> list[str]:

@@ -30,6 +30,7 @@ import numpy as np
 
 from ._core import SafeTensorsFile, WeightFileError
 from ._files import write_atomic
+from .hub import KNOWN_WEIGHTS
 from .torch_reader import read_torch_zip
 
 __all__ = ["load_state_dict", "save_safetensors", "random_state_dict", "detect_format", "SafeTensorsFile",
@@ -209,12 +210,9 @@ def _strip_module_prefix(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- generated weights
-#: Architectures random_state_dict can generate, as open_clip configures them.
-RANDOM_ARCHS: dict[str, dict] = {
-    "RN50": dict(vision="resnet", layers=(3, 4, 6, 3), width=64, heads=32, image_size=224,
-                 embed_dim=1024),
-    "ViT-B-16": dict(vision="vit", layers=12, width=768, patch=16, image_size=224, embed_dim=512),
-}
+#: Architectures random_state_dict can generate, as open_clip configures them: the named
+#: architectures of ovs.hub.KNOWN_WEIGHTS.
+RANDOM_ARCHS: dict[str, dict] = {k.name: k.config for k in KNOWN_WEIGHTS.values()}
 _TEXT = dict(layers=12, width=512, context=77, vocab=49408)
 
 

@@ -241,6 +241,15 @@ const ovs_tensor *ovs_tensor_map_find(const ovs_tensor_map *map, const char *nam
     return NULL;
 }
 
+const void *ovs_table_find(const void *table, size_t count, size_t size, const char *name) {
+    for (size_t i = 0; name && i < count; i++) {
+        const char *entry = (const char *)table + i * size, *entry_name;
+        memcpy(&entry_name, entry, sizeof entry_name);
+        if (!strcmp(entry_name, name)) return entry;
+    }
+    return NULL;
+}
+
 int64_t ovs_tensor_numel(const ovs_tensor *t) {
     int64_t n = 1;
     for (int i = 0; i < t->ndim; i++) n *= t->shape[i];

@@ -1,6 +1,7 @@
 /* Dense-feature heads: MaskCLIP (ResNet and ViT), SCLIP, ClearCLIP, NACLIP, SC-CLIP.
  * Each runs the tower up to its last block and replaces that block as
- * tests/reference/SEGMENTATION_SPEC.md specifies. */
+ * tests/reference/SEGMENTATION_SPEC.md specifies. The heads table (ovs_head_table, at the end
+ * of this file) is the one place a head is named: a new head is its functions and one entry. */
 #include "methods/internal.h"
 
 #include <math.h>
@@ -17,24 +18,27 @@ int ovs_segmenter_create(ovs_segmenter **out, ovs_resnet *resnet, ovs_vit *vit,
                          const ovs_seg_config *cfg) {
     *out = NULL;
     if (!!resnet == !!vit) return ovs_set_error(OVS_ERR_ARG, "give exactly one tower (ResNet or ViT)");
-    if (cfg->head < OVS_HEAD_MASKCLIP || cfg->head > OVS_HEAD_SCCLIP)
-        return ovs_set_error(OVS_ERR_ARG, "unknown head %d", (int)cfg->head);
-    if (resnet && cfg->head != OVS_HEAD_MASKCLIP)
-        return ovs_set_error(OVS_ERR_ARG, "ResNet towers support only the MaskCLIP head");
+    int64_t nheads;
+    const ovs_head_info *table = ovs_head_table(&nheads), *h = cfg->head;
+    if (!h || h < table || h >= table + nheads)
+        return ovs_set_error(OVS_ERR_ARG, "unknown head (not an entry of ovs_head_table)");
+    if (resnet && !(h->towers & OVS_TOWER_RESNET))
+        return ovs_set_error(OVS_ERR_ARG, "%s runs on ViT towers only, not on a ResNet", h->title);
     if (resnet && !resnet->cfg.has_attnpool)
-        return ovs_set_error(OVS_ERR_ARG, "MaskCLIP on a ResNet needs its attention pool weights");
+        return ovs_set_error(OVS_ERR_ARG, "%s on a ResNet needs its attention pool weights", h->title);
     if (vit && vit->cfg.embed_dim <= 0)
         return ovs_set_error(OVS_ERR_ARG, "the ViT has no projection (visual.proj)");
-    if (vit && cfg->head == OVS_HEAD_SCCLIP && vit->tf.layers < SCCLIP_MIN_LAYERS)
-        return ovs_set_error(OVS_ERR_ARG,
-                             "SC-CLIP needs a ViT with at least %d blocks (it reads blocks 3..9 and "
-                             "the output of block L-2, as on ViT-B/16), this one has %lld",
-                             SCCLIP_MIN_LAYERS, (long long)vit->tf.layers);
+    if (vit && vit->tf.layers < h->min_layers)
+        return ovs_set_error(OVS_ERR_ARG, "%s needs a ViT with at least %lld blocks (%s), this one has %lld",
+                             h->title, (long long)h->min_layers, h->min_layers_why,
+                             (long long)vit->tf.layers);
+    if (cfg->ks_thresh > 0 && !(h->flags & OVS_HEAD_KEY_SMOOTHING))
+        return ovs_set_error(OVS_ERR_ARG, "key smoothing (ks_thresh) is not part of the %s head", h->title);
     if (cfg->crop < 0 || (cfg->crop > 0 && (cfg->stride <= 0 || cfg->stride > cfg->crop)))
         return ovs_set_error(OVS_ERR_ARG, "window needs 0 < stride <= crop, got crop %lld stride %lld",
                              (long long)cfg->crop, (long long)cfg->stride);
-    if (cfg->head == OVS_HEAD_NACLIP && !(cfg->sigma > 0 && isfinite(cfg->sigma)))
-        return ovs_set_error(OVS_ERR_ARG, "NACLIP sigma must be positive, got %g", (double)cfg->sigma);
+    if ((h->flags & OVS_HEAD_SIGMA) && !(cfg->sigma > 0 && isfinite(cfg->sigma)))
+        return ovs_set_error(OVS_ERR_ARG, "%s sigma must be positive, got %g", h->title, (double)cfg->sigma);
     ovs_segmenter *s = ovs_calloc(1, sizeof *s);
     if (!s) return OVS_ERR_NOMEM;
     s->resnet = resnet;
@@ -97,7 +101,7 @@ static int vit_last_block(ovs_segmenter *s, float *xo, float *x, int64_t T, int6
     const ovs_transformer *tf = &m->tf;
     const ovs_block *blk = &tf->blocks[tf->layers - 1];
     const int64_t D = tf->width, E = tf->heads, F = D / E, Dm = tf->mlp;
-    const ovs_head head = s->cfg.head;
+    const ovs_head_info *head = s->cfg.head;
     float *y = ovs_arena_floats(&s->work, (size_t)T * D);          /* (T, D) ln_1(x) */
     float *qkv = ovs_arena_floats(&s->work, (size_t)T * 3 * D);    /* (T, 3D) */
     float *o = ovs_arena_floats(&s->work, (size_t)T * D);          /* (T, D) heads concatenated */
@@ -110,38 +114,25 @@ static int vit_last_block(ovs_segmenter *s, float *xo, float *x, int64_t T, int6
         return rc;
     const float scale = 1.0f / sqrtf((float)F);
     const int64_t ld = 3 * D;
-    if (head == OVS_HEAD_MASKCLIP && s->cfg.ks_thresh > 0) { /* patch tokens' keys, all heads */
+    if (s->cfg.ks_thresh > 0) { /* patch tokens' keys, all heads (OVS_HEAD_KEY_SMOOTHING heads) */
         if (!(s->keys = ovs_arena_floats(&s->work, (size_t)(T - 1) * D))) return OVS_ERR_NOMEM;
         for (int64_t t = 1; t < T; t++)
             memcpy(s->keys + (t - 1) * D, qkv + t * ld + D, (size_t)D * sizeof(float));
         s->keys_dim = D;
     }
-    if (head == OVS_HEAD_NACLIP && (rc = naclip_omega(s, gh, gw))) return rc;
     if (T > INT32_MAX / 4 || ld > INT32_MAX) return ovs_set_error(OVS_ERR_OVERFLOW, "too many tokens");
     for (int64_t h = 0; h < E; h++) {
         const float *q = qkv + h * F, *k = qkv + D + h * F, *v = qkv + 2 * D + h * F;
         float *oh = o + h * F;
-        if (head == OVS_HEAD_MASKCLIP) {
+        if (!head->attn) { /* the value path */
             for (int64_t t = 0; t < T; t++) memcpy(oh + t * D, v + t * ld, (size_t)F * sizeof(float));
             continue;
         }
-        if (head == OVS_HEAD_SCLIP) {
-            if ((rc = ovs_attention_probs(p1, q, ld, q, ld, T, T, F, scale, NULL, 0)) ||
-                (rc = ovs_attention_probs(p2, k, ld, k, ld, T, T, F, scale, NULL, 0)))
-                return rc;
-            const int64_t n = T * T;
-#pragma omp parallel for schedule(static) if (n > 65536) num_threads(ovs_get_num_threads())
-            for (int64_t i = 0; i < n; i++) p1[i] += p2[i];
-        } else if (head == OVS_HEAD_CLEARCLIP) {
-            if ((rc = ovs_attention_probs(p1, q, ld, q, ld, T, T, F, scale, NULL, 0))) return rc;
-        } else {
-            if ((rc = ovs_attention_probs(p1, k, ld, k, ld, T, T, F, scale, s->omega, 0))) return rc;
-        }
+        if ((rc = head->attn(s, p1, p2, q, k, ld, T, F, scale, gh, gw))) return rc;
         /* oh (T, F) = P (T, T) @ v_h (T, F), written into the strided head columns */
         if ((rc = ovs_matmul(oh, D, p1, T, v, ld, T, T, F, 1.0f, 0.0f))) return rc;
     }
-    const int keep_residual = head == OVS_HEAD_MASKCLIP || head == OVS_HEAD_SCLIP;
-    if (!keep_residual)
+    if (!(head->flags & OVS_HEAD_KEEP_RESIDUAL))
         return ovs_linear_forward(xo, o, &blk->out_proj, blk->out_proj_b, NULL, T, D, D, OVS_ACT_NONE);
     /* x1 = x + out_proj(o); xo = x1 + mlp(ln_2(x1)) */
     if ((rc = ovs_linear_forward(x, o, &blk->out_proj, blk->out_proj_b, x, T, D, D, OVS_ACT_NONE))) return rc;
@@ -295,13 +286,7 @@ int ovs_seg_dense_features(ovs_segmenter *s, float *feats, const float *image, i
     }
     ovs_vit *m = s->vit;
     const int64_t D = m->cfg.width, T = 1 + G, L = m->tf.layers, E = m->cfg.embed_dim;
-    if (s->cfg.head == OVS_HEAD_SCCLIP) {
-        float *bt = ovs_arena_floats(&s->work, (size_t)(L - 1) * T * D); /* (L-1, T, D) block outputs */
-        if (!bt) return OVS_ERR_NOMEM;
-        ovs_vit_outputs bout = {.block_tokens = bt};
-        if ((rc = ovs_vit_forward(m, image, 1, H, W, L - 1, &bout))) return rc;
-        return scclip_features(s, feats, bt, gh, gw);
-    }
+    if (s->cfg.head->vit) return s->cfg.head->vit(s, feats, image, H, W, gh, gw);
     float *x = ovs_arena_floats(&s->work, (size_t)T * D);   /* (T, D) tokens entering the last block */
     float *xo = ovs_arena_floats(&s->work, (size_t)T * D);  /* (T, D) last block output */
     if (!x || !xo) return OVS_ERR_NOMEM;
@@ -310,4 +295,101 @@ int ovs_seg_dense_features(ovs_segmenter *s, float *feats, const float *image, i
     if ((rc = vit_last_block(s, xo, x, T, gh, gw))) return rc;
     if ((rc = ovs_layernorm_forward(xo + D, xo + D, m->ln_post_w, m->ln_post_b, G, D, 1e-5f))) return rc;
     return ovs_linear_forward(feats, xo + D, &m->proj, NULL, NULL, G, D, E, OVS_ACT_NONE);
+}
+
+/* ---------------------------------------------------------------- the heads */
+/* SCLIP: softmax(q q^T) + softmax(k k^T). */
+static int sclip_attn(ovs_segmenter *s, float *p, float *scratch, const float *q, const float *k,
+                      int64_t ld, int64_t T, int64_t F, float scale, int64_t gh, int64_t gw) {
+    (void)s, (void)gh, (void)gw;
+    int rc;
+    if ((rc = ovs_attention_probs(p, q, ld, q, ld, T, T, F, scale, NULL, 0)) ||
+        (rc = ovs_attention_probs(scratch, k, ld, k, ld, T, T, F, scale, NULL, 0)))
+        return rc;
+    const int64_t n = T * T;
+#pragma omp parallel for schedule(static) if (n > 65536) num_threads(ovs_get_num_threads())
+    for (int64_t i = 0; i < n; i++) p[i] += scratch[i];
+    return OVS_OK;
+}
+
+/* ClearCLIP: softmax(q q^T). */
+static int clearclip_attn(ovs_segmenter *s, float *p, float *scratch, const float *q, const float *k,
+                          int64_t ld, int64_t T, int64_t F, float scale, int64_t gh, int64_t gw) {
+    (void)s, (void)scratch, (void)k, (void)gh, (void)gw;
+    return ovs_attention_probs(p, q, ld, q, ld, T, T, F, scale, NULL, 0);
+}
+
+/* NACLIP: softmax(k k^T + Omega), Omega the Gaussian prior of the grid (naclip_omega). */
+static int naclip_attn(ovs_segmenter *s, float *p, float *scratch, const float *q, const float *k,
+                       int64_t ld, int64_t T, int64_t F, float scale, int64_t gh, int64_t gw) {
+    (void)scratch, (void)q;
+    int rc = naclip_omega(s, gh, gw);
+    return rc ? rc : ovs_attention_probs(p, k, ld, k, ld, T, T, F, scale, s->omega, 0);
+}
+
+/* SC-CLIP: the trunk keeps every block's output, then scclip_features. */
+static int scclip_vit(ovs_segmenter *s, float *feats, const float *image, int64_t H, int64_t W,
+                      int64_t gh, int64_t gw) {
+    ovs_vit *m = s->vit;
+    const int64_t D = m->cfg.width, L = m->tf.layers, T = 1 + gh * gw;
+    float *bt = ovs_arena_floats(&s->work, (size_t)(L - 1) * T * D); /* (L-1, T, D) block outputs */
+    if (!bt) return OVS_ERR_NOMEM;
+    ovs_vit_outputs bout = {.block_tokens = bt};
+    int rc = ovs_vit_forward(m, image, 1, H, W, L - 1, &bout);
+    return rc ? rc : scclip_features(s, feats, bt, gh, gw);
+}
+
+/* On top of the trunk's one last block: LOF distances, two cosine similarity maps, three (g, g)
+ * aggregations and the second pass of the replaced attention (the fusion). */
+static const ovs_head_flop_row scclip_flops[] = {
+    {"lof_distances", "matmul", 1, "ggD"},
+    {"similarity", "matmul", 2, "ggD"},
+    {"aggregate", "matmul", 3, "ggD"},
+    {"fusion.in_proj", "linear", 3, "gDD"},
+    {"fusion.attention", "attention", 2, "ggD"},
+    {"fusion.out_proj", "linear", 1, "gDD"},
+    {NULL, NULL, 0, NULL},
+};
+
+/* ---------------------------------------------------------------- the heads table
+ * Defaults: tests/reference/SEGMENTATION_SPEC.md section 3; MaskCLIP uses the common protocol
+ * under which SCLIP/ClearCLIP/NACLIP re-evaluate it. SC-CLIP: configs/base_config.py +
+ * cfg_*.py, Resize(scale=(2048, 336)), slide 224 / 112, logit_scale 40 (VOC-21 50,
+ * COCO-Object 55), openai_imagenet_template. */
+static const ovs_head_info head_table[] = {
+    {.name = "maskclip", .title = "MaskCLIP",
+     .summary = "ViT: the last block's value path (no query-key attention); ResNet: the attention "
+                "pool's v_proj and c_proj at every position",
+     .towers = OVS_TOWER_RESNET | OVS_TOWER_VIT, .default_for = OVS_TOWER_RESNET,
+     .flags = OVS_HEAD_KEEP_RESIDUAL | OVS_HEAD_KEY_SMOOTHING,
+     .short_side = 336, .crop = 224, .stride = 112, .logit_scale = 40.0f, .templates = "imagenet80"},
+    {.name = "sclip", .title = "SCLIP",
+     .summary = "softmax(q q^T) + softmax(k k^T) attention, residual and FFN kept",
+     .towers = OVS_TOWER_VIT, .flags = OVS_HEAD_KEEP_RESIDUAL, .attn = sclip_attn,
+     .short_side = 336, .crop = 224, .stride = 112, .logit_scale = 40.0f, .templates = "imagenet80"},
+    {.name = "clearclip", .title = "ClearCLIP",
+     .summary = "softmax(q q^T) attention, no residual, no FFN",
+     .towers = OVS_TOWER_VIT, .attn = clearclip_attn,
+     .short_side = 448, .crop = 448, .stride = 224, .logit_scale = 50.0f, .templates = "imagenet80"},
+    {.name = "naclip", .title = "NACLIP",
+     .summary = "softmax(k k^T + Gaussian neighbourhood prior) attention, no residual, no FFN",
+     .towers = OVS_TOWER_VIT, .default_for = OVS_TOWER_VIT, .flags = OVS_HEAD_SIGMA,
+     .attn = naclip_attn,
+     .short_side = 336, .crop = 224, .stride = 112, .logit_scale = 40.0f, .sigma = 5.0f,
+     .templates = "imagenet80"},
+    {.name = "scclip", .title = "SC-CLIP",
+     .summary = "anomaly repair, mid-layer similarity calibration and multi-level fusion "
+                "(tests/reference/scclip_reference.py)",
+     .towers = OVS_TOWER_VIT, .min_layers = SCCLIP_MIN_LAYERS,
+     .min_layers_why = "it reads blocks 3..9 and the output of block L-2, as on ViT-B/16",
+     .vit = scclip_vit, .flops = scclip_flops,
+     .short_side = 336, .crop = 224, .stride = 112, .logit_scale = 40.0f, .templates = "imagenet80"},
+};
+
+#define NUM_HEADS (sizeof head_table / sizeof head_table[0])
+
+const ovs_head_info *ovs_head_table(int64_t *count) { return *count = (int64_t)NUM_HEADS, head_table; }
+
+const ovs_head_info *ovs_head_by_name(const char *name) {
+    return ovs_table_find(head_table, NUM_HEADS, sizeof head_table[0], name);
 }

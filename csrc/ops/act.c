@@ -1,4 +1,4 @@
-/* Activations: ReLU, exact GELU, QuickGELU, elementwise and in place.
+/* Activations: ReLU, exact GELU, QuickGELU, elementwise and in place, and their names table.
  * The per-row kernel ops_act_inplace is what linear/conv epilogues call inside their own
  * parallel loops; ovs_act_forward parallelises it over chunks. */
 #include "ops/ops_internal.h"
@@ -43,4 +43,25 @@ int ovs_act_forward(float *x, int64_t n, ovs_act act) {
         ops_act_inplace(x + lo, len, act);
     }
     return OVS_OK;
+}
+
+static const ovs_act_info act_table[] = {
+    {"none", OVS_ACT_NONE, 0, "identity"},
+    {"quickgelu", OVS_ACT_QUICKGELU, 1, "x * sigmoid(1.702 x), open_clip's QuickGELU (OpenAI weights)"},
+    {"gelu", OVS_ACT_GELU, 1, "exact GELU, 0.5 x (1 + erf(x / sqrt 2)), torch.nn.GELU()"},
+    {"relu", OVS_ACT_RELU, 0, "max(x, 0)"},
+};
+
+#define NUM_ACTS (sizeof act_table / sizeof act_table[0])
+
+const ovs_act_info *ovs_act_table(int64_t *count) { return *count = (int64_t)NUM_ACTS, act_table; }
+
+const ovs_act_info *ovs_act_by_name(const char *name) {
+    return ovs_table_find(act_table, NUM_ACTS, sizeof act_table[0], name);
+}
+
+const char *ovs_act_name(ovs_act act) {
+    for (size_t i = 0; i < NUM_ACTS; i++)
+        if (act_table[i].act == act) return act_table[i].name;
+    return NULL;
 }

@@ -162,6 +162,50 @@ static PyObject *py_debug_fail_alloc(PyObject *self, PyObject *arg) {
     return PyLong_FromLongLong(ovs_debug_fail_alloc(n));
 }
 
+int ovs_py_parse_act(const char *name, int allow_none, ovs_act *act) {
+    const ovs_act_info *a = ovs_act_by_name(name);
+    if (a && (allow_none || a->act != OVS_ACT_NONE)) {
+        *act = a->act;
+        return 0;
+    }
+    char names[256] = "";
+    int64_t n, k = 0, nk = 0;
+    const ovs_act_info *t = ovs_act_table(&n);
+    for (int64_t i = 0; i < n; i++) nk += allow_none || t[i].act != OVS_ACT_NONE;
+    for (int64_t i = 0; i < n; i++) {
+        if (!allow_none && t[i].act == OVS_ACT_NONE) continue;
+        size_t len = strlen(names);
+        snprintf(names + len, sizeof names - len, "%s'%s'", k == 0 ? "" : k == nk - 1 ? " or " : ", ", t[i].name);
+        k++;
+    }
+    PyErr_Format(PyExc_ValueError, "act must be %s, got '%s'", names, name);
+    return -1;
+}
+
+PyObject *ovs_py_table(int64_t n, PyObject *(*row)(int64_t i, const void *table), const void *table) {
+    PyObject *out = PyTuple_New((Py_ssize_t)n);
+    for (int64_t i = 0; out && i < n; i++) {
+        PyObject *r = row(i, table);
+        if (!r) Py_CLEAR(out);
+        else PyTuple_SET_ITEM(out, (Py_ssize_t)i, r);
+    }
+    return out;
+}
+
+static PyObject *act_row(int64_t i, const void *table) {
+    const ovs_act_info *a = (const ovs_act_info *)table + i;
+    return Py_BuildValue("{s:s,s:O,s:s}", "name", a->name, "tower_mlp", a->tower_mlp ? Py_True : Py_False,
+                         "summary", a->summary);
+}
+
+/* activations() -> tuple of dicts, the activations table (include/ovs/ops.h). */
+static PyObject *py_activations(PyObject *self, PyObject *args) {
+    (void)self, (void)args;
+    int64_t n;
+    const ovs_act_info *t = ovs_act_table(&n);
+    return ovs_py_table(n, act_row, t);
+}
+
 static PyObject *py_build_info(PyObject *self, PyObject *args) {
     (void)self; (void)args;
 #ifdef _OPENMP
@@ -179,6 +223,9 @@ static PyMethodDef core_methods[] = {
     {"debug_fail_alloc", py_debug_fail_alloc, METH_O,
      "Test hook: make the n-th allocation from now fail (0 = off); returns allocations made."},
     {"build_info", py_build_info, METH_NOARGS, "How the extension was built."},
+    {"activations", py_activations, METH_NOARGS,
+     "activations() -> tuple of dicts, the activations table (include/ovs/ops.h): name, tower_mlp "
+     "(an MLP activation of the CLIP towers), summary"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,4 +1,5 @@
-/* Python bindings of the segmentation heads: _core.Segmenter, _core.seg_labels, _core.seg_upsample. */
+/* Python bindings of the segmentation heads: _core.heads (the heads table), _core.Segmenter,
+ * _core.seg_labels, _core.seg_upsample. */
 #include "python/py_models.h"
 #include "ovs/methods.h"
 
@@ -33,10 +34,6 @@ static int segmenter_init(ovs_py_segmenter *self, PyObject *args, PyObject *kw) 
         PyErr_SetString(PyExc_ValueError, msg);
         return -1;
     }
-    if (ks_thresh > 0 && strcmp(head, "maskclip")) {
-        PyErr_Format(PyExc_ValueError, "key smoothing (ks_thresh) is MaskCLIP's: it needs head 'maskclip', got '%s'", head);
-        return -1;
-    }
     if (self->seg) {
         PyErr_SetString(PyExc_RuntimeError, "segmenter already initialised");
         return -1;
@@ -50,15 +47,15 @@ static int segmenter_init(ovs_py_segmenter *self, PyObject *args, PyObject *kw) 
         PyErr_SetString(PyExc_RuntimeError, "model not initialised");
         return -1;
     }
-    ovs_seg_config cfg = {.crop = crop, .stride = stride, .sigma = (float)sigma, .pd_thresh = (float)pd_thresh,
-                          .ks_thresh = (float)ks_thresh};
-    if (!strcmp(head, "maskclip")) cfg.head = OVS_HEAD_MASKCLIP;
-    else if (!strcmp(head, "sclip")) cfg.head = OVS_HEAD_SCLIP;
-    else if (!strcmp(head, "clearclip")) cfg.head = OVS_HEAD_CLEARCLIP;
-    else if (!strcmp(head, "naclip")) cfg.head = OVS_HEAD_NACLIP;
-    else if (!strcmp(head, "scclip")) cfg.head = OVS_HEAD_SCCLIP;
-    else {
-        PyErr_Format(PyExc_ValueError, "unknown head '%s' (maskclip, sclip, clearclip, naclip, scclip)", head);
+    ovs_seg_config cfg = {.head = ovs_head_by_name(head), .crop = crop, .stride = stride, .sigma = (float)sigma,
+                          .pd_thresh = (float)pd_thresh, .ks_thresh = (float)ks_thresh};
+    if (!cfg.head) {
+        char names[256] = "";
+        int64_t n;
+        const ovs_head_info *t = ovs_head_table(&n);
+        for (int64_t i = 0; i < n; i++)
+            snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "", t[i].name);
+        PyErr_Format(PyExc_ValueError, "unknown head '%s' (%s)", head, names);
         return -1;
     }
     int rc = ovs_segmenter_create(&self->seg, pm->kind == OVS_PY_RESNET ? pm->m.resnet : NULL,
@@ -411,7 +408,72 @@ error:
     return NULL;
 }
 
+/* The tower bit mask as a tuple of "resnet" / "vit". */
+static PyObject *towers_tuple(unsigned mask) {
+    PyObject *names[2];
+    Py_ssize_t k = 0;
+    if (mask & OVS_TOWER_RESNET) names[k++] = PyUnicode_FromString("resnet");
+    if (mask & OVS_TOWER_VIT) names[k++] = PyUnicode_FromString("vit");
+    PyObject *t = PyTuple_New(k);
+    for (Py_ssize_t i = 0; i < k; i++) {
+        if (t && names[i]) PyTuple_SET_ITEM(t, i, names[i]);
+        else Py_XDECREF(names[i]);
+        if (!names[i]) Py_CLEAR(t);
+    }
+    return t;
+}
+
+static PyObject *flop_row(int64_t i, const void *table) {
+    const ovs_head_flop_row *f = (const ovs_head_flop_row *)table + i;
+    return Py_BuildValue("(ssLs)", f->name, f->kind, (long long)f->mult, f->dims);
+}
+
+/* The FLOP rows of a head as a tuple of (name, kind, mult, dims). */
+static PyObject *flop_rows(const ovs_head_flop_row *f) {
+    int64_t n = 0;
+    while (f && f[n].name) n++;
+    return ovs_py_table(n, flop_row, f);
+}
+
+static PyObject *head_row(int64_t i, const void *table) {
+    const ovs_head_info *h = (const ovs_head_info *)table + i;
+    enum { TOWERS, DEFAULT_FOR, FLOPS, WINDOW, SIGMA, NPARTS };
+    PyObject *v[NPARTS] = {
+        [TOWERS] = towers_tuple(h->towers),
+        [DEFAULT_FOR] = towers_tuple(h->default_for),
+        [FLOPS] = flop_rows(h->flops),
+        [WINDOW] = h->crop ? Py_BuildValue("(LL)", (long long)h->crop, (long long)h->stride) : Py_NewRef(Py_None),
+        [SIGMA] = (h->flags & OVS_HEAD_SIGMA) ? PyFloat_FromDouble(h->sigma) : Py_NewRef(Py_None),
+    };
+    PyObject *d = NULL;
+    if (v[TOWERS] && v[DEFAULT_FOR] && v[FLOPS] && v[WINDOW] && v[SIGMA])
+        d = Py_BuildValue("{s:s,s:s,s:s,s:O,s:O,s:L,s:z,s:O,s:O,s:L,s:O,s:d,s:O,s:s,s:O}",
+                          "name", h->name, "title", h->title, "summary", h->summary,
+                          "towers", v[TOWERS], "default_for", v[DEFAULT_FOR],
+                          "min_layers", (long long)h->min_layers, "min_layers_why", h->min_layers_why,
+                          "keep_residual", (h->flags & OVS_HEAD_KEEP_RESIDUAL) ? Py_True : Py_False,
+                          "key_smoothing", (h->flags & OVS_HEAD_KEY_SMOOTHING) ? Py_True : Py_False,
+                          "short_side", (long long)h->short_side, "window", v[WINDOW],
+                          "logit_scale", (double)h->logit_scale, "sigma", v[SIGMA],
+                          "templates", h->templates, "flops", v[FLOPS]);
+    for (int k = 0; k < NPARTS; k++) Py_XDECREF(v[k]);
+    return d;
+}
+
+/* heads() -> tuple of dicts, one per entry of ovs_head_table (include/ovs/methods.h). */
+static PyObject *py_heads(PyObject *self, PyObject *unused) {
+    (void)self, (void)unused;
+    int64_t n;
+    const ovs_head_info *t = ovs_head_table(&n);
+    return ovs_py_table(n, head_row, t);
+}
+
 static PyMethodDef methods_functions[] = {
+    {"heads", py_heads, METH_NOARGS,
+     "heads() -> tuple of dicts, the heads table (include/ovs/methods.h, csrc/methods/heads.c): name, "
+     "title, summary, towers, default_for, min_layers, min_layers_why, keep_residual, key_smoothing, "
+     "short_side, window, logit_scale, sigma (None: not a parameter), templates, flops (extra ViT FLOP "
+     "rows: (name, kind, mult, dims))"},
     {"seg_key_smooth", (PyCFunction)(void (*)(void))py_seg_key_smooth, METH_VARARGS | METH_KEYWORDS,
      "seg_key_smooth(logits (C, n), keys (n, Dk), thresh, scale=100) -> copy with MaskCLIP's key smoothing applied"},
     {"seg_labels_grouped", (PyCFunction)(void (*)(void))py_seg_labels_grouped, METH_VARARGS | METH_KEYWORDS,

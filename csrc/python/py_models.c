@@ -69,16 +69,6 @@ error:
     return -1;
 }
 
-static ovs_act parse_act(const char *s, int *ok) {
-    *ok = 1;
-    if (!strcmp(s, "quickgelu")) return OVS_ACT_QUICKGELU;
-    if (!strcmp(s, "gelu")) return OVS_ACT_GELU;
-    if (!strcmp(s, "relu")) return OVS_ACT_RELU;
-    *ok = 0;
-    PyErr_Format(PyExc_ValueError, "act must be 'quickgelu', 'gelu' or 'relu', got '%s'", s);
-    return OVS_ACT_NONE;
-}
-
 /* ---------------------------------------------------------------- common object plumbing */
 static void model_dealloc(ovs_py_model *self) {
     switch (self->kind) {
@@ -320,9 +310,8 @@ static int vit_init(ovs_py_model *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OsLLLL|Ls", kwlist, &weights, &prefix, &width,
                                      &heads, &patch, &grid, &embed, &act))
         return -1;
-    int ok;
-    ovs_act a = parse_act(act, &ok);
-    if (!ok) return -1;
+    ovs_act a;
+    if (ovs_py_parse_act(act, 0, &a)) return -1;
     if (model_prepare(self, weights) < 0) return -1;
     ovs_vit_config cfg = {.prefix = prefix, .width = width, .heads = heads, .patch = patch,
                           .grid = grid, .embed_dim = embed, .act = a};
@@ -407,11 +396,11 @@ error:
 static PyObject *vit_config(ovs_py_model *self, PyObject *unused) {
     if (self->kind != OVS_PY_VIT) return PyErr_Format(PyExc_RuntimeError, "model not initialised");
     const ovs_vit_config *c = ovs_vit_get_config(self->m.vit);
-    return Py_BuildValue("{s:s,s:L,s:L,s:L,s:L,s:L,s:L,s:s}", "prefix", c->prefix, "width",
+    return Py_BuildValue("{s:s,s:L,s:L,s:L,s:L,s:L,s:L,s:z}", "prefix", c->prefix, "width",
                          (long long)c->width, "layers", (long long)c->layers, "heads",
                          (long long)c->heads, "patch", (long long)c->patch, "grid",
                          (long long)c->grid, "embed_dim", (long long)c->embed_dim, "act",
-                         c->act == OVS_ACT_QUICKGELU ? "quickgelu" : "gelu");
+                         ovs_act_name(c->act));
 }
 
 static PyMethodDef vit_methods[] = {
@@ -442,9 +431,8 @@ static int text_init(ovs_py_model *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OsLLLL|Ls", kwlist, &weights, &prefix, &width,
                                      &heads, &context, &vocab, &embed, &act))
         return -1;
-    int ok;
-    ovs_act a = parse_act(act, &ok);
-    if (!ok) return -1;
+    ovs_act a;
+    if (ovs_py_parse_act(act, 0, &a)) return -1;
     if (model_prepare(self, weights) < 0) return -1;
     ovs_text_config cfg = {.prefix = prefix, .width = width, .heads = heads, .context = context,
                            .vocab = vocab, .embed_dim = embed, .act = a};
@@ -587,11 +575,11 @@ error:
 static PyObject *text_config(ovs_py_model *self, PyObject *unused) {
     if (self->kind != OVS_PY_TEXT) return PyErr_Format(PyExc_RuntimeError, "model not initialised");
     const ovs_text_config *c = ovs_text_get_config(self->m.text);
-    return Py_BuildValue("{s:s,s:L,s:L,s:L,s:L,s:L,s:L,s:s}", "prefix", c->prefix, "width",
+    return Py_BuildValue("{s:s,s:L,s:L,s:L,s:L,s:L,s:L,s:z}", "prefix", c->prefix, "width",
                          (long long)c->width, "layers", (long long)c->layers, "heads",
                          (long long)c->heads, "context", (long long)c->context, "vocab",
                          (long long)c->vocab, "embed_dim", (long long)c->embed_dim, "act",
-                         c->act == OVS_ACT_QUICKGELU ? "quickgelu" : "gelu");
+                         ovs_act_name(c->act));
 }
 
 static PyMethodDef text_methods[] = {

@@ -10,18 +10,7 @@
 #include <string.h>
 
 /* ---------------------------------------------------------------- argument helpers */
-static int parse_act(const char *name, ovs_act *act) {
-    if (!strcmp(name, "none")) *act = OVS_ACT_NONE;
-    else if (!strcmp(name, "relu")) *act = OVS_ACT_RELU;
-    else if (!strcmp(name, "gelu")) *act = OVS_ACT_GELU;
-    else if (!strcmp(name, "quickgelu")) *act = OVS_ACT_QUICKGELU;
-    else {
-        PyErr_Format(PyExc_ValueError,
-                     "act must be 'none', 'relu', 'gelu' or 'quickgelu', got '%s'", name);
-        return -1;
-    }
-    return 0;
-}
+static int parse_act(const char *name, ovs_act *act) { return ovs_py_parse_act(name, 1, act); }
 
 /* An int or a pair of ints into out[2]; each must be >= min. */
 static int parse_pair(PyObject *obj, const char *what, long long min, int64_t out[2]) {

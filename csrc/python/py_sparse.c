@@ -8,19 +8,6 @@
 
 #define F32(a) ((float *)PyArray_DATA(a))
 
-static int sp_parse_act(const char *name, ovs_act *act) {
-    if (!strcmp(name, "none")) *act = OVS_ACT_NONE;
-    else if (!strcmp(name, "relu")) *act = OVS_ACT_RELU;
-    else if (!strcmp(name, "gelu")) *act = OVS_ACT_GELU;
-    else if (!strcmp(name, "quickgelu")) *act = OVS_ACT_QUICKGELU;
-    else {
-        PyErr_Format(PyExc_ValueError,
-                     "act must be 'none', 'relu', 'gelu' or 'quickgelu', got '%s'", name);
-        return -1;
-    }
-    return 0;
-}
-
 /* op_conv2d_sparse(x, w, b=None, residual=None, stride=1, padding=0, dilation=1, act="none",
  *                  naive=False, residual_alias=False) -> (N, K, P, Q)
  * w is a dense (K, C, R, S) array; its non-zeros are stored as CSR and the sparse kernel runs. */
@@ -40,7 +27,7 @@ static PyObject *py_op_conv2d_sparse(PyObject *self, PyObject *args, PyObject *k
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOLLLspp", kwlist, &x_obj, &w_obj, &b_obj,
                                      &r_obj, &stride, &pad, &dil, &act_name, &naive, &alias))
         return NULL;
-    if (sp_parse_act(act_name, &act)) return NULL;
+    if (ovs_py_parse_act(act_name, 1, &act)) return NULL;
     if (stride < 1 || pad < 0 || dil < 1) {
         PyErr_Format(PyExc_ValueError, "need stride >= 1, padding >= 0, dilation >= 1; got %lld, %lld, %lld",
                      stride, pad, dil);

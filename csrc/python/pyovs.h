@@ -19,6 +19,7 @@
 #include <numpy/arrayobject.h>
 
 #include "ovs/ovs.h"
+#include "ovs/ops.h"
 
 /* Exception types created in module.c. */
 extern PyObject *ovs_py_Error;          /* ovs.OvsError (RuntimeError) */
@@ -39,6 +40,13 @@ PyArrayObject *ovs_py_float_array(PyObject *obj, int ndim, const char *what);
  * copy otherwise; *row_stride and *pixel_stride in bytes. */
 PyArrayObject *ovs_py_uint8_image(PyObject *obj, const char *what, int64_t *row_stride,
                                   int64_t *pixel_stride);
+/* A tuple of n rows, row(i, table) each (a new reference or NULL with an exception): the
+ * C tables (_core.heads(), _core.activations()) as Python sees them. */
+PyObject *ovs_py_table(int64_t n, PyObject *(*row)(int64_t i, const void *table), const void *table);
+
+/* An act= argument by its name in the activations table (ovs_act_by_name); with allow_none 0,
+ * "none" is refused too (a tower's MLP needs one). -1 + ValueError listing the names otherwise. */
+int ovs_py_parse_act(const char *name, int allow_none, ovs_act *act);
 
 /* A sequence of 1..max ints into out[0..*n); NULL-safe: obj NULL keeps out and *n. -1 + TypeError /
  * ValueError naming `what` otherwise. */

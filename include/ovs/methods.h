@@ -6,7 +6,7 @@
  * Usage:
  *
  *     ovs_segmenter *s;
- *     ovs_seg_config cfg = {.head = OVS_HEAD_SCLIP, .short_side = 336, .crop = 224, .stride = 112};
+ *     ovs_seg_config cfg = {.head = ovs_head_by_name("sclip"), .crop = 224, .stride = 112};
  *     ovs_segmenter_create(&s, NULL, vit, &cfg);
  *     ovs_seg_logits(s, lowres, img, H, W, W * 3, 3, Hp, Wp, mean, std, cls, C);  // (C, Hp, Wp)
  *     ovs_seg_labels(labels, lowres, C, Hp, Wp, H, W, 40.0f, 0.0f, -1);          // (H, W)
@@ -21,27 +21,72 @@
 extern "C" {
 #endif
 
-typedef enum {
-    OVS_HEAD_MASKCLIP = 0,    /* RN50: v_proj, c_proj per position; ViT: value path only */
-    OVS_HEAD_SCLIP = 1,       /* ViT: softmax(qq^T) + softmax(kk^T), residual and FFN kept */
-    OVS_HEAD_CLEARCLIP = 2,   /* ViT: softmax(qq^T), no residual, no FFN */
-    OVS_HEAD_NACLIP = 3,      /* ViT: softmax(kk^T + Gaussian prior), no residual, no FFN */
-    OVS_HEAD_SCCLIP = 4,      /* ViT (>= 11 blocks): SC-CLIP's anomaly repair, mid-layer
-                               * similarity calibration and multi-level fusion, see
-                               * tests/reference/scclip_reference.py */
-} ovs_head;
+typedef struct ovs_segmenter ovs_segmenter;
+
+/* ---------------------------------------------------------------- the heads table
+ * One entry per training-free head, in csrc/methods/heads.c: its name (Python's method=, the
+ * CLI's --method), the towers it runs on, its published defaults, the FLOP rows it adds and its
+ * hooks. The bindings (_core.heads()), ovs.segment (METHODS, DEFAULTS), ovs.flops (HEADS) and
+ * the CLI all read it: a new head is its functions and one entry, in that one file. */
+enum { OVS_TOWER_RESNET = 1, OVS_TOWER_VIT = 2 };   /* bit masks: ovs_head_info.towers */
+enum {                                             /* bit masks: ovs_head_info.flags */
+    OVS_HEAD_KEEP_RESIDUAL = 1,   /* the replaced ViT block keeps its residual and FFN */
+    OVS_HEAD_SIGMA = 2,           /* reads ovs_seg_config.sigma (must be > 0) */
+    OVS_HEAD_KEY_SMOOTHING = 4,   /* takes ovs_seg_config.ks_thresh > 0 (keys of its last layer) */
+};
+
+/* An extra FLOP row of the head on a ViT (ovs.flops): mult * N * the product of dims, each
+ * dim one of 'g' (patch positions), 'D' (tower width), 'E' (embedding dim). */
+typedef struct {
+    const char *name, *kind;      /* kind as ovs.flops.Layer.kind: matmul, linear, attention */
+    int64_t mult;
+    const char *dims;
+} ovs_head_flop_row;
+
+/* The attention of one ViT head in the replaced last block: p (T, T) from the head's queries q
+ * and keys k (T, F), row stride ld; scratch (T, T); scale = 1/sqrt(F); (gh, gw) the patch grid
+ * (T = 1 + gh*gw). NULL in the table: the value path only (p = identity). */
+typedef int (*ovs_head_attn_fn)(ovs_segmenter *s, float *p, float *scratch, const float *q,
+                                const float *k, int64_t ld, int64_t T, int64_t F, float scale,
+                                int64_t gh, int64_t gw);
+/* Dense features (gh*gw, E) of a normalised image (1, 3, H, W) on a ViT, replacing the standard
+ * path (trunk, replaced last block with attn, ln_post, proj) entirely. NULL: standard path. */
+typedef int (*ovs_head_vit_fn)(ovs_segmenter *s, float *feats, const float *image, int64_t H,
+                               int64_t W, int64_t gh, int64_t gw);
 
 typedef struct {
-    ovs_head head;
+    const char *name;             /* "naclip": method= in Python, --method in the CLI */
+    const char *title;            /* "NACLIP": the paper's spelling, in messages */
+    const char *summary;          /* one line: what it does to the last block */
+    unsigned towers;              /* OVS_TOWER_* it runs on */
+    unsigned default_for;         /* OVS_TOWER_* whose default head it is */
+    unsigned flags;               /* OVS_HEAD_* */
+    int64_t min_layers;           /* ViT blocks it needs (0: any), and why (min_layers_why) */
+    const char *min_layers_why;
+    /* published defaults (tests/reference/SEGMENTATION_SPEC.md section 3) */
+    int64_t short_side, crop, stride;  /* crop 0: the whole image */
+    float logit_scale;
+    float sigma;                  /* with OVS_HEAD_SIGMA */
+    const char *templates;        /* ovs/templates.py name */
+    const ovs_head_flop_row *flops;  /* extra ViT FLOP rows, ended by {NULL}; NULL: none */
+    ovs_head_attn_fn attn;
+    ovs_head_vit_fn vit;
+} ovs_head_info;
+
+/* The table: *count entries. */
+const ovs_head_info *ovs_head_table(int64_t *count);
+/* The entry named name, or NULL. */
+const ovs_head_info *ovs_head_by_name(const char *name);
+
+typedef struct {
+    const ovs_head_info *head;    /* an entry of ovs_head_table */
     int64_t crop, stride;     /* sliding window on the resized image; crop 0 = whole image */
     float sigma;              /* NACLIP neighbourhood std in patches (5) */
     float pd_thresh;          /* MaskCLIP prompt denoising per window (0 = off; MaskCLIP 0.5):
                                * see ovs_seg_prompt_denoise */
     float ks_thresh;          /* MaskCLIP key smoothing per window (0 = off; MaskCLIP 1.0), head
-                               * OVS_HEAD_MASKCLIP only: see ovs_seg_key_smooth */
+                               * heads with OVS_HEAD_KEY_SMOOTHING only: see ovs_seg_key_smooth */
 } ovs_seg_config;
-
-typedef struct ovs_segmenter ovs_segmenter;
 
 /* Exactly one of resnet / vit is non-NULL. The segmenter borrows the tower (and its
  * workspace): callers serialise use of the tower and the segmenter. */

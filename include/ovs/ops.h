@@ -109,6 +109,21 @@ typedef enum {
     OVS_ACT_QUICKGELU = 3,    /* x * sigmoid(1.702 x) as open_clip QuickGELU */
 } ovs_act;
 
+/* The activations table (csrc/ops/act.c), the one place an activation is named: every act=
+ * of the bindings and _core.activations() (ovs.model.ACTIVATIONS, the CLI's --act) read it. */
+typedef struct {
+    const char *name;         /* "quickgelu" */
+    ovs_act act;
+    int tower_mlp;            /* an MLP activation of the CLIP towers (ovs.Model(act=)) */
+    const char *summary;
+} ovs_act_info;
+/* The table: *count entries. */
+const ovs_act_info *ovs_act_table(int64_t *count);
+/* The entry named name, or NULL. */
+const ovs_act_info *ovs_act_by_name(const char *name);
+/* The name of act, or NULL for a value not in the table. */
+const char *ovs_act_name(ovs_act act);
+
 /* x (n,) = act(x), in place. */
 int ovs_act_forward(float *x, int64_t n, ovs_act act);
 int ovs_act_forward_naive(float *x, int64_t n, ovs_act act);

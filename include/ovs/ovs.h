@@ -163,6 +163,10 @@ int ovs_tensor_map_get(const ovs_tensor **out, const ovs_tensor_map *map, const 
 /* Element count of a tensor (product of its shape). */
 int64_t ovs_tensor_numel(const ovs_tensor *t);
 
+/* The named tables (heads, activations): the entry of table (count entries of size bytes, each
+ * beginning with its `const char *name`) called name, or NULL (also for name NULL). */
+const void *ovs_table_find(const void *table, size_t count, size_t size, const char *name);
+
 #ifdef __cplusplus
 }
 #endif
