@@ -258,7 +258,10 @@ def test_output_written_atomically(model_path, tmp_path, monkeypatch):
     from ovs import cli
 
     def disk_full(self, fp, *args, **kw):  # half a file written, then an error
-        fp.write(b"\x89PNG partial")
+        if isinstance(fp, (str, os.PathLike)):
+            Path(fp).write_bytes(b"\x89PNG partial")
+        else:
+            fp.write(b"\x89PNG partial")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Image.Image, "save", disk_full)
