@@ -146,3 +146,15 @@ def test_thread_count_does_not_change_labels():
         ovs.set_num_threads(before)
     assert all(np.array_equal(a, b) for a, b in zip(out[1], out[2]))
     _both(lr, 230, 310, logit_scale=40.0, bg_threshold=0.2)
+
+
+def test_thresholds_at_pixel_probabilities_take_the_exact_sum():
+    """bg_threshold equal (to float precision) to pixels' own top probabilities: the brackets
+    cannot decide there and the naive kernel's double sum must."""
+    rng = np.random.default_rng(12)
+    grid = (rng.standard_normal((30, 4, 5)) * 0.05).astype(np.float32)
+    lr = _core.seg_upsample(grid, 24, 30, logit_scale=1.0, softmax=False)
+    probs = _core.seg_upsample(lr, 96, 120, logit_scale=40.0, softmax=True).max(axis=0)
+    for y, x in [(0, 0), (50, 61), (95, 119), (33, 7)]:
+        _both(lr, 96, 120, logit_scale=40.0, bg_threshold=float(probs[y, x]), bg_label=-1)
+        _both(lr, 96, 120, logit_scale=40.0, bg_threshold=float(np.nextafter(probs[y, x], np.float32(1))), bg_label=-1)

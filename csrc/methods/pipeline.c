@@ -457,6 +457,23 @@ static void cell_row_build(label_work *lw, const float *logits, int64_t i) {
     }
 }
 
+/* The naive kernel's test 1 / sum < bg_threshold at pixel (Y, X): every class's term, first
+ * bracketed in float (decides unless the sum is within 3e-5 of 1 / bg_threshold), else the
+ * naive kernel's double sum in its order. */
+static int bg_exact(const float *logits, int64_t C, int64_t hw, int64_t w, const coeffs *c, int64_t Y,
+                    int64_t X, float best, float s, float bg_threshold, double inv_thr) {
+    double lo = 0, hi = 0;
+    for (int64_t k = 0; k < C; k++) {
+        const double d = (double)s * (interp(logits + (size_t)k * hw, w, c, Y, X) - best);
+        lo += exp_lo(d), hi += exp_up(d);
+    }
+    if (lo > inv_thr * (1 + THR_SLACK)) return 1;
+    if (hi < inv_thr * (1 - THR_SLACK)) return 0;
+    double all = 0;
+    for (int64_t k = 0; k < C; k++) all += exp((double)s * (interp(logits + (size_t)k * hw, w, c, Y, X) - best));
+    return 1.0 / all < bg_threshold;
+}
+
 int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w,
                    int64_t H, int64_t W, float logit_scale, float bg_threshold, int32_t bg_label) {
     int rc = check_up(C, h, w, H, W, logit_scale);
@@ -532,16 +549,12 @@ int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, i
                                 if (plo + lw.cs_lo_min[j] > hi_thr) below = 1;
                                 else if (phi + lw.cs_hi_max[j] < lo_thr) below = 0;
                                 else {
-                                    const double scale = exp((double)logit_scale * ((double)lw.cref[j] - best));
-                                    if (plo + lw.cs_lo[j] * scale * (1 - THR_SLACK) > hi_thr) below = 1;
-                                    else if (phi + lw.cs_hi[j] * scale * (1 + THR_SLACK) < lo_thr) below = 0;
-                                    else {
-                                        double all = 0;
-                                        for (int64_t k = 0; k < C; k++)
-                                            all += exp((double)logit_scale *
-                                                       (interp(logits + (size_t)k * hw, w, &c, Y, X) - best));
-                                        below = 1.0 / all < bg_threshold;
-                                    }
+                                    /* exp(s (cref - best)), s (cref - best) <= s m: about 1 */
+                                    const double d = (double)logit_scale * ((double)lw.cref[j] - best);
+                                    if (plo + lw.cs_lo[j] * exp_lo(d) > hi_thr) below = 1;
+                                    else if (phi + lw.cs_hi[j] * exp_up(d) < lo_thr) below = 0;
+                                    else below = bg_exact(logits, C, hw, w, &c, Y, X, best, logit_scale,
+                                                          bg_threshold, inv_thr);
                                 }
                             }
                             if (below) arg = bg_label;
