@@ -290,7 +290,7 @@ def test_prune_a_deeplab_model(pair):
 def test_failed_allocations_are_clean_errors(pair):
     """Every C allocation of building the head and of a forward on a fresh head fails in turn:
     a MemoryError each time (or, where the code recovers, the same result), never a crash."""
-    from test_robustness import _inject
+    from conftest import inject_alloc_failures as _inject
 
     _, model, _ = pair
     n = ovs.get_num_threads()
