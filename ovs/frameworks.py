@@ -179,21 +179,21 @@ def _dim(sd, name: str, axis: int, default: int) -> int:
     return int(np.shape(a)[axis]) if a is not None and np.ndim(a) > axis else default
 
 
-def deeplab_expected(sd: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
-    """Every tensor of a converted DeepLabV3-OVS file with its shape. The architecture is read
-    from a few anchor shapes (trunk width, ASPP width, embedding dim, text width); everything
-    else must agree with them."""
+def resnet_trunk_expected(sd: Mapping[str, np.ndarray], prefix: str = "visual.") -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a ResNet with CLIP's 3-conv stem below prefix (layer counts from the
+    file, RN50's by default): ZS3 DeepLab's and CLIP's ModifiedResNet (whose shortcut's AvgPool
+    is named "-1", so its conv and BatchNorm are "0" and "1" as in DeepLab)."""
     out: dict[str, tuple[int, ...]] = {}
-    w = _dim(sd, "visual.layer1.0.conv1.weight", 1, 64)
-    layers = [_count(sd, f"visual.layer{s + 1}") or RN50_LAYERS[s] for s in range(4)]
+    w = _dim(sd, f"{prefix}layer1.0.conv1.weight", 1, 64)
+    layers = [_count(sd, f"{prefix}layer{s + 1}") or RN50_LAYERS[s] for s in range(4)]
     for i, (k, c) in enumerate(((w // 2, 3), (w // 2, w // 2), (w, w // 2))):
-        out[f"visual.conv{i + 1}.weight"] = (k, c, 3, 3)
-        _bn(out, f"visual.bn{i + 1}", k)
+        out[f"{prefix}conv{i + 1}.weight"] = (k, c, 3, 3)
+        _bn(out, f"{prefix}bn{i + 1}", k)
     inplanes = w
     for s in range(4):
         planes = w << s
         for j in range(layers[s]):
-            b = f"visual.layer{s + 1}.{j}"
+            b = f"{prefix}layer{s + 1}.{j}"
             out[f"{b}.conv1.weight"] = (planes, inplanes, 1, 1)
             out[f"{b}.conv2.weight"] = (planes, planes, 3, 3)
             out[f"{b}.conv3.weight"] = (4 * planes, planes, 1, 1)
@@ -204,6 +204,16 @@ def deeplab_expected(sd: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]
                 out[f"{b}.downsample.0.weight"] = (4 * planes, inplanes, 1, 1)
                 _bn(out, f"{b}.downsample.1", 4 * planes)
             inplanes = 4 * planes
+    return out
+
+
+def deeplab_expected(sd: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a converted DeepLabV3-OVS file with its shape. The architecture is read
+    from a few anchor shapes (trunk width, ASPP width, embedding dim, text width); everything
+    else must agree with them."""
+    out = resnet_trunk_expected(sd, "visual.")
+    w = _dim(sd, "visual.layer1.0.conv1.weight", 1, 64)
+    inplanes = 32 * w
     c5 = inplanes
     a = _dim(sd, "aspp.aspp1.atrous_conv.weight", 0, 256)
     for i in range(4):
@@ -362,7 +372,29 @@ FRAMEWORKS: dict[str, Framework] = {
         defaults=dict(short_side=800, max_size=1333, divisor=32, templates="bare"),
         description="DeepLabV3-OVS (OpenTrans OpenSegDeeplabv3Text), RN50 trunk, output stride 16",
     ),
+    "fcclip": Framework(
+        name="fcclip",
+        signature="sem_seg_head.predictor._mask_pooling_proj.1.weight",
+        model=lambda sd, **kw: _fcclip().FCCLIPModel(sd, **kw),
+        expected=lambda sd: _fcclip().fcclip_expected(sd),
+        # bytedance/fc-clip FCCLIP state dict: backbone.clip_model is the open_clip CLIP model
+        rename=(("backbone.clip_model.", ""), ("sem_seg_head.pixel_decoder.", "sem_seg_head.pixel_decoder."),
+                ("sem_seg_head.predictor.", "sem_seg_head.predictor."),
+                ("void_embedding.weight", "void_embedding.weight")),
+        ignore=(r".*\.num_batches_tracked", r"pixel_(mean|std)", r"criterion\..*",
+                r"backbone\.clip_model\.attn_mask"),
+        # detectron2's test resize (INPUT.MIN_SIZE_TEST 800, MAX_SIZE_TEST 1333: FC-CLIP's configs
+        # set neither), SIZE_DIVISIBILITY 32, ViLD's 14 templates (VILD_PROMPT)
+        defaults=dict(short_side=800, max_size=1333, divisor=32, templates="vild"),
+        description="FC-CLIP (bytedance/fc-clip), CLIP RN50 backbone, geometric ensemble",
+    ),
 }
+
+
+def _fcclip():
+    from . import fcclip
+
+    return fcclip
 
 
 def detect(sd: Mapping[str, Any]) -> Framework | None:
