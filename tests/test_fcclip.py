@@ -232,3 +232,45 @@ def test_segmenter_and_cli(pair, tmp_path):
     got = np.asarray(Image.open(tmp_path / "mask.png"))
     seg = ovs.Segmenter(model, "fcclip", short_side=128)
     np.testing.assert_array_equal(got, seg.segment(img, NAMES).astype(got.dtype))
+
+
+def test_flops_equal_fvcore(pair):
+    """ovs.flops rows of FC-CLIP against fvcore's trace of the reference network: trunk, pixel
+    decoder, decoder with the class head and mask prediction at every layer, the per-mask
+    attention pool, both classifiers (one synonym per class), upsampling and the semantic
+    einsum at the input size."""
+    from fvcore.nn import FlopCountAnalysis
+
+    ref, model, _ = pair
+    H, W, C = 64, 96, 5
+    F = torch.nn.functional
+
+    class Net(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x, text):
+            m = self.m
+            f = m.extract_features_resnet(x)
+            pd = m.pixel_decoder([f[k] for k in ("res2", "res3", "res4", "res5")])
+            dec = m.predictor(pd.multi_scale_features, pd.mask_features)
+            ones = [1] * C
+            cls = [R.get_classification_logits(m.class_head(h.transpose(0, 1), pd.mask_features, mk),
+                                               text, m.class_head.logit_scale, ones)
+                   for h, mk in zip(dec.intermediate_hidden_states, dec.masks_queries_logits)]
+            mk = dec.masks_queries_logits[-1]
+            pool = F.interpolate(mk, size=f["res5"].shape[-2:], mode="bilinear", align_corners=False)
+            pooled = m.visual_prediction_forward_resnet(f["res5"], pool)
+            out = R.get_classification_logits(pooled, text, m.clip_model.logit_scale, ones)
+            up = F.interpolate(mk, size=(H, W), mode="bilinear", align_corners=False)
+            return torch.einsum("qc,qhw->chw", out[0, :, :-1], up[0].sigmoid()), cls
+
+    fa = FlopCountAnalysis(Net(ref).eval(), (torch.zeros(1, 3, H, W), torch.randn(C + 1, 64)))
+    fa.unsupported_ops_warnings(False)
+    fa.uncalled_modules_warnings(False)
+    rows = ovs.flops.count(model, image_size=(H, W), num_classes=C)
+    # fvcore's einsum handle counts through numpy's einsum_path: within a few MACs of ours
+    assert ovs.flops.total(rows, fvcore=True) == pytest.approx(fa.total(), rel=1e-5)
+    by = {k: sum(r.macs for r in rows if r.kind == k) for k in ("conv", "linear")}
+    assert by == {"conv": fa.by_operator()["conv"], "linear": fa.by_operator()["linear"]}
