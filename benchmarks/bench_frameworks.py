@@ -11,6 +11,10 @@ file with ovs.convert (as `ovs convert --framework deeplab`) and loads the resul
 Cases, 150 classes (the ADE20K-150 names, first synonym), one image each:
   deeplab_512   a 512 x 512 image, short side 512 (no resize, no padding)
   deeplab_640   a 640 x 853 (4:3) image at short side 640 (padded to 640 x 864)
+  fcclip_512, fcclip_640   the same images through FC-CLIP (RN50 sizes, 250 queries, random
+                weights from tests/reference/fcclip_reference.py `full(seed=0)`), image ->
+                semantic scores (150, H, W): the whole fc-clip inference (both classifiers, the
+                geometric ensemble, masks resized to the image, the semantic einsum)
 Timed call: image (uint8) -> class probabilities (150, H, W) at the image's size, i.e.
 detectron2 preprocessing, the network, the per-pixel cosine classifier, softmax with the
 no-object embedding and the resize back. ours: ovs.Segmenter(model, "deeplab").predict;
@@ -30,8 +34,10 @@ from pathlib import Path
 import _harness as H
 
 CASES = {"deeplab_512": ((512, 512), 512), "deeplab_640": ((640, 853), 640)}
+FCCLIP_CASES = {"fcclip_512": ((512, 512), 512), "fcclip_640": ((640, 853), 640)}
 MAX_SIZE = 1333
-PAPER_GFLOPS = {"deeplab": 241.3}
+PAPER_GFLOPS = {"deeplab": 241.3, "fcclip": 268.2}
+FILES = {"deeplab": "deeplab_rn50_random", "fcclip": "fcclip_rn50_random"}
 
 
 def _image(hw):
@@ -45,18 +51,61 @@ def _image(hw):
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _reference():
+def _reference(name="deeplab_reference"):
     import importlib.util
 
-    path = H.REPO_ROOT / "tests" / "reference" / "deeplab_reference.py"
-    spec = importlib.util.spec_from_file_location("deeplab_reference", path)
+    path = H.REPO_ROOT / "tests" / "reference" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
 # ---------------------------------------------------------------------------- worker side
+def _setup_fcclip(side: str, params: dict):
+    """FC-CLIP at RN50 sizes (tests/reference/fcclip_reference.py `full(seed=0)`: 250 queries,
+    9 decoder layers, CLIP text 512 x 12). Timed: image -> semantic scores (150, H, W) at the
+    image's size; both sides hold the text classifier (ViLD templates) computed once."""
+    names = params["names"]
+    if side == "peer":
+        import torch
+
+        from ovs.fcclip import coco_panoptic_synonyms
+
+        R = _reference("fcclip_reference")
+        model = R.full(seed=0)
+        ck = Path(params["dir"]) / (FILES["fcclip"] + ".pth")
+        R.save_checkpoint(model, ck)
+        train = coco_panoptic_synonyms()
+        with torch.no_grad():
+            cached = model.get_text_classifier(names)
+        model.get_text_classifier = lambda _names: cached
+
+        def run(hw, short):
+            img = _image(hw)
+            return lambda: R.semantic(model, img, names, train, short, MAX_SIZE)[0]
+        return {c: H.Case(run(hw, s)) for c, (hw, s) in FCCLIP_CASES.items()}, {"checkpoint": str(ck)}
+
+    import ovs
+    import ovs.convert
+
+    out = Path(params["dir"]) / (FILES["fcclip"] + ".safetensors")
+    t0 = time.perf_counter()
+    ovs.convert.convert(params["peer_info"]["checkpoint"], "fcclip", out)
+    t_convert = time.perf_counter() - t0
+    model = ovs.load(out)
+    segs = {}
+    for c, (hw, short) in FCCLIP_CASES.items():
+        seg = ovs.Segmenter(model, "fcclip", short_side=short)
+        seg.classifier(names)
+        segs[c] = (seg, _image(hw))
+    return ({c: H.Case(lambda s=s, im=im: s.predict(im, names)) for c, (s, im) in segs.items()},
+            {"convert_s": t_convert})
+
+
 def setup(side: str, group: str, params: dict):
+    if group == "fcclip":
+        return _setup_fcclip(side, params)
     names = params["names"]
     if side == "peer":
         import torch
@@ -102,7 +151,7 @@ def setup(side: str, group: str, params: dict):
     return cases, {"convert_s": t_convert}
 
 
-def flops_table(converted: Path, n_classes: int) -> dict:
+def flops_table(converted: Path, n_classes: int, cases=CASES) -> dict:
     """Analytic FLOPs (fvcore convention) of each case's padded input, from the weights alone."""
     import ovs.flops
     from ovs.frameworks import resize_shortest_edge
@@ -110,7 +159,7 @@ def flops_table(converted: Path, n_classes: int) -> dict:
 
     sd = load_state_dict(converted)
     out = {}
-    for c, (hw, short) in CASES.items():
+    for c, (hw, short) in cases.items():
         nh, nw = resize_shortest_edge(*hw, short, MAX_SIZE)
         padded = (-(-nh // 32) * 32, -(-nw // 32) * 32)
         rows = ovs.flops.count(sd, image_size=padded, num_classes=n_classes)
@@ -135,11 +184,21 @@ def main(argv=None) -> int:
                           peer_first=True,
                           meta={c: {"image": list(hw), "short_side": s, "max_size": MAX_SIZE,
                                     "classes": len(names), "paper_dense_gflops": PAPER_GFLOPS["deeplab"]}
-                                for c, (hw, s) in CASES.items()})]
+                                for c, (hw, s) in CASES.items()}),
+                  H.Group("fcclip", {"names": names, "dir": tmp}, repeated=list(FCCLIP_CASES),
+                          peer_first=True,
+                          meta={c: {"image": list(hw), "short_side": s, "max_size": MAX_SIZE,
+                                    "classes": len(names), "queries": 250,
+                                    "paper_dense_gflops": PAPER_GFLOPS["fcclip"]}
+                                for c, (hw, s) in FCCLIP_CASES.items()})]
         groups = H.select_groups(groups, args.cases)
         res = H.run_groups(Path(__file__).resolve(), groups, threads=args.threads, repeat=args.repeat,
                            warmup=args.warmup, env=H.worker_env(args))
-        flops = flops_table(Path(tmp) / "deeplab_rn50_random.safetensors", len(names))
+        flops = {}
+        for fw, cases in (("deeplab", CASES), ("fcclip", FCCLIP_CASES)):
+            f = Path(tmp) / (FILES[fw] + ".safetensors")
+            if f.is_file():
+                flops.update(flops_table(f, len(names), cases))
     for c in res["cases"]:
         c["flops"] = flops.get(c["case"])
     report = {"script": "bench_frameworks",
@@ -153,9 +212,10 @@ def main(argv=None) -> int:
     for c in res["cases"]:
         fl = c.get("flops")
         if fl:
+            fw = c["case"].split("_")[0]
             print(f"{c['case']}: input {fl['input'][0]}x{fl['input'][1]}: {fl['gflops_fvcore']:.1f} GFLOPs "
-                  f"(fvcore convention), {fl['mparams']:.1f} M params; paper (dense DeepLabV3): "
-                  f"{PAPER_GFLOPS['deeplab']} G")
+                  f"(fvcore convention), {fl['mparams']:.1f} M params; paper (dense {fw}): "
+                  f"{PAPER_GFLOPS[fw]} G")
     print(f"\nwrote {path}  ({time.perf_counter() - t0:.0f}s)")
     return 0
 
