@@ -241,6 +241,10 @@ class FCCLIPModel(FrameworkModel):
         if mode != "dense":
             self._trunk.sparsify(mode, 512, 512)
 
+    def _with_weights(self, sd: Mapping[str, np.ndarray]):
+        """A new FC-CLIP model on other weights with the same settings (ovs.prune rebuilds with it)."""
+        return type(self)(sd, name=self.name, sparse=self._sparse_mode, alpha=self.alpha, beta=self.beta)
+
     @staticmethod
     def _scale(v: np.ndarray, name: str) -> float:
         """min(exp(logit_scale), 100) as get_classification_logits."""
@@ -254,16 +258,6 @@ class FCCLIPModel(FrameworkModel):
         return (f"ovs.FCCLIPModel({name}CLIP ResNet(layers={list(self.layers)}, width={self.width}), "
                 f"queries={self.queries}, decoder layers={self.dec_layers}, "
                 f"embed_dim={self.embed_dim}, alpha={self.alpha}, beta={self.beta})")
-
-    def sparsify(self, mode: str = "auto", size: int = 512) -> list[dict]:
-        """Dense or sparse kernel per trunk conv, as ovs.Model.sparsify."""
-        if mode not in ("auto", "dense", "all"):
-            raise ValueError(f"mode must be 'auto', 'dense' or 'all', got {mode!r}")
-        if not 32 <= int(size) <= 8192:
-            raise ValueError(f"size must be in 32..8192, got {size}")
-        self._trunk.sparsify(mode, int(size), int(size))
-        self._sparse_mode = mode
-        return self._trunk.convs()
 
     # ------------------------------------------------------------ text
     def text_rows(self, class_names: Sequence[str], templates="vild") -> TextRows:

@@ -134,6 +134,17 @@ class FrameworkModel:
         """A new model of the same framework on other weights (ovs.prune rebuilds with it)."""
         return type(self)(sd, name=self.name)
 
+    def sparsify(self, mode: str = "auto", size: int = 512) -> list[dict]:
+        """Dense or sparse kernel per conv of the framework's ResNet trunk (self._trunk), as
+        ovs.Model.sparsify."""
+        if mode not in ("auto", "dense", "all"):
+            raise ValueError(f"mode must be 'auto', 'dense' or 'all', got {mode!r}")
+        if not 32 <= int(size) <= 8192:
+            raise ValueError(f"size must be in 32..8192, got {size}")
+        self._trunk.sparsify(mode, int(size), int(size))
+        self._sparse_mode = mode
+        return self._trunk.convs()
+
 
 # ------------------------------------------------------------------ DeepLabV3-OVS
 RN50_LAYERS = (3, 4, 6, 3)
@@ -291,16 +302,6 @@ class DeepLabModel(FrameworkModel):
         return (f"ovs.DeepLabModel({name}ResNet(layers={list(self.layers)}, width={self.width}, "
                 f"output_stride={self.output_stride}), ASPP fifth branch {pool}, "
                 f"embed_dim={self.embed_dim})")
-
-    def sparsify(self, mode: str = "auto", size: int = 512) -> list[dict]:
-        """Dense or sparse kernel per trunk conv, as ovs.Model.sparsify."""
-        if mode not in ("auto", "dense", "all"):
-            raise ValueError(f"mode must be 'auto', 'dense' or 'all', got {mode!r}")
-        if not 32 <= int(size) <= 8192:
-            raise ValueError(f"size must be in 32..8192, got {size}")
-        self._trunk.sparsify(mode, int(size), int(size))
-        self._sparse_mode = mode
-        return self._trunk.convs()
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Per-pixel embeddings (N, E, H/4, W/4) of normalised, padded images (N, 3, H, W)."""

@@ -30,6 +30,19 @@ GENERATED_DIR = TESTS_DIR / "_generated"
 RTOL = 1e-4
 
 
+def load_reference(stem: str):
+    """tests/reference/<stem>.py as a module (loaded once; the references are scripts too, so
+    they are loaded by path rather than imported as a package)."""
+    name = f"ovs_tests_{stem}"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parent / "reference" / f"{stem}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
 def _make_fixtures_module():
     name = "ovs_tests_make_fixtures"
     if name in sys.modules:

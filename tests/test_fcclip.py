@@ -4,10 +4,6 @@ on identical random weights saved as a detectron2 checkpoint with fc-clip's real
 converted with `ovs convert`."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -22,25 +18,14 @@ from ovs.cli import main as cli_main  # noqa: E402
 from ovs.fcclip import FCCLIPModel, coco_panoptic_synonyms  # noqa: E402
 from ovs.frameworks import ConversionError  # noqa: E402
 
-from conftest import assert_close  # noqa: E402
+from conftest import assert_close, load_reference  # noqa: E402
 
 SHORT, MAX = 128, 192   # small detectron2 resize for speed (the framework default is 800 / 1333)
 # seen classes (a synonym in COCO-panoptic's vocabulary) and unseen ones, with synonyms
 NAMES = ["wall", "sofa, couch", "xylophone, marimba", "sky", "aardvark"]
 
 
-def _ref_module():
-    name = "ovs_tests_fcclip_reference"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parent / "reference" / "fcclip_reference.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-R = _ref_module()
+R = load_reference("fcclip_reference")
 
 
 def _convert(tmp, ref, stem):
@@ -274,3 +259,20 @@ def test_flops_equal_fvcore(pair):
     assert ovs.flops.total(rows, fvcore=True) == pytest.approx(fa.total(), rel=1e-5)
     by = {k: sum(r.macs for r in rows if r.kind == k) for k in ("conv", "linear")}
     assert by == {"conv": fa.by_operator()["conv"], "linear": fa.by_operator()["linear"]}
+
+
+def test_pruned_backbone_runs_sparse(pair):
+    """ovs.prune on an FC-CLIP model prunes the CLIP trunk's convs (open_clip names) and gives
+    an FC-CLIP model; the trunk through the sparse kernels equals the dense run."""
+    import ovs.prune
+
+    _, model, _ = pair
+    pruned = ovs.prune.magnitude(model, sparsity=0.9)
+    assert isinstance(pruned, FCCLIPModel) and (pruned.alpha, pruned.beta) == (0.4, 0.8)
+    masks = ovs.prune.masks(pruned)
+    assert masks and all(k.startswith("visual.") for k in masks)
+    assert 0.89 < ovs.prune.sparsity(masks) < 0.91
+    img = _images()[0]
+    dense = _segmenter(FCCLIPModel(pruned.state_dict, sparse="dense")).predict(img, NAMES)
+    sparse = _segmenter(FCCLIPModel(pruned.state_dict, sparse="all")).predict(img, NAMES)
+    assert_close(sparse, dense, rtol=1e-5, name="sparse vs dense trunk")

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 import ovs
 from ovs import _core, _m2f
 
+from conftest import load_reference  # noqa: E402
+
 transformers = pytest.importorskip("transformers")
 from transformers import Mask2FormerConfig  # noqa: E402
 from transformers.models.mask2former import modeling_mask2former as hf  # noqa: E402
@@ -64,36 +66,9 @@ def randomize(module: torch.nn.Module, seed: int, offset_bias: float = 2.0):
 
 
 # ---------------------------------------------------------------- name mapping (HF -> fc-clip)
-HF_TO_FCCLIP_PIXEL_DECODER = [
-    (r"^input_projections\.(\d)\.", r"input_proj.\1."),
-    (r"^level_embed$", "transformer.level_embed"),
-    (r"^encoder\.layers\.(\d+)\.self_attn_layer_norm\.", r"transformer.encoder.layers.\1.norm1."),
-    (r"^encoder\.layers\.(\d+)\.final_layer_norm\.", r"transformer.encoder.layers.\1.norm2."),
-    (r"^encoder\.layers\.(\d+)\.fc1\.", r"transformer.encoder.layers.\1.linear1."),
-    (r"^encoder\.layers\.(\d+)\.fc2\.", r"transformer.encoder.layers.\1.linear2."),
-    (r"^encoder\.layers\.(\d+)\.self_attn\.", r"transformer.encoder.layers.\1.self_attn."),
-    (r"^adapter_1\.0\.", "adapter_1."),
-    (r"^adapter_1\.1\.", "adapter_1.norm."),
-    (r"^layer_1\.0\.", "layer_1."),
-    (r"^layer_1\.1\.", "layer_1.norm."),
-    (r"^mask_projection\.", "mask_features."),
-]
-
-HF_TO_FCCLIP_PREDICTOR = [
-    (r"^queries_features\.", "query_feat."),
-    (r"^queries_embedder\.", "query_embed."),
-    (r"^level_embed\.", "level_embed."),
-    (r"^input_projections\.(\d)\.", r"input_proj.\1."),
-    (r"^decoder\.layers\.(\d+)\.cross_attn\.", r"transformer_cross_attention_layers.\1.multihead_attn."),
-    (r"^decoder\.layers\.(\d+)\.cross_attn_layer_norm\.", r"transformer_cross_attention_layers.\1.norm."),
-    (r"^decoder\.layers\.(\d+)\.self_attn\.out_proj\.", r"transformer_self_attention_layers.\1.self_attn.out_proj."),
-    (r"^decoder\.layers\.(\d+)\.self_attn_layer_norm\.", r"transformer_self_attention_layers.\1.norm."),
-    (r"^decoder\.layers\.(\d+)\.fc1\.", r"transformer_ffn_layers.\1.linear1."),
-    (r"^decoder\.layers\.(\d+)\.fc2\.", r"transformer_ffn_layers.\1.linear2."),
-    (r"^decoder\.layers\.(\d+)\.final_layer_norm\.", r"transformer_ffn_layers.\1.norm."),
-    (r"^decoder\.layernorm\.", "decoder_norm."),
-    (r"^decoder\.mask_predictor\.mask_embedder\.(\d)\.0\.", r"mask_embed.layers.\1."),
-]
+_FC = load_reference("fcclip_reference")
+HF_TO_FCCLIP_PIXEL_DECODER = _FC.HF_TO_FCCLIP_PIXEL_DECODER
+HF_TO_FCCLIP_PREDICTOR = _FC.HF_TO_FCCLIP_PREDICTOR
 
 
 def map_names(state, table, prefix):
@@ -364,30 +339,7 @@ def test_transformer_decoder(rng, in_channels, class_layers):
     assert np.array_equal(hid2, hid) and np.array_equal(last, masks[:, -1])
 
 
-class FcclipClassHead(torch.nn.Module):
-    """FC-CLIP's class-embedding path, re-typed from fc-clip's fcclip_transformer_decoder.py
-    (MaskPooling from ODISE, _mask_pooling_proj, class_embed MLP), before the text logits."""
-
-    def __init__(self, D, out_dim):
-        super().__init__()
-        self._mask_pooling_proj = torch.nn.Sequential(torch.nn.LayerNorm(D), torch.nn.Linear(D, D))
-        self.class_embed = torch.nn.ModuleList(
-            [torch.nn.Linear(D, D), torch.nn.Linear(D, D), torch.nn.Linear(D, out_dim)])
-
-    @staticmethod
-    def mask_pooling(x, mask):
-        if not x.shape[-2:] == mask.shape[-2:]:
-            mask = F.interpolate(mask, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        mask = (mask > 0).to(mask.dtype)
-        denorm = mask.sum(dim=(-1, -2), keepdim=True) + 1e-8
-        return torch.einsum("bchw,bqhw->bqc", x, mask / denorm)
-
-    def forward(self, decoder_output, mask_features, outputs_mask):
-        pooled = self._mask_pooling_proj(self.mask_pooling(mask_features, outputs_mask))
-        x = pooled + decoder_output
-        for i, layer in enumerate(self.class_embed):
-            x = F.relu(layer(x)) if i < 2 else layer(x)
-        return x
+FcclipClassHead = _FC.FcclipClassHead   # fc-clip's class-embedding path, re-typed
 
 
 def test_transformer_decoder_fcclip_class_head(rng):

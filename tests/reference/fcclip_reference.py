@@ -57,6 +57,7 @@ HF_TO_FCCLIP_PREDICTOR = [
     (r"^queries_features\.", "query_feat."),
     (r"^queries_embedder\.", "query_embed."),
     (r"^level_embed\.", "level_embed."),
+    (r"^input_projections\.(\d)\.", r"input_proj.\1."),   # only when in_channels != hidden_dim
     (r"^decoder\.layers\.(\d+)\.cross_attn\.", r"transformer_cross_attention_layers.\1.multihead_attn."),
     (r"^decoder\.layers\.(\d+)\.cross_attn_layer_norm\.", r"transformer_cross_attention_layers.\1.norm."),
     (r"^decoder\.layers\.(\d+)\.self_attn\.out_proj\.", r"transformer_self_attention_layers.\1.self_attn.out_proj."),
@@ -207,7 +208,9 @@ class FCCLIP(nn.Module):
             for s in syn:
                 templated += [t.format(s) for t in VILD_PROMPT]
             num_templates.append(len(syn))
-        t = self.clip_model.encode_text(self.tokenizer(templated))
+        # fc-clip encodes 128 prompts at a time ("to avoid oom")
+        t = torch.cat([self.clip_model.encode_text(self.tokenizer(templated[i:i + 128]))
+                       for i in range(0, len(templated), 128)])
         t = t / t.norm(dim=-1, keepdim=True)
         t = t.reshape(t.shape[0] // len(VILD_PROMPT), len(VILD_PROMPT), t.shape[-1]).mean(1)
         t = t / t.norm(dim=-1, keepdim=True)
