@@ -276,3 +276,25 @@ def test_pruned_backbone_runs_sparse(pair):
     dense = _segmenter(FCCLIPModel(pruned.state_dict, sparse="dense")).predict(img, NAMES)
     sparse = _segmenter(FCCLIPModel(pruned.state_dict, sparse="all")).predict(img, NAMES)
     assert_close(sparse, dense, rtol=1e-5, name="sparse vs dense trunk")
+
+
+def test_eval_runs_the_framework(pair, tmp_path):
+    """`ovs eval --method fcclip` on a converted file: the confusion matrix is the one of
+    Segmenter.segment over the dataset (tiny detectron2-layout data, tests/data/make_datasets.py)."""
+    from test_eval import _gen
+    from test_metrics import d2_confusion
+
+    _, model, path = pair
+    _gen().make(tmp_path / "d2", "voc-20", images=2, size=(20, 28))
+    rc = cli_main(["eval", "--dataset", "voc-20", "--root", str(tmp_path / "d2"), "--model", str(path),
+                   "--method", "fcclip", "--short-side", "64", "--out", str(tmp_path / "res.json"),
+                   "--threads", "1", "--no-progress"])
+    assert rc == 0
+    conf = np.load(tmp_path / "res.confusion.npy")
+    ds = ovs.datasets.load_dataset("voc-20", tmp_path / "d2")
+    seg = ovs.Segmenter(model, "fcclip", short_side=64)
+    ref = np.zeros_like(conf)
+    for i in range(len(ds)):
+        image, gt = ds[i]
+        ref += d2_confusion(seg.segment(image, ds.prompts()), gt, ds.num_classes, ds.ignore_label)
+    np.testing.assert_array_equal(conf, ref)
