@@ -1,6 +1,6 @@
 """The paper's frameworks end to end: ovs vs the PyTorch reference on the same weights.
 
-    python benchmarks/bench_frameworks.py [--repeat 5] [--threads 2] [--cases deeplab,han]
+    python benchmarks/bench_frameworks.py [--repeat 5] [--threads 2] [--cases deeplab,han,fcclip]
 
 Each framework at its real sizes with random weights (every parameter and BatchNorm statistic
 random), from its reference's `full(seed=0)`:
@@ -9,6 +9,9 @@ random), from its reference's `full(seed=0)`:
   han      Han et al. (OpenTrans OpenSegMaskFormer; CLIP RN50 trunk, MSDeformAttn pixel decoder
            256-d x 6 layers, 100 queries x 9 decoder layers, embedding 1024, CLIP text 512 x 12),
            tests/reference/han_reference.py (open_clip + transformers modules)
+  fcclip   FC-CLIP (RN50 sizes, 250 queries x 9 decoder layers, CLIP text 512 x 12),
+           tests/reference/fcclip_reference.py; timed: the whole fc-clip inference (both
+           classifiers, the geometric ensemble, masks resized to the image, the semantic einsum)
 The peer worker builds the PyTorch model and saves it as a detectron2 checkpoint with OpenTrans'
 key names; the ours worker converts that file with ovs.convert (as `ovs convert --framework
 <name>`) and loads the result.
@@ -22,7 +25,7 @@ no-object embedding; Han: per-query cosine, softmax, sum_q softmax * sigmoid(ups
 and the resize back. ours: ovs.Segmenter(model, name).predict; peer: the reference's
 `semantic()` path with the class text embeddings computed once (ours caches them too). Both
 sides use the same thread count (--threads). FLOPs: ovs.flops (fvcore's convention) next to the
-paper's dense figure (DeepLabV3 241.3 G, Han et al. 268.2 G; DESIGN.md §6).
+paper's dense figure (DeepLabV3 241.3 G, Han et al. 268.2 G, FC-CLIP 200.1 G; DESIGN.md §6).
 """
 from __future__ import annotations
 
@@ -34,10 +37,10 @@ from pathlib import Path
 
 import _harness as H
 
-FRAMEWORKS = ("deeplab", "han")
+FRAMEWORKS = ("deeplab", "han", "fcclip")
 SIZES = {"512": ((512, 512), 512), "640": ((640, 853), 640)}
 MAX_SIZE = 1333
-PAPER_GFLOPS = {"deeplab": 241.3, "han": 268.2}
+PAPER_GFLOPS = {"deeplab": 241.3, "han": 268.2, "fcclip": 200.1}
 
 
 def _cases(fw: str) -> dict:
@@ -67,7 +70,50 @@ def _reference(fw: str):
 
 
 # ---------------------------------------------------------------------------- worker side
+def _setup_fcclip(side: str, params: dict):
+    """FC-CLIP at RN50 sizes (tests/reference/fcclip_reference.py `full(seed=0)`: 250 queries,
+    9 decoder layers, CLIP text 512 x 12). Timed: image -> semantic scores (150, H, W) at the
+    image's size; both sides hold the text classifier (ViLD templates) computed once."""
+    names = params["names"]
+    if side == "peer":
+        import torch
+
+        from ovs.fcclip import coco_panoptic_synonyms
+
+        R = _reference("fcclip")
+        model = R.full(seed=0)
+        ck = Path(params["dir"]) / "fcclip_rn50_random.pth"
+        R.save_checkpoint(model, ck)
+        train = coco_panoptic_synonyms()
+        with torch.no_grad():
+            cached = model.get_text_classifier(names)
+        model.get_text_classifier = lambda _names: cached
+
+        def run(hw, short):
+            img = _image(hw)
+            return lambda: R.semantic(model, img, names, train, short, MAX_SIZE)[0]
+        return {c: H.Case(run(hw, s)) for c, (hw, s) in _cases("fcclip").items()}, {"checkpoint": str(ck)}
+
+    import ovs
+    import ovs.convert
+
+    out = Path(params["dir"]) / "fcclip_rn50_random.safetensors"
+    t0 = time.perf_counter()
+    ovs.convert.convert(params["peer_info"]["checkpoint"], "fcclip", out)
+    t_convert = time.perf_counter() - t0
+    model = ovs.load(out)
+    segs = {}
+    for c, (hw, short) in _cases("fcclip").items():
+        seg = ovs.Segmenter(model, "fcclip", short_side=short)
+        seg.classifier(names)
+        segs[c] = (seg, _image(hw))
+    return ({c: H.Case(lambda s=s, im=im: s.predict(im, names)) for c, (s, im) in segs.items()},
+            {"convert_s": t_convert})
+
+
 def setup(side: str, group: str, params: dict):
+    if group == "fcclip":
+        return _setup_fcclip(side, params)
     names = params["names"]
     fw = group
     if side == "peer":
@@ -164,6 +210,7 @@ def main(argv=None) -> int:
     for c in res["cases"]:
         fl = c.get("flops")
         if fl:
+            fw = c["case"].split("_")[0]
             print(f"{c['case']}: input {fl['input'][0]}x{fl['input'][1]}: {fl['gflops_fvcore']:.1f} GFLOPs "
                   f"(fvcore convention), {fl['mparams']:.1f} M params; paper (dense): "
                   f"{PAPER_GFLOPS[c['case'].split('_')[0]]} G")

@@ -1,5 +1,5 @@
 """Multiply-accumulates and parameters per layer of the CLIP towers, the training-free heads and
-the trained frameworks (DeepLabV3-OVS, Han et al.: count(ovs.load(converted), image_size=(H, W),
+the trained frameworks (DeepLabV3-OVS, Han et al., FC-CLIP: count(ovs.load(converted), image_size=(H, W),
 num_classes=C)).
 
 Convention (fvcore's, which the paper's FLOP numbers use): one multiply-accumulate is counted
@@ -317,6 +317,119 @@ def _han(sd, N, H, W, num_classes) -> list[Layer]:
     return rows
 
 
+def _fcclip(sd, N, H, W, num_classes) -> list[Layer]:
+    """FC-CLIP (RN50) at inference as fc-clip runs it (ovs/fcclip.py): the CLIP trunk; the
+    MSDeformAttn pixel decoder (GroupNorm / LayerNorm 5 per element, grid_sample 4 per
+    output); the masked transformer decoder
+    with FC-CLIP's class head and mask prediction at each of its layers + 1 prediction points;
+    CLIP's attention pool on res5 per query; both text classifiers (num_classes rows + void, one
+    synonym per class); the masks upsampled to the input and the semantic einsum."""
+    PD, PR = "sem_seg_head.pixel_decoder.", "sem_seg_head.predictor."
+    wd = int(np.shape(sd["visual.layer1.0.conv1.weight"])[1])
+    layers = [sum(1 for k in sd if k.startswith(f"visual.layer{s + 1}.") and k.endswith(".conv1.weight"))
+              for s in range(4)]
+    rows = _resnet(sd, dict(width=wd, layers=layers, attnpool=False), N, H, W)
+    chans = [4 * (wd << s) for s in range(4)]
+    size = [(H // 4) * (W // 4), (H // 8) * (W // 8), (H // 16) * (W // 16), (H // 32) * (W // 32)]
+    D = int(np.shape(sd[PD + "input_proj.0.0.weight"])[0])
+    MD = int(np.shape(sd[PD + "mask_features.weight"])[0])
+
+    def lin(name, n, k, m, kind="linear"):
+        rows.append(Layer(name, kind, N * n * k * m, _nparams(sd, name), _density(sd, name)))
+
+    def norm(name, n, kind="group_norm"):
+        rows.append(Layer(name, kind, 5 * N * n, _nparams(sd, name)))
+
+    for i, lvl in enumerate((3, 2, 1)):          # input_proj.0 reads res5
+        lin(f"{PD}input_proj.{i}.0", size[lvl], chans[lvl], D, "conv")
+        norm(f"{PD}input_proj.{i}.1", size[lvl] * D)
+    S = size[1] + size[2] + size[3]
+    off = int(np.shape(sd[PD + "transformer.encoder.layers.0.self_attn.sampling_offsets.weight"])[0])
+    hp = off // 2                                  # heads * levels * points
+    fe = int(np.shape(sd[PD + "transformer.encoder.layers.0.linear1.weight"])[0])
+    j = 0
+    while f"{PD}transformer.encoder.layers.{j}.linear1.weight" in sd:
+        b = f"{PD}transformer.encoder.layers.{j}."
+        lin(b + "self_attn.value_proj", S, D, D)
+        lin(b + "self_attn.sampling_offsets", S, D, off)
+        lin(b + "self_attn.attention_weights", S, D, hp)
+        # bilinear sampling: fvcore counts grid_sample as 4 per output element
+        rows.append(Layer(b + "self_attn.sampling", "grid_sample", 4 * N * S * hp * (D // 8), 0))
+        lin(b + "self_attn.output_proj", S, D, D)
+        norm(b + "norm1", S * D, "layer_norm")
+        lin(b + "linear1", S, D, fe)
+        lin(b + "linear2", S, fe, D)
+        norm(b + "norm2", S * D, "layer_norm")
+        j += 1
+    lin(PD + "adapter_1", size[0], chans[0], D, "conv")
+    norm(PD + "adapter_1.norm", size[0] * D)
+    rows.append(Layer(PD + "interpolate", "upsample", 4 * N * D * size[0], 0))
+    lin(PD + "layer_1", size[0], 9 * D, D, "conv")
+    norm(PD + "layer_1.norm", size[0] * D)
+    lin(PD + "mask_features", size[0], D, MD, "conv")
+    Q = int(np.shape(sd[PR + "query_feat.weight"])[0])
+    F = int(np.shape(sd[PR + "transformer_ffn_layers.0.linear1.weight"])[0])
+    E = int(np.shape(sd["text_projection"])[1])
+    T = num_classes + 1
+
+    def predict(tag, target):
+        norm(PR + "decoder_norm", Q * D, "layer_norm")
+        for k, m in enumerate((D, D, MD)):
+            lin(f"{PR}mask_embed.layers.{k}", Q, D, m)
+        rows.append(Layer(f"{PR}{tag}.masks", "matmul", N * Q * MD * size[0], 0))
+        rows.append(Layer(f"{PR}{tag}.mask_pooling", "matmul", N * Q * MD * size[0], 0))
+        norm(PR + "_mask_pooling_proj.0", Q * D, "layer_norm")
+        lin(PR + "_mask_pooling_proj.1", Q, D, D)
+        for k, m in enumerate((D, D, E)):
+            lin(f"{PR}class_embed.layers.{k}", Q, D, m)
+        if T > 1:
+            rows.append(Layer(f"{PR}{tag}.classifier", "matmul", N * Q * E * T, 0))
+        if target is not None:
+            rows.append(Layer(f"{PR}{tag}.attn_mask", "upsample", 4 * N * Q * target, 0))
+
+    L = 0
+    while f"{PR}transformer_ffn_layers.{L}.linear1.weight" in sd:
+        L += 1
+    predict("prediction0", size[3])
+    for i in range(L):
+        s_l = size[3 - i % 3]
+        c = f"{PR}transformer_cross_attention_layers.{i}."
+        rows.append(Layer(c + "multihead_attn.in_proj", "linear", N * (Q + 2 * s_l) * D * D,
+                          int(np.size(sd[c + "multihead_attn.in_proj_weight"]) + np.size(sd[c + "multihead_attn.in_proj_bias"]))))
+        # nn.MultiheadAttention with a mask: q.k^T is a baddbmm (not in fvcore's table), the
+        # weighted sum a bmm (counted); without a mask (self-attention) both are bmm
+        rows.append(Layer(c + "multihead_attn.attention", "attention", N * Q * s_l * D, 0))
+        rows.append(Layer(c + "multihead_attn.values", "matmul", N * Q * s_l * D, 0))
+        lin(c + "multihead_attn.out_proj", Q, D, D)
+        norm(c + "norm", Q * D, "layer_norm")
+        a = f"{PR}transformer_self_attention_layers.{i}."
+        rows.append(Layer(a + "self_attn.in_proj", "linear", N * Q * D * 3 * D,
+                          int(np.size(sd[a + "self_attn.in_proj_weight"]) + np.size(sd[a + "self_attn.in_proj_bias"]))))
+        rows.append(Layer(a + "self_attn.attention", "matmul", 2 * N * Q * Q * D, 0))
+        lin(a + "self_attn.out_proj", Q, D, D)
+        norm(a + "norm", Q * D, "layer_norm")
+        f = f"{PR}transformer_ffn_layers.{i}."
+        lin(f + "linear1", Q, D, F)
+        lin(f + "linear2", Q, F, D)
+        norm(f + "norm", Q * D, "layer_norm")
+        predict(f"prediction{i + 1}", size[3 - (i + 1) % 3] if i + 1 < L else None)
+    # out-of-vocabulary branch: CLIP's attention pool per mask on res5
+    C5, s5 = chans[3], size[3]
+    rows.append(Layer("visual.attnpool.mask_resize", "upsample", 4 * N * Q * s5, 0))
+    rows.append(Layer("visual.attnpool.positional_embedding", "upsample", 4 * N * C5 * s5,
+                      int(np.size(sd["visual.attnpool.positional_embedding"]))))
+    rows.append(Layer("visual.attnpool.q_proj", "linear", N * Q * C5 * C5, _nparams(sd, "visual.attnpool.q_proj")))
+    for p in ("k_proj", "v_proj"):
+        rows.append(Layer(f"visual.attnpool.{p}", "linear", N * s5 * C5 * C5, _nparams(sd, f"visual.attnpool.{p}")))
+    rows.append(Layer("visual.attnpool.attention", "attention", 2 * N * Q * s5 * C5, 0))
+    rows.append(Layer("visual.attnpool.c_proj", "linear", N * Q * C5 * E, _nparams(sd, "visual.attnpool.c_proj")))
+    if T > 1:
+        rows.append(Layer("out_vocab.classifier", "matmul", N * Q * E * T, 0))
+        rows.append(Layer("semantic.upsample", "upsample", 4 * N * Q * H * W, 0))
+        rows.append(Layer("semantic.einsum", "matmul", N * Q * num_classes * H * W, 0))
+    return rows
+
+
 def _head_table() -> dict[str, dict]:
     from . import _core
 
@@ -373,7 +486,7 @@ def count(model, *, image_size: int | Sequence[int] | None = None, batch: int = 
             raise ValueError(f"image size must be positive multiples of 32, got {H}x{W}")
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-        build = _han if cfg["framework"] == "han" else _deeplab
+        build = {"han": _han, "fcclip": _fcclip}.get(cfg["framework"], _deeplab)
         rows = build(sd, batch, H, W, int(num_classes))
         if num_texts:
             from .frameworks import _text_model

@@ -166,6 +166,17 @@ class FrameworkModel:
         """A new model of the same framework on other weights (ovs.prune rebuilds with it)."""
         return type(self)(sd, name=self.name)
 
+    def sparsify(self, mode: str = "auto", size: int = 512) -> list[dict]:
+        """Dense or sparse kernel per conv of the framework's ResNet trunk (self._trunk), as
+        ovs.Model.sparsify."""
+        if mode not in ("auto", "dense", "all"):
+            raise ValueError(f"mode must be 'auto', 'dense' or 'all', got {mode!r}")
+        if not 32 <= int(size) <= 8192:
+            raise ValueError(f"size must be in 32..8192, got {size}")
+        self._trunk.sparsify(mode, int(size), int(size))
+        self._sparse_mode = mode
+        return self._trunk.convs()
+
 
 # ------------------------------------------------------------------ DeepLabV3-OVS
 RN50_LAYERS = (3, 4, 6, 3)
@@ -237,6 +248,13 @@ def _clip_resnet_expected(sd, prefix: str, out: dict) -> int:
                 _bn(out, f"{b}.downsample.1", 4 * planes)
             inplanes = 4 * planes
     return inplanes
+
+
+def resnet_trunk_expected(sd: Mapping[str, np.ndarray], prefix: str = "visual.") -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a CLIP-stem ResNet trunk below prefix (see _clip_resnet_expected)."""
+    out: dict[str, tuple[int, ...]] = {}
+    _clip_resnet_expected(sd, prefix, out)
+    return out
 
 
 def _logit_scale_shape(sd) -> tuple:
@@ -313,16 +331,6 @@ class DeepLabModel(FrameworkModel):
         return (f"ovs.DeepLabModel({name}ResNet(layers={list(self.layers)}, width={self.width}, "
                 f"output_stride={self.output_stride}), ASPP fifth branch {pool}, "
                 f"embed_dim={self.embed_dim})")
-
-    def sparsify(self, mode: str = "auto", size: int = 512) -> list[dict]:
-        """Dense or sparse kernel per trunk conv, as ovs.Model.sparsify."""
-        if mode not in ("auto", "dense", "all"):
-            raise ValueError(f"mode must be 'auto', 'dense' or 'all', got {mode!r}")
-        if not 32 <= int(size) <= 8192:
-            raise ValueError(f"size must be in 32..8192, got {size}")
-        self._trunk.sparsify(mode, int(size), int(size))
-        self._sparse_mode = mode
-        return self._trunk.convs()
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Per-pixel embeddings (N, E, H/4, W/4) of normalised, padded images (N, 3, H, W)."""
@@ -569,8 +577,29 @@ FRAMEWORKS: dict[str, Framework] = {
         # 32, TEXT_ENCODER.PROMPT "{}" (bare class names)
         defaults=dict(short_side=800, max_size=1333, divisor=32, templates="bare"),
         description="Han et al. (OpenTrans OpenSegMaskFormer), CLIP RN50, Mask2Former head, 100 queries",
+    "fcclip": Framework(
+        name="fcclip",
+        signature="sem_seg_head.predictor._mask_pooling_proj.1.weight",
+        model=lambda sd, **kw: _fcclip().FCCLIPModel(sd, **kw),
+        expected=lambda sd: _fcclip().fcclip_expected(sd),
+        # bytedance/fc-clip FCCLIP state dict: backbone.clip_model is the open_clip CLIP model
+        rename=(("backbone.clip_model.", ""), ("sem_seg_head.pixel_decoder.", "sem_seg_head.pixel_decoder."),
+                ("sem_seg_head.predictor.", "sem_seg_head.predictor."),
+                ("void_embedding.weight", "void_embedding.weight")),
+        ignore=(r".*\.num_batches_tracked", r"pixel_(mean|std)", r"criterion\..*",
+                r"backbone\.clip_model\.attn_mask"),
+        # detectron2's test resize (INPUT.MIN_SIZE_TEST 800, MAX_SIZE_TEST 1333: FC-CLIP's configs
+        # set neither), SIZE_DIVISIBILITY 32, ViLD's 14 templates (VILD_PROMPT)
+        defaults=dict(short_side=800, max_size=1333, divisor=32, templates="vild"),
+        description="FC-CLIP (bytedance/fc-clip), CLIP RN50 backbone, geometric ensemble",
     ),
 }
+
+
+def _fcclip():
+    from . import fcclip
+
+    return fcclip
 
 
 def detect(sd: Mapping[str, Any]) -> Framework | None:

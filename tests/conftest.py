@@ -42,6 +42,12 @@ def load_test_module(relpath: str, name: str):
     return module
 
 
+def load_reference(stem: str):
+    """tests/reference/<stem>.py as a module (the references are scripts too, so they are loaded
+    by path rather than imported as a package)."""
+    return load_test_module(f"reference/{stem}.py", f"ovs_tests_{stem}")
+
+
 def _make_fixtures_module():
     return load_test_module("reference/make_fixtures.py", "ovs_tests_make_fixtures")
 

@@ -3,10 +3,6 @@
 checkpoint with OpenTrans' real key names and converted with `ovs convert`."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -20,24 +16,13 @@ from ovs.cli import main as cli_main  # noqa: E402
 from ovs import _core  # noqa: E402
 from ovs.frameworks import ConversionError, DeepLabModel  # noqa: E402
 
-from conftest import assert_close  # noqa: E402
+from conftest import assert_close, load_reference  # noqa: E402
 
 SHORT, MAX = 128, 192   # small detectron2 resize for speed (the framework default is 800 / 1333)
 NAMES = ["cat", "dog", "grass", "sky", "road"]
 
 
-def _ref_module():
-    name = "ovs_tests_deeplab_reference"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parent / "reference" / "deeplab_reference.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-R = _ref_module()
+R = load_reference("deeplab_reference")
 
 
 def _convert(tmp, ref, stem):

@@ -25,6 +25,7 @@ from ovs import _core, _m2f
 
 from reference.m2f_hf import (HF_TO_FCCLIP_PIXEL_DECODER, map_names,  # noqa: E402,F401
                               predictor_weights, randomize)
+from conftest import load_reference  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
 from transformers import Mask2FormerConfig  # noqa: E402
@@ -285,30 +286,7 @@ def test_transformer_decoder(rng, in_channels, class_layers):
     assert np.array_equal(hid2, hid) and np.array_equal(last, masks[:, -1])
 
 
-class FcclipClassHead(torch.nn.Module):
-    """FC-CLIP's class-embedding path, re-typed from fc-clip's fcclip_transformer_decoder.py
-    (MaskPooling from ODISE, _mask_pooling_proj, class_embed MLP), before the text logits."""
-
-    def __init__(self, D, out_dim):
-        super().__init__()
-        self._mask_pooling_proj = torch.nn.Sequential(torch.nn.LayerNorm(D), torch.nn.Linear(D, D))
-        self.class_embed = torch.nn.ModuleList(
-            [torch.nn.Linear(D, D), torch.nn.Linear(D, D), torch.nn.Linear(D, out_dim)])
-
-    @staticmethod
-    def mask_pooling(x, mask):
-        if not x.shape[-2:] == mask.shape[-2:]:
-            mask = F.interpolate(mask, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        mask = (mask > 0).to(mask.dtype)
-        denorm = mask.sum(dim=(-1, -2), keepdim=True) + 1e-8
-        return torch.einsum("bchw,bqhw->bqc", x, mask / denorm)
-
-    def forward(self, decoder_output, mask_features, outputs_mask):
-        pooled = self._mask_pooling_proj(self.mask_pooling(mask_features, outputs_mask))
-        x = pooled + decoder_output
-        for i, layer in enumerate(self.class_embed):
-            x = F.relu(layer(x)) if i < 2 else layer(x)
-        return x
+FcclipClassHead = load_reference("fcclip_reference").FcclipClassHead   # fc-clip's class-embedding path, re-typed
 
 
 def test_transformer_decoder_fcclip_class_head(rng):

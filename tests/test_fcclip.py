@@ -1,0 +1,300 @@
+"""FC-CLIP (RN50) on ovs against the PyTorch reference assembled from open_clip, transformers'
+Mask2Former modules and code re-typed from bytedance/fc-clip (tests/reference/fcclip_reference.py),
+on identical random weights saved as a detectron2 checkpoint with fc-clip's real key names and
+converted with `ovs convert`."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("open_clip")
+
+import ovs  # noqa: E402
+import ovs.convert  # noqa: E402
+import ovs.flops  # noqa: E402
+from ovs.cli import main as cli_main  # noqa: E402
+from ovs.fcclip import FCCLIPModel, coco_panoptic_synonyms  # noqa: E402
+from ovs.frameworks import ConversionError  # noqa: E402
+
+from conftest import assert_close, load_reference  # noqa: E402
+
+SHORT, MAX = 128, 192   # small detectron2 resize for speed (the framework default is 800 / 1333)
+# seen classes (a synonym in COCO-panoptic's vocabulary) and unseen ones, with synonyms
+NAMES = ["wall", "sofa, couch", "xylophone, marimba", "sky", "aardvark"]
+
+
+R = load_reference("fcclip_reference")
+
+
+def _convert(tmp, ref, stem):
+    ck, out = tmp / f"{stem}.pth", tmp / f"{stem}.safetensors"
+    R.save_checkpoint(ref, ck)
+    assert cli_main(["convert", str(ck), "--framework", "fcclip", "-o", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fcclip")
+    ref = R.small(seed=0)
+    path = _convert(tmp, ref, "fcclip")
+    return ref, ovs.load(path), path
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:150, 0:200]
+    smooth = np.stack([(np.sin(yy / 9.0) * 120 + 128), (np.cos(xx / 13.0) * 120 + 128),
+                       ((yy + xx) % 256)], -1).astype(np.uint8)
+    # 150x200: resized to 128x171, padded to 128x192; 300x90: the long side capped by MAX
+    return [smooth, rng.integers(0, 256, (300, 90, 3), dtype=np.uint8)]
+
+
+def _semantic(ref, img, names=NAMES):
+    return R.semantic(ref, img, names, coco_panoptic_synonyms(), SHORT, MAX)
+
+
+@pytest.fixture(scope="module")
+def expected(pair):
+    """The reference's (semantic scores, intermediates) for each of _images()."""
+    return [_semantic(pair[0], img) for img in _images()]
+
+
+def _segmenter(model):
+    seg = ovs.Segmenter(model, "fcclip", short_side=SHORT)
+    seg.max_size = MAX
+    return seg
+
+
+def test_load_gives_the_framework_model(pair):
+    ref, model, _ = pair
+    assert isinstance(model, FCCLIPModel)
+    assert model.layers == (3, 4, 6, 3) and model.queries == 12 and model.dec_layers == 3
+    assert model.embed_dim == 64 and model.pool_heads == ref.clip_model.visual.attnpool.num_heads
+    assert model.logit_scale == pytest.approx(float(ref.class_head.logit_scale.detach().exp()), rel=1e-6)
+    assert model.clip_logit_scale == pytest.approx(float(ref.clip_model.logit_scale.detach().exp()), rel=1e-6)
+    assert "queries=12" in repr(model)
+
+
+def test_text_classifier_matches_fcclip(pair):
+    """One row per synonym (ViLD templates averaged), the void embedding last; the category
+    overlap with the COCO-panoptic training vocabulary; max over synonyms."""
+    ref, model, _ = pair
+    rows = model.text_rows(NAMES, "vild")
+    with torch.no_grad():
+        t, num, _ = ref.get_text_classifier(NAMES)
+        void = torch.nn.functional.normalize(ref.void_embedding.weight, dim=-1)
+    assert_close(np.asarray(rows), torch.cat([t, void]).numpy(), rtol=1e-5, name="text rows")
+    assert list(np.bincount(rows.groups)) == num == [1, 2, 2, 1, 1]
+    assert list(rows.overlap) == [True, True, False, True, False]
+
+
+def test_network_matches_pytorch(pair, expected):
+    """Trunk, pixel decoder, transformer decoder with FC-CLIP's class head, and the mask-pooled
+    CLIP attention pool, each against the reference's intermediate."""
+    ref, model, _ = pair
+    img = _images()[0]
+    _, mid = expected[0]
+    x, _ = ovs.frameworks.detectron2_preprocess(img, SHORT, MAX, 32, R.PIXEL_MEAN, R.PIXEL_STD)
+    np.testing.assert_array_equal(x, mid["images"].numpy())
+    out = model.forward(x)
+    assert_close(out["res5"], mid["res5"].numpy(), name="res5 (clip_vis_dense)")
+    assert_close(out["masks"], mid["masks"].numpy(), name="mask logits")
+    assert_close(out["class_embed"], mid["class_embed"].numpy(), name="class embeddings")
+    pooled, valid = model.mask_pool(out["res5"], out["masks"])
+    np.testing.assert_array_equal(valid, mid["valid"].numpy())
+    assert_close(pooled[valid], mid["pooled"].numpy()[valid], name="mask-pooled CLIP embeddings")
+    with pytest.raises(ValueError, match="multiples of 32, got 100x64"):
+        model.forward(np.zeros((1, 3, 100, 64), np.float32))
+
+
+def test_segmenter_matches_fcclip_inference(pair, expected):
+    ref, model, _ = pair
+    seg = _segmenter(model)
+    for img, (sem, _) in zip(_images(), expected):
+        p = seg.predict(img, NAMES)
+        assert_close(p, sem.numpy(), name="semantic scores")
+        labels = seg.segment(img, NAMES)
+        agree = float((labels == sem.numpy().argmax(0)).mean())
+        assert agree >= 0.999, f"label maps agree on {agree:.4%} of pixels"
+
+
+def test_empty_masks_take_the_in_vocabulary_probabilities(tmp_path):
+    """ENSEMBLE_ON_VALID_MASK: mask features made constant (the mask projection's weight zero,
+    its bias one), so each query's mask logit is one number over the image; the last
+    mask-embedding layer's bias is shifted so that about half of them are negative. Those masks have no pixel at res5, and there FC-CLIP keeps the in-vocabulary
+    probabilities (α = β = 0; the attention pool's NaN row is unused)."""
+    ref = R.small(seed=3)
+    img = _images()[0]
+    with torch.no_grad():
+        ref.pixel_decoder.mask_projection.weight.zero_()
+        ref.pixel_decoder.mask_projection.bias.fill_(1.0)
+        last = ref.predictor.decoder.mask_predictor.mask_embedder.layers[2].layers[0]
+        m = np.sort(_semantic(ref, img)[1]["masks"][:, 0, 0].numpy())
+        k = len(m) // 4 + int(np.argmax(np.diff(m)[len(m) // 4 - 1: 3 * len(m) // 4]))
+        last.bias -= float(m[k - 1] + m[k]) / 2 / last.bias.numel()   # in the widest middle gap
+    model = ovs.load(_convert(tmp_path, ref, "constant_masks"))
+    sem, mid = _semantic(ref, img)
+    valid = mid["valid"].numpy()
+    assert 0 < valid.sum() < len(valid), "the test needs valid and empty masks"
+    out = model.forward(ovs.frameworks.detectron2_preprocess(img, SHORT, MAX, 32, R.PIXEL_MEAN,
+                                                             R.PIXEL_STD)[0])
+    np.testing.assert_array_equal(model.mask_pool(out["res5"], out["masks"])[1], valid)
+    assert_close(_segmenter(model).predict(img, NAMES), sem.numpy(), name="semantic scores")
+
+
+def test_thread_count_does_not_change_results(pair):
+    """1 vs 2 threads: the C trunk and Mask2Former blocks agree to float32 rounding (their
+    GEMMs split work by thread; tests/test_m2f.py holds them to 1e-6), the rest is serial."""
+    _, model, _ = pair
+    img = _images()[0]
+    n = ovs.get_num_threads()
+    try:
+        ovs.set_num_threads(1)
+        one = _segmenter(model).predict(img, NAMES)
+        ovs.set_num_threads(2)
+        two = _segmenter(model).predict(img, NAMES)
+    finally:
+        ovs.set_num_threads(n)
+    assert_close(two, one, rtol=1e-5, name="scores, 2 vs 1 thread")
+
+
+def test_convert_reports_bad_checkpoints(pair, tmp_path):
+    ref, _, _ = pair
+    sd = {k: v.numpy() for k, v in R.checkpoint_state_dict(ref).items()}
+    _, report = ovs.convert.convert_state_dict(sd, "fcclip")   # the good one converts
+    assert "criterion.empty_weight" in report["ignored"]
+
+    bad = dict(sd)
+    name = "sem_seg_head.predictor.transformer_cross_attention_layers.1.multihead_attn.in_proj_bias"
+    del bad[name]
+    with pytest.raises(ConversionError, match=rf"1 missing: '{name}'"):
+        ovs.convert.convert_state_dict(bad, "fcclip")
+    bad = dict(sd)
+    bad["backbone.clip_model.visual.attnpool.c_proj.weight"] = np.zeros((32, 512), np.float32)
+    with pytest.raises(ConversionError, match=r"'backbone.clip_model.visual.attnpool.c_proj.weight' "
+                                              r"\(-> 'visual.attnpool.c_proj.weight'\): \(32, 512\), "
+                                              r"expected \(64, 512\)"):
+        ovs.convert.convert_state_dict(bad, "fcclip")
+    bad = dict(sd)
+    bad["sem_seg_head.pixel_decoder.transformer.encoder.layers.0.self_attn.sampling_offsets.weight"] = \
+        np.zeros((96, 64), np.float32)
+    with pytest.raises(ConversionError, match=r"sampling_offsets.weight': \(96, 64\), expected \(192, 64\)"):
+        ovs.convert.convert_state_dict(bad, "fcclip")
+    bad = dict(sd)
+    bad["sem_seg_head.predictor.extra.weight"] = np.ones(3, np.float32)
+    with pytest.raises(ConversionError, match="unexpected: 'sem_seg_head.predictor.extra.weight'"):
+        ovs.convert.convert_state_dict(bad, "fcclip")
+    bad = dict(sd)
+    bad["backbone.head.weight"] = np.ones(3, np.float32)
+    with pytest.raises(ConversionError, match="unexpected tensor.*'backbone.head.weight'"):
+        ovs.convert.convert_state_dict(bad, "fcclip")
+    bad = dict(sd)
+    del bad["void_embedding.weight"]
+    with pytest.raises(ConversionError, match="missing: 'void_embedding.weight'"):
+        ovs.convert.convert_state_dict(bad, "fcclip")
+    conv, _ = ovs.convert.convert_state_dict(sd, "fcclip")
+    with pytest.raises(ValueError, match="alpha must be a number in"):
+        FCCLIPModel(conv, alpha=1.5)
+
+
+def test_segmenter_and_cli(pair, tmp_path):
+    _, model, path = pair
+    with pytest.raises(ValueError, match="window does not apply"):
+        ovs.Segmenter(model, "fcclip", window=(224, 112))
+    with pytest.raises(ValueError, match="use method='fcclip'"):
+        ovs.Segmenter(model, "deeplab")
+    from PIL import Image
+
+    img = _images()[0]
+    Image.fromarray(img).save(tmp_path / "im.png")
+    rc = cli_main(["segment", str(tmp_path / "im.png"), "--model", str(path), "--method",
+                   "fcclip", "--classes", ";".join(NAMES), "--short-side", "128",
+                   "--out", str(tmp_path / "mask.png")])
+    assert rc == 0
+    got = np.asarray(Image.open(tmp_path / "mask.png"))
+    seg = ovs.Segmenter(model, "fcclip", short_side=128)
+    np.testing.assert_array_equal(got, seg.segment(img, NAMES).astype(got.dtype))
+
+
+def test_flops_equal_fvcore(pair):
+    """ovs.flops rows of FC-CLIP against fvcore's trace of the reference network: trunk, pixel
+    decoder, decoder with the class head and mask prediction at every layer, the per-mask
+    attention pool, both classifiers (one synonym per class), upsampling and the semantic
+    einsum at the input size."""
+    from fvcore.nn import FlopCountAnalysis
+
+    ref, model, _ = pair
+    H, W, C = 64, 96, 5
+    F = torch.nn.functional
+
+    class Net(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x, text):
+            m = self.m
+            f = m.extract_features_resnet(x)
+            pd = m.pixel_decoder([f[k] for k in ("res2", "res3", "res4", "res5")])
+            dec = m.predictor(pd.multi_scale_features, pd.mask_features)
+            ones = [1] * C
+            cls = [R.get_classification_logits(m.class_head(h.transpose(0, 1), pd.mask_features, mk),
+                                               text, m.class_head.logit_scale, ones)
+                   for h, mk in zip(dec.intermediate_hidden_states, dec.masks_queries_logits)]
+            mk = dec.masks_queries_logits[-1]
+            pool = F.interpolate(mk, size=f["res5"].shape[-2:], mode="bilinear", align_corners=False)
+            pooled = m.visual_prediction_forward_resnet(f["res5"], pool)
+            out = R.get_classification_logits(pooled, text, m.clip_model.logit_scale, ones)
+            up = F.interpolate(mk, size=(H, W), mode="bilinear", align_corners=False)
+            return torch.einsum("qc,qhw->chw", out[0, :, :-1], up[0].sigmoid()), cls
+
+    fa = FlopCountAnalysis(Net(ref).eval(), (torch.zeros(1, 3, H, W), torch.randn(C + 1, 64)))
+    fa.unsupported_ops_warnings(False)
+    fa.uncalled_modules_warnings(False)
+    rows = ovs.flops.count(model, image_size=(H, W), num_classes=C)
+    # fvcore's einsum handle counts through numpy's einsum_path: within a few MACs of ours
+    assert ovs.flops.total(rows, fvcore=True) == pytest.approx(fa.total(), rel=1e-5)
+    by = {k: sum(r.macs for r in rows if r.kind == k) for k in ("conv", "linear")}
+    assert by == {"conv": fa.by_operator()["conv"], "linear": fa.by_operator()["linear"]}
+
+
+def test_pruned_backbone_runs_sparse(pair):
+    """ovs.prune on an FC-CLIP model prunes the CLIP trunk's convs (open_clip names) and gives
+    an FC-CLIP model; the trunk through the sparse kernels equals the dense run."""
+    import ovs.prune
+
+    _, model, _ = pair
+    pruned = ovs.prune.magnitude(model, sparsity=0.9)
+    assert isinstance(pruned, FCCLIPModel) and (pruned.alpha, pruned.beta) == (0.4, 0.8)
+    masks = ovs.prune.masks(pruned)
+    assert masks and all(k.startswith("visual.") for k in masks)
+    assert 0.89 < ovs.prune.sparsity(masks) < 0.91
+    img = _images()[0]
+    dense = _segmenter(FCCLIPModel(pruned.state_dict, sparse="dense")).predict(img, NAMES)
+    sparse = _segmenter(FCCLIPModel(pruned.state_dict, sparse="all")).predict(img, NAMES)
+    assert_close(sparse, dense, rtol=1e-5, name="sparse vs dense trunk")
+
+
+def test_eval_runs_the_framework(pair, tmp_path):
+    """`ovs eval --method fcclip` on a converted file: the confusion matrix is the one of
+    Segmenter.segment over the dataset (tiny detectron2-layout data, tests/data/make_datasets.py)."""
+    from test_eval import _gen
+    from test_metrics import d2_confusion
+
+    _, model, path = pair
+    _gen().make(tmp_path / "d2", "voc-20", images=2, size=(20, 28))
+    rc = cli_main(["eval", "--dataset", "voc-20", "--root", str(tmp_path / "d2"), "--model", str(path),
+                   "--method", "fcclip", "--short-side", "64", "--out", str(tmp_path / "res.json"),
+                   "--threads", "1", "--no-progress"])
+    assert rc == 0
+    conf = np.load(tmp_path / "res.confusion.npy")
+    ds = ovs.datasets.load_dataset("voc-20", tmp_path / "d2")
+    seg = ovs.Segmenter(model, "fcclip", short_side=64)
+    ref = np.zeros_like(conf)
+    for i in range(len(ds)):
+        image, gt = ds[i]
+        ref += d2_confusion(seg.segment(image, ds.prompts()), gt, ds.num_classes, ds.ignore_label)
+    np.testing.assert_array_equal(conf, ref)
