@@ -577,6 +577,7 @@ FRAMEWORKS: dict[str, Framework] = {
         # 32, TEXT_ENCODER.PROMPT "{}" (bare class names)
         defaults=dict(short_side=800, max_size=1333, divisor=32, templates="bare"),
         description="Han et al. (OpenTrans OpenSegMaskFormer), CLIP RN50, Mask2Former head, 100 queries",
+    ),
     "fcclip": Framework(
         name="fcclip",
         signature="sem_seg_head.predictor._mask_pooling_proj.1.weight",
