@@ -561,7 +561,7 @@ FRAMEWORKS: dict[str, Framework] = {
     ),
     "han": Framework(
         name="han",
-        signature="sem_seg_head.predictor.query_feat.weight",
+        signature="sem_seg_head.predictor.class_embed.weight",   # FC-CLIP's is an MLP (.layers.N)
         model=HanModel,
         expected=han_expected,
         # OpenTrans OpenSegMaskFormer state dict (mask2former/maskformer_model_voca.py):
