@@ -5,7 +5,8 @@ What is proved here:
 * correctness against torch.nn.functional.conv2d and against the naive twin (float64
   accumulation), over the shapes the path takes: padding, dilation, rectangular kernels, groups,
   1x1 unpadded (the input planes read directly), rows narrower than a 16-wide block, a partial
-  last block, output channels not a multiple of any micro-tile height, fused bias / residual
+  last block, output channels not a multiple of any micro-tile height, long tap chains cut into
+  slices (each resumed from the stored partial sums), fused bias / residual
   (also aliased to the output) / activations;
 * exactness by construction: without bias and activation every output is bitwise the fmaf chain
   over the taps l = (c, r, s) in increasing order, i.e. the packed GEMM's naive twin
@@ -36,6 +37,8 @@ CASES = [
     (1, 8, 8, 9, 12, 3, 3, 1, 1, 2),        # groups
     (1, 3, 12, 20, 4, 5, 5, 2, 1, 1),       # 5x5
     (1, 16, 1, 7, 30, 3, 3, 1, 1, 1),       # fewer positions than one block
+    (1, 128, 6, 9, 20, 3, 3, 1, 1, 1),      # L = 1152 > 2 x 512: the chain cut into tap slices
+    (1, 1100, 5, 6, 14, 1, 1, 0, 1, 1),     # 1x1 with L = 1100 sliced, tail block
 ]
 
 

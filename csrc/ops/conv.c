@@ -233,18 +233,28 @@ static void conv_implicit_store(const conv_implicit_job *j, const float *tile, i
 }
 
 /* Flat blocks per task: the input window a task's blocks read stays within ~256 KiB. */
-static int64_t conv_implicit_blocks(const conv_implicit_job *j, int64_t Cg, int64_t halo) {
+static int64_t conv_implicit_blocks(int64_t Cg, int64_t halo) {
     int64_t per = CONV_TILE_FLOATS / 2 / (Cg > 0 ? Cg : 1) - halo;
     int64_t blocks = per / CONV_NR;
     if (blocks > 16) blocks = 16;
     return blocks < 1 ? 1 : blocks;
 }
 
-static void conv_implicit_run(const conv_implicit_job *j, int64_t Cg, int64_t halo) {
+/* Taps per slice when L is cut (the chain resumed, ops/gemm.h) so that the operand rows of a
+ * task's blocks stay in L2 across its output-channel tiles: CONV_TAP_SLICE taps x
+ * CONV_SLICE_BLOCKS blocks of NR floats (each up to two cache lines) is ~256 KiB. */
+#ifndef CONV_TAP_SLICE
+#define CONV_TAP_SLICE 512
+#endif
+#define CONV_SLICE_BLOCKS 4
+
+static int conv_implicit_run(const conv_implicit_job *j, int64_t Cg, int64_t halo) {
     const ops_gemm_isa *isa = ops_gemm_current_isa();
     const int64_t mr = isa->mr_max;
     const int64_t nblocks = (j->F + CONV_NR - 1) / CONV_NR;
-    const int64_t bpt = conv_implicit_blocks(j, Cg, halo);
+    const int sliced = j->L > 2 * CONV_TAP_SLICE;
+    const int64_t lc = sliced ? CONV_TAP_SLICE : j->L;
+    const int64_t bpt = sliced ? CONV_SLICE_BLOCKS : conv_implicit_blocks(Cg, halo);
     const int64_t pgroups = (nblocks + bpt - 1) / bpt;
     const int64_t ktiles = (j->Kg + mr - 1) / mr;
     int threads = 1;
@@ -261,26 +271,49 @@ static void conv_implicit_run(const conv_implicit_job *j, int64_t Cg, int64_t ha
     const int64_t tpg = (ktiles + kgroups - 1) / kgroups;   /* micro-tiles per group */
     kgroups = (ktiles + tpg - 1) / tpg;
     const int64_t tasks = pgroups * kgroups;
+    /* Sliced: a task's tiles (tpg x bpt of (mr, NR)) live in a per-thread buffer across slices. */
+    const int64_t per_thread = tpg * bpt * mr * CONV_NR;
+    float *acc = NULL;
+    if (sliced && !(acc = ovs_malloc((size_t)threads * (size_t)per_thread * sizeof(float))))
+        return ovs_set_error(OVS_ERR_NOMEM, "ovs_conv2d_forward: out of memory for %lld tiles",
+                             (long long)(threads * tpg * bpt));
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && tasks > 1)
     for (int64_t task = 0; task < tasks; task++) {
         const int64_t b0 = (task / kgroups) * bpt, kg = task % kgroups;
         const int64_t b1 = b0 + bpt < nblocks ? b0 + bpt : nblocks;
         const int64_t k0 = kg * tpg * mr;
         const int64_t k1 = k0 + tpg * mr < j->Kg ? k0 + tpg * mr : j->Kg;
-        float tile[16 * CONV_NR];   /* (mr, NR), mr <= 16 */
-        for (int64_t k = k0; k < k1; k += mr) {
-            const int64_t m = k1 - k < mr ? k1 - k : mr;
-            const float *a = j->w + k * j->L;
-            for (int64_t b = b0; b < b1; b++) {
-                const int64_t f0 = b * CONV_NR;
-                if (f0 + CONV_NR <= j->F)
-                    isa->gather(m, j->L, a, j->L, j->x + f0, j->off, tile);
-                else
-                    isa->gather(m, j->L, a, j->L, j->tail, j->lin, tile);
-                conv_implicit_store(j, tile, k, m, f0);
+        float local[16 * CONV_NR];   /* (mr, NR), mr <= 16 */
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *tiles = sliced ? acc + tid * per_thread : local;
+        for (int64_t l0 = 0; l0 < j->L; l0 += lc) {
+            const int64_t n = j->L - l0 < lc ? j->L - l0 : lc;
+            for (int64_t k = k0; k < k1; k += mr) {
+                const int64_t m = k1 - k < mr ? k1 - k : mr;
+                const float *a = j->w + k * j->L + l0;
+                for (int64_t b = b0; b < b1; b++) {
+                    const int64_t f0 = b * CONV_NR;
+                    float *tile = sliced ? tiles + (((k - k0) / mr) * bpt + (b - b0)) * mr * CONV_NR
+                                         : tiles;
+                    if (f0 + CONV_NR <= j->F)
+                        isa->gather(m, n, a, j->L, j->x + f0, j->off + l0, tile, l0 > 0);
+                    else
+                        isa->gather(m, n, a, j->L, j->tail, j->lin + l0, tile, l0 > 0);
+                    if (!sliced) conv_implicit_store(j, tile, k, m, f0);
+                }
             }
         }
+        if (sliced)
+            for (int64_t k = k0; k < k1; k += mr)
+                for (int64_t b = b0; b < b1; b++)
+                    conv_implicit_store(j, tiles + (((k - k0) / mr) * bpt + (b - b0)) * mr * CONV_NR,
+                                        k, k1 - k < mr ? k1 - k : mr, b * CONV_NR);
     }
+    ovs_free(acc);
+    return OVS_OK;
 }
 
 /* (Cg, H, W) -> (Cg, Hp, Wp) with zero borders. */
@@ -329,7 +362,8 @@ static int conv_implicit(const char *op, float *out, const float *in, const ovs_
             }
     const int64_t halo = (R - 1) * p->dil_h * Wp + (S - 1) * p->dil_w;
     const int64_t ftail = F / CONV_NR * CONV_NR;   /* first position of a partial last block */
-    for (int64_t n = 0; n < N; n++)
+    int st = OVS_OK;
+    for (int64_t n = 0; n < N && !st; n++)
         for (int64_t g = 0; g < G; g++) {
             const float *src = in + (n * C + g * Cg) * H * W;
             if (padded) conv_pad_input(xp, src, Cg, H, W, ph, pw);
@@ -343,12 +377,12 @@ static int conv_implicit(const char *op, float *out, const float *in, const ovs_
                                    out + (n * K + g * Kg) * PQ,
                                    residual ? residual + (n * K + g * Kg) * PQ : NULL,
                                    bias ? bias + g * Kg : NULL, Kg, L, P, Q, Wp, F, act};
-            conv_implicit_run(&j, Cg, halo);
+            if ((st = conv_implicit_run(&j, Cg, halo))) break;
         }
     ovs_free(off);
     ovs_free(tail);
     ovs_free(xp);
-    return OVS_OK;
+    return st;
 }
 
 int ovs_conv2d_forward(float *out, const float *in, const ovs_matrix *weight, const float *bias,

@@ -24,10 +24,10 @@
 
 /* Operand row c at b + off[c], or b + c*NR without a table. */
 static void portable_gather(int64_t mr, int64_t C, const float *a, int64_t lda,
-                            const float *b0, const int64_t *off, float *tile) {
+                            const float *b0, const int64_t *off, float *tile, int resume) {
     float acc[PORTABLE_MR][OVS_PACK_NR];
     for (int64_t r = 0; r < mr; r++)
-        for (int j = 0; j < OVS_PACK_NR; j++) acc[r][j] = 0.0f;
+        for (int j = 0; j < OVS_PACK_NR; j++) acc[r][j] = resume ? tile[r * OVS_PACK_NR + j] : 0.0f;
     for (int64_t c = 0; c < C; c++) {
         const float *b = off ? b0 + off[c] : b0 + c * OVS_PACK_NR;
         for (int64_t r = 0; r < mr; r++) {
@@ -41,7 +41,7 @@ static void portable_gather(int64_t mr, int64_t C, const float *a, int64_t lda,
 
 static void portable_kernel(int64_t mr, int64_t C, const float *a, int64_t lda, const float *panel,
                             float *tile) {
-    portable_gather(mr, C, a, lda, panel, NULL, tile);
+    portable_gather(mr, C, a, lda, panel, NULL, tile, 0);
 }
 
 const ops_gemm_isa ops_gemm_portable = {"portable", PORTABLE_MR, portable_kernel, portable_gather};
