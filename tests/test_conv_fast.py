@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ovs import _core
 from conftest import assert_close
-from test_gemm import simd_isas
+from test_gemm import rand, restore_runtime, rng, simd_isas  # noqa: F401 (fixtures)
 
 # N, C, H, W, K, R, S, padding, dilation, groups
 CASES = [
@@ -40,24 +40,6 @@ CASES = [
     (1, 128, 6, 9, 20, 3, 3, 1, 1, 1),      # L = 1152 > 2 x 512: the chain cut into tap slices
     (1, 1100, 5, 6, 14, 1, 1, 0, 1, 1),     # 1x1 with L = 1100 sliced, tail block
 ]
-
-
-@pytest.fixture
-def rng():
-    return np.random.default_rng(99)
-
-
-@pytest.fixture
-def restore_runtime():
-    threads = _core.get_num_threads()
-    yield
-    _core.gemm_set_isa("auto")
-    _core.set_num_threads(threads)
-    _core.debug_fail_alloc(0)
-
-
-def rand(rng, *shape, scale=1.0):
-    return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
 def pair(v):
@@ -140,7 +122,7 @@ def test_implicit_conv_allocation_failure(rng, restore_runtime):
     _core.set_num_threads(2)
     ref = _core.op_conv2d(x, w, b, **kw)
     messages = []
-    for i in range(1, 6):
+    for i in range(1, 6):   # debug_fail_alloc(0) after each call, whatever happens
         _core.debug_fail_alloc(i)
         try:
             got = _core.op_conv2d(x, w, b, **kw)
