@@ -117,6 +117,12 @@ int ovs_deeplab_out_shape(const ovs_deeplab *m, int64_t H, int64_t W, int64_t *h
 
 static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 
+/* Memory: the trunk's work buffers are released as soon as res5 is copied out, and the head's
+ * at the end of the call, so a call's peak is the larger of the two phases (not their sum) and
+ * nothing stays allocated between calls; d2 reuses the concat buffer. */
+static int deeplab_head(ovs_deeplab *m, float *embed, const float *low, const float *x,
+                        int64_t N, int64_t hl, int64_t wl, int64_t h, int64_t w);
+
 int ovs_deeplab_forward(ovs_deeplab *m, float *embed, const float *images, int64_t N, int64_t H,
                         int64_t W) {
     if (N <= 0) return ovs_set_error(OVS_ERR_ARG, "batch size must be positive, got %lld", (long long)N);
@@ -125,11 +131,24 @@ int ovs_deeplab_forward(ovs_deeplab *m, float *embed, const float *images, int64
     if ((rc = ovs_deeplab_out_shape(m, H, W, &hl, &wl))) return rc;
     ovs_arena_reset(&m->trunk->arena);
     ovs_arena_reset(&m->arena);
-    const int64_t A = m->A, Cl = m->Cl, Ccat = m->proj.C, Cd = m->last[0].C;
-    float *low = ovs_arena_floats(&m->arena, (size_t)N * Cl * hl * wl);   /* (N, Cl, hl, wl) */
+    float *low = ovs_arena_floats(&m->arena, (size_t)N * m->Cl * hl * wl);   /* (N, Cl, hl, wl) */
     if (!low) return OVS_ERR_NOMEM;
     float *res[4] = {low, NULL, NULL, NULL}, *x;
     if ((rc = ovs_resnet_trunk(m->trunk, images, N, H, W, res, &x, &C5, &h, &w))) return rc;
+    float *x5 = ovs_arena_floats(&m->arena, (size_t)N * C5 * h * w);       /* (N, C5, h, w) */
+    if (!x5) return OVS_ERR_NOMEM;
+    memcpy(x5, x, (size_t)N * C5 * h * w * sizeof(float));
+    ovs_arena_free(&m->trunk->arena);
+    rc = deeplab_head(m, embed, low, x5, N, hl, wl, h, w);
+    ovs_arena_free(&m->arena);
+    return rc;
+}
+
+/* ASPP, decoder and embedding from res2 (low) and res5 (x), buffers from the head's arena. */
+static int deeplab_head(ovs_deeplab *m, float *embed, const float *low, const float *x,
+                        int64_t N, int64_t hl, int64_t wl, int64_t h, int64_t w) {
+    const int64_t A = m->A, Cl = m->Cl, C5 = m->C5, Ccat = m->proj.C, Cd = m->last[0].C;
+    int rc;
     const size_t hw = (size_t)h * w, hwl = (size_t)hl * wl;
     size_t sn = 1;
     for (int i = 0; i < 4; i++) sn = max_size(sn, ovs_convbn_scratch(&m->aspp[i], h, w));
@@ -142,9 +161,9 @@ int ovs_deeplab_forward(ovs_deeplab *m, float *embed, const float *images, int64
     float *aspp = ovs_arena_floats(&m->arena, (size_t)N * A * hw);       /* (N, A, h, w) */
     float *cat2 = ovs_arena_floats(&m->arena, (size_t)N * Cd * hwl);     /* (N, A + 48, hl, wl) */
     float *d1 = ovs_arena_floats(&m->arena, (size_t)N * A * hwl);        /* (N, A, hl, wl) */
-    float *d2 = ovs_arena_floats(&m->arena, (size_t)N * A * hwl);        /* (N, A, hl, wl) */
     float *pooled = ovs_arena_floats(&m->arena, (size_t)C5 + A);         /* (C5,) | (A,) */
-    if (!scratch || !cat || !aspp || !cat2 || !d1 || !d2 || !pooled) return OVS_ERR_NOMEM;
+    float *d2 = cat2;   /* (N, A, hl, wl): the concat is dead once last[0] has read it */
+    if (!scratch || !cat || !aspp || !cat2 || !d1 || !pooled) return OVS_ERR_NOMEM;
     /* ASPP: each branch writes its channel slice of the concat, one image at a time */
     for (int64_t n = 0; n < N; n++) {
         const float *xn = x + (size_t)n * C5 * hw;

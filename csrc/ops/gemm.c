@@ -22,13 +22,14 @@
 /* ---------------------------------------------------------------- portable kernel */
 #define PORTABLE_MR 4
 
-static void portable_kernel(int64_t mr, int64_t C, const float *a, int64_t lda, const float *panel,
-                            float *tile) {
+/* Operand row c at b + off[c], or b + c*NR without a table. */
+static void portable_gather(int64_t mr, int64_t C, const float *a, int64_t lda,
+                            const float *b0, const int64_t *off, float *tile, int resume) {
     float acc[PORTABLE_MR][OVS_PACK_NR];
     for (int64_t r = 0; r < mr; r++)
-        for (int j = 0; j < OVS_PACK_NR; j++) acc[r][j] = 0.0f;
+        for (int j = 0; j < OVS_PACK_NR; j++) acc[r][j] = resume ? tile[r * OVS_PACK_NR + j] : 0.0f;
     for (int64_t c = 0; c < C; c++) {
-        const float *b = panel + c * OVS_PACK_NR;
+        const float *b = off ? b0 + off[c] : b0 + c * OVS_PACK_NR;
         for (int64_t r = 0; r < mr; r++) {
             const float av = a[r * lda + c];
             for (int j = 0; j < OVS_PACK_NR; j++) acc[r][j] = fmaf(av, b[j], acc[r][j]);
@@ -38,7 +39,12 @@ static void portable_kernel(int64_t mr, int64_t C, const float *a, int64_t lda, 
         for (int j = 0; j < OVS_PACK_NR; j++) tile[r * OVS_PACK_NR + j] = acc[r][j];
 }
 
-const ops_gemm_isa ops_gemm_portable = {"portable", PORTABLE_MR, portable_kernel};
+static void portable_kernel(int64_t mr, int64_t C, const float *a, int64_t lda, const float *panel,
+                            float *tile) {
+    portable_gather(mr, C, a, lda, panel, NULL, tile, 0);
+}
+
+const ops_gemm_isa ops_gemm_portable = {"portable", PORTABLE_MR, portable_kernel, portable_gather};
 
 /* ---------------------------------------------------------------- ISA choice */
 /* -1: not chosen yet; otherwise an ovs_gemm_isa_kind. Forced by ovs_gemm_set_isa (tests). */
@@ -73,7 +79,7 @@ static int best_isa(void) {
     return OVS_GEMM_ISA_PORTABLE;
 }
 
-static const ops_gemm_isa *current_isa(void) {
+const ops_gemm_isa *ops_gemm_current_isa(void) {
     int kind = atomic_load(&gemm_isa_kind);
     if (kind < 0) {
         kind = best_isa();
@@ -97,7 +103,7 @@ int ovs_gemm_set_isa(ovs_gemm_isa_kind kind) {
     return OVS_OK;
 }
 
-const char *ovs_gemm_isa_name(void) { return current_isa()->name; }
+const char *ovs_gemm_isa_name(void) { return ops_gemm_current_isa()->name; }
 
 /* ---------------------------------------------------------------- packing */
 size_t ovs_matrix_packed_floats(int64_t rows, int64_t cols) {
@@ -171,7 +177,7 @@ int ops_gemm_packed(const char *op, float *out, int64_t ldo, const float *a, int
     const int64_t K = w->rows, C = w->cols;
     if (M == 0 || K == 0) return OVS_OK;
     (void)op;
-    const ops_gemm_isa *isa = current_isa();
+    const ops_gemm_isa *isa = ops_gemm_current_isa();
     const int64_t mr = isa->mr_max;
     const int64_t rb = gemm_row_block(C, mr);
     const int64_t panels = (K + OVS_PACK_NR - 1) / OVS_PACK_NR;

@@ -15,11 +15,22 @@
 typedef void (*ops_gemm_kernel_fn)(int64_t mr, int64_t C, const float *a, int64_t lda,
                                    const float *panel, float *tile);
 
+/* The same with an offset table instead of a packed panel: row c of the (C, NR) operand is the NR
+ * floats at b + off[c] (the implicit-GEMM convolution, csrc/ops/conv.c). Same fmaf chain; with
+ * resume != 0 the chain continues from the values in tile instead of 0, so a chain over
+ * c = 0..C-1 may be cut into consecutive calls over slices of c with a bitwise-equal result. */
+typedef void (*ops_gemm_gather_fn)(int64_t mr, int64_t C, const float *a, int64_t lda,
+                                   const float *b, const int64_t *off, float *tile, int resume);
+
 typedef struct {
     const char *name;         /* "portable", "avx2", "avx512" */
     int64_t mr_max;           /* rows per micro-tile */
     ops_gemm_kernel_fn kernel;
+    ops_gemm_gather_fn gather;
 } ops_gemm_isa;
+
+/* The kernels of the ISA in use (chosen from the CPU, or forced by ovs_gemm_set_isa). */
+const ops_gemm_isa *ops_gemm_current_isa(void);
 
 extern const ops_gemm_isa ops_gemm_portable;
 extern const ops_gemm_isa ops_gemm_avx2;      /* needs AVX2 + FMA */

@@ -158,9 +158,14 @@ size_t ovs_conv2d_scratch_floats(int64_t C, int64_t H, int64_t W, int64_t K, int
 /* out (N, K, P, Q) = act(conv(in (N, C, H, W), weight (K, C/groups, R, S)) + bias (K,)
  *                         [+ residual (N, K, P, Q)]).
  * weight is the (K, C/groups*R*S) matrix view; bias, residual may be NULL; residual may
- * alias out (it is then accumulated by the GEMM, beta = 1).
- * im2col + GEMM per image, group and band of output rows in general, GEMM directly on the
- * input for 1x1 stride-1 unpadded convs. */
+ * alias out.
+ * Stride-1 convs (unless the right padding columns would exceed a quarter of the work) run as
+ * an implicit GEMM on the packed GEMM's per-ISA micro-kernels over the zero-padded input (no
+ * im2col; the padded copy is allocated per call, OVS_ERR_NOMEM if that fails; scratch is not
+ * used): each output is one fmaf chain over the taps (c, r, s) in increasing order, then
+ * + bias, + residual, activation, so the result is bitwise independent of the thread count and
+ * of the ISA path. Other convs: im2col + OpenBLAS sgemm per image, group and band of output
+ * rows. */
 int ovs_conv2d_forward(float *out, const float *in, const ovs_matrix *weight, const float *bias,
                        const float *residual, int64_t N, int64_t C, int64_t H, int64_t W,
                        int64_t K, int64_t R, int64_t S, const ovs_conv2d_params *p, ovs_act act,

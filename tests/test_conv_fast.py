@@ -1,0 +1,136 @@
+"""The implicit-GEMM convolution (csrc/ops/conv.c, conv_implicit): stride-1 convs run on the
+packed-GEMM micro-kernels (ops/gemm.h, gather form) over the zero-padded input, no im2col.
+
+What is proved here:
+* correctness against torch.nn.functional.conv2d and against the naive twin (float64
+  accumulation), over the shapes the path takes: padding, dilation, rectangular kernels, groups,
+  1x1 unpadded (the input planes read directly), rows narrower than a 16-wide block, a partial
+  last block, output channels not a multiple of any micro-tile height, long tap chains cut into
+  slices (each resumed from the stored partial sums), fused bias / residual
+  (also aliased to the output) / activations;
+* exactness by construction: without bias and activation every output is bitwise the fmaf chain
+  over the taps l = (c, r, s) in increasing order, i.e. the packed GEMM's naive twin
+  (_core.op_gemm_packed_naive) applied to an im2col matrix built here with numpy;
+* the result is bitwise the same at 1 and 2 threads and on every ISA path (portable C, AVX2+FMA,
+  AVX-512) this CPU has;
+* the path is really taken (an allocation failure inside it surfaces as MemoryError) and its
+  allocation failures leave no partial state (the next call is bitwise the same).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovs import _core
+from conftest import assert_close
+from test_gemm import rand, restore_runtime, rng, simd_isas  # noqa: F401 (fixtures)
+
+# N, C, H, W, K, R, S, padding, dilation, groups
+CASES = [
+    (1, 8, 12, 13, 20, 3, 3, 1, 1, 1),      # 3x3 pad 1, K = 20 (not a multiple of 6/12/16)
+    (2, 6, 9, 7, 13, 3, 3, 1, 1, 1),        # rows narrower than a block, batch 2
+    (1, 5, 11, 17, 7, 3, 3, 2, 2, 1),       # dilation 2
+    (1, 12, 10, 10, 25, 1, 1, 0, 1, 1),     # 1x1 unpadded: the input planes directly
+    (1, 4, 6, 40, 9, 1, 3, (0, 1), 1, 1),   # rectangular kernel, wide rows
+    (1, 8, 8, 9, 12, 3, 3, 1, 1, 2),        # groups
+    (1, 3, 12, 20, 4, 5, 5, 2, 1, 1),       # 5x5
+    (1, 16, 1, 7, 30, 3, 3, 1, 1, 1),       # fewer positions than one block
+    (1, 128, 6, 9, 20, 3, 3, 1, 1, 1),      # L = 1152 > 2 x 512: the chain cut into tap slices
+    (1, 1100, 5, 6, 14, 1, 1, 0, 1, 1),     # 1x1 with L = 1100 sliced, tail block
+]
+
+
+def pair(v):
+    return v if isinstance(v, tuple) else (v, v)
+
+
+def make(rng, case):
+    N, C, H, W, K, R, S, pad, dil, groups = case
+    x = rand(rng, N, C, H, W)
+    w = rand(rng, K, C // groups, R, S, scale=0.3)
+    return x, w, rand(rng, K), dict(padding=pad, dilation=dil, groups=groups)
+
+
+def im2col_gemm_naive(x, w, pad, dil):
+    """out (K, P*Q) of image 0, group 1: the packed GEMM's naive fmaf chain over an im2col
+    matrix built with numpy, taps (c, r, s) in increasing order."""
+    _, C, H, W = x.shape
+    K, _, R, S = w.shape
+    (ph, pw), (dh, dw) = pair(pad), pair(dil)
+    xp = np.pad(x[0], ((0, 0), (ph, ph), (pw, pw)))
+    P, Q = H + 2 * ph - dh * (R - 1), W + 2 * pw - dw * (S - 1)
+    cols = np.stack([xp[c, r * dh:r * dh + P, s * dw:s * dw + Q].reshape(-1)
+                     for c in range(C) for r in range(R) for s in range(S)], axis=1)  # (PQ, L)
+    packed = _core.op_matrix_pack(np.ascontiguousarray(w.reshape(K, -1)))
+    out = _core.op_gemm_packed_naive(np.ascontiguousarray(cols), packed, K)   # (PQ, K)
+    return np.ascontiguousarray(out.T).reshape(1, K, P, Q)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+def test_implicit_conv_vs_torch_and_naive(rng, case):
+    x, w, b, kw = make(rng, case)
+    ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), **kw)
+    got = _core.op_conv2d(x, w, b, **kw)
+    assert_close(got, ref, name="conv vs torch")
+    assert_close(got, _core.op_conv2d(x, w, b, naive=True, **kw), name="conv vs naive")
+    r = rand(rng, *ref.shape)
+    for act in ("relu", "gelu", "quickgelu"):
+        for alias in (False, True):
+            got = _core.op_conv2d(x, w, b, r, act=act, residual_alias=alias, **kw)
+            want = _core.op_conv2d(x, w, b, r, act=act, naive=True, **kw)
+            assert_close(got, want, name=f"conv {act} residual alias={alias}")
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[9] == 1], ids=str)
+def test_implicit_conv_is_the_fmaf_chain(rng, case):
+    x, w, _, kw = make(rng, case)
+    got = _core.op_conv2d(x[:1], w, None, padding=kw["padding"], dilation=kw["dilation"])
+    want = im2col_gemm_naive(x[:1], w, kw["padding"], kw["dilation"])
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+def test_implicit_conv_bitwise_across_threads_and_isas(rng, restore_runtime, case):
+    x, w, b, kw = make(rng, case)
+    r = rand(rng, *_core.op_conv2d(x, w, b, **kw).shape)
+    _core.gemm_set_isa("portable")
+    _core.set_num_threads(1)
+    ref = _core.op_conv2d(x, w, b, r, act="relu", **kw)
+    for isa in ["portable"] + simd_isas():
+        _core.gemm_set_isa(isa)
+        for threads in (1, 2):
+            _core.set_num_threads(threads)
+            got = _core.op_conv2d(x, w, b, r, act="relu", **kw)
+            assert np.array_equal(got, ref), f"isa={isa} threads={threads}"
+
+
+def test_implicit_conv_bitwise_across_threads_large(rng, restore_runtime):
+    # big enough for the parallel region to split positions and output channels across tasks
+    x, w, b = rand(rng, 1, 64, 30, 31), rand(rng, 96, 64, 3, 3, scale=0.1), rand(rng, 96)
+    _core.set_num_threads(1)
+    one = _core.op_conv2d(x, w, b, padding=1, act="relu")
+    _core.set_num_threads(2)
+    assert np.array_equal(_core.op_conv2d(x, w, b, padding=1, act="relu"), one)
+    assert_close(one, torch.relu(F.conv2d(torch.from_numpy(x), torch.from_numpy(w),
+                                          torch.from_numpy(b), padding=1)), name="large")
+
+
+def test_implicit_conv_allocation_failure(rng, restore_runtime):
+    x, w, b, kw = make(rng, CASES[0])
+    _core.set_num_threads(2)
+    ref = _core.op_conv2d(x, w, b, **kw)
+    messages = []
+    for i in range(1, 6):   # debug_fail_alloc(0) after each call, whatever happens
+        _core.debug_fail_alloc(i)
+        try:
+            got = _core.op_conv2d(x, w, b, **kw)
+        except MemoryError as e:
+            messages.append(str(e))
+            continue
+        finally:
+            _core.debug_fail_alloc(0)
+        assert np.array_equal(got, ref)
+    assert any("ovs_conv2d_forward: out of memory for the padded input" in m for m in messages), messages
+    assert np.array_equal(_core.op_conv2d(x, w, b, **kw), ref)
