@@ -48,6 +48,27 @@ def load_reference(stem: str):
     return load_test_module(f"reference/{stem}.py", f"ovs_tests_{stem}")
 
 
+def convert_reference_checkpoint(save_checkpoint, model, tmp, stem: str, framework: str):
+    """save_checkpoint(model, path) (a reference's detectron2 checkpoint writer) under tmp, then
+    `ovs convert --framework framework` of it; returns the converted file."""
+    from ovs.cli import main as cli_main
+
+    ck, out = tmp / f"{stem}.pth", tmp / f"{stem}.safetensors"
+    save_checkpoint(model, ck)
+    assert cli_main(["convert", str(ck), "--framework", framework, "-o", str(out)]) == 0
+    return out
+
+
+def framework_test_images() -> list:
+    """Two small test images for the framework tests: a smooth 150x200 one (at short side 128:
+    resized to 128x171, padded to 128x192) and a random 300x90 one (its long side capped)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:150, 0:200]
+    smooth = np.stack([(np.sin(yy / 9.0) * 120 + 128), (np.cos(xx / 13.0) * 120 + 128),
+                       ((yy + xx) % 256)], -1).astype(np.uint8)
+    return [smooth, rng.integers(0, 256, (300, 90, 3), dtype=np.uint8)]
+
+
 def _make_fixtures_module():
     return load_test_module("reference/make_fixtures.py", "ovs_tests_make_fixtures")
 

@@ -18,7 +18,8 @@ from ovs.cli import main as cli_main  # noqa: E402
 from ovs.fcclip import FCCLIPModel, coco_panoptic_synonyms  # noqa: E402
 from ovs.frameworks import ConversionError  # noqa: E402
 
-from conftest import assert_close, load_reference  # noqa: E402
+from conftest import (assert_close, convert_reference_checkpoint,  # noqa: E402
+                      framework_test_images, load_reference)
 
 SHORT, MAX = 128, 192   # small detectron2 resize for speed (the framework default is 800 / 1333)
 # seen classes (a synonym in COCO-panoptic's vocabulary) and unseen ones, with synonyms
@@ -29,10 +30,7 @@ R = load_reference("fcclip_reference")
 
 
 def _convert(tmp, ref, stem):
-    ck, out = tmp / f"{stem}.pth", tmp / f"{stem}.safetensors"
-    R.save_checkpoint(ref, ck)
-    assert cli_main(["convert", str(ck), "--framework", "fcclip", "-o", str(out)]) == 0
-    return out
+    return convert_reference_checkpoint(R.save_checkpoint, ref, tmp, stem, "fcclip")
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +42,7 @@ def pair(tmp_path_factory):
 
 
 def _images():
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:150, 0:200]
-    smooth = np.stack([(np.sin(yy / 9.0) * 120 + 128), (np.cos(xx / 13.0) * 120 + 128),
-                       ((yy + xx) % 256)], -1).astype(np.uint8)
-    # 150x200: resized to 128x171, padded to 128x192; 300x90: the long side capped by MAX
-    return [smooth, rng.integers(0, 256, (300, 90, 3), dtype=np.uint8)]
+    return framework_test_images()
 
 
 def _semantic(ref, img, names=NAMES):

@@ -25,7 +25,7 @@ import ovs.weights  # noqa: E402
 from ovs.cli import main as cli_main  # noqa: E402
 from ovs.frameworks import ConversionError, HanModel, mask_semantic  # noqa: E402
 
-from conftest import assert_close  # noqa: E402
+from conftest import assert_close, convert_reference_checkpoint, framework_test_images  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "reference"))
 import han_reference as R  # noqa: E402
@@ -35,10 +35,7 @@ NAMES = ["cat", "dog", "grass", "sky", "road"]
 
 
 def _convert(tmp, ref, stem):
-    ck, out = tmp / f"{stem}.pth", tmp / f"{stem}.safetensors"
-    R.save_checkpoint(ref, ck)
-    assert cli_main(["convert", str(ck), "--framework", "han", "-o", str(out)]) == 0
-    return out
+    return convert_reference_checkpoint(R.save_checkpoint, ref, tmp, stem, "han")
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +47,7 @@ def pair(tmp_path_factory):
 
 
 def _images():
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:150, 0:200]
-    smooth = np.stack([(np.sin(yy / 9.0) * 120 + 128), (np.cos(xx / 13.0) * 120 + 128),
-                       ((yy + xx) % 256)], -1).astype(np.uint8)
-    # 150x200: resized to 128x171, padded to 128x192; 300x90: long side capped by MAX (192x58 -> 64)
-    return [smooth, rng.integers(0, 256, (300, 90, 3), dtype=np.uint8)]
+    return framework_test_images()
 
 
 def _segmenter(model):

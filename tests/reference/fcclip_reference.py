@@ -344,12 +344,4 @@ def save_checkpoint(model, path):
 
 
 if __name__ == "__main__":
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out")
-    ap.add_argument("--full", action="store_true", help="RN50 sizes (default: the small test model)")
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args()
-    save_checkpoint(full(a.seed) if a.full else small(a.seed), a.out)
-    print(a.out)
+    M2F.checkpoint_main(small, full, save_checkpoint, __doc__)

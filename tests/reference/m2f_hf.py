@@ -89,3 +89,17 @@ def predictor_weights(module, prefix, layers):
             w[f"{prefix}transformer_self_attention_layers.{i}.self_attn.in_proj_{kind}"] = \
                 sd[f"__packed{i}.{kind}"].detach().numpy().copy()
     return w
+
+
+def checkpoint_main(small, full, save_checkpoint, doc: str, argv=None) -> None:
+    """The command line of a framework reference: write its random detectron2 checkpoint
+    (`python tests/reference/<framework>_reference.py OUT.pth [--full] [--seed N]`)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("out")
+    ap.add_argument("--full", action="store_true", help="the real sizes (default: the small test model)")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    save_checkpoint(full(a.seed) if a.full else small(a.seed), a.out)
+    print(a.out)
