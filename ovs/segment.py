@@ -527,6 +527,8 @@ class Segmenter:
         if self._framework is not None:  # probabilities at low resolution, then resized
             def finish_fw(im, lr, qc):
                 H, W = self._out_size(im)
+                if lr.shape[-2:] == (H, W) and lr.dtype == np.float32:
+                    return lr  # already at the output size (Han, FC-CLIP): the resize is an identity
                 return _core.seg_upsample(lr, H, W, logit_scale=1.0, softmax=False)
             return self._run(image, class_names, finish_fw, "probs")
 
