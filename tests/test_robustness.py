@@ -12,6 +12,7 @@ give the first run's result again.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -172,6 +173,50 @@ def test_fail_alloc_segment(state_dicts, image, name, method, threads, restore_t
     model = ovs.Model(state_dicts[name], act="gelu")
     inject_alloc_failures(lambda: ovs.Segmenter(model, method=method, short_side=48, window=(32, 16)),
             f"Segmenter({method})", lambda s: s.segment(image, names))
+
+
+@pytest.mark.parametrize("names,kw,stage", [
+    (["cat", "grass", "sky"], {}, r"label stage: block buffers of 3 classes"),          # ovs_seg_labels
+    (["cat", "grass"], {}, r"label stage: row buffer of 2 classes"),                   # its naive twin
+    (["cat", "grass", "sky"], {"area_threshold": 0.4}, r"grouped label stage: row buffer of 3 queries"),
+])
+def test_fail_alloc_label_stage_worker_message(vit, image, names, kw, stage, restore_threads):
+    """Every thread of the label stage's parallel region allocates its own buffers. A failed
+    allocation on any of them -- the worker thread's too -- must reach the caller as a MemoryError
+    with that thread's own message (what ran out and its size), not a generic or stale one: at 2
+    threads, twice as many allocations fail with it as at 1 thread."""
+    seg = ovs.Segmenter(vit, method="naclip", short_side=None, window=None, **kw)
+    pattern = re.compile(stage + r": out of memory \(injected failure, \d+ bytes\)")
+
+    def region_failures(threads):
+        ovs.set_num_threads(threads)
+        ref = seg.segment(image, names)  # warm: arenas sized, text classifier cached
+        _core.debug_fail_alloc(0)
+        assert np.array_equal(seg.segment(image, names), ref)
+        n = _core.debug_fail_alloc(0)
+        hits = 0
+        try:
+            for i in range(1, n + 1):
+                _core.debug_fail_alloc(i)
+                try:
+                    out = seg.segment(image, names)
+                except MemoryError as err:
+                    msg = str(err)
+                    if msg.startswith(stage.split(":")[0] + ":"):  # a failure in the region
+                        assert pattern.fullmatch(msg), msg
+                        hits += 1
+                    continue
+                finally:
+                    _core.debug_fail_alloc(0)
+                assert np.array_equal(out, ref), f"allocation {i}/{n} failed, call succeeded"
+        finally:
+            _core.debug_fail_alloc(0)
+        assert np.array_equal(seg.segment(image, names), ref)
+        return hits
+
+    one = region_failures(1)
+    assert one >= 1, f"no allocation of the {stage!r} region failed"
+    assert region_failures(2) == 2 * one
 
 
 def _templates_key(templates) -> str:

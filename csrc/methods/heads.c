@@ -24,14 +24,14 @@ int ovs_segmenter_create(ovs_segmenter **out, ovs_resnet *resnet, ovs_vit *vit,
         return ovs_set_error(OVS_ERR_ARG, "unknown head (not an entry of ovs_head_table)");
     if (resnet && !(h->towers & OVS_TOWER_RESNET))
         return ovs_set_error(OVS_ERR_ARG, "%s runs on ViT towers only, not on a ResNet", h->title);
-    if (resnet && !resnet->cfg.has_attnpool)
+    if (resnet && !ovs_resnet_get_config(resnet)->has_attnpool)
         return ovs_set_error(OVS_ERR_ARG, "%s on a ResNet needs its attention pool weights", h->title);
-    if (vit && vit->cfg.embed_dim <= 0)
+    if (vit && ovs_vit_get_config(vit)->embed_dim <= 0)
         return ovs_set_error(OVS_ERR_ARG, "the ViT has no projection (visual.proj)");
-    if (vit && vit->tf.layers < h->min_layers)
+    if (vit && ovs_vit_transformer(vit)->layers < h->min_layers)
         return ovs_set_error(OVS_ERR_ARG, "%s needs a ViT with at least %lld blocks (%s), this one has %lld",
                              h->title, (long long)h->min_layers, h->min_layers_why,
-                             (long long)vit->tf.layers);
+                             (long long)ovs_vit_transformer(vit)->layers);
     if (cfg->ks_thresh > 0 && !(h->flags & OVS_HEAD_KEY_SMOOTHING))
         return ovs_set_error(OVS_ERR_ARG, "key smoothing (ks_thresh) is not part of the %s head", h->title);
     if (cfg->crop < 0 || (cfg->crop > 0 && (cfg->stride <= 0 || cfg->stride > cfg->crop)))
@@ -59,10 +59,20 @@ void ovs_segmenter_free(ovs_segmenter *s) {
 }
 
 int64_t ovs_segmenter_embed_dim(const ovs_segmenter *s) {
-    return s->vit ? s->vit->cfg.embed_dim : s->resnet->cfg.embed_dim;
+    return s->vit ? ovs_vit_get_config(s->vit)->embed_dim : ovs_resnet_get_config(s->resnet)->embed_dim;
 }
 
-int64_t ovs_segmenter_patch(const ovs_segmenter *s) { return s->vit ? s->vit->cfg.patch : 32; }
+int64_t ovs_segmenter_patch(const ovs_segmenter *s) { return s->vit ? ovs_vit_get_config(s->vit)->patch : 32; }
+
+/* feats (G, E) = proj(ln_post(x)) of the patch tokens x (G, D); x is normalised in place. */
+static int vit_project(const ovs_vit *m, float *feats, float *x, int64_t G) {
+    const ovs_vit_config *cfg = ovs_vit_get_config(m);
+    const float *ln_w, *ln_b;
+    const ovs_matrix *proj; /* not NULL: ovs_segmenter_create checked embed_dim > 0 */
+    ovs_vit_head(m, &ln_w, &ln_b, &proj);
+    int rc = ovs_layernorm_forward(x, x, ln_w, ln_b, G, cfg->width, 1e-5f);
+    return rc ? rc : ovs_linear_forward(feats, x, proj, NULL, NULL, G, cfg->width, cfg->embed_dim, OVS_ACT_NONE);
+}
 
 /* NACLIP prior Omega (T, T): 0 on the class row/column, exp(-d^2 / (2 sigma^2)) between patches. */
 static int naclip_omega(ovs_segmenter *s, int64_t gh, int64_t gw) {
@@ -97,8 +107,7 @@ static int naclip_omega(ovs_segmenter *s, int64_t gh, int64_t gw) {
 
 /* The replaced last block on x (T, D), written to xo (T, D). */
 static int vit_last_block(ovs_segmenter *s, float *xo, float *x, int64_t T, int64_t gh, int64_t gw) {
-    ovs_vit *m = s->vit;
-    const ovs_transformer *tf = &m->tf;
+    const ovs_transformer *tf = ovs_vit_transformer(s->vit);
     const ovs_block *blk = &tf->blocks[tf->layers - 1];
     const int64_t D = tf->width, E = tf->heads, F = D / E, Dm = tf->mlp;
     const ovs_head_info *head = s->cfg.head;
@@ -149,7 +158,7 @@ static int vit_last_block(ovs_segmenter *s, float *xo, float *x, int64_t T, int6
  * pmid (G, G): the softmax of the thresholded mid-layer similarity, shared by every head. */
 static int scclip_attn(ovs_segmenter *s, float *out, const float *xin, const float *pmid,
                        const float *cls, int64_t G) {
-    const ovs_transformer *tf = &s->vit->tf;
+    const ovs_transformer *tf = ovs_vit_transformer(s->vit);
     const ovs_block *blk = &tf->blocks[tf->layers - 1];
     const int64_t D = tf->width, E = tf->heads, F = D / E, ld = 3 * D;
     float *y = ovs_arena_floats(&s->work, (size_t)G * D);        /* (G, D) ln_1(xin) */
@@ -195,8 +204,8 @@ static int cosine_gram(float *sim, float *fn, const float *f, int64_t ld, int64_
 /* SC-CLIP's VisionTransformer.forward(return_all=True) after the standard blocks:
  * bt (L-1, T, D) the output of every block but the last -> feats (G, E). */
 static int scclip_features(ovs_segmenter *s, float *feats, const float *bt, int64_t gh, int64_t gw) {
-    ovs_vit *m = s->vit;
-    const int64_t D = m->cfg.width, L = m->tf.layers, E = m->cfg.embed_dim, G = gh * gw, T = 1 + G;
+    const int64_t D = ovs_vit_get_config(s->vit)->width, L = ovs_vit_transformer(s->vit)->layers;
+    const int64_t G = gh * gw, T = 1 + G;
     const size_t TD = (size_t)T * D;
     if (G > INT32_MAX / 4 || 3 * D > INT32_MAX || (uint64_t)G * (uint64_t)G > ((uint64_t)1 << 31))
         return ovs_set_error(OVS_ERR_OVERFLOW,
@@ -250,8 +259,7 @@ static int scclip_features(ovs_segmenter *s, float *feats, const float *bt, int6
     if ((rc = scclip_attn(s, xa, re + D, pmid, re, G))) return rc;
     /* corr already holds the thresholded, row-normalised block-3 weights */
     if ((rc = ovs_matmul(xb, D, corr, G, xa, D, G, G, D, 1.0f, 1.0f))) return rc;
-    if ((rc = ovs_layernorm_forward(xb, xb, m->ln_post_w, m->ln_post_b, G, D, 1e-5f))) return rc;
-    return ovs_linear_forward(feats, xb, &m->proj, NULL, NULL, G, D, E, OVS_ACT_NONE);
+    return vit_project(s->vit, feats, xb, G);
 }
 
 int ovs_seg_dense_features(ovs_segmenter *s, float *feats, const float *image, int64_t H, int64_t W) {
@@ -264,11 +272,11 @@ int ovs_seg_dense_features(ovs_segmenter *s, float *feats, const float *image, i
     s->keys = NULL;
     int rc;
     if (s->resnet) {
-        ovs_resnet *m = s->resnet;
-        ovs_arena_reset(&m->arena);
+        ovs_resnet_attnpool ap;
+        if ((rc = ovs_resnet_get_attnpool(s->resnet, &ap))) return rc;
         float *r5;
         int64_t C5, h5, w5;
-        if ((rc = ovs_resnet_trunk(m, image, 1, H, W, NULL, &r5, &C5, &h5, &w5))) return rc;
+        if ((rc = ovs_resnet_trunk(s->resnet, image, 1, H, W, NULL, &r5, &C5, &h5, &w5))) return rc;
         if (h5 * w5 != G) return ovs_set_error(OVS_ERR_ARG, "unexpected res5 grid %lldx%lld", (long long)h5, (long long)w5);
         float *tok = ovs_arena_floats(&s->work, (size_t)G * C5);  /* (G, C5) positions as rows */
         float *v = ovs_arena_floats(&s->work, (size_t)G * C5);    /* (G, C5) v_proj */
@@ -276,16 +284,17 @@ int ovs_seg_dense_features(ovs_segmenter *s, float *feats, const float *image, i
 #pragma omp parallel for schedule(static) num_threads(ovs_get_num_threads())
         for (int64_t g = 0; g < G; g++)
             for (int64_t c = 0; c < C5; c++) tok[g * C5 + c] = r5[c * G + g];
-        if ((rc = ovs_linear_forward(v, tok, &m->v, m->vb, NULL, G, C5, C5, OVS_ACT_NONE))) return rc;
+        if ((rc = ovs_linear_forward(v, tok, ap.v, ap.vb, NULL, G, C5, C5, OVS_ACT_NONE))) return rc;
         if (s->cfg.ks_thresh > 0) { /* k_proj of res5, for key smoothing */
             if (!(s->keys = ovs_arena_floats(&s->work, (size_t)G * C5))) return OVS_ERR_NOMEM;
-            if ((rc = ovs_linear_forward(s->keys, tok, &m->k, m->kb, NULL, G, C5, C5, OVS_ACT_NONE))) return rc;
+            if ((rc = ovs_linear_forward(s->keys, tok, ap.k, ap.kb, NULL, G, C5, C5, OVS_ACT_NONE))) return rc;
             s->keys_dim = C5;
         }
-        return ovs_linear_forward(feats, v, &m->c, m->cb, NULL, G, C5, m->cfg.embed_dim, OVS_ACT_NONE);
+        return ovs_linear_forward(feats, v, ap.c, ap.cb, NULL, G, C5, ovs_resnet_get_config(s->resnet)->embed_dim,
+                                  OVS_ACT_NONE);
     }
     ovs_vit *m = s->vit;
-    const int64_t D = m->cfg.width, T = 1 + G, L = m->tf.layers, E = m->cfg.embed_dim;
+    const int64_t D = ovs_vit_get_config(m)->width, T = 1 + G, L = ovs_vit_transformer(m)->layers;
     if (s->cfg.head->vit) return s->cfg.head->vit(s, feats, image, H, W, gh, gw);
     float *x = ovs_arena_floats(&s->work, (size_t)T * D);   /* (T, D) tokens entering the last block */
     float *xo = ovs_arena_floats(&s->work, (size_t)T * D);  /* (T, D) last block output */
@@ -293,8 +302,7 @@ int ovs_seg_dense_features(ovs_segmenter *s, float *feats, const float *image, i
     ovs_vit_outputs out = {.tokens = x};
     if ((rc = ovs_vit_forward(m, image, 1, H, W, L - 1, &out))) return rc;
     if ((rc = vit_last_block(s, xo, x, T, gh, gw))) return rc;
-    if ((rc = ovs_layernorm_forward(xo + D, xo + D, m->ln_post_w, m->ln_post_b, G, D, 1e-5f))) return rc;
-    return ovs_linear_forward(feats, xo + D, &m->proj, NULL, NULL, G, D, E, OVS_ACT_NONE);
+    return vit_project(m, feats, xo + D, G);
 }
 
 /* ---------------------------------------------------------------- the heads */
@@ -331,7 +339,7 @@ static int naclip_attn(ovs_segmenter *s, float *p, float *scratch, const float *
 static int scclip_vit(ovs_segmenter *s, float *feats, const float *image, int64_t H, int64_t W,
                       int64_t gh, int64_t gw) {
     ovs_vit *m = s->vit;
-    const int64_t D = m->cfg.width, L = m->tf.layers, T = 1 + gh * gw;
+    const int64_t D = ovs_vit_get_config(m)->width, L = ovs_vit_transformer(m)->layers, T = 1 + gh * gw;
     float *bt = ovs_arena_floats(&s->work, (size_t)(L - 1) * T * D); /* (L-1, T, D) block outputs */
     if (!bt) return OVS_ERR_NOMEM;
     ovs_vit_outputs bout = {.block_tokens = bt};

@@ -3,7 +3,7 @@
 #define OVS_METHODS_INTERNAL_H
 
 #include "ovs/methods.h"
-#include "models/internal.h"
+#include "ovs/models.h"   /* the towers through their public accessors, never their structs */
 
 struct ovs_segmenter {
     ovs_resnet *resnet;       /* borrowed; exactly one of resnet / vit */

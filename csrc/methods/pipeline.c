@@ -154,14 +154,13 @@ int ovs_seg_labels_naive(int32_t *labels, const float *logits, int64_t C, int64_
     coeffs c;
     if ((rc = coeffs_alloc(&c, &a, h, w, H, W, H, W))) goto done;
     const int64_t hw = h * w;
-    int failed = 0;
+    ovs_region_error re = OVS_REGION_ERROR_INIT;
 #pragma omp parallel num_threads(ovs_get_num_threads())
     {
         float *row = ovs_malloc((size_t)C * W * sizeof(float)); /* (C, W) interpolated row */
-        if (!row) {
-#pragma omp atomic write
-            failed = 1;
-        }
+        if (!row) /* this thread's own message, with what it was for */
+            ovs_region_fail(&re, OVS_ERR_NOMEM, "label stage: row buffer of %lld classes: %s", (long long)C,
+                            ovs_last_error());
 #pragma omp for schedule(dynamic, 4)
         for (int64_t Y = 0; Y < H; Y++) {
             if (!row) continue;
@@ -186,7 +185,7 @@ int ovs_seg_labels_naive(int32_t *labels, const float *logits, int64_t C, int64_
         }
         ovs_free(row);
     }
-    if (failed) rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for a row buffer");
+    rc = ovs_region_finish(&re);
 done:
     ovs_arena_free(&a);
     return rc;
@@ -496,16 +495,15 @@ int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, i
     }
     const int64_t hw = h * w, nbr = (h + LB - 1) / LB;
     const double inv_thr = bg ? 1.0 / (double)bg_threshold : 0.0;
-    int failed = 0;
+    ovs_region_error re = OVS_REGION_ERROR_INIT;
 #pragma omp parallel num_threads(ovs_get_num_threads())
     {
         label_work lw = {.C = C, .h = h, .w = w, .nb = (w + LB - 1) / LB, .s = logit_scale, .bg = bg,
                          .inv_thr = inv_thr};
         const int ok = label_work_alloc(&lw);
-        if (!ok) {
-#pragma omp atomic write
-            failed = 1;
-        }
+        if (!ok) /* this thread's own message, with what it was for */
+            ovs_region_fail(&re, OVS_ERR_NOMEM, "label stage: block buffers of %lld classes: %s", (long long)C,
+                            ovs_last_error());
 #pragma omp for schedule(dynamic, 1)
         for (int64_t ib = 0; ib < nbr; ib++) {
             const int64_t i_end = ib * LB + LB < h ? ib * LB + LB : h;
@@ -566,7 +564,7 @@ int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, i
         }
         label_work_free(&lw);
     }
-    if (failed) rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for the label stage's block buffers");
+    rc = ovs_region_finish(&re);
 done:
     ovs_arena_free(&a);
     return rc;
@@ -693,7 +691,7 @@ int ovs_seg_labels_grouped(int32_t *labels, const float *logits, int64_t Q, int6
     const int64_t hw = h * w, HW = H * W;
     unsigned char *below = ovs_malloc((size_t)HW), *keep = ovs_malloc((size_t)C);
     int64_t *area = ovs_malloc((size_t)C * sizeof(int64_t));
-    int failed = 0;
+    ovs_region_error re = OVS_REGION_ERROR_INIT;
     int64_t removed = 0;
     if (!below || !keep || !area) {
         rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for the grouped label stage");
@@ -711,9 +709,9 @@ int ovs_seg_labels_grouped(int32_t *labels, const float *logits, int64_t Q, int6
              * (Q,) exps, (C,) local areas */
             float *row = ovs_malloc(((size_t)Q * W + (size_t)C + (size_t)Q + (size_t)Q * 64) * sizeof(float));
             int64_t *la = pass == 0 ? ovs_malloc((size_t)C * sizeof(int64_t)) : NULL;
-            if (!row || (pass == 0 && !la)) {
-#pragma omp atomic write
-                failed = 1;
+            if (!row || (pass == 0 && !la)) { /* this thread's own message, with what it was for */
+                ovs_region_fail(&re, OVS_ERR_NOMEM, "grouped label stage: row buffer of %lld queries: %s",
+                                (long long)Q, ovs_last_error());
             } else if (la) {
                 memset(la, 0, (size_t)C * sizeof(int64_t));
             }
@@ -767,10 +765,7 @@ int ovs_seg_labels_grouped(int32_t *labels, const float *logits, int64_t Q, int6
             ovs_free(row);
             ovs_free(la);
         }
-        if (failed) {
-            rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for a row buffer");
-            goto done;
-        }
+        if ((rc = ovs_region_finish(&re))) goto done;
     }
     if (prob_thd > 0)
         for (int64_t i = 0; i < HW; i++)

@@ -129,7 +129,6 @@ int ovs_deeplab_forward(ovs_deeplab *m, float *embed, const float *images, int64
     int64_t hl, wl, C5, h, w;
     int rc;
     if ((rc = ovs_deeplab_out_shape(m, H, W, &hl, &wl))) return rc;
-    ovs_arena_reset(&m->trunk->arena);
     ovs_arena_reset(&m->arena);
     float *low = ovs_arena_floats(&m->arena, (size_t)N * m->Cl * hl * wl);   /* (N, Cl, hl, wl) */
     if (!low) return OVS_ERR_NOMEM;

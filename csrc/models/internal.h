@@ -1,4 +1,5 @@
-/* Model internals shared by csrc/models/ and the segmentation heads in csrc/methods/. */
+/* Model internals shared by csrc/models/ (and csrc/frameworks/). The segmentation heads in
+ * csrc/methods/ use the public accessors of include/ovs/models.h instead. */
 #ifndef OVS_MODELS_INTERNAL_H
 #define OVS_MODELS_INTERNAL_H
 
@@ -112,9 +113,5 @@ int ovs_convbn_forward(const ovs_convbn *cb, float *out, const float *in, const 
 size_t ovs_convbn_scratch(const ovs_convbn *cb, int64_t H, int64_t W);
 /* Output extent of bottleneck b on an input extent h (per the model's style). */
 int64_t ovs_bottleneck_out_size(const ovs_resnet *m, const ovs_bottleneck *b, int64_t h);
-
-/* Run the ResNet stem and stages; res[s] receives stage outputs, last gets res5 in the arena. */
-int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, int64_t W,
-                     float **res_out, float **res5, int64_t *C5, int64_t *h5, int64_t *w5);
 
 #endif

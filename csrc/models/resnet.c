@@ -257,6 +257,7 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
     if (N <= 0) return ovs_set_error(OVS_ERR_ARG, "batch size must be positive, got %lld", (long long)N);
     if (H < 32 || W < 32)
         return ovs_set_error(OVS_ERR_ARG, "ResNet input must be at least 32x32, got %lldx%lld", (long long)H, (long long)W);
+    ovs_arena_reset(&m->arena);
     const int64_t wd = m->cfg.width;
     const int clip = m->cfg.style == OVS_RESNET_CLIP;
     int64_t hs[5], ws[5];
@@ -344,11 +345,17 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
     return OVS_OK;
 }
 
+int ovs_resnet_get_attnpool(const ovs_resnet *m, ovs_resnet_attnpool *out) {
+    if (!m->cfg.has_attnpool) return ovs_set_error(OVS_ERR_ARG, "this ResNet has no attention pool");
+    *out = (ovs_resnet_attnpool){.channels = m->channels, .q = &m->q, .k = &m->k, .v = &m->v, .c = &m->c,
+                                 .qb = m->qb, .kb = m->kb, .vb = m->vb, .cb = m->cb};
+    return OVS_OK;
+}
+
 int ovs_resnet_forward(ovs_resnet *m, const float *images, int64_t N, int64_t H, int64_t W,
                        ovs_resnet_outputs *out) {
     if (out->embed && !m->cfg.has_attnpool)
         return ovs_set_error(OVS_ERR_ARG, "this ResNet has no attention pool: no embedding");
-    ovs_arena_reset(&m->arena);
     float *x;
     int64_t C, h, w;
     int rc = ovs_resnet_trunk(m, images, N, H, W, out->res, &x, &C, &h, &w);

@@ -67,7 +67,6 @@ void ovs_vit_free(ovs_vit *m) {
 
 const ovs_vit_config *ovs_vit_get_config(const ovs_vit *m) { return &m->cfg; }
 const ovs_transformer *ovs_vit_transformer(const ovs_vit *m) { return &m->tf; }
-ovs_arena *ovs_vit_arena(ovs_vit *m) { return &m->arena; }
 
 void ovs_vit_head(const ovs_vit *m, const float **ln_w, const float **ln_b, const ovs_matrix **proj) {
     *ln_w = m->ln_post_w;

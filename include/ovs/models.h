@@ -74,6 +74,21 @@ int ovs_resnet_feature_shape(const ovs_resnet *m, int stage, int64_t H, int64_t 
 /* images (N, 3, H, W) normalised float32. */
 int ovs_resnet_forward(ovs_resnet *m, const float *images, int64_t N, int64_t H, int64_t W,
                        ovs_resnet_outputs *out);
+/* The stem and the four stages only (no attention pool), for heads and decoders that read the
+ * last stage themselves. Resets the model's workspace, then: res_out[s] (optional, as
+ * ovs_resnet_outputs.res) receives stage s's output; *res5 (N, *C5, *h5, *w5) points into the
+ * workspace, valid until the next call on m. */
+int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, int64_t W,
+                     float **res_out, float **res5, int64_t *C5, int64_t *h5, int64_t *w5);
+/* CLIP's attention pool (AttentionPool2d): q, k, v (C, C) and c (embed_dim, C) projections with
+ * their biases, C = channels of res5. */
+typedef struct {
+    int64_t channels;         /* C */
+    const ovs_matrix *q, *k, *v, *c;
+    const float *qb, *kb, *vb, *cb;
+} ovs_resnet_attnpool;
+/* The attention pool's weights; OVS_ERR_ARG if the model has none (cfg.has_attnpool = 0). */
+int ovs_resnet_get_attnpool(const ovs_resnet *m, ovs_resnet_attnpool *out);
 
 /* Sparse execution. Each conv of the model holds its (BatchNorm-folded) weight dense or as CSR
  * and runs ovs_conv2d_forward or ovs_conv2d_sparse_forward accordingly; results agree to float
@@ -224,8 +239,6 @@ void ovs_vit_head(const ovs_vit *m, const float **ln_w, const float **ln_b, cons
  * the patch size. */
 int ovs_vit_forward(ovs_vit *m, const float *images, int64_t N, int64_t H, int64_t W,
                     int64_t blocks, ovs_vit_outputs *out);
-/* The model's workspace, for heads that run the last block their own way (hold the model). */
-ovs_arena *ovs_vit_arena(ovs_vit *m);
 
 /* ---------------------------------------------------------------- text transformer */
 typedef struct {
