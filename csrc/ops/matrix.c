@@ -57,40 +57,41 @@ int ops_check_act(const char *op, ovs_act act) {
 /* ---------------------------------------------------------------- sgemm */
 /* One sgemm, spread over ovs's OpenMP threads by output blocks. OpenBLAS itself runs single-
  * threaded (ovs_set_num_threads keeps it at 1): mixing its spinning worker threads with
- * OpenMP's oversubscribes the cores. Each element is still computed by one sgemm over the full
- * K, so the result does not depend on the number of threads. */
+ * OpenMP's oversubscribes the cores. A large product is cut along its longer output side into
+ * SGEMM_CHUNKS blocks whose bounds depend only on the shape -- never on the thread count -- and
+ * each block is one sgemm over the full K, run by whichever thread takes it (one thread runs
+ * them all in turn). OpenBLAS may round a block differently from the whole product, so a fixed
+ * cut is what makes the result independent of the number of threads. */
 static void sgemm_block(int trans_b, int64_t M, int64_t N, int64_t Kd, float alpha, const float *A,
                         int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
     ovs_sgemm(OVS_CBLAS_ROW_MAJOR, OVS_CBLAS_NO_TRANS, trans_b ? OVS_CBLAS_TRANS : OVS_CBLAS_NO_TRANS,
               (int)M, (int)N, (int)Kd, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
 }
 
+/* Blocks of a large product (a few per thread on 2-4 cores, handed out dynamically: a thread
+ * the OS deschedules on a busy machine then delays the call by one block, not by half of it). */
+#define SGEMM_CHUNKS 6
+/* Products of fewer multiply-adds are one sgemm. */
+#define SGEMM_SPLIT_MACS 2.0e6
+
 static void sgemm_parallel(int trans_b, int64_t M, int64_t N, int64_t Kd, float alpha,
                            const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
                            float *C, int64_t ldc) {
-    int threads = 1;
-#ifdef _OPENMP
-    if (!omp_in_parallel() && (double)M * (double)N * (double)Kd >= 2.0e6)
-        threads = ovs_get_num_threads();
-#endif
-    if (threads <= 1) {
-        sgemm_block(trans_b, M, N, Kd, alpha, A, lda, B, ldb, beta, C, ldc);
-        return;
-    }
-    /* Split the longer output side into a few chunks per thread (multiples of 16, at least
-     * 64) handed out dynamically: a thread the OS deschedules on a busy machine then delays
-     * the call by one chunk, not by half of the work. */
     const int split_m = M >= N;
     const int64_t len = split_m ? M : N;
-    int64_t chunk = (len + 3 * threads - 1) / (3 * threads);
+    int64_t chunk = (len + SGEMM_CHUNKS - 1) / SGEMM_CHUNKS;
     chunk = (chunk + 15) / 16 * 16;
     if (chunk < 64) chunk = 64;
     const int64_t nchunks = (len + chunk - 1) / chunk;
-    if (nchunks < 2) {
+    if ((double)M * (double)N * (double)Kd < SGEMM_SPLIT_MACS || nchunks < 2) {
         sgemm_block(trans_b, M, N, Kd, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    int threads = 1;
+#ifdef _OPENMP
+    if (!omp_in_parallel()) threads = ovs_get_num_threads();
+#endif
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
     for (int64_t c = 0; c < nchunks; c++) {
         const int64_t lo = c * chunk, n = lo + chunk < len ? chunk : len - lo;
         if (split_m)
