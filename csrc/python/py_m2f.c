@@ -1,5 +1,6 @@
 /* Python bindings of the Mask2Former ops and blocks (include/ovs/m2f.h):
- *   _core.op_pos_embed_sine, _core.op_msdeform_attn_core (tests; naive=True for the twin),
+ *   _core.m2f_pos_embed_sine, _core.m2f_msdeform_attn_core (naive=True for the twin; the tests
+ *   reach them as _core.op_pos_embed_sine / op_msdeform_attn_core, py_testops.c),
  *   _core.m2f_msdeform_attn (one MSDeformAttn module from named weights),
  *   _core.M2FPixelDecoder, _core.M2FDecoder (blocks built once from a weights dict).
  * Arrays are converted to C-contiguous float32, outputs allocated with the GIL held, the C
@@ -10,8 +11,6 @@
 
 #include <math.h>
 #include <string.h>
-
-#define F32(a) ((float *)PyArray_DATA(a))
 
 static PyArrayObject *new_float(int nd, const npy_intp *dims) {
     return (PyArrayObject *)PyArray_ZEROS(nd, (npy_intp *)dims, NPY_FLOAT32, 0);
@@ -87,7 +86,7 @@ static int check_finite(PyArrayObject *a, const char *what) {
 }
 
 /* ---------------------------------------------------------------- ops */
-static PyObject *py_op_pos_embed_sine(PyObject *self, PyObject *args, PyObject *kw) {
+PyObject *ovs_py_pos_embed_sine(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"D", "H", "W", "temperature", "naive", NULL};
     long long D, H, W;
@@ -114,7 +113,7 @@ static PyObject *py_op_pos_embed_sine(PyObject *self, PyObject *args, PyObject *
     return (PyObject *)out;
 }
 
-static PyObject *py_op_msdeform_attn_core(PyObject *self, PyObject *args, PyObject *kw) {
+PyObject *ovs_py_msdeform_attn_core(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"value", "shapes", "loc", "attn", "naive", NULL};
     PyObject *v_obj, *s_obj, *l_obj, *a_obj;
@@ -486,12 +485,12 @@ static PyTypeObject DecoderType = {
     .tp_methods = dec_methods,
 };
 
-#define KW (METH_VARARGS | METH_KEYWORDS)
+#define KW OVS_PY_KW
 static PyMethodDef m2f_methods[] = {
-    {"op_pos_embed_sine", (PyCFunction)py_op_pos_embed_sine, KW,
-     "op_pos_embed_sine(D, H, W, temperature=10000, naive=False) -> (H, W, D)"},
-    {"op_msdeform_attn_core", (PyCFunction)py_op_msdeform_attn_core, KW,
-     "op_msdeform_attn_core(value (S, E, F), shapes, loc (Q, E, L, P, 2), attn (Q, E, L, P), "
+    {"m2f_pos_embed_sine", (PyCFunction)ovs_py_pos_embed_sine, KW,
+     "m2f_pos_embed_sine(D, H, W, temperature=10000, naive=False) -> (H, W, D)"},
+    {"m2f_msdeform_attn_core", (PyCFunction)ovs_py_msdeform_attn_core, KW,
+     "m2f_msdeform_attn_core(value (S, E, F), shapes, loc (Q, E, L, P, 2), attn (Q, E, L, P), "
      "naive=False) -> (Q, E*F)"},
     {"m2f_msdeform_attn", (PyCFunction)py_m2f_msdeform_attn, KW,
      "m2f_msdeform_attn(weights, prefix, query (Q, D), input (S, D), ref (Q, L, 2), shapes, "
