@@ -181,7 +181,7 @@ int ovs_py_rows_d(PyArrayObject *x, const char *what, int64_t *M, int64_t *D) {
 
 PyObject *ovs_py_finish(int st, PyObject *out, void *const *refs, size_t n) {
     for (size_t i = 0; i < n; i++) Py_XDECREF((PyObject *)refs[i]);
-    if (st == 0) return out;
+    if (st == 0 && !PyErr_Occurred()) return out;
     if (st > 0) ovs_py_raise(st);
     Py_XDECREF(out);
     return NULL;

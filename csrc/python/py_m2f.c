@@ -106,15 +106,12 @@ PyObject *ovs_py_pos_embed_sine(PyObject *self, PyObject *args, PyObject *kw) {
     Py_BEGIN_ALLOW_THREADS
     st = (naive ? ovs_pos_embed_sine_naive : ovs_pos_embed_sine)(F32(out), D, H, W, temperature);
     Py_END_ALLOW_THREADS
-    if (st) {
-        Py_DECREF(out);
-        return ovs_py_raise(st);
-    }
-    return (PyObject *)out;
+    return ovs_py_finish(st, (PyObject *)out, NULL, 0);
 }
 
 PyObject *ovs_py_msdeform_attn_core(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"value", "shapes", "loc", "attn", "naive", NULL};
     PyObject *v_obj, *s_obj, *l_obj, *a_obj;
     int naive = 0;
@@ -127,7 +124,7 @@ PyObject *ovs_py_msdeform_attn_core(PyObject *self, PyObject *args, PyObject *kw
         !(v = ovs_py_float_array(v_obj, 3, "value (S, E, F)")) ||
         !(loc = ovs_py_float_array(l_obj, 5, "loc (Q, E, L, P, 2)")) ||
         !(at = ovs_py_float_array(a_obj, 4, "attn (Q, E, L, P)")))
-        goto error;
+        goto done;
     int64_t S = 0;
     for (int64_t l = 0; l < L; l++) S += shapes[2 * l] * shapes[2 * l + 1];
     npy_intp E = PyArray_DIM(v, 1), F = PyArray_DIM(v, 2), Q = PyArray_DIM(loc, 0),
@@ -135,28 +132,15 @@ PyObject *ovs_py_msdeform_attn_core(PyObject *self, PyObject *args, PyObject *kw
     npy_intp vs[3] = {S, E, F}, ls[5] = {Q, E, L, P, 2}, as[4] = {Q, E, L, P};
     if (expect_dims(v, "value", 3, vs) || expect_dims(loc, "loc", 5, ls) ||
         expect_dims(at, "attn", 4, as))
-        goto error;
+        goto done;
     npy_intp od[2] = {Q, E * F};
-    if (!(out = new_float(2, od))) goto error;
-    int st;
+    if (!(out = new_float(2, od))) goto done;
     Py_BEGIN_ALLOW_THREADS
     st = (naive ? ovs_msdeform_attn_core_naive : ovs_msdeform_attn_core)(
         F32(out), F32(v), shapes, L, F32(loc), F32(at), Q, E, F, P);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(v);
-    Py_DECREF(loc);
-    Py_DECREF(at);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(v);
-    Py_XDECREF(loc);
-    Py_XDECREF(at);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(st, out, v, loc, at);
 }
 
 /* m2f_msdeform_attn(weights, prefix, query (Q, D), input (S, D), ref (Q, L, 2), shapes, heads,

@@ -13,6 +13,7 @@
 /* ---------------------------------------------------------------- linear */
 PyObject *ovs_py_linear(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"x", "w", "b", "residual", "act", "naive", "residual_alias",
                              "packed", NULL};
     PyObject *x_obj, *w_obj, *b_obj = Py_None, *r_obj = Py_None;
@@ -27,22 +28,22 @@ PyObject *ovs_py_linear(PyObject *self, PyObject *args, PyObject *kw) {
     if (ovs_py_parse_act(act_name, 1, &act)) return NULL;
     if (!(x = ovs_py_float_array(x_obj, -1, "x")) || !(w = ovs_py_float_array(w_obj, 2, "w")) ||
         ovs_py_opt_array(b_obj, 1, "b", &b))
-        goto error;
+        goto done;
     int nd = PyArray_NDIM(x);
     if (nd < 1) {
         PyErr_SetString(PyExc_ValueError, "x must have at least 1 dimension (..., C)");
-        goto error;
+        goto done;
     }
     npy_intp C = PyArray_DIM(x, nd - 1), K = PyArray_DIM(w, 0), M = 1;
     for (int i = 0; i < nd - 1; i++) M *= PyArray_DIM(x, i);
     npy_intp wshape[2] = {K, C}, bshape[1] = {K};
-    if (ovs_py_check_shape(w, "w", 2, wshape) || (b && ovs_py_check_shape(b, "b", 1, bshape))) goto error;
+    if (ovs_py_check_shape(w, "w", 2, wshape) || (b && ovs_py_check_shape(b, "b", 1, bshape))) goto done;
     npy_intp dims[NPY_MAXDIMS];
     memcpy(dims, PyArray_DIMS(x), (size_t)nd * sizeof(npy_intp));
     dims[nd - 1] = K;
     if (ovs_py_opt_array(r_obj, nd, "residual", &r) || (r && ovs_py_check_shape(r, "residual", nd, dims)))
-        goto error;
-    if (!(out = ovs_py_new_float(nd, dims))) goto error;
+        goto done;
+    if (!(out = ovs_py_new_float(nd, dims))) goto done;
     const float *res = F32_OR_NULL(r);
     if (r && alias) {
         /* Exercise the in-place residual path: out starts as the residual. */
@@ -50,35 +51,20 @@ PyObject *ovs_py_linear(PyObject *self, PyObject *args, PyObject *kw) {
         res = F32(out);
     }
     ovs_matrix wm;
-    if (ovs_py_weight_matrix(&wm, &wbuf, w, K, C, packed)) goto error;
-    int st;
+    if (ovs_py_weight_matrix(&wm, &wbuf, w, K, C, packed)) goto done;
     Py_BEGIN_ALLOW_THREADS
     st = (naive ? ovs_linear_forward_naive : ovs_linear_forward)(F32(out), F32(x), &wm,
                                                                F32_OR_NULL(b), res, M, C, K, act);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
+done:
     ovs_free(wbuf);
-    Py_DECREF(x);
-    Py_DECREF(w);
-    Py_XDECREF(b);
-    Py_XDECREF(r);
-    return (PyObject *)out;
-error:
-    ovs_free(wbuf);
-    Py_XDECREF(x);
-    Py_XDECREF(w);
-    Py_XDECREF(b);
-    Py_XDECREF(r);
-    Py_XDECREF(out);
-    return NULL;
+    return OVS_PY_FINISH(st, out, x, w, b, r);
 }
 
 /* ---------------------------------------------------------------- resize, images */
 PyObject *ovs_py_resize(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"x", "size", "mode", "align_corners", "naive", NULL};
     PyObject *x_obj, *size_obj;
     const char *mode = "bilinear";
@@ -98,8 +84,7 @@ PyObject *ovs_py_resize(PyObject *self, PyObject *args, PyObject *kw) {
     if (ovs_py_pair(size_obj, "size", 0, size)) return NULL;
     if (!(x = ovs_py_float_array(x_obj, -1, "x")) || ovs_py_planes_hw(x, "x", &NC, &H, &W) ||
         !(out = ovs_py_new_like_planes(x, size[0], size[1])))
-        goto error;
-    int st;
+        goto done;
     Py_BEGIN_ALLOW_THREADS
     if (naive)
         st = (cubic ? ovs_resize_bicubic_naive : ovs_resize_bilinear_naive)(
@@ -108,20 +93,13 @@ PyObject *ovs_py_resize(PyObject *self, PyObject *args, PyObject *kw) {
         st = (cubic ? ovs_resize_bicubic : ovs_resize_bilinear)(F32(out), F32(x), NC, H, W,
                                                                size[0], size[1], align);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(x);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(x);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(st, out, x);
 }
 
 PyObject *ovs_py_resize_u8_pil(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"img", "size", NULL};
     PyObject *img_obj, *size_obj;
     int64_t size[2], rs, ps;
@@ -130,23 +108,14 @@ PyObject *ovs_py_resize_u8_pil(PyObject *self, PyObject *args, PyObject *kw) {
     if (ovs_py_pair(size_obj, "size", 0, size)) return NULL;
     if (!(img = ovs_py_uint8_image(img_obj, "img", &rs, &ps))) return NULL;
     npy_intp dims[3] = {size[0], size[1], 3};
-    if (!(out = (PyArrayObject *)PyArray_SimpleNew(3, dims, NPY_UINT8))) goto error;
-    int st;
+    if (!(out = (PyArrayObject *)PyArray_SimpleNew(3, dims, NPY_UINT8))) goto done;
     Py_BEGIN_ALLOW_THREADS
     st = ovs_resize_u8_pil_bicubic((uint8_t *)PyArray_DATA(out), (const uint8_t *)PyArray_DATA(img),
                                    PyArray_DIM(img, 0), PyArray_DIM(img, 1), rs, ps, size[0],
                                    size[1]);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(img);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(img);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(st, out, img);
 }
 
 /* Three floats from a sequence. */
@@ -172,6 +141,7 @@ static int parse_rgb(PyObject *obj, const char *what, float out[3]) {
 
 PyObject *ovs_py_normalize_u8(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"img", "crop_box", "mean", "std", "scale255", NULL};
     PyObject *img_obj, *box_obj, *mean_obj, *std_obj;
     int scale255 = 0;
@@ -195,13 +165,13 @@ PyObject *ovs_py_normalize_u8(PyObject *self, PyObject *args, PyObject *kw) {
             PyErr_Clear();
             PyErr_Format(PyExc_ValueError,
                          "crop_box must be None or (top, left, height, width), got %R", box_obj);
-            goto error;
+            goto done;
         }
         for (int i = 0; i < 4; i++) {
             box[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
             if (box[i] == -1 && PyErr_Occurred()) {
                 Py_DECREF(seq);
-                goto error;
+                goto done;
             }
         }
         Py_DECREF(seq);
@@ -212,30 +182,22 @@ PyObject *ovs_py_normalize_u8(PyObject *self, PyObject *args, PyObject *kw) {
                          "inside the %lldx%lld image",
                          (long long)box[0], (long long)box[1], (long long)box[2],
                          (long long)box[3], (long long)H, (long long)W);
-            goto error;
+            goto done;
         }
     }
     npy_intp dims[3] = {3, box[2], box[3]};
-    if (!(out = ovs_py_new_float(3, dims))) goto error;
-    int st;
+    if (!(out = ovs_py_new_float(3, dims))) goto done;
     Py_BEGIN_ALLOW_THREADS
     st = ovs_normalize_u8(F32(out), (const uint8_t *)PyArray_DATA(img), H, W, rs, ps, box[0],
                           box[1], box[2], box[3], mean, std, scale255);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(img);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(img);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(st, out, img);
 }
 
 PyObject *ovs_py_resize_u8_normalize(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"img", "size", "mean", "std", NULL};
     PyObject *img_obj, *size_obj, *mean_obj, *std_obj;
     float mean[3], std[3];
@@ -249,28 +211,20 @@ PyObject *ovs_py_resize_u8_normalize(PyObject *self, PyObject *args, PyObject *k
         return NULL;
     if (!(img = ovs_py_uint8_image(img_obj, "img", &rs, &ps))) return NULL;
     npy_intp dims[3] = {3, size[0], size[1]};
-    if (!(out = ovs_py_new_float(3, dims))) goto error;
-    int st;
+    if (!(out = ovs_py_new_float(3, dims))) goto done;
     Py_BEGIN_ALLOW_THREADS
     st = ovs_resize_bilinear_u8_normalize(F32(out), (const uint8_t *)PyArray_DATA(img),
                                           PyArray_DIM(img, 0), PyArray_DIM(img, 1), rs, ps,
                                           size[0], size[1], mean, std);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(img);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(img);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(st, out, img);
 }
 
 /* ---------------------------------------------------------------- PAMR */
 PyObject *ovs_py_pamr(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"mask", "image", "steps", "dilations", "naive", NULL};
     PyObject *m_obj, *i_obj, *d_obj = NULL;
     long long steps;
@@ -284,38 +238,26 @@ PyObject *ovs_py_pamr(PyObject *self, PyObject *args, PyObject *kw) {
     if (ovs_py_int64_seq(d_obj, "dilations", dil, 16, &nd)) return NULL;
     if (!(m = ovs_py_float_array(m_obj, 3, "mask (C, H, W)")) ||
         !(img = ovs_py_float_array(i_obj, 3, "image (K, H, W)")))
-        goto error;
+        goto done;
     const int64_t C = PyArray_DIM(m, 0), H = PyArray_DIM(m, 1), W = PyArray_DIM(m, 2),
                   K = PyArray_DIM(img, 0);
     if (PyArray_DIM(img, 1) != H || PyArray_DIM(img, 2) != W) {
         PyErr_Format(PyExc_ValueError, "image (K, H, W) must have the mask's size %lldx%lld, got "
                      "%lldx%lld", (long long)H, (long long)W, (long long)PyArray_DIM(img, 1),
                      (long long)PyArray_DIM(img, 2));
-        goto error;
+        goto done;
     }
-    if (!(out = ovs_py_new_like_planes(m, H, W))) goto error;
-    if (!naive && ovs_py_scratch(ovs_pamr_scratch_floats(C, H, W, nd), &scratch)) goto error;
-    int st;
+    if (!(out = ovs_py_new_like_planes(m, H, W))) goto done;
+    if (!naive && ovs_py_scratch(ovs_pamr_scratch_floats(C, H, W, nd), &scratch)) goto done;
     Py_BEGIN_ALLOW_THREADS
     if (naive)
         st = ovs_pamr_forward_naive(F32(out), F32(m), F32(img), C, K, H, W, dil, nd, steps);
     else
         st = ovs_pamr_forward(F32(out), F32(m), F32(img), C, K, H, W, dil, nd, steps, scratch);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
+done:
     ovs_free(scratch);
-    Py_DECREF(m);
-    Py_DECREF(img);
-    return (PyObject *)out;
-error:
-    ovs_free(scratch);
-    Py_XDECREF(m);
-    Py_XDECREF(img);
-    Py_XDECREF(out);
-    return NULL;
+    return OVS_PY_FINISH(st, out, m, img);
 }
 
 static PyMethodDef ops_methods[] = {

@@ -15,6 +15,7 @@
 /* op_matmul_wt (transposed != 0: out = alpha a @ w.T + beta out, w dense or packed) and op_matmul
  * (out = alpha a @ b + beta out, b's rows may be strided). */
 static PyObject *matmul_binding(PyObject *args, PyObject *kw, int transposed) {
+    int st = -1;
     static char *kw_wt[] = {"a", "w", "alpha", "beta", "out", "packed", "naive", NULL};
     static char *kw_ab[] = {"a", "b", "alpha", "beta", "out", "naive", NULL};
     PyObject *a_obj, *w_obj, *out_obj = Py_None;
@@ -32,7 +33,7 @@ static PyObject *matmul_binding(PyObject *args, PyObject *kw, int transposed) {
     int64_t lda, ldb = 0, ldo;
     if (!(a = ovs_py_rows_array(a_obj, "a", &lda)) ||
         !(w = transposed ? ovs_py_float_array(w_obj, 2, "w") : ovs_py_rows_array(w_obj, "b", &ldb)))
-        goto error;
+        goto done;
     /* a (M, C); w (K, C) or b (C, K); out (M, K) */
     npy_intp M = PyArray_DIM(a, 0), C = PyArray_DIM(a, 1);
     npy_intp K = PyArray_DIM(w, transposed ? 0 : 1), Cw = PyArray_DIM(w, transposed ? 1 : 0);
@@ -40,35 +41,34 @@ static PyObject *matmul_binding(PyObject *args, PyObject *kw, int transposed) {
         PyErr_Format(PyExc_ValueError, "%s must have %lld %s (a's width), got %lld",
                      transposed ? "w" : "b", (long long)C, transposed ? "columns" : "rows",
                      (long long)Cw);
-        goto error;
+        goto done;
     }
     if (out_obj == Py_None) {
         npy_intp dims[2] = {M, K};
-        if (!(out = (PyArrayObject *)PyArray_ZEROS(2, dims, NPY_FLOAT32, 0))) goto error;
+        if (!(out = (PyArrayObject *)PyArray_ZEROS(2, dims, NPY_FLOAT32, 0))) goto done;
         ldo = K;
     } else {
         /* Updated in place: must be a writable float32 (M, K) array with contiguous rows. */
         if (!PyArray_Check(out_obj) || PyArray_TYPE((PyArrayObject *)out_obj) != NPY_FLOAT32 ||
             !PyArray_ISWRITEABLE((PyArrayObject *)out_obj)) {
             PyErr_SetString(PyExc_TypeError, "out must be a writable float32 numpy array");
-            goto error;
+            goto done;
         }
         out = (PyArrayObject *)out_obj;
         Py_INCREF(out);
         npy_intp shape[2] = {M, K};
-        if (ovs_py_check_shape(out, "out", 2, shape)) goto error;
+        if (ovs_py_check_shape(out, "out", 2, shape)) goto done;
         npy_intp s0 = PyArray_STRIDE(out, 0), s1 = PyArray_STRIDE(out, 1);
         if ((s1 != (npy_intp)sizeof(float) && K > 1) || s0 % (npy_intp)sizeof(float) != 0 ||
             s0 < K * (npy_intp)sizeof(float) || !PyArray_ISALIGNED(out)) {
             PyErr_SetString(PyExc_ValueError,
                             "out must have contiguous columns and non-overlapping rows");
-            goto error;
+            goto done;
         }
         ldo = s0 / (npy_intp)sizeof(float);
     }
     ovs_matrix wm;
-    if (transposed && ovs_py_weight_matrix(&wm, &wbuf, w, K, C, packed)) goto error;
-    int st;
+    if (transposed && ovs_py_weight_matrix(&wm, &wbuf, w, K, C, packed)) goto done;
     Py_BEGIN_ALLOW_THREADS
     if (transposed)
         st = (naive ? ovs_matmul_wt_naive : ovs_matmul_wt)(F32(out), ldo, F32(a), lda, &wm, M,
@@ -77,20 +77,9 @@ static PyObject *matmul_binding(PyObject *args, PyObject *kw, int transposed) {
         st = (naive ? ovs_matmul_naive : ovs_matmul)(F32(out), ldo, F32(a), lda, F32(w), ldb, M,
                                                      C, K, alpha, beta);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
+done:
     ovs_free(wbuf);
-    Py_DECREF(a);
-    Py_DECREF(w);
-    return (PyObject *)out;
-error:
-    ovs_free(wbuf);
-    Py_XDECREF(a);
-    Py_XDECREF(w);
-    Py_XDECREF(out);
-    return NULL;
+    return OVS_PY_FINISH(st, out, a, w);
 }
 
 static PyObject *py_op_matmul_wt(PyObject *self, PyObject *args, PyObject *kw) {
@@ -121,17 +110,14 @@ static PyObject *py_op_act(PyObject *self, PyObject *args, PyObject *kw) {
     Py_BEGIN_ALLOW_THREADS
     st = naive ? ovs_act_forward_naive(F32(y), n, act) : ovs_act_forward(F32(y), n, act);
     Py_END_ALLOW_THREADS
-    if (st) {
-        Py_DECREF(y);
-        return ovs_py_raise(st);
-    }
-    return (PyObject *)y;
+    return ovs_py_finish(st, (PyObject *)y, NULL, 0);
 }
 
 
 /* ---------------------------------------------------------------- conv2d */
 static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"x",      "w",   "b",     "residual",       "stride",
                              "padding", "dilation", "groups", "act", "naive",
                              "residual_alias", NULL};
@@ -158,7 +144,7 @@ static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
     }
     if (!(x = ovs_py_float_array(x_obj, 4, "x")) || !(w = ovs_py_float_array(w_obj, 4, "w")) ||
         ovs_py_opt_array(b_obj, 1, "b", &b))
-        goto error;
+        goto done;
     npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1), H = PyArray_DIM(x, 2),
              W = PyArray_DIM(x, 3);
     npy_intp K = PyArray_DIM(w, 0), R = PyArray_DIM(w, 2), S = PyArray_DIM(w, 3);
@@ -166,13 +152,13 @@ static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
         PyErr_Format(PyExc_ValueError,
                      "channels in (%lld) and out (%lld) must be divisible by groups = %lld",
                      (long long)C, (long long)K, groups);
-        goto error;
+        goto done;
     }
     npy_intp wshape[4] = {K, C / groups, R, S}, bshape[1] = {K};
-    if (ovs_py_check_shape(w, "w", 4, wshape) || (b && ovs_py_check_shape(b, "b", 1, bshape))) goto error;
+    if (ovs_py_check_shape(w, "w", 4, wshape) || (b && ovs_py_check_shape(b, "b", 1, bshape))) goto done;
     if (R < 1 || S < 1) {
         PyErr_SetString(PyExc_ValueError, "w must have a non-empty kernel");
-        goto error;
+        goto done;
     }
     ovs_conv2d_params p = ovs_conv2d_defaults();
     p.stride_h = stride[0];
@@ -190,21 +176,20 @@ static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
                      "padding %lldx%lld",
                      (long long)R, (long long)S, (long long)dil[0], (long long)dil[1],
                      (long long)H, (long long)W, (long long)pad[0], (long long)pad[1]);
-        goto error;
+        goto done;
     }
     npy_intp dims[4] = {N, K, P, Q};
     if (ovs_py_opt_array(r_obj, 4, "residual", &r) || (r && ovs_py_check_shape(r, "residual", 4, dims)))
-        goto error;
-    if (!(out = ovs_py_new_float(4, dims))) goto error;
+        goto done;
+    if (!(out = ovs_py_new_float(4, dims))) goto done;
     if (!naive && ovs_py_scratch(ovs_conv2d_scratch_floats(C, H, W, K, R, S, &p), &scratch))
-        goto error;
+        goto done;
     const float *res = F32_OR_NULL(r);
     if (r && alias) {
         memcpy(F32(out), F32(r), (size_t)PyArray_NBYTES(r));
         res = F32(out);
     }
     ovs_matrix wm = ovs_matrix_dense(F32(w), K, (C / groups) * R * S);
-    int st;
     Py_BEGIN_ALLOW_THREADS
     if (naive)
         st = ovs_conv2d_forward_naive(F32(out), F32(x), &wm, F32_OR_NULL(b), res, N, C, H, W, K,
@@ -213,24 +198,9 @@ static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
         st = ovs_conv2d_forward(F32(out), F32(x), &wm, F32_OR_NULL(b), res, N, C, H, W, K, R, S,
                                 &p, act, scratch);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
+done:
     ovs_free(scratch);
-    Py_DECREF(x);
-    Py_DECREF(w);
-    Py_XDECREF(b);
-    Py_XDECREF(r);
-    return (PyObject *)out;
-error:
-    ovs_free(scratch);
-    Py_XDECREF(x);
-    Py_XDECREF(w);
-    Py_XDECREF(b);
-    Py_XDECREF(r);
-    Py_XDECREF(out);
-    return NULL;
+    return OVS_PY_FINISH(st, out, x, w, b, r);
 }
 
 static PyObject *py_op_batchnorm_fold(PyObject *self, PyObject *args, PyObject *kw) {
@@ -293,6 +263,7 @@ error:
 /* ---------------------------------------------------------------- pooling */
 static PyObject *py_op_avgpool2d(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"x", "kernel", "stride", "padding", "count_include_pad", "naive",
                              NULL};
     PyObject *x_obj, *k_obj, *s_obj = Py_None, *p_obj = NULL;
@@ -316,34 +287,26 @@ static PyObject *py_op_avgpool2d(PyObject *self, PyObject *args, PyObject *kw) {
                      (long long)pad[0], (long long)pad[1], (long long)ker[0], (long long)ker[1]);
         return NULL;
     }
-    if (!(x = ovs_py_float_array(x_obj, -1, "x")) || ovs_py_planes_hw(x, "x", &NC, &H, &W)) goto error;
+    if (!(x = ovs_py_float_array(x_obj, -1, "x")) || ovs_py_planes_hw(x, "x", &NC, &H, &W)) goto done;
     int64_t P = ovs_conv2d_out_size(H, ker[0], str[0], pad[0], 1);
     int64_t Q = ovs_conv2d_out_size(W, ker[1], str[1], pad[1], 1);
     if (P < 0 || Q < 0) {
         PyErr_Format(PyExc_ValueError, "kernel %lldx%lld does not fit input %lldx%lld",
                      (long long)ker[0], (long long)ker[1], (long long)H, (long long)W);
-        goto error;
+        goto done;
     }
-    if (!(out = ovs_py_new_like_planes(x, P, Q))) goto error;
-    int st;
+    if (!(out = ovs_py_new_like_planes(x, P, Q))) goto done;
     Py_BEGIN_ALLOW_THREADS
     st = (naive ? ovs_avgpool2d_forward_naive : ovs_avgpool2d_forward)(
         F32(out), F32(x), NC, H, W, ker[0], ker[1], str[0], str[1], pad[0], pad[1], include_pad);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(x);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(x);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(st, out, x);
 }
 
 static PyObject *py_op_adaptive_avgpool2d(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"x", "size", "naive", NULL};
     PyObject *x_obj, *size_obj;
     int naive = 0;
@@ -354,27 +317,19 @@ static PyObject *py_op_adaptive_avgpool2d(PyObject *self, PyObject *args, PyObje
     if (ovs_py_pair(size_obj, "size", 0, size)) return NULL;
     if (!(x = ovs_py_float_array(x_obj, -1, "x")) || ovs_py_planes_hw(x, "x", &NC, &H, &W) ||
         !(out = ovs_py_new_like_planes(x, size[0], size[1])))
-        goto error;
-    int st;
+        goto done;
     Py_BEGIN_ALLOW_THREADS
     st = (naive ? ovs_adaptive_avgpool2d_forward_naive : ovs_adaptive_avgpool2d_forward)(
         F32(out), F32(x), NC, H, W, size[0], size[1]);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(x);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(x);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(st, out, x);
 }
 
 /* ---------------------------------------------------------------- normalisation, softmax */
 static PyObject *py_op_layernorm(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"x", "weight", "bias", "eps", "naive", NULL};
     PyObject *x_obj, *w_obj = Py_None, *b_obj = Py_None;
     float eps = 1e-5f;
@@ -386,34 +341,22 @@ static PyObject *py_op_layernorm(PyObject *self, PyObject *args, PyObject *kw) {
         return NULL;
     if (!(x = ovs_py_float_array(x_obj, -1, "x")) || ovs_py_rows_d(x, "x", &M, &D) ||
         ovs_py_opt_array(w_obj, 1, "weight", &w) || ovs_py_opt_array(b_obj, 1, "bias", &b))
-        goto error;
+        goto done;
     npy_intp dshape[1] = {D};
     if ((w && ovs_py_check_shape(w, "weight", 1, dshape)) || (b && ovs_py_check_shape(b, "bias", 1, dshape)))
-        goto error;
-    if (!(out = ovs_py_new_float(PyArray_NDIM(x), PyArray_DIMS(x)))) goto error;
-    int st;
+        goto done;
+    if (!(out = ovs_py_new_float(PyArray_NDIM(x), PyArray_DIMS(x)))) goto done;
     Py_BEGIN_ALLOW_THREADS
     st = (naive ? ovs_layernorm_forward_naive : ovs_layernorm_forward)(
         F32(out), F32(x), F32_OR_NULL(w), F32_OR_NULL(b), M, D, eps);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(x);
-    Py_XDECREF(w);
-    Py_XDECREF(b);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(x);
-    Py_XDECREF(w);
-    Py_XDECREF(b);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(st, out, x, w, b);
 }
 
 static PyObject *py_op_groupnorm(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"x", "groups", "weight", "bias", "eps", "naive", NULL};
     PyObject *x_obj, *w_obj = Py_None, *b_obj = Py_None;
     long long G;
@@ -425,42 +368,29 @@ static PyObject *py_op_groupnorm(PyObject *self, PyObject *args, PyObject *kw) {
         return NULL;
     if (!(x = ovs_py_float_array(x_obj, -1, "x")) || ovs_py_opt_array(w_obj, 1, "weight", &w) ||
         ovs_py_opt_array(b_obj, 1, "bias", &b))
-        goto error;
+        goto done;
     int nd = PyArray_NDIM(x);
     if (nd < 2) {
         PyErr_Format(PyExc_ValueError, "x must have at least 2 dimensions (N, C, ...), got %d", nd);
-        goto error;
+        goto done;
     }
     npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1), HW = 1;
     for (int i = 2; i < nd; i++) HW *= PyArray_DIM(x, i);
     if (G < 1 || C % G != 0) {
         PyErr_Format(PyExc_ValueError, "groups must be >= 1 and divide C = %lld, got %lld",
                      (long long)C, G);
-        goto error;
+        goto done;
     }
     npy_intp cshape[1] = {C};
     if ((w && ovs_py_check_shape(w, "weight", 1, cshape)) || (b && ovs_py_check_shape(b, "bias", 1, cshape)) ||
         !(out = ovs_py_new_float(nd, PyArray_DIMS(x))))
-        goto error;
-    int st;
+        goto done;
     Py_BEGIN_ALLOW_THREADS
     st = (naive ? ovs_groupnorm_forward_naive : ovs_groupnorm_forward)(
         F32(out), F32(x), F32_OR_NULL(w), F32_OR_NULL(b), N, C, HW, G, eps);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(x);
-    Py_XDECREF(w);
-    Py_XDECREF(b);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(x);
-    Py_XDECREF(w);
-    Py_XDECREF(b);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(st, out, x, w, b);
 }
 
 static PyObject *py_op_softmax(PyObject *self, PyObject *args, PyObject *kw) {
@@ -480,11 +410,7 @@ static PyObject *py_op_softmax(PyObject *self, PyObject *args, PyObject *kw) {
     Py_BEGIN_ALLOW_THREADS
     st = naive ? ovs_softmax_forward_naive(F32(y), M, D) : ovs_softmax_forward(F32(y), M, D);
     Py_END_ALLOW_THREADS
-    if (st) {
-        Py_DECREF(y);
-        return ovs_py_raise(st);
-    }
-    return (PyObject *)y;
+    return ovs_py_finish(st, (PyObject *)y, NULL, 0);
 }
 
 /* ---------------------------------------------------------------- SC-CLIP calibration */
@@ -547,39 +473,30 @@ error:
 /* op_neighbour_fill(x (H, W, D), outlier bool (H, W)) -> (H, W, D) */
 static PyObject *py_op_neighbour_fill(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"x", "outlier", NULL};
     PyObject *x_obj, *m_obj;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &x_obj, &m_obj)) return NULL;
     PyArrayObject *x = ovs_py_float_array(x_obj, 3, "x"), *m = NULL, *out = NULL;
     if (!x) return NULL;
     m = (PyArrayObject *)PyArray_FROMANY(m_obj, NPY_BOOL, 2, 2, NPY_ARRAY_IN_ARRAY);
-    if (!m) goto error;
+    if (!m) goto done;
     npy_intp want[2] = {PyArray_DIM(x, 0), PyArray_DIM(x, 1)};
-    if (ovs_py_check_shape(m, "outlier", 2, want)) goto error;
+    if (ovs_py_check_shape(m, "outlier", 2, want)) goto done;
     out = (PyArrayObject *)PyArray_ZEROS(3, PyArray_DIMS(x), NPY_FLOAT32, 0);
-    if (!out) goto error;
-    int st;
+    if (!out) goto done;
     const int64_t H = want[0], W = want[1], D = PyArray_DIM(x, 2);
     Py_BEGIN_ALLOW_THREADS
     st = ovs_neighbour_fill(F32(out), F32(x), D, (const uint8_t *)PyArray_DATA(m), H, W, D);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(x);
-    Py_DECREF(m);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(x);
-    Py_XDECREF(m);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(st, out, x, m);
 }
 
 /* op_similarity_aggregate(x (M, D), corr (M, M), beta, naive=False) -> (M, D) */
 static PyObject *py_op_similarity_aggregate(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"x", "corr", "beta", "naive", NULL};
     PyObject *x_obj, *c_obj;
     float beta;
@@ -589,33 +506,23 @@ static PyObject *py_op_similarity_aggregate(PyObject *self, PyObject *args, PyOb
     PyArrayObject *x = ovs_py_float_array(x_obj, 2, "x"), *c = NULL, *out = NULL;
     if (!x) return NULL;
     c = ovs_py_float_copy(c_obj, "corr");
-    if (!c) goto error;
+    if (!c) goto done;
     const int64_t M = PyArray_DIM(x, 0), D = PyArray_DIM(x, 1);
     npy_intp want[2] = {(npy_intp)M, (npy_intp)M};
-    if (ovs_py_check_shape(c, "corr", 2, want)) goto error;
+    if (ovs_py_check_shape(c, "corr", 2, want)) goto done;
     out = (PyArrayObject *)PyArray_ZEROS(2, PyArray_DIMS(x), NPY_FLOAT32, 0);
-    if (!out) goto error;
-    int st;
+    if (!out) goto done;
     Py_BEGIN_ALLOW_THREADS
     st = (naive ? ovs_similarity_aggregate_naive : ovs_similarity_aggregate)(F32(out), F32(x), D, F32(c), M, D, beta);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(x);
-    Py_DECREF(c);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(x);
-    Py_XDECREF(c);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(st, out, x, c);
 }
 
 /* ---------------------------------------------------------------- attention */
 static PyObject *py_op_attention(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"q", "k", "v", "heads", "scale", "mask", "causal", "naive", NULL};
     PyObject *q_obj, *k_obj, *v_obj, *m_obj = Py_None;
     long long E;
@@ -629,26 +536,25 @@ static PyObject *py_op_attention(PyObject *self, PyObject *args, PyObject *kw) {
         return NULL;
     if (!(q = ovs_py_rows_array(q_obj, "q", &ldq)) || !(k = ovs_py_rows_array(k_obj, "k", &ldk)) ||
         !(v = ovs_py_rows_array(v_obj, "v", &ldv)) || ovs_py_opt_array(m_obj, 2, "mask", &m))
-        goto error;
+        goto done;
     npy_intp T = PyArray_DIM(q, 0), D = PyArray_DIM(q, 1), U = PyArray_DIM(k, 0);
     if (E < 1 || D % E != 0) {
         PyErr_Format(PyExc_ValueError, "heads must be >= 1 and divide the width %lld, got %lld",
                      (long long)D, E);
-        goto error;
+        goto done;
     }
     npy_intp kshape[2] = {U, D}, mshape[2] = {T, U};
     if (ovs_py_check_shape(k, "k", 2, kshape) || ovs_py_check_shape(v, "v", 2, kshape) ||
         (m && ovs_py_check_shape(m, "mask", 2, mshape)))
-        goto error;
+        goto done;
     if (causal && T > U) {
         PyErr_Format(PyExc_ValueError, "causal attention needs at most as many queries as keys, "
                      "got %lld and %lld", (long long)T, (long long)U);
-        goto error;
+        goto done;
     }
     npy_intp dims[2] = {T, D};
-    if (!(out = ovs_py_new_float(2, dims))) goto error;
-    if (!naive && ovs_py_scratch((size_t)E * (size_t)T * (size_t)U, &scratch)) goto error;
-    int st;
+    if (!(out = ovs_py_new_float(2, dims))) goto done;
+    if (!naive && ovs_py_scratch((size_t)E * (size_t)T * (size_t)U, &scratch)) goto done;
     Py_BEGIN_ALLOW_THREADS
     if (naive)
         st = ovs_attention_forward_naive(F32(out), F32(q), ldq, F32(k), ldk, F32(v), ldv, T, U, E,
@@ -657,28 +563,14 @@ static PyObject *py_op_attention(PyObject *self, PyObject *args, PyObject *kw) {
         st = ovs_attention_forward(F32(out), F32(q), ldq, F32(k), ldk, F32(v), ldv, T, U, E,
                                    D / E, scale, F32_OR_NULL(m), causal, scratch);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
+done:
     ovs_free(scratch);
-    Py_DECREF(q);
-    Py_DECREF(k);
-    Py_DECREF(v);
-    Py_XDECREF(m);
-    return (PyObject *)out;
-error:
-    ovs_free(scratch);
-    Py_XDECREF(q);
-    Py_XDECREF(k);
-    Py_XDECREF(v);
-    Py_XDECREF(m);
-    Py_XDECREF(out);
-    return NULL;
+    return OVS_PY_FINISH(st, out, q, k, v, m);
 }
 
 static PyObject *py_op_attention_probs(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"a", "b", "scale", "mask", "causal", "naive", NULL};
     PyObject *a_obj, *b_obj, *m_obj = Py_None;
     float scale;
@@ -690,35 +582,22 @@ static PyObject *py_op_attention_probs(PyObject *self, PyObject *args, PyObject 
         return NULL;
     if (!(a = ovs_py_rows_array(a_obj, "a", &lda)) || !(b = ovs_py_rows_array(b_obj, "b", &ldb)) ||
         ovs_py_opt_array(m_obj, 2, "mask", &m))
-        goto error;
+        goto done;
     npy_intp T = PyArray_DIM(a, 0), F = PyArray_DIM(a, 1), U = PyArray_DIM(b, 0);
     npy_intp bshape[2] = {U, F}, mshape[2] = {T, U};
-    if (ovs_py_check_shape(b, "b", 2, bshape) || (m && ovs_py_check_shape(m, "mask", 2, mshape))) goto error;
+    if (ovs_py_check_shape(b, "b", 2, bshape) || (m && ovs_py_check_shape(m, "mask", 2, mshape))) goto done;
     if (causal && T > U) {
         PyErr_Format(PyExc_ValueError, "causal attention needs at most as many queries as keys, "
                      "got %lld and %lld", (long long)T, (long long)U);
-        goto error;
+        goto done;
     }
-    if (!(out = ovs_py_new_float(2, mshape))) goto error;
-    int st;
+    if (!(out = ovs_py_new_float(2, mshape))) goto done;
     Py_BEGIN_ALLOW_THREADS
     st = (naive ? ovs_attention_probs_naive : ovs_attention_probs)(
         F32(out), F32(a), lda, F32(b), ldb, T, U, F, scale, F32_OR_NULL(m), causal);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(a);
-    Py_DECREF(b);
-    Py_XDECREF(m);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(a);
-    Py_XDECREF(b);
-    Py_XDECREF(m);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(st, out, a, b, m);
 }
 
 

@@ -86,8 +86,8 @@ PyArrayObject *ovs_py_new_like_planes(PyArrayObject *x, int64_t P, int64_t Q);
 int ovs_py_rows_d(PyArrayObject *x, const char *what, int64_t *M, int64_t *D);
 
 /* The one exit of a binding: releases the inputs refs[0..n) (NULL-safe), then returns out when
- * st == 0; otherwise releases out and returns NULL, raising ovs_py_raise(st) when st > 0 (st < 0:
- * a Python exception is already set). Bindings start with `int st = -1;`, `goto done` on any
+ * st == 0 and no Python exception is pending; otherwise releases out and returns NULL, raising
+ * ovs_py_raise(st) when st > 0 (st <= 0: the Python exception already set). Bindings start with `int st = -1;`, `goto done` on any
  * error and end with `done: return OVS_PY_FINISH(st, out, x, w, ...);`. */
 PyObject *ovs_py_finish(int st, PyObject *out, void *const *refs, size_t n);
 #define OVS_PY_FINISH(st, out, ...)                                                         \
