@@ -60,14 +60,14 @@ def position_embedding_sine(dim: int, height: int, width: int,
                             temperature: float = 10000.0) -> np.ndarray:
     """Mask2Former's ``PositionEmbeddingSine(dim // 2, normalize=True)`` as an (H, W, dim) array
     (torch's (1, dim, H, W) output permuted to channels last)."""
-    return _core.op_pos_embed_sine(int(dim), int(height), int(width), float(temperature))
+    return _core.m2f_pos_embed_sine(int(dim), int(height), int(width), float(temperature))
 
 
 def msdeform_attn_core(value: np.ndarray, shapes: Sequence[tuple[int, int]], loc: np.ndarray,
                        attn: np.ndarray) -> np.ndarray:
     """``ms_deform_attn_core_pytorch`` for one image: value (S, E, F), loc (Q, E, L, P, 2) in
     [0, 1], attn (Q, E, L, P) -> (Q, E*F)."""
-    return _core.op_msdeform_attn_core(value, [tuple(s) for s in shapes], loc, attn)
+    return _core.m2f_msdeform_attn_core(value, [tuple(s) for s in shapes], loc, attn)
 
 
 def msdeform_attn(weights: Mapping[str, np.ndarray], prefix: str, query: np.ndarray,

@@ -69,7 +69,7 @@ def detectron2_preprocess(image: np.ndarray, short: int, max_size: int, divisor:
     nh, nw = resize_shortest_edge(h, w, short, max_size) if short else (h, w)
     if (nh, nw) != (h, w):
         image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
-    x = _core.op_normalize_u8(np.ascontiguousarray(image), None, np.asarray(mean, np.float32),
+    x = _core.normalize_u8(np.ascontiguousarray(image), None, np.asarray(mean, np.float32),
                               np.asarray(std, np.float32), True)
     hp = -(-nh // divisor) * divisor
     wp = -(-nw // divisor) * divisor
@@ -423,7 +423,7 @@ def mask_semantic(masks: np.ndarray, probs: np.ndarray, h: int, w: int,
     for y0 in range(0, h, rows):
         y1 = min(h, y0 + rows)
         a, b = max(0, y0 // 4 - 1), min(hm, (y1 - 1) // 4 + 2)
-        up = _core.op_resize(np.ascontiguousarray(masks[:, a:b]), (4 * (b - a), 4 * wm))
+        up = _core.resize(np.ascontiguousarray(masks[:, a:b]), (4 * (b - a), 4 * wm))
         s = np.ascontiguousarray(up[:, y0 - 4 * a:y1 - 4 * a, :w])
         np.negative(s, out=s)
         with np.errstate(over="ignore"):   # exp(-x) = inf for x < -88: sigmoid 0, as torch's
@@ -493,7 +493,7 @@ class HanModel(FrameworkModel):
         _, cls, masks = self._decoder(ms, mask_features)
         q = np.ascontiguousarray(cls[:, -1])                    # (N, Q, D): the last layer's class_embed
         N, Q, D = q.shape
-        emb = _core.op_linear(np.maximum(q, 0).reshape(N * Q, D), self._proj_w, self._proj_b)
+        emb = _core.linear(np.maximum(q, 0).reshape(N * Q, D), self._proj_w, self._proj_b)
         return emb.reshape(N, Q, -1), masks
 
     def class_logits(self, emb: np.ndarray, text: np.ndarray) -> np.ndarray:

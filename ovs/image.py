@@ -161,8 +161,8 @@ def clip_preprocess(images: Sequence[np.ndarray], size: int, mean: np.ndarray,
         h, w = img.shape[:2]
         nh, nw = resized_shortest(h, w, size)
         if (nh, nw) != (h, w):
-            img = _core.op_resize_u8_pil(img, (nh, nw))
+            img = _core.resize_u8_pil(img, (nh, nw))
         top = int(round((nh - size) / 2.0))
         left = int(round((nw - size) / 2.0))
-        out[i] = _core.op_normalize_u8(img, (top, left, size, size), mean, std, False)
+        out[i] = _core.normalize_u8(img, (top, left, size, size), mean, std, False)
     return out

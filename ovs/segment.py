@@ -437,9 +437,9 @@ class Segmenter:
         """The image PAMR's affinities come from, as NACLIP feeds it: the normalised image at
         the processing size, bilinearly resized to the output size. (3, H, W) float32."""
         hp, wp = processing_size(image.shape[0], image.shape[1], self.short_side)
-        x = _core.op_resize_u8_normalize(np.ascontiguousarray(image), (hp, wp), self.model.mean,
+        x = _core.resize_u8_normalize(np.ascontiguousarray(image), (hp, wp), self.model.mean,
                                          self.model.std)
-        return x if (hp, wp) == (H, W) else _core.op_resize(x, (H, W))
+        return x if (hp, wp) == (H, W) else _core.resize(x, (H, W))
 
     def _refined(self, im: np.ndarray, lr: np.ndarray) -> np.ndarray:
         """Cosine logits (C, H, W) at the output size, PAMR-refined when pamr is on."""
@@ -447,7 +447,7 @@ class Segmenter:
         up = _core.seg_upsample(lr, H, W, logit_scale=1.0, softmax=False)
         if not self.pamr:
             return up
-        return _core.op_pamr(up, self._pamr_guide(im, H, W), self.pamr, PAMR_DILATIONS)
+        return _core.pamr(up, self._pamr_guide(im, H, W), self.pamr, PAMR_DILATIONS)
 
     def _bg_label(self, class_names: Sequence[str]) -> int:
         first = class_names[0].replace(", ", ",").split(",")[0].strip().lower()

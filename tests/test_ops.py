@@ -802,3 +802,47 @@ def test_zero_sized_work_is_a_noop(naive):
     # No keys: every row is fully masked, so the output is zeros.
     out = _core.op_attention(q, np.zeros((0, 8), z), np.zeros((0, 8), z), 2, 1.0, naive=naive)
     assert out.shape == (3, 8) and not out.any()
+
+
+# ---------------------------------------------------------------- production vs test bindings
+# The ovs package calls the production bindings (csrc/python/py_ops.c, py_m2f.c); the op_* and
+# debug_* bindings (csrc/python/py_testops.c) are for tests and benchmarks only.
+PRODUCTION_ALIASES = {"linear": "op_linear", "resize": "op_resize",
+                      "resize_u8_pil": "op_resize_u8_pil", "normalize_u8": "op_normalize_u8",
+                      "resize_u8_normalize": "op_resize_u8_normalize", "pamr": "op_pamr",
+                      "m2f_pos_embed_sine": "op_pos_embed_sine",
+                      "m2f_msdeform_attn_core": "op_msdeform_attn_core"}
+
+
+def test_package_calls_no_test_bindings():
+    import pathlib
+    import re
+    root = pathlib.Path(ovs.__file__).parent
+    used = {(p.name, m.group(0)) for p in root.rglob("*.py")
+            for m in re.finditer(r"_core\.(?:op|debug)_\w+", p.read_text(encoding="utf-8"))}
+    assert not used, f"production code calls test-only bindings: {sorted(used)}"
+
+
+def test_production_bindings_are_the_test_ones(rng):
+    for prod, test in PRODUCTION_ALIASES.items():
+        assert getattr(_core, prod).__doc__.startswith(prod + "("), prod
+        assert getattr(_core, test).__doc__.startswith(test + "("), test
+    x = rng.standard_normal((2, 5, 7)).astype(np.float32)
+    np.testing.assert_array_equal(_core.resize(x, (9, 4)), _core.op_resize(x, (9, 4)))
+    w = rng.standard_normal((3, 7)).astype(np.float32)
+    np.testing.assert_array_equal(_core.linear(x, w, act="gelu"), _core.op_linear(x, w, act="gelu"))
+    img = rng.integers(0, 256, (11, 13, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(_core.resize_u8_pil(img, (5, 6)), _core.op_resize_u8_pil(img, (5, 6)))
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    np.testing.assert_array_equal(_core.normalize_u8(img, (1, 2, 8, 9), mean, std),
+                                  _core.op_normalize_u8(img, (1, 2, 8, 9), mean, std))
+    np.testing.assert_array_equal(_core.resize_u8_normalize(img, (6, 5), mean, std),
+                                  _core.op_resize_u8_normalize(img, (6, 5), mean, std))
+    m = rng.random((2, 11, 13)).astype(np.float32)
+    g = rng.random((3, 11, 13)).astype(np.float32)
+    np.testing.assert_array_equal(_core.pamr(m, g, 2, (1, 2)), _core.op_pamr(m, g, 2, (1, 2)))
+    np.testing.assert_array_equal(_core.m2f_pos_embed_sine(8, 3, 4), _core.op_pos_embed_sine(8, 3, 4))
+    with pytest.raises(ValueError, match="size must be >= 0"):
+        _core.resize(x, (-1, 2))
+    with pytest.raises(TypeError, match="img must be a numpy uint8 array"):
+        _core.normalize_u8([[1]], None, mean, std)

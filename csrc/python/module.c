@@ -50,16 +50,6 @@ PyArrayObject *ovs_py_float_array(PyObject *obj, int ndim, const char *what) {
     return a;
 }
 
-/* "(a, b, c)" of an array's shape. */
-static void shape_str(char *buf, size_t cap, PyArrayObject *a) {
-    const int nd = PyArray_NDIM(a);
-    size_t at = (size_t)snprintf(buf, cap, "(");
-    for (int i = 0; i < nd && at < cap; i++)
-        at += (size_t)snprintf(buf + at, cap - at, i ? ", %lld" : "%lld",
-                               (long long)PyArray_DIM(a, i));
-    if (at < cap) snprintf(buf + at, cap - at, nd == 1 ? ",)" : ")");
-}
-
 PyArrayObject *ovs_py_uint8_image(PyObject *obj, const char *what, int64_t *row_stride,
                                   int64_t *pixel_stride) {
     if (!PyArray_Check(obj)) {
@@ -75,7 +65,7 @@ PyArrayObject *ovs_py_uint8_image(PyObject *obj, const char *what, int64_t *row_
         return NULL;
     }
     char shape[160];
-    shape_str(shape, sizeof shape, a);
+    ovs_py_shape_str(shape, sizeof shape, PyArray_NDIM(a), PyArray_DIMS(a));
     const int nd = PyArray_NDIM(a);
     if (nd != 3 || PyArray_DIM(a, 2) != 3) {
         const char *hint = "";
@@ -247,7 +237,8 @@ PyMODINIT_FUNC PyInit__core(void) {
     Py_INCREF(ovs_py_WeightError);
     if (PyModule_AddObject(m, "OvsError", ovs_py_Error) < 0) goto error;
     if (PyModule_AddObject(m, "WeightFileError", ovs_py_WeightError) < 0) goto error;
-    if (ovs_py_register_core(m) < 0 || ovs_py_register_ops(m) < 0 || ovs_py_register_io(m) < 0 ||
+    if (ovs_py_register_core(m) < 0 || ovs_py_register_ops(m) < 0 ||
+        ovs_py_register_testops(m) < 0 || ovs_py_register_io(m) < 0 ||
         ovs_py_register_models(m) < 0 ||
         ovs_py_register_methods(m) < 0 || ovs_py_register_tokenizer(m) < 0 ||
         ovs_py_register_analysis(m) < 0 || ovs_py_register_metrics(m) < 0 ||

@@ -9,6 +9,7 @@
 /* op_matrix_pack(w (K, C)) -> packed (ceil(K/NR), C, NR) float32. */
 static PyObject *py_op_matrix_pack(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"w", NULL};
     PyObject *w_obj;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &w_obj)) return NULL;
@@ -17,34 +18,26 @@ static PyObject *py_op_matrix_pack(PyObject *self, PyObject *args, PyObject *kw)
     npy_intp K = PyArray_DIM(w, 0), C = PyArray_DIM(w, 1);
     npy_intp dims[3] = {(K + OVS_PACK_NR - 1) / OVS_PACK_NR, C, OVS_PACK_NR};
     out = (PyArrayObject *)PyArray_EMPTY(3, dims, NPY_FLOAT32, 0);
-    if (!out) goto error;
-    int st;
+    if (!out) goto done;
     Py_BEGIN_ALLOW_THREADS
     st = ovs_matrix_pack((float *)PyArray_DATA(out), (const float *)PyArray_DATA(w), K, C);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(w);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(w);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(st, out, w);
 }
 
 /* op_gemm_packed_naive(a (M, C), packed (P, C, NR), K, fast=False) -> (M, K); with fast the
  * packed-weight GEMM itself (ovs_matmul_wt on the packed matrix: weights packed once, for
  * benchmarks). */
 static PyObject *gemm_packed(PyObject *args, PyObject *kw, int fast) {
+    int st = -1;
     static char *kwlist[] = {"a", "packed", "K", NULL};
     PyObject *a_obj, *p_obj;
     long long K;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOL", kwlist, &a_obj, &p_obj, &K)) return NULL;
     PyArrayObject *a = NULL, *p = NULL, *out = NULL;
     if (!(a = ovs_py_float_array(a_obj, 2, "a")) || !(p = ovs_py_float_array(p_obj, 3, "packed")))
-        goto error;
+        goto done;
     npy_intp M = PyArray_DIM(a, 0), C = PyArray_DIM(a, 1);
     if (K < 0 || PyArray_DIM(p, 0) != (K + OVS_PACK_NR - 1) / OVS_PACK_NR ||
         PyArray_DIM(p, 1) != C || PyArray_DIM(p, 2) != OVS_PACK_NR) {
@@ -54,11 +47,10 @@ static PyObject *gemm_packed(PyObject *args, PyObject *kw, int fast) {
                      OVS_PACK_NR, OVS_PACK_NR, (long long)((K + OVS_PACK_NR - 1) / OVS_PACK_NR),
                      (long long)C, OVS_PACK_NR, K, (long long)PyArray_DIM(p, 0),
                      (long long)PyArray_DIM(p, 1), (long long)PyArray_DIM(p, 2));
-        goto error;
+        goto done;
     }
     npy_intp dims[2] = {M, (npy_intp)K};
-    if (!(out = (PyArrayObject *)PyArray_EMPTY(2, dims, NPY_FLOAT32, 0))) goto error;
-    int st;
+    if (!(out = (PyArrayObject *)PyArray_EMPTY(2, dims, NPY_FLOAT32, 0))) goto done;
     Py_BEGIN_ALLOW_THREADS
     if (fast) {
         ovs_matrix wm = ovs_matrix_packed((const float *)PyArray_DATA(p), K, C);
@@ -69,18 +61,8 @@ static PyObject *gemm_packed(PyObject *args, PyObject *kw, int fast) {
                                    (const float *)PyArray_DATA(p), M, C, K);
     }
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(a);
-    Py_DECREF(p);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(a);
-    Py_XDECREF(p);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(st, out, a, p);
 }
 
 static PyObject *py_op_gemm_packed_naive(PyObject *self, PyObject *args, PyObject *kw) {

@@ -1,5 +1,6 @@
 /* Python bindings of the Mask2Former ops and blocks (include/ovs/m2f.h):
- *   _core.op_pos_embed_sine, _core.op_msdeform_attn_core (tests; naive=True for the twin),
+ *   _core.m2f_pos_embed_sine, _core.m2f_msdeform_attn_core (naive=True for the twin; the tests
+ *   reach them as _core.op_pos_embed_sine / op_msdeform_attn_core, py_testops.c),
  *   _core.m2f_msdeform_attn (one MSDeformAttn module from named weights),
  *   _core.M2FPixelDecoder, _core.M2FDecoder (blocks built once from a weights dict).
  * Arrays are converted to C-contiguous float32, outputs allocated with the GIL held, the C
@@ -10,8 +11,6 @@
 
 #include <math.h>
 #include <string.h>
-
-#define F32(a) ((float *)PyArray_DATA(a))
 
 static PyArrayObject *new_float(int nd, const npy_intp *dims) {
     return (PyArrayObject *)PyArray_ZEROS(nd, (npy_intp *)dims, NPY_FLOAT32, 0);
@@ -87,7 +86,7 @@ static int check_finite(PyArrayObject *a, const char *what) {
 }
 
 /* ---------------------------------------------------------------- ops */
-static PyObject *py_op_pos_embed_sine(PyObject *self, PyObject *args, PyObject *kw) {
+PyObject *ovs_py_pos_embed_sine(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"D", "H", "W", "temperature", "naive", NULL};
     long long D, H, W;
@@ -107,15 +106,12 @@ static PyObject *py_op_pos_embed_sine(PyObject *self, PyObject *args, PyObject *
     Py_BEGIN_ALLOW_THREADS
     st = (naive ? ovs_pos_embed_sine_naive : ovs_pos_embed_sine)(F32(out), D, H, W, temperature);
     Py_END_ALLOW_THREADS
-    if (st) {
-        Py_DECREF(out);
-        return ovs_py_raise(st);
-    }
-    return (PyObject *)out;
+    return ovs_py_finish(st, (PyObject *)out, NULL, 0);
 }
 
-static PyObject *py_op_msdeform_attn_core(PyObject *self, PyObject *args, PyObject *kw) {
+PyObject *ovs_py_msdeform_attn_core(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"value", "shapes", "loc", "attn", "naive", NULL};
     PyObject *v_obj, *s_obj, *l_obj, *a_obj;
     int naive = 0;
@@ -128,7 +124,7 @@ static PyObject *py_op_msdeform_attn_core(PyObject *self, PyObject *args, PyObje
         !(v = ovs_py_float_array(v_obj, 3, "value (S, E, F)")) ||
         !(loc = ovs_py_float_array(l_obj, 5, "loc (Q, E, L, P, 2)")) ||
         !(at = ovs_py_float_array(a_obj, 4, "attn (Q, E, L, P)")))
-        goto error;
+        goto done;
     int64_t S = 0;
     for (int64_t l = 0; l < L; l++) S += shapes[2 * l] * shapes[2 * l + 1];
     npy_intp E = PyArray_DIM(v, 1), F = PyArray_DIM(v, 2), Q = PyArray_DIM(loc, 0),
@@ -136,28 +132,15 @@ static PyObject *py_op_msdeform_attn_core(PyObject *self, PyObject *args, PyObje
     npy_intp vs[3] = {S, E, F}, ls[5] = {Q, E, L, P, 2}, as[4] = {Q, E, L, P};
     if (expect_dims(v, "value", 3, vs) || expect_dims(loc, "loc", 5, ls) ||
         expect_dims(at, "attn", 4, as))
-        goto error;
+        goto done;
     npy_intp od[2] = {Q, E * F};
-    if (!(out = new_float(2, od))) goto error;
-    int st;
+    if (!(out = new_float(2, od))) goto done;
     Py_BEGIN_ALLOW_THREADS
     st = (naive ? ovs_msdeform_attn_core_naive : ovs_msdeform_attn_core)(
         F32(out), F32(v), shapes, L, F32(loc), F32(at), Q, E, F, P);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(v);
-    Py_DECREF(loc);
-    Py_DECREF(at);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(v);
-    Py_XDECREF(loc);
-    Py_XDECREF(at);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(st, out, v, loc, at);
 }
 
 /* m2f_msdeform_attn(weights, prefix, query (Q, D), input (S, D), ref (Q, L, 2), shapes, heads,
@@ -486,12 +469,12 @@ static PyTypeObject DecoderType = {
     .tp_methods = dec_methods,
 };
 
-#define KW (METH_VARARGS | METH_KEYWORDS)
+#define KW OVS_PY_KW
 static PyMethodDef m2f_methods[] = {
-    {"op_pos_embed_sine", (PyCFunction)py_op_pos_embed_sine, KW,
-     "op_pos_embed_sine(D, H, W, temperature=10000, naive=False) -> (H, W, D)"},
-    {"op_msdeform_attn_core", (PyCFunction)py_op_msdeform_attn_core, KW,
-     "op_msdeform_attn_core(value (S, E, F), shapes, loc (Q, E, L, P, 2), attn (Q, E, L, P), "
+    {"m2f_pos_embed_sine", (PyCFunction)ovs_py_pos_embed_sine, KW,
+     "m2f_pos_embed_sine(D, H, W, temperature=10000, naive=False) -> (H, W, D)"},
+    {"m2f_msdeform_attn_core", (PyCFunction)ovs_py_msdeform_attn_core, KW,
+     "m2f_msdeform_attn_core(value (S, E, F), shapes, loc (Q, E, L, P, 2), attn (Q, E, L, P), "
      "naive=False) -> (Q, E*F)"},
     {"m2f_msdeform_attn", (PyCFunction)py_m2f_msdeform_attn, KW,
      "m2f_msdeform_attn(weights, prefix, query (Q, D), input (S, D), ref (Q, L, 2), shapes, "

@@ -83,6 +83,7 @@ static int get_mean_std(PyObject *obj, float out[3], const char *what) {
 }
 
 static PyObject *segmenter_logits(ovs_py_segmenter *self, PyObject *args, PyObject *kw) {
+    int rc = -1;
     static char *kwlist[] = {"image", "out_h", "out_w", "mean", "std", "classifier", NULL};
     PyObject *img_obj, *mean_obj, *std_obj, *cls_obj, *out = NULL;
     PyArrayObject *img = NULL, *cls = NULL;
@@ -99,18 +100,17 @@ static PyObject *segmenter_logits(ovs_py_segmenter *self, PyObject *args, PyObje
     if (!(img = ovs_py_uint8_image(img_obj, "image", &rs, &ps))) return NULL;
     if (Hp <= 0 || Wp <= 0 || Hp > 65536 || Wp > 65536) {
         PyErr_Format(PyExc_ValueError, "processing size must be in 1..65536, got %lldx%lld", Hp, Wp);
-        goto error;
+        goto done;
     }
-    if (!(cls = ovs_py_float_array(cls_obj, 2, "classifier (C, E)"))) goto error;
+    if (!(cls = ovs_py_float_array(cls_obj, 2, "classifier (C, E)"))) goto done;
     int64_t C = PyArray_DIM(cls, 0), E = ovs_segmenter_embed_dim(self->seg);
     if (C == 0 || PyArray_DIM(cls, 1) != E) {
         PyErr_Format(PyExc_ValueError, "classifier must be (C >= 1, %lld), got (%zd, %zd)", (long long)E,
                      (Py_ssize_t)C, (Py_ssize_t)PyArray_DIM(cls, 1));
-        goto error;
+        goto done;
     }
     npy_intp dims[3] = {C, Hp, Wp};
-    if (!(out = PyArray_SimpleNew(3, dims, NPY_FLOAT32))) goto error;
-    int rc;
+    if (!(out = PyArray_SimpleNew(3, dims, NPY_FLOAT32))) goto done;
     const uint8_t *px = PyArray_DATA(img);
     const float *cd = PyArray_DATA(cls);
     float *o = PyArray_DATA((PyArrayObject *)out);
@@ -120,37 +120,27 @@ static PyObject *segmenter_logits(ovs_py_segmenter *self, PyObject *args, PyObje
     rc = ovs_seg_logits(self->seg, o, px, H, W, rs, ps, Hp, Wp, mean, std, cd, C);
     OVS_MODEL_UNLOCK(self->model);
     Py_END_ALLOW_THREADS
-    if (rc) {
-        ovs_py_raise(rc);
-        goto error;
-    }
-    Py_DECREF(img);
-    Py_DECREF(cls);
-    return out;
-error:
-    Py_XDECREF(img);
-    Py_XDECREF(cls);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(rc, out, img, cls);
 }
 
 static PyObject *segmenter_dense(ovs_py_segmenter *self, PyObject *arg) {
+    int rc = -1;
     PyArrayObject *x = ovs_py_images(arg);
     PyObject *out = NULL;
     if (!x) return NULL;
     if (PyArray_DIM(x, 0) != 1) {
         PyErr_SetString(PyExc_ValueError, "dense_features takes one image (1, 3, H, W)");
-        goto error;
+        goto done;
     }
     int64_t H = PyArray_DIM(x, 2), W = PyArray_DIM(x, 3), p = ovs_segmenter_patch(self->seg);
     if (H % p || W % p) {
         PyErr_Format(PyExc_ValueError, "image sides must be multiples of %lld, got %lldx%lld", (long long)p,
                      (long long)H, (long long)W);
-        goto error;
+        goto done;
     }
     npy_intp dims[3] = {H / p, W / p, ovs_segmenter_embed_dim(self->seg)};
-    if (!(out = PyArray_SimpleNew(3, dims, NPY_FLOAT32))) goto error;
-    int rc;
+    if (!(out = PyArray_SimpleNew(3, dims, NPY_FLOAT32))) goto done;
     const float *xd = PyArray_DATA(x);
     float *o = PyArray_DATA((PyArrayObject *)out);
     Py_BEGIN_ALLOW_THREADS
@@ -158,16 +148,8 @@ static PyObject *segmenter_dense(ovs_py_segmenter *self, PyObject *arg) {
     rc = ovs_seg_dense_features(self->seg, o, xd, H, W);
     OVS_MODEL_UNLOCK(self->model);
     Py_END_ALLOW_THREADS
-    if (rc) {
-        ovs_py_raise(rc);
-        goto error;
-    }
-    Py_DECREF(x);
-    return out;
-error:
-    Py_DECREF(x);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(rc, out, x);
 }
 
 static PyMethodDef segmenter_methods[] = {
@@ -190,6 +172,7 @@ static PyTypeObject ovs_py_SegmenterType = {
 };
 
 static PyObject *py_seg_final(PyObject *args, PyObject *kw, int labels_mode) {
+    int rc = -1;
     static char *kwlist[] = {"logits", "out_h", "out_w", "logit_scale", "bg_threshold", "bg_label", "softmax", NULL};
     PyObject *obj, *out = NULL;
     long long H, W;
@@ -201,17 +184,16 @@ static PyObject *py_seg_final(PyObject *args, PyObject *kw, int labels_mode) {
     if (!lg) return NULL;
     if (H <= 0 || W <= 0 || H > 65536 || W > 65536) {
         PyErr_Format(PyExc_ValueError, "output size must be in 1..65536, got %lldx%lld", H, W);
-        goto error;
+        goto done;
     }
     int64_t C = PyArray_DIM(lg, 0), h = PyArray_DIM(lg, 1), w = PyArray_DIM(lg, 2);
     if (C == 0 || h == 0 || w == 0) {
         PyErr_SetString(PyExc_ValueError, "logits must not be empty");
-        goto error;
+        goto done;
     }
     npy_intp d3[3] = {C, H, W}, d2[2] = {H, W};
     out = labels_mode ? PyArray_SimpleNew(2, d2, NPY_INT32) : PyArray_SimpleNew(3, d3, NPY_FLOAT32);
-    if (!out) goto error;
-    int rc;
+    if (!out) goto done;
     const float *ld = PyArray_DATA(lg);
     void *od = PyArray_DATA((PyArrayObject *)out);
     Py_BEGIN_ALLOW_THREADS
@@ -222,16 +204,8 @@ static PyObject *py_seg_final(PyObject *args, PyObject *kw, int labels_mode) {
     else
         rc = ovs_seg_upsample(od, ld, C, h, w, H, W, (float)scale, softmax);
     Py_END_ALLOW_THREADS
-    if (rc) {
-        ovs_py_raise(rc);
-        goto error;
-    }
-    Py_DECREF(lg);
-    return out;
-error:
-    Py_DECREF(lg);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(rc, out, lg);
 }
 
 static PyObject *py_seg_labels(PyObject *self, PyObject *args, PyObject *kw) { return py_seg_final(args, kw, 1); }
@@ -240,6 +214,7 @@ static PyObject *py_seg_labels_naive(PyObject *self, PyObject *args, PyObject *k
 
 static PyObject *py_seg_labels_pamr(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int rc = -1;
     static char *kwlist[] = {"logits", "guide", "steps", "dilations", "logit_scale",
                              "bg_threshold", "bg_label", NULL};
     PyObject *l_obj, *g_obj, *d_obj = NULL, *out = NULL;
@@ -254,39 +229,29 @@ static PyObject *py_seg_labels_pamr(PyObject *self, PyObject *args, PyObject *kw
     if (ovs_py_int64_seq(d_obj, "dilations", dil, 16, &nd)) return NULL;
     if (!(lg = ovs_py_float_array(l_obj, 3, "logits (C, h, w)")) ||
         !(gd = ovs_py_float_array(g_obj, 3, "guide (K, H, W)")))
-        goto error;
+        goto done;
     const int64_t C = PyArray_DIM(lg, 0), h = PyArray_DIM(lg, 1), w = PyArray_DIM(lg, 2);
     const int64_t K = PyArray_DIM(gd, 0), H = PyArray_DIM(gd, 1), W = PyArray_DIM(gd, 2);
     if (C == 0 || h == 0 || w == 0 || K == 0 || H == 0 || W == 0) {
         PyErr_SetString(PyExc_ValueError, "logits and guide must not be empty");
-        goto error;
+        goto done;
     }
     npy_intp d2[2] = {H, W};
-    if (!(out = PyArray_SimpleNew(2, d2, NPY_INT32))) goto error;
-    int rc;
+    if (!(out = PyArray_SimpleNew(2, d2, NPY_INT32))) goto done;
     int32_t *od = PyArray_DATA((PyArrayObject *)out);
     const float *ld = PyArray_DATA(lg), *gdd = PyArray_DATA(gd);
     Py_BEGIN_ALLOW_THREADS
     rc = ovs_seg_labels_pamr(od, ld, C, h, w, gdd, K, H, W, dil, nd, steps, (float)scale,
                              (float)thr, bg_label);
     Py_END_ALLOW_THREADS
-    if (rc) {
-        ovs_py_raise(rc);
-        goto error;
-    }
-    Py_DECREF(lg);
-    Py_DECREF(gd);
-    return out;
-error:
-    Py_XDECREF(lg);
-    Py_XDECREF(gd);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(rc, out, lg, gd);
 }
 
 
 /* seg_labels_grouped(logits (Q,h,w), out_h, out_w, query_class (Q,) int32, num_classes, ...) */
 static PyObject *py_seg_grouped(PyObject *args, PyObject *kw, int naive) {
+    int rc = -1;
     static char *kwlist[] = {"logits", "out_h", "out_w", "query_class", "num_classes", "logit_scale",
                              "prob_thd", "bg_label", "area_thd", NULL};
     PyObject *obj, *qobj, *out = NULL;
@@ -300,29 +265,28 @@ static PyObject *py_seg_grouped(PyObject *args, PyObject *kw, int naive) {
     if (!(lg = ovs_py_float_array(obj, 3, "logits (Q, h, w)"))) return NULL;
     if (H <= 0 || W <= 0 || H > 65536 || W > 65536) {
         PyErr_Format(PyExc_ValueError, "output size must be in 1..65536, got %lldx%lld", H, W);
-        goto error;
+        goto done;
     }
     int64_t Q = PyArray_DIM(lg, 0), h = PyArray_DIM(lg, 1), w = PyArray_DIM(lg, 2);
     if (Q == 0 || h == 0 || w == 0) {
         PyErr_SetString(PyExc_ValueError, "logits must not be empty");
-        goto error;
+        goto done;
     }
     if (!(qa = (PyArrayObject *)PyArray_FROMANY(qobj, NPY_INT32, 1, 1, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST)))
-        goto error;
+        goto done;
     if (PyArray_DIM(qa, 0) != Q) {
         PyErr_Format(PyExc_ValueError, "query_class must have one entry per query (%lld), got %zd", (long long)Q,
                      (Py_ssize_t)PyArray_DIM(qa, 0));
-        goto error;
+        goto done;
     }
     if (!isfinite(thr) || !isfinite(area) || area > 1.0) {
         char msg[128];
         snprintf(msg, sizeof msg, "prob_thd must be finite and area_thd <= 1 (negative = off), got %g, %g", thr, area);
         PyErr_SetString(PyExc_ValueError, msg);
-        goto error;
+        goto done;
     }
     npy_intp d2[2] = {H, W};
-    if (!(out = PyArray_SimpleNew(2, d2, NPY_INT32))) goto error;
-    int rc;
+    if (!(out = PyArray_SimpleNew(2, d2, NPY_INT32))) goto done;
     const float *ld = PyArray_DATA(lg);
     const int32_t *qd = PyArray_DATA(qa);
     int32_t *od = PyArray_DATA((PyArrayObject *)out);
@@ -330,18 +294,8 @@ static PyObject *py_seg_grouped(PyObject *args, PyObject *kw, int naive) {
     rc = (naive ? ovs_seg_labels_grouped_naive : ovs_seg_labels_grouped)(od, ld, Q, h, w, H, W, qd, C, (float)scale,
                                                                          (float)thr, bg_label, (float)area);
     Py_END_ALLOW_THREADS
-    if (rc) {
-        ovs_py_raise(rc);
-        goto error;
-    }
-    Py_DECREF(lg);
-    Py_DECREF(qa);
-    return out;
-error:
-    Py_XDECREF(lg);
-    Py_XDECREF(qa);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(rc, out, lg, qa);
 }
 static PyObject *py_seg_labels_grouped(PyObject *self, PyObject *args, PyObject *kw) { return py_seg_grouped(args, kw, 0); }
 static PyObject *py_seg_labels_grouped_naive(PyObject *self, PyObject *args, PyObject *kw) { return py_seg_grouped(args, kw, 1); }
@@ -370,6 +324,7 @@ static PyObject *py_seg_prompt_denoise(PyObject *self, PyObject *args, PyObject 
 }
 
 static PyObject *py_seg_key_smooth(PyObject *self, PyObject *args, PyObject *kw) {
+    int rc = -1;
     static char *kwlist[] = {"logits", "keys", "thresh", "scale", NULL};
     PyObject *obj, *kobj, *out = NULL;
     double thresh, scale = 100.0;
@@ -384,28 +339,17 @@ static PyObject *py_seg_key_smooth(PyObject *self, PyObject *args, PyObject *kw)
     if (PyArray_DIM(ka, 0) != PyArray_DIM(lg, 1)) {
         PyErr_Format(PyExc_ValueError, "keys must have one row per position (%zd), got %zd",
                      (Py_ssize_t)PyArray_DIM(lg, 1), (Py_ssize_t)PyArray_DIM(ka, 0));
-        goto error;
+        goto done;
     }
-    if (!(out = PyArray_NewCopy(lg, NPY_CORDER))) goto error;
-    int rc;
+    if (!(out = PyArray_NewCopy(lg, NPY_CORDER))) goto done;
     float *o = PyArray_DATA((PyArrayObject *)out);
     const float *kd = PyArray_DATA(ka);
     int64_t C = PyArray_DIM(lg, 0), n = PyArray_DIM(lg, 1), Dk = PyArray_DIM(ka, 1);
     Py_BEGIN_ALLOW_THREADS
     rc = ovs_seg_key_smooth(o, C, n, kd, Dk, (float)scale, (float)thresh);
     Py_END_ALLOW_THREADS
-    if (rc) {
-        ovs_py_raise(rc);
-        goto error;
-    }
-    Py_DECREF(lg);
-    Py_DECREF(ka);
-    return out;
-error:
-    Py_DECREF(lg);
-    Py_DECREF(ka);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(rc, out, lg, ka);
 }
 
 /* The tower bit mask as a tuple of "resnet" / "vit". */

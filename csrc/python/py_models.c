@@ -446,6 +446,7 @@ static int text_init(ovs_py_model *self, PyObject *args, PyObject *kw) {
 }
 
 static PyObject *text_forward(ovs_py_model *self, PyObject *args, PyObject *kw) {
+    int rc = -1;
     static char *kwlist[] = {"ids", "truncate", NULL};
     PyObject *obj, *out = NULL;
     int truncate = 1;
@@ -458,8 +459,7 @@ static PyObject *text_forward(ovs_py_model *self, PyObject *args, PyObject *kw) 
     if (!ids) return NULL;
     const ovs_text_config *cfg = ovs_text_get_config(self->m.text);
     npy_intp dims[2] = {PyArray_DIM(ids, 0), cfg->embed_dim};
-    if (!(out = new_array(2, dims))) goto error;
-    int rc;
+    if (!(out = new_array(2, dims))) goto done;
     const int32_t *data = PyArray_DATA(ids);
     float *o = PyArray_DATA((PyArrayObject *)out);
     int64_t N = PyArray_DIM(ids, 0), S = PyArray_DIM(ids, 1);
@@ -468,16 +468,8 @@ static PyObject *text_forward(ovs_py_model *self, PyObject *args, PyObject *kw) 
     rc = ovs_text_forward(self->m.text, o, data, N, S, truncate);
     OVS_MODEL_UNLOCK(self);
     Py_END_ALLOW_THREADS
-    if (rc) {
-        ovs_py_raise(rc);
-        goto error;
-    }
-    Py_DECREF(ids);
-    return out;
-error:
-    Py_DECREF(ids);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(rc, out, ids);
 }
 
 /* Integer ids as an int32 C array of rank nd, or NULL with a TypeError/ValueError. */
@@ -496,6 +488,7 @@ static PyArrayObject *text_ids(PyObject *obj, int nd, const char *what) {
 }
 
 static PyObject *text_prefix(ovs_py_model *self, PyObject *args) {
+    int rc = -1;
     PyObject *obj, *out = NULL;
     if (!PyArg_ParseTuple(args, "O", &obj)) return NULL;
     if (self->kind != OVS_PY_TEXT) return PyErr_Format(PyExc_RuntimeError, "model not initialised");
@@ -506,11 +499,10 @@ static PyObject *text_prefix(ovs_py_model *self, PyObject *args) {
     if (P < 1 || P >= cfg->context) {
         PyErr_Format(PyExc_ValueError, "a prefix must have 1..%lld tokens, got %lld",
                      (long long)(cfg->context - 1), (long long)P);
-        goto error;
+        goto done;
     }
     npy_intp dims[3] = {cfg->layers, P, 2 * cfg->width};
-    if (!(out = new_array(3, dims))) goto error;
-    int rc;
+    if (!(out = new_array(3, dims))) goto done;
     const int32_t *data = PyArray_DATA(ids);
     float *o = PyArray_DATA((PyArrayObject *)out);
     Py_BEGIN_ALLOW_THREADS
@@ -518,19 +510,12 @@ static PyObject *text_prefix(ovs_py_model *self, PyObject *args) {
     rc = ovs_text_prefix(self->m.text, o, data, P);
     OVS_MODEL_UNLOCK(self);
     Py_END_ALLOW_THREADS
-    if (rc) {
-        ovs_py_raise(rc);
-        goto error;
-    }
-    Py_DECREF(ids);
-    return out;
-error:
-    Py_DECREF(ids);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(rc, out, ids);
 }
 
 static PyObject *text_forward_prefixed(ovs_py_model *self, PyObject *args) {
+    int rc = -1;
     PyObject *kv_obj, *obj, *out = NULL;
     PyArrayObject *kv = NULL, *ids = NULL;
     if (!PyArg_ParseTuple(args, "OO", &kv_obj, &obj)) return NULL;
@@ -545,11 +530,10 @@ static PyObject *text_forward_prefixed(ovs_py_model *self, PyObject *args) {
                             (long long)(2 * cfg->width));
     if (!(kv = (PyArrayObject *)PyArray_FROMANY(kv_obj, NPY_FLOAT32, 3, 3, NPY_ARRAY_CARRAY_RO)))
         return NULL;
-    if (!(ids = text_ids(obj, 2, "suffix ids"))) goto error;
+    if (!(ids = text_ids(obj, 2, "suffix ids"))) goto done;
     int64_t P = PyArray_DIM(kv, 1), N = PyArray_DIM(ids, 0), S = PyArray_DIM(ids, 1);
     npy_intp dims[2] = {N, cfg->embed_dim};
-    if (!(out = new_array(2, dims))) goto error;
-    int rc;
+    if (!(out = new_array(2, dims))) goto done;
     const int32_t *data = PyArray_DATA(ids);
     const float *cache = PyArray_DATA(kv);
     float *o = PyArray_DATA((PyArrayObject *)out);
@@ -558,18 +542,8 @@ static PyObject *text_forward_prefixed(ovs_py_model *self, PyObject *args) {
     rc = ovs_text_forward_prefixed(self->m.text, o, cache, P, data, N, S);
     OVS_MODEL_UNLOCK(self);
     Py_END_ALLOW_THREADS
-    if (rc) {
-        ovs_py_raise(rc);
-        goto error;
-    }
-    Py_DECREF(kv);
-    Py_DECREF(ids);
-    return out;
-error:
-    Py_XDECREF(kv);
-    Py_XDECREF(ids);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(rc, out, kv, ids);
 }
 
 static PyObject *text_config(ovs_py_model *self, PyObject *unused) {

@@ -1,278 +1,19 @@
-/* Python bindings of the ops (include/ovs/ops.h), for tests and benchmarks only:
- * `_core.op_<name>(...)`, with `naive=True` selecting the plain reference where one exists.
- * Each binding converts its array arguments to C-contiguous float32 (a copy only when
- * needed), checks shapes with ValueErrors naming the argument, allocates the output (NumPy)
- * and any scratch (ovs_malloc) with the GIL held, then runs the C op without the GIL. */
+/* The ops production Python calls (ovs/image.py, ovs/segment.py, ovs/frameworks.py):
+ * _core.resize_u8_pil, _core.normalize_u8, _core.resize_u8_normalize (CLIP preprocessing of uint8
+ * RGB images), _core.resize, _core.pamr, _core.linear. Each converts its array arguments (a copy
+ * only when needed), checks shapes with ValueErrors naming the argument, allocates the output
+ * with the GIL held and runs the C op without it. `naive=True`, where accepted, selects the
+ * plain twin; the tests reach these functions also as _core.op_<name> (py_testops.c). */
 #include "python/pyovs.h"
 
 #include "ovs/ops.h"
 
 #include <string.h>
 
-/* ---------------------------------------------------------------- argument helpers */
-static int parse_act(const char *name, ovs_act *act) { return ovs_py_parse_act(name, 1, act); }
-
-/* An int or a pair of ints into out[2]; each must be >= min. */
-static int parse_pair(PyObject *obj, const char *what, long long min, int64_t out[2]) {
-    if (PyLong_Check(obj)) {
-        long long v = PyLong_AsLongLong(obj);
-        if (v == -1 && PyErr_Occurred()) return -1;
-        out[0] = out[1] = v;
-    } else {
-        PyObject *seq = PySequence_Check(obj) ? PySequence_Fast(obj, what) : NULL;
-        if (!seq || PySequence_Fast_GET_SIZE(seq) != 2) {
-            Py_XDECREF(seq);
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, "%s must be an int or a pair of ints, got %R", what, obj);
-            return -1;
-        }
-        for (int i = 0; i < 2; i++) {
-            long long v = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
-            if (v == -1 && PyErr_Occurred()) {
-                Py_DECREF(seq);
-                return -1;
-            }
-            out[i] = v;
-        }
-        Py_DECREF(seq);
-    }
-    if (out[0] < min || out[1] < min) {
-        PyErr_Format(PyExc_ValueError, "%s must be >= %lld, got (%lld, %lld)", what, min,
-                     (long long)out[0], (long long)out[1]);
-        return -1;
-    }
-    return 0;
-}
-
-/* *out = None ? NULL : a C-contiguous float32 array of `ndim` dims (new reference). */
-static int opt_array(PyObject *obj, int ndim, const char *what, PyArrayObject **out) {
-    *out = NULL;
-    if (!obj || obj == Py_None) return 0;
-    *out = ovs_py_float_array(obj, ndim, what);
-    return *out ? 0 : -1;
-}
-
-static void shape_repr(char *buf, size_t cap, int nd, const npy_intp *shape) {
-    size_t at = (size_t)snprintf(buf, cap, "(");
-    for (int i = 0; i < nd && at < cap; i++)
-        at += (size_t)snprintf(buf + at, cap - at, i ? ", %lld" : "%lld", (long long)shape[i]);
-    if (at < cap) snprintf(buf + at, cap - at, nd == 1 ? ",)" : ")");
-}
-
-/* ValueError unless a has exactly the given shape. */
-static int check_shape(PyArrayObject *a, const char *what, int nd, const npy_intp *shape) {
-    int ok = PyArray_NDIM(a) == nd;
-    for (int i = 0; ok && i < nd; i++) ok = PyArray_DIM(a, i) == shape[i];
-    if (ok) return 0;
-    char want[128], got[128];
-    shape_repr(want, sizeof want, nd, shape);
-    shape_repr(got, sizeof got, PyArray_NDIM(a), PyArray_DIMS(a));
-    PyErr_Format(PyExc_ValueError, "%s must have shape %s, got %s", what, want, got);
-    return -1;
-}
-
-/* A 2-D float32 operand whose rows may be strided (a column slice of a wider array, as q/k/v
- * cut from an in_proj output): used in place when its columns are contiguous, converted to
- * a C-contiguous copy otherwise. *ld gets the row stride in floats. New reference. */
-static PyArrayObject *rows_array(PyObject *obj, const char *what, int64_t *ld) {
-    if (PyArray_Check(obj)) {
-        PyArrayObject *a = (PyArrayObject *)obj;
-        if (PyArray_TYPE(a) == NPY_FLOAT32 && PyArray_NDIM(a) == 2 && PyArray_ISALIGNED(a) &&
-            PyArray_ISNOTSWAPPED(a)) {
-            npy_intp s0 = PyArray_STRIDE(a, 0), s1 = PyArray_STRIDE(a, 1);
-            npy_intp cols = PyArray_DIM(a, 1);
-            if (s1 == (npy_intp)sizeof(float) && s0 % (npy_intp)sizeof(float) == 0 &&
-                s0 >= cols * (npy_intp)sizeof(float) && cols > 0) {
-                Py_INCREF(a);
-                *ld = s0 / (npy_intp)sizeof(float);
-                return a;
-            }
-        }
-    }
-    PyArrayObject *a = ovs_py_float_array(obj, 2, what);
-    if (a) *ld = PyArray_DIM(a, 1);
-    return a;
-}
-
-static PyArrayObject *new_float(int nd, const npy_intp *dims) {
-    return (PyArrayObject *)PyArray_SimpleNew(nd, (npy_intp *)dims, NPY_FLOAT32);
-}
-
-/* A new C-contiguous float32 copy of x (for ops that work in place). */
-static PyArrayObject *float_copy(PyObject *obj, const char *what) {
-    PyArrayObject *a = ovs_py_float_array(obj, -1, what);
-    if (!a) return NULL;
-    PyArrayObject *c = (PyArrayObject *)PyArray_NewCopy(a, NPY_CORDER);
-    Py_DECREF(a);
-    return c;
-}
-
-/* Scratch for an op: n floats from ovs_malloc (MemoryError on failure); n == 0 gives NULL. */
-static int alloc_scratch(size_t n, float **out) {
-    *out = NULL;
-    if (n == 0) return 0;
-    if (n == SIZE_MAX || n > SIZE_MAX / sizeof(float)) {
-        PyErr_SetString(PyExc_ValueError, "scratch size overflows");
-        return -1;
-    }
-    *out = ovs_malloc(n * sizeof(float));
-    if (!*out) {
-        ovs_py_raise(OVS_ERR_NOMEM);
-        return -1;
-    }
-    return 0;
-}
-
-#define F32(a) ((float *)PyArray_DATA(a))
-#define F32_OR_NULL(a) ((a) ? (float *)PyArray_DATA(a) : NULL)
-
-/* ---------------------------------------------------------------- weight matrices */
-/* *wm = w (K, C) as a dense matrix, or, with packed != 0, as a packed copy in *buf (an
- * ovs_malloc'd block the caller frees after the op). Called with the GIL held. */
-static int weight_matrix(ovs_matrix *wm, float **buf, PyArrayObject *w, npy_intp K, npy_intp C,
-                         int packed) {
-    *buf = NULL;
-    if (!packed) {
-        *wm = ovs_matrix_dense(F32(w), K, C);
-        return 0;
-    }
-    size_t n = ovs_matrix_packed_floats(K, C);
-    if (n == SIZE_MAX || n > SIZE_MAX / sizeof(float) ||
-        !(*buf = ovs_malloc((n ? n : 1) * sizeof(float)))) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    int st = ovs_matrix_pack(*buf, F32(w), K, C);
-    if (st) {
-        ovs_free(*buf);
-        *buf = NULL;
-        ovs_py_raise(st);
-        return -1;
-    }
-    *wm = ovs_matrix_packed(*buf, K, C);
-    return 0;
-}
-
-/* ---------------------------------------------------------------- matmul */
-/* op_matmul_wt (transposed != 0: out = alpha a @ w.T + beta out, w dense or packed) and op_matmul
- * (out = alpha a @ b + beta out, b's rows may be strided). */
-static PyObject *matmul_binding(PyObject *args, PyObject *kw, int transposed) {
-    static char *kw_wt[] = {"a", "w", "alpha", "beta", "out", "packed", "naive", NULL};
-    static char *kw_ab[] = {"a", "b", "alpha", "beta", "out", "naive", NULL};
-    PyObject *a_obj, *w_obj, *out_obj = Py_None;
-    float alpha = 1.0f, beta = 0.0f;
-    int packed = 0, naive = 0, ok;
-    float *wbuf = NULL;
-    PyArrayObject *a = NULL, *w = NULL, *out = NULL;
-    if (transposed)
-        ok = PyArg_ParseTupleAndKeywords(args, kw, "OO|ffOpp", kw_wt, &a_obj, &w_obj, &alpha,
-                                         &beta, &out_obj, &packed, &naive);
-    else
-        ok = PyArg_ParseTupleAndKeywords(args, kw, "OO|ffOp", kw_ab, &a_obj, &w_obj, &alpha,
-                                         &beta, &out_obj, &naive);
-    if (!ok) return NULL;
-    int64_t lda, ldb = 0, ldo;
-    if (!(a = rows_array(a_obj, "a", &lda)) ||
-        !(w = transposed ? ovs_py_float_array(w_obj, 2, "w") : rows_array(w_obj, "b", &ldb)))
-        goto error;
-    /* a (M, C); w (K, C) or b (C, K); out (M, K) */
-    npy_intp M = PyArray_DIM(a, 0), C = PyArray_DIM(a, 1);
-    npy_intp K = PyArray_DIM(w, transposed ? 0 : 1), Cw = PyArray_DIM(w, transposed ? 1 : 0);
-    if (Cw != C) {
-        PyErr_Format(PyExc_ValueError, "%s must have %lld %s (a's width), got %lld",
-                     transposed ? "w" : "b", (long long)C, transposed ? "columns" : "rows",
-                     (long long)Cw);
-        goto error;
-    }
-    if (out_obj == Py_None) {
-        npy_intp dims[2] = {M, K};
-        if (!(out = (PyArrayObject *)PyArray_ZEROS(2, dims, NPY_FLOAT32, 0))) goto error;
-        ldo = K;
-    } else {
-        /* Updated in place: must be a writable float32 (M, K) array with contiguous rows. */
-        if (!PyArray_Check(out_obj) || PyArray_TYPE((PyArrayObject *)out_obj) != NPY_FLOAT32 ||
-            !PyArray_ISWRITEABLE((PyArrayObject *)out_obj)) {
-            PyErr_SetString(PyExc_TypeError, "out must be a writable float32 numpy array");
-            goto error;
-        }
-        out = (PyArrayObject *)out_obj;
-        Py_INCREF(out);
-        npy_intp shape[2] = {M, K};
-        if (check_shape(out, "out", 2, shape)) goto error;
-        npy_intp s0 = PyArray_STRIDE(out, 0), s1 = PyArray_STRIDE(out, 1);
-        if ((s1 != (npy_intp)sizeof(float) && K > 1) || s0 % (npy_intp)sizeof(float) != 0 ||
-            s0 < K * (npy_intp)sizeof(float) || !PyArray_ISALIGNED(out)) {
-            PyErr_SetString(PyExc_ValueError,
-                            "out must have contiguous columns and non-overlapping rows");
-            goto error;
-        }
-        ldo = s0 / (npy_intp)sizeof(float);
-    }
-    ovs_matrix wm;
-    if (transposed && weight_matrix(&wm, &wbuf, w, K, C, packed)) goto error;
-    int st;
-    Py_BEGIN_ALLOW_THREADS
-    if (transposed)
-        st = (naive ? ovs_matmul_wt_naive : ovs_matmul_wt)(F32(out), ldo, F32(a), lda, &wm, M,
-                                                           alpha, beta);
-    else
-        st = (naive ? ovs_matmul_naive : ovs_matmul)(F32(out), ldo, F32(a), lda, F32(w), ldb, M,
-                                                     C, K, alpha, beta);
-    Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    ovs_free(wbuf);
-    Py_DECREF(a);
-    Py_DECREF(w);
-    return (PyObject *)out;
-error:
-    ovs_free(wbuf);
-    Py_XDECREF(a);
-    Py_XDECREF(w);
-    Py_XDECREF(out);
-    return NULL;
-}
-
-static PyObject *py_op_matmul_wt(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
-    return matmul_binding(args, kw, 1);
-}
-
-static PyObject *py_op_matmul(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
-    return matmul_binding(args, kw, 0);
-}
-
-/* ---------------------------------------------------------------- activations */
-static PyObject *py_op_act(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
-    static char *kwlist[] = {"x", "act", "naive", NULL};
-    PyObject *x_obj;
-    const char *act_name;
-    int naive = 0;
-    ovs_act act;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Os|p", kwlist, &x_obj, &act_name, &naive))
-        return NULL;
-    if (parse_act(act_name, &act)) return NULL;
-    PyArrayObject *y = float_copy(x_obj, "x");
-    if (!y) return NULL;
-    int64_t n = PyArray_SIZE(y);
-    int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = naive ? ovs_act_forward_naive(F32(y), n, act) : ovs_act_forward(F32(y), n, act);
-    Py_END_ALLOW_THREADS
-    if (st) {
-        Py_DECREF(y);
-        return ovs_py_raise(st);
-    }
-    return (PyObject *)y;
-}
-
 /* ---------------------------------------------------------------- linear */
-static PyObject *py_op_linear(PyObject *self, PyObject *args, PyObject *kw) {
+PyObject *ovs_py_linear(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"x", "w", "b", "residual", "act", "naive", "residual_alias",
                              "packed", NULL};
     PyObject *x_obj, *w_obj, *b_obj = Py_None, *r_obj = Py_None;
@@ -284,25 +25,25 @@ static PyObject *py_op_linear(PyObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOsppp", kwlist, &x_obj, &w_obj, &b_obj,
                                      &r_obj, &act_name, &naive, &alias, &packed))
         return NULL;
-    if (parse_act(act_name, &act)) return NULL;
+    if (ovs_py_parse_act(act_name, 1, &act)) return NULL;
     if (!(x = ovs_py_float_array(x_obj, -1, "x")) || !(w = ovs_py_float_array(w_obj, 2, "w")) ||
-        opt_array(b_obj, 1, "b", &b))
-        goto error;
+        ovs_py_opt_array(b_obj, 1, "b", &b))
+        goto done;
     int nd = PyArray_NDIM(x);
     if (nd < 1) {
         PyErr_SetString(PyExc_ValueError, "x must have at least 1 dimension (..., C)");
-        goto error;
+        goto done;
     }
     npy_intp C = PyArray_DIM(x, nd - 1), K = PyArray_DIM(w, 0), M = 1;
     for (int i = 0; i < nd - 1; i++) M *= PyArray_DIM(x, i);
     npy_intp wshape[2] = {K, C}, bshape[1] = {K};
-    if (check_shape(w, "w", 2, wshape) || (b && check_shape(b, "b", 1, bshape))) goto error;
+    if (ovs_py_check_shape(w, "w", 2, wshape) || (b && ovs_py_check_shape(b, "b", 1, bshape))) goto done;
     npy_intp dims[NPY_MAXDIMS];
     memcpy(dims, PyArray_DIMS(x), (size_t)nd * sizeof(npy_intp));
     dims[nd - 1] = K;
-    if (opt_array(r_obj, nd, "residual", &r) || (r && check_shape(r, "residual", nd, dims)))
-        goto error;
-    if (!(out = new_float(nd, dims))) goto error;
+    if (ovs_py_opt_array(r_obj, nd, "residual", &r) || (r && ovs_py_check_shape(r, "residual", nd, dims)))
+        goto done;
+    if (!(out = ovs_py_new_float(nd, dims))) goto done;
     const float *res = F32_OR_NULL(r);
     if (r && alias) {
         /* Exercise the in-place residual path: out starts as the residual. */
@@ -310,665 +51,20 @@ static PyObject *py_op_linear(PyObject *self, PyObject *args, PyObject *kw) {
         res = F32(out);
     }
     ovs_matrix wm;
-    if (weight_matrix(&wm, &wbuf, w, K, C, packed)) goto error;
-    int st;
+    if (ovs_py_weight_matrix(&wm, &wbuf, w, K, C, packed)) goto done;
     Py_BEGIN_ALLOW_THREADS
     st = (naive ? ovs_linear_forward_naive : ovs_linear_forward)(F32(out), F32(x), &wm,
                                                                F32_OR_NULL(b), res, M, C, K, act);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
+done:
     ovs_free(wbuf);
-    Py_DECREF(x);
-    Py_DECREF(w);
-    Py_XDECREF(b);
-    Py_XDECREF(r);
-    return (PyObject *)out;
-error:
-    ovs_free(wbuf);
-    Py_XDECREF(x);
-    Py_XDECREF(w);
-    Py_XDECREF(b);
-    Py_XDECREF(r);
-    Py_XDECREF(out);
-    return NULL;
-}
-
-/* ---------------------------------------------------------------- conv2d */
-static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
-    static char *kwlist[] = {"x",      "w",   "b",     "residual",       "stride",
-                             "padding", "dilation", "groups", "act", "naive",
-                             "residual_alias", NULL};
-    PyObject *x_obj, *w_obj, *b_obj = Py_None, *r_obj = Py_None;
-    PyObject *stride_obj = NULL, *pad_obj = NULL, *dil_obj = NULL;
-    long long groups = 1;
-    const char *act_name = "none";
-    int naive = 0, alias = 0;
-    ovs_act act;
-    int64_t stride[2] = {1, 1}, pad[2] = {0, 0}, dil[2] = {1, 1};
-    PyArrayObject *x = NULL, *w = NULL, *b = NULL, *r = NULL, *out = NULL;
-    float *scratch = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOOOOLspp", kwlist, &x_obj, &w_obj, &b_obj,
-                                     &r_obj, &stride_obj, &pad_obj, &dil_obj, &groups, &act_name,
-                                     &naive, &alias))
-        return NULL;
-    if (parse_act(act_name, &act) || (stride_obj && parse_pair(stride_obj, "stride", 1, stride)) ||
-        (pad_obj && parse_pair(pad_obj, "padding", 0, pad)) ||
-        (dil_obj && parse_pair(dil_obj, "dilation", 1, dil)))
-        return NULL;
-    if (groups < 1) {
-        PyErr_Format(PyExc_ValueError, "groups must be >= 1, got %lld", groups);
-        return NULL;
-    }
-    if (!(x = ovs_py_float_array(x_obj, 4, "x")) || !(w = ovs_py_float_array(w_obj, 4, "w")) ||
-        opt_array(b_obj, 1, "b", &b))
-        goto error;
-    npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1), H = PyArray_DIM(x, 2),
-             W = PyArray_DIM(x, 3);
-    npy_intp K = PyArray_DIM(w, 0), R = PyArray_DIM(w, 2), S = PyArray_DIM(w, 3);
-    if (C % groups != 0 || K % groups != 0) {
-        PyErr_Format(PyExc_ValueError,
-                     "channels in (%lld) and out (%lld) must be divisible by groups = %lld",
-                     (long long)C, (long long)K, groups);
-        goto error;
-    }
-    npy_intp wshape[4] = {K, C / groups, R, S}, bshape[1] = {K};
-    if (check_shape(w, "w", 4, wshape) || (b && check_shape(b, "b", 1, bshape))) goto error;
-    if (R < 1 || S < 1) {
-        PyErr_SetString(PyExc_ValueError, "w must have a non-empty kernel");
-        goto error;
-    }
-    ovs_conv2d_params p = ovs_conv2d_defaults();
-    p.stride_h = stride[0];
-    p.stride_w = stride[1];
-    p.pad_h = pad[0];
-    p.pad_w = pad[1];
-    p.dil_h = dil[0];
-    p.dil_w = dil[1];
-    p.groups = groups;
-    int64_t P = ovs_conv2d_out_size(H, R, p.stride_h, p.pad_h, p.dil_h);
-    int64_t Q = ovs_conv2d_out_size(W, S, p.stride_w, p.pad_w, p.dil_w);
-    if (P < 0 || Q < 0) {
-        PyErr_Format(PyExc_ValueError,
-                     "kernel %lldx%lld (dilation %lldx%lld) does not fit input %lldx%lld with "
-                     "padding %lldx%lld",
-                     (long long)R, (long long)S, (long long)dil[0], (long long)dil[1],
-                     (long long)H, (long long)W, (long long)pad[0], (long long)pad[1]);
-        goto error;
-    }
-    npy_intp dims[4] = {N, K, P, Q};
-    if (opt_array(r_obj, 4, "residual", &r) || (r && check_shape(r, "residual", 4, dims)))
-        goto error;
-    if (!(out = new_float(4, dims))) goto error;
-    if (!naive && alloc_scratch(ovs_conv2d_scratch_floats(C, H, W, K, R, S, &p), &scratch))
-        goto error;
-    const float *res = F32_OR_NULL(r);
-    if (r && alias) {
-        memcpy(F32(out), F32(r), (size_t)PyArray_NBYTES(r));
-        res = F32(out);
-    }
-    ovs_matrix wm = ovs_matrix_dense(F32(w), K, (C / groups) * R * S);
-    int st;
-    Py_BEGIN_ALLOW_THREADS
-    if (naive)
-        st = ovs_conv2d_forward_naive(F32(out), F32(x), &wm, F32_OR_NULL(b), res, N, C, H, W, K,
-                                      R, S, &p, act);
-    else
-        st = ovs_conv2d_forward(F32(out), F32(x), &wm, F32_OR_NULL(b), res, N, C, H, W, K, R, S,
-                                &p, act, scratch);
-    Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    ovs_free(scratch);
-    Py_DECREF(x);
-    Py_DECREF(w);
-    Py_XDECREF(b);
-    Py_XDECREF(r);
-    return (PyObject *)out;
-error:
-    ovs_free(scratch);
-    Py_XDECREF(x);
-    Py_XDECREF(w);
-    Py_XDECREF(b);
-    Py_XDECREF(r);
-    Py_XDECREF(out);
-    return NULL;
-}
-
-static PyObject *py_op_batchnorm_fold(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
-    static char *kwlist[] = {"w", "b", "gamma", "beta", "mean", "var", "eps", NULL};
-    PyObject *w_obj, *b_obj, *g_obj, *be_obj, *m_obj, *v_obj;
-    float eps = 1e-5f;
-    PyArrayObject *w = NULL, *b = NULL, *g = NULL, *be = NULL, *m = NULL, *v = NULL;
-    PyArrayObject *w_out = NULL, *b_out = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOO|f", kwlist, &w_obj, &b_obj, &g_obj,
-                                     &be_obj, &m_obj, &v_obj, &eps))
-        return NULL;
-    if (!(w = ovs_py_float_array(w_obj, -1, "w")) || opt_array(b_obj, 1, "b", &b) ||
-        !(g = ovs_py_float_array(g_obj, 1, "gamma")) ||
-        !(be = ovs_py_float_array(be_obj, 1, "beta")) ||
-        !(m = ovs_py_float_array(m_obj, 1, "mean")) || !(v = ovs_py_float_array(v_obj, 1, "var")))
-        goto error;
-    if (PyArray_NDIM(w) < 1) {
-        PyErr_SetString(PyExc_ValueError, "w must have at least 1 dimension (K, ...)");
-        goto error;
-    }
-    npy_intp K = PyArray_DIM(w, 0), kshape[1] = {K};
-    int64_t L = K ? PyArray_SIZE(w) / K : 0;
-    if ((b && check_shape(b, "b", 1, kshape)) || check_shape(g, "gamma", 1, kshape) ||
-        check_shape(be, "beta", 1, kshape) || check_shape(m, "mean", 1, kshape) ||
-        check_shape(v, "var", 1, kshape))
-        goto error;
-    /* w_out starts as a copy of w and is folded in place (the aliasing the header allows). */
-    if (!(w_out = (PyArrayObject *)PyArray_NewCopy(w, NPY_CORDER)) ||
-        !(b_out = new_float(1, kshape)))
-        goto error;
-    int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = ovs_batchnorm_fold(F32(w_out), F32(b_out), F32(w_out), F32_OR_NULL(b), F32(g), F32(be),
-                            F32(m), F32(v), eps, K, L);
-    Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(w);
-    Py_XDECREF(b);
-    Py_DECREF(g);
-    Py_DECREF(be);
-    Py_DECREF(m);
-    Py_DECREF(v);
-    return Py_BuildValue("(NN)", w_out, b_out);
-error:
-    Py_XDECREF(w);
-    Py_XDECREF(b);
-    Py_XDECREF(g);
-    Py_XDECREF(be);
-    Py_XDECREF(m);
-    Py_XDECREF(v);
-    Py_XDECREF(w_out);
-    Py_XDECREF(b_out);
-    return NULL;
-}
-
-/* ---------------------------------------------------------------- pooling */
-/* x (..., H, W) as (planes, H, W); ValueError below 2 dims. */
-static int planes_hw(PyArrayObject *x, const char *what, int64_t *NC, int64_t *H, int64_t *W) {
-    int nd = PyArray_NDIM(x);
-    if (nd < 2) {
-        PyErr_Format(PyExc_ValueError, "%s must have at least 2 dimensions (..., H, W), got %d",
-                     what, nd);
-        return -1;
-    }
-    *NC = 1;
-    for (int i = 0; i < nd - 2; i++) *NC *= PyArray_DIM(x, i);
-    *H = PyArray_DIM(x, nd - 2);
-    *W = PyArray_DIM(x, nd - 1);
-    return 0;
-}
-
-/* A new float32 array shaped like x but with the last two dims (P, Q). */
-static PyArrayObject *new_like_planes(PyArrayObject *x, int64_t P, int64_t Q) {
-    int nd = PyArray_NDIM(x);
-    npy_intp dims[NPY_MAXDIMS];
-    memcpy(dims, PyArray_DIMS(x), (size_t)nd * sizeof(npy_intp));
-    dims[nd - 2] = P;
-    dims[nd - 1] = Q;
-    return new_float(nd, dims);
-}
-
-static PyObject *py_op_avgpool2d(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
-    static char *kwlist[] = {"x", "kernel", "stride", "padding", "count_include_pad", "naive",
-                             NULL};
-    PyObject *x_obj, *k_obj, *s_obj = Py_None, *p_obj = NULL;
-    int include_pad = 1, naive = 0;
-    int64_t ker[2], str[2], pad[2] = {0, 0}, NC, H, W;
-    PyArrayObject *x = NULL, *out = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOpp", kwlist, &x_obj, &k_obj, &s_obj, &p_obj,
-                                     &include_pad, &naive))
-        return NULL;
-    if (parse_pair(k_obj, "kernel", 1, ker)) return NULL;
-    if (s_obj == Py_None) {   /* torch: stride defaults to the kernel */
-        str[0] = ker[0];
-        str[1] = ker[1];
-    } else if (parse_pair(s_obj, "stride", 1, str)) {
-        return NULL;
-    }
-    if (p_obj && parse_pair(p_obj, "padding", 0, pad)) return NULL;
-    if (pad[0] > ker[0] / 2 || pad[1] > ker[1] / 2) {
-        PyErr_Format(PyExc_ValueError,
-                     "padding (%lld, %lld) must be at most half the kernel (%lld, %lld)",
-                     (long long)pad[0], (long long)pad[1], (long long)ker[0], (long long)ker[1]);
-        return NULL;
-    }
-    if (!(x = ovs_py_float_array(x_obj, -1, "x")) || planes_hw(x, "x", &NC, &H, &W)) goto error;
-    int64_t P = ovs_conv2d_out_size(H, ker[0], str[0], pad[0], 1);
-    int64_t Q = ovs_conv2d_out_size(W, ker[1], str[1], pad[1], 1);
-    if (P < 0 || Q < 0) {
-        PyErr_Format(PyExc_ValueError, "kernel %lldx%lld does not fit input %lldx%lld",
-                     (long long)ker[0], (long long)ker[1], (long long)H, (long long)W);
-        goto error;
-    }
-    if (!(out = new_like_planes(x, P, Q))) goto error;
-    int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = (naive ? ovs_avgpool2d_forward_naive : ovs_avgpool2d_forward)(
-        F32(out), F32(x), NC, H, W, ker[0], ker[1], str[0], str[1], pad[0], pad[1], include_pad);
-    Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(x);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(x);
-    Py_XDECREF(out);
-    return NULL;
-}
-
-static PyObject *py_op_adaptive_avgpool2d(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
-    static char *kwlist[] = {"x", "size", "naive", NULL};
-    PyObject *x_obj, *size_obj;
-    int naive = 0;
-    int64_t size[2], NC, H, W;
-    PyArrayObject *x = NULL, *out = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|p", kwlist, &x_obj, &size_obj, &naive))
-        return NULL;
-    if (parse_pair(size_obj, "size", 0, size)) return NULL;
-    if (!(x = ovs_py_float_array(x_obj, -1, "x")) || planes_hw(x, "x", &NC, &H, &W) ||
-        !(out = new_like_planes(x, size[0], size[1])))
-        goto error;
-    int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = (naive ? ovs_adaptive_avgpool2d_forward_naive : ovs_adaptive_avgpool2d_forward)(
-        F32(out), F32(x), NC, H, W, size[0], size[1]);
-    Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(x);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(x);
-    Py_XDECREF(out);
-    return NULL;
-}
-
-/* ---------------------------------------------------------------- normalisation, softmax */
-/* x (..., D) as (M, D). */
-static int rows_d(PyArrayObject *x, const char *what, int64_t *M, int64_t *D) {
-    int nd = PyArray_NDIM(x);
-    if (nd < 1) {
-        PyErr_Format(PyExc_ValueError, "%s must have at least 1 dimension", what);
-        return -1;
-    }
-    *D = PyArray_DIM(x, nd - 1);
-    *M = 1;
-    for (int i = 0; i < nd - 1; i++) *M *= PyArray_DIM(x, i);
-    return 0;
-}
-
-static PyObject *py_op_layernorm(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
-    static char *kwlist[] = {"x", "weight", "bias", "eps", "naive", NULL};
-    PyObject *x_obj, *w_obj = Py_None, *b_obj = Py_None;
-    float eps = 1e-5f;
-    int naive = 0;
-    int64_t M, D;
-    PyArrayObject *x = NULL, *w = NULL, *b = NULL, *out = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOfp", kwlist, &x_obj, &w_obj, &b_obj, &eps,
-                                     &naive))
-        return NULL;
-    if (!(x = ovs_py_float_array(x_obj, -1, "x")) || rows_d(x, "x", &M, &D) ||
-        opt_array(w_obj, 1, "weight", &w) || opt_array(b_obj, 1, "bias", &b))
-        goto error;
-    npy_intp dshape[1] = {D};
-    if ((w && check_shape(w, "weight", 1, dshape)) || (b && check_shape(b, "bias", 1, dshape)))
-        goto error;
-    if (!(out = new_float(PyArray_NDIM(x), PyArray_DIMS(x)))) goto error;
-    int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = (naive ? ovs_layernorm_forward_naive : ovs_layernorm_forward)(
-        F32(out), F32(x), F32_OR_NULL(w), F32_OR_NULL(b), M, D, eps);
-    Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(x);
-    Py_XDECREF(w);
-    Py_XDECREF(b);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(x);
-    Py_XDECREF(w);
-    Py_XDECREF(b);
-    Py_XDECREF(out);
-    return NULL;
-}
-
-static PyObject *py_op_groupnorm(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
-    static char *kwlist[] = {"x", "groups", "weight", "bias", "eps", "naive", NULL};
-    PyObject *x_obj, *w_obj = Py_None, *b_obj = Py_None;
-    long long G;
-    float eps = 1e-5f;
-    int naive = 0;
-    PyArrayObject *x = NULL, *w = NULL, *b = NULL, *out = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OL|OOfp", kwlist, &x_obj, &G, &w_obj, &b_obj,
-                                     &eps, &naive))
-        return NULL;
-    if (!(x = ovs_py_float_array(x_obj, -1, "x")) || opt_array(w_obj, 1, "weight", &w) ||
-        opt_array(b_obj, 1, "bias", &b))
-        goto error;
-    int nd = PyArray_NDIM(x);
-    if (nd < 2) {
-        PyErr_Format(PyExc_ValueError, "x must have at least 2 dimensions (N, C, ...), got %d", nd);
-        goto error;
-    }
-    npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1), HW = 1;
-    for (int i = 2; i < nd; i++) HW *= PyArray_DIM(x, i);
-    if (G < 1 || C % G != 0) {
-        PyErr_Format(PyExc_ValueError, "groups must be >= 1 and divide C = %lld, got %lld",
-                     (long long)C, G);
-        goto error;
-    }
-    npy_intp cshape[1] = {C};
-    if ((w && check_shape(w, "weight", 1, cshape)) || (b && check_shape(b, "bias", 1, cshape)) ||
-        !(out = new_float(nd, PyArray_DIMS(x))))
-        goto error;
-    int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = (naive ? ovs_groupnorm_forward_naive : ovs_groupnorm_forward)(
-        F32(out), F32(x), F32_OR_NULL(w), F32_OR_NULL(b), N, C, HW, G, eps);
-    Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(x);
-    Py_XDECREF(w);
-    Py_XDECREF(b);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(x);
-    Py_XDECREF(w);
-    Py_XDECREF(b);
-    Py_XDECREF(out);
-    return NULL;
-}
-
-static PyObject *py_op_softmax(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
-    static char *kwlist[] = {"x", "naive", NULL};
-    PyObject *x_obj;
-    int naive = 0;
-    int64_t M, D;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|p", kwlist, &x_obj, &naive)) return NULL;
-    PyArrayObject *y = float_copy(x_obj, "x");
-    if (!y) return NULL;
-    if (rows_d(y, "x", &M, &D)) {
-        Py_DECREF(y);
-        return NULL;
-    }
-    int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = naive ? ovs_softmax_forward_naive(F32(y), M, D) : ovs_softmax_forward(F32(y), M, D);
-    Py_END_ALLOW_THREADS
-    if (st) {
-        Py_DECREF(y);
-        return ovs_py_raise(st);
-    }
-    return (PyObject *)y;
-}
-
-/* ---------------------------------------------------------------- SC-CLIP calibration */
-/* op_lof_outliers(x (M, D), k=30, contamination=0.05, naive=False) -> (outlier bool (M,),
- * lof float64 (M,)) */
-static PyObject *py_op_lof_outliers(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
-    static char *kwlist[] = {"x", "k", "contamination", "naive", NULL};
-    PyObject *x_obj;
-    long long k = 30;
-    float contamination = 0.05f;
-    int naive = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|Lfp", kwlist, &x_obj, &k, &contamination, &naive))
-        return NULL;
-    PyArrayObject *x = ovs_py_float_array(x_obj, 2, "x"), *mask = NULL, *lof = NULL;
-    float *scratch = NULL;
-    if (!x) return NULL;
-    const int64_t M = PyArray_DIM(x, 0), D = PyArray_DIM(x, 1);
-    if (k < 1) {
-        PyErr_Format(PyExc_ValueError, "k must be >= 1, got %lld", k);
-        goto error;
-    }
-    if (!(contamination >= 0.0f && contamination <= 1.0f)) {
-        char buf[64];
-        snprintf(buf, sizeof buf, "%g", (double)contamination);
-        PyErr_Format(PyExc_ValueError, "contamination must be in [0, 1], got %s", buf);
-        goto error;
-    }
-    npy_intp dims[1] = {(npy_intp)M};
-    mask = (PyArrayObject *)PyArray_ZEROS(1, dims, NPY_BOOL, 0);
-    lof = (PyArrayObject *)PyArray_ZEROS(1, dims, NPY_FLOAT64, 0);
-    if (!mask || !lof) goto error;
-    const size_t n = ovs_lof_scratch_floats(M, k);
-    scratch = ovs_malloc((n ? n : 1) * sizeof(float));
-    if (!scratch) {
-        PyErr_NoMemory();
-        goto error;
-    }
-    int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = (naive ? ovs_lof_outliers_naive : ovs_lof_outliers)(
-        (uint8_t *)PyArray_DATA(mask), (double *)PyArray_DATA(lof), F32(x), M, D, k, contamination, scratch);
-    Py_END_ALLOW_THREADS
-    ovs_free(scratch);
-    scratch = NULL;
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(x);
-    return Py_BuildValue("(NN)", mask, lof);
-error:
-    ovs_free(scratch);
-    Py_XDECREF(x);
-    Py_XDECREF(mask);
-    Py_XDECREF(lof);
-    return NULL;
-}
-
-/* op_neighbour_fill(x (H, W, D), outlier bool (H, W)) -> (H, W, D) */
-static PyObject *py_op_neighbour_fill(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
-    static char *kwlist[] = {"x", "outlier", NULL};
-    PyObject *x_obj, *m_obj;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &x_obj, &m_obj)) return NULL;
-    PyArrayObject *x = ovs_py_float_array(x_obj, 3, "x"), *m = NULL, *out = NULL;
-    if (!x) return NULL;
-    m = (PyArrayObject *)PyArray_FROMANY(m_obj, NPY_BOOL, 2, 2, NPY_ARRAY_IN_ARRAY);
-    if (!m) goto error;
-    npy_intp want[2] = {PyArray_DIM(x, 0), PyArray_DIM(x, 1)};
-    if (check_shape(m, "outlier", 2, want)) goto error;
-    out = (PyArrayObject *)PyArray_ZEROS(3, PyArray_DIMS(x), NPY_FLOAT32, 0);
-    if (!out) goto error;
-    int st;
-    const int64_t H = want[0], W = want[1], D = PyArray_DIM(x, 2);
-    Py_BEGIN_ALLOW_THREADS
-    st = ovs_neighbour_fill(F32(out), F32(x), D, (const uint8_t *)PyArray_DATA(m), H, W, D);
-    Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(x);
-    Py_DECREF(m);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(x);
-    Py_XDECREF(m);
-    Py_XDECREF(out);
-    return NULL;
-}
-
-/* op_similarity_aggregate(x (M, D), corr (M, M), beta, naive=False) -> (M, D) */
-static PyObject *py_op_similarity_aggregate(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
-    static char *kwlist[] = {"x", "corr", "beta", "naive", NULL};
-    PyObject *x_obj, *c_obj;
-    float beta;
-    int naive = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOf|p", kwlist, &x_obj, &c_obj, &beta, &naive))
-        return NULL;
-    PyArrayObject *x = ovs_py_float_array(x_obj, 2, "x"), *c = NULL, *out = NULL;
-    if (!x) return NULL;
-    c = float_copy(c_obj, "corr");
-    if (!c) goto error;
-    const int64_t M = PyArray_DIM(x, 0), D = PyArray_DIM(x, 1);
-    npy_intp want[2] = {(npy_intp)M, (npy_intp)M};
-    if (check_shape(c, "corr", 2, want)) goto error;
-    out = (PyArrayObject *)PyArray_ZEROS(2, PyArray_DIMS(x), NPY_FLOAT32, 0);
-    if (!out) goto error;
-    int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = (naive ? ovs_similarity_aggregate_naive : ovs_similarity_aggregate)(F32(out), F32(x), D, F32(c), M, D, beta);
-    Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(x);
-    Py_DECREF(c);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(x);
-    Py_XDECREF(c);
-    Py_XDECREF(out);
-    return NULL;
-}
-
-/* ---------------------------------------------------------------- attention */
-static PyObject *py_op_attention(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
-    static char *kwlist[] = {"q", "k", "v", "heads", "scale", "mask", "causal", "naive", NULL};
-    PyObject *q_obj, *k_obj, *v_obj, *m_obj = Py_None;
-    long long E;
-    float scale;
-    int causal = 0, naive = 0;
-    int64_t ldq, ldk, ldv;
-    PyArrayObject *q = NULL, *k = NULL, *v = NULL, *m = NULL, *out = NULL;
-    float *scratch = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOLf|Opp", kwlist, &q_obj, &k_obj, &v_obj, &E,
-                                     &scale, &m_obj, &causal, &naive))
-        return NULL;
-    if (!(q = rows_array(q_obj, "q", &ldq)) || !(k = rows_array(k_obj, "k", &ldk)) ||
-        !(v = rows_array(v_obj, "v", &ldv)) || opt_array(m_obj, 2, "mask", &m))
-        goto error;
-    npy_intp T = PyArray_DIM(q, 0), D = PyArray_DIM(q, 1), U = PyArray_DIM(k, 0);
-    if (E < 1 || D % E != 0) {
-        PyErr_Format(PyExc_ValueError, "heads must be >= 1 and divide the width %lld, got %lld",
-                     (long long)D, E);
-        goto error;
-    }
-    npy_intp kshape[2] = {U, D}, mshape[2] = {T, U};
-    if (check_shape(k, "k", 2, kshape) || check_shape(v, "v", 2, kshape) ||
-        (m && check_shape(m, "mask", 2, mshape)))
-        goto error;
-    if (causal && T > U) {
-        PyErr_Format(PyExc_ValueError, "causal attention needs at most as many queries as keys, "
-                     "got %lld and %lld", (long long)T, (long long)U);
-        goto error;
-    }
-    npy_intp dims[2] = {T, D};
-    if (!(out = new_float(2, dims))) goto error;
-    if (!naive && alloc_scratch((size_t)E * (size_t)T * (size_t)U, &scratch)) goto error;
-    int st;
-    Py_BEGIN_ALLOW_THREADS
-    if (naive)
-        st = ovs_attention_forward_naive(F32(out), F32(q), ldq, F32(k), ldk, F32(v), ldv, T, U, E,
-                                         D / E, scale, F32_OR_NULL(m), causal);
-    else
-        st = ovs_attention_forward(F32(out), F32(q), ldq, F32(k), ldk, F32(v), ldv, T, U, E,
-                                   D / E, scale, F32_OR_NULL(m), causal, scratch);
-    Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    ovs_free(scratch);
-    Py_DECREF(q);
-    Py_DECREF(k);
-    Py_DECREF(v);
-    Py_XDECREF(m);
-    return (PyObject *)out;
-error:
-    ovs_free(scratch);
-    Py_XDECREF(q);
-    Py_XDECREF(k);
-    Py_XDECREF(v);
-    Py_XDECREF(m);
-    Py_XDECREF(out);
-    return NULL;
-}
-
-static PyObject *py_op_attention_probs(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
-    static char *kwlist[] = {"a", "b", "scale", "mask", "causal", "naive", NULL};
-    PyObject *a_obj, *b_obj, *m_obj = Py_None;
-    float scale;
-    int causal = 0, naive = 0;
-    int64_t lda, ldb;
-    PyArrayObject *a = NULL, *b = NULL, *m = NULL, *out = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOf|Opp", kwlist, &a_obj, &b_obj, &scale, &m_obj,
-                                     &causal, &naive))
-        return NULL;
-    if (!(a = rows_array(a_obj, "a", &lda)) || !(b = rows_array(b_obj, "b", &ldb)) ||
-        opt_array(m_obj, 2, "mask", &m))
-        goto error;
-    npy_intp T = PyArray_DIM(a, 0), F = PyArray_DIM(a, 1), U = PyArray_DIM(b, 0);
-    npy_intp bshape[2] = {U, F}, mshape[2] = {T, U};
-    if (check_shape(b, "b", 2, bshape) || (m && check_shape(m, "mask", 2, mshape))) goto error;
-    if (causal && T > U) {
-        PyErr_Format(PyExc_ValueError, "causal attention needs at most as many queries as keys, "
-                     "got %lld and %lld", (long long)T, (long long)U);
-        goto error;
-    }
-    if (!(out = new_float(2, mshape))) goto error;
-    int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = (naive ? ovs_attention_probs_naive : ovs_attention_probs)(
-        F32(out), F32(a), lda, F32(b), ldb, T, U, F, scale, F32_OR_NULL(m), causal);
-    Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(a);
-    Py_DECREF(b);
-    Py_XDECREF(m);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(a);
-    Py_XDECREF(b);
-    Py_XDECREF(m);
-    Py_XDECREF(out);
-    return NULL;
+    return OVS_PY_FINISH(st, out, x, w, b, r);
 }
 
 /* ---------------------------------------------------------------- resize, images */
-static PyObject *py_op_resize(PyObject *self, PyObject *args, PyObject *kw) {
+PyObject *ovs_py_resize(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"x", "size", "mode", "align_corners", "naive", NULL};
     PyObject *x_obj, *size_obj;
     const char *mode = "bilinear";
@@ -985,11 +81,10 @@ static PyObject *py_op_resize(PyObject *self, PyObject *args, PyObject *kw) {
         PyErr_Format(PyExc_ValueError, "mode must be 'bilinear' or 'bicubic', got '%s'", mode);
         return NULL;
     }
-    if (parse_pair(size_obj, "size", 0, size)) return NULL;
-    if (!(x = ovs_py_float_array(x_obj, -1, "x")) || planes_hw(x, "x", &NC, &H, &W) ||
-        !(out = new_like_planes(x, size[0], size[1])))
-        goto error;
-    int st;
+    if (ovs_py_pair(size_obj, "size", 0, size)) return NULL;
+    if (!(x = ovs_py_float_array(x_obj, -1, "x")) || ovs_py_planes_hw(x, "x", &NC, &H, &W) ||
+        !(out = ovs_py_new_like_planes(x, size[0], size[1])))
+        goto done;
     Py_BEGIN_ALLOW_THREADS
     if (naive)
         st = (cubic ? ovs_resize_bicubic_naive : ovs_resize_bilinear_naive)(
@@ -998,45 +93,29 @@ static PyObject *py_op_resize(PyObject *self, PyObject *args, PyObject *kw) {
         st = (cubic ? ovs_resize_bicubic : ovs_resize_bilinear)(F32(out), F32(x), NC, H, W,
                                                                size[0], size[1], align);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(x);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(x);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(st, out, x);
 }
 
-static PyObject *py_op_resize_u8_pil(PyObject *self, PyObject *args, PyObject *kw) {
+PyObject *ovs_py_resize_u8_pil(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"img", "size", NULL};
     PyObject *img_obj, *size_obj;
     int64_t size[2], rs, ps;
     PyArrayObject *img = NULL, *out = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &img_obj, &size_obj)) return NULL;
-    if (parse_pair(size_obj, "size", 0, size)) return NULL;
+    if (ovs_py_pair(size_obj, "size", 0, size)) return NULL;
     if (!(img = ovs_py_uint8_image(img_obj, "img", &rs, &ps))) return NULL;
     npy_intp dims[3] = {size[0], size[1], 3};
-    if (!(out = (PyArrayObject *)PyArray_SimpleNew(3, dims, NPY_UINT8))) goto error;
-    int st;
+    if (!(out = (PyArrayObject *)PyArray_SimpleNew(3, dims, NPY_UINT8))) goto done;
     Py_BEGIN_ALLOW_THREADS
     st = ovs_resize_u8_pil_bicubic((uint8_t *)PyArray_DATA(out), (const uint8_t *)PyArray_DATA(img),
                                    PyArray_DIM(img, 0), PyArray_DIM(img, 1), rs, ps, size[0],
                                    size[1]);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(img);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(img);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(st, out, img);
 }
 
 /* Three floats from a sequence. */
@@ -1060,8 +139,9 @@ static int parse_rgb(PyObject *obj, const char *what, float out[3]) {
     return 0;
 }
 
-static PyObject *py_op_normalize_u8(PyObject *self, PyObject *args, PyObject *kw) {
+PyObject *ovs_py_normalize_u8(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"img", "crop_box", "mean", "std", "scale255", NULL};
     PyObject *img_obj, *box_obj, *mean_obj, *std_obj;
     int scale255 = 0;
@@ -1085,13 +165,13 @@ static PyObject *py_op_normalize_u8(PyObject *self, PyObject *args, PyObject *kw
             PyErr_Clear();
             PyErr_Format(PyExc_ValueError,
                          "crop_box must be None or (top, left, height, width), got %R", box_obj);
-            goto error;
+            goto done;
         }
         for (int i = 0; i < 4; i++) {
             box[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
             if (box[i] == -1 && PyErr_Occurred()) {
                 Py_DECREF(seq);
-                goto error;
+                goto done;
             }
         }
         Py_DECREF(seq);
@@ -1102,30 +182,22 @@ static PyObject *py_op_normalize_u8(PyObject *self, PyObject *args, PyObject *kw
                          "inside the %lldx%lld image",
                          (long long)box[0], (long long)box[1], (long long)box[2],
                          (long long)box[3], (long long)H, (long long)W);
-            goto error;
+            goto done;
         }
     }
     npy_intp dims[3] = {3, box[2], box[3]};
-    if (!(out = new_float(3, dims))) goto error;
-    int st;
+    if (!(out = ovs_py_new_float(3, dims))) goto done;
     Py_BEGIN_ALLOW_THREADS
     st = ovs_normalize_u8(F32(out), (const uint8_t *)PyArray_DATA(img), H, W, rs, ps, box[0],
                           box[1], box[2], box[3], mean, std, scale255);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(img);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(img);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(st, out, img);
 }
 
-static PyObject *py_op_resize_u8_normalize(PyObject *self, PyObject *args, PyObject *kw) {
+PyObject *ovs_py_resize_u8_normalize(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"img", "size", "mean", "std", NULL};
     PyObject *img_obj, *size_obj, *mean_obj, *std_obj;
     float mean[3], std[3];
@@ -1134,169 +206,25 @@ static PyObject *py_op_resize_u8_normalize(PyObject *self, PyObject *args, PyObj
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO", kwlist, &img_obj, &size_obj, &mean_obj,
                                      &std_obj))
         return NULL;
-    if (parse_pair(size_obj, "size", 1, size) || parse_rgb(mean_obj, "mean", mean) ||
+    if (ovs_py_pair(size_obj, "size", 1, size) || parse_rgb(mean_obj, "mean", mean) ||
         parse_rgb(std_obj, "std", std))
         return NULL;
     if (!(img = ovs_py_uint8_image(img_obj, "img", &rs, &ps))) return NULL;
     npy_intp dims[3] = {3, size[0], size[1]};
-    if (!(out = new_float(3, dims))) goto error;
-    int st;
+    if (!(out = ovs_py_new_float(3, dims))) goto done;
     Py_BEGIN_ALLOW_THREADS
     st = ovs_resize_bilinear_u8_normalize(F32(out), (const uint8_t *)PyArray_DATA(img),
                                           PyArray_DIM(img, 0), PyArray_DIM(img, 1), rs, ps,
                                           size[0], size[1], mean, std);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(img);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(img);
-    Py_XDECREF(out);
-    return NULL;
+done:
+    return OVS_PY_FINISH(st, out, img);
 }
 
-/* ---------------------------------------------------------------- argument errors */
-static int add_case(PyObject *list, const char *label, int st) {
-    PyObject *t = Py_BuildValue("(siss)", label, st, ovs_status_name(st),
-                                st ? ovs_last_error() : "");
-    if (!t) return -1;
-    int r = PyList_Append(list, t);
-    Py_DECREF(t);
-    return r;
-}
-
-/* Calls every op with invalid sizes or arguments (never reaching memory: the checks come
- * first) and returns [(label, status, status name, message)] so that tests can check the C
- * layer's own validation, which the bindings above otherwise pre-empt. */
-static PyObject *py_op_debug_invalid_calls(PyObject *self, PyObject *noargs) {
-    (void)self;
-    (void)noargs;
-    PyObject *list = PyList_New(0);
-    if (!list) return NULL;
-    float buf[64] = {0};
-    uint8_t img[48] = {0};
-    ovs_matrix w22 = ovs_matrix_dense(buf, 2, 2), w11 = ovs_matrix_dense(buf, 1, 1);
-    ovs_matrix w41 = ovs_matrix_dense(buf, 4, 1);
-    ovs_matrix w_bad = w22;
-    w_bad.format = (ovs_matrix_format)7;
-    ovs_matrix w_conv = ovs_matrix_dense(buf, 1, 9);   /* (K=1, C=1 * 3 * 3) */
-    ovs_conv2d_params p = ovs_conv2d_defaults(), p_stride0 = p, p_groups = p;
-    p_stride0.stride_h = 0;
-    p_groups.groups = 2;
-    float mean[3] = {0, 0, 0}, std1[3] = {1, 1, 1}, std0[3] = {1, 0, 1}, var[2] = {1, -2};
-    const int64_t big = (int64_t)1 << 31;
-#define CASE(label, expr)                                   \
-    do {                                                    \
-        if (add_case(list, label, (expr)) < 0) goto error;  \
-    } while (0)
-    CASE("matmul_wt M<0", ovs_matmul_wt(buf, 2, buf, 2, &w22, -1, 1.0f, 0.0f));
-    CASE("matmul_wt lda<C", ovs_matmul_wt(buf, 2, buf, 1, &w22, 2, 1.0f, 0.0f));
-    CASE("matmul_wt out NULL", ovs_matmul_wt(NULL, 2, buf, 2, &w22, 2, 1.0f, 0.0f));
-    CASE("matmul_wt format", ovs_matmul_wt(buf, 2, buf, 2, &w_bad, 2, 1.0f, 0.0f));
-    CASE("matmul K<0", ovs_matmul(buf, 2, buf, 2, buf, 2, 2, -1, 2, 1.0f, 0.0f));
-    CASE("matmul ldb<N", ovs_matmul(buf, 2, buf, 2, buf, 1, 2, 2, 2, 1.0f, 0.0f));
-    CASE("matmul b NULL", ovs_matmul(buf, 2, buf, 2, NULL, 2, 2, 2, 2, 1.0f, 0.0f));
-    CASE("matmul_naive M<0", ovs_matmul_naive(buf, 2, buf, 2, buf, 2, -2, 2, 2, 1.0f, 0.0f));
-    CASE("act n<0", ovs_act_forward(buf, -1, OVS_ACT_RELU));
-    CASE("act unknown", ovs_act_forward(buf, 4, (ovs_act)99));
-    CASE("act_naive n<0", ovs_act_forward_naive(buf, -1, OVS_ACT_GELU));
-    CASE("linear M<0", ovs_linear_forward(buf, buf, &w22, NULL, NULL, -1, 2, 2, OVS_ACT_NONE));
-    CASE("linear C<0", ovs_linear_forward(buf, buf, &w22, NULL, NULL, 2, -2, 2, OVS_ACT_NONE));
-    CASE("linear weight shape", ovs_linear_forward(buf, buf, &w22, NULL, NULL, 2, 3, 2,
-                                                   OVS_ACT_NONE));
-    CASE("linear M*K overflow", ovs_linear_forward(buf, buf, &w41, NULL, NULL, INT64_MAX / 2, 1,
-                                                   4, OVS_ACT_NONE));
-    CASE("linear M > INT_MAX for BLAS", ovs_linear_forward(buf, buf, &w11, NULL, NULL, big, 1, 1,
-                                                           OVS_ACT_NONE));
-    CASE("linear_naive K<0", ovs_linear_forward_naive(buf, buf, &w22, NULL, NULL, 2, 2, -1,
-                                                      OVS_ACT_NONE));
-    CASE("conv N<0", ovs_conv2d_forward(buf, buf, &w_conv, NULL, NULL, -1, 1, 3, 3, 1, 3, 3, &p,
-                                        OVS_ACT_NONE, buf));
-    CASE("conv stride 0", ovs_conv2d_forward(buf, buf, &w_conv, NULL, NULL, 1, 1, 3, 3, 1, 3, 3,
-                                             &p_stride0, OVS_ACT_NONE, buf));
-    CASE("conv groups", ovs_conv2d_forward(buf, buf, &w_conv, NULL, NULL, 1, 1, 3, 3, 1, 3, 3,
-                                           &p_groups, OVS_ACT_NONE, buf));
-    CASE("conv kernel > input", ovs_conv2d_forward(buf, buf, &w_conv, NULL, NULL, 1, 1, 2, 2, 1,
-                                                   3, 3, &p, OVS_ACT_NONE, buf));
-    CASE("conv scratch NULL", ovs_conv2d_forward(buf, buf, &w_conv, NULL, NULL, 1, 1, 3, 3, 1, 3,
-                                                 3, &p, OVS_ACT_NONE, NULL));
-    CASE("conv_naive H<0", ovs_conv2d_forward_naive(buf, buf, &w_conv, NULL, NULL, 1, 1, -3, 3, 1,
-                                                    3, 3, &p, OVS_ACT_NONE));
-    CASE("batchnorm_fold K<0", ovs_batchnorm_fold(buf, buf, buf, NULL, buf, buf, buf, buf, 1e-5f,
-                                                  -1, 2));
-    CASE("batchnorm_fold var<0", ovs_batchnorm_fold(buf, buf, buf, NULL, buf, buf, buf, var,
-                                                    1e-5f, 2, 2));
-    CASE("avgpool R=0", ovs_avgpool2d_forward(buf, buf, 1, 4, 4, 0, 2, 2, 2, 0, 0, 1));
-    CASE("avgpool pad > R/2", ovs_avgpool2d_forward(buf, buf, 1, 4, 4, 2, 2, 2, 2, 2, 0, 1));
-    CASE("avgpool_naive NC<0", ovs_avgpool2d_forward_naive(buf, buf, -1, 4, 4, 2, 2, 2, 2, 0, 0,
-                                                           1));
-    CASE("adaptive_avgpool P<0", ovs_adaptive_avgpool2d_forward(buf, buf, 1, 4, 4, -1, 2));
-    CASE("adaptive_avgpool empty input", ovs_adaptive_avgpool2d_forward(buf, buf, 1, 0, 4, 2, 2));
-    CASE("adaptive_avgpool_naive Q<0", ovs_adaptive_avgpool2d_forward_naive(buf, buf, 1, 4, 4, 2,
-                                                                            -1));
-    CASE("matmul_wt_naive lda<C", ovs_matmul_wt_naive(buf, 2, buf, 1, &w22, 2, 1.0f, 0.0f));
-    CASE("attention_probs_naive causal T>U", ovs_attention_probs_naive(buf, buf, 2, buf, 2, 3, 2,
-                                                                       2, 1.0f, NULL, 1));
-    CASE("resize_bilinear_naive empty input", ovs_resize_bilinear_naive(buf, buf, 1, 0, 4, 2, 2,
-                                                                        0));
-    CASE("resize_bicubic_naive P<0", ovs_resize_bicubic_naive(buf, buf, 1, 4, 4, -1, 2, 0));
-    CASE("layernorm D<0", ovs_layernorm_forward(buf, buf, NULL, NULL, 2, -1, 1e-5f));
-    CASE("layernorm eps<0", ovs_layernorm_forward(buf, buf, NULL, NULL, 2, 2, -1.0f));
-    CASE("layernorm_naive M<0", ovs_layernorm_forward_naive(buf, buf, NULL, NULL, -2, 2, 1e-5f));
-    CASE("groupnorm G=0", ovs_groupnorm_forward(buf, buf, NULL, NULL, 1, 4, 4, 0, 1e-5f));
-    CASE("groupnorm C%G", ovs_groupnorm_forward(buf, buf, NULL, NULL, 1, 4, 4, 3, 1e-5f));
-    CASE("softmax M<0", ovs_softmax_forward(buf, -1, 4));
-    CASE("softmax_naive D<0", ovs_softmax_forward_naive(buf, 4, -1));
-    CASE("attention_probs T<0", ovs_attention_probs(buf, buf, 2, buf, 2, -1, 2, 2, 1.0f, NULL, 0));
-    CASE("attention_probs lda<F", ovs_attention_probs(buf, buf, 1, buf, 2, 2, 2, 2, 1.0f, NULL,
-                                                      0));
-    CASE("attention_probs causal T>U", ovs_attention_probs(buf, buf, 2, buf, 2, 3, 2, 2, 1.0f,
-                                                           NULL, 1));
-    CASE("attention E<0", ovs_attention_forward(buf, buf, 4, buf, 4, buf, 4, 2, 2, -2, 2, 1.0f,
-                                                NULL, 0, buf));
-    CASE("attention ldv<D", ovs_attention_forward(buf, buf, 4, buf, 4, buf, 3, 2, 2, 2, 2, 1.0f,
-                                                  NULL, 0, buf));
-    CASE("attention scratch NULL", ovs_attention_forward(buf, buf, 4, buf, 4, buf, 4, 2, 2, 2, 2,
-                                                         1.0f, NULL, 0, NULL));
-    CASE("attention_naive U<0", ovs_attention_forward_naive(buf, buf, 4, buf, 4, buf, 4, 2, -2, 2,
-                                                            2, 1.0f, NULL, 0));
-    CASE("resize_bilinear P<0", ovs_resize_bilinear(buf, buf, 1, 4, 4, -1, 4, 0));
-    CASE("resize_bilinear empty input", ovs_resize_bilinear(buf, buf, 1, 0, 4, 2, 2, 0));
-    CASE("resize_bicubic W<0", ovs_resize_bicubic(buf, buf, 1, 4, -4, 2, 2, 1));
-    CASE("resize_u8_pil H<0", ovs_resize_u8_pil_bicubic(img, img, -1, 4, 12, 3, 2, 2));
-    CASE("resize_u8_pil pixel stride", ovs_resize_u8_pil_bicubic(img, img, 4, 4, 12, 2, 2, 2));
-    CASE("resize_u8_pil empty input", ovs_resize_u8_pil_bicubic(img, img, 0, 4, 12, 3, 2, 2));
-    CASE("normalize_u8 P<0", ovs_normalize_u8(buf, img, 4, 4, 12, 3, 0, 0, -1, 2, mean, std1, 0));
-    CASE("normalize_u8 crop outside", ovs_normalize_u8(buf, img, 4, 4, 12, 3, 2, 0, 3, 2, mean,
-                                                       std1, 0));
-    CASE("normalize_u8 std 0", ovs_normalize_u8(buf, img, 4, 4, 12, 3, 0, 0, 2, 2, mean, std0,
-                                                0));
-    const int64_t dil2[2] = {8, 16}, dil0[2] = {8, 0};
-    CASE("pamr H<0", ovs_pamr_forward(buf, buf, buf, 1, 3, -1, 4, dil2, 2, 10, buf));
-    CASE("pamr steps<0", ovs_pamr_forward(buf, buf, buf, 1, 3, 2, 2, dil2, 2, -1, buf));
-    CASE("pamr dilation 0", ovs_pamr_forward(buf, buf, buf, 1, 3, 2, 2, dil0, 2, 1, buf));
-    CASE("pamr no dilations", ovs_pamr_forward(buf, buf, buf, 1, 3, 2, 2, dil2, 0, 1, buf));
-    CASE("pamr K=0", ovs_pamr_forward(buf, buf, buf, 1, 0, 2, 2, dil2, 2, 1, buf));
-    CASE("pamr scratch NULL", ovs_pamr_forward(buf, buf, buf, 1, 3, 2, 2, dil2, 2, 1, NULL));
-    CASE("pamr_propagate scratch NULL", ovs_pamr_propagate(buf, buf, buf, 1, 2, 2, dil2, 2, 1,
-                                                           NULL));
-    CASE("pamr_affinity W<0", ovs_pamr_affinity(buf, buf, 3, 2, -2, dil2, 2));
-    CASE("pamr_naive C<0", ovs_pamr_forward_naive(buf, buf, buf, -1, 3, 2, 2, dil2, 2, 1));
-#undef CASE
-    return list;
-error:
-    Py_DECREF(list);
-    return NULL;
-}
-
-/* ---------------------------------------------------------------- registration */
-#define KW (METH_VARARGS | METH_KEYWORDS)
 /* ---------------------------------------------------------------- PAMR */
-static PyObject *py_op_pamr(PyObject *self, PyObject *args, PyObject *kw) {
+PyObject *ovs_py_pamr(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"mask", "image", "steps", "dilations", "naive", NULL};
     PyObject *m_obj, *i_obj, *d_obj = NULL;
     long long steps;
@@ -1310,96 +238,47 @@ static PyObject *py_op_pamr(PyObject *self, PyObject *args, PyObject *kw) {
     if (ovs_py_int64_seq(d_obj, "dilations", dil, 16, &nd)) return NULL;
     if (!(m = ovs_py_float_array(m_obj, 3, "mask (C, H, W)")) ||
         !(img = ovs_py_float_array(i_obj, 3, "image (K, H, W)")))
-        goto error;
+        goto done;
     const int64_t C = PyArray_DIM(m, 0), H = PyArray_DIM(m, 1), W = PyArray_DIM(m, 2),
                   K = PyArray_DIM(img, 0);
     if (PyArray_DIM(img, 1) != H || PyArray_DIM(img, 2) != W) {
         PyErr_Format(PyExc_ValueError, "image (K, H, W) must have the mask's size %lldx%lld, got "
                      "%lldx%lld", (long long)H, (long long)W, (long long)PyArray_DIM(img, 1),
                      (long long)PyArray_DIM(img, 2));
-        goto error;
+        goto done;
     }
-    if (!(out = new_like_planes(m, H, W))) goto error;
-    if (!naive && alloc_scratch(ovs_pamr_scratch_floats(C, H, W, nd), &scratch)) goto error;
-    int st;
+    if (!(out = ovs_py_new_like_planes(m, H, W))) goto done;
+    if (!naive && ovs_py_scratch(ovs_pamr_scratch_floats(C, H, W, nd), &scratch)) goto done;
     Py_BEGIN_ALLOW_THREADS
     if (naive)
         st = ovs_pamr_forward_naive(F32(out), F32(m), F32(img), C, K, H, W, dil, nd, steps);
     else
         st = ovs_pamr_forward(F32(out), F32(m), F32(img), C, K, H, W, dil, nd, steps, scratch);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
+done:
     ovs_free(scratch);
-    Py_DECREF(m);
-    Py_DECREF(img);
-    return (PyObject *)out;
-error:
-    ovs_free(scratch);
-    Py_XDECREF(m);
-    Py_XDECREF(img);
-    Py_XDECREF(out);
-    return NULL;
+    return OVS_PY_FINISH(st, out, m, img);
 }
 
 static PyMethodDef ops_methods[] = {
-    {"op_lof_outliers", (PyCFunction)py_op_lof_outliers, KW,
-     "op_lof_outliers(x (M, D), k=30, contamination=0.05, naive=False) -> (outlier bool, lof float64)"},
-    {"op_neighbour_fill", (PyCFunction)py_op_neighbour_fill, KW,
-     "op_neighbour_fill(x (H, W, D), outlier bool (H, W)) -> (H, W, D)"},
-    {"op_similarity_aggregate", (PyCFunction)py_op_similarity_aggregate, KW,
-     "op_similarity_aggregate(x (M, D), corr (M, M), beta, naive=False) -> (M, D)"},
-    {"op_matmul_wt", (PyCFunction)py_op_matmul_wt, KW,
-     "op_matmul_wt(a, w, alpha=1.0, beta=0.0, out=None, packed=False): out = alpha a @ w.T + "
-     "beta out; packed=True packs w first and runs the packed-weight GEMM; naive=True the naive "
-     "twin."},
-    {"op_matmul", (PyCFunction)py_op_matmul, KW,
-     "op_matmul(a, b, alpha=1.0, beta=0.0, out=None, naive=False): out = alpha a @ b + beta out; "
-     "a's and b's rows may be strided (column slices)."},
-    {"op_act", (PyCFunction)py_op_act, KW,
-     "op_act(x, act, naive=False): act in 'none', 'relu', 'gelu', 'quickgelu'."},
-    {"op_linear", (PyCFunction)py_op_linear, KW,
-     "op_linear(x, w, b=None, residual=None, act='none', naive=False, residual_alias=False, "
-     "packed=False)."},
-    {"op_conv2d", (PyCFunction)py_op_conv2d, KW,
-     "op_conv2d(x, w, b=None, residual=None, stride=1, padding=0, dilation=1, groups=1, "
-     "act='none', naive=False, residual_alias=False)."},
-    {"op_batchnorm_fold", (PyCFunction)py_op_batchnorm_fold, KW,
-     "op_batchnorm_fold(w, b, gamma, beta, mean, var, eps=1e-5) -> (w', b')."},
-    {"op_avgpool2d", (PyCFunction)py_op_avgpool2d, KW,
-     "op_avgpool2d(x, kernel, stride=None, padding=0, count_include_pad=True, naive=False)."},
-    {"op_adaptive_avgpool2d", (PyCFunction)py_op_adaptive_avgpool2d, KW,
-     "op_adaptive_avgpool2d(x, size, naive=False)."},
-    {"op_layernorm", (PyCFunction)py_op_layernorm, KW,
-     "op_layernorm(x, weight=None, bias=None, eps=1e-5, naive=False) over the last dim."},
-    {"op_groupnorm", (PyCFunction)py_op_groupnorm, KW,
-     "op_groupnorm(x, groups, weight=None, bias=None, eps=1e-5, naive=False) for x (N, C, ...)."},
-    {"op_softmax", (PyCFunction)py_op_softmax, KW, "op_softmax(x, naive=False) over the last dim."},
-    {"op_attention", (PyCFunction)py_op_attention, KW,
-     "op_attention(q, k, v, heads, scale, mask=None, causal=False, naive=False); q (T, D), "
-     "k and v (U, D), rows may be strided (column slices)."},
-    {"op_attention_probs", (PyCFunction)py_op_attention_probs, KW,
-     "op_attention_probs(a, b, scale, mask=None, causal=False, naive=False) -> "
-     "softmax(scale a b^T + mask)."},
-    {"op_pamr", (PyCFunction)py_op_pamr, KW,
-     "op_pamr(mask (C,H,W), image (K,H,W), steps, dilations=(8, 16), naive=False) -> (C,H,W): "
-     "pamr.PAMR(steps, dilations)(image[None], mask[None])[0]."},
-    {"op_resize_u8_normalize", (PyCFunction)py_op_resize_u8_normalize, KW,
-     "op_resize_u8_normalize(img uint8 (H,W,3), size (P,Q), mean, std) -> float32 (3,P,Q): "
-     "op_resize(op_normalize_u8(img, None, mean, std), size) without the (3,H,W) copy."},
-    {"op_resize", (PyCFunction)py_op_resize, KW,
-     "op_resize(x, size, mode='bilinear', align_corners=False, naive=False); x (..., H, W), "
+    {"linear", (PyCFunction)ovs_py_linear, OVS_PY_KW,
+     "linear(x, w, b=None, residual=None, act='none', naive=False, residual_alias=False, "
+     "packed=False): x (..., C) @ w.T (K, C) + b, + residual, then act."},
+    {"resize", (PyCFunction)ovs_py_resize, OVS_PY_KW,
+     "resize(x, size, mode='bilinear', align_corners=False, naive=False); x (..., H, W), "
      "size (P, Q)."},
-    {"op_resize_u8_pil", (PyCFunction)py_op_resize_u8_pil, KW,
-     "op_resize_u8_pil(img, size): uint8 (H, W, 3) -> (P, Q, 3), size = (P, Q) = (height, "
+    {"resize_u8_pil", (PyCFunction)ovs_py_resize_u8_pil, OVS_PY_KW,
+     "resize_u8_pil(img, size): uint8 (H, W, 3) -> (P, Q, 3), size = (P, Q) = (height, "
      "width), as PIL Image.resize((Q, P), BICUBIC)."},
-    {"op_normalize_u8", (PyCFunction)py_op_normalize_u8, KW,
-     "op_normalize_u8(img, crop_box, mean, std, scale255=False) -> float32 (3, h, w); crop_box "
+    {"normalize_u8", (PyCFunction)ovs_py_normalize_u8, OVS_PY_KW,
+     "normalize_u8(img, crop_box, mean, std, scale255=False) -> float32 (3, h, w); crop_box "
      "= (top, left, height, width) or None."},
-    {"op_debug_invalid_calls", py_op_debug_invalid_calls, METH_NOARGS,
-     "Test hook: call every op with invalid arguments; [(label, status, name, message)]."},
+    {"resize_u8_normalize", (PyCFunction)ovs_py_resize_u8_normalize, OVS_PY_KW,
+     "resize_u8_normalize(img uint8 (H,W,3), size (P,Q), mean, std) -> float32 (3,P,Q): "
+     "resize(normalize_u8(img, None, mean, std), size) without the (3,H,W) copy."},
+    {"pamr", (PyCFunction)ovs_py_pamr, OVS_PY_KW,
+     "pamr(mask (C,H,W), image (K,H,W), steps, dilations=(8, 16), naive=False) -> (C,H,W): "
+     "pamr.PAMR(steps, dilations)(image[None], mask[None])[0]."},
     {NULL, NULL, 0, NULL},
 };
 

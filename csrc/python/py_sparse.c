@@ -13,6 +13,7 @@
  * w is a dense (K, C, R, S) array; its non-zeros are stored as CSR and the sparse kernel runs. */
 static PyObject *py_op_conv2d_sparse(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    int st = -1;
     static char *kwlist[] = {"x", "w", "b", "residual", "stride", "padding", "dilation", "act",
                              "naive", "residual_alias", NULL};
     PyObject *x_obj, *w_obj, *b_obj = Py_None, *r_obj = Py_None;
@@ -34,20 +35,20 @@ static PyObject *py_op_conv2d_sparse(PyObject *self, PyObject *args, PyObject *k
         return NULL;
     }
     if (!(x = ovs_py_float_array(x_obj, 4, "x")) || !(w = ovs_py_float_array(w_obj, 4, "w")))
-        goto error;
-    if (b_obj != Py_None && !(b = ovs_py_float_array(b_obj, 1, "b"))) goto error;
+        goto done;
+    if (b_obj != Py_None && !(b = ovs_py_float_array(b_obj, 1, "b"))) goto done;
     npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1), H = PyArray_DIM(x, 2), W = PyArray_DIM(x, 3);
     npy_intp K = PyArray_DIM(w, 0), R = PyArray_DIM(w, 2), S = PyArray_DIM(w, 3);
     if (PyArray_DIM(w, 1) != C || R < 1 || S < 1) {
         PyErr_Format(PyExc_ValueError, "w must be (K, %zd, R, S) with R, S >= 1, got (%zd, %zd, %zd, %zd)",
                      (Py_ssize_t)C, (Py_ssize_t)K, (Py_ssize_t)PyArray_DIM(w, 1), (Py_ssize_t)R,
                      (Py_ssize_t)S);
-        goto error;
+        goto done;
     }
     if (b && PyArray_DIM(b, 0) != K) {
         PyErr_Format(PyExc_ValueError, "b must have shape (%zd,), got (%zd,)", (Py_ssize_t)K,
                      (Py_ssize_t)PyArray_DIM(b, 0));
-        goto error;
+        goto done;
     }
     ovs_conv2d_params p = ovs_conv2d_defaults();
     p.stride_h = p.stride_w = stride;
@@ -57,33 +58,30 @@ static PyObject *py_op_conv2d_sparse(PyObject *self, PyObject *args, PyObject *k
     if (P < 0 || Q < 0) {
         PyErr_Format(PyExc_ValueError, "kernel %zdx%zd does not fit input %zdx%zd with padding %lld",
                      (Py_ssize_t)R, (Py_ssize_t)S, (Py_ssize_t)H, (Py_ssize_t)W, pad);
-        goto error;
+        goto done;
     }
     npy_intp dims[4] = {N, K, P, Q};
     if (r_obj != Py_None) {
-        if (!(r = ovs_py_float_array(r_obj, 4, "residual"))) goto error;
+        if (!(r = ovs_py_float_array(r_obj, 4, "residual"))) goto done;
         for (int d = 0; d < 4; d++)
             if (PyArray_DIM(r, d) != dims[d]) {
                 PyErr_Format(PyExc_ValueError, "residual must have shape (%zd, %zd, %zd, %zd)",
                              (Py_ssize_t)N, (Py_ssize_t)K, (Py_ssize_t)P, (Py_ssize_t)Q);
-                goto error;
+                goto done;
             }
     }
-    if (!(out = (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32))) goto error;
-    int st = ovs_csr_from_dense(&csr, F32(w), K, C * R * S);
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
+    if (!(out = (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32))) goto done;
+    st = ovs_csr_from_dense(&csr, F32(w), K, C * R * S);
+    if (st) goto done;
     if (!naive) {
         size_t n = ovs_conv2d_sparse_scratch_floats(C, H, W, K, R, S, &p);
         if (n == SIZE_MAX || n > SIZE_MAX / sizeof(float)) {
             PyErr_SetString(PyExc_ValueError, "scratch size overflows");
-            goto error;
+            goto done;
         }
         if (!(scratch = ovs_malloc((n ? n : 1) * sizeof(float)))) {
             ovs_py_raise(OVS_ERR_NOMEM);
-            goto error;
+            goto done;
         }
     }
     const float *res = r ? F32(r) : NULL;
@@ -100,26 +98,10 @@ static PyObject *py_op_conv2d_sparse(PyObject *self, PyObject *args, PyObject *k
         st = ovs_conv2d_sparse_forward(F32(out), F32(x), &csr, bias, res, N, C, H, W, K, R, S,
                                        &p, act, scratch);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
+done:
     ovs_csr_free(&csr);
     ovs_free(scratch);
-    Py_DECREF(x);
-    Py_DECREF(w);
-    Py_XDECREF(b);
-    Py_XDECREF(r);
-    return (PyObject *)out;
-error:
-    ovs_csr_free(&csr);
-    ovs_free(scratch);
-    Py_XDECREF(x);
-    Py_XDECREF(w);
-    Py_XDECREF(b);
-    Py_XDECREF(r);
-    Py_XDECREF(out);
-    return NULL;
+    return OVS_PY_FINISH(st, out, x, w, b, r);
 }
 
 static PyMethodDef sparse_methods[] = {

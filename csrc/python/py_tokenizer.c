@@ -93,6 +93,7 @@ error:
 
 static PyObject *py_bpe_tokenize(PyObject *self, PyObject *args) {
     (void)self;
+    int st = -1;
     PyObject *cap, *seq;
     long long context;
     if (!PyArg_ParseTuple(args, "OOL:bpe_tokenize", &cap, &seq, &context)) return NULL;
@@ -112,47 +113,36 @@ static PyObject *py_bpe_tokenize(PyObject *self, PyObject *args) {
     int64_t *lens = NULL;           /* (N,) */
     PyArrayObject *out = NULL;      /* (N, context) int32 */
     items = PySequence_Tuple(seq);
-    if (!items) goto error;
+    if (!items) goto done;
     Py_ssize_t count = PyTuple_GET_SIZE(items);
     texts = ovs_malloc((size_t)(count > 0 ? count : 1) * sizeof *texts);
     lens = ovs_malloc((size_t)(count > 0 ? count : 1) * sizeof *lens);
     if (!texts || !lens) {
         ovs_py_raise(OVS_ERR_NOMEM);
-        goto error;
+        goto done;
     }
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *t = PyTuple_GET_ITEM(items, i);
         if (!PyUnicode_Check(t)) {
             PyErr_Format(PyExc_TypeError, "texts[%zd] must be str, got %.100s", i, Py_TYPE(t)->tp_name);
-            goto error;
+            goto done;
         }
         Py_ssize_t len;
         texts[i] = PyUnicode_AsUTF8AndSize(t, &len);
-        if (!texts[i]) goto error;
+        if (!texts[i]) goto done;
         lens[i] = (int64_t)len;
     }
     npy_intp dims[2] = {(npy_intp)count, (npy_intp)context};
     out = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_INT32);
-    if (!out) goto error;
-    int st;
+    if (!out) goto done;
     Py_BEGIN_ALLOW_THREADS
     st = ovs_tokenize_batch(bpe, texts, lens, (int64_t)count, (int64_t)context,
                             (int32_t *)PyArray_DATA(out));
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(items);
+done:
     ovs_free(texts);
     ovs_free(lens);
-    return (PyObject *)out;
-error:
-    Py_XDECREF(items);
-    Py_XDECREF(out);
-    ovs_free(texts);
-    ovs_free(lens);
-    return NULL;
+    return OVS_PY_FINISH(st, out, items);
 }
 
 static PyObject *py_bpe_token_bytes(PyObject *self, PyObject *args) {

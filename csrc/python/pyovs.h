@@ -52,8 +52,62 @@ int ovs_py_parse_act(const char *name, int allow_none, ovs_act *act);
  * ValueError naming `what` otherwise. */
 int ovs_py_int64_seq(PyObject *obj, const char *what, int64_t *out, int max, int64_t *n);
 
+/* ---- argument parsing and array checking shared by the bindings (py_args.c) */
+#define F32(a) ((float *)PyArray_DATA(a))
+#define F32_OR_NULL(a) ((a) ? (float *)PyArray_DATA(a) : NULL)
+
+/* An int or a pair of ints into out[2]; each must be >= min (TypeError / ValueError). */
+int ovs_py_pair(PyObject *obj, const char *what, long long min, int64_t out[2]);
+/* *out = None (or obj NULL) ? NULL : ovs_py_float_array(obj, ndim, what); -1 on error. */
+int ovs_py_opt_array(PyObject *obj, int ndim, const char *what, PyArrayObject **out);
+/* "(a, b, c)" (one dim: "(a,)") of a shape into buf. */
+void ovs_py_shape_str(char *buf, size_t cap, int nd, const npy_intp *shape);
+/* ValueError "<what> must have shape (..), got (..)" unless a has exactly that shape. */
+int ovs_py_check_shape(PyArrayObject *a, const char *what, int nd, const npy_intp *shape);
+/* A 2-D float32 operand whose rows may be strided (a column slice of a wider array): used in
+ * place when its columns are contiguous, a C-contiguous copy otherwise; *ld = row stride in
+ * floats. New reference. */
+PyArrayObject *ovs_py_rows_array(PyObject *obj, const char *what, int64_t *ld);
+/* A new uninitialised C-contiguous float32 array. */
+PyArrayObject *ovs_py_new_float(int nd, const npy_intp *dims);
+/* A new C-contiguous float32 copy of obj (for ops that work in place). */
+PyArrayObject *ovs_py_float_copy(PyObject *obj, const char *what);
+/* n floats of scratch from ovs_malloc (MemoryError on failure); n == 0 gives NULL. */
+int ovs_py_scratch(size_t n, float **out);
+/* *wm = w (K, C) as a dense matrix, or, with packed != 0, a packed copy in *buf (ovs_malloc'd,
+ * the caller frees it after the op). GIL held. */
+int ovs_py_weight_matrix(ovs_matrix *wm, float **buf, PyArrayObject *w, npy_intp K, npy_intp C,
+                         int packed);
+/* x (..., H, W) as (planes, H, W); ValueError below 2 dims. */
+int ovs_py_planes_hw(PyArrayObject *x, const char *what, int64_t *NC, int64_t *H, int64_t *W);
+/* A new float32 array shaped like x but with the last two dims (P, Q). */
+PyArrayObject *ovs_py_new_like_planes(PyArrayObject *x, int64_t P, int64_t Q);
+/* x (..., D) as (M, D); ValueError for a 0-d x. */
+int ovs_py_rows_d(PyArrayObject *x, const char *what, int64_t *M, int64_t *D);
+
+/* The one exit of a binding: releases the inputs refs[0..n) (NULL-safe), then returns out when
+ * st == 0 and no Python exception is pending; otherwise releases out and returns NULL, raising
+ * ovs_py_raise(st) when st > 0 (st <= 0: the Python exception already set). Bindings start with `int st = -1;`, `goto done` on any
+ * error and end with `done: return OVS_PY_FINISH(st, out, x, w, ...);`. */
+PyObject *ovs_py_finish(int st, PyObject *out, void *const *refs, size_t n);
+#define OVS_PY_FINISH(st, out, ...)                                                         \
+    ovs_py_finish((st), (PyObject *)(out), (void *const[]){__VA_ARGS__},                    \
+                  sizeof((void *const[]){__VA_ARGS__}) / sizeof(void *))
+#define OVS_PY_KW (METH_VARARGS | METH_KEYWORDS)
+
+/* The production op bindings (py_ops.c), also registered as _core.op_<name> by py_testops.c. */
+PyObject *ovs_py_linear(PyObject *self, PyObject *args, PyObject *kw);
+PyObject *ovs_py_resize(PyObject *self, PyObject *args, PyObject *kw);
+PyObject *ovs_py_resize_u8_pil(PyObject *self, PyObject *args, PyObject *kw);
+PyObject *ovs_py_normalize_u8(PyObject *self, PyObject *args, PyObject *kw);
+PyObject *ovs_py_resize_u8_normalize(PyObject *self, PyObject *args, PyObject *kw);
+PyObject *ovs_py_pamr(PyObject *self, PyObject *args, PyObject *kw);
+PyObject *ovs_py_pos_embed_sine(PyObject *self, PyObject *args, PyObject *kw);
+PyObject *ovs_py_msdeform_attn_core(PyObject *self, PyObject *args, PyObject *kw);
+
 int ovs_py_register_core(PyObject *m);
 int ovs_py_register_ops(PyObject *m);
+int ovs_py_register_testops(PyObject *m);
 int ovs_py_register_io(PyObject *m);
 int ovs_py_register_models(PyObject *m);
 int ovs_py_register_methods(PyObject *m);
