@@ -292,12 +292,12 @@ class FCCLIPModel(FrameworkModel):
         resized to res5's extent; pixels > 0 attended) and the (Q,) bool "mask has a pixel"."""
         C, h, w = res5.shape
         Q = masks.shape[0]
-        m = _core.op_resize(np.ascontiguousarray(masks), (h, w)).reshape(Q, h * w) > 0
+        m = _core.resize(np.ascontiguousarray(masks), (h, w)).reshape(Q, h * w) > 0
         valid = m.any(axis=1)
         x = res5.reshape(C, h * w).T                                            # (HW, C)
         g = self._grid
         sp = np.ascontiguousarray(self._pos[1:].T.reshape(C, g, g), dtype=np.float32)
-        kv = x + _core.op_resize(sp, (h, w)).reshape(C, h * w).T
+        kv = x + _core.resize(sp, (h, w)).reshape(C, h * w).T
         (wq, bq), (wk, bk), (wv, bv), (wc, bc) = (self._proj[p] for p in "qkvc")
         nh = self.pool_heads
         hd = C // nh
@@ -350,8 +350,8 @@ class FCCLIPModel(FrameworkModel):
         sem = np.zeros((probs.shape[1], H * W), np.float32)
         pT = np.ascontiguousarray(probs.T, dtype=np.float32)
         for q0 in range(0, masks.shape[0], _QUERY_CHUNK):
-            mk = _core.op_resize(np.ascontiguousarray(masks[q0:q0 + _QUERY_CHUNK]), (Hp, Wp))
-            mk = _core.op_resize(np.ascontiguousarray(mk[:, :nh, :nw]), (H, W))
+            mk = _core.resize(np.ascontiguousarray(masks[q0:q0 + _QUERY_CHUNK]), (Hp, Wp))
+            mk = _core.resize(np.ascontiguousarray(mk[:, :nh, :nw]), (H, W))
             sig = 1.0 / (1.0 + np.exp(-mk.reshape(mk.shape[0], H * W)))
             sem += pT[:, q0:q0 + _QUERY_CHUNK] @ sig
         return sem.reshape(-1, H, W)
