@@ -31,8 +31,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from . import _core
-from .frameworks import (FRAMEWORKS, FrameworkModel, _clip_text_expected, _count, _dim,
-                         _text_model, detectron2_preprocess, resnet_trunk_expected)
+from .frameworks import (FRAMEWORKS, FrameworkModel, _clip_resnet_expected, _clip_text_expected, _count,
+                         _dim, _text_model, detectron2_preprocess)
 
 # FC-CLIP's MODEL.PIXEL_MEAN / PIXEL_STD: CLIP's mean and std on 0..255 (RGB)
 CLIP_MEAN_255 = (122.7709383, 116.7460125, 104.09373615)
@@ -48,7 +48,8 @@ _QUERY_CHUNK = 16    # queries upsampled at a time in the semantic inference
 def fcclip_expected(sd: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
     """Every tensor of a converted FC-CLIP file (ovs names) with its shape; the architecture
     comes from a few anchor shapes (trunk width, conv_dim, queries, FFN widths, embedding)."""
-    out = resnet_trunk_expected(sd, "visual.")
+    out: dict[str, tuple[int, ...]] = {}
+    _clip_resnet_expected(sd, "visual.", out)
     w = _dim(sd, "visual.layer1.0.conv1.weight", 1, 64)
     chans = [4 * (w << s) for s in range(4)]                 # res2..res5
     c5 = chans[3]

@@ -250,13 +250,6 @@ def _clip_resnet_expected(sd, prefix: str, out: dict) -> int:
     return inplanes
 
 
-def resnet_trunk_expected(sd: Mapping[str, np.ndarray], prefix: str = "visual.") -> dict[str, tuple[int, ...]]:
-    """Names and shapes of a CLIP-stem ResNet trunk below prefix (see _clip_resnet_expected)."""
-    out: dict[str, tuple[int, ...]] = {}
-    _clip_resnet_expected(sd, prefix, out)
-    return out
-
-
 def _logit_scale_shape(sd) -> tuple:
     """A 0-d parameter; readers and writers may store it as (1,)."""
     ls = sd.get("logit_scale")
