@@ -24,6 +24,23 @@ PyObject *ovs_py_raise(int status) {
     return NULL;
 }
 
+int ovs_py_status(int st) {
+    if (!st) return 0;
+    ovs_py_raise(st);
+    return -1;
+}
+
+int ovs_py_add_type(PyObject *m, const char *name, PyTypeObject *type) {
+    if (PyType_Ready(type) < 0) return -1;
+    if (!name) return 0;
+    Py_INCREF(type);
+    if (PyModule_AddObject(m, name, (PyObject *)type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    return 0;
+}
+
 PyArrayObject *ovs_py_float_array(PyObject *obj, int ndim, const char *what) {
     if (!PyArray_Check(obj) && !PySequence_Check(obj)) {
         PyErr_Format(PyExc_TypeError, "%s must be a numpy array, got %.100s", what,
@@ -90,46 +107,11 @@ PyArrayObject *ovs_py_uint8_image(PyObject *obj, const char *what, int64_t *row_
     return a;
 }
 
-int ovs_py_int64_seq(PyObject *obj, const char *what, int64_t *out, int max, int64_t *n) {
-    if (!obj) return 0;
-    PyObject *seq = PySequence_Check(obj) && !PyUnicode_Check(obj) ? PySequence_Fast(obj, what) : NULL;
-    if (!seq) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "%s must be a sequence of ints, got %R", what, obj);
-        return -1;
-    }
-    Py_ssize_t len = PySequence_Fast_GET_SIZE(seq);
-    if (len < 1 || len > max) {
-        PyErr_Format(PyExc_ValueError, "%s must hold 1..%d ints, got %R", what, max, obj);
-        Py_DECREF(seq);
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < len; i++) {
-        PyObject *v = PySequence_Fast_GET_ITEM(seq, i);
-        if (!PyLong_Check(v) || PyBool_Check(v)) {
-            PyErr_Format(PyExc_TypeError, "%s must be ints, got %R", what, obj);
-            Py_DECREF(seq);
-            return -1;
-        }
-        long long x = PyLong_AsLongLong(v);
-        if (x == -1 && PyErr_Occurred()) {
-            Py_DECREF(seq);
-            return -1;
-        }
-        out[i] = x;
-    }
-    *n = len;
-    Py_DECREF(seq);
-    return 0;
-}
-
-static PyObject *py_last_error(PyObject *self, PyObject *args) {
-    (void)self; (void)args;
+static PyObject *py_last_error(PyObject *self, PyObject *args) { (void)args;
     return PyUnicode_FromString(ovs_last_error());
 }
 
 static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
-    (void)self;
     long n = PyLong_AsLong(arg);
     if (n == -1 && PyErr_Occurred()) return NULL;
     if (n < 0 || n > 1024) {
@@ -140,13 +122,11 @@ static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-static PyObject *py_get_num_threads(PyObject *self, PyObject *args) {
-    (void)self; (void)args;
+static PyObject *py_get_num_threads(PyObject *self, PyObject *args) { (void)args;
     return PyLong_FromLong(ovs_get_num_threads());
 }
 
 static PyObject *py_debug_fail_alloc(PyObject *self, PyObject *arg) {
-    (void)self;
     long long n = PyLong_AsLongLong(arg);
     if (n == -1 && PyErr_Occurred()) return NULL;
     return PyLong_FromLongLong(ovs_debug_fail_alloc(n));
@@ -190,14 +170,12 @@ static PyObject *act_row(int64_t i, const void *table) {
 
 /* activations() -> tuple of dicts, the activations table (include/ovs/ops.h). */
 static PyObject *py_activations(PyObject *self, PyObject *args) {
-    (void)self, (void)args;
     int64_t n;
     const ovs_act_info *t = ovs_act_table(&n);
     return ovs_py_table(n, act_row, t);
 }
 
-static PyObject *py_build_info(PyObject *self, PyObject *args) {
-    (void)self; (void)args;
+static PyObject *py_build_info(PyObject *self, PyObject *args) { (void)args;
 #ifdef _OPENMP
     int omp = 1;
 #else

@@ -2,7 +2,82 @@
  * declared in pyovs.h, where each is described. */
 #include "python/pyovs.h"
 
+#include <math.h>
 #include <string.h>
+
+PyObject *ovs_py_seq_n(PyObject *obj, Py_ssize_t n, PyObject *exc, const char *what,
+                       const char *must) {
+    PyObject *seq = PySequence_Check(obj) ? PySequence_Fast(obj, what) : NULL;
+    if (!seq || PySequence_Fast_GET_SIZE(seq) != n) {
+        Py_XDECREF(seq);
+        PyErr_Clear();
+        PyErr_Format(exc, "%s %s, got %R", what, must, obj);
+        return NULL;
+    }
+    return seq;
+}
+
+/* The n items of a fast sequence as int64s; strict: ints only (no bool, no __index__ objects),
+ * TypeError "<what> must be ints, got <repr(obj)>" otherwise. Releases seq. */
+static int seq_int64s(PyObject *seq, Py_ssize_t n, int strict, const char *what, PyObject *obj,
+                      int64_t *out) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PySequence_Fast_GET_ITEM(seq, i);
+        if (strict && (!PyLong_Check(v) || PyBool_Check(v))) {
+            PyErr_Format(PyExc_TypeError, "%s must be ints, got %R", what, obj);
+            Py_DECREF(seq);
+            return -1;
+        }
+        long long x = PyLong_AsLongLong(v);
+        if (x == -1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        out[i] = x;
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
+int ovs_py_int64_n(PyObject *obj, Py_ssize_t n, PyObject *exc, const char *what,
+                   const char *must, int64_t *out) {
+    PyObject *seq = ovs_py_seq_n(obj, n, exc, what, must);
+    return seq ? seq_int64s(seq, n, 0, what, obj, out) : -1;
+}
+
+int ovs_py_int64_seq(PyObject *obj, const char *what, int64_t *out, int max, int64_t *n) {
+    if (!obj) return 0;
+    PyObject *seq = PySequence_Check(obj) && !PyUnicode_Check(obj) ? PySequence_Fast(obj, what) : NULL;
+    if (!seq) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s must be a sequence of ints, got %R", what, obj);
+        return -1;
+    }
+    Py_ssize_t len = PySequence_Fast_GET_SIZE(seq);
+    if (len < 1 || len > max) {
+        PyErr_Format(PyExc_ValueError, "%s must hold 1..%d ints, got %R", what, max, obj);
+        Py_DECREF(seq);
+        return -1;
+    }
+    if (seq_int64s(seq, len, 1, what, obj, out)) return -1;
+    *n = len;
+    return 0;
+}
+
+int ovs_py_rgb(PyObject *obj, const char *what, float out[3]) {
+    PyObject *seq = ovs_py_seq_n(obj, 3, PyExc_ValueError, what, "must be a sequence of 3 numbers");
+    if (!seq) return -1;
+    for (int i = 0; i < 3; i++) {
+        double v = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+        if (v == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        out[i] = (float)v;
+    }
+    Py_DECREF(seq);
+    return 0;
+}
 
 /* An int or a pair of ints into out[2]; each must be >= min. */
 int ovs_py_pair(PyObject *obj, const char *what, long long min, int64_t out[2]) {
@@ -10,23 +85,8 @@ int ovs_py_pair(PyObject *obj, const char *what, long long min, int64_t out[2]) 
         long long v = PyLong_AsLongLong(obj);
         if (v == -1 && PyErr_Occurred()) return -1;
         out[0] = out[1] = v;
-    } else {
-        PyObject *seq = PySequence_Check(obj) ? PySequence_Fast(obj, what) : NULL;
-        if (!seq || PySequence_Fast_GET_SIZE(seq) != 2) {
-            Py_XDECREF(seq);
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, "%s must be an int or a pair of ints, got %R", what, obj);
-            return -1;
-        }
-        for (int i = 0; i < 2; i++) {
-            long long v = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
-            if (v == -1 && PyErr_Occurred()) {
-                Py_DECREF(seq);
-                return -1;
-            }
-            out[i] = v;
-        }
-        Py_DECREF(seq);
+    } else if (ovs_py_int64_n(obj, 2, PyExc_TypeError, what, "must be an int or a pair of ints", out)) {
+        return -1;
     }
     if (out[0] < min || out[1] < min) {
         PyErr_Format(PyExc_ValueError, "%s must be >= %lld, got (%lld, %lld)", what, min,
@@ -47,14 +107,15 @@ int ovs_py_opt_array(PyObject *obj, int ndim, const char *what, PyArrayObject **
 void ovs_py_shape_str(char *buf, size_t cap, int nd, const npy_intp *shape) {
     size_t at = (size_t)snprintf(buf, cap, "(");
     for (int i = 0; i < nd && at < cap; i++)
-        at += (size_t)snprintf(buf + at, cap - at, i ? ", %lld" : "%lld", (long long)shape[i]);
+        at += shape[i] < 0 ? (size_t)snprintf(buf + at, cap - at, i ? ", *" : "*")
+                           : (size_t)snprintf(buf + at, cap - at, i ? ", %lld" : "%lld", (long long)shape[i]);
     if (at < cap) snprintf(buf + at, cap - at, nd == 1 ? ",)" : ")");
 }
 
-/* ValueError unless a has exactly the given shape. */
+/* ValueError unless a has the given shape (a negative extent: any). */
 int ovs_py_check_shape(PyArrayObject *a, const char *what, int nd, const npy_intp *shape) {
     int ok = PyArray_NDIM(a) == nd;
-    for (int i = 0; ok && i < nd; i++) ok = PyArray_DIM(a, i) == shape[i];
+    for (int i = 0; ok && i < nd; i++) ok = shape[i] < 0 || PyArray_DIM(a, i) == shape[i];
     if (ok) return 0;
     char want[128], got[128];
     ovs_py_shape_str(want, sizeof want, nd, shape);
@@ -84,6 +145,14 @@ PyArrayObject *ovs_py_rows_array(PyObject *obj, const char *what, int64_t *ld) {
     PyArrayObject *a = ovs_py_float_array(obj, 2, what);
     if (a) *ld = PyArray_DIM(a, 1);
     return a;
+}
+
+npy_intp ovs_py_nonfinite(PyArrayObject *a) {
+    const float *d = PyArray_DATA(a);
+    npy_intp n = PyArray_SIZE(a);
+    for (npy_intp i = 0; i < n; i++)
+        if (!isfinite(d[i])) return i;
+    return -1;
 }
 
 PyArrayObject *ovs_py_new_float(int nd, const npy_intp *dims) {

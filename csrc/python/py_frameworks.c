@@ -36,10 +36,7 @@ static int deeplab_init(ovs_py_deeplab *self, PyObject *args, PyObject *kw) {
     ovs_py_model *pm = (ovs_py_model *)trunk;
     ovs_deeplab_config cfg = {.prefix = prefix};
     int rc = ovs_deeplab_create(&self->head, pm->m.resnet, &cfg, &pm->weights.map);
-    if (rc) {
-        ovs_py_raise(rc);
-        return -1;
-    }
+    if (ovs_py_status(rc)) return -1;
     Py_INCREF(trunk);
     self->trunk = pm;
     return 0;
@@ -54,30 +51,14 @@ static PyObject *deeplab_forward(ovs_py_deeplab *self, PyObject *args, PyObject 
     if (!x) return NULL;
     npy_intp N = PyArray_DIM(x, 0), H = PyArray_DIM(x, 2), W = PyArray_DIM(x, 3);
     int64_t h, w;
+    PyArrayObject *out = NULL;
     int rc = ovs_deeplab_out_shape(self->head, H, W, &h, &w);
-    if (rc) {
-        Py_DECREF(x);
-        return ovs_py_raise(rc);
-    }
+    if (rc) goto done;
     npy_intp dims[4] = {N, ovs_deeplab_embed_dim(self->head), h, w};
-    PyObject *out = PyArray_SimpleNew(4, dims, NPY_FLOAT32);
-    if (!out) {
-        Py_DECREF(x);
-        return NULL;
-    }
-    const float *data = PyArray_DATA(x);
-    float *dst = PyArray_DATA((PyArrayObject *)out);
-    Py_BEGIN_ALLOW_THREADS
-    OVS_MODEL_LOCK(self->trunk);
-    rc = ovs_deeplab_forward(self->head, dst, data, N, H, W);
-    OVS_MODEL_UNLOCK(self->trunk);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(x);
-    if (rc) {
-        Py_DECREF(out);
-        return ovs_py_raise(rc);
-    }
-    return out;
+    if (!(out = ovs_py_new_float(4, dims))) goto done;   /* rc 0 + MemoryError */
+    OVS_PY_LOCKED(self->trunk, rc, ovs_deeplab_forward(self->head, F32(out), F32(x), N, H, W));
+done:
+    return OVS_PY_FINISH(rc, out, x);
 }
 
 static PyObject *deeplab_info(ovs_py_deeplab *self, PyObject *unused) {
@@ -93,24 +74,17 @@ static PyMethodDef deeplab_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyTypeObject ovs_py_DeepLabType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ovs._core.DeepLabHead",
-    .tp_basicsize = sizeof(ovs_py_deeplab),
-    .tp_dealloc = (destructor)deeplab_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "DeepLabHead(trunk, prefix=''): ASPP + DeepLabV3+ decoder + embedding on a "
-              "ResNet(style='deeplab') trunk built from the same weights dict",
-    .tp_methods = deeplab_methods,
-    .tp_init = (initproc)deeplab_init,
-    .tp_new = PyType_GenericNew,
-};
+static OVS_PY_TYPE(ovs_py_DeepLabType, "DeepLabHead", ovs_py_deeplab, deeplab_dealloc,
+                   deeplab_init, deeplab_methods,
+                   "DeepLabHead(trunk, prefix=''): ASPP + DeepLabV3+ decoder + embedding on a "
+                   "ResNet(style='deeplab') trunk built from the same weights dict");
 
 /* pixel_classify(embed (E, h, w), text (T, E), scale, softmax=False, naive=False) -> (T, h, w) */
 static PyObject *py_pixel_classify(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"embed", "text", "scale", "softmax", "naive", NULL};
     PyObject *eo, *to, *out = NULL;
     double scale;
-    int softmax = 0, naive = 0;
+    int softmax = 0, naive = 0, rc = -1;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOd|pp", kwlist, &eo, &to, &scale, &softmax, &naive))
         return NULL;
     PyArrayObject *e = ovs_py_float_array(eo, 3, "embed (E, h, w)"), *t = NULL;
@@ -131,19 +105,10 @@ static PyObject *py_pixel_classify(PyObject *self, PyObject *args, PyObject *kw)
     if (!(out = PyArray_SimpleNew(3, dims, NPY_FLOAT32))) goto done;
     const float *ed = PyArray_DATA(e), *td = PyArray_DATA(t);
     float *od = PyArray_DATA((PyArrayObject *)out);
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = (naive ? ovs_pixel_classify_naive : ovs_pixel_classify)(od, ed, E, (int64_t)h * w, td, T,
-                                                                (float)scale, softmax);
-    Py_END_ALLOW_THREADS
-    if (rc) {
-        Py_CLEAR(out);
-        ovs_py_raise(rc);
-    }
+    OVS_PY_NOGIL(rc, (naive ? ovs_pixel_classify_naive : ovs_pixel_classify)(
+                         od, ed, E, (int64_t)h * w, td, T, (float)scale, softmax));
 done:
-    Py_DECREF(e);
-    Py_XDECREF(t);
-    return out;
+    return OVS_PY_FINISH(rc, out, e, t);
 }
 
 static PyMethodDef framework_functions[] = {
@@ -155,11 +120,6 @@ static PyMethodDef framework_functions[] = {
 };
 
 int ovs_py_register_frameworks(PyObject *m) {
-    if (PyType_Ready(&ovs_py_DeepLabType) < 0) return -1;
-    Py_INCREF(&ovs_py_DeepLabType);
-    if (PyModule_AddObject(m, "DeepLabHead", (PyObject *)&ovs_py_DeepLabType) < 0) {
-        Py_DECREF(&ovs_py_DeepLabType);
-        return -1;
-    }
+    if (ovs_py_add_type(m, "DeepLabHead", &ovs_py_DeepLabType) < 0) return -1;
     return PyModule_AddFunctions(m, framework_functions);
 }

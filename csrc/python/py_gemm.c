@@ -8,7 +8,6 @@
 
 /* op_matrix_pack(w (K, C)) -> packed (ceil(K/NR), C, NR) float32. */
 static PyObject *py_op_matrix_pack(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     int st = -1;
     static char *kwlist[] = {"w", NULL};
     PyObject *w_obj;
@@ -19,9 +18,8 @@ static PyObject *py_op_matrix_pack(PyObject *self, PyObject *args, PyObject *kw)
     npy_intp dims[3] = {(K + OVS_PACK_NR - 1) / OVS_PACK_NR, C, OVS_PACK_NR};
     out = (PyArrayObject *)PyArray_EMPTY(3, dims, NPY_FLOAT32, 0);
     if (!out) goto done;
-    Py_BEGIN_ALLOW_THREADS
-    st = ovs_matrix_pack((float *)PyArray_DATA(out), (const float *)PyArray_DATA(w), K, C);
-    Py_END_ALLOW_THREADS
+    OVS_PY_NOGIL(st, ovs_matrix_pack((float *)PyArray_DATA(out), (const float *)PyArray_DATA(w),
+                                     K, C));
 done:
     return OVS_PY_FINISH(st, out, w);
 }
@@ -65,18 +63,10 @@ done:
     return OVS_PY_FINISH(st, out, a, p);
 }
 
-static PyObject *py_op_gemm_packed_naive(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
-    return gemm_packed(args, kw, 0);
-}
-
-static PyObject *py_op_gemm_packed(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
-    return gemm_packed(args, kw, 1);
-}
+OVS_PY_VARIANT(py_op_gemm_packed_naive, gemm_packed, 0)
+OVS_PY_VARIANT(py_op_gemm_packed, gemm_packed, 1)
 
 static PyObject *py_gemm_set_isa(PyObject *self, PyObject *arg) {
-    (void)self;
     static const struct { const char *name; ovs_gemm_isa_kind kind; } table[] = {
         {"auto", OVS_GEMM_ISA_AUTO}, {"portable", OVS_GEMM_ISA_PORTABLE},
         {"avx2", OVS_GEMM_ISA_AVX2}, {"avx512", OVS_GEMM_ISA_AVX512},
@@ -99,12 +89,10 @@ static PyObject *py_gemm_set_isa(PyObject *self, PyObject *arg) {
 }
 
 static PyObject *py_gemm_isa(PyObject *self, PyObject *noargs) {
-    (void)self;
-    (void)noargs;
     return PyUnicode_FromString(ovs_gemm_isa_name());
 }
 
-#define KW (METH_VARARGS | METH_KEYWORDS)
+#define KW OVS_PY_KW
 static PyMethodDef gemm_methods[] = {
     {"op_matrix_pack", (PyCFunction)py_op_matrix_pack, KW,
      "op_matrix_pack(w) -> w (K, C) packed as (ceil(K/16), C, 16) panels for the GEMM kernels."},

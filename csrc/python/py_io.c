@@ -123,13 +123,8 @@ static PyObject *file_from_buffer(PyObject *cls, PyObject *obj) {
     map->has_buffer = 1;
     int status;
     ovs_safetensors *st = NULL;
-    Py_BEGIN_ALLOW_THREADS
-    status = ovs_safetensors_parse(&st, map->buffer.buf, (size_t)map->buffer.len);
-    Py_END_ALLOW_THREADS
-    if (status) {
-        ovs_py_raise(status);
-        goto error;
-    }
+    OVS_PY_NOGIL(status, ovs_safetensors_parse(&st, map->buffer.buf, (size_t)map->buffer.len));
+    if (ovs_py_status(status)) goto error;
     map->st = st;
     result = (PyObject *)file_wrap((PyTypeObject *)cls, map, Py_None);
 error:
@@ -219,104 +214,83 @@ static PyObject *file_keys(FileObject *self, PyObject *unused) {
     if (!map) return NULL;
     int64_t n = ovs_safetensors_count(map->st);
     PyObject *list = PyList_New((Py_ssize_t)n);
-    if (!list) goto error;
-    for (int64_t i = 0; i < n; i++) {
+    for (int64_t i = 0; list && i < n; i++) {
         PyObject *s = PyUnicode_FromString(ovs_safetensors_entry_at(map->st, i)->name);
-        if (!s) goto error;
+        if (!s) break;
         PyList_SET_ITEM(list, (Py_ssize_t)i, s);
     }
-    Py_DECREF(map);
-    return list;
-error:
-    Py_XDECREF(list);
-    Py_DECREF(map);
-    return NULL;
+    return OVS_PY_FINISH(0, list, map);
+}
+
+/* The entry of tensor `name` (its index in *index) with a new reference to the open mapping in
+ * *map, or NULL with the exception (ValueError after close(), TypeError, KeyError). */
+static const ovs_safetensors_entry *file_entry(FileObject *self, PyObject *name,
+                                               MappingObject **map, int64_t *index) {
+    if (!(*map = file_acquire(self))) return NULL;
+    if ((*index = file_lookup(*map, name)) < 0) {
+        Py_CLEAR(*map);
+        return NULL;
+    }
+    return ovs_safetensors_entry_at((*map)->st, *index);
 }
 
 static PyObject *file_info(FileObject *self, PyObject *name) {
-    MappingObject *map = file_acquire(self);
-    PyObject *result = NULL;
-    if (!map) return NULL;
-    int64_t i = file_lookup(map, name);
-    if (i >= 0) {
-        const ovs_safetensors_entry *e = ovs_safetensors_entry_at(map->st, i);
-        PyObject *shape = shape_tuple(e);
-        if (shape) result = Py_BuildValue("(sN)", ovs_dtype_name(e->dtype), shape);
-    }
+    MappingObject *map;
+    int64_t i;
+    const ovs_safetensors_entry *e = file_entry(self, name, &map, &i);
+    if (!e) return NULL;
+    PyObject *shape = shape_tuple(e);
+    PyObject *result = shape ? Py_BuildValue("(sN)", ovs_dtype_name(e->dtype), shape) : NULL;
     Py_DECREF(map);
     return result;
 }
 
 static PyObject *file_get(FileObject *self, PyObject *name) {
-    MappingObject *map = file_acquire(self);
-    PyObject *out = NULL;
-    if (!map) return NULL;
-    int64_t i = file_lookup(map, name);
-    if (i < 0) goto error;
-    const ovs_safetensors_entry *e = ovs_safetensors_entry_at(map->st, i);
+    MappingObject *map;
+    int64_t i;
+    const ovs_safetensors_entry *e = file_entry(self, name, &map, &i);
+    if (!e) return NULL;
+    PyObject *out;
+    int status = 0;
     if (e->dtype == OVS_DTYPE_F32 && ((uintptr_t)e->data % sizeof(float)) == 0) {
         out = make_view(map, e, NPY_FLOAT32);
-        Py_DECREF(map);
-        return out;
+    } else {
+        npy_intp dims[OVS_MAX_DIMS];  /* (ndim,) */
+        for (int d = 0; d < e->ndim; d++) dims[d] = (npy_intp)e->shape[d];
+        if ((out = PyArray_SimpleNew(e->ndim, dims, NPY_FLOAT32)))
+            OVS_PY_NOGIL(status, ovs_safetensors_read_f32(F32((PyArrayObject *)out), map->st, i));
     }
-    npy_intp dims[OVS_MAX_DIMS];  /* (ndim,) */
-    for (int d = 0; d < e->ndim; d++) dims[d] = (npy_intp)e->shape[d];
-    out = PyArray_SimpleNew(e->ndim, dims, NPY_FLOAT32);
-    if (!out) goto error;
-    float *dst = PyArray_DATA((PyArrayObject *)out);  /* (numel,) */
-    int status;
-    Py_BEGIN_ALLOW_THREADS
-    status = ovs_safetensors_read_f32(dst, map->st, i);
-    Py_END_ALLOW_THREADS
-    if (status) {
-        ovs_py_raise(status);
-        goto error;
-    }
-    Py_DECREF(map);
-    return out;
-error:
-    Py_XDECREF(out);
-    Py_DECREF(map);
-    return NULL;
+    return OVS_PY_FINISH(status, out, map);
 }
 
 static PyObject *file_get_raw(FileObject *self, PyObject *name) {
-    MappingObject *map = file_acquire(self);
-    PyObject *out = NULL;
-    if (!map) return NULL;
-    int64_t i = file_lookup(map, name);
-    if (i >= 0) {
-        const ovs_safetensors_entry *e = ovs_safetensors_entry_at(map->st, i);
-        int typenum = numpy_type(e->dtype);
-        if (typenum < 0)
-            PyErr_Format(PyExc_NotImplementedError, "dtype %s has no NumPy equivalent",
-                         ovs_dtype_name(e->dtype));
-        else
-            out = make_view(map, e, typenum);
-    }
+    MappingObject *map;
+    int64_t i;
+    const ovs_safetensors_entry *e = file_entry(self, name, &map, &i);
+    if (!e) return NULL;
+    int typenum = numpy_type(e->dtype);
+    PyObject *out = typenum < 0 ? PyErr_Format(PyExc_NotImplementedError,
+                                               "dtype %s has no NumPy equivalent",
+                                               ovs_dtype_name(e->dtype))
+                                : make_view(map, e, typenum);
     Py_DECREF(map);
     return out;
 }
 
 static PyObject *file_get_metadata(FileObject *self, void *closure) {
     MappingObject *map = file_acquire(self);
-    PyObject *d = NULL, *v = NULL;
     if (!map) return NULL;
-    d = PyDict_New();
-    if (!d) goto error;
-    for (int64_t i = 0; i < ovs_safetensors_meta_count(map->st); i++) {
+    PyObject *d = PyDict_New();
+    for (int64_t i = 0; d && i < ovs_safetensors_meta_count(map->st); i++) {
         const ovs_safetensors_meta *m = ovs_safetensors_meta_at(map->st, i);
-        v = PyUnicode_FromString(m->value);
-        if (!v || PyDict_SetItemString(d, m->key, v) < 0) goto error;
-        Py_CLEAR(v);
+        PyObject *v = PyUnicode_FromString(m->value);
+        if (!v || PyDict_SetItemString(d, m->key, v) < 0) {
+            Py_XDECREF(v);
+            break;
+        }
+        Py_DECREF(v);
     }
-    Py_DECREF(map);
-    return d;
-error:
-    Py_XDECREF(v);
-    Py_XDECREF(d);
-    Py_DECREF(map);
-    return NULL;
+    return OVS_PY_FINISH(0, d, map);
 }
 
 static PyObject *file_get_closed(FileObject *self, void *closure) {
@@ -443,11 +417,6 @@ static PyTypeObject FileType = {
 };
 
 int ovs_py_register_io(PyObject *m) {
-    if (PyType_Ready(&MappingType) < 0 || PyType_Ready(&FileType) < 0) return -1;
-    Py_INCREF(&FileType);
-    if (PyModule_AddObject(m, "SafeTensorsFile", (PyObject *)&FileType) < 0) {
-        Py_DECREF(&FileType);
-        return -1;
-    }
-    return 0;
+    if (ovs_py_add_type(m, NULL, &MappingType) < 0) return -1;
+    return ovs_py_add_type(m, "SafeTensorsFile", &FileType);
 }

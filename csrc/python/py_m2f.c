@@ -9,15 +9,15 @@
 
 #include "ovs/m2f.h"
 
-#include <math.h>
 #include <string.h>
 
 static PyArrayObject *new_float(int nd, const npy_intp *dims) {
     return (PyArrayObject *)PyArray_ZEROS(nd, (npy_intp *)dims, NPY_FLOAT32, 0);
 }
 
-/* (L, 2) level shapes from a sequence of (H, W) pairs; each extent in 1..2^20. */
-static int parse_shapes(PyObject *obj, int64_t *shapes, int64_t maxL, int64_t *L) {
+/* (L, 2) level shapes from a sequence of (H, W) pairs; each extent in 1..2^20. *S = the number
+ * of positions over all levels. */
+static int parse_shapes(PyObject *obj, int64_t *shapes, int64_t maxL, int64_t *L, int64_t *S) {
     PyObject *seq = PySequence_Check(obj) ? PySequence_Fast(obj, "shapes") : NULL;
     if (!seq) {
         PyErr_Clear();
@@ -50,44 +50,22 @@ static int parse_shapes(PyObject *obj, int64_t *shapes, int64_t maxL, int64_t *L
         shapes[2 * i + 1] = hw[1];
     }
     *L = n;
+    *S = 0;
+    for (int64_t l = 0; l < n; l++) *S += shapes[2 * l] * shapes[2 * l + 1];
     Py_DECREF(seq);
     return 0;
 }
 
-static int expect_dims(PyArrayObject *a, const char *what, int nd, const npy_intp *want) {
-    int ok = PyArray_NDIM(a) == nd;
-    for (int i = 0; ok && i < nd; i++) ok = want[i] < 0 || PyArray_DIM(a, i) == want[i];
-    if (ok) return 0;
-    char exp[160], got[160];
-    size_t e = 0, g = 0;
-    for (int i = 0; i < nd && e < sizeof exp; i++) {
-        if (want[i] < 0) e += (size_t)snprintf(exp + e, sizeof exp - e, i ? ", *" : "*");
-        else e += (size_t)snprintf(exp + e, sizeof exp - e, i ? ", %lld" : "%lld", (long long)want[i]);
-    }
-    for (int i = 0; i < PyArray_NDIM(a) && g < sizeof got; i++)
-        g += (size_t)snprintf(got + g, sizeof got - g, i ? ", %lld" : "%lld",
-                              (long long)PyArray_DIM(a, i));
-    exp[sizeof exp - 1] = got[sizeof got - 1] = 0;
-    PyErr_Format(PyExc_ValueError, "%s must have shape (%s), got (%s)", what, exp, got);
-    return -1;
-}
-
 /* ValueError if a has a NaN or infinity (it would silently poison every output). */
 static int check_finite(PyArrayObject *a, const char *what) {
-    const float *d = PyArray_DATA(a);
-    npy_intp n = PyArray_SIZE(a);
-    for (npy_intp i = 0; i < n; i++)
-        if (!isfinite(d[i])) {
-            PyErr_Format(PyExc_ValueError, "%s contains NaN or infinity (flat index %zd)", what,
-                         (Py_ssize_t)i);
-            return -1;
-        }
-    return 0;
+    npy_intp i = ovs_py_nonfinite(a);
+    if (i < 0) return 0;
+    PyErr_Format(PyExc_ValueError, "%s contains NaN or infinity (flat index %zd)", what, (Py_ssize_t)i);
+    return -1;
 }
 
 /* ---------------------------------------------------------------- ops */
 PyObject *ovs_py_pos_embed_sine(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     static char *kwlist[] = {"D", "H", "W", "temperature", "naive", NULL};
     long long D, H, W;
     float temperature = 10000.0f;
@@ -103,42 +81,36 @@ PyObject *ovs_py_pos_embed_sine(PyObject *self, PyObject *args, PyObject *kw) {
     PyArrayObject *out = new_float(3, dims);
     if (!out) return NULL;
     int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = (naive ? ovs_pos_embed_sine_naive : ovs_pos_embed_sine)(F32(out), D, H, W, temperature);
-    Py_END_ALLOW_THREADS
+    OVS_PY_NOGIL(st, (naive ? ovs_pos_embed_sine_naive : ovs_pos_embed_sine)(F32(out), D, H, W,
+                                                                             temperature));
     return ovs_py_finish(st, (PyObject *)out, NULL, 0);
 }
 
 PyObject *ovs_py_msdeform_attn_core(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     int st = -1;
     static char *kwlist[] = {"value", "shapes", "loc", "attn", "naive", NULL};
     PyObject *v_obj, *s_obj, *l_obj, *a_obj;
     int naive = 0;
-    int64_t shapes[64], L;
+    int64_t shapes[64], L, S;
     PyArrayObject *v = NULL, *loc = NULL, *at = NULL, *out = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|p", kwlist, &v_obj, &s_obj, &l_obj, &a_obj,
                                      &naive))
         return NULL;
-    if (parse_shapes(s_obj, shapes, 32, &L) < 0 ||
+    if (parse_shapes(s_obj, shapes, 32, &L, &S) < 0 ||
         !(v = ovs_py_float_array(v_obj, 3, "value (S, E, F)")) ||
         !(loc = ovs_py_float_array(l_obj, 5, "loc (Q, E, L, P, 2)")) ||
         !(at = ovs_py_float_array(a_obj, 4, "attn (Q, E, L, P)")))
         goto done;
-    int64_t S = 0;
-    for (int64_t l = 0; l < L; l++) S += shapes[2 * l] * shapes[2 * l + 1];
     npy_intp E = PyArray_DIM(v, 1), F = PyArray_DIM(v, 2), Q = PyArray_DIM(loc, 0),
              P = PyArray_DIM(loc, 3);
     npy_intp vs[3] = {S, E, F}, ls[5] = {Q, E, L, P, 2}, as[4] = {Q, E, L, P};
-    if (expect_dims(v, "value", 3, vs) || expect_dims(loc, "loc", 5, ls) ||
-        expect_dims(at, "attn", 4, as))
+    if (ovs_py_check_shape(v, "value", 3, vs) || ovs_py_check_shape(loc, "loc", 5, ls) ||
+        ovs_py_check_shape(at, "attn", 4, as))
         goto done;
     npy_intp od[2] = {Q, E * F};
     if (!(out = new_float(2, od))) goto done;
-    Py_BEGIN_ALLOW_THREADS
-    st = (naive ? ovs_msdeform_attn_core_naive : ovs_msdeform_attn_core)(
-        F32(out), F32(v), shapes, L, F32(loc), F32(at), Q, E, F, P);
-    Py_END_ALLOW_THREADS
+    OVS_PY_NOGIL(st, (naive ? ovs_msdeform_attn_core_naive : ovs_msdeform_attn_core)(
+                         F32(out), F32(v), shapes, L, F32(loc), F32(at), Q, E, F, P));
 done:
     return OVS_PY_FINISH(st, out, v, loc, at);
 }
@@ -146,65 +118,44 @@ done:
 /* m2f_msdeform_attn(weights, prefix, query (Q, D), input (S, D), ref (Q, L, 2), shapes, heads,
  * points) -> (Q, D) */
 static PyObject *py_m2f_msdeform_attn(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     static char *kwlist[] = {"weights", "prefix", "query", "input", "ref", "shapes", "heads",
                              "points", NULL};
     PyObject *w_obj, *q_obj, *i_obj, *r_obj, *s_obj;
     const char *prefix;
     long long E, P;
-    int64_t shapes[64], L;
+    int64_t shapes[64], L, S;
     ovs_py_weights w;
     memset(&w, 0, sizeof w);
     PyArrayObject *q = NULL, *in = NULL, *ref = NULL, *out = NULL;
     float *scratch = NULL;
+    int st = -1;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OsOOOOLL", kwlist, &w_obj, &prefix, &q_obj,
                                      &i_obj, &r_obj, &s_obj, &E, &P))
         return NULL;
-    if (parse_shapes(s_obj, shapes, 32, &L) < 0 ||
+    if (parse_shapes(s_obj, shapes, 32, &L, &S) < 0 ||
         !(q = ovs_py_float_array(q_obj, 2, "query (Q, D)")) ||
         !(in = ovs_py_float_array(i_obj, 2, "input (S, D)")) ||
         !(ref = ovs_py_float_array(r_obj, 3, "ref (Q, L, 2)")))
-        goto error;
-    int64_t S = 0;
-    for (int64_t l = 0; l < L; l++) S += shapes[2 * l] * shapes[2 * l + 1];
+        goto done;
     npy_intp Q = PyArray_DIM(q, 0), D = PyArray_DIM(q, 1);
     npy_intp is[2] = {S, D}, rs[3] = {Q, L, 2};
-    if (expect_dims(in, "input", 2, is) || expect_dims(ref, "ref", 3, rs)) goto error;
-    if (ovs_py_weights_from_dict(&w, w_obj) < 0) goto error;
+    if (ovs_py_check_shape(in, "input", 2, is) || ovs_py_check_shape(ref, "ref", 3, rs)) goto done;
+    if (ovs_py_weights_from_dict(&w, w_obj) < 0) goto done;
     ovs_msdeform_attn m;
-    int st = ovs_msdeform_attn_bind(&m, &w.map, prefix, D, E, L, P);
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
+    if ((st = ovs_msdeform_attn_bind(&m, &w.map, prefix, D, E, L, P))) goto done;
     size_t ns = ovs_msdeform_attn_scratch_floats(&m, Q, S);
     if (ns == SIZE_MAX || !(scratch = ovs_malloc((ns ? ns : 1) * sizeof(float)))) {
         PyErr_NoMemory();
-        goto error;
+        goto done;
     }
     npy_intp od[2] = {Q, D};
-    if (!(out = new_float(2, od))) goto error;
-    Py_BEGIN_ALLOW_THREADS
-    st = ovs_msdeform_attn_forward(&m, F32(out), F32(q), F32(in), F32(ref), NULL, shapes, Q, scratch);
-    Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
+    if (!(out = new_float(2, od))) goto done;
+    OVS_PY_NOGIL(st, ovs_msdeform_attn_forward(&m, F32(out), F32(q), F32(in), F32(ref), NULL,
+                                               shapes, Q, scratch));
+done:
     ovs_free(scratch);
     ovs_py_weights_clear(&w);
-    Py_DECREF(q);
-    Py_DECREF(in);
-    Py_DECREF(ref);
-    return (PyObject *)out;
-error:
-    ovs_free(scratch);
-    ovs_py_weights_clear(&w);
-    Py_XDECREF(q);
-    Py_XDECREF(in);
-    Py_XDECREF(ref);
-    Py_XDECREF(out);
-    return NULL;
+    return OVS_PY_FINISH(st, out, q, in, ref);
 }
 
 /* ---------------------------------------------------------------- block objects */
@@ -255,11 +206,7 @@ static int pd_init(py_m2f_block *self, PyObject *args, PyObject *kw) {
     c.conv_dim = cd, c.mask_dim = md, c.enc_layers = el, c.heads = h, c.points = p,
     c.ffn_dim = ff, c.groups = g;
     int st = ovs_m2f_pixel_decoder_create(&self->pd, &c, &self->weights.map);
-    if (st) {
-        ovs_py_raise(st);
-        return -1;
-    }
-    return 0;
+    return ovs_py_status(st);
 }
 
 /* forward(res2, res3, res4, res5) with (N, C_s, H_s, W_s) arrays ->
@@ -278,7 +225,7 @@ static PyObject *pd_forward(py_m2f_block *self, PyObject *args) {
     for (int s = 0; s < 4; s++) {
         if (!(f[s] = ovs_py_float_array(objs[s], 4, names[s]))) goto done;
         npy_intp want[4] = {PyArray_DIM(f[0], 0), c->in_channels[s], -1, -1};
-        if (expect_dims(f[s], names[s], 4, want)) goto done;
+        if (ovs_py_check_shape(f[s], names[s], 4, want)) goto done;
         if (PyArray_DIM(f[s], 2) < 1 || PyArray_DIM(f[s], 3) < 1 || PyArray_DIM(f[s], 0) < 1) {
             PyErr_Format(PyExc_ValueError, "%s must not be empty", names[s]);
             goto done;
@@ -309,10 +256,7 @@ static PyObject *pd_forward(py_m2f_block *self, PyObject *args) {
     }
     OVS_MODEL_UNLOCK(self);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto done;
-    }
+    if (ovs_py_status(st)) goto done;
     result = Py_BuildValue("O(OOO)", mf, ms[0], ms[1], ms[2]);
 done:
     for (int s = 0; s < 4; s++) Py_XDECREF(f[s]);
@@ -340,11 +284,7 @@ static int dec_init(py_m2f_block *self, PyObject *args, PyObject *kw) {
     c.layers = ly, c.mask_dim = md, c.class_layers = cl, c.class_dim = cd;
     c.fcclip_class_head = fc;
     int st = ovs_m2f_decoder_create(&self->dec, &c, &self->weights.map);
-    if (st) {
-        ovs_py_raise(st);
-        return -1;
-    }
-    return 0;
+    return ovs_py_status(st);
 }
 
 /* forward(ms (3 arrays (N, in_channels, h, w)), mask_features (N, mask_dim, H, W),
@@ -373,7 +313,7 @@ static PyObject *dec_forward(py_m2f_block *self, PyObject *args, PyObject *kw) {
     if (!(mf = ovs_py_float_array(mf_obj, 4, "mask_features (N, mask_dim, H, W)"))) goto done;
     npy_intp N = PyArray_DIM(mf, 0), H = PyArray_DIM(mf, 2), W = PyArray_DIM(mf, 3);
     npy_intp mwant[4] = {-1, c->mask_dim, -1, -1};
-    if (expect_dims(mf, "mask_features", 4, mwant)) goto done;
+    if (ovs_py_check_shape(mf, "mask_features", 4, mwant)) goto done;
     if (N < 1 || H < 1 || W < 1) {
         PyErr_SetString(PyExc_ValueError, "mask_features must not be empty");
         goto done;
@@ -384,7 +324,7 @@ static PyObject *dec_forward(py_m2f_block *self, PyObject *args, PyObject *kw) {
         static const char *names[3] = {"ms[0]", "ms[1]", "ms[2]"};
         if (!(f[l] = ovs_py_float_array(PySequence_Fast_GET_ITEM(seq, l), 4, names[l]))) goto done;
         npy_intp want[4] = {N, c->in_channels, -1, -1};
-        if (expect_dims(f[l], names[l], 4, want)) goto done;
+        if (ovs_py_check_shape(f[l], names[l], 4, want)) goto done;
         sizes[l][0] = PyArray_DIM(f[l], 2), sizes[l][1] = PyArray_DIM(f[l], 3);
         if (sizes[l][0] < 1 || sizes[l][1] < 1) {
             PyErr_Format(PyExc_ValueError, "%s must not be empty", names[l]);
@@ -417,10 +357,7 @@ static PyObject *dec_forward(py_m2f_block *self, PyObject *args, PyObject *kw) {
     }
     OVS_MODEL_UNLOCK(self);
     Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto done;
-    }
+    if (ovs_py_status(st)) goto done;
     result = Py_BuildValue("OOO", hid, cls ? (PyObject *)cls : Py_None, masks);
 done:
     Py_XDECREF(seq);
@@ -444,38 +381,19 @@ static PyMethodDef dec_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyTypeObject PixelDecoderType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ovs._core.M2FPixelDecoder",
-    .tp_basicsize = sizeof(py_m2f_block),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "M2FPixelDecoder(weights, prefix, in_channels (res2..res5), conv_dim=256, "
-              "mask_dim=256, enc_layers=6, heads=8, points=4, ffn_dim=1024, groups=32)",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)pd_init,
-    .tp_dealloc = (destructor)block_dealloc,
-    .tp_methods = pd_methods,
-};
+static OVS_PY_TYPE(PixelDecoderType, "M2FPixelDecoder", py_m2f_block, block_dealloc, pd_init,
+                   pd_methods,
+                   "M2FPixelDecoder(weights, prefix, in_channels (res2..res5), conv_dim=256, "
+                   "mask_dim=256, enc_layers=6, heads=8, points=4, ffn_dim=1024, groups=32)");
 
-static PyTypeObject DecoderType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ovs._core.M2FDecoder",
-    .tp_basicsize = sizeof(py_m2f_block),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "M2FDecoder(weights, prefix, in_channels=256, hidden_dim=256, queries=100, "
-              "heads=8, ffn_dim=2048, layers=9, mask_dim=256, class_layers=0, class_dim=0, "
-              "fcclip_class_head=False)",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)dec_init,
-    .tp_dealloc = (destructor)block_dealloc,
-    .tp_methods = dec_methods,
-};
+static OVS_PY_TYPE(DecoderType, "M2FDecoder", py_m2f_block, block_dealloc, dec_init, dec_methods,
+                   "M2FDecoder(weights, prefix, in_channels=256, hidden_dim=256, queries=100, "
+                   "heads=8, ffn_dim=2048, layers=9, mask_dim=256, class_layers=0, class_dim=0, "
+                   "fcclip_class_head=False)");
 
 #define KW OVS_PY_KW
 static PyMethodDef m2f_methods[] = {
-    {"m2f_pos_embed_sine", (PyCFunction)ovs_py_pos_embed_sine, KW,
-     "m2f_pos_embed_sine(D, H, W, temperature=10000, naive=False) -> (H, W, D)"},
-    {"m2f_msdeform_attn_core", (PyCFunction)ovs_py_msdeform_attn_core, KW,
-     "m2f_msdeform_attn_core(value (S, E, F), shapes, loc (Q, E, L, P, 2), attn (Q, E, L, P), "
-     "naive=False) -> (Q, E*F)"},
+    OVS_PY_M2F_OPS(OVS_PY_OP_PRODUCTION)
     {"m2f_msdeform_attn", (PyCFunction)py_m2f_msdeform_attn, KW,
      "m2f_msdeform_attn(weights, prefix, query (Q, D), input (S, D), ref (Q, L, 2), shapes, "
      "heads, points) -> (Q, D)"},
@@ -483,10 +401,8 @@ static PyMethodDef m2f_methods[] = {
 };
 
 int ovs_py_register_m2f(PyObject *m) {
-    if (PyType_Ready(&PixelDecoderType) < 0 || PyType_Ready(&DecoderType) < 0) return -1;
-    Py_INCREF(&PixelDecoderType);
-    if (PyModule_AddObject(m, "M2FPixelDecoder", (PyObject *)&PixelDecoderType) < 0) return -1;
-    Py_INCREF(&DecoderType);
-    if (PyModule_AddObject(m, "M2FDecoder", (PyObject *)&DecoderType) < 0) return -1;
+    if (ovs_py_add_type(m, "M2FPixelDecoder", &PixelDecoderType) < 0 ||
+        ovs_py_add_type(m, "M2FDecoder", &DecoderType) < 0)
+        return -1;
     return PyModule_AddFunctions(m, m2f_methods);
 }

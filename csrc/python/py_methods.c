@@ -60,25 +60,9 @@ static int segmenter_init(ovs_py_segmenter *self, PyObject *args, PyObject *kw) 
     }
     int rc = ovs_segmenter_create(&self->seg, pm->kind == OVS_PY_RESNET ? pm->m.resnet : NULL,
                                   pm->kind == OVS_PY_VIT ? pm->m.vit : NULL, &cfg);
-    if (rc) {
-        ovs_py_raise(rc);
-        return -1;
-    }
+    if (ovs_py_status(rc)) return -1;
     Py_INCREF(model);
     self->model = pm;
-    return 0;
-}
-
-static int get_mean_std(PyObject *obj, float out[3], const char *what) {
-    PyArrayObject *a = ovs_py_float_array(obj, 1, what);
-    if (!a) return -1;
-    if (PyArray_DIM(a, 0) != 3) {
-        PyErr_Format(PyExc_ValueError, "%s must have 3 values", what);
-        Py_DECREF(a);
-        return -1;
-    }
-    memcpy(out, PyArray_DATA(a), 3 * sizeof(float));
-    Py_DECREF(a);
     return 0;
 }
 
@@ -92,7 +76,7 @@ static PyObject *segmenter_logits(ovs_py_segmenter *self, PyObject *args, PyObje
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OLLOOO", kwlist, &img_obj, &Hp, &Wp, &mean_obj,
                                      &std_obj, &cls_obj))
         return NULL;
-    if (get_mean_std(mean_obj, mean, "mean") < 0 || get_mean_std(std_obj, std, "std") < 0) return NULL;
+    if (ovs_py_rgb(mean_obj, "mean", mean) || ovs_py_rgb(std_obj, "std", std)) return NULL;
     for (int i = 0; i < 3; i++)
         if (!(std[i] > 0) || !isfinite(mean[i]))
             return PyErr_Format(PyExc_ValueError, "std must be positive and mean finite");
@@ -115,11 +99,8 @@ static PyObject *segmenter_logits(ovs_py_segmenter *self, PyObject *args, PyObje
     const float *cd = PyArray_DATA(cls);
     float *o = PyArray_DATA((PyArrayObject *)out);
     int64_t H = PyArray_DIM(img, 0), W = PyArray_DIM(img, 1);
-    Py_BEGIN_ALLOW_THREADS
-    OVS_MODEL_LOCK(self->model);
-    rc = ovs_seg_logits(self->seg, o, px, H, W, rs, ps, Hp, Wp, mean, std, cd, C);
-    OVS_MODEL_UNLOCK(self->model);
-    Py_END_ALLOW_THREADS
+    OVS_PY_LOCKED(self->model, rc, ovs_seg_logits(self->seg, o, px, H, W, rs, ps, Hp, Wp, mean, std,
+                                                  cd, C));
 done:
     return OVS_PY_FINISH(rc, out, img, cls);
 }
@@ -143,11 +124,7 @@ static PyObject *segmenter_dense(ovs_py_segmenter *self, PyObject *arg) {
     if (!(out = PyArray_SimpleNew(3, dims, NPY_FLOAT32))) goto done;
     const float *xd = PyArray_DATA(x);
     float *o = PyArray_DATA((PyArrayObject *)out);
-    Py_BEGIN_ALLOW_THREADS
-    OVS_MODEL_LOCK(self->model);
-    rc = ovs_seg_dense_features(self->seg, o, xd, H, W);
-    OVS_MODEL_UNLOCK(self->model);
-    Py_END_ALLOW_THREADS
+    OVS_PY_LOCKED(self->model, rc, ovs_seg_dense_features(self->seg, o, xd, H, W));
 done:
     return OVS_PY_FINISH(rc, out, x);
 }
@@ -160,16 +137,24 @@ static PyMethodDef segmenter_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyTypeObject ovs_py_SegmenterType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ovs._core.Segmenter",
-    .tp_basicsize = sizeof(ovs_py_segmenter),
-    .tp_dealloc = (destructor)segmenter_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Segmenter(model, head, crop=0, stride=0, sigma=5.0, pd_thresh=0.0, ks_thresh=0.0)",
-    .tp_methods = segmenter_methods,
-    .tp_init = (initproc)segmenter_init,
-    .tp_new = PyType_GenericNew,
-};
+static OVS_PY_TYPE(ovs_py_SegmenterType, "Segmenter", ovs_py_segmenter, segmenter_dealloc,
+                   segmenter_init, segmenter_methods,
+                   "Segmenter(model, head, crop=0, stride=0, sigma=5.0, pd_thresh=0.0, ks_thresh=0.0)");
+
+/* The logits of a label stage as a new float32 (C, h, w) array in *lg (the caller releases it,
+ * also on failure), with ValueErrors for an output size (H, W) outside 1..65536 or empty logits. */
+static int stage_logits(PyObject *obj, const char *what, long long H, long long W, PyArrayObject **lg) {
+    if (!(*lg = ovs_py_float_array(obj, 3, what))) return -1;
+    if (H <= 0 || W <= 0 || H > 65536 || W > 65536) {
+        PyErr_Format(PyExc_ValueError, "output size must be in 1..65536, got %lldx%lld", H, W);
+        return -1;
+    }
+    if (PyArray_SIZE(*lg) == 0) {
+        PyErr_SetString(PyExc_ValueError, "logits must not be empty");
+        return -1;
+    }
+    return 0;
+}
 
 static PyObject *py_seg_final(PyObject *args, PyObject *kw, int labels_mode) {
     int rc = -1;
@@ -180,40 +165,28 @@ static PyObject *py_seg_final(PyObject *args, PyObject *kw, int labels_mode) {
     int bg_label = -1, softmax = 1;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OLL|ddip", kwlist, &obj, &H, &W, &scale, &thr, &bg_label, &softmax))
         return NULL;
-    PyArrayObject *lg = ovs_py_float_array(obj, 3, "logits (C, h, w)");
-    if (!lg) return NULL;
-    if (H <= 0 || W <= 0 || H > 65536 || W > 65536) {
-        PyErr_Format(PyExc_ValueError, "output size must be in 1..65536, got %lldx%lld", H, W);
-        goto done;
-    }
+    PyArrayObject *lg = NULL;
+    if (stage_logits(obj, "logits (C, h, w)", H, W, &lg)) goto done;
     int64_t C = PyArray_DIM(lg, 0), h = PyArray_DIM(lg, 1), w = PyArray_DIM(lg, 2);
-    if (C == 0 || h == 0 || w == 0) {
-        PyErr_SetString(PyExc_ValueError, "logits must not be empty");
-        goto done;
-    }
     npy_intp d3[3] = {C, H, W}, d2[2] = {H, W};
     out = labels_mode ? PyArray_SimpleNew(2, d2, NPY_INT32) : PyArray_SimpleNew(3, d3, NPY_FLOAT32);
     if (!out) goto done;
     const float *ld = PyArray_DATA(lg);
     void *od = PyArray_DATA((PyArrayObject *)out);
-    Py_BEGIN_ALLOW_THREADS
-    if (labels_mode == 2)
-        rc = ovs_seg_labels_naive(od, ld, C, h, w, H, W, (float)scale, (float)thr, bg_label);
-    else if (labels_mode)
-        rc = ovs_seg_labels(od, ld, C, h, w, H, W, (float)scale, (float)thr, bg_label);
+    if (labels_mode)
+        OVS_PY_NOGIL(rc, (labels_mode == 2 ? ovs_seg_labels_naive : ovs_seg_labels)(
+                             od, ld, C, h, w, H, W, (float)scale, (float)thr, bg_label));
     else
-        rc = ovs_seg_upsample(od, ld, C, h, w, H, W, (float)scale, softmax);
-    Py_END_ALLOW_THREADS
+        OVS_PY_NOGIL(rc, ovs_seg_upsample(od, ld, C, h, w, H, W, (float)scale, softmax));
 done:
     return OVS_PY_FINISH(rc, out, lg);
 }
 
-static PyObject *py_seg_labels(PyObject *self, PyObject *args, PyObject *kw) { return py_seg_final(args, kw, 1); }
-static PyObject *py_seg_upsample(PyObject *self, PyObject *args, PyObject *kw) { return py_seg_final(args, kw, 0); }
-static PyObject *py_seg_labels_naive(PyObject *self, PyObject *args, PyObject *kw) { return py_seg_final(args, kw, 2); }
+OVS_PY_VARIANT(py_seg_labels, py_seg_final, 1)
+OVS_PY_VARIANT(py_seg_upsample, py_seg_final, 0)
+OVS_PY_VARIANT(py_seg_labels_naive, py_seg_final, 2)
 
 static PyObject *py_seg_labels_pamr(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     int rc = -1;
     static char *kwlist[] = {"logits", "guide", "steps", "dilations", "logit_scale",
                              "bg_threshold", "bg_label", NULL};
@@ -240,10 +213,8 @@ static PyObject *py_seg_labels_pamr(PyObject *self, PyObject *args, PyObject *kw
     if (!(out = PyArray_SimpleNew(2, d2, NPY_INT32))) goto done;
     int32_t *od = PyArray_DATA((PyArrayObject *)out);
     const float *ld = PyArray_DATA(lg), *gdd = PyArray_DATA(gd);
-    Py_BEGIN_ALLOW_THREADS
-    rc = ovs_seg_labels_pamr(od, ld, C, h, w, gdd, K, H, W, dil, nd, steps, (float)scale,
-                             (float)thr, bg_label);
-    Py_END_ALLOW_THREADS
+    OVS_PY_NOGIL(rc, ovs_seg_labels_pamr(od, ld, C, h, w, gdd, K, H, W, dil, nd, steps,
+                                         (float)scale, (float)thr, bg_label));
 done:
     return OVS_PY_FINISH(rc, out, lg, gd);
 }
@@ -262,16 +233,8 @@ static PyObject *py_seg_grouped(PyObject *args, PyObject *kw, int naive) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OLLOL|ddid", kwlist, &obj, &H, &W, &qobj, &C, &scale, &thr,
                                      &bg_label, &area))
         return NULL;
-    if (!(lg = ovs_py_float_array(obj, 3, "logits (Q, h, w)"))) return NULL;
-    if (H <= 0 || W <= 0 || H > 65536 || W > 65536) {
-        PyErr_Format(PyExc_ValueError, "output size must be in 1..65536, got %lldx%lld", H, W);
-        goto done;
-    }
+    if (stage_logits(obj, "logits (Q, h, w)", H, W, &lg)) goto done;
     int64_t Q = PyArray_DIM(lg, 0), h = PyArray_DIM(lg, 1), w = PyArray_DIM(lg, 2);
-    if (Q == 0 || h == 0 || w == 0) {
-        PyErr_SetString(PyExc_ValueError, "logits must not be empty");
-        goto done;
-    }
     if (!(qa = (PyArrayObject *)PyArray_FROMANY(qobj, NPY_INT32, 1, 1, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST)))
         goto done;
     if (PyArray_DIM(qa, 0) != Q) {
@@ -290,37 +253,28 @@ static PyObject *py_seg_grouped(PyObject *args, PyObject *kw, int naive) {
     const float *ld = PyArray_DATA(lg);
     const int32_t *qd = PyArray_DATA(qa);
     int32_t *od = PyArray_DATA((PyArrayObject *)out);
-    Py_BEGIN_ALLOW_THREADS
-    rc = (naive ? ovs_seg_labels_grouped_naive : ovs_seg_labels_grouped)(od, ld, Q, h, w, H, W, qd, C, (float)scale,
-                                                                         (float)thr, bg_label, (float)area);
-    Py_END_ALLOW_THREADS
+    OVS_PY_NOGIL(rc, (naive ? ovs_seg_labels_grouped_naive : ovs_seg_labels_grouped)(
+                         od, ld, Q, h, w, H, W, qd, C, (float)scale, (float)thr, bg_label,
+                         (float)area));
 done:
     return OVS_PY_FINISH(rc, out, lg, qa);
 }
-static PyObject *py_seg_labels_grouped(PyObject *self, PyObject *args, PyObject *kw) { return py_seg_grouped(args, kw, 0); }
-static PyObject *py_seg_labels_grouped_naive(PyObject *self, PyObject *args, PyObject *kw) { return py_seg_grouped(args, kw, 1); }
+
+/* seg_labels_grouped and its test twin (every probability materialised). */
+OVS_PY_VARIANT(py_seg_labels_grouped, py_seg_grouped, 0)
+OVS_PY_VARIANT(py_seg_labels_grouped_naive, py_seg_grouped, 1)
 
 static PyObject *py_seg_prompt_denoise(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"logits", "thresh", "scale", NULL};
     PyObject *obj;
     double thresh, scale = 100.0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "Od|d", kwlist, &obj, &thresh, &scale)) return NULL;
-    PyArrayObject *lg = ovs_py_float_array(obj, 2, "logits (C, n)");
-    if (!lg) return NULL;
-    PyObject *out = PyArray_NewCopy(lg, NPY_CORDER);
-    Py_DECREF(lg);
-    if (!out) return NULL;
-    int rc;
-    float *o = PyArray_DATA((PyArrayObject *)out);
-    int64_t C = PyArray_DIM((PyArrayObject *)out, 0), n = PyArray_DIM((PyArrayObject *)out, 1);
-    Py_BEGIN_ALLOW_THREADS
-    rc = ovs_seg_prompt_denoise(o, C, n, (float)scale, (float)thresh);
-    Py_END_ALLOW_THREADS
-    if (rc) {
-        Py_DECREF(out);
-        return ovs_py_raise(rc), NULL;
-    }
-    return out;
+    PyArrayObject *lg = ovs_py_float_array(obj, 2, "logits (C, n)"), *out = NULL;
+    int rc = -1;
+    if (lg && (out = (PyArrayObject *)PyArray_NewCopy(lg, NPY_CORDER)))
+        OVS_PY_NOGIL(rc, ovs_seg_prompt_denoise(F32(out), PyArray_DIM(out, 0), PyArray_DIM(out, 1),
+                                                (float)scale, (float)thresh));
+    return OVS_PY_FINISH(rc, out, lg);
 }
 
 static PyObject *py_seg_key_smooth(PyObject *self, PyObject *args, PyObject *kw) {
@@ -329,13 +283,10 @@ static PyObject *py_seg_key_smooth(PyObject *self, PyObject *args, PyObject *kw)
     PyObject *obj, *kobj, *out = NULL;
     double thresh, scale = 100.0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOd|d", kwlist, &obj, &kobj, &thresh, &scale)) return NULL;
-    PyArrayObject *lg = ovs_py_float_array(obj, 2, "logits (C, n)");
-    if (!lg) return NULL;
-    PyArrayObject *ka = ovs_py_float_array(kobj, 2, "keys (n, Dk)");
-    if (!ka) {
-        Py_DECREF(lg);
-        return NULL;
-    }
+    PyArrayObject *lg = NULL, *ka = NULL;
+    if (!(lg = ovs_py_float_array(obj, 2, "logits (C, n)")) ||
+        !(ka = ovs_py_float_array(kobj, 2, "keys (n, Dk)")))
+        goto done;
     if (PyArray_DIM(ka, 0) != PyArray_DIM(lg, 1)) {
         PyErr_Format(PyExc_ValueError, "keys must have one row per position (%zd), got %zd",
                      (Py_ssize_t)PyArray_DIM(lg, 1), (Py_ssize_t)PyArray_DIM(ka, 0));
@@ -345,9 +296,7 @@ static PyObject *py_seg_key_smooth(PyObject *self, PyObject *args, PyObject *kw)
     float *o = PyArray_DATA((PyArrayObject *)out);
     const float *kd = PyArray_DATA(ka);
     int64_t C = PyArray_DIM(lg, 0), n = PyArray_DIM(lg, 1), Dk = PyArray_DIM(ka, 1);
-    Py_BEGIN_ALLOW_THREADS
-    rc = ovs_seg_key_smooth(o, C, n, kd, Dk, (float)scale, (float)thresh);
-    Py_END_ALLOW_THREADS
+    OVS_PY_NOGIL(rc, ovs_seg_key_smooth(o, C, n, kd, Dk, (float)scale, (float)thresh));
 done:
     return OVS_PY_FINISH(rc, out, lg, ka);
 }
@@ -406,7 +355,6 @@ static PyObject *head_row(int64_t i, const void *table) {
 
 /* heads() -> tuple of dicts, one per entry of ovs_head_table (include/ovs/methods.h). */
 static PyObject *py_heads(PyObject *self, PyObject *unused) {
-    (void)self, (void)unused;
     int64_t n;
     const ovs_head_info *t = ovs_head_table(&n);
     return ovs_py_table(n, head_row, t);
@@ -440,11 +388,6 @@ static PyMethodDef methods_functions[] = {
 };
 
 int ovs_py_register_methods(PyObject *m) {
-    if (PyType_Ready(&ovs_py_SegmenterType) < 0) return -1;
-    Py_INCREF(&ovs_py_SegmenterType);
-    if (PyModule_AddObject(m, "Segmenter", (PyObject *)&ovs_py_SegmenterType) < 0) {
-        Py_DECREF(&ovs_py_SegmenterType);
-        return -1;
-    }
+    if (ovs_py_add_type(m, "Segmenter", &ovs_py_SegmenterType) < 0) return -1;
     return PyModule_AddFunctions(m, methods_functions);
 }

@@ -32,8 +32,12 @@ static PyArrayObject *label_array(PyObject *obj, const char *what, ovs_label_typ
     return (PyArrayObject *)PyArray_FROMANY(obj, PyArray_TYPE((PyArrayObject *)obj), 0, 0, NPY_ARRAY_CARRAY_RO);
 }
 
-/* conf must be a writable, C-contiguous int64 (C+1, C+1) array. */
+/* num_classes must be >= 1 and conf a (writable,) C-contiguous int64 (C+1, C+1) array. */
 static int check_conf(PyObject *obj, long long C, int writable) {
+    if (C < 1) {
+        PyErr_Format(PyExc_ValueError, "num_classes must be >= 1, got %lld", C);
+        return -1;
+    }
     if (!PyArray_Check(obj)) {
         PyErr_Format(PyExc_TypeError, "confusion matrix must be a numpy array, got %.100s", Py_TYPE(obj)->tp_name);
         return -1;
@@ -56,23 +60,18 @@ static int check_conf(PyObject *obj, long long C, int writable) {
 }
 
 static PyObject *py_confusion_accumulate(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     static char *kwlist[] = {"conf", "pred", "gt", "num_classes", "ignore_label", "naive", NULL};
     PyObject *conf_obj, *pred_obj, *gt_obj;
     long long C, ignore;
-    int naive = 0;
+    int naive = 0, st = -1;
     PyArrayObject *pred = NULL, *gt = NULL;
     ovs_label_type pt, gtt;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOLL|p", kwlist, &conf_obj, &pred_obj, &gt_obj, &C, &ignore,
                                      &naive))
         return NULL;
-    if (C < 1) {
-        PyErr_Format(PyExc_ValueError, "num_classes must be >= 1, got %lld", C);
-        return NULL;
-    }
     if (check_conf(conf_obj, C, 1) < 0) return NULL;
-    if (!(pred = label_array(pred_obj, "pred", &pt))) goto error;
-    if (!(gt = label_array(gt_obj, "gt", &gtt))) goto error;
+    if (!(pred = label_array(pred_obj, "pred", &pt)) || !(gt = label_array(gt_obj, "gt", &gtt)))
+        goto done;
     if (!PyArray_SAMESHAPE(pred, gt)) {
         PyObject *ps = PyObject_GetAttrString((PyObject *)pred, "shape");
         PyObject *gs = PyObject_GetAttrString((PyObject *)gt, "shape");
@@ -83,61 +82,35 @@ static PyObject *py_confusion_accumulate(PyObject *self, PyObject *args, PyObjec
                          ps, gs);
         Py_XDECREF(ps);
         Py_XDECREF(gs);
-        goto error;
+        goto done;
     }
     int64_t P = (int64_t)PyArray_SIZE(gt);
     int64_t *conf = (int64_t *)PyArray_DATA((PyArrayObject *)conf_obj);
     const void *pd = PyArray_DATA(pred), *gd = PyArray_DATA(gt);
-    int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = naive ? ovs_confusion_accumulate_naive(conf, pd, pt, gd, gtt, P, C, ignore)
-               : ovs_confusion_accumulate(conf, pd, pt, gd, gtt, P, C, ignore);
-    Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(pred);
-    Py_DECREF(gt);
-    Py_RETURN_NONE;
-error:
-    Py_XDECREF(pred);
-    Py_XDECREF(gt);
-    return NULL;
+    OVS_PY_NOGIL(st, (naive ? ovs_confusion_accumulate_naive : ovs_confusion_accumulate)(
+                         conf, pd, pt, gd, gtt, P, C, ignore));
+done:
+    return OVS_PY_FINISH(st, Py_NewRef(Py_None), pred, gt);
 }
 
 static PyObject *py_confusion_scores(PyObject *self, PyObject *args) {
-    (void)self;
-    PyObject *conf_obj;
+    PyObject *conf_obj, *iou = NULL, *acc = NULL, *out = NULL;
     long long C;
-    int convention;
-    PyObject *iou = NULL, *acc = NULL;
+    int convention, st = -1;
     if (!PyArg_ParseTuple(args, "OLi", &conf_obj, &C, &convention)) return NULL;
-    if (C < 1) {
-        PyErr_Format(PyExc_ValueError, "num_classes must be >= 1, got %lld", C);
-        return NULL;
-    }
     if (check_conf(conf_obj, C, 0) < 0) return NULL;
     npy_intp dim = (npy_intp)C;
-    if (!(iou = PyArray_SimpleNew(1, &dim, NPY_FLOAT64))) goto error;
-    if (!(acc = PyArray_SimpleNew(1, &dim, NPY_FLOAT64))) goto error;
+    if (!(iou = PyArray_SimpleNew(1, &dim, NPY_FLOAT64)) || !(acc = PyArray_SimpleNew(1, &dim, NPY_FLOAT64)))
+        goto done;
     ovs_seg_scores s;
-    int st;
     const int64_t *conf = (const int64_t *)PyArray_DATA((PyArrayObject *)conf_obj);
     double *io = (double *)PyArray_DATA((PyArrayObject *)iou), *ac = (double *)PyArray_DATA((PyArrayObject *)acc);
-    Py_BEGIN_ALLOW_THREADS
-    st = ovs_confusion_scores(&s, io, ac, conf, C, (ovs_miou_convention)convention);
-    Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    return Py_BuildValue("ddddLLNN", s.miou, s.fwiou, s.macc, s.pacc, (long long)s.classes_present,
-                         (long long)s.classes_seen, iou, acc);
-error:
-    Py_XDECREF(iou);
-    Py_XDECREF(acc);
-    return NULL;
+    OVS_PY_NOGIL(st, ovs_confusion_scores(&s, io, ac, conf, C, (ovs_miou_convention)convention));
+    if (!st)
+        out = Py_BuildValue("ddddLLOO", s.miou, s.fwiou, s.macc, s.pacc, (long long)s.classes_present,
+                            (long long)s.classes_seen, iou, acc);
+done:
+    return OVS_PY_FINISH(st, out, iou, acc);
 }
 
 static PyMethodDef metrics_methods[] = {

@@ -1,7 +1,6 @@
 /* Python bindings of the towers: _core.ResNet, _core.ViT, _core.TextTower. */
 #include "python/py_models.h"
 
-#include <math.h>
 #include <string.h>
 
 /* ---------------------------------------------------------------- weights table */
@@ -52,14 +51,12 @@ int ovs_py_weights_from_dict(ovs_py_weights *w, PyObject *dict) {
         t->data = (const float *)PyArray_DATA(a);
         t->ndim = PyArray_NDIM(a);
         for (int d = 0; d < t->ndim; d++) t->shape[d] = PyArray_DIM(a, d);
-        /* a non-finite weight would silently poison every output */
-        npy_intp numel = PyArray_SIZE(a);
-        for (npy_intp k = 0; k < numel; k++)
-            if (!isfinite(t->data[k])) {
-                PyErr_Format(PyExc_ValueError, "weight '%s' contains NaN or infinity at flat index %zd",
-                             name, (Py_ssize_t)k);
-                goto error;
-            }
+        npy_intp k = ovs_py_nonfinite(a);
+        if (k >= 0) {
+            PyErr_Format(PyExc_ValueError, "weight '%s' contains NaN or infinity at flat index %zd",
+                         name, (Py_ssize_t)k);
+            goto error;
+        }
     }
     w->map.items = w->items;
     w->map.count = i;
@@ -96,6 +93,21 @@ static int model_prepare(ovs_py_model *self, PyObject *weights) {
     return 0;
 }
 
+/* The end of an __init__: the C create's status, and the model's kind once it succeeded. */
+static int model_created(ovs_py_model *self, int rc, int kind) {
+    if (ovs_py_status(rc)) return -1;
+    self->kind = kind;
+    return 0;
+}
+
+/* A new dict of the non-NULL values (the outputs a forward was asked for). */
+static PyObject *outputs_dict(int n, const char *const *names, PyObject *const *values) {
+    PyObject *d = PyDict_New();
+    for (int i = 0; d && i < n; i++)
+        if (values[i] && PyDict_SetItemString(d, names[i], values[i]) < 0) Py_CLEAR(d);
+    return d;
+}
+
 PyArrayObject *ovs_py_images(PyObject *obj) {
     if (!PyArray_Check(obj)) {
         PyErr_Format(PyExc_TypeError, "images must be a numpy array, got %.100s", Py_TYPE(obj)->tp_name);
@@ -111,13 +123,11 @@ PyArrayObject *ovs_py_images(PyObject *obj) {
         PyErr_SetString(PyExc_ValueError, "images must not be empty");
         goto error;
     }
-    const float *d = PyArray_DATA(a);
-    npy_intp n = PyArray_SIZE(a);
-    for (npy_intp i = 0; i < n; i++)
-        if (!isfinite(d[i])) {
-            PyErr_Format(PyExc_ValueError, "images contain NaN or infinity (flat index %zd)", (Py_ssize_t)i);
-            goto error;
-        }
+    npy_intp i = ovs_py_nonfinite(a);
+    if (i >= 0) {
+        PyErr_Format(PyExc_ValueError, "images contain NaN or infinity (flat index %zd)", (Py_ssize_t)i);
+        goto error;
+    }
     return a;
 error:
     Py_DECREF(a);
@@ -151,19 +161,15 @@ static int resnet_init(ovs_py_model *self, PyObject *args, PyObject *kw) {
     ovs_resnet_config cfg = {.prefix = prefix, .layers = {l[0], l[1], l[2], l[3]}, .width = width,
                              .embed_dim = embed, .heads = heads, .grid = grid,
                              .has_attnpool = attnpool, .style = st, .output_stride = os};
-    int rc = ovs_resnet_create(&self->m.resnet, &cfg, &self->weights.map);
-    if (rc) {
-        ovs_py_raise(rc);
-        return -1;
-    }
-    self->kind = OVS_PY_RESNET;
-    return 0;
+    return model_created(self, ovs_resnet_create(&self->m.resnet, &cfg, &self->weights.map),
+                         OVS_PY_RESNET);
 }
 
 static PyObject *resnet_forward(ovs_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"images", "features", "embed", NULL};
-    PyObject *obj, *result = NULL, *res[4] = {NULL}, *embed = NULL;
-    int features = 0, want_embed = 1;
+    static const char *names[5] = {"res2", "res3", "res4", "res5", "embed"};
+    PyObject *obj, *result = NULL, *res[5] = {NULL};   /* res2..res5, embed */
+    int features = 0, want_embed = 1, rc = -1;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|pp", kwlist, &obj, &features, &want_embed)) return NULL;
     if (self->kind != OVS_PY_RESNET) return PyErr_Format(PyExc_RuntimeError, "model not initialised");
     const ovs_resnet_config *cfg = ovs_resnet_get_config(self->m.resnet);
@@ -172,48 +178,24 @@ static PyObject *resnet_forward(ovs_py_model *self, PyObject *args, PyObject *kw
     if (!x) return NULL;
     npy_intp N = PyArray_DIM(x, 0), H = PyArray_DIM(x, 2), W = PyArray_DIM(x, 3);
     ovs_resnet_outputs out = {{NULL}, NULL};
-    int rc;
     if (features)
         for (int s = 0; s < 4; s++) {
             int64_t C, h, w;
-            if ((rc = ovs_resnet_feature_shape(self->m.resnet, s, H, W, &C, &h, &w))) {
-                ovs_py_raise(rc);
-                goto error;
-            }
+            if (ovs_py_status(ovs_resnet_feature_shape(self->m.resnet, s, H, W, &C, &h, &w))) goto done;
             npy_intp dims[4] = {N, C, h, w};
-            if (!(res[s] = new_array(4, dims))) goto error;
+            if (!(res[s] = new_array(4, dims))) goto done;
             out.res[s] = PyArray_DATA((PyArrayObject *)res[s]);
         }
     if (want_embed) {
         npy_intp dims[2] = {N, cfg->embed_dim};
-        if (!(embed = new_array(2, dims))) goto error;
-        out.embed = PyArray_DATA((PyArrayObject *)embed);
+        if (!(res[4] = new_array(2, dims))) goto done;
+        out.embed = PyArray_DATA((PyArrayObject *)res[4]);
     }
     const float *data = PyArray_DATA(x);
-    Py_BEGIN_ALLOW_THREADS
-    OVS_MODEL_LOCK(self);
-    rc = ovs_resnet_forward(self->m.resnet, data, N, H, W, &out);
-    OVS_MODEL_UNLOCK(self);
-    Py_END_ALLOW_THREADS
-    if (rc) {
-        ovs_py_raise(rc);
-        goto error;
-    }
-    if (!(result = PyDict_New())) goto error;
-    static const char *names[4] = {"res2", "res3", "res4", "res5"};
-    for (int s = 0; s < 4; s++)
-        if (res[s] && PyDict_SetItemString(result, names[s], res[s]) < 0) goto error;
-    if (embed && PyDict_SetItemString(result, "embed", embed) < 0) goto error;
-    Py_DECREF(x);
-    for (int s = 0; s < 4; s++) Py_XDECREF(res[s]);
-    Py_XDECREF(embed);
-    return result;
-error:
-    Py_XDECREF(result);
-    Py_DECREF(x);
-    for (int s = 0; s < 4; s++) Py_XDECREF(res[s]);
-    Py_XDECREF(embed);
-    return NULL;
+    OVS_PY_LOCKED(self, rc, ovs_resnet_forward(self->m.resnet, data, N, H, W, &out));
+    if (!rc) result = outputs_dict(5, names, res);
+done:
+    return OVS_PY_FINISH(rc, result, x, res[0], res[1], res[2], res[3], res[4]);
 }
 
 static PyObject *resnet_config(ovs_py_model *self, PyObject *unused) {
@@ -242,11 +224,7 @@ static PyObject *resnet_sparsify(ovs_py_model *self, PyObject *args, PyObject *k
     else if (!strcmp(mode_name, "auto")) mode = OVS_SPARSE_AUTO;
     else return PyErr_Format(PyExc_ValueError, "mode must be 'dense', 'all' or 'auto', got '%s'", mode_name);
     int rc;
-    Py_BEGIN_ALLOW_THREADS
-    OVS_MODEL_LOCK(self);
-    rc = ovs_resnet_sparsify(self->m.resnet, mode, H, W);
-    OVS_MODEL_UNLOCK(self);
-    Py_END_ALLOW_THREADS
+    OVS_PY_LOCKED(self, rc, ovs_resnet_sparsify(self->m.resnet, mode, H, W));
     if (rc) return ovs_py_raise(rc);
     Py_RETURN_NONE;
 }
@@ -289,46 +267,54 @@ static PyMethodDef resnet_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-PyTypeObject ovs_py_ResNetType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ovs._core.ResNet",
-    .tp_basicsize = sizeof(ovs_py_model),
-    .tp_dealloc = (destructor)model_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "ResNet(weights, prefix, layers, width, embed_dim=0, heads=0, grid=0, attnpool=True, style='clip', output_stride=32)",
-    .tp_methods = resnet_methods,
-    .tp_init = (initproc)resnet_init,
-    .tp_new = PyType_GenericNew,
-};
+OVS_PY_TYPE(ovs_py_ResNetType, "ResNet", ovs_py_model, model_dealloc, resnet_init, resnet_methods,
+            "ResNet(weights, prefix, layers, width, embed_dim=0, heads=0, grid=0, attnpool=True, "
+            "style='clip', output_stride=32)");
 
-/* ---------------------------------------------------------------- ViT */
-static int vit_init(ovs_py_model *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"weights", "prefix", "width", "heads", "patch", "grid", "embed_dim",
+/* ---------------------------------------------------------------- ViT and text tower */
+/* ViT(weights, prefix, width, heads, patch, grid, embed_dim=0, act='quickgelu') and
+ * TextTower(weights, prefix, width, heads, context, vocab, embed_dim=0, act='quickgelu'): one
+ * parser, the two ints after heads named per tower. */
+static int tower_init(ovs_py_model *self, PyObject *args, PyObject *kw, int kind) {
+    static char *vit_kw[] = {"weights", "prefix", "width", "heads", "patch", "grid", "embed_dim",
                              "act", NULL};
+    static char *text_kw[] = {"weights", "prefix", "width", "heads", "context", "vocab",
+                              "embed_dim", "act", NULL};
     PyObject *weights;
-    const char *prefix = "visual.", *act = "quickgelu";
-    long long width, heads, patch, grid, embed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OsLLLL|Ls", kwlist, &weights, &prefix, &width,
-                                     &heads, &patch, &grid, &embed, &act))
+    const char *prefix, *act = "quickgelu";
+    long long width, heads, n2, n3, embed = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OsLLLL|Ls", kind == OVS_PY_VIT ? vit_kw : text_kw,
+                                     &weights, &prefix, &width, &heads, &n2, &n3, &embed, &act))
         return -1;
     ovs_act a;
-    if (ovs_py_parse_act(act, 0, &a)) return -1;
-    if (model_prepare(self, weights) < 0) return -1;
-    ovs_vit_config cfg = {.prefix = prefix, .width = width, .heads = heads, .patch = patch,
-                          .grid = grid, .embed_dim = embed, .act = a};
-    int rc = ovs_vit_create(&self->m.vit, &cfg, &self->weights.map);
-    if (rc) {
-        ovs_py_raise(rc);
-        return -1;
+    if (ovs_py_parse_act(act, 0, &a) || model_prepare(self, weights) < 0) return -1;
+    int rc;
+    if (kind == OVS_PY_VIT) {
+        ovs_vit_config cfg = {.prefix = prefix, .width = width, .heads = heads, .patch = n2,
+                              .grid = n3, .embed_dim = embed, .act = a};
+        rc = ovs_vit_create(&self->m.vit, &cfg, &self->weights.map);
+    } else {
+        ovs_text_config cfg = {.prefix = prefix, .width = width, .heads = heads, .context = n2,
+                               .vocab = n3, .embed_dim = embed, .act = a};
+        rc = ovs_text_create(&self->m.text, &cfg, &self->weights.map);
     }
-    self->kind = OVS_PY_VIT;
-    return 0;
+    return model_created(self, rc, kind);
+}
+
+static int vit_init(ovs_py_model *self, PyObject *args, PyObject *kw) {
+    return tower_init(self, args, kw, OVS_PY_VIT);
+}
+
+static int text_init(ovs_py_model *self, PyObject *args, PyObject *kw) {
+    return tower_init(self, args, kw, OVS_PY_TEXT);
 }
 
 static PyObject *vit_forward(ovs_py_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"images", "blocks", "all_tokens", "embed", "tokens", NULL};
-    PyObject *obj, *result = NULL, *tokens = NULL, *all = NULL, *embed = NULL;
+    static const char *names[3] = {"tokens", "block_tokens", "embed"};
+    PyObject *obj, *result = NULL, *res[3] = {NULL};   /* tokens, block_tokens, embed */
     long long blocks = -1;
-    int want_all = 0, want_embed = 1, want_tokens = 0;
+    int want_all = 0, want_embed = 1, want_tokens = 0, rc = -1;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|Lppp", kwlist, &obj, &blocks, &want_all,
                                      &want_embed, &want_tokens))
         return NULL;
@@ -344,107 +330,52 @@ static PyObject *vit_forward(ovs_py_model *self, PyObject *args, PyObject *kw) {
     if (H < cfg->patch || W < cfg->patch) {
         PyErr_Format(PyExc_ValueError, "images must be at least one patch (%lld px), got %zdx%zd",
                      (long long)cfg->patch, (Py_ssize_t)H, (Py_ssize_t)W);
-        Py_DECREF(x);
-        return NULL;
+        goto done;
     }
     npy_intp T = 1 + (H / cfg->patch) * (W / cfg->patch), D = cfg->width;
+    npy_intp dt[3] = {N, T, D}, da[4] = {blocks, N, T, D};
+    npy_intp de[2] = {N, cfg->embed_dim > 0 ? cfg->embed_dim : D};
+    if ((want_tokens && !(res[0] = new_array(3, dt))) || (want_all && !(res[1] = new_array(4, da))) ||
+        (want_embed && !(res[2] = new_array(2, de))))
+        goto done;
     ovs_vit_outputs out = {NULL, NULL, NULL};
-    if (want_tokens) {
-        npy_intp dims[3] = {N, T, D};
-        if (!(tokens = new_array(3, dims))) goto error;
-        out.tokens = PyArray_DATA((PyArrayObject *)tokens);
-    }
-    if (want_all) {
-        npy_intp dims[4] = {blocks, N, T, D};
-        if (!(all = new_array(4, dims))) goto error;
-        out.block_tokens = PyArray_DATA((PyArrayObject *)all);
-    }
-    if (want_embed) {
-        npy_intp dims[2] = {N, cfg->embed_dim > 0 ? cfg->embed_dim : D};
-        if (!(embed = new_array(2, dims))) goto error;
-        out.embed = PyArray_DATA((PyArrayObject *)embed);
-    }
+    out.tokens = res[0] ? PyArray_DATA((PyArrayObject *)res[0]) : NULL;
+    out.block_tokens = res[1] ? PyArray_DATA((PyArrayObject *)res[1]) : NULL;
+    out.embed = res[2] ? PyArray_DATA((PyArrayObject *)res[2]) : NULL;
     const float *data = PyArray_DATA(x);
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    OVS_MODEL_LOCK(self);
-    rc = ovs_vit_forward(self->m.vit, data, N, H, W, blocks, &out);
-    OVS_MODEL_UNLOCK(self);
-    Py_END_ALLOW_THREADS
-    if (rc) {
-        ovs_py_raise(rc);
-        goto error;
-    }
-    if (!(result = PyDict_New())) goto error;
-    if (tokens && PyDict_SetItemString(result, "tokens", tokens) < 0) goto error;
-    if (all && PyDict_SetItemString(result, "block_tokens", all) < 0) goto error;
-    if (embed && PyDict_SetItemString(result, "embed", embed) < 0) goto error;
-    Py_DECREF(x);
-    Py_XDECREF(tokens);
-    Py_XDECREF(all);
-    Py_XDECREF(embed);
-    return result;
-error:
-    Py_XDECREF(result);
-    Py_DECREF(x);
-    Py_XDECREF(tokens);
-    Py_XDECREF(all);
-    Py_XDECREF(embed);
-    return NULL;
+    OVS_PY_LOCKED(self, rc, ovs_vit_forward(self->m.vit, data, N, H, W, blocks, &out));
+    if (!rc) result = outputs_dict(3, names, res);
+done:
+    return OVS_PY_FINISH(rc, result, x, res[0], res[1], res[2]);
 }
 
-static PyObject *vit_config(ovs_py_model *self, PyObject *unused) {
-    if (self->kind != OVS_PY_VIT) return PyErr_Format(PyExc_RuntimeError, "model not initialised");
-    const ovs_vit_config *c = ovs_vit_get_config(self->m.vit);
-    return Py_BuildValue("{s:s,s:L,s:L,s:L,s:L,s:L,s:L,s:z}", "prefix", c->prefix, "width",
-                         (long long)c->width, "layers", (long long)c->layers, "heads",
-                         (long long)c->heads, "patch", (long long)c->patch, "grid",
-                         (long long)c->grid, "embed_dim", (long long)c->embed_dim, "act",
-                         ovs_act_name(c->act));
+/* config() of a ViT or a TextTower: the two towers' configs differ in two fields. */
+static PyObject *tower_config(ovs_py_model *self, PyObject *unused) {
+    if (self->kind != OVS_PY_VIT && self->kind != OVS_PY_TEXT)
+        return PyErr_Format(PyExc_RuntimeError, "model not initialised");
+    const ovs_vit_config *v = self->kind == OVS_PY_VIT ? ovs_vit_get_config(self->m.vit) : NULL;
+    const ovs_text_config *t = v ? NULL : ovs_text_get_config(self->m.text);
+    return Py_BuildValue("{s:s,s:L,s:L,s:L,s:L,s:L,s:L,s:z}", "prefix", v ? v->prefix : t->prefix,
+                         "width", (long long)(v ? v->width : t->width),
+                         "layers", (long long)(v ? v->layers : t->layers),
+                         "heads", (long long)(v ? v->heads : t->heads),
+                         v ? "patch" : "context", (long long)(v ? v->patch : t->context),
+                         v ? "grid" : "vocab", (long long)(v ? v->grid : t->vocab),
+                         "embed_dim", (long long)(v ? v->embed_dim : t->embed_dim),
+                         "act", ovs_act_name(v ? v->act : t->act));
 }
 
 static PyMethodDef vit_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))vit_forward, METH_VARARGS | METH_KEYWORDS,
      "forward(images, blocks=-1, all_tokens=False, embed=True, tokens=False) -> dict"},
-    {"config", (PyCFunction)vit_config, METH_NOARGS, "The architecture as a dict."},
+    {"config", (PyCFunction)tower_config, METH_NOARGS, "The architecture as a dict."},
     {NULL, NULL, 0, NULL},
 };
 
-PyTypeObject ovs_py_ViTType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ovs._core.ViT",
-    .tp_basicsize = sizeof(ovs_py_model),
-    .tp_dealloc = (destructor)model_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "ViT(weights, prefix, width, heads, patch, grid, embed_dim=0, act='quickgelu')",
-    .tp_methods = vit_methods,
-    .tp_init = (initproc)vit_init,
-    .tp_new = PyType_GenericNew,
-};
+OVS_PY_TYPE(ovs_py_ViTType, "ViT", ovs_py_model, model_dealloc, vit_init, vit_methods,
+            "ViT(weights, prefix, width, heads, patch, grid, embed_dim=0, act='quickgelu')");
 
 /* ---------------------------------------------------------------- text */
-static int text_init(ovs_py_model *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"weights", "prefix", "width", "heads", "context", "vocab",
-                             "embed_dim", "act", NULL};
-    PyObject *weights;
-    const char *prefix = "", *act = "quickgelu";
-    long long width, heads, context, vocab, embed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OsLLLL|Ls", kwlist, &weights, &prefix, &width,
-                                     &heads, &context, &vocab, &embed, &act))
-        return -1;
-    ovs_act a;
-    if (ovs_py_parse_act(act, 0, &a)) return -1;
-    if (model_prepare(self, weights) < 0) return -1;
-    ovs_text_config cfg = {.prefix = prefix, .width = width, .heads = heads, .context = context,
-                           .vocab = vocab, .embed_dim = embed, .act = a};
-    int rc = ovs_text_create(&self->m.text, &cfg, &self->weights.map);
-    if (rc) {
-        ovs_py_raise(rc);
-        return -1;
-    }
-    self->kind = OVS_PY_TEXT;
-    return 0;
-}
-
 static PyObject *text_forward(ovs_py_model *self, PyObject *args, PyObject *kw) {
     int rc = -1;
     static char *kwlist[] = {"ids", "truncate", NULL};
@@ -463,11 +394,7 @@ static PyObject *text_forward(ovs_py_model *self, PyObject *args, PyObject *kw) 
     const int32_t *data = PyArray_DATA(ids);
     float *o = PyArray_DATA((PyArrayObject *)out);
     int64_t N = PyArray_DIM(ids, 0), S = PyArray_DIM(ids, 1);
-    Py_BEGIN_ALLOW_THREADS
-    OVS_MODEL_LOCK(self);
-    rc = ovs_text_forward(self->m.text, o, data, N, S, truncate);
-    OVS_MODEL_UNLOCK(self);
-    Py_END_ALLOW_THREADS
+    OVS_PY_LOCKED(self, rc, ovs_text_forward(self->m.text, o, data, N, S, truncate));
 done:
     return OVS_PY_FINISH(rc, out, ids);
 }
@@ -505,11 +432,7 @@ static PyObject *text_prefix(ovs_py_model *self, PyObject *args) {
     if (!(out = new_array(3, dims))) goto done;
     const int32_t *data = PyArray_DATA(ids);
     float *o = PyArray_DATA((PyArrayObject *)out);
-    Py_BEGIN_ALLOW_THREADS
-    OVS_MODEL_LOCK(self);
-    rc = ovs_text_prefix(self->m.text, o, data, P);
-    OVS_MODEL_UNLOCK(self);
-    Py_END_ALLOW_THREADS
+    OVS_PY_LOCKED(self, rc, ovs_text_prefix(self->m.text, o, data, P));
 done:
     return OVS_PY_FINISH(rc, out, ids);
 }
@@ -537,23 +460,9 @@ static PyObject *text_forward_prefixed(ovs_py_model *self, PyObject *args) {
     const int32_t *data = PyArray_DATA(ids);
     const float *cache = PyArray_DATA(kv);
     float *o = PyArray_DATA((PyArrayObject *)out);
-    Py_BEGIN_ALLOW_THREADS
-    OVS_MODEL_LOCK(self);
-    rc = ovs_text_forward_prefixed(self->m.text, o, cache, P, data, N, S);
-    OVS_MODEL_UNLOCK(self);
-    Py_END_ALLOW_THREADS
+    OVS_PY_LOCKED(self, rc, ovs_text_forward_prefixed(self->m.text, o, cache, P, data, N, S));
 done:
     return OVS_PY_FINISH(rc, out, kv, ids);
-}
-
-static PyObject *text_config(ovs_py_model *self, PyObject *unused) {
-    if (self->kind != OVS_PY_TEXT) return PyErr_Format(PyExc_RuntimeError, "model not initialised");
-    const ovs_text_config *c = ovs_text_get_config(self->m.text);
-    return Py_BuildValue("{s:s,s:L,s:L,s:L,s:L,s:L,s:L,s:z}", "prefix", c->prefix, "width",
-                         (long long)c->width, "layers", (long long)c->layers, "heads",
-                         (long long)c->heads, "context", (long long)c->context, "vocab",
-                         (long long)c->vocab, "embed_dim", (long long)c->embed_dim, "act",
-                         ovs_act_name(c->act));
 }
 
 static PyMethodDef text_methods[] = {
@@ -565,31 +474,18 @@ static PyMethodDef text_methods[] = {
     {"forward_prefixed", (PyCFunction)text_forward_prefixed, METH_VARARGS,
      "forward_prefixed(kv, ids int (N, S)) -> float32 (N, embed_dim): embeddings of the prompts "
      "prefix + ids[n], the prefix given by its cache kv from prefix()"},
-    {"config", (PyCFunction)text_config, METH_NOARGS, "The architecture as a dict."},
+    {"config", (PyCFunction)tower_config, METH_NOARGS, "The architecture as a dict."},
     {NULL, NULL, 0, NULL},
 };
 
-PyTypeObject ovs_py_TextType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ovs._core.TextTower",
-    .tp_basicsize = sizeof(ovs_py_model),
-    .tp_dealloc = (destructor)model_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "TextTower(weights, prefix, width, heads, context, vocab, embed_dim=0, act='quickgelu')",
-    .tp_methods = text_methods,
-    .tp_init = (initproc)text_init,
-    .tp_new = PyType_GenericNew,
-};
+OVS_PY_TYPE(ovs_py_TextType, "TextTower", ovs_py_model, model_dealloc, text_init, text_methods,
+            "TextTower(weights, prefix, width, heads, context, vocab, embed_dim=0, "
+            "act='quickgelu')");
 
 int ovs_py_register_models(PyObject *m) {
     PyTypeObject *types[3] = {&ovs_py_ResNetType, &ovs_py_ViTType, &ovs_py_TextType};
     const char *names[3] = {"ResNet", "ViT", "TextTower"};
-    for (int i = 0; i < 3; i++) {
-        if (PyType_Ready(types[i]) < 0) return -1;
-        Py_INCREF(types[i]);
-        if (PyModule_AddObject(m, names[i], (PyObject *)types[i]) < 0) {
-            Py_DECREF(types[i]);
-            return -1;
-        }
-    }
+    for (int i = 0; i < 3; i++)
+        if (ovs_py_add_type(m, names[i], types[i]) < 0) return -1;
     return 0;
 }

@@ -38,6 +38,15 @@ extern PyTypeObject ovs_py_ResNetType, ovs_py_ViTType, ovs_py_TextType;
 /* Lock a model around pure-C work; call with the GIL released. */
 #define OVS_MODEL_LOCK(obj) PyThread_acquire_lock((obj)->lock, WAIT_LOCK)
 #define OVS_MODEL_UNLOCK(obj) PyThread_release_lock((obj)->lock)
+/* OVS_PY_NOGIL holding obj's lock: one forward at a time on a model (or block). */
+#define OVS_PY_LOCKED(obj, st, call)                                                        \
+    do {                                                                                    \
+        Py_BEGIN_ALLOW_THREADS                                                              \
+        OVS_MODEL_LOCK(obj);                                                                \
+        (st) = (call);                                                                      \
+        OVS_MODEL_UNLOCK(obj);                                                              \
+        Py_END_ALLOW_THREADS                                                                \
+    } while (0)
 
 /* (N, 3, H, W) float32 images from any array-like; NULL with an exception otherwise. */
 PyArrayObject *ovs_py_images(PyObject *obj);

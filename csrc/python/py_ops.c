@@ -12,7 +12,6 @@
 
 /* ---------------------------------------------------------------- linear */
 PyObject *ovs_py_linear(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     int st = -1;
     static char *kwlist[] = {"x", "w", "b", "residual", "act", "naive", "residual_alias",
                              "packed", NULL};
@@ -52,10 +51,8 @@ PyObject *ovs_py_linear(PyObject *self, PyObject *args, PyObject *kw) {
     }
     ovs_matrix wm;
     if (ovs_py_weight_matrix(&wm, &wbuf, w, K, C, packed)) goto done;
-    Py_BEGIN_ALLOW_THREADS
-    st = (naive ? ovs_linear_forward_naive : ovs_linear_forward)(F32(out), F32(x), &wm,
-                                                               F32_OR_NULL(b), res, M, C, K, act);
-    Py_END_ALLOW_THREADS
+    OVS_PY_NOGIL(st, (naive ? ovs_linear_forward_naive : ovs_linear_forward)(
+                         F32(out), F32(x), &wm, F32_OR_NULL(b), res, M, C, K, act));
 done:
     ovs_free(wbuf);
     return OVS_PY_FINISH(st, out, x, w, b, r);
@@ -63,7 +60,6 @@ done:
 
 /* ---------------------------------------------------------------- resize, images */
 PyObject *ovs_py_resize(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     int st = -1;
     static char *kwlist[] = {"x", "size", "mode", "align_corners", "naive", NULL};
     PyObject *x_obj, *size_obj;
@@ -85,20 +81,17 @@ PyObject *ovs_py_resize(PyObject *self, PyObject *args, PyObject *kw) {
     if (!(x = ovs_py_float_array(x_obj, -1, "x")) || ovs_py_planes_hw(x, "x", &NC, &H, &W) ||
         !(out = ovs_py_new_like_planes(x, size[0], size[1])))
         goto done;
-    Py_BEGIN_ALLOW_THREADS
     if (naive)
-        st = (cubic ? ovs_resize_bicubic_naive : ovs_resize_bilinear_naive)(
-            F32(out), F32(x), NC, H, W, size[0], size[1], align);
+        OVS_PY_NOGIL(st, (cubic ? ovs_resize_bicubic_naive : ovs_resize_bilinear_naive)(
+                             F32(out), F32(x), NC, H, W, size[0], size[1], align));
     else
-        st = (cubic ? ovs_resize_bicubic : ovs_resize_bilinear)(F32(out), F32(x), NC, H, W,
-                                                               size[0], size[1], align);
-    Py_END_ALLOW_THREADS
+        OVS_PY_NOGIL(st, (cubic ? ovs_resize_bicubic : ovs_resize_bilinear)(
+                             F32(out), F32(x), NC, H, W, size[0], size[1], align));
 done:
     return OVS_PY_FINISH(st, out, x);
 }
 
 PyObject *ovs_py_resize_u8_pil(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     int st = -1;
     static char *kwlist[] = {"img", "size", NULL};
     PyObject *img_obj, *size_obj;
@@ -109,38 +102,15 @@ PyObject *ovs_py_resize_u8_pil(PyObject *self, PyObject *args, PyObject *kw) {
     if (!(img = ovs_py_uint8_image(img_obj, "img", &rs, &ps))) return NULL;
     npy_intp dims[3] = {size[0], size[1], 3};
     if (!(out = (PyArrayObject *)PyArray_SimpleNew(3, dims, NPY_UINT8))) goto done;
-    Py_BEGIN_ALLOW_THREADS
-    st = ovs_resize_u8_pil_bicubic((uint8_t *)PyArray_DATA(out), (const uint8_t *)PyArray_DATA(img),
-                                   PyArray_DIM(img, 0), PyArray_DIM(img, 1), rs, ps, size[0],
-                                   size[1]);
-    Py_END_ALLOW_THREADS
+    OVS_PY_NOGIL(st, ovs_resize_u8_pil_bicubic((uint8_t *)PyArray_DATA(out),
+                                               (const uint8_t *)PyArray_DATA(img),
+                                               PyArray_DIM(img, 0), PyArray_DIM(img, 1), rs, ps,
+                                               size[0], size[1]));
 done:
     return OVS_PY_FINISH(st, out, img);
 }
 
-/* Three floats from a sequence. */
-static int parse_rgb(PyObject *obj, const char *what, float out[3]) {
-    PyObject *seq = PySequence_Check(obj) ? PySequence_Fast(obj, what) : NULL;
-    if (!seq || PySequence_Fast_GET_SIZE(seq) != 3) {
-        Py_XDECREF(seq);
-        PyErr_Clear();
-        PyErr_Format(PyExc_ValueError, "%s must be a sequence of 3 numbers, got %R", what, obj);
-        return -1;
-    }
-    for (int i = 0; i < 3; i++) {
-        double v = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
-        if (v == -1.0 && PyErr_Occurred()) {
-            Py_DECREF(seq);
-            return -1;
-        }
-        out[i] = (float)v;
-    }
-    Py_DECREF(seq);
-    return 0;
-}
-
 PyObject *ovs_py_normalize_u8(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     int st = -1;
     static char *kwlist[] = {"img", "crop_box", "mean", "std", "scale255", NULL};
     PyObject *img_obj, *box_obj, *mean_obj, *std_obj;
@@ -151,7 +121,7 @@ PyObject *ovs_py_normalize_u8(PyObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|p", kwlist, &img_obj, &box_obj, &mean_obj,
                                      &std_obj, &scale255))
         return NULL;
-    if (parse_rgb(mean_obj, "mean", mean) || parse_rgb(std_obj, "std", std)) return NULL;
+    if (ovs_py_rgb(mean_obj, "mean", mean) || ovs_py_rgb(std_obj, "std", std)) return NULL;
     if (!(img = ovs_py_uint8_image(img_obj, "img", &rs, &ps))) return NULL;
     int64_t H = PyArray_DIM(img, 0), W = PyArray_DIM(img, 1);
     if (box_obj == Py_None) {
@@ -159,22 +129,9 @@ PyObject *ovs_py_normalize_u8(PyObject *self, PyObject *args, PyObject *kw) {
         box[2] = H;
         box[3] = W;
     } else {
-        PyObject *seq = PySequence_Check(box_obj) ? PySequence_Fast(box_obj, "crop_box") : NULL;
-        if (!seq || PySequence_Fast_GET_SIZE(seq) != 4) {
-            Py_XDECREF(seq);
-            PyErr_Clear();
-            PyErr_Format(PyExc_ValueError,
-                         "crop_box must be None or (top, left, height, width), got %R", box_obj);
+        if (ovs_py_int64_n(box_obj, 4, PyExc_ValueError, "crop_box",
+                           "must be None or (top, left, height, width)", box))
             goto done;
-        }
-        for (int i = 0; i < 4; i++) {
-            box[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
-            if (box[i] == -1 && PyErr_Occurred()) {
-                Py_DECREF(seq);
-                goto done;
-            }
-        }
-        Py_DECREF(seq);
         if (box[0] < 0 || box[1] < 0 || box[2] < 0 || box[3] < 0 || box[0] + box[2] > H ||
             box[1] + box[3] > W) {
             PyErr_Format(PyExc_ValueError,
@@ -187,16 +144,13 @@ PyObject *ovs_py_normalize_u8(PyObject *self, PyObject *args, PyObject *kw) {
     }
     npy_intp dims[3] = {3, box[2], box[3]};
     if (!(out = ovs_py_new_float(3, dims))) goto done;
-    Py_BEGIN_ALLOW_THREADS
-    st = ovs_normalize_u8(F32(out), (const uint8_t *)PyArray_DATA(img), H, W, rs, ps, box[0],
-                          box[1], box[2], box[3], mean, std, scale255);
-    Py_END_ALLOW_THREADS
+    OVS_PY_NOGIL(st, ovs_normalize_u8(F32(out), (const uint8_t *)PyArray_DATA(img), H, W, rs, ps,
+                                      box[0], box[1], box[2], box[3], mean, std, scale255));
 done:
     return OVS_PY_FINISH(st, out, img);
 }
 
 PyObject *ovs_py_resize_u8_normalize(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     int st = -1;
     static char *kwlist[] = {"img", "size", "mean", "std", NULL};
     PyObject *img_obj, *size_obj, *mean_obj, *std_obj;
@@ -206,24 +160,21 @@ PyObject *ovs_py_resize_u8_normalize(PyObject *self, PyObject *args, PyObject *k
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO", kwlist, &img_obj, &size_obj, &mean_obj,
                                      &std_obj))
         return NULL;
-    if (ovs_py_pair(size_obj, "size", 1, size) || parse_rgb(mean_obj, "mean", mean) ||
-        parse_rgb(std_obj, "std", std))
+    if (ovs_py_pair(size_obj, "size", 1, size) || ovs_py_rgb(mean_obj, "mean", mean) ||
+        ovs_py_rgb(std_obj, "std", std))
         return NULL;
     if (!(img = ovs_py_uint8_image(img_obj, "img", &rs, &ps))) return NULL;
     npy_intp dims[3] = {3, size[0], size[1]};
     if (!(out = ovs_py_new_float(3, dims))) goto done;
-    Py_BEGIN_ALLOW_THREADS
-    st = ovs_resize_bilinear_u8_normalize(F32(out), (const uint8_t *)PyArray_DATA(img),
-                                          PyArray_DIM(img, 0), PyArray_DIM(img, 1), rs, ps,
-                                          size[0], size[1], mean, std);
-    Py_END_ALLOW_THREADS
+    OVS_PY_NOGIL(st, ovs_resize_bilinear_u8_normalize(F32(out), (const uint8_t *)PyArray_DATA(img),
+                                                      PyArray_DIM(img, 0), PyArray_DIM(img, 1), rs,
+                                                      ps, size[0], size[1], mean, std));
 done:
     return OVS_PY_FINISH(st, out, img);
 }
 
 /* ---------------------------------------------------------------- PAMR */
 PyObject *ovs_py_pamr(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     int st = -1;
     static char *kwlist[] = {"mask", "image", "steps", "dilations", "naive", NULL};
     PyObject *m_obj, *i_obj, *d_obj = NULL;
@@ -249,36 +200,19 @@ PyObject *ovs_py_pamr(PyObject *self, PyObject *args, PyObject *kw) {
     }
     if (!(out = ovs_py_new_like_planes(m, H, W))) goto done;
     if (!naive && ovs_py_scratch(ovs_pamr_scratch_floats(C, H, W, nd), &scratch)) goto done;
-    Py_BEGIN_ALLOW_THREADS
     if (naive)
-        st = ovs_pamr_forward_naive(F32(out), F32(m), F32(img), C, K, H, W, dil, nd, steps);
+        OVS_PY_NOGIL(st, ovs_pamr_forward_naive(F32(out), F32(m), F32(img), C, K, H, W, dil, nd,
+                                                steps));
     else
-        st = ovs_pamr_forward(F32(out), F32(m), F32(img), C, K, H, W, dil, nd, steps, scratch);
-    Py_END_ALLOW_THREADS
+        OVS_PY_NOGIL(st, ovs_pamr_forward(F32(out), F32(m), F32(img), C, K, H, W, dil, nd, steps,
+                                          scratch));
 done:
     ovs_free(scratch);
     return OVS_PY_FINISH(st, out, m, img);
 }
 
 static PyMethodDef ops_methods[] = {
-    {"linear", (PyCFunction)ovs_py_linear, OVS_PY_KW,
-     "linear(x, w, b=None, residual=None, act='none', naive=False, residual_alias=False, "
-     "packed=False): x (..., C) @ w.T (K, C) + b, + residual, then act."},
-    {"resize", (PyCFunction)ovs_py_resize, OVS_PY_KW,
-     "resize(x, size, mode='bilinear', align_corners=False, naive=False); x (..., H, W), "
-     "size (P, Q)."},
-    {"resize_u8_pil", (PyCFunction)ovs_py_resize_u8_pil, OVS_PY_KW,
-     "resize_u8_pil(img, size): uint8 (H, W, 3) -> (P, Q, 3), size = (P, Q) = (height, "
-     "width), as PIL Image.resize((Q, P), BICUBIC)."},
-    {"normalize_u8", (PyCFunction)ovs_py_normalize_u8, OVS_PY_KW,
-     "normalize_u8(img, crop_box, mean, std, scale255=False) -> float32 (3, h, w); crop_box "
-     "= (top, left, height, width) or None."},
-    {"resize_u8_normalize", (PyCFunction)ovs_py_resize_u8_normalize, OVS_PY_KW,
-     "resize_u8_normalize(img uint8 (H,W,3), size (P,Q), mean, std) -> float32 (3,P,Q): "
-     "resize(normalize_u8(img, None, mean, std), size) without the (3,H,W) copy."},
-    {"pamr", (PyCFunction)ovs_py_pamr, OVS_PY_KW,
-     "pamr(mask (C,H,W), image (K,H,W), steps, dilations=(8, 16), naive=False) -> (C,H,W): "
-     "pamr.PAMR(steps, dilations)(image[None], mask[None])[0]."},
+    OVS_PY_OPS(OVS_PY_OP_PRODUCTION)
     {NULL, NULL, 0, NULL},
 };
 

@@ -3,7 +3,8 @@
  * include/ovs/ops.h one by one, with `naive=True` selecting the plain twin, for the fast-vs-naive
  * tests (tests/test_ops*.py) and benchmarks; `_core.op_debug_invalid_calls` is a debug hook that
  * calls the C ops with invalid arguments. The production bindings are registered here too under
- * their op_ names (op_linear, op_resize, op_pamr, ...) so the tests keep one naming scheme.
+ * their op_ names (op_linear, op_resize, op_pamr, ...: the rows of OVS_PY_OPS / OVS_PY_M2F_OPS in
+ * pyovs.h, the same functions) so the tests keep one naming scheme.
  * Arguments are parsed and checked with the shared helpers of pyovs.h (py_args.c). */
 #include "python/pyovs.h"
 
@@ -69,32 +70,23 @@ static PyObject *matmul_binding(PyObject *args, PyObject *kw, int transposed) {
     }
     ovs_matrix wm;
     if (transposed && ovs_py_weight_matrix(&wm, &wbuf, w, K, C, packed)) goto done;
-    Py_BEGIN_ALLOW_THREADS
     if (transposed)
-        st = (naive ? ovs_matmul_wt_naive : ovs_matmul_wt)(F32(out), ldo, F32(a), lda, &wm, M,
-                                                           alpha, beta);
+        OVS_PY_NOGIL(st, (naive ? ovs_matmul_wt_naive : ovs_matmul_wt)(F32(out), ldo, F32(a), lda,
+                                                                      &wm, M, alpha, beta));
     else
-        st = (naive ? ovs_matmul_naive : ovs_matmul)(F32(out), ldo, F32(a), lda, F32(w), ldb, M,
-                                                     C, K, alpha, beta);
-    Py_END_ALLOW_THREADS
+        OVS_PY_NOGIL(st, (naive ? ovs_matmul_naive : ovs_matmul)(F32(out), ldo, F32(a), lda, F32(w),
+                                                                ldb, M, C, K, alpha, beta));
 done:
     ovs_free(wbuf);
     return OVS_PY_FINISH(st, out, a, w);
 }
 
-static PyObject *py_op_matmul_wt(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
-    return matmul_binding(args, kw, 1);
-}
-
-static PyObject *py_op_matmul(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
-    return matmul_binding(args, kw, 0);
-}
+/* op_matmul_wt (w dense or packed) and op_matmul (b's rows may be strided). */
+OVS_PY_VARIANT(py_op_matmul_wt, matmul_binding, 1)
+OVS_PY_VARIANT(py_op_matmul, matmul_binding, 0)
 
 /* ---------------------------------------------------------------- activations */
 static PyObject *py_op_act(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     static char *kwlist[] = {"x", "act", "naive", NULL};
     PyObject *x_obj;
     const char *act_name;
@@ -107,16 +99,13 @@ static PyObject *py_op_act(PyObject *self, PyObject *args, PyObject *kw) {
     if (!y) return NULL;
     int64_t n = PyArray_SIZE(y);
     int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = naive ? ovs_act_forward_naive(F32(y), n, act) : ovs_act_forward(F32(y), n, act);
-    Py_END_ALLOW_THREADS
+    OVS_PY_NOGIL(st, (naive ? ovs_act_forward_naive : ovs_act_forward)(F32(y), n, act));
     return ovs_py_finish(st, (PyObject *)y, NULL, 0);
 }
 
 
 /* ---------------------------------------------------------------- conv2d */
 static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     int st = -1;
     static char *kwlist[] = {"x",      "w",   "b",     "residual",       "stride",
                              "padding", "dilation", "groups", "act", "naive",
@@ -190,26 +179,25 @@ static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
         res = F32(out);
     }
     ovs_matrix wm = ovs_matrix_dense(F32(w), K, (C / groups) * R * S);
-    Py_BEGIN_ALLOW_THREADS
     if (naive)
-        st = ovs_conv2d_forward_naive(F32(out), F32(x), &wm, F32_OR_NULL(b), res, N, C, H, W, K,
-                                      R, S, &p, act);
+        OVS_PY_NOGIL(st, ovs_conv2d_forward_naive(F32(out), F32(x), &wm, F32_OR_NULL(b), res, N, C,
+                                                  H, W, K, R, S, &p, act));
     else
-        st = ovs_conv2d_forward(F32(out), F32(x), &wm, F32_OR_NULL(b), res, N, C, H, W, K, R, S,
-                                &p, act, scratch);
-    Py_END_ALLOW_THREADS
+        OVS_PY_NOGIL(st, ovs_conv2d_forward(F32(out), F32(x), &wm, F32_OR_NULL(b), res, N, C, H, W,
+                                            K, R, S, &p, act, scratch));
 done:
     ovs_free(scratch);
     return OVS_PY_FINISH(st, out, x, w, b, r);
 }
 
 static PyObject *py_op_batchnorm_fold(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     static char *kwlist[] = {"w", "b", "gamma", "beta", "mean", "var", "eps", NULL};
     PyObject *w_obj, *b_obj, *g_obj, *be_obj, *m_obj, *v_obj;
     float eps = 1e-5f;
     PyArrayObject *w = NULL, *b = NULL, *g = NULL, *be = NULL, *m = NULL, *v = NULL;
     PyArrayObject *w_out = NULL, *b_out = NULL;
+    PyObject *out = NULL;
+    int st = -1;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOO|f", kwlist, &w_obj, &b_obj, &g_obj,
                                      &be_obj, &m_obj, &v_obj, &eps))
         return NULL;
@@ -217,52 +205,30 @@ static PyObject *py_op_batchnorm_fold(PyObject *self, PyObject *args, PyObject *
         !(g = ovs_py_float_array(g_obj, 1, "gamma")) ||
         !(be = ovs_py_float_array(be_obj, 1, "beta")) ||
         !(m = ovs_py_float_array(m_obj, 1, "mean")) || !(v = ovs_py_float_array(v_obj, 1, "var")))
-        goto error;
+        goto done;
     if (PyArray_NDIM(w) < 1) {
         PyErr_SetString(PyExc_ValueError, "w must have at least 1 dimension (K, ...)");
-        goto error;
+        goto done;
     }
     npy_intp K = PyArray_DIM(w, 0), kshape[1] = {K};
     int64_t L = K ? PyArray_SIZE(w) / K : 0;
     if ((b && ovs_py_check_shape(b, "b", 1, kshape)) || ovs_py_check_shape(g, "gamma", 1, kshape) ||
         ovs_py_check_shape(be, "beta", 1, kshape) || ovs_py_check_shape(m, "mean", 1, kshape) ||
         ovs_py_check_shape(v, "var", 1, kshape))
-        goto error;
+        goto done;
     /* w_out starts as a copy of w and is folded in place (the aliasing the header allows). */
     if (!(w_out = (PyArrayObject *)PyArray_NewCopy(w, NPY_CORDER)) ||
         !(b_out = ovs_py_new_float(1, kshape)))
-        goto error;
-    int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = ovs_batchnorm_fold(F32(w_out), F32(b_out), F32(w_out), F32_OR_NULL(b), F32(g), F32(be),
-                            F32(m), F32(v), eps, K, L);
-    Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(w);
-    Py_XDECREF(b);
-    Py_DECREF(g);
-    Py_DECREF(be);
-    Py_DECREF(m);
-    Py_DECREF(v);
-    return Py_BuildValue("(NN)", w_out, b_out);
-error:
-    Py_XDECREF(w);
-    Py_XDECREF(b);
-    Py_XDECREF(g);
-    Py_XDECREF(be);
-    Py_XDECREF(m);
-    Py_XDECREF(v);
-    Py_XDECREF(w_out);
-    Py_XDECREF(b_out);
-    return NULL;
+        goto done;
+    OVS_PY_NOGIL(st, ovs_batchnorm_fold(F32(w_out), F32(b_out), F32(w_out), F32_OR_NULL(b), F32(g),
+                                        F32(be), F32(m), F32(v), eps, K, L));
+    if (!st) out = Py_BuildValue("(OO)", w_out, b_out);
+done:
+    return OVS_PY_FINISH(st, out, w, b, g, be, m, v, w_out, b_out);
 }
 
 /* ---------------------------------------------------------------- pooling */
 static PyObject *py_op_avgpool2d(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     int st = -1;
     static char *kwlist[] = {"x", "kernel", "stride", "padding", "count_include_pad", "naive",
                              NULL};
@@ -296,16 +262,14 @@ static PyObject *py_op_avgpool2d(PyObject *self, PyObject *args, PyObject *kw) {
         goto done;
     }
     if (!(out = ovs_py_new_like_planes(x, P, Q))) goto done;
-    Py_BEGIN_ALLOW_THREADS
-    st = (naive ? ovs_avgpool2d_forward_naive : ovs_avgpool2d_forward)(
-        F32(out), F32(x), NC, H, W, ker[0], ker[1], str[0], str[1], pad[0], pad[1], include_pad);
-    Py_END_ALLOW_THREADS
+    OVS_PY_NOGIL(st, (naive ? ovs_avgpool2d_forward_naive : ovs_avgpool2d_forward)(
+                         F32(out), F32(x), NC, H, W, ker[0], ker[1], str[0], str[1], pad[0],
+                         pad[1], include_pad));
 done:
     return OVS_PY_FINISH(st, out, x);
 }
 
 static PyObject *py_op_adaptive_avgpool2d(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     int st = -1;
     static char *kwlist[] = {"x", "size", "naive", NULL};
     PyObject *x_obj, *size_obj;
@@ -318,17 +282,14 @@ static PyObject *py_op_adaptive_avgpool2d(PyObject *self, PyObject *args, PyObje
     if (!(x = ovs_py_float_array(x_obj, -1, "x")) || ovs_py_planes_hw(x, "x", &NC, &H, &W) ||
         !(out = ovs_py_new_like_planes(x, size[0], size[1])))
         goto done;
-    Py_BEGIN_ALLOW_THREADS
-    st = (naive ? ovs_adaptive_avgpool2d_forward_naive : ovs_adaptive_avgpool2d_forward)(
-        F32(out), F32(x), NC, H, W, size[0], size[1]);
-    Py_END_ALLOW_THREADS
+    OVS_PY_NOGIL(st, (naive ? ovs_adaptive_avgpool2d_forward_naive : ovs_adaptive_avgpool2d_forward)(
+                         F32(out), F32(x), NC, H, W, size[0], size[1]));
 done:
     return OVS_PY_FINISH(st, out, x);
 }
 
 /* ---------------------------------------------------------------- normalisation, softmax */
 static PyObject *py_op_layernorm(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     int st = -1;
     static char *kwlist[] = {"x", "weight", "bias", "eps", "naive", NULL};
     PyObject *x_obj, *w_obj = Py_None, *b_obj = Py_None;
@@ -346,16 +307,13 @@ static PyObject *py_op_layernorm(PyObject *self, PyObject *args, PyObject *kw) {
     if ((w && ovs_py_check_shape(w, "weight", 1, dshape)) || (b && ovs_py_check_shape(b, "bias", 1, dshape)))
         goto done;
     if (!(out = ovs_py_new_float(PyArray_NDIM(x), PyArray_DIMS(x)))) goto done;
-    Py_BEGIN_ALLOW_THREADS
-    st = (naive ? ovs_layernorm_forward_naive : ovs_layernorm_forward)(
-        F32(out), F32(x), F32_OR_NULL(w), F32_OR_NULL(b), M, D, eps);
-    Py_END_ALLOW_THREADS
+    OVS_PY_NOGIL(st, (naive ? ovs_layernorm_forward_naive : ovs_layernorm_forward)(
+                         F32(out), F32(x), F32_OR_NULL(w), F32_OR_NULL(b), M, D, eps));
 done:
     return OVS_PY_FINISH(st, out, x, w, b);
 }
 
 static PyObject *py_op_groupnorm(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     int st = -1;
     static char *kwlist[] = {"x", "groups", "weight", "bias", "eps", "naive", NULL};
     PyObject *x_obj, *w_obj = Py_None, *b_obj = Py_None;
@@ -385,16 +343,13 @@ static PyObject *py_op_groupnorm(PyObject *self, PyObject *args, PyObject *kw) {
     if ((w && ovs_py_check_shape(w, "weight", 1, cshape)) || (b && ovs_py_check_shape(b, "bias", 1, cshape)) ||
         !(out = ovs_py_new_float(nd, PyArray_DIMS(x))))
         goto done;
-    Py_BEGIN_ALLOW_THREADS
-    st = (naive ? ovs_groupnorm_forward_naive : ovs_groupnorm_forward)(
-        F32(out), F32(x), F32_OR_NULL(w), F32_OR_NULL(b), N, C, HW, G, eps);
-    Py_END_ALLOW_THREADS
+    OVS_PY_NOGIL(st, (naive ? ovs_groupnorm_forward_naive : ovs_groupnorm_forward)(
+                         F32(out), F32(x), F32_OR_NULL(w), F32_OR_NULL(b), N, C, HW, G, eps));
 done:
     return OVS_PY_FINISH(st, out, x, w, b);
 }
 
 static PyObject *py_op_softmax(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     static char *kwlist[] = {"x", "naive", NULL};
     PyObject *x_obj;
     int naive = 0;
@@ -407,9 +362,7 @@ static PyObject *py_op_softmax(PyObject *self, PyObject *args, PyObject *kw) {
         return NULL;
     }
     int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = naive ? ovs_softmax_forward_naive(F32(y), M, D) : ovs_softmax_forward(F32(y), M, D);
-    Py_END_ALLOW_THREADS
+    OVS_PY_NOGIL(st, (naive ? ovs_softmax_forward_naive : ovs_softmax_forward)(F32(y), M, D));
     return ovs_py_finish(st, (PyObject *)y, NULL, 0);
 }
 
@@ -417,7 +370,6 @@ static PyObject *py_op_softmax(PyObject *self, PyObject *args, PyObject *kw) {
 /* op_lof_outliers(x (M, D), k=30, contamination=0.05, naive=False) -> (outlier bool (M,),
  * lof float64 (M,)) */
 static PyObject *py_op_lof_outliers(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     static char *kwlist[] = {"x", "k", "contamination", "naive", NULL};
     PyObject *x_obj;
     long long k = 30;
@@ -426,53 +378,42 @@ static PyObject *py_op_lof_outliers(PyObject *self, PyObject *args, PyObject *kw
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|Lfp", kwlist, &x_obj, &k, &contamination, &naive))
         return NULL;
     PyArrayObject *x = ovs_py_float_array(x_obj, 2, "x"), *mask = NULL, *lof = NULL;
+    PyObject *out = NULL;
     float *scratch = NULL;
+    int st = -1;
     if (!x) return NULL;
     const int64_t M = PyArray_DIM(x, 0), D = PyArray_DIM(x, 1);
     if (k < 1) {
         PyErr_Format(PyExc_ValueError, "k must be >= 1, got %lld", k);
-        goto error;
+        goto done;
     }
     if (!(contamination >= 0.0f && contamination <= 1.0f)) {
         char buf[64];
         snprintf(buf, sizeof buf, "%g", (double)contamination);
         PyErr_Format(PyExc_ValueError, "contamination must be in [0, 1], got %s", buf);
-        goto error;
+        goto done;
     }
     npy_intp dims[1] = {(npy_intp)M};
     mask = (PyArrayObject *)PyArray_ZEROS(1, dims, NPY_BOOL, 0);
     lof = (PyArrayObject *)PyArray_ZEROS(1, dims, NPY_FLOAT64, 0);
-    if (!mask || !lof) goto error;
+    if (!mask || !lof) goto done;
     const size_t n = ovs_lof_scratch_floats(M, k);
     scratch = ovs_malloc((n ? n : 1) * sizeof(float));
     if (!scratch) {
         PyErr_NoMemory();
-        goto error;
+        goto done;
     }
-    int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = (naive ? ovs_lof_outliers_naive : ovs_lof_outliers)(
-        (uint8_t *)PyArray_DATA(mask), (double *)PyArray_DATA(lof), F32(x), M, D, k, contamination, scratch);
-    Py_END_ALLOW_THREADS
+    OVS_PY_NOGIL(st, (naive ? ovs_lof_outliers_naive : ovs_lof_outliers)(
+                         (uint8_t *)PyArray_DATA(mask), (double *)PyArray_DATA(lof), F32(x), M, D,
+                         k, contamination, scratch));
+    if (!st) out = Py_BuildValue("(OO)", mask, lof);
+done:
     ovs_free(scratch);
-    scratch = NULL;
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
-    Py_DECREF(x);
-    return Py_BuildValue("(NN)", mask, lof);
-error:
-    ovs_free(scratch);
-    Py_XDECREF(x);
-    Py_XDECREF(mask);
-    Py_XDECREF(lof);
-    return NULL;
+    return OVS_PY_FINISH(st, out, x, mask, lof);
 }
 
 /* op_neighbour_fill(x (H, W, D), outlier bool (H, W)) -> (H, W, D) */
 static PyObject *py_op_neighbour_fill(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     int st = -1;
     static char *kwlist[] = {"x", "outlier", NULL};
     PyObject *x_obj, *m_obj;
@@ -486,16 +427,14 @@ static PyObject *py_op_neighbour_fill(PyObject *self, PyObject *args, PyObject *
     out = (PyArrayObject *)PyArray_ZEROS(3, PyArray_DIMS(x), NPY_FLOAT32, 0);
     if (!out) goto done;
     const int64_t H = want[0], W = want[1], D = PyArray_DIM(x, 2);
-    Py_BEGIN_ALLOW_THREADS
-    st = ovs_neighbour_fill(F32(out), F32(x), D, (const uint8_t *)PyArray_DATA(m), H, W, D);
-    Py_END_ALLOW_THREADS
+    OVS_PY_NOGIL(st, ovs_neighbour_fill(F32(out), F32(x), D, (const uint8_t *)PyArray_DATA(m), H, W,
+                                        D));
 done:
     return OVS_PY_FINISH(st, out, x, m);
 }
 
 /* op_similarity_aggregate(x (M, D), corr (M, M), beta, naive=False) -> (M, D) */
 static PyObject *py_op_similarity_aggregate(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     int st = -1;
     static char *kwlist[] = {"x", "corr", "beta", "naive", NULL};
     PyObject *x_obj, *c_obj;
@@ -512,16 +451,14 @@ static PyObject *py_op_similarity_aggregate(PyObject *self, PyObject *args, PyOb
     if (ovs_py_check_shape(c, "corr", 2, want)) goto done;
     out = (PyArrayObject *)PyArray_ZEROS(2, PyArray_DIMS(x), NPY_FLOAT32, 0);
     if (!out) goto done;
-    Py_BEGIN_ALLOW_THREADS
-    st = (naive ? ovs_similarity_aggregate_naive : ovs_similarity_aggregate)(F32(out), F32(x), D, F32(c), M, D, beta);
-    Py_END_ALLOW_THREADS
+    OVS_PY_NOGIL(st, (naive ? ovs_similarity_aggregate_naive : ovs_similarity_aggregate)(
+                         F32(out), F32(x), D, F32(c), M, D, beta));
 done:
     return OVS_PY_FINISH(st, out, x, c);
 }
 
 /* ---------------------------------------------------------------- attention */
 static PyObject *py_op_attention(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     int st = -1;
     static char *kwlist[] = {"q", "k", "v", "heads", "scale", "mask", "causal", "naive", NULL};
     PyObject *q_obj, *k_obj, *v_obj, *m_obj = Py_None;
@@ -555,21 +492,20 @@ static PyObject *py_op_attention(PyObject *self, PyObject *args, PyObject *kw) {
     npy_intp dims[2] = {T, D};
     if (!(out = ovs_py_new_float(2, dims))) goto done;
     if (!naive && ovs_py_scratch((size_t)E * (size_t)T * (size_t)U, &scratch)) goto done;
-    Py_BEGIN_ALLOW_THREADS
     if (naive)
-        st = ovs_attention_forward_naive(F32(out), F32(q), ldq, F32(k), ldk, F32(v), ldv, T, U, E,
-                                         D / E, scale, F32_OR_NULL(m), causal);
+        OVS_PY_NOGIL(st, ovs_attention_forward_naive(F32(out), F32(q), ldq, F32(k), ldk, F32(v),
+                                                     ldv, T, U, E, D / E, scale, F32_OR_NULL(m),
+                                                     causal));
     else
-        st = ovs_attention_forward(F32(out), F32(q), ldq, F32(k), ldk, F32(v), ldv, T, U, E,
-                                   D / E, scale, F32_OR_NULL(m), causal, scratch);
-    Py_END_ALLOW_THREADS
+        OVS_PY_NOGIL(st, ovs_attention_forward(F32(out), F32(q), ldq, F32(k), ldk, F32(v), ldv, T,
+                                               U, E, D / E, scale, F32_OR_NULL(m), causal,
+                                               scratch));
 done:
     ovs_free(scratch);
     return OVS_PY_FINISH(st, out, q, k, v, m);
 }
 
 static PyObject *py_op_attention_probs(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
     int st = -1;
     static char *kwlist[] = {"a", "b", "scale", "mask", "causal", "naive", NULL};
     PyObject *a_obj, *b_obj, *m_obj = Py_None;
@@ -592,10 +528,8 @@ static PyObject *py_op_attention_probs(PyObject *self, PyObject *args, PyObject 
         goto done;
     }
     if (!(out = ovs_py_new_float(2, mshape))) goto done;
-    Py_BEGIN_ALLOW_THREADS
-    st = (naive ? ovs_attention_probs_naive : ovs_attention_probs)(
-        F32(out), F32(a), lda, F32(b), ldb, T, U, F, scale, F32_OR_NULL(m), causal);
-    Py_END_ALLOW_THREADS
+    OVS_PY_NOGIL(st, (naive ? ovs_attention_probs_naive : ovs_attention_probs)(
+                         F32(out), F32(a), lda, F32(b), ldb, T, U, F, scale, F32_OR_NULL(m), causal));
 done:
     return OVS_PY_FINISH(st, out, a, b, m);
 }
@@ -619,8 +553,6 @@ static int add_case(PyObject *list, const char *label, int st) {
  * first) and returns [(label, status, status name, message)] so that tests can check the C
  * layer's own validation, which the bindings above otherwise pre-empt. */
 static PyObject *py_op_debug_invalid_calls(PyObject *self, PyObject *noargs) {
-    (void)self;
-    (void)noargs;
     PyObject *list = PyList_New(0);
     if (!list) return NULL;
     float buf[64] = {0};
@@ -758,9 +690,6 @@ static PyMethodDef testops_methods[] = {
      "a's and b's rows may be strided (column slices)."},
     {"op_act", (PyCFunction)py_op_act, KW,
      "op_act(x, act, naive=False): act in 'none', 'relu', 'gelu', 'quickgelu'."},
-    {"op_linear", (PyCFunction)ovs_py_linear, KW,
-     "op_linear(x, w, b=None, residual=None, act='none', naive=False, residual_alias=False, "
-     "packed=False)."},
     {"op_conv2d", (PyCFunction)py_op_conv2d, KW,
      "op_conv2d(x, w, b=None, residual=None, stride=1, padding=0, dilation=1, groups=1, "
      "act='none', naive=False, residual_alias=False)."},
@@ -781,26 +710,8 @@ static PyMethodDef testops_methods[] = {
     {"op_attention_probs", (PyCFunction)py_op_attention_probs, KW,
      "op_attention_probs(a, b, scale, mask=None, causal=False, naive=False) -> "
      "softmax(scale a b^T + mask)."},
-    {"op_pamr", (PyCFunction)ovs_py_pamr, KW,
-     "op_pamr(mask (C,H,W), image (K,H,W), steps, dilations=(8, 16), naive=False) -> (C,H,W): "
-     "pamr.PAMR(steps, dilations)(image[None], mask[None])[0]."},
-    {"op_resize_u8_normalize", (PyCFunction)ovs_py_resize_u8_normalize, KW,
-     "op_resize_u8_normalize(img uint8 (H,W,3), size (P,Q), mean, std) -> float32 (3,P,Q): "
-     "op_resize(op_normalize_u8(img, None, mean, std), size) without the (3,H,W) copy."},
-    {"op_resize", (PyCFunction)ovs_py_resize, KW,
-     "op_resize(x, size, mode='bilinear', align_corners=False, naive=False); x (..., H, W), "
-     "size (P, Q)."},
-    {"op_resize_u8_pil", (PyCFunction)ovs_py_resize_u8_pil, KW,
-     "op_resize_u8_pil(img, size): uint8 (H, W, 3) -> (P, Q, 3), size = (P, Q) = (height, "
-     "width), as PIL Image.resize((Q, P), BICUBIC)."},
-    {"op_normalize_u8", (PyCFunction)ovs_py_normalize_u8, KW,
-     "op_normalize_u8(img, crop_box, mean, std, scale255=False) -> float32 (3, h, w); crop_box "
-     "= (top, left, height, width) or None."},
-    {"op_pos_embed_sine", (PyCFunction)ovs_py_pos_embed_sine, KW,
-     "op_pos_embed_sine(D, H, W, temperature=10000, naive=False) -> (H, W, D)"},
-    {"op_msdeform_attn_core", (PyCFunction)ovs_py_msdeform_attn_core, KW,
-     "op_msdeform_attn_core(value (S, E, F), shapes, loc (Q, E, L, P, 2), attn (Q, E, L, P), "
-     "naive=False) -> (Q, E*F)"},
+    OVS_PY_OPS(OVS_PY_OP_TEST)
+    OVS_PY_M2F_OPS(OVS_PY_OP_TEST)
     {"op_debug_invalid_calls", py_op_debug_invalid_calls, METH_NOARGS,
      "Test hook: call every op with invalid arguments; [(label, status, name, message)]."},
     {NULL, NULL, 0, NULL},

@@ -26,7 +26,6 @@ static ovs_bpe *bpe_from(PyObject *obj) {
 }
 
 static PyObject *py_bpe_create(PyObject *self, PyObject *arg) {
-    (void)self;
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
         PyErr_Format(PyExc_TypeError, "merges must be bytes, got %.100s", Py_TYPE(arg)->tp_name);
@@ -34,9 +33,7 @@ static PyObject *py_bpe_create(PyObject *self, PyObject *arg) {
     }
     ovs_bpe *bpe = NULL;
     int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = ovs_bpe_create(&bpe, view.buf, (size_t)view.len);
-    Py_END_ALLOW_THREADS
+    OVS_PY_NOGIL(st, ovs_bpe_create(&bpe, view.buf, (size_t)view.len));
     PyBuffer_Release(&view);
     if (st) return ovs_py_raise(st);
     PyObject *cap = PyCapsule_New(bpe, BPE_CAPSULE, bpe_capsule_free);
@@ -45,7 +42,6 @@ static PyObject *py_bpe_create(PyObject *self, PyObject *arg) {
 }
 
 static PyObject *py_bpe_info(PyObject *self, PyObject *arg) {
-    (void)self;
     ovs_bpe *bpe = bpe_from(arg);
     if (!bpe) return NULL;
     return Py_BuildValue("(Lii)", (long long)ovs_bpe_vocab_size(bpe), (int)ovs_bpe_sot(bpe),
@@ -53,7 +49,6 @@ static PyObject *py_bpe_info(PyObject *self, PyObject *arg) {
 }
 
 static PyObject *py_bpe_encode(PyObject *self, PyObject *args) {
-    (void)self;
     PyObject *cap, *text;
     if (!PyArg_ParseTuple(args, "OU:bpe_encode", &cap, &text)) return NULL;
     ovs_bpe *bpe = bpe_from(cap);
@@ -68,13 +63,8 @@ static PyObject *py_bpe_encode(PyObject *self, PyObject *args) {
     int64_t n = 0;
     int st;
     Py_INCREF(text);  /* keeps utf8 alive without the GIL */
-    Py_BEGIN_ALLOW_THREADS
-    st = ovs_bpe_encode(bpe, utf8, (size_t)len, ids, (int64_t)len, &n);
-    Py_END_ALLOW_THREADS
-    if (st) {
-        ovs_py_raise(st);
-        goto error;
-    }
+    OVS_PY_NOGIL(st, ovs_bpe_encode(bpe, utf8, (size_t)len, ids, (int64_t)len, &n));
+    if (ovs_py_status(st)) goto error;
     result = PyList_New((Py_ssize_t)n);
     if (!result) goto error;
     for (int64_t i = 0; i < n; i++) {
@@ -92,7 +82,6 @@ error:
 }
 
 static PyObject *py_bpe_tokenize(PyObject *self, PyObject *args) {
-    (void)self;
     int st = -1;
     PyObject *cap, *seq;
     long long context;
@@ -135,10 +124,8 @@ static PyObject *py_bpe_tokenize(PyObject *self, PyObject *args) {
     npy_intp dims[2] = {(npy_intp)count, (npy_intp)context};
     out = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_INT32);
     if (!out) goto done;
-    Py_BEGIN_ALLOW_THREADS
-    st = ovs_tokenize_batch(bpe, texts, lens, (int64_t)count, (int64_t)context,
-                            (int32_t *)PyArray_DATA(out));
-    Py_END_ALLOW_THREADS
+    OVS_PY_NOGIL(st, ovs_tokenize_batch(bpe, texts, lens, (int64_t)count, (int64_t)context,
+                                        (int32_t *)PyArray_DATA(out)));
 done:
     ovs_free(texts);
     ovs_free(lens);
@@ -146,7 +133,6 @@ done:
 }
 
 static PyObject *py_bpe_token_bytes(PyObject *self, PyObject *args) {
-    (void)self;
     PyObject *cap, *ids;
     if (!PyArg_ParseTuple(args, "OO:bpe_token_bytes", &cap, &ids)) return NULL;
     ovs_bpe *bpe = bpe_from(cap);
@@ -154,6 +140,7 @@ static PyObject *py_bpe_token_bytes(PyObject *self, PyObject *args) {
     PyObject *fast = PySequence_Fast(ids, "ids must be a sequence of int");
     if (!fast) return NULL;
     PyObject *result = NULL;
+    int st = -1;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(fast), total = 0;
     for (Py_ssize_t pass = 0; pass < 2; pass++) {  /* measure, then copy */
         char *dst = result ? PyBytes_AS_STRING(result) : NULL;
@@ -164,19 +151,18 @@ static PyObject *py_bpe_token_bytes(PyObject *self, PyObject *args) {
                 if (PyErr_ExceptionMatches(PyExc_TypeError))
                     PyErr_Format(PyExc_TypeError, "ids[%zd] must be an int, got %.100s", i,
                                  Py_TYPE(item)->tp_name);
-                goto error;
+                goto done;
             }
             const char *bytes;
             size_t len;
             if (id < INT32_MIN || id > INT32_MAX) {
                 PyErr_Format(PyExc_ValueError, "ids[%zd] = %lld is outside the vocabulary", i, id);
-                goto error;
+                goto done;
             }
-            int st = ovs_bpe_token_bytes(bpe, (int32_t)id, &bytes, &len);
-            if (st) {
+            if (ovs_bpe_token_bytes(bpe, (int32_t)id, &bytes, &len)) {
                 PyErr_Format(PyExc_ValueError, "ids[%zd] = %lld is outside the vocabulary [0, %lld)",
                              i, id, (long long)ovs_bpe_vocab_size(bpe));
-                goto error;
+                goto done;
             }
             if (dst) {
                 memcpy(dst, bytes, len);
@@ -187,19 +173,15 @@ static PyObject *py_bpe_token_bytes(PyObject *self, PyObject *args) {
         }
         if (!result) {
             result = PyBytes_FromStringAndSize(NULL, total);
-            if (!result) goto error;
+            if (!result) goto done;
         }
     }
-    Py_DECREF(fast);
-    return result;
-error:
-    Py_XDECREF(result);
-    Py_DECREF(fast);
-    return NULL;
+    st = 0;
+done:
+    return OVS_PY_FINISH(st, result, fast);
 }
 
 static PyObject *py_bpe_set_heap_threshold(PyObject *self, PyObject *args) {
-    (void)self;
     PyObject *cap;
     long long n;
     if (!PyArg_ParseTuple(args, "OL:bpe_set_heap_threshold", &cap, &n)) return NULL;

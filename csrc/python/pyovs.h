@@ -27,6 +27,33 @@ extern PyObject *ovs_py_WeightError;    /* ovs.WeightFileError (ValueError): bad
 
 /* Turn an ovs_status into a Python exception carrying ovs_last_error(); returns NULL. */
 PyObject *ovs_py_raise(int status);
+/* 0 for st == 0; otherwise ovs_py_raise(st) and -1 (tp_init and helpers returning int). */
+int ovs_py_status(int st);
+
+/* Run `call` (pure C: no Python object touched) without the GIL; its status goes to st. */
+#define OVS_PY_NOGIL(st, call)                                                              \
+    do {                                                                                    \
+        Py_BEGIN_ALLOW_THREADS                                                              \
+        (st) = (call);                                                                      \
+        Py_END_ALLOW_THREADS                                                                \
+    } while (0)
+
+/* The type objects of the bindings' classes, all alike: `static OVS_PY_TYPE(FooType, "Foo",
+ * foo_struct, foo_dealloc, foo_init, foo_methods, "Foo(args): ...");` (tp_name "ovs._core.Foo",
+ * created by PyType_GenericNew, initialised by tp_init). */
+#define OVS_PY_TYPE(var, name, obj_struct, dealloc, init, methods, doc)                     \
+    PyTypeObject var = {                                                                    \
+        PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ovs._core." name,                         \
+        .tp_basicsize = sizeof(obj_struct),                                                 \
+        .tp_dealloc = (destructor)(dealloc),                                                \
+        .tp_flags = Py_TPFLAGS_DEFAULT,                                                     \
+        .tp_doc = doc,                                                                      \
+        .tp_methods = methods,                                                              \
+        .tp_init = (initproc)(init),                                                        \
+        .tp_new = PyType_GenericNew,                                                        \
+    }
+/* PyType_Ready(type) and, with name != NULL, module attribute `name`; -1 with an exception. */
+int ovs_py_add_type(PyObject *m, const char *name, PyTypeObject *type);
 
 /* A new reference to `obj` as a C-contiguous, aligned float32 array of `ndim` dims
  * (ndim < 0: any), converting dtype/order when needed (a copy only then). NULL + TypeError or
@@ -56,18 +83,32 @@ int ovs_py_int64_seq(PyObject *obj, const char *what, int64_t *out, int max, int
 #define F32(a) ((float *)PyArray_DATA(a))
 #define F32_OR_NULL(a) ((a) ? (float *)PyArray_DATA(a) : NULL)
 
+/* obj as a fast sequence of exactly n items (a new reference), or NULL with `exc`
+ * "<what> <must>, got <repr(obj)>" (any error of the conversion replaced). */
+PyObject *ovs_py_seq_n(PyObject *obj, Py_ssize_t n, PyObject *exc, const char *what,
+                       const char *must);
+/* The n ints of such a sequence into out[0..n) (a non-int item: its TypeError). */
+int ovs_py_int64_n(PyObject *obj, Py_ssize_t n, PyObject *exc, const char *what,
+                   const char *must, int64_t *out);
+/* The one validator of an RGB mean / std argument: a sequence of 3 numbers into out[3]
+ * (ValueError "<what> must be a sequence of 3 numbers, got ..." otherwise). */
+int ovs_py_rgb(PyObject *obj, const char *what, float out[3]);
 /* An int or a pair of ints into out[2]; each must be >= min (TypeError / ValueError). */
 int ovs_py_pair(PyObject *obj, const char *what, long long min, int64_t out[2]);
 /* *out = None (or obj NULL) ? NULL : ovs_py_float_array(obj, ndim, what); -1 on error. */
 int ovs_py_opt_array(PyObject *obj, int ndim, const char *what, PyArrayObject **out);
-/* "(a, b, c)" (one dim: "(a,)") of a shape into buf. */
+/* "(a, b, c)" (one dim: "(a,)"; a negative extent: "*") of a shape into buf. */
 void ovs_py_shape_str(char *buf, size_t cap, int nd, const npy_intp *shape);
-/* ValueError "<what> must have shape (..), got (..)" unless a has exactly that shape. */
+/* ValueError "<what> must have shape (..), got (..)" unless a has that shape (a negative extent in
+ * shape: any, shown as *). */
 int ovs_py_check_shape(PyArrayObject *a, const char *what, int nd, const npy_intp *shape);
 /* A 2-D float32 operand whose rows may be strided (a column slice of a wider array): used in
  * place when its columns are contiguous, a C-contiguous copy otherwise; *ld = row stride in
  * floats. New reference. */
 PyArrayObject *ovs_py_rows_array(PyObject *obj, const char *what, int64_t *ld);
+/* Flat index of the first NaN or infinity of a float32 C array, -1 when all are finite (a
+ * non-finite input would silently poison every output: callers raise ValueError naming it). */
+npy_intp ovs_py_nonfinite(PyArrayObject *a);
 /* A new uninitialised C-contiguous float32 array. */
 PyArrayObject *ovs_py_new_float(int nd, const npy_intp *dims);
 /* A new C-contiguous float32 copy of obj (for ops that work in place). */
@@ -94,16 +135,48 @@ PyObject *ovs_py_finish(int st, PyObject *out, void *const *refs, size_t n);
     ovs_py_finish((st), (PyObject *)(out), (void *const[]){__VA_ARGS__},                    \
                   sizeof((void *const[]){__VA_ARGS__}) / sizeof(void *))
 #define OVS_PY_KW (METH_VARARGS | METH_KEYWORDS)
+/* A binding that is impl(args, kw, variant): the fast / naive (or other) variants of one
+ * parser, e.g. OVS_PY_VARIANT(py_op_matmul_wt, matmul_binding, 1). */
+#define OVS_PY_VARIANT(name, impl, variant)                                                 \
+    static PyObject *name(PyObject *self, PyObject *args, PyObject *kw) {                   \
+        return impl(args, kw, variant);                                                     \
+    }
 
-/* The production op bindings (py_ops.c), also registered as _core.op_<name> by py_testops.c. */
-PyObject *ovs_py_linear(PyObject *self, PyObject *args, PyObject *kw);
-PyObject *ovs_py_resize(PyObject *self, PyObject *args, PyObject *kw);
-PyObject *ovs_py_resize_u8_pil(PyObject *self, PyObject *args, PyObject *kw);
-PyObject *ovs_py_normalize_u8(PyObject *self, PyObject *args, PyObject *kw);
-PyObject *ovs_py_resize_u8_normalize(PyObject *self, PyObject *args, PyObject *kw);
-PyObject *ovs_py_pamr(PyObject *self, PyObject *args, PyObject *kw);
-PyObject *ovs_py_pos_embed_sine(PyObject *self, PyObject *args, PyObject *kw);
-PyObject *ovs_py_msdeform_attn_core(PyObject *self, PyObject *args, PyObject *kw);
+/* The production op bindings, X(name, test name, C function, doc after the name): py_ops.c
+ * registers OVS_PY_OPS as _core.<name>, py_m2f.c OVS_PY_M2F_OPS as _core.m2f_<name>, and
+ * py_testops.c both again under their test names (_core.op_<name>), the same functions: the
+ * tests keep one naming scheme and exercise what production runs. */
+#define OVS_PY_OPS(X)                                                                       \
+    X("linear", "op_linear", ovs_py_linear,                                                 \
+      "(x, w, b=None, residual=None, act='none', naive=False, residual_alias=False, "       \
+      "packed=False): x (..., C) @ w.T (K, C) + b, + residual, then act.")                  \
+    X("resize", "op_resize", ovs_py_resize,                                                 \
+      "(x, size, mode='bilinear', align_corners=False, naive=False); x (..., H, W), "       \
+      "size (P, Q).")                                                                       \
+    X("resize_u8_pil", "op_resize_u8_pil", ovs_py_resize_u8_pil,                            \
+      "(img, size): uint8 (H, W, 3) -> (P, Q, 3), size = (P, Q) = (height, width), as PIL " \
+      "Image.resize((Q, P), BICUBIC).")                                                     \
+    X("normalize_u8", "op_normalize_u8", ovs_py_normalize_u8,                               \
+      "(img, crop_box, mean, std, scale255=False) -> float32 (3, h, w); crop_box = (top, "  \
+      "left, height, width) or None.")                                                      \
+    X("resize_u8_normalize", "op_resize_u8_normalize", ovs_py_resize_u8_normalize,          \
+      "(img uint8 (H,W,3), size (P,Q), mean, std) -> float32 (3,P,Q): "                     \
+      "resize(normalize_u8(img, None, mean, std), size) without the (3,H,W) copy.")         \
+    X("pamr", "op_pamr", ovs_py_pamr,                                                       \
+      "(mask (C,H,W), image (K,H,W), steps, dilations=(8, 16), naive=False) -> (C,H,W): "   \
+      "pamr.PAMR(steps, dilations)(image[None], mask[None])[0].")
+#define OVS_PY_M2F_OPS(X)                                                                   \
+    X("m2f_pos_embed_sine", "op_pos_embed_sine", ovs_py_pos_embed_sine,                     \
+      "(D, H, W, temperature=10000, naive=False) -> (H, W, D)")                             \
+    X("m2f_msdeform_attn_core", "op_msdeform_attn_core", ovs_py_msdeform_attn_core,         \
+      "(value (S, E, F), shapes, loc (Q, E, L, P, 2), attn (Q, E, L, P), naive=False) -> "  \
+      "(Q, E*F)")
+#define OVS_PY_OP_DECL(name, test, fn, doc) PyObject *fn(PyObject *self, PyObject *args, PyObject *kw);
+OVS_PY_OPS(OVS_PY_OP_DECL)
+OVS_PY_M2F_OPS(OVS_PY_OP_DECL)
+/* Method-table rows: OVS_PY_OPS(OVS_PY_OP_PRODUCTION) and OVS_PY_OPS(OVS_PY_OP_TEST). */
+#define OVS_PY_OP_PRODUCTION(name, test, fn, doc) {name, (PyCFunction)(void (*)(void))fn, OVS_PY_KW, name doc},
+#define OVS_PY_OP_TEST(name, test, fn, doc) {test, (PyCFunction)(void (*)(void))fn, OVS_PY_KW, test doc},
 
 int ovs_py_register_core(PyObject *m);
 int ovs_py_register_ops(PyObject *m);
