@@ -248,7 +248,8 @@ int ovs_convbn_forward(const ovs_convbn *cb, float *out, const float *in, const 
 
 size_t ovs_convbn_scratch(const ovs_convbn *cb, int64_t H, int64_t W) {
     if (cb->sparse)
-        return ovs_conv2d_sparse_scratch_floats(cb->C, H, W, cb->K, cb->R, cb->S, &cb->p);
+        return ovs_conv2d_sparse_scratch_floats(cb->C, H, W, cb->K, cb->R, cb->S, cb->csr.nnz,
+                                                &cb->p);
     return ovs_conv2d_scratch_floats(cb->C, H, W, cb->K, cb->R, cb->S, &cb->p);
 }
 

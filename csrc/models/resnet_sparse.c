@@ -9,7 +9,7 @@
 /* A conv whose weight keeps more than this fraction of non-zeros stays dense under AUTO
  * without timing: the sparse kernel streams 6 bytes and one scattered load per non-zero
  * against the dense GEMM's packed 4, and does not win there. */
-#define SPARSE_MAX_DENSITY 0.70
+#define SPARSE_MAX_DENSITY 0.85
 /* AUTO switches a conv to sparse only if it is at least this much faster (noise margin). */
 #define SPARSE_MIN_GAIN 0.95
 #define SPARSE_TIMING_REPS 3
@@ -165,7 +165,8 @@ int ovs_resnet_sparsify(ovs_resnet *m, ovs_sparse_mode mode, int64_t H, int64_t 
             const int64_t Q = ovs_conv2d_out_size(w, cb->S, cb->p.stride_w, cb->p.pad_w, cb->p.dil_w);
             size_t a = (size_t)cb->C * h * w, o = (size_t)cb->K * P * Q;
             size_t s1 = ovs_conv2d_scratch_floats(cb->C, h, w, cb->K, cb->R, cb->S, &cb->p);
-            size_t s2 = ovs_conv2d_sparse_scratch_floats(cb->C, h, w, cb->K, cb->R, cb->S, &cb->p);
+            size_t s2 = ovs_conv2d_sparse_scratch_floats(cb->C, h, w, cb->K, cb->R, cb->S, cb->nnz,
+                                                         &cb->p);
             if (a > nin) nin = a;
             if (o > nout) nout = o;
             if (s1 > nscr) nscr = s1;

@@ -11,17 +11,15 @@
  * row's non-zeros: one broadcast FMA per non-zero and 8 floats. The columns q >= Q of the grid
  * are computed and dropped (2 of Wp for a 3x3 conv). A 1x1 unpadded conv reads the input
  * planes directly (Hp*Wp = H*W, off = c*H*W). */
-#include "ops/ops_internal.h"
+#include "ops/sparse.h"
 
+#include <omp.h>
 #include <stdint.h>
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define SPARSE_AVX2 1
-#endif
+#include "ops/gemm.h"
 
-/* Grid positions per work item: 8 vector accumulators of 8 floats. */
-#define SP_TILE 64
+#define SP_TILE SPARSE_TILE
+#define SP_ROWS SPARSE_ROWS
 
 int ovs_csr_from_dense(ovs_csr *out, const float *dense, int64_t rows, int64_t cols) {
     memset(out, 0, sizeof *out);
@@ -116,10 +114,6 @@ static int sparse_check(const char *op, float *out, const float *in, const ovs_c
     return OVS_OK;
 }
 
-static inline float sp_act(float v, ovs_act act) {
-    return act == OVS_ACT_RELU ? (v > 0.0f ? v : 0.0f) : v;
-}
-
 /* ---------------------------------------------------------------- naive */
 int ovs_conv2d_sparse_forward_naive(float *out, const float *in, const ovs_csr *w,
                                     const float *bias, const float *residual, int64_t N,
@@ -152,98 +146,191 @@ int ovs_conv2d_sparse_forward_naive(float *out, const float *in, const ovs_csr *
 }
 
 /* ---------------------------------------------------------------- fast */
-static int sp_geometry(int64_t C, int64_t H, int64_t W, int64_t R, int64_t S,
-                       const ovs_conv2d_params *p, int *direct, int64_t *Hp, int64_t *Wp,
-                       size_t *pad_floats, size_t *table_floats) {
-    *direct = R == 1 && S == 1 && p->pad_h == 0 && p->pad_w == 0;
-    *Hp = H + 2 * p->pad_h;
-    *Wp = W + 2 * p->pad_w;
-    size_t L, plane, padded;
+/* The kernels of the ISA the GEMM uses (chosen from the CPU or forced by ovs_gemm_set_isa), so
+ * one switch forces both in tests. */
+static const ops_sparse_isa *sparse_isa(void) {
+    const ops_gemm_isa *g = ops_gemm_current_isa();
+    if (g == &ops_gemm_avx512 && ops_sparse_avx512.tile) return &ops_sparse_avx512;
+    if (g == &ops_gemm_avx2 && ops_sparse_avx2.tile) return &ops_sparse_avx2;
+    return &ops_sparse_portable;
+}
+
+/* The portable tile kernel: the contract of ops/sparse.h written out. */
+static void portable_tile(const float *x, const int32_t *xo, const float *val,
+                          const int64_t *js, const int64_t *je, int nr, float *t, int resume) {
+    for (int u = 0; u < nr; u++) {
+        float *tu = t + u * SP_TILE;
+        if (!resume)
+            for (int64_t i = 0; i < SP_TILE; i++) tu[i] = 0.0f;
+        for (int64_t j = js[u]; j < je[u]; j++) {
+            const float *s = x + xo[j];
+            const float v = val[j];
+            for (int64_t i = 0; i < SP_TILE; i++) tu[i] = fmaf(v, s[i], tu[i]);
+        }
+    }
+}
+
+const ops_sparse_isa ops_sparse_portable = {"portable", portable_tile};
+
+/* Layout of one call. The input is read from a zero-padded copy, (C, Hp, Wq) per copy, unless
+ * the conv is 1x1 unpadded, its grid is a whole number of tiles and the input is 64-byte
+ * aligned with planes of whole 64-byte lines (then from in itself: aligned, nothing past the
+ * image read). Unaligned vector loads cost about twice aligned ones here, so where the grid
+ * row Wp rounded up to 16 floats wastes little (Wq <= 1.2 Q) the copy is aligned: rows of Wq
+ * floats, and one copy per kernel column s holding the input shifted left by s*dw, so that
+ * every weight (c, r, s) reads whole aligned vectors at
+ *     off(c, r, s) = s*copy + c*plane + r*dh*Wq.
+ * Otherwise (small images) one copy with rows of Wp, off = c*plane + r*dh*Wp + s*dw. */
+typedef struct {
+    int copy;                 /* read from a padded copy */
+    int64_t Hp, Wp;           /* padded input extent */
+    int64_t Wq;               /* grid row width: the row stride of the copy (Wp or aligned) */
+    int64_t ncopy;            /* copies: S (aligned, shifted) or 1 */
+    int64_t plane;            /* floats per channel of a copy */
+    size_t copy_floats;       /* floats per copy: C * plane */
+    size_t pad_floats;        /* all copies incl. slack, + 16 for alignment (0 without a copy) */
+    size_t off_floats;        /* the offset table (L int64) and the resolved offsets (nnz int32) */
+    int64_t Lc, nch;          /* weight columns per input-channel slice, slices */
+    size_t cost_floats;       /* the per-block cost prefix (blocks + 1 int64) and the slice
+                               * starts of every row (K * (nch + 1) int64) */
+} sp_layout;
+
+/* Output rows per work item: their accumulators (SP_BLOCK x SP_TILE floats, 8 KiB) stay in L1
+ * beside the input slice. */
+#define SP_BLOCK 32
+/* Bytes of input a tile may read per slice of input channels: the slice stays in L1 (48 KiB
+ * on Zen 5, 32 KiB on older cores) while every row of a block reads it. */
+#define SP_SLICE_BYTES (32 * 1024)
+#define SP_SLICE_NNZ 32
+
+static int64_t round16(int64_t v) { return (v + 15) / 16 * 16; }
+
+static int sp_geometry(int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
+                       int64_t nnz, const ovs_conv2d_params *p, const float *in, sp_layout *g) {
+    const int direct = R == 1 && S == 1 && p->pad_h == 0 && p->pad_w == 0;
+    g->Hp = H + 2 * p->pad_h;
+    g->Wp = W + 2 * p->pad_w;
+    const int64_t P = g->Hp - (R - 1) * p->dil_h, Q = g->Wp - (S - 1) * p->dil_w;  /* stride 1 */
+    const int aligned = Q > 0 && (direct ? 1 : round16(g->Wp) * 5 <= Q * 6);
+    g->Wq = aligned && !direct ? round16(g->Wp) : g->Wp;
+    g->ncopy = aligned ? S : 1;
+    g->plane = g->Hp * g->Wq;
+    if (aligned && direct) g->plane = round16(g->plane);
+    g->copy = !(direct && P > 0 && (P * g->Wp) % SP_TILE == 0 && g->plane == H * W &&
+                in && ((uintptr_t)in & 63) == 0);
+    size_t L, copy, all;
     if (ovs_mul3_size(&L, (size_t)C, (size_t)R, (size_t)S) ||
-        ovs_mul_size(&plane, (size_t)*Hp, (size_t)*Wp) || ovs_mul_size(&padded, plane, (size_t)C))
+        ovs_mul_size(&copy, (size_t)g->plane, (size_t)C) ||
+        ovs_mul_size(&all, copy, (size_t)g->ncopy))
         return OVS_ERR_OVERFLOW;
-    /* slack after the last plane: the dropped grid columns of the last rows read up to
-     * (S-1)*dw floats past it */
-    size_t slack = (size_t)((S - 1) * p->dil_w) + SP_TILE;
-    *pad_floats = *direct ? 0 : padded + slack;
-    *table_floats = 2 * L;  /* int64 offsets */
-    if (*pad_floats > SIZE_MAX - *table_floats - 16) return OVS_ERR_OVERFLOW;
+    g->copy_floats = copy;
+    /* slack after the last copy: a tile reads SP_TILE floats from a grid position that may be
+     * the last one, past which the unaligned layout's shift adds (S-1)*dw */
+    const size_t slack = (size_t)((S - 1) * p->dil_w) + SP_TILE + 16;
+    g->pad_floats = g->copy ? all + slack : 0;
+    g->off_floats = 2 * L + (size_t)nnz + 16;
+    /* cache lines one input channel of a tile touches: R*S (aligned copies, 2 lines per run
+     * of SP_TILE floats each) or R (one copy: the S shifted runs share ~3 lines) runs */
+    const int64_t lines = g->ncopy > 1 ? R * S * (SP_TILE / 16) : R * (SP_TILE / 16 + 1);
+    if (nnz < 0) return OVS_ERR_ARG;
+    int64_t Cc = SP_SLICE_BYTES / (64 * lines);
+    if (Cc < 1) Cc = 1;
+    /* but a slice must leave each row enough non-zeros (SP_SLICE_NNZ on average) to pay for
+     * reloading its accumulators */
+    const int64_t most = K > 0 ? nnz / (K * SP_SLICE_NNZ) : 0;
+    if (most < 1 || (C + Cc - 1) / Cc > most) Cc = most < 1 ? C : (C + most - 1) / most;
+    if (Cc > C) Cc = C > 0 ? C : 1;
+    if (Cc < 1) Cc = 1;
+    g->nch = C > 0 ? (C + Cc - 1) / Cc : 1;
+    g->Lc = Cc * R * S;
+    size_t starts;
+    if (ovs_mul_size(&starts, (size_t)K, (size_t)g->nch + 1)) return OVS_ERR_OVERFLOW;
+    g->cost_floats = 2 * ((size_t)(K + SP_BLOCK - 1) / SP_BLOCK + 1 + starts) + 16;
+    if (g->pad_floats > SIZE_MAX / 2 - g->off_floats - g->cost_floats - 32) return OVS_ERR_OVERFLOW;
     return OVS_OK;
 }
 
 size_t ovs_conv2d_sparse_scratch_floats(int64_t C, int64_t H, int64_t W, int64_t K, int64_t R,
-                                        int64_t S, const ovs_conv2d_params *p) {
-    (void)K;
-    if (!p || C < 0 || H < 0 || W < 0 || R < 1 || S < 1 || p->pad_h < 0 || p->pad_w < 0 ||
-        p->dil_w < 1)
+                                        int64_t S, int64_t nnz, const ovs_conv2d_params *p) {
+    if (!p || C < 0 || H < 0 || W < 0 || K < 0 || R < 1 || S < 1 || nnz < 0 || p->pad_h < 0 ||
+        p->pad_w < 0 || p->dil_h < 1 || p->dil_w < 1)
         return 0;
-    int direct;
-    int64_t Hp, Wp;
-    size_t pad, table;
-    if (sp_geometry(C, H, W, R, S, p, &direct, &Hp, &Wp, &pad, &table)) return SIZE_MAX;
-    return pad + table + 16;  /* +16: the offset table starts 64-byte aligned */
+    sp_layout g;
+    /* in = NULL: the size with a copy, whatever the input's alignment */
+    if (sp_geometry(C, H, W, K, R, S, nnz, p, NULL, &g)) return SIZE_MAX;
+    /* +32: the tables start 64-byte aligned */
+    return g.pad_floats + g.off_floats + g.cost_floats + 32;
 }
 
-/* acc (width,) = sum over the non-zeros [b, e) of val * x[off[col] + 0..width) */
-static inline void sp_row_tile(float *acc, const float *x, const int64_t *off, const uint16_t *col,
-                               const float *val, int64_t b, int64_t e, int64_t width) {
-#ifdef SPARSE_AVX2
-    if (width == SP_TILE) {
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,
-               a7 = a0;
-        for (int64_t j = b; j < e; j++) {
-            const float *s = x + off[col[j]];
-            const __m256 v = _mm256_set1_ps(val[j]);
-            a0 = _mm256_fmadd_ps(v, _mm256_loadu_ps(s), a0);
-            a1 = _mm256_fmadd_ps(v, _mm256_loadu_ps(s + 8), a1);
-            a2 = _mm256_fmadd_ps(v, _mm256_loadu_ps(s + 16), a2);
-            a3 = _mm256_fmadd_ps(v, _mm256_loadu_ps(s + 24), a3);
-            a4 = _mm256_fmadd_ps(v, _mm256_loadu_ps(s + 32), a4);
-            a5 = _mm256_fmadd_ps(v, _mm256_loadu_ps(s + 40), a5);
-            a6 = _mm256_fmadd_ps(v, _mm256_loadu_ps(s + 48), a6);
-            a7 = _mm256_fmadd_ps(v, _mm256_loadu_ps(s + 56), a7);
+/* The copies of one image x (C, H, W): copy s, channel c, row y' of Wq floats holds the padded
+ * input row y' shifted left by shift*s (zeros outside the image). Plain loops, not libc calls:
+ * the rows are short (7 to 240 floats). */
+static void sp_pad(float *xpad, const float *x, int64_t C, int64_t H, int64_t W, int64_t ph,
+                   int64_t pw, const sp_layout *g, int64_t shift, size_t slack, int par) {
+    const int64_t planes = g->ncopy * C, Hp = g->Hp, Wq = g->Wq;
+#pragma omp parallel for schedule(static) if (par) num_threads(ovs_get_num_threads())
+    for (int64_t t = 0; t < planes; t++) {
+        const int64_t s = t / C, c = t % C;
+        float *d = xpad + (size_t)s * g->copy_floats + (size_t)c * g->plane;
+        const float *src = x + (size_t)c * H * W;
+        /* destination column q holds padded column q + s*shift = image column q + s*shift - pw */
+        const int64_t lo = pw - s * shift;
+        const int64_t q0 = lo > 0 ? (lo < Wq ? lo : Wq) : 0;
+        const int64_t q1 = lo + W < Wq ? (lo + W > q0 ? lo + W : q0) : Wq;
+        if (ph == 0 && pw == 0 && s == 0 && Wq == W) {  /* 1x1: whole planes */
+            memcpy(d, src, (size_t)(H * W) * sizeof(float));
+        } else {
+            for (int64_t yp = 0; yp < Hp; yp++) {
+                float *row = d + yp * Wq;
+                const int64_t y = yp - ph;
+                if (y < 0 || y >= H) {
+                    for (int64_t q = 0; q < Wq; q++) row[q] = 0.0f;
+                    continue;
+                }
+                const float *sr = src + y * W - lo;
+                for (int64_t q = 0; q < q0; q++) row[q] = 0.0f;
+                for (int64_t q = q0; q < q1; q++) row[q] = sr[q];
+                for (int64_t q = q1; q < Wq; q++) row[q] = 0.0f;
+            }
         }
-        _mm256_storeu_ps(acc, a0);
-        _mm256_storeu_ps(acc + 8, a1);
-        _mm256_storeu_ps(acc + 16, a2);
-        _mm256_storeu_ps(acc + 24, a3);
-        _mm256_storeu_ps(acc + 32, a4);
-        _mm256_storeu_ps(acc + 40, a5);
-        _mm256_storeu_ps(acc + 48, a6);
-        _mm256_storeu_ps(acc + 56, a7);
+        for (int64_t i = Hp * Wq; i < g->plane; i++) d[i] = 0.0f;  /* plane rounded up */
+    }
+    memset(xpad + (size_t)g->ncopy * g->copy_floats, 0, slack * sizeof(float));
+}
+
+static inline float sp_finish(float v, float b, const float *r, ovs_act act) {
+    v += b;
+    if (r) v += *r;
+    return act == OVS_ACT_RELU ? (v > 0.0f ? v : 0.0f) : v;
+}
+
+/* Grid positions [i0, i0 + width) of the (P, Wp) grid (Wp: the grid row) to output row k (P, Q): the shared
+ * epilogue, the same code for every ISA. The grid columns q >= Q are dropped. */
+static void sp_store(float *ok, const float *rk, const float *t, float b, int64_t i0,
+                     int64_t width, int64_t Wp, int64_t Q, ovs_act act) {
+    if (Wp == Q) {
+        float *o = ok + i0;
+        const float *r = rk ? rk + i0 : NULL;
+        if (r)
+            for (int64_t i = 0; i < width; i++) o[i] = sp_finish(t[i], b, r + i, act);
+        else
+            for (int64_t i = 0; i < width; i++) o[i] = sp_finish(t[i], b, NULL, act);
         return;
     }
-    int64_t i = 0;
-    for (; i + 16 <= width; i += 16) {
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0;
-        for (int64_t j = b; j < e; j++) {
-            const float *s = x + off[col[j]] + i;
-            const __m256 v = _mm256_set1_ps(val[j]);
-            a0 = _mm256_fmadd_ps(v, _mm256_loadu_ps(s), a0);
-            a1 = _mm256_fmadd_ps(v, _mm256_loadu_ps(s + 8), a1);
-        }
-        _mm256_storeu_ps(acc + i, a0);
-        _mm256_storeu_ps(acc + i + 8, a1);
+    int64_t y = i0 / Wp, q = i0 % Wp, i = 0;
+    while (i < width) {
+        const int64_t run = Wp - q < width - i ? Wp - q : width - i;
+        const int64_t keep = q < Q ? (Q - q < run ? Q - q : run) : 0;
+        float *o = ok + y * Q + q;
+        const float *r = rk ? rk + y * Q + q : NULL;
+        if (r)
+            for (int64_t u = 0; u < keep; u++) o[u] = sp_finish(t[i + u], b, r + u, act);
+        else
+            for (int64_t u = 0; u < keep; u++) o[u] = sp_finish(t[i + u], b, NULL, act);
+        i += run;
+        q = 0;
+        y++;
     }
-    for (; i + 8 <= width; i += 8) {
-        __m256 a0 = _mm256_setzero_ps();
-        for (int64_t j = b; j < e; j++)
-            a0 = _mm256_fmadd_ps(_mm256_set1_ps(val[j]), _mm256_loadu_ps(x + off[col[j]] + i), a0);
-        _mm256_storeu_ps(acc + i, a0);
-    }
-    for (; i < width; i++) {
-        float a = 0.0f;
-        for (int64_t j = b; j < e; j++) a = fmaf(val[j], x[off[col[j]] + i], a);
-        acc[i] = a;
-    }
-#else
-    for (int64_t i = 0; i < width; i++) acc[i] = 0.0f;
-    for (int64_t j = b; j < e; j++) {
-        const float *s = x + off[col[j]];
-        const float v = val[j];
-        for (int64_t i = 0; i < width; i++) acc[i] += v * s[i];
-    }
-#endif
 }
 
 int ovs_conv2d_sparse_forward(float *out, const float *in, const ovs_csr *w, const float *bias,
@@ -258,65 +345,105 @@ int ovs_conv2d_sparse_forward(float *out, const float *in, const ovs_csr *w, con
         return ovs_set_error(OVS_ERR_UNSUPPORTED, "%s: stride must be 1, got %lldx%lld", op,
                              (long long)p->stride_h, (long long)p->stride_w);
     if (N == 0 || K == 0 || P == 0 || Q == 0) return OVS_OK;
-    int direct;
-    int64_t Hp, Wp;
-    size_t pad_floats, table_floats;
-    if (sp_geometry(C, H, W, R, S, p, &direct, &Hp, &Wp, &pad_floats, &table_floats))
+    sp_layout g;
+    if (sp_geometry(C, H, W, K, R, S, w->nnz, p, in, &g))
         return ovs_set_error(OVS_ERR_OVERFLOW, "%s: padded input size overflows", op);
+    if ((size_t)g.ncopy * g.copy_floats + SP_TILE + 64 > (size_t)INT32_MAX)
+        return ovs_set_error(OVS_ERR_UNSUPPORTED,
+                             "%s: input of %lld x %lld x %lld too large (offsets are 32-bit)", op,
+                             (long long)C, (long long)H, (long long)W);
     if (!scratch) return ovs_set_error(OVS_ERR_ARG, "%s: scratch is NULL", op);
-    float *xpad = scratch;                                  /* (C, Hp, Wp) + slack */
-    uintptr_t t = (uintptr_t)(scratch + pad_floats);
-    int64_t *off = (int64_t *)((t + 63) & ~(uintptr_t)63);  /* (L,) */
-    const int64_t plane = Hp * Wp, RS = R * S, L = C * RS;
+    const int64_t Wq = g.Wq, plane = g.plane, RS = R * S, L = C * RS;
+    float *xpad = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    int64_t *off = (int64_t *)(((uintptr_t)(scratch + g.pad_floats) + 63) & ~(uintptr_t)63);
+    int32_t *xo = (int32_t *)(((uintptr_t)(off + L) + 63) & ~(uintptr_t)63);
+    int64_t *cost = (int64_t *)(((uintptr_t)(xo + w->nnz) + 63) & ~(uintptr_t)63);
     for (int64_t l = 0; l < L; l++) {
-        int64_t c = l / RS, r = (l / S) % R, s = l % S;
-        off[l] = c * plane + r * p->dil_h * Wp + s * p->dil_w;
+        const int64_t c = l / RS, r = (l / S) % R, s = l % S;
+        off[l] = c * plane + r * p->dil_h * Wq +
+                 (g.ncopy > 1 ? s * (int64_t)g.copy_floats : s * p->dil_w);
     }
-    /* grid positions computed: P rows of Wp; the direct case has Wp == Q */
-    const int64_t G = P * Wp, tiles = (G + SP_TILE - 1) / SP_TILE;
+    /* Slice starts: row k's non-zeros of slice h (columns [h*Lc, (h+1)*Lc)) are
+     * [start[k*(nch+1) + h], start[k*(nch+1) + h + 1]); columns ascend within a row. */
+    const int64_t nch = g.nch, Lc = g.Lc, ns = nch + 1;
+    int64_t *start = (int64_t *)(((uintptr_t)(cost + (K + SP_BLOCK - 1) / SP_BLOCK + 1) + 63) &
+                                 ~(uintptr_t)63);
+    const int prep_par = w->nnz >= OPS_PAR_MIN;
+#pragma omp parallel for schedule(static) if (prep_par) num_threads(ovs_get_num_threads())
+    for (int64_t k = 0; k < K; k++) {
+        /* every non-zero's input offset, resolved once per call */
+        for (int64_t j = w->row_ptr[k]; j < w->row_ptr[k + 1]; j++) xo[j] = (int32_t)off[w->col[j]];
+        int64_t *sk = start + k * ns;
+        sk[0] = w->row_ptr[k];
+        sk[nch] = w->row_ptr[k + 1];
+        for (int64_t h = 1; h < nch; h++) {  /* first j >= sk[h-1] with col[j] >= h*Lc */
+            int64_t lo = sk[h - 1], hi = sk[nch];
+            while (lo < hi) {
+                const int64_t mid = lo + (hi - lo) / 2;
+                if ((int64_t)w->col[mid] < h * Lc) lo = mid + 1; else hi = mid;
+            }
+            sk[h] = lo;
+        }
+    }
+    /* Work items are (tile, block of SP_BLOCK output rows), tile-major so that a tile's input
+     * stays in cache while every block reads it; within an item, slice by slice of input
+     * channels, every group of SP_ROWS rows advances its accumulators (the slice's input in
+     * L1). Threads take contiguous runs of items of equal cost (non-zeros + a fixed epilogue
+     * share), so the rows' non-zeros balance the threads. */
+    const int64_t blocks = (K + SP_BLOCK - 1) / SP_BLOCK;
+    cost[0] = 0;
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t k = SP_BLOCK * b, e = k + SP_BLOCK < K ? k + SP_BLOCK : K;
+        cost[b + 1] = cost[b] + (w->row_ptr[e] - w->row_ptr[k]) + 2 * (e - k);
+    }
+    const int64_t G = P * Wq, tiles = (G + SP_TILE - 1) / SP_TILE, per_tile = cost[blocks];
     const size_t in_img = (size_t)C * H * W, out_img = (size_t)K * P * Q;
+    const ops_sparse_isa *isa = sparse_isa();
+    const int par = (double)w->nnz * (double)G >= (double)OPS_PAR_MIN && tiles * blocks > 1;
     for (int64_t n = 0; n < N; n++) {
         const float *x = in + n * in_img;
-        if (!direct) {
-            float *dst = xpad;
-            memset(dst, 0, pad_floats * sizeof(float));
-#pragma omp parallel for schedule(static) if (in_img >= (size_t)OPS_PAR_MIN)
-            for (int64_t c = 0; c < C; c++)
-                for (int64_t y = 0; y < H; y++)
-                    memcpy(dst + c * plane + (y + p->pad_h) * Wp + p->pad_w,
-                           x + ((size_t)c * H + y) * W, (size_t)W * sizeof(float));
+        if (g.copy) {
+            sp_pad(xpad, x, C, H, W, p->pad_h, p->pad_w, &g, g.ncopy > 1 ? p->dil_w : 0,
+                   g.pad_floats - 16 - (size_t)g.ncopy * g.copy_floats,
+                   in_img >= (size_t)OPS_PAR_MIN);
             x = xpad;
         }
         float *o = out + n * out_img;
         const float *res = residual ? residual + n * out_img : NULL;
-        const int64_t items = tiles * K;
-        const int par = w->nnz * G >= OPS_PAR_MIN;
-#pragma omp parallel for schedule(static) if (par)
-        for (int64_t it = 0; it < items; it++) {
-            const int64_t tile = it / K, k = it % K;
-            const int64_t i0 = tile * SP_TILE, width = G - i0 < SP_TILE ? G - i0 : SP_TILE;
-            float acc[SP_TILE] __attribute__((aligned(64)));
-            sp_row_tile(acc, x + i0, off, w->col, w->val, w->row_ptr[k], w->row_ptr[k + 1], width);
-            const float b = bias ? bias[k] : 0.0f;
-            float *ok = o + (size_t)k * P * Q;
-            const float *rk = res ? res + (size_t)k * P * Q : NULL;
-            if (direct) {
-                for (int64_t i = 0; i < width; i++) {
-                    float v = acc[i] + b;
-                    if (rk) v += rk[i0 + i];
-                    ok[i0 + i] = sp_act(v, act);
-                }
-            } else {
-                int64_t y = i0 / Wp, q = i0 % Wp;
-                for (int64_t i = 0; i < width; i++) {
-                    if (q < Q) {
-                        const int64_t oi = y * Q + q;
-                        float v = acc[i] + b;
-                        if (rk) v += rk[oi];
-                        ok[oi] = sp_act(v, act);
+#pragma omp parallel if (par) num_threads(ovs_get_num_threads())
+        {
+            const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+            const int64_t total = tiles * per_tile;
+            const int64_t lo = total / nt * tid + (total % nt) * tid / nt;
+            const int64_t hi = tid + 1 == nt ? total : total / nt * (tid + 1) + (total % nt) * (tid + 1) / nt;
+            /* the first item whose cost range starts at or after lo */
+            int64_t tile = lo / per_tile, rem = lo % per_tile, bl = 0, bh = blocks;
+            while (bl < bh) {
+                const int64_t mid = (bl + bh) / 2;
+                if (cost[mid] < rem) bl = mid + 1; else bh = mid;
+            }
+            int64_t b = bl;
+            if (b == blocks) { b = 0; tile++; }
+            float t[SP_BLOCK * SP_TILE] __attribute__((aligned(64)));
+            int64_t js[SP_ROWS], je[SP_ROWS];
+            for (; tile < tiles && tile * per_tile + cost[b] < hi;) {
+                const int64_t i0 = tile * SP_TILE, width = G - i0 < SP_TILE ? G - i0 : SP_TILE;
+                const int64_t k0 = SP_BLOCK * b, nk = K - k0 < SP_BLOCK ? K - k0 : SP_BLOCK;
+                for (int64_t h = 0; h < nch; h++)
+                    for (int64_t u = 0; u < nk; u += SP_ROWS) {
+                        const int nr = (int)(nk - u < SP_ROWS ? nk - u : SP_ROWS);
+                        for (int v = 0; v < nr; v++) {
+                            js[v] = start[(k0 + u + v) * ns + h];
+                            je[v] = start[(k0 + u + v) * ns + h + 1];
+                        }
+                        isa->tile(x + i0, xo, w->val, js, je, nr, t + u * SP_TILE, (int)(h > 0));
                     }
-                    if (++q == Wp) { q = 0; y++; }
+                for (int64_t u = 0; u < nk; u++) {
+                    const size_t ko = (size_t)(k0 + u) * P * Q;
+                    sp_store(o + ko, res ? res + ko : NULL, t + u * SP_TILE,
+                             bias ? bias[k0 + u] : 0.0f, i0, width, Wq, Q, act);
                 }
+                if (++b == blocks) { b = 0; tile++; }
             }
         }
     }

@@ -74,7 +74,7 @@ static PyObject *py_op_conv2d_sparse(PyObject *self, PyObject *args, PyObject *k
     st = ovs_csr_from_dense(&csr, F32(w), K, C * R * S);
     if (st) goto done;
     if (!naive) {
-        size_t n = ovs_conv2d_sparse_scratch_floats(C, H, W, K, R, S, &p);
+        size_t n = ovs_conv2d_sparse_scratch_floats(C, H, W, K, R, S, csr.nnz, &p);
         if (n == SIZE_MAX || n > SIZE_MAX / sizeof(float)) {
             PyErr_SetString(PyExc_ValueError, "scratch size overflows");
             goto done;

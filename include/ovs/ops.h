@@ -192,7 +192,7 @@ int ovs_batchnorm_fold(float *w_out, float *b_out, const float *conv_w, const fl
  *
  *     ovs_csr w;
  *     ovs_csr_from_dense(&w, dense, K, C * 3 * 3);       // allocates, keeps exact zeros out
- *     size_t n = ovs_conv2d_sparse_scratch_floats(C, H, W, K, 3, 3, &p);
+ *     size_t n = ovs_conv2d_sparse_scratch_floats(C, H, W, K, 3, 3, w.nnz, &p);
  *     ovs_conv2d_sparse_forward(out, in, &w, bias, NULL, N, C, H, W, K, 3, 3, &p, OVS_ACT_RELU, scratch);
  *     ovs_csr_free(&w);
  */
@@ -213,18 +213,22 @@ void ovs_csr_free(ovs_csr *m);
 /* Bytes held by the matrix (row pointers, indices, values). */
 size_t ovs_csr_bytes(const ovs_csr *m);
 
-/* Scratch floats ovs_conv2d_sparse_forward needs: one zero-padded input image (C, H+2ph,
- * W+2pw) plus slack and an offset table, or only the offset table for 1x1 unpadded convs;
- * SIZE_MAX on overflow. */
+/* Scratch floats ovs_conv2d_sparse_forward needs for a weight of nnz non-zeros: zero-padded
+ * copies of one input image (one per kernel column S where the aligned layout applies, else
+ * one; none for a 1x1 unpadded conv reading an aligned input in place), the non-zeros'
+ * resolved input offsets and small tables; SIZE_MAX on overflow. */
 size_t ovs_conv2d_sparse_scratch_floats(int64_t C, int64_t H, int64_t W, int64_t K, int64_t R,
-                                        int64_t S, const ovs_conv2d_params *p);
+                                        int64_t S, int64_t nnz, const ovs_conv2d_params *p);
 /* As ovs_conv2d_forward with a CSR weight (K, C*R*S):
  *   out[n,k,p,q] = act(bias[k] + sum_{(c,r,s) in row k} w * in[n, c, p - ph + r*dh, q - pw + s*dw]
  *                  [+ residual[n,k,p,q]])
  * Fast version: stride 1 and groups 1 only (OVS_ERR_UNSUPPORTED otherwise: keep such a layer
- * dense). Each non-zero is one broadcast multiply-add over a run of 64 output pixels of the
- * padded grid, so the work is proportional to the non-zeros; threads split (pixel tile,
- * output channel) pairs. residual may alias out. */
+ * dense), copies of at most 2^31 floats. Each non-zero is one broadcast multiply-add over a
+ * run of 64 output pixels of the padded grid, so the work is proportional to the non-zeros;
+ * threads split (pixel tile, block of output channels) pairs by non-zero counts. Every output
+ * is one fmaf chain over its row's non-zeros in increasing column order, so the result is
+ * bitwise the same at any thread count and on every ISA path (portable, AVX2+FMA, AVX-512F,
+ * following ovs_gemm_set_isa). residual may alias out. */
 int ovs_conv2d_sparse_forward(float *out, const float *in, const ovs_csr *weight,
                               const float *bias, const float *residual, int64_t N, int64_t C,
                               int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
