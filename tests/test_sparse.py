@@ -14,6 +14,8 @@ import ovs.prune
 from ovs import _core
 from ovs.weights import load_state_dict
 
+from test_gemm import restore_runtime, simd_isas  # noqa: F401 (fixture)
+
 RTOL = 1e-5
 
 # (N, C, H, W, K, R, pad, dilation, density)
@@ -56,6 +58,46 @@ def test_sparse_conv_fast_naive_torch(case, act):
     assert _rel(fast, ref) <= RTOL, f"fast vs torch {_rel(fast, ref)}"
     assert _rel(naive, ref) <= RTOL, f"naive vs torch {_rel(naive, ref)}"
     assert _rel(fast, naive) <= RTOL
+
+
+# Layouts of the fast kernel (csrc/ops/sparse.c): (N, C, H, W, K, R, pad, dilation, density)
+LAYOUT_CASES = [
+    (1, 16, 28, 28, 37, 3, 1, 1, 0.3),     # aligned shifted copies (row 30 -> 32), odd K
+    (1, 8, 26, 26, 6, 3, 2, 2, 0.4),       # aligned copies shifted by the dilation
+    (1, 24, 7, 7, 33, 3, 1, 1, 0.5),       # small map: one unaligned copy, one tile
+    (1, 256, 12, 12, 40, 3, 1, 1, 0.6),    # many input-channel slices (resumed chains)
+    (1, 48, 16, 16, 70, 1, 0, 1, 0.4),     # 1x1 read in place when aligned (G = 4 tiles)
+    (2, 40, 9, 9, 65, 1, 0, 1, 0.05),      # 1x1 copied to whole-line planes, batch 2
+]
+
+
+@pytest.mark.parametrize("case", LAYOUT_CASES)
+def test_sparse_conv_bitwise_across_threads_and_isas(restore_runtime, case):
+    """Every output is one fmaf chain over its row's non-zeros in increasing column order:
+    bitwise the same on every ISA path and at 1 and 2 threads; and within 1e-5 of torch."""
+    N, C, H, W, K, R, pad, dil, density = case
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    x, w, b = _case(rng, N, C, H, W, K, R, density)
+    r = rng.standard_normal((N, K, H + 2 * pad - dil * (R - 1), W + 2 * pad - dil * (R - 1))).astype(np.float32)
+    want = torch.relu(torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),
+                                                 torch.from_numpy(b), padding=pad, dilation=dil)
+                      + torch.from_numpy(r)).numpy()
+    _core.gemm_set_isa("portable")
+    _core.set_num_threads(1)
+    ref = _core.op_conv2d_sparse(x, w, b, r, padding=pad, dilation=dil, act="relu")
+    assert _rel(ref, want) <= RTOL, _rel(ref, want)
+    # an input at a 64-byte boundary (read in place by 1x1 convs) and one off it (copied)
+    buf = np.empty(x.size + 32, np.float32)
+    lead = (-buf.ctypes.data // 4) % 16
+    for shift in (lead, lead + 1):
+        xa = buf[shift:shift + x.size].reshape(x.shape)
+        xa[...] = x
+        for isa in ["portable"] + simd_isas():
+            _core.gemm_set_isa(isa)
+            for threads in (1, 2):
+                _core.set_num_threads(threads)
+                got = _core.op_conv2d_sparse(xa, w, b, r, padding=pad, dilation=dil, act="relu")
+                assert np.array_equal(got, ref), f"isa={isa} threads={threads} shift={shift}"
 
 
 def test_sparse_conv_residual_and_alias():
