@@ -12,7 +12,7 @@
 #define SPARSE_MAX_DENSITY 0.85
 /* AUTO switches a conv to sparse only if it is at least this much faster (noise margin). */
 #define SPARSE_MIN_GAIN 0.95
-#define SPARSE_TIMING_REPS 3
+#define SPARSE_TIMING_REPS 5
 
 /* Every conv of the model in the order of ovs_resnet_conv_count, with its input size for an
  * (H, W) image; returns the count (convs may be NULL to count only). */

@@ -3,14 +3,18 @@
  * P, Q output extents, R, S kernel extents, L = C*R*S (a row of the weight matrix).
  *
  * The fast kernel never builds an im2col matrix. The input image is zero-padded once into
- * (C, Hp, Wp), Hp = H + 2ph, Wp = W + 2pw, and the output is computed on the padded grid of
- * P rows by Wp columns, flattened: grid position i = p*Wp + q. For stride 1 every weight
- * (c, r, s) then reads the input at one constant offset from i,
- *   off(c, r, s) = c*Hp*Wp + r*dh*Wp + s*dw,
- * so output row k over a run of grid positions is a sum of shifted input runs scaled by the
- * row's non-zeros: one broadcast FMA per non-zero and 8 floats. The columns q >= Q of the grid
- * are computed and dropped (2 of Wp for a 3x3 conv). A 1x1 unpadded conv reads the input
- * planes directly (Hp*Wp = H*W, off = c*H*W). */
+ * (C, Hp, Wq) planes (Hp = H + 2ph, row stride Wq >= Wp = W + 2pw; see sp_layout for the
+ * aligned variant with one copy per kernel column) and the output is computed on the padded
+ * grid of P rows by Wq columns, flattened: grid position i = p*Wq + q. For stride 1 every
+ * weight (c, r, s) then reads the input at one constant offset from i, resolved once per call
+ * for every non-zero, so output row k over a tile of 64 grid positions is a sum of shifted
+ * input runs scaled by the row's non-zeros: one broadcast and 4 zmm FMAs per non-zero (the
+ * tile kernels, ops/sparse.h and sparse_x86.c). The columns q >= Q of the grid are computed
+ * and dropped. Work is proportional to the non-zeros; what decides the speed against the
+ * dense GEMM is how little else a non-zero costs (one 32-bit offset and one broadcast),
+ * aligned loads, and the tile's input staying in L1 (input-channel slices).
+ * Measured on Zen 5 (loaded machine, 1 thread): 70-120 GFLOP/s on the non-zeros of RN50's
+ * 56x56 and 28x28 convs at 25-75% density, against 110-155 for the dense path. */
 #include "ops/sparse.h"
 
 #include <omp.h>
