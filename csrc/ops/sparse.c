@@ -270,9 +270,10 @@ size_t ovs_conv2d_sparse_scratch_floats(int64_t C, int64_t H, int64_t W, int64_t
  * input row y' shifted left by shift*s (zeros outside the image). Plain loops, not libc calls:
  * the rows are short (7 to 240 floats). */
 static void sp_pad(float *xpad, const float *x, int64_t C, int64_t H, int64_t W, int64_t ph,
-                   int64_t pw, const sp_layout *g, int64_t shift, size_t slack, int par) {
+                   int64_t pw, const sp_layout *g, int64_t shift, size_t slack) {
     const int64_t planes = g->ncopy * C, Hp = g->Hp, Wq = g->Wq;
-#pragma omp parallel for schedule(static) if (par) num_threads(ovs_get_num_threads())
+    /* called by every thread of the forward's region: the planes are shared out */
+#pragma omp for schedule(static)
     for (int64_t t = 0; t < planes; t++) {
         const int64_t s = t / C, c = t % C;
         float *d = xpad + (size_t)s * g->copy_floats + (size_t)c * g->plane;
@@ -299,6 +300,7 @@ static void sp_pad(float *xpad, const float *x, int64_t C, int64_t H, int64_t W,
         }
         for (int64_t i = Hp * Wq; i < g->plane; i++) d[i] = 0.0f;  /* plane rounded up */
     }
+#pragma omp single
     memset(xpad + (size_t)g->ncopy * g->copy_floats, 0, slack * sizeof(float));
 }
 
@@ -372,23 +374,6 @@ int ovs_conv2d_sparse_forward(float *out, const float *in, const ovs_csr *w, con
     const int64_t nch = g.nch, Lc = g.Lc, ns = nch + 1;
     int64_t *start = (int64_t *)(((uintptr_t)(cost + (K + SP_BLOCK - 1) / SP_BLOCK + 1) + 63) &
                                  ~(uintptr_t)63);
-    const int prep_par = w->nnz >= OPS_PAR_MIN;
-#pragma omp parallel for schedule(static) if (prep_par) num_threads(ovs_get_num_threads())
-    for (int64_t k = 0; k < K; k++) {
-        /* every non-zero's input offset, resolved once per call */
-        for (int64_t j = w->row_ptr[k]; j < w->row_ptr[k + 1]; j++) xo[j] = (int32_t)off[w->col[j]];
-        int64_t *sk = start + k * ns;
-        sk[0] = w->row_ptr[k];
-        sk[nch] = w->row_ptr[k + 1];
-        for (int64_t h = 1; h < nch; h++) {  /* first j >= sk[h-1] with col[j] >= h*Lc */
-            int64_t lo = sk[h - 1], hi = sk[nch];
-            while (lo < hi) {
-                const int64_t mid = lo + (hi - lo) / 2;
-                if ((int64_t)w->col[mid] < h * Lc) lo = mid + 1; else hi = mid;
-            }
-            sk[h] = lo;
-        }
-    }
     /* Work items are (tile, block of SP_BLOCK output rows), tile-major so that a tile's input
      * stays in cache while every block reads it; within an item, slice by slice of input
      * channels, every group of SP_ROWS rows advances its accumulators (the slice's input in
@@ -404,32 +389,50 @@ int ovs_conv2d_sparse_forward(float *out, const float *in, const ovs_csr *w, con
     const size_t in_img = (size_t)C * H * W, out_img = (size_t)K * P * Q;
     const ops_sparse_isa *isa = sparse_isa();
     const int par = (double)w->nnz * (double)G >= (double)OPS_PAR_MIN && tiles * blocks > 1;
-    for (int64_t n = 0; n < N; n++) {
-        const float *x = in + n * in_img;
-        if (g.copy) {
-            sp_pad(xpad, x, C, H, W, p->pad_h, p->pad_w, &g, g.ncopy > 1 ? p->dil_w : 0,
-                   g.pad_floats - 16 - (size_t)g.ncopy * g.copy_floats,
-                   in_img >= (size_t)OPS_PAR_MIN);
-            x = xpad;
-        }
-        float *o = out + n * out_img;
-        const float *res = residual ? residual + n * out_img : NULL;
+    /* One parallel region per call: the offsets, the copies of each image and the items. */
 #pragma omp parallel if (par) num_threads(ovs_get_num_threads())
-        {
-            const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
-            const int64_t total = tiles * per_tile;
-            const int64_t lo = total / nt * tid + (total % nt) * tid / nt;
-            const int64_t hi = tid + 1 == nt ? total : total / nt * (tid + 1) + (total % nt) * (tid + 1) / nt;
-            /* the first item whose cost range starts at or after lo */
-            int64_t tile = lo / per_tile, rem = lo % per_tile, bl = 0, bh = blocks;
-            while (bl < bh) {
-                const int64_t mid = (bl + bh) / 2;
-                if (cost[mid] < rem) bl = mid + 1; else bh = mid;
+    {
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < K; k++) {
+            /* every non-zero's input offset, resolved once per call */
+            for (int64_t j = w->row_ptr[k]; j < w->row_ptr[k + 1]; j++) xo[j] = (int32_t)off[w->col[j]];
+            int64_t *sk = start + k * ns;
+            sk[0] = w->row_ptr[k];
+            sk[nch] = w->row_ptr[k + 1];
+            for (int64_t h = 1; h < nch; h++) {  /* first j >= sk[h-1] with col[j] >= h*Lc */
+                int64_t lo = sk[h - 1], hi = sk[nch];
+                while (lo < hi) {
+                    const int64_t mid = lo + (hi - lo) / 2;
+                    if ((int64_t)w->col[mid] < h * Lc) lo = mid + 1; else hi = mid;
+                }
+                sk[h] = lo;
             }
-            int64_t b = bl;
-            if (b == blocks) { b = 0; tile++; }
-            float t[SP_BLOCK * SP_TILE] __attribute__((aligned(64)));
-            int64_t js[SP_ROWS], je[SP_ROWS];
+        }
+        /* (the loop's implicit barrier publishes xo and start) */
+        const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+        const int64_t total = tiles * per_tile;
+        const int64_t lo = total / nt * tid + (total % nt) * tid / nt;
+        const int64_t hi = tid + 1 == nt ? total : total / nt * (tid + 1) + (total % nt) * (tid + 1) / nt;
+        /* the first item whose cost range starts at or after lo */
+        int64_t tile0 = lo / per_tile, rem = lo % per_tile, bl = 0, bh = blocks;
+        while (bl < bh) {
+            const int64_t mid = (bl + bh) / 2;
+            if (cost[mid] < rem) bl = mid + 1; else bh = mid;
+        }
+        int64_t b0 = bl;
+        if (b0 == blocks) { b0 = 0; tile0++; }
+        float t[SP_BLOCK * SP_TILE] __attribute__((aligned(64)));
+        int64_t js[SP_ROWS], je[SP_ROWS];
+        for (int64_t n = 0; n < N; n++) {
+            const float *x = in + n * in_img;
+            if (g.copy) {  /* every thread takes part; ends with a barrier */
+                sp_pad(xpad, x, C, H, W, p->pad_h, p->pad_w, &g, g.ncopy > 1 ? p->dil_w : 0,
+                       g.pad_floats - 16 - (size_t)g.ncopy * g.copy_floats);
+                x = xpad;
+            }
+            float *o = out + n * out_img;
+            const float *res = residual ? residual + n * out_img : NULL;
+            int64_t tile = tile0, b = b0;
             for (; tile < tiles && tile * per_tile + cost[b] < hi;) {
                 const int64_t i0 = tile * SP_TILE, width = G - i0 < SP_TILE ? G - i0 : SP_TILE;
                 const int64_t k0 = SP_BLOCK * b, nk = K - k0 < SP_BLOCK ? K - k0 : SP_BLOCK;
@@ -448,6 +451,10 @@ int ovs_conv2d_sparse_forward(float *out, const float *in, const ovs_csr *w, con
                              bias ? bias[k0 + u] : 0.0f, i0, width, Wq, Q, act);
                 }
                 if (++b == blocks) { b = 0; tile++; }
+            }
+            /* the next image's copy overwrites xpad */
+            if (N > 1 && g.copy) {
+#pragma omp barrier
             }
         }
     }
