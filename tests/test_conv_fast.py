@@ -1,9 +1,13 @@
-"""The implicit-GEMM convolution (csrc/ops/conv.c, conv_implicit): stride-1 convs run on the
-packed-GEMM micro-kernels (ops/gemm.h, gather form) over the zero-padded input, no im2col.
+"""The implicit-GEMM convolution (csrc/ops/conv.c, conv_implicit): every conv runs on the
+packed-GEMM micro-kernels (ops/gemm.h, gather form) over the zero-padded input split into its
+stride phases, no im2col; taps that only read padding are skipped.
 
 What is proved here:
 * correctness against torch.nn.functional.conv2d and against the naive twin (float64
-  accumulation), over the shapes the path takes: padding, dilation, rectangular kernels, groups,
+  accumulation), over the shapes the path takes: padding, dilation, strides (the stride phases:
+  RN50's and DeepLab's stride-2 3x3 and 1x1 convs, a 7x7 stem, ViT's 16x16 patch conv, mixed
+  per-axis strides), large dilations on small maps (ASPP: taps and whole pixels that read only
+  padding, per-row blocks), rectangular kernels, groups,
   1x1 unpadded (the input planes read directly), rows narrower than a 16-wide block, a partial
   last block, output channels not a multiple of any micro-tile height, long tap chains cut into
   slices (each resumed from the stored partial sums), fused bias / residual
@@ -27,7 +31,7 @@ from ovs import _core
 from conftest import assert_close
 from test_gemm import rand, restore_runtime, rng, simd_isas  # noqa: F401 (fixtures)
 
-# N, C, H, W, K, R, S, padding, dilation, groups
+# N, C, H, W, K, R, S, padding, dilation, groups[, stride]
 CASES = [
     (1, 8, 12, 13, 20, 3, 3, 1, 1, 1),      # 3x3 pad 1, K = 20 (not a multiple of 6/12/16)
     (2, 6, 9, 7, 13, 3, 3, 1, 1, 1),        # rows narrower than a block, batch 2
@@ -39,6 +43,27 @@ CASES = [
     (1, 16, 1, 7, 30, 3, 3, 1, 1, 1),       # fewer positions than one block
     (1, 128, 6, 9, 20, 3, 3, 1, 1, 1),      # L = 1152 > 2 x 512: the chain cut into tap slices
     (1, 1100, 5, 6, 14, 1, 1, 0, 1, 1),     # 1x1 with L = 1100 sliced, tail block
+    # strides: the stride phases
+    (1, 3, 33, 30, 32, 3, 3, 1, 1, 1, 2),   # CLIP RN50 stem conv1, odd height
+    (2, 8, 14, 15, 20, 3, 3, 1, 1, 1, 2),   # DeepLab's strided 3x3 (layer2..4 first block)
+    (1, 16, 14, 13, 24, 1, 1, 0, 1, 1, 2),  # DeepLab's strided 1x1 shortcut: one phase used
+    (1, 3, 37, 41, 10, 7, 7, 3, 1, 1, 2),   # 7x7 stride-2 stem
+    (1, 3, 48, 32, 20, 16, 16, 0, 1, 1, 16),  # ViT-B/16 patch embedding
+    (1, 6, 13, 12, 9, 3, 3, 2, 2, 1, 2),    # stride 2 and dilation 2
+    (1, 5, 15, 16, 7, 3, 5, (1, 2), (1, 3), 1, (2, 1)),  # per-axis stride/pad/dilation
+    (1, 8, 12, 11, 12, 3, 3, 1, 1, 2, 2),   # groups and stride
+    (1, 128, 11, 9, 14, 3, 3, 1, 1, 1, 2),  # L = 1152 sliced, strided
+    (1, 9, 10, 10, 6, 3, 3, 1, 1, 1, 3),    # stride 3 (phases of unequal extents)
+    # dilations: DeepLab OS16/OS8 layer4, ASPP rates on small maps
+    (1, 16, 12, 12, 18, 3, 3, 2, 2, 1),     # OS16 layer4 (dilation 2)
+    (1, 16, 12, 13, 18, 3, 3, 4, 4, 1),     # OS8 layer4 (dilation 4)
+    (1, 24, 9, 11, 20, 3, 3, 6, 6, 1),      # ASPP rate 6 on 9x11: per-row blocks, skipped taps
+    (1, 24, 9, 11, 20, 3, 3, 12, 12, 1),    # rate 12 > map: only the centre tap reads input
+    (2, 20, 32, 32, 13, 3, 3, 18, 18, 1),   # rate 18 on 32x32 (DeepLab at 512^2), batch 2
+    (1, 40, 40, 27, 30, 3, 3, 18, 18, 1),   # rate 18 on 40x27 (short side 640), odd width
+    (1, 1100, 6, 7, 14, 3, 3, 6, 6, 1),     # skipped taps in a sliced chain (L = 9900)
+    (1, 7, 6, 5, 11, 1, 1, 1, 1, 1),        # 1x1 padded: border pixels read only padding
+    (1, 4, 5, 70, 9, 3, 3, (1, 30), (1, 20), 1),  # wide padding and dilation along one axis
 ]
 
 
@@ -47,21 +72,24 @@ def pair(v):
 
 
 def make(rng, case):
-    N, C, H, W, K, R, S, pad, dil, groups = case
+    N, C, H, W, K, R, S, pad, dil, groups = case[:10]
+    stride = case[10] if len(case) > 10 else 1
     x = rand(rng, N, C, H, W)
     w = rand(rng, K, C // groups, R, S, scale=0.3)
-    return x, w, rand(rng, K), dict(padding=pad, dilation=dil, groups=groups)
+    return x, w, rand(rng, K), dict(stride=stride, padding=pad, dilation=dil, groups=groups)
 
 
-def im2col_gemm_naive(x, w, pad, dil):
+def im2col_gemm_naive(x, w, stride, pad, dil):
     """out (K, P*Q) of image 0, group 1: the packed GEMM's naive fmaf chain over an im2col
     matrix built with numpy, taps (c, r, s) in increasing order."""
     _, C, H, W = x.shape
     K, _, R, S = w.shape
-    (ph, pw), (dh, dw) = pair(pad), pair(dil)
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(pad), pair(dil)
     xp = np.pad(x[0], ((0, 0), (ph, ph), (pw, pw)))
-    P, Q = H + 2 * ph - dh * (R - 1), W + 2 * pw - dw * (S - 1)
-    cols = np.stack([xp[c, r * dh:r * dh + P, s * dw:s * dw + Q].reshape(-1)
+    P = (H + 2 * ph - dh * (R - 1) - 1) // sh + 1
+    Q = (W + 2 * pw - dw * (S - 1) - 1) // sw + 1
+    cols = np.stack([xp[c, r * dh:r * dh + (P - 1) * sh + 1:sh,
+                        s * dw:s * dw + (Q - 1) * sw + 1:sw].reshape(-1)
                      for c in range(C) for r in range(R) for s in range(S)], axis=1)  # (PQ, L)
     packed = _core.op_matrix_pack(np.ascontiguousarray(w.reshape(K, -1)))
     out = _core.op_gemm_packed_naive(np.ascontiguousarray(cols), packed, K)   # (PQ, K)
@@ -86,8 +114,9 @@ def test_implicit_conv_vs_torch_and_naive(rng, case):
 @pytest.mark.parametrize("case", [c for c in CASES if c[9] == 1], ids=str)
 def test_implicit_conv_is_the_fmaf_chain(rng, case):
     x, w, _, kw = make(rng, case)
-    got = _core.op_conv2d(x[:1], w, None, padding=kw["padding"], dilation=kw["dilation"])
-    want = im2col_gemm_naive(x[:1], w, kw["padding"], kw["dilation"])
+    got = _core.op_conv2d(x[:1], w, None, stride=kw["stride"], padding=kw["padding"],
+                          dilation=kw["dilation"])
+    want = im2col_gemm_naive(x[:1], w, kw["stride"], kw["padding"], kw["dilation"])
     assert np.array_equal(got, want)
 
 
@@ -106,23 +135,26 @@ def test_implicit_conv_bitwise_across_threads_and_isas(rng, restore_runtime, cas
             assert np.array_equal(got, ref), f"isa={isa} threads={threads}"
 
 
-def test_implicit_conv_bitwise_across_threads_large(rng, restore_runtime):
+@pytest.mark.parametrize("kw", [dict(padding=1), dict(padding=1, stride=2),
+                                dict(padding=12, dilation=12)], ids=str)
+def test_implicit_conv_bitwise_across_threads_large(rng, restore_runtime, kw):
     # big enough for the parallel region to split positions and output channels across tasks
     x, w, b = rand(rng, 1, 64, 30, 31), rand(rng, 96, 64, 3, 3, scale=0.1), rand(rng, 96)
     _core.set_num_threads(1)
-    one = _core.op_conv2d(x, w, b, padding=1, act="relu")
+    one = _core.op_conv2d(x, w, b, act="relu", **kw)
     _core.set_num_threads(2)
-    assert np.array_equal(_core.op_conv2d(x, w, b, padding=1, act="relu"), one)
+    assert np.array_equal(_core.op_conv2d(x, w, b, act="relu", **kw), one)
     assert_close(one, torch.relu(F.conv2d(torch.from_numpy(x), torch.from_numpy(w),
-                                          torch.from_numpy(b), padding=1)), name="large")
+                                          torch.from_numpy(b), **kw)), name="large")
 
 
-def test_implicit_conv_allocation_failure(rng, restore_runtime):
-    x, w, b, kw = make(rng, CASES[0])
+@pytest.mark.parametrize("case", [CASES[0], CASES[10], CASES[24]], ids=str)
+def test_implicit_conv_allocation_failure(rng, restore_runtime, case):
+    x, w, b, kw = make(rng, case)
     _core.set_num_threads(2)
     ref = _core.op_conv2d(x, w, b, **kw)
     messages = []
-    for i in range(1, 6):   # debug_fail_alloc(0) after each call, whatever happens
+    for i in range(1, 10):   # debug_fail_alloc(0) after each call, whatever happens
         _core.debug_fail_alloc(i)
         try:
             got = _core.op_conv2d(x, w, b, **kw)

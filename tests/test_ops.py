@@ -737,7 +737,7 @@ def test_failed_allocation_is_memory_error(rng, call):
     q = rand(rng, 6, 8)
     img = np.zeros((20, 30, 3), np.uint8)
     run = {
-        "conv2d": lambda: _core.op_conv2d(x, w, padding=1),          # im2col scratch
+        "conv2d": lambda: _core.op_conv2d(x, w, padding=1),          # implicit-GEMM buffers
         "attention": lambda: _core.op_attention(q, q, q, 2, 0.5),     # scores scratch
         "resize_u8_pil": lambda: _core.op_resize_u8_pil(img, (9, 11)),  # C-side workspace
     }[call]

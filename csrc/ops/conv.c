@@ -1,15 +1,10 @@
-/* 2-D convolution as im2col + sgemm per image, group and band of output rows, and BatchNorm
- * folding.
+/* 2-D convolution as an implicit GEMM on the packed-GEMM micro-kernels, and BatchNorm folding.
  * Dimension letters: N batch, C/K input/output channels, H, W input and P, Q output extents,
- * R, S kernel extents, G groups (Cg = C/G, Kg = K/G), L = Cg*R*S (a column of the im2col
- * matrix, a row of the weight matrix).
+ * R, S kernel extents, G groups (Cg = C/G, Kg = K/G), L = Cg*R*S (a row of the weight matrix).
  *
- * Per image n and group g:  out[n, g*Kg:(g+1)*Kg] (Kg, P*Q) = W_g (Kg, L) @ col (L, P*Q)
- * where col is the im2col matrix of the group's channels (built and multiplied one band of
- * output rows at a time, see CONV_TILE_FLOATS), or, for a 1x1 stride-1 unpadded conv, the
- * input planes themselves (Cg, H*W) used directly as the GEMM operand.
- * Stride-1 convs whose padding columns cost little instead run as an implicit GEMM on the
- * packed-GEMM micro-kernels (conv_implicit below): no im2col matrix, one parallel region. */
+ * Per image n and group g:  out[n, g*Kg:(g+1)*Kg] (Kg, P*Q) = W_g (Kg, L) @ X (L, P*Q), where
+ * X is never built (no im2col): the micro-kernels read it through tap offset tables from a
+ * zero-padded, stride-phase-split copy of the input (or the input itself), see conv_implicit. */
 #include "ops/gemm.h"
 
 #include <stdint.h>
@@ -36,38 +31,10 @@ int64_t ovs_conv2d_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, 
     return (span - eff) / stride + 1;
 }
 
-/* The im2col matrix is built and multiplied a band of output rows at a time, a band being
- * as many rows as fit CONV_TILE_FLOATS (at least one): the band stays in L2 between im2col
- * writing it and sgemm packing it, instead of a (L, P*Q) matrix going through DRAM twice. */
-#ifndef CONV_TILE_FLOATS
-#define CONV_TILE_FLOATS ((int64_t)1 << 17)   /* 512 KiB */
-#endif
-
-static int64_t conv_band_rows(int64_t L, int64_t P, int64_t Q) {
-    int64_t per_row = L * Q;
-    int64_t rows = per_row > 0 ? CONV_TILE_FLOATS / per_row : P;
-    if (rows < 1) rows = 1;
-    return rows < P ? rows : P;
-}
-
-static int conv_is_pointwise(int64_t R, int64_t S, const ovs_conv2d_params *p) {
-    return R == 1 && S == 1 && p->stride_h == 1 && p->stride_w == 1 && p->pad_h == 0 &&
-           p->pad_w == 0;
-}
-
 size_t ovs_conv2d_scratch_floats(int64_t C, int64_t H, int64_t W, int64_t K, int64_t R,
                                  int64_t S, const ovs_conv2d_params *p) {
-    (void)K;
-    if (!p || p->groups < 1 || C < 0 || C % p->groups != 0) return 0;
-    if (conv_is_pointwise(R, S, p)) return 0;
-    int64_t P = ovs_conv2d_out_size(H, R, p->stride_h, p->pad_h, p->dil_h);
-    int64_t Q = ovs_conv2d_out_size(W, S, p->stride_w, p->pad_w, p->dil_w);
-    if (P < 0 || Q < 0) return 0;
-    size_t L, n;
-    if (ovs_mul3_size(&L, (size_t)(C / p->groups), (size_t)R, (size_t)S) || L > INT64_MAX ||
-        ovs_mul3_size(&n, L, (size_t)conv_band_rows((int64_t)L, P, Q), (size_t)Q))
-        return SIZE_MAX;  /* no allocation of this size can succeed; the arena reports it */
-    return n;
+    (void)C, (void)H, (void)W, (void)K, (void)R, (void)S, (void)p;
+    return 0;   /* the implicit GEMM allocates its own (input-sized) buffers */
 }
 
 /* The checks every 2-D convolution makes (dense or sparse): sizes, strides, padding, dilations,
@@ -126,48 +93,6 @@ int ops_conv2d_check(const char *op, float *out, const float *in, const ovs_matr
     return OVS_OK;
 }
 
-/* ceil(a / b) and floor(a / b) for b > 0 and any sign of a. */
-static int64_t div_ceil(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
-static int64_t div_floor(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-
-/* col (Cg*R*S, NP*Q) for output rows [p0, p0 + NP) from in (Cg, H, W): row (c, r, s),
- * column (p - p0, q) holds in[c, p*sh - ph + r*dh, q*sw - pw + s*dw] or 0 outside the input.
- * Parallel over rows. */
-static void im2col(float *col, const float *in, int64_t Cg, int64_t H, int64_t W, int64_t R,
-                   int64_t S, int64_t p0, int64_t NP, int64_t Q, const ovs_conv2d_params *p) {
-    const int64_t rows = Cg * R * S, PQ = NP * Q, HW = H * W;
-    const int64_t sh = p->stride_h, sw = p->stride_w, ph = p->pad_h, pw = p->pad_w;
-    const int64_t dh = p->dil_h, dw = p->dil_w;
-#pragma omp parallel for schedule(static) if (rows * PQ >= OPS_PAR_MIN && rows > 1) num_threads(ovs_get_num_threads())
-    for (int64_t row = 0; row < rows; row++) {
-        int64_t c = row / (R * S), r = (row / S) % R, s = row % S;
-        float *dst = col + row * PQ;
-        const float *plane = in + c * HW;
-        int64_t off_w = s * dw - pw;       /* iw = q*sw + off_w */
-        int64_t q_lo = div_ceil(-off_w, sw);
-        int64_t q_hi = div_floor(W - 1 - off_w, sw) + 1;
-        if (q_lo < 0) q_lo = 0;
-        if (q_hi > Q) q_hi = Q;
-        if (q_hi < q_lo) q_hi = q_lo;
-        for (int64_t pp = 0; pp < NP; pp++) {
-            float *d = dst + pp * Q;
-            int64_t ih = (p0 + pp) * sh - ph + r * dh;
-            if (ih < 0 || ih >= H || q_lo >= q_hi) {
-                memset(d, 0, (size_t)Q * sizeof(float));
-                continue;
-            }
-            const float *src = plane + ih * W;
-            for (int64_t q = 0; q < q_lo; q++) d[q] = 0.0f;
-            if (sw == 1) {
-                memcpy(d + q_lo, src + q_lo + off_w, (size_t)(q_hi - q_lo) * sizeof(float));
-            } else {
-                for (int64_t q = q_lo; q < q_hi; q++) d[q] = src[q * sw + off_w];
-            }
-            for (int64_t q = q_hi; q < Q; q++) d[q] = 0.0f;
-        }
-    }
-}
-
 /* x (PQ,) = act(x + b [+ res (PQ,)]). */
 static void conv_epilogue_plane(float *x, float b, const float *res, int64_t PQ, ovs_act act) {
     if (res) {
@@ -180,48 +105,68 @@ static void conv_epilogue_plane(float *x, float b, const float *res, int64_t PQ,
     ops_act_inplace(x, PQ, act);
 }
 
-/* ---------------------------------------------------------------- implicit GEMM, stride 1 */
-/* With the group's input zero-padded to (Cg, Hp, Wp), Hp = H + 2ph, Wp = W + 2pw, output pixel
- * (p, q) has the flat position f = p*Wp + q and reads tap l = (c, r, s) at X[f + off[l]],
- * off[l] = c*Hp*Wp + r*dh*Wp + s*dw. NR consecutive flat positions read NR consecutive floats,
- * so out (Kg, f) = W_g (Kg, L) @ X (L, f) runs on the ISA's gather micro-kernel (ops/gemm.h)
- * with W_g's rows broadcast and NR flat positions per tile; positions with q >= Q (the right
- * padding columns) are computed and dropped. The only copy is the padded input (none when
- * there is no padding); the last, partial block of NR positions is packed zero-filled.
- * Every output element is one fmaf chain over l = 0..L-1 (the micro-kernel contract), then
- * the epilogue: the result depends neither on the tiling nor on the thread count nor on the
- * ISA. Used when the dropped columns are at most a quarter of the work. */
-#define CONV_NR OVS_PACK_NR
-
-static int conv_implicit_ok(int64_t W, int64_t Q, const ovs_conv2d_params *p) {
-    if (p->stride_h != 1 || p->stride_w != 1) return 0;
-    const int64_t Wp = W + 2 * p->pad_w;
-    return 4 * (Wp - Q) <= Wp;
-}
+/* ---------------------------------------------------------------- implicit GEMM */
+/* Stride phases. The zero-padded input Xp (Cg, Hp, Wp), Hp = H + 2ph, Wp = W + 2pw, is split
+ * into its sh x sw stride phases, phase (a, b) = Xp[:, a::sh, b::sw] of (Hs, Ws) = (ceil(Hp/sh),
+ * ceil(Wp/sw)); only the phases some tap reads are kept (a in {r*dh % sh}, b in {s*dw % sw}).
+ * Output pixel (p, q) then reads tap l = (c, r, s) at X[f + boff[l]], f = p*Ws + q, from the
+ * plane of phase (r*dh % sh, s*dw % sw) at row offset r*dh / sh and column offset s*dw / sw:
+ * every phase is a stride-1 gather, and NB consecutive flat positions read NB consecutive
+ * floats, so out (Kg, f) = W_g (Kg, L) @ X (L, f) runs on the ISA's gather micro-kernel
+ * (ops/gemm.h) with NB = nr_max flat positions per block and W_g packed once per call.
+ * Positions with q >= Q (the right padding columns) are computed and dropped. A stride-1
+ * unpadded conv reads the input itself (the last partial block through a zero-filled copy);
+ * otherwise the phase copy is the only copy, with NB floats of zero slack at its end.
+ *
+ * Blocks: either flat (consecutive NB positions across rows; few positions dropped when Ws - Q
+ * is small) or per output row (each row cut into ceil(Q/NB) blocks; wide padding, as ASPP's
+ * large dilations), whichever computes fewer positions; blocks without a kept position are not
+ * computed.
+ *
+ * Taps that only read padding are skipped: a block's tap list is (c, r, s) for all c and r, s
+ * in the smallest ranges holding every tap that reads an input element (not padding) for some
+ * kept position of the block. A skipped or padding tap adds fmaf(w, 0, acc) = acc exactly (for
+ * finite w; acc is never -0 unless a product underflowed to it), so each output is still the
+ * fmaf chain over all taps in increasing order, bitwise: the result depends neither on the
+ * blocks nor on the tiling nor on the thread count nor on the ISA. (ASPP's dilation 18 on a
+ * 32x32 map skips ~40% of its taps.) */
+#define CONV_MAX_LISTS 64   /* more distinct tap ranges than this: the others use all taps */
 
 typedef struct {
-    const float *w;          /* (Kg, L) weights of the group */
-    const float *x;          /* (Cg, Hp, Wp) padded input (or the input itself) */
-    const int64_t *off;      /* (L,) tap offsets into x */
-    const float *tail;       /* (L, NR) packed last block, or NULL if every block is whole */
-    const int64_t *lin;      /* (L,) l*NR: offsets into tail */
+    int64_t r0, r1, s0, s1;  /* tap ranges [r0, r1) x [s0, s1) (all channels) */
+    int64_t n;               /* taps: Cg * (r1 - r0) * (s1 - s0), 0 if a range is empty */
+    int64_t *aoff, *boff;    /* (n,) l * mr_max (packed weights) and input offsets */
+} conv_taps;
+
+typedef struct {
+    int64_t f0;              /* first flat position */
+    int32_t cnt;             /* positions to store from f0 (at most NB) */
+    int32_t list;            /* its conv_taps */
+} conv_block;
+
+typedef struct {
+    const float *a;          /* (ceil(Kg/mr), L, mr) packed weights of the group */
+    const float *x;          /* phase planes (+ NB zero floats) or the input itself */
+    const float *tail;       /* (L, NB) zero-filled copy of the last block, or NULL */
+    const int64_t *lin;      /* (L,) l*NB: offsets into tail */
+    const conv_taps *lists;
+    const conv_block *blocks;
     float *dst;              /* (Kg, P*Q) */
     const float *res;        /* (Kg, P*Q) or NULL; may equal dst */
     const float *bias;       /* (Kg,) or NULL */
-    int64_t Kg, L, P, Q, Wp, F;   /* F = (P-1)*Wp + Q flat positions */
+    int64_t Kg, L, P, Q, Ws, F, NB, nblocks;   /* F = (P-1)*Ws + Q flat positions */
     ovs_act act;
 } conv_implicit_job;
 
-/* Rows [k0, k0+m) of the tile for flat block f0 into dst: bias, residual, activation. */
+/* Rows [k0, k0+m) of the tile (row stride NB) of block bl into dst: bias, residual, act. */
 static void conv_implicit_store(const conv_implicit_job *j, const float *tile, int64_t k0,
-                                int64_t m, int64_t f0) {
-    const int64_t PQ = j->P * j->Q;
-    const int64_t nf = j->F - f0 < CONV_NR ? j->F - f0 : CONV_NR;
+                                int64_t m, const conv_block *bl) {
+    const int64_t PQ = j->P * j->Q, nf = bl->cnt, NB = j->NB;
     int64_t t = 0;
     while (t < nf) {
-        const int64_t f = f0 + t, p = f / j->Wp, q = f % j->Wp;
+        const int64_t f = bl->f0 + t, p = f / j->Ws, q = f % j->Ws;
         if (q >= j->Q) {            /* a padding column: skip to the next row */
-            t += j->Wp - q;
+            t += j->Ws - q;
             continue;
         }
         int64_t len = j->Q - q;
@@ -229,9 +174,9 @@ static void conv_implicit_store(const conv_implicit_job *j, const float *tile, i
         for (int64_t r = 0; r < m; r++) {
             const int64_t k = k0 + r;
             float *o = j->dst + k * PQ + p * j->Q + q;
-            const float *acc = tile + r * CONV_NR + t;
+            const float *acc = tile + r * NB + t;
             const float b = j->bias ? j->bias[k] : 0.0f;
-            float v[CONV_NR];
+            float v[OPS_GEMM_NR_MAX];
             if (j->res) {
                 const float *rr = j->res + k * PQ + p * j->Q + q;
                 for (int64_t i = 0; i < len; i++) v[i] = (acc[i] + b) + rr[i];
@@ -245,34 +190,32 @@ static void conv_implicit_store(const conv_implicit_job *j, const float *tile, i
     }
 }
 
-/* Flat blocks per task: the input window a task's blocks read stays within ~256 KiB. */
-static int64_t conv_implicit_blocks(int64_t Cg, int64_t halo) {
-    int64_t per = CONV_TILE_FLOATS / 2 / (Cg > 0 ? Cg : 1) - halo;
-    int64_t blocks = per / CONV_NR;
+/* Blocks per task: the input window a task's blocks read stays within ~256 KiB. */
+static int64_t conv_implicit_blocks(int64_t planes, int64_t halo, int64_t NB) {
+    int64_t per = ((int64_t)1 << 16) / (planes > 0 ? planes : 1) - halo;
+    int64_t blocks = per / NB;
     if (blocks > 16) blocks = 16;
     return blocks < 1 ? 1 : blocks;
 }
 
-/* Taps per slice when L is cut (the chain resumed, ops/gemm.h) so that the operand rows of a
- * task's blocks stay in L2 across its output-channel tiles: CONV_TAP_SLICE taps x
- * CONV_SLICE_BLOCKS blocks of NR floats (each up to two cache lines) is ~256 KiB. */
+/* Taps per slice when a chain is cut (resumed, ops/gemm.h) so that the operand rows of a
+ * task's blocks stay in L2 across its output-channel tiles. */
 #ifndef CONV_TAP_SLICE
 #define CONV_TAP_SLICE 512
 #endif
 #define CONV_SLICE_BLOCKS 4
 
-static int conv_implicit_run(const conv_implicit_job *j, int64_t Cg, int64_t halo) {
+static int conv_implicit_run(const conv_implicit_job *j, int64_t planes, int64_t halo) {
     const ops_gemm_isa *isa = ops_gemm_current_isa();
-    const int64_t mr = isa->mr_max;
-    const int64_t nblocks = (j->F + CONV_NR - 1) / CONV_NR;
+    const int64_t mr = isa->mr_max, NB = j->NB, nblocks = j->nblocks;
     const int sliced = j->L > 2 * CONV_TAP_SLICE;
     const int64_t lc = sliced ? CONV_TAP_SLICE : j->L;
-    const int64_t bpt = sliced ? CONV_SLICE_BLOCKS : conv_implicit_blocks(Cg, halo);
+    const int64_t bpt = sliced ? CONV_SLICE_BLOCKS : conv_implicit_blocks(planes, halo, NB);
     const int64_t pgroups = (nblocks + bpt - 1) / bpt;
     const int64_t ktiles = (j->Kg + mr - 1) / mr;
     int threads = 1;
 #ifdef _OPENMP
-    if (!omp_in_parallel() && (double)j->Kg * (double)j->L * (double)j->F >= 1.0e6)
+    if (!omp_in_parallel() && (double)j->Kg * (double)j->L * (double)nblocks * NB >= 1.0e6)
         threads = ovs_get_num_threads();
 #endif
     /* Output-channel groups (whole micro-tiles): enough tasks for ~4 per thread. */
@@ -284,8 +227,8 @@ static int conv_implicit_run(const conv_implicit_job *j, int64_t Cg, int64_t hal
     const int64_t tpg = (ktiles + kgroups - 1) / kgroups;   /* micro-tiles per group */
     kgroups = (ktiles + tpg - 1) / tpg;
     const int64_t tasks = pgroups * kgroups;
-    /* Sliced: a task's tiles (tpg x bpt of (mr, NR)) live in a per-thread buffer across slices. */
-    const int64_t per_thread = tpg * bpt * mr * CONV_NR;
+    /* Sliced: a task's tiles (tpg x bpt of (mr, NB)) live in a per-thread buffer across slices. */
+    const int64_t per_thread = tpg * bpt * mr * NB;
     float *acc = NULL;
     if (sliced && !(acc = ovs_malloc((size_t)threads * (size_t)per_thread * sizeof(float))))
         return ovs_set_error(OVS_ERR_NOMEM, "ovs_conv2d_forward: out of memory for %lld tiles",
@@ -296,54 +239,173 @@ static int conv_implicit_run(const conv_implicit_job *j, int64_t Cg, int64_t hal
         const int64_t b1 = b0 + bpt < nblocks ? b0 + bpt : nblocks;
         const int64_t k0 = kg * tpg * mr;
         const int64_t k1 = k0 + tpg * mr < j->Kg ? k0 + tpg * mr : j->Kg;
-        float local[16 * CONV_NR];   /* (mr, NR), mr <= 16 */
+        float local[OPS_GEMM_MR_MAX * OPS_GEMM_NR_MAX];   /* (mr, NB) */
         int tid = 0;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
         float *tiles = sliced ? acc + tid * per_thread : local;
         for (int64_t l0 = 0; l0 < j->L; l0 += lc) {
-            const int64_t n = j->L - l0 < lc ? j->L - l0 : lc;
             for (int64_t k = k0; k < k1; k += mr) {
                 const int64_t m = k1 - k < mr ? k1 - k : mr;
-                const float *a = j->w + k * j->L + l0;
+                const float *a = j->a + k * j->L;
                 for (int64_t b = b0; b < b1; b++) {
-                    const int64_t f0 = b * CONV_NR;
-                    float *tile = sliced ? tiles + (((k - k0) / mr) * bpt + (b - b0)) * mr * CONV_NR
+                    const conv_block *bl = j->blocks + b;
+                    const conv_taps *tl = j->lists + bl->list;
+                    float *tile = sliced ? tiles + (((k - k0) / mr) * bpt + (b - b0)) * mr * NB
                                          : tiles;
-                    if (f0 + CONV_NR <= j->F)
-                        isa->gather(m, n, a, j->L, j->x + f0, j->off + l0, tile, l0 > 0);
-                    else
-                        isa->gather(m, n, a, j->L, j->tail, j->lin + l0, tile, l0 > 0);
-                    if (!sliced) conv_implicit_store(j, tile, k, m, f0);
+                    if (tl->n == 0) {           /* every tap reads padding */
+                        if (l0 == 0)
+                            for (int64_t i = 0; i < m * NB; i++) tile[i] = 0.0f;
+                    } else if (l0 < tl->n) {
+                        const int64_t n = tl->n - l0 < lc ? tl->n - l0 : lc;
+                        if (j->tail && bl->f0 + NB > j->F)
+                            isa->gather(m, NB, n, a, tl->aoff + l0, j->tail, j->lin + l0, tile,
+                                        l0 > 0);
+                        else
+                            isa->gather(m, NB, n, a, tl->aoff + l0, j->x + bl->f0,
+                                        tl->boff + l0, tile, l0 > 0);
+                    }
+                    if (!sliced) conv_implicit_store(j, tile, k, m, bl);
                 }
             }
         }
         if (sliced)
             for (int64_t k = k0; k < k1; k += mr)
                 for (int64_t b = b0; b < b1; b++)
-                    conv_implicit_store(j, tiles + (((k - k0) / mr) * bpt + (b - b0)) * mr * CONV_NR,
-                                        k, k1 - k < mr ? k1 - k : mr, b * CONV_NR);
+                    conv_implicit_store(j, tiles + (((k - k0) / mr) * bpt + (b - b0)) * mr * NB,
+                                        k, k1 - k < mr ? k1 - k : mr, j->blocks + b);
     }
     ovs_free(acc);
     return OVS_OK;
 }
 
-/* (Cg, H, W) -> (Cg, Hp, Wp) with zero borders. */
-static void conv_pad_input(float *xp, const float *src, int64_t Cg, int64_t H, int64_t W,
-                           int64_t ph, int64_t pw) {
-    const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
-#pragma omp parallel for schedule(static) if (Cg * Hp * Wp >= OPS_PAR_MIN && Cg > 1) num_threads(ovs_get_num_threads())
-    for (int64_t c = 0; c < Cg; c++) {
-        float *d = xp + c * Hp * Wp;
-        const float *s = src + c * H * W;
-        memset(d, 0, (size_t)(ph * Wp) * sizeof(float));
-        for (int64_t y = 0; y < H; y++) {
-            float *row = d + (ph + y) * Wp;
-            for (int64_t i = 0; i < pw; i++) row[i] = row[pw + W + i] = 0.0f;
-            memcpy(row + pw, s + y * W, (size_t)W * sizeof(float));
+/* The geometry of one conv call: phases, plane extents, flat positions. */
+typedef struct {
+    int64_t H, W, R, S, P, Q, Cg;
+    int64_t sh, sw, ph, pw, dh, dw;
+    int64_t na, nb;          /* stride phases kept along rows / columns */
+    int64_t *amap, *bmap;    /* (sh,), (sw,): phase -> kept index, -1 if unused */
+    int64_t Hs, Ws, F;
+    int raw;                 /* stride 1, no padding: X is the input itself */
+} conv_geom;
+
+/* Tap rows (or columns) valid for output row p: [lo, hi] (empty if lo > hi). */
+static void conv_tap_range(int64_t p, int64_t st, int64_t pad, int64_t dil, int64_t in,
+                           int64_t R, int64_t *lo, int64_t *hi) {
+    const int64_t base = p * st - pad;             /* input index of tap 0 */
+    int64_t l = base >= 0 ? 0 : (-base + dil - 1) / dil;
+    int64_t h = in - 1 - base < 0 ? -1 : (in - 1 - base) / dil;
+    *lo = l;
+    *hi = h < R - 1 ? h : R - 1;
+}
+
+/* Union of the valid tap ranges over output indices [p0, p1]: [*r0, *r1). */
+static void conv_tap_union(int64_t p0, int64_t p1, int64_t st, int64_t pad, int64_t dil,
+                           int64_t in, int64_t R, int64_t *r0, int64_t *r1) {
+    int64_t lo = R, hi = -1;
+    for (int64_t p = p0; p <= p1; p++) {
+        int64_t l, h;
+        conv_tap_range(p, st, pad, dil, in, R, &l, &h);
+        if (l > h) continue;
+        if (l < lo) lo = l;
+        if (h > hi) hi = h;
+    }
+    *r0 = lo;
+    *r1 = hi + 1 > lo ? hi + 1 : lo;
+}
+
+/* The blocks (and for each its tap ranges, as a list index) of the conv; lists[0] = all taps.
+ * Returns the number of blocks; *nlists gets the number of lists. */
+static int64_t conv_make_blocks(const conv_geom *g, int64_t NB, conv_block *blocks,
+                                conv_taps *lists, int64_t *nlists) {
+    const int64_t P = g->P, Q = g->Q, Ws = g->Ws, F = g->F;
+    const int padded = g->ph > 0 || g->pw > 0;
+    const int64_t flat = (F + NB - 1) / NB, per_row = P * ((Q + NB - 1) / NB);
+    const int rows = !g->raw && per_row < flat;
+    int64_t n = 0, nl = 1;
+    lists[0] = (conv_taps){0, g->R, 0, g->S, 0, NULL, NULL};
+    int64_t fs0 = 0, fs1 = g->S;   /* the column union over a whole row */
+    if (padded) conv_tap_union(0, Q - 1, g->sw, g->pw, g->dw, g->W, g->S, &fs0, &fs1);
+    const int64_t total = rows ? per_row : flat;
+    for (int64_t i = 0; i < total; i++) {
+        int64_t f0, cnt;
+        if (rows) {
+            const int64_t per = (Q + NB - 1) / NB, p = i / per, q0 = (i % per) * NB;
+            f0 = p * Ws + q0;
+            cnt = Q - q0 < NB ? Q - q0 : NB;
+        } else {
+            f0 = i * NB;
+            cnt = F - f0 < NB ? F - f0 : NB;
         }
-        memset(d + (ph + H) * Wp, 0, (size_t)(ph * Wp) * sizeof(float));
+        /* kept positions: the first and last with q < Q */
+        int64_t pa = f0 / Ws, qa = f0 % Ws, pb = (f0 + cnt - 1) / Ws, qb = (f0 + cnt - 1) % Ws;
+        if (qa >= Q) { pa++; qa = 0; }
+        if (qb >= Q) qb = Q - 1;
+        if (pa > pb || (pa == pb && qa > qb)) continue;   /* only dropped columns */
+        int64_t list = 0;
+        if (padded) {
+            int64_t r0, r1, s0, s1;
+            conv_tap_union(pa, pb, g->sh, g->ph, g->dh, g->H, g->R, &r0, &r1);
+            if (pa == pb) conv_tap_union(qa, qb, g->sw, g->pw, g->dw, g->W, g->S, &s0, &s1);
+            else s0 = fs0, s1 = fs1;
+            for (list = 0; list < nl; list++)
+                if (lists[list].r0 == r0 && lists[list].r1 == r1 && lists[list].s0 == s0 &&
+                    lists[list].s1 == s1)
+                    break;
+            if (list == nl) {
+                if (nl < CONV_MAX_LISTS) lists[nl++] = (conv_taps){r0, r1, s0, s1, 0, NULL, NULL};
+                else list = 0;   /* all taps: exact too, only slower */
+            }
+        }
+        blocks[n++] = (conv_block){f0, (int32_t)cnt, (int32_t)list};
+    }
+    *nlists = nl;
+    return n;
+}
+
+/* Input offset of tap (c, r, s). */
+static int64_t conv_tap_offset(const conv_geom *g, int64_t c, int64_t r, int64_t s) {
+    const int64_t a = g->amap[(r * g->dh) % g->sh], b = g->bmap[(s * g->dw) % g->sw];
+    return ((c * g->na + a) * g->nb + b) * g->Hs * g->Ws + (r * g->dh / g->sh) * g->Ws +
+           s * g->dw / g->sw;
+}
+
+/* The kept stride phases of (Cg, H, W) into xs (Cg, na, nb, Hs, Ws): phase (a, b) holds the
+ * zero-padded input at rows y*sh + a, columns x*sw + b. */
+static void conv_phase_input(float *xs, const float *src, const conv_geom *g) {
+    const int64_t Hs = g->Hs, Ws = g->Ws, planes = g->Cg * g->na * g->nb;
+    const int64_t H = g->H, W = g->W;
+#pragma omp parallel for schedule(static) if (planes * Hs * Ws >= OPS_PAR_MIN && planes > 1) num_threads(ovs_get_num_threads())
+    for (int64_t pl = 0; pl < planes; pl++) {
+        const int64_t c = pl / (g->na * g->nb), ia = (pl / g->nb) % g->na, ib = pl % g->nb;
+        int64_t a = 0, b = 0;
+        while (g->amap[a] != ia) a++;
+        while (g->bmap[b] != ib) b++;
+        const float *s = src + c * H * W;
+        float *d = xs + pl * Hs * Ws;
+        /* columns x with 0 <= x*sw + b - pw < W: [x0, x1) */
+        const int64_t off = b - g->pw;
+        int64_t x0 = off >= 0 ? 0 : (-off + g->sw - 1) / g->sw;
+        int64_t x1 = W - 1 - off < 0 ? 0 : (W - 1 - off) / g->sw + 1;
+        if (x1 > Ws) x1 = Ws;
+        if (x1 < x0) x1 = x0;
+        for (int64_t y = 0; y < Hs; y++) {
+            float *row = d + y * Ws;
+            const int64_t iy = y * g->sh + a - g->ph;
+            if (iy < 0 || iy >= H || x0 >= x1) {
+                memset(row, 0, (size_t)Ws * sizeof(float));
+                continue;
+            }
+            const float *sr = s + iy * W;
+            for (int64_t x = 0; x < x0; x++) row[x] = 0.0f;
+            if (g->sw == 1) {
+                memcpy(row + x0, sr + x0 + off, (size_t)(x1 - x0) * sizeof(float));
+            } else {
+                for (int64_t x = x0; x < x1; x++) row[x] = sr[x * g->sw + off];
+            }
+            for (int64_t x = x1; x < Ws; x++) row[x] = 0.0f;
+        }
     }
 }
 
@@ -351,50 +413,113 @@ static int conv_implicit(const char *op, float *out, const float *in, const ovs_
                          const float *bias, const float *residual, int64_t N, int64_t C,
                          int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
                          const ovs_conv2d_params *p, ovs_act act, int64_t P, int64_t Q) {
-    const int64_t G = p->groups, Cg = C / G, Kg = K / G, L = Cg * R * S;
-    const int64_t ph = p->pad_h, pw = p->pad_w, Hp = H + 2 * ph, Wp = W + 2 * pw;
-    const int64_t HpWp = Hp * Wp, PQ = P * Q, F = (P - 1) * Wp + Q;
-    const int padded = ph > 0 || pw > 0;
-    size_t n_off = 2 * (size_t)L, n_x = padded ? (size_t)Cg * HpWp : 0;
-    int64_t *off = ovs_malloc(n_off * sizeof(int64_t));
-    float *tail = ovs_malloc((size_t)L * CONV_NR * sizeof(float));
-    float *xp = n_x ? ovs_malloc(n_x * sizeof(float)) : NULL;
-    if (!off || !tail || (n_x && !xp)) {
-        ovs_free(off);
-        ovs_free(tail);
-        ovs_free(xp);
-        return ovs_set_error(OVS_ERR_NOMEM, "%s: out of memory for the padded input (%zu floats)",
-                             op, n_x);
-    }
-    int64_t *lin = off + L;
-    for (int64_t c = 0, l = 0; c < Cg; c++)
-        for (int64_t r = 0; r < R; r++)
-            for (int64_t s = 0; s < S; s++, l++) {
-                off[l] = c * HpWp + r * p->dil_h * Wp + s * p->dil_w;
-                lin[l] = l * CONV_NR;
-            }
-    const int64_t halo = (R - 1) * p->dil_h * Wp + (S - 1) * p->dil_w;
-    const int64_t ftail = F / CONV_NR * CONV_NR;   /* first position of a partial last block */
+    const ops_gemm_isa *isa = ops_gemm_current_isa();
+    const int64_t G = p->groups, Cg = C / G, Kg = K / G, L = Cg * R * S, PQ = P * Q;
+    const int64_t mr = isa->mr_max, NB = isa->nr_max;
+    conv_geom g = {H, W, R, S, P, Q, Cg, p->stride_h, p->stride_w, p->pad_h, p->pad_w,
+                   p->dil_h, p->dil_w, 0, 0, NULL, NULL, 0, 0, 0, 0};
+    g.raw = g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+    const int64_t Hp = H + 2 * g.ph, Wp = W + 2 * g.pw;
+    g.Hs = (Hp + g.sh - 1) / g.sh;
+    g.Ws = (Wp + g.sw - 1) / g.sw;
+    g.F = (P - 1) * g.Ws + Q;
+    /* Geometry tables: phase maps, blocks, lists (their offset tables are sized after). */
+    const int64_t flat = (g.F + NB - 1) / NB, per_row = P * ((Q + NB - 1) / NB);
+    const int64_t maxblocks = flat > per_row ? flat : per_row;
+    int64_t *maps = ovs_malloc((size_t)(g.sh + g.sw) * sizeof(int64_t));
+    conv_block *blocks = ovs_malloc((size_t)maxblocks * sizeof(conv_block));
+    conv_taps *lists = ovs_malloc(CONV_MAX_LISTS * sizeof(conv_taps));
+    int64_t *offs = NULL;
+    float *xs = NULL, *ap = NULL, *tail = NULL;
     int st = OVS_OK;
+    if (!maps || !blocks || !lists) {
+        st = ovs_set_error(OVS_ERR_NOMEM, "%s: out of memory for the block tables", op);
+        goto done;
+    }
+    g.amap = maps;
+    g.bmap = maps + g.sh;
+    for (int64_t i = 0; i < g.sh + g.sw; i++) maps[i] = -1;
+    for (int64_t r = 0; r < R; r++) {
+        int64_t *m = &g.amap[(r * g.dh) % g.sh];
+        if (*m < 0) *m = g.na++;
+    }
+    for (int64_t s = 0; s < S; s++) {
+        int64_t *m = &g.bmap[(s * g.dw) % g.sw];
+        if (*m < 0) *m = g.nb++;
+    }
+    int64_t nlists = 0;
+    const int64_t nblocks = conv_make_blocks(&g, NB, blocks, lists, &nlists);
+    size_t ntaps = 0;
+    for (int64_t t = 0; t < nlists; t++) {
+        conv_taps *tl = &lists[t];
+        tl->n = tl->r1 > tl->r0 && tl->s1 > tl->s0 ? Cg * (tl->r1 - tl->r0) * (tl->s1 - tl->s0) : 0;
+        ntaps += (size_t)tl->n;
+    }
+    /* offsets: 2 per tap of each list, + L for the tail's */
+    const size_t n_x = g.raw ? 0 : (size_t)(Cg * g.na * g.nb) * (size_t)(g.Hs * g.Ws) + (size_t)NB;
+    const size_t n_a = (size_t)G * (size_t)((Kg + mr - 1) / mr * mr) * (size_t)L;
+    offs = ovs_malloc((2 * ntaps + (size_t)L) * sizeof(int64_t));
+    ap = ovs_malloc(n_a * sizeof(float));
+    tail = g.raw ? ovs_malloc((size_t)L * (size_t)NB * sizeof(float)) : NULL;
+    xs = n_x ? ovs_malloc(n_x * sizeof(float)) : NULL;
+    if (!offs || !ap || (g.raw && !tail) || (n_x && !xs)) {
+        st = ovs_set_error(OVS_ERR_NOMEM,
+                           "%s: out of memory for the padded input (%zu floats) and the packed "
+                           "weights (%zu floats)",
+                           op, n_x, n_a);
+        goto done;
+    }
+    int64_t *o = offs;
+    for (int64_t t = 0; t < nlists; t++) {
+        conv_taps *tl = &lists[t];
+        tl->aoff = o;
+        tl->boff = o + tl->n;
+        int64_t i = 0;
+        for (int64_t c = 0; c < Cg && tl->n; c++)
+            for (int64_t r = tl->r0; r < tl->r1; r++)
+                for (int64_t s = tl->s0; s < tl->s1; s++, i++) {
+                    tl->aoff[i] = ((c * R + r) * S + s) * mr;
+                    tl->boff[i] = conv_tap_offset(&g, c, r, s);
+                }
+        o += 2 * tl->n;
+    }
+    int64_t *lin = o;
+    for (int64_t l = 0; l < L; l++) lin[l] = l * NB;
+    if (xs) memset(xs + n_x - NB, 0, (size_t)NB * sizeof(float));
+    /* The weights of every group, packed once per call. */
+    for (int64_t gi = 0; gi < G; gi++)
+        ops_gemm_pack_rows(isa, ap + gi * ((Kg + mr - 1) / mr * mr) * L,
+                           weight->data + gi * Kg * L, L, Kg, L, ovs_get_num_threads());
+    const int64_t halo = ((R - 1) * g.dh / g.sh) * g.Ws + (S - 1) * g.dw / g.sw;
     for (int64_t n = 0; n < N && !st; n++)
-        for (int64_t g = 0; g < G; g++) {
-            const float *src = in + (n * C + g * Cg) * H * W;
-            if (padded) conv_pad_input(xp, src, Cg, H, W, ph, pw);
-            const float *x = padded ? xp : src;
-            /* Positions f < F read x[f + off[l]] < Cg*Hp*Wp: in bounds; beyond F is padding. */
-            if (ftail < F)
+        for (int64_t gi = 0; gi < G; gi++) {
+            const float *src = in + (n * C + gi * Cg) * H * W;
+            if (!g.raw) conv_phase_input(xs, src, &g);
+            const float *x = g.raw ? src : xs;
+            /* raw: positions f < F read x[f + off] < Cg*H*W, beyond F the next group; the last
+             * partial block reads a zero-filled copy instead. */
+            const int64_t ft = g.F / NB * NB;
+            const int use_tail = g.raw && ft < g.F;
+            if (use_tail)
                 for (int64_t l = 0; l < L; l++)
-                    for (int64_t t = 0; t < CONV_NR; t++)
-                        tail[l * CONV_NR + t] = ftail + t < F ? x[ftail + t + off[l]] : 0.0f;
-            conv_implicit_job j = {weight->data + g * Kg * L, x, off, tail, lin,
-                                   out + (n * K + g * Kg) * PQ,
-                                   residual ? residual + (n * K + g * Kg) * PQ : NULL,
-                                   bias ? bias + g * Kg : NULL, Kg, L, P, Q, Wp, F, act};
-            if ((st = conv_implicit_run(&j, Cg, halo))) break;
+                    for (int64_t t = 0; t < NB; t++)
+                        tail[l * NB + t] = ft + t < g.F ? x[ft + t + lists[0].boff[l]] : 0.0f;
+            conv_implicit_job j = {ap + gi * ((Kg + mr - 1) / mr * mr) * L, x,
+                                   use_tail ? tail : NULL, lin, lists, blocks,
+                                   out + (n * K + gi * Kg) * PQ,
+                                   residual ? residual + (n * K + gi * Kg) * PQ : NULL,
+                                   bias ? bias + gi * Kg : NULL, Kg, L, P, Q, g.Ws, g.F, NB,
+                                   nblocks, act};
+            if ((st = conv_implicit_run(&j, Cg * g.na * g.nb, halo))) break;
         }
-    ovs_free(off);
+done:
+    ovs_free(maps);
+    ovs_free(blocks);
+    ovs_free(lists);
+    ovs_free(offs);
+    ovs_free(ap);
     ovs_free(tail);
-    ovs_free(xp);
+    ovs_free(xs);
     return st;
 }
 
@@ -404,50 +529,28 @@ int ovs_conv2d_forward(float *out, const float *in, const ovs_matrix *weight, co
                        float *scratch) {
     static const char op[] = "ovs_conv2d_forward";
     int64_t P, Q;
+    (void)scratch;
     int st = ops_conv2d_check(op, out, in, weight, N, C, H, W, K, R, S, p, act, &P, &Q);
     if (st) return st;
-    const int64_t PQ = P * Q, HW = H * W, G = p->groups, Cg = C / G, Kg = K / G;
-    const int64_t L = Cg * R * S;
+    const int64_t PQ = P * Q;
     if (N == 0 || K == 0 || PQ == 0) return OVS_OK;
     if (weight->format != OVS_MATRIX_DENSE)
         return ovs_set_error(OVS_ERR_UNSUPPORTED, "%s: weight format %d is not supported", op,
                              (int)weight->format);
-    const int pointwise = conv_is_pointwise(R, S, p);
-    if (L > 0 && conv_implicit_ok(W, Q, p))
+    if (C > 0)
         return conv_implicit(op, out, in, weight, bias, residual, N, C, H, W, K, R, S, p, act, P, Q);
-    if (!pointwise && L > 0 && !scratch)
-        return ovs_set_error(OVS_ERR_ARG, "%s: scratch is NULL but %zu floats are needed", op,
-                             ovs_conv2d_scratch_floats(C, H, W, K, R, S, p));
-    const int fold_residual = residual == out;  /* out holds the residual: sgemm beta = 1 */
-    const float beta = fold_residual ? 1.0f : 0.0f;
-    const int64_t band = pointwise || L == 0 ? P : conv_band_rows(L, P, Q);
-    for (int64_t n = 0; n < N; n++) {
-        for (int64_t g = 0; g < G; g++) {
-            const float *src = in + (n * C + g * Cg) * HW;       /* (Cg, H, W) */
-            const float *w_g = weight->data + g * Kg * L;       /* (Kg, L) */
-            float *dst = out + (n * K + g * Kg) * PQ;           /* (Kg, PQ) */
-            if (pointwise || L == 0) {
-                /* The input planes are the (L, PQ) operand. */
-                st = ops_sgemm(op, 0, Kg, PQ, L, 1.0f, w_g, L, src, PQ, beta, dst, PQ);
-                if (st) return st;
-                continue;
-            }
-            for (int64_t p0 = 0; p0 < P; p0 += band) {
-                const int64_t np = P - p0 < band ? P - p0 : band;
-                im2col(scratch, src, Cg, H, W, R, S, p0, np, Q, p);   /* (L, np*Q) */
-                st = ops_sgemm(op, 0, Kg, np * Q, L, 1.0f, w_g, L, scratch, np * Q, beta,
-                               dst + p0 * Q, PQ);
-                if (st) return st;
-            }
+    /* No input channels: out = act(bias [+ residual]). */
+    const int64_t planes = N * K;
+    for (int64_t i = 0; i < planes; i++) {
+        float *x = out + i * PQ;
+        const float *res = residual ? residual + i * PQ : NULL;
+        if (res == x) {
+            conv_epilogue_plane(x, bias ? bias[i % K] : 0.0f, NULL, PQ, act);
+        } else {
+            memset(x, 0, (size_t)PQ * sizeof(float));
+            conv_epilogue_plane(x, bias ? bias[i % K] : 0.0f, res, PQ, act);
         }
     }
-    const float *res = fold_residual ? NULL : residual;
-    if (!bias && !res && act == OVS_ACT_NONE) return OVS_OK;
-    const int64_t planes = N * K;
-#pragma omp parallel for schedule(static) if (planes * PQ >= OPS_PAR_MIN && planes > 1) num_threads(ovs_get_num_threads())
-    for (int64_t i = 0; i < planes; i++)
-        conv_epilogue_plane(out + i * PQ, bias ? bias[i % K] : 0.0f, res ? res + i * PQ : NULL,
-                            PQ, act);
     return OVS_OK;
 }
 

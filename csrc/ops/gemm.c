@@ -22,16 +22,19 @@
 /* ---------------------------------------------------------------- portable kernel */
 #define PORTABLE_MR 4
 
-/* Operand row c at b + off[c], or b + c*NR without a table. */
-static void portable_gather(int64_t mr, int64_t C, const float *a, int64_t lda,
-                            const float *b0, const int64_t *off, float *tile, int resume) {
+/* Operand columns / rows through the offset tables, or the packed layouts without them. */
+static void portable_gather(int64_t mr, int64_t nr, int64_t C, const float *a,
+                            const int64_t *aoff, const float *b0, const int64_t *boff,
+                            float *tile, int resume) {
     float acc[PORTABLE_MR][OVS_PACK_NR];
+    (void)nr;   /* always NR: the portable ISA's nr_max */
     for (int64_t r = 0; r < mr; r++)
         for (int j = 0; j < OVS_PACK_NR; j++) acc[r][j] = resume ? tile[r * OVS_PACK_NR + j] : 0.0f;
     for (int64_t c = 0; c < C; c++) {
-        const float *b = off ? b0 + off[c] : b0 + c * OVS_PACK_NR;
+        const float *b = boff ? b0 + boff[c] : b0 + c * OVS_PACK_NR;
+        const float *ac = aoff ? a + aoff[c] : a + c * PORTABLE_MR;
         for (int64_t r = 0; r < mr; r++) {
-            const float av = a[r * lda + c];
+            const float av = ac[r];
             for (int j = 0; j < OVS_PACK_NR; j++) acc[r][j] = fmaf(av, b[j], acc[r][j]);
         }
     }
@@ -39,12 +42,32 @@ static void portable_gather(int64_t mr, int64_t C, const float *a, int64_t lda,
         for (int j = 0; j < OVS_PACK_NR; j++) tile[r * OVS_PACK_NR + j] = acc[r][j];
 }
 
-static void portable_kernel(int64_t mr, int64_t C, const float *a, int64_t lda, const float *panel,
-                            float *tile) {
-    portable_gather(mr, C, a, lda, panel, NULL, tile, 0);
+static void portable_kernel(int64_t mr, int64_t nr, int64_t C, const float *a, const float *b,
+                            int64_t b2, float *tile) {
+    (void)b2;
+    portable_gather(mr, nr, C, a, NULL, b, NULL, tile, 0);
 }
 
-const ops_gemm_isa ops_gemm_portable = {"portable", PORTABLE_MR, portable_kernel, portable_gather};
+void ops_gemm_pack_a_scalar(float *dst, const float *a, int64_t lda, int64_t m, int64_t C,
+                            int64_t mr_max) {
+    for (int64_t r = 0; r < m; r++)
+        for (int64_t c = 0; c < C; c++) dst[c * mr_max + r] = a[r * lda + c];
+}
+
+static void portable_pack(float *dst, const float *a, int64_t lda, int64_t m, int64_t C) {
+    ops_gemm_pack_a_scalar(dst, a, lda, m, C, PORTABLE_MR);
+}
+
+const ops_gemm_isa ops_gemm_portable = {"portable", PORTABLE_MR, OVS_PACK_NR, portable_kernel,
+                                        portable_gather, portable_pack};
+
+void ops_gemm_pack_rows(const ops_gemm_isa *isa, float *dst, const float *a, int64_t lda,
+                        int64_t M, int64_t C, int threads) {
+    const int64_t mr = isa->mr_max, blocks = (M + mr - 1) / mr;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && blocks > 1)
+    for (int64_t i = 0; i < blocks; i++)
+        isa->pack_a(dst + i * C * mr, a + i * mr * lda, lda, M - i * mr < mr ? M - i * mr : mr, C);
+}
 
 /* ---------------------------------------------------------------- ISA choice */
 /* -1: not chosen yet; otherwise an ovs_gemm_isa_kind. Forced by ovs_gemm_set_isa (tests). */
@@ -158,7 +181,7 @@ static int64_t gemm_row_block(int64_t C, int64_t mr) {
 /* out[i, j] for j < nj of one tile row: the shared epilogue, the same code for every ISA. */
 static void gemm_epilogue_row(float *o, const float *acc, int64_t nj, float alpha, float beta,
                               const float *bias, const float *res, ovs_act act) {
-    float v[OVS_PACK_NR];
+    float v[OPS_GEMM_NR_MAX];
     for (int64_t j = 0; j < nj; j++) {
         float x = acc[j];
         if (alpha != 1.0f) x = alpha * x;
@@ -171,23 +194,30 @@ static void gemm_epilogue_row(float *o, const float *acc, int64_t nj, float alph
     for (int64_t j = 0; j < nj; j++) o[j] = v[j];
 }
 
+/* The left operand is packed once per call (ops_gemm_pack_rows, the ISA's SIMD packing) into
+ * blocks of mr_max rows; then tasks of (row block) x (group of panels) run the micro-kernel on
+ * nr_max / NR adjacent panels at a time. One parallel region: packing, barrier, tasks. */
 int ops_gemm_packed(const char *op, float *out, int64_t ldo, const float *a, int64_t lda,
                     const ovs_matrix *w, int64_t M, float alpha, float beta, const float *bias,
                     const float *res, int64_t ldr, ovs_act act) {
     const int64_t K = w->rows, C = w->cols;
     if (M == 0 || K == 0) return OVS_OK;
-    (void)op;
     const ops_gemm_isa *isa = ops_gemm_current_isa();
-    const int64_t mr = isa->mr_max;
+    const int64_t mr = isa->mr_max, step = isa->nr_max / OVS_PACK_NR;
     const int64_t rb = gemm_row_block(C, mr);
     const int64_t panels = (K + OVS_PACK_NR - 1) / OVS_PACK_NR;
     const int64_t row_blocks = (M + rb - 1) / rb;
+    const int64_t mblocks = (M + mr - 1) / mr;
+    float *ap = NULL;
+    if (C > 0 && !(ap = ovs_malloc((size_t)mblocks * (size_t)mr * (size_t)C * sizeof(float))))
+        return ovs_set_error(OVS_ERR_NOMEM, "%s: out of memory for the packed rows (%lld x %lld)",
+                             op, (long long)M, (long long)C);
     int threads = 1;
 #ifdef _OPENMP
     if (!omp_in_parallel() && (double)M * (double)K * (double)C >= 1.0e6)
         threads = ovs_get_num_threads();
 #endif
-    /* Panel groups: enough tasks for ~4 per thread, each at least 2 panels wide. */
+    /* Panel groups (whole micro-tiles): enough tasks for ~4 per thread. */
     int64_t group = panels;
     if (threads > 1) {
         int64_t want = 4 * (int64_t)threads;
@@ -195,31 +225,44 @@ int ops_gemm_packed(const char *op, float *out, int64_t ldo, const float *a, int
         group = (panels + groups - 1) / groups;
         if (group < 2) group = 2;
     }
+    group = (group + step - 1) / step * step;
     const int64_t groups = (panels + group - 1) / group;
     const int64_t tasks = row_blocks * groups;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && tasks > 1)
-    for (int64_t t = 0; t < tasks; t++) {
-        const int64_t i0 = (t / groups) * rb, p0 = (t % groups) * group;
-        const int64_t i1 = i0 + rb < M ? i0 + rb : M, p1 = p0 + group < panels ? p0 + group : panels;
-        float tile[16 * OVS_PACK_NR];   /* (mr, NR), mr <= 16 */
-        for (int64_t p = p0; p < p1; p++) {
-            const float *panel = w->data + p * C * OVS_PACK_NR;
-            const int64_t j0 = p * OVS_PACK_NR;
-            const int64_t nj = K - j0 < OVS_PACK_NR ? K - j0 : OVS_PACK_NR;
-            for (int64_t i = i0; i < i1; i += mr) {
-                const int64_t m = i1 - i < mr ? i1 - i : mr;
-                if (C > 0) {
-                    isa->kernel(m, C, a + i * lda, lda, panel, tile);
-                } else {
-                    for (int64_t q = 0; q < m * OVS_PACK_NR; q++) tile[q] = 0.0f;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        if (C > 0) {
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < mblocks; i++)
+                isa->pack_a(ap + i * C * mr, a + i * mr * lda, lda,
+                            M - i * mr < mr ? M - i * mr : mr, C);
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < tasks; t++) {
+            const int64_t i0 = (t / groups) * rb, p0 = (t % groups) * group;
+            const int64_t i1 = i0 + rb < M ? i0 + rb : M;
+            const int64_t p1 = p0 + group < panels ? p0 + group : panels;
+            float tile[OPS_GEMM_MR_MAX * OPS_GEMM_NR_MAX];   /* (mr, nr) */
+            for (int64_t p = p0; p < p1; p += step) {
+                const int64_t np = p1 - p < step ? p1 - p : step, nr = np * OVS_PACK_NR;
+                const float *panel = w->data + p * C * OVS_PACK_NR;
+                const int64_t j0 = p * OVS_PACK_NR;
+                const int64_t nj = K - j0 < nr ? K - j0 : nr;
+                for (int64_t i = i0; i < i1; i += mr) {
+                    const int64_t m = i1 - i < mr ? i1 - i : mr;
+                    if (C > 0) {
+                        isa->kernel(m, nr, C, ap + i * C, panel, C * OVS_PACK_NR, tile);
+                    } else {
+                        for (int64_t q = 0; q < m * nr; q++) tile[q] = 0.0f;
+                    }
+                    for (int64_t r = 0; r < m; r++)
+                        gemm_epilogue_row(out + (i + r) * ldo + j0, tile + r * nr, nj, alpha,
+                                          beta, bias ? bias + j0 : NULL,
+                                          res ? res + (i + r) * ldr + j0 : NULL, act);
                 }
-                for (int64_t r = 0; r < m; r++)
-                    gemm_epilogue_row(out + (i + r) * ldo + j0, tile + r * OVS_PACK_NR, nj, alpha,
-                                      beta, bias ? bias + j0 : NULL,
-                                      res ? res + (i + r) * ldr + j0 : NULL, act);
             }
         }
     }
+    ovs_free(ap);
     return OVS_OK;
 }
 

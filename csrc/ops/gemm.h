@@ -1,39 +1,62 @@
-/* Packed-weight GEMM internals shared by csrc/ops/gemm*.c: the micro-kernel contract and the
- * per-ISA kernel tables. Dimension letters as in include/ovs/ops.h; NR = OVS_PACK_NR.
+/* Packed-weight GEMM internals shared by csrc/ops/gemm*.c and conv.c: the micro-kernel contract
+ * and the per-ISA kernel tables. Dimension letters as in include/ovs/ops.h; NR = OVS_PACK_NR.
  *
- * Every kernel computes, for each row r < mr and column j < NR of one packed panel,
- *     acc = 0; for c = 0 .. C-1 (in increasing order): acc = fmaf(a[r*lda + c], panel[c*NR + j], acc)
- *     tile[r*NR + j] = acc
- * with one accumulator per output element and no reassociation, so all kernels (and all tilings
- * and thread counts that call them) give bitwise-identical results. */
+ * The left operand A (mr rows) is packed: mr_max floats per step c, A[r, c] at
+ * a[c * mr_max + r] (or a[aoff[c] + r] with an offset table). The right operand B (nr = 16 or
+ * 32 columns) has row c at b + c*NR (a packed panel; columns 16..31 in the next panel, b + b2)
+ * or at b + boff[c] (the implicit-GEMM convolution: columns j at b + boff[c] + j). Every
+ * kernel computes, for each row r < mr and column j < nr,
+ *     acc = resume ? tile[r*nr + j] : 0
+ *     for c = 0 .. C-1 (in increasing order): acc = fmaf(A[r, c], B[c, j], acc)
+ *     tile[r*nr + j] = acc
+ * with one accumulator per output element and no reassociation, so all kernels (and all tilings,
+ * tile widths and thread counts that call them) give bitwise-identical results; a chain may be
+ * cut into consecutive calls over slices of c (resume) with a bitwise-equal result. */
 #ifndef OVS_OPS_GEMM_H
 #define OVS_OPS_GEMM_H
 
 #include "ops/ops_internal.h"
 
-/* tile (mr, NR) = a (mr, C; row stride lda) @ panel (C, NR), 1 <= mr <= the kernel's mr_max. */
-typedef void (*ops_gemm_kernel_fn)(int64_t mr, int64_t C, const float *a, int64_t lda,
-                                   const float *panel, float *tile);
+/* The packed-panel form: B row c at b + c*NR (+ b2 for columns 16..31), A at a + c*mr_max. */
+typedef void (*ops_gemm_kernel_fn)(int64_t mr, int64_t nr, int64_t C, const float *a,
+                                   const float *b, int64_t b2, float *tile);
 
-/* The same with an offset table instead of a packed panel: row c of the (C, NR) operand is the NR
- * floats at b + off[c] (the implicit-GEMM convolution, csrc/ops/conv.c). Same fmaf chain; with
- * resume != 0 the chain continues from the values in tile instead of 0, so a chain over
- * c = 0..C-1 may be cut into consecutive calls over slices of c with a bitwise-equal result. */
-typedef void (*ops_gemm_gather_fn)(int64_t mr, int64_t C, const float *a, int64_t lda,
-                                   const float *b, const int64_t *off, float *tile, int resume);
+/* The offset-table form: A column c at a + aoff[c], B row c at b + boff[c] (columns 16..31 at
+ * b + boff[c] + 16). */
+typedef void (*ops_gemm_gather_fn)(int64_t mr, int64_t nr, int64_t C, const float *a,
+                                   const int64_t *aoff, const float *b, const int64_t *boff,
+                                   float *tile, int resume);
+
+/* dst[c*mr_max + r] = a[r*lda + c] for r < m <= mr_max, c < C (rows m.. of dst untouched). */
+typedef void (*ops_gemm_pack_fn)(float *dst, const float *a, int64_t lda, int64_t m, int64_t C);
 
 typedef struct {
     const char *name;         /* "portable", "avx2", "avx512" */
     int64_t mr_max;           /* rows per micro-tile */
+    int64_t nr_max;           /* columns per micro-tile: 16 or 32 */
     ops_gemm_kernel_fn kernel;
     ops_gemm_gather_fn gather;
+    ops_gemm_pack_fn pack_a;
 } ops_gemm_isa;
+
+#define OPS_GEMM_MR_MAX 16    /* no ISA has more rows per micro-tile */
+#define OPS_GEMM_NR_MAX 32    /* nor more columns */
 
 /* The kernels of the ISA in use (chosen from the CPU, or forced by ovs_gemm_set_isa). */
 const ops_gemm_isa *ops_gemm_current_isa(void);
 
+/* Packs rows [0, M) of a (M, C; row stride lda) into ceil(M / mr_max) blocks of (C, mr_max),
+ * block i at dst + i*C*mr_max; parallel over blocks when called outside a parallel region with
+ * threads > 1 (inside one: the caller's `omp for` splits it, see ops_gemm_pack_rows_omp). */
+void ops_gemm_pack_rows(const ops_gemm_isa *isa, float *dst, const float *a, int64_t lda,
+                        int64_t M, int64_t C, int threads);
+
 extern const ops_gemm_isa ops_gemm_portable;
 extern const ops_gemm_isa ops_gemm_avx2;      /* needs AVX2 + FMA */
 extern const ops_gemm_isa ops_gemm_avx512;    /* needs AVX-512F */
+
+/* The scalar packing routine (the portable ISA's, and the reference the SIMD ones equal). */
+void ops_gemm_pack_a_scalar(float *dst, const float *a, int64_t lda, int64_t m, int64_t C,
+                            int64_t mr_max);
 
 #endif

@@ -1,10 +1,12 @@
-/* AVX2+FMA and AVX-512F micro-kernels of the packed-weight GEMM (contract in ops/gemm.h).
- * Compiled with function-level target attributes, so one build carries both and gemm.c picks
- * one at run time from the CPU. Each output element has its own accumulator lane and receives
- * one FMA per input feature c, in increasing c: the result equals the portable fmaf chain bit
- * for bit.
- * Register budget: AVX2 6 rows x 2 ymm = 12 accumulators + 2 panel vectors + 1 broadcast;
- * AVX-512 12 rows x 1 zmm = 12 accumulators + 1 panel vector (+ broadcasts folded into FMAs). */
+/* AVX2+FMA and AVX-512F micro-kernels of the packed-weight GEMM (contract in ops/gemm.h), and
+ * the SIMD packing of the left operand. Compiled with function-level target attributes, so one
+ * build carries both and gemm.c picks one at run time from the CPU. Each output element has its
+ * own accumulator lane and receives one FMA per step c, in increasing c: the result equals the
+ * portable fmaf chain bit for bit.
+ * Register budget: AVX2 6 rows x 2 ymm (16 columns) = 12 accumulators + 2 operand vectors + 1
+ * broadcast; AVX-512 12 rows x 2 zmm (32 columns, two adjacent 16-wide panels) = 24 accumulators
+ * + 2 operand vectors + 1 broadcast, the blocking of ONNX Runtime's MLAS AVX-512F SGEMM kernel
+ * (which streams the same 16-wide panel layout). */
 #include "ops/gemm.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -16,131 +18,215 @@
 #define AVX2_ATTR __attribute__((target("avx2,fma"), always_inline)) static inline
 #define AVX512_ATTR __attribute__((target("avx512f"), always_inline)) static inline
 
-/* mr is a compile-time constant at every call site below: the `mr > r` tests fold away and
- * the accumulators are named variables (arrays of vectors get spilled to the stack by gcc). */
-/* Operand row c is b + c*NR (a packed panel) or, with an offset table, b + off[c]; off is a
- * literal NULL at the panel call sites, so that test folds away there. */
-AVX2_ATTR void avx2_tile(const int mr, int64_t C, const float *a, int64_t lda, const float *b,
-                         const int64_t *off, float *tile, int resume) {
+/* mr and nr are compile-time constants at every call site (the dispatch below): the `mr > r`
+ * tests fold away and the accumulators are named variables (arrays of vectors get spilled to
+ * the stack by gcc). aoff/boff are literal NULLs in the panel form, so those tests fold too. */
+AVX2_ATTR void avx2_tile(const int mr, const int nr, int64_t C, const float *a,
+                         const int64_t *aoff, const float *b, const int64_t *boff, int64_t b2,
+                         float *tile, int resume) {
+    (void)nr;
+    (void)b2;
     __m256 l0 = _mm256_setzero_ps(), h0 = l0, l1 = l0, h1 = l0, l2 = l0, h2 = l0, l3 = l0,
            h3 = l0, l4 = l0, h4 = l0, l5 = l0, h5 = l0;
     if (resume) {
-#define LOAD(r)                                                      \
-        if (mr > r) {                                                \
-            l##r = _mm256_loadu_ps(tile + r * OVS_PACK_NR);          \
-            h##r = _mm256_loadu_ps(tile + r * OVS_PACK_NR + 8);      \
+#define LOAD(r)                                              \
+        if (mr > r) {                                        \
+            l##r = _mm256_loadu_ps(tile + r * 16);           \
+            h##r = _mm256_loadu_ps(tile + r * 16 + 8);       \
         }
         LOAD(0) LOAD(1) LOAD(2) LOAD(3) LOAD(4) LOAD(5)
 #undef LOAD
     }
-    const float *a0 = a, *a1 = a + lda, *a2 = a + 2 * lda, *a3 = a + 3 * lda, *a4 = a + 4 * lda,
-                *a5 = a + 5 * lda;
     for (int64_t c = 0; c < C; c++) {
-        const float *bc = off ? b + off[c] : b + c * OVS_PACK_NR;
+        const float *bc = boff ? b + boff[c] : b + c * OVS_PACK_NR;
+        const float *ac = aoff ? a + aoff[c] : a + c * AVX2_MR;
         const __m256 b0 = _mm256_loadu_ps(bc);
         const __m256 b1 = _mm256_loadu_ps(bc + 8);
         __m256 av;
 #define ROW(r)                                              \
         if (mr > r) {                                       \
-            av = _mm256_broadcast_ss(a##r + c);             \
+            av = _mm256_broadcast_ss(ac + r);               \
             l##r = _mm256_fmadd_ps(av, b0, l##r);           \
             h##r = _mm256_fmadd_ps(av, b1, h##r);           \
         }
         ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5)
 #undef ROW
     }
-#define STORE(r)                                                     \
-    if (mr > r) {                                                    \
-        _mm256_storeu_ps(tile + r * OVS_PACK_NR, l##r);              \
-        _mm256_storeu_ps(tile + r * OVS_PACK_NR + 8, h##r);          \
+#define STORE(r)                                             \
+    if (mr > r) {                                            \
+        _mm256_storeu_ps(tile + r * 16, l##r);               \
+        _mm256_storeu_ps(tile + r * 16 + 8, h##r);           \
     }
     STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5)
 #undef STORE
 }
 
-#define AVX2_CASE(n) \
-    case n: avx2_tile(n, C, a, lda, panel, NULL, tile, 0); break;
-#define AVX2_GATHER_CASE(n) \
-    case n: avx2_tile(n, C, a, lda, b, off, tile, resume); break;
-
-__attribute__((target("avx2,fma"))) static void avx2_kernel(int64_t mr, int64_t C,
-                                                            const float *a, int64_t lda,
-                                                            const float *panel, float *tile) {
-    switch (mr) {
-        AVX2_CASE(1) AVX2_CASE(2) AVX2_CASE(3) AVX2_CASE(4) AVX2_CASE(5) AVX2_CASE(6)
-    default: break;
-    }
-}
-
-__attribute__((target("avx2,fma"))) static void avx2_gather(int64_t mr, int64_t C,
-                                                            const float *a, int64_t lda,
-                                                            const float *b, const int64_t *off,
-                                                            float *tile, int resume) {
-    switch (mr) {
-        AVX2_GATHER_CASE(1) AVX2_GATHER_CASE(2) AVX2_GATHER_CASE(3) AVX2_GATHER_CASE(4)
-        AVX2_GATHER_CASE(5) AVX2_GATHER_CASE(6)
-    default: break;
-    }
-}
-
-AVX512_ATTR void avx512_tile(const int mr, int64_t C, const float *a, int64_t lda,
-                             const float *b, const int64_t *off, float *tile, int resume) {
+AVX512_ATTR void avx512_tile(const int mr, const int nr, int64_t C, const float *a,
+                             const int64_t *aoff, const float *b, const int64_t *boff,
+                             int64_t b2, float *tile, int resume) {
     __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0,
            c7 = c0, c8 = c0, c9 = c0, c10 = c0, c11 = c0;
+    __m512 d0 = c0, d1 = c0, d2 = c0, d3 = c0, d4 = c0, d5 = c0, d6 = c0, d7 = c0, d8 = c0,
+           d9 = c0, d10 = c0, d11 = c0;
     if (resume) {
-#define LOAD(r) \
-        if (mr > r) c##r = _mm512_loadu_ps(tile + r * OVS_PACK_NR);
+#define LOAD(r)                                                          \
+        if (mr > r) {                                                    \
+            c##r = _mm512_loadu_ps(tile + r * nr);                       \
+            if (nr > 16) d##r = _mm512_loadu_ps(tile + r * nr + 16);     \
+        }
         LOAD(0) LOAD(1) LOAD(2) LOAD(3) LOAD(4) LOAD(5) LOAD(6) LOAD(7) LOAD(8) LOAD(9)
         LOAD(10) LOAD(11)
 #undef LOAD
     }
     for (int64_t c = 0; c < C; c++) {
-        const __m512 bv = _mm512_loadu_ps(off ? b + off[c] : b + c * OVS_PACK_NR);
-#define ROW(r) \
-        if (mr > r) c##r = _mm512_fmadd_ps(_mm512_set1_ps(a[r * lda + c]), bv, c##r);
+        const float *bc = boff ? b + boff[c] : b + c * OVS_PACK_NR;
+        const float *ac = aoff ? a + aoff[c] : a + c * AVX512_MR;
+        const __m512 b0 = _mm512_loadu_ps(bc);
+        const __m512 b1 = nr > 16 ? _mm512_loadu_ps(bc + b2) : b0;
+        __m512 av;
+#define ROW(r)                                                   \
+        if (mr > r) {                                            \
+            av = _mm512_set1_ps(ac[r]);                          \
+            c##r = _mm512_fmadd_ps(av, b0, c##r);                \
+            if (nr > 16) d##r = _mm512_fmadd_ps(av, b1, d##r);   \
+        }
         ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5) ROW(6) ROW(7) ROW(8) ROW(9) ROW(10) ROW(11)
 #undef ROW
     }
-#define STORE(r) \
-    if (mr > r) _mm512_storeu_ps(tile + r * OVS_PACK_NR, c##r);
+#define STORE(r)                                                         \
+    if (mr > r) {                                                        \
+        _mm512_storeu_ps(tile + r * nr, c##r);                           \
+        if (nr > 16) _mm512_storeu_ps(tile + r * nr + 16, d##r);         \
+    }
     STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5) STORE(6) STORE(7) STORE(8) STORE(9)
     STORE(10) STORE(11)
 #undef STORE
 }
 
-#define AVX512_CASE(n) \
-    case n: avx512_tile(n, C, a, lda, panel, NULL, tile, 0); break;
-#define AVX512_GATHER_CASE(n) \
-    case n: avx512_tile(n, C, a, lda, b, off, tile, resume); break;
-
-__attribute__((target("avx512f"))) static void avx512_kernel(int64_t mr, int64_t C,
-                                                             const float *a, int64_t lda,
-                                                             const float *panel, float *tile) {
-    switch (mr) {
-        AVX512_CASE(1) AVX512_CASE(2) AVX512_CASE(3) AVX512_CASE(4) AVX512_CASE(5)
-        AVX512_CASE(6) AVX512_CASE(7) AVX512_CASE(8) AVX512_CASE(9) AVX512_CASE(10)
-        AVX512_CASE(11) AVX512_CASE(12)
-    default: break;
+/* ---------------------------------------------------------------- packing of A */
+/* dst[c*MR + r] = a[r*lda + c]: 8x8 blocks through an AVX transpose, then 4-row blocks through
+ * SSE 4x4 transposes, 2-row blocks through unpacks; single rows and the last C % 8 (or % 4)
+ * columns element by element. Plain copies: equal to ops_gemm_pack_a_scalar bit for bit. */
+__attribute__((target("avx2"))) static void pack_rows_simd(float *dst, const float *a,
+                                                           int64_t lda, int64_t m, int64_t C,
+                                                           const int64_t MR) {
+    int64_t r = 0;
+    for (; m - r >= 8; r += 8) {
+        const float *s = a + r * lda;
+        int64_t c = 0;
+        for (; c + 8 <= C; c += 8) {
+            __m256 x0 = _mm256_loadu_ps(s + c), x1 = _mm256_loadu_ps(s + lda + c),
+                   x2 = _mm256_loadu_ps(s + 2 * lda + c), x3 = _mm256_loadu_ps(s + 3 * lda + c),
+                   x4 = _mm256_loadu_ps(s + 4 * lda + c), x5 = _mm256_loadu_ps(s + 5 * lda + c),
+                   x6 = _mm256_loadu_ps(s + 6 * lda + c), x7 = _mm256_loadu_ps(s + 7 * lda + c);
+            __m256 t0 = _mm256_unpacklo_ps(x0, x1), t1 = _mm256_unpackhi_ps(x0, x1),
+                   t2 = _mm256_unpacklo_ps(x2, x3), t3 = _mm256_unpackhi_ps(x2, x3),
+                   t4 = _mm256_unpacklo_ps(x4, x5), t5 = _mm256_unpackhi_ps(x4, x5),
+                   t6 = _mm256_unpacklo_ps(x6, x7), t7 = _mm256_unpackhi_ps(x6, x7);
+            __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)),
+                   s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2)),
+                   s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)),
+                   s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2)),
+                   s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0)),
+                   s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2)),
+                   s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0)),
+                   s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+            float *d = dst + c * MR + r;
+            _mm256_storeu_ps(d, _mm256_permute2f128_ps(s0, s4, 0x20));
+            _mm256_storeu_ps(d + MR, _mm256_permute2f128_ps(s1, s5, 0x20));
+            _mm256_storeu_ps(d + 2 * MR, _mm256_permute2f128_ps(s2, s6, 0x20));
+            _mm256_storeu_ps(d + 3 * MR, _mm256_permute2f128_ps(s3, s7, 0x20));
+            _mm256_storeu_ps(d + 4 * MR, _mm256_permute2f128_ps(s0, s4, 0x31));
+            _mm256_storeu_ps(d + 5 * MR, _mm256_permute2f128_ps(s1, s5, 0x31));
+            _mm256_storeu_ps(d + 6 * MR, _mm256_permute2f128_ps(s2, s6, 0x31));
+            _mm256_storeu_ps(d + 7 * MR, _mm256_permute2f128_ps(s3, s7, 0x31));
+        }
+        for (; c < C; c++)
+            for (int64_t i = 0; i < 8; i++) dst[c * MR + r + i] = s[i * lda + c];
     }
+    for (; m - r >= 4; r += 4) {
+        const float *s = a + r * lda;
+        int64_t c = 0;
+        for (; c + 4 <= C; c += 4) {
+            __m128 x0 = _mm_loadu_ps(s + c), x1 = _mm_loadu_ps(s + lda + c),
+                   x2 = _mm_loadu_ps(s + 2 * lda + c), x3 = _mm_loadu_ps(s + 3 * lda + c);
+            _MM_TRANSPOSE4_PS(x0, x1, x2, x3);
+            float *d = dst + c * MR + r;
+            _mm_storeu_ps(d, x0);
+            _mm_storeu_ps(d + MR, x1);
+            _mm_storeu_ps(d + 2 * MR, x2);
+            _mm_storeu_ps(d + 3 * MR, x3);
+        }
+        for (; c < C; c++)
+            for (int64_t i = 0; i < 4; i++) dst[c * MR + r + i] = s[i * lda + c];
+    }
+    for (; m - r >= 2; r += 2) {
+        const float *s = a + r * lda;
+        int64_t c = 0;
+        for (; c + 4 <= C; c += 4) {
+            __m128 x0 = _mm_loadu_ps(s + c), x1 = _mm_loadu_ps(s + lda + c);
+            __m128 lo = _mm_unpacklo_ps(x0, x1), hi = _mm_unpackhi_ps(x0, x1);
+            float *d = dst + c * MR + r;
+            _mm_storel_pi((__m64 *)d, lo);
+            _mm_storeh_pi((__m64 *)(d + MR), lo);
+            _mm_storel_pi((__m64 *)(d + 2 * MR), hi);
+            _mm_storeh_pi((__m64 *)(d + 3 * MR), hi);
+        }
+        for (; c < C; c++) {
+            dst[c * MR + r] = s[c];
+            dst[c * MR + r + 1] = s[lda + c];
+        }
+    }
+    for (; r < m; r++)
+        for (int64_t c = 0; c < C; c++) dst[c * MR + r] = a[r * lda + c];
 }
 
-__attribute__((target("avx512f"))) static void avx512_gather(int64_t mr, int64_t C,
-                                                             const float *a, int64_t lda,
-                                                             const float *b, const int64_t *off,
-                                                             float *tile, int resume) {
-    switch (mr) {
-        AVX512_GATHER_CASE(1) AVX512_GATHER_CASE(2) AVX512_GATHER_CASE(3) AVX512_GATHER_CASE(4)
-        AVX512_GATHER_CASE(5) AVX512_GATHER_CASE(6) AVX512_GATHER_CASE(7) AVX512_GATHER_CASE(8)
-        AVX512_GATHER_CASE(9) AVX512_GATHER_CASE(10) AVX512_GATHER_CASE(11)
-        AVX512_GATHER_CASE(12)
-    default: break;
-    }
+static void avx2_pack(float *dst, const float *a, int64_t lda, int64_t m, int64_t C) {
+    pack_rows_simd(dst, a, lda, m, C, AVX2_MR);
 }
 
-const ops_gemm_isa ops_gemm_avx2 = {"avx2", AVX2_MR, avx2_kernel, avx2_gather};
-const ops_gemm_isa ops_gemm_avx512 = {"avx512", AVX512_MR, avx512_kernel, avx512_gather};
+static void avx512_pack(float *dst, const float *a, int64_t lda, int64_t m, int64_t C) {
+    pack_rows_simd(dst, a, lda, m, C, AVX512_MR);
+}
+
+/* ---------------------------------------------------------------- dispatch */
+/* One ISA's two entry points: a switch over (mr, nr) whose every case inlines the ISA's tile
+ * template with constant sizes. ROWS lists the row counts, WIDTHS the (tile, row list) pairs. */
+#define PANEL_CASE(tile, m, n) \
+    case m * 64 + n: tile(m, n, C, a, NULL, b, NULL, b2, t, 0); break;
+#define GATHER_CASE(tile, m, n) \
+    case m * 64 + n: tile(m, n, C, a, aoff, b, boff, 16, t, resume); break;
+#define ROWS_6(X, tile, n) X(tile, 1, n) X(tile, 2, n) X(tile, 3, n) X(tile, 4, n) X(tile, 5, n) \
+    X(tile, 6, n)
+#define ROWS_12(X, tile, n) ROWS_6(X, tile, n) X(tile, 7, n) X(tile, 8, n) X(tile, 9, n) \
+    X(tile, 10, n) X(tile, 11, n) X(tile, 12, n)
+#define AVX2_CASES(X) ROWS_6(X, avx2_tile, 16)
+#define AVX512_CASES(X) ROWS_12(X, avx512_tile, 16) ROWS_12(X, avx512_tile, 32)
+
+#define DEFINE_ISA(isa, target_str, MR, NR_MAX, CASES)                                        \
+    __attribute__((target(target_str))) static void isa##_kernel(                            \
+        int64_t mr, int64_t nr, int64_t C, const float *a, const float *b, int64_t b2,       \
+        float *t) {                                                                          \
+        switch (mr * 64 + nr) {                                                              \
+            CASES(PANEL_CASE)                                                                \
+        default: break;                                                                      \
+        }                                                                                    \
+    }                                                                                        \
+    __attribute__((target(target_str))) static void isa##_gather(                            \
+        int64_t mr, int64_t nr, int64_t C, const float *a, const int64_t *aoff,              \
+        const float *b, const int64_t *boff, float *t, int resume) {                         \
+        switch (mr * 64 + nr) {                                                              \
+            CASES(GATHER_CASE)                                                               \
+        default: break;                                                                      \
+        }                                                                                    \
+    }                                                                                        \
+    const ops_gemm_isa ops_gemm_##isa = {#isa, MR, NR_MAX, isa##_kernel, isa##_gather,        \
+                                         isa##_pack};
+
+DEFINE_ISA(avx2, "avx2,fma", AVX2_MR, 16, AVX2_CASES)
+DEFINE_ISA(avx512, "avx512f", AVX512_MR, 32, AVX512_CASES)
 
 #else  /* not x86: the portable kernel stands in (gemm.c never selects these) */
-const ops_gemm_isa ops_gemm_avx2 = {"avx2", 0, NULL, NULL};
-const ops_gemm_isa ops_gemm_avx512 = {"avx512", 0, NULL, NULL};
+const ops_gemm_isa ops_gemm_avx2 = {"avx2", 0, 0, NULL, NULL, NULL};
+const ops_gemm_isa ops_gemm_avx512 = {"avx512", 0, 0, NULL, NULL, NULL};
 #endif

@@ -600,8 +600,6 @@ static PyObject *py_op_debug_invalid_calls(PyObject *self, PyObject *noargs) {
                                            &p_groups, OVS_ACT_NONE, buf));
     CASE("conv kernel > input", ovs_conv2d_forward(buf, buf, &w_conv, NULL, NULL, 1, 1, 2, 2, 1,
                                                    3, 3, &p, OVS_ACT_NONE, buf));
-    CASE("conv scratch NULL", ovs_conv2d_forward(buf, buf, &w_conv, NULL, NULL, 1, 1, 3, 3, 1, 3,
-                                                 3, &p, OVS_ACT_NONE, NULL));
     CASE("conv_naive H<0", ovs_conv2d_forward_naive(buf, buf, &w_conv, NULL, NULL, 1, 1, -3, 3, 1,
                                                     3, 3, &p, OVS_ACT_NONE));
     CASE("batchnorm_fold K<0", ovs_batchnorm_fold(buf, buf, buf, NULL, buf, buf, buf, buf, 1e-5f,
