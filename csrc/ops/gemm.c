@@ -43,9 +43,9 @@ static void portable_gather(int64_t mr, int64_t nr, int64_t C, const float *a,
 }
 
 static void portable_kernel(int64_t mr, int64_t nr, int64_t C, const float *a, const float *b,
-                            int64_t b2, float *tile) {
+                            int64_t b2, float *tile, int resume) {
     (void)b2;
-    portable_gather(mr, nr, C, a, NULL, b, NULL, tile, 0);
+    portable_gather(mr, nr, C, a, NULL, b, NULL, tile, resume);
 }
 
 void ops_gemm_pack_a_scalar(float *dst, const float *a, int64_t lda, int64_t m, int64_t C,
@@ -194,24 +194,29 @@ static void gemm_epilogue_row(float *o, const float *acc, int64_t nj, float alph
     for (int64_t j = 0; j < nj; j++) o[j] = v[j];
 }
 
-/* The left operand is packed once per call (ops_gemm_pack_rows, the ISA's SIMD packing) into
- * blocks of mr_max rows; then tasks of (row block) x (group of panels) run the micro-kernel on
- * nr_max / NR adjacent panels at a time. One parallel region: packing, barrier, tasks. */
+/* Chains longer than 2 * GEMM_KC steps are cut into slices of GEMM_KC (resumed from the stored
+ * partial sums, ops/gemm.h): a slice of the task's packed rows and of one panel pair stay in
+ * L2 / L1 while they are reused, instead of whole panels streaming from memory per row block. */
+#ifndef GEMM_KC
+#define GEMM_KC 256
+#endif
+
+/* The left operand is packed once per call (the ISA's SIMD packing) into blocks of mr_max rows;
+ * then tasks of (row block) x (group of panels) run the micro-kernel on nr_max / NR adjacent
+ * panels at a time. One parallel region: packing, barrier, tasks. */
 int ops_gemm_packed(const char *op, float *out, int64_t ldo, const float *a, int64_t lda,
                     const ovs_matrix *w, int64_t M, float alpha, float beta, const float *bias,
                     const float *res, int64_t ldr, ovs_act act) {
     const int64_t K = w->rows, C = w->cols;
     if (M == 0 || K == 0) return OVS_OK;
     const ops_gemm_isa *isa = ops_gemm_current_isa();
-    const int64_t mr = isa->mr_max, step = isa->nr_max / OVS_PACK_NR;
-    const int64_t rb = gemm_row_block(C, mr);
+    const int64_t mr = isa->mr_max, step = isa->nr_max / OVS_PACK_NR, nrm = isa->nr_max;
+    const int sliced = C > 2 * GEMM_KC;
+    const int64_t kc = sliced ? GEMM_KC : (C > 0 ? C : 1);
+    const int64_t rb = gemm_row_block(sliced ? kc : C, mr);
     const int64_t panels = (K + OVS_PACK_NR - 1) / OVS_PACK_NR;
     const int64_t row_blocks = (M + rb - 1) / rb;
     const int64_t mblocks = (M + mr - 1) / mr;
-    float *ap = NULL;
-    if (C > 0 && !(ap = ovs_malloc((size_t)mblocks * (size_t)mr * (size_t)C * sizeof(float))))
-        return ovs_set_error(OVS_ERR_NOMEM, "%s: out of memory for the packed rows (%lld x %lld)",
-                             op, (long long)M, (long long)C);
     int threads = 1;
 #ifdef _OPENMP
     if (!omp_in_parallel() && (double)M * (double)K * (double)C >= 1.0e6)
@@ -228,6 +233,18 @@ int ops_gemm_packed(const char *op, float *out, int64_t ldo, const float *a, int
     group = (group + step - 1) / step * step;
     const int64_t groups = (panels + group - 1) / group;
     const int64_t tasks = row_blocks * groups;
+    /* Sliced: a task's tiles ((rb/mr) x (group/step) of (mr, nr_max)) live in a per-thread
+     * buffer across slices. */
+    const int64_t per_thread = sliced ? rb * group * OVS_PACK_NR : 0;
+    float *ap = NULL, *accs = NULL;
+    if (C > 0 && !(ap = ovs_malloc((size_t)mblocks * (size_t)mr * (size_t)C * sizeof(float))))
+        return ovs_set_error(OVS_ERR_NOMEM, "%s: out of memory for the packed rows (%lld x %lld)",
+                             op, (long long)M, (long long)C);
+    if (sliced && !(accs = ovs_malloc((size_t)threads * (size_t)per_thread * sizeof(float)))) {
+        ovs_free(ap);
+        return ovs_set_error(OVS_ERR_NOMEM, "%s: out of memory for the partial sums (%lld floats)",
+                             op, (long long)(threads * per_thread));
+    }
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         if (C > 0) {
@@ -236,33 +253,47 @@ int ops_gemm_packed(const char *op, float *out, int64_t ldo, const float *a, int
                 isa->pack_a(ap + i * C * mr, a + i * mr * lda, lda,
                             M - i * mr < mr ? M - i * mr : mr, C);
         }
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < tasks; t++) {
             const int64_t i0 = (t / groups) * rb, p0 = (t % groups) * group;
             const int64_t i1 = i0 + rb < M ? i0 + rb : M;
             const int64_t p1 = p0 + group < panels ? p0 + group : panels;
-            float tile[OPS_GEMM_MR_MAX * OPS_GEMM_NR_MAX];   /* (mr, nr) */
-            for (int64_t p = p0; p < p1; p += step) {
-                const int64_t np = p1 - p < step ? p1 - p : step, nr = np * OVS_PACK_NR;
-                const float *panel = w->data + p * C * OVS_PACK_NR;
-                const int64_t j0 = p * OVS_PACK_NR;
-                const int64_t nj = K - j0 < nr ? K - j0 : nr;
-                for (int64_t i = i0; i < i1; i += mr) {
-                    const int64_t m = i1 - i < mr ? i1 - i : mr;
-                    if (C > 0) {
-                        isa->kernel(m, nr, C, ap + i * C, panel, C * OVS_PACK_NR, tile);
-                    } else {
-                        for (int64_t q = 0; q < m * nr; q++) tile[q] = 0.0f;
+            float local[OPS_GEMM_MR_MAX * OPS_GEMM_NR_MAX];   /* (mr, nr) */
+            float *mine = sliced ? accs + tid * per_thread : local;
+            for (int64_t l0 = 0; l0 < kc || l0 < C; l0 += kc) {
+                const int64_t n = C - l0 < kc ? C - l0 : kc;
+                for (int64_t p = p0; p < p1; p += step) {
+                    const int64_t np = p1 - p < step ? p1 - p : step, nr = np * OVS_PACK_NR;
+                    const float *panel = w->data + (p * C + l0) * OVS_PACK_NR;
+                    const int64_t j0 = p * OVS_PACK_NR;
+                    const int64_t nj = K - j0 < nr ? K - j0 : nr;
+                    for (int64_t i = i0; i < i1; i += mr) {
+                        const int64_t m = i1 - i < mr ? i1 - i : mr;
+                        float *tile = sliced ? mine + ((p - p0) / step * (rb / mr) + (i - i0) / mr) *
+                                                          mr * nrm
+                                             : local;
+                        if (C > 0) {
+                            isa->kernel(m, nr, n, ap + i * C + l0 * mr, panel, C * OVS_PACK_NR,
+                                        tile, l0 > 0);
+                        } else {
+                            for (int64_t q = 0; q < m * nr; q++) tile[q] = 0.0f;
+                        }
+                        if (sliced && l0 + kc < C) continue;   /* more slices to come */
+                        for (int64_t r = 0; r < m; r++)
+                            gemm_epilogue_row(out + (i + r) * ldo + j0, tile + r * nr, nj, alpha,
+                                              beta, bias ? bias + j0 : NULL,
+                                              res ? res + (i + r) * ldr + j0 : NULL, act);
                     }
-                    for (int64_t r = 0; r < m; r++)
-                        gemm_epilogue_row(out + (i + r) * ldo + j0, tile + r * nr, nj, alpha,
-                                          beta, bias ? bias + j0 : NULL,
-                                          res ? res + (i + r) * ldr + j0 : NULL, act);
                 }
             }
         }
     }
     ovs_free(ap);
+    ovs_free(accs);
     return OVS_OK;
 }
 

@@ -19,7 +19,7 @@
 
 /* The packed-panel form: B row c at b + c*NR (+ b2 for columns 16..31), A at a + c*mr_max. */
 typedef void (*ops_gemm_kernel_fn)(int64_t mr, int64_t nr, int64_t C, const float *a,
-                                   const float *b, int64_t b2, float *tile);
+                                   const float *b, int64_t b2, float *tile, int resume);
 
 /* The offset-table form: A column c at a + aoff[c], B row c at b + boff[c] (columns 16..31 at
  * b + boff[c] + 16). */
@@ -46,8 +46,7 @@ typedef struct {
 const ops_gemm_isa *ops_gemm_current_isa(void);
 
 /* Packs rows [0, M) of a (M, C; row stride lda) into ceil(M / mr_max) blocks of (C, mr_max),
- * block i at dst + i*C*mr_max; parallel over blocks when called outside a parallel region with
- * threads > 1 (inside one: the caller's `omp for` splits it, see ops_gemm_pack_rows_omp). */
+ * block i at dst + i*C*mr_max, with the ISA's pack_a; over `threads` threads. */
 void ops_gemm_pack_rows(const ops_gemm_isa *isa, float *dst, const float *a, int64_t lda,
                         int64_t M, int64_t C, int threads);
 

@@ -193,7 +193,7 @@ static void avx512_pack(float *dst, const float *a, int64_t lda, int64_t m, int6
 /* One ISA's two entry points: a switch over (mr, nr) whose every case inlines the ISA's tile
  * template with constant sizes. ROWS lists the row counts, WIDTHS the (tile, row list) pairs. */
 #define PANEL_CASE(tile, m, n) \
-    case m * 64 + n: tile(m, n, C, a, NULL, b, NULL, b2, t, 0); break;
+    case m * 64 + n: tile(m, n, C, a, NULL, b, NULL, b2, t, resume); break;
 #define GATHER_CASE(tile, m, n) \
     case m * 64 + n: tile(m, n, C, a, aoff, b, boff, 16, t, resume); break;
 #define ROWS_6(X, tile, n) X(tile, 1, n) X(tile, 2, n) X(tile, 3, n) X(tile, 4, n) X(tile, 5, n) \
@@ -206,7 +206,7 @@ static void avx512_pack(float *dst, const float *a, int64_t lda, int64_t m, int6
 #define DEFINE_ISA(isa, target_str, MR, NR_MAX, CASES)                                        \
     __attribute__((target(target_str))) static void isa##_kernel(                            \
         int64_t mr, int64_t nr, int64_t C, const float *a, const float *b, int64_t b2,       \
-        float *t) {                                                                          \
+        float *t, int resume) {                                                              \
         switch (mr * 64 + nr) {                                                              \
             CASES(PANEL_CASE)                                                                \
         default: break;                                                                      \
