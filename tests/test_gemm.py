@@ -90,7 +90,10 @@ def test_naive_twin_against_float64(rng, M, C, K):
     assert np.array_equal(prepacked, naive), "op_gemm_packed on a pre-packed weight"
 
 
-@pytest.mark.parametrize("C,K", [(37, 40), (768, 200)])
+# C = 1100: the chain cut into 256-step slices with a partial last one; K = 40 / 70: an odd
+# number of 16-wide panels (the AVX-512 kernel's 32-wide tiles end on a 16-wide one); C = 5:
+# fewer columns than one packing transpose block.
+@pytest.mark.parametrize("C,K", [(37, 40), (768, 200), (1100, 70), (5, 33)])
 def test_rows_bitwise_independent_of_batch_threads_and_isa(rng, restore_runtime, C, K):
     big = rand(rng, max(M_SIZES), C)
     w = rand(rng, K, C, scale=0.1)
@@ -134,6 +137,28 @@ def test_packed_linear_epilogue(rng, restore_runtime, act):
         assert np.array_equal(got, outs[0]), "ISA paths / residual aliasing differ bitwise"
     naive = _core.op_linear(x, w, b, r, act=act, packed=True, naive=True)
     assert_close(naive, ref, name="naive linear on a packed weight")
+
+
+def test_packed_gemm_allocation_failure(rng, restore_runtime):
+    # The packed rows of `a` and the partial sums of sliced chains are allocated per call.
+    a, w = rand(rng, 50, 1100), rand(rng, 40, 1100)
+    packed = _core.op_matrix_pack(w)
+    _core.set_num_threads(2)
+    ref = _core.op_gemm_packed(a, packed, 40)
+    messages = []
+    for i in range(1, 4):
+        _core.debug_fail_alloc(i)
+        try:
+            got = _core.op_gemm_packed(a, packed, 40)
+        except MemoryError as e:
+            messages.append(str(e))
+            continue
+        finally:
+            _core.debug_fail_alloc(0)
+        assert np.array_equal(got, ref)
+    assert any("out of memory for the packed rows" in m for m in messages), messages
+    assert any("out of memory for the partial sums" in m for m in messages), messages
+    assert np.array_equal(_core.op_gemm_packed(a, packed, 40), ref)
 
 
 def test_packed_matmul_alpha_beta_strided_out(rng):

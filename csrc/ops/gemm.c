@@ -3,14 +3,17 @@
  * Dimension letters as in include/ovs/ops.h.
  *
  * Determinism by construction: every output element is one fmaf chain over c = 0..C-1 in
- * increasing order (see ops/gemm.h), computed whole by one micro-kernel call; the epilogue
+ * increasing order (see ops/gemm.h), computed by micro-kernel calls over slices of c; the epilogue
  * (alpha, beta, bias, residual, activation) is applied after, element by element, by code shared
  * by all ISAs. A row's result therefore does not depend on M, on the row's position, on the
- * tiling, on the thread count or on the ISA path (portable / AVX2 / AVX-512).
+ * tiling, on the slicing (a cut chain resumes from the stored float), on the thread count or on
+ * the ISA path (portable / AVX2 / AVX-512).
  *
- * Work split: the output is cut into tasks of (up to GEMM_ROW_BLOCK rows) x (a group of panels);
- * OpenMP threads take tasks dynamically. Inside a task each panel (C, NR) is streamed once per
- * micro-tile of rows while the task's rows of `a` stay in L2. */
+ * Work split: `a` is packed once per call into blocks of mr_max rows (the ISA's SIMD packing,
+ * ops/gemm.h); the output is cut into tasks of (a block of rows) x (a group of panels); OpenMP
+ * threads take tasks dynamically. Inside a task the micro-kernel covers mr_max rows x nr_max
+ * columns (one or two adjacent panels) per call; long chains are cut into slices of GEMM_KC steps
+ * so that the slice of the task's packed rows and of the panel pair stay in cache. */
 #include "ops/gemm.h"
 
 #include <stdatomic.h>

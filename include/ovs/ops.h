@@ -149,9 +149,8 @@ typedef struct {
 ovs_conv2d_params ovs_conv2d_defaults(void);   /* stride 1, pad 0, dilation 1, groups 1 */
 /* Output extent along one axis, or -1 if the kernel does not fit. */
 int64_t ovs_conv2d_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil);
-/* Scratch floats ovs_conv2d_forward needs: the im2col matrix of one band of output rows,
- * (C/groups)*R*S x (rows fitting 512 KiB, at least 1) x Q; 0 for 1x1 stride-1 unpadded convs
- * (and for invalid arguments, which the forward reports); SIZE_MAX if it overflows. */
+/* Scratch floats ovs_conv2d_forward needs: 0 (the implicit GEMM allocates its own buffers of
+ * about the input's size per call); kept so that callers sizing an arena need not change. */
 size_t ovs_conv2d_scratch_floats(int64_t C, int64_t H, int64_t W, int64_t K, int64_t R,
                                  int64_t S, const ovs_conv2d_params *p);
 
@@ -159,13 +158,13 @@ size_t ovs_conv2d_scratch_floats(int64_t C, int64_t H, int64_t W, int64_t K, int
  *                         [+ residual (N, K, P, Q)]).
  * weight is the (K, C/groups*R*S) matrix view; bias, residual may be NULL; residual may
  * alias out.
- * Stride-1 convs (unless the right padding columns would exceed a quarter of the work) run as
- * an implicit GEMM on the packed GEMM's per-ISA micro-kernels over the zero-padded input (no
- * im2col; the padded copy is allocated per call, OVS_ERR_NOMEM if that fails; scratch is not
- * used): each output is one fmaf chain over the taps (c, r, s) in increasing order, then
+ * Every conv runs as an implicit GEMM on the packed GEMM's per-ISA micro-kernels over the
+ * zero-padded input split into its stride phases (no im2col; that copy and the weights packed
+ * for the kernels are allocated per call, OVS_ERR_NOMEM if that fails; scratch is not used);
+ * taps that only read padding are skipped. Each output is one fmaf chain over the taps
+ * (c, r, s) in increasing order (a skipped tap would add an exact 0 for finite weights), then
  * + bias, + residual, activation, so the result is bitwise independent of the thread count and
- * of the ISA path. Other convs: im2col + OpenBLAS sgemm per image, group and band of output
- * rows. */
+ * of the ISA path. */
 int ovs_conv2d_forward(float *out, const float *in, const ovs_matrix *weight, const float *bias,
                        const float *residual, int64_t N, int64_t C, int64_t H, int64_t W,
                        int64_t K, int64_t R, int64_t S, const ovs_conv2d_params *p, ovs_act act,
