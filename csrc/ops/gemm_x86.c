@@ -107,6 +107,13 @@ AVX512_ATTR void avx512_tile(const int mr, const int nr, int64_t C, const float 
 /* dst[c*MR + r] = a[r*lda + c]: 8x8 blocks through an AVX transpose, then 4-row blocks through
  * SSE 4x4 transposes, 2-row blocks through unpacks; single rows and the last C % 8 (or % 4)
  * columns element by element. Plain copies: equal to ops_gemm_pack_a_scalar bit for bit. */
+/* Columns [c, C) of `rows` rows starting at row r (s = a + r*lda), element by element. */
+static inline void pack_cols_scalar(float *dst, const float *s, int64_t lda, int64_t r,
+                                    int64_t rows, int64_t c, int64_t C, int64_t MR) {
+    for (; c < C; c++)
+        for (int64_t i = 0; i < rows; i++) dst[c * MR + r + i] = s[i * lda + c];
+}
+
 __attribute__((target("avx2"))) static void pack_rows_simd(float *dst, const float *a,
                                                            int64_t lda, int64_t m, int64_t C,
                                                            const int64_t MR) {
@@ -141,8 +148,7 @@ __attribute__((target("avx2"))) static void pack_rows_simd(float *dst, const flo
             _mm256_storeu_ps(d + 6 * MR, _mm256_permute2f128_ps(s2, s6, 0x31));
             _mm256_storeu_ps(d + 7 * MR, _mm256_permute2f128_ps(s3, s7, 0x31));
         }
-        for (; c < C; c++)
-            for (int64_t i = 0; i < 8; i++) dst[c * MR + r + i] = s[i * lda + c];
+        pack_cols_scalar(dst, s, lda, r, 8, c, C, MR);
     }
     for (; m - r >= 4; r += 4) {
         const float *s = a + r * lda;
@@ -157,8 +163,7 @@ __attribute__((target("avx2"))) static void pack_rows_simd(float *dst, const flo
             _mm_storeu_ps(d + 2 * MR, x2);
             _mm_storeu_ps(d + 3 * MR, x3);
         }
-        for (; c < C; c++)
-            for (int64_t i = 0; i < 4; i++) dst[c * MR + r + i] = s[i * lda + c];
+        pack_cols_scalar(dst, s, lda, r, 4, c, C, MR);
     }
     for (; m - r >= 2; r += 2) {
         const float *s = a + r * lda;
@@ -172,13 +177,9 @@ __attribute__((target("avx2"))) static void pack_rows_simd(float *dst, const flo
             _mm_storel_pi((__m64 *)(d + 2 * MR), hi);
             _mm_storeh_pi((__m64 *)(d + 3 * MR), hi);
         }
-        for (; c < C; c++) {
-            dst[c * MR + r] = s[c];
-            dst[c * MR + r + 1] = s[lda + c];
-        }
+        pack_cols_scalar(dst, s, lda, r, 2, c, C, MR);
     }
-    for (; r < m; r++)
-        for (int64_t c = 0; c < C; c++) dst[c * MR + r] = a[r * lda + c];
+    if (r < m) pack_cols_scalar(dst, a + r * lda, lda, r, m - r, 0, C, MR);
 }
 
 static void avx2_pack(float *dst, const float *a, int64_t lda, int64_t m, int64_t C) {
