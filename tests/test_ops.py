@@ -106,10 +106,12 @@ def torch_act(x, act):
         return torch.nn.GELU()(t)
     if act == "quickgelu":
         return t * torch.sigmoid(1.702 * t)
+    if act == "sigmoid":
+        return torch.sigmoid(t)
     return t
 
 
-@pytest.mark.parametrize("act", ["none", "relu", "gelu", "quickgelu"])
+@pytest.mark.parametrize("act", ["none", "relu", "gelu", "quickgelu", "sigmoid"])
 def test_act_vs_torch_and_naive(rng, act):
     x = np.concatenate([
         rand(rng, 100_003, scale=3.0),

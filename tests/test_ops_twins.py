@@ -84,7 +84,7 @@ def gemm_packed_case(rng, M, C, K):
 
 TWINS = [
     *[row(f"act-{a}", _core.op_act, lambda r, a=a: ((rand(r, 40_003, scale=4.0), a), {}))
-      for a in ("none", "relu", "gelu", "quickgelu")],
+      for a in ("none", "relu", "gelu", "quickgelu", "sigmoid")],
     *[row(f"linear-{fmt}", _core.op_linear,
           lambda r, p=p: ((rand(r, 3, 90, 128), rand(r, 96, 128, scale=0.1), rand(r, 96),
                            rand(r, 3, 90, 96)), dict(act="gelu", packed=p)))

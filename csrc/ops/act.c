@@ -1,4 +1,4 @@
-/* Activations: ReLU, exact GELU, QuickGELU, elementwise and in place, and their names table.
+/* Activations: ReLU, exact GELU, QuickGELU, sigmoid, elementwise and in place, and their names table.
  * The per-row kernel ops_act_inplace is what linear/conv epilogues call inside their own
  * parallel loops; ovs_act_forward parallelises it over chunks. */
 #include "ops/ops_internal.h"
@@ -16,6 +16,10 @@ void ops_act_inplace(float *x, int64_t n, ovs_act act) {
     case OVS_ACT_QUICKGELU:
 #pragma omp simd
         for (int64_t i = 0; i < n; i++) x[i] = ops_quickgelu(x[i]);
+        break;
+    case OVS_ACT_SIGMOID:
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) x[i] = ops_sigmoid(x[i]);
         break;
     case OVS_ACT_NONE:
         break;
@@ -45,11 +49,14 @@ int ovs_act_forward(float *x, int64_t n, ovs_act act) {
     return OVS_OK;
 }
 
+int ovs_sigmoid_inplace(float *x, int64_t n) { return ovs_act_forward(x, n, OVS_ACT_SIGMOID); }
+
 static const ovs_act_info act_table[] = {
     {"none", OVS_ACT_NONE, 0, "identity"},
     {"quickgelu", OVS_ACT_QUICKGELU, 1, "x * sigmoid(1.702 x), open_clip's QuickGELU (OpenAI weights)"},
     {"gelu", OVS_ACT_GELU, 1, "exact GELU, 0.5 x (1 + erf(x / sqrt 2)), torch.nn.GELU()"},
     {"relu", OVS_ACT_RELU, 0, "max(x, 0)"},
+    {"sigmoid", OVS_ACT_SIGMOID, 0, "1 / (1 + exp(-x)), torch.sigmoid (mask probabilities)"},
 };
 
 #define NUM_ACTS (sizeof act_table / sizeof act_table[0])

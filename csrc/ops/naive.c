@@ -9,6 +9,7 @@ static float act_naive(float x, ovs_act act) {
     case OVS_ACT_RELU: return x < 0.0f ? 0.0f : x;
     case OVS_ACT_GELU: return (float)(0.5 * (double)x * erfc(-(double)x / sqrt(2.0)));
     case OVS_ACT_QUICKGELU: return (float)((double)x / (1.0 + exp(-1.702 * (double)x)));
+    case OVS_ACT_SIGMOID: return (float)(1.0 / (1.0 + exp(-(double)x)));
     case OVS_ACT_NONE: break;
     }
     return x;

@@ -154,6 +154,9 @@ static inline float ops_quickgelu(float x) {
     return x * (1.0f / (1.0f + ops_expf(-1.702f * x)));
 }
 
+/* 1 / (1 + exp(-x)), as torch.sigmoid: 0 where exp(-x) overflows (x < -88.7), 1 for large x. */
+static inline float ops_sigmoid(float x) { return 1.0f / (1.0f + ops_expf(-x)); }
+
 /* max(x, 0), NaN kept as torch.relu keeps it. */
 static inline float ops_relu(float x) { return x < 0.0f ? 0.0f : x; }
 

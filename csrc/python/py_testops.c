@@ -687,7 +687,7 @@ static PyMethodDef testops_methods[] = {
      "op_matmul(a, b, alpha=1.0, beta=0.0, out=None, naive=False): out = alpha a @ b + beta out; "
      "a's and b's rows may be strided (column slices)."},
     {"op_act", (PyCFunction)py_op_act, KW,
-     "op_act(x, act, naive=False): act in 'none', 'relu', 'gelu', 'quickgelu'."},
+     "op_act(x, act, naive=False): act in 'none', 'relu', 'gelu', 'quickgelu', 'sigmoid'."},
     {"op_conv2d", (PyCFunction)py_op_conv2d, KW,
      "op_conv2d(x, w, b=None, residual=None, stride=1, padding=0, dilation=1, groups=1, "
      "act='none', naive=False, residual_alias=False)."},

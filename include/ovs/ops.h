@@ -107,6 +107,7 @@ typedef enum {
     OVS_ACT_RELU = 1,
     OVS_ACT_GELU = 2,         /* exact, 0.5 x (1 + erf(x / sqrt 2)) as torch.nn.GELU() */
     OVS_ACT_QUICKGELU = 3,    /* x * sigmoid(1.702 x) as open_clip QuickGELU */
+    OVS_ACT_SIGMOID = 4,      /* 1 / (1 + exp(-x)) as torch.sigmoid (0 below x = -88.7) */
 } ovs_act;
 
 /* The activations table (csrc/ops/act.c), the one place an activation is named: every act=
@@ -127,6 +128,8 @@ const char *ovs_act_name(ovs_act act);
 /* x (n,) = act(x), in place. */
 int ovs_act_forward(float *x, int64_t n, ovs_act act);
 int ovs_act_forward_naive(float *x, int64_t n, ovs_act act);
+/* x (n,) = sigmoid(x) in place: ovs_act_forward(x, n, OVS_ACT_SIGMOID) (mask probabilities). */
+int ovs_sigmoid_inplace(float *x, int64_t n);
 
 /* ---------------------------------------------------------------- linear */
 /* out (M, K) = act(in (M, C) @ weight^T + bias (K,) [+ residual (M, K)]).
