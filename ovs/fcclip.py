@@ -32,7 +32,7 @@ import numpy as np
 
 from . import _core
 from .frameworks import (FRAMEWORKS, FrameworkModel, _clip_resnet_expected, _clip_text_expected, _count,
-                         _dim, _text_model, detectron2_preprocess)
+                         _dim, _text_model, detectron2_preprocess, mask_semantic)
 
 # FC-CLIP's MODEL.PIXEL_MEAN / PIXEL_STD: CLIP's mean and std on 0..255 (RGB)
 CLIP_MEAN_255 = (122.7709383, 116.7460125, 104.09373615)
@@ -42,7 +42,6 @@ PR = "sem_seg_head.predictor."
 HEADS = 8            # MASK_FORMER.NHEADS: decoder and deformable encoder
 POINTS = 4           # MSDeformAttn n_points (fixed in fc-clip's pixel decoder)
 LEVELS = 3           # res3..res5 in the deformable encoder
-_QUERY_CHUNK = 16    # queries upsampled at a time in the semantic inference
 
 
 def fcclip_expected(sd: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
@@ -345,17 +344,8 @@ class FCCLIPModel(FrameworkModel):
                                             CLIP_STD_255)
         out = self.forward(x)
         probs = self.class_probs(out, text)                                     # (Q, C)
-        H, W = out_size or image.shape[:2]
-        Hp, Wp = x.shape[2:]
-        masks = out["masks"]
-        sem = np.zeros((probs.shape[1], H * W), np.float32)
-        pT = np.ascontiguousarray(probs.T, dtype=np.float32)
-        for q0 in range(0, masks.shape[0], _QUERY_CHUNK):
-            mk = _core.resize(np.ascontiguousarray(masks[q0:q0 + _QUERY_CHUNK]), (Hp, Wp))
-            mk = _core.resize(np.ascontiguousarray(mk[:, :nh, :nw]), (H, W))
-            sig = 1.0 / (1.0 + np.exp(-mk.reshape(mk.shape[0], H * W)))
-            sem += pT[:, q0:q0 + _QUERY_CHUNK] @ sig
-        return sem.reshape(-1, H, W)
+        return mask_semantic(out["masks"], probs, nh, nw, upsampled=x.shape[2:],
+                             out_size=out_size or image.shape[:2])
 
     def lowres(self, image: np.ndarray, text: TextRows, kind: str, *, short: int,
                max_size: int, divisor: int) -> np.ndarray:

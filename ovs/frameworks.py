@@ -399,32 +399,18 @@ def han_expected(sd: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def mask_semantic(masks: np.ndarray, probs: np.ndarray, h: int, w: int,
-                  rows: int = 64) -> np.ndarray:
-    """MaskFormer's semantic_inference after the upsampling, cropped as sem_seg_postprocess:
-    masks (Q, hm, wm) mask logits at stride 4 of the padded input, probs (Q, C) class
-    probabilities -> (C, h, w) = sum_q probs[q, c] * sigmoid(up(masks[q]))[:h, :w], with `up`
-    the bilinear x4 upsampling (align_corners=False) to the padded size. Computed in blocks of
-    output rows (one input row of halo each side, so every value is the full upsampling's)
-    without materialising the (Q, 4 hm, 4 wm) upsampled logits."""
-    Q, hm, wm = masks.shape
-    C = probs.shape[1]
-    if not (0 < h <= 4 * hm and 0 < w <= 4 * wm) or probs.shape[0] != Q:
-        raise ValueError(f"bad shapes: masks {masks.shape}, probs {probs.shape}, crop {h}x{w}")
-    pt = np.ascontiguousarray(probs.T, dtype=np.float32)
-    out = np.empty((C, h, w), np.float32)
-    for y0 in range(0, h, rows):
-        y1 = min(h, y0 + rows)
-        a, b = max(0, y0 // 4 - 1), min(hm, (y1 - 1) // 4 + 2)
-        up = _core.resize(np.ascontiguousarray(masks[:, a:b]), (4 * (b - a), 4 * wm))
-        s = np.ascontiguousarray(up[:, y0 - 4 * a:y1 - 4 * a, :w])
-        np.negative(s, out=s)
-        with np.errstate(over="ignore"):   # exp(-x) = inf for x < -88: sigmoid 0, as torch's
-            np.exp(s, out=s)
-        s += 1.0
-        np.reciprocal(s, out=s)
-        np.matmul(pt, s.reshape(Q, -1), out=out[:, y0:y1].reshape(C, -1))
-    return out
+def mask_semantic(masks: np.ndarray, probs: np.ndarray, h: int, w: int, *,
+                  upsampled: tuple[int, int] | None = None,
+                  out_size: tuple[int, int] | None = None) -> np.ndarray:
+    """MaskFormer's semantic_inference after detectron2's sem_seg_postprocess of the masks, as
+    Han et al. (OpenTrans) and FC-CLIP run it: masks (Q, hm, wm) mask logits at stride 4 of the
+    padded input, probs (Q, C) class probabilities -> (C, H, W) float32 =
+    sum_q probs[q, c] * sigmoid(resize(up(masks[q])[:h, :w], out_size)), with `up` the
+    bilinear upsampling (align_corners=False) to `upsampled` (default (4 hm, 4 wm), the padded
+    input), [:h, :w] the image's resized extent and `resize` bilinear to out_size (default
+    (h, w): none). In C (ovs_mask_semantic), band by band of output rows: the (Q, H, W)
+    upsampled masks are never held."""
+    return _core.mask_semantic(masks, probs, upsampled, (int(h), int(w)), out_size)
 
 
 class HanModel(FrameworkModel):

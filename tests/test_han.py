@@ -22,6 +22,7 @@ import ovs  # noqa: E402
 import ovs.convert  # noqa: E402
 import ovs.prune  # noqa: E402
 import ovs.weights  # noqa: E402
+from ovs import _core  # noqa: E402
 from ovs.cli import main as cli_main  # noqa: E402
 from ovs.frameworks import ConversionError, HanModel, mask_semantic  # noqa: E402
 
@@ -96,25 +97,80 @@ def test_segmenter_matches_opentrans_inference(pair):
             assert len(np.unique(ref_labels)) >= 2
 
 
-def _torch_semantic(masks, probs, h, w):
-    up = F.interpolate(torch.from_numpy(masks)[None], scale_factor=4, mode="bilinear",
-                       align_corners=False)[0]
-    return torch.einsum("qc,qhw->chw", torch.from_numpy(probs), up.sigmoid())[:, :h, :w].numpy()
+def _torch_semantic(masks, probs, h, w, upsampled=None, out_size=None):
+    """Han et al. / FC-CLIP as written in torch: F.interpolate to the padded size, crop,
+    F.interpolate to the output size, sigmoid, einsum over the queries."""
+    m = torch.from_numpy(masks)[None]
+    up = F.interpolate(m, size=upsampled or (4 * masks.shape[1], 4 * masks.shape[2]),
+                       mode="bilinear", align_corners=False)[:, :, :h, :w]
+    if out_size is not None:
+        up = F.interpolate(up, size=out_size, mode="bilinear", align_corners=False)
+    return torch.einsum("qc,qhw->chw", torch.from_numpy(probs), up[0].sigmoid()).numpy()
 
 
-@pytest.mark.parametrize("rows", [1, 3, 64])
-def test_mask_semantic_blocks_equal_torch(rows):
-    rng = np.random.default_rng(rows)
-    masks = (rng.standard_normal((7, 9, 13)) * 3).astype(np.float32)
-    masks[0, 0, :3] = (-200, 200, 0)   # saturated logits: sigmoid 0 and 1, no warning
+SEMANTIC_CASES = [   # (Q, hm, wm, C), h, w, upsampled, out_size
+    ((7, 9, 13, 5), 36, 52, None, None),
+    ((7, 9, 13, 5), 33, 50, None, None),
+    ((7, 9, 13, 5), 1, 1, None, None),
+    ((7, 9, 13, 5), 17, 3, None, None),
+    ((7, 9, 13, 5), 33, 50, None, (101, 37)),      # FC-CLIP: resized to the image, up and down
+    ((5, 8, 8, 3), 30, 29, (32, 32), (13, 11)),
+    ((12, 16, 24, 9), 60, 90, (64, 96), (300, 451)),   # several bands of output rows
+    ((4, 3, 40, 2), 10, 160, None, (20, 8500)),        # rows wider than one band
+]
+
+
+@pytest.mark.parametrize("case", range(len(SEMANTIC_CASES)))
+def test_mask_semantic_equals_torch_and_naive(case):
+    (Q, hm, wm, C), h, w, up, size = SEMANTIC_CASES[case]
+    rng = np.random.default_rng(case)
+    masks = (rng.standard_normal((Q, hm, wm)) * 3).astype(np.float32)
+    masks[0, 0, :3] = (-200, 200, 0)   # saturated logits: sigmoid 0 and 1
+    probs = rng.random((Q, C)).astype(np.float32)
+    ref = _torch_semantic(masks, probs, h, w, up, size)
+    got = mask_semantic(masks, probs, h, w, upsampled=up, out_size=size)
+    assert_close(got, ref, rtol=1e-5, name=f"mask_semantic case {case}")
+    naive = _core.mask_semantic(masks, probs, up, (h, w), size, naive=True)
+    assert_close(naive, ref, rtol=1e-5, name=f"mask_semantic naive twin, case {case}")
+    n = ovs.get_num_threads()
+    try:
+        ovs.set_num_threads(1)
+        one = mask_semantic(masks, probs, h, w, upsampled=up, out_size=size)
+        ovs.set_num_threads(2)
+        two = mask_semantic(masks, probs, h, w, upsampled=up, out_size=size)
+    finally:
+        ovs.set_num_threads(n)
+    assert np.array_equal(one, two), "mask_semantic differs between 1 and 2 threads"
+
+
+def test_mask_semantic_rejects_bad_inputs():
+    rng = np.random.default_rng(0)
+    masks = rng.standard_normal((7, 9, 13)).astype(np.float32)
     probs = rng.random((7, 5)).astype(np.float32)
-    for h, w in [(36, 52), (33, 50), (1, 1), (17, 3)]:
-        assert_close(mask_semantic(masks, probs, h, w, rows=rows), _torch_semantic(masks, probs, h, w),
-                     rtol=1e-5, name=f"mask_semantic {h}x{w} rows={rows}")
-    with pytest.raises(ValueError, match="bad shapes"):
+    with pytest.raises(ValueError, match="inside the upsampled"):
         mask_semantic(masks, probs, 37, 52)
-    with pytest.raises(ValueError, match="bad shapes"):
+    with pytest.raises(ValueError, match="inside the upsampled"):
+        mask_semantic(masks, probs, 20, 20, upsampled=(19, 40))
+    with pytest.raises(ValueError, match="same Q"):
         mask_semantic(masks, probs[:3], 36, 52)
+    with pytest.raises(ValueError, match="same Q"):
+        mask_semantic(masks[:0], probs[:0], 36, 52)
+    with pytest.raises(ValueError, match="masks must have 3"):
+        mask_semantic(masks[0], probs, 36, 52)
+    with pytest.raises(ValueError, match="crop must be >= 1"):
+        mask_semantic(masks, probs, 0, 52)
+    with pytest.raises(ValueError, match="out_size must be >= 1"):
+        mask_semantic(masks, probs, 36, 52, out_size=(10, -1))
+    with pytest.raises(TypeError, match="upsampled must be"):
+        mask_semantic(masks, probs, 36, 52, upsampled="big")
+    with pytest.raises(ValueError, match="at most 65536"):
+        mask_semantic(masks, probs, 36, 52, out_size=(10, 1 << 20))
+    bad = masks.copy()
+    bad[3, 2, 1] = np.nan
+    with pytest.raises(ValueError, match="masks contains NaN"):
+        mask_semantic(bad, probs, 36, 52)
+    with pytest.raises(ValueError, match="probs contains NaN"):
+        mask_semantic(masks, np.full_like(probs, np.inf), 36, 52)
 
 
 def test_thread_count_independent(pair):

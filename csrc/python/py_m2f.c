@@ -2,7 +2,8 @@
  *   _core.m2f_pos_embed_sine, _core.m2f_msdeform_attn_core (naive=True for the twin; the tests
  *   reach them as _core.op_pos_embed_sine / op_msdeform_attn_core, py_testops.c),
  *   _core.m2f_msdeform_attn (one MSDeformAttn module from named weights),
- *   _core.M2FPixelDecoder, _core.M2FDecoder (blocks built once from a weights dict).
+ *   _core.M2FPixelDecoder, _core.M2FDecoder (blocks built once from a weights dict),
+ *   _core.mask_semantic (MaskFormer's semantic inference, naive=True for the twin).
  * Arrays are converted to C-contiguous float32, outputs allocated with the GIL held, the C
  * work runs without it (one forward at a time per block object). */
 #include "python/py_models.h"
@@ -391,12 +392,71 @@ static OVS_PY_TYPE(DecoderType, "M2FDecoder", py_m2f_block, block_dealloc, dec_i
                    "heads=8, ffn_dim=2048, layers=9, mask_dim=256, class_layers=0, class_dim=0, "
                    "fcclip_class_head=False)");
 
+/* ---------------------------------------------------------------- semantic inference */
+/* mask_semantic(masks (Q, h, w), probs (Q, C), upsampled, crop, out_size, naive=False)
+ *   -> (C, H, W): ovs_mask_semantic; upsampled None = (4h, 4w), out_size None = crop. */
+static PyObject *py_mask_semantic(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"masks", "probs", "upsampled", "crop", "out_size", "naive", NULL};
+    PyObject *m_obj, *p_obj, *up_obj, *crop_obj, *size_obj;
+    int naive = 0, st = -1;
+    PyArrayObject *masks = NULL, *probs = NULL, *out = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|p", kwlist, &m_obj, &p_obj, &up_obj,
+                                     &crop_obj, &size_obj, &naive))
+        return NULL;
+    int64_t up[2], crop[2], size[2];
+    if (!(masks = ovs_py_float_array(m_obj, 3, "masks")) ||
+        !(probs = ovs_py_float_array(p_obj, 2, "probs")))
+        goto done;
+    const int64_t Q = PyArray_DIM(masks, 0), h = PyArray_DIM(masks, 1), w = PyArray_DIM(masks, 2);
+    const int64_t C = PyArray_DIM(probs, 1);
+    if (Q < 1 || h < 1 || w < 1 || C < 1 || PyArray_DIM(probs, 0) != Q) {
+        PyErr_Format(PyExc_ValueError, "masks (Q, h, w) and probs (Q, C) must be non-empty with "
+                     "the same Q, got masks (%lld, %lld, %lld), probs (%lld, %lld)", (long long)Q,
+                     (long long)h, (long long)w, (long long)PyArray_DIM(probs, 0), (long long)C);
+        goto done;
+    }
+    up[0] = 4 * h;
+    up[1] = 4 * w;
+    if ((up_obj != Py_None && ovs_py_pair(up_obj, "upsampled", 1, up)) ||
+        ovs_py_pair(crop_obj, "crop", 1, crop))
+        goto done;
+    size[0] = crop[0];
+    size[1] = crop[1];
+    if (size_obj != Py_None && ovs_py_pair(size_obj, "out_size", 1, size)) goto done;
+    for (int i = 0; i < 2; i++)
+        if (up[i] > 65536 || size[i] > 65536) {
+            PyErr_Format(PyExc_ValueError, "upsampled %lldx%lld and out_size %lldx%lld must be at "
+                         "most 65536 per side", (long long)up[0], (long long)up[1],
+                         (long long)size[0], (long long)size[1]);
+            goto done;
+        }
+    if (crop[0] > up[0] || crop[1] > up[1]) {
+        PyErr_Format(PyExc_ValueError, "crop %lldx%lld must lie inside the upsampled %lldx%lld",
+                     (long long)crop[0], (long long)crop[1], (long long)up[0], (long long)up[1]);
+        goto done;
+    }
+    if (check_finite(masks, "masks") || check_finite(probs, "probs")) goto done;
+    npy_intp dims[3] = {(npy_intp)C, (npy_intp)size[0], (npy_intp)size[1]};
+    if (!(out = ovs_py_new_float(3, dims))) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    st = (naive ? ovs_mask_semantic_naive : ovs_mask_semantic)(F32(out), F32(masks), F32(probs), Q,
+                                                               h, w, C, up, crop, size);
+    Py_END_ALLOW_THREADS
+done:
+    return OVS_PY_FINISH(st, out, masks, probs);
+}
+
 #define KW OVS_PY_KW
 static PyMethodDef m2f_methods[] = {
     OVS_PY_M2F_OPS(OVS_PY_OP_PRODUCTION)
     {"m2f_msdeform_attn", (PyCFunction)py_m2f_msdeform_attn, KW,
      "m2f_msdeform_attn(weights, prefix, query (Q, D), input (S, D), ref (Q, L, 2), shapes, "
      "heads, points) -> (Q, D)"},
+    {"mask_semantic", (PyCFunction)py_mask_semantic, KW,
+     "mask_semantic(masks (Q, h, w), probs (Q, C), upsampled, crop, out_size, naive=False) -> "
+     "(C, H, W): sum_q probs[q, c] sigmoid(resize(crop(upsample(masks[q])))) in bands of rows; "
+     "upsampled None = (4h, 4w), out_size None = crop"},
     {NULL, NULL, 0, NULL},
 };
 

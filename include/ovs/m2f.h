@@ -1,6 +1,7 @@
 /*
  * Mask2Former blocks shared by FC-CLIP and Han et al. (OpenTrans): multi-scale deformable
- * attention, the MSDeformAttn pixel decoder and the masked-attention transformer decoder.
+ * attention, the MSDeformAttn pixel decoder, the masked-attention transformer decoder and
+ * the semantic inference over the predicted masks (csrc/frameworks/semantic.c).
  * One image per call, float32, maps (C, H, W) row-major, token sequences (tokens, D).
  *
  * Usage:
@@ -169,6 +170,25 @@ const ovs_m2f_decoder_config *ovs_m2f_decoder_get_config(const ovs_m2f_decoder *
 int ovs_m2f_decoder_forward(ovs_m2f_decoder *m, const float *const feats[3],
                             const int64_t sizes[3][2], const float *mask_features, int64_t H,
                             int64_t W, ovs_m2f_decoder_outputs *out);
+
+/* ---------------------------------------------------------------- semantic inference */
+/* MaskFormer's semantic map (Han et al. / OpenTrans semantic_inference, FC-CLIP's after
+ * sem_seg_postprocess), without ever holding (Q, H, W):
+ *   out (C, H, W)[c] = sum_q probs[q, c] * sigmoid(R(crop(U(masks[q]))))
+ * masks (Q, h, w) mask logits at mask-feature resolution, probs (Q, C) class probabilities,
+ * U the bilinear resize (align_corners = 0, as F.interpolate) to up = (Hu, Wu) (the padded
+ * input), crop its top-left crop = (Hc, Wc) (the image's resized extent), R the bilinear resize
+ * to size = (H, W) (the identity when crop == size). Computed in bands of output rows: per
+ * band only the crop rows its taps read are upsampled, and the class sum is one ovs_matmul.
+ * Band bounds depend only on the shapes: bitwise the same result at any thread count.
+ * Allocates its band buffers (Q x 8192 floats and tables); OVS_ERR_ARG for sizes < 1 or a
+ * crop outside `up`, OVS_ERR_NOMEM. The naive twin materialises every stage whole. */
+int ovs_mask_semantic(float *out, const float *masks, const float *probs, int64_t Q, int64_t h,
+                      int64_t w, int64_t C, const int64_t up[2], const int64_t crop[2],
+                      const int64_t size[2]);
+int ovs_mask_semantic_naive(float *out, const float *masks, const float *probs, int64_t Q,
+                            int64_t h, int64_t w, int64_t C, const int64_t up[2],
+                            const int64_t crop[2], const int64_t size[2]);
 
 #ifdef __cplusplus
 }
