@@ -343,9 +343,13 @@ class DeepLabModel(FrameworkModel):
         "probs" (softmax over the classes and no-object, no-object dropped)."""
         x, _ = detectron2_preprocess(image, short, max_size, divisor, IMAGENET_MEAN_255,
                                      IMAGENET_STD_255)
-        emb = self.embed(x)[0]
-        out = _core.pixel_classify(emb, text, self.logit_scale, softmax=(kind == "probs"))
-        return out[:-1]
+        return self.classify(x, text, softmax=(kind == "probs"))[0, :-1]
+
+    def classify(self, images: np.ndarray, text: np.ndarray, *, softmax: bool = False) -> np.ndarray:
+        """(N, T, H/4, W/4) = _core.pixel_classify(self.embed(images), text, logit_scale) per
+        image, computed in C band by band of pixels (embed_proj, normalisation, the text
+        GEMM, optionally the softmax over T) without holding the (N, E, H/4, W/4) embeddings."""
+        return self._head.classify(_check_images(images), text, self.logit_scale, softmax=softmax)
 
 
 # ------------------------------------------------------------------ Han et al. (OpenSegMaskFormer)

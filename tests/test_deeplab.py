@@ -272,6 +272,36 @@ def test_prune_a_deeplab_model(pair):
     assert_close(sparse.embed(x), dense.embed(x), rtol=1e-5, name="sparse vs dense trunk")
 
 
+def test_classify_streams_the_embeddings(pair):
+    """DeepLabModel.classify (embed_proj + pixel_classify band by band of 2048 pixels in C)
+    equals pixel_classify of the whole embedding map, over several bands and a partial one, at
+    1 and 2 threads bit for bit."""
+    _, model, _ = pair
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 224, 288)).astype(np.float32)   # 56 x 72 = 4032 pixels: 2 bands
+    text = model.text_rows(NAMES)
+    emb = model.embed(x)
+    n = ovs.get_num_threads()
+    try:
+        for softmax in (False, True):
+            ovs.set_num_threads(2)
+            got = model.classify(x, text, softmax=softmax)
+            ovs.set_num_threads(1)
+            one = model.classify(x, text, softmax=softmax)
+            assert np.array_equal(got, one), "classify differs between 1 and 2 threads"
+            for i in range(2):
+                ref = _core.pixel_classify(emb[i], text, model.logit_scale, softmax=softmax)
+                assert_close(got[i], ref, rtol=1e-5, name=f"classify image {i} softmax={softmax}")
+    finally:
+        ovs.set_num_threads(n)
+    with pytest.raises(ValueError, match="text must be"):
+        model.classify(x, text[:, :5])
+    with pytest.raises(ValueError, match="text must be"):
+        model.classify(x, text[:0])
+    with pytest.raises(ValueError, match="sides must be at least 32"):
+        model.classify(x[:, :, :16], text)
+
+
 def test_failed_allocations_are_clean_errors(pair):
     """Every C allocation of building the head and of a forward on a fresh head fails in turn:
     a MemoryError each time (or, where the code recovers, the same result), never a crash."""
@@ -288,6 +318,9 @@ def test_failed_allocations_are_clean_errors(pair):
         x = np.random.default_rng(7).standard_normal((1, 3, 64, 64)).astype(np.float32)
         _inject(lambda: _core.DeepLabHead(trunk).forward(x), "DeepLabHead build + forward")
         _inject(lambda h: h.forward(x), "DeepLabHead.forward", setup=lambda: _core.DeepLabHead(trunk))
+        text = np.random.default_rng(8).standard_normal((3, model.embed_dim)).astype(np.float32)
+        _inject(lambda h: h.classify(x, text, 2.0, softmax=True), "DeepLabHead.classify",
+                setup=lambda: _core.DeepLabHead(trunk))
     finally:
         ovs.set_num_threads(n)
 

@@ -120,11 +120,19 @@ static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 /* Memory: the trunk's work buffers are released as soon as res5 is copied out, and the head's
  * at the end of the call, so a call's peak is the larger of the two phases (not their sum) and
  * nothing stays allocated between calls; d2 reuses the concat buffer. */
-static int deeplab_head(ovs_deeplab *m, float *embed, const float *low, const float *x,
-                        int64_t N, int64_t hl, int64_t wl, int64_t h, int64_t w);
+typedef struct {             /* the per-pixel text classification fused into the head */
+    const float *text;       /* (T, E), NULL: the head returns the embeddings */
+    int64_t T;
+    float scale;
+    int softmax;
+} deeplab_classifier;
 
-int ovs_deeplab_forward(ovs_deeplab *m, float *embed, const float *images, int64_t N, int64_t H,
-                        int64_t W) {
+static int deeplab_head(ovs_deeplab *m, float *embed, const float *low, const float *x,
+                        int64_t N, int64_t hl, int64_t wl, int64_t h, int64_t w,
+                        const deeplab_classifier *cls);
+
+static int deeplab_run(ovs_deeplab *m, float *out, const float *images, int64_t N, int64_t H,
+                       int64_t W, const deeplab_classifier *cls) {
     if (N <= 0) return ovs_set_error(OVS_ERR_ARG, "batch size must be positive, got %lld", (long long)N);
     int64_t hl, wl, C5, h, w;
     int rc;
@@ -138,14 +146,64 @@ int ovs_deeplab_forward(ovs_deeplab *m, float *embed, const float *images, int64
     if (!x5) return OVS_ERR_NOMEM;
     memcpy(x5, x, (size_t)N * C5 * h * w * sizeof(float));
     ovs_arena_free(&m->trunk->arena);
-    rc = deeplab_head(m, embed, low, x5, N, hl, wl, h, w);
+    rc = deeplab_head(m, out, low, x5, N, hl, wl, h, w, cls);
     ovs_arena_free(&m->arena);
     return rc;
 }
 
-/* ASPP, decoder and embedding from res2 (low) and res5 (x), buffers from the head's arena. */
+int ovs_deeplab_forward(ovs_deeplab *m, float *embed, const float *images, int64_t N, int64_t H,
+                        int64_t W) {
+    return deeplab_run(m, embed, images, N, H, W, NULL);
+}
+
+int ovs_deeplab_classify(ovs_deeplab *m, float *out, const float *images, int64_t N, int64_t H,
+                         int64_t W, const float *text, int64_t T, float scale, int softmax) {
+    if (!text || T < 1)
+        return ovs_set_error(OVS_ERR_ARG, "ovs_deeplab_classify: need T >= 1 text rows, got %lld",
+                             (long long)T);
+    if (!isfinite(scale))
+        return ovs_set_error(OVS_ERR_ARG, "ovs_deeplab_classify: scale must be finite");
+    const deeplab_classifier cls = {text, T, scale, softmax};
+    return deeplab_run(m, out, images, N, H, W, &cls);
+}
+
+/* Pixels per band of the fused classification: an (E, band) embedding buffer of 8 MiB at E = 1024. */
+#define CLASSIFY_BAND 2048
+
+/* embed_proj then ovs_pixel_classify, band by band of pixels of d (N, A, P): out (N, T, P).
+ * The (E, P) embedding map is never held; band bounds depend on P only. */
+static int classify_bands(ovs_deeplab *m, float *out, const float *d, int64_t N, int64_t P,
+                          const deeplab_classifier *cls) {
+    const int64_t A = m->A, E = m->E, T = cls->T;
+    const int64_t band = P < CLASSIFY_BAND ? P : CLASSIFY_BAND;
+    float *xb = ovs_arena_floats(&m->arena, (size_t)A * band);   /* (A, band) */
+    float *eb = ovs_arena_floats(&m->arena, (size_t)E * band);   /* (E, band) */
+    float *ob = ovs_arena_floats(&m->arena, (size_t)T * band);   /* (T, band) */
+    if (!xb || !eb || !ob) return OVS_ERR_NOMEM;
+    ovs_conv2d_params p = ovs_conv2d_defaults();
+    int rc;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t p0 = 0; p0 < P; p0 += band) {
+            const int64_t nb = P - p0 < band ? P - p0 : band;
+            const float *dn = d + (size_t)n * A * P + p0;
+            float *on = out + (size_t)n * T * P + p0;
+            for (int64_t a = 0; a < A; a++)
+                memcpy(xb + (size_t)a * nb, dn + (size_t)a * P, (size_t)nb * sizeof(float));
+            if ((rc = ovs_conv2d_forward(eb, xb, &m->embed, m->embed_b, NULL, 1, A, 1, nb, E, 1, 1,
+                                         &p, OVS_ACT_NONE, NULL)) ||
+                (rc = ovs_pixel_classify(ob, eb, E, nb, cls->text, T, cls->scale, cls->softmax)))
+                return rc;
+            for (int64_t t = 0; t < T; t++)
+                memcpy(on + (size_t)t * P, ob + (size_t)t * nb, (size_t)nb * sizeof(float));
+        }
+    return OVS_OK;
+}
+
+/* ASPP, decoder and embedding (or, with cls, the embedding's text classification) from res2
+ * (low) and res5 (x), buffers from the head's arena. */
 static int deeplab_head(ovs_deeplab *m, float *embed, const float *low, const float *x,
-                        int64_t N, int64_t hl, int64_t wl, int64_t h, int64_t w) {
+                        int64_t N, int64_t hl, int64_t wl, int64_t h, int64_t w,
+                        const deeplab_classifier *cls) {
     const int64_t A = m->A, Cl = m->Cl, C5 = m->C5, Ccat = m->proj.C, Cd = m->last[0].C;
     int rc;
     const size_t hw = (size_t)h * w, hwl = (size_t)hl * wl;
@@ -197,6 +255,7 @@ static int deeplab_head(ovs_deeplab *m, float *embed, const float *low, const fl
         (rc = ovs_convbn_forward(&m->last[1], d2, d1, NULL, N, hl, wl, OVS_ACT_RELU, scratch)))
         return rc;
     /* embed_proj = ReLU (a no-op after the decoder's ReLU) then a per-pixel Linear: a 1x1 conv */
+    if (cls) return classify_bands(m, embed, d2, N, (int64_t)hwl, cls);
     ovs_conv2d_params p = ovs_conv2d_defaults();
     return ovs_conv2d_forward(embed, d2, &m->embed, m->embed_b, NULL, N, A, hl, wl, m->E, 1, 1,
                               &p, OVS_ACT_NONE, NULL);

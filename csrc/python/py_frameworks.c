@@ -61,6 +61,40 @@ done:
     return OVS_PY_FINISH(rc, out, x);
 }
 
+/* classify(images (N, 3, H, W), text (T, E), scale, softmax=False) -> (N, T, h, w):
+ * ovs_deeplab_classify, the embedding and its text classification band by band. */
+static PyObject *deeplab_classify(ovs_py_deeplab *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"images", "text", "scale", "softmax", NULL};
+    PyObject *xo, *to;
+    double scale;
+    int softmax = 0, st = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOd|p", kwlist, &xo, &to, &scale, &softmax))
+        return NULL;
+    if (!self->head) return PyErr_Format(PyExc_RuntimeError, "DeepLabHead not initialised");
+    PyArrayObject *x = NULL, *t = NULL, *out = NULL;
+    if (!(x = ovs_py_images(xo)) || !(t = ovs_py_float_array(to, 2, "text (T, E)"))) goto done;
+    const npy_intp E = ovs_deeplab_embed_dim(self->head), T = PyArray_DIM(t, 0);
+    if (T < 1 || PyArray_DIM(t, 1) != E) {
+        PyErr_Format(PyExc_ValueError, "text must be (T >= 1, %zd), got (%zd, %zd)", (Py_ssize_t)E,
+                     (Py_ssize_t)T, (Py_ssize_t)PyArray_DIM(t, 1));
+        goto done;
+    }
+    npy_intp N = PyArray_DIM(x, 0), H = PyArray_DIM(x, 2), W = PyArray_DIM(x, 3);
+    int64_t h, w;
+    if ((st = ovs_deeplab_out_shape(self->head, H, W, &h, &w))) goto done;
+    st = -1;
+    npy_intp dims[4] = {N, T, h, w};
+    if (!(out = ovs_py_new_float(4, dims))) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    OVS_MODEL_LOCK(self->trunk);
+    st = ovs_deeplab_classify(self->head, F32(out), F32(x), N, H, W, F32(t), T, (float)scale,
+                              softmax);
+    OVS_MODEL_UNLOCK(self->trunk);
+    Py_END_ALLOW_THREADS
+done:
+    return OVS_PY_FINISH(st, out, x, t);
+}
+
 static PyObject *deeplab_info(ovs_py_deeplab *self, PyObject *unused) {
     if (!self->head) return PyErr_Format(PyExc_RuntimeError, "DeepLabHead not initialised");
     return Py_BuildValue("{s:L,s:O}", "embed_dim", (long long)ovs_deeplab_embed_dim(self->head),
@@ -70,6 +104,9 @@ static PyObject *deeplab_info(ovs_py_deeplab *self, PyObject *unused) {
 static PyMethodDef deeplab_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))deeplab_forward, METH_VARARGS | METH_KEYWORDS,
      "forward(images (N, 3, H, W)) -> per-pixel embeddings (N, E, h, w), h, w = res2's extent"},
+    {"classify", (PyCFunction)(void (*)(void))deeplab_classify, METH_VARARGS | METH_KEYWORDS,
+     "classify(images (N, 3, H, W), text (T, E), scale, softmax=False) -> (N, T, h, w): "
+     "pixel_classify(forward(images)) without holding the (N, E, h, w) embeddings"},
     {"info", (PyCFunction)deeplab_info, METH_NOARGS, "embed_dim and the ASPP fifth-branch variant"},
     {NULL, NULL, 0, NULL},
 };

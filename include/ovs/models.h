@@ -152,6 +152,12 @@ int ovs_deeplab_out_shape(const ovs_deeplab *m, int64_t H, int64_t W, int64_t *h
 /* embed (N, E, h, w) for images (N, 3, H, W) normalised float32 (H, W >= 32). */
 int ovs_deeplab_forward(ovs_deeplab *m, float *embed, const float *images, int64_t N, int64_t H,
                         int64_t W);
+/* out (N, T, h, w) = ovs_pixel_classify of the embeddings ovs_deeplab_forward gives, computed
+ * in bands of pixels (the embedding, then the classification) so that the (N, E, h, w)
+ * embedding map is never held; results equal forward + ovs_pixel_classify to float rounding and
+ * do not depend on the thread count. */
+int ovs_deeplab_classify(ovs_deeplab *m, float *out, const float *images, int64_t N, int64_t H,
+                         int64_t W, const float *text, int64_t T, float scale, int softmax);
 /* Per-pixel text classification of embeddings, as OpenTrans' inference:
  *   out[t, p] = scale * <text[t], embed[:, p]> / (||embed[:, p]|| + 1e-7)
  * then, with softmax != 0, softmax over t at each pixel. embed (E, P) channel-major, text (T, E)
