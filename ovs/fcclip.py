@@ -289,32 +289,12 @@ class FCCLIPModel(FrameworkModel):
 
     def mask_pool(self, res5: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """visual_prediction_forward_resnet: (Q, E) CLIP embeddings of each mask (the mask logits
-        resized to res5's extent; pixels > 0 attended) and the (Q,) bool "mask has a pixel"."""
-        C, h, w = res5.shape
-        Q = masks.shape[0]
-        m = _core.resize(np.ascontiguousarray(masks), (h, w)).reshape(Q, h * w) > 0
-        valid = m.any(axis=1)
-        x = res5.reshape(C, h * w).T                                            # (HW, C)
-        g = self._grid
-        sp = np.ascontiguousarray(self._pos[1:].T.reshape(C, g, g), dtype=np.float32)
-        kv = x + _core.resize(sp, (h, w)).reshape(C, h * w).T
+        resized to res5's extent; pixels > 0 attended) and the (Q,) bool "mask has a pixel".
+        In C (ovs_fcclip_mask_pool: the query folded into the key projection, so the (HW, C)
+        keys are never formed)."""
         (wq, bq), (wk, bk), (wv, bv), (wc, bc) = (self._proj[p] for p in "qkvc")
-        nh = self.pool_heads
-        hd = C // nh
-        query = x.astype(np.float64).mean(axis=0) + self._pos[0]
-        q = (wq.astype(np.float64) @ query + bq).reshape(nh, hd) / math.sqrt(hd)
-        k = (kv @ wk.T + bk).reshape(h * w, nh, hd)                              # float32 GEMMs
-        v = (kv @ wv.T + bv).reshape(h * w, nh, hd).transpose(1, 0, 2)          # (nh, HW, hd)
-        s = np.einsum("hd,jhd->hj", q, k.astype(np.float64))                    # (nh, HW)
-        sm = np.where(m[:, None, :], s[None], -np.inf)                          # (Q, nh, HW)
-        mx = sm.max(axis=-1, keepdims=True)
-        mx[~np.isfinite(mx)] = 0.0
-        e = np.exp(sm - mx)                                                      # 0 outside the mask
-        den = e.sum(axis=-1, keepdims=True)
-        den[den == 0] = 1.0          # empty mask: torch gives NaN; unused (α = β = 0 there)
-        att = np.matmul((e / den).astype(np.float32).transpose(1, 0, 2), v)       # (nh, Q, hd)
-        pooled = att.transpose(1, 0, 2).reshape(Q, C)
-        return pooled @ wc.T + bc, valid
+        return _core.fcclip_mask_pool(res5, masks, self._pos, wq, bq, wk, bk, wv, bv, wc, bc,
+                                      self.pool_heads)
 
     def class_probs(self, out: dict, text: TextRows) -> np.ndarray:
         """(Q, C) float64: softmax over the classes of log(p + 1e-8) with p the ensembled class

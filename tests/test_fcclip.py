@@ -103,6 +103,92 @@ def test_network_matches_pytorch(pair, expected):
         model.forward(np.zeros((1, 3, 100, 64), np.float32))
 
 
+POOL_CASES = [   # C, E, heads, grid, res5 (h, w), masks (Q, Hm, Wm)
+    (64, 48, 4, 7, (5, 6), (9, 20, 24)),
+    (128, 32, 2, 3, (4, 4), (6, 4, 4)),        # masks already at res5's extent
+    (96, 40, 3, 5, (7, 3), (5, 28, 12)),
+]
+
+
+@pytest.mark.parametrize("case", range(len(POOL_CASES)))
+def test_mask_pool_equals_fcclip_attention_pool(case):
+    """_core.fcclip_mask_pool (the C fast path, keys folded into the query) and its naive twin
+    against fc-clip's visual_prediction_forward_resnet (the reference's code) on an open_clip
+    AttentionPool2d with random weights; 1 vs 2 threads bit for bit; an empty mask is invalid
+    and its row is c_proj's bias."""
+    from open_clip.modified_resnet import AttentionPool2d
+
+    C, E, heads, g, (h, w), (Q, Hm, Wm) = POOL_CASES[case]
+    torch.manual_seed(case)
+    ap = AttentionPool2d(g, C, heads, E).eval()
+    with torch.no_grad():
+        ap.positional_embedding.normal_(0, 0.3)
+        for lin in (ap.q_proj, ap.k_proj, ap.v_proj, ap.c_proj):
+            lin.bias.normal_(0, 0.1)
+    rng = np.random.default_rng(case)
+    res5 = rng.standard_normal((C, h, w)).astype(np.float32)
+    masks = (rng.standard_normal((Q, Hm, Wm)) * 2).astype(np.float32)
+    masks[0] = -3.0                                    # no pixel: invalid
+    stub = type("Stub", (), {})()
+    stub.clip_model = type("Clip", (), {})()
+    stub.clip_model.visual = type("Visual", (), {"attnpool": ap})()
+    with torch.no_grad():
+        ref = R.FCCLIP.visual_prediction_forward_resnet(stub, torch.from_numpy(res5)[None],
+                                                        torch.from_numpy(masks)[None])[0].numpy()
+    W = [ap.positional_embedding] + [t for lin in (ap.q_proj, ap.k_proj, ap.v_proj, ap.c_proj)
+                                     for t in (lin.weight, lin.bias)]
+    args = [res5, masks] + [t.detach().numpy() for t in W] + [heads]
+    n = ovs.get_num_threads()
+    try:
+        ovs.set_num_threads(2)
+        pooled, valid = ovs._core.fcclip_mask_pool(*args)
+        ovs.set_num_threads(1)
+        one, _ = ovs._core.fcclip_mask_pool(*args)
+    finally:
+        ovs.set_num_threads(n)
+    assert np.array_equal(pooled, one), "fcclip_mask_pool differs between 1 and 2 threads"
+    up = torch.nn.functional.interpolate(torch.from_numpy(masks)[None], size=(h, w), mode="bilinear",
+                                         align_corners=False)[0]
+    np.testing.assert_array_equal(valid, (up > 0).flatten(1).any(1).numpy())
+    assert not valid[0] and valid[1:].any()
+    # an empty mask's row (torch: NaN or, in newer versions, zero attention; fc-clip never
+    # reads it) is c_proj's bias here
+    np.testing.assert_array_equal(pooled[0], ap.c_proj.bias.detach().numpy())
+    assert_close(pooled[valid], ref[valid], rtol=1e-5, name="mask pool vs fc-clip")
+    naive, nvalid = ovs._core.fcclip_mask_pool(*args, naive=True)
+    np.testing.assert_array_equal(nvalid, valid)
+    assert_close(naive[valid], ref[valid], rtol=1e-5, name="mask pool naive twin vs fc-clip")
+    assert_close(pooled, naive, rtol=1e-5, name="mask pool fast vs naive (empty rows too)")
+
+
+def test_mask_pool_rejects_bad_inputs():
+    rng = np.random.default_rng(0)
+    C, E = 8, 4
+    good = [rng.standard_normal((C, 3, 3)).astype(np.float32),
+            rng.standard_normal((2, 6, 6)).astype(np.float32),
+            rng.standard_normal((5, C)).astype(np.float32),
+            *[rng.standard_normal(s).astype(np.float32) for s in ((C, C), (C,)) * 3],
+            rng.standard_normal((E, C)).astype(np.float32), rng.standard_normal(E).astype(np.float32)]
+    pool = ovs._core.fcclip_mask_pool
+    assert pool(*good, 2)[0].shape == (2, E)
+    with pytest.raises(ValueError, match="heads must divide"):
+        pool(*good, 3)
+    with pytest.raises(ValueError, match="pos must have G"):
+        pool(*good[:2], good[2][:4], *good[3:], 2)
+    with pytest.raises(ValueError, match="wk must have shape"):
+        pool(*good[:5], good[5][:, :4], *good[6:], 2)
+    with pytest.raises(ValueError, match="bc must have shape"):
+        pool(*good[:10], good[10][:3], 2)
+    with pytest.raises(ValueError, match="masks must have 3"):
+        pool(good[0], good[1][0], *good[2:], 2)
+    bad = good[0].copy()
+    bad[1, 1, 1] = np.inf
+    with pytest.raises(ValueError, match="res5 contains NaN"):
+        pool(bad, *good[1:], 2)
+    with pytest.raises(ValueError, match="non-empty"):
+        pool(good[0], good[1][:0], *good[2:], 2)
+
+
 def test_segmenter_matches_fcclip_inference(pair, expected):
     ref, model, _ = pair
     seg = _segmenter(model)

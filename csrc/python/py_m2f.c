@@ -3,7 +3,8 @@
  *   reach them as _core.op_pos_embed_sine / op_msdeform_attn_core, py_testops.c),
  *   _core.m2f_msdeform_attn (one MSDeformAttn module from named weights),
  *   _core.M2FPixelDecoder, _core.M2FDecoder (blocks built once from a weights dict),
- *   _core.mask_semantic (MaskFormer's semantic inference, naive=True for the twin).
+ *   _core.mask_semantic (MaskFormer's semantic inference, naive=True for the twin),
+ *   _core.fcclip_mask_pool (FC-CLIP's per-mask attention pool, naive=True for the twin).
  * Arrays are converted to C-contiguous float32, outputs allocated with the GIL held, the C
  * work runs without it (one forward at a time per block object). */
 #include "python/py_models.h"
@@ -447,6 +448,76 @@ done:
     return OVS_PY_FINISH(st, out, masks, probs);
 }
 
+/* fcclip_mask_pool(res5 (C, h, w), masks (Q, Hm, Wm), pos (G*G+1, C), wq, bq, wk, bk, wv,
+ * bv, wc (E, C), bc (E,), heads, naive=False) -> (pooled (Q, E), valid (Q,) bool). */
+static PyObject *py_fcclip_mask_pool(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"res5", "masks", "pos", "wq", "bq", "wk", "bk", "wv", "bv", "wc",
+                             "bc", "heads", "naive", NULL};
+    static const char *names[11] = {"res5", "masks", "pos", "wq", "bq", "wk", "bk", "wv", "bv",
+                                    "wc", "bc"};
+    static const int ndims[11] = {3, 3, 2, 2, 1, 2, 1, 2, 1, 2, 1};
+    PyObject *obj[11];
+    PyArrayObject *a[11] = {NULL};
+    long long heads;
+    int naive = 0, st = -1;
+    PyArrayObject *out = NULL, *valid = NULL;
+    PyObject *result = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOOOOOL|p", kwlist, &obj[0], &obj[1], &obj[2],
+                                     &obj[3], &obj[4], &obj[5], &obj[6], &obj[7], &obj[8], &obj[9],
+                                     &obj[10], &heads, &naive))
+        return NULL;
+    for (int i = 0; i < 11; i++)
+        if (!(a[i] = ovs_py_float_array(obj[i], ndims[i], names[i]))) goto done;
+    const int64_t C = PyArray_DIM(a[0], 0), h = PyArray_DIM(a[0], 1), w = PyArray_DIM(a[0], 2);
+    const int64_t Q = PyArray_DIM(a[1], 0), E = PyArray_DIM(a[9], 0);
+    const int64_t G = (int64_t)sqrt((double)(PyArray_DIM(a[2], 0) - 1) + 0.5);
+    if (C < 1 || h < 1 || w < 1 || Q < 1 || E < 1 || PyArray_DIM(a[1], 1) < 1 ||
+        PyArray_DIM(a[1], 2) < 1) {
+        PyErr_SetString(PyExc_ValueError, "res5 (C, h, w), masks (Q, Hm, Wm) and wc (E, C) must be "
+                        "non-empty");
+        goto done;
+    }
+    if (G < 1 || G * G + 1 != PyArray_DIM(a[2], 0)) {
+        PyErr_Format(PyExc_ValueError, "pos must have G*G + 1 rows, got %lld",
+                     (long long)PyArray_DIM(a[2], 0));
+        goto done;
+    }
+    if (heads < 1 || C % heads) {
+        PyErr_Format(PyExc_ValueError, "heads must divide C = %lld, got %lld", (long long)C, heads);
+        goto done;
+    }
+    npy_intp cc[2] = {C, C}, c1[1] = {C}, pc[2] = {G * G + 1, C}, ec[2] = {E, C}, e1[1] = {E};
+    if (ovs_py_check_shape(a[2], "pos", 2, pc) || ovs_py_check_shape(a[3], "wq", 2, cc) ||
+        ovs_py_check_shape(a[4], "bq", 1, c1) || ovs_py_check_shape(a[5], "wk", 2, cc) ||
+        ovs_py_check_shape(a[6], "bk", 1, c1) || ovs_py_check_shape(a[7], "wv", 2, cc) ||
+        ovs_py_check_shape(a[8], "bv", 1, c1) || ovs_py_check_shape(a[9], "wc", 2, ec) ||
+        ovs_py_check_shape(a[10], "bc", 1, e1) || check_finite(a[0], "res5") ||
+        check_finite(a[1], "masks"))
+        goto done;
+    npy_intp od[2] = {Q, E}, vd[1] = {Q};
+    if (!(out = ovs_py_new_float(2, od)) ||
+        !(valid = (PyArrayObject *)PyArray_ZEROS(1, vd, NPY_BOOL, 0)))
+        goto done;
+    const ovs_fcclip_attnpool ap = {F32(a[2]), F32(a[3]), F32(a[4]), F32(a[5]), F32(a[6]),
+                                    F32(a[7]), F32(a[8]), F32(a[9]), F32(a[10]), C, E, G, heads};
+    uint8_t *vp = PyArray_DATA(valid);
+    Py_BEGIN_ALLOW_THREADS
+    st = (naive ? ovs_fcclip_mask_pool_naive : ovs_fcclip_mask_pool)(
+        F32(out), vp, &ap, F32(a[0]), h, w, F32(a[1]), Q, PyArray_DIM(a[1], 1), PyArray_DIM(a[1], 2));
+    Py_END_ALLOW_THREADS
+    if (st) {
+        ovs_py_raise(st);
+        goto done;
+    }
+    result = Py_BuildValue("OO", out, valid);
+done:
+    for (int i = 0; i < 11; i++) Py_XDECREF(a[i]);
+    Py_XDECREF(out);
+    Py_XDECREF(valid);
+    return result;
+}
+
 #define KW OVS_PY_KW
 static PyMethodDef m2f_methods[] = {
     OVS_PY_M2F_OPS(OVS_PY_OP_PRODUCTION)
@@ -457,6 +528,10 @@ static PyMethodDef m2f_methods[] = {
      "mask_semantic(masks (Q, h, w), probs (Q, C), upsampled, crop, out_size, naive=False) -> "
      "(C, H, W): sum_q probs[q, c] sigmoid(resize(crop(upsample(masks[q])))) in bands of rows; "
      "upsampled None = (4h, 4w), out_size None = crop"},
+    {"fcclip_mask_pool", (PyCFunction)py_fcclip_mask_pool, KW,
+     "fcclip_mask_pool(res5 (C, h, w), masks (Q, Hm, Wm), pos (G*G+1, C), wq, bq, wk, bk, wv, bv, "
+     "wc (E, C), bc (E,), heads, naive=False) -> (pooled (Q, E), valid (Q,) bool): FC-CLIP's "
+     "attention pool per mask"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -190,6 +190,32 @@ int ovs_mask_semantic_naive(float *out, const float *masks, const float *probs, 
                             int64_t h, int64_t w, int64_t C, const int64_t up[2],
                             const int64_t crop[2], const int64_t size[2]);
 
+/* ---------------------------------------------------------------- FC-CLIP mask pooling */
+/* CLIP's attention pool (open_clip ModifiedResNet attnpool) as FC-CLIP's
+ * visual_prediction_forward_resnet runs it densely: one query per mask, the mean of res5 plus
+ * pos[0], attending only to the pixels where the mask logits resized (bilinear,
+ * align_corners = 0) to res5's extent are > 0; keys and values res5 plus the spatial
+ * positional embedding resized (bilinear) from its G x G grid. Weights borrowed, float32. */
+typedef struct {
+    const float *pos;                   /* (G*G + 1, C) attnpool.positional_embedding */
+    const float *wq, *bq, *wk, *bk;     /* (C, C), (C,): q_proj, k_proj */
+    const float *wv, *bv;               /* (C, C), (C,): v_proj */
+    const float *wc, *bc;               /* (E, C), (E,): c_proj */
+    int64_t C, E, G, heads;             /* heads divides C */
+} ovs_fcclip_attnpool;
+
+/* out (Q, E) the pooled CLIP embedding of each mask, valid (Q,) 1 where the mask has a pixel
+ * at res5's extent (an empty mask's row is c_proj's bias: torch gives NaN there, FC-CLIP does
+ * not read it). res5 (C, h, w), masks (Q, Hm, Wm) mask logits. The fast version folds the
+ * query into the key projection (the keys are never formed; see csrc/frameworks/fcclip.c);
+ * the naive twin follows the definition in double. Thread-count invariant. */
+int ovs_fcclip_mask_pool(float *out, uint8_t *valid, const ovs_fcclip_attnpool *ap,
+                         const float *res5, int64_t h, int64_t w, const float *masks, int64_t Q,
+                         int64_t Hm, int64_t Wm);
+int ovs_fcclip_mask_pool_naive(float *out, uint8_t *valid, const ovs_fcclip_attnpool *ap,
+                               const float *res5, int64_t h, int64_t w, const float *masks,
+                               int64_t Q, int64_t Hm, int64_t Wm);
+
 #ifdef __cplusplus
 }
 #endif
