@@ -1,6 +1,7 @@
 """The paper's frameworks end to end: ovs vs the PyTorch reference on the same weights.
 
     python benchmarks/bench_frameworks.py [--repeat 5] [--threads 2] [--cases deeplab,han,fcclip]
+    python benchmarks/bench_frameworks.py --peer ort [--cases deeplab]
 
 Each framework at its real sizes with random weights (every parameter and BatchNorm statistic
 random), from its reference's `full(seed=0)`:
@@ -26,6 +27,22 @@ and the resize back. ours: ovs.Segmenter(model, name).predict; peer: the referen
 `semantic()` path with the class text embeddings computed once (ours caches them too). Both
 sides use the same thread count (--threads). FLOPs: ovs.flops (fvcore's convention) next to the
 paper's dense figure (DeepLabV3 241.3 G, Han et al. 268.2 G, FC-CLIP 200.1 G; DESIGN.md §6).
+
+--peer ort (ONNX Runtime, PyPI onnxruntime): DeepLab and Han et al. The peer worker builds the
+same PyTorch reference and exports per case with torch.onnx.export (opset 17, fixed shapes)
+everything the torch peer times after the preprocessing, with the class text embeddings as a
+constant of the graph (as the cached classifier on our side): DeepLab's network, per-pixel
+cosine, softmax with the no-object embedding, crop and bilinear resize to the image; Han's
+network (transformers' MSDeformAttn and masked-attention decoder trace to plain ops and
+GridSample; its double-typed sampling grids are cast to float in the graph, as ONNX Runtime
+has float GridSample kernels only), class logits, softmax, mask upsampling, sigmoid, the
+query sum, crop and resize. It then frees the torch model and runs an InferenceSession with
+intra_op_num_threads = --threads (recorded as "threads" in each case's JSON entry). The
+preprocessing is the reference's, as the torch peer's. The worker still has torch imported
+(the harness's peer convention, as bench_image.py), which counts in its RSS. FC-CLIP is not
+exported: its inference is not one module (the CLIP attention pool per mask over
+data-dependent masks, two classifiers and the geometric ensemble in the reference's Python),
+so --peer ort with --cases fcclip is refused.
 """
 from __future__ import annotations
 
@@ -38,6 +55,7 @@ from pathlib import Path
 import _harness as H
 
 FRAMEWORKS = ("deeplab", "han", "fcclip")
+ORT_FRAMEWORKS = ("deeplab", "han")   # the frameworks exported to ONNX for --peer ort (see above)
 SIZES = {"512": ((512, 512), 512), "640": ((640, 853), 640)}
 MAX_SIZE = 1333
 PAPER_GFLOPS = {"deeplab": 241.3, "han": 268.2, "fcclip": 200.1}
@@ -111,6 +129,85 @@ def _setup_fcclip(side: str, params: dict):
             {"convert_s": t_convert})
 
 
+def _onnx_float_grids(path: str) -> int:
+    """Cast double inputs of GridSample nodes to float in an exported graph (transformers'
+    MSDeformAttn traces its sampling grids in double; ONNX Runtime has float GridSample
+    kernels only, and torch's grid_sample computes in float). Returns the casts added."""
+    import onnx
+    from onnx import TensorProto, helper, shape_inference
+
+    m = onnx.load(path)
+    inferred = shape_inference.infer_shapes(m)
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+    nodes, k = [], 0
+    for n in m.graph.node:
+        if n.op_type == "GridSample":
+            for i in (0, 1):
+                if types.get(n.input[i]) == TensorProto.DOUBLE:
+                    out = f"{n.input[i]}_float{k}"
+                    k += 1
+                    nodes.append(helper.make_node("Cast", [n.input[i]], [out], to=TensorProto.FLOAT))
+                    n.input[i] = out
+        nodes.append(n)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    onnx.save(m, path)
+    return k
+
+
+def _ort_cases(fw: str, R, model, text, params: dict) -> dict:
+    """ONNX Runtime peer (DeepLab, Han et al.): per case, everything the torch peer times after
+    the preprocessing, exported with the class text embeddings as a constant (DeepLab: logits
+    -> softmax without no-object -> crop -> resize to the image; Han: network, class logits,
+    softmax, masks upsampled to the padded input, sigmoid, the query sum, crop, resize to the
+    image); the torch model is dropped once every case is exported."""
+    import gc
+
+    import torch
+    import torch.nn.functional as F
+
+    class Scores(torch.nn.Module):
+        def __init__(self, size, out_hw):
+            super().__init__()
+            self.model, self.size, self.out_hw = model, size, out_hw
+            self.register_buffer("text", text.clone())
+
+        def forward(self, x):
+            if fw == "deeplab":
+                cls, (h, w) = self.model.logits(x, self.text)
+                p = F.softmax(cls[0], dim=-1)[..., :-1]
+                r = p.reshape(h, w, -1).permute(2, 0, 1)
+            else:
+                emb, masks = self.model(x)
+                p = F.softmax(self.model.class_logits(emb, self.text)[0], dim=-1)[..., :-1]
+                m = F.interpolate(masks, size=x.shape[-2:], mode="bilinear", align_corners=False)
+                r = torch.einsum("qc,qhw->chw", p, m[0].sigmoid())
+            r = r[:, : self.size[0], : self.size[1]]
+            return F.interpolate(r[None], size=self.out_hw, mode="bilinear", align_corners=False)[0]
+
+    torch.backends.mha.set_fastpath_enabled(False)   # trace nn.MultiheadAttention's plain path
+    sessions = {}
+    for c, (hw, short) in _cases(fw).items():
+        img = _image(hw)
+        x, size = R.preprocess(img, short, MAX_SIZE)
+        path = str(Path(params["dir"]) / f"{c}.onnx")
+        with torch.no_grad():
+            torch.onnx.export(Scores(size, img.shape[:2]).eval(), (x,), path, input_names=["x"],
+                              output_names=["y"], opset_version=17, dynamo=False)
+        _onnx_float_grids(path)
+        sessions[c] = (H.ort_session(path, params["threads"]), img, short)
+    del model
+    gc.collect()
+
+    def run(sess, img, short):
+        def call():
+            x, _ = R.preprocess(img, short, MAX_SIZE)
+            return sess.run(None, {"x": x.numpy()})[0]
+        return call
+    return {c: H.Case(run(*v)) for c, v in sessions.items()}
+
+
 def setup(side: str, group: str, params: dict):
     if group == "fcclip":
         return _setup_fcclip(side, params)
@@ -126,6 +223,8 @@ def setup(side: str, group: str, params: dict):
         R.save_checkpoint(model, ck)
         with torch.no_grad():
             text = model.text_encoder.encode(names)
+        if H.peer_is_ort():
+            return _ort_cases(fw, R, model, text, params), {"checkpoint": str(ck)}
 
         def run(hw, short):
             img = _image(hw)
@@ -185,17 +284,23 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     H.common_args(ap, repeat=5)
     args = ap.parse_args(argv)
-    if args.peer != "torch":
-        raise SystemExit("--peer: only torch (the reference is not exported to ONNX here)")
+    if args.peer == "ort":
+        asked = [c.strip() for c in (args.cases or ",".join(ORT_FRAMEWORKS)).split(",") if c.strip()]
+        if any(c not in ORT_FRAMEWORKS for c in asked):
+            raise SystemExit(f"--peer ort: only {', '.join(ORT_FRAMEWORKS)} is exported to ONNX "
+                             f"(see the docstring), got --cases {','.join(asked)}")
+        args.cases = ",".join(asked)
     from ovs.classnames import load_classnames
 
     names = [syn[0] for syn in load_classnames("ade20k_150")]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ovs-bench-frameworks-") as tmp:
-        groups = [H.Group(fw, {"names": names, "dir": tmp}, repeated=list(_cases(fw)),
+        groups = [H.Group(fw, {"names": names, "dir": tmp, "threads": args.threads},
+                          repeated=list(_cases(fw)),
                           peer_first=True,
                           meta={c: {"image": list(hw), "short_side": s, "max_size": MAX_SIZE,
-                                    "classes": len(names), "paper_dense_gflops": PAPER_GFLOPS[fw]}
+                                    "classes": len(names), "paper_dense_gflops": PAPER_GFLOPS[fw],
+                                    "peer": args.peer, "threads": args.threads}
                                 for c, (hw, s) in _cases(fw).items()})
                   for fw in FRAMEWORKS]
         groups = H.select_groups(groups, args.cases)
