@@ -161,6 +161,22 @@ def test_mask_pool_equals_fcclip_attention_pool(case):
     assert_close(pooled, naive, rtol=1e-5, name="mask pool fast vs naive (empty rows too)")
 
 
+def test_mask_pool_failed_allocations_are_clean_errors():
+    from conftest import inject_alloc_failures
+
+    rng = np.random.default_rng(2)
+    C, E = 8, 4
+    args = [rng.standard_normal((C, 3, 3)).astype(np.float32),
+            rng.standard_normal((2, 6, 6)).astype(np.float32),
+            rng.standard_normal((5, C)).astype(np.float32),
+            *[rng.standard_normal(s).astype(np.float32) for s in ((C, C), (C,)) * 3],
+            rng.standard_normal((E, C)).astype(np.float32), rng.standard_normal(E).astype(np.float32), 2]
+    for naive in (False, True):
+        inject_alloc_failures(lambda: ovs._core.fcclip_mask_pool(*args, naive=naive),
+                              f"fcclip_mask_pool naive={naive}",
+                              result=lambda r: {"pooled": r[0], "valid": r[1]})
+
+
 def test_mask_pool_rejects_bad_inputs():
     rng = np.random.default_rng(0)
     C, E = 8, 4

@@ -143,6 +143,19 @@ def test_mask_semantic_equals_torch_and_naive(case):
     assert np.array_equal(one, two), "mask_semantic differs between 1 and 2 threads"
 
 
+def test_mask_semantic_failed_allocations_are_clean_errors():
+    from conftest import inject_alloc_failures
+
+    rng = np.random.default_rng(1)
+    masks = rng.standard_normal((5, 8, 9)).astype(np.float32)
+    probs = rng.random((5, 3)).astype(np.float32)
+    for size in (None, (50, 17)):   # without and with the second resize (its band buffer)
+        for naive in (False, True):
+            inject_alloc_failures(lambda: _core.mask_semantic(masks, probs, None, (30, 33), size,
+                                                              naive=naive),
+                                  f"mask_semantic size={size} naive={naive}")
+
+
 def test_mask_semantic_rejects_bad_inputs():
     rng = np.random.default_rng(0)
     masks = rng.standard_normal((7, 9, 13)).astype(np.float32)
