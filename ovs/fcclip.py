@@ -14,13 +14,14 @@ ENSEMBLE_ON_VALID_MASK True, α = 0.4, β = 0.8, 250 queries, 9 decoder layers):
   L2-normalised void embedding last.
 - out-of-vocabulary logits: the last layer's mask logits resized bilinearly to res5's extent,
   ``visual_prediction_forward_resnet``: CLIP's attention pool run densely with one query (the
-  mean of res5 + the class position) per mask, attending only to that mask's pixels (> 0);
-  the same text classifier with CLIP's own logit scale.
+  mean of res5 + the class position) per mask, attending only to that mask's pixels (> 0)
+  (C, ovs_fcclip_mask_pool); the same text classifier with CLIP's own logit scale.
 - geometric ensemble: softmax of each (void dropped), in^(1-α)·out^α for classes that overlap
   the COCO-panoptic training vocabulary, in^(1-β)·out^β otherwise, α = β = 0 on masks with no
   pixel at res5 (ENSEMBLE_ON_VALID_MASK); void probability from the in-vocabulary softmax.
 - semantic inference after detectron2's ``sem_seg_postprocess`` of the masks (upsampled to the
-  padded input, cropped, resized to the image): Σ_q softmax(log(p + 1e-8))[:-1] · sigmoid(mask).
+  padded input, cropped, resized to the image): Σ_q softmax(log(p + 1e-8))[:-1] · sigmoid(mask)
+  (C, ovs_mask_semantic: band by band of output rows, the (Q, H, W) masks never held).
 """
 from __future__ import annotations
 
