@@ -319,17 +319,24 @@ class FCCLIPModel(FrameworkModel):
         return _softmax(np.log(probs + 1e-8))[:, :C]
 
     def semantic(self, image: np.ndarray, text: TextRows, *, short: int, max_size: int,
-                 divisor: int, out_size: tuple[int, int] | None = None) -> np.ndarray:
-        """FC-CLIP's semantic scores (C, H, W) float32 at out_size (default: the image's)."""
+                 divisor: int, out_size: tuple[int, int] | None = None,
+                 labels: bool = False) -> np.ndarray:
+        """FC-CLIP's semantic scores (C, H, W) float32 at out_size (default: the image's), or
+        with labels=True their (H, W) int32 argmax, computed band by band without the scores."""
         x, (nh, nw) = detectron2_preprocess(image, short, max_size, divisor, CLIP_MEAN_255,
                                             CLIP_STD_255)
         out = self.forward(x)
         probs = self.class_probs(out, text)                                     # (Q, C)
         return mask_semantic(out["masks"], probs, nh, nw, upsampled=x.shape[2:],
-                             out_size=out_size or image.shape[:2])
+                             out_size=out_size or image.shape[:2], labels=labels)
+
+    # the Segmenter asks lowres(kind="labels") for segment(): labels at the image's size
+    streams_labels = True
 
     def lowres(self, image: np.ndarray, text: TextRows, kind: str, *, short: int,
                max_size: int, divisor: int) -> np.ndarray:
         """The Segmenter's hook: FC-CLIP's semantic scores at the image's size (the masks are
-        resized before the inference, as sem_seg_postprocess_before_inference)."""
-        return self.semantic(image, text, short=short, max_size=max_size, divisor=divisor)
+        resized before the inference, as sem_seg_postprocess_before_inference); kind "labels":
+        their (H, W) int32 argmax (segment(), never holding the (C, H, W) scores)."""
+        return self.semantic(image, text, short=short, max_size=max_size, divisor=divisor,
+                             labels=(kind == "labels"))

@@ -405,7 +405,7 @@ def han_expected(sd: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
 
 def mask_semantic(masks: np.ndarray, probs: np.ndarray, h: int, w: int, *,
                   upsampled: tuple[int, int] | None = None,
-                  out_size: tuple[int, int] | None = None) -> np.ndarray:
+                  out_size: tuple[int, int] | None = None, labels: bool = False) -> np.ndarray:
     """MaskFormer's semantic_inference after detectron2's sem_seg_postprocess of the masks, as
     Han et al. (OpenTrans) and FC-CLIP run it: masks (Q, hm, wm) mask logits at stride 4 of the
     padded input, probs (Q, C) class probabilities -> (C, H, W) float32 =
@@ -413,8 +413,10 @@ def mask_semantic(masks: np.ndarray, probs: np.ndarray, h: int, w: int, *,
     bilinear upsampling (align_corners=False) to `upsampled` (default (4 hm, 4 wm), the padded
     input), [:h, :w] the image's resized extent and `resize` bilinear to out_size (default
     (h, w): none). In C (ovs_mask_semantic), band by band of output rows: the (Q, H, W)
-    upsampled masks are never held."""
-    return _core.mask_semantic(masks, probs, upsampled, (int(h), int(w)), out_size)
+    upsampled masks are never held. labels=True: the (H, W) int32 argmax over the classes
+    (the first of equal maxima) instead, without holding the (C, H, W) scores either."""
+    return _core.mask_semantic(masks, probs, upsampled, (int(h), int(w)), out_size,
+                               labels=bool(labels))
 
 
 class HanModel(FrameworkModel):

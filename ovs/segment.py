@@ -490,7 +490,8 @@ class Segmenter:
         for i, im in enumerate(imgs):
             lr = self._lowres(im, cls, kind)
             if rows is not None:  # duplicate classes: copies of one scored row, identical by construction
-                lr = lr[rows]
+                # (labels: the first given class of each distinct one, as argmax over the copies)
+                lr = lr[rows] if lr.ndim == 3 else np.unique(rows, return_index=True)[1][lr]
             out.append(finish(im, lr, qc))
             if self.progress:
                 print(f"\rovs: segmented {i + 1}/{len(imgs)} image(s) "
@@ -553,10 +554,15 @@ class Segmenter:
         names = _check_names(class_names)
 
         if self._framework is not None:  # argmax of the resized probabilities
+            # a model that streams labels at the image's size (FC-CLIP) gives them directly
+            stream = getattr(self.model, "streams_labels", False) and self.output_size is None
+
             def finish_fw(im, lr, qc):
+                if stream:
+                    return lr.astype(np.int32, copy=False)
                 H, W = self._out_size(im)
                 return _core.seg_labels(lr, H, W, logit_scale=1.0, bg_threshold=0.0, bg_label=-1)
-            return self._run(image, names, finish_fw, "probs")
+            return self._run(image, names, finish_fw, "labels" if stream else "probs")
 
         def finish(im, lr, qc):
             H, W = self._out_size(im)

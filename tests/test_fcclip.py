@@ -214,6 +214,10 @@ def test_segmenter_matches_fcclip_inference(pair, expected):
         labels = seg.segment(img, NAMES)
         agree = float((labels == sem.numpy().argmax(0)).mean())
         assert agree >= 0.999, f"label maps agree on {agree:.4%} of pixels"
+        # segment() streams the labels band by band (never the (C, H, W) scores): exactly the
+        # argmax of predict()'s scores, also with a duplicated class (its first entry wins)
+        np.testing.assert_array_equal(labels, p.argmax(0))
+        np.testing.assert_array_equal(seg.segment(img, NAMES + [NAMES[1]]), labels)
 
 
 def test_empty_masks_take_the_in_vocabulary_probabilities(tmp_path):

@@ -141,6 +141,14 @@ def test_mask_semantic_equals_torch_and_naive(case):
     finally:
         ovs.set_num_threads(n)
     assert np.array_equal(one, two), "mask_semantic differs between 1 and 2 threads"
+    # labels=True: the argmax of the same scores, band by band, bit for bit
+    lab = mask_semantic(masks, probs, h, w, upsampled=up, out_size=size, labels=True)
+    assert lab.dtype == np.int32
+    np.testing.assert_array_equal(lab, got.argmax(0))
+    lab_naive = _core.mask_semantic(masks, probs, up, (h, w), size, naive=True, labels=True)
+    np.testing.assert_array_equal(lab_naive, naive.argmax(0))
+    if C > 1:
+        assert float((lab == ref.argmax(0)).mean()) >= 0.999
 
 
 def test_mask_semantic_failed_allocations_are_clean_errors():
@@ -151,9 +159,10 @@ def test_mask_semantic_failed_allocations_are_clean_errors():
     probs = rng.random((5, 3)).astype(np.float32)
     for size in (None, (50, 17)):   # without and with the second resize (its band buffer)
         for naive in (False, True):
-            inject_alloc_failures(lambda: _core.mask_semantic(masks, probs, None, (30, 33), size,
-                                                              naive=naive),
-                                  f"mask_semantic size={size} naive={naive}")
+            for labels in (False, True):
+                inject_alloc_failures(lambda: _core.mask_semantic(masks, probs, None, (30, 33), size,
+                                                                  naive=naive, labels=labels),
+                                      f"mask_semantic size={size} naive={naive} labels={labels}")
 
 
 def test_mask_semantic_rejects_bad_inputs():

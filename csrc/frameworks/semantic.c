@@ -44,7 +44,7 @@ static inline void resize_row(float *dst, const float *src, int64_t first, int64
                  wy1 * (cx->w0[j] * r1[cx->i0[j]] + cx->w1[j] * r1[cx->i1[j]]);
 }
 
-static int semantic_check(const char *op, float *out, const float *masks, const float *probs,
+static int semantic_check(const char *op, const void *out, const float *masks, const float *probs,
                           int64_t Q, int64_t h, int64_t w, int64_t C, const int64_t up[2],
                           const int64_t crop[2], const int64_t size[2]) {
     if (!up || !crop || !size)
@@ -70,19 +70,37 @@ static int semantic_check(const char *op, float *out, const float *masks, const 
     return OVS_OK;
 }
 
-int ovs_mask_semantic(float *out, const float *masks, const float *probs, int64_t Q, int64_t h,
-                      int64_t w, int64_t C, const int64_t up[2], const int64_t crop[2],
-                      const int64_t size[2]) {
-    static const char op[] = "ovs_mask_semantic";
-    int st = semantic_check(op, out, masks, probs, Q, h, w, C, up, crop, size);
+/* labels[p] = the first c of the largest scores[c * ld + p], for p < n (numpy's argmax). */
+static void argmax_columns(int32_t *labels, const float *scores, int64_t C, int64_t ld, int64_t n) {
+    for (int64_t p = 0; p < n; p++) {
+        float best = scores[p];
+        int32_t arg = 0;
+        for (int64_t c = 1; c < C; c++)
+            if (scores[c * ld + p] > best) {
+                best = scores[c * ld + p];
+                arg = (int32_t)c;
+            }
+        labels[p] = arg;
+    }
+}
+
+/* The band loop of ovs_mask_semantic (out) and ovs_mask_semantic_labels (labels: each band's
+ * (C, band) scores go to a band buffer, then their argmax). */
+static int semantic_bands(const char *op, float *out, int32_t *labels, const float *masks,
+                          const float *probs, int64_t Q, int64_t h, int64_t w, int64_t C,
+                          const int64_t up[2], const int64_t crop[2], const int64_t size[2]) {
+    int st = semantic_check(op, labels ? (const void *)labels : (const void *)out, masks, probs, Q, h, w, C, up, crop,
+                            size);
     if (st) return st;
+    if (labels && C > INT32_MAX)
+        return ovs_set_error(OVS_ERR_ARG, "%s: %lld classes do not fit int32 labels", op, (long long)C);
     const int64_t Hc = crop[0], Wc = crop[1], H = size[0], W = size[1];
     const int identity = Hc == H && Wc == W;
     const int64_t band = W >= SEM_BAND_PIXELS ? 1 : (SEM_BAND_PIXELS + W - 1) / W;
     /* crop rows one band reads: at most band * Hc / H + 2 (the taps are monotone) */
     const int64_t span = identity ? band : (band * Hc + H - 1) / H + 3;
     sem_taps uy = {0}, ux = {0}, ry = {0}, rx = {0};
-    float *pt = NULL, *mid = NULL, *sig = NULL;
+    float *pt = NULL, *mid = NULL, *sig = NULL, *sc = NULL;
     if ((st = taps_alloc(&uy, h, up[0], Hc)) || (st = taps_alloc(&ux, w, up[1], Wc)) ||
         (!identity && ((st = taps_alloc(&ry, Hc, H, H)) || (st = taps_alloc(&rx, Wc, W, W)))))
         goto done;
@@ -90,7 +108,8 @@ int ovs_mask_semantic(float *out, const float *masks, const float *probs, int64_
     sig = ovs_malloc((size_t)Q * (size_t)(band < H ? band : H) * (size_t)W * sizeof(float));
     if (!identity) mid = ovs_malloc((size_t)Q * (size_t)(span < Hc ? span : Hc) * (size_t)Wc *
                                      sizeof(float));
-    if (!pt || !sig || (!identity && !mid)) {
+    if (labels) sc = ovs_malloc((size_t)C * (size_t)(band < H ? band : H) * (size_t)W * sizeof(float));
+    if (!pt || !sig || (!identity && !mid) || (labels && !sc)) {
         st = ovs_set_error(OVS_ERR_NOMEM, "%s: out of memory (band buffers)", op);
         goto done;
     }
@@ -124,9 +143,14 @@ int ovs_mask_semantic(float *out, const float *masks, const float *probs, int64_
                 resize_row(sig + (q * nb + y) * W, mid + q * nr * Wc, r0, Wc, &ry, y0 + y, &rx, W);
             }
         }
-        if ((st = ovs_sigmoid_inplace(sig, Q * npix)) ||
-            (st = ovs_matmul(out + y0 * W, H * W, pt, Q, sig, npix, C, Q, npix, 1.0f, 0.0f)))
-            goto done;
+        if ((st = ovs_sigmoid_inplace(sig, Q * npix))) goto done;
+        if (!labels) {
+            if ((st = ovs_matmul(out + y0 * W, H * W, pt, Q, sig, npix, C, Q, npix, 1.0f, 0.0f)))
+                goto done;
+            continue;
+        }
+        if ((st = ovs_matmul(sc, npix, pt, Q, sig, npix, C, Q, npix, 1.0f, 0.0f))) goto done;
+        argmax_columns(labels + y0 * W, sc, C, npix, npix);
     }
 done:
     ovs_free(uy.i0);
@@ -136,7 +160,21 @@ done:
     ovs_free(pt);
     ovs_free(mid);
     ovs_free(sig);
+    ovs_free(sc);
     return st;
+}
+
+int ovs_mask_semantic(float *out, const float *masks, const float *probs, int64_t Q, int64_t h,
+                      int64_t w, int64_t C, const int64_t up[2], const int64_t crop[2],
+                      const int64_t size[2]) {
+    return semantic_bands("ovs_mask_semantic", out, NULL, masks, probs, Q, h, w, C, up, crop, size);
+}
+
+int ovs_mask_semantic_labels(int32_t *labels, const float *masks, const float *probs, int64_t Q,
+                             int64_t h, int64_t w, int64_t C, const int64_t up[2],
+                             const int64_t crop[2], const int64_t size[2]) {
+    return semantic_bands("ovs_mask_semantic_labels", NULL, labels, masks, probs, Q, h, w, C, up,
+                          crop, size);
 }
 
 int ovs_mask_semantic_naive(float *out, const float *masks, const float *probs, int64_t Q,
@@ -169,5 +207,21 @@ done:
     ovs_free(cr);
     ovs_free(res);
     ovs_free(pt);
+    return st;
+}
+
+int ovs_mask_semantic_labels_naive(int32_t *labels, const float *masks, const float *probs,
+                                   int64_t Q, int64_t h, int64_t w, int64_t C,
+                                   const int64_t up[2], const int64_t crop[2],
+                                   const int64_t size[2]) {
+    static const char op[] = "ovs_mask_semantic_labels_naive";
+    int st = semantic_check(op, labels, masks, probs, Q, h, w, C, up, crop, size);
+    if (st) return st;
+    const int64_t n = size[0] * size[1];
+    float *scores = ovs_malloc((size_t)C * (size_t)n * sizeof(float));
+    if (!scores) return ovs_set_error(OVS_ERR_NOMEM, "%s: out of memory", op);
+    if (!(st = ovs_mask_semantic_naive(scores, masks, probs, Q, h, w, C, up, crop, size)))
+        argmax_columns(labels, scores, C, n, n);
+    ovs_free(scores);
     return st;
 }

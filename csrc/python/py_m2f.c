@@ -394,16 +394,18 @@ static OVS_PY_TYPE(DecoderType, "M2FDecoder", py_m2f_block, block_dealloc, dec_i
                    "fcclip_class_head=False)");
 
 /* ---------------------------------------------------------------- semantic inference */
-/* mask_semantic(masks (Q, h, w), probs (Q, C), upsampled, crop, out_size, naive=False)
- *   -> (C, H, W): ovs_mask_semantic; upsampled None = (4h, 4w), out_size None = crop. */
+/* mask_semantic(masks (Q, h, w), probs (Q, C), upsampled, crop, out_size, naive=False,
+ * labels=False) -> (C, H, W): ovs_mask_semantic, or with labels=True (H, W) int32 argmax labels
+ * (ovs_mask_semantic_labels); upsampled None = (4h, 4w), out_size None = crop. */
 static PyObject *py_mask_semantic(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"masks", "probs", "upsampled", "crop", "out_size", "naive", NULL};
+    static char *kwlist[] = {"masks", "probs", "upsampled", "crop", "out_size", "naive", "labels",
+                             NULL};
     PyObject *m_obj, *p_obj, *up_obj, *crop_obj, *size_obj;
-    int naive = 0, st = -1;
+    int naive = 0, labels = 0, st = -1;
     PyArrayObject *masks = NULL, *probs = NULL, *out = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|p", kwlist, &m_obj, &p_obj, &up_obj,
-                                     &crop_obj, &size_obj, &naive))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|pp", kwlist, &m_obj, &p_obj, &up_obj,
+                                     &crop_obj, &size_obj, &naive, &labels))
         return NULL;
     int64_t up[2], crop[2], size[2];
     if (!(masks = ovs_py_float_array(m_obj, 3, "masks")) ||
@@ -439,6 +441,15 @@ static PyObject *py_mask_semantic(PyObject *self, PyObject *args, PyObject *kw) 
     }
     if (check_finite(masks, "masks") || check_finite(probs, "probs")) goto done;
     npy_intp dims[3] = {(npy_intp)C, (npy_intp)size[0], (npy_intp)size[1]};
+    if (labels) {
+        if (!(out = (PyArrayObject *)PyArray_EMPTY(2, dims + 1, NPY_INT32, 0))) goto done;
+        int32_t *lp = PyArray_DATA(out);
+        Py_BEGIN_ALLOW_THREADS
+        st = (naive ? ovs_mask_semantic_labels_naive : ovs_mask_semantic_labels)(
+            lp, F32(masks), F32(probs), Q, h, w, C, up, crop, size);
+        Py_END_ALLOW_THREADS
+        goto done;
+    }
     if (!(out = ovs_py_new_float(3, dims))) goto done;
     Py_BEGIN_ALLOW_THREADS
     st = (naive ? ovs_mask_semantic_naive : ovs_mask_semantic)(F32(out), F32(masks), F32(probs), Q,
@@ -525,9 +536,10 @@ static PyMethodDef m2f_methods[] = {
      "m2f_msdeform_attn(weights, prefix, query (Q, D), input (S, D), ref (Q, L, 2), shapes, "
      "heads, points) -> (Q, D)"},
     {"mask_semantic", (PyCFunction)py_mask_semantic, KW,
-     "mask_semantic(masks (Q, h, w), probs (Q, C), upsampled, crop, out_size, naive=False) -> "
-     "(C, H, W): sum_q probs[q, c] sigmoid(resize(crop(upsample(masks[q])))) in bands of rows; "
-     "upsampled None = (4h, 4w), out_size None = crop"},
+     "mask_semantic(masks (Q, h, w), probs (Q, C), upsampled, crop, out_size, naive=False, "
+     "labels=False) -> (C, H, W): sum_q probs[q, c] sigmoid(resize(crop(upsample(masks[q])))) in "
+     "bands of rows, or with labels=True its (H, W) int32 argmax; upsampled None = (4h, 4w), "
+     "out_size None = crop"},
     {"fcclip_mask_pool", (PyCFunction)py_fcclip_mask_pool, KW,
      "fcclip_mask_pool(res5 (C, h, w), masks (Q, Hm, Wm), pos (G*G+1, C), wq, bq, wk, bk, wv, bv, "
      "wc (E, C), bc (E,), heads, naive=False) -> (pooled (Q, E), valid (Q,) bool): FC-CLIP's "

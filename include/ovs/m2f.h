@@ -189,6 +189,15 @@ int ovs_mask_semantic(float *out, const float *masks, const float *probs, int64_
 int ovs_mask_semantic_naive(float *out, const float *masks, const float *probs, int64_t Q,
                             int64_t h, int64_t w, int64_t C, const int64_t up[2],
                             const int64_t crop[2], const int64_t size[2]);
+/* labels (H, W) = the argmax over c of ovs_mask_semantic's out (the first of equal maxima), band
+ * by band: only one band's (C, band) scores are held. Bitwise the argmax of ovs_mask_semantic. */
+int ovs_mask_semantic_labels(int32_t *labels, const float *masks, const float *probs, int64_t Q,
+                             int64_t h, int64_t w, int64_t C, const int64_t up[2],
+                             const int64_t crop[2], const int64_t size[2]);
+int ovs_mask_semantic_labels_naive(int32_t *labels, const float *masks, const float *probs,
+                                   int64_t Q, int64_t h, int64_t w, int64_t C,
+                                   const int64_t up[2], const int64_t crop[2],
+                                   const int64_t size[2]);
 
 /* ---------------------------------------------------------------- FC-CLIP mask pooling */
 /* CLIP's attention pool (open_clip ModifiedResNet attnpool) as FC-CLIP's
