@@ -493,14 +493,26 @@ class HanModel(FrameworkModel):
         """(C, h, w) semantic scores at the resized image's extent (padding cropped): the sum
         over queries of softmax(class logits) without no-object times sigmoid(mask logits
         upsampled to the padded input). "logits" and "probs" are the same scores here (a
-        mask-classification model has no per-pixel logits)."""
+        mask-classification model has no per-pixel logits). kind "labels" (segment()): the
+        (H, W) int32 argmax at the image's size, streamed band by band when the image was not
+        resized (the scores then are at its size), else of the scores resized as predict()."""
         x, (h, w) = detectron2_preprocess(image, short, max_size, divisor, IMAGENET_MEAN_255,
                                           IMAGENET_STD_255)
         emb, masks = self.forward(x)
         lg = self.class_logits(emb[0], text).astype(np.float64)
         p = np.exp(lg - lg.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
-        return mask_semantic(masks[0], p[:, :-1].astype(np.float32), h, w)
+        p = p[:, :-1].astype(np.float32)
+        if kind != "labels":
+            return mask_semantic(masks[0], p, h, w)
+        H, W = image.shape[:2]
+        if (h, w) == (H, W):
+            return mask_semantic(masks[0], p, h, w, labels=True)
+        return _core.seg_labels(mask_semantic(masks[0], p, h, w), H, W, logit_scale=1.0,
+                                bg_threshold=0.0, bg_label=-1)
+
+    # the Segmenter asks lowres(kind="labels") for segment(): labels at the image's size
+    streams_labels = True
 
 
 # ------------------------------------------------------------------ checks shared by convert and load

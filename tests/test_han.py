@@ -90,11 +90,28 @@ def test_segmenter_matches_opentrans_inference(pair):
         assert_close(p, probs.numpy(), rtol=1e-4, name="semantic scores")
         assert_close(seg.logits(img, NAMES), probs.numpy(), rtol=1e-4, name="logits() = scores")
         labels = seg.segment(img, NAMES)
+        # streamed (an image at the short side: no resize) or not, exactly predict's argmax
+        np.testing.assert_array_equal(labels, p.argmax(0))
         ref_labels = probs.numpy().argmax(0)
         agree = float((labels == ref_labels).mean())
         assert agree >= 0.999, f"label maps agree on {agree:.4%} of pixels"
         if i == 0:   # the check has teeth: several classes win somewhere
             assert len(np.unique(ref_labels)) >= 2
+
+
+def test_segment_streams_labels_without_resize(pair):
+    """An image at the short side is not resized: segment() then takes the labels band by band
+    from C (mask_semantic(labels=True)), never holding the (C, H, W) scores; they are exactly
+    predict()'s argmax, agree with OpenTrans', and a duplicated class maps to its first entry."""
+    ref, model, _ = pair
+    img = np.ascontiguousarray(_images()[0][:SHORT, :160])
+    seg = _segmenter(model)
+    probs = R.semantic(ref, img, NAMES, SHORT, MAX)[0].numpy()
+    labels = seg.segment(img, NAMES)
+    np.testing.assert_array_equal(labels, seg.predict(img, NAMES).argmax(0))
+    assert float((labels == probs.argmax(0)).mean()) >= 0.999
+    assert len(np.unique(labels)) >= 2
+    np.testing.assert_array_equal(seg.segment(img, NAMES + [NAMES[0]]), labels)
 
 
 def _torch_semantic(masks, probs, h, w, upsampled=None, out_size=None):
