@@ -161,16 +161,18 @@ def test_mask_pool_equals_fcclip_attention_pool(case):
     assert_close(pooled, naive, rtol=1e-5, name="mask pool fast vs naive (empty rows too)")
 
 
+def _pool_args(seed, C=8, E=4):
+    """Small random fcclip_mask_pool arrays: res5 (C, 3, 3), masks (2, 6, 6), pos (5, C), the q,
+    k, v projections (C, C) + (C,), c_proj (E, C) + (E,)."""
+    rng = np.random.default_rng(seed)
+    shapes = [(C, 3, 3), (2, 6, 6), (5, C), *((C, C), (C,)) * 3, (E, C), (E,)]
+    return [rng.standard_normal(s).astype(np.float32) for s in shapes]
+
+
 def test_mask_pool_failed_allocations_are_clean_errors():
     from conftest import inject_alloc_failures
 
-    rng = np.random.default_rng(2)
-    C, E = 8, 4
-    args = [rng.standard_normal((C, 3, 3)).astype(np.float32),
-            rng.standard_normal((2, 6, 6)).astype(np.float32),
-            rng.standard_normal((5, C)).astype(np.float32),
-            *[rng.standard_normal(s).astype(np.float32) for s in ((C, C), (C,)) * 3],
-            rng.standard_normal((E, C)).astype(np.float32), rng.standard_normal(E).astype(np.float32), 2]
+    args = _pool_args(2) + [2]
     for naive in (False, True):
         inject_alloc_failures(lambda: ovs._core.fcclip_mask_pool(*args, naive=naive),
                               f"fcclip_mask_pool naive={naive}",
@@ -178,13 +180,8 @@ def test_mask_pool_failed_allocations_are_clean_errors():
 
 
 def test_mask_pool_rejects_bad_inputs():
-    rng = np.random.default_rng(0)
-    C, E = 8, 4
-    good = [rng.standard_normal((C, 3, 3)).astype(np.float32),
-            rng.standard_normal((2, 6, 6)).astype(np.float32),
-            rng.standard_normal((5, C)).astype(np.float32),
-            *[rng.standard_normal(s).astype(np.float32) for s in ((C, C), (C,)) * 3],
-            rng.standard_normal((E, C)).astype(np.float32), rng.standard_normal(E).astype(np.float32)]
+    E = 4
+    good = _pool_args(0, E=E)
     pool = ovs._core.fcclip_mask_pool
     assert pool(*good, 2)[0].shape == (2, E)
     with pytest.raises(ValueError, match="heads must divide"):
