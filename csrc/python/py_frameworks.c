@@ -85,12 +85,8 @@ static PyObject *deeplab_classify(ovs_py_deeplab *self, PyObject *args, PyObject
     st = -1;
     npy_intp dims[4] = {N, T, h, w};
     if (!(out = ovs_py_new_float(4, dims))) goto done;
-    Py_BEGIN_ALLOW_THREADS
-    OVS_MODEL_LOCK(self->trunk);
-    st = ovs_deeplab_classify(self->head, F32(out), F32(x), N, H, W, F32(t), T, (float)scale,
-                              softmax);
-    OVS_MODEL_UNLOCK(self->trunk);
-    Py_END_ALLOW_THREADS
+    OVS_PY_LOCKED(self->trunk, st, ovs_deeplab_classify(self->head, F32(out), F32(x), N, H, W,
+                                                        F32(t), T, (float)scale, softmax));
 done:
     return OVS_PY_FINISH(st, out, x, t);
 }

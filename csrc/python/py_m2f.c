@@ -444,17 +444,13 @@ static PyObject *py_mask_semantic(PyObject *self, PyObject *args, PyObject *kw) 
     if (labels) {
         if (!(out = (PyArrayObject *)PyArray_EMPTY(2, dims + 1, NPY_INT32, 0))) goto done;
         int32_t *lp = PyArray_DATA(out);
-        Py_BEGIN_ALLOW_THREADS
-        st = (naive ? ovs_mask_semantic_labels_naive : ovs_mask_semantic_labels)(
-            lp, F32(masks), F32(probs), Q, h, w, C, up, crop, size);
-        Py_END_ALLOW_THREADS
+        OVS_PY_NOGIL(st, (naive ? ovs_mask_semantic_labels_naive : ovs_mask_semantic_labels)(
+                             lp, F32(masks), F32(probs), Q, h, w, C, up, crop, size));
         goto done;
     }
     if (!(out = ovs_py_new_float(3, dims))) goto done;
-    Py_BEGIN_ALLOW_THREADS
-    st = (naive ? ovs_mask_semantic_naive : ovs_mask_semantic)(F32(out), F32(masks), F32(probs), Q,
-                                                               h, w, C, up, crop, size);
-    Py_END_ALLOW_THREADS
+    OVS_PY_NOGIL(st, (naive ? ovs_mask_semantic_naive : ovs_mask_semantic)(
+                         F32(out), F32(masks), F32(probs), Q, h, w, C, up, crop, size));
 done:
     return OVS_PY_FINISH(st, out, masks, probs);
 }
@@ -513,10 +509,9 @@ static PyObject *py_fcclip_mask_pool(PyObject *self, PyObject *args, PyObject *k
     const ovs_fcclip_attnpool ap = {F32(a[2]), F32(a[3]), F32(a[4]), F32(a[5]), F32(a[6]),
                                     F32(a[7]), F32(a[8]), F32(a[9]), F32(a[10]), C, E, G, heads};
     uint8_t *vp = PyArray_DATA(valid);
-    Py_BEGIN_ALLOW_THREADS
-    st = (naive ? ovs_fcclip_mask_pool_naive : ovs_fcclip_mask_pool)(
-        F32(out), vp, &ap, F32(a[0]), h, w, F32(a[1]), Q, PyArray_DIM(a[1], 1), PyArray_DIM(a[1], 2));
-    Py_END_ALLOW_THREADS
+    const int64_t Hm = PyArray_DIM(a[1], 1), Wm = PyArray_DIM(a[1], 2);
+    OVS_PY_NOGIL(st, (naive ? ovs_fcclip_mask_pool_naive : ovs_fcclip_mask_pool)(
+                         F32(out), vp, &ap, F32(a[0]), h, w, F32(a[1]), Q, Hm, Wm));
     if (st) {
         ovs_py_raise(st);
         goto done;
