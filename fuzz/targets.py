@@ -4,8 +4,10 @@ Each target is a function ``target(data: bytes) -> None`` run by atheris (see fu
 target calls ovs the way a user would and treats only the documented failures as fine:
 
     safetensors  ovs._core.SafeTensorsFile (C reader) on the bytes, every tensor read back,
-                 and ovs.load_state_dict on the same bytes as a file (see safetensors_file:
-                 raw files, or header + data with the length prefix recomputed). WeightFileError
+                 and ovs.load_state_dict and a FileStateDict (tensors read on demand) on the
+                 same bytes as a file (see safetensors_file: raw files, or header + data with
+                 the length prefix recomputed), then the file changed under the mapping
+                 (reads must refuse with OSError ESTALE).                  WeightFileError
     torch        ovs.load_state_dict on a torch.save zip checkpoint whose members (data.pkl,
                  data/<key>, byteorder, ...) come from the input; the zip itself is rebuilt
                  around them so CRCs stay valid and the fuzzer reaches the pickle reader.
@@ -27,6 +29,7 @@ data``; fuzz/make_seeds.py converts real torch files into it.
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
 import struct
@@ -38,7 +41,7 @@ import numpy as np
 
 import ovs
 from ovs import WeightFileError, _core
-from ovs.weights import load_state_dict
+from ovs.weights import load_state_dict, open_state_dict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The tiny model the image target needs (written by make_seeds.py next to the corpora).
@@ -140,7 +143,8 @@ def target_safetensors(data: bytes) -> None:
                     continue
                 assert tuple(arr.shape) == tuple(shape) == raw.shape, (name, shape, arr.shape)
                 assert arr.dtype == np.float32, (name, arr.dtype)
-    # The file path: magic-byte detection, open + fstat + mmap, dtype conversion.
+    # The file path: magic-byte detection, open + fstat, the header only, then every tensor read
+    # on demand (pread + identity check), through load_state_dict and through a FileStateDict.
     path = _memfile().write(data)
     try:
         sd = load_state_dict(path)
@@ -148,6 +152,20 @@ def target_safetensors(data: bytes) -> None:
         return
     for name, arr in sd.items():
         assert isinstance(name, str) and isinstance(arr, np.ndarray), name
+    lazy = open_state_dict(path)
+    assert sorted(lazy) == sorted(sd)
+    for name in lazy:
+        assert lazy.shape(name) == sd[name].shape and lazy.dtype(name) == sd[name].dtype, name
+        assert np.array_equal(lazy[name], sd[name], equal_nan=sd[name].dtype.kind == "f"), name
+    # The same file grown by a byte: a read must refuse (OSError ESTALE), never return data.
+    os.pwrite(_memfile().fd, b"\0", len(data))
+    for name in list(lazy)[:4]:
+        try:
+            lazy[name]
+        except OSError as exc:
+            assert exc.errno == errno.ESTALE and "changed since it was opened" in str(exc), exc
+        else:
+            raise AssertionError(f"{name!r} read from a file that changed")
 
 
 # ----------------------------------------------------------------------------- torch zips

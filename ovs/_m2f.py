@@ -51,6 +51,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ovs import _core
+from ovs.weights import c_weights
 
 PIXEL_DECODER_PREFIX = "sem_seg_head.pixel_decoder."
 PREDICTOR_PREFIX = "sem_seg_head.predictor."
@@ -76,7 +77,7 @@ def msdeform_attn(weights: Mapping[str, np.ndarray], prefix: str, query: np.ndar
     """One ``MSDeformAttn`` module (weights ``prefix + sampling_offsets.weight`` etc.) on one
     image: query (Q, D) with its positional embedding added, inputs (S, D), reference points
     (Q, L, 2) -> (Q, D)."""
-    return _core.m2f_msdeform_attn(dict(weights), prefix, query, inputs, reference_points,
+    return _core.m2f_msdeform_attn(c_weights(weights), prefix, query, inputs, reference_points,
                                    [tuple(s) for s in shapes], int(heads), int(points))
 
 
@@ -92,7 +93,7 @@ class PixelDecoder:
                  groups: int = 32):
         if len(in_channels) != 4:
             raise ValueError(f"in_channels must give res2..res5 channels (4 ints), got {in_channels!r}")
-        self._block = _core.M2FPixelDecoder(dict(weights), prefix, tuple(int(c) for c in in_channels),
+        self._block = _core.M2FPixelDecoder(c_weights(weights), prefix, tuple(int(c) for c in in_channels),
                                             conv_dim, mask_dim, enc_layers, heads, points, ffn_dim,
                                             groups)
 
@@ -114,7 +115,7 @@ class TransformerDecoder:
                  in_channels: int = 256, hidden_dim: int = 256, queries: int = 100,
                  heads: int = 8, ffn_dim: int = 2048, layers: int = 9, mask_dim: int = 256,
                  class_layers: int = 0, class_dim: int = 0, fcclip_class_head: bool = False):
-        self._block = _core.M2FDecoder(dict(weights), prefix, in_channels, hidden_dim, queries,
+        self._block = _core.M2FDecoder(c_weights(weights), prefix, in_channels, hidden_dim, queries,
                                        heads, ffn_dim, layers, mask_dim, class_layers, class_dim,
                                        bool(fcclip_class_head))
 

@@ -32,6 +32,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from . import _core
+from .weights import c_weights
 from .frameworks import (FRAMEWORKS, FrameworkModel, _clip_resnet_expected, _clip_text_expected, _count,
                          _dim, _text_model, detectron2_preprocess, mask_semantic)
 
@@ -196,26 +197,27 @@ class FCCLIPModel(FrameworkModel):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise ValueError(f"{nm} must be a number in [0, 1], got {v!r}")
         self.alpha, self.beta = float(alpha), float(beta)
-        self.width = int(sd["visual.layer1.0.conv1.weight"].shape[1])
+        self.width = _dim(sd, "visual.layer1.0.conv1.weight", 1, 0)
         self.layers = tuple(_count(sd, f"visual.layer{s + 1}") for s in range(4))
         chans = tuple(4 * (self.width << s) for s in range(4))
-        vis = {k: v for k, v in sd.items() if k.startswith("visual.") and ".attnpool." not in k}
-        self._trunk = _core.ResNet(vis, "visual.", self.layers, self.width, 0, 0, 0, False)
-        d = int(sd[PD + "input_proj.0.0.weight"].shape[0])
-        md = int(sd[PD + "mask_features.weight"].shape[0])
+        self._trunk = _core.ResNet(
+            c_weights(sd, lambda k: k.startswith("visual.") and ".attnpool." not in k),
+            "visual.", self.layers, self.width, 0, 0, 0, False)
+        d = _dim(sd, PD + "input_proj.0.0.weight", 0, 0)
+        md = _dim(sd, PD + "mask_features.weight", 0, 0)
         from ._m2f import PixelDecoder, TransformerDecoder
 
         self.pixel_decoder = PixelDecoder(
-            {k: v for k, v in sd.items() if k.startswith(PD)}, chans, conv_dim=d, mask_dim=md,
+            c_weights(sd, lambda k: k.startswith(PD)), chans, conv_dim=d, mask_dim=md,
             enc_layers=_count(sd, PD + "transformer.encoder.layers"), heads=HEADS, points=POINTS,
-            ffn_dim=int(sd[PD + "transformer.encoder.layers.0.linear1.weight"].shape[0]))
-        self.queries = int(sd[PR + "query_feat.weight"].shape[0])
+            ffn_dim=_dim(sd, PD + "transformer.encoder.layers.0.linear1.weight", 0, 0))
+        self.queries = _dim(sd, PR + "query_feat.weight", 0, 0)
         self.dec_layers = _count(sd, PR + "transformer_self_attention_layers")
-        self.embed_dim = int(sd["text_projection"].shape[1])
+        self.embed_dim = _dim(sd, "text_projection", 1, 0)
         self.decoder = TransformerDecoder(
-            {k: v for k, v in sd.items() if k.startswith(PR)}, in_channels=d, hidden_dim=d,
+            c_weights(sd, lambda k: k.startswith(PR)), in_channels=d, hidden_dim=d,
             queries=self.queries, heads=HEADS,
-            ffn_dim=int(sd[PR + "transformer_ffn_layers.0.linear1.weight"].shape[0]),
+            ffn_dim=_dim(sd, PR + "transformer_ffn_layers.0.linear1.weight", 0, 0),
             layers=self.dec_layers, mask_dim=md, class_layers=3, class_dim=self.embed_dim,
             fcclip_class_head=True)
         # CLIP's attention pool, run per mask (visual_prediction_forward_resnet)
@@ -238,7 +240,7 @@ class FCCLIPModel(FrameworkModel):
         from .prune import auto_sparse_mode
 
         self._sparse_mode = sparse
-        mode = auto_sparse_mode(sd, sparse)
+        mode = auto_sparse_mode(sd, sparse, tower=self._trunk)
         if mode != "dense":
             self._trunk.sparsify(mode, 512, 512)
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from . import _core
+from .weights import c_weights
 
 IMAGENET_MEAN_255 = (123.675, 116.280, 103.530)   # detectron2 MODEL.PIXEL_MEAN (RGB, 0..255)
 IMAGENET_STD_255 = (58.395, 57.120, 57.375)       # detectron2 MODEL.PIXEL_STD
@@ -79,12 +80,16 @@ def detectron2_preprocess(image: np.ndarray, short: int, max_size: int, divisor:
 
 
 # ------------------------------------------------------------------ shared model plumbing
-def _float32(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _float32(sd: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    from .weights import FileStateDict
+
+    if isinstance(sd, FileStateDict):
+        return sd   # floats read as float32, read-only, when accessed
     out = {}
     for k, v in sd.items():
         a = np.asarray(v)
         if a.dtype.kind == "f":
-            a = np.ascontiguousarray(a, dtype=np.float32)
+            a = np.asarray(a, dtype=np.float32, order="C")   # 0-d stays 0-d
             a.setflags(write=False)
         out[str(k)] = a
     return out
@@ -107,11 +112,14 @@ def _text_model(sd: Mapping[str, np.ndarray], prefix: str = ""):
     """The CLIP text tower of a framework file, as a text-only ovs.Model (its classifier cache
     and tokenizer come with it)."""
     from .model import Model
+    from .weights import FileStateDict, subset
 
-    text = {k[len(prefix):]: v for k, v in sd.items()
-            if k.startswith(prefix) and not k[len(prefix):].startswith(("visual.",))
-            and k[len(prefix):].split(".")[0] in ("token_embedding", "positional_embedding",
-                                                  "transformer", "ln_final", "text_projection")}
+    text = subset(sd, lambda k: k.startswith(prefix) and not k[len(prefix):].startswith(("visual.",))
+                  and k[len(prefix):].split(".")[0] in ("token_embedding", "positional_embedding",
+                                                        "transformer", "ln_final", "text_projection"))
+    if prefix:
+        text = (text.rename(lambda k: k[len(prefix):]) if isinstance(text, FileStateDict)
+                else {k[len(prefix):]: v for k, v in text.items()})
     return Model(text)
 
 
@@ -140,7 +148,11 @@ class FrameworkModel:
 
     @property
     def state_dict(self) -> Mapping[str, np.ndarray]:
-        return dict(self._sd)
+        """The weights by ovs name: a read-only ovs.weights.FileStateDict reading each tensor from
+        the file on access for a model loaded from a file, otherwise a dict."""
+        from .weights import FileStateDict
+
+        return self._sd if isinstance(self._sd, FileStateDict) else dict(self._sd)
 
     def _init_classifier(self, sparse: str) -> None:
         """The CLIP text tower, the no-object embedding and exp(logit_scale) (after
@@ -158,7 +170,7 @@ class FrameworkModel:
         if not math.isfinite(self.logit_scale):
             raise ValueError(f"logit_scale {float(sd['logit_scale'])!r} overflows exp()")
         self._sparse_mode = sparse
-        mode = auto_sparse_mode(sd, sparse)
+        mode = auto_sparse_mode(sd, sparse, tower=self._trunk)
         if mode != "dense":
             self._trunk.sparsify(mode, 512, 512)
 
@@ -192,11 +204,14 @@ def _clip_text_expected(sd: Mapping[str, np.ndarray], prefix: str, embed: int) -
     """Names and shapes of an OpenAI CLIP text tower (mask2former/clip_models.py
     CLIPTextEncoder, open_clip names) below prefix."""
     out: dict[str, tuple[int, ...]] = {}
+    from .weights import shape_of
+
     tok = f"{prefix}token_embedding.weight"
     if tok not in sd:
         return {tok: ("V", "D")}
-    vocab, d = np.shape(sd[tok])
-    ctx = np.shape(sd.get(f"{prefix}positional_embedding", np.empty((77, d))))[0]
+    vocab, d = shape_of(sd, tok)
+    pos = f"{prefix}positional_embedding"
+    ctx = shape_of(sd, pos)[0] if pos in sd and len(shape_of(sd, pos)) else 77
     out[tok] = (vocab, d)
     out[f"{prefix}positional_embedding"] = (ctx, d)
     out[f"{prefix}ln_final.weight"] = out[f"{prefix}ln_final.bias"] = (d,)
@@ -218,8 +233,10 @@ def _clip_text_expected(sd: Mapping[str, np.ndarray], prefix: str, embed: int) -
 
 
 def _dim(sd, name: str, axis: int, default: int) -> int:
-    a = sd.get(name)
-    return int(np.shape(a)[axis]) if a is not None and np.ndim(a) > axis else default
+    from .weights import shape_of
+
+    shape = shape_of(sd, name) if name in sd else ()
+    return int(shape[axis]) if len(shape) > axis else default
 
 
 def _clip_resnet_expected(sd, prefix: str, out: dict) -> int:
@@ -304,11 +321,10 @@ class DeepLabModel(FrameworkModel):
             raise ValueError(f"sparse must be 'auto', 'dense' or 'all', got {sparse!r}")
         if output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 8 or 16 (OpenTrans uses 16), got {output_stride!r}")
-        self.width = int(sd["visual.layer1.0.conv1.weight"].shape[1])
+        self.width = _dim(sd, "visual.layer1.0.conv1.weight", 1, 0)
         self.layers = tuple(_count(sd, f"visual.layer{s + 1}") for s in range(4))
         self.output_stride = output_stride
-        vis = {k: v for k, v in sd.items()
-               if k.startswith(("visual.", "aspp.", "decoder.", "embed_proj."))}
+        vis = c_weights(sd, lambda k: k.startswith(("visual.", "aspp.", "decoder.", "embed_proj.")))
         self._trunk = _core.ResNet(vis, "visual.", self.layers, self.width, 0, 0, 0, False,
                                    style="deeplab", output_stride=output_stride)
         self._head = _core.DeepLabHead(self._trunk, "")
@@ -439,12 +455,13 @@ class HanModel(FrameworkModel):
         if sparse not in ("auto", "dense", "all"):
             raise ValueError(f"sparse must be 'auto', 'dense' or 'all', got {sparse!r}")
         a = self.arch_config = _han_arch(sd)
-        self.width = int(sd["visual.layer1.0.conv1.weight"].shape[1])
+        self.width = _dim(sd, "visual.layer1.0.conv1.weight", 1, 0)
         self.layers = tuple(_count(sd, f"visual.layer{s + 1}") for s in range(4))
         self.queries = a["queries"]
-        vis = {k: v for k, v in sd.items() if k.startswith("visual.")}
+        vis = c_weights(sd, lambda k: k.startswith("visual."))
         self._trunk = _core.ResNet(vis, "visual.", self.layers, self.width, 0, 0, 0, False)
-        head = {k: v for k, v in sd.items() if k.startswith("sem_seg_head.")}
+        del vis
+        head = c_weights(sd, lambda k: k.startswith("sem_seg_head."))
         self._pixel_decoder = PixelDecoder(head, a["in_channels"], prefix=HAN_PD,
                                            conv_dim=a["conv_dim"], mask_dim=a["mask_dim"],
                                            enc_layers=a["enc_layers"], heads=HAN_HEADS,
@@ -522,9 +539,11 @@ def check_expected(sd: Mapping[str, np.ndarray], expected: Mapping[str, tuple], 
     (by the checkpoint's own name when `renamed` maps ovs names back to it)."""
     back = renamed or {}
     src = lambda k: f"{back[k]!r} (-> {k!r})" if k in back and back[k] != k else repr(k)  # noqa: E731
+    from .weights import shape_of
+
     missing = [k for k in expected if k not in sd]
-    shapes = [f"{src(k)}: {tuple(np.shape(sd[k]))}, expected {tuple(expected[k])}"
-              for k in expected if k in sd and tuple(np.shape(sd[k])) != tuple(expected[k])]
+    shapes = [f"{src(k)}: {shape_of(sd, k)}, expected {tuple(expected[k])}"
+              for k in expected if k in sd and shape_of(sd, k) != tuple(expected[k])]
     unexpected = [k for k in sd if k not in expected]
     problems = []
     if missing:

@@ -6,7 +6,9 @@
     >>> cls = model.text_classifier(["cat", "dog"], templates="imagenet80")
 
 Weights stay addressed by their open_clip names (``model.state_dict``) and can be swapped one
-tensor at a time (``model.set_weight``); the affected tower is rebuilt in C.
+tensor at a time (``model.set_weight``); the affected tower is rebuilt in C. A model loaded from
+a safetensors file holds its weights once, in the C towers' layouts: ``model.state_dict`` is then
+a read-only ovs.weights.FileStateDict that reads a tensor from the file when it is accessed.
 """
 from __future__ import annotations
 
@@ -61,11 +63,13 @@ def infer_config(sd: Mapping[str, np.ndarray], *, vision_heads: int | None = Non
     """The CLIP architecture implied by an open_clip state dict's names and shapes (the rules of
     open_clip's ``build_model_from_openai_state_dict``: heads = width // 64 for ViTs and text,
     width * 32 // 64 for the ResNet attention pool, unless given)."""
+    from .weights import shape_of
+
     def shape(name: str) -> tuple[int, ...]:
         if name not in sd:
             raise KeyError(f"state dict has no '{name}': not an open_clip CLIP model "
                            f"(first keys: {sorted(sd)[:5]})")
-        return tuple(int(s) for s in np.shape(sd[name]))
+        return tuple(int(s) for s in shape_of(sd, name))
 
     cfg: dict[str, Any] = {}
     keys = list(sd)
@@ -126,18 +130,27 @@ class Model:
         if not isinstance(state_dict, Mapping):
             raise TypeError("state_dict must be a mapping of open_clip names to arrays, got "
                             f"{type(state_dict).__name__} (use ovs.load(path) for files)")
-        self._sd: dict[str, np.ndarray] = {}
-        for k, v in state_dict.items():
-            if str(k).endswith("attn_mask"):
-                continue  # a TorchScript/open_clip buffer (-inf above the diagonal), rebuilt in C
-            a = np.asarray(v)
-            if a.dtype.kind == "f":
-                a = np.ascontiguousarray(a, dtype=np.float32)
-                if a.flags.writeable and a is v:
-                    a = a.copy()
-                a.setflags(write=False)
-            self._sd[str(k)] = a
-        self._non_float = {k: a.dtype for k, a in self._sd.items() if a.dtype.kind != "f"}
+        from .weights import FileStateDict
+
+        # attn_mask: a TorchScript/open_clip buffer (-inf above the diagonal), rebuilt in C
+        if isinstance(state_dict, FileStateDict):   # read from the file as the towers build
+            self._sd: Mapping[str, np.ndarray] = state_dict.select(
+                lambda k: not k.endswith("attn_mask"))
+            self._non_float = {k: self._sd.dtype(k) for k in self._sd
+                               if self._sd.dtype(k).kind != "f"}
+        else:
+            self._sd = {}
+            for k, v in state_dict.items():
+                if str(k).endswith("attn_mask"):
+                    continue
+                a = np.asarray(v)
+                if a.dtype.kind == "f":
+                    a = np.asarray(a, dtype=np.float32, order="C")   # 0-d stays 0-d
+                    if a.flags.writeable and a is v:
+                        a = a.copy()
+                    a.setflags(write=False)
+                self._sd[str(k)] = a
+            self._non_float = {k: a.dtype for k, a in self._sd.items() if a.dtype.kind != "f"}
         self.act = act
         self.name = name
         self.config = infer_config(self._sd, vision_heads=vision_heads, text_heads=text_heads)
@@ -159,8 +172,11 @@ class Model:
     # Each tower gets only its own tensors: building a tower reads (checks, packs) every tensor
     # it is given, and a tower built later must not page back in the weights an earlier one
     # packed and released.
-    def _tower_weights(self, visual: bool) -> dict[str, np.ndarray]:
-        return {k: a for k, a in self._sd.items() if k.startswith("visual.") == visual}
+    def _tower_weights(self, visual: bool) -> dict:
+        from .weights import c_weights
+
+        return c_weights(self._sd, lambda k: k.startswith("visual.") == visual)
+
     def _explain(self, build):
         """build(); a weight the C model reports missing that is present with an integer or
         bool dtype becomes a TypeError saying so (the C side only sees float tensors)."""
@@ -183,7 +199,7 @@ class Model:
                            v["heads"], v["grid"], v["attnpool"])
         from .prune import auto_sparse_mode
 
-        mode = auto_sparse_mode(self._sd, self._sparse_mode)
+        mode = auto_sparse_mode(self._sd, self._sparse_mode, tower=net)
         if mode != "dense":
             net.sparsify(mode, v["image_size"], v["image_size"])
         return net
@@ -213,23 +229,30 @@ class Model:
                                t["embed_dim"], self.act)
 
     @property
-    def state_dict(self) -> "StateDict":
+    def state_dict(self) -> Mapping[str, np.ndarray]:
         """The weights by open_clip name (read-only arrays): ``model.state_dict()`` as in torch /
-        open_clip (``model.state_dict[name]`` works too)."""
-        return StateDict(self._sd)
+        open_clip (``model.state_dict[name]`` works too). For a model loaded from a safetensors
+        file, a read-only ovs.weights.FileStateDict that reads each tensor from the file when
+        accessed; otherwise a dict."""
+        from .weights import FileStateDict
+
+        return self._sd if isinstance(self._sd, FileStateDict) else StateDict(self._sd)
 
     def set_weight(self, name: str, value: np.ndarray) -> None:
         """Replace one weight (same shape) and rebuild the tower that uses it."""
+        from .weights import shape_of, updated
+
         if name not in self._sd:
             raise KeyError(f"no weight named {name!r}")
-        old = self._sd[name]
+        old_shape = shape_of(self._sd, name)
         a = np.array(value, dtype=np.float32, copy=True)
-        if a.shape != old.shape:
-            raise ValueError(f"{name}: new shape {a.shape} != current shape {old.shape}")
+        if a.shape != old_shape:
+            raise ValueError(f"{name}: new shape {a.shape} != current shape {old_shape}")
         if not np.isfinite(a).all():
             raise ValueError(f"{name}: the new value contains NaN or infinity")
         a.setflags(write=False)
-        self._sd[name] = a
+        old = self._sd
+        self._sd = updated(self._sd, {name: a})
         try:
             if name.startswith("visual."):
                 self._visual = self._build_visual()
@@ -238,7 +261,7 @@ class Model:
                 self._digest = None
                 self._text_cache.clear()
         except Exception:
-            self._sd[name] = old
+            self._sd = old
             raise
 
     # ------------------------------------------------------------ properties
@@ -442,7 +465,7 @@ def load(name_or_path: str | os.PathLike, *, act: str | None = None,
     ($OVS_WEIGHTS_DIR) or how to pass its path.
     """
     from .hub import known_weights, resolve_weights
-    from .weights import load_state_dict, require_regular_file
+    from .weights import open_state_dict, require_regular_file
 
     raw = os.path.expanduser(os.fspath(name_or_path))
     spec = None if os.path.exists(raw) or isinstance(name_or_path, os.PathLike) else known_weights(raw)
@@ -452,7 +475,7 @@ def load(name_or_path: str | os.PathLike, *, act: str | None = None,
     if os.path.exists(raw) and not os.path.isfile(raw) and not os.path.isdir(raw):
         require_regular_file(raw)  # a FIFO or a device: say so (not "does not exist")
     path = resolve_weights(name_or_path, cache_dir=cache_dir, progress=progress)
-    sd = load_state_dict(path)
+    sd = open_state_dict(path)   # safetensors: read tensor by tensor as the towers build
     if any(k.endswith(".weight_orig") for k in sd):
         from .prune import fold_pruned
 

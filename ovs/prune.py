@@ -132,9 +132,11 @@ def _state_dict_of(obj) -> Mapping[str, Any]:
 def prunable(model) -> list[str]:
     """The paper's default scope: every 4-D conv weight of the image tower (`visual.*`) except
     the stem's first conv (`visual.conv1.weight`, which is the patch embedding of a ViT)."""
+    from .weights import shape_of
+
     sd = _state_dict_of(model)
-    names = [k for k, v in sd.items() if k.startswith("visual.") and k.endswith(".weight")
-             and np.ndim(v) == 4 and k != "visual.conv1.weight"]
+    names = [k for k in sd if k.startswith("visual.") and k.endswith(".weight")
+             and len(shape_of(sd, k)) == 4 and k != "visual.conv1.weight"]
     if not names:
         raise ValueError("this model has no conv weight to prune besides the stem's first conv "
                          "(a ViT or a text-only model): pass names=[...] explicitly")
@@ -144,13 +146,15 @@ def prunable(model) -> list[str]:
 def _check_names(sd: Mapping[str, Any], names) -> list[str]:
     if isinstance(names, str):
         raise TypeError("names must be a list of parameter names, not a single string")
+    from .weights import dtype_of
+
     out = []
     for n in names:
         if n not in sd:
             raise KeyError(f"no parameter named {n!r} in the model")
-        a = np.asarray(sd[n])
-        if a.dtype.kind != "f":
-            raise TypeError(f"parameter {n!r} is not a float tensor (dtype {a.dtype})")
+        dt = dtype_of(sd, n)
+        if dt.kind != "f":
+            raise TypeError(f"parameter {n!r} is not a float tensor (dtype {dt})")
         out.append(n)
     if not out:
         raise ValueError("names is empty: nothing to prune")
@@ -190,7 +194,7 @@ def _prune_round(weights: list[np.ndarray], current: list[np.ndarray], amount: f
     return [prune_group([w], [m])[0] for w, m in zip(weights, current)]
 
 
-def _rebuild(model, sd: dict[str, np.ndarray]):
+def _rebuild(model, sd: Mapping[str, np.ndarray]):
     from .frameworks import FrameworkModel
     from .model import Model
 
@@ -208,7 +212,9 @@ def _rebuild(model, sd: dict[str, np.ndarray]):
 def _run(model, names, schedule, scope):
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
-    sd = dict(_state_dict_of(model))
+    from .weights import updated
+
+    sd = _state_dict_of(model)   # a file-backed state dict stays one: only the pruned are new
     names = prunable(sd) if names is None else _check_names(sd, names)
     weights = [np.asarray(sd[n], dtype=np.float32) for n in names]
     current = [np.ones(w.shape, bool) for w in weights]
@@ -217,8 +223,8 @@ def _run(model, names, schedule, scope):
     for amount in schedule:
         current = _prune_round(weights, current, amount, scope)
         history.append(1.0 - sum(int(m.sum()) for m in current) / total)
-    for n, w, m in zip(names, weights, current):
-        sd[n] = np.where(m, w, np.float32(0)).astype(np.float32)
+    sd = updated(sd, {n: np.where(m, w, np.float32(0)).astype(np.float32)
+                      for n, w, m in zip(names, weights, current)})
     return _rebuild(model, sd), history
 
 
@@ -267,19 +273,23 @@ def _as_mask(name: str, m) -> np.ndarray:
 def apply(model, mask_dict: Mapping[str, np.ndarray]):
     """Zero the weights where the mask is False. Mask names must exist with the same shapes.
     Returns a new ovs.Model (or state dict)."""
-    sd = dict(_state_dict_of(model))
+    from .weights import shape_of, updated
+
+    sd = _state_dict_of(model)
     if not isinstance(mask_dict, Mapping):
         raise TypeError(f"masks must be a mapping name -> array, got {type(mask_dict).__name__}")
+    new = {}
     for name, m in mask_dict.items():
         if name not in sd:
             raise KeyError(f"mask for {name!r} but the model has no such parameter "
                            f"(masks from another layout? use ovs.prune.transfer)")
         m = _as_mask(name, m)
+        if m.shape != shape_of(sd, name):
+            raise ValueError(f"mask for {name!r} has shape {m.shape}, the parameter "
+                             f"{shape_of(sd, name)}")
         w = np.asarray(sd[name], dtype=np.float32)
-        if m.shape != w.shape:
-            raise ValueError(f"mask for {name!r} has shape {m.shape}, the parameter {w.shape}")
-        sd[name] = np.where(m, w, np.float32(0)).astype(np.float32)
-    return _rebuild(model, sd)
+        new[name] = np.where(m, w, np.float32(0)).astype(np.float32)
+    return _rebuild(model, updated(sd, new))
 
 
 def transfer(mask_dict: Mapping[str, np.ndarray], target, *, source: str | None = None
@@ -287,6 +297,8 @@ def transfer(mask_dict: Mapping[str, np.ndarray], target, *, source: str | None 
     """Rename masks from their backbone layout (detected, or `source`) to the target's, role by
     role. target: a layout name (see LAYOUTS), or a model / state dict whose layout is detected
     and whose parameter shapes the masks must match (ValueError naming the parameter)."""
+    from .weights import shape_of
+
     src = detect_layout(list(mask_dict)) if source is None else detect_layout(source)
     check = None
     if isinstance(target, str):
@@ -304,22 +316,32 @@ def transfer(mask_dict: Mapping[str, np.ndarray], target, *, source: str | None 
         if check is not None:
             if new not in check:
                 raise KeyError(f"{name!r} maps to {new!r}, which the target model lacks")
-            if tuple(np.shape(check[new])) != m.shape:
+            if shape_of(check, new) != m.shape:
                 raise ValueError(f"shape mismatch for {new!r} (from {name!r}): mask {m.shape}, "
-                                 f"target parameter {tuple(np.shape(check[new]))}")
+                                 f"target parameter {shape_of(check, new)}")
         out[new] = m
     return out
 
 
-def auto_sparse_mode(state_dict: Mapping[str, np.ndarray], mode: str) -> str:
+def auto_sparse_mode(state_dict: Mapping[str, np.ndarray], mode: str, tower=None) -> str:
     """The mode a new model's ResNet starts in: "auto" becomes "dense" unless the prunable
-    convs are at least 30% zeros (an unpruned model skips the calibration)."""
+    convs are at least 30% zeros (an unpruned model skips the calibration). With the built
+    ResNet tower (``_core.ResNet``) the zeros are counted from its convs (the non-zeros of the
+    folded weights: a weight is zero there exactly when it is in the state dict, or when its
+    BatchNorm scale is zero), so a file-backed state dict is not read again."""
     if mode != "auto":
         return mode
     try:
         names = prunable(state_dict)
     except ValueError:
         return "dense"
+    if tower is not None:
+        wanted = {n[: -len(".weight")] for n in names}
+        convs = [c for c in tower.convs() if c["name"] in wanted]
+        if len(convs) == len(wanted):
+            total = sum(int(np.prod(c["shape"])) for c in convs)
+            zeros = total - sum(int(c["nnz"]) for c in convs)
+            return "auto" if total and zeros / total >= 0.3 else "dense"
     total = sum(np.size(state_dict[n]) for n in names)
     zeros = sum(np.size(state_dict[n]) - np.count_nonzero(state_dict[n]) for n in names)
     return "auto" if total and zeros / total >= 0.3 else "dense"

@@ -2,9 +2,9 @@
 
 ``load_state_dict(path)`` reads, chosen by the file's magic bytes (never its suffix):
 
-* **safetensors** through the C reader (``_core.SafeTensorsFile``), which reads the file into
-  private memory (a loaded model never depends on the file staying unchanged): aligned float32
-  tensors come back as read-only zero-copy views of that copy;
+* **safetensors** through the C reader (``_core.SafeTensorsFile``), which validates the header
+  at open and reads each tensor from the file when asked for (a file changed since the open
+  raises OSError instead of giving other weights);
 * **PyTorch zip checkpoints** (``torch.save`` since torch 1.6: ``.pt``/``.pth``/``.bin``) and
   **TorchScript archives** (``torch.jit.save``, e.g. OpenAI's CLIP ``.pt`` files) through a
   restricted unpickler that can only rebuild tensors and plain containers (``ovs.torch_reader``,
@@ -14,6 +14,11 @@
   is bounded by its size.
 
 Legacy (pre-1.6, non-zip) ``torch.save`` files and plain pickles are refused.
+
+``open_state_dict(path)`` is what ``ovs.load`` uses: for safetensors a :class:`FileStateDict`, a
+read-only mapping that reads each tensor from the file on access and keeps nothing, so that a
+model built from it holds its weights once (in the layout of its C kernels); other formats as
+``load_state_dict``.
 
 Floating-point tensors are returned as float32 (float16 / bfloat16 / float64 converted, rounding
 to nearest; a finite float64 value that would round to infinity is refused with WeightFileError,
@@ -33,8 +38,8 @@ from ._files import write_atomic
 from .hub import KNOWN_WEIGHTS
 from .torch_reader import read_torch_zip
 
-__all__ = ["load_state_dict", "save_safetensors", "random_state_dict", "detect_format", "SafeTensorsFile",
-           "WeightFileError"]
+__all__ = ["load_state_dict", "open_state_dict", "FileStateDict", "save_safetensors",
+           "random_state_dict", "detect_format", "SafeTensorsFile", "WeightFileError"]
 
 _FLOAT_KINDS = ("F32", "F16", "BF16", "F64")
 _LEGACY_TORCH_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
@@ -187,18 +192,182 @@ def _safetensors_dtype(dtype: np.dtype, name: str) -> str:
 
 
 # --------------------------------------------------------------------------- safetensors
+def _read_tensor(f: SafeTensorsFile, key: str) -> np.ndarray:
+    """Tensor `key` of f as ovs returns it (floats as float32, BOOL as bool, integers as
+    stored), read-only."""
+    dtype, _ = f.info(key)
+    if dtype in _FLOAT_KINDS:
+        a = f.get(key)
+    elif dtype == "BOOL":
+        a = f.get_raw(key).view(np.uint8) != 0  # any non-zero byte is True
+    else:
+        a = f.get_raw(key)
+    a.setflags(write=False)
+    return a
+
+
+_NUMPY_OF = {"BOOL": np.dtype(bool), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
+             "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U64": np.dtype(np.uint64),
+             "U32": np.dtype(np.uint32), "U16": np.dtype(np.uint16), "U8": np.dtype(np.uint8)}
+
+
+class FileStateDict(Mapping):
+    """A read-only state dict over a safetensors file: names, shapes and dtypes come from the
+    header; ``sd[name]`` reads the tensor from the file each time (a new read-only array: floats
+    as float32, BOOL as bool, integers as stored) and nothing is kept, so holding one costs only
+    the header. OSError if the file changed since it was opened.
+
+    Entries may also be arrays in memory (``replace``: a pruned weight, a swapped one), and the
+    names may differ from the file's (``rename``). ``shape(name)`` / ``dtype(name)`` answer
+    without reading; ``refs()`` gives the C model constructors the file's tensors to read when
+    they build (see ovs._core weights tables). ``sd()`` returns sd itself, so code written for
+    torch's ``model.state_dict()`` works on ``model.state_dict`` too."""
+
+    def __init__(self, file: SafeTensorsFile | str | os.PathLike, entries=None):
+        if not isinstance(file, SafeTensorsFile):
+            file = SafeTensorsFile(os.fspath(file))
+        self._file = file
+        # name -> the file's tensor name (str) or an array in memory
+        self._entries: dict[str, str | np.ndarray] = (
+            {k: k for k in file.keys()} if entries is None else dict(entries))
+
+    # ---- Mapping
+    def __getitem__(self, name: str) -> np.ndarray:
+        v = self._entries[name]
+        return _read_tensor(self._file, v) if isinstance(v, str) else v
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, name) -> bool:
+        return name in self._entries
+
+    def __call__(self) -> "FileStateDict":
+        return self
+
+    def __repr__(self) -> str:
+        return f"<FileStateDict {self.path!r}: {len(self)} tensors, read on access>"
+
+    # ---- without reading
+    @property
+    def path(self) -> str | None:
+        return self._file.path
+
+    @property
+    def file(self) -> SafeTensorsFile:
+        return self._file
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        v = self._entries[name]
+        return tuple(self._file.info(v)[1]) if isinstance(v, str) else tuple(np.shape(v))
+
+    def dtype(self, name: str) -> np.dtype:
+        """The dtype sd[name] will have."""
+        v = self._entries[name]
+        if not isinstance(v, str):
+            return np.asarray(v).dtype
+        code = self._file.info(v)[0]
+        return np.dtype(np.float32) if code in _FLOAT_KINDS else _NUMPY_OF[code]
+
+    def in_memory(self, name: str) -> bool:
+        return not isinstance(self._entries[name], str)
+
+    # ---- derived views (share the open file)
+    def select(self, keep) -> "FileStateDict":
+        """The entries whose name satisfies keep(name)."""
+        return FileStateDict(self._file, {k: v for k, v in self._entries.items() if keep(k)})
+
+    def rename(self, fn) -> "FileStateDict":
+        """The entries under the names fn(name) (ValueError if two collide)."""
+        out = {}
+        for k, v in self._entries.items():
+            new = fn(k)
+            if new in out:
+                raise ValueError(f"two tensors would be named {new!r}")
+            out[new] = v
+        return FileStateDict(self._file, out)
+
+    def replace(self, updates: Mapping[str, np.ndarray]) -> "FileStateDict":
+        """A new mapping with `updates` (arrays kept in memory, read-only) replacing or adding
+        entries; the others still read from the file."""
+        out = dict(self._entries)
+        for k, v in updates.items():
+            a = np.asarray(v)
+            if a.flags.writeable:
+                a = a.copy()
+                a.setflags(write=False)
+            out[str(k)] = a
+        return FileStateDict(self._file, out)
+
+    def refs(self, keep=None) -> dict:
+        """{name: (SafeTensorsFile, file name) or array} of the entries (those keep(name)
+        accepts): what the C constructors take to read each tensor while they build."""
+        return {k: (self._file, v) if isinstance(v, str) else v
+                for k, v in self._entries.items() if keep is None or keep(k)}
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        """Every tensor read into memory."""
+        return {k: self[k] for k in self._entries}
+
+
+def shape_of(sd: Mapping[str, np.ndarray], name: str) -> tuple[int, ...]:
+    """The shape of sd[name] (KeyError if absent), without reading a file-backed tensor."""
+    if isinstance(sd, FileStateDict):
+        return sd.shape(name)
+    return tuple(np.shape(sd[name]))
+
+
+def dtype_of(sd: Mapping[str, np.ndarray], name: str) -> np.dtype:
+    """The dtype of sd[name], without reading a file-backed tensor."""
+    if isinstance(sd, FileStateDict):
+        return sd.dtype(name)
+    return np.asarray(sd[name]).dtype
+
+
+def subset(sd: Mapping[str, np.ndarray], keep) -> Mapping[str, np.ndarray]:
+    """The entries of sd whose name satisfies keep(name): a FileStateDict stays one (nothing
+    read), any other mapping becomes a dict."""
+    if isinstance(sd, FileStateDict):
+        return sd.select(keep)
+    return {k: v for k, v in sd.items() if keep(k)}
+
+
+def updated(sd: Mapping[str, np.ndarray], updates: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    """sd with `updates` replacing or adding entries: a FileStateDict reads the rest from its
+    file still, any other mapping becomes a new dict."""
+    if isinstance(sd, FileStateDict):
+        return sd.replace(updates)
+    return {**sd, **updates}
+
+
+def c_weights(sd: Mapping[str, np.ndarray], keep=None) -> dict:
+    """The weights table for the C model constructors (``_core.ResNet(weights, ...)``, ...):
+    {name: array, or (SafeTensorsFile, file name) for a tensor the constructor reads itself}."""
+    if isinstance(sd, FileStateDict):
+        return sd.refs(keep)
+    return {k: v for k, v in sd.items() if keep is None or keep(k)}
+
+
+def open_state_dict(path: str | os.PathLike, *, skip_unknown_objects: bool = False
+                    ) -> Mapping[str, np.ndarray]:
+    """The tensors of a weight file as a mapping: a FileStateDict for safetensors (read on
+    access), otherwise ``load_state_dict(path)``. A leading "module." is stripped as there."""
+    path = os.fspath(path)
+    if detect_format(path) != "safetensors":
+        return load_state_dict(path, skip_unknown_objects=skip_unknown_objects)
+    sd = FileStateDict(path)
+    prefix = "module."
+    if len(sd) and all(k.startswith(prefix) for k in sd):
+        sd = sd.rename(lambda k: k[len(prefix):])
+    return sd
+
+
 def _load_safetensors(path: str) -> dict[str, np.ndarray]:
-    out = {}
     with SafeTensorsFile(path) as f:
-        for name in f.keys():
-            dtype, _ = f.info(name)
-            if dtype in _FLOAT_KINDS:
-                out[name] = f.get(name)
-            elif dtype == "BOOL":
-                out[name] = f.get_raw(name).view(np.uint8) != 0  # any non-zero byte is True
-            else:
-                out[name] = f.get_raw(name)
-    return out
+        return {name: _read_tensor(f, name) for name in f.keys()}
 
 
 # --------------------------------------------------------------------------- selection

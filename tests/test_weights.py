@@ -190,14 +190,14 @@ def test_zero_copy_view_read_only_and_outlives_file(tmp_path):
     a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
     p = tmp_path / "v.safetensors"
     save_safetensors({"a": a, "b": a[0] * 2}, p)
-    f = SafeTensorsFile(p)
+    f = SafeTensorsFile.from_buffer(p.read_bytes())
     v = f.get("a")
     assert not v.flags.writeable and v.flags.c_contiguous and v.flags.aligned
     with pytest.raises(ValueError):
         v[0, 0, 0] = 1.0
     with pytest.raises(ValueError):
         v.setflags(write=True)
-    # Same memory as the mapping: a second view shares it.
+    # Same memory as the buffer: a second view shares it.
     assert np.shares_memory(v, f.get("a"))
     raw = f.get_raw("a")
     assert not raw.flags.writeable
@@ -219,6 +219,18 @@ def test_zero_copy_view_read_only_and_outlives_file(tmp_path):
         g.info("a")
 
 
+def test_file_tensors_are_read_on_demand(tmp_path):
+    """From a path, each get() reads the tensor from the file into a new array."""
+    a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    p = tmp_path / "v.safetensors"
+    save_safetensors({"a": a, "h": a.astype(np.float16)}, p)
+    f = SafeTensorsFile(p)
+    v, w = f.get("a"), f.get("a")
+    assert_same(v, a, "first read")
+    assert not np.shares_memory(v, w) and v.flags.owndata
+    assert_same(f.get_raw("h"), a.astype(np.float16), "raw f16")
+    f.close()
+    assert_same(v, a, "array after close")
 def test_unaligned_f32_is_copied_correctly(tmp_path):
     vals = np.array([1.5, -2.25, 3e38, np.inf], np.float32)
     blob = st_bytes({"pad": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},
@@ -228,7 +240,8 @@ def test_unaligned_f32_is_copied_correctly(tmp_path):
     w = f.get("w")
     assert_same(w, vals.reshape(2, 2), "unaligned f32")
     assert w.flags.writeable and w.flags.aligned  # a fresh copy
-    raw = f.get_raw("w")
+    assert_same(f.get_raw("w"), vals.reshape(2, 2), "raw read from the file")
+    raw = SafeTensorsFile.from_buffer(blob).get_raw("w")
     assert not raw.flags.aligned
     assert_same(raw, vals.reshape(2, 2), "unaligned raw view")
 

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -120,6 +121,44 @@ void *ovs_calloc(size_t count, size_t size) {
 }
 
 void ovs_free(void *ptr) { free(ptr); }
+
+/* Transient buffers: mapped directly above TRANSIENT_MAP bytes, so that freeing one returns its
+ * memory to the system at once. Through malloc, a large block freed raises glibc's dynamic mmap
+ * threshold and the next ones come from the heap, where the holes they leave after a model's
+ * weights are read, transformed and freed one by one add up (~10% of a model). A 64-byte header
+ * holds the mapped size (0: from ovs_malloc). */
+#define TRANSIENT_MAP ((size_t)256 << 10)
+#define TRANSIENT_HDR ((size_t)64)
+
+void *ovs_malloc_transient(size_t bytes) {
+    if (bytes < TRANSIENT_MAP || bytes > SIZE_MAX - TRANSIENT_HDR) {
+        unsigned char *p = ovs_malloc(bytes + TRANSIENT_HDR);
+        if (!p) return NULL;
+        memset(p, 0, sizeof(size_t));
+        return p + TRANSIENT_HDR;
+    }
+    if (injected_failure()) {
+        ovs_set_error(OVS_ERR_NOMEM, "out of memory (injected failure, %zu bytes)", bytes);
+        return NULL;
+    }
+    size_t total = bytes + TRANSIENT_HDR;
+    unsigned char *p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        ovs_set_error(OVS_ERR_NOMEM, "out of memory allocating %zu bytes", bytes);
+        return NULL;
+    }
+    memcpy(p, &total, sizeof total);
+    return p + TRANSIENT_HDR;
+}
+
+void ovs_free_transient(void *ptr) {
+    if (!ptr) return;
+    unsigned char *p = (unsigned char *)ptr - TRANSIENT_HDR;
+    size_t total;
+    memcpy(&total, p, sizeof total);
+    if (total) munmap(p, total);
+    else ovs_free(p);
+}
 
 int ovs_mul_size(size_t *out, size_t a, size_t b) {
     if (__builtin_mul_overflow(a, b, out)) return OVS_ERR_OVERFLOW;
@@ -264,8 +303,8 @@ static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
     if (at < cap) snprintf(buf + at, cap - at, ")");
 }
 
-int ovs_tensor_map_get(const ovs_tensor **out, const ovs_tensor_map *map, const char *name,
-                       int ndim, const int64_t *shape) {
+int ovs_tensor_map_check(const ovs_tensor **out, const ovs_tensor_map *map, const char *name,
+                         int ndim, const int64_t *shape) {
     const ovs_tensor *t = ovs_tensor_map_find(map, name);
     *out = NULL;
     if (!t) return ovs_set_error(OVS_ERR_MISSING, "weight '%s' is missing from the state dict", name);
@@ -280,5 +319,55 @@ int ovs_tensor_map_get(const ovs_tensor **out, const ovs_tensor_map *map, const 
                              name, got, want);
     }
     *out = t;
+    return OVS_OK;
+}
+
+static int no_source(const ovs_tensor *t) {
+    return ovs_set_error(OVS_ERR_ARG, "weight '%s' has no data and its table no source to read "
+                                      "it from", t->name);
+}
+
+int ovs_tensor_map_get(const ovs_tensor **out, const ovs_tensor_map *map, const char *name,
+                       int ndim, const int64_t *shape) {
+    const ovs_tensor *t;
+    int rc = ovs_tensor_map_check(&t, map, name, ndim, shape);
+    if (rc) return rc;
+    if (!t->data) {
+        const float *data;
+        if (!map->source || !map->source->keep) return no_source(t);
+        if ((rc = map->source->keep(map->source->ctx, t - map->items, &data))) return rc;
+        if (t->data != data)
+            return ovs_set_error(OVS_ERR_ARG, "weight '%s': the table's source did not make it "
+                                              "resident", name);
+    }
+    *out = t;
+    return OVS_OK;
+}
+
+int ovs_tensor_map_read(const ovs_tensor **out, const float **data, float **scratch,
+                        const ovs_tensor_map *map, const char *name, int ndim,
+                        const int64_t *shape) {
+    const ovs_tensor *t;
+    *data = NULL;
+    *scratch = NULL;
+    int rc = ovs_tensor_map_check(&t, map, name, ndim, shape);
+    if (rc) return rc;
+    if (t->data) {
+        *data = t->data;
+    } else {
+        if (!map->source || !map->source->read) return no_source(t);
+        size_t bytes;
+        int64_t n = ovs_tensor_numel(t);
+        if (ovs_mul_size(&bytes, (size_t)n, sizeof(float)))
+            return ovs_set_error(OVS_ERR_OVERFLOW, "weight '%s' is too large", name);
+        float *buf = ovs_malloc_transient(bytes ? bytes : 1);
+        if (!buf) return OVS_ERR_NOMEM;
+        if ((rc = map->source->read(map->source->ctx, t - map->items, buf))) {
+            ovs_free_transient(buf);
+            return rc;
+        }
+        *data = *scratch = buf;
+    }
+    if (out) *out = t;
     return OVS_OK;
 }

@@ -516,17 +516,20 @@ static int bind_mha(m2f_mha *h, m2f_owned *o, const ovs_tensor_map *w, const cha
     const ovs_tensor *t;
     int rc;
     int64_t s2[2] = {3 * D, D}, s1[1] = {3 * D};
+    const float *src;
+    float *scratch;   /* in_proj_weight read for packing only */
     if ((rc = wname(nm, sizeof nm, prefix, "%s.in_proj_weight", attn)) ||
-        (rc = ovs_tensor_map_get(&t, w, nm, 2, s2)))
+        (rc = ovs_tensor_map_read(NULL, &src, &scratch, w, nm, 2, s2)))
         return rc;
     ovs_matrix *qkv[3] = {&h->wq, &h->wk, &h->wv};
-    for (int i = 0; i < 3; i++) {   /* rows [i*D, (i+1)*D) of in_proj_weight, packed */
+    for (int i = 0; i < 3 && !rc; i++) {   /* rows [i*D, (i+1)*D) of in_proj_weight, packed */
         float *dst = NULL;
-        if ((rc = owned_alloc(&dst, o, D, D)) ||
-            (rc = ovs_matrix_pack(dst, t->data + i * D * D, D, D)))
-            return rc;
-        *qkv[i] = ovs_matrix_packed(dst, D, D);
+        if (!(rc = owned_alloc(&dst, o, D, D)) &&
+            !(rc = ovs_matrix_pack(dst, src + i * D * D, D, D)))
+            *qkv[i] = ovs_matrix_packed(dst, D, D);
     }
+    ovs_free_transient(scratch);
+    if (rc) return rc;
     if ((rc = wname(nm, sizeof nm, prefix, "%s.in_proj_bias", attn)) ||
         (rc = ovs_tensor_map_get(&t, w, nm, 1, s1)))
         return rc;

@@ -1,5 +1,6 @@
-/* safetensors reader: private copy of the file + strict header validation + dtype conversion
- * (see ovs/io.h). */
+/* safetensors reader: strict header validation, tensors read on demand from the file (pread,
+ * with a check that the file is still the one opened) or viewed in a caller's buffer, dtype
+ * conversion (see ovs/io.h). */
 #include "ovs/io.h"
 
 #include "io/json.h"
@@ -18,12 +19,24 @@
 #error "the safetensors reader assumes a little-endian host"
 #endif
 
+/* What identifies the file's contents at open: a tensor read later refuses a file whose
+ * identity changed (rewritten in place, truncated, or replaced by another file). */
+typedef struct {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime, ctime;
+} file_identity;
+
 struct ovs_safetensors {
-    const unsigned char *base;          /* (size,) whole file or caller buffer */
-    size_t size;
-    unsigned char *owned;               /* (size,) our copy of the file, NULL for a caller buffer */
+    const unsigned char *base;          /* (size,) caller buffer, NULL for a file */
+    size_t size;                        /* bytes of the buffer or the file */
+    unsigned char *owned;               /* (8 + header_size,) the file's header, NULL for a buffer */
+    int fd;                             /* the open file (O_RDONLY), -1 for a buffer */
+    char *path;                         /* (file) the path as resolved at open, for checks/messages */
+    file_identity id;                   /* (file) identity at open */
     size_t header_size;                 /* JSON bytes after the 8-byte length */
-    const unsigned char *data;          /* (data_size,) = base + 8 + header_size */
+    const unsigned char *data;          /* (data_size,) = base + 8 + header_size, NULL for a file */
     size_t data_size;
     ovs_safetensors_entry *entries;     /* (count,) header order */
     int64_t count;
@@ -251,7 +264,7 @@ static int parse_tensor(parser *p, const char *name) {
                              "beyond the data region (%zu bytes)", name,
                              (unsigned long long)begin, (unsigned long long)end, st->data_size);
     e.offset = 8 + st->header_size + (size_t)begin;
-    e.data = st->data + begin;
+    e.data = st->data ? st->data + begin : NULL;
 
     if ((err = grow((void **)&st->entries, st->count, &p->entries_cap, sizeof e))) return err;
     st->entries[st->count++] = e;
@@ -413,15 +426,15 @@ static int check_tables(ovs_safetensors *st) {
     return err;
 }
 
-/* Validate `size` bytes at `base` into a new object that borrows them. */
-static int parse_image(ovs_safetensors **out, const unsigned char *base, size_t size) {
-    *out = NULL;
+/* The header length N from the first 8 bytes of a file or buffer of `size` bytes, checked
+ * against the size and the limit. */
+static int header_length(size_t *n_out, const unsigned char *first8, size_t size) {
     if (size < 8)
         return ovs_set_error(OVS_ERR_FORMAT,
                              "not a safetensors file: %zu bytes, shorter than the 8-byte header "
                              "length", size);
     uint64_t n = 0;
-    for (int i = 7; i >= 0; i--) n = (n << 8) | base[i];
+    for (int i = 7; i >= 0; i--) n = (n << 8) | first8[i];
     if (n > size - 8)
         return ovs_set_error(OVS_ERR_FORMAT,
                              "not a safetensors file or truncated: header length %llu is beyond "
@@ -431,14 +444,23 @@ static int parse_image(ovs_safetensors **out, const unsigned char *base, size_t 
         return ovs_set_error(OVS_ERR_FORMAT,
                              "safetensors header length %llu exceeds the %zu-byte limit",
                              (unsigned long long)n, OVS_SAFETENSORS_MAX_HEADER);
+    *n_out = (size_t)n;
+    return OVS_OK;
+}
 
+/* Validate the header at `header` (8 + n bytes) of a file or buffer of `size` bytes into a new
+ * object; `base` is the whole buffer (borrowed) or NULL for a file read on demand. */
+static int parse_image(ovs_safetensors **out, const unsigned char *base,
+                       const unsigned char *header, size_t n, size_t size) {
+    *out = NULL;
     ovs_safetensors *st = ovs_calloc(1, sizeof *st);
     if (!st) return OVS_ERR_NOMEM;
+    st->fd = -1;
     st->base = base;
     st->size = size;
-    st->header_size = (size_t)n;
-    st->data = base + 8 + n;
-    st->data_size = size - 8 - (size_t)n;
+    st->header_size = n;
+    st->data = base ? base + 8 + n : NULL;
+    st->data_size = size - 8 - n;
     int err;
     st->strings = ovs_malloc(st->header_size + 1);
     if (!st->strings) {
@@ -448,7 +470,7 @@ static int parse_image(ovs_safetensors **out, const unsigned char *base, size_t 
     parser p;
     memset(&p, 0, sizeof p);
     p.st = st;
-    ovs_json_init(&p.j, base + 8, st->header_size);
+    ovs_json_init(&p.j, header + 8, st->header_size);
     if ((err = header_error(parse_header(&p)))) goto error;
     if ((err = check_tables(st))) goto error;
     *out = st;
@@ -463,7 +485,10 @@ int ovs_safetensors_parse(ovs_safetensors **out, const void *buf, size_t size) {
     *out = NULL;
     if (!buf && size) return ovs_set_error(OVS_ERR_ARG, "ovs_safetensors_parse: buf is NULL");
     static const unsigned char empty[1] = {0};
-    return parse_image(out, buf ? buf : empty, size);
+    const unsigned char *base = buf ? buf : empty;
+    size_t n = 0;
+    int err = header_length(&n, base, size);
+    return err ? err : parse_image(out, base, base, n, size);
 }
 
 /* What a non-regular file is, for messages. */
@@ -490,6 +515,40 @@ static int io_error(const char *what, const char *path, int e) {
     return OVS_ERR_IO;
 }
 
+static file_identity identity_of(const struct stat *sb) {
+    file_identity id;
+    memset(&id, 0, sizeof id);
+    id.dev = sb->st_dev;
+    id.ino = sb->st_ino;
+    id.size = sb->st_size;
+    id.mtime = sb->st_mtim;
+    id.ctime = sb->st_ctim;
+    return id;
+}
+
+static int same_time(struct timespec a, struct timespec b) {
+    return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
+}
+
+/* pread exactly `len` bytes at `off`; 0, or -1 with errno set (0 = EOF before the end: the
+ * file shrank, reported as ESTALE by the callers' identity check). */
+static int pread_all(int fd, void *dst, size_t len, size_t off, size_t *got_out) {
+    size_t done = 0;
+    while (done < len) {
+        size_t want = len - done < ((size_t)1 << 30) ? len - done : ((size_t)1 << 30);
+        ssize_t got = pread(fd, (unsigned char *)dst + done, want, (off_t)(off + done));
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            *got_out = done;
+            return -1;
+        }
+        if (got == 0) break;
+        done += (size_t)got;
+    }
+    *got_out = done;
+    return 0;
+}
+
 int ovs_safetensors_open(ovs_safetensors **out, const char *path) {
     if (!out || !path) return ovs_set_error(OVS_ERR_ARG, "ovs_safetensors_open: NULL argument");
     *out = NULL;
@@ -510,46 +569,47 @@ int ovs_safetensors_open(ovs_safetensors **out, const char *path) {
         return refuse_kind(path, sb.st_mode);
     }
     size_t size = (size_t)sb.st_size;
-    if (size < 8) {
+    unsigned char first8[8];
+    size_t got = 0, n = 0;
+    int err;
+    if (size >= 8 && pread_all(fd, first8, 8, 0, &got) != 0) {
+        int e = errno;
         close(fd);
-        return ovs_set_error(OVS_ERR_FORMAT,
-                             "'%.512s' is not a safetensors file: %zu bytes, shorter than the "
-                             "8-byte header length", path, size);
+        return io_error("read", path, e);
     }
-    /* The whole file is read into private memory rather than mapped: with a mapping, another
-     * process truncating the file kills this one with SIGBUS at the next access, and rewriting
-     * it in place silently changes a loaded model's weights. */
-    unsigned char *buf = ovs_malloc(size);
-    if (!buf) {
+    if (size >= 8 && got != 8) size = got;  /* shrank meanwhile: reported as truncated below */
+    if ((err = header_length(&n, first8, size))) {
         close(fd);
-        return ovs_set_error(OVS_ERR_NOMEM, "out of memory reading '%.512s' (%zu bytes)", path,
-                             size);
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", ovs_last_error());
+        return ovs_set_error(err, "'%.300s': %s", path, msg);
     }
-    size_t done = 0;
-    while (done < size) {
-        size_t want = size - done < ((size_t)1 << 30) ? size - done : ((size_t)1 << 30);
-        ssize_t got = pread(fd, buf + done, want, (off_t)done);
-        if (got < 0) {
-            if (errno == EINTR) continue;
-            int e = errno;
-            close(fd);
-            ovs_free(buf);
-            return io_error("read", path, e);
-        }
-        if (got == 0) break;
-        done += (size_t)got;
+    /* Only the header is read now; tensors are read when asked for (ovs_safetensors_read_*),
+     * so a loaded model holds the weights once: in the form its kernels use. */
+    unsigned char *header = ovs_malloc(8 + n);
+    if (!header) {
+        close(fd);
+        return ovs_set_error(OVS_ERR_NOMEM, "out of memory reading the header of '%.512s' "
+                                            "(%zu bytes)", path, n);
     }
-    close(fd);
-    if (done != size) {
-        ovs_free(buf);
-        return ovs_set_error(OVS_ERR_IO, "cannot read '%.512s': the file shrank from %zu to %zu "
-                                         "bytes while being read (is it being written?)",
-                             path, size, done);
+    if (pread_all(fd, header, 8 + n, 0, &got) != 0) {
+        int e = errno;
+        close(fd);
+        ovs_free(header);
+        return io_error("read", path, e);
+    }
+    if (got != 8 + n) {
+        close(fd);
+        ovs_free(header);
+        return ovs_set_error(OVS_ERR_IO, "cannot read '%.512s': the file shrank to %zu bytes "
+                                         "while its header was read (is it being written?)",
+                             path, got);
     }
     ovs_safetensors *st = NULL;
-    int err = parse_image(&st, buf, size);
+    err = parse_image(&st, NULL, header, n, size);
     if (err) {
-        ovs_free(buf);
+        close(fd);
+        ovs_free(header);
         if (err == OVS_ERR_FORMAT) {
             char msg[1024];
             snprintf(msg, sizeof msg, "%s", ovs_last_error());
@@ -557,13 +617,70 @@ int ovs_safetensors_open(ovs_safetensors **out, const char *path) {
         }
         return err;
     }
-    st->owned = buf;
+    st->owned = header;
+    st->fd = fd;
+    st->id = identity_of(&sb);
+    /* The absolute path, so a later chdir does not make the file look replaced. */
+    char *abs = realpath(path, NULL);
+    size_t len = strlen(abs ? abs : path);
+    st->path = ovs_malloc(len + 1);
+    if (!st->path) {
+        free(abs);
+        ovs_safetensors_close(st);
+        return OVS_ERR_NOMEM;
+    }
+    memcpy(st->path, abs ? abs : path, len + 1);
+    free(abs);
     *out = st;
+    return OVS_OK;
+}
+
+/* OVS_OK if the file behind st is still the one opened: the open descriptor's size and
+ * modification/change times, and the path still naming the same file (a path that no longer
+ * exists is fine: the descriptor keeps the opened file readable). */
+static int check_unchanged(const ovs_safetensors *st) {
+    struct stat sb;
+    const char *why = NULL;
+    if (fstat(st->fd, &sb) != 0) return io_error("stat", st->path, errno);
+    if (sb.st_size != st->id.size)
+        why = "its size changed";
+    else if (!same_time(sb.st_mtim, st->id.mtime) || !same_time(sb.st_ctim, st->id.ctime))
+        why = "it was modified";
+    else if (stat(st->path, &sb) == 0 && (sb.st_dev != st->id.dev || sb.st_ino != st->id.ino))
+        why = "the path now names another file";
+    if (!why) return OVS_OK;
+    ovs_set_error(OVS_ERR_IO, "'%.512s' changed since it was opened (%s): its tensors are read "
+                              "when needed, so reload it (ovs.load / SafeTensorsFile) to use the "
+                              "new contents", st->path, why);
+    errno = ESTALE;
+    return OVS_ERR_IO;
+}
+
+/* Read bytes [off, off + len) of tensor e's data (off relative to the tensor) into dst, from
+ * the buffer or the file (the caller checks the file's identity around the reads). */
+static int read_span(void *dst, const ovs_safetensors *st, const ovs_safetensors_entry *e,
+                     size_t off, size_t len) {
+    if (!len) return OVS_OK;
+    if (e->data) {
+        memcpy(dst, (const unsigned char *)e->data + off, len);
+        return OVS_OK;
+    }
+    size_t got;
+    if (pread_all(st->fd, dst, len, e->offset + off, &got) != 0)
+        return io_error("read", st->path, errno);
+    if (got != len) {
+        ovs_set_error(OVS_ERR_IO, "'%.512s' changed since it was opened (it is shorter now): its "
+                                  "tensors are read when needed, so reload it", st->path);
+        errno = ESTALE;
+        return OVS_ERR_IO;
+    }
     return OVS_OK;
 }
 
 void ovs_safetensors_close(ovs_safetensors *st) {
     if (!st) return;
+    if (st->fd >= 0) close(st->fd);
+    ovs_free(st->path);
     ovs_free(st->owned);
     ovs_free(st->entries);
     ovs_free(st->by_name);
@@ -571,6 +688,8 @@ void ovs_safetensors_close(ovs_safetensors *st) {
     ovs_free(st->strings);
     ovs_free(st);
 }
+
+int ovs_safetensors_is_lazy(const ovs_safetensors *st) { return st && st->fd >= 0; }
 
 /* ---------------------------------------------------------------- accessors */
 int64_t ovs_safetensors_count(const ovs_safetensors *st) { return st ? st->count : 0; }
@@ -650,16 +769,11 @@ static inline float bf16_to_f32(uint16_t h) {
         out[i] = (EXPR);                               \
     }
 
-int ovs_safetensors_read_f32(float *out, const ovs_safetensors *st, int64_t index) {
-    const ovs_safetensors_entry *e = ovs_safetensors_entry_at(st, index);
-    if (!e)
-        return ovs_set_error(OVS_ERR_ARG, "safetensors: tensor index %lld out of range [0, %lld)",
-                             (long long)index, (long long)ovs_safetensors_count(st));
-    if (!out && e->numel) return ovs_set_error(OVS_ERR_ARG, "safetensors: out is NULL");
-    const unsigned char *src = e->data;
-    int64_t n = e->numel;
+/* out[0..n) = elements [first, first + n) of tensor e, converted from their bytes at src. */
+static int convert_f32(float *out, const unsigned char *src, int64_t n, int64_t first,
+                       const ovs_safetensors_entry *e) {
     switch (e->dtype) {
-    case OVS_DTYPE_F32: if (n) memcpy(out, src, e->nbytes); break;
+    case OVS_DTYPE_F32: if (n) memcpy(out, src, (size_t)n * sizeof(float)); break;
     case OVS_DTYPE_F16: CONVERT_LOOP(uint16_t, f16_to_f32(v)); break;
     case OVS_DTYPE_BF16: CONVERT_LOOP(uint16_t, bf16_to_f32(v)); break;
     case OVS_DTYPE_F64:
@@ -673,7 +787,7 @@ int ovs_safetensors_read_f32(float *out, const ovs_safetensors *st, int64_t inde
                                      "safetensors: F64 tensor '%.200s' holds the finite value %g "
                                      "(element %lld) beyond float32's range; ovs computes in "
                                      "float32 and would turn it into infinity",
-                                     e->name, v, (long long)i);
+                                     e->name, v, (long long)(first + i));
             out[i] = (float)v;
         }
         break;
@@ -691,4 +805,49 @@ int ovs_safetensors_read_f32(float *out, const ovs_safetensors *st, int64_t inde
                              e->name, (int)e->dtype);
     }
     return OVS_OK;
+}
+
+static const ovs_safetensors_entry *entry_for_read(const ovs_safetensors *st, int64_t index,
+                                                   const void *out) {
+    const ovs_safetensors_entry *e = ovs_safetensors_entry_at(st, index);
+    if (!e) {
+        ovs_set_error(OVS_ERR_ARG, "safetensors: tensor index %lld out of range [0, %lld)",
+                      (long long)index, (long long)ovs_safetensors_count(st));
+        return NULL;
+    }
+    if (!out && e->numel) {
+        ovs_set_error(OVS_ERR_ARG, "safetensors: out is NULL");
+        return NULL;
+    }
+    return e;
+}
+
+int ovs_safetensors_read_raw(void *out, const ovs_safetensors *st, int64_t index) {
+    const ovs_safetensors_entry *e = entry_for_read(st, index, out);
+    if (!e) return OVS_ERR_ARG;
+    if (e->data) return read_span(out, st, e, 0, e->nbytes);
+    int err = check_unchanged(st);   /* even for an empty tensor: the answer would be stale */
+    if (!err) err = read_span(out, st, e, 0, e->nbytes);
+    if (!err) err = check_unchanged(st);   /* a change that finished during the read */
+    return err;
+}
+
+int ovs_safetensors_read_f32(float *out, const ovs_safetensors *st, int64_t index) {
+    const ovs_safetensors_entry *e = entry_for_read(st, index, out);
+    if (!e) return OVS_ERR_ARG;
+    if (e->data) return convert_f32(out, e->data, e->numel, 0, e);
+    if (e->dtype == OVS_DTYPE_F32 || !e->numel) return ovs_safetensors_read_raw(out, st, index);
+    /* Other dtypes from a file: through a small stack buffer, a block of elements at a time. */
+    enum { CHUNK = 16384 };
+    unsigned char buf[CHUNK];
+    const size_t item = ovs_dtype_size(e->dtype);
+    const int64_t per = (int64_t)(CHUNK / item);
+    int err = check_unchanged(st);
+    for (int64_t i = 0; i < e->numel && !err; i += per) {
+        int64_t n = e->numel - i < per ? e->numel - i : per;
+        err = read_span(buf, st, e, (size_t)i * item, (size_t)n * item);
+        if (!err) err = convert_f32(out + i, buf, n, i, e);
+    }
+    if (!err) err = check_unchanged(st);
+    return err;
 }

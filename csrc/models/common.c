@@ -21,12 +21,15 @@ void ovs_release_pages(const void *p, size_t bytes) {
 
 int ovs_bind_packed(ovs_matrix *out, float *dst, const ovs_tensor_map *w, const char *name,
                     int64_t rows, int64_t cols) {
-    const ovs_tensor *t;
+    const float *src;
+    float *scratch;
     int64_t shape[2] = {rows, cols};
-    int rc = ovs_tensor_map_get(&t, w, name, 2, shape);
+    int rc = ovs_tensor_map_read(NULL, &src, &scratch, w, name, 2, shape);
     if (rc) return rc;
-    if ((rc = ovs_matrix_pack(dst, t->data, rows, cols))) return rc;
-    ovs_release_pages(t->data, (size_t)rows * (size_t)cols * sizeof(float));
+    rc = ovs_matrix_pack(dst, src, rows, cols);
+    if (scratch) ovs_free_transient(scratch);
+    else if (!rc) ovs_release_pages(src, (size_t)rows * (size_t)cols * sizeof(float));
+    if (rc) return rc;
     *out = ovs_matrix_packed(dst, rows, cols);
     return OVS_OK;
 }
@@ -71,17 +74,25 @@ int ovs_bind_mat(ovs_matrix *out, const ovs_tensor_map *w, const char *name, int
 int ovs_bind_transposed(float **out, int64_t *rows, int64_t *cols, const ovs_tensor_map *w,
                         const char *name, int64_t want_rows, int64_t want_cols) {
     const ovs_tensor *t;
+    const float *src;
+    float *scratch;
     int64_t shape[2] = {want_rows, want_cols};
-    int rc = ovs_tensor_map_get(&t, w, name, 2, shape);
+    int rc = ovs_tensor_map_read(&t, &src, &scratch, w, name, 2, shape);
     if (rc) return rc;
     int64_t R = t->shape[0], C = t->shape[1];
     size_t n;
+    float *d = NULL;
     if (ovs_mul3_size(&n, (size_t)R, (size_t)C, sizeof(float)))
-        return ovs_set_error(OVS_ERR_OVERFLOW, "weight '%s' is too large to transpose", name);
-    float *d = ovs_malloc(n);
-    if (!d) return OVS_ERR_NOMEM;
+        rc = ovs_set_error(OVS_ERR_OVERFLOW, "weight '%s' is too large to transpose", name);
+    else if (!(d = ovs_malloc(n ? n : 1)))
+        rc = OVS_ERR_NOMEM;
+    if (rc) {
+        ovs_free_transient(scratch);
+        return rc;
+    }
     for (int64_t r = 0; r < R; r++)
-        for (int64_t c = 0; c < C; c++) d[c * R + r] = t->data[r * C + c];
+        for (int64_t c = 0; c < C; c++) d[c * R + r] = src[r * C + c];
+    ovs_free_transient(scratch);
     *out = d;
     *rows = R;
     *cols = C;

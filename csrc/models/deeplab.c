@@ -52,7 +52,7 @@ int ovs_deeplab_create(ovs_deeplab **out, ovs_resnet *trunk, const ovs_deeplab_c
     int rc;
     int64_t any4[4] = {-1, m->C5, 1, 1};
     snprintf(name, sizeof name, "%saspp.aspp1.atrous_conv.weight", prefix);
-    if ((rc = ovs_tensor_map_get(&t, w, name, 4, any4))) goto error;
+    if ((rc = ovs_tensor_map_check(&t, w, name, 4, any4))) goto error;
     m->A = t->shape[0];
     /* ASPP rates 6/12/18 at output stride 16 (12/24/36 at 8), as zs3's ASPP */
     const int64_t k = trunk->cfg.output_stride == 8 ? 2 : 1;
@@ -65,7 +65,7 @@ int ovs_deeplab_create(ovs_deeplab **out, ovs_resnet *trunk, const ovs_deeplab_c
     }
     int64_t projshape[4] = {m->A, -1, 1, 1};
     snprintf(name, sizeof name, "%saspp.conv1.weight", prefix);
-    if ((rc = ovs_tensor_map_get(&t, w, name, 4, projshape))) goto error;
+    if ((rc = ovs_tensor_map_check(&t, w, name, 4, projshape))) goto error;
     const int64_t ccat = t->shape[1];
     if (ccat == 5 * m->A) m->image_pool = 1;
     else if (ccat == 4 * m->A + m->C5) m->image_pool = 0;

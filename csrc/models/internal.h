@@ -84,8 +84,9 @@ void ovs_pos_cache_free(ovs_pos_cache *cache);
 /* Shared bind helpers (models/common.c). */
 /* Pack weight `name` (rows, cols) into dst (ovs_matrix_packed_floats(rows, cols) floats, owned
  * by the model) and make *out the packed matrix. The raw tensor is not read again afterwards:
- * its pages go back to the kernel (ovs_release_pages), so the packed copy replaces it in memory
- * instead of doubling it. */
+ * read from the table's source into scratch, it is freed at once; borrowed from memory, its
+ * pages go back to the kernel (ovs_release_pages). Either way the packed copy replaces it in
+ * memory instead of doubling it. */
 int ovs_bind_packed(ovs_matrix *out, float *dst, const ovs_tensor_map *w, const char *name,
                     int64_t rows, int64_t cols);
 /* Replace the owned dense (rows, cols) matrix *data by its packed form (freeing the dense one);
@@ -95,6 +96,7 @@ int ovs_pack_owned(float **data, ovs_matrix *m, int64_t rows, int64_t cols);
  * system has it, else nothing). Contents are kept: a file-backed page is dropped from memory and
  * read again from the file if touched, an anonymous one may be swapped out. */
 void ovs_release_pages(const void *p, size_t bytes);
+/* Borrow a (n,) vector / (rows, cols) matrix used as is (made resident: ovs_tensor_map_get). */
 int ovs_bind_vec(const float **out, const ovs_tensor_map *w, const char *name, int64_t n);
 int ovs_bind_mat(ovs_matrix *out, const ovs_tensor_map *w, const char *name, int64_t rows,
                  int64_t cols);

@@ -11,25 +11,30 @@
 int ovs_convbn_init(ovs_convbn *cb, const ovs_tensor_map *w, const char *conv, const char *bn,
                     int64_t K, int64_t C, int64_t R, int64_t stride, int64_t pad, int64_t dil) {
     char name[512];
-    const ovs_tensor *t;
-    int64_t wshape[4] = {K, C, R, R};
+    int64_t wshape[4] = {K, C, R, R}, vshape[1] = {K};
+    const float *src[5];      /* weight, BN weight, bias, running_mean, running_var */
+    float *scratch[5] = {NULL};
+    static const char *const suffix[4] = {"weight", "bias", "running_mean", "running_var"};
     int rc;
     memset(cb, 0, sizeof *cb);
+    /* Read for one use: only the folded copy stays resident. */
     snprintf(name, sizeof name, "%s.weight", conv);
-    if ((rc = ovs_tensor_map_get(&t, w, name, 4, wshape))) return rc;
-    const float *g, *b, *mean, *var;
-#define BN(field, suffix) (snprintf(name, sizeof name, "%s." suffix, bn), ovs_bind_vec(&field, w, name, K))
-    if ((rc = BN(g, "weight")) || (rc = BN(b, "bias")) || (rc = BN(mean, "running_mean")) ||
-        (rc = BN(var, "running_var")))
-        return rc;
-#undef BN
+    rc = ovs_tensor_map_read(NULL, &src[0], &scratch[0], w, name, 4, wshape);
+    for (int i = 0; i < 4 && !rc; i++) {
+        snprintf(name, sizeof name, "%s.%s", bn, suffix[i]);
+        rc = ovs_tensor_map_read(NULL, &src[1 + i], &scratch[1 + i], w, name, 1, vshape);
+    }
     size_t L = (size_t)C * R * R;
-    cb->weight = ovs_malloc((size_t)K * L * sizeof(float));
-    cb->bias = ovs_malloc((size_t)K * sizeof(float));
-    if (!cb->weight || !cb->bias) return OVS_ERR_NOMEM;
-    if ((rc = ovs_batchnorm_fold(cb->weight, cb->bias, t->data, NULL, g, b, mean, var, 1e-5f, K,
-                                 (int64_t)L)))
-        return rc;
+    if (!rc) {
+        cb->weight = ovs_malloc((size_t)K * L * sizeof(float));
+        cb->bias = ovs_malloc((size_t)K * sizeof(float));
+        if (!cb->weight || !cb->bias) rc = OVS_ERR_NOMEM;
+    }
+    if (!rc)
+        rc = ovs_batchnorm_fold(cb->weight, cb->bias, src[0], NULL, src[1], src[2], src[3],
+                                src[4], 1e-5f, K, (int64_t)L);
+    for (int i = 0; i < 5; i++) ovs_free_transient(scratch[i]);
+    if (rc) return rc;
     cb->w = ovs_matrix_dense(cb->weight, K, (int64_t)L);
     for (size_t i = 0; i < (size_t)K * L; i++) cb->nnz += cb->weight[i] != 0.0f;
     snprintf(cb->name, sizeof cb->name, "%s", conv);
@@ -50,12 +55,23 @@ void ovs_convbn_release(ovs_convbn *cb) {
     cb->weight = cb->bias = NULL;
 }
 
-/* Pack the attention pool's four projections (bound dense above) into one owned block. */
-static int attnpool_pack(ovs_resnet *m) {
+/* The attention pool's four projections (C, C) x3 and (E, C), E = -1: any, read and packed into
+ * one owned block (the raw weights are not kept); their biases borrowed. */
+static int attnpool_bind(ovs_resnet *m, const ovs_tensor_map *w, int64_t C, int64_t E) {
+    static const char *const proj[4] = {"q_proj", "k_proj", "v_proj", "c_proj"};
     ovs_matrix *mats[4] = {&m->q, &m->k, &m->v, &m->c};
+    const float **bias[4] = {&m->qb, &m->kb, &m->vb, &m->cb};
+    char name[512];
+    const ovs_tensor *t;
+    int64_t rows[4] = {C, C, C, E};
+    int rc;
+    snprintf(name, sizeof name, "%sattnpool.c_proj.weight", m->prefix);
+    int64_t cshape[2] = {E, C};
+    if ((rc = ovs_tensor_map_check(&t, w, name, 2, cshape))) return rc;
+    rows[3] = t->shape[0];
     size_t off[5] = {0}, total;
     for (int i = 0; i < 4; i++) {
-        size_t n = ovs_matrix_packed_floats(mats[i]->rows, mats[i]->cols);
+        size_t n = ovs_matrix_packed_floats(rows[i], C);
         if (n == SIZE_MAX || __builtin_add_overflow(off[i], n, &off[i + 1]))
             return ovs_set_error(OVS_ERR_OVERFLOW, "attention-pool weights are too large");
     }
@@ -64,12 +80,10 @@ static int attnpool_pack(ovs_resnet *m) {
     m->attn_packed = ovs_malloc(total ? total : 1);
     if (!m->attn_packed) return OVS_ERR_NOMEM;
     for (int i = 0; i < 4; i++) {
-        const float *raw = mats[i]->data;
-        int64_t rows = mats[i]->rows, cols = mats[i]->cols;
-        int rc = ovs_matrix_pack(m->attn_packed + off[i], raw, rows, cols);
-        if (rc) return rc;
-        ovs_release_pages(raw, (size_t)rows * (size_t)cols * sizeof(float));
-        *mats[i] = ovs_matrix_packed(m->attn_packed + off[i], rows, cols);
+        snprintf(name, sizeof name, "%sattnpool.%s.weight", m->prefix, proj[i]);
+        if ((rc = ovs_bind_packed(mats[i], m->attn_packed + off[i], w, name, rows[i], C))) return rc;
+        snprintf(name, sizeof name, "%sattnpool.%s.bias", m->prefix, proj[i]);
+        if ((rc = ovs_bind_vec(bias[i], w, name, rows[i]))) return rc;
     }
     return OVS_OK;
 }
@@ -166,17 +180,8 @@ int ovs_resnet_create(ovs_resnet **out, const ovs_resnet_config *cfg, const ovs_
         snprintf(name, sizeof name, "%sattnpool.positional_embedding", m->prefix);
         if ((rc = ovs_tensor_map_get(&t, w, name, 2, pos_shape))) goto error;
         m->pos = t->data;
-#define LIN(mat, bias, proj, nrows) \
-    (snprintf(name, sizeof name, "%sattnpool." proj ".weight", m->prefix), \
-     (rc = ovs_bind_mat(&mat, w, name, nrows, C)) ? rc : \
-     (snprintf(name, sizeof name, "%sattnpool." proj ".bias", m->prefix), ovs_bind_vec(&bias, w, name, (mat).rows)))
-        if ((rc = LIN(m->q, m->qb, "q_proj", C)) || (rc = LIN(m->k, m->kb, "k_proj", C)) ||
-            (rc = LIN(m->v, m->vb, "v_proj", C)) ||
-            (rc = LIN(m->c, m->cb, "c_proj", cfg->embed_dim > 0 ? cfg->embed_dim : -1)))
-            goto error;
-#undef LIN
+        if ((rc = attnpool_bind(m, w, C, cfg->embed_dim > 0 ? cfg->embed_dim : -1))) goto error;
         m->cfg.embed_dim = m->c.rows;
-        if ((rc = attnpool_pack(m))) goto error;
     }
     *out = m;
     return OVS_OK;

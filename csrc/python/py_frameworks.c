@@ -35,7 +35,9 @@ static int deeplab_init(ovs_py_deeplab *self, PyObject *args, PyObject *kw) {
     }
     ovs_py_model *pm = (ovs_py_model *)trunk;
     ovs_deeplab_config cfg = {.prefix = prefix};
-    int rc = ovs_deeplab_create(&self->head, pm->m.resnet, &cfg, &pm->weights.map);
+    int rc;
+    /* The trunk's lock: its weight table may read (and keep) tensors from a file. */
+    OVS_PY_LOCKED(pm, rc, ovs_deeplab_create(&self->head, pm->m.resnet, &cfg, &pm->weights.map));
     if (ovs_py_status(rc)) return -1;
     Py_INCREF(trunk);
     self->trunk = pm;

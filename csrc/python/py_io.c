@@ -1,6 +1,9 @@
 /* Python bindings: io. `_core.SafeTensorsFile`, a read-only safetensors file.
  *
- * The C reader holds a private copy of the file (no mmap: see ovs/io.h).
+ * Opened from a path, the C reader holds the validated header and reads each tensor when asked
+ * (pread, no mmap; a file changed since the open raises OSError: see ovs/io.h), so get() and
+ * get_raw() return new arrays. Over a caller's buffer (from_buffer) they are zero-copy
+ * views.
  *
  * Lifetime: the C object lives in a small internal owner (`_SafeTensorsMapping`). The file object
  * holds one reference to it and every zero-copy array view holds another as its numpy base, so
@@ -245,37 +248,48 @@ static PyObject *file_info(FileObject *self, PyObject *name) {
     return result;
 }
 
-static PyObject *file_get(FileObject *self, PyObject *name) {
-    MappingObject *map;
-    int64_t i;
-    const ovs_safetensors_entry *e = file_entry(self, name, &map, &i);
-    if (!e) return NULL;
-    PyObject *out;
-    int status = 0;
-    if (e->dtype == OVS_DTYPE_F32 && ((uintptr_t)e->data % sizeof(float)) == 0) {
-        out = make_view(map, e, NPY_FLOAT32);
-    } else {
-        npy_intp dims[OVS_MAX_DIMS];  /* (ndim,) */
-        for (int d = 0; d < e->ndim; d++) dims[d] = (npy_intp)e->shape[d];
-        if ((out = PyArray_SimpleNew(e->ndim, dims, NPY_FLOAT32)))
-            OVS_PY_NOGIL(status, ovs_safetensors_read_f32(F32((PyArrayObject *)out), map->st, i));
+/* A new array of tensor i read from the file or converted from the buffer: float32 (raw 0) or
+ * its stored type (raw 1). */
+static PyObject *read_tensor(MappingObject *map, int64_t i, int typenum, int raw) {
+    const ovs_safetensors_entry *e = ovs_safetensors_entry_at(map->st, i);
+    npy_intp dims[OVS_MAX_DIMS];  /* (ndim,) */
+    for (int d = 0; d < e->ndim; d++) dims[d] = (npy_intp)e->shape[d];
+    PyObject *out = PyArray_SimpleNew(e->ndim, dims, typenum);
+    if (!out) return NULL;
+    void *dst = PyArray_DATA((PyArrayObject *)out);  /* (numel,) */
+    int status, err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    status = raw ? ovs_safetensors_read_raw(dst, map->st, i) : ovs_safetensors_read_f32(dst, map->st, i);
+    if (status) err = errno;
+    Py_END_ALLOW_THREADS
+    if (status) {
+        Py_DECREF(out);
+        return raise_open_error(status, err);
     }
-    return OVS_PY_FINISH(status, out, map);
+    return out;
 }
 
-static PyObject *file_get_raw(FileObject *self, PyObject *name) {
+/* get (raw 0: float32) and get_raw (raw 1: the stored type): a zero-copy view of a buffer where
+ * possible, else a new array read from the file / converted. */
+static PyObject *file_read(FileObject *self, PyObject *name, int raw) {
     MappingObject *map;
     int64_t i;
     const ovs_safetensors_entry *e = file_entry(self, name, &map, &i);
     if (!e) return NULL;
-    int typenum = numpy_type(e->dtype);
+    int typenum = raw ? numpy_type(e->dtype) : NPY_FLOAT32;
+    int view = e->data && (raw || (e->dtype == OVS_DTYPE_F32 &&
+                                   ((uintptr_t)e->data % sizeof(float)) == 0));
     PyObject *out = typenum < 0 ? PyErr_Format(PyExc_NotImplementedError,
                                                "dtype %s has no NumPy equivalent",
                                                ovs_dtype_name(e->dtype))
-                                : make_view(map, e, typenum);
+                    : view ? make_view(map, e, typenum) : read_tensor(map, i, typenum, raw);
     Py_DECREF(map);
     return out;
 }
+
+static PyObject *file_get(FileObject *self, PyObject *name) { return file_read(self, name, 0); }
+
+static PyObject *file_get_raw(FileObject *self, PyObject *name) { return file_read(self, name, 1); }
 
 static PyObject *file_get_metadata(FileObject *self, void *closure) {
     MappingObject *map = file_acquire(self);
@@ -368,10 +382,12 @@ static PyMethodDef file_methods[] = {
     {"info", (PyCFunction)file_info, METH_O,
      "info(name) -> (dtype, shape): the stored dtype ('F32', 'BF16', ...) and shape tuple."},
     {"get", (PyCFunction)file_get, METH_O,
-     "get(name) -> float32 ndarray. A read-only zero-copy view for aligned F32 tensors, otherwise a\n"
-     "new array converted from the stored dtype."},
+     "get(name) -> float32 ndarray. From a file: read now into a new array (OSError if the file\n"
+     "changed since it was opened). From a buffer: a read-only zero-copy view for aligned F32\n"
+     "tensors, otherwise a new array converted from the stored dtype."},
     {"get_raw", (PyCFunction)file_get_raw, METH_O,
-     "get_raw(name) -> read-only zero-copy ndarray of the stored dtype (BF16 as uint16 bits)."},
+     "get_raw(name) -> ndarray of the stored dtype (BF16 as uint16 bits): read now from a file\n"
+     "into a new array, a read-only zero-copy view of a buffer."},
     {"close", (PyCFunction)file_close, METH_NOARGS,
      "close() -> None. Later calls raise ValueError; the mapping itself is released when the\n"
      "last array viewing it is gone."},
@@ -405,8 +421,9 @@ static PyTypeObject FileType = {
     .tp_repr = (reprfunc)file_repr,
     .tp_as_sequence = &file_as_sequence,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "SafeTensorsFile(path): a validated safetensors file, read into private memory (later\n"
-              "changes to the file on disk do not affect it).\n\n"
+    .tp_doc = "SafeTensorsFile(path): a safetensors file whose header is read and validated now;\n"
+              "each tensor is read from the file when asked for. A file rewritten, truncated or\n"
+              "replaced since the open raises OSError(ESTALE, '... changed since it was opened').\n\n"
               "Raises OSError when the file cannot be read and ovs.WeightFileError when it is\n"
               "malformed. Tensors come out as NumPy arrays: get() float32, get_raw() as stored.",
     .tp_iter = (getiterfunc)file_iter,
@@ -415,6 +432,19 @@ static PyTypeObject FileType = {
     .tp_getset = file_getset,
     .tp_new = file_new,
 };
+
+ovs_safetensors *ovs_py_safetensors_of(PyObject *obj, PyObject **owner) {
+    *owner = NULL;
+    if (!PyObject_TypeCheck(obj, &FileType)) {
+        PyErr_Format(PyExc_TypeError, "expected an ovs._core.SafeTensorsFile, got %.100s",
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    MappingObject *map = file_acquire((FileObject *)obj);
+    if (!map) return NULL;
+    *owner = (PyObject *)map;
+    return map->st;
+}
 
 int ovs_py_register_io(PyObject *m) {
     if (ovs_py_add_type(m, NULL, &MappingType) < 0) return -1;

@@ -207,7 +207,8 @@ static int pd_init(py_m2f_block *self, PyObject *args, PyObject *kw) {
     for (int s = 0; s < 4; s++) c.in_channels[s] = ch[s];
     c.conv_dim = cd, c.mask_dim = md, c.enc_layers = el, c.heads = h, c.points = p,
     c.ffn_dim = ff, c.groups = g;
-    int st = ovs_m2f_pixel_decoder_create(&self->pd, &c, &self->weights.map);
+    int st;
+    OVS_PY_NOGIL(st, ovs_m2f_pixel_decoder_create(&self->pd, &c, &self->weights.map));   /* may read weights from a file */
     return ovs_py_status(st);
 }
 
@@ -285,7 +286,8 @@ static int dec_init(py_m2f_block *self, PyObject *args, PyObject *kw) {
     c.in_channels = ic, c.hidden_dim = hd, c.queries = q, c.heads = h, c.ffn_dim = ff,
     c.layers = ly, c.mask_dim = md, c.class_layers = cl, c.class_dim = cd;
     c.fcclip_class_head = fc;
-    int st = ovs_m2f_decoder_create(&self->dec, &c, &self->weights.map);
+    int st;
+    OVS_PY_NOGIL(st, ovs_m2f_decoder_create(&self->dec, &c, &self->weights.map));   /* may read weights from a file */
     return ovs_py_status(st);
 }
 

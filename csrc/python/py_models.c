@@ -1,19 +1,98 @@
 /* Python bindings of the towers: _core.ResNet, _core.ViT, _core.TextTower. */
 #include "python/py_models.h"
 
+#include "ovs/io.h"
+
+#include <math.h>
 #include <string.h>
 
 /* ---------------------------------------------------------------- weights table */
 void ovs_py_weights_clear(ovs_py_weights *w) {
     Py_CLEAR(w->keep);
+    for (int64_t i = 0; w->kept && i < w->map.count; i++) ovs_free(w->kept[i]);
+    PyMem_Free(w->kept);
+    PyMem_Free(w->files);
+    PyMem_Free(w->entries);
     PyMem_Free(w->items);
     w->items = NULL;
+    w->kept = NULL;
+    w->files = NULL;
+    w->entries = NULL;
     w->map.items = NULL;
     w->map.count = 0;
+    w->map.source = NULL;
 }
 
-/* Build the table from a dict {name: array}; float arrays become C-contiguous float32
- * (zero-copy when they already are); other values are ignored. */
+/* The source callbacks of a table with file-backed items (no Python calls: run without the GIL). */
+static int weights_read(void *ctx, int64_t i, float *dst) {
+    ovs_py_weights *w = ctx;
+    const ovs_tensor *t = &w->items[i];
+    int rc = ovs_safetensors_read_f32(dst, w->files[i], w->entries[i]);
+    if (rc) return rc;
+    int64_t n = ovs_tensor_numel(t);
+    for (int64_t k = 0; k < n; k++)   /* a non-finite weight would silently poison every output */
+        if (!isfinite(dst[k]))
+            return ovs_set_error(OVS_ERR_ARG, "weight '%s' contains NaN or infinity at flat index %lld",
+                                 t->name, (long long)k);
+    return OVS_OK;
+}
+
+static int weights_keep(void *ctx, int64_t i, const float **data) {
+    ovs_py_weights *w = ctx;
+    if (!w->kept[i]) {
+        size_t bytes;
+        if (ovs_mul_size(&bytes, (size_t)ovs_tensor_numel(&w->items[i]), sizeof(float)))
+            return ovs_set_error(OVS_ERR_OVERFLOW, "weight '%s' is too large", w->items[i].name);
+        float *buf = ovs_malloc(bytes ? bytes : 1);
+        if (!buf) return OVS_ERR_NOMEM;
+        int rc = weights_read(ctx, i, buf);
+        if (rc) {
+            ovs_free(buf);
+            return rc;
+        }
+        w->kept[i] = buf;
+        w->items[i].data = buf;
+    }
+    *data = w->kept[i];
+    return OVS_OK;
+}
+
+static int is_float_dtype(ovs_dtype d) {
+    return d == OVS_DTYPE_F32 || d == OVS_DTYPE_F16 || d == OVS_DTYPE_BF16 || d == OVS_DTYPE_F64;
+}
+
+/* Item *t for (file, key): 1 = added, 0 = skipped (not a float tensor), -1 = error. */
+static int weights_add_file_item(ovs_py_weights *w, int64_t i, PyObject *ref, const char *name) {
+    PyObject *fobj = PyTuple_GET_ITEM(ref, 0), *key = PyTuple_GET_ITEM(ref, 1), *owner = NULL;
+    if (!PyUnicode_Check(key)) {
+        PyErr_Format(PyExc_TypeError, "weight '%s': a file reference is (SafeTensorsFile, str), "
+                     "got a %.100s name", name, Py_TYPE(key)->tp_name);
+        return -1;
+    }
+    ovs_safetensors *st = ovs_py_safetensors_of(fobj, &owner);
+    if (!st) return -1;
+    int bad = PyList_Append(w->keep, owner) < 0;
+    Py_DECREF(owner);
+    if (bad) return -1;
+    const char *k = PyUnicode_AsUTF8(key);
+    int64_t e = k ? ovs_safetensors_find(st, k) : -1;
+    if (e < 0) {
+        if (k) PyErr_Format(PyExc_KeyError, "weight '%s': the file has no tensor '%s'", name, k);
+        return -1;
+    }
+    const ovs_safetensors_entry *ent = ovs_safetensors_entry_at(st, e);
+    if (!is_float_dtype(ent->dtype)) return 0;
+    ovs_tensor *t = &w->items[i];
+    t->name = name;
+    t->data = NULL;
+    t->ndim = ent->ndim;
+    for (int d = 0; d < t->ndim; d++) t->shape[d] = ent->shape[d];
+    w->files[i] = st;
+    w->entries[i] = e;
+    return 1;
+}
+
+/* Build the table from a dict {name: array or (SafeTensorsFile, key)}; see py_models.h. */
 int ovs_py_weights_from_dict(ovs_py_weights *w, PyObject *dict) {
     memset(w, 0, sizeof *w);
     if (!PyDict_Check(dict)) {
@@ -22,9 +101,14 @@ int ovs_py_weights_from_dict(ovs_py_weights *w, PyObject *dict) {
         return -1;
     }
     Py_ssize_t n = PyDict_Size(dict), pos = 0, i = 0;
+    size_t cap = n > 0 ? (size_t)n : 1;
+    int lazy = 0;
     w->keep = PyList_New(0);
-    w->items = PyMem_Calloc(n > 0 ? (size_t)n : 1, sizeof(ovs_tensor));
-    if (!w->keep || !w->items) {
+    w->items = PyMem_Calloc(cap, sizeof(ovs_tensor));
+    w->files = PyMem_Calloc(cap, sizeof *w->files);
+    w->entries = PyMem_Calloc(cap, sizeof *w->entries);
+    w->kept = PyMem_Calloc(cap, sizeof *w->kept);
+    if (!w->keep || !w->items || !w->files || !w->entries || !w->kept) {
         PyErr_NoMemory();
         goto error;
     }
@@ -33,6 +117,15 @@ int ovs_py_weights_from_dict(ovs_py_weights *w, PyObject *dict) {
         if (!PyUnicode_Check(key)) {
             PyErr_Format(PyExc_TypeError, "weight names must be str, got %.100s", Py_TYPE(key)->tp_name);
             goto error;
+        }
+        if (PyTuple_Check(value) && PyTuple_GET_SIZE(value) == 2) {
+            if (PyList_Append(w->keep, key) < 0) goto error;
+            const char *name = PyUnicode_AsUTF8(key);
+            int added = name ? weights_add_file_item(w, i, value, name) : -1;
+            if (added < 0) goto error;
+            i += added;
+            lazy |= added;
+            continue;
         }
         if (!PyArray_Check(value)) continue;
         int tn = PyArray_TYPE((PyArrayObject *)value);
@@ -60,8 +153,15 @@ int ovs_py_weights_from_dict(ovs_py_weights *w, PyObject *dict) {
     }
     w->map.items = w->items;
     w->map.count = i;
+    if (lazy) {
+        w->source.read = weights_read;
+        w->source.keep = weights_keep;
+        w->source.ctx = w;
+        w->map.source = &w->source;
+    }
     return 0;
 error:
+    w->map.count = i;
     ovs_py_weights_clear(w);
     return -1;
 }
@@ -161,8 +261,9 @@ static int resnet_init(ovs_py_model *self, PyObject *args, PyObject *kw) {
     ovs_resnet_config cfg = {.prefix = prefix, .layers = {l[0], l[1], l[2], l[3]}, .width = width,
                              .embed_dim = embed, .heads = heads, .grid = grid,
                              .has_attnpool = attnpool, .style = st, .output_stride = os};
-    return model_created(self, ovs_resnet_create(&self->m.resnet, &cfg, &self->weights.map),
-                         OVS_PY_RESNET);
+    int rc;
+    OVS_PY_NOGIL(rc, ovs_resnet_create(&self->m.resnet, &cfg, &self->weights.map));   /* may read weights from a file */
+    return model_created(self, rc, OVS_PY_RESNET);
 }
 
 static PyObject *resnet_forward(ovs_py_model *self, PyObject *args, PyObject *kw) {
@@ -292,11 +393,11 @@ static int tower_init(ovs_py_model *self, PyObject *args, PyObject *kw, int kind
     if (kind == OVS_PY_VIT) {
         ovs_vit_config cfg = {.prefix = prefix, .width = width, .heads = heads, .patch = n2,
                               .grid = n3, .embed_dim = embed, .act = a};
-        rc = ovs_vit_create(&self->m.vit, &cfg, &self->weights.map);
+        OVS_PY_NOGIL(rc, ovs_vit_create(&self->m.vit, &cfg, &self->weights.map));   /* may read weights from a file */
     } else {
         ovs_text_config cfg = {.prefix = prefix, .width = width, .heads = heads, .context = n2,
                                .vocab = n3, .embed_dim = embed, .act = a};
-        rc = ovs_text_create(&self->m.text, &cfg, &self->weights.map);
+        OVS_PY_NOGIL(rc, ovs_text_create(&self->m.text, &cfg, &self->weights.map));
     }
     return model_created(self, rc, kind);
 }

@@ -6,10 +6,16 @@
 #include "ovs/models.h"
 #include <pythread.h>
 
-/* A name -> array table borrowed from Python: keeps the arrays and names alive. */
+/* A name -> tensor table from Python: arrays borrowed (kept alive in `keep`), and tensors of
+ * safetensors files read on demand (the table is then the models' source: a tensor a model
+ * packs or folds is read into scratch and freed, one it uses as is is read once into `kept`). */
 typedef struct {
-    PyObject *keep;           /* list of the float32 arrays and name strings we point into */
+    PyObject *keep;           /* list of the float32 arrays, name strings and file owners */
     ovs_tensor *items;        /* (count,) */
+    struct ovs_safetensors **files;  /* (count,) reader of a file-backed item, else NULL */
+    int64_t *entries;         /* (count,) its index in that file */
+    float **kept;             /* (count,) file-backed items made resident, owned */
+    ovs_tensor_source source;
     ovs_tensor_map map;
 } ovs_py_weights;
 
@@ -25,9 +31,11 @@ typedef struct {
     } m;
 } ovs_py_model;
 
-/* Fill *w from a dict {name: array} (float arrays become C-contiguous float32, zero-copy when
- * they already are; non-float values are skipped; NaN/inf raise ValueError). -1 with an
- * exception on failure (w is then empty). ovs_py_weights_clear releases it. */
+/* Fill *w from a dict {name: array or (SafeTensorsFile, tensor name)}: float arrays become
+ * C-contiguous float32, zero-copy when they already are (NaN/inf raise ValueError); a file's
+ * tensor is not read now (its NaN/inf check comes when a model reads it); non-float values and
+ * non-float file tensors are skipped. -1 with an exception on failure (w is then empty).
+ * ovs_py_weights_clear releases it. The table must not be used by two threads at once. */
 int ovs_py_weights_from_dict(ovs_py_weights *w, PyObject *dict);
 void ovs_py_weights_clear(ovs_py_weights *w);
 

@@ -55,6 +55,12 @@ int ovs_py_status(int st);
 /* PyType_Ready(type) and, with name != NULL, module attribute `name`; -1 with an exception. */
 int ovs_py_add_type(PyObject *m, const char *name, PyTypeObject *type);
 
+/* The C reader of an open _core.SafeTensorsFile and, in *owner, a new reference to the object
+ * that keeps it alive (valid even after the file object is closed); NULL with TypeError or
+ * ValueError (closed) otherwise. */
+struct ovs_safetensors;
+struct ovs_safetensors *ovs_py_safetensors_of(PyObject *obj, PyObject **owner);
+
 /* A new reference to `obj` as a C-contiguous, aligned float32 array of `ndim` dims
  * (ndim < 0: any), converting dtype/order when needed (a copy only then). NULL + TypeError or
  * ValueError naming `what` otherwise. */

@@ -11,7 +11,7 @@
  *     int64_t i = ovs_safetensors_find(st, "visual.conv1.weight");
  *     const ovs_safetensors_entry *e = ovs_safetensors_entry_at(st, i);   // NULL if i < 0
  *     float *w = ovs_malloc(e->numel * sizeof(float));                   // (shape...)
- *     ovs_safetensors_read_f32(st, i, w);      // any numeric dtype -> float32
+ *     ovs_safetensors_read_f32(w, st, i);      // read now; any numeric dtype -> float32
  *     ...
  *     ovs_safetensors_close(st);               // invalidates every entry and data pointer
  *
@@ -32,11 +32,15 @@
  * and errno keeps the cause), OVS_ERR_FORMAT (malformed; the message says what and where),
  * OVS_ERR_NOMEM.
  *
- * ovs_safetensors_open reads the whole file into private memory (no mmap): a loaded model never
- * depends on the file staying unchanged, so truncating or rewriting it afterwards can neither
- * crash the process (SIGBUS) nor change its weights. Non-regular files (directories, FIFOs,
- * devices) are refused before they are opened, so a FIFO cannot block and /dev/zero cannot be
- * read forever.
+ * ovs_safetensors_open reads and validates only the header and keeps the file open; each tensor
+ * is read (pread, no mmap) when asked for, so a model built from it holds its weights once, in
+ * the form its kernels use, instead of a copy of the file besides. The file's identity (device,
+ * inode, size, modification and change times) is recorded at open and checked before and after
+ * every read: a file rewritten, truncated or replaced since (the path naming another file) gives
+ * OVS_ERR_IO "... changed since it was opened" with errno ESTALE, never other weights or a
+ * SIGBUS. A path removed after the open still reads (the descriptor keeps the opened file).
+ * Non-regular files (directories, FIFOs, devices) are refused before they are opened, so a FIFO
+ * cannot block and /dev/zero cannot be read forever.
  */
 #ifndef OVS_IO_H
 #define OVS_IO_H
@@ -80,7 +84,9 @@ typedef struct {
     int64_t numel;                 /* product of shape (1 for a scalar) */
     size_t offset;                 /* byte offset of the data from the start of the file/buffer */
     size_t nbytes;                 /* numel * ovs_dtype_size(dtype) */
-    const void *data;              /* (nbytes,) little-endian; alignment not guaranteed */
+    const void *data;              /* (nbytes,) little-endian, alignment not guaranteed, in the
+                                      caller's buffer (ovs_safetensors_parse); NULL for a file
+                                      (ovs_safetensors_open): read it with ovs_safetensors_read_* */
 } ovs_safetensors_entry;
 
 /* One "__metadata__" pair, in header order. */
@@ -91,10 +97,12 @@ typedef struct {
 
 typedef struct ovs_safetensors ovs_safetensors;
 
-/* Read `path` into private memory and validate its header.
- * out:  receives the file (NULL on failure)
+/* Open `path`, read and validate its header; tensors are read on demand.
+ * out:  receives the file (NULL on failure); it holds one open descriptor until closed
  * path: a regular file (others: OVS_ERR_IO with errno EISDIR / EINVAL) */
 int ovs_safetensors_open(ovs_safetensors **out, const char *path);
+/* 1 for a file opened with ovs_safetensors_open (tensors read on demand), 0 for a buffer. */
+int ovs_safetensors_is_lazy(const ovs_safetensors *st);
 
 /* Validate a safetensors image held by the caller (no copy). The buffer must stay valid and
  * unchanged until ovs_safetensors_close. Same checks and errors as ovs_safetensors_open.
@@ -102,7 +110,7 @@ int ovs_safetensors_open(ovs_safetensors **out, const char *path);
  * buf:  (size,) bytes of a whole file */
 int ovs_safetensors_parse(ovs_safetensors **out, const void *buf, size_t size);
 
-/* Free (with the copy of the file, if opened from a path). NULL is allowed. */
+/* Free (and close the file, if opened from a path). NULL is allowed. */
 void ovs_safetensors_close(ovs_safetensors *st);
 
 /* Number of tensors. */
@@ -124,10 +132,13 @@ size_t ovs_safetensors_header_size(const ovs_safetensors *st);
 
 /* Convert tensor `index` to float32 as NumPy's astype(np.float32) does: F16 exactly (subnormals,
  * infinities, NaN payloads), BF16 exactly, F64 and 64-bit integers rounded to nearest even
- * (overflow -> inf), BOOL -> 0/1. Thread-safe; needs no allocation.
+ * (overflow -> inf), BOOL -> 0/1. Thread-safe; needs no allocation. From a file: OVS_ERR_IO
+ * (errno ESTALE) if it changed since it was opened, or the read's system error.
  * out:   (numel,) floats, C order
  * index: 0 <= index < count, else OVS_ERR_ARG */
 int ovs_safetensors_read_f32(float *out, const ovs_safetensors *st, int64_t index);
+/* Copy tensor `index`'s stored bytes (nbytes, little-endian) to out; same errors. */
+int ovs_safetensors_read_raw(void *out, const ovs_safetensors *st, int64_t index);
 
 #ifdef __cplusplus
 }

@@ -105,6 +105,11 @@ int ovs_region_finish(const ovs_region_error *re);
 void *ovs_malloc(size_t bytes);                 /* NULL on failure (never aborts) */
 void *ovs_calloc(size_t count, size_t size);    /* zeroed, overflow-checked */
 void ovs_free(void *ptr);
+/* A large short-lived buffer (64-byte aligned) whose memory goes back to the system as soon as
+ * it is freed (mapped directly from 256 KiB on): for weights read only to be transformed.
+ * Free it with ovs_free_transient only (NULL is allowed). */
+void *ovs_malloc_transient(size_t bytes);
+void ovs_free_transient(void *ptr);
 /* Failure injection for tests: the n-th allocation from now fails (n >= 1); 0 disables.
  * Returns the number of allocations made since the last call. Process-wide, test use only. */
 int64_t ovs_debug_fail_alloc(int64_t n);
@@ -138,28 +143,55 @@ int ovs_get_num_threads(void);
 /* ---------------------------------------------------------------- named weights */
 #define OVS_MAX_DIMS 8
 
-/* One float32 tensor borrowed from its owner (an mmap'd file, a NumPy array). */
+/* One float32 tensor of a weight table: in memory (data, borrowed from its owner: a NumPy
+ * array, a buffer) or not yet read (data NULL: the table's source reads it on demand). */
 typedef struct {
     const char *name;              /* open_clip state-dict name, e.g. "visual.layer1.0.conv1.weight" */
-    const float *data;             /* C-contiguous float32 data */
+    const float *data;             /* C-contiguous float32 data, NULL until read from the source */
     int ndim;
     int64_t shape[OVS_MAX_DIMS];
 } ovs_tensor;
 
-/* A read-only name -> tensor table. Not owned: models copy what they transform (folded BN)
- * and borrow the rest, so the owner must outlive every model built from it. */
+/* Where the tensors with data NULL come from (e.g. a safetensors file read on demand). Both
+ * functions take the item's index in the table and return an ovs_status.
+ *   read: the values, checked (finite) and converted to float32, into dst (numel floats);
+ *   keep: make the item resident for the table owner's lifetime: set items[index].data and
+ *         *data to one buffer the owner frees with the table. */
+typedef struct {
+    int (*read)(void *ctx, int64_t index, float *dst);
+    int (*keep)(void *ctx, int64_t index, const float **data);
+    void *ctx;
+} ovs_tensor_source;
+
+/* A read-only name -> tensor table. Not owned: models copy what they transform (folded BN,
+ * packed matrices: read through ovs_tensor_map_read, so a tensor from a source is read into a
+ * scratch buffer and freed once transformed) and borrow the rest (ovs_tensor_map_get, which
+ * makes a source's tensor resident), so the owner must outlive every model built from it. */
 typedef struct {
     const ovs_tensor *items;  /* (count,) */
     int64_t count;
+    const ovs_tensor_source *source;  /* NULL: every item has its data */
 } ovs_tensor_map;
 
-/* The tensor called `name`, or NULL. */
+/* The tensor called `name`, or NULL (its data may be NULL: see ovs_tensor_map_get). */
 const ovs_tensor *ovs_tensor_map_find(const ovs_tensor_map *map, const char *name);
-/* Look up `name` and check its shape against `shape[0..ndim)` (-1 = any extent).
- * On success *out points at the tensor; otherwise OVS_ERR_MISSING / OVS_ERR_SHAPE with a
- * message naming the weight and both shapes. */
+/* Look up `name` and check its shape against `shape[0..ndim)` (-1 = any extent), without
+ * reading it (out->data may be NULL). OVS_ERR_MISSING / OVS_ERR_SHAPE with a message naming
+ * the weight and both shapes. */
+int ovs_tensor_map_check(const ovs_tensor **out, const ovs_tensor_map *map, const char *name,
+                         int ndim, const int64_t *shape);
+/* ovs_tensor_map_check, then the data made resident (read through the source's keep if it was
+ * not): on success (*out)->data is valid as long as the table's owner lives. For tensors a
+ * model uses as they are. */
 int ovs_tensor_map_get(const ovs_tensor **out, const ovs_tensor_map *map, const char *name,
                        int ndim, const int64_t *shape);
+/* ovs_tensor_map_check, then the data for one use: *data is the tensor in memory, or *scratch,
+ * a new buffer it was read into from the source (ovs_free_transient it when done; NULL when
+ * nothing was allocated). For tensors a model transforms (packs, folds, transposes): only the transformed
+ * copy stays resident. out may be NULL. */
+int ovs_tensor_map_read(const ovs_tensor **out, const float **data, float **scratch,
+                        const ovs_tensor_map *map, const char *name, int ndim,
+                        const int64_t *shape);
 /* Element count of a tensor (product of its shape). */
 int64_t ovs_tensor_numel(const ovs_tensor *t);
 
