@@ -25,7 +25,7 @@ typedef struct {
     dev_t dev;
     ino_t ino;
     off_t size;
-    struct timespec mtime, ctime;
+    struct timespec mtime;
 } file_identity;
 
 struct ovs_safetensors {
@@ -522,7 +522,6 @@ static file_identity identity_of(const struct stat *sb) {
     id.ino = sb->st_ino;
     id.size = sb->st_size;
     id.mtime = sb->st_mtim;
-    id.ctime = sb->st_ctim;
     return id;
 }
 
@@ -636,15 +635,17 @@ int ovs_safetensors_open(ovs_safetensors **out, const char *path) {
 }
 
 /* OVS_OK if the file behind st is still the one opened: the open descriptor's size and
- * modification/change times, and the path still naming the same file (a path that no longer
- * exists is fine: the descriptor keeps the opened file readable). */
+ * modification time, and the path still naming the same file (a path that no longer exists is
+ * fine: the descriptor keeps the opened file readable). Not the change time: chmod, a new hard
+ * link or removing the path change it without touching the bytes. A rewrite of the same size
+ * that also restores the modification time is not seen. */
 static int check_unchanged(const ovs_safetensors *st) {
     struct stat sb;
     const char *why = NULL;
     if (fstat(st->fd, &sb) != 0) return io_error("stat", st->path, errno);
     if (sb.st_size != st->id.size)
         why = "its size changed";
-    else if (!same_time(sb.st_mtim, st->id.mtime) || !same_time(sb.st_ctim, st->id.ctime))
+    else if (!same_time(sb.st_mtim, st->id.mtime))
         why = "it was modified";
     else if (stat(st->path, &sb) == 0 && (sb.st_dev != st->id.dev || sb.st_ino != st->id.ino))
         why = "the path now names another file";

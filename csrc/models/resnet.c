@@ -269,8 +269,15 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
     int64_t hs[5], ws[5];
     stage_sizes(m, H, W, hs, ws);
     const int64_t h1 = ovs_conv2d_out_size(H, 3, 2, 1, 1), w1 = ovs_conv2d_out_size(W, 3, 2, 1, 1);
-    /* Plan: the largest activation of each kind decides its buffer. */
-    size_t big = (size_t)N * wd * h1 * w1;            /* stem activations */
+    /* Plan: each buffer is sized by the largest activation it holds (see the loop below):
+     *   X0/X1  block inputs/outputs, the stem's last conv and pool
+     *   T1     stem convs 1; conv1 outputs; the CLIP shortcut's pooled input
+     *   T2     stem conv 2; conv2 outputs (before the CLIP pool)
+     *   T3     the CLIP pooled conv2 output;   SC  the projection shortcut */
+    const size_t stem_full = (size_t)N * wd * h1 * w1, stem_half = (size_t)N * (wd / 2) * h1 * w1;
+    size_t nx = stem_full, n1 = stem_half, n2 = stem_half, n3 = 0, nsc = 0;
+#define GROW(v, x) do { size_t x_ = (x); if (x_ > (v)) (v) = x_; } while (0)
+    GROW(nx, (size_t)N * wd * hs[0] * ws[0]);
     size_t scratch_n = ovs_convbn_scratch(&m->stem[0], H, W), t;
     for (int i = 1; i < 3; i++)
         if ((t = ovs_convbn_scratch(&m->stem[i], h1, w1)) > scratch_n) scratch_n = t;
@@ -279,9 +286,17 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
         for (int64_t i = 0; i < m->nblocks; i++) {
             const ovs_bottleneck *b = &m->blocks[i];
             const int64_t ho = ovs_bottleneck_out_size(m, b, hi), wo = ovs_bottleneck_out_size(m, b, wi);
-            size_t a = (size_t)N * b->inplanes * hi * wi, o = (size_t)N * 4 * b->planes * hi * wi;
-            if (a > big) big = a;
-            if (o > big) big = o;
+            const ovs_conv2d_params *p2 = &b->conv2.p;
+            const int64_t h2 = ovs_conv2d_out_size(hi, 3, p2->stride_h, p2->pad_h, p2->dil_h);
+            const int64_t w2 = ovs_conv2d_out_size(wi, 3, p2->stride_w, p2->pad_w, p2->dil_w);
+            const int pooled = clip && b->stride > 1;
+            GROW(nx, (size_t)N * b->inplanes * hi * wi);
+            GROW(nx, (size_t)N * 4 * b->planes * ho * wo);
+            GROW(n1, (size_t)N * b->planes * hi * wi);
+            if (pooled && b->has_down) GROW(n1, (size_t)N * b->inplanes * ho * wo);
+            GROW(n2, (size_t)N * b->planes * h2 * w2);
+            if (pooled) GROW(n3, (size_t)N * b->planes * ho * wo);
+            if (b->has_down) GROW(nsc, (size_t)N * 4 * b->planes * ho * wo);
             const size_t ts[4] = {ovs_convbn_scratch(&b->conv1, hi, wi),
                                   ovs_convbn_scratch(&b->conv2, hi, wi),
                                   ovs_convbn_scratch(&b->conv3, ho, wo),
@@ -292,19 +307,20 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
             wi = wo;
         }
     }
-    float *X0 = ovs_arena_floats(&m->arena, big), *X1 = ovs_arena_floats(&m->arena, big);
-    float *T1 = ovs_arena_floats(&m->arena, big), *T2 = ovs_arena_floats(&m->arena, big);
-    /* T3 holds the pooled 3x3 output of the CLIP bottleneck; the DeepLab one strides in the conv */
-    float *T3 = clip ? ovs_arena_floats(&m->arena, big) : NULL, *SC = ovs_arena_floats(&m->arena, big);
+#undef GROW
+    float *X0 = ovs_arena_floats(&m->arena, nx), *X1 = ovs_arena_floats(&m->arena, nx);
+    float *T1 = ovs_arena_floats(&m->arena, n1), *T2 = ovs_arena_floats(&m->arena, n2);
+    float *T3 = n3 ? ovs_arena_floats(&m->arena, n3) : NULL;
+    float *SC = nsc ? ovs_arena_floats(&m->arena, nsc) : NULL;
     float *scratch = ovs_arena_floats(&m->arena, scratch_n ? scratch_n : 1);
-    if (!X0 || !X1 || !T1 || !T2 || (clip && !T3) || !SC || !scratch) return OVS_ERR_NOMEM;
+    if (!X0 || !X1 || !T1 || !T2 || (n3 && !T3) || (nsc && !SC) || !scratch) return OVS_ERR_NOMEM;
     int rc;
     /* stem: CLIP has a ReLU after each conv; the DeepLab trunk only after the pool */
     const ovs_act sa = clip ? OVS_ACT_RELU : OVS_ACT_NONE;
     if ((rc = ovs_convbn_forward(&m->stem[0], T1, images, NULL, N, H, W, sa, scratch)) ||
         (rc = ovs_convbn_forward(&m->stem[1], T2, T1, NULL, N, h1, w1, sa, scratch)) ||
-        (rc = ovs_convbn_forward(&m->stem[2], T1, T2, NULL, N, h1, w1, sa, scratch)) ||
-        (rc = ovs_avgpool2d_forward(X0, T1, N * wd, h1, w1, 2, 2, 2, 2, 0, 0, 1)))
+        (rc = ovs_convbn_forward(&m->stem[2], X1, T2, NULL, N, h1, w1, sa, scratch)) ||
+        (rc = ovs_avgpool2d_forward(X0, X1, N * wd, h1, w1, 2, 2, 2, 2, 0, 0, 1)))
         return rc;
     if (!clip && (rc = ovs_act_forward(X0, N * wd * hs[0] * ws[0], OVS_ACT_RELU))) return rc;
     float *x = X0, *y = X1;

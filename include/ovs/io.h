@@ -35,7 +35,7 @@
  * ovs_safetensors_open reads and validates only the header and keeps the file open; each tensor
  * is read (pread, no mmap) when asked for, so a model built from it holds its weights once, in
  * the form its kernels use, instead of a copy of the file besides. The file's identity (device,
- * inode, size, modification and change times) is recorded at open and checked before and after
+ * inode, size, modification time) is recorded at open and checked before and after
  * every read: a file rewritten, truncated or replaced since (the path naming another file) gives
  * OVS_ERR_IO "... changed since it was opened" with errno ESTALE, never other weights or a
  * SIGBUS. A path removed after the open still reads (the descriptor keeps the opened file).
