@@ -102,6 +102,10 @@ class PixelDecoder:
 
     __call__ = forward
 
+    def release_workspace(self) -> None:
+        """Free the work buffers kept between calls (the next call allocates them again)."""
+        self._block.release_workspace()
+
 
 class TransformerDecoder:
     """``MultiScaleMaskedTransformerDecoder`` (masked attention, ``layers`` = DEC_LAYERS - 1).
@@ -123,6 +127,10 @@ class TransformerDecoder:
         return self._block.forward(list(ms), mask_features, all_masks=all_masks)
 
     __call__ = forward
+
+    def release_workspace(self) -> None:
+        """Free the work buffers kept between calls (the next call allocates them again)."""
+        self._block.release_workspace()
 
 
 # ------------------------------------------------------------------ expected tensors (ovs convert)

@@ -285,10 +285,18 @@ class FCCLIPModel(FrameworkModel):
             raise ValueError(f"expected a float32 (1, 3, H, W) image, got {getattr(x, 'shape', x)!r}")
         if x.shape[2] % 32 or x.shape[3] % 32 or min(x.shape[2:]) < 32:
             raise ValueError(f"image sides must be positive multiples of 32, got {x.shape[2]}x{x.shape[3]}")
+        # Each stage's work buffers are freed once its outputs are out (the call's peak is the
+        # largest stage's, not the sum), and its inputs as soon as they are consumed.
         f = self._trunk.forward(x, features=True, embed=False)
+        self._trunk.release_workspace()
+        res5 = f["res5"][0]
         mf, ms = self.pixel_decoder(f["res2"], f["res3"], f["res4"], f["res5"])
+        del f
+        self.pixel_decoder.release_workspace()
         _, cls, masks = self.decoder(ms, mf)
-        return {"masks": masks[0], "class_embed": cls[0, -1], "res5": f["res5"][0]}
+        del ms, mf
+        self.decoder.release_workspace()
+        return {"masks": masks[0], "class_embed": cls[0, -1], "res5": res5}
 
     def mask_pool(self, res5: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """visual_prediction_forward_resnet: (Q, E) CLIP embeddings of each mask (the mask logits

@@ -490,9 +490,16 @@ class HanModel(FrameworkModel):
     def forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Normalised, padded images (N, 3, H, W) -> (query embeddings (N, Q, E) after
         embed_proj, mask logits (N, Q, H/4, W/4))."""
+        # Each stage's work buffers are freed once its outputs are out, so the call's peak is
+        # the largest stage's, not the sum of the three.
         f = self._trunk.forward(_check_images(images), features=True, embed=False)
+        self._trunk.release_workspace()
         mask_features, ms = self._pixel_decoder(f["res2"], f["res3"], f["res4"], f["res5"])
+        del f
+        self._pixel_decoder.release_workspace()
         _, cls, masks = self._decoder(ms, mask_features)
+        del ms, mask_features
+        self._decoder.release_workspace()
         q = np.ascontiguousarray(cls[:, -1])                    # (N, Q, D): the last layer's class_embed
         N, Q, D = q.shape
         emb = _core.linear(np.maximum(q, 0).reshape(N * Q, D), self._proj_w, self._proj_b)

@@ -7,6 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -121,6 +124,17 @@ void *ovs_calloc(size_t count, size_t size) {
 }
 
 void ovs_free(void *ptr) { free(ptr); }
+
+int ovs_malloc_return_large(size_t threshold) {
+#if defined(__GLIBC__) && defined(M_MMAP_THRESHOLD)
+    if (getenv("MALLOC_MMAP_THRESHOLD_") || getenv("OVS_KEEP_MALLOC")) return 0;
+    if (threshold > ((size_t)32 << 20)) threshold = (size_t)32 << 20;
+    return mallopt(M_MMAP_THRESHOLD, (int)threshold) == 1;
+#else
+    (void)threshold;
+    return 0;
+#endif
+}
 
 /* Transient buffers: mapped directly above TRANSIENT_MAP bytes, so that freeing one returns its
  * memory to the system at once. Through malloc, a large block freed raises glibc's dynamic mmap

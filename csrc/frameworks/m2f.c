@@ -252,6 +252,10 @@ const ovs_m2f_pixel_decoder_config *ovs_m2f_pixel_decoder_get_config(const ovs_m
     return &m->cfg;
 }
 
+void ovs_m2f_pixel_decoder_release_workspace(ovs_m2f_pixel_decoder *m) {
+    if (m) ovs_arena_free(&m->arena);
+}
+
 void ovs_m2f_pixel_decoder_free(ovs_m2f_pixel_decoder *m) {
     if (!m) return;
     ovs_free(m->layers);
@@ -500,6 +504,10 @@ ovs_m2f_decoder_config ovs_m2f_decoder_defaults(void) {
 
 const ovs_m2f_decoder_config *ovs_m2f_decoder_get_config(const ovs_m2f_decoder *m) {
     return &m->cfg;
+}
+
+void ovs_m2f_decoder_release_workspace(ovs_m2f_decoder *m) {
+    if (m) ovs_arena_free(&m->arena);
 }
 
 void ovs_m2f_decoder_free(ovs_m2f_decoder *m) {

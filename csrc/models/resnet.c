@@ -190,6 +190,10 @@ error:
     return rc;
 }
 
+void ovs_resnet_release_workspace(ovs_resnet *m) {
+    if (m) ovs_arena_free(&m->arena);
+}
+
 void ovs_resnet_free(ovs_resnet *m) {
     if (!m) return;
     for (int i = 0; i < 3; i++) ovs_convbn_release(&m->stem[i]);

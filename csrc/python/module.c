@@ -211,6 +211,7 @@ PyMODINIT_FUNC PyInit__core(void) {
     ovs_py_WeightError = PyErr_NewException("ovs.WeightFileError", PyExc_ValueError, NULL);
     if (!ovs_py_Error || !ovs_py_WeightError) goto error;
     ovs_set_num_threads(0); /* all cores for ovs's loops, OpenBLAS single-threaded */
+    ovs_malloc_return_large((size_t)1 << 20); /* freed activations go back to the system */
     Py_INCREF(ovs_py_Error);
     Py_INCREF(ovs_py_WeightError);
     if (PyModule_AddObject(m, "OvsError", ovs_py_Error) < 0) goto error;

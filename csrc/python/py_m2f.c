@@ -373,15 +373,33 @@ done:
     return result;
 }
 
+/* release_workspace(): free the block's work buffers kept between calls. */
+static PyObject *block_release(py_m2f_block *self, PyObject *unused) {
+    if (!self->lock) Py_RETURN_NONE;
+    Py_BEGIN_ALLOW_THREADS
+    PyThread_acquire_lock(self->lock, WAIT_LOCK);
+    ovs_m2f_pixel_decoder_release_workspace(self->pd);
+    ovs_m2f_decoder_release_workspace(self->dec);
+    PyThread_release_lock(self->lock);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef pd_methods[] = {
     {"forward", (PyCFunction)pd_forward, METH_VARARGS,
      "forward(res2, res3, res4, res5) -> (mask_features, (ms5, ms4, ms3))"},
+    {"release_workspace", (PyCFunction)block_release, METH_NOARGS,
+     "release_workspace(): free the work buffers kept between calls (the next forward\n"
+     "allocates them again)."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyMethodDef dec_methods[] = {
     {"forward", (PyCFunction)dec_forward, METH_VARARGS | METH_KEYWORDS,
      "forward(ms, mask_features, all_masks=False) -> (hidden, classes or None, masks)"},
+    {"release_workspace", (PyCFunction)block_release, METH_NOARGS,
+     "release_workspace(): free the work buffers kept between calls (the next forward\n"
+     "allocates them again)."},
     {NULL, NULL, 0, NULL},
 };
 

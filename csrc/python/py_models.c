@@ -358,7 +358,20 @@ static PyObject *resnet_convs(ovs_py_model *self, PyObject *unused) {
     return list;
 }
 
+static PyObject *resnet_release(ovs_py_model *self, PyObject *unused) {
+    if (self->kind != OVS_PY_RESNET) return PyErr_Format(PyExc_RuntimeError, "model not initialised");
+    Py_BEGIN_ALLOW_THREADS
+    OVS_MODEL_LOCK(self);
+    ovs_resnet_release_workspace(self->m.resnet);
+    OVS_MODEL_UNLOCK(self);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef resnet_methods[] = {
+    {"release_workspace", (PyCFunction)resnet_release, METH_NOARGS,
+     "release_workspace(): free the work buffers kept between calls (the next forward\n"
+     "allocates them again); for a trunk whose features feed other blocks."},
     {"sparsify", (PyCFunction)(void (*)(void))resnet_sparsify, METH_VARARGS | METH_KEYWORDS,
      "sparsify(mode, H=224, W=224): hold each conv dense or sparse ('dense', 'all', 'auto')"},
     {"convs", (PyCFunction)resnet_convs, METH_NOARGS, "Per-conv storage and calibration as dicts."},

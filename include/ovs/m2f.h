@@ -102,6 +102,8 @@ int ovs_m2f_pixel_decoder_create(ovs_m2f_pixel_decoder **out,
                                  const ovs_m2f_pixel_decoder_config *cfg,
                                  const ovs_tensor_map *w);
 void ovs_m2f_pixel_decoder_free(ovs_m2f_pixel_decoder *m);
+/* Free the work buffers kept between calls (the next forward allocates them again). */
+void ovs_m2f_pixel_decoder_release_workspace(ovs_m2f_pixel_decoder *m);
 const ovs_m2f_pixel_decoder_config *ovs_m2f_pixel_decoder_get_config(const ovs_m2f_pixel_decoder *m);
 /* feats[s] (in_channels[s], hw[s][0], hw[s][1]) for res2..res5 (each >= 1 x 1).
  * mask_features (mask_dim, H2, W2) and ms[l] (D, h, w) for l = 0, 1, 2 = res5, res4, res3
@@ -164,6 +166,8 @@ typedef struct ovs_m2f_decoder ovs_m2f_decoder;
 int ovs_m2f_decoder_create(ovs_m2f_decoder **out, const ovs_m2f_decoder_config *cfg,
                            const ovs_tensor_map *w);
 void ovs_m2f_decoder_free(ovs_m2f_decoder *m);
+/* Free the work buffers kept between calls (the next forward allocates them again). */
+void ovs_m2f_decoder_release_workspace(ovs_m2f_decoder *m);
 const ovs_m2f_decoder_config *ovs_m2f_decoder_get_config(const ovs_m2f_decoder *m);
 /* feats[l] (in_channels, sizes[l][0], sizes[l][1]) for l = 0, 1, 2 (res5, res4, res3 from
  * the pixel decoder); mask_features (mask_dim, H, W). */

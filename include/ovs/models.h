@@ -66,6 +66,9 @@ typedef struct {
 
 int ovs_resnet_create(ovs_resnet **out, const ovs_resnet_config *cfg, const ovs_tensor_map *w);
 void ovs_resnet_free(ovs_resnet *m);
+/* Free the work buffers kept between calls (the next forward allocates them again): for a
+ * trunk whose outputs feed other blocks, so that its activations do not add to theirs. */
+void ovs_resnet_release_workspace(ovs_resnet *m);
 const ovs_resnet_config *ovs_resnet_get_config(const ovs_resnet *m);
 /* Channels and spatial size of res2..res5 for an (H, W) input; H, W must be >= 32 and the
  * strided convs/pools truncate like PyTorch's. */

@@ -105,6 +105,14 @@ int ovs_region_finish(const ovs_region_error *re);
 void *ovs_malloc(size_t bytes);                 /* NULL on failure (never aborts) */
 void *ovs_calloc(size_t count, size_t size);    /* zeroed, overflow-checked */
 void ovs_free(void *ptr);
+/* Make malloc map every block of `threshold` bytes or more directly (glibc M_MMAP_THRESHOLD,
+ * at most 32 MiB), so that freeing one returns it to the system at once. glibc's default moves
+ * the threshold up to the largest block freed so far (up to 32 MiB), after which the activations
+ * and arrays of every call come from the heap and its holes stay resident between calls (seen:
+ * +100..650 MB after one framework call at 640 px). Process-wide; the Python module calls it at
+ * import with 1 MiB. Does nothing (returns 0) off glibc, or when MALLOC_MMAP_THRESHOLD_ (the
+ * user's own setting) or OVS_KEEP_MALLOC is in the environment; 1 when applied. */
+int ovs_malloc_return_large(size_t threshold);
 /* A large short-lived buffer (64-byte aligned) whose memory goes back to the system as soon as
  * it is freed (mapped directly from 256 KiB on): for weights read only to be transformed.
  * Free it with ovs_free_transient only (NULL is allowed). */
