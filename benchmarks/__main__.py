@@ -71,6 +71,8 @@ BENCHES: list[Bench] = [
           ["--repeat", "1", "--warmup", "0", "--side", "256"], ("torch", "transformers")),
     Bench("frameworks", "bench_frameworks.py", "PyTorch reference frameworks (tests/reference/)",
           ["--repeat", "1", "--warmup", "0", "--cases", "deeplab"], ("torch",)),
+    Bench("memory", "bench_memory.py", "none: loaded-model peak RSS / weight bytes (target <= 1.1)",
+          [], threads_flag=False),
 ]
 BY_NAME = {b.name: b for b in BENCHES}
 
