@@ -12,7 +12,6 @@ lazy reads themselves run under ASan through tests/test_weights.py and tests/tes
 from __future__ import annotations
 
 import errno
-import json
 import os
 
 import numpy as np
@@ -23,41 +22,11 @@ import ovs.prune
 from conftest import load_test_module
 from ovs.weights import FileStateDict, open_state_dict, random_state_dict, save_safetensors
 
-run_script = load_test_module("test_hardening.py", "_hardening_helpers").run_script
-
 #: issue 9: peak RSS of a loaded model <= 1.1x the bytes of its weights (float32)
 LOADED_RATIO = 1.1
 
-MEASURE = """
-import json, os, numpy as np, ovs
-from ovs.weights import FileStateDict
-
-def status(key):
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key + ":"))
-
-path = {path!r}
-sd = FileStateDict(path)     # weight bytes from the header, nothing read
-weight_bytes = sum(int(np.prod(sd.shape(k))) * (4 if sd.dtype(k).kind == "f" else sd.dtype(k).itemsize)
-                   for k in sd)
-del sd
-try:                         # reset VmHWM to the current RSS (Linux >= 4.0)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-except OSError:
-    pass
-base = status("VmRSS")
-model = ovs.load(path)
-peak = status("VmHWM")
-rss = status("VmRSS")
-x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
-emb = model.encode_image(x, preprocess=False)
-# the same weights in memory (after the measurement): the file-built towers compute the same
-ref = ovs.Model(ovs.weights.load_state_dict(path)).encode_image(x, preprocess=False)
-print(json.dumps(dict(weight_bytes=weight_bytes, base=base, peak=peak, rss=rss,
-                      same=bool(np.array_equal(emb, ref)),
-                      lazy=type(model.state_dict).__name__)))
-"""
+# benchmarks/bench_memory.py measures one load in a fresh interpreter
+measure = load_test_module("../benchmarks/bench_memory.py", "_bench_memory").measure
 
 
 @pytest.fixture(scope="module")
@@ -75,18 +44,14 @@ def test_loaded_model_peak_rss_within_1_1x_weights(clip_files, arch):
     """issue 9: loading RN50 / ViT-B/16 (random weights, real sizes) from a safetensors file
     raises the process's peak RSS by at most 1.1x the weight bytes (it was ~1.9x with the file
     read whole besides the packed copies)."""
-    proc = run_script(MEASURE.format(path=str(clip_files[arch])), timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
-    ratio = (r["peak"] - r["base"]) / r["weight_bytes"]
-    whole = r["peak"] / r["weight_bytes"]
+    r = measure(str(clip_files[arch]))
+    ratio, whole = r["load_peak_ratio"], r["process_peak_ratio"]
     print(f"{arch}: weights {r['weight_bytes'] / 2**20:.0f} MiB, load peak {ratio:.3f}x, "
-          f"whole process {whole:.3f}x (interpreter + numpy + ovs: {r['base'] / 2**20:.0f} MiB)")
-    assert r["same"], "the model built from the file computes differently from the in-memory one"
-    assert r["lazy"] == "FileStateDict"
+          f"whole process {whole:.3f}x (interpreter + numpy + ovs: {r['baseline'] / 2**20:.0f} MiB)")
+    assert r["model"] == "Model"
     assert ratio <= LOADED_RATIO, (
         f"{arch}: loading raised peak RSS by {ratio:.3f}x the weight bytes (> {LOADED_RATIO}); "
-        f"weights {r['weight_bytes'] >> 20} MiB, before {r['base'] >> 20} MiB, peak {r['peak'] >> 20} MiB")
+        f"weights {r['weight_bytes'] >> 20} MiB, before {r['baseline'] >> 20} MiB, peak {r['peak'] >> 20} MiB")
 
 
 # ------------------------------------------------------------------ the file-backed state dict
