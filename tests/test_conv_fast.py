@@ -159,3 +159,65 @@ def test_implicit_conv_allocation_failure(rng, restore_runtime, case):
             _core.op_conv2d(x, w, b, **kw)
     finally:
         _core.debug_fail_alloc(0)
+
+
+# ---------------------------------------------------------------- weights packed at load
+def conv_pack_numpy(w, groups):
+    """The packed layout of include/ovs/ops.h (ovs_conv2d_pack), built independently."""
+    K, L, MR = w.shape[0], int(np.prod(w.shape[1:])), 12
+    Kg = K // groups
+    blocks = []
+    for g in range(groups):
+        wg = w.reshape(K, L)[g * Kg:(g + 1) * Kg]
+        padded = np.zeros((-(-Kg // MR) * MR, L), np.float32)
+        padded[:Kg] = wg
+        blocks.append(padded.reshape(-1, MR, L).transpose(0, 2, 1).ravel())
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+
+
+@pytest.mark.parametrize("shape,groups", [((20, 8, 3, 3), 1), ((13, 6, 3, 3), 1),
+                                          ((12, 4, 3, 3), 2), ((30, 5, 1, 1), 3),
+                                          ((7, 1100, 1, 1), 1), ((0, 3, 3, 3), 1)], ids=str)
+def test_conv_pack_layout_and_unpack(rng, restore_runtime, shape, groups):
+    w = rand(rng, *shape)
+    want = conv_pack_numpy(w, groups)
+    for isa in ["portable"] + simd_isas():   # the packing is the same whatever the kernels
+        _core.gemm_set_isa(isa)
+        for threads in (1, 2):
+            _core.set_num_threads(threads)
+            assert np.array_equal(_core.op_conv2d_pack(w, groups), want), f"{isa} {threads}"
+    assert np.array_equal(_core.op_conv2d_pack(w, groups, unpack=True), w)
+    with pytest.raises(ValueError, match="divisible by groups"):
+        _core.op_conv2d_pack(rand(rng, 5, 2, 1, 1), 2)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+def test_packed_conv_bitwise_equal_to_dense(rng, restore_runtime, case):
+    # the weight packed once (ovs_conv2d_pack, as the models at load) gives bitwise the result
+    # of the dense weight packed per call, on every ISA and thread count, and its naive twin
+    # reads the packed layout back exactly
+    x, w, b, kw = make(rng, case)
+    r = rand(rng, *_core.op_conv2d(x, w, b, **kw).shape)
+    _core.gemm_set_isa("portable")
+    _core.set_num_threads(1)
+    ref = _core.op_conv2d(x, w, b, r, act="relu", **kw)
+    for isa in ["portable"] + simd_isas():
+        _core.gemm_set_isa(isa)
+        for threads in (1, 2):
+            _core.set_num_threads(threads)
+            got = _core.op_conv2d(x, w, b, r, act="relu", packed=True, **kw)
+            assert np.array_equal(got, ref), f"isa={isa} threads={threads}"
+            alias = _core.op_conv2d(x, w, b, r, act="relu", packed=True, residual_alias=True, **kw)
+            assert np.array_equal(alias, ref), f"aliased residual, isa={isa} threads={threads}"
+    assert np.array_equal(_core.op_conv2d(x, w, b, r, naive=True, packed=True, **kw),
+                          _core.op_conv2d(x, w, b, r, naive=True, **kw))
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[5], CASES[10], CASES[24]], ids=str)
+def test_packed_conv_allocation_failure(rng, restore_runtime, case):
+    x, w, b, kw = make(rng, case)
+    _core.set_num_threads(2)
+    inject_alloc_failures(lambda: _core.op_conv2d(x, w, b, packed=True, **kw),
+                          f"packed conv {case}")
+    inject_alloc_failures(lambda: _core.op_conv2d_pack(w, kw.get("groups", 1), unpack=True),
+                          f"conv pack {case}")

@@ -723,7 +723,8 @@ def test_normalize_u8_errors():
 def test_c_layer_rejects_invalid_arguments():
     calls = _core.op_debug_invalid_calls()
     assert len(calls) >= 40
-    expect = {"matmul_wt format": "unsupported", "linear M*K overflow": "size overflow",
+    expect = {"matmul_wt format": "unsupported", "conv packed to linear": "unsupported",
+              "linear M*K overflow": "size overflow",
               "linear M > INT_MAX for BLAS": "size overflow"}
     for label, status, name, message in calls:
         assert name == expect.get(label, "bad argument"), f"{label}: got {name} ({message})"
@@ -731,6 +732,8 @@ def test_c_layer_rejects_invalid_arguments():
     messages = dict((c[0], c[3]) for c in calls)
     assert "M must be >= 0, got -1" in messages["linear M<0"]
     assert "BLAS int" in messages["linear M > INT_MAX for BLAS"]
+    assert "packed for 1 groups, the conv has 2" in messages["conv packed groups"]
+    assert "not conv-packed" in messages["conv_unpack dense"]
 
 
 @pytest.mark.parametrize("call", ["conv2d", "attention", "resize_u8_pil"])

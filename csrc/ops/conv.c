@@ -80,6 +80,17 @@ int ops_conv2d_check(const char *op, float *out, const float *in, const ovs_matr
         return ovs_set_error(OVS_ERR_ARG,
                              "%s: C = %lld and K = %lld must be divisible by groups = %lld", op,
                              (long long)C, (long long)K, (long long)p->groups);
+    /* A conv-packed weight: packed for these groups, then checked as the (K, L) matrix it holds. */
+    ovs_matrix view;
+    if (weight && weight->format == OVS_MATRIX_CONV_PACKED) {
+        if (weight->groups != p->groups)
+            return ovs_set_error(OVS_ERR_ARG,
+                                 "%s: the weight was packed for %lld groups, the conv has %lld", op,
+                                 (long long)weight->groups, (long long)p->groups);
+        view = *weight;
+        view.format = OVS_MATRIX_DENSE;
+        weight = &view;
+    }
     int64_t L, nc, nchw, pq, nk, nkpq;
     if ((st = ops_mul(&L, op, C / p->groups, R)) || (st = ops_mul(&L, op, L, S)) ||
         (st = ops_mul(&nc, op, N, C)) || (st = ops_mul(&nchw, op, nc, H)) ||
@@ -145,7 +156,8 @@ typedef struct {
 } conv_block;
 
 typedef struct {
-    const float *a;          /* (ceil(Kg/mr), L, mr) packed weights of the group */
+    const float *a;          /* (ceil(Kg/amr), L, amr) packed weights of the group */
+    int64_t amr;             /* rows per packed block: the ISA's mr or OVS_CONV_PACK_MR */
     const float *x;          /* phase planes (+ NB zero floats) or the input itself */
     const float *tail;       /* (L, NB) zero-filled copy of the last block, or NULL */
     const int64_t *lin;      /* (L,) l*NB: offsets into tail */
@@ -248,7 +260,7 @@ static int conv_implicit_run(const conv_implicit_job *j, int64_t planes, int64_t
         for (int64_t l0 = 0; l0 < j->L; l0 += lc) {
             for (int64_t k = k0; k < k1; k += mr) {
                 const int64_t m = k1 - k < mr ? k1 - k : mr;
-                const float *a = j->a + k * j->L;
+                const float *a = j->a + (k / j->amr) * j->amr * j->L + k % j->amr;
                 for (int64_t b = b0; b < b1; b++) {
                     const conv_block *bl = j->blocks + b;
                     const conv_taps *tl = j->lists + bl->list;
@@ -416,6 +428,14 @@ static int conv_implicit(const char *op, float *out, const float *in, const ovs_
     const ops_gemm_isa *isa = ops_gemm_current_isa();
     const int64_t G = p->groups, Cg = C / G, Kg = K / G, L = Cg * R * S, PQ = P * Q;
     const int64_t mr = isa->mr_max, NB = isa->nr_max;
+    /* Weights packed at load (rows in blocks of OVS_CONV_PACK_MR, a multiple of mr: a micro-tile
+     * reads mr consecutive rows of a block) or packed here, per call, in blocks of mr. */
+    const int prepacked = weight->format == OVS_MATRIX_CONV_PACKED;
+    const int64_t amr = prepacked ? OVS_CONV_PACK_MR : mr, astride = (Kg + amr - 1) / amr * amr * L;
+    if (prepacked && OVS_CONV_PACK_MR % mr != 0)
+        return ovs_set_error(OVS_ERR_UNSUPPORTED,
+                             "%s: the %s kernels' %lld-row tiles do not divide packed blocks of %d",
+                             op, isa->name, (long long)mr, OVS_CONV_PACK_MR);
     conv_geom g = {H, W, R, S, P, Q, Cg, p->stride_h, p->stride_w, p->pad_h, p->pad_w,
                    p->dil_h, p->dil_w, 0, 0, NULL, NULL, 0, 0, 0, 0};
     g.raw = g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
@@ -431,6 +451,7 @@ static int conv_implicit(const char *op, float *out, const float *in, const ovs_
     conv_taps *lists = ovs_malloc(CONV_MAX_LISTS * sizeof(conv_taps));
     int64_t *offs = NULL;
     float *xs = NULL, *ap = NULL, *tail = NULL;
+    const float *aw = weight->data;
     int st = OVS_OK;
     if (!maps || !blocks || !lists) {
         st = ovs_set_error(OVS_ERR_NOMEM, "%s: out of memory for the block tables", op);
@@ -457,12 +478,12 @@ static int conv_implicit(const char *op, float *out, const float *in, const ovs_
     }
     /* offsets: 2 per tap of each list, + L for the tail's */
     const size_t n_x = g.raw ? 0 : (size_t)(Cg * g.na * g.nb) * (size_t)(g.Hs * g.Ws) + (size_t)NB;
-    const size_t n_a = (size_t)G * (size_t)((Kg + mr - 1) / mr * mr) * (size_t)L;
+    const size_t n_a = prepacked ? 0 : (size_t)G * (size_t)astride;
     offs = ovs_malloc((2 * ntaps + (size_t)L) * sizeof(int64_t));
-    ap = ovs_malloc(n_a * sizeof(float));
+    ap = n_a ? ovs_malloc(n_a * sizeof(float)) : NULL;
     tail = g.raw ? ovs_malloc((size_t)L * (size_t)NB * sizeof(float)) : NULL;
     xs = n_x ? ovs_malloc(n_x * sizeof(float)) : NULL;
-    if (!offs || !ap || (g.raw && !tail) || (n_x && !xs)) {
+    if (!offs || (n_a && !ap) || (g.raw && !tail) || (n_x && !xs)) {
         st = ovs_set_error(OVS_ERR_NOMEM,
                            "%s: out of memory for the padded input (%zu floats) and the packed "
                            "weights (%zu floats)",
@@ -478,7 +499,7 @@ static int conv_implicit(const char *op, float *out, const float *in, const ovs_
         for (int64_t c = 0; c < Cg && tl->n; c++)
             for (int64_t r = tl->r0; r < tl->r1; r++)
                 for (int64_t s = tl->s0; s < tl->s1; s++, i++) {
-                    tl->aoff[i] = ((c * R + r) * S + s) * mr;
+                    tl->aoff[i] = ((c * R + r) * S + s) * amr;
                     tl->boff[i] = conv_tap_offset(&g, c, r, s);
                 }
         o += 2 * tl->n;
@@ -486,10 +507,13 @@ static int conv_implicit(const char *op, float *out, const float *in, const ovs_
     int64_t *lin = o;
     for (int64_t l = 0; l < L; l++) lin[l] = l * NB;
     if (xs) memset(xs + n_x - NB, 0, (size_t)NB * sizeof(float));
-    /* The weights of every group, packed once per call. */
-    for (int64_t gi = 0; gi < G; gi++)
-        ops_gemm_pack_rows(isa, ap + gi * ((Kg + mr - 1) / mr * mr) * L,
-                           weight->data + gi * Kg * L, L, Kg, L, ovs_get_num_threads());
+    /* Dense weights: those of every group packed once per call. */
+    if (!prepacked) {
+        for (int64_t gi = 0; gi < G; gi++)
+            ops_gemm_pack_rows(isa, ap + gi * astride, weight->data + gi * Kg * L, L, Kg, L,
+                               ovs_get_num_threads());
+        aw = ap;
+    }
     const int64_t halo = ((R - 1) * g.dh / g.sh) * g.Ws + (S - 1) * g.dw / g.sw;
     for (int64_t n = 0; n < N && !st; n++)
         for (int64_t gi = 0; gi < G; gi++) {
@@ -504,7 +528,7 @@ static int conv_implicit(const char *op, float *out, const float *in, const ovs_
                 for (int64_t l = 0; l < L; l++)
                     for (int64_t t = 0; t < NB; t++)
                         tail[l * NB + t] = ft + t < g.F ? x[ft + t + lists[0].boff[l]] : 0.0f;
-            conv_implicit_job j = {ap + gi * ((Kg + mr - 1) / mr * mr) * L, x,
+            conv_implicit_job j = {aw + gi * astride, amr, x,
                                    use_tail ? tail : NULL, lin, lists, blocks,
                                    out + (n * K + gi * Kg) * PQ,
                                    residual ? residual + (n * K + gi * Kg) * PQ : NULL,
@@ -534,7 +558,7 @@ int ovs_conv2d_forward(float *out, const float *in, const ovs_matrix *weight, co
     if (st) return st;
     const int64_t PQ = P * Q;
     if (N == 0 || K == 0 || PQ == 0) return OVS_OK;
-    if (weight->format != OVS_MATRIX_DENSE)
+    if (weight->format != OVS_MATRIX_DENSE && weight->format != OVS_MATRIX_CONV_PACKED)
         return ovs_set_error(OVS_ERR_UNSUPPORTED, "%s: weight format %d is not supported", op,
                              (int)weight->format);
     if (C > 0)
@@ -552,6 +576,83 @@ int ovs_conv2d_forward(float *out, const float *in, const ovs_matrix *weight, co
         }
     }
     return OVS_OK;
+}
+
+/* ---------------------------------------------------------------- packed weights */
+size_t ovs_conv2d_packed_floats(int64_t K, int64_t L, int64_t groups) {
+    if (K < 0 || L < 0 || groups < 1 || K % groups != 0) return SIZE_MAX;
+    const int64_t Kg = K / groups, MR = OVS_CONV_PACK_MR;
+    size_t n;
+    if (ovs_mul3_size(&n, (size_t)groups, (size_t)((Kg + MR - 1) / MR * MR), (size_t)L))
+        return SIZE_MAX;
+    return n;
+}
+
+/* The checks of pack and unpack: sizes, groups, the packed size; *n gets K*L. */
+static int conv_pack_check(const char *op, int64_t K, int64_t L, int64_t groups, int64_t *n,
+                           size_t *packed) {
+    int st;
+    if ((st = ops_check_nonneg(op, "K", K)) || (st = ops_check_nonneg(op, "L", L)) ||
+        (st = ops_check_pos(op, "groups", groups)) || (st = ops_mul(n, op, K, L)))
+        return st;
+    if (K % groups != 0)
+        return ovs_set_error(OVS_ERR_ARG, "%s: K = %lld must be divisible by groups = %lld", op,
+                             (long long)K, (long long)groups);
+    *packed = ovs_conv2d_packed_floats(K, L, groups);
+    if (*packed == SIZE_MAX || *packed > (size_t)INT64_MAX)
+        return ovs_set_error(OVS_ERR_OVERFLOW, "%s: packed size of (%lld, %lld) overflows", op,
+                             (long long)K, (long long)L);
+    return OVS_OK;
+}
+
+int ovs_conv2d_pack(float *dst, const float *src, int64_t K, int64_t L, int64_t groups) {
+    static const char op[] = "ovs_conv2d_pack";
+    int64_t n = 0;
+    size_t packed = 0;
+    int st = conv_pack_check(op, K, L, groups, &n, &packed);
+    if (st || (st = ops_check_ptr(op, "src", src, n)) ||
+        (st = ops_check_ptr(op, "dst", dst, (int64_t)packed)))
+        return st;
+    const int64_t Kg = K / groups, MR = OVS_CONV_PACK_MR, per = (Kg + MR - 1) / MR;
+    const int64_t blocks = groups * per;
+    /* The AVX-512 packing has MR-row blocks: the same copy, faster than the scalar one. */
+    const ops_gemm_isa *isa = ops_gemm_current_isa();
+#pragma omp parallel for schedule(static) if (n >= OPS_PAR_MIN && blocks > 1) num_threads(ovs_get_num_threads())
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t g = b / per, k0 = (b % per) * MR, m = Kg - k0 < MR ? Kg - k0 : MR;
+        float *d = dst + b * MR * L;
+        const float *s = src + (g * Kg + k0) * L;
+        if (isa->mr_max == MR) isa->pack_a(d, s, L, m, L);
+        else ops_gemm_pack_a_scalar(d, s, L, m, L, MR);
+        for (int64_t l = 0; l < L && m < MR; l++)
+            for (int64_t r = m; r < MR; r++) d[l * MR + r] = 0.0f;
+    }
+    return OVS_OK;
+}
+
+int ovs_conv2d_unpack(float *dst, const ovs_matrix *packed) {
+    static const char op[] = "ovs_conv2d_unpack";
+    if (!packed) return ovs_set_error(OVS_ERR_ARG, "%s: packed is NULL", op);
+    if (packed->format != OVS_MATRIX_CONV_PACKED)
+        return ovs_set_error(OVS_ERR_ARG, "%s: the matrix is not conv-packed (format %d)", op,
+                             (int)packed->format);
+    const int64_t K = packed->rows, L = packed->cols;
+    int64_t n = 0;
+    size_t np = 0;
+    int st = conv_pack_check(op, K, L, packed->groups, &n, &np);
+    if (st || (st = ops_check_ptr(op, "dst", dst, n)) ||
+        (st = ops_check_ptr(op, "packed data", packed->data, (int64_t)np)))
+        return st;
+#pragma omp parallel for schedule(static) if (n >= OPS_PAR_MIN && K > 1) num_threads(ovs_get_num_threads())
+    for (int64_t k = 0; k < K; k++)
+        for (int64_t l = 0; l < L; l++)
+            dst[k * L + l] = packed->data[ops_conv_packed_at(K, L, packed->groups, k, l)];
+    return OVS_OK;
+}
+
+ovs_matrix ovs_conv2d_packed(const float *packed, int64_t K, int64_t L, int64_t groups) {
+    return (ovs_matrix){.format = OVS_MATRIX_CONV_PACKED, .data = packed, .rows = K, .cols = L,
+                        .groups = groups};
 }
 
 int ovs_batchnorm_fold(float *w_out, float *b_out, const float *conv_w, const float *conv_bias,

@@ -49,10 +49,18 @@ int ops_gemm_packed(const char *op, float *out, int64_t ldo, const float *a, int
                     const ovs_matrix *w, int64_t M, float alpha, float beta, const float *bias,
                     const float *res, int64_t ldr, ovs_act act);
 
-/* W[k, c] of a dense or packed (checked) weight matrix; for naive reference loops. */
+/* Offset of W[k, l] in a conv-packed weight (K, L) of G groups (layout in ops.h). */
+static inline int64_t ops_conv_packed_at(int64_t K, int64_t L, int64_t G, int64_t k, int64_t l) {
+    const int64_t Kg = K / G, MR = OVS_CONV_PACK_MR, g = k / Kg, kk = k % Kg;
+    return g * ((Kg + MR - 1) / MR * MR) * L + (kk / MR) * MR * L + l * MR + kk % MR;
+}
+
+/* W[k, c] of a dense, packed or conv-packed (checked) weight matrix; for naive reference loops. */
 static inline float ops_matrix_at(const ovs_matrix *w, int64_t k, int64_t c) {
     if (w->format == OVS_MATRIX_PACKED)
         return w->data[((k / OVS_PACK_NR) * w->cols + c) * OVS_PACK_NR + k % OVS_PACK_NR];
+    if (w->format == OVS_MATRIX_CONV_PACKED)
+        return w->data[ops_conv_packed_at(w->rows, w->cols, w->groups, k, c)];
     return w->data[k * w->cols + c];
 }
 

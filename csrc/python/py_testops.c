@@ -109,19 +109,19 @@ static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
     int st = -1;
     static char *kwlist[] = {"x",      "w",   "b",     "residual",       "stride",
                              "padding", "dilation", "groups", "act", "naive",
-                             "residual_alias", NULL};
+                             "residual_alias", "packed", NULL};
     PyObject *x_obj, *w_obj, *b_obj = Py_None, *r_obj = Py_None;
     PyObject *stride_obj = NULL, *pad_obj = NULL, *dil_obj = NULL;
     long long groups = 1;
     const char *act_name = "none";
-    int naive = 0, alias = 0;
+    int naive = 0, alias = 0, packed = 0;
     ovs_act act;
     int64_t stride[2] = {1, 1}, pad[2] = {0, 0}, dil[2] = {1, 1};
     PyArrayObject *x = NULL, *w = NULL, *b = NULL, *r = NULL, *out = NULL;
-    float *scratch = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOOOOLspp", kwlist, &x_obj, &w_obj, &b_obj,
+    float *scratch = NULL, *pk = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOOOOLsppp", kwlist, &x_obj, &w_obj, &b_obj,
                                      &r_obj, &stride_obj, &pad_obj, &dil_obj, &groups, &act_name,
-                                     &naive, &alias))
+                                     &naive, &alias, &packed))
         return NULL;
     if (ovs_py_parse_act(act_name, 1, &act) || (stride_obj && ovs_py_pair(stride_obj, "stride", 1, stride)) ||
         (pad_obj && ovs_py_pair(pad_obj, "padding", 0, pad)) ||
@@ -179,6 +179,17 @@ static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
         res = F32(out);
     }
     ovs_matrix wm = ovs_matrix_dense(F32(w), K, (C / groups) * R * S);
+    if (packed) {   /* the weight packed first (ovs_conv2d_pack), as the models do at load */
+        const int64_t L = (C / groups) * R * S;
+        size_t n = ovs_conv2d_packed_floats(K, L, groups);
+        if (n == SIZE_MAX || !(pk = ovs_malloc((n ? n : 1) * sizeof(float)))) {
+            st = ovs_set_error(OVS_ERR_NOMEM, "op_conv2d: out of memory for the packed weight");
+            goto done;
+        }
+        OVS_PY_NOGIL(st, ovs_conv2d_pack(pk, F32(w), K, L, groups));
+        if (st) goto done;
+        wm = ovs_conv2d_packed(pk, K, L, groups);
+    }
     if (naive)
         OVS_PY_NOGIL(st, ovs_conv2d_forward_naive(F32(out), F32(x), &wm, F32_OR_NULL(b), res, N, C,
                                                   H, W, K, R, S, &p, act));
@@ -187,7 +198,48 @@ static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
                                             K, R, S, &p, act, scratch));
 done:
     ovs_free(scratch);
+    ovs_free(pk);
     return OVS_PY_FINISH(st, out, x, w, b, r);
+}
+
+/* op_conv2d_pack(w (K, Cg, R, S), groups=1, unpack=False): the packed weight (flat), or with
+ * unpack the weight packed then unpacked (K, Cg, R, S). */
+static PyObject *py_op_conv2d_pack(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"w", "groups", "unpack", NULL};
+    PyObject *w_obj;
+    long long groups = 1;
+    int unpack = 0, st = -1;
+    PyArrayObject *w = NULL, *out = NULL;
+    float *pk = NULL;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|Lp", kwlist, &w_obj, &groups, &unpack))
+        return NULL;
+    if (!(w = ovs_py_float_array(w_obj, 4, "w"))) goto done;
+    const int64_t K = PyArray_DIM(w, 0);
+    const int64_t L = (int64_t)PyArray_DIM(w, 1) * PyArray_DIM(w, 2) * PyArray_DIM(w, 3);
+    size_t n = ovs_conv2d_packed_floats(K, L, groups);
+    if (n == SIZE_MAX) {
+        PyErr_Format(PyExc_ValueError, "K = %lld must be divisible by groups = %lld (>= 1)",
+                     (long long)K, groups);
+        goto done;
+    }
+    if (unpack) {
+        if (!(pk = ovs_malloc((n ? n : 1) * sizeof(float)))) {
+            st = ovs_set_error(OVS_ERR_NOMEM, "op_conv2d_pack: out of memory");
+            goto done;
+        }
+        if (!(out = ovs_py_new_float(4, PyArray_DIMS(w)))) goto done;
+        ovs_matrix m = ovs_conv2d_packed(pk, K, L, groups);
+        OVS_PY_NOGIL(st, ovs_conv2d_pack(pk, F32(w), K, L, groups));
+        if (!st) OVS_PY_NOGIL(st, ovs_conv2d_unpack(F32(out), &m));
+    } else {
+        npy_intp dims[1] = {(npy_intp)n};
+        if (!(out = ovs_py_new_float(1, dims))) goto done;
+        OVS_PY_NOGIL(st, ovs_conv2d_pack(F32(out), F32(w), K, L, groups));
+    }
+done:
+    ovs_free(pk);
+    return OVS_PY_FINISH(st, out, w);
 }
 
 static PyObject *py_op_batchnorm_fold(PyObject *self, PyObject *args, PyObject *kw) {
@@ -600,6 +652,13 @@ static PyObject *py_op_debug_invalid_calls(PyObject *self, PyObject *noargs) {
                                            &p_groups, OVS_ACT_NONE, buf));
     CASE("conv kernel > input", ovs_conv2d_forward(buf, buf, &w_conv, NULL, NULL, 1, 1, 2, 2, 1,
                                                    3, 3, &p, OVS_ACT_NONE, buf));
+    ovs_matrix w_cpk = ovs_conv2d_packed(buf, 1, 9, 1);   /* conv-packed, 1 group */
+    CASE("conv packed groups", ovs_conv2d_forward(buf, buf, &w_cpk, NULL, NULL, 1, 2, 3, 3, 2, 3,
+                                                  3, &p_groups, OVS_ACT_NONE, buf));
+    CASE("conv packed to linear", ovs_linear_forward(buf, buf, &w_cpk, NULL, NULL, 1, 9, 1,
+                                                     OVS_ACT_NONE));
+    CASE("conv_pack K%groups", ovs_conv2d_pack(buf, buf, 3, 2, 2));
+    CASE("conv_unpack dense", ovs_conv2d_unpack(buf, &w_conv));
     CASE("conv_naive H<0", ovs_conv2d_forward_naive(buf, buf, &w_conv, NULL, NULL, 1, 1, -3, 3, 1,
                                                     3, 3, &p, OVS_ACT_NONE));
     CASE("batchnorm_fold K<0", ovs_batchnorm_fold(buf, buf, buf, NULL, buf, buf, buf, buf, 1e-5f,
@@ -690,7 +749,10 @@ static PyMethodDef testops_methods[] = {
      "op_act(x, act, naive=False): act in 'none', 'relu', 'gelu', 'quickgelu', 'sigmoid'."},
     {"op_conv2d", (PyCFunction)py_op_conv2d, KW,
      "op_conv2d(x, w, b=None, residual=None, stride=1, padding=0, dilation=1, groups=1, "
-     "act='none', naive=False, residual_alias=False)."},
+     "act='none', naive=False, residual_alias=False, packed=False)."},
+    {"op_conv2d_pack", (PyCFunction)py_op_conv2d_pack, KW,
+     "op_conv2d_pack(w, groups=1, unpack=False): the conv weight packed by ovs_conv2d_pack "
+     "(flat), or packed and unpacked again."},
     {"op_batchnorm_fold", (PyCFunction)py_op_batchnorm_fold, KW,
      "op_batchnorm_fold(w, b, gamma, beta, mean, var, eps=1e-5) -> (w', b')."},
     {"op_avgpool2d", (PyCFunction)py_op_avgpool2d, KW,

@@ -42,12 +42,15 @@ extern "C" {
 typedef enum {
     OVS_MATRIX_DENSE = 0,     /* data: (rows, cols) row-major */
     OVS_MATRIX_PACKED = 2,    /* data: panels for the GEMM micro-kernels, see ovs_matrix_pack */
+    OVS_MATRIX_CONV_PACKED = 3, /* data: a conv weight in the conv's kernel layout, see
+                                 * ovs_conv2d_pack (convs only) */
 } ovs_matrix_format;
 
 typedef struct {
     ovs_matrix_format format;
     const float *data;        /* dense: (rows, cols); packed: (ceil(rows/NR), cols, NR) */
     int64_t rows, cols;
+    int64_t groups;           /* conv-packed: the conv groups it was packed for; else unused */
 } ovs_matrix;
 
 ovs_matrix ovs_matrix_dense(const float *data, int64_t rows, int64_t cols);
@@ -176,6 +179,29 @@ int ovs_conv2d_forward_naive(float *out, const float *in, const ovs_matrix *weig
                              const float *bias, const float *residual, int64_t N, int64_t C,
                              int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
                              const ovs_conv2d_params *p, ovs_act act);
+
+/* A conv weight (K, L = C/groups*R*S) packed once, at model build, into the layout the conv's
+ * micro-kernels read (otherwise packed on every call): per group g, ceil(Kg/MR) blocks of
+ * (L, MR), packed[g*ceil(Kg/MR)*MR*L + (k/MR)*MR*L + l*MR + k%MR] = W[g*Kg + k, l] (zeros for
+ * k >= Kg), MR = OVS_CONV_PACK_MR. MR is a multiple of every ISA's micro-tile height
+ * (portable 4, AVX2 6, AVX-512 12), so one packed weight serves whichever kernels are in use,
+ * also after ovs_gemm_set_isa: no repacking. ovs_conv2d_forward(_naive) take it as the weight
+ * (with the same groups); the result is bitwise the one of the dense weight. Example:
+ *
+ *     size_t n = ovs_conv2d_packed_floats(K, L, groups);
+ *     float *pk = ovs_malloc(n * sizeof(float));
+ *     ovs_conv2d_pack(pk, raw, K, L, groups);          (raw may be freed now)
+ *     ovs_matrix w = ovs_conv2d_packed(pk, K, L, groups);
+ */
+#define OVS_CONV_PACK_MR 12
+
+/* Floats of the packed form; SIZE_MAX for bad arguments (groups < 1, K not divisible) or overflow. */
+size_t ovs_conv2d_packed_floats(int64_t K, int64_t L, int64_t groups);
+/* dst (ovs_conv2d_packed_floats(K, L, groups),) = packed form of src (K, L). */
+int ovs_conv2d_pack(float *dst, const float *src, int64_t K, int64_t L, int64_t groups);
+/* dst (K, L) = the weight packed in `packed` (a conv-packed matrix): the inverse of the above. */
+int ovs_conv2d_unpack(float *dst, const ovs_matrix *packed);
+ovs_matrix ovs_conv2d_packed(const float *packed, int64_t K, int64_t L, int64_t groups);
 
 /* Fold an inference BatchNorm that follows a conv into the conv's weight and bias:
  *   w'[k] = w[k] * gamma[k] / sqrt(var[k] + eps);  b'[k] = (b[k] - mean[k]) * that + beta[k].
