@@ -26,17 +26,6 @@ static int wname(char *buf, size_t cap, const char *prefix, const char *fmt, ...
     return OVS_OK;
 }
 
-/* A conv weight prefix + name (K, C, R, S) seen as the (K, C*R*S) matrix. */
-static int bind_conv(ovs_matrix *out, const ovs_tensor_map *w, const char *prefix,
-                     const char *name, int64_t K, int64_t C, int64_t R, int64_t S) {
-    char nm[320];
-    const ovs_tensor *t;
-    int64_t shape[4] = {K, C, R, S};
-    int rc = wname(nm, sizeof nm, prefix, "%s", name);
-    if (rc || (rc = ovs_tensor_map_get(&t, w, nm, 4, shape))) return rc;
-    *out = ovs_matrix_dense(t->data, K, C * R * S);
-    return OVS_OK;
-}
 
 static int bind_vec(const float **out, const ovs_tensor_map *w, const char *prefix,
                     const char *name, int64_t n) {
@@ -63,9 +52,8 @@ typedef struct {
     int64_t n, cap;
 } m2f_owned;
 
-/* *out = a new buffer of o for the packed form of a (rows, cols) matrix. */
-static int owned_alloc(float **out, m2f_owned *o, int64_t rows, int64_t cols) {
-    size_t n = ovs_matrix_packed_floats(rows, cols);
+/* *out = a new buffer of o of n floats (a packed weight of (rows, cols); SIZE_MAX: too large). */
+static int owned_alloc_n(float **out, m2f_owned *o, size_t n, int64_t rows, int64_t cols) {
     if (n == SIZE_MAX || n > SIZE_MAX / sizeof(float))
         return ovs_set_error(OVS_ERR_OVERFLOW, "packed (%lld, %lld) weight is too large",
                              (long long)rows, (long long)cols);
@@ -83,6 +71,23 @@ static int owned_alloc(float **out, m2f_owned *o, int64_t rows, int64_t cols) {
     o->bufs[o->n++] = buf;
     *out = buf;
     return OVS_OK;
+}
+
+/* *out = a new buffer of o for the packed form of a (rows, cols) matrix. */
+static int owned_alloc(float **out, m2f_owned *o, int64_t rows, int64_t cols) {
+    return owned_alloc_n(out, o, ovs_matrix_packed_floats(rows, cols), rows, cols);
+}
+
+/* A conv weight prefix + name (K, C, R, S), packed once (ovs_conv2d_pack) into a buffer of o. */
+static int bind_conv(m2f_owned *o, ovs_matrix *out, const ovs_tensor_map *w, const char *prefix,
+                     const char *name, int64_t K, int64_t C, int64_t R, int64_t S) {
+    char nm[320];
+    float *dst = NULL;
+    int rc = wname(nm, sizeof nm, prefix, "%s", name);
+    if (rc || (rc = owned_alloc_n(&dst, o, ovs_conv2d_packed_floats(K, C * R * S, 1), K, C * R * S)))
+        return rc;
+    const int64_t shape[4] = {K, C, R, S};
+    return ovs_bind_conv_packed(out, dst, w, nm, 4, shape);
 }
 
 static void owned_free(m2f_owned *o) {
@@ -307,7 +312,7 @@ int ovs_m2f_pixel_decoder_create(ovs_m2f_pixel_decoder **out,
     for (int l = 0; l < M2F_LEVELS; l++) {
         int64_t C = c.in_channels[3 - l];
         snprintf(nm, sizeof nm, "input_proj.%d.0.weight", l);
-        if ((rc = bind_conv(&m->in_proj[l], w, prefix, nm, D, C, 1, 1))) goto fail;
+        if ((rc = bind_conv(&m->owned, &m->in_proj[l], w, prefix, nm, D, C, 1, 1))) goto fail;
         snprintf(nm, sizeof nm, "input_proj.%d.0.bias", l);
         if ((rc = bind_vec(&m->in_proj_b[l], w, prefix, nm, D))) goto fail;
         snprintf(nm, sizeof nm, "input_proj.%d.1", l);
@@ -334,11 +339,11 @@ int ovs_m2f_pixel_decoder_create(ovs_m2f_pixel_decoder **out,
                                 c.ffn_dim)))
             goto fail;
     }
-    if ((rc = bind_conv(&m->lateral, w, prefix, "adapter_1.weight", D, c.in_channels[0], 1, 1)) ||
+    if ((rc = bind_conv(&m->owned, &m->lateral, w, prefix, "adapter_1.weight", D, c.in_channels[0], 1, 1)) ||
         (rc = bind_norm(&m->lateral_gn_w, &m->lateral_gn_b, w, prefix, "adapter_1.norm", D)) ||
-        (rc = bind_conv(&m->output, w, prefix, "layer_1.weight", D, D, 3, 3)) ||
+        (rc = bind_conv(&m->owned, &m->output, w, prefix, "layer_1.weight", D, D, 3, 3)) ||
         (rc = bind_norm(&m->output_gn_w, &m->output_gn_b, w, prefix, "layer_1.norm", D)) ||
-        (rc = bind_conv(&m->mask, w, prefix, "mask_features.weight", c.mask_dim, D, 1, 1)) ||
+        (rc = bind_conv(&m->owned, &m->mask, w, prefix, "mask_features.weight", c.mask_dim, D, 1, 1)) ||
         (rc = bind_vec(&m->mask_b, w, prefix, "mask_features.bias", c.mask_dim)))
         goto fail;
     *out = m;
@@ -640,7 +645,7 @@ int ovs_m2f_decoder_create(ovs_m2f_decoder **out, const ovs_m2f_decoder_config *
     if (m->has_input_proj)
         for (int l = 0; l < M2F_LEVELS; l++) {
             snprintf(sub, sizeof sub, "input_proj.%d.weight", l);
-            if ((rc = bind_conv(&m->in_proj[l], w, prefix, sub, D, c.in_channels, 1, 1))) goto fail;
+            if ((rc = bind_conv(&m->owned, &m->in_proj[l], w, prefix, sub, D, c.in_channels, 1, 1))) goto fail;
             snprintf(sub, sizeof sub, "input_proj.%d.bias", l);
             if ((rc = bind_vec(&m->in_proj_b[l], w, prefix, sub, D))) goto fail;
         }

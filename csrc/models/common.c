@@ -34,6 +34,22 @@ int ovs_bind_packed(ovs_matrix *out, float *dst, const ovs_tensor_map *w, const 
     return OVS_OK;
 }
 
+int ovs_bind_conv_packed(ovs_matrix *out, float *dst, const ovs_tensor_map *w, const char *name,
+                         int ndim, const int64_t *shape) {
+    const float *src;
+    float *scratch;
+    int64_t K = shape[0], L = 1;
+    for (int i = 1; i < ndim; i++) L *= shape[i];
+    int rc = ovs_tensor_map_read(NULL, &src, &scratch, w, name, ndim, shape);
+    if (rc) return rc;
+    rc = ovs_conv2d_pack(dst, src, K, L, 1);
+    if (scratch) ovs_free_transient(scratch);
+    else if (!rc) ovs_release_pages(src, (size_t)K * (size_t)L * sizeof(float));
+    if (rc) return rc;
+    *out = ovs_conv2d_packed(dst, K, L, 1);
+    return OVS_OK;
+}
+
 int ovs_pack_owned(float **data, ovs_matrix *m, int64_t rows, int64_t cols) {
     size_t n = ovs_matrix_packed_floats(rows, cols);
     if (n == SIZE_MAX || n > SIZE_MAX / sizeof(float))

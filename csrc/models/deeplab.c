@@ -19,7 +19,8 @@ struct ovs_deeplab {
     ovs_convbn proj;          /* (A, Ccat, 1, 1) after the concat, Ccat = 5A or 4A + C5 */
     ovs_convbn low;           /* (48, Cl, 1, 1) decoder.conv1 */
     ovs_convbn last[2];       /* (A, A + 48, 3, 3), (A, A, 3, 3) decoder.last_conv */
-    ovs_matrix embed;         /* (E, A) embed_proj weight, borrowed */
+    ovs_matrix embed;         /* (E, A) embed_proj weight, conv-packed view of embed_packed */
+    float *embed_packed;      /* owned (ovs_conv2d_pack) */
     const float *embed_b;     /* (E,) */
     int64_t C5, Cl, A, E;
     ovs_arena arena;
@@ -84,8 +85,20 @@ int ovs_deeplab_create(ovs_deeplab **out, ovs_resnet *trunk, const ovs_deeplab_c
         (rc = head_convbn(&m->last[1], w, prefix, "decoder.last_conv.4", "decoder.last_conv.5", m->A, m->A, 3, 1)))
         goto error;
     snprintf(name, sizeof name, "%sembed_proj.weight", prefix);
-    if ((rc = ovs_bind_mat(&m->embed, w, name, -1, m->A))) goto error;
-    m->E = m->embed.rows;
+    {   /* the 1x1 embed_proj conv (E, A), E any, packed once: only the packed copy stays */
+        const ovs_tensor *t;
+        int64_t shape[2] = {-1, m->A};
+        if ((rc = ovs_tensor_map_check(&t, w, name, 2, shape))) goto error;
+        m->E = shape[0] = t->shape[0];
+        const size_t n = ovs_conv2d_packed_floats(m->E, m->A, 1);
+        if (n == SIZE_MAX || n > SIZE_MAX / sizeof(float) ||
+            !(m->embed_packed = ovs_malloc(n ? n * sizeof(float) : 1))) {
+            rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for the packed embed_proj weight");
+            goto error;
+        }
+        if ((rc = ovs_bind_conv_packed(&m->embed, m->embed_packed, w, name, 2, shape)))
+            goto error;
+    }
     snprintf(name, sizeof name, "%sembed_proj.bias", prefix);
     if ((rc = ovs_bind_vec(&m->embed_b, w, name, m->E))) goto error;
     *out = m;
@@ -103,6 +116,7 @@ void ovs_deeplab_free(ovs_deeplab *m) {
     ovs_convbn_release(&m->low);
     ovs_convbn_release(&m->last[0]);
     ovs_convbn_release(&m->last[1]);
+    ovs_free(m->embed_packed);
     ovs_arena_free(&m->arena);
     ovs_free(m);
 }

@@ -6,11 +6,12 @@
 #include "ovs/models.h"
 
 /* A convolution with its BatchNorm folded in (owned weight and bias). The weight is held
- * either dense (`weight`) or sparse (`csr`, and then `weight` is NULL), never both. */
+ * either dense (`weight`, packed once by ovs_conv2d_pack: the raw folded copy is freed) or
+ * sparse (`csr`, and then `weight` is NULL), never both. */
 typedef struct {
-    float *weight;            /* (K, C*R*S) folded, NULL while sparse */
+    float *weight;            /* (K, C*R*S) folded, conv-packed; NULL while sparse */
     float *bias;              /* (K,) folded */
-    ovs_matrix w;             /* matrix view of weight */
+    ovs_matrix w;             /* the conv-packed matrix view of weight */
     ovs_csr csr;              /* (K, C*R*S) non-zeros of the folded weight when sparse */
     int sparse;               /* 1: run ovs_conv2d_sparse_forward on csr */
     int64_t nnz;              /* non-zeros of the folded weight */
@@ -51,7 +52,8 @@ struct ovs_resnet {
 struct ovs_vit {
     ovs_vit_config cfg;
     char prefix[128];
-    ovs_matrix patch;         /* (D, 3*p*p) conv1 weight */
+    ovs_matrix patch;         /* (D, 3*p*p) conv1 weight, conv-packed view of patch_packed */
+    float *patch_packed;      /* owned (ovs_conv2d_pack) */
     const float *cls;         /* (D,) */
     const float *pos;         /* (1 + grid*grid, D) */
     const float *ln_pre_w, *ln_pre_b, *ln_post_w, *ln_post_b;  /* (D,) */
@@ -89,6 +91,12 @@ void ovs_pos_cache_free(ovs_pos_cache *cache);
  * memory instead of doubling it. */
 int ovs_bind_packed(ovs_matrix *out, float *dst, const ovs_tensor_map *w, const char *name,
                     int64_t rows, int64_t cols);
+/* As ovs_bind_packed for a conv weight `name` of shape (K, C, R, S) (ndim 4; ndim 2: a (K, C)
+ * weight used as a 1x1 conv) of one group, no extent -1: read for one use, packed by
+ * ovs_conv2d_pack into dst (ovs_conv2d_packed_floats(K, L, 1) floats, L the product of the other
+ * extents, owned by the model); *out its conv-packed view. */
+int ovs_bind_conv_packed(ovs_matrix *out, float *dst, const ovs_tensor_map *w, const char *name,
+                         int ndim, const int64_t *shape);
 /* Replace the owned dense (rows, cols) matrix *data by its packed form (freeing the dense one);
  * *m becomes the packed matrix view. */
 int ovs_pack_owned(float **data, ovs_matrix *m, int64_t rows, int64_t cols);
@@ -109,6 +117,9 @@ int ovs_bind_transposed(float **out, int64_t *rows, int64_t *cols, const ovs_ten
 int ovs_convbn_init(ovs_convbn *cb, const ovs_tensor_map *w, const char *conv, const char *bn,
                     int64_t K, int64_t C, int64_t R, int64_t stride, int64_t pad, int64_t dil);
 void ovs_convbn_release(ovs_convbn *cb);
+/* Take the raw folded weight (K, C*R*S) (owned, freed here whatever happens) as cb's dense
+ * weight: packed (ovs_conv2d_pack) into cb->weight, cb->w its view. */
+int ovs_convbn_set_dense(ovs_convbn *cb, float *raw);
 int ovs_convbn_forward(const ovs_convbn *cb, float *out, const float *in, const float *residual,
                        int64_t N, int64_t H, int64_t W, ovs_act act, float *scratch);
 /* Scratch floats ovs_convbn_forward needs on an (H, W) input (dense or sparse kernel). */

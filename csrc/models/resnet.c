@@ -25,19 +25,21 @@ int ovs_convbn_init(ovs_convbn *cb, const ovs_tensor_map *w, const char *conv, c
         rc = ovs_tensor_map_read(NULL, &src[1 + i], &scratch[1 + i], w, name, 1, vshape);
     }
     size_t L = (size_t)C * R * R;
+    float *raw = NULL;
     if (!rc) {
-        cb->weight = ovs_malloc((size_t)K * L * sizeof(float));
+        raw = ovs_malloc((size_t)K * L * sizeof(float));
         cb->bias = ovs_malloc((size_t)K * sizeof(float));
-        if (!cb->weight || !cb->bias) rc = OVS_ERR_NOMEM;
+        if (!raw || !cb->bias) rc = OVS_ERR_NOMEM;
     }
     if (!rc)
-        rc = ovs_batchnorm_fold(cb->weight, cb->bias, src[0], NULL, src[1], src[2], src[3],
-                                src[4], 1e-5f, K, (int64_t)L);
+        rc = ovs_batchnorm_fold(raw, cb->bias, src[0], NULL, src[1], src[2], src[3], src[4],
+                                1e-5f, K, (int64_t)L);
     for (int i = 0; i < 5; i++) ovs_free_transient(scratch[i]);
-    if (rc) return rc;
-    cb->w = ovs_matrix_dense(cb->weight, K, (int64_t)L);
-    for (size_t i = 0; i < (size_t)K * L; i++) cb->nnz += cb->weight[i] != 0.0f;
-    snprintf(cb->name, sizeof cb->name, "%s", conv);
+    if (rc) {
+        ovs_free(raw);
+        return rc;
+    }
+    for (size_t i = 0; i < (size_t)K * L; i++) cb->nnz += raw[i] != 0.0f;
     cb->K = K;
     cb->C = C;
     cb->R = cb->S = R;
@@ -45,6 +47,25 @@ int ovs_convbn_init(ovs_convbn *cb, const ovs_tensor_map *w, const char *conv, c
     cb->p.stride_h = cb->p.stride_w = stride;
     cb->p.pad_h = cb->p.pad_w = pad;
     cb->p.dil_h = cb->p.dil_w = dil;
+    snprintf(cb->name, sizeof cb->name, "%s", conv);
+    return ovs_convbn_set_dense(cb, raw);
+}
+
+int ovs_convbn_set_dense(ovs_convbn *cb, float *raw) {
+    const int64_t L = cb->C * cb->R * cb->S;
+    size_t n = ovs_conv2d_packed_floats(cb->K, L, cb->p.groups);
+    float *packed = n != SIZE_MAX && n <= SIZE_MAX / sizeof(float)
+                        ? ovs_malloc(n ? n * sizeof(float) : 1)
+                        : NULL;
+    int rc = packed ? ovs_conv2d_pack(packed, raw, cb->K, L, cb->p.groups) : OVS_ERR_NOMEM;
+    ovs_free(raw);
+    if (rc) {
+        ovs_free(packed);
+        return rc;
+    }
+    ovs_free(cb->weight);
+    cb->weight = packed;
+    cb->w = ovs_conv2d_packed(packed, cb->K, L, cb->p.groups);
     return OVS_OK;
 }
 

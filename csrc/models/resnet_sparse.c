@@ -76,24 +76,31 @@ int ovs_resnet_conv_info(const ovs_resnet *m, int64_t i, ovs_conv_info *info) {
     return OVS_OK;
 }
 
-/* Hold the weight dense (rebuilt from the CSR if needed). */
+/* Hold the weight dense (rebuilt from the CSR if needed, packed again). */
 static int convbn_make_dense(ovs_convbn *cb) {
     if (!cb->sparse) return OVS_OK;
     const int64_t L = cb->C * cb->R * cb->S;
     float *wt = ovs_malloc((size_t)cb->K * (size_t)L * sizeof(float));
     if (!wt) return ovs_set_error(OVS_ERR_NOMEM, "out of memory for the dense weight of %s", cb->name);
     ovs_csr_to_dense(wt, &cb->csr);
+    int rc = ovs_convbn_set_dense(cb, wt);
+    if (rc) return rc;
     ovs_csr_free(&cb->csr);
-    cb->weight = wt;
-    cb->w = ovs_matrix_dense(wt, cb->K, L);
     cb->sparse = 0;
     return OVS_OK;
 }
 
-/* Build the CSR (keeping the dense weight; convbn_drop_dense finishes the switch). */
+/* Build the CSR from the packed weight (unpacked into a temporary; keeping the dense weight:
+ * convbn_drop_dense finishes the switch). */
 static int convbn_build_csr(ovs_convbn *cb) {
     if (cb->csr.row_ptr) return OVS_OK;
-    return ovs_csr_from_dense(&cb->csr, cb->weight, cb->K, cb->C * cb->R * cb->S);
+    const int64_t L = cb->C * cb->R * cb->S;
+    float *wt = ovs_malloc((size_t)cb->K * (size_t)L * sizeof(float));
+    if (!wt) return ovs_set_error(OVS_ERR_NOMEM, "out of memory for the dense weight of %s", cb->name);
+    int rc = ovs_conv2d_unpack(wt, &cb->w);
+    if (!rc) rc = ovs_csr_from_dense(&cb->csr, wt, cb->K, L);
+    ovs_free(wt);
+    return rc;
 }
 
 static void convbn_drop_dense(ovs_convbn *cb) {

@@ -23,9 +23,21 @@ int ovs_vit_create(ovs_vit **out, const ovs_vit_config *cfg, const ovs_tensor_ma
     char name[512];
     const ovs_tensor *t;
     int rc;
-    int64_t conv_shape[4] = {D, 3, p, p}, pos_shape[2] = {1 + g * g, D};
-    if ((rc = ovs_tensor_map_get(&t, w, NAME(name, m, "conv1.weight"), 4, conv_shape))) goto error;
-    m->patch = ovs_matrix_dense(t->data, D, 3 * p * p);
+    int64_t pos_shape[2] = {1 + g * g, D};
+    const size_t npatch = ovs_conv2d_packed_floats(D, 3 * p * p, 1);
+    if (npatch == SIZE_MAX || npatch > SIZE_MAX / sizeof(float)) {
+        rc = ovs_set_error(OVS_ERR_OVERFLOW, "ViT patch conv of width %lld, patch %lld is too large",
+                           (long long)D, (long long)p);
+        goto error;
+    }
+    if (!(m->patch_packed = ovs_malloc(npatch ? npatch * sizeof(float) : 1))) {
+        rc = OVS_ERR_NOMEM;
+        goto error;
+    }
+    const int64_t conv_shape[4] = {D, 3, p, p};
+    if ((rc = ovs_bind_conv_packed(&m->patch, m->patch_packed, w, NAME(name, m, "conv1.weight"), 4,
+                                   conv_shape)))
+        goto error;
     if ((rc = ovs_bind_vec(&m->cls, w, NAME(name, m, "class_embedding"), D))) goto error;
     if ((rc = ovs_tensor_map_get(&t, w, NAME(name, m, "positional_embedding"), 2, pos_shape))) goto error;
     m->pos = t->data;
@@ -60,6 +72,7 @@ void ovs_vit_free(ovs_vit *m) {
     if (!m) return;
     ovs_transformer_release(&m->tf);
     ovs_free(m->proj_t);
+    ovs_free(m->patch_packed);
     ovs_pos_cache_free(&m->pos_cache);
     ovs_arena_free(&m->arena);
     ovs_free(m);
