@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 import ovs
+from ovs import _core
 from conftest import assert_close
+from test_gemm import restore_runtime, simd_isas  # noqa: F401 (fixture)
 
 MODELS = ("rn50", "vitb16", "rn_tiny", "vit_tiny")
 TINY = ("rn_tiny", "vit_tiny")
@@ -57,6 +59,25 @@ def test_image_features_match_open_clip(name, case, load_model, reference, manif
     assert isinstance(feats, dict), f"image_features returned {type(feats).__name__}"
     keys = _feature_keys(manifest["models"][name]["arch"])
     _assert_features_close(feats, ref, f"{case}_", keys, f"{name}/{case}")
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_weights_packed_at_load_serve_every_isa(name, fixtures_dir, reference, manifest,
+                                                restore_runtime):
+    # conv and linear weights are packed once at load in a layout every ISA's kernels read: a
+    # model loaded under one ISA gives bitwise the same output under every other (no repacking)
+    x = reference(f"{name}_image.npz")["sq_b4_x"]
+    path, act = str(fixtures_dir / f"{name}.safetensors"), manifest["models"][name]["act"]
+    outs = {}
+    for load_isa in ["portable"] + simd_isas():
+        _core.gemm_set_isa(load_isa)
+        model = ovs.load(path, act=act)
+        for run_isa in ["portable"] + simd_isas():
+            _core.gemm_set_isa(run_isa)
+            outs[load_isa, run_isa] = model.encode_image(x, preprocess=False)
+    ref = outs["portable", "portable"]
+    for key, out in outs.items():
+        assert np.array_equal(out, ref), f"{name}: loaded under {key[0]}, run under {key[1]}"
 
 
 @pytest.mark.parametrize("name", MODELS)
