@@ -18,7 +18,8 @@ Groups (each in a fresh pair of workers, see _harness.py):
   vitb16_224  ViT-B/16 encode_image at 224^2.
   kernels     every conv layer of RN50 at 224^2 and at 448^2 (shapes from resnet_conv_layers,
               checked against the weight file), random BN-folded weights + bias + ReLU, timed
-              layer by layer (ours _core.op_conv2d, peer torch conv2d + relu_), and a
+              layer by layer (ours _core.op_conv2d on the weight packed once by op_conv2d_pack,
+              as the models hold it; peer torch conv2d + relu_), and a
               2048x2048x2048 sgemm (ours _core.op_linear = our OpenBLAS, peer torch F.linear =
               MKL), in the same workers and the same interleaved run. Reported: conv GFLOP/s and
               its % of the sgemm rate of the same side. Also the GEMM shapes the models run
@@ -273,13 +274,15 @@ def _setup_kernels(side: str, params: dict):
         from ovs.weights import load_state_dict
 
         check_conv_layers(convs, load_state_dict(params["weights"]["rn50"]))
+        packed = [_core.op_conv2d_pack(w) for w, _ in weights]   # once, as a model at load
         for s, (cl, xs) in per_size.items():
             def run(cl=cl, xs=xs):
                 parts = []
                 y = None
-                for c, x, (w, bias) in zip(cl, xs, weights):
+                for c, x, (w, bias), pk in zip(cl, xs, weights, packed):
                     t0 = time.perf_counter()
-                    y = _core.op_conv2d(x, w, bias, stride=c["stride"], padding=c["pad"], act="relu")
+                    y = _core.op_conv2d(x, w, bias, stride=c["stride"], padding=c["pad"], act="relu",
+                                        prepacked=pk)
                     parts.append(time.perf_counter() - t0)
                 return H.Parts(y, parts)
             cases[f"conv_rn50_{s}"] = H.Case(run)

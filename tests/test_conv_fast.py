@@ -177,6 +177,7 @@ def conv_pack_numpy(w, groups):
 
 @pytest.mark.parametrize("shape,groups", [((20, 8, 3, 3), 1), ((13, 6, 3, 3), 1),
                                           ((12, 4, 3, 3), 2), ((30, 5, 1, 1), 3),
+                                          ((48, 7, 1, 1), 2), ((24, 3, 3, 3), 1),
                                           ((7, 1100, 1, 1), 1), ((0, 3, 3, 3), 1)], ids=str)
 def test_conv_pack_layout_and_unpack(rng, restore_runtime, shape, groups):
     w = rand(rng, *shape)
@@ -186,6 +187,8 @@ def test_conv_pack_layout_and_unpack(rng, restore_runtime, shape, groups):
         for threads in (1, 2):
             _core.set_num_threads(threads)
             assert np.array_equal(_core.op_conv2d_pack(w, groups), want), f"{isa} {threads}"
+            assert np.array_equal(_core.op_conv2d_pack(w, groups, inplace=True), want), \
+                f"in place: {isa} {threads}"
     assert np.array_equal(_core.op_conv2d_pack(w, groups, unpack=True), w)
     with pytest.raises(ValueError, match="divisible by groups"):
         _core.op_conv2d_pack(rand(rng, 5, 2, 1, 1), 2)
@@ -201,16 +204,21 @@ def test_packed_conv_bitwise_equal_to_dense(rng, restore_runtime, case):
     _core.gemm_set_isa("portable")
     _core.set_num_threads(1)
     ref = _core.op_conv2d(x, w, b, r, act="relu", **kw)
+    pk = _core.op_conv2d_pack(w, kw["groups"])   # packed under one ISA, run under each
     for isa in ["portable"] + simd_isas():
         _core.gemm_set_isa(isa)
         for threads in (1, 2):
             _core.set_num_threads(threads)
+            got = _core.op_conv2d(x, w, b, r, act="relu", prepacked=pk, **kw)
+            assert np.array_equal(got, ref), f"prepacked: isa={isa} threads={threads}"
             got = _core.op_conv2d(x, w, b, r, act="relu", packed=True, **kw)
             assert np.array_equal(got, ref), f"isa={isa} threads={threads}"
             alias = _core.op_conv2d(x, w, b, r, act="relu", packed=True, residual_alias=True, **kw)
             assert np.array_equal(alias, ref), f"aliased residual, isa={isa} threads={threads}"
     assert np.array_equal(_core.op_conv2d(x, w, b, r, naive=True, packed=True, **kw),
                           _core.op_conv2d(x, w, b, r, naive=True, **kw))
+    with pytest.raises(ValueError, match="prepacked has"):
+        _core.op_conv2d(x, w, b, prepacked=pk[:-1], **kw)
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[5], CASES[10], CASES[24]], ids=str)
@@ -219,5 +227,7 @@ def test_packed_conv_allocation_failure(rng, restore_runtime, case):
     _core.set_num_threads(2)
     inject_alloc_failures(lambda: _core.op_conv2d(x, w, b, packed=True, **kw),
                           f"packed conv {case}")
-    inject_alloc_failures(lambda: _core.op_conv2d_pack(w, kw.get("groups", 1), unpack=True),
+    inject_alloc_failures(lambda: _core.op_conv2d_pack(w, kw["groups"], unpack=True),
                           f"conv pack {case}")
+    inject_alloc_failures(lambda: _core.op_conv2d_pack(w, kw["groups"], inplace=True),
+                          f"conv pack in place {case}")

@@ -117,9 +117,13 @@ int ovs_bind_transposed(float **out, int64_t *rows, int64_t *cols, const ovs_ten
 int ovs_convbn_init(ovs_convbn *cb, const ovs_tensor_map *w, const char *conv, const char *bn,
                     int64_t K, int64_t C, int64_t R, int64_t stride, int64_t pad, int64_t dil);
 void ovs_convbn_release(ovs_convbn *cb);
-/* Take the raw folded weight (K, C*R*S) (owned, freed here whatever happens) as cb's dense
- * weight: packed (ovs_conv2d_pack) into cb->weight, cb->w its view. */
-int ovs_convbn_set_dense(ovs_convbn *cb, float *raw);
+/* *out = a buffer for cb's weight: ovs_conv2d_packed_floats(K, C*R*S, groups) floats (K, C, R,
+ * S and p set). */
+int ovs_convbn_weight_buffer(const ovs_convbn *cb, float **out);
+/* Take buf (from ovs_convbn_weight_buffer, holding the raw folded (K, C*R*S) weight; owned, freed
+ * here on failure) as cb's dense weight, packed in place (ovs_conv2d_pack_inplace): cb->weight,
+ * cb->w its conv-packed view. The packed copy replaces the raw one, never beside it. */
+int ovs_convbn_set_dense(ovs_convbn *cb, float *buf);
 int ovs_convbn_forward(const ovs_convbn *cb, float *out, const float *in, const float *residual,
                        int64_t N, int64_t H, int64_t W, ovs_act act, float *scratch);
 /* Scratch floats ovs_convbn_forward needs on an (H, W) input (dense or sparse kernel). */

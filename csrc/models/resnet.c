@@ -25,21 +25,6 @@ int ovs_convbn_init(ovs_convbn *cb, const ovs_tensor_map *w, const char *conv, c
         rc = ovs_tensor_map_read(NULL, &src[1 + i], &scratch[1 + i], w, name, 1, vshape);
     }
     size_t L = (size_t)C * R * R;
-    float *raw = NULL;
-    if (!rc) {
-        raw = ovs_malloc((size_t)K * L * sizeof(float));
-        cb->bias = ovs_malloc((size_t)K * sizeof(float));
-        if (!raw || !cb->bias) rc = OVS_ERR_NOMEM;
-    }
-    if (!rc)
-        rc = ovs_batchnorm_fold(raw, cb->bias, src[0], NULL, src[1], src[2], src[3], src[4],
-                                1e-5f, K, (int64_t)L);
-    for (int i = 0; i < 5; i++) ovs_free_transient(scratch[i]);
-    if (rc) {
-        ovs_free(raw);
-        return rc;
-    }
-    for (size_t i = 0; i < (size_t)K * L; i++) cb->nnz += raw[i] != 0.0f;
     cb->K = K;
     cb->C = C;
     cb->R = cb->S = R;
@@ -48,24 +33,41 @@ int ovs_convbn_init(ovs_convbn *cb, const ovs_tensor_map *w, const char *conv, c
     cb->p.pad_h = cb->p.pad_w = pad;
     cb->p.dil_h = cb->p.dil_w = dil;
     snprintf(cb->name, sizeof cb->name, "%s", conv);
-    return ovs_convbn_set_dense(cb, raw);
+    /* folded into a buffer of the packed size, then packed in place */
+    float *buf = NULL;
+    if (!rc) rc = ovs_convbn_weight_buffer(cb, &buf);
+    if (!rc && !(cb->bias = ovs_malloc((size_t)K * sizeof(float)))) rc = OVS_ERR_NOMEM;
+    if (!rc)
+        rc = ovs_batchnorm_fold(buf, cb->bias, src[0], NULL, src[1], src[2], src[3], src[4],
+                                1e-5f, K, (int64_t)L);
+    for (int i = 0; i < 5; i++) ovs_free_transient(scratch[i]);
+    if (rc) {
+        ovs_free(buf);
+        return rc;
+    }
+    for (size_t i = 0; i < (size_t)K * L; i++) cb->nnz += buf[i] != 0.0f;
+    return ovs_convbn_set_dense(cb, buf);
 }
 
-int ovs_convbn_set_dense(ovs_convbn *cb, float *raw) {
+int ovs_convbn_weight_buffer(const ovs_convbn *cb, float **out) {
+    size_t n = ovs_conv2d_packed_floats(cb->K, cb->C * cb->R * cb->S, cb->p.groups);
+    if (n == SIZE_MAX || n > SIZE_MAX / sizeof(float))
+        return ovs_set_error(OVS_ERR_OVERFLOW, "the weight of %s is too large", cb->name);
+    if (!(*out = ovs_malloc(n ? n * sizeof(float) : 1)))
+        return ovs_set_error(OVS_ERR_NOMEM, "out of memory for the weight of %s", cb->name);
+    return OVS_OK;
+}
+
+int ovs_convbn_set_dense(ovs_convbn *cb, float *buf) {
     const int64_t L = cb->C * cb->R * cb->S;
-    size_t n = ovs_conv2d_packed_floats(cb->K, L, cb->p.groups);
-    float *packed = n != SIZE_MAX && n <= SIZE_MAX / sizeof(float)
-                        ? ovs_malloc(n ? n * sizeof(float) : 1)
-                        : NULL;
-    int rc = packed ? ovs_conv2d_pack(packed, raw, cb->K, L, cb->p.groups) : OVS_ERR_NOMEM;
-    ovs_free(raw);
+    int rc = ovs_conv2d_pack_inplace(buf, cb->K, L, cb->p.groups);
     if (rc) {
-        ovs_free(packed);
+        ovs_free(buf);
         return rc;
     }
     ovs_free(cb->weight);
-    cb->weight = packed;
-    cb->w = ovs_conv2d_packed(packed, cb->K, L, cb->p.groups);
+    cb->weight = buf;
+    cb->w = ovs_conv2d_packed(buf, cb->K, L, cb->p.groups);
     return OVS_OK;
 }
 

@@ -79,12 +79,11 @@ int ovs_resnet_conv_info(const ovs_resnet *m, int64_t i, ovs_conv_info *info) {
 /* Hold the weight dense (rebuilt from the CSR if needed, packed again). */
 static int convbn_make_dense(ovs_convbn *cb) {
     if (!cb->sparse) return OVS_OK;
-    const int64_t L = cb->C * cb->R * cb->S;
-    float *wt = ovs_malloc((size_t)cb->K * (size_t)L * sizeof(float));
-    if (!wt) return ovs_set_error(OVS_ERR_NOMEM, "out of memory for the dense weight of %s", cb->name);
-    ovs_csr_to_dense(wt, &cb->csr);
-    int rc = ovs_convbn_set_dense(cb, wt);
+    float *wt = NULL;
+    int rc = ovs_convbn_weight_buffer(cb, &wt);
     if (rc) return rc;
+    ovs_csr_to_dense(wt, &cb->csr);
+    if ((rc = ovs_convbn_set_dense(cb, wt))) return rc;
     ovs_csr_free(&cb->csr);
     cb->sparse = 0;
     return OVS_OK;

@@ -630,6 +630,33 @@ int ovs_conv2d_pack(float *dst, const float *src, int64_t K, int64_t L, int64_t 
     return OVS_OK;
 }
 
+/* Blocks from the last to the first: block b's packed place starts at or after its rows' raw
+ * place and ends before the next block's packed place, so a block moved through a copy
+ * overwrites only raw rows already moved. */
+int ovs_conv2d_pack_inplace(float *buf, int64_t K, int64_t L, int64_t groups) {
+    static const char op[] = "ovs_conv2d_pack_inplace";
+    int64_t n = 0;
+    size_t packed = 0;
+    int st = conv_pack_check(op, K, L, groups, &n, &packed);
+    if (st || (st = ops_check_ptr(op, "buf", buf, (int64_t)packed))) return st;
+    const int64_t Kg = K / groups, MR = OVS_CONV_PACK_MR, per = (Kg + MR - 1) / MR;
+    if (packed == 0) return OVS_OK;
+    float *tmp = ovs_malloc((size_t)MR * (size_t)L * sizeof(float));
+    if (!tmp) return ovs_set_error(OVS_ERR_NOMEM, "%s: out of memory for one block", op);
+    const ops_gemm_isa *isa = ops_gemm_current_isa();
+    for (int64_t b = groups * per - 1; b >= 0; b--) {
+        const int64_t g = b / per, k0 = (b % per) * MR, m = Kg - k0 < MR ? Kg - k0 : MR;
+        float *d = buf + b * MR * L;
+        memcpy(tmp, buf + (g * Kg + k0) * L, (size_t)(m * L) * sizeof(float));
+        if (isa->mr_max == MR) isa->pack_a(d, tmp, L, m, L);
+        else ops_gemm_pack_a_scalar(d, tmp, L, m, L, MR);
+        for (int64_t l = 0; l < L && m < MR; l++)
+            for (int64_t r = m; r < MR; r++) d[l * MR + r] = 0.0f;
+    }
+    ovs_free(tmp);
+    return OVS_OK;
+}
+
 int ovs_conv2d_unpack(float *dst, const ovs_matrix *packed) {
     static const char op[] = "ovs_conv2d_unpack";
     if (!packed) return ovs_set_error(OVS_ERR_ARG, "%s: packed is NULL", op);

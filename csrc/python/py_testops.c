@@ -109,19 +109,19 @@ static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
     int st = -1;
     static char *kwlist[] = {"x",      "w",   "b",     "residual",       "stride",
                              "padding", "dilation", "groups", "act", "naive",
-                             "residual_alias", "packed", NULL};
-    PyObject *x_obj, *w_obj, *b_obj = Py_None, *r_obj = Py_None;
+                             "residual_alias", "packed", "prepacked", NULL};
+    PyObject *x_obj, *w_obj, *b_obj = Py_None, *r_obj = Py_None, *pk_obj = Py_None;
     PyObject *stride_obj = NULL, *pad_obj = NULL, *dil_obj = NULL;
     long long groups = 1;
     const char *act_name = "none";
     int naive = 0, alias = 0, packed = 0;
     ovs_act act;
     int64_t stride[2] = {1, 1}, pad[2] = {0, 0}, dil[2] = {1, 1};
-    PyArrayObject *x = NULL, *w = NULL, *b = NULL, *r = NULL, *out = NULL;
+    PyArrayObject *x = NULL, *w = NULL, *b = NULL, *r = NULL, *out = NULL, *pre = NULL;
     float *scratch = NULL, *pk = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOOOOLsppp", kwlist, &x_obj, &w_obj, &b_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOOOOLspppO", kwlist, &x_obj, &w_obj, &b_obj,
                                      &r_obj, &stride_obj, &pad_obj, &dil_obj, &groups, &act_name,
-                                     &naive, &alias, &packed))
+                                     &naive, &alias, &packed, &pk_obj))
         return NULL;
     if (ovs_py_parse_act(act_name, 1, &act) || (stride_obj && ovs_py_pair(stride_obj, "stride", 1, stride)) ||
         (pad_obj && ovs_py_pair(pad_obj, "padding", 0, pad)) ||
@@ -190,6 +190,20 @@ static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
         if (st) goto done;
         wm = ovs_conv2d_packed(pk, K, L, groups);
     }
+    if (pk_obj != Py_None) {   /* packed earlier by op_conv2d_pack: w gives only the shape */
+        const int64_t L = (C / groups) * R * S;
+        if (packed) {
+            PyErr_SetString(PyExc_ValueError, "packed and prepacked are exclusive");
+            goto done;
+        }
+        if (!(pre = ovs_py_float_array(pk_obj, 1, "prepacked"))) goto done;
+        if ((size_t)PyArray_DIM(pre, 0) != ovs_conv2d_packed_floats(K, L, groups)) {
+            PyErr_Format(PyExc_ValueError, "prepacked has %lld floats, the packed w has %zu",
+                         (long long)PyArray_DIM(pre, 0), ovs_conv2d_packed_floats(K, L, groups));
+            goto done;
+        }
+        wm = ovs_conv2d_packed(F32(pre), K, L, groups);
+    }
     if (naive)
         OVS_PY_NOGIL(st, ovs_conv2d_forward_naive(F32(out), F32(x), &wm, F32_OR_NULL(b), res, N, C,
                                                   H, W, K, R, S, &p, act));
@@ -199,20 +213,21 @@ static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
 done:
     ovs_free(scratch);
     ovs_free(pk);
-    return OVS_PY_FINISH(st, out, x, w, b, r);
+    return OVS_PY_FINISH(st, out, x, w, b, r, pre);
 }
 
-/* op_conv2d_pack(w (K, Cg, R, S), groups=1, unpack=False): the packed weight (flat), or with
- * unpack the weight packed then unpacked (K, Cg, R, S). */
+/* op_conv2d_pack(w (K, Cg, R, S), groups=1, unpack=False, inplace=False): the packed weight
+ * (flat; inplace: by ovs_conv2d_pack_inplace), or with unpack the weight packed then unpacked
+ * (K, Cg, R, S). */
 static PyObject *py_op_conv2d_pack(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"w", "groups", "unpack", NULL};
+    static char *kwlist[] = {"w", "groups", "unpack", "inplace", NULL};
     PyObject *w_obj;
     long long groups = 1;
-    int unpack = 0, st = -1;
+    int unpack = 0, inplace = 0, st = -1;
     PyArrayObject *w = NULL, *out = NULL;
     float *pk = NULL;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|Lp", kwlist, &w_obj, &groups, &unpack))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|Lpp", kwlist, &w_obj, &groups, &unpack, &inplace))
         return NULL;
     if (!(w = ovs_py_float_array(w_obj, 4, "w"))) goto done;
     const int64_t K = PyArray_DIM(w, 0);
@@ -235,7 +250,12 @@ static PyObject *py_op_conv2d_pack(PyObject *self, PyObject *args, PyObject *kw)
     } else {
         npy_intp dims[1] = {(npy_intp)n};
         if (!(out = ovs_py_new_float(1, dims))) goto done;
-        OVS_PY_NOGIL(st, ovs_conv2d_pack(F32(out), F32(w), K, L, groups));
+        if (inplace) {
+            if (K > 0 && L > 0) memcpy(F32(out), F32(w), (size_t)(K * L) * sizeof(float));
+            OVS_PY_NOGIL(st, ovs_conv2d_pack_inplace(F32(out), K, L, groups));
+        } else {
+            OVS_PY_NOGIL(st, ovs_conv2d_pack(F32(out), F32(w), K, L, groups));
+        }
     }
 done:
     ovs_free(pk);
@@ -749,10 +769,11 @@ static PyMethodDef testops_methods[] = {
      "op_act(x, act, naive=False): act in 'none', 'relu', 'gelu', 'quickgelu', 'sigmoid'."},
     {"op_conv2d", (PyCFunction)py_op_conv2d, KW,
      "op_conv2d(x, w, b=None, residual=None, stride=1, padding=0, dilation=1, groups=1, "
-     "act='none', naive=False, residual_alias=False, packed=False)."},
+     "act='none', naive=False, residual_alias=False, packed=False, prepacked=None): packed "
+     "packs w first; prepacked is w packed earlier by op_conv2d_pack (w then gives the shape)."},
     {"op_conv2d_pack", (PyCFunction)py_op_conv2d_pack, KW,
-     "op_conv2d_pack(w, groups=1, unpack=False): the conv weight packed by ovs_conv2d_pack "
-     "(flat), or packed and unpacked again."},
+     "op_conv2d_pack(w, groups=1, unpack=False, inplace=False): the conv weight packed by "
+     "ovs_conv2d_pack (flat; inplace: ovs_conv2d_pack_inplace), or packed and unpacked again."},
     {"op_batchnorm_fold", (PyCFunction)py_op_batchnorm_fold, KW,
      "op_batchnorm_fold(w, b, gamma, beta, mean, var, eps=1e-5) -> (w', b')."},
     {"op_avgpool2d", (PyCFunction)py_op_avgpool2d, KW,

@@ -199,6 +199,10 @@ int ovs_conv2d_forward_naive(float *out, const float *in, const ovs_matrix *weig
 size_t ovs_conv2d_packed_floats(int64_t K, int64_t L, int64_t groups);
 /* dst (ovs_conv2d_packed_floats(K, L, groups),) = packed form of src (K, L). */
 int ovs_conv2d_pack(float *dst, const float *src, int64_t K, int64_t L, int64_t groups);
+/* The same in place: buf holds src (K, L) in its first K*L floats and has room for
+ * ovs_conv2d_packed_floats(K, L, groups); it ends up holding the packed form (bitwise the one
+ * ovs_conv2d_pack writes). Peak memory: the packed size plus one block (MR*L floats). */
+int ovs_conv2d_pack_inplace(float *buf, int64_t K, int64_t L, int64_t groups);
 /* dst (K, L) = the weight packed in `packed` (a conv-packed matrix): the inverse of the above. */
 int ovs_conv2d_unpack(float *dst, const ovs_matrix *packed);
 ovs_matrix ovs_conv2d_packed(const float *packed, int64_t K, int64_t L, int64_t groups);
