@@ -17,6 +17,10 @@ What is proved here:
   (_core.op_gemm_packed_naive) applied to an im2col matrix built here with numpy;
 * the result is bitwise the same at 1 and 2 threads and on every ISA path (portable C, AVX2+FMA,
   AVX-512) this CPU has;
+* weights packed once (ovs_conv2d_pack / _inplace, the models' form): the layout against one
+  built with numpy, the same whatever ISA packs it, unpacked back exactly, and a conv on it
+  bitwise the dense weight's on every ISA and thread count (packed under one ISA, run under
+  each); its allocation failures are MemoryErrors;
 * the path is really taken (an allocation failure inside it surfaces as MemoryError) and its
   allocation failures leave no partial state (the next call is bitwise the same).
 """
@@ -122,17 +126,22 @@ def test_implicit_conv_is_the_fmaf_chain(rng, case):
 
 @pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
 def test_implicit_conv_bitwise_across_threads_and_isas(rng, restore_runtime, case):
+    # also the weight packed once (ovs_conv2d_pack, as the models at load; packed under one ISA,
+    # run under each) and packed just before the call: bitwise the dense weight's result
     x, w, b, kw = make(rng, case)
     r = rand(rng, *_core.op_conv2d(x, w, b, **kw).shape)
     _core.gemm_set_isa("portable")
     _core.set_num_threads(1)
     ref = _core.op_conv2d(x, w, b, r, act="relu", **kw)
+    pk = _core.op_conv2d_pack(w, kw["groups"])
     for isa in ["portable"] + simd_isas():
         _core.gemm_set_isa(isa)
         for threads in (1, 2):
             _core.set_num_threads(threads)
-            got = _core.op_conv2d(x, w, b, r, act="relu", **kw)
-            assert np.array_equal(got, ref), f"isa={isa} threads={threads}"
+            for how in (dict(), dict(prepacked=pk), dict(packed=True),
+                        dict(packed=True, residual_alias=True)):
+                got = _core.op_conv2d(x, w, b, r, act="relu", **how, **kw)
+                assert np.array_equal(got, ref), f"isa={isa} threads={threads} {list(how)}"
 
 
 @pytest.mark.parametrize("kw", [dict(padding=1), dict(padding=1, stride=2),
@@ -195,26 +204,11 @@ def test_conv_pack_layout_and_unpack(rng, restore_runtime, shape, groups):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
-def test_packed_conv_bitwise_equal_to_dense(rng, restore_runtime, case):
-    # the weight packed once (ovs_conv2d_pack, as the models at load) gives bitwise the result
-    # of the dense weight packed per call, on every ISA and thread count, and its naive twin
-    # reads the packed layout back exactly
+def test_packed_conv_naive_twin_and_bad_size(rng, case):
+    # the naive twin reads the packed layout back exactly; a packed weight of the wrong size
     x, w, b, kw = make(rng, case)
     r = rand(rng, *_core.op_conv2d(x, w, b, **kw).shape)
-    _core.gemm_set_isa("portable")
-    _core.set_num_threads(1)
-    ref = _core.op_conv2d(x, w, b, r, act="relu", **kw)
-    pk = _core.op_conv2d_pack(w, kw["groups"])   # packed under one ISA, run under each
-    for isa in ["portable"] + simd_isas():
-        _core.gemm_set_isa(isa)
-        for threads in (1, 2):
-            _core.set_num_threads(threads)
-            got = _core.op_conv2d(x, w, b, r, act="relu", prepacked=pk, **kw)
-            assert np.array_equal(got, ref), f"prepacked: isa={isa} threads={threads}"
-            got = _core.op_conv2d(x, w, b, r, act="relu", packed=True, **kw)
-            assert np.array_equal(got, ref), f"isa={isa} threads={threads}"
-            alias = _core.op_conv2d(x, w, b, r, act="relu", packed=True, residual_alias=True, **kw)
-            assert np.array_equal(alias, ref), f"aliased residual, isa={isa} threads={threads}"
+    pk = _core.op_conv2d_pack(w, kw["groups"])
     assert np.array_equal(_core.op_conv2d(x, w, b, r, naive=True, packed=True, **kw),
                           _core.op_conv2d(x, w, b, r, naive=True, **kw))
     with pytest.raises(ValueError, match="prepacked has"):
