@@ -113,10 +113,30 @@ def infer_config(sd: Mapping[str, np.ndarray], *, vision_heads: int | None = Non
 
 class StateDict(dict):
     """A plain dict of the weights that can also be called, so that ``model.state_dict()`` (the
-    torch / open_clip spelling) and ``model.state_dict[name]`` both work."""
+    torch / open_clip spelling) and ``model.state_dict[name]`` both work. A weight the model
+    holds sparse (ovs.prune.SparseWeight, from a save_sparse file) comes out dense, built on
+    access."""
 
     def __call__(self) -> "StateDict":
         return self
+
+    def __getitem__(self, name):
+        return _dense(dict.__getitem__(self, name))
+
+    def get(self, name, default=None):
+        return self[name] if name in self else default
+
+    def values(self):
+        return [_dense(v) for v in dict.values(self)]
+
+    def items(self):
+        return [(k, _dense(v)) for k, v in dict.items(self)]
+
+
+def _dense(v):
+    from .prune import SparseWeight
+
+    return v.dense() if isinstance(v, SparseWeight) else v
 
 
 class Model:
@@ -139,9 +159,16 @@ class Model:
             self._non_float = {k: self._sd.dtype(k) for k in self._sd
                                if self._sd.dtype(k).kind != "f"}
         else:
+            from .prune import SparseWeight
+
             self._sd = {}
-            for k, v in state_dict.items():
+            # dict.items: a model's StateDict would densify the SparseWeights it holds
+            items = dict.items(state_dict) if isinstance(state_dict, dict) else state_dict.items()
+            for k, v in items:
                 if str(k).endswith("attn_mask"):
+                    continue
+                if isinstance(v, SparseWeight):  # kept sparse (a conv of a save_sparse file)
+                    self._sd[str(k)] = v
                     continue
                 a = np.asarray(v)
                 if a.dtype.kind == "f":
@@ -173,9 +200,16 @@ class Model:
     # it is given, and a tower built later must not page back in the weights an earlier one
     # packed and released.
     def _tower_weights(self, visual: bool) -> dict:
+        from .prune import SparseWeight
         from .weights import c_weights
 
-        return c_weights(self._sd, lambda k: k.startswith("visual.") == visual)
+        w = c_weights(self._sd, lambda k: k.startswith("visual.") == visual)
+        # SparseWeights go to the C ResNet as CSR (its convs take them); elsewhere dense
+        resnet = visual and self.config["vision"]["arch"] == "resnet"
+        for k, a in w.items():
+            if isinstance(a, SparseWeight):
+                w[k] = a.csr_tuple() if resnet and a.ndim == 4 else a.dense()
+        return w
 
     def _explain(self, build):
         """build(); a weight the C model reports missing that is present with an integer or
@@ -200,7 +234,7 @@ class Model:
         from .prune import auto_sparse_mode
 
         mode = auto_sparse_mode(self._sd, self._sparse_mode, tower=net)
-        if mode != "dense":
+        if mode != "dense" or any(isinstance(a, tuple) and len(a) == 4 for a in sd.values()):  # CSR convs
             net.sparsify(mode, v["image_size"], v["image_size"])
         return net
 
@@ -415,7 +449,7 @@ class Model:
             for k in sorted(self._sd):
                 if k.startswith("visual."):
                     continue
-                a = self._sd[k]
+                a = _dense(self._sd[k])
                 h.update(k.encode())
                 h.update(str(a.shape).encode())
                 h.update(np.ascontiguousarray(a).data)
@@ -475,7 +509,10 @@ def load(name_or_path: str | os.PathLike, *, act: str | None = None,
     if os.path.exists(raw) and not os.path.isfile(raw) and not os.path.isdir(raw):
         require_regular_file(raw)  # a FIFO or a device: say so (not "does not exist")
     path = resolve_weights(name_or_path, cache_dir=cache_dir, progress=progress)
-    sd = open_state_dict(path)   # safetensors: read tensor by tensor as the towers build
+    from .prune import unpack_sparse
+
+    read = open_state_dict(path)   # safetensors: read tensor by tensor as the towers build
+    sd = unpack_sparse(read, path)  # CSR weights of a save_sparse file, checked (SparseWeight)
     if any(k.endswith(".weight_orig") for k in sd):
         from .prune import fold_pruned
 
@@ -484,6 +521,6 @@ def load(name_or_path: str | os.PathLike, *, act: str | None = None,
 
     fw = detect(sd)
     if fw is not None:  # a file written by `ovs convert`: that framework's model
-        return fw.model(sd, name=str(name_or_path))
+        return fw.model({k: _dense(v) for k, v in sd.items()}, name=str(name_or_path))
     return Model(sd, act=act or (spec.act if spec is not None else "quickgelu"), vision_heads=vision_heads, text_heads=text_heads,
                  name=str(name_or_path))

@@ -19,6 +19,7 @@ shortcut conv): each backbone layout is one entry of LAYOUTS giving the name of 
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any, Mapping
@@ -26,7 +27,8 @@ from typing import Any, Mapping
 import numpy as np
 
 __all__ = ["LAYOUTS", "prunable", "magnitude", "iterative", "masks", "apply", "transfer",
-           "detect_layout", "save_masks", "load_masks", "fold_pruned", "sparsity"]
+           "detect_layout", "save_masks", "load_masks", "fold_pruned", "sparsity", "SparseWeight",
+           "save_sparse", "unpack_sparse"]
 
 # One entry per backbone layout: the parameter name of each role of a CLIP-style ResNet.
 #   stem: the 3 stem convs (i = 1..3); conv: bottleneck conv j (1..3) of block b of stage s
@@ -343,7 +345,7 @@ def auto_sparse_mode(state_dict: Mapping[str, np.ndarray], mode: str, tower=None
             zeros = total - sum(int(c["nnz"]) for c in convs)
             return "auto" if total and zeros / total >= 0.3 else "dense"
     total = sum(np.size(state_dict[n]) for n in names)
-    zeros = sum(np.size(state_dict[n]) - np.count_nonzero(state_dict[n]) for n in names)
+    zeros = sum(np.size(state_dict[n]) - _nnz(state_dict[n]) for n in names)
     return "auto" if total and zeros / total >= 0.3 else "dense"
 
 
@@ -416,3 +418,204 @@ def load_masks(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if pruned:
         return {k[: -len("_mask")]: _as_mask(k, v) for k, v in pruned.items()}
     return {k: _as_mask(k, v) for k, v in sd.items()}
+
+
+# ------------------------------------------------------------------ sparse (CSR) weight files
+SPARSE_KEY = "ovs-sparse"   # the __metadata__ entry of a file written by save_sparse
+SPARSE_VERSION = 1
+_CSR_PARTS = (".csr_values", ".csr_colidx", ".csr_rowptr")
+_CSR_DTYPES = {".csr_values": ("F32",), ".csr_colidx": ("U16", "I32"), ".csr_rowptr": ("I32", "I64")}
+
+
+class SparseWeight:
+    """A float32 weight of dense `shape` held as compressed sparse rows: the matrix is
+    (shape[0], prod(shape[1:])); the non-zeros of row r are values[rowptr[r]:rowptr[r+1]] at
+    columns colidx[...] (ascending). What ovs.load gives for a weight stored by save_sparse: an
+    ovs.Model builds its conv straight from it (the dense weight is never made when the conv
+    runs sparse); ``np.asarray(w)`` / ``w.dense()`` build the dense array on demand."""
+
+    __slots__ = ("shape", "values", "colidx", "rowptr")
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, shape, values: np.ndarray, colidx: np.ndarray, rowptr: np.ndarray):
+        self.shape = tuple(int(s) for s in shape)
+        self.values, self.colidx, self.rowptr = values, colidx, rowptr
+
+    @classmethod
+    def from_dense(cls, a) -> "SparseWeight":
+        a = np.asarray(a, dtype=np.float32)
+        if a.ndim < 2:
+            raise ValueError(f"a sparse weight needs >= 2 dims, got shape {a.shape}")
+        m = a.reshape(a.shape[0], -1)
+        rows, cols = np.nonzero(m)                  # row-major: columns ascending in each row
+        rowptr = np.zeros(m.shape[0] + 1, np.int64)
+        np.cumsum(np.bincount(rows, minlength=m.shape[0]), out=rowptr[1:])
+        return cls(a.shape, np.ascontiguousarray(m[rows, cols]),
+                   cols.astype(np.uint16 if m.shape[1] <= 65536 else np.int32),
+                   rowptr.astype(np.int32 if rows.size < 2 ** 31 else np.int64))
+
+    ndim = property(lambda self: len(self.shape))
+    size = property(lambda self: int(np.prod(self.shape)))
+    nnz = property(lambda self: int(self.values.size))
+    nbytes = property(lambda self: self.values.nbytes + self.colidx.nbytes + self.rowptr.nbytes)
+
+    def dense(self) -> np.ndarray:
+        """The dense float32 array (a new read-only array; zeros included)."""
+        rows, cols = self.shape[0], self.size // max(self.shape[0], 1)
+        out = np.zeros(rows * cols, np.float32)
+        r = np.repeat(np.arange(rows, dtype=np.int64), np.diff(self.rowptr.astype(np.int64)))
+        out[r * cols + self.colidx] = self.values
+        out = out.reshape(self.shape)
+        out.setflags(write=False)
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        d = self.dense()
+        return d if dtype is None else d.astype(dtype)
+
+    def csr_tuple(self) -> tuple:
+        """(shape, values, colidx, rowptr as int64): the form _core.ResNet takes."""
+        return self.shape, self.values, self.colidx, self.rowptr.astype(np.int64)
+
+    def __repr__(self) -> str:
+        return f"SparseWeight(shape={self.shape}, nnz={self.nnz})"
+
+
+def _nnz(a) -> int:
+    return a.nnz if isinstance(a, SparseWeight) else int(np.count_nonzero(a))
+
+
+def save_sparse(model, path: str | os.PathLike, names=None) -> list[str]:
+    """Write a (pruned) model or state dict as safetensors with the weights in `names`
+    (default prunable(model)) stored as CSR wherever that is smaller than dense: for a weight
+    `<n>`, `<n>.csr_values` (float32), `<n>.csr_colidx` (uint16, int32 past 65536 columns) and
+    `<n>.csr_rowptr` (int32, int64 past 2^31 non-zeros), its dense shape in the file's
+    __metadata__ under "ovs-sparse" (JSON {"format": "csr", "version": 1, "tensors": {<n>:
+    {"shape": [...]}}}). Every other tensor is written dense. ovs.load reads it back (the convs
+    built sparse without a dense copy). Returns the names stored as CSR."""
+    from .weights import save_safetensors
+
+    path = os.fspath(path)
+    if not path.endswith(".safetensors"):
+        raise ValueError(f"sparse weight files are .safetensors, got {path!r}")
+    sd = _state_dict_of(model)
+    # dict.items: a model's StateDict would densify SparseWeights on item access
+    raw = dict(dict.items(sd)) if isinstance(sd, dict) else dict(sd)
+    names = prunable(raw) if names is None else _check_names(raw, names)
+    out, tensors = {}, {}
+    chosen = set()
+    for n in names:
+        v = raw[n]
+        w = v if isinstance(v, SparseWeight) else SparseWeight.from_dense(v)
+        if w.nbytes < w.size * 4:
+            chosen.add(n)
+            tensors[n] = {"shape": list(w.shape)}
+            out[n + ".csr_values"], out[n + ".csr_colidx"], out[n + ".csr_rowptr"] = (
+                w.values, w.colidx, w.rowptr)
+    for k, v in raw.items():
+        if k not in chosen:
+            out[k] = np.asarray(v)
+    meta = {SPARSE_KEY: json.dumps({"format": "csr", "version": SPARSE_VERSION, "tensors": tensors})}
+    save_safetensors(out, path, metadata=meta)
+    return sorted(chosen)
+
+
+def _safetensors_header(path: str) -> dict:
+    """The JSON header of a safetensors file (names, dtypes, shapes, __metadata__); the C
+    reader has already validated the file when this is called from unpack_sparse."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n > 100 << 20:
+            raise ValueError(f"{path!r}: safetensors header of {n} bytes")
+        return json.loads(f.read(n))
+
+
+def unpack_sparse(sd: Mapping[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """The state dict read from `path` with each CSR weight of a save_sparse file (the three
+    `<n>.csr_*` tensors) replaced by one SparseWeight `<n>`, after checking it strictly against
+    the "ovs-sparse" metadata: ValueError naming the tensor for malformed JSON, an unknown
+    format/version, a shape the arrays do not fit, wrong dtypes, row pointers that do not run
+    monotonically from 0 to nnz, column indices out of range or not ascending in a row,
+    non-finite values, and CSR tensors the metadata does not list (or the reverse). A file
+    without the metadata and without CSR tensors comes back unchanged."""
+    path = os.fspath(path)
+    parts = [k for k in sd if k.endswith(_CSR_PARTS)]
+    from .weights import detect_format
+
+    if detect_format(path) != "safetensors":
+        if parts:
+            raise ValueError(f"{path!r}: CSR tensors ({parts[0]!r}) outside a safetensors file")
+        return dict(sd)
+    header = _safetensors_header(path)
+    meta = header.get("__metadata__") or {}
+    raw = meta.get(SPARSE_KEY) if isinstance(meta, dict) else None
+    if raw is None:
+        if parts:
+            raise ValueError(f"{path!r} holds CSR tensors ({parts[0]!r}) but no {SPARSE_KEY!r} "
+                             "metadata giving their shapes")
+        return dict(sd)
+    where = f"{path!r}: the {SPARSE_KEY!r} metadata"
+    try:
+        doc = json.loads(raw)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ValueError(f"{where} is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != "csr" or doc.get("version") != SPARSE_VERSION:
+        raise ValueError(f"{where} must be an object with format 'csr' and version "
+                         f"{SPARSE_VERSION}, got {str(doc)[:100]!r}")
+    tensors = doc.get("tensors")
+    if not isinstance(tensors, dict):
+        raise ValueError(f"{where} has no 'tensors' object")
+    out = {k: v for k, v in sd.items() if not k.endswith(_CSR_PARTS)}
+    claimed = set()
+    for name, entry in tensors.items():
+        out[name] = _check_csr(name, entry, sd, header, path)
+        claimed.update(name + p for p in _CSR_PARTS)
+    stray = sorted(set(parts) - claimed)
+    if stray:
+        raise ValueError(f"{where} does not list the CSR tensor {stray[0]!r}")
+    return out
+
+
+def _check_csr(name: str, entry, sd, header, path) -> SparseWeight:
+    def bad(msg):
+        return ValueError(f"{path!r}: sparse weight {name!r}: {msg}")
+
+    shape = entry.get("shape") if isinstance(entry, dict) else None
+    if (not isinstance(shape, list) or not 2 <= len(shape) <= 8 or
+            not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in shape)):
+        raise bad(f"metadata shape must be a list of 2..8 ints >= 0, got {str(entry)[:80]!r}")
+    if name in sd:
+        raise bad("stored both dense and as CSR")
+    arrays = {}
+    for part in _CSR_PARTS:
+        key = name + part
+        info = header.get(key)
+        if key not in sd or not isinstance(info, dict):
+            raise bad(f"the tensor {key!r} is missing")
+        if info.get("dtype") not in _CSR_DTYPES[part] or np.ndim(sd[key]) != 1:
+            raise bad(f"{key!r} must be a 1-D {' or '.join(_CSR_DTYPES[part])} tensor, got "
+                      f"{info.get('dtype')} of shape {info.get('shape')}")
+        arrays[part] = np.asarray(sd[key])
+    values, colidx, rowptr = (arrays[p] for p in _CSR_PARTS)
+    rows, cols = shape[0], int(np.prod(shape[1:], dtype=np.int64))
+    nnz = values.size
+    if colidx.size != nnz:
+        raise bad(f"{nnz} values but {colidx.size} column indices")
+    if rowptr.size != rows + 1:
+        raise bad(f"{rowptr.size} row pointers for {rows} rows (shape {shape}): expected {rows + 1}")
+    rp = rowptr.astype(np.int64)
+    if rp[0] != 0 or rp[-1] != nnz:
+        raise bad(f"row pointers run from {rp[0]} to {rp[-1]}, expected 0 to nnz = {nnz}")
+    if (np.diff(rp) < 0).any():
+        raise bad("row pointers are not monotone")
+    c = colidx.astype(np.int64)
+    if nnz and (c.min() < 0 or c.max() >= cols):
+        raise bad(f"column index {int(c.max() if c.max() >= cols else c.min())} out of range "
+                  f"0..{cols - 1}")
+    starts = np.zeros(nnz, bool)
+    starts[rp[:-1][rp[:-1] < nnz]] = True
+    if nnz > 1 and ((np.diff(c) <= 0) & ~starts[1:]).any():
+        raise bad("column indices are not strictly ascending within a row")
+    if not np.isfinite(values).all():
+        raise bad("values hold NaN or infinity")
+    return SparseWeight(shape, values, colidx, rowptr)

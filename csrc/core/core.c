@@ -2,6 +2,7 @@
 #include "ovs/ovs.h"
 #include "core/blas.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -292,6 +293,52 @@ const ovs_tensor *ovs_tensor_map_find(const ovs_tensor_map *map, const char *nam
     for (int64_t i = 0; i < map->count; i++)
         if (strcmp(map->items[i].name, name) == 0) return &map->items[i];
     return NULL;
+}
+
+const ovs_sparse_tensor *ovs_tensor_map_find_sparse(const ovs_tensor_map *map, const char *name) {
+    for (int64_t i = 0; map->sparse && i < map->nsparse; i++)
+        if (strcmp(map->sparse[i].name, name) == 0) return &map->sparse[i];
+    return NULL;
+}
+
+int ovs_sparse_tensor_check(const ovs_sparse_tensor *t) {
+    if (t->ndim < 1 || t->ndim > OVS_MAX_DIMS)
+        return ovs_set_error(OVS_ERR_FORMAT, "sparse weight '%s': %d dims", t->name, t->ndim);
+    int64_t cols = 1;
+    for (int i = 0; i < t->ndim; i++) {
+        if (t->shape[i] < 0)
+            return ovs_set_error(OVS_ERR_FORMAT, "sparse weight '%s': negative extent", t->name);
+        if (i && __builtin_mul_overflow(cols, t->shape[i], &cols))
+            return ovs_set_error(OVS_ERR_FORMAT, "sparse weight '%s': shape overflows", t->name);
+    }
+    const int64_t rows = t->shape[0];
+    if (!t->row_ptr || !t->val || (t->col16 != NULL) == (t->col32 != NULL) || t->nnz < 0)
+        return ovs_set_error(OVS_ERR_FORMAT, "sparse weight '%s': incomplete CSR arrays", t->name);
+    if (t->row_ptr[0] != 0 || t->row_ptr[rows] != t->nnz)
+        return ovs_set_error(OVS_ERR_FORMAT,
+                             "sparse weight '%s': row pointers run from %lld to %lld, expected 0 to nnz = %lld",
+                             t->name, (long long)t->row_ptr[0], (long long)t->row_ptr[rows],
+                             (long long)t->nnz);
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t b = t->row_ptr[r], e = t->row_ptr[r + 1];
+        if (e < b || e > t->nnz)
+            return ovs_set_error(OVS_ERR_FORMAT, "sparse weight '%s': row pointer %lld is not monotone",
+                                 t->name, (long long)(r + 1));
+        int64_t prev = -1;
+        for (int64_t j = b; j < e; j++) {
+            const int64_t c = t->col16 ? (int64_t)t->col16[j] : (int64_t)t->col32[j];
+            if (c <= prev || c >= cols)
+                return ovs_set_error(OVS_ERR_FORMAT,
+                                     "sparse weight '%s': row %lld has column %lld (columns must be "
+                                     "ascending in 0..%lld)",
+                                     t->name, (long long)r, (long long)c, (long long)(cols - 1));
+            if (!isfinite(t->val[j]))
+                return ovs_set_error(OVS_ERR_FORMAT, "sparse weight '%s' holds NaN or infinity",
+                                     t->name);
+            prev = c;
+        }
+    }
+    return OVS_OK;
 }
 
 const void *ovs_table_find(const void *table, size_t count, size_t size, const char *name) {

@@ -124,6 +124,8 @@ int ovs_convbn_weight_buffer(const ovs_convbn *cb, float **out);
  * here on failure) as cb's dense weight, packed in place (ovs_conv2d_pack_inplace): cb->weight,
  * cb->w its conv-packed view. The packed copy replaces the raw one, never beside it. */
 int ovs_convbn_set_dense(ovs_convbn *cb, float *buf);
+/* Hold a sparse conv's weight dense (rebuilt from the CSR, packed; the CSR freed). */
+int ovs_convbn_make_dense(ovs_convbn *cb);
 int ovs_convbn_forward(const ovs_convbn *cb, float *out, const float *in, const float *residual,
                        int64_t N, int64_t H, int64_t W, ovs_act act, float *scratch);
 /* Scratch floats ovs_convbn_forward needs on an (H, W) input (dense or sparse kernel). */

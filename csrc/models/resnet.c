@@ -8,6 +8,84 @@
 #include <stdio.h>
 #include <string.h>
 
+/* The conv's folded weight straight from a CSR weight (never dense): each row's values scaled
+ * by its BatchNorm factor (ovs_batchnorm_fold on the row's non-zeros: the same floats as the
+ * dense fold), zeros the fold makes dropped. Sets weight/csr/sparse/nnz and the bias. A conv
+ * too wide for 16-bit columns (C*R*S > 65536) is expanded to dense instead. */
+static int convbn_init_sparse(ovs_convbn *cb, const ovs_sparse_tensor *sp, const int64_t *wshape,
+                              const float *g, const float *b, const float *mean, const float *var) {
+    int rc;
+    if (sp->ndim != 4 || sp->shape[0] != wshape[0] || sp->shape[1] != wshape[1] ||
+        sp->shape[2] != wshape[2] || sp->shape[3] != wshape[3])
+        return ovs_set_error(OVS_ERR_SHAPE, "sparse weight '%s' has dense shape (%lld, %lld, %lld, %lld), "
+                             "expected (%lld, %lld, %lld, %lld)", sp->name,
+                             (long long)sp->shape[0], (long long)(sp->ndim > 1 ? sp->shape[1] : 0),
+                             (long long)(sp->ndim > 2 ? sp->shape[2] : 0),
+                             (long long)(sp->ndim > 3 ? sp->shape[3] : 0), (long long)wshape[0],
+                             (long long)wshape[1], (long long)wshape[2], (long long)wshape[3]);
+    if ((rc = ovs_sparse_tensor_check(sp))) return rc;
+    const int64_t K = wshape[0], L = wshape[1] * wshape[2] * wshape[3];
+    cb->bias = ovs_malloc((size_t)K * sizeof(float));
+    float *val = ovs_malloc((sp->nnz ? (size_t)sp->nnz : 1) * sizeof(float));
+    if (!cb->bias || !val) {
+        ovs_free(val);
+        return OVS_ERR_NOMEM;
+    }
+    for (int64_t k = 0; k < K; k++) {
+        const int64_t at = sp->row_ptr[k], n = sp->row_ptr[k + 1] - at;
+        if ((rc = ovs_batchnorm_fold(val + at, cb->bias + k, sp->val + at, NULL, g + k, b + k,
+                                     mean + k, var + k, 1e-5f, 1, n))) {
+            ovs_free(val);
+            return rc;
+        }
+    }
+    ovs_csr *m = &cb->csr;
+    const int dense = L > 65536;
+    float *wt = NULL;
+    if (dense && (rc = ovs_convbn_weight_buffer(cb, &wt))) {
+        ovs_free(val);
+        return rc;
+    }
+    if (dense) memset(wt, 0, (size_t)K * (size_t)L * sizeof(float));
+    m->row_ptr = ovs_malloc(((size_t)K + 1) * sizeof(int64_t));
+    m->col = dense ? NULL : ovs_malloc((sp->nnz ? (size_t)sp->nnz : 1) * sizeof(uint16_t));
+    if (!m->row_ptr || (!dense && !m->col)) {
+        ovs_free(val);
+        ovs_free(wt);
+        ovs_csr_free(m);
+        return OVS_ERR_NOMEM;
+    }
+    int64_t nnz = 0;
+    for (int64_t k = 0; k < K; k++) {
+        m->row_ptr[k] = nnz;
+        for (int64_t j = sp->row_ptr[k]; j < sp->row_ptr[k + 1]; j++) {
+            if (val[j] == 0.0f) continue;
+            const int64_t c = sp->col16 ? (int64_t)sp->col16[j] : (int64_t)sp->col32[j];
+            if (dense) {
+                wt[(size_t)k * (size_t)L + (size_t)c] = val[j];
+            } else {
+                m->col[nnz] = (uint16_t)c;
+                val[nnz] = val[j];   /* compacting in place: nnz <= j */
+            }
+            nnz++;
+        }
+    }
+    m->row_ptr[K] = nnz;
+    cb->nnz = nnz;
+    if (dense) {
+        ovs_free(val);
+        ovs_csr_free(m);
+        return ovs_convbn_set_dense(cb, wt);   /* packs it */
+    }
+    m->val = val;
+    m->rows = K;
+    m->cols = L;
+    m->nnz = nnz;
+    cb->w = ovs_matrix_dense(NULL, K, L);
+    cb->sparse = 1;
+    return OVS_OK;
+}
+
 int ovs_convbn_init(ovs_convbn *cb, const ovs_tensor_map *w, const char *conv, const char *bn,
                     int64_t K, int64_t C, int64_t R, int64_t stride, int64_t pad, int64_t dil) {
     char name[512];
@@ -19,7 +97,9 @@ int ovs_convbn_init(ovs_convbn *cb, const ovs_tensor_map *w, const char *conv, c
     memset(cb, 0, sizeof *cb);
     /* Read for one use: only the folded copy stays resident. */
     snprintf(name, sizeof name, "%s.weight", conv);
-    rc = ovs_tensor_map_read(NULL, &src[0], &scratch[0], w, name, 4, wshape);
+    /* a weight given as CSR is folded straight into the sparse form (never dense) */
+    const ovs_sparse_tensor *sp = ovs_tensor_map_find(w, name) ? NULL : ovs_tensor_map_find_sparse(w, name);
+    rc = sp ? OVS_OK : ovs_tensor_map_read(NULL, &src[0], &scratch[0], w, name, 4, wshape);
     for (int i = 0; i < 4 && !rc; i++) {
         snprintf(name, sizeof name, "%s.%s", bn, suffix[i]);
         rc = ovs_tensor_map_read(NULL, &src[1 + i], &scratch[1 + i], w, name, 1, vshape);
@@ -33,6 +113,13 @@ int ovs_convbn_init(ovs_convbn *cb, const ovs_tensor_map *w, const char *conv, c
     cb->p.pad_h = cb->p.pad_w = pad;
     cb->p.dil_h = cb->p.dil_w = dil;
     snprintf(cb->name, sizeof cb->name, "%s", conv);
+    if (!rc && sp) {
+        rc = convbn_init_sparse(cb, sp, wshape, src[1], src[2], src[3], src[4]);
+        for (int i = 0; i < 5; i++) ovs_free_transient(scratch[i]);
+        /* the sparse kernel runs stride 1 only: a strided conv is held dense */
+        if (!rc && cb->sparse && stride != 1) rc = ovs_convbn_make_dense(cb);
+        return rc;
+    }
     /* folded into a buffer of the packed size, then packed in place */
     float *buf = NULL;
     if (!rc) rc = ovs_convbn_weight_buffer(cb, &buf);

@@ -77,7 +77,7 @@ int ovs_resnet_conv_info(const ovs_resnet *m, int64_t i, ovs_conv_info *info) {
 }
 
 /* Hold the weight dense (rebuilt from the CSR if needed, packed again). */
-static int convbn_make_dense(ovs_convbn *cb) {
+int ovs_convbn_make_dense(ovs_convbn *cb) {
     if (!cb->sparse) return OVS_OK;
     float *wt = NULL;
     int rc = ovs_convbn_weight_buffer(cb, &wt);
@@ -91,6 +91,16 @@ static int convbn_make_dense(ovs_convbn *cb) {
 
 /* Build the CSR from the packed weight (unpacked into a temporary; keeping the dense weight:
  * convbn_drop_dense finishes the switch). */
+/* A conv held sparse also gets its (packed) dense weight, the CSR kept: convbn_time runs both. */
+static int convbn_dense_for_timing(ovs_convbn *cb) {
+    if (cb->weight) return OVS_OK;
+    float *wt = NULL;
+    int rc = ovs_convbn_weight_buffer(cb, &wt);
+    if (rc) return rc;
+    ovs_csr_to_dense(wt, &cb->csr);
+    return ovs_convbn_set_dense(cb, wt);
+}
+
 static int convbn_build_csr(ovs_convbn *cb) {
     if (cb->csr.row_ptr) return OVS_OK;
     const int64_t L = cb->C * cb->R * cb->S;
@@ -112,6 +122,14 @@ static void convbn_drop_dense(ovs_convbn *cb) {
 static int convbn_can_sparse(const ovs_convbn *cb) {
     return cb->p.stride_h == 1 && cb->p.stride_w == 1 && cb->p.groups == 1 &&
            cb->C * cb->R * cb->S <= 65536;
+}
+
+/* Dense without asking the kernels: DENSE mode, convs the sparse kernel cannot run, and
+ * under AUTO those above SPARSE_MAX_DENSITY. */
+static int convbn_stays_dense(const ovs_convbn *cb, ovs_sparse_mode mode) {
+    const double density = (double)cb->nnz / ((double)cb->K * cb->C * cb->R * cb->S);
+    return mode == OVS_SPARSE_DENSE || !convbn_can_sparse(cb) ||
+           (mode == OVS_SPARSE_AUTO && density > SPARSE_MAX_DENSITY);
 }
 
 static double now_ms(void) {
@@ -157,11 +175,15 @@ int ovs_resnet_sparsify(ovs_resnet *m, ovs_sparse_mode mode, int64_t H, int64_t 
     conv_sites(m, H, W, sites);
     int rc = OVS_OK;
     float *in = NULL, *out = NULL, *scratch = NULL;
-    /* start from dense everywhere: the timing needs both forms and DENSE ends here */
+    /* A conv that stays dense is made dense here; the others keep the form they have (a
+     * weight loaded as CSR is never expanded unless the timing below needs it). */
     for (int64_t i = 0; i < n; i++) {
-        if ((rc = convbn_make_dense(sites[i].cb))) goto done;
-        ovs_csr_free(&sites[i].cb->csr);
-        sites[i].cb->dense_ms = sites[i].cb->sparse_ms = 0;
+        ovs_convbn *cb = sites[i].cb;
+        cb->dense_ms = cb->sparse_ms = 0;
+        if (convbn_stays_dense(cb, mode)) {
+            if ((rc = ovs_convbn_make_dense(cb))) goto done;
+            ovs_csr_free(&cb->csr);
+        }
     }
     if (mode == OVS_SPARSE_DENSE) goto done;
     if (mode == OVS_SPARSE_AUTO) {
@@ -192,18 +214,22 @@ int ovs_resnet_sparsify(ovs_resnet *m, ovs_sparse_mode mode, int64_t H, int64_t 
     }
     for (int64_t i = 0; i < n; i++) {
         ovs_convbn *cb = sites[i].cb;
-        if (!convbn_can_sparse(cb)) continue;
-        const double density = (double)cb->nnz / ((double)cb->K * cb->C * cb->R * cb->S);
-        if (mode == OVS_SPARSE_AUTO && density > SPARSE_MAX_DENSITY) continue;
-        if ((rc = convbn_build_csr(cb))) goto done;
+        if (convbn_stays_dense(cb, mode)) continue;
         if (mode == OVS_SPARSE_AUTO) {
+            /* the timing needs both forms: a conv loaded sparse gets its dense weight for
+             * the time of the comparison (kept only if dense wins) */
+            if ((rc = convbn_build_csr(cb)) || (rc = convbn_dense_for_timing(cb))) goto done;
             if ((rc = convbn_time(cb, sites[i].H, sites[i].W, in, out, scratch))) goto done;
             if (!(cb->sparse_ms < SPARSE_MIN_GAIN * cb->dense_ms)) {
                 ovs_csr_free(&cb->csr);
+                cb->sparse = 0;
                 continue;
             }
+        } else if ((rc = convbn_build_csr(cb))) {
+            goto done;
         }
-        convbn_drop_dense(cb);
+        if (cb->weight) convbn_drop_dense(cb);
+        cb->sparse = 1;
     }
 done:
     ovs_free(in);

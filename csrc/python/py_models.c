@@ -14,6 +14,7 @@ void ovs_py_weights_clear(ovs_py_weights *w) {
     PyMem_Free(w->files);
     PyMem_Free(w->entries);
     PyMem_Free(w->items);
+    PyMem_Free(w->sparse);
     w->items = NULL;
     w->kept = NULL;
     w->files = NULL;
@@ -21,6 +22,67 @@ void ovs_py_weights_clear(ovs_py_weights *w) {
     w->map.items = NULL;
     w->map.count = 0;
     w->map.source = NULL;
+    w->sparse = NULL;
+    w->map.sparse = NULL;
+    w->map.nsparse = 0;
+}
+
+/* Keep a C-contiguous array of `type` and `ndim` made from obj in w->keep; NULL on error. */
+static PyArrayObject *keep_array(ovs_py_weights *w, PyObject *obj, int type, int ndim,
+                                 const char *name, const char *what) {
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(obj, type, ndim, ndim, NPY_ARRAY_CARRAY_RO);
+    if (!a) {
+        PyErr_Format(PyExc_ValueError, "sparse weight '%s': %s must be a %d-D array of %s", name,
+                     what, ndim, type == NPY_FLOAT32 ? "float32" : "integers");
+        return NULL;
+    }
+    int bad = PyList_Append(w->keep, (PyObject *)a) < 0;
+    Py_DECREF(a);
+    return bad ? NULL : a;
+}
+
+/* One (shape, values, colidx, rowptr) tuple into t (the arrays kept alive in w->keep). */
+static int sparse_from_tuple(ovs_py_weights *w, ovs_sparse_tensor *t, const char *name,
+                             PyObject *tup) {
+    memset(t, 0, sizeof *t);
+    t->name = name;
+    PyObject *shape = PyTuple_GET_ITEM(tup, 0);
+    if (!PyTuple_Check(shape) || PyTuple_GET_SIZE(shape) < 1 || PyTuple_GET_SIZE(shape) > OVS_MAX_DIMS) {
+        PyErr_Format(PyExc_ValueError, "sparse weight '%s': shape must be a tuple of 1..%d ints",
+                     name, OVS_MAX_DIMS);
+        return -1;
+    }
+    t->ndim = (int)PyTuple_GET_SIZE(shape);
+    for (int d = 0; d < t->ndim; d++) {
+        long long e = PyLong_AsLongLong(PyTuple_GET_ITEM(shape, d));
+        if (e == -1 && PyErr_Occurred()) return -1;
+        if (e < 0) {
+            PyErr_Format(PyExc_ValueError, "sparse weight '%s': negative extent", name);
+            return -1;
+        }
+        t->shape[d] = e;
+    }
+    PyArrayObject *val, *col, *rp;
+    if (!(val = keep_array(w, PyTuple_GET_ITEM(tup, 1), NPY_FLOAT32, 1, name, "values"))) return -1;
+    PyObject *c = PyTuple_GET_ITEM(tup, 2);
+    int u16 = PyArray_Check(c) && PyArray_TYPE((PyArrayObject *)c) == NPY_UINT16;
+    if (!(col = keep_array(w, c, u16 ? NPY_UINT16 : NPY_INT32, 1, name, "colidx"))) return -1;
+    if (!(rp = keep_array(w, PyTuple_GET_ITEM(tup, 3), NPY_INT64, 1, name, "rowptr"))) return -1;
+    t->nnz = PyArray_DIM(val, 0);
+    if (PyArray_DIM(col, 0) != t->nnz || PyArray_DIM(rp, 0) != t->shape[0] + 1) {
+        PyErr_Format(PyExc_ValueError, "sparse weight '%s': %zd values, %zd column indices and %zd "
+                     "row pointers for %lld rows", name, (Py_ssize_t)t->nnz,
+                     (Py_ssize_t)PyArray_DIM(col, 0), (Py_ssize_t)PyArray_DIM(rp, 0),
+                     (long long)t->shape[0]);
+        return -1;
+    }
+    t->val = (const float *)PyArray_DATA(val);
+    t->row_ptr = (const int64_t *)PyArray_DATA(rp);
+    if (u16)
+        t->col16 = (const uint16_t *)PyArray_DATA(col);
+    else
+        t->col32 = (const int32_t *)PyArray_DATA(col);
+    return 0;
 }
 
 /* The source callbacks of a table with file-backed items (no Python calls: run without the GIL). */
@@ -108,7 +170,9 @@ int ovs_py_weights_from_dict(ovs_py_weights *w, PyObject *dict) {
     w->files = PyMem_Calloc(cap, sizeof *w->files);
     w->entries = PyMem_Calloc(cap, sizeof *w->entries);
     w->kept = PyMem_Calloc(cap, sizeof *w->kept);
-    if (!w->keep || !w->items || !w->files || !w->entries || !w->kept) {
+    w->sparse = PyMem_Calloc(cap, sizeof(ovs_sparse_tensor));
+    Py_ssize_t ns = 0;
+    if (!w->keep || !w->items || !w->files || !w->entries || !w->kept || !w->sparse) {
         PyErr_NoMemory();
         goto error;
     }
@@ -117,6 +181,13 @@ int ovs_py_weights_from_dict(ovs_py_weights *w, PyObject *dict) {
         if (!PyUnicode_Check(key)) {
             PyErr_Format(PyExc_TypeError, "weight names must be str, got %.100s", Py_TYPE(key)->tp_name);
             goto error;
+        }
+        if (PyTuple_Check(value) && PyTuple_GET_SIZE(value) == 4) {
+            const char *name = PyUnicode_AsUTF8(key);
+            if (!name || PyList_Append(w->keep, key) < 0 ||
+                sparse_from_tuple(w, &w->sparse[ns++], name, value) < 0)
+                goto error;
+            continue;
         }
         if (PyTuple_Check(value) && PyTuple_GET_SIZE(value) == 2) {
             if (PyList_Append(w->keep, key) < 0) goto error;
@@ -159,6 +230,8 @@ int ovs_py_weights_from_dict(ovs_py_weights *w, PyObject *dict) {
         w->source.ctx = w;
         w->map.source = &w->source;
     }
+    w->map.sparse = w->sparse;
+    w->map.nsparse = ns;
     return 0;
 error:
     w->map.count = i;

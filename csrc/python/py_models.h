@@ -16,6 +16,7 @@ typedef struct {
     int64_t *entries;         /* (count,) its index in that file */
     float **kept;             /* (count,) file-backed items made resident, owned */
     ovs_tensor_source source;
+    ovs_sparse_tensor *sparse;  /* (map.nsparse,) */
     ovs_tensor_map map;
 } ovs_py_weights;
 
@@ -34,7 +35,9 @@ typedef struct {
 /* Fill *w from a dict {name: array or (SafeTensorsFile, tensor name)}: float arrays become
  * C-contiguous float32, zero-copy when they already are (NaN/inf raise ValueError); a file's
  * tensor is not read now (its NaN/inf check comes when a model reads it); non-float values and
- * non-float file tensors are skipped. -1 with an exception on failure (w is then empty).
+ * non-float file tensors are skipped; a 4-tuple (shape, values, colidx, rowptr) is a CSR weight
+ * (ovs.prune.SparseWeight.csr_tuple: float32 values, uint16 or int32 column indices, int64 row
+ * pointers; checked by ovs_sparse_tensor_check where it is used). -1 with an exception on failure (w is then empty).
  * ovs_py_weights_clear releases it. The table must not be used by two threads at once. */
 int ovs_py_weights_from_dict(ovs_py_weights *w, PyObject *dict);
 void ovs_py_weights_clear(ovs_py_weights *w);

@@ -160,6 +160,22 @@ typedef struct {
     int64_t shape[OVS_MAX_DIMS];
 } ovs_tensor;
 
+/* One float32 tensor of dense shape `shape` stored as compressed sparse rows (a pruned conv
+ * weight read from a file by ovs.prune): the matrix is (rows = shape[0], cols = product of the
+ * other extents); the non-zeros of row r are val[row_ptr[r] .. row_ptr[r+1]) at columns
+ * col16 or col32 (exactly one is set) strictly ascending. Borrowed like ovs_tensor, and never
+ * trusted: ovs_sparse_tensor_check validates it before use. */
+typedef struct {
+    const char *name;
+    int ndim;
+    int64_t shape[OVS_MAX_DIMS];
+    int64_t nnz;
+    const int64_t *row_ptr;        /* (rows + 1) */
+    const uint16_t *col16;         /* (nnz) or NULL */
+    const int32_t *col32;          /* (nnz) or NULL */
+    const float *val;              /* (nnz) */
+} ovs_sparse_tensor;
+
 /* Where the tensors with data NULL come from (e.g. a safetensors file read on demand). Both
  * functions take the item's index in the table and return an ovs_status.
  *   read: the values, checked (finite) and converted to float32, into dst (numel floats);
@@ -179,6 +195,10 @@ typedef struct {
     const ovs_tensor *items;  /* (count,) */
     int64_t count;
     const ovs_tensor_source *source;  /* NULL: every item has its data */
+    /* Weights may also be given sparse (looked up only by the consumers that can take them:
+     * the ResNet convs); ovs_tensor_map_find sees the dense ones only. */
+    const ovs_sparse_tensor *sparse;  /* (nsparse,) may be NULL */
+    int64_t nsparse;
 } ovs_tensor_map;
 
 /* The tensor called `name`, or NULL (its data may be NULL: see ovs_tensor_map_get). */
@@ -200,6 +220,13 @@ int ovs_tensor_map_get(const ovs_tensor **out, const ovs_tensor_map *map, const 
 int ovs_tensor_map_read(const ovs_tensor **out, const float **data, float **scratch,
                         const ovs_tensor_map *map, const char *name, int ndim,
                         const int64_t *shape);
+/* The sparse tensor called `name`, or NULL. */
+const ovs_sparse_tensor *ovs_tensor_map_find_sparse(const ovs_tensor_map *map, const char *name);
+/* OVS_OK if t is a well-formed CSR of its shape: row_ptr[0] = 0, non-decreasing, ending at nnz;
+ * columns in range and strictly ascending within each row; values finite. Otherwise
+ * OVS_ERR_FORMAT with a message naming the tensor and the first fault. */
+int ovs_sparse_tensor_check(const ovs_sparse_tensor *t);
+
 /* Element count of a tensor (product of its shape). */
 int64_t ovs_tensor_numel(const ovs_tensor *t);
 
