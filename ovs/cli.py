@@ -262,10 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------ ovs flops / ovs prune
 def _load_state_dict_any(src: str):
     from .hub import resolve_weights
-    from .prune import fold_pruned
+    from .prune import fold_pruned, unpack_sparse
     from .weights import load_state_dict
 
-    sd = load_state_dict(resolve_weights(src))
+    path = resolve_weights(src)
+    sd = unpack_sparse(load_state_dict(path), path)
     return fold_pruned(sd) if any(k.endswith(".weight_orig") for k in sd) else sd
 
 
@@ -294,6 +295,8 @@ def cmd_prune(args) -> int:
     from . import prune
     from .weights import save_safetensors
 
+    if args.csr and not args.out:
+        raise ValueError("--csr needs --out (the file to write)")
     sd = _load_state_dict_any(args.model)
     if args.rounds:
         pruned, hist = prune.iterative(sd, amount=args.amount, rounds=args.rounds, scope=args.scope)
@@ -307,8 +310,13 @@ def cmd_prune(args) -> int:
         prune.save_masks(out_masks, args.masks, weights=None if args.layout else sd)
         print(f"wrote {len(out_masks)} masks to {args.masks}", file=sys.stderr)
     if args.out:
-        save_safetensors({k: np.asarray(v) for k, v in pruned.items()}, args.out)
-        print(f"wrote the pruned model to {args.out}", file=sys.stderr)
+        if args.csr:
+            n = len(prune.save_sparse(pruned, args.out))
+            print(f"wrote the pruned model to {args.out} ({n} convs as CSR)", file=sys.stderr)
+        else:
+            save_safetensors({k: np.asarray(v) for k, v in pruned.items()}, args.out)
+            print(f"wrote the pruned model to {args.out}", file=sys.stderr)
+
     print(f"sparsity {prune.sparsity(masks):.4f} over {len(masks)} convs")
     return 0
 
@@ -333,6 +341,8 @@ def add_efficiency_commands(sub) -> None:
     p.add_argument("--masks", help="write masks (.pth: torch.nn.utils.prune format, .safetensors: plain)")
     p.add_argument("--layout", default=None, help="rename masks for a framework: fc-clip | han | deeplab (OpenTrans, named as han) | detectron2")
     p.add_argument("--out", help="write the pruned open_clip state dict (.safetensors)")
+    p.add_argument("--csr", action="store_true", help="--out stores the pruned convs as CSR "
+                   "(size ~ non-zeros; ovs.load builds them sparse)")
     p.set_defaults(func=cmd_prune)
 
 
