@@ -93,6 +93,16 @@ def safetensors_seeds(out: str) -> None:
     with open(tmp, "rb") as f:
         _st_write(out, "ovs_writer.safetensors", f.read())
     os.unlink(tmp)
+    # a pruned conv stored as CSR with its "ovs-sparse" metadata (ovs.prune.save_sparse)
+    from ovs.prune import save_sparse
+
+    w = torch.randn(4, 3, 3, 3, generator=g).numpy()
+    w[np.abs(w) < 1.2] = 0
+    save_sparse({"visual.layer1.0.conv2.weight": w, "b": np.ones(4, np.float32)}, tmp,
+                names=["visual.layer1.0.conv2.weight"])
+    with open(tmp, "rb") as f:
+        _st_write(out, "ovs_sparse.safetensors", f.read())
+    os.unlink(tmp)
     # hand-made: a gap between tensors and a header padded with spaces
     header = json.dumps({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
                          "y": {"dtype": "U8", "shape": [3], "data_offsets": [16, 19]}}).encode()

@@ -41,6 +41,7 @@ import numpy as np
 
 import ovs
 from ovs import WeightFileError, _core
+from ovs.prune import SparseWeight, unpack_sparse
 from ovs.weights import load_state_dict, open_state_dict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -152,6 +153,14 @@ def target_safetensors(data: bytes) -> None:
         return
     for name, arr in sd.items():
         assert isinstance(name, str) and isinstance(arr, np.ndarray), name
+    # CSR weights of an "ovs-sparse" file (ovs.prune.save_sparse): checked, or a ValueError
+    try:
+        sparse = unpack_sparse(sd, path)
+    except ValueError:
+        sparse = {}
+    for name, w in sparse.items():
+        if isinstance(w, SparseWeight):
+            assert w.dense().shape == w.shape, name
     lazy = open_state_dict(path)
     assert sorted(lazy) == sorted(sd)
     for name in lazy:

@@ -20,6 +20,7 @@ shortcut conv): each backbone layout is one entry of LAYOUTS giving the name of 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from typing import Any, Mapping
@@ -557,9 +558,10 @@ def unpack_sparse(sd: Mapping[str, Any], path: str | os.PathLike) -> dict[str, A
     where = f"{path!r}: the {SPARSE_KEY!r} metadata"
     try:
         doc = json.loads(raw)
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise ValueError(f"{where} is not valid JSON ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("format") != "csr" or doc.get("version") != SPARSE_VERSION:
+    except (json.JSONDecodeError, TypeError, RecursionError) as exc:
+        raise ValueError(f"{where} is not valid JSON ({type(exc).__name__}: {exc})") from None
+    if (not isinstance(doc, dict) or doc.get("format") != "csr" or
+            type(doc.get("version")) is not int or doc["version"] != SPARSE_VERSION):
         raise ValueError(f"{where} must be an object with format 'csr' and version "
                          f"{SPARSE_VERSION}, got {str(doc)[:100]!r}")
     tensors = doc.get("tensors")
@@ -597,7 +599,9 @@ def _check_csr(name: str, entry, sd, header, path) -> SparseWeight:
                       f"{info.get('dtype')} of shape {info.get('shape')}")
         arrays[part] = np.asarray(sd[key])
     values, colidx, rowptr = (arrays[p] for p in _CSR_PARTS)
-    rows, cols = shape[0], int(np.prod(shape[1:], dtype=np.int64))
+    rows, cols = shape[0], math.prod(shape[1:])
+    if cols >= 2 ** 31 or rows * cols >= 2 ** 40:
+        raise bad(f"dense shape {shape} is too large")
     nnz = values.size
     if colidx.size != nnz:
         raise bad(f"{nnz} values but {colidx.size} column indices")

@@ -163,6 +163,10 @@ def _corrupt_cases(parts, shape):
     return {
         "not valid JSON": ({}, {"ovs-sparse": "{not json"}),
         "version": ({}, {"ovs-sparse": json.dumps({"format": "csr", "version": 7, "tensors": {}})}),
+        "RecursionError": ({}, {"ovs-sparse": "[" * 100000}),
+        "got \"{'format': 'csr', 'version': True": (
+            {}, {"ovs-sparse": json.dumps({"format": "csr", "version": True, "tensors": {}})}),
+        "too large": ({}, _meta([shape[0], 10 ** 30, 1, 1])),
         "no 'tensors'": ({}, {"ovs-sparse": json.dumps({"format": "csr", "version": 1})}),
         "metadata shape": ({}, _meta([64, "a", 3, 3])),
         "row pointers for": ({}, _meta([shape[0] + 1] + shape[1:])),
