@@ -271,3 +271,23 @@ def test_cli_prune_csr(fixtures_dir, tmp_path):
     got = ovs.load(out)
     assert all(np.array_equal(got.state_dict[k], want[k]) for k in P.prunable(want))
     assert main(["prune", src, "--csr"]) == 2                  # --csr without --out
+
+
+def test_sparse_build_survives_every_allocation_failure(tiny):
+    """Building the ResNet from CSR weights, going all-sparse and running it: each C allocation
+    failed in turn gives MemoryError or the same output, never a crash or a leak-driven
+    difference."""
+    from conftest import inject_alloc_failures
+
+    v = tiny.config["vision"]
+    sd = {k: (P.SparseWeight.from_dense(a).csr_tuple() if k in P.prunable(tiny) else a)
+          for k, a in tiny._sd.items() if k.startswith("visual.")}
+    x = np.random.default_rng(3).random((1, 3, 64, 64), dtype=np.float32)
+
+    def run():
+        net = _core.ResNet(sd, "visual.", v["layers"], v["width"], v["embed_dim"], v["heads"],
+                           v["grid"], v["attnpool"])
+        net.sparsify("all", 64, 64)
+        return net.forward(x)
+
+    assert inject_alloc_failures(run, "sparse ResNet build") > 10
