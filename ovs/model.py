@@ -521,6 +521,8 @@ def load(name_or_path: str | os.PathLike, *, act: str | None = None,
 
     fw = detect(sd)
     if fw is not None:  # a file written by `ovs convert`: that framework's model
-        return fw.model({k: _dense(v) for k, v in sd.items()}, name=str(name_or_path))
+        if sd is not read:  # frameworks take dense weights
+            sd = {k: _dense(v) for k, v in sd.items()}
+        return fw.model(sd, name=str(name_or_path))
     return Model(sd, act=act or (spec.act if spec is not None else "quickgelu"), vision_heads=vision_heads, text_heads=text_heads,
                  name=str(name_or_path))

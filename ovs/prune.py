@@ -531,14 +531,15 @@ def _safetensors_header(path: str) -> dict:
         return json.loads(f.read(n))
 
 
-def unpack_sparse(sd: Mapping[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+def unpack_sparse(sd: Mapping[str, Any], path: str | os.PathLike) -> Mapping[str, Any]:
     """The state dict read from `path` with each CSR weight of a save_sparse file (the three
     `<n>.csr_*` tensors) replaced by one SparseWeight `<n>`, after checking it strictly against
     the "ovs-sparse" metadata: ValueError naming the tensor for malformed JSON, an unknown
     format/version, a shape the arrays do not fit, wrong dtypes, row pointers that do not run
     monotonically from 0 to nnz, column indices out of range or not ascending in a row,
     non-finite values, and CSR tensors the metadata does not list (or the reverse). A file
-    without the metadata and without CSR tensors comes back unchanged."""
+    without the metadata and without CSR tensors: `sd` itself is returned (only its names are
+    read, so a lazily loaded state dict stays lazy)."""
     path = os.fspath(path)
     parts = [k for k in sd if k.endswith(_CSR_PARTS)]
     from .weights import detect_format
@@ -546,7 +547,7 @@ def unpack_sparse(sd: Mapping[str, Any], path: str | os.PathLike) -> dict[str, A
     if detect_format(path) != "safetensors":
         if parts:
             raise ValueError(f"{path!r}: CSR tensors ({parts[0]!r}) outside a safetensors file")
-        return dict(sd)
+        return sd
     header = _safetensors_header(path)
     meta = header.get("__metadata__") or {}
     raw = meta.get(SPARSE_KEY) if isinstance(meta, dict) else None
@@ -554,7 +555,7 @@ def unpack_sparse(sd: Mapping[str, Any], path: str | os.PathLike) -> dict[str, A
         if parts:
             raise ValueError(f"{path!r} holds CSR tensors ({parts[0]!r}) but no {SPARSE_KEY!r} "
                              "metadata giving their shapes")
-        return dict(sd)
+        return sd
     where = f"{path!r}: the {SPARSE_KEY!r} metadata"
     try:
         doc = json.loads(raw)

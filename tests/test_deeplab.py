@@ -131,6 +131,12 @@ def test_pruned_backbone_runs_sparse(tmp_path):
     seg = ovs.Segmenter(model, "deeplab", short_side=SHORT)
     seg.max_size = MAX
     assert_close(seg.predict(img, NAMES), probs.numpy(), name="probabilities (sparse)")
+    # the same trunk stored as CSR (ovs.prune.save_sparse): ovs.load gives the framework model
+    csr = tmp_path / "pruned_csr.safetensors"
+    assert ovs.prune.save_sparse(ovs.weights.load_state_dict(path), csr)
+    again = ovs.load(csr)
+    assert isinstance(again, DeepLabModel)
+    assert_close(again.embed(x.numpy())[0].reshape(64, -1).T, emb[0].numpy(), name="CSR file")
 
 
 @pytest.mark.parametrize("os_", [16, 8])

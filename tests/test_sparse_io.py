@@ -65,8 +65,14 @@ def test_round_trip_bitwise(tiny, tiny_file, mode):
     tiny.sparsify(mode)
     a, b = _features(tiny, x), _features(loaded, x)
     assert a.keys() == b.keys()
+    # "auto" times the kernels: the two models may choose differently for a conv (noise), and
+    # then agree to the sparse-vs-dense tolerance; with the same choices, bitwise
+    same = [c["sparse"] for c in tiny.visual.convs()] == [c["sparse"] for c in loaded.visual.convs()]
     for k in a:
-        assert np.array_equal(a[k], b[k]), k
+        if same:
+            assert np.array_equal(a[k], b[k]), k
+        else:
+            assert np.abs(a[k] - b[k]).max() <= 1e-5 * np.abs(a[k]).max(), k
     convs = {c["name"]: c for c in loaded.visual.convs()}
     if mode == "all":
         # every stride-1 conv stored as CSR runs sparse; its memory is the CSR's
