@@ -568,14 +568,19 @@ def unpack_sparse(sd: Mapping[str, Any], path: str | os.PathLike) -> Mapping[str
     tensors = doc.get("tensors")
     if not isinstance(tensors, dict):
         raise ValueError(f"{where} has no 'tensors' object")
-    out = {k: v for k, v in sd.items() if not k.endswith(_CSR_PARTS)}
-    claimed = set()
+    sparse, claimed = {}, set()
     for name, entry in tensors.items():
-        out[name] = _check_csr(name, entry, sd, header, path)
+        sparse[name] = _check_csr(name, entry, sd, header, path)
         claimed.update(name + p for p in _CSR_PARTS)
     stray = sorted(set(parts) - claimed)
     if stray:
         raise ValueError(f"{where} does not list the CSR tensor {stray[0]!r}")
+    from .weights import FileStateDict
+
+    if isinstance(sd, FileStateDict):   # the dense tensors stay in the file, read on demand
+        return sd.select(lambda k: not k.endswith(_CSR_PARTS)).replace(sparse)
+    out = {k: v for k, v in sd.items() if not k.endswith(_CSR_PARTS)}
+    out.update(sparse)
     return out
 
 

@@ -234,7 +234,9 @@ class FileStateDict(Mapping):
     # ---- Mapping
     def __getitem__(self, name: str) -> np.ndarray:
         v = self._entries[name]
-        return _read_tensor(self._file, v) if isinstance(v, str) else v
+        if isinstance(v, str):
+            return _read_tensor(self._file, v)
+        return v.dense() if hasattr(v, "csr_tuple") else v   # ovs.prune.SparseWeight: dense
 
     def __iter__(self):
         return iter(self._entries)
@@ -268,7 +270,7 @@ class FileStateDict(Mapping):
         """The dtype sd[name] will have."""
         v = self._entries[name]
         if not isinstance(v, str):
-            return np.asarray(v).dtype
+            return v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype
         code = self._file.info(v)[0]
         return np.dtype(np.float32) if code in _FLOAT_KINDS else _NUMPY_OF[code]
 
@@ -295,6 +297,9 @@ class FileStateDict(Mapping):
         entries; the others still read from the file."""
         out = dict(self._entries)
         for k, v in updates.items():
+            if hasattr(v, "csr_tuple"):   # an ovs.prune.SparseWeight stays sparse
+                out[str(k)] = v
+                continue
             a = np.asarray(v)
             if a.flags.writeable:
                 a = a.copy()
