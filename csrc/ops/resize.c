@@ -3,9 +3,11 @@
  * float arithmetic, so results agree to rounding.
  * Dimension letters: NC planes, H, W input, P, Q output.
  *
- * Column indices and weights are tabulated per chunk of output columns (on the stack: ops do
- * not allocate) and shared by every output row of every plane; row weights are computed per
- * row. Work is parallel over (plane, output row). */
+ * One driver (resize_driver) serves the float bilinear and bicubic resizes and the uint8
+ * bilinear resize with normalisation: column indices and weights are tabulated per chunk of
+ * output columns (on the stack: ops do not allocate) and shared by every output row of every
+ * plane; row weights are computed per row. Work is parallel over (plane, output row); the
+ * three differ only in their row kernel (linear_row, cubic_row, linear_row_u8). */
 #include "ops/ops_internal.h"
 
 #define RESIZE_CHUNK 256   /* output columns per table */
@@ -75,35 +77,126 @@ int ops_planes_check(const char *op, const char *verb, float *out, const float *
     return OVS_OK;
 }
 
-int ovs_resize_bilinear(float *out, const float *in, int64_t NC, int64_t H, int64_t W, int64_t P,
-                        int64_t Q, int align_corners) {
-    static const char op[] = "ovs_resize_bilinear";
-    int64_t n_out;
-    int st = ops_planes_check(op, "resize", out, in, NC, H, W, P, Q, &n_out);
-    if (st || n_out == 0) return st;
+/* Taps of one output index: 2 (bilinear) or 4 (bicubic) source indices and their weights. */
+static void resize_taps(float real, int64_t in, int cubic, int64_t idx[4], float w[4]) {
+    if (cubic)
+        cubic_taps(real, in, idx, w);
+    else
+        linear_taps(real, in, &idx[0], &idx[1], &w[0], &w[1]);
+}
+
+/* What a row kernel reads: float planes (H, W) or a uint8 HWC image with strides and a
+ * per-channel lookup table (value -> normalised float). */
+struct resize_src {
+    const float *f;
+    const uint8_t *u8;
+    int64_t row_stride, pixel_stride;
+    const float (*lut)[256];
+};
+
+/* The row kernels: one output row of `nq` columns of plane `plane` (channel c of the uint8
+ * image), dst[j] = sum_i wy[i] * sum_k wx[j][k] * src(plane, yi[i], xi[j][k]), in the
+ * arithmetic order of torch's kernels. */
+enum resize_kind { RESIZE_LINEAR, RESIZE_CUBIC, RESIZE_LINEAR_U8 };
+
+static inline void linear_row(float *dst, const struct resize_src *s, int64_t plane,
+                              int64_t H, int64_t W, const int64_t yi[4], const float wy[4],
+                              const int64_t (*xi)[4], const float (*wx)[4], int64_t nq) {
+    const float *r0 = s->f + (plane * H + yi[0]) * W, *r1 = s->f + (plane * H + yi[1]) * W;
+    for (int64_t j = 0; j < nq; j++) {
+        const int64_t *x = xi[j];
+        const float *w = wx[j];
+        dst[j] = wy[0] * (w[0] * r0[x[0]] + w[1] * r0[x[1]]) +
+                 wy[1] * (w[0] * r1[x[0]] + w[1] * r1[x[1]]);
+    }
+}
+
+static inline void linear_row_u8(float *dst, const struct resize_src *s, int64_t c,
+                                 int64_t H, int64_t W, const int64_t yi[4], const float wy[4],
+                                 const int64_t (*xi)[4], const float (*wx)[4], int64_t nq) {
+    (void)H;
+    (void)W;
+    const uint8_t *r0 = s->u8 + yi[0] * s->row_stride + c;
+    const uint8_t *r1 = s->u8 + yi[1] * s->row_stride + c;
+    const float *t = s->lut[c];
+    for (int64_t j = 0; j < nq; j++) {
+        const int64_t a = xi[j][0] * s->pixel_stride, b = xi[j][1] * s->pixel_stride;
+        const float *w = wx[j];
+        dst[j] = wy[0] * (w[0] * t[r0[a]] + w[1] * t[r0[b]]) +
+                 wy[1] * (w[0] * t[r1[a]] + w[1] * t[r1[b]]);
+    }
+}
+
+static inline void cubic_row(float *dst, const struct resize_src *s, int64_t plane,
+                             int64_t H, int64_t W, const int64_t yi[4], const float wy[4],
+                             const int64_t (*xi)[4], const float (*wx)[4], int64_t nq) {
+    const float *r[4];
+    for (int i = 0; i < 4; i++) r[i] = s->f + (plane * H + yi[i]) * W;
+    for (int64_t j = 0; j < nq; j++) {
+        const int64_t *x = xi[j];
+        const float *w = wx[j];
+        float acc = 0.0f;
+        for (int i = 0; i < 4; i++) {
+            /* Horizontal then vertical, as torch's cubic_interp1d nesting. */
+            float h = r[i][x[0]] * w[0] + r[i][x[1]] * w[1] + r[i][x[2]] * w[2] +
+                      r[i][x[3]] * w[3];
+            acc += h * wy[i];
+        }
+        dst[j] = acc;
+    }
+}
+
+/* The one resize driver: `planes` planes of (H, W) -> (P, Q) into out (planes, P, Q). Column
+ * taps are tabulated per chunk of output columns and shared by every row; each (plane, output
+ * row) computes its row taps and runs the row kernel of `kind`. Parallel over rows (every
+ * output element is computed by one thread: results do not depend on the thread count). */
+static void resize_driver(float *out, const struct resize_src *src, enum resize_kind kind,
+                          int64_t planes, int64_t H, int64_t W, int64_t P, int64_t Q,
+                          int align_corners) {
+    const int cubic = kind == RESIZE_CUBIC;
+    /* bicubic does about 4x the work per output element */
+    const int64_t par_min = cubic ? OPS_PAR_MIN / 4 : OPS_PAR_MIN;
     const float sh = resize_scale(H, P, align_corners), sw = resize_scale(W, Q, align_corners);
-    const int64_t rows = NC * P;
-    int64_t x0[RESIZE_CHUNK], x1[RESIZE_CHUNK];   /* (chunk,) column taps */
-    float wx0[RESIZE_CHUNK], wx1[RESIZE_CHUNK];   /* (chunk,) their weights */
+    const int64_t rows = planes * P;
+    int64_t xi[RESIZE_CHUNK][4];   /* (chunk, taps) column taps */
+    float wx[RESIZE_CHUNK][4];     /* (chunk, taps) their weights */
     for (int64_t q0 = 0; q0 < Q; q0 += RESIZE_CHUNK) {
         const int64_t nq = Q - q0 < RESIZE_CHUNK ? Q - q0 : RESIZE_CHUNK;
         for (int64_t j = 0; j < nq; j++)
-            linear_taps(resize_source(sw, q0 + j, align_corners, 0), W, &x0[j], &x1[j], &wx0[j],
-                        &wx1[j]);
-#pragma omp parallel for schedule(static) if (rows * nq >= OPS_PAR_MIN && rows > 1) num_threads(ovs_get_num_threads())
-        for (int64_t row = 0; row < rows; row++) {
-            const int64_t plane = row / P, p = row % P;
-            int64_t y0, y1;
-            float wy0, wy1;
-            linear_taps(resize_source(sh, p, align_corners, 0), H, &y0, &y1, &wy0, &wy1);
-            const float *r0 = in + (plane * H + y0) * W, *r1 = in + (plane * H + y1) * W;
-            float *dst = out + row * Q + q0;
-            for (int64_t j = 0; j < nq; j++)
-                dst[j] = wy0 * (wx0[j] * r0[x0[j]] + wx1[j] * r0[x1[j]]) +
-                         wy1 * (wx0[j] * r1[x0[j]] + wx1[j] * r1[x1[j]]);
+            resize_taps(resize_source(sw, q0 + j, align_corners, cubic), W, cubic, xi[j], wx[j]);
+#pragma omp parallel for schedule(static) if (rows * nq >= par_min && rows > 1) num_threads(ovs_get_num_threads())
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t yi[4];
+            float wy[4];
+            resize_taps(resize_source(sh, r % P, align_corners, cubic), H, cubic, yi, wy);
+            float *dst = out + r * Q + q0;
+            const int64_t(*cx)[4] = (const int64_t(*)[4])xi;
+            const float(*cw)[4] = (const float(*)[4])wx;
+            if (cubic)
+                cubic_row(dst, src, r / P, H, W, yi, wy, cx, cw, nq);
+            else if (kind == RESIZE_LINEAR_U8)
+                linear_row_u8(dst, src, r / P, H, W, yi, wy, cx, cw, nq);
+            else
+                linear_row(dst, src, r / P, H, W, yi, wy, cx, cw, nq);
         }
     }
+}
+
+/* The float resizes: (NC, H, W) -> (NC, P, Q) planes after ops_planes_check's checks. */
+static int resize_float(const char *op, enum resize_kind kind, float *out, const float *in,
+                        int64_t NC, int64_t H, int64_t W, int64_t P, int64_t Q, int align_corners) {
+    int64_t n_out;
+    int st = ops_planes_check(op, "resize", out, in, NC, H, W, P, Q, &n_out);
+    if (st || n_out == 0) return st;
+    const struct resize_src src = {.f = in};
+    resize_driver(out, &src, kind, NC, H, W, P, Q, align_corners);
     return OVS_OK;
+}
+
+int ovs_resize_bilinear(float *out, const float *in, int64_t NC, int64_t H, int64_t W, int64_t P,
+                        int64_t Q, int align_corners) {
+    return resize_float("ovs_resize_bilinear", RESIZE_LINEAR, out, in, NC, H, W, P, Q,
+                        align_corners);
 }
 
 int ovs_resize_bilinear_taps(int64_t *i0, int64_t *i1, float *w0, float *w1, int64_t in,
@@ -154,69 +247,15 @@ int ovs_resize_bilinear_u8_normalize(float *out, const uint8_t *in, int64_t H, i
     float lut[3][256];  /* as ovs_normalize_u8 (scale255 = 0): (v / 255 - mean) / std */
     for (int c = 0; c < 3; c++)
         for (int v = 0; v < 256; v++) lut[c][v] = ((float)v / 255.0f - mean[c]) / std[c];
-    const float sh = resize_scale(H, P, 0), sw = resize_scale(W, Q, 0);
-    const int64_t rows = 3 * P;
-    int64_t x0[RESIZE_CHUNK], x1[RESIZE_CHUNK];   /* (chunk,) column taps */
-    float wx0[RESIZE_CHUNK], wx1[RESIZE_CHUNK];   /* (chunk,) their weights */
-    for (int64_t q0 = 0; q0 < Q; q0 += RESIZE_CHUNK) {
-        const int64_t nq = Q - q0 < RESIZE_CHUNK ? Q - q0 : RESIZE_CHUNK;
-        for (int64_t j = 0; j < nq; j++)
-            linear_taps(resize_source(sw, q0 + j, 0, 0), W, &x0[j], &x1[j], &wx0[j], &wx1[j]);
-#pragma omp parallel for schedule(static) if (rows * nq >= OPS_PAR_MIN && rows > 1) num_threads(ovs_get_num_threads())
-        for (int64_t row = 0; row < rows; row++) {
-            const int64_t c = row / P, p = row % P;
-            int64_t y0, y1;
-            float wy0, wy1;
-            linear_taps(resize_source(sh, p, 0, 0), H, &y0, &y1, &wy0, &wy1);
-            const uint8_t *r0 = in + y0 * in_row_stride + c, *r1 = in + y1 * in_row_stride + c;
-            const float *t = lut[c];
-            float *dst = out + row * Q + q0;
-            for (int64_t j = 0; j < nq; j++) {
-                const int64_t a = x0[j] * in_pixel_stride, b = x1[j] * in_pixel_stride;
-                dst[j] = wy0 * (wx0[j] * t[r0[a]] + wx1[j] * t[r0[b]]) +
-                         wy1 * (wx0[j] * t[r1[a]] + wx1[j] * t[r1[b]]);
-            }
-        }
-    }
+    const struct resize_src src = {.u8 = in, .row_stride = in_row_stride,
+                                   .pixel_stride = in_pixel_stride,
+                                   .lut = (const float (*)[256])lut};
+    resize_driver(out, &src, RESIZE_LINEAR_U8, 3, H, W, P, Q, 0);
     return OVS_OK;
 }
 
 int ovs_resize_bicubic(float *out, const float *in, int64_t NC, int64_t H, int64_t W, int64_t P,
                        int64_t Q, int align_corners) {
-    static const char op[] = "ovs_resize_bicubic";
-    int64_t n_out;
-    int st = ops_planes_check(op, "resize", out, in, NC, H, W, P, Q, &n_out);
-    if (st || n_out == 0) return st;
-    const float sh = resize_scale(H, P, align_corners), sw = resize_scale(W, Q, align_corners);
-    const int64_t rows = NC * P;
-    int64_t xi[RESIZE_CHUNK][4];   /* (chunk, 4) column taps */
-    float wx[RESIZE_CHUNK][4];     /* (chunk, 4) their weights */
-    for (int64_t q0 = 0; q0 < Q; q0 += RESIZE_CHUNK) {
-        const int64_t nq = Q - q0 < RESIZE_CHUNK ? Q - q0 : RESIZE_CHUNK;
-        for (int64_t j = 0; j < nq; j++)
-            cubic_taps(resize_source(sw, q0 + j, align_corners, 1), W, xi[j], wx[j]);
-#pragma omp parallel for schedule(static) if (rows * nq >= OPS_PAR_MIN / 4 && rows > 1) num_threads(ovs_get_num_threads())
-        for (int64_t row = 0; row < rows; row++) {
-            const int64_t plane = row / P, p = row % P;
-            int64_t yi[4];
-            float wy[4];
-            cubic_taps(resize_source(sh, p, align_corners, 1), H, yi, wy);
-            const float *r[4];
-            for (int i = 0; i < 4; i++) r[i] = in + (plane * H + yi[i]) * W;
-            float *dst = out + row * Q + q0;
-            for (int64_t j = 0; j < nq; j++) {
-                const int64_t *x = xi[j];
-                const float *w = wx[j];
-                float acc = 0.0f;
-                for (int i = 0; i < 4; i++) {
-                    /* Horizontal then vertical, as torch's cubic_interp1d nesting. */
-                    float h = r[i][x[0]] * w[0] + r[i][x[1]] * w[1] + r[i][x[2]] * w[2] +
-                              r[i][x[3]] * w[3];
-                    acc += h * wy[i];
-                }
-                dst[j] = acc;
-            }
-        }
-    }
-    return OVS_OK;
+    return resize_float("ovs_resize_bicubic", RESIZE_CUBIC, out, in, NC, H, W, P, Q,
+                        align_corners);
 }
