@@ -88,6 +88,18 @@ _NC = f"{_N} naclip.py"
 _na_common = dict(logit_scale=(40.0, f"{_NC}:22"), sigma=(5.0, f"{_NC}:21"), pamr=(10, f"{_NC}:21"),
                   synonym_mode=("max", f"{_NC}:149"))
 _na_slide = dict(window=((224, 112), f"{_NC}:22"))
+# --- MaskCLIP: its own protocol, whole-image inference at short side 512; prompt denoising and
+# key smoothing off (MaskClipHead(ks_thresh=0., pd_thresh=0.), maskclip_head.py:15)
+_MH = f"{_M} mmseg/models/decode_heads/maskclip_head.py:15"
+
+
+def _maskclip(short_cfg: str, model_cfg: str) -> dict[str, Any]:
+    """A MaskCLIP entry: short side 512 at configs/<short_cfg> ("path:line"), whole-image
+    inference at configs/_base_/models/<model_cfg>, the head's defaults."""
+    return _e(short_side=(512, f"{_M} configs/{short_cfg}"),
+              window=(None, f"{_M} configs/_base_/models/{model_cfg}"),
+              prompt_denoise=(0.0, _MH), key_smoothing=(0.0, _MH))
+
 
 TABLE: dict[tuple[str, str], dict[str, Any]] = {
     # ------------------------------------------------------------------ SCLIP
@@ -133,27 +145,14 @@ TABLE: dict[tuple[str, str], dict[str, Any]] = {
                              bg_threshold=(0.1, f"{_N} configs/cfg_voc21.py:6"),
                              window=(None, f"{_N} configs/cfg_voc21.py:7"),
                              bg_label=(0, f"{_NC}:152"), **_na_common),
-    # ------------------------------------------------------------------ MaskCLIP (its own protocol:
-    # whole-image inference at short side 512; prompt denoising / key smoothing off by default,
-    # MaskClipHead(ks_thresh=0., pd_thresh=0.))
-    ("maskclip", "ade20k-150"): _e(short_side=(512, f"{_M} configs/_base_/datasets/ade20k.py:23"),
-                                   window=(None, f"{_M} configs/_base_/models/maskclip_r50.py:26"),
-                                   prompt_denoise=(0.0, f"{_M} mmseg/models/decode_heads/maskclip_head.py:15"),
-                                   key_smoothing=(0.0, f"{_M} mmseg/models/decode_heads/maskclip_head.py:15")),
-    ("maskclip", "voc-20"): _e(short_side=(512, f"{_M} configs/_base_/datasets/pascal_voc12_aug_20.py:23"),
-                               window=(None, f"{_M} configs/_base_/models/maskclip_vit16.py:51"),
-                               prompt_denoise=(0.0, f"{_M} mmseg/models/decode_heads/maskclip_head.py:15"),
-                               key_smoothing=(0.0, f"{_M} mmseg/models/decode_heads/maskclip_head.py:15")),
-    ("maskclip", "coco-stuff"): _e(short_side=(512, f"{_M} configs/_base_/datasets/coco-stuff164k.py:23"),
-                                   window=(None, f"{_M} configs/_base_/models/maskclip_vit16.py:51"),
-                                   prompt_denoise=(0.0, f"{_M} mmseg/models/decode_heads/maskclip_head.py:15"),
-                                   key_smoothing=(0.0, f"{_M} mmseg/models/decode_heads/maskclip_head.py:15")),
+    # ------------------------------------------------------------------ MaskCLIP
+    ("maskclip", "ade20k-150"): _maskclip("_base_/datasets/ade20k.py:23", "maskclip_r50.py:26"),
+    ("maskclip", "voc-20"): _maskclip("_base_/datasets/pascal_voc12_aug_20.py:23", "maskclip_vit16.py:51"),
+    ("maskclip", "coco-stuff"): _maskclip("_base_/datasets/coco-stuff164k.py:23", "maskclip_vit16.py:51"),
     # img_scale=(1024, 512): short side 512 with the long side capped at 1024; on Cityscapes'
     # 2048x1024 images that is exactly short side 512
-    ("maskclip", "cityscapes"): _e(short_side=(512, f"{_M} configs/maskclip/maskclip_vit16_1024x512_cityscapes.py:22"),
-                                   window=(None, f"{_M} configs/_base_/models/maskclip_vit16.py:51"),
-                                   prompt_denoise=(0.0, f"{_M} mmseg/models/decode_heads/maskclip_head.py:15"),
-                                   key_smoothing=(0.0, f"{_M} mmseg/models/decode_heads/maskclip_head.py:15")),
+    ("maskclip", "cityscapes"): _maskclip("maskclip/maskclip_vit16_1024x512_cityscapes.py:22",
+                                          "maskclip_vit16.py:51"),
 }
 
 
