@@ -30,12 +30,13 @@ Run (needs the `regex` package, a test-only dependency; a few seconds):
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import unicodedata
 
 import regex
+
+import _regen  # scripts/_regen.py (this script's directory is sys.path[0])
 
 REGEX_VERSION = "2026.11.19"  # the release the committed tables come from (Unicode 18.0.0)
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -167,27 +168,19 @@ def render() -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--check", action="store_true", help="compare with the committed header")
-    args = ap.parse_args()
-    if regex.__version__ != REGEX_VERSION:
-        print(f"the tables are generated from regex=={REGEX_VERSION}, but regex {regex.__version__} "
-              f"is installed: install regex=={REGEX_VERSION} (the test extra pins it) or, to move "
-              "to a new Unicode version, change REGEX_VERSION first", file=sys.stderr)
-        return 2
-    text = render()
-    if args.check:
-        with open(OUT, encoding="utf-8") as f:
-            if f.read() != text:
-                print(f"{OUT} is stale: rerun scripts/gen_unicode_tables.py", file=sys.stderr)
-                return 1
-        print("up to date")
+def check_regex_version() -> int:
+    """2 (with the reason) unless the installed `regex` is REGEX_VERSION."""
+    if regex.__version__ == REGEX_VERSION:
         return 0
-    with open(OUT, "w", encoding="utf-8") as f:
-        f.write(text)
-    print(f"wrote {OUT}")
-    return 0
+    print(f"the tables are generated from regex=={REGEX_VERSION}, but regex {regex.__version__} "
+          f"is installed: install regex=={REGEX_VERSION} (the test extra pins it) or, to move "
+          "to a new Unicode version, change REGEX_VERSION first", file=sys.stderr)
+    return 2
+
+
+def main() -> int:
+    return _regen.main(__doc__, OUT, render, what="header", rerun="scripts/gen_unicode_tables.py",
+                       precheck=check_regex_version)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ contractions, digits), generated mojibake, random code points, and long strings 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -243,21 +242,12 @@ def dumps(corpus: list[str]) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--check", action="store_true", help="compare with the committed corpus")
-    args = ap.parse_args()
-    text = dumps(build())
-    if args.check:
-        with open(OUT, encoding="utf-8") as f:
-            if f.read() != text:
-                print(f"{OUT} is stale: rerun {sys.argv[0]}", file=sys.stderr)
-                return 1
-        print("up to date")
-        return 0
-    with open(OUT, "w", encoding="utf-8") as f:
-        f.write(text)
-    print(f"wrote {OUT}: {len(json.loads(text))} strings")
-    return 0
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import _regen  # scripts/_regen.py: the generators' shared --check / write
+
+    return _regen.main(__doc__, OUT, lambda: dumps(build()), what="corpus",
+                       rerun="tests/data/make_tokenizer_corpus.py",
+                       summary=lambda text: f": {len(json.loads(text))} strings")
 
 
 if __name__ == "__main__":
