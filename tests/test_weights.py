@@ -277,6 +277,17 @@ def test_missing_name_and_bad_name_type(tmp_path):
     assert f.get("a").shape == () and f.get("a") == 5
 
 
+def _t(name=b"a", dtype=b'"U8"', shape=b"[1]", offsets=b"[0, 1]", extra=b"") -> bytes:
+    """One tensor entry of a raw header, its JSON fragments as given (so each may be malformed)."""
+    return (b'"' + name + b'": {"dtype": ' + dtype + b', "shape": ' + shape + b', "data_offsets": ' +
+            offsets + extra + b"}")
+
+
+def _hdr(*tensors: bytes) -> bytes:
+    """A raw header of the given tensor entries (default: one valid U8 tensor 'a')."""
+    return b"{" + b", ".join(tensors or (_t(),)) + b"}"
+
+
 BAD_HEADERS = [
     # (description, raw header bytes, data, expected message fragments)
     ("invalid JSON", b"{nope}", b"", ["invalid JSON"]),
@@ -285,51 +296,32 @@ BAD_HEADERS = [
     ("string", b'"x"', b"", ["must be a JSON object"]),
     ("number", b"1", b"", ["must be a JSON object"]),
     ("trailing data", b'{} {}', b"", ["after the JSON value"]),
-    ("unknown dtype", b'{"a": {"dtype": "F8_E4M3", "shape": [1], "data_offsets": [0, 1]}}', b"\0",
-     ["unsupported dtype 'F8_E4M3'"]),
-    ("dtype not a string", b'{"a": {"dtype": 4, "shape": [1], "data_offsets": [0, 1]}}', b"\0",
-     ["dtype must be a string"]),
-    ("negative shape", b'{"a": {"dtype": "U8", "shape": [-1], "data_offsets": [0, 1]}}', b"\0",
-     ["non-negative integer"]),
-    ("float shape", b'{"a": {"dtype": "U8", "shape": [1.0], "data_offsets": [0, 1]}}', b"\0",
-     ["not a fraction"]),
-    ("exponent shape", b'{"a": {"dtype": "U8", "shape": [1e0], "data_offsets": [0, 1]}}', b"\0",
-     ["not a fraction"]),
-    ("leading zero", b'{"a": {"dtype": "U8", "shape": [01], "data_offsets": [0, 1]}}', b"\0",
-     ["leading zero"]),
-    ("shape not array", b'{"a": {"dtype": "U8", "shape": 1, "data_offsets": [0, 1]}}', b"\0",
-     ["\"shape\" must be an array"]),
-    ("rank 9", b'{"a": {"dtype": "U8", "shape": [1,1,1,1,1,1,1,1,1], "data_offsets": [0, 1]}}',
-     b"\0", ["more than 8"]),
-    ("shape overflow", b'{"a": {"dtype": "F32", "shape": [4611686018427387904, 4], '
-                       b'"data_offsets": [0, 1]}}', b"\0", ["overflows"]),
-    ("byte overflow", b'{"a": {"dtype": "F64", "shape": [4611686018427387904], '
-                      b'"data_offsets": [0, 1]}}', b"\0", ["overflows"]),
-    ("huge integer", b'{"a": {"dtype": "U8", "shape": [99999999999999999999], '
-                     b'"data_offsets": [0, 1]}}', b"\0", ["larger than 2^63-1"]),
-    ("numel mismatch", b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}',
-     b"\0" * 8, ["hold 4 bytes but F32 shape needs 8"]),
-    ("offsets beyond data", b'{"x": {"dtype": "F32", "shape": [1024], '
-                            b'"data_offsets": [0, 4096]}}', b"\0" * 1024,
+    ("unknown dtype", _hdr(_t(dtype=b'"F8_E4M3"')), b"\0", ["unsupported dtype 'F8_E4M3'"]),
+    ("dtype not a string", _hdr(_t(dtype=b"4")), b"\0", ["dtype must be a string"]),
+    ("negative shape", _hdr(_t(shape=b"[-1]")), b"\0", ["non-negative integer"]),
+    ("float shape", _hdr(_t(shape=b"[1.0]")), b"\0", ["not a fraction"]),
+    ("exponent shape", _hdr(_t(shape=b"[1e0]")), b"\0", ["not a fraction"]),
+    ("leading zero", _hdr(_t(shape=b"[01]")), b"\0", ["leading zero"]),
+    ("shape not array", _hdr(_t(shape=b"1")), b"\0", ["\"shape\" must be an array"]),
+    ("rank 9", _hdr(_t(shape=b"[1,1,1,1,1,1,1,1,1]")), b"\0", ["more than 8"]),
+    ("shape overflow", _hdr(_t(dtype=b'"F32"', shape=b"[4611686018427387904, 4]")), b"\0",
+     ["overflows"]),
+    ("byte overflow", _hdr(_t(dtype=b'"F64"', shape=b"[4611686018427387904]")), b"\0", ["overflows"]),
+    ("huge integer", _hdr(_t(shape=b"[99999999999999999999]")), b"\0", ["larger than 2^63-1"]),
+    ("numel mismatch", _hdr(_t(dtype=b'"F32"', shape=b"[2]", offsets=b"[0, 4]")), b"\0" * 8,
+     ["hold 4 bytes but F32 shape needs 8"]),
+    ("offsets beyond data", _hdr(_t(b"x", b'"F32"', b"[1024]", b"[0, 4096]")), b"\0" * 1024,
      ["tensor 'x': data_offsets [0, 4096] end beyond the data region (1024 bytes)"]),
-    ("begin after end", b'{"a": {"dtype": "U8", "shape": [0], "data_offsets": [5, 4]}}',
-     b"\0" * 8, ["begin after end"]),
-    ("three offsets", b'{"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1, 2]}}', b"\0",
-     ["more than 2"]),
-    ("one offset", b'{"a": {"dtype": "U8", "shape": [1], "data_offsets": [1]}}', b"\0",
-     ["exactly 2"]),
-    ("overlap", b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, '
-                b'"b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}', b"\0" * 12,
-     ["'a' [0, 8] and 'b' [4, 12] overlap"]),
-    ("overlap contained", b'{"a": {"dtype": "U8", "shape": [10], "data_offsets": [0, 10]}, '
-                          b'"c": {"dtype": "U8", "shape": [1], "data_offsets": [9, 10]}, '
-                          b'"b": {"dtype": "U8", "shape": [2], "data_offsets": [2, 4]}}',
+    ("begin after end", _hdr(_t(shape=b"[0]", offsets=b"[5, 4]")), b"\0" * 8, ["begin after end"]),
+    ("three offsets", _hdr(_t(offsets=b"[0, 1, 2]")), b"\0", ["more than 2"]),
+    ("one offset", _hdr(_t(offsets=b"[1]")), b"\0", ["exactly 2"]),
+    ("overlap", _hdr(_t(b"a", b'"F32"', b"[2]", b"[0, 8]"), _t(b"b", b'"F32"', b"[2]", b"[4, 12]")),
+     b"\0" * 12, ["'a' [0, 8] and 'b' [4, 12] overlap"]),
+    ("overlap contained", _hdr(_t(b"a", shape=b"[10]", offsets=b"[0, 10]"),
+                               _t(b"c", offsets=b"[9, 10]"), _t(b"b", shape=b"[2]", offsets=b"[2, 4]")),
      b"\0" * 10, ["overlap"]),
-    ("duplicate name", b'{"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}, '
-                       b'"a": {"dtype": "U8", "shape": [1], "data_offsets": [1, 2]}}', b"\0\0",
-     ["duplicate tensor name 'a'"]),
-    ("duplicate field", b'{"a": {"dtype": "U8", "dtype": "U8", "shape": [1], '
-                        b'"data_offsets": [0, 1]}}', b"\0", ["duplicate field"]),
+    ("duplicate name", _hdr(_t(), _t(offsets=b"[1, 2]")), b"\0\0", ["duplicate tensor name 'a'"]),
+    ("duplicate field", _hdr(_t(dtype=b'"U8", "dtype": "U8"')), b"\0", ["duplicate field"]),
     ("missing field", b'{"a": {"dtype": "U8", "shape": [1]}}', b"\0", ["missing \"data_offsets\""]),
     ("tensor not object", b'{"a": [1]}', b"", ["expected an object"]),
     ("metadata not strings", b'{"__metadata__": {"k": 1}}', b"", ["must be a string"]),
@@ -337,12 +329,9 @@ BAD_HEADERS = [
     ("duplicate metadata", b'{"__metadata__": {}, "__metadata__": {}}', b"", ["duplicate"]),
     ("duplicate metadata key", b'{"__metadata__": {"k": "1", "k": "2"}}', b"",
      ["duplicate \"__metadata__\" key 'k'"]),
-    ("NUL in name", b'{"a\\u0000b": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}',
-     b"\0", ["NUL"]),
-    ("lone high surrogate", b'{"\\ud800": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}',
-     b"\0", ["surrogate"]),
-    ("lone low surrogate", b'{"\\udc00": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}',
-     b"\0", ["surrogate"]),
+    ("NUL in name", _hdr(_t(b"a\\u0000b")), b"\0", ["NUL"]),
+    ("lone high surrogate", _hdr(_t(b"\\ud800")), b"\0", ["surrogate"]),
+    ("lone low surrogate", _hdr(_t(b"\\udc00")), b"\0", ["surrogate"]),
     ("bad escape", b'{"\\q": {}}', b"", ["invalid escape"]),
     ("short \\u", b'{"\\u12": {}}', b"", ["4 hex digits"]),
     ("invalid UTF-8", b'{"\xff": {}}', b"", ["invalid UTF-8"]),
@@ -350,13 +339,10 @@ BAD_HEADERS = [
     ("UTF-8 surrogate", b'{"\xed\xa0\x80": {}}', b"", ["invalid UTF-8"]),
     ("control char", b'{"a\x01": {}}', b"", ["control character"]),
     ("unterminated string", b'{"abc', b"", ["unterminated string"]),
-    ("bad literal", b'{"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1], "x": tru}}',
-     b"\0", ["invalid literal"]),
-    ("bad number", b'{"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1], "x": -}}', b"\0",
-     ["invalid number"]),
+    ("bad literal", _hdr(_t(extra=b', "x": tru')), b"\0", ["invalid literal"]),
+    ("bad number", _hdr(_t(extra=b', "x": -')), b"\0", ["invalid number"]),
     ("missing comma", b'{"a": {"dtype": "U8" "shape": [1]}}', b"", ["expected ',' or '}'"]),
-    ("mismatched bracket", b'{"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1], '
-                           b'"x": [1}}', b"\0", ["expected ',' or ']'"]),
+    ("mismatched bracket", _hdr(_t(extra=b', "x": [1')), b"\0", ["expected ',' or ']'"]),
 ]
 
 
