@@ -48,17 +48,6 @@ def load_reference(stem: str):
     return load_test_module(f"reference/{stem}.py", f"ovs_tests_{stem}")
 
 
-def convert_reference_checkpoint(save_checkpoint, model, tmp, stem: str, framework: str):
-    """save_checkpoint(model, path) (a reference's detectron2 checkpoint writer) under tmp, then
-    `ovs convert --framework framework` of it; returns the converted file."""
-    from ovs.cli import main as cli_main
-
-    ck, out = tmp / f"{stem}.pth", tmp / f"{stem}.safetensors"
-    save_checkpoint(model, ck)
-    assert cli_main(["convert", str(ck), "--framework", framework, "-o", str(out)]) == 0
-    return out
-
-
 def framework_test_images() -> list:
     """Two small test images for the framework tests: a smooth 150x200 one (at short side 128:
     resized to 128x171, padded to 128x192) and a random 300x90 one (its long side capped)."""
@@ -67,6 +56,100 @@ def framework_test_images() -> list:
     smooth = np.stack([(np.sin(yy / 9.0) * 120 + 128), (np.cos(xx / 13.0) * 120 + 128),
                        ((yy + xx) % 256)], -1).astype(np.uint8)
     return [smooth, rng.integers(0, 256, (300, 90, 3), dtype=np.uint8)]
+
+
+class FrameworkCase:
+    """What the framework tests (test_fcclip.py, test_han.py, test_deeplab.py) share: the PyTorch
+    reference tests/reference/<stem>.py (`R`: small(seed), save_checkpoint(model, path)), the
+    Segmenter method, and a small detectron2 resize for speed (the framework default is 800 /
+    1333)."""
+
+    SHORT, MAX = 128, 192
+
+    def __init__(self, stem: str, method: str):
+        self.R = load_reference(stem)
+        self.method = method
+
+    def convert(self, ref, tmp, stem: str) -> Path:
+        """ref's detectron2 checkpoint (R.save_checkpoint) under tmp, then `ovs convert
+        --framework <method>` of it; returns the converted file."""
+        from ovs.cli import main as cli_main
+
+        ck, out = tmp / f"{stem}.pth", tmp / f"{stem}.safetensors"
+        self.R.save_checkpoint(ref, ck)
+        assert cli_main(["convert", str(ck), "--framework", self.method, "-o", str(out)]) == 0
+        return out
+
+    def pair(self, tmp_path_factory):
+        """(reference R.small(seed=0), the ovs model of its converted checkpoint, that file)."""
+        import ovs
+
+        ref = self.R.small(seed=0)
+        path = self.convert(ref, tmp_path_factory.mktemp(self.method), self.method)
+        return ref, ovs.load(path), path
+
+    def segmenter(self, model):
+        """Segmenter(model, method) at the small resize (short side SHORT, long side <= MAX)."""
+        import ovs
+
+        seg = ovs.Segmenter(model, self.method, short_side=self.SHORT)
+        seg.max_size = self.MAX
+        return seg
+
+    def assert_thread_count_invariant(self, model, image, names) -> None:
+        """Segmenter.predict at 1 and 2 threads: equal to float32 rounding (1e-5; the C trunk's
+        and heads' GEMMs split work by thread, the rest is serial)."""
+        import ovs
+
+        n = ovs.get_num_threads()
+        try:
+            ovs.set_num_threads(1)
+            one = self.segmenter(model).predict(image, names)
+            ovs.set_num_threads(2)
+            two = self.segmenter(model).predict(image, names)
+        finally:
+            ovs.set_num_threads(n)
+        assert_close(two, one, rtol=1e-5, name="scores, 2 vs 1 thread")
+
+    def check_segmenter_and_cli(self, model, path, image, names, tmp_path, other_method: str) -> None:
+        """Segmenter refuses a window and another method's name; `ovs segment --method <method>`
+        of the converted file writes Segmenter.segment's label map."""
+        import ovs
+        from ovs.cli import main as cli_main
+        from PIL import Image
+
+        with pytest.raises(ValueError, match="window does not apply"):
+            ovs.Segmenter(model, self.method, window=(224, 112))
+        with pytest.raises(ValueError, match=f"use method='{self.method}'"):
+            ovs.Segmenter(model, other_method)
+        Image.fromarray(image).save(tmp_path / "im.png")
+        # ';' separates classes when a name holds a comma (synonyms)
+        classes = (";" if any("," in n for n in names) else ",").join(names)
+        rc = cli_main(["segment", str(tmp_path / "im.png"), "--model", str(path), "--method",
+                       self.method, "--classes", classes, "--short-side", str(self.SHORT),
+                       "--out", str(tmp_path / "mask.png")])
+        assert rc == 0
+        got = np.asarray(Image.open(tmp_path / "mask.png"))
+        seg = ovs.Segmenter(model, self.method, short_side=self.SHORT)
+        np.testing.assert_array_equal(got, seg.segment(image, names).astype(got.dtype))
+
+
+def assert_conversion_errors(state_dict: dict, framework: str, cases) -> None:
+    """Each case (changes, pattern): state_dict with `changes` applied ({key: array, or None to
+    delete the key}) must fail ovs.convert.convert_state_dict(..., framework) with a
+    ConversionError whose message matches the regular expression `pattern`."""
+    import ovs.convert
+    from ovs.frameworks import ConversionError
+
+    for changes, pattern in cases:
+        bad = dict(state_dict)
+        for k, v in changes.items():
+            if v is None:
+                del bad[k]
+            else:
+                bad[k] = v
+        with pytest.raises(ConversionError, match=pattern):
+            ovs.convert.convert_state_dict(bad, framework)
 
 
 def _make_fixtures_module():

@@ -16,40 +16,24 @@ from ovs.cli import main as cli_main  # noqa: E402
 from ovs import _core  # noqa: E402
 from ovs.frameworks import ConversionError, DeepLabModel  # noqa: E402
 
-from conftest import assert_close, load_reference  # noqa: E402
+from conftest import (FrameworkCase, assert_close, assert_conversion_errors,  # noqa: E402
+                      framework_test_images)
 
-SHORT, MAX = 128, 192   # small detectron2 resize for speed (the framework default is 800 / 1333)
+FW = FrameworkCase("deeplab_reference", "deeplab")
+R, SHORT, MAX = FW.R, FW.SHORT, FW.MAX
 NAMES = ["cat", "dog", "grass", "sky", "road"]
-
-
-R = load_reference("deeplab_reference")
-
-
-def _convert(tmp, ref, stem):
-    ck, out = tmp / f"{stem}.pth", tmp / f"{stem}.safetensors"
-    R.save_checkpoint(ref, ck)
-    assert cli_main(["convert", str(ck), "--framework", "deeplab", "-o", str(out)]) == 0
-    return out
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("deeplab")
-    ref = R.small(seed=0)
-    path = _convert(tmp, ref, "opentrans")
-    return ref, ovs.load(path), path
+    return FW.pair(tmp_path_factory)
 
 
 def _images():
-    rng = np.random.default_rng(0)
-    # 150x200: resized to 128x171, padded to 128x192; 300x90: long side capped by MAX (192x58 -> 64)
-    base = [rng.integers(0, 256, (150, 200, 3), dtype=np.uint8),
-            rng.integers(0, 256, (300, 90, 3), dtype=np.uint8)]
-    # smooth structure so that classes are well separated over regions, not per-pixel noise
-    yy, xx = np.mgrid[0:150, 0:200]
-    smooth = np.stack([(np.sin(yy / 9.0) * 120 + 128), (np.cos(xx / 13.0) * 120 + 128),
-                       ((yy + xx) % 256)], -1).astype(np.uint8)
-    return base + [smooth]
+    """A random 150x200 image, then framework_test_images() (a random 300x90 one: long side
+    capped by MAX, 192x58 -> 64; a smooth 150x200 one, classes well separated over regions)."""
+    smooth, tall = framework_test_images()
+    return [np.random.default_rng(0).integers(0, 256, (150, 200, 3), dtype=np.uint8), tall, smooth]
 
 
 def test_load_gives_the_framework_model(pair):
@@ -73,8 +57,7 @@ def test_embeddings_match_pytorch(pair):
 
 def test_segmenter_matches_opentrans_inference(pair):
     ref, model, _ = pair
-    seg = ovs.Segmenter(model, "deeplab", short_side=SHORT)
-    seg.max_size = MAX
+    seg = FW.segmenter(model)
     for i, img in enumerate(_images()[1:]):
         probs, logits, lowres, x = R.semantic(ref, img, NAMES, SHORT, MAX)
         ours_x, _ = ovs.frameworks.detectron2_preprocess(img, SHORT, MAX, 32, R.PIXEL_MEAN, R.PIXEL_STD)
@@ -100,12 +83,11 @@ def pool_ref():
 def test_image_pooling_variant(tmp_path, pool_ref):
     """The standard DeepLabV3+ ASPP (pooled fifth branch, 5A-input projection)."""
     ref = pool_ref
-    model = ovs.load(_convert(tmp_path, ref, "pool"))
+    model = ovs.load(FW.convert(ref, tmp_path, "pool"))
     assert "image pooling" in repr(model)
     img = _images()[2]
     probs, _, _, _ = R.semantic(ref, img, NAMES, SHORT, MAX)
-    seg = ovs.Segmenter(model, "deeplab", short_side=SHORT)
-    seg.max_size = MAX
+    seg = FW.segmenter(model)
     assert_close(seg.predict(img, NAMES), probs.numpy(), name="probabilities (image pooling)")
 
 
@@ -119,7 +101,7 @@ def test_pruned_backbone_runs_sparse(tmp_path):
                 k = int(0.9 * p.numel())
                 thr = p.abs().flatten().kthvalue(k).values
                 p.mul_((p.abs() > thr).to(p.dtype))
-    path = _convert(tmp_path, ref, "pruned")
+    path = FW.convert(ref, tmp_path, "pruned")
     model = DeepLabModel(ovs.weights.load_state_dict(path), sparse="all")
     convs = model._trunk.convs()
     assert sum(c["sparse"] for c in convs) >= len(convs) - 8   # strided convs stay dense
@@ -128,8 +110,7 @@ def test_pruned_backbone_runs_sparse(tmp_path):
     with torch.no_grad():
         emb, _ = ref.pixel_embeddings(x)
     assert_close(model.embed(x.numpy())[0].reshape(64, -1).T, emb[0].numpy(), name="sparse trunk")
-    seg = ovs.Segmenter(model, "deeplab", short_side=SHORT)
-    seg.max_size = MAX
+    seg = FW.segmenter(model)
     assert_close(seg.predict(img, NAMES), probs.numpy(), name="probabilities (sparse)")
     # the same trunk stored as CSR (ovs.prune.save_sparse): ovs.load gives the framework model
     csr = tmp_path / "pruned_csr.safetensors"
@@ -185,30 +166,17 @@ def test_convert_reports_bad_checkpoints(pair, tmp_path):
     sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
     ovs.convert.convert_state_dict(sd, "deeplab")   # the good one converts
 
-    bad = dict(sd)
-    del bad["aspp.aspp2.bn.running_var"]
-    with pytest.raises(ConversionError, match=r"missing: .aspp.aspp2.bn.running_var. \(-> .aspp.aspp2.bn.running_var.\)|missing: .aspp.aspp2.bn.running_var."):
-        ovs.convert.convert_state_dict(bad, "deeplab")
-    bad = dict(sd)
-    bad["sem_seg_head.last_conv.0.weight"] = np.zeros((64, 100, 3, 3), np.float32)
-    with pytest.raises(ConversionError, match=r"'sem_seg_head.last_conv.0.weight' \(-> 'decoder.last_conv.0.weight'\): \(64, 100, 3, 3\), expected \(64, 112, 3, 3\)"):
-        ovs.convert.convert_state_dict(bad, "deeplab")
-    bad = dict(sd)
-    bad["criterion.empty_weight"] = np.ones(3, np.float32)
-    with pytest.raises(ConversionError, match="unexpected tensor.*'criterion.empty_weight'"):
-        ovs.convert.convert_state_dict(bad, "deeplab")
-    bad = dict(sd)
-    bad["aspp.extra.weight"] = np.ones(3, np.float32)
-    with pytest.raises(ConversionError, match="unexpected: 'aspp.extra.weight'"):
-        ovs.convert.convert_state_dict(bad, "deeplab")
-    bad = dict(sd)
-    del bad["backbone.layer3.2.conv1.weight"], bad["backbone.layer3.2.bn1.weight"]
-    with pytest.raises(ConversionError, match=r"'backbone.layer3.2.conv1.weight' \(-> 'visual.layer3.2.conv1.weight'\)"):
-        ovs.convert.convert_state_dict(bad, "deeplab")
-    bad = dict(sd)
-    bad["logit_scale"] = np.array(np.nan, np.float32)
-    with pytest.raises(ConversionError, match="'logit_scale' contains NaN"):
-        ovs.convert.convert_state_dict(bad, "deeplab")
+    assert_conversion_errors(sd, "deeplab", [
+        ({"aspp.aspp2.bn.running_var": None}, r"missing: .aspp.aspp2.bn.running_var."),
+        ({"sem_seg_head.last_conv.0.weight": np.zeros((64, 100, 3, 3), np.float32)},
+         r"'sem_seg_head.last_conv.0.weight' \(-> 'decoder.last_conv.0.weight'\): \(64, 100, 3, 3\), "
+         r"expected \(64, 112, 3, 3\)"),
+        ({"criterion.empty_weight": np.ones(3, np.float32)}, "unexpected tensor.*'criterion.empty_weight'"),
+        ({"aspp.extra.weight": np.ones(3, np.float32)}, "unexpected: 'aspp.extra.weight'"),
+        ({"backbone.layer3.2.conv1.weight": None, "backbone.layer3.2.bn1.weight": None},
+         r"'backbone.layer3.2.conv1.weight' \(-> 'visual.layer3.2.conv1.weight'\)"),
+        ({"logit_scale": np.array(np.nan, np.float32)}, "'logit_scale' contains NaN"),
+    ])
     with pytest.raises(ValueError, match="unknown framework 'maskformer'"):
         ovs.convert.convert_state_dict(sd, "maskformer")
     with pytest.raises(ConversionError, match="no tensors"):
@@ -220,31 +188,17 @@ def test_convert_reports_bad_checkpoints(pair, tmp_path):
     assert rc == 2
 
 
-def test_segmenter_and_cli(pair, tmp_path, capsys):
+def test_segmenter_and_cli(pair, tmp_path):
     ref, model, path = pair
-    with pytest.raises(ValueError, match="window does not apply"):
-        ovs.Segmenter(model, "deeplab", window=(224, 112))
     with pytest.raises(ValueError, match="bg_threshold does not apply"):
         ovs.Segmenter(model, "deeplab", bg_threshold=0.5)
-    with pytest.raises(ValueError, match="use method='deeplab'"):
-        ovs.Segmenter(model, "naclip")
     with pytest.raises(ValueError, match="short_side must be an int >= 32, got 8"):
         ovs.Segmenter(model, "deeplab", short_side=8)
     with pytest.raises(TypeError, match="images must be a float numpy array"):
         model.embed(np.zeros((1, 3, 64, 64), np.uint8))
     with pytest.raises(ValueError, match="at least 32, got 16x64"):
         model.embed(np.zeros((1, 3, 16, 64), np.float32))
-    from PIL import Image
-
-    img = _images()[2]
-    Image.fromarray(img).save(tmp_path / "im.png")
-    rc = cli_main(["segment", str(tmp_path / "im.png"), "--model", str(path), "--method",
-                       "deeplab", "--classes", ",".join(NAMES), "--short-side", "128",
-                       "--out", str(tmp_path / "mask.png")])
-    assert rc == 0
-    got = np.asarray(Image.open(tmp_path / "mask.png"))
-    seg = ovs.Segmenter(model, "deeplab", short_side=128)
-    np.testing.assert_array_equal(got, seg.segment(img, NAMES).astype(got.dtype))
+    FW.check_segmenter_and_cli(model, path, _images()[2], NAMES, tmp_path, other_method="naclip")
 
 
 def test_flops_equal_fvcore(pair, pool_ref):

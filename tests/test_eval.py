@@ -42,14 +42,15 @@ def _gen():
 
 
 def check_framework_eval(tmp_path, model, path, method: str) -> None:
-    """`ovs eval --method <framework>` on a converted file: the confusion matrix is the one of
-    Segmenter.segment over the dataset (tiny detectron2-layout data, tests/data/make_datasets.py)."""
+    """`ovs eval --method <framework>` on a converted file (the method's own templates): the
+    confusion matrix is the one of Segmenter.segment over the dataset (tiny detectron2-layout
+    data, tests/data/make_datasets.py)."""
     from test_metrics import d2_confusion
 
     _gen().make(tmp_path / "d2", "voc-20", images=2, size=(20, 28))
     out = tmp_path / "res.json"
     rc = cli.main(["eval", "--dataset", "voc-20", "--root", str(tmp_path / "d2"), "--model", str(path),
-                   "--method", method, "--templates", "bare", "--short-side", "64",
+                   "--method", method, "--short-side", "64",
                    "--out", str(out), "--threads", "1", "--no-progress"])
     assert rc == 0
     conf = np.load(tmp_path / "res.confusion.npy")

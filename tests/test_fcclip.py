@@ -14,31 +14,20 @@ pytest.importorskip("open_clip")
 import ovs  # noqa: E402
 import ovs.convert  # noqa: E402
 import ovs.flops  # noqa: E402
-from ovs.cli import main as cli_main  # noqa: E402
 from ovs.fcclip import FCCLIPModel, coco_panoptic_synonyms  # noqa: E402
-from ovs.frameworks import ConversionError  # noqa: E402
 
-from conftest import (assert_close, convert_reference_checkpoint,  # noqa: E402
-                      framework_test_images, load_reference)
+from conftest import (FrameworkCase, assert_close, assert_conversion_errors,  # noqa: E402
+                      framework_test_images)
 
-SHORT, MAX = 128, 192   # small detectron2 resize for speed (the framework default is 800 / 1333)
+FW = FrameworkCase("fcclip_reference", "fcclip")
+R, SHORT, MAX = FW.R, FW.SHORT, FW.MAX
 # seen classes (a synonym in COCO-panoptic's vocabulary) and unseen ones, with synonyms
 NAMES = ["wall", "sofa, couch", "xylophone, marimba", "sky", "aardvark"]
 
 
-R = load_reference("fcclip_reference")
-
-
-def _convert(tmp, ref, stem):
-    return convert_reference_checkpoint(R.save_checkpoint, ref, tmp, stem, "fcclip")
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("fcclip")
-    ref = R.small(seed=0)
-    path = _convert(tmp, ref, "fcclip")
-    return ref, ovs.load(path), path
+    return FW.pair(tmp_path_factory)
 
 
 def _images():
@@ -53,12 +42,6 @@ def _semantic(ref, img, names=NAMES):
 def expected(pair):
     """The reference's (semantic scores, intermediates) for each of _images()."""
     return [_semantic(pair[0], img) for img in _images()]
-
-
-def _segmenter(model):
-    seg = ovs.Segmenter(model, "fcclip", short_side=SHORT)
-    seg.max_size = MAX
-    return seg
 
 
 def test_load_gives_the_framework_model(pair):
@@ -204,7 +187,7 @@ def test_mask_pool_rejects_bad_inputs():
 
 def test_segmenter_matches_fcclip_inference(pair, expected):
     ref, model, _ = pair
-    seg = _segmenter(model)
+    seg = FW.segmenter(model)
     for img, (sem, _) in zip(_images(), expected):
         p = seg.predict(img, NAMES)
         assert_close(p, sem.numpy(), name="semantic scores")
@@ -231,30 +214,20 @@ def test_empty_masks_take_the_in_vocabulary_probabilities(tmp_path):
         m = np.sort(_semantic(ref, img)[1]["masks"][:, 0, 0].numpy())
         k = len(m) // 4 + int(np.argmax(np.diff(m)[len(m) // 4 - 1: 3 * len(m) // 4]))
         last.bias -= float(m[k - 1] + m[k]) / 2 / last.bias.numel()   # in the widest middle gap
-    model = ovs.load(_convert(tmp_path, ref, "constant_masks"))
+    model = ovs.load(FW.convert(ref, tmp_path, "constant_masks"))
     sem, mid = _semantic(ref, img)
     valid = mid["valid"].numpy()
     assert 0 < valid.sum() < len(valid), "the test needs valid and empty masks"
     out = model.forward(ovs.frameworks.detectron2_preprocess(img, SHORT, MAX, 32, R.PIXEL_MEAN,
                                                              R.PIXEL_STD)[0])
     np.testing.assert_array_equal(model.mask_pool(out["res5"], out["masks"])[1], valid)
-    assert_close(_segmenter(model).predict(img, NAMES), sem.numpy(), name="semantic scores")
+    assert_close(FW.segmenter(model).predict(img, NAMES), sem.numpy(), name="semantic scores")
 
 
 def test_thread_count_does_not_change_results(pair):
     """1 vs 2 threads: the C trunk and Mask2Former blocks agree to float32 rounding (their
     GEMMs split work by thread; tests/test_m2f.py holds them to 1e-6), the rest is serial."""
-    _, model, _ = pair
-    img = _images()[0]
-    n = ovs.get_num_threads()
-    try:
-        ovs.set_num_threads(1)
-        one = _segmenter(model).predict(img, NAMES)
-        ovs.set_num_threads(2)
-        two = _segmenter(model).predict(img, NAMES)
-    finally:
-        ovs.set_num_threads(n)
-    assert_close(two, one, rtol=1e-5, name="scores, 2 vs 1 thread")
+    FW.assert_thread_count_invariant(pair[1], _images()[0], NAMES)
 
 
 def test_convert_reports_bad_checkpoints(pair, tmp_path):
@@ -263,34 +236,20 @@ def test_convert_reports_bad_checkpoints(pair, tmp_path):
     _, report = ovs.convert.convert_state_dict(sd, "fcclip")   # the good one converts
     assert "criterion.empty_weight" in report["ignored"]
 
-    bad = dict(sd)
     name = "sem_seg_head.predictor.transformer_cross_attention_layers.1.multihead_attn.in_proj_bias"
-    del bad[name]
-    with pytest.raises(ConversionError, match=rf"1 missing: '{name}'"):
-        ovs.convert.convert_state_dict(bad, "fcclip")
-    bad = dict(sd)
-    bad["backbone.clip_model.visual.attnpool.c_proj.weight"] = np.zeros((32, 512), np.float32)
-    with pytest.raises(ConversionError, match=r"'backbone.clip_model.visual.attnpool.c_proj.weight' "
-                                              r"\(-> 'visual.attnpool.c_proj.weight'\): \(32, 512\), "
-                                              r"expected \(64, 512\)"):
-        ovs.convert.convert_state_dict(bad, "fcclip")
-    bad = dict(sd)
-    bad["sem_seg_head.pixel_decoder.transformer.encoder.layers.0.self_attn.sampling_offsets.weight"] = \
-        np.zeros((96, 64), np.float32)
-    with pytest.raises(ConversionError, match=r"sampling_offsets.weight': \(96, 64\), expected \(192, 64\)"):
-        ovs.convert.convert_state_dict(bad, "fcclip")
-    bad = dict(sd)
-    bad["sem_seg_head.predictor.extra.weight"] = np.ones(3, np.float32)
-    with pytest.raises(ConversionError, match="unexpected: 'sem_seg_head.predictor.extra.weight'"):
-        ovs.convert.convert_state_dict(bad, "fcclip")
-    bad = dict(sd)
-    bad["backbone.head.weight"] = np.ones(3, np.float32)
-    with pytest.raises(ConversionError, match="unexpected tensor.*'backbone.head.weight'"):
-        ovs.convert.convert_state_dict(bad, "fcclip")
-    bad = dict(sd)
-    del bad["void_embedding.weight"]
-    with pytest.raises(ConversionError, match="missing: 'void_embedding.weight'"):
-        ovs.convert.convert_state_dict(bad, "fcclip")
+    offsets = "sem_seg_head.pixel_decoder.transformer.encoder.layers.0.self_attn.sampling_offsets.weight"
+    assert_conversion_errors(sd, "fcclip", [
+        ({name: None}, rf"1 missing: '{name}'"),
+        ({"backbone.clip_model.visual.attnpool.c_proj.weight": np.zeros((32, 512), np.float32)},
+         r"'backbone.clip_model.visual.attnpool.c_proj.weight' \(-> 'visual.attnpool.c_proj.weight'\): "
+         r"\(32, 512\), expected \(64, 512\)"),
+        ({offsets: np.zeros((96, 64), np.float32)},
+         r"sampling_offsets.weight': \(96, 64\), expected \(192, 64\)"),
+        ({"sem_seg_head.predictor.extra.weight": np.ones(3, np.float32)},
+         "unexpected: 'sem_seg_head.predictor.extra.weight'"),
+        ({"backbone.head.weight": np.ones(3, np.float32)}, "unexpected tensor.*'backbone.head.weight'"),
+        ({"void_embedding.weight": None}, "missing: 'void_embedding.weight'"),
+    ])
     conv, _ = ovs.convert.convert_state_dict(sd, "fcclip")
     with pytest.raises(ValueError, match="alpha must be a number in"):
         FCCLIPModel(conv, alpha=1.5)
@@ -298,21 +257,7 @@ def test_convert_reports_bad_checkpoints(pair, tmp_path):
 
 def test_segmenter_and_cli(pair, tmp_path):
     _, model, path = pair
-    with pytest.raises(ValueError, match="window does not apply"):
-        ovs.Segmenter(model, "fcclip", window=(224, 112))
-    with pytest.raises(ValueError, match="use method='fcclip'"):
-        ovs.Segmenter(model, "deeplab")
-    from PIL import Image
-
-    img = _images()[0]
-    Image.fromarray(img).save(tmp_path / "im.png")
-    rc = cli_main(["segment", str(tmp_path / "im.png"), "--model", str(path), "--method",
-                   "fcclip", "--classes", ";".join(NAMES), "--short-side", "128",
-                   "--out", str(tmp_path / "mask.png")])
-    assert rc == 0
-    got = np.asarray(Image.open(tmp_path / "mask.png"))
-    seg = ovs.Segmenter(model, "fcclip", short_side=128)
-    np.testing.assert_array_equal(got, seg.segment(img, NAMES).astype(got.dtype))
+    FW.check_segmenter_and_cli(model, path, _images()[0], NAMES, tmp_path, other_method="deeplab")
 
 
 def test_flops_equal_fvcore(pair):
@@ -369,28 +314,14 @@ def test_pruned_backbone_runs_sparse(pair):
     assert masks and all(k.startswith("visual.") for k in masks)
     assert 0.89 < ovs.prune.sparsity(masks) < 0.91
     img = _images()[0]
-    dense = _segmenter(FCCLIPModel(pruned.state_dict, sparse="dense")).predict(img, NAMES)
-    sparse = _segmenter(FCCLIPModel(pruned.state_dict, sparse="all")).predict(img, NAMES)
+    dense = FW.segmenter(FCCLIPModel(pruned.state_dict, sparse="dense")).predict(img, NAMES)
+    sparse = FW.segmenter(FCCLIPModel(pruned.state_dict, sparse="all")).predict(img, NAMES)
     assert_close(sparse, dense, rtol=1e-5, name="sparse vs dense trunk")
 
 
 def test_eval_runs_the_framework(pair, tmp_path):
-    """`ovs eval --method fcclip` on a converted file: the confusion matrix is the one of
-    Segmenter.segment over the dataset (tiny detectron2-layout data, tests/data/make_datasets.py)."""
-    from test_eval import _gen
-    from test_metrics import d2_confusion
+    """`ovs eval --method fcclip` on a converted file equals Segmenter.segment's confusion."""
+    from test_eval import check_framework_eval
 
     _, model, path = pair
-    _gen().make(tmp_path / "d2", "voc-20", images=2, size=(20, 28))
-    rc = cli_main(["eval", "--dataset", "voc-20", "--root", str(tmp_path / "d2"), "--model", str(path),
-                   "--method", "fcclip", "--short-side", "64", "--out", str(tmp_path / "res.json"),
-                   "--threads", "1", "--no-progress"])
-    assert rc == 0
-    conf = np.load(tmp_path / "res.confusion.npy")
-    ds = ovs.datasets.load_dataset("voc-20", tmp_path / "d2")
-    seg = ovs.Segmenter(model, "fcclip", short_side=64)
-    ref = np.zeros_like(conf)
-    for i in range(len(ds)):
-        image, gt = ds[i]
-        ref += d2_confusion(seg.segment(image, ds.prompts()), gt, ds.num_classes, ds.ignore_label)
-    np.testing.assert_array_equal(conf, ref)
+    check_framework_eval(tmp_path, model, path, "fcclip")

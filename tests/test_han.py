@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import copy
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,38 +21,19 @@ import ovs.convert  # noqa: E402
 import ovs.prune  # noqa: E402
 import ovs.weights  # noqa: E402
 from ovs import _core  # noqa: E402
-from ovs.cli import main as cli_main  # noqa: E402
 from ovs.frameworks import ConversionError, HanModel, mask_semantic  # noqa: E402
 
-from conftest import assert_close, convert_reference_checkpoint, framework_test_images  # noqa: E402
+from conftest import (FrameworkCase, assert_close, assert_conversion_errors,  # noqa: E402
+                      framework_test_images)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "reference"))
-import han_reference as R  # noqa: E402
-
-SHORT, MAX = 128, 192   # small detectron2 resize for speed (the framework default is 800 / 1333)
+FW = FrameworkCase("han_reference", "han")
+R, SHORT, MAX = FW.R, FW.SHORT, FW.MAX
 NAMES = ["cat", "dog", "grass", "sky", "road"]
-
-
-def _convert(tmp, ref, stem):
-    return convert_reference_checkpoint(R.save_checkpoint, ref, tmp, stem, "han")
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("han")
-    ref = R.small(seed=0)
-    path = _convert(tmp, ref, "opentrans")
-    return ref, ovs.load(path), path
-
-
-def _images():
-    return framework_test_images()
-
-
-def _segmenter(model):
-    seg = ovs.Segmenter(model, "han", short_side=SHORT)
-    seg.max_size = MAX
-    return seg
+    return FW.pair(tmp_path_factory)
 
 
 def test_load_gives_the_framework_model(pair):
@@ -67,7 +46,7 @@ def test_load_gives_the_framework_model(pair):
 
 def test_queries_and_masks_match_pytorch(pair):
     ref, model, _ = pair
-    x, _ = R.preprocess(_images()[0], SHORT, MAX)
+    x, _ = R.preprocess(framework_test_images()[0], SHORT, MAX)
     with torch.no_grad():
         emb_ref, masks_ref = ref(x)
     emb, masks = model.forward(x.numpy())
@@ -77,8 +56,8 @@ def test_queries_and_masks_match_pytorch(pair):
 
 def test_segmenter_matches_opentrans_inference(pair):
     ref, model, _ = pair
-    seg = _segmenter(model)
-    for i, img in enumerate(_images()):
+    seg = FW.segmenter(model)
+    for i, img in enumerate(framework_test_images()):
         probs, cropped, cls, x = R.semantic(ref, img, NAMES, SHORT, MAX)
         if i == 0:
             text = seg.classifier(NAMES)
@@ -104,8 +83,8 @@ def test_segment_streams_labels_without_resize(pair):
     from C (mask_semantic(labels=True)), never holding the (C, H, W) scores; they are exactly
     predict()'s argmax, agree with OpenTrans', and a duplicated class maps to its first entry."""
     ref, model, _ = pair
-    img = np.ascontiguousarray(_images()[0][:SHORT, :160])
-    seg = _segmenter(model)
+    img = np.ascontiguousarray(framework_test_images()[0][:SHORT, :160])
+    seg = FW.segmenter(model)
     probs = R.semantic(ref, img, NAMES, SHORT, MAX)[0].numpy()
     labels = seg.segment(img, NAMES)
     np.testing.assert_array_equal(labels, seg.predict(img, NAMES).argmax(0))
@@ -213,17 +192,7 @@ def test_mask_semantic_rejects_bad_inputs():
 
 
 def test_thread_count_independent(pair):
-    _, model, _ = pair
-    img = _images()[0]
-    n = ovs.get_num_threads()
-    try:
-        ovs.set_num_threads(1)
-        one = _segmenter(model).predict(img, NAMES)
-        ovs.set_num_threads(2)
-        two = _segmenter(model).predict(img, NAMES)
-    finally:
-        ovs.set_num_threads(n)
-    assert_close(one, two, rtol=1e-5, name="1 vs 2 threads")
+    FW.assert_thread_count_invariant(pair[1], framework_test_images()[0], NAMES)
 
 
 def test_convert_reports_bad_checkpoints(pair):
@@ -232,32 +201,19 @@ def test_convert_reports_bad_checkpoints(pair):
     _, rep = ovs.convert.convert_state_dict(sd, "han")
     assert "criterion.empty_weight" in rep["ignored"]
 
-    bad = dict(sd)
     name = "sem_seg_head.predictor.transformer_cross_attention_layers.2.norm.bias"
-    del bad[name]
-    with pytest.raises(ConversionError, match=f"1 missing: '{re.escape(name)}'"):
-        ovs.convert.convert_state_dict(bad, "han")
-    bad = dict(sd)
-    name = "sem_seg_head.pixel_decoder.transformer.encoder.layers.1.linear1.weight"
-    bad[name] = np.zeros((95, 64), np.float32)
-    with pytest.raises(ConversionError, match=re.escape(f"'{name}': (95, 64), expected (96, 64)")):
-        ovs.convert.convert_state_dict(bad, "han")
-    bad = dict(sd)
-    bad["embed_proj.1.weight"] = np.zeros((64, 32), np.float32)
-    with pytest.raises(ConversionError, match=re.escape("'embed_proj.1.weight' (-> 'embed_proj.weight'): (64, 32), expected (64, 64)")):
-        ovs.convert.convert_state_dict(bad, "han")
-    bad = dict(sd)
-    del bad["backbone.layer2.1.bn2.running_mean"]
-    with pytest.raises(ConversionError, match=re.escape("'backbone.layer2.1.bn2.running_mean' (-> 'visual.layer2.1.bn2.running_mean')")):
-        ovs.convert.convert_state_dict(bad, "han")
-    bad = dict(sd)
-    bad["sem_seg_head.predictor.extra.weight"] = np.ones(3, np.float32)
-    with pytest.raises(ConversionError, match="unexpected: 'sem_seg_head.predictor.extra.weight'"):
-        ovs.convert.convert_state_dict(bad, "han")
-    bad = dict(sd)
-    bad["grounding_head.w"] = np.ones(3, np.float32)
-    with pytest.raises(ConversionError, match="unexpected tensor.*'grounding_head.w'"):
-        ovs.convert.convert_state_dict(bad, "han")
+    linear1 = "sem_seg_head.pixel_decoder.transformer.encoder.layers.1.linear1.weight"
+    assert_conversion_errors(sd, "han", [
+        ({name: None}, f"1 missing: '{re.escape(name)}'"),
+        ({linear1: np.zeros((95, 64), np.float32)}, re.escape(f"'{linear1}': (95, 64), expected (96, 64)")),
+        ({"embed_proj.1.weight": np.zeros((64, 32), np.float32)},
+         re.escape("'embed_proj.1.weight' (-> 'embed_proj.weight'): (64, 32), expected (64, 64)")),
+        ({"backbone.layer2.1.bn2.running_mean": None},
+         re.escape("'backbone.layer2.1.bn2.running_mean' (-> 'visual.layer2.1.bn2.running_mean')")),
+        ({"sem_seg_head.predictor.extra.weight": np.ones(3, np.float32)},
+         "unexpected: 'sem_seg_head.predictor.extra.weight'"),
+        ({"grounding_head.w": np.ones(3, np.float32)}, "unexpected tensor.*'grounding_head.w'"),
+    ])
     with pytest.raises(ConversionError, match="does not match"):   # a DeepLab file is not a Han one
         HanModel({k: v for k, v in ovs.convert.convert_state_dict(sd, "han")[0].items()
                   if not k.startswith("sem_seg_head.predictor.class_embed")})
@@ -265,24 +221,11 @@ def test_convert_reports_bad_checkpoints(pair):
 
 def test_segmenter_and_cli(pair, tmp_path):
     _, model, path = pair
-    with pytest.raises(ValueError, match="window does not apply"):
-        ovs.Segmenter(model, "han", window=(224, 112))
-    with pytest.raises(ValueError, match="use method='han'"):
-        ovs.Segmenter(model, "deeplab")
     with pytest.raises(TypeError, match="images must be a float numpy array"):
         model.forward(np.zeros((1, 3, 64, 64), np.uint8))
     with pytest.raises(ValueError, match="at least 32, got 16x64"):
         model.forward(np.zeros((1, 3, 16, 64), np.float32))
-    from PIL import Image
-
-    img = _images()[0]
-    Image.fromarray(img).save(tmp_path / "im.png")
-    rc = cli_main(["segment", str(tmp_path / "im.png"), "--model", str(path), "--method", "han",
-                   "--classes", ",".join(NAMES), "--short-side", "128", "--out", str(tmp_path / "mask.png")])
-    assert rc == 0
-    got = np.asarray(Image.open(tmp_path / "mask.png"))
-    seg = ovs.Segmenter(model, "han", short_side=128)
-    np.testing.assert_array_equal(got, seg.segment(img, NAMES).astype(got.dtype))
+    FW.check_segmenter_and_cli(model, path, framework_test_images()[0], NAMES, tmp_path, other_method="deeplab")
 
 
 def test_pruned_backbone_transfers_and_runs_sparse(pair, tmp_path):
@@ -303,13 +246,13 @@ def test_pruned_backbone_transfers_and_runs_sparse(pair, tmp_path):
             for part in getattr_path[:-1]:
                 mod = getattr(mod, part)
             getattr(mod, getattr_path[-1]).mul_(torch.from_numpy(m).to(torch.float32))
-    path = _convert(tmp_path, ref, "pruned")
+    path = FW.convert(ref, tmp_path, "pruned")
     model = HanModel(ovs.weights.load_state_dict(path), sparse="all")
     convs = model._trunk.convs()
     assert sum(c["sparse"] for c in convs) >= len(convs) - 8   # strided convs stay dense
-    img = _images()[0]
+    img = framework_test_images()[0]
     probs, _, _, _ = R.semantic(ref, img, NAMES, SHORT, MAX)
-    assert_close(_segmenter(model).predict(img, NAMES), probs.numpy(), rtol=1e-4,
+    assert_close(FW.segmenter(model).predict(img, NAMES), probs.numpy(), rtol=1e-4,
                  name="semantic scores (sparse trunk)")
     back = ovs.prune.masks(model)   # the converted model's trunk has open_clip's names again
     assert {k: v.tolist() for k, v in back.items()} == {k: v.tolist() for k, v in masks.items()}
