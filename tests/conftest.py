@@ -17,6 +17,7 @@ index of the worst element.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import sys
@@ -27,12 +28,13 @@ import pytest
 
 TESTS_DIR = Path(__file__).resolve().parent
 GENERATED_DIR = TESTS_DIR / "_generated"
+REFERENCE_DIR = TESTS_DIR / "reference"
 RTOL = 1e-4
 
 
 def load_test_module(relpath: str, name: str):
-    """The Python file tests/<relpath> (a reference implementation, a data generator) as the
-    module `name`, loaded once per session (cached in sys.modules)."""
+    """The Python file tests/<relpath> (a data generator) as the module `name`, loaded once per
+    session (cached in sys.modules)."""
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, TESTS_DIR / relpath)
@@ -43,9 +45,12 @@ def load_test_module(relpath: str, name: str):
 
 
 def load_reference(stem: str):
-    """tests/reference/<stem>.py as a module (the references are scripts too, so they are loaded
-    by path rather than imported as a package)."""
-    return load_test_module(f"reference/{stem}.py", f"ovs_tests_{stem}")
+    """tests/reference/<stem>.py as the module `stem`. The references are scripts too and import
+    each other by that bare name (`import seg_reference`), as the benchmarks do: their folder
+    joins sys.path and each is loaded once."""
+    if str(REFERENCE_DIR) not in sys.path:
+        sys.path.append(str(REFERENCE_DIR))
+    return importlib.import_module(stem)
 
 
 def framework_test_images() -> list:
@@ -62,11 +67,13 @@ class FrameworkCase:
     """What the framework tests (test_fcclip.py, test_han.py, test_deeplab.py) share: the PyTorch
     reference tests/reference/<stem>.py (`R`: small(seed), save_checkpoint(model, path)), the
     Segmenter method, and a small detectron2 resize for speed (the framework default is 800 /
-    1333)."""
+    1333). A test module names its case `FW`; the `pair` fixture reads it."""
 
     SHORT, MAX = 128, 192
 
-    def __init__(self, stem: str, method: str):
+    def __init__(self, stem: str, method: str, requires=("torch",)):
+        for module in requires:   # the reference's dependencies: skip the test module without them
+            pytest.importorskip(module)
         self.R = load_reference(stem)
         self.method = method
 
@@ -79,6 +86,16 @@ class FrameworkCase:
         self.R.save_checkpoint(ref, ck)
         assert cli_main(["convert", str(ck), "--framework", self.method, "-o", str(out)]) == 0
         return out
+
+    def load_pruned(self, ref, tmp, model_class):
+        """ref (with pruned trunk weights) converted and loaded as model_class(..., sparse="all"):
+        its trunk runs through the sparse kernels (all but a few strided convs)."""
+        import ovs.weights
+
+        model = model_class(ovs.weights.load_state_dict(self.convert(ref, tmp, "pruned")), sparse="all")
+        convs = model._trunk.convs()
+        assert sum(c["sparse"] for c in convs) >= len(convs) - 8   # strided convs stay dense
+        return model
 
     def pair(self, tmp_path_factory):
         """(reference R.small(seed=0), the ovs model of its converted checkpoint, that file)."""
@@ -111,6 +128,15 @@ class FrameworkCase:
             ovs.set_num_threads(n)
         assert_close(two, one, rtol=1e-5, name="scores, 2 vs 1 thread")
 
+    @staticmethod
+    def assert_rejects_bad_images(forward) -> None:
+        """forward (a framework model's network entry, ovs.frameworks._check_images) refuses
+        uint8 images and sides below 32 with clear errors."""
+        with pytest.raises(TypeError, match="images must be a float numpy array"):
+            forward(np.zeros((1, 3, 64, 64), np.uint8))
+        with pytest.raises(ValueError, match="at least 32, got 16x64"):
+            forward(np.zeros((1, 3, 16, 64), np.float32))
+
     def check_segmenter_and_cli(self, model, path, image, names, tmp_path, other_method: str) -> None:
         """Segmenter refuses a window and another method's name; `ovs segment --method <method>`
         of the converted file writes Segmenter.segment's label map."""
@@ -134,6 +160,12 @@ class FrameworkCase:
         np.testing.assert_array_equal(got, seg.segment(image, names).astype(got.dtype))
 
 
+@pytest.fixture(scope="module")
+def pair(request, tmp_path_factory):
+    """The framework test module's FW.pair(): (reference model, converted ovs model, its file)."""
+    return request.module.FW.pair(tmp_path_factory)
+
+
 def assert_conversion_errors(state_dict: dict, framework: str, cases) -> None:
     """Each case (changes, pattern): state_dict with `changes` applied ({key: array, or None to
     delete the key}) must fail ovs.convert.convert_state_dict(..., framework) with a
@@ -150,10 +182,6 @@ def assert_conversion_errors(state_dict: dict, framework: str, cases) -> None:
                 bad[k] = v
         with pytest.raises(ConversionError, match=pattern):
             ovs.convert.convert_state_dict(bad, framework)
-
-
-def _make_fixtures_module():
-    return load_test_module("reference/make_fixtures.py", "ovs_tests_make_fixtures")
 
 
 def assert_close(ours, ref, rtol: float = RTOL, name: str = "tensor") -> None:
@@ -263,7 +291,7 @@ def npz_json(arrays: dict, key: str):
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     """tests/_generated, holding up-to-date open_clip reference fixtures."""
-    mf = _make_fixtures_module()
+    mf = load_reference("make_fixtures")
     # make_fixtures.py checks that open_clip in float32 fits within half of this tolerance.
     assert mf.TEST_RTOL == RTOL, f"make_fixtures.TEST_RTOL {mf.TEST_RTOL} != conftest.RTOL {RTOL}"
     return mf.ensure_fixtures(GENERATED_DIR)

@@ -6,27 +6,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import (FrameworkCase, assert_close, assert_conversion_errors,
+                      framework_test_images)
+
+# the reference's dependencies first: without them the module is skipped
+FW = FrameworkCase("deeplab_reference", "deeplab")
+R, SHORT, MAX = FW.R, FW.SHORT, FW.MAX
+
+import torch  # noqa: E402
 
 import ovs  # noqa: E402
 import ovs.convert  # noqa: E402
 import ovs.flops  # noqa: E402
-import ovs.weights  # noqa: E402
 from ovs.cli import main as cli_main  # noqa: E402
 from ovs import _core  # noqa: E402
 from ovs.frameworks import ConversionError, DeepLabModel  # noqa: E402
 
-from conftest import (FrameworkCase, assert_close, assert_conversion_errors,  # noqa: E402
-                      framework_test_images)
-
-FW = FrameworkCase("deeplab_reference", "deeplab")
-R, SHORT, MAX = FW.R, FW.SHORT, FW.MAX
 NAMES = ["cat", "dog", "grass", "sky", "road"]
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    return FW.pair(tmp_path_factory)
 
 
 def _images():
@@ -101,10 +97,7 @@ def test_pruned_backbone_runs_sparse(tmp_path):
                 k = int(0.9 * p.numel())
                 thr = p.abs().flatten().kthvalue(k).values
                 p.mul_((p.abs() > thr).to(p.dtype))
-    path = FW.convert(ref, tmp_path, "pruned")
-    model = DeepLabModel(ovs.weights.load_state_dict(path), sparse="all")
-    convs = model._trunk.convs()
-    assert sum(c["sparse"] for c in convs) >= len(convs) - 8   # strided convs stay dense
+    model = FW.load_pruned(ref, tmp_path, DeepLabModel)
     img = _images()[2]
     probs, _, _, x = R.semantic(ref, img, NAMES, SHORT, MAX)
     with torch.no_grad():
@@ -194,10 +187,7 @@ def test_segmenter_and_cli(pair, tmp_path):
         ovs.Segmenter(model, "deeplab", bg_threshold=0.5)
     with pytest.raises(ValueError, match="short_side must be an int >= 32, got 8"):
         ovs.Segmenter(model, "deeplab", short_side=8)
-    with pytest.raises(TypeError, match="images must be a float numpy array"):
-        model.embed(np.zeros((1, 3, 64, 64), np.uint8))
-    with pytest.raises(ValueError, match="at least 32, got 16x64"):
-        model.embed(np.zeros((1, 3, 16, 64), np.float32))
+    FW.assert_rejects_bad_images(model.embed)
     FW.check_segmenter_and_cli(model, path, _images()[2], NAMES, tmp_path, other_method="naclip")
 
 

@@ -7,31 +7,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("open_clip")
+from conftest import (FrameworkCase, assert_close, assert_conversion_errors,
+                      framework_test_images)
 
+# the reference's dependencies first: without them the module is skipped
+FW = FrameworkCase("fcclip_reference", "fcclip", requires=("torch", "transformers", "open_clip"))
+R, SHORT, MAX = FW.R, FW.SHORT, FW.MAX
+
+import torch  # noqa: E402
 import ovs  # noqa: E402
 import ovs.convert  # noqa: E402
 import ovs.flops  # noqa: E402
 from ovs.fcclip import FCCLIPModel, coco_panoptic_synonyms  # noqa: E402
 
-from conftest import (FrameworkCase, assert_close, assert_conversion_errors,  # noqa: E402
-                      framework_test_images)
-
-FW = FrameworkCase("fcclip_reference", "fcclip")
-R, SHORT, MAX = FW.R, FW.SHORT, FW.MAX
 # seen classes (a synonym in COCO-panoptic's vocabulary) and unseen ones, with synonyms
 NAMES = ["wall", "sofa, couch", "xylophone, marimba", "sky", "aardvark"]
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    return FW.pair(tmp_path_factory)
-
-
-def _images():
-    return framework_test_images()
 
 
 def _semantic(ref, img, names=NAMES):
@@ -40,8 +30,8 @@ def _semantic(ref, img, names=NAMES):
 
 @pytest.fixture(scope="module")
 def expected(pair):
-    """The reference's (semantic scores, intermediates) for each of _images()."""
-    return [_semantic(pair[0], img) for img in _images()]
+    """The reference's (semantic scores, intermediates) for each of framework_test_images()."""
+    return [_semantic(pair[0], img) for img in framework_test_images()]
 
 
 def test_load_gives_the_framework_model(pair):
@@ -71,7 +61,7 @@ def test_network_matches_pytorch(pair, expected):
     """Trunk, pixel decoder, transformer decoder with FC-CLIP's class head, and the mask-pooled
     CLIP attention pool, each against the reference's intermediate."""
     ref, model, _ = pair
-    img = _images()[0]
+    img = framework_test_images()[0]
     _, mid = expected[0]
     x, _ = ovs.frameworks.detectron2_preprocess(img, SHORT, MAX, 32, R.PIXEL_MEAN, R.PIXEL_STD)
     np.testing.assert_array_equal(x, mid["images"].numpy())
@@ -188,7 +178,7 @@ def test_mask_pool_rejects_bad_inputs():
 def test_segmenter_matches_fcclip_inference(pair, expected):
     ref, model, _ = pair
     seg = FW.segmenter(model)
-    for img, (sem, _) in zip(_images(), expected):
+    for img, (sem, _) in zip(framework_test_images(), expected):
         p = seg.predict(img, NAMES)
         assert_close(p, sem.numpy(), name="semantic scores")
         labels = seg.segment(img, NAMES)
@@ -206,7 +196,7 @@ def test_empty_masks_take_the_in_vocabulary_probabilities(tmp_path):
     mask-embedding layer's bias is shifted so that about half of them are negative. Those masks have no pixel at res5, and there FC-CLIP keeps the in-vocabulary
     probabilities (α = β = 0; the attention pool's NaN row is unused)."""
     ref = R.small(seed=3)
-    img = _images()[0]
+    img = framework_test_images()[0]
     with torch.no_grad():
         ref.pixel_decoder.mask_projection.weight.zero_()
         ref.pixel_decoder.mask_projection.bias.fill_(1.0)
@@ -227,7 +217,7 @@ def test_empty_masks_take_the_in_vocabulary_probabilities(tmp_path):
 def test_thread_count_does_not_change_results(pair):
     """1 vs 2 threads: the C trunk and Mask2Former blocks agree to float32 rounding (their
     GEMMs split work by thread; tests/test_m2f.py holds them to 1e-6), the rest is serial."""
-    FW.assert_thread_count_invariant(pair[1], _images()[0], NAMES)
+    FW.assert_thread_count_invariant(pair[1], framework_test_images()[0], NAMES)
 
 
 def test_convert_reports_bad_checkpoints(pair, tmp_path):
@@ -257,7 +247,8 @@ def test_convert_reports_bad_checkpoints(pair, tmp_path):
 
 def test_segmenter_and_cli(pair, tmp_path):
     _, model, path = pair
-    FW.check_segmenter_and_cli(model, path, _images()[0], NAMES, tmp_path, other_method="deeplab")
+    FW.check_segmenter_and_cli(model, path, framework_test_images()[0], NAMES, tmp_path,
+                               other_method="deeplab")
 
 
 def test_flops_equal_fvcore(pair):
@@ -313,7 +304,7 @@ def test_pruned_backbone_runs_sparse(pair):
     masks = ovs.prune.masks(pruned)
     assert masks and all(k.startswith("visual.") for k in masks)
     assert 0.89 < ovs.prune.sparsity(masks) < 0.91
-    img = _images()[0]
+    img = framework_test_images()[0]
     dense = FW.segmenter(FCCLIPModel(pruned.state_dict, sparse="dense")).predict(img, NAMES)
     sparse = FW.segmenter(FCCLIPModel(pruned.state_dict, sparse="all")).predict(img, NAMES)
     assert_close(sparse, dense, rtol=1e-5, name="sparse vs dense trunk")

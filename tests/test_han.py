@@ -10,30 +10,23 @@ import re
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("open_clip")
+from conftest import (FrameworkCase, assert_close, assert_conversion_errors,
+                      framework_test_images)
 
+# the reference's dependencies first: without them the module is skipped
+FW = FrameworkCase("han_reference", "han", requires=("torch", "transformers", "open_clip"))
+R, SHORT, MAX = FW.R, FW.SHORT, FW.MAX
+
+import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import ovs  # noqa: E402
 import ovs.convert  # noqa: E402
 import ovs.prune  # noqa: E402
-import ovs.weights  # noqa: E402
 from ovs import _core  # noqa: E402
 from ovs.frameworks import ConversionError, HanModel, mask_semantic  # noqa: E402
 
-from conftest import (FrameworkCase, assert_close, assert_conversion_errors,  # noqa: E402
-                      framework_test_images)
-
-FW = FrameworkCase("han_reference", "han")
-R, SHORT, MAX = FW.R, FW.SHORT, FW.MAX
 NAMES = ["cat", "dog", "grass", "sky", "road"]
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    return FW.pair(tmp_path_factory)
 
 
 def test_load_gives_the_framework_model(pair):
@@ -221,11 +214,9 @@ def test_convert_reports_bad_checkpoints(pair):
 
 def test_segmenter_and_cli(pair, tmp_path):
     _, model, path = pair
-    with pytest.raises(TypeError, match="images must be a float numpy array"):
-        model.forward(np.zeros((1, 3, 64, 64), np.uint8))
-    with pytest.raises(ValueError, match="at least 32, got 16x64"):
-        model.forward(np.zeros((1, 3, 16, 64), np.float32))
-    FW.check_segmenter_and_cli(model, path, framework_test_images()[0], NAMES, tmp_path, other_method="deeplab")
+    FW.assert_rejects_bad_images(model.forward)
+    FW.check_segmenter_and_cli(model, path, framework_test_images()[0], NAMES, tmp_path,
+                               other_method="deeplab")
 
 
 def test_pruned_backbone_transfers_and_runs_sparse(pair, tmp_path):
@@ -246,10 +237,7 @@ def test_pruned_backbone_transfers_and_runs_sparse(pair, tmp_path):
             for part in getattr_path[:-1]:
                 mod = getattr(mod, part)
             getattr(mod, getattr_path[-1]).mul_(torch.from_numpy(m).to(torch.float32))
-    path = FW.convert(ref, tmp_path, "pruned")
-    model = HanModel(ovs.weights.load_state_dict(path), sparse="all")
-    convs = model._trunk.convs()
-    assert sum(c["sparse"] for c in convs) >= len(convs) - 8   # strided convs stay dense
+    model = FW.load_pruned(ref, tmp_path, HanModel)
     img = framework_test_images()[0]
     probs, _, _, _ = R.semantic(ref, img, NAMES, SHORT, MAX)
     assert_close(FW.segmenter(model).predict(img, NAMES), probs.numpy(), rtol=1e-4,

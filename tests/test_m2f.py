@@ -23,9 +23,11 @@ import torch.nn.functional as F
 import ovs
 from ovs import _core, _m2f
 
-from reference.m2f_hf import (HF_TO_FCCLIP_PIXEL_DECODER, map_names,  # noqa: E402,F401
-                              predictor_weights, randomize)
 from conftest import load_reference  # noqa: E402
+
+M2F = load_reference("m2f_hf")   # the HF <-> detectron2 name tables, HF module weights
+HF_TO_FCCLIP_PIXEL_DECODER, map_names = M2F.HF_TO_FCCLIP_PIXEL_DECODER, M2F.map_names
+predictor_weights, randomize = M2F.predictor_weights, M2F.randomize
 
 transformers = pytest.importorskip("transformers")
 from transformers import Mask2FormerConfig  # noqa: E402

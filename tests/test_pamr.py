@@ -21,17 +21,13 @@ import torch.nn.functional as F
 import ovs
 from ovs import _core
 
-from conftest import load_test_module
+from conftest import load_reference
 
 HERE = Path(__file__).resolve().parent
 REL_TOL = 1e-4
 
 
-def _load(name):
-    return load_test_module(f"reference/{name}.py", name)
-
-
-R = _load("pamr_reference")
+R = load_reference("pamr_reference")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -216,7 +212,7 @@ def test_segmenter_pamr_consistency(vit):
 
 
 # ---------------------------------------------------------------- end to end vs the reference
-SEG = _load("seg_reference")
+SEG = load_reference("seg_reference")
 # a resized ViT case (the guide is resized back to the input size) and two at the input size
 E2E_CASES = ["naclip_odd_whole", "clearclip_small", "maskclip_rn50_small"]
 

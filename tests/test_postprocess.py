@@ -251,25 +251,13 @@ def maskclip_refine(output: torch.Tensor, k: torch.Tensor, pd_thresh: float, ks_
 
 def _torch_model(name: str, fixtures_dir):
     """The open_clip module of a fixture model with its saved weights, float64."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
     from safetensors.torch import load_file
 
-    here = Path(__file__).resolve().parent / "reference"
-    mods = {}
-    for mod in ("make_fixtures", "seg_reference"):
-        key = f"ovs_tests_pp_{mod}"
-        if key not in sys.modules:
-            spec = importlib.util.spec_from_file_location(key, here / f"{mod}.py")
-            m = importlib.util.module_from_spec(spec)
-            sys.modules[key] = m
-            spec.loader.exec_module(m)
-        mods[mod] = sys.modules[key]
-    model, _ = mods["make_fixtures"]._build(name)
+    from conftest import load_reference
+
+    model, _ = load_reference("make_fixtures")._build(name)
     model.load_state_dict(load_file(str(fixtures_dir / f"{name}.safetensors")))
-    return model.double().eval(), mods["seg_reference"]
+    return model.double().eval(), load_reference("seg_reference")
 
 
 @pytest.mark.parametrize("name", ["vit_tiny", "rn_tiny"])

@@ -291,14 +291,9 @@ def test_cli_segment_with_preset(fixtures_dir, vit, tmp_path):
 
 
 def test_eval_preset_options(tmp_path, fixtures_dir, vit):
-    import importlib.util
-    import sys
+    from conftest import load_test_module
 
-    here = Path(__file__).resolve().parent
-    spec = importlib.util.spec_from_file_location("ovs_tests_make_datasets_p", here / "data" / "make_datasets.py")
-    gen = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = gen
-    spec.loader.exec_module(gen)
+    gen = load_test_module("data/make_datasets.py", "ovs_tests_make_datasets")
     gen.make(tmp_path, "voc-21", images=1, size=(20, 28))
     kw = dict(root=tmp_path, model=str(fixtures_dir / "vit_tiny.safetensors"), method="sclip", act="gelu",
               templates="bare", short_side=32, window="whole", progress=False, threads=1)

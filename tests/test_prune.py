@@ -268,16 +268,9 @@ def test_cli_prune_and_flops(fixtures_dir, tmp_path, capsys):
 def test_deeplab_layout_names_opentrans_checkpoints(load_model):
     """Masks moved to the "deeplab" layout name parameters of OpenTrans' DeepLabV3-OVS module
     (the reference built from its code), with the same shapes as the CLIP RN50 trunk's."""
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from conftest import load_reference
 
-    here = Path(__file__).resolve().parent
-    spec = importlib.util.spec_from_file_location("ovs_tests_deeplab_reference_p",
-                                                  here / "reference" / "deeplab_reference.py")
-    ref = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = ref
-    spec.loader.exec_module(ref)
+    ref = load_reference("deeplab_reference")
     ckpt = {k: tuple(v.shape) for k, v in ref.full().state_dict().items()}
     rn50 = {k: v for k, v in load_model("rn50").state_dict().items()}
     masks = {k: np.ones(v.shape, bool) for k, v in rn50.items() if k in P.prunable(rn50)}

@@ -21,18 +21,14 @@ import torch
 import ovs
 from ovs import _core
 
-from conftest import load_test_module
+from conftest import load_reference
 
 REL_TOL = 1e-4
 MIN_AGREEMENT = 0.999
 
 
-def _load(name):
-    return load_test_module(f"reference/{name}.py", name)
-
-
-R = _load("seg_reference")
-S = _load("scclip_reference")
+R = load_reference("seg_reference")
+S = load_reference("scclip_reference")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,10 +9,8 @@ allowed logit error (closer pixels are ties within tolerance); label maps have t
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,22 +18,15 @@ import pytest
 
 import ovs
 
+from conftest import load_reference
+
 HERE = Path(__file__).resolve().parent
 GENERATED = HERE / "_generated"
 REL_TOL = 1e-4
 MIN_AGREEMENT = 0.999
 
 
-def _load_reference():
-    spec = importlib.util.spec_from_file_location(
-        "seg_reference", HERE / "reference" / "seg_reference.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["seg_reference"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ref = _load_reference()
+ref = load_reference("seg_reference")
 CASES = [c["name"] for c in ref.fixture_cases()]
 # predict() and segment() are checked on a cheaper subset (every method and both models appear);
 # logits() runs on every case.
@@ -287,10 +278,7 @@ def test_readme_defaults_table():
                       readme, re.M)
     table = {m: (int(s), (int(c), int(st)), float(ls), t) for m, s, c, st, ls, t in rows}
     assert set(table) == set(ovs.METHODS), f"README table rows: {sorted(table)}"
-    spec = importlib.util.spec_from_file_location("scclip_reference",
-                                                  HERE / "reference" / "scclip_reference.py")
-    scclip_ref = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(scclip_ref)  # SC-CLIP's defaults (its configs), tests/test_scclip.py
+    scclip_ref = load_reference("scclip_reference")  # SC-CLIP's defaults (its configs), tests/test_scclip.py
     for method, (short, window, scale, templates) in table.items():
         d = scclip_ref.DEFAULTS if method == "scclip" else ref.DEFAULTS[method]
         assert (d["short_side"], d["window"], d["logit_scale"], d["templates"]) == \

@@ -268,7 +268,8 @@ def resize_shortest_edge(h, w, short, max_size):
     return int(newh + 0.5), int(neww + 0.5)
 
 
-def preprocess(image_uint8, short=800, max_size=1333, divisor=32):
+def preprocess(image_uint8, short=800, max_size=1333, divisor=32, pixel_mean=PIXEL_MEAN,
+               pixel_std=PIXEL_STD):
     """detectron2 test mapper (ResizeTransform via PIL bilinear) + normalisation + ImageList
     padding. Returns ((1, 3, Hp, Wp) tensor, (h, w) resized size)."""
     from PIL import Image
@@ -277,8 +278,8 @@ def preprocess(image_uint8, short=800, max_size=1333, divisor=32):
     nh, nw = resize_shortest_edge(h, w, short, max_size)
     img = np.asarray(Image.fromarray(image_uint8).resize((nw, nh), Image.BILINEAR))
     x = torch.as_tensor(np.ascontiguousarray(img.transpose(2, 0, 1)))
-    mean = torch.tensor(PIXEL_MEAN).view(-1, 1, 1)
-    std = torch.tensor(PIXEL_STD).view(-1, 1, 1)
+    mean = torch.tensor(pixel_mean).view(-1, 1, 1)
+    std = torch.tensor(pixel_std).view(-1, 1, 1)
     x = (x - mean) / std
     hp = int(math.ceil(nh / divisor) * divisor)
     wp = int(math.ceil(nw / divisor) * divisor)
@@ -309,17 +310,24 @@ def semantic(model, image_uint8, class_names, short=800, max_size=1333):
 
 # ------------------------------------------------------------------ random weights and checkpoints
 @torch.no_grad()
+def randomize_batchnorm(mod: nn.BatchNorm2d, g: torch.Generator) -> None:
+    """Non-trivial BatchNorm affine and running statistics from generator g (also used by
+    fcclip_reference.py)."""
+    n = mod.num_features
+    mod.weight.copy_(torch.rand(n, generator=g) * 0.6 + 0.2)
+    mod.bias.copy_(torch.randn(n, generator=g) * 0.2)
+    mod.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+    mod.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+
+
+@torch.no_grad()
 def randomize(model, seed=0):
     """Every parameter and BatchNorm statistic random (conv/linear weights He-scaled so the
     activations stay O(1) through 50 layers; BN affine and running stats non-trivial)."""
     g = torch.Generator().manual_seed(seed)
     for name, mod in model.named_modules():
         if isinstance(mod, nn.BatchNorm2d):
-            n = mod.num_features
-            mod.weight.copy_(torch.rand(n, generator=g) * 0.6 + 0.2)
-            mod.bias.copy_(torch.randn(n, generator=g) * 0.2)
-            mod.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-            mod.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+            randomize_batchnorm(mod, g)
         elif isinstance(mod, (nn.Conv2d, nn.Linear)):
             fan_in = mod.weight[0].numel()
             mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) * math.sqrt(2.0 / fan_in))

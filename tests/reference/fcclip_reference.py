@@ -19,16 +19,17 @@ it saves a random detectron2-style checkpoint:
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# sibling references, by bare name (this folder is sys.path[0] for the script; the tests and
+# benchmarks put it on sys.path)
+import deeplab_reference as DL   # detectron2 preprocessing, BatchNorm randomisation
+import m2f_hf as M2F             # transformers Mask2Former module names <-> fc-clip / detectron2 names
 
 PIXEL_MEAN = (122.7709383, 116.7460125, 104.09373615)
 PIXEL_STD = (68.5005327, 66.6321579, 70.32316305)
@@ -41,17 +42,6 @@ VILD_PROMPT = [
     "There is a large {} in the scene.",
 ]
 
-def _load(name: str):
-    key = f"ovs_tests_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, Path(__file__).resolve().parent / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[key] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[key]
-
-
-M2F = _load("m2f_hf")   # transformers Mask2Former module names <-> fc-clip / detectron2 names
 HF_TO_FCCLIP_PIXEL_DECODER, HF_TO_FCCLIP_PREDICTOR = M2F.HF_TO_FCCLIP_PIXEL_DECODER, M2F.HF_TO_FCCLIP_PREDICTOR
 
 
@@ -193,29 +183,10 @@ class FCCLIP(nn.Module):
         return t, num_templates, names
 
 
-def resize_shortest_edge(h, w, short, max_size):
-    """detectron2 ResizeShortestEdge.get_output_shape."""
-    scale = short * 1.0 / min(h, w)
-    newh, neww = (short, scale * w) if h < w else (scale * h, short)
-    if max(newh, neww) > max_size:
-        scale = max_size * 1.0 / max(newh, neww)
-        newh, neww = newh * scale, neww * scale
-    return int(newh + 0.5), int(neww + 0.5)
-
-
 def preprocess(image_uint8, short=800, max_size=1333, divisor=32):
-    """detectron2 test mapper (PIL bilinear resize), (x - mean) / std, ImageList padding."""
-    from PIL import Image
-
-    h, w = image_uint8.shape[:2]
-    nh, nw = resize_shortest_edge(h, w, short, max_size)
-    img = np.asarray(Image.fromarray(image_uint8).resize((nw, nh), Image.BILINEAR))
-    x = torch.as_tensor(np.ascontiguousarray(img.transpose(2, 0, 1)))
-    x = (x - torch.tensor(PIXEL_MEAN).view(-1, 1, 1)) / torch.tensor(PIXEL_STD).view(-1, 1, 1)
-    hp, wp = int(math.ceil(nh / divisor) * divisor), int(math.ceil(nw / divisor) * divisor)
-    batched = x.new_zeros(1, 3, hp, wp)
-    batched[0, :, :nh, :nw].copy_(x)
-    return batched, (nh, nw)
+    """detectron2 test mapper (PIL bilinear resize), (x - mean) / std with FC-CLIP's pixel
+    statistics, ImageList padding: deeplab_reference.preprocess's steps."""
+    return DL.preprocess(image_uint8, short, max_size, divisor, PIXEL_MEAN, PIXEL_STD)
 
 
 @torch.no_grad()
@@ -277,13 +248,9 @@ def semantic(model, image_uint8, class_names, train_synonyms, short=800, max_siz
 def randomize(model, seed=0):
     """Every parameter and BatchNorm statistic random, scaled so activations stay O(1)."""
     g = torch.Generator().manual_seed(seed)
-    for name, mod in model.named_modules():
+    for mod in model.modules():
         if isinstance(mod, nn.BatchNorm2d):
-            n = mod.num_features
-            mod.weight.copy_(torch.rand(n, generator=g) * 0.6 + 0.2)
-            mod.bias.copy_(torch.randn(n, generator=g) * 0.2)
-            mod.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-            mod.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+            DL.randomize_batchnorm(mod, g)
     for name, p in model.named_parameters():
         if ".bn" in name or "downsample.2" in name:
             continue

@@ -28,30 +28,16 @@ Run as a script to write a random detectron2 checkpoint ({"model": state_dict}):
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_HERE = Path(__file__).resolve().parent
+# sibling references, by bare name (this folder is sys.path[0] for the script; the tests and
+# benchmarks put it on sys.path)
+import deeplab_reference as DL   # TextEncoder, preprocess, randomize (BN / conv / text)
+import m2f_hf as M2F             # transformers <-> detectron2 names
 
-
-def _load(name: str):
-    key = f"ovs_tests_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, _HERE / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[key] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[key]
-
-
-DL = _load("deeplab_reference")        # TextEncoder, preprocess, randomize (BN / conv / text)
-M2F = _load("m2f_hf")                  # transformers <-> detectron2 names
 PIXEL_MEAN, PIXEL_STD, preprocess = DL.PIXEL_MEAN, DL.PIXEL_STD, DL.preprocess
 HEADS = 8
 

@@ -29,14 +29,18 @@ def randomize(module: torch.nn.Module, seed: int, offset_bias: float = 2.0):
 
 
 # ---------------------------------------------------------------- name mapping (HF -> fc-clip)
+def _per_layer(hf: str, sublayers: dict[str, str], into: str = "") -> list[tuple[str, str]]:
+    """Rows for HF's `<hf>.layers.N.<sublayer>.`: -> `<into><name>.` with N for {} (ovs/_m2f.py's
+    table, one row per sublayer, in the order given)."""
+    return [(rf"^{hf}\.layers\.(\d+)\.{re.escape(sub)}\.", (into + name).format(r"\1") + ".")
+            for sub, name in sublayers.items()]
+
+
 HF_TO_FCCLIP_PIXEL_DECODER = [
     (r"^input_projections\.(\d)\.", r"input_proj.\1."),
     (r"^level_embed$", "transformer.level_embed"),
-    (r"^encoder\.layers\.(\d+)\.self_attn_layer_norm\.", r"transformer.encoder.layers.\1.norm1."),
-    (r"^encoder\.layers\.(\d+)\.final_layer_norm\.", r"transformer.encoder.layers.\1.norm2."),
-    (r"^encoder\.layers\.(\d+)\.fc1\.", r"transformer.encoder.layers.\1.linear1."),
-    (r"^encoder\.layers\.(\d+)\.fc2\.", r"transformer.encoder.layers.\1.linear2."),
-    (r"^encoder\.layers\.(\d+)\.self_attn\.", r"transformer.encoder.layers.\1.self_attn."),
+    *_per_layer("encoder", {"self_attn_layer_norm": "norm1", "final_layer_norm": "norm2", "fc1": "linear1",
+                            "fc2": "linear2", "self_attn": "self_attn"}, into="transformer.encoder.layers.{}."),
     (r"^adapter_1\.0\.", "adapter_1."),
     (r"^adapter_1\.1\.", "adapter_1.norm."),
     (r"^layer_1\.0\.", "layer_1."),
@@ -49,13 +53,14 @@ HF_TO_FCCLIP_PREDICTOR = [
     (r"^queries_embedder\.", "query_embed."),
     (r"^level_embed\.", "level_embed."),
     (r"^input_projections\.(\d)\.", r"input_proj.\1."),
-    (r"^decoder\.layers\.(\d+)\.cross_attn\.", r"transformer_cross_attention_layers.\1.multihead_attn."),
-    (r"^decoder\.layers\.(\d+)\.cross_attn_layer_norm\.", r"transformer_cross_attention_layers.\1.norm."),
-    (r"^decoder\.layers\.(\d+)\.self_attn\.out_proj\.", r"transformer_self_attention_layers.\1.self_attn.out_proj."),
-    (r"^decoder\.layers\.(\d+)\.self_attn_layer_norm\.", r"transformer_self_attention_layers.\1.norm."),
-    (r"^decoder\.layers\.(\d+)\.fc1\.", r"transformer_ffn_layers.\1.linear1."),
-    (r"^decoder\.layers\.(\d+)\.fc2\.", r"transformer_ffn_layers.\1.linear2."),
-    (r"^decoder\.layers\.(\d+)\.final_layer_norm\.", r"transformer_ffn_layers.\1.norm."),
+    *_per_layer("decoder", {
+        "cross_attn": "transformer_cross_attention_layers.{}.multihead_attn",
+        "cross_attn_layer_norm": "transformer_cross_attention_layers.{}.norm",
+        "self_attn.out_proj": "transformer_self_attention_layers.{}.self_attn.out_proj",
+        "self_attn_layer_norm": "transformer_self_attention_layers.{}.norm",
+        "fc1": "transformer_ffn_layers.{}.linear1",
+        "fc2": "transformer_ffn_layers.{}.linear2",
+        "final_layer_norm": "transformer_ffn_layers.{}.norm"}),
     (r"^decoder\.layernorm\.", "decoder_norm."),
     (r"^decoder\.mask_predictor\.mask_embedder\.(\d)\.0\.", r"mask_embed.layers.\1."),
 ]
