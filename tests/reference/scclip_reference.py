@@ -199,31 +199,14 @@ def scclip_forward(visual, x: torch.Tensor, stats: dict | None = None) -> torch.
 @torch.no_grad()
 def reference_logits(model, image: np.ndarray, classifier: torch.Tensor, short_side, window,
                      dtype=torch.float64, stats: list | None = None) -> torch.Tensor:
-    """Cosine logits (C, H, W) at the input size: seg_reference.reference_logits with SC-CLIP's
+    """Cosine logits (C, H, W) at the input size: seg_reference.sliding_logits with SC-CLIP's
     dense features per window. stats, if a list, receives one dict per window."""
-    h0, w0 = image.shape[:2]
-    x = R.preprocess(image, short_side, dtype)
-    hh, ww = x.shape[-2:]
-    p = R.patch_size(model)
-    cls = classifier.to(dtype)
-    acc = torch.zeros(cls.shape[0], hh, ww, dtype=dtype)
-    cnt = torch.zeros(hh, ww, dtype=dtype)
-    for (y1, y2, x1, x2) in R.window_boxes(hh, ww, None if window is None else tuple(window)):
-        crop = x[:, :, y1:y2, x1:x2]
-        h, w = y2 - y1, x2 - x1
-        ph, pw = -h % p, -w % p
-        crop = F.pad(crop, (0, pw, 0, ph))
+
+    def features(crop, box):
         st = {} if stats is not None else None
         f = scclip_forward(model.visual, crop, st)
         if stats is not None:
             stats.append(st)
-        f = f / f.norm(dim=-1, keepdim=True)
-        lg = (f @ cls.t()).permute(2, 0, 1)[None]
-        lg = F.interpolate(lg, size=(h + ph, w + pw), mode="bilinear", align_corners=False)
-        acc[:, y1:y2, x1:x2] += lg[0, :, :h, :w]
-        cnt[y1:y2, x1:x2] += 1
-    logits = acc / cnt
-    if (hh, ww) != (h0, w0):
-        logits = F.interpolate(logits[None], size=(h0, w0), mode="bilinear",
-                               align_corners=False)[0]
-    return logits
+        return f
+
+    return R.sliding_logits(model, image, classifier, short_side, window, dtype, features)

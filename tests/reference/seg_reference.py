@@ -263,11 +263,11 @@ def dense_features(model, x: torch.Tensor, method: str, body_cache=None, key=Non
 
 
 @torch.no_grad()
-def reference_logits(model, image: np.ndarray, classifier: torch.Tensor, method: str, short_side,
-                     window, dtype=torch.float64, body_cache=None, image_key=None) -> torch.Tensor:
-    """Cosine logits (C, H, W) at the input size (SEGMENTATION_SPEC.md §2)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid: {METHODS}")
+def sliding_logits(model, image: np.ndarray, classifier: torch.Tensor, short_side, window, dtype,
+                   features) -> torch.Tensor:
+    """Cosine logits (C, H, W) at the input size (SEGMENTATION_SPEC.md §2) from a method's dense
+    features: resize, windows padded to the patch grid, features(crop, (y1, y2, x1, x2)) ->
+    (gh, gw, D), cosine with the classifier, bilinear upsampling, window average, resize back."""
     h0, w0 = image.shape[:2]
     x = preprocess(image, short_side, dtype)
     hh, ww = x.shape[-2:]
@@ -280,8 +280,7 @@ def reference_logits(model, image: np.ndarray, classifier: torch.Tensor, method:
         h, w = y2 - y1, x2 - x1
         ph, pw = -h % p, -w % p
         crop = F.pad(crop, (0, pw, 0, ph))
-        key = None if image_key is None else (image_key, short_side, y1, y2, x1, x2, str(dtype))
-        f = dense_features(model, crop, method, body_cache, key)
+        f = features(crop, (y1, y2, x1, x2))
         f = f / f.norm(dim=-1, keepdim=True)
         lg = (f @ cls.t()).permute(2, 0, 1)[None]  # (1, C, gh, gw)
         lg = F.interpolate(lg, size=(h + ph, w + pw), mode="bilinear", align_corners=False)
@@ -292,6 +291,20 @@ def reference_logits(model, image: np.ndarray, classifier: torch.Tensor, method:
         logits = F.interpolate(logits[None], size=(h0, w0), mode="bilinear",
                                align_corners=False)[0]
     return logits
+
+
+@torch.no_grad()
+def reference_logits(model, image: np.ndarray, classifier: torch.Tensor, method: str, short_side,
+                     window, dtype=torch.float64, body_cache=None, image_key=None) -> torch.Tensor:
+    """Cosine logits (C, H, W) at the input size (SEGMENTATION_SPEC.md §2) of `method`."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {METHODS}")
+
+    def features(crop, box):
+        key = None if image_key is None else (image_key, short_side, *box, str(dtype))
+        return dense_features(model, crop, method, body_cache, key)
+
+    return sliding_logits(model, image, classifier, short_side, window, dtype, features)
 
 
 def probabilities(logits: torch.Tensor, logit_scale: float) -> torch.Tensor:
