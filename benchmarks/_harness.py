@@ -560,6 +560,17 @@ def publish(report: dict, out: str | None) -> Path:
     return path
 
 
+def finish(name: str, args, res: dict, t0: float, settings: dict, notes=(), **extra) -> int:
+    """The end of a bench script's main: its report (report()) written with its table printed
+    (publish()), then the lines of `notes` (targets, derived figures) and where the JSON went.
+    Returns main's exit code, 0."""
+    path = publish(report(name, args, res, t0, settings, **extra), args.out)
+    for line in notes:
+        print(line)
+    print(f"\nwrote {path}  ({time.perf_counter() - t0:.0f}s)")
+    return 0
+
+
 def fmt_table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
     line = lambda r: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)  # noqa: E731
@@ -645,9 +656,54 @@ def ort_session(model_path: str, threads: int):
     return ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"])
 
 
+def export_onnx(module, example, path: str) -> str:
+    """torch.onnx.export of `module` traced on the example input (TorchScript exporter, opset
+    17, input "x", output "y") to path; returns path. nn.MultiheadAttention's inference fast
+    path (aten::_native_multi_head_attention) has no ONNX export, so it is turned off: the plain
+    path is the same function on the same weights."""
+    import torch
+
+    torch.backends.mha.set_fastpath_enabled(False)
+    with torch.no_grad():
+        torch.onnx.export(module, (example,), path, input_names=["x"], output_names=["y"],
+                          opset_version=17, dynamo=False)
+    return path
+
+
+def clip_resnet_trunk(visual):
+    """open_clip's ModifiedResNet `visual` up to res5 (stem, layer1..4; no attention pool) as a
+    torch module in eval mode: the RN50 trunk the peers time and export."""
+    import torch
+
+    class Trunk(torch.nn.Module):
+        def __init__(self, visual):
+            super().__init__()
+            self.visual = visual
+
+        def forward(self, t):
+            v = self.visual
+            t = v.stem(t)
+            for layer in (v.layer1, v.layer2, v.layer3, v.layer4):
+                t = layer(t)
+            return t
+
+    return Trunk(visual).eval()
+
+
 FIXTURE_DIR = REPO_ROOT / "tests" / "_generated"
 MODEL_FILES = {"rn50": "rn50.safetensors", "vitb16": "vitb16.safetensors"}
 OPEN_CLIP_NAMES = {"rn50": "RN50-quickgelu", "vitb16": "ViT-B-16-quickgelu"}
+
+
+def load_reference(stem: str):
+    """tests/reference/<stem>.py (a PyTorch reference of the test suite) as the module `stem`:
+    the references import each other by that bare name, so their folder joins sys.path."""
+    import importlib
+
+    ref_dir = str(REPO_ROOT / "tests" / "reference")
+    if ref_dir not in sys.path:
+        sys.path.append(ref_dir)
+    return importlib.import_module(stem)
 
 
 def resolve_weights(specs: list[str], needed: list[str]) -> dict[str, str]:

@@ -74,10 +74,7 @@ def main(argv=None) -> int:
               for t in TOWERS]
     groups = H.select_groups(groups, args.cases)
     res = H.run(__file__, groups, args)
-    report = H.report("bench_alpha", args, res, t0, {"weights": weights})
-    path = H.publish(report, args.out)
-    print(f"\nwrote {path}  ({time.perf_counter() - t0:.0f}s)")
-    return 0
+    return H.finish("bench_alpha", args, res, t0, {"weights": weights})
 
 
 if __name__ == "__main__":

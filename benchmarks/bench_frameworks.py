@@ -76,17 +76,6 @@ def _image(hw):
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _reference(fw: str):
-    import importlib.util
-
-    path = H.REPO_ROOT / "tests" / "reference" / f"{fw}_reference.py"
-    spec = importlib.util.spec_from_file_location(f"{fw}_reference", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 # ---------------------------------------------------------------------------- worker side
 def _setup_fcclip(side: str, params: dict):
     """FC-CLIP at RN50 sizes (tests/reference/fcclip_reference.py `full(seed=0)`: 250 queries,
@@ -98,7 +87,7 @@ def _setup_fcclip(side: str, params: dict):
 
         from ovs.fcclip import coco_panoptic_synonyms
 
-        R = _reference("fcclip")
+        R = H.load_reference("fcclip_reference")
         model = R.full(seed=0)
         ck = Path(params["dir"]) / "fcclip_rn50_random.pth"
         R.save_checkpoint(model, ck)
@@ -217,7 +206,7 @@ def setup(side: str, group: str, params: dict):
         import torch
         import torch.nn.functional as F
 
-        R = _reference(fw)
+        R = H.load_reference(f"{fw}_reference")
         model = R.full(seed=0)
         ck = Path(params["dir"]) / f"{fw}_rn50_random.pth"
         R.save_checkpoint(model, ck)
@@ -310,17 +299,11 @@ def main(argv=None) -> int:
             flops.update(flops_table(Path(tmp) / f"{g.name}_rn50_random.safetensors", len(names), g.name))
     for c in res["cases"]:
         c["flops"] = flops.get(c["case"])
-    report = H.report("bench_frameworks", args, res, t0, {"classes": len(names)})
-    path = H.publish(report, args.out)
-    for c in res["cases"]:
-        fl = c.get("flops")
-        if fl:
-            fw = c["case"].split("_")[0]
-            print(f"{c['case']}: input {fl['input'][0]}x{fl['input'][1]}: {fl['gflops_fvcore']:.1f} GFLOPs "
-                  f"(fvcore convention), {fl['mparams']:.1f} M params; paper (dense): "
-                  f"{PAPER_GFLOPS[c['case'].split('_')[0]]} G")
-    print(f"\nwrote {path}  ({time.perf_counter() - t0:.0f}s)")
-    return 0
+    notes = [f"{c['case']}: input {fl['input'][0]}x{fl['input'][1]}: {fl['gflops_fvcore']:.1f} GFLOPs "
+             f"(fvcore convention), {fl['mparams']:.1f} M params; paper (dense): "
+             f"{PAPER_GFLOPS[c['case'].split('_')[0]]} G"
+             for c in res["cases"] if (fl := c.get("flops"))]
+    return H.finish("bench_frameworks", args, res, t0, {"classes": len(names)}, notes)
 
 
 if __name__ == "__main__":

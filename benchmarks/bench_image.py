@@ -191,14 +191,11 @@ def _setup_tower(side: str, group: str, params: dict):
 
     cases = {group: H.Case(encode)}
     if name == "rn50":
-        visual = model.visual
+        trunk_module = H.clip_resnet_trunk(model.visual)
 
         def trunk():
             with torch.no_grad():
-                t = visual.stem(xt)
-                for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
-                    t = layer(t)
-                return t
+                return trunk_module(xt)
         cases[group + "_trunk"] = H.Case(trunk)
     return cases, info
 
@@ -208,30 +205,12 @@ def _ort_tower_cases(group: str, name: str, model, x: np.ndarray, params: dict) 
     torch.onnx.export from the same weights, run by an InferenceSession."""
     import torch
 
-    class Trunk(torch.nn.Module):
-        def __init__(self, visual):
-            super().__init__()
-            self.visual = visual
-
-        def forward(self, t):
-            v = self.visual
-            t = v.stem(t)
-            for layer in (v.layer1, v.layer2, v.layer3, v.layer4):
-                t = layer(t)
-            return t
-
     modules = {group: model.visual}
     if name == "rn50":
-        modules[group + "_trunk"] = Trunk(model.visual).eval()
+        modules[group + "_trunk"] = H.clip_resnet_trunk(model.visual)
     cases = {}
-    # nn.MultiheadAttention's inference fast path (aten::_native_multi_head_attention) has no
-    # ONNX export: trace the plain path (same weights, same function).
-    torch.backends.mha.set_fastpath_enabled(False)
     for case, module in modules.items():
-        path = str(Path(params["tmpdir"]) / f"{case}.onnx")
-        with torch.no_grad():
-            torch.onnx.export(module, (torch.from_numpy(x),), path, input_names=["x"],
-                              output_names=["y"], opset_version=17, dynamo=False)
+        path = H.export_onnx(module, torch.from_numpy(x), str(Path(params["tmpdir"]) / f"{case}.onnx"))
         sess = H.ort_session(path, params["threads"])
         cases[case] = H.Case(lambda sess=sess: sess.run(None, {"x": x})[0])
     return cases
@@ -438,9 +417,6 @@ def main(argv=None) -> int:
         groups = H.select_groups(build_groups(weights, tmp, threads=args.threads), args.cases)
         res = H.run(__file__, groups, args)
     derived = derive(res["cases"])
-    report = H.report("bench_image", args, res, t0,
-                      {"weights": weights, "order": "ABAB (ours then peer, per case)"}, derived=derived)
-    path = H.publish(report, args.out)
     rows = []
     if "sgemm_gflops" in derived:
         rows.append(["sgemm 2048^3", f"{derived['sgemm_gflops']['ours']:.1f}",
@@ -456,11 +432,9 @@ def main(argv=None) -> int:
         elif k.endswith("_trunk_conv_gflops"):
             rows.append([k[:-len("_conv_gflops")] + " (conv FLOPs / trunk time)", f"{d['ours']:.1f}",
                          f"{d['peer']:.1f}", "", ""])
-    if rows:
-        print()
-        print(H.fmt_table(rows, ["GFLOP/s", "ours", "peer", "ours % sgemm", "peer % sgemm"]))
-    print(f"\nwrote {path}  ({time.perf_counter() - t0:.0f}s)")
-    return 0
+    notes = ["", H.fmt_table(rows, ["GFLOP/s", "ours", "peer", "ours % sgemm", "peer % sgemm"])] if rows else []
+    return H.finish("bench_image", args, res, t0,
+                    {"weights": weights, "order": "ABAB (ours then peer, per case)"}, notes, derived=derived)
 
 
 if __name__ == "__main__":

@@ -99,11 +99,7 @@ def main(argv=None) -> int:
     groups = [H.Group(f"m2f_{args.side}", {"side": args.side}, repeated=["pixel_decoder", "decoder"],
                       peer_first=True)]
     res = H.run(__file__, groups, args)
-    report = H.report("bench_m2f", args, res, t0,
-                      {"side": args.side, "queries": 250, "decoder_layers": 9})
-    path = H.publish(report, args.out)
-    print(f"\nwrote {path}  ({time.perf_counter() - t0:.0f}s)")
-    return 0
+    return H.finish("bench_m2f", args, res, t0, {"side": args.side, "queries": 250, "decoder_layers": 9})
 
 
 if __name__ == "__main__":

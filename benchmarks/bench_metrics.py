@@ -78,14 +78,11 @@ def main(argv=None) -> int:
               for name in CASES]
     groups = H.select_groups(groups, args.cases)
     res = H.run(__file__, groups, args)
-    report = H.report("bench_metrics", args, res, t0, {"side": SIDE})
-    path = H.publish(report, args.out)
-    for c in res["cases"]:
-        px = SIDE * SIDE
-        print(f"{c['case']}: Mpixel/s ours {px / c['ours']['median_s'] / 1e6:.0f}, "
-              f"peer {px / c['peer']['median_s'] / 1e6:.0f} (target: ours >= 200 on one core)")
-    print(f"\nwrote {path}  ({time.perf_counter() - t0:.0f}s)")
-    return 0
+    px = SIDE * SIDE
+    notes = [f"{c['case']}: Mpixel/s ours {px / c['ours']['median_s'] / 1e6:.0f}, "
+             f"peer {px / c['peer']['median_s'] / 1e6:.0f} (target: ours >= 200 on one core)"
+             for c in res["cases"]]
+    return H.finish("bench_metrics", args, res, t0, {"side": SIDE}, notes)
 
 
 if __name__ == "__main__":

@@ -47,8 +47,7 @@ def setup(side: str, group: str, params: dict):
         return {group: H.Case(lambda: _core.op_pamr(mask, image, STEPS, DILATIONS))}
     import torch
 
-    sys.path.insert(0, str(H.REPO_ROOT / "tests" / "reference"))
-    import pamr_reference as R
+    R = H.load_reference("pamr_reference")
 
     module = R.PAMR(STEPS, DILATIONS)
     x, m = torch.from_numpy(image)[None], torch.from_numpy(mask)[None]
@@ -111,17 +110,14 @@ def main(argv=None) -> int:
     groups = H.select_groups(groups, args.cases)
     res = H.run(__file__, groups, args)
     memory = memory_check(args.threads) if args.memory else None
-    report = H.report("bench_pamr", args, res, t0, {"steps": STEPS, "dilations": list(DILATIONS)},
-                      memory=memory)
-    path = H.publish(report, args.out)
-    print("target (a): time ratio <= 0.5")
+    notes = ["target (a): time ratio <= 0.5"]
     if memory:
-        print(f"(b) seg_labels_pamr 2048x1536, 150 classes, {args.threads} thread(s): peak RSS "
-              f"delta {memory['peak_delta_mib']:.0f} MiB (target <= 1024), {memory['wall_s']:.1f}s "
-              f"wall, {memory['cpu_s']:.1f}s CPU; the torch module would need "
-              f"{memory['torch_neighbour_tensor_gb']:.0f} GB per step")
-    print(f"\nwrote {path}  ({time.perf_counter() - t0:.0f}s)")
-    return 0
+        notes.append(f"(b) seg_labels_pamr 2048x1536, 150 classes, {args.threads} thread(s): peak RSS "
+                     f"delta {memory['peak_delta_mib']:.0f} MiB (target <= 1024), {memory['wall_s']:.1f}s "
+                     f"wall, {memory['cpu_s']:.1f}s CPU; the torch module would need "
+                     f"{memory['torch_neighbour_tensor_gb']:.0f} GB per step")
+    return H.finish("bench_pamr", args, res, t0, {"steps": STEPS, "dilations": list(DILATIONS)}, notes,
+                    memory=memory)
 
 
 if __name__ == "__main__":

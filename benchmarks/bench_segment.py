@@ -136,10 +136,10 @@ def setup(side: str, group: str, params: dict):
         cases[group] = H.Case(lambda: run_seg.logits(image, names))
         return cases
     import torch
-
-    sys.path.insert(0, str(H.REPO_ROOT / "tests" / "reference"))
-    import seg_reference as R
     from bench_image import _open_clip_model
+
+    R = H.load_reference("seg_reference")
+    SR = H.load_reference("scclip_reference") if method == "scclip" else None
 
     model = _open_clip_model(name, path)
     state: dict = {}
@@ -150,8 +150,6 @@ def setup(side: str, group: str, params: dict):
 
     def logits():
         if method == "scclip":
-            import scclip_reference as SR
-
             return SR.reference_logits(model, image, state["cls"], d["short_side"], window,
                                        dtype=torch.float32)
         return R.reference_logits(model, image, state["cls"], method, d["short_side"], window,
@@ -198,17 +196,12 @@ def _ort_dense_features(R, model, params: dict) -> None:
         def forward(self, x):
             return torch_features(model, x, self.method)
 
-    # nn.MultiheadAttention's inference fast path has no ONNX export: trace the plain path.
-    torch.backends.mha.set_fastpath_enabled(False)
-
     def ort_features(model_, x, method, body_cache=None, key=None):
         k = (method, tuple(x.shape))
         if k not in sessions:
             path = str(Path(params["tmpdir"]) / f"{method}_{'x'.join(map(str, x.shape))}.onnx")
-            with torch.no_grad():
-                torch.onnx.export(Tower(method).eval(), (x.float(),), path, input_names=["x"],
-                                  output_names=["f"], opset_version=17, dynamo=False)
-            sessions[k] = H.ort_session(path, params["threads"])
+            sessions[k] = H.ort_session(H.export_onnx(Tower(method).eval(), x.float(), path),
+                                        params["threads"])
         out = sessions[k].run(None, {"x": np.ascontiguousarray(x.numpy(), dtype=np.float32)})[0]
         return torch.from_numpy(out).to(x.dtype)
 
@@ -268,13 +261,11 @@ def main(argv=None) -> int:
         for g in groups:
             g.params["weights"] = weights
         res = H.run(__file__, groups, args)
-    report = H.report("bench_segment", args, res, t0,
-                      {"weights": weights, "image": "ovs/data/example_cat.jpg resized to 512x512",
-                       "classes": "ade20k_150 first synonyms", "cold": sorted(cold)})
-    path = H.publish(report, args.out)
-    print("targets (a): time ratio <= 0.8, peak RSS ratio <= 0.5; (c) labels: 847 classes <= 1.5x 10 classes")
-    print(f"\nwrote {path}  ({time.perf_counter() - t0:.0f}s)")
-    return 0
+    return H.finish("bench_segment", args, res, t0,
+                    {"weights": weights, "image": "ovs/data/example_cat.jpg resized to 512x512",
+                     "classes": "ade20k_150 first synonyms", "cold": sorted(cold)},
+                    ["targets (a): time ratio <= 0.8, peak RSS ratio <= 0.5; (c) labels: 847 classes "
+                     "<= 1.5x 10 classes"])
 
 
 if __name__ == "__main__":

@@ -165,27 +165,25 @@ def main(argv=None) -> int:
                    for t in towers]
     groups = H.select_groups(groups, args.cases)
     res = H.run(__file__, groups, args)
-    report = H.report("bench_text", args, res, t0,
-                      {"weights": weights, "prompts": len(prompts), "first_prompts": prompts[:3],
-                       "peer_batch": args.peer_batch or len(prompts), "warmup_prompts": WARMUP_PROMPTS})
+    notes = []
     for c in res["cases"]:
         if c["case"].startswith("classifier_"):
             _scale_peer(c, scale)
-    path = H.publish(report, args.out)
-    for c in res["cases"]:
         n = c.get("prompts", len(prompts))
-        print(f"{c['case']}: prompts/s ours {n / c['ours']['median_s']:.0f}, "
-              f"peer {n / c['peer']['median_s']:.0f} (target ratio <= {c['target_ratio']})"
-              + (f"; peer timed on {c['peer_classes']} classes and scaled x{c['peer_time_scale']:g}"
-                 if "peer_time_scale" in c else ""))
+        notes.append(f"{c['case']}: prompts/s ours {n / c['ours']['median_s']:.0f}, "
+                     f"peer {n / c['peer']['median_s']:.0f} (target ratio <= {c['target_ratio']})"
+                     + (f"; peer timed on {c['peer_classes']} classes and scaled x{c['peer_time_scale']:g}"
+                        if "peer_time_scale" in c else ""))
         if "token_positions" in c:
             tp, g = c["token_positions"], c["linear_gflop"]
-            print(f"  token positions: open_clip {tp['full_context']:,}, end-of-text truncation "
-                  f"{tp['end_of_text']:,}, shared prefixes {tp['shared_prefix']:,} "
-                  f"({1 - tp['shared_prefix'] / tp['end_of_text']:.0%} fewer); linear-layer GFLOP "
-                  f"{g['full_context']:.0f} / {g['end_of_text']:.0f} / {g['shared_prefix']:.0f}")
-    print(f"\nwrote {path}  ({time.perf_counter() - t0:.0f}s)")
-    return 0
+            notes.append(f"  token positions: open_clip {tp['full_context']:,}, end-of-text truncation "
+                         f"{tp['end_of_text']:,}, shared prefixes {tp['shared_prefix']:,} "
+                         f"({1 - tp['shared_prefix'] / tp['end_of_text']:.0%} fewer); linear-layer GFLOP "
+                         f"{g['full_context']:.0f} / {g['end_of_text']:.0f} / {g['shared_prefix']:.0f}")
+    return H.finish("bench_text", args, res, t0,
+                    {"weights": weights, "prompts": len(prompts), "first_prompts": prompts[:3],
+                     "peer_batch": args.peer_batch or len(prompts), "warmup_prompts": WARMUP_PROMPTS},
+                    notes)
 
 
 def _scale_peer(c: dict, scale: float) -> None:
