@@ -17,7 +17,7 @@ import pytest
 
 import ovs
 import ovs.text
-from conftest import _make_fixtures_module, assert_close
+from conftest import assert_close, load_reference
 from ovs.templates import get_templates
 
 RTOL = 1e-5
@@ -52,7 +52,7 @@ def open_clip_reference(fixtures_dir):
     open_clip = pytest.importorskip("open_clip")
     from safetensors.torch import load_file
 
-    oc, _ = _make_fixtures_module()._build(NAME)
+    oc, _ = load_reference("make_fixtures")._build(NAME)
     oc.load_state_dict(load_file(str(fixtures_dir / f"{NAME}.safetensors")))
     oc = oc.double().eval()
 
