@@ -175,15 +175,12 @@ def _ort_cases(fw: str, R, model, text, params: dict) -> dict:
             r = r[:, : self.size[0], : self.size[1]]
             return F.interpolate(r[None], size=self.out_hw, mode="bilinear", align_corners=False)[0]
 
-    torch.backends.mha.set_fastpath_enabled(False)   # trace nn.MultiheadAttention's plain path
     sessions = {}
     for c, (hw, short) in _cases(fw).items():
         img = _image(hw)
         x, size = R.preprocess(img, short, MAX_SIZE)
         path = str(Path(params["dir"]) / f"{c}.onnx")
-        with torch.no_grad():
-            torch.onnx.export(Scores(size, img.shape[:2]).eval(), (x,), path, input_names=["x"],
-                              output_names=["y"], opset_version=17, dynamo=False)
+        H.export_onnx(Scores(size, img.shape[:2]).eval(), x, path)
         _onnx_float_grids(path)
         sessions[c] = (H.ort_session(path, params["threads"]), img, short)
     del model

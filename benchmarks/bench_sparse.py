@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _harness as H  # noqa: E402
 
 
 def _cpu() -> str:
@@ -62,23 +63,9 @@ def _export_onnx(visual, size: int, sparsity: float, folder: str) -> str:
     peer runs) exported with torch.onnx.export from the same zeroed weights."""
     import torch
 
-    class Trunk(torch.nn.Module):
-        def __init__(self, v):
-            super().__init__()
-            self.v = v
-
-        def forward(self, t):
-            v = self.v
-            t = v.act3(v.bn3(v.conv3(v.act2(v.bn2(v.conv2(v.act1(v.bn1(v.conv1(t)))))))))
-            return v.layer4(v.layer3(v.layer2(v.layer1(v.avgpool(t)))))
-
-    module = visual if size == 224 else Trunk(visual).eval()
-    torch.backends.mha.set_fastpath_enabled(False)  # the MHA fast path has no ONNX export
-    path = str(Path(folder) / f"rn50_{size}_{sparsity:.2f}.onnx")
-    with torch.no_grad():
-        torch.onnx.export(module, (torch.zeros(1, 3, size, size),), path, input_names=["x"],
-                          output_names=["y"], opset_version=17, dynamo=False)
-    return path
+    module = visual if size == 224 else H.clip_resnet_trunk(visual)
+    return H.export_onnx(module, torch.zeros(1, 3, size, size),
+                         str(Path(folder) / f"rn50_{size}_{sparsity:.2f}.onnx"))
 
 
 def main(argv=None) -> int:
@@ -153,17 +140,11 @@ def main(argv=None) -> int:
                     torch.set_num_threads(th)
                     xt = torch.from_numpy(x)
 
-                    def run_torch(v=visual):
+                    def run_torch(m=visual if embed else H.clip_resnet_trunk(visual)):
                         with torch.no_grad():
-                            if embed:
-                                return v(xt)
-                            y = v.act3(v.bn3(v.conv3(v.act2(v.bn2(v.conv2(v.act1(v.bn1(v.conv1(xt)))))))))
-                            y = v.avgpool(y)
-                            return v.layer4(v.layer3(v.layer2(v.layer1(y))))
+                            return m(xt)
                     fns["torch_dense"] = run_torch
                 if onnx_path:
-                    import _harness as H
-
                     sess = H.ort_session(onnx_path, th)
                     fns["ort_dense"] = lambda sess=sess: sess.run(None, {"x": x})[0]
                 a = fns["ours_sparse"](); b = fns["ours_dense"]()
