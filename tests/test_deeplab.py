@@ -107,6 +107,8 @@ def test_pruned_backbone_runs_sparse(tmp_path):
     assert_close(seg.predict(img, NAMES), probs.numpy(), name="probabilities (sparse)")
     # the same trunk stored as CSR (ovs.prune.save_sparse): ovs.load gives the framework model
     csr = tmp_path / "pruned_csr.safetensors"
+    path = tmp_path / "pruned.safetensors"   # the file FW.load_pruned converted
+    assert path.is_file()
     assert ovs.prune.save_sparse(ovs.weights.load_state_dict(path), csr)
     again = ovs.load(csr)
     assert isinstance(again, DeepLabModel)
