@@ -98,6 +98,12 @@ static int injected_failure(void) {
     return __atomic_sub_fetch(&fail_countdown, 1, __ATOMIC_SEQ_CST) == 0;
 }
 
+/* Large blocks (activations, workspaces) are aligned to 2 MiB and advised as transparent huge
+ * pages: a fresh 2 MiB page is one fault where 4 KiB pages are 512, and the page-fault path was
+ * a fifth of a DeepLab call's CPU time. Advice only; where THP is off nothing changes. */
+#define HUGE_PAGE ((size_t)2 << 20)
+#define HUGE_ALLOC ((size_t)4 << 20)
+
 void *ovs_malloc(size_t bytes) {
     if (injected_failure()) {
         ovs_set_error(OVS_ERR_NOMEM, "out of memory (injected failure, %zu bytes)", bytes);
@@ -106,10 +112,14 @@ void *ovs_malloc(size_t bytes) {
     void *p = NULL;
     /* 64-byte alignment keeps SIMD loads aligned and avoids false sharing between threads. */
     size_t rounded = (bytes + 63) & ~(size_t)63;
-    if (rounded < bytes || posix_memalign(&p, 64, rounded ? rounded : 64) != 0) {
+    const size_t align = rounded >= HUGE_ALLOC ? HUGE_PAGE : 64;
+    if (rounded < bytes || posix_memalign(&p, align, rounded ? rounded : 64) != 0) {
         ovs_set_error(OVS_ERR_NOMEM, "out of memory allocating %zu bytes", bytes);
         return NULL;
     }
+#if defined(MADV_HUGEPAGE)
+    if (align == HUGE_PAGE) madvise(p, rounded & ~(HUGE_PAGE - 1), MADV_HUGEPAGE);
+#endif
     return p;
 }
 
