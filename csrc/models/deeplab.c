@@ -286,23 +286,32 @@ static int classify_check(const char *op, float *out, const float *embed, int64_
     return OVS_OK;
 }
 
-/* out[:, p] = softmax(out[:, p]) for a (T, P) block, pixels in [p0, p1). */
-static void softmax_columns(float *out, int64_t T, int64_t P, int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; p++) {
-        float mx = out[p];
-        for (int64_t t = 1; t < T; t++) mx = fmaxf(mx, out[t * P + p]);
-        double sum = 0;
-        for (int64_t t = 0; t < T; t++) {
-            float e = expf(out[t * P + p] - mx);
-            out[t * P + p] = e;
-            sum += e;
-        }
-        const float inv = (float)(1.0 / sum);
-        for (int64_t t = 0; t < T; t++) out[t * P + p] *= inv;
-    }
-}
-
+/* out[:, p] = softmax(out[:, p]) for a (T, P) block, pixels in [p0, p1) (at most PIX_TILE):
+ * row by row over the pixels, so every pass reads contiguous floats; per pixel the same max,
+ * expf and double sum in increasing t as a column at a time. */
 #define PIX_TILE 256
+
+static void softmax_columns(float *out, int64_t T, int64_t P, int64_t p0, int64_t p1) {
+    float mx[PIX_TILE];
+    double sum[PIX_TILE];
+    const int64_t n = p1 - p0;
+    float *o = out + p0;
+    for (int64_t q = 0; q < n; q++) {
+        mx[q] = o[q];
+        sum[q] = 0;
+    }
+    for (int64_t t = 1; t < T; t++)
+        for (int64_t q = 0; q < n; q++) mx[q] = fmaxf(mx[q], o[t * P + q]);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t q = 0; q < n; q++) {
+            float e = expf(o[t * P + q] - mx[q]);
+            o[t * P + q] = e;
+            sum[q] += e;
+        }
+    for (int64_t q = 0; q < n; q++) mx[q] = (float)(1.0 / sum[q]);   /* now the inverse sums */
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t q = 0; q < n; q++) o[t * P + q] *= mx[q];
+}
 
 int ovs_pixel_classify(float *out, const float *embed, int64_t E, int64_t P, const float *text,
                        int64_t T, float scale, int softmax) {
@@ -323,9 +332,11 @@ int ovs_pixel_classify(float *out, const float *embed, int64_t E, int64_t P, con
             const float *row = embed + (size_t)e * P;
             for (int64_t q = p0; q < p1; q++) ss[q - p0] += (double)row[q] * row[q];
         }
-        for (int64_t q = p0; q < p1; q++) {
-            const float f = scale / ((float)sqrt(ss[q - p0]) + 1e-7f);
-            for (int64_t t = 0; t < T; t++) out[(size_t)t * P + q] *= f;
+        float f[PIX_TILE];
+        for (int64_t q = p0; q < p1; q++) f[q - p0] = scale / ((float)sqrt(ss[q - p0]) + 1e-7f);
+        for (int64_t t = 0; t < T; t++) {
+            float *o = out + (size_t)t * P;
+            for (int64_t q = p0; q < p1; q++) o[q] *= f[q - p0];
         }
         if (softmax) softmax_columns(out, T, P, p0, p1);
     }
@@ -346,6 +357,8 @@ int ovs_pixel_classify_naive(float *out, const float *embed, int64_t E, int64_t 
             out[t * P + p] = (float)(scale * dot / norm);
         }
     }
-    if (softmax) softmax_columns(out, T, P, 0, P);
+    if (softmax)
+        for (int64_t p0 = 0; p0 < P; p0 += PIX_TILE)
+            softmax_columns(out, T, P, p0, p0 + PIX_TILE < P ? p0 + PIX_TILE : P);
     return OVS_OK;
 }
