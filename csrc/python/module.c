@@ -216,15 +216,10 @@ PyMODINIT_FUNC PyInit__core(void) {
     Py_INCREF(ovs_py_WeightError);
     if (PyModule_AddObject(m, "OvsError", ovs_py_Error) < 0) goto error;
     if (PyModule_AddObject(m, "WeightFileError", ovs_py_WeightError) < 0) goto error;
-    if (ovs_py_register_core(m) < 0 || ovs_py_register_ops(m) < 0 ||
-        ovs_py_register_testops(m) < 0 || ovs_py_register_io(m) < 0 ||
-        ovs_py_register_models(m) < 0 ||
-        ovs_py_register_methods(m) < 0 || ovs_py_register_tokenizer(m) < 0 ||
-        ovs_py_register_analysis(m) < 0 || ovs_py_register_metrics(m) < 0 ||
-        ovs_py_register_gemm(m) < 0 || ovs_py_register_sparse(m) < 0 ||
-        ovs_py_register_frameworks(m) < 0 ||
-        ovs_py_register_m2f(m) < 0)
-        goto error;
+#define OVS_PY_PART_REGISTER(part) ovs_py_register_##part,
+    static int (*const parts[])(PyObject *) = {OVS_PY_PARTS(OVS_PY_PART_REGISTER)};
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
+        if (parts[i](m) < 0) goto error;
     return m;
 error:
     Py_DECREF(m);

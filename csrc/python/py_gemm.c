@@ -92,18 +92,17 @@ static PyObject *py_gemm_isa(PyObject *self, PyObject *noargs) {
     return PyUnicode_FromString(ovs_gemm_isa_name());
 }
 
-#define KW OVS_PY_KW
 static PyMethodDef gemm_methods[] = {
-    {"op_matrix_pack", (PyCFunction)py_op_matrix_pack, KW,
-     "op_matrix_pack(w) -> w (K, C) packed as (ceil(K/16), C, 16) panels for the GEMM kernels."},
-    {"op_gemm_packed_naive", (PyCFunction)py_op_gemm_packed_naive, KW,
-     "op_gemm_packed_naive(a, packed, K) -> a @ W.T from the packed W, one fmaf chain per element."},
-    {"op_gemm_packed", (PyCFunction)py_op_gemm_packed, KW,
-     "op_gemm_packed(a, packed, K) -> a @ W.T with the packed-weight GEMM on an already packed W."},
-    {"gemm_set_isa", py_gemm_set_isa, METH_O,
-     "gemm_set_isa(name) -> name in use; 'auto', 'portable', 'avx2' or 'avx512' (test hook, "
-     "process-wide; RuntimeError-like OvsError if the CPU lacks it)."},
-    {"gemm_isa", py_gemm_isa, METH_NOARGS, "gemm_isa() -> the packed GEMM's kernels in use."},
+    OVS_PY_ROW(py_, op_matrix_pack, OVS_PY_KW,
+               "(w) -> w (K, C) packed as (ceil(K/16), C, 16) panels for the GEMM kernels."),
+    OVS_PY_ROW(py_, op_gemm_packed_naive, OVS_PY_KW,
+               "(a, packed, K) -> a @ W.T from the packed W, one fmaf chain per element."),
+    OVS_PY_ROW(py_, op_gemm_packed, OVS_PY_KW,
+               "(a, packed, K) -> a @ W.T with the packed-weight GEMM on an already packed W."),
+    OVS_PY_ROW(py_, gemm_set_isa, METH_O,
+               "(name) -> name in use; 'auto', 'portable', 'avx2' or 'avx512' (test hook, "
+               "process-wide; RuntimeError-like OvsError if the CPU lacks it)."),
+    OVS_PY_ROW(py_, gemm_isa, METH_NOARGS, "() -> the packed GEMM's kernels in use."),
     {NULL, NULL, 0, NULL},
 };
 

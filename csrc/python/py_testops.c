@@ -750,51 +750,51 @@ error:
 
 
 /* ---------------------------------------------------------------- registration */
-#define KW OVS_PY_KW
 static PyMethodDef testops_methods[] = {
-    {"op_lof_outliers", (PyCFunction)py_op_lof_outliers, KW,
-     "op_lof_outliers(x (M, D), k=30, contamination=0.05, naive=False) -> (outlier bool, lof float64)"},
-    {"op_neighbour_fill", (PyCFunction)py_op_neighbour_fill, KW,
-     "op_neighbour_fill(x (H, W, D), outlier bool (H, W)) -> (H, W, D)"},
-    {"op_similarity_aggregate", (PyCFunction)py_op_similarity_aggregate, KW,
-     "op_similarity_aggregate(x (M, D), corr (M, M), beta, naive=False) -> (M, D)"},
-    {"op_matmul_wt", (PyCFunction)py_op_matmul_wt, KW,
-     "op_matmul_wt(a, w, alpha=1.0, beta=0.0, out=None, packed=False): out = alpha a @ w.T + "
-     "beta out; packed=True packs w first and runs the packed-weight GEMM; naive=True the naive "
-     "twin."},
-    {"op_matmul", (PyCFunction)py_op_matmul, KW,
-     "op_matmul(a, b, alpha=1.0, beta=0.0, out=None, naive=False): out = alpha a @ b + beta out; "
-     "a's and b's rows may be strided (column slices)."},
-    {"op_act", (PyCFunction)py_op_act, KW,
-     "op_act(x, act, naive=False): act in 'none', 'relu', 'gelu', 'quickgelu', 'sigmoid'."},
-    {"op_conv2d", (PyCFunction)py_op_conv2d, KW,
-     "op_conv2d(x, w, b=None, residual=None, stride=1, padding=0, dilation=1, groups=1, "
-     "act='none', naive=False, residual_alias=False, packed=False, prepacked=None): packed "
-     "packs w first; prepacked is w packed earlier by op_conv2d_pack (w then gives the shape)."},
-    {"op_conv2d_pack", (PyCFunction)py_op_conv2d_pack, KW,
-     "op_conv2d_pack(w, groups=1, unpack=False, inplace=False): the conv weight packed by "
-     "ovs_conv2d_pack (flat; inplace: ovs_conv2d_pack_inplace), or packed and unpacked again."},
-    {"op_batchnorm_fold", (PyCFunction)py_op_batchnorm_fold, KW,
-     "op_batchnorm_fold(w, b, gamma, beta, mean, var, eps=1e-5) -> (w', b')."},
-    {"op_avgpool2d", (PyCFunction)py_op_avgpool2d, KW,
-     "op_avgpool2d(x, kernel, stride=None, padding=0, count_include_pad=True, naive=False)."},
-    {"op_adaptive_avgpool2d", (PyCFunction)py_op_adaptive_avgpool2d, KW,
-     "op_adaptive_avgpool2d(x, size, naive=False)."},
-    {"op_layernorm", (PyCFunction)py_op_layernorm, KW,
-     "op_layernorm(x, weight=None, bias=None, eps=1e-5, naive=False) over the last dim."},
-    {"op_groupnorm", (PyCFunction)py_op_groupnorm, KW,
-     "op_groupnorm(x, groups, weight=None, bias=None, eps=1e-5, naive=False) for x (N, C, ...)."},
-    {"op_softmax", (PyCFunction)py_op_softmax, KW, "op_softmax(x, naive=False) over the last dim."},
-    {"op_attention", (PyCFunction)py_op_attention, KW,
-     "op_attention(q, k, v, heads, scale, mask=None, causal=False, naive=False); q (T, D), "
-     "k and v (U, D), rows may be strided (column slices)."},
-    {"op_attention_probs", (PyCFunction)py_op_attention_probs, KW,
-     "op_attention_probs(a, b, scale, mask=None, causal=False, naive=False) -> "
-     "softmax(scale a b^T + mask)."},
+    OVS_PY_ROW(py_, op_lof_outliers, OVS_PY_KW,
+               "(x (M, D), k=30, contamination=0.05, naive=False) -> (outlier bool, lof float64)"),
+    OVS_PY_ROW(py_, op_neighbour_fill, OVS_PY_KW, "(x (H, W, D), outlier bool (H, W)) -> (H, W, D)"),
+    OVS_PY_ROW(py_, op_similarity_aggregate, OVS_PY_KW,
+               "(x (M, D), corr (M, M), beta, naive=False) -> (M, D)"),
+    OVS_PY_ROW(py_, op_matmul_wt, OVS_PY_KW,
+               "(a, w, alpha=1.0, beta=0.0, out=None, packed=False): out = alpha a @ w.T + beta "
+               "out; packed=True packs w first and runs the packed-weight GEMM; naive=True the "
+               "naive twin."),
+    OVS_PY_ROW(py_, op_matmul, OVS_PY_KW,
+               "(a, b, alpha=1.0, beta=0.0, out=None, naive=False): out = alpha a @ b + beta out; "
+               "a's and b's rows may be strided (column slices)."),
+    OVS_PY_ROW(py_, op_act, OVS_PY_KW,
+               "(x, act, naive=False): act in 'none', 'relu', 'gelu', 'quickgelu', 'sigmoid'."),
+    OVS_PY_ROW(py_, op_conv2d, OVS_PY_KW,
+               "(x, w, b=None, residual=None, stride=1, padding=0, dilation=1, groups=1, "
+               "act='none', naive=False, residual_alias=False, packed=False, prepacked=None): "
+               "packed packs w first; prepacked is w packed earlier by op_conv2d_pack (w then "
+               "gives the shape)."),
+    OVS_PY_ROW(py_, op_conv2d_pack, OVS_PY_KW,
+               "(w, groups=1, unpack=False, inplace=False): the conv weight packed by "
+               "ovs_conv2d_pack (flat; inplace: ovs_conv2d_pack_inplace), or packed and unpacked "
+               "again."),
+    OVS_PY_ROW(py_, op_batchnorm_fold, OVS_PY_KW,
+               "(w, b, gamma, beta, mean, var, eps=1e-5) -> (w', b')."),
+    OVS_PY_ROW(py_, op_avgpool2d, OVS_PY_KW,
+               "(x, kernel, stride=None, padding=0, count_include_pad=True, naive=False)."),
+    OVS_PY_ROW(py_, op_adaptive_avgpool2d, OVS_PY_KW, "(x, size, naive=False)."),
+    OVS_PY_ROW(py_, op_layernorm, OVS_PY_KW,
+               "(x, weight=None, bias=None, eps=1e-5, naive=False) over the last dim."),
+    OVS_PY_ROW(py_, op_groupnorm, OVS_PY_KW,
+               "(x, groups, weight=None, bias=None, eps=1e-5, naive=False) for x (N, C, ...)."),
+    OVS_PY_ROW(py_, op_softmax, OVS_PY_KW, "(x, naive=False) over the last dim."),
+    OVS_PY_ROW(py_, op_attention, OVS_PY_KW,
+               "(q, k, v, heads, scale, mask=None, causal=False, naive=False); q (T, D), k and v "
+               "(U, D), rows may be strided (column slices)."),
+    OVS_PY_ROW(py_, op_attention_probs, OVS_PY_KW,
+               "(a, b, scale, mask=None, causal=False, naive=False) -> softmax(scale a b^T + "
+               "mask)."),
     OVS_PY_OPS(OVS_PY_OP_TEST)
     OVS_PY_M2F_OPS(OVS_PY_OP_TEST)
-    {"op_debug_invalid_calls", py_op_debug_invalid_calls, METH_NOARGS,
-     "Test hook: call every op with invalid arguments; [(label, status, name, message)]."},
+    OVS_PY_ROW(py_, op_debug_invalid_calls, METH_NOARGS,
+               "() -> [(label, status, name, message)]: test hook, every op called with invalid "
+               "arguments."),
     {NULL, NULL, 0, NULL},
 };
 

@@ -141,6 +141,15 @@ PyObject *ovs_py_finish(int st, PyObject *out, void *const *refs, size_t n);
     ovs_py_finish((st), (PyObject *)(out), (void *const[]){__VA_ARGS__},                    \
                   sizeof((void *const[]){__VA_ARGS__}) / sizeof(void *))
 #define OVS_PY_KW (METH_VARARGS | METH_KEYWORDS)
+/* A method-table row: the C function <prefix><name> registered as "<name>" with `flags`, its
+ * docstring the name followed by `sig` (the call's signature, then what it returns or does), so
+ * that each row names its binding once: OVS_PY_ROW(py_, seg_labels, OVS_PY_KW, "(logits, ...)
+ * -> ..."), OVS_PY_ROW(file_, keys, METH_NOARGS, "() -> ..."). */
+#define OVS_PY_ROW(prefix, name, flags, sig)                                                \
+    {#name, (PyCFunction)(void (*)(void))prefix##name, flags, #name sig}
+/* The sig of every release_workspace() row (models, Mask2Former blocks). */
+#define OVS_PY_RELEASE_DOC                                                                  \
+    "(): free the work buffers kept between calls (the next forward allocates them again)."
 /* A binding that is impl(args, kw, variant): the fast / naive (or other) variants of one
  * parser, e.g. OVS_PY_VARIANT(py_op_matmul_wt, matmul_binding, 1). */
 #define OVS_PY_VARIANT(name, impl, variant)                                                 \
@@ -148,54 +157,52 @@ PyObject *ovs_py_finish(int st, PyObject *out, void *const *refs, size_t n);
         return impl(args, kw, variant);                                                     \
     }
 
-/* The production op bindings, X(name, test name, C function, doc after the name): py_ops.c
- * registers OVS_PY_OPS as _core.<name>, py_m2f.c OVS_PY_M2F_OPS as _core.m2f_<name>, and
- * py_testops.c both again under their test names (_core.op_<name>), the same functions: the
- * tests keep one naming scheme and exercise what production runs. */
+/* The production op bindings, X(prefix, name, doc after the name): the C function
+ * ovs_py_<name>; py_ops.c registers OVS_PY_OPS as _core.<name>, py_m2f.c OVS_PY_M2F_OPS as
+ * _core.m2f_<name> (prefix "m2f_"), and py_testops.c both again under their test names
+ * (_core.op_<name>), the same functions: the tests keep one naming scheme and exercise what
+ * production runs. */
 #define OVS_PY_OPS(X)                                                                       \
-    X("linear", "op_linear", ovs_py_linear,                                                 \
+    X("", linear,                                                                           \
       "(x, w, b=None, residual=None, act='none', naive=False, residual_alias=False, "       \
       "packed=False): x (..., C) @ w.T (K, C) + b, + residual, then act.")                  \
-    X("resize", "op_resize", ovs_py_resize,                                                 \
+    X("", resize,                                                                           \
       "(x, size, mode='bilinear', align_corners=False, naive=False); x (..., H, W), "       \
       "size (P, Q).")                                                                       \
-    X("resize_u8_pil", "op_resize_u8_pil", ovs_py_resize_u8_pil,                            \
+    X("", resize_u8_pil,                                                                    \
       "(img, size): uint8 (H, W, 3) -> (P, Q, 3), size = (P, Q) = (height, width), as PIL " \
       "Image.resize((Q, P), BICUBIC).")                                                     \
-    X("normalize_u8", "op_normalize_u8", ovs_py_normalize_u8,                               \
+    X("", normalize_u8,                                                                     \
       "(img, crop_box, mean, std, scale255=False) -> float32 (3, h, w); crop_box = (top, "  \
       "left, height, width) or None.")                                                      \
-    X("resize_u8_normalize", "op_resize_u8_normalize", ovs_py_resize_u8_normalize,          \
+    X("", resize_u8_normalize,                                                              \
       "(img uint8 (H,W,3), size (P,Q), mean, std) -> float32 (3,P,Q): "                     \
       "resize(normalize_u8(img, None, mean, std), size) without the (3,H,W) copy.")         \
-    X("pamr", "op_pamr", ovs_py_pamr,                                                       \
+    X("", pamr,                                                                             \
       "(mask (C,H,W), image (K,H,W), steps, dilations=(8, 16), naive=False) -> (C,H,W): "   \
       "pamr.PAMR(steps, dilations)(image[None], mask[None])[0].")
 #define OVS_PY_M2F_OPS(X)                                                                   \
-    X("m2f_pos_embed_sine", "op_pos_embed_sine", ovs_py_pos_embed_sine,                     \
-      "(D, H, W, temperature=10000, naive=False) -> (H, W, D)")                             \
-    X("m2f_msdeform_attn_core", "op_msdeform_attn_core", ovs_py_msdeform_attn_core,         \
+    X("m2f_", pos_embed_sine, "(D, H, W, temperature=10000, naive=False) -> (H, W, D)")     \
+    X("m2f_", msdeform_attn_core,                                                           \
       "(value (S, E, F), shapes, loc (Q, E, L, P, 2), attn (Q, E, L, P), naive=False) -> "  \
       "(Q, E*F)")
-#define OVS_PY_OP_DECL(name, test, fn, doc) PyObject *fn(PyObject *self, PyObject *args, PyObject *kw);
+#define OVS_PY_OP_DECL(prefix, name, doc)                                                   \
+    PyObject *ovs_py_##name(PyObject *self, PyObject *args, PyObject *kw);
 OVS_PY_OPS(OVS_PY_OP_DECL)
 OVS_PY_M2F_OPS(OVS_PY_OP_DECL)
-/* Method-table rows: OVS_PY_OPS(OVS_PY_OP_PRODUCTION) and OVS_PY_OPS(OVS_PY_OP_TEST). */
-#define OVS_PY_OP_PRODUCTION(name, test, fn, doc) {name, (PyCFunction)(void (*)(void))fn, OVS_PY_KW, name doc},
-#define OVS_PY_OP_TEST(name, test, fn, doc) {test, (PyCFunction)(void (*)(void))fn, OVS_PY_KW, test doc},
+/* Method-table rows: OVS_PY_OPS(OVS_PY_OP_PRODUCTION) and OVS_PY_OPS(OVS_PY_OP_TEST), the
+ * function ovs_py_<name> registered as <as><name>. */
+#define OVS_PY_OP_ROW(as, name, doc)                                                        \
+    {as #name, (PyCFunction)(void (*)(void))ovs_py_##name, OVS_PY_KW, as #name doc},
+#define OVS_PY_OP_PRODUCTION(prefix, name, doc) OVS_PY_OP_ROW(prefix, name, doc)
+#define OVS_PY_OP_TEST(prefix, name, doc) OVS_PY_OP_ROW("op_", name, doc)
 
-int ovs_py_register_core(PyObject *m);
-int ovs_py_register_ops(PyObject *m);
-int ovs_py_register_testops(PyObject *m);
-int ovs_py_register_io(PyObject *m);
-int ovs_py_register_models(PyObject *m);
-int ovs_py_register_methods(PyObject *m);
-int ovs_py_register_tokenizer(PyObject *m);
-int ovs_py_register_analysis(PyObject *m);
-int ovs_py_register_metrics(PyObject *m);
-int ovs_py_register_gemm(PyObject *m);
-int ovs_py_register_sparse(PyObject *m);
-int ovs_py_register_frameworks(PyObject *m);
-int ovs_py_register_m2f(PyObject *m);
+/* The parts of the extension in the order module.c registers them: each registers its
+ * functions and types with ovs_py_register_<part>(module) (0, or -1 with an exception). */
+#define OVS_PY_PARTS(X)                                                                     \
+    X(core) X(ops) X(testops) X(io) X(models) X(methods) X(tokenizer) X(analysis) X(metrics) \
+    X(gemm) X(sparse) X(frameworks) X(m2f)
+#define OVS_PY_PART_DECL(part) int ovs_py_register_##part(PyObject *m);
+OVS_PY_PARTS(OVS_PY_PART_DECL)
 
 #endif
