@@ -2,6 +2,7 @@
 #define _DEFAULT_SOURCE   /* madvise, MADV_PAGEOUT, sysconf */
 #include "models/internal.h"
 
+#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -112,6 +113,40 @@ int ovs_bind_transposed(float **out, int64_t *rows, int64_t *cols, const ovs_ten
     *out = d;
     *rows = R;
     *cols = C;
+    return OVS_OK;
+}
+
+int ovs_model_check_prefix(const char *prefix, const char *what) {
+    if (!prefix || strlen(prefix) >= 100)
+        return ovs_set_error(OVS_ERR_ARG, "%s weight prefix missing or too long", what);
+    return OVS_OK;
+}
+
+void ovs_model_keep_prefix(char *buf, size_t cap, const char **cfg_prefix, ovs_arena *arena) {
+    snprintf(buf, cap, "%s", *cfg_prefix);
+    *cfg_prefix = buf;
+    ovs_arena_init(arena);
+}
+
+int ovs_bind_projection(float **owned, ovs_matrix *proj, int64_t *embed, const ovs_tensor_map *w,
+                        const char *name, int64_t D, int64_t want) {
+    int64_t rows, cols;
+    int rc = ovs_bind_transposed(owned, &rows, &cols, w, name, D, want);
+    if (rc || (rc = ovs_pack_owned(owned, proj, cols, rows))) return rc;
+    *embed = cols;
+    return OVS_OK;
+}
+
+int ovs_tower_transformer(ovs_transformer *tf, int64_t *layers, const char *prefix, int64_t heads,
+                          ovs_act act, const ovs_tensor_map *w, int64_t D, const char *of) {
+    char name[512];
+    snprintf(name, sizeof name, "%stransformer.", prefix);
+    int rc = ovs_transformer_init(tf, name, heads, act, w);
+    if (rc) return rc;
+    if (tf->width != D)
+        return ovs_set_error(OVS_ERR_SHAPE, "transformer width %lld != %s width %lld",
+                             (long long)tf->width, of, (long long)D);
+    *layers = tf->layers;
     return OVS_OK;
 }
 

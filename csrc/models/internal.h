@@ -112,6 +112,21 @@ int ovs_bind_mat(ovs_matrix *out, const ovs_tensor_map *w, const char *name, int
 int ovs_bind_transposed(float **out, int64_t *rows, int64_t *cols, const ovs_tensor_map *w,
                         const char *name, int64_t want_rows, int64_t want_cols);
 
+/* The parts every model's create shares (models/common.c). A weight prefix is at most 99
+ * characters: an ARG error "<what> weight prefix missing or too long" otherwise (NULL too). */
+int ovs_model_check_prefix(const char *prefix, const char *what);
+/* After m->cfg = *cfg: copy the caller's prefix *cfg_prefix into the model's buffer buf (cap
+ * bytes) and point *cfg_prefix at it, and ready the model's workspace arena. */
+void ovs_model_keep_prefix(char *buf, size_t cap, const char **cfg_prefix, ovs_arena *arena);
+/* A tower's projection `name` (D, embed), embed = want (-1: any), held as its packed (embed, D)
+ * transpose: *owned the buffer, *proj its packed view, *embed the embedding width. */
+int ovs_bind_projection(float **owned, ovs_matrix *proj, int64_t *embed, const ovs_tensor_map *w,
+                        const char *name, int64_t D, int64_t want);
+/* A tower's transformer "<prefix>transformer." (ovs_transformer_init), whose width must be the
+ * tower's width D (`of` names where D comes from in the SHAPE error); *layers its depth. */
+int ovs_tower_transformer(ovs_transformer *tf, int64_t *layers, const char *prefix, int64_t heads,
+                          ovs_act act, const ovs_tensor_map *w, int64_t D, const char *of);
+
 /* A conv (K, C, R, R) named `conv` with the BatchNorm `bn` (eps 1e-5) folded in; padding and
  * dilation as torch's Conv2d. ovs_convbn_forward runs the dense or the sparse kernel. */
 int ovs_convbn_init(ovs_convbn *cb, const ovs_tensor_map *w, const char *conv, const char *bn,

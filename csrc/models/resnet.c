@@ -200,8 +200,8 @@ static int attnpool_bind(ovs_resnet *m, const ovs_tensor_map *w, int64_t C, int6
 
 int ovs_resnet_create(ovs_resnet **out, const ovs_resnet_config *cfg, const ovs_tensor_map *w) {
     *out = NULL;
-    if (!cfg->prefix || strlen(cfg->prefix) >= 100)
-        return ovs_set_error(OVS_ERR_ARG, "ResNet weight prefix missing or too long");
+    int rc = ovs_model_check_prefix(cfg->prefix, "ResNet");
+    if (rc) return rc;
     if (cfg->width <= 0 || cfg->width % 2)
         return ovs_set_error(OVS_ERR_ARG, "ResNet width must be positive and even, got %lld", (long long)cfg->width);
     int64_t total = 0;
@@ -233,10 +233,7 @@ int ovs_resnet_create(ovs_resnet **out, const ovs_resnet_config *cfg, const ovs_
     if (!m) return OVS_ERR_NOMEM;
     m->cfg = *cfg;
     m->cfg.output_stride = os;
-    snprintf(m->prefix, sizeof m->prefix, "%s", cfg->prefix);
-    m->cfg.prefix = m->prefix;
-    ovs_arena_init(&m->arena);
-    int rc;
+    ovs_model_keep_prefix(m->prefix, sizeof m->prefix, &m->cfg.prefix, &m->arena);
     char conv[256], bn[256];
     const int64_t wd = cfg->width;
     const int64_t stem_k[3] = {wd / 2, wd / 2, wd}, stem_c[3] = {3, wd / 2, wd / 2};

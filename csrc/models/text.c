@@ -13,42 +13,30 @@
 
 int ovs_text_create(ovs_text **out, const ovs_text_config *cfg, const ovs_tensor_map *w) {
     *out = NULL;
-    if (!cfg->prefix || strlen(cfg->prefix) >= 100)
-        return ovs_set_error(OVS_ERR_ARG, "text weight prefix missing or too long");
+    int rc = ovs_model_check_prefix(cfg->prefix, "text");
+    if (rc) return rc;
     if (cfg->width <= 0 || cfg->heads <= 0 || cfg->context <= 0 || cfg->vocab <= 0)
         return ovs_set_error(OVS_ERR_ARG, "text config needs positive width, heads, context, vocab");
     ovs_text *m = ovs_calloc(1, sizeof *m);
     if (!m) return OVS_ERR_NOMEM;
     m->cfg = *cfg;
-    snprintf(m->prefix, sizeof m->prefix, "%s", cfg->prefix);
-    m->cfg.prefix = m->prefix;
-    ovs_arena_init(&m->arena);
+    ovs_model_keep_prefix(m->prefix, sizeof m->prefix, &m->cfg.prefix, &m->arena);
     const int64_t D = cfg->width;
     char name[512];
     const ovs_tensor *t;
-    int rc;
     int64_t tok_shape[2] = {cfg->vocab, D}, pos_shape[2] = {cfg->context, D};
     if ((rc = ovs_tensor_map_get(&t, w, NAME(name, m, "token_embedding.weight"), 2, tok_shape))) goto error;
     m->tok = t->data;
     if ((rc = ovs_tensor_map_get(&t, w, NAME(name, m, "positional_embedding"), 2, pos_shape))) goto error;
     m->pos = t->data;
     if ((rc = ovs_bind_vec(&m->ln_w, w, NAME(name, m, "ln_final.weight"), D)) ||
-        (rc = ovs_bind_vec(&m->ln_b, w, NAME(name, m, "ln_final.bias"), D)))
+        (rc = ovs_bind_vec(&m->ln_b, w, NAME(name, m, "ln_final.bias"), D)) ||
+        (rc = ovs_bind_projection(&m->proj_t, &m->proj, &m->cfg.embed_dim, w,
+                                  NAME(name, m, "text_projection"), D,
+                                  cfg->embed_dim > 0 ? cfg->embed_dim : -1)) ||
+        (rc = ovs_tower_transformer(&m->tf, &m->cfg.layers, m->prefix, cfg->heads, cfg->act, w,
+                                    D, "embedding")))
         goto error;
-    int64_t rows, cols;
-    if ((rc = ovs_bind_transposed(&m->proj_t, &rows, &cols, w, NAME(name, m, "text_projection"), D,
-                                  cfg->embed_dim > 0 ? cfg->embed_dim : -1)))
-        goto error;
-    if ((rc = ovs_pack_owned(&m->proj_t, &m->proj, cols, rows))) goto error;
-    m->cfg.embed_dim = cols;
-    snprintf(name, sizeof name, "%stransformer.", m->prefix);
-    if ((rc = ovs_transformer_init(&m->tf, name, cfg->heads, cfg->act, w))) goto error;
-    if (m->tf.width != D) {
-        rc = ovs_set_error(OVS_ERR_SHAPE, "text transformer width %lld != embedding width %lld",
-                           (long long)m->tf.width, (long long)D);
-        goto error;
-    }
-    m->cfg.layers = m->tf.layers;
     *out = m;
     return OVS_OK;
 error:

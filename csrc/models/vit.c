@@ -9,20 +9,17 @@
 
 int ovs_vit_create(ovs_vit **out, const ovs_vit_config *cfg, const ovs_tensor_map *w) {
     *out = NULL;
-    if (!cfg->prefix || strlen(cfg->prefix) >= 100)
-        return ovs_set_error(OVS_ERR_ARG, "ViT weight prefix missing or too long");
+    int rc = ovs_model_check_prefix(cfg->prefix, "ViT");
+    if (rc) return rc;
     if (cfg->width <= 0 || cfg->heads <= 0 || cfg->patch <= 0 || cfg->grid <= 0)
         return ovs_set_error(OVS_ERR_ARG, "ViT config needs positive width, heads, patch and grid");
     ovs_vit *m = ovs_calloc(1, sizeof *m);
     if (!m) return OVS_ERR_NOMEM;
     m->cfg = *cfg;
-    snprintf(m->prefix, sizeof m->prefix, "%s", cfg->prefix);
-    m->cfg.prefix = m->prefix;
-    ovs_arena_init(&m->arena);
+    ovs_model_keep_prefix(m->prefix, sizeof m->prefix, &m->cfg.prefix, &m->arena);
     const int64_t D = cfg->width, p = cfg->patch, g = cfg->grid;
     char name[512];
     const ovs_tensor *t;
-    int rc;
     int64_t pos_shape[2] = {1 + g * g, D};
     const size_t npatch = ovs_conv2d_packed_floats(D, 3 * p * p, 1);
     if (npatch == SIZE_MAX || npatch > SIZE_MAX / sizeof(float)) {
@@ -46,21 +43,12 @@ int ovs_vit_create(ovs_vit **out, const ovs_vit_config *cfg, const ovs_tensor_ma
         (rc = ovs_bind_vec(&m->ln_post_w, w, NAME(name, m, "ln_post.weight"), D)) ||
         (rc = ovs_bind_vec(&m->ln_post_b, w, NAME(name, m, "ln_post.bias"), D)))
         goto error;
-    if (cfg->embed_dim > 0) {
-        int64_t rows, cols;
-        if ((rc = ovs_bind_transposed(&m->proj_t, &rows, &cols, w, NAME(name, m, "proj"), D,
-                                      cfg->embed_dim)))
-            goto error;
-        if ((rc = ovs_pack_owned(&m->proj_t, &m->proj, cols, rows))) goto error;
-    }
-    snprintf(name, sizeof name, "%stransformer.", m->prefix);
-    if ((rc = ovs_transformer_init(&m->tf, name, cfg->heads, cfg->act, w))) goto error;
-    if (m->tf.width != D) {
-        rc = ovs_set_error(OVS_ERR_SHAPE, "transformer width %lld != conv1 width %lld",
-                           (long long)m->tf.width, (long long)D);
+    if ((cfg->embed_dim > 0 &&
+         (rc = ovs_bind_projection(&m->proj_t, &m->proj, &m->cfg.embed_dim, w,
+                                   NAME(name, m, "proj"), D, cfg->embed_dim))) ||
+        (rc = ovs_tower_transformer(&m->tf, &m->cfg.layers, m->prefix, cfg->heads, cfg->act, w, D,
+                                    "conv1")))
         goto error;
-    }
-    m->cfg.layers = m->tf.layers;
     *out = m;
     return OVS_OK;
 error:
