@@ -138,6 +138,81 @@ static int check_pos(const char *what, int64_t v) {
     return OVS_OK;
 }
 
+/* Each of the n config values vals[i] of `block`, named names[i], must be >= 1. */
+static int check_config(const char *block, int n, const char *const *names, const int64_t *vals) {
+    char what[96];
+    for (int i = 0; i < n; i++) {
+        snprintf(what, sizeof what, "%s %s", block, names[i]);
+        int rc = check_pos(what, vals[i]);
+        if (rc) return rc;
+    }
+    return OVS_OK;
+}
+
+/* What both blocks keep beside their config: the weight prefix, the packed weights they own,
+ * the workspace arena reused across calls. */
+typedef struct {
+    char prefix[160];
+    m2f_owned owned;
+    ovs_arena arena;
+} m2f_base;
+
+/* A block's start, after its config checks: the prefix *cfg_prefix (NULL: "") kept in b and
+ * *cfg_prefix pointed at the copy; the arena ready. */
+static int base_init(m2f_base *b, const char **cfg_prefix, const char *block) {
+    const char *given = *cfg_prefix ? *cfg_prefix : "";
+    ovs_arena_init(&b->arena);
+    if (strlen(given) >= sizeof b->prefix)
+        return ovs_set_error(OVS_ERR_ARG, "%s: prefix is too long", block);
+    strcpy(b->prefix, given);
+    *cfg_prefix = b->prefix;
+    return OVS_OK;
+}
+
+/* The lifecycle both blocks share, ovs_<block>_get_config, _release_workspace and _free, for a
+ * block struct with members cfg, layers (owned) and base. */
+#define M2F_BLOCK_LIFECYCLE(block)                                                          \
+    const ovs_##block##_config *ovs_##block##_get_config(const ovs_##block *m) {            \
+        return &m->cfg;                                                                     \
+    }                                                                                       \
+    void ovs_##block##_release_workspace(ovs_##block *m) {                                  \
+        if (m) ovs_arena_free(&m->base.arena);                                              \
+    }                                                                                       \
+    void ovs_##block##_free(ovs_##block *m) {                                               \
+        if (!m) return;                                                                     \
+        ovs_free(m->layers);                                                                \
+        owned_free(&m->base.owned);                                                         \
+        ovs_arena_free(&m->base.arena);                                                     \
+        ovs_free(m);                                                                        \
+    }
+
+/* A post-norm feed-forward block: x = LayerNorm(x + linear2(relu(linear1(x)))). */
+typedef struct {
+    ovs_matrix linear1, linear2;      /* (ffn, D), (D, ffn) */
+    const float *linear1_b, *linear2_b, *norm_w, *norm_b;
+} m2f_ffn;
+
+/* prefix + "linear1", "linear2" and the LayerNorm `norm`. */
+static int bind_ffn(m2f_ffn *f, m2f_owned *o, const ovs_tensor_map *w, const char *prefix,
+                    const char *norm, int64_t D, int64_t ffn) {
+    int rc;
+    if ((rc = bind_linear_p(o, &f->linear1, &f->linear1_b, w, prefix, "linear1", ffn, D)) ||
+        (rc = bind_linear_p(o, &f->linear2, &f->linear2_b, w, prefix, "linear2", D, ffn)) ||
+        (rc = bind_norm(&f->norm_w, &f->norm_b, w, prefix, norm, D)))
+        return rc;
+    return OVS_OK;
+}
+
+/* x (M, D) in place; hid: M * ffn floats. */
+static int ffn_forward(const m2f_ffn *f, float *x, float *hid, int64_t M, int64_t D, int64_t ffn) {
+    int rc;
+    if ((rc = ovs_linear_forward(hid, x, &f->linear1, f->linear1_b, NULL, M, D, ffn,
+                                 OVS_ACT_RELU)) ||
+        (rc = ovs_linear_forward(x, hid, &f->linear2, f->linear2_b, x, M, ffn, D, OVS_ACT_NONE)))
+        return rc;
+    return ovs_layernorm_forward(x, x, f->norm_w, f->norm_b, M, D, M2F_EPS);
+}
+
 /* ---------------------------------------------------------------- MSDeformAttn */
 static int msdeform_bind(ovs_msdeform_attn *m, m2f_owned *o, const ovs_tensor_map *w,
                          const char *prefix, int64_t D, int64_t E, int64_t L, int64_t P) {
@@ -227,14 +302,12 @@ int ovs_msdeform_attn_forward(const ovs_msdeform_attn *m, float *out, const floa
 /* ---------------------------------------------------------------- pixel decoder */
 typedef struct {
     ovs_msdeform_attn attn;
-    const float *norm1_w, *norm1_b, *norm2_w, *norm2_b;   /* (D,) */
-    ovs_matrix linear1, linear2;                           /* (ffn, D), (D, ffn) */
-    const float *linear1_b, *linear2_b;                    /* (ffn,), (D,) */
+    const float *norm1_w, *norm1_b;                        /* (D,) after the attention */
+    m2f_ffn ffn;                                           /* its LayerNorm is norm2 */
 } m2f_enc_layer;
 
 struct ovs_m2f_pixel_decoder {
     ovs_m2f_pixel_decoder_config cfg;
-    char prefix[160];
     ovs_matrix in_proj[M2F_LEVELS];                /* (D, C) for res5, res4, res3 */
     const float *in_proj_b[M2F_LEVELS];            /* (D,) */
     const float *in_gn_w[M2F_LEVELS], *in_gn_b[M2F_LEVELS];
@@ -242,8 +315,7 @@ struct ovs_m2f_pixel_decoder {
     m2f_enc_layer *layers;                         /* (enc_layers,) */
     ovs_matrix lateral, output, mask;              /* (D, C2), (D, D*9), (mask_dim, D) */
     const float *lateral_gn_w, *lateral_gn_b, *output_gn_w, *output_gn_b, *mask_b;
-    m2f_owned owned;                               /* packed linear weights */
-    ovs_arena arena;
+    m2f_base base;                                 /* prefix, packed weights, arena */
 };
 
 ovs_m2f_pixel_decoder_config ovs_m2f_pixel_decoder_defaults(void) {
@@ -253,21 +325,7 @@ ovs_m2f_pixel_decoder_config ovs_m2f_pixel_decoder_defaults(void) {
     return c;
 }
 
-const ovs_m2f_pixel_decoder_config *ovs_m2f_pixel_decoder_get_config(const ovs_m2f_pixel_decoder *m) {
-    return &m->cfg;
-}
-
-void ovs_m2f_pixel_decoder_release_workspace(ovs_m2f_pixel_decoder *m) {
-    if (m) ovs_arena_free(&m->arena);
-}
-
-void ovs_m2f_pixel_decoder_free(ovs_m2f_pixel_decoder *m) {
-    if (!m) return;
-    ovs_free(m->layers);
-    owned_free(&m->owned);
-    ovs_arena_free(&m->arena);
-    ovs_free(m);
-}
+M2F_BLOCK_LIFECYCLE(m2f_pixel_decoder)
 
 int ovs_m2f_pixel_decoder_create(ovs_m2f_pixel_decoder **out,
                                  const ovs_m2f_pixel_decoder_config *cfg,
@@ -276,32 +334,25 @@ int ovs_m2f_pixel_decoder_create(ovs_m2f_pixel_decoder **out,
     *out = NULL;
     if (!cfg || !w) return ovs_set_error(OVS_ERR_ARG, "m2f pixel decoder: NULL config or weights");
     const ovs_m2f_pixel_decoder_config c = *cfg;
-    for (int s = 0; s < 4; s++)
-        if ((rc = check_pos("pixel decoder in_channels", c.in_channels[s]))) return rc;
-    if ((rc = check_pos("pixel decoder conv_dim", c.conv_dim)) ||
-        (rc = check_pos("pixel decoder mask_dim", c.mask_dim)) ||
-        (rc = check_pos("pixel decoder enc_layers", c.enc_layers)) ||
-        (rc = check_pos("pixel decoder heads", c.heads)) ||
-        (rc = check_pos("pixel decoder points", c.points)) ||
-        (rc = check_pos("pixel decoder ffn_dim", c.ffn_dim)) ||
-        (rc = check_pos("pixel decoder groups", c.groups)))
-        return rc;
+    static const char *const names[] = {"in_channels", "in_channels", "in_channels",
+                                         "in_channels", "conv_dim", "mask_dim", "enc_layers",
+                                         "heads", "points", "ffn_dim", "groups"};
+    const int64_t vals[] = {c.in_channels[0], c.in_channels[1], c.in_channels[2],
+                            c.in_channels[3], c.conv_dim, c.mask_dim, c.enc_layers, c.heads,
+                            c.points, c.ffn_dim, c.groups};
+    if ((rc = check_config("pixel decoder", 11, names, vals))) return rc;
     if (c.conv_dim % c.groups || c.conv_dim % 4 || c.conv_dim % c.heads)
         return ovs_set_error(OVS_ERR_ARG, "pixel decoder: conv_dim = %lld must be a multiple of 4, "
                              "of groups = %lld and of heads = %lld", (long long)c.conv_dim,
                              (long long)c.groups, (long long)c.heads);
     if (c.enc_layers > 1000) return ovs_set_error(OVS_ERR_ARG, "pixel decoder: enc_layers = %lld "
                                                   "is too large", (long long)c.enc_layers);
-    const char *given = c.prefix ? c.prefix : "";
-    if (strlen(given) >= sizeof(((ovs_m2f_pixel_decoder *)0)->prefix))
-        return ovs_set_error(OVS_ERR_ARG, "pixel decoder: prefix is too long");
     ovs_m2f_pixel_decoder *m = ovs_calloc(1, sizeof *m);
     if (!m) return OVS_ERR_NOMEM;
     m->cfg = c;
-    strcpy(m->prefix, given);
-    m->cfg.prefix = m->prefix;
-    ovs_arena_init(&m->arena);
-    const char *prefix = m->prefix;
+    if ((rc = base_init(&m->base, &m->cfg.prefix, "pixel decoder"))) goto fail;
+    const char *prefix = m->base.prefix;
+    m2f_owned *o = &m->base.owned;
     const int64_t D = c.conv_dim;
     char nm[320], sub[320];
     m->layers = ovs_calloc((size_t)c.enc_layers, sizeof *m->layers);
@@ -312,7 +363,7 @@ int ovs_m2f_pixel_decoder_create(ovs_m2f_pixel_decoder **out,
     for (int l = 0; l < M2F_LEVELS; l++) {
         int64_t C = c.in_channels[3 - l];
         snprintf(nm, sizeof nm, "input_proj.%d.0.weight", l);
-        if ((rc = bind_conv(&m->owned, &m->in_proj[l], w, prefix, nm, D, C, 1, 1))) goto fail;
+        if ((rc = bind_conv(o, &m->in_proj[l], w, prefix, nm, D, C, 1, 1))) goto fail;
         snprintf(nm, sizeof nm, "input_proj.%d.0.bias", l);
         if ((rc = bind_vec(&m->in_proj_b[l], w, prefix, nm, D))) goto fail;
         snprintf(nm, sizeof nm, "input_proj.%d.1", l);
@@ -330,20 +381,16 @@ int ovs_m2f_pixel_decoder_create(ovs_m2f_pixel_decoder **out,
         m2f_enc_layer *ly = &m->layers[j];
         snprintf(sub, sizeof sub, "%stransformer.encoder.layers.%lld.", prefix, (long long)j);
         if ((rc = wname(nm, sizeof nm, sub, "self_attn.")) ||
-            (rc = msdeform_bind(&ly->attn, &m->owned, w, nm, D, c.heads, M2F_LEVELS, c.points)) ||
+            (rc = msdeform_bind(&ly->attn, o, w, nm, D, c.heads, M2F_LEVELS, c.points)) ||
             (rc = bind_norm(&ly->norm1_w, &ly->norm1_b, w, sub, "norm1", D)) ||
-            (rc = bind_norm(&ly->norm2_w, &ly->norm2_b, w, sub, "norm2", D)) ||
-            (rc = bind_linear_p(&m->owned, &ly->linear1, &ly->linear1_b, w, sub, "linear1",
-                                c.ffn_dim, D)) ||
-            (rc = bind_linear_p(&m->owned, &ly->linear2, &ly->linear2_b, w, sub, "linear2", D,
-                                c.ffn_dim)))
+            (rc = bind_ffn(&ly->ffn, o, w, sub, "norm2", D, c.ffn_dim)))
             goto fail;
     }
-    if ((rc = bind_conv(&m->owned, &m->lateral, w, prefix, "adapter_1.weight", D, c.in_channels[0], 1, 1)) ||
+    if ((rc = bind_conv(o, &m->lateral, w, prefix, "adapter_1.weight", D, c.in_channels[0], 1, 1)) ||
         (rc = bind_norm(&m->lateral_gn_w, &m->lateral_gn_b, w, prefix, "adapter_1.norm", D)) ||
-        (rc = bind_conv(&m->owned, &m->output, w, prefix, "layer_1.weight", D, D, 3, 3)) ||
+        (rc = bind_conv(o, &m->output, w, prefix, "layer_1.weight", D, D, 3, 3)) ||
         (rc = bind_norm(&m->output_gn_w, &m->output_gn_b, w, prefix, "layer_1.norm", D)) ||
-        (rc = bind_conv(&m->owned, &m->mask, w, prefix, "mask_features.weight", c.mask_dim, D, 1, 1)) ||
+        (rc = bind_conv(o, &m->mask, w, prefix, "mask_features.weight", c.mask_dim, D, 1, 1)) ||
         (rc = bind_vec(&m->mask_b, w, prefix, "mask_features.bias", c.mask_dim)))
         goto fail;
     *out = m;
@@ -384,7 +431,7 @@ int ovs_m2f_pixel_decoder_forward(ovs_m2f_pixel_decoder *m, const float *const f
         S += shapes[2 * l] * shapes[2 * l + 1];
     }
     const int64_t H2 = hw[0][0], W2 = hw[0][1];
-    ovs_arena *a = &m->arena;
+    ovs_arena *a = &m->base.arena;
     ovs_arena_reset(a);
     int64_t maxmap = 0;
     for (int l = 0; l < M2F_LEVELS; l++)
@@ -433,11 +480,7 @@ int ovs_m2f_pixel_decoder_forward(ovs_m2f_pixel_decoder *m, const float *const f
         for (int64_t i = 0; i < S * D; i++) q[i] = x[i] + lvlpos[i];
         if ((rc = ovs_msdeform_attn_forward(&ly->attn, x, q, x, ref, x, shapes, S, scratch)) ||
             (rc = ovs_layernorm_forward(x, x, ly->norm1_w, ly->norm1_b, S, D, M2F_EPS)) ||
-            (rc = ovs_linear_forward(hid, x, &ly->linear1, ly->linear1_b, NULL, S, D, c->ffn_dim,
-                                     OVS_ACT_RELU)) ||
-            (rc = ovs_linear_forward(x, hid, &ly->linear2, ly->linear2_b, x, S, c->ffn_dim, D,
-                                     OVS_ACT_NONE)) ||
-            (rc = ovs_layernorm_forward(x, x, ly->norm2_w, ly->norm2_b, S, D, M2F_EPS)))
+            (rc = ffn_forward(&ly->ffn, x, hid, S, D, c->ffn_dim)))
             return rc;
     }
     for (int l = 0; l < M2F_LEVELS; l++) {
@@ -472,8 +515,7 @@ typedef struct {
 
 typedef struct {
     m2f_mha cross, self;
-    ovs_matrix linear1, linear2;      /* (ffn, D), (D, ffn) */
-    const float *linear1_b, *linear2_b, *norm_w, *norm_b;
+    m2f_ffn ffn;
 } m2f_dec_layer;
 
 typedef struct {
@@ -485,7 +527,6 @@ typedef struct {
 
 struct ovs_m2f_decoder {
     ovs_m2f_decoder_config cfg;
-    char prefix[160];
     const float *query_feat, *query_embed, *level_embed;   /* (Q, D), (Q, D), (3, D) */
     int has_input_proj;
     ovs_matrix in_proj[M2F_LEVELS];                        /* (D, in_channels) */
@@ -496,8 +537,7 @@ struct ovs_m2f_decoder {
     const float *pool_ln_w, *pool_ln_b;                    /* _mask_pooling_proj.0 (D,) */
     ovs_matrix pool_proj;                                  /* _mask_pooling_proj.1 (D, D) */
     const float *pool_proj_b;
-    m2f_owned owned;                                       /* packed linear weights */
-    ovs_arena arena;
+    m2f_base base;                                         /* prefix, packed weights, arena */
 };
 
 ovs_m2f_decoder_config ovs_m2f_decoder_defaults(void) {
@@ -507,21 +547,7 @@ ovs_m2f_decoder_config ovs_m2f_decoder_defaults(void) {
     return c;
 }
 
-const ovs_m2f_decoder_config *ovs_m2f_decoder_get_config(const ovs_m2f_decoder *m) {
-    return &m->cfg;
-}
-
-void ovs_m2f_decoder_release_workspace(ovs_m2f_decoder *m) {
-    if (m) ovs_arena_free(&m->arena);
-}
-
-void ovs_m2f_decoder_free(ovs_m2f_decoder *m) {
-    if (!m) return;
-    ovs_free(m->layers);
-    owned_free(&m->owned);
-    ovs_arena_free(&m->arena);
-    ovs_free(m);
-}
+M2F_BLOCK_LIFECYCLE(m2f_decoder)
 
 static int bind_mha(m2f_mha *h, m2f_owned *o, const ovs_tensor_map *w, const char *prefix,
                     const char *attn, int64_t D) {
@@ -593,14 +619,11 @@ int ovs_m2f_decoder_create(ovs_m2f_decoder **out, const ovs_m2f_decoder_config *
     *out = NULL;
     if (!cfg || !w) return ovs_set_error(OVS_ERR_ARG, "m2f decoder: NULL config or weights");
     const ovs_m2f_decoder_config c = *cfg;
-    if ((rc = check_pos("decoder in_channels", c.in_channels)) ||
-        (rc = check_pos("decoder hidden_dim", c.hidden_dim)) ||
-        (rc = check_pos("decoder queries", c.queries)) ||
-        (rc = check_pos("decoder heads", c.heads)) ||
-        (rc = check_pos("decoder ffn_dim", c.ffn_dim)) ||
-        (rc = check_pos("decoder layers", c.layers)) ||
-        (rc = check_pos("decoder mask_dim", c.mask_dim)))
-        return rc;
+    static const char *const names[] = {"in_channels", "hidden_dim", "queries", "heads",
+                                         "ffn_dim", "layers", "mask_dim"};
+    const int64_t vals[] = {c.in_channels, c.hidden_dim, c.queries, c.heads, c.ffn_dim, c.layers,
+                            c.mask_dim};
+    if ((rc = check_config("decoder", 7, names, vals))) return rc;
     if (c.hidden_dim % c.heads || c.hidden_dim % 4)
         return ovs_set_error(OVS_ERR_ARG, "decoder: hidden_dim = %lld must be a multiple of 4 and "
                              "of heads = %lld", (long long)c.hidden_dim, (long long)c.heads);
@@ -615,16 +638,12 @@ int ovs_m2f_decoder_create(ovs_m2f_decoder **out, const ovs_m2f_decoder_config *
         return ovs_set_error(OVS_ERR_ARG, "decoder: class_layers must be in 0..8 (got %lld) and "
                              "class_dim >= 1 with a class head (got %lld)",
                              (long long)c.class_layers, (long long)c.class_dim);
-    const char *given = c.prefix ? c.prefix : "";
-    if (strlen(given) >= sizeof(((ovs_m2f_decoder *)0)->prefix))
-        return ovs_set_error(OVS_ERR_ARG, "decoder: prefix is too long");
     ovs_m2f_decoder *m = ovs_calloc(1, sizeof *m);
     if (!m) return OVS_ERR_NOMEM;
     m->cfg = c;
-    strcpy(m->prefix, given);
-    m->cfg.prefix = m->prefix;
-    ovs_arena_init(&m->arena);
-    const char *prefix = m->prefix;
+    if ((rc = base_init(&m->base, &m->cfg.prefix, "decoder"))) goto fail;
+    const char *prefix = m->base.prefix;
+    m2f_owned *o = &m->base.owned;
     const int64_t D = c.hidden_dim, Q = c.queries;
     char nm[320], sub[320];
     const ovs_tensor *t;
@@ -645,7 +664,7 @@ int ovs_m2f_decoder_create(ovs_m2f_decoder **out, const ovs_m2f_decoder_config *
     if (m->has_input_proj)
         for (int l = 0; l < M2F_LEVELS; l++) {
             snprintf(sub, sizeof sub, "input_proj.%d.weight", l);
-            if ((rc = bind_conv(&m->owned, &m->in_proj[l], w, prefix, sub, D, c.in_channels, 1, 1))) goto fail;
+            if ((rc = bind_conv(o, &m->in_proj[l], w, prefix, sub, D, c.in_channels, 1, 1))) goto fail;
             snprintf(sub, sizeof sub, "input_proj.%d.bias", l);
             if ((rc = bind_vec(&m->in_proj_b[l], w, prefix, sub, D))) goto fail;
         }
@@ -657,25 +676,20 @@ int ovs_m2f_decoder_create(ovs_m2f_decoder **out, const ovs_m2f_decoder_config *
     for (int64_t i = 0; i < c.layers; i++) {
         m2f_dec_layer *ly = &m->layers[i];
         snprintf(sub, sizeof sub, "%stransformer_cross_attention_layers.%lld.", prefix, (long long)i);
-        if ((rc = bind_mha(&ly->cross, &m->owned, w, sub, "multihead_attn", D))) goto fail;
+        if ((rc = bind_mha(&ly->cross, o, w, sub, "multihead_attn", D))) goto fail;
         snprintf(sub, sizeof sub, "%stransformer_self_attention_layers.%lld.", prefix, (long long)i);
-        if ((rc = bind_mha(&ly->self, &m->owned, w, sub, "self_attn", D))) goto fail;
+        if ((rc = bind_mha(&ly->self, o, w, sub, "self_attn", D))) goto fail;
         snprintf(sub, sizeof sub, "%stransformer_ffn_layers.%lld.", prefix, (long long)i);
-        if ((rc = bind_linear_p(&m->owned, &ly->linear1, &ly->linear1_b, w, sub, "linear1",
-                                c.ffn_dim, D)) ||
-            (rc = bind_linear_p(&m->owned, &ly->linear2, &ly->linear2_b, w, sub, "linear2", D,
-                                c.ffn_dim)) ||
-            (rc = bind_norm(&ly->norm_w, &ly->norm_b, w, sub, "norm", D)))
-            goto fail;
+        if ((rc = bind_ffn(&ly->ffn, o, w, sub, "norm", D, c.ffn_dim))) goto fail;
     }
     if ((rc = bind_norm(&m->norm_w, &m->norm_b, w, prefix, "decoder_norm", D)) ||
-        (rc = bind_mlp(&m->mask_embed, &m->owned, w, prefix, "mask_embed", 3, D, c.mask_dim)) ||
+        (rc = bind_mlp(&m->mask_embed, o, w, prefix, "mask_embed", 3, D, c.mask_dim)) ||
         (c.class_layers > 0 &&
-         (rc = bind_mlp(&m->class_embed, &m->owned, w, prefix, "class_embed", c.class_layers, D,
+         (rc = bind_mlp(&m->class_embed, o, w, prefix, "class_embed", c.class_layers, D,
                         c.class_dim))) ||
         (c.fcclip_class_head &&
          ((rc = bind_norm(&m->pool_ln_w, &m->pool_ln_b, w, prefix, "_mask_pooling_proj.0", D)) ||
-          (rc = bind_linear_p(&m->owned, &m->pool_proj, &m->pool_proj_b, w, prefix,
+          (rc = bind_linear_p(o, &m->pool_proj, &m->pool_proj_b, w, prefix,
                               "_mask_pooling_proj.1", D, D)))))
         goto fail;
     *out = m;
@@ -727,7 +741,7 @@ int ovs_m2f_decoder_forward(ovs_m2f_decoder *m, const float *const feats[3],
         S += hw;
     }
     const int64_t HW = H * W;
-    ovs_arena *a = &m->arena;
+    ovs_arena *a = &m->base.arena;
     ovs_arena_reset(a);
     float *src = arena_get(a, S * D);            /* (S, D) projected features + level embed */
     float *kin = arena_get(a, S * D);            /* (S, D) src + positional embedding */
@@ -837,11 +851,7 @@ int ovs_m2f_decoder_forward(ovs_m2f_decoder *m, const float *const feats[3],
             return rc;
         for (int64_t k = 0; k < Q * D; k++) qin[k] = x[k] + m->query_embed[k];
         if ((rc = mha_block(&ly->self, x, x, qin, qin, x, Q, Q, D, E, NULL, qp, kp, vp, att, ascr)) ||
-            (rc = ovs_linear_forward(hid, x, &ly->linear1, ly->linear1_b, NULL, Q, D, c->ffn_dim,
-                                     OVS_ACT_RELU)) ||
-            (rc = ovs_linear_forward(x, hid, &ly->linear2, ly->linear2_b, x, Q, c->ffn_dim, D,
-                                     OVS_ACT_NONE)) ||
-            (rc = ovs_layernorm_forward(x, x, ly->norm_w, ly->norm_b, Q, D, M2F_EPS)))
+            (rc = ffn_forward(&ly->ffn, x, hid, Q, D, c->ffn_dim)))
             return rc;
     }
     return OVS_OK;
