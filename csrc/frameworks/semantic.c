@@ -184,10 +184,12 @@ int ovs_mask_semantic_naive(float *out, const float *masks, const float *probs, 
     int st = semantic_check(op, out, masks, probs, Q, h, w, C, up, crop, size);
     if (st) return st;
     const int64_t Hu = up[0], Wu = up[1], Hc = crop[0], Wc = crop[1], H = size[0], W = size[1];
-    float *full = ovs_malloc((size_t)Q * (size_t)Hu * (size_t)Wu * sizeof(float));
-    float *cr = ovs_malloc((size_t)Q * (size_t)Hc * (size_t)Wc * sizeof(float));
-    float *res = ovs_malloc((size_t)Q * (size_t)H * (size_t)W * sizeof(float));
-    float *pt = ovs_malloc((size_t)C * (size_t)Q * sizeof(float));
+    ovs_arena a;   /* the four buffers below, freed together */
+    ovs_arena_init(&a);
+    float *full = ovs_arena_floats(&a, (size_t)Q * (size_t)Hu * (size_t)Wu);
+    float *cr = ovs_arena_floats(&a, (size_t)Q * (size_t)Hc * (size_t)Wc);
+    float *res = ovs_arena_floats(&a, (size_t)Q * (size_t)H * (size_t)W);
+    float *pt = ovs_arena_floats(&a, (size_t)C * (size_t)Q);
     if (!full || !cr || !res || !pt) {
         st = ovs_set_error(OVS_ERR_NOMEM, "%s: out of memory", op);
         goto done;
@@ -203,10 +205,7 @@ int ovs_mask_semantic_naive(float *out, const float *masks, const float *probs, 
         for (int64_t c = 0; c < C; c++) pt[c * Q + q] = probs[q * C + c];
     st = ovs_matmul_naive(out, H * W, pt, Q, res, H * W, C, Q, H * W, 1.0f, 0.0f);
 done:
-    ovs_free(full);
-    ovs_free(cr);
-    ovs_free(res);
-    ovs_free(pt);
+    ovs_arena_free(&a);
     return st;
 }
 

@@ -3,28 +3,19 @@
  * parallel loops; ovs_act_forward parallelises it over chunks. */
 #include "ops/ops_internal.h"
 
+/* x[i] = fn(x[i]) over x[0..n), one vectorised loop per activation. */
+#define ACT_LOOP(fn) _Pragma("omp simd") for (int64_t i = 0; i < n; i++) x[i] = fn(x[i])
+
 void ops_act_inplace(float *x, int64_t n, ovs_act act) {
     switch (act) {
-    case OVS_ACT_RELU:
-#pragma omp simd
-        for (int64_t i = 0; i < n; i++) x[i] = ops_relu(x[i]);
-        break;
-    case OVS_ACT_GELU:
-#pragma omp simd
-        for (int64_t i = 0; i < n; i++) x[i] = ops_gelu(x[i]);
-        break;
-    case OVS_ACT_QUICKGELU:
-#pragma omp simd
-        for (int64_t i = 0; i < n; i++) x[i] = ops_quickgelu(x[i]);
-        break;
-    case OVS_ACT_SIGMOID:
-#pragma omp simd
-        for (int64_t i = 0; i < n; i++) x[i] = ops_sigmoid(x[i]);
-        break;
-    case OVS_ACT_NONE:
-        break;
+    case OVS_ACT_RELU: ACT_LOOP(ops_relu); break;
+    case OVS_ACT_GELU: ACT_LOOP(ops_gelu); break;
+    case OVS_ACT_QUICKGELU: ACT_LOOP(ops_quickgelu); break;
+    case OVS_ACT_SIGMOID: ACT_LOOP(ops_sigmoid); break;
+    case OVS_ACT_NONE: break;
     }
 }
+#undef ACT_LOOP
 
 int ops_act_check(const char *op, float *x, int64_t n, ovs_act act) {
     int st;
