@@ -34,7 +34,7 @@ import numpy as np
 from . import _core
 from .weights import c_weights
 from .frameworks import (FRAMEWORKS, FrameworkModel, _clip_resnet_expected, _clip_text_expected, _count,
-                         _dim, _text_model, detectron2_preprocess, mask_semantic)
+                         _dim, _text_model, detectron2_preprocess, _mask2former_forward, mask_semantic)
 
 # FC-CLIP's MODEL.PIXEL_MEAN / PIXEL_STD: CLIP's mean and std on 0..255 (RGB)
 CLIP_MEAN_255 = (122.7709383, 116.7460125, 104.09373615)
@@ -285,18 +285,8 @@ class FCCLIPModel(FrameworkModel):
             raise ValueError(f"expected a float32 (1, 3, H, W) image, got {getattr(x, 'shape', x)!r}")
         if x.shape[2] % 32 or x.shape[3] % 32 or min(x.shape[2:]) < 32:
             raise ValueError(f"image sides must be positive multiples of 32, got {x.shape[2]}x{x.shape[3]}")
-        # Each stage's work buffers are freed once its outputs are out (the call's peak is the
-        # largest stage's, not the sum), and its inputs as soon as they are consumed.
-        f = self._trunk.forward(x, features=True, embed=False)
-        self._trunk.release_workspace()
-        res5 = f["res5"][0]
-        mf, ms = self.pixel_decoder(f["res2"], f["res3"], f["res4"], f["res5"])
-        del f
-        self.pixel_decoder.release_workspace()
-        _, cls, masks = self.decoder(ms, mf)
-        del ms, mf
-        self.decoder.release_workspace()
-        return {"masks": masks[0], "class_embed": cls[0, -1], "res5": res5}
+        res5, cls, masks = _mask2former_forward(self._trunk, self.pixel_decoder, self.decoder, x)
+        return {"masks": masks[0], "class_embed": cls[0, -1], "res5": res5[0]}
 
     def mask_pool(self, res5: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """visual_prediction_forward_resnet: (Q, E) CLIP embeddings of each mask (the mask logits

@@ -134,6 +134,24 @@ def _check_images(images) -> np.ndarray:
     return np.ascontiguousarray(images, dtype=np.float32)
 
 
+def _mask2former_forward(trunk, pixel_decoder, decoder, images: np.ndarray):
+    """A ResNet trunk, a Mask2Former pixel decoder and its transformer decoder on normalised,
+    padded images (N, 3, H, W): (res5 (N, C5, H/32, W/32), the decoder's class outputs, mask
+    logits (N, Q, H/4, W/4)). Each stage's work buffers are freed once its outputs are out (the
+    call's peak is the largest stage's, not the sum), and its inputs as soon as they are
+    consumed."""
+    f = trunk.forward(images, features=True, embed=False)
+    trunk.release_workspace()
+    res5 = f["res5"]
+    mask_features, ms = pixel_decoder(f["res2"], f["res3"], f["res4"], res5)
+    del f
+    pixel_decoder.release_workspace()
+    _, cls, masks = decoder(ms, mask_features)
+    del ms, mask_features
+    decoder.release_workspace()
+    return res5, cls, masks
+
+
 class FrameworkModel:
     """Base of the framework models: weights by ovs name, the framework's table entry."""
     framework: Framework
@@ -490,16 +508,8 @@ class HanModel(FrameworkModel):
     def forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Normalised, padded images (N, 3, H, W) -> (query embeddings (N, Q, E) after
         embed_proj, mask logits (N, Q, H/4, W/4))."""
-        # Each stage's work buffers are freed once its outputs are out, so the call's peak is
-        # the largest stage's, not the sum of the three.
-        f = self._trunk.forward(_check_images(images), features=True, embed=False)
-        self._trunk.release_workspace()
-        mask_features, ms = self._pixel_decoder(f["res2"], f["res3"], f["res4"], f["res5"])
-        del f
-        self._pixel_decoder.release_workspace()
-        _, cls, masks = self._decoder(ms, mask_features)
-        del ms, mask_features
-        self._decoder.release_workspace()
+        _, cls, masks = _mask2former_forward(self._trunk, self._pixel_decoder, self._decoder,
+                                            _check_images(images))
         q = np.ascontiguousarray(cls[:, -1])                    # (N, Q, D): the last layer's class_embed
         N, Q, D = q.shape
         emb = _core.linear(np.maximum(q, 0).reshape(N * Q, D), self._proj_w, self._proj_b)
