@@ -51,6 +51,17 @@ int ovs_bind_conv_packed(ovs_matrix *out, float *dst, const ovs_tensor_map *w, c
     return OVS_OK;
 }
 
+int ovs_bind_conv_owned(ovs_matrix *out, float **owned, const ovs_tensor_map *w, const char *name,
+                        int ndim, const int64_t *shape) {
+    int64_t L = 1;
+    for (int i = 1; i < ndim; i++) L *= shape[i];
+    const size_t n = ovs_conv2d_packed_floats(shape[0], L, 1);
+    if (n == SIZE_MAX || n > SIZE_MAX / sizeof(float))
+        return ovs_set_error(OVS_ERR_OVERFLOW, "conv weight '%s' is too large to pack", name);
+    if (!(*owned = ovs_malloc(n ? n * sizeof(float) : 1))) return OVS_ERR_NOMEM;
+    return ovs_bind_conv_packed(out, *owned, w, name, ndim, shape);
+}
+
 int ovs_pack_owned(float **data, ovs_matrix *m, int64_t rows, int64_t cols) {
     size_t n = ovs_matrix_packed_floats(rows, cols);
     if (n == SIZE_MAX || n > SIZE_MAX / sizeof(float))
@@ -122,6 +133,22 @@ int ovs_model_check_prefix(const char *prefix, const char *what) {
     return OVS_OK;
 }
 
+void *ovs_model_create(int *rc, size_t size, const char *prefix, const char *what,
+                       int (*bind)(void *model, const void *cfg, const ovs_tensor_map *w),
+                       void (*release)(void *model), const void *cfg, const ovs_tensor_map *w) {
+    void *m = NULL;
+    if ((*rc = ovs_model_check_prefix(prefix, what))) return NULL;
+    if (!(m = ovs_calloc(1, size))) {
+        *rc = OVS_ERR_NOMEM;
+        return NULL;
+    }
+    if ((*rc = bind(m, cfg, w))) {
+        release(m);
+        return NULL;
+    }
+    return m;
+}
+
 void ovs_model_keep_prefix(char *buf, size_t cap, const char **cfg_prefix, ovs_arena *arena) {
     snprintf(buf, cap, "%s", *cfg_prefix);
     *cfg_prefix = buf;
@@ -148,6 +175,11 @@ int ovs_tower_transformer(ovs_transformer *tf, int64_t *layers, const char *pref
                              (long long)tf->width, of, (long long)D);
     *layers = tf->layers;
     return OVS_OK;
+}
+
+void ovs_tower_release(ovs_transformer *tf, float *proj_t) {
+    ovs_transformer_release(tf);
+    ovs_free(proj_t);
 }
 
 int ovs_pos_embed_for_grid(const float **out, ovs_pos_cache *cache, const float *pos, int64_t g,

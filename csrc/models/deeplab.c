@@ -90,14 +90,7 @@ int ovs_deeplab_create(ovs_deeplab **out, ovs_resnet *trunk, const ovs_deeplab_c
         int64_t shape[2] = {-1, m->A};
         if ((rc = ovs_tensor_map_check(&t, w, name, 2, shape))) goto error;
         m->E = shape[0] = t->shape[0];
-        const size_t n = ovs_conv2d_packed_floats(m->E, m->A, 1);
-        if (n == SIZE_MAX || n > SIZE_MAX / sizeof(float) ||
-            !(m->embed_packed = ovs_malloc(n ? n * sizeof(float) : 1))) {
-            rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for the packed embed_proj weight");
-            goto error;
-        }
-        if ((rc = ovs_bind_conv_packed(&m->embed, m->embed_packed, w, name, 2, shape)))
-            goto error;
+        if ((rc = ovs_bind_conv_owned(&m->embed, &m->embed_packed, w, name, 2, shape))) goto error;
     }
     snprintf(name, sizeof name, "%sembed_proj.bias", prefix);
     if ((rc = ovs_bind_vec(&m->embed_b, w, name, m->E))) goto error;

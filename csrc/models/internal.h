@@ -97,6 +97,10 @@ int ovs_bind_packed(ovs_matrix *out, float *dst, const ovs_tensor_map *w, const 
  * extents, owned by the model); *out its conv-packed view. */
 int ovs_bind_conv_packed(ovs_matrix *out, float *dst, const ovs_tensor_map *w, const char *name,
                          int ndim, const int64_t *shape);
+/* As ovs_bind_conv_packed into a buffer of its own, *owned (ovs_malloc'd, the model frees it;
+ * NULL on failure). */
+int ovs_bind_conv_owned(ovs_matrix *out, float **owned, const ovs_tensor_map *w, const char *name,
+                        int ndim, const int64_t *shape);
 /* Replace the owned dense (rows, cols) matrix *data by its packed form (freeing the dense one);
  * *m becomes the packed matrix view. */
 int ovs_pack_owned(float **data, ovs_matrix *m, int64_t rows, int64_t cols);
@@ -115,6 +119,40 @@ int ovs_bind_transposed(float **out, int64_t *rows, int64_t *cols, const ovs_ten
 /* The parts every model's create shares (models/common.c). A weight prefix is at most 99
  * characters: an ARG error "<what> weight prefix missing or too long" otherwise (NULL too). */
 int ovs_model_check_prefix(const char *prefix, const char *what);
+/* buf = the model m's weight prefix + the literal suffix (a char array buf), as an expression. */
+#define OVS_WNAME(buf, m, suffix) (snprintf(buf, sizeof buf, "%s" suffix, (m)->prefix), buf)
+
+/* Every model's create: check the weight prefix (`what` names the model), allocate the model
+ * (size bytes, zeroed) and bind(model, cfg, w) its config and weights; on failure
+ * release(model). Returns the model, or NULL with *rc the error. */
+void *ovs_model_create(int *rc, size_t size, const char *prefix, const char *what,
+                       int (*bind)(void *model, const void *cfg, const ovs_tensor_map *w),
+                       void (*release)(void *model), const void *cfg, const ovs_tensor_map *w);
+/* The lifecycle the towers share, for a file that defines <model>_bind(ovs_<model> *m, const
+ * ovs_<model>_config *cfg, const ovs_tensor_map *w) (config checks, m->cfg,
+ * ovs_model_keep_prefix, weights) and <model>_release(ovs_<model> *m) (what m owns but its arena):
+ * ovs_<model>_create through ovs_model_create, ovs_<model>_free and ovs_<model>_get_config. */
+#define OVS_MODEL_LIFECYCLE(model, what)                                                    \
+    static int model##_bind_any(void *m, const void *cfg, const ovs_tensor_map *w) {        \
+        return model##_bind(m, cfg, w);                                                     \
+    }                                                                                       \
+    void ovs_##model##_free(ovs_##model *m) {                                               \
+        if (!m) return;                                                                     \
+        model##_release(m);                                                                 \
+        ovs_arena_free(&m->arena);                                                          \
+        ovs_free(m);                                                                        \
+    }                                                                                       \
+    static void model##_free_any(void *m) { ovs_##model##_free(m); }                        \
+    int ovs_##model##_create(ovs_##model **out, const ovs_##model##_config *cfg,            \
+                             const ovs_tensor_map *w) {                                     \
+        int rc;                                                                             \
+        *out = ovs_model_create(&rc, sizeof(ovs_##model), cfg->prefix, what,                \
+                                model##_bind_any, model##_free_any, cfg, w);                \
+        return rc;                                                                          \
+    }                                                                                       \
+    const ovs_##model##_config *ovs_##model##_get_config(const ovs_##model *m) {            \
+        return &m->cfg;                                                                     \
+    }
 /* After m->cfg = *cfg: copy the caller's prefix *cfg_prefix into the model's buffer buf (cap
  * bytes) and point *cfg_prefix at it, and ready the model's workspace arena. */
 void ovs_model_keep_prefix(char *buf, size_t cap, const char **cfg_prefix, ovs_arena *arena);
@@ -126,6 +164,8 @@ int ovs_bind_projection(float **owned, ovs_matrix *proj, int64_t *embed, const o
  * tower's width D (`of` names where D comes from in the SHAPE error); *layers its depth. */
 int ovs_tower_transformer(ovs_transformer *tf, int64_t *layers, const char *prefix, int64_t heads,
                           ovs_act act, const ovs_tensor_map *w, int64_t D, const char *of);
+/* Release what ovs_bind_projection and ovs_tower_transformer bound (NULL-safe). */
+void ovs_tower_release(ovs_transformer *tf, float *proj_t);
 
 /* A conv (K, C, R, R) named `conv` with the BatchNorm `bn` (eps 1e-5) folded in; padding and
  * dilation as torch's Conv2d. ovs_convbn_forward runs the dense or the sparse kernel. */

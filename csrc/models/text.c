@@ -9,50 +9,39 @@
 #include <stdio.h>
 #include <string.h>
 
-#define NAME(buf, m, suffix) (snprintf(buf, sizeof buf, "%s" suffix, (m)->prefix), buf)
-
-int ovs_text_create(ovs_text **out, const ovs_text_config *cfg, const ovs_tensor_map *w) {
-    *out = NULL;
-    int rc = ovs_model_check_prefix(cfg->prefix, "text");
-    if (rc) return rc;
+/* Config and weights of a new (zeroed) text tower (ovs_model_create). */
+static int text_bind(ovs_text *m, const ovs_text_config *cfg, const ovs_tensor_map *w) {
     if (cfg->width <= 0 || cfg->heads <= 0 || cfg->context <= 0 || cfg->vocab <= 0)
         return ovs_set_error(OVS_ERR_ARG, "text config needs positive width, heads, context, vocab");
-    ovs_text *m = ovs_calloc(1, sizeof *m);
-    if (!m) return OVS_ERR_NOMEM;
     m->cfg = *cfg;
     ovs_model_keep_prefix(m->prefix, sizeof m->prefix, &m->cfg.prefix, &m->arena);
     const int64_t D = cfg->width;
     char name[512];
     const ovs_tensor *t;
+    int rc;
     int64_t tok_shape[2] = {cfg->vocab, D}, pos_shape[2] = {cfg->context, D};
-    if ((rc = ovs_tensor_map_get(&t, w, NAME(name, m, "token_embedding.weight"), 2, tok_shape))) goto error;
+    if ((rc = ovs_tensor_map_get(&t, w, OVS_WNAME(name, m, "token_embedding.weight"), 2,
+                                 tok_shape)))
+        return rc;
     m->tok = t->data;
-    if ((rc = ovs_tensor_map_get(&t, w, NAME(name, m, "positional_embedding"), 2, pos_shape))) goto error;
+    if ((rc = ovs_tensor_map_get(&t, w, OVS_WNAME(name, m, "positional_embedding"), 2, pos_shape)))
+        return rc;
     m->pos = t->data;
-    if ((rc = ovs_bind_vec(&m->ln_w, w, NAME(name, m, "ln_final.weight"), D)) ||
-        (rc = ovs_bind_vec(&m->ln_b, w, NAME(name, m, "ln_final.bias"), D)) ||
+    if ((rc = ovs_bind_vec(&m->ln_w, w, OVS_WNAME(name, m, "ln_final.weight"), D)) ||
+        (rc = ovs_bind_vec(&m->ln_b, w, OVS_WNAME(name, m, "ln_final.bias"), D)) ||
         (rc = ovs_bind_projection(&m->proj_t, &m->proj, &m->cfg.embed_dim, w,
-                                  NAME(name, m, "text_projection"), D,
-                                  cfg->embed_dim > 0 ? cfg->embed_dim : -1)) ||
-        (rc = ovs_tower_transformer(&m->tf, &m->cfg.layers, m->prefix, cfg->heads, cfg->act, w,
-                                    D, "embedding")))
-        goto error;
-    *out = m;
-    return OVS_OK;
-error:
-    ovs_text_free(m);
-    return rc;
+                                  OVS_WNAME(name, m, "text_projection"), D,
+                                  cfg->embed_dim > 0 ? cfg->embed_dim : -1)))
+        return rc;
+    return ovs_tower_transformer(&m->tf, &m->cfg.layers, m->prefix, cfg->heads, cfg->act, w, D,
+                                 "embedding");
 }
 
-void ovs_text_free(ovs_text *m) {
-    if (!m) return;
-    ovs_transformer_release(&m->tf);
-    ovs_free(m->proj_t);
-    ovs_arena_free(&m->arena);
-    ovs_free(m);
+static void text_release(ovs_text *m) {
+    ovs_tower_release(&m->tf, m->proj_t);
 }
 
-const ovs_text_config *ovs_text_get_config(const ovs_text *m) { return &m->cfg; }
+OVS_MODEL_LIFECYCLE(text, "text")
 
 static int check_ids(const ovs_text *m, const int32_t *ids, int64_t N, int64_t S) {
     const int64_t V = m->cfg.vocab;

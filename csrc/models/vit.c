@@ -5,68 +5,43 @@
 #include <stdio.h>
 #include <string.h>
 
-#define NAME(buf, m, suffix) (snprintf(buf, sizeof buf, "%s" suffix, (m)->prefix), buf)
-
-int ovs_vit_create(ovs_vit **out, const ovs_vit_config *cfg, const ovs_tensor_map *w) {
-    *out = NULL;
-    int rc = ovs_model_check_prefix(cfg->prefix, "ViT");
-    if (rc) return rc;
+/* Config and weights of a new (zeroed) ViT (ovs_model_create). */
+static int vit_bind(ovs_vit *m, const ovs_vit_config *cfg, const ovs_tensor_map *w) {
     if (cfg->width <= 0 || cfg->heads <= 0 || cfg->patch <= 0 || cfg->grid <= 0)
         return ovs_set_error(OVS_ERR_ARG, "ViT config needs positive width, heads, patch and grid");
-    ovs_vit *m = ovs_calloc(1, sizeof *m);
-    if (!m) return OVS_ERR_NOMEM;
     m->cfg = *cfg;
     ovs_model_keep_prefix(m->prefix, sizeof m->prefix, &m->cfg.prefix, &m->arena);
     const int64_t D = cfg->width, p = cfg->patch, g = cfg->grid;
     char name[512];
     const ovs_tensor *t;
+    int rc;
     int64_t pos_shape[2] = {1 + g * g, D};
-    const size_t npatch = ovs_conv2d_packed_floats(D, 3 * p * p, 1);
-    if (npatch == SIZE_MAX || npatch > SIZE_MAX / sizeof(float)) {
-        rc = ovs_set_error(OVS_ERR_OVERFLOW, "ViT patch conv of width %lld, patch %lld is too large",
-                           (long long)D, (long long)p);
-        goto error;
-    }
-    if (!(m->patch_packed = ovs_malloc(npatch ? npatch * sizeof(float) : 1))) {
-        rc = OVS_ERR_NOMEM;
-        goto error;
-    }
     const int64_t conv_shape[4] = {D, 3, p, p};
-    if ((rc = ovs_bind_conv_packed(&m->patch, m->patch_packed, w, NAME(name, m, "conv1.weight"), 4,
-                                   conv_shape)))
-        goto error;
-    if ((rc = ovs_bind_vec(&m->cls, w, NAME(name, m, "class_embedding"), D))) goto error;
-    if ((rc = ovs_tensor_map_get(&t, w, NAME(name, m, "positional_embedding"), 2, pos_shape))) goto error;
+    if ((rc = ovs_bind_conv_owned(&m->patch, &m->patch_packed, w, OVS_WNAME(name, m, "conv1.weight"),
+                                  4, conv_shape)) ||
+        (rc = ovs_bind_vec(&m->cls, w, OVS_WNAME(name, m, "class_embedding"), D)) ||
+        (rc = ovs_tensor_map_get(&t, w, OVS_WNAME(name, m, "positional_embedding"), 2, pos_shape)))
+        return rc;
     m->pos = t->data;
-    if ((rc = ovs_bind_vec(&m->ln_pre_w, w, NAME(name, m, "ln_pre.weight"), D)) ||
-        (rc = ovs_bind_vec(&m->ln_pre_b, w, NAME(name, m, "ln_pre.bias"), D)) ||
-        (rc = ovs_bind_vec(&m->ln_post_w, w, NAME(name, m, "ln_post.weight"), D)) ||
-        (rc = ovs_bind_vec(&m->ln_post_b, w, NAME(name, m, "ln_post.bias"), D)))
-        goto error;
-    if ((cfg->embed_dim > 0 &&
+    if ((rc = ovs_bind_vec(&m->ln_pre_w, w, OVS_WNAME(name, m, "ln_pre.weight"), D)) ||
+        (rc = ovs_bind_vec(&m->ln_pre_b, w, OVS_WNAME(name, m, "ln_pre.bias"), D)) ||
+        (rc = ovs_bind_vec(&m->ln_post_w, w, OVS_WNAME(name, m, "ln_post.weight"), D)) ||
+        (rc = ovs_bind_vec(&m->ln_post_b, w, OVS_WNAME(name, m, "ln_post.bias"), D)) ||
+        (cfg->embed_dim > 0 &&
          (rc = ovs_bind_projection(&m->proj_t, &m->proj, &m->cfg.embed_dim, w,
-                                   NAME(name, m, "proj"), D, cfg->embed_dim))) ||
-        (rc = ovs_tower_transformer(&m->tf, &m->cfg.layers, m->prefix, cfg->heads, cfg->act, w, D,
-                                    "conv1")))
-        goto error;
-    *out = m;
-    return OVS_OK;
-error:
-    ovs_vit_free(m);
-    return rc;
+                                   OVS_WNAME(name, m, "proj"), D, cfg->embed_dim))))
+        return rc;
+    return ovs_tower_transformer(&m->tf, &m->cfg.layers, m->prefix, cfg->heads, cfg->act, w, D,
+                                 "conv1");
 }
 
-void ovs_vit_free(ovs_vit *m) {
-    if (!m) return;
-    ovs_transformer_release(&m->tf);
-    ovs_free(m->proj_t);
+static void vit_release(ovs_vit *m) {
+    ovs_tower_release(&m->tf, m->proj_t);
     ovs_free(m->patch_packed);
     ovs_pos_cache_free(&m->pos_cache);
-    ovs_arena_free(&m->arena);
-    ovs_free(m);
 }
 
-const ovs_vit_config *ovs_vit_get_config(const ovs_vit *m) { return &m->cfg; }
+OVS_MODEL_LIFECYCLE(vit, "ViT")
 const ovs_transformer *ovs_vit_transformer(const ovs_vit *m) { return &m->tf; }
 
 void ovs_vit_head(const ovs_vit *m, const float **ln_w, const float **ln_b, const ovs_matrix **proj) {
