@@ -156,7 +156,7 @@ static int stage_logits(PyObject *obj, const char *what, long long H, long long 
     return 0;
 }
 
-static PyObject *py_seg_final(PyObject *args, PyObject *kw, int labels_mode) {
+PyObject *ovs_py_seg_final(PyObject *args, PyObject *kw, int labels_mode) {
     int rc = -1;
     static char *kwlist[] = {"logits", "out_h", "out_w", "logit_scale", "bg_threshold", "bg_label", "softmax", NULL};
     PyObject *obj, *out = NULL;
@@ -182,9 +182,8 @@ done:
     return OVS_PY_FINISH(rc, out, lg);
 }
 
-OVS_PY_VARIANT(py_seg_labels, py_seg_final, 1)
-OVS_PY_VARIANT(py_seg_upsample, py_seg_final, 0)
-OVS_PY_VARIANT(py_seg_labels_naive, py_seg_final, 2)
+OVS_PY_VARIANT(py_seg_labels, ovs_py_seg_final, 1)
+OVS_PY_VARIANT(py_seg_upsample, ovs_py_seg_final, 0)
 
 static PyObject *py_seg_labels_pamr(PyObject *self, PyObject *args, PyObject *kw) {
     int rc = -1;
@@ -221,7 +220,7 @@ done:
 
 
 /* seg_labels_grouped(logits (Q,h,w), out_h, out_w, query_class (Q,) int32, num_classes, ...) */
-static PyObject *py_seg_grouped(PyObject *args, PyObject *kw, int naive) {
+PyObject *ovs_py_seg_grouped(PyObject *args, PyObject *kw, int naive) {
     int rc = -1;
     static char *kwlist[] = {"logits", "out_h", "out_w", "query_class", "num_classes", "logit_scale",
                              "prob_thd", "bg_label", "area_thd", NULL};
@@ -260,9 +259,7 @@ done:
     return OVS_PY_FINISH(rc, out, lg, qa);
 }
 
-/* seg_labels_grouped and its test twin (every probability materialised). */
-OVS_PY_VARIANT(py_seg_labels_grouped, py_seg_grouped, 0)
-OVS_PY_VARIANT(py_seg_labels_grouped_naive, py_seg_grouped, 1)
+OVS_PY_VARIANT(py_seg_labels_grouped, ovs_py_seg_grouped, 0)
 
 static PyObject *py_seg_prompt_denoise(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"logits", "thresh", "scale", NULL};
@@ -371,14 +368,10 @@ static PyMethodDef methods_functions[] = {
     {"seg_labels_grouped", (PyCFunction)(void (*)(void))py_seg_labels_grouped, METH_VARARGS | METH_KEYWORDS,
      "seg_labels_grouped(logits (Q,h,w), out_h, out_w, query_class (Q,), num_classes, logit_scale=1, prob_thd=0, "
      "bg_label=0, area_thd=-1) -> int32 (H, W): SCLIP's synonym max, area filter and probability threshold"},
-    {"seg_labels_grouped_naive", (PyCFunction)(void (*)(void))py_seg_labels_grouped_naive, METH_VARARGS | METH_KEYWORDS,
-     "Test twin of seg_labels_grouped: materialises every probability (same arguments)."},
     {"seg_prompt_denoise", (PyCFunction)(void (*)(void))py_seg_prompt_denoise, METH_VARARGS | METH_KEYWORDS,
      "seg_prompt_denoise(logits (C, n), thresh, scale=100) -> copy with MaskCLIP's prompt denoising applied"},
     {"seg_labels", (PyCFunction)(void (*)(void))py_seg_labels, METH_VARARGS | METH_KEYWORDS,
      "seg_labels(logits (C,h,w), out_h, out_w, logit_scale=1, bg_threshold=0, bg_label=-1) -> int32 (H, W)"},
-    {"seg_labels_naive", (PyCFunction)(void (*)(void))py_seg_labels_naive, METH_VARARGS | METH_KEYWORDS,
-     "Test twin of seg_labels: every class at every pixel (same arguments, same labels)."},
     {"seg_labels_pamr", (PyCFunction)(void (*)(void))py_seg_labels_pamr, METH_VARARGS | METH_KEYWORDS,
      "seg_labels_pamr(logits (C,h,w), guide (K,H,W), steps, dilations=(8, 16), logit_scale=1, "
      "bg_threshold=0, bg_label=-1) -> int32 (H, W): seg_labels after PAMR at the guide's size"},

@@ -749,6 +749,10 @@ error:
 }
 
 
+/* The naive twins of the label stages (py_methods.c parses them). */
+OVS_PY_VARIANT(py_seg_labels_naive, ovs_py_seg_final, 2)
+OVS_PY_VARIANT(py_seg_labels_grouped_naive, ovs_py_seg_grouped, 1)
+
 /* ---------------------------------------------------------------- registration */
 static PyMethodDef testops_methods[] = {
     OVS_PY_ROW(py_, op_lof_outliers, OVS_PY_KW,
@@ -790,6 +794,12 @@ static PyMethodDef testops_methods[] = {
     OVS_PY_ROW(py_, op_attention_probs, OVS_PY_KW,
                "(a, b, scale, mask=None, causal=False, naive=False) -> softmax(scale a b^T + "
                "mask)."),
+    OVS_PY_ROW(py_, seg_labels_naive, OVS_PY_KW,
+               "(same arguments): the test twin of seg_labels, every class at every pixel (same "
+               "labels)."),
+    OVS_PY_ROW(py_, seg_labels_grouped_naive, OVS_PY_KW,
+               "(same arguments): the test twin of seg_labels_grouped, every probability "
+               "materialised."),
     OVS_PY_OPS(OVS_PY_OP_TEST)
     OVS_PY_M2F_OPS(OVS_PY_OP_TEST)
     OVS_PY_ROW(py_, op_debug_invalid_calls, METH_NOARGS,

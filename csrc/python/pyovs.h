@@ -157,6 +157,12 @@ PyObject *ovs_py_finish(int st, PyObject *out, void *const *refs, size_t n);
         return impl(args, kw, variant);                                                     \
     }
 
+/* The label-stage parsers of py_methods.c, impl(args, kw, variant) (see OVS_PY_VARIANT):
+ * seg_final 0 = seg_upsample, 1 = seg_labels, 2 = its naive twin; seg_grouped 0 =
+ * seg_labels_grouped, 1 = its naive twin. py_testops.c registers the twins. */
+PyObject *ovs_py_seg_final(PyObject *args, PyObject *kw, int labels_mode);
+PyObject *ovs_py_seg_grouped(PyObject *args, PyObject *kw, int naive);
+
 /* The production op bindings, X(prefix, name, doc after the name): the C function
  * ovs_py_<name>; py_ops.c registers OVS_PY_OPS as _core.<name>, py_m2f.c OVS_PY_M2F_OPS as
  * _core.m2f_<name> (prefix "m2f_"), and py_testops.c both again under their test names
