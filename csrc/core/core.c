@@ -136,6 +136,10 @@ void *ovs_calloc(size_t count, size_t size) {
 
 void ovs_free(void *ptr) { free(ptr); }
 
+void ovs_free_all(void *const *ptrs, size_t n) {
+    for (size_t i = 0; i < n; i++) ovs_free(ptrs[i]);
+}
+
 int ovs_malloc_return_large(size_t threshold) {
 #if defined(__GLIBC__) && defined(M_MMAP_THRESHOLD)
     if (getenv("MALLOC_MMAP_THRESHOLD_") || getenv("OVS_KEEP_MALLOC")) return 0;

@@ -153,14 +153,7 @@ static int semantic_bands(const char *op, float *out, int32_t *labels, const flo
         argmax_columns(labels + y0 * W, sc, C, npix, npix);
     }
 done:
-    ovs_free(uy.i0);
-    ovs_free(ux.i0);
-    ovs_free(ry.i0);
-    ovs_free(rx.i0);
-    ovs_free(pt);
-    ovs_free(mid);
-    ovs_free(sig);
-    ovs_free(sc);
+    OVS_FREE_ALL(uy.i0, ux.i0, ry.i0, rx.i0, pt, mid, sig, sc);
     return st;
 }
 

@@ -681,13 +681,7 @@ static int read_span(void *dst, const ovs_safetensors *st, const ovs_safetensors
 void ovs_safetensors_close(ovs_safetensors *st) {
     if (!st) return;
     if (st->fd >= 0) close(st->fd);
-    ovs_free(st->path);
-    ovs_free(st->owned);
-    ovs_free(st->entries);
-    ovs_free(st->by_name);
-    ovs_free(st->meta);
-    ovs_free(st->strings);
-    ovs_free(st);
+    OVS_FREE_ALL(st->path, st->owned, st->entries, st->by_name, st->meta, st->strings, st);
 }
 
 int ovs_safetensors_is_lazy(const ovs_safetensors *st) { return st && st->fd >= 0; }

@@ -433,13 +433,8 @@ error:
 void ovs_bpe_free(ovs_bpe *bpe) {
     if (!bpe) return;
     if (bpe->cache_lock_ready) pthread_mutex_destroy(&bpe->cache_lock);
-    ovs_free(bpe->tok_bytes);
-    ovs_free(bpe->tok_off);
-    ovs_free(bpe->pairs);
-    ovs_free(bpe->cache);
-    ovs_free(bpe->cache_bytes);
-    ovs_free(bpe->cache_ids);
-    ovs_free(bpe);
+    OVS_FREE_ALL(bpe->tok_bytes, bpe->tok_off, bpe->pairs, bpe->cache, bpe->cache_bytes,
+                 bpe->cache_ids, bpe);
 }
 
 int64_t ovs_bpe_vocab_size(const ovs_bpe *bpe) { return bpe->vocab_size; }

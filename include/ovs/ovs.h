@@ -105,6 +105,10 @@ int ovs_region_finish(const ovs_region_error *re);
 void *ovs_malloc(size_t bytes);                 /* NULL on failure (never aborts) */
 void *ovs_calloc(size_t count, size_t size);    /* zeroed, overflow-checked */
 void ovs_free(void *ptr);
+/* ovs_free each of ptrs[0..n) (NULL ones too); OVS_FREE_ALL(a, b, c) frees a, b and c. */
+void ovs_free_all(void *const *ptrs, size_t n);
+#define OVS_FREE_ALL(...)                                                                   \
+    ovs_free_all((void *const[]){__VA_ARGS__}, sizeof((void *const[]){__VA_ARGS__}) / sizeof(void *))
 /* Make malloc map every block of `threshold` bytes or more directly (glibc M_MMAP_THRESHOLD,
  * at most 32 MiB), so that freeing one returns it to the system at once. glibc's default moves
  * the threshold up to the largest block freed so far (up to 32 MiB), after which the activations
