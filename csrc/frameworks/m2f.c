@@ -169,9 +169,27 @@ static int base_init(m2f_base *b, const char **cfg_prefix, const char *block) {
     return OVS_OK;
 }
 
-/* The lifecycle both blocks share, ovs_<block>_get_config, _release_workspace and _free, for a
- * block struct with members cfg, layers (owned) and base. */
-#define M2F_BLOCK_LIFECYCLE(block)                                                          \
+/* The lifecycle both blocks share, ovs_<block>_create, _get_config, _release_workspace and
+ * _free, for a block struct with members cfg, layers (owned) and base, whose file defines
+ * <block>_bind(m, w) (config checks on m->cfg, then the weights); `what` names the block in
+ * errors. */
+#define M2F_BLOCK_LIFECYCLE(block, what)                                                    \
+    int ovs_##block##_create(ovs_##block **out, const ovs_##block##_config *cfg,            \
+                             const ovs_tensor_map *w) {                                     \
+        *out = NULL;                                                                        \
+        if (!cfg || !w)                                                                     \
+            return ovs_set_error(OVS_ERR_ARG, "m2f " what ": NULL config or weights");      \
+        ovs_##block *m = ovs_calloc(1, sizeof *m);                                          \
+        if (!m) return OVS_ERR_NOMEM;                                                       \
+        m->cfg = *cfg;                                                                      \
+        int rc = base_init(&m->base, &m->cfg.prefix, what);                                 \
+        if (rc || (rc = block##_bind(m, w))) {                                              \
+            ovs_##block##_free(m);                                                          \
+            return rc;                                                                      \
+        }                                                                                   \
+        *out = m;                                                                           \
+        return OVS_OK;                                                                      \
+    }                                                                                       \
     const ovs_##block##_config *ovs_##block##_get_config(const ovs_##block *m) {            \
         return &m->cfg;                                                                     \
     }                                                                                       \
@@ -325,15 +343,11 @@ ovs_m2f_pixel_decoder_config ovs_m2f_pixel_decoder_defaults(void) {
     return c;
 }
 
-M2F_BLOCK_LIFECYCLE(m2f_pixel_decoder)
 
-int ovs_m2f_pixel_decoder_create(ovs_m2f_pixel_decoder **out,
-                                 const ovs_m2f_pixel_decoder_config *cfg,
-                                 const ovs_tensor_map *w) {
+/* Config checks and weights of a new pixel decoder m (M2F_BLOCK_LIFECYCLE's create). */
+static int m2f_pixel_decoder_bind(ovs_m2f_pixel_decoder *m, const ovs_tensor_map *w) {
     int rc;
-    *out = NULL;
-    if (!cfg || !w) return ovs_set_error(OVS_ERR_ARG, "m2f pixel decoder: NULL config or weights");
-    const ovs_m2f_pixel_decoder_config c = *cfg;
+    const ovs_m2f_pixel_decoder_config c = m->cfg;
     static const char *const names[] = {"in_channels", "in_channels", "in_channels",
                                          "in_channels", "conv_dim", "mask_dim", "enc_layers",
                                          "heads", "points", "ffn_dim", "groups"};
@@ -347,34 +361,27 @@ int ovs_m2f_pixel_decoder_create(ovs_m2f_pixel_decoder **out,
                              (long long)c.groups, (long long)c.heads);
     if (c.enc_layers > 1000) return ovs_set_error(OVS_ERR_ARG, "pixel decoder: enc_layers = %lld "
                                                   "is too large", (long long)c.enc_layers);
-    ovs_m2f_pixel_decoder *m = ovs_calloc(1, sizeof *m);
-    if (!m) return OVS_ERR_NOMEM;
-    m->cfg = c;
-    if ((rc = base_init(&m->base, &m->cfg.prefix, "pixel decoder"))) goto fail;
     const char *prefix = m->base.prefix;
     m2f_owned *o = &m->base.owned;
     const int64_t D = c.conv_dim;
     char nm[320], sub[320];
     m->layers = ovs_calloc((size_t)c.enc_layers, sizeof *m->layers);
-    if (!m->layers) {
-        rc = OVS_ERR_NOMEM;
-        goto fail;
-    }
+    if (!m->layers) return OVS_ERR_NOMEM;
     for (int l = 0; l < M2F_LEVELS; l++) {
         int64_t C = c.in_channels[3 - l];
         snprintf(nm, sizeof nm, "input_proj.%d.0.weight", l);
-        if ((rc = bind_conv(o, &m->in_proj[l], w, prefix, nm, D, C, 1, 1))) goto fail;
+        if ((rc = bind_conv(o, &m->in_proj[l], w, prefix, nm, D, C, 1, 1))) return rc;
         snprintf(nm, sizeof nm, "input_proj.%d.0.bias", l);
-        if ((rc = bind_vec(&m->in_proj_b[l], w, prefix, nm, D))) goto fail;
+        if ((rc = bind_vec(&m->in_proj_b[l], w, prefix, nm, D))) return rc;
         snprintf(nm, sizeof nm, "input_proj.%d.1", l);
-        if ((rc = bind_norm(&m->in_gn_w[l], &m->in_gn_b[l], w, prefix, nm, D))) goto fail;
+        if ((rc = bind_norm(&m->in_gn_w[l], &m->in_gn_b[l], w, prefix, nm, D))) return rc;
     }
     {
         const ovs_tensor *t;
         int64_t shape[2] = {M2F_LEVELS, D};
         if ((rc = wname(nm, sizeof nm, prefix, "transformer.level_embed")) ||
             (rc = ovs_tensor_map_get(&t, w, nm, 2, shape)))
-            goto fail;
+            return rc;
         m->level_embed = t->data;
     }
     for (int64_t j = 0; j < c.enc_layers; j++) {
@@ -384,7 +391,7 @@ int ovs_m2f_pixel_decoder_create(ovs_m2f_pixel_decoder **out,
             (rc = msdeform_bind(&ly->attn, o, w, nm, D, c.heads, M2F_LEVELS, c.points)) ||
             (rc = bind_norm(&ly->norm1_w, &ly->norm1_b, w, sub, "norm1", D)) ||
             (rc = bind_ffn(&ly->ffn, o, w, sub, "norm2", D, c.ffn_dim)))
-            goto fail;
+            return rc;
     }
     if ((rc = bind_conv(o, &m->lateral, w, prefix, "adapter_1.weight", D, c.in_channels[0], 1, 1)) ||
         (rc = bind_norm(&m->lateral_gn_w, &m->lateral_gn_b, w, prefix, "adapter_1.norm", D)) ||
@@ -392,13 +399,11 @@ int ovs_m2f_pixel_decoder_create(ovs_m2f_pixel_decoder **out,
         (rc = bind_norm(&m->output_gn_w, &m->output_gn_b, w, prefix, "layer_1.norm", D)) ||
         (rc = bind_conv(o, &m->mask, w, prefix, "mask_features.weight", c.mask_dim, D, 1, 1)) ||
         (rc = bind_vec(&m->mask_b, w, prefix, "mask_features.bias", c.mask_dim)))
-        goto fail;
-    *out = m;
+        return rc;
     return OVS_OK;
-fail:
-    ovs_m2f_pixel_decoder_free(m);
-    return rc;
 }
+
+M2F_BLOCK_LIFECYCLE(m2f_pixel_decoder, "pixel decoder")
 
 /* One 1x1 conv (weight (K, C)) + GroupNorm on an (C, HW) map: out (K, HW). */
 static int conv1x1_gn(float *out, const float *in, const ovs_matrix *wm, const float *b,
@@ -547,7 +552,6 @@ ovs_m2f_decoder_config ovs_m2f_decoder_defaults(void) {
     return c;
 }
 
-M2F_BLOCK_LIFECYCLE(m2f_decoder)
 
 static int bind_mha(m2f_mha *h, m2f_owned *o, const ovs_tensor_map *w, const char *prefix,
                     const char *attn, int64_t D) {
@@ -613,12 +617,10 @@ static int mlp_forward(const m2f_mlp *mlp, float *out, const float *in, int64_t 
     return OVS_OK;
 }
 
-int ovs_m2f_decoder_create(ovs_m2f_decoder **out, const ovs_m2f_decoder_config *cfg,
-                           const ovs_tensor_map *w) {
+/* Config checks and weights of a new decoder m (M2F_BLOCK_LIFECYCLE's create). */
+static int m2f_decoder_bind(ovs_m2f_decoder *m, const ovs_tensor_map *w) {
     int rc;
-    *out = NULL;
-    if (!cfg || !w) return ovs_set_error(OVS_ERR_ARG, "m2f decoder: NULL config or weights");
-    const ovs_m2f_decoder_config c = *cfg;
+    const ovs_m2f_decoder_config c = m->cfg;
     static const char *const names[] = {"in_channels", "hidden_dim", "queries", "heads",
                                          "ffn_dim", "layers", "mask_dim"};
     const int64_t vals[] = {c.in_channels, c.hidden_dim, c.queries, c.heads, c.ffn_dim, c.layers,
@@ -638,10 +640,6 @@ int ovs_m2f_decoder_create(ovs_m2f_decoder **out, const ovs_m2f_decoder_config *
         return ovs_set_error(OVS_ERR_ARG, "decoder: class_layers must be in 0..8 (got %lld) and "
                              "class_dim >= 1 with a class head (got %lld)",
                              (long long)c.class_layers, (long long)c.class_dim);
-    ovs_m2f_decoder *m = ovs_calloc(1, sizeof *m);
-    if (!m) return OVS_ERR_NOMEM;
-    m->cfg = c;
-    if ((rc = base_init(&m->base, &m->cfg.prefix, "decoder"))) goto fail;
     const char *prefix = m->base.prefix;
     m2f_owned *o = &m->base.owned;
     const int64_t D = c.hidden_dim, Q = c.queries;
@@ -650,37 +648,34 @@ int ovs_m2f_decoder_create(ovs_m2f_decoder **out, const ovs_m2f_decoder_config *
     int64_t sq[2] = {Q, D}, sl[2] = {M2F_LEVELS, D};
     if ((rc = wname(nm, sizeof nm, prefix, "query_feat.weight")) ||
         (rc = ovs_tensor_map_get(&t, w, nm, 2, sq)))
-        goto fail;
+        return rc;
     m->query_feat = t->data;
     if ((rc = wname(nm, sizeof nm, prefix, "query_embed.weight")) ||
         (rc = ovs_tensor_map_get(&t, w, nm, 2, sq)))
-        goto fail;
+        return rc;
     m->query_embed = t->data;
     if ((rc = wname(nm, sizeof nm, prefix, "level_embed.weight")) ||
         (rc = ovs_tensor_map_get(&t, w, nm, 2, sl)))
-        goto fail;
+        return rc;
     m->level_embed = t->data;
     m->has_input_proj = c.in_channels != D;
     if (m->has_input_proj)
         for (int l = 0; l < M2F_LEVELS; l++) {
             snprintf(sub, sizeof sub, "input_proj.%d.weight", l);
-            if ((rc = bind_conv(o, &m->in_proj[l], w, prefix, sub, D, c.in_channels, 1, 1))) goto fail;
+            if ((rc = bind_conv(o, &m->in_proj[l], w, prefix, sub, D, c.in_channels, 1, 1))) return rc;
             snprintf(sub, sizeof sub, "input_proj.%d.bias", l);
-            if ((rc = bind_vec(&m->in_proj_b[l], w, prefix, sub, D))) goto fail;
+            if ((rc = bind_vec(&m->in_proj_b[l], w, prefix, sub, D))) return rc;
         }
     m->layers = ovs_calloc((size_t)c.layers, sizeof *m->layers);
-    if (!m->layers) {
-        rc = OVS_ERR_NOMEM;
-        goto fail;
-    }
+    if (!m->layers) return OVS_ERR_NOMEM;
     for (int64_t i = 0; i < c.layers; i++) {
         m2f_dec_layer *ly = &m->layers[i];
         snprintf(sub, sizeof sub, "%stransformer_cross_attention_layers.%lld.", prefix, (long long)i);
-        if ((rc = bind_mha(&ly->cross, o, w, sub, "multihead_attn", D))) goto fail;
+        if ((rc = bind_mha(&ly->cross, o, w, sub, "multihead_attn", D))) return rc;
         snprintf(sub, sizeof sub, "%stransformer_self_attention_layers.%lld.", prefix, (long long)i);
-        if ((rc = bind_mha(&ly->self, o, w, sub, "self_attn", D))) goto fail;
+        if ((rc = bind_mha(&ly->self, o, w, sub, "self_attn", D))) return rc;
         snprintf(sub, sizeof sub, "%stransformer_ffn_layers.%lld.", prefix, (long long)i);
-        if ((rc = bind_ffn(&ly->ffn, o, w, sub, "norm", D, c.ffn_dim))) goto fail;
+        if ((rc = bind_ffn(&ly->ffn, o, w, sub, "norm", D, c.ffn_dim))) return rc;
     }
     if ((rc = bind_norm(&m->norm_w, &m->norm_b, w, prefix, "decoder_norm", D)) ||
         (rc = bind_mlp(&m->mask_embed, o, w, prefix, "mask_embed", 3, D, c.mask_dim)) ||
@@ -691,13 +686,11 @@ int ovs_m2f_decoder_create(ovs_m2f_decoder **out, const ovs_m2f_decoder_config *
          ((rc = bind_norm(&m->pool_ln_w, &m->pool_ln_b, w, prefix, "_mask_pooling_proj.0", D)) ||
           (rc = bind_linear_p(o, &m->pool_proj, &m->pool_proj_b, w, prefix,
                               "_mask_pooling_proj.1", D, D)))))
-        goto fail;
-    *out = m;
+        return rc;
     return OVS_OK;
-fail:
-    ovs_m2f_decoder_free(m);
-    return rc;
 }
+
+M2F_BLOCK_LIFECYCLE(m2f_decoder, "decoder")
 
 /* out (T, D) = LayerNorm(res + out_proj(MHA(q_in Wq, k_in Wk, v_in Wv))) with an additive mask
  * (T, U) or NULL. out may alias res (and q_in / v_in, which are consumed first). */
