@@ -4,27 +4,17 @@
 
 #include <string.h>
 
-typedef struct {
-    PyObject_HEAD
-    ovs_py_model *trunk;      /* strong reference: the ResNet the head borrows (and its lock) */
-    ovs_deeplab *head;
-} ovs_py_deeplab;
-
-static void deeplab_dealloc(ovs_py_deeplab *self) {
-    ovs_deeplab_free(self->head);
-    Py_XDECREF(self->trunk);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
+static void deeplab_free_c(void *head) { ovs_deeplab_free(head); }
 
 /* DeepLabHead(trunk, prefix=""): the head's weights come from the trunk's weight table (the
  * dict the ResNet was built from must hold them too); the head borrows them from there, so the
  * trunk, which it references, keeps them alive. */
-static int deeplab_init(ovs_py_deeplab *self, PyObject *args, PyObject *kw) {
+static int deeplab_init(ovs_py_on_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"trunk", "prefix", NULL};
     PyObject *trunk;
     const char *prefix = "";
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|s", kwlist, &trunk, &prefix)) return -1;
-    if (self->head) {
+    if (self->c.deeplab) {
         PyErr_SetString(PyExc_RuntimeError, "DeepLabHead already initialised");
         return -1;
     }
@@ -37,45 +27,44 @@ static int deeplab_init(ovs_py_deeplab *self, PyObject *args, PyObject *kw) {
     ovs_deeplab_config cfg = {.prefix = prefix};
     int rc;
     /* The trunk's lock: its weight table may read (and keep) tensors from a file. */
-    OVS_PY_LOCKED(pm, rc, ovs_deeplab_create(&self->head, pm->m.resnet, &cfg, &pm->weights.map));
+    OVS_PY_LOCKED(pm, rc, ovs_deeplab_create(&self->c.deeplab, pm->m.resnet, &cfg, &pm->weights.map));
     if (ovs_py_status(rc)) return -1;
-    Py_INCREF(trunk);
-    self->trunk = pm;
+    ovs_py_on_model_keep(self, pm, deeplab_free_c);
     return 0;
 }
 
-static PyObject *deeplab_forward(ovs_py_deeplab *self, PyObject *args, PyObject *kw) {
+static PyObject *deeplab_forward(ovs_py_on_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"images", NULL};
     PyObject *obj;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &obj)) return NULL;
-    if (!self->head) return PyErr_Format(PyExc_RuntimeError, "DeepLabHead not initialised");
+    if (!self->c.deeplab) return PyErr_Format(PyExc_RuntimeError, "DeepLabHead not initialised");
     PyArrayObject *x = ovs_py_images(obj);
     if (!x) return NULL;
     npy_intp N = PyArray_DIM(x, 0), H = PyArray_DIM(x, 2), W = PyArray_DIM(x, 3);
     int64_t h, w;
     PyArrayObject *out = NULL;
-    int rc = ovs_deeplab_out_shape(self->head, H, W, &h, &w);
+    int rc = ovs_deeplab_out_shape(self->c.deeplab, H, W, &h, &w);
     if (rc) goto done;
-    npy_intp dims[4] = {N, ovs_deeplab_embed_dim(self->head), h, w};
+    npy_intp dims[4] = {N, ovs_deeplab_embed_dim(self->c.deeplab), h, w};
     if (!(out = ovs_py_new_float(4, dims))) goto done;   /* rc 0 + MemoryError */
-    OVS_PY_LOCKED(self->trunk, rc, ovs_deeplab_forward(self->head, F32(out), F32(x), N, H, W));
+    OVS_PY_LOCKED(self->model, rc, ovs_deeplab_forward(self->c.deeplab, F32(out), F32(x), N, H, W));
 done:
     return OVS_PY_FINISH(rc, out, x);
 }
 
 /* classify(images (N, 3, H, W), text (T, E), scale, softmax=False) -> (N, T, h, w):
  * ovs_deeplab_classify, the embedding and its text classification band by band. */
-static PyObject *deeplab_classify(ovs_py_deeplab *self, PyObject *args, PyObject *kw) {
+static PyObject *deeplab_classify(ovs_py_on_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"images", "text", "scale", "softmax", NULL};
     PyObject *xo, *to;
     double scale;
     int softmax = 0, st = -1;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOd|p", kwlist, &xo, &to, &scale, &softmax))
         return NULL;
-    if (!self->head) return PyErr_Format(PyExc_RuntimeError, "DeepLabHead not initialised");
+    if (!self->c.deeplab) return PyErr_Format(PyExc_RuntimeError, "DeepLabHead not initialised");
     PyArrayObject *x = NULL, *t = NULL, *out = NULL;
     if (!(x = ovs_py_images(xo)) || !(t = ovs_py_float_array(to, 2, "text (T, E)"))) goto done;
-    const npy_intp E = ovs_deeplab_embed_dim(self->head), T = PyArray_DIM(t, 0);
+    const npy_intp E = ovs_deeplab_embed_dim(self->c.deeplab), T = PyArray_DIM(t, 0);
     if (T < 1 || PyArray_DIM(t, 1) != E) {
         PyErr_Format(PyExc_ValueError, "text must be (T >= 1, %zd), got (%zd, %zd)", (Py_ssize_t)E,
                      (Py_ssize_t)T, (Py_ssize_t)PyArray_DIM(t, 1));
@@ -83,20 +72,20 @@ static PyObject *deeplab_classify(ovs_py_deeplab *self, PyObject *args, PyObject
     }
     npy_intp N = PyArray_DIM(x, 0), H = PyArray_DIM(x, 2), W = PyArray_DIM(x, 3);
     int64_t h, w;
-    if ((st = ovs_deeplab_out_shape(self->head, H, W, &h, &w))) goto done;
+    if ((st = ovs_deeplab_out_shape(self->c.deeplab, H, W, &h, &w))) goto done;
     st = -1;
     npy_intp dims[4] = {N, T, h, w};
     if (!(out = ovs_py_new_float(4, dims))) goto done;
-    OVS_PY_LOCKED(self->trunk, st, ovs_deeplab_classify(self->head, F32(out), F32(x), N, H, W,
+    OVS_PY_LOCKED(self->model, st, ovs_deeplab_classify(self->c.deeplab, F32(out), F32(x), N, H, W,
                                                         F32(t), T, (float)scale, softmax));
 done:
     return OVS_PY_FINISH(st, out, x, t);
 }
 
-static PyObject *deeplab_info(ovs_py_deeplab *self, PyObject *unused) {
-    if (!self->head) return PyErr_Format(PyExc_RuntimeError, "DeepLabHead not initialised");
-    return Py_BuildValue("{s:L,s:O}", "embed_dim", (long long)ovs_deeplab_embed_dim(self->head),
-                         "image_pool", ovs_deeplab_image_pool(self->head) ? Py_True : Py_False);
+static PyObject *deeplab_info(ovs_py_on_model *self, PyObject *unused) {
+    if (!self->c.deeplab) return PyErr_Format(PyExc_RuntimeError, "DeepLabHead not initialised");
+    return Py_BuildValue("{s:L,s:O}", "embed_dim", (long long)ovs_deeplab_embed_dim(self->c.deeplab),
+                         "image_pool", ovs_deeplab_image_pool(self->c.deeplab) ? Py_True : Py_False);
 }
 
 static PyMethodDef deeplab_methods[] = {
@@ -109,7 +98,7 @@ static PyMethodDef deeplab_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static OVS_PY_TYPE(ovs_py_DeepLabType, "DeepLabHead", ovs_py_deeplab, deeplab_dealloc,
+static OVS_PY_TYPE(ovs_py_DeepLabType, "DeepLabHead", ovs_py_on_model, ovs_py_on_model_dealloc,
                    deeplab_init, deeplab_methods,
                    "DeepLabHead(trunk, prefix=''): ASPP + DeepLabV3+ decoder + embedding on a "
                    "ResNet(style='deeplab') trunk built from the same weights dict");

@@ -7,19 +7,9 @@
 #include <stdio.h>
 #include <string.h>
 
-typedef struct {
-    PyObject_HEAD
-    ovs_py_model *model;      /* strong reference: the tower the segmenter borrows */
-    ovs_segmenter *seg;
-} ovs_py_segmenter;
+static void segmenter_free_c(void *seg) { ovs_segmenter_free(seg); }
 
-static void segmenter_dealloc(ovs_py_segmenter *self) {
-    ovs_segmenter_free(self->seg);
-    Py_XDECREF(self->model);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static int segmenter_init(ovs_py_segmenter *self, PyObject *args, PyObject *kw) {
+static int segmenter_init(ovs_py_on_model *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"model", "head", "crop", "stride", "sigma", "pd_thresh", "ks_thresh", NULL};
     PyObject *model;
     const char *head;
@@ -34,7 +24,7 @@ static int segmenter_init(ovs_py_segmenter *self, PyObject *args, PyObject *kw) 
         PyErr_SetString(PyExc_ValueError, msg);
         return -1;
     }
-    if (self->seg) {
+    if (self->c.seg) {
         PyErr_SetString(PyExc_RuntimeError, "segmenter already initialised");
         return -1;
     }
@@ -58,15 +48,14 @@ static int segmenter_init(ovs_py_segmenter *self, PyObject *args, PyObject *kw) 
         PyErr_Format(PyExc_ValueError, "unknown head '%s' (%s)", head, names);
         return -1;
     }
-    int rc = ovs_segmenter_create(&self->seg, pm->kind == OVS_PY_RESNET ? pm->m.resnet : NULL,
+    int rc = ovs_segmenter_create(&self->c.seg, pm->kind == OVS_PY_RESNET ? pm->m.resnet : NULL,
                                   pm->kind == OVS_PY_VIT ? pm->m.vit : NULL, &cfg);
     if (ovs_py_status(rc)) return -1;
-    Py_INCREF(model);
-    self->model = pm;
+    ovs_py_on_model_keep(self, pm, segmenter_free_c);
     return 0;
 }
 
-static PyObject *segmenter_logits(ovs_py_segmenter *self, PyObject *args, PyObject *kw) {
+static PyObject *segmenter_logits(ovs_py_on_model *self, PyObject *args, PyObject *kw) {
     int rc = -1;
     static char *kwlist[] = {"image", "out_h", "out_w", "mean", "std", "classifier", NULL};
     PyObject *img_obj, *mean_obj, *std_obj, *cls_obj, *out = NULL;
@@ -87,7 +76,7 @@ static PyObject *segmenter_logits(ovs_py_segmenter *self, PyObject *args, PyObje
         goto done;
     }
     if (!(cls = ovs_py_float_array(cls_obj, 2, "classifier (C, E)"))) goto done;
-    int64_t C = PyArray_DIM(cls, 0), E = ovs_segmenter_embed_dim(self->seg);
+    int64_t C = PyArray_DIM(cls, 0), E = ovs_segmenter_embed_dim(self->c.seg);
     if (C == 0 || PyArray_DIM(cls, 1) != E) {
         PyErr_Format(PyExc_ValueError, "classifier must be (C >= 1, %lld), got (%zd, %zd)", (long long)E,
                      (Py_ssize_t)C, (Py_ssize_t)PyArray_DIM(cls, 1));
@@ -99,13 +88,13 @@ static PyObject *segmenter_logits(ovs_py_segmenter *self, PyObject *args, PyObje
     const float *cd = PyArray_DATA(cls);
     float *o = PyArray_DATA((PyArrayObject *)out);
     int64_t H = PyArray_DIM(img, 0), W = PyArray_DIM(img, 1);
-    OVS_PY_LOCKED(self->model, rc, ovs_seg_logits(self->seg, o, px, H, W, rs, ps, Hp, Wp, mean, std,
+    OVS_PY_LOCKED(self->model, rc, ovs_seg_logits(self->c.seg, o, px, H, W, rs, ps, Hp, Wp, mean, std,
                                                   cd, C));
 done:
     return OVS_PY_FINISH(rc, out, img, cls);
 }
 
-static PyObject *segmenter_dense(ovs_py_segmenter *self, PyObject *arg) {
+static PyObject *segmenter_dense(ovs_py_on_model *self, PyObject *arg) {
     int rc = -1;
     PyArrayObject *x = ovs_py_images(arg);
     PyObject *out = NULL;
@@ -114,17 +103,17 @@ static PyObject *segmenter_dense(ovs_py_segmenter *self, PyObject *arg) {
         PyErr_SetString(PyExc_ValueError, "dense_features takes one image (1, 3, H, W)");
         goto done;
     }
-    int64_t H = PyArray_DIM(x, 2), W = PyArray_DIM(x, 3), p = ovs_segmenter_patch(self->seg);
+    int64_t H = PyArray_DIM(x, 2), W = PyArray_DIM(x, 3), p = ovs_segmenter_patch(self->c.seg);
     if (H % p || W % p) {
         PyErr_Format(PyExc_ValueError, "image sides must be multiples of %lld, got %lldx%lld", (long long)p,
                      (long long)H, (long long)W);
         goto done;
     }
-    npy_intp dims[3] = {H / p, W / p, ovs_segmenter_embed_dim(self->seg)};
+    npy_intp dims[3] = {H / p, W / p, ovs_segmenter_embed_dim(self->c.seg)};
     if (!(out = PyArray_SimpleNew(3, dims, NPY_FLOAT32))) goto done;
     const float *xd = PyArray_DATA(x);
     float *o = PyArray_DATA((PyArrayObject *)out);
-    OVS_PY_LOCKED(self->model, rc, ovs_seg_dense_features(self->seg, o, xd, H, W));
+    OVS_PY_LOCKED(self->model, rc, ovs_seg_dense_features(self->c.seg, o, xd, H, W));
 done:
     return OVS_PY_FINISH(rc, out, x);
 }
@@ -137,7 +126,7 @@ static PyMethodDef segmenter_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static OVS_PY_TYPE(ovs_py_SegmenterType, "Segmenter", ovs_py_segmenter, segmenter_dealloc,
+static OVS_PY_TYPE(ovs_py_SegmenterType, "Segmenter", ovs_py_on_model, ovs_py_on_model_dealloc,
                    segmenter_init, segmenter_methods,
                    "Segmenter(model, head, crop=0, stride=0, sigma=5.0, pd_thresh=0.0, ks_thresh=0.0)");
 

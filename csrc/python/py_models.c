@@ -252,6 +252,18 @@ static void model_dealloc(ovs_py_model *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+void ovs_py_on_model_dealloc(ovs_py_on_model *self) {
+    if (self->free_c) self->free_c(self->c.any);
+    Py_XDECREF(self->model);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+void ovs_py_on_model_keep(ovs_py_on_model *self, ovs_py_model *pm, void (*free_c)(void *c)) {
+    self->free_c = free_c;
+    Py_INCREF(pm);
+    self->model = pm;
+}
+
 static int model_prepare(ovs_py_model *self, PyObject *weights) {
     if (self->kind) {
         PyErr_SetString(PyExc_RuntimeError, "model already initialised");

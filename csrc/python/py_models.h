@@ -46,6 +46,26 @@ enum { OVS_PY_RESNET = 1, OVS_PY_VIT = 2, OVS_PY_TEXT = 3 };
 
 extern PyTypeObject ovs_py_ResNetType, ovs_py_ViTType, ovs_py_TextType;
 
+/* An object built on a model it borrows (_core.Segmenter, _core.DeepLabHead): a strong reference
+ * to the model, which keeps the weights the C object borrows alive and whose lock guards them,
+ * and the C object, freed by free_c (NULL until initialised). */
+typedef struct {
+    PyObject_HEAD
+    ovs_py_model *model;
+    union {
+        struct ovs_segmenter *seg;
+        ovs_deeplab *deeplab;
+        void *any;
+    } c;
+    void (*free_c)(void *c);
+} ovs_py_on_model;
+
+/* tp_dealloc of the ovs_py_on_model types. */
+void ovs_py_on_model_dealloc(ovs_py_on_model *self);
+/* The end of such an object's tp_init once its C object is made: free_c will free it, and self
+ * keeps a new reference to pm. */
+void ovs_py_on_model_keep(ovs_py_on_model *self, ovs_py_model *pm, void (*free_c)(void *c));
+
 /* Lock a model around pure-C work; call with the GIL released. */
 #define OVS_MODEL_LOCK(obj) PyThread_acquire_lock((obj)->lock, WAIT_LOCK)
 #define OVS_MODEL_UNLOCK(obj) PyThread_release_lock((obj)->lock)
