@@ -754,52 +754,47 @@ OVS_PY_VARIANT(py_seg_labels_naive, ovs_py_seg_final, 2)
 OVS_PY_VARIANT(py_seg_labels_grouped_naive, ovs_py_seg_grouped, 1)
 
 /* ---------------------------------------------------------------- registration */
+/* The test-only keyword bindings, X(name, doc after the name): py_<name> registered as
+ * _core.<name>. */
+#define OVS_PY_TESTOPS(X)                                                                   \
+    X(op_lof_outliers, "(x (M, D), k=30, contamination=0.05, naive=False) -> (outlier "     \
+      "bool, lof float64)")                                                                 \
+    X(op_neighbour_fill, "(x (H, W, D), outlier bool (H, W)) -> (H, W, D)")                 \
+    X(op_similarity_aggregate, "(x (M, D), corr (M, M), beta, naive=False) -> (M, D)")      \
+    X(op_matmul_wt, "(a, w, alpha=1.0, beta=0.0, out=None, packed=False): out = alpha a "   \
+      "@ w.T + beta out; packed=True packs w first and runs the packed-weight GEMM; "       \
+      "naive=True the naive twin.")                                                         \
+    X(op_matmul, "(a, b, alpha=1.0, beta=0.0, out=None, naive=False): out = alpha a @ b "   \
+      "+ beta out; a's and b's rows may be strided (column slices).")                       \
+    X(op_act, "(x, act, naive=False): act in 'none', 'relu', 'gelu', 'quickgelu', "         \
+      "'sigmoid'.")                                                                         \
+    X(op_conv2d, "(x, w, b=None, residual=None, stride=1, padding=0, dilation=1, "          \
+      "groups=1, act='none', naive=False, residual_alias=False, packed=False, "             \
+      "prepacked=None): packed packs w first; prepacked is w packed earlier by "            \
+      "op_conv2d_pack (w then gives the shape).")                                           \
+    X(op_conv2d_pack, "(w, groups=1, unpack=False, inplace=False): the conv weight "        \
+      "packed by ovs_conv2d_pack (flat; inplace: ovs_conv2d_pack_inplace), or packed and "  \
+      "unpacked again.")                                                                    \
+    X(op_batchnorm_fold, "(w, b, gamma, beta, mean, var, eps=1e-5) -> (w', b').")           \
+    X(op_avgpool2d, "(x, kernel, stride=None, padding=0, count_include_pad=True, "          \
+      "naive=False).")                                                                      \
+    X(op_adaptive_avgpool2d, "(x, size, naive=False).")                                     \
+    X(op_layernorm, "(x, weight=None, bias=None, eps=1e-5, naive=False) over the last "     \
+      "dim.")                                                                               \
+    X(op_groupnorm, "(x, groups, weight=None, bias=None, eps=1e-5, naive=False) for x "     \
+      "(N, C, ...).")                                                                       \
+    X(op_softmax, "(x, naive=False) over the last dim.")                                    \
+    X(op_attention, "(q, k, v, heads, scale, mask=None, causal=False, naive=False); q "     \
+      "(T, D), k and v (U, D), rows may be strided (column slices).")                       \
+    X(op_attention_probs, "(a, b, scale, mask=None, causal=False, naive=False) -> "         \
+      "softmax(scale a b^T + mask).")                                                       \
+    X(seg_labels_naive, "(same arguments): the test twin of seg_labels, every class at "    \
+      "every pixel (same labels).")                                                         \
+    X(seg_labels_grouped_naive, "(same arguments): the test twin of seg_labels_grouped, "   \
+      "every probability materialised.")
+#define OVS_PY_TESTOP_ROW(name, doc) OVS_PY_ROW(py_, name, OVS_PY_KW, doc),
 static PyMethodDef testops_methods[] = {
-    OVS_PY_ROW(py_, op_lof_outliers, OVS_PY_KW,
-               "(x (M, D), k=30, contamination=0.05, naive=False) -> (outlier bool, lof float64)"),
-    OVS_PY_ROW(py_, op_neighbour_fill, OVS_PY_KW, "(x (H, W, D), outlier bool (H, W)) -> (H, W, D)"),
-    OVS_PY_ROW(py_, op_similarity_aggregate, OVS_PY_KW,
-               "(x (M, D), corr (M, M), beta, naive=False) -> (M, D)"),
-    OVS_PY_ROW(py_, op_matmul_wt, OVS_PY_KW,
-               "(a, w, alpha=1.0, beta=0.0, out=None, packed=False): out = alpha a @ w.T + beta "
-               "out; packed=True packs w first and runs the packed-weight GEMM; naive=True the "
-               "naive twin."),
-    OVS_PY_ROW(py_, op_matmul, OVS_PY_KW,
-               "(a, b, alpha=1.0, beta=0.0, out=None, naive=False): out = alpha a @ b + beta out; "
-               "a's and b's rows may be strided (column slices)."),
-    OVS_PY_ROW(py_, op_act, OVS_PY_KW,
-               "(x, act, naive=False): act in 'none', 'relu', 'gelu', 'quickgelu', 'sigmoid'."),
-    OVS_PY_ROW(py_, op_conv2d, OVS_PY_KW,
-               "(x, w, b=None, residual=None, stride=1, padding=0, dilation=1, groups=1, "
-               "act='none', naive=False, residual_alias=False, packed=False, prepacked=None): "
-               "packed packs w first; prepacked is w packed earlier by op_conv2d_pack (w then "
-               "gives the shape)."),
-    OVS_PY_ROW(py_, op_conv2d_pack, OVS_PY_KW,
-               "(w, groups=1, unpack=False, inplace=False): the conv weight packed by "
-               "ovs_conv2d_pack (flat; inplace: ovs_conv2d_pack_inplace), or packed and unpacked "
-               "again."),
-    OVS_PY_ROW(py_, op_batchnorm_fold, OVS_PY_KW,
-               "(w, b, gamma, beta, mean, var, eps=1e-5) -> (w', b')."),
-    OVS_PY_ROW(py_, op_avgpool2d, OVS_PY_KW,
-               "(x, kernel, stride=None, padding=0, count_include_pad=True, naive=False)."),
-    OVS_PY_ROW(py_, op_adaptive_avgpool2d, OVS_PY_KW, "(x, size, naive=False)."),
-    OVS_PY_ROW(py_, op_layernorm, OVS_PY_KW,
-               "(x, weight=None, bias=None, eps=1e-5, naive=False) over the last dim."),
-    OVS_PY_ROW(py_, op_groupnorm, OVS_PY_KW,
-               "(x, groups, weight=None, bias=None, eps=1e-5, naive=False) for x (N, C, ...)."),
-    OVS_PY_ROW(py_, op_softmax, OVS_PY_KW, "(x, naive=False) over the last dim."),
-    OVS_PY_ROW(py_, op_attention, OVS_PY_KW,
-               "(q, k, v, heads, scale, mask=None, causal=False, naive=False); q (T, D), k and v "
-               "(U, D), rows may be strided (column slices)."),
-    OVS_PY_ROW(py_, op_attention_probs, OVS_PY_KW,
-               "(a, b, scale, mask=None, causal=False, naive=False) -> softmax(scale a b^T + "
-               "mask)."),
-    OVS_PY_ROW(py_, seg_labels_naive, OVS_PY_KW,
-               "(same arguments): the test twin of seg_labels, every class at every pixel (same "
-               "labels)."),
-    OVS_PY_ROW(py_, seg_labels_grouped_naive, OVS_PY_KW,
-               "(same arguments): the test twin of seg_labels_grouped, every probability "
-               "materialised."),
+    OVS_PY_TESTOPS(OVS_PY_TESTOP_ROW)
     OVS_PY_OPS(OVS_PY_OP_TEST)
     OVS_PY_M2F_OPS(OVS_PY_OP_TEST)
     OVS_PY_ROW(py_, op_debug_invalid_calls, METH_NOARGS,
