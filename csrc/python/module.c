@@ -185,15 +185,16 @@ static PyObject *py_build_info(PyObject *self, PyObject *args) { (void)args;
 }
 
 static PyMethodDef core_methods[] = {
-    {"last_error", py_last_error, METH_NOARGS, "Message of the last C error on this thread."},
-    {"set_num_threads", py_set_num_threads, METH_O, "Set threads for OpenBLAS and ovs loops."},
-    {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads in use."},
-    {"debug_fail_alloc", py_debug_fail_alloc, METH_O,
-     "Test hook: make the n-th allocation from now fail (0 = off); returns allocations made."},
-    {"build_info", py_build_info, METH_NOARGS, "How the extension was built."},
-    {"activations", py_activations, METH_NOARGS,
-     "activations() -> tuple of dicts, the activations table (include/ovs/ops.h): name, tower_mlp "
-     "(an MLP activation of the CLIP towers), summary"},
+    OVS_PY_ROW(py_, last_error, METH_NOARGS, "() -> message of the last C error on this thread."),
+    OVS_PY_ROW(py_, set_num_threads, METH_O, "(n): set threads for OpenBLAS and ovs loops."),
+    OVS_PY_ROW(py_, get_num_threads, METH_NOARGS, "() -> threads in use."),
+    OVS_PY_ROW(py_, debug_fail_alloc, METH_O,
+               "(n) -> allocations made since the last call; test hook: the n-th allocation from "
+               "now fails (0 = off)."),
+    OVS_PY_ROW(py_, build_info, METH_NOARGS, "() -> how the extension was built."),
+    OVS_PY_ROW(py_, activations, METH_NOARGS,
+               "() -> tuple of dicts, the activations table (include/ovs/ops.h): name, tower_mlp "
+               "(an MLP activation of the CLIP towers), summary"),
     {NULL, NULL, 0, NULL},
 };
 
