@@ -119,6 +119,9 @@ int ovs_bind_transposed(float **out, int64_t *rows, int64_t *cols, const ovs_ten
 /* The parts every model's create shares (models/common.c). A weight prefix is at most 99
  * characters: an ARG error "<what> weight prefix missing or too long" otherwise (NULL too). */
 int ovs_model_check_prefix(const char *prefix, const char *what);
+/* After m->cfg = *cfg: copy the caller's prefix *cfg_prefix into the model's buffer buf (cap
+ * bytes) and point *cfg_prefix at it, and ready the model's workspace arena. */
+void ovs_model_keep_prefix(char *buf, size_t cap, const char **cfg_prefix, ovs_arena *arena);
 /* buf = the model m's weight prefix + the literal suffix (a char array buf), as an expression. */
 #define OVS_WNAME(buf, m, suffix) (snprintf(buf, sizeof buf, "%s" suffix, (m)->prefix), buf)
 
@@ -153,9 +156,6 @@ void *ovs_model_create(int *rc, size_t size, const char *prefix, const char *wha
     const ovs_##model##_config *ovs_##model##_get_config(const ovs_##model *m) {            \
         return &m->cfg;                                                                     \
     }
-/* After m->cfg = *cfg: copy the caller's prefix *cfg_prefix into the model's buffer buf (cap
- * bytes) and point *cfg_prefix at it, and ready the model's workspace arena. */
-void ovs_model_keep_prefix(char *buf, size_t cap, const char **cfg_prefix, ovs_arena *arena);
 /* A tower's projection `name` (D, embed), embed = want (-1: any), held as its packed (embed, D)
  * transpose: *owned the buffer, *proj its packed view, *embed the embedding width. */
 int ovs_bind_projection(float **owned, ovs_matrix *proj, int64_t *embed, const ovs_tensor_map *w,
