@@ -144,6 +144,36 @@ def test_implicit_conv_bitwise_across_threads_and_isas(rng, restore_runtime, cas
                 assert np.array_equal(got, ref), f"isa={isa} threads={threads} {list(how)}"
 
 
+@pytest.mark.parametrize("act", ["none", "relu", "gelu", "quickgelu"])
+@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[5], CASES[9]], ids=str)
+def test_conv_epilogue_bitwise_across_isas(rng, restore_runtime, case, act):
+    # the SIMD epilogues (ops/gemm.h store: bias, residual, activation; masked row tails) equal
+    # the portable one bit for bit, with and without bias and residual, with NaN, infinities
+    # and signed zeros in the residual; and stay within rounding of torch
+    x, w, b, kw = make(rng, case)
+    w[1] = 0.0                                   # an output channel whose chains are exactly 0
+    r = rand(rng, *_core.op_conv2d(x, w, b, **kw).shape)
+    r.reshape(-1)[::7] = -0.0
+    r.reshape(-1)[3::11] = np.nan
+    r.reshape(-1)[5::13] = np.inf
+    r.reshape(-1)[6::17] = -np.inf
+    _core.gemm_set_isa("portable")
+    want = {(bb is None, rr is None): _core.op_conv2d(x, w, bb, rr, act=act, **kw)
+            for bb in (b, None) for rr in (r, None)}
+    for isa in simd_isas():
+        _core.gemm_set_isa(isa)
+        for bb in (b, None):
+            for rr in (r, None):
+                got = _core.op_conv2d(x, w, bb, rr, act=act, **kw)
+                assert np.array_equal(got.view(np.uint32),
+                                      want[bb is None, rr is None].view(np.uint32)), \
+                    f"{isa} bias={bb is not None} residual={rr is not None}"
+    ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), None, **kw)
+    fn = {"none": lambda t: t, "relu": torch.relu, "gelu": F.gelu,
+          "quickgelu": lambda t: t * torch.sigmoid(1.702 * t)}[act]
+    assert_close(want[True, True], fn(ref).numpy(), name=f"no bias, {act}")
+
+
 @pytest.mark.parametrize("kw", [dict(padding=1), dict(padding=1, stride=2),
                                 dict(padding=12, dilation=12)], ids=str)
 def test_implicit_conv_bitwise_across_threads_large(rng, restore_runtime, kw):

@@ -170,9 +170,10 @@ typedef struct {
     ovs_act act;
 } conv_implicit_job;
 
-/* Rows [k0, k0+m) of the tile (row stride NB) of block bl into dst: bias, residual, act. */
-static void conv_implicit_store(const conv_implicit_job *j, const float *tile, int64_t k0,
-                                int64_t m, const conv_block *bl) {
+/* Rows [k0, k0+m) of the tile (row stride NB) of block bl into dst: bias, residual, act (the
+ * ISA's epilogue, one call per run of kept positions within an output row). */
+static void conv_implicit_store(const conv_implicit_job *j, ops_gemm_store_fn store,
+                                const float *tile, int64_t k0, int64_t m, const conv_block *bl) {
     const int64_t PQ = j->P * j->Q, nf = bl->cnt, NB = j->NB;
     int64_t t = 0;
     while (t < nf) {
@@ -183,21 +184,9 @@ static void conv_implicit_store(const conv_implicit_job *j, const float *tile, i
         }
         int64_t len = j->Q - q;
         if (len > nf - t) len = nf - t;
-        for (int64_t r = 0; r < m; r++) {
-            const int64_t k = k0 + r;
-            float *o = j->dst + k * PQ + p * j->Q + q;
-            const float *acc = tile + r * NB + t;
-            const float b = j->bias ? j->bias[k] : 0.0f;
-            float v[OPS_GEMM_NR_MAX];
-            if (j->res) {
-                const float *rr = j->res + k * PQ + p * j->Q + q;
-                for (int64_t i = 0; i < len; i++) v[i] = (acc[i] + b) + rr[i];
-            } else {
-                for (int64_t i = 0; i < len; i++) v[i] = acc[i] + b;
-            }
-            ops_act_inplace(v, len, j->act);
-            for (int64_t i = 0; i < len; i++) o[i] = v[i];
-        }
+        const int64_t at = k0 * PQ + p * j->Q + q;
+        store(j->dst + at, PQ, tile + t, NB, m, len, j->bias ? j->bias + k0 : NULL,
+              j->res ? j->res + at : NULL, PQ, j->act);
         t += len;
     }
 }
@@ -278,15 +267,16 @@ static int conv_implicit_run(const conv_implicit_job *j, int64_t planes, int64_t
                             isa->gather(m, NB, n, a, tl->aoff + l0, j->x + bl->f0,
                                         tl->boff + l0, tile, l0 > 0);
                     }
-                    if (!sliced) conv_implicit_store(j, tile, k, m, bl);
+                    if (!sliced) conv_implicit_store(j, isa->store, tile, k, m, bl);
                 }
             }
         }
         if (sliced)
             for (int64_t k = k0; k < k1; k += mr)
                 for (int64_t b = b0; b < b1; b++)
-                    conv_implicit_store(j, tiles + (((k - k0) / mr) * bpt + (b - b0)) * mr * NB,
-                                        k, k1 - k < mr ? k1 - k : mr, j->blocks + b);
+                    conv_implicit_store(j, isa->store,
+                                        tiles + (((k - k0) / mr) * bpt + (b - b0)) * mr * NB, k,
+                                        k1 - k < mr ? k1 - k : mr, j->blocks + b);
     }
     ovs_free(acc);
     return OVS_OK;

@@ -61,8 +61,25 @@ static void portable_pack(float *dst, const float *a, int64_t lda, int64_t m, in
     ops_gemm_pack_a_scalar(dst, a, lda, m, C, PORTABLE_MR);
 }
 
+void ops_gemm_store_scalar(float *o, int64_t ldo, const float *acc, int64_t lda, int64_t m,
+                           int64_t n, const float *bias, const float *res, int64_t ldr,
+                           ovs_act act) {
+    for (int64_t r = 0; r < m; r++) {
+        float v[OPS_GEMM_NR_MAX];
+        const float b = bias ? bias[r] : 0.0f, *a = acc + r * lda;
+        if (res) {
+            const float *rr = res + r * ldr;
+            for (int64_t i = 0; i < n; i++) v[i] = (a[i] + b) + rr[i];
+        } else {
+            for (int64_t i = 0; i < n; i++) v[i] = a[i] + b;
+        }
+        ops_act_inplace(v, n, act);
+        for (int64_t i = 0; i < n; i++) o[r * ldo + i] = v[i];
+    }
+}
+
 const ops_gemm_isa ops_gemm_portable = {"portable", PORTABLE_MR, OVS_PACK_NR, portable_kernel,
-                                        portable_gather, portable_pack};
+                                        portable_gather, portable_pack, ops_gemm_store_scalar};
 
 void ops_gemm_pack_rows(const ops_gemm_isa *isa, float *dst, const float *a, int64_t lda,
                         int64_t M, int64_t C, int threads) {

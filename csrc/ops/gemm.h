@@ -30,6 +30,15 @@ typedef void (*ops_gemm_gather_fn)(int64_t mr, int64_t nr, int64_t C, const floa
 /* dst[c*mr_max + r] = a[r*lda + c] for r < m <= mr_max, c < C (rows m.. of dst untouched). */
 typedef void (*ops_gemm_pack_fn)(float *dst, const float *a, int64_t lda, int64_t m, int64_t C);
 
+/* The conv epilogue of m rows of a tile: for r < m, i < n (n <= OPS_GEMM_NR_MAX)
+ *     o[r*ldo + i] = act((acc[r*lda + i] + b_r) [+ res[r*ldr + i]]),  b_r = bias ? bias[r] : 0
+ * in this order, in float, element by element (0 is added also without a bias: -0 becomes +0),
+ * then ops_act_inplace's activation; res may be NULL or equal o. Every ISA's version equals
+ * ops_gemm_store_scalar bit for bit. */
+typedef void (*ops_gemm_store_fn)(float *o, int64_t ldo, const float *acc, int64_t lda,
+                                  int64_t m, int64_t n, const float *bias, const float *res,
+                                  int64_t ldr, ovs_act act);
+
 typedef struct {
     const char *name;         /* "portable", "avx2", "avx512" */
     int64_t mr_max;           /* rows per micro-tile */
@@ -37,6 +46,7 @@ typedef struct {
     ops_gemm_kernel_fn kernel;
     ops_gemm_gather_fn gather;
     ops_gemm_pack_fn pack_a;
+    ops_gemm_store_fn store;  /* the conv epilogue (SIMD for no activation and ReLU) */
 } ops_gemm_isa;
 
 #define OPS_GEMM_MR_MAX 16    /* no ISA has more rows per micro-tile */
@@ -57,5 +67,10 @@ extern const ops_gemm_isa ops_gemm_avx512;    /* needs AVX-512F */
 /* The scalar packing routine (the portable ISA's, and the reference the SIMD ones equal). */
 void ops_gemm_pack_a_scalar(float *dst, const float *a, int64_t lda, int64_t m, int64_t C,
                             int64_t mr_max);
+
+/* The scalar conv epilogue (the portable ISA's, and the reference the SIMD ones equal). */
+void ops_gemm_store_scalar(float *o, int64_t ldo, const float *acc, int64_t lda, int64_t m,
+                           int64_t n, const float *bias, const float *res, int64_t ldr,
+                           ovs_act act);
 
 #endif

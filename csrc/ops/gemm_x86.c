@@ -190,6 +190,59 @@ static void avx512_pack(float *dst, const float *a, int64_t lda, int64_t m, int6
     pack_rows_simd(dst, a, lda, m, C, AVX512_MR);
 }
 
+/* ---------------------------------------------------------------- conv epilogue */
+/* ops_gemm_store_scalar's arithmetic (ops/gemm.h), 16 (8) lanes at a time: the same adds in the
+ * same order per element, ReLU as x < 0 ? 0 : x (NaN and -0 kept); other activations through
+ * ops_act_inplace on the stored row. */
+__attribute__((target("avx512f"))) static void avx512_store(float *o, int64_t ldo,
+                                                            const float *acc, int64_t lda,
+                                                            int64_t m, int64_t n,
+                                                            const float *bias, const float *res,
+                                                            int64_t ldr, ovs_act act) {
+    const __m512 zero = _mm512_setzero_ps();
+    for (int64_t r = 0; r < m; r++) {
+        const __m512 b = _mm512_set1_ps(bias ? bias[r] : 0.0f);
+        const float *a = acc + r * lda, *rr = res ? res + r * ldr : NULL;
+        float *d = o + r * ldo;
+        for (int64_t i = 0; i < n; i += 16) {
+            const __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+            __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(k, a + i), b);
+            if (rr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, rr + i));
+            if (act == OVS_ACT_RELU)
+                v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), zero);
+            _mm512_mask_storeu_ps(d + i, k, v);
+        }
+        if (act != OVS_ACT_NONE && act != OVS_ACT_RELU) ops_act_inplace(d, n, act);
+    }
+}
+
+__attribute__((target("avx2"))) static void avx2_store(float *o, int64_t ldo, const float *acc,
+                                                       int64_t lda, int64_t m, int64_t n,
+                                                       const float *bias, const float *res,
+                                                       int64_t ldr, ovs_act act) {
+    const __m256 zero = _mm256_setzero_ps();
+    for (int64_t r = 0; r < m; r++) {
+        const float bs = bias ? bias[r] : 0.0f;
+        const __m256 b = _mm256_set1_ps(bs);
+        const float *a = acc + r * lda, *rr = res ? res + r * ldr : NULL;
+        float *d = o + r * ldo;
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            __m256 v = _mm256_add_ps(_mm256_loadu_ps(a + i), b);
+            if (rr) v = _mm256_add_ps(v, _mm256_loadu_ps(rr + i));
+            if (act == OVS_ACT_RELU)
+                v = _mm256_blendv_ps(v, zero, _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
+            _mm256_storeu_ps(d + i, v);
+        }
+        for (; i < n; i++) {
+            float v = rr ? (a[i] + bs) + rr[i] : a[i] + bs;
+            if (act == OVS_ACT_RELU) v = v < 0.0f ? 0.0f : v;
+            d[i] = v;
+        }
+        if (act != OVS_ACT_NONE && act != OVS_ACT_RELU) ops_act_inplace(d, n, act);
+    }
+}
+
 /* ---------------------------------------------------------------- dispatch */
 /* One ISA's two entry points: a switch over (mr, nr) whose every case inlines the ISA's tile
  * template with constant sizes. ROWS lists the row counts, WIDTHS the (tile, row list) pairs. */
@@ -222,12 +275,12 @@ static void avx512_pack(float *dst, const float *a, int64_t lda, int64_t m, int6
         }                                                                                    \
     }                                                                                        \
     const ops_gemm_isa ops_gemm_##isa = {#isa, MR, NR_MAX, isa##_kernel, isa##_gather,        \
-                                         isa##_pack};
+                                         isa##_pack, isa##_store};
 
 DEFINE_ISA(avx2, "avx2,fma", AVX2_MR, 16, AVX2_CASES)
 DEFINE_ISA(avx512, "avx512f", AVX512_MR, 32, AVX512_CASES)
 
 #else  /* not x86: the portable kernel stands in (gemm.c never selects these) */
-const ops_gemm_isa ops_gemm_avx2 = {"avx2", 0, 0, NULL, NULL, NULL};
-const ops_gemm_isa ops_gemm_avx512 = {"avx512", 0, 0, NULL, NULL, NULL};
+const ops_gemm_isa ops_gemm_avx2 = {"avx2", 0, 0, NULL, NULL, NULL, NULL};
+const ops_gemm_isa ops_gemm_avx512 = {"avx512", 0, 0, NULL, NULL, NULL, NULL};
 #endif
