@@ -68,6 +68,11 @@ CASES = [
     (1, 1100, 6, 7, 14, 3, 3, 6, 6, 1),     # skipped taps in a sliced chain (L = 9900)
     (1, 7, 6, 5, 11, 1, 1, 1, 1, 1),        # 1x1 padded: border pixels read only padding
     (1, 4, 5, 70, 9, 3, 3, (1, 30), (1, 20), 1),  # wide padding and dilation along one axis
+    # the narrow kernel (the few positions left at the end of a small map, up to 4 row groups)
+    (1, 20, 7, 7, 100, 1, 1, 0, 1, 1),      # 1x1 on 7x7: 32 + 16 + 1 position, 9 micro-tiles
+    (1, 1100, 7, 7, 30, 1, 1, 0, 1, 1),     # the same sliced (L = 1100), through the tail copy
+    (1, 40, 14, 14, 50, 1, 1, 0, 1, 1),     # 14x14: 6 x 32 + 4 positions
+    (1, 6, 2, 3, 20, 3, 3, 30, 30, 1),      # per-row blocks of 3 positions, wide padding
 ]
 
 

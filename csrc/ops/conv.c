@@ -170,11 +170,12 @@ typedef struct {
     ovs_act act;
 } conv_implicit_job;
 
-/* Rows [k0, k0+m) of the tile (row stride NB) of block bl into dst: bias, residual, act (the
+/* Rows [k0, k0+m) of the tile (row stride ld) of block bl into dst: bias, residual, act (the
  * ISA's epilogue, one call per run of kept positions within an output row). */
 static void conv_implicit_store(const conv_implicit_job *j, ops_gemm_store_fn store,
-                                const float *tile, int64_t k0, int64_t m, const conv_block *bl) {
-    const int64_t PQ = j->P * j->Q, nf = bl->cnt, NB = j->NB;
+                                const float *tile, int64_t ld, int64_t k0, int64_t m,
+                                const conv_block *bl) {
+    const int64_t PQ = j->P * j->Q, nf = bl->cnt;
     int64_t t = 0;
     while (t < nf) {
         const int64_t f = bl->f0 + t, p = f / j->Ws, q = f % j->Ws;
@@ -185,7 +186,7 @@ static void conv_implicit_store(const conv_implicit_job *j, ops_gemm_store_fn st
         int64_t len = j->Q - q;
         if (len > nf - t) len = nf - t;
         const int64_t at = k0 * PQ + p * j->Q + q;
-        store(j->dst + at, PQ, tile + t, NB, m, len, j->bias ? j->bias + k0 : NULL,
+        store(j->dst + at, PQ, tile + t, ld, m, len, j->bias ? j->bias + k0 : NULL,
               j->res ? j->res + at : NULL, PQ, j->act);
         t += len;
     }
@@ -205,6 +206,14 @@ static int64_t conv_implicit_blocks(int64_t planes, int64_t halo, int64_t NB) {
 #define CONV_TAP_SLICE 512
 #endif
 #define CONV_SLICE_BLOCKS 4
+
+/* Columns computed for block bl: its positions with the narrow kernel when they are few, 16
+ * when they fit (the (mr, 16) tile), else NB. Any width gives the same fmaf chains. */
+static inline int64_t conv_block_width(const ops_gemm_isa *isa, int64_t NB,
+                                       const conv_block *bl) {
+    if (bl->cnt <= isa->narrow_max) return bl->cnt;
+    return bl->cnt <= 16 ? 16 : NB;
+}
 
 static int conv_implicit_run(const conv_implicit_job *j, int64_t planes, int64_t halo) {
     const ops_gemm_isa *isa = ops_gemm_current_isa();
@@ -240,7 +249,7 @@ static int conv_implicit_run(const conv_implicit_job *j, int64_t planes, int64_t
         const int64_t b1 = b0 + bpt < nblocks ? b0 + bpt : nblocks;
         const int64_t k0 = kg * tpg * mr;
         const int64_t k1 = k0 + tpg * mr < j->Kg ? k0 + tpg * mr : j->Kg;
-        float local[OPS_GEMM_MR_MAX * OPS_GEMM_NR_MAX];   /* (mr, NB) */
+        float local[OPS_GEMM_MR_MAX * OPS_GEMM_NR_MAX];   /* (mr, NB), or the narrow groups */
         int tid = 0;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
@@ -248,26 +257,54 @@ static int conv_implicit_run(const conv_implicit_job *j, int64_t planes, int64_t
         float *tiles = sliced ? acc + tid * per_thread : local;
         for (int64_t l0 = 0; l0 < j->L; l0 += lc) {
             for (int64_t k = k0; k < k1; k += mr) {
-                const int64_t m = k1 - k < mr ? k1 - k : mr;
+                const int64_t m = k1 - k < mr ? k1 - k : mr, kt = (k - k0) / mr;
                 const float *a = j->a + (k / j->amr) * j->amr * j->L + k % j->amr;
                 for (int64_t b = b0; b < b1; b++) {
                     const conv_block *bl = j->blocks + b;
                     const conv_taps *tl = j->lists + bl->list;
-                    float *tile = sliced ? tiles + (((k - k0) / mr) * bpt + (b - b0)) * mr * NB
-                                         : tiles;
+                    float *tile = sliced ? tiles + (kt * bpt + (b - b0)) * mr * NB : tiles;
+                    const int64_t w = conv_block_width(isa, NB, bl);
+                    /* narrow: up to OPS_GEMM_NARROW_GROUPS micro-tiles of rows in one call, made
+                     * at the first of them; group g's tile at tile + g * gs */
+                    const int narrow = w <= isa->narrow_max;
+                    if (narrow && kt % OPS_GEMM_NARROW_GROUPS) continue;
+                    int64_t G = 1;
+                    if (narrow) {
+                        G = (k1 - k + mr - 1) / mr;
+                        if (G > OPS_GEMM_NARROW_GROUPS) G = OPS_GEMM_NARROW_GROUPS;
+                    }
+                    const int64_t gs = sliced ? bpt * mr * NB : mr * w;
+                    const float *b_x = j->x + bl->f0;
+                    const int64_t *b_off = tl->boff + l0;
+                    if (j->tail && bl->f0 + w > j->F) {
+                        b_x = j->tail + (bl->f0 - j->F / NB * NB);
+                        b_off = j->lin + l0;
+                    }
                     if (tl->n == 0) {           /* every tap reads padding */
                         if (l0 == 0)
-                            for (int64_t i = 0; i < m * NB; i++) tile[i] = 0.0f;
+                            for (int64_t g = 0; g < G; g++)
+                                for (int64_t i = 0; i < mr * w; i++) tile[g * gs + i] = 0.0f;
                     } else if (l0 < tl->n) {
                         const int64_t n = tl->n - l0 < lc ? tl->n - l0 : lc;
-                        if (j->tail && bl->f0 + NB > j->F)
-                            isa->gather(m, NB, n, a, tl->aoff + l0, j->tail, j->lin + l0, tile,
-                                        l0 > 0);
-                        else
-                            isa->gather(m, NB, n, a, tl->aoff + l0, j->x + bl->f0,
-                                        tl->boff + l0, tile, l0 > 0);
+                        if (narrow) {
+                            const float *ag[OPS_GEMM_NARROW_GROUPS];
+                            for (int64_t g = 0; g < G; g++) {
+                                const int64_t kk = k + g * mr;
+                                ag[g] = j->a + (kk / j->amr) * j->amr * j->L + kk % j->amr;
+                            }
+                            /* rows past k1 in the last group: computed, never stored */
+                            isa->gather_narrow(G, mr, w, n, ag, tl->aoff + l0, b_x, b_off, tile,
+                                               gs, l0 > 0);
+                        } else {
+                            isa->gather(m, w, n, a, tl->aoff + l0, b_x, b_off, tile, l0 > 0);
+                        }
                     }
-                    if (!sliced) conv_implicit_store(j, isa->store, tile, k, m, bl);
+                    if (!sliced)
+                        for (int64_t g = 0; g < G; g++) {
+                            const int64_t kk = k + g * mr;
+                            conv_implicit_store(j, isa->store, tile + g * gs, w, kk,
+                                                k1 - kk < mr ? k1 - kk : mr, bl);
+                        }
                 }
             }
         }
@@ -275,7 +312,8 @@ static int conv_implicit_run(const conv_implicit_job *j, int64_t planes, int64_t
             for (int64_t k = k0; k < k1; k += mr)
                 for (int64_t b = b0; b < b1; b++)
                     conv_implicit_store(j, isa->store,
-                                        tiles + (((k - k0) / mr) * bpt + (b - b0)) * mr * NB, k,
+                                        tiles + (((k - k0) / mr) * bpt + (b - b0)) * mr * NB,
+                                        conv_block_width(isa, NB, j->blocks + b), k,
                                         k1 - k < mr ? k1 - k : mr, j->blocks + b);
     }
     ovs_free(acc);
@@ -318,9 +356,12 @@ static void conv_tap_union(int64_t p0, int64_t p1, int64_t st, int64_t pad, int6
 }
 
 /* The blocks (and for each its tap ranges, as a list index) of the conv; lists[0] = all taps.
- * Returns the number of blocks; *nlists gets the number of lists. */
-static int64_t conv_make_blocks(const conv_geom *g, int64_t NB, conv_block *blocks,
-                                conv_taps *lists, int64_t *nlists) {
+ * A block of NB = 32 with 16 < cnt <= 16 + narrow positions (the end of a small map, as the
+ * 49 of a 7x7 1x1 conv) is cut into 16 + the rest, which the narrow kernel computes (ops/gemm.h)
+ * instead of 32 columns. Returns the number of blocks (at most 2 * max(flat, per_row));
+ * *nlists gets the number of lists. */
+static int64_t conv_make_blocks(const conv_geom *g, int64_t NB, int64_t narrow,
+                                conv_block *blocks, conv_taps *lists, int64_t *nlists) {
     const int64_t P = g->P, Q = g->Q, Ws = g->Ws, F = g->F;
     const int padded = g->ph > 0 || g->pw > 0;
     const int64_t flat = (F + NB - 1) / NB, per_row = P * ((Q + NB - 1) / NB);
@@ -331,36 +372,43 @@ static int64_t conv_make_blocks(const conv_geom *g, int64_t NB, conv_block *bloc
     if (padded) conv_tap_union(0, Q - 1, g->sw, g->pw, g->dw, g->W, g->S, &fs0, &fs1);
     const int64_t total = rows ? per_row : flat;
     for (int64_t i = 0; i < total; i++) {
-        int64_t f0, cnt;
+        int64_t fb, cb;
         if (rows) {
             const int64_t per = (Q + NB - 1) / NB, p = i / per, q0 = (i % per) * NB;
-            f0 = p * Ws + q0;
-            cnt = Q - q0 < NB ? Q - q0 : NB;
+            fb = p * Ws + q0;
+            cb = Q - q0 < NB ? Q - q0 : NB;
         } else {
-            f0 = i * NB;
-            cnt = F - f0 < NB ? F - f0 : NB;
+            fb = i * NB;
+            cb = F - fb < NB ? F - fb : NB;
         }
-        /* kept positions: the first and last with q < Q */
-        int64_t pa = f0 / Ws, qa = f0 % Ws, pb = (f0 + cnt - 1) / Ws, qb = (f0 + cnt - 1) % Ws;
-        if (qa >= Q) { pa++; qa = 0; }
-        if (qb >= Q) qb = Q - 1;
-        if (pa > pb || (pa == pb && qa > qb)) continue;   /* only dropped columns */
-        int64_t list = 0;
-        if (padded) {
-            int64_t r0, r1, s0, s1;
-            conv_tap_union(pa, pb, g->sh, g->ph, g->dh, g->H, g->R, &r0, &r1);
-            if (pa == pb) conv_tap_union(qa, qb, g->sw, g->pw, g->dw, g->W, g->S, &s0, &s1);
-            else s0 = fs0, s1 = fs1;
-            for (list = 0; list < nl; list++)
-                if (lists[list].r0 == r0 && lists[list].r1 == r1 && lists[list].s0 == s0 &&
-                    lists[list].s1 == s1)
-                    break;
-            if (list == nl) {
-                if (nl < CONV_MAX_LISTS) lists[nl++] = (conv_taps){r0, r1, s0, s1, 0, NULL, NULL};
-                else list = 0;   /* all taps: exact too, only slower */
+        const int split = NB > 16 && cb > 16 && cb - 16 <= narrow;
+        for (int part = 0; part <= split; part++) {
+            const int64_t f0 = part ? fb + 16 : fb, cnt = split ? (part ? cb - 16 : 16) : cb;
+            /* kept positions: the first and last with q < Q */
+            int64_t pa = f0 / Ws, qa = f0 % Ws, pb = (f0 + cnt - 1) / Ws,
+                    qb = (f0 + cnt - 1) % Ws;
+            if (qa >= Q) { pa++; qa = 0; }
+            if (qb >= Q) qb = Q - 1;
+            if (pa > pb || (pa == pb && qa > qb)) continue;   /* only dropped columns */
+            int64_t list = 0;
+            if (padded) {
+                int64_t r0, r1, s0, s1;
+                conv_tap_union(pa, pb, g->sh, g->ph, g->dh, g->H, g->R, &r0, &r1);
+                if (pa == pb) conv_tap_union(qa, qb, g->sw, g->pw, g->dw, g->W, g->S, &s0, &s1);
+                else s0 = fs0, s1 = fs1;
+                for (list = 0; list < nl; list++)
+                    if (lists[list].r0 == r0 && lists[list].r1 == r1 && lists[list].s0 == s0 &&
+                        lists[list].s1 == s1)
+                        break;
+                if (list == nl) {
+                    if (nl < CONV_MAX_LISTS)
+                        lists[nl++] = (conv_taps){r0, r1, s0, s1, 0, NULL, NULL};
+                    else
+                        list = 0;   /* all taps: exact too, only slower */
+                }
             }
+            blocks[n++] = (conv_block){f0, (int32_t)cnt, (int32_t)list};
         }
-        blocks[n++] = (conv_block){f0, (int32_t)cnt, (int32_t)list};
     }
     *nlists = nl;
     return n;
@@ -435,7 +483,7 @@ static int conv_implicit(const char *op, float *out, const float *in, const ovs_
     g.F = (P - 1) * g.Ws + Q;
     /* Geometry tables: phase maps, blocks, lists (their offset tables are sized after). */
     const int64_t flat = (g.F + NB - 1) / NB, per_row = P * ((Q + NB - 1) / NB);
-    const int64_t maxblocks = flat > per_row ? flat : per_row;
+    const int64_t maxblocks = 2 * (flat > per_row ? flat : per_row);
     int64_t *maps = ovs_malloc((size_t)(g.sh + g.sw) * sizeof(int64_t));
     conv_block *blocks = ovs_malloc((size_t)maxblocks * sizeof(conv_block));
     conv_taps *lists = ovs_malloc(CONV_MAX_LISTS * sizeof(conv_taps));
@@ -459,7 +507,7 @@ static int conv_implicit(const char *op, float *out, const float *in, const ovs_
         if (*m < 0) *m = g.nb++;
     }
     int64_t nlists = 0;
-    const int64_t nblocks = conv_make_blocks(&g, NB, blocks, lists, &nlists);
+    const int64_t nblocks = conv_make_blocks(&g, NB, isa->narrow_max, blocks, lists, &nlists);
     size_t ntaps = 0;
     for (int64_t t = 0; t < nlists; t++) {
         conv_taps *tl = &lists[t];

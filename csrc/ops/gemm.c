@@ -79,7 +79,7 @@ void ops_gemm_store_scalar(float *o, int64_t ldo, const float *acc, int64_t lda,
 }
 
 const ops_gemm_isa ops_gemm_portable = {"portable", PORTABLE_MR, OVS_PACK_NR, portable_kernel,
-                                        portable_gather, portable_pack, ops_gemm_store_scalar};
+                                        portable_gather, portable_pack, ops_gemm_store_scalar, 0, NULL};
 
 void ops_gemm_pack_rows(const ops_gemm_isa *isa, float *dst, const float *a, int64_t lda,
                         int64_t M, int64_t C, int threads) {

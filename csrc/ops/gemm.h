@@ -39,6 +39,17 @@ typedef void (*ops_gemm_store_fn)(float *o, int64_t ldo, const float *acc, int64
                                   int64_t m, int64_t n, const float *bias, const float *res,
                                   int64_t ldr, ovs_act act);
 
+/* The offset-table form for the few positions left at the end of a small map, transposed: up to
+ * OPS_GEMM_NARROW_GROUPS row groups of mr <= mr_max rows each, group g's A column c at
+ * ag[g] + aoff[c] (mr consecutive floats, in the lanes of one vector), B row c at b + boff[c]
+ * (nr <= narrow_max columns, each broadcast); group g's (mr, nr) tile at tile + g * tstride.
+ * Same fmaf chains as the other kernels (groups x nr independent chains hide the FMA latency). */
+typedef void (*ops_gemm_narrow_fn)(int64_t groups, int64_t mr, int64_t nr, int64_t C,
+                                   const float *const *ag, const int64_t *aoff, const float *b,
+                                   const int64_t *boff, float *tile, int64_t tstride,
+                                   int resume);
+#define OPS_GEMM_NARROW_GROUPS 4
+
 typedef struct {
     const char *name;         /* "portable", "avx2", "avx512" */
     int64_t mr_max;           /* rows per micro-tile */
@@ -47,6 +58,8 @@ typedef struct {
     ops_gemm_gather_fn gather;
     ops_gemm_pack_fn pack_a;
     ops_gemm_store_fn store;  /* the conv epilogue (SIMD for no activation and ReLU) */
+    int64_t narrow_max;       /* columns of gather_narrow (0: none) */
+    ops_gemm_narrow_fn gather_narrow;
 } ops_gemm_isa;
 
 #define OPS_GEMM_MR_MAX 16    /* no ISA has more rows per micro-tile */

@@ -190,6 +190,126 @@ static void avx512_pack(float *dst, const float *a, int64_t lda, int64_t m, int6
     pack_rows_simd(dst, a, lda, m, C, AVX512_MR);
 }
 
+/* ---------------------------------------------------------------- narrow tiles */
+/* ops_gemm_isa.gather_narrow (ops/gemm.h): rows r < mr of group g's A column c in the lanes of
+ * one vector (masked load), column j's B element broadcast, acc_gj[r] = fmaf(A[r, c], B[c, j],
+ * acc_gj[r]) in increasing c: the contract's fmaf chains exactly (the product is commutative).
+ * groups x nr (<= 4 x 4, compile-time nr) accumulators. */
+#define NARROW_MAX 4
+
+/* acc q##g##j for group g < G (runtime, <= 4) and column j < n (compile-time). */
+#define NARROW_BODY(VEC, LOADU, BCAST, FMA, SETZERO, LANES)                                   \
+    VEC q00 = SETZERO(), q01 = q00, q02 = q00, q03 = q00, q10 = q00, q11 = q00, q12 = q00,    \
+        q13 = q00, q20 = q00, q21 = q00, q22 = q00, q23 = q00, q30 = q00, q31 = q00,          \
+        q32 = q00, q33 = q00;                                                                 \
+    float buf[OPS_GEMM_NARROW_GROUPS][NARROW_MAX][LANES];                                     \
+    const float *a0 = ag[0], *a1 = G > 1 ? ag[1] : ag[0], *a2 = G > 2 ? ag[2] : ag[0],       \
+                *a3 = G > 3 ? ag[3] : ag[0];                                                  \
+    if (resume) {                                                                             \
+        for (int64_t g = 0; g < G; g++)                                                       \
+            for (int j = 0; j < n; j++)                                                       \
+                for (int r = 0; r < LANES; r++)                                               \
+                    buf[g][j][r] = r < mr ? tile[g * tstride + r * n + j] : 0.0f;             \
+        NARROW_GROUP(NARROW_LOAD)                                                             \
+    }                                                                                         \
+    if (G == 4) {                                                                             \
+        for (int64_t c = 0; c < C; c++) {                                                     \
+            const float *bc = b + boff[c];                                                    \
+            const int64_t o = aoff[c];                                                        \
+            NARROW_STEP(0) NARROW_STEP(1) NARROW_STEP(2) NARROW_STEP(3)                       \
+        }                                                                                     \
+    } else {                                                                                  \
+        for (int64_t c = 0; c < C; c++) {                                                     \
+            const float *bc = b + boff[c];                                                    \
+            const int64_t o = aoff[c];                                                        \
+            NARROW_STEP(0)                                                                    \
+            if (G > 1) { NARROW_STEP(1) }                                                     \
+            if (G > 2) { NARROW_STEP(2) }                                                     \
+        }                                                                                     \
+    }                                                                                         \
+    NARROW_GROUP(NARROW_SAVE)                                                                 \
+    for (int64_t g = 0; g < G; g++)                                                           \
+        for (int r = 0; r < mr; r++)                                                          \
+            for (int j = 0; j < n; j++) tile[g * tstride + r * n + j] = buf[g][j][r];
+
+#define NARROW_STEP(g)                                                                        \
+    {                                                                                         \
+        const __typeof__(q00) av = MASKED_A(a##g + o);                                        \
+        q##g##0 = FMAV(av, BCASTV(bc[0]), q##g##0);                                           \
+        if (n > 1) q##g##1 = FMAV(av, BCASTV(bc[1]), q##g##1);                                \
+        if (n > 2) q##g##2 = FMAV(av, BCASTV(bc[2]), q##g##2);                                \
+        if (n > 3) q##g##3 = FMAV(av, BCASTV(bc[3]), q##g##3);                                \
+    }
+#define NARROW_LOAD(g, j) if (G > g && n > j) q##g##j = LOADV(buf[g][j]);
+#define NARROW_SAVE(g, j) if (G > g && n > j) STOREV(buf[g][j], q##g##j);
+#define NARROW_GROUP(X) X(0, 0) X(0, 1) X(0, 2) X(0, 3) X(1, 0) X(1, 1) X(1, 2) X(1, 3)       \
+    X(2, 0) X(2, 1) X(2, 2) X(2, 3) X(3, 0) X(3, 1) X(3, 2) X(3, 3)
+
+AVX512_ATTR void avx512_narrow_tile(const int n, int64_t G, int64_t mr, int64_t C,
+                                    const float *const *ag, const int64_t *aoff, const float *b,
+                                    const int64_t *boff, float *tile, int64_t tstride,
+                                    int resume) {
+    const __mmask16 km = (__mmask16)((1u << mr) - 1);
+#define MASKED_A(p) _mm512_maskz_loadu_ps(km, p)
+#define FMAV _mm512_fmadd_ps
+#define BCASTV _mm512_set1_ps
+#define LOADV _mm512_loadu_ps
+#define STOREV _mm512_storeu_ps
+    NARROW_BODY(__m512, _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_setzero_ps, 16)
+#undef MASKED_A
+#undef FMAV
+#undef BCASTV
+#undef LOADV
+#undef STOREV
+}
+
+AVX2_ATTR void avx2_narrow_tile(const int n, int64_t G, int64_t mr, int64_t C,
+                                const float *const *ag, const int64_t *aoff, const float *b,
+                                const int64_t *boff, float *tile, int64_t tstride, int resume) {
+    const __m256i km = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)mr),
+                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+#define MASKED_A(p) _mm256_maskload_ps(p, km)
+#define FMAV _mm256_fmadd_ps
+#define BCASTV _mm256_set1_ps
+#define LOADV _mm256_loadu_ps
+#define STOREV _mm256_storeu_ps
+    NARROW_BODY(__m256, _mm256_loadu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_setzero_ps, 8)
+#undef MASKED_A
+#undef FMAV
+#undef BCASTV
+#undef LOADV
+#undef STOREV
+}
+#undef NARROW_BODY
+#undef NARROW_STEP
+#undef NARROW_LOAD
+#undef NARROW_SAVE
+#undef NARROW_GROUP
+
+#define NARROW_CASES(tile)                                                                    \
+    switch (nr) {                                                                             \
+    case 1: tile(1, groups, mr, C, ag, aoff, b, boff, t, tstride, resume); break;             \
+    case 2: tile(2, groups, mr, C, ag, aoff, b, boff, t, tstride, resume); break;             \
+    case 3: tile(3, groups, mr, C, ag, aoff, b, boff, t, tstride, resume); break;             \
+    case 4: tile(4, groups, mr, C, ag, aoff, b, boff, t, tstride, resume); break;             \
+    default: break;                                                                           \
+    }
+
+__attribute__((target("avx512f"))) static void avx512_narrow(
+    int64_t groups, int64_t mr, int64_t nr, int64_t C, const float *const *ag,
+    const int64_t *aoff, const float *b, const int64_t *boff, float *t, int64_t tstride,
+    int resume) {
+    NARROW_CASES(avx512_narrow_tile)
+}
+
+__attribute__((target("avx2,fma"))) static void avx2_narrow(
+    int64_t groups, int64_t mr, int64_t nr, int64_t C, const float *const *ag,
+    const int64_t *aoff, const float *b, const int64_t *boff, float *t, int64_t tstride,
+    int resume) {
+    NARROW_CASES(avx2_narrow_tile)
+}
+#undef NARROW_CASES
+
 /* ---------------------------------------------------------------- conv epilogue */
 /* ops_gemm_store_scalar's arithmetic (ops/gemm.h), 16 (8) lanes at a time: the same adds in the
  * same order per element, ReLU as x < 0 ? 0 : x (NaN and -0 kept); other activations through
@@ -275,12 +395,12 @@ __attribute__((target("avx2"))) static void avx2_store(float *o, int64_t ldo, co
         }                                                                                    \
     }                                                                                        \
     const ops_gemm_isa ops_gemm_##isa = {#isa, MR, NR_MAX, isa##_kernel, isa##_gather,        \
-                                         isa##_pack, isa##_store};
+                                         isa##_pack, isa##_store, NARROW_MAX, isa##_narrow};
 
 DEFINE_ISA(avx2, "avx2,fma", AVX2_MR, 16, AVX2_CASES)
 DEFINE_ISA(avx512, "avx512f", AVX512_MR, 32, AVX512_CASES)
 
 #else  /* not x86: the portable kernel stands in (gemm.c never selects these) */
-const ops_gemm_isa ops_gemm_avx2 = {"avx2", 0, 0, NULL, NULL, NULL, NULL};
-const ops_gemm_isa ops_gemm_avx512 = {"avx512", 0, 0, NULL, NULL, NULL, NULL};
+const ops_gemm_isa ops_gemm_avx2 = {"avx2", 0, 0, NULL, NULL, NULL, NULL, 0, NULL};
+const ops_gemm_isa ops_gemm_avx512 = {"avx512", 0, 0, NULL, NULL, NULL, NULL, 0, NULL};
 #endif
