@@ -144,7 +144,7 @@ def test_implicit_conv_bitwise_across_threads_and_isas(rng, restore_runtime, cas
         for threads in (1, 2):
             _core.set_num_threads(threads)
             for how in (dict(), dict(prepacked=pk), dict(packed=True),
-                        dict(packed=True, residual_alias=True)):
+                        dict(packed=True, residual_alias=True), dict(scratch=False)):
                 got = _core.op_conv2d(x, w, b, r, act="relu", **how, **kw)
                 assert np.array_equal(got, ref), f"isa={isa} threads={threads} {list(how)}"
 
@@ -194,13 +194,24 @@ def test_implicit_conv_bitwise_across_threads_large(rng, restore_runtime, kw):
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[10], CASES[24]], ids=str)
 def test_implicit_conv_allocation_failure(rng, restore_runtime, case):
+    # with the caller's scratch (the models') and without (the conv allocates its input copy)
     x, w, b, kw = make(rng, case)
     _core.set_num_threads(2)
-    inject_alloc_failures(lambda: _core.op_conv2d(x, w, b, **kw), f"conv {case}")
+    for scratch in (True, False):
+        inject_alloc_failures(lambda: _core.op_conv2d(x, w, b, scratch=scratch, **kw),
+                              f"conv {case} scratch={scratch}")
+    # the conv copies its input into the scratch sized by ovs_conv2d_scratch_floats: the
+    # binding's scratch allocation replaces the conv's own
+    counts = {}
+    for scratch in (True, False):
+        _core.debug_fail_alloc(0)
+        _core.op_conv2d(x, w, b, scratch=scratch, **kw)
+        counts[scratch] = _core.debug_fail_alloc(0)
+    assert counts[True] == counts[False], counts
     _core.debug_fail_alloc(1)
     try:
         with pytest.raises(MemoryError, match="ovs_conv2d_forward: out of memory"):
-            _core.op_conv2d(x, w, b, **kw)
+            _core.op_conv2d(x, w, b, scratch=False, **kw)
     finally:
         _core.debug_fail_alloc(0)
 

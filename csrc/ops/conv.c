@@ -31,10 +31,50 @@ int64_t ovs_conv2d_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, 
     return (span - eff) / stride + 1;
 }
 
+/* Floats of the buffer a conv copies its input into, with NB-column blocks: the kept stride
+ * phases of the zero-padded input plus NB zero floats (see conv_implicit), or for a stride-1
+ * unpadded conv the (L, NB) copy of its last block; 0 for invalid sizes or on overflow. */
+static size_t conv_copy_floats(int64_t C, int64_t H, int64_t W, int64_t R, int64_t S,
+                               const ovs_conv2d_params *p, int64_t NB) {
+    if (!p || C < 1 || H < 0 || W < 0 || R < 1 || S < 1 || p->groups < 1 || p->stride_h < 1 ||
+        p->stride_w < 1 || p->pad_h < 0 || p->pad_w < 0 || p->dil_h < 1 || p->dil_w < 1 ||
+        C % p->groups != 0)
+        return 0;
+    const int64_t Cg = C / p->groups;
+    int64_t n;
+    if (p->stride_h == 1 && p->stride_w == 1 && p->pad_h == 0 && p->pad_w == 0) {
+        if (__builtin_mul_overflow(Cg, R, &n) || __builtin_mul_overflow(n, S, &n) ||
+            __builtin_mul_overflow(n, NB, &n))
+            return 0;
+        return (size_t)n;
+    }
+    int64_t na = 0, nb = 0;   /* distinct row / column phases the taps read */
+    for (int64_t r = 0; r < R; r++) {
+        int64_t q = 0;
+        while (q < r && (q * p->dil_h) % p->stride_h != (r * p->dil_h) % p->stride_h) q++;
+        na += q == r;
+    }
+    for (int64_t s = 0; s < S; s++) {
+        int64_t q = 0;
+        while (q < s && (q * p->dil_w) % p->stride_w != (s * p->dil_w) % p->stride_w) q++;
+        nb += q == s;
+    }
+    int64_t hp, wp;
+    if (__builtin_mul_overflow(p->pad_h, 2, &hp) || __builtin_add_overflow(hp, H, &hp) ||
+        __builtin_mul_overflow(p->pad_w, 2, &wp) || __builtin_add_overflow(wp, W, &wp))
+        return 0;
+    const int64_t Hs = hp / p->stride_h + (hp % p->stride_h != 0),
+                  Ws = wp / p->stride_w + (wp % p->stride_w != 0);
+    if (__builtin_mul_overflow(Cg, na * nb, &n) || __builtin_mul_overflow(n, Hs, &n) ||
+        __builtin_mul_overflow(n, Ws, &n) || __builtin_add_overflow(n, NB, &n))
+        return 0;
+    return (size_t)n;
+}
+
 size_t ovs_conv2d_scratch_floats(int64_t C, int64_t H, int64_t W, int64_t K, int64_t R,
                                  int64_t S, const ovs_conv2d_params *p) {
-    (void)C, (void)H, (void)W, (void)K, (void)R, (void)S, (void)p;
-    return 0;   /* the implicit GEMM allocates its own (input-sized) buffers */
+    (void)K;
+    return conv_copy_floats(C, H, W, R, S, p, OPS_GEMM_NR_MAX);
 }
 
 /* The checks every 2-D convolution makes (dense or sparse): sizes, strides, padding, dilations,
@@ -462,7 +502,8 @@ static void conv_phase_input(float *xs, const float *src, const conv_geom *g) {
 static int conv_implicit(const char *op, float *out, const float *in, const ovs_matrix *weight,
                          const float *bias, const float *residual, int64_t N, int64_t C,
                          int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
-                         const ovs_conv2d_params *p, ovs_act act, int64_t P, int64_t Q) {
+                         const ovs_conv2d_params *p, ovs_act act, int64_t P, int64_t Q,
+                         float *scratch) {
     const ops_gemm_isa *isa = ops_gemm_current_isa();
     const int64_t G = p->groups, Cg = C / G, Kg = K / G, L = Cg * R * S, PQ = P * Q;
     const int64_t mr = isa->mr_max, NB = isa->nr_max;
@@ -488,7 +529,7 @@ static int conv_implicit(const char *op, float *out, const float *in, const ovs_
     conv_block *blocks = ovs_malloc((size_t)maxblocks * sizeof(conv_block));
     conv_taps *lists = ovs_malloc(CONV_MAX_LISTS * sizeof(conv_taps));
     int64_t *offs = NULL;
-    float *xs = NULL, *ap = NULL, *tail = NULL;
+    float *xs = NULL, *ap = NULL, *tail = NULL, *owned = NULL;
     const float *aw = weight->data;
     int st = OVS_OK;
     if (!maps || !blocks || !lists) {
@@ -519,9 +560,15 @@ static int conv_implicit(const char *op, float *out, const float *in, const ovs_
     const size_t n_a = prepacked ? 0 : (size_t)G * (size_t)astride;
     offs = ovs_malloc((2 * ntaps + (size_t)L) * sizeof(int64_t));
     ap = n_a ? ovs_malloc(n_a * sizeof(float)) : NULL;
-    tail = g.raw ? ovs_malloc((size_t)L * (size_t)NB * sizeof(float)) : NULL;
-    xs = n_x ? ovs_malloc(n_x * sizeof(float)) : NULL;
-    if (!offs || (n_a && !ap) || (g.raw && !tail) || (n_x && !xs)) {
+    /* The input copy (phases or tail) in the caller's scratch when given (sized by
+     * ovs_conv2d_scratch_floats: a model's arena, reused across calls), else allocated here. */
+    const size_t n_copy = g.raw ? (size_t)L * (size_t)NB : n_x;
+    const int own = !(scratch && ovs_conv2d_scratch_floats(C, H, W, K, R, S, p) >= n_copy);
+    float *copy = own ? ovs_malloc(n_copy * sizeof(float)) : scratch;
+    if (own) owned = copy;
+    if (g.raw) tail = copy;
+    else if (n_x) xs = copy;
+    if (!offs || (n_a && !ap) || !copy) {
         st = ovs_set_error(OVS_ERR_NOMEM,
                            "%s: out of memory for the padded input (%zu floats) and the packed "
                            "weights (%zu floats)",
@@ -580,8 +627,7 @@ done:
     ovs_free(lists);
     ovs_free(offs);
     ovs_free(ap);
-    ovs_free(tail);
-    ovs_free(xs);
+    ovs_free(owned);
     return st;
 }
 
@@ -591,7 +637,6 @@ int ovs_conv2d_forward(float *out, const float *in, const ovs_matrix *weight, co
                        float *scratch) {
     static const char op[] = "ovs_conv2d_forward";
     int64_t P, Q;
-    (void)scratch;
     int st = ops_conv2d_check(op, out, in, weight, N, C, H, W, K, R, S, p, act, &P, &Q);
     if (st) return st;
     const int64_t PQ = P * Q;
@@ -600,7 +645,8 @@ int ovs_conv2d_forward(float *out, const float *in, const ovs_matrix *weight, co
         return ovs_set_error(OVS_ERR_UNSUPPORTED, "%s: weight format %d is not supported", op,
                              (int)weight->format);
     if (C > 0)
-        return conv_implicit(op, out, in, weight, bias, residual, N, C, H, W, K, R, S, p, act, P, Q);
+        return conv_implicit(op, out, in, weight, bias, residual, N, C, H, W, K, R, S, p, act, P, Q,
+                             scratch);
     /* No input channels: out = act(bias [+ residual]). */
     const int64_t planes = N * K;
     for (int64_t i = 0; i < planes; i++) {

@@ -109,19 +109,19 @@ static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
     int st = -1;
     static char *kwlist[] = {"x",      "w",   "b",     "residual",       "stride",
                              "padding", "dilation", "groups", "act", "naive",
-                             "residual_alias", "packed", "prepacked", NULL};
+                             "residual_alias", "packed", "prepacked", "scratch", NULL};
     PyObject *x_obj, *w_obj, *b_obj = Py_None, *r_obj = Py_None, *pk_obj = Py_None;
     PyObject *stride_obj = NULL, *pad_obj = NULL, *dil_obj = NULL;
     long long groups = 1;
     const char *act_name = "none";
-    int naive = 0, alias = 0, packed = 0;
+    int naive = 0, alias = 0, packed = 0, use_scratch = 1;
     ovs_act act;
     int64_t stride[2] = {1, 1}, pad[2] = {0, 0}, dil[2] = {1, 1};
     PyArrayObject *x = NULL, *w = NULL, *b = NULL, *r = NULL, *out = NULL, *pre = NULL;
     float *scratch = NULL, *pk = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOOOOLspppO", kwlist, &x_obj, &w_obj, &b_obj,
-                                     &r_obj, &stride_obj, &pad_obj, &dil_obj, &groups, &act_name,
-                                     &naive, &alias, &packed, &pk_obj))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOOOOLspppOp", kwlist, &x_obj, &w_obj,
+                                     &b_obj, &r_obj, &stride_obj, &pad_obj, &dil_obj, &groups,
+                                     &act_name, &naive, &alias, &packed, &pk_obj, &use_scratch))
         return NULL;
     if (ovs_py_parse_act(act_name, 1, &act) || (stride_obj && ovs_py_pair(stride_obj, "stride", 1, stride)) ||
         (pad_obj && ovs_py_pair(pad_obj, "padding", 0, pad)) ||
@@ -171,7 +171,8 @@ static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
     if (ovs_py_opt_array(r_obj, 4, "residual", &r) || (r && ovs_py_check_shape(r, "residual", 4, dims)))
         goto done;
     if (!(out = ovs_py_new_float(4, dims))) goto done;
-    if (!naive && ovs_py_scratch(ovs_conv2d_scratch_floats(C, H, W, K, R, S, &p), &scratch))
+    if (!naive && use_scratch &&
+        ovs_py_scratch(ovs_conv2d_scratch_floats(C, H, W, K, R, S, &p), &scratch))
         goto done;
     const float *res = F32_OR_NULL(r);
     if (r && alias) {
@@ -770,8 +771,10 @@ OVS_PY_VARIANT(py_seg_labels_grouped_naive, ovs_py_seg_grouped, 1)
       "'sigmoid'.")                                                                         \
     X(op_conv2d, "(x, w, b=None, residual=None, stride=1, padding=0, dilation=1, "          \
       "groups=1, act='none', naive=False, residual_alias=False, packed=False, "             \
-      "prepacked=None): packed packs w first; prepacked is w packed earlier by "            \
-      "op_conv2d_pack (w then gives the shape).")                                           \
+      "prepacked=None, scratch=True): packed packs w first; prepacked is w packed earlier "  \
+      "by op_conv2d_pack (w then gives the shape); scratch: pass scratch sized by "         \
+      "ovs_conv2d_scratch_floats (as the models, from their arenas), else NULL (the conv "  \
+      "allocates its input copy).")                                                         \
     X(op_conv2d_pack, "(w, groups=1, unpack=False, inplace=False): the conv weight "        \
       "packed by ovs_conv2d_pack (flat; inplace: ovs_conv2d_pack_inplace), or packed and "  \
       "unpacked again.")                                                                    \

@@ -155,8 +155,11 @@ typedef struct {
 ovs_conv2d_params ovs_conv2d_defaults(void);   /* stride 1, pad 0, dilation 1, groups 1 */
 /* Output extent along one axis, or -1 if the kernel does not fit. */
 int64_t ovs_conv2d_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil);
-/* Scratch floats ovs_conv2d_forward needs: 0 (the implicit GEMM allocates its own buffers of
- * about the input's size per call); kept so that callers sizing an arena need not change. */
+/* Scratch floats ovs_conv2d_forward may use: its copy of the input (the zero-padded input split
+ * into its stride phases, about the input's size; for a stride-1 unpadded conv a (C/groups*R*S,
+ * 32) block). A caller that passes scratch of this size (e.g. from a model's arena, reused
+ * across calls) saves the conv that allocation and its page faults on every call; with
+ * scratch NULL the conv allocates it. */
 size_t ovs_conv2d_scratch_floats(int64_t C, int64_t H, int64_t W, int64_t K, int64_t R,
                                  int64_t S, const ovs_conv2d_params *p);
 
@@ -165,8 +168,9 @@ size_t ovs_conv2d_scratch_floats(int64_t C, int64_t H, int64_t W, int64_t K, int
  * weight is the (K, C/groups*R*S) matrix view; bias, residual may be NULL; residual may
  * alias out.
  * Every conv runs as an implicit GEMM on the packed GEMM's per-ISA micro-kernels over the
- * zero-padded input split into its stride phases (no im2col; that copy and the weights packed
- * for the kernels are allocated per call, OVS_ERR_NOMEM if that fails; scratch is not used);
+ * zero-padded input split into its stride phases (no im2col; that copy is made in scratch, or
+ * allocated per call when scratch is NULL, and dense weights are packed for the kernels per
+ * call, OVS_ERR_NOMEM if an allocation fails);
  * taps that only read padding are skipped. Each output is one fmaf chain over the taps
  * (c, r, s) in increasing order (a skipped tap would add an exact 0 for finite weights), then
  * + bias, + residual, activation, so the result is bitwise independent of the thread count and
