@@ -172,7 +172,10 @@ static void conv_epilogue_plane(float *x, float b, const float *res, int64_t PQ,
  * Blocks: either flat (consecutive NB positions across rows; few positions dropped when Ws - Q
  * is small) or per output row (each row cut into ceil(Q/NB) blocks; wide padding, as ASPP's
  * large dilations), whichever computes fewer positions; blocks without a kept position are not
- * computed.
+ * computed. A block is computed as wide as it needs (conv_block_width): NB columns, 16 (the
+ * (mr, 16) tile), or its 1..narrow_max positions on the ISA's narrow kernel (the end of a small
+ * map: the 4 left of 14x14, 7x7 cut as 32 + 16 + 1). The epilogue (bias, residual, activation)
+ * is the ISA's SIMD store, from the tile into the output rows.
  *
  * Taps that only read padding are skipped: a block's tap list is (c, r, s) for all c and r, s
  * in the smallest ranges holding every tap that reads an input element (not padding) for some

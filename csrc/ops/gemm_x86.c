@@ -6,7 +6,9 @@
  * Register budget: AVX2 6 rows x 2 ymm (16 columns) = 12 accumulators + 2 operand vectors + 1
  * broadcast; AVX-512 12 rows x 2 zmm (32 columns, two adjacent 16-wide panels) = 24 accumulators
  * + 2 operand vectors + 1 broadcast, the blocking of ONNX Runtime's MLAS AVX-512F SGEMM kernel
- * (which streams the same 16-wide panel layout). */
+ * (which streams the same 16-wide panel layout). For the few columns left at the end of a small
+ * conv map, a transposed narrow kernel (rows in the lanes, up to 4 row groups x 4 columns) and
+ * the conv epilogue in the same SIMD width. */
 #include "ops/gemm.h"
 
 #if defined(__x86_64__) || defined(__i386__)
