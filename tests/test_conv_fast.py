@@ -192,6 +192,31 @@ def test_implicit_conv_bitwise_across_threads_large(rng, restore_runtime, kw):
                                           torch.from_numpy(b), **kw)), name="large")
 
 
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_conv_input_copy_in_scratch(rng, restore_runtime, case):
+    # the conv copies its input into the scratch sized by ovs_conv2d_scratch_floats (as the
+    # models' arenas): the binding's one scratch allocation replaces the conv's own, for every
+    # geometry (stride phases, padding, dilation, groups, the raw conv's tail block) and ISA
+    x, w, b, kw = make(rng, case)
+    (_, C, H, W), (K, _, R, S) = x.shape, w.shape
+    (sh, sw), (ph, pw), (dh, dw) = pair(kw["stride"]), pair(kw["padding"]), pair(kw["dilation"])
+    cg = C // kw["groups"]
+    if (sh, sw, ph, pw) == (1, 1, 0, 0):   # the (L, 32) copy of the last block
+        want = cg * R * S * 32
+    else:   # the kept stride phases of the padded input + 32 floats of slack
+        na, nb = len({r * dh % sh for r in range(R)}), len({s * dw % sw for s in range(S)})
+        want = cg * na * nb * -(-(H + 2 * ph) // sh) * -(-(W + 2 * pw) // sw) + 32
+    assert _core.op_conv2d_scratch_floats(C, H, W, K, R, S, **kw) == want
+    for isa in ["portable"] + simd_isas():
+        _core.gemm_set_isa(isa)
+        counts = {}
+        for scratch in (True, False):
+            _core.debug_fail_alloc(0)
+            _core.op_conv2d(x, w, b, scratch=scratch, **kw)
+            counts[scratch] = _core.debug_fail_alloc(0)
+        assert counts[True] == counts[False], (isa, counts)
+
+
 @pytest.mark.parametrize("case", [CASES[0], CASES[10], CASES[24]], ids=str)
 def test_implicit_conv_allocation_failure(rng, restore_runtime, case):
     # with the caller's scratch (the models') and without (the conv allocates its input copy)
@@ -200,14 +225,6 @@ def test_implicit_conv_allocation_failure(rng, restore_runtime, case):
     for scratch in (True, False):
         inject_alloc_failures(lambda: _core.op_conv2d(x, w, b, scratch=scratch, **kw),
                               f"conv {case} scratch={scratch}")
-    # the conv copies its input into the scratch sized by ovs_conv2d_scratch_floats: the
-    # binding's scratch allocation replaces the conv's own
-    counts = {}
-    for scratch in (True, False):
-        _core.debug_fail_alloc(0)
-        _core.op_conv2d(x, w, b, scratch=scratch, **kw)
-        counts[scratch] = _core.debug_fail_alloc(0)
-    assert counts[True] == counts[False], counts
     _core.debug_fail_alloc(1)
     try:
         with pytest.raises(MemoryError, match="ovs_conv2d_forward: out of memory"):

@@ -105,6 +105,30 @@ static PyObject *py_op_act(PyObject *self, PyObject *args, PyObject *kw) {
 
 
 /* ---------------------------------------------------------------- conv2d */
+/* *p from the optional stride, padding and dilation (ints or pairs) and groups; -1 with a
+ * Python exception on a bad value. */
+static int conv_params_from(PyObject *stride_obj, PyObject *pad_obj, PyObject *dil_obj,
+                            long long groups, ovs_conv2d_params *p) {
+    int64_t stride[2] = {1, 1}, pad[2] = {0, 0}, dil[2] = {1, 1};
+    if ((stride_obj && ovs_py_pair(stride_obj, "stride", 1, stride)) ||
+        (pad_obj && ovs_py_pair(pad_obj, "padding", 0, pad)) ||
+        (dil_obj && ovs_py_pair(dil_obj, "dilation", 1, dil)))
+        return -1;
+    if (groups < 1) {
+        PyErr_Format(PyExc_ValueError, "groups must be >= 1, got %lld", groups);
+        return -1;
+    }
+    *p = ovs_conv2d_defaults();
+    p->stride_h = stride[0];
+    p->stride_w = stride[1];
+    p->pad_h = pad[0];
+    p->pad_w = pad[1];
+    p->dil_h = dil[0];
+    p->dil_w = dil[1];
+    p->groups = groups;
+    return 0;
+}
+
 static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
     int st = -1;
     static char *kwlist[] = {"x",      "w",   "b",     "residual",       "stride",
@@ -116,21 +140,16 @@ static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
     const char *act_name = "none";
     int naive = 0, alias = 0, packed = 0, use_scratch = 1;
     ovs_act act;
-    int64_t stride[2] = {1, 1}, pad[2] = {0, 0}, dil[2] = {1, 1};
+    ovs_conv2d_params p;
     PyArrayObject *x = NULL, *w = NULL, *b = NULL, *r = NULL, *out = NULL, *pre = NULL;
     float *scratch = NULL, *pk = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOOOOLspppOp", kwlist, &x_obj, &w_obj,
                                      &b_obj, &r_obj, &stride_obj, &pad_obj, &dil_obj, &groups,
                                      &act_name, &naive, &alias, &packed, &pk_obj, &use_scratch))
         return NULL;
-    if (ovs_py_parse_act(act_name, 1, &act) || (stride_obj && ovs_py_pair(stride_obj, "stride", 1, stride)) ||
-        (pad_obj && ovs_py_pair(pad_obj, "padding", 0, pad)) ||
-        (dil_obj && ovs_py_pair(dil_obj, "dilation", 1, dil)))
+    if (ovs_py_parse_act(act_name, 1, &act) ||
+        conv_params_from(stride_obj, pad_obj, dil_obj, groups, &p))
         return NULL;
-    if (groups < 1) {
-        PyErr_Format(PyExc_ValueError, "groups must be >= 1, got %lld", groups);
-        return NULL;
-    }
     if (!(x = ovs_py_float_array(x_obj, 4, "x")) || !(w = ovs_py_float_array(w_obj, 4, "w")) ||
         ovs_py_opt_array(b_obj, 1, "b", &b))
         goto done;
@@ -149,22 +168,14 @@ static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
         PyErr_SetString(PyExc_ValueError, "w must have a non-empty kernel");
         goto done;
     }
-    ovs_conv2d_params p = ovs_conv2d_defaults();
-    p.stride_h = stride[0];
-    p.stride_w = stride[1];
-    p.pad_h = pad[0];
-    p.pad_w = pad[1];
-    p.dil_h = dil[0];
-    p.dil_w = dil[1];
-    p.groups = groups;
     int64_t P = ovs_conv2d_out_size(H, R, p.stride_h, p.pad_h, p.dil_h);
     int64_t Q = ovs_conv2d_out_size(W, S, p.stride_w, p.pad_w, p.dil_w);
     if (P < 0 || Q < 0) {
         PyErr_Format(PyExc_ValueError,
                      "kernel %lldx%lld (dilation %lldx%lld) does not fit input %lldx%lld with "
                      "padding %lldx%lld",
-                     (long long)R, (long long)S, (long long)dil[0], (long long)dil[1],
-                     (long long)H, (long long)W, (long long)pad[0], (long long)pad[1]);
+                     (long long)R, (long long)S, (long long)p.dil_h, (long long)p.dil_w,
+                     (long long)H, (long long)W, (long long)p.pad_h, (long long)p.pad_w);
         goto done;
     }
     npy_intp dims[4] = {N, K, P, Q};
@@ -215,6 +226,21 @@ done:
     ovs_free(scratch);
     ovs_free(pk);
     return OVS_PY_FINISH(st, out, x, w, b, r, pre);
+}
+
+/* op_conv2d_scratch_floats(C, H, W, K, R, S, stride=1, padding=0, dilation=1, groups=1): what
+ * ovs_conv2d_scratch_floats returns. */
+static PyObject *py_op_conv2d_scratch_floats(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"C", "H", "W", "K", "R", "S", "stride", "padding", "dilation",
+                             "groups", NULL};
+    long long C, H, W, K, R, S, groups = 1;
+    PyObject *stride_obj = NULL, *pad_obj = NULL, *dil_obj = NULL;
+    ovs_conv2d_params p;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLLLLL|OOOL", kwlist, &C, &H, &W, &K, &R, &S,
+                                     &stride_obj, &pad_obj, &dil_obj, &groups) ||
+        conv_params_from(stride_obj, pad_obj, dil_obj, groups, &p))
+        return NULL;
+    return PyLong_FromSize_t(ovs_conv2d_scratch_floats(C, H, W, K, R, S, &p));
 }
 
 /* op_conv2d_pack(w (K, Cg, R, S), groups=1, unpack=False, inplace=False): the packed weight
@@ -775,6 +801,8 @@ OVS_PY_VARIANT(py_seg_labels_grouped_naive, ovs_py_seg_grouped, 1)
       "by op_conv2d_pack (w then gives the shape); scratch: pass scratch sized by "         \
       "ovs_conv2d_scratch_floats (as the models, from their arenas), else NULL (the conv "  \
       "allocates its input copy).")                                                         \
+    X(op_conv2d_scratch_floats, "(C, H, W, K, R, S, stride=1, padding=0, dilation=1, "     \
+      "groups=1): the scratch floats ovs_conv2d_forward may use (its input copy).")        \
     X(op_conv2d_pack, "(w, groups=1, unpack=False, inplace=False): the conv weight "        \
       "packed by ovs_conv2d_pack (flat; inplace: ovs_conv2d_pack_inplace), or packed and "  \
       "unpacked again.")                                                                    \
