@@ -1,6 +1,7 @@
 """The implicit-GEMM convolution (csrc/ops/conv.c, conv_implicit): every conv runs on the
 packed-GEMM micro-kernels (ops/gemm.h, gather form) over the zero-padded input split into its
-stride phases, no im2col; taps that only read padding are skipped.
+stride phases, no im2col; taps that only read padding are skipped. Every call here forces it
+(algo="direct"); the Winograd path that AUTO takes on large 3x3 maps is tests/test_winograd.py's.
 
 What is proved here:
 * correctness against torch.nn.functional.conv2d and against the naive twin (float64
@@ -34,6 +35,12 @@ import torch.nn.functional as F
 from ovs import _core
 from conftest import assert_close, inject_alloc_failures
 from test_gemm import rand, restore_runtime, rng, simd_isas  # noqa: F401 (fixtures)
+
+
+def conv(*args, **kwargs):
+    """The direct implicit GEMM whatever the shape (AUTO may take Winograd on large 3x3 maps,
+    tests/test_winograd.py)."""
+    return _core.op_conv2d(*args, algo="direct", **kwargs)
 
 # N, C, H, W, K, R, S, padding, dilation, groups[, stride]
 CASES = [
@@ -109,21 +116,21 @@ def im2col_gemm_naive(x, w, stride, pad, dil):
 def test_implicit_conv_vs_torch_and_naive(rng, case):
     x, w, b, kw = make(rng, case)
     ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), **kw)
-    got = _core.op_conv2d(x, w, b, **kw)
+    got = conv(x, w, b, **kw)
     assert_close(got, ref, name="conv vs torch")
-    assert_close(got, _core.op_conv2d(x, w, b, naive=True, **kw), name="conv vs naive")
+    assert_close(got, conv(x, w, b, naive=True, **kw), name="conv vs naive")
     r = rand(rng, *ref.shape)
     for act in ("relu", "gelu", "quickgelu"):
         for alias in (False, True):
-            got = _core.op_conv2d(x, w, b, r, act=act, residual_alias=alias, **kw)
-            want = _core.op_conv2d(x, w, b, r, act=act, naive=True, **kw)
+            got = conv(x, w, b, r, act=act, residual_alias=alias, **kw)
+            want = conv(x, w, b, r, act=act, naive=True, **kw)
             assert_close(got, want, name=f"conv {act} residual alias={alias}")
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c[9] == 1], ids=str)
 def test_implicit_conv_is_the_fmaf_chain(rng, case):
     x, w, _, kw = make(rng, case)
-    got = _core.op_conv2d(x[:1], w, None, stride=kw["stride"], padding=kw["padding"],
+    got = conv(x[:1], w, None, stride=kw["stride"], padding=kw["padding"],
                           dilation=kw["dilation"])
     want = im2col_gemm_naive(x[:1], w, kw["stride"], kw["padding"], kw["dilation"])
     assert np.array_equal(got, want)
@@ -134,10 +141,10 @@ def test_implicit_conv_bitwise_across_threads_and_isas(rng, restore_runtime, cas
     # also the weight packed once (ovs_conv2d_pack, as the models at load; packed under one ISA,
     # run under each) and packed just before the call: bitwise the dense weight's result
     x, w, b, kw = make(rng, case)
-    r = rand(rng, *_core.op_conv2d(x, w, b, **kw).shape)
+    r = rand(rng, *conv(x, w, b, **kw).shape)
     _core.gemm_set_isa("portable")
     _core.set_num_threads(1)
-    ref = _core.op_conv2d(x, w, b, r, act="relu", **kw)
+    ref = conv(x, w, b, r, act="relu", **kw)
     pk = _core.op_conv2d_pack(w, kw["groups"])
     for isa in ["portable"] + simd_isas():
         _core.gemm_set_isa(isa)
@@ -145,7 +152,7 @@ def test_implicit_conv_bitwise_across_threads_and_isas(rng, restore_runtime, cas
             _core.set_num_threads(threads)
             for how in (dict(), dict(prepacked=pk), dict(packed=True),
                         dict(packed=True, residual_alias=True), dict(scratch=False)):
-                got = _core.op_conv2d(x, w, b, r, act="relu", **how, **kw)
+                got = conv(x, w, b, r, act="relu", **how, **kw)
                 assert np.array_equal(got, ref), f"isa={isa} threads={threads} {list(how)}"
 
 
@@ -157,19 +164,19 @@ def test_conv_epilogue_bitwise_across_isas(rng, restore_runtime, case, act):
     # and signed zeros in the residual; and stay within rounding of torch
     x, w, b, kw = make(rng, case)
     w[1] = 0.0                                   # an output channel whose chains are exactly 0
-    r = rand(rng, *_core.op_conv2d(x, w, b, **kw).shape)
+    r = rand(rng, *conv(x, w, b, **kw).shape)
     r.reshape(-1)[::7] = -0.0
     r.reshape(-1)[3::11] = np.nan
     r.reshape(-1)[5::13] = np.inf
     r.reshape(-1)[6::17] = -np.inf
     _core.gemm_set_isa("portable")
-    want = {(bb is None, rr is None): _core.op_conv2d(x, w, bb, rr, act=act, **kw)
+    want = {(bb is None, rr is None): conv(x, w, bb, rr, act=act, **kw)
             for bb in (b, None) for rr in (r, None)}
     for isa in simd_isas():
         _core.gemm_set_isa(isa)
         for bb in (b, None):
             for rr in (r, None):
-                got = _core.op_conv2d(x, w, bb, rr, act=act, **kw)
+                got = conv(x, w, bb, rr, act=act, **kw)
                 assert np.array_equal(got.view(np.uint32),
                                       want[bb is None, rr is None].view(np.uint32)), \
                     f"{isa} bias={bb is not None} residual={rr is not None}"
@@ -185,9 +192,9 @@ def test_implicit_conv_bitwise_across_threads_large(rng, restore_runtime, kw):
     # big enough for the parallel region to split positions and output channels across tasks
     x, w, b = rand(rng, 1, 64, 30, 31), rand(rng, 96, 64, 3, 3, scale=0.1), rand(rng, 96)
     _core.set_num_threads(1)
-    one = _core.op_conv2d(x, w, b, act="relu", **kw)
+    one = conv(x, w, b, act="relu", **kw)
     _core.set_num_threads(2)
-    assert np.array_equal(_core.op_conv2d(x, w, b, act="relu", **kw), one)
+    assert np.array_equal(conv(x, w, b, act="relu", **kw), one)
     assert_close(one, torch.relu(F.conv2d(torch.from_numpy(x), torch.from_numpy(w),
                                           torch.from_numpy(b), **kw)), name="large")
 
@@ -212,7 +219,7 @@ def test_conv_input_copy_in_scratch(rng, restore_runtime, case):
         counts = {}
         for scratch in (True, False):
             _core.debug_fail_alloc(0)
-            _core.op_conv2d(x, w, b, scratch=scratch, **kw)
+            conv(x, w, b, scratch=scratch, **kw)
             counts[scratch] = _core.debug_fail_alloc(0)
         assert counts[True] == counts[False], (isa, counts)
 
@@ -223,12 +230,12 @@ def test_implicit_conv_allocation_failure(rng, restore_runtime, case):
     x, w, b, kw = make(rng, case)
     _core.set_num_threads(2)
     for scratch in (True, False):
-        inject_alloc_failures(lambda: _core.op_conv2d(x, w, b, scratch=scratch, **kw),
+        inject_alloc_failures(lambda: conv(x, w, b, scratch=scratch, **kw),
                               f"conv {case} scratch={scratch}")
     _core.debug_fail_alloc(1)
     try:
         with pytest.raises(MemoryError, match="ovs_conv2d_forward: out of memory"):
-            _core.op_conv2d(x, w, b, scratch=False, **kw)
+            conv(x, w, b, scratch=False, **kw)
     finally:
         _core.debug_fail_alloc(0)
 
@@ -270,19 +277,19 @@ def test_conv_pack_layout_and_unpack(rng, restore_runtime, shape, groups):
 def test_packed_conv_naive_twin_and_bad_size(rng, case):
     # the naive twin reads the packed layout back exactly; a packed weight of the wrong size
     x, w, b, kw = make(rng, case)
-    r = rand(rng, *_core.op_conv2d(x, w, b, **kw).shape)
+    r = rand(rng, *conv(x, w, b, **kw).shape)
     pk = _core.op_conv2d_pack(w, kw["groups"])
-    assert np.array_equal(_core.op_conv2d(x, w, b, r, naive=True, packed=True, **kw),
-                          _core.op_conv2d(x, w, b, r, naive=True, **kw))
+    assert np.array_equal(conv(x, w, b, r, naive=True, packed=True, **kw),
+                          conv(x, w, b, r, naive=True, **kw))
     with pytest.raises(ValueError, match="prepacked has"):
-        _core.op_conv2d(x, w, b, prepacked=pk[:-1], **kw)
+        conv(x, w, b, prepacked=pk[:-1], **kw)
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[5], CASES[10], CASES[24]], ids=str)
 def test_packed_conv_allocation_failure(rng, restore_runtime, case):
     x, w, b, kw = make(rng, case)
     _core.set_num_threads(2)
-    inject_alloc_failures(lambda: _core.op_conv2d(x, w, b, packed=True, **kw),
+    inject_alloc_failures(lambda: conv(x, w, b, packed=True, **kw),
                           f"packed conv {case}")
     inject_alloc_failures(lambda: _core.op_conv2d_pack(w, kw["groups"], unpack=True),
                           f"conv pack {case}")

@@ -725,7 +725,9 @@ def test_c_layer_rejects_invalid_arguments():
     assert len(calls) >= 40
     expect = {"matmul_wt format": "unsupported", "conv packed to linear": "unsupported",
               "linear M*K overflow": "size overflow",
-              "linear M > INT_MAX for BLAS": "size overflow"}
+              "linear M > INT_MAX for BLAS": "size overflow",
+              "conv winograd stride 2": "unsupported", "conv winograd 3x5": "unsupported",
+              "conv_naive winograd stride 2": "unsupported"}
     for label, status, name, message in calls:
         assert name == expect.get(label, "bad argument"), f"{label}: got {name} ({message})"
         assert status != 0 and message.startswith("ovs_"), f"{label}: message {message!r}"
@@ -734,6 +736,8 @@ def test_c_layer_rejects_invalid_arguments():
     assert "BLAS int" in messages["linear M > INT_MAX for BLAS"]
     assert "packed for 1 groups, the conv has 2" in messages["conv packed groups"]
     assert "not conv-packed" in messages["conv_unpack dense"]
+    assert "algo 7 is not an ovs_conv2d_algo" in messages["conv algo unknown"]
+    assert "Winograd covers 3x3 convs of stride 1" in messages["conv winograd 3x5"]
 
 
 @pytest.mark.parametrize("call", ["conv2d", "attention", "resize_u8_pil"])

@@ -107,7 +107,12 @@ TWINS = [
         naive=_core.op_gemm_packed_naive),
     row("conv2d-3x3-relu", _core.op_conv2d,
         lambda r: ((rand(r, 2, 8, 23, 21), rand(r, 12, 8, 3, 3, scale=0.2), rand(r, 12)),
-                   dict(padding=1, act="relu"))),
+                   dict(padding=1, act="relu", algo="direct"))),
+    # Winograd F(2x2, 3x3) against its naive twin (the same algorithm as plain loops; equal
+    # up to the activation's code, tests/test_winograd.py)
+    row("conv2d-winograd", _core.op_conv2d,
+        lambda r: ((rand(r, 2, 20, 29, 27), rand(r, 24, 20, 3, 3, scale=0.2), rand(r, 24),
+                    rand(r, 2, 24, 29, 27)), dict(padding=1, act="gelu", algo="winograd"))),
     row("conv2d-grouped-strided-dilated", _core.op_conv2d,
         lambda r: ((rand(r, 1, 8, 30, 27), rand(r, 12, 4, 3, 3, scale=0.2), rand(r, 12),
                     rand(r, 1, 12, 15, 12)),

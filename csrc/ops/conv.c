@@ -18,6 +18,7 @@ ovs_conv2d_params ovs_conv2d_defaults(void) {
     p.pad_h = p.pad_w = 0;
     p.dil_h = p.dil_w = 1;
     p.groups = 1;
+    p.algo = OVS_CONV2D_AUTO;
     return p;
 }
 
@@ -141,6 +142,22 @@ int ops_conv2d_check(const char *op, float *out, const float *in, const ovs_matr
         return st;
     *P_out = P;
     *Q_out = Q;
+    return OVS_OK;
+}
+
+int ops_conv2d_check_algo(const char *op, int64_t R, int64_t S, const ovs_conv2d_params *p) {
+    if (p->algo != OVS_CONV2D_AUTO && p->algo != OVS_CONV2D_DIRECT &&
+        p->algo != OVS_CONV2D_WINOGRAD)
+        return ovs_set_error(OVS_ERR_ARG, "%s: algo %d is not an ovs_conv2d_algo", op,
+                             (int)p->algo);
+    if (p->algo == OVS_CONV2D_WINOGRAD && !ops_conv2d_winograd_supported(R, S, p))
+        return ovs_set_error(OVS_ERR_UNSUPPORTED,
+                             "%s: Winograd covers 3x3 convs of stride 1, dilation 1, groups 1; "
+                             "this one is %lldx%lld, stride %lldx%lld, dilation %lldx%lld, "
+                             "groups %lld",
+                             op, (long long)R, (long long)S, (long long)p->stride_h,
+                             (long long)p->stride_w, (long long)p->dil_h, (long long)p->dil_w,
+                             (long long)p->groups);
     return OVS_OK;
 }
 
@@ -641,12 +658,16 @@ int ovs_conv2d_forward(float *out, const float *in, const ovs_matrix *weight, co
     static const char op[] = "ovs_conv2d_forward";
     int64_t P, Q;
     int st = ops_conv2d_check(op, out, in, weight, N, C, H, W, K, R, S, p, act, &P, &Q);
-    if (st) return st;
+    if (st || (st = ops_conv2d_check_algo(op, R, S, p))) return st;
     const int64_t PQ = P * Q;
     if (N == 0 || K == 0 || PQ == 0) return OVS_OK;
     if (weight->format != OVS_MATRIX_DENSE && weight->format != OVS_MATRIX_CONV_PACKED)
         return ovs_set_error(OVS_ERR_UNSUPPORTED, "%s: weight format %d is not supported", op,
                              (int)weight->format);
+    if (C > 0 && (p->algo == OVS_CONV2D_WINOGRAD ||
+                  (p->algo == OVS_CONV2D_AUTO && ovs_conv2d_winograd_wins(N, C, H, W, K, R, S, p))))
+        return ops_conv2d_winograd(op, out, in, weight, bias, residual, N, C, H, W, K, p->pad_h,
+                                   p->pad_w, act, P, Q);
     if (C > 0)
         return conv_implicit(op, out, in, weight, bias, residual, N, C, H, W, K, R, S, p, act, P, Q,
                              scratch);

@@ -46,6 +46,93 @@ int ovs_linear_forward_naive(float *out, const float *in, const ovs_matrix *weig
     return OVS_OK;
 }
 
+/* The Winograd F(2x2, 3x3) conv (csrc/ops/winograd.c) as plain loops: the transforms as the
+ * matrix products G g G^T, B^T d B, A^T M A (terms with a zero coefficient left out, the
+ * others added in increasing index order, from 0), each M element one fmaf chain over c in
+ * increasing order; float arithmetic throughout, so it equals the fast path (==) for every act
+ * (but GELU, QuickGELU, sigmoid: libm here, ops_act_inplace there). */
+static const float wg_G[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
+static const float wg_BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
+static const float wg_AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+
+/* out (rows, cols) = L (rows, n) @ X (n, cols) @ L^T: two plain matrix products. */
+static void wg_sandwich(float *out, const float *L, int64_t rows, int64_t n, const float *X) {
+    float t[4 * 4];   /* (rows, n) = L X */
+    for (int64_t a = 0; a < rows; a++)
+        for (int64_t j = 0; j < n; j++) {
+            float acc = 0.0f;
+            for (int64_t i = 0; i < n; i++)
+                if (L[a * n + i] != 0.0f) acc += L[a * n + i] * X[i * n + j];
+            t[a * n + j] = acc;
+        }
+    for (int64_t a = 0; a < rows; a++)
+        for (int64_t b = 0; b < rows; b++) {
+            float acc = 0.0f;
+            for (int64_t j = 0; j < n; j++)
+                if (L[b * n + j] != 0.0f) acc += t[a * n + j] * L[b * n + j];
+            out[a * rows + b] = acc;
+        }
+}
+
+static int wg_naive(float *out, const float *in, const ovs_matrix *weight, const float *bias,
+                    const float *residual, int64_t N, int64_t C, int64_t H, int64_t W, int64_t K,
+                    int64_t ph, int64_t pw, ovs_act act, int64_t P, int64_t Q) {
+    float *U = ovs_malloc((size_t)(K * C * 16 + 1) * sizeof(float));   /* (K, C, 16) */
+    if (!U)
+        return ovs_set_error(OVS_ERR_NOMEM, "ovs_conv2d_forward_naive: out of memory");
+    for (int64_t k = 0; k < K; k++)
+        for (int64_t c = 0; c < C; c++) {
+            float g[9];
+            for (int i = 0; i < 9; i++) g[i] = ops_matrix_at(weight, k, c * 9 + i);
+            wg_sandwich(U + (k * C + c) * 16, &wg_G[0][0], 4, 3, g);
+        }
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t ty = 0; 2 * ty < P; ty++)
+            for (int64_t tx = 0; 2 * tx < Q; tx++)
+                for (int64_t k = 0; k < K; k++) {
+                    float m[16] = {0}, y[4];
+                    for (int64_t c = 0; c < C; c++) {
+                        float d[16], v[16];
+                        for (int64_t r = 0; r < 4; r++)
+                            for (int64_t q = 0; q < 4; q++) {
+                                const int64_t ih = 2 * ty - ph + r, iw = 2 * tx - pw + q;
+                                d[r * 4 + q] = ih >= 0 && ih < H && iw >= 0 && iw < W
+                                                   ? in[((n * C + c) * H + ih) * W + iw]
+                                                   : 0.0f;
+                            }
+                        wg_sandwich(v, &wg_BT[0][0], 4, 4, d);
+                        for (int e = 0; e < 16; e++) m[e] = fmaf(U[(k * C + c) * 16 + e], v[e], m[e]);
+                    }
+                    /* Y = A^T M A: (2, 4) then (2, 2) */
+                    float s[8];
+                    for (int a = 0; a < 2; a++)
+                        for (int j = 0; j < 4; j++) {
+                            float acc = 0.0f;
+                            for (int i = 0; i < 4; i++)
+                                if (wg_AT[a][i] != 0.0f) acc += wg_AT[a][i] * m[i * 4 + j];
+                            s[a * 4 + j] = acc;
+                        }
+                    for (int a = 0; a < 2; a++)
+                        for (int b = 0; b < 2; b++) {
+                            float acc = 0.0f;
+                            for (int j = 0; j < 4; j++)
+                                if (wg_AT[b][j] != 0.0f) acc += s[a * 4 + j] * wg_AT[b][j];
+                            y[a * 2 + b] = acc;
+                        }
+                    for (int a = 0; a < 2; a++)
+                        for (int b = 0; b < 2; b++) {
+                            const int64_t oy = 2 * ty + a, ox = 2 * tx + b;
+                            if (oy >= P || ox >= Q) continue;
+                            const int64_t o = ((n * K + k) * P + oy) * Q + ox;
+                            float v = y[a * 2 + b] + (bias ? bias[k] : 0.0f);
+                            if (residual) v += residual[o];
+                            out[o] = act_naive(v, act);
+                        }
+                }
+    ovs_free(U);
+    return OVS_OK;
+}
+
 int ovs_conv2d_forward_naive(float *out, const float *in, const ovs_matrix *weight,
                              const float *bias, const float *residual, int64_t N, int64_t C,
                              int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
@@ -53,7 +140,12 @@ int ovs_conv2d_forward_naive(float *out, const float *in, const ovs_matrix *weig
     int64_t P, Q;
     int st = ops_conv2d_check("ovs_conv2d_forward_naive", out, in, weight, N, C, H, W, K, R, S,
                               p, act, &P, &Q);
-    if (st) return st;
+    if (st || (st = ops_conv2d_check_algo("ovs_conv2d_forward_naive", R, S, p))) return st;
+    /* AUTO is the direct conv here: the definition every fast path is checked against. */
+    if (p->algo == OVS_CONV2D_WINOGRAD)
+        return N && K && P && Q ? wg_naive(out, in, weight, bias, residual, N, C, H, W, K,
+                                           p->pad_h, p->pad_w, act, P, Q)
+                                : OVS_OK;
     const int64_t Cg = C / p->groups, Kg = K / p->groups;
     /* weight (K, Cg, R, S) */
     for (int64_t n = 0; n < N; n++)

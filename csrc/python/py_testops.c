@@ -133,20 +133,32 @@ static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
     int st = -1;
     static char *kwlist[] = {"x",      "w",   "b",     "residual",       "stride",
                              "padding", "dilation", "groups", "act", "naive",
-                             "residual_alias", "packed", "prepacked", "scratch", NULL};
+                             "residual_alias", "packed", "prepacked", "scratch", "algo", NULL};
     PyObject *x_obj, *w_obj, *b_obj = Py_None, *r_obj = Py_None, *pk_obj = Py_None;
     PyObject *stride_obj = NULL, *pad_obj = NULL, *dil_obj = NULL;
     long long groups = 1;
-    const char *act_name = "none";
+    const char *act_name = "none", *algo_name = "auto";
     int naive = 0, alias = 0, packed = 0, use_scratch = 1;
     ovs_act act;
     ovs_conv2d_params p;
     PyArrayObject *x = NULL, *w = NULL, *b = NULL, *r = NULL, *out = NULL, *pre = NULL;
     float *scratch = NULL, *pk = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOOOOLspppOp", kwlist, &x_obj, &w_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOOOOLspppOps", kwlist, &x_obj, &w_obj,
                                      &b_obj, &r_obj, &stride_obj, &pad_obj, &dil_obj, &groups,
-                                     &act_name, &naive, &alias, &packed, &pk_obj, &use_scratch))
+                                     &act_name, &naive, &alias, &packed, &pk_obj, &use_scratch,
+                                     &algo_name))
         return NULL;
+    /* algo: ovs_conv2d_params.algo ("auto" lets ovs_conv2d_forward choose; with naive=True
+     * "auto" and "direct" are the direct conv, "winograd" the Winograd twin) */
+    ovs_conv2d_algo algo;
+    if (!strcmp(algo_name, "auto")) algo = OVS_CONV2D_AUTO;
+    else if (!strcmp(algo_name, "direct")) algo = OVS_CONV2D_DIRECT;
+    else if (!strcmp(algo_name, "winograd")) algo = OVS_CONV2D_WINOGRAD;
+    else {
+        PyErr_Format(PyExc_ValueError, "algo must be 'auto', 'direct' or 'winograd', got '%s'",
+                     algo_name);
+        return NULL;
+    }
     if (ovs_py_parse_act(act_name, 1, &act) ||
         conv_params_from(stride_obj, pad_obj, dil_obj, groups, &p))
         return NULL;
@@ -168,6 +180,7 @@ static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
         PyErr_SetString(PyExc_ValueError, "w must have a non-empty kernel");
         goto done;
     }
+    p.algo = algo;
     int64_t P = ovs_conv2d_out_size(H, R, p.stride_h, p.pad_h, p.dil_h);
     int64_t Q = ovs_conv2d_out_size(W, S, p.stride_w, p.pad_w, p.dil_w);
     if (P < 0 || Q < 0) {
@@ -661,9 +674,13 @@ static PyObject *py_op_debug_invalid_calls(PyObject *self, PyObject *noargs) {
     ovs_matrix w_bad = w22;
     w_bad.format = (ovs_matrix_format)7;
     ovs_matrix w_conv = ovs_matrix_dense(buf, 1, 9);   /* (K=1, C=1 * 3 * 3) */
-    ovs_conv2d_params p = ovs_conv2d_defaults(), p_stride0 = p, p_groups = p;
+    ovs_conv2d_params p = ovs_conv2d_defaults(), p_stride0 = p, p_groups = p, p_algo = p;
+    ovs_conv2d_params p_wino = p, p_wino_s2 = p;
     p_stride0.stride_h = 0;
     p_groups.groups = 2;
+    p_algo.algo = (ovs_conv2d_algo)7;
+    p_wino.algo = p_wino_s2.algo = OVS_CONV2D_WINOGRAD;
+    p_wino_s2.stride_w = 2;
     float mean[3] = {0, 0, 0}, std1[3] = {1, 1, 1}, std0[3] = {1, 0, 1}, var[2] = {1, -2};
     const int64_t big = (int64_t)1 << 31;
 #define CASE(label, expr)                                   \
@@ -706,6 +723,16 @@ static PyObject *py_op_debug_invalid_calls(PyObject *self, PyObject *noargs) {
                                                      OVS_ACT_NONE));
     CASE("conv_pack K%groups", ovs_conv2d_pack(buf, buf, 3, 2, 2));
     CASE("conv_unpack dense", ovs_conv2d_unpack(buf, &w_conv));
+    CASE("conv algo unknown", ovs_conv2d_forward(buf, buf, &w_conv, NULL, NULL, 1, 1, 3, 3, 1, 3,
+                                                 3, &p_algo, OVS_ACT_NONE, buf));
+    CASE("conv winograd stride 2", ovs_conv2d_forward(buf, buf, &w_conv, NULL, NULL, 1, 1, 3, 3,
+                                                      1, 3, 3, &p_wino_s2, OVS_ACT_NONE, buf));
+    ovs_matrix w_conv15 = ovs_matrix_dense(buf, 1, 15);   /* (K=1, C=1 * 3 * 5) */
+    CASE("conv winograd 3x5", ovs_conv2d_forward(buf, buf, &w_conv15, NULL, NULL, 1, 1, 5, 5, 1,
+                                                 3, 5, &p_wino, OVS_ACT_NONE, buf));
+    CASE("conv_naive winograd stride 2", ovs_conv2d_forward_naive(buf, buf, &w_conv, NULL, NULL,
+                                                                  1, 1, 3, 3, 1, 3, 3, &p_wino_s2,
+                                                                  OVS_ACT_NONE));
     CASE("conv_naive H<0", ovs_conv2d_forward_naive(buf, buf, &w_conv, NULL, NULL, 1, 1, -3, 3, 1,
                                                     3, 3, &p, OVS_ACT_NONE));
     CASE("batchnorm_fold K<0", ovs_batchnorm_fold(buf, buf, buf, NULL, buf, buf, buf, buf, 1e-5f,

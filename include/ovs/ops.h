@@ -145,14 +145,26 @@ int ovs_linear_forward_naive(float *out, const float *in, const ovs_matrix *weig
                              int64_t K, ovs_act act);
 
 /* ---------------------------------------------------------------- conv2d */
+/* How ovs_conv2d_forward computes a conv. AUTO takes Winograd F(2x2, 3x3) for 3x3, stride-1,
+ * undilated, ungrouped convs on maps large enough for it to win (ovs_conv2d_winograd_wins) and
+ * the direct implicit GEMM otherwise; DIRECT always the implicit GEMM (the fmaf chain over the
+ * taps, bitwise equal to the sparse kernels on the same zeroed weights); WINOGRAD forces
+ * Winograd (OVS_ERR_UNSUPPORTED for a conv it does not cover). */
+typedef enum {
+    OVS_CONV2D_AUTO = 0,
+    OVS_CONV2D_DIRECT = 1,
+    OVS_CONV2D_WINOGRAD = 2,
+} ovs_conv2d_algo;
+
 typedef struct {
     int64_t stride_h, stride_w;
     int64_t pad_h, pad_w;     /* zero padding on each side */
     int64_t dil_h, dil_w;
     int64_t groups;           /* C and K divisible by groups */
+    ovs_conv2d_algo algo;     /* AUTO unless a caller needs one path (tests, sparse parity) */
 } ovs_conv2d_params;
 
-ovs_conv2d_params ovs_conv2d_defaults(void);   /* stride 1, pad 0, dilation 1, groups 1 */
+ovs_conv2d_params ovs_conv2d_defaults(void);   /* stride 1, pad 0, dilation 1, groups 1, AUTO */
 /* Output extent along one axis, or -1 if the kernel does not fit. */
 int64_t ovs_conv2d_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil);
 /* Scratch floats ovs_conv2d_forward may use: its copy of the input (the zero-padded input split
@@ -183,6 +195,23 @@ int ovs_conv2d_forward_naive(float *out, const float *in, const ovs_matrix *weig
                              const float *bias, const float *residual, int64_t N, int64_t C,
                              int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
                              const ovs_conv2d_params *p, ovs_act act);
+
+/* Winograd F(2x2, 3x3) (csrc/ops/winograd.c), taken by ovs_conv2d_forward for algo WINOGRAD
+ * and, when it wins, AUTO. Each output 2x2 tile of each image is
+ *     Y = A^T [ sum_c (G g_kc G^T) .* (B^T d_c B) ] A,  then (Y + bias) [+ residual], act,
+ * with d_c the 4x4 input patch of channel c (zero outside the image), g_kc the 3x3 kernel and
+ * the standard matrices of Lavin & Gray (2016): the 16 elementwise sums are GEMMs (K, C) @
+ * (C, tiles) on the packed micro-kernels, each an fmaf chain over c in increasing order; the
+ * weights (dense or conv-packed) are transformed per call into a transient buffer of 16*K*C
+ * floats (no second resident copy), tiles are processed in chunks of a size fixed by C and the
+ * ISA's tile width, so the result is bitwise independent of the thread count and of the ISA,
+ * and equal (==) to ovs_conv2d_forward_naive with algo WINOGRAD (the same algorithm as plain
+ * loops, the transforms as matrix products), up to the activation's implementation.
+ * Against the exact conv its error is a few float32 roundings of the largest terms:
+ * |err| <~ 2e-7 * 9 * sum_c sum_taps |w| |x| (see tests/test_winograd.py). */
+/* 1 when AUTO takes Winograd for this conv (shape and params; checks nothing else). */
+int ovs_conv2d_winograd_wins(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R,
+                             int64_t S, const ovs_conv2d_params *p);
 
 /* A conv weight (K, L = C/groups*R*S) packed once, at model build, into the layout the conv's
  * micro-kernels read (otherwise packed on every call): per group g, ceil(Kg/MR) blocks of

@@ -1,0 +1,170 @@
+"""Winograd F(2x2, 3x3) convolution (csrc/ops/winograd.c), taken by ovs_conv2d_forward for
+algo="winograd" and, for large 3x3 stride-1 maps, algo="auto" (the default).
+
+What is proved here:
+* correctness against torch.nn.functional.conv2d in float64 (an independent exact-enough
+  reference) on odd map sizes, 1x1 and 2x2 maps, padding 0/1/2 (also per axis), batches,
+  channel counts that fill no micro-tile and chunks of tiles that straddle tile rows, with bias,
+  residual (also aliased to the output) and every activation fused;
+* the naive twin (ovs_conv2d_forward_naive with algo WINOGRAD: the transforms written as the
+  matrix products G g G^T, B^T d B, A^T M A, plain loops) is itself within the same tolerance of
+  torch, and the fast path equals it (==) wherever both use the same activation code (none,
+  ReLU): the tiling, chunking, packing, the transforms' hand-written forms are exact rewrites;
+* bitwise the same at 1 and 2 threads, on every ISA path this CPU has, for dense weights and
+  weights conv-packed at load (the models' form), on a map of many chunks;
+* AUTO takes Winograd on a large map (bitwise the forced result) and the direct implicit GEMM
+  on a small one; DIRECT is the direct path whatever the map;
+* bad arguments are clear exceptions (stride 2, dilation, groups, 5x5 forced to Winograd; an
+  unknown algo), allocation failures are MemoryErrors that leave no state behind.
+
+Tolerance: max|ours - ref| / max|ref| <= 2e-6 against float64. Each transformed product M is one
+float32 fmaf chain over C channels (the direct path's chain is over 9C taps), and the
+transforms add at most 4 roundings on each side with coefficients 0, +-1/2, +-1 (exact
+products), so the error is of the order of the direct float32 conv's (measured: <= 5e-7 here,
+the direct path 3e-7..1e-6 on the same cases); 2e-6 is 20x below the models' parity bar
+(conftest.RTOL = 1e-4). The activations GELU / QuickGELU / sigmoid differ between the fast
+(ops_expf) and naive (libm) code by a few ulp: compared at 1e-6 there.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovs import _core
+from conftest import assert_close, inject_alloc_failures
+from test_gemm import rand, restore_runtime, rng, simd_isas  # noqa: F401 (fixtures)
+
+TOL = 2e-6
+
+# N, C, H, W, K, padding
+CASES = [
+    (1, 16, 12, 13, 20, 1),       # odd width, K = 20 (no multiple of 6/12)
+    (2, 5, 7, 9, 13, 0),          # unpadded, odd sizes, batch 2
+    (1, 3, 1, 1, 4, 1),           # 1x1 map (only the centre tap reads input)
+    (1, 7, 2, 2, 5, 1),           # 2x2 map: one tile
+    (1, 1, 3, 3, 1, 0),           # one channel, one output pixel
+    (1, 40, 33, 31, 30, 2),       # padding 2: outputs larger than the input
+    (1, 9, 10, 17, 14, (0, 2)),   # per-axis padding
+    (2, 24, 19, 45, 26, 1),       # tile rows of 23 tiles: panels straddle rows and images
+    (1, 70, 6, 7, 100, 1),        # K over several micro-tiles, C not a multiple of anything
+]
+
+
+def make(rng, case):
+    N, C, H, W, K, pad = case
+    return rand(rng, N, C, H, W), rand(rng, K, C, 3, 3, scale=0.3), rand(rng, K), pad
+
+
+def torch64(x, w, b, pad, r=None, act="none"):
+    pad = pad if isinstance(pad, tuple) else (pad, pad)
+    y = F.conv2d(torch.from_numpy(x).double(), torch.from_numpy(w).double(),
+                 None if b is None else torch.from_numpy(b).double(), padding=pad)
+    if r is not None:
+        y = y + torch.from_numpy(r).double()
+    y = {"none": lambda t: t, "relu": torch.relu, "gelu": F.gelu, "sigmoid": torch.sigmoid,
+         "quickgelu": lambda t: t * torch.sigmoid(1.702 * t)}[act](y)
+    return y.numpy()
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_winograd_vs_torch_and_twin(rng, case):
+    x, w, b, pad = make(rng, case)
+    got = _core.op_conv2d(x, w, b, padding=pad, algo="winograd")
+    twin = _core.op_conv2d(x, w, b, padding=pad, algo="winograd", naive=True)
+    ref = torch64(x, w, b, pad)
+    assert_close(got, ref, TOL, name="winograd vs torch float64")
+    assert_close(twin, ref, TOL, name="naive winograd twin vs torch float64")
+    assert np.array_equal(got, twin)
+    no_bias = _core.op_conv2d(x, w, None, padding=pad, algo="winograd")
+    assert_close(no_bias, torch64(x, w, None, pad), TOL, name="no bias")
+    assert np.array_equal(no_bias, _core.op_conv2d(x, w, None, padding=pad, algo="winograd",
+                                                   naive=True))
+
+
+@pytest.mark.parametrize("case", CASES[:3] + CASES[7:8], ids=str)
+@pytest.mark.parametrize("act", ["none", "relu", "gelu", "quickgelu", "sigmoid"])
+def test_winograd_fused_bias_residual_act(rng, case, act):
+    x, w, b, pad = make(rng, case)
+    r = rand(rng, *_core.op_conv2d(x, w, padding=pad, algo="direct").shape)
+    ref = torch64(x, w, b, pad, r, act)
+    twin = _core.op_conv2d(x, w, b, r, padding=pad, act=act, algo="winograd", naive=True)
+    for alias in (False, True):
+        got = _core.op_conv2d(x, w, b, r, padding=pad, act=act, residual_alias=alias,
+                              algo="winograd")
+        assert_close(got, ref, TOL, name=f"{act} alias={alias} vs torch float64")
+        if act in ("none", "relu"):
+            assert np.array_equal(got, twin), f"{act} alias={alias}: fast != naive twin"
+        else:
+            assert_close(got, twin, 1e-6, name=f"{act} alias={alias} vs naive twin")
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 70, 66, 24), (2, 40, 23, 37, 13)], ids=str)
+def test_winograd_bitwise_across_threads_isas_and_packing(rng, restore_runtime, shape):
+    # 1155 and 456 tiles: several chunks of tiles, so 2 threads split the work
+    N, C, H, W, K = shape
+    x, w, b = rand(rng, N, C, H, W), rand(rng, K, C, 3, 3, scale=0.2), rand(rng, K)
+    r = rand(rng, N, K, H, W)
+    _core.gemm_set_isa("portable")
+    _core.set_num_threads(1)
+    ref = _core.op_conv2d(x, w, b, r, padding=1, act="relu", algo="winograd")
+    assert_close(ref, torch64(x, w, b, 1, r, "relu"), TOL, name="many chunks vs torch")
+    pk = _core.op_conv2d_pack(w, 1)
+    for isa in ["portable"] + simd_isas():
+        _core.gemm_set_isa(isa)
+        for threads in (1, 2):
+            _core.set_num_threads(threads)
+            for how in (dict(), dict(prepacked=pk), dict(packed=True, residual_alias=True)):
+                got = _core.op_conv2d(x, w, b, r, padding=1, act="relu", algo="winograd", **how)
+                assert np.array_equal(got, ref), f"isa={isa} threads={threads} {list(how)}"
+
+
+def test_auto_takes_winograd_on_large_maps_only(rng):
+    # DeepLab's decoder shape class (a 3x3 conv at 96x96): Winograd; a small map: direct
+    x, w, b = rand(rng, 1, 128, 96, 96), rand(rng, 128, 128, 3, 3, scale=0.05), rand(rng, 128)
+    auto = _core.op_conv2d(x, w, b, padding=1)
+    assert np.array_equal(auto, _core.op_conv2d(x, w, b, padding=1, algo="winograd"))
+    direct = _core.op_conv2d(x, w, b, padding=1, algo="direct")
+    assert not np.array_equal(auto, direct)   # really two paths
+    assert_close(auto, direct, TOL, name="auto vs direct")
+    xs = np.ascontiguousarray(x[:, :, :10, :10])
+    assert np.array_equal(_core.op_conv2d(xs, w, b, padding=1),
+                          _core.op_conv2d(xs, w, b, padding=1, algo="direct"))
+    # and convs Winograd does not cover stay direct under AUTO
+    assert np.array_equal(_core.op_conv2d(x, w, b, padding=1, stride=2),
+                          _core.op_conv2d(x, w, b, padding=1, stride=2, algo="direct"))
+
+
+def test_winograd_bad_inputs(rng):
+    x, w = rand(rng, 1, 4, 9, 9), rand(rng, 6, 4, 3, 3)
+    with pytest.raises(ValueError, match="algo must be 'auto', 'direct' or 'winograd'"):
+        _core.op_conv2d(x, w, algo="fft")
+    for naive in (False, True):
+        with pytest.raises(NotImplementedError, match="Winograd covers 3x3 convs of stride 1"):
+            _core.op_conv2d(x, w, stride=2, algo="winograd", naive=naive)
+        with pytest.raises(NotImplementedError, match="dilation 2x2"):
+            _core.op_conv2d(x, w, dilation=2, padding=2, algo="winograd", naive=naive)
+        with pytest.raises(NotImplementedError, match="groups 2"):
+            _core.op_conv2d(x, rand(rng, 6, 2, 3, 3), groups=2, algo="winograd", naive=naive)
+        with pytest.raises(NotImplementedError, match="this one is 5x5"):
+            _core.op_conv2d(x, rand(rng, 6, 4, 5, 5), algo="winograd", naive=naive)
+    # the checks every conv makes come first
+    with pytest.raises(ValueError, match="does not fit"):
+        _core.op_conv2d(rand(rng, 1, 4, 2, 2), w, algo="winograd")
+    # empty work is a no-op
+    assert _core.op_conv2d(rand(rng, 0, 4, 9, 9), w, padding=1, algo="winograd").shape == \
+        (0, 6, 9, 9)
+
+
+def test_winograd_allocation_failure(rng, restore_runtime):
+    x, w, b = rand(rng, 1, 16, 40, 30), rand(rng, 20, 16, 3, 3, scale=0.2), rand(rng, 20)
+    _core.set_num_threads(2)
+    inject_alloc_failures(lambda: _core.op_conv2d(x, w, b, padding=1, algo="winograd"),
+                          "winograd conv")
+    _core.debug_fail_alloc(1)   # the first: the transformed weights (no binding scratch)
+    try:
+        with pytest.raises(MemoryError, match="out of memory for the Winograd transforms"):
+            _core.op_conv2d(x, w, b, padding=1, algo="winograd", scratch=False)
+    finally:
+        _core.debug_fail_alloc(0)
