@@ -123,6 +123,9 @@ def test_winograd_bitwise_across_threads_isas_and_packing(rng, restore_runtime, 
 def test_auto_takes_winograd_on_large_maps_only(rng):
     # DeepLab's decoder shape class (a 3x3 conv at 96x96): Winograd; a small map: direct
     x, w, b = rand(rng, 1, 128, 96, 96), rand(rng, 128, 128, 3, 3, scale=0.05), rand(rng, 128)
+    assert _core.op_conv2d_winograd_wins(1, 128, 96, 96, 128, 3, 3, 1)
+    assert not _core.op_conv2d_winograd_wins(1, 128, 10, 10, 128, 3, 3, 1)
+    assert not _core.op_conv2d_winograd_wins(1, 128, 96, 96, 128, 3, 5, 1)
     auto = _core.op_conv2d(x, w, b, padding=1)
     assert np.array_equal(auto, _core.op_conv2d(x, w, b, padding=1, algo="winograd"))
     direct = _core.op_conv2d(x, w, b, padding=1, algo="direct")
@@ -168,3 +171,27 @@ def test_winograd_allocation_failure(rng, restore_runtime):
             _core.op_conv2d(x, w, b, padding=1, algo="winograd", scratch=False)
     finally:
         _core.debug_fail_alloc(0)
+
+
+def test_deeplab_full_width_on_winograd_matches_pytorch(tmp_path):
+    """Model parity with AUTO taking Winograd: DeepLabV3-OVS at RN50 widths (stem 32/64,
+    decoder 304 -> 256 -> 256, the convs of issue 11) on a 256x256 input, where the stem's
+    stride-1 3x3 convs (128x128) and the decoder's (64x64) run on Winograd, against the PyTorch
+    reference (tests/reference/deeplab_reference.py) on identical random weights, converted
+    from its detectron2 checkpoint: the parity bar of the framework tests (conftest.RTOL)."""
+    from conftest import FrameworkCase
+    import ovs
+
+    fw = FrameworkCase("deeplab_reference", "deeplab")
+    R = fw.R
+    # real trunk / ASPP / decoder widths, a small text tower (not on this path)
+    ref = R.randomize(R.DeepLabOVS(width=64, aspp_planes=256, embed_dim=64, text_width=128,
+                                   text_layers=1, text_heads=2), 0)
+    model = ovs.load(fw.convert(ref, tmp_path, "deeplab_wide"))
+    assert _core.op_conv2d_winograd_wins(1, 304, 64, 64, 256, 3, 3, 1)   # the decoder's first
+    x = np.random.default_rng(5).standard_normal((1, 3, 256, 256)).astype(np.float32)
+    with torch.no_grad():
+        emb, (h, w) = ref.pixel_embeddings(torch.from_numpy(x))
+    ours = model.embed(x)
+    assert ours.shape == (1, 64, h, w)
+    assert_close(ours[0].reshape(64, -1).T, emb[0].numpy(), name="pixel embeddings")

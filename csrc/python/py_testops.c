@@ -256,6 +256,17 @@ static PyObject *py_op_conv2d_scratch_floats(PyObject *self, PyObject *args, PyO
     return PyLong_FromSize_t(ovs_conv2d_scratch_floats(C, H, W, K, R, S, &p));
 }
 
+/* op_conv2d_winograd_wins(N, C, H, W, K, R, S, padding): ovs_conv2d_winograd_wins for a
+ * stride-1 undilated ungrouped conv: whether AUTO takes Winograd for it. */
+static PyObject *py_op_conv2d_winograd_wins(PyObject *self, PyObject *args) {
+    long long N, C, H, W, K, R, S, pad;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "LLLLLLLL", &N, &C, &H, &W, &K, &R, &S, &pad)) return NULL;
+    ovs_conv2d_params p = ovs_conv2d_defaults();
+    p.pad_h = p.pad_w = pad;
+    return PyBool_FromLong(ovs_conv2d_winograd_wins(N, C, H, W, K, R, S, &p));
+}
+
 /* op_conv2d_pack(w (K, Cg, R, S), groups=1, unpack=False, inplace=False): the packed weight
  * (flat; inplace: by ovs_conv2d_pack_inplace), or with unpack the weight packed then unpacked
  * (K, Cg, R, S). */
@@ -824,10 +835,11 @@ OVS_PY_VARIANT(py_seg_labels_grouped_naive, ovs_py_seg_grouped, 1)
       "'sigmoid'.")                                                                         \
     X(op_conv2d, "(x, w, b=None, residual=None, stride=1, padding=0, dilation=1, "          \
       "groups=1, act='none', naive=False, residual_alias=False, packed=False, "             \
-      "prepacked=None, scratch=True): packed packs w first; prepacked is w packed earlier "  \
-      "by op_conv2d_pack (w then gives the shape); scratch: pass scratch sized by "         \
-      "ovs_conv2d_scratch_floats (as the models, from their arenas), else NULL (the conv "  \
-      "allocates its input copy).")                                                         \
+      "prepacked=None, scratch=True, algo='auto'): packed packs w first; prepacked is w "   \
+      "packed earlier by op_conv2d_pack (w then gives the shape); scratch: pass scratch "    \
+      "sized by ovs_conv2d_scratch_floats (as the models, from their arenas), else NULL "   \
+      "(the conv allocates its input copy); algo 'auto', 'direct' or 'winograd' "           \
+      "(ovs_conv2d_params.algo; naive=True: 'winograd' is the Winograd twin).")             \
     X(op_conv2d_scratch_floats, "(C, H, W, K, R, S, stride=1, padding=0, dilation=1, "     \
       "groups=1): the scratch floats ovs_conv2d_forward may use (its input copy).")        \
     X(op_conv2d_pack, "(w, groups=1, unpack=False, inplace=False): the conv weight "        \
@@ -853,6 +865,9 @@ OVS_PY_VARIANT(py_seg_labels_grouped_naive, ovs_py_seg_grouped, 1)
 #define OVS_PY_TESTOP_ROW(name, doc) OVS_PY_ROW(py_, name, OVS_PY_KW, doc),
 static PyMethodDef testops_methods[] = {
     OVS_PY_TESTOPS(OVS_PY_TESTOP_ROW)
+    OVS_PY_ROW(py_, op_conv2d_winograd_wins, METH_VARARGS,
+               "(N, C, H, W, K, R, S, padding) -> bool: whether algo AUTO takes Winograd for "
+               "that stride-1 conv (ovs_conv2d_winograd_wins)."),
     OVS_PY_OPS(OVS_PY_OP_TEST)
     OVS_PY_M2F_OPS(OVS_PY_OP_TEST)
     OVS_PY_ROW(py_, op_debug_invalid_calls, METH_NOARGS,
