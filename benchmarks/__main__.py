@@ -71,6 +71,8 @@ BENCHES: list[Bench] = [
           ["--repeat", "1", "--warmup", "0", "--side", "256"], ("torch", "transformers")),
     Bench("frameworks", "bench_frameworks.py", "PyTorch reference frameworks (tests/reference/)",
           ["--repeat", "1", "--warmup", "0", "--cases", "deeplab"], ("torch",)),
+    Bench("conv", "bench_conv.py", "ovs direct implicit GEMM / PyTorch conv2d (ours: Winograd)",
+          ["--repeat", "3", "--cases", "deeplab_512"]),
     Bench("memory", "bench_memory.py", "none: loaded-model peak RSS / weight bytes (target <= 1.1)",
           [], threads_flag=False),
 ]
@@ -225,7 +227,7 @@ def run(args) -> Path:
 def rows_of(name: str, entry: dict) -> list[dict]:
     """One row per measured comparison: ours, peer (seconds, medians) and ours/peer, all from
     the same run. Knows the two report shapes: the harness's "cases" and the single-process
-    scripts' own (labels, sparse)."""
+    scripts' own (labels, conv, sparse)."""
     res = entry.get("result") or {}
     rows = []
     if "cases" in res and res["cases"] and "ours" in res["cases"][0]:
@@ -244,6 +246,13 @@ def rows_of(name: str, entry: dict) -> list[dict]:
             for peer, ratio in c["fast_over"].items():
                 rows.append(dict(bench=name, case=case, peer=f"{peer} ({'ovs naive twin' if peer == 'naive' else 'PyTorch'})",
                                  ours_s=c["median_s"]["fast"], peer_s=c["median_s"][peer], ratio=ratio))
+    elif name == "conv":
+        for c in res.get("cases", []):
+            for peer, ratio in c["fast_over"].items():
+                rows.append(dict(bench=name, case=f"{c['group']} {c['layer']}",
+                                 peer=f"{peer} ({'ovs direct' if peer == 'direct' else 'PyTorch'})",
+                                 ours_s=c["median_s"]["winograd"], peer_s=c["median_s"][peer],
+                                 ratio=ratio))
     elif name == "sparse":
         for r in res.get("results", []):
             case = f"RN50 {r['size']}px sparsity {r['sparsity']:.2f}, {r['threads']} thr"

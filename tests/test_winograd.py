@@ -49,6 +49,7 @@ CASES = [
     (1, 9, 10, 17, 14, (0, 2)),   # per-axis padding
     (2, 24, 19, 45, 26, 1),       # tile rows of 23 tiles: panels straddle rows and images
     (1, 70, 6, 7, 100, 1),        # K over several micro-tiles, C not a multiple of anything
+    (1, 300, 14, 15, 40, 1),      # a long chain over C (the decoder's 304): error still ~C-free
 ]
 
 

@@ -179,14 +179,16 @@ size_t ovs_conv2d_scratch_floats(int64_t C, int64_t H, int64_t W, int64_t K, int
  *                         [+ residual (N, K, P, Q)]).
  * weight is the (K, C/groups*R*S) matrix view; bias, residual may be NULL; residual may
  * alias out.
- * Every conv runs as an implicit GEMM on the packed GEMM's per-ISA micro-kernels over the
+ * With algo DIRECT (and AUTO but for the large 3x3 stride-1 maps it gives to Winograd, below)
+ * every conv runs as an implicit GEMM on the packed GEMM's per-ISA micro-kernels over the
  * zero-padded input split into its stride phases (no im2col; that copy is made in scratch, or
  * allocated per call when scratch is NULL, and dense weights are packed for the kernels per
- * call, OVS_ERR_NOMEM if an allocation fails);
+ * call, OVS_ERR_NOMEM if an allocation fails; the Winograd path allocates its own buffers);
  * taps that only read padding are skipped. Each output is one fmaf chain over the taps
  * (c, r, s) in increasing order (a skipped tap would add an exact 0 for finite weights), then
  * + bias, + residual, activation, so the result is bitwise independent of the thread count and
- * of the ISA path. */
+ * of the ISA path (both paths are). ovs_conv2d_forward_naive is the direct conv in double for
+ * AUTO and DIRECT, the Winograd twin for WINOGRAD. */
 int ovs_conv2d_forward(float *out, const float *in, const ovs_matrix *weight, const float *bias,
                        const float *residual, int64_t N, int64_t C, int64_t H, int64_t W,
                        int64_t K, int64_t R, int64_t S, const ovs_conv2d_params *p, ovs_act act,
@@ -207,8 +209,9 @@ int ovs_conv2d_forward_naive(float *out, const float *in, const ovs_matrix *weig
  * ISA's tile width, so the result is bitwise independent of the thread count and of the ISA,
  * and equal (==) to ovs_conv2d_forward_naive with algo WINOGRAD (the same algorithm as plain
  * loops, the transforms as matrix products), up to the activation's implementation.
- * Against the exact conv its error is a few float32 roundings of the largest terms:
- * |err| <~ 2e-7 * 9 * sum_c sum_taps |w| |x| (see tests/test_winograd.py). */
+ * Its error against the exact conv is of the order of the direct float32 conv's (each M element
+ * one fmaf chain over C instead of 9C taps, the transforms' coefficients 0, +-1/2, +-1): the
+ * results differ from the direct path's in the last bits, tests/test_winograd.py bounds both. */
 /* 1 when AUTO takes Winograd for this conv (shape and params; checks nothing else). */
 int ovs_conv2d_winograd_wins(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R,
                              int64_t S, const ovs_conv2d_params *p);
