@@ -695,6 +695,22 @@ MODEL_FILES = {"rn50": "rn50.safetensors", "vitb16": "vitb16.safetensors"}
 OPEN_CLIP_NAMES = {"rn50": "RN50-quickgelu", "vitb16": "ViT-B-16-quickgelu"}
 
 
+def in_process_engines(threads: int):
+    """(ovs, torch or None) for the single-process scripts (bench_labels, bench_conv): ovs
+    imported from this checkout, both at `threads` threads."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    import ovs
+
+    ovs.set_num_threads(threads)
+    try:
+        import torch
+        torch.set_num_threads(threads)
+    except ImportError:
+        torch = None
+    return ovs, torch
+
+
 def load_reference(stem: str):
     """tests/reference/<stem>.py (a PyTorch reference of the test suite) as the module `stem`:
     the references import each other by that bare name, so their folder joins sys.path."""

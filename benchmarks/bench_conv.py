@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 
 import numpy as np
@@ -60,16 +59,9 @@ def main(argv=None) -> int:
     unknown = [g for g in groups if g not in CASES]
     if unknown:
         raise SystemExit(f"--cases: unknown {unknown}; choose from {','.join(CASES)}")
-    sys.path.insert(0, str(H.REPO_ROOT))   # this checkout's ovs, not an installed one
-    import ovs
+    _, torch = H.in_process_engines(args.threads)   # this checkout's ovs
     from ovs import _core
 
-    ovs.set_num_threads(args.threads)
-    try:
-        import torch
-        torch.set_num_threads(args.threads)
-    except ImportError:
-        torch = None
     rng = np.random.default_rng(0)
     cases = []
     for group in groups:

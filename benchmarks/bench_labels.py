@@ -62,14 +62,7 @@ def main(argv=None) -> int:
             raise ValueError
     except ValueError:
         raise SystemExit(f"--outputs: expected sizes like 512x683,2048x2731, got {args.outputs!r}") from None
-    import ovs
-
-    ovs.set_num_threads(args.threads)
-    try:
-        import torch
-        torch.set_num_threads(args.threads)
-    except ImportError:
-        torch = None
+    _, torch = H.in_process_engines(args.threads)
     rng = np.random.default_rng(0)
     cases = []
     for C in [int(c) for c in args.classes.split(",")]:

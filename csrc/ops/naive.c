@@ -55,23 +55,28 @@ static const float wg_G[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.
 static const float wg_BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
 static const float wg_AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
 
-/* out (rows, cols) = L (rows, n) @ X (n, cols) @ L^T: two plain matrix products. */
-static void wg_sandwich(float *out, const float *L, int64_t rows, int64_t n, const float *X) {
-    float t[4 * 4];   /* (rows, n) = L X */
+/* out (rows, cols) = L (rows, n) @ X (n, cols), terms with a zero coefficient left out. */
+static void wg_lmul(float *out, const float *L, int64_t rows, int64_t n, const float *X,
+                    int64_t cols) {
     for (int64_t a = 0; a < rows; a++)
-        for (int64_t j = 0; j < n; j++) {
+        for (int64_t j = 0; j < cols; j++) {
             float acc = 0.0f;
             for (int64_t i = 0; i < n; i++)
-                if (L[a * n + i] != 0.0f) acc += L[a * n + i] * X[i * n + j];
-            t[a * n + j] = acc;
+                if (L[a * n + i] != 0.0f) acc += L[a * n + i] * X[i * cols + j];
+            out[a * cols + j] = acc;
         }
+}
+
+/* out (rows, rows) = L (rows, n) @ X (n, n) @ L^T, as (L (L X)^T)^T: two plain products. */
+static void wg_sandwich(float *out, const float *L, int64_t rows, int64_t n, const float *X) {
+    float t[4 * 4], u[4 * 4];   /* t (rows, n) = L X, then u (rows, rows) = L t^T */
+    wg_lmul(t, L, rows, n, X, n);
+    float tt[4 * 4];            /* t^T (n, rows) */
     for (int64_t a = 0; a < rows; a++)
-        for (int64_t b = 0; b < rows; b++) {
-            float acc = 0.0f;
-            for (int64_t j = 0; j < n; j++)
-                if (L[b * n + j] != 0.0f) acc += t[a * n + j] * L[b * n + j];
-            out[a * rows + b] = acc;
-        }
+        for (int64_t j = 0; j < n; j++) tt[j * rows + a] = t[a * n + j];
+    wg_lmul(u, L, rows, n, tt, rows);
+    for (int64_t a = 0; a < rows; a++)
+        for (int64_t b = 0; b < rows; b++) out[a * rows + b] = u[b * rows + a];
 }
 
 static int wg_naive(float *out, const float *in, const ovs_matrix *weight, const float *bias,
@@ -103,22 +108,7 @@ static int wg_naive(float *out, const float *in, const ovs_matrix *weight, const
                         wg_sandwich(v, &wg_BT[0][0], 4, 4, d);
                         for (int e = 0; e < 16; e++) m[e] = fmaf(U[(k * C + c) * 16 + e], v[e], m[e]);
                     }
-                    /* Y = A^T M A: (2, 4) then (2, 2) */
-                    float s[8];
-                    for (int a = 0; a < 2; a++)
-                        for (int j = 0; j < 4; j++) {
-                            float acc = 0.0f;
-                            for (int i = 0; i < 4; i++)
-                                if (wg_AT[a][i] != 0.0f) acc += wg_AT[a][i] * m[i * 4 + j];
-                            s[a * 4 + j] = acc;
-                        }
-                    for (int a = 0; a < 2; a++)
-                        for (int b = 0; b < 2; b++) {
-                            float acc = 0.0f;
-                            for (int j = 0; j < 4; j++)
-                                if (wg_AT[b][j] != 0.0f) acc += s[a * 4 + j] * wg_AT[b][j];
-                            y[a * 2 + b] = acc;
-                        }
+                    wg_sandwich(y, &wg_AT[0][0], 2, 4, m);   /* Y = A^T M A */
                     for (int a = 0; a < 2; a++)
                         for (int b = 0; b < 2; b++) {
                             const int64_t oy = 2 * ty + a, ox = 2 * tx + b;
