@@ -140,6 +140,18 @@ def test_auto_takes_winograd_on_large_maps_only(rng):
                           _core.op_conv2d(x, w, b, padding=1, stride=2, algo="direct"))
 
 
+def test_auto_is_batch_invariant(rng):
+    # the choice depends on one image's size: an image's result is the same alone or in a batch
+    # (tests/test_preprocess.py compares batch-of-6 and single-image features)
+    x, w, b = rand(rng, 3, 128, 60, 58), rand(rng, 128, 128, 3, 3, scale=0.05), rand(rng, 128)
+    assert _core.op_conv2d_winograd_wins(1, 128, 60, 58, 128, 3, 3, 1)
+    assert not _core.op_conv2d_winograd_wins(3, 128, 30, 30, 128, 3, 3, 1)
+    for xs in (x, np.ascontiguousarray(x[:, :, :30, :30])):
+        batch = _core.op_conv2d(xs, w, b, padding=1)
+        for i in range(len(xs)):
+            assert np.array_equal(_core.op_conv2d(xs[i:i + 1], w, b, padding=1), batch[i:i + 1])
+
+
 def test_winograd_bad_inputs(rng):
     x, w = rand(rng, 1, 4, 9, 9), rand(rng, 6, 4, 3, 3)
     with pytest.raises(ValueError, match="algo must be 'auto', 'direct' or 'winograd'"):

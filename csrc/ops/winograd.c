@@ -15,7 +15,8 @@
  * above, so the result is bitwise that of the naive twin (ops_conv2d_winograd_naive, naive.c)
  * and independent of chunking, thread count and ISA.
  *
- * Work: tiles in chunks of NT (a multiple of the kernel width, from C only: V of a chunk ~1 MiB);
+ * Work: tiles in chunks of NT (a multiple of the kernel width: V of a chunk ~1 MiB, smaller for
+ * ~4 chunks per thread);
  * a thread takes a chunk whole: input transform into its V (16, NT/16, C, 16), then per block of
  * mr output channels the 16 GEMMs into its M (16, NT/NB, mr, NB) and the output transform with
  * (Y + bias) [+ residual], act fused, straight into out. No barrier inside the region. */
@@ -262,12 +263,18 @@ int ops_conv2d_winograd(const char *op, float *out, const float *in, const ovs_m
     wg_job j = {in, NULL, bias, residual, out, C, H, W, K, P, Q, ph, pw, (P + 1) / 2, (Q + 1) / 2,
                 0, 0, NB, mr, KB, act};
     j.T = N * j.TH * j.TW;
-    j.NT = wg_chunk_tiles(C, NB);
-    const int64_t chunks = (j.T + j.NT - 1) / j.NT;
     int threads = ovs_get_num_threads();
 #ifdef _OPENMP
     if (omp_in_parallel()) threads = 1;
 #endif
+    /* Several threads: at least ~4 chunks each where the tiles allow (the dynamic schedule then
+     * evens out a short last chunk). The chunking does not change any result. */
+    j.NT = wg_chunk_tiles(C, NB);
+    if (threads > 1) {
+        const int64_t even = j.T / (4 * threads) / NB * NB;
+        if (even < j.NT) j.NT = even > NB ? even : NB;
+    }
+    const int64_t chunks = (j.T + j.NT - 1) / j.NT;
     if (threads > chunks) threads = (int)chunks;
     /* per thread: V, M and the pieces */
     const size_t nv = (size_t)(WG_XI * C) * (size_t)j.NT, nm = (size_t)(WG_XI * mr) * (size_t)j.NT;
@@ -309,7 +316,9 @@ int ovs_conv2d_winograd_wins(int64_t N, int64_t C, int64_t H, int64_t W, int64_t
     const int64_t P = ovs_conv2d_out_size(H, 3, 1, p->pad_h, 1);
     const int64_t Q = ovs_conv2d_out_size(W, 3, 1, p->pad_w, 1);
     if (P < 1 || Q < 1 || N < 1) return 0;
-    const int64_t T = N * ((P + 1) / 2) * ((Q + 1) / 2);
+    /* Tiles of one image, not of the batch: an image's result must not depend on the batch it
+     * is in (both paths are batch-invariant, bitwise, so the choice must be too). */
+    const int64_t T = ((P + 1) / 2) * ((Q + 1) / 2);
     /* Measured per layer (AVX-512, 1 and 2 threads, RN50 224/448 and DeepLab 512 shapes; see
      * the commit): the transforms cost about as much as the GEMM saves below ~1500 tiles for
      * C < 128 (RN50 224's layer1 at 56x56 loses by 5-10%) and below C*T ~ 60000 otherwise

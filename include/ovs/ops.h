@@ -148,8 +148,8 @@ int ovs_linear_forward_naive(float *out, const float *in, const ovs_matrix *weig
 /* How ovs_conv2d_forward computes a conv. AUTO takes Winograd F(2x2, 3x3) for 3x3, stride-1,
  * undilated, ungrouped convs on maps large enough for it to win (ovs_conv2d_winograd_wins) and
  * the direct implicit GEMM otherwise; DIRECT always the implicit GEMM (the fmaf chain over the
- * taps, bitwise equal to the sparse kernels on the same zeroed weights); WINOGRAD forces
- * Winograd (OVS_ERR_UNSUPPORTED for a conv it does not cover). */
+ * taps, for callers and tests that need exactly that); WINOGRAD forces Winograd
+ * (OVS_ERR_UNSUPPORTED for a conv it does not cover). Both paths agree to float32 rounding. */
 typedef enum {
     OVS_CONV2D_AUTO = 0,
     OVS_CONV2D_DIRECT = 1,
@@ -205,14 +205,16 @@ int ovs_conv2d_forward_naive(float *out, const float *in, const ovs_matrix *weig
  * the standard matrices of Lavin & Gray (2016): the 16 elementwise sums are GEMMs (K, C) @
  * (C, tiles) on the packed micro-kernels, each an fmaf chain over c in increasing order; the
  * weights (dense or conv-packed) are transformed per call into a transient buffer of 16*K*C
- * floats (no second resident copy), tiles are processed in chunks of a size fixed by C and the
- * ISA's tile width, so the result is bitwise independent of the thread count and of the ISA,
+ * floats (no second resident copy); each output's arithmetic does not depend on how the tiles
+ * are cut into chunks for the threads, so the result is bitwise independent of the thread count
+ * and of the ISA,
  * and equal (==) to ovs_conv2d_forward_naive with algo WINOGRAD (the same algorithm as plain
  * loops, the transforms as matrix products), up to the activation's implementation.
  * Its error against the exact conv is of the order of the direct float32 conv's (each M element
  * one fmaf chain over C instead of 9C taps, the transforms' coefficients 0, +-1/2, +-1): the
  * results differ from the direct path's in the last bits, tests/test_winograd.py bounds both. */
-/* 1 when AUTO takes Winograd for this conv (shape and params; checks nothing else). */
+/* 1 when AUTO takes Winograd for this conv (shape and params; checks nothing else). The choice
+ * depends on one image's size, not on N: an image's result is bitwise the same in any batch. */
 int ovs_conv2d_winograd_wins(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R,
                              int64_t S, const ovs_conv2d_params *p);
 
