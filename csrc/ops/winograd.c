@@ -12,7 +12,8 @@
  * ISA's panel kernel (ops/gemm.h; U_xi packed as the left operand, V_xi in 16-column panels),
  * one fmaf chain over c in increasing order per element. Every transform is a fixed sequence of
  * float additions (products by 0.5 are exact), written in the order of the matrix products
- * above, so the result is bitwise that of the naive twin (ops_conv2d_winograd_naive, naive.c)
+ * above, so the result is bitwise that of the naive twin (ovs_conv2d_forward_naive with algo
+ * WINOGRAD, naive.c; up to the activation code)
  * and independent of chunking, thread count and ISA.
  *
  * Work: tiles in chunks of NT (a multiple of the kernel width: V of a chunk ~1 MiB, smaller for
