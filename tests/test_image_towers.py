@@ -206,6 +206,28 @@ def test_activation_choice_is_used(fixtures_dir, reference):
         ovs.load(str(fixtures_dir / "vit_tiny.safetensors"), act="relu6")
 
 
+@pytest.mark.parametrize("heads", [8, 16, 64])
+def test_resnet_attention_pool_any_head_width(heads, fixtures_dir, reference):
+    """The ResNet attention pool with the tiny model's weights split into 8, 16 or 64 heads
+    (head widths 64 and 32: k and v folded into the query side, csrc/models/resnet.c
+    attnpool_folded; width 8, not whole packed panels: k and v of every token) against
+    open_clip's ModifiedResNet built with those heads."""
+    import torch
+    from open_clip.modified_resnet import ModifiedResNet
+
+    from ovs.weights import load_state_dict
+
+    sd = load_state_dict(fixtures_dir / "rn_tiny.safetensors")
+    x = reference("rn_tiny_image.npz")["sq_b4_x"]
+    ref = ModifiedResNet([1, 2, 1, 1], 48, heads, image_size=96, width=16).eval()
+    ref.load_state_dict({k[len("visual."):]: torch.from_numpy(np.array(v)) for k, v in sd.items()
+                         if k.startswith("visual.")})
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x)).numpy()
+    got = ovs.Model(sd, vision_heads=heads).encode_image(x, preprocess=False)
+    assert_close(got, want, name=f"{heads} heads")
+
+
 def _rewrite(fixtures_dir, tmp_path, name, edit):
     from safetensors.numpy import load_file, save_file
 
