@@ -98,6 +98,9 @@ def test_sparse_conv_bitwise_across_threads_and_isas(restore_runtime, case):
                 _core.set_num_threads(threads)
                 got = _core.op_conv2d_sparse(xa, w, b, r, padding=pad, dilation=dil, act="relu")
                 assert np.array_equal(got, ref), f"isa={isa} threads={threads} shift={shift}"
+            # repeat > 1 runs through a plan (the tables built once, then reused), as models do
+            got = _core.op_conv2d_sparse(xa, w, b, r, padding=pad, dilation=dil, act="relu", repeat=3)
+            assert np.array_equal(got, ref), f"planned, isa={isa} shift={shift}"
 
 
 def test_sparse_conv_residual_and_alias():
@@ -164,6 +167,12 @@ def test_rn50_sparse_equals_dense_of_zeroed_weights(rn50_sd, reference):
     for k in ("res2", "res3", "res4", "res5", "embed"):
         err = _rel(b[k], a[k])
         assert err <= 1e-5, f"{k}: sparse vs dense max relative error {err}"
+    # another input size: every sparse conv's plan (ops.h ovs_sparse_plan) is rebuilt for it
+    x2 = reference("rn50_image.npz")["sq_b1_x"]
+    a2, b2 = dense.image_features(x2), sparse.image_features(x2)
+    for k in ("res5", "embed"):
+        assert _rel(b2[k], a2[k]) <= 1e-5, f"{k} at {x2.shape}: {_rel(b2[k], a2[k])}"
+    assert np.array_equal(sparse.image_features(x)["res5"], b["res5"])   # and back
     # memory proportional to the non-zeros: 6 bytes per non-zero + row pointers
     for c in table:
         if c["sparse"]:

@@ -14,6 +14,8 @@ typedef struct {
     ovs_matrix w;             /* the conv-packed matrix view of weight */
     ovs_csr csr;              /* (K, C*R*S) non-zeros of the folded weight when sparse */
     int sparse;               /* 1: run ovs_conv2d_sparse_forward on csr */
+    ovs_sparse_plan *plan;    /* owned: the sparse kernel's tables for the last input size
+                               * (freed with, and whenever, the CSR is freed) */
     int64_t nnz;              /* non-zeros of the folded weight */
     double dense_ms, sparse_ms;  /* last calibration timings (0 if not measured) */
     char name[96];            /* the conv's weight name without ".weight" */

@@ -95,6 +95,8 @@ int ovs_convbn_init(ovs_convbn *cb, const ovs_tensor_map *w, const char *conv, c
     static const char *const suffix[4] = {"weight", "bias", "running_mean", "running_var"};
     int rc;
     memset(cb, 0, sizeof *cb);
+    if (!(cb->plan = ovs_malloc(sizeof *cb->plan))) return OVS_ERR_NOMEM;
+    memset(cb->plan, 0, sizeof *cb->plan);
     /* Read for one use: only the folded copy stays resident. */
     snprintf(name, sizeof name, "%s.weight", conv);
     /* a weight given as CSR is folded straight into the sparse form (never dense) */
@@ -159,6 +161,9 @@ int ovs_convbn_set_dense(ovs_convbn *cb, float *buf) {
 }
 
 void ovs_convbn_release(ovs_convbn *cb) {
+    ovs_sparse_plan_free(cb->plan);
+    ovs_free(cb->plan);
+    cb->plan = NULL;
     ovs_csr_free(&cb->csr);
     ovs_free(cb->weight);
     ovs_free(cb->bias);
@@ -355,6 +360,10 @@ int ovs_resnet_feature_shape(const ovs_resnet *m, int stage, int64_t H, int64_t 
 
 int ovs_convbn_forward(const ovs_convbn *cb, float *out, const float *in, const float *residual,
                           int64_t N, int64_t H, int64_t W, ovs_act act, float *scratch) {
+    if (cb->sparse && cb->plan)
+        return ovs_conv2d_sparse_forward_planned(out, in, &cb->csr, cb->bias, residual, N, cb->C,
+                                                 H, W, cb->K, cb->R, cb->S, &cb->p, act, scratch,
+                                                 cb->plan);
     if (cb->sparse)
         return ovs_conv2d_sparse_forward(out, in, &cb->csr, cb->bias, residual, N, cb->C, H, W,
                                          cb->K, cb->R, cb->S, &cb->p, act, scratch);

@@ -85,6 +85,7 @@ int ovs_convbn_make_dense(ovs_convbn *cb) {
     ovs_csr_to_dense(wt, &cb->csr);
     if ((rc = ovs_convbn_set_dense(cb, wt))) return rc;
     ovs_csr_free(&cb->csr);
+    ovs_sparse_plan_free(cb->plan);
     cb->sparse = 0;
     return OVS_OK;
 }
@@ -149,8 +150,9 @@ static int convbn_time(ovs_convbn *cb, int64_t H, int64_t W, float *in, float *o
                                      cb->S, &cb->p, OVS_ACT_RELU, scratch)))
             return rc;
         double t1 = now_ms();
-        if ((rc = ovs_conv2d_sparse_forward(out, in, &cb->csr, cb->bias, NULL, 1, cb->C, H, W,
-                                            cb->K, cb->R, cb->S, &cb->p, OVS_ACT_RELU, scratch)))
+        if ((rc = ovs_conv2d_sparse_forward_planned(out, in, &cb->csr, cb->bias, NULL, 1, cb->C,
+                                                    H, W, cb->K, cb->R, cb->S, &cb->p,
+                                                    OVS_ACT_RELU, scratch, cb->plan)))
             return rc;
         double t2 = now_ms();
         if (t1 - t0 < best_d) best_d = t1 - t0;
@@ -183,6 +185,7 @@ int ovs_resnet_sparsify(ovs_resnet *m, ovs_sparse_mode mode, int64_t H, int64_t 
         if (convbn_stays_dense(cb, mode)) {
             if ((rc = ovs_convbn_make_dense(cb))) goto done;
             ovs_csr_free(&cb->csr);
+            ovs_sparse_plan_free(cb->plan);
         }
     }
     if (mode == OVS_SPARSE_DENSE) goto done;
@@ -222,6 +225,7 @@ int ovs_resnet_sparsify(ovs_resnet *m, ovs_sparse_mode mode, int64_t H, int64_t 
             if ((rc = convbn_time(cb, sites[i].H, sites[i].W, in, out, scratch))) goto done;
             if (!(cb->sparse_ms < SPARSE_MIN_GAIN * cb->dense_ms)) {
                 ovs_csr_free(&cb->csr);
+            ovs_sparse_plan_free(cb->plan);
                 cb->sparse = 0;
                 continue;
             }

@@ -339,10 +339,49 @@ static void sp_store(float *ok, const float *rk, const float *t, float b, int64_
     }
 }
 
-int ovs_conv2d_sparse_forward(float *out, const float *in, const ovs_csr *w, const float *bias,
-                              const float *residual, int64_t N, int64_t C, int64_t H, int64_t W,
-                              int64_t K, int64_t R, int64_t S, const ovs_conv2d_params *p,
-                              ovs_act act, float *scratch) {
+/* off (L,): the input offset of weight column l = (c, r, s) in the layout g. */
+static void sp_offsets(int64_t *off, int64_t C, int64_t R, int64_t S, const ovs_conv2d_params *p,
+                       const sp_layout *g) {
+    for (int64_t l = 0; l < C * R * S; l++) {
+        const int64_t c = l / (R * S), r = (l / S) % R, s = l % S;
+        off[l] = c * g->plane + r * p->dil_h * g->Wq +
+                 (g->ncopy > 1 ? s * (int64_t)g->copy_floats : s * p->dil_w);
+    }
+}
+
+/* Every non-zero's input offset xo (from the per-column table off) and the slice starts of every
+ * row (see the forward). An orphaned work-shared loop: inside the forward's parallel region the
+ * threads share it (ending with a barrier), outside any region one thread does it all. */
+static void sp_tables(const ovs_csr *w, const int64_t *off, int32_t *xo, int64_t *start,
+                      int64_t nch, int64_t Lc) {
+    const int64_t ns = nch + 1;
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < w->rows; k++) {
+        for (int64_t j = w->row_ptr[k]; j < w->row_ptr[k + 1]; j++) xo[j] = (int32_t)off[w->col[j]];
+        int64_t *sk = start + k * ns;
+        sk[0] = w->row_ptr[k];
+        sk[nch] = w->row_ptr[k + 1];
+        for (int64_t h = 1; h < nch; h++) {  /* first j >= sk[h-1] with col[j] >= h*Lc */
+            int64_t lo = sk[h - 1], hi = sk[nch];
+            while (lo < hi) {
+                const int64_t mid = lo + (hi - lo) / 2;
+                if ((int64_t)w->col[mid] < h * Lc) lo = mid + 1; else hi = mid;
+            }
+            sk[h] = lo;
+        }
+    }
+}
+
+void ovs_sparse_plan_free(ovs_sparse_plan *plan) {
+    if (!plan) return;
+    ovs_free(plan->block);
+    memset(plan, 0, sizeof *plan);
+}
+
+static int sparse_forward(float *out, const float *in, const ovs_csr *w, const float *bias,
+                          const float *residual, int64_t N, int64_t C, int64_t H, int64_t W,
+                          int64_t K, int64_t R, int64_t S, const ovs_conv2d_params *p,
+                          ovs_act act, float *scratch, ovs_sparse_plan *plan) {
     const char *op = "conv2d_sparse_forward";
     int64_t P = 0, Q = 0;
     int st = sparse_check(op, out, in, w, N, C, H, W, K, R, S, p, act, &P, &Q);
@@ -359,21 +398,54 @@ int ovs_conv2d_sparse_forward(float *out, const float *in, const ovs_csr *w, con
                              "%s: input of %lld x %lld x %lld too large (offsets are 32-bit)", op,
                              (long long)C, (long long)H, (long long)W);
     if (!scratch) return ovs_set_error(OVS_ERR_ARG, "%s: scratch is NULL", op);
-    const int64_t Wq = g.Wq, plane = g.plane, RS = R * S, L = C * RS;
+    const int64_t Wq = g.Wq, L = C * R * S;
     float *xpad = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
     int64_t *off = (int64_t *)(((uintptr_t)(scratch + g.pad_floats) + 63) & ~(uintptr_t)63);
     int32_t *xo = (int32_t *)(((uintptr_t)(off + L) + 63) & ~(uintptr_t)63);
     int64_t *cost = (int64_t *)(((uintptr_t)(xo + w->nnz) + 63) & ~(uintptr_t)63);
-    for (int64_t l = 0; l < L; l++) {
-        const int64_t c = l / RS, r = (l / S) % R, s = l % S;
-        off[l] = c * plane + r * p->dil_h * Wq +
-                 (g.ncopy > 1 ? s * (int64_t)g.copy_floats : s * p->dil_w);
-    }
     /* Slice starts: row k's non-zeros of slice h (columns [h*Lc, (h+1)*Lc)) are
      * [start[k*(nch+1) + h], start[k*(nch+1) + h + 1]); columns ascend within a row. */
     const int64_t nch = g.nch, Lc = g.Lc, ns = nch + 1;
     int64_t *start = (int64_t *)(((uintptr_t)(cost + (K + SP_BLOCK - 1) / SP_BLOCK + 1) + 63) &
                                  ~(uintptr_t)63);
+    /* With a plan, xo and start come from it, built here when the geometry (or the weight)
+     * differs from the one it holds. */
+    int tables_ready = 0;
+    if (plan) {
+        const int same = plan->block && plan->col == w->col && plan->nnz == w->nnz &&
+                         plan->rows == K && plan->C == C && plan->H == H && plan->W == W &&
+                         plan->R == R && plan->S == S && plan->pad_h == p->pad_h &&
+                         plan->pad_w == p->pad_w && plan->dil_h == p->dil_h &&
+                         plan->dil_w == p->dil_w && plan->copy == g.copy && plan->nch == nch;
+        if (!same) {
+            ovs_sparse_plan_free(plan);
+            size_t bytes;
+            if (ovs_mul_size(&bytes, (size_t)K, (size_t)ns * sizeof(int64_t)) ||
+                bytes > SIZE_MAX - (size_t)w->nnz * sizeof(int32_t) - 64)
+                return ovs_set_error(OVS_ERR_OVERFLOW, "%s: plan size overflows", op);
+            bytes += (size_t)w->nnz * sizeof(int32_t) + 64;
+            if (!(plan->block = ovs_malloc(bytes)))
+                return ovs_set_error(OVS_ERR_NOMEM, "%s: out of memory for the plan (%zu bytes)",
+                                     op, bytes);
+            plan->start = (int64_t *)plan->block;
+            plan->xo = (int32_t *)(((uintptr_t)(plan->start + K * ns) + 63) & ~(uintptr_t)63);
+            sp_offsets(off, C, R, S, p, &g);
+            sp_tables(w, off, plan->xo, plan->start, nch, Lc);
+            plan->col = w->col;
+            plan->nnz = w->nnz;
+            plan->rows = K;
+            plan->C = C, plan->H = H, plan->W = W, plan->R = R, plan->S = S;
+            plan->pad_h = p->pad_h, plan->pad_w = p->pad_w, plan->dil_h = p->dil_h,
+            plan->dil_w = p->dil_w;
+            plan->copy = g.copy;
+            plan->nch = nch;
+        }
+        xo = plan->xo;
+        start = plan->start;
+        tables_ready = 1;
+    } else {
+        sp_offsets(off, C, R, S, p, &g);
+    }
     /* Work items are (tile, block of SP_BLOCK output rows), tile-major so that a tile's input
      * stays in cache while every block reads it; within an item, slice by slice of input
      * channels, every group of SP_ROWS rows advances its accumulators (the slice's input in
@@ -392,23 +464,9 @@ int ovs_conv2d_sparse_forward(float *out, const float *in, const ovs_csr *w, con
     /* One parallel region per call: the offsets, the copies of each image and the items. */
 #pragma omp parallel if (par) num_threads(ovs_get_num_threads())
     {
-#pragma omp for schedule(static)
-        for (int64_t k = 0; k < K; k++) {
-            /* every non-zero's input offset, resolved once per call */
-            for (int64_t j = w->row_ptr[k]; j < w->row_ptr[k + 1]; j++) xo[j] = (int32_t)off[w->col[j]];
-            int64_t *sk = start + k * ns;
-            sk[0] = w->row_ptr[k];
-            sk[nch] = w->row_ptr[k + 1];
-            for (int64_t h = 1; h < nch; h++) {  /* first j >= sk[h-1] with col[j] >= h*Lc */
-                int64_t lo = sk[h - 1], hi = sk[nch];
-                while (lo < hi) {
-                    const int64_t mid = lo + (hi - lo) / 2;
-                    if ((int64_t)w->col[mid] < h * Lc) lo = mid + 1; else hi = mid;
-                }
-                sk[h] = lo;
-            }
-        }
-        /* (the loop's implicit barrier publishes xo and start) */
+        /* every non-zero's input offset, resolved once per call (or per plan); the loop's
+         * implicit barrier publishes xo and start */
+        if (!tables_ready) sp_tables(w, off, xo, start, nch, Lc);
         const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
         const int64_t total = tiles * per_tile;
         const int64_t lo = total / nt * tid + (total % nt) * tid / nt;
@@ -460,4 +518,20 @@ int ovs_conv2d_sparse_forward(float *out, const float *in, const ovs_csr *w, con
     }
     if (act != OVS_ACT_NONE && act != OVS_ACT_RELU) return ovs_act_forward(out, N * K * P * Q, act);
     return OVS_OK;
+}
+
+int ovs_conv2d_sparse_forward(float *out, const float *in, const ovs_csr *w, const float *bias,
+                              const float *residual, int64_t N, int64_t C, int64_t H, int64_t W,
+                              int64_t K, int64_t R, int64_t S, const ovs_conv2d_params *p,
+                              ovs_act act, float *scratch) {
+    return sparse_forward(out, in, w, bias, residual, N, C, H, W, K, R, S, p, act, scratch, NULL);
+}
+
+int ovs_conv2d_sparse_forward_planned(float *out, const float *in, const ovs_csr *w,
+                                      const float *bias, const float *residual, int64_t N,
+                                      int64_t C, int64_t H, int64_t W, int64_t K, int64_t R,
+                                      int64_t S, const ovs_conv2d_params *p, ovs_act act,
+                                      float *scratch, ovs_sparse_plan *plan) {
+    if (!plan) return ovs_set_error(OVS_ERR_ARG, "conv2d_sparse_forward_planned: plan is NULL");
+    return sparse_forward(out, in, w, bias, residual, N, C, H, W, K, R, S, p, act, scratch, plan);
 }

@@ -9,26 +9,36 @@
 #define F32(a) ((float *)PyArray_DATA(a))
 
 /* op_conv2d_sparse(x, w, b=None, residual=None, stride=1, padding=0, dilation=1, act="none",
- *                  naive=False, residual_alias=False) -> (N, K, P, Q)
- * w is a dense (K, C, R, S) array; its non-zeros are stored as CSR and the sparse kernel runs. */
+ *                  naive=False, residual_alias=False, repeat=1) -> (N, K, P, Q)
+ * w is a dense (K, C, R, S) array; its non-zeros are stored as CSR and the sparse kernel runs
+ * (repeat times, for timing the kernel without the CSR build; not with a residual alias; with
+ * repeat > 1 through a plan, ovs_conv2d_sparse_forward_planned, as the models run it). */
 static PyObject *py_op_conv2d_sparse(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     int st = -1;
     static char *kwlist[] = {"x", "w", "b", "residual", "stride", "padding", "dilation", "act",
-                             "naive", "residual_alias", NULL};
+                             "naive", "residual_alias", "repeat", NULL};
     PyObject *x_obj, *w_obj, *b_obj = Py_None, *r_obj = Py_None;
     long long stride = 1, pad = 0, dil = 1;
     const char *act_name = "none";
     int naive = 0, alias = 0;
+    long long repeat = 1;
     ovs_act act;
     PyArrayObject *x = NULL, *w = NULL, *b = NULL, *r = NULL, *out = NULL;
     float *scratch = NULL;
     ovs_csr csr;
+    ovs_sparse_plan plan;
     memset(&csr, 0, sizeof csr);
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOLLLspp", kwlist, &x_obj, &w_obj, &b_obj,
-                                     &r_obj, &stride, &pad, &dil, &act_name, &naive, &alias))
+    memset(&plan, 0, sizeof plan);
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOLLLsppL", kwlist, &x_obj, &w_obj, &b_obj,
+                                     &r_obj, &stride, &pad, &dil, &act_name, &naive, &alias,
+                                     &repeat))
         return NULL;
     if (ovs_py_parse_act(act_name, 1, &act)) return NULL;
+    if (repeat < 1 || (repeat > 1 && alias)) {
+        PyErr_Format(PyExc_ValueError, "repeat must be >= 1 (1 with residual_alias), got %lld", repeat);
+        return NULL;
+    }
     if (stride < 1 || pad < 0 || dil < 1) {
         PyErr_Format(PyExc_ValueError, "need stride >= 1, padding >= 0, dilation >= 1; got %lld, %lld, %lld",
                      stride, pad, dil);
@@ -94,9 +104,14 @@ static PyObject *py_op_conv2d_sparse(PyObject *self, PyObject *args, PyObject *k
     if (naive)
         st = ovs_conv2d_sparse_forward_naive(F32(out), F32(x), &csr, bias, res, N, C, H, W, K, R,
                                              S, &p, act);
-    else
+    else if (repeat == 1)
         st = ovs_conv2d_sparse_forward(F32(out), F32(x), &csr, bias, res, N, C, H, W, K, R, S,
                                        &p, act, scratch);
+    else   /* as a model runs it: the tables built on the first call, reused by the others */
+        for (long long i = 0; i < repeat && !st; i++)  /* st == 0 here (the CSR was built) */
+            st = ovs_conv2d_sparse_forward_planned(F32(out), F32(x), &csr, bias, res, N, C, H, W,
+                                                   K, R, S, &p, act, scratch, &plan);
+    ovs_sparse_plan_free(&plan);
     Py_END_ALLOW_THREADS
 done:
     ovs_csr_free(&csr);
@@ -107,7 +122,8 @@ done:
 static PyMethodDef sparse_methods[] = {
     {"op_conv2d_sparse", (PyCFunction)(void (*)(void))py_op_conv2d_sparse, METH_VARARGS | METH_KEYWORDS,
      "op_conv2d_sparse(x, w, b=None, residual=None, stride=1, padding=0, dilation=1, act='none', "
-     "naive=False, residual_alias=False): conv with w's non-zeros stored as CSR"},
+     "naive=False, residual_alias=False, repeat=1): conv with w's non-zeros stored as CSR (the "
+     "fast kernel run repeat times)"},
     {NULL, NULL, 0, NULL},
 };
 

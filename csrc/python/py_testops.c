@@ -133,21 +133,26 @@ static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
     int st = -1;
     static char *kwlist[] = {"x",      "w",   "b",     "residual",       "stride",
                              "padding", "dilation", "groups", "act", "naive",
-                             "residual_alias", "packed", "prepacked", "scratch", "algo", NULL};
+                             "residual_alias", "packed", "prepacked", "scratch", "algo",
+                             "repeat", NULL};
     PyObject *x_obj, *w_obj, *b_obj = Py_None, *r_obj = Py_None, *pk_obj = Py_None;
     PyObject *stride_obj = NULL, *pad_obj = NULL, *dil_obj = NULL;
-    long long groups = 1;
+    long long groups = 1, repeat = 1;
     const char *act_name = "none", *algo_name = "auto";
     int naive = 0, alias = 0, packed = 0, use_scratch = 1;
     ovs_act act;
     ovs_conv2d_params p;
     PyArrayObject *x = NULL, *w = NULL, *b = NULL, *r = NULL, *out = NULL, *pre = NULL;
     float *scratch = NULL, *pk = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOOOOLspppOps", kwlist, &x_obj, &w_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOOOOLspppOpsL", kwlist, &x_obj, &w_obj,
                                      &b_obj, &r_obj, &stride_obj, &pad_obj, &dil_obj, &groups,
                                      &act_name, &naive, &alias, &packed, &pk_obj, &use_scratch,
-                                     &algo_name))
+                                     &algo_name, &repeat))
         return NULL;
+    if (repeat < 1 || (repeat > 1 && alias)) {
+        PyErr_Format(PyExc_ValueError, "repeat must be >= 1 (1 with residual_alias), got %lld", repeat);
+        return NULL;
+    }
     /* algo: ovs_conv2d_params.algo ("auto" lets ovs_conv2d_forward choose; with naive=True
      * "auto" and "direct" are the direct conv, "winograd" the Winograd twin) */
     ovs_conv2d_algo algo;
@@ -233,8 +238,11 @@ static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
         OVS_PY_NOGIL(st, ovs_conv2d_forward_naive(F32(out), F32(x), &wm, F32_OR_NULL(b), res, N, C,
                                                   H, W, K, R, S, &p, act));
     else
-        OVS_PY_NOGIL(st, ovs_conv2d_forward(F32(out), F32(x), &wm, F32_OR_NULL(b), res, N, C, H, W,
-                                            K, R, S, &p, act, scratch));
+        for (long long i = 0; i < repeat; i++) {
+            OVS_PY_NOGIL(st, ovs_conv2d_forward(F32(out), F32(x), &wm, F32_OR_NULL(b), res, N, C, H,
+                                                W, K, R, S, &p, act, scratch));
+            if (st) break;
+        }
 done:
     ovs_free(scratch);
     ovs_free(pk);
@@ -835,11 +843,12 @@ OVS_PY_VARIANT(py_seg_labels_grouped_naive, ovs_py_seg_grouped, 1)
       "'sigmoid'.")                                                                         \
     X(op_conv2d, "(x, w, b=None, residual=None, stride=1, padding=0, dilation=1, "          \
       "groups=1, act='none', naive=False, residual_alias=False, packed=False, "             \
-      "prepacked=None, scratch=True, algo='auto'): packed packs w first; prepacked is w "   \
-      "packed earlier by op_conv2d_pack (w then gives the shape); scratch: pass scratch "    \
-      "sized by ovs_conv2d_scratch_floats (as the models, from their arenas), else NULL "   \
-      "(the conv allocates its input copy); algo 'auto', 'direct' or 'winograd' "           \
-      "(ovs_conv2d_params.algo; naive=True: 'winograd' is the Winograd twin).")             \
+      "prepacked=None, scratch=True, algo='auto', repeat=1): packed packs w first; "        \
+      "prepacked is w packed earlier by op_conv2d_pack (w then gives the shape); scratch: "  \
+      "pass scratch sized by ovs_conv2d_scratch_floats (as the models, from their arenas), " \
+      "else NULL (the conv allocates its input copy); algo 'auto', 'direct' or 'winograd' "  \
+      "(ovs_conv2d_params.algo; naive=True: 'winograd' is the Winograd twin); repeat runs "  \
+      "the fast conv that many times (timing).")                                            \
     X(op_conv2d_scratch_floats, "(C, H, W, K, R, S, stride=1, padding=0, dilation=1, "     \
       "groups=1): the scratch floats ovs_conv2d_forward may use (its input copy).")        \
     X(op_conv2d_pack, "(w, groups=1, unpack=False, inplace=False): the conv weight "        \

@@ -303,6 +303,28 @@ int ovs_conv2d_sparse_forward(float *out, const float *in, const ovs_csr *weight
                               const float *bias, const float *residual, int64_t N, int64_t C,
                               int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
                               const ovs_conv2d_params *p, ovs_act act, float *scratch);
+/* The tables ovs_conv2d_sparse_forward builds on every call (each non-zero's resolved input
+ * offset, 4 bytes, and every output row's input-channel slice starts), kept between calls: a
+ * model holds one per sparse conv. Zero-initialise; ovs_conv2d_sparse_forward_planned (re)builds
+ * it when the weight, the input size or the layout differ from the ones it holds (on a 7x7 map
+ * the tables cost as much as the convolution). ovs_sparse_plan_free releases it; free it too
+ * when the weight's CSR is freed (the plan recognises its weight by the column array's address
+ * and the non-zero count). A plan serves one call at a time. */
+typedef struct {
+    void *block;              /* owned: start then xo */
+    int64_t *start;           /* (rows, nch + 1) */
+    int32_t *xo;              /* (nnz) */
+    const uint16_t *col;      /* the key: weight, geometry, layout */
+    int64_t nnz, rows, C, H, W, R, S, pad_h, pad_w, dil_h, dil_w, nch;
+    int copy;
+} ovs_sparse_plan;
+void ovs_sparse_plan_free(ovs_sparse_plan *plan);
+/* ovs_conv2d_sparse_forward with the tables from (or built into) plan; the same results. */
+int ovs_conv2d_sparse_forward_planned(float *out, const float *in, const ovs_csr *weight,
+                                      const float *bias, const float *residual, int64_t N,
+                                      int64_t C, int64_t H, int64_t W, int64_t K, int64_t R,
+                                      int64_t S, const ovs_conv2d_params *p, ovs_act act,
+                                      float *scratch, ovs_sparse_plan *plan);
 /* Plain loops over the definition; any stride and padding, groups 1. */
 int ovs_conv2d_sparse_forward_naive(float *out, const float *in, const ovs_csr *weight,
                                     const float *bias, const float *residual, int64_t N,
