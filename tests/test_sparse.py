@@ -68,6 +68,7 @@ LAYOUT_CASES = [
     (1, 256, 12, 12, 40, 3, 1, 1, 0.6),    # many input-channel slices (resumed chains)
     (1, 48, 16, 16, 70, 1, 0, 1, 0.4),     # 1x1 read in place when aligned (G = 4 tiles)
     (2, 40, 9, 9, 65, 1, 0, 1, 0.05),      # 1x1 copied to whole-line planes, batch 2
+    (2, 16, 12, 12, 24, 3, 1, 1, 0.0),     # fully pruned: bias + residual + act only
 ]
 
 

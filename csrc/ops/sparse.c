@@ -390,6 +390,21 @@ static int sparse_forward(float *out, const float *in, const ovs_csr *w, const f
         return ovs_set_error(OVS_ERR_UNSUPPORTED, "%s: stride must be 1, got %lldx%lld", op,
                              (long long)p->stride_h, (long long)p->stride_w);
     if (N == 0 || K == 0 || P == 0 || Q == 0) return OVS_OK;
+    if (w->nnz == 0) {  /* a fully pruned conv: bias, residual and activation only */
+        const int64_t PQ = P * Q;
+#pragma omp parallel for schedule(static) if (N * K * PQ >= OPS_PAR_MIN) num_threads(ovs_get_num_threads())
+        for (int64_t nk = 0; nk < N * K; nk++) {
+            float *o = out + nk * PQ;
+            const float *r = residual ? residual + nk * PQ : NULL;
+            const float b = bias ? bias[nk % K] : 0.0f;
+            if (r)
+                for (int64_t i = 0; i < PQ; i++) o[i] = sp_finish(0.0f, b, r + i, act);
+            else
+                for (int64_t i = 0; i < PQ; i++) o[i] = sp_finish(0.0f, b, NULL, act);
+        }
+        if (act != OVS_ACT_NONE && act != OVS_ACT_RELU) return ovs_act_forward(out, N * K * PQ, act);
+        return OVS_OK;
+    }
     sp_layout g;
     if (sp_geometry(C, H, W, K, R, S, w->nnz, p, in, &g))
         return ovs_set_error(OVS_ERR_OVERFLOW, "%s: padded input size overflows", op);
