@@ -201,7 +201,7 @@ typedef struct {
 
 /* Output rows per work item: their accumulators (SP_BLOCK x SP_TILE floats, 8 KiB) stay in L1
  * beside the input slice. */
-#define SP_BLOCK 32
+#define SP_BLOCK SP_ROWS
 /* Bytes of input a tile may read per slice of input channels: the slice stays in L1 (48 KiB
  * on Zen 5, 32 KiB on older cores) while every row of a block reads it. */
 #define SP_SLICE_BYTES (32 * 1024)
@@ -509,15 +509,13 @@ static int sparse_forward(float *out, const float *in, const ovs_csr *w, const f
             for (; tile < tiles && tile * per_tile + cost[b] < hi;) {
                 const int64_t i0 = tile * SP_TILE, width = G - i0 < SP_TILE ? G - i0 : SP_TILE;
                 const int64_t k0 = SP_BLOCK * b, nk = K - k0 < SP_BLOCK ? K - k0 : SP_BLOCK;
-                for (int64_t h = 0; h < nch; h++)
-                    for (int64_t u = 0; u < nk; u += SP_ROWS) {
-                        const int nr = (int)(nk - u < SP_ROWS ? nk - u : SP_ROWS);
-                        for (int v = 0; v < nr; v++) {
-                            js[v] = start[(k0 + u + v) * ns + h];
-                            je[v] = start[(k0 + u + v) * ns + h + 1];
-                        }
-                        isa->tile(x + i0, xo, w->val, js, je, nr, t + u * SP_TILE, (int)(h > 0));
+                for (int64_t h = 0; h < nch; h++) {
+                    for (int64_t u = 0; u < nk; u++) {
+                        js[u] = start[(k0 + u) * ns + h];
+                        je[u] = start[(k0 + u) * ns + h + 1];
                     }
+                    isa->tile(x + i0, xo, w->val, js, je, (int)nk, t, (int)(h > 0));
+                }
                 for (int64_t u = 0; u < nk; u++) {
                     const size_t ko = (size_t)(k0 + u) * P * Q;
                     sp_store(o + ko, res ? res + ko : NULL, t + u * SP_TILE,

@@ -19,9 +19,9 @@
 
 #include <stdint.h>
 
-/* Grid positions and output rows per kernel call. */
+/* Grid positions and (at most) output rows per kernel call. */
 #define SPARSE_TILE 64
-#define SPARSE_ROWS 2
+#define SPARSE_ROWS 32
 
 typedef void (*ops_sparse_tile_fn)(const float *x, const int32_t *xo, const float *val, const int64_t *jb, const int64_t *je, int nr,
                                    float *t, int resume);
