@@ -202,15 +202,25 @@ def test_rn50_pruned_matches_open_clip(rn50_sd, reference):
 
 
 def test_auto_calibration_never_keeps_a_slower_kernel(rn50_sd):
-    pruned = ovs.prune.magnitude(rn50_sd, sparsity=0.9, scope="layer")
+    """AUTO times each conv dense and sparse and keeps the sparse kernel only where it was at
+    least 15% faster (SPARSE_MIN_GAIN in csrc/models/resnet_sparse.c). Timing-independent: the
+    decisions are checked against the recorded timings, and the conv that must go sparse is one
+    whose weight is all zeros (its sparse kernel only writes bias + ReLU: ~30x faster than the
+    dense 3x3 conv on a 16x16 map, a margin no scheduling noise on a best of 5 closes)."""
+    pruned = dict(ovs.prune.magnitude(rn50_sd, sparsity=0.9, scope="layer"))
+    pruned["visual.layer1.0.conv2.weight"] = np.zeros_like(pruned["visual.layer1.0.conv2.weight"])
     model = ovs.Model(pruned, sparse="dense")
     table = model.sparsify("auto", size=64)
     timed = [c for c in table if c["dense_ms"] > 0]
-    assert timed, "no conv was timed"
+    assert len(timed) == len(table) - 1, "every conv but the strided stem conv is timed"
     for c in table:
-        if c["sparse"]:
-            assert c["sparse_ms"] < c["dense_ms"], c
-    assert any(c["sparse"] for c in table)   # at 90% some conv must win on any CPU
+        if c["dense_ms"] == 0:
+            assert not c["sparse"], c
+        else:
+            assert c["sparse_ms"] > 0, c
+            assert c["sparse"] == (c["sparse_ms"] < 0.85 * c["dense_ms"]), c
+    zero = next(c for c in table if c["name"] == "visual.layer1.0.conv2")
+    assert zero["nnz"] == 0 and zero["sparse"], zero
     with pytest.raises(ValueError, match="size must be"):
         model.sparsify("auto", size=16)
     with pytest.raises(ValueError, match="mode must be"):
