@@ -220,13 +220,21 @@ static int sp_geometry(int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, in
     g->ncopy = aligned ? S : 1;
     g->plane = g->Hp * g->Wq;
     if (aligned && direct) g->plane = round16(g->plane);
+    /* The shifted copies and the channel planes are read together by a tile; at strides of a
+     * multiple of 4 KiB (RN50: 32 x 114 x 128 floats per copy at 112x112, 64 x 58 x 64 at 56x56)
+     * their lines fall in the same L1 sets and evict each other. Skewed by 64 bytes per
+     * channel plane and 21 lines per copy: 5-12% faster on RN50's 3x3 convs (loaded machine,
+     * interleaved A/B, 1 thread). */
+    const int skew = aligned && !direct;
+    if (skew && g->plane % 256 == 0) g->plane += 16;
     g->copy = !(direct && P > 0 && (P * g->Wp) % SP_TILE == 0 && g->plane == H * W &&
                 in && ((uintptr_t)in & 63) == 0);
     size_t L, copy, all;
     if (ovs_mul3_size(&L, (size_t)C, (size_t)R, (size_t)S) ||
-        ovs_mul_size(&copy, (size_t)g->plane, (size_t)C) ||
-        ovs_mul_size(&all, copy, (size_t)g->ncopy))
+        ovs_mul_size(&copy, (size_t)g->plane, (size_t)C) || copy > SIZE_MAX / 4 ||
+        ovs_mul_size(&all, copy + (skew ? 336 : 0), (size_t)g->ncopy))
         return OVS_ERR_OVERFLOW;
+    if (skew) copy += 336;   /* 21 lines */
     g->copy_floats = copy;
     /* slack after the last copy: a tile reads SP_TILE floats from a grid position that may be
      * the last one, past which the unaligned layout's shift adds (S-1)*dw */
@@ -301,7 +309,12 @@ static void sp_pad(float *xpad, const float *x, int64_t C, int64_t H, int64_t W,
         for (int64_t i = Hp * Wq; i < g->plane; i++) d[i] = 0.0f;  /* plane rounded up */
     }
 #pragma omp single
-    memset(xpad + (size_t)g->ncopy * g->copy_floats, 0, slack * sizeof(float));
+    {
+        memset(xpad + (size_t)g->ncopy * g->copy_floats, 0, slack * sizeof(float));
+        for (int64_t s = 0; s < g->ncopy; s++)   /* the copies' skew gaps (tiles read into them) */
+            memset(xpad + (size_t)s * g->copy_floats + (size_t)C * g->plane, 0,
+                   (g->copy_floats - (size_t)C * g->plane) * sizeof(float));
+    }
 }
 
 static inline float sp_finish(float v, float b, const float *r, ovs_act act) {
