@@ -596,18 +596,20 @@ int ovs_resnet_forward(ovs_resnet *m, const float *images, int64_t N, int64_t H,
     float *q = ovs_arena_floats(&m->arena, (size_t)N * C);         /* (N, C) */
     float *att = ovs_arena_floats(&m->arena, (size_t)N * C);       /* (N, C) */
     if (!tok || !q || !att) return OVS_ERR_NOMEM;
-    const int64_t G = h * w;
+    const int64_t G = h * w, CB = 16;   /* channels per item: whole 64-byte token lines */
 #pragma omp parallel for schedule(static) num_threads(ovs_get_num_threads())
-    for (int64_t nc = 0; nc < N * C; nc++) {
-        int64_t n = nc / C, c = nc % C;
-        const float *src = x + (size_t)nc * G;
-        float *dst = tok + (size_t)n * T * C + c;
-        double sum = 0;
-        for (int64_t i = 0; i < G; i++) {
-            dst[(1 + i) * C] = src[i] + pos[(1 + i) * C + c];
-            sum += src[i];
-        }
-        dst[0] = (float)(sum / (double)G) + pos[c];
+    for (int64_t nb = 0; nb < N * ((C + CB - 1) / CB); nb++) {
+        const int64_t n = nb / ((C + CB - 1) / CB), c0 = nb % ((C + CB - 1) / CB) * CB;
+        const int64_t nc = C - c0 < CB ? C - c0 : CB;
+        const float *src = x + ((size_t)n * C + c0) * G;
+        float *dst = tok + (size_t)n * T * C + c0;
+        double sum[16] = {0};
+        for (int64_t i = 0; i < G; i++)
+            for (int64_t c = 0; c < nc; c++) {
+                dst[(1 + i) * C + c] = src[c * G + i] + pos[(1 + i) * C + c0 + c];
+                sum[c] += src[c * G + i];
+            }
+        for (int64_t c = 0; c < nc; c++) dst[c] = (float)(sum[c] / (double)G) + pos[c0 + c];
     }
     /* q of the first token only */
     for (int64_t n = 0; n < N; n++)
