@@ -6,15 +6,18 @@
  * (C, Hp, Wq) planes (Hp = H + 2ph, row stride Wq >= Wp = W + 2pw; see sp_layout for the
  * aligned variant with one copy per kernel column) and the output is computed on the padded
  * grid of P rows by Wq columns, flattened: grid position i = p*Wq + q. For stride 1 every
- * weight (c, r, s) then reads the input at one constant offset from i, resolved once per call
- * for every non-zero, so output row k over a tile of 64 grid positions is a sum of shifted
+ * weight (c, r, s) then reads the input at one constant offset from i, resolved for every
+ * non-zero once per call (or once per input size: ovs_sparse_plan, which the models keep per
+ * conv), so output row k over a tile of 64 grid positions is a sum of shifted
  * input runs scaled by the row's non-zeros: one broadcast and 4 zmm FMAs per non-zero (the
  * tile kernels, ops/sparse.h and sparse_x86.c). The columns q >= Q of the grid are computed
  * and dropped. Work is proportional to the non-zeros; what decides the speed against the
  * dense GEMM is how little else a non-zero costs (one 32-bit offset and one broadcast),
  * aligned loads, and the tile's input staying in L1 (input-channel slices).
- * Measured on Zen 5 (loaded machine, 1 thread): 70-120 GFLOP/s on the non-zeros of RN50's
- * 56x56 and 28x28 convs at 25-75% density, against 110-155 for the dense path. */
+ * Measured on Zen 5 (loaded machine, 1 thread): 75-120 GFLOP/s on the non-zeros of RN50's
+ * 1x1 and 3x3 convs at 25-75% density (65-80 at 7x7 and 14x14), against 135-200 for the
+ * dense path; so at 50-75% density the dense kernel stays faster (the calibration keeps it).
+ * A weight without non-zeros only writes bias + residual + activation. */
 #include "ops/sparse.h"
 
 #include <omp.h>
