@@ -85,6 +85,22 @@ __attribute__((target("avx2,fma"))) static void avx2_tile(const float *x, const 
     _mm512_storeu_ps((t) + 32, a##2);      \
     _mm512_storeu_ps((t) + 48, a##3);
 
+/* Slot a's row has no non-zeros left: store it; take the block's next row (and go on pairing)
+ * or retire the slot (u = -1). Used inside avx512_tile's loop. */
+#define Z_SLOT_DONE(a, u, ta_, j, e)                                                          \
+    if (j == e && u >= 0) {                                                                  \
+        Z_STORE(a, ta_)                                                                      \
+        if (next < nr) {                                                                     \
+            u = next++;                                                                      \
+            ta_ = t + u * SPARSE_TILE;                                                       \
+            j = js[u];                                                                       \
+            e = je[u];                                                                       \
+            if (resume) { Z_LOAD(a, ta_) } else { a##0 = a##1 = a##2 = a##3 = _mm512_setzero_ps(); } \
+            continue;                                                                        \
+        }                                                                                    \
+        u = -1;                                                                              \
+    }
+
 /* Two rows at a time in two accumulator slots; when a slot's row runs out of non-zeros it is
  * stored and the slot takes the block's next row, so rows advance in pairs until the last one
  * (a row alone has only 4 independent chains and runs at about half the rate). */
@@ -111,30 +127,8 @@ __attribute__((target("avx512f"))) static void avx512_tile(const float *x, const
             Z_STEP(a, ja);
             Z_STEP(b, jb);
         }
-        if (ja == ea && ua >= 0) {   /* slot a's row is done */
-            Z_STORE(a, ta)
-            if (next < nr) {
-                ua = next++;
-                ta = t + ua * SPARSE_TILE;
-                ja = js[ua];
-                ea = je[ua];
-                if (resume) { Z_LOAD(a, ta) } else { a0 = a1 = a2 = a3 = _mm512_setzero_ps(); }
-                continue;
-            }
-            ua = -1;
-        }
-        if (jb == eb && ub >= 0) {   /* slot b's row is done */
-            Z_STORE(b, tb)
-            if (next < nr) {
-                ub = next++;
-                tb = t + ub * SPARSE_TILE;
-                jb = js[ub];
-                eb = je[ub];
-                if (resume) { Z_LOAD(b, tb) } else { b0 = b1 = b2 = b3 = _mm512_setzero_ps(); }
-                continue;
-            }
-            ub = -1;
-        }
+        Z_SLOT_DONE(a, ua, ta, ja, ea);
+        Z_SLOT_DONE(b, ub, tb, jb, eb);
         /* no rows left to start: finish the one still running alone */
         if (ua >= 0) {
             for (; ja < ea; ja++) Z_STEP(a, ja);
