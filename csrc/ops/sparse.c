@@ -366,8 +366,8 @@ static void sp_offsets(int64_t *off, int64_t C, int64_t R, int64_t S, const ovs_
 }
 
 /* Every non-zero's input offset xo (from the per-column table off) and the slice starts of every
- * row (see the forward). An orphaned work-shared loop: inside the forward's parallel region the
- * threads share it (ending with a barrier), outside any region one thread does it all. */
+ * row (see the forward). An orphaned work-shared loop, called inside a parallel region of the
+ * forward: its threads share it (ending with a barrier). */
 static void sp_tables(const ovs_csr *w, const int64_t *off, int32_t *xo, int64_t *start,
                       int64_t nch, int64_t Lc) {
     const int64_t ns = nch + 1;
@@ -461,7 +461,11 @@ static int sparse_forward(float *out, const float *in, const ovs_csr *w, const f
             plan->start = (int64_t *)plan->block;
             plan->xo = (int32_t *)(((uintptr_t)(plan->start + K * ns) + 63) & ~(uintptr_t)63);
             sp_offsets(off, C, R, S, p, &g);
-            sp_tables(w, off, plan->xo, plan->start, nch, Lc);
+            /* its own region, so that the work-shared loop never binds to a caller's team */
+            int32_t *pxo = plan->xo;
+            int64_t *pstart = plan->start;
+#pragma omp parallel num_threads(ovs_get_num_threads())
+            sp_tables(w, off, pxo, pstart, nch, Lc);
             plan->col = w->col;
             plan->nnz = w->nnz;
             plan->rows = K;
