@@ -253,12 +253,12 @@ def _setup_kernels(side: str, params: dict):
         from ovs.weights import load_state_dict
 
         check_conv_layers(convs, load_state_dict(params["weights"]["rn50"]))
-        packed = [_core.op_conv2d_pack(w) for w, _ in weights]   # once, as a model at load
+        conv_packed = [_core.op_conv2d_pack(w) for w, _ in weights]   # once, as a model at load
         for s, (cl, xs) in per_size.items():
-            def run(cl=cl, xs=xs):
+            def run(cl=cl, xs=xs, conv_packed=conv_packed):
                 parts = []
                 y = None
-                for c, x, (w, bias), pk in zip(cl, xs, weights, packed):
+                for c, x, (w, bias), pk in zip(cl, xs, weights, conv_packed):
                     t0 = time.perf_counter()
                     y = _core.op_conv2d(x, w, bias, stride=c["stride"], padding=c["pad"], act="relu",
                                         prepacked=pk)
@@ -267,9 +267,9 @@ def _setup_kernels(side: str, params: dict):
             cases[f"conv_rn50_{s}"] = H.Case(run)
         cases["sgemm_2048"] = H.Case(lambda: _core.op_linear(a, b))
         for (M, C, K), (ga, gw) in zip(GEMM_SHAPES, gemm_data):
-            packed = _core.op_matrix_pack(gw)   # packed once, as a model does at load
-            cases[f"gemm_{M}x{C}x{K}"] = H.Case(lambda ga=ga, packed=packed, K=K:
-                                                _core.op_gemm_packed(ga, packed, K))
+            gemm_packed = _core.op_matrix_pack(gw)   # packed once, as a model does at load
+            cases[f"gemm_{M}x{C}x{K}"] = H.Case(lambda ga=ga, pk=gemm_packed, K=K:
+                                                _core.op_gemm_packed(ga, pk, K))
         return cases
     if H.peer_is_ort():
         return _ort_kernel_cases(params, per_size, weights, a, b, gemm_data)
