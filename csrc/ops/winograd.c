@@ -324,7 +324,13 @@ int ovs_conv2d_winograd_wins(int64_t N, int64_t C, int64_t H, int64_t W, int64_t
      * the commit): the transforms cost about as much as the GEMM saves below ~1500 tiles for
      * C < 128 (RN50 224's layer1 at 56x56 loses by 5-10%) and below C*T ~ 60000 otherwise
      * (256 channels at 28x28 break even); with C = 512 the 16*K*C transformed weights (16 MiB,
-     * re-read per chunk) eat the gain (break even at 28x28). */
+     * re-read per chunk) eat the gain (break even at 28x28).
+     * Re-measured on AMD Zen 5 (AVX-512, 1 thread, CPU time of the calling thread): with
+     * C < 64 the 16 GEMMs are too short for their transforms, Winograd took 1.25-1.6x the
+     * direct time for RN50's stem convs (C = 32 at 112x112, T = 3136), about 1.05x at 224x224
+     * (T = 12544) and won only from 256x256 (T = 16384, 0.84x); with C = 64 it lost at 80x80
+     * (T = 1600, 1.13x) and won at 112x112 (T = 3136, 0.8-0.9x). */
     if (C < 16 || K < 16 || C > 384) return 0;
-    return C < 128 ? T >= 1500 : T * C >= 60000;
+    if (C < 64) return T >= 14000;
+    return C < 128 ? T >= 2500 : T * C >= 60000;
 }
