@@ -10,7 +10,8 @@ graphs (Conv+Relu per layer, MatMul with a constant weight, which ORT prepacks).
 Groups (each in a fresh pair of workers, see _harness.py):
   rn50_224    RN50 encode_image at 224^2 (ours: model.encode_image(x, preprocess=False); peer:
               open_clip model.encode_image(x) under torch.no_grad()), and the trunk alone
-              (stem + layer1..4: ours model.visual.forward(x, features=True, embed=False)).
+              (stem + layer1..4: ours model.visual.forward(x, features=True, embed=False,
+              stages=("res5",)): res5 alone, as the peers' trunk returns).
   rn50_448    the same at 448^2 on a 448 model: the peer resizes the attention pool's positional
               embedding (7x7 -> 14x14, bicubic, class position kept), builds open_clip's RN50 with
               force_image_size=448, loads it strictly and writes the state dict to a temporary
@@ -172,7 +173,8 @@ def _setup_tower(side: str, group: str, params: dict):
         cases = {group: H.Case(lambda: model.encode_image(x, preprocess=False))}
         if name == "rn50":
             vis = model.visual
-            cases[group + "_trunk"] = H.Case(lambda: vis.forward(x, features=True, embed=False)["res5"])
+            cases[group + "_trunk"] = H.Case(
+                lambda: vis.forward(x, features=True, embed=False, stages=("res5",))["res5"])
         return cases
     import torch
 

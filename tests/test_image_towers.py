@@ -61,6 +61,32 @@ def test_image_features_match_open_clip(name, case, load_model, reference, manif
     _assert_features_close(feats, ref, f"{case}_", keys, f"{name}/{case}")
 
 
+@pytest.mark.parametrize("name", ("rn50", "rn_tiny"))
+def test_resnet_forward_returns_the_selected_stages(name, load_model, reference):
+    # forward(features=True, stages=...) copies out only the named feature maps (a trunk
+    # consumer that needs res5 alone skips the other copies): each equals open_clip's and,
+    # bitwise, the same map of the full forward
+    ref = reference(f"{name}_image.npz")
+    x = ref["sq_b1_x"]
+    vis = load_model(name).visual
+    full = vis.forward(x, features=True, embed=False)
+    for stages in (("res5",), ["res2", "res4"], "res3"):
+        got = vis.forward(x, features=True, embed=False, stages=stages)
+        want = {stages} if isinstance(stages, str) else set(stages)
+        assert set(got) == want, f"{name}: stages={stages!r} returned {sorted(got)}"
+        for k in want:
+            assert_close(got[k], ref[f"sq_b1_{k}"], name=f"{name}/{k} (stages={stages!r})")
+            assert np.array_equal(got[k], full[k]), f"{name}/{k}: differs from the full forward"
+    with_embed = vis.forward(x, features=True, stages=("res5",))
+    assert set(with_embed) == {"res5", "embed"}
+    assert np.array_equal(with_embed["embed"], vis.forward(x)["embed"])
+    for bad, exc in ((("res6",), ValueError), (("res5", 5), ValueError), (5, TypeError)):
+        with pytest.raises(exc, match="stages"):
+            vis.forward(x, features=True, stages=bad)
+    with pytest.raises(ValueError, match="features=True"):
+        vis.forward(x, stages=("res5",))
+
+
 @pytest.mark.parametrize("name", TINY)
 def test_weights_packed_at_load_serve_every_isa(name, fixtures_dir, reference, manifest,
                                                 restore_runtime):

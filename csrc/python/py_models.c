@@ -351,13 +351,47 @@ static int resnet_init(ovs_py_model *self, PyObject *args, PyObject *kw) {
     return model_created(self, rc, OVS_PY_RESNET);
 }
 
+/* want[s] = 1 for the stages res2..res5 named in `stages` (None: all four). */
+static int resnet_stages(PyObject *stages, const char *const *names, int want[4]) {
+    for (int s = 0; s < 4; s++) want[s] = stages == NULL || stages == Py_None;
+    if (stages == NULL || stages == Py_None) return 0;
+    PyObject *seq = PyUnicode_Check(stages) ? NULL
+                                            : PySequence_Fast(stages, "stages must be a sequence of "
+                                                                      "'res2'..'res5'");
+    if (!seq && !PyUnicode_Check(stages)) return -1;
+    const Py_ssize_t n = seq ? PySequence_Fast_GET_SIZE(seq) : 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = seq ? PySequence_Fast_GET_ITEM(seq, i) : stages;
+        const char *name = PyUnicode_Check(item) ? PyUnicode_AsUTF8(item) : NULL;
+        int s = 0;
+        while (name && s < 4 && strcmp(name, names[s])) s++;
+        if (!name || s == 4) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "stages: %R is not one of 'res2', 'res3', 'res4', 'res5'",
+                             item);
+            Py_XDECREF(seq);
+            return -1;
+        }
+        want[s] = 1;
+    }
+    Py_XDECREF(seq);
+    return 0;
+}
+
 static PyObject *resnet_forward(ovs_py_model *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"images", "features", "embed", NULL};
+    static char *kwlist[] = {"images", "features", "embed", "stages", NULL};
     static const char *names[5] = {"res2", "res3", "res4", "res5", "embed"};
     PyObject *obj, *result = NULL, *res[5] = {NULL};   /* res2..res5, embed */
-    int features = 0, want_embed = 1, rc = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|pp", kwlist, &obj, &features, &want_embed)) return NULL;
+    PyObject *stages = NULL;
+    int features = 0, want_embed = 1, rc = -1, want[4];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|ppO", kwlist, &obj, &features, &want_embed, &stages))
+        return NULL;
     if (self->kind != OVS_PY_RESNET) return PyErr_Format(PyExc_RuntimeError, "model not initialised");
+    if (stages && stages != Py_None && !features) {
+        PyErr_SetString(PyExc_ValueError, "stages selects among the features: pass features=True");
+        return NULL;
+    }
+    if (resnet_stages(stages, names, want) < 0) return NULL;
     const ovs_resnet_config *cfg = ovs_resnet_get_config(self->m.resnet);
     if (want_embed && !cfg->has_attnpool) want_embed = 0;
     PyArrayObject *x = ovs_py_images(obj);
@@ -366,6 +400,7 @@ static PyObject *resnet_forward(ovs_py_model *self, PyObject *args, PyObject *kw
     ovs_resnet_outputs out = {{NULL}, NULL};
     if (features)
         for (int s = 0; s < 4; s++) {
+            if (!want[s]) continue;   /* not copied out */
             int64_t C, h, w;
             if (ovs_py_status(ovs_resnet_feature_shape(self->m.resnet, s, H, W, &C, &h, &w))) goto done;
             npy_intp dims[4] = {N, C, h, w};
@@ -461,7 +496,9 @@ static PyMethodDef resnet_methods[] = {
      "sparsify(mode, H=224, W=224): hold each conv dense or sparse ('dense', 'all', 'auto')"},
     {"convs", (PyCFunction)resnet_convs, METH_NOARGS, "Per-conv storage and calibration as dicts."},
     {"forward", (PyCFunction)(void (*)(void))resnet_forward, METH_VARARGS | METH_KEYWORDS,
-     "forward(images, features=False, embed=True) -> dict of res2..res5 (N, C, h, w) and embed (N, D)"},
+     "forward(images, features=False, embed=True, stages=None) -> dict of res2..res5 (N, C, h, w)\n"
+     "and embed (N, D); stages (with features=True): the feature maps to return, e.g. ('res5',)\n"
+     "(default all four; each returned map is a copy out of the work buffers)."},
     {"config", (PyCFunction)resnet_config, METH_NOARGS, "The architecture as a dict."},
     {NULL, NULL, 0, NULL},
 };
