@@ -640,8 +640,9 @@ def peer_is_ort() -> bool:
     return os.environ.get("OVS_BENCH_PEER") == "ort"
 
 
-def ort_session(model_path: str, threads: int):
-    """An ONNX Runtime CPU session with `threads` intra-op threads, all graph optimisations."""
+def ort_session(model_path: str, threads: int, profile_prefix: str | None = None):
+    """An ONNX Runtime CPU session with `threads` intra-op threads, all graph optimisations;
+    with profile_prefix, ORT's per-node profiling on (JSON at sess.end_profiling())."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -653,6 +654,9 @@ def ort_session(model_path: str, threads: int):
     # threads spin by default, which on a busy machine measures the other processes.
     if os.environ.get("OMP_WAIT_POLICY", "PASSIVE").upper() != "ACTIVE":
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     return ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"])
 
 

@@ -56,18 +56,7 @@ def ort_node_layer(node: str) -> str:
 
 def ort_profile(path: str, x: np.ndarray, threads: int, reps: int, prefix: str) -> dict[str, float]:
     """Minimum kernel time (s) per layer over `reps` profiled runs of the ONNX model."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if os.environ.get("OMP_WAIT_POLICY", "PASSIVE").upper() != "ACTIVE":
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.enable_profiling = True
-    so.profile_file_prefix = prefix
-    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    sess = H.ort_session(path, threads, profile_prefix=prefix)
     for _ in range(2):
         sess.run(None, {"x": x})
     for _ in range(reps):
