@@ -600,13 +600,21 @@ static int conv_implicit(const char *op, float *out, const float *in, const ovs_
         conv_taps *tl = &lists[t];
         tl->aoff = o;
         tl->boff = o + tl->n;
+        /* channel 0's taps from the geometry, channel c's = those + c planes (serial work per
+         * call: no divisions per tap) */
+        const int64_t nrs = tl->n / (Cg > 0 ? Cg : 1);
+        const int64_t cplane = conv_tap_offset(&g, 1, 0, 0) - conv_tap_offset(&g, 0, 0, 0);
         int64_t i = 0;
-        for (int64_t c = 0; c < Cg && tl->n; c++)
-            for (int64_t r = tl->r0; r < tl->r1; r++)
-                for (int64_t s = tl->s0; s < tl->s1; s++, i++) {
-                    tl->aoff[i] = ((c * R + r) * S + s) * amr;
-                    tl->boff[i] = conv_tap_offset(&g, c, r, s);
-                }
+        for (int64_t r = tl->r0; r < tl->r1 && tl->n; r++)
+            for (int64_t s = tl->s0; s < tl->s1; s++, i++) {
+                tl->aoff[i] = (r * S + s) * amr;
+                tl->boff[i] = conv_tap_offset(&g, 0, r, s);
+            }
+        for (int64_t c = 1; c < Cg && tl->n; c++)
+            for (int64_t q = 0; q < nrs; q++, i++) {
+                tl->aoff[i] = tl->aoff[q] + c * R * S * amr;
+                tl->boff[i] = tl->boff[q] + c * cplane;
+            }
         o += 2 * tl->n;
     }
     int64_t *lin = o;
@@ -629,10 +637,12 @@ static int conv_implicit(const char *op, float *out, const float *in, const ovs_
              * partial block reads a zero-filled copy instead. */
             const int64_t ft = g.F / NB * NB;
             const int use_tail = g.raw && ft < g.F;
-            if (use_tail)
+            if (use_tail) {   /* serial: zeros by memset, then the F - ft valid columns */
+                const int64_t nv = g.F - ft;
+                memset(tail, 0, (size_t)(L * NB) * sizeof(float));
                 for (int64_t l = 0; l < L; l++)
-                    for (int64_t t = 0; t < NB; t++)
-                        tail[l * NB + t] = ft + t < g.F ? x[ft + t + lists[0].boff[l]] : 0.0f;
+                    memcpy(tail + l * NB, x + ft + lists[0].boff[l], (size_t)nv * sizeof(float));
+            }
             conv_implicit_job j = {aw + gi * astride, amr, x,
                                    use_tail ? tail : NULL, lin, lists, blocks,
                                    out + (n * K + gi * Kg) * PQ,
