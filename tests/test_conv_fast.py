@@ -199,6 +199,22 @@ def test_implicit_conv_bitwise_across_threads_large(rng, restore_runtime, kw):
                                           torch.from_numpy(b), **kw)), name="large")
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_implicit_conv_sliced_chains_bitwise_across_threads(rng, restore_runtime, threads):
+    # L = 128*9 > 1024: the chains are cut into slices kept in per-thread tiles; blocks and
+    # micro-tiles dealt out evenly over a task count rounded to whole rounds of threads (100
+    # output channels: a short last micro-tile; 9 blocks: uneven groups)
+    x, w, b = rand(rng, 1, 128, 15, 17), rand(rng, 100, 128, 3, 3, scale=0.05), rand(rng, 100)
+    r = rand(rng, 1, 100, 15, 17)
+    _core.set_num_threads(1)
+    one = _core.op_conv2d(x, w, b, r, padding=1, act="relu", algo="direct")
+    _core.set_num_threads(threads)
+    assert np.array_equal(_core.op_conv2d(x, w, b, r, padding=1, act="relu", algo="direct"), one)
+    want = torch.relu(F.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
+                               padding=1) + torch.from_numpy(r))
+    assert_close(one, want, name="sliced")
+
+
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_conv_input_copy_in_scratch(rng, restore_runtime, case):
     # the conv copies its input into the scratch sized by ovs_conv2d_scratch_floats (as the

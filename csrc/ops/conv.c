@@ -281,7 +281,7 @@ static int conv_implicit_run(const conv_implicit_job *j, int64_t planes, int64_t
     const int sliced = j->L > 2 * CONV_TAP_SLICE;
     const int64_t lc = sliced ? CONV_TAP_SLICE : j->L;
     const int64_t bpt = sliced ? CONV_SLICE_BLOCKS : conv_implicit_blocks(planes, halo, NB);
-    const int64_t pgroups = (nblocks + bpt - 1) / bpt;
+    int64_t pgroups = (nblocks + bpt - 1) / bpt;
     const int64_t ktiles = (j->Kg + mr - 1) / mr;
     int threads = 1;
 #ifdef _OPENMP
@@ -294,21 +294,27 @@ static int conv_implicit_run(const conv_implicit_job *j, int64_t planes, int64_t
         kgroups = (4 * (int64_t)threads + pgroups - 1) / pgroups;
         if (kgroups > ktiles) kgroups = ktiles;
     }
-    const int64_t tpg = (ktiles + kgroups - 1) / kgroups;   /* micro-tiles per group */
-    kgroups = (ktiles + tpg - 1) / tpg;
+    /* Equal tasks in whole rounds: blocks and micro-tiles are dealt out evenly (group sizes
+     * differ by at most one) and the task count is made a multiple of the thread count where
+     * the blocks allow, so no thread waits at the region's end for a last or larger task (a
+     * group of bpt blocks then the rest left up to a task's worth of one thread idle). */
+    while (threads > 1 && (pgroups * kgroups) % threads && pgroups < nblocks) pgroups++;
+    const int64_t bmax = (nblocks + pgroups - 1) / pgroups;   /* blocks per group, at most */
+    const int64_t tpg = (ktiles + kgroups - 1) / kgroups;      /* micro-tiles per group, at most */
     const int64_t tasks = pgroups * kgroups;
-    /* Sliced: a task's tiles (tpg x bpt of (mr, NB)) live in a per-thread buffer across slices. */
-    const int64_t per_thread = tpg * bpt * mr * NB;
+    /* Sliced: a task's tiles (tpg x bmax of (mr, NB)) live in a per-thread buffer across slices. */
+    const int64_t per_thread = tpg * bmax * mr * NB;
     float *acc = NULL;
     if (sliced && !(acc = ovs_malloc((size_t)threads * (size_t)per_thread * sizeof(float))))
         return ovs_set_error(OVS_ERR_NOMEM, "ovs_conv2d_forward: out of memory for %lld tiles",
-                             (long long)(threads * tpg * bpt));
+                             (long long)(threads * tpg * bmax));
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && tasks > 1)
     for (int64_t task = 0; task < tasks; task++) {
-        const int64_t b0 = (task / kgroups) * bpt, kg = task % kgroups;
-        const int64_t b1 = b0 + bpt < nblocks ? b0 + bpt : nblocks;
-        const int64_t k0 = kg * tpg * mr;
-        const int64_t k1 = k0 + tpg * mr < j->Kg ? k0 + tpg * mr : j->Kg;
+        const int64_t pg = task / kgroups, kg = task % kgroups;
+        const int64_t b0 = pg * nblocks / pgroups, b1 = (pg + 1) * nblocks / pgroups;
+        const int64_t k0 = kg * ktiles / kgroups * mr;
+        const int64_t k1 = (kg + 1) * ktiles / kgroups * mr < j->Kg
+                               ? (kg + 1) * ktiles / kgroups * mr : j->Kg;
         float local[OPS_GEMM_MR_MAX * OPS_GEMM_NR_MAX];   /* (mr, NB), or the narrow groups */
         int tid = 0;
 #ifdef _OPENMP
@@ -322,7 +328,7 @@ static int conv_implicit_run(const conv_implicit_job *j, int64_t planes, int64_t
                 for (int64_t b = b0; b < b1; b++) {
                     const conv_block *bl = j->blocks + b;
                     const conv_taps *tl = j->lists + bl->list;
-                    float *tile = sliced ? tiles + (kt * bpt + (b - b0)) * mr * NB : tiles;
+                    float *tile = sliced ? tiles + (kt * bmax + (b - b0)) * mr * NB : tiles;
                     const int64_t w = conv_block_width(isa, NB, bl);
                     /* narrow: up to OPS_GEMM_NARROW_GROUPS micro-tiles of rows in one call, made
                      * at the first of them; group g's tile at tile + g * gs */
@@ -333,7 +339,7 @@ static int conv_implicit_run(const conv_implicit_job *j, int64_t planes, int64_t
                         G = (k1 - k + mr - 1) / mr;
                         if (G > OPS_GEMM_NARROW_GROUPS) G = OPS_GEMM_NARROW_GROUPS;
                     }
-                    const int64_t gs = sliced ? bpt * mr * NB : mr * w;
+                    const int64_t gs = sliced ? bmax * mr * NB : mr * w;
                     const float *b_x = j->x + bl->f0;
                     const int64_t *b_off = tl->boff + l0;
                     if (j->tail && bl->f0 + w > j->F) {
@@ -372,7 +378,7 @@ static int conv_implicit_run(const conv_implicit_job *j, int64_t planes, int64_t
             for (int64_t k = k0; k < k1; k += mr)
                 for (int64_t b = b0; b < b1; b++)
                     conv_implicit_store(j, isa->store,
-                                        tiles + (((k - k0) / mr) * bpt + (b - b0)) * mr * NB,
+                                        tiles + (((k - k0) / mr) * bmax + (b - b0)) * mr * NB,
                                         conv_block_width(isa, NB, j->blocks + b), k,
                                         k1 - k < mr ? k1 - k : mr, j->blocks + b);
     }
