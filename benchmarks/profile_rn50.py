@@ -116,7 +116,9 @@ class OursLayers:
             t1 = self.clock()
             call(1)
             t2 = self.clock()
-            out[name] = max((t1 - t0) - (t2 - t1), 0.0) / (self.repeat - 1)
+            d = (t1 - t0) - (t2 - t1)
+            if d > 0:   # else the single call was slowed more than the repeated one: no sample
+                out[name] = d / (self.repeat - 1)
         return out
 
 
@@ -157,13 +159,16 @@ def main(argv=None) -> int:
                 best_o[k] = min(best_o.get(k, v), v)
     rows, table = [], []
     for name, kind, flops, _ in ours.items:
-        o, p = best_o[name], best_p.get(name)
+        o, p = best_o.get(name, float("nan")), best_p.get(name)
         rows.append({"layer": name, "shape": kind, "ovs_ms": o * 1e3, "ort_ms": p * 1e3 if p else None,
                      "ratio": o / p if p else None, "ovs_gflops": flops / o / 1e9 if flops and o else None})
         table.append([name, kind, f"{o * 1e3:.3f}", f"{p * 1e3:.3f}" if p else "-",
                       f"{o / p:.2f}" if p else "-", f"{flops / o / 1e9:.0f}" if flops and o else ""])
     extra = {k: v for k, v in best_p.items() if k not in best_o}
     so, sp = sum(best_o.values()), sum(best_p.values())
+    missing = [name for name, *_ in ours.items if name not in best_o]
+    if missing:
+        print(f"no valid ovs sample (machine too busy) for: {', '.join(missing)}")
     table.append(["sum", "", f"{so * 1e3:.2f}", f"{sp * 1e3:.2f}", f"{so / sp:.2f}", ""])
     print(f"RN50 trunk {args.size}x{args.size}, {args.threads} thread(s), min of {args.rounds} rounds "
           f"(load average {os.getloadavg()[0]:.1f}); ORT nodes not matched: "
