@@ -11,9 +11,11 @@
  *
  * Work split: `a` is packed once per call into blocks of mr_max rows (the ISA's SIMD packing,
  * ops/gemm.h); the output is cut into tasks of (a block of rows) x (a group of panels); OpenMP
- * threads take tasks dynamically. Inside a task the micro-kernel covers mr_max rows x nr_max
- * columns (one or two adjacent panels) per call; long chains are cut into slices of GEMM_KC steps
- * so that the slice of the task's packed rows and of the panel pair stay in cache. */
+ * threads take tasks dynamically. Row blocks are as tall as L2 allows (each row block streams
+ * the whole weight from memory once: 197 ViT tokens are one block, not three). Inside a task,
+ * column blocks of GEMM_NB panels: the micro-kernel covers mr_max rows x nr_max columns (one or
+ * two adjacent panels) per call; long chains are cut into slices of GEMM_KC steps so that a
+ * micro-tile's slice of packed rows stays in L1 and the column block's weight slice in L2. */
 #include "ops/gemm.h"
 
 #include <stdatomic.h>
@@ -190,12 +192,29 @@ ovs_matrix ovs_matrix_packed(const float *packed, int64_t rows, int64_t cols) {
 }
 
 /* ---------------------------------------------------------------- driver */
-/* Rows of `a` a task keeps hot in L2 (about 192 KiB of them, at least one micro-tile). */
-static int64_t gemm_row_block(int64_t C, int64_t mr) {
-    int64_t rows = C > 0 ? ((int64_t)48 << 10) / C : 96;
-    if (rows > 96) rows = 96;
-    rows = rows / mr * mr;
-    return rows < mr ? mr : rows;
+/* Chains longer than 2 * GEMM_KC steps are cut into slices of GEMM_KC (resumed from the stored
+ * partial sums, ops/gemm.h), so that the slices a task reuses stay in cache. */
+#ifndef GEMM_KC
+#define GEMM_KC 256
+#endif
+/* Floats of packed rows a task keeps in L2 per slice (256 KiB), and panels per column block
+ * (its kc x GEMM_NB*NR slice of the weight, 128 KiB at kc = 256, also stays in L2). */
+#ifndef GEMM_A_L2
+#define GEMM_A_L2 ((int64_t)64 << 10)
+#endif
+#ifndef GEMM_NB
+#define GEMM_NB 8
+#endif
+
+/* Rows per row block: as few blocks as the L2 budget allows (each block streams the whole
+ * weight once), balanced, in whole micro-tiles. */
+static int64_t gemm_row_block(int64_t M, int64_t kc, int64_t mr) {
+    int64_t cap = kc > 0 ? GEMM_A_L2 / kc : GEMM_A_L2;
+    cap = cap / mr * mr;
+    if (cap < mr) cap = mr;
+    const int64_t blocks = (M + cap - 1) / cap;
+    const int64_t rows = (M + blocks - 1) / blocks;
+    return (rows + mr - 1) / mr * mr;
 }
 
 /* out[i, j] for j < nj of one tile row: the shared epilogue, the same code for every ISA. */
@@ -214,16 +233,13 @@ static void gemm_epilogue_row(float *o, const float *acc, int64_t nj, float alph
     for (int64_t j = 0; j < nj; j++) o[j] = v[j];
 }
 
-/* Chains longer than 2 * GEMM_KC steps are cut into slices of GEMM_KC (resumed from the stored
- * partial sums, ops/gemm.h): a slice of the task's packed rows and of one panel pair stay in
- * L2 / L1 while they are reused, instead of whole panels streaming from memory per row block. */
-#ifndef GEMM_KC
-#define GEMM_KC 256
-#endif
-
 /* The left operand is packed once per call (the ISA's SIMD packing) into blocks of mr_max rows;
- * then tasks of (row block) x (group of panels) run the micro-kernel on nr_max / NR adjacent
- * panels at a time. One parallel region: packing, barrier, tasks. */
+ * then tasks of (row block) x (group of panels). A task walks its panels in column blocks of
+ * GEMM_NB panels; per column block, slice by slice, each micro-tile of rows (its kc slice in
+ * L1) runs the micro-kernel over the block's panel pairs (the block's slice in L2); the partial
+ * sums of the (row block x column block) tiles wait in a per-thread buffer between slices, and
+ * the epilogue runs on a tile after its last slice. One parallel region: packing, barrier,
+ * tasks. */
 int ops_gemm_packed(const char *op, float *out, int64_t ldo, const float *a, int64_t lda,
                     const ovs_matrix *w, int64_t M, float alpha, float beta, const float *bias,
                     const float *res, int64_t ldr, ovs_act act) {
@@ -233,7 +249,7 @@ int ops_gemm_packed(const char *op, float *out, int64_t ldo, const float *a, int
     const int64_t mr = isa->mr_max, step = isa->nr_max / OVS_PACK_NR, nrm = isa->nr_max;
     const int sliced = C > 2 * GEMM_KC;
     const int64_t kc = sliced ? GEMM_KC : (C > 0 ? C : 1);
-    const int64_t rb = gemm_row_block(sliced ? kc : C, mr);
+    const int64_t rb = gemm_row_block(M, kc, mr);
     const int64_t panels = (K + OVS_PACK_NR - 1) / OVS_PACK_NR;
     const int64_t row_blocks = (M + rb - 1) / rb;
     const int64_t mblocks = (M + mr - 1) / mr;
@@ -253,14 +269,15 @@ int ops_gemm_packed(const char *op, float *out, int64_t ldo, const float *a, int
     group = (group + step - 1) / step * step;
     const int64_t groups = (panels + group - 1) / group;
     const int64_t tasks = row_blocks * groups;
-    /* Sliced: a task's tiles ((rb/mr) x (group/step) of (mr, nr_max)) live in a per-thread
-     * buffer across slices. */
-    const int64_t per_thread = sliced ? rb * group * OVS_PACK_NR : 0;
+    int64_t nb = group < GEMM_NB ? group : GEMM_NB;
+    nb = (nb + step - 1) / step * step;
+    /* A task's (row block x column block) tiles, (nb/step) x (rb/mr) of (mr, nr_max), per thread. */
+    const int64_t per_thread = rb * nb * OVS_PACK_NR;
     float *ap = NULL, *accs = NULL;
     if (C > 0 && !(ap = ovs_malloc((size_t)mblocks * (size_t)mr * (size_t)C * sizeof(float))))
         return ovs_set_error(OVS_ERR_NOMEM, "%s: out of memory for the packed rows (%lld x %lld)",
                              op, (long long)M, (long long)C);
-    if (sliced && !(accs = ovs_malloc((size_t)threads * (size_t)per_thread * sizeof(float)))) {
+    if (!(accs = ovs_malloc((size_t)threads * (size_t)per_thread * sizeof(float)))) {
         ovs_free(ap);
         return ovs_set_error(OVS_ERR_NOMEM, "%s: out of memory for the partial sums (%lld floats)",
                              op, (long long)(threads * per_thread));
@@ -277,36 +294,37 @@ int ops_gemm_packed(const char *op, float *out, int64_t ldo, const float *a, int
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
+        float *mine = accs + tid * per_thread;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < tasks; t++) {
-            const int64_t i0 = (t / groups) * rb, p0 = (t % groups) * group;
+            const int64_t i0 = (t / groups) * rb, g0 = (t % groups) * group;
             const int64_t i1 = i0 + rb < M ? i0 + rb : M;
-            const int64_t p1 = p0 + group < panels ? p0 + group : panels;
-            float local[OPS_GEMM_MR_MAX * OPS_GEMM_NR_MAX];   /* (mr, nr) */
-            float *mine = sliced ? accs + tid * per_thread : local;
-            for (int64_t l0 = 0; l0 < kc || l0 < C; l0 += kc) {
-                const int64_t n = C - l0 < kc ? C - l0 : kc;
-                for (int64_t p = p0; p < p1; p += step) {
-                    const int64_t np = p1 - p < step ? p1 - p : step, nr = np * OVS_PACK_NR;
-                    const float *panel = w->data + (p * C + l0) * OVS_PACK_NR;
-                    const int64_t j0 = p * OVS_PACK_NR;
-                    const int64_t nj = K - j0 < nr ? K - j0 : nr;
+            const int64_t g1 = g0 + group < panels ? g0 + group : panels;
+            for (int64_t q0 = g0; q0 < g1; q0 += nb) {
+                const int64_t q1 = q0 + nb < g1 ? q0 + nb : g1;
+                for (int64_t l0 = 0; l0 < kc || l0 < C; l0 += kc) {
+                    const int64_t n = C - l0 < kc ? C - l0 : kc;
+                    const int last = l0 + kc >= C;
                     for (int64_t i = i0; i < i1; i += mr) {
                         const int64_t m = i1 - i < mr ? i1 - i : mr;
-                        float *tile = sliced ? mine + ((p - p0) / step * (rb / mr) + (i - i0) / mr) *
-                                                          mr * nrm
-                                             : local;
-                        if (C > 0) {
-                            isa->kernel(m, nr, n, ap + i * C + l0 * mr, panel, C * OVS_PACK_NR,
-                                        tile, l0 > 0);
-                        } else {
-                            for (int64_t q = 0; q < m * nr; q++) tile[q] = 0.0f;
+                        for (int64_t p = q0; p < q1; p += step) {
+                            const int64_t np = q1 - p < step ? q1 - p : step, nr = np * OVS_PACK_NR;
+                            const int64_t j0 = p * OVS_PACK_NR;
+                            const int64_t nj = K - j0 < nr ? K - j0 : nr;
+                            float *tile = mine + ((p - q0) / step * (rb / mr) + (i - i0) / mr) * mr * nrm;
+                            if (C > 0) {
+                                isa->kernel(m, nr, n, ap + i * C + l0 * mr,
+                                            w->data + (p * C + l0) * OVS_PACK_NR, C * OVS_PACK_NR,
+                                            tile, l0 > 0);
+                            } else {
+                                for (int64_t z = 0; z < m * nr; z++) tile[z] = 0.0f;
+                            }
+                            if (!last) continue;   /* more slices to come */
+                            for (int64_t r = 0; r < m; r++)
+                                gemm_epilogue_row(out + (i + r) * ldo + j0, tile + r * nr, nj,
+                                                  alpha, beta, bias ? bias + j0 : NULL,
+                                                  res ? res + (i + r) * ldr + j0 : NULL, act);
                         }
-                        if (sliced && l0 + kc < C) continue;   /* more slices to come */
-                        for (int64_t r = 0; r < m; r++)
-                            gemm_epilogue_row(out + (i + r) * ldo + j0, tile + r * nr, nj, alpha,
-                                              beta, bias ? bias + j0 : NULL,
-                                              res ? res + (i + r) * ldr + j0 : NULL, act);
                     }
                 }
             }
