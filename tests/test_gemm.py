@@ -140,18 +140,35 @@ def test_packed_linear_epilogue(rng, restore_runtime, act):
 
 
 def test_packed_gemm_allocation_failure(rng, restore_runtime):
-    # The packed rows of `a` and the partial sums of sliced chains are allocated per call.
+    # The workspace (packed rows of `a`, partial sums of sliced chains) is one block, kept per
+    # calling thread between calls: a call allocates it only when the thread has none as large.
     a, w = rand(rng, 50, 1100), rand(rng, 40, 1100)
     packed = _core.op_matrix_pack(w)
     _core.set_num_threads(2)
-    n = inject_alloc_failures(lambda: _core.op_gemm_packed(a, packed, 40), "packed GEMM")
-    assert n == 2, n
+
+    def fresh():
+        _core.gemm_release_workspace()
+        return _core.op_gemm_packed(a, packed, 40)
+
+    n = inject_alloc_failures(fresh, "packed GEMM")
+    assert n == 1, n
+    ref = _core.op_gemm_packed(a, packed, 40)
+    _core.debug_fail_alloc(1)
+    try:   # a kept workspace: nothing to allocate, nothing to fail
+        assert np.array_equal(_core.op_gemm_packed(a, packed, 40), ref)
+    finally:
+        _core.debug_fail_alloc(0)
+    _core.gemm_release_workspace()
     _core.debug_fail_alloc(1)
     try:
-        with pytest.raises(MemoryError, match="out of memory for the packed rows"):
+        with pytest.raises(MemoryError, match="out of memory for the workspace"):
             _core.op_gemm_packed(a, packed, 40)
     finally:
         _core.debug_fail_alloc(0)
+    # A larger call needs a larger block; the smaller one is freed, not kept beside it.
+    big = rand(rng, 300, 1100)
+    assert np.array_equal(_core.op_gemm_packed(big, packed, 40),
+                          _core.op_gemm_packed_naive(big, pack_reference(w), 40))
 
 
 def test_packed_matmul_alpha_beta_strided_out(rng):

@@ -18,8 +18,11 @@
  * micro-tile's slice of packed rows stays in L1 and the column block's weight slice in L2. */
 #include "ops/gemm.h"
 
+#include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -191,6 +194,83 @@ ovs_matrix ovs_matrix_packed(const float *packed, int64_t rows, int64_t cols) {
     return (ovs_matrix){.format = OVS_MATRIX_PACKED, .data = packed, .rows = rows, .cols = cols};
 }
 
+/* ---------------------------------------------------------------- workspace */
+/* The calling thread's workspace (packed rows, partial sums, pack flags), kept between calls
+ * up to GEMM_WS_KEEP bytes: a fresh block per call costs page faults in the packing and, when
+ * it is unmapped, TLB shootdowns on the other threads (~1/10 of a ViT forward at 2 threads).
+ * A block is 64 bytes of header (its capacity in bytes) then the workspace; a pthread key frees
+ * it at thread exit. */
+#define GEMM_WS_KEEP ((size_t)32 << 20)
+#define GEMM_WS_HDR ((size_t)64)
+
+static pthread_key_t ws_key;
+static pthread_once_t ws_once = PTHREAD_ONCE_INIT;
+static int ws_key_ok;
+
+static void ws_destroy(void *block) { ovs_free(block); }
+static void ws_make_key(void) { ws_key_ok = pthread_key_create(&ws_key, ws_destroy) == 0; }
+
+/* A workspace of `bytes` for this call; *keep = 0 when the caller must free it (too large to
+ * keep, or no key). NULL (error set) when out of memory. */
+static void *ws_acquire(size_t bytes, unsigned char **block_out) {
+    pthread_once(&ws_once, ws_make_key);
+    unsigned char *block = ws_key_ok ? pthread_getspecific(ws_key) : NULL;
+    if (block) {
+        size_t cap;
+        memcpy(&cap, block, sizeof cap);
+        if (cap >= bytes) {
+            *block_out = NULL;            /* kept: the caller does not free it */
+            return block + GEMM_WS_HDR;
+        }
+        pthread_setspecific(ws_key, NULL);
+        ovs_free(block);
+    }
+    if (bytes > SIZE_MAX - GEMM_WS_HDR || !(block = ovs_malloc(GEMM_WS_HDR + bytes))) {
+        if (!block) ovs_set_error(OVS_ERR_NOMEM, "out of memory (%zu bytes)", bytes);
+        return NULL;
+    }
+    memcpy(block, &bytes, sizeof bytes);
+    if (ws_key_ok && bytes <= GEMM_WS_KEEP && pthread_setspecific(ws_key, block) == 0) {
+        *block_out = NULL;
+    } else {
+        *block_out = block;               /* the caller frees it after the call */
+    }
+    return block + GEMM_WS_HDR;
+}
+
+void ovs_gemm_release_workspace(void) {
+    pthread_once(&ws_once, ws_make_key);
+    if (!ws_key_ok) return;
+    void *block = pthread_getspecific(ws_key);
+    if (block) {
+        pthread_setspecific(ws_key, NULL);
+        ovs_free(block);
+    }
+}
+
+/* Packs the blocks of mr_max rows [b0, b1) of `a` unless already done: a block is claimed by
+ * the first thread that needs it (flag 0 -> 1), packed, published (-> 2); a thread that finds
+ * it claimed by another waits for the flag. No barrier between packing and computing. */
+static void gemm_pack_blocks(const ops_gemm_isa *isa, float *ap, const float *a, int64_t lda,
+                             int64_t M, int64_t C, int64_t b0, int64_t b1, _Atomic int *flags) {
+    const int64_t mr = isa->mr_max;
+    for (int64_t i = b0; i < b1; i++) {
+        int expected = 0;
+        if (atomic_load_explicit(&flags[i], memory_order_acquire) == 0 &&
+            atomic_compare_exchange_strong(&flags[i], &expected, 1)) {
+            isa->pack_a(ap + i * C * mr, a + i * mr * lda, lda, M - i * mr < mr ? M - i * mr : mr, C);
+            atomic_store_explicit(&flags[i], 2, memory_order_release);
+        }
+    }
+    for (int64_t i = b0; i < b1; i++)
+        for (unsigned spins = 0; atomic_load_explicit(&flags[i], memory_order_acquire) != 2; spins++) {
+            if (spins >= 256) sched_yield();   /* the packer may have been preempted */
+#if defined(__x86_64__) || defined(__i386__)
+            else __builtin_ia32_pause();
+#endif
+        }
+}
+
 /* ---------------------------------------------------------------- driver */
 /* Chains longer than 2 * GEMM_KC steps are cut into slices of GEMM_KC (resumed from the stored
  * partial sums, ops/gemm.h), so that the slices a task reuses stay in cache. */
@@ -238,8 +318,8 @@ static void gemm_epilogue_row(float *o, const float *acc, int64_t nj, float alph
  * GEMM_NB panels; per column block, slice by slice, each micro-tile of rows (its kc slice in
  * L1) runs the micro-kernel over the block's panel pairs (the block's slice in L2); the partial
  * sums of the (row block x column block) tiles wait in a per-thread buffer between slices, and
- * the epilogue runs on a tile after its last slice. One parallel region: packing, barrier,
- * tasks. */
+ * the epilogue runs on a tile after its last slice. One parallel region, no barrier but its
+ * end: tasks (each packs the row blocks it needs that no thread has claimed yet). */
 int ops_gemm_packed(const char *op, float *out, int64_t ldo, const float *a, int64_t lda,
                     const ovs_matrix *w, int64_t M, float alpha, float beta, const float *bias,
                     const float *res, int64_t ldr, ovs_act act) {
@@ -273,33 +353,33 @@ int ops_gemm_packed(const char *op, float *out, int64_t ldo, const float *a, int
     nb = (nb + step - 1) / step * step;
     /* A task's (row block x column block) tiles, (nb/step) x (rb/mr) of (mr, nr_max), per thread. */
     const int64_t per_thread = rb * nb * OVS_PACK_NR;
-    float *ap = NULL, *accs = NULL;
-    if (C > 0 && !(ap = ovs_malloc((size_t)mblocks * (size_t)mr * (size_t)C * sizeof(float))))
-        return ovs_set_error(OVS_ERR_NOMEM, "%s: out of memory for the packed rows (%lld x %lld)",
-                             op, (long long)M, (long long)C);
-    if (!(accs = ovs_malloc((size_t)threads * (size_t)per_thread * sizeof(float)))) {
-        ovs_free(ap);
-        return ovs_set_error(OVS_ERR_NOMEM, "%s: out of memory for the partial sums (%lld floats)",
-                             op, (long long)(threads * per_thread));
-    }
+    /* Workspace: packed rows, then the per-thread partial sums, then one flag per row block
+     * of mr_max (all 64-byte aligned). */
+    const size_t ap_n = C > 0 ? (size_t)mblocks * (size_t)mr * (size_t)C : 0;
+    const size_t ap_bytes = (ap_n * sizeof(float) + 63) & ~(size_t)63;
+    const size_t acc_bytes = (((size_t)threads * (size_t)per_thread * sizeof(float)) + 63) & ~(size_t)63;
+    const size_t flag_bytes = (size_t)mblocks * sizeof(_Atomic int);
+    unsigned char *own = NULL;
+    unsigned char *ws = ws_acquire(ap_bytes + acc_bytes + flag_bytes, &own);
+    if (!ws)
+        return ovs_set_error(OVS_ERR_NOMEM, "%s: out of memory for the workspace (packed rows "
+                             "%lld x %lld and partial sums)", op, (long long)M, (long long)C);
+    float *ap = (float *)ws, *accs = (float *)(ws + ap_bytes);
+    _Atomic int *flags = (_Atomic int *)(ws + ap_bytes + acc_bytes);
+    for (int64_t i = 0; i < mblocks; i++) atomic_init(&flags[i], 0);
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        if (C > 0) {
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < mblocks; i++)
-                isa->pack_a(ap + i * C * mr, a + i * mr * lda, lda,
-                            M - i * mr < mr ? M - i * mr : mr, C);
-        }
         int tid = 0;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
         float *mine = accs + tid * per_thread;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
         for (int64_t t = 0; t < tasks; t++) {
             const int64_t i0 = (t / groups) * rb, g0 = (t % groups) * group;
             const int64_t i1 = i0 + rb < M ? i0 + rb : M;
             const int64_t g1 = g0 + group < panels ? g0 + group : panels;
+            if (C > 0) gemm_pack_blocks(isa, ap, a, lda, M, C, i0 / mr, (i1 + mr - 1) / mr, flags);
             for (int64_t q0 = g0; q0 < g1; q0 += nb) {
                 const int64_t q1 = q0 + nb < g1 ? q0 + nb : g1;
                 for (int64_t l0 = 0; l0 < kc || l0 < C; l0 += kc) {
@@ -330,8 +410,7 @@ int ops_gemm_packed(const char *op, float *out, int64_t ldo, const float *a, int
             }
         }
     }
-    ovs_free(ap);
-    ovs_free(accs);
+    ovs_free(own);
     return OVS_OK;
 }
 

@@ -92,6 +92,11 @@ static PyObject *py_gemm_isa(PyObject *self, PyObject *noargs) {
     return PyUnicode_FromString(ovs_gemm_isa_name());
 }
 
+static PyObject *py_gemm_release_workspace(PyObject *self, PyObject *noargs) {
+    ovs_gemm_release_workspace();
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef gemm_methods[] = {
     OVS_PY_ROW(py_, op_matrix_pack, OVS_PY_KW,
                "(w) -> w (K, C) packed as (ceil(K/16), C, 16) panels for the GEMM kernels."),
@@ -103,6 +108,9 @@ static PyMethodDef gemm_methods[] = {
                "(name) -> name in use; 'auto', 'portable', 'avx2' or 'avx512' (test hook, "
                "process-wide; RuntimeError-like OvsError if the CPU lacks it)."),
     OVS_PY_ROW(py_, gemm_isa, METH_NOARGS, "() -> the packed GEMM's kernels in use."),
+    OVS_PY_ROW(py_, gemm_release_workspace, METH_NOARGS,
+               "() -> None: frees the calling thread's packed-GEMM workspace (kept between "
+               "calls; test hook)."),
     {NULL, NULL, 0, NULL},
 };
 

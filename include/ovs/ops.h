@@ -88,6 +88,10 @@ typedef enum {
 int ovs_gemm_set_isa(ovs_gemm_isa_kind kind);
 /* "portable", "avx2" or "avx512": the kernels in use. */
 const char *ovs_gemm_isa_name(void);
+/* The packed-weight GEMM keeps its workspace (packed rows, partial sums; up to 32 MiB) per
+ * calling thread between calls, freed when the thread exits; this frees the calling thread's
+ * now (memory accounting, tests). */
+void ovs_gemm_release_workspace(void);
 
 /* out (M, K) = alpha * a (M, C) @ w^T (C -> K) + beta * out. Dense via OpenBLAS sgemm, packed
  * via the packed-weight GEMM. lda/ldo are row strides of a and out (>= C and >= K). */
