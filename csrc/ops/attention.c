@@ -1,8 +1,10 @@
-/* Scaled dot-product attention, heads in parallel (one head per thread, single-threaded
- * sgemms inside the region): per head, scores by sgemm on the strided q/k columns of the head
- * (alpha = scale), mask + causal + softmax in one pass per row, then an sgemm of the
- * probabilities with the head's v columns straight into the strided output.
- * Dimension letters: T query tokens, U key tokens, E heads, F head width, D = E*F. */
+/* Scaled dot-product attention, heads in parallel (one head per thread, single-threaded GEMMs
+ * inside the region): per head, the head's k columns are packed as the weight of the
+ * packed-weight GEMM (ops/gemm.c, AVX-512 / AVX2 micro-kernels) and the scores computed from the
+ * strided q columns (alpha = scale); mask + causal + softmax in one pass per row; then the
+ * head's v columns, packed transposed, as the weight of a second packed GEMM of the
+ * probabilities, straight into the strided output. The packing buffers are the thread's kept
+ * workspace. Dimension letters: T query tokens, U key tokens, E heads, F head width, D = E*F. */
 #include "ops/ops_internal.h"
 
 /* Shared checks of ovs_attention_probs and the attention forwards. */
@@ -79,6 +81,40 @@ int ovs_attention_probs(float *probs, const float *a, int64_t lda, const float *
     return OVS_OK;
 }
 
+/* k_h (U, F; row stride ldk) packed as a (U, F) weight: panel p holds keys p*16.., column c of
+ * key u at dst[(p*F + c)*16 + u%16]; keys past U are zeros. */
+static void pack_keys(float *dst, const float *k, int64_t ldk, int64_t U, int64_t F) {
+    const int64_t panels = (U + OVS_PACK_NR - 1) / OVS_PACK_NR;
+    for (int64_t p = 0; p < panels; p++) {
+        float *d = dst + p * F * OVS_PACK_NR;
+        for (int64_t j = 0; j < OVS_PACK_NR; j++) {
+            const int64_t u = p * OVS_PACK_NR + j;
+            if (u < U) {
+                const float *src = k + u * ldk;
+                for (int64_t c = 0; c < F; c++) d[c * OVS_PACK_NR + j] = src[c];
+            } else {
+                for (int64_t c = 0; c < F; c++) d[c * OVS_PACK_NR + j] = 0.0f;
+            }
+        }
+    }
+}
+
+/* v_h^T (F, U) packed as a weight: panel p holds features p*16.., row u of v at
+ * dst[(p*U + u)*16 + f%16] (16 consecutive floats of v's row); features past F are zeros. */
+static void pack_values(float *dst, const float *v, int64_t ldv, int64_t U, int64_t F) {
+    const int64_t panels = (F + OVS_PACK_NR - 1) / OVS_PACK_NR;
+    for (int64_t p = 0; p < panels; p++) {
+        const int64_t f0 = p * OVS_PACK_NR, nf = F - f0 < OVS_PACK_NR ? F - f0 : OVS_PACK_NR;
+        float *d = dst + p * U * OVS_PACK_NR;
+        for (int64_t u = 0; u < U; u++) {
+            const float *src = v + u * ldv + f0;
+            float *row = d + u * OVS_PACK_NR;
+            for (int64_t j = 0; j < nf; j++) row[j] = src[j];
+            for (int64_t j = nf; j < OVS_PACK_NR; j++) row[j] = 0.0f;
+        }
+    }
+}
+
 int ovs_attention_forward(float *out, const float *q, int64_t ldq, const float *k, int64_t ldk,
                           const float *v, int64_t ldv, int64_t T, int64_t U, int64_t E,
                           int64_t F, float scale, const float *mask, int causal, float *scratch) {
@@ -91,18 +127,37 @@ int ovs_attention_forward(float *out, const float *q, int64_t ldq, const float *
     if ((st = ops_mul(&tu, op, T, U)) || (st = ops_mul(&etu, op, E, tu)) ||
         (st = ops_check_ptr(op, "scratch", scratch, etu)))
         return st;
-    /* Heads run in parallel, one head per thread with single-threaded sgemms: one parallel
+    /* Heads run in parallel, one head per thread with single-threaded GEMMs: one parallel
      * region per call instead of three per head. */
+    const size_t nk = ovs_matrix_packed_floats(U, F), nv = ovs_matrix_packed_floats(F, U);
+    if (nk == SIZE_MAX || nv == SIZE_MAX || nk > SIZE_MAX / sizeof(float) / 2 - nv)
+        return ovs_set_error(OVS_ERR_OVERFLOW, "%s: packed keys and values of %lld x %lld overflow",
+                             op, (long long)U, (long long)F);
     ovs_region_error re = OVS_REGION_ERROR_INIT;
-#pragma omp parallel for schedule(dynamic, 1) if (E > 1 && tu * F >= OPS_PAR_MIN) num_threads(ovs_get_num_threads())
-    for (int64_t h = 0; h < E; h++) {
-        float *probs = scratch + h * tu;   /* (T, U) of head h */
-        int hs = ops_sgemm(op, 1, T, U, F, scale, q + h * F, ldq, k + h * F, ldk, 0.0f, probs, U);
-        if (!hs) {
-            attention_softmax_rows(probs, T, U, mask, causal);
-            hs = ops_sgemm(op, 0, T, F, U, 1.0f, probs, U, v + h * F, ldv, 0.0f, out + h * F, D);
+#pragma omp parallel if (E > 1 && tu * F >= OPS_PAR_MIN) num_threads(ovs_get_num_threads())
+    {
+        void *own = NULL;
+        float *kp = ops_thread_workspace(OPS_WS_ATTENTION, (nk + nv) * sizeof(float), &own);
+        if (!kp) ovs_region_keep(&re, OVS_ERR_NOMEM);
+        float *vp = kp ? kp + nk : NULL;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t h = 0; h < E; h++) {
+            if (!kp) continue;
+            float *probs = scratch + h * tu;   /* (T, U) of head h */
+            pack_keys(kp, k + h * F, ldk, U, F);
+            const ovs_matrix wk = ovs_matrix_packed(kp, U, F);
+            int hs = ops_gemm_packed(op, probs, U, q + h * F, ldq, &wk, T, scale, 0.0f, NULL, NULL,
+                                     0, OVS_ACT_NONE);
+            if (!hs) {
+                attention_softmax_rows(probs, T, U, mask, causal);
+                pack_values(vp, v + h * F, ldv, U, F);
+                const ovs_matrix wv = ovs_matrix_packed(vp, F, U);
+                hs = ops_gemm_packed(op, out + h * F, D, probs, U, &wv, T, 1.0f, 0.0f, NULL, NULL,
+                                     0, OVS_ACT_NONE);
+            }
+            if (hs) ovs_region_keep(&re, hs);
         }
-        if (hs) ovs_region_keep(&re, hs);
+        ovs_free(own);
     }
     return ovs_region_finish(&re);
 }

@@ -195,56 +195,56 @@ ovs_matrix ovs_matrix_packed(const float *packed, int64_t rows, int64_t cols) {
 }
 
 /* ---------------------------------------------------------------- workspace */
-/* The calling thread's workspace (packed rows, partial sums, pack flags), kept between calls
- * up to GEMM_WS_KEEP bytes: a fresh block per call costs page faults in the packing and, when
- * it is unmapped, TLB shootdowns on the other threads (~1/10 of a ViT forward at 2 threads).
- * A block is 64 bytes of header (its capacity in bytes) then the workspace; a pthread key frees
- * it at thread exit. */
-#define GEMM_WS_KEEP ((size_t)32 << 20)
-#define GEMM_WS_HDR ((size_t)64)
+/* Per-thread workspaces (ops_internal.h), kept between calls up to OPS_WS_KEEP bytes: a fresh
+ * block per call costs page faults and, when it is unmapped, TLB shootdowns on the other threads
+ * (~1/10 of a ViT forward at 2 threads). A block is 64 bytes of header (its capacity in bytes)
+ * then the workspace; a pthread key per slot frees it at thread exit. */
+#define OPS_WS_KEEP ((size_t)32 << 20)
+#define OPS_WS_HDR ((size_t)64)
 
-static pthread_key_t ws_key;
+static pthread_key_t ws_keys[OPS_WS_SLOTS];
 static pthread_once_t ws_once = PTHREAD_ONCE_INIT;
-static int ws_key_ok;
+static int ws_keys_ok;
 
 static void ws_destroy(void *block) { ovs_free(block); }
-static void ws_make_key(void) { ws_key_ok = pthread_key_create(&ws_key, ws_destroy) == 0; }
+static void ws_make_keys(void) {
+    int ok = 1;
+    for (int i = 0; i < OPS_WS_SLOTS && ok; i++) ok = pthread_key_create(&ws_keys[i], ws_destroy) == 0;
+    ws_keys_ok = ok;
+}
 
-/* A workspace of `bytes` for this call; *keep = 0 when the caller must free it (too large to
- * keep, or no key). NULL (error set) when out of memory. */
-static void *ws_acquire(size_t bytes, unsigned char **block_out) {
-    pthread_once(&ws_once, ws_make_key);
-    unsigned char *block = ws_key_ok ? pthread_getspecific(ws_key) : NULL;
+void *ops_thread_workspace(int slot, size_t bytes, void **own) {
+    pthread_once(&ws_once, ws_make_keys);
+    const int keyed = ws_keys_ok && slot >= 0 && slot < OPS_WS_SLOTS;
+    unsigned char *block = keyed ? pthread_getspecific(ws_keys[slot]) : NULL;
+    *own = NULL;
     if (block) {
         size_t cap;
         memcpy(&cap, block, sizeof cap);
-        if (cap >= bytes) {
-            *block_out = NULL;            /* kept: the caller does not free it */
-            return block + GEMM_WS_HDR;
-        }
-        pthread_setspecific(ws_key, NULL);
+        if (cap >= bytes) return block + OPS_WS_HDR;   /* kept: the caller does not free it */
+        pthread_setspecific(ws_keys[slot], NULL);
         ovs_free(block);
     }
-    if (bytes > SIZE_MAX - GEMM_WS_HDR || !(block = ovs_malloc(GEMM_WS_HDR + bytes))) {
-        if (!block) ovs_set_error(OVS_ERR_NOMEM, "out of memory (%zu bytes)", bytes);
+    if (bytes > SIZE_MAX - OPS_WS_HDR) {
+        ovs_set_error(OVS_ERR_OVERFLOW, "workspace of %zu bytes overflows", bytes);
         return NULL;
     }
+    if (!(block = ovs_malloc(OPS_WS_HDR + bytes))) return NULL;
     memcpy(block, &bytes, sizeof bytes);
-    if (ws_key_ok && bytes <= GEMM_WS_KEEP && pthread_setspecific(ws_key, block) == 0) {
-        *block_out = NULL;
-    } else {
-        *block_out = block;               /* the caller frees it after the call */
-    }
-    return block + GEMM_WS_HDR;
+    if (!keyed || bytes > OPS_WS_KEEP || pthread_setspecific(ws_keys[slot], block) != 0)
+        *own = block;                                  /* the caller frees it after the call */
+    return block + OPS_WS_HDR;
 }
 
 void ovs_gemm_release_workspace(void) {
-    pthread_once(&ws_once, ws_make_key);
-    if (!ws_key_ok) return;
-    void *block = pthread_getspecific(ws_key);
-    if (block) {
-        pthread_setspecific(ws_key, NULL);
-        ovs_free(block);
+    pthread_once(&ws_once, ws_make_keys);
+    if (!ws_keys_ok) return;
+    for (int i = 0; i < OPS_WS_SLOTS; i++) {
+        void *block = pthread_getspecific(ws_keys[i]);
+        if (block) {
+            pthread_setspecific(ws_keys[i], NULL);
+            ovs_free(block);
+        }
     }
 }
 
@@ -359,8 +359,8 @@ int ops_gemm_packed(const char *op, float *out, int64_t ldo, const float *a, int
     const size_t ap_bytes = (ap_n * sizeof(float) + 63) & ~(size_t)63;
     const size_t acc_bytes = (((size_t)threads * (size_t)per_thread * sizeof(float)) + 63) & ~(size_t)63;
     const size_t flag_bytes = (size_t)mblocks * sizeof(_Atomic int);
-    unsigned char *own = NULL;
-    unsigned char *ws = ws_acquire(ap_bytes + acc_bytes + flag_bytes, &own);
+    void *own;
+    unsigned char *ws = ops_thread_workspace(OPS_WS_GEMM, ap_bytes + acc_bytes + flag_bytes, &own);
     if (!ws)
         return ovs_set_error(OVS_ERR_NOMEM, "%s: out of memory for the workspace (packed rows "
                              "%lld x %lld and partial sums)", op, (long long)M, (long long)C);

@@ -49,6 +49,14 @@ int ops_gemm_packed(const char *op, float *out, int64_t ldo, const float *a, int
                     const ovs_matrix *w, int64_t M, float alpha, float beta, const float *bias,
                     const float *res, int64_t ldr, ovs_act act);
 
+/* The calling thread's workspace of `bytes` in slot `slot` (one per user, so that nested users
+ * do not share one): kept between calls (up to 32 MiB; freed at thread exit or by
+ * ovs_gemm_release_workspace), so that a warm caller neither allocates nor page-faults.
+ * *own is NULL, or a block the caller must ovs_free after use (too large to keep). NULL with
+ * the error set when out of memory. 64-byte aligned. */
+enum { OPS_WS_GEMM = 0, OPS_WS_ATTENTION = 1, OPS_WS_SLOTS = 2 };
+void *ops_thread_workspace(int slot, size_t bytes, void **own);
+
 /* Offset of W[k, l] in a conv-packed weight (K, L) of G groups (layout in ops.h). */
 static inline int64_t ops_conv_packed_at(int64_t K, int64_t L, int64_t G, int64_t k, int64_t l) {
     const int64_t Kg = K / G, MR = OVS_CONV_PACK_MR, g = k / Kg, kk = k % Kg;

@@ -88,9 +88,9 @@ typedef enum {
 int ovs_gemm_set_isa(ovs_gemm_isa_kind kind);
 /* "portable", "avx2" or "avx512": the kernels in use. */
 const char *ovs_gemm_isa_name(void);
-/* The packed-weight GEMM keeps its workspace (packed rows, partial sums; up to 32 MiB) per
- * calling thread between calls, freed when the thread exits; this frees the calling thread's
- * now (memory accounting, tests). */
+/* The packed-weight GEMM and the attention keep their workspaces (packed rows, partial sums,
+ * packed keys and values; up to 32 MiB each) per calling thread between calls, freed when the
+ * thread exits; this frees the calling thread's now (memory accounting, tests). */
 void ovs_gemm_release_workspace(void);
 
 /* out (M, K) = alpha * a (M, C) @ w^T (C -> K) + beta * out. Dense via OpenBLAS sgemm, packed
