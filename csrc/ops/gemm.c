@@ -338,10 +338,12 @@ int ops_gemm_packed(const char *op, float *out, int64_t ldo, const float *a, int
     if (!omp_in_parallel() && (double)M * (double)K * (double)C >= 1.0e6)
         threads = ovs_get_num_threads();
 #endif
-    /* Panel groups (whole micro-tiles): enough tasks for ~4 per thread. */
+    /* Panel groups (whole micro-tiles): enough tasks for ~8 per thread, so that a worker that
+     * wakes late (passive waiting) or is preempted leaves a short tail: at 2 threads a ViT-B
+     * block's out-proj (48 panels) is 12 tasks of 4 panels. */
     int64_t group = panels;
     if (threads > 1) {
-        int64_t want = 4 * (int64_t)threads;
+        int64_t want = 8 * (int64_t)threads;
         int64_t groups = (want + row_blocks - 1) / row_blocks;
         group = (panels + groups - 1) / groups;
         if (group < 2) group = 2;
