@@ -297,19 +297,39 @@ static int64_t gemm_row_block(int64_t M, int64_t kc, int64_t mr) {
     return (rows + mr - 1) / mr * mr;
 }
 
-/* out[i, j] for j < nj of one tile row: the shared epilogue, the same code for every ISA. */
+/* out[i, j] for j < nj of one tile row: the shared epilogue, the same code for every ISA.
+ * Per element, in this order: alpha *, + beta * out, + bias, + res, then the activation. The
+ * common linear-layer case (alpha 1, beta 0) has its own branch-free loops (same operations,
+ * same order: bitwise the general path's result). */
 static void gemm_epilogue_row(float *o, const float *acc, int64_t nj, float alpha, float beta,
                               const float *bias, const float *res, ovs_act act) {
     float v[OPS_GEMM_NR_MAX];
-    for (int64_t j = 0; j < nj; j++) {
-        float x = acc[j];
-        if (alpha != 1.0f) x = alpha * x;
-        if (beta != 0.0f) x = beta == 1.0f ? x + o[j] : x + beta * o[j];
-        if (bias) x = x + bias[j];
-        if (res) x = x + res[j];
-        v[j] = x;
+    if (alpha == 1.0f && beta == 0.0f) {
+        if (bias && res) {
+#pragma omp simd
+            for (int64_t j = 0; j < nj; j++) v[j] = (acc[j] + bias[j]) + res[j];
+        } else if (bias) {
+#pragma omp simd
+            for (int64_t j = 0; j < nj; j++) v[j] = acc[j] + bias[j];
+        } else if (res) {
+#pragma omp simd
+            for (int64_t j = 0; j < nj; j++) v[j] = acc[j] + res[j];
+        } else {
+#pragma omp simd
+            for (int64_t j = 0; j < nj; j++) v[j] = acc[j];
+        }
+    } else {
+        for (int64_t j = 0; j < nj; j++) {
+            float x = acc[j];
+            if (alpha != 1.0f) x = alpha * x;
+            if (beta != 0.0f) x = beta == 1.0f ? x + o[j] : x + beta * o[j];
+            if (bias) x = x + bias[j];
+            if (res) x = x + res[j];
+            v[j] = x;
+        }
     }
     ops_act_inplace(v, nj, act);
+#pragma omp simd
     for (int64_t j = 0; j < nj; j++) o[j] = v[j];
 }
 

@@ -396,7 +396,8 @@ int ovs_attention_probs_naive(float *probs, const float *a, int64_t lda, const f
  *   out (T, E*F): out[:, h*F:(h+1)*F] = softmax(q_h k_h^T * scale + mask) v_h
  * q (T, *) row stride ldq, k and v (U, *) row strides ldk/ldv; head h of q is columns
  * [h*F, (h+1)*F). mask (T, U) additive or NULL; causal as above. scratch: E*T*U floats (heads run in
- * parallel, each with its own (T, U) block). */
+ * parallel, each with its own (T, U) block); each thread packs a head's keys and values into
+ * its kept workspace (ovs_gemm_release_workspace). */
 int ovs_attention_forward(float *out, const float *q, int64_t ldq, const float *k, int64_t ldk,
                           const float *v, int64_t ldv, int64_t T, int64_t U, int64_t E,
                           int64_t F, float scale, const float *mask, int causal, float *scratch);
