@@ -81,24 +81,6 @@ int ovs_attention_probs(float *probs, const float *a, int64_t lda, const float *
     return OVS_OK;
 }
 
-/* k_h (U, F; row stride ldk) packed as a (U, F) weight: panel p holds keys p*16.., column c of
- * key u at dst[(p*F + c)*16 + u%16]; keys past U are zeros. */
-static void pack_keys(float *dst, const float *k, int64_t ldk, int64_t U, int64_t F) {
-    const int64_t panels = (U + OVS_PACK_NR - 1) / OVS_PACK_NR;
-    for (int64_t p = 0; p < panels; p++) {
-        float *d = dst + p * F * OVS_PACK_NR;
-        for (int64_t j = 0; j < OVS_PACK_NR; j++) {
-            const int64_t u = p * OVS_PACK_NR + j;
-            if (u < U) {
-                const float *src = k + u * ldk;
-                for (int64_t c = 0; c < F; c++) d[c * OVS_PACK_NR + j] = src[c];
-            } else {
-                for (int64_t c = 0; c < F; c++) d[c * OVS_PACK_NR + j] = 0.0f;
-            }
-        }
-    }
-}
-
 /* v_h^T (F, U) packed as a weight: panel p holds features p*16.., row u of v at
  * dst[(p*U + u)*16 + f%16] (16 consecutive floats of v's row); features past F are zeros. */
 static void pack_values(float *dst, const float *v, int64_t ldv, int64_t U, int64_t F) {
@@ -144,7 +126,7 @@ int ovs_attention_forward(float *out, const float *q, int64_t ldq, const float *
         for (int64_t h = 0; h < E; h++) {
             if (!kp) continue;
             float *probs = scratch + h * tu;   /* (T, U) of head h */
-            pack_keys(kp, k + h * F, ldk, U, F);
+            ops_matrix_pack_rows(kp, k + h * F, ldk, U, F, 1);   /* k_h as a (U, F) weight */
             const ovs_matrix wk = ovs_matrix_packed(kp, U, F);
             int hs = ops_gemm_packed(op, probs, U, q + h * F, ldq, &wk, T, scale, 0.0f, NULL, NULL,
                                      0, OVS_ACT_NONE);

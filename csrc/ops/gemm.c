@@ -161,6 +161,24 @@ size_t ovs_matrix_packed_floats(int64_t rows, int64_t cols) {
     return n;
 }
 
+void ops_matrix_pack_rows(float *dst, const float *src, int64_t ld, int64_t rows, int64_t cols,
+                          int threads) {
+    const int64_t panels = (rows + OVS_PACK_NR - 1) / OVS_PACK_NR;
+#pragma omp parallel for schedule(static) if (threads > 1 && panels > 1) num_threads(threads)
+    for (int64_t p = 0; p < panels; p++) {
+        float *d = dst + p * cols * OVS_PACK_NR;       /* (cols, NR) */
+        for (int j = 0; j < OVS_PACK_NR; j++) {
+            const int64_t k = p * OVS_PACK_NR + j;
+            if (k < rows) {
+                const float *s = src + k * ld;
+                for (int64_t c = 0; c < cols; c++) d[c * OVS_PACK_NR + j] = s[c];
+            } else {
+                for (int64_t c = 0; c < cols; c++) d[c * OVS_PACK_NR + j] = 0.0f;
+            }
+        }
+    }
+}
+
 int ovs_matrix_pack(float *dst, const float *src, int64_t rows, int64_t cols) {
     static const char op[] = "ovs_matrix_pack";
     int st;
@@ -173,20 +191,8 @@ int ovs_matrix_pack(float *dst, const float *src, int64_t rows, int64_t cols) {
         return ovs_set_error(OVS_ERR_OVERFLOW, "%s: packed size of (%lld, %lld) overflows", op,
                              (long long)rows, (long long)cols);
     if ((st = ops_check_ptr(op, "dst", dst, (int64_t)packed))) return st;
-    const int64_t panels = (rows + OVS_PACK_NR - 1) / OVS_PACK_NR;
-#pragma omp parallel for schedule(static) if (n >= OPS_PAR_MIN && panels > 1) num_threads(ovs_get_num_threads())
-    for (int64_t p = 0; p < panels; p++) {
-        float *d = dst + p * cols * OVS_PACK_NR;       /* (cols, NR) */
-        for (int j = 0; j < OVS_PACK_NR; j++) {
-            const int64_t k = p * OVS_PACK_NR + j;
-            if (k < rows) {
-                const float *s = src + k * cols;
-                for (int64_t c = 0; c < cols; c++) d[c * OVS_PACK_NR + j] = s[c];
-            } else {
-                for (int64_t c = 0; c < cols; c++) d[c * OVS_PACK_NR + j] = 0.0f;
-            }
-        }
-    }
+    ops_matrix_pack_rows(dst, src, cols, rows, cols,
+                         n >= OPS_PAR_MIN ? ovs_get_num_threads() : 1);
     return OVS_OK;
 }
 

@@ -49,6 +49,12 @@ int ops_gemm_packed(const char *op, float *out, int64_t ldo, const float *a, int
                     const ovs_matrix *w, int64_t M, float alpha, float beta, const float *bias,
                     const float *res, int64_t ldr, ovs_act act);
 
+/* Packs rows [0, rows) of src (row stride ld, `cols` columns) as a weight (rows, cols) in the
+ * panel layout of OVS_MATRIX_PACKED (ovs_matrix_pack without the checks; rows past `rows` of
+ * the last panel are zeros); over `threads` threads. */
+void ops_matrix_pack_rows(float *dst, const float *src, int64_t ld, int64_t rows, int64_t cols,
+                          int threads);
+
 /* The calling thread's workspace of `bytes` in slot `slot` (one per user, so that nested users
  * do not share one): kept between calls (up to 32 MiB; freed at thread exit or by
  * ovs_gemm_release_workspace), so that a warm caller neither allocates nor page-faults.
