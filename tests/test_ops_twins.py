@@ -141,6 +141,10 @@ TWINS = [
                     4, 0.125, rand(r, 60, 77)), {})),
     row("attention-causal", _core.op_attention,
         lambda r: ((rand(r, 50, 96), rand(r, 70, 96), rand(r, 70, 96), 8, 0.3, None, True), {})),
+    # more keys than the packed GEMM's chain slice (512): the probabilities @ v chains are cut
+    row("attention-long", _core.op_attention,
+        lambda r: ((strided_cols(r, 40, 128), strided_cols(r, 600, 128), strided_cols(r, 600, 128),
+                    2, 0.125), {})),
     row("attention_probs-mask", _core.op_attention_probs,
         lambda r: ((strided_cols(r, 190, 24), strided_cols(r, 230, 24), 0.2, rand(r, 190, 230)),
                    {})),
