@@ -326,29 +326,25 @@ static inline float sp_finish(float v, float b, const float *r, ovs_act act) {
     return act == OVS_ACT_RELU ? (v > 0.0f ? v : 0.0f) : v;
 }
 
-/* Grid positions [i0, i0 + width) of the (P, Wp) grid (Wp: the grid row) to output row k (P, Q): the shared
- * epilogue, the same code for every ISA. The grid columns q >= Q are dropped. */
-static void sp_store(float *ok, const float *rk, const float *t, float b, int64_t i0,
-                     int64_t width, int64_t Wp, int64_t Q, ovs_act act) {
-    if (Wp == Q) {
-        float *o = ok + i0;
-        const float *r = rk ? rk + i0 : NULL;
-        if (r)
-            for (int64_t i = 0; i < width; i++) o[i] = sp_finish(t[i], b, r + i, act);
-        else
-            for (int64_t i = 0; i < width; i++) o[i] = sp_finish(t[i], b, NULL, act);
-        return;
-    }
-    int64_t y = i0 / Wp, q = i0 % Wp, i = 0;
+/* Grid positions [i0, i0 + width) of the (P, Wq) grid (Wq: the grid row) of the tile t (nk rows
+ * of SP_TILE floats) to output rows [k0, k0 + nk) of o (K, P, Q): bias, residual and ReLU by the
+ * conv epilogue the dense convolution uses (the ISA's store, ops/gemm.h: the same arithmetic
+ * per element), one call per run of kept positions within a grid row. The grid columns q >= Q
+ * are dropped. */
+static void sp_store(ops_gemm_store_fn store, float *o, const float *res, const float *t,
+                     const float *bias, int64_t k0, int64_t nk, int64_t i0, int64_t width,
+                     int64_t Wq, int64_t P, int64_t Q, ovs_act act) {
+    const int64_t PQ = P * Q;
+    const float *b = bias ? bias + k0 : NULL;
+    int64_t y = i0 / Wq, q = i0 % Wq, i = 0;
     while (i < width) {
-        const int64_t run = Wp - q < width - i ? Wp - q : width - i;
+        const int64_t run = Wq - q < width - i ? Wq - q : width - i;
         const int64_t keep = q < Q ? (Q - q < run ? Q - q : run) : 0;
-        float *o = ok + y * Q + q;
-        const float *r = rk ? rk + y * Q + q : NULL;
-        if (r)
-            for (int64_t u = 0; u < keep; u++) o[u] = sp_finish(t[i + u], b, r + u, act);
-        else
-            for (int64_t u = 0; u < keep; u++) o[u] = sp_finish(t[i + u], b, NULL, act);
+        for (int64_t c = 0; c < keep; c += OPS_GEMM_NR_MAX) {  /* the store's widest run */
+            const size_t at = (size_t)k0 * PQ + (size_t)(y * Q + q + c);
+            const int64_t n = keep - c < OPS_GEMM_NR_MAX ? keep - c : OPS_GEMM_NR_MAX;
+            store(o + at, PQ, t + i + c, SP_TILE, nk, n, b, res ? res + at : NULL, PQ, act);
+        }
         i += run;
         q = 0;
         y++;
@@ -495,6 +491,9 @@ static int sparse_forward(float *out, const float *in, const ovs_csr *w, const f
     const int64_t G = P * Wq, tiles = (G + SP_TILE - 1) / SP_TILE, per_tile = cost[blocks];
     const size_t in_img = (size_t)C * H * W, out_img = (size_t)K * P * Q;
     const ops_sparse_isa *isa = sparse_isa();
+    /* the epilogue: the dense conv's (its ReLU; other activations after, over the whole output) */
+    const ops_gemm_store_fn store = ops_gemm_current_isa()->store;
+    const ovs_act eact = act == OVS_ACT_RELU ? OVS_ACT_RELU : OVS_ACT_NONE;
     const int par = (double)w->nnz * (double)G >= (double)OPS_PAR_MIN && tiles * blocks > 1;
     /* One parallel region per call: the offsets, the copies of each image and the items. */
 #pragma omp parallel if (par) num_threads(ovs_get_num_threads())
@@ -536,11 +535,7 @@ static int sparse_forward(float *out, const float *in, const ovs_csr *w, const f
                     }
                     isa->tile(x + i0, xo, w->val, js, je, (int)nk, t, (int)(h > 0));
                 }
-                for (int64_t u = 0; u < nk; u++) {
-                    const size_t ko = (size_t)(k0 + u) * P * Q;
-                    sp_store(o + ko, res ? res + ko : NULL, t + u * SP_TILE,
-                             bias ? bias[k0 + u] : 0.0f, i0, width, Wq, Q, act);
-                }
+                sp_store(store, o, res, t, bias, k0, nk, i0, width, Wq, P, Q, eact);
                 if (++b == blocks) { b = 0; tile++; }
             }
             /* the next image's copy overwrites xpad */
