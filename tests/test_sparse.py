@@ -60,13 +60,15 @@ def test_sparse_conv_fast_naive_torch(case, act):
     assert _rel(fast, naive) <= RTOL
 
 
-# Layouts of the fast kernel (csrc/ops/sparse.c): (N, C, H, W, K, R, pad, dilation, density)
+# Layouts of the fast kernel (csrc/ops/sparse.c): (N, C, H, W, K, R, pad, dilation, density);
+# all but the last two large enough (non-zeros x grid positions >= 2^20, SP_PAR_MIN) to run on
+# 2 threads when asked
 LAYOUT_CASES = [
     (1, 16, 28, 28, 37, 3, 1, 1, 0.3),     # aligned shifted copies (row 30 -> 32), odd K
-    (1, 8, 26, 26, 6, 3, 2, 2, 0.4),       # aligned copies shifted by the dilation
-    (1, 24, 7, 7, 33, 3, 1, 1, 0.5),       # small map: one unaligned copy, one tile
+    (1, 8, 26, 26, 64, 3, 2, 2, 0.4),      # aligned copies shifted by the dilation
+    (1, 24, 7, 7, 201, 3, 1, 1, 0.5),      # small map: one unaligned copy, one tile
     (1, 256, 12, 12, 40, 3, 1, 1, 0.6),    # many input-channel slices (resumed chains)
-    (1, 48, 16, 16, 70, 1, 0, 1, 0.4),     # 1x1 read in place when aligned (G = 4 tiles)
+    (1, 64, 16, 16, 201, 1, 0, 1, 0.4),    # 1x1 read in place when aligned (G = 4 tiles)
     (2, 40, 9, 9, 65, 1, 0, 1, 0.05),      # 1x1 copied to whole-line planes, batch 2
     (2, 16, 12, 12, 24, 3, 1, 1, 0.0),     # fully pruned: bias + residual + act only
 ]
@@ -83,6 +85,9 @@ def test_sparse_conv_bitwise_across_threads_and_isas(restore_runtime, case):
     want = torch.relu(torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),
                                                  torch.from_numpy(b), padding=pad, dilation=dil)
                       + torch.from_numpy(r)).numpy()
+    if case not in LAYOUT_CASES[-2:]:   # the 2-thread runs below really split the work
+        P, Wp = r.shape[2], W + 2 * pad
+        assert np.count_nonzero(w) * P * Wp >= 2**20, "case too small for 2 threads (SP_PAR_MIN)"
     _core.gemm_set_isa("portable")
     _core.set_num_threads(1)
     ref = _core.op_conv2d_sparse(x, w, b, r, padding=pad, dilation=dil, act="relu")

@@ -209,6 +209,13 @@ typedef struct {
  * on Zen 5, 32 KiB on older cores) while every row of a block reads it. */
 #define SP_SLICE_BYTES (32 * 1024)
 #define SP_SLICE_NNZ 32
+/* Work (non-zeros x grid positions; output elements for a fully pruned conv) below which a
+ * call stays on the calling thread: waking a sleeping OpenMP worker (OMP_WAIT_POLICY=PASSIVE,
+ * ovs's default) costs tens of microseconds on a VM, more than the second thread saves on the
+ * nearly empty convs of a 90%-sparse RN50 (its res4 conv1s: 2 threads took 1.1-2x the time of
+ * one, loaded machine). About the dense conv's own threshold (1e6 multiply-adds). */
+#define SP_PAR_MIN ((int64_t)1 << 20)
+#define SP_PAR_MIN_ZERO ((int64_t)1 << 18)
 
 static int64_t round16(int64_t v) { return (v + 15) / 16 * 16; }
 
@@ -404,7 +411,7 @@ static int sparse_forward(float *out, const float *in, const ovs_csr *w, const f
     if (N == 0 || K == 0 || P == 0 || Q == 0) return OVS_OK;
     if (w->nnz == 0) {  /* a fully pruned conv: bias, residual and activation only */
         const int64_t PQ = P * Q;
-#pragma omp parallel for schedule(static) if (N * K * PQ >= OPS_PAR_MIN) num_threads(ovs_get_num_threads())
+#pragma omp parallel for schedule(static) if (N * K * PQ >= SP_PAR_MIN_ZERO) num_threads(ovs_get_num_threads())
         for (int64_t nk = 0; nk < N * K; nk++) {
             float *o = out + nk * PQ;
             const float *r = residual ? residual + nk * PQ : NULL;
@@ -494,7 +501,7 @@ static int sparse_forward(float *out, const float *in, const ovs_csr *w, const f
     /* the epilogue: the dense conv's (its ReLU; other activations after, over the whole output) */
     const ops_gemm_store_fn store = ops_gemm_current_isa()->store;
     const ovs_act eact = act == OVS_ACT_RELU ? OVS_ACT_RELU : OVS_ACT_NONE;
-    const int par = (double)w->nnz * (double)G >= (double)OPS_PAR_MIN && tiles * blocks > 1;
+    const int par = (double)w->nnz * (double)G >= (double)SP_PAR_MIN && tiles * blocks > 1;
     /* One parallel region per call: the offsets, the copies of each image and the items. */
 #pragma omp parallel if (par) num_threads(ovs_get_num_threads())
     {
