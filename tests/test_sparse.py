@@ -70,6 +70,8 @@ LAYOUT_CASES = [
     (1, 24, 7, 7, 201, 3, 1, 1, 0.5),      # small map: one unaligned copy, one tile
     (1, 256, 12, 12, 40, 3, 1, 1, 0.6),    # many input-channel slices (resumed chains)
     (1, 64, 16, 16, 201, 1, 0, 1, 0.4),    # 1x1 read in place when aligned (G = 4 tiles)
+    (1, 64, 28, 28, 96, 1, 0, 1, 0.3),     # 1x1 in place, G = 12.25 tiles: the last one shifted
+    (1, 512, 14, 14, 512, 1, 0, 1, 0.025), # 1x1 in place from unaligned planes (few non-zeros)
     (2, 40, 9, 9, 65, 1, 0, 1, 0.05),      # 1x1 copied to whole-line planes, batch 2
     (2, 16, 12, 12, 24, 3, 1, 1, 0.0),     # fully pruned: bias + residual + act only
 ]
@@ -110,17 +112,21 @@ def test_sparse_conv_bitwise_across_threads_and_isas(restore_runtime, case):
             assert np.array_equal(got, ref), f"planned, isa={isa} shift={shift}"
 
 
-def test_sparse_conv_residual_and_alias():
+# a padded 3x3 (copied input) and a 1x1 read in place whose last tile is computed shifted back
+# over positions of the previous one (it must store only its own: the residual is the output)
+@pytest.mark.parametrize("C, H, W, K, R, density", [(24, 10, 12, 16, 3, 0.3), (64, 14, 14, 48, 1, 0.02)])
+def test_sparse_conv_residual_and_alias(C, H, W, K, R, density):
     rng = np.random.default_rng(1)
-    x, w, b = _case(rng, 2, 24, 10, 12, 16, 3, 0.3)
-    r = rng.standard_normal((2, 16, 10, 12)).astype(np.float32)
+    x, w, b = _case(rng, 2, C, H, W, K, R, density)
+    pad = R // 2
+    r = rng.standard_normal((2, K, H, W)).astype(np.float32)
     ref = torch.relu(torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),
-                                                torch.from_numpy(b), padding=1)
+                                                torch.from_numpy(b), padding=pad)
                      + torch.from_numpy(r)).numpy()
     for alias in (False, True):
-        got = _core.op_conv2d_sparse(x, w, b, r, padding=1, act="relu", residual_alias=alias)
+        got = _core.op_conv2d_sparse(x, w, b, r, padding=pad, act="relu", residual_alias=alias)
         assert _rel(got, ref) <= RTOL, f"alias={alias}: {_rel(got, ref)}"
-    naive = _core.op_conv2d_sparse(x, w, b, r, padding=1, act="relu", naive=True)
+    naive = _core.op_conv2d_sparse(x, w, b, r, padding=pad, act="relu", naive=True)
     assert _rel(naive, ref) <= RTOL
 
 
