@@ -6,7 +6,8 @@
 Weights: open_clip RN50 random init (seed 0; BatchNorm gammas/variances randomised, since open_clip
 zero-initialises bn3) unless --weights gives an open_clip state dict.
 Pruning: ovs.prune.magnitude(scope="global"), the paper's scope (every conv but the stem's
-first). "ours-sparse" is the model with sparse="auto" (each conv timed dense vs sparse on this
+first); --scope layer prunes each conv to the same sparsity. "ours-sparse" is the model with
+sparse="auto" (each conv timed dense vs sparse on this
 CPU at the benchmark's input size, the faster kept); "ours-dense" the same weights with
 sparse="dense". 224: the whole tower with the attention pool; 448: the trunk (res5), since
 open_clip's attention pool accepts only its training grid.
@@ -74,6 +75,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.0, 0.5, 0.7, 0.8, 0.9, 0.95])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--scope", choices=["global", "layer"], default="global",
+                    help="magnitude pruning over all prunable convs at once (the paper's) or per conv")
     ap.add_argument("--weights", default=None, help="open_clip RN50 state dict (default: random init)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch dense peer")
     ap.add_argument("--no-ort", action="store_true",
@@ -118,7 +121,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     results = []
     for p in args.sparsity:
-        pruned = ovs.prune.magnitude(sd, sparsity=p) if p > 0 else sd
+        pruned = ovs.prune.magnitude(sd, sparsity=p, scope=args.scope) if p > 0 else sd
         if not args.no_torch:
             ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in pruned.items()})
             visual = ref.visual
@@ -171,7 +174,7 @@ def main(argv=None) -> int:
                         s / d for s, d in zip(times["ours_sparse"], times["ort_dense"]))
                     ratio["dense_over_ort"] = statistics.median(
                         s / d for s, d in zip(times["ours_dense"], times["ort_dense"]))
-                rec = dict(sparsity=p, size=size, threads=th, median_ms=med, ratios=ratio,
+                rec = dict(sparsity=p, scope=args.scope, size=size, threads=th, median_ms=med, ratios=ratio,
                            sparse_convs=n_sparse, convs=len(table), calibration_s=calib,
                            sparse_vs_dense_max_rel_err=err, loadavg=os.getloadavg())
                 results.append(rec)
