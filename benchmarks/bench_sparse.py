@@ -176,7 +176,10 @@ def main(argv=None) -> int:
                         s / d for s, d in zip(times["ours_dense"], times["ort_dense"]))
                 rec = dict(sparsity=p, scope=args.scope, size=size, threads=th, median_ms=med, ratios=ratio,
                            sparse_convs=n_sparse, convs=len(table), calibration_s=calib,
-                           sparse_vs_dense_max_rel_err=err, loadavg=os.getloadavg())
+                           sparse_vs_dense_max_rel_err=err, loadavg=os.getloadavg(),
+                           # per conv: shape, nnz, kernel chosen, its calibration times
+                           conv_table=[{k: c[k] for k in ("name", "shape", "nnz", "sparse", "dense_ms", "sparse_ms")}
+                                       for c in table])
                 results.append(rec)
                 print(f"sparsity {p:.2f} {size}px {th}t: " +
                       " ".join(f"{k} {v:.1f}ms" for k, v in med.items()) + " | " +
