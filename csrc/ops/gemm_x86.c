@@ -316,12 +316,23 @@ __attribute__((target("avx2,fma"))) static void avx2_narrow(
 /* ops_gemm_store_scalar's arithmetic (ops/gemm.h), 16 (8) lanes at a time: the same adds in the
  * same order per element, ReLU as x < 0 ? 0 : x (NaN and -0 kept); other activations through
  * ops_act_inplace on the stored row. */
+/* One vector of the epilogue: acc + bias (+ residual), then ReLU if asked. */
+__attribute__((target("avx512f"))) static inline __m512 avx512_store_vec(__m512 acc, __m512 b,
+                                                                       const __m512 *res,
+                                                                       ovs_act act) {
+    __m512 v = _mm512_add_ps(acc, b);
+    if (res) v = _mm512_add_ps(v, *res);
+    if (act == OVS_ACT_RELU)
+        v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ),
+                               _mm512_setzero_ps());
+    return v;
+}
+
 __attribute__((target("avx512f"))) static void avx512_store(float *o, int64_t ldo,
                                                             const float *acc, int64_t lda,
                                                             int64_t m, int64_t n,
                                                             const float *bias, const float *res,
                                                             int64_t ldr, ovs_act act) {
-    const __m512 zero = _mm512_setzero_ps();
     for (int64_t r = 0; r < m; r++) {
         const __m512 b = _mm512_set1_ps(bias ? bias[r] : 0.0f);
         const float *a = acc + r * lda, *rr = res ? res + r * ldr : NULL;
@@ -331,19 +342,15 @@ __attribute__((target("avx512f"))) static void avx512_store(float *o, int64_t ld
          * made this epilogue over half the time of a 1x1 conv with a residual */
         int64_t i = 0;
         for (; i + 16 <= n; i += 16) {
-            __m512 v = _mm512_add_ps(_mm512_loadu_ps(a + i), b);
-            if (rr) v = _mm512_add_ps(v, _mm512_loadu_ps(rr + i));
-            if (act == OVS_ACT_RELU)
-                v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), zero);
-            _mm512_storeu_ps(d + i, v);
+            const __m512 rv = rr ? _mm512_loadu_ps(rr + i) : _mm512_setzero_ps();
+            _mm512_storeu_ps(d + i, avx512_store_vec(_mm512_loadu_ps(a + i), b, rr ? &rv : NULL,
+                                                     act));
         }
         if (i < n) {
             const __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
-            __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(k, a + i), b);
-            if (rr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, rr + i));
-            if (act == OVS_ACT_RELU)
-                v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), zero);
-            _mm512_mask_storeu_ps(d + i, k, v);
+            const __m512 rv = rr ? _mm512_maskz_loadu_ps(k, rr + i) : _mm512_setzero_ps();
+            _mm512_mask_storeu_ps(d + i, k, avx512_store_vec(_mm512_maskz_loadu_ps(k, a + i), b,
+                                                             rr ? &rv : NULL, act));
         }
         if (act != OVS_ACT_NONE && act != OVS_ACT_RELU) ops_act_inplace(d, n, act);
     }

@@ -126,12 +126,6 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *args) { (void)args
     return PyLong_FromLong(ovs_get_num_threads());
 }
 
-static PyObject *py_debug_fail_alloc(PyObject *self, PyObject *arg) {
-    long long n = PyLong_AsLongLong(arg);
-    if (n == -1 && PyErr_Occurred()) return NULL;
-    return PyLong_FromLongLong(ovs_debug_fail_alloc(n));
-}
-
 int ovs_py_parse_act(const char *name, int allow_none, ovs_act *act) {
     const ovs_act_info *a = ovs_act_by_name(name);
     if (a && (allow_none || a->act != OVS_ACT_NONE)) {
@@ -188,9 +182,6 @@ static PyMethodDef core_methods[] = {
     OVS_PY_ROW(py_, last_error, METH_NOARGS, "() -> message of the last C error on this thread."),
     OVS_PY_ROW(py_, set_num_threads, METH_O, "(n): set threads for OpenBLAS and ovs loops."),
     OVS_PY_ROW(py_, get_num_threads, METH_NOARGS, "() -> threads in use."),
-    OVS_PY_ROW(py_, debug_fail_alloc, METH_O,
-               "(n) -> allocations made since the last call; test hook: the n-th allocation from "
-               "now fails (0 = off)."),
     OVS_PY_ROW(py_, build_info, METH_NOARGS, "() -> how the extension was built."),
     OVS_PY_ROW(py_, activations, METH_NOARGS,
                "() -> tuple of dicts, the activations table (include/ovs/ops.h): name, tower_mlp "

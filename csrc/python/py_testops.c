@@ -1,8 +1,9 @@
 /* TEST-ONLY bindings: never called by the ovs package (production bindings live in py_ops.c,
  * py_m2f.c and the model/method files). `_core.op_<name>(...)` exposes each op of
  * include/ovs/ops.h one by one, with `naive=True` selecting the plain twin, for the fast-vs-naive
- * tests (tests/test_ops*.py) and benchmarks; `_core.op_debug_invalid_calls` is a debug hook that
- * calls the C ops with invalid arguments. The production bindings are registered here too under
+ * tests (tests/test_ops*.py) and benchmarks; the test hooks (OVS_PY_TESTHOOKS): allocation-failure
+ * injection (`_core.debug_fail_alloc`), the packed GEMM's ISA switch and workspace release, and
+ * `_core.op_debug_invalid_calls`, which calls the C ops with invalid arguments. The production bindings are registered here too under
  * their op_ names (op_linear, op_resize, op_pamr, ...: the rows of OVS_PY_OPS / OVS_PY_M2F_OPS in
  * pyovs.h, the same functions) so the tests keep one naming scheme.
  * Arguments are parsed and checked with the shared helpers of pyovs.h (py_args.c). */
@@ -826,6 +827,105 @@ error:
 OVS_PY_VARIANT(py_seg_labels_naive, ovs_py_seg_final, 2)
 OVS_PY_VARIANT(py_seg_labels_grouped_naive, ovs_py_seg_grouped, 1)
 
+/* ---------------------------------------------------------------- allocation failure injection */
+static PyObject *py_debug_fail_alloc(PyObject *self, PyObject *arg) {
+    long long n = PyLong_AsLongLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    return PyLong_FromLongLong(ovs_debug_fail_alloc(n));
+}
+
+/* ---------------------------------------------------------------- packed-weight GEMM hooks */
+/* op_matrix_pack(w (K, C)) -> packed (ceil(K/NR), C, NR) float32. */
+static PyObject *py_op_matrix_pack(PyObject *self, PyObject *args, PyObject *kw) {
+    int st = -1;
+    static char *kwlist[] = {"w", NULL};
+    PyObject *w_obj;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &w_obj)) return NULL;
+    PyArrayObject *w = ovs_py_float_array(w_obj, 2, "w"), *out = NULL;
+    if (!w) return NULL;
+    npy_intp K = PyArray_DIM(w, 0), C = PyArray_DIM(w, 1);
+    npy_intp dims[3] = {(K + OVS_PACK_NR - 1) / OVS_PACK_NR, C, OVS_PACK_NR};
+    out = (PyArrayObject *)PyArray_EMPTY(3, dims, NPY_FLOAT32, 0);
+    if (!out) goto done;
+    OVS_PY_NOGIL(st, ovs_matrix_pack((float *)PyArray_DATA(out), (const float *)PyArray_DATA(w),
+                                     K, C));
+done:
+    return OVS_PY_FINISH(st, out, w);
+}
+
+/* op_gemm_packed_naive(a (M, C), packed (P, C, NR), K, fast=False) -> (M, K); with fast the
+ * packed-weight GEMM itself (ovs_matmul_wt on the packed matrix: weights packed once, for
+ * benchmarks). */
+static PyObject *gemm_packed(PyObject *args, PyObject *kw, int fast) {
+    int st = -1;
+    static char *kwlist[] = {"a", "packed", "K", NULL};
+    PyObject *a_obj, *p_obj;
+    long long K;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOL", kwlist, &a_obj, &p_obj, &K)) return NULL;
+    PyArrayObject *a = NULL, *p = NULL, *out = NULL;
+    if (!(a = ovs_py_float_array(a_obj, 2, "a")) || !(p = ovs_py_float_array(p_obj, 3, "packed")))
+        goto done;
+    npy_intp M = PyArray_DIM(a, 0), C = PyArray_DIM(a, 1);
+    if (K < 0 || PyArray_DIM(p, 0) != (K + OVS_PACK_NR - 1) / OVS_PACK_NR ||
+        PyArray_DIM(p, 1) != C || PyArray_DIM(p, 2) != OVS_PACK_NR) {
+        PyErr_Format(PyExc_ValueError,
+                     "packed must have shape (ceil(K/%d), C, %d) = (%lld, %lld, %d) for K = %lld, "
+                     "got (%lld, %lld, %lld)",
+                     OVS_PACK_NR, OVS_PACK_NR, (long long)((K + OVS_PACK_NR - 1) / OVS_PACK_NR),
+                     (long long)C, OVS_PACK_NR, K, (long long)PyArray_DIM(p, 0),
+                     (long long)PyArray_DIM(p, 1), (long long)PyArray_DIM(p, 2));
+        goto done;
+    }
+    npy_intp dims[2] = {M, (npy_intp)K};
+    if (!(out = (PyArrayObject *)PyArray_EMPTY(2, dims, NPY_FLOAT32, 0))) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    if (fast) {
+        ovs_matrix wm = ovs_matrix_packed((const float *)PyArray_DATA(p), K, C);
+        st = ovs_matmul_wt((float *)PyArray_DATA(out), K, (const float *)PyArray_DATA(a), C, &wm,
+                           M, 1.0f, 0.0f);
+    } else {
+        st = ovs_gemm_packed_naive((float *)PyArray_DATA(out), (const float *)PyArray_DATA(a),
+                                   (const float *)PyArray_DATA(p), M, C, K);
+    }
+    Py_END_ALLOW_THREADS
+done:
+    return OVS_PY_FINISH(st, out, a, p);
+}
+
+OVS_PY_VARIANT(py_op_gemm_packed_naive, gemm_packed, 0)
+OVS_PY_VARIANT(py_op_gemm_packed, gemm_packed, 1)
+
+static PyObject *py_gemm_set_isa(PyObject *self, PyObject *arg) {
+    static const struct { const char *name; ovs_gemm_isa_kind kind; } table[] = {
+        {"auto", OVS_GEMM_ISA_AUTO}, {"portable", OVS_GEMM_ISA_PORTABLE},
+        {"avx2", OVS_GEMM_ISA_AVX2}, {"avx512", OVS_GEMM_ISA_AVX512},
+    };
+    if (!PyUnicode_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "isa must be a str, got %.100s", Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
+        if (!strcmp(name, table[i].name)) {
+            int st = ovs_gemm_set_isa(table[i].kind);
+            if (st) return ovs_py_raise(st);
+            return PyUnicode_FromString(ovs_gemm_isa_name());
+        }
+    PyErr_Format(PyExc_ValueError, "isa must be 'auto', 'portable', 'avx2' or 'avx512', got %R",
+                 arg);
+    return NULL;
+}
+
+static PyObject *py_gemm_isa(PyObject *self, PyObject *noargs) {
+    return PyUnicode_FromString(ovs_gemm_isa_name());
+}
+
+static PyObject *py_gemm_release_workspace(PyObject *self, PyObject *noargs) {
+    ovs_gemm_release_workspace();
+    Py_RETURN_NONE;
+}
+
 /* ---------------------------------------------------------------- registration */
 /* The test-only keyword bindings, X(name, doc after the name): py_<name> registered as
  * _core.<name>. */
@@ -870,18 +970,33 @@ OVS_PY_VARIANT(py_seg_labels_grouped_naive, ovs_py_seg_grouped, 1)
     X(seg_labels_naive, "(same arguments): the test twin of seg_labels, every class at "    \
       "every pixel (same labels).")                                                         \
     X(seg_labels_grouped_naive, "(same arguments): the test twin of seg_labels_grouped, "   \
-      "every probability materialised.")
+      "every probability materialised.")                                                    \
+    X(op_matrix_pack, "(w) -> w (K, C) packed as (ceil(K/16), C, 16) panels for the GEMM "  \
+      "kernels.")                                                                           \
+    X(op_gemm_packed_naive, "(a, packed, K) -> a @ W.T from the packed W, one fmaf chain "  \
+      "per element.")                                                                       \
+    X(op_gemm_packed, "(a, packed, K) -> a @ W.T with the packed-weight GEMM on an already " \
+      "packed W.")
+/* The test hooks taking positional or no arguments, X(name, flags, doc). */
+#define OVS_PY_TESTHOOKS(X)                                                                 \
+    X(op_conv2d_winograd_wins, METH_VARARGS, "(N, C, H, W, K, R, S, padding) -> bool: "     \
+      "whether algo AUTO takes Winograd for that stride-1 conv (ovs_conv2d_winograd_wins).") \
+    X(debug_fail_alloc, METH_O, "(n) -> allocations made since the last call; the n-th "    \
+      "allocation from now fails (0 = off).")                                               \
+    X(gemm_set_isa, METH_O, "(name) -> name in use; 'auto', 'portable', 'avx2' or "         \
+      "'avx512' (process-wide; RuntimeError-like OvsError if the CPU lacks it).")           \
+    X(gemm_isa, METH_NOARGS, "() -> the packed GEMM's kernels in use.")                     \
+    X(gemm_release_workspace, METH_NOARGS, "() -> None: frees the calling thread's "        \
+      "packed-GEMM workspace (kept between calls).")                                        \
+    X(op_debug_invalid_calls, METH_NOARGS, "() -> [(label, status, name, message)]: every " \
+      "op called with invalid arguments.")
 #define OVS_PY_TESTOP_ROW(name, doc) OVS_PY_ROW(py_, name, OVS_PY_KW, doc),
+#define OVS_PY_TESTHOOK_ROW(name, flags, doc) OVS_PY_ROW(py_, name, flags, doc),
 static PyMethodDef testops_methods[] = {
     OVS_PY_TESTOPS(OVS_PY_TESTOP_ROW)
-    OVS_PY_ROW(py_, op_conv2d_winograd_wins, METH_VARARGS,
-               "(N, C, H, W, K, R, S, padding) -> bool: whether algo AUTO takes Winograd for "
-               "that stride-1 conv (ovs_conv2d_winograd_wins)."),
+    OVS_PY_TESTHOOKS(OVS_PY_TESTHOOK_ROW)
     OVS_PY_OPS(OVS_PY_OP_TEST)
     OVS_PY_M2F_OPS(OVS_PY_OP_TEST)
-    OVS_PY_ROW(py_, op_debug_invalid_calls, METH_NOARGS,
-               "() -> [(label, status, name, message)]: test hook, every op called with invalid "
-               "arguments."),
     {NULL, NULL, 0, NULL},
 };
 

@@ -207,7 +207,7 @@ OVS_PY_M2F_OPS(OVS_PY_OP_DECL)
  * functions and types with ovs_py_register_<part>(module) (0, or -1 with an exception). */
 #define OVS_PY_PARTS(X)                                                                     \
     X(core) X(ops) X(testops) X(io) X(models) X(methods) X(tokenizer) X(analysis) X(metrics) \
-    X(gemm) X(sparse) X(frameworks) X(m2f)
+    X(sparse) X(frameworks) X(m2f)
 #define OVS_PY_PART_DECL(part) int ovs_py_register_##part(PyObject *m);
 OVS_PY_PARTS(OVS_PY_PART_DECL)
 
