@@ -37,6 +37,116 @@ static inline float interp(const float *plane, int64_t w, const coeffs *c, int64
            c->ly1[Y] * (c->lx0[X] * r1[c->x0[X]] + c->lx1[X] * r1[c->x1[X]]);
 }
 
+/* logits (C, Hp, Wp) from the nwin windows' (C, gh, gw) logits smalls (window j's at
+ * smalls + j C gh gw, its origin (wy[j], wx[j])): each upsampled bilinearly by the taps c (every
+ * window has the same size), cropped to (h, w), summed in window order, divided by count. Per
+ * element exactly what the element-wise form computes, 0 + interp_0 + interp_1 + ... then / count:
+ * interp() separably, per class the horizontal pass of each source row once (lx0 a + lx1 b),
+ * then per output row ly0 R[y0] + ly1 R[y1] - the same float operations in the same order (no
+ * contraction under -std=c11), on contiguous rows that vectorise. Per class a band of rows at a
+ * time (zero, every window's rows of the band, divide) so each value is written to memory once.
+ * Classes in parallel; per thread one (nwin, gh, w) buffer. */
+static int accumulate_windows(float *logits, int64_t C, int64_t Hp, int64_t Wp, const float *count,
+                              const float *smalls, int64_t nwin, const int64_t *wy, const int64_t *wx,
+                              int64_t gh, int64_t gw, int64_t h, int64_t w, const coeffs *c) {
+    const int64_t G = gh * gw, HW = Hp * Wp;
+    const int64_t band = Wp < 8192 ? 8192 / Wp : 1; /* about 32 KiB of output rows */
+    ovs_region_error re = OVS_REGION_ERROR_INIT;
+#pragma omp parallel num_threads(ovs_get_num_threads()) if (C > 1)
+    {
+        float *R = ovs_malloc((size_t)nwin * gh * w * sizeof(float));
+        if (!R) ovs_region_fail(&re, OVS_ERR_NOMEM, "window upsample: row buffers of %lld windows: %s",
+                                (long long)nwin, ovs_last_error());
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < C; k++) {
+            if (!R) continue;
+            for (int64_t j = 0; j < nwin; j++) {
+                const float *plane = smalls + ((size_t)j * C + k) * G;
+                float *Rj = R + (size_t)j * gh * w;
+                for (int64_t i = 0; i < gh; i++) {
+                    const float *src = plane + i * gw;
+                    float *r = Rj + i * w;
+                    for (int64_t x = 0; x < w; x++)
+                        r[x] = c->lx0[x] * src[c->x0[x]] + c->lx1[x] * src[c->x1[x]];
+                }
+            }
+            float *out = logits + (size_t)k * HW;
+            for (int64_t Y0 = 0; Y0 < Hp; Y0 += band) {
+                const int64_t Y1 = Y0 + band < Hp ? Y0 + band : Hp;
+                memset(out + Y0 * Wp, 0, (size_t)(Y1 - Y0) * Wp * sizeof(float));
+                for (int64_t j = 0; j < nwin; j++) {
+                    const int64_t ya = Y0 > wy[j] ? Y0 : wy[j], yb = Y1 < wy[j] + h ? Y1 : wy[j] + h;
+                    const float *Rj = R + (size_t)j * gh * w;
+                    for (int64_t Y = ya; Y < yb; Y++) {
+                        const int64_t y = Y - wy[j];
+                        const float *r0 = Rj + c->y0[y] * w, *r1 = Rj + c->y1[y] * w;
+                        const float a = c->ly0[y], b = c->ly1[y];
+                        float *row = out + Y * Wp + wx[j];
+                        for (int64_t x = 0; x < w; x++) row[x] += a * r0[x] + b * r1[x];
+                    }
+                }
+                float *o = out + Y0 * Wp;
+                const float *n = count + Y0 * Wp;
+                for (int64_t i = 0; i < (Y1 - Y0) * Wp; i++) o[i] /= n[i];
+            }
+        }
+        ovs_free(R);
+    }
+    return ovs_region_finish(&re);
+}
+
+int ovs_seg_window_average(float *logits, int64_t C, int64_t Hp, int64_t Wp, const float *smalls,
+                           int64_t nwin, const int64_t *wy, const int64_t *wx, int64_t gh, int64_t gw,
+                           int64_t wh, int64_t ww, int64_t h, int64_t w, int naive) {
+    if (C <= 0 || Hp <= 0 || Wp <= 0 || nwin <= 0 || gh <= 0 || gw <= 0 || h <= 0 || w <= 0 || h > wh || w > ww)
+        return ovs_set_error(OVS_ERR_ARG, "window average: empty or inconsistent sizes (%lld classes, map "
+                             "%lldx%lld, %lld windows of %lldx%lld cropped to %lldx%lld)", (long long)C,
+                             (long long)Hp, (long long)Wp, (long long)nwin, (long long)wh, (long long)ww,
+                             (long long)h, (long long)w);
+    for (int64_t j = 0; j < nwin; j++)
+        if (wy[j] < 0 || wx[j] < 0 || wy[j] > Hp - h || wx[j] > Wp - w)
+            return ovs_set_error(OVS_ERR_ARG, "window %lld at (%lld, %lld) of %lldx%lld leaves the %lldx%lld map",
+                                 (long long)j, (long long)wy[j], (long long)wx[j], (long long)h, (long long)w,
+                                 (long long)Hp, (long long)Wp);
+    ovs_arena a;
+    ovs_arena_init(&a);
+    coeffs c;
+    int rc;
+    float *count = ovs_arena_floats(&a, (size_t)Hp * Wp);
+    if (!count) { rc = OVS_ERR_NOMEM; goto done; }
+    if ((rc = coeffs_alloc(&c, &a, gh, gw, wh, ww, h, w))) goto done;
+    memset(count, 0, (size_t)Hp * Wp * sizeof(float));
+    for (int64_t j = 0; j < nwin; j++)
+        for (int64_t y = 0; y < h; y++)
+            for (int64_t x = 0; x < w; x++) count[(wy[j] + y) * Wp + wx[j] + x] += 1.0f;
+    for (int64_t i = 0; i < Hp * Wp; i++)
+        if (count[i] == 0.0f) {
+            rc = ovs_set_error(OVS_ERR_ARG, "window average: pixel (%lld, %lld) is in no window",
+                               (long long)(i / Wp), (long long)(i % Wp));
+            goto done;
+        }
+    if (!naive) {
+        rc = accumulate_windows(logits, C, Hp, Wp, count, smalls, nwin, wy, wx, gh, gw, h, w, &c);
+        goto done;
+    }
+    /* the twin: window by window, every element by one interp(), then the average */
+    const int64_t HW = Hp * Wp, G = gh * gw;
+    memset(logits, 0, (size_t)C * HW * sizeof(float));
+    for (int64_t j = 0; j < nwin; j++)
+        for (int64_t k = 0; k < C; k++) {
+            const float *plane = smalls + ((size_t)j * C + k) * G;
+            for (int64_t y = 0; y < h; y++) {
+                float *row = logits + (size_t)k * HW + (wy[j] + y) * Wp + wx[j];
+                for (int64_t x = 0; x < w; x++) row[x] += interp(plane, gw, &c, y, x);
+            }
+        }
+    for (int64_t k = 0; k < C; k++)
+        for (int64_t i = 0; i < HW; i++) logits[(size_t)k * HW + i] /= count[i];
+done:
+    ovs_arena_free(&a);
+    return rc;
+}
+
 int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_t H, int64_t W,
                    int64_t row_stride, int64_t pixel_stride, int64_t Hp, int64_t Wp,
                    const float mean[3], const float std[3], const float *classifier, int64_t C) {
@@ -65,14 +175,13 @@ int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_
     const int64_t max_h = crop > 0 && crop < Hp ? crop : Hp, max_w = crop > 0 && crop < Wp ? crop : Wp;
     const int64_t ph = (max_h + p - 1) / p * p, pw = (max_w + p - 1) / p * p;
     const int64_t G_max = (ph / p) * (pw / p);
-    float *count = ovs_arena_floats(a, (size_t)Hp * Wp);             /* (Hp, Wp) windows per pixel */
     float *win = ovs_arena_floats(a, (size_t)3 * ph * pw);           /* (3, ph, pw) padded window */
     float *feats = ovs_arena_floats(a, (size_t)G_max * E);           /* (G, E) */
-    float *small = ovs_arena_floats(a, (size_t)C * G_max);           /* (C, G) window logits */
-    coeffs cy;
-    if (!count || !win || !feats || !small) return OVS_ERR_NOMEM;
-    memset(logits, 0, (size_t)C * Hp * Wp * sizeof(float));
-    memset(count, 0, (size_t)Hp * Wp * sizeof(float));
+    /* every window has the size (max_h, max_w); their (C, G) logits are kept for one pass per class */
+    const int64_t nwin = grids_h * grids_w;
+    float *smalls = ovs_arena_floats(a, (size_t)nwin * C * G_max);   /* (nwin, C, G) window logits */
+    int64_t *wy = (int64_t *)ovs_arena_floats(a, (size_t)nwin * 2), *wx = (int64_t *)ovs_arena_floats(a, (size_t)nwin * 2);
+    if (!win || !feats || !smalls || !wy || !wx) return OVS_ERR_NOMEM;
     for (int64_t gi = 0; gi < grids_h; gi++) {
         for (int64_t gj = 0; gj < grids_w; gj++) {
             int64_t y1 = 0, x1 = 0, y2 = Hp, x2 = Wp;
@@ -82,8 +191,13 @@ int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_
                 y1 = y2 - crop > 0 ? y2 - crop : 0;
                 x1 = x2 - crop > 0 ? x2 - crop : 0;
             }
-            const int64_t h = y2 - y1, w = x2 - x1;
-            const int64_t wh = (h + p - 1) / p * p, ww = (w + p - 1) / p * p, gh = wh / p, gw = ww / p, G = gh * gw;
+            const int64_t h = y2 - y1, w = x2 - x1, G = G_max;
+            const int64_t wh = ph, ww = pw;
+            if (h != max_h || w != max_w) /* the grid above never does this */
+                return ovs_set_error(OVS_ERR_ARG, "window %lldx%lld differs from %lldx%lld", (long long)h,
+                                     (long long)w, (long long)max_h, (long long)max_w);
+            float *small = smalls + (size_t)(gi * grids_w + gj) * C * G;   /* (C, G) */
+            wy[gi * grids_w + gj] = y1, wx[gi * grids_w + gj] = x1;
             /* copy the window, zero-padded bottom/right */
             for (int64_t c = 0; c < 3; c++)
                 for (int64_t y = 0; y < wh; y++) {
@@ -113,28 +227,12 @@ int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_
                 if (!s->keys) return ovs_set_error(OVS_ERR_ARG, "key smoothing needs the maskclip head");
                 if ((rc = ovs_seg_key_smooth(small, C, G, s->keys, s->keys_dim, 100.0f, s->cfg.ks_thresh))) return rc;
             }
-            /* upsample (C, gh, gw) -> (C, wh, ww) bilinearly, crop to (h, w), accumulate */
-            if ((rc = coeffs_alloc(&cy, &s->work, gh, gw, wh, ww, h, w))) return rc;
-#pragma omp parallel for schedule(static) num_threads(ovs_get_num_threads())
-            for (int64_t c = 0; c < C; c++) {
-                const float *plane = small + c * G;
-                float *acc = logits + (size_t)c * Hp * Wp;
-                for (int64_t y = 0; y < h; y++) {
-                    float *row = acc + (y1 + y) * Wp + x1;
-                    for (int64_t x = 0; x < w; x++) row[x] += interp(plane, gw, &cy, y, x);
-                }
-            }
-            for (int64_t y = 0; y < h; y++)
-                for (int64_t x = 0; x < w; x++) count[(y1 + y) * Wp + x1 + x] += 1.0f;
         }
     }
-    const int64_t HW = Hp * Wp;
-#pragma omp parallel for schedule(static) num_threads(ovs_get_num_threads())
-    for (int64_t c = 0; c < C; c++) {
-        float *acc = logits + (size_t)c * HW;
-        for (int64_t i = 0; i < HW; i++) acc[i] /= count[i];
-    }
-    return OVS_OK;
+    /* upsample each window's (C, gh, gw) -> (C, ph, pw) bilinearly, crop to (max_h, max_w),
+     * accumulate in window order, average */
+    return ovs_seg_window_average(logits, C, Hp, Wp, smalls, nwin, wy, wx, ph / p, pw / p, ph, pw, max_h,
+                                  max_w, 0);
 }
 
 static int check_up(int64_t C, int64_t h, int64_t w, int64_t H, int64_t W, float logit_scale) {

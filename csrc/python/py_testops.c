@@ -9,6 +9,7 @@
  * Arguments are parsed and checked with the shared helpers of pyovs.h (py_args.c). */
 #include "python/pyovs.h"
 
+#include "ovs/methods.h"
 #include "ovs/ops.h"
 
 #include <string.h>
@@ -823,6 +824,42 @@ error:
 }
 
 
+/* seg_window_average(smalls (nwin, C, gh, gw), origins int64 (nwin, 2), Hp, Wp, wh, ww, h, w,
+ * naive=False) -> (C, Hp, Wp): ovs_seg_window_average, the windows' average of Segmenter.logits. */
+static PyObject *py_seg_window_average(PyObject *self, PyObject *args, PyObject *kw) {
+    int st = -1, naive = 0;
+    static char *kwlist[] = {"smalls", "origins", "Hp", "Wp", "wh", "ww", "h", "w", "naive", NULL};
+    PyObject *s_obj, *o_obj;
+    long long Hp, Wp, wh, ww, h, w;
+    PyArrayObject *sm = NULL, *org = NULL, *out = NULL;
+    int64_t *wy = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOLLLLLL|p", kwlist, &s_obj, &o_obj, &Hp, &Wp, &wh, &ww, &h, &w,
+                                     &naive))
+        return NULL;
+    if (!(sm = ovs_py_float_array(s_obj, 4, "smalls"))) goto done;
+    org = (PyArrayObject *)PyArray_FROMANY(o_obj, NPY_INT64, 2, 2, NPY_ARRAY_IN_ARRAY);
+    if (!org) goto done;
+    const npy_intp *d = PyArray_DIMS(sm);
+    if (PyArray_DIM(org, 0) != d[0] || PyArray_DIM(org, 1) != 2) {
+        PyErr_SetString(PyExc_ValueError, "origins must be (nwin, 2) for smalls (nwin, C, gh, gw)");
+        goto done;
+    }
+    if (Hp <= 0 || Wp <= 0 || Hp * Wp > ((long long)1 << 40) / (d[1] > 0 ? d[1] : 1)) {
+        PyErr_SetString(PyExc_ValueError, "Hp and Wp must be positive and the map not absurdly large");
+        goto done;
+    }
+    if (!(wy = PyMem_Malloc(2 * (size_t)(d[0] > 0 ? d[0] : 1) * sizeof(int64_t)))) { PyErr_NoMemory(); goto done; }
+    const int64_t *o = (const int64_t *)PyArray_DATA(org);
+    for (npy_intp j = 0; j < d[0]; j++) wy[j] = o[2 * j], wy[d[0] + j] = o[2 * j + 1];
+    npy_intp dims[3] = {d[1], (npy_intp)Hp, (npy_intp)Wp};
+    if (!(out = ovs_py_new_float(3, dims))) goto done;
+    OVS_PY_NOGIL(st, ovs_seg_window_average(F32(out), d[1], Hp, Wp, F32(sm), d[0], wy, wy + d[0], d[2], d[3], wh, ww,
+                                            h, w, naive));
+done:
+    PyMem_Free(wy);
+    return OVS_PY_FINISH(st, out, sm, org);
+}
+
 /* The naive twins of the label stages (py_methods.c parses them). */
 OVS_PY_VARIANT(py_seg_labels_naive, ovs_py_seg_final, 2)
 OVS_PY_VARIANT(py_seg_labels_grouped_naive, ovs_py_seg_grouped, 1)
@@ -967,6 +1004,8 @@ static PyObject *py_gemm_release_workspace(PyObject *self, PyObject *noargs) {
       "(T, D), k and v (U, D), rows may be strided (column slices).")                       \
     X(op_attention_probs, "(a, b, scale, mask=None, causal=False, naive=False) -> "         \
       "softmax(scale a b^T + mask).")                                                       \
+    X(seg_window_average, "(smalls (nwin, C, gh, gw), origins (nwin, 2), Hp, Wp, wh, ww, "  \
+      "h, w, naive=False) -> (C, Hp, Wp): the windows' average of Segmenter.logits.")       \
     X(seg_labels_naive, "(same arguments): the test twin of seg_labels, every class at "    \
       "every pixel (same labels).")                                                         \
     X(seg_labels_grouped_naive, "(same arguments): the test twin of seg_labels_grouped, "   \

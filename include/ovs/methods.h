@@ -112,6 +112,15 @@ int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_
                    int64_t row_stride, int64_t pixel_stride, int64_t Hp, int64_t Wp,
                    const float mean[3], const float std[3], const float *classifier, int64_t C);
 
+/* The windows' average of ovs_seg_logits: logits (C, Hp, Wp) = per class, each of the nwin
+ * windows' (gh, gw) logits (smalls (nwin, C, gh, gw)) bilinearly upsampled (align_corners=False)
+ * to (wh, ww), cropped to (h, w), added at the window's origin (wy[j], wx[j]) in window order,
+ * divided by the number of windows covering the pixel (every pixel must be covered, every window
+ * inside the map). naive: element by element (the twin); else separably per class, bitwise equal. */
+int ovs_seg_window_average(float *logits, int64_t C, int64_t Hp, int64_t Wp, const float *smalls,
+                           int64_t nwin, const int64_t *wy, const int64_t *wx, int64_t gh, int64_t gw,
+                           int64_t wh, int64_t ww, int64_t h, int64_t w, int naive);
+
 /* From low-resolution logits (C, h, w) to the output size (H, W) with bilinear interpolation
  * (align_corners=False), without materialising (C, H, W):
  *   labels (H, W) = argmax over classes; where bg_threshold > 0 and the largest
