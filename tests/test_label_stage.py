@@ -256,3 +256,44 @@ def test_window_average_rejects_bad_windows():
         _core.seg_window_average(sm, np.array([[0, 0]]), 16, 16, 16, 16, 16, 16)
     with pytest.raises(Exception, match="inconsistent"):
         _core.seg_window_average(sm, np.array([[0, 0], [0, 0]]), 16, 16, 8, 8, 16, 16)
+
+
+@pytest.mark.parametrize("grid", [(336, 336, 224, 112, 16), (97, 400, 224, 112, 16), (50, 61, 32, 19, 16),
+                                  (29, 31, 0, 0, 16), (17, 5, 8, 3, 4)])
+@pytest.mark.parametrize("C", [2, 7, 151])
+def test_labels_with_written_bounds_equal(grid, C):
+    """The block bounds taken while the windows' average is written (Segmenter.labels' path) give
+    the labels seg_labels gives from its own streaming pass, on every adversarial case, with and
+    without the background threshold, up- and downsampled."""
+    Hp, Wp, crop, stride, p = grid
+    origins, (gh, gw), (wh, ww), (h, w) = _grid(Hp, Wp, crop, stride, p)
+    rng = np.random.default_rng(C * 7 + Hp)
+    n = len(origins)
+    noise = rng.standard_normal((n, C, gh, gw)).astype(np.float32)
+    near = noise.copy()
+    near[:, 1] = near[:, 0]
+    near[:, -1] = np.nextafter(near[:, 0], np.float32(np.inf))
+    smooth = (noise * 0.03 + rng.standard_normal((1, C, 1, 1)) * 0.02).astype(np.float32)
+    cases = {"noise": noise, "ties": np.round(noise * 2) / 2, "equal": np.zeros_like(noise),
+             "near": near, "smooth": smooth}
+    nan = noise.copy()
+    nan[0, 1, 0, 0] = np.nan
+    cases["nan"] = nan
+    for name, sm in cases.items():
+        lr, bounds = _core.seg_window_average(sm, origins, Hp, Wp, wh, ww, h, w, bounds=True)
+        assert lr.tobytes() == _core.seg_window_average(sm, origins, Hp, Wp, wh, ww, h, w).tobytes()
+        for H, W in [(Hp * 2 + 1, Wp * 3 - 1), (max(Hp // 3, 1), max(Wp // 2, 1)), (Hp, Wp)]:
+            for kw in ({}, dict(logit_scale=40.0, bg_threshold=0.3, bg_label=0),
+                       dict(logit_scale=100.0, bg_threshold=0.9)):
+                ref = _core.seg_labels(lr, H, W, **kw)
+                got = _core.seg_labels_bounded(lr, bounds, H, W, **kw)
+                assert np.array_equal(got, ref), f"{name} {H}x{W} {kw}: {(got != ref).sum()} labels differ"
+
+
+def test_labels_bounded_rejects_foreign_sizes():
+    lr = np.zeros((3, 20, 20), np.float32)
+    with pytest.raises(ValueError, match="bounds"):
+        _core.seg_labels_bounded(lr, np.zeros(5, np.float32), 40, 40)
+    with pytest.raises(Exception, match="no block bounds"):
+        _core.seg_window_average(np.zeros((1, 3, 2, 2), np.float32), np.zeros((1, 2), np.int64), 32, 32, 32, 32, 32, 32,
+                                 naive=True, bounds=True)

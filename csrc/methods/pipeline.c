@@ -37,6 +37,52 @@ static inline float interp(const float *plane, int64_t w, const coeffs *c, int64
            c->ly1[Y] * (c->lx0[X] * r1[c->x0[X]] + c->lx1[X] * r1[c->x1[X]]);
 }
 
+/* ---------------------------------------------------------------- block bounds
+ * The label stage (below) keeps per block of LB x LB low-resolution cells only the classes that
+ * can win in it, from each class's max / min over the block's (LB + 1)^2 corner values: value
+ * rows r0 = ib LB .. r1 = min(r0 + LB, h - 1), columns likewise. class_block_row computes them
+ * for one class and block row, with a non-finite flag (a sum of 0 * v: 0, or NaN); the label
+ * stage streams the logits through it, or takes them precomputed (block_bounds) from the pass
+ * that wrote the logits (accumulate_windows), which gives the same floats by construction. */
+#define LB 8 /* cells per block side */
+
+typedef struct {
+    float *mx, *mn, *nan; /* (nbr, C, nb) each: block row, class, block */
+    int64_t C, nbr, nb;
+} block_bounds;
+
+static inline int64_t block_rows(int64_t h) { return (h + LB - 1) / LB; }
+
+/* One class's block row: p points at its value row r0 (row stride w), nrows = r1 - r0 + 1; cmx,
+ * cmn, cnan (w,) scratch; bx, bn, bnan (nb,) out. Plain comparisons (not fminf) so the loops
+ * vectorise; 0 * v flags NaN and inf. */
+static void class_block_row(const float *p, int64_t nrows, int64_t w, int64_t nb, float *cmx, float *cmn,
+                            float *cnan, float *bx, float *bn, float *bnan) {
+    for (int64_t j = 0; j < w; j++) {
+        cmx[j] = cmn[j] = p[j];
+        cnan[j] = 0.0f * p[j];
+    }
+    for (int64_t r = 1; r < nrows; r++) {
+        const float *q = p + r * w;
+        for (int64_t j = 0; j < w; j++) {
+            const float v = q[j];
+            cmx[j] = v > cmx[j] ? v : cmx[j];
+            cmn[j] = v < cmn[j] ? v : cmn[j];
+            cnan[j] += 0.0f * v;
+        }
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t c0 = b * LB, c1 = c0 + LB < w - 1 ? c0 + LB : w - 1;
+        float mx = cmx[c0], mn = cmn[c0], nan = cnan[c0];
+        for (int64_t j = c0 + 1; j <= c1; j++) {
+            mx = cmx[j] > mx ? cmx[j] : mx;
+            mn = cmn[j] < mn ? cmn[j] : mn;
+            nan += cnan[j];
+        }
+        bx[b] = mx, bn[b] = mn, bnan[b] = nan;
+    }
+}
+
 /* logits (C, Hp, Wp) from the nwin windows' (C, gh, gw) logits smalls (window j's at
  * smalls + j C gh gw, its origin (wy[j], wx[j])): each upsampled bilinearly by the taps c (every
  * window has the same size), cropped to (h, w), summed in window order, divided by count. Per
@@ -48,15 +94,19 @@ static inline float interp(const float *plane, int64_t w, const coeffs *c, int64
  * Classes in parallel; per thread one (nwin, gh, w) buffer. */
 static int accumulate_windows(float *logits, int64_t C, int64_t Hp, int64_t Wp, const float *count,
                               const float *smalls, int64_t nwin, const int64_t *wy, const int64_t *wx,
-                              int64_t gh, int64_t gw, int64_t h, int64_t w, const coeffs *c) {
+                              int64_t gh, int64_t gw, int64_t h, int64_t w, const coeffs *c,
+                              const block_bounds *bb) {
     const int64_t G = gh * gw, HW = Hp * Wp;
-    const int64_t band = Wp < 8192 ? 8192 / Wp : 1; /* about 32 KiB of output rows */
+    /* about 32 KiB of output rows, whole blocks of rows when the bounds are taken */
+    int64_t band = Wp < 8192 ? 8192 / Wp : 1;
+    if (bb) band = band > LB ? band / LB * LB : LB;
     ovs_region_error re = OVS_REGION_ERROR_INIT;
 #pragma omp parallel num_threads(ovs_get_num_threads()) if (C > 1)
     {
-        float *R = ovs_malloc((size_t)nwin * gh * w * sizeof(float));
+        float *R = ovs_malloc(((size_t)nwin * gh * w + (bb ? 3 * (size_t)Wp : 0)) * sizeof(float));
         if (!R) ovs_region_fail(&re, OVS_ERR_NOMEM, "window upsample: row buffers of %lld windows: %s",
                                 (long long)nwin, ovs_last_error());
+        float *col = R ? R + (size_t)nwin * gh * w : NULL; /* (3, Wp) class_block_row scratch */
 #pragma omp for schedule(static)
         for (int64_t k = 0; k < C; k++) {
             if (!R) continue;
@@ -71,6 +121,7 @@ static int accumulate_windows(float *logits, int64_t C, int64_t Hp, int64_t Wp, 
                 }
             }
             float *out = logits + (size_t)k * HW;
+            int64_t ib = 0; /* the next block row to bound */
             for (int64_t Y0 = 0; Y0 < Hp; Y0 += band) {
                 const int64_t Y1 = Y0 + band < Hp ? Y0 + band : Hp;
                 memset(out + Y0 * Wp, 0, (size_t)(Y1 - Y0) * Wp * sizeof(float));
@@ -88,6 +139,14 @@ static int accumulate_windows(float *logits, int64_t C, int64_t Hp, int64_t Wp, 
                 float *o = out + Y0 * Wp;
                 const float *n = count + Y0 * Wp;
                 for (int64_t i = 0; i < (Y1 - Y0) * Wp; i++) o[i] /= n[i];
+                /* block rows whose last value row is done, while the band is in cache */
+                for (; bb && ib < bb->nbr; ib++) {
+                    const int64_t r0 = ib * LB, r1 = r0 + LB < Hp - 1 ? r0 + LB : Hp - 1;
+                    if (r1 >= Y1) break;
+                    const size_t at = ((size_t)ib * C + k) * bb->nb;
+                    class_block_row(out + r0 * Wp, r1 - r0 + 1, Wp, bb->nb, col, col + Wp, col + 2 * Wp,
+                                    bb->mx + at, bb->mn + at, bb->nan + at);
+                }
             }
         }
         ovs_free(R);
@@ -95,9 +154,9 @@ static int accumulate_windows(float *logits, int64_t C, int64_t Hp, int64_t Wp, 
     return ovs_region_finish(&re);
 }
 
-int ovs_seg_window_average(float *logits, int64_t C, int64_t Hp, int64_t Wp, const float *smalls,
-                           int64_t nwin, const int64_t *wy, const int64_t *wx, int64_t gh, int64_t gw,
-                           int64_t wh, int64_t ww, int64_t h, int64_t w, int naive) {
+static int window_average(float *logits, int64_t C, int64_t Hp, int64_t Wp, const float *smalls,
+                          int64_t nwin, const int64_t *wy, const int64_t *wx, int64_t gh, int64_t gw,
+                          int64_t wh, int64_t ww, int64_t h, int64_t w, int naive, const block_bounds *bb) {
     if (C <= 0 || Hp <= 0 || Wp <= 0 || nwin <= 0 || gh <= 0 || gw <= 0 || h <= 0 || w <= 0 || h > wh || w > ww)
         return ovs_set_error(OVS_ERR_ARG, "window average: empty or inconsistent sizes (%lld classes, map "
                              "%lldx%lld, %lld windows of %lldx%lld cropped to %lldx%lld)", (long long)C,
@@ -126,7 +185,7 @@ int ovs_seg_window_average(float *logits, int64_t C, int64_t Hp, int64_t Wp, con
             goto done;
         }
     if (!naive) {
-        rc = accumulate_windows(logits, C, Hp, Wp, count, smalls, nwin, wy, wx, gh, gw, h, w, &c);
+        rc = accumulate_windows(logits, C, Hp, Wp, count, smalls, nwin, wy, wx, gh, gw, h, w, &c, bb);
         goto done;
     }
     /* the twin: window by window, every element by one interp(), then the average */
@@ -147,9 +206,26 @@ done:
     return rc;
 }
 
-int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_t H, int64_t W,
+int ovs_seg_window_average(float *logits, int64_t C, int64_t Hp, int64_t Wp, const float *smalls,
+                           int64_t nwin, const int64_t *wy, const int64_t *wx, int64_t gh, int64_t gw,
+                           int64_t wh, int64_t ww, int64_t h, int64_t w, int naive, float *bounds) {
+    if (!bounds) return window_average(logits, C, Hp, Wp, smalls, nwin, wy, wx, gh, gw, wh, ww, h, w, naive, NULL);
+    if (naive) return ovs_set_error(OVS_ERR_ARG, "window average: the twin takes no block bounds");
+    const size_t n = (size_t)block_rows(Hp) * C * block_rows(Wp);
+    const block_bounds bb = {.mx = bounds, .mn = bounds + n, .nan = bounds + 2 * n, .C = C,
+                             .nbr = block_rows(Hp), .nb = block_rows(Wp)};
+    return window_average(logits, C, Hp, Wp, smalls, nwin, wy, wx, gh, gw, wh, ww, h, w, 0, &bb);
+}
+
+size_t ovs_seg_block_bounds_floats(int64_t C, int64_t h, int64_t w) {
+    return 3 * (size_t)block_rows(h) * (size_t)C * (size_t)block_rows(w);
+}
+
+/* ovs_seg_logits, and with bb the block bounds of the logits for the label stage */
+static int seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_t H, int64_t W,
                    int64_t row_stride, int64_t pixel_stride, int64_t Hp, int64_t Wp,
-                   const float mean[3], const float std[3], const float *classifier, int64_t C) {
+                   const float mean[3], const float std[3], const float *classifier, int64_t C,
+                      const block_bounds *bb) {
     if (H <= 0 || W <= 0 || Hp <= 0 || Wp <= 0 || C <= 0)
         return ovs_set_error(OVS_ERR_ARG, "empty image or class list (%lldx%lld -> %lldx%lld, %lld classes)",
                              (long long)H, (long long)W, (long long)Hp, (long long)Wp, (long long)C);
@@ -231,8 +307,13 @@ int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_
     }
     /* upsample each window's (C, gh, gw) -> (C, ph, pw) bilinearly, crop to (max_h, max_w),
      * accumulate in window order, average */
-    return ovs_seg_window_average(logits, C, Hp, Wp, smalls, nwin, wy, wx, ph / p, pw / p, ph, pw, max_h,
-                                  max_w, 0);
+    return window_average(logits, C, Hp, Wp, smalls, nwin, wy, wx, ph / p, pw / p, ph, pw, max_h, max_w, 0, bb);
+}
+
+int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_t H, int64_t W,
+                   int64_t row_stride, int64_t pixel_stride, int64_t Hp, int64_t Wp,
+                   const float mean[3], const float std[3], const float *classifier, int64_t C) {
+    return seg_logits(s, logits, image, H, W, row_stride, pixel_stride, Hp, Wp, mean, std, classifier, C, NULL);
 }
 
 static int check_up(int64_t C, int64_t h, int64_t w, int64_t H, int64_t W, float logit_scale) {
@@ -346,6 +427,7 @@ typedef struct {
     float *colmax, *colmin, *colnan; /* (w,) one class's column max / min / non-finite flag */
     float *bmax, *bmin;              /* (C, nb) */
     float *bref, *bmarg;             /* (nb,) max_k bmin_k; margin (NaN: non-finite block) */
+    float *bnan;                     /* (nb,) one class's non-finite flags */
     int32_t *bcount, *bcand;         /* (nb,), (nb, C) candidates, ascending */
     double *bs_lo, *bs_hi;           /* (nb,) bracket of sum over dropped classes of exp(s (v - bref)) */
     unsigned char *ball_bg;          /* (nb,) background throughout */
@@ -368,7 +450,7 @@ static int label_work_alloc(label_work *lw) {
     const size_t C = (size_t)lw->C, w = (size_t)lw->w, nb = (size_t)lw->nb;
     lw->colmax = ovs_malloc(3 * w * sizeof(float));
     lw->bmax = ovs_malloc(2 * C * nb * sizeof(float));
-    lw->bref = ovs_malloc(2 * nb * sizeof(float));
+    lw->bref = ovs_malloc(3 * nb * sizeof(float));
     lw->bcount = ovs_malloc((nb + nb * C) * sizeof(int32_t));
     lw->bs_lo = ovs_malloc(2 * nb * sizeof(double));
     lw->ball_bg = ovs_malloc(nb);
@@ -383,6 +465,7 @@ static int label_work_alloc(label_work *lw) {
     lw->colmin = lw->colmax + w, lw->colnan = lw->colmin + w;
     lw->bmin = lw->bmax + C * nb;
     lw->bmarg = lw->bref + nb;
+    lw->bnan = lw->bmarg + nb;
     lw->bcand = lw->bcount + nb;
     lw->bs_hi = lw->bs_lo + nb;
     lw->ccand = lw->ccount + w;
@@ -394,12 +477,11 @@ static int label_work_alloc(label_work *lw) {
 }
 
 /* Candidates of every block of block row ib: cell rows [ib LB, ib LB + LB), value rows
- * [ib LB, min(ib LB + LB, h - 1)]; block jb likewise over columns. Plain comparisons (not fminf)
- * so the class-major loops vectorise; 0 * v flags NaN and inf. */
-static void block_row_build(label_work *lw, const float *logits, int64_t ib) {
+ * [ib LB, min(ib LB + LB, h - 1)]; block jb likewise over columns. Each class's block maxima /
+ * minima from one streaming pass over its rows (class_block_row), or precomputed (pre). */
+static void block_row_build(label_work *lw, const float *logits, int64_t ib, const block_bounds *pre) {
     const int64_t C = lw->C, h = lw->h, w = lw->w, nb = lw->nb, hw = h * w;
     const int64_t r0 = ib * LB, r1 = r0 + LB < h - 1 ? r0 + LB : h - 1;
-    float *cmx = lw->colmax, *cmn = lw->colmin, *cnan = lw->colnan;
     for (int64_t b = 0; b < nb; b++) {
         lw->bref[b] = -INFINITY;
         lw->bmarg[b] = 0.0f; /* largest |value|, then the margin */
@@ -409,35 +491,24 @@ static void block_row_build(label_work *lw, const float *logits, int64_t ib) {
     }
     const int64_t span = (r1 - r0 + 1) * w; /* contiguous floats per class */
     for (int64_t k = 0; k < C; k++) {
-        const float *p = logits + (size_t)k * hw + r0 * w;
-        if (k + 1 < C) /* the next class's rows: a new stream every span floats */
-            for (int64_t o = 0; o < span; o += 16) __builtin_prefetch(p + hw + o);
-        for (int64_t j = 0; j < w; j++) {
-            cmx[j] = cmn[j] = p[j];
-            cnan[j] = 0.0f * p[j];
-        }
-        for (int64_t r = 1; r <= r1 - r0; r++) {
-            const float *q = p + r * w;
-            for (int64_t j = 0; j < w; j++) {
-                const float v = q[j];
-                cmx[j] = v > cmx[j] ? v : cmx[j];
-                cmn[j] = v < cmn[j] ? v : cmn[j];
-                cnan[j] += 0.0f * v;
-            }
-        }
         float *bx = lw->bmax + k * nb, *bn = lw->bmin + k * nb;
+        const float *bnan = lw->bnan;
+        if (pre) {
+            const size_t at = ((size_t)ib * C + k) * nb;
+            memcpy(bx, pre->mx + at, (size_t)nb * sizeof(float));
+            memcpy(bn, pre->mn + at, (size_t)nb * sizeof(float));
+            bnan = pre->nan + at;
+        } else {
+            const float *p = logits + (size_t)k * hw + r0 * w;
+            if (k + 1 < C) /* the next class's rows: a new stream every span floats */
+                for (int64_t o = 0; o < span; o += 16) __builtin_prefetch(p + hw + o);
+            class_block_row(p, r1 - r0 + 1, w, nb, lw->colmax, lw->colmin, lw->colnan, bx, bn, lw->bnan);
+        }
         for (int64_t b = 0; b < nb; b++) {
-            const int64_t c0 = b * LB, c1 = c0 + LB < w - 1 ? c0 + LB : w - 1;
-            float mx = cmx[c0], mn = cmn[c0], nan = cnan[c0];
-            for (int64_t j = c0 + 1; j <= c1; j++) {
-                mx = cmx[j] > mx ? cmx[j] : mx;
-                mn = cmn[j] < mn ? cmn[j] : mn;
-                nan += cnan[j];
-            }
-            bx[b] = mx, bn[b] = mn;
+            const float mx = bx[b], mn = bn[b];
             lw->bref[b] = mn > lw->bref[b] ? mn : lw->bref[b];
             const float mag = fabsf(mx) > fabsf(mn) ? fabsf(mx) : fabsf(mn);
-            lw->bmarg[b] = (mag > lw->bmarg[b] ? mag : lw->bmarg[b]) + nan;
+            lw->bmarg[b] = (mag > lw->bmarg[b] ? mag : lw->bmarg[b]) + bnan[b];
         }
     }
     for (int64_t b = 0; b < nb; b++)
@@ -571,14 +642,21 @@ static int bg_exact(const float *logits, int64_t C, int64_t hw, int64_t w, const
     return 1.0 / all < bg_threshold;
 }
 
-int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w,
-                   int64_t H, int64_t W, float logit_scale, float bg_threshold, int32_t bg_label) {
+/* Fewer output pixels than cells (downsampling), or a softmax bracket that needs s > 0: the
+ * naive kernel is as fast or the bracket does not apply. */
+static int labels_take_naive(int64_t C, int64_t h, int64_t w, int64_t H, int64_t W, float logit_scale,
+                             float bg_threshold) {
+    return H * W < h * w || C <= 2 || (bg_threshold > 0 && !(logit_scale > 0));
+}
+
+/* ovs_seg_labels; pre: the logits' block bounds, NULL to take them in a streaming pass */
+static int seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w, int64_t H,
+                      int64_t W, float logit_scale, float bg_threshold, int32_t bg_label,
+                      const block_bounds *pre) {
     int rc = check_up(C, h, w, H, W, logit_scale);
     if (rc) return rc;
     const int bg = bg_threshold > 0;
-    /* Fewer output pixels than cells (downsampling), or a softmax bracket that needs s > 0: the
-     * naive kernel is as fast or the bracket does not apply. */
-    if (H * W < h * w || C <= 2 || (bg && !(logit_scale > 0)))
+    if (labels_take_naive(C, h, w, H, W, logit_scale, bg_threshold))
         return ovs_seg_labels_naive(labels, logits, C, h, w, H, W, logit_scale, bg_threshold, bg_label);
     ovs_arena a;
     ovs_arena_init(&a);
@@ -606,7 +684,7 @@ int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, i
         for (int64_t ib = 0; ib < nbr; ib++) {
             const int64_t i_end = ib * LB + LB < h ? ib * LB + LB : h;
             if (!ok || ys[ib * LB] == ys[i_end]) continue; /* no output row in this block row */
-            block_row_build(&lw, logits, ib);
+            block_row_build(&lw, logits, ib, pre);
             for (int64_t i = ib * LB; i < i_end; i++) {
                 if (ys[i] == ys[i + 1]) continue;
                 cell_row_build(&lw, logits, i);
@@ -665,6 +743,64 @@ int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, i
     rc = ovs_region_finish(&re);
 done:
     ovs_arena_free(&a);
+    return rc;
+}
+
+int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w,
+                   int64_t H, int64_t W, float logit_scale, float bg_threshold, int32_t bg_label) {
+    return seg_labels(labels, logits, C, h, w, H, W, logit_scale, bg_threshold, bg_label, NULL);
+}
+
+int ovs_seg_labels_bounded(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w, int64_t H,
+                           int64_t W, float logit_scale, float bg_threshold, int32_t bg_label,
+                           const float *bounds) {
+    const size_t n = (size_t)block_rows(h) * C * block_rows(w);
+    const block_bounds bb = {.mx = (float *)bounds, .mn = (float *)bounds + n, .nan = (float *)bounds + 2 * n,
+                             .C = C, .nbr = block_rows(h), .nb = block_rows(w)};
+    return seg_labels(labels, logits, C, h, w, H, W, logit_scale, bg_threshold, bg_label, &bb);
+}
+
+int ovs_seg_image_labels(ovs_segmenter *s, int32_t *labels, const uint8_t *image, int64_t H, int64_t W,
+                         int64_t row_stride, int64_t pixel_stride, int64_t Hp, int64_t Wp,
+                         const float mean[3], const float std[3], const float *classifier, int64_t C,
+                         int64_t OH, int64_t OW, float logit_scale, float bg_threshold, int32_t bg_label,
+                         int64_t *nonfinite) {
+    *nonfinite = 0;
+    int rc = check_up(C, Hp, Wp, OH, OW, logit_scale);
+    if (rc) return rc;
+    const int64_t HW = Hp * Wp;
+    if (C > (int64_t)(SIZE_MAX / sizeof(float)) / HW)
+        return ovs_set_error(OVS_ERR_OVERFLOW, "logits of %lld classes at %lldx%lld overflow", (long long)C,
+                             (long long)Hp, (long long)Wp);
+    const int fast = !labels_take_naive(C, Hp, Wp, OH, OW, logit_scale, bg_threshold);
+    block_bounds bb = {.C = C, .nbr = block_rows(Hp), .nb = block_rows(Wp)};
+    const size_t nbb = (size_t)bb.nbr * C * bb.nb;
+    float *map = ovs_malloc((size_t)C * HW * sizeof(float)), *bounds = NULL;
+    if (!map) return ovs_set_error(OVS_ERR_NOMEM, "out of memory for the (%lld, %lld, %lld) logits", (long long)C,
+                                   (long long)Hp, (long long)Wp);
+    if (fast && !(bounds = ovs_malloc(3 * nbb * sizeof(float)))) {
+        rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for the logits' block bounds");
+        goto done;
+    }
+    bb.mx = bounds, bb.mn = bounds ? bounds + nbb : NULL, bb.nan = bounds ? bounds + 2 * nbb : NULL;
+    if ((rc = seg_logits(s, map, image, H, W, row_stride, pixel_stride, Hp, Wp, mean, std, classifier, C,
+                         fast ? &bb : NULL)))
+        goto done;
+    /* non-finite logits: counted for the caller's message, no labels */
+    int any = 0;
+    if (fast) {
+        for (size_t i = 0; i < nbb && !any; i++) any = bb.nan[i] != 0.0f;
+    } else {
+        for (size_t i = 0; i < (size_t)C * HW && !any; i++) any = !isfinite(map[i]);
+    }
+    if (any) {
+        for (size_t i = 0; i < (size_t)C * HW; i++) *nonfinite += !isfinite(map[i]);
+        goto done;
+    }
+    rc = seg_labels(labels, map, C, Hp, Wp, OH, OW, logit_scale, bg_threshold, bg_label, fast ? &bb : NULL);
+done:
+    ovs_free(bounds);
+    ovs_free(map);
     return rc;
 }
 
