@@ -472,3 +472,5 @@ def test_segment_one_call_errors(vit):
             _core.debug_fail_alloc(0)
         assert np.array_equal(got, ref)
     assert np.array_equal(seg.segment(image, NAMES), ref)
+    seg.release_workspace()  # the kept logits freed; the next call allocates them again
+    assert np.array_equal(seg.segment(image, NAMES), ref)

@@ -56,23 +56,54 @@ static inline int64_t block_rows(int64_t h) { return (h + LB - 1) / LB; }
 /* One class's block row: p points at its value row r0 (row stride w), nrows = r1 - r0 + 1; cmx,
  * cmn, cnan (w,) scratch; bx, bn, bnan (nb,) out. Plain comparisons (not fminf) so the loops
  * vectorise; 0 * v flags NaN and inf. */
-static void class_block_row(const float *p, int64_t nrows, int64_t w, int64_t nb, float *cmx, float *cmn,
-                            float *cnan, float *bx, float *bn, float *bnan) {
-    for (int64_t j = 0; j < w; j++) {
-        cmx[j] = cmn[j] = p[j];
-        cnan[j] = 0.0f * p[j];
+static inline float min4(float a, float b, float c, float d) {
+    const float x = a < b ? a : b, y = c < d ? c : d;
+    return x < y ? x : y;
+}
+static inline float max4(float a, float b, float c, float d) {
+    const float x = a > b ? a : b, y = c > d ? c : d;
+    return x > y ? x : y;
+}
+
+#define CBR_CHUNK 32 /* columns kept in registers down the rows */
+static inline void column_bounds(const float *restrict p, int64_t nrows, int64_t w, int64_t n,
+                                 float *restrict cmx, float *restrict cmn, float *restrict cnan) {
+    float mx[CBR_CHUNK], mn[CBR_CHUNK], nan[CBR_CHUNK];
+    for (int64_t j = 0; j < n; j++) {
+        mx[j] = mn[j] = p[j];
+        nan[j] = 0.0f * p[j];
     }
     for (int64_t r = 1; r < nrows; r++) {
-        const float *q = p + r * w;
-        for (int64_t j = 0; j < w; j++) {
+        const float *restrict q = p + r * w;
+        for (int64_t j = 0; j < n; j++) {
             const float v = q[j];
-            cmx[j] = v > cmx[j] ? v : cmx[j];
-            cmn[j] = v < cmn[j] ? v : cmn[j];
-            cnan[j] += 0.0f * v;
+            mx[j] = v > mx[j] ? v : mx[j];
+            mn[j] = v < mn[j] ? v : mn[j];
+            nan[j] += 0.0f * v;
         }
     }
+    for (int64_t j = 0; j < n; j++) cmx[j] = mx[j], cmn[j] = mn[j], cnan[j] = nan[j];
+}
+
+static void class_block_row(const float *p, int64_t nrows, int64_t w, int64_t nb, float *cmx, float *cmn,
+                            float *cnan, float *bx, float *bn, float *bnan) {
+    /* per column over the rows, CBR_CHUNK columns at a time (a constant trip count: registers) */
+    int64_t j0 = 0;
+    for (; j0 + CBR_CHUNK <= w; j0 += CBR_CHUNK)
+        column_bounds(p + j0, nrows, w, CBR_CHUNK, cmx + j0, cmn + j0, cnan + j0);
+    if (j0 < w) column_bounds(p + j0, nrows, w, w - j0, cmx + j0, cmn + j0, cnan + j0);
+    /* per block over its LB + 1 columns: a tree (independent chains) for full blocks; max and
+     * min of finite values do not depend on the order, and a non-finite value makes the flag
+     * NaN in any order (the block then keeps every class, whatever its max and min) */
     for (int64_t b = 0; b < nb; b++) {
         const int64_t c0 = b * LB, c1 = c0 + LB < w - 1 ? c0 + LB : w - 1;
+        if (c1 - c0 == LB) {
+            const float *x = cmx + c0, *m = cmn + c0, *z = cnan + c0;
+            bx[b] = max4(max4(x[0], x[1], x[2], x[3]), max4(x[4], x[5], x[6], x[7]), x[8], x[8]);
+            bn[b] = min4(min4(m[0], m[1], m[2], m[3]), min4(m[4], m[5], m[6], m[7]), m[8], m[8]);
+            bnan[b] = (((z[0] + z[1]) + (z[2] + z[3])) + ((z[4] + z[5]) + (z[6] + z[7]))) + z[8];
+            continue;
+        }
         float mx = cmx[c0], mn = cmn[c0], nan = cnan[c0];
         for (int64_t j = c0 + 1; j <= c1; j++) {
             mx = cmx[j] > mx ? cmx[j] : mx;
@@ -232,8 +263,7 @@ static int seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int
     if (C > INT32_MAX / 4) return ovs_set_error(OVS_ERR_OVERFLOW, "too many classes");
     const int64_t p = ovs_segmenter_patch(s), E = ovs_segmenter_embed_dim(s);
     int rc;
-    ovs_arena *a = &s->arena;
-    ovs_arena_reset(a);
+    ovs_arena *a = &s->arena; /* reset by the caller (the fused call keeps its logits in it) */
     /* (3, Hp, Wp) normalised and resized. Resized straight from the uint8 input: a (3, H, W)
      * float copy of a 20000 x 20000 photo would take 4.8 GB for a 336-pixel result. */
     float *src = ovs_arena_floats(a, (size_t)3 * Hp * Wp);
@@ -313,6 +343,7 @@ static int seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int
 int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_t H, int64_t W,
                    int64_t row_stride, int64_t pixel_stride, int64_t Hp, int64_t Wp,
                    const float mean[3], const float std[3], const float *classifier, int64_t C) {
+    ovs_arena_reset(&s->arena);
     return seg_logits(s, logits, image, H, W, row_stride, pixel_stride, Hp, Wp, mean, std, classifier, C, NULL);
 }
 
@@ -394,7 +425,6 @@ done:
  * every class. A block or cell with a non-finite value keeps every class (the naive kernel's
  * NaN/inf semantics). Work is parallel over block rows; buffers are per thread, O(C w). */
 #define CELL_MARGIN (16.0f * FLT_EPSILON) /* relative to the largest |value| in the bound */
-#define LB 8                              /* cells per block side */
 #define EXP_SLACK 3e-5                    /* relative error of exp_up / exp_lo, see there */
 #define THR_SLACK 1e-9                    /* bracket vs 1 / bg_threshold: too close to call */
 
@@ -409,14 +439,6 @@ static inline double exp_lo(double x) {
     return x > -87.0 ? (double)expf((float)x) * (1.0 - EXP_SLACK) : 0.0;
 }
 
-static inline float min4(float a, float b, float c, float d) {
-    const float x = a < b ? a : b, y = c < d ? c : d;
-    return x < y ? x : y;
-}
-static inline float max4(float a, float b, float c, float d) {
-    const float x = a > b ? a : b, y = c > d ? c : d;
-    return x > y ? x : y;
-}
 
 typedef struct {
     int64_t C, h, w, nb; /* nb blocks per block row */
@@ -775,13 +797,14 @@ int ovs_seg_image_labels(ovs_segmenter *s, int32_t *labels, const uint8_t *image
     const int fast = !labels_take_naive(C, Hp, Wp, OH, OW, logit_scale, bg_threshold);
     block_bounds bb = {.C = C, .nbr = block_rows(Hp), .nb = block_rows(Wp)};
     const size_t nbb = (size_t)bb.nbr * C * bb.nb;
-    float *map = ovs_malloc((size_t)C * HW * sizeof(float)), *bounds = NULL;
+    /* the logits and bounds live in the segmenter's arena: kept between calls, so a steady
+     * stream of images does not fault in (and the kernel zero) C Hp Wp fresh floats per call */
+    ovs_arena_reset(&s->arena);
+    float *map = ovs_arena_floats(&s->arena, (size_t)C * HW), *bounds = NULL;
     if (!map) return ovs_set_error(OVS_ERR_NOMEM, "out of memory for the (%lld, %lld, %lld) logits", (long long)C,
                                    (long long)Hp, (long long)Wp);
-    if (fast && !(bounds = ovs_malloc(3 * nbb * sizeof(float)))) {
-        rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for the logits' block bounds");
-        goto done;
-    }
+    if (fast && !(bounds = ovs_arena_floats(&s->arena, 3 * nbb)))
+        return ovs_set_error(OVS_ERR_NOMEM, "out of memory for the logits' block bounds");
     bb.mx = bounds, bb.mn = bounds ? bounds + nbb : NULL, bb.nan = bounds ? bounds + 2 * nbb : NULL;
     if ((rc = seg_logits(s, map, image, H, W, row_stride, pixel_stride, Hp, Wp, mean, std, classifier, C,
                          fast ? &bb : NULL)))
@@ -799,9 +822,14 @@ int ovs_seg_image_labels(ovs_segmenter *s, int32_t *labels, const uint8_t *image
     }
     rc = seg_labels(labels, map, C, Hp, Wp, OH, OW, logit_scale, bg_threshold, bg_label, fast ? &bb : NULL);
 done:
-    ovs_free(bounds);
-    ovs_free(map);
     return rc;
+}
+
+void ovs_segmenter_release_workspace(ovs_segmenter *s) {
+    ovs_arena_free(&s->arena);
+    ovs_arena_free(&s->work);
+    ovs_arena_init(&s->arena);
+    ovs_arena_init(&s->work);
 }
 
 /* ---------------------------------------------------------------- grouped label stage

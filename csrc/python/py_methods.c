@@ -165,7 +165,17 @@ done:
     return OVS_PY_FINISH(rc, out, x);
 }
 
+static PyObject *segmenter_release(ovs_py_on_model *self, PyObject *noargs) {
+    Py_BEGIN_ALLOW_THREADS
+    OVS_MODEL_LOCK(self->model);
+    ovs_segmenter_release_workspace(self->c.seg);
+    OVS_MODEL_UNLOCK(self->model);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef segmenter_methods[] = {
+    {"release_workspace", (PyCFunction)segmenter_release, METH_NOARGS, "release_workspace" OVS_PY_RELEASE_DOC},
     {"logits", (PyCFunction)(void (*)(void))segmenter_logits, METH_VARARGS | METH_KEYWORDS,
      "logits(image uint8 (H,W,3), out_h, out_w, mean, std, classifier (C,E)) -> (C, out_h, out_w) cosine logits"},
     {"labels", (PyCFunction)(void (*)(void))segmenter_labels, METH_VARARGS | METH_KEYWORDS,

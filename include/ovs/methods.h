@@ -123,6 +123,8 @@ int ovs_seg_window_average(float *logits, int64_t C, int64_t Hp, int64_t Wp, con
                            int64_t nwin, const int64_t *wy, const int64_t *wx, int64_t gh, int64_t gw,
                            int64_t wh, int64_t ww, int64_t h, int64_t w, int naive, float *bounds);
 size_t ovs_seg_block_bounds_floats(int64_t C, int64_t h, int64_t w);
+/* Frees the buffers a segmenter keeps between calls (the next call allocates them again). */
+void ovs_segmenter_release_workspace(ovs_segmenter *s);
 /* ovs_seg_labels with the block bounds of these very logits taken where they were written
  * (ovs_seg_window_average's bounds): it skips its streaming pass over (C, h, w); same labels.
  * Bounds of other logits give wrong labels: the package only passes its own (ovs_seg_image_labels). */
@@ -138,7 +140,8 @@ int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, i
                    int64_t H, int64_t W, float logit_scale, float bg_threshold, int32_t bg_label);
 /* ovs_seg_logits then ovs_seg_labels to (OH, OW) in one call, the same labels, bit for bit: the
  * pass that writes the logits also takes the label stage's per-block class bounds (the label
- * stage's streaming pass over (C, Hp, Wp)), and the logits are working memory. Non-finite logits:
+ * stage's streaming pass over (C, Hp, Wp)), and the logits are working memory of the segmenter,
+ * kept for the next call (ovs_segmenter_release_workspace frees it). Non-finite logits:
  * *nonfinite = their count (> 0) and no labels (status OVS_OK), for the caller to refuse. */
 int ovs_seg_image_labels(ovs_segmenter *s, int32_t *labels, const uint8_t *image, int64_t H, int64_t W,
                          int64_t row_stride, int64_t pixel_stride, int64_t Hp, int64_t Wp,
