@@ -524,7 +524,25 @@ class Segmenter:
         def finish(im, lr, qc):
             up = self._refined(im, lr)
             return up if qc is None else _group_max(up, qc, C, -np.inf)
-        return self._run(image, class_names, finish)
+        plain = self._framework is None and not self.pamr
+        return self._run(image, class_names, finish, fused=self._logits_at(False) if plain else None)
+
+    def _logits_at(self, softmax: bool):
+        """_run's fused(image, classifier) for logits / predict without PAMR: the cosine logits
+        resized to the output size in one C call (Segmenter.logits_at: the same floats as
+        logits then seg_upsample, without the (C, H', W') map at the processing size)."""
+        def fused(im, cls):
+            H, W = self._out_size(im)
+            hp, wp = processing_size(im.shape[0], im.shape[1], self.short_side)
+            out, bad = self._core_seg().logits_at(
+                np.ascontiguousarray(im), hp, wp, self.model.mean, self.model.std, cls, H, W,
+                logit_scale=self.logit_scale if softmax else 1.0, softmax=softmax)
+            if bad:
+                _refuse_nonfinite("the image features", bad, len(cls) * hp * wp)
+            if softmax and self.area_threshold is not None:
+                out = area_filter(out, self.area_threshold)
+            return out
+        return fused
 
     def predict(self, image, class_names: Sequence[str]):
         """Class probabilities (C, H, W) float32: softmax(logit_scale * logits) over classes.
@@ -552,7 +570,7 @@ class Segmenter:
             if self.area_threshold is not None:
                 p = area_filter(p, self.area_threshold)
             return p
-        return self._run(image, class_names, finish)
+        return self._run(image, class_names, finish, fused=None if self.pamr else self._logits_at(True))
 
     def segment(self, image, class_names: Sequence[str]):
         """Label map (H, W) int32: index into class_names of each pixel's best class; with

@@ -474,3 +474,34 @@ def test_segment_one_call_errors(vit):
     assert np.array_equal(seg.segment(image, NAMES), ref)
     seg.release_workspace()  # the kept logits freed; the next call allocates them again
     assert np.array_equal(seg.segment(image, NAMES), ref)
+
+
+@pytest.mark.parametrize("method", ["maskclip", "naclip"])
+def test_logits_and_predict_one_call_equal_two_steps(vit, rn, method):
+    """logits() / predict() resize each class's averaged plane straight into the output
+    (Segmenter.logits_at): the same floats as Segmenter.logits at the processing size followed by
+    seg_upsample, bit for bit; area_threshold still applies; non-finite logits are refused."""
+    from ovs import _core
+    from ovs.segment import processing_size
+
+    for model in ((vit, rn) if method == "maskclip" else (vit,)):
+        for kw, shape in [(dict(short_side=48, window=(32, 19)), (61, 45)),
+                          (dict(short_side=None, window=None, output_size=(50, 20)), (33, 17)),
+                          (dict(short_side=40, window=(24, 24), area_threshold=0.2), (40, 90))]:
+            seg = ovs.Segmenter(model, method=method, **kw)
+            image = _img(*shape, seed=3)
+            cls = seg.classifier(NAMES)
+            hp, wp = processing_size(*shape, seg.short_side)
+            lr = seg._core_seg().logits(image, hp, wp, model.mean, model.std, cls)
+            H, W = seg.output_size or shape
+            ref = _core.seg_upsample(lr, H, W, logit_scale=1.0, softmax=False)
+            assert seg.logits(image, NAMES).tobytes() == ref.tobytes()
+            p = _core.seg_upsample(lr, H, W, logit_scale=seg.logit_scale, softmax=True)
+            if seg.area_threshold is not None:
+                p = ovs.segment.area_filter(p, seg.area_threshold)
+            assert seg.predict(image, NAMES).tobytes() == p.tobytes()
+    seg = ovs.Segmenter(vit, method=method, short_side=None, window=None)
+    cls = seg.classifier(NAMES).copy()
+    cls[0, 0] = np.inf
+    out, bad = seg._core_seg().logits_at(_img(16, 16), 16, 16, vit.mean, vit.std, cls, 20, 20)
+    assert bad > 0

@@ -37,6 +37,13 @@ static inline float interp(const float *plane, int64_t w, const coeffs *c, int64
            c->ly1[Y] * (c->lx0[X] * r1[c->x0[X]] + c->lx1[X] * r1[c->x1[X]]);
 }
 
+static int check_up(int64_t C, int64_t h, int64_t w, int64_t H, int64_t W, float logit_scale) {
+    if (C <= 0 || h <= 0 || w <= 0 || H <= 0 || W <= 0)
+        return ovs_set_error(OVS_ERR_ARG, "empty logits or output size");
+    if (!isfinite(logit_scale)) return ovs_set_error(OVS_ERR_ARG, "logit_scale must be finite");
+    return OVS_OK;
+}
+
 /* ---------------------------------------------------------------- block bounds
  * The label stage (below) keeps per block of LB x LB low-resolution cells only the classes that
  * can win in it, from each class's max / min over the block's (LB + 1)^2 corner values: value
@@ -123,10 +130,19 @@ static void class_block_row(const float *p, int64_t nrows, int64_t w, int64_t nb
  * contraction under -std=c11), on contiguous rows that vectorise. Per class a band of rows at a
  * time (zero, every window's rows of the band, divide) so each value is written to memory once.
  * Classes in parallel; per thread one (nwin, gh, w) buffer. */
+/* Where accumulate_windows puts each class's (Hp, Wp) plane: at logits + k Hp Wp, or (to != NULL)
+ * bilinearly resized (ovs_resize_bilinear, align_corners=False, per plane as for all planes at
+ * once) into to->out + k OH OW from a per-thread plane, counting non-finite plane values. */
+typedef struct {
+    float *out;
+    int64_t OH, OW;
+    int64_t nonfinite;
+} resize_target;
+
 static int accumulate_windows(float *logits, int64_t C, int64_t Hp, int64_t Wp, const float *count,
                               const float *smalls, int64_t nwin, const int64_t *wy, const int64_t *wx,
                               int64_t gh, int64_t gw, int64_t h, int64_t w, const coeffs *c,
-                              const block_bounds *bb) {
+                              const block_bounds *bb, resize_target *to) {
     const int64_t G = gh * gw, HW = Hp * Wp;
     /* about 32 KiB of output rows, whole blocks of rows when the bounds are taken */
     int64_t band = Wp < 8192 ? 8192 / Wp : 1;
@@ -134,10 +150,13 @@ static int accumulate_windows(float *logits, int64_t C, int64_t Hp, int64_t Wp, 
     ovs_region_error re = OVS_REGION_ERROR_INIT;
 #pragma omp parallel num_threads(ovs_get_num_threads()) if (C > 1)
     {
-        float *R = ovs_malloc(((size_t)nwin * gh * w + (bb ? 3 * (size_t)Wp : 0)) * sizeof(float));
+        float *R = ovs_malloc(((size_t)nwin * gh * w + (bb ? 3 * (size_t)Wp : 0) + (to ? (size_t)HW : 0)) *
+                              sizeof(float));
         if (!R) ovs_region_fail(&re, OVS_ERR_NOMEM, "window upsample: row buffers of %lld windows: %s",
                                 (long long)nwin, ovs_last_error());
-        float *col = R ? R + (size_t)nwin * gh * w : NULL; /* (3, Wp) class_block_row scratch */
+        float *col = R ? R + (size_t)nwin * gh * w : NULL;      /* (3, Wp) class_block_row scratch */
+        float *own = to && R ? col + (bb ? 3 * Wp : 0) : NULL;  /* (Hp, Wp) this thread's plane */
+        int64_t bad = 0;
 #pragma omp for schedule(static)
         for (int64_t k = 0; k < C; k++) {
             if (!R) continue;
@@ -151,7 +170,7 @@ static int accumulate_windows(float *logits, int64_t C, int64_t Hp, int64_t Wp, 
                         r[x] = c->lx0[x] * src[c->x0[x]] + c->lx1[x] * src[c->x1[x]];
                 }
             }
-            float *out = logits + (size_t)k * HW;
+            float *out = to ? own : logits + (size_t)k * HW;
             int64_t ib = 0; /* the next block row to bound */
             for (int64_t Y0 = 0; Y0 < Hp; Y0 += band) {
                 const int64_t Y1 = Y0 + band < Hp ? Y0 + band : Hp;
@@ -179,6 +198,19 @@ static int accumulate_windows(float *logits, int64_t C, int64_t Hp, int64_t Wp, 
                                     bb->mx + at, bb->mn + at, bb->nan + at);
                 }
             }
+            if (to) {
+                for (int64_t i = 0; i < HW; i++) bad += !isfinite(out[i]);
+                float *dst = to->out + (size_t)k * to->OH * to->OW;
+                if (to->OH == Hp && to->OW == Wp) memcpy(dst, out, (size_t)HW * sizeof(float));
+                else {
+                    const int st = ovs_resize_bilinear(dst, out, 1, Hp, Wp, to->OH, to->OW, 0);
+                    if (st) ovs_region_keep(&re, st);
+                }
+            }
+        }
+        if (to) {
+#pragma omp atomic
+            to->nonfinite += bad;
         }
         ovs_free(R);
     }
@@ -187,7 +219,8 @@ static int accumulate_windows(float *logits, int64_t C, int64_t Hp, int64_t Wp, 
 
 static int window_average(float *logits, int64_t C, int64_t Hp, int64_t Wp, const float *smalls,
                           int64_t nwin, const int64_t *wy, const int64_t *wx, int64_t gh, int64_t gw,
-                          int64_t wh, int64_t ww, int64_t h, int64_t w, int naive, const block_bounds *bb) {
+                          int64_t wh, int64_t ww, int64_t h, int64_t w, int naive, const block_bounds *bb,
+                          resize_target *to) {
     if (C <= 0 || Hp <= 0 || Wp <= 0 || nwin <= 0 || gh <= 0 || gw <= 0 || h <= 0 || w <= 0 || h > wh || w > ww)
         return ovs_set_error(OVS_ERR_ARG, "window average: empty or inconsistent sizes (%lld classes, map "
                              "%lldx%lld, %lld windows of %lldx%lld cropped to %lldx%lld)", (long long)C,
@@ -216,7 +249,7 @@ static int window_average(float *logits, int64_t C, int64_t Hp, int64_t Wp, cons
             goto done;
         }
     if (!naive) {
-        rc = accumulate_windows(logits, C, Hp, Wp, count, smalls, nwin, wy, wx, gh, gw, h, w, &c, bb);
+        rc = accumulate_windows(logits, C, Hp, Wp, count, smalls, nwin, wy, wx, gh, gw, h, w, &c, bb, to);
         goto done;
     }
     /* the twin: window by window, every element by one interp(), then the average */
@@ -240,12 +273,12 @@ done:
 int ovs_seg_window_average(float *logits, int64_t C, int64_t Hp, int64_t Wp, const float *smalls,
                            int64_t nwin, const int64_t *wy, const int64_t *wx, int64_t gh, int64_t gw,
                            int64_t wh, int64_t ww, int64_t h, int64_t w, int naive, float *bounds) {
-    if (!bounds) return window_average(logits, C, Hp, Wp, smalls, nwin, wy, wx, gh, gw, wh, ww, h, w, naive, NULL);
+    if (!bounds) return window_average(logits, C, Hp, Wp, smalls, nwin, wy, wx, gh, gw, wh, ww, h, w, naive, NULL, NULL);
     if (naive) return ovs_set_error(OVS_ERR_ARG, "window average: the twin takes no block bounds");
     const size_t n = (size_t)block_rows(Hp) * C * block_rows(Wp);
     const block_bounds bb = {.mx = bounds, .mn = bounds + n, .nan = bounds + 2 * n, .C = C,
                              .nbr = block_rows(Hp), .nb = block_rows(Wp)};
-    return window_average(logits, C, Hp, Wp, smalls, nwin, wy, wx, gh, gw, wh, ww, h, w, 0, &bb);
+    return window_average(logits, C, Hp, Wp, smalls, nwin, wy, wx, gh, gw, wh, ww, h, w, 0, &bb, NULL);
 }
 
 size_t ovs_seg_block_bounds_floats(int64_t C, int64_t h, int64_t w) {
@@ -256,7 +289,7 @@ size_t ovs_seg_block_bounds_floats(int64_t C, int64_t h, int64_t w) {
 static int seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_t H, int64_t W,
                    int64_t row_stride, int64_t pixel_stride, int64_t Hp, int64_t Wp,
                    const float mean[3], const float std[3], const float *classifier, int64_t C,
-                      const block_bounds *bb) {
+                      const block_bounds *bb, resize_target *to) {
     if (H <= 0 || W <= 0 || Hp <= 0 || Wp <= 0 || C <= 0)
         return ovs_set_error(OVS_ERR_ARG, "empty image or class list (%lldx%lld -> %lldx%lld, %lld classes)",
                              (long long)H, (long long)W, (long long)Hp, (long long)Wp, (long long)C);
@@ -337,20 +370,33 @@ static int seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int
     }
     /* upsample each window's (C, gh, gw) -> (C, ph, pw) bilinearly, crop to (max_h, max_w),
      * accumulate in window order, average */
-    return window_average(logits, C, Hp, Wp, smalls, nwin, wy, wx, ph / p, pw / p, ph, pw, max_h, max_w, 0, bb);
+    return window_average(logits, C, Hp, Wp, smalls, nwin, wy, wx, ph / p, pw / p, ph, pw, max_h, max_w, 0, bb, to);
 }
 
 int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_t H, int64_t W,
                    int64_t row_stride, int64_t pixel_stride, int64_t Hp, int64_t Wp,
                    const float mean[3], const float std[3], const float *classifier, int64_t C) {
     ovs_arena_reset(&s->arena);
-    return seg_logits(s, logits, image, H, W, row_stride, pixel_stride, Hp, Wp, mean, std, classifier, C, NULL);
+    return seg_logits(s, logits, image, H, W, row_stride, pixel_stride, Hp, Wp, mean, std, classifier, C, NULL,
+                      NULL);
 }
 
-static int check_up(int64_t C, int64_t h, int64_t w, int64_t H, int64_t W, float logit_scale) {
-    if (C <= 0 || h <= 0 || w <= 0 || H <= 0 || W <= 0)
-        return ovs_set_error(OVS_ERR_ARG, "empty logits or output size");
-    if (!isfinite(logit_scale)) return ovs_set_error(OVS_ERR_ARG, "logit_scale must be finite");
+int ovs_seg_image_logits(ovs_segmenter *s, float *out, const uint8_t *image, int64_t H, int64_t W,
+                         int64_t row_stride, int64_t pixel_stride, int64_t Hp, int64_t Wp,
+                         const float mean[3], const float std[3], const float *classifier, int64_t C,
+                         int64_t OH, int64_t OW, float logit_scale, int softmax, int64_t *nonfinite) {
+    *nonfinite = 0;
+    int rc = check_up(C, Hp, Wp, OH, OW, logit_scale);
+    if (rc) return rc;
+    ovs_arena_reset(&s->arena);
+    resize_target to = {.out = out, .OH = OH, .OW = OW};
+    if ((rc = seg_logits(s, NULL, image, H, W, row_stride, pixel_stride, Hp, Wp, mean, std, classifier, C, NULL,
+                         &to)))
+        return rc;
+    if ((*nonfinite = to.nonfinite) || !softmax) return OVS_OK;
+    const int64_t HW = OH * OW; /* as ovs_seg_upsample */
+#pragma omp parallel for schedule(static) num_threads(ovs_get_num_threads())
+    for (int64_t i = 0; i < HW; i++) ovs_softmax_scaled_vec(out + i, HW, out + i, HW, C, logit_scale);
     return OVS_OK;
 }
 
@@ -807,7 +853,7 @@ int ovs_seg_image_labels(ovs_segmenter *s, int32_t *labels, const uint8_t *image
         return ovs_set_error(OVS_ERR_NOMEM, "out of memory for the logits' block bounds");
     bb.mx = bounds, bb.mn = bounds ? bounds + nbb : NULL, bb.nan = bounds ? bounds + 2 * nbb : NULL;
     if ((rc = seg_logits(s, map, image, H, W, row_stride, pixel_stride, Hp, Wp, mean, std, classifier, C,
-                         fast ? &bb : NULL)))
+                         fast ? &bb : NULL, NULL)))
         goto done;
     /* non-finite logits: counted for the caller's message, no labels */
     int any = 0;

@@ -165,6 +165,38 @@ done:
     return OVS_PY_FINISH(rc, out, x);
 }
 
+/* logits_at(image, out_h, out_w, mean, std, classifier, H, W, logit_scale=1.0, softmax=False)
+ * -> (out float32 (C, H, W), nonfinite): ovs_seg_image_logits (nonfinite > 0: that many
+ * non-finite low-resolution logits; the caller refuses). */
+static PyObject *segmenter_logits_at(ovs_py_on_model *self, PyObject *args, PyObject *kw) {
+    int rc = -1, softmax = 0;
+    static char *kwlist[] = {"image", "out_h", "out_w", "mean", "std", "classifier", "H", "W",
+                             "logit_scale", "softmax", NULL};
+    PyObject *img_obj, *mean_obj, *std_obj, *cls_obj, *out = NULL;
+    seg_image_args a = {0};
+    long long OH, OW;
+    double scale = 1.0;
+    int64_t nonfinite = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLLOOOLL|dp", kwlist, &img_obj, &a.Hp, &a.Wp, &mean_obj,
+                                     &std_obj, &cls_obj, &OH, &OW, &scale, &softmax))
+        return NULL;
+    if (seg_image_args_check(self, &a, img_obj, mean_obj, std_obj, cls_obj)) goto done;
+    if (OH <= 0 || OW <= 0 || OH > 65536 || OW > 65536) {
+        PyErr_Format(PyExc_ValueError, "output size must be in 1..65536, got %lldx%lld", OH, OW);
+        goto done;
+    }
+    npy_intp dims[3] = {a.C, OH, OW};
+    if (!(out = PyArray_SimpleNew(3, dims, NPY_FLOAT32))) goto done;
+    float *o = PyArray_DATA((PyArrayObject *)out);
+    OVS_PY_LOCKED(self->model, rc, ovs_seg_image_logits(self->c.seg, o, PyArray_DATA(a.img), a.H, a.W, a.rs, a.ps,
+                                                        a.Hp, a.Wp, a.mean, a.std, PyArray_DATA(a.cls), a.C, OH,
+                                                        OW, (float)scale, softmax, &nonfinite));
+done:
+    out = OVS_PY_FINISH(rc, out, a.img, a.cls);
+    if (!out) return NULL;
+    return Py_BuildValue("(NL)", out, (long long)nonfinite);
+}
+
 static PyObject *segmenter_release(ovs_py_on_model *self, PyObject *noargs) {
     Py_BEGIN_ALLOW_THREADS
     OVS_MODEL_LOCK(self->model);
@@ -178,6 +210,10 @@ static PyMethodDef segmenter_methods[] = {
     {"release_workspace", (PyCFunction)segmenter_release, METH_NOARGS, "release_workspace" OVS_PY_RELEASE_DOC},
     {"logits", (PyCFunction)(void (*)(void))segmenter_logits, METH_VARARGS | METH_KEYWORDS,
      "logits(image uint8 (H,W,3), out_h, out_w, mean, std, classifier (C,E)) -> (C, out_h, out_w) cosine logits"},
+    {"logits_at", (PyCFunction)(void (*)(void))segmenter_logits_at, METH_VARARGS | METH_KEYWORDS,
+     "logits_at(image, out_h, out_w, mean, std, classifier, H, W, logit_scale=1.0, softmax=False) -> "
+     "(out float32 (C, H, W), nonfinite): logits then seg_upsample in one call (the same floats), "
+     "without the (C, out_h, out_w) logits; nonfinite > 0: that many non-finite logits"},
     {"labels", (PyCFunction)(void (*)(void))segmenter_labels, METH_VARARGS | METH_KEYWORDS,
      "labels(image, out_h, out_w, mean, std, classifier, H, W, logit_scale=1.0, bg_threshold=0.0, "
      "bg_label=-1) -> (labels int32 (H, W), nonfinite): logits then seg_labels in one call (the same "

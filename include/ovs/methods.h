@@ -138,6 +138,14 @@ int ovs_seg_labels_bounded(int32_t *labels, const float *logits, int64_t C, int6
  *   softmax(logit_scale * logits) probability is below it, bg_label instead. */
 int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w,
                    int64_t H, int64_t W, float logit_scale, float bg_threshold, int32_t bg_label);
+/* ovs_seg_logits then ovs_seg_upsample to (OH, OW) in one call, the same floats: each class's
+ * (Hp, Wp) plane is averaged in a per-thread buffer and resized straight into out (C, OH, OW), so
+ * the (C, Hp, Wp) logits never exist; softmax: then softmax(logit_scale * .) over classes per
+ * pixel. Non-finite low-resolution logits: *nonfinite = their count (status OVS_OK). */
+int ovs_seg_image_logits(ovs_segmenter *s, float *out, const uint8_t *image, int64_t H, int64_t W,
+                         int64_t row_stride, int64_t pixel_stride, int64_t Hp, int64_t Wp,
+                         const float mean[3], const float std[3], const float *classifier, int64_t C,
+                         int64_t OH, int64_t OW, float logit_scale, int softmax, int64_t *nonfinite);
 /* ovs_seg_logits then ovs_seg_labels to (OH, OW) in one call, the same labels, bit for bit: the
  * pass that writes the logits also takes the label stage's per-block class bounds (the label
  * stage's streaming pass over (C, Hp, Wp)), and the logits are working memory of the segmenter,
