@@ -267,6 +267,7 @@ static int64_t conv_implicit_blocks(int64_t planes, int64_t halo, int64_t NB) {
 #define CONV_TAP_SLICE 512
 #endif
 #define CONV_SLICE_BLOCKS 4
+#define CONV_WHOLE_FLOATS ((int64_t)1 << 18)
 
 /* Columns computed for block bl: its positions with the narrow kernel when they are few, 16
  * when they fit (the (mr, 16) tile), else NB. Any width gives the same fmaf chains. */
@@ -316,9 +317,18 @@ static void conv_prefetch_residual(const conv_implicit_job *j, const conv_block 
 static int conv_implicit_run(const conv_implicit_job *j, int64_t planes, int64_t halo) {
     const ops_gemm_isa *isa = ops_gemm_current_isa();
     const int64_t mr = isa->mr_max, NB = j->NB, nblocks = j->nblocks;
-    const int sliced = j->L > 2 * CONV_TAP_SLICE;
+    /* Weights larger than the input the conv reads, and that input within L2 (1 MiB): all
+     * blocks in one group (whole chains, not sliced), so each weight tile streams from memory
+     * once per call (per thread: the threads split the output channels) and every block reads
+     * it from L2; in block groups each group streamed all the weights again. RN50's layer3 and
+     * layer4 convs, whose weights a forward reads cold. */
+    const double in_floats = (double)planes * (double)(j->F + halo);
+    const int whole = in_floats <= (double)CONV_WHOLE_FLOATS &&
+                      (double)j->Kg * (double)j->L > in_floats;
+    const int sliced = !whole && j->L > 2 * CONV_TAP_SLICE;
     const int64_t lc = sliced ? CONV_TAP_SLICE : j->L;
-    const int64_t bpt = sliced ? CONV_SLICE_BLOCKS : conv_implicit_blocks(planes, halo, NB);
+    const int64_t bpt = whole ? nblocks
+                        : sliced ? CONV_SLICE_BLOCKS : conv_implicit_blocks(planes, halo, NB);
     int64_t pgroups = (nblocks + bpt - 1) / bpt;
     const int64_t ktiles = (j->Kg + mr - 1) / mr;
     int threads = 1;
