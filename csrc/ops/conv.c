@@ -432,18 +432,30 @@ static int conv_implicit_run(const conv_implicit_job *j, int64_t planes, int64_t
                             isa->gather_narrow(G, mr, w, n, ag, tl->aoff + l0, b_x, b_off, tile,
                                                gs, l0 > 0);
                         } else if (pk) {
-                            /* the block's rows packed at its first tile, read by the others */
+                            /* the block's rows packed at its first tile, read by the others:
+                             * with weights in blocks of the kernel's mr (A column l at
+                             * a + l*mr), as two 16-column panels for the panel kernel (no
+                             * offset tables); else as (n, NB) rows for the gather kernel */
                             float *pb = pk + (b - b0) * lc * NB;
+                            const int panel = j->amr == mr;
                             if (k == k0) {
-                                if (w == 32)
-                                    for (int64_t i = 0; i < n; i++)
-                                        memcpy(pb + i * NB, b_x + b_off[i], 32 * sizeof(float));
+                                if (panel)
+                                    for (int64_t i = 0; i < n; i++) {
+                                        const float *src = b_x + b_off[i];
+                                        memcpy(pb + i * 16, src, 16 * sizeof(float));
+                                        if (w > 16)
+                                            memcpy(pb + (n + i) * 16, src + 16,
+                                                   (size_t)(w - 16) * sizeof(float));
+                                    }
                                 else
                                     for (int64_t i = 0; i < n; i++)
                                         memcpy(pb + i * NB, b_x + b_off[i],
                                                (size_t)w * sizeof(float));
                             }
-                            isa->gather(m, w, n, a, tl->aoff + l0, pb, j->lin, tile, l0 > 0);
+                            if (panel)
+                                isa->kernel(m, w, n, a + tl->aoff[l0], pb, n * 16, tile, l0 > 0);
+                            else
+                                isa->gather(m, w, n, a, tl->aoff + l0, pb, j->lin, tile, l0 > 0);
                         } else {
                             isa->gather(m, w, n, a, tl->aoff + l0, b_x, b_off, tile, l0 > 0);
                         }
