@@ -654,6 +654,11 @@ static void cell_row_build(label_work *lw, const float *logits, int64_t i) {
         for (int q = 0; q < LB; q++) ref[q] = -INFINITY, mag[q] = 0.0f;
         for (int32_t t = 0; t < nbc; t++) {
             const float *r0 = logits + (size_t)bc[t] * hw + i * w;
+            if (t + 4 < nbc) { /* each candidate's rows are lines far apart in (C, h, w): ask ahead */
+                const float *n0 = logits + (size_t)bc[t + 4] * hw + i * w + c0;
+                __builtin_prefetch(n0), __builtin_prefetch(n0 + LB);
+                __builtin_prefetch(n0 + (i1 - i) * w), __builtin_prefetch(n0 + (i1 - i) * w + LB);
+            }
             cell_corners(r0, r0 + (i1 - i) * w, c0, nc, last, lw->cmin + t * LB, lw->cmax + t * LB, ref, mag);
         }
         for (int64_t q = 0; q < nc; q++) {
