@@ -623,7 +623,8 @@ class Segmenter:
 
     def release_workspace(self) -> None:
         """Free the buffers segment() keeps between calls (its (C, H', W') logits at the
-        processing size: 382 MB for 847 classes at 336x336); the next call allocates them again."""
+        processing size, kept up to 512 MiB: 382 MB for 847 classes at 336x336); the next call
+        allocates them again."""
         seg = getattr(self, "_seg", None)
         if self._framework is None and seg is not None:
             seg.release_workspace()

@@ -833,6 +833,8 @@ int ovs_seg_labels_bounded(int32_t *labels, const float *logits, int64_t C, int6
     return seg_labels(labels, logits, C, h, w, H, W, logit_scale, bg_threshold, bg_label, &bb);
 }
 
+#define KEEP_LOGITS_FLOATS ((size_t)128 << 20) /* 512 MiB of logits kept between calls at most */
+
 int ovs_seg_image_labels(ovs_segmenter *s, int32_t *labels, const uint8_t *image, int64_t H, int64_t W,
                          int64_t row_stride, int64_t pixel_stride, int64_t Hp, int64_t Wp,
                          const float mean[3], const float std[3], const float *classifier, int64_t C,
@@ -873,6 +875,7 @@ int ovs_seg_image_labels(ovs_segmenter *s, int32_t *labels, const uint8_t *image
     }
     rc = seg_labels(labels, map, C, Hp, Wp, OH, OW, logit_scale, bg_threshold, bg_label, fast ? &bb : NULL);
 done:
+    if ((size_t)C * HW > KEEP_LOGITS_FLOATS) ovs_segmenter_release_workspace(s); /* too big to keep */
     return rc;
 }
 

@@ -149,7 +149,7 @@ int ovs_seg_image_logits(ovs_segmenter *s, float *out, const uint8_t *image, int
 /* ovs_seg_logits then ovs_seg_labels to (OH, OW) in one call, the same labels, bit for bit: the
  * pass that writes the logits also takes the label stage's per-block class bounds (the label
  * stage's streaming pass over (C, Hp, Wp)), and the logits are working memory of the segmenter,
- * kept for the next call (ovs_segmenter_release_workspace frees it). Non-finite logits:
+ * kept for the next call up to 512 MiB (ovs_segmenter_release_workspace frees it). Non-finite logits:
  * *nonfinite = their count (> 0) and no labels (status OVS_OK), for the caller to refuse. */
 int ovs_seg_image_labels(ovs_segmenter *s, int32_t *labels, const uint8_t *image, int64_t H, int64_t W,
                          int64_t row_stride, int64_t pixel_stride, int64_t Hp, int64_t Wp,
