@@ -268,7 +268,8 @@ static PyObject *py_op_conv2d_scratch_floats(PyObject *self, PyObject *args, PyO
 }
 
 /* op_conv2d_winograd_wins(N, C, H, W, K, R, S, padding): ovs_conv2d_winograd_wins for a
- * stride-1 undilated ungrouped conv: whether AUTO takes Winograd for it. */
+ * stride-1 undilated ungrouped conv: whether F(2x2) beats the direct conv for it (AUTO takes
+ * it unless F(4x4) wins too: op_conv2d_auto_algo). */
 static PyObject *py_op_conv2d_winograd_wins(PyObject *self, PyObject *args) {
     long long N, C, H, W, K, R, S, pad;
     (void)self;
@@ -970,10 +971,9 @@ static PyObject *py_gemm_release_workspace(PyObject *self, PyObject *noargs) {
       "prepacked=None, scratch=True, algo='auto', repeat=1): packed packs w first; "        \
       "prepacked is w packed earlier by op_conv2d_pack (w then gives the shape); scratch: "  \
       "pass scratch sized by ovs_conv2d_scratch_floats (as the models, from their arenas), " \
-      "else NULL (the conv allocates its input copy); algo 'auto', 'direct', 'winograd' or "  \
-      "'winograd4' (ovs_conv2d_params.algo; naive=True: 'winograd(4)' the Winograd twins); " \
-      "repeat runs "                                                                         \
-      "the fast conv that many times (timing).")                                            \
+      "else NULL (the conv allocates its input copy); algo 'auto', 'direct', 'winograd' "   \
+      "or 'winograd4' (ovs_conv2d_params.algo; naive=True: 'winograd' / 'winograd4' are "   \
+      "the Winograd twins); repeat runs the fast conv that many times (timing).")           \
     X(op_conv2d_scratch_floats, "(C, H, W, K, R, S, stride=1, padding=0, dilation=1, "     \
       "groups=1): the scratch floats ovs_conv2d_forward may use (its input copy).")        \
     X(op_conv2d_pack, "(w, groups=1, unpack=False, inplace=False): the conv weight "        \
@@ -1005,10 +1005,11 @@ static PyObject *py_gemm_release_workspace(PyObject *self, PyObject *noargs) {
 /* The test hooks taking positional or no arguments, X(name, flags, doc). */
 #define OVS_PY_TESTHOOKS(X)                                                                 \
     X(op_conv2d_winograd_wins, METH_VARARGS, "(N, C, H, W, K, R, S, padding) -> bool: "     \
-      "whether algo AUTO takes Winograd for that stride-1 conv (ovs_conv2d_winograd_wins).") \
-    X(op_conv2d_auto_algo, METH_VARARGS, "(N, C, H, W, K, R, S, padding) -> str: the path "  \
-      "algo AUTO takes for that stride-1 conv: 'direct', 'winograd' or 'winograd4' "          \
-      "(ovs_conv2d_auto_algo).")                                                              \
+      "whether F(2x2) beats the direct conv for that stride-1 conv "                        \
+      "(ovs_conv2d_winograd_wins; AUTO's choice: op_conv2d_auto_algo).")                    \
+    X(op_conv2d_auto_algo, METH_VARARGS, "(N, C, H, W, K, R, S, padding) -> str: the path " \
+      "algo AUTO takes for that stride-1 conv: 'direct', 'winograd' or 'winograd4' "        \
+      "(ovs_conv2d_auto_algo).")                                                            \
     X(debug_fail_alloc, METH_O, "(n) -> allocations made since the last call; the n-th "    \
       "allocation from now fails (0 = off).")                                               \
     X(gemm_set_isa, METH_O, "(name) -> name in use; 'auto', 'portable', 'avx2' or "         \
