@@ -40,6 +40,7 @@
 
 #define WG_XI 36   /* at most: F(4x4) */
 #define WG_V_FLOATS ((int64_t)1 << 18)   /* V of one chunk: about 1 MiB */
+#define WG_KPART_TILES 128               /* at most this many tiles: threads split K instead */
 
 int ops_conv2d_winograd_supported(int64_t R, int64_t S, const ovs_conv2d_params *p) {
     return R == 3 && S == 3 && p->stride_h == 1 && p->stride_w == 1 && p->dil_h == 1 &&
@@ -117,16 +118,15 @@ static inline void wg_weight4(float u[WG_XI][OPS_GEMM_MR_MAX], const float g[9][
             WG_G4((&u[6 * a][r]), t[3 * a][r], t[3 * a + 1][r], t[3 * a + 2][r], OPS_GEMM_MR_MAX);
 }
 
-/* U (XI, KB, C, mr) = the transformed weights, block kb holding rows kb*mr.. (zeros past K):
- * U[((xi*KB + kb)*C + c)*mr + r] = (G g_{kb*mr+r, c} G^T)[xi]. */
-static void wg_transform_weights(float *U, const ovs_matrix *w, int64_t K, int64_t C, int64_t mr,
-                                 int64_t m, int threads) {
-    const int64_t KB = (K + mr - 1) / mr, L = 9 * C, XI = (m + 2) * (m + 2);
+/* Block kb of the transformed weights (rows kb*mr.., zeros past K) into dst, position xi at
+ * dst + xi*xs: dst[xi*xs + c*mr + r] = (G g_{kb*mr+r, c} G^T)[xi]. */
+static void wg_transform_block(float *dst0, int64_t xs, const ovs_matrix *w, int64_t K,
+                               int64_t C, int64_t mr, int64_t m, int64_t kb) {
+    const int64_t L = 9 * C, XI = (m + 2) * (m + 2);
     /* W[k, l] at w->data[wrow(k) + l * ws]: dense rows, or the conv-packed blocks (1 group) */
     const int packed = w->format == OVS_MATRIX_CONV_PACKED;
     const int64_t ws = packed ? OVS_CONV_PACK_MR : 1;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && KB > 1 && 9 * K * C >= OPS_PAR_MIN)
-    for (int64_t kb = 0; kb < KB; kb++) {
+    {
         const int64_t mk = K - kb * mr < mr ? K - kb * mr : mr;
         for (int64_t c = 0; c < C; c++) {
             float g[9][OPS_GEMM_MR_MAX] = {{0}}, u[WG_XI][OPS_GEMM_MR_MAX];
@@ -150,11 +150,21 @@ static void wg_transform_weights(float *U, const ovs_matrix *w, int64_t K, int64
             else
                 wg_weight2(u, g);
             for (int64_t xi = 0; xi < XI; xi++) {
-                float *dst = U + ((xi * KB + kb) * C + c) * mr;
+                float *dst = dst0 + xi * xs + c * mr;
                 for (int64_t r = 0; r < mr; r++) dst[r] = r < mk ? u[xi][off + r] : 0.0f;
             }
         }
     }
+}
+
+/* U (XI, KB, C, mr) = the transformed weights, block kb holding rows kb*mr.. (zeros past K):
+ * U[((xi*KB + kb)*C + c)*mr + r] = (G g_{kb*mr+r, c} G^T)[xi]. */
+static void wg_transform_weights(float *U, const ovs_matrix *w, int64_t K, int64_t C, int64_t mr,
+                                 int64_t m, int threads) {
+    const int64_t KB = (K + mr - 1) / mr;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && KB > 1 && 9 * K * C >= OPS_PAR_MIN)
+    for (int64_t kb = 0; kb < KB; kb++)
+        wg_transform_block(U + kb * C * mr, KB * C * mr, w, K, C, mr, m, kb);
 }
 
 typedef struct {
@@ -166,7 +176,8 @@ typedef struct {
     int64_t C, H, W, K, P, Q, ph, pw;
     int64_t m, XI;           /* output tile m x m, XI = (m + 2)^2 transformed positions */
     int64_t TH, TW, T;       /* tiles per column / row / in all */
-    int64_t NT, NB, mr, KB;  /* tiles per chunk (multiple of NB), kernel width and height */
+    int64_t NT, NB, mr, KB;  /* a chunk's buffer tiles (multiple of NB), kernel width, height */
+    int64_t CT;              /* tiles per chunk (<= NT): chunk ch is tiles [ch*CT, ch*CT + CT) */
     ovs_act act;
 } wg_job;
 
@@ -405,11 +416,10 @@ static void wg_output4(const wg_job *j, const wg_bufs *b, int64_t k0, int64_t m)
     }
 }
 
-static void wg_chunk(const wg_job *j, wg_bufs *b, int64_t chunk) {
-    const ops_gemm_isa *isa = ops_gemm_current_isa();
-    const int64_t t0 = chunk * j->NT, nt = j->T - t0 < j->NT ? j->T - t0 : j->NT;
-    const int64_t C = j->C, NB = j->NB, mr = j->mr, np16 = j->NT / 16, npan = j->NT / NB;
-    const int64_t used = (nt + NB - 1) / NB;   /* panels holding a tile of the chunk */
+/* The chunk's V: its tiles cut into pieces, input transform (columns past its tiles zero). */
+static void wg_chunk_input(const wg_job *j, wg_bufs *b, int64_t chunk) {
+    const int64_t t0 = chunk * j->CT, nt = j->T - t0 < j->CT ? j->T - t0 : j->CT;
+    const int64_t C = j->C, np16 = j->NT / 16;
     const int64_t xs = np16 * C * 16;          /* V's stride between positions xi */
     wg_cut(j, b, t0, nt);
     for (int64_t pan = nt / 16; pan < np16; pan++)   /* V's columns past nt: zero */
@@ -421,19 +431,25 @@ static void wg_chunk(const wg_job *j, wg_bufs *b, int64_t chunk) {
         wg_input4(j, b);
     else
         wg_input2(j, b);
-    for (int64_t kb = 0; kb < j->KB; kb++) {
-        const int64_t k0 = kb * mr, m = j->K - k0 < mr ? j->K - k0 : mr;
-        for (int64_t xi = 0; xi < j->XI; xi++) {
-            const float *a = j->U + ((xi * j->KB + kb) * C) * mr;
-            for (int64_t pp = 0; pp < used; pp++)
-                isa->kernel(m, NB, C, a, b->V + ((xi * np16 + pp * (NB / 16)) * C) * 16, C * 16,
-                            b->M + ((xi * npan + pp) * mr) * NB, 0);
-        }
-        if (j->m == 4)
-            wg_output4(j, b, k0, m);
-        else
-            wg_output2(j, b, k0, m);
-    }
+}
+
+/* Output channels of block kb for the chunk whose V is in b: the XI GEMMs U_xi (block kb, at
+ * U + xi*uxs) @ V_xi into M, then the output transform. */
+static void wg_chunk_block(const wg_job *j, wg_bufs *b, int64_t chunk, int64_t kb,
+                           const float *U, int64_t uxs) {
+    const ops_gemm_isa *isa = ops_gemm_current_isa();
+    const int64_t t0 = chunk * j->CT, nt = j->T - t0 < j->CT ? j->T - t0 : j->CT;
+    const int64_t C = j->C, NB = j->NB, mr = j->mr, np16 = j->NT / 16, npan = j->NT / NB;
+    const int64_t used = (nt + NB - 1) / NB;   /* panels holding a tile of the chunk */
+    const int64_t k0 = kb * mr, m = j->K - k0 < mr ? j->K - k0 : mr;
+    for (int64_t xi = 0; xi < j->XI; xi++)
+        for (int64_t pp = 0; pp < used; pp++)
+            isa->kernel(m, NB, C, U + xi * uxs, b->V + ((xi * np16 + pp * (NB / 16)) * C) * 16,
+                        C * 16, b->M + ((xi * npan + pp) * mr) * NB, 0);
+    if (j->m == 4)
+        wg_output4(j, b, k0, m);
+    else
+        wg_output2(j, b, k0, m);
 }
 
 /* Tiles per chunk: V (XI, NT, C) of about WG_V_FLOATS, a multiple of NB, at most 8 NB. */
@@ -451,27 +467,41 @@ int ops_conv2d_winograd(const char *op, float *out, const float *in, const ovs_m
     const int64_t mr = isa->mr_max, NB = isa->nr_max, KB = (K + mr - 1) / mr;
     const int64_t XI = (m + 2) * (m + 2);
     wg_job j = {in, NULL, bias, residual, out, C, H, W, K, P, Q, ph, pw, m, XI, (P + m - 1) / m,
-                (Q + m - 1) / m, 0, 0, NB, mr, KB, act};
+                (Q + m - 1) / m, 0, 0, NB, mr, KB, 0, act};
     j.T = N * j.TH * j.TW;
     int threads = ovs_get_num_threads();
 #ifdef _OPENMP
     if (omp_in_parallel()) threads = 1;
 #endif
-    /* Several threads: at least ~4 chunks each where the tiles allow (the dynamic schedule then
-     * evens out a short last chunk). The chunking does not change any result. */
-    j.NT = wg_chunk_tiles(C, NB, XI);
-    if (threads > 1) {
-        const int64_t even = j.T / (4 * threads) / NB * NB;
-        if (even < j.NT) j.NT = even > NB ? even : NB;
+    /* Few tiles per image: a chunk per image, and the threads split the (image, block of mr
+     * output channels) pairs (no barrier either): a thread makes an image's V when it first
+     * takes one of its pairs, and transforms each weight block it takes into its own buffer
+     * (XI*C*mr floats, cache-sized) right before that block's GEMMs, so the XI*K*C
+     * transformed weights never go through memory (with few tiles per weight, writing and
+     * re-reading them cost as much as the GEMMs). Otherwise chunks of tiles; with several
+     * threads at least ~4 chunks each where the tiles allow (the dynamic schedule then evens
+     * out a short last chunk). No way of cutting the work changes any result. */
+    const int kpart = j.TH * j.TW <= WG_KPART_TILES;
+    if (kpart) {
+        j.CT = j.TH * j.TW;
+        j.NT = (j.CT + NB - 1) / NB * NB;
+    } else {
+        j.NT = wg_chunk_tiles(C, NB, XI);
+        if (threads > 1) {
+            const int64_t even = j.T / (4 * threads) / NB * NB;
+            if (even < j.NT) j.NT = even > NB ? even : NB;
+        }
     }
-    const int64_t chunks = (j.T + j.NT - 1) / j.NT;
-    if (threads > chunks) threads = (int)chunks;
-    /* per thread: V, M and the pieces */
+    if (!kpart) j.CT = j.NT;
+    const int64_t chunks = (j.T + j.CT - 1) / j.CT, items = kpart ? N * KB : chunks;
+    if (threads > items) threads = (int)items;
+    /* per thread: V, M, (kpart) its weight block, the pieces */
     const size_t nv = (size_t)(XI * C) * (size_t)j.NT, nm = (size_t)(XI * mr) * (size_t)j.NT;
-    const size_t per = (nv + nm) * sizeof(float) + (size_t)j.NT * sizeof(wg_piece);
-    float *U = ovs_malloc((size_t)XI * (size_t)(KB * mr) * (size_t)C * sizeof(float));
-    char *bufs = ovs_malloc((size_t)threads * per);
-    if (!U || !bufs) {
+    const size_t nu = kpart ? (size_t)(XI * C * mr) : 0;
+    const size_t per = (nv + nm + nu) * sizeof(float) + (size_t)j.NT * sizeof(wg_piece);
+    float *U = kpart ? NULL : ovs_malloc((size_t)XI * (size_t)(KB * mr) * (size_t)C * sizeof(float));
+    char *bufs = kpart || U ? ovs_malloc((size_t)threads * per) : NULL;
+    if ((!kpart && !U) || !bufs) {
         ovs_free(U);
         ovs_free(bufs);
         return ovs_set_error(OVS_ERR_NOMEM,
@@ -479,21 +509,49 @@ int ops_conv2d_winograd(const char *op, float *out, const float *in, const ovs_m
                              "%d x %zu bytes of tiles)",
                              op, (long long)K, (long long)C, threads, per);
     }
-    wg_transform_weights(U, weight, K, C, mr, m, threads);
-    j.U = U;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
-    for (int64_t ch = 0; ch < chunks; ch++) {
-        int tid = 0;
+    if (kpart) {
+#pragma omp parallel num_threads(threads) if (threads > 1)
+        {
+            int tid = 0;
 #ifdef _OPENMP
-        tid = omp_get_thread_num();
+            tid = omp_get_thread_num();
 #endif
-        char *base = bufs + (size_t)tid * per;
-        wg_bufs b;
-        b.V = (float *)base;
-        b.M = b.V + nv;
-        b.pieces = (wg_piece *)(b.M + nm);
-        b.npieces = 0;
-        wg_chunk(&j, &b, ch);
+            wg_bufs b;
+            b.V = (float *)(bufs + (size_t)tid * per);
+            b.M = b.V + nv;
+            float *Ub = b.M + nm;
+            b.pieces = (wg_piece *)(Ub + nu);
+            b.npieces = 0;
+            int64_t have_v = -1;   /* the image whose V is in b */
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t it = 0; it < items; it++) {
+                const int64_t n = it / KB, kb = it % KB;
+                if (have_v != n) {
+                    wg_chunk_input(&j, &b, n);
+                    have_v = n;
+                }
+                wg_transform_block(Ub, C * mr, weight, K, C, mr, m, kb);
+                wg_chunk_block(&j, &b, n, kb, Ub, C * mr);
+            }
+        }
+    } else {
+        wg_transform_weights(U, weight, K, C, mr, m, threads);
+        j.U = U;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
+        for (int64_t ch = 0; ch < chunks; ch++) {
+            int tid = 0;
+#ifdef _OPENMP
+            tid = omp_get_thread_num();
+#endif
+            wg_bufs b;
+            b.V = (float *)(bufs + (size_t)tid * per);
+            b.M = b.V + nv;
+            b.pieces = (wg_piece *)(b.M + nm);
+            b.npieces = 0;
+            wg_chunk_input(&j, &b, ch);
+            for (int64_t kb = 0; kb < KB; kb++)
+                wg_chunk_block(&j, &b, ch, kb, U + kb * C * mr, KB * C * mr);
+        }
     }
     ovs_free(U);
     ovs_free(bufs);
@@ -524,17 +582,24 @@ int ovs_conv2d_winograd_wins(int64_t N, int64_t C, int64_t H, int64_t W, int64_t
     return C < 128 ? T >= 2500 : T * C >= 60000;
 }
 
-/* 1 when F(4x4, 3x3) beats both F(2x2, 3x3) and the direct conv, from the tiles of one image
- * (T4 = ceil(P/4) * ceil(Q/4)) and the widths. Measured per layer on an Intel Xeon (Sapphire
- * Rapids class, AVX-512, KVM, 2 cores; 1 and 2 threads, CPU time, benchmarks/bench_conv.py:
- * RN50 224/448 and DeepLab 512 shapes, see the commit): F(4x4) took 0.46-0.75x the direct
- * time from 56x56 (T4 = 196) up for C = 32..304 (0.58-0.85x F(2x2)'s), tied F(2x2) at 32x32
- * (T4 = 64, C = 256; both ~0.67x direct) and lost to it below (28x28: 0.8-1.06x direct against
- * F(2x2)'s 0.76-0.97x): its 36*K*C transformed weights (2.25x F(2x2)'s), made per call, need
- * many tiles. Not measured on AMD: there the same rule applies until measured. */
+/* 1 when AUTO takes F(4x4, 3x3): it beats F(2x2, 3x3) and the direct conv, and its error is
+ * affordable; from the tiles of one image (T4 = ceil(P/4) * ceil(Q/4)) and the widths.
+ * Speed, measured per layer on an Intel Xeon (Sapphire Rapids class, AVX-512, KVM, 2 cores;
+ * 1 and 2 threads, CPU time, benchmarks/bench_conv.py: RN50 224/448 and DeepLab 512 shapes,
+ * see the commits): F(4x4) took 0.44-0.61x the direct time for C = 128..304 from 56x56
+ * (T4 = 196) up and, with the per-image K split (T4 <= WG_KPART_TILES), 0.56x at 32x32,
+ * 0.63-0.67x (C = 512) and 0.66-0.73x (256) at 28x28 (F(2x2): 0.68-0.71x, 0.70-0.73x); with
+ * C = 128 at 28x28 it gains only 5-10% (left to the direct conv, F(2x2) loses there) and at
+ * 14x14 both lose (F(4x4) 1.5-1.6x, F(2x2) 1.1-1.3x). It also wins for C = 32 and 64
+ * (0.48-0.78x), but there it costs too much accuracy: on RN50 (tests/_generated weights) at
+ * 448^2 against open_clip in float64, F(4x4) on the stem's two C = 32 convs alone takes the
+ * res5 error from 4.8e-5 to 1.6e-4, on layer1's C = 64 convs alone to 9.0e-5, on the C >= 128
+ * convs (this rule) to 6.9e-5 (the parity bar is 1e-4). Not measured on AMD: the same rule
+ * applies there until measured. */
 static int wg4_wins(int64_t C, int64_t P, int64_t Q, int64_t K) {
     const int64_t T4 = ((P + 3) / 4) * ((Q + 3) / 4);
-    return C >= 16 && K >= 16 && C <= 384 && T4 >= 144;
+    if (C < 128 || K < 16) return 0;
+    return T4 > WG_KPART_TILES ? C <= 384 : T4 >= 49 && C >= 256;
 }
 
 ovs_conv2d_algo ovs_conv2d_auto_algo(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K,
