@@ -197,7 +197,8 @@ def test_auto_is_batch_invariant(rng):
 
 def test_winograd_bad_inputs(rng):
     x, w = rand(rng, 1, 4, 9, 9), rand(rng, 6, 4, 3, 3)
-    with pytest.raises(ValueError, match="algo must be 'auto', 'direct', 'winograd' or 'winograd4'"):
+    with pytest.raises(ValueError,
+                       match="algo must be 'auto', 'direct', 'winograd' or 'winograd4'"):
         _core.op_conv2d(x, w, algo="fft")
     for naive, algo in ((False, "winograd"), (True, "winograd"), (False, "winograd4"),
                         (True, "winograd4")):

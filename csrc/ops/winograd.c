@@ -41,6 +41,8 @@
 #define WG_XI 36   /* at most: F(4x4) */
 #define WG_V_FLOATS ((int64_t)1 << 18)   /* V of one chunk: about 1 MiB */
 #define WG_KPART_TILES 128               /* at most this many tiles: threads split K instead */
+/* a packed weight block (OVS_CONV_PACK_MR rows) is read whole into the transform's lanes */
+_Static_assert(OVS_CONV_PACK_MR <= OPS_GEMM_MR_MAX, "a packed weight block fits the lanes");
 
 int ops_conv2d_winograd_supported(int64_t R, int64_t S, const ovs_conv2d_params *p) {
     return R == 3 && S == 3 && p->stride_h == 1 && p->stride_w == 1 && p->dil_h == 1 &&
@@ -87,7 +89,8 @@ int ops_conv2d_winograd_supported(int64_t R, int64_t S, const ovs_conv2d_params 
  * Every lane r < OPS_GEMM_MR_MAX is computed (a fixed trip count, vectorised; lanes past the
  * ISA's mr hold zeros), each lane on its own. */
 #define WG_LANES OPS_GEMM_MR_MAX
-static inline void wg_weight2(float u[WG_XI][OPS_GEMM_MR_MAX], const float g[9][OPS_GEMM_MR_MAX]) {
+static inline void wg_weight2(float u[WG_XI][OPS_GEMM_MR_MAX],
+                              const float g[9][OPS_GEMM_MR_MAX]) {
     const int64_t mr = WG_LANES;
     float t[12][OPS_GEMM_MR_MAX];   /* (4, 3) = G g */
     for (int j = 0; j < 3; j++)
@@ -108,7 +111,8 @@ static inline void wg_weight2(float u[WG_XI][OPS_GEMM_MR_MAX], const float g[9][
 }
 
 /* The same for F(4x4): u (36, mr). */
-static inline void wg_weight4(float u[WG_XI][OPS_GEMM_MR_MAX], const float g[9][OPS_GEMM_MR_MAX]) {
+static inline void wg_weight4(float u[WG_XI][OPS_GEMM_MR_MAX],
+                              const float g[9][OPS_GEMM_MR_MAX]) {
     float t[18][OPS_GEMM_MR_MAX];   /* (6, 3) = G g */
     for (int j = 0; j < 3; j++)
         for (int r = 0; r < WG_LANES; r++)
@@ -499,7 +503,8 @@ int ops_conv2d_winograd(const char *op, float *out, const float *in, const ovs_m
     const size_t nv = (size_t)(XI * C) * (size_t)j.NT, nm = (size_t)(XI * mr) * (size_t)j.NT;
     const size_t nu = kpart ? (size_t)(XI * C * mr) : 0;
     const size_t per = (nv + nm + nu) * sizeof(float) + (size_t)j.NT * sizeof(wg_piece);
-    float *U = kpart ? NULL : ovs_malloc((size_t)XI * (size_t)(KB * mr) * (size_t)C * sizeof(float));
+    float *U =
+        kpart ? NULL : ovs_malloc((size_t)XI * (size_t)(KB * mr) * (size_t)C * sizeof(float));
     char *bufs = kpart || U ? ovs_malloc((size_t)threads * per) : NULL;
     if ((!kpart && !U) || !bufs) {
         ovs_free(U);
