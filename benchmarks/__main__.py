@@ -244,7 +244,8 @@ def rows_of(name: str, entry: dict) -> list[dict]:
         for c in res.get("cases", []):
             case = f"{c['classes']} classes -> {c['out'][0]}x{c['out'][1]}, thr {c['bg_threshold']}"
             for peer, ratio in c["fast_over"].items():
-                rows.append(dict(bench=name, case=case, peer=f"{peer} ({'ovs naive twin' if peer == 'naive' else 'PyTorch'})",
+                label = {"naive": "ovs naive twin", "stream": "ovs, bounds in its own pass"}.get(peer, "PyTorch")
+                rows.append(dict(bench=name, case=case, peer=f"{peer} ({label})",
                                  ours_s=c["median_s"]["fast"], peer_s=c["median_s"][peer], ratio=ratio))
     elif name == "conv":
         for c in res.get("cases", []):

@@ -4,17 +4,23 @@
 
 Logits are smooth like real ones: per class a random 21x28 patch grid (std 0.03 plus a per-class
 offset of std 0.02, the spread of CLIP cosine logits), bilinearly upsampled to 336x448 (the
-processing size of a 3:4 photo at short side 336). Outputs 512x683 and 2048x2731 (the photo's own
-size), with and without bg_threshold. Compared in one interleaved run:
-  fast   _core.seg_labels        (candidate classes per low-resolution cell; exact)
-  naive  _core.seg_labels_naive  (every class at every pixel; what ovs did before)
-  torch  F.interpolate(bilinear, align_corners=False) + argmax, if torch is installed
-         (skipped above 150 classes at 2048: it needs C x H x W floats, 19 GB for 847)
-Every repetition checks fast == naive; above 150 classes at 2048 the naive twin (seconds per
-call) runs once, untimed, for that check. Ratios are medians of per-repetition ratios; the
-summary lines give the fast kernel's 847-class time over its 10-class time (target <= 1.5).
-bench_segment.py's "labels" group measures the same calls (smooth_logits, label_call) at the
-sizes segment() meets for 512^2 and 2048^2 images.
+processing size of a 3:4 photo at short side 336) by the windows' average segment() runs
+(_core.seg_window_average, one window), which also takes the label stage's per-block class
+bounds as it writes them. Outputs 512x683 and 2048x2731 (the photo's own size), with and without
+bg_threshold. Compared in one interleaved run:
+  fast    _core.seg_labels_bounded (candidate classes per low-resolution cell, from the bounds
+          taken while the logits were written: the label stage of segment(); exact)
+  stream  _core.seg_labels         (the same, taking the bounds in its own pass over (C, h, w):
+          the label stage of a user's seg_labels(logits) call)
+  naive   _core.seg_labels_naive   (every class at every pixel; what ovs did before)
+  torch   F.interpolate(bilinear, align_corners=False) + argmax, if torch is installed
+          (skipped above 150 classes at 2048: it needs C x H x W floats, 19 GB for 847)
+Every repetition checks fast == stream == naive; above 150 classes at 2048 the naive twin
+(seconds per call) runs once, untimed, for that check. Ratios are medians of per-repetition
+ratios; the summary lines give the fast kernel's 847-class time over its 10-class time (target
+<= 1.5), and the writing pass's extra time for the bounds (window average with and without
+them, timed separately). bench_segment.py's "labels" group measures the same calls
+(smooth_logits, label_call) at the sizes segment() meets for 512^2 and 2048^2 images.
 """
 from __future__ import annotations
 
@@ -31,21 +37,42 @@ LOWRES = (336, 448)      # processing size of a 3:4 photo at short side 336
 SCALE, THRESHOLDS = 40.0, (0.0, 0.3)
 
 
-def smooth_logits(C: int, h: int, w: int, rng) -> np.ndarray:
+def smooth_logits(C: int, h: int, w: int, rng, bounds: bool = True):
     """(C, h, w) float32 logits smooth like real ones: per class a random 21x28 patch grid (std
-    0.03 plus a per-class offset of std 0.02), bilinearly upsampled to (h, w)."""
+    0.03 plus a per-class offset of std 0.02), bilinearly upsampled to (h, w) by segment()'s
+    windows' average (one window); with bounds, (logits, their block bounds) as segment() takes
+    them while writing the logits."""
     from ovs import _core
 
     grid = (rng.standard_normal((C, 21, 28)) * 0.03 + rng.standard_normal((C, 1, 1)) * 0.02).astype(np.float32)
-    return _core.seg_upsample(grid, h, w, logit_scale=1.0, softmax=False)
+    return _core.seg_window_average(grid[None], np.zeros((1, 2), np.int64), h, w, h, w, h, w, bounds=bounds)
 
 
-def label_call(lr: np.ndarray, H_: int, W_: int, thr: float, naive: bool = False):
-    """The label stage as segment() runs it (logit scale 40), fast or naive twin."""
+def label_call(lr, H_: int, W_: int, thr: float, naive: bool = False, bounds=None):
+    """The label stage as segment() runs it (logit scale 40): with the bounds taken while the
+    logits were written (bounds given), streaming its own (bounds None), or the naive twin."""
     from ovs import _core
 
+    if bounds is not None:
+        return lambda: _core.seg_labels_bounded(lr, bounds, H_, W_, logit_scale=SCALE, bg_threshold=thr)
     f = _core.seg_labels_naive if naive else _core.seg_labels
     return lambda: f(lr, H_, W_, logit_scale=SCALE, bg_threshold=thr)
+
+
+def writing_cost(C: int, h: int, w: int, rng, repeat: int) -> dict:
+    """Median seconds of the windows' average with and without the bounds (one window, 21x28 ->
+    (h, w)): what taking the bounds adds to the pass that writes the logits."""
+    from ovs import _core
+
+    grid = (rng.standard_normal((1, C, 21, 28)) * 0.03).astype(np.float32)
+    org = np.zeros((1, 2), np.int64)
+    t = {False: [], True: []}
+    for _ in range(repeat):
+        for b in (False, True):
+            t0 = time.perf_counter()
+            _core.seg_window_average(grid, org, h, w, h, w, h, w, bounds=b)
+            t[b].append(time.perf_counter() - t0)
+    return {"average_s": statistics.median(t[False]), "average_and_bounds_s": statistics.median(t[True])}
 
 
 def main(argv=None) -> int:
@@ -66,11 +93,15 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     cases = []
     for C in [int(c) for c in args.classes.split(",")]:
-        lr = smooth_logits(C, *LOWRES, rng)
+        lr, bounds = smooth_logits(C, *LOWRES, rng)
+        written = writing_cost(C, *LOWRES, rng, args.repeat)
+        print(f"C={C:4d} windows' average {LOWRES[0]}x{LOWRES[1]}: {written['average_s']:.3f}s, with the "
+              f"bounds {written['average_and_bounds_s']:.3f}s", flush=True)
         for H_, W_ in outputs:
             for thr in THRESHOLDS:
                 big = C * H_ * W_ > 150 * 2048 * 2731
-                sides = {"fast": label_call(lr, H_, W_, thr)}
+                sides = {"fast": label_call(lr, H_, W_, thr, bounds=bounds),
+                         "stream": label_call(lr, H_, W_, thr)}
                 if not big:
                     sides["naive"] = label_call(lr, H_, W_, thr, naive=True)
                 if torch is not None and thr == 0 and C * H_ * W_ <= 150 * 2048 * 2731:
@@ -84,12 +115,13 @@ def main(argv=None) -> int:
                         t0 = time.perf_counter()
                         out[k] = f()
                         times[k].append(time.perf_counter() - t0)
+                    assert np.array_equal(out["fast"], out["stream"]), "fast and streaming labels differ"
                     if not big:
                         assert np.array_equal(out["fast"], out["naive"]), "fast and naive labels differ"
                 if big:  # the naive twin takes seconds here: checked once, untimed
                     assert np.array_equal(out["fast"], label_call(lr, H_, W_, thr, naive=True)()), \
                         "fast and naive labels differ"
-                rec = {"classes": C, "out": [H_, W_], "bg_threshold": thr,
+                rec = {"classes": C, "out": [H_, W_], "bg_threshold": thr, "writing": written,
                        "median_s": {k: statistics.median(v) for k, v in times.items()},
                        "fast_over": {k: statistics.median(a / b for a, b in zip(times["fast"], v))
                                      for k, v in times.items() if k != "fast"}}

@@ -22,7 +22,8 @@ maskclip_rn50, maskclip_vitb16, sclip_vitb16, clearclip_vitb16, naclip_vitb16, s
     classifier built untimed at setup with templates "simple" (the image side does not depend
     on which templates built the (C, D) classifier); the JSON records which ("classifier").
 (c) label stage, group "labels" (no model): segment()'s last step, low-resolution logits ->
-    label map, as for a 512x512 and a 2048x2048 image (processing size 336x336 at short side 336,
+    label map (with the block bounds segment() takes while writing the logits; bench_labels.py
+    also times that writing pass and the label stage streaming its own bounds), as for a 512x512 and a 2048x2048 image (processing size 336x336 at short side 336,
     output 512x512 / 2048x2048), with 10 / 150 / 847 classes, bg_threshold 0 and 0.3. Logits
     and calls are bench_labels.py's (smooth_logits, label_call). Both workers run ovs: ours
     with C classes, the "peer" with 10 classes at the same size and threshold, so the ratio is
@@ -96,7 +97,7 @@ def label_cases(side: str, params: dict) -> dict:
             lrs[n] = smooth_logits(n, h, h, np.random.default_rng(n))
         for size in params["outputs"]:
             for thr in THRESHOLDS:
-                call = label_call(lrs[n], size, size, thr)
+                call = label_call(lrs[n][0], size, size, thr, bounds=lrs[n][1])
                 cases[label_case_name(C, size, thr)] = H.Case(_no_sample(call))
     return cases
 

@@ -10,7 +10,8 @@ worker processes): one process, both engines at --threads threads, alternating r
                 with SessionOptions.enable_profiling: per node its kernel time (ORT runs the convs
                 in its NCHWc layout with BatchNorm, the residual add and ReLU fused).
   ovs           the same op sequence as ovs_resnet_trunk, each op alone on random data of the
-                layer's shape: _core.op_conv2d on a weight packed once (as a model holds it),
+                layer's shape (input and residual 64-byte aligned, as the trunk's arena
+                activations): _core.op_conv2d on a weight packed once (as a model holds it),
                 bias + ReLU, the residual for every conv3, AVX-512/AVX2 as the CPU offers;
                 timed by `repeat` inside C (the call's own output array allocated once), minus a
                 single call; the AvgPools by _core.op_avgpool2d (their output array is allocated
@@ -35,6 +36,7 @@ import numpy as np
 
 import _harness as H
 import bench_image as B
+from ab_conv import aligned
 
 
 def ort_node_layer(node: str) -> str:
@@ -85,8 +87,9 @@ class OursLayers:
         self.items = []   # (name, kind, flops, call(n))
         convs = B.resnet_conv_layers(image_size=size)
         for c, (w, b) in zip(convs, B.folded_conv_weights(convs)):
-            x = rng.standard_normal((1, c["C"], c["H"], c["W"]), dtype=np.float32)
-            res = (rng.standard_normal((1, c["K"], c["P"], c["Q"]), dtype=np.float32)
+            # 64-byte aligned, as the trunk's arena activations (ab_conv.aligned)
+            x = aligned(rng.standard_normal((1, c["C"], c["H"], c["W"]), dtype=np.float32))
+            res = (aligned(rng.standard_normal((1, c["K"], c["P"], c["Q"]), dtype=np.float32))
                    if c["name"].startswith("layer") and c["name"].endswith("conv3") else None)
             pk = _core.op_conv2d_pack(w).reshape(-1)
             kind = (f"{c['R']}x{c['S']}{'/' + str(c['stride']) if c['stride'] > 1 else ''} "

@@ -26,10 +26,9 @@ Explicit Segmenter keyword arguments override a preset. Keys:
   queries (SCLIP / ClearCLIP / NACLIP `postprocess_result`);
 - sigma: NACLIP's `gaussian_std`;
 - prompt_denoise / key_smoothing: MaskCLIP's pd_thresh / ks_thresh (0 = off, its default);
-- pamr: PAMR iterations (NACLIP's `pamr_steps=10`). Passed to Segmenter as `pamr=` only when
-  its constructor has that keyword (PAMR lands separately; until then the value is recorded in
-  `Segmenter.preset_skipped`). Like every preset value it fills the keyword only while the
-  caller leaves it at its default.
+- pamr: PAMR iterations (NACLIP's `pamr_steps=10`), passed to Segmenter as `pamr=` (a setting
+  its constructor has no keyword for would be recorded in `Segmenter.preset_skipped`). Like every
+  preset value it fills the keyword only while the caller leaves it at its default.
 
 Not expressible, so left out: MaskCLIP's Pascal Context setting (`img_scale=(520, 520)` caps the
 long side at 520, not the short side), its ImageNet mean/std and its 85 templates; ClearCLIP's

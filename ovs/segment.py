@@ -145,10 +145,13 @@ def _check_names(class_names) -> list[str]:
 def _check_finite(a: np.ndarray, what: str) -> None:
     """Non-finite values would turn into NaN probabilities and arbitrary labels, silently."""
     if not np.isfinite(a).all():
-        n = int((~np.isfinite(a)).sum())
-        raise ValueError(
-            f"{what} contain {n} NaN or infinite value(s) of {a.size}: the model's weights "
-            "overflow float32 (e.g. huge values in a projection or norm); check the weight file")
+        _refuse_nonfinite(what, int((~np.isfinite(a)).sum()), a.size)
+
+
+def _refuse_nonfinite(what: str, n: int, size: int) -> None:
+    raise ValueError(
+        f"{what} contain {n} NaN or infinite value(s) of {size}: the model's weights "
+        "overflow float32 (e.g. huge values in a projection or norm); check the weight file")
 
 
 def _fraction(v, what: str) -> float:
@@ -475,7 +478,9 @@ class Segmenter:
             raise ValueError(f"bg_label {self.bg_label} is not a class index for {len(names)} classes")
         return self.bg_label
 
-    def _run(self, images, class_names, finish, kind: str = "logits"):
+    def _run(self, images, class_names, finish, kind: str = "logits", fused=None):
+        """finish(image, low-res output, query map) per image; fused(image, classifier), when
+        given, instead of both for images whose classes have no duplicates or synonym queries."""
         batch = isinstance(images, (list, tuple)) or (isinstance(images, np.ndarray) and images.ndim == 4)
         items = list(images) if batch else [images]
         if batch and not items:
@@ -488,11 +493,14 @@ class Segmenter:
         out = []
         t0 = time.perf_counter()
         for i, im in enumerate(imgs):
-            lr = self._lowres(im, cls, kind)
-            if rows is not None:  # duplicate classes: copies of one scored row, identical by construction
-                # (labels: the first given class of each distinct one, as argmax over the copies)
-                lr = lr[rows] if lr.ndim == 3 else np.unique(rows, return_index=True)[1][lr]
-            out.append(finish(im, lr, qc))
+            if fused is not None and rows is None and qc is None:
+                out.append(fused(im, cls))
+            else:
+                lr = self._lowres(im, cls, kind)
+                if rows is not None:  # duplicate classes: copies of one scored row, identical by construction
+                    # (labels: the first given class of each distinct one, as argmax over the copies)
+                    lr = lr[rows] if lr.ndim == 3 else np.unique(rows, return_index=True)[1][lr]
+                out.append(finish(im, lr, qc))
             if self.progress:
                 print(f"\rovs: segmented {i + 1}/{len(imgs)} image(s) "
                       f"({im.shape[1]}x{im.shape[0]}) in {time.perf_counter() - t0:.1f}s",
@@ -516,7 +524,25 @@ class Segmenter:
         def finish(im, lr, qc):
             up = self._refined(im, lr)
             return up if qc is None else _group_max(up, qc, C, -np.inf)
-        return self._run(image, class_names, finish)
+        plain = self._framework is None and not self.pamr
+        return self._run(image, class_names, finish, fused=self._logits_at(False) if plain else None)
+
+    def _logits_at(self, softmax: bool):
+        """_run's fused(image, classifier) for logits / predict without PAMR: the cosine logits
+        resized to the output size in one C call (Segmenter.logits_at: the same floats as
+        logits then seg_upsample, without the (C, H', W') map at the processing size)."""
+        def fused(im, cls):
+            H, W = self._out_size(im)
+            hp, wp = processing_size(im.shape[0], im.shape[1], self.short_side)
+            out, bad = self._core_seg().logits_at(
+                np.ascontiguousarray(im), hp, wp, self.model.mean, self.model.std, cls, H, W,
+                logit_scale=self.logit_scale if softmax else 1.0, softmax=softmax)
+            if bad:
+                _refuse_nonfinite("the image features", bad, len(cls) * hp * wp)
+            if softmax and self.area_threshold is not None:
+                out = area_filter(out, self.area_threshold)
+            return out
+        return fused
 
     def predict(self, image, class_names: Sequence[str]):
         """Class probabilities (C, H, W) float32: softmax(logit_scale * logits) over classes.
@@ -544,7 +570,7 @@ class Segmenter:
             if self.area_threshold is not None:
                 p = area_filter(p, self.area_threshold)
             return p
-        return self._run(image, class_names, finish)
+        return self._run(image, class_names, finish, fused=None if self.pamr else self._logits_at(True))
 
     def segment(self, image, class_names: Sequence[str]):
         """Label map (H, W) int32: index into class_names of each pixel's best class; with
@@ -581,7 +607,26 @@ class Segmenter:
             area = -1.0 if self.area_threshold is None else self.area_threshold
             return _core.seg_labels_grouped(lr, H, W, qc, len(names), logit_scale=self.logit_scale,
                                             prob_thd=thr, bg_label=bg, area_thd=area)
-        return self._run(image, names, finish)
+
+        def fused(im, cls):  # finish's plain case with the logits kept inside the C call: same labels
+            H, W = self._out_size(im)
+            hp, wp = processing_size(im.shape[0], im.shape[1], self.short_side)
+            labels, bad = self._core_seg().labels(
+                np.ascontiguousarray(im), hp, wp, self.model.mean, self.model.std, cls, H, W,
+                logit_scale=self.logit_scale, bg_threshold=float(self.bg_threshold or 0.0),
+                bg_label=self._resolve_bg_label(names))
+            if bad:
+                _refuse_nonfinite("the image features", bad, len(cls) * hp * wp)
+            return labels
+        plain = self.area_threshold is None and not self.pamr
+        return self._run(image, names, finish, fused=fused if plain else None)
+
+    def release_workspace(self) -> None:
+        """Free the buffers segment() keeps between calls (its (C, H', W') logits at the
+        processing size: 382 MB for 847 classes at 336x336); the next call allocates them again."""
+        seg = getattr(self, "_seg", None)
+        if self._framework is None and seg is not None:
+            seg.release_workspace()
 
     def show(self, image, class_names: Sequence[str], **overlay_kw):
         """Segment one image and return ovs.overlay(image, labels, class_names) as an RGB PIL

@@ -158,3 +158,142 @@ def test_thresholds_at_pixel_probabilities_take_the_exact_sum():
     for y, x in [(0, 0), (50, 61), (95, 119), (33, 7)]:
         _both(lr, 96, 120, logit_scale=40.0, bg_threshold=float(probs[y, x]), bg_label=-1)
         _both(lr, 96, 120, logit_scale=40.0, bg_threshold=float(np.nextafter(probs[y, x], np.float32(1))), bg_label=-1)
+
+
+# ---------------------------------------------------------------- the windows' average
+# Segmenter.logits averages its windows' upsampled (C, gh, gw) logits; ovs_seg_window_average does
+# it separably per class (bitwise equal to its element-by-element twin) and is what Segmenter.logits
+# calls. Window grids as mmseg's slide_inference lays them out (ovs_seg_logits).
+def _grid(Hp, Wp, crop, stride, p):
+    """(origins (n, 2), (gh, gw), (wh, ww), (h, w)) of ovs_seg_logits' windows."""
+    if crop <= 0:
+        h, w, orig = Hp, Wp, [(0, 0)]
+    else:
+        gh_ = max(Hp - crop + stride - 1, 0) // stride + 1
+        gw_ = max(Wp - crop + stride - 1, 0) // stride + 1
+        orig = []
+        for i in range(gh_):
+            for j in range(gw_):
+                y2, x2 = min(i * stride + crop, Hp), min(j * stride + crop, Wp)
+                orig.append((max(y2 - crop, 0), max(x2 - crop, 0)))
+        h, w = min(crop, Hp), min(crop, Wp)
+    wh, ww = -(-h // p) * p, -(-w // p) * p
+    return np.array(orig, np.int64), (wh // p, ww // p), (wh, ww), (h, w)
+
+
+def _upsample64(plane, wh, ww):
+    """Bilinear (align_corners=False) upsampling in float64, numpy only: an independent reference."""
+    def taps(n_in, n_out):
+        src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+        i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        l1 = src - i0
+        return i0, i1, 1.0 - l1, l1
+    y0, y1, a0, a1 = taps(plane.shape[0], wh)
+    x0, x1, b0, b1 = taps(plane.shape[1], ww)
+    p = plane.astype(np.float64)
+    rows = p[y0] * a0[:, None] + p[y1] * a1[:, None]
+    return rows[:, x0] * b0 + rows[:, x1] * b1
+
+
+WINDOW_GRIDS = [  # Hp, Wp, crop, stride, patch
+    (336, 336, 224, 112, 16), (336, 522, 224, 112, 16), (448, 336, 336, 112, 16), (97, 400, 224, 112, 16),
+    (50, 61, 32, 19, 16), (146, 300, 224, 112, 32), (29, 31, 0, 0, 16), (64, 64, 0, 0, 32), (17, 5, 8, 3, 4)]
+
+
+@pytest.mark.parametrize("grid", WINDOW_GRIDS)
+@pytest.mark.parametrize("C", [1, 5, 37])
+def test_window_average_equals_twin(grid, C):
+    Hp, Wp, crop, stride, p = grid
+    origins, (gh, gw), (wh, ww), (h, w) = _grid(Hp, Wp, crop, stride, p)
+    rng = np.random.default_rng(C + Hp)
+    smalls = rng.standard_normal((len(origins), C, gh, gw)).astype(np.float32)
+    smalls[..., 0, 0] = -0.0  # signed zeros keep their bits
+    args = (origins, Hp, Wp, wh, ww, h, w)
+    fast = _core.seg_window_average(smalls, *args)
+    naive = _core.seg_window_average(smalls, *args, naive=True)
+    assert fast.shape == (C, Hp, Wp)
+    assert fast.tobytes() == naive.tobytes(), "separable average differs from its twin in some bit"
+    # independent float64 reference: mmseg's slide_inference (upsample, crop, sum, / count)
+    acc = np.zeros((C, Hp, Wp))
+    cnt = np.zeros((Hp, Wp))
+    for (y, x), sm in zip(origins, smalls):
+        for k in range(C):
+            acc[k, y:y + h, x:x + w] += _upsample64(sm[k], wh, ww)[:h, :w]
+        cnt[y:y + h, x:x + w] += 1
+    ref = acc / cnt
+    assert np.abs(fast - ref).max() <= 1e-5 * max(np.abs(ref).max(), 1.0)
+
+
+def test_window_average_threads_and_nonfinite():
+    import ovs
+    origins, (gh, gw), (wh, ww), (h, w) = _grid(200, 150, 96, 40, 16)
+    rng = np.random.default_rng(3)
+    smalls = rng.standard_normal((len(origins), 9, gh, gw)).astype(np.float32)
+    smalls[0, 2, 1, 1] = np.nan
+    smalls[-1, 4, 0, 0] = np.inf
+    args = (origins, 200, 150, wh, ww, h, w)
+    old = ovs.get_num_threads()
+    try:
+        ovs.set_num_threads(1)
+        one = _core.seg_window_average(smalls, *args)
+        ovs.set_num_threads(2)
+        two = _core.seg_window_average(smalls, *args)
+    finally:
+        ovs.set_num_threads(old)
+    naive = _core.seg_window_average(smalls, *args, naive=True)
+    assert one.tobytes() == two.tobytes() == naive.tobytes()
+    assert np.isnan(one[2]).any() and np.isinf(one[4]).any() and np.isfinite(one[0]).all()
+
+
+def test_window_average_rejects_bad_windows():
+    sm = np.zeros((2, 3, 4, 4), np.float32)
+    with pytest.raises(Exception, match="leaves the"):
+        _core.seg_window_average(sm, np.array([[0, 0], [10, 0]]), 16, 16, 16, 16, 16, 16)
+    with pytest.raises(Exception, match="in no window"):
+        _core.seg_window_average(sm, np.array([[0, 0], [0, 0]]), 16, 20, 16, 16, 16, 16)
+    with pytest.raises(ValueError, match="origins"):
+        _core.seg_window_average(sm, np.array([[0, 0]]), 16, 16, 16, 16, 16, 16)
+    with pytest.raises(Exception, match="inconsistent"):
+        _core.seg_window_average(sm, np.array([[0, 0], [0, 0]]), 16, 16, 8, 8, 16, 16)
+
+
+@pytest.mark.parametrize("grid", [(336, 336, 224, 112, 16), (97, 400, 224, 112, 16), (50, 61, 32, 19, 16),
+                                  (29, 31, 0, 0, 16), (17, 5, 8, 3, 4)])
+@pytest.mark.parametrize("C", [2, 7, 151])
+def test_labels_with_written_bounds_equal(grid, C):
+    """The block bounds taken while the windows' average is written (Segmenter.labels' path) give
+    the labels seg_labels gives from its own streaming pass, on every adversarial case, with and
+    without the background threshold, up- and downsampled."""
+    Hp, Wp, crop, stride, p = grid
+    origins, (gh, gw), (wh, ww), (h, w) = _grid(Hp, Wp, crop, stride, p)
+    rng = np.random.default_rng(C * 7 + Hp)
+    n = len(origins)
+    noise = rng.standard_normal((n, C, gh, gw)).astype(np.float32)
+    near = noise.copy()
+    near[:, 1] = near[:, 0]
+    near[:, -1] = np.nextafter(near[:, 0], np.float32(np.inf))
+    smooth = (noise * 0.03 + rng.standard_normal((1, C, 1, 1)) * 0.02).astype(np.float32)
+    cases = {"noise": noise, "ties": np.round(noise * 2) / 2, "equal": np.zeros_like(noise),
+             "near": near, "smooth": smooth}
+    nan = noise.copy()
+    nan[0, 1, 0, 0] = np.nan
+    cases["nan"] = nan
+    for name, sm in cases.items():
+        lr, bounds = _core.seg_window_average(sm, origins, Hp, Wp, wh, ww, h, w, bounds=True)
+        assert lr.tobytes() == _core.seg_window_average(sm, origins, Hp, Wp, wh, ww, h, w).tobytes()
+        for H, W in [(Hp * 2 + 1, Wp * 3 - 1), (max(Hp // 3, 1), max(Wp // 2, 1)), (Hp, Wp)]:
+            for kw in ({}, dict(logit_scale=40.0, bg_threshold=0.3, bg_label=0),
+                       dict(logit_scale=100.0, bg_threshold=0.9)):
+                ref = _core.seg_labels(lr, H, W, **kw)
+                got = _core.seg_labels_bounded(lr, bounds, H, W, **kw)
+                assert np.array_equal(got, ref), f"{name} {H}x{W} {kw}: {(got != ref).sum()} labels differ"
+
+
+def test_labels_bounded_rejects_foreign_sizes():
+    lr = np.zeros((3, 20, 20), np.float32)
+    with pytest.raises(ValueError, match="bounds"):
+        _core.seg_labels_bounded(lr, np.zeros(5, np.float32), 40, 40)
+    with pytest.raises(Exception, match="no block bounds"):
+        _core.seg_window_average(np.zeros((1, 3, 2, 2), np.float32), np.zeros((1, 2), np.int64), 32, 32, 32, 32, 32, 32,
+                                 naive=True, bounds=True)

@@ -406,3 +406,102 @@ def test_setting_types_are_checked(load_model):
             pytest.fail(f"{bad} accepted")
     with pytest.raises(TypeError):
         ovs.Model([1, 2])
+
+
+# ------------------------------------------------------------------------------ one-call labels
+@pytest.mark.parametrize("method", ["maskclip", "sclip", "clearclip", "naclip", "scclip"])
+def test_segment_one_call_equals_logits_then_labels(vit, rn, method, fixtures_dir):
+    """segment() computes the label map in one C call (Segmenter.labels: the logits stay inside,
+    the label stage's block bounds are taken as they are written); it gives, bit for bit, the
+    labels of the two-step path (Segmenter.logits, then seg_labels) on odd sizes, with windows,
+    output_size and the background threshold."""
+    from ovs import _core
+    from ovs.segment import processing_size
+
+    models = (vit, rn) if method == "maskclip" else (vit,)
+    if method == "scclip":  # needs >= 11 blocks
+        models = (ovs.load(fixtures_dir / "vitb16.safetensors"),)
+    for model in models:
+        cases = [(dict(short_side=48, window=(32, 19)), (61, 45), 37),
+                 (dict(short_side=None, window=None), (33, 17), 5),
+                 (dict(short_side=40, window=(24, 24), bg_threshold=0.4, output_size=(70, 30)), (40, 90), 11),
+                 (dict(short_side=32, window=(16, 8), bg_threshold=0.9), (32, 32), 151)]
+        for kw, shape, C in cases[2:3] if method == "scclip" else cases:
+            seg = ovs.Segmenter(model, method=method, **kw)
+            names = [f"class {i}" for i in range(C)]
+            image = _img(*shape, seed=C)
+            labels = seg.segment(image, names)
+            cls = seg.classifier(names)
+            hp, wp = processing_size(*shape, seg.short_side)
+            lr = seg._core_seg().logits(image, hp, wp, model.mean, model.std, cls)
+            H, W = seg.output_size or shape
+            ref = _core.seg_labels(lr, H, W, logit_scale=seg.logit_scale, bg_threshold=float(seg.bg_threshold or 0),
+                                   bg_label=seg._resolve_bg_label(names))
+            assert np.array_equal(labels, ref), f"{method} {kw}: {(labels != ref).sum()} labels differ"
+            if seg.bg_threshold is None:  # (a duplicate's softmax term counts twice)
+                # duplicate classes take the two-step path: same labels, the first of each
+                assert np.array_equal(seg.segment(image, names + names[:2]), labels)
+
+
+def test_segment_one_call_errors(vit):
+    from ovs import _core
+
+    seg = ovs.Segmenter(vit, method="maskclip", short_side=None, window=(16, 8))
+    image = _img(20, 30)
+    cls = seg.classifier(NAMES)
+    core = seg._core_seg()
+    for bad in (dict(H=0, W=5), dict(H=5, W=70000)):
+        with pytest.raises(ValueError, match="output size"):
+            core.labels(image, 20, 30, vit.mean, vit.std, cls, **bad)
+    with pytest.raises(ValueError, match="classifier"):
+        core.labels(image, 20, 30, vit.mean, vit.std, cls[:, :3], 20, 30)
+    # non-finite logits are refused with the two-step path's message
+    nan_cls = cls.copy()
+    nan_cls[1, 0] = np.nan
+    labels, bad = core.labels(image, 20, 30, vit.mean, vit.std, nan_cls, 20, 30)
+    assert bad == 20 * 30
+    # every allocation of the call failing in turn: MemoryError, then it works again
+    ref = seg.segment(image, NAMES)
+    for n in range(1, 40):
+        _core.debug_fail_alloc(n)
+        try:
+            got = seg.segment(image, NAMES)
+        except MemoryError:
+            continue
+        finally:
+            _core.debug_fail_alloc(0)
+        assert np.array_equal(got, ref)
+    assert np.array_equal(seg.segment(image, NAMES), ref)
+    seg.release_workspace()  # the kept logits freed; the next call allocates them again
+    assert np.array_equal(seg.segment(image, NAMES), ref)
+
+
+@pytest.mark.parametrize("method", ["maskclip", "naclip"])
+def test_logits_and_predict_one_call_equal_two_steps(vit, rn, method):
+    """logits() / predict() resize each class's averaged plane straight into the output
+    (Segmenter.logits_at): the same floats as Segmenter.logits at the processing size followed by
+    seg_upsample, bit for bit; area_threshold still applies; non-finite logits are refused."""
+    from ovs import _core
+    from ovs.segment import processing_size
+
+    for model in ((vit, rn) if method == "maskclip" else (vit,)):
+        for kw, shape in [(dict(short_side=48, window=(32, 19)), (61, 45)),
+                          (dict(short_side=None, window=None, output_size=(50, 20)), (33, 17)),
+                          (dict(short_side=40, window=(24, 24), area_threshold=0.2), (40, 90))]:
+            seg = ovs.Segmenter(model, method=method, **kw)
+            image = _img(*shape, seed=3)
+            cls = seg.classifier(NAMES)
+            hp, wp = processing_size(*shape, seg.short_side)
+            lr = seg._core_seg().logits(image, hp, wp, model.mean, model.std, cls)
+            H, W = seg.output_size or shape
+            ref = _core.seg_upsample(lr, H, W, logit_scale=1.0, softmax=False)
+            assert seg.logits(image, NAMES).tobytes() == ref.tobytes()
+            p = _core.seg_upsample(lr, H, W, logit_scale=seg.logit_scale, softmax=True)
+            if seg.area_threshold is not None:
+                p = ovs.segment.area_filter(p, seg.area_threshold)
+            assert seg.predict(image, NAMES).tobytes() == p.tobytes()
+    seg = ovs.Segmenter(vit, method=method, short_side=None, window=None)
+    cls = seg.classifier(NAMES).copy()
+    cls[0, 0] = np.inf
+    out, bad = seg._core_seg().logits_at(_img(16, 16), 16, 16, vit.mean, vit.std, cls, 20, 20)
+    assert bad > 0

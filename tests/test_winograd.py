@@ -225,7 +225,10 @@ def test_winograd_allocation_failure(rng, restore_runtime, algo):
     _core.set_num_threads(2)
     inject_alloc_failures(lambda: _core.op_conv2d(x, w, b, padding=1, algo=algo),
                           f"{algo} conv")
-    _core.debug_fail_alloc(1)   # the first: the transformed weights (no binding scratch)
+    # the first allocation: the transforms' workspace (no binding scratch; the calling thread's
+    # kept workspace released, so the call must allocate it)
+    _core.gemm_release_workspace()
+    _core.debug_fail_alloc(1)
     try:
         with pytest.raises(MemoryError, match="out of memory for the Winograd transforms"):
             _core.op_conv2d(x, w, b, padding=1, algo=algo, scratch=False)

@@ -37,17 +37,266 @@ static inline float interp(const float *plane, int64_t w, const coeffs *c, int64
            c->ly1[Y] * (c->lx0[X] * r1[c->x0[X]] + c->lx1[X] * r1[c->x1[X]]);
 }
 
-int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_t H, int64_t W,
+static int check_up(int64_t C, int64_t h, int64_t w, int64_t H, int64_t W, float logit_scale) {
+    if (C <= 0 || h <= 0 || w <= 0 || H <= 0 || W <= 0)
+        return ovs_set_error(OVS_ERR_ARG, "empty logits or output size");
+    if (!isfinite(logit_scale)) return ovs_set_error(OVS_ERR_ARG, "logit_scale must be finite");
+    return OVS_OK;
+}
+
+/* ---------------------------------------------------------------- block bounds
+ * The label stage (below) keeps per block of LB x LB low-resolution cells only the classes that
+ * can win in it, from each class's max / min over the block's (LB + 1)^2 corner values: value
+ * rows r0 = ib LB .. r1 = min(r0 + LB, h - 1), columns likewise. class_block_row computes them
+ * for one class and block row, with a non-finite flag (a sum of 0 * v: 0, or NaN); the label
+ * stage streams the logits through it, or takes them precomputed (block_bounds) from the pass
+ * that wrote the logits (accumulate_windows), which gives the same floats by construction. */
+#define LB 8 /* cells per block side */
+
+typedef struct {
+    float *mx, *mn, *nan; /* (nbr, C, nb) each: block row, class, block */
+    int64_t C, nbr, nb;
+} block_bounds;
+
+static inline int64_t block_rows(int64_t h) { return (h + LB - 1) / LB; }
+
+/* One class's block row: p points at its value row r0 (row stride w), nrows = r1 - r0 + 1; cmx,
+ * cmn, cnan (w,) scratch; bx, bn, bnan (nb,) out. Plain comparisons (not fminf) so the loops
+ * vectorise; 0 * v flags NaN and inf. */
+static inline float min4(float a, float b, float c, float d) {
+    const float x = a < b ? a : b, y = c < d ? c : d;
+    return x < y ? x : y;
+}
+static inline float max4(float a, float b, float c, float d) {
+    const float x = a > b ? a : b, y = c > d ? c : d;
+    return x > y ? x : y;
+}
+
+#define CBR_CHUNK 32 /* columns kept in registers down the rows */
+static inline void column_bounds(const float *restrict p, int64_t nrows, int64_t w, int64_t n,
+                                 float *restrict cmx, float *restrict cmn, float *restrict cnan) {
+    float mx[CBR_CHUNK], mn[CBR_CHUNK], nan[CBR_CHUNK];
+    for (int64_t j = 0; j < n; j++) {
+        mx[j] = mn[j] = p[j];
+        nan[j] = 0.0f * p[j];
+    }
+    for (int64_t r = 1; r < nrows; r++) {
+        const float *restrict q = p + r * w;
+        for (int64_t j = 0; j < n; j++) {
+            const float v = q[j];
+            mx[j] = v > mx[j] ? v : mx[j];
+            mn[j] = v < mn[j] ? v : mn[j];
+            nan[j] += 0.0f * v;
+        }
+    }
+    for (int64_t j = 0; j < n; j++) cmx[j] = mx[j], cmn[j] = mn[j], cnan[j] = nan[j];
+}
+
+static void class_block_row(const float *p, int64_t nrows, int64_t w, int64_t nb, float *cmx, float *cmn,
+                            float *cnan, float *bx, float *bn, float *bnan) {
+    /* per column over the rows, CBR_CHUNK columns at a time (a constant trip count: registers) */
+    int64_t j0 = 0;
+    for (; j0 + CBR_CHUNK <= w; j0 += CBR_CHUNK)
+        column_bounds(p + j0, nrows, w, CBR_CHUNK, cmx + j0, cmn + j0, cnan + j0);
+    if (j0 < w) column_bounds(p + j0, nrows, w, w - j0, cmx + j0, cmn + j0, cnan + j0);
+    /* per block over its LB + 1 columns: a tree (independent chains) for full blocks; max and
+     * min of finite values do not depend on the order, and a non-finite value makes the flag
+     * NaN in any order (the block then keeps every class, whatever its max and min) */
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t c0 = b * LB, c1 = c0 + LB < w - 1 ? c0 + LB : w - 1;
+        if (c1 - c0 == LB) {
+            const float *x = cmx + c0, *m = cmn + c0, *z = cnan + c0;
+            bx[b] = max4(max4(x[0], x[1], x[2], x[3]), max4(x[4], x[5], x[6], x[7]), x[8], x[8]);
+            bn[b] = min4(min4(m[0], m[1], m[2], m[3]), min4(m[4], m[5], m[6], m[7]), m[8], m[8]);
+            bnan[b] = (((z[0] + z[1]) + (z[2] + z[3])) + ((z[4] + z[5]) + (z[6] + z[7]))) + z[8];
+            continue;
+        }
+        float mx = cmx[c0], mn = cmn[c0], nan = cnan[c0];
+        for (int64_t j = c0 + 1; j <= c1; j++) {
+            mx = cmx[j] > mx ? cmx[j] : mx;
+            mn = cmn[j] < mn ? cmn[j] : mn;
+            nan += cnan[j];
+        }
+        bx[b] = mx, bn[b] = mn, bnan[b] = nan;
+    }
+}
+
+/* logits (C, Hp, Wp) from the nwin windows' (C, gh, gw) logits smalls (window j's at
+ * smalls + j C gh gw, its origin (wy[j], wx[j])): each upsampled bilinearly by the taps c (every
+ * window has the same size), cropped to (h, w), summed in window order, divided by count. Per
+ * element exactly what the element-wise form computes, 0 + interp_0 + interp_1 + ... then / count:
+ * interp() separably, per class the horizontal pass of each source row once (lx0 a + lx1 b),
+ * then per output row ly0 R[y0] + ly1 R[y1] - the same float operations in the same order (no
+ * contraction under -std=c11), on contiguous rows that vectorise. Per class a band of rows at a
+ * time (zero, every window's rows of the band, divide) so each value is written to memory once.
+ * Classes in parallel; per thread one (nwin, gh, w) buffer. */
+/* Where accumulate_windows puts each class's (Hp, Wp) plane: at logits + k Hp Wp, or (to != NULL)
+ * bilinearly resized (ovs_resize_bilinear, align_corners=False, per plane as for all planes at
+ * once) into to->out + k OH OW from a per-thread plane, counting non-finite plane values. */
+typedef struct {
+    float *out;
+    int64_t OH, OW;
+    int64_t nonfinite;
+} resize_target;
+
+static int accumulate_windows(float *logits, int64_t C, int64_t Hp, int64_t Wp, const float *count,
+                              const float *smalls, int64_t nwin, const int64_t *wy, const int64_t *wx,
+                              int64_t gh, int64_t gw, int64_t h, int64_t w, const coeffs *c,
+                              const block_bounds *bb, resize_target *to) {
+    const int64_t G = gh * gw, HW = Hp * Wp;
+    /* about 32 KiB of output rows, whole blocks of rows when the bounds are taken */
+    int64_t band = Wp < 8192 ? 8192 / Wp : 1;
+    if (bb) band = band > LB ? band / LB * LB : LB;
+    ovs_region_error re = OVS_REGION_ERROR_INIT;
+#pragma omp parallel num_threads(ovs_get_num_threads()) if (C > 1)
+    {
+        float *R = ovs_malloc(((size_t)nwin * gh * w + (bb ? 3 * (size_t)Wp : 0) + (to ? (size_t)HW : 0)) *
+                              sizeof(float));
+        if (!R) ovs_region_fail(&re, OVS_ERR_NOMEM, "window upsample: row buffers of %lld windows: %s",
+                                (long long)nwin, ovs_last_error());
+        float *col = R ? R + (size_t)nwin * gh * w : NULL;      /* (3, Wp) class_block_row scratch */
+        float *own = to && R ? col + (bb ? 3 * Wp : 0) : NULL;  /* (Hp, Wp) this thread's plane */
+        int64_t bad = 0;
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < C; k++) {
+            if (!R) continue;
+            for (int64_t j = 0; j < nwin; j++) {
+                const float *plane = smalls + ((size_t)j * C + k) * G;
+                float *Rj = R + (size_t)j * gh * w;
+                for (int64_t i = 0; i < gh; i++) {
+                    const float *src = plane + i * gw;
+                    float *r = Rj + i * w;
+                    for (int64_t x = 0; x < w; x++)
+                        r[x] = c->lx0[x] * src[c->x0[x]] + c->lx1[x] * src[c->x1[x]];
+                }
+            }
+            float *out = to ? own : logits + (size_t)k * HW;
+            int64_t ib = 0; /* the next block row to bound */
+            for (int64_t Y0 = 0; Y0 < Hp; Y0 += band) {
+                const int64_t Y1 = Y0 + band < Hp ? Y0 + band : Hp;
+                memset(out + Y0 * Wp, 0, (size_t)(Y1 - Y0) * Wp * sizeof(float));
+                for (int64_t j = 0; j < nwin; j++) {
+                    const int64_t ya = Y0 > wy[j] ? Y0 : wy[j], yb = Y1 < wy[j] + h ? Y1 : wy[j] + h;
+                    const float *Rj = R + (size_t)j * gh * w;
+                    for (int64_t Y = ya; Y < yb; Y++) {
+                        const int64_t y = Y - wy[j];
+                        const float *r0 = Rj + c->y0[y] * w, *r1 = Rj + c->y1[y] * w;
+                        const float a = c->ly0[y], b = c->ly1[y];
+                        float *row = out + Y * Wp + wx[j];
+                        for (int64_t x = 0; x < w; x++) row[x] += a * r0[x] + b * r1[x];
+                    }
+                }
+                float *o = out + Y0 * Wp;
+                const float *n = count + Y0 * Wp;
+                for (int64_t i = 0; i < (Y1 - Y0) * Wp; i++) o[i] /= n[i];
+                /* block rows whose last value row is done, while the band is in cache */
+                for (; bb && ib < bb->nbr; ib++) {
+                    const int64_t r0 = ib * LB, r1 = r0 + LB < Hp - 1 ? r0 + LB : Hp - 1;
+                    if (r1 >= Y1) break;
+                    const size_t at = ((size_t)ib * C + k) * bb->nb;
+                    class_block_row(out + r0 * Wp, r1 - r0 + 1, Wp, bb->nb, col, col + Wp, col + 2 * Wp,
+                                    bb->mx + at, bb->mn + at, bb->nan + at);
+                }
+            }
+            if (to) {
+                for (int64_t i = 0; i < HW; i++) bad += !isfinite(out[i]);
+                float *dst = to->out + (size_t)k * to->OH * to->OW;
+                if (to->OH == Hp && to->OW == Wp) memcpy(dst, out, (size_t)HW * sizeof(float));
+                else {
+                    const int st = ovs_resize_bilinear(dst, out, 1, Hp, Wp, to->OH, to->OW, 0);
+                    if (st) ovs_region_keep(&re, st);
+                }
+            }
+        }
+        if (to) {
+#pragma omp atomic
+            to->nonfinite += bad;
+        }
+        ovs_free(R);
+    }
+    return ovs_region_finish(&re);
+}
+
+static int window_average(float *logits, int64_t C, int64_t Hp, int64_t Wp, const float *smalls,
+                          int64_t nwin, const int64_t *wy, const int64_t *wx, int64_t gh, int64_t gw,
+                          int64_t wh, int64_t ww, int64_t h, int64_t w, int naive, const block_bounds *bb,
+                          resize_target *to) {
+    if (C <= 0 || Hp <= 0 || Wp <= 0 || nwin <= 0 || gh <= 0 || gw <= 0 || h <= 0 || w <= 0 || h > wh || w > ww)
+        return ovs_set_error(OVS_ERR_ARG, "window average: empty or inconsistent sizes (%lld classes, map "
+                             "%lldx%lld, %lld windows of %lldx%lld cropped to %lldx%lld)", (long long)C,
+                             (long long)Hp, (long long)Wp, (long long)nwin, (long long)wh, (long long)ww,
+                             (long long)h, (long long)w);
+    for (int64_t j = 0; j < nwin; j++)
+        if (wy[j] < 0 || wx[j] < 0 || wy[j] > Hp - h || wx[j] > Wp - w)
+            return ovs_set_error(OVS_ERR_ARG, "window %lld at (%lld, %lld) of %lldx%lld leaves the %lldx%lld map",
+                                 (long long)j, (long long)wy[j], (long long)wx[j], (long long)h, (long long)w,
+                                 (long long)Hp, (long long)Wp);
+    ovs_arena a;
+    ovs_arena_init(&a);
+    coeffs c;
+    int rc;
+    float *count = ovs_arena_floats(&a, (size_t)Hp * Wp);
+    if (!count) { rc = OVS_ERR_NOMEM; goto done; }
+    if ((rc = coeffs_alloc(&c, &a, gh, gw, wh, ww, h, w))) goto done;
+    memset(count, 0, (size_t)Hp * Wp * sizeof(float));
+    for (int64_t j = 0; j < nwin; j++)
+        for (int64_t y = 0; y < h; y++)
+            for (int64_t x = 0; x < w; x++) count[(wy[j] + y) * Wp + wx[j] + x] += 1.0f;
+    for (int64_t i = 0; i < Hp * Wp; i++)
+        if (count[i] == 0.0f) {
+            rc = ovs_set_error(OVS_ERR_ARG, "window average: pixel (%lld, %lld) is in no window",
+                               (long long)(i / Wp), (long long)(i % Wp));
+            goto done;
+        }
+    if (!naive) {
+        rc = accumulate_windows(logits, C, Hp, Wp, count, smalls, nwin, wy, wx, gh, gw, h, w, &c, bb, to);
+        goto done;
+    }
+    /* the twin: window by window, every element by one interp(), then the average */
+    const int64_t HW = Hp * Wp, G = gh * gw;
+    memset(logits, 0, (size_t)C * HW * sizeof(float));
+    for (int64_t j = 0; j < nwin; j++)
+        for (int64_t k = 0; k < C; k++) {
+            const float *plane = smalls + ((size_t)j * C + k) * G;
+            for (int64_t y = 0; y < h; y++) {
+                float *row = logits + (size_t)k * HW + (wy[j] + y) * Wp + wx[j];
+                for (int64_t x = 0; x < w; x++) row[x] += interp(plane, gw, &c, y, x);
+            }
+        }
+    for (int64_t k = 0; k < C; k++)
+        for (int64_t i = 0; i < HW; i++) logits[(size_t)k * HW + i] /= count[i];
+done:
+    ovs_arena_free(&a);
+    return rc;
+}
+
+int ovs_seg_window_average(float *logits, int64_t C, int64_t Hp, int64_t Wp, const float *smalls,
+                           int64_t nwin, const int64_t *wy, const int64_t *wx, int64_t gh, int64_t gw,
+                           int64_t wh, int64_t ww, int64_t h, int64_t w, int naive, float *bounds) {
+    if (!bounds) return window_average(logits, C, Hp, Wp, smalls, nwin, wy, wx, gh, gw, wh, ww, h, w, naive, NULL, NULL);
+    if (naive) return ovs_set_error(OVS_ERR_ARG, "window average: the twin takes no block bounds");
+    const size_t n = (size_t)block_rows(Hp) * C * block_rows(Wp);
+    const block_bounds bb = {.mx = bounds, .mn = bounds + n, .nan = bounds + 2 * n, .C = C,
+                             .nbr = block_rows(Hp), .nb = block_rows(Wp)};
+    return window_average(logits, C, Hp, Wp, smalls, nwin, wy, wx, gh, gw, wh, ww, h, w, 0, &bb, NULL);
+}
+
+size_t ovs_seg_block_bounds_floats(int64_t C, int64_t h, int64_t w) {
+    return 3 * (size_t)block_rows(h) * (size_t)C * (size_t)block_rows(w);
+}
+
+/* ovs_seg_logits, and with bb the block bounds of the logits for the label stage */
+static int seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_t H, int64_t W,
                    int64_t row_stride, int64_t pixel_stride, int64_t Hp, int64_t Wp,
-                   const float mean[3], const float std[3], const float *classifier, int64_t C) {
+                   const float mean[3], const float std[3], const float *classifier, int64_t C,
+                      const block_bounds *bb, resize_target *to) {
     if (H <= 0 || W <= 0 || Hp <= 0 || Wp <= 0 || C <= 0)
         return ovs_set_error(OVS_ERR_ARG, "empty image or class list (%lldx%lld -> %lldx%lld, %lld classes)",
                              (long long)H, (long long)W, (long long)Hp, (long long)Wp, (long long)C);
     if (C > INT32_MAX / 4) return ovs_set_error(OVS_ERR_OVERFLOW, "too many classes");
     const int64_t p = ovs_segmenter_patch(s), E = ovs_segmenter_embed_dim(s);
     int rc;
-    ovs_arena *a = &s->arena;
-    ovs_arena_reset(a);
+    ovs_arena *a = &s->arena; /* reset by the caller (the fused call keeps its logits in it) */
     /* (3, Hp, Wp) normalised and resized. Resized straight from the uint8 input: a (3, H, W)
      * float copy of a 20000 x 20000 photo would take 4.8 GB for a 336-pixel result. */
     float *src = ovs_arena_floats(a, (size_t)3 * Hp * Wp);
@@ -65,14 +314,13 @@ int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_
     const int64_t max_h = crop > 0 && crop < Hp ? crop : Hp, max_w = crop > 0 && crop < Wp ? crop : Wp;
     const int64_t ph = (max_h + p - 1) / p * p, pw = (max_w + p - 1) / p * p;
     const int64_t G_max = (ph / p) * (pw / p);
-    float *count = ovs_arena_floats(a, (size_t)Hp * Wp);             /* (Hp, Wp) windows per pixel */
     float *win = ovs_arena_floats(a, (size_t)3 * ph * pw);           /* (3, ph, pw) padded window */
     float *feats = ovs_arena_floats(a, (size_t)G_max * E);           /* (G, E) */
-    float *small = ovs_arena_floats(a, (size_t)C * G_max);           /* (C, G) window logits */
-    coeffs cy;
-    if (!count || !win || !feats || !small) return OVS_ERR_NOMEM;
-    memset(logits, 0, (size_t)C * Hp * Wp * sizeof(float));
-    memset(count, 0, (size_t)Hp * Wp * sizeof(float));
+    /* every window has the size (max_h, max_w); their (C, G) logits are kept for one pass per class */
+    const int64_t nwin = grids_h * grids_w;
+    float *smalls = ovs_arena_floats(a, (size_t)nwin * C * G_max);   /* (nwin, C, G) window logits */
+    int64_t *wy = (int64_t *)ovs_arena_floats(a, (size_t)nwin * 2), *wx = (int64_t *)ovs_arena_floats(a, (size_t)nwin * 2);
+    if (!win || !feats || !smalls || !wy || !wx) return OVS_ERR_NOMEM;
     for (int64_t gi = 0; gi < grids_h; gi++) {
         for (int64_t gj = 0; gj < grids_w; gj++) {
             int64_t y1 = 0, x1 = 0, y2 = Hp, x2 = Wp;
@@ -82,8 +330,13 @@ int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_
                 y1 = y2 - crop > 0 ? y2 - crop : 0;
                 x1 = x2 - crop > 0 ? x2 - crop : 0;
             }
-            const int64_t h = y2 - y1, w = x2 - x1;
-            const int64_t wh = (h + p - 1) / p * p, ww = (w + p - 1) / p * p, gh = wh / p, gw = ww / p, G = gh * gw;
+            const int64_t h = y2 - y1, w = x2 - x1, G = G_max;
+            const int64_t wh = ph, ww = pw;
+            if (h != max_h || w != max_w) /* the grid above never does this */
+                return ovs_set_error(OVS_ERR_ARG, "window %lldx%lld differs from %lldx%lld", (long long)h,
+                                     (long long)w, (long long)max_h, (long long)max_w);
+            float *small = smalls + (size_t)(gi * grids_w + gj) * C * G;   /* (C, G) */
+            wy[gi * grids_w + gj] = y1, wx[gi * grids_w + gj] = x1;
             /* copy the window, zero-padded bottom/right */
             for (int64_t c = 0; c < 3; c++)
                 for (int64_t y = 0; y < wh; y++) {
@@ -113,34 +366,37 @@ int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_
                 if (!s->keys) return ovs_set_error(OVS_ERR_ARG, "key smoothing needs the maskclip head");
                 if ((rc = ovs_seg_key_smooth(small, C, G, s->keys, s->keys_dim, 100.0f, s->cfg.ks_thresh))) return rc;
             }
-            /* upsample (C, gh, gw) -> (C, wh, ww) bilinearly, crop to (h, w), accumulate */
-            if ((rc = coeffs_alloc(&cy, &s->work, gh, gw, wh, ww, h, w))) return rc;
-#pragma omp parallel for schedule(static) num_threads(ovs_get_num_threads())
-            for (int64_t c = 0; c < C; c++) {
-                const float *plane = small + c * G;
-                float *acc = logits + (size_t)c * Hp * Wp;
-                for (int64_t y = 0; y < h; y++) {
-                    float *row = acc + (y1 + y) * Wp + x1;
-                    for (int64_t x = 0; x < w; x++) row[x] += interp(plane, gw, &cy, y, x);
-                }
-            }
-            for (int64_t y = 0; y < h; y++)
-                for (int64_t x = 0; x < w; x++) count[(y1 + y) * Wp + x1 + x] += 1.0f;
         }
     }
-    const int64_t HW = Hp * Wp;
-#pragma omp parallel for schedule(static) num_threads(ovs_get_num_threads())
-    for (int64_t c = 0; c < C; c++) {
-        float *acc = logits + (size_t)c * HW;
-        for (int64_t i = 0; i < HW; i++) acc[i] /= count[i];
-    }
-    return OVS_OK;
+    /* upsample each window's (C, gh, gw) -> (C, ph, pw) bilinearly, crop to (max_h, max_w),
+     * accumulate in window order, average */
+    return window_average(logits, C, Hp, Wp, smalls, nwin, wy, wx, ph / p, pw / p, ph, pw, max_h, max_w, 0, bb, to);
 }
 
-static int check_up(int64_t C, int64_t h, int64_t w, int64_t H, int64_t W, float logit_scale) {
-    if (C <= 0 || h <= 0 || w <= 0 || H <= 0 || W <= 0)
-        return ovs_set_error(OVS_ERR_ARG, "empty logits or output size");
-    if (!isfinite(logit_scale)) return ovs_set_error(OVS_ERR_ARG, "logit_scale must be finite");
+int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_t H, int64_t W,
+                   int64_t row_stride, int64_t pixel_stride, int64_t Hp, int64_t Wp,
+                   const float mean[3], const float std[3], const float *classifier, int64_t C) {
+    ovs_arena_reset(&s->arena);
+    return seg_logits(s, logits, image, H, W, row_stride, pixel_stride, Hp, Wp, mean, std, classifier, C, NULL,
+                      NULL);
+}
+
+int ovs_seg_image_logits(ovs_segmenter *s, float *out, const uint8_t *image, int64_t H, int64_t W,
+                         int64_t row_stride, int64_t pixel_stride, int64_t Hp, int64_t Wp,
+                         const float mean[3], const float std[3], const float *classifier, int64_t C,
+                         int64_t OH, int64_t OW, float logit_scale, int softmax, int64_t *nonfinite) {
+    *nonfinite = 0;
+    int rc = check_up(C, Hp, Wp, OH, OW, logit_scale);
+    if (rc) return rc;
+    ovs_arena_reset(&s->arena);
+    resize_target to = {.out = out, .OH = OH, .OW = OW};
+    if ((rc = seg_logits(s, NULL, image, H, W, row_stride, pixel_stride, Hp, Wp, mean, std, classifier, C, NULL,
+                         &to)))
+        return rc;
+    if ((*nonfinite = to.nonfinite) || !softmax) return OVS_OK;
+    const int64_t HW = OH * OW; /* as ovs_seg_upsample */
+#pragma omp parallel for schedule(static) num_threads(ovs_get_num_threads())
+    for (int64_t i = 0; i < HW; i++) ovs_softmax_scaled_vec(out + i, HW, out + i, HW, C, logit_scale);
     return OVS_OK;
 }
 
@@ -215,7 +471,6 @@ done:
  * every class. A block or cell with a non-finite value keeps every class (the naive kernel's
  * NaN/inf semantics). Work is parallel over block rows; buffers are per thread, O(C w). */
 #define CELL_MARGIN (16.0f * FLT_EPSILON) /* relative to the largest |value| in the bound */
-#define LB 8                              /* cells per block side */
 #define EXP_SLACK 3e-5                    /* relative error of exp_up / exp_lo, see there */
 #define THR_SLACK 1e-9                    /* bracket vs 1 / bg_threshold: too close to call */
 
@@ -230,14 +485,6 @@ static inline double exp_lo(double x) {
     return x > -87.0 ? (double)expf((float)x) * (1.0 - EXP_SLACK) : 0.0;
 }
 
-static inline float min4(float a, float b, float c, float d) {
-    const float x = a < b ? a : b, y = c < d ? c : d;
-    return x < y ? x : y;
-}
-static inline float max4(float a, float b, float c, float d) {
-    const float x = a > b ? a : b, y = c > d ? c : d;
-    return x > y ? x : y;
-}
 
 typedef struct {
     int64_t C, h, w, nb; /* nb blocks per block row */
@@ -248,6 +495,7 @@ typedef struct {
     float *colmax, *colmin, *colnan; /* (w,) one class's column max / min / non-finite flag */
     float *bmax, *bmin;              /* (C, nb) */
     float *bref, *bmarg;             /* (nb,) max_k bmin_k; margin (NaN: non-finite block) */
+    float *bnan;                     /* (nb,) one class's non-finite flags */
     int32_t *bcount, *bcand;         /* (nb,), (nb, C) candidates, ascending */
     double *bs_lo, *bs_hi;           /* (nb,) bracket of sum over dropped classes of exp(s (v - bref)) */
     unsigned char *ball_bg;          /* (nb,) background throughout */
@@ -270,7 +518,7 @@ static int label_work_alloc(label_work *lw) {
     const size_t C = (size_t)lw->C, w = (size_t)lw->w, nb = (size_t)lw->nb;
     lw->colmax = ovs_malloc(3 * w * sizeof(float));
     lw->bmax = ovs_malloc(2 * C * nb * sizeof(float));
-    lw->bref = ovs_malloc(2 * nb * sizeof(float));
+    lw->bref = ovs_malloc(3 * nb * sizeof(float));
     lw->bcount = ovs_malloc((nb + nb * C) * sizeof(int32_t));
     lw->bs_lo = ovs_malloc(2 * nb * sizeof(double));
     lw->ball_bg = ovs_malloc(nb);
@@ -285,6 +533,7 @@ static int label_work_alloc(label_work *lw) {
     lw->colmin = lw->colmax + w, lw->colnan = lw->colmin + w;
     lw->bmin = lw->bmax + C * nb;
     lw->bmarg = lw->bref + nb;
+    lw->bnan = lw->bmarg + nb;
     lw->bcand = lw->bcount + nb;
     lw->bs_hi = lw->bs_lo + nb;
     lw->ccand = lw->ccount + w;
@@ -296,12 +545,11 @@ static int label_work_alloc(label_work *lw) {
 }
 
 /* Candidates of every block of block row ib: cell rows [ib LB, ib LB + LB), value rows
- * [ib LB, min(ib LB + LB, h - 1)]; block jb likewise over columns. Plain comparisons (not fminf)
- * so the class-major loops vectorise; 0 * v flags NaN and inf. */
-static void block_row_build(label_work *lw, const float *logits, int64_t ib) {
+ * [ib LB, min(ib LB + LB, h - 1)]; block jb likewise over columns. Each class's block maxima /
+ * minima from one streaming pass over its rows (class_block_row), or precomputed (pre). */
+static void block_row_build(label_work *lw, const float *logits, int64_t ib, const block_bounds *pre) {
     const int64_t C = lw->C, h = lw->h, w = lw->w, nb = lw->nb, hw = h * w;
     const int64_t r0 = ib * LB, r1 = r0 + LB < h - 1 ? r0 + LB : h - 1;
-    float *cmx = lw->colmax, *cmn = lw->colmin, *cnan = lw->colnan;
     for (int64_t b = 0; b < nb; b++) {
         lw->bref[b] = -INFINITY;
         lw->bmarg[b] = 0.0f; /* largest |value|, then the margin */
@@ -311,35 +559,24 @@ static void block_row_build(label_work *lw, const float *logits, int64_t ib) {
     }
     const int64_t span = (r1 - r0 + 1) * w; /* contiguous floats per class */
     for (int64_t k = 0; k < C; k++) {
-        const float *p = logits + (size_t)k * hw + r0 * w;
-        if (k + 1 < C) /* the next class's rows: a new stream every span floats */
-            for (int64_t o = 0; o < span; o += 16) __builtin_prefetch(p + hw + o);
-        for (int64_t j = 0; j < w; j++) {
-            cmx[j] = cmn[j] = p[j];
-            cnan[j] = 0.0f * p[j];
-        }
-        for (int64_t r = 1; r <= r1 - r0; r++) {
-            const float *q = p + r * w;
-            for (int64_t j = 0; j < w; j++) {
-                const float v = q[j];
-                cmx[j] = v > cmx[j] ? v : cmx[j];
-                cmn[j] = v < cmn[j] ? v : cmn[j];
-                cnan[j] += 0.0f * v;
-            }
-        }
         float *bx = lw->bmax + k * nb, *bn = lw->bmin + k * nb;
+        const float *bnan = lw->bnan;
+        if (pre) {
+            const size_t at = ((size_t)ib * C + k) * nb;
+            memcpy(bx, pre->mx + at, (size_t)nb * sizeof(float));
+            memcpy(bn, pre->mn + at, (size_t)nb * sizeof(float));
+            bnan = pre->nan + at;
+        } else {
+            const float *p = logits + (size_t)k * hw + r0 * w;
+            if (k + 1 < C) /* the next class's rows: a new stream every span floats */
+                for (int64_t o = 0; o < span; o += 16) __builtin_prefetch(p + hw + o);
+            class_block_row(p, r1 - r0 + 1, w, nb, lw->colmax, lw->colmin, lw->colnan, bx, bn, lw->bnan);
+        }
         for (int64_t b = 0; b < nb; b++) {
-            const int64_t c0 = b * LB, c1 = c0 + LB < w - 1 ? c0 + LB : w - 1;
-            float mx = cmx[c0], mn = cmn[c0], nan = cnan[c0];
-            for (int64_t j = c0 + 1; j <= c1; j++) {
-                mx = cmx[j] > mx ? cmx[j] : mx;
-                mn = cmn[j] < mn ? cmn[j] : mn;
-                nan += cnan[j];
-            }
-            bx[b] = mx, bn[b] = mn;
+            const float mx = bx[b], mn = bn[b];
             lw->bref[b] = mn > lw->bref[b] ? mn : lw->bref[b];
             const float mag = fabsf(mx) > fabsf(mn) ? fabsf(mx) : fabsf(mn);
-            lw->bmarg[b] = (mag > lw->bmarg[b] ? mag : lw->bmarg[b]) + nan;
+            lw->bmarg[b] = (mag > lw->bmarg[b] ? mag : lw->bmarg[b]) + bnan[b];
         }
     }
     for (int64_t b = 0; b < nb; b++)
@@ -417,6 +654,11 @@ static void cell_row_build(label_work *lw, const float *logits, int64_t i) {
         for (int q = 0; q < LB; q++) ref[q] = -INFINITY, mag[q] = 0.0f;
         for (int32_t t = 0; t < nbc; t++) {
             const float *r0 = logits + (size_t)bc[t] * hw + i * w;
+            if (t + 4 < nbc) { /* each candidate's rows are lines far apart in (C, h, w): ask ahead */
+                const float *n0 = logits + (size_t)bc[t + 4] * hw + i * w + c0;
+                __builtin_prefetch(n0), __builtin_prefetch(n0 + LB);
+                __builtin_prefetch(n0 + (i1 - i) * w), __builtin_prefetch(n0 + (i1 - i) * w + LB);
+            }
             cell_corners(r0, r0 + (i1 - i) * w, c0, nc, last, lw->cmin + t * LB, lw->cmax + t * LB, ref, mag);
         }
         for (int64_t q = 0; q < nc; q++) {
@@ -473,14 +715,21 @@ static int bg_exact(const float *logits, int64_t C, int64_t hw, int64_t w, const
     return 1.0 / all < bg_threshold;
 }
 
-int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w,
-                   int64_t H, int64_t W, float logit_scale, float bg_threshold, int32_t bg_label) {
+/* Fewer output pixels than cells (downsampling), or a softmax bracket that needs s > 0: the
+ * naive kernel is as fast or the bracket does not apply. */
+static int labels_take_naive(int64_t C, int64_t h, int64_t w, int64_t H, int64_t W, float logit_scale,
+                             float bg_threshold) {
+    return H * W < h * w || C <= 2 || (bg_threshold > 0 && !(logit_scale > 0));
+}
+
+/* ovs_seg_labels; pre: the logits' block bounds, NULL to take them in a streaming pass */
+static int seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w, int64_t H,
+                      int64_t W, float logit_scale, float bg_threshold, int32_t bg_label,
+                      const block_bounds *pre) {
     int rc = check_up(C, h, w, H, W, logit_scale);
     if (rc) return rc;
     const int bg = bg_threshold > 0;
-    /* Fewer output pixels than cells (downsampling), or a softmax bracket that needs s > 0: the
-     * naive kernel is as fast or the bracket does not apply. */
-    if (H * W < h * w || C <= 2 || (bg && !(logit_scale > 0)))
+    if (labels_take_naive(C, h, w, H, W, logit_scale, bg_threshold))
         return ovs_seg_labels_naive(labels, logits, C, h, w, H, W, logit_scale, bg_threshold, bg_label);
     ovs_arena a;
     ovs_arena_init(&a);
@@ -508,7 +757,7 @@ int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, i
         for (int64_t ib = 0; ib < nbr; ib++) {
             const int64_t i_end = ib * LB + LB < h ? ib * LB + LB : h;
             if (!ok || ys[ib * LB] == ys[i_end]) continue; /* no output row in this block row */
-            block_row_build(&lw, logits, ib);
+            block_row_build(&lw, logits, ib, pre);
             for (int64_t i = ib * LB; i < i_end; i++) {
                 if (ys[i] == ys[i + 1]) continue;
                 cell_row_build(&lw, logits, i);
@@ -568,6 +817,70 @@ int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, i
 done:
     ovs_arena_free(&a);
     return rc;
+}
+
+int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w,
+                   int64_t H, int64_t W, float logit_scale, float bg_threshold, int32_t bg_label) {
+    return seg_labels(labels, logits, C, h, w, H, W, logit_scale, bg_threshold, bg_label, NULL);
+}
+
+int ovs_seg_labels_bounded(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w, int64_t H,
+                           int64_t W, float logit_scale, float bg_threshold, int32_t bg_label,
+                           const float *bounds) {
+    const size_t n = (size_t)block_rows(h) * C * block_rows(w);
+    const block_bounds bb = {.mx = (float *)bounds, .mn = (float *)bounds + n, .nan = (float *)bounds + 2 * n,
+                             .C = C, .nbr = block_rows(h), .nb = block_rows(w)};
+    return seg_labels(labels, logits, C, h, w, H, W, logit_scale, bg_threshold, bg_label, &bb);
+}
+
+int ovs_seg_image_labels(ovs_segmenter *s, int32_t *labels, const uint8_t *image, int64_t H, int64_t W,
+                         int64_t row_stride, int64_t pixel_stride, int64_t Hp, int64_t Wp,
+                         const float mean[3], const float std[3], const float *classifier, int64_t C,
+                         int64_t OH, int64_t OW, float logit_scale, float bg_threshold, int32_t bg_label,
+                         int64_t *nonfinite) {
+    *nonfinite = 0;
+    int rc = check_up(C, Hp, Wp, OH, OW, logit_scale);
+    if (rc) return rc;
+    const int64_t HW = Hp * Wp;
+    if (C > (int64_t)(SIZE_MAX / sizeof(float)) / HW)
+        return ovs_set_error(OVS_ERR_OVERFLOW, "logits of %lld classes at %lldx%lld overflow", (long long)C,
+                             (long long)Hp, (long long)Wp);
+    const int fast = !labels_take_naive(C, Hp, Wp, OH, OW, logit_scale, bg_threshold);
+    block_bounds bb = {.C = C, .nbr = block_rows(Hp), .nb = block_rows(Wp)};
+    const size_t nbb = (size_t)bb.nbr * C * bb.nb;
+    /* the logits and bounds live in the segmenter's arena: kept between calls, so a steady
+     * stream of images does not fault in (and the kernel zero) C Hp Wp fresh floats per call */
+    ovs_arena_reset(&s->arena);
+    float *map = ovs_arena_floats(&s->arena, (size_t)C * HW), *bounds = NULL;
+    if (!map) return ovs_set_error(OVS_ERR_NOMEM, "out of memory for the (%lld, %lld, %lld) logits", (long long)C,
+                                   (long long)Hp, (long long)Wp);
+    if (fast && !(bounds = ovs_arena_floats(&s->arena, 3 * nbb)))
+        return ovs_set_error(OVS_ERR_NOMEM, "out of memory for the logits' block bounds");
+    bb.mx = bounds, bb.mn = bounds ? bounds + nbb : NULL, bb.nan = bounds ? bounds + 2 * nbb : NULL;
+    if ((rc = seg_logits(s, map, image, H, W, row_stride, pixel_stride, Hp, Wp, mean, std, classifier, C,
+                         fast ? &bb : NULL, NULL)))
+        goto done;
+    /* non-finite logits: counted for the caller's message, no labels */
+    int any = 0;
+    if (fast) {
+        for (size_t i = 0; i < nbb && !any; i++) any = bb.nan[i] != 0.0f;
+    } else {
+        for (size_t i = 0; i < (size_t)C * HW && !any; i++) any = !isfinite(map[i]);
+    }
+    if (any) {
+        for (size_t i = 0; i < (size_t)C * HW; i++) *nonfinite += !isfinite(map[i]);
+        goto done;
+    }
+    rc = seg_labels(labels, map, C, Hp, Wp, OH, OW, logit_scale, bg_threshold, bg_label, fast ? &bb : NULL);
+done:
+    return rc;
+}
+
+void ovs_segmenter_release_workspace(ovs_segmenter *s) {
+    ovs_arena_free(&s->arena);
+    ovs_arena_free(&s->work);
+    ovs_arena_init(&s->arena);
+    ovs_arena_init(&s->work);
 }
 
 /* ---------------------------------------------------------------- grouped label stage

@@ -443,7 +443,7 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
         (rc = ovs_avgpool2d_forward(X0, X1, N * wd, h1, w1, 2, 2, 2, 2, 0, 0, 1)))
         return rc;
     if (!clip && (rc = ovs_act_forward(X0, N * wd * hs[0] * ws[0], OVS_ACT_RELU))) return rc;
-    float *x = X0, *y = X1;
+    float *x = X0;   /* the block input; a block's output replaces it (see conv3) */
     int64_t h = hs[0], w = ws[0], bi = 0;
     for (int s = 0; s < 4; s++) {
         for (int64_t j = 0; j < m->cfg.layers[s]; j++, bi++) {
@@ -458,8 +458,7 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
                 if ((rc = ovs_avgpool2d_forward(T3, T2, N * P, h, w, st, st, st, st, 0, 0, 1))) return rc;
                 mid = T3;
             }
-            const float *shortcut = x;
-            if (b->has_down) {
+            if (b->has_down) {   /* the shortcut: x itself, or this conv's output in SC */
                 const float *src = x;
                 int64_t hd = h, wdn = w;   /* the shortcut conv's input extent */
                 if (clip && st > 1) {
@@ -470,10 +469,17 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
                     wdn = wo;
                 }
                 if ((rc = ovs_convbn_forward(&b->down, SC, src, NULL, N, hd, wdn, OVS_ACT_NONE, scratch))) return rc;
-                shortcut = SC;
             }
-            if ((rc = ovs_convbn_forward(&b->conv3, y, mid, shortcut, N, ho, wo, OVS_ACT_RELU, scratch))) return rc;
-            float *tmp = x; x = y; y = tmp;
+            /* conv3 writes over its shortcut (the residual may alias the output): the
+             * block's input is dead after it, and the output's cache lines are then the
+             * residual's, already read, instead of a third stream (on a 56x56 map of 256
+             * channels, 3.2 MB that L2 does not hold) */
+            float *dst = b->has_down ? SC : x;
+            if ((rc = ovs_convbn_forward(&b->conv3, dst, mid, dst, N, ho, wo, OVS_ACT_RELU, scratch))) return rc;
+            if (b->has_down) {   /* the output is in SC: the old input's buffer becomes SC */
+                SC = x;
+                x = dst;
+            }
             h = ho;
             w = wo;
         }

@@ -229,6 +229,7 @@ typedef struct {
     const float *bias;       /* (Kg,) or NULL */
     int64_t Kg, L, P, Q, Ws, F, NB, nblocks;   /* F = (P-1)*Ws + Q flat positions */
     ovs_act act;
+    int pack;                /* copy each block's operand rows into a contiguous (taps, NB) */
 } conv_implicit_job;
 
 /* Rows [k0, k0+m) of the tile (row stride ld) of block bl into dst: bias, residual, act (the
@@ -267,6 +268,7 @@ static int64_t conv_implicit_blocks(int64_t planes, int64_t halo, int64_t NB) {
 #define CONV_TAP_SLICE 512
 #endif
 #define CONV_SLICE_BLOCKS 4
+#define CONV_WHOLE_FLOATS ((int64_t)1 << 18)
 
 /* Columns computed for block bl: its positions with the narrow kernel when they are few, 16
  * when they fit (the (mr, 16) tile), else NB. Any width gives the same fmaf chains. */
@@ -316,9 +318,18 @@ static void conv_prefetch_residual(const conv_implicit_job *j, const conv_block 
 static int conv_implicit_run(const conv_implicit_job *j, int64_t planes, int64_t halo) {
     const ops_gemm_isa *isa = ops_gemm_current_isa();
     const int64_t mr = isa->mr_max, NB = j->NB, nblocks = j->nblocks;
-    const int sliced = j->L > 2 * CONV_TAP_SLICE;
+    /* Weights larger than the input the conv reads, and that input within L2 (1 MiB): all
+     * blocks in one group (whole chains, not sliced), so each weight tile streams from memory
+     * once per call (per thread: the threads split the output channels) and every block reads
+     * it from L2; in block groups each group streamed all the weights again. RN50's layer3 and
+     * layer4 convs, whose weights a forward reads cold. */
+    const double in_floats = (double)planes * (double)(j->F + halo);
+    const int whole = in_floats <= (double)CONV_WHOLE_FLOATS &&
+                      (double)j->Kg * (double)j->L > in_floats;
+    const int sliced = !whole && j->L > 2 * CONV_TAP_SLICE;
     const int64_t lc = sliced ? CONV_TAP_SLICE : j->L;
-    const int64_t bpt = sliced ? CONV_SLICE_BLOCKS : conv_implicit_blocks(planes, halo, NB);
+    const int64_t bpt = whole ? nblocks
+                        : sliced ? CONV_SLICE_BLOCKS : conv_implicit_blocks(planes, halo, NB);
     int64_t pgroups = (nblocks + bpt - 1) / bpt;
     const int64_t ktiles = (j->Kg + mr - 1) / mr;
     int threads = 1;
@@ -346,6 +357,17 @@ static int conv_implicit_run(const conv_implicit_job *j, int64_t planes, int64_t
     if (sliced && !(acc = ovs_malloc((size_t)threads * (size_t)per_thread * sizeof(float))))
         return ovs_set_error(OVS_ERR_NOMEM, "ovs_conv2d_forward: out of memory for %lld tiles",
                              (long long)(threads * tpg * bmax));
+    /* Packed operand rows: a task's blocks, (lc, NB) each, in the calling thread's kept
+     * workspace (one part per thread). */
+    const int64_t pk_per = j->pack ? bmax * lc * NB : 0;
+    float *pks = NULL;
+    void *pk_own = NULL;
+    if (pk_per && !(pks = ops_thread_workspace(OPS_WS_CONV, (size_t)threads * (size_t)pk_per *
+                                                                sizeof(float), &pk_own))) {
+        ovs_free(acc);
+        return ovs_set_error(OVS_ERR_NOMEM, "ovs_conv2d_forward: out of memory for %lld packed "
+                             "blocks", (long long)(threads * bmax));
+    }
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && tasks > 1)
     for (int64_t task = 0; task < tasks; task++) {
         const int64_t pg = task / kgroups, kg = task % kgroups;
@@ -359,6 +381,7 @@ static int conv_implicit_run(const conv_implicit_job *j, int64_t planes, int64_t
         tid = omp_get_thread_num();
 #endif
         float *tiles = sliced ? acc + tid * per_thread : local;
+        float *pk = pks ? pks + tid * pk_per : NULL;
         for (int64_t l0 = 0; l0 < j->L; l0 += lc) {
             for (int64_t k = k0; k < k1; k += mr) {
                 const int64_t m = k1 - k < mr ? k1 - k : mr, kt = (k - k0) / mr;
@@ -409,6 +432,31 @@ static int conv_implicit_run(const conv_implicit_job *j, int64_t planes, int64_t
                             /* rows past k1 in the last group: computed, never stored */
                             isa->gather_narrow(G, mr, w, n, ag, tl->aoff + l0, b_x, b_off, tile,
                                                gs, l0 > 0);
+                        } else if (pk) {
+                            /* the block's rows packed at its first tile, read by the others:
+                             * with weights in blocks of the kernel's mr (A column l at
+                             * a + l*mr), as two 16-column panels for the panel kernel (no
+                             * offset tables); else as (n, NB) rows for the gather kernel */
+                            float *pb = pk + (b - b0) * lc * NB;
+                            const int panel = j->amr == mr;
+                            if (k == k0) {
+                                if (panel)
+                                    for (int64_t i = 0; i < n; i++) {
+                                        const float *src = b_x + b_off[i];
+                                        memcpy(pb + i * 16, src, 16 * sizeof(float));
+                                        if (w > 16)
+                                            memcpy(pb + (n + i) * 16, src + 16,
+                                                   (size_t)(w - 16) * sizeof(float));
+                                    }
+                                else
+                                    for (int64_t i = 0; i < n; i++)
+                                        memcpy(pb + i * NB, b_x + b_off[i],
+                                               (size_t)w * sizeof(float));
+                            }
+                            if (panel)
+                                isa->kernel(m, w, n, a + tl->aoff[l0], pb, n * 16, tile, l0 > 0);
+                            else
+                                isa->gather(m, w, n, a, tl->aoff + l0, pb, j->lin, tile, l0 > 0);
                         } else {
                             isa->gather(m, w, n, a, tl->aoff + l0, b_x, b_off, tile, l0 > 0);
                         }
@@ -431,6 +479,7 @@ static int conv_implicit_run(const conv_implicit_job *j, int64_t planes, int64_t
                                         k1 - k < mr ? k1 - k : mr, j->blocks + b);
     }
     ovs_free(acc);
+    ovs_free(pk_own);
     return OVS_OK;
 }
 
@@ -702,7 +751,12 @@ static int conv_implicit(const char *op, float *out, const float *in, const ovs_
                                    out + (n * K + gi * Kg) * PQ,
                                    residual ? residual + (n * K + gi * Kg) * PQ : NULL,
                                    bias ? bias + gi * Kg : NULL, Kg, L, P, Q, g.Ws, g.F, NB,
-                                   nblocks, act};
+                                   nblocks, act, 0};
+            /* 1x1: the block's rows, one per input channel, are a whole plane apart (RN50's
+             * 56x56 planes are 196 cache lines: 16 L1 sets for all channels, which then evict
+             * each other); packed, the output-channel tiles read them contiguously. A 3x3's
+             * packed rows would be 9 copies of each input row: slower (0.93-0.97x). */
+            j.pack = R * S == 1 && g.raw;
             if ((st = conv_implicit_run(&j, Cg * g.na * g.nb, halo))) break;
         }
 done:

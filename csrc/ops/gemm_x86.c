@@ -409,6 +409,7 @@ __attribute__((target("avx2"))) static void avx2_store(float *o, int64_t ldo, co
     __attribute__((target(target_str))) static void isa##_gather(                            \
         int64_t mr, int64_t nr, int64_t C, const float *a, const int64_t *aoff,              \
         const float *b, const int64_t *boff, float *t, int resume) {                         \
+        if (!aoff || !boff) __builtin_unreachable();                                         \
         switch (mr * 64 + nr) {                                                              \
             CASES(GATHER_CASE)                                                               \
         default: break;                                                                      \

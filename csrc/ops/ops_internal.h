@@ -60,7 +60,9 @@ void ops_matrix_pack_rows(float *dst, const float *src, int64_t ld, int64_t rows
  * ovs_gemm_release_workspace), so that a warm caller neither allocates nor page-faults.
  * *own is NULL, or a block the caller must ovs_free after use (too large to keep). NULL with
  * the error set when out of memory. 64-byte aligned. */
-enum { OPS_WS_GEMM = 0, OPS_WS_ATTENTION = 1, OPS_WS_SLOTS = 2 };
+/* OPS_WS_CONV: the implicit conv's packed 1x1 rows, or the Winograd conv's transforms (one
+ * conv call at a time per thread) */
+enum { OPS_WS_GEMM = 0, OPS_WS_ATTENTION = 1, OPS_WS_CONV = 2, OPS_WS_SLOTS = 3 };
 void *ops_thread_workspace(int slot, size_t bytes, void **own);
 
 /* Offset of W[k, l] in a conv-packed weight (K, L) of G groups (layout in ops.h). */

@@ -55,43 +55,90 @@ static int segmenter_init(ovs_py_on_model *self, PyObject *args, PyObject *kw) {
     return 0;
 }
 
+/* The image side's arguments of Segmenter.logits / .labels, checked: the image (a new reference
+ * in *img), its strides, the processing size (Hp, Wp), mean, std and the classifier (*cls). */
+typedef struct {
+    PyArrayObject *img, *cls;
+    int64_t rs, ps, H, W, C;
+    long long Hp, Wp;
+    float mean[3], std[3];
+} seg_image_args;
+
+static int seg_image_args_check(ovs_py_on_model *self, seg_image_args *a, PyObject *img_obj, PyObject *mean_obj,
+                                PyObject *std_obj, PyObject *cls_obj) {
+    if (ovs_py_rgb(mean_obj, "mean", a->mean) || ovs_py_rgb(std_obj, "std", a->std)) return -1;
+    for (int i = 0; i < 3; i++)
+        if (!(a->std[i] > 0) || !isfinite(a->mean[i])) {
+            PyErr_Format(PyExc_ValueError, "std must be positive and mean finite");
+            return -1;
+        }
+    if (!(a->img = ovs_py_uint8_image(img_obj, "image", &a->rs, &a->ps))) return -1;
+    if (a->Hp <= 0 || a->Wp <= 0 || a->Hp > 65536 || a->Wp > 65536) {
+        PyErr_Format(PyExc_ValueError, "processing size must be in 1..65536, got %lldx%lld", a->Hp, a->Wp);
+        return -1;
+    }
+    if (!(a->cls = ovs_py_float_array(cls_obj, 2, "classifier (C, E)"))) return -1;
+    int64_t E = ovs_segmenter_embed_dim(self->c.seg);
+    a->C = PyArray_DIM(a->cls, 0);
+    if (a->C == 0 || PyArray_DIM(a->cls, 1) != E) {
+        PyErr_Format(PyExc_ValueError, "classifier must be (C >= 1, %lld), got (%zd, %zd)", (long long)E,
+                     (Py_ssize_t)a->C, (Py_ssize_t)PyArray_DIM(a->cls, 1));
+        return -1;
+    }
+    a->H = PyArray_DIM(a->img, 0), a->W = PyArray_DIM(a->img, 1);
+    return 0;
+}
+
 static PyObject *segmenter_logits(ovs_py_on_model *self, PyObject *args, PyObject *kw) {
     int rc = -1;
     static char *kwlist[] = {"image", "out_h", "out_w", "mean", "std", "classifier", NULL};
     PyObject *img_obj, *mean_obj, *std_obj, *cls_obj, *out = NULL;
-    PyArrayObject *img = NULL, *cls = NULL;
-    long long Hp, Wp;
-    float mean[3], std[3];
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLLOOO", kwlist, &img_obj, &Hp, &Wp, &mean_obj,
+    seg_image_args a = {0};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLLOOO", kwlist, &img_obj, &a.Hp, &a.Wp, &mean_obj,
                                      &std_obj, &cls_obj))
         return NULL;
-    if (ovs_py_rgb(mean_obj, "mean", mean) || ovs_py_rgb(std_obj, "std", std)) return NULL;
-    for (int i = 0; i < 3; i++)
-        if (!(std[i] > 0) || !isfinite(mean[i]))
-            return PyErr_Format(PyExc_ValueError, "std must be positive and mean finite");
-    int64_t rs, ps;
-    if (!(img = ovs_py_uint8_image(img_obj, "image", &rs, &ps))) return NULL;
-    if (Hp <= 0 || Wp <= 0 || Hp > 65536 || Wp > 65536) {
-        PyErr_Format(PyExc_ValueError, "processing size must be in 1..65536, got %lldx%lld", Hp, Wp);
-        goto done;
-    }
-    if (!(cls = ovs_py_float_array(cls_obj, 2, "classifier (C, E)"))) goto done;
-    int64_t C = PyArray_DIM(cls, 0), E = ovs_segmenter_embed_dim(self->c.seg);
-    if (C == 0 || PyArray_DIM(cls, 1) != E) {
-        PyErr_Format(PyExc_ValueError, "classifier must be (C >= 1, %lld), got (%zd, %zd)", (long long)E,
-                     (Py_ssize_t)C, (Py_ssize_t)PyArray_DIM(cls, 1));
-        goto done;
-    }
-    npy_intp dims[3] = {C, Hp, Wp};
+    if (seg_image_args_check(self, &a, img_obj, mean_obj, std_obj, cls_obj)) goto done;
+    npy_intp dims[3] = {a.C, a.Hp, a.Wp};
     if (!(out = PyArray_SimpleNew(3, dims, NPY_FLOAT32))) goto done;
-    const uint8_t *px = PyArray_DATA(img);
-    const float *cd = PyArray_DATA(cls);
     float *o = PyArray_DATA((PyArrayObject *)out);
-    int64_t H = PyArray_DIM(img, 0), W = PyArray_DIM(img, 1);
-    OVS_PY_LOCKED(self->model, rc, ovs_seg_logits(self->c.seg, o, px, H, W, rs, ps, Hp, Wp, mean, std,
-                                                  cd, C));
+    OVS_PY_LOCKED(self->model, rc, ovs_seg_logits(self->c.seg, o, PyArray_DATA(a.img), a.H, a.W, a.rs, a.ps,
+                                                  a.Hp, a.Wp, a.mean, a.std, PyArray_DATA(a.cls), a.C));
 done:
-    return OVS_PY_FINISH(rc, out, img, cls);
+    return OVS_PY_FINISH(rc, out, a.img, a.cls);
+}
+
+/* labels(image, out_h, out_w, mean, std, classifier, H, W, logit_scale, bg_threshold, bg_label)
+ * -> (labels int32 (H, W), nonfinite): ovs_seg_image_labels; nonfinite > 0 counts non-finite
+ * logits (then the labels are not computed and the caller refuses). */
+static PyObject *segmenter_labels(ovs_py_on_model *self, PyObject *args, PyObject *kw) {
+    int rc = -1;
+    static char *kwlist[] = {"image", "out_h", "out_w", "mean", "std", "classifier", "H", "W",
+                             "logit_scale", "bg_threshold", "bg_label", NULL};
+    PyObject *img_obj, *mean_obj, *std_obj, *cls_obj, *out = NULL;
+    seg_image_args a = {0};
+    long long OH, OW;
+    double scale = 1.0, thr = 0.0;
+    int bg_label = -1;
+    int64_t nonfinite = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLLOOOLL|ddi", kwlist, &img_obj, &a.Hp, &a.Wp, &mean_obj,
+                                     &std_obj, &cls_obj, &OH, &OW, &scale, &thr, &bg_label))
+        return NULL;
+    if (seg_image_args_check(self, &a, img_obj, mean_obj, std_obj, cls_obj)) goto done;
+    if (OH <= 0 || OW <= 0 || OH > 65536 || OW > 65536) {
+        PyErr_Format(PyExc_ValueError, "output size must be in 1..65536, got %lldx%lld", OH, OW);
+        goto done;
+    }
+    npy_intp dims[2] = {OH, OW};
+    if (!(out = PyArray_SimpleNew(2, dims, NPY_INT32))) goto done;
+    int32_t *o = PyArray_DATA((PyArrayObject *)out);
+    OVS_PY_LOCKED(self->model, rc, ovs_seg_image_labels(self->c.seg, o, PyArray_DATA(a.img), a.H, a.W, a.rs, a.ps,
+                                                        a.Hp, a.Wp, a.mean, a.std, PyArray_DATA(a.cls), a.C, OH,
+                                                        OW, (float)scale, (float)thr, bg_label, &nonfinite));
+done:
+    out = OVS_PY_FINISH(rc, out, a.img, a.cls);
+    if (!out) return NULL;
+    PyObject *res = Py_BuildValue("(NL)", out, (long long)nonfinite);
+    return res;
 }
 
 static PyObject *segmenter_dense(ovs_py_on_model *self, PyObject *arg) {
@@ -118,9 +165,59 @@ done:
     return OVS_PY_FINISH(rc, out, x);
 }
 
+/* logits_at(image, out_h, out_w, mean, std, classifier, H, W, logit_scale=1.0, softmax=False)
+ * -> (out float32 (C, H, W), nonfinite): ovs_seg_image_logits (nonfinite > 0: that many
+ * non-finite low-resolution logits; the caller refuses). */
+static PyObject *segmenter_logits_at(ovs_py_on_model *self, PyObject *args, PyObject *kw) {
+    int rc = -1, softmax = 0;
+    static char *kwlist[] = {"image", "out_h", "out_w", "mean", "std", "classifier", "H", "W",
+                             "logit_scale", "softmax", NULL};
+    PyObject *img_obj, *mean_obj, *std_obj, *cls_obj, *out = NULL;
+    seg_image_args a = {0};
+    long long OH, OW;
+    double scale = 1.0;
+    int64_t nonfinite = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLLOOOLL|dp", kwlist, &img_obj, &a.Hp, &a.Wp, &mean_obj,
+                                     &std_obj, &cls_obj, &OH, &OW, &scale, &softmax))
+        return NULL;
+    if (seg_image_args_check(self, &a, img_obj, mean_obj, std_obj, cls_obj)) goto done;
+    if (OH <= 0 || OW <= 0 || OH > 65536 || OW > 65536) {
+        PyErr_Format(PyExc_ValueError, "output size must be in 1..65536, got %lldx%lld", OH, OW);
+        goto done;
+    }
+    npy_intp dims[3] = {a.C, OH, OW};
+    if (!(out = PyArray_SimpleNew(3, dims, NPY_FLOAT32))) goto done;
+    float *o = PyArray_DATA((PyArrayObject *)out);
+    OVS_PY_LOCKED(self->model, rc, ovs_seg_image_logits(self->c.seg, o, PyArray_DATA(a.img), a.H, a.W, a.rs, a.ps,
+                                                        a.Hp, a.Wp, a.mean, a.std, PyArray_DATA(a.cls), a.C, OH,
+                                                        OW, (float)scale, softmax, &nonfinite));
+done:
+    out = OVS_PY_FINISH(rc, out, a.img, a.cls);
+    if (!out) return NULL;
+    return Py_BuildValue("(NL)", out, (long long)nonfinite);
+}
+
+static PyObject *segmenter_release(ovs_py_on_model *self, PyObject *noargs) {
+    Py_BEGIN_ALLOW_THREADS
+    OVS_MODEL_LOCK(self->model);
+    ovs_segmenter_release_workspace(self->c.seg);
+    OVS_MODEL_UNLOCK(self->model);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef segmenter_methods[] = {
+    {"release_workspace", (PyCFunction)segmenter_release, METH_NOARGS, "release_workspace" OVS_PY_RELEASE_DOC},
     {"logits", (PyCFunction)(void (*)(void))segmenter_logits, METH_VARARGS | METH_KEYWORDS,
      "logits(image uint8 (H,W,3), out_h, out_w, mean, std, classifier (C,E)) -> (C, out_h, out_w) cosine logits"},
+    {"logits_at", (PyCFunction)(void (*)(void))segmenter_logits_at, METH_VARARGS | METH_KEYWORDS,
+     "logits_at(image, out_h, out_w, mean, std, classifier, H, W, logit_scale=1.0, softmax=False) -> "
+     "(out float32 (C, H, W), nonfinite): logits then seg_upsample in one call (the same floats), "
+     "without the (C, out_h, out_w) logits; nonfinite > 0: that many non-finite logits"},
+    {"labels", (PyCFunction)(void (*)(void))segmenter_labels, METH_VARARGS | METH_KEYWORDS,
+     "labels(image, out_h, out_w, mean, std, classifier, H, W, logit_scale=1.0, bg_threshold=0.0, "
+     "bg_label=-1) -> (labels int32 (H, W), nonfinite): logits then seg_labels in one call (the same "
+     "labels); nonfinite > 0: that many non-finite logits, no labels"},
     {"dense_features", (PyCFunction)segmenter_dense, METH_O,
      "dense_features(x float32 (1,3,H,W)) -> (H/p, W/p, E) unnormalised dense features"},
     {NULL, NULL, 0, NULL},

@@ -9,6 +9,7 @@
  * Arguments are parsed and checked with the shared helpers of pyovs.h (py_args.c). */
 #include "python/pyovs.h"
 
+#include "ovs/methods.h"
 #include "ovs/ops.h"
 
 #include <string.h>
@@ -848,6 +849,82 @@ error:
 }
 
 
+/* seg_window_average(smalls (nwin, C, gh, gw), origins int64 (nwin, 2), Hp, Wp, wh, ww, h, w,
+ * naive=False) -> (C, Hp, Wp): ovs_seg_window_average, the windows' average of Segmenter.logits. */
+static PyObject *py_seg_window_average(PyObject *self, PyObject *args, PyObject *kw) {
+    int st = -1, naive = 0;
+    static char *kwlist[] = {"smalls", "origins", "Hp", "Wp", "wh", "ww", "h", "w", "naive", "bounds", NULL};
+    int want_bounds = 0;
+    PyArrayObject *bnd = NULL;
+    PyObject *s_obj, *o_obj;
+    long long Hp, Wp, wh, ww, h, w;
+    PyArrayObject *sm = NULL, *org = NULL, *out = NULL;
+    int64_t *wy = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOLLLLLL|pp", kwlist, &s_obj, &o_obj, &Hp, &Wp, &wh, &ww, &h, &w,
+                                     &naive, &want_bounds))
+        return NULL;
+    if (!(sm = ovs_py_float_array(s_obj, 4, "smalls"))) goto done;
+    org = (PyArrayObject *)PyArray_FROMANY(o_obj, NPY_INT64, 2, 2, NPY_ARRAY_IN_ARRAY);
+    if (!org) goto done;
+    const npy_intp *d = PyArray_DIMS(sm);
+    if (PyArray_DIM(org, 0) != d[0] || PyArray_DIM(org, 1) != 2) {
+        PyErr_SetString(PyExc_ValueError, "origins must be (nwin, 2) for smalls (nwin, C, gh, gw)");
+        goto done;
+    }
+    if (Hp <= 0 || Wp <= 0 || Hp * Wp > ((long long)1 << 40) / (d[1] > 0 ? d[1] : 1)) {
+        PyErr_SetString(PyExc_ValueError, "Hp and Wp must be positive and the map not absurdly large");
+        goto done;
+    }
+    if (!(wy = PyMem_Malloc(2 * (size_t)(d[0] > 0 ? d[0] : 1) * sizeof(int64_t)))) { PyErr_NoMemory(); goto done; }
+    const int64_t *o = (const int64_t *)PyArray_DATA(org);
+    for (npy_intp j = 0; j < d[0]; j++) wy[j] = o[2 * j], wy[d[0] + j] = o[2 * j + 1];
+    npy_intp dims[3] = {d[1], (npy_intp)Hp, (npy_intp)Wp};
+    if (!(out = ovs_py_new_float(3, dims))) goto done;
+    if (want_bounds) {
+        npy_intp bd[1] = {(npy_intp)ovs_seg_block_bounds_floats(d[1], Hp, Wp)};
+        if (!(bnd = ovs_py_new_float(1, bd))) goto done;
+    }
+    OVS_PY_NOGIL(st, ovs_seg_window_average(F32(out), d[1], Hp, Wp, F32(sm), d[0], wy, wy + d[0], d[2], d[3], wh, ww,
+                                            h, w, naive, bnd ? F32(bnd) : NULL));
+done:
+    PyMem_Free(wy);
+    PyObject *res = OVS_PY_FINISH(st, out, sm, org);
+    if (!want_bounds || !res) {
+        Py_XDECREF(bnd);
+        return res;
+    }
+    return Py_BuildValue("(NN)", res, (PyObject *)bnd);
+}
+
+/* seg_labels_bounded(logits (C, h, w), bounds, out_h, out_w, logit_scale=1, bg_threshold=0,
+ * bg_label=-1): ovs_seg_labels_bounded with bounds from seg_window_average(..., bounds=True). */
+static PyObject *py_seg_labels_bounded(PyObject *self, PyObject *args, PyObject *kw) {
+    int st = -1;
+    static char *kwlist[] = {"logits", "bounds", "out_h", "out_w", "logit_scale", "bg_threshold", "bg_label", NULL};
+    PyObject *l_obj, *b_obj;
+    long long H, W;
+    double scale = 1.0, thr = 0.0;
+    int bg_label = -1;
+    PyArrayObject *lg = NULL, *bd = NULL, *out = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOLL|ddi", kwlist, &l_obj, &b_obj, &H, &W, &scale, &thr, &bg_label))
+        return NULL;
+    if (!(lg = ovs_py_float_array(l_obj, 3, "logits (C, h, w)")) || !(bd = ovs_py_float_array(b_obj, 1, "bounds")))
+        goto done;
+    const int64_t C = PyArray_DIM(lg, 0), h = PyArray_DIM(lg, 1), w = PyArray_DIM(lg, 2);
+    if (C < 1 || h < 1 || w < 1 || H < 1 || W < 1 || H > 65536 || W > 65536 ||
+        (size_t)PyArray_DIM(bd, 0) != ovs_seg_block_bounds_floats(C, h, w)) {
+        PyErr_SetString(PyExc_ValueError, "seg_labels_bounded: empty logits, output size outside 1..65536 or "
+                                          "bounds not of these logits' size");
+        goto done;
+    }
+    npy_intp d2[2] = {H, W};
+    if (!(out = (PyArrayObject *)PyArray_SimpleNew(2, d2, NPY_INT32))) goto done;
+    OVS_PY_NOGIL(st, ovs_seg_labels_bounded(PyArray_DATA(out), F32(lg), C, h, w, H, W, (float)scale, (float)thr,
+                                            bg_label, F32(bd)));
+done:
+    return OVS_PY_FINISH(st, out, lg, bd);
+}
+
 /* The naive twins of the label stages (py_methods.c parses them). */
 OVS_PY_VARIANT(py_seg_labels_naive, ovs_py_seg_final, 2)
 OVS_PY_VARIANT(py_seg_labels_grouped_naive, ovs_py_seg_grouped, 1)
@@ -992,6 +1069,11 @@ static PyObject *py_gemm_release_workspace(PyObject *self, PyObject *noargs) {
       "(T, D), k and v (U, D), rows may be strided (column slices).")                       \
     X(op_attention_probs, "(a, b, scale, mask=None, causal=False, naive=False) -> "         \
       "softmax(scale a b^T + mask).")                                                       \
+    X(seg_window_average, "(smalls (nwin, C, gh, gw), origins (nwin, 2), Hp, Wp, wh, ww, "  \
+      "h, w, naive=False, bounds=False) -> (C, Hp, Wp): the windows' average of "           \
+      "Segmenter.logits; bounds=True: (logits, the label stage's block bounds).")          \
+    X(seg_labels_bounded, "(logits, bounds, out_h, out_w, logit_scale=1.0, "                \
+      "bg_threshold=0.0, bg_label=-1): seg_labels given seg_window_average's bounds.")     \
     X(seg_labels_naive, "(same arguments): the test twin of seg_labels, every class at "    \
       "every pixel (same labels).")                                                         \
     X(seg_labels_grouped_naive, "(same arguments): the test twin of seg_labels_grouped, "   \

@@ -112,12 +112,50 @@ int ovs_seg_logits(ovs_segmenter *s, float *logits, const uint8_t *image, int64_
                    int64_t row_stride, int64_t pixel_stride, int64_t Hp, int64_t Wp,
                    const float mean[3], const float std[3], const float *classifier, int64_t C);
 
+/* The windows' average of ovs_seg_logits: logits (C, Hp, Wp) = per class, each of the nwin
+ * windows' (gh, gw) logits (smalls (nwin, C, gh, gw)) bilinearly upsampled (align_corners=False)
+ * to (wh, ww), cropped to (h, w), added at the window's origin (wy[j], wx[j]) in window order,
+ * divided by the number of windows covering the pixel (every pixel must be covered, every window
+ * inside the map). naive: element by element (the twin); else separably per class, bitwise equal,
+ * and with bounds (ovs_seg_block_bounds_floats(C, Hp, Wp) floats, else NULL) also the label
+ * stage's per-block class bounds of the result, for ovs_seg_labels_bounded. */
+int ovs_seg_window_average(float *logits, int64_t C, int64_t Hp, int64_t Wp, const float *smalls,
+                           int64_t nwin, const int64_t *wy, const int64_t *wx, int64_t gh, int64_t gw,
+                           int64_t wh, int64_t ww, int64_t h, int64_t w, int naive, float *bounds);
+size_t ovs_seg_block_bounds_floats(int64_t C, int64_t h, int64_t w);
+/* Frees the buffers a segmenter keeps between calls (the next call allocates them again). */
+void ovs_segmenter_release_workspace(ovs_segmenter *s);
+/* ovs_seg_labels with the block bounds of these very logits taken where they were written
+ * (ovs_seg_window_average's bounds): it skips its streaming pass over (C, h, w); same labels.
+ * Bounds of other logits give wrong labels: the package only passes its own (ovs_seg_image_labels). */
+int ovs_seg_labels_bounded(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w, int64_t H,
+                           int64_t W, float logit_scale, float bg_threshold, int32_t bg_label,
+                           const float *bounds);
+
 /* From low-resolution logits (C, h, w) to the output size (H, W) with bilinear interpolation
  * (align_corners=False), without materialising (C, H, W):
  *   labels (H, W) = argmax over classes; where bg_threshold > 0 and the largest
  *   softmax(logit_scale * logits) probability is below it, bg_label instead. */
 int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w,
                    int64_t H, int64_t W, float logit_scale, float bg_threshold, int32_t bg_label);
+/* ovs_seg_logits then ovs_seg_upsample to (OH, OW) in one call, the same floats: each class's
+ * (Hp, Wp) plane is averaged in a per-thread buffer and resized straight into out (C, OH, OW), so
+ * the (C, Hp, Wp) logits never exist; softmax: then softmax(logit_scale * .) over classes per
+ * pixel. Non-finite low-resolution logits: *nonfinite = their count (status OVS_OK). */
+int ovs_seg_image_logits(ovs_segmenter *s, float *out, const uint8_t *image, int64_t H, int64_t W,
+                         int64_t row_stride, int64_t pixel_stride, int64_t Hp, int64_t Wp,
+                         const float mean[3], const float std[3], const float *classifier, int64_t C,
+                         int64_t OH, int64_t OW, float logit_scale, int softmax, int64_t *nonfinite);
+/* ovs_seg_logits then ovs_seg_labels to (OH, OW) in one call, the same labels, bit for bit: the
+ * pass that writes the logits also takes the label stage's per-block class bounds (the label
+ * stage's streaming pass over (C, Hp, Wp)), and the logits are working memory of the segmenter,
+ * kept for the next call (ovs_segmenter_release_workspace frees it). Non-finite logits:
+ * *nonfinite = their count (> 0) and no labels (status OVS_OK), for the caller to refuse. */
+int ovs_seg_image_labels(ovs_segmenter *s, int32_t *labels, const uint8_t *image, int64_t H, int64_t W,
+                         int64_t row_stride, int64_t pixel_stride, int64_t Hp, int64_t Wp,
+                         const float mean[3], const float std[3], const float *classifier, int64_t C,
+                         int64_t OH, int64_t OW, float logit_scale, float bg_threshold, int32_t bg_label,
+                         int64_t *nonfinite);
 /* The same labels, every class evaluated at every pixel (the naive twin: ovs_seg_labels keeps
  * per block of 8x8 low-resolution cells, then per cell, only the classes that can win there,
  * brackets the softmax denominator for bg_threshold, and gives identical labels). */
