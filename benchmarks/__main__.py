@@ -71,7 +71,7 @@ BENCHES: list[Bench] = [
           ["--repeat", "1", "--warmup", "0", "--side", "256"], ("torch", "transformers")),
     Bench("frameworks", "bench_frameworks.py", "PyTorch reference frameworks (tests/reference/)",
           ["--repeat", "1", "--warmup", "0", "--cases", "deeplab"], ("torch",)),
-    Bench("conv", "bench_conv.py", "ovs direct implicit GEMM / PyTorch conv2d (ours: Winograd)",
+    Bench("conv", "bench_conv.py", "ovs direct implicit GEMM / PyTorch conv2d (ours: Winograd F(2x2), F(4x4))",
           ["--repeat", "3", "--cases", "deeplab_512"]),
     Bench("memory", "bench_memory.py", "none: loaded-model peak RSS / weight bytes (target <= 1.1)",
           [], threads_flag=False),

@@ -727,7 +727,9 @@ def test_c_layer_rejects_invalid_arguments():
               "linear M*K overflow": "size overflow",
               "linear M > INT_MAX for BLAS": "size overflow",
               "conv winograd stride 2": "unsupported", "conv winograd 3x5": "unsupported",
-              "conv_naive winograd stride 2": "unsupported"}
+              "conv_naive winograd stride 2": "unsupported",
+              "conv winograd4 dilation 2": "unsupported",
+              "conv_naive winograd4 dilation 2": "unsupported"}
     for label, status, name, message in calls:
         assert name == expect.get(label, "bad argument"), f"{label}: got {name} ({message})"
         assert status != 0 and message.startswith("ovs_"), f"{label}: message {message!r}"

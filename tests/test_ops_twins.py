@@ -113,6 +113,10 @@ TWINS = [
     row("conv2d-winograd", _core.op_conv2d,
         lambda r: ((rand(r, 2, 20, 29, 27), rand(r, 24, 20, 3, 3, scale=0.2), rand(r, 24),
                     rand(r, 2, 24, 29, 27)), dict(padding=1, act="gelu", algo="winograd"))),
+    # Winograd F(4x4, 3x3) the same way
+    row("conv2d-winograd4", _core.op_conv2d,
+        lambda r: ((rand(r, 2, 20, 29, 27), rand(r, 24, 20, 3, 3, scale=0.2), rand(r, 24),
+                    rand(r, 2, 24, 29, 27)), dict(padding=1, act="gelu", algo="winograd4"))),
     row("conv2d-grouped-strided-dilated", _core.op_conv2d,
         lambda r: ((rand(r, 1, 8, 30, 27), rand(r, 12, 4, 3, 3, scale=0.2), rand(r, 12),
                     rand(r, 1, 12, 15, 12)),

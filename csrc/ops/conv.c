@@ -147,10 +147,11 @@ int ops_conv2d_check(const char *op, float *out, const float *in, const ovs_matr
 
 int ops_conv2d_check_algo(const char *op, int64_t R, int64_t S, const ovs_conv2d_params *p) {
     if (p->algo != OVS_CONV2D_AUTO && p->algo != OVS_CONV2D_DIRECT &&
-        p->algo != OVS_CONV2D_WINOGRAD)
+        p->algo != OVS_CONV2D_WINOGRAD && p->algo != OVS_CONV2D_WINOGRAD4)
         return ovs_set_error(OVS_ERR_ARG, "%s: algo %d is not an ovs_conv2d_algo", op,
                              (int)p->algo);
-    if (p->algo == OVS_CONV2D_WINOGRAD && !ops_conv2d_winograd_supported(R, S, p))
+    if ((p->algo == OVS_CONV2D_WINOGRAD || p->algo == OVS_CONV2D_WINOGRAD4) &&
+        !ops_conv2d_winograd_supported(R, S, p))
         return ovs_set_error(OVS_ERR_UNSUPPORTED,
                              "%s: Winograd covers 3x3 convs of stride 1, dilation 1, groups 1; "
                              "this one is %lldx%lld, stride %lldx%lld, dilation %lldx%lld, "
@@ -781,10 +782,11 @@ int ovs_conv2d_forward(float *out, const float *in, const ovs_matrix *weight, co
     if (weight->format != OVS_MATRIX_DENSE && weight->format != OVS_MATRIX_CONV_PACKED)
         return ovs_set_error(OVS_ERR_UNSUPPORTED, "%s: weight format %d is not supported", op,
                              (int)weight->format);
-    if (C > 0 && (p->algo == OVS_CONV2D_WINOGRAD ||
-                  (p->algo == OVS_CONV2D_AUTO && ovs_conv2d_winograd_wins(N, C, H, W, K, R, S, p))))
+    const ovs_conv2d_algo algo =
+        p->algo == OVS_CONV2D_AUTO ? ovs_conv2d_auto_algo(N, C, H, W, K, R, S, p) : p->algo;
+    if (C > 0 && (algo == OVS_CONV2D_WINOGRAD || algo == OVS_CONV2D_WINOGRAD4))
         return ops_conv2d_winograd(op, out, in, weight, bias, residual, N, C, H, W, K, p->pad_h,
-                                   p->pad_w, act, P, Q);
+                                   p->pad_w, act, P, Q, algo == OVS_CONV2D_WINOGRAD4 ? 4 : 2);
     if (C > 0)
         return conv_implicit(op, out, in, weight, bias, residual, N, C, H, W, K, R, S, p, act, P, Q,
                              scratch);

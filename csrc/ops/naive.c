@@ -46,14 +46,26 @@ int ovs_linear_forward_naive(float *out, const float *in, const ovs_matrix *weig
     return OVS_OK;
 }
 
-/* The Winograd F(2x2, 3x3) conv (csrc/ops/winograd.c) as plain loops: the transforms as the
- * matrix products G g G^T, B^T d B, A^T M A (terms with a zero coefficient left out, the
- * others added in increasing index order, from 0), each M element one fmaf chain over c in
- * increasing order; float arithmetic throughout, so it equals the fast path (==) for every act
- * (but GELU, QuickGELU, sigmoid: libm here, ops_act_inplace there). */
-static const float wg_G[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
-static const float wg_BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
-static const float wg_AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+/* The Winograd F(2x2, 3x3) and F(4x4, 3x3) convs (csrc/ops/winograd.c) as plain loops: the
+ * transforms as the matrix products G g G^T, B^T d B, A^T M A (terms with a zero coefficient
+ * left out, the others added in increasing index order, from 0), each M element one fmaf chain
+ * over c in increasing order; float arithmetic throughout, so it equals the fast path (==) for
+ * every act (but GELU, QuickGELU, sigmoid: libm here, ops_act_inplace there). */
+static const float wg_G2[4 * 3] = {1, 0, 0, 0.5f, 0.5f, 0.5f, 0.5f, -0.5f, 0.5f, 0, 0, 1};
+static const float wg_BT2[4 * 4] = {1, 0, -1, 0, 0, 1, 1, 0, 0, -1, 1, 0, 0, 1, 0, -1};
+static const float wg_AT2[2 * 4] = {1, 1, 1, 0, 0, 1, -1, -1};
+/* F(4x4): the points 0, 1, -1, 1/2, -2, infinity (winograd.c) */
+static const float wg_G4[6 * 3] = {1,              0,              0,
+                                   1.0f / 3.0f,    1.0f / 3.0f,    1.0f / 3.0f,
+                                   -1.0f / 3.0f,   1.0f / 3.0f,    -1.0f / 3.0f,
+                                   -16.0f / 15.0f, -8.0f / 15.0f,  -4.0f / 15.0f,
+                                   1.0f / 15.0f,   -2.0f / 15.0f,  4.0f / 15.0f,
+                                   0,              0,              1};
+static const float wg_BT4[6 * 6] = {1, -1.5f, -2,    1.5f,  1,    0, 0, -1,   0.5f, 2.5f, 1, 0,
+                                    0, 1,     -2.5f, 0.5f,  1,    0, 0, -2,   -1,   2,    1, 0,
+                                    0, 0.5f,  -1,    -0.5f, 1,    0, 0, 1,    -1.5f, -2,  1.5f, 1};
+static const float wg_AT4[4 * 6] = {1, 1, 1, 1,     1,  0, 0, 1, -1, 0.5f,   -2, 0,
+                                    0, 1, 1, 0.25f, 4,  0, 0, 1, -1, 0.125f, -8, 1};
 
 /* out (rows, cols) = L (rows, n) @ X (n, cols), terms with a zero coefficient left out. */
 static void wg_lmul(float *out, const float *L, int64_t rows, int64_t n, const float *X,
@@ -69,9 +81,9 @@ static void wg_lmul(float *out, const float *L, int64_t rows, int64_t n, const f
 
 /* out (rows, rows) = L (rows, n) @ X (n, n) @ L^T, as (L (L X)^T)^T: two plain products. */
 static void wg_sandwich(float *out, const float *L, int64_t rows, int64_t n, const float *X) {
-    float t[4 * 4], u[4 * 4];   /* t (rows, n) = L X, then u (rows, rows) = L t^T */
+    float t[6 * 6], u[6 * 6];   /* t (rows, n) = L X, then u (rows, rows) = L t^T */
     wg_lmul(t, L, rows, n, X, n);
-    float tt[4 * 4];            /* t^T (n, rows) */
+    float tt[6 * 6];            /* t^T (n, rows) */
     for (int64_t a = 0; a < rows; a++)
         for (int64_t j = 0; j < n; j++) tt[j * rows + a] = t[a * n + j];
     wg_lmul(u, L, rows, n, tt, rows);
@@ -79,42 +91,47 @@ static void wg_sandwich(float *out, const float *L, int64_t rows, int64_t n, con
         for (int64_t b = 0; b < rows; b++) out[a * rows + b] = u[b * rows + a];
 }
 
+/* F(m x m, 3x3), m = 2 or 4: tiles of m x m outputs from patches of a = m + 2. */
 static int wg_naive(float *out, const float *in, const ovs_matrix *weight, const float *bias,
                     const float *residual, int64_t N, int64_t C, int64_t H, int64_t W, int64_t K,
-                    int64_t ph, int64_t pw, ovs_act act, int64_t P, int64_t Q) {
-    float *U = ovs_malloc((size_t)(K * C * 16 + 1) * sizeof(float));   /* (K, C, 16) */
+                    int64_t ph, int64_t pw, ovs_act act, int64_t P, int64_t Q, int64_t m) {
+    const int64_t a = m + 2, XI = a * a;
+    const float *G = m == 4 ? wg_G4 : wg_G2, *BT = m == 4 ? wg_BT4 : wg_BT2,
+                *AT = m == 4 ? wg_AT4 : wg_AT2;
+    float *U = ovs_malloc((size_t)(K * C * XI + 1) * sizeof(float));   /* (K, C, XI) */
     if (!U)
         return ovs_set_error(OVS_ERR_NOMEM, "ovs_conv2d_forward_naive: out of memory");
     for (int64_t k = 0; k < K; k++)
         for (int64_t c = 0; c < C; c++) {
             float g[9];
             for (int i = 0; i < 9; i++) g[i] = ops_matrix_at(weight, k, c * 9 + i);
-            wg_sandwich(U + (k * C + c) * 16, &wg_G[0][0], 4, 3, g);
+            wg_sandwich(U + (k * C + c) * XI, G, a, 3, g);
         }
     for (int64_t n = 0; n < N; n++)
-        for (int64_t ty = 0; 2 * ty < P; ty++)
-            for (int64_t tx = 0; 2 * tx < Q; tx++)
+        for (int64_t ty = 0; m * ty < P; ty++)
+            for (int64_t tx = 0; m * tx < Q; tx++)
                 for (int64_t k = 0; k < K; k++) {
-                    float m[16] = {0}, y[4];
+                    float mm[36] = {0}, y[16];
                     for (int64_t c = 0; c < C; c++) {
-                        float d[16], v[16];
-                        for (int64_t r = 0; r < 4; r++)
-                            for (int64_t q = 0; q < 4; q++) {
-                                const int64_t ih = 2 * ty - ph + r, iw = 2 * tx - pw + q;
-                                d[r * 4 + q] = ih >= 0 && ih < H && iw >= 0 && iw < W
+                        float d[36], v[36];
+                        for (int64_t r = 0; r < a; r++)
+                            for (int64_t q = 0; q < a; q++) {
+                                const int64_t ih = m * ty - ph + r, iw = m * tx - pw + q;
+                                d[r * a + q] = ih >= 0 && ih < H && iw >= 0 && iw < W
                                                    ? in[((n * C + c) * H + ih) * W + iw]
                                                    : 0.0f;
                             }
-                        wg_sandwich(v, &wg_BT[0][0], 4, 4, d);
-                        for (int e = 0; e < 16; e++) m[e] = fmaf(U[(k * C + c) * 16 + e], v[e], m[e]);
+                        wg_sandwich(v, BT, a, a, d);
+                        for (int64_t e = 0; e < XI; e++)
+                            mm[e] = fmaf(U[(k * C + c) * XI + e], v[e], mm[e]);
                     }
-                    wg_sandwich(y, &wg_AT[0][0], 2, 4, m);   /* Y = A^T M A */
-                    for (int a = 0; a < 2; a++)
-                        for (int b = 0; b < 2; b++) {
-                            const int64_t oy = 2 * ty + a, ox = 2 * tx + b;
+                    wg_sandwich(y, AT, m, a, mm);   /* Y = A^T M A */
+                    for (int64_t i = 0; i < m; i++)
+                        for (int64_t b = 0; b < m; b++) {
+                            const int64_t oy = m * ty + i, ox = m * tx + b;
                             if (oy >= P || ox >= Q) continue;
                             const int64_t o = ((n * K + k) * P + oy) * Q + ox;
-                            float v = y[a * 2 + b] + (bias ? bias[k] : 0.0f);
+                            float v = y[i * m + b] + (bias ? bias[k] : 0.0f);
                             if (residual) v += residual[o];
                             out[o] = act_naive(v, act);
                         }
@@ -132,9 +149,10 @@ int ovs_conv2d_forward_naive(float *out, const float *in, const ovs_matrix *weig
                               p, act, &P, &Q);
     if (st || (st = ops_conv2d_check_algo("ovs_conv2d_forward_naive", R, S, p))) return st;
     /* AUTO is the direct conv here: the definition every fast path is checked against. */
-    if (p->algo == OVS_CONV2D_WINOGRAD)
+    if (p->algo == OVS_CONV2D_WINOGRAD || p->algo == OVS_CONV2D_WINOGRAD4)
         return N && K && P && Q ? wg_naive(out, in, weight, bias, residual, N, C, H, W, K,
-                                           p->pad_h, p->pad_w, act, P, Q)
+                                           p->pad_h, p->pad_w, act, P, Q,
+                                           p->algo == OVS_CONV2D_WINOGRAD4 ? 4 : 2)
                                 : OVS_OK;
     const int64_t Cg = C / p->groups, Kg = K / p->groups;
     /* weight (K, Cg, R, S) */

@@ -97,16 +97,18 @@ int ops_conv2d_geometry(const char *op, int64_t N, int64_t C, int64_t H, int64_t
 int ops_conv2d_check(const char *op, float *out, const float *in, const ovs_matrix *weight,
                      int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
                      const ovs_conv2d_params *p, ovs_act act, int64_t *P_out, int64_t *Q_out);
-/* OVS_ERR_ARG for an algo outside ovs_conv2d_algo, OVS_ERR_UNSUPPORTED for WINOGRAD on a conv
- * it does not cover (see ops_conv2d_winograd_supported). */
+/* OVS_ERR_ARG for an algo outside ovs_conv2d_algo, OVS_ERR_UNSUPPORTED for WINOGRAD(4) on a
+ * conv it does not cover (see ops_conv2d_winograd_supported). */
 int ops_conv2d_check_algo(const char *op, int64_t R, int64_t S, const ovs_conv2d_params *p);
-/* 1 for the convs Winograd F(2x2, 3x3) covers: 3x3, stride 1, dilation 1, groups 1. */
+/* 1 for the convs Winograd F(2x2, 3x3) and F(4x4, 3x3) cover: 3x3, stride 1, dilation 1,
+ * groups 1. */
 int ops_conv2d_winograd_supported(int64_t R, int64_t S, const ovs_conv2d_params *p);
-/* The Winograd conv (csrc/ops/winograd.c) on checked arguments with N, K, P, Q, C >= 1. */
+/* The Winograd conv F(m x m, 3x3), m = 2 or 4 (csrc/ops/winograd.c), on checked arguments with
+ * N, K, P, Q, C >= 1. */
 int ops_conv2d_winograd(const char *op, float *out, const float *in, const ovs_matrix *weight,
                         const float *bias, const float *residual, int64_t N, int64_t C, int64_t H,
                         int64_t W, int64_t K, int64_t ph, int64_t pw, ovs_act act, int64_t P,
-                        int64_t Q);
+                        int64_t Q, int64_t m);
 int ops_avgpool2d_check(const char *op, float *out, const float *in, int64_t NC, int64_t H,
                         int64_t W, int64_t R, int64_t S, int64_t stride_h, int64_t stride_w,
                         int64_t pad_h, int64_t pad_w, int64_t *P_out, int64_t *Q_out);

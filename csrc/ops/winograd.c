@@ -1,25 +1,35 @@
-/* Winograd F(2x2, 3x3) convolution (Lavin & Gray, "Fast Algorithms for Convolutional Neural
- * Networks", 2016) for 3x3, stride-1, undilated, ungrouped convs, on the packed-GEMM
- * micro-kernels. Dimension letters as in include/ovs/ops.h; T = N * TH * TW output tiles of 2x2
- * (TH = ceil(P/2), TW = ceil(Q/2)); xi = 4*a + b indexes the 16 transformed positions.
+/* Winograd F(2x2, 3x3) and F(4x4, 3x3) convolution (Lavin & Gray, "Fast Algorithms for
+ * Convolutional Neural Networks", 2016) for 3x3, stride-1, undilated, ungrouped convs, on the
+ * packed-GEMM micro-kernels. Dimension letters as in include/ovs/ops.h; m = 2 or 4 is the output
+ * tile, n = m + 2 the input patch, XI = n*n the transformed positions (16 or 36), indexed
+ * xi = n*a + b; T = N * TH * TW output tiles of m x m (TH = ceil(P/m), TW = ceil(Q/m)).
  *
- * Per tile and output channel k:  Y (2x2) = A^T [ sum_c U_kc .* V_c ] A  with
- *     U_kc = G g_kc G^T (4x4, the weights, transformed once per call),
- *     V_c  = B^T d_c B  (4x4, d_c the input patch rows 2ty-ph.., columns 2tx-pw.., zero outside),
+ * Per tile and output channel k:  Y (m x m) = A^T [ sum_c U_kc .* V_c ] A  with
+ *     U_kc = G g_kc G^T (n x n, the weights, transformed once per call),
+ *     V_c  = B^T d_c B  (n x n, d_c the input patch rows m*ty-ph.., columns m*tx-pw.., zero
+ *     outside). F(2x2):
  *     G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],  B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],
- *     A^T = [1 1 1 0; 0 1 -1 -1].
+ *     A^T = [1 1 1 0; 0 1 -1 -1];
+ *     F(4x4) (interpolation points 0, 1, -1, 1/2, -2, infinity: float32 error about 0.6x
+ *     (rms; 0.45x max) that of the common 0, 1, -1, 2, -2, after Barabasz et al., "Error
+ *     analysis and improving the accuracy of Winograd convolution for DNNs", 2020):
+ *     G = [1 0 0; 1/3 1/3 1/3; -1/3 1/3 -1/3; -16/15 -8/15 -4/15; 1/15 -2/15 4/15; 0 0 1],
+ *     B^T = [1 -1.5 -2 1.5 1 0; 0 -1 .5 2.5 1 0; 0 1 -2.5 .5 1 0; 0 -2 -1 2 1 0;
+ *            0 .5 -1 -.5 1 0; 0 1 -1.5 -2 1.5 1],
+ *     A^T = [1 1 1 1 1 0; 0 1 -1 .5 -2 0; 0 1 1 .25 4 0; 0 1 -1 .125 -8 1].
  * The sum over c is, for each xi, a GEMM M_xi (K, T) = U_xi (K, C) @ V_xi (C, T): run on the
  * ISA's panel kernel (ops/gemm.h; U_xi packed as the left operand, V_xi in 16-column panels),
  * one fmaf chain over c in increasing order per element. Every transform is a fixed sequence of
- * float additions (products by 0.5 are exact), written in the order of the matrix products
- * above, so the result is bitwise that of the naive twin (ovs_conv2d_forward_naive with algo
- * WINOGRAD, naive.c; up to the activation code)
- * and independent of chunking, thread count and ISA.
+ * float operations (no contraction: the build is ISO C, -ffp-contract=off), written in the
+ * order of the matrix products above (left factor first, terms with a zero coefficient left
+ * out, the others added in increasing index order), so the result is bitwise that of the naive
+ * twin (ovs_conv2d_forward_naive with algo WINOGRAD / WINOGRAD4, naive.c; up to the activation
+ * code and the sign of zeros) and independent of chunking, thread count and ISA.
  *
  * Work: tiles in chunks of NT (a multiple of the kernel width: V of a chunk ~1 MiB, smaller for
  * ~4 chunks per thread);
- * a thread takes a chunk whole: input transform into its V (16, NT/16, C, 16), then per block of
- * mr output channels the 16 GEMMs into its M (16, NT/NB, mr, NB) and the output transform with
+ * a thread takes a chunk whole: input transform into its V (XI, NT/16, C, 16), then per block of
+ * mr output channels the XI GEMMs into its M (XI, NT/NB, mr, NB) and the output transform with
  * (Y + bias) [+ residual], act fused, straight into out. No barrier inside the region. */
 #include "ops/gemm.h"
 
@@ -28,17 +38,60 @@
 #include <omp.h>
 #endif
 
-#define WG_XI 16
+#define WG_XI 36   /* at most: F(4x4) */
 #define WG_V_FLOATS ((int64_t)1 << 18)   /* V of one chunk: about 1 MiB */
+#define WG_KPART_TILES 128               /* at most this many tiles: threads split K instead */
+/* a packed weight block (OVS_CONV_PACK_MR rows) is read whole into the transform's lanes */
+_Static_assert(OVS_CONV_PACK_MR <= OPS_GEMM_MR_MAX, "a packed weight block fits the lanes");
 
 int ops_conv2d_winograd_supported(int64_t R, int64_t S, const ovs_conv2d_params *p) {
     return R == 3 && S == 3 && p->stride_h == 1 && p->stride_w == 1 && p->dil_h == 1 &&
            p->dil_w == 1 && p->groups == 1;
 }
 
-/* u[xi][r] = (G g_r G^T)[xi] for the mr kernels g[i][r] (3x3 row-major in i), r < mr. */
-static inline void wg_weight(float u[WG_XI][OPS_GEMM_MR_MAX], const float g[9][OPS_GEMM_MR_MAX],
-                             int64_t mr) {
+/* F(4x4)'s fractions in G (naive.c's table holds the same float constants). */
+#define WG_C3 (1.0f / 3.0f)
+#define WG_C1_15 (1.0f / 15.0f)
+#define WG_C2_15 (2.0f / 15.0f)
+#define WG_C4_15 (4.0f / 15.0f)
+#define WG_C8_15 (8.0f / 15.0f)
+#define WG_C16_15 (16.0f / 15.0f)
+
+/* The 1-D transforms of F(4x4), each a fixed sequence of float operations in the order of the
+ * matrix product (naive.c: acc = 0, acc += L[i] * x[i] over the non-zero L[i]). */
+#define WG_G4(o, x0, x1, x2, i)                                                                  \
+    do {                                                                                         \
+        o[0 * (i)] = (x0);                                                                       \
+        o[1 * (i)] = (WG_C3 * (x0) + WG_C3 * (x1)) + WG_C3 * (x2);                               \
+        o[2 * (i)] = (-WG_C3 * (x0) + WG_C3 * (x1)) - WG_C3 * (x2);                              \
+        o[3 * (i)] = (-WG_C16_15 * (x0) - WG_C8_15 * (x1)) - WG_C4_15 * (x2);                    \
+        o[4 * (i)] = (WG_C1_15 * (x0) - WG_C2_15 * (x1)) + WG_C4_15 * (x2);                      \
+        o[5 * (i)] = (x2);                                                                       \
+    } while (0)
+#define WG_BT4(o0, o1, o2, o3, o4, o5, d0, d1, d2, d3, d4, d5)                                   \
+    do {                                                                                         \
+        o0 = ((((d0) - 1.5f * (d1)) - 2.0f * (d2)) + 1.5f * (d3)) + (d4);                        \
+        o1 = ((-(d1) + 0.5f * (d2)) + 2.5f * (d3)) + (d4);                                       \
+        o2 = (((d1) - 2.5f * (d2)) + 0.5f * (d3)) + (d4);                                        \
+        o3 = ((-2.0f * (d1) - (d2)) + 2.0f * (d3)) + (d4);                                       \
+        o4 = ((0.5f * (d1) - (d2)) - 0.5f * (d3)) + (d4);                                        \
+        o5 = ((((d1) - 1.5f * (d2)) - 2.0f * (d3)) + 1.5f * (d4)) + (d5);                        \
+    } while (0)
+#define WG_AT4(o0, o1, o2, o3, m0, m1, m2, m3, m4, m5)                                           \
+    do {                                                                                         \
+        o0 = ((((m0) + (m1)) + (m2)) + (m3)) + (m4);                                             \
+        o1 = (((m1) - (m2)) + 0.5f * (m3)) - 2.0f * (m4);                                        \
+        o2 = (((m1) + (m2)) + 0.25f * (m3)) + 4.0f * (m4);                                       \
+        o3 = ((((m1) - (m2)) + 0.125f * (m3)) - 8.0f * (m4)) + (m5);                             \
+    } while (0)
+
+/* u[xi][r] = (G g_r G^T)[xi] for the kernels g[i][r] (3x3 row-major in i), r < mr; F(2x2).
+ * Every lane r < OPS_GEMM_MR_MAX is computed (a fixed trip count, vectorised; lanes past the
+ * ISA's mr hold zeros), each lane on its own. */
+#define WG_LANES OPS_GEMM_MR_MAX
+static inline void wg_weight2(float u[WG_XI][OPS_GEMM_MR_MAX],
+                              const float g[9][OPS_GEMM_MR_MAX]) {
+    const int64_t mr = WG_LANES;
     float t[12][OPS_GEMM_MR_MAX];   /* (4, 3) = G g */
     for (int j = 0; j < 3; j++)
         for (int64_t r = 0; r < mr; r++) {
@@ -57,43 +110,78 @@ static inline void wg_weight(float u[WG_XI][OPS_GEMM_MR_MAX], const float g[9][O
         }
 }
 
-/* U (16, KB, C, mr) = the transformed weights, block kb holding rows kb*mr.. (zeros past K):
- * U[((xi*KB + kb)*C + c)*mr + r] = (G g_{kb*mr+r, c} G^T)[xi]. */
-static void wg_transform_weights(float *U, const ovs_matrix *w, int64_t K, int64_t C, int64_t mr,
-                                 int threads) {
-    const int64_t KB = (K + mr - 1) / mr, L = 9 * C;
+/* The same for F(4x4): u (36, mr). */
+static inline void wg_weight4(float u[WG_XI][OPS_GEMM_MR_MAX],
+                              const float g[9][OPS_GEMM_MR_MAX]) {
+    float t[18][OPS_GEMM_MR_MAX];   /* (6, 3) = G g */
+    for (int j = 0; j < 3; j++)
+        for (int r = 0; r < WG_LANES; r++)
+            WG_G4((&t[j][r]), g[j][r], g[3 + j][r], g[6 + j][r], 3 * OPS_GEMM_MR_MAX);
+    for (int a = 0; a < 6; a++)
+        for (int r = 0; r < WG_LANES; r++)
+            WG_G4((&u[6 * a][r]), t[3 * a][r], t[3 * a + 1][r], t[3 * a + 2][r], OPS_GEMM_MR_MAX);
+}
+
+/* Block kb of the transformed weights (rows kb*mr.., zeros past K) into dst, position xi at
+ * dst + xi*xs: dst[xi*xs + c*mr + r] = (G g_{kb*mr+r, c} G^T)[xi]. */
+static void wg_transform_block(float *dst0, int64_t xs, const ovs_matrix *w, int64_t K,
+                               int64_t C, int64_t mr, int64_t m, int64_t kb) {
+    const int64_t L = 9 * C, XI = (m + 2) * (m + 2);
     /* W[k, l] at w->data[wrow(k) + l * ws]: dense rows, or the conv-packed blocks (1 group) */
     const int packed = w->format == OVS_MATRIX_CONV_PACKED;
     const int64_t ws = packed ? OVS_CONV_PACK_MR : 1;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && KB > 1 && 9 * K * C >= OPS_PAR_MIN)
-    for (int64_t kb = 0; kb < KB; kb++) {
-        const int64_t m = K - kb * mr < mr ? K - kb * mr : mr;
+    {
+        const int64_t mk = K - kb * mr < mr ? K - kb * mr : mr;
         for (int64_t c = 0; c < C; c++) {
             float g[9][OPS_GEMM_MR_MAX] = {{0}}, u[WG_XI][OPS_GEMM_MR_MAX];
-            for (int64_t r = 0; r < m; r++) {
-                const int64_t k = kb * mr + r;
-                const float *src =
-                    w->data + c * 9 * ws + (packed ? (k / ws) * ws * L + k % ws : k * L);
-                for (int i = 0; i < 9; i++) g[i][r] = src[i * ws];
+            int64_t off = 0;   /* lane of row kb*mr */
+            if (packed) {
+                /* the whole packed block of OVS_CONV_PACK_MR rows holding rows kb*mr.. (mr
+                 * divides it): contiguous per tap, lanes off.. are ours */
+                const int64_t k0 = kb * mr;
+                const float *src = w->data + (k0 / ws) * ws * L + c * 9 * ws;
+                off = k0 % ws;
+                for (int i = 0; i < 9; i++)
+                    for (int r = 0; r < OVS_CONV_PACK_MR; r++) g[i][r] = src[i * ws + r];
+            } else {
+                for (int64_t r = 0; r < mk; r++) {
+                    const float *src = w->data + (kb * mr + r) * L + c * 9;
+                    for (int i = 0; i < 9; i++) g[i][r] = src[i];
+                }
             }
-            wg_weight(u, g, mr);
-            for (int xi = 0; xi < WG_XI; xi++) {
-                float *dst = U + ((xi * KB + kb) * C + c) * mr;
-                for (int64_t r = 0; r < mr; r++) dst[r] = u[xi][r];
+            if (m == 4)
+                wg_weight4(u, g);
+            else
+                wg_weight2(u, g);
+            for (int64_t xi = 0; xi < XI; xi++) {
+                float *dst = dst0 + xi * xs + c * mr;
+                for (int64_t r = 0; r < mr; r++) dst[r] = r < mk ? u[xi][off + r] : 0.0f;
             }
         }
     }
 }
 
+/* U (XI, KB, C, mr) = the transformed weights, block kb holding rows kb*mr.. (zeros past K):
+ * U[((xi*KB + kb)*C + c)*mr + r] = (G g_{kb*mr+r, c} G^T)[xi]. */
+static void wg_transform_weights(float *U, const ovs_matrix *w, int64_t K, int64_t C, int64_t mr,
+                                 int64_t m, int threads) {
+    const int64_t KB = (K + mr - 1) / mr;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && KB > 1 && 9 * K * C >= OPS_PAR_MIN)
+    for (int64_t kb = 0; kb < KB; kb++)
+        wg_transform_block(U + kb * C * mr, KB * C * mr, w, K, C, mr, m, kb);
+}
+
 typedef struct {
     const float *in;         /* (N, C, H, W) */
-    const float *U;          /* (16, KB, C, mr) */
+    const float *U;          /* (XI, KB, C, mr) */
     const float *bias;       /* (K,) or NULL */
     const float *res;        /* (N, K, P, Q) or NULL; may equal out */
     float *out;              /* (N, K, P, Q) */
     int64_t C, H, W, K, P, Q, ph, pw;
+    int64_t m, XI;           /* output tile m x m, XI = (m + 2)^2 transformed positions */
     int64_t TH, TW, T;       /* tiles per column / row / in all */
-    int64_t NT, NB, mr, KB;  /* tiles per chunk (multiple of NB), kernel width and height */
+    int64_t NT, NB, mr, KB;  /* a chunk's buffer tiles (multiple of NB), kernel width, height */
+    int64_t CT;              /* tiles per chunk (<= NT): chunk ch is tiles [ch*CT, ch*CT + CT) */
     ovs_act act;
 } wg_job;
 
@@ -105,8 +193,8 @@ typedef struct {
 
 /* One thread's buffers. */
 typedef struct {
-    float *V;                /* (16, NT/16, C, 16) */
-    float *M;                /* (16, NT/NB, mr, NB) */
+    float *V;                /* (XI, NT/16, C, 16) */
+    float *M;                /* (XI, NT/NB, mr, NB) */
     wg_piece *pieces;        /* (NT,) the chunk's pieces in order */
     int64_t npieces;
 } wg_bufs;
@@ -125,37 +213,41 @@ static void wg_cut(const wg_job *j, wg_bufs *b, int64_t t0, int64_t nt) {
     b->npieces = np;
 }
 
-/* V of the chunk's tiles (columns past nt zero). A piece's patches are the columns
+/* Rows y0 .. y0 + rows of channel c of image n, columns [x0, x0 + wd), zero outside the image,
+ * into d (rows, stride ds). */
+static inline void wg_patch_rows(const wg_job *j, float *d, int64_t ds, int rows, int64_t n,
+                                 int64_t c, int64_t y0, int64_t x0, int64_t wd) {
+    const int64_t H = j->H, W = j->W, HW = H * W;
+    /* columns [u0, u1) of the segment lie inside the image */
+    const int64_t u0 = x0 < 0 ? -x0 : 0, u1 = x0 + wd > W ? W - x0 : wd;
+    for (int r = 0; r < rows; r++) {
+        float *dr = d + r * ds;
+        const int64_t y = y0 + r;
+        if (y < 0 || y >= H || u1 <= u0) {
+            for (int64_t u = 0; u < wd; u++) dr[u] = 0.0f;
+            continue;
+        }
+        const float *row = j->in + n * j->C * HW + c * HW + y * W + x0;
+        for (int64_t u = 0; u < u0; u++) dr[u] = 0.0f;
+        for (int64_t u = u0; u < u1; u++) dr[u] = row[u];
+        for (int64_t u = u1; u < wd; u++) dr[u] = 0.0f;
+    }
+}
+
+/* V of the chunk's tiles, F(2x2). A piece's patches are the columns
  * [2*tx0 - pw, 2*tx0 - pw + 2*len + 2) of 4 input rows: B^T applied down the rows first (over
  * contiguous floats), then across each tile's 4 columns, from the even and odd columns. */
-static void wg_input(const wg_job *j, const wg_bufs *b, int64_t nt) {
-    const int64_t C = j->C, H = j->H, W = j->W, HW = H * W, np16 = j->NT / 16;
+static void wg_input2(const wg_job *j, const wg_bufs *b) {
+    const int64_t C = j->C, np16 = j->NT / 16;
     const int64_t xs = np16 * C * 16;   /* V's stride between positions xi */
-    for (int64_t pan = nt / 16; pan < np16; pan++)   /* columns past nt */
-        for (int xi = 0; xi < WG_XI; xi++)
-            for (int64_t c = 0; c < C; c++)
-                for (int64_t s = pan * 16 < nt ? nt - pan * 16 : 0; s < 16; s++)
-                    b->V[xi * xs + (pan * C + c) * 16 + s] = 0.0f;
     for (int64_t pi = 0; pi < b->npieces; pi++) {
         const wg_piece *pc = &b->pieces[pi];
         const int64_t len = pc->len, wd = 2 * len + 2, y0 = 2 * pc->ty - j->ph;
         const int64_t x0 = 2 * pc->tx0 - j->pw;
-        /* columns [u0, u1) of the segment lie inside the image */
-        const int64_t u0 = x0 < 0 ? -x0 : 0, u1 = x0 + wd > W ? W - x0 : wd;
         const int64_t pan = pc->i0 / 16, s0 = pc->i0 % 16;
         for (int64_t c = 0; c < C; c++) {
             float d[4][34];
-            for (int r = 0; r < 4; r++) {
-                const int64_t y = y0 + r;
-                if (y < 0 || y >= H || u1 <= u0) {
-                    for (int64_t u = 0; u < wd; u++) d[r][u] = 0.0f;
-                    continue;
-                }
-                const float *row = j->in + pc->n * C * HW + c * HW + y * W + x0;
-                for (int64_t u = 0; u < u0; u++) d[r][u] = 0.0f;
-                for (int64_t u = u0; u < u1; u++) d[r][u] = row[u];
-                for (int64_t u = u1; u < wd; u++) d[r][u] = 0.0f;
-            }
+            wg_patch_rows(j, &d[0][0], 34, 4, pc->n, c, y0, x0, wd);
             float t[4][34];   /* B^T d, each row split into even and odd columns */
             float ev[4][17], od[4][17];
             for (int64_t u = 0; u < wd; u++) {
@@ -184,9 +276,61 @@ static void wg_input(const wg_job *j, const wg_bufs *b, int64_t nt) {
     }
 }
 
-/* Output channels [k0, k0 + m) of the chunk from M: Y = A^T M A, (Y + b) [+ res], act; each
- * output row of a piece interleaved from its tiles' two columns, then stored contiguously. */
-static void wg_output(const wg_job *j, const wg_bufs *b, int64_t k0, int64_t m) {
+/* V of the chunk's tiles, F(4x4): a piece's patches are the columns
+ * [4*tx0 - pw, 4*tx0 - pw + 4*len + 2) of 6 input rows; B^T down the rows first (contiguous
+ * floats), then across each tile's 6 columns, from the rows split into their 4 column phases. */
+static void wg_input4(const wg_job *j, const wg_bufs *b) {
+    const int64_t C = j->C, np16 = j->NT / 16;
+    const int64_t xs = np16 * C * 16;   /* V's stride between positions xi */
+    for (int64_t pi = 0; pi < b->npieces; pi++) {
+        const wg_piece *pc = &b->pieces[pi];
+        const int64_t len = pc->len, wd = 4 * len + 2, y0 = 4 * pc->ty - j->ph;
+        const int64_t x0 = 4 * pc->tx0 - j->pw;
+        const int64_t pan = pc->i0 / 16, s0 = pc->i0 % 16;
+        /* the patch rows read in place: columns [u0, u1) lie inside the image, rows outside
+         * it read zeros; outside [u0, u1) B^T d is zero */
+        const int64_t u0 = x0 < 0 ? -x0 : 0, u1 = x0 + wd > j->W ? j->W - x0 : wd;
+        const float zeros[66] = {0};
+        for (int64_t c = 0; c < C; c++) {
+            const float *d[6];   /* d[r][u - u0]: patch row r, column u */
+            for (int r = 0; r < 6; r++) {
+                const int64_t y = y0 + r;
+                d[r] = y >= 0 && y < j->H && u1 > u0
+                           ? j->in + ((pc->n * C + c) * j->H + y) * j->W + x0 + u0
+                           : zeros;
+            }
+            float t[6][66];   /* B^T d */
+            for (int a = 0; a < 6; a++) {
+                for (int64_t u = 0; u < u0; u++) t[a][u] = 0.0f;
+                for (int64_t u = u1 > u0 ? u1 : u0; u < wd; u++) t[a][u] = 0.0f;
+            }
+            for (int64_t u = u0; u < u1; u++)
+                WG_BT4(t[0][u], t[1][u], t[2][u], t[3][u], t[4][u], t[5][u], d[0][u - u0],
+                       d[1][u - u0], d[2][u - u0], d[3][u - u0], d[4][u - u0], d[5][u - u0]);
+            float ph[6][4][17];   /* ph[a][q][s] = t[a][4s + q] */
+            for (int a = 0; a < 6; a++) {
+                for (int64_t s = 0; s < len; s++)
+                    for (int q = 0; q < 4; q++) ph[a][q][s] = t[a][4 * s + q];
+                ph[a][0][len] = t[a][4 * len];
+                ph[a][1][len] = t[a][4 * len + 1];
+            }
+            float *v = b->V + (pan * C + c) * 16 + s0;
+            for (int a = 0; a < 6; a++) {
+                const float *p0 = ph[a][0], *p1 = ph[a][1], *p2 = ph[a][2], *p3 = ph[a][3];
+                float *v0 = v + (6 * a) * xs, *v1 = v0 + xs, *v2 = v1 + xs, *v3 = v2 + xs,
+                      *v4 = v3 + xs, *v5 = v4 + xs;
+#pragma omp simd   /* v0..v5 are disjoint runs of V */
+                for (int64_t s = 0; s < len; s++)
+                    WG_BT4(v0[s], v1[s], v2[s], v3[s], v4[s], v5[s], p0[s], p1[s], p2[s], p3[s],
+                           p0[s + 1], p1[s + 1]);
+            }
+        }
+    }
+}
+
+/* Output channels [k0, k0 + m) of the chunk from M, F(2x2): Y = A^T M A, (Y + b) [+ res], act;
+ * each output row of a piece interleaved from its tiles' two columns, then stored contiguously. */
+static void wg_output2(const wg_job *j, const wg_bufs *b, int64_t k0, int64_t m) {
     const int64_t NB = j->NB, mr = j->mr, npan = j->NT / NB, PQ = j->P * j->Q, Q = j->Q;
     const int64_t xs = npan * mr * NB;   /* M's stride between positions xi */
     for (int64_t r = 0; r < m; r++) {
@@ -229,28 +373,92 @@ static void wg_output(const wg_job *j, const wg_bufs *b, int64_t k0, int64_t m) 
     }
 }
 
-static void wg_chunk(const wg_job *j, wg_bufs *b, int64_t chunk) {
-    const ops_gemm_isa *isa = ops_gemm_current_isa();
-    const int64_t t0 = chunk * j->NT, nt = j->T - t0 < j->NT ? j->T - t0 : j->NT;
-    const int64_t C = j->C, NB = j->NB, mr = j->mr, np16 = j->NT / 16, npan = j->NT / NB;
-    const int64_t used = (nt + NB - 1) / NB;   /* panels holding a tile of the chunk */
-    wg_cut(j, b, t0, nt);
-    wg_input(j, b, nt);
-    for (int64_t kb = 0; kb < j->KB; kb++) {
-        const int64_t k0 = kb * mr, m = j->K - k0 < mr ? j->K - k0 : mr;
-        for (int xi = 0; xi < WG_XI; xi++) {
-            const float *a = j->U + ((xi * j->KB + kb) * C) * mr;
-            for (int64_t pp = 0; pp < used; pp++)
-                isa->kernel(m, NB, C, a, b->V + ((xi * np16 + pp * (NB / 16)) * C) * 16, C * 16,
-                            b->M + ((xi * npan + pp) * mr) * NB, 0);
+/* The same for F(4x4): each output row of a piece from its tiles' four columns. */
+static void wg_output4(const wg_job *j, const wg_bufs *b, int64_t k0, int64_t m) {
+    const int64_t NB = j->NB, mr = j->mr, npan = j->NT / NB, PQ = j->P * j->Q, Q = j->Q;
+    const int64_t xs = npan * mr * NB;   /* M's stride between positions xi */
+    for (int64_t r = 0; r < m; r++) {
+        const int64_t k = k0 + r;
+        const float bk = j->bias ? j->bias[k] : 0.0f;
+        for (int64_t pi = 0; pi < b->npieces; pi++) {
+            const wg_piece *pc = &b->pieces[pi];
+            const int64_t len = pc->len, e0 = pc->i0 % NB;
+            const float *mm = b->M + ((pc->i0 / NB) * mr + r) * NB + e0;
+            float s[24][16];   /* A^T M: (4, 6) per tile */
+            for (int q = 0; q < 6; q++)
+                for (int64_t e = 0; e < len; e++)
+                    WG_AT4(s[q][e], s[6 + q][e], s[12 + q][e], s[18 + q][e], mm[q * xs + e],
+                           mm[(6 + q) * xs + e], mm[(12 + q) * xs + e], mm[(18 + q) * xs + e],
+                           mm[(24 + q) * xs + e], mm[(30 + q) * xs + e]);
+            const int64_t ox = 4 * pc->tx0, w = Q - ox < 4 * len ? Q - ox : 4 * len;
+            for (int a = 0; a < 4; a++) {
+                const int64_t oy = 4 * pc->ty + a;
+                if (oy >= j->P) break;
+                const int64_t off = (pc->n * j->K + k) * PQ + oy * Q + ox;
+                float *o = j->out + off;   /* (w,) the piece's output row; + b, + res, act */
+                const float *t0 = s[6 * a], *t1 = s[6 * a + 1], *t2 = s[6 * a + 2],
+                            *t3 = s[6 * a + 3], *t4 = s[6 * a + 4], *t5 = s[6 * a + 5];
+                float y[4][16];   /* the row's 4 columns per tile */
+                for (int64_t e = 0; e < len; e++)
+                    WG_AT4(y[0][e], y[1][e], y[2][e], y[3][e], t0[e], t1[e], t2[e], t3[e], t4[e],
+                           t5[e]);
+                const int64_t full = w / 4;   /* whole tiles; then the map's last 1..3 columns */
+                if (j->res) {
+                    const float *rs = j->res + off;
+                    for (int64_t e = 0; e < full; e++)
+                        for (int b4 = 0; b4 < 4; b4++)
+                            o[4 * e + b4] = (y[b4][e] + bk) + rs[4 * e + b4];
+                    for (int64_t x = 4 * full; x < w; x++) o[x] = (y[x % 4][full] + bk) + rs[x];
+                } else {
+                    for (int64_t e = 0; e < full; e++)
+                        for (int b4 = 0; b4 < 4; b4++) o[4 * e + b4] = y[b4][e] + bk;
+                    for (int64_t x = 4 * full; x < w; x++) o[x] = y[x % 4][full] + bk;
+                }
+                ops_act_inplace(o, w, j->act);
+            }
         }
-        wg_output(j, b, k0, m);
     }
 }
 
-/* Tiles per chunk: V (16, NT, C) of about WG_V_FLOATS, a multiple of NB, at most 8 NB. */
-static int64_t wg_chunk_tiles(int64_t C, int64_t NB) {
-    int64_t nt = WG_V_FLOATS / (WG_XI * C) / NB * NB;
+/* The chunk's V: its tiles cut into pieces, input transform (columns past its tiles zero). */
+static void wg_chunk_input(const wg_job *j, wg_bufs *b, int64_t chunk) {
+    const int64_t t0 = chunk * j->CT, nt = j->T - t0 < j->CT ? j->T - t0 : j->CT;
+    const int64_t C = j->C, np16 = j->NT / 16;
+    const int64_t xs = np16 * C * 16;          /* V's stride between positions xi */
+    wg_cut(j, b, t0, nt);
+    for (int64_t pan = nt / 16; pan < np16; pan++)   /* V's columns past nt: zero */
+        for (int64_t xi = 0; xi < j->XI; xi++)
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t s = pan * 16 < nt ? nt - pan * 16 : 0; s < 16; s++)
+                    b->V[xi * xs + (pan * C + c) * 16 + s] = 0.0f;
+    if (j->m == 4)
+        wg_input4(j, b);
+    else
+        wg_input2(j, b);
+}
+
+/* Output channels of block kb for the chunk whose V is in b: the XI GEMMs U_xi (block kb, at
+ * U + xi*uxs) @ V_xi into M, then the output transform. */
+static void wg_chunk_block(const wg_job *j, wg_bufs *b, int64_t chunk, int64_t kb,
+                           const float *U, int64_t uxs) {
+    const ops_gemm_isa *isa = ops_gemm_current_isa();
+    const int64_t t0 = chunk * j->CT, nt = j->T - t0 < j->CT ? j->T - t0 : j->CT;
+    const int64_t C = j->C, NB = j->NB, mr = j->mr, np16 = j->NT / 16, npan = j->NT / NB;
+    const int64_t used = (nt + NB - 1) / NB;   /* panels holding a tile of the chunk */
+    const int64_t k0 = kb * mr, m = j->K - k0 < mr ? j->K - k0 : mr;
+    for (int64_t xi = 0; xi < j->XI; xi++)
+        for (int64_t pp = 0; pp < used; pp++)
+            isa->kernel(m, NB, C, U + xi * uxs, b->V + ((xi * np16 + pp * (NB / 16)) * C) * 16,
+                        C * 16, b->M + ((xi * npan + pp) * mr) * NB, 0);
+    if (j->m == 4)
+        wg_output4(j, b, k0, m);
+    else
+        wg_output2(j, b, k0, m);
+}
+
+/* Tiles per chunk: V (XI, NT, C) of about WG_V_FLOATS, a multiple of NB, at most 8 NB. */
+static int64_t wg_chunk_tiles(int64_t C, int64_t NB, int64_t XI) {
+    int64_t nt = WG_V_FLOATS / (XI * C) / NB * NB;
     if (nt > 8 * NB) nt = 8 * NB;
     return nt < NB ? NB : nt;
 }
@@ -258,37 +466,54 @@ static int64_t wg_chunk_tiles(int64_t C, int64_t NB) {
 int ops_conv2d_winograd(const char *op, float *out, const float *in, const ovs_matrix *weight,
                         const float *bias, const float *residual, int64_t N, int64_t C, int64_t H,
                         int64_t W, int64_t K, int64_t ph, int64_t pw, ovs_act act, int64_t P,
-                        int64_t Q) {
+                        int64_t Q, int64_t m) {
     const ops_gemm_isa *isa = ops_gemm_current_isa();
     const int64_t mr = isa->mr_max, NB = isa->nr_max, KB = (K + mr - 1) / mr;
-    wg_job j = {in, NULL, bias, residual, out, C, H, W, K, P, Q, ph, pw, (P + 1) / 2, (Q + 1) / 2,
-                0, 0, NB, mr, KB, act};
+    const int64_t XI = (m + 2) * (m + 2);
+    wg_job j = {in, NULL, bias, residual, out, C, H, W, K, P, Q, ph, pw, m, XI, (P + m - 1) / m,
+                (Q + m - 1) / m, 0, 0, NB, mr, KB, 0, act};
     j.T = N * j.TH * j.TW;
     int threads = ovs_get_num_threads();
 #ifdef _OPENMP
     if (omp_in_parallel()) threads = 1;
 #endif
-    /* Several threads: at least ~4 chunks each where the tiles allow (the dynamic schedule then
-     * evens out a short last chunk). The chunking does not change any result. */
-    j.NT = wg_chunk_tiles(C, NB);
-    if (threads > 1) {
-        const int64_t even = j.T / (4 * threads) / NB * NB;
-        if (even < j.NT) j.NT = even > NB ? even : NB;
+    /* Few tiles per image: a chunk per image, and the threads split the (image, block of mr
+     * output channels) pairs (no barrier either): a thread makes an image's V when it first
+     * takes one of its pairs, and transforms each weight block it takes into its own buffer
+     * (XI*C*mr floats, cache-sized) right before that block's GEMMs, so the XI*K*C
+     * transformed weights never go through memory (with few tiles per weight, writing and
+     * re-reading them cost as much as the GEMMs). Otherwise chunks of tiles; with several
+     * threads at least ~4 chunks each where the tiles allow (the dynamic schedule then evens
+     * out a short last chunk). No way of cutting the work changes any result. */
+    const int kpart = j.TH * j.TW <= WG_KPART_TILES;
+    if (kpart) {
+        j.CT = j.TH * j.TW;
+        j.NT = (j.CT + NB - 1) / NB * NB;
+    } else {
+        j.NT = wg_chunk_tiles(C, NB, XI);
+        if (threads > 1) {
+            const int64_t even = j.T / (4 * threads) / NB * NB;
+            if (even < j.NT) j.NT = even > NB ? even : NB;
+        }
     }
-    const int64_t chunks = (j.T + j.NT - 1) / j.NT;
-    if (threads > chunks) threads = (int)chunks;
-    /* per thread: V, M and the pieces */
-    const size_t nv = (size_t)(WG_XI * C) * (size_t)j.NT, nm = (size_t)(WG_XI * mr) * (size_t)j.NT;
-    const size_t per = (((nv + nm) * sizeof(float) + (size_t)j.NT * sizeof(wg_piece)) + 63) &
-                       ~(size_t)63;
-    /* U, then the threads' buffers, in the calling thread's kept workspace (ops_internal.h):
-     * fresh blocks of a MiB or more are mapped per call (ovs returns large frees to the
-     * system), and their page faults cost ~0.4 ms of a 128-channel 56x56 conv */
+    if (!kpart) j.CT = j.NT;
+    const int64_t chunks = (j.T + j.CT - 1) / j.CT, items = kpart ? N * KB : chunks;
+    if (threads > items) threads = (int)items;
+    /* per thread: V, M, (kpart) its weight block, the pieces */
+    const size_t nv = (size_t)(XI * C) * (size_t)j.NT, nm = (size_t)(XI * mr) * (size_t)j.NT;
+    const size_t nu = kpart ? (size_t)(XI * C * mr) : 0;
+    const size_t per =
+        (((nv + nm + nu) * sizeof(float) + (size_t)j.NT * sizeof(wg_piece)) + 63) & ~(size_t)63;
+    /* U (chunks of tiles only), then the threads' buffers, in the calling thread's kept
+     * workspace (ops_internal.h): fresh blocks of a MiB or more are mapped per call (ovs
+     * returns large frees to the system), and their page faults cost ~0.4 ms of a 128-channel
+     * 56x56 conv */
     const size_t u_bytes =
-        ((size_t)WG_XI * (size_t)(KB * mr) * (size_t)C * sizeof(float) + 63) & ~(size_t)63;
+        kpart ? 0
+              : ((size_t)XI * (size_t)(KB * mr) * (size_t)C * sizeof(float) + 63) & ~(size_t)63;
     void *own = NULL;
     char *ws = ops_thread_workspace(OPS_WS_CONV, u_bytes + (size_t)threads * per, &own);
-    float *U = ws ? (float *)ws : NULL;
+    float *U = ws && !kpart ? (float *)ws : NULL;
     char *bufs = ws ? ws + u_bytes : NULL;
     if (!ws) {
         return ovs_set_error(OVS_ERR_NOMEM,
@@ -296,21 +521,49 @@ int ops_conv2d_winograd(const char *op, float *out, const float *in, const ovs_m
                              "%d x %zu bytes of tiles)",
                              op, (long long)K, (long long)C, threads, per);
     }
-    wg_transform_weights(U, weight, K, C, mr, threads);
-    j.U = U;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
-    for (int64_t ch = 0; ch < chunks; ch++) {
-        int tid = 0;
+    if (kpart) {
+#pragma omp parallel num_threads(threads) if (threads > 1)
+        {
+            int tid = 0;
 #ifdef _OPENMP
-        tid = omp_get_thread_num();
+            tid = omp_get_thread_num();
 #endif
-        char *base = bufs + (size_t)tid * per;
-        wg_bufs b;
-        b.V = (float *)base;
-        b.M = b.V + nv;
-        b.pieces = (wg_piece *)(b.M + nm);
-        b.npieces = 0;
-        wg_chunk(&j, &b, ch);
+            wg_bufs b;
+            b.V = (float *)(bufs + (size_t)tid * per);
+            b.M = b.V + nv;
+            float *Ub = b.M + nm;
+            b.pieces = (wg_piece *)(Ub + nu);
+            b.npieces = 0;
+            int64_t have_v = -1;   /* the image whose V is in b */
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t it = 0; it < items; it++) {
+                const int64_t n = it / KB, kb = it % KB;
+                if (have_v != n) {
+                    wg_chunk_input(&j, &b, n);
+                    have_v = n;
+                }
+                wg_transform_block(Ub, C * mr, weight, K, C, mr, m, kb);
+                wg_chunk_block(&j, &b, n, kb, Ub, C * mr);
+            }
+        }
+    } else {
+        wg_transform_weights(U, weight, K, C, mr, m, threads);
+        j.U = U;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
+        for (int64_t ch = 0; ch < chunks; ch++) {
+            int tid = 0;
+#ifdef _OPENMP
+            tid = omp_get_thread_num();
+#endif
+            wg_bufs b;
+            b.V = (float *)(bufs + (size_t)tid * per);
+            b.M = b.V + nv;
+            b.pieces = (wg_piece *)(b.M + nm);
+            b.npieces = 0;
+            wg_chunk_input(&j, &b, ch);
+            for (int64_t kb = 0; kb < KB; kb++)
+                wg_chunk_block(&j, &b, ch, kb, U + kb * C * mr, KB * C * mr);
+        }
     }
     ovs_free(own);
     return OVS_OK;
@@ -338,4 +591,35 @@ int ovs_conv2d_winograd_wins(int64_t N, int64_t C, int64_t H, int64_t W, int64_t
     if (C < 16 || K < 16 || C > 384) return 0;
     if (C < 64) return T >= 14000;
     return C < 128 ? T >= 2500 : T * C >= 60000;
+}
+
+/* 1 when AUTO takes F(4x4, 3x3): it beats F(2x2, 3x3) and the direct conv, and its error is
+ * affordable; from the tiles of one image (T4 = ceil(P/4) * ceil(Q/4)) and the widths.
+ * Speed, measured per layer on an Intel Xeon (Sapphire Rapids class, AVX-512, KVM, 2 cores;
+ * 1 and 2 threads, CPU time, benchmarks/bench_conv.py: RN50 224/448 and DeepLab 512 shapes,
+ * see the commits): F(4x4) took 0.44-0.61x the direct time for C = 128..304 from 56x56
+ * (T4 = 196) up and, with the per-image K split (T4 <= WG_KPART_TILES), 0.56x at 32x32,
+ * 0.63-0.67x (C = 512) and 0.66-0.73x (256) at 28x28 (F(2x2): 0.68-0.71x, 0.70-0.73x); with
+ * C = 128 at 28x28 it gains only 5-10% (left to the direct conv, F(2x2) loses there) and at
+ * 14x14 both lose (F(4x4) 1.5-1.6x, F(2x2) 1.1-1.3x). It also wins for C = 32 and 64
+ * (0.48-0.78x), but there it costs too much accuracy: on RN50 (tests/_generated weights) at
+ * 448^2 against open_clip in float64, F(4x4) on the stem's two C = 32 convs alone takes the
+ * res5 error from 4.8e-5 to 1.6e-4, on layer1's C = 64 convs alone to 9.0e-5, on the C >= 128
+ * convs (this rule) to 6.9e-5 (the parity bar is 1e-4). Not measured on AMD: the same rule
+ * applies there until measured. */
+static int wg4_wins(int64_t C, int64_t P, int64_t Q, int64_t K) {
+    const int64_t T4 = ((P + 3) / 4) * ((Q + 3) / 4);
+    if (C < 128 || K < 16) return 0;
+    return T4 > WG_KPART_TILES ? C <= 384 : T4 >= 49 && C >= 256;
+}
+
+ovs_conv2d_algo ovs_conv2d_auto_algo(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K,
+                                     int64_t R, int64_t S, const ovs_conv2d_params *p) {
+    if (!p || !ops_conv2d_winograd_supported(R, S, p)) return OVS_CONV2D_DIRECT;
+    const int64_t P = ovs_conv2d_out_size(H, 3, 1, p->pad_h, 1);
+    const int64_t Q = ovs_conv2d_out_size(W, 3, 1, p->pad_w, 1);
+    if (P < 1 || Q < 1 || N < 1) return OVS_CONV2D_DIRECT;
+    if (wg4_wins(C, P, Q, K)) return OVS_CONV2D_WINOGRAD4;
+    return ovs_conv2d_winograd_wins(N, C, H, W, K, R, S, p) ? OVS_CONV2D_WINOGRAD
+                                                             : OVS_CONV2D_DIRECT;
 }

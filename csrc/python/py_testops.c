@@ -156,13 +156,15 @@ static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
         return NULL;
     }
     /* algo: ovs_conv2d_params.algo ("auto" lets ovs_conv2d_forward choose; with naive=True
-     * "auto" and "direct" are the direct conv, "winograd" the Winograd twin) */
+     * "auto" and "direct" are the direct conv, "winograd" / "winograd4" the Winograd twins) */
     ovs_conv2d_algo algo;
     if (!strcmp(algo_name, "auto")) algo = OVS_CONV2D_AUTO;
     else if (!strcmp(algo_name, "direct")) algo = OVS_CONV2D_DIRECT;
     else if (!strcmp(algo_name, "winograd")) algo = OVS_CONV2D_WINOGRAD;
+    else if (!strcmp(algo_name, "winograd4")) algo = OVS_CONV2D_WINOGRAD4;
     else {
-        PyErr_Format(PyExc_ValueError, "algo must be 'auto', 'direct' or 'winograd', got '%s'",
+        PyErr_Format(PyExc_ValueError,
+                     "algo must be 'auto', 'direct', 'winograd' or 'winograd4', got '%s'",
                      algo_name);
         return NULL;
     }
@@ -267,7 +269,8 @@ static PyObject *py_op_conv2d_scratch_floats(PyObject *self, PyObject *args, PyO
 }
 
 /* op_conv2d_winograd_wins(N, C, H, W, K, R, S, padding): ovs_conv2d_winograd_wins for a
- * stride-1 undilated ungrouped conv: whether AUTO takes Winograd for it. */
+ * stride-1 undilated ungrouped conv: whether F(2x2) beats the direct conv for it (AUTO takes
+ * it unless F(4x4) wins too: op_conv2d_auto_algo). */
 static PyObject *py_op_conv2d_winograd_wins(PyObject *self, PyObject *args) {
     long long N, C, H, W, K, R, S, pad;
     (void)self;
@@ -275,6 +278,20 @@ static PyObject *py_op_conv2d_winograd_wins(PyObject *self, PyObject *args) {
     ovs_conv2d_params p = ovs_conv2d_defaults();
     p.pad_h = p.pad_w = pad;
     return PyBool_FromLong(ovs_conv2d_winograd_wins(N, C, H, W, K, R, S, &p));
+}
+
+/* op_conv2d_auto_algo(N, C, H, W, K, R, S, padding): ovs_conv2d_auto_algo for a stride-1
+ * undilated ungrouped conv, as the algo name AUTO takes ('direct', 'winograd', 'winograd4'). */
+static PyObject *py_op_conv2d_auto_algo(PyObject *self, PyObject *args) {
+    long long N, C, H, W, K, R, S, pad;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "LLLLLLLL", &N, &C, &H, &W, &K, &R, &S, &pad)) return NULL;
+    ovs_conv2d_params p = ovs_conv2d_defaults();
+    p.pad_h = p.pad_w = pad;
+    const ovs_conv2d_algo a = ovs_conv2d_auto_algo(N, C, H, W, K, R, S, &p);
+    return PyUnicode_FromString(a == OVS_CONV2D_WINOGRAD4  ? "winograd4"
+                                : a == OVS_CONV2D_WINOGRAD ? "winograd"
+                                                           : "direct");
 }
 
 /* op_conv2d_pack(w (K, Cg, R, S), groups=1, unpack=False, inplace=False): the packed weight
@@ -696,12 +713,14 @@ static PyObject *py_op_debug_invalid_calls(PyObject *self, PyObject *noargs) {
     w_bad.format = (ovs_matrix_format)7;
     ovs_matrix w_conv = ovs_matrix_dense(buf, 1, 9);   /* (K=1, C=1 * 3 * 3) */
     ovs_conv2d_params p = ovs_conv2d_defaults(), p_stride0 = p, p_groups = p, p_algo = p;
-    ovs_conv2d_params p_wino = p, p_wino_s2 = p;
+    ovs_conv2d_params p_wino = p, p_wino_s2 = p, p_wino4_d2 = p;
     p_stride0.stride_h = 0;
     p_groups.groups = 2;
     p_algo.algo = (ovs_conv2d_algo)7;
     p_wino.algo = p_wino_s2.algo = OVS_CONV2D_WINOGRAD;
     p_wino_s2.stride_w = 2;
+    p_wino4_d2.algo = OVS_CONV2D_WINOGRAD4;
+    p_wino4_d2.dil_h = 2;
     float mean[3] = {0, 0, 0}, std1[3] = {1, 1, 1}, std0[3] = {1, 0, 1}, var[2] = {1, -2};
     const int64_t big = (int64_t)1 << 31;
 #define CASE(label, expr)                                   \
@@ -751,6 +770,12 @@ static PyObject *py_op_debug_invalid_calls(PyObject *self, PyObject *noargs) {
     ovs_matrix w_conv15 = ovs_matrix_dense(buf, 1, 15);   /* (K=1, C=1 * 3 * 5) */
     CASE("conv winograd 3x5", ovs_conv2d_forward(buf, buf, &w_conv15, NULL, NULL, 1, 1, 5, 5, 1,
                                                  3, 5, &p_wino, OVS_ACT_NONE, buf));
+    CASE("conv winograd4 dilation 2", ovs_conv2d_forward(buf, buf, &w_conv, NULL, NULL, 1, 1, 5,
+                                                         3, 1, 3, 3, &p_wino4_d2, OVS_ACT_NONE,
+                                                         buf));
+    CASE("conv_naive winograd4 dilation 2", ovs_conv2d_forward_naive(buf, buf, &w_conv, NULL,
+                                                                     NULL, 1, 1, 5, 3, 1, 3, 3,
+                                                                     &p_wino4_d2, OVS_ACT_NONE));
     CASE("conv_naive winograd stride 2", ovs_conv2d_forward_naive(buf, buf, &w_conv, NULL, NULL,
                                                                   1, 1, 3, 3, 1, 3, 3, &p_wino_s2,
                                                                   OVS_ACT_NONE));
@@ -1023,9 +1048,9 @@ static PyObject *py_gemm_release_workspace(PyObject *self, PyObject *noargs) {
       "prepacked=None, scratch=True, algo='auto', repeat=1): packed packs w first; "        \
       "prepacked is w packed earlier by op_conv2d_pack (w then gives the shape); scratch: "  \
       "pass scratch sized by ovs_conv2d_scratch_floats (as the models, from their arenas), " \
-      "else NULL (the conv allocates its input copy); algo 'auto', 'direct' or 'winograd' "  \
-      "(ovs_conv2d_params.algo; naive=True: 'winograd' is the Winograd twin); repeat runs "  \
-      "the fast conv that many times (timing).")                                            \
+      "else NULL (the conv allocates its input copy); algo 'auto', 'direct', 'winograd' "   \
+      "or 'winograd4' (ovs_conv2d_params.algo; naive=True: 'winograd' / 'winograd4' are "   \
+      "the Winograd twins); repeat runs the fast conv that many times (timing).")           \
     X(op_conv2d_scratch_floats, "(C, H, W, K, R, S, stride=1, padding=0, dilation=1, "     \
       "groups=1): the scratch floats ovs_conv2d_forward may use (its input copy).")        \
     X(op_conv2d_pack, "(w, groups=1, unpack=False, inplace=False): the conv weight "        \
@@ -1062,7 +1087,11 @@ static PyObject *py_gemm_release_workspace(PyObject *self, PyObject *noargs) {
 /* The test hooks taking positional or no arguments, X(name, flags, doc). */
 #define OVS_PY_TESTHOOKS(X)                                                                 \
     X(op_conv2d_winograd_wins, METH_VARARGS, "(N, C, H, W, K, R, S, padding) -> bool: "     \
-      "whether algo AUTO takes Winograd for that stride-1 conv (ovs_conv2d_winograd_wins).") \
+      "whether F(2x2) beats the direct conv for that stride-1 conv "                        \
+      "(ovs_conv2d_winograd_wins; AUTO's choice: op_conv2d_auto_algo).")                    \
+    X(op_conv2d_auto_algo, METH_VARARGS, "(N, C, H, W, K, R, S, padding) -> str: the path " \
+      "algo AUTO takes for that stride-1 conv: 'direct', 'winograd' or 'winograd4' "        \
+      "(ovs_conv2d_auto_algo).")                                                            \
     X(debug_fail_alloc, METH_O, "(n) -> allocations made since the last call; the n-th "    \
       "allocation from now fails (0 = off).")                                               \
     X(gemm_set_isa, METH_O, "(name) -> name in use; 'auto', 'portable', 'avx2' or "         \

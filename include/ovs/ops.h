@@ -149,15 +149,17 @@ int ovs_linear_forward_naive(float *out, const float *in, const ovs_matrix *weig
                              int64_t K, ovs_act act);
 
 /* ---------------------------------------------------------------- conv2d */
-/* How ovs_conv2d_forward computes a conv. AUTO takes Winograd F(2x2, 3x3) for 3x3, stride-1,
- * undilated, ungrouped convs on maps large enough for it to win (ovs_conv2d_winograd_wins) and
- * the direct implicit GEMM otherwise; DIRECT always the implicit GEMM (the fmaf chain over the
- * taps, for callers and tests that need exactly that); WINOGRAD forces Winograd
- * (OVS_ERR_UNSUPPORTED for a conv it does not cover). Both paths agree to float32 rounding. */
+/* How ovs_conv2d_forward computes a conv. AUTO takes Winograd F(4x4, 3x3) or F(2x2, 3x3) for
+ * 3x3, stride-1, undilated, ungrouped convs on maps large enough for it to win
+ * (ovs_conv2d_auto_algo) and the direct implicit GEMM otherwise; DIRECT always the implicit
+ * GEMM (the fmaf chain over the taps, for callers and tests that need exactly that); WINOGRAD
+ * forces Winograd F(2x2, 3x3), WINOGRAD4 Winograd F(4x4, 3x3) (OVS_ERR_UNSUPPORTED for a conv
+ * they do not cover). The paths agree to float32 rounding (F(4x4) a few times looser). */
 typedef enum {
     OVS_CONV2D_AUTO = 0,
     OVS_CONV2D_DIRECT = 1,
     OVS_CONV2D_WINOGRAD = 2,
+    OVS_CONV2D_WINOGRAD4 = 3,
 } ovs_conv2d_algo;
 
 typedef struct {
@@ -192,7 +194,7 @@ size_t ovs_conv2d_scratch_floats(int64_t C, int64_t H, int64_t W, int64_t K, int
  * (c, r, s) in increasing order (a skipped tap would add an exact 0 for finite weights), then
  * + bias, + residual, activation, so the result is bitwise independent of the thread count and
  * of the ISA path (both paths are). ovs_conv2d_forward_naive is the direct conv in double for
- * AUTO and DIRECT, the Winograd twin for WINOGRAD. */
+ * AUTO and DIRECT, the Winograd twins for WINOGRAD and WINOGRAD4. */
 int ovs_conv2d_forward(float *out, const float *in, const ovs_matrix *weight, const float *bias,
                        const float *residual, int64_t N, int64_t C, int64_t H, int64_t W,
                        int64_t K, int64_t R, int64_t S, const ovs_conv2d_params *p, ovs_act act,
@@ -216,11 +218,23 @@ int ovs_conv2d_forward_naive(float *out, const float *in, const ovs_matrix *weig
  * loops, the transforms as matrix products), up to the activation's implementation.
  * Its error against the exact conv is of the order of the direct float32 conv's (each M element
  * one fmaf chain over C instead of 9C taps, the transforms' coefficients 0, +-1/2, +-1): the
- * results differ from the direct path's in the last bits, tests/test_winograd.py bounds both. */
-/* 1 when AUTO takes Winograd for this conv (shape and params; checks nothing else). The choice
- * depends on one image's size, not on N: an image's result is bitwise the same in any batch. */
+ * results differ from the direct path's in the last bits, tests/test_winograd.py bounds both.
+ * Winograd F(4x4, 3x3) (algo WINOGRAD4, and AUTO where it wins) is the same with 4x4 output
+ * tiles, 6x6 patches, 36 GEMMs and the matrices of Lavin & Gray for the points 0, +-1, +-2
+ * (listed in winograd.c; 36*K*C transient transformed weights); its twin is
+ * ovs_conv2d_forward_naive with algo WINOGRAD4. Its transforms' coefficients (up to 8, and
+ * 1/6, 1/12, 1/24, inexact) make its float32 error larger, a few times the direct conv's
+ * (tests/test_winograd.py measures and bounds it). */
+/* 1 when Winograd F(2x2, 3x3) beats the direct conv for this conv (shape and params; checks
+ * nothing else). The choice depends on one image's size, not on N: an image's result is
+ * bitwise the same in any batch. */
 int ovs_conv2d_winograd_wins(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R,
                              int64_t S, const ovs_conv2d_params *p);
+/* The path AUTO takes for this conv: OVS_CONV2D_WINOGRAD4 where F(4x4, 3x3) wins, else
+ * OVS_CONV2D_WINOGRAD where ovs_conv2d_winograd_wins, else OVS_CONV2D_DIRECT (shape and params
+ * only, and like it independent of N). */
+ovs_conv2d_algo ovs_conv2d_auto_algo(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K,
+                                     int64_t R, int64_t S, const ovs_conv2d_params *p);
 
 /* A conv weight (K, L = C/groups*R*S) packed once, at model build, into the layout the conv's
  * micro-kernels read (otherwise packed on every call): per group g, ceil(Kg/MR) blocks of
