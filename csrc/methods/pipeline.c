@@ -55,14 +55,17 @@ static int check_up(int64_t C, int64_t h, int64_t w, int64_t H, int64_t W, float
 
 typedef struct {
     float *mx, *mn, *nan; /* (nbr, C, nb) each: block row, class, block */
-    int64_t C, nbr, nb;
+    int64_t nbr, nb;
 } block_bounds;
 
 static inline int64_t block_rows(int64_t h) { return (h + LB - 1) / LB; }
 
-/* One class's block row: p points at its value row r0 (row stride w), nrows = r1 - r0 + 1; cmx,
- * cmn, cnan (w,) scratch; bx, bn, bnan (nb,) out. Plain comparisons (not fminf) so the loops
- * vectorise; 0 * v flags NaN and inf. */
+/* The bounds of (C, h, w) logits in one flat buffer of ovs_seg_block_bounds_floats(C, h, w). */
+static block_bounds bounds_view(float *buf, int64_t C, int64_t h, int64_t w) {
+    const size_t n = (size_t)block_rows(h) * C * block_rows(w);
+    return (block_bounds){.mx = buf, .mn = buf + n, .nan = buf + 2 * n, .nbr = block_rows(h), .nb = block_rows(w)};
+}
+
 static inline float min4(float a, float b, float c, float d) {
     const float x = a < b ? a : b, y = c < d ? c : d;
     return x < y ? x : y;
@@ -73,6 +76,7 @@ static inline float max4(float a, float b, float c, float d) {
 }
 
 #define CBR_CHUNK 32 /* columns kept in registers down the rows */
+/* One class's column extrema over nrows rows (stride w), n <= CBR_CHUNK columns. */
 static inline void column_bounds(const float *restrict p, int64_t nrows, int64_t w, int64_t n,
                                  float *restrict cmx, float *restrict cmn, float *restrict cnan) {
     float mx[CBR_CHUNK], mn[CBR_CHUNK], nan[CBR_CHUNK];
@@ -92,6 +96,9 @@ static inline void column_bounds(const float *restrict p, int64_t nrows, int64_t
     for (int64_t j = 0; j < n; j++) cmx[j] = mx[j], cmn[j] = mn[j], cnan[j] = nan[j];
 }
 
+/* One class's block row: p points at its value row r0 (row stride w), nrows = r1 - r0 + 1; cmx,
+ * cmn, cnan (w,) scratch; bx, bn, bnan (nb,) out. Plain comparisons (not fminf) so the loops
+ * vectorise; 0 * v flags NaN and inf. */
 static void class_block_row(const float *p, int64_t nrows, int64_t w, int64_t nb, float *cmx, float *cmn,
                             float *cnan, float *bx, float *bn, float *bnan) {
     /* per column over the rows, CBR_CHUNK columns at a time (a constant trip count: registers) */
@@ -121,15 +128,6 @@ static void class_block_row(const float *p, int64_t nrows, int64_t w, int64_t nb
     }
 }
 
-/* logits (C, Hp, Wp) from the nwin windows' (C, gh, gw) logits smalls (window j's at
- * smalls + j C gh gw, its origin (wy[j], wx[j])): each upsampled bilinearly by the taps c (every
- * window has the same size), cropped to (h, w), summed in window order, divided by count. Per
- * element exactly what the element-wise form computes, 0 + interp_0 + interp_1 + ... then / count:
- * interp() separably, per class the horizontal pass of each source row once (lx0 a + lx1 b),
- * then per output row ly0 R[y0] + ly1 R[y1] - the same float operations in the same order (no
- * contraction under -std=c11), on contiguous rows that vectorise. Per class a band of rows at a
- * time (zero, every window's rows of the band, divide) so each value is written to memory once.
- * Classes in parallel; per thread one (nwin, gh, w) buffer. */
 /* Where accumulate_windows puts each class's (Hp, Wp) plane: at logits + k Hp Wp, or (to != NULL)
  * bilinearly resized (ovs_resize_bilinear, align_corners=False, per plane as for all planes at
  * once) into to->out + k OH OW from a per-thread plane, counting non-finite plane values. */
@@ -139,6 +137,15 @@ typedef struct {
     int64_t nonfinite;
 } resize_target;
 
+/* logits (C, Hp, Wp) from the nwin windows' (C, gh, gw) logits smalls (window j's at
+ * smalls + j C gh gw, its origin (wy[j], wx[j])): each upsampled bilinearly by the taps c (every
+ * window has the same size), cropped to (h, w), summed in window order, divided by count. Per
+ * element exactly what the element-wise form computes, 0 + interp_0 + interp_1 + ... then / count:
+ * interp() separably, per class the horizontal pass of each source row once (lx0 a + lx1 b),
+ * then per output row ly0 R[y0] + ly1 R[y1] - the same float operations in the same order (no
+ * contraction under -std=c11), on contiguous rows that vectorise. Per class a band of rows at a
+ * time (zero, every window's rows of the band, divide) so each value is written to memory once.
+ * Classes in parallel; per thread one (nwin, gh, w) buffer. */
 static int accumulate_windows(float *logits, int64_t C, int64_t Hp, int64_t Wp, const float *count,
                               const float *smalls, int64_t nwin, const int64_t *wy, const int64_t *wx,
                               int64_t gh, int64_t gw, int64_t h, int64_t w, const coeffs *c,
@@ -275,9 +282,7 @@ int ovs_seg_window_average(float *logits, int64_t C, int64_t Hp, int64_t Wp, con
                            int64_t wh, int64_t ww, int64_t h, int64_t w, int naive, float *bounds) {
     if (!bounds) return window_average(logits, C, Hp, Wp, smalls, nwin, wy, wx, gh, gw, wh, ww, h, w, naive, NULL, NULL);
     if (naive) return ovs_set_error(OVS_ERR_ARG, "window average: the twin takes no block bounds");
-    const size_t n = (size_t)block_rows(Hp) * C * block_rows(Wp);
-    const block_bounds bb = {.mx = bounds, .mn = bounds + n, .nan = bounds + 2 * n, .C = C,
-                             .nbr = block_rows(Hp), .nb = block_rows(Wp)};
+    const block_bounds bb = bounds_view(bounds, C, Hp, Wp);
     return window_average(logits, C, Hp, Wp, smalls, nwin, wy, wx, gh, gw, wh, ww, h, w, 0, &bb, NULL);
 }
 
@@ -827,9 +832,7 @@ int ovs_seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, i
 int ovs_seg_labels_bounded(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w, int64_t H,
                            int64_t W, float logit_scale, float bg_threshold, int32_t bg_label,
                            const float *bounds) {
-    const size_t n = (size_t)block_rows(h) * C * block_rows(w);
-    const block_bounds bb = {.mx = (float *)bounds, .mn = (float *)bounds + n, .nan = (float *)bounds + 2 * n,
-                             .C = C, .nbr = block_rows(h), .nb = block_rows(w)};
+    const block_bounds bb = bounds_view((float *)bounds, C, h, w); /* read only */
     return seg_labels(labels, logits, C, h, w, H, W, logit_scale, bg_threshold, bg_label, &bb);
 }
 
@@ -848,17 +851,21 @@ int ovs_seg_image_labels(ovs_segmenter *s, int32_t *labels, const uint8_t *image
         return ovs_set_error(OVS_ERR_OVERFLOW, "logits of %lld classes at %lldx%lld overflow", (long long)C,
                              (long long)Hp, (long long)Wp);
     const int fast = !labels_take_naive(C, Hp, Wp, OH, OW, logit_scale, bg_threshold);
-    block_bounds bb = {.C = C, .nbr = block_rows(Hp), .nb = block_rows(Wp)};
-    const size_t nbb = (size_t)bb.nbr * C * bb.nb;
     /* the logits and bounds live in the segmenter's arena: kept between calls, so a steady
      * stream of images does not fault in (and the kernel zero) C Hp Wp fresh floats per call */
     ovs_arena_reset(&s->arena);
     float *map = ovs_arena_floats(&s->arena, (size_t)C * HW), *bounds = NULL;
-    if (!map) return ovs_set_error(OVS_ERR_NOMEM, "out of memory for the (%lld, %lld, %lld) logits", (long long)C,
-                                   (long long)Hp, (long long)Wp);
-    if (fast && !(bounds = ovs_arena_floats(&s->arena, 3 * nbb)))
-        return ovs_set_error(OVS_ERR_NOMEM, "out of memory for the logits' block bounds");
-    bb.mx = bounds, bb.mn = bounds ? bounds + nbb : NULL, bb.nan = bounds ? bounds + 2 * nbb : NULL;
+    if (!map) {
+        rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for the (%lld, %lld, %lld) logits", (long long)C,
+                           (long long)Hp, (long long)Wp);
+        goto done;
+    }
+    if (fast && !(bounds = ovs_arena_floats(&s->arena, ovs_seg_block_bounds_floats(C, Hp, Wp)))) {
+        rc = ovs_set_error(OVS_ERR_NOMEM, "out of memory for the logits' block bounds");
+        goto done;
+    }
+    const block_bounds bb = fast ? bounds_view(bounds, C, Hp, Wp) : (block_bounds){0};
+    const size_t nbb = (size_t)bb.nbr * C * bb.nb;
     if ((rc = seg_logits(s, map, image, H, W, row_stride, pixel_stride, Hp, Wp, mean, std, classifier, C,
                          fast ? &bb : NULL, NULL)))
         goto done;
