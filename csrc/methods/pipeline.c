@@ -475,6 +475,7 @@ done:
  * throughout; a pixel whose bracket straddles the threshold takes the naive kernel's sum over
  * every class. A block or cell with a non-finite value keeps every class (the naive kernel's
  * NaN/inf semantics). Work is parallel over block rows; buffers are per thread, O(C w). */
+#define BSEL 64 /* blocks per keep mask */
 #define CELL_MARGIN (16.0f * FLT_EPSILON) /* relative to the largest |value| in the bound */
 #define EXP_SLACK 3e-5                    /* relative error of exp_up / exp_lo, see there */
 #define THR_SLACK 1e-9                    /* bracket vs 1 / bg_threshold: too close to call */
@@ -498,7 +499,8 @@ typedef struct {
     double inv_thr;      /* 1 / bg_threshold */
     /* block row */
     float *colmax, *colmin, *colnan; /* (w,) one class's column max / min / non-finite flag */
-    float *bmax, *bmin;              /* (C, nb) */
+    float *bmax, *bmin;              /* (C, nb) taken in a streaming pass */
+    const float *bmax_row, *bmin_row; /* (C, nb) this block row's: bmax / bmin or the precomputed */
     float *bref, *bmarg;             /* (nb,) max_k bmin_k; margin (NaN: non-finite block) */
     float *bnan;                     /* (nb,) one class's non-finite flags */
     int32_t *bcount, *bcand;         /* (nb,), (nb, C) candidates, ascending */
@@ -507,7 +509,8 @@ typedef struct {
     /* cell row */
     float *cmin, *cmax;              /* (C, LB) one block's cells' corner min / max per candidate */
     float *cref;                     /* (w,) */
-    int32_t *ccount, *ccand;         /* (w,), (w, C) */
+    int32_t *ccount, *ccand;         /* (w,); per cell its candidates at ccand + coff[cell] */
+    int64_t *coff;                   /* (w,) a block's cells take its candidate count each, packed */
     double *cs_lo, *cs_hi;           /* (w,) bracket of sum over dropped classes of exp(s (v - cref)) */
     double *cs_lo_min, *cs_hi_max;   /* (w,) the same times the extremes of exp(s (cref - best)) */
     unsigned char *call_bg;          /* (w,) */
@@ -516,7 +519,7 @@ typedef struct {
 static void label_work_free(label_work *lw) {
     ovs_free(lw->colmax), ovs_free(lw->bmax), ovs_free(lw->bref), ovs_free(lw->bcount);
     ovs_free(lw->bs_lo), ovs_free(lw->ball_bg), ovs_free(lw->cref), ovs_free(lw->ccount);
-    ovs_free(lw->cs_lo), ovs_free(lw->call_bg), ovs_free(lw->cmin);
+    ovs_free(lw->cs_lo), ovs_free(lw->call_bg), ovs_free(lw->cmin), ovs_free(lw->coff);
 }
 
 static int label_work_alloc(label_work *lw) {
@@ -529,11 +532,12 @@ static int label_work_alloc(label_work *lw) {
     lw->ball_bg = ovs_malloc(nb);
     lw->cref = ovs_malloc(w * sizeof(float));
     lw->ccount = ovs_malloc((w + w * C) * sizeof(int32_t));
+    lw->coff = ovs_malloc(w * sizeof(int64_t));
     lw->cs_lo = ovs_malloc(4 * w * sizeof(double));
     lw->call_bg = ovs_malloc(w);
     lw->cmin = ovs_malloc(2 * C * LB * sizeof(float));
     if (!lw->cmin || !lw->colmax || !lw->bmax || !lw->bref || !lw->bcount || !lw->bs_lo || !lw->ball_bg || !lw->cref ||
-        !lw->ccount || !lw->cs_lo || !lw->call_bg)
+        !lw->ccount || !lw->coff || !lw->cs_lo || !lw->call_bg)
         return 0;
     lw->colmin = lw->colmax + w, lw->colnan = lw->colmin + w;
     lw->bmin = lw->bmax + C * nb;
@@ -562,20 +566,21 @@ static void block_row_build(label_work *lw, const float *logits, int64_t ib, con
         lw->bs_lo[b] = lw->bs_hi[b] = 0.0;
         lw->ball_bg[b] = 0;
     }
+    /* (C, nb) maxima / minima: the precomputed block row's in place, or taken here */
+    const float *bmax = lw->bmax, *bmin = lw->bmin;
+    if (pre) bmax = pre->mx + (size_t)ib * C * nb, bmin = pre->mn + (size_t)ib * C * nb;
+    lw->bmax_row = bmax, lw->bmin_row = bmin;
     const int64_t span = (r1 - r0 + 1) * w; /* contiguous floats per class */
     for (int64_t k = 0; k < C; k++) {
-        float *bx = lw->bmax + k * nb, *bn = lw->bmin + k * nb;
-        const float *bnan = lw->bnan;
+        const float *bx = bmax + k * nb, *bn = bmin + k * nb, *bnan = lw->bnan;
         if (pre) {
-            const size_t at = ((size_t)ib * C + k) * nb;
-            memcpy(bx, pre->mx + at, (size_t)nb * sizeof(float));
-            memcpy(bn, pre->mn + at, (size_t)nb * sizeof(float));
-            bnan = pre->nan + at;
+            bnan = pre->nan + ((size_t)ib * C + k) * nb;
         } else {
             const float *p = logits + (size_t)k * hw + r0 * w;
             if (k + 1 < C) /* the next class's rows: a new stream every span floats */
                 for (int64_t o = 0; o < span; o += 16) __builtin_prefetch(p + hw + o);
-            class_block_row(p, r1 - r0 + 1, w, nb, lw->colmax, lw->colmin, lw->colnan, bx, bn, lw->bnan);
+            class_block_row(p, r1 - r0 + 1, w, nb, lw->colmax, lw->colmin, lw->colnan, lw->bmax + k * nb,
+                            lw->bmin + k * nb, lw->bnan);
         }
         for (int64_t b = 0; b < nb; b++) {
             const float mx = bx[b], mn = bn[b];
@@ -587,19 +592,38 @@ static void block_row_build(label_work *lw, const float *logits, int64_t ib, con
     for (int64_t b = 0; b < nb; b++)
         lw->bmarg[b] = isfinite(lw->bmarg[b]) ? lw->bmarg[b] * CELL_MARGIN : NAN;
     const double s = lw->s;
+    if (!lw->bg) { /* argmax only: per class a keep mask over BSEL blocks, then its set bits */
+        for (int64_t b0 = 0; b0 < nb; b0 += BSEL) {
+            const int64_t n = nb - b0 < BSEL ? nb - b0 : BSEL;
+            const float *m = lw->bmarg + b0, *ref = lw->bref + b0;
+            for (int64_t k = 0; k < C; k++) {
+                const float *bx = bmax + k * nb + b0;
+                uint64_t keep = 0; /* the test of the loop below, branch-free */
+                if (n == BSEL)
+                    for (int j = 0; j < BSEL; j++) keep |= (uint64_t)(!(m[j] == m[j]) | (bx[j] + m[j] >= ref[j] - m[j])) << j;
+                else
+                    for (int64_t j = 0; j < n; j++) keep |= (uint64_t)(!(m[j] == m[j]) | (bx[j] + m[j] >= ref[j] - m[j])) << j;
+                while (keep) {
+                    const int64_t b = b0 + __builtin_ctzll(keep);
+                    keep &= keep - 1;
+                    lw->bcand[b * C + lw->bcount[b]++] = (int32_t)k;
+                }
+            }
+        }
+        return;
+    }
     for (int64_t k = 0; k < C; k++) {
-        const float *bx = lw->bmax + k * nb, *bn = lw->bmin + k * nb;
+        const float *bx = bmax + k * nb, *bn = bmin + k * nb;
         for (int64_t b = 0; b < nb; b++) {
             const float m = lw->bmarg[b], ref = lw->bref[b];
             if (!(m == m) || bx[b] + m >= ref - m) {
                 lw->bcand[b * C + lw->bcount[b]++] = (int32_t)k;
-            } else if (lw->bg) { /* s > 0 here: both exponents < 0 */
+            } else { /* s > 0 here: both exponents < 0 */
                 lw->bs_hi[b] += exp_up(s * ((double)bx[b] + m - ref));
                 lw->bs_lo[b] += exp_lo(s * ((double)bn[b] - m - ref));
             }
         }
     }
-    if (!lw->bg) return;
     for (int64_t b = 0; b < nb; b++) { /* background throughout: lower bracket at the largest best */
         const float m = lw->bmarg[b], ref = lw->bref[b];
         if (!(m == m)) continue;
@@ -607,8 +631,8 @@ static void block_row_build(label_work *lw, const float *logits, int64_t ib, con
         float top = -INFINITY;
         for (int32_t t = 0; t < lw->bcount[b]; t++) {
             const int64_t k = lw->bcand[b * C + t];
-            lo += exp_lo(s * ((double)lw->bmin[k * nb + b] - m - ref));
-            top = lw->bmax[k * nb + b] > top ? lw->bmax[k * nb + b] : top;
+            lo += exp_lo(s * ((double)lw->bmin_row[k * nb + b] - m - ref));
+            top = lw->bmax_row[k * nb + b] > top ? lw->bmax_row[k * nb + b] : top;
         }
         lw->ball_bg[b] = lo * exp_lo(s * ((double)ref - top - m)) > lw->inv_thr * (1 + THR_SLACK);
     }
@@ -627,11 +651,21 @@ static inline void corner_bounds(float a, float b, float c, float d, float *mn, 
 
 /* corner_bounds of cells c0 .. c0 + nc - 1 of one class (rows r0, r1 of its plane). A full
  * block away from the right edge has a fixed trip count (vectorised). */
+static inline void cell_corners_full(const float *restrict a, const float *restrict d, float *restrict mn,
+                                     float *restrict mx, float *restrict ref, float *restrict mag) {
+    for (int q = 0; q < LB; q++) {
+        const float lo = min4(a[q], a[q + 1], d[q], d[q + 1]), hi = max4(a[q], a[q + 1], d[q], d[q + 1]);
+        const float am = fabsf(lo) > fabsf(hi) ? fabsf(lo) : fabsf(hi);
+        mn[q] = lo, mx[q] = hi;
+        ref[q] = lo > ref[q] ? lo : ref[q];
+        mag[q] = (am > mag[q] ? am : mag[q]) + 0.0f * (a[q] + a[q + 1] + d[q] + d[q + 1]);
+    }
+}
+
 static inline void cell_corners(const float *r0, const float *r1, int64_t c0, int64_t nc, int64_t last,
                                 float *mn, float *mx, float *ref, float *mag) {
     if (nc == LB && c0 + LB <= last) {
-        for (int q = 0; q < LB; q++)
-            corner_bounds(r0[c0 + q], r0[c0 + q + 1], r1[c0 + q], r1[c0 + q + 1], mn + q, mx + q, ref + q, mag + q);
+        cell_corners_full(r0 + c0, r1 + c0, mn, mx, ref, mag);
         return;
     }
     for (int64_t q = 0; q < nc; q++) {
@@ -646,15 +680,18 @@ static void cell_row_build(label_work *lw, const float *logits, int64_t i) {
     const int64_t C = lw->C, h = lw->h, w = lw->w, hw = h * w, last = w - 1;
     const int64_t i1 = i + 1 < h ? i + 1 : h - 1;
     const double s = lw->s;
+    int64_t off = 0; /* packed: few pages touched, whatever C */
     for (int64_t b = 0; b < lw->nb; b++) {
         const int64_t c0 = b * LB, nc = c0 + LB < w ? LB : w - c0;
+        const int32_t *bc = lw->bcand + b * C, nbc = lw->bcount[b];
         for (int64_t q = 0; q < nc; q++) {
             lw->cs_lo[c0 + q] = lw->cs_hi[c0 + q] = 0.0;
             lw->ccount[c0 + q] = 0;
             lw->call_bg[c0 + q] = lw->ball_bg[b];
+            lw->coff[c0 + q] = off + q * nbc;
         }
+        off += nc * nbc;
         if (lw->ball_bg[b]) continue;
-        const int32_t *bc = lw->bcand + b * C, nbc = lw->bcount[b];
         float ref[LB], mag[LB];
         for (int q = 0; q < LB; q++) ref[q] = -INFINITY, mag[q] = 0.0f;
         for (int32_t t = 0; t < nbc; t++) {
@@ -664,12 +701,37 @@ static void cell_row_build(label_work *lw, const float *logits, int64_t i) {
                 __builtin_prefetch(n0), __builtin_prefetch(n0 + LB);
                 __builtin_prefetch(n0 + (i1 - i) * w), __builtin_prefetch(n0 + (i1 - i) * w + LB);
             }
+            if (i + 2 < h) { /* the row the next cell row adds, a whole cell row ahead */
+                const float *n2 = r0 + 2 * w + c0;
+                __builtin_prefetch(n2), __builtin_prefetch(n2 + LB);
+            }
             cell_corners(r0, r0 + (i1 - i) * w, c0, nc, last, lw->cmin + t * LB, lw->cmax + t * LB, ref, mag);
+        }
+        if (!lw->bg && nc == LB) { /* argmax only: a keep mask per candidate, then per cell its bits */
+            float m[LB];
+            int finite = 1;
+            for (int q = 0; q < LB; q++) m[q] = mag[q] * CELL_MARGIN, finite &= isfinite(mag[q]) != 0;
+            if (finite) {
+                int32_t n[LB] = {0};
+                int32_t *cc = lw->ccand + lw->coff[c0];
+                for (int32_t t = 0; t < nbc; t++) {
+                    const float *mx = lw->cmax + t * LB;
+                    unsigned keep = 0; /* the test below, branch-free */
+                    for (int q = 0; q < LB; q++) keep |= (unsigned)(mx[q] + m[q] >= ref[q] - m[q]) << q;
+                    while (keep) {
+                        const int q = __builtin_ctz(keep);
+                        keep &= keep - 1;
+                        cc[q * nbc + n[q]++] = bc[t];
+                    }
+                }
+                for (int q = 0; q < LB; q++) lw->ccount[c0 + q] = n[q], lw->cref[c0 + q] = ref[q];
+                continue;
+            }
         }
         for (int64_t q = 0; q < nc; q++) {
             const int64_t j = c0 + q;
             const float m = isfinite(mag[q]) ? mag[q] * CELL_MARGIN : NAN, r = ref[q];
-            int32_t *cc = lw->ccand + j * C, n = 0;
+            int32_t *cc = lw->ccand + lw->coff[j], n = 0;
             double lo = 0, hi = 0, lo_all = 0;
             float top = -INFINITY;
             for (int32_t t = 0; t < nbc; t++) {
@@ -683,9 +745,13 @@ static void cell_row_build(label_work *lw, const float *logits, int64_t i) {
                     lo += exp_lo(s * ((double)mn - m - r));
                 }
             }
-            if (n == 0) { /* cannot happen (the class giving ref is kept); be safe */
-                for (int64_t k = 0; k < C; k++) cc[k] = (int32_t)k;
-                n = (int32_t)C;
+            if (n == 0) { /* cannot happen (the class giving ref is kept); be safe: all the block's,
+                           * no cell bracket (lo, hi 0: the block's still bound the rest) */
+                lo = hi = lo_all = 0;
+                for (int32_t t = 0; t < nbc; t++) {
+                    cc[n++] = bc[t];
+                    top = lw->cmax[t * LB + q] > top ? lw->cmax[t * LB + q] : top;
+                }
             }
             lw->ccount[j] = n;
             lw->cref[j] = r;
@@ -771,7 +837,7 @@ static int seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h
                     for (int64_t X = 0; X < W; X++) {
                         const int64_t j = c.x0[X];
                         if (lw.call_bg[j]) { out[X] = bg_label; continue; }
-                        const int32_t *cand = lw.ccand + j * C, n = lw.ccount[j];
+                        const int32_t *cand = lw.ccand + lw.coff[j], n = lw.ccount[j];
                         float best = interp(logits + (size_t)cand[0] * hw, w, &c, Y, X);
                         int32_t arg = cand[0];
                         for (int32_t t = 1; t < n; t++) {
