@@ -511,6 +511,10 @@ typedef struct {
     float *cref;                     /* (w,) */
     int32_t *ccount, *ccand;         /* (w,); per cell its candidates at ccand + coff[cell] */
     int64_t *coff;                   /* (w,) a block's cells take its candidate count each, packed */
+    float *bcmax;                    /* (nb, C) argmax only: the block maxima of bcand's classes */
+    int32_t *tk;                     /* (C,) argmax only: the classes a block's cell row read */
+    int32_t *seed;                   /* (nb, 2) argmax only: the classes of the last cell row's first
+                                      * and last cref per block */
     double *cs_lo, *cs_hi;           /* (w,) bracket of sum over dropped classes of exp(s (v - cref)) */
     double *cs_lo_min, *cs_hi_max;   /* (w,) the same times the extremes of exp(s (cref - best)) */
     unsigned char *call_bg;          /* (w,) */
@@ -520,6 +524,7 @@ static void label_work_free(label_work *lw) {
     ovs_free(lw->colmax), ovs_free(lw->bmax), ovs_free(lw->bref), ovs_free(lw->bcount);
     ovs_free(lw->bs_lo), ovs_free(lw->ball_bg), ovs_free(lw->cref), ovs_free(lw->ccount);
     ovs_free(lw->cs_lo), ovs_free(lw->call_bg), ovs_free(lw->cmin), ovs_free(lw->coff);
+    ovs_free(lw->bcmax), ovs_free(lw->tk), ovs_free(lw->seed);
 }
 
 static int label_work_alloc(label_work *lw) {
@@ -533,11 +538,14 @@ static int label_work_alloc(label_work *lw) {
     lw->cref = ovs_malloc(w * sizeof(float));
     lw->ccount = ovs_malloc((w + w * C) * sizeof(int32_t));
     lw->coff = ovs_malloc(w * sizeof(int64_t));
+    lw->bcmax = ovs_malloc(nb * C * sizeof(float));
+    lw->tk = ovs_malloc(C * sizeof(int32_t));
+    lw->seed = ovs_calloc(2 * nb, sizeof(int32_t)); /* class 0: any class gives a valid bound */
     lw->cs_lo = ovs_malloc(4 * w * sizeof(double));
     lw->call_bg = ovs_malloc(w);
     lw->cmin = ovs_malloc(2 * C * LB * sizeof(float));
     if (!lw->cmin || !lw->colmax || !lw->bmax || !lw->bref || !lw->bcount || !lw->bs_lo || !lw->ball_bg || !lw->cref ||
-        !lw->ccount || !lw->coff || !lw->cs_lo || !lw->call_bg)
+        !lw->ccount || !lw->coff || !lw->bcmax || !lw->tk || !lw->seed || !lw->cs_lo || !lw->call_bg)
         return 0;
     lw->colmin = lw->colmax + w, lw->colnan = lw->colmin + w;
     lw->bmin = lw->bmax + C * nb;
@@ -606,6 +614,7 @@ static void block_row_build(label_work *lw, const float *logits, int64_t ib, con
                 while (keep) {
                     const int64_t b = b0 + __builtin_ctzll(keep);
                     keep &= keep - 1;
+                    lw->bcmax[b * C + lw->bcount[b]] = bmax[k * nb + b];
                     lw->bcand[b * C + lw->bcount[b]++] = (int32_t)k;
                 }
             }
@@ -674,6 +683,62 @@ static inline void cell_corners(const float *r0, const float *r1, int64_t c0, in
     }
 }
 
+/* Argmax only, a full block with finite values: the candidates of its LB cells in cell row i,
+ * reading the corners only of block candidates that the bounds cannot drop. m is the block's
+ * margin (its largest |value| times CELL_MARGIN: at least each cell's), ref[q] starts at the
+ * cell minimum of two seed classes (those that gave the previous cell row's first and last
+ * cref here; any class gives a lower bound of the cell's ref). A class whose block maximum bx
+ * has bx + m < min_q ref[q] - m has cell maximum + m < ref - m in every cell: the full test
+ * drops it, unread. The classes read are tested against the final ref[q] (the full test with a
+ * margin at least as wide and a ref at most as high: a superset of its candidates, ascending). */
+static void cell_block_argmax(label_work *lw, const float *logits, int64_t i, int64_t i1, int64_t b,
+                              int64_t c0) {
+    const int64_t C = lw->C, h = lw->h, w = lw->w, hw = h * w;
+    const int32_t *bc = lw->bcand + b * C, nbc = lw->bcount[b];
+    const float *bx = lw->bcmax + b * C, m = lw->bmarg[b];
+    int32_t *seed = lw->seed + 2 * b;
+    float ref[LB], mag[LB], lo[LB], hi[LB];
+    for (int q = 0; q < LB; q++) ref[q] = -INFINITY, mag[q] = 0.0f;
+    for (int u = 0; u < 2; u++) {
+        if (u == 1 && seed[1] == seed[0]) break;
+        const float *r0 = logits + (size_t)seed[u] * hw + i * w;
+        cell_corners_full(r0 + c0, r0 + (i1 - i) * w + c0, lo, hi, ref, mag);
+    }
+    float thr = ref[0];
+    for (int q = 1; q < LB; q++) thr = ref[q] < thr ? ref[q] : thr;
+    thr -= m;
+    int32_t n = 0;
+    for (int32_t t = 0; t < nbc; t++) {
+        if (bx[t] + m < thr) continue;
+        const float *r0 = logits + (size_t)bc[t] * hw + i * w;
+        if (i + 2 < h) { /* the row the next cell row adds, a whole cell row ahead */
+            const float *n2 = r0 + 2 * w + c0;
+            __builtin_prefetch(n2), __builtin_prefetch(n2 + LB);
+        }
+        cell_corners_full(r0 + c0, r0 + (i1 - i) * w + c0, lw->cmin + n * LB, lw->cmax + n * LB, ref, mag);
+        lw->tk[n++] = bc[t];
+    }
+    int32_t cnt[LB] = {0};
+    int32_t *cc = lw->ccand + lw->coff[c0];
+    for (int32_t t = 0; t < n; t++) {
+        const float *mx = lw->cmax + t * LB, *mn = lw->cmin + t * LB;
+        unsigned keep = 0; /* the full test, branch-free */
+        for (int q = 0; q < LB; q++) keep |= (unsigned)(mx[q] + m >= ref[q] - m) << q;
+        if (mn[0] == ref[0]) seed[0] = lw->tk[t];
+        if (mn[LB - 1] == ref[LB - 1]) seed[1] = lw->tk[t];
+        while (keep) {
+            const int q = __builtin_ctz(keep);
+            keep &= keep - 1;
+            cc[q * nbc + cnt[q]++] = lw->tk[t];
+        }
+    }
+    for (int q = 0; q < LB; q++) {
+        if (cnt[q] == 0) /* cannot happen (the class giving ref is read and kept); be safe */
+            for (int32_t t = 0; t < nbc; t++) cc[q * nbc + cnt[q]++] = bc[t];
+        lw->ccount[c0 + q] = cnt[q], lw->cref[c0 + q] = ref[q];
+    }
+}
+
 /* Candidates of every cell of cell row i among its block's, and the cell's brackets. Per block,
  * class-major over the block's candidates (contiguous corners), into (candidates, LB) scratch. */
 static void cell_row_build(label_work *lw, const float *logits, int64_t i) {
@@ -692,6 +757,10 @@ static void cell_row_build(label_work *lw, const float *logits, int64_t i) {
         }
         off += nc * nbc;
         if (lw->ball_bg[b]) continue;
+        if (!lw->bg && nc == LB && c0 + LB <= last && lw->bmarg[b] == lw->bmarg[b]) {
+            cell_block_argmax(lw, logits, i, i1, b, c0);
+            continue;
+        }
         float ref[LB], mag[LB];
         for (int q = 0; q < LB; q++) ref[q] = -INFINITY, mag[q] = 0.0f;
         for (int32_t t = 0; t < nbc; t++) {
