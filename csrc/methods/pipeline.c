@@ -912,6 +912,7 @@ static int seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h
                         const int64_t j = c.x0[X];
                         if (lw.call_bg[j]) { out[X] = bg_label; continue; }
                         const int32_t *cand = lw.ccand + lw.coff[j], n = lw.ccount[j];
+                        if (n == 1 && !bg) { out[X] = cand[0]; continue; } /* the cell's only candidate */
                         float best = interp(logits + (size_t)cand[0] * hw, w, &c, Y, X);
                         int32_t arg = cand[0];
                         for (int32_t t = 1; t < n; t++) {
