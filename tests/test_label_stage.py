@@ -297,3 +297,17 @@ def test_labels_bounded_rejects_foreign_sizes():
     with pytest.raises(Exception, match="no block bounds"):
         _core.seg_window_average(np.zeros((1, 3, 2, 2), np.float32), np.zeros((1, 2), np.int64), 32, 32, 32, 32, 32, 32,
                                  naive=True, bounds=True)
+
+
+def test_row_runs_with_crossings_and_near_ties():
+    """Large upsampling (each cell's row runs pruned to the classes that can win along them):
+    ramps that cross inside cells, a copy one ulp above, a constant at the crossing value."""
+    h, w = 6, 8
+    x = np.arange(w, dtype=np.float32)[None, :].repeat(h, 0)
+    y = np.arange(h, dtype=np.float32)[:, None].repeat(w, 1)
+    a = x * np.float32(0.1) + y * np.float32(0.01)
+    b = (np.float32(w - 1) - x) * np.float32(0.1)
+    lr = np.stack([a, b, np.nextafter(a, np.float32(np.inf)), np.full_like(a, 0.35), b.copy()]).astype(np.float32)
+    for H, W in [(60, 80), (13, 41), (31, 64)]:
+        for scale in (1.0, 1e-6, 1e6):
+            _both(lr * np.float32(scale), H, W)
