@@ -18,8 +18,8 @@ bg_threshold. Compared in one interleaved run:
 Every repetition checks fast == stream == naive; above 150 classes at 2048 the naive twin
 (seconds per call) runs once, untimed, for that check. Ratios are medians of per-repetition
 ratios; the summary lines give the fast kernel's 847-class time over its 10-class time (target
-<= 1.5; calls of both alternated in one loop, the median of the pairs' ratios), and the writing pass's extra time for the bounds (window average with and without
-them, timed separately). bench_segment.py's "labels" group measures the same calls
+<= 1.5; calls of both alternated in one loop, the median of the pairs' ratios), and the writing
+pass's extra time for the bounds (window average with and without them, timed separately). bench_segment.py's "labels" group measures the same calls
 (smooth_logits, label_call) at the sizes segment() meets for 512^2 and 2048^2 images.
 """
 from __future__ import annotations

@@ -500,7 +500,6 @@ typedef struct {
     /* block row */
     float *colmax, *colmin, *colnan; /* (w,) one class's column max / min / non-finite flag */
     float *bmax, *bmin;              /* (C, nb) taken in a streaming pass */
-    const float *bmax_row, *bmin_row; /* (C, nb) this block row's: bmax / bmin or the precomputed */
     float *bref, *bmarg;             /* (nb,) max_k bmin_k; margin (NaN: non-finite block) */
     float *bnan;                     /* (nb,) one class's non-finite flags */
     int32_t *bcount, *bcand;         /* (nb,), (nb, C) candidates, ascending */
@@ -577,7 +576,6 @@ static void block_row_build(label_work *lw, const float *logits, int64_t ib, con
     /* (C, nb) maxima / minima: the precomputed block row's in place, or taken here */
     const float *bmax = lw->bmax, *bmin = lw->bmin;
     if (pre) bmax = pre->mx + (size_t)ib * C * nb, bmin = pre->mn + (size_t)ib * C * nb;
-    lw->bmax_row = bmax, lw->bmin_row = bmin;
     const int64_t span = (r1 - r0 + 1) * w; /* contiguous floats per class */
     for (int64_t k = 0; k < C; k++) {
         const float *bx = bmax + k * nb, *bn = bmin + k * nb, *bnan = lw->bnan;
@@ -640,8 +638,8 @@ static void block_row_build(label_work *lw, const float *logits, int64_t ib, con
         float top = -INFINITY;
         for (int32_t t = 0; t < lw->bcount[b]; t++) {
             const int64_t k = lw->bcand[b * C + t];
-            lo += exp_lo(s * ((double)lw->bmin_row[k * nb + b] - m - ref));
-            top = lw->bmax_row[k * nb + b] > top ? lw->bmax_row[k * nb + b] : top;
+            lo += exp_lo(s * ((double)bmin[k * nb + b] - m - ref));
+            top = bmax[k * nb + b] > top ? bmax[k * nb + b] : top;
         }
         lw->ball_bg[b] = lo * exp_lo(s * ((double)ref - top - m)) > lw->inv_thr * (1 + THR_SLACK);
     }
@@ -658,8 +656,8 @@ static inline void corner_bounds(float a, float b, float c, float d, float *mn, 
     *mag = (am > *mag ? am : *mag) + 0.0f * (a + b + c + d);
 }
 
-/* corner_bounds of cells c0 .. c0 + nc - 1 of one class (rows r0, r1 of its plane). A full
- * block away from the right edge has a fixed trip count (vectorised). */
+/* corner_bounds of a full block's LB cells, written out over restrict arrays: calling
+ * corner_bounds here did not vectorise (847 classes at 512x683: 7% slower, Zen 4). */
 static inline void cell_corners_full(const float *restrict a, const float *restrict d, float *restrict mn,
                                      float *restrict mx, float *restrict ref, float *restrict mag) {
     for (int q = 0; q < LB; q++) {
@@ -671,6 +669,8 @@ static inline void cell_corners_full(const float *restrict a, const float *restr
     }
 }
 
+/* corner_bounds of cells c0 .. c0 + nc - 1 of one class (rows r0, r1 of its plane). A full
+ * block away from the right edge has a fixed trip count (vectorised). */
 static inline void cell_corners(const float *r0, const float *r1, int64_t c0, int64_t nc, int64_t last,
                                 float *mn, float *mx, float *ref, float *mag) {
     if (nc == LB && c0 + LB <= last) {
@@ -775,27 +775,6 @@ static void cell_row_build(label_work *lw, const float *logits, int64_t i) {
                 __builtin_prefetch(n2), __builtin_prefetch(n2 + LB);
             }
             cell_corners(r0, r0 + (i1 - i) * w, c0, nc, last, lw->cmin + t * LB, lw->cmax + t * LB, ref, mag);
-        }
-        if (!lw->bg && nc == LB) { /* argmax only: a keep mask per candidate, then per cell its bits */
-            float m[LB];
-            int finite = 1;
-            for (int q = 0; q < LB; q++) m[q] = mag[q] * CELL_MARGIN, finite &= isfinite(mag[q]) != 0;
-            if (finite) {
-                int32_t n[LB] = {0};
-                int32_t *cc = lw->ccand + lw->coff[c0];
-                for (int32_t t = 0; t < nbc; t++) {
-                    const float *mx = lw->cmax + t * LB;
-                    unsigned keep = 0; /* the test below, branch-free */
-                    for (int q = 0; q < LB; q++) keep |= (unsigned)(mx[q] + m[q] >= ref[q] - m[q]) << q;
-                    while (keep) {
-                        const int q = __builtin_ctz(keep);
-                        keep &= keep - 1;
-                        cc[q * nbc + n[q]++] = bc[t];
-                    }
-                }
-                for (int q = 0; q < LB; q++) lw->ccount[c0 + q] = n[q], lw->cref[c0 + q] = ref[q];
-                continue;
-            }
         }
         for (int64_t q = 0; q < nc; q++) {
             const int64_t j = c0 + q;
