@@ -69,7 +69,9 @@ LAYOUT_CASES = [
     (1, 8, 26, 26, 64, 3, 2, 2, 0.4),      # aligned copies shifted by the dilation
     (1, 24, 7, 7, 201, 3, 1, 1, 0.5),      # small map: one unaligned copy, one tile
     (1, 256, 12, 12, 40, 3, 1, 1, 0.6),    # many input-channel slices (resumed chains)
-    (1, 64, 16, 16, 201, 1, 0, 1, 0.4),    # 1x1 read in place when aligned (G = 4 tiles)
+    (1, 64, 16, 20, 201, 1, 0, 1, 0.4),    # 1x1 read in place when aligned (G = 5 tiles of 20 lines)
+    (1, 64, 16, 16, 201, 1, 0, 1, 0.4),    # 1x1 planes of 16 lines (2^k: L1 set conflicts): copied
+                                           # to planes of 17
     (1, 64, 28, 28, 96, 1, 0, 1, 0.3),     # 1x1 in place, G = 12.25 tiles: the last one shifted
     (1, 512, 14, 14, 512, 1, 0, 1, 0.025), # 1x1 in place from unaligned planes (few non-zeros)
     (2, 40, 9, 9, 65, 1, 0, 1, 0.05),      # 1x1 copied to whole-line planes, batch 2
