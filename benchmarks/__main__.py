@@ -63,7 +63,8 @@ BENCHES: list[Bench] = [
     Bench("labels", "bench_labels.py", "PyTorch interpolate+argmax / ovs naive twin",
           ["--repeat", "3", "--classes", "10,150", "--outputs", "512x683"]),
     Bench("sparse", "bench_sparse.py", "ovs dense kernels / PyTorch dense / ONNX Runtime dense",
-          ["--sizes", "224", "--sparsity", "0", "0.9", "--repeat", "3"], ("torch", "open_clip")),
+          ["--sizes", "224", "--sparsity", "0", "0.9", "--repeat", "3", "--framework", "none"],
+          ("torch", "open_clip")),
     Bench("pamr", "bench_pamr.py", "PyTorch PAMR (NACLIP's pamr.py)",
           ["--repeat", "1", "--warmup", "0", "--cases", "pamr_ade150_224x298"],
           ("torch",)),
@@ -255,8 +256,9 @@ def rows_of(name: str, entry: dict) -> list[dict]:
                                  ours_s=c["median_s"]["winograd"], peer_s=c["median_s"][peer],
                                  ratio=ratio))
     elif name == "sparse":
-        for r in res.get("results", []):
-            case = f"RN50 {r['size']}px sparsity {r['sparsity']:.2f}, {r['threads']} thr"
+        for r in res.get("results", []) + res.get("frameworks", []):
+            case = (f"{r['case']} sparsity {r['sparsity']:.2f}, {r['threads']} thr" if "case" in r else
+                    f"RN50 {r['size']}px sparsity {r['sparsity']:.2f}, {r['threads']} thr")
             med = r["median_ms"]
             pairs = (("sparse_over_dense", "ours_dense", "ovs dense kernels"),
                      ("sparse_over_torch", "torch_dense", "PyTorch dense"),

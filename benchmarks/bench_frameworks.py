@@ -145,8 +145,9 @@ def _onnx_float_grids(path: str) -> int:
     return k
 
 
-def _ort_cases(fw: str, R, model, text, params: dict) -> dict:
-    """ONNX Runtime peer (DeepLab, Han et al.): per case, everything the torch peer times after
+def _ort_cases(fw: str, R, model, text, params: dict, cases: dict | None = None) -> dict:
+    """ONNX Runtime peer (DeepLab, Han et al.): per case (`cases`, default _cases(fw): name ->
+    ((h, w), short side)), everything the torch peer times after
     the preprocessing, exported with the class text embeddings as a constant (DeepLab: logits
     -> softmax without no-object -> crop -> resize to the image; Han: network, class logits,
     softmax, masks upsampled to the padded input, sigmoid, the query sum, crop, resize to the
@@ -176,7 +177,7 @@ def _ort_cases(fw: str, R, model, text, params: dict) -> dict:
             return F.interpolate(r[None], size=self.out_hw, mode="bilinear", align_corners=False)[0]
 
     sessions = {}
-    for c, (hw, short) in _cases(fw).items():
+    for c, (hw, short) in (cases or _cases(fw)).items():
         img = _image(hw)
         x, size = R.preprocess(img, short, MAX_SIZE)
         path = str(Path(params["dir"]) / f"{c}.onnx")
@@ -194,6 +195,20 @@ def _ort_cases(fw: str, R, model, text, params: dict) -> dict:
     return {c: H.Case(run(*v)) for c, v in sessions.items()}
 
 
+def deeplab_scores(R, model, img, text, short: int):
+    """The PyTorch peer's DeepLab call: preprocessing, the network's per-pixel logits, softmax
+    without the no-object column, crop, bilinear resize to the image: (C, H, W) scores."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        x, size = R.preprocess(img, short, MAX_SIZE)
+        cls, (h, w) = model.logits(x, text)
+        p = F.softmax(cls[0], dim=-1)[..., :-1]
+        r = p.reshape(h, w, -1).permute(2, 0, 1)[:, : size[0], : size[1]]
+        return F.interpolate(r[None], size=img.shape[:2], mode="bilinear", align_corners=False)[0]
+
+
 def setup(side: str, group: str, params: dict):
     if group == "fcclip":
         return _setup_fcclip(side, params)
@@ -201,7 +216,6 @@ def setup(side: str, group: str, params: dict):
     fw = group
     if side == "peer":
         import torch
-        import torch.nn.functional as F
 
         R = H.load_reference(f"{fw}_reference")
         model = R.full(seed=0)
@@ -216,13 +230,7 @@ def setup(side: str, group: str, params: dict):
             img = _image(hw)
 
             def call_deeplab():
-                with torch.no_grad():
-                    x, size = R.preprocess(img, short, MAX_SIZE)
-                    cls, (h, w) = model.logits(x, text)
-                    p = F.softmax(cls[0], dim=-1)[..., :-1]
-                    r = p.reshape(h, w, -1).permute(2, 0, 1)[:, : size[0], : size[1]]
-                    return F.interpolate(r[None], size=img.shape[:2], mode="bilinear",
-                                         align_corners=False)[0]
+                return deeplab_scores(R, model, img, text, short)
 
             def call_han():
                 return R.semantic_from_text(model, img, text, short, MAX_SIZE)[0]

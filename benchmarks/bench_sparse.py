@@ -1,7 +1,9 @@
-"""Sparse kernels on a globally magnitude-pruned RN50 image tower: ours-sparse vs ours-dense
-(same zeroed weights) vs PyTorch dense, interleaved, medians, JSON (+ a plot with --plot).
+"""Sparse kernels on a globally magnitude-pruned RN50 image tower, and one framework end to end
+(DeepLabV3-OVS, its CLIP RN50 trunk pruned): ours-sparse vs ours-dense (same zeroed weights) vs
+PyTorch and ONNX Runtime dense, interleaved, medians, JSON (+ a plot with --plot).
 
     python benchmarks/bench_sparse.py --sizes 224 448 --sparsity 0 0.5 0.7 0.8 0.9 0.95 --threads 1 2
+    python benchmarks/bench_sparse.py --sizes --framework deeplab      # the framework only
 
 Weights: open_clip RN50 random init (seed 0; BatchNorm gammas/variances randomised, since open_clip
 zero-initialises bn3) unless --weights gives an open_clip state dict.
@@ -20,6 +22,14 @@ sleep between regions (OMP_WAIT_POLICY=PASSIVE) so they do not steal torch's cor
 Runtime dense ("ort_dense", when onnxruntime and onnx are installed; --no-ort skips it) runs the
 same zeroed weights exported with torch.onnx.export (the tower at 224, the trunk otherwise),
 intra_op_num_threads = the thread count, spinning off.
+
+Framework ("frameworks" in the JSON; --framework none skips it): DeepLabV3-OVS at RN50 sizes with
+random weights (tests/reference/deeplab_reference.py), converted by ovs.convert, pruned by
+ovs.prune.magnitude over its trunk; the timed call is the whole segmentation of a 512x512 image
+with the 150 ADE20K names, classifier cached: ovs.Segmenter(model, "deeplab").predict against
+the PyTorch reference's and the ONNX export's preprocessing-to-scores path (as
+bench_frameworks.py), the reference's convs zeroed by the same masks (ovs.prune.transfer). Only
+the trunk is pruned (the paper's scope), so ASPP, decoder and classifier bound the gain.
 """
 from __future__ import annotations
 
@@ -69,9 +79,114 @@ def _export_onnx(visual, size: int, sparsity: float, folder: str) -> str:
                          str(Path(folder) / f"rn50_{size}_{sparsity:.2f}.onnx"))
 
 
+def _time_sides(fns: dict, repeat: int) -> tuple[dict, dict]:
+    """One warm-up call each, then `repeat` rounds of the callables in turn (ours_sparse,
+    ours_dense, the peers): median milliseconds per side and the medians of per-round ratios."""
+    for f in fns.values():
+        f()
+    times = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+    def over(a, b):
+        return statistics.median(x / y for x, y in zip(times[a], times[b]))
+    ratio = {"sparse_over_dense": over("ours_sparse", "ours_dense")}
+    for peer, tag in (("torch_dense", "torch"), ("ort_dense", "ort")):
+        if peer in times:
+            ratio[f"sparse_over_{tag}"] = over("ours_sparse", peer)
+            ratio[f"dense_over_{tag}"] = over("ours_dense", peer)
+    return med, ratio
+
+
+def _framework(args, use_torch: bool, use_ort: bool, folder: str) -> list[dict]:
+    """One framework end to end: DeepLabV3-OVS at RN50 sizes (tests/reference/deeplab_reference
+    `full(seed=0)`, random weights), converted from its detectron2 checkpoint by ovs.convert as a
+    user would, its CLIP RN50 trunk pruned by ovs.prune.magnitude (the paper's scope: every
+    trunk conv but the stem's first); the whole segmentation call on a 512x512 image with the
+    150 ADE20K names (classifier cached): ovs.Segmenter(model, "deeplab").predict, sparse="auto"
+    calibrated at 512 vs sparse="dense". Peers: the PyTorch reference with the same masks
+    (transferred to its names by ovs.prune.transfer) and, with onnxruntime, its export, each
+    timing what bench_frameworks.py's peers time (preprocessing to scores at the image size)."""
+    import ovs
+    import ovs.convert
+    import ovs.prune
+    from ovs.classnames import load_classnames
+
+    import bench_frameworks as BF
+
+    R = H.load_reference("deeplab_reference")
+    names = [syn[0] for syn in load_classnames("ade20k_150")]
+    hw, short = BF.SIZES["512"]
+    img = BF._image(hw)
+    case = f"deeplab_{hw[0]}"
+    ref = R.full(seed=0).eval() if use_torch else None
+    ck, conv = Path(folder) / "deeplab.pth", Path(folder) / "deeplab.safetensors"
+    R.save_checkpoint(ref if ref is not None else R.full(seed=0), ck)
+    ovs.convert.convert(ck, "deeplab", conv)
+    model = ovs.load(conv, progress=False)
+    base = {k: v.clone() for k, v in ref.state_dict().items()} if ref is not None else None
+    out = []
+    for p in args.sparsity:
+        pm = ovs.prune.magnitude(model, sparsity=p, scope=args.scope) if p > 0 else model
+        text = None
+        if ref is not None:
+            import torch
+
+            masks = ovs.prune.transfer(ovs.prune.masks(pm), "deeplab") if p > 0 else {}
+            missing = sorted(set(masks) - set(base))
+            if missing:
+                raise RuntimeError(f"masks name no reference parameter: {missing[:3]}")
+            ref.load_state_dict({k: v * torch.from_numpy(masks[k]).to(v.dtype) if k in masks else v
+                                 for k, v in base.items()})
+            with torch.no_grad():
+                text = ref.text_encoder.encode(names)
+        for th in args.threads:
+            ovs.set_num_threads(th)
+            dense = type(pm)(pm.state_dict, sparse="dense")
+            sparse = type(pm)(pm.state_dict, sparse="dense")
+            t0 = time.perf_counter()
+            table = sparse.sparsify("auto", size=max(hw))
+            calib = time.perf_counter() - t0
+            segs = {k: ovs.Segmenter(m, "deeplab", short_side=short) for k, m in
+                    (("ours_sparse", sparse), ("ours_dense", dense))}
+            for sg in segs.values():
+                sg.classifier(names)   # the text embeddings once, as the peers
+            fns = {k: (lambda sg=sg: sg.predict(img, names)) for k, sg in segs.items()}
+            if ref is not None:
+                torch.set_num_threads(th)
+                fns["torch_dense"] = lambda: BF.deeplab_scores(R, ref, img, text, short)
+                if use_ort:
+                    fns["ort_dense"] = BF._ort_cases("deeplab", R, ref, text, {"dir": folder, "threads": th},
+                                                     {case: (hw, short)})[case].run
+            a, b = fns["ours_sparse"](), fns["ours_dense"]()
+            err = float(np.abs(a - b).max() / np.abs(b).max())
+            peer_err = None
+            if "torch_dense" in fns:
+                c = fns["torch_dense"]().numpy()
+                peer_err = float(np.abs(b - c).max() / np.abs(c).max())
+            med, ratio = _time_sides(fns, args.repeat)
+            n_sparse = sum(c["sparse"] for c in table)
+            out.append(dict(case=case, framework="deeplab", image=list(hw), classes=len(names), sparsity=p,
+                            scope=args.scope, threads=th, median_ms=med, ratios=ratio,
+                            sparse_convs=n_sparse, convs=len(table), calibration_s=calib,
+                            sparse_vs_dense_max_rel_err=err, dense_vs_torch_max_rel_err=peer_err,
+                            loadavg=os.getloadavg(),
+                            conv_table=[{k: c[k] for k in ("name", "shape", "nnz", "sparse", "dense_ms", "sparse_ms")}
+                                        for c in table]))
+            print(f"sparsity {p:.2f} {case} {th}t: " + " ".join(f"{k} {v:.1f}ms" for k, v in med.items()) +
+                  " | " + " ".join(f"{k} {v:.3f}" for k, v in ratio.items()) +
+                  f" | {n_sparse}/{len(table)} convs sparse, err {err:.1e}", flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[224, 448])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[224, 448],
+                    help="RN50 tower input sizes (none: the framework only)")
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.0, 0.5, 0.7, 0.8, 0.9, 0.95])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeat", type=int, default=7)
@@ -82,6 +197,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-ort", action="store_true",
                     help="skip the ONNX Runtime dense peer (on by default when onnxruntime and onnx "
                          "are installed; it needs torch for the export)")
+    ap.add_argument("--framework", choices=["deeplab", "none"], default="deeplab",
+                    help="one framework end to end (DeepLabV3-OVS, 512x512, 150 classes) after the "
+                         "towers; none skips it")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/sparse-<time>.json)")
     ap.add_argument("--plot", default=None, help="write a PNG plot of the ratios (matplotlib)")
     args = ap.parse_args(argv)
@@ -153,27 +271,7 @@ def main(argv=None) -> int:
                 a = fns["ours_sparse"](); b = fns["ours_dense"]()
                 key = "embed" if embed else "res5"
                 err = float(np.abs(a[key] - b[key]).max() / np.abs(b[key]).max())
-                for f in fns.values():
-                    f()
-                times = {k: [] for k in fns}
-                for _ in range(args.repeat):
-                    for k, f in fns.items():
-                        t = time.perf_counter()
-                        f()
-                        times[k].append(time.perf_counter() - t)
-                med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-                ratio = {"sparse_over_dense": statistics.median(
-                    s / d for s, d in zip(times["ours_sparse"], times["ours_dense"]))}
-                if "torch_dense" in times:
-                    ratio["sparse_over_torch"] = statistics.median(
-                        s / d for s, d in zip(times["ours_sparse"], times["torch_dense"]))
-                    ratio["dense_over_torch"] = statistics.median(
-                        s / d for s, d in zip(times["ours_dense"], times["torch_dense"]))
-                if "ort_dense" in times:
-                    ratio["sparse_over_ort"] = statistics.median(
-                        s / d for s, d in zip(times["ours_sparse"], times["ort_dense"]))
-                    ratio["dense_over_ort"] = statistics.median(
-                        s / d for s, d in zip(times["ours_dense"], times["ort_dense"]))
+                med, ratio = _time_sides(fns, args.repeat)
                 rec = dict(sparsity=p, scope=args.scope, size=size, threads=th, median_ms=med, ratios=ratio,
                            sparse_convs=n_sparse, convs=len(table), calibration_s=calib,
                            sparse_vs_dense_max_rel_err=err, loadavg=os.getloadavg(),
@@ -185,8 +283,9 @@ def main(argv=None) -> int:
                       " ".join(f"{k} {v:.1f}ms" for k, v in med.items()) + " | " +
                       " ".join(f"{k} {v:.3f}" for k, v in ratio.items()) +
                       f" | {n_sparse}/{len(table)} convs sparse, err {err:.1e}", flush=True)
+    frameworks = _framework(args, not args.no_torch, use_ort, tmp.name) if args.framework != "none" else []
     tmp.cleanup()
-    report = dict(cpu=_cpu(), python=platform.python_version(), results=results,
+    report = dict(cpu=_cpu(), python=platform.python_version(), results=results, frameworks=frameworks,
                   peers=["torch_dense"] * (not args.no_torch) + ["ort_dense"] * use_ort,
                   time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     out = Path(args.out) if args.out else (Path(__file__).parent / "results" /
@@ -209,6 +308,11 @@ def main(argv=None) -> int:
                 if rs and "sparse_over_ort" in rs[0]["ratios"]:
                     ax.plot([r["sparsity"] for r in rs], [r["ratios"]["sparse_over_ort"] for r in rs],
                             marker="s", ls="--", label=f"{size}px {th} thread(s): sparse / ORT dense")
+        for th in args.threads:
+            rs = [r for r in frameworks if r["threads"] == th]
+            if rs:
+                ax.plot([r["sparsity"] for r in rs], [r["ratios"]["sparse_over_dense"] for r in rs],
+                        marker="^", ls=":", label=f"{rs[0]['case']} {th} thread(s): sparse / dense")
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.set_xlabel("global magnitude sparsity")
         ax.set_ylabel("time ratio")
