@@ -213,63 +213,54 @@ static void wg_cut(const wg_job *j, wg_bufs *b, int64_t t0, int64_t nt) {
     b->npieces = np;
 }
 
-/* Rows y0 .. y0 + rows of channel c of image n, columns [x0, x0 + wd), zero outside the image,
- * into d (rows, stride ds). */
-static inline void wg_patch_rows(const wg_job *j, float *d, int64_t ds, int rows, int64_t n,
-                                 int64_t c, int64_t y0, int64_t x0, int64_t wd) {
-    const int64_t H = j->H, W = j->W, HW = H * W;
-    /* columns [u0, u1) of the segment lie inside the image */
-    const int64_t u0 = x0 < 0 ? -x0 : 0, u1 = x0 + wd > W ? W - x0 : wd;
-    for (int r = 0; r < rows; r++) {
-        float *dr = d + r * ds;
-        const int64_t y = y0 + r;
-        if (y < 0 || y >= H || u1 <= u0) {
-            for (int64_t u = 0; u < wd; u++) dr[u] = 0.0f;
-            continue;
-        }
-        const float *row = j->in + n * j->C * HW + c * HW + y * W + x0;
-        for (int64_t u = 0; u < u0; u++) dr[u] = 0.0f;
-        for (int64_t u = u0; u < u1; u++) dr[u] = row[u];
-        for (int64_t u = u1; u < wd; u++) dr[u] = 0.0f;
-    }
-}
-
 /* V of the chunk's tiles, F(2x2). A piece's patches are the columns
- * [2*tx0 - pw, 2*tx0 - pw + 2*len + 2) of 4 input rows: B^T applied down the rows first (over
- * contiguous floats), then across each tile's 4 columns, from the even and odd columns. */
+ * [2*tx0 - pw, 2*tx0 - pw + 2*len + 2) of 4 input rows, read in place (rows outside the image
+ * read zeros; outside the columns [u0, u1) that lie inside it B^T d is zero): B^T applied down
+ * the rows first (over contiguous floats), then across each tile's 4 columns, from the even and
+ * odd columns. */
 static void wg_input2(const wg_job *j, const wg_bufs *b) {
     const int64_t C = j->C, np16 = j->NT / 16;
     const int64_t xs = np16 * C * 16;   /* V's stride between positions xi */
+    const float zeros[34] = {0};
     for (int64_t pi = 0; pi < b->npieces; pi++) {
         const wg_piece *pc = &b->pieces[pi];
         const int64_t len = pc->len, wd = 2 * len + 2, y0 = 2 * pc->ty - j->ph;
         const int64_t x0 = 2 * pc->tx0 - j->pw;
         const int64_t pan = pc->i0 / 16, s0 = pc->i0 % 16;
+        const int64_t u0 = x0 < 0 ? -x0 : 0, u1 = x0 + wd > j->W ? j->W - x0 : wd;
+        const int64_t ue = u1 > u0 ? u1 : u0;
         for (int64_t c = 0; c < C; c++) {
-            float d[4][34];
-            wg_patch_rows(j, &d[0][0], 34, 4, pc->n, c, y0, x0, wd);
-            float t[4][34];   /* B^T d, each row split into even and odd columns */
-            float ev[4][17], od[4][17];
-            for (int64_t u = 0; u < wd; u++) {
-                t[0][u] = d[0][u] - d[2][u];
-                t[1][u] = d[1][u] + d[2][u];
-                t[2][u] = d[2][u] - d[1][u];
-                t[3][u] = d[1][u] - d[3][u];
+            const float *d[4];   /* d[r][u - u0]: patch row r, column u */
+            for (int r = 0; r < 4; r++) {
+                const int64_t y = y0 + r;
+                d[r] = y >= 0 && y < j->H && u1 > u0
+                           ? j->in + ((pc->n * C + c) * j->H + y) * j->W + x0 + u0
+                           : zeros;
             }
-            for (int a = 0; a < 4; a++)
-                for (int64_t s = 0; s <= len; s++) {
-                    ev[a][s] = t[a][2 * s];
-                    od[a][s] = t[a][2 * s + 1];
-                }
+            float t[4][34];   /* B^T d */
+            for (int a = 0; a < 4; a++) {
+                for (int64_t u = 0; u < u0; u++) t[a][u] = 0.0f;
+                for (int64_t u = ue; u < wd; u++) t[a][u] = 0.0f;
+            }
+            const float *d0 = d[0] - u0, *d1 = d[1] - u0, *d2 = d[2] - u0, *d3 = d[3] - u0;
+            for (int64_t u = u0; u < u1; u++) {
+                t[0][u] = d0[u] - d2[u];
+                t[1][u] = d1[u] + d2[u];
+                t[2][u] = d2[u] - d1[u];
+                t[3][u] = d1[u] - d3[u];
+            }
             float *v = b->V + (pan * C + c) * 16 + s0;
             for (int a = 0; a < 4; a++) {
-                const float *e = ev[a], *o = od[a];
+                const float *ta = t[a];
                 float *v0 = v + (4 * a) * xs, *v1 = v0 + xs, *v2 = v1 + xs, *v3 = v2 + xs;
+#pragma omp simd   /* v0..v3 are disjoint runs of V */
                 for (int64_t s = 0; s < len; s++) {
-                    v0[s] = e[s] - e[s + 1];
-                    v1[s] = o[s] + e[s + 1];
-                    v2[s] = e[s + 1] - o[s];
-                    v3[s] = o[s] - o[s + 1];
+                    const float e0 = ta[2 * s], o0 = ta[2 * s + 1], e1 = ta[2 * s + 2],
+                                o1 = ta[2 * s + 3];
+                    v0[s] = e0 - e1;
+                    v1[s] = o0 + e1;
+                    v2[s] = e1 - o0;
+                    v3[s] = o0 - o1;
                 }
             }
         }
@@ -587,10 +578,19 @@ int ovs_conv2d_winograd_wins(int64_t N, int64_t C, int64_t H, int64_t W, int64_t
      * C < 64 the 16 GEMMs are too short for their transforms, Winograd took 1.25-1.6x the
      * direct time for RN50's stem convs (C = 32 at 112x112, T = 3136), about 1.05x at 224x224
      * (T = 12544) and won only from 256x256 (T = 16384, 0.84x); with C = 64 it lost at 80x80
-     * (T = 1600, 1.13x) and won at 112x112 (T = 3136, 0.8-0.9x). */
-    if (C < 16 || K < 16 || C > 384) return 0;
-    if (C < 64) return T >= 14000;
-    return C < 128 ? T >= 2500 : T * C >= 60000;
+     * (T = 1600, 1.13x) and won at 112x112 (T = 3136, 0.8-0.9x).
+     * Re-measured on AMD Zen 4 (AVX-512, 2026-12-05, benchmarks/bench_conv.py, 1 and 2
+     * threads) after the input transform read its rows in place (no per-channel copies) and
+     * small maps split K instead of tiles: F(2x2) took 0.68-0.76x the direct time for RN50 224's
+     * stem (C = 32 at 112x112, T = 3136), layer1 (64 at 56x56, T = 784) and layer2 (128 at
+     * 28x28, T = 196), 0.75-0.81x for C = 32 at 224x224 and 256x256, 0.87-0.89x for C = 512 at
+     * 14x14 (T = 49, split K: the transformed weights never go through memory), 0.9-1.0x for
+     * 256 at 14x14 (T * C = 12544) and 1.8x for 512 at 7x7: it wins from T * C ~ 20000. C < 32
+     * and C > 384 on maps of more than WG_KPART_TILES tiles keep the earlier limits. */
+    if (C < 16 || K < 16) return 0;
+    if (C < 32) return T >= 14000;
+    if (C > 384 && T > WG_KPART_TILES) return 0;
+    return T * C >= 24000;
 }
 
 /* 1 when AUTO takes F(4x4, 3x3): it beats F(2x2, 3x3) and the direct conv, and its error is
