@@ -20,7 +20,8 @@ Groups (each in a fresh pair of workers, see _harness.py):
   kernels     every conv layer of RN50 at 224^2 and at 448^2 (shapes from resnet_conv_layers,
               checked against the weight file), random BN-folded weights + bias + ReLU, timed
               layer by layer (ours _core.op_conv2d on the weight packed once by op_conv2d_pack,
-              as the models hold it; peer torch conv2d + relu_), and a
+              as the models hold it, into an output and input-copy scratch kept per layer, as a
+              model's arena; peer torch conv2d + relu_), and a
               2048x2048x2048 sgemm (ours _core.op_linear = our OpenBLAS, peer torch F.linear =
               MKL), in the same workers and the same interleaved run. Reported: conv GFLOP/s and
               its % of the sgemm rate of the same side. Also the GEMM shapes the models run
@@ -257,13 +258,21 @@ def _setup_kernels(side: str, params: dict):
         check_conv_layers(convs, load_state_dict(params["weights"]["rn50"]))
         conv_packed = [_core.op_conv2d_pack(w) for w, _ in weights]   # once, as a model at load
         for s, (cl, xs) in per_size.items():
-            def run(cl=cl, xs=xs, conv_packed=conv_packed):
+            # each layer's output and input-copy scratch allocated once and reused, as a model
+            # runs its convs in its kept arena (a fresh array per call measured page faults:
+            # at 2 threads a third of the 224^2 layers' time)
+            outs = [np.empty((1, c["K"], c["P"], c["Q"]), np.float32) for c in cl]
+            scratch = [np.empty(max(1, _core.op_conv2d_scratch_floats(
+                c["C"], c["H"], c["W"], c["K"], c["R"], c["S"], stride=c["stride"],
+                padding=c["pad"])), np.float32) for c in cl]
+
+            def run(cl=cl, xs=xs, conv_packed=conv_packed, outs=outs, scratch=scratch):
                 parts = []
                 y = None
-                for c, x, (w, bias), pk in zip(cl, xs, weights, conv_packed):
+                for c, x, (w, bias), pk, o, ws in zip(cl, xs, weights, conv_packed, outs, scratch):
                     t0 = time.perf_counter()
                     y = _core.op_conv2d(x, w, bias, stride=c["stride"], padding=c["pad"], act="relu",
-                                        prepacked=pk)
+                                        prepacked=pk, out=o, workspace=ws)
                     parts.append(time.perf_counter() - t0)
                 return H.Parts(y, parts)
             cases[f"conv_rn50_{s}"] = H.Case(run)

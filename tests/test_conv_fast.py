@@ -241,6 +241,42 @@ def test_conv_input_copy_in_scratch(rng, restore_runtime, case):
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[10], CASES[24]], ids=str)
+def test_conv_out_and_workspace_kept_by_the_caller(rng, case):
+    # out= and workspace= (a model's arena, kept across calls: bench_image's kernel case) give
+    # the same bits as fresh arrays, call after call, whatever the buffers held before
+    x, w, b, kw = make(rng, case)
+    (N, C, H, W), (K, _, R, S) = x.shape, w.shape
+    want = conv(x, w, b, act="relu", **kw)
+    out = np.full(want.shape, np.nan, np.float32)
+    ws = np.full(_core.op_conv2d_scratch_floats(C, H, W, K, R, S, **kw) + 5, np.nan, np.float32)
+    for algo in ("direct", "auto"):
+        for _ in range(2):
+            got = _core.op_conv2d(x, w, b, act="relu", algo=algo, out=out, workspace=ws, **kw)
+            assert got is out
+            np.testing.assert_array_equal(got, want)
+    res = rand(rng, *want.shape)
+    out[...] = res   # a residual that is out itself
+    got = conv(x, w, b, residual=out, out=out, workspace=ws, **kw)
+    np.testing.assert_array_equal(got, conv(x, w, b, residual=res, **kw))
+    with pytest.raises(ValueError, match="out must have shape"):
+        conv(x, w, b, out=np.empty((N, K + 1) + want.shape[2:], np.float32), **kw)
+    with pytest.raises(TypeError, match="out must be a writable"):
+        conv(x, w, b, out=np.empty(want.shape, np.float64), **kw)
+    with pytest.raises(TypeError, match="out must be a writable"):
+        conv(x, w, b, out=np.empty(want.shape[::-1], np.float32).T, **kw)
+    with pytest.raises(ValueError, match="workspace has"):
+        conv(x, w, b, workspace=ws[:ws.size - 6], **kw)
+    with pytest.raises(TypeError, match="workspace must be"):
+        conv(x, w, b, workspace=ws.reshape(1, -1), **kw)
+    buf = np.zeros(out.size + ws.size, np.float32)   # workspace starting inside out
+    with pytest.raises(ValueError, match="workspace must not overlap"):
+        conv(x, w, b, out=buf[:out.size].reshape(out.shape), workspace=buf[out.size - 1:], **kw)
+    if x.size >= out.size:   # out over the input it reads
+        with pytest.raises(ValueError, match="out must not overlap"):
+            conv(x, w, b, out=x.ravel()[:out.size].reshape(out.shape), **kw)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[10], CASES[24]], ids=str)
 def test_implicit_conv_allocation_failure(rng, restore_runtime, case):
     # with the caller's scratch (the models') and without (the conv allocates its input copy)
     x, w, b, kw = make(rng, case)

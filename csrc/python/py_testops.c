@@ -131,13 +131,21 @@ static int conv_params_from(PyObject *stride_obj, PyObject *pad_obj, PyObject *d
     return 0;
 }
 
+/* 1 when the data of the two arrays share a byte (contiguous extents; empty arrays never). */
+static int arrays_overlap(PyArrayObject *a, PyArrayObject *b) {
+    if (PyArray_NBYTES(a) == 0 || PyArray_NBYTES(b) == 0) return 0;
+    const char *a0 = PyArray_DATA(a), *b0 = PyArray_DATA(b);
+    return a0 < b0 + PyArray_NBYTES(b) && b0 < a0 + PyArray_NBYTES(a);
+}
+
 static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
     int st = -1;
     static char *kwlist[] = {"x",      "w",   "b",     "residual",       "stride",
                              "padding", "dilation", "groups", "act", "naive",
                              "residual_alias", "packed", "prepacked", "scratch", "algo",
-                             "repeat", NULL};
+                             "repeat", "out", "workspace", NULL};
     PyObject *x_obj, *w_obj, *b_obj = Py_None, *r_obj = Py_None, *pk_obj = Py_None;
+    PyObject *out_obj = Py_None, *ws_obj = Py_None;
     PyObject *stride_obj = NULL, *pad_obj = NULL, *dil_obj = NULL;
     long long groups = 1, repeat = 1;
     const char *act_name = "none", *algo_name = "auto";
@@ -146,10 +154,11 @@ static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
     ovs_conv2d_params p;
     PyArrayObject *x = NULL, *w = NULL, *b = NULL, *r = NULL, *out = NULL, *pre = NULL;
     float *scratch = NULL, *pk = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOOOOLspppOpsL", kwlist, &x_obj, &w_obj,
+    int own_scratch = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOOOOLspppOpsLOO", kwlist, &x_obj, &w_obj,
                                      &b_obj, &r_obj, &stride_obj, &pad_obj, &dil_obj, &groups,
                                      &act_name, &naive, &alias, &packed, &pk_obj, &use_scratch,
-                                     &algo_name, &repeat))
+                                     &algo_name, &repeat, &out_obj, &ws_obj))
         return NULL;
     if (repeat < 1 || (repeat > 1 && alias)) {
         PyErr_Format(PyExc_ValueError, "repeat must be >= 1 (1 with residual_alias), got %lld", repeat);
@@ -203,9 +212,55 @@ static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
     npy_intp dims[4] = {N, K, P, Q};
     if (ovs_py_opt_array(r_obj, 4, "residual", &r) || (r && ovs_py_check_shape(r, "residual", 4, dims)))
         goto done;
-    if (!(out = ovs_py_new_float(4, dims))) goto done;
-    if (!naive && use_scratch &&
-        ovs_py_scratch(ovs_conv2d_scratch_floats(C, H, W, K, R, S, &p), &scratch))
+    if (out_obj == Py_None) {
+        if (!(out = ovs_py_new_float(4, dims))) goto done;
+    } else {   /* written in place, as a model's arena: a writable C-contiguous float32 array */
+        if (!PyArray_Check(out_obj) || PyArray_TYPE((PyArrayObject *)out_obj) != NPY_FLOAT32 ||
+            !PyArray_ISWRITEABLE((PyArrayObject *)out_obj) ||
+            !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)out_obj) ||
+            !PyArray_ISALIGNED((PyArrayObject *)out_obj)) {
+            PyErr_SetString(PyExc_TypeError,
+                            "out must be a writable, aligned, C-contiguous float32 numpy array");
+            goto done;
+        }
+        out = (PyArrayObject *)out_obj;
+        Py_INCREF(out);
+        if (ovs_py_check_shape(out, "out", 4, dims)) goto done;
+        /* the conv reads x (and a residual other than out itself) while it writes out */
+        if (arrays_overlap(out, x) || arrays_overlap(out, w) || (b && arrays_overlap(out, b)) ||
+            (r && arrays_overlap(out, r) &&
+             (PyArray_DATA(r) != PyArray_DATA(out) || alias))) {
+            PyErr_SetString(PyExc_ValueError,
+                            "out must not overlap x, w or b (a residual may be out itself)");
+            goto done;
+        }
+    }
+    if (ws_obj != Py_None) {   /* the caller's scratch, kept across calls as a model's arena */
+        const size_t need = ovs_conv2d_scratch_floats(C, H, W, K, R, S, &p);
+        if (!PyArray_Check(ws_obj) || PyArray_TYPE((PyArrayObject *)ws_obj) != NPY_FLOAT32 ||
+            PyArray_NDIM((PyArrayObject *)ws_obj) != 1 ||
+            !PyArray_ISWRITEABLE((PyArrayObject *)ws_obj) ||
+            !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)ws_obj) ||
+            !PyArray_ISALIGNED((PyArrayObject *)ws_obj)) {
+            PyErr_SetString(PyExc_TypeError, "workspace must be a writable, aligned, contiguous "
+                                             "1-D float32 numpy array");
+            goto done;
+        }
+        if ((size_t)PyArray_DIM((PyArrayObject *)ws_obj, 0) < need) {
+            PyErr_Format(PyExc_ValueError, "workspace has %lld floats, the conv needs %zu",
+                         (long long)PyArray_DIM((PyArrayObject *)ws_obj, 0), need);
+            goto done;
+        }
+        if (arrays_overlap((PyArrayObject *)ws_obj, out) ||
+            arrays_overlap((PyArrayObject *)ws_obj, x) ||
+            (r && arrays_overlap((PyArrayObject *)ws_obj, r))) {
+            PyErr_SetString(PyExc_ValueError, "workspace must not overlap x, residual or out");
+            goto done;
+        }
+        scratch = F32((PyArrayObject *)ws_obj);
+        own_scratch = 0;
+    } else if (!naive && use_scratch &&
+               ovs_py_scratch(ovs_conv2d_scratch_floats(C, H, W, K, R, S, &p), &scratch))
         goto done;
     const float *res = F32_OR_NULL(r);
     if (r && alias) {
@@ -248,7 +303,7 @@ static PyObject *py_op_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
             if (st) break;
         }
 done:
-    ovs_free(scratch);
+    if (own_scratch) ovs_free(scratch);
     ovs_free(pk);
     return OVS_PY_FINISH(st, out, x, w, b, r, pre);
 }
@@ -1045,12 +1100,16 @@ static PyObject *py_gemm_release_workspace(PyObject *self, PyObject *noargs) {
       "'sigmoid'.")                                                                         \
     X(op_conv2d, "(x, w, b=None, residual=None, stride=1, padding=0, dilation=1, "          \
       "groups=1, act='none', naive=False, residual_alias=False, packed=False, "             \
-      "prepacked=None, scratch=True, algo='auto', repeat=1): packed packs w first; "        \
+      "prepacked=None, scratch=True, algo='auto', repeat=1, out=None, workspace=None): "     \
+      "packed packs w first; "                                                               \
       "prepacked is w packed earlier by op_conv2d_pack (w then gives the shape); scratch: "  \
       "pass scratch sized by ovs_conv2d_scratch_floats (as the models, from their arenas), " \
       "else NULL (the conv allocates its input copy); algo 'auto', 'direct', 'winograd' "   \
       "or 'winograd4' (ovs_conv2d_params.algo; naive=True: 'winograd' / 'winograd4' are "   \
-      "the Winograd twins); repeat runs the fast conv that many times (timing).")           \
+      "the Winograd twins); repeat runs the fast conv that many times (timing); out: the "  \
+      "(N, K, P, Q) float32 array written in place (returned); workspace: a 1-D float32 "   \
+      "array of at least op_conv2d_scratch_floats floats used as that scratch (out and "    \
+      "workspace kept across calls, as a model's arena).")                                  \
     X(op_conv2d_scratch_floats, "(C, H, W, K, R, S, stride=1, padding=0, dilation=1, "     \
       "groups=1): the scratch floats ovs_conv2d_forward may use (its input copy).")        \
     X(op_conv2d_pack, "(w, groups=1, unpack=False, inplace=False): the conv weight "        \
