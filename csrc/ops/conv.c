@@ -294,8 +294,8 @@ static void conv_prefetch_input(const conv_implicit_job *j, const conv_block *bl
     const float *x = j->x + bl->f0;
     for (int64_t i = 0; i < n; i += span) {
         const float *p = x + tl->boff[l0 + i];
-        for (int64_t o = 0; o < w + span - 1; o += 16) __builtin_prefetch(p + o, 0, 3);
-        __builtin_prefetch(p + w + span - 2, 0, 3);
+        for (int64_t o = 0; o < w + span - 1; o += 16) __builtin_prefetch(p + o, 0, 2);
+        __builtin_prefetch(p + w + span - 2, 0, 2);
     }
 }
 
@@ -440,7 +440,13 @@ static int conv_implicit_run(const conv_implicit_job *j, int64_t planes, int64_t
                             float *pb = pk + (b - b0) * lc * NB;
                             const int panel = j->amr == mr;
                             if (k == k0) {
-                                if (panel)
+                                if (panel && w == 2 * 16)   /* constant sizes: inlined */
+                                    for (int64_t i = 0; i < n; i++) {
+                                        const float *src = b_x + b_off[i];
+                                        memcpy(pb + i * 16, src, 16 * sizeof(float));
+                                        memcpy(pb + (n + i) * 16, src + 16, 16 * sizeof(float));
+                                    }
+                                else if (panel)
                                     for (int64_t i = 0; i < n; i++) {
                                         const float *src = b_x + b_off[i];
                                         memcpy(pb + i * 16, src, 16 * sizeof(float));
