@@ -319,9 +319,14 @@ static void wg_input4(const wg_job *j, const wg_bufs *b) {
     }
 }
 
+/* The ReLU of a stored value when the job's activation is ReLU (the output transforms' `relu`);
+ * other activations run over each stored row after. */
+#define WG_RELU(v) (relu ? ops_relu(v) : (v))
+
 /* Output channels [k0, k0 + m) of the chunk from M, F(2x2): Y = A^T M A, (Y + b) [+ res], act;
  * each output row of a piece interleaved from its tiles' two columns, then stored contiguously. */
 static void wg_output2(const wg_job *j, const wg_bufs *b, int64_t k0, int64_t m) {
+    const int relu = j->act == OVS_ACT_RELU;   /* fused into the stores (WG_RELU) */
     const int64_t NB = j->NB, mr = j->mr, npan = j->NT / NB, PQ = j->P * j->Q, Q = j->Q;
     const int64_t xs = npan * mr * NB;   /* M's stride between positions xi */
     for (int64_t r = 0; r < m; r++) {
@@ -347,18 +352,22 @@ static void wg_output2(const wg_job *j, const wg_bufs *b, int64_t k0, int64_t m)
                 float *o = j->out + off;   /* (w,) the piece's output row; + b, + res, act */
                 const float *s0 = s[4 * a], *s1 = s[4 * a + 1], *s2 = s[4 * a + 2],
                             *s3 = s[4 * a + 3];
+                float y[32];   /* the row: (Y + b) [+ res], each output column once */
                 for (int64_t e = 0; e < w / 2; e++) {
-                    const float v0 = ((s0[e] + s1[e]) + s2[e]) + bk;
-                    const float v1 = ((s1[e] - s2[e]) - s3[e]) + bk;
-                    o[2 * e] = j->res ? v0 + j->res[off + 2 * e] : v0;
-                    o[2 * e + 1] = j->res ? v1 + j->res[off + 2 * e + 1] : v1;
+                    y[2 * e] = ((s0[e] + s1[e]) + s2[e]) + bk;
+                    y[2 * e + 1] = ((s1[e] - s2[e]) - s3[e]) + bk;
                 }
                 if (w % 2) {   /* the map's last column: the tile's first */
                     const int64_t e = w / 2;
-                    const float v0 = ((s0[e] + s1[e]) + s2[e]) + bk;
-                    o[w - 1] = j->res ? v0 + j->res[off + w - 1] : v0;
+                    y[w - 1] = ((s0[e] + s1[e]) + s2[e]) + bk;
                 }
-                ops_act_inplace(o, w, j->act);
+                if (j->res) {
+                    const float *rs = j->res + off;
+                    for (int64_t x = 0; x < w; x++) o[x] = WG_RELU(y[x] + rs[x]);
+                } else {
+                    for (int64_t x = 0; x < w; x++) o[x] = WG_RELU(y[x]);
+                }
+                if (!relu) ops_act_inplace(o, w, j->act);
             }
         }
     }
@@ -366,6 +375,7 @@ static void wg_output2(const wg_job *j, const wg_bufs *b, int64_t k0, int64_t m)
 
 /* The same for F(4x4): each output row of a piece from its tiles' four columns. */
 static void wg_output4(const wg_job *j, const wg_bufs *b, int64_t k0, int64_t m) {
+    const int relu = j->act == OVS_ACT_RELU;   /* fused into the stores (WG_RELU) */
     const int64_t NB = j->NB, mr = j->mr, npan = j->NT / NB, PQ = j->P * j->Q, Q = j->Q;
     const int64_t xs = npan * mr * NB;   /* M's stride between positions xi */
     for (int64_t r = 0; r < m; r++) {
@@ -398,14 +408,15 @@ static void wg_output4(const wg_job *j, const wg_bufs *b, int64_t k0, int64_t m)
                     const float *rs = j->res + off;
                     for (int64_t e = 0; e < full; e++)
                         for (int b4 = 0; b4 < 4; b4++)
-                            o[4 * e + b4] = (y[b4][e] + bk) + rs[4 * e + b4];
-                    for (int64_t x = 4 * full; x < w; x++) o[x] = (y[x % 4][full] + bk) + rs[x];
+                            o[4 * e + b4] = WG_RELU((y[b4][e] + bk) + rs[4 * e + b4]);
+                    for (int64_t x = 4 * full; x < w; x++)
+                        o[x] = WG_RELU((y[x % 4][full] + bk) + rs[x]);
                 } else {
                     for (int64_t e = 0; e < full; e++)
-                        for (int b4 = 0; b4 < 4; b4++) o[4 * e + b4] = y[b4][e] + bk;
-                    for (int64_t x = 4 * full; x < w; x++) o[x] = y[x % 4][full] + bk;
+                        for (int b4 = 0; b4 < 4; b4++) o[4 * e + b4] = WG_RELU(y[b4][e] + bk);
+                    for (int64_t x = 4 * full; x < w; x++) o[x] = WG_RELU(y[x % 4][full] + bk);
                 }
-                ops_act_inplace(o, w, j->act);
+                if (!relu) ops_act_inplace(o, w, j->act);
             }
         }
     }
