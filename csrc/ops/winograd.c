@@ -34,6 +34,7 @@
 #include "ops/gemm.h"
 
 #include <stdint.h>
+#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -41,6 +42,16 @@
 #define WG_XI 36   /* at most: F(4x4) */
 #define WG_V_FLOATS ((int64_t)1 << 18)   /* V of one chunk: about 1 MiB */
 #define WG_KPART_TILES 128               /* at most this many tiles: threads split K instead */
+
+/* The stride between the XI positions of V, M and U: v floats rounded up to an odd number of
+ * 64-byte lines. The transforms write (and read) the XI positions of one element together, and
+ * with a stride of 2^k lines (64 KiB for V of 64 tiles x 256 channels) all XI streams fell in
+ * the same L1 set (8 ways): the weight transform's stores were 16% of a 256-channel 28x28
+ * conv. */
+static int64_t wg_odd_lines(int64_t v) {
+    const int64_t r = (v + 15) / 16 * 16;
+    return (r / 16) % 2 ? r : r + 16;
+}
 /* a packed weight block (OVS_CONV_PACK_MR rows) is read whole into the transform's lanes */
 _Static_assert(OVS_CONV_PACK_MR <= OPS_GEMM_MR_MAX, "a packed weight block fits the lanes");
 
@@ -153,22 +164,36 @@ static void wg_transform_block(float *dst0, int64_t xs, const ovs_matrix *w, int
                 wg_weight4(u, g);
             else
                 wg_weight2(u, g);
-            for (int64_t xi = 0; xi < XI; xi++) {
-                float *dst = dst0 + xi * xs + c * mr;
-                for (int64_t r = 0; r < mr; r++) dst[r] = r < mk ? u[xi][off + r] : 0.0f;
+            /* a whole block: constant-size copies (inlined vector moves; the per-lane loop
+             * with its r < mk test was most of this function's time) */
+#define WG_COPY_LANES(n)                                                                  \
+    for (int64_t xi = 0; xi < XI; xi++)                                                   \
+        memcpy(dst0 + xi * xs + c * (n), &u[xi][off], (n) * sizeof(float))
+            if (mk == mr && mr == 12) {
+                WG_COPY_LANES(12);
+            } else if (mk == mr && mr == 6) {
+                WG_COPY_LANES(6);
+            } else if (mk == mr && mr == 4) {
+                WG_COPY_LANES(4);
+            } else {
+                for (int64_t xi = 0; xi < XI; xi++) {
+                    float *dst = dst0 + xi * xs + c * mr;
+                    for (int64_t r = 0; r < mr; r++) dst[r] = r < mk ? u[xi][off + r] : 0.0f;
+                }
             }
+#undef WG_COPY_LANES
         }
     }
 }
 
-/* U (XI, KB, C, mr) = the transformed weights, block kb holding rows kb*mr.. (zeros past K):
- * U[((xi*KB + kb)*C + c)*mr + r] = (G g_{kb*mr+r, c} G^T)[xi]. */
-static void wg_transform_weights(float *U, const ovs_matrix *w, int64_t K, int64_t C, int64_t mr,
-                                 int64_t m, int threads) {
+/* U (XI, uxs >= KB*C*mr) = the transformed weights, block kb holding rows kb*mr.. (zeros past
+ * K): U[xi*uxs + (kb*C + c)*mr + r] = (G g_{kb*mr+r, c} G^T)[xi]. */
+static void wg_transform_weights(float *U, int64_t uxs, const ovs_matrix *w, int64_t K, int64_t C,
+                                 int64_t mr, int64_t m, int threads) {
     const int64_t KB = (K + mr - 1) / mr;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && KB > 1 && 9 * K * C >= OPS_PAR_MIN)
     for (int64_t kb = 0; kb < KB; kb++)
-        wg_transform_block(U + kb * C * mr, KB * C * mr, w, K, C, mr, m, kb);
+        wg_transform_block(U + kb * C * mr, uxs, w, K, C, mr, m, kb);
 }
 
 typedef struct {
@@ -182,6 +207,7 @@ typedef struct {
     int64_t TH, TW, T;       /* tiles per column / row / in all */
     int64_t NT, NB, mr, KB;  /* a chunk's buffer tiles (multiple of NB), kernel width, height */
     int64_t CT;              /* tiles per chunk (<= NT): chunk ch is tiles [ch*CT, ch*CT + CT) */
+    int64_t vxs, mxs;        /* V's and M's strides between positions xi (wg_odd_lines) */
     ovs_act act;
 } wg_job;
 
@@ -193,8 +219,8 @@ typedef struct {
 
 /* One thread's buffers. */
 typedef struct {
-    float *V;                /* (XI, NT/16, C, 16) */
-    float *M;                /* (XI, NT/NB, mr, NB) */
+    float *V;                /* (XI, vxs): each (NT/16, C, 16) */
+    float *M;                /* (XI, mxs): each (NT/NB, mr, NB) */
     wg_piece *pieces;        /* (NT,) the chunk's pieces in order */
     int64_t npieces;
 } wg_bufs;
@@ -219,8 +245,8 @@ static void wg_cut(const wg_job *j, wg_bufs *b, int64_t t0, int64_t nt) {
  * the rows first (over contiguous floats), then across each tile's 4 columns, from the even and
  * odd columns. */
 static void wg_input2(const wg_job *j, const wg_bufs *b) {
-    const int64_t C = j->C, np16 = j->NT / 16;
-    const int64_t xs = np16 * C * 16;   /* V's stride between positions xi */
+    const int64_t C = j->C;
+    const int64_t xs = j->vxs;   /* V's stride between positions xi */
     const float zeros[34] = {0};
     for (int64_t pi = 0; pi < b->npieces; pi++) {
         const wg_piece *pc = &b->pieces[pi];
@@ -271,8 +297,8 @@ static void wg_input2(const wg_job *j, const wg_bufs *b) {
  * [4*tx0 - pw, 4*tx0 - pw + 4*len + 2) of 6 input rows; B^T down the rows first (contiguous
  * floats), then across each tile's 6 columns, from the rows split into their 4 column phases. */
 static void wg_input4(const wg_job *j, const wg_bufs *b) {
-    const int64_t C = j->C, np16 = j->NT / 16;
-    const int64_t xs = np16 * C * 16;   /* V's stride between positions xi */
+    const int64_t C = j->C;
+    const int64_t xs = j->vxs;   /* V's stride between positions xi */
     for (int64_t pi = 0; pi < b->npieces; pi++) {
         const wg_piece *pc = &b->pieces[pi];
         const int64_t len = pc->len, wd = 4 * len + 2, y0 = 4 * pc->ty - j->ph;
@@ -327,8 +353,8 @@ static void wg_input4(const wg_job *j, const wg_bufs *b) {
  * each output row of a piece interleaved from its tiles' two columns, then stored contiguously. */
 static void wg_output2(const wg_job *j, const wg_bufs *b, int64_t k0, int64_t m) {
     const int relu = j->act == OVS_ACT_RELU;   /* fused into the stores (WG_RELU) */
-    const int64_t NB = j->NB, mr = j->mr, npan = j->NT / NB, PQ = j->P * j->Q, Q = j->Q;
-    const int64_t xs = npan * mr * NB;   /* M's stride between positions xi */
+    const int64_t NB = j->NB, mr = j->mr, PQ = j->P * j->Q, Q = j->Q;
+    const int64_t xs = j->mxs;   /* M's stride between positions xi */
     for (int64_t r = 0; r < m; r++) {
         const int64_t k = k0 + r;
         const float bk = j->bias ? j->bias[k] : 0.0f;
@@ -376,8 +402,8 @@ static void wg_output2(const wg_job *j, const wg_bufs *b, int64_t k0, int64_t m)
 /* The same for F(4x4): each output row of a piece from its tiles' four columns. */
 static void wg_output4(const wg_job *j, const wg_bufs *b, int64_t k0, int64_t m) {
     const int relu = j->act == OVS_ACT_RELU;   /* fused into the stores (WG_RELU) */
-    const int64_t NB = j->NB, mr = j->mr, npan = j->NT / NB, PQ = j->P * j->Q, Q = j->Q;
-    const int64_t xs = npan * mr * NB;   /* M's stride between positions xi */
+    const int64_t NB = j->NB, mr = j->mr, PQ = j->P * j->Q, Q = j->Q;
+    const int64_t xs = j->mxs;   /* M's stride between positions xi */
     for (int64_t r = 0; r < m; r++) {
         const int64_t k = k0 + r;
         const float bk = j->bias ? j->bias[k] : 0.0f;
@@ -426,7 +452,7 @@ static void wg_output4(const wg_job *j, const wg_bufs *b, int64_t k0, int64_t m)
 static void wg_chunk_input(const wg_job *j, wg_bufs *b, int64_t chunk) {
     const int64_t t0 = chunk * j->CT, nt = j->T - t0 < j->CT ? j->T - t0 : j->CT;
     const int64_t C = j->C, np16 = j->NT / 16;
-    const int64_t xs = np16 * C * 16;          /* V's stride between positions xi */
+    const int64_t xs = j->vxs;                 /* V's stride between positions xi */
     wg_cut(j, b, t0, nt);
     for (int64_t pan = nt / 16; pan < np16; pan++)   /* V's columns past nt: zero */
         for (int64_t xi = 0; xi < j->XI; xi++)
@@ -445,13 +471,13 @@ static void wg_chunk_block(const wg_job *j, wg_bufs *b, int64_t chunk, int64_t k
                            const float *U, int64_t uxs) {
     const ops_gemm_isa *isa = ops_gemm_current_isa();
     const int64_t t0 = chunk * j->CT, nt = j->T - t0 < j->CT ? j->T - t0 : j->CT;
-    const int64_t C = j->C, NB = j->NB, mr = j->mr, np16 = j->NT / 16, npan = j->NT / NB;
+    const int64_t C = j->C, NB = j->NB, mr = j->mr;
     const int64_t used = (nt + NB - 1) / NB;   /* panels holding a tile of the chunk */
     const int64_t k0 = kb * mr, m = j->K - k0 < mr ? j->K - k0 : mr;
     for (int64_t xi = 0; xi < j->XI; xi++)
         for (int64_t pp = 0; pp < used; pp++)
-            isa->kernel(m, NB, C, U + xi * uxs, b->V + ((xi * np16 + pp * (NB / 16)) * C) * 16,
-                        C * 16, b->M + ((xi * npan + pp) * mr) * NB, 0);
+            isa->kernel(m, NB, C, U + xi * uxs, b->V + xi * j->vxs + pp * (NB / 16) * C * 16,
+                        C * 16, b->M + xi * j->mxs + pp * mr * NB, 0);
     if (j->m == 4)
         wg_output4(j, b, k0, m);
     else
@@ -473,7 +499,7 @@ int ops_conv2d_winograd(const char *op, float *out, const float *in, const ovs_m
     const int64_t mr = isa->mr_max, NB = isa->nr_max, KB = (K + mr - 1) / mr;
     const int64_t XI = (m + 2) * (m + 2);
     wg_job j = {in, NULL, bias, residual, out, C, H, W, K, P, Q, ph, pw, m, XI, (P + m - 1) / m,
-                (Q + m - 1) / m, 0, 0, NB, mr, KB, 0, act};
+                (Q + m - 1) / m, 0, 0, NB, mr, KB, 0, 0, 0, act};
     j.T = N * j.TH * j.TW;
     int threads = ovs_get_num_threads();
 #ifdef _OPENMP
@@ -502,8 +528,12 @@ int ops_conv2d_winograd(const char *op, float *out, const float *in, const ovs_m
     const int64_t chunks = (j.T + j.CT - 1) / j.CT, items = kpart ? N * KB : chunks;
     if (threads > items) threads = (int)items;
     /* per thread: V, M, (kpart) its weight block, the pieces */
-    const size_t nv = (size_t)(XI * C) * (size_t)j.NT, nm = (size_t)(XI * mr) * (size_t)j.NT;
-    const size_t nu = kpart ? (size_t)(XI * C * mr) : 0;
+    j.vxs = wg_odd_lines(C * j.NT);
+    j.mxs = wg_odd_lines(mr * j.NT);
+    const int64_t kuxs = wg_odd_lines(C * mr);   /* kpart: a thread's one weight block */
+    const int64_t uxs = wg_odd_lines(KB * C * mr);
+    const size_t nv = (size_t)XI * (size_t)j.vxs, nm = (size_t)XI * (size_t)j.mxs;
+    const size_t nu = kpart ? (size_t)XI * (size_t)kuxs : 0;
     const size_t per =
         (((nv + nm + nu) * sizeof(float) + (size_t)j.NT * sizeof(wg_piece)) + 63) & ~(size_t)63;
     /* U (chunks of tiles only), then the threads' buffers, in the calling thread's kept
@@ -512,7 +542,7 @@ int ops_conv2d_winograd(const char *op, float *out, const float *in, const ovs_m
      * 56x56 conv */
     const size_t u_bytes =
         kpart ? 0
-              : ((size_t)XI * (size_t)(KB * mr) * (size_t)C * sizeof(float) + 63) & ~(size_t)63;
+              : ((size_t)XI * (size_t)uxs * sizeof(float) + 63) & ~(size_t)63;
     void *own = NULL;
     char *ws = ops_thread_workspace(OPS_WS_CONV, u_bytes + (size_t)threads * per, &own);
     float *U = ws && !kpart ? (float *)ws : NULL;
@@ -544,12 +574,12 @@ int ops_conv2d_winograd(const char *op, float *out, const float *in, const ovs_m
                     wg_chunk_input(&j, &b, n);
                     have_v = n;
                 }
-                wg_transform_block(Ub, C * mr, weight, K, C, mr, m, kb);
-                wg_chunk_block(&j, &b, n, kb, Ub, C * mr);
+                wg_transform_block(Ub, kuxs, weight, K, C, mr, m, kb);
+                wg_chunk_block(&j, &b, n, kb, Ub, kuxs);
             }
         }
     } else {
-        wg_transform_weights(U, weight, K, C, mr, m, threads);
+        wg_transform_weights(U, uxs, weight, K, C, mr, m, threads);
         j.U = U;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
         for (int64_t ch = 0; ch < chunks; ch++) {
@@ -564,7 +594,7 @@ int ops_conv2d_winograd(const char *op, float *out, const float *in, const ovs_m
             b.npieces = 0;
             wg_chunk_input(&j, &b, ch);
             for (int64_t kb = 0; kb < KB; kb++)
-                wg_chunk_block(&j, &b, ch, kb, U + kb * C * mr, KB * C * mr);
+                wg_chunk_block(&j, &b, ch, kb, U + kb * C * mr, uxs);
         }
     }
     ovs_free(own);
