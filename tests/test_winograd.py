@@ -152,7 +152,8 @@ def test_winograd_bitwise_across_threads_isas_and_packing(rng, restore_runtime, 
 
 def test_auto_takes_winograd_on_large_maps_only(rng):
     # DeepLab's decoder shape class (a 3x3 conv at 96x96) and RN50's 256 channels at 28x28:
-    # F(4x4); RN50's layer1 at 448^2 (64 channels at 112x112): F(2x2); small maps: direct
+    # F(4x4); RN50's layer1 at 448^2 (64 channels at 112x112) and 256 channels at 14x14:
+    # F(2x2); small maps (RN50's 512 channels at 7x7, 128 at 10x10): direct
     x, w, b = rand(rng, 1, 128, 96, 96), rand(rng, 128, 128, 3, 3, scale=0.05), rand(rng, 128)
     assert _core.op_conv2d_winograd_wins(1, 128, 96, 96, 128, 3, 3, 1)
     assert not _core.op_conv2d_winograd_wins(1, 128, 10, 10, 128, 3, 3, 1)
@@ -160,7 +161,8 @@ def test_auto_takes_winograd_on_large_maps_only(rng):
     assert _core.op_conv2d_auto_algo(1, 128, 96, 96, 128, 3, 3, 1) == "winograd4"
     assert _core.op_conv2d_auto_algo(1, 256, 28, 28, 256, 3, 3, 1) == "winograd4"
     assert _core.op_conv2d_auto_algo(1, 64, 112, 112, 64, 3, 3, 1) == "winograd"
-    assert _core.op_conv2d_auto_algo(1, 256, 14, 14, 256, 3, 3, 1) == "direct"
+    assert _core.op_conv2d_auto_algo(1, 256, 14, 14, 256, 3, 3, 1) == "winograd"
+    assert _core.op_conv2d_auto_algo(1, 512, 7, 7, 512, 3, 3, 1) == "direct"
     assert _core.op_conv2d_auto_algo(1, 128, 10, 10, 128, 3, 3, 1) == "direct"
     assert _core.op_conv2d_auto_algo(1, 128, 96, 96, 128, 3, 5, 1) == "direct"
     auto = _core.op_conv2d(x, w, b, padding=1)

@@ -627,11 +627,14 @@ int ovs_conv2d_winograd_wins(int64_t N, int64_t C, int64_t H, int64_t W, int64_t
      * 28x28, T = 196), 0.75-0.81x for C = 32 at 224x224 and 256x256, 0.87-0.89x for C = 512 at
      * 14x14 (T = 49, split K: the transformed weights never go through memory), 0.9-1.0x for
      * 256 at 14x14 (T * C = 12544) and 1.8x for 512 at 7x7: it wins from T * C ~ 20000. C < 32
-     * and C > 384 on maps of more than WG_KPART_TILES tiles keep the earlier limits. */
+     * and C > 384 on maps of more than WG_KPART_TILES tiles keep the earlier limits.
+     * Again after V, M and U got odd-line strides (same day, bench_conv.py --repeat 11, 1 / 2
+     * threads): 256 at 14x14 0.79 / 0.83x, 512 at 14x14 0.70 / 0.74x, 512 at 7x7 (T * C = 8192)
+     * 1.42 / 1.46x: the crossover is now between 8192 and 12544. */
     if (C < 16 || K < 16) return 0;
     if (C < 32) return T >= 14000;
     if (C > 384 && T > WG_KPART_TILES) return 0;
-    return T * C >= 24000;
+    return T * C >= 12000;
 }
 
 /* 1 when AUTO takes F(4x4, 3x3): it beats F(2x2, 3x3) and the direct conv, and its error is
