@@ -8,7 +8,8 @@ other blocks of each stage: ModifiedResNet puts its stride in an average pool, s
 after the stem's first is stride 1) and of DeepLabV3-OVS at 512^2 (stem, layer1..3, the
 decoder's two 3x3 convs at 128x128), batch 1, padding 1, weights conv-packed as the models hold
 them. Compared in one interleaved run, per repetition:
-  winograd  _core.op_conv2d(..., algo="winograd")     F(2x2)
+  winograd  _core.op_conv2d(..., algo="winograd")     F(2x2)   (ovs sides: output and scratch
+                                                            kept across calls, out= / workspace=)
   winograd4 _core.op_conv2d(..., algo="winograd4")    F(4x4)
   direct    _core.op_conv2d(..., algo="direct")
   torch     torch.nn.functional.conv2d, if torch is installed
@@ -71,7 +72,13 @@ def main(argv=None) -> int:
             x = rng.standard_normal((1, C, H_, W_)).astype(np.float32)
             w = (rng.standard_normal((K, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float32)
             pk = _core.op_conv2d_pack(w, 1)
-            sides = {algo: (lambda a=algo: _core.op_conv2d(x, w, padding=1, prepacked=pk, algo=a))
+            # each side's output and input-copy scratch kept across calls, as a model's arena
+            # (fresh arrays per call measured their page faults, more at 2 threads)
+            ws = np.empty(_core.op_conv2d_scratch_floats(C, H_, W_, K, 3, 3, padding=1), np.float32)
+            outs = {algo: np.empty((1, K, H_, W_), np.float32)
+                    for algo in ("winograd", "winograd4", "direct")}
+            sides = {algo: (lambda a=algo: _core.op_conv2d(x, w, padding=1, prepacked=pk, algo=a,
+                                                          out=outs[a], workspace=ws))
                      for algo in ("winograd", "winograd4", "direct")}
             if torch is not None:
                 tx, tw = torch.from_numpy(x), torch.from_numpy(w)
