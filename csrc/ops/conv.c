@@ -342,7 +342,23 @@ static int conv_implicit_run(const conv_implicit_job *j, int64_t planes, int64_t
      * rows for its tiles, so 4 tasks per thread did that 4x over (Zen 4, 2 threads: 1024->256
      * at 14x14 0.62 -> 0.50 ms, 2048->512 at 7x7 0.59 -> 0.52, 3x3 512 at 7x7 1.67 -> 1.44). */
     int64_t kgroups = 1;
-    if (threads > 1 && pgroups < 4 * (int64_t)threads) {
+    const int split = threads > 1 && !whole && !sliced && pgroups < 4 * (int64_t)threads;
+    if (split) {
+        /* ~4 tasks per thread as block groups x tile groups: each block group reads all the
+         * weights of its tile group, each tile group packs / reads all the operand rows of its
+         * block group, so take the split with the least of both, pg*Kg + kg*F floats per row
+         * of L (Zen 4, 2 threads: 512->128 at 28x28 as 8 x 1 instead of 7 x 2, 0.54 -> 0.50
+         * ms; 256->512 at 28x28 stays 4 x 2) */
+        const int64_t want = 4 * (int64_t)threads;
+        double best = -1.0;
+        for (int64_t kg = 1; kg <= want && kg <= ktiles; kg++) {
+            int64_t pg = (want + kg - 1) / kg;
+            if (pg > nblocks) pg = nblocks;
+            const double cost = (double)pg * (double)j->Kg + (double)kg * (double)j->F;
+            if (best < 0.0 || cost < best) best = cost, pgroups = pg, kgroups = kg;
+        }
+    }
+    if (threads > 1 && !split && pgroups < 4 * (int64_t)threads) {
         const int64_t per = whole ? 1 : 4;
         kgroups = (per * (int64_t)threads + pgroups - 1) / pgroups;
         if (kgroups > ktiles) kgroups = ktiles;
