@@ -80,7 +80,12 @@ CASES = [
     (1, 1100, 7, 7, 30, 1, 1, 0, 1, 1),     # the same sliced (L = 1100), through the tail copy
     (1, 40, 14, 14, 50, 1, 1, 0, 1, 1),     # 14x14: 6 x 32 + 4 positions
     (1, 6, 2, 3, 20, 3, 3, 30, 30, 1),      # per-row blocks of 3 positions, wide padding
+    # compact columns: small padded maps with K >= 64 run as a 1x1 conv over their im2col
+    (1, 24, 7, 7, 72, 3, 3, 1, 1, 1),       # RN50 224's layer4 3x3 class: 49 columns, not 64
+    (2, 10, 5, 6, 64, 3, 3, 2, 2, 1),       # dilation 2, batch 2 (one image's columns at a time)
+    (1, 8, 4, 4, 80, 5, 5, 2, 1, 1),        # 5x5 on 4x4
 ]
+COMPACT = CASES[-3:]
 
 
 def pair(v):
@@ -229,6 +234,10 @@ def test_conv_input_copy_in_scratch(rng, restore_runtime, case):
     else:   # the kept stride phases of the padded input + 32 floats of slack
         na, nb = len({r * dh % sh for r in range(R)}), len({s * dw % sw for s in range(S)})
         want = cg * na * nb * -(-(H + 2 * ph) // sh) * -(-(W + 2 * pw) // sw) + 32
+    if case in COMPACT:   # the (L, P*Q) columns (whole lines), then the 1x1 conv's (L, 32) copy
+        P = (H + 2 * ph - dh * (R - 1) - 1) // sh + 1
+        Q = (W + 2 * pw - dw * (S - 1) - 1) // sw + 1
+        want = max(want, -(-cg * R * S * P * Q // 16) * 16 + cg * R * S * 32)
     assert _core.op_conv2d_scratch_floats(C, H, W, K, R, S, **kw) == want
     for isa in ["portable"] + simd_isas():
         _core.gemm_set_isa(isa)
@@ -276,7 +285,7 @@ def test_conv_out_and_workspace_kept_by_the_caller(rng, case):
             conv(x, w, b, out=x.ravel()[:out.size].reshape(out.shape), **kw)
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[10], CASES[24]], ids=str)
+@pytest.mark.parametrize("case", [CASES[0], CASES[10], CASES[24], COMPACT[0]], ids=str)
 def test_implicit_conv_allocation_failure(rng, restore_runtime, case):
     # with the caller's scratch (the models') and without (the conv allocates its input copy)
     x, w, b, kw = make(rng, case)

@@ -72,10 +72,79 @@ static size_t conv_copy_floats(int64_t C, int64_t H, int64_t W, int64_t R, int64
     return (size_t)n;
 }
 
+/* Columns the micro-kernels compute for n consecutive positions cut into NB-column blocks
+ * (conv_make_blocks' widths: a block of 16 < cnt <= 16 + narrow is 16 + its narrow rest). */
+static int64_t conv_cols(int64_t n, int64_t NB, int64_t narrow) {
+    int64_t cols = 0;
+    for (int64_t f = 0; f < n; f += NB) {
+        const int64_t cnt = n - f < NB ? n - f : NB;
+        if (NB > 16 && cnt > 16 && cnt - 16 <= narrow) cols += cnt;
+        else cols += cnt <= narrow ? cnt : cnt <= 16 ? 16 : NB;
+    }
+    return cols;
+}
+
+/* Compact columns: a stride-1, ungrouped R x S conv (R*S > 1) on a small padded map computes
+ * each flat row's Ws - Q padding columns (7x7 with padding 1: 64 columns for 49 positions).
+ * Where that wastes 15% or more, the conv builds the (L, P*Q) columns of one image (im2col,
+ * zeros for padding) and runs them as a 1x1 conv of L input channels with the same packed
+ * weight: each output is the same fmaf chain over l = (c, r, s) in increasing order (a
+ * padding tap adds fmaf(w, 0, acc) = acc, as a skipped one), so the result is bitwise the
+ * direct conv's. Up to 2^20 floats of columns, K >= 64 (building them costs ~1/K of the
+ * products). Returns the columns' floats (0: not taken). */
+static int64_t conv_compact_floats(int64_t C, int64_t H, int64_t W, int64_t K, int64_t R,
+                                   int64_t S, const ovs_conv2d_params *p) {
+    if (!p || R * S <= 1 || p->groups != 1 || p->stride_h != 1 || p->stride_w != 1 || K < 64 ||
+        C < 1 || C > ((int64_t)1 << 20) / (R * S))
+        return 0;
+    const int64_t P = ovs_conv2d_out_size(H, R, 1, p->pad_h, p->dil_h);
+    const int64_t Q = ovs_conv2d_out_size(W, S, 1, p->pad_w, p->dil_w);
+    if (P < 1 || Q < 1 || P > ((int64_t)1 << 20) || Q > ((int64_t)1 << 20)) return 0;
+    const int64_t L = C * R * S, PQ = P * Q;
+    if (PQ > ((int64_t)1 << 20) / L) return 0;
+    const ops_gemm_isa *isa = ops_gemm_current_isa();
+    const int64_t NB = isa->nr_max, Ws = W + 2 * p->pad_w, F = (P - 1) * Ws + Q;
+    const int64_t flat = conv_cols(F, NB, isa->narrow_max), compact = conv_cols(PQ, NB, isa->narrow_max);
+    return 100 * flat >= 115 * compact ? L * PQ : 0;
+}
+
+/* The (L, P*Q) columns of one image (C, H, W): cols[(c*R + r)*S + s][p*Q + q] = the input at
+ * row p - ph + r*dh, column q - pw + s*dw, zero outside. */
+static void conv_im2col(float *cols, const float *x, int64_t C, int64_t H, int64_t W, int64_t R,
+                        int64_t S, const ovs_conv2d_params *p, int64_t P, int64_t Q) {
+    const int64_t L = C * R * S;
+#pragma omp parallel for schedule(static) if (L * P * Q >= OPS_PAR_MIN) num_threads(ovs_get_num_threads())
+    for (int64_t l = 0; l < L; l++) {
+        const int64_t c = l / (R * S), r = (l / S) % R, s = l % S;
+        const int64_t dy = r * p->dil_h - p->pad_h, dx = s * p->dil_w - p->pad_w;
+        /* output columns q with 0 <= q + dx < W: [q0, q1) */
+        int64_t q0 = dx < 0 ? -dx : 0, q1 = W - dx < Q ? W - dx : Q;
+        if (q1 < q0) q1 = q0;
+        float *d = cols + l * P * Q;
+        for (int64_t pp = 0; pp < P; pp++) {
+            float *row = d + pp * Q;
+            const int64_t y = pp + dy;
+            if (y < 0 || y >= H || q0 >= q1) {
+                for (int64_t q = 0; q < Q; q++) row[q] = 0.0f;
+                continue;
+            }
+            const float *src = x + (c * H + y) * W + dx;
+            for (int64_t q = 0; q < q0; q++) row[q] = 0.0f;
+            for (int64_t q = q0; q < q1; q++) row[q] = src[q];
+            for (int64_t q = q1; q < Q; q++) row[q] = 0.0f;
+        }
+    }
+}
+
 size_t ovs_conv2d_scratch_floats(int64_t C, int64_t H, int64_t W, int64_t K, int64_t R,
                                  int64_t S, const ovs_conv2d_params *p) {
-    (void)K;
-    return conv_copy_floats(C, H, W, R, S, p, OPS_GEMM_NR_MAX);
+    const size_t copy = conv_copy_floats(C, H, W, R, S, p, OPS_GEMM_NR_MAX);
+    const int64_t cols = conv_compact_floats(C, H, W, K, R, S, p);
+    if (!cols || !copy) return copy;
+    /* the columns, then the 1x1 conv's tail copy (L, NB) */
+    const size_t tail = (size_t)(C * R * S) * OPS_GEMM_NR_MAX;
+    const size_t need = ((size_t)cols + 15) / 16 * 16 + tail;
+    return need > copy ? need : copy;
 }
 
 /* The checks every 2-D convolution makes (dense or sparse): sizes, strides, padding, dilations,
@@ -813,6 +882,28 @@ int ovs_conv2d_forward(float *out, const float *in, const ovs_matrix *weight, co
     if (C > 0 && (algo == OVS_CONV2D_WINOGRAD || algo == OVS_CONV2D_WINOGRAD4))
         return ops_conv2d_winograd(op, out, in, weight, bias, residual, N, C, H, W, K, p->pad_h,
                                    p->pad_w, act, P, Q, algo == OVS_CONV2D_WINOGRAD4 ? 4 : 2);
+    const int64_t ncols = C > 0 ? conv_compact_floats(C, H, W, K, R, S, p) : 0;
+    if (ncols) {   /* per image: its columns, then a 1x1 conv over them */
+        const int64_t L = C * R * S;
+        const size_t cpad = ((size_t)ncols + 15) / 16 * 16;
+        const int own = !scratch || ovs_conv2d_scratch_floats(C, H, W, K, R, S, p) <
+                                        cpad + (size_t)L * OPS_GEMM_NR_MAX;
+        float *cols = own ? ovs_malloc((cpad + (size_t)L * OPS_GEMM_NR_MAX) * sizeof(float))
+                          : scratch;
+        if (!cols)
+            return ovs_set_error(OVS_ERR_NOMEM, "%s: out of memory for the %lld x %lld columns",
+                                 op, (long long)L, (long long)PQ);
+        ovs_conv2d_params p1 = ovs_conv2d_defaults();
+        p1.algo = OVS_CONV2D_DIRECT;
+        for (int64_t n = 0; n < N && !st; n++) {
+            conv_im2col(cols, in + n * C * H * W, C, H, W, R, S, p, P, Q);
+            st = conv_implicit(op, out + n * K * PQ, cols, weight, bias,
+                               residual ? residual + n * K * PQ : NULL, 1, L, P, Q, K, 1, 1, &p1,
+                               act, P, Q, cols + cpad);
+        }
+        if (own) ovs_free(cols);
+        return st;
+    }
     if (C > 0)
         return conv_implicit(op, out, in, weight, bias, residual, N, C, H, W, K, R, S, p, act, P, Q,
                              scratch);

@@ -175,7 +175,8 @@ ovs_conv2d_params ovs_conv2d_defaults(void);   /* stride 1, pad 0, dilation 1, g
 int64_t ovs_conv2d_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil);
 /* Scratch floats ovs_conv2d_forward may use: its copy of the input (the zero-padded input split
  * into its stride phases, about the input's size; for a stride-1 unpadded conv a (C/groups*R*S,
- * 32) block). A caller that passes scratch of this size (e.g. from a model's arena, reused
+ * 32) block; for a small padded map whose flat rows would waste 15% of the columns, with K >=
+ * 64, one image's (C*R*S, P*Q) im2col columns and a (C*R*S, 32) block). A caller that passes scratch of this size (e.g. from a model's arena, reused
  * across calls) saves the conv that allocation and its page faults on every call; with
  * scratch NULL the conv allocates it. */
 size_t ovs_conv2d_scratch_floats(int64_t C, int64_t H, int64_t W, int64_t K, int64_t R,
