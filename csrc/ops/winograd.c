@@ -239,6 +239,25 @@ static void wg_cut(const wg_job *j, wg_bufs *b, int64_t t0, int64_t nt) {
     b->npieces = np;
 }
 
+/* A piece's patch rows y0 .. y0 + rows of channel c of image n, read in place: d[r] points at
+ * patch column u0 (image column x0 + u0), or at zeros for a row outside the image (or no
+ * column inside it); and t[a][u] = 0 for the columns u outside [u0, u1) (a < rows, ts floats
+ * per row of t, wd columns), where B^T d is zero. */
+static inline void wg_patch_rows(const wg_job *j, const float **d, int rows, int64_t n,
+                                 int64_t c, int64_t y0, int64_t x0, int64_t u0, int64_t u1,
+                                 const float *zeros, float *t, int64_t ts, int64_t wd) {
+    for (int r = 0; r < rows; r++) {
+        const int64_t y = y0 + r;
+        d[r] = y >= 0 && y < j->H && u1 > u0
+                   ? j->in + ((n * j->C + c) * j->H + y) * j->W + x0 + u0
+                   : zeros;
+    }
+    for (int a = 0; a < rows; a++) {
+        for (int64_t u = 0; u < u0; u++) t[a * ts + u] = 0.0f;
+        for (int64_t u = u1 > u0 ? u1 : u0; u < wd; u++) t[a * ts + u] = 0.0f;
+    }
+}
+
 /* V of the chunk's tiles, F(2x2). A piece's patches are the columns
  * [2*tx0 - pw, 2*tx0 - pw + 2*len + 2) of 4 input rows, read in place (rows outside the image
  * read zeros; outside the columns [u0, u1) that lie inside it B^T d is zero): B^T applied down
@@ -254,20 +273,10 @@ static void wg_input2(const wg_job *j, const wg_bufs *b) {
         const int64_t x0 = 2 * pc->tx0 - j->pw;
         const int64_t pan = pc->i0 / 16, s0 = pc->i0 % 16;
         const int64_t u0 = x0 < 0 ? -x0 : 0, u1 = x0 + wd > j->W ? j->W - x0 : wd;
-        const int64_t ue = u1 > u0 ? u1 : u0;
         for (int64_t c = 0; c < C; c++) {
             const float *d[4];   /* d[r][u - u0]: patch row r, column u */
-            for (int r = 0; r < 4; r++) {
-                const int64_t y = y0 + r;
-                d[r] = y >= 0 && y < j->H && u1 > u0
-                           ? j->in + ((pc->n * C + c) * j->H + y) * j->W + x0 + u0
-                           : zeros;
-            }
-            float t[4][34];   /* B^T d */
-            for (int a = 0; a < 4; a++) {
-                for (int64_t u = 0; u < u0; u++) t[a][u] = 0.0f;
-                for (int64_t u = ue; u < wd; u++) t[a][u] = 0.0f;
-            }
+            float t[4][34];      /* B^T d */
+            wg_patch_rows(j, d, 4, pc->n, c, y0, x0, u0, u1, zeros, &t[0][0], 34, wd);
             const float *d0 = d[0] - u0, *d1 = d[1] - u0, *d2 = d[2] - u0, *d3 = d[3] - u0;
             for (int64_t u = u0; u < u1; u++) {
                 t[0][u] = d0[u] - d2[u];
@@ -310,17 +319,8 @@ static void wg_input4(const wg_job *j, const wg_bufs *b) {
         const float zeros[66] = {0};
         for (int64_t c = 0; c < C; c++) {
             const float *d[6];   /* d[r][u - u0]: patch row r, column u */
-            for (int r = 0; r < 6; r++) {
-                const int64_t y = y0 + r;
-                d[r] = y >= 0 && y < j->H && u1 > u0
-                           ? j->in + ((pc->n * C + c) * j->H + y) * j->W + x0 + u0
-                           : zeros;
-            }
-            float t[6][66];   /* B^T d */
-            for (int a = 0; a < 6; a++) {
-                for (int64_t u = 0; u < u0; u++) t[a][u] = 0.0f;
-                for (int64_t u = u1 > u0 ? u1 : u0; u < wd; u++) t[a][u] = 0.0f;
-            }
+            float t[6][66];      /* B^T d */
+            wg_patch_rows(j, d, 6, pc->n, c, y0, x0, u0, u1, zeros, &t[0][0], 66, wd);
             for (int64_t u = u0; u < u1; u++)
                 WG_BT4(t[0][u], t[1][u], t[2][u], t[3][u], t[4][u], t[5][u], d[0][u - u0],
                        d[1][u - u0], d[2][u - u0], d[3][u - u0], d[4][u - u0], d[5][u - u0]);
