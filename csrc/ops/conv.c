@@ -108,6 +108,13 @@ static int64_t conv_compact_floats(int64_t C, int64_t H, int64_t W, int64_t K, i
     return 100 * flat >= 115 * compact ? L * PQ : 0;
 }
 
+/* Scratch floats of the compact path for `cols` columns of L rows: the columns (whole lines),
+ * then the 1x1 conv's (L, NB) tail copy at cols_lines(cols). */
+static size_t conv_cols_lines(int64_t cols) { return ((size_t)cols + 15) / 16 * 16; }
+static size_t conv_compact_scratch(int64_t cols, int64_t L) {
+    return conv_cols_lines(cols) + (size_t)L * OPS_GEMM_NR_MAX;
+}
+
 /* The (L, P*Q) columns of one image (C, H, W): cols[(c*R + r)*S + s][p*Q + q] = the input at
  * row p - ph + r*dh, column q - pw + s*dw, zero outside. */
 static void conv_im2col(float *cols, const float *x, int64_t C, int64_t H, int64_t W, int64_t R,
@@ -141,9 +148,7 @@ size_t ovs_conv2d_scratch_floats(int64_t C, int64_t H, int64_t W, int64_t K, int
     const size_t copy = conv_copy_floats(C, H, W, R, S, p, OPS_GEMM_NR_MAX);
     const int64_t cols = conv_compact_floats(C, H, W, K, R, S, p);
     if (!cols || !copy) return copy;
-    /* the columns, then the 1x1 conv's tail copy (L, NB) */
-    const size_t tail = (size_t)(C * R * S) * OPS_GEMM_NR_MAX;
-    const size_t need = ((size_t)cols + 15) / 16 * 16 + tail;
+    const size_t need = conv_compact_scratch(cols, C * R * S);
     return need > copy ? need : copy;
 }
 
@@ -529,17 +534,14 @@ static int conv_implicit_run(const conv_implicit_job *j, int64_t planes, int64_t
                             float *pb = pk + (b - b0) * lc * NB;
                             const int panel = j->amr == mr;
                             if (k == k0) {
-                                if (panel && w == 2 * 16)   /* constant sizes: inlined */
+                                if (panel)   /* constant sizes where w is 32: inlined */
                                     for (int64_t i = 0; i < n; i++) {
                                         const float *src = b_x + b_off[i];
                                         memcpy(pb + i * 16, src, 16 * sizeof(float));
-                                        memcpy(pb + (n + i) * 16, src + 16, 16 * sizeof(float));
-                                    }
-                                else if (panel)
-                                    for (int64_t i = 0; i < n; i++) {
-                                        const float *src = b_x + b_off[i];
-                                        memcpy(pb + i * 16, src, 16 * sizeof(float));
-                                        if (w > 16)
+                                        if (w == 32)
+                                            memcpy(pb + (n + i) * 16, src + 16,
+                                                   16 * sizeof(float));
+                                        else if (w > 16)
                                             memcpy(pb + (n + i) * 16, src + 16,
                                                    (size_t)(w - 16) * sizeof(float));
                                     }
@@ -884,12 +886,11 @@ int ovs_conv2d_forward(float *out, const float *in, const ovs_matrix *weight, co
                                    p->pad_w, act, P, Q, algo == OVS_CONV2D_WINOGRAD4 ? 4 : 2);
     const int64_t ncols = C > 0 ? conv_compact_floats(C, H, W, K, R, S, p) : 0;
     if (ncols) {   /* per image: its columns, then a 1x1 conv over them */
+        /* the caller's scratch is sized by ovs_conv2d_scratch_floats, which covers this */
         const int64_t L = C * R * S;
-        const size_t cpad = ((size_t)ncols + 15) / 16 * 16;
-        const int own = !scratch || ovs_conv2d_scratch_floats(C, H, W, K, R, S, p) <
-                                        cpad + (size_t)L * OPS_GEMM_NR_MAX;
-        float *cols = own ? ovs_malloc((cpad + (size_t)L * OPS_GEMM_NR_MAX) * sizeof(float))
-                          : scratch;
+        const size_t cpad = conv_cols_lines(ncols);
+        float *cols =
+            scratch ? scratch : ovs_malloc(conv_compact_scratch(ncols, L) * sizeof(float));
         if (!cols)
             return ovs_set_error(OVS_ERR_NOMEM, "%s: out of memory for the %lld x %lld columns",
                                  op, (long long)L, (long long)PQ);
@@ -901,7 +902,7 @@ int ovs_conv2d_forward(float *out, const float *in, const ovs_matrix *weight, co
                                residual ? residual + n * K * PQ : NULL, 1, L, P, Q, K, 1, 1, &p1,
                                act, P, Q, cols + cpad);
         }
-        if (own) ovs_free(cols);
+        if (!scratch) ovs_free(cols);
         return st;
     }
     if (C > 0)

@@ -65,6 +65,15 @@ void ops_matrix_pack_rows(float *dst, const float *src, int64_t ld, int64_t rows
 enum { OPS_WS_GEMM = 0, OPS_WS_ATTENTION = 1, OPS_WS_CONV = 2, OPS_WS_SLOTS = 3 };
 void *ops_thread_workspace(int slot, size_t bytes, void **own);
 
+/* v floats rounded up to whole 64-byte lines, an odd number of them: a buffer whose rows (or
+ * planes, or positions) are this far apart spreads their lines over every L1 set offset
+ * (with 2^k-line strides they all fall in one set); the sparse kernel's copied planes and the
+ * Winograd buffers' position strides. */
+static inline int64_t ops_odd_lines(int64_t v) {
+    const int64_t r = (v + 15) / 16 * 16;
+    return (r / 16) % 2 ? r : r + 16;
+}
+
 /* Offset of W[k, l] in a conv-packed weight (K, L) of G groups (layout in ops.h). */
 static inline int64_t ops_conv_packed_at(int64_t K, int64_t L, int64_t G, int64_t k, int64_t l) {
     const int64_t Kg = K / G, MR = OVS_CONV_PACK_MR, g = k / Kg, kk = k % Kg;

@@ -231,12 +231,6 @@ static int sp_spread(int64_t G) {
     return pow2 <= 4;
 }
 
-/* v floats rounded up to whole 64-byte lines, an odd number of them (every set offset). */
-static int64_t sp_odd_lines(int64_t v) {
-    const int64_t r = round16(v);
-    return (r / 16) % 2 ? r : r + 16;
-}
-
 static int sp_geometry(int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
                        int64_t nnz, const ovs_conv2d_params *p, const float *in, sp_layout *g) {
     const int direct = R == 1 && S == 1 && p->pad_h == 0 && p->pad_w == 0;
@@ -261,8 +255,8 @@ static int sp_geometry(int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, in
     g->Wq = aligned && !direct ? round16(g->Wp) : g->Wp;
     g->ncopy = aligned ? S : 1;
     g->plane = g->Hp * g->Wq;
-    /* 1x1: copied planes of an odd number of 64-byte lines (see sp_odd_lines) */
-    if (aligned && direct) g->plane = sp_odd_lines(g->plane);
+    /* 1x1: copied planes of an odd number of 64-byte lines (see ops_odd_lines) */
+    if (aligned && direct) g->plane = ops_odd_lines(g->plane);
     /* The shifted copies and the channel planes are read together by a tile; at strides of a
      * multiple of 4 KiB (RN50: 32 x 114 x 128 floats per copy at 112x112, 64 x 58 x 64 at 56x56)
      * their lines fall in the same L1 sets and evict each other. Skewed by 64 bytes per

@@ -43,15 +43,10 @@
 #define WG_V_FLOATS ((int64_t)1 << 18)   /* V of one chunk: about 1 MiB */
 #define WG_KPART_TILES 128               /* at most this many tiles: threads split K instead */
 
-/* The stride between the XI positions of V, M and U: v floats rounded up to an odd number of
- * 64-byte lines. The transforms write (and read) the XI positions of one element together, and
- * with a stride of 2^k lines (64 KiB for V of 64 tiles x 256 channels) all XI streams fell in
- * the same L1 set (8 ways): the weight transform's stores were 16% of a 256-channel 28x28
- * conv. */
-static int64_t wg_odd_lines(int64_t v) {
-    const int64_t r = (v + 15) / 16 * 16;
-    return (r / 16) % 2 ? r : r + 16;
-}
+/* V, M and U are strided between their XI positions by ops_odd_lines: the transforms write
+ * (and read) the XI positions of one element together, and with a stride of 2^k lines (64 KiB
+ * for V of 64 tiles x 256 channels) all XI streams fell in the same L1 set (8 ways): the
+ * weight transform's stores were 16% of a 256-channel 28x28 conv. */
 /* a packed weight block (OVS_CONV_PACK_MR rows) is read whole into the transform's lanes */
 _Static_assert(OVS_CONV_PACK_MR <= OPS_GEMM_MR_MAX, "a packed weight block fits the lanes");
 
@@ -207,7 +202,7 @@ typedef struct {
     int64_t TH, TW, T;       /* tiles per column / row / in all */
     int64_t NT, NB, mr, KB;  /* a chunk's buffer tiles (multiple of NB), kernel width, height */
     int64_t CT;              /* tiles per chunk (<= NT): chunk ch is tiles [ch*CT, ch*CT + CT) */
-    int64_t vxs, mxs;        /* V's and M's strides between positions xi (wg_odd_lines) */
+    int64_t vxs, mxs;        /* V's and M's strides between positions xi (ops_odd_lines) */
     ovs_act act;
 } wg_job;
 
@@ -528,10 +523,10 @@ int ops_conv2d_winograd(const char *op, float *out, const float *in, const ovs_m
     const int64_t chunks = (j.T + j.CT - 1) / j.CT, items = kpart ? N * KB : chunks;
     if (threads > items) threads = (int)items;
     /* per thread: V, M, (kpart) its weight block, the pieces */
-    j.vxs = wg_odd_lines(C * j.NT);
-    j.mxs = wg_odd_lines(mr * j.NT);
-    const int64_t kuxs = wg_odd_lines(C * mr);   /* kpart: a thread's one weight block */
-    const int64_t uxs = wg_odd_lines(KB * C * mr);
+    j.vxs = ops_odd_lines(C * j.NT);
+    j.mxs = ops_odd_lines(mr * j.NT);
+    const int64_t kuxs = ops_odd_lines(C * mr);   /* kpart: a thread's one weight block */
+    const int64_t uxs = ops_odd_lines(KB * C * mr);
     const size_t nv = (size_t)XI * (size_t)j.vxs, nm = (size_t)XI * (size_t)j.mxs;
     const size_t nu = kpart ? (size_t)XI * (size_t)kuxs : 0;
     const size_t per =
