@@ -5,7 +5,9 @@
  * Unstructured sparsity gives no two output channels a common non-zero to share an input
  * load, so every FMA reads its own input vector (folded into the FMA); what the kernels save is
  * everything else. A non-zero costs one resolved 32-bit input offset and one broadcast,
- * amortised over the tile's 64 grid positions (4 zmm, 8 ymm), and AVX-512 advances two output
+ * amortised over the tile's 64 grid positions (4 zmm, 8 ymm; AVX-512 reads two non-zeros' offsets
+ * and values with one 8-byte load each: Zen 4, whose zmm loads take both load ports, ran RN50's
+ * sparse convs at 70% 4% faster, 1 thread), and AVX-512 advances two output
  * rows together so that 8 independent accumulator chains hide the FMA latency (AVX2: one row
  * of 8 ymm). A call gets a whole block of rows: a slot whose row ends takes the next row, so
  * only the block's last row runs alone (pairs cut at each row's end: 5-25% slower on RN50's
@@ -15,6 +17,7 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#include <string.h>
 
 #if SPARSE_TILE != 64
 #error "the x86 sparse tile kernels are written for 64 grid positions"
@@ -72,6 +75,25 @@ __attribute__((target("avx2,fma"))) static void avx2_tile(const float *x, const 
         a##2 = _mm512_fmadd_ps(v_, _mm512_loadu_ps(s_ + 32), a##2);      \
         a##3 = _mm512_fmadd_ps(v_, _mm512_loadu_ps(s_ + 48), a##3);      \
     } while (0)
+/* Two consecutive non-zeros j, j + 1 of one row: their offsets and values each from one 8-byte
+ * load (2 loads per 2 non-zeros instead of 4; the values broadcast from a register), the FMAs in
+ * the order of Z_STEP(a, j); Z_STEP(a, j + 1). */
+#define Z_STEP2(a, j)                                                                        \
+    do {                                                                                     \
+        int64_t o_;                                                                          \
+        memcpy(&o_, xo + (j), sizeof o_);                                                    \
+        const __m128 p_ = _mm_castpd_ps(_mm_load_sd((const double *)(val + (j))));           \
+        const float *s_ = x + (int32_t)o_, *t_ = x + (int32_t)(o_ >> 32);                    \
+        const __m512 v_ = _mm512_broadcastss_ps(p_), w_ = _mm512_broadcastss_ps(_mm_movehdup_ps(p_)); \
+        a##0 = _mm512_fmadd_ps(v_, _mm512_loadu_ps(s_), a##0);                               \
+        a##1 = _mm512_fmadd_ps(v_, _mm512_loadu_ps(s_ + 16), a##1);                          \
+        a##2 = _mm512_fmadd_ps(v_, _mm512_loadu_ps(s_ + 32), a##2);                          \
+        a##3 = _mm512_fmadd_ps(v_, _mm512_loadu_ps(s_ + 48), a##3);                          \
+        a##0 = _mm512_fmadd_ps(w_, _mm512_loadu_ps(t_), a##0);                               \
+        a##1 = _mm512_fmadd_ps(w_, _mm512_loadu_ps(t_ + 16), a##1);                          \
+        a##2 = _mm512_fmadd_ps(w_, _mm512_loadu_ps(t_ + 32), a##2);                          \
+        a##3 = _mm512_fmadd_ps(w_, _mm512_loadu_ps(t_ + 48), a##3);                          \
+    } while (0)
 #define Z_LOAD(a, t)                                  \
     if (resume) {                                     \
         a##0 = _mm512_loadu_ps(t);                    \
@@ -123,6 +145,10 @@ __attribute__((target("avx512f"))) static void avx512_tile(const float *x, const
         ub = -1;
     }
     for (;;) {
+        for (; ja + 1 < ea && jb + 1 < eb; ja += 2, jb += 2) {
+            Z_STEP2(a, ja);
+            Z_STEP2(b, jb);
+        }
         for (; ja < ea && jb < eb; ja++, jb++) {
             Z_STEP(a, ja);
             Z_STEP(b, jb);
