@@ -61,6 +61,20 @@ def test_image_features_match_open_clip(name, case, load_model, reference, manif
     _assert_features_close(feats, ref, f"{case}_", keys, f"{name}/{case}")
 
 
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("name", ("vitb16", "vit_tiny"))
+def test_vit_embedding_from_class_token_rows_equals_full_last_block(name, case, load_model, reference):
+    """The embedding alone runs the last block for the class tokens only (their queries, attention,
+    out-projection and MLP; every token's keys and values): the same embedding as the full last
+    block (which image_features runs, with every block's tokens) up to float rounding."""
+    x = reference(f"{name}_image.npz")[f"{case}_x"]
+    vis = load_model(name).visual
+    alone = vis.forward(x)["embed"]
+    full = vis.forward(x, all_tokens=True)["embed"]
+    err = float(np.abs(alone - full).max() / np.abs(full).max())
+    assert err <= 1e-6, f"{name}/{case}: class-token-only last block differs by {err:.2e}"
+
+
 @pytest.mark.parametrize("name", ("rn50", "rn_tiny"))
 def test_resnet_forward_returns_the_selected_stages(name, load_model, reference):
     # forward(features=True, stages=...) copies out only the named feature maps (a trunk

@@ -84,13 +84,11 @@ static void embed_tokens(const ovs_text *m, float *x, const int32_t *ids, int64_
     }
 }
 
-/* out (N, embed_dim) = ln_final(x[n, eot[n]]) @ text_projection; pooled (N, D) workspace. */
-static int text_head(ovs_text *m, float *out, const float *x, int64_t N, int64_t T,
-                     const int64_t *eot, float *pooled) {
+/* out (N, embed_dim) = ln_final(pooled) @ text_projection; pooled (N, D) holds x[n, eot[n]] after
+ * the last block (which computes only those rows, ovs_block_forward_rows), overwritten. */
+static int text_head(ovs_text *m, float *out, int64_t N, float *pooled) {
     const int64_t D = m->cfg.width;
     int rc;
-    for (int64_t n = 0; n < N; n++)
-        memcpy(pooled + n * D, x + ((size_t)n * T + eot[n]) * D, (size_t)D * sizeof(float));
     if ((rc = ovs_layernorm_forward(pooled, pooled, m->ln_w, m->ln_b, N, D, 1e-5f))) return rc;
     return ovs_linear_forward(out, pooled, &m->proj, NULL, NULL, N, D, m->cfg.embed_dim, OVS_ACT_NONE);
 }
@@ -114,9 +112,16 @@ int ovs_text_forward(ovs_text *m, float *out, const int32_t *ids, int64_t N, int
     float *pooled = ovs_arena_floats(&m->arena, (size_t)N * D);         /* (N, D) */
     if (!x || !scratch || !pooled) return OVS_ERR_NOMEM;
     embed_tokens(m, x, ids, N, S, T, 0);
-    for (int64_t l = 0; l < m->tf.layers; l++)
+    const int64_t L = m->tf.layers;
+    for (int64_t l = 0; l + 1 < L; l++)
         if ((rc = ovs_block_forward(&m->tf, &m->tf.blocks[l], x, N, T, 1, scratch))) return rc;
-    return text_head(m, out, x, N, T, eot, pooled);
+    /* the last block only at the end-of-text tokens, the rows the head reads */
+    if (L > 0 && (rc = ovs_block_forward_rows(&m->tf, &m->tf.blocks[L - 1], x, N, T, eot, 1, pooled, scratch)))
+        return rc;
+    if (L == 0)
+        for (int64_t n = 0; n < N; n++)
+            memcpy(pooled + n * D, x + ((size_t)n * T + eot[n]) * D, (size_t)D * sizeof(float));
+    return text_head(m, out, N, pooled);
 }
 
 size_t ovs_text_prefix_floats(const ovs_text *m, int64_t P) {
@@ -138,7 +143,7 @@ int ovs_text_prefix(ovs_text *m, float *kv, const int32_t *ids, int64_t P) {
     embed_tokens(m, x, ids, 1, P, P, 0);
     for (int64_t l = 0; l < m->tf.layers; l++)
         if ((rc = ovs_block_forward_prefixed(&m->tf, &m->tf.blocks[l], x, 1, P, NULL, 0,
-                                             kv + (size_t)l * P * 2 * D, scratch)))
+                                             kv + (size_t)l * P * 2 * D, NULL, NULL, scratch)))
             return rc;
     return OVS_OK;
 }
@@ -162,9 +167,14 @@ int ovs_text_forward_prefixed(ovs_text *m, float *out, const float *kv, int64_t 
     float *pooled = ovs_arena_floats(&m->arena, (size_t)N * D);         /* (N, D) */
     if (!x || !scratch || !pooled) return OVS_ERR_NOMEM;
     embed_tokens(m, x, ids, N, S, T, P);
-    for (int64_t l = 0; l < m->tf.layers; l++)
+    const int64_t L = m->tf.layers;
+    for (int64_t l = 0; l < L; l++) /* the last block only at the end-of-text tokens */
         if ((rc = ovs_block_forward_prefixed(&m->tf, &m->tf.blocks[l], x, N, T,
-                                             P ? kv + (size_t)l * P * 2 * D : NULL, P, NULL, scratch)))
+                                             P ? kv + (size_t)l * P * 2 * D : NULL, P, NULL,
+                                             l + 1 == L ? eot : NULL, pooled, scratch)))
             return rc;
-    return text_head(m, out, x, N, T, eot, pooled);
+    if (L == 0)
+        for (int64_t n = 0; n < N; n++)
+            memcpy(pooled + n * D, x + ((size_t)n * T + eot[n]) * D, (size_t)D * sizeof(float));
+    return text_head(m, out, N, pooled);
 }

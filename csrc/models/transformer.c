@@ -124,6 +124,38 @@ int ovs_block_forward(const ovs_transformer *t, const ovs_block *blk, float *x, 
     return block_tail(t, blk, x, M, h, wide);
 }
 
+int ovs_block_forward_rows(const ovs_transformer *t, const ovs_block *blk, const float *x, int64_t B,
+                           int64_t T, const int64_t *rows, int causal, float *out, float *scratch) {
+    const int64_t D = t->width, E = t->heads, F = D / E, M = B * T;
+    if (B < 0 || T < 1 || !rows)
+        return ovs_set_error(OVS_ERR_ARG, "ovs_block_forward_rows: bad sizes B = %lld, T = %lld (rows %s)",
+                             (long long)B, (long long)T, rows ? "given" : "NULL");
+    for (int64_t b = 0; b < B; b++)
+        if (rows[b] < 0 || rows[b] >= T)
+            return ovs_set_error(OVS_ERR_ARG, "ovs_block_forward_rows: row %lld of sequence %lld is outside "
+                                 "0..%lld", (long long)rows[b], (long long)b, (long long)(T - 1));
+    if (B == 0) return OVS_OK;
+    float *h = scratch;                      /* (M, D): ln_1(x), then (B, D) attention output, ln_2 */
+    float *wide = h + (size_t)M * D;         /* (M, 3D) q|k|v, later (B, Dm) MLP hidden */
+    float *probs = wide + (size_t)M * (3 * D > t->mlp ? 3 * D : t->mlp); /* (E, 1, T) */
+    int rc;
+    if ((rc = ovs_layernorm_forward(h, x, blk->ln1_w, blk->ln1_b, M, D, 1e-5f))) return rc;
+    if ((rc = ovs_linear_forward(wide, h, &blk->in_proj, blk->in_proj_b, NULL, M, D, 3 * D,
+                                 OVS_ACT_NONE)))
+        return rc;
+    const float scale = 1.0f / sqrtf((float)F);
+    for (int64_t b = 0; b < B; b++) { /* h's rows are free once the projection has read them */
+        const float *qkv = wide + (size_t)b * T * 3 * D;
+        rc = ovs_attention_forward(h + (size_t)b * D, qkv + (size_t)rows[b] * 3 * D, 3 * D, qkv + D, 3 * D,
+                                   qkv + 2 * D, 3 * D, 1, causal ? rows[b] + 1 : T, E, F, scale, NULL, 0,
+                                   probs);
+        if (rc) return rc;
+    }
+    for (int64_t b = 0; b < B; b++)
+        memcpy(out + (size_t)b * D, x + ((size_t)b * T + rows[b]) * D, (size_t)D * sizeof(float));
+    return block_tail(t, blk, out, B, h, wide);
+}
+
 size_t ovs_block_prefixed_scratch_floats(const ovs_transformer *t, int64_t B, int64_t T,
                                          int64_t P) {
     int64_t D = t->width, wide = 3 * D > t->mlp ? 3 * D : t->mlp;
@@ -133,12 +165,17 @@ size_t ovs_block_prefixed_scratch_floats(const ovs_transformer *t, int64_t B, in
 
 int ovs_block_forward_prefixed(const ovs_transformer *t, const ovs_block *blk, float *x,
                                int64_t B, int64_t T, const float *past, int64_t P, float *save,
-                               float *scratch) {
+                               const int64_t *rows, float *out, float *scratch) {
     const int64_t D = t->width, Dm = t->mlp, E = t->heads, F = D / E, M = B * T, U = P + T;
-    if (B < 0 || T < 0 || P < 0 || (P > 0 && !past))
+    if (B < 0 || T < 0 || P < 0 || (P > 0 && !past) || (rows && !out))
         return ovs_set_error(OVS_ERR_ARG, "ovs_block_forward_prefixed: bad sizes B = %lld, "
-                             "T = %lld, P = %lld (past %s)", (long long)B, (long long)T,
-                             (long long)P, past ? "given" : "NULL");
+                             "T = %lld, P = %lld (past %s, rows %s, out %s)", (long long)B, (long long)T,
+                             (long long)P, past ? "given" : "NULL", rows ? "given" : "NULL",
+                             out ? "given" : "NULL");
+    for (int64_t b = 0; rows && b < B; b++)
+        if (rows[b] < 0 || rows[b] >= T)
+            return ovs_set_error(OVS_ERR_ARG, "ovs_block_forward_prefixed: row %lld of sequence %lld is "
+                                 "outside 0..%lld", (long long)rows[b], (long long)b, (long long)(T - 1));
     if (M == 0) return OVS_OK;
     float *h = scratch;                      /* (M, D): ln_1(x), then attention output, then ln_2(x) */
     float *wide = h + (size_t)M * D;         /* (M, 3D) q|k|v, later (M, Dm) MLP hidden */
@@ -158,12 +195,20 @@ int ovs_block_forward_prefixed(const ovs_transformer *t, const ovs_block *blk, f
     const float scale = 1.0f / sqrtf((float)F);
     for (int64_t b = 0; b < B; b++) {
         const float *qkv = wide + (size_t)b * T * 3 * D;
-        for (int64_t s = 0; s < T; s++)
+        const int64_t n = rows ? rows[b] + 1 : T; /* this sequence's keys that are read */
+        for (int64_t s = 0; s < n; s++)
             memcpy(kv + (size_t)(P + s) * 2 * D, qkv + (size_t)s * 3 * D + D,
                    (size_t)2 * D * sizeof(float));
-        rc = ovs_attention_forward(h + (size_t)b * T * D, qkv, 3 * D, kv, 2 * D, kv + D, 2 * D,
-                                   T, U, E, F, scale, NULL, 1, probs);
+        if (rows) /* one query, the last of the P + n positions: every key visible */
+            rc = ovs_attention_forward(h + (size_t)b * D, qkv + (size_t)rows[b] * 3 * D, 3 * D, kv, 2 * D,
+                                       kv + D, 2 * D, 1, P + n, E, F, scale, NULL, 0, probs);
+        else
+            rc = ovs_attention_forward(h + (size_t)b * T * D, qkv, 3 * D, kv, 2 * D, kv + D, 2 * D,
+                                       T, U, E, F, scale, NULL, 1, probs);
         if (rc) return rc;
     }
-    return block_tail(t, blk, x, M, h, wide);
+    if (!rows) return block_tail(t, blk, x, M, h, wide);
+    for (int64_t b = 0; b < B; b++)
+        memcpy(out + (size_t)b * D, x + ((size_t)b * T + rows[b]) * D, (size_t)D * sizeof(float));
+    return block_tail(t, blk, out, B, h, wide);
 }

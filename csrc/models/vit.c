@@ -93,16 +93,28 @@ int ovs_vit_forward(ovs_vit *m, const float *images, int64_t N, int64_t H, int64
         }
     }
     if ((rc = ovs_layernorm_forward(x, x, m->ln_pre_w, m->ln_pre_b, N * T, D, 1e-5f))) return rc;
+    /* the embedding alone reads only the class tokens of the last block: its out-projection,
+     * MLP and attention queries run for those N rows (ovs_block_forward_rows; ~6% of ViT-B/16's
+     * multiply-adds at 224^2) */
+    const int cls_only = out->embed && !out->tokens && !out->block_tokens && blocks > 0;
+    float *cls = pe; /* (N, D) class tokens, then after ln_post (pe is free after the embedding) */
     for (int64_t l = 0; l < blocks; l++) {
+        if (cls_only && l == blocks - 1) {
+            int64_t *first = (int64_t *)ovs_arena_floats(&m->arena, (size_t)N * 2);
+            if (!first) return OVS_ERR_NOMEM;
+            for (int64_t n = 0; n < N; n++) first[n] = 0;
+            if ((rc = ovs_block_forward_rows(&m->tf, &m->tf.blocks[l], x, N, T, first, 0, cls, scratch))) return rc;
+            break;
+        }
         if ((rc = ovs_block_forward(&m->tf, &m->tf.blocks[l], x, N, T, 0, scratch))) return rc;
         if (out->block_tokens)
             memcpy(out->block_tokens + (size_t)l * N * T * D, x, (size_t)N * T * D * sizeof(float));
     }
     if (out->tokens) memcpy(out->tokens, x, (size_t)N * T * D * sizeof(float));
     if (out->embed) {
-        float *cls = scratch; /* (N, D) class tokens after ln_post */
-        for (int64_t n = 0; n < N; n++)
-            memcpy(cls + n * D, x + (size_t)n * T * D, (size_t)D * sizeof(float));
+        if (!cls_only)
+            for (int64_t n = 0; n < N; n++)
+                memcpy(cls + n * D, x + (size_t)n * T * D, (size_t)D * sizeof(float));
         if ((rc = ovs_layernorm_forward(cls, cls, m->ln_post_w, m->ln_post_b, N, D, 1e-5f))) return rc;
         if (m->cfg.embed_dim > 0)
             rc = ovs_linear_forward(out->embed, cls, &m->proj, NULL, NULL, N, D, m->cfg.embed_dim,

@@ -206,17 +206,28 @@ size_t ovs_block_scratch_floats(const ovs_transformer *t, int64_t B, int64_t T);
 /* x (B, T, D) <- block(x), in place. causal != 0 applies the causal mask. */
 int ovs_block_forward(const ovs_transformer *t, const ovs_block *blk, float *x, int64_t B,
                       int64_t T, int causal, float *scratch);
+/* The block for one token per sequence, where only those tokens' outputs are wanted (the last
+ * block before a pooled head: ViT's class token, the text tower's end-of-text token): every
+ * token's key and value, the query, the attention and the MLP only at row rows[b] of sequence b
+ * (with causal != 0 it attends to keys 0..rows[b]). out (B, D) <- those rows of block(x); x
+ * (B, T, D) is only read. Equal to ovs_block_forward on those rows up to float rounding (the
+ * out-projection and MLP GEMMs run over B rows instead of B*T). Workspace:
+ * ovs_block_scratch_floats(t, B, T). */
+int ovs_block_forward_rows(const ovs_transformer *t, const ovs_block *blk, const float *x, int64_t B,
+                           int64_t T, const int64_t *rows, int causal, float *out, float *scratch);
 /* Causal blocks over a shared, cached prefix (prompt ensembles: "a photo of a {}." for many
  * class names). The B sequences of x (B, T, D) are the tokens at positions P..P+T-1 that follow
  * one common prefix of P tokens whose keys|values at this block are past (P, 2D) (row p = k_p
  * then v_p; NULL when P == 0): each query attends to the P prefix keys and to its own sequence's
  * keys up to itself. save (B*T, 2D), when not NULL, receives the keys|values of x's tokens at
  * this block (the cache that a later call passes as past). Equal to ovs_block_forward with
- * causal = 1 on the concatenated sequences, restricted to the last T positions. */
+ * causal = 1 on the concatenated sequences, restricted to the last T positions. With rows (B,)
+ * not NULL, as ovs_block_forward_rows: out (B, D) <- row rows[b] of each sequence's output
+ * (the attention, out-projection and MLP only there), x only read. */
 size_t ovs_block_prefixed_scratch_floats(const ovs_transformer *t, int64_t B, int64_t T, int64_t P);
 int ovs_block_forward_prefixed(const ovs_transformer *t, const ovs_block *blk, float *x,
                                int64_t B, int64_t T, const float *past, int64_t P, float *save,
-                               float *scratch);
+                               const int64_t *rows, float *out, float *scratch);
 
 /* ---------------------------------------------------------------- VisionTransformer */
 typedef struct {
