@@ -103,17 +103,26 @@ static int block_tail(const ovs_transformer *t, const ovs_block *blk, float *x, 
     return ovs_linear_forward(x, wide, &blk->proj, blk->proj_b, x, M, Dm, D, OVS_ACT_NONE);
 }
 
+/* The first half of a block, shared by the forwards: the workspace laid out as h (M, D), wide
+ * (M, max(3D, Dm)) and the attention's probabilities after them (returned in *probs), then
+ * wide <- q|k|v = in_proj(ln_1(x)) (h holds ln_1(x), free once the projection has read it). */
+static int block_qkv(const ovs_transformer *t, const ovs_block *blk, const float *x, int64_t M,
+                     float *scratch, float **h, float **wide, float **probs) {
+    const int64_t D = t->width, Dm = t->mlp;
+    *h = scratch;
+    *wide = *h + (size_t)M * D;
+    *probs = *wide + (size_t)M * (3 * D > Dm ? 3 * D : Dm);
+    int rc = ovs_layernorm_forward(*h, x, blk->ln1_w, blk->ln1_b, M, D, 1e-5f);
+    if (rc) return rc;
+    return ovs_linear_forward(*wide, *h, &blk->in_proj, blk->in_proj_b, NULL, M, D, 3 * D, OVS_ACT_NONE);
+}
+
 int ovs_block_forward(const ovs_transformer *t, const ovs_block *blk, float *x, int64_t B,
                       int64_t T, int causal, float *scratch) {
-    const int64_t D = t->width, Dm = t->mlp, E = t->heads, F = D / E, M = B * T;
-    float *h = scratch;                      /* (M, D): ln_1(x), then attention output, then ln_2(x) */
-    float *wide = h + (size_t)M * D;         /* (M, 3D) q|k|v, later (M, Dm) MLP hidden */
-    float *probs = wide + (size_t)M * (3 * D > Dm ? 3 * D : Dm); /* (E, T, T) */
+    const int64_t D = t->width, E = t->heads, F = D / E, M = B * T;
+    float *h, *wide, *probs; /* probs (E, T, T) */
     int rc;
-    if ((rc = ovs_layernorm_forward(h, x, blk->ln1_w, blk->ln1_b, M, D, 1e-5f))) return rc;
-    if ((rc = ovs_linear_forward(wide, h, &blk->in_proj, blk->in_proj_b, NULL, M, D, 3 * D,
-                                 OVS_ACT_NONE)))
-        return rc;
+    if ((rc = block_qkv(t, blk, x, M, scratch, &h, &wide, &probs))) return rc;
     const float scale = 1.0f / sqrtf((float)F);
     for (int64_t b = 0; b < B; b++) {
         const float *qkv = wide + (size_t)b * T * 3 * D;
@@ -135,14 +144,9 @@ int ovs_block_forward_rows(const ovs_transformer *t, const ovs_block *blk, const
             return ovs_set_error(OVS_ERR_ARG, "ovs_block_forward_rows: row %lld of sequence %lld is outside "
                                  "0..%lld", (long long)rows[b], (long long)b, (long long)(T - 1));
     if (B == 0) return OVS_OK;
-    float *h = scratch;                      /* (M, D): ln_1(x), then (B, D) attention output, ln_2 */
-    float *wide = h + (size_t)M * D;         /* (M, 3D) q|k|v, later (B, Dm) MLP hidden */
-    float *probs = wide + (size_t)M * (3 * D > t->mlp ? 3 * D : t->mlp); /* (E, 1, T) */
+    float *h, *wide, *probs; /* the attention output (B, D) goes to h, the MLP hidden to wide */
     int rc;
-    if ((rc = ovs_layernorm_forward(h, x, blk->ln1_w, blk->ln1_b, M, D, 1e-5f))) return rc;
-    if ((rc = ovs_linear_forward(wide, h, &blk->in_proj, blk->in_proj_b, NULL, M, D, 3 * D,
-                                 OVS_ACT_NONE)))
-        return rc;
+    if ((rc = block_qkv(t, blk, x, M, scratch, &h, &wide, &probs))) return rc;
     const float scale = 1.0f / sqrtf((float)F);
     for (int64_t b = 0; b < B; b++) { /* h's rows are free once the projection has read them */
         const float *qkv = wide + (size_t)b * T * 3 * D;
@@ -166,7 +170,7 @@ size_t ovs_block_prefixed_scratch_floats(const ovs_transformer *t, int64_t B, in
 int ovs_block_forward_prefixed(const ovs_transformer *t, const ovs_block *blk, float *x,
                                int64_t B, int64_t T, const float *past, int64_t P, float *save,
                                const int64_t *rows, float *out, float *scratch) {
-    const int64_t D = t->width, Dm = t->mlp, E = t->heads, F = D / E, M = B * T, U = P + T;
+    const int64_t D = t->width, E = t->heads, F = D / E, M = B * T, U = P + T;
     if (B < 0 || T < 0 || P < 0 || (P > 0 && !past) || (rows && !out))
         return ovs_set_error(OVS_ERR_ARG, "ovs_block_forward_prefixed: bad sizes B = %lld, "
                              "T = %lld, P = %lld (past %s, rows %s, out %s)", (long long)B, (long long)T,
@@ -177,15 +181,10 @@ int ovs_block_forward_prefixed(const ovs_transformer *t, const ovs_block *blk, f
             return ovs_set_error(OVS_ERR_ARG, "ovs_block_forward_prefixed: row %lld of sequence %lld is "
                                  "outside 0..%lld", (long long)rows[b], (long long)b, (long long)(T - 1));
     if (M == 0) return OVS_OK;
-    float *h = scratch;                      /* (M, D): ln_1(x), then attention output, then ln_2(x) */
-    float *wide = h + (size_t)M * D;         /* (M, 3D) q|k|v, later (M, Dm) MLP hidden */
-    float *probs = wide + (size_t)M * (3 * D > Dm ? 3 * D : Dm); /* (E, T, U) */
-    float *kv = probs + (size_t)E * T * U;   /* (U, 2D): the prefix's k|v, then one sequence's */
+    float *h, *wide, *probs; /* probs (E, T, U) */
     int rc;
-    if ((rc = ovs_layernorm_forward(h, x, blk->ln1_w, blk->ln1_b, M, D, 1e-5f))) return rc;
-    if ((rc = ovs_linear_forward(wide, h, &blk->in_proj, blk->in_proj_b, NULL, M, D, 3 * D,
-                                 OVS_ACT_NONE)))
-        return rc;
+    if ((rc = block_qkv(t, blk, x, M, scratch, &h, &wide, &probs))) return rc;
+    float *kv = probs + (size_t)E * T * U;   /* (U, 2D): the prefix's k|v, then one sequence's */
     if (save)
         for (int64_t r = 0; r < M; r++)
             memcpy(save + (size_t)r * 2 * D, wide + (size_t)r * 3 * D + D, (size_t)2 * D * sizeof(float));
