@@ -82,7 +82,7 @@ __attribute__((target("avx2,fma"))) static void avx2_tile(const float *x, const 
     do {                                                                                     \
         int64_t o_;                                                                          \
         memcpy(&o_, xo + (j), sizeof o_);                                                    \
-        const __m128 p_ = _mm_castpd_ps(_mm_load_sd((const double *)(val + (j))));           \
+        const __m128 p_ = _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(val + (j)))); \
         const float *s_ = x + (int32_t)o_, *t_ = x + (int32_t)(o_ >> 32);                    \
         const __m512 v_ = _mm512_broadcastss_ps(p_), w_ = _mm512_broadcastss_ps(_mm_movehdup_ps(p_)); \
         a##0 = _mm512_fmadd_ps(v_, _mm512_loadu_ps(s_), a##0);                               \
