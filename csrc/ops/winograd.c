@@ -644,12 +644,16 @@ int ovs_conv2d_winograd_wins(int64_t N, int64_t C, int64_t H, int64_t W, int64_t
  * (0.48-0.78x), but there it costs too much accuracy: on RN50 (tests/_generated weights) at
  * 448^2 against open_clip in float64, F(4x4) on the stem's two C = 32 convs alone takes the
  * res5 error from 4.8e-5 to 1.6e-4, on layer1's C = 64 convs alone to 9.0e-5, on the C >= 128
- * convs (this rule) to 6.9e-5 (the parity bar is 1e-4). Not measured on AMD: the same rule
- * applies there until measured. */
+ * convs (this rule) to 6.9e-5 (the parity bar is 1e-4).
+ * On AMD Zen 4 (AVX-512, 2026-12-05, one conv timed alone, 1 / 2 threads) F(4x4) beat F(2x2)
+ * also for C = 128..255 on the per-image K split (T4 <= WG_KPART_TILES): 128 at 28x28 (RN50
+ * 224's layer2) 1.22 vs 1.40 ms / 0.78 vs 0.87, 192 at 28x28 2.39 vs 2.92 / 1.40 vs 1.75, 128
+ * at 40x40 2.03 vs 2.44 / 1.25 vs 1.36 (F(2x2) itself ~0.6x direct there): the K split took
+ * them from 256 channels down to 128, as the tile chunks already did. */
 static int wg4_wins(int64_t C, int64_t P, int64_t Q, int64_t K) {
     const int64_t T4 = ((P + 3) / 4) * ((Q + 3) / 4);
     if (C < 128 || K < 16) return 0;
-    return T4 > WG_KPART_TILES ? C <= 384 : T4 >= 49 && C >= 256;
+    return T4 > WG_KPART_TILES ? C <= 384 : T4 >= 49;
 }
 
 ovs_conv2d_algo ovs_conv2d_auto_algo(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K,
