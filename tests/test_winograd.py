@@ -125,10 +125,11 @@ def test_winograd_fused_bias_residual_act(rng, case, act, algo):
 
 
 @pytest.mark.parametrize("algo", ALGOS)
-@pytest.mark.parametrize("shape", [(1, 16, 70, 66, 24), (2, 40, 23, 37, 13)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 16, 70, 66, 24), (2, 40, 23, 37, 13), (1, 40, 13, 15, 29)], ids=str)
 def test_winograd_bitwise_across_threads_isas_and_packing(rng, restore_runtime, shape, algo):
     # F(2x2): 1155 and 456 tiles, F(4x4): 306 and 120: several chunks of tiles, so 2 threads
-    # split the work
+    # split the work; 13x15 (56 / 16 tiles of one image): the per-image K split, whose threads
+    # share the image's input transform
     N, C, H, W, K = shape
     x, w, b = rand(rng, N, C, H, W), rand(rng, K, C, 3, 3, scale=0.2), rand(rng, K)
     r = rand(rng, N, K, H, W)

@@ -181,6 +181,17 @@ static void wg_transform_block(float *dst0, int64_t xs, const ovs_matrix *w, int
     }
 }
 
+/* The raw weight's floats that wg_transform_block reads for the block of rows k0.. (k0 a
+ * multiple of mr): at *n floats from the returned start (dense rows: the block's own; packed:
+ * the whole block of OVS_CONV_PACK_MR rows holding them, interleaved). */
+static const float *wg_weight_rows(const ovs_matrix *w, int64_t K, int64_t k0, int64_t mr, int64_t L,
+                                   int64_t *n) {
+    const int64_t ws = w->format == OVS_MATRIX_CONV_PACKED ? OVS_CONV_PACK_MR : mr;
+    const int64_t r0 = k0 / ws * ws, rows = K - r0 < ws ? K - r0 : ws;
+    *n = rows * L;
+    return w->data + r0 * L;
+}
+
 /* U (XI, uxs >= KB*C*mr) = the transformed weights, block kb holding rows kb*mr.. (zeros past
  * K): U[xi*uxs + (kb*C + c)*mr + r] = (G g_{kb*mr+r, c} G^T)[xi]. */
 static void wg_transform_weights(float *U, int64_t uxs, const ovs_matrix *w, int64_t K, int64_t C,
@@ -258,7 +269,7 @@ static inline void wg_patch_rows(const wg_job *j, const float **d, int rows, int
  * read zeros; outside the columns [u0, u1) that lie inside it B^T d is zero): B^T applied down
  * the rows first (over contiguous floats), then across each tile's 4 columns, from the even and
  * odd columns. */
-static void wg_input2(const wg_job *j, const wg_bufs *b) {
+static void wg_input2(const wg_job *j, const wg_bufs *b, int64_t c0, int64_t c1) {
     const int64_t C = j->C;
     const int64_t xs = j->vxs;   /* V's stride between positions xi */
     const float zeros[34] = {0};
@@ -268,7 +279,7 @@ static void wg_input2(const wg_job *j, const wg_bufs *b) {
         const int64_t x0 = 2 * pc->tx0 - j->pw;
         const int64_t pan = pc->i0 / 16, s0 = pc->i0 % 16;
         const int64_t u0 = x0 < 0 ? -x0 : 0, u1 = x0 + wd > j->W ? j->W - x0 : wd;
-        for (int64_t c = 0; c < C; c++) {
+        for (int64_t c = c0; c < c1; c++) {
             const float *d[4];   /* d[r][u - u0]: patch row r, column u */
             float t[4][34];      /* B^T d */
             wg_patch_rows(j, d, 4, pc->n, c, y0, x0, u0, u1, zeros, &t[0][0], 34, wd);
@@ -300,7 +311,7 @@ static void wg_input2(const wg_job *j, const wg_bufs *b) {
 /* V of the chunk's tiles, F(4x4): a piece's patches are the columns
  * [4*tx0 - pw, 4*tx0 - pw + 4*len + 2) of 6 input rows; B^T down the rows first (contiguous
  * floats), then across each tile's 6 columns, from the rows split into their 4 column phases. */
-static void wg_input4(const wg_job *j, const wg_bufs *b) {
+static void wg_input4(const wg_job *j, const wg_bufs *b, int64_t c0, int64_t c1) {
     const int64_t C = j->C;
     const int64_t xs = j->vxs;   /* V's stride between positions xi */
     for (int64_t pi = 0; pi < b->npieces; pi++) {
@@ -312,7 +323,7 @@ static void wg_input4(const wg_job *j, const wg_bufs *b) {
          * it read zeros; outside [u0, u1) B^T d is zero */
         const int64_t u0 = x0 < 0 ? -x0 : 0, u1 = x0 + wd > j->W ? j->W - x0 : wd;
         const float zeros[66] = {0};
-        for (int64_t c = 0; c < C; c++) {
+        for (int64_t c = c0; c < c1; c++) {
             const float *d[6];   /* d[r][u - u0]: patch row r, column u */
             float t[6][66];      /* B^T d */
             wg_patch_rows(j, d, 6, pc->n, c, y0, x0, u0, u1, zeros, &t[0][0], 66, wd);
@@ -443,36 +454,42 @@ static void wg_output4(const wg_job *j, const wg_bufs *b, int64_t k0, int64_t m)
     }
 }
 
-/* The chunk's V: its tiles cut into pieces, input transform (columns past its tiles zero). */
-static void wg_chunk_input(const wg_job *j, wg_bufs *b, int64_t chunk) {
+/* The chunk's V for channels [c0, c1): its tiles cut into pieces, input transform (columns past
+ * its tiles zero). */
+static void wg_chunk_input(const wg_job *j, wg_bufs *b, int64_t chunk, int64_t c0, int64_t c1) {
     const int64_t t0 = chunk * j->CT, nt = j->T - t0 < j->CT ? j->T - t0 : j->CT;
     const int64_t C = j->C, np16 = j->NT / 16;
     const int64_t xs = j->vxs;                 /* V's stride between positions xi */
     wg_cut(j, b, t0, nt);
     for (int64_t pan = nt / 16; pan < np16; pan++)   /* V's columns past nt: zero */
         for (int64_t xi = 0; xi < j->XI; xi++)
-            for (int64_t c = 0; c < C; c++)
+            for (int64_t c = c0; c < c1; c++)
                 for (int64_t s = pan * 16 < nt ? nt - pan * 16 : 0; s < 16; s++)
                     b->V[xi * xs + (pan * C + c) * 16 + s] = 0.0f;
     if (j->m == 4)
-        wg_input4(j, b);
+        wg_input4(j, b, c0, c1);
     else
-        wg_input2(j, b);
+        wg_input2(j, b, c0, c1);
 }
 
 /* Output channels of block kb for the chunk whose V is in b: the XI GEMMs U_xi (block kb, at
  * U + xi*uxs) @ V_xi into M, then the output transform. */
 static void wg_chunk_block(const wg_job *j, wg_bufs *b, int64_t chunk, int64_t kb,
-                           const float *U, int64_t uxs) {
+                           const float *U, int64_t uxs, const char *pf, int64_t pf_bytes) {
     const ops_gemm_isa *isa = ops_gemm_current_isa();
     const int64_t t0 = chunk * j->CT, nt = j->T - t0 < j->CT ? j->T - t0 : j->CT;
     const int64_t C = j->C, NB = j->NB, mr = j->mr;
     const int64_t used = (nt + NB - 1) / NB;   /* panels holding a tile of the chunk */
     const int64_t k0 = kb * mr, m = j->K - k0 < mr ? j->K - k0 : mr;
+    /* pf: bytes to bring into L2 while the GEMMs run, a share before each kernel call */
+    const int64_t calls = j->XI * used, share = pf ? (pf_bytes + 64 * calls - 1) / (64 * calls) * 64 : 0;
     for (int64_t xi = 0; xi < j->XI; xi++)
-        for (int64_t pp = 0; pp < used; pp++)
+        for (int64_t pp = 0; pp < used; pp++) {
+            for (int64_t o = 0; o < share && pf_bytes > 0; o += 64, pf_bytes -= 64, pf += 64)
+                __builtin_prefetch(pf, 0, 2);   /* prefetcht1: into L2 */
             isa->kernel(m, NB, C, U + xi * uxs, b->V + xi * j->vxs + pp * (NB / 16) * C * 16,
                         C * 16, b->M + xi * j->mxs + pp * mr * NB, 0);
+        }
     if (j->m == 4)
         wg_output4(j, b, k0, m);
     else
@@ -549,28 +566,52 @@ int ops_conv2d_winograd(const char *op, float *out, const float *in, const ovs_m
                              op, (long long)K, (long long)C, threads, per);
     }
     if (kpart) {
+        const int shared_v = N == 1 && threads > 1;
 #pragma omp parallel num_threads(threads) if (threads > 1)
         {
-            int tid = 0;
+            int tid = 0, nth = 1;   /* the team as granted (at most threads) */
 #ifdef _OPENMP
             tid = omp_get_thread_num();
+            nth = omp_get_num_threads();
 #endif
             wg_bufs b;
-            b.V = (float *)(bufs + (size_t)tid * per);
-            b.M = b.V + nv;
+            float *mine = (float *)(bufs + (size_t)tid * per);
+            b.M = mine + nv;
             float *Ub = b.M + nm;
             b.pieces = (wg_piece *)(Ub + nu);
             b.npieces = 0;
             int64_t have_v = -1;   /* the image whose V is in b */
-#pragma omp for schedule(dynamic, 1)
-            for (int64_t it = 0; it < items; it++) {
+            /* One image: its V made once, the threads sharing its channels, in the first
+             * thread's buffer (each thread making the whole V took 17% of a 128-channel F(4x4)
+             * conv at 28x28 on every thread) */
+            b.V = shared_v && nth > 1 ? (float *)bufs : mine;
+            if (shared_v && nth > 1) {
+                const int64_t c0 = C * tid / nth, c1 = C * (tid + 1) / nth;
+                wg_chunk_input(&j, &b, 0, c0, c1);
+#pragma omp barrier
+                have_v = 0;
+            }
+            /* contiguous runs of items per thread: the raw weights of a thread's next block
+             * are fetched into L2 while its current block's GEMMs run (the weight transform
+             * otherwise waits on them: RN50's weights are past any L3, and its K-split convs
+             * hold 26 MB of them at 224^2) */
+            const int64_t per_t = (items + nth - 1) / nth, it0 = (int64_t)tid * per_t;
+            const int64_t it1 = it0 + per_t < items ? it0 + per_t : items;
+            for (int64_t it = it0; it < it1; it++) {
                 const int64_t n = it / KB, kb = it % KB;
                 if (have_v != n) {
-                    wg_chunk_input(&j, &b, n);
+                    wg_chunk_input(&j, &b, n, 0, C);
                     have_v = n;
                 }
                 wg_transform_block(Ub, kuxs, weight, K, C, mr, m, kb);
-                wg_chunk_block(&j, &b, n, kb, Ub, kuxs);
+                const char *pf = NULL;
+                int64_t pf_bytes = 0;
+                if (it + 1 < it1) {
+                    int64_t nf;
+                    pf = (const char *)wg_weight_rows(weight, K, (it + 1) % KB * mr, mr, 9 * C, &nf);
+                    pf_bytes = nf * (int64_t)sizeof(float);
+                }
+                wg_chunk_block(&j, &b, n, kb, Ub, kuxs, pf, pf_bytes);
             }
         }
     } else {
@@ -587,9 +628,9 @@ int ops_conv2d_winograd(const char *op, float *out, const float *in, const ovs_m
             b.M = b.V + nv;
             b.pieces = (wg_piece *)(b.M + nm);
             b.npieces = 0;
-            wg_chunk_input(&j, &b, ch);
+            wg_chunk_input(&j, &b, ch, 0, C);
             for (int64_t kb = 0; kb < KB; kb++)
-                wg_chunk_block(&j, &b, ch, kb, U + kb * C * mr, uxs);
+                wg_chunk_block(&j, &b, ch, kb, U + kb * C * mr, uxs, NULL, 0);
         }
     }
     ovs_free(own);
