@@ -311,3 +311,28 @@ def test_row_runs_with_crossings_and_near_ties():
     for H, W in [(60, 80), (13, 41), (31, 64)]:
         for scale in (1.0, 1e-6, 1e6):
             _both(lr * np.float32(scale), H, W)
+
+
+def test_cells_dominated_pairwise_at_large_upsampling():
+    """8 or more output pixels per cell: a candidate that the cell's leading class beats at all
+    four corners by more than the rounding leaves (cell_dominated_out). Copies of the leading
+    values lowered by 0 (a tie), one ulp and a few block margins, and a ramp crossing them inside
+    cells, at several scales: the naive labels, bit for bit."""
+    rng = np.random.default_rng(11)
+    h, w = 20, 36
+    grid = (rng.standard_normal((4, 5, 9)) * 0.03).astype(np.float32)
+    base = _core.seg_upsample(grid, h, w, logit_scale=1.0, softmax=False)
+    top = base.max(0)
+    m = 16 * np.finfo(np.float32).eps * float(np.abs(base).max())   # about the block margin
+    # the lowered copies first: where their interpolated value rounds to the leader's, the
+    # tie goes to them (the lower class index)
+    planes = [np.nextafter(top, np.float32(-np.inf))[None]]
+    for d in (0.0, 1e-9, m, 2 * m, 2.9 * m, 3.1 * m, 4 * m, 10 * m):
+        planes.append((top - np.float32(d))[None])
+    planes.append(base)
+    x = np.arange(w, dtype=np.float32)[None, :].repeat(h, 0)
+    planes.append((top + (x - np.float32(w / 2)) * np.float32(m))[None])   # crosses inside cells
+    lr = np.concatenate(planes).astype(np.float32)
+    for H, W in [(200, 360), (161, 290), (400, 700)]:
+        for scale in (1.0, 1e-4, 1e4):
+            _both(np.ascontiguousarray(lr * np.float32(scale)), H, W)

@@ -497,6 +497,7 @@ typedef struct {
     float s;             /* logit scale (> 0 with bg) */
     int bg;
     double inv_thr;      /* 1 / bg_threshold */
+    int dominance;       /* argmax only: cells' candidates also tested pairwise (cell_dominated_out) */
     /* block row */
     float *colmax, *colmin, *colnan; /* (w,) one class's column max / min / non-finite flag */
     float *bmax, *bmin;              /* (C, nb) taken in a streaming pass */
@@ -683,6 +684,33 @@ static inline void cell_corners(const float *r0, const float *r1, int64_t c0, in
     }
 }
 
+/* A cell's candidates cand[0..n) (ascending) without those that class d beats at all four
+ * corners by more than 3 m (corners at a[0], a[1], b[0], b[1] of each class's plane, hw floats
+ * apart). Within the cell every output value is a bilinear weighting of the corners, the same
+ * weights for every class, so d's interpolated value minus such a class's is at least that
+ * smallest corner difference less the two interpolations' rounding (m each, as at the cell
+ * level; the difference's own rounding is below m / 8): d's value is the larger at every
+ * output pixel of the cell, strictly, and that class is never the argmax there. The test
+ * against the class that gives the cell's ref alone (a bilinear interpolant's extremes over
+ * the cell are at its corners; the interval test compares corner maxima with corner minima
+ * and keeps classes that cross d's range without ever reaching d: 847 near-tied classes left
+ * several per cell). Returns the count left, d kept, order kept. */
+static int32_t cell_dominated_out(int32_t *cand, int32_t n, int32_t d, const float *a, const float *b, int64_t hw,
+                                  float m) {
+    const float *pa = a + (size_t)d * hw, *pb = b + (size_t)d * hw, lim = 3.0f * m;
+    const float d00 = pa[0], d01 = pa[1], d10 = pb[0], d11 = pb[1];
+    int32_t k = 0;
+    for (int32_t t = 0; t < n; t++) {
+        const int32_t c = cand[t];
+        if (c != d) {
+            const float *qa = a + (size_t)c * hw, *qb = b + (size_t)c * hw;
+            if (d00 - qa[0] > lim && d01 - qa[1] > lim && d10 - qb[0] > lim && d11 - qb[1] > lim) continue;
+        }
+        cand[k++] = c;
+    }
+    return k;
+}
+
 /* Argmax only, a full block with finite values: the candidates of its LB cells in cell row i,
  * reading the corners only of block candidates that the bounds cannot drop. m is the block's
  * margin (its largest |value| times CELL_MARGIN: at least each cell's), ref[q] starts at the
@@ -718,7 +746,8 @@ static void cell_block_argmax(label_work *lw, const float *logits, int64_t i, in
         cell_corners_full(r0 + c0, r0 + (i1 - i) * w + c0, lw->cmin + n * LB, lw->cmax + n * LB, ref, mag);
         lw->tk[n++] = bc[t];
     }
-    int32_t cnt[LB] = {0};
+    int32_t cnt[LB] = {0}, top[LB];
+    for (int q = 0; q < LB; q++) top[q] = -1;
     int32_t *cc = lw->ccand + lw->coff[c0];
     for (int32_t t = 0; t < n; t++) {
         const float *mx = lw->cmax + t * LB, *mn = lw->cmin + t * LB;
@@ -726,15 +755,20 @@ static void cell_block_argmax(label_work *lw, const float *logits, int64_t i, in
         for (int q = 0; q < LB; q++) keep |= (unsigned)(mx[q] + m >= ref[q] - m) << q;
         if (mn[0] == ref[0]) seed[0] = lw->tk[t];
         if (mn[LB - 1] == ref[LB - 1]) seed[1] = lw->tk[t];
+        if (lw->dominance)
+            for (int q = 0; q < LB; q++) top[q] = mn[q] == ref[q] ? lw->tk[t] : top[q];
         while (keep) {
             const int q = __builtin_ctz(keep);
             keep &= keep - 1;
             cc[q * nbc + cnt[q]++] = lw->tk[t];
         }
     }
+    const float *r0 = logits + i * w + c0, *r1 = logits + i1 * w + c0;
     for (int q = 0; q < LB; q++) {
         if (cnt[q] == 0) /* cannot happen (the class giving ref is read and kept); be safe */
             for (int32_t t = 0; t < nbc; t++) cc[q * nbc + cnt[q]++] = bc[t];
+        else if (lw->dominance && cnt[q] > 1 && top[q] >= 0)
+            cnt[q] = cell_dominated_out(cc + q * nbc, cnt[q], top[q], r0 + q, r1 + q, hw, m);
         lw->ccount[c0 + q] = cnt[q], lw->cref[c0 + q] = ref[q];
     }
 }
@@ -847,6 +881,11 @@ static int labels_take_naive(int64_t C, int64_t h, int64_t w, int64_t H, int64_t
 }
 
 #define ROW_CAND 8 /* a cell's candidates up to which its row runs are pruned first */
+/* Output pixels per cell from which the cells' candidates are also tested pairwise: each
+ * candidate that survives costs every pixel of the cell an interpolation, and the test costs
+ * four corner loads per candidate (Zen 4, 336x448 logits: to 512x683, 2.3 pixels a cell, the
+ * label stage took 1.1x the time with it, 10 and 847 classes) */
+#define DOMINANCE_PIXELS 8
 /* Argmax labels of the run of output pixels of row Y from X on that share X's source columns
  * (one cell), n <= ROW_CAND candidates; returns the run's end. Along the row each class is
  * (in exact arithmetic) a convex combination of its values e0, e1 at the cell's two source
@@ -916,7 +955,7 @@ static int seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h
 #pragma omp parallel num_threads(ovs_get_num_threads())
     {
         label_work lw = {.C = C, .h = h, .w = w, .nb = (w + LB - 1) / LB, .s = logit_scale, .bg = bg,
-                         .inv_thr = inv_thr};
+                         .inv_thr = inv_thr, .dominance = H * W >= DOMINANCE_PIXELS * h * w};
         const int ok = label_work_alloc(&lw);
         if (!ok) /* this thread's own message, with what it was for */
             ovs_region_fail(&re, OVS_ERR_NOMEM, "label stage: block buffers of %lld classes: %s", (long long)C,
