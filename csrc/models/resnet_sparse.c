@@ -229,7 +229,7 @@ int ovs_resnet_sparsify(ovs_resnet *m, ovs_sparse_mode mode, int64_t H, int64_t 
             if ((rc = convbn_time(cb, sites[i].H, sites[i].W, in, out, scratch))) goto done;
             if (!(cb->sparse_ms < SPARSE_MIN_GAIN * cb->dense_ms)) {
                 ovs_csr_free(&cb->csr);
-            ovs_sparse_plan_free(cb->plan);
+                ovs_sparse_plan_free(cb->plan);
                 cb->sparse = 0;
                 continue;
             }
