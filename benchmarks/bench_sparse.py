@@ -209,6 +209,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/sparse-<time>.json)")
     ap.add_argument("--plot", default=None, help="write a PNG plot of the ratios (matplotlib)")
     args = ap.parse_args(argv)
+    # before minutes of model building: a fraction, not a percentage (0.9, not 90)
+    bad = [p for p in args.sparsity if not 0.0 <= p <= 1.0]
+    if bad:
+        ap.error(f"--sparsity takes fractions in [0, 1], got {bad[0]:g}")
+    if any(t < 1 for t in args.threads) or args.repeat < 1 or any(s < 32 for s in args.sizes):
+        ap.error("--threads and --repeat must be >= 1 and --sizes >= 32")
 
     import ovs
     import ovs.prune
