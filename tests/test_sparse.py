@@ -27,6 +27,8 @@ CASES = [
     (1, 8, 3, 3, 4, 3, 0, 1, 0.3),        # kernel as large as the input
     (1, 12, 8, 8, 6, 3, 1, 1, 0.0),       # an all-zero weight: output = bias
     (1, 12, 8, 8, 6, 5, 2, 1, 1.0),       # fully dense 5x5
+    (1, 24, 10, 10, 7, 1, 0, 1, 0.15),    # 7 short rows, some empty: the kernel's slots refill,
+                                          # retire and hand a row to a free slot in every order
 ]
 
 

@@ -7,12 +7,14 @@
  * everything else. A non-zero costs one resolved 32-bit input offset and one broadcast,
  * amortised over the tile's 64 grid positions (4 zmm, 8 ymm; AVX-512 reads two non-zeros' offsets
  * and values with one 8-byte load each: Zen 4, whose zmm loads take both load ports, ran RN50's
- * sparse convs at 70% 4% faster, 1 thread), and AVX-512 advances two output
- * rows together so that 8 independent accumulator chains hide the FMA latency (AVX2: one row
+ * sparse convs at 70% 4% faster, 1 thread), and AVX-512 advances three output
+ * rows together so that 12 independent accumulator chains hide the FMA latency (AVX2: one row
  * of 8 ymm). A call gets a whole block of rows: a slot whose row ends takes the next row, so
- * only the block's last row runs alone (pairs cut at each row's end: 5-25% slower on RN50's
- * 1x1 convs). Measured in L1 on Zen 5 the pair of rows is 1.5x the rate of 4 rows x 2 zmm with
- * an offset-table lookup per non-zero. */
+ * only the block's last two rows run as a pair and its last row alone (pairs cut at each row's
+ * end: 5-25% slower on RN50's 1x1 convs). Measured in L1 on Zen 5 a pair of rows was 1.5x the
+ * rate of 4 rows x 2 zmm with an offset-table lookup per non-zero, and three rows 1.36x a pair
+ * (238 against 175 GFLOP/s of a 273 peak); in RN50's convs, whose input slices and row lists
+ * come from L2, the gain is a few percent (the tile kernels run at 40-55% of the peak there). */
 #include "ops/sparse.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -123,9 +125,12 @@ __attribute__((target("avx2,fma"))) static void avx2_tile(const float *x, const 
         u = -1;                                                                              \
     }
 
-/* Two rows at a time in two accumulator slots; when a slot's row runs out of non-zeros it is
- * stored and the slot takes the block's next row, so rows advance in pairs until the last one
- * (a row alone has only 4 independent chains and runs at about half the rate). */
+/* Three rows at a time in three accumulator slots; when a slot's row runs out of non-zeros it is
+ * stored and the slot takes the block's next row, so rows advance in threes until the block has
+ * no row left to start, then the last two in a pair and the last one alone. Twelve independent
+ * chains: with eight (two rows) the FMA latency bound the loop (Zen 5, in L1: 175 GFLOP/s with
+ * two rows, 238 with three, of a 273 peak). Each row's chain is its non-zeros in order whatever
+ * slot it runs in: the result does not depend on the slots. */
 __attribute__((target("avx512f"))) static void avx512_tile(const float *x, const int32_t *xo,
                                                            const float *val, const int64_t *js,
                                                            const int64_t *je, int nr, float *t,
@@ -133,18 +138,48 @@ __attribute__((target("avx512f"))) static void avx512_tile(const float *x, const
     if (nr < 1) return;
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     __m512 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-    int ua = 0, ub = 1, next = 2;
-    float *ta = t, *tb = t + SPARSE_TILE;
-    int64_t ja = js[0], ea = je[0], jb = 0, eb = 0;
+    __m512 c0 = a0, c1 = a0, c2 = a0, c3 = a0;
+    int ua = 0, ub = nr > 1 ? 1 : -1, uc = nr > 2 ? 2 : -1, next = nr < 3 ? nr : 3;
+    float *ta = t, *tb = t + SPARSE_TILE, *tc = t + 2 * SPARSE_TILE;
+    int64_t ja = js[0], ea = je[0], jb = 0, eb = 0, jc = 0, ec = 0;
     Z_LOAD(a, ta)
-    if (nr > 1) {
+    if (ub >= 0) {
         Z_LOAD(b, tb)
         jb = js[1];
         eb = je[1];
-    } else {
-        ub = -1;
+    }
+    if (uc >= 0) {
+        Z_LOAD(c, tc)
+        jc = js[2];
+        ec = je[2];
     }
     for (;;) {
+        if (uc >= 0) {   /* all three slots hold rows (a row is only retired when none is left) */
+            for (; ja + 1 < ea && jb + 1 < eb && jc + 1 < ec; ja += 2, jb += 2, jc += 2) {
+                Z_STEP2(a, ja);
+                Z_STEP2(b, jb);
+                Z_STEP2(c, jc);
+            }
+            for (; ja < ea && jb < eb && jc < ec; ja++, jb++, jc++) {
+                Z_STEP(a, ja);
+                Z_STEP(b, jb);
+                Z_STEP(c, jc);
+            }
+        }
+        Z_SLOT_DONE(a, ua, ta, ja, ea);
+        Z_SLOT_DONE(b, ub, tb, jb, eb);
+        Z_SLOT_DONE(c, uc, tc, jc, ec);
+        break;
+    }
+    /* No row left to start: at most two slots still hold rows. Move c's into the free one. */
+    if (uc >= 0) {
+        if (ua < 0) {
+            a0 = c0, a1 = c1, a2 = c2, a3 = c3, ua = uc, ta = tc, ja = jc, ea = ec;
+        } else {
+            b0 = c0, b1 = c1, b2 = c2, b3 = c3, ub = uc, tb = tc, jb = jc, eb = ec;
+        }
+    }
+    if (ua >= 0 && ub >= 0) {
         for (; ja + 1 < ea && jb + 1 < eb; ja += 2, jb += 2) {
             Z_STEP2(a, ja);
             Z_STEP2(b, jb);
@@ -153,18 +188,14 @@ __attribute__((target("avx512f"))) static void avx512_tile(const float *x, const
             Z_STEP(a, ja);
             Z_STEP(b, jb);
         }
-        Z_SLOT_DONE(a, ua, ta, ja, ea);
-        Z_SLOT_DONE(b, ub, tb, jb, eb);
-        /* no rows left to start: finish the one still running alone */
-        if (ua >= 0) {
-            for (; ja < ea; ja++) Z_STEP(a, ja);
-            Z_STORE(a, ta)
-        }
-        if (ub >= 0) {
-            for (; jb < eb; jb++) Z_STEP(b, jb);
-            Z_STORE(b, tb)
-        }
-        return;
+    }
+    if (ua >= 0) {
+        for (; ja < ea; ja++) Z_STEP(a, ja);
+        Z_STORE(a, ta)
+    }
+    if (ub >= 0) {
+        for (; jb < eb; jb++) Z_STEP(b, jb);
+        Z_STORE(b, tb)
     }
 }
 
