@@ -12,9 +12,10 @@
  * of 8 ymm). A call gets a whole block of rows: a slot whose row ends takes the next row, so
  * only the block's last two rows run as a pair and its last row alone (pairs cut at each row's
  * end: 5-25% slower on RN50's 1x1 convs). Measured in L1 on Zen 5 a pair of rows was 1.5x the
- * rate of 4 rows x 2 zmm with an offset-table lookup per non-zero, and three rows 1.36x a pair
- * (238 against 175 GFLOP/s of a 273 peak); in RN50's convs, whose input slices and row lists
- * come from L2, the gain is a few percent (the tile kernels run at 40-55% of the peak there). */
+ * rate of 4 rows x 2 zmm with an offset-table lookup per non-zero; three rows run at the pair's
+ * rate there (~178 GFLOP/s of a 273 peak: one zmm load per FMA, the loads are the limit), and
+ * a few percent faster in RN50's convs (all convs sparse at 50%, 1 thread: 3% over 4
+ * alternated pairs), where the tile kernels run at 40-55% of the peak. */
 #include "ops/sparse.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -128,9 +129,9 @@ __attribute__((target("avx2,fma"))) static void avx2_tile(const float *x, const 
 /* Three rows at a time in three accumulator slots; when a slot's row runs out of non-zeros it is
  * stored and the slot takes the block's next row, so rows advance in threes until the block has
  * no row left to start, then the last two in a pair and the last one alone. Twelve independent
- * chains: with eight (two rows) the FMA latency bound the loop (Zen 5, in L1: 175 GFLOP/s with
- * two rows, 238 with three, of a 273 peak). Each row's chain is its non-zeros in order whatever
- * slot it runs in: the result does not depend on the slots. */
+ * chains instead of eight: more loads in flight when the input lines come from L2. Each row's
+ * chain is its non-zeros in order whatever slot it runs in: the result does not depend on the
+ * slots. */
 __attribute__((target("avx512f"))) static void avx512_tile(const float *x, const int32_t *xo,
                                                            const float *val, const int64_t *js,
                                                            const int64_t *je, int nr, float *t,
