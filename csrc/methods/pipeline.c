@@ -6,6 +6,9 @@
 #include <float.h>
 #include <math.h>
 #include <string.h>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 /* The bilinear taps (ovs_resize_bilinear_taps, as ovs_resize_bilinear with align_corners=False)
  * of the first H rows and W columns of an (in_h, in_w) -> (out_h, out_w) upsampling. */
@@ -749,20 +752,38 @@ static void cell_block_argmax(label_work *lw, const float *logits, int64_t i, in
     int32_t cnt[LB] = {0}, top[LB];
     for (int q = 0; q < LB; q++) top[q] = -1;
     int32_t *cc = lw->ccand + lw->coff[c0];
+#if defined(__AVX__) && LB == 8
+    /* the same float operations, 8 cells per instruction (all values finite here) */
+    const __m256 vlo = _mm256_sub_ps(_mm256_loadu_ps(ref), _mm256_set1_ps(m)), vm = _mm256_set1_ps(m),
+                 vref = _mm256_loadu_ps(ref);
+    __m256i vtop = _mm256_set1_epi32(-1);
+#endif
     for (int32_t t = 0; t < n; t++) {
         const float *mx = lw->cmax + t * LB, *mn = lw->cmin + t * LB;
+#if defined(__AVX__) && LB == 8
+        unsigned keep = (unsigned)_mm256_movemask_ps(
+            _mm256_cmp_ps(_mm256_add_ps(_mm256_loadu_ps(mx), vm), vlo, _CMP_GE_OQ));
+        if (lw->dominance)
+            vtop = _mm256_castps_si256(_mm256_blendv_ps(
+                _mm256_castsi256_ps(vtop), _mm256_castsi256_ps(_mm256_set1_epi32(lw->tk[t])),
+                _mm256_cmp_ps(_mm256_loadu_ps(mn), vref, _CMP_EQ_OQ)));
+#else
         unsigned keep = 0; /* the full test, branch-free */
         for (int q = 0; q < LB; q++) keep |= (unsigned)(mx[q] + m >= ref[q] - m) << q;
-        if (mn[0] == ref[0]) seed[0] = lw->tk[t];
-        if (mn[LB - 1] == ref[LB - 1]) seed[1] = lw->tk[t];
         if (lw->dominance)
             for (int q = 0; q < LB; q++) top[q] = mn[q] == ref[q] ? lw->tk[t] : top[q];
+#endif
+        if (mn[0] == ref[0]) seed[0] = lw->tk[t];
+        if (mn[LB - 1] == ref[LB - 1]) seed[1] = lw->tk[t];
         while (keep) {
             const int q = __builtin_ctz(keep);
             keep &= keep - 1;
             cc[q * nbc + cnt[q]++] = lw->tk[t];
         }
     }
+#if defined(__AVX__) && LB == 8
+    if (lw->dominance) _mm256_storeu_si256((__m256i *)top, vtop);
+#endif
     const float *r0 = logits + i * w + c0, *r1 = logits + i1 * w + c0;
     for (int q = 0; q < LB; q++) {
         if (cnt[q] == 0) /* cannot happen (the class giving ref is read and kept); be safe */
