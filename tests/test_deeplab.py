@@ -97,7 +97,15 @@ def test_pruned_backbone_runs_sparse(tmp_path):
                 k = int(0.9 * p.numel())
                 thr = p.abs().flatten().kthvalue(k).values
                 p.mul_((p.abs() > thr).to(p.dtype))
+            # whole 3x3s empty (global pruning does this): a constant branch in ovs, also
+            # in the dilated layer4 (layer2.0's strided 3x3 stays on the dense kernel)
+            if name in ("layer1.1.conv2.weight", "layer2.0.conv2.weight", "layer3.2.conv2.weight",
+                        "layer4.1.conv2.weight"):
+                p.zero_()
     model = FW.load_pruned(ref, tmp_path, DeepLabModel)
+    empty = {c["name"]: c["sparse"] for c in model._trunk.convs() if c["nnz"] == 0}
+    assert empty == {"visual.layer1.1.conv2": True, "visual.layer2.0.conv2": False,
+                     "visual.layer3.2.conv2": True, "visual.layer4.1.conv2": True}, empty
     img = _images()[2]
     probs, _, _, x = R.semantic(ref, img, NAMES, SHORT, MAX)
     with torch.no_grad():

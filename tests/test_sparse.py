@@ -200,6 +200,36 @@ def test_rn50_sparse_equals_dense_of_zeroed_weights(rn50_sd, reference):
     assert np.array_equal(sparse.image_features(x)["embed"], a["embed"])
 
 
+def test_rn50_empty_conv2_blocks_equal_dense(rn50_sd, reference, restore_runtime):
+    """Global magnitude pruning empties whole 3x3 convs (at 90%, every conv2 of layer2..4 of these
+    weights): such a block's branch is a constant per image, computed once (csrc/models/resnet.c
+    const_branch). With conv2 emptied also where the block has a stride-1 projection shortcut
+    (layer1.0), no shortcut conv (layer1.2, layer3.3, layer4.2) and the pooled stride-2 one
+    (layer2.0): sparse = dense of the same zeroed weights on a batch of two different images,
+    at 1 and 2 threads bitwise alike."""
+    pruned = dict(ovs.prune.magnitude(rn50_sd, sparsity=0.9, scope="global"))
+    for blk in ("layer1.0", "layer1.2", "layer2.0", "layer3.3", "layer4.2"):
+        pruned[f"visual.{blk}.conv2.weight"] = np.zeros_like(pruned[f"visual.{blk}.conv2.weight"])
+    dense = ovs.Model(pruned, sparse="dense")
+    sparse = ovs.Model(pruned, sparse="dense")
+    table = sparse.sparsify("all")
+    empty = [c["name"] for c in table if c["name"].endswith("conv2") and c["nnz"] == 0]
+    assert len(empty) == 15, empty   # all but layer1.1's
+    for key in ("rect_b1_x", "sq_b1_x"):
+        x = reference("rn50_image.npz")[key]
+        x = np.concatenate([x, x[:, :, ::-1]])   # two images: each branch is per image
+        a = dense.image_features(x)
+        runs = []
+        for threads in (1, 2):
+            ovs.set_num_threads(threads)
+            runs.append(sparse.image_features(x))
+        for k in ("res2", "res3", "res4", "res5", "embed"):
+            err = _rel(runs[0][k], a[k])
+            assert err <= RTOL, f"{k} at {x.shape}: sparse vs dense max relative error {err}"
+            assert np.array_equal(runs[0][k], runs[1][k]), k
+            assert not np.array_equal(runs[0][k][0], runs[0][k][1]), k
+
+
 def test_rn50_pruned_matches_open_clip(rn50_sd, reference):
     """A pruned model on sparse kernels against open_clip (PyTorch) on the same zeroed weights."""
     import open_clip

@@ -378,6 +378,42 @@ size_t ovs_convbn_scratch(const ovs_convbn *cb, int64_t H, int64_t W) {
     return ovs_conv2d_scratch_floats(cb->C, H, W, cb->K, cb->R, cb->S, &cb->p);
 }
 
+/* A sparse conv2 without non-zeros (global magnitude pruning empties whole layers: at 90% of
+ * open_clip's default-initialised RN50, every 3x3 of layer2..4) outputs its bias at every
+ * pixel: the block's branch is then one vector per image. conv1 is dead (its output reaches
+ * nothing but conv2's zero weights; sparse execution never reads inputs through zeros), the
+ * pool averages equal values and conv3 maps a constant input to a constant. */
+static int const_branch(const ovs_bottleneck *b) { return b->conv2.sparse && b->conv2.csr.nnz == 0; }
+
+/* The constant branch's conv3 output u (N, K): conv3 on one pixel per image whose channels are
+ * relu(conv2's bias), pooled over st x st equal values as the full map would be (the same
+ * floats: the pool's own sum and division); work (N, P, st, st) then (N, P). */
+static int const_branch_conv3(const ovs_bottleneck *b, float *u, float *work, int64_t N, int64_t st,
+                              float *scratch) {
+    const int64_t P = b->planes, ss = st * st;
+    float *patch = work, *v = work + N * P * ss;
+    for (int64_t c = 0; c < N * P; c++) {
+        const float z = b->conv2.bias ? b->conv2.bias[c % P] : 0.0f, r = z > 0.0f ? z : 0.0f;
+        for (int64_t t = 0; t < ss; t++) patch[c * ss + t] = r;
+    }
+    int rc = ss > 1 ? ovs_avgpool2d_forward(v, patch, N * P, st, st, st, st, st, st, 0, 0, 1)
+                    : (memcpy(v, patch, (size_t)(N * P) * sizeof(float)), OVS_OK);
+    return rc ? rc : ovs_convbn_forward(&b->conv3, u, v, NULL, N, 1, 1, OVS_ACT_NONE, scratch);
+}
+
+/* x (N, K, hw) <- relu(x + u[n, k]): conv3's epilogue over its residual for a constant branch */
+static void add_const_relu(float *x, const float *u, int64_t NK, int64_t hw) {
+#pragma omp parallel for schedule(static) if (NK * hw >= 32768) num_threads(ovs_get_num_threads())
+    for (int64_t c = 0; c < NK; c++) {
+        float *p = x + c * hw;
+        const float a = u[c];
+        for (int64_t t = 0; t < hw; t++) {
+            const float y = p[t] + a;
+            p[t] = y > 0.0f ? y : 0.0f;
+        }
+    }
+}
+
 int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, int64_t W,
                      float **res_out, float **res5, int64_t *C5, int64_t *h5, int64_t *w5) {
     if (N <= 0) return ovs_set_error(OVS_ERR_ARG, "batch size must be positive, got %lld", (long long)N);
@@ -395,7 +431,7 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
      *   T2     stem conv 2; conv2 outputs (before the CLIP pool)
      *   T3     the CLIP pooled conv2 output;   SC  the projection shortcut */
     const size_t stem_full = (size_t)N * wd * h1 * w1, stem_half = (size_t)N * (wd / 2) * h1 * w1;
-    size_t nx = stem_full, n1 = stem_half, n2 = stem_half, n3 = 0, nsc = 0;
+    size_t nx = stem_full, n1 = stem_half, n2 = stem_half, n3 = 0, nsc = 0, nk = 0;
 #define GROW(v, x) do { size_t x_ = (x); if (x_ > (v)) (v) = x_; } while (0)
     GROW(nx, (size_t)N * wd * hs[0] * ws[0]);
     size_t scratch_n = ovs_convbn_scratch(&m->stem[0], H, W), t;
@@ -417,6 +453,11 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
             GROW(n2, (size_t)N * b->planes * h2 * w2);
             if (pooled) GROW(n3, (size_t)N * b->planes * ho * wo);
             if (b->has_down) GROW(nsc, (size_t)N * 4 * b->planes * ho * wo);
+            if (const_branch(b)) {
+                const int64_t cs = clip ? b->stride : 1;
+                GROW(nk, (size_t)N * (b->planes * (cs * cs + 1) + 4 * b->planes));
+                GROW(scratch_n, ovs_convbn_scratch(&b->conv3, 1, 1));
+            }
             const size_t ts[4] = {ovs_convbn_scratch(&b->conv1, hi, wi),
                                   ovs_convbn_scratch(&b->conv2, hi, wi),
                                   ovs_convbn_scratch(&b->conv3, ho, wo),
@@ -433,7 +474,8 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
     float *T3 = n3 ? ovs_arena_floats(&m->arena, n3) : NULL;
     float *SC = nsc ? ovs_arena_floats(&m->arena, nsc) : NULL;
     float *scratch = ovs_arena_floats(&m->arena, scratch_n ? scratch_n : 1);
-    if (!X0 || !X1 || !T1 || !T2 || (n3 && !T3) || (nsc && !SC) || !scratch) return OVS_ERR_NOMEM;
+    float *KB = nk ? ovs_arena_floats(&m->arena, nk) : NULL;   /* constant branches: u, then work */
+    if (!X0 || !X1 || !T1 || !T2 || (n3 && !T3) || (nsc && !SC) || !scratch || (nk && !KB)) return OVS_ERR_NOMEM;
     int rc;
     /* stem: CLIP has a ReLU after each conv; the DeepLab trunk only after the pool */
     const ovs_act sa = clip ? OVS_ACT_RELU : OVS_ACT_NONE;
@@ -450,11 +492,15 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
             const ovs_bottleneck *b = &m->blocks[bi];
             const int64_t st = b->stride, P = b->planes;
             const int64_t ho = ovs_bottleneck_out_size(m, b, h), wo = ovs_bottleneck_out_size(m, b, w);
-            if ((rc = ovs_convbn_forward(&b->conv1, T1, x, NULL, N, h, w, OVS_ACT_RELU, scratch)) ||
-                (rc = ovs_convbn_forward(&b->conv2, T2, T1, NULL, N, h, w, OVS_ACT_RELU, scratch)))
+            const int kb = const_branch(b);
+            if (kb) {
+                if ((rc = const_branch_conv3(b, KB, KB + N * 4 * P, N, clip ? st : 1, scratch))) return rc;
+            } else if ((rc = ovs_convbn_forward(&b->conv1, T1, x, NULL, N, h, w, OVS_ACT_RELU, scratch)) ||
+                       (rc = ovs_convbn_forward(&b->conv2, T2, T1, NULL, N, h, w, OVS_ACT_RELU, scratch))) {
                 return rc;
+            }
             const float *mid = T2;
-            if (clip && st > 1) {
+            if (!kb && clip && st > 1) {
                 if ((rc = ovs_avgpool2d_forward(T3, T2, N * P, h, w, st, st, st, st, 0, 0, 1))) return rc;
                 mid = T3;
             }
@@ -475,7 +521,10 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
              * residual's, already read, instead of a third stream (on a 56x56 map of 256
              * channels, 3.2 MB that L2 does not hold) */
             float *dst = b->has_down ? SC : x;
-            if ((rc = ovs_convbn_forward(&b->conv3, dst, mid, dst, N, ho, wo, OVS_ACT_RELU, scratch))) return rc;
+            if (kb)
+                add_const_relu(dst, KB, N * 4 * P, ho * wo);
+            else if ((rc = ovs_convbn_forward(&b->conv3, dst, mid, dst, N, ho, wo, OVS_ACT_RELU, scratch)))
+                return rc;
             if (b->has_down) {   /* the output is in SC: the old input's buffer becomes SC */
                 SC = x;
                 x = dst;
