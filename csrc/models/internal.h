@@ -49,6 +49,7 @@ struct ovs_resnet {
     const float *qb, *kb, *vb, *cb;
     ovs_pos_cache pos_cache;
     ovs_arena arena;
+    int sparse_on;            /* last ovs_resnet_sparsify: ALL or AUTO (zeros are structure) */
 };
 
 struct ovs_vit {

@@ -378,12 +378,16 @@ size_t ovs_convbn_scratch(const ovs_convbn *cb, int64_t H, int64_t W) {
     return ovs_conv2d_scratch_floats(cb->C, H, W, cb->K, cb->R, cb->S, &cb->p);
 }
 
-/* A sparse conv2 without non-zeros (global magnitude pruning empties whole layers: at 90% of
+/* A conv2 without non-zeros (global magnitude pruning empties whole layers: at 90% of
  * open_clip's default-initialised RN50, every 3x3 of layer2..4) outputs its bias at every
  * pixel: the block's branch is then one vector per image. conv1 is dead (its output reaches
  * nothing but conv2's zero weights; sparse execution never reads inputs through zeros), the
- * pool averages equal values and conv3 maps a constant input to a constant. */
-static int const_branch(const ovs_bottleneck *b) { return b->conv2.sparse && b->conv2.csr.nnz == 0; }
+ * pool averages equal values and conv3 maps a constant input to a constant. Taken where
+ * conv2 runs sparse, or on the dense kernel in a model running sparse (a strided DeepLab
+ * conv2, which the sparse kernel does not take): never in a dense model. */
+static int const_branch(const ovs_resnet *m, const ovs_bottleneck *b) {
+    return b->conv2.nnz == 0 && (b->conv2.sparse || m->sparse_on);
+}
 
 /* The constant branch's conv3 output u (N, K): conv3 on one pixel per image whose channels are
  * relu(conv2's bias), pooled over st x st equal values as the full map would be (the same
@@ -453,7 +457,7 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
             GROW(n2, (size_t)N * b->planes * h2 * w2);
             if (pooled) GROW(n3, (size_t)N * b->planes * ho * wo);
             if (b->has_down) GROW(nsc, (size_t)N * 4 * b->planes * ho * wo);
-            if (const_branch(b)) {
+            if (const_branch(m, b)) {
                 const int64_t cs = clip ? b->stride : 1;
                 GROW(nk, (size_t)N * (b->planes * (cs * cs + 1) + 4 * b->planes));
                 GROW(scratch_n, ovs_convbn_scratch(&b->conv3, 1, 1));
@@ -492,7 +496,7 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
             const ovs_bottleneck *b = &m->blocks[bi];
             const int64_t st = b->stride, P = b->planes;
             const int64_t ho = ovs_bottleneck_out_size(m, b, h), wo = ovs_bottleneck_out_size(m, b, w);
-            const int kb = const_branch(b);
+            const int kb = const_branch(m, b);
             if (kb) {
                 if ((rc = const_branch_conv3(b, KB, KB + N * 4 * P, N, clip ? st : 1, scratch))) return rc;
             } else if ((rc = ovs_convbn_forward(&b->conv1, T1, x, NULL, N, h, w, OVS_ACT_RELU, scratch)) ||

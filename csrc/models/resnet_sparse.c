@@ -192,6 +192,7 @@ int ovs_resnet_sparsify(ovs_resnet *m, ovs_sparse_mode mode, int64_t H, int64_t 
             ovs_sparse_plan_free(cb->plan);
         }
     }
+    m->sparse_on = 0;
     if (mode == OVS_SPARSE_DENSE) goto done;
     if (mode == OVS_SPARSE_AUTO) {
         size_t nin = 0, nout = 0, nscr = 1;
@@ -239,6 +240,7 @@ int ovs_resnet_sparsify(ovs_resnet *m, ovs_sparse_mode mode, int64_t H, int64_t 
         if (cb->weight) convbn_drop_dense(cb);
         cb->sparse = 1;
     }
+    m->sparse_on = mode != OVS_SPARSE_DENSE;
 done:
     ovs_free(in);
     ovs_free(out);
