@@ -228,6 +228,11 @@ def test_rn50_empty_conv2_blocks_equal_dense(rn50_sd, reference, restore_runtime
             assert err <= RTOL, f"{k} at {x.shape}: sparse vs dense max relative error {err}"
             assert np.array_equal(runs[0][k], runs[1][k]), k
             assert not np.array_equal(runs[0][k][0], runs[0][k][1]), k
+    # a branch's vector is computed once and kept; re-deciding the kernels drops it
+    sparse.sparsify("dense")
+    assert np.array_equal(sparse.image_features(x)["res5"], a["res5"])
+    sparse.sparsify("all")
+    assert np.array_equal(sparse.image_features(x)["res5"], runs[1]["res5"])
 
 
 def test_rn50_pruned_matches_open_clip(rn50_sd, reference):

@@ -25,6 +25,8 @@ typedef struct {
 
 typedef struct {
     ovs_convbn conv1, conv2, conv3, down;
+    float *kconst;            /* owned: an empty conv2's branch output (4 planes,), computed on
+                               * first use (resnet.c const_branch); freed by ovs_resnet_sparsify */
     int has_down;
     int64_t inplanes, planes, stride, dilation;
 } ovs_bottleneck;

@@ -314,6 +314,7 @@ void ovs_resnet_free(ovs_resnet *m) {
         ovs_convbn_release(&m->blocks[i].conv2);
         ovs_convbn_release(&m->blocks[i].conv3);
         ovs_convbn_release(&m->blocks[i].down);
+        ovs_free(m->blocks[i].kconst);
     }
     ovs_free(m->blocks);
     ovs_free(m->attn_packed);
@@ -389,28 +390,36 @@ static int const_branch(const ovs_resnet *m, const ovs_bottleneck *b) {
     return b->conv2.nnz == 0 && (b->conv2.sparse || m->sparse_on);
 }
 
-/* The constant branch's conv3 output u (N, K): conv3 on one pixel per image whose channels are
- * relu(conv2's bias), pooled over st x st equal values as the full map would be (the same
- * floats: the pool's own sum and division); work (N, P, st, st) then (N, P). */
-static int const_branch_conv3(const ovs_bottleneck *b, float *u, float *work, int64_t N, int64_t st,
-                              float *scratch) {
+/* The constant branch's conv3 output (4 planes,), the same for every input: conv3 on one pixel
+ * whose channels are relu(conv2's bias), pooled over st x st equal values as the full map
+ * would be (the pool's own sum and division). Computed on first use into b->kconst (freed when
+ * ovs_resnet_sparsify changes the kernels); work (P, st, st) then (P,). */
+static int const_branch_vector(ovs_bottleneck *b, float *work, int64_t st, float *scratch) {
     const int64_t P = b->planes, ss = st * st;
-    float *patch = work, *v = work + N * P * ss;
-    for (int64_t c = 0; c < N * P; c++) {
-        const float z = b->conv2.bias ? b->conv2.bias[c % P] : 0.0f, r = z > 0.0f ? z : 0.0f;
+    float *patch = work, *v = work + P * ss;
+    for (int64_t c = 0; c < P; c++) {
+        const float z = b->conv2.bias ? b->conv2.bias[c] : 0.0f, r = z > 0.0f ? z : 0.0f;
         for (int64_t t = 0; t < ss; t++) patch[c * ss + t] = r;
     }
-    int rc = ss > 1 ? ovs_avgpool2d_forward(v, patch, N * P, st, st, st, st, st, st, 0, 0, 1)
-                    : (memcpy(v, patch, (size_t)(N * P) * sizeof(float)), OVS_OK);
-    return rc ? rc : ovs_convbn_forward(&b->conv3, u, v, NULL, N, 1, 1, OVS_ACT_NONE, scratch);
+    int rc = ss > 1 ? ovs_avgpool2d_forward(v, patch, P, st, st, st, st, st, st, 0, 0, 1)
+                    : (memcpy(v, patch, (size_t)P * sizeof(float)), OVS_OK);
+    if (rc) return rc;
+    float *u = ovs_malloc((size_t)(4 * P) * sizeof(float));
+    if (!u) return OVS_ERR_NOMEM;
+    if ((rc = ovs_convbn_forward(&b->conv3, u, v, NULL, 1, 1, 1, OVS_ACT_NONE, scratch))) {
+        ovs_free(u);
+        return rc;
+    }
+    b->kconst = u;
+    return OVS_OK;
 }
 
-/* x (N, K, hw) <- relu(x + u[n, k]): conv3's epilogue over its residual for a constant branch */
-static void add_const_relu(float *x, const float *u, int64_t NK, int64_t hw) {
-#pragma omp parallel for schedule(static) if (NK * hw >= 32768) num_threads(ovs_get_num_threads())
-    for (int64_t c = 0; c < NK; c++) {
+/* x (N, K, hw) <- relu(x + u[k]): conv3's epilogue over its residual for a constant branch */
+static void add_const_relu(float *x, const float *u, int64_t N, int64_t K, int64_t hw) {
+#pragma omp parallel for schedule(static) if (N * K * hw >= 32768) num_threads(ovs_get_num_threads())
+    for (int64_t c = 0; c < N * K; c++) {
         float *p = x + c * hw;
-        const float a = u[c];
+        const float a = u[c % K];
         for (int64_t t = 0; t < hw; t++) {
             const float y = p[t] + a;
             p[t] = y > 0.0f ? y : 0.0f;
@@ -459,7 +468,7 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
             if (b->has_down) GROW(nsc, (size_t)N * 4 * b->planes * ho * wo);
             if (const_branch(m, b)) {
                 const int64_t cs = clip ? b->stride : 1;
-                GROW(nk, (size_t)N * (b->planes * (cs * cs + 1) + 4 * b->planes));
+                GROW(nk, (size_t)b->planes * (cs * cs + 1));
                 GROW(scratch_n, ovs_convbn_scratch(&b->conv3, 1, 1));
             }
             const size_t ts[4] = {ovs_convbn_scratch(&b->conv1, hi, wi),
@@ -478,7 +487,7 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
     float *T3 = n3 ? ovs_arena_floats(&m->arena, n3) : NULL;
     float *SC = nsc ? ovs_arena_floats(&m->arena, nsc) : NULL;
     float *scratch = ovs_arena_floats(&m->arena, scratch_n ? scratch_n : 1);
-    float *KB = nk ? ovs_arena_floats(&m->arena, nk) : NULL;   /* constant branches: u, then work */
+    float *KB = nk ? ovs_arena_floats(&m->arena, nk) : NULL;   /* const_branch_vector's work */
     if (!X0 || !X1 || !T1 || !T2 || (n3 && !T3) || (nsc && !SC) || !scratch || (nk && !KB)) return OVS_ERR_NOMEM;
     int rc;
     /* stem: CLIP has a ReLU after each conv; the DeepLab trunk only after the pool */
@@ -493,12 +502,12 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
     int64_t h = hs[0], w = ws[0], bi = 0;
     for (int s = 0; s < 4; s++) {
         for (int64_t j = 0; j < m->cfg.layers[s]; j++, bi++) {
-            const ovs_bottleneck *b = &m->blocks[bi];
+            ovs_bottleneck *b = &m->blocks[bi];
             const int64_t st = b->stride, P = b->planes;
             const int64_t ho = ovs_bottleneck_out_size(m, b, h), wo = ovs_bottleneck_out_size(m, b, w);
             const int kb = const_branch(m, b);
             if (kb) {
-                if ((rc = const_branch_conv3(b, KB, KB + N * 4 * P, N, clip ? st : 1, scratch))) return rc;
+                if (!b->kconst && (rc = const_branch_vector(b, KB, clip ? st : 1, scratch))) return rc;
             } else if ((rc = ovs_convbn_forward(&b->conv1, T1, x, NULL, N, h, w, OVS_ACT_RELU, scratch)) ||
                        (rc = ovs_convbn_forward(&b->conv2, T2, T1, NULL, N, h, w, OVS_ACT_RELU, scratch))) {
                 return rc;
@@ -526,7 +535,7 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
              * channels, 3.2 MB that L2 does not hold) */
             float *dst = b->has_down ? SC : x;
             if (kb)
-                add_const_relu(dst, KB, N * 4 * P, ho * wo);
+                add_const_relu(dst, b->kconst, N, 4 * P, ho * wo);
             else if ((rc = ovs_convbn_forward(&b->conv3, dst, mid, dst, N, ho, wo, OVS_ACT_RELU, scratch)))
                 return rc;
             if (b->has_down) {   /* the output is in SC: the old input's buffer becomes SC */

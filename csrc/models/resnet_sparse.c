@@ -193,6 +193,10 @@ int ovs_resnet_sparsify(ovs_resnet *m, ovs_sparse_mode mode, int64_t H, int64_t 
         }
     }
     m->sparse_on = 0;
+    for (int64_t i = 0; i < m->nblocks; i++) { /* the kernels may change: recomputed on use */
+        ovs_free(m->blocks[i].kconst);
+        m->blocks[i].kconst = NULL;
+    }
     if (mode == OVS_SPARSE_DENSE) goto done;
     if (mode == OVS_SPARSE_AUTO) {
         size_t nin = 0, nout = 0, nscr = 1;
