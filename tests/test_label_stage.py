@@ -336,3 +336,17 @@ def test_cells_dominated_pairwise_at_large_upsampling():
     for H, W in [(200, 360), (161, 290), (400, 700)]:
         for scale in (1.0, 1e-4, 1e4):
             _both(np.ascontiguousarray(lr * np.float32(scale)), H, W)
+
+
+def test_allocation_failures_are_clean_errors():
+    """Every C allocation of the label stage failed in turn (its per-thread block and cell
+    buffers, and the cell candidate lists that grow past their first size: near-tied logits
+    make every class a candidate of every cell): MemoryError or the same labels, never a crash."""
+    from conftest import inject_alloc_failures
+
+    rng = np.random.default_rng(7)
+    lr = (1.0 + 1e-7 * rng.standard_normal((40, 20, 27))).astype(np.float32)
+    for thr in (0.0, 0.3):
+        n = inject_alloc_failures(lambda: _core.seg_labels(lr, 61, 83, logit_scale=40.0, bg_threshold=thr),
+                                  f"seg_labels bg_threshold={thr}")
+        assert n >= 2

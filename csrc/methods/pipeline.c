@@ -509,11 +509,22 @@ typedef struct {
     int32_t *bcount, *bcand;         /* (nb,), (nb, C) candidates, ascending */
     double *bs_lo, *bs_hi;           /* (nb,) bracket of sum over dropped classes of exp(s (v - bref)) */
     unsigned char *ball_bg;          /* (nb,) background throughout */
-    /* cell row */
+    /* cell row: the arrays below marked (w,) are one cell row's slice of LB (label_row picks it);
+     * a block row's cells are built block by block (each block's LB cell rows in turn: its
+     * candidates' rows stay in L1 from one cell row to the next), then labelled row by row */
     float *cmin, *cmax;              /* (C, LB) one block's cells' corner min / max per candidate */
     float *cref;                     /* (w,) */
     int32_t *ccount, *ccand;         /* (w,); per cell its candidates at ccand + coff[cell] */
-    int64_t *coff;                   /* (w,) a block's cells take its candidate count each, packed */
+    int64_t *coff;                   /* (w,) a block's cells take its candidate count each, packed
+                                      * (the same in every cell row of a block row) */
+    int64_t *boff;                   /* (nb,) block b's cells' first offset in ccand */
+    int64_t rowcand;                 /* a cell row's candidates, all cells (ccand_all's row stride:
+                                      * the rows packed too) */
+    float *cref_all;                 /* (LB, w) */
+    int32_t *ccount_all, *ccand_all; /* (LB, w), (LB rowcand <= LB w C) */
+    size_t ccand_cap;                /* ccand_all's capacity */
+    double *cs_all;                  /* (LB, 4 w) cs_lo, cs_hi, cs_lo_min, cs_hi_max */
+    unsigned char *call_bg_all;      /* (LB, w) */
     float *bcmax;                    /* (nb, C) argmax only: the block maxima of bcand's classes */
     int32_t *tk;                     /* (C,) argmax only: the classes a block's cell row read */
     int32_t *seed;                   /* (nb, 2) argmax only: the classes of the last cell row's first
@@ -525,9 +536,22 @@ typedef struct {
 
 static void label_work_free(label_work *lw) {
     ovs_free(lw->colmax), ovs_free(lw->bmax), ovs_free(lw->bref), ovs_free(lw->bcount);
-    ovs_free(lw->bs_lo), ovs_free(lw->ball_bg), ovs_free(lw->cref), ovs_free(lw->ccount);
-    ovs_free(lw->cs_lo), ovs_free(lw->call_bg), ovs_free(lw->cmin), ovs_free(lw->coff);
-    ovs_free(lw->bcmax), ovs_free(lw->tk), ovs_free(lw->seed);
+    ovs_free(lw->bs_lo), ovs_free(lw->ball_bg), ovs_free(lw->cref_all), ovs_free(lw->ccount_all);
+    ovs_free(lw->ccand_all), ovs_free(lw->cs_all), ovs_free(lw->call_bg_all), ovs_free(lw->cmin);
+    ovs_free(lw->coff), ovs_free(lw->boff), ovs_free(lw->bcmax), ovs_free(lw->tk), ovs_free(lw->seed);
+}
+
+/* The per-cell arrays of cell row r of the block row (0 <= r < LB). */
+static void label_row(label_work *lw, int64_t r) {
+    const int64_t w = lw->w;
+    lw->cref = lw->cref_all + r * w;
+    lw->ccount = lw->ccount_all + r * w;
+    lw->ccand = lw->ccand_all + r * lw->rowcand;
+    lw->cs_lo = lw->cs_all + r * 4 * w;
+    lw->cs_hi = lw->cs_lo + w;
+    lw->cs_lo_min = lw->cs_hi + w;
+    lw->cs_hi_max = lw->cs_lo_min + w;
+    lw->call_bg = lw->call_bg_all + r * w;
 }
 
 static int label_work_alloc(label_work *lw) {
@@ -538,17 +562,21 @@ static int label_work_alloc(label_work *lw) {
     lw->bcount = ovs_malloc((nb + nb * C) * sizeof(int32_t));
     lw->bs_lo = ovs_malloc(2 * nb * sizeof(double));
     lw->ball_bg = ovs_malloc(nb);
-    lw->cref = ovs_malloc(w * sizeof(float));
-    lw->ccount = ovs_malloc((w + w * C) * sizeof(int32_t));
+    lw->cref_all = ovs_malloc(LB * w * sizeof(float));
+    lw->ccount_all = ovs_malloc(LB * w * sizeof(int32_t));
+    lw->ccand_cap = LB * w * (C < 16 ? C : 16); /* grown by block_offsets when a block row needs it */
+    lw->ccand_all = ovs_malloc(lw->ccand_cap * sizeof(int32_t));
     lw->coff = ovs_malloc(w * sizeof(int64_t));
+    lw->boff = ovs_malloc(nb * sizeof(int64_t));
     lw->bcmax = ovs_malloc(nb * C * sizeof(float));
     lw->tk = ovs_malloc(C * sizeof(int32_t));
     lw->seed = ovs_calloc(2 * nb, sizeof(int32_t)); /* class 0: any class gives a valid bound */
-    lw->cs_lo = ovs_malloc(4 * w * sizeof(double));
-    lw->call_bg = ovs_malloc(w);
+    lw->cs_all = ovs_malloc(LB * 4 * w * sizeof(double));
+    lw->call_bg_all = ovs_malloc(LB * w);
     lw->cmin = ovs_malloc(2 * C * LB * sizeof(float));
-    if (!lw->cmin || !lw->colmax || !lw->bmax || !lw->bref || !lw->bcount || !lw->bs_lo || !lw->ball_bg || !lw->cref ||
-        !lw->ccount || !lw->coff || !lw->bcmax || !lw->tk || !lw->seed || !lw->cs_lo || !lw->call_bg)
+    if (!lw->cmin || !lw->colmax || !lw->bmax || !lw->bref || !lw->bcount || !lw->bs_lo || !lw->ball_bg ||
+        !lw->cref_all || !lw->ccount_all || !lw->ccand_all || !lw->coff || !lw->boff || !lw->bcmax || !lw->tk ||
+        !lw->seed || !lw->cs_all || !lw->call_bg_all)
         return 0;
     lw->colmin = lw->colmax + w, lw->colnan = lw->colmin + w;
     lw->bmin = lw->bmax + C * nb;
@@ -556,11 +584,8 @@ static int label_work_alloc(label_work *lw) {
     lw->bnan = lw->bmarg + nb;
     lw->bcand = lw->bcount + nb;
     lw->bs_hi = lw->bs_lo + nb;
-    lw->ccand = lw->ccount + w;
-    lw->cs_hi = lw->cs_lo + w;
-    lw->cs_lo_min = lw->cs_hi + w;
-    lw->cs_hi_max = lw->cs_lo_min + w;
     lw->cmax = lw->cmin + C * LB;
+    label_row(lw, 0);
     return 1;
 }
 
@@ -799,14 +824,40 @@ static void cell_block_argmax(label_work *lw, const float *logits, int64_t i, in
     }
 }
 
-/* Candidates of every cell of cell row i among its block's, and the cell's brackets. Per block,
- * class-major over the block's candidates (contiguous corners), into (candidates, LB) scratch. */
-static void cell_row_build(label_work *lw, const float *logits, int64_t i) {
+/* Where each block's cells' candidate lists start in a cell row's ccand: packed (few pages
+ * touched, whatever C), the same in every cell row of the block row; ccand_all grown to hold
+ * LB such rows. 0 if it cannot be. */
+static int block_offsets(label_work *lw) {
+    int64_t off = 0;
+    for (int64_t b = 0; b < lw->nb; b++) {
+        const int64_t c0 = b * LB, nc = c0 + LB < lw->w ? LB : lw->w - c0;
+        lw->boff[b] = off;
+        off += nc * lw->bcount[b];
+    }
+    lw->rowcand = off;
+    const size_t need = (size_t)(LB * off);
+    if (need > lw->ccand_cap) {
+        const size_t most = (size_t)(LB * lw->w * lw->C), cap = need + need / 2 < most ? need + need / 2 : most;
+        ovs_free(lw->ccand_all);
+        lw->ccand_all = ovs_malloc(cap * sizeof(int32_t));
+        lw->ccand_cap = lw->ccand_all ? cap : 0;
+        if (!lw->ccand_all) return 0;
+    }
+    return 1;
+}
+
+/* Candidates of the cells of block b in cell row i (the row's slice: label_row) among the
+ * block's, and the cells' brackets: class-major over the block's candidates (contiguous
+ * corners), into (candidates, LB) scratch. */
+/* noinline: inlined, seg_labels' pixel loop compiled slower (10 classes to 2048x2731, 1 thread:
+ * 12.4 -> 14 ms with GCC 12); called once per block and cell row, the call costs nothing */
+__attribute__((noinline)) static void cell_row_block(label_work *lw, const float *logits, int64_t i,
+                                                     int64_t b) {
     const int64_t C = lw->C, h = lw->h, w = lw->w, hw = h * w, last = w - 1;
     const int64_t i1 = i + 1 < h ? i + 1 : h - 1;
     const double s = lw->s;
-    int64_t off = 0; /* packed: few pages touched, whatever C */
-    for (int64_t b = 0; b < lw->nb; b++) {
+    const int64_t off = lw->boff[b];
+    {
         const int64_t c0 = b * LB, nc = c0 + LB < w ? LB : w - c0;
         const int32_t *bc = lw->bcand + b * C, nbc = lw->bcount[b];
         for (int64_t q = 0; q < nc; q++) {
@@ -815,11 +866,10 @@ static void cell_row_build(label_work *lw, const float *logits, int64_t i) {
             lw->call_bg[c0 + q] = lw->ball_bg[b];
             lw->coff[c0 + q] = off + q * nbc;
         }
-        off += nc * nbc;
-        if (lw->ball_bg[b]) continue;
+        if (lw->ball_bg[b]) return;
         if (!lw->bg && nc == LB && c0 + LB <= last && lw->bmarg[b] == lw->bmarg[b]) {
             cell_block_argmax(lw, logits, i, i1, b, c0);
-            continue;
+            return;
         }
         float ref[LB], mag[LB];
         for (int q = 0; q < LB; q++) ref[q] = -INFINITY, mag[q] = 0.0f;
@@ -906,6 +956,7 @@ static int labels_take_naive(int64_t C, int64_t h, int64_t w, int64_t H, int64_t
     return !(logit_scale > 0) || (C < 16 && H * W < 4 * h * w);
 }
 
+#define BCHUNK 16 /* blocks whose cells, then pixels, are labelled together (seg_labels) */
 #define ROW_CAND 8 /* a cell's candidates up to which its row runs are pruned first */
 /* Output pixels per cell from which the cells' candidates are also tested pairwise: each
  * candidate that survives costs every pixel of the cell an interpolation, and the test costs
@@ -972,6 +1023,13 @@ static int seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h
         while (Y < H && c.y0[Y] < i) Y++;
         ys[i] = Y;
     }
+    /* output columns whose left source column is j: [xs[j], xs[j + 1]) (x0 is non-decreasing) */
+    int64_t *xs = (int64_t *)ovs_arena_floats(&a, (size_t)(w + 1) * 2);
+    if (!xs) { rc = OVS_ERR_NOMEM; goto done; }
+    for (int64_t j = 0, X = 0; j <= w; j++) {
+        while (X < W && c.x0[X] < j) X++;
+        xs[j] = X;
+    }
     const int64_t hw = h * w, nbr = (h + LB - 1) / LB;
     const double inv_thr = bg ? 1.0 / (double)bg_threshold : 0.0;
     /* row runs of >= 3 pixels per cell on average: pruning a run's candidates pays (at 1.5 it
@@ -982,7 +1040,7 @@ static int seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h
     {
         label_work lw = {.C = C, .h = h, .w = w, .nb = (w + LB - 1) / LB, .s = logit_scale, .bg = bg,
                          .inv_thr = inv_thr, .dominance = H * W >= DOMINANCE_PIXELS * h * w};
-        const int ok = label_work_alloc(&lw);
+        int ok = label_work_alloc(&lw);
         if (!ok) /* this thread's own message, with what it was for */
             ovs_region_fail(&re, OVS_ERR_NOMEM, "label stage: block buffers of %lld classes: %s", (long long)C,
                             ovs_last_error());
@@ -991,60 +1049,89 @@ static int seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h
             const int64_t i_end = ib * LB + LB < h ? ib * LB + LB : h;
             if (!ok || ys[ib * LB] == ys[i_end]) continue; /* no output row in this block row */
             block_row_build(&lw, logits, ib, pre);
-            for (int64_t i = ib * LB; i < i_end; i++) {
-                if (ys[i] == ys[i + 1]) continue;
-                cell_row_build(&lw, logits, i);
-                for (int64_t Y = ys[i]; Y < ys[i + 1]; Y++) {
-                    int32_t *out = labels + Y * W;
-                    for (int64_t X = 0; X < W; X++) {
-                        const int64_t j = c.x0[X];
-                        if (lw.call_bg[j]) { out[X] = bg_label; continue; }
-                        const int32_t *cand = lw.ccand + lw.coff[j], n = lw.ccount[j];
-                        if (n == 1 && !bg) { out[X] = cand[0]; continue; } /* the cell's only candidate */
-                        if (row_runs && n <= ROW_CAND && isfinite(lw.bmarg[j / LB])) {
-                            X = row_run_argmax(out, logits, hw, w, W, &c, Y, X, cand, n, lw.bmarg[j / LB]) - 1;
-                            continue;
-                        }
-                        float best = interp(logits + (size_t)cand[0] * hw, w, &c, Y, X);
-                        int32_t arg = cand[0];
-                        for (int32_t t = 1; t < n; t++) {
-                            const float v = interp(logits + (size_t)cand[t] * hw, w, &c, Y, X);
-                            if (v > best) { best = v; arg = cand[t]; }
-                        }
-                        if (bg) {
-                            int below; /* the naive test: 1 / sum < bg_threshold */
-                            if (n == C) { /* every class: the naive kernel's sum, in its order */
-                                double sum = 0;
-                                for (int32_t t = 0; t < n; t++)
-                                    sum += exp((double)logit_scale *
-                                               (interp(logits + (size_t)cand[t] * hw, w, &c, Y, X) - best));
-                                below = 1.0 / sum < bg_threshold;
-                            } else {
-                                /* the candidates' terms bracketed (the argmax's is exp(0) = 1), the
-                                 * dropped classes' first at the cell's extremes of best, then at
-                                 * this pixel's; the naive kernel's sum only if still too close */
-                                double plo = 1.0, phi = 1.0;
-                                for (int32_t t = 0; t < n; t++) {
-                                    if (cand[t] == arg) continue;
-                                    const double d = (double)logit_scale *
-                                                     (interp(logits + (size_t)cand[t] * hw, w, &c, Y, X) - best);
-                                    plo += exp_lo(d), phi += exp_up(d);
-                                }
-                                const double hi_thr = inv_thr * (1 + THR_SLACK), lo_thr = inv_thr * (1 - THR_SLACK);
-                                if (plo + lw.cs_lo_min[j] > hi_thr) below = 1;
-                                else if (phi + lw.cs_hi_max[j] < lo_thr) below = 0;
-                                else {
-                                    /* exp(s (cref - best)), s (cref - best) <= s m: about 1 */
-                                    const double d = (double)logit_scale * ((double)lw.cref[j] - best);
-                                    if (plo + lw.cs_lo[j] * exp_lo(d) > hi_thr) below = 1;
-                                    else if (phi + lw.cs_hi[j] * exp_up(d) < lo_thr) below = 0;
-                                    else below = bg_exact(logits, C, hw, w, &c, Y, X, best, logit_scale,
-                                                          bg_threshold, inv_thr);
-                                }
+            if (!block_offsets(&lw)) {
+                ovs_region_fail(&re, OVS_ERR_NOMEM, "label stage: candidate lists of %lld classes: %s",
+                                (long long)C, ovs_last_error());
+                ok = 0;
+                continue;
+            }
+            /* BCHUNK blocks at a time: their cells, block by block, then their pixels (the
+             * candidates' rows still in L2) */
+            for (int64_t b0 = 0; b0 < lw.nb; b0 += BCHUNK) {
+                const int64_t b1 = b0 + BCHUNK < lw.nb ? b0 + BCHUNK : lw.nb;
+                for (int64_t b = b0; b < b1; b++) {
+                    if (b + 1 < lw.nb) { /* the next block's candidates' rows, while this one runs */
+                        const int32_t *nbc = lw.bcand + (b + 1) * C;
+                        const int64_t r1 = i_end < h ? i_end : h - 1;
+                        for (int32_t t = 0; t < lw.bcount[b + 1]; t++)
+                            for (int64_t r = ib * LB; r <= r1; r++) {
+                                const float *q = logits + (size_t)nbc[t] * hw + r * w + (b + 1) * LB;
+                                __builtin_prefetch(q), __builtin_prefetch(q + LB);
                             }
-                            if (below) arg = bg_label;
+                    }
+                    for (int64_t i = ib * LB; i < i_end; i++) {
+                        if (ys[i] == ys[i + 1]) continue;
+                        label_row(&lw, i - ib * LB);
+                        cell_row_block(&lw, logits, i, b);
+                    }
+                }
+                /* output columns [xa, xb): the pixels whose left source column is in the chunk */
+                const int64_t xa = xs[b0 * LB], xb = xs[b1 * LB < w ? b1 * LB : w];
+                for (int64_t i = ib * LB; i < i_end; i++) {
+                    if (ys[i] == ys[i + 1]) continue;
+                    label_row(&lw, i - ib * LB);
+                    for (int64_t Y = ys[i]; Y < ys[i + 1]; Y++) {
+                        int32_t *out = labels + Y * W;
+                        for (int64_t X = xa; X < xb; X++) {
+                            const int64_t j = c.x0[X];
+                            if (lw.call_bg[j]) { out[X] = bg_label; continue; }
+                            const int32_t *cand = lw.ccand + lw.coff[j], n = lw.ccount[j];
+                            if (n == 1 && !bg) { out[X] = cand[0]; continue; } /* the cell's only candidate */
+                            if (row_runs && n <= ROW_CAND && isfinite(lw.bmarg[j / LB])) {
+                                X = row_run_argmax(out, logits, hw, w, W, &c, Y, X, cand, n, lw.bmarg[j / LB]) - 1;
+                                continue;
+                            }
+                            float best = interp(logits + (size_t)cand[0] * hw, w, &c, Y, X);
+                            int32_t arg = cand[0];
+                            for (int32_t t = 1; t < n; t++) {
+                                const float v = interp(logits + (size_t)cand[t] * hw, w, &c, Y, X);
+                                if (v > best) { best = v; arg = cand[t]; }
+                            }
+                            if (bg) {
+                                int below; /* the naive test: 1 / sum < bg_threshold */
+                                if (n == C) { /* every class: the naive kernel's sum, in its order */
+                                    double sum = 0;
+                                    for (int32_t t = 0; t < n; t++)
+                                        sum += exp((double)logit_scale *
+                                                   (interp(logits + (size_t)cand[t] * hw, w, &c, Y, X) - best));
+                                    below = 1.0 / sum < bg_threshold;
+                                } else {
+                                    /* the candidates' terms bracketed (the argmax's is exp(0) = 1), the
+                                     * dropped classes' first at the cell's extremes of best, then at
+                                     * this pixel's; the naive kernel's sum only if still too close */
+                                    double plo = 1.0, phi = 1.0;
+                                    for (int32_t t = 0; t < n; t++) {
+                                        if (cand[t] == arg) continue;
+                                        const double d = (double)logit_scale *
+                                                         (interp(logits + (size_t)cand[t] * hw, w, &c, Y, X) - best);
+                                        plo += exp_lo(d), phi += exp_up(d);
+                                    }
+                                    const double hi_thr = inv_thr * (1 + THR_SLACK), lo_thr = inv_thr * (1 - THR_SLACK);
+                                    if (plo + lw.cs_lo_min[j] > hi_thr) below = 1;
+                                    else if (phi + lw.cs_hi_max[j] < lo_thr) below = 0;
+                                    else {
+                                        /* exp(s (cref - best)), s (cref - best) <= s m: about 1 */
+                                        const double d = (double)logit_scale * ((double)lw.cref[j] - best);
+                                        if (plo + lw.cs_lo[j] * exp_lo(d) > hi_thr) below = 1;
+                                        else if (phi + lw.cs_hi[j] * exp_up(d) < lo_thr) below = 0;
+                                        else below = bg_exact(logits, C, hw, w, &c, Y, X, best, logit_scale,
+                                                              bg_threshold, inv_thr);
+                                    }
+                                }
+                                if (below) arg = bg_label;
+                            }
+                            out[X] = arg;
                         }
-                        out[X] = arg;
                     }
                 }
             }
