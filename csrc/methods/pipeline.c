@@ -773,7 +773,8 @@ static void cell_block_argmax(label_work *lw, const float *logits, int64_t i, in
     }
     for (int32_t t = 0; t < n; t++) {
         const float *r0 = logits + (size_t)lw->tk[t] * hw + i * w;
-        if (i + 2 < h) { /* the row the next cell row adds, a whole cell row ahead */
+        if (i + 2 < h) { /* the row this block's next cell row adds (it runs next; without
+                            * this prefetch 847 classes at 512x683 took 6-10% longer) */
             const float *n2 = r0 + 2 * w + c0;
             __builtin_prefetch(n2), __builtin_prefetch(n2 + LB);
         }
@@ -880,7 +881,7 @@ __attribute__((noinline)) static void cell_row_block(label_work *lw, const float
                 __builtin_prefetch(n0), __builtin_prefetch(n0 + LB);
                 __builtin_prefetch(n0 + (i1 - i) * w), __builtin_prefetch(n0 + (i1 - i) * w + LB);
             }
-            if (i + 2 < h) { /* the row the next cell row adds, a whole cell row ahead */
+            if (i + 2 < h) { /* the row this block's next cell row adds (it runs next) */
                 const float *n2 = r0 + 2 * w + c0;
                 __builtin_prefetch(n2), __builtin_prefetch(n2 + LB);
             }
