@@ -414,15 +414,24 @@ static int const_branch_vector(ovs_bottleneck *b, float *work, int64_t st, float
     return OVS_OK;
 }
 
-/* x (N, K, hw) <- relu(x + u[k]): conv3's epilogue over its residual for a constant branch */
-static void add_const_relu(float *x, const float *u, int64_t N, int64_t K, int64_t hw) {
+/* x (N, K, hw) <- relu(...relu(relu(x + u[0][k]) + u[1][k]) ... + u[n-1][k]): the epilogues of n
+ * consecutive constant branches (conv3's over its residual), each as its own pass would compute
+ * it, over 1024 values at a time (one pass over memory for the chain; layer3 of a 90% RN50 is
+ * six such blocks). */
+#define KB_CHAIN 8
+static void add_const_relu(float *x, const float *const *u, int n, int64_t N, int64_t K, int64_t hw) {
 #pragma omp parallel for schedule(static) if (N * K * hw >= 32768) num_threads(ovs_get_num_threads())
     for (int64_t c = 0; c < N * K; c++) {
-        float *p = x + c * hw;
-        const float a = u[c % K];
-        for (int64_t t = 0; t < hw; t++) {
-            const float y = p[t] + a;
-            p[t] = y > 0.0f ? y : 0.0f;
+        float a[KB_CHAIN];
+        for (int i = 0; i < n; i++) a[i] = u[i][c % K];
+        for (int64_t t0 = 0; t0 < hw; t0 += 1024) {
+            float *p = x + c * hw + t0;
+            const int64_t len = hw - t0 < 1024 ? hw - t0 : 1024;
+            for (int i = 0; i < n; i++)
+                for (int64_t t = 0; t < len; t++) {
+                    const float y = p[t] + a[i];
+                    p[t] = y > 0.0f ? y : 0.0f;
+                }
         }
     }
 }
@@ -500,12 +509,18 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
     if (!clip && (rc = ovs_act_forward(X0, N * wd * hs[0] * ws[0], OVS_ACT_RELU))) return rc;
     float *x = X0;   /* the block input; a block's output replaces it (see conv3) */
     int64_t h = hs[0], w = ws[0], bi = 0;
+    /* constant branches' epilogues not yet applied to x (all of x's shape: K channels, hw) */
+    const float *pend[KB_CHAIN];
+    int npend = 0;
+    int64_t pK = 0;
+#define FLUSH() do { if (npend) add_const_relu(x, pend, npend, N, pK, h * w); npend = 0; } while (0)
     for (int s = 0; s < 4; s++) {
         for (int64_t j = 0; j < m->cfg.layers[s]; j++, bi++) {
             ovs_bottleneck *b = &m->blocks[bi];
             const int64_t st = b->stride, P = b->planes;
             const int64_t ho = ovs_bottleneck_out_size(m, b, h), wo = ovs_bottleneck_out_size(m, b, w);
             const int kb = const_branch(m, b);
+            if (!kb || b->has_down) FLUSH();   /* x is read below */
             if (kb) {
                 if (!b->kconst && (rc = const_branch_vector(b, KB, clip ? st : 1, scratch))) return rc;
             } else if ((rc = ovs_convbn_forward(&b->conv1, T1, x, NULL, N, h, w, OVS_ACT_RELU, scratch)) ||
@@ -534,9 +549,7 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
              * residual's, already read, instead of a third stream (on a 56x56 map of 256
              * channels, 3.2 MB that L2 does not hold) */
             float *dst = b->has_down ? SC : x;
-            if (kb)
-                add_const_relu(dst, b->kconst, N, 4 * P, ho * wo);
-            else if ((rc = ovs_convbn_forward(&b->conv3, dst, mid, dst, N, ho, wo, OVS_ACT_RELU, scratch)))
+            if (!kb && (rc = ovs_convbn_forward(&b->conv3, dst, mid, dst, N, ho, wo, OVS_ACT_RELU, scratch)))
                 return rc;
             if (b->has_down) {   /* the output is in SC: the old input's buffer becomes SC */
                 SC = x;
@@ -544,10 +557,17 @@ int ovs_resnet_trunk(ovs_resnet *m, const float *images, int64_t N, int64_t H, i
             }
             h = ho;
             w = wo;
+            if (kb) {   /* conv3's epilogue over the residual x, with the next blocks' */
+                pend[npend++] = b->kconst;
+                pK = 4 * P;
+                if (npend == KB_CHAIN) FLUSH();
+            }
         }
+        FLUSH();
         if (res_out && res_out[s])
             memcpy(res_out[s], x, (size_t)N * 4 * (wd << s) * h * w * sizeof(float));
     }
+#undef FLUSH
     *res5 = x;
     *C5 = m->channels;
     *h5 = h;
