@@ -235,6 +235,26 @@ def test_rn50_empty_conv2_blocks_equal_dense(rn50_sd, reference, restore_runtime
     assert np.array_equal(sparse.image_features(x)["res5"], runs[1]["res5"])
 
 
+def test_long_chain_of_constant_branches(rn50_sd):
+    """Consecutive constant branches apply their vectors in one pass, at most 8 at a time
+    (resnet.c KB_CHAIN): a layer3 of 11 blocks (layer3.1's weights repeated, as a deeper ResNet
+    has), every 3x3 of it emptied by global pruning, equals the dense run of the same zeros."""
+    sd = dict(rn50_sd)
+    for j in range(6, 11):
+        for k, v in rn50_sd.items():
+            if k.startswith("visual.layer3.1."):
+                sd[k.replace("visual.layer3.1.", f"visual.layer3.{j}.")] = v
+    pruned = ovs.prune.magnitude(sd, sparsity=0.9, scope="global")
+    assert sum(not np.any(pruned[f"visual.layer3.{j}.conv2.weight"]) for j in range(11)) == 11
+    dense = ovs.Model(pruned, sparse="dense")
+    sparse = ovs.Model(pruned, sparse="all")
+    assert sparse.config["vision"]["layers"] == (3, 4, 11, 3)
+    x = np.random.default_rng(3).standard_normal((1, 3, 96, 128)).astype(np.float32)
+    a, b = dense.image_features(x), sparse.image_features(x)
+    for k in ("res3", "res4", "res5", "embed"):
+        assert _rel(b[k], a[k]) <= RTOL, f"{k}: {_rel(b[k], a[k])}"
+
+
 def test_rn50_pruned_matches_open_clip(rn50_sd, reference):
     """A pruned model on sparse kernels against open_clip (PyTorch) on the same zeroed weights."""
     import open_clip
