@@ -517,7 +517,6 @@ typedef struct {
     int32_t *ccount, *ccand;         /* (w,); per cell its candidates at ccand + coff[cell] */
     int64_t *coff;                   /* (w,) a block's cells take its candidate count each, packed
                                       * (the same in every cell row of a block row) */
-    int64_t *boff;                   /* (nb,) block b's cells' first offset in ccand */
     int64_t rowcand;                 /* a cell row's candidates, all cells (ccand_all's row stride:
                                       * the rows packed too) */
     float *cref_all;                 /* (LB, w) */
@@ -538,7 +537,7 @@ static void label_work_free(label_work *lw) {
     ovs_free(lw->colmax), ovs_free(lw->bmax), ovs_free(lw->bref), ovs_free(lw->bcount);
     ovs_free(lw->bs_lo), ovs_free(lw->ball_bg), ovs_free(lw->cref_all), ovs_free(lw->ccount_all);
     ovs_free(lw->ccand_all), ovs_free(lw->cs_all), ovs_free(lw->call_bg_all), ovs_free(lw->cmin);
-    ovs_free(lw->coff), ovs_free(lw->boff), ovs_free(lw->bcmax), ovs_free(lw->tk), ovs_free(lw->seed);
+    ovs_free(lw->coff), ovs_free(lw->bcmax), ovs_free(lw->tk), ovs_free(lw->seed);
 }
 
 /* The per-cell arrays of cell row r of the block row (0 <= r < LB). */
@@ -567,7 +566,6 @@ static int label_work_alloc(label_work *lw) {
     lw->ccand_cap = LB * w * (C < 16 ? C : 16); /* grown by block_offsets when a block row needs it */
     lw->ccand_all = ovs_malloc(lw->ccand_cap * sizeof(int32_t));
     lw->coff = ovs_malloc(w * sizeof(int64_t));
-    lw->boff = ovs_malloc(nb * sizeof(int64_t));
     lw->bcmax = ovs_malloc(nb * C * sizeof(float));
     lw->tk = ovs_malloc(C * sizeof(int32_t));
     lw->seed = ovs_calloc(2 * nb, sizeof(int32_t)); /* class 0: any class gives a valid bound */
@@ -575,7 +573,7 @@ static int label_work_alloc(label_work *lw) {
     lw->call_bg_all = ovs_malloc(LB * w);
     lw->cmin = ovs_malloc(2 * C * LB * sizeof(float));
     if (!lw->cmin || !lw->colmax || !lw->bmax || !lw->bref || !lw->bcount || !lw->bs_lo || !lw->ball_bg ||
-        !lw->cref_all || !lw->ccount_all || !lw->ccand_all || !lw->coff || !lw->boff || !lw->bcmax || !lw->tk ||
+        !lw->cref_all || !lw->ccount_all || !lw->ccand_all || !lw->coff || !lw->bcmax || !lw->tk ||
         !lw->seed || !lw->cs_all || !lw->call_bg_all)
         return 0;
     lw->colmin = lw->colmax + w, lw->colnan = lw->colmin + w;
@@ -825,14 +823,14 @@ static void cell_block_argmax(label_work *lw, const float *logits, int64_t i, in
     }
 }
 
-/* Where each block's cells' candidate lists start in a cell row's ccand: packed (few pages
+/* Where each cell's candidate list starts in a cell row's ccand (coff): packed (few pages
  * touched, whatever C), the same in every cell row of the block row; ccand_all grown to hold
  * LB such rows. 0 if it cannot be. */
 static int block_offsets(label_work *lw) {
     int64_t off = 0;
     for (int64_t b = 0; b < lw->nb; b++) {
         const int64_t c0 = b * LB, nc = c0 + LB < lw->w ? LB : lw->w - c0;
-        lw->boff[b] = off;
+        for (int64_t q = 0; q < nc; q++) lw->coff[c0 + q] = off + q * lw->bcount[b];
         off += nc * lw->bcount[b];
     }
     lw->rowcand = off;
@@ -849,82 +847,78 @@ static int block_offsets(label_work *lw) {
 
 /* Candidates of the cells of block b in cell row i (the row's slice: label_row) among the
  * block's, and the cells' brackets: class-major over the block's candidates (contiguous
- * corners), into (candidates, LB) scratch. */
-/* noinline: inlined, seg_labels' pixel loop compiled slower (10 classes to 2048x2731, 1 thread:
- * 12.4 -> 14 ms with GCC 12); called once per block and cell row, the call costs nothing */
+ * corners), into (candidates, LB) scratch. noinline: inlined, seg_labels' pixel loop compiled
+ * slower (10 classes to 2048x2731, 1 thread: 12.4 -> 14 ms with GCC 12); called once per block
+ * and cell row, the call costs nothing. */
 __attribute__((noinline)) static void cell_row_block(label_work *lw, const float *logits, int64_t i,
                                                      int64_t b) {
     const int64_t C = lw->C, h = lw->h, w = lw->w, hw = h * w, last = w - 1;
     const int64_t i1 = i + 1 < h ? i + 1 : h - 1;
     const double s = lw->s;
-    const int64_t off = lw->boff[b];
-    {
-        const int64_t c0 = b * LB, nc = c0 + LB < w ? LB : w - c0;
-        const int32_t *bc = lw->bcand + b * C, nbc = lw->bcount[b];
-        for (int64_t q = 0; q < nc; q++) {
-            lw->cs_lo[c0 + q] = lw->cs_hi[c0 + q] = 0.0;
-            lw->ccount[c0 + q] = 0;
-            lw->call_bg[c0 + q] = lw->ball_bg[b];
-            lw->coff[c0 + q] = off + q * nbc;
+    const int64_t c0 = b * LB, nc = c0 + LB < w ? LB : w - c0;
+    const int32_t *bc = lw->bcand + b * C, nbc = lw->bcount[b];
+    for (int64_t q = 0; q < nc; q++) {
+        lw->cs_lo[c0 + q] = lw->cs_hi[c0 + q] = 0.0;
+        lw->ccount[c0 + q] = 0;
+        lw->call_bg[c0 + q] = lw->ball_bg[b];
+    }
+    if (lw->ball_bg[b]) return;
+    if (!lw->bg && nc == LB && c0 + LB <= last && lw->bmarg[b] == lw->bmarg[b]) {
+        cell_block_argmax(lw, logits, i, i1, b, c0);
+        return;
+    }
+    float ref[LB], mag[LB];
+    for (int q = 0; q < LB; q++) ref[q] = -INFINITY, mag[q] = 0.0f;
+    for (int32_t t = 0; t < nbc; t++) {
+        const float *r0 = logits + (size_t)bc[t] * hw + i * w;
+        if (t + 4 < nbc) { /* each candidate's rows are lines far apart in (C, h, w): ask ahead */
+            const float *n0 = logits + (size_t)bc[t + 4] * hw + i * w + c0;
+            __builtin_prefetch(n0), __builtin_prefetch(n0 + LB);
+            __builtin_prefetch(n0 + (i1 - i) * w), __builtin_prefetch(n0 + (i1 - i) * w + LB);
         }
-        if (lw->ball_bg[b]) return;
-        if (!lw->bg && nc == LB && c0 + LB <= last && lw->bmarg[b] == lw->bmarg[b]) {
-            cell_block_argmax(lw, logits, i, i1, b, c0);
-            return;
+        if (i + 2 < h) { /* the row this block's next cell row adds (it runs next) */
+            const float *n2 = r0 + 2 * w + c0;
+            __builtin_prefetch(n2), __builtin_prefetch(n2 + LB);
         }
-        float ref[LB], mag[LB];
-        for (int q = 0; q < LB; q++) ref[q] = -INFINITY, mag[q] = 0.0f;
+        cell_corners(r0, r0 + (i1 - i) * w, c0, nc, last, lw->cmin + t * LB, lw->cmax + t * LB, ref, mag);
+    }
+    for (int64_t q = 0; q < nc; q++) {
+        const int64_t j = c0 + q;
+        const float m = isfinite(mag[q]) ? mag[q] * CELL_MARGIN : NAN, r = ref[q];
+        int32_t *cc = lw->ccand + lw->coff[j], n = 0;
+        double lo = 0, hi = 0, lo_all = 0;
+        float top = -INFINITY;
         for (int32_t t = 0; t < nbc; t++) {
-            const float *r0 = logits + (size_t)bc[t] * hw + i * w;
-            if (t + 4 < nbc) { /* each candidate's rows are lines far apart in (C, h, w): ask ahead */
-                const float *n0 = logits + (size_t)bc[t + 4] * hw + i * w + c0;
-                __builtin_prefetch(n0), __builtin_prefetch(n0 + LB);
-                __builtin_prefetch(n0 + (i1 - i) * w), __builtin_prefetch(n0 + (i1 - i) * w + LB);
+            const float mx = lw->cmax[t * LB + q], mn = lw->cmin[t * LB + q];
+            if (!(m == m) || mx + m >= r - m) {
+                cc[n++] = bc[t];
+                top = mx > top ? mx : top;
+                if (lw->bg) lo_all += exp_lo(s * ((double)mn - m - r));
+            } else if (lw->bg) {
+                hi += exp_up(s * ((double)mx + m - r));
+                lo += exp_lo(s * ((double)mn - m - r));
             }
-            if (i + 2 < h) { /* the row this block's next cell row adds (it runs next) */
-                const float *n2 = r0 + 2 * w + c0;
-                __builtin_prefetch(n2), __builtin_prefetch(n2 + LB);
-            }
-            cell_corners(r0, r0 + (i1 - i) * w, c0, nc, last, lw->cmin + t * LB, lw->cmax + t * LB, ref, mag);
         }
-        for (int64_t q = 0; q < nc; q++) {
-            const int64_t j = c0 + q;
-            const float m = isfinite(mag[q]) ? mag[q] * CELL_MARGIN : NAN, r = ref[q];
-            int32_t *cc = lw->ccand + lw->coff[j], n = 0;
-            double lo = 0, hi = 0, lo_all = 0;
-            float top = -INFINITY;
+        if (n == 0) { /* cannot happen (the class giving ref is kept); be safe: all the block's,
+                       * no cell bracket (lo, hi 0: the block's still bound the rest) */
+            lo = hi = lo_all = 0;
             for (int32_t t = 0; t < nbc; t++) {
-                const float mx = lw->cmax[t * LB + q], mn = lw->cmin[t * LB + q];
-                if (!(m == m) || mx + m >= r - m) {
-                    cc[n++] = bc[t];
-                    top = mx > top ? mx : top;
-                    if (lw->bg) lo_all += exp_lo(s * ((double)mn - m - r));
-                } else if (lw->bg) {
-                    hi += exp_up(s * ((double)mx + m - r));
-                    lo += exp_lo(s * ((double)mn - m - r));
-                }
+                cc[n++] = bc[t];
+                top = lw->cmax[t * LB + q] > top ? lw->cmax[t * LB + q] : top;
             }
-            if (n == 0) { /* cannot happen (the class giving ref is kept); be safe: all the block's,
-                           * no cell bracket (lo, hi 0: the block's still bound the rest) */
-                lo = hi = lo_all = 0;
-                for (int32_t t = 0; t < nbc; t++) {
-                    cc[n++] = bc[t];
-                    top = lw->cmax[t * LB + q] > top ? lw->cmax[t * LB + q] : top;
-                }
-            }
-            lw->ccount[j] = n;
-            lw->cref[j] = r;
-            if (!lw->bg || !(m == m) || n == C) continue;
-            /* the block's dropped classes, rescaled from bref to r (>= bref: exponents <= 0) */
-            lw->cs_lo[j] = lo + lw->bs_lo[b] * exp_lo(s * ((double)lw->bref[b] - r));
-            lw->cs_hi[j] = hi + lw->bs_hi[b] * exp_up(s * ((double)lw->bref[b] - r));
-            lo_all += lw->cs_lo[j];
-            /* best in [r - m, top + m] */
-            const double sc_min = exp_lo(s * ((double)r - top - m));
-            lw->call_bg[j] = lo_all * sc_min > lw->inv_thr * (1 + THR_SLACK);
-            lw->cs_lo_min[j] = lw->cs_lo[j] * sc_min;
-            lw->cs_hi_max[j] = lw->cs_hi[j] * exp(s * (double)m) * (1.0 + EXP_SLACK);
         }
+        lw->ccount[j] = n;
+        lw->cref[j] = r;
+        if (!lw->bg || !(m == m) || n == C) continue;
+        /* the block's dropped classes, rescaled from bref to r (>= bref: exponents <= 0) */
+        lw->cs_lo[j] = lo + lw->bs_lo[b] * exp_lo(s * ((double)lw->bref[b] - r));
+        lw->cs_hi[j] = hi + lw->bs_hi[b] * exp_up(s * ((double)lw->bref[b] - r));
+        lo_all += lw->cs_lo[j];
+        /* best in [r - m, top + m] */
+        const double sc_min = exp_lo(s * ((double)r - top - m));
+        lw->call_bg[j] = lo_all * sc_min > lw->inv_thr * (1 + THR_SLACK);
+        lw->cs_lo_min[j] = lw->cs_lo[j] * sc_min;
+        lw->cs_hi_max[j] = lw->cs_hi[j] * exp(s * (double)m) * (1.0 + EXP_SLACK);
     }
 }
 
