@@ -582,92 +582,6 @@ int ovs_resnet_get_attnpool(const ovs_resnet *m, ovs_resnet_attnpool *out) {
     return OVS_OK;
 }
 
-/* The attention pool's embedding with k and v folded into the query side. Per image and head
- * e (rows eF..eF+F of the projections, F a multiple of the packing width so a head is whole
- * panels of the packed weights):
- *     q_e . k_e(t) = (Wk_e^T q_e) . tok(t) + q_e . bk_e          u_e = Wk_e^T q_e  (C,)
- *     sum_t p_t v_e(t) = Wv_e (sum_t p_t tok(t)) + bv_e          (the probabilities sum to 1)
- * so the keys and values of the T tokens are never formed: one pass over Wk and one over Wv
- * per call (2 C^2 MACs and 2 E T C for the scores and the mix) instead of 2 T C^2. Equal to
- * open_clip's AttentionPool2d up to float rounding; every sum is in a fixed order, so the result
- * does not depend on the thread count. tok (N, T, C), q (N, C) the projected queries; att (N, C)
- * gets the heads' outputs (before c_proj); work: (N, E, C) u, (N, E, T) scores, (N, E, C) mix. */
-static int attnpool_folded(const ovs_resnet *m, float *att, const float *tok, const float *q,
-                           int64_t N, int64_t T, int64_t C, int64_t E, int64_t F, float scale,
-                           float *u, float *sc, float *mix) {
-    enum { NR = OVS_PACK_NR };
-    const float *pk = m->k.data, *pv = m->v.data;
-    const int64_t panels = C / NR, per_head = F / NR;
-    const int nt = ovs_get_num_threads();
-    /* u (N, E, C): u[n, e, c] = sum over the head's rows r of q[n, r] Wk[r, c], panel by panel */
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t ec = 0; ec < E * (C / NR); ec++) {
-        const int64_t e = ec / (C / NR), c0 = ec % (C / NR) * NR;
-        for (int64_t n = 0; n < N; n++) {
-            const float *qn = q + n * C + e * F;
-            for (int64_t c = c0; c < c0 + NR; c++) {
-                float acc[NR] = {0};
-                for (int64_t pp = 0; pp < per_head; pp++) {
-                    const float *w = pk + ((e * per_head + pp) * C + c) * NR;
-                    for (int j = 0; j < NR; j++) acc[j] = fmaf(qn[pp * NR + j], w[j], acc[j]);
-                }
-                for (int h = NR / 2; h > 0; h /= 2)
-                    for (int j = 0; j < h; j++) acc[j] += acc[j + h];
-                u[(n * E + e) * C + c] = acc[0];
-            }
-        }
-    }
-    /* scores (N, E, T) = (u . tok + q . bk) * scale, then their softmax over t */
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t ne = 0; ne < N * E; ne++) {
-        const int64_t n = ne / E, e = ne % E;
-        const float *ue = u + ne * C, *qe = q + n * C + e * F, *kb = m->kb + e * F;
-        float qb = 0.0f;
-        for (int64_t f = 0; f < F; f++) qb = fmaf(qe[f], kb[f], qb);
-        float *s = sc + ne * T;
-        for (int64_t t = 0; t < T; t++) {
-            const float *x = tok + (n * T + t) * C;
-            float acc[NR] = {0};
-            for (int64_t c = 0; c < C; c += NR)
-                for (int j = 0; j < NR; j++) acc[j] = fmaf(ue[c + j], x[c + j], acc[j]);
-            for (int h = NR / 2; h > 0; h /= 2)
-                for (int j = 0; j < h; j++) acc[j] += acc[j + h];
-            s[t] = (acc[0] + qb) * scale;
-        }
-    }
-    int rc = ovs_softmax_forward(sc, N * E, T);
-    if (rc) return rc;
-    /* mix (C,) = sum_t p_t tok(t), t in order */
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t ne = 0; ne < N * E; ne++) {
-        const int64_t n = ne / E;
-        const float *s = sc + ne * T;
-        float *me = mix + ne * C;
-        for (int64_t c = 0; c < C; c++) me[c] = 0.0f;
-        for (int64_t t = 0; t < T; t++) {
-            const float pt = s[t], *x = tok + (n * T + t) * C;
-#pragma omp simd
-            for (int64_t c = 0; c < C; c++) me[c] = fmaf(pt, x[c], me[c]);
-        }
-    }
-    /* att (N, C): row r of Wv (a panel's column) times its head's mix, + bv; the packed GEMM's
-     * chain (fmaf over c in increasing order, bias after) */
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t p = 0; p < panels; p++) {
-        const int64_t e = p / per_head;
-        for (int64_t n = 0; n < N; n++) {
-            const float *me = mix + (n * E + e) * C;
-            float acc[NR] = {0};
-            for (int64_t c = 0; c < C; c++) {
-                const float *w = pv + (p * C + c) * NR;
-                for (int j = 0; j < NR; j++) acc[j] = fmaf(me[c], w[j], acc[j]);
-            }
-            for (int j = 0; j < NR; j++) att[n * C + p * NR + j] = acc[j] + m->vb[p * NR + j];
-        }
-    }
-    return OVS_OK;
-}
-
 int ovs_resnet_forward(ovs_resnet *m, const float *images, int64_t N, int64_t H, int64_t W,
                        ovs_resnet_outputs *out) {
     if (out->embed && !m->cfg.has_attnpool)
@@ -710,7 +624,10 @@ int ovs_resnet_forward(ovs_resnet *m, const float *images, int64_t N, int64_t H,
         float *sc = ovs_arena_floats(&m->arena, (size_t)N * E * T);
         float *mix = ovs_arena_floats(&m->arena, (size_t)N * E * C);
         if (!u || !sc || !mix) return OVS_ERR_NOMEM;
-        if ((rc = attnpool_folded(m, att, tok, q, N, T, C, E, F, scale, u, sc, mix))) return rc;
+        /* k and v folded into the query side (ovs_attention_folded) */
+        if ((rc = ovs_attention_folded(att, tok, N, T, NULL, q, &m->k, m->kb, &m->v, m->vb, E, scale, u,
+                                       sc, mix)))
+            return rc;
     } else {
         /* k and v of every token (one GEMM each over all images) */
         float *kv = ovs_arena_floats(&m->arena, (size_t)N * T * 2 * C);  /* (N, T, 2C): k | v */

@@ -146,8 +146,39 @@ int ovs_block_forward_rows(const ovs_transformer *t, const ovs_block *blk, const
     if (B == 0) return OVS_OK;
     float *h, *wide, *probs; /* the attention output (B, D) goes to h, the MLP hidden to wide */
     int rc;
-    if ((rc = block_qkv(t, blk, x, M, scratch, &h, &wide, &probs))) return rc;
     const float scale = 1.0f / sqrtf((float)F);
+    /* Only rows[b] reads the attention: with the key and value projections folded into its query
+     * (ovs_attention_folded) no token's q, k or v is formed, only ln_1 of every token, where
+     * the scratch after h holds the folded path's buffers (not for a handful of tokens: the
+     * unfolded projection's buffer is too small then, and its work as small). */
+    const int64_t Dm = t->mlp, wcols = 3 * D > Dm ? 3 * D : Dm;
+    const double need = (double)B * (2.0 * D + 2.0 * E * D + E * T + 2.0);
+    if (blk->in_proj.format == OVS_MATRIX_PACKED && D % OVS_PACK_NR == 0 && F % OVS_PACK_NR == 0 &&
+        need <= (double)M * wcols + (double)E * T * T) {
+        h = scratch;
+        wide = h + (size_t)M * D;
+        if ((rc = ovs_layernorm_forward(h, x, blk->ln1_w, blk->ln1_b, M, D, 1e-5f))) return rc;
+        int64_t *nk = (int64_t *)wide;   /* (B,): D is even, so wide is 8-byte aligned */
+        float *q = wide + 2 * B, *att = q + (size_t)B * D, *u = att + (size_t)B * D; /* (B, D) x2, (B, E, D) */
+        float *mix = u + (size_t)B * E * D, *sc = mix + (size_t)B * E * D;           /* (B, E, D), (B, E, T) */
+        for (int64_t b = 0; b < B; b++) {
+            memcpy(att + (size_t)b * D, h + ((size_t)b * T + rows[b]) * D, (size_t)D * sizeof(float));
+            nk[b] = causal ? rows[b] + 1 : T;
+        }
+        /* the packed in_proj (3D, D) is q | k | v, each whole panels */
+        const float *w = blk->in_proj.data;
+        const ovs_matrix wq = {OVS_MATRIX_PACKED, w, D, D, 0}, wk = {OVS_MATRIX_PACKED, w + (size_t)D * D, D, D, 0},
+                         wv = {OVS_MATRIX_PACKED, w + (size_t)2 * D * D, D, D, 0};
+        if ((rc = ovs_linear_forward(q, att, &wq, blk->in_proj_b, NULL, B, D, D, OVS_ACT_NONE)) ||
+            (rc = ovs_attention_folded(att, h, B, T, nk, q, &wk, blk->in_proj_b + D, &wv, blk->in_proj_b + 2 * D,
+                                       E, scale, u, sc, mix)))
+            return rc;
+        memcpy(h, att, (size_t)B * D * sizeof(float));   /* wide is the MLP's from here */
+        for (int64_t b = 0; b < B; b++)
+            memcpy(out + (size_t)b * D, x + ((size_t)b * T + rows[b]) * D, (size_t)D * sizeof(float));
+        return block_tail(t, blk, out, B, h, wide);
+    }
+    if ((rc = block_qkv(t, blk, x, M, scratch, &h, &wide, &probs))) return rc;
     for (int64_t b = 0; b < B; b++) { /* h's rows are free once the projection has read them */
         const float *qkv = wide + (size_t)b * T * 3 * D;
         rc = ovs_attention_forward(h + (size_t)b * D, qkv + (size_t)rows[b] * 3 * D, 3 * D, qkv + D, 3 * D,
