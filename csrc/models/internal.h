@@ -81,12 +81,6 @@ struct ovs_text {
     ovs_arena arena;
 };
 
-/* One query per sequence over T tokens with the key and value projections folded into the query
- * side (common.c has the algebra and the layouts): att (N, C) <- the heads' outputs. */
-int ovs_attention_folded(float *att, const float *tok, int64_t N, int64_t T, const int64_t *nkeys,
-                         const float *q, const ovs_matrix *k, const float *kb, const ovs_matrix *v,
-                         const float *vb, int64_t E, float scale, float *u, float *sc, float *mix);
-
 /* Positional embedding pos (1 + g*g, D) resized to (gh, gw) as
  * F.interpolate(mode="bicubic", align_corners=False) on the spatial part; class row kept.
  * Returns a pointer to the cache (or `pos` itself when the grid matches). */

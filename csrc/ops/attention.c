@@ -7,6 +7,8 @@
  * workspace. Dimension letters: T query tokens, U key tokens, E heads, F head width, D = E*F. */
 #include "ops/ops_internal.h"
 
+#include <math.h>
+
 /* Shared checks of ovs_attention_probs and the attention forwards. */
 static int attention_check(const char *op, int64_t T, int64_t U, int64_t F, int64_t lda,
                            int64_t ldb, int causal) {
@@ -142,4 +144,99 @@ int ovs_attention_forward(float *out, const float *q, int64_t ldq, const float *
         ovs_free(own);
     }
     return ovs_region_finish(&re);
+}
+
+/* ---------------------------------------------------------------- one query, k and v folded
+ * (the algebra in include/ovs/ops.h). Sums of 16 lanes as the packed GEMM keeps them, then a
+ * fixed tree: the result does not depend on the thread count. */
+int ovs_attention_folded(float *att, const float *tok, int64_t N, int64_t T, const int64_t *nkeys,
+                         const float *q, const ovs_matrix *k, const float *kb, const ovs_matrix *v,
+                         const float *vb, int64_t E, float scale, float *u, float *sc, float *mix) {
+    enum { NR = OVS_PACK_NR };
+    if (!att || !tok || !q || !k || !kb || !v || !vb || !u || !sc || !mix || N < 0 || T < 1)
+        return ovs_set_error(OVS_ERR_ARG, "ovs_attention_folded: a buffer is NULL or the sizes are "
+                             "bad (N = %lld, T = %lld)", (long long)N, (long long)T);
+    const int64_t C = k->cols, F = E > 0 ? C / E : 0;
+    if (k->format != OVS_MATRIX_PACKED || v->format != OVS_MATRIX_PACKED || k->rows != C ||
+        v->rows != C || v->cols != C || E <= 0 || C % E || F % NR || C % NR)
+        return ovs_set_error(OVS_ERR_ARG, "ovs_attention_folded: needs packed (C, C) projections "
+                             "and heads of a multiple of %d channels (C = %lld, %lld heads)", NR,
+                             (long long)C, (long long)E);
+    for (int64_t n = 0; nkeys && n < N; n++)
+        if (nkeys[n] < 1 || nkeys[n] > T)
+            return ovs_set_error(OVS_ERR_ARG, "ovs_attention_folded: sequence %lld attends %lld of "
+                                 "%lld tokens", (long long)n, (long long)nkeys[n], (long long)T);
+    const float *pk = k->data, *pv = v->data;
+    const int64_t panels = C / NR, per_head = F / NR;
+    const int nt = ovs_get_num_threads();
+    /* u (N, E, C): u[n, e, c] = sum over the head's rows r of q[n, r] Wk[r, c], panel by panel */
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t ec = 0; ec < E * (C / NR); ec++) {
+        const int64_t e = ec / (C / NR), c0 = ec % (C / NR) * NR;
+        for (int64_t n = 0; n < N; n++) {
+            const float *qn = q + n * C + e * F;
+            for (int64_t c = c0; c < c0 + NR; c++) {
+                float acc[NR] = {0};
+                for (int64_t pp = 0; pp < per_head; pp++) {
+                    const float *w = pk + ((e * per_head + pp) * C + c) * NR;
+                    for (int j = 0; j < NR; j++) acc[j] = fmaf(qn[pp * NR + j], w[j], acc[j]);
+                }
+                for (int h = NR / 2; h > 0; h /= 2)
+                    for (int j = 0; j < h; j++) acc[j] += acc[j + h];
+                u[(n * E + e) * C + c] = acc[0];
+            }
+        }
+    }
+    /* scores (N, E, T) = (u . tok + q . bk) * scale, then their softmax over the attended t */
+    ovs_region_error re = OVS_REGION_ERROR_INIT;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t ne = 0; ne < N * E; ne++) {
+        const int64_t n = ne / E, e = ne % E, nk = nkeys ? nkeys[n] : T;
+        const float *ue = u + ne * C, *qe = q + n * C + e * F, *kbe = kb + e * F;
+        float qb = 0.0f;
+        for (int64_t f = 0; f < F; f++) qb = fmaf(qe[f], kbe[f], qb);
+        float *s = sc + ne * T;
+        for (int64_t t = 0; t < nk; t++) {
+            const float *x = tok + (n * T + t) * C;
+            float acc[NR] = {0};
+            for (int64_t c = 0; c < C; c += NR)
+                for (int j = 0; j < NR; j++) acc[j] = fmaf(ue[c + j], x[c + j], acc[j]);
+            for (int h = NR / 2; h > 0; h /= 2)
+                for (int j = 0; j < h; j++) acc[j] += acc[j + h];
+            s[t] = (acc[0] + qb) * scale;
+        }
+        const int st = ovs_softmax_forward(s, 1, nk);
+        if (st) ovs_region_keep(&re, st);
+    }
+    int rc = ovs_region_finish(&re);
+    if (rc) return rc;
+    /* mix (C,) = sum_t p_t tok(t), t in order */
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t ne = 0; ne < N * E; ne++) {
+        const int64_t n = ne / E, nk = nkeys ? nkeys[n] : T;
+        const float *s = sc + ne * T;
+        float *me = mix + ne * C;
+        for (int64_t c = 0; c < C; c++) me[c] = 0.0f;
+        for (int64_t t = 0; t < nk; t++) {
+            const float pt = s[t], *x = tok + (n * T + t) * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) me[c] = fmaf(pt, x[c], me[c]);
+        }
+    }
+    /* att (N, C): row r of Wv (a panel's column) times its head's mix, + bv; the packed GEMM's
+     * chain (fmaf over c in increasing order, bias after) */
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t p = 0; p < panels; p++) {
+        const int64_t e = p / per_head;
+        for (int64_t n = 0; n < N; n++) {
+            const float *me = mix + (n * E + e) * C;
+            float acc[NR] = {0};
+            for (int64_t c = 0; c < C; c++) {
+                const float *w = pv + (p * C + c) * NR;
+                for (int j = 0; j < NR; j++) acc[j] = fmaf(me[c], w[j], acc[j]);
+            }
+            for (int j = 0; j < NR; j++) att[n * C + p * NR + j] = acc[j] + vb[p * NR + j];
+        }
+    }
+    return OVS_OK;
 }

@@ -571,6 +571,65 @@ static PyObject *py_op_softmax(PyObject *self, PyObject *args, PyObject *kw) {
     return ovs_py_finish(st, (PyObject *)y, NULL, 0);
 }
 
+/* ---------------------------------------------------------------- folded one-query attention */
+/* op_attention_folded(tok (N, T, C), q (N, C), wk (C, C), bk (C,), wv (C, C), bv (C,), heads,
+ * scale, nkeys=None) -> (N, C): ovs_attention_folded on wk and wv packed here. */
+static PyObject *py_op_attention_folded(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    int st = -1;
+    static char *kwlist[] = {"tok", "q", "wk", "bk", "wv", "bv", "heads", "scale", "nkeys", NULL};
+    PyObject *t_obj, *q_obj, *wk_obj, *bk_obj, *wv_obj, *bv_obj, *n_obj = Py_None;
+    long long heads;
+    float scale;
+    PyArrayObject *tok = NULL, *q = NULL, *wk = NULL, *bk = NULL, *wv = NULL, *bv = NULL, *out = NULL;
+    PyArrayObject *nk = NULL;
+    float *pk = NULL, *pv = NULL, *work = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOLf|O", kwlist, &t_obj, &q_obj, &wk_obj, &bk_obj,
+                                     &wv_obj, &bv_obj, &heads, &scale, &n_obj))
+        return NULL;
+    if (!(tok = ovs_py_float_array(t_obj, 3, "tok")) || !(q = ovs_py_float_array(q_obj, 2, "q")) ||
+        !(wk = ovs_py_float_array(wk_obj, 2, "wk")) || !(bk = ovs_py_float_array(bk_obj, 1, "bk")) ||
+        !(wv = ovs_py_float_array(wv_obj, 2, "wv")) || !(bv = ovs_py_float_array(bv_obj, 1, "bv")))
+        goto done;
+    const npy_intp N = PyArray_DIM(tok, 0), T = PyArray_DIM(tok, 1), C = PyArray_DIM(tok, 2);
+    const npy_intp sq[2] = {N, C}, sw[2] = {C, C}, sb[1] = {C};
+    if (ovs_py_check_shape(q, "q", 2, sq) || ovs_py_check_shape(wk, "wk", 2, sw) ||
+        ovs_py_check_shape(wv, "wv", 2, sw) || ovs_py_check_shape(bk, "bk", 1, sb) ||
+        ovs_py_check_shape(bv, "bv", 1, sb))
+        goto done;
+    if (heads < 1) {
+        PyErr_Format(PyExc_ValueError, "heads must be >= 1, got %lld", heads);
+        goto done;
+    }
+    if (n_obj != Py_None) {
+        nk = (PyArrayObject *)PyArray_FROMANY(n_obj, NPY_INT64, 1, 1, NPY_ARRAY_IN_ARRAY);
+        if (!nk) goto done;
+        if (PyArray_DIM(nk, 0) != N) {
+            PyErr_Format(PyExc_ValueError, "nkeys must have %zd entries, got %zd", (Py_ssize_t)N,
+                         (Py_ssize_t)PyArray_DIM(nk, 0));
+            goto done;
+        }
+    }
+    const npy_intp od[2] = {N, C};
+    if (!(out = ovs_py_new_float(2, od))) goto done;
+    const size_t np_ = (size_t)((C + OVS_PACK_NR - 1) / OVS_PACK_NR) * OVS_PACK_NR * (size_t)C;
+    const size_t nw = 2 * (size_t)N * (size_t)heads * (size_t)C + (size_t)N * (size_t)heads * (size_t)T;
+    if (ovs_py_scratch(np_, &pk) || ovs_py_scratch(np_, &pv) || ovs_py_scratch(nw ? nw : 1, &work))
+        goto done;
+    const ovs_matrix mk = {OVS_MATRIX_PACKED, pk, C, C, 0}, mv = {OVS_MATRIX_PACKED, pv, C, C, 0};
+    const int64_t *nkeys = nk ? (const int64_t *)PyArray_DATA(nk) : NULL;
+    float *u = work, *mix = work + (size_t)N * heads * C, *sc = mix + (size_t)N * heads * C;
+    OVS_PY_NOGIL(st, (st = ovs_matrix_pack(pk, F32(wk), C, C)) ? st
+                     : (st = ovs_matrix_pack(pv, F32(wv), C, C)) ? st
+                     : ovs_attention_folded(F32(out), F32(tok), N, T, nkeys, F32(q), &mk, F32(bk), &mv,
+                                            F32(bv), heads, scale, u, sc, mix));
+done:
+    ovs_free(pk);
+    ovs_free(pv);
+    ovs_free(work);
+    return OVS_PY_FINISH(st, out, tok, q, wk, bk, wv, bv, nk);
+}
+
 /* ---------------------------------------------------------------- SC-CLIP calibration */
 /* op_lof_outliers(x (M, D), k=30, contamination=0.05, naive=False) -> (outlier bool (M,),
  * lof float64 (M,)) */
@@ -1137,6 +1196,8 @@ static PyObject *py_gemm_release_workspace(PyObject *self, PyObject *noargs) {
       "every pixel (same labels).")                                                         \
     X(seg_labels_grouped_naive, "(same arguments): the test twin of seg_labels_grouped, "   \
       "every probability materialised.")                                                    \
+    X(op_attention_folded, "(tok, q, wk, bk, wv, bv, heads, scale, nkeys=None) -> (N, C): "  \
+      "one query per sequence with k and v folded into it (ovs_attention_folded).")          \
     X(op_matrix_pack, "(w) -> w (K, C) packed as (ceil(K/16), C, 16) panels for the GEMM "  \
       "kernels.")                                                                           \
     X(op_gemm_packed_naive, "(a, packed, K) -> a @ W.T from the packed W, one fmaf chain "  \

@@ -421,6 +421,26 @@ int ovs_attention_forward_naive(float *out, const float *q, int64_t ldq, const f
                                 int64_t E, int64_t F, float scale, const float *mask,
                                 int causal);
 
+/* One query per sequence attending over tokens whose key and value projections are never
+ * formed: they are folded into the query side. Per sequence n and head e (rows eF..eF+F of the
+ * projections, F = C / E):
+ *     q_e . k_e(t)     = (Wk_e^T q_e) . tok(t) + q_e . bk_e        u_e = Wk_e^T q_e  (C,)
+ *     sum_t p_t v_e(t) = Wv_e (sum_t p_t tok(t)) + bv_e             (the p_t sum to 1)
+ * 2 C^2 MACs per sequence (and 2 E T C for the scores and the mix) instead of 2 T C^2: CLIP's
+ * attention pool (one query, the mean token) and a transformer's last block read at one row
+ * (the class token, the end-of-text token). Equal to softmax(q k^T * scale) v with
+ * k = tok Wk^T + bk, v = tok Wv^T + bv up to float rounding.
+ *   att   (N, C)         out: the heads' outputs, before any output projection
+ *   tok   (N, T, C)      the tokens the key and value projections would read
+ *   nkeys (N,) or NULL   sequence n attends tokens 0..nkeys[n]-1 (1..T); NULL: all T
+ *   q     (N, C)         the projected queries (bias included)
+ *   k, v                 OVS_MATRIX_PACKED (C, C) projections; kb, vb (C,) their biases
+ *   E                    heads: C % E == 0 and F a multiple of OVS_PACK_NR
+ *   u (N, E, C), sc (N, E, T), mix (N, E, C)   work */
+int ovs_attention_folded(float *att, const float *tok, int64_t N, int64_t T, const int64_t *nkeys,
+                         const float *q, const ovs_matrix *k, const float *kb, const ovs_matrix *v,
+                         const float *vb, int64_t E, float scale, float *u, float *sc, float *mix);
+
 /* ---------------------------------------------------------------- SC-CLIP calibration */
 /* Anomalous tokens by SC-CLIP's local outlier factor (its `lof_pytorch`): with d the squared
  * Euclidean distances between the rows of x (M, D) (accumulated in double), kd[i] the k-th
