@@ -76,6 +76,12 @@ LAYOUT_CASES = [
                                            # to planes of 17
     (1, 64, 28, 28, 96, 1, 0, 1, 0.3),     # 1x1 in place, G = 12.25 tiles: the last one shifted
     (1, 512, 14, 14, 512, 1, 0, 1, 0.025), # 1x1 in place from unaligned planes (few non-zeros)
+    # the last, partial tile run as 1-3 vectors of 16 (the narrow kernel: four rows together,
+    # then the rest one by one)
+    (1, 512, 14, 14, 97, 1, 0, 1, 0.2),    # 1x1, G = 196: 3 tiles + one vector (4 positions)
+    (1, 512, 8, 14, 64, 1, 0, 1, 0.5),     # 1x1 in place, G = 112: 1 tile + three whole vectors
+    (1, 96, 9, 9, 41, 3, 1, 1, 0.5),       # 3x3, one copy, grid 9 x 11 = 99: 1 tile + 3 vectors
+    (1, 256, 7, 10, 33, 3, 1, 1, 0.6),     # 3x3, grid 7 x 12 = 84, several slices (resumed)
     (2, 40, 9, 9, 65, 1, 0, 1, 0.05),      # 1x1 copied to whole-line planes, batch 2
     (2, 16, 12, 12, 24, 3, 1, 1, 0.0),     # fully pruned: bias + residual + act only
 ]

@@ -177,7 +177,22 @@ static void portable_tile(const float *x, const int32_t *xo, const float *val,
     }
 }
 
-const ops_sparse_isa ops_sparse_portable = {"portable", portable_tile};
+static void portable_narrow(const float *x, const int32_t *xo, const float *val,
+                            const int64_t *js, const int64_t *je, int nr, float *t, int resume,
+                            int nv) {
+    for (int u = 0; u < nr; u++) {
+        float *tu = t + u * SP_TILE;
+        if (!resume)
+            for (int64_t i = 0; i < 16 * nv; i++) tu[i] = 0.0f;
+        for (int64_t j = js[u]; j < je[u]; j++) {
+            const float *s = x + xo[j];
+            const float v = val[j];
+            for (int64_t i = 0; i < 16 * nv; i++) tu[i] = fmaf(v, s[i], tu[i]);
+        }
+    }
+}
+
+const ops_sparse_isa ops_sparse_portable = {"portable", portable_tile, portable_narrow};
 
 /* Layout of one call. The input is read from a zero-padded copy, (C, Hp, Wq) per copy, unless
  * the conv is 1x1 unpadded with at least one tile of positions and either its input is 64-byte
@@ -579,14 +594,20 @@ static int sparse_forward(float *out, const float *in, const ovs_csr *w, const f
             for (; tile < tiles && tile * per_tile + cost[b] < hi;) {
                 const int64_t i0 = tile * SP_TILE, width = G - i0 < SP_TILE ? G - i0 : SP_TILE;
                 const int64_t k0 = SP_BLOCK * b, nk = K - k0 < SP_BLOCK ? K - k0 : SP_BLOCK;
-                /* read in place: the last tile ends at G (see sp_geometry) */
-                const int64_t ic = g.copy || i0 + SP_TILE <= G ? i0 : G - SP_TILE;
+                /* a last, partial tile of up to 48 positions: only its 16-float vectors (nv);
+                 * read in place, it ends at G (see sp_geometry) */
+                const int nv = width < SP_TILE && isa->narrow ? (int)((width + 15) / 16) : 4;
+                const int64_t span = nv < 4 ? 16 * (int64_t)nv : SP_TILE;
+                const int64_t ic = g.copy || i0 + span <= G ? i0 : G - span;
                 for (int64_t h = 0; h < nch; h++) {
                     for (int64_t u = 0; u < nk; u++) {
                         js[u] = start[(k0 + u) * ns + h];
                         je[u] = start[(k0 + u) * ns + h + 1];
                     }
-                    isa->tile(x + ic, xo, w->val, js, je, (int)nk, t, (int)(h > 0));
+                    if (nv < 4)
+                        isa->narrow(x + ic, xo, w->val, js, je, (int)nk, t, (int)(h > 0), nv);
+                    else
+                        isa->tile(x + ic, xo, w->val, js, je, (int)nk, t, (int)(h > 0));
                 }
                 sp_store(store, o, res, t + (i0 - ic), bias, k0, nk, i0, width, Wq, P, Q, eact);
                 if (++b == blocks) { b = 0; tile++; }

@@ -26,9 +26,16 @@
 typedef void (*ops_sparse_tile_fn)(const float *x, const int32_t *xo, const float *val, const int64_t *jb, const int64_t *je, int nr,
                                    float *t, int resume);
 
+/* The same contract over the first 16 * nv grid positions only (nv = 1..3: the last, partial
+ * tile of a map; t keeps its row stride SPARSE_TILE); x readable 16 * nv floats past every
+ * x + xo[j]. */
+typedef void (*ops_sparse_narrow_fn)(const float *x, const int32_t *xo, const float *val, const int64_t *jb,
+                                     const int64_t *je, int nr, float *t, int resume, int nv);
+
 typedef struct {
     const char *name;         /* "portable", "avx2", "avx512" */
     ops_sparse_tile_fn tile;
+    ops_sparse_narrow_fn narrow;   /* NULL: the last tile runs the whole width */
 } ops_sparse_isa;
 
 extern const ops_sparse_isa ops_sparse_portable;

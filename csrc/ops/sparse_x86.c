@@ -200,10 +200,76 @@ __attribute__((target("avx512f"))) static void avx512_tile(const float *x, const
     }
 }
 
-const ops_sparse_isa ops_sparse_avx2 = {"avx2", avx2_tile};
-const ops_sparse_isa ops_sparse_avx512 = {"avx512", avx512_tile};
+/* ---------------------------------------------------------------- AVX-512: the last tile */
+/* nv (1..3) zmm per row, four rows together (4 nv independent chains) while all four have
+ * non-zeros left, then each row alone; each row's chain is its non-zeros in order, as the
+ * contract asks. Inlined per nv so the accumulators stay in registers. */
+#define N_LOAD(a, tu)                                                    \
+    a##0 = resume ? _mm512_loadu_ps(tu) : _mm512_setzero_ps();           \
+    if (nv > 1) a##1 = resume ? _mm512_loadu_ps((tu) + 16) : _mm512_setzero_ps(); \
+    if (nv > 2) a##2 = resume ? _mm512_loadu_ps((tu) + 32) : _mm512_setzero_ps();
+#define N_STEP(a, j)                                                     \
+    do {                                                                 \
+        const float *s_ = x + xo[j];                                     \
+        const __m512 v_ = _mm512_set1_ps(val[j]);                        \
+        a##0 = _mm512_fmadd_ps(v_, _mm512_loadu_ps(s_), a##0);           \
+        if (nv > 1) a##1 = _mm512_fmadd_ps(v_, _mm512_loadu_ps(s_ + 16), a##1); \
+        if (nv > 2) a##2 = _mm512_fmadd_ps(v_, _mm512_loadu_ps(s_ + 32), a##2); \
+    } while (0)
+#define N_STORE(a, tu)                                   \
+    _mm512_storeu_ps(tu, a##0);                          \
+    if (nv > 1) _mm512_storeu_ps((tu) + 16, a##1);       \
+    if (nv > 2) _mm512_storeu_ps((tu) + 32, a##2);
+
+__attribute__((target("avx512f"), always_inline)) static inline void
+avx512_narrow_nv(const float *x, const int32_t *xo, const float *val, const int64_t *js,
+                 const int64_t *je, int nr, float *t, int resume, const int nv) {
+    int u = 0;
+    for (; u + 4 <= nr; u += 4) {
+        __m512 a0, a1 = _mm512_setzero_ps(), a2 = a1, b0, b1 = a1, b2 = a1;
+        __m512 c0, c1 = a1, c2 = a1, d0, d1 = a1, d2 = a1;
+        float *ta = t + u * SPARSE_TILE, *tb = ta + SPARSE_TILE, *tc = tb + SPARSE_TILE,
+              *td = tc + SPARSE_TILE;
+        N_LOAD(a, ta) N_LOAD(b, tb) N_LOAD(c, tc) N_LOAD(d, td)
+        int64_t ja = js[u], jb = js[u + 1], jc = js[u + 2], jd = js[u + 3];
+        const int64_t ea = je[u], eb = je[u + 1], ec = je[u + 2], ed = je[u + 3];
+        for (; ja < ea && jb < eb && jc < ec && jd < ed; ja++, jb++, jc++, jd++) {
+            N_STEP(a, ja);
+            N_STEP(b, jb);
+            N_STEP(c, jc);
+            N_STEP(d, jd);
+        }
+        for (; ja < ea; ja++) N_STEP(a, ja);
+        for (; jb < eb; jb++) N_STEP(b, jb);
+        for (; jc < ec; jc++) N_STEP(c, jc);
+        for (; jd < ed; jd++) N_STEP(d, jd);
+        N_STORE(a, ta) N_STORE(b, tb) N_STORE(c, tc) N_STORE(d, td)
+    }
+    for (; u < nr; u++) {
+        __m512 a0, a1 = _mm512_setzero_ps(), a2 = a1;
+        float *ta = t + u * SPARSE_TILE;
+        N_LOAD(a, ta)
+        for (int64_t j = js[u]; j < je[u]; j++) N_STEP(a, j);
+        N_STORE(a, ta)
+    }
+}
+#undef N_LOAD
+#undef N_STEP
+#undef N_STORE
+
+__attribute__((target("avx512f"))) static void avx512_narrow(const float *x, const int32_t *xo,
+                                                             const float *val, const int64_t *js,
+                                                             const int64_t *je, int nr, float *t,
+                                                             int resume, int nv) {
+    if (nv == 1) avx512_narrow_nv(x, xo, val, js, je, nr, t, resume, 1);
+    else if (nv == 2) avx512_narrow_nv(x, xo, val, js, je, nr, t, resume, 2);
+    else avx512_narrow_nv(x, xo, val, js, je, nr, t, resume, 3);
+}
+
+const ops_sparse_isa ops_sparse_avx2 = {"avx2", avx2_tile, NULL};
+const ops_sparse_isa ops_sparse_avx512 = {"avx512", avx512_tile, avx512_narrow};
 
 #else  /* not x86: the portable kernel stands in (sparse.c never selects these) */
-const ops_sparse_isa ops_sparse_avx2 = {"avx2", NULL};
-const ops_sparse_isa ops_sparse_avx512 = {"avx512", NULL};
+const ops_sparse_isa ops_sparse_avx2 = {"avx2", NULL, NULL};
+const ops_sparse_isa ops_sparse_avx512 = {"avx512", NULL, NULL};
 #endif
