@@ -2,7 +2,6 @@
 #define _DEFAULT_SOURCE   /* madvise, MADV_PAGEOUT, sysconf */
 #include "models/internal.h"
 
-#include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>

@@ -103,16 +103,23 @@ static int block_tail(const ovs_transformer *t, const ovs_block *blk, float *x, 
     return ovs_linear_forward(x, wide, &blk->proj, blk->proj_b, x, M, Dm, D, OVS_ACT_NONE);
 }
 
-/* The first half of a block, shared by the forwards: the workspace laid out as h (M, D), wide
- * (M, max(3D, Dm)) and the attention's probabilities after them (returned in *probs), then
- * wide <- q|k|v = in_proj(ln_1(x)) (h holds ln_1(x), free once the projection has read it). */
-static int block_qkv(const ovs_transformer *t, const ovs_block *blk, const float *x, int64_t M,
+/* The workspace laid out as h (M, D), wide (M, max(3D, Dm)) and the attention's probabilities
+ * after them (returned in *probs), then h <- ln_1(x). */
+static int block_ln1(const ovs_transformer *t, const ovs_block *blk, const float *x, int64_t M,
                      float *scratch, float **h, float **wide, float **probs) {
     const int64_t D = t->width, Dm = t->mlp;
     *h = scratch;
     *wide = *h + (size_t)M * D;
     *probs = *wide + (size_t)M * (3 * D > Dm ? 3 * D : Dm);
-    int rc = ovs_layernorm_forward(*h, x, blk->ln1_w, blk->ln1_b, M, D, 1e-5f);
+    return ovs_layernorm_forward(*h, x, blk->ln1_w, blk->ln1_b, M, D, 1e-5f);
+}
+
+/* The first half of a block, shared by the forwards: block_ln1, then wide <- q|k|v =
+ * in_proj(ln_1(x)) (h free once the projection has read it). */
+static int block_qkv(const ovs_transformer *t, const ovs_block *blk, const float *x, int64_t M,
+                     float *scratch, float **h, float **wide, float **probs) {
+    const int64_t D = t->width;
+    int rc = block_ln1(t, blk, x, M, scratch, h, wide, probs);
     if (rc) return rc;
     return ovs_linear_forward(*wide, *h, &blk->in_proj, blk->in_proj_b, NULL, M, D, 3 * D, OVS_ACT_NONE);
 }
@@ -155,9 +162,7 @@ int ovs_block_forward_rows(const ovs_transformer *t, const ovs_block *blk, const
     const double need = (double)B * (2.0 * D + 2.0 * E * D + E * T + 2.0);
     if (blk->in_proj.format == OVS_MATRIX_PACKED && D % OVS_PACK_NR == 0 && F % OVS_PACK_NR == 0 &&
         need <= (double)M * wcols + (double)E * T * T) {
-        h = scratch;
-        wide = h + (size_t)M * D;
-        if ((rc = ovs_layernorm_forward(h, x, blk->ln1_w, blk->ln1_b, M, D, 1e-5f))) return rc;
+        if ((rc = block_ln1(t, blk, x, M, scratch, &h, &wide, &probs))) return rc;
         int64_t *nk = (int64_t *)wide;   /* (B,): D is even, so wide is 8-byte aligned */
         float *q = wide + 2 * B, *att = q + (size_t)B * D, *u = att + (size_t)B * D; /* (B, D) x2, (B, E, D) */
         float *mix = u + (size_t)B * E * D, *sc = mix + (size_t)B * E * D;           /* (B, E, D), (B, E, T) */
@@ -174,17 +179,15 @@ int ovs_block_forward_rows(const ovs_transformer *t, const ovs_block *blk, const
                                        E, scale, u, sc, mix)))
             return rc;
         memcpy(h, att, (size_t)B * D * sizeof(float));   /* wide is the MLP's from here */
-        for (int64_t b = 0; b < B; b++)
-            memcpy(out + (size_t)b * D, x + ((size_t)b * T + rows[b]) * D, (size_t)D * sizeof(float));
-        return block_tail(t, blk, out, B, h, wide);
-    }
-    if ((rc = block_qkv(t, blk, x, M, scratch, &h, &wide, &probs))) return rc;
-    for (int64_t b = 0; b < B; b++) { /* h's rows are free once the projection has read them */
-        const float *qkv = wide + (size_t)b * T * 3 * D;
-        rc = ovs_attention_forward(h + (size_t)b * D, qkv + (size_t)rows[b] * 3 * D, 3 * D, qkv + D, 3 * D,
-                                   qkv + 2 * D, 3 * D, 1, causal ? rows[b] + 1 : T, E, F, scale, NULL, 0,
-                                   probs);
-        if (rc) return rc;
+    } else {
+        if ((rc = block_qkv(t, blk, x, M, scratch, &h, &wide, &probs))) return rc;
+        for (int64_t b = 0; b < B; b++) { /* h's rows are free once the projection has read them */
+            const float *qkv = wide + (size_t)b * T * 3 * D;
+            rc = ovs_attention_forward(h + (size_t)b * D, qkv + (size_t)rows[b] * 3 * D, 3 * D, qkv + D, 3 * D,
+                                       qkv + 2 * D, 3 * D, 1, causal ? rows[b] + 1 : T, E, F, scale, NULL, 0,
+                                       probs);
+            if (rc) return rc;
+        }
     }
     for (int64_t b = 0; b < B; b++)
         memcpy(out + (size_t)b * D, x + ((size_t)b * T + rows[b]) * D, (size_t)D * sizeof(float));
