@@ -1,0 +1,97 @@
+"""Two builds of the label stage side by side in one process: 847 / 10 classes, per build.
+
+    python benchmarks/ab_labels.py --base /work/main [--new .] [--rounds 41] [--outputs 512x683 2048x2731]
+
+Loads the `_core` extension of each checkout (built in place) into the same process, writes with
+each build its own logits and block bounds (`seg_window_average(..., bounds=True)` on
+bench_labels.py's smooth logits: a 21x28 patch grid per class upsampled to 336x448, 10 and 847
+classes) and times `seg_labels_bounded` (segment()'s label stage, logit scale 40, no
+bg_threshold) at one thread by the calling thread's CPU time, the four calls of a round in turn.
+On a shared VM the wall time of separate processes moved by +-25% from run to run (Zen 4,
+2026-12-06), more than the changes to be measured; interleaving in one process and the CPU clock
+leave a few percent. Each round checks that the two builds give the same labels. Prints per
+build the medians and minima, the median of the rounds' 847 / 10 ratios (issue 16's target is
+1.5) and the median per-round ratio new / base at each class count.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from ab_conv import load_core
+
+CLASSES = (10, 847)
+LOWRES = (336, 448)
+
+
+def smooth_grid(C: int) -> np.ndarray:
+    """bench_labels.smooth_logits' patch grid (seed 0): (1, C, 21, 28) float32."""
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((C, 21, 28)) * 0.03 + rng.standard_normal((C, 1, 1)) * 0.02
+            ).astype(np.float32)[None]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", required=True, help="checkout of the reference build")
+    ap.add_argument("--new", default=".", help="checkout of the build under test")
+    ap.add_argument("--rounds", type=int, default=41)
+    ap.add_argument("--outputs", nargs="+", default=["512x683", "2048x2731"], help="HxW output sizes")
+    args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error("--rounds must be >= 1")
+    sizes = []
+    for o in args.outputs:
+        try:
+            H, W = map(int, o.lower().split("x"))
+        except ValueError:
+            ap.error(f"--outputs {o!r} is not HxW")
+        if H < 1 or W < 1:
+            ap.error(f"--outputs {o!r}: sizes must be positive")
+        sizes.append((H, W))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import ovs  # noqa: F401  (loads the shared libraries both extensions link)
+
+    cores = {"base": load_core(args.base), "new": load_core(args.new)}
+    h, w = LOWRES
+    data = {}
+    for C in CLASSES:
+        grid = smooth_grid(C)
+        for name, core in cores.items():
+            data[name, C] = core.seg_window_average(grid, np.zeros((1, 2), np.int64), h, w, h, w, h, w,
+                                                    bounds=True)
+    print(f"1 thread, thread CPU time, {args.rounds} interleaved rounds (load average "
+          f"{os.getloadavg()[0]:.1f}); base {args.base}, new {args.new}; logits {h}x{w}")
+    print("| output | build | 10 classes ms (min) | 847 classes ms (min) | 847 / 10 |\n|---|---|---|---|---|")
+    ratios = []
+    for H, W in sizes:
+        times = {key: [] for key in data}
+        for _ in range(args.rounds):
+            labels = {}
+            for (name, C), (lr, bounds) in data.items():
+                core = cores[name]
+                t0 = time.thread_time()
+                labels[name, C] = core.seg_labels_bounded(lr, bounds, H, W, logit_scale=40.0)
+                times[name, C].append(time.thread_time() - t0)
+            for C in CLASSES:
+                if not np.array_equal(labels["base", C], labels["new", C]):
+                    raise SystemExit(f"{C} classes to {H}x{W}: the two builds' labels differ")
+        for name in cores:
+            a, b = times[name, CLASSES[0]], times[name, CLASSES[1]]
+            r = statistics.median(y / x for x, y in zip(a, b))
+            print(f"| {H}x{W} | {name} | {statistics.median(a) * 1e3:.2f} ({min(a) * 1e3:.2f}) | "
+                  f"{statistics.median(b) * 1e3:.2f} ({min(b) * 1e3:.2f}) | {r:.2f} |")
+        ratios.append(((H, W), {C: statistics.median(n / b for b, n in zip(times["base", C], times["new", C]))
+                                for C in CLASSES}))
+    for (H, W), r in ratios:
+        print(f"{H}x{W}: new / base " + ", ".join(f"{C} classes {v:.3f}" for C, v in r.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
