@@ -3,9 +3,9 @@
     python benchmarks/ab_labels.py --base /work/main [--new .] [--rounds 41] [--outputs 512x683 2048x2731]
 
 Loads the `_core` extension of each checkout (built in place) into the same process, writes with
-each build its own logits and block bounds (`seg_window_average(..., bounds=True)` on
-bench_labels.py's smooth logits: a 21x28 patch grid per class upsampled to 336x448, 10 and 847
-classes) and times `seg_labels_bounded` (segment()'s label stage, logit scale 40, no
+each build its own logits and block bounds (bench_labels.smooth_logits: a 21x28 patch grid per
+class upsampled to 336x448, 10 and 847 classes, the same grid for both builds) and times
+`seg_labels_bounded` (segment()'s label stage, bench_labels' logit scale, no
 bg_threshold) at one thread by the calling thread's CPU time, the four calls of a round in turn.
 On a shared VM the wall time of separate processes moved by +-25% from run to run (Zen 4,
 2026-12-06), more than the changes to be measured; interleaving in one process and the CPU clock
@@ -24,16 +24,9 @@ import time
 import numpy as np
 
 from ab_conv import load_core
+from bench_labels import LOWRES, SCALE, smooth_logits
 
 CLASSES = (10, 847)
-LOWRES = (336, 448)
-
-
-def smooth_grid(C: int) -> np.ndarray:
-    """bench_labels.smooth_logits' patch grid (seed 0): (1, C, 21, 28) float32."""
-    rng = np.random.default_rng(0)
-    return (rng.standard_normal((C, 21, 28)) * 0.03 + rng.standard_normal((C, 1, 1)) * 0.02
-            ).astype(np.float32)[None]
 
 
 def main(argv=None) -> int:
@@ -59,12 +52,8 @@ def main(argv=None) -> int:
 
     cores = {"base": load_core(args.base), "new": load_core(args.new)}
     h, w = LOWRES
-    data = {}
-    for C in CLASSES:
-        grid = smooth_grid(C)
-        for name, core in cores.items():
-            data[name, C] = core.seg_window_average(grid, np.zeros((1, 2), np.int64), h, w, h, w, h, w,
-                                                    bounds=True)
+    data = {(name, C): smooth_logits(C, h, w, np.random.default_rng(C), core=core)
+            for C in CLASSES for name, core in cores.items()}
     print(f"1 thread, thread CPU time, {args.rounds} interleaved rounds (load average "
           f"{os.getloadavg()[0]:.1f}); base {args.base}, new {args.new}; logits {h}x{w}")
     print("| output | build | 10 classes ms (min) | 847 classes ms (min) | 847 / 10 |\n|---|---|---|---|---|")
@@ -76,7 +65,7 @@ def main(argv=None) -> int:
             for (name, C), (lr, bounds) in data.items():
                 core = cores[name]
                 t0 = time.thread_time()
-                labels[name, C] = core.seg_labels_bounded(lr, bounds, H, W, logit_scale=40.0)
+                labels[name, C] = core.seg_labels_bounded(lr, bounds, H, W, logit_scale=SCALE)
                 times[name, C].append(time.thread_time() - t0)
             for C in CLASSES:
                 if not np.array_equal(labels["base", C], labels["new", C]):

@@ -37,15 +37,17 @@ LOWRES = (336, 448)      # processing size of a 3:4 photo at short side 336
 SCALE, THRESHOLDS = 40.0, (0.0, 0.3)
 
 
-def smooth_logits(C: int, h: int, w: int, rng, bounds: bool = True):
+def smooth_logits(C: int, h: int, w: int, rng, bounds: bool = True, core=None):
     """(C, h, w) float32 logits smooth like real ones: per class a random 21x28 patch grid (std
     0.03 plus a per-class offset of std 0.02), bilinearly upsampled to (h, w) by segment()'s
     windows' average (one window); with bounds, (logits, their block bounds) as segment() takes
-    them while writing the logits."""
-    from ovs import _core
+    them while writing the logits. core: the `_core` extension that writes them (default ovs's;
+    ab_labels.py passes each build's own)."""
+    if core is None:
+        from ovs import _core as core
 
     grid = (rng.standard_normal((C, 21, 28)) * 0.03 + rng.standard_normal((C, 1, 1)) * 0.02).astype(np.float32)
-    return _core.seg_window_average(grid[None], np.zeros((1, 2), np.int64), h, w, h, w, h, w, bounds=bounds)
+    return core.seg_window_average(grid[None], np.zeros((1, 2), np.int64), h, w, h, w, h, w, bounds=bounds)
 
 
 def label_call(lr, H_: int, W_: int, thr: float, naive: bool = False, bounds=None):
