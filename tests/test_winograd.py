@@ -151,6 +151,27 @@ def test_winograd_bitwise_across_threads_isas_and_packing(rng, restore_runtime, 
         assert np.array_equal(one, ref[i:i + 1]), f"image {i} alone != in the batch"
 
 
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("hw", [(12, 44), (24, 24), (4, 20), (16, 16), (28, 28), (14, 14), (16, 52),
+                                (12, 28), (2, 2)], ids=str)
+def test_winograd_partial_last_panel_pair(rng, restore_runtime, hw, algo):
+    # the last panel pair of a chunk's GEMM covers only its tiles (a 16-wide call for its first
+    # panel, the narrow kernel for 1..4 tiles past it, or the full 32-wide call): F(4x4) tiles
+    # 33, 36, 5, 16, 49, 16, 52, 21, 1 and F(2x2) 132, 144, 20, 64, 196, 49, 208, 84, 1 leave
+    # every kind of tail (1-4, 5-15, 16, 17-20, 21-31, full); K = 20 ends in a short block
+    H, W = hw
+    x, w, b = rand(rng, 1, 24, H, W), rand(rng, 20, 24, 3, 3, scale=0.2), rand(rng, 20)
+    r = rand(rng, 1, 20, H, W)
+    twin = _core.op_conv2d(x, w, b, r, padding=1, act="relu", algo=algo, naive=True)
+    assert_close(twin, torch64(x, w, b, 1, r, "relu"), TOLS[algo], name="twin vs torch")
+    for isa in ["portable"] + simd_isas():
+        _core.gemm_set_isa(isa)
+        for threads in (1, 2):
+            _core.set_num_threads(threads)
+            got = _core.op_conv2d(x, w, b, r, padding=1, act="relu", algo=algo)
+            assert np.array_equal(got, twin), f"isa={isa} threads={threads}"
+
+
 def test_auto_takes_winograd_on_large_maps_only(rng):
     # DeepLab's decoder shape class (a 3x3 conv at 96x96) and RN50's 256 channels at 28x28:
     # F(4x4); RN50's layer1 at 448^2 (64 channels at 112x112) and 256 channels at 14x14:

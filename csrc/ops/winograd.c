@@ -34,6 +34,7 @@
 #include "ops/gemm.h"
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -214,6 +215,7 @@ typedef struct {
     int64_t NT, NB, mr, KB;  /* a chunk's buffer tiles (multiple of NB), kernel width, height */
     int64_t CT;              /* tiles per chunk (<= NT): chunk ch is tiles [ch*CT, ch*CT + CT) */
     int64_t vxs, mxs;        /* V's and M's strides between positions xi (ops_odd_lines) */
+    const int64_t *aoff, *boff; /* (C,) each: c * mr and c * 16, the narrow kernel's offsets */
     ovs_act act;
 } wg_job;
 
@@ -454,18 +456,54 @@ static void wg_output4(const wg_job *j, const wg_bufs *b, int64_t k0, int64_t m)
     }
 }
 
-/* The chunk's V for channels [c0, c1): its tiles cut into pieces, input transform (columns past
- * its tiles zero). */
+/* How the GEMM covers a chunk's last panel pair (NB columns, n of them tiles, 1 <= n <= NB):
+ * *wide columns from a 16-wide call (0 or 16: its first panel, when that is full or too wide
+ * for the narrow kernel), then *rest from the ISA's narrow kernel; 0 where the full NB-wide
+ * call has to run. A 7x7 tile map (RN50 224's 28x28 F(4x4) and 14x14 F(2x2) convs: 49 tiles)
+ * fills 64 columns: 15 of them, a quarter of the GEMM, were padding. */
+static int wg_tail_plan(const ops_gemm_isa *isa, int64_t NB, int64_t n, int64_t *wide, int64_t *rest) {
+    const int64_t nmax = isa->gather_narrow ? isa->narrow_max : 0;
+    *wide = n >= 16 || n > nmax ? 16 : 0;
+    *rest = n > *wide ? n - *wide : 0;
+    return n < NB && *wide < NB && *rest <= nmax;
+}
+
+/* The last panel pair's GEMM as wg_tail_plan says (it returned 1 for n), each part into a
+ * scratch tile copied into M's (mr, NB) layout. Same fmaf chains (ops/gemm.h): the results do
+ * not change. */
+static void wg_gemm_tail(const ops_gemm_isa *isa, const wg_job *j, int64_t m, int64_t wide,
+                         int64_t rest, const float *a, const float *bp, float *mt) {
+    const int64_t C = j->C, NB = j->NB;
+    float tmp[OPS_GEMM_MR_MAX * 16];
+    if (wide) {
+        isa->kernel(m, 16, C, a, bp, C * 16, tmp, 0);
+        for (int64_t r = 0; r < m; r++) memcpy(mt + r * NB, tmp + r * 16, 16 * sizeof(float));
+    }
+    if (rest) {
+        const float *ag[1] = {a};
+        isa->gather_narrow(1, m, rest, C, ag, j->aoff, bp + (wide ? C * 16 : 0), j->boff, tmp, 0, 0);
+        for (int64_t r = 0; r < m; r++)
+            for (int64_t e = 0; e < rest; e++) mt[r * NB + wide + e] = tmp[r * rest + e];
+    }
+}
+
+/* The chunk's V for channels [c0, c1): its tiles cut into pieces, input transform (the padding
+ * columns that its GEMMs read zero). */
 static void wg_chunk_input(const wg_job *j, wg_bufs *b, int64_t chunk, int64_t c0, int64_t c1) {
     const int64_t t0 = chunk * j->CT, nt = j->T - t0 < j->CT ? j->T - t0 : j->CT;
-    const int64_t C = j->C, np16 = j->NT / 16;
+    const int64_t C = j->C;
     const int64_t xs = j->vxs;                 /* V's stride between positions xi */
     wg_cut(j, b, t0, nt);
-    for (int64_t pan = nt / 16; pan < np16; pan++)   /* V's columns past nt: zero */
-        for (int64_t xi = 0; xi < j->XI; xi++)
-            for (int64_t c = c0; c < c1; c++)
-                for (int64_t s = pan * 16 < nt ? nt - pan * 16 : 0; s < 16; s++)
-                    b->V[xi * xs + (pan * C + c) * 16 + s] = 0.0f;
+    /* V's columns past nt that the GEMMs read (the last panel pair's, wg_tail_plan): zero; the
+     * others are never read */
+    const int64_t last = (nt - 1) / j->NB * j->NB, n = nt - last;
+    int64_t wide, rest;
+    const int64_t end = last + (wg_tail_plan(ops_gemm_current_isa(), j->NB, n, &wide, &rest)
+                                    ? (wide > n ? wide : n) : j->NB);
+    for (int64_t xi = 0; xi < j->XI; xi++)
+        for (int64_t c = c0; c < c1; c++)
+            for (int64_t col = nt; col < end; col++)
+                b->V[xi * xs + (col / 16 * C + c) * 16 + col % 16] = 0.0f;
     if (j->m == 4)
         wg_input4(j, b, c0, c1);
     else
@@ -473,7 +511,8 @@ static void wg_chunk_input(const wg_job *j, wg_bufs *b, int64_t chunk, int64_t c
 }
 
 /* Output channels of block kb for the chunk whose V is in b: the XI GEMMs U_xi (block kb, at
- * U + xi*uxs) @ V_xi into M, then the output transform. */
+ * U + xi*uxs) @ V_xi into M (a last, partly filled panel pair by wg_gemm_tail), then the
+ * output transform. */
 static void wg_chunk_block(const wg_job *j, wg_bufs *b, int64_t chunk, int64_t kb,
                            const float *U, int64_t uxs, const char *pf, int64_t pf_bytes) {
     const ops_gemm_isa *isa = ops_gemm_current_isa();
@@ -483,17 +522,40 @@ static void wg_chunk_block(const wg_job *j, wg_bufs *b, int64_t chunk, int64_t k
     const int64_t k0 = kb * mr, m = j->K - k0 < mr ? j->K - k0 : mr;
     /* pf: bytes to bring into L2 while the GEMMs run, a share before each kernel call */
     const int64_t calls = j->XI * used, share = pf ? (pf_bytes + 64 * calls - 1) / (64 * calls) * 64 : 0;
+    int64_t wide = 0, rest = 0;   /* the last panel pair's plan */
+    const int tail = wg_tail_plan(isa, NB, nt - (used - 1) * NB, &wide, &rest);
     for (int64_t xi = 0; xi < j->XI; xi++)
         for (int64_t pp = 0; pp < used; pp++) {
             for (int64_t o = 0; o < share && pf_bytes > 0; o += 64, pf_bytes -= 64, pf += 64)
                 __builtin_prefetch(pf, 0, 2);   /* prefetcht1: into L2 */
-            isa->kernel(m, NB, C, U + xi * uxs, b->V + xi * j->vxs + pp * (NB / 16) * C * 16,
-                        C * 16, b->M + xi * j->mxs + pp * mr * NB, 0);
+            const float *a = U + xi * uxs, *bp = b->V + xi * j->vxs + pp * (NB / 16) * C * 16;
+            float *mt = b->M + xi * j->mxs + pp * mr * NB;
+            if (pp == used - 1 && tail)
+                wg_gemm_tail(isa, j, m, wide, rest, a, bp, mt);
+            else
+                isa->kernel(m, NB, C, a, bp, C * 16, mt, 0);
         }
     if (j->m == 4)
         wg_output4(j, b, k0, m);
     else
         wg_output2(j, b, k0, m);
+}
+
+/* Where thread t of nth starts in the per-image K split's items it = (image it / KB, block
+ * it % KB): the item boundary nearest t / nth of all output rows, ties to the earlier (an
+ * image's last block may be short: RN50's 128 channels are 10 blocks of 12 and one of 8, and
+ * equal item counts gave one of two threads 72 rows and the other 56). */
+static int64_t wg_split(int64_t items, int64_t KB, int64_t K, int64_t mr, int t, int nth) {
+    if (t <= 0) return 0;
+    if (t >= nth) return items;
+    const int64_t goal = items / KB * K * t;   /* nth times the target row */
+    int64_t best = 0, bd = INT64_MAX;
+    for (int64_t it = 0; it <= items; it++) {
+        const int64_t rows = it / KB * K + (it % KB * mr < K ? it % KB * mr : K);
+        const int64_t d = llabs(nth * rows - goal);
+        if (d < bd) bd = d, best = it;
+    }
+    return best;
 }
 
 /* Tiles per chunk: V (XI, NT, C) of about WG_V_FLOATS, a multiple of NB, at most 8 NB. */
@@ -511,7 +573,7 @@ int ops_conv2d_winograd(const char *op, float *out, const float *in, const ovs_m
     const int64_t mr = isa->mr_max, NB = isa->nr_max, KB = (K + mr - 1) / mr;
     const int64_t XI = (m + 2) * (m + 2);
     wg_job j = {in, NULL, bias, residual, out, C, H, W, K, P, Q, ph, pw, m, XI, (P + m - 1) / m,
-                (Q + m - 1) / m, 0, 0, NB, mr, KB, 0, 0, 0, act};
+                (Q + m - 1) / m, 0, 0, NB, mr, KB, 0, 0, 0, NULL, NULL, act};
     j.T = N * j.TH * j.TW;
     int threads = ovs_get_num_threads();
 #ifdef _OPENMP
@@ -555,16 +617,20 @@ int ops_conv2d_winograd(const char *op, float *out, const float *in, const ovs_m
     const size_t u_bytes =
         kpart ? 0
               : ((size_t)XI * (size_t)uxs * sizeof(float) + 63) & ~(size_t)63;
+    const size_t off_bytes = (2 * (size_t)C * sizeof(int64_t) + 63) & ~(size_t)63;
     void *own = NULL;
-    char *ws = ops_thread_workspace(OPS_WS_CONV, u_bytes + (size_t)threads * per, &own);
+    char *ws = ops_thread_workspace(OPS_WS_CONV, u_bytes + off_bytes + (size_t)threads * per, &own);
     float *U = ws && !kpart ? (float *)ws : NULL;
-    char *bufs = ws ? ws + u_bytes : NULL;
+    char *bufs = ws ? ws + u_bytes + off_bytes : NULL;
     if (!ws) {
         return ovs_set_error(OVS_ERR_NOMEM,
                              "%s: out of memory for the Winograd transforms (%lld x %lld weights, "
                              "%d x %zu bytes of tiles)",
                              op, (long long)K, (long long)C, threads, per);
     }
+    int64_t *offs = (int64_t *)(ws + u_bytes);
+    for (int64_t c = 0; c < C; c++) offs[c] = c * mr, offs[C + c] = c * 16;
+    j.aoff = offs, j.boff = offs + C;
     if (kpart) {
         const int shared_v = N == 1 && threads > 1;
 #pragma omp parallel num_threads(threads) if (threads > 1)
@@ -595,8 +661,8 @@ int ops_conv2d_winograd(const char *op, float *out, const float *in, const ovs_m
              * are fetched into L2 while its current block's GEMMs run (the weight transform
              * otherwise waits on them: RN50's weights are past any L3, and its K-split convs
              * hold 26 MB of them at 224^2) */
-            const int64_t per_t = (items + nth - 1) / nth, it0 = (int64_t)tid * per_t;
-            const int64_t it1 = it0 + per_t < items ? it0 + per_t : items;
+            const int64_t it0 = wg_split(items, KB, K, mr, tid, nth);
+            const int64_t it1 = wg_split(items, KB, K, mr, tid + 1, nth);
             for (int64_t it = it0; it < it1; it++) {
                 const int64_t n = it / KB, kb = it % KB;
                 if (have_v != n) {
