@@ -174,8 +174,8 @@ def test_winograd_partial_last_panel_pair(rng, restore_runtime, hw, algo):
 
 def test_auto_takes_winograd_on_large_maps_only(rng):
     # DeepLab's decoder shape class (a 3x3 conv at 96x96) and RN50's 256 channels at 28x28:
-    # F(4x4); RN50's layer1 at 448^2 (64 channels at 112x112) and 256 channels at 14x14:
-    # F(2x2); small maps (RN50's 512 channels at 7x7, 128 at 10x10): direct
+    # F(4x4); RN50's layer1 at 448^2 (64 channels at 112x112), 256 channels at 14x14 and 512
+    # at 7x7: F(2x2); small maps (512 channels at 5x5, 128 at 10x10, 64 at 14x14): direct
     x, w, b = rand(rng, 1, 128, 96, 96), rand(rng, 128, 128, 3, 3, scale=0.05), rand(rng, 128)
     assert _core.op_conv2d_winograd_wins(1, 128, 96, 96, 128, 3, 3, 1)
     assert not _core.op_conv2d_winograd_wins(1, 128, 10, 10, 128, 3, 3, 1)
@@ -184,7 +184,9 @@ def test_auto_takes_winograd_on_large_maps_only(rng):
     assert _core.op_conv2d_auto_algo(1, 256, 28, 28, 256, 3, 3, 1) == "winograd4"
     assert _core.op_conv2d_auto_algo(1, 64, 112, 112, 64, 3, 3, 1) == "winograd"
     assert _core.op_conv2d_auto_algo(1, 256, 14, 14, 256, 3, 3, 1) == "winograd"
-    assert _core.op_conv2d_auto_algo(1, 512, 7, 7, 512, 3, 3, 1) == "direct"
+    assert _core.op_conv2d_auto_algo(1, 512, 7, 7, 512, 3, 3, 1) == "winograd"
+    assert _core.op_conv2d_auto_algo(1, 512, 5, 5, 512, 3, 3, 1) == "direct"
+    assert _core.op_conv2d_auto_algo(1, 64, 14, 14, 64, 3, 3, 1) == "direct"
     assert _core.op_conv2d_auto_algo(1, 128, 10, 10, 128, 3, 3, 1) == "direct"
     assert _core.op_conv2d_auto_algo(1, 128, 96, 96, 128, 3, 5, 1) == "direct"
     auto = _core.op_conv2d(x, w, b, padding=1)
@@ -208,12 +210,12 @@ def test_auto_is_batch_invariant(rng):
     # the choice depends on one image's size: an image's result is the same alone or in a batch
     # (tests/test_preprocess.py compares batch-of-6 and single-image features)
     x, w, b = rand(rng, 3, 128, 60, 58), rand(rng, 128, 128, 3, 3, scale=0.05), rand(rng, 128)
-    # chunks of tiles at 60x58, the per-image K split at 30x30 (256 channels), direct at 12x12
+    # chunks of tiles at 60x58, the per-image K split at 30x30 (256 channels), direct at 10x10
     x2, w2 = rand(rng, 3, 256, 30, 30), rand(rng, 128, 256, 3, 3, scale=0.03)
     assert _core.op_conv2d_auto_algo(1, 128, 60, 58, 128, 3, 3, 1) == "winograd4"
     assert _core.op_conv2d_auto_algo(3, 256, 30, 30, 128, 3, 3, 1) == "winograd4"
-    assert _core.op_conv2d_auto_algo(100, 128, 12, 12, 128, 3, 3, 1) == "direct"
-    for xs, ws in ((x, w), (x2, w2), (np.ascontiguousarray(x[:, :, :12, :12]), w)):
+    assert _core.op_conv2d_auto_algo(100, 128, 10, 10, 128, 3, 3, 1) == "direct"
+    for xs, ws in ((x, w), (x2, w2), (np.ascontiguousarray(x[:, :, :10, :10]), w)):
         batch = _core.op_conv2d(xs, ws, b, padding=1)
         for i in range(len(xs)):
             assert np.array_equal(_core.op_conv2d(xs[i:i + 1], ws, b, padding=1), batch[i:i + 1])

@@ -732,11 +732,18 @@ int ovs_conv2d_winograd_wins(int64_t N, int64_t C, int64_t H, int64_t W, int64_t
      * and C > 384 on maps of more than WG_KPART_TILES tiles keep the earlier limits.
      * Again after V, M and U got odd-line strides (same day, bench_conv.py --repeat 11, 1 / 2
      * threads): 256 at 14x14 0.79 / 0.83x, 512 at 14x14 0.70 / 0.74x, 512 at 7x7 (T * C = 8192)
-     * 1.42 / 1.46x: the crossover is now between 8192 and 12544. */
+     * 1.42 / 1.46x: the crossover is now between 8192 and 12544.
+     * Again after a chunk's last panel pair computed only its tiles (Zen 4, 2026-12-06, one conv
+     * alone, 1 / 2 threads; 16 tiles had filled 32 GEMM columns): 512 at 7x7 (RN50 224's
+     * layer4, T * C = 8192) 0.76 / 0.60x the direct time, 384 at 7x7 0.77 / 0.62x, 256 -> 512 at
+     * 7x7 (4096) 0.95 / 0.68x, 256 at 7x7 1.02 / 0.99x, 256 at 10x10 0.59 / 0.52x, 128 at 12x12
+     * and 14x14 0.52 / 0.40x and 0.76 / 0.72x, 96 at 14x14 (4704) 0.92 / 0.84x; 64 at 14x14
+     * (3136) 1.15 / 1.10x; with fewer tiles the per-call weight transform is not repaid: 512 at
+     * 5x5 (T = 9) 2.1 / 1.8x, at 4x4 1.35 / 1.04x. */
     if (C < 16 || K < 16) return 0;
     if (C < 32) return T >= 14000;
     if (C > 384 && T > WG_KPART_TILES) return 0;
-    return T * C >= 12000;
+    return T >= 16 && T * C >= 4096;
 }
 
 /* 1 when AUTO takes F(4x4, 3x3): it beats F(2x2, 3x3) and the direct conv, and its error is
