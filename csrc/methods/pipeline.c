@@ -965,11 +965,10 @@ static int labels_take_naive(int64_t C, int64_t h, int64_t w, int64_t H, int64_t
  * below another's min(e0, e1) - m cannot win anywhere in the run (m, the block's margin, covers
  * the float rounding of interp() and of e0, e1, as at the cell level). The survivors, still
  * ascending, are evaluated per pixel with interp(); one survivor labels the run outright. */
-static int64_t row_run_argmax(int32_t *out, const float *logits, int64_t hw, int64_t w, int64_t W,
+static int64_t row_run_argmax(int32_t *out, const float *logits, int64_t hw, int64_t w, const int64_t *xs,
                               const coeffs *c, int64_t Y, int64_t X, const int32_t *cand, int32_t n, float m) {
     const int64_t x0 = c->x0[X], x1 = c->x1[X];
-    int64_t end = X + 1;
-    while (end < W && c->x0[end] == x0 && c->x1[end] == x1) end++;
+    const int64_t end = xs[x0 + 1]; /* x1 is a function of x0: the run is x0's output columns */
     const float ly0 = c->ly0[Y], ly1 = c->ly1[Y];
     const int64_t o0 = c->y0[Y] * w, o1 = c->y1[Y] * w;
     float lo[ROW_CAND], hi[ROW_CAND], ref = -INFINITY;
@@ -986,6 +985,37 @@ static int64_t row_run_argmax(int32_t *out, const float *logits, int64_t hw, int
         for (int64_t x = X; x < end; x++) out[x] = keep[0];
         return end;
     }
+#if defined(__AVX__)
+    /* interp()'s float operations in its order, 8 pixels of the run per instruction (the four
+     * corners are the run's, one broadcast each); > keeps the first maximum, as below */
+    const __m256 vy0 = _mm256_set1_ps(ly0), vy1 = _mm256_set1_ps(ly1);
+    for (int64_t x = X; x < end; x += 8) {
+        const int64_t nx = end - x < 8 ? end - x : 8;
+        const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nx),
+                                                 _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        const __m256 a0 = _mm256_maskload_ps(c->lx0 + x, lanes), a1 = _mm256_maskload_ps(c->lx1 + x, lanes);
+        __m256 best = _mm256_setzero_ps(), arg = _mm256_setzero_ps();
+        for (int32_t t = 0; t < nk; t++) {
+            const float *p = logits + (size_t)keep[t] * hw;
+            const __m256 v = _mm256_add_ps(
+                _mm256_mul_ps(vy0, _mm256_add_ps(_mm256_mul_ps(a0, _mm256_set1_ps(p[o0 + x0])),
+                                                 _mm256_mul_ps(a1, _mm256_set1_ps(p[o0 + x1])))),
+                _mm256_mul_ps(vy1, _mm256_add_ps(_mm256_mul_ps(a0, _mm256_set1_ps(p[o1 + x0])),
+                                                 _mm256_mul_ps(a1, _mm256_set1_ps(p[o1 + x1])))));
+            const __m256 k = _mm256_castsi256_ps(_mm256_set1_epi32(keep[t]));
+            if (t == 0) {
+                best = v, arg = k;
+            } else {
+                const __m256 gt = _mm256_cmp_ps(v, best, _CMP_GT_OQ);
+                best = _mm256_blendv_ps(best, v, gt);
+                arg = _mm256_blendv_ps(arg, k, gt);
+            }
+        }
+        int32_t lab[8]; /* a masked store is slow on AMD cores */
+        _mm256_storeu_si256((__m256i *)lab, _mm256_castps_si256(arg));
+        for (int64_t i = 0; i < nx; i++) out[x + i] = lab[i];
+    }
+#else
     for (int64_t x = X; x < end; x++) {
         float best = interp(logits + (size_t)keep[0] * hw, w, c, Y, x);
         int32_t arg = keep[0];
@@ -995,6 +1025,7 @@ static int64_t row_run_argmax(int32_t *out, const float *logits, int64_t hw, int
         }
         out[x] = arg;
     }
+#endif
     return end;
 }
 
@@ -1083,7 +1114,7 @@ static int seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h
                             const int32_t *cand = lw.ccand + lw.coff[j], n = lw.ccount[j];
                             if (n == 1 && !bg) { out[X] = cand[0]; continue; } /* the cell's only candidate */
                             if (row_runs && n <= ROW_CAND && isfinite(lw.bmarg[j / LB])) {
-                                X = row_run_argmax(out, logits, hw, w, W, &c, Y, X, cand, n, lw.bmarg[j / LB]) - 1;
+                                X = row_run_argmax(out, logits, hw, w, xs, &c, Y, X, cand, n, lw.bmarg[j / LB]) - 1;
                                 continue;
                             }
                             float best = interp(logits + (size_t)cand[0] * hw, w, &c, Y, X);
