@@ -483,15 +483,22 @@ done:
 #define EXP_SLACK 3e-5                    /* relative error of exp_up / exp_lo, see there */
 #define THR_SLACK 1e-9                    /* bracket vs 1 / bg_threshold: too close to call */
 
-/* Bounds of exp(x) for x <= 0 from the float expf (error < 1 ulp, 1.2e-7 relative) of x rounded
- * to float (|x| <= 87 after the clamp: argument error <= 87 * 6e-8 = 5.2e-6 relative in exp),
- * with room for the naive kernel's own float rounding of v - best (another 5.2e-6); terms below
- * exp(-87) are negligible against the sum (>= 1, the argmax's term). */
+/* Bounds of exp(x) for x <= 0 from ops_expf (relative error below 2e-7; inlined, where libm's
+ * expf was a call: with bg_threshold and few classes most of the label stage's time) of x
+ * rounded to float (|x| <= 87 after the clamp: argument error <= 87 * 6e-8 = 5.2e-6 relative in
+ * exp), with room for the naive kernel's own float rounding of v - best (another 5.2e-6); terms
+ * below exp(-87) are negligible against the sum (>= 1, the argmax's term). exp_both adds both
+ * bounds of one x to *lo and *up from a single exp. */
 static inline double exp_up(double x) {
-    return (double)expf((float)(x > -87.0 ? x : -87.0)) * (1.0 + EXP_SLACK);
+    return (double)ops_expf((float)(x > -87.0 ? x : -87.0)) * (1.0 + EXP_SLACK);
 }
 static inline double exp_lo(double x) {
-    return x > -87.0 ? (double)expf((float)x) * (1.0 - EXP_SLACK) : 0.0;
+    return x > -87.0 ? (double)ops_expf((float)x) * (1.0 - EXP_SLACK) : 0.0;
+}
+static inline void exp_both(double x, double *lo, double *up) {
+    const double e = (double)ops_expf((float)(x > -87.0 ? x : -87.0));
+    *up += e * (1.0 + EXP_SLACK);
+    *lo += x > -87.0 ? e * (1.0 - EXP_SLACK) : 0.0;
 }
 
 
@@ -929,8 +936,7 @@ static int bg_exact(const float *logits, int64_t C, int64_t hw, int64_t w, const
                     int64_t X, float best, float s, float bg_threshold, double inv_thr) {
     double lo = 0, hi = 0;
     for (int64_t k = 0; k < C; k++) {
-        const double d = (double)s * (interp(logits + (size_t)k * hw, w, c, Y, X) - best);
-        lo += exp_lo(d), hi += exp_up(d);
+        exp_both((double)s * (interp(logits + (size_t)k * hw, w, c, Y, X) - best), &lo, &hi);
     }
     if (lo > inv_thr * (1 + THR_SLACK)) return 1;
     if (hi < inv_thr * (1 - THR_SLACK)) return 0;
@@ -1138,18 +1144,19 @@ static int seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h
                                     double plo = 1.0, phi = 1.0;
                                     for (int32_t t = 0; t < n; t++) {
                                         if (cand[t] == arg) continue;
-                                        const double d = (double)logit_scale *
-                                                         (interp(logits + (size_t)cand[t] * hw, w, &c, Y, X) - best);
-                                        plo += exp_lo(d), phi += exp_up(d);
+                                        exp_both((double)logit_scale *
+                                                     (interp(logits + (size_t)cand[t] * hw, w, &c, Y, X) - best),
+                                                 &plo, &phi);
                                     }
                                     const double hi_thr = inv_thr * (1 + THR_SLACK), lo_thr = inv_thr * (1 - THR_SLACK);
                                     if (plo + lw.cs_lo_min[j] > hi_thr) below = 1;
                                     else if (phi + lw.cs_hi_max[j] < lo_thr) below = 0;
                                     else {
                                         /* exp(s (cref - best)), s (cref - best) <= s m: about 1 */
-                                        const double d = (double)logit_scale * ((double)lw.cref[j] - best);
-                                        if (plo + lw.cs_lo[j] * exp_lo(d) > hi_thr) below = 1;
-                                        else if (phi + lw.cs_hi[j] * exp_up(d) < lo_thr) below = 0;
+                                        double el = 0.0, eu = 0.0;
+                                        exp_both((double)logit_scale * ((double)lw.cref[j] - best), &el, &eu);
+                                        if (plo + lw.cs_lo[j] * el > hi_thr) below = 1;
+                                        else if (phi + lw.cs_hi[j] * eu < lo_thr) below = 0;
                                         else below = bg_exact(logits, C, hw, w, &c, Y, X, best, logit_scale,
                                                               bg_threshold, inv_thr);
                                     }
