@@ -160,6 +160,19 @@ def test_thresholds_at_pixel_probabilities_take_the_exact_sum():
         _both(lr, 96, 120, logit_scale=40.0, bg_threshold=float(np.nextafter(probs[y, x], np.float32(1))), bg_label=-1)
 
 
+def test_exp_behind_the_softmax_brackets_is_within_its_budget():
+    """The bg_threshold brackets bound exp with ops_expf and a 3e-5 relative slack of which the
+    float arguments' rounding takes ~1.05e-5 (pipeline.c, exp_up / exp_lo): ops_expf itself must
+    stay far below the rest. Read through op_softmax of rows (x, 0), whose ratio of outputs is
+    ops_expf(x) up to two roundings, against float64 exp over the brackets' range [-87, 0]."""
+    x = np.concatenate([np.linspace(-87.0, 0.0, 200001), -np.logspace(-8, np.log10(87.0), 2001)])
+    x = x.astype(np.float32)
+    sm = _core.op_softmax(np.stack([x, np.zeros_like(x)], axis=1))
+    got = sm[:, 0].astype(np.float64) / sm[:, 1].astype(np.float64)
+    rel = np.abs(got / np.exp(x.astype(np.float64)) - 1.0)
+    assert rel.max() < 1e-6, f"ops_expf relative error {rel.max():.2e}"
+
+
 # ---------------------------------------------------------------- the windows' average
 # Segmenter.logits averages its windows' upsampled (C, gh, gw) logits; ovs_seg_window_average does
 # it separably per class (bitwise equal to its element-by-element twin) and is what Segmenter.logits
