@@ -957,6 +957,33 @@ static int labels_take_naive(int64_t C, int64_t h, int64_t w, int64_t H, int64_t
     return !(logit_scale > 0) || (C < 16 && H * W < 4 * h * w);
 }
 
+#if defined(__AVX__)
+/* interp() of one class at 8 output pixels of a row run (one cell: the class's four corners at
+ * p[o0 + x0], p[o0 + x1], p[o1 + x0], p[o1 + x1]; the pixels' lx0 / lx1 in a0 / a1, the row's
+ * ly0 / ly1 in y0 / y1): interp()'s float operations in its order, 8 pixels per instruction. */
+static inline __m256 interp8(__m256 a0, __m256 a1, __m256 y0, __m256 y1, const float *p, int64_t o0,
+                             int64_t o1, int64_t x0, int64_t x1) {
+    return _mm256_add_ps(_mm256_mul_ps(y0, _mm256_add_ps(_mm256_mul_ps(a0, _mm256_set1_ps(p[o0 + x0])),
+                                                         _mm256_mul_ps(a1, _mm256_set1_ps(p[o0 + x1])))),
+                         _mm256_mul_ps(y1, _mm256_add_ps(_mm256_mul_ps(a0, _mm256_set1_ps(p[o1 + x0])),
+                                                         _mm256_mul_ps(a1, _mm256_set1_ps(p[o1 + x1])))));
+}
+
+/* The running argmax of 8 pixels over classes taken in ascending order: class k's values v
+ * replace best (and k the lanes of arg) where they are larger; > keeps the first maximum, as
+ * the scalar loops; the first class (first != 0) starts both. */
+static inline void argmax8(__m256 v, int32_t k, int first, __m256 *best, __m256 *arg) {
+    const __m256 kv = _mm256_castsi256_ps(_mm256_set1_epi32(k));
+    if (first) {
+        *best = v, *arg = kv;
+        return;
+    }
+    const __m256 gt = _mm256_cmp_ps(v, *best, _CMP_GT_OQ);
+    *best = _mm256_blendv_ps(*best, v, gt);
+    *arg = _mm256_blendv_ps(*arg, kv, gt);
+}
+#endif
+
 #define BCHUNK 16 /* blocks whose cells, then pixels, are labelled together (seg_labels) */
 #define ROW_CAND 8 /* a cell's candidates up to which its row runs are pruned first */
 /* Output pixels per cell from which the cells' candidates are also tested pairwise: each
@@ -1001,22 +1028,9 @@ static int64_t row_run_argmax(int32_t *out, const float *logits, int64_t hw, int
                                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
         const __m256 a0 = _mm256_maskload_ps(c->lx0 + x, lanes), a1 = _mm256_maskload_ps(c->lx1 + x, lanes);
         __m256 best = _mm256_setzero_ps(), arg = _mm256_setzero_ps();
-        for (int32_t t = 0; t < nk; t++) {
-            const float *p = logits + (size_t)keep[t] * hw;
-            const __m256 v = _mm256_add_ps(
-                _mm256_mul_ps(vy0, _mm256_add_ps(_mm256_mul_ps(a0, _mm256_set1_ps(p[o0 + x0])),
-                                                 _mm256_mul_ps(a1, _mm256_set1_ps(p[o0 + x1])))),
-                _mm256_mul_ps(vy1, _mm256_add_ps(_mm256_mul_ps(a0, _mm256_set1_ps(p[o1 + x0])),
-                                                 _mm256_mul_ps(a1, _mm256_set1_ps(p[o1 + x1])))));
-            const __m256 k = _mm256_castsi256_ps(_mm256_set1_epi32(keep[t]));
-            if (t == 0) {
-                best = v, arg = k;
-            } else {
-                const __m256 gt = _mm256_cmp_ps(v, best, _CMP_GT_OQ);
-                best = _mm256_blendv_ps(best, v, gt);
-                arg = _mm256_blendv_ps(arg, k, gt);
-            }
-        }
+        for (int32_t t = 0; t < nk; t++)
+            argmax8(interp8(a0, a1, vy0, vy1, logits + (size_t)keep[t] * hw, o0, o1, x0, x1), keep[t], t == 0,
+                    &best, &arg);
         int32_t lab[8]; /* a masked store is slow on AMD cores */
         _mm256_storeu_si256((__m256i *)lab, _mm256_castps_si256(arg));
         for (int64_t i = 0; i < nx; i++) out[x + i] = lab[i];
@@ -1070,21 +1084,9 @@ static int64_t bg_run_all(int32_t *out, const float *logits, int64_t C, int64_t 
             const __m256 vy0 = _mm256_set1_ps(ly0), vy1 = _mm256_set1_ps(ly1);
             __m256 vb = _mm256_setzero_ps(), va = _mm256_setzero_ps();
             for (int64_t k = 0; k < C; k++) {
-                const float *p = logits + (size_t)k * hw;
-                const __m256 val = _mm256_add_ps(
-                    _mm256_mul_ps(vy0, _mm256_add_ps(_mm256_mul_ps(a0, _mm256_set1_ps(p[o0 + x0])),
-                                                     _mm256_mul_ps(a1, _mm256_set1_ps(p[o0 + x1])))),
-                    _mm256_mul_ps(vy1, _mm256_add_ps(_mm256_mul_ps(a0, _mm256_set1_ps(p[o1 + x0])),
-                                                     _mm256_mul_ps(a1, _mm256_set1_ps(p[o1 + x1])))));
+                const __m256 val = interp8(a0, a1, vy0, vy1, logits + (size_t)k * hw, o0, o1, x0, x1);
                 _mm256_storeu_ps(v[k], val);
-                const __m256 kv = _mm256_castsi256_ps(_mm256_set1_epi32((int32_t)k));
-                if (k == 0) {
-                    vb = val, va = kv;
-                } else {
-                    const __m256 gt = _mm256_cmp_ps(val, vb, _CMP_GT_OQ);
-                    vb = _mm256_blendv_ps(vb, val, gt);
-                    va = _mm256_blendv_ps(va, kv, gt);
-                }
+                argmax8(val, (int32_t)k, k == 0, &vb, &va);
             }
             _mm256_storeu_ps(best, vb);
             _mm256_storeu_si256((__m256i *)arg, _mm256_castps_si256(va));
