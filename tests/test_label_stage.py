@@ -60,6 +60,9 @@ def test_bg_threshold_decisions_close_to_the_threshold():
 @pytest.mark.parametrize("shape,out,nan,pinf,ninf", [
     ((6, 8, 9), (64, 72), (0, 0, 0), (3, 4, 4), (5, 7, 8)),
     ((50, 30, 44), (121, 177), (3, 17, 33), (10, 8, 8), (20, 29, 43)),  # several blocks
+    # few classes at under 3 output pixels per cell: labels_bg_rows with bg_threshold
+    ((10, 8, 9), (12, 13), (0, 0, 0), (3, 4, 4), (5, 7, 8)),
+    ((20, 30, 44), (45, 66), (3, 17, 33), (10, 8, 8), (19, 29, 43)),
 ])
 def test_non_finite_cells_fall_back_to_every_class(shape, out, nan, pinf, ninf):
     rng = np.random.default_rng(shape[0])
@@ -69,6 +72,9 @@ def test_non_finite_cells_fall_back_to_every_class(shape, out, nan, pinf, ninf):
         lr[:, 0:2, 20:23] = np.inf  # inf - inf in every class of a few cells
     _both(lr, *out)
     _both(lr, *out, logit_scale=40.0, bg_threshold=0.5, bg_label=-1)
+    # spread probabilities: background nearly everywhere, except where a NaN makes the naive
+    # kernel's sum NaN (1 / NaN < threshold is false: the argmax stays)
+    _both(lr * 0.001, *out, logit_scale=40.0, bg_threshold=0.5, bg_label=-1)
 
 
 def test_many_classes_large_output():
