@@ -1049,6 +1049,19 @@ static int64_t row_run_argmax(int32_t *out, const float *logits, int64_t hw, int
     return end;
 }
 
+/* The naive kernel's test 1 / sum < bg_threshold at one pixel from float sums lo, up of its C
+ * ops_expf terms (lo without the clamped ones), bracketed with `slack`; where that straddles the
+ * threshold (or a value is not finite: bad), the naive kernel's double sum in its order over
+ * the pixel's values v[k * stride] and best. Shared by bg_run_all and labels_bg_rows. */
+static inline int bg_below(float lo, float up, int bad, double slack, double hi_thr, double lo_thr,
+                           const float *v, int64_t stride, int64_t C, float best, float s, float bg_threshold) {
+    if (!bad && (double)lo * (1.0 - slack) > hi_thr) return 1;
+    if (!bad && (double)up * (1.0 + slack) < lo_thr) return 0;
+    double sum = 0;
+    for (int64_t k = 0; k < C; k++) sum += exp((double)s * (v[k * stride] - best));
+    return 1.0 / sum < bg_threshold;
+}
+
 /* With bg_threshold and at most BG_ALL classes, a cell that is not background throughout takes
  * the naive kernel's arithmetic over every class, 8 output pixels of a row run at a time: with
  * few classes the cells' brackets rarely decide, and per pixel every class's exp was taken anyway
@@ -1112,17 +1125,9 @@ static int64_t bg_run_all(int32_t *out, const float *logits, int64_t C, int64_t 
                 up[i] += ex;
                 lo[i] += x > -87.0f ? ex : 0.0f;
             }
-        for (int64_t i = 0; i < nx; i++) {
-            int below;
-            if ((double)lo[i] * (1.0 - slack) > hi_thr) below = 1;
-            else if ((double)up[i] * (1.0 + slack) < lo_thr) below = 0;
-            else { /* the naive kernel's sum, in its order */
-                double sum = 0;
-                for (int64_t k = 0; k < C; k++) sum += exp((double)s * (v[k][i] - best[i]));
-                below = 1.0 / sum < bg_threshold;
-            }
-            out[xb + i] = below ? bg_label : arg[i];
-        }
+        for (int64_t i = 0; i < nx; i++)
+            out[xb + i] = bg_below(lo[i], up[i], 0, slack, hi_thr, lo_thr, &v[0][i], 8, C, best[i], s, bg_threshold)
+                              ? bg_label : arg[i];
     }
     return end;
 }
@@ -1210,17 +1215,9 @@ static int labels_bg_rows(int32_t *labels, const float *logits, int64_t C, int64
                 }
             }
             int32_t *out = labels + Y * W;
-            for (int64_t X = 0; X < W; X++) {
-                int below;
-                if (bad[X] == 0.0f && (double)lo[X] * (1.0 - slack) > hi_thr) below = 1;
-                else if (bad[X] == 0.0f && (double)up[X] * (1.0 + slack) < lo_thr) below = 0;
-                else { /* the naive kernel's sum, in its order */
-                    double sum = 0;
-                    for (int64_t k = 0; k < C; k++) sum += exp((double)s * (v[k * W + X] - best[X]));
-                    below = 1.0 / sum < bg_threshold;
-                }
-                out[X] = below ? bg_label : arg[X];
-            }
+            for (int64_t X = 0; X < W; X++)
+                out[X] = bg_below(lo[X], up[X], bad[X] != 0.0f, slack, hi_thr, lo_thr, v + X, W, C, best[X], s,
+                                  bg_threshold) ? bg_label : arg[X];
         }
         ovs_free(buf);
     }
