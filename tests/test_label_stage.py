@@ -166,6 +166,26 @@ def test_thresholds_at_pixel_probabilities_take_the_exact_sum():
         _both(lr, 96, 120, logit_scale=40.0, bg_threshold=float(np.nextafter(probs[y, x], np.float32(1))), bg_label=-1)
 
 
+@pytest.mark.parametrize("C", [3, 10, 31])
+def test_cells_background_nowhere_take_the_argmax(C):
+    """With bg_threshold, a cell whose every candidate's term at its cell maximum (and the dropped
+    classes' bracket) keeps the sum below 1 / bg_threshold is background nowhere: one candidate
+    fills its pixels, several take the argmax's row runs (>= 3 output pixels per cell). Thresholds
+    from low (most cells decided so) to high, and at pixels' own top probabilities, among them
+    pixels on the low-resolution grid (a corner, where the cell maximum is reached exactly)."""
+    rng = np.random.default_rng(20 + C)
+    grid = (rng.standard_normal((C, 5, 7)) * 0.05 + rng.standard_normal((C, 1, 1)) * 0.02).astype(np.float32)
+    lr = _core.seg_upsample(grid, 20, 28, logit_scale=1.0, softmax=False)
+    H, W = 100, 140   # 5 output pixels per cell
+    probs = _core.seg_upsample(lr, H, W, logit_scale=40.0, softmax=True).max(axis=0)
+    thresholds = [*np.quantile(probs, [0.01, 0.3, 0.7, 0.99]), 1.0 / C + 1e-3]
+    thresholds += [float(probs[y, x]) for y, x in [(2, 2), (52, 67), (97, 137)]]
+    for thr in thresholds:
+        labels = _both(lr, H, W, logit_scale=40.0, bg_threshold=float(thr), bg_label=-1)
+        assert 0 <= (labels == -1).mean() <= 1
+    _both(lr * 3, H, W, logit_scale=100.0, bg_threshold=0.5, bg_label=C)
+
+
 def test_exp_behind_the_softmax_brackets_is_within_its_budget():
     """The bg_threshold brackets bound exp with ops_expf and a 3e-5 relative slack of which the
     float arguments' rounding takes ~1.05e-5 (pipeline.c, exp_up / exp_lo): ops_expf itself must

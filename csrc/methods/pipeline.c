@@ -530,14 +530,15 @@ typedef struct {
     int32_t *ccount_all, *ccand_all; /* (LB, w), (LB rowcand <= LB w C) */
     size_t ccand_cap;                /* ccand_all's capacity */
     double *cs_all;                  /* (LB, 4 w) cs_lo, cs_hi, cs_lo_min, cs_hi_max */
-    unsigned char *call_bg_all;      /* (LB, w) */
+    unsigned char *call_bg_all;      /* (LB, w), then call_fg's (LB, w) */
     float *bcmax;                    /* (nb, C) argmax only: the block maxima of bcand's classes */
     int32_t *tk;                     /* (C,) argmax only: the classes a block's cell row read */
     int32_t *seed;                   /* (nb, 2) argmax only: the classes of the last cell row's first
                                       * and last cref per block */
     double *cs_lo, *cs_hi;           /* (w,) bracket of sum over dropped classes of exp(s (v - cref)) */
     double *cs_lo_min, *cs_hi_max;   /* (w,) the same times the extremes of exp(s (cref - best)) */
-    unsigned char *call_bg;          /* (w,) */
+    unsigned char *call_bg;          /* (w,) background at every pixel of the cell */
+    unsigned char *call_fg;          /* (w,) with bg_threshold: background at none (the argmax) */
 } label_work;
 
 static void label_work_free(label_work *lw) {
@@ -558,6 +559,7 @@ static void label_row(label_work *lw, int64_t r) {
     lw->cs_lo_min = lw->cs_hi + w;
     lw->cs_hi_max = lw->cs_lo_min + w;
     lw->call_bg = lw->call_bg_all + r * w;
+    lw->call_fg = lw->call_bg_all + LB * w + r * w;
 }
 
 static int label_work_alloc(label_work *lw) {
@@ -577,7 +579,7 @@ static int label_work_alloc(label_work *lw) {
     lw->tk = ovs_malloc(C * sizeof(int32_t));
     lw->seed = ovs_calloc(2 * nb, sizeof(int32_t)); /* class 0: any class gives a valid bound */
     lw->cs_all = ovs_malloc(LB * 4 * w * sizeof(double));
-    lw->call_bg_all = ovs_malloc(LB * w);
+    lw->call_bg_all = ovs_malloc(2 * LB * w);
     lw->cmin = ovs_malloc(2 * C * LB * sizeof(float));
     if (!lw->cmin || !lw->colmax || !lw->bmax || !lw->bref || !lw->bcount || !lw->bs_lo || !lw->ball_bg ||
         !lw->cref_all || !lw->ccount_all || !lw->ccand_all || !lw->coff || !lw->bcmax || !lw->tk ||
@@ -868,6 +870,7 @@ __attribute__((noinline)) static void cell_row_block(label_work *lw, const float
         lw->cs_lo[c0 + q] = lw->cs_hi[c0 + q] = 0.0;
         lw->ccount[c0 + q] = 0;
         lw->call_bg[c0 + q] = lw->ball_bg[b];
+        lw->call_fg[c0 + q] = 0;
     }
     if (lw->ball_bg[b]) return;
     if (!lw->bg && nc == LB && c0 + LB <= last && lw->bmarg[b] == lw->bmarg[b]) {
@@ -893,14 +896,19 @@ __attribute__((noinline)) static void cell_row_block(label_work *lw, const float
         const int64_t j = c0 + q;
         const float m = isfinite(mag[q]) ? mag[q] * CELL_MARGIN : NAN, r = ref[q];
         int32_t *cc = lw->ccand + lw->coff[j], n = 0;
-        double lo = 0, hi = 0, lo_all = 0;
+        double lo = 0, hi = 0, lo_all = 0, hi_cand = 0;
         float top = -INFINITY;
         for (int32_t t = 0; t < nbc; t++) {
             const float mx = lw->cmax[t * LB + q], mn = lw->cmin[t * LB + q];
             if (!(m == m) || mx + m >= r - m) {
                 cc[n++] = bc[t];
                 top = mx > top ? mx : top;
-                if (lw->bg) lo_all += exp_lo(s * ((double)mn - m - r));
+                if (lw->bg) {
+                    lo_all += exp_lo(s * ((double)mn - m - r));
+                    /* its term at most exp(s (mx + m - (r - m))): best >= r - m */
+                    const double e = s * ((double)mx + 2.0 * m - r);
+                    hi_cand += e <= 80.0 ? exp_up(e) : INFINITY;
+                }
             } else if (lw->bg) {
                 hi += exp_up(s * ((double)mx + m - r));
                 lo += exp_lo(s * ((double)mn - m - r));
@@ -909,6 +917,7 @@ __attribute__((noinline)) static void cell_row_block(label_work *lw, const float
         if (n == 0) { /* cannot happen (the class giving ref is kept); be safe: all the block's,
                        * no cell bracket (lo, hi 0: the block's still bound the rest) */
             lo = hi = lo_all = 0;
+            hi_cand = INFINITY; /* and no "background nowhere" */
             for (int32_t t = 0; t < nbc; t++) {
                 cc[n++] = bc[t];
                 top = lw->cmax[t * LB + q] > top ? lw->cmax[t * LB + q] : top;
@@ -916,7 +925,12 @@ __attribute__((noinline)) static void cell_row_block(label_work *lw, const float
         }
         lw->ccount[j] = n;
         lw->cref[j] = r;
-        if (!lw->bg || !(m == m) || n == C) continue;
+        if (!lw->bg || !(m == m)) continue;
+        const double lo_thr = lw->inv_thr * (1 - THR_SLACK);
+        if (n == C) { /* no class dropped: the candidates' terms bound the sum */
+            lw->call_fg[j] = hi_cand < lo_thr;
+            continue;
+        }
         /* the block's dropped classes, rescaled from bref to r (>= bref: exponents <= 0) */
         lw->cs_lo[j] = lo + lw->bs_lo[b] * exp_lo(s * ((double)lw->bref[b] - r));
         lw->cs_hi[j] = hi + lw->bs_hi[b] * exp_up(s * ((double)lw->bref[b] - r));
@@ -926,6 +940,9 @@ __attribute__((noinline)) static void cell_row_block(label_work *lw, const float
         lw->call_bg[j] = lo_all * sc_min > lw->inv_thr * (1 + THR_SLACK);
         lw->cs_lo_min[j] = lw->cs_lo[j] * sc_min;
         lw->cs_hi_max[j] = lw->cs_hi[j] * exp(s * (double)m) * (1.0 + EXP_SLACK);
+        /* the per-pixel test's "phi + cs_hi_max < lo_thr: not background" (seg_labels) with
+         * every candidate's term at its cell maximum: true at every pixel of the cell */
+        lw->call_fg[j] = !lw->call_bg[j] && hi_cand + lw->cs_hi_max[j] < lo_thr;
     }
 }
 
@@ -958,6 +975,33 @@ static int labels_take_naive(int64_t C, int64_t h, int64_t w, int64_t H, int64_t
 }
 
 #if defined(__AVX__)
+#if defined(__AVX2__) && defined(__FMA__)
+/* ops_expf (ops_internal.h) on 8 lanes: its float operations in its order (fmaf is one rounding,
+ * as _mm256_fmadd_ps; n is integer-valued, so truncating it is exact), bitwise its results;
+ * bg_run_all's scalar calls did not vectorise (GCC 12: scalar vfmadd213ss; 10 classes to
+ * 2048x2731 with bg_threshold spent ~60% of its time there). */
+static inline __m256 expf8(__m256 x) {
+    __m256 xc = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);   /* x < -87 ? -87 : x, NaN kept */
+    xc = _mm256_min_ps(_mm256_set1_ps(88.0f), xc);          /* xc > 88 ? 88 : xc, NaN kept */
+    const __m256 big = _mm256_set1_ps(12582912.0f);
+    const __m256 n = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)), big), big);
+    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693359375f), xc);
+    r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
+    __m256 q = _mm256_set1_ps(1.0f / 5040.0f);
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.0f / 720.0f));
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.0f / 120.0f));
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.0f / 24.0f));
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.0f / 6.0f));
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(0.5f));
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.0f));
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.0f));
+    const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256 y = _mm256_mul_ps(q, _mm256_castsi256_ps(bits));
+    y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_LT_OQ));
+    return _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x, _mm256_set1_ps(88.7f), _CMP_GT_OQ));
+}
+#endif
+
 /* interp() of one class at 8 output pixels of a row run (one cell: the class's four corners at
  * p[o0 + x0], p[o0 + x1], p[o1 + x0], p[o1 + x1]; the pixels' lx0 / lx1 in a0 / a1, the row's
  * ly0 / ly1 in y0 / y1): interp()'s float operations in its order, 8 pixels per instruction. */
@@ -1117,6 +1161,20 @@ static int64_t bg_run_all(int32_t *out, const float *logits, int64_t C, int64_t 
             }
         }
 #endif
+#if defined(__AVX2__) && defined(__FMA__)
+        {   /* the loop below, 8 lanes per instruction (the same operations) */
+            const __m256 vs = _mm256_set1_ps(s), vb = _mm256_loadu_ps(best), lim = _mm256_set1_ps(-87.0f);
+            __m256 vu = _mm256_setzero_ps(), vl = vu;
+            for (int64_t k = 0; k < C; k++) {
+                const __m256 x = _mm256_mul_ps(vs, _mm256_sub_ps(_mm256_loadu_ps(v[k]), vb));
+                const __m256 gt = _mm256_cmp_ps(x, lim, _CMP_GT_OQ), ex = expf8(_mm256_blendv_ps(lim, x, gt));
+                vu = _mm256_add_ps(vu, ex);
+                vl = _mm256_add_ps(vl, _mm256_and_ps(ex, gt));
+            }
+            _mm256_storeu_ps(up, vu);
+            _mm256_storeu_ps(lo, vl);
+        }
+#else
         for (int i = 0; i < 8; i++) up[i] = lo[i] = 0.0f;
         for (int64_t k = 0; k < C; k++)
             for (int i = 0; i < 8; i++) {
@@ -1125,6 +1183,7 @@ static int64_t bg_run_all(int32_t *out, const float *logits, int64_t C, int64_t 
                 up[i] += ex;
                 lo[i] += x > -87.0f ? ex : 0.0f;
             }
+#endif
         for (int64_t i = 0; i < nx; i++)
             out[xb + i] = bg_below(lo[i], up[i], 0, slack, hi_thr, lo_thr, &v[0][i], 8, C, best[i], s, bg_threshold)
                               ? bg_label : arg[i];
@@ -1229,13 +1288,13 @@ done:
 
 /* ovs_seg_labels; pre: the logits' block bounds, NULL to take them in a streaming pass */
 /* Whether cell j of the current cell row has one label at all its pixels (background
- * throughout, or, argmax only, a single candidate), and which. */
+ * throughout, or a single candidate and, with bg_threshold, background nowhere), and which. */
 static inline int cell_one(const label_work *lw, int64_t j, int bg, int32_t bg_label, int32_t *label) {
     if (lw->call_bg[j]) {
         *label = bg_label;
         return 1;
     }
-    if (!bg && lw->ccount[j] == 1) {
+    if ((!bg || lw->call_fg[j]) && lw->ccount[j] == 1) {
         *label = lw->ccand[lw->coff[j]];
         return 1;
     }
@@ -1274,7 +1333,7 @@ static int seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h
     const double inv_thr = bg ? 1.0 / (double)bg_threshold : 0.0;
     /* row runs of >= 3 pixels per cell on average: pruning a run's candidates pays (at 1.5 it
      * costs ~10%, Zen 4) */
-    const int row_runs = !bg && W >= 3 * w;
+    const int row_runs = !bg && W >= 3 * w, fg_runs = bg && W >= 3 * w;
     /* bg_run_all over runs of >= 3 pixels per cell on average (at 2.3, 30 classes to 512x683, it
      * took 1.08x the brackets' time; at 3, 1024x1365, 0.74x; 10 and 20 classes to 2048x2731
      * 0.39x and 0.33x: Zen 4, 1 thread) */
@@ -1340,6 +1399,12 @@ static int seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h
                                 const int64_t e = j1 < w && xs[j1] < xb ? xs[j1] : xb;
                                 for (; X < e; X++) out[X] = one;
                                 X--;
+                                continue;
+                            }
+                            /* background nowhere in the cell: its labels are the argmax's */
+                            if (bg && lw.call_fg[j] && fg_runs && lw.ccount[j] <= ROW_CAND && isfinite(lw.bmarg[j / LB])) {
+                                X = row_run_argmax(out, logits, hw, w, xs, &c, Y, X, lw.ccand + lw.coff[j], lw.ccount[j],
+                                                   lw.bmarg[j / LB]) - 1;
                                 continue;
                             }
                             if (bg_runs && isfinite(lw.bmarg[j / LB])) {
