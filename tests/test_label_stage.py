@@ -45,6 +45,20 @@ def test_labels_equal_naive(C, size):
         _both(lr * 10, H, W, logit_scale=100.0, bg_threshold=0.9, bg_label=-1)
 
 
+@pytest.mark.parametrize("C", [16, 24, 40, 151])
+@pytest.mark.parametrize("size", [(48, 64, 37, 50), (30, 44, 29, 43), (64, 80, 16, 20), (17, 90, 9, 31)])
+def test_downsampled_labels_equal_naive(C, size):
+    """Fewer output pixels than cells (an image smaller than the processing size): from 16
+    classes (24 with bg_threshold) the blocks' and cells' candidates, most cells without a pixel
+    of their own; integer and non-integer factors, one much thinner than the other."""
+    h, w, H, W = size
+    rng = np.random.default_rng(C * 7 + h)
+    for name, lr in _cases(rng, C, h, w).items():
+        _both(lr, H, W)
+        _both(lr, H, W, logit_scale=40.0, bg_threshold=0.3, bg_label=-1)
+        _both(lr * 10, H, W, logit_scale=100.0, bg_threshold=0.9, bg_label=C)
+
+
 def test_bg_threshold_decisions_close_to_the_threshold():
     """Pixels whose top probability sits right at the threshold take the exact path."""
     rng = np.random.default_rng(3)

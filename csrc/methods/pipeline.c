@@ -962,14 +962,17 @@ static int bg_exact(const float *logits, int64_t C, int64_t hw, int64_t w, const
     return 1.0 / all < bg_threshold;
 }
 
-/* Fewer output pixels than cells (downsampling), or a softmax bracket that needs s > 0: the
- * naive kernel is as fast or the bracket does not apply. With bg_threshold, under 16 classes and
- * under 4 output pixels per cell, the per-cell brackets cost more than they save (AMD Zen 4,
- * 336x448 -> 512x683, 3-10 classes: 1.2-1.25x the naive kernel's time; 16: 0.97x; 24: 0.74x; at
- * 9 pixels per cell 0.7-0.86x from 3 classes up). */
+/* Under 16 classes (24 with bg_threshold) with fewer output pixels than cells (downsampling), or
+ * a softmax bracket that needs s > 0: the naive kernel is as fast or the bracket does not apply
+ * (AMD Zen 4, 336x448 to 168x224 .. 320x427, 1 thread: argmax, the cells took 2.2-2.8x the naive
+ * time with 3 classes, 1.0-1.3x with 10, 0.47-0.73x with 30, 0.12-0.21x with 150, 0.03-0.08x
+ * with 847: 312 -> 13 ms to 256x341; bg_threshold 0.3, 1.45-1.65x with 16 classes, 0.78-0.92x
+ * with 30, 0.03-0.04x with 847). With bg_threshold, under 16 classes and under 4 output pixels per cell, the
+ * per-cell brackets cost more than they save (336x448 -> 512x683, 3-10 classes: 1.2-1.25x the
+ * naive kernel's time; 16: 0.97x; 24: 0.74x; at 9 pixels per cell 0.7-0.86x from 3 classes up). */
 static int labels_take_naive(int64_t C, int64_t h, int64_t w, int64_t H, int64_t W, float logit_scale,
                              float bg_threshold) {
-    if (H * W < h * w || C <= 2) return 1;
+    if (C <= 2 || (H * W < h * w && C < (bg_threshold > 0 ? 24 : 16))) return 1;
     if (!(bg_threshold > 0)) return 0;
     return !(logit_scale > 0) || (C < 16 && H * W < 4 * h * w);
 }
