@@ -962,14 +962,15 @@ static int bg_exact(const float *logits, int64_t C, int64_t hw, int64_t w, const
     return 1.0 / all < bg_threshold;
 }
 
-/* Under 16 classes (24 with bg_threshold) with fewer output pixels than cells (downsampling), or
- * a softmax bracket that needs s > 0: the naive kernel is as fast or the bracket does not apply
- * (AMD Zen 4, 336x448 to 168x224 .. 320x427, 1 thread: argmax, the cells took 2.2-2.8x the naive
- * time with 3 classes, 1.0-1.3x with 10, 0.47-0.73x with 30, 0.12-0.21x with 150, 0.03-0.08x
- * with 847: 312 -> 13 ms to 256x341; bg_threshold 0.3, 1.45-1.65x with 16 classes, 0.78-0.92x
- * with 30, 0.03-0.04x with 847). With bg_threshold, under 16 classes and under 4 output pixels per cell, the
- * per-cell brackets cost more than they save (336x448 -> 512x683, 3-10 classes: 1.2-1.25x the
- * naive kernel's time; 16: 0.97x; 24: 0.74x; at 9 pixels per cell 0.7-0.86x from 3 classes up). */
+/* When the naive kernel is as fast, or the bracket does not apply (it needs s > 0):
+ * - fewer output pixels than cells (downsampling) under 16 classes, 24 with bg_threshold (AMD
+ *   Zen 4, 336x448 to 168x224 .. 320x427, 1 thread; argmax: the cells took 2.2-2.8x the naive
+ *   time with 3 classes, 1.0-1.3x with 10, 0.47-0.73x with 30, 0.12-0.21x with 150, 0.03-0.08x
+ *   with 847, 312 -> 13 ms to 256x341; bg_threshold 0.3: 1.45-1.65x with 16 classes, 0.78-0.92x
+ *   with 30, 0.03-0.04x with 847);
+ * - with bg_threshold, under 16 classes and under 4 output pixels per cell: the per-cell
+ *   brackets cost more than they save (336x448 -> 512x683, 3-10 classes: 1.2-1.25x the naive
+ *   kernel's time; 16: 0.97x; 24: 0.74x; at 9 pixels per cell 0.7-0.86x from 3 classes up). */
 static int labels_take_naive(int64_t C, int64_t h, int64_t w, int64_t H, int64_t W, float logit_scale,
                              float bg_threshold) {
     if (C <= 2 || (H * W < h * w && C < (bg_threshold > 0 ? 24 : 16))) return 1;
@@ -1289,7 +1290,6 @@ done:
     return rc;
 }
 
-/* ovs_seg_labels; pre: the logits' block bounds, NULL to take them in a streaming pass */
 /* Whether cell j of the current cell row has one label at all its pixels (background
  * throughout, or a single candidate and, with bg_threshold, background nowhere), and which. */
 static inline int cell_one(const label_work *lw, int64_t j, int bg, int32_t bg_label, int32_t *label) {
@@ -1304,6 +1304,7 @@ static inline int cell_one(const label_work *lw, int64_t j, int bg, int32_t bg_l
     return 0;
 }
 
+/* ovs_seg_labels; pre: the logits' block bounds, NULL to take them in a streaming pass */
 static int seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h, int64_t w, int64_t H,
                       int64_t W, float logit_scale, float bg_threshold, int32_t bg_label,
                       const block_bounds *pre) {
@@ -1335,8 +1336,8 @@ static int seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h
     const int64_t hw = h * w, nbr = (h + LB - 1) / LB;
     const double inv_thr = bg ? 1.0 / (double)bg_threshold : 0.0;
     /* row runs of >= 3 pixels per cell on average: pruning a run's candidates pays (at 1.5 it
-     * costs ~10%, Zen 4) */
-    const int row_runs = !bg && W >= 3 * w, fg_runs = bg && W >= 3 * w;
+     * costs ~10%, Zen 4); with bg_threshold in cells that are background nowhere */
+    const int row_runs = W >= 3 * w;
     /* bg_run_all over runs of >= 3 pixels per cell on average (at 2.3, 30 classes to 512x683, it
      * took 1.08x the brackets' time; at 3, 1024x1365, 0.74x; 10 and 20 classes to 2048x2731
      * 0.39x and 0.33x: Zen 4, 1 thread) */
@@ -1404,20 +1405,15 @@ static int seg_labels(int32_t *labels, const float *logits, int64_t C, int64_t h
                                 X--;
                                 continue;
                             }
-                            /* background nowhere in the cell: its labels are the argmax's */
-                            if (bg && lw.call_fg[j] && fg_runs && lw.ccount[j] <= ROW_CAND && isfinite(lw.bmarg[j / LB])) {
-                                X = row_run_argmax(out, logits, hw, w, xs, &c, Y, X, lw.ccand + lw.coff[j], lw.ccount[j],
-                                                   lw.bmarg[j / LB]) - 1;
+                            const int32_t *cand = lw.ccand + lw.coff[j], n = lw.ccount[j];
+                            /* argmax only, or background nowhere in the cell: the argmax's labels */
+                            if (row_runs && (!bg || lw.call_fg[j]) && n <= ROW_CAND && isfinite(lw.bmarg[j / LB])) {
+                                X = row_run_argmax(out, logits, hw, w, xs, &c, Y, X, cand, n, lw.bmarg[j / LB]) - 1;
                                 continue;
                             }
                             if (bg_runs && isfinite(lw.bmarg[j / LB])) {
                                 X = bg_run_all(out, logits, C, hw, w, xs, &c, Y, X, logit_scale, bg_threshold,
                                                bg_label, inv_thr) - 1;
-                                continue;
-                            }
-                            const int32_t *cand = lw.ccand + lw.coff[j], n = lw.ccount[j];
-                            if (row_runs && n <= ROW_CAND && isfinite(lw.bmarg[j / LB])) {
-                                X = row_run_argmax(out, logits, hw, w, xs, &c, Y, X, cand, n, lw.bmarg[j / LB]) - 1;
                                 continue;
                             }
                             float best = interp(logits + (size_t)cand[0] * hw, w, &c, Y, X);
