@@ -208,3 +208,20 @@ def test_isa_selection_errors(restore_runtime):
     assert _core.gemm_set_isa("auto") == expected
     with pytest.raises(ValueError, match="packed must have shape"):
         _core.op_gemm_packed_naive(np.zeros((2, 3), np.float32), np.zeros((1, 3, NR), np.float32), 20)
+
+
+def test_fma_peak_probe_rates_and_arguments(restore_runtime):
+    """_core.op_fma_peak (ovs_fma_peak), the ceiling bench_image.py reports towers against: on
+    every ISA this CPU runs, at 1 and 2 threads, a finite positive rate below any core's
+    (~400 GFLOP/s a thread: 2 FMA pipes x 16 lanes x 2 FLOPs x 6 GHz; a loop optimised away
+    would time ~0 s and give orders of magnitude more); bad arguments raise."""
+    for isa in ["portable"] + simd_isas():
+        _core.gemm_set_isa(isa)
+        for threads in (1, 2):
+            g = _core.op_fma_peak(threads, 2_000_000)
+            assert np.isfinite(g) and 0.0 < g < 1000.0 * threads, (isa, threads, g)
+    for threads, iters in ((0, 10), (-1, 10), (1, 0), (1, -5)):
+        with pytest.raises(ValueError, match="fma_peak"):
+            _core.op_fma_peak(threads, iters)
+    with pytest.raises(TypeError):
+        _core.op_fma_peak(1.5, 10)

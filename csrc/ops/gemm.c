@@ -23,6 +23,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -152,6 +153,39 @@ int ovs_gemm_set_isa(ovs_gemm_isa_kind kind) {
 }
 
 const char *ovs_gemm_isa_name(void) { return ops_gemm_current_isa()->name; }
+
+/* ---------------------------------------------------------------- FMA rate probe */
+/* OPS_FMA_CHAINS fmaf chains (the compiler may put them in one vector: the FLOPs are the same). */
+static float portable_fma_chains(int64_t iters) {
+    float a[OPS_FMA_CHAINS], s = 0.0f;
+    for (int i = 0; i < OPS_FMA_CHAINS; i++) a[i] = (float)i;
+    for (int64_t k = 0; k < iters; k++)
+        for (int i = 0; i < OPS_FMA_CHAINS; i++) a[i] = fmaf(a[i], 0.9999999f, 1e-7f);
+    for (int i = 0; i < OPS_FMA_CHAINS; i++) s += a[i];
+    return s;
+}
+
+int ovs_fma_peak(int threads, int64_t iters, double *gflops) {
+    if (threads < 1 || iters < 1 || !gflops)
+        return ovs_set_error(OVS_ERR_ARG, "fma_peak: threads and iters must be >= 1 and gflops "
+                             "non-NULL (got %d, %lld)", threads, (long long)iters);
+    const ops_gemm_isa *isa = ops_gemm_current_isa();
+    float (*chains)(int64_t) = portable_fma_chains;
+    double lanes = 1.0;
+    if (isa == &ops_gemm_avx512) chains = ops_fma_chains_avx512, lanes = 16.0;
+    else if (isa == &ops_gemm_avx2) chains = ops_fma_chains_avx2, lanes = 8.0;
+    struct timespec t0, t1;
+    float sink = 0.0f;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+#pragma omp parallel num_threads(threads) reduction(+ : sink)
+    sink += chains(iters);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    const double s = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    if (!(sink == sink) || s <= 0.0)   /* the chains converge to finite values */
+        return ovs_set_error(OVS_ERR_UNSUPPORTED, "fma_peak: no usable timing (%g s)", s);
+    *gflops = 2.0 * OPS_FMA_CHAINS * lanes * (double)iters * (double)threads / s / 1e9;
+    return OVS_OK;
+}
 
 /* ---------------------------------------------------------------- packing */
 size_t ovs_matrix_packed_floats(int64_t rows, int64_t cols) {

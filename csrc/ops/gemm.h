@@ -77,6 +77,12 @@ extern const ops_gemm_isa ops_gemm_portable;
 extern const ops_gemm_isa ops_gemm_avx2;      /* needs AVX2 + FMA */
 extern const ops_gemm_isa ops_gemm_avx512;    /* needs AVX-512F */
 
+/* The FMA rate probe's chains (ovs_fma_peak): iters rounds of OPS_FMA_CHAINS independent
+ * vector FMAs of the ISA's width (16 or 8 lanes), in registers. */
+#define OPS_FMA_CHAINS 12
+float ops_fma_chains_avx512(int64_t iters);
+float ops_fma_chains_avx2(int64_t iters);
+
 /* The scalar packing routine (the portable ISA's, and the reference the SIMD ones equal). */
 void ops_gemm_pack_a_scalar(float *dst, const float *a, int64_t lda, int64_t m, int64_t C,
                             int64_t mr_max);

@@ -421,7 +421,43 @@ __attribute__((target("avx2"))) static void avx2_store(float *o, int64_t ldo, co
 DEFINE_ISA(avx2, "avx2,fma", AVX2_MR, 16, AVX2_CASES)
 DEFINE_ISA(avx512, "avx512f", AVX512_MR, 32, AVX512_CASES)
 
+/* ---------------------------------------------------------------- FMA rate probe */
+/* iters rounds of OPS_FMA_CHAINS independent vector FMA chains held in registers (no memory
+ * operand): the core's FMA rate on this ISA, the ceiling the micro-kernels are measured against
+ * (ovs_fma_peak). a * x + y with x just below 1 converges to 1: no overflow, no denormals. The
+ * returned sum keeps the chains from being optimised away. */
+__attribute__((target("avx512f"))) float ops_fma_chains_avx512(int64_t iters) {
+    const __m512 x = _mm512_set1_ps(0.9999999f), y = _mm512_set1_ps(1e-7f);
+    __m512 a[OPS_FMA_CHAINS];
+    for (int i = 0; i < OPS_FMA_CHAINS; i++) a[i] = _mm512_set1_ps((float)i);
+    for (int64_t k = 0; k < iters; k++) {
+#pragma GCC unroll 12
+        for (int i = 0; i < OPS_FMA_CHAINS; i++) a[i] = _mm512_fmadd_ps(a[i], x, y);
+    }
+    float s = 0.0f;
+    for (int i = 0; i < OPS_FMA_CHAINS; i++) s += _mm512_reduce_add_ps(a[i]);
+    return s;
+}
+
+__attribute__((target("avx2,fma"))) float ops_fma_chains_avx2(int64_t iters) {
+    const __m256 x = _mm256_set1_ps(0.9999999f), y = _mm256_set1_ps(1e-7f);
+    __m256 a[OPS_FMA_CHAINS];
+    for (int i = 0; i < OPS_FMA_CHAINS; i++) a[i] = _mm256_set1_ps((float)i);
+    for (int64_t k = 0; k < iters; k++) {
+#pragma GCC unroll 12
+        for (int i = 0; i < OPS_FMA_CHAINS; i++) a[i] = _mm256_fmadd_ps(a[i], x, y);
+    }
+    float v[8], s = 0.0f;
+    for (int i = 0; i < OPS_FMA_CHAINS; i++) {
+        _mm256_storeu_ps(v, a[i]);
+        for (int j = 0; j < 8; j++) s += v[j];
+    }
+    return s;
+}
+
 #else  /* not x86: the portable kernel stands in (gemm.c never selects these) */
+float ops_fma_chains_avx512(int64_t iters) { (void)iters; return 0.0f; }
+float ops_fma_chains_avx2(int64_t iters) { (void)iters; return 0.0f; }
 const ops_gemm_isa ops_gemm_avx2 = {"avx2", 0, 0, NULL, NULL, NULL, NULL, 0, NULL};
 const ops_gemm_isa ops_gemm_avx512 = {"avx512", 0, 0, NULL, NULL, NULL, NULL, 0, NULL};
 #endif

@@ -1133,6 +1133,21 @@ static PyObject *py_gemm_set_isa(PyObject *self, PyObject *arg) {
     return NULL;
 }
 
+/* op_fma_peak(threads, iters): GFLOP/s of ovs_fma_peak (the GIL released while it runs). */
+static PyObject *py_op_fma_peak(PyObject *self, PyObject *args) {
+    int threads;
+    long long iters;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iL", &threads, &iters)) return NULL;
+    double g = 0.0;
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = ovs_fma_peak(threads, (int64_t)iters, &g);
+    Py_END_ALLOW_THREADS
+    if (st) return ovs_py_raise(st);
+    return PyFloat_FromDouble(g);
+}
+
 static PyObject *py_gemm_isa(PyObject *self, PyObject *noargs) {
     return PyUnicode_FromString(ovs_gemm_isa_name());
 }
@@ -1217,6 +1232,8 @@ static PyObject *py_gemm_release_workspace(PyObject *self, PyObject *noargs) {
     X(gemm_set_isa, METH_O, "(name) -> name in use; 'auto', 'portable', 'avx2' or "         \
       "'avx512' (process-wide; RuntimeError-like OvsError if the CPU lacks it).")           \
     X(gemm_isa, METH_NOARGS, "() -> the packed GEMM's kernels in use.")                     \
+    X(op_fma_peak, METH_VARARGS, "(threads, iters) -> GFLOP/s: the FMA rate of the GEMM's "  \
+      "ISA, iters rounds of 12 register-only vector FMAs on each thread (ovs_fma_peak).")    \
     X(gemm_release_workspace, METH_NOARGS, "() -> None: frees the calling thread's "        \
       "packed-GEMM workspace (kept between calls).")                                        \
     X(op_debug_invalid_calls, METH_NOARGS, "() -> [(label, status, name, message)]: every " \

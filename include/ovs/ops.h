@@ -88,6 +88,10 @@ typedef enum {
 int ovs_gemm_set_isa(ovs_gemm_isa_kind kind);
 /* "portable", "avx2" or "avx512": the kernels in use. */
 const char *ovs_gemm_isa_name(void);
+/* The FMA rate of the kernels' ISA on this machine, for reporting kernels and models as a
+ * share of it: each of `threads` threads runs iters rounds of 12 independent vector FMAs held
+ * in registers (no memory traffic); *gflops = 2 * lanes * FMAs / wall time / 1e9. */
+int ovs_fma_peak(int threads, int64_t iters, double *gflops);
 /* The packed-weight GEMM and the attention keep their workspaces (packed rows, partial sums,
  * packed keys and values; up to 32 MiB each) per calling thread between calls, freed when the
  * thread exits; this frees the calling thread's now (memory accounting, tests). */
