@@ -371,19 +371,18 @@ def _ort_kernel_cases(params, per_size, weights, a, b, gemm_data) -> dict:
 
 
 FMA_KINDS = ("conv", "linear", "matmul", "attention")   # ovs.flops rows whose MACs are FMAs
+TOWERS = {"rn50_224": ("rn50", 224), "rn50_448": ("rn50", 448), "vitb16_224": ("vitb16", 224)}
 
 
-def tower_macs(path: str, size: int) -> dict:
+def tower_macs(model, size: int) -> dict:
     """Multiply-accumulates of encode_image at size^2 by ovs.flops (its conv, linear, matmul and
     attention rows: the work FMAs do). "standard": the tower as open_clip computes it (the
     peers' work). "ovs": what ovs's encode_image runs of it: for a ViT, the last block takes
     only the class token past its keys and values (its queries, attention, out-projection and
     MLP for one token of T); for RN50 the standard count (its 3x3 convs' Winograd and the
     attention pool's folded query do fewer multiplies than counted)."""
-    import ovs
     import ovs.flops
 
-    model = ovs.load(path, progress=False)
     rows = ovs.flops.count(model, image_size=size)
     std = sum(r.macs for r in rows if r.kind in FMA_KINDS)
     mine = float(std)
@@ -420,16 +419,19 @@ def build_groups(weights: dict, tmpdir: str, conv_sizes=(224, 448), threads: int
         conv_meta[f"gemm_{M}x{C}x{K}"] = {"flops": 2 * M * C * K, "shape": [M, C, K]}
     trunk_flops = {s: sum(c["flops"] for c in resnet_conv_layers(image_size=s)) for s in (224, 448)}
     p = {"weights": weights, "tmpdir": tmpdir, "threads": threads}
-    macs = {(m, s): tower_macs(weights[m], s) for m, s in (("rn50", 224), ("rn50", 448), ("vitb16", 224))}
+    import ovs
+
+    models = {m: ovs.load(weights[m], progress=False) for m in {m for m, _ in TOWERS.values()}}
+    macs = {name: tower_macs(models[m], s) for name, (m, s) in TOWERS.items()}
     return [
         H.Group("rn50_224", p, repeated=["rn50_224", "rn50_224_trunk"],
-                meta={"rn50_224": {"batch": 1, "image_size": 224, "macs": macs["rn50", 224]},
+                meta={"rn50_224": {"batch": 1, "image_size": 224, "macs": macs["rn50_224"]},
                       "rn50_224_trunk": {"batch": 1, "image_size": 224, "conv_flops": trunk_flops[224]}}),
         H.Group("rn50_448", p, repeated=["rn50_448", "rn50_448_trunk"], peer_first=True,
-                meta={"rn50_448": {"batch": 1, "image_size": 448, "macs": macs["rn50", 448]},
+                meta={"rn50_448": {"batch": 1, "image_size": 448, "macs": macs["rn50_448"]},
                       "rn50_448_trunk": {"batch": 1, "image_size": 448, "conv_flops": trunk_flops[448]}}),
         H.Group("vitb16_224", p, repeated=["vitb16_224"],
-                meta={"vitb16_224": {"batch": 1, "image_size": 224, "macs": macs["vitb16", 224]}}),
+                meta={"vitb16_224": {"batch": 1, "image_size": 224, "macs": macs["vitb16_224"]}}),
         H.Group("kernels", dict(p, conv_sizes=list(conv_sizes)),
                 repeated=[f"conv_rn50_{s}" for s in conv_sizes] + ["sgemm_2048"]
                 + [f"gemm_{M}x{C}x{K}" for M, C, K in GEMM_SHAPES], meta=conv_meta),
@@ -443,7 +445,7 @@ def derive(cases: list[dict], peak: dict | None = None, threads: int = 1) -> dic
     peer's time (issue 9's target): above 100 no kernel can reach it on this machine."""
     by = {c["case"]: c for c in cases}
     out: dict = {}
-    for name in ("rn50_224", "rn50_448", "vitb16_224"):
+    for name in TOWERS:
         c = by.get(name)
         if not c or "macs" not in c:
             continue
@@ -500,18 +502,17 @@ def main(argv=None) -> int:
     if "sgemm_gflops" in derived:
         rows.append(["sgemm 2048^3", f"{derived['sgemm_gflops']['ours']:.1f}",
                      f"{derived['sgemm_gflops']['peer']:.1f}", "100", "100"])
-    for k, d in derived.items():
-        if k in ("rn50_224_gflops", "rn50_448_gflops", "vitb16_224_gflops"):
-            rows.append([k[:-len("_gflops")] + " (tower FLOPs / time)", f"{d['ours']:.1f}", f"{d['peer']:.1f}",
-                         "", ""])
-    notes = []
-    for k in ("rn50_224_gflops", "rn50_448_gflops", "vitb16_224_gflops"):
-        d = derived.get(k, {})
+    peak_lines = []
+    for name in TOWERS:
+        d = derived.get(name + "_gflops")
+        if d is None:
+            continue
+        rows.append([name + " (tower FLOPs / time)", f"{d['ours']:.1f}", f"{d['peer']:.1f}", "", ""])
         if "fma_peak_gflops" in d:
-            notes.append(f"{k[:-len('_gflops')]}: ours {d['ours_pct_of_fma_peak']:.0f}% of the FMA peak "
-                         f"({d['fma_peak_gflops']:.0f} GFLOP/s at {args.threads} thread(s), {peak['isa']}), "
-                         f"peer {d['peer_pct_of_fma_peak']:.0f}%; 0.8x the peer's time needs "
-                         f"{d['pct_of_fma_peak_for_0.8x_peer']:.0f}%")
+            peak_lines.append(f"{name}: ours {d['ours_pct_of_fma_peak']:.0f}% of the FMA peak "
+                              f"({d['fma_peak_gflops']:.0f} GFLOP/s at {args.threads} thread(s), {peak['isa']}), "
+                              f"peer {d['peer_pct_of_fma_peak']:.0f}%; 0.8x the peer's time needs "
+                              f"{d['pct_of_fma_peak_for_0.8x_peer']:.0f}%")
     for k, d in derived.items():
         if k.startswith("conv_rn50_"):
             rows.append([k[:-len("_gflops")] + " (all convs)", f"{d['ours']:.1f}", f"{d['peer']:.1f}",
@@ -524,7 +525,7 @@ def main(argv=None) -> int:
             rows.append([k[:-len("_conv_gflops")] + " (conv FLOPs / trunk time)", f"{d['ours']:.1f}",
                          f"{d['peer']:.1f}", "", ""])
     notes = (["", H.fmt_table(rows, ["GFLOP/s", "ours", "peer", "ours % sgemm", "peer % sgemm"])] if rows else []) \
-        + ([""] + notes if notes else [])
+        + ([""] + peak_lines if peak_lines else [])
     return H.finish("bench_image", args, res, t0,
                     {"weights": weights, "order": "ABAB (ours then peer, per case)"}, notes, derived=derived)
 
